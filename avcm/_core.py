@@ -1,0 +1,782 @@
+"""Contexts, reservations and physical memory: the VCMM core, without the patch's races.
+
+Locking, in the kernel's vocabulary:
+
+* each context has one :class:`~avcm._sync.Mutex`. It orders everything that changes what the
+  hardware must show: bind, unbind, map, unreserve, activate, deactivate, destroy. Holding it
+  while the driver runs is what makes rule 1 (a second activator waits for the first one's
+  driver call) and rule 4 (hardware matches the model) hold.
+* each phys has a mutex of its own, taken after a context mutex (never the other way round),
+  for the few steps that decide between "bound" and "freed" (rule 6).
+* creating objects (alloc, reserve) does not take the context mutex; a usage count lets destroy
+  wait until no creation is in flight.
+
+Cancellation: operations that build (alloc, reserve, map, bind, make_binding, activate) may be
+cancelled anywhere; if cancelled they had no effect, and the undo runs shielded. Operations that
+tear down (free, unbind, unreserve, unmap, destroy_binding, deactivate, destroy) may be
+cancelled only while waiting for a lock; once they hold it they finish, shielded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
+
+import anyio
+
+from ._errors import (
+    AddressInUseError,
+    AlreadyBoundError,
+    BusyError,
+    InvalidError,
+    NoSpaceError,
+    NotSupportedError,
+    VcmWarning,
+)
+from ._sync import AtomicCounter, Mutex, MutexStatistics, sync_point
+from ._validate import check_aligned, check_flags, page_align
+
+if TYPE_CHECKING:
+    from ._memory import PhysicalMemory
+
+__all__ = [
+    "FreeCallback",
+    "Phys",
+    "PhysPart",
+    "Res",
+    "Vcm",
+    "VcmDriver",
+    "VcmStatistics",
+]
+
+
+def _warn(message: str) -> None:
+    # stacklevel 3: the caller of the public avcm method, not avcm itself.
+    warnings.warn(message, VcmWarning, stacklevel=3)
+
+
+def _shielded() -> anyio.CancelScope:
+    return anyio.CancelScope(shield=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Physical memory
+
+
+class PhysPart(NamedTuple):
+    """One physically contiguous block of a :class:`Phys`: ``start`` and ``size`` in bytes."""
+
+    start: int
+    size: int
+
+
+FreeCallback = Callable[["Phys"], Awaitable[None]]
+"""``await free(phys)``: gives a phys's memory back to whoever allocated it (``phys->free``)."""
+
+
+class Phys:
+    """``struct vcm_phys``: allocated physical memory, possibly in several parts.
+
+    Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver. ``count``, ``size`` and
+    ``parts`` never change; ``bindings`` counts the reservations it is bound to.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_bindings",
+        "_free",
+        "_freed",
+        "_lock",
+        "_parts",
+        "memory",
+        "size",
+        "vcm",
+    )
+
+    def __init__(
+        self,
+        parts: Iterable[tuple[int, int]],
+        *,
+        free: FreeCallback | None = None,
+        memory: PhysicalMemory | None = None,
+    ) -> None:
+        """Describe memory a driver allocated; *free* is awaited once, when it is freed.
+
+        *memory* is the simulated RAM the parts live in, if any; drivers that move bytes
+        (IOMMU, CPU) check it. Parts must be page aligned and non-empty: else ``EINVAL``.
+        """
+        checked = []
+        for index, part in enumerate(parts):
+            start, size = part
+            check_aligned(start, f"phys part {index} start")
+            check_aligned(size, f"phys part {index} size", positive=True)
+            checked.append(PhysPart(start, size))
+        if not checked:
+            raise InvalidError("phys must have at least one part")
+        self._parts = tuple(checked)
+        self.size = sum(part.size for part in checked)
+        self._free = free
+        self.memory = memory
+        self.vcm: Vcm | None = None
+        self._bindings = AtomicCounter(0, "phys.bindings")
+        self._lock = Mutex("phys")
+        self._freed = False
+
+    def __repr__(self) -> str:
+        state = " freed" if self._freed else f" bindings={self._bindings.value}"
+        first = self._parts[0].start
+        return f"<Phys {self.size:#x} bytes in {len(self._parts)} parts at {first:#x}{state}>"
+
+    @property
+    def count(self) -> int:
+        """How many physically contiguous parts; 1 means the whole phys is contiguous."""
+        return len(self._parts)
+
+    @property
+    def parts(self) -> tuple[PhysPart, ...]:
+        return self._parts
+
+    @property
+    def bindings(self) -> int:
+        """How many reservations this phys is bound to now."""
+        return self._bindings.value
+
+    @property
+    def freed(self) -> bool:
+        return self._freed
+
+    def _check_usable(self, what: str) -> None:
+        if self._freed:
+            raise InvalidError(f"{what}: {self!r} was freed")
+
+    async def free(self) -> None:
+        """``vcm_free``: give the memory back.
+
+        ``EBUSY`` if it is still bound (the kernel warned and leaked; avcm refuses and the phys
+        stays valid); ``EINVAL`` if it was already freed. If cancelled while waiting for the
+        phys's lock, nothing was freed; after that it completes.
+        """
+        async with self._lock:
+            self._check_usable("free")
+            if self._bindings.value:
+                raise BusyError(f"free: {self!r} is still bound to {self.bindings} reservation(s)")
+            with _shielded():
+                await self._free_locked()
+
+    async def _free_locked(self) -> None:
+        if self._free is not None:
+            await sync_point("driver.free", self)
+            await self._free(self)
+        self._freed = True
+        if self.vcm is not None:
+            self.vcm._physes.pop(self, None)
+
+    async def _claim(self, what: str) -> None:
+        """Count a binding in progress, unless the phys was freed (rule 6: one of them wins)."""
+        async with self._lock:
+            self._check_usable(what)
+            await self._bindings.inc()
+
+    async def _unclaim(self) -> None:
+        await self._bindings.dec()
+
+
+# --------------------------------------------------------------------------------------------
+# Reservations
+
+
+class Res:
+    """``struct vcm_res``: reserved address space in a context, bound to a phys or not.
+
+    ``start`` is the address the device sees; ``res_size`` the reserved size; ``phys`` the
+    bound memory (``None`` when unbound) and ``bound_size`` its size (0 when unbound).
+    """
+
+    __slots__ = ("__weakref__", "_dead", "bound_size", "phys", "res_size", "start", "vcm")
+
+    def __init__(self, vcm: Vcm, start: int, res_size: int) -> None:
+        """Describe address space a driver reserved (drivers call this, users don't)."""
+        if not isinstance(vcm, Vcm):
+            raise InvalidError(f"res: {vcm!r} is not a context")
+        check_aligned(start, "res start")
+        check_aligned(res_size, "res size", positive=True)
+        self.vcm = vcm
+        self.start = start
+        self.res_size = res_size
+        self.bound_size = 0
+        self.phys: Phys | None = None
+        self._dead = False
+
+    def __repr__(self) -> str:
+        state = " unreserved" if self._dead else (" bound" if self.phys is not None else "")
+        return f"<Res {self.start:#x}+{self.res_size:#x} in {self.vcm.name}{state}>"
+
+    @property
+    def unreserved(self) -> bool:
+        return self._dead
+
+    def _check_usable(self, what: str) -> None:
+        if self._dead:
+            raise InvalidError(f"{what}: {self!r} was unreserved")
+
+    async def bind(self, phys: Phys) -> None:
+        """``vcm_bind``: bind *phys* to this reservation.
+
+        If the context is active the mapping is in the hardware before this returns.
+        ``EALREADY`` if *phys* is already bound here, ``EADDRINUSE`` if another phys is,
+        ``ENOSPC`` if *phys* is larger than the reservation, ``EOPNOTSUPP`` if the driver cannot
+        bind, ``EINVAL`` if either object was freed, unreserved or destroyed. Of concurrent binds
+        to one reservation exactly one wins. If cancelled, nothing was bound.
+        """
+        _check_phys_arg(phys, "bind")
+        vcm = self.vcm
+        async with vcm._mutex:
+            vcm._check_not_destroyed("bind")
+            self._check_usable("bind")
+            phys._check_usable("bind")
+            if self.phys is phys:
+                raise AlreadyBoundError(f"bind: {phys!r} is already bound to {self!r}")
+            if self.phys is not None:
+                raise AddressInUseError(f"bind: {self!r} is already bound to {self.phys!r}")
+            if phys.size > self.res_size:
+                raise NoSpaceError(
+                    f"bind: {phys!r} is larger than {self!r} ({phys.size:#x} > {self.res_size:#x})"
+                )
+            bind = vcm._ops.bind
+            if bind is None:
+                raise NotSupportedError(f"bind: driver of {vcm.name} has no bind operation")
+            await phys._claim("bind")
+            try:
+                await sync_point("driver.bind", self)
+                await bind(self, phys)
+            except BaseException:
+                with _shielded():
+                    await phys._unclaim()
+                raise
+            self.phys = phys
+            self.bound_size = phys.size
+
+    async def unbind(self) -> Phys | None:
+        """``vcm_unbind``: unbind and return the phys.
+
+        If nothing was bound, warn (:class:`~avcm.VcmWarning`) and return ``None``. If the context
+        is active the mapping is gone from the hardware before this returns. Of concurrent unbinds
+        exactly one returns the phys.
+        """
+        vcm = self.vcm
+        async with vcm._mutex:
+            self._check_usable("unbind")
+            with _shielded():
+                phys = await self._unbind_locked(warn=True)
+        return phys
+
+    async def _unbind_locked(self, *, warn: bool) -> Phys | None:
+        phys = self.phys
+        if phys is None:
+            if warn:
+                _warn(f"unbind: {self!r} is not bound")
+            return None
+        unbind = self.vcm._ops.unbind
+        if unbind is not None:
+            await sync_point("driver.unbind", self)
+            await unbind(self)
+        self.phys = None
+        self.bound_size = 0
+        await phys._unclaim()
+        return phys
+
+    async def _unreserve_locked(self) -> None:
+        vcm = self.vcm
+        await sync_point("driver.unreserve", self)
+        await vcm._ops.unreserve(self)
+        self._dead = True
+        vcm._reservations.pop(self, None)
+
+    async def unreserve(self) -> None:
+        """``vcm_unreserve``: give the address space back.
+
+        If still bound: warn, unbind, then release. ``EINVAL`` if already unreserved.
+        """
+        async with self.vcm._mutex:
+            self._check_usable("unreserve")
+            with _shielded():
+                if self.phys is not None:
+                    _warn(f"unreserve: {self!r} is still bound to {self.phys!r}; unbinding it")
+                    await self._unbind_locked(warn=False)
+                await self._unreserve_locked()
+
+    async def unmap(self) -> None:
+        """``vcm_unmap``: unbind (warning if nothing was bound) and unreserve, in one step."""
+        async with self.vcm._mutex:
+            self._check_usable("unmap")
+            with _shielded():
+                await self._unbind_locked(warn=True)
+                await self._unreserve_locked()
+
+    async def destroy_binding(self) -> None:
+        """``vcm_destroy_binding``: unbind, free the phys and unreserve, in one step.
+
+        ``EBUSY`` (and nothing changes) if the phys is also bound to another reservation:
+        freeing it would pull memory from under another mapping.
+        """
+        async with self.vcm._mutex:
+            self._check_usable("destroy_binding")
+            phys = self.phys
+            if phys is None:
+                with _shielded():
+                    await self._unbind_locked(warn=True)
+                    await self._unreserve_locked()
+                return
+            async with phys._lock:
+                if phys.bindings > 1:
+                    raise BusyError(
+                        f"destroy_binding: {phys!r} is also bound to "
+                        f"{phys.bindings - 1} other reservation(s)"
+                    )
+                with _shielded():
+                    await self._unbind_locked(warn=False)
+                    await phys._free_locked()
+                    await self._unreserve_locked()
+
+
+def _check_phys_arg(phys: object, what: str) -> None:
+    if not isinstance(phys, Phys):
+        raise InvalidError(f"{what}: {phys!r} is not a Phys")
+
+
+# --------------------------------------------------------------------------------------------
+# The driver interface
+
+
+@runtime_checkable
+class VcmDriver(Protocol):
+    """The core driver (``struct vcm_driver``). Only ``unreserve`` is required.
+
+    Optional operations, looked up once when the context is made (a missing one is ``None``):
+
+    * ``async cleanup(vcm)``: the context is being destroyed.
+    * ``async alloc(vcm, size, alloc_flags, res_flags) -> (Phys | None, Res | None)``: allocate
+      and reserve together; a flags argument of ``None`` means that half is not wanted. If
+      present, ``res`` and ``phys`` are ignored.
+    * ``async res(vcm, size, flags) -> Res``: reserve address space.
+    * ``async phys(vcm, size, flags) -> Phys``: allocate physical memory.
+    * ``async map(vcm, phys, flags) -> Res``: reserve and bind in one step.
+    * ``async bind(res, phys)`` / ``async unbind(res)``: (un)bind; the hardware must reflect
+      it if the context is active.
+    * ``async activate(vcm)`` / ``async deactivate(vcm)``: called on the first activation and
+      the last deactivation only.
+
+    Sizes given to drivers are positive and page aligned. A driver operation that raises,
+    including by cancellation, must have had no effect; one that tears down (``unbind``,
+    ``unreserve``, ``deactivate``, ``cleanup``, a phys's free) is called shielded.
+    """
+
+    async def unreserve(self, res: Res, /) -> None: ...
+
+
+_OPTIONAL_OPS = (
+    "cleanup",
+    "alloc",
+    "res",
+    "phys",
+    "map",
+    "bind",
+    "unbind",
+    "activate",
+    "deactivate",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _DriverOps:
+    """The driver's operations, resolved once (the kernel's function-pointer table)."""
+
+    unreserve: Callable[[Res], Awaitable[None]]
+    cleanup: Callable[[Vcm], Awaitable[None]] | None
+    alloc: Callable[[Vcm, int, int | None, int | None], Awaitable[tuple[Any, Any]]] | None
+    res: Callable[[Vcm, int, int], Awaitable[Res]] | None
+    phys: Callable[[Vcm, int, int], Awaitable[Phys]] | None
+    map: Callable[[Vcm, Phys, int], Awaitable[Res]] | None
+    bind: Callable[[Res, Phys], Awaitable[None]] | None
+    unbind: Callable[[Res], Awaitable[None]] | None
+    activate: Callable[[Vcm], Awaitable[None]] | None
+    deactivate: Callable[[Vcm], Awaitable[None]] | None
+
+    @classmethod
+    def resolve(cls, driver: object) -> _DriverOps:
+        unreserve = getattr(driver, "unreserve", None)
+        if not callable(unreserve):
+            raise InvalidError(f"context: driver {driver!r} has no unreserve operation")
+        ops: dict[str, Any] = {"unreserve": unreserve}
+        for name in _OPTIONAL_OPS:
+            op = getattr(driver, name, None)
+            if op is not None and not callable(op):
+                raise InvalidError(f"context: driver {driver!r}: {name} is not callable")
+            ops[name] = op
+        return cls(**ops)
+
+
+# --------------------------------------------------------------------------------------------
+# Contexts
+
+
+@dataclass(frozen=True, slots=True)
+class VcmStatistics:
+    """A snapshot of a context, for introspection and checks."""
+
+    name: str
+    activations: int
+    reservations: int
+    bound_reservations: int
+    phys: int
+    operations_in_flight: int
+    destroyed: bool
+    mutex: MutexStatistics
+
+
+_LIVE, _DYING, _DESTROYED = "live", "dying", "destroyed"
+
+
+class Vcm:
+    """``struct vcm``: an address space a device sees, and the driver behind it.
+
+    Constructing one is ``vcm_init``: ``start`` and ``size`` must be page aligned, ``size``
+    positive, and the driver must have the required operations; anything else raises ``EINVAL``
+    and creates nothing. Usually made by a driver's factory (see ``drivers/``).
+    ``async with vcm:`` destroys it on exit.
+    """
+
+    def __init__(self, start: int, size: int, driver: object, *, name: str | None = None) -> None:
+        check_aligned(start, "context start")
+        check_aligned(size, "context size", positive=True)
+        self._ops = _DriverOps.resolve(driver)
+        self.start = start
+        self.size = size
+        self.driver = driver
+        self.name = name if name is not None else f"vcm@{start:#x}"
+        self._mutex = Mutex(f"{self.name}.mutex")
+        self._activations = AtomicCounter(0, f"{self.name}.activations")
+        # Insertion-ordered sets: destroy tears down in creation order, deterministically.
+        self._reservations: dict[Res, None] = {}
+        self._physes: dict[Phys, None] = {}
+        self._state = _LIVE
+        self._in_flight = 0
+        self._drained: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Vcm {self.name} {self.start:#x}+{self.size:#x} {self._state}>"
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def activations(self) -> int:
+        """How many activations are outstanding; the hardware is active iff this is > 0."""
+        return self._activations.value
+
+    @property
+    def destroyed(self) -> bool:
+        return self._state == _DESTROYED
+
+    def reservations(self) -> tuple[Res, ...]:
+        """The live reservations of this context, oldest first."""
+        return tuple(self._reservations)
+
+    def allocations(self) -> tuple[Phys, ...]:
+        """The live phys allocated through this context, oldest first."""
+        return tuple(self._physes)
+
+    def statistics(self) -> VcmStatistics:
+        return VcmStatistics(
+            name=self.name,
+            activations=self._activations.value,
+            reservations=len(self._reservations),
+            bound_reservations=sum(1 for res in self._reservations if res.phys is not None),
+            phys=len(self._physes),
+            operations_in_flight=self._in_flight,
+            destroyed=self._state == _DESTROYED,
+            mutex=self._mutex.statistics(),
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def _check_live(self, what: str) -> None:
+        """New objects only in a live context: destroy waits for creations in flight."""
+        if self._state != _LIVE:
+            raise InvalidError(f"{what}: context {self.name} is {self._state}")
+
+    def _check_not_destroyed(self, what: str) -> None:
+        """Operations under the mutex work until destroy's teardown takes it."""
+        if self._state == _DESTROYED:
+            raise InvalidError(f"{what}: context {self.name} is destroyed")
+
+    @asynccontextmanager
+    async def _creating(self, what: str) -> AsyncIterator[None]:
+        """Count an object creation in flight, so destroy can wait for it."""
+        self._check_live(what)
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def destroy(self) -> None:
+        """``vcm_destroy``: tear the context down; afterwards it is unusable (``EINVAL``).
+
+        Destroying while activated or with live reservations or phys warns, then repairs:
+        deactivates, unbinds and unreserves every reservation, frees every phys allocated here
+        that is not bound in another context (those stay valid; free them there), and calls the
+        driver's cleanup. Waits for creations in flight to finish first. If cancelled while
+        waiting, the context is as before; once it holds the lock, it finishes.
+        """
+        self._check_live("destroy")
+        self._state = _DYING
+        try:
+            while self._in_flight:
+                self._drained = anyio.Event()
+                await self._drained.wait()
+            await self._mutex.lock()
+        except BaseException:
+            self._state = _LIVE
+            raise
+        try:
+            with _shielded():
+                await self._teardown_locked()
+        finally:
+            self._mutex.unlock()
+
+    async def _teardown_locked(self) -> None:
+        if self._activations.value:
+            _warn(f"destroy: {self.name} is still activated ({self.activations}); deactivating")
+            if self._ops.deactivate is not None:
+                await sync_point("driver.deactivate", self)
+                await self._ops.deactivate(self)
+            await self._activations.set(0)
+        if self._reservations or self._physes:
+            _warn(
+                f"destroy: {self.name} still has {len(self._reservations)} reservation(s) and "
+                f"{len(self._physes)} phys; releasing them"
+            )
+        for res in list(self._reservations):
+            await res._unbind_locked(warn=False)
+            await res._unreserve_locked()
+        for phys in list(self._physes):
+            async with phys._lock:
+                if phys.bindings == 0 and not phys.freed:
+                    await phys._free_locked()
+                else:
+                    _warn(f"destroy: {phys!r} is bound in another context; it stays allocated")
+                    phys.vcm = None
+        self._physes.clear()
+        if self._ops.cleanup is not None:
+            await sync_point("driver.cleanup", self)
+            await self._ops.cleanup(self)
+        self._state = _DESTROYED
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _LIVE:
+            await self.destroy()
+
+    # -- creating objects --------------------------------------------------------------------
+
+    async def alloc(self, size: int, flags: int = 0) -> Phys:
+        """``vcm_alloc``: allocate physical memory for use in this context.
+
+        *size* is rounded up to a page. ``ENOMEM`` when memory is exhausted, ``EOPNOTSUPP`` if
+        the driver cannot allocate. If cancelled, nothing was allocated.
+        """
+        size = page_align(size, "alloc")
+        flags = check_flags(flags, "alloc")
+        async with self._creating("alloc"):
+            return await self._new_phys(size, flags)
+
+    async def reserve(self, size: int, flags: int = 0) -> Res:
+        """``vcm_reserve``: reserve address space; *size* is rounded up to a page.
+
+        ``ENOSPC`` when the address space is exhausted, ``EOPNOTSUPP`` if the driver cannot
+        reserve alone (one-to-one contexts). If cancelled, nothing was reserved.
+        """
+        size = page_align(size, "reserve")
+        flags = check_flags(flags, "reserve")
+        async with self._creating("reserve"):
+            return await self._new_res(size, flags)
+
+    async def map(self, phys: Phys, flags: int = 0) -> Res:
+        """``vcm_map``: reserve address space and bind *phys* to it.
+
+        Uses the driver's own ``map`` if it has one, else reserve + bind. If cancelled, nothing
+        was reserved or bound.
+        """
+        _check_phys_arg(phys, "map")
+        flags = check_flags(flags, "map")
+        async with self._creating("map"):
+            phys._check_usable("map")
+            return await self._map(phys, flags)
+
+    async def make_binding(self, size: int, alloc_flags: int = 0, res_flags: int = 0) -> Res:
+        """``vcm_make_binding``: allocate, reserve and bind in one call; returns the reservation.
+
+        Works on every kind of context, one-to-one included; ``res.phys`` is the memory.
+        Undo with :meth:`Res.destroy_binding`. If cancelled or failed, nothing is left.
+        """
+        size = page_align(size, "make_binding")
+        alloc_flags = check_flags(alloc_flags, "make_binding")
+        res_flags = check_flags(res_flags, "make_binding")
+        async with self._creating("make_binding"):
+            ops = self._ops
+            if ops.map is not None and ops.alloc is None:
+                phys = await self._new_phys(size, alloc_flags)
+                try:
+                    return await self._map(phys, res_flags)
+                except BaseException:
+                    with _shielded():
+                        await phys.free()
+                    raise
+            if ops.alloc is not None:
+                phys, res = await self._new_pair(size, alloc_flags, res_flags)
+            else:
+                res = await self._new_res(size, res_flags)
+                try:
+                    phys = await self._new_phys(size, alloc_flags)
+                except BaseException:
+                    with _shielded():
+                        await res.unreserve()
+                    raise
+            try:
+                await res.bind(phys)
+            except BaseException:
+                with _shielded():
+                    await res.unreserve()
+                    await phys.free()
+                raise
+            return res
+
+    async def _map(self, phys: Phys, flags: int) -> Res:
+        driver_map = self._ops.map
+        if driver_map is None:
+            res = await self._new_res(phys.size, flags)
+            try:
+                await res.bind(phys)
+            except BaseException:
+                with _shielded():
+                    await res.unreserve()
+                raise
+            return res
+        async with self._mutex:
+            self._check_not_destroyed("map")
+            await phys._claim("map")
+            try:
+                await sync_point("driver.map", self)
+                res = self._adopt_res(await driver_map(self, phys, flags), phys.size, "map")
+            except BaseException:
+                with _shielded():
+                    await phys._unclaim()
+                raise
+            res.phys = phys
+            res.bound_size = phys.size
+            return res
+
+    async def _new_phys(self, size: int, flags: int) -> Phys:
+        ops = self._ops
+        if ops.alloc is not None:
+            phys, _ = await self._call_alloc(size, flags, None)
+        elif ops.phys is not None:
+            await sync_point("driver.phys", self)
+            phys = await ops.phys(self, size, flags)
+        else:
+            raise NotSupportedError(f"alloc: driver of {self.name} cannot allocate memory")
+        return self._adopt_phys(phys, size, "alloc")
+
+    async def _new_res(self, size: int, flags: int) -> Res:
+        ops = self._ops
+        if ops.alloc is not None:
+            _, res = await self._call_alloc(size, None, flags)
+        elif ops.res is not None:
+            await sync_point("driver.res", self)
+            res = await ops.res(self, size, flags)
+        else:
+            raise NotSupportedError(f"reserve: driver of {self.name} cannot reserve address space")
+        return self._adopt_res(res, size, "reserve")
+
+    async def _new_pair(self, size: int, alloc_flags: int, res_flags: int) -> tuple[Phys, Res]:
+        phys, res = await self._call_alloc(size, alloc_flags, res_flags)
+        return self._adopt_phys(phys, size, "alloc"), self._adopt_res(res, size, "reserve")
+
+    async def _call_alloc(
+        self, size: int, alloc_flags: int | None, res_flags: int | None
+    ) -> tuple[Any, Any]:
+        alloc = self._ops.alloc
+        if alloc is None:  # pragma: no cover - callers check
+            raise NotSupportedError(f"alloc: driver of {self.name} has no alloc operation")
+        await sync_point("driver.alloc", self)
+        return await alloc(self, size, alloc_flags, res_flags)
+
+    def _adopt_phys(self, phys: object, size: int, what: str) -> Phys:
+        if not isinstance(phys, Phys) or phys.size < size or phys.freed:
+            raise InvalidError(f"{what}: driver of {self.name} returned {phys!r} for {size:#x}")
+        phys.vcm = self
+        self._physes[phys] = None
+        return phys
+
+    def _adopt_res(self, res: object, size: int, what: str) -> Res:
+        if not isinstance(res, Res) or res.vcm is not self or res.res_size < size or res.unreserved:
+            raise InvalidError(f"{what}: driver of {self.name} returned {res!r} for {size:#x}")
+        self._reservations[res] = None
+        return res
+
+    # -- activation --------------------------------------------------------------------------
+
+    async def activate(self) -> None:
+        """``vcm_activate``: make the bindings real in the hardware; nests.
+
+        Returns only once the context is active in the hardware: a second activator waits for
+        the first one's driver call. If the driver fails or the caller is cancelled, the count
+        is as before and no partial hardware state is left.
+        """
+        async with self._mutex:
+            self._check_not_destroyed("activate")
+            activate = self._ops.activate
+            if self._activations.value == 0 and activate is not None:
+                await sync_point("driver.activate", self)
+                await activate(self)
+            with _shielded():  # the hardware is active now: the count must follow
+                await self._activations.inc()
+
+    async def deactivate(self) -> None:
+        """``vcm_deactivate``: undo one :meth:`activate`; the last one deactivates the hardware.
+
+        Without a matching activate: warn and do nothing (the count never goes below zero).
+        """
+        async with self._mutex:
+            self._check_not_destroyed("deactivate")
+            with _shielded():
+                if self._activations.value == 0:
+                    _warn(f"deactivate: {self.name} is not activated")
+                    return
+                deactivate = self._ops.deactivate
+                if self._activations.value == 1 and deactivate is not None:
+                    await sync_point("driver.deactivate", self)
+                    await deactivate(self)
+                await self._activations.dec()
+
+    @asynccontextmanager
+    async def activated(self) -> AsyncIterator[Self]:
+        """``async with vcm.activated():`` activate for the duration of the block."""
+        await self.activate()
+        try:
+            yield self
+        finally:
+            await self.deactivate()

@@ -1,0 +1,122 @@
+"""The exception hierarchy and the one warning class.
+
+Every error avcm raises is a :class:`VcmError`: an :class:`OSError` whose ``errno`` is the
+value the kernel's VCMM would have returned. Each errno the contract names has a subclass, so
+callers can catch by meaning (``except avcm.BusyError``) or by number (``e.errno == EBUSY``).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import ClassVar
+
+__all__ = [
+    "AddressInUseError",
+    "AlreadyBoundError",
+    "BusyError",
+    "InvalidError",
+    "NoMemoryError",
+    "NoSpaceError",
+    "NotSupportedError",
+    "VcmError",
+    "VcmWarning",
+    "error_for_errno",
+]
+
+
+class VcmError(OSError):
+    """An operation failed; ``errno`` says why, the message names the object and the reason.
+
+    A :class:`VcmError` always means the operation had no effect: every object is exactly as it
+    was before the call.
+    """
+
+    default_errno: ClassVar[int] = 0
+
+    def __init__(self, *args: object) -> None:
+        # ``VcmError(EINVAL, "msg")`` and ``InvalidError("msg")`` both work.
+        if len(args) == 1 and self.default_errno:
+            args = (self.default_errno, args[0])
+        if len(args) == 2 and isinstance(args[0], int):
+            super().__init__(args[0], str(args[1]))
+        else:
+            super().__init__(*args)
+
+    def __str__(self) -> str:
+        code = self.errno or 0
+        # Linux aliases ENOTSUP to EOPNOTSUPP; the kernel (and the contract) say EOPNOTSUPP.
+        name = "EOPNOTSUPP" if code == _errno.EOPNOTSUPP else _errno.errorcode.get(code, "E?")
+        return f"[{name}] {self.strerror}"
+
+
+class InvalidError(VcmError):
+    """``EINVAL``: bad argument, or an object used after it was freed, unreserved or destroyed."""
+
+    default_errno = _errno.EINVAL
+
+
+class AlreadyBoundError(VcmError):
+    """``EALREADY``: the phys is already bound to this reservation."""
+
+    default_errno = _errno.EALREADY
+
+
+class AddressInUseError(VcmError):
+    """``EADDRINUSE``: another phys is bound to this reservation."""
+
+    default_errno = _errno.EADDRINUSE
+
+
+class NoSpaceError(VcmError):
+    """``ENOSPC``: the address space is exhausted, or the phys is larger than the reservation."""
+
+    default_errno = _errno.ENOSPC
+
+
+class NotSupportedError(VcmError):
+    """``EOPNOTSUPP``: the context's driver does not provide this operation."""
+
+    default_errno = _errno.EOPNOTSUPP
+
+
+class NoMemoryError(VcmError):
+    """``ENOMEM``: physical memory is exhausted."""
+
+    default_errno = _errno.ENOMEM
+
+
+class BusyError(VcmError):
+    """``EBUSY``: the object is in use (a bound phys freed, a one-to-one phys mapped twice)."""
+
+    default_errno = _errno.EBUSY
+
+
+_BY_ERRNO: dict[int, type[VcmError]] = {
+    cls.default_errno: cls
+    for cls in (
+        InvalidError,
+        AlreadyBoundError,
+        AddressInUseError,
+        NoSpaceError,
+        NotSupportedError,
+        NoMemoryError,
+        BusyError,
+    )
+}
+
+
+def error_for_errno(errno: int, message: str) -> VcmError:
+    """Return the :class:`VcmError` subclass instance that stands for *errno*."""
+    cls = _BY_ERRNO.get(errno)
+    if cls is None:
+        return VcmError(errno, message)
+    return cls(message)
+
+
+class VcmWarning(UserWarning):
+    """The kernel's ``WARN_ON`` cases that go on working.
+
+    Unbind of an unbound reservation, deactivate without activate, unreserve of a bound
+    reservation, destroy while activated or with live objects: avcm warns with this class,
+    does the documented repair and keeps every counter right.
+    """

@@ -1,0 +1,196 @@
+"""Simulated physical memory: a buddy page allocator over lazily backed bytes.
+
+A :class:`PhysicalMemory` is a range of RAM (``base``, ``size``) handed out in naturally aligned
+blocks of ``PAGE_SIZE << order`` bytes, as Linux's buddy allocator does: a free block is split in
+halves until the order wanted is reached, and a freed block merges with its free buddy again.
+Bytes are backed per 4 KiB page on first write, so 256 MiB costs nothing until used; a freed
+block's pages are dropped, so freed memory reads as zeros and "all freed" is exactly "as new".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sortedcontainers import SortedSet
+
+from ._errors import InvalidError
+
+__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "MemoryStatistics", "PhysicalMemory"]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStatistics:
+    """A snapshot of a :class:`PhysicalMemory`."""
+
+    base: int
+    size: int
+    free_bytes: int
+    allocated_blocks: int
+    backed_pages: int
+    free_blocks_per_order: tuple[int, ...]
+
+
+def _check_int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidError(f"physical memory: {what} must be an int, not {type(value).__name__}")
+    return value
+
+
+class PhysicalMemory:
+    """Simulated RAM of *size* bytes at *base*, with a buddy allocator of orders 0..max_order.
+
+    *base* and *size* must be page aligned and *size* positive; *max_order* is 8 to 20 (1 MiB to
+    4 GiB blocks). The range need not be a multiple of the largest block: it is covered with the
+    largest naturally aligned blocks that fit, as Linux frees memblock ranges into the buddy.
+    """
+
+    def __init__(self, base: int = 0x8000_0000, size: int = 256 << 20, max_order: int = 10):
+        base = _check_int(base, "base")
+        size = _check_int(size, "size")
+        max_order = _check_int(max_order, "max_order")
+        if base < 0 or size <= 0 or (base | size) & (PAGE_SIZE - 1):
+            raise InvalidError(
+                f"physical memory: base {base:#x} and size {size:#x} must be page aligned, "
+                "size positive"
+            )
+        if not 8 <= max_order <= 20:
+            raise InvalidError(f"physical memory: max_order {max_order} is not in 8..20")
+        self.base = base
+        self.size = size
+        self.max_order = max_order
+        # free[order]: starts of free blocks, sorted, so the lowest address is always taken.
+        self._free: list[SortedSet] = [SortedSet() for _ in range(max_order + 1)]
+        self._allocated: dict[int, int] = {}  # start -> order
+        self._pages: dict[int, bytearray] = {}  # page number -> backing bytes
+        self._free_bytes = 0
+        address, end = base, base + size
+        while address < end:
+            order = max_order
+            while order and (
+                address & ((PAGE_SIZE << order) - 1) or address + (PAGE_SIZE << order) > end
+            ):
+                order -= 1
+            self._free[order].add(address)
+            self._free_bytes += PAGE_SIZE << order
+            address += PAGE_SIZE << order
+        self._pristine = self._shape()
+
+    def __repr__(self) -> str:
+        return (
+            f"<PhysicalMemory {self.base:#x}+{self.size:#x} "
+            f"free={self._free_bytes:#x} max_order={self.max_order}>"
+        )
+
+    def _shape(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(blocks) for blocks in self._free)
+
+    @property
+    def free_bytes(self) -> int:
+        return self._free_bytes
+
+    def _check_order(self, order: object) -> int:
+        order = _check_int(order, "order")
+        if not 0 <= order <= self.max_order:
+            raise InvalidError(f"physical memory: order {order} is not in 0..{self.max_order}")
+        return order
+
+    def alloc_pages(self, order: int) -> int | None:
+        """Allocate one block of ``PAGE_SIZE << order`` bytes aligned to its size.
+
+        Returns its start, or ``None`` when no block of that order can be had. Takes the
+        lowest-address block of the smallest sufficient order: deterministic.
+        """
+        order = self._check_order(order)
+        for found in range(order, self.max_order + 1):
+            if self._free[found]:
+                break
+        else:
+            return None
+        start: int = self._free[found].pop(0)
+        while found > order:  # split, keeping the lower half
+            found -= 1
+            self._free[found].add(start + (PAGE_SIZE << found))
+        self._allocated[start] = order
+        self._free_bytes -= PAGE_SIZE << order
+        return start
+
+    def free_pages(self, start: int, order: int) -> None:
+        """Free a block allocated with exactly this *start* and *order*, merging buddies.
+
+        Anything else (double free, wrong order, a foreign address) raises ``EINVAL`` and changes
+        nothing.
+        """
+        order = self._check_order(order)
+        if self._allocated.get(start) != order:
+            raise InvalidError(
+                f"physical memory: free of {start:#x} order {order}: no such allocated block"
+            )
+        del self._allocated[start]
+        self._free_bytes += PAGE_SIZE << order
+        first = (start - self.base) >> PAGE_SHIFT
+        for page in range(first, first + (1 << order)):
+            self._pages.pop(page, None)
+        while order < self.max_order:
+            buddy = start ^ (PAGE_SIZE << order)
+            if buddy not in self._free[order]:
+                break
+            self._free[order].remove(buddy)
+            start = min(start, buddy)
+            order += 1
+        self._free[order].add(start)
+
+    def is_allocated(self, start: int) -> bool:
+        return start in self._allocated
+
+    def _span(self, addr: int, length: int, what: str) -> None:
+        if length < 0 or addr < self.base or addr + length > self.base + self.size:
+            raise InvalidError(
+                f"physical memory: {what} of {length:#x} bytes at {addr:#x} is outside "
+                f"{self.base:#x}..{self.base + self.size:#x}"
+            )
+
+    def read(self, addr: int, length: int) -> bytes:
+        """Read bytes at a physical address; never-written bytes read as zero."""
+        self._span(addr, length, "read")
+        out = bytearray()
+        offset = addr - self.base
+        while length:
+            page, within = divmod(offset, PAGE_SIZE)
+            chunk = min(length, PAGE_SIZE - within)
+            backing = self._pages.get(page)
+            out += backing[within : within + chunk] if backing is not None else bytes(chunk)
+            offset += chunk
+            length -= chunk
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write bytes at a physical address, backing pages on first write."""
+        self._span(addr, len(data), "write")
+        offset = addr - self.base
+        view = memoryview(data)
+        while view:
+            page, within = divmod(offset, PAGE_SIZE)
+            chunk = min(len(view), PAGE_SIZE - within)
+            backing = self._pages.get(page)
+            if backing is None:
+                backing = self._pages[page] = bytearray(PAGE_SIZE)
+            backing[within : within + chunk] = view[:chunk]
+            offset += chunk
+            view = view[chunk:]
+
+    def statistics(self) -> MemoryStatistics:
+        return MemoryStatistics(
+            base=self.base,
+            size=self.size,
+            free_bytes=self._free_bytes,
+            allocated_blocks=len(self._allocated),
+            backed_pages=len(self._pages),
+            free_blocks_per_order=tuple(len(blocks) for blocks in self._free),
+        )
+
+    def is_pristine(self) -> bool:
+        """Whether everything is free, fully merged and unbacked: exactly as new."""
+        return not self._allocated and not self._pages and self._shape() == self._pristine

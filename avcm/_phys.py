@@ -1,0 +1,160 @@
+"""``vcm_phys_alloc`` and ``vcm_phys_walk``: multi-order allocation and the MMU page walk."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import anyio
+
+from ._core import Phys, PhysPart
+from ._errors import InvalidError, NoMemoryError
+from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from ._validate import check_aligned, check_flags, check_orders, page_align
+
+__all__ = [
+    "PageCallback",
+    "default_memory",
+    "page_order",
+    "phys_alloc",
+    "phys_walk",
+    "visit_pages",
+    "walk_pages",
+]
+
+PageCallback = Callable[[int, int, int], Awaitable[object]]
+"""``await callback(vaddr, paddr, order)`` for one page of ``PAGE_SIZE << order`` bytes."""
+
+_default_memory: PhysicalMemory | None = None
+
+
+def default_memory() -> PhysicalMemory:
+    """The process-wide simulated RAM that :func:`phys_alloc` uses when given none."""
+    global _default_memory
+    if _default_memory is None:
+        _default_memory = PhysicalMemory()
+    return _default_memory
+
+
+def page_order(size: int) -> int:
+    """The order of a page of *size* bytes (a power of two, at least ``PAGE_SIZE``)."""
+    return size.bit_length() - 1 - PAGE_SHIFT
+
+
+def phys_alloc(
+    size: int,
+    flags: int = 0,
+    orders: Sequence[int] = (0,),
+    *,
+    memory: PhysicalMemory | None = None,
+) -> Phys:
+    """``vcm_phys_alloc``: allocate *size* bytes in as few pages of *orders* as possible.
+
+    Largest pages first; when a large page cannot be had (memory fragmented), smaller pages make
+    up the rest. 2 MiB + 68 KiB with orders ``(8, 4, 0)`` is two 1 MiB parts, one 64 KiB part and
+    one 4 KiB part. ``ENOMEM`` when the memory cannot hold it, leaking nothing; ``EINVAL`` for a
+    bad size or orders. Freeing the returned phys returns every page.
+    """
+    size = page_align(size, "phys_alloc")
+    check_flags(flags, "phys_alloc")
+    orders = check_orders(orders, "phys_alloc orders")
+    ram = default_memory() if memory is None else memory
+    pages = size >> PAGE_SHIFT
+    parts: list[PhysPart] = []
+    for order in orders:
+        if order > ram.max_order:
+            continue
+        while pages >> order:
+            start = ram.alloc_pages(order)
+            if start is None:
+                break  # fragmented: the smaller orders make up the rest
+            parts.append(PhysPart(start, PAGE_SIZE << order))
+            pages -= 1 << order
+    if pages:
+        _free_parts(ram, parts)
+        raise NoMemoryError(
+            f"phys_alloc: cannot allocate {size:#x} bytes with orders {orders} "
+            f"({ram.free_bytes:#x} bytes free)"
+        )
+
+    async def free(phys: Phys) -> None:
+        _free_parts(ram, phys.parts)
+
+    return Phys(parts, free=free, memory=ram)
+
+
+def _free_parts(ram: PhysicalMemory, parts: Sequence[PhysPart]) -> None:
+    for part in parts:
+        ram.free_pages(part.start, page_order(part.size))
+
+
+def walk_pages(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The pages :func:`phys_walk` visits, as ``(vaddr, paddr, order)``, without visiting them.
+
+    At every step the page is the largest of *orders* that fits the remaining length of the
+    part and the alignment of both addresses (Linux's ``iommu_pgsize``).
+    """
+    pages = []
+    for part in phys.parts:
+        paddr, remaining = part.start, part.size
+        while remaining:
+            for order in orders:
+                page = PAGE_SIZE << order
+                if page <= remaining and not (vaddr | paddr) & (page - 1):
+                    break
+            pages.append((vaddr, paddr, order))
+            vaddr += page
+            paddr += page
+            remaining -= page
+    return pages
+
+
+async def phys_walk(
+    vaddr: int,
+    phys: Phys,
+    orders: Sequence[int],
+    callback: PageCallback,
+    recovery: PageCallback | None = None,
+) -> None:
+    """``vcm_phys_walk``: call *callback* for each MMU page mapping *phys* at *vaddr*.
+
+    A 1 MiB part plus an 8 KiB part walked with orders ``(8, 0)`` calls back with the 1 MiB page
+    and then two 4 KiB pages (given a suitably aligned *vaddr*). If *callback* raises (or the
+    caller is cancelled), *recovery* is called for exactly the pages already done, in reverse,
+    shielded from cancellation, and the error propagates. If *recovery* itself raises, the
+    recovery stops there and that error is noted on the original one.
+    """
+    check_aligned(vaddr, "phys_walk vaddr")
+    if not isinstance(phys, Phys):
+        raise InvalidError(f"phys_walk: {phys!r} is not a Phys")
+    phys._check_usable("phys_walk")
+    orders = check_orders(orders, "phys_walk orders")
+    if not callable(callback) or (recovery is not None and not callable(recovery)):
+        raise InvalidError("phys_walk: callback and recovery must be callables")
+    await visit_pages(walk_pages(vaddr, phys, orders), callback, recovery)
+
+
+async def visit_pages(
+    pages: Iterable[tuple[int, int, int]],
+    callback: PageCallback,
+    recovery: PageCallback | None,
+) -> None:
+    """Call *callback* for each page in order; on an error (or cancellation) call *recovery*
+    for the pages done, in reverse, shielded, and re-raise. The engine of :func:`phys_walk`."""
+    done: list[tuple[int, int, int]] = []
+    try:
+        for page in pages:
+            await callback(*page)
+            done.append(page)
+    except BaseException as error:
+        if recovery is not None:
+            with anyio.CancelScope(shield=True):
+                for page in reversed(done):
+                    try:
+                        await recovery(*page)
+                    except Exception as recovery_error:
+                        error.add_note(
+                            f"phys_walk recovery of page {page[0]:#x} failed too: "
+                            f"{recovery_error!r}; earlier pages were not recovered"
+                        )
+                        break
+        raise

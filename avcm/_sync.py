@@ -1,0 +1,192 @@
+"""Kernel-vocabulary synchronisation: ``struct mutex`` and ``atomic_t`` on anyio.
+
+All of avcm's locking goes through these two classes. Each has one place where a task may be
+made to yield before it touches shared state: the *sync hook*. By default there is no hook and
+the cost is one context-variable lookup. A deterministic scheduler (``avcm.testing``) installs
+a hook to park tasks there and choose who runs next, so interleavings at avcm's own sync points
+can be driven on purpose instead of hoped for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import TracebackType
+
+import anyio
+
+__all__ = [
+    "AtomicCounter",
+    "Mutex",
+    "MutexStatistics",
+    "SyncHook",
+    "sync_hook",
+    "sync_point",
+]
+
+SyncHook = Callable[[str, object], Awaitable[None]]
+"""``await hook(point, obj)``: called at a sync point, before the shared state is touched.
+
+*point* names the place (``"mutex.lock"``, ``"atomic.dec_and_test"``, ``"driver.bind"``...),
+*obj* is the primitive or object concerned. The hook may park the task; it must not raise
+anything but cancellation.
+"""
+
+_sync_hook: ContextVar[SyncHook | None] = ContextVar("avcm_sync_hook", default=None)
+
+
+@contextmanager
+def sync_hook(hook: SyncHook | None) -> Iterator[None]:
+    """Install *hook* for this task and the tasks it spawns while the block runs."""
+    token = _sync_hook.set(hook)
+    try:
+        yield
+    finally:
+        _sync_hook.reset(token)
+
+
+async def sync_point(point: str, obj: object) -> None:
+    """Announce a sync point: a place where a scheduler may switch tasks.
+
+    Without an installed hook this does nothing and does not checkpoint.
+    """
+    hook = _sync_hook.get()
+    if hook is not None:
+        await hook(point, obj)
+
+
+@dataclass(frozen=True, slots=True)
+class MutexStatistics:
+    """A snapshot of a :class:`Mutex`."""
+
+    name: str
+    locked: bool
+    tasks_waiting: int
+    acquisitions: int
+    contended: int
+
+
+class Mutex:
+    """``struct mutex``: a fair, non-reentrant lock, one owner at a time.
+
+    ``async with mutex:`` or ``await mutex.lock()`` / ``mutex.unlock()``. If cancelled while
+    waiting, the mutex was not taken.
+    """
+
+    __slots__ = ("_acquisitions", "_contended", "_lock", "name")
+
+    def __init__(self, name: str = "mutex") -> None:
+        self.name = name
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._acquisitions = 0
+        self._contended = 0
+
+    def __repr__(self) -> str:
+        state = "locked" if self._lock.locked() else "unlocked"
+        return f"<Mutex {self.name} {state}>"
+
+    async def lock(self) -> None:
+        """Take the mutex, waiting for it if another task holds it."""
+        hook = _sync_hook.get()
+        if hook is not None:
+            await hook("mutex.lock", self)
+        if self._lock.locked():
+            self._contended += 1
+        await self._lock.acquire()
+        self._acquisitions += 1
+
+    def trylock(self) -> bool:
+        """Take the mutex if it is free; return whether it was taken. Never yields."""
+        try:
+            self._lock.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        self._acquisitions += 1
+        return True
+
+    def unlock(self) -> None:
+        """Release the mutex; only its holder may call this."""
+        self._lock.release()
+
+    def is_locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> MutexStatistics:
+        return MutexStatistics(
+            name=self.name,
+            locked=self._lock.locked(),
+            tasks_waiting=self._lock.statistics().tasks_waiting,
+            acquisitions=self._acquisitions,
+            contended=self._contended,
+        )
+
+    async def __aenter__(self) -> None:
+        await self.lock()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unlock()
+
+
+class AtomicCounter:
+    """``atomic_t``: an integer whose read-modify-write operations are indivisible.
+
+    Each operation is one step: the sync hook runs first (a scheduler may switch tasks there),
+    then the operation reads and writes with no yield in between. Sequences of operations are
+    not atomic together, exactly as in the kernel; that is what the mutex is for.
+    :attr:`value` reads without a sync point.
+    """
+
+    __slots__ = ("_value", "name")
+
+    def __init__(self, value: int = 0, name: str = "atomic") -> None:
+        self.name = name
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"<AtomicCounter {self.name}={self._value}>"
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    async def read(self) -> int:
+        await sync_point("atomic.read", self)
+        return self._value
+
+    async def set(self, value: int) -> None:
+        await sync_point("atomic.set", self)
+        self._value = value
+
+    async def add_return(self, delta: int) -> int:
+        """Add *delta* and return the new value (``atomic_add_return``)."""
+        await sync_point("atomic.add_return", self)
+        self._value += delta
+        return self._value
+
+    async def inc(self) -> None:
+        await self.add_return(1)
+
+    async def dec(self) -> None:
+        await self.add_return(-1)
+
+    async def inc_return(self) -> int:
+        return await self.add_return(1)
+
+    async def dec_and_test(self) -> bool:
+        """Decrement; return whether the result is zero (``atomic_dec_and_test``)."""
+        return await self.add_return(-1) == 0
+
+    async def add_unless(self, delta: int, unless: int) -> bool:
+        """Add *delta* unless the value is *unless*; return whether it added."""
+        await sync_point("atomic.add_unless", self)
+        if self._value == unless:
+            return False
+        self._value += delta
+        return True

@@ -1,0 +1,79 @@
+"""Argument validation shared by every public entry point: bad input gets EINVAL, nothing else."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from typing_extensions import TypeIs
+
+from ._errors import InvalidError
+from ._memory import PAGE_SHIFT, PAGE_SIZE
+
+__all__ = [
+    "MAX_ORDER",
+    "check_aligned",
+    "check_flags",
+    "check_orders",
+    "is_int",
+    "order_size",
+    "page_align",
+]
+
+MAX_ORDER = 30
+"""The largest page order avcm accepts anywhere (4 TiB pages): a sanity bound, not a limit."""
+
+
+def is_int(value: object) -> TypeIs[int]:
+    # bool is an int subclass, but True is never a size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def page_align(size: object, what: str) -> int:
+    """Return *size* rounded up to a page; EINVAL unless it is a positive int."""
+    if not is_int(size):
+        raise InvalidError(f"{what}: size must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise InvalidError(f"{what}: size must be positive, got {size}")
+    return (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def check_aligned(value: object, what: str, *, positive: bool = False) -> int:
+    """Return *value* if it is a page-aligned non-negative int (positive if asked)."""
+    if not is_int(value):
+        raise InvalidError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise InvalidError(f"{what} must be {kind}, got {value:#x}")
+    if value & (PAGE_SIZE - 1):
+        raise InvalidError(f"{what} {value:#x} is not aligned to PAGE_SIZE ({PAGE_SIZE:#x})")
+    return value
+
+
+def check_flags(flags: object, what: str) -> int:
+    if not is_int(flags):
+        raise InvalidError(f"{what}: flags must be an int, not {type(flags).__name__}")
+    if flags < 0:
+        raise InvalidError(f"{what}: flags must be non-negative, got {flags}")
+    return flags
+
+
+def check_orders(orders: object, what: str = "orders") -> tuple[int, ...]:
+    """Validate page orders: ints, strictly descending, ending with 0 (as ``{8, 4, 0}``)."""
+    if isinstance(orders, (str, bytes)) or not isinstance(orders, Iterable):
+        raise InvalidError(f"{what} must be a sequence of ints, not {type(orders).__name__}")
+    result = tuple(orders)
+    if not result:
+        raise InvalidError(f"{what} must not be empty")
+    for order in result:
+        if not is_int(order) or not 0 <= order <= MAX_ORDER:
+            raise InvalidError(f"{what} {result!r}: {order!r} is not an order in 0..{MAX_ORDER}")
+    if any(a <= b for a, b in itertools.pairwise(result)):
+        raise InvalidError(f"{what} {result!r} must be strictly descending")
+    if result[-1] != 0:
+        raise InvalidError(f"{what} {result!r} must end with 0 (the {PAGE_SIZE >> 10} KiB page)")
+    return result
+
+
+def order_size(order: int) -> int:
+    return 1 << (order + PAGE_SHIFT)

@@ -1,0 +1,9 @@
+"""The avcm stress harness: ``python -m stress`` interleaves every operation from many tasks and
+checks the contract's invariants after every step. See ``python -m stress --help``."""
+
+from ._cli import main, run
+from ._config import OPERATIONS, StressConfig, UsageError
+from ._invariants import Violation
+from ._workload import RunResult
+
+__all__ = ["OPERATIONS", "RunResult", "StressConfig", "UsageError", "Violation", "main", "run"]

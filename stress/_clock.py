@@ -1,0 +1,67 @@
+"""Virtual time for both backends, so simulated latency costs no wall time and a seed replays.
+
+On trio this is :class:`trio.testing.MockClock` with ``autojump_threshold=0``: when every task is
+blocked, the clock jumps to the next deadline. On asyncio the same idea is an event loop whose
+``time()`` is virtual and whose selector, asked to wait, advances that time instead of sleeping.
+Both loops are then deterministic: which callback runs next depends only on the program and the
+seed, never on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["backend_options"]
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """A selector that never waits for a timeout: it moves the loop's virtual clock instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout > 0:
+            self.now += timeout
+            timeout = 0
+        return super().select(timeout)
+
+
+class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on virtual time: ``loop.time()`` advances only when nothing is ready."""
+
+    def __init__(self) -> None:
+        self._virtual = _VirtualSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def _seed_trio_scheduler(seed: int) -> None:
+    # trio shuffles each batch of runnable tasks with a module-level Random; seeding it is the
+    # only way to make a trio run repeat. It is private, so a trio without it runs unseeded.
+    from trio._core import _run
+
+    scheduler_random = getattr(_run, "_r", None)
+    if scheduler_random is not None:
+        scheduler_random.seed(seed)
+
+
+def backend_options(backend: str, seed: int, *, virtual: bool) -> Mapping[str, Any]:
+    """The ``anyio.run`` backend options for a (virtual or real time) run seeded with *seed*."""
+    if backend == "trio":
+        _seed_trio_scheduler(seed)
+        if not virtual:
+            return {}
+        import trio.testing
+
+        return {"clock": trio.testing.MockClock(autojump_threshold=0)}
+    if not virtual:
+        return {}
+    factory: Callable[[], asyncio.AbstractEventLoop] = VirtualTimeEventLoop
+    return {"loop_factory": factory}

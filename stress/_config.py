@@ -1,0 +1,102 @@
+"""What a stress run is asked to do: one frozen record, which is also what a replay file stores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["CONTEXT_KINDS", "OPERATIONS", "StressConfig", "UsageError"]
+
+CONTEXT_KINDS = ("iommu", "carveout", "cpu", "custom")
+
+OPERATIONS: dict[str, int] = {
+    # name: weight. Building and tearing down are balanced so the pools neither empty nor grow.
+    "make_binding": 8,
+    "alloc": 6,
+    "free": 5,
+    "reserve": 5,
+    "unreserve": 3,
+    "map": 6,
+    "unmap": 4,
+    "bind": 8,
+    "unbind": 6,
+    "destroy_binding": 5,
+    "activate": 6,
+    "deactivate": 5,
+    "data": 8,
+}
+
+
+class UsageError(Exception):
+    """A bad option or a setup that cannot start: exit status 2, one line, no traceback."""
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    """A stress run. Same config (seed included), same backend: the same run, operation for
+    operation, with the default virtual clock."""
+
+    backend: str = "asyncio"
+    seed: int = 0
+    tasks: int = 64
+    ops: int = 20_000
+    duration: float | None = None
+    contexts: tuple[tuple[str, int], ...] = (("iommu", 1), ("carveout", 1), ("cpu", 1))
+    latency: str = "default"
+    faults: float = 0.0
+    cancel: float = 0.0
+    driver: str | None = None
+    clock: str = "virtual"
+    check_every: int = 50
+    weights: tuple[tuple[str, int], ...] = field(default_factory=lambda: tuple(OPERATIONS.items()))
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("asyncio", "trio"):
+            raise UsageError(f"--backend must be asyncio or trio, not {self.backend!r}")
+        if self.tasks < 1:
+            raise UsageError(f"--tasks must be at least 1, not {self.tasks}")
+        if self.ops < 1:
+            raise UsageError(f"--ops must be at least 1, not {self.ops}")
+        if self.duration is not None and self.duration <= 0:
+            raise UsageError(f"--duration must be positive, not {self.duration}")
+        for name, rate in (("--faults", self.faults), ("--cancel", self.cancel)):
+            if not 0.0 <= rate <= 1.0:
+                raise UsageError(f"{name} must be a rate between 0 and 1, not {rate}")
+        if self.clock not in ("virtual", "real"):
+            raise UsageError(f"--clock must be virtual or real, not {self.clock!r}")
+        if not self.contexts or sum(count for _, count in self.contexts) < 1:
+            raise UsageError("--contexts must name at least one context")
+        for kind, count in self.contexts:
+            if kind not in CONTEXT_KINDS:
+                raise UsageError(
+                    f"--contexts: unknown kind {kind!r} (choose from {', '.join(CONTEXT_KINDS)})"
+                )
+            if count < 0:
+                raise UsageError(f"--contexts: {kind}={count} must not be negative")
+        if any(kind == "custom" and count for kind, count in self.contexts) != (
+            self.driver is not None
+        ):
+            raise UsageError("--contexts custom=N goes with --driver module:factory")
+        if self.check_every < 1:
+            raise UsageError(f"--check-every must be at least 1, not {self.check_every}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["contexts"] = [list(pair) for pair in self.contexts]
+        data["weights"] = [list(pair) for pair in self.weights]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StressConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UsageError(f"replay file has unknown settings: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("contexts", "weights"):
+            if key in values:
+                values[key] = tuple((str(k), int(v)) for k, v in values[key])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise UsageError(f"replay file: {error}") from None

@@ -1,0 +1,140 @@
+"""The contexts a stress run drives: the sample drivers, or a driver under test (``--driver``).
+
+A :class:`Context` wraps a :class:`avcm.Vcm` with what the checks need to see of its hardware:
+whether it is active, and the device's view of memory (read and write at a device address).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import avcm
+import drivers
+
+from ._config import StressConfig, UsageError
+
+__all__ = ["Context", "build_contexts", "is_injected_fault"]
+
+
+def is_injected_fault(error: BaseException) -> bool:
+    return isinstance(error, drivers.InjectedFault)
+
+
+@dataclass
+class Context:
+    kind: str
+    name: str
+    vcm: avcm.Vcm
+    one_to_one: bool
+    memory: avcm.PhysicalMemory
+    faults: drivers.FaultPlan | None = None
+
+    @property
+    def hardware(self) -> object:
+        driver = self.vcm.driver
+        return driver.hw if isinstance(driver, avcm.MmuWrapper) else driver
+
+    def hardware_active(self) -> bool:
+        hardware = self.hardware
+        if isinstance(hardware, avcm.HardwareView):
+            return hardware.hardware_active()
+        return self.vcm.activations > 0  # nothing to observe: take the model's word
+
+    def device_visible(self) -> bool:
+        """Whether the device can reach memory through this context right now."""
+        if self.one_to_one:
+            return True  # no translation: the device always sees physical memory
+        return self.hardware_active() and hasattr(self.hardware, "read")
+
+    def device_read(self, address: int, length: int) -> bytes:
+        if self.one_to_one:
+            return self.memory.read(address, length)
+        data: bytes = self.hardware.read(address, length)
+        return data
+
+    def device_write(self, address: int, data: bytes) -> None:
+        if self.one_to_one:
+            self.memory.write(address, data)
+        else:
+            self.hardware.write(address, data)
+
+    def address_space(self) -> Any:
+        driver = self.vcm.driver
+        return driver.space if isinstance(driver, avcm.MmuWrapper) else None
+
+    def stop_faults(self) -> None:
+        if self.faults is not None:
+            self.faults.disable()
+
+
+def _sample_factory(kind: str) -> Callable[..., avcm.Vcm]:
+    factories: dict[str, Callable[..., avcm.Vcm]] = {
+        "iommu": drivers.create_iommu,
+        "carveout": drivers.create_carveout,
+        "cpu": drivers.create_cpu,
+    }
+    return factories[kind]
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--driver {spec!r}: expected MODULE:FACTORY")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise UsageError(f"--driver {spec!r}: cannot import {module_name}: {error}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UsageError(f"--driver {spec!r}: {module_name} has no callable {attribute}")
+    return factory  # type: ignore[no-any-return]
+
+
+async def _call_factory(spec: str, memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    factory = _import_factory(spec)
+    try:
+        made = factory(memory)
+        if inspect.isawaitable(made):
+            made = await made
+    except Exception as error:
+        raise UsageError(f"--driver {spec!r}: the factory failed: {error!r}") from None
+    if not isinstance(made, avcm.Vcm):
+        raise UsageError(f"--driver {spec!r} returned {made!r}, not an avcm.Vcm")
+    return made
+
+
+async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> list[Context]:
+    contexts: list[Context] = []
+    for kind, count in config.contexts:
+        for index in range(count):
+            name = f"{kind}{index}"
+            if kind == "custom":
+                if config.driver is None:  # pragma: no cover - StressConfig checks
+                    raise UsageError("custom contexts need --driver")
+                vcm = await _call_factory(config.driver, memory)
+                one_to_one = isinstance(vcm.driver, avcm.O2oWrapper)
+                contexts.append(Context(kind, name, vcm, one_to_one, memory))
+                continue
+            # str hashes differ per process; a seed must not.
+            seed = zlib.crc32(f"{config.seed}:{kind}:{index}".encode())
+            faults = drivers.FaultPlan(seed=seed)
+            if config.faults:
+                faults.fail_randomly(probability=config.faults)
+            latency = drivers.Latency.profile(config.latency, seed=seed)
+            vcm = _sample_factory(kind)(
+                memory, latency=latency, faults=faults, name=name, **_placement(kind, index)
+            )
+            contexts.append(Context(kind, name, vcm, kind == "carveout", memory, faults))
+    return contexts
+
+
+def _placement(kind: str, index: int) -> dict[str, int]:
+    """Separate address ranges, so contexts of one kind do not look alike in traces."""
+    if kind == "carveout":
+        return {}
+    return {"start": (0x1000_0000 if kind == "iommu" else 0x4000_0000) + index * (1 << 30)}

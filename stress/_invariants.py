@@ -1,0 +1,192 @@
+"""The checks: the contract's rules 1-9, the model check, data integrity, and no leaks.
+
+Per-operation postconditions live with the operations (``_workload``); this module has the
+checks that need the whole world: at quiescent points (no operation in flight) and at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import avcm
+
+if TYPE_CHECKING:
+    from ._contexts import Context
+    from ._workload import World
+
+__all__ = ["Violation", "check_data", "check_final", "check_quiescent"]
+
+
+class Violation(Exception):
+    """A broken rule: what was expected, what happened, and at which operation."""
+
+    def __init__(self, rule: str, description: str, seq: int | None = None) -> None:
+        super().__init__(f"{rule}: {description}")
+        self.rule = rule
+        self.description = description
+        self.seq = seq
+
+
+def _prune(world: World) -> None:
+    """Drop objects whose operation completed although the caller was cancelled (rule 7 lets
+    an operation complete), so the pools hold only live objects."""
+    world.physes[:] = [phys for phys in world.physes if not phys.freed]
+    world.reservations[:] = [res for res in world.reservations if not res.unreserved]
+
+
+def _live_physes(world: World) -> list[avcm.Phys]:
+    seen: dict[avcm.Phys, None] = dict.fromkeys(world.physes)
+    for ctx in world.contexts:
+        seen.update(dict.fromkeys(ctx.vcm.allocations()))
+        for res in ctx.vcm.reservations():
+            if res.phys is not None:
+                seen[res.phys] = None
+    return list(seen)
+
+
+def check_quiescent(world: World) -> None:
+    """Every rule that must hold when no operation is in flight. Raises :class:`Violation`."""
+    checks = world.result.checks
+    _prune(world)
+    bound: Counter[avcm.Phys] = Counter()
+    for ctx in world.contexts:
+        vcm = ctx.vcm
+        held = sum(count for (_, held_vcm), count in world.held.items() if held_vcm is vcm)
+        checks["rule 3 count"] += 1
+        if vcm.activations != held:
+            raise Violation(
+                "rule 3", f"{ctx.name}: activations={vcm.activations}, tasks hold {held}"
+            )
+        checks["rule 7 locks"] += 1
+        if vcm.statistics().mutex.locked:
+            raise Violation("rule 7", f"{ctx.name}: mutex still held with nothing in flight")
+        checks["rule 4 model"] += 1
+        try:
+            avcm.check_model(vcm)
+        except avcm.HardwareMismatch as mismatch:
+            raise Violation("rule 4", str(mismatch)) from None
+        for res in vcm.reservations():
+            if res.phys is not None:
+                bound[res.phys] += 1
+                if res.phys.freed:
+                    raise Violation("rule 6", f"{res!r} is bound to freed memory {res.phys!r}")
+    parts: list[tuple[int, int, avcm.Phys]] = []
+    for phys in _live_physes(world):
+        checks["rule 5 bindings"] += 1
+        if phys.bindings != bound[phys]:
+            raise Violation(
+                "rule 5",
+                f"{world.name(phys)}.bindings={phys.bindings} but it is bound to "
+                f"{bound[phys]} reservation(s)",
+            )
+        if phys._lock.is_locked():
+            raise Violation("rule 7", f"{world.name(phys)}'s lock still held")
+        parts.extend((part.start, part.start + part.size, phys) for part in phys.parts)
+    parts.sort(key=lambda part: part[0])
+    checks["memory overlap"] += 1
+    for (_, end, first), (start, _, second) in itertools.pairwise(parts):
+        if start < end:
+            raise Violation(
+                "memory",
+                f"live allocations overlap at {start:#x}: {world.name(first)} and "
+                f"{world.name(second)} (an allocator handed out the same memory twice)",
+            )
+
+
+def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
+    views = []
+    for ctx in world.contexts:
+        if not ctx.device_visible():
+            continue
+        for res in ctx.vcm.reservations():
+            if res.phys is phys:
+                views.append((ctx, res))
+    return views
+
+
+def _physical_address(phys: avcm.Phys, offset: int) -> int:
+    for part in phys.parts:
+        if offset < part.size:
+            return part.start + offset
+        offset -= part.size
+    raise AssertionError("offset beyond the phys")  # the caller draws offsets inside it
+
+
+def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
+    """Write a pattern through one view of *phys*, read it back through all of them and from
+    physical memory. Synchronous: nothing else runs meanwhile. Returns the outcome."""
+    views = _views(world, phys)
+    length = rng.randrange(1, 65)
+    offset = rng.randrange(0, phys.size - length + 1)
+    pattern = rng.randbytes(length)
+    if not views:
+        return "no view"
+    writer, written_at = views[rng.randrange(len(views))]
+    world.result.checks["data"] += 1
+    try:
+        writer.device_write(written_at.start + offset, pattern)
+        for ctx, res in views:
+            seen = ctx.device_read(res.start + offset, length)
+            if seen != pattern:
+                raise Violation(
+                    "data",
+                    f"{length} bytes written through {writer.name} at "
+                    f"{written_at.start + offset:#x} read back differently through {ctx.name} "
+                    f"at {res.start + offset:#x}",
+                )
+    except avcm.VcmError as fault:
+        raise Violation(
+            "rule 4", f"device access to a bound, active mapping faulted: {fault}"
+        ) from None
+    # byte by byte through the parts, so a pattern across a part boundary is checked too
+    truth = bytes(
+        world.memory.read(_physical_address(phys, offset + i), 1)[0] for i in range(length)
+    )
+    if truth != pattern:
+        raise Violation("data", f"physical memory of {world.name(phys)} does not hold the pattern")
+    return f"ok {len(views)} view(s)"
+
+
+async def check_final(world: World) -> None:
+    """After every task stopped: tear everything down and prove nothing leaked (rule 9)."""
+    for ctx in world.contexts:
+        ctx.stop_faults()
+    check_quiescent(world)
+    for ctx in world.contexts:
+        if ctx.vcm.activations:
+            raise Violation("rule 3", f"{ctx.name} still activated after every task deactivated")
+        if ctx.hardware_active():
+            raise Violation("rule 4", f"{ctx.name}'s hardware is active with count 0")
+    for res in list(world.reservations):
+        if res.phys is not None:
+            await res.unbind()
+        await res.unreserve()
+    for phys in list(world.physes):
+        await phys.free()
+    world.reservations.clear()
+    world.physes.clear()
+    for ctx in world.contexts:
+        leftovers = ctx.vcm.reservations()
+        allocations = ctx.vcm.allocations()
+        if leftovers or allocations:
+            raise Violation(
+                "rule 9",
+                f"{ctx.name} holds {len(leftovers)} reservation(s) and {len(allocations)} phys "
+                f"that no operation returned (a cancelled or failed operation leaked them)",
+            )
+        space = ctx.address_space()
+        if space is not None and not space.is_pristine():
+            raise Violation("rule 9", f"{ctx.name} leaked address space: not every byte is free")
+    for ctx in world.contexts:
+        await ctx.vcm.destroy()
+    world.result.checks["rule 9 leaks"] += 1
+    if not world.memory.is_pristine():
+        stats = world.memory.statistics()
+        leaked = stats.size - stats.free_bytes
+        raise Violation(
+            "rule 9",
+            f"{leaked:#x} bytes of physical memory leaked after every context was destroyed",
+        )

@@ -1,0 +1,154 @@
+"""What a run shows: progress bar, summary table, JSON report and the replay (trace) file."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._config import StressConfig
+from ._workload import RunResult
+
+__all__ = ["progress_bar", "render_summary", "report_json", "write_trace"]
+
+TRACE_VERSION = 1
+
+
+@contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    progress = Progress(
+        TextColumn("stress"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("ops", total=total)
+        yield lambda done: progress.update(task, completed=min(done, total))
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _micros(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f}"
+
+
+def render_summary(config: StressConfig, result: RunResult, out: TextIO) -> None:
+    console = Console(file=out, width=120, highlight=False)
+    clock = "simulated" if config.clock == "virtual" else "wall"
+    rate = result.ops / result.wall_seconds if result.wall_seconds else 0.0
+    console.print(
+        f"avcm stress: backend={config.backend} seed={config.seed} tasks={config.tasks} "
+        f"contexts={','.join(f'{k}={n}' for k, n in config.contexts if n)} "
+        f"latency={config.latency} faults={config.faults} cancel={config.cancel}"
+    )
+    table = Table(title=None, show_edge=False, pad_edge=False)
+    table.add_column("operation")
+    table.add_column("count", justify="right")
+    table.add_column(f"p50 µs ({clock})", justify="right")
+    table.add_column(f"p99 µs ({clock})", justify="right")
+    table.add_column("outcomes")
+    for op in sorted(result.counts):
+        outcomes = ", ".join(
+            f"{name} {count}" for name, count in sorted(result.outcomes[op].items())
+        )
+        latencies = result.latencies[op]
+        table.add_row(
+            op,
+            f"{result.counts[op]:,}",
+            _micros(_percentile(latencies, 0.5)),
+            _micros(_percentile(latencies, 0.99)),
+            outcomes,
+        )
+    console.print(table)
+    checks = sum(result.checks.values())
+    console.print(
+        f"{result.ops:,} ops in {result.wall_seconds:.2f} s wall ({rate:,.0f} ops/s); "
+        f"{checks:,} checks ({', '.join(f'{k} {v:,}' for k, v in sorted(result.checks.items()))})"
+    )
+    if result.warnings:
+        console.print(
+            "warnings (expected when tasks race): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(result.warnings.items()))
+        )
+    violations = 0 if result.violation is None else 1
+    console.print(f"violations: {violations}")
+
+
+def describe_violation(config: StressConfig, result: RunResult, trace_path: Path | None) -> str:
+    violation = result.violation
+    if violation is None:
+        return ""
+    lines = [
+        f"VIOLATION at operation {violation.seq} ({violation.rule}): {violation.description}",
+        f"seed {config.seed}, backend {config.backend}",
+    ]
+    if trace_path is not None:
+        lines.append(f"trace written to {trace_path}")
+        lines.append(f"replay: python -m stress --replay {shlex.quote(str(trace_path))}")
+    return "\n".join(lines)
+
+
+def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
+    violation = result.violation
+    return {
+        "version": TRACE_VERSION,
+        "config": config.to_json(),
+        "violation": None
+        if violation is None
+        else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
+        "trace": [asdict(outcome) for outcome in result.trace],
+    }
+
+
+def write_trace(config: StressConfig, result: RunResult, directory: Path) -> Path:
+    path = directory / f"stress-{config.backend}-seed{config.seed}.trace.json"
+    path.write_text(json.dumps(trace_document(config, result)))
+    return path
+
+
+def report_json(config: StressConfig, result: RunResult) -> dict[str, Any]:
+    """The machine-readable report (``--json``)."""
+    violation = result.violation
+    return {
+        "config": config.to_json(),
+        "ops": result.ops,
+        "wall_seconds": result.wall_seconds,
+        "ops_per_second": result.ops / result.wall_seconds if result.wall_seconds else 0.0,
+        "counts": dict(result.counts),
+        "outcomes": {op: dict(counter) for op, counter in result.outcomes.items()},
+        "latency_seconds": {
+            op: {
+                "p50": _percentile(values, 0.5),
+                "p99": _percentile(values, 0.99),
+                "mean": statistics.fmean(values) if values else 0.0,
+            }
+            for op, values in result.latencies.items()
+        },
+        "checks": dict(result.checks),
+        "warnings": dict(result.warnings),
+        "violation": None
+        if violation is None
+        else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
+    }

@@ -1,0 +1,485 @@
+"""The operation mix: many tasks, each choosing operations at random with seeded weights.
+
+Every task draws from its own ``random.Random(seed, task)``, and shared objects are picked from
+shared pools, so tasks contend on the same reservations and memory on purpose. Each operation's
+outcome is classified at once: success, an error the contract allows in that situation (counted
+as an expected outcome), or a violation. After every operation its own postconditions are
+checked; every ``check_every`` operations the world is brought to quiescence and the global
+invariants run (``_invariants``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import random
+import time
+import traceback
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+import avcm
+
+from ._config import StressConfig
+from ._contexts import Context, build_contexts, is_injected_fault
+from ._invariants import Violation, check_final, check_quiescent
+
+__all__ = ["Outcome", "RunResult", "World", "run_workload"]
+
+KiB = 1 << 10
+MiB = 1 << 20
+# Mostly small, some that exercise large pages and the page walk's mixes.
+SIZES = (4 * KiB, 8 * KiB, 16 * KiB, 64 * KiB, 68 * KiB, MiB, MiB + 68 * KiB, 2 * MiB + 68 * KiB)
+SIZE_WEIGHTS = (20, 12, 8, 8, 6, 3, 2, 1)
+
+# Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
+# go on working); any other avcm warning is a violation.
+EXPECTED_WARNINGS = ("unbind:", "unreserve:")
+
+
+@dataclass
+class Outcome:
+    """One operation as the trace records it."""
+
+    seq: int
+    task: int
+    op: str
+    target: str
+    result: str
+    vtime: float
+
+
+@dataclass
+class RunResult:
+    ops: int = 0
+    wall_seconds: float = 0.0
+    counts: Counter[str] = field(default_factory=Counter)
+    outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    checks: Counter[str] = field(default_factory=Counter)
+    warnings: Counter[str] = field(default_factory=Counter)
+    violation: Violation | None = None
+    trace: list[Outcome] = field(default_factory=list)
+
+
+class _Skip(Exception):
+    """No object to operate on: the operation is counted as skipped."""
+
+
+class World:
+    """Everything the tasks share: contexts, pools of live objects, the quiescence gate."""
+
+    def __init__(self, config: StressConfig, memory: avcm.PhysicalMemory, contexts: list[Context]):
+        self.config = config
+        self.memory = memory
+        self.contexts = contexts
+        self.by_vcm = {ctx.vcm: ctx for ctx in contexts}
+        self.physes: list[avcm.Phys] = []
+        self.reservations: list[avcm.Res] = []
+        self.names: dict[object, str] = {}
+        self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
+        self.result = RunResult()
+        self.seq = 0
+        self.in_flight = 0
+        self.paused: anyio.Event | None = None
+        self.idle: anyio.Event | None = None
+        self.stop = False
+        # how long after its start a --cancel operation is cancelled, at most (virtual seconds)
+        self.cancel_window = 0.0 if config.latency == "zero" else 0.001
+        self.deadline = None if config.duration is None else time.monotonic() + config.duration
+
+    # -- naming: stable ids, so a trace is the same in every replay --------------------------
+
+    def name(self, obj: object) -> str:
+        name = self.names.get(obj)
+        if name is None:
+            kind = "phys" if isinstance(obj, avcm.Phys) else "res"
+            name = f"{kind}#{len(self.names)}"
+            self.names[obj] = name
+        return name
+
+    def adopt_phys(self, phys: avcm.Phys) -> None:
+        self.name(phys)
+        self.physes.append(phys)
+
+    def adopt_res(self, res: avcm.Res) -> None:
+        self.name(res)
+        self.reservations.append(res)
+
+    def forget(self, pool: list[Any], obj: object) -> None:
+        with contextlib.suppress(ValueError):
+            pool.remove(obj)
+
+    # -- quiescence --------------------------------------------------------------------------
+
+    async def enter(self) -> None:
+        while self.paused is not None:
+            await self.paused.wait()
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.idle is not None:
+            self.idle.set()
+
+    async def quiesce_and_check(self) -> None:
+        if self.paused is not None:
+            return  # another task is checking already
+        self.paused = anyio.Event()
+        try:
+            while self.in_flight:
+                self.idle = anyio.Event()
+                await self.idle.wait()
+            check_quiescent(self)
+        finally:
+            paused, self.paused = self.paused, None
+            paused.set()
+
+    def done(self) -> bool:
+        if self.stop or self.result.violation is not None:
+            return True
+        if self.deadline is not None:
+            return time.monotonic() >= self.deadline
+        return self.seq >= self.config.ops
+
+
+# -- operations ------------------------------------------------------------------------------
+# Each returns (target description, result); raising a VcmError is classified by the caller.
+
+Op = Callable[["World", "TaskState"], Awaitable[tuple[str, str]]]
+
+
+@dataclass
+class TaskState:
+    index: int
+    rng: random.Random
+
+
+def _pick_context(world: World, task: TaskState) -> Context:
+    return task.rng.choice(world.contexts)
+
+
+def _pick(task: TaskState, pool: list[Any]) -> Any:
+    if not pool:
+        raise _Skip
+    return task.rng.choice(pool)
+
+
+def _size(task: TaskState) -> int:
+    return task.rng.choices(SIZES, SIZE_WEIGHTS)[0]
+
+
+async def op_alloc(world: World, task: TaskState) -> tuple[str, str]:
+    ctx = _pick_context(world, task)
+    size = _size(task)
+    phys = await ctx.vcm.alloc(size)
+    world.adopt_phys(phys)
+    return f"{ctx.name} {size:#x}", f"ok {world.name(phys)}"
+
+
+async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
+    ctx = _pick_context(world, task)
+    size = _size(task)
+    res = await ctx.vcm.make_binding(size)
+    if res.phys is None or res.phys.size < size or res.phys.bindings < 1:
+        raise Violation("rule 5", f"make_binding returned {res!r} without its memory bound")
+    world.adopt_res(res)
+    world.adopt_phys(res.phys)
+    return f"{ctx.name} {size:#x}", f"ok {world.name(res)}"
+
+
+async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:
+    ctx = _pick_context(world, task)
+    size = _size(task)
+    try:
+        res = await ctx.vcm.reserve(size)
+    except avcm.NotSupportedError:
+        if ctx.one_to_one:
+            return f"{ctx.name} {size:#x}", "EOPNOTSUPP (one-to-one)"
+        raise
+    if ctx.one_to_one:
+        raise Violation("contract", f"reserve alone succeeded on one-to-one {ctx.name}")
+    world.adopt_res(res)
+    return f"{ctx.name} {size:#x}", f"ok {world.name(res)}"
+
+
+async def op_map(world: World, task: TaskState) -> tuple[str, str]:
+    ctx = _pick_context(world, task)
+    phys = _pick(task, world.physes)
+    target = f"{ctx.name} {world.name(phys)}"
+    res = await ctx.vcm.map(phys)
+    if res.phys is not phys:
+        raise Violation("rule 5", f"map of {world.name(phys)} returned {res!r} bound elsewhere")
+    world.adopt_res(res)
+    return target, f"ok {world.name(res)}"
+
+
+async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
+    res = _pick(task, world.reservations)
+    phys = _pick(task, world.physes)
+    target = f"{world.name(res)} {world.name(phys)}"
+    try:
+        await res.bind(phys)
+    except avcm.AddressInUseError:
+        if res.phys is None or res.phys is phys:
+            raise Violation(
+                "rule 5", f"bind {target}: EADDRINUSE but bound to {res.phys!r}"
+            ) from None
+        raise
+    if res.phys is not phys:
+        raise Violation("rule 5", f"bind {target} succeeded but res.phys is {res.phys!r}")
+    return target, "ok"
+
+
+async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
+    res = _pick(task, world.reservations)
+    phys = await res.unbind()
+    if res.phys is not None and res.phys is phys:
+        raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
+    return world.name(res), "ok" if phys is not None else "unbound"
+
+
+async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
+    res = _pick(task, world.reservations)
+    await res.unreserve()
+    world.forget(world.reservations, res)
+    return world.name(res), "ok"
+
+
+async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
+    res = _pick(task, world.reservations)
+    await res.unmap()
+    world.forget(world.reservations, res)
+    return world.name(res), "ok"
+
+
+async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
+    res = _pick(task, world.reservations)
+    phys = res.phys
+    await res.destroy_binding()
+    world.forget(world.reservations, res)
+    if phys is not None and phys.freed:
+        world.forget(world.physes, phys)
+    return world.name(res), "ok"
+
+
+async def op_free(world: World, task: TaskState) -> tuple[str, str]:
+    phys = _pick(task, world.physes)
+    try:
+        await phys.free()
+    except avcm.BusyError:
+        if phys.bindings == 0:
+            raise Violation(
+                "rule 6", f"free of {world.name(phys)}: EBUSY with no binding"
+            ) from None
+        raise
+    if not phys.freed or phys.bindings:
+        raise Violation("rule 6", f"free of {world.name(phys)} returned but it is not free")
+    world.forget(world.physes, phys)
+    return world.name(phys), "ok"
+
+
+async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
+    ctx = _pick_context(world, task)
+    key = (task.index, ctx.vcm)
+    if world.held[key] >= 2:
+        return await op_deactivate_ctx(world, task, ctx)
+    await ctx.vcm.activate()
+    world.held[key] += 1
+    if not ctx.hardware_active():
+        raise Violation("rule 1", f"activate of {ctx.name} returned with the hardware inactive")
+    if ctx.vcm.activations < 1:
+        raise Violation("rule 3", f"activate of {ctx.name} returned with count 0")
+    return ctx.name, "ok"
+
+
+async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
+    held = [ctx for ctx in world.contexts if world.held[(task.index, ctx.vcm)]]
+    if not held:
+        raise _Skip
+    return await op_deactivate_ctx(world, task, task.rng.choice(held))
+
+
+async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
+    await ctx.vcm.deactivate()
+    world.held[(task.index, ctx.vcm)] -= 1
+    if ctx.vcm.activations < 0:
+        raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
+    return f"{ctx.name} (deactivate)", "ok"
+
+
+async def op_data(world: World, task: TaskState) -> tuple[str, str]:
+    """Write a pattern through one view of a phys, read it back through every other view.
+
+    Synchronous from the pick to the last read: no other task runs in between, so every
+    mapping looked at is the model's mapping at that instant.
+    """
+    from ._invariants import check_data
+
+    phys = _pick(task, world.physes)
+    if phys.freed:
+        raise _Skip
+    return world.name(phys), check_data(world, phys, task.rng)
+
+
+OPERATION_FUNCTIONS: dict[str, Op] = {
+    "alloc": op_alloc,
+    "make_binding": op_make_binding,
+    "reserve": op_reserve,
+    "map": op_map,
+    "bind": op_bind,
+    "unbind": op_unbind,
+    "unreserve": op_unreserve,
+    "unmap": op_unmap,
+    "destroy_binding": op_destroy_binding,
+    "free": op_free,
+    "activate": op_activate,
+    "deactivate": op_deactivate,
+    "data": op_data,
+}
+
+# errno the contract allows per operation when tasks race on shared objects.
+ALLOWED: dict[str, set[int]] = {
+    "alloc": {errno.ENOMEM},
+    "make_binding": {errno.ENOMEM, errno.ENOSPC},
+    "reserve": {errno.ENOSPC},
+    "map": {errno.EINVAL, errno.ENOSPC, errno.ENOMEM, errno.EOPNOTSUPP, errno.EBUSY},
+    "bind": {errno.EINVAL, errno.EALREADY, errno.EADDRINUSE, errno.ENOSPC, errno.EOPNOTSUPP},
+    "unbind": {errno.EINVAL},
+    "unreserve": {errno.EINVAL},
+    "unmap": {errno.EINVAL},
+    "destroy_binding": {errno.EINVAL, errno.EBUSY},
+    "free": {errno.EINVAL, errno.EBUSY},
+    "activate": set(),
+    "deactivate": set(),
+    "data": set(),
+}
+
+
+def _classify(op: str, error: avcm.VcmError) -> str:
+    code = error.errno or 0
+    name = errno.errorcode.get(code, str(code))
+    if is_injected_fault(error):
+        return f"fault {name}"
+    if code in ALLOWED[op]:
+        return name
+    raise Violation("unexpected error", f"{op} raised {error!r}")
+
+
+async def _run_one(world: World, task: TaskState, op: str) -> None:
+    config = world.config
+    result = world.result
+    world.seq += 1
+    seq = world.seq
+    started = anyio.current_time()
+    target = "-"
+    cancel = config.cancel and task.rng.random() < config.cancel
+    # Drawn whether used or not, so the random stream does not depend on outcomes.
+    cancel_after = task.rng.random() * world.cancel_window
+    await world.enter()
+    try:
+        with anyio.CancelScope() as scope:
+            if cancel:
+                scope.deadline = started + cancel_after
+            try:
+                target, outcome = await OPERATION_FUNCTIONS[op](world, task)
+            except _Skip:
+                outcome = "skipped"
+            except avcm.VcmError as error:
+                outcome = _classify(op, error)
+        if scope.cancelled_caught:
+            outcome = "cancelled"
+    except Violation as violation:
+        violation.seq = seq
+        outcome = "VIOLATION"
+        if result.violation is None:
+            result.violation = violation
+    except Exception as error:  # a crash in avcm or a driver: a violation, with its traceback
+        outcome = "VIOLATION"
+        if result.violation is None:
+            result.violation = Violation(
+                "unexpected exception",
+                f"{op} raised {error!r}\n" + "".join(traceback.format_exception(error)[-6:]),
+                seq=seq,
+            )
+    finally:
+        world.leave()
+    elapsed = anyio.current_time() - started
+    result.counts[op] += 1
+    result.outcomes[op][outcome] += 1
+    result.latencies[op].append(elapsed)
+    result.trace.append(Outcome(seq, task.index, op, target, outcome, round(started, 9)))
+    result.ops += 1
+
+
+async def _task_loop(world: World, index: int, ops: list[str], weights: list[int]) -> None:
+    task = TaskState(index, random.Random(f"{world.config.seed}:{index}"))
+    while not world.done():
+        op = task.rng.choices(ops, weights)[0]
+        await _run_one(world, task, op)
+        if world.seq % world.config.check_every == 0 and world.result.violation is None:
+            try:
+                await world.quiesce_and_check()
+                world.result.checks["quiescent"] += 1
+            except Violation as violation:
+                violation.seq = world.seq
+                world.result.violation = violation
+    # release what this task holds, so the final checks can expect a quiet world
+    for ctx in world.contexts:
+        while world.held[(index, ctx.vcm)] > 0:
+            await ctx.vcm.deactivate()
+            world.held[(index, ctx.vcm)] -= 1
+
+
+async def run_workload(
+    config: StressConfig, on_progress: Callable[[int], None] | None = None
+) -> RunResult:
+    """Run the configured workload in the current event loop and return what happened."""
+    memory = avcm.PhysicalMemory()
+    contexts = await build_contexts(config, memory)
+    world = World(config, memory, contexts)
+    ops = [name for name, weight in config.weights if weight > 0]
+    weights = [weight for _, weight in config.weights if weight > 0]
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", avcm.VcmWarning)
+
+        async def progress() -> None:
+            while not world.done():
+                await anyio.sleep(0.05)
+                if on_progress is not None:
+                    on_progress(world.seq)
+
+        async with anyio.create_task_group() as tg:
+            if on_progress is not None:
+                tg.start_soon(progress)
+            async with anyio.create_task_group() as workers:
+                for index in range(config.tasks):
+                    workers.start_soon(_task_loop, world, index, ops, weights)
+            tg.cancel_scope.cancel()
+        _count_warnings(world, caught)
+        if world.result.violation is None:
+            try:
+                await check_final(world)
+                world.result.checks["final"] += 1
+            except Violation as violation:
+                violation.seq = world.seq
+                world.result.violation = violation
+    world.result.wall_seconds = time.perf_counter() - started
+    return world.result
+
+
+def _count_warnings(world: World, caught: list[warnings.WarningMessage]) -> None:
+    for warning in caught:
+        text = str(warning.message)
+        kind = text.split(" ", 1)[0]
+        world.result.warnings[kind] += 1
+        if not issubclass(warning.category, avcm.VcmWarning):
+            continue
+        if not text.startswith(EXPECTED_WARNINGS) and world.result.violation is None:
+            world.result.violation = Violation("unexpected warning", text, seq=world.seq)

@@ -1,0 +1,252 @@
+"""The MMU wrapper with minimal recording hardware drivers: per reservation and per page."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Iterable
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import avcm
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+KiB = 1 << 10
+START = 0x4000_0000
+
+
+class Fault(avcm.VcmError):
+    pass
+
+
+class PageHardware:
+    """Per-page MMU driver: a page table and a log; ``fail_on`` makes the n-th map fail."""
+
+    orders = (8, 4, 0)
+
+    def __init__(self) -> None:
+        self.table: dict[int, tuple[int, int]] = {}
+        self.log: list[tuple[str, int]] = []
+        self.enabled = False
+        self.maps = 0
+        self.fail_on: int | None = None
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        self.enabled = True
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        self.enabled = False
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.maps += 1
+        if self.fail_on == self.maps:
+            raise Fault(errno.EIO, f"map of {vaddr:#x} failed")
+        assert vaddr not in self.table
+        self.table[vaddr] = (paddr, order)
+        self.log.append(("map", vaddr))
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.lowlevel.checkpoint()
+        assert self.table.pop(vaddr) == (paddr, order)
+        self.log.append(("unmap", vaddr))
+
+    def hardware_active(self) -> bool:
+        return self.enabled
+
+    def hardware_mappings(self) -> Iterable[tuple[int, int, int]]:
+        return [(v, p, avcm.PAGE_SIZE << o) for v, (p, o) in self.table.items()]
+
+
+class ResHardware:
+    """Per-reservation MMU driver (activate/deactivate only)."""
+
+    orders = (8, 0)
+
+    def __init__(self) -> None:
+        self.mapped: dict[int, avcm.Phys] = {}
+        self.log: list[tuple[str, int]] = []
+        self.fail_on: int | None = None
+        self.maps = 0
+
+    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.maps += 1
+        if self.fail_on == self.maps:
+            raise Fault(errno.EIO, f"map of {res.start:#x} failed")
+        self.mapped[res.start] = phys
+        self.log.append(("map", res.start))
+
+    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        await anyio.lowlevel.checkpoint()
+        assert self.mapped.pop(res.start) is phys
+        self.log.append(("unmap", res.start))
+
+
+@pytest.fixture
+def memory() -> avcm.PhysicalMemory:
+    return avcm.PhysicalMemory(size=32 * MiB)
+
+
+async def test_reservations_are_aligned_to_the_largest_page_that_fits(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm = avcm.mmu_init(START, 64 * MiB, PageHardware(), memory=memory)
+    small = await vcm.reserve(4 * KiB)
+    medium = await vcm.reserve(100 * KiB)
+    large = await vcm.reserve(MiB + 4 * KiB)
+    assert medium.start % (64 * KiB) == 0
+    assert large.start % MiB == 0
+    spans = sorted((r.start, r.start + r.res_size) for r in (small, medium, large))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+async def test_unreserve_returns_every_byte(memory: avcm.PhysicalMemory) -> None:
+    # The patch's MMU unreserve leaked the reservation.
+    vcm = avcm.mmu_init(START, 4 * MiB, PageHardware(), memory=memory)
+    wrapper = vcm.driver
+    assert isinstance(wrapper, avcm.MmuWrapper)
+    for _ in range(50):  # would run out of a 4 MiB space quickly if unreserve leaked
+        res = await vcm.reserve(MiB)
+        await res.unreserve()
+    assert wrapper.space.is_pristine()
+
+
+async def test_one_mib_binding_is_one_entry(memory: avcm.PhysicalMemory) -> None:
+    hw = PageHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    res = await vcm.make_binding(MiB)
+    async with vcm.activated():
+        assert list(hw.table.values()) == [(res.phys.parts[0].start, 8)]  # type: ignore[union-attr]
+        avcm.check_model(vcm)
+    assert hw.table == {} and not hw.enabled
+
+
+async def test_bind_while_active_maps_before_returning_and_unbind_unmaps_first(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    hw = PageHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    await vcm.activate()
+    assert hw.enabled and hw.table == {}
+    res = await vcm.reserve(68 * KiB)
+    phys = await vcm.alloc(68 * KiB)
+    await res.bind(phys)
+    assert len(hw.table) == 2  # 64 KiB + 4 KiB
+    avcm.check_model(vcm)
+    await res.unbind()
+    assert hw.table == {}
+    avcm.check_model(vcm)
+    await vcm.deactivate()
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3, 4, 5])
+async def test_activate_failure_undoes_exactly_what_it_did_in_reverse(
+    memory: avcm.PhysicalMemory, fail_on: int
+) -> None:
+    hw = PageHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    await vcm.make_binding(MiB + 64 * KiB)  # 2 pages
+    await vcm.make_binding(68 * KiB)  # 2 pages
+    await vcm.make_binding(4 * KiB)  # 1 page
+    hw.fail_on = fail_on
+    with pytest.raises(Fault):
+        await vcm.activate()
+    maps = [v for op, v in hw.log if op == "map"]
+    unmaps = [v for op, v in hw.log if op == "unmap"]
+    assert len(maps) == fail_on - 1
+    assert unmaps == list(reversed(maps))
+    assert hw.table == {} and not hw.enabled and vcm.activations == 0
+    avcm.check_model(vcm)
+    hw.fail_on = None
+    await vcm.activate()
+    avcm.check_model(vcm)
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3])
+async def test_per_res_activate_rollback(memory: avcm.PhysicalMemory, fail_on: int) -> None:
+    # The patch's rollback loop was inverted: it went on after a failure.
+    hw = ResHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    for _ in range(3):
+        await vcm.make_binding(8 * KiB)
+    hw.fail_on = fail_on
+    with pytest.raises(Fault):
+        await vcm.activate()
+    maps = [v for op, v in hw.log if op == "map"]
+    assert [v for op, v in hw.log if op == "unmap"] == list(reversed(maps))
+    assert len(maps) == fail_on - 1 and hw.mapped == {} and vcm.activations == 0
+
+
+async def test_deactivate_with_only_page_ops(memory: avcm.PhysicalMemory) -> None:
+    # The patch called the per-reservation deactivate even when only deactivate_page existed.
+    hw = PageHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    await vcm.make_binding(2 * MiB + 68 * KiB)
+    await vcm.activate()
+    assert len(hw.table) == 4
+    await vcm.deactivate()
+    assert hw.table == {} and not hw.enabled
+
+
+async def test_cancelled_activate_leaves_no_entry(memory: avcm.PhysicalMemory) -> None:
+    hw = PageHardware()
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    for _ in range(4):
+        await vcm.make_binding(68 * KiB)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await vcm.activate()
+    assert hw.table == {} and vcm.activations == 0
+
+
+async def test_phys_from_another_memory_is_einval(memory: avcm.PhysicalMemory) -> None:
+    vcm = avcm.mmu_init(START, 64 * MiB, PageHardware(), memory=memory)
+    stranger = avcm.phys_alloc(4096, 0, (0,), memory=avcm.PhysicalMemory(size=MiB))
+    res = await vcm.reserve(4096)
+    with pytest.raises(avcm.InvalidError, match="another physical memory"):
+        await res.bind(stranger)
+    assert res.phys is None and stranger.bindings == 0
+
+
+@pytest.mark.parametrize(
+    ("start", "size", "orders"),
+    [
+        (START, 0, (8, 0)),
+        (START + 1, MiB, (8, 0)),
+        (START, MiB + 1, (8, 0)),
+        (START, MiB, (0, 8)),
+        (START, MiB, (8, 4)),
+        (START, MiB, ()),
+    ],
+)
+async def test_mmu_init_rejects_bad_input(
+    memory: avcm.PhysicalMemory, start: int, size: int, orders: tuple[int, ...]
+) -> None:
+    hw = PageHardware()
+    hw.orders = orders  # type: ignore[assignment]
+    with pytest.raises(avcm.InvalidError) as info:
+        avcm.mmu_init(start, size, hw, memory=memory)
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_mmu_init_requires_a_way_to_map_and_unmap(memory: avcm.PhysicalMemory) -> None:
+    class OnlyActivatePage:
+        orders = (0,)
+
+        async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: object) -> None:
+            pass
+
+    with pytest.raises(avcm.InvalidError, match="needs"):
+        avcm.mmu_init(START, MiB, OnlyActivatePage(), memory=memory)  # type: ignore[arg-type]
+
+
+async def test_address_space_exhaustion_is_enospc(memory: avcm.PhysicalMemory) -> None:
+    vcm = avcm.mmu_init(START, MiB, PageHardware(), memory=memory)
+    await vcm.reserve(MiB)
+    with pytest.raises(avcm.NoSpaceError):
+        await vcm.reserve(4096)

@@ -1,0 +1,194 @@
+"""phys_alloc and phys_walk, with the documentation's examples reproduced exactly."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+import avcm
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+@pytest.fixture
+def memory() -> avcm.PhysicalMemory:
+    return avcm.PhysicalMemory(size=16 * MiB)
+
+
+def sizes(phys: avcm.Phys) -> list[int]:
+    return [part.size for part in phys.parts]
+
+
+async def test_alloc_example_2m_68k(memory: avcm.PhysicalMemory) -> None:
+    phys = avcm.phys_alloc(2 * MiB + 68 * KiB, 0, (8, 4, 0), memory=memory)
+    assert sizes(phys) == [MiB, MiB, 64 * KiB, 4 * KiB]
+    assert phys.count == 4 and phys.size == 2 * MiB + 68 * KiB
+    for part in phys.parts:
+        assert part.start % part.size == 0  # buddy blocks are naturally aligned
+    await phys.free()
+    assert memory.is_pristine()
+
+
+async def test_alloc_header_example_2m_12k(memory: avcm.PhysicalMemory) -> None:
+    # vcm-drv.h: orders {8, 0} and 2 MiB + 12 KiB -> two 1 MiB pages and three 4 KiB pages
+    phys = avcm.phys_alloc(2 * MiB + 12 * KiB, 0, (8, 0), memory=memory)
+    assert sizes(phys) == [MiB, MiB, 4 * KiB, 4 * KiB, 4 * KiB]
+    await phys.free()
+
+
+async def test_alloc_falls_back_to_smaller_pages_when_fragmented() -> None:
+    memory = avcm.PhysicalMemory(size=2 * MiB)
+    # pin one 4 KiB page in each 1 MiB half: no 1 MiB block is left
+    pins = [memory.alloc_pages(0) for _ in range(1)]
+    other_half = avcm.phys_alloc(MiB, 0, (8, 0), memory=memory)  # takes the untouched half
+    assert sizes(other_half) == [MiB]
+    phys = avcm.phys_alloc(512 * KiB, 0, (8, 4, 0), memory=memory)
+    assert sizes(phys) == [64 * KiB] * 8
+    await phys.free()
+    await other_half.free()
+    for pin in pins:
+        assert pin is not None
+        memory.free_pages(pin, 0)
+    assert memory.is_pristine()
+
+
+async def test_alloc_enomem_leaks_nothing() -> None:
+    memory = avcm.PhysicalMemory(size=2 * MiB)
+    keep = avcm.phys_alloc(MiB, 0, (8, 0), memory=memory)
+    before = memory.statistics()
+    with pytest.raises(avcm.NoMemoryError) as info:
+        avcm.phys_alloc(MiB + 4 * KiB, 0, (8, 4, 0), memory=memory)
+    assert info.value.errno == errno.ENOMEM
+    assert memory.statistics() == before
+    await keep.free()
+    assert memory.is_pristine()
+
+
+async def test_alloc_enomem_with_nothing_free() -> None:
+    # The patch's cleanup with a zero count wrapped around.
+    memory = avcm.PhysicalMemory(size=MiB)
+    everything = avcm.phys_alloc(MiB, 0, (8, 0), memory=memory)
+    with pytest.raises(avcm.NoMemoryError):
+        avcm.phys_alloc(4 * KiB, 0, (0,), memory=memory)
+    await everything.free()
+    assert memory.is_pristine()
+
+
+@pytest.mark.parametrize(
+    "orders", [(), (4, 8, 0), (8, 4), (8, 8, 0), (8, -1, 0), ("8", 0), (8.0, 0), 8, "840", (99, 0)]
+)
+async def test_alloc_bad_orders(memory: avcm.PhysicalMemory, orders: object) -> None:
+    before = memory.statistics()
+    with pytest.raises(avcm.InvalidError) as info:
+        avcm.phys_alloc(4096, 0, orders, memory=memory)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+    assert memory.statistics() == before
+
+
+@pytest.mark.parametrize("size", [0, -4096, 1.5, None])
+async def test_alloc_bad_size(memory: avcm.PhysicalMemory, size: object) -> None:
+    with pytest.raises(avcm.InvalidError):
+        avcm.phys_alloc(size, 0, (0,), memory=memory)  # type: ignore[arg-type]
+    assert memory.is_pristine()
+
+
+# -- phys_walk ---------------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.pages: list[tuple[int, int, int]] = []
+        self.recovered: list[tuple[int, int, int]] = []
+        self.fail_at = fail_at
+
+    async def callback(self, vaddr: int, paddr: int, order: int) -> None:
+        if self.fail_at is not None and len(self.pages) == self.fail_at:
+            raise avcm.VcmError(errno.EIO, f"page {vaddr:#x} failed")
+        self.pages.append((vaddr, paddr, order))
+
+    async def recovery(self, vaddr: int, paddr: int, order: int) -> None:
+        self.recovered.append((vaddr, paddr, order))
+
+
+async def test_walk_example_1m_plus_8k() -> None:
+    phys = avcm.Phys([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
+    walk = Recorder()
+    await avcm.phys_walk(0x1000_0000, phys, (8, 0), walk.callback)
+    assert walk.pages == [
+        (0x1000_0000, 0x8010_0000, 8),
+        (0x1010_0000, 0x8030_0000, 0),
+        (0x1010_1000, 0x8030_1000, 0),
+    ]
+
+
+async def test_walk_rechooses_the_page_size_at_every_step() -> None:
+    # A 2 MiB part that starts 64 KiB aligned: 64 KiB pages up to the 1 MiB boundary, then a
+    # 1 MiB page, then 64 KiB pages again. The patch chose one size per part (all 64 KiB).
+    phys = avcm.Phys([(0x80F1_0000, 2 * MiB)])
+    walk = Recorder()
+    await avcm.phys_walk(0x10F1_0000, phys, (8, 4, 0), walk.callback)
+    orders = [order for _, _, order in walk.pages]
+    assert orders == [4] * 15 + [8] + [4]
+    assert sum(avcm.PAGE_SIZE << o for o in orders) == 2 * MiB
+    assert walk.pages == avcm.walk_pages(0x10F1_0000, phys, (8, 4, 0))
+
+
+async def test_walk_limited_by_the_less_aligned_address() -> None:
+    phys = avcm.Phys([(0x8000_0000, MiB)])
+    walk = Recorder()
+    await avcm.phys_walk(0x1001_0000, phys, (8, 4, 0), walk.callback)
+    assert [order for _, _, order in walk.pages] == [4] * 16
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+async def test_walk_failure_recovers_exactly_the_pages_done_in_reverse(fail_at: int) -> None:
+    phys = avcm.Phys([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
+    walk = Recorder(fail_at=fail_at)
+    with pytest.raises(avcm.VcmError, match="failed"):
+        await avcm.phys_walk(0x1000_0000, phys, (8, 0), walk.callback, walk.recovery)
+    assert len(walk.pages) == fail_at
+    assert walk.recovered == list(reversed(walk.pages))
+
+
+async def test_walk_without_recovery_reraises() -> None:
+    phys = avcm.Phys([(0x8000_0000, 8 * KiB)])
+    walk = Recorder(fail_at=1)
+    with pytest.raises(avcm.VcmError):
+        await avcm.phys_walk(0, phys, (0,), walk.callback)
+    assert len(walk.pages) == 1
+
+
+async def test_walk_failing_recovery_is_noted() -> None:
+    phys = avcm.Phys([(0x8000_0000, 16 * KiB)])
+    walk = Recorder(fail_at=3)
+
+    async def bad_recovery(vaddr: int, paddr: int, order: int) -> None:
+        raise avcm.VcmError(errno.EIO, "recovery broke")
+
+    with pytest.raises(avcm.VcmError, match="page 0x3000 failed") as info:
+        await avcm.phys_walk(0, phys, (0,), walk.callback, bad_recovery)
+    assert any("recovery" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize("vaddr", [1, -4096, 4096.0])
+async def test_walk_bad_vaddr(vaddr: object) -> None:
+    phys = avcm.Phys([(0, 4096)])
+    with pytest.raises(avcm.InvalidError):
+        await avcm.phys_walk(vaddr, phys, (0,), Recorder().callback)  # type: ignore[arg-type]
+
+
+async def test_walk_of_freed_phys_is_einval(memory: avcm.PhysicalMemory) -> None:
+    phys = avcm.phys_alloc(4096, 0, (0,), memory=memory)
+    await phys.free()
+    with pytest.raises(avcm.InvalidError, match="freed"):
+        await avcm.phys_walk(0, phys, (0,), Recorder().callback)
+
+
+@pytest.mark.parametrize("parts", [[], [(1, 4096)], [(0, 0)], [(0, 100)]])
+async def test_phys_rejects_bad_parts(parts: list[tuple[int, int]]) -> None:
+    with pytest.raises(avcm.InvalidError):
+        avcm.Phys(parts)
