@@ -1,0 +1,103 @@
+"""The kernel-vocabulary primitives: Mutex, AtomicCounter and the sync hook."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import avcm
+from avcm._sync import sync_hook, sync_point
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_mutex_excludes_and_is_fair() -> None:
+    mutex = avcm.Mutex("m")
+    order: list[int] = []
+    inside = 0
+
+    async def worker(index: int) -> None:
+        nonlocal inside
+        async with mutex:
+            inside += 1
+            assert inside == 1
+            order.append(index)
+            await anyio.sleep(0.001)
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for index in range(5):
+            tg.start_soon(worker, index)
+            await anyio.lowlevel.checkpoint()  # queue them in order
+    assert sorted(order) == list(range(5))
+    stats = mutex.statistics()
+    assert stats.acquisitions == 5 and stats.contended >= 1 and not stats.locked
+
+
+async def test_mutex_cancelled_while_waiting_is_not_taken() -> None:
+    mutex = avcm.Mutex()
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with mutex:
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.move_on_after(0.01) as scope:
+            await mutex.lock()
+        assert scope.cancelled_caught
+        assert mutex.statistics().tasks_waiting == 0
+        release.set()
+    assert not mutex.is_locked()
+    assert mutex.trylock() and not mutex.trylock()
+    mutex.unlock()
+
+
+async def test_atomic_counter_operations() -> None:
+    counter = avcm.AtomicCounter(0, "c")
+    await counter.inc()
+    assert await counter.inc_return() == 2
+    assert not await counter.dec_and_test()
+    assert await counter.dec_and_test()
+    assert await counter.add_unless(1, 0) is False
+    await counter.set(5)
+    assert await counter.read() == 5 == counter.value
+    assert await counter.add_unless(-1, 0) is True and counter.value == 4
+
+
+async def test_sync_hook_sees_every_point_and_is_per_task() -> None:
+    seen: list[tuple[str, object]] = []
+
+    async def hook(point: str, obj: object) -> None:
+        seen.append((point, obj))
+
+    mutex = avcm.Mutex()
+    counter = avcm.AtomicCounter()
+    with sync_hook(hook):
+        async with mutex:
+            await counter.inc()
+        await sync_point("custom", None)
+    await counter.inc()  # outside: no hook
+    assert seen == [("mutex.lock", mutex), ("atomic.add_return", counter), ("custom", None)]
+
+
+async def test_sync_hook_reaches_the_core() -> None:
+    points: list[str] = []
+
+    async def hook(point: str, obj: object) -> None:
+        points.append(point)
+
+    from tests._recording import make_context
+
+    vcm, _ = make_context(avcm.PhysicalMemory(size=8 << 20))
+    with sync_hook(hook):
+        res = await vcm.make_binding(4096)
+        await vcm.activate()
+    assert {"mutex.lock", "driver.res", "driver.phys", "driver.bind", "driver.activate"} <= set(
+        points
+    )
+    await vcm.deactivate()
+    await res.destroy_binding()
