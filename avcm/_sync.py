@@ -99,6 +99,8 @@ class Mutex:
 
     def trylock(self) -> bool:
         """Take the mutex if it is free; return whether it was taken. Never yields."""
+        if self._lock.locked():
+            return False  # also for its own holder: a mutex is not recursive
         try:
             self._lock.acquire_nowait()
         except anyio.WouldBlock:
