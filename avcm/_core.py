@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 
 from ._errors import (
     AddressInUseError,
@@ -123,7 +124,9 @@ class Phys:
         self.memory = memory
         self.vcm: Vcm | None = None
         self._bindings = AtomicCounter(0, "phys.bindings")
-        self._lock = Mutex("phys")
+        # Taken inside operations that checkpointed on a context mutex already (free
+        # checkpoints by itself), so it need not yield when free.
+        self._lock = Mutex("phys", fast_acquire=True)
         self._freed = False
 
     def __repr__(self) -> str:
@@ -160,6 +163,7 @@ class Phys:
         stays valid); ``EINVAL`` if it was already freed. If cancelled while waiting for the
         phys's lock, nothing was freed; after that it completes.
         """
+        await anyio.lowlevel.checkpoint()
         async with self._lock:
             self._check_usable("free")
             if self._bindings.value:

@@ -72,14 +72,16 @@ class Mutex:
     """``struct mutex``: a fair, non-reentrant lock, one owner at a time.
 
     ``async with mutex:`` or ``await mutex.lock()`` / ``mutex.unlock()``. If cancelled while
-    waiting, the mutex was not taken.
+    waiting, the mutex was not taken. Taking it is a checkpoint (trio's rule for async
+    operations), unless *fast_acquire*: then an uncontended lock does not yield, for a mutex only
+    ever taken inside an operation that checkpointed already (anyio's option of that name).
     """
 
     __slots__ = ("_acquisitions", "_contended", "_lock", "name")
 
-    def __init__(self, name: str = "mutex") -> None:
+    def __init__(self, name: str = "mutex", *, fast_acquire: bool = False) -> None:
         self.name = name
-        self._lock = anyio.Lock(fast_acquire=True)
+        self._lock = anyio.Lock(fast_acquire=fast_acquire)
         self._acquisitions = 0
         self._contended = 0
 
