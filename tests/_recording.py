@@ -7,9 +7,11 @@ The hardware state is visible to :func:`avcm.check_model` through ``HardwareView
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 import anyio
+import anyio.lowlevel
 
 import avcm
 from avcm._sync import sync_point
@@ -99,6 +101,55 @@ class RecordingDriver:
     async def cleanup(self, vcm: avcm.Vcm) -> None:
         await self._op("cleanup")
         self.cleaned_up = True
+
+
+class PageHardware:
+    """Per-page MMU driver: a page table and a log; ``fail_on`` makes the n-th map fail."""
+
+    orders = (8, 4, 0)
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.delay = delay
+        self.table: dict[int, tuple[int, int]] = {}
+        self.log: list[tuple[str, int]] = []
+        self.enabled = False
+        self.maps = 0
+        self.fail_on: int | None = None
+
+    async def _wait(self, name: str) -> None:
+        if self.delay is not None:
+            await sync_point(f"test.{name}", self)
+            await anyio.sleep(self.delay)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await self._wait("enable")
+        self.enabled = True
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await self._wait("disable")
+        self.enabled = False
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await self._wait("activate_page")
+        self.maps += 1
+        if self.fail_on == self.maps:
+            raise DriverFault(errno.EIO, f"map of {vaddr:#x} failed")
+        assert vaddr not in self.table
+        self.table[vaddr] = (paddr, order)
+        self.log.append(("map", vaddr))
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await self._wait("deactivate_page")
+        assert self.table.pop(vaddr) == (paddr, order)
+        self.log.append(("unmap", vaddr))
+
+    def hardware_active(self) -> bool:
+        return self.enabled
+
+    def hardware_mappings(self) -> Iterable[tuple[int, int, int]]:
+        return [(v, p, avcm.PAGE_SIZE << o) for v, (p, o) in self.table.items()]
 
 
 class Without:

@@ -19,7 +19,8 @@ import pytest
 
 import avcm
 from avcm._sync import sync_hook
-from tests._recording import RecordingDriver, make_context
+from avcm._vaspace import AddressSpace
+from tests._recording import PageHardware, RecordingDriver, make_context
 
 pytestmark = pytest.mark.anyio
 
@@ -29,14 +30,26 @@ MiB = 1 << 20
 @dataclass
 class Case:
     vcm: avcm.Vcm
-    driver: RecordingDriver
+    hardware: RecordingDriver | PageHardware
+    space: AddressSpace
     memory: avcm.PhysicalMemory
     run: Callable[[], Awaitable[object]]
 
 
-async def setup_case(name: str) -> Case:
+def make(kind: str, memory: avcm.PhysicalMemory) -> tuple[avcm.Vcm, Any, AddressSpace]:
+    """A core context with a sleeping driver, or an MMU context with sleeping page tables."""
+    if kind == "core":
+        vcm, driver = make_context(memory)
+        return vcm, driver, driver.space
+    hardware = PageHardware(delay=0)
+    vcm = avcm.mmu_init(0x1000_0000, 64 * MiB, hardware, memory=memory)
+    assert isinstance(vcm.driver, avcm.MmuWrapper)
+    return vcm, hardware, vcm.driver.space
+
+
+async def setup_case(kind: str, name: str) -> Case:
     memory = avcm.PhysicalMemory(size=32 * MiB)
-    vcm, driver = make_context(memory)
+    vcm, hardware, space = make(kind, memory)
     bound = await vcm.make_binding(64 << 10)
     assert bound.phys is not None
     free_phys = await vcm.alloc(2 * MiB + 68 * 1024)
@@ -59,7 +72,7 @@ async def setup_case(name: str) -> Case:
     }
     if name == "activate":
         await vcm.deactivate()
-    return Case(vcm, driver, memory, runs[name])
+    return Case(vcm, hardware, space, memory, runs[name])
 
 
 def state(case: Case) -> tuple[Any, ...]:
@@ -75,9 +88,9 @@ def state(case: Case) -> tuple[Any, ...]:
         tuple((r.start, r.res_size, r.bound_size, phys_key(r.phys)) for r in vcm.reservations()),
         tuple(phys_key(p) for p in vcm.allocations()),
         case.memory.statistics(),
-        case.driver.active,
-        sorted(case.driver.hardware_mappings()),
-        case.driver.space.free_bytes,
+        case.hardware.hardware_active(),
+        sorted(case.hardware.hardware_mappings()),
+        case.space.free_bytes,
     )
 
 
@@ -126,19 +139,20 @@ OPERATIONS = [
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-async def test_cancel_at_every_sync_point(name: str) -> None:
+@pytest.mark.parametrize("kind", ["core", "mmu"])
+async def test_cancel_at_every_sync_point(kind: str, name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", avcm.VcmWarning)
-        untouched = await setup_case(name)
+        untouched = await setup_case(kind, name)
         before = state(untouched)
-        completed = await setup_case(name)
+        completed = await setup_case(kind, name)
         await completed.run()
         after = state(completed)
         assert before != after, "the operation must change something"
 
         cancelled_somewhere = False
         for k in range(1, 200):
-            case = await setup_case(name)
+            case = await setup_case(kind, name)
             cancelled, passed = await run_cancelled_at(case, k)
             now = state(case)
             assert_no_lock_held(case)

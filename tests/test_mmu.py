@@ -4,62 +4,19 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Iterable
 
 import anyio
 import anyio.lowlevel
 import pytest
 
 import avcm
+from tests._recording import DriverFault, PageHardware
 
 pytestmark = pytest.mark.anyio
 
 MiB = 1 << 20
 KiB = 1 << 10
 START = 0x4000_0000
-
-
-class Fault(avcm.VcmError):
-    pass
-
-
-class PageHardware:
-    """Per-page MMU driver: a page table and a log; ``fail_on`` makes the n-th map fail."""
-
-    orders = (8, 4, 0)
-
-    def __init__(self) -> None:
-        self.table: dict[int, tuple[int, int]] = {}
-        self.log: list[tuple[str, int]] = []
-        self.enabled = False
-        self.maps = 0
-        self.fail_on: int | None = None
-
-    async def enable(self, vcm: avcm.Vcm) -> None:
-        self.enabled = True
-
-    async def disable(self, vcm: avcm.Vcm) -> None:
-        self.enabled = False
-
-    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
-        await anyio.lowlevel.checkpoint()
-        self.maps += 1
-        if self.fail_on == self.maps:
-            raise Fault(errno.EIO, f"map of {vaddr:#x} failed")
-        assert vaddr not in self.table
-        self.table[vaddr] = (paddr, order)
-        self.log.append(("map", vaddr))
-
-    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
-        await anyio.lowlevel.checkpoint()
-        assert self.table.pop(vaddr) == (paddr, order)
-        self.log.append(("unmap", vaddr))
-
-    def hardware_active(self) -> bool:
-        return self.enabled
-
-    def hardware_mappings(self) -> Iterable[tuple[int, int, int]]:
-        return [(v, p, avcm.PAGE_SIZE << o) for v, (p, o) in self.table.items()]
 
 
 class ResHardware:
@@ -77,7 +34,7 @@ class ResHardware:
         await anyio.lowlevel.checkpoint()
         self.maps += 1
         if self.fail_on == self.maps:
-            raise Fault(errno.EIO, f"map of {res.start:#x} failed")
+            raise DriverFault(errno.EIO, f"map of {res.start:#x} failed")
         self.mapped[res.start] = phys
         self.log.append(("map", res.start))
 
@@ -154,7 +111,7 @@ async def test_activate_failure_undoes_exactly_what_it_did_in_reverse(
     await vcm.make_binding(68 * KiB)  # 2 pages
     await vcm.make_binding(4 * KiB)  # 1 page
     hw.fail_on = fail_on
-    with pytest.raises(Fault):
+    with pytest.raises(DriverFault):
         await vcm.activate()
     maps = [v for op, v in hw.log if op == "map"]
     unmaps = [v for op, v in hw.log if op == "unmap"]
@@ -175,7 +132,7 @@ async def test_per_res_activate_rollback(memory: avcm.PhysicalMemory, fail_on: i
     for _ in range(3):
         await vcm.make_binding(8 * KiB)
     hw.fail_on = fail_on
-    with pytest.raises(Fault):
+    with pytest.raises(DriverFault):
         await vcm.activate()
     maps = [v for op, v in hw.log if op == "map"]
     assert [v for op, v in hw.log if op == "unmap"] == list(reversed(maps))
