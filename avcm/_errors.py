@@ -20,6 +20,7 @@ __all__ = [
     "NotSupportedError",
     "VcmError",
     "VcmWarning",
+    "errno_name",
     "error_for_errno",
 ]
 
@@ -43,10 +44,7 @@ class VcmError(OSError):
             super().__init__(*args)
 
     def __str__(self) -> str:
-        code = self.errno or 0
-        # Linux aliases ENOTSUP to EOPNOTSUPP; the kernel (and the contract) say EOPNOTSUPP.
-        name = "EOPNOTSUPP" if code == _errno.EOPNOTSUPP else _errno.errorcode.get(code, "E?")
-        return f"[{name}] {self.strerror}"
+        return f"[{errno_name(self.errno or 0)}] {self.strerror}"
 
 
 class InvalidError(VcmError):
@@ -103,6 +101,13 @@ _BY_ERRNO: dict[int, type[VcmError]] = {
         BusyError,
     )
 }
+
+
+def errno_name(code: int) -> str:
+    """``"EBUSY"`` for ``errno.EBUSY``; EOPNOTSUPP, not Linux's alias ENOTSUP (the kernel's)."""
+    if code == _errno.EOPNOTSUPP:
+        return "EOPNOTSUPP"
+    return _errno.errorcode.get(code, f"errno {code}")
 
 
 def error_for_errno(errno: int, message: str) -> VcmError:

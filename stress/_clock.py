@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["backend_options"]
@@ -52,7 +52,7 @@ def _seed_trio_scheduler(seed: int) -> None:
         scheduler_random.seed(seed)
 
 
-def backend_options(backend: str, seed: int, *, virtual: bool) -> Mapping[str, Any]:
+def backend_options(backend: str, seed: int, *, virtual: bool) -> dict[str, Any]:
     """The ``anyio.run`` backend options for a (virtual or real time) run seeded with *seed*."""
     if backend == "trio":
         _seed_trio_scheduler(seed)

@@ -11,7 +11,7 @@ import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import avcm
 import drivers
@@ -23,6 +23,15 @@ __all__ = ["Context", "build_contexts", "is_injected_fault"]
 
 def is_injected_fault(error: BaseException) -> bool:
     return isinstance(error, drivers.InjectedFault)
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A driver's device side: reads and writes at device addresses."""
+
+    def read(self, address: int, length: int, /) -> bytes: ...
+
+    def write(self, address: int, data: bytes, /) -> None: ...
 
 
 @dataclass
@@ -37,7 +46,9 @@ class Context:
     @property
     def hardware(self) -> object:
         driver = self.vcm.driver
-        return driver.hw if isinstance(driver, avcm.MmuWrapper) else driver
+        if isinstance(driver, (avcm.MmuWrapper, avcm.O2oWrapper)):
+            return driver.hw
+        return driver
 
     def hardware_active(self) -> bool:
         hardware = self.hardware
@@ -46,22 +57,23 @@ class Context:
         return self.vcm.activations > 0  # nothing to observe: take the model's word
 
     def device_visible(self) -> bool:
-        """Whether the device can reach memory through this context right now."""
-        if self.one_to_one:
-            return True  # no translation: the device always sees physical memory
-        return self.hardware_active() and hasattr(self.hardware, "read")
+        """Whether a device can reach memory through this context right now."""
+        if not isinstance(self.hardware, Device):
+            return False
+        # one-to-one: no translation, the device always sees physical memory
+        return self.one_to_one or self.hardware_active()
 
     def device_read(self, address: int, length: int) -> bytes:
-        if self.one_to_one:
-            return self.memory.read(address, length)
-        data: bytes = self.hardware.read(address, length)
-        return data
+        hardware = self.hardware
+        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+            raise TypeError(f"{self.name} has no device view")
+        return hardware.read(address, length)
 
     def device_write(self, address: int, data: bytes) -> None:
-        if self.one_to_one:
-            self.memory.write(address, data)
-        else:
-            self.hardware.write(address, data)
+        hardware = self.hardware
+        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+            raise TypeError(f"{self.name} has no device view")
+        hardware.write(address, data)
 
     def address_space(self) -> Any:
         driver = self.vcm.driver

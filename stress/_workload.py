@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 import avcm
+from avcm._errors import errno_name
 
 from ._config import StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault
@@ -179,7 +180,7 @@ async def op_alloc(world: World, task: TaskState) -> tuple[str, str]:
     size = _size(task)
     phys = await ctx.vcm.alloc(size)
     world.adopt_phys(phys)
-    return f"{ctx.name} {size:#x}", f"ok {world.name(phys)}"
+    return f"{ctx.name} {size:#x} -> {world.name(phys)}", "ok"
 
 
 async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
@@ -190,7 +191,7 @@ async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
         raise Violation("rule 5", f"make_binding returned {res!r} without its memory bound")
     world.adopt_res(res)
     world.adopt_phys(res.phys)
-    return f"{ctx.name} {size:#x}", f"ok {world.name(res)}"
+    return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
 
 async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:
@@ -205,7 +206,7 @@ async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:
     if ctx.one_to_one:
         raise Violation("contract", f"reserve alone succeeded on one-to-one {ctx.name}")
     world.adopt_res(res)
-    return f"{ctx.name} {size:#x}", f"ok {world.name(res)}"
+    return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
 
 async def op_map(world: World, task: TaskState) -> tuple[str, str]:
@@ -216,7 +217,7 @@ async def op_map(world: World, task: TaskState) -> tuple[str, str]:
     if res.phys is not phys:
         raise Violation("rule 5", f"map of {world.name(phys)} returned {res!r} bound elsewhere")
     world.adopt_res(res)
-    return target, f"ok {world.name(res)}"
+    return f"{target} -> {world.name(res)}", "ok"
 
 
 async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
@@ -363,7 +364,7 @@ ALLOWED: dict[str, set[int]] = {
 
 def _classify(op: str, error: avcm.VcmError) -> str:
     code = error.errno or 0
-    name = errno.errorcode.get(code, str(code))
+    name = errno_name(code)
     if is_injected_fault(error):
         return f"fault {name}"
     if code in ALLOWED[op]:
@@ -430,10 +431,14 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
                 violation.seq = world.seq
                 world.result.violation = violation
     # release what this task holds, so the final checks can expect a quiet world
-    for ctx in world.contexts:
-        while world.held[(index, ctx.vcm)] > 0:
-            await ctx.vcm.deactivate()
-            world.held[(index, ctx.vcm)] -= 1
+    await world.enter()
+    try:
+        for ctx in world.contexts:
+            while world.held[(index, ctx.vcm)] > 0:
+                await ctx.vcm.deactivate()
+                world.held[(index, ctx.vcm)] -= 1
+    finally:
+        world.leave()
 
 
 async def run_workload(

@@ -1,0 +1,183 @@
+"""A page-table MMU, simulated: the hardware behind the sample IOMMU and the CPU context.
+
+It implements the MMU wrapper's per-page driver interface (``enable``/``disable``,
+``activate_page``/``deactivate_page``) over a table of entries ``vaddr -> (paddr, order)``, and
+the device side: :meth:`PageTableMmu.translate` and reads and writes through the translation
+into the simulated physical memory. Each operation checks its fault plan first, then takes its
+latency, then writes the table in one synchronous step: cancelled or failed, it did nothing.
+An entry that overlaps another, is misaligned, or is removed while absent is a framework bug;
+it raises ``EINVAL`` so the stress harness sees it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from sortedcontainers import SortedDict
+
+import avcm
+
+from ._faults import FaultPlan
+from ._latency import Latency
+
+__all__ = ["IommuFault", "PageTableMmu", "PageTableStatistics"]
+
+
+class IommuFault(avcm.VcmError):
+    """``EFAULT``: a device access the MMU could not translate."""
+
+    default_errno = errno.EFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class PageTableStatistics:
+    """A snapshot of a :class:`PageTableMmu`."""
+
+    name: str
+    enabled: bool
+    entries_per_order: dict[int, int]
+    activations: int
+    pte_writes: int
+    pte_clears: int
+    flushes: int
+    faults: int
+
+
+class PageTableMmu:
+    """Page tables for pages of ``orders``; ``translate``, ``read`` and ``write`` are the device.
+
+    Device accesses are synchronous (no latency): one access sees one consistent table.
+    """
+
+    def __init__(
+        self,
+        memory: avcm.PhysicalMemory,
+        *,
+        orders: Sequence[int],
+        latency: Latency | None = None,
+        faults: FaultPlan | None = None,
+        name: str = "mmu",
+    ) -> None:
+        self.orders = tuple(orders)
+        self.memory = memory
+        self.latency = latency if latency is not None else Latency.profile("default")
+        self.faults = faults if faults is not None else FaultPlan()
+        self.name = name
+        self._entries = SortedDict()  # vaddr -> (paddr, order)
+        self._per_order: Counter[int] = Counter()
+        self.enabled = False
+        self._activations = self._pte_writes = self._pte_clears = 0
+        self._flushes = self._faults = 0
+
+    def __repr__(self) -> str:
+        return f"<PageTableMmu {self.name} entries={len(self._entries)} enabled={self.enabled}>"
+
+    # -- the MMU wrapper's driver interface ----------------------------------------------------
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        self.faults.check("enable", self.name)
+        await self.latency.sleep("enable", self)
+        self.enabled = True
+        self._activations += 1
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await self.latency.sleep("flush", self)
+        self.enabled = False
+        self._flushes += 1
+
+    def _covering(self, vaddr: int) -> tuple[int, int, int] | None:
+        """The entry whose page contains *vaddr*, as (vaddr, paddr, order)."""
+        index = self._entries.bisect_right(vaddr)
+        if not index:
+            return None
+        start, (paddr, order) = self._entries.peekitem(index - 1)
+        if vaddr < start + (avcm.PAGE_SIZE << order):
+            return start, paddr, order
+        return None
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self.faults.check("pte_write", self.name)
+        await self.latency.sleep("pte_write", self)
+        size = avcm.PAGE_SIZE << order
+        if order not in self.orders or (vaddr | paddr) & (size - 1):
+            raise avcm.InvalidError(
+                f"{self.name}: page {vaddr:#x} -> {paddr:#x} of order {order} is misaligned "
+                f"or not a supported size"
+            )
+        following = self._entries.bisect_left(vaddr)
+        overlaps = self._covering(vaddr) is not None or (
+            following < len(self._entries) and self._entries.peekitem(following)[0] < vaddr + size
+        )
+        if overlaps:
+            raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
+        self._entries[vaddr] = (paddr, order)
+        self._per_order[order] += 1
+        self._pte_writes += 1
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await self.latency.sleep("pte_clear", self)
+        if self._entries.get(vaddr) != (paddr, order):
+            raise avcm.InvalidError(
+                f"{self.name}: no entry {vaddr:#x} -> {paddr:#x} of order {order} to remove"
+            )
+        del self._entries[vaddr]
+        self._per_order[order] -= 1
+        self._pte_clears += 1
+
+    # -- the device ----------------------------------------------------------------------------
+
+    def translate(self, addr: int) -> int:
+        """The physical address the device reaches at *addr*; ``IommuFault`` if none."""
+        entry = self._covering(addr) if self.enabled else None
+        if entry is None:
+            self._faults += 1
+            state = "no entry" if self.enabled else "translation disabled"
+            raise IommuFault(f"{self.name}: device access at {addr:#x} faulted ({state})")
+        start, paddr, _ = entry
+        return paddr + (addr - start)
+
+    def _chunks(self, addr: int, length: int) -> Iterator[tuple[int, int]]:
+        """(physical address, length) pieces of a device access, page by page."""
+        while length:
+            physical = self.translate(addr)
+            chunk = min(length, avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)))
+            yield physical, chunk
+            addr += chunk
+            length -= chunk
+
+    def read(self, addr: int, length: int) -> bytes:
+        """Device read of *length* bytes at device address *addr*, through the translation."""
+        return b"".join(self.memory.read(p, n) for p, n in list(self._chunks(addr, length)))
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Device write at *addr*; all of it is translated before any byte is written."""
+        offset = 0
+        for physical, chunk in list(self._chunks(addr, len(data))):
+            self.memory.write(physical, data[offset : offset + chunk])
+            offset += chunk
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def hardware_active(self) -> bool:
+        return self.enabled
+
+    def hardware_mappings(self) -> list[tuple[int, int, int]]:
+        return [
+            (vaddr, paddr, avcm.PAGE_SIZE << order)
+            for vaddr, (paddr, order) in self._entries.items()
+        ]
+
+    def statistics(self) -> PageTableStatistics:
+        return PageTableStatistics(
+            name=self.name,
+            enabled=self.enabled,
+            entries_per_order={o: n for o, n in sorted(self._per_order.items()) if n},
+            activations=self._activations,
+            pte_writes=self._pte_writes,
+            pte_clears=self._pte_clears,
+            flushes=self._flushes,
+            faults=self._faults,
+        )
