@@ -1,0 +1,150 @@
+"""The stress harness: broken drivers are caught, correct ones pass, runs replay, bad input is
+refused in one line. Runs in-process through ``stress.main`` on both backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import stress
+
+BACKENDS = ["asyncio", "trio"]
+
+
+def run_stress(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = stress.main(["--quiet", *args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("driver", "description"),
+    [
+        ("check_then_act", "overlap at"),
+        ("overlapping", "overlap at"),
+        ("forgetful", "stale in hardware"),
+        ("leaky", "bytes of physical memory leaked"),
+    ],
+)
+def test_broken_driver_is_caught(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str, driver: str, description: str
+) -> None:
+    status, out, _ = run_stress(
+        capsys,
+        "--backend", backend,
+        "--driver", f"tests.broken_drivers:{driver}",
+        "--trace-dir", str(tmp_path),
+    )  # fmt: skip
+    assert status == 1
+    assert "VIOLATION" in out and description in out
+    assert "replay: python -m stress --replay" in out
+    assert list(tmp_path.glob("*.trace.json"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [["--faults", "0.05"], ["--cancel", "0.1"], []])
+def test_sample_drivers_pass(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str, options: list[str]
+) -> None:
+    report = tmp_path / "report.json"
+    status, out, _ = run_stress(
+        capsys, "--backend", backend, "--ops", "4000", "--json", str(report), *options
+    )
+    assert status == 0, out
+    data = json.loads(report.read_text())
+    assert data["violation"] is None and data["ops"] == 4000
+    assert data["checks"]["final"] == 1 and data["checks"]["rule 4 model"] > 0
+    outcomes = data["outcomes"]
+    if "--faults" in options:
+        assert any(k.startswith("fault") for op in outcomes.values() for k in op)
+    if "--cancel" in options:
+        assert any("cancelled" in op for op in outcomes.values())
+
+
+def test_third_party_driver_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_stress(
+        capsys, "--driver", "tests.broken_drivers:correct_iommu", "--ops", "3000"
+    )
+    assert status == 0, out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    reports = []
+    for attempt in range(2):
+        path = tmp_path / f"run{attempt}.json"
+        args = ["--backend", backend, "--seed", "11", "--ops", "3000", "--json", str(path)]
+        assert run_stress(capsys, *args)[0] == 0
+        reports.append(json.loads(path.read_text()))
+    assert reports[0]["outcomes"] == reports[1]["outcomes"]
+    assert reports[0]["checks"] == reports[1]["checks"]
+    other = tmp_path / "other.json"
+    args = ["--backend", backend, "--seed", "12", "--ops", "3000", "--json", str(other)]
+    assert run_stress(capsys, *args)[0] == 0
+    assert json.loads(other.read_text())["outcomes"] != reports[0]["outcomes"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replay_reproduces_a_violation(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    args = ["--backend", backend, "--driver", "tests.broken_drivers:forgetful"]
+    status, _, _ = run_stress(capsys, *args, "--trace-dir", str(tmp_path))
+    assert status == 1
+    (trace,) = tmp_path.glob("*.trace.json")
+    status, out, _ = run_stress(capsys, "--replay", str(trace))
+    assert status == 1
+    assert "reproduced the recorded violation" in out
+    assert "DIVERGED" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "curio"], "--backend"),
+        (["--tasks", "0"], "--tasks"),
+        (["--faults", "-0.1"], "--faults"),
+        (["--cancel", "2"], "--cancel"),
+        (["--ops", "ten"], "--ops"),
+        (["--contexts", "gpu=1"], "unknown context kind"),
+        (["--driver", "no_such_module:factory"], "cannot import"),
+        (["--driver", "tests.broken_drivers:missing"], "no callable"),
+        (["--driver", "tests.broken_drivers:not_a_context"], "not an avcm.Vcm"),
+        (["--driver", "nocolon"], "MODULE:FACTORY"),
+        (["--replay", "/nonexistent/trace.json"], "not a stress trace file"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    status, _, err = run_stress(capsys, *args)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+    assert lines[0].startswith("avcm-stress: error:")
+
+
+def test_help_and_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stress", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    for option in ("--backend", "--seed", "--tasks", "--ops", "--duration", "--contexts",
+                   "--latency", "--faults", "--cancel", "--driver", "--json", "--replay",
+                   "--jobs", "--quiet"):  # fmt: skip
+        assert option in result.stdout
+
+
+def test_jobs_run_seeds_in_parallel(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    status, _, _ = run_stress(capsys, "--jobs", "2", "--ops", "1500", "--json", str(path))
+    assert status == 0
+    reports = json.loads(path.read_text())
+    assert [r["config"]["seed"] for r in reports] == [0, 1]
