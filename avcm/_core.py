@@ -519,7 +519,9 @@ class Vcm:
 
     @asynccontextmanager
     async def _creating(self, what: str) -> AsyncIterator[None]:
-        """Count an object creation in flight, so destroy can wait for it."""
+        """Count an object creation in flight, so destroy can wait for it. A checkpoint, as
+        every avcm operation is, even when the driver never waits."""
+        await anyio.lowlevel.checkpoint()
         self._check_live(what)
         self._in_flight += 1
         try:

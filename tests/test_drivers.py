@@ -1,0 +1,335 @@
+"""The sample drivers: IOMMU, CPU and carve-out, their latency model and their fault plans."""
+
+from __future__ import annotations
+
+import errno
+import random
+import time
+
+import anyio
+import pytest
+import trio
+
+import avcm
+import drivers
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+KiB = 1 << 10
+ZERO = drivers.Latency.profile("zero")
+
+
+@pytest.fixture
+def memory() -> avcm.PhysicalMemory:
+    return avcm.PhysicalMemory()
+
+
+async def test_multi_context_example(memory: avcm.PhysicalMemory) -> None:
+    """The documentation's example: one phys seen by a one-to-one device, an IOMMU device and
+    the CPU; bytes written by any of them are read by the others."""
+    vcm_onetoone = drivers.create_carveout(memory)
+    vcm_iommu = drivers.create_iommu(memory)
+    vcm_vmm = drivers.create_cpu(memory)
+
+    res_onetoone = await vcm_onetoone.make_binding(2 * MiB + 4 * KiB)
+    phys = res_onetoone.phys
+    assert phys is not None
+    res_vmm = await vcm_vmm.map(phys)
+    res_iommu = await vcm_iommu.map(phys)
+    for vcm in (vcm_vmm, vcm_onetoone, vcm_iommu):
+        await vcm.activate()
+
+    cpu, iommu = drivers.hardware(vcm_vmm), drivers.hardware(vcm_iommu)
+    onetoone = vcm_onetoone.driver.hw  # type: ignore[attr-defined]
+    assert res_onetoone.start == phys.parts[0].start  # one-to-one: device address == physical
+    for offset in (0, 4 * KiB - 3, MiB + 17, 2 * MiB):
+        message = f"from the CPU at {offset:#x}".encode()
+        cpu.write(res_vmm.start + offset, message)
+        assert iommu.read(res_iommu.start + offset, len(message)) == message
+        assert onetoone.read(res_onetoone.start + offset, len(message)) == message
+        reply = f"from the device at {offset:#x}".encode()
+        iommu.write(res_iommu.start + offset, reply)
+        assert cpu.read(res_vmm.start + offset, len(reply)) == reply
+        assert onetoone.read(res_onetoone.start + offset, len(reply)) == reply
+
+    await res_vmm.unmap()
+    await res_iommu.unmap()
+    await res_onetoone.destroy_binding()
+    for vcm in (vcm_vmm, vcm_iommu, vcm_onetoone):
+        await vcm.deactivate()
+        await vcm.destroy()
+    assert memory.is_pristine()
+
+
+async def test_one_mib_binding_uses_one_entry(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_iommu(memory, latency=ZERO)
+    res = await vcm.make_binding(MiB)
+    assert res.phys is not None and res.phys.parts[0].start % MiB == 0 and res.start % MiB == 0
+    async with vcm.activated():
+        assert drivers.hardware(vcm).statistics().entries_per_order == {8: 1}
+
+
+async def test_mixed_page_sizes_and_every_page_boundary(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_iommu(memory, latency=ZERO)
+    res = await vcm.make_binding(2 * MiB + 68 * KiB)
+    phys = res.phys
+    assert phys is not None
+    hw = drivers.hardware(vcm)
+    async with vcm.activated():
+        assert hw.statistics().entries_per_order == {8: 2, 4: 1, 0: 1}
+        offset = 0
+        for part in phys.parts:
+            for inside in (0, part.size - 1):  # first and last byte of every page
+                assert hw.translate(res.start + offset + inside) == part.start + inside
+            offset += part.size
+        with pytest.raises(drivers.IommuFault) as info:
+            hw.translate(res.start + phys.size)
+        assert info.value.errno == errno.EFAULT
+    with pytest.raises(drivers.IommuFault, match="disabled"):
+        hw.translate(res.start)
+    assert hw.statistics().faults == 2
+
+
+async def test_fault_at_each_page_of_an_activate(memory: avcm.PhysicalMemory) -> None:
+    sizes = (2 * MiB + 68 * KiB, 68 * KiB, 4 * KiB)  # 4 + 2 + 1 pages
+    for k in range(1, 8):
+        faults = drivers.FaultPlan().fail_nth("pte_write", k)
+        vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+        for size in sizes:
+            await vcm.make_binding(size)
+        hw = drivers.hardware(vcm)
+        with pytest.raises(drivers.InjectedFault) as info:
+            await vcm.activate()
+        assert info.value.errno == errno.EIO
+        assert hw.hardware_mappings() == [] and not hw.hardware_active()
+        assert vcm.activations == 0
+        assert hw.statistics().pte_writes == k - 1 == hw.statistics().pte_clears
+        avcm.check_model(vcm)
+        await vcm.activate()  # the fault was only the k-th call
+        avcm.check_model(vcm)
+        await vcm.deactivate()
+        with pytest.warns(avcm.VcmWarning):
+            await vcm.destroy()
+    assert memory.is_pristine()
+
+
+async def test_concurrent_reserve_unreserve_never_overlaps(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_iommu(memory)
+    live: dict[avcm.Res, None] = {}
+    overlaps: list[str] = []
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(3):
+            res = await vcm.reserve(rng.choice([4 * KiB, 64 * KiB, 68 * KiB, MiB]))
+            for other in live:
+                res_end, other_end = res.start + res.res_size, other.start + other.res_size
+                if res.start < other_end and other.start < res_end:
+                    overlaps.append(f"{res!r} overlaps {other!r}")
+            live[res] = None
+            await anyio.sleep(rng.random() * 1e-4)
+            del live[res]
+            await res.unreserve()
+
+    async with anyio.create_task_group() as tg:
+        for seed in range(1000):
+            tg.start_soon(worker, seed)
+    assert overlaps == []
+    wrapper = vcm.driver
+    assert isinstance(wrapper, avcm.MmuWrapper) and wrapper.space.is_pristine()
+    await vcm.destroy()
+    assert memory.is_pristine()
+
+
+# -- the carve-out ---------------------------------------------------------------------------
+
+
+async def test_carveout_best_fit_and_coalescing(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_carveout(memory, size=MiB, latency=ZERO)
+    a, b, c, d = [await vcm.alloc(size) for size in (64 * KiB, 16 * KiB, 32 * KiB, 16 * KiB)]
+    await a.free()  # hole of 64 KiB at the start
+    await c.free()  # hole of 32 KiB between b and d
+    best = await vcm.alloc(32 * KiB)
+    assert best.parts[0].start == c.parts[0].start  # the smallest hole that fits
+    await best.free()
+    await b.free()  # coalesces a's, b's and c's holes into one of 112 KiB
+    big = await vcm.alloc(112 * KiB)
+    assert big.parts[0].start == a.parts[0].start
+    for phys in (big, d):
+        await phys.free()
+    allocator = vcm.driver.hw  # type: ignore[attr-defined]
+    assert allocator.statistics().free_bytes == MiB
+    await vcm.destroy()
+    assert memory.is_pristine()
+
+
+async def test_carveout_enomem_when_full_or_fragmented(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_carveout(memory, size=MiB, latency=ZERO)
+    pieces = [await vcm.alloc(64 * KiB) for _ in range(16)]
+    with pytest.raises(avcm.NoMemoryError) as info:
+        await vcm.alloc(4 * KiB)
+    assert info.value.errno == errno.ENOMEM
+    for piece in pieces[::2]:
+        await piece.free()  # half the region is free, in 64 KiB holes
+    with pytest.raises(avcm.NoMemoryError, match="no hole"):
+        await vcm.alloc(128 * KiB)
+    assert len(vcm.allocations()) == 8
+
+
+async def test_carveout_region_is_taken_from_memory(memory: avcm.PhysicalMemory) -> None:
+    before = memory.free_bytes
+    vcm = drivers.create_carveout(memory, size=16 * MiB)
+    assert memory.free_bytes == before - 16 * MiB
+    other = avcm.phys_alloc(16 * MiB, 0, (8, 0), memory=memory)
+    region = range(vcm.start, vcm.start + vcm.size)
+    assert all(part.start not in region for part in other.parts)
+    await other.free()
+    await vcm.destroy()
+    assert memory.is_pristine()
+
+
+async def test_carveout_outlives_destroy_while_its_memory_is_mapped(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    carveout = drivers.create_carveout(memory, size=MiB)
+    cpu = drivers.create_cpu(memory)
+    phys = await carveout.alloc(8 * KiB)
+    res = await cpu.map(phys)
+    with pytest.warns(avcm.VcmWarning):
+        await carveout.destroy()
+    assert not memory.is_pristine()
+    await res.unmap()
+    await phys.free()  # the last block: the region goes back to the memory
+    await cpu.destroy()
+    assert memory.is_pristine()
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"orders": (0, 8)},
+        {"orders": (8, 4)},
+        {"orders": ()},
+        {"start": 0x1000_0001},
+        {"size": 0},
+        {"size": -MiB},
+    ],
+)
+async def test_iommu_factory_rejects_bad_arguments(
+    memory: avcm.PhysicalMemory, kwargs: dict[str, object]
+) -> None:
+    before = memory.statistics()
+    with pytest.raises(avcm.InvalidError) as info:
+        drivers.create_iommu(memory, **kwargs)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+    assert memory.statistics() == before
+
+
+@pytest.mark.parametrize("size", [0, 12345, -MiB, 3 * MiB])
+async def test_carveout_factory_rejects_bad_sizes(memory: avcm.PhysicalMemory, size: int) -> None:
+    with pytest.raises(avcm.InvalidError):
+        drivers.create_carveout(memory, size=size)
+    assert memory.is_pristine()
+
+
+async def test_carveout_larger_than_memory_is_enomem() -> None:
+    memory = avcm.PhysicalMemory(size=8 * MiB)
+    with pytest.raises(avcm.NoMemoryError):
+        drivers.create_carveout(memory, size=16 * MiB)
+    assert memory.is_pristine()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: drivers.Latency({"pte_write": -1.0}),
+        lambda: drivers.Latency(jitter=2),
+        lambda: drivers.Latency.profile("warp"),
+        lambda: drivers.FaultPlan().fail_nth("pte_write", 0),
+        lambda: drivers.FaultPlan().fail_randomly(1.5),
+        lambda: drivers.FaultPlan().fail_randomly(0.5, "pte_clear"),
+        lambda: drivers.FaultPlan().fail_nth("alloc", 1, errno=0),
+    ],
+)
+async def test_latency_and_faults_reject_bad_settings(make: object) -> None:
+    with pytest.raises(avcm.InvalidError):
+        make()  # type: ignore[operator]
+
+
+async def test_phys_from_another_memory_is_einval(memory: avcm.PhysicalMemory) -> None:
+    vcm = drivers.create_iommu(memory, latency=ZERO)
+    stranger = avcm.phys_alloc(4 * KiB, 0, (0,), memory=avcm.PhysicalMemory(size=MiB))
+    with pytest.raises(avcm.InvalidError, match="another physical memory"):
+        await vcm.map(stranger)
+    assert vcm.reservations() == () and stranger.bindings == 0
+    assert isinstance(vcm.driver, avcm.MmuWrapper) and vcm.driver.space.is_pristine()
+
+
+async def test_foreign_phys_into_one_to_one_is_eopnotsupp(memory: avcm.PhysicalMemory) -> None:
+    carveout = drivers.create_carveout(memory, size=MiB, latency=ZERO)
+    iommu = drivers.create_iommu(memory, latency=ZERO)
+    foreign = await iommu.alloc(4 * KiB)
+    with pytest.raises(avcm.NotSupportedError) as info:
+        await carveout.map(foreign)
+    assert info.value.errno == errno.EOPNOTSUPP
+    assert carveout.reservations() == () and foreign.bindings == 0
+    with pytest.raises(avcm.NotSupportedError):
+        await carveout.reserve(4 * KiB)
+    phys = await carveout.alloc(4 * KiB)
+    await carveout.map(phys)
+    with pytest.raises(avcm.BusyError):
+        await carveout.map(phys)
+
+
+async def test_injected_fault_reaches_caller_and_changes_nothing(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    faults = drivers.FaultPlan().fail_nth("alloc", 1, errno=errno.ENXIO)
+    carveout = drivers.create_carveout(memory, size=MiB, latency=ZERO, faults=faults)
+    before = carveout.driver.hw.statistics()  # type: ignore[attr-defined]
+    with pytest.raises(drivers.InjectedFault) as info:
+        await carveout.make_binding(4 * KiB)
+    assert info.value.errno == errno.ENXIO
+    assert carveout.driver.hw.statistics() == before  # type: ignore[attr-defined]
+    assert carveout.allocations() == () and carveout.reservations() == ()
+    assert faults.statistics().injected == {"alloc": 1}
+    await carveout.make_binding(4 * KiB)
+
+
+async def test_random_faults_are_seeded() -> None:
+    def pattern(seed: int) -> list[bool]:
+        plan = drivers.FaultPlan(seed).fail_randomly(0.5)
+        hits = []
+        for _ in range(64):
+            try:
+                plan.check("pte_write")
+                hits.append(False)
+            except drivers.InjectedFault:
+                hits.append(True)
+        return hits
+
+    assert pattern(3) == pattern(3) != pattern(4)
+    assert 10 < sum(pattern(3)) < 54
+
+
+# -- latency under trio's MockClock: simulated time, no wall time ------------------------------
+
+
+@pytest.mark.trio
+async def test_slow_latency_costs_no_wall_time_under_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    memory = avcm.PhysicalMemory()
+    vcm = drivers.create_iommu(memory, latency=drivers.Latency.profile("slow"))
+    started_wall, started = time.monotonic(), trio.current_time()
+    for _ in range(20):
+        res = await vcm.make_binding(2 * MiB + 68 * KiB)
+        async with vcm.activated():
+            pass
+        await res.destroy_binding()
+    assert trio.current_time() - started > 0.05  # simulated: 20 x (enable + 8 ptes + flush)
+    assert time.monotonic() - started_wall < 1.0
