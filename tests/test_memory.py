@@ -1,0 +1,191 @@
+"""Simulated physical memory (buddy allocator, lazily backed bytes) and the address space."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import avcm
+from avcm._vaspace import AddressSpace
+
+MiB = 1 << 20
+PAGE = avcm.PAGE_SIZE
+
+
+def test_buddy_splits_and_merges() -> None:
+    memory = avcm.PhysicalMemory(size=4 * MiB, max_order=10)
+    first = memory.alloc_pages(0)
+    second = memory.alloc_pages(0)
+    assert (first, second) == (memory.base, memory.base + PAGE)  # lowest address first
+    big = memory.alloc_pages(8)
+    assert big is not None and big % MiB == 0
+    assert memory.free_bytes == 4 * MiB - 2 * PAGE - MiB
+    memory.free_pages(second, 0)  # type: ignore[arg-type]
+    memory.free_pages(first, 0)  # type: ignore[arg-type]
+    memory.free_pages(big, 8)
+    assert memory.is_pristine()
+
+
+def test_every_block_is_aligned_to_its_size() -> None:
+    memory = avcm.PhysicalMemory(size=8 * MiB)
+    blocks = []
+    for order in [0, 3, 1, 8, 4, 0, 2, 10, 5]:
+        start = memory.alloc_pages(order)
+        if start is not None:
+            assert start % (PAGE << order) == 0
+            blocks.append((start, order))
+    for start, order in reversed(blocks):
+        memory.free_pages(start, order)
+    assert memory.is_pristine()
+
+
+def test_exhaustion_returns_none_and_changes_nothing() -> None:
+    memory = avcm.PhysicalMemory(size=MiB)
+    whole = memory.alloc_pages(8)
+    assert whole is not None
+    before = memory.statistics()
+    assert memory.alloc_pages(0) is None
+    assert memory.statistics() == before
+
+
+def test_odd_sizes_are_covered_by_aligned_blocks() -> None:
+    memory = avcm.PhysicalMemory(base=0x8000_1000, size=3 * MiB + 5 * PAGE)
+    assert memory.free_bytes == memory.size
+    got = []
+    while (start := memory.alloc_pages(0)) is not None:
+        got.append(start)
+    assert len(got) == memory.size // PAGE and len(set(got)) == len(got)
+    for start in got:
+        memory.free_pages(start, 0)
+    assert memory.is_pristine()
+
+
+@pytest.mark.parametrize(
+    ("start", "order"), [(0x8000_0000, 1), (0x7000_0000, 0), (0x8000_0000, 11), (0x8000_0000, -1)]
+)
+def test_bad_free_is_einval_and_changes_nothing(start: int, order: int) -> None:
+    memory = avcm.PhysicalMemory(size=4 * MiB)
+    block = memory.alloc_pages(0)
+    assert block == 0x8000_0000
+    before = memory.statistics()
+    with pytest.raises(avcm.InvalidError) as info:
+        memory.free_pages(start, order)
+    assert info.value.errno == errno.EINVAL
+    assert memory.statistics() == before
+    memory.free_pages(block, 0)
+    with pytest.raises(avcm.InvalidError):  # double free
+        memory.free_pages(block, 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"size": 0},
+        {"size": 100},
+        {"base": 1},
+        {"size": -MiB},
+        {"max_order": 7},
+        {"max_order": 21},
+        {"size": 1.5},
+        {"base": True},
+    ],  # fmt: skip
+)
+def test_bad_memory_is_einval(kwargs: dict[str, object]) -> None:
+    with pytest.raises(avcm.InvalidError):
+        avcm.PhysicalMemory(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bytes_are_lazily_backed_and_dropped_on_free() -> None:
+    memory = avcm.PhysicalMemory()  # 256 MiB that cost nothing until written
+    assert memory.statistics().backed_pages == 0
+    block = memory.alloc_pages(1)
+    assert block is not None
+    data = bytes(range(200)) * 10
+    memory.write(block + PAGE - 100, data)  # spans the page boundary
+    assert memory.read(block + PAGE - 100, len(data)) == data
+    assert memory.read(block, 8) == bytes(8)  # never written: zeros
+    assert memory.statistics().backed_pages == 2
+    memory.free_pages(block, 1)
+    assert memory.statistics().backed_pages == 0
+    assert memory.read(block + PAGE - 100, 4) == bytes(4)
+    assert memory.is_pristine()
+
+
+def test_access_outside_memory_is_einval() -> None:
+    memory = avcm.PhysicalMemory(size=MiB)
+    with pytest.raises(avcm.InvalidError):
+        memory.read(memory.base + MiB - 2, 4)
+    with pytest.raises(avcm.InvalidError):
+        memory.write(memory.base - 1, b"x")
+
+
+# -- the address space allocator ---------------------------------------------------------------
+
+
+def test_address_space_aligns_and_returns_every_byte() -> None:
+    space = AddressSpace(0x1000_0000, 16 * MiB)
+    small = space.allocate(PAGE)
+    big = space.allocate(MiB, MiB)
+    assert big % MiB == 0 and small == 0x1000_0000
+    assert space.free_bytes == 16 * MiB - MiB - PAGE and space.live == 2
+    space.free(small, PAGE)
+    space.free(big, MiB)
+    assert space.is_pristine()
+
+
+def test_address_space_enospc_and_bad_input() -> None:
+    space = AddressSpace(0, MiB)
+    space.allocate(MiB)
+    with pytest.raises(avcm.NoSpaceError) as info:
+        space.allocate(PAGE)
+    assert info.value.errno == errno.ENOSPC
+    for size, alignment in [(0, PAGE), (100, PAGE), (PAGE, 3 * PAGE), (PAGE, 16)]:
+        with pytest.raises(avcm.InvalidError):
+            space.allocate(size, alignment)
+    with pytest.raises(avcm.InvalidError):
+        space.free(0, PAGE)  # not the size it was allocated with
+    with pytest.raises(avcm.InvalidError):
+        AddressSpace(1, MiB)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.integers(1, 64),
+            st.sampled_from([PAGE, 16 * PAGE, 64 * PAGE, 256 * PAGE]),
+            st.integers(0, 10**6),
+        ),
+        max_size=300,
+    )
+)
+def test_address_space_never_overlaps(ops: list[tuple[bool, int, int, int]]) -> None:
+    """Against a reference model: live ranges are disjoint, inside the space, aligned, and
+    every byte comes back."""
+    size = 4 * MiB
+    space = AddressSpace(0x4000_0000, size)
+    live: dict[int, int] = {}
+    for allocate, pages, alignment, pick in ops:
+        if allocate or not live:
+            length = pages * PAGE
+            try:
+                start = space.allocate(length, alignment)
+            except avcm.NoSpaceError:
+                assert space.free_bytes == size - sum(live.values())  # and nothing changed
+                continue
+            assert start % alignment == 0
+            assert start >= 0x4000_0000 and start + length <= 0x4000_0000 + size
+            for other, other_length in live.items():
+                assert start + length <= other or other + other_length <= start
+            live[start] = length
+        else:
+            start = sorted(live)[pick % len(live)]
+            space.free(start, live.pop(start))
+        assert space.free_bytes == size - sum(live.values())
+    for start, length in live.items():
+        space.free(start, length)
+    assert space.is_pristine()
