@@ -91,7 +91,7 @@ def test_bad_free_is_einval_and_changes_nothing(start: int, order: int) -> None:
         {"max_order": 21},
         {"size": 1.5},
         {"base": True},
-    ],  # fmt: skip
+    ],
 )
 def test_bad_memory_is_einval(kwargs: dict[str, object]) -> None:
     with pytest.raises(avcm.InvalidError):
