@@ -522,19 +522,18 @@ class Vcm:
         if self._state == _DESTROYED:
             raise InvalidError(f"{what}: context {self.name} is destroyed")
 
-    @asynccontextmanager
-    async def _creating(self, what: str) -> AsyncIterator[None]:
-        """Count an object creation in flight, so destroy can wait for it. A checkpoint, as
-        every avcm operation is, even when the driver never waits."""
+    async def _start_creating(self, what: str) -> None:
+        """Count an object creation in flight, so destroy can wait for it; pair with
+        :meth:`_stop_creating`. A checkpoint, as every avcm operation is, even when the driver
+        never waits."""
         await anyio.lowlevel.checkpoint()
         self._check_live(what)
         self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._drained is not None:
-                self._drained.set()
+
+    def _stop_creating(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._drained is not None:
+            self._drained.set()
 
     async def destroy(self) -> None:
         """``vcm_destroy``: tear the context down; afterwards it is unusable (``EINVAL``).
@@ -611,8 +610,11 @@ class Vcm:
         """
         size = page_align(size, "alloc")
         flags = check_flags(flags, "alloc")
-        async with self._creating("alloc"):
+        await self._start_creating("alloc")
+        try:
             return await self._new_phys(size, flags)
+        finally:
+            self._stop_creating()
 
     async def reserve(self, size: int, flags: int = 0) -> Res:
         """``vcm_reserve``: reserve address space; *size* is rounded up to a page.
@@ -622,8 +624,11 @@ class Vcm:
         """
         size = page_align(size, "reserve")
         flags = check_flags(flags, "reserve")
-        async with self._creating("reserve"):
+        await self._start_creating("reserve")
+        try:
             return await self._new_res(size, flags)
+        finally:
+            self._stop_creating()
 
     async def map(self, phys: Phys, flags: int = 0) -> Res:
         """``vcm_map``: reserve address space and bind *phys* to it.
@@ -633,9 +638,12 @@ class Vcm:
         """
         _check_phys_arg(phys, "map")
         flags = check_flags(flags, "map")
-        async with self._creating("map"):
+        await self._start_creating("map")
+        try:
             phys._check_usable("map")
             return await self._map(phys, flags)
+        finally:
+            self._stop_creating()
 
     async def make_binding(self, size: int, alloc_flags: int = 0, res_flags: int = 0) -> Res:
         """``vcm_make_binding``: allocate, reserve and bind in one call; returns the reservation.
@@ -646,7 +654,8 @@ class Vcm:
         size = page_align(size, "make_binding")
         alloc_flags = check_flags(alloc_flags, "make_binding")
         res_flags = check_flags(res_flags, "make_binding")
-        async with self._creating("make_binding"):
+        await self._start_creating("make_binding")
+        try:
             ops = self._ops
             if ops.map is not None and ops.alloc is None:
                 phys = await self._new_phys(size, alloc_flags)
@@ -674,6 +683,8 @@ class Vcm:
                     await phys.free()
                 raise
             return res
+        finally:
+            self._stop_creating()
 
     async def _map(self, phys: Phys, flags: int) -> Res:
         driver_map = self._ops.map

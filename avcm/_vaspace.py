@@ -5,6 +5,7 @@ The patch used a ``gen_pool`` bitmap, a linear scan. Here free extents are kept 
 aligned allocation looks at a few of the smallest extents that are large enough; if none can
 hold it once aligned, it takes the smallest extent of ``size + alignment - PAGE_SIZE``, which
 always can. Either way the cost is a few O(log n) steps, whatever the number of live ranges.
+Allocations are placed at the top of their extent, so the extent keeps its key.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ class AddressSpace:
         return not self._live and list(self._by_start.items()) == [(self.start, self.size)]
 
     def _take(self, extent: int, extent_size: int, start: int, size: int) -> None:
-        del self._by_start[extent]
+        """Carve ``start..start+size`` out of a free extent. The caller places it at the top of
+        the extent, so the extent usually keeps its start: one sorted-list update, not three."""
         self._by_size.remove((extent_size, extent))
-        if start > extent:
-            self._add_free(extent, start - extent)
         end, extent_end = start + size, extent + extent_size
+        if start > extent:
+            self._by_start[extent] = start - extent  # same key: a plain dict update
+            self._by_size.add((start - extent, extent))
+        else:
+            del self._by_start[extent]
         if extent_end > end:
             self._add_free(end, extent_end - end)
 
@@ -74,6 +79,7 @@ class AddressSpace:
     def allocate(self, size: int, alignment: int = PAGE_SIZE) -> int:
         """Reserve *size* bytes at an address aligned to *alignment*; return the address.
 
+        Best fit: the smallest free extent that can hold it, the allocation at its top.
         ``ENOSPC`` when no free extent can hold it; ``EINVAL`` for a size that is not a positive
         multiple of a page or an alignment that is not a power of two of at least a page.
         """
@@ -82,23 +88,22 @@ class AddressSpace:
         if not isinstance(alignment, int) or alignment < PAGE_SIZE or alignment & (alignment - 1):
             raise InvalidError(f"address space: alignment {alignment!r} is not a power of two")
         mask = alignment - 1
-        start: int
-        index = self._by_size.bisect_left((size, -1))
-        for extent_size, extent in self._by_size.islice(index, index + _BEST_FIT_CANDIDATES):
-            start = (extent + mask) & ~mask
-            if start + size <= extent + extent_size:
-                self._take(extent, extent_size, start, size)
+        by_size = self._by_size
+        index = by_size.bisect_left((size, -1))
+        for extent_size, extent in by_size.islice(index, index + _BEST_FIT_CANDIDATES):
+            start: int = (extent + extent_size - size) & ~mask
+            if start >= extent:
                 break
         else:
-            index = self._by_size.bisect_left((size + alignment - PAGE_SIZE, -1))
-            if index == len(self._by_size):
+            index = by_size.bisect_left((size + alignment - PAGE_SIZE, -1))
+            if index == len(by_size):
                 raise NoSpaceError(
                     f"address space {self.start:#x}+{self.size:#x}: no room for {size:#x} "
                     f"bytes aligned to {alignment:#x} ({self._free_bytes:#x} bytes free)"
                 )
-            extent_size, extent = self._by_size[index]
-            start = (extent + mask) & ~mask
-            self._take(extent, extent_size, start, size)
+            extent_size, extent = by_size[index]
+            start = (extent + extent_size - size) & ~mask
+        self._take(extent, extent_size, start, size)
         self._live[start] = size
         self._free_bytes -= size
         return start
@@ -112,16 +117,18 @@ class AddressSpace:
             raise InvalidError(f"address space: free of {start:#x}+{size:#x}: no such allocation")
         del self._live[start]
         self._free_bytes += size
-        index = self._by_start.bisect_left(start)
-        if index:  # merge with the extent before
-            before, before_size = self._by_start.peekitem(index - 1)
-            if before + before_size == start:
-                del self._by_start[before]
-                self._by_size.remove((before_size, before))
-                start, size = before, before_size + size
-        after_size = self._by_start.get(start + size)
-        if after_size is not None:  # and with the one after
-            del self._by_start[start + size]
-            self._by_size.remove((after_size, start + size))
+        by_start, by_size = self._by_start, self._by_size
+        after_size = by_start.get(start + size)
+        if after_size is not None:  # merge with the extent after
+            del by_start[start + size]
+            by_size.remove((after_size, start + size))
             size += after_size
+        index = by_start.bisect_left(start)
+        if index:
+            before, before_size = by_start.peekitem(index - 1)
+            if before + before_size == start:  # and with the one before: same key, new size
+                by_size.remove((before_size, before))
+                by_start[before] = before_size + size
+                by_size.add((before_size + size, before))
+                return
         self._add_free(start, size)

@@ -59,6 +59,9 @@ class Outcome:
 class RunResult:
     ops: int = 0
     wall_seconds: float = 0.0
+    # wall time spent inside the avcm calls themselves (with one task: the harness's overhead
+    # is wall_seconds / op_seconds)
+    op_seconds: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -387,12 +390,15 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         with anyio.CancelScope() as scope:
             if cancel:
                 scope.deadline = started + cancel_after
+            op_started = time.perf_counter()
             try:
                 target, outcome = await OPERATION_FUNCTIONS[op](world, task)
             except _Skip:
                 outcome = "skipped"
             except avcm.VcmError as error:
                 outcome = _classify(op, error)
+            finally:
+                result.op_seconds += time.perf_counter() - op_started
         if scope.cancelled_caught:
             outcome = "cancelled"
     except Violation as violation:

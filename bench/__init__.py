@@ -1,0 +1,1 @@
+"""``python -m bench``: avcm's performance as ratios measured side by side in one run."""

@@ -1,0 +1,75 @@
+"""Run every measurement on asyncio and trio and print one table (or write it as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.table import Table
+
+from . import _rows
+from ._rows import Row
+
+__all__ = ["main"]
+
+
+async def _async_rows(quick: bool) -> list[Row]:
+    scale = 10 if quick else 1
+    return [
+        await _rows.op_overhead(20_000 // scale),
+        await _rows.allocator_scaling(1_000_000 // scale),
+        await _rows.contention(),
+        await _rows.activation(10_000 // scale),
+        await _rows.memory_per_reservation(20_000 // scale),
+    ]
+
+
+def measure(quick: bool = False) -> dict[str, list[Row]]:
+    """Every row, per backend; rows that do not depend on the event loop under "any"."""
+    results: dict[str, list[Row]] = {}
+    for backend in ("asyncio", "trio"):
+        rows = anyio.run(_async_rows, quick, backend=backend)
+        rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
+        results[backend] = rows
+    results["any"] = [
+        _rows.allocator_vs_genpool(10_000 if quick else 100_000),
+        _rows.memory_per_part(100_000),
+    ]
+    return results
+
+
+def render(results: dict[str, list[Row]]) -> None:
+    table = Table(title="avcm performance: ratios measured side by side in one run")
+    for column in ("backend", "what", "compared with", "ratio", "target", "met", "detail"):
+        table.add_column(column, justify="right" if column == "ratio" else "left")
+    for backend, rows in results.items():
+        for row in rows:
+            met = "-" if row.met is None else ("yes" if row.met else "NO")
+            table.add_row(
+                backend, row.what, row.baseline, f"{row.ratio:.2f}", row.target, met, row.detail
+            )
+    Console(width=200).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--json", type=Path, help="also write the table as JSON to PATH")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    results = measure(args.quick)
+    render(results)
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({b: [asdict(r) for r in rows] for b, rows in results.items()}, indent=2)
+        )
+    return 0 if all(r.met is not False for rows in results.values() for r in rows) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
