@@ -37,6 +37,20 @@ def _prune(world: World) -> None:
     world.reservations[:] = [res for res in world.reservations if not res.unreserved]
 
 
+def _extents(world: World, phys: avcm.Phys) -> list[tuple[int, int]]:
+    """A phys's memory as maximal contiguous ranges; parts never change, so computed once."""
+    extents = world.extents.get(phys)
+    if extents is None:
+        extents = []
+        for part in phys.parts:
+            if extents and extents[-1][1] == part.start:
+                extents[-1] = (extents[-1][0], part.start + part.size)
+            else:
+                extents.append((part.start, part.start + part.size))
+        world.extents[phys] = extents
+    return extents
+
+
 def _live_physes(world: World) -> list[avcm.Phys]:
     seen: dict[avcm.Phys, None] = dict.fromkeys(world.physes)
     for ctx in world.contexts:
@@ -84,7 +98,7 @@ def check_quiescent(world: World) -> None:
             )
         if phys._lock.is_locked():
             raise Violation("rule 7", f"{world.name(phys)}'s lock still held")
-        parts.extend((part.start, part.start + part.size, phys) for part in phys.parts)
+        parts.extend((start, end, phys) for start, end in _extents(world, phys))
     parts.sort(key=lambda part: part[0])
     checks["memory overlap"] += 1
     for (_, end, first), (start, _, second) in itertools.pairwise(parts):

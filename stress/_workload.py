@@ -16,6 +16,7 @@ import random
 import time
 import traceback
 import warnings
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class World:
         self.physes: list[avcm.Phys] = []
         self.reservations: list[avcm.Res] = []
         self.names: dict[object, str] = {}
+        self.extents: weakref.WeakKeyDictionary[avcm.Phys, list[tuple[int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         self.result = RunResult()
         self.seq = 0
