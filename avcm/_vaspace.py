@@ -1,16 +1,16 @@
 """The virtual address allocator of an MMU context, O(log n) per operation.
 
-The patch used a ``gen_pool`` bitmap, a linear scan. Here free extents are kept twice: by start
-(to merge a freed range with its neighbours) and by (size, start) (to find the best fit). An
-aligned allocation looks at a few of the smallest extents that are large enough; if none can
-hold it once aligned, it takes the smallest extent of ``size + alignment - PAGE_SIZE``, which
-always can. Either way the cost is a few O(log n) steps, whatever the number of live ranges.
-Allocations are placed at the top of their extent, so the extent keeps its key.
+The patch used a ``gen_pool`` bitmap, a linear scan. Here free extents are kept in one sorted
+list by (size, start), to find the best fit, and in two plain dicts by start and by end, to find
+a freed range's neighbours in O(1). An aligned allocation looks at a few of the smallest extents
+that are large enough; if none can hold it once aligned, it takes the smallest extent of
+``size + alignment - PAGE_SIZE``, which always can. Either way the cost is a few O(log n) steps,
+whatever the number of live ranges.
 """
 
 from __future__ import annotations
 
-from sortedcontainers import SortedDict, SortedList
+from sortedcontainers import SortedList
 
 from ._errors import InvalidError, NoSpaceError
 from ._memory import PAGE_SIZE
@@ -18,6 +18,8 @@ from ._memory import PAGE_SIZE
 __all__ = ["AddressSpace"]
 
 _BEST_FIT_CANDIDATES = 8
+_SHIFT = 64
+_LOW = (1 << _SHIFT) - 1
 
 
 class AddressSpace:
@@ -36,10 +38,13 @@ class AddressSpace:
             )
         self.start = start
         self.size = size
-        self._by_start = SortedDict({start: size})  # free extent start -> size
-        self._by_size = SortedList([(size, start)])
+        self._by_start: dict[int, int] = {}  # free extent start -> size
+        self._by_end: dict[int, int] = {}  # free extent end -> start
+        # size << 64 | start: one int compares faster than a (size, start) tuple
+        self._by_size = SortedList()
         self._live: dict[int, int] = {}  # allocated start -> size
         self._free_bytes = size
+        self._add_free(start, size)
 
     def __repr__(self) -> str:
         return (
@@ -57,24 +62,17 @@ class AddressSpace:
 
     def is_pristine(self) -> bool:
         """Every byte free, as one extent: nothing reserved, nothing lost."""
-        return not self._live and list(self._by_start.items()) == [(self.start, self.size)]
-
-    def _take(self, extent: int, extent_size: int, start: int, size: int) -> None:
-        """Carve ``start..start+size`` out of a free extent. The caller places it at the top of
-        the extent, so the extent usually keeps its start: one sorted-list update, not three."""
-        self._by_size.remove((extent_size, extent))
-        end, extent_end = start + size, extent + extent_size
-        if start > extent:
-            self._by_start[extent] = start - extent  # same key: a plain dict update
-            self._by_size.add((start - extent, extent))
-        else:
-            del self._by_start[extent]
-        if extent_end > end:
-            self._add_free(end, extent_end - end)
+        return not self._live and self._by_start == {self.start: self.size}
 
     def _add_free(self, start: int, size: int) -> None:
         self._by_start[start] = size
-        self._by_size.add((size, start))
+        self._by_end[start + size] = start
+        self._by_size.add(size << _SHIFT | start)
+
+    def _remove_free(self, start: int, size: int) -> None:
+        del self._by_start[start]
+        del self._by_end[start + size]
+        self._by_size.remove(size << _SHIFT | start)
 
     def allocate(self, size: int, alignment: int = PAGE_SIZE) -> int:
         """Reserve *size* bytes at an address aligned to *alignment*; return the address.
@@ -89,21 +87,28 @@ class AddressSpace:
             raise InvalidError(f"address space: alignment {alignment!r} is not a power of two")
         mask = alignment - 1
         by_size = self._by_size
-        index = by_size.bisect_left((size, -1))
-        for extent_size, extent in by_size.islice(index, index + _BEST_FIT_CANDIDATES):
+        index = by_size.bisect_left(size << _SHIFT)
+        for key in by_size.islice(index, index + _BEST_FIT_CANDIDATES):
+            extent_size, extent = key >> _SHIFT, key & _LOW
             start: int = (extent + extent_size - size) & ~mask
             if start >= extent:
                 break
         else:
-            index = by_size.bisect_left((size + alignment - PAGE_SIZE, -1))
+            index = by_size.bisect_left((size + alignment - PAGE_SIZE) << _SHIFT)
             if index == len(by_size):
                 raise NoSpaceError(
                     f"address space {self.start:#x}+{self.size:#x}: no room for {size:#x} "
                     f"bytes aligned to {alignment:#x} ({self._free_bytes:#x} bytes free)"
                 )
-            extent_size, extent = by_size[index]
+            key = by_size[index]
+            extent_size, extent = key >> _SHIFT, key & _LOW
             start = (extent + extent_size - size) & ~mask
-        self._take(extent, extent_size, start, size)
+        self._remove_free(extent, extent_size)
+        if start > extent:
+            self._add_free(extent, start - extent)
+        end, extent_end = start + size, extent + extent_size
+        if extent_end > end:
+            self._add_free(end, extent_end - end)
         self._live[start] = size
         self._free_bytes -= size
         return start
@@ -117,18 +122,13 @@ class AddressSpace:
             raise InvalidError(f"address space: free of {start:#x}+{size:#x}: no such allocation")
         del self._live[start]
         self._free_bytes += size
-        by_start, by_size = self._by_start, self._by_size
-        after_size = by_start.get(start + size)
-        if after_size is not None:  # merge with the extent after
-            del by_start[start + size]
-            by_size.remove((after_size, start + size))
+        after_size = self._by_start.get(start + size)
+        if after_size is not None:
+            self._remove_free(start + size, after_size)
             size += after_size
-        index = by_start.bisect_left(start)
-        if index:
-            before, before_size = by_start.peekitem(index - 1)
-            if before + before_size == start:  # and with the one before: same key, new size
-                by_size.remove((before_size, before))
-                by_start[before] = before_size + size
-                by_size.add((before_size + size, before))
-                return
+        before = self._by_end.get(start)
+        if before is not None:
+            self._remove_free(before, start - before)
+            size += start - before
+            start = before
         self._add_free(start, size)
