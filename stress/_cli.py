@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 
 import anyio
 
-from ._clock import backend_options
+from avcm.testing._clock import backend_options
+
 from ._config import CONTEXT_KINDS, StressConfig, UsageError
 from ._report import (
     describe_violation,

@@ -14,7 +14,7 @@ import selectors
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["backend_options"]
+__all__ = ["VirtualTimeEventLoop", "backend_options"]
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -42,7 +42,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         return self._virtual.now
 
 
-def _seed_trio_scheduler(seed: int) -> None:
+def seed_trio_scheduler(seed: int) -> None:
     # trio shuffles each batch of runnable tasks with a module-level Random; seeding it is the
     # only way to make a trio run repeat. It is private, so a trio without it runs unseeded.
     from trio._core import _run
@@ -55,7 +55,7 @@ def _seed_trio_scheduler(seed: int) -> None:
 def backend_options(backend: str, seed: int, *, virtual: bool) -> dict[str, Any]:
     """The ``anyio.run`` backend options for a (virtual or real time) run seeded with *seed*."""
     if backend == "trio":
-        _seed_trio_scheduler(seed)
+        seed_trio_scheduler(seed)
         if not virtual:
             return {}
         import trio.testing

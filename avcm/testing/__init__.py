@@ -1,0 +1,92 @@
+"""avcm.testing: deterministic race tests for avcm and its drivers.
+
+A controlled scheduler runs the tasks of a *scenario* one at a time, from one avcm sync point
+(mutex, atomic counter, driver call, simulated latency) to the next, and a strategy picks who
+goes next: :class:`RandomWalk`, :class:`PCT` or :class:`Exhaustive`. Every run has a replay
+token; a failing schedule is shrunk to a short one and shown as a per-task timeline::
+
+    from avcm import testing
+
+    async def two_binds(run: testing.Run) -> None:
+        vcm = ...; res = await vcm.reserve(4096)
+        a, b = await vcm.alloc(4096), await vcm.alloc(4096)
+        outcomes = await run.concurrently(lambda: res.bind(a), lambda: res.bind(b))
+        assert sum(o.ok for o in outcomes) == 1
+
+    testing.check(two_binds, schedules=1000)  # raises RaceFound with a timeline and token
+
+``import avcm`` does not import this package; this package imports Hypothesis only in
+:mod:`avcm.testing.hypothesis` and pytest only in :mod:`avcm.testing.pytest_plugin`.
+"""
+
+from ._clock import VirtualTimeEventLoop
+from ._conformance import (
+    SCENARIOS,
+    ConformanceReport,
+    ScenarioResult,
+    check_conformance,
+    check_conformance_async,
+)
+from ._errors import (
+    DeadlockError,
+    RaceFound,
+    ReplayDivergedError,
+    RunawayError,
+    ScheduleFailure,
+    StepBudgetError,
+    TokenError,
+)
+from ._explore import (
+    Exploration,
+    Failure,
+    Limits,
+    Scenario,
+    check,
+    explore,
+    explore_async,
+    replay,
+    replay_async,
+    scenario_name,
+)
+from ._scheduler import Run
+from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
+from ._timeline import Step, TaskOutcome, Timeline
+from ._token import ReplayToken
+
+__all__ = [
+    "PCT",
+    "SCENARIOS",
+    "Chooser",
+    "ConformanceReport",
+    "DeadlockError",
+    "Exhaustive",
+    "Exploration",
+    "Failure",
+    "FromIndices",
+    "Limits",
+    "RaceFound",
+    "RandomWalk",
+    "Replay",
+    "ReplayDivergedError",
+    "ReplayToken",
+    "Run",
+    "RunawayError",
+    "Scenario",
+    "ScenarioResult",
+    "ScheduleFailure",
+    "Step",
+    "StepBudgetError",
+    "Strategy",
+    "TaskOutcome",
+    "Timeline",
+    "TokenError",
+    "VirtualTimeEventLoop",
+    "check",
+    "check_conformance",
+    "check_conformance_async",
+    "explore",
+    "explore_async",
+    "replay",
+    "replay_async",
+    "scenario_name",
+]

@@ -1,0 +1,124 @@
+"""The command line of the race finder.
+
+``python -m avcm.testing replay MODULE:SCENARIO TOKEN`` reruns a recorded schedule and prints
+its timeline; ``python -m avcm.testing conformance MODULE:FACTORY`` runs the conformance suite
+against a driver factory. Exit status: 0 passed, 1 failed (the failure reproduced), 2 usage
+error (bad token, scenario that does not import), 3 the replay diverged from its recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import VcmError
+from ._errors import ReplayDivergedError
+from ._explore import BACKENDS, replay
+from ._token import ReplayToken
+
+__all__ = ["load", "main"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+def load(spec: str) -> Any:
+    """Import ``module:attribute`` (dots allowed in the attribute)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise _UsageError(f"{spec!r} is not MODULE:NAME")
+    sys.path.insert(0, ".")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise _UsageError(f"cannot import {module_name!r}: {error}") from None
+    finally:
+        sys.path.pop(0)
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise _UsageError(f"{module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise _UsageError(f"{spec} is not callable")
+    return target
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m avcm.testing",
+        description="avcm's deterministic race finder: replay a recorded schedule, or check "
+        "a driver against the contract's concurrency rules.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    replay_parser = commands.add_parser(
+        "replay", help="rerun one recorded schedule and print its timeline"
+    )
+    replay_parser.add_argument("scenario", help="the scenario, as MODULE:NAME")
+    replay_parser.add_argument("token", help="the replay token a failure printed")
+    replay_parser.add_argument("--backend", choices=BACKENDS, default="trio")
+    replay_parser.add_argument("--chrome-trace", metavar="PATH", help="also write a Chrome trace")
+    conformance = commands.add_parser(
+        "conformance", help="run the contract's rules 1-9 against a driver factory"
+    )
+    conformance.add_argument("factory", help="MODULE:FACTORY, called with a PhysicalMemory")
+    conformance.add_argument("--backend", choices=BACKENDS, default="trio")
+    conformance.add_argument("--schedules", type=int, default=200, help="per scenario")
+    conformance.add_argument("--seed", type=int, default=0)
+    conformance.add_argument("--replay", metavar="TOKEN", help="replay one scenario's token")
+    conformance.add_argument("--scenario", help="only this scenario (see --list)")
+    conformance.add_argument("--list", action="store_true", help="list the scenarios")
+    return parser
+
+
+def _replay(args: argparse.Namespace) -> int:
+    token = ReplayToken.parse(args.token)
+    scenario = load(args.scenario)
+    failure = replay(scenario, token, backend=args.backend)
+    if failure is None:
+        print(f"replayed {len(token.decisions)} steps of {args.scenario}: it passed")
+        return 0
+    print(failure.report())
+    if args.chrome_trace:
+        failure.timeline.write_chrome_trace(args.chrome_trace)
+        print(f"chrome trace: {args.chrome_trace}")
+    return 1
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from ._conformance import SCENARIOS, check_conformance
+
+    if args.list:
+        for name, (rule, doc) in SCENARIOS.items():
+            print(f"{name:32} {rule}: {doc}")
+        return 0
+    factory = load(args.factory)
+    report = check_conformance(
+        factory,
+        backend=args.backend,
+        schedules=args.schedules,
+        seed=args.seed,
+        only=args.scenario,
+        replay_token=args.replay,
+        factory_spec=args.factory,
+    )
+    print(report.format())
+    return 0 if report.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "replay":
+            return _replay(args)
+        return _conformance(args)
+    except ReplayDivergedError as error:
+        print(f"avcm.testing: {error}", file=sys.stderr)
+        return 3
+    except (_UsageError, VcmError) as error:
+        print(f"avcm.testing: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,417 @@
+"""The conformance suite: the contract's concurrency rules, run against any driver.
+
+``check_conformance(factory)`` builds a fresh context with ``factory(memory)`` (sync or async)
+for every schedule of every scenario, races avcm operations on it under the controlled
+scheduler, and checks the rules at the end of each: the model check (rule 4), ``bindings``
+counts (rule 5), no freed memory bound (rule 6), no lock held (rule 7), no two live allocations
+overlapping, and after ``destroy`` every page of memory free again (rule 9). Rule 8 (faults)
+needs a driver that can be made to fail: drivers built on :mod:`drivers` take a ``FaultPlan``;
+run the suite on such a factory to cover it.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import itertools
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+
+from .._check import HardwareView, _hardware_of, check_model
+from .._core import Phys, Res, Vcm
+from .._errors import InvalidError, VcmError, VcmWarning
+from .._memory import PhysicalMemory
+from ._clock import backend_options
+from ._explore import BACKENDS, Failure, explore_async, replay_async
+from ._scheduler import Run
+from ._strategies import PCT
+from ._timeline import TaskOutcome
+
+__all__ = ["SCENARIOS", "ConformanceReport", "ScenarioResult", "check_conformance"]
+
+Factory = Callable[[PhysicalMemory], "Vcm | Awaitable[Vcm]"]
+Body = Callable[[Run, Vcm], Awaitable[None]]
+
+KiB = 1 << 10
+
+
+def _hardware(vcm: Vcm) -> HardwareView | None:
+    hardware = _hardware_of(vcm)
+    return hardware if isinstance(hardware, HardwareView) else None
+
+
+def _errnos(outcomes: list[TaskOutcome]) -> list[int | None]:
+    return [
+        outcome.error.errno if isinstance(outcome.error, VcmError) else None for outcome in outcomes
+    ]
+
+
+def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
+    """Errors the contract allows in a race are outcomes; anything else is a failure."""
+    for outcome in outcomes:
+        error = outcome.error
+        if error is None:
+            continue
+        if isinstance(error, VcmError) and error.errno in allowed:
+            continue
+        raise AssertionError(f"{outcome.name} failed unexpectedly: {outcome.describe()}") from error
+
+
+async def _binding(vcm: Vcm, size: int) -> Res:
+    return await vcm.make_binding(size)
+
+
+# -- the scenarios ---------------------------------------------------------------------------
+
+
+async def _activation_is_real(run: Run, vcm: Vcm) -> None:
+    await _binding(vcm, 64 * KiB)
+    hardware = _hardware(vcm)
+
+    async def activator() -> None:
+        await vcm.activate()
+        if hardware is not None and not hardware.hardware_active():
+            raise AssertionError("rule 1: activate returned with the hardware inactive")
+
+    outcomes = await run.concurrently(activator, activator, activator)
+    _raise_unexpected(outcomes, set())
+    assert vcm.activations == 3, f"rule 3: 3 activates, count {vcm.activations}"
+    check_model(vcm)
+    outcomes = await run.concurrently(vcm.deactivate, vcm.deactivate, vcm.deactivate)
+    _raise_unexpected(outcomes, set())
+    assert vcm.activations == 0, f"rule 3: 3 deactivates, count {vcm.activations}"
+
+
+async def _cancelled_activation(run: Run, vcm: Vcm) -> None:
+    await _binding(vcm, 64 * KiB)
+    await _binding(vcm, 8 * KiB)
+    scope = anyio.CancelScope()
+
+    async def activator() -> None:
+        with scope:
+            await vcm.activate()
+
+    async def canceller() -> None:
+        scope.cancel()
+
+    await run.concurrently(activator, canceller)
+    assert vcm.activations in (0, 1), f"rule 2: count {vcm.activations} after one activate"
+    check_model(vcm)
+    if vcm.activations:
+        await vcm.deactivate()
+
+
+async def _nested_pairs(run: Run, vcm: Vcm) -> None:
+    await _binding(vcm, 8 * KiB)
+
+    async def pair() -> None:
+        await vcm.activate()
+        await vcm.deactivate()
+
+    outcomes = await run.concurrently(pair, pair, pair)
+    _raise_unexpected(outcomes, set())
+    assert vcm.activations == 0, f"rule 3: 3 pairs end at count {vcm.activations}"
+    hardware = _hardware(vcm)
+    assert hardware is None or not hardware.hardware_active(), "rule 3: hardware still active"
+
+
+async def _bind_while_active(run: Run, vcm: Vcm) -> None:
+    doomed = [await _binding(vcm, 8 * KiB) for _ in range(4)]
+    await vcm.activate()
+
+    async def toggle() -> None:
+        await vcm.deactivate()
+        await vcm.activate()
+
+    async def destroy_two() -> None:
+        for res in doomed[:2]:
+            await res.destroy_binding()
+
+    outcomes = await run.concurrently(
+        partial(_binding, vcm, 64 * KiB), destroy_two, toggle, names=["make", "destroy", "toggle"]
+    )
+    _raise_unexpected(outcomes, {errno.ENOMEM, errno.ENOSPC})
+    check_model(vcm)
+    await vcm.deactivate()
+    check_model(vcm)
+
+
+async def _one_winner(run: Run, vcm: Vcm) -> None:
+    res = await _binding(vcm, 16 * KiB)
+    first = await res.unbind()
+    assert first is not None
+    try:
+        second: Phys | None = await vcm.alloc(16 * KiB)
+    except VcmError:
+        second = None
+    candidates = [first, first] if second is None else [first, second, first]
+    outcomes = await run.concurrently(*(partial(res.bind, phys) for phys in candidates))
+    _raise_unexpected(outcomes, {errno.EADDRINUSE, errno.EALREADY, errno.EOPNOTSUPP})
+    winners = [candidates[i] for i, outcome in enumerate(outcomes) if outcome.ok]
+    assert len(winners) == 1, f"rule 5: {len(winners)} of {len(outcomes)} binds won"
+    assert res.phys is winners[0], "rule 5: the reservation is not bound to the winner"
+    physes = {first} if second is None else {first, second}
+    counted = sum(phys.bindings for phys in physes)
+    assert counted == 1, f"rule 5: bindings count {counted} for one binding"
+    outcomes = await run.concurrently(res.unbind, res.unbind)
+    _raise_unexpected(outcomes, set())
+    returned = [outcome.value for outcome in outcomes if outcome.value is not None]
+    assert returned == [winners[0]], f"rule 5: concurrent unbinds returned {returned}"
+    for phys in physes:
+        await phys.free()
+
+
+async def _free_racing_bind(run: Run, vcm: Vcm) -> None:
+    res = await _binding(vcm, 16 * KiB)
+    phys = await res.unbind()
+    assert phys is not None
+    outcomes = await run.concurrently(partial(res.bind, phys), phys.free, names=["bind", "free"])
+    _raise_unexpected(outcomes, {errno.EBUSY, errno.EINVAL})
+    bind, free = outcomes
+    assert bind.ok != free.ok, f"rule 6: bind {bind.describe()}, free {free.describe()}"
+    assert not (phys.freed and res.phys is phys), "rule 6: freed memory is bound"
+
+
+async def _cancellation(run: Run, vcm: Vcm) -> None:
+    await _binding(vcm, 8 * KiB)
+    await vcm.activate()
+    scopes = [anyio.CancelScope() for _ in range(2)]
+
+    async def builder() -> None:
+        with scopes[0]:
+            res = await _binding(vcm, 64 * KiB + 4 * KiB)
+            await res.destroy_binding()
+
+    async def toggler() -> None:
+        with scopes[1]:
+            await vcm.activate()
+            await vcm.deactivate()
+
+    async def canceller() -> None:
+        for scope in scopes:
+            scope.cancel()
+
+    outcomes = await run.concurrently(builder, toggler, canceller)
+    _raise_unexpected(outcomes, {errno.ENOMEM, errno.ENOSPC})
+    assert vcm.activations in (1, 2), f"rule 7: count {vcm.activations}"
+    check_model(vcm)
+    while vcm.activations:
+        await vcm.deactivate()
+
+
+async def _allocation_and_leaks(run: Run, vcm: Vcm) -> None:
+    early = [await _binding(vcm, 4 * KiB * (1 + i)) for i in range(5)]
+
+    async def make() -> None:
+        await _binding(vcm, 12 * KiB)
+
+    async def destroy() -> None:
+        for res in early[:3]:
+            await res.destroy_binding()
+
+    outcomes = await run.concurrently(make, make, make, destroy)
+    _raise_unexpected(outcomes, {errno.ENOMEM, errno.ENOSPC})
+
+
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "activation_is_real": ("rules 1, 3", "concurrent activates return with the hardware active"),
+    "cancelled_activation": ("rule 2", "an activate cancelled anywhere leaves nothing behind"),
+    "nested_pairs": ("rule 3", "activate/deactivate pairs in any order end at zero"),
+    "bind_while_active": ("rule 4", "binds, unbinds and toggles keep hardware == model"),
+    "one_winner": ("rule 5", "one bind wins, one unbind returns the phys, bindings right"),
+    "free_racing_bind": ("rule 6", "free racing bind: exactly one wins, no freed memory bound"),
+    "cancellation": ("rule 7", "operations cancelled anywhere complete or have no effect"),
+    "allocation_and_leaks": ("rule 9", "concurrent allocation never overlaps, destroy frees all"),
+}
+
+_BODIES: dict[str, Body] = {
+    "activation_is_real": _activation_is_real,
+    "cancelled_activation": _cancelled_activation,
+    "nested_pairs": _nested_pairs,
+    "bind_while_active": _bind_while_active,
+    "one_winner": _one_winner,
+    "free_racing_bind": _free_racing_bind,
+    "cancellation": _cancellation,
+    "allocation_and_leaks": _allocation_and_leaks,
+}
+
+
+# -- the checks after every schedule ---------------------------------------------------------
+
+
+def _check_quiescent(vcm: Vcm) -> None:
+    check_model(vcm)
+    assert not vcm.statistics().mutex.locked, "rule 7: the context's mutex is still held"
+    bound: dict[Phys, int] = {}
+    for res in vcm.reservations():
+        if res.phys is not None:
+            assert not res.phys.freed, f"rule 6: {res!r} is bound to freed memory"
+            bound[res.phys] = bound.get(res.phys, 0) + 1
+    live = dict.fromkeys(vcm.allocations())
+    live.update(dict.fromkeys(bound))
+    extents: list[tuple[int, int, Phys]] = []
+    for phys in live:
+        assert phys.bindings == bound.get(phys, 0), (
+            f"rule 5: {phys!r}.bindings is {phys.bindings}, bound {bound.get(phys, 0)} time(s)"
+        )
+        extents.extend((part.start, part.start + part.size, phys) for part in phys.parts)
+    extents.sort(key=lambda extent: extent[0])
+    for (_, end, first), (start, _, second) in itertools.pairwise(extents):
+        if start < end:
+            raise AssertionError(
+                f"live allocations overlap at {start:#x}: {first!r} and {second!r} "
+                f"(the allocator handed out the same memory twice)"
+            )
+
+
+async def _make(factory: Factory, memory: PhysicalMemory) -> Vcm:
+    made = factory(memory)
+    if inspect.isawaitable(made):
+        made = await made
+    if not isinstance(made, Vcm):
+        raise InvalidError(f"conformance: the factory returned {made!r}, not an avcm.Vcm")
+    return made
+
+
+def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
+    body = _BODIES[name]
+
+    async def scenario(run: Run) -> None:
+        memory = PhysicalMemory(size=64 << 20)
+        free_before = memory.free_bytes
+        vcm = await _make(factory, memory)
+        with warnings.catch_warnings():
+            # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
+            warnings.simplefilter("ignore", VcmWarning)
+            await body(run, vcm)
+            _check_quiescent(vcm)
+            await vcm.destroy()
+        leaked = free_before - memory.free_bytes
+        assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
+
+    scenario.__name__ = scenario.__qualname__ = name
+    return scenario
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    name: str
+    rule: str
+    schedules: int
+    failure: Failure | None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+
+@dataclass(frozen=True, slots=True)
+class ConformanceReport:
+    """Per scenario: the rule it checks, the schedules run, and the failure if any."""
+
+    driver: str
+    backend: str
+    results: tuple[ScenarioResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        return tuple(result.failure for result in self.results if result.failure is not None)
+
+    def format(self) -> str:
+        lines = [f"avcm conformance of {self.driver} on {self.backend}:"]
+        for result in self.results:
+            verdict = "ok" if result.passed else "FAILED"
+            lines.append(
+                f"  {result.name:22} {result.rule:11} {result.schedules:6} schedules  {verdict}"
+            )
+        for failure in self.failures:
+            lines.append("")
+            lines.append(failure.report())
+        lines.append("")
+        lines.append("conformance: " + ("passed" if self.passed else "FAILED"))
+        return "\n".join(lines)
+
+
+async def check_conformance_async(
+    factory: Factory,
+    *,
+    schedules: int = 200,
+    seed: int = 0,
+    only: str | None = None,
+    replay_token: str | None = None,
+    factory_spec: str | None = None,
+) -> ConformanceReport:
+    """:func:`check_conformance` in the running event loop."""
+    if only is not None and only not in SCENARIOS:
+        raise InvalidError(
+            f"conformance: no scenario {only!r} (choose from {', '.join(SCENARIOS)})"
+        )
+    if replay_token is not None and only is None:
+        raise InvalidError("conformance: a replay token replays one scenario: name it")
+    backend = _backend()
+    driver = factory_spec or str(getattr(factory, "__qualname__", repr(factory)))
+    results = []
+    for name in [only] if only is not None else list(SCENARIOS):
+        rule = SCENARIOS[name][0]
+        scenario = _scenario(factory, name)
+        command = None
+        if factory_spec is not None:
+            command = (
+                f"python -m avcm.testing conformance {factory_spec} --scenario {name} "
+                f"--replay {{token}} --backend {backend}"
+            )
+        if replay_token is not None:
+            failure = await replay_async(scenario, replay_token)
+            results.append(ScenarioResult(name, rule, 1, failure))
+            continue
+        result = await explore_async(
+            scenario, strategy=PCT(seed), schedules=schedules, command=command
+        )
+        results.append(ScenarioResult(name, rule, result.schedules, result.failure))
+    return ConformanceReport(driver=driver, backend=backend, results=tuple(results))
+
+
+def _backend() -> str:
+    import sniffio
+
+    return sniffio.current_async_library()
+
+
+def check_conformance(
+    factory: Factory,
+    *,
+    backend: str = "trio",
+    schedules: int = 200,
+    seed: int = 0,
+    only: str | None = None,
+    replay_token: str | None = None,
+    factory_spec: str | None = None,
+) -> ConformanceReport:
+    """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
+    PCT schedules each, on virtual time. Returns the report; ``report.passed`` says whether
+    the driver conforms, ``report.format()`` shows each failure's timeline and replay."""
+    if backend not in BACKENDS:
+        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    run: Callable[[], Awaitable[ConformanceReport]] = partial(
+        check_conformance_async,
+        factory,
+        schedules=schedules,
+        seed=seed,
+        only=only,
+        replay_token=replay_token,
+        factory_spec=factory_spec,
+    )
+    result: Any = anyio.run(
+        run, backend=backend, backend_options=backend_options(backend, 0, virtual=True)
+    )
+    assert isinstance(result, ConformanceReport)
+    return result

@@ -1,0 +1,60 @@
+"""What the race finder raises.
+
+Bad input to the race finder itself (a malformed token, a parameter out of range) is an
+:class:`avcm.InvalidError` (``EINVAL``), like bad input anywhere in avcm. What a schedule finds
+is an :class:`AssertionError`, so that pytest reports it as a failed test:
+:class:`ScheduleFailure` for what the scheduler itself detects (deadlock, step budget, a task
+that never yields, a replay that diverged), :class:`RaceFound` for any failure with the schedule
+that shows it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._errors import InvalidError
+
+if TYPE_CHECKING:
+    from ._explore import Failure
+
+__all__ = [
+    "DeadlockError",
+    "RaceFound",
+    "ReplayDivergedError",
+    "RunawayError",
+    "ScheduleFailure",
+    "StepBudgetError",
+    "TokenError",
+]
+
+
+class TokenError(InvalidError):
+    """A replay token that is malformed, or not avcm's, or of another version."""
+
+
+class ScheduleFailure(AssertionError):
+    """The scheduler found a failure of its own kind in a run."""
+
+
+class DeadlockError(ScheduleFailure):
+    """Every task is blocked, none can be chosen, and no timer is pending."""
+
+
+class StepBudgetError(ScheduleFailure):
+    """The run took more scheduling steps than allowed: a livelock or a runaway loop."""
+
+
+class RunawayError(ScheduleFailure):
+    """A task kept running without reaching a sync point or blocking."""
+
+
+class ReplayDivergedError(ScheduleFailure):
+    """A replay did not follow its recording: the code under test changed."""
+
+
+class RaceFound(AssertionError):
+    """A schedule made the scenario fail. ``failure`` has the token, timeline and replay."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.report())
+        self.failure = failure

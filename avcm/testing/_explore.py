@@ -1,0 +1,429 @@
+"""Exploring a scenario's schedules: find a failing one, shrink it, replay it.
+
+A *scenario* is ``async def scenario(run: Run) -> None``: it sets up objects, runs tasks with
+``await run.concurrently(...)`` and asserts what the contract says about the outcome. It fails
+by raising. :func:`explore` runs it under many schedules; :func:`replay` runs one token.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+import sniffio
+
+from .._errors import InvalidError
+from ._clock import backend_options, seed_trio_scheduler
+from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
+from ._scheduler import Run
+from ._strategies import PCT, Chooser, FromIndices, Replay, Strategy
+from ._timeline import Timeline
+from ._token import ReplayToken, digest_of
+
+__all__ = [
+    "Exploration",
+    "Failure",
+    "Limits",
+    "Scenario",
+    "check",
+    "explore",
+    "explore_async",
+    "replay",
+    "replay_async",
+    "scenario_name",
+]
+
+Scenario = Callable[[Run], Awaitable[None]]
+
+BACKENDS = ("asyncio", "trio")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds of one run. ``max_steps``: scheduling steps before :class:`StepBudgetError`;
+    ``idle_timeout``: seconds (simulated, on a virtual clock) with every task blocked before a
+    :class:`DeadlockError`; ``runaway_steps``: event-loop steps without reaching quiescence
+    before a :class:`RunawayError`."""
+
+    max_steps: int = 10_000
+    idle_timeout: float | None = None
+    runaway_steps: int = 200_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "runaway_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidError(f"Limits.{name} must be an int >= 1, not {value!r}")
+        timeout = self.idle_timeout
+        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
+            raise InvalidError(f"Limits.idle_timeout must be > 0, not {self.idle_timeout!r}")
+
+
+def scenario_name(scenario: Callable[..., Any]) -> str:
+    """``module:qualname`` of a scenario (what the replay command imports)."""
+    while isinstance(scenario, partial):
+        scenario = scenario.func
+    module = getattr(scenario, "__module__", "?")
+    return f"{module}:{getattr(scenario, '__qualname__', repr(scenario))}"
+
+
+def _importable(scenario: Callable[..., Any]) -> bool:
+    qualname = getattr(scenario, "__qualname__", "")
+    return not isinstance(scenario, partial) and "<" not in qualname
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A schedule under which the scenario failed, and how to see it again."""
+
+    scenario: str
+    error: BaseException
+    token: ReplayToken
+    timeline: Timeline
+    backend: str
+    schedules: int  # schedules run until it was found
+    steps_before_shrinking: int
+    command: str | None = None
+
+    @property
+    def replay_command(self) -> str:
+        """A shell command that replays this failure."""
+        if self.command is not None:
+            return self.command.format(token=shlex.quote(str(self.token)))
+        return (
+            f"python -m avcm.testing replay {self.scenario} {shlex.quote(str(self.token))} "
+            f"--backend {self.backend}"
+        )
+
+    def report(self) -> str:
+        timeline = self.timeline
+        shrunk = (
+            f", shrunk from {self.steps_before_shrinking} steps"
+            if self.steps_before_shrinking != len(timeline.steps)
+            else ""
+        )
+        return (
+            f"{self.scenario} failed under schedule {self.schedules} ({self.token.strategy}, "
+            f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
+            f"{timeline.preemptions} preemption(s){shrunk}\n"
+            f"{type(self.error).__name__}: {self.error}\n\n"
+            f"{timeline.format()}\n\n"
+            f"replay token: {self.token}\n"
+            f"replay: {self.replay_command}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Exploration:
+    """What :func:`explore` did: how many schedules it ran and the failure, if any."""
+
+    scenario: str
+    strategy: str
+    seed: int
+    backend: str
+    schedules: int
+    exhausted: bool  # the strategy had no more schedules (exhaustive search complete)
+    failure: Failure | None
+    max_steps_seen: int
+
+    @property
+    def found(self) -> bool:
+        return self.failure is not None
+
+
+async def _run_once(
+    scenario: Scenario, chooser: Chooser, limits: Limits
+) -> tuple[Run, BaseException | None]:
+    if sniffio.current_async_library() == "trio":
+        # anything trio itself orders (tasks woken together) comes out the same every run
+        seed_trio_scheduler(0)
+    run = Run(
+        chooser,
+        max_steps=limits.max_steps,
+        idle_timeout=limits.idle_timeout,
+        runaway_steps=limits.runaway_steps,
+    )
+    try:
+        await scenario(run)
+    except ReplayDivergedError:
+        raise
+    except Exception as error:
+        return run, error
+    if not run.decisions:
+        raise InvalidError(
+            f"scenario {scenario_name(scenario)} ran no task under the scheduler: "
+            f"run its racing operations with `await run.concurrently(...)`"
+        )
+    return run, None
+
+
+def _same_failure(error: BaseException, original: BaseException) -> bool:
+    return type(error) is type(original)
+
+
+async def _shrink(
+    scenario: Scenario,
+    run: Run,
+    error: BaseException,
+    limits: Limits,
+    budget: int,
+) -> tuple[Run, BaseException]:
+    """Make the failing schedule as short and as unpreemptive as it can be while it fails
+    the same way: drop chunks of choices, then lower each one towards 0 (no preemption)."""
+    best_run, best_error = run, error
+    best = list(run.positions)
+    attempts = 0
+
+    async def fails(candidate: list[int]) -> bool:
+        nonlocal attempts, best_run, best_error, best
+        attempts += 1
+        try:
+            trial, trial_error = await _run_once(scenario, FromIndices(candidate), limits)
+        except ReplayDivergedError:
+            return False
+        if trial_error is None or not _same_failure(trial_error, error):
+            return False
+        best_run, best_error = trial, trial_error
+        best = list(trial.positions)
+        return True
+
+    improved = True
+    while improved and attempts < budget:
+        improved = False
+        while best and best[-1] == 0:
+            best.pop()
+        chunk = max(len(best) // 2, 1)
+        while chunk >= 1 and attempts < budget:
+            start = 0
+            while start < len(best) and attempts < budget:
+                candidate = best[:start] + best[start + chunk :]
+                if await fails(candidate):
+                    improved = True
+                else:
+                    start += chunk
+            chunk //= 2
+        for index in range(len(best)):
+            for lower in (0, best[index] - 1) if index < len(best) else ():
+                if lower < 0 or lower >= best[index] or attempts >= budget:
+                    continue
+                candidate = best.copy()
+                candidate[index] = lower
+                if await fails(candidate):
+                    improved = True
+                    break
+    return best_run, best_error
+
+
+def _failure(
+    scenario: Scenario,
+    run: Run,
+    error: BaseException,
+    *,
+    strategy: str,
+    seed: int,
+    schedule: int,
+    steps_before: int,
+    command: str | None,
+) -> Failure:
+    token = ReplayToken(
+        strategy=strategy,
+        seed=seed,
+        schedule=schedule,
+        digest=digest_of(run.trail()),
+        decisions=run.decisions,
+    )
+    if command is None and not _importable(scenario):
+        command = "avcm.testing.replay(<scenario>, {token})"
+    return Failure(
+        scenario=scenario_name(scenario),
+        error=error,
+        token=token,
+        timeline=run.timeline(),
+        backend=sniffio.current_async_library() or "?",
+        schedules=schedule + 1,
+        steps_before_shrinking=steps_before,
+        command=command,
+    )
+
+
+def _check_schedules(schedules: object) -> int:
+    if not isinstance(schedules, int) or isinstance(schedules, bool) or schedules < 1:
+        raise InvalidError(f"schedules must be an int >= 1, not {schedules!r}")
+    return schedules
+
+
+async def explore_async(
+    scenario: Scenario,
+    *,
+    strategy: Strategy | None = None,
+    schedules: int = 1000,
+    limits: Limits | None = None,
+    shrink: bool = True,
+    shrink_budget: int = 500,
+    command: str | None = None,
+) -> Exploration:
+    """Run *scenario* under up to *schedules* schedules of *strategy* (``PCT()`` by default)
+    in the running event loop; stop at the first failure, shrink it and return it.
+
+    Under a real clock, simulated latency takes real time: prefer :func:`explore`, or a
+    virtual clock (pytest-trio's ``autojump_clock``).
+    """
+    schedules = _check_schedules(schedules)
+    strategy = PCT() if strategy is None else strategy
+    if not isinstance(strategy, Strategy):
+        raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
+    limits = Limits() if limits is None else limits
+    ran = 0
+    exhausted = False
+    max_steps_seen = 0
+    for schedule in range(schedules):
+        chooser = strategy.chooser(schedule)
+        if chooser is None:
+            exhausted = True
+            break
+        run, error = await _run_once(scenario, chooser, limits)
+        ran += 1
+        strategy.finished(run.steps)
+        max_steps_seen = max(max_steps_seen, run.steps)
+        if error is None:
+            continue
+        steps_before = run.steps
+        if shrink and not isinstance(error, ScheduleFailure):
+            run, error = await _shrink(scenario, run, error, limits, shrink_budget)
+        failure = _failure(
+            scenario,
+            run,
+            error,
+            strategy=strategy.name,
+            seed=strategy.seed,
+            schedule=schedule,
+            steps_before=steps_before,
+            command=command,
+        )
+        return Exploration(
+            scenario=failure.scenario,
+            strategy=strategy.name,
+            seed=strategy.seed,
+            backend=failure.backend,
+            schedules=ran,
+            exhausted=False,
+            failure=failure,
+            max_steps_seen=max_steps_seen,
+        )
+    return Exploration(
+        scenario=scenario_name(scenario),
+        strategy=strategy.name,
+        seed=strategy.seed,
+        backend=sniffio.current_async_library() or "?",
+        schedules=ran,
+        exhausted=exhausted or (ran < schedules),
+        failure=None,
+        max_steps_seen=max_steps_seen,
+    )
+
+
+def _check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return str(backend)
+
+
+def explore(
+    scenario: Scenario,
+    *,
+    strategy: Strategy | None = None,
+    schedules: int = 1000,
+    backend: str = "trio",
+    limits: Limits | None = None,
+    shrink: bool = True,
+    shrink_budget: int = 500,
+    command: str | None = None,
+) -> Exploration:
+    """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
+    ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time."""
+    backend = _check_backend(backend)
+    return anyio.run(
+        partial(
+            explore_async,
+            scenario,
+            strategy=strategy,
+            schedules=schedules,
+            limits=limits,
+            shrink=shrink,
+            shrink_budget=shrink_budget,
+            command=command,
+        ),
+        backend=backend,
+        backend_options=backend_options(backend, 0, virtual=True),
+    )
+
+
+def check(
+    scenario: Scenario,
+    *,
+    strategy: Strategy | None = None,
+    schedules: int = 1000,
+    backend: str = "trio",
+    limits: Limits | None = None,
+) -> Exploration:
+    """Like :func:`explore`, but raise :class:`RaceFound` (an ``AssertionError``) on a failure:
+    a race test in one line."""
+    result = explore(
+        scenario, strategy=strategy, schedules=schedules, backend=backend, limits=limits
+    )
+    if result.failure is not None:
+        raise RaceFound(result.failure)
+    return result
+
+
+async def replay_async(
+    scenario: Scenario, token: ReplayToken | str, *, limits: Limits | None = None
+) -> Failure | None:
+    """Run *scenario* once under the schedule of *token*; the failure, or ``None`` if it
+    passed. :class:`ReplayDivergedError` if the run does not follow the recording."""
+    if not isinstance(token, ReplayToken):
+        token = ReplayToken.parse(token)
+    limits = Limits() if limits is None else limits
+    chooser = Replay(token.decisions)
+    run, error = await _run_once(scenario, chooser, limits)
+    chooser.check_complete(run.steps)
+    digest = digest_of(run.trail())
+    if digest != token.digest:
+        raise ReplayDivergedError(
+            f"replay diverged: the same tasks ran in the same order, but through other sync "
+            f"points (digest {digest}, recorded {token.digest}): the code under test changed"
+        )
+    if error is None:
+        return None
+    return _failure(
+        scenario,
+        run,
+        error,
+        strategy=token.strategy,
+        seed=token.seed,
+        schedule=token.schedule,
+        steps_before=run.steps,
+        command=None,
+    )
+
+
+def replay(
+    scenario: Scenario,
+    token: ReplayToken | str,
+    *,
+    backend: str = "trio",
+    limits: Limits | None = None,
+) -> Failure | None:
+    """:func:`replay_async` in a new event loop of *backend* on virtual time."""
+    backend = _check_backend(backend)
+    if not isinstance(token, ReplayToken):
+        token = ReplayToken.parse(token)
+    return anyio.run(
+        partial(replay_async, scenario, token, limits=limits),
+        backend=backend,
+        backend_options=backend_options(backend, 0, virtual=True),
+    )

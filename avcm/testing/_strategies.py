@@ -1,0 +1,240 @@
+"""Scheduling strategies: who runs next, at every step of a controlled run.
+
+At each step the scheduler hands a :class:`Chooser` the tasks that can run, as task ids in a
+fixed order: the task that ran last first (if it can go on), then the others by id. Position 0
+is therefore "no preemption", which is what shrinking aims for. A :class:`Strategy` makes one
+chooser per schedule: :class:`RandomWalk`, :class:`PCT`, :class:`Exhaustive`, and the replays.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Protocol
+
+from .._errors import InvalidError
+from ._errors import ReplayDivergedError
+
+__all__ = [
+    "PCT",
+    "Chooser",
+    "Exhaustive",
+    "FromIndices",
+    "RandomWalk",
+    "Replay",
+    "Strategy",
+]
+
+
+class Chooser(Protocol):
+    """Picks the next task of one run."""
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        """Return a position in *enabled*: task ids, the one that ran last first when it can
+        go on (then *continuing* is true, and any other position is a preemption)."""
+        ...
+
+
+def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InvalidError(f"{what} must be an int >= {low}, not {value!r}")
+    if high is not None and value > high:
+        raise InvalidError(f"{what} must be <= {high}, not {value!r}")
+    return value
+
+
+class Strategy(ABC):
+    """Makes the chooser of each schedule of an exploration. ``name`` and ``seed`` go into
+    replay tokens; a replay never needs the strategy again, only the token's decisions."""
+
+    name: str
+    seed: int
+
+    @abstractmethod
+    def chooser(self, schedule: int) -> Chooser | None:
+        """The chooser of schedule number *schedule*, or ``None`` when there are no more."""
+
+    def finished(self, steps: int) -> None:  # noqa: B027 - optional feedback
+        """Told how many steps the schedule just run took."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} seed={self.seed}>"
+
+
+class _RandomChooser:
+    __slots__ = ("_random",)
+
+    def __init__(self, rng: random.Random) -> None:
+        self._random = rng
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        return self._random.randrange(len(enabled))
+
+
+class RandomWalk(Strategy):
+    """At every step, any task that can run, uniformly at random."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = _check_int(seed, "RandomWalk seed", 0)
+        self.name = "random"
+
+    def chooser(self, schedule: int) -> Chooser:
+        return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"))
+
+
+class _PctChooser:
+    """Highest priority runs; at each change point the task about to run drops below all."""
+
+    __slots__ = ("_changes", "_depth", "_priority", "_random")
+
+    def __init__(self, rng: random.Random, depth: int, steps: int) -> None:
+        self._random = rng
+        self._depth = depth
+        self._priority: dict[int, float] = {}
+        # d-1 change points among the first *steps* steps; the i-th sets priority d-1-i
+        points = rng.sample(range(1, max(steps, depth) + 1), depth - 1)
+        self._changes = {step: float(depth - 1 - i) for i, step in enumerate(points)}
+
+    def _priority_of(self, task: int) -> float:
+        priority = self._priority.get(task)
+        if priority is None:  # a new task: a random priority above every changed one
+            priority = self._priority[task] = self._depth + self._random.random()
+        return priority
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
+        lowered = self._changes.get(step)
+        if lowered is not None:
+            self._priority[enabled[position]] = lowered
+            position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
+        return position
+
+
+class PCT(Strategy):
+    """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010).
+
+    Each task gets a random priority and the highest-priority task that can run always runs;
+    at *depth* - 1 random steps the running task drops to the lowest priority. A bug of depth
+    *d* among *n* tasks and *k* steps is found with probability at least 1/(n k^(d-1)) per
+    schedule. *k* is learnt: the longest run seen so far (``steps`` to start with).
+    """
+
+    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 32) -> None:
+        self.seed = _check_int(seed, "PCT seed", 0)
+        self.depth = _check_int(depth, "PCT depth", 1, 64)
+        self.steps = _check_int(steps, "PCT steps", 1)
+        self.name = f"pct-d{self.depth}"
+
+    def chooser(self, schedule: int) -> Chooser:
+        rng = random.Random(f"pct:{self.seed}:{self.depth}:{schedule}")
+        return _PctChooser(rng, self.depth, self.steps)
+
+    def finished(self, steps: int) -> None:
+        self.steps = max(self.steps, steps)
+
+
+class _ExhaustiveChooser:
+    __slots__ = ("_prefix", "trace")
+
+    def __init__(self, prefix: list[int]) -> None:
+        self._prefix = prefix
+        # per step: (how many could run, position chosen, whether position 0 was the task
+        # that ran last, preemptions before this step)
+        self.trace: list[tuple[int, int, bool, int]] = []
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        position = self._prefix[step] if step < len(self._prefix) else 0
+        if position >= len(enabled):
+            raise ReplayDivergedError(
+                f"exhaustive search: step {step} has {len(enabled)} choices, an earlier run "
+                f"had more: the scenario is not deterministic"
+            )
+        preemptions = 0
+        if self.trace:
+            _, last_position, last_continuing, preemptions = self.trace[-1]
+            preemptions += last_continuing and last_position > 0
+        self.trace.append((len(enabled), position, continuing, preemptions))
+        return position
+
+
+class Exhaustive(Strategy):
+    """Every schedule with at most *preemption_bound* preemptions, depth first (as CHESS).
+
+    A preemption is running another task while the one that ran last could go on. The search
+    is complete for a deterministic scenario: when it ends without a failure, no schedule within
+    the bound fails. Small scenarios only: the count grows quickly with tasks and steps.
+    """
+
+    def __init__(self, preemption_bound: int = 2) -> None:
+        self.preemption_bound = _check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
+        self.seed = 0
+        self.name = f"exhaustive-p{self.preemption_bound}"
+        self._last: _ExhaustiveChooser | None = None
+
+    def chooser(self, schedule: int) -> Chooser | None:
+        if schedule == 0 or self._last is None:
+            self._last = _ExhaustiveChooser([])
+            return self._last
+        trace = self._last.trace
+        for depth in range(len(trace) - 1, -1, -1):
+            choices, position, continuing, preemptions = trace[depth]
+            cost = preemptions + continuing  # every alternative to position 0 preempts
+            if position + 1 < choices and cost <= self.preemption_bound:
+                prefix = [step[1] for step in trace[:depth]] + [position + 1]
+                self._last = _ExhaustiveChooser(prefix)
+                return self._last
+        return None
+
+
+class FromIndices:
+    """Follows a list of positions, one per step that has a choice; 0 once it runs out.
+
+    What shrinking and Hypothesis work on: a shorter list, or smaller numbers, means fewer
+    preemptions. A position past the end of the enabled tasks takes the last one.
+    """
+
+    __slots__ = ("_indices", "_used")
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        self._indices = list(indices)
+        self._used = 0
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        if len(enabled) == 1:
+            return 0
+        if self._used >= len(self._indices):
+            return 0
+        position = self._indices[self._used]
+        self._used += 1
+        return min(position, len(enabled) - 1)
+
+
+class Replay:
+    """Follows a token's decisions exactly; any departure is a :class:`ReplayDivergedError`."""
+
+    __slots__ = ("_decisions",)
+
+    def __init__(self, decisions: Sequence[int]) -> None:
+        self._decisions = tuple(decisions)
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        if step >= len(self._decisions):
+            raise ReplayDivergedError(
+                f"replay diverged: the recording ends after {len(self._decisions)} steps, "
+                f"but the run goes on (tasks {list(enabled)} can run)"
+            )
+        task = self._decisions[step]
+        if task not in enabled:
+            raise ReplayDivergedError(
+                f"replay diverged at step {step}: the recording runs task {task}, "
+                f"but only tasks {sorted(enabled)} can run"
+            )
+        return list(enabled).index(task)
+
+    def check_complete(self, steps: int) -> None:
+        if steps != len(self._decisions):
+            raise ReplayDivergedError(
+                f"replay diverged: the run ended after {steps} steps, "
+                f"the recording has {len(self._decisions)}"
+            )

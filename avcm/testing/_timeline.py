@@ -1,0 +1,109 @@
+"""What a controlled run did, step by step, and how to show it to a person."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import VcmError, errno_name
+
+__all__ = ["Step", "TaskOutcome", "Timeline"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One scheduling decision: *task* was let go from *point*, inside *operation*."""
+
+    index: int
+    task: int
+    point: str
+    operation: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How one task of :meth:`Run.concurrently` ended: a value, or the exception it raised."""
+
+    task: int
+    name: str
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> Any:
+        """The value, or raise the task's exception."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def describe(self) -> str:
+        if self.error is None:
+            return "ok" if self.value is None else f"ok -> {self.value!r}"
+        if isinstance(self.error, VcmError):
+            return f"{type(self.error).__name__} [{errno_name(self.error.errno or 0)}]"
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """The steps of a run and the outcome of every task it ran."""
+
+    tasks: tuple[str, ...]
+    steps: tuple[Step, ...]
+    outcomes: tuple[TaskOutcome, ...]
+
+    @property
+    def preemptions(self) -> int:
+        """Steps that switched away from a task that was not parked at its start."""
+        count = 0
+        for before, step in zip(self.steps, self.steps[1:], strict=False):
+            if step.task != before.task and step.point != "task.start":
+                count += 1
+        return count
+
+    def format(self, width: int = 34) -> str:
+        """One column per task, one row per step: what each task did, in the order it did it."""
+        names = [f"{index} {name}"[:width] for index, name in enumerate(self.tasks)]
+        lines = ["step │ " + " │ ".join(name.ljust(width) for name in names)]
+        lines.append("─────┼─" + "─┼─".join("─" * width for _ in names))
+        for step in self.steps:
+            cells = [""] * len(names)
+            text = f"{step.operation} {step.point}" if step.operation else step.point
+            cells[step.task] = text[:width]
+            lines.append(f"{step.index:4d} │ " + " │ ".join(c.ljust(width) for c in cells))
+        cells = [""] * len(names)
+        for outcome in self.outcomes:
+            cells[outcome.task] = ("=> " + outcome.describe())[:width]
+        lines.append("  end│ " + " │ ".join(c.ljust(width) for c in cells))
+        return "\n".join(line.rstrip() for line in lines)
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """The run as a Chrome/Perfetto trace (``chrome://tracing``, ui.perfetto.dev): a track
+        per task, a slice per step, one microsecond a step."""
+        events: list[dict[str, Any]] = [
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": index, "args": {"name": name}}
+            for index, name in enumerate(self.tasks)
+        ]
+        for step in self.steps:
+            events.append(
+                {
+                    "name": step.point,
+                    "cat": step.operation,
+                    "ph": "X",
+                    "ts": step.index,
+                    "dur": 1,
+                    "pid": 1,
+                    "tid": step.task,
+                    "args": {"operation": step.operation, "simulated_time": step.time},
+                }
+            )
+        return {"traceEvents": events, "displayTimeUnit": "ns"}
+
+    def write_chrome_trace(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(self.chrome_trace(), file, indent=1)

@@ -1,0 +1,106 @@
+"""Replay tokens: a whole schedule as one short string.
+
+``avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm1``, found by ``pct-d3`` with seed 7
+as schedule 12; ``1a2b3c4d`` is a digest of the sync points the run passed (so a replay can
+tell when the code under test changed); the rest is the decisions, the task chosen at each
+step, run-length encoded (``0x3`` is task 0 three times).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._errors import TokenError
+
+__all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
+
+TOKEN_VERSION = "avcm1"
+
+_TOKEN = re.compile(
+    r"(?P<strategy>[a-z][a-z0-9-]*):(?P<seed>\d+):(?P<schedule>\d+):"
+    r"(?P<digest>[0-9a-f]{8}):(?P<decisions>-|\d+(?:x\d+)?(?:\.\d+(?:x\d+)?)*)"
+)
+
+
+def digest_of(points: Iterable[str]) -> str:
+    """A short digest of a run's sequence of ``task:sync point`` steps."""
+    crc = 0
+    for point in points:
+        crc = zlib.crc32(point.encode(), crc)
+        crc = zlib.crc32(b"\n", crc)
+    return f"{crc:08x}"
+
+
+def _encode(decisions: Sequence[int]) -> str:
+    if not decisions:
+        return "-"
+    runs: list[str] = []
+    index = 0
+    while index < len(decisions):
+        task = decisions[index]
+        end = index
+        while end < len(decisions) and decisions[end] == task:
+            end += 1
+        count = end - index
+        runs.append(f"{task}x{count}" if count > 1 else str(task))
+        index = end
+    return ".".join(runs)
+
+
+def _decode(text: str) -> tuple[int, ...]:
+    if text == "-":
+        return ()
+    decisions: list[int] = []
+    for run in text.split("."):
+        task, _, count = run.partition("x")
+        if count and int(count) == 0:
+            raise TokenError(f"replay token: a run of zero steps ({run!r})")
+        decisions.extend([int(task)] * (int(count) if count else 1))
+    return tuple(decisions)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayToken:
+    """A recorded schedule: which task ran at each step, and how it was found."""
+
+    strategy: str
+    seed: int
+    schedule: int
+    digest: str
+    decisions: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return (
+            f"{TOKEN_VERSION}:{self.strategy}:{self.seed}:{self.schedule}:{self.digest}:"
+            f"{_encode(self.decisions)}"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> ReplayToken:
+        """Read a token; :class:`TokenError` (``EINVAL``) says what is wrong with a bad one."""
+        if not isinstance(text, str):
+            raise TokenError(f"replay token must be a str, not {type(text).__name__}")
+        text = text.strip()
+        version, sep, rest = text.partition(":")
+        if not sep or not version.startswith("avcm"):
+            raise TokenError(f"not an avcm replay token: {text[:60]!r}")
+        if version != TOKEN_VERSION:
+            raise TokenError(
+                f"replay token of version {version!r}; this avcm.testing reads {TOKEN_VERSION!r}"
+            )
+        match = _TOKEN.fullmatch(rest)
+        if match is None:
+            raise TokenError(
+                f"malformed replay token {text[:60]!r}: expected "
+                f"{TOKEN_VERSION}:STRATEGY:SEED:SCHEDULE:DIGEST:DECISIONS"
+            )
+        return cls(
+            strategy=match["strategy"],
+            seed=int(match["seed"]),
+            schedule=int(match["schedule"]),
+            digest=match["digest"],
+            decisions=_decode(match["decisions"]),
+        )
