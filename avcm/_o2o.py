@@ -127,14 +127,22 @@ class O2oWrapper:
                 f"bind: one-to-one {res!r} can only be bound to its own memory, not {phys!r}"
             )
 
+    # Each half forgets its record only once the driver's free (if it is the last half) has
+    # succeeded: a failed free leaves the pair exactly as it was, and the caller can retry.
+
     async def unreserve(self, res: Res) -> None:
-        pair = self._by_res.pop(res)
-        pair.res = None
+        pair = self._by_res.get(res)
+        if pair is None:
+            raise InvalidError(f"unreserve: {res!r} is not a one-to-one reservation of {self!r}")
         if not pair.phys_live:
             await self._release(pair)
+        del self._by_res[res]
+        pair.res = None
 
     async def _free(self, phys: Phys) -> None:
-        pair = self._pairs[phys]
+        pair = self._pairs.get(phys)
+        if pair is None or not pair.phys_live:
+            raise InvalidError(f"free: {phys!r} is not live memory of {self!r}")
         if pair.res is None:
             await self._release(pair)
         pair.phys_live = False

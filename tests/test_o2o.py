@@ -21,6 +21,7 @@ class Bump:
         self.next = WINDOW
         self.freed: list[tuple[avcm.PhysPart, object]] = []
         self.fail = fail
+        self.fail_free = 0  # how many of the next frees fail
 
     async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
         if self.fail:
@@ -30,6 +31,9 @@ class Bump:
         return ("token", part.start)
 
     async def free(self, part: avcm.PhysPart, token: object) -> None:
+        if self.fail_free:
+            self.fail_free -= 1
+            raise avcm.VcmError(errno.EIO, "bump: free failed")
         self.freed.append((part, token))
 
 
@@ -157,3 +161,25 @@ async def test_destroy_releases_everything(vcm: avcm.Vcm, driver: Bump) -> None:
         await vcm.destroy()
     assert len(driver.freed) == 2
     assert isinstance(vcm.driver, avcm.O2oWrapper) and vcm.driver.pairs == 0
+
+
+@pytest.mark.parametrize("last", ["unreserve", "free"])
+async def test_failing_driver_free_changes_nothing_and_can_be_retried(
+    vcm: avcm.Vcm, driver: Bump, last: str
+) -> None:
+    # The wrapper used to forget the pair before the driver's free ran: a retry then raised
+    # KeyError and the block leaked.
+    res = await vcm.make_binding(4096)
+    phys = await res.unbind()
+    assert phys is not None and isinstance(vcm.driver, avcm.O2oWrapper)
+    await (phys.free() if last == "unreserve" else res.unreserve())  # the first half goes
+    release = res.unreserve if last == "unreserve" else phys.free
+    driver.fail_free = 1
+    with pytest.raises(avcm.VcmError, match="free failed"):
+        await release()
+    assert driver.freed == [] and vcm.driver.pairs == 1
+    assert not res.unreserved if last == "unreserve" else not phys.freed
+    await release()
+    assert len(driver.freed) == 1 and vcm.driver.pairs == 0
+    assert res.unreserved and phys.freed
+    assert vcm.reservations() == () and vcm.allocations() == ()
