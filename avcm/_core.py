@@ -274,29 +274,63 @@ class Res:
 
         If nothing was bound, warn (:class:`~avcm.VcmWarning`) and return ``None``. If the context
         is active the mapping is gone from the hardware before this returns. Of concurrent unbinds
-        exactly one returns the phys.
+        exactly one returns the phys. If the driver's unbind fails, nothing changed.
         """
         vcm = self.vcm
         async with vcm._mutex:
             self._check_usable("unbind")
             with _shielded():
-                phys = await self._unbind_locked(warn=True)
+                phys = await self._unbind_locked(True)
         return phys
 
-    async def _unbind_locked(self, *, warn: bool) -> Phys | None:
+    async def _unbind_locked(self, warn: bool) -> Phys | None:
         phys = self.phys
         if phys is None:
             if warn:
                 _warn(f"unbind: {self!r} is not bound")
             return None
+        await self._driver_unbind()
+        await self._drop_binding(phys)
+        return phys
+
+    async def _driver_unbind(self) -> bool:
+        """Take the binding out of the driver (and the hardware); whether the driver was told.
+
+        The phys stays claimed and ``self.phys`` set until :meth:`_drop_binding`, so a step that
+        fails after this one can still put the binding back with :meth:`_restore_binding`.
+        """
         unbind = self.vcm._ops.unbind
-        if unbind is not None:
-            await sync_point("driver.unbind", self)
-            await unbind(self)
+        if unbind is None:
+            return False
+        await sync_point("driver.unbind", self)
+        await unbind(self)
+        return True
+
+    async def _drop_binding(self, phys: Phys) -> None:
         self.phys = None
         self.bound_size = 0
         await phys._unclaim()
-        return phys
+
+    async def _restore_binding(self, phys: Phys, told: bool, error: BaseException) -> None:
+        """Undo :meth:`_driver_unbind` after a later step failed with *error*.
+
+        The driver's bind puts the binding back (into the hardware if active). If that fails
+        too, the reservation is left unbound, which is consistent, and *error* says so.
+        """
+        if not told:
+            return
+        bind = self.vcm._ops.bind
+        try:
+            if bind is None:
+                raise NotSupportedError(f"driver of {self.vcm.name} has no bind operation")
+            await sync_point("driver.bind", self)
+            await bind(self, phys)
+        except Exception as undo_error:
+            error.add_note(
+                f"binding {phys!r} to {self!r} again failed too ({undo_error!r}); "
+                "the reservation is left unbound"
+            )
+            await self._drop_binding(phys)
 
     async def _unreserve_locked(self) -> None:
         vcm = self.vcm
@@ -305,39 +339,71 @@ class Res:
         self._dead = True
         vcm._reservations.pop(self, None)
 
+    async def _unbind_and_unreserve_locked(self) -> None:
+        """Unbind (if bound) and unreserve as one step: if the driver's unreserve fails, the
+        binding is put back and the error raised, so nothing changed.
+
+        Unbinding first is what the kernel does, and it must: the driver's unreserve gives the
+        addresses back to an allocator that reserve uses without the context mutex, so they must
+        no longer be mapped by then.
+        """
+        phys = self.phys
+        if phys is None:
+            await self._unreserve_locked()
+            return
+        told = await self._driver_unbind()
+        try:
+            await self._unreserve_locked()
+        except BaseException as error:
+            await self._restore_binding(phys, told, error)
+            raise
+        await self._drop_binding(phys)
+
     async def unreserve(self) -> None:
         """``vcm_unreserve``: give the address space back.
 
-        If still bound: warn, unbind, then release. ``EINVAL`` if already unreserved.
+        If still bound: warn, unbind, then release. ``EINVAL`` if already unreserved. If the
+        driver's unbind or unreserve fails, the error is raised and nothing changed: a binding
+        already taken out of the driver is put back with the driver's bind (if even that fails,
+        the reservation stays reserved and unbound, and a note on the error says so).
         """
         async with self.vcm._mutex:
             self._check_usable("unreserve")
             with _shielded():
                 if self.phys is not None:
                     _warn(f"unreserve: {self!r} is still bound to {self.phys!r}; unbinding it")
-                    await self._unbind_locked(warn=False)
-                await self._unreserve_locked()
+                await self._unbind_and_unreserve_locked()
 
     async def unmap(self) -> None:
-        """``vcm_unmap``: unbind (warning if nothing was bound) and unreserve, in one step."""
+        """``vcm_unmap``: unbind (warning if nothing was bound) and unreserve, in one step.
+
+        A driver failure changes nothing, as for :meth:`unreserve`.
+        """
         async with self.vcm._mutex:
             self._check_usable("unmap")
             with _shielded():
-                await self._unbind_locked(warn=True)
-                await self._unreserve_locked()
+                if self.phys is None:
+                    _warn(f"unbind: {self!r} is not bound")
+                await self._unbind_and_unreserve_locked()
 
     async def destroy_binding(self) -> None:
         """``vcm_destroy_binding``: unbind, free the phys and unreserve, in one step.
 
         ``EBUSY`` (and nothing changes) if the phys is also bound to another reservation:
         freeing it would pull memory from under another mapping.
+
+        Driver failures: if the driver's unbind or the phys's free fails, nothing changed (the
+        binding is put back as for :meth:`unreserve`). Freeing and unreserving both give
+        something back for good, so one of them is done when the other runs: if the driver's
+        unreserve fails, the memory stays freed and the reservation stays reserved and unbound,
+        and a note on the error says so; :meth:`unreserve` releases it later.
         """
         async with self.vcm._mutex:
             self._check_usable("destroy_binding")
             phys = self.phys
             if phys is None:
                 with _shielded():
-                    await self._unbind_locked(warn=True)
+                    _warn(f"unbind: {self!r} is not bound")
                     await self._unreserve_locked()
                 return
             async with phys._lock:
@@ -347,9 +413,21 @@ class Res:
                         f"{phys.bindings - 1} other reservation(s)"
                     )
                 with _shielded():
-                    await self._unbind_locked(warn=False)
-                    await phys._free_locked()
-                    await self._unreserve_locked()
+                    told = await self._driver_unbind()
+                    try:
+                        await phys._free_locked()
+                    except BaseException as error:
+                        await self._restore_binding(phys, told, error)
+                        raise
+                    await self._drop_binding(phys)
+                    try:
+                        await self._unreserve_locked()
+                    except BaseException as error:
+                        error.add_note(
+                            f"destroy_binding: {phys!r} was freed already; {self!r} stays "
+                            "reserved, unbound"
+                        )
+                        raise
 
 
 def _check_phys_arg(phys: object, what: str) -> None:
@@ -573,7 +651,7 @@ class Vcm:
                 f"{len(self._physes)} phys; releasing them"
             )
         for res in list(self._reservations):
-            await res._unbind_locked(warn=False)
+            await res._unbind_locked(False)
             await res._unreserve_locked()
         for phys in list(self._physes):
             async with phys._lock:

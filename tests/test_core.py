@@ -538,3 +538,111 @@ async def test_device_driver_example(memory: avcm.PhysicalMemory) -> None:
     assert vcm.activations == 0 and not driver.active
     await vcm.destroy()
     assert memory.is_pristine() and driver.space.is_pristine()
+
+
+# -- driver faults in teardown: every error leaves every object as it was (rule 8) -------------
+
+
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("op", ["unreserve", "unmap"])
+async def test_failing_unreserve_of_bound_res_keeps_it_bound(
+    memory: avcm.PhysicalMemory, op: str, active: bool
+) -> None:
+    vcm, driver = make_context(memory)
+    res = await vcm.make_binding(8 * KiB)
+    phys = res.phys
+    if active:
+        await vcm.activate()
+    before = snapshot(vcm, memory)
+    hardware = (driver.active, dict(driver.mapped))
+    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
+    with pytest.raises(DriverFault, match="injected"):
+        if op == "unreserve":
+            with pytest.warns(avcm.VcmWarning, match="still bound"):
+                await res.unreserve()
+        else:
+            await res.unmap()
+    assert snapshot(vcm, memory) == before
+    assert res.phys is phys and not res.unreserved and phys is not None and phys.bindings == 1
+    assert (driver.active, driver.mapped) == hardware
+    avcm.check_model(vcm)
+    await res.unmap()  # the fault was one call: now it goes through
+    assert res.unreserved and phys.bindings == 0 and driver.space.is_pristine()
+
+
+async def test_failing_unreserve_and_failing_rebind_leave_it_unbound(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm, driver = make_context(memory)
+    res = await vcm.make_binding(4096)
+    phys = res.phys
+    assert phys is not None
+    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
+    driver.fail["bind"] = DriverFault(errno.EIO, "injected bind fault")
+    with pytest.raises(DriverFault, match="unreserve fault") as info:
+        await res.unmap()
+    assert any("left unbound" in note for note in info.value.__notes__)
+    assert res.phys is None and not res.unreserved and phys.bindings == 0
+    assert driver.mapped == {}
+    avcm.check_model(vcm)
+    await res.unreserve()
+    await phys.free()
+    assert memory.is_pristine() and driver.space.is_pristine()
+
+
+class FlakyFree:
+    """A phys free callback that fails its first call, having freed nothing."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        self.inner = avcm.phys_alloc(4096, 0, (0,), memory=memory)
+        self.failures = 1
+
+    async def __call__(self, phys: avcm.Phys) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DriverFault(errno.EIO, "injected free fault")
+        await self.inner.free()
+
+    def phys(self) -> avcm.Phys:
+        return avcm.Phys(self.inner.parts, free=self, memory=self.inner.memory)
+
+
+async def test_destroy_binding_with_failing_free_changes_nothing(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm, driver = make_context(memory)
+    await vcm.activate()
+    res = await vcm.reserve(4096)
+    phys = FlakyFree(memory).phys()
+    await res.bind(phys)
+    before = snapshot(vcm, memory)
+    hardware = (driver.active, dict(driver.mapped))
+    with pytest.raises(DriverFault, match="free fault"):
+        await res.destroy_binding()
+    assert snapshot(vcm, memory) == before
+    assert res.phys is phys and phys.bindings == 1 and not phys.freed
+    assert (driver.active, driver.mapped) == hardware
+    avcm.check_model(vcm)
+    await res.destroy_binding()
+    assert phys.freed and res.unreserved
+    await vcm.deactivate()
+    assert memory.is_pristine() and driver.space.is_pristine()
+
+
+async def test_destroy_binding_with_failing_unreserve_says_what_is_left(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    # Freeing and unreserving are both for good: the memory stays freed, the res reserved.
+    vcm, driver = make_context(memory)
+    res = await vcm.make_binding(4096)
+    phys = res.phys
+    assert phys is not None
+    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
+    with pytest.raises(DriverFault, match="unreserve fault") as info:
+        await res.destroy_binding()
+    assert any("stays reserved, unbound" in note for note in info.value.__notes__)
+    assert phys.freed and phys.bindings == 0 and res.phys is None and not res.unreserved
+    assert vcm.reservations() == (res,) and vcm.allocations() == ()
+    avcm.check_model(vcm)
+    await res.unreserve()
+    assert memory.is_pristine() and driver.space.is_pristine()
