@@ -621,6 +621,12 @@ class Vcm:
         that is not bound in another context (those stay valid; free them there), and calls the
         driver's cleanup. Waits for creations in flight to finish first. If cancelled while
         waiting, the context is as before; once it holds the lock, it finishes.
+
+        A driver failure does not stop the teardown: like the kernel's, it releases everything
+        it can. Then, if any step failed, the driver's cleanup is not called, the context is
+        live again with exactly what could not be released (still activated if the deactivate
+        failed, a reservation still bound if its unbind failed, ...), and the first driver
+        error is raised, with the others noted on it; calling destroy again retries the rest.
         """
         self._check_live("destroy")
         self._state = _DYING
@@ -636,35 +642,61 @@ class Vcm:
             with _shielded():
                 await self._teardown_locked()
         finally:
+            if self._state == _DYING:  # a step failed: live again, destroy can be retried
+                self._state = _LIVE
             self._mutex.unlock()
 
     async def _teardown_locked(self) -> None:
+        errors: list[Exception] = []
+
+        async def attempt(what: str, step: Callable[..., Awaitable[object]], *args: Any) -> bool:
+            try:
+                await step(*args)
+            except Exception as error:
+                error.add_note(f"destroy: {what} failed")
+                errors.append(error)
+                return False
+            return True
+
         if self._activations.value:
             _warn(f"destroy: {self.name} is still activated ({self.activations}); deactivating")
-            if self._ops.deactivate is not None:
-                await sync_point("driver.deactivate", self)
-                await self._ops.deactivate(self)
-            await self._activations.set(0)
+            deactivate = self._ops.deactivate
+            if deactivate is None or await attempt(
+                f"deactivating {self.name}", self._driver_deactivate, deactivate
+            ):
+                await self._activations.set(0)
         if self._reservations or self._physes:
             _warn(
                 f"destroy: {self.name} still has {len(self._reservations)} reservation(s) and "
                 f"{len(self._physes)} phys; releasing them"
             )
         for res in list(self._reservations):
-            await res._unbind_locked(False)
-            await res._unreserve_locked()
+            if await attempt(f"unbinding {res!r}", res._unbind_locked, False):
+                await attempt(f"unreserving {res!r}", res._unreserve_locked)
         for phys in list(self._physes):
             async with phys._lock:
-                if phys.bindings == 0 and not phys.freed:
-                    await phys._free_locked()
-                else:
+                if phys.freed:  # by a free that was in the driver when destroy began
+                    continue
+                if phys.bindings == 0:
+                    await attempt(f"freeing {phys!r}", phys._free_locked)
+                elif not any(res.phys is phys for res in self._reservations):
                     _warn(f"destroy: {phys!r} is bound in another context; it stays allocated")
                     phys.vcm = None
-        self._physes.clear()
-        if self._ops.cleanup is not None:
+                    del self._physes[phys]
+                # else still bound here, because its unbind failed: it stays for a retry
+        cleanup = self._ops.cleanup
+        if not errors and cleanup is not None:
             await sync_point("driver.cleanup", self)
-            await self._ops.cleanup(self)
+            await attempt(f"cleanup of {self.name}", cleanup, self)
+        if errors:
+            for later in errors[1:]:
+                errors[0].add_note(f"destroy: then {later!r}")
+            raise errors[0]
         self._state = _DESTROYED
+
+    async def _driver_deactivate(self, deactivate: Callable[[Vcm], Awaitable[None]]) -> None:
+        await sync_point("driver.deactivate", self)
+        await deactivate(self)
 
     async def __aenter__(self) -> Self:
         return self

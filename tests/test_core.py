@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -646,3 +647,62 @@ async def test_destroy_binding_with_failing_unreserve_says_what_is_left(
     avcm.check_model(vcm)
     await res.unreserve()
     assert memory.is_pristine() and driver.space.is_pristine()
+
+
+@pytest.mark.parametrize("op", ["deactivate", "unbind", "unreserve", "free", "cleanup"])
+async def test_destroy_with_a_driver_fault_can_be_retried(
+    memory: avcm.PhysicalMemory, op: str
+) -> None:
+    """Destroy releases all it can, raises the driver's error, leaves the context live with
+    what it could not release (nothing stuck "dying"), and a second destroy finishes."""
+    driver = RecordingDriver(memory)
+    allocate = driver.phys
+
+    async def phys(vcm: avcm.Vcm, size: int, flags: int) -> avcm.Phys:
+        return FlakyFree(memory).phys() if op == "free" else await allocate(vcm, size, flags)
+
+    driver.phys = phys  # type: ignore[method-assign]
+    vcm = avcm.Vcm(0x1000_0000, 64 * MiB, driver, name="test")
+    bound = await vcm.make_binding(4096)
+    spare = await vcm.reserve(4096)
+    await vcm.activate()
+    if op != "free":
+        driver.fail[op] = DriverFault(errno.EIO, f"injected {op} fault")
+    with pytest.warns(avcm.VcmWarning), pytest.raises(DriverFault, match="injected") as info:
+        await vcm.destroy()
+    assert any(note.startswith("destroy:") for note in info.value.__notes__)
+    assert not vcm.destroyed and not vcm.statistics().mutex.locked
+    assert not driver.cleaned_up and (driver.calls[-1] == "cleanup") == (op == "cleanup")
+    avcm.check_model(vcm)
+    left = {
+        "deactivate": (1, 0, 0),  # still active; every reservation and phys released
+        "unbind": (0, 1, 1),  # the reservation whose unbind failed stays bound, with its phys
+        "unreserve": (0, 1, 0),  # bound's unreserve failed: it stays reserved, unbound
+        "free": (0, 0, 1),  # the phys whose free failed
+        "cleanup": (0, 0, 0),
+    }[op]
+    assert (vcm.activations, len(vcm.reservations()), len(vcm.allocations())) == left
+    assert driver.active == bool(vcm.activations)
+    assert spare.unreserved and bound.unreserved == (op not in ("unbind", "unreserve"))
+    await (await vcm.reserve(4096)).unreserve()  # a live context: creations work again
+    with pytest.warns(avcm.VcmWarning) if any(left) else nullcontext():
+        await vcm.destroy()
+    assert vcm.destroyed and driver.cleaned_up and not driver.active
+    assert memory.is_pristine() and driver.space.is_pristine()
+
+
+async def test_destroy_raises_the_first_fault_and_notes_the_others(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm, driver = make_context(memory)
+    await vcm.make_binding(4096)
+    await vcm.activate()
+    driver.fail["deactivate"] = DriverFault(errno.EIO, "injected deactivate fault")
+    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
+    with pytest.warns(avcm.VcmWarning), pytest.raises(DriverFault, match="deactivate") as info:
+        await vcm.destroy()
+    assert any("unreserve fault" in note for note in info.value.__notes__)
+    assert "cleanup" not in driver.calls
+    with pytest.warns(avcm.VcmWarning):
+        await vcm.destroy()
+    assert vcm.destroyed and memory.is_pristine() and driver.space.is_pristine()
