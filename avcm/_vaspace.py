@@ -6,9 +6,17 @@ a freed range's neighbours in O(1). An aligned allocation looks at a few of the 
 that are large enough; if none can hold it once aligned, it takes the smallest extent of
 ``size + alignment - PAGE_SIZE``, which always can. Either way the cost is a few O(log n) steps,
 whatever the number of live ranges.
+
+Only when both fail (no extent that large, and the few smallest do not fit once aligned) does it
+look at the remaining extents of at least ``size`` bytes one by one, as the bitmap would: O(k)
+for k such extents. That is the price of never answering ``ENOSPC`` while an aligned hole exists;
+it is paid only when the space is nearly exhausted for that size, including by an allocation
+that really fails.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from sortedcontainers import SortedList
 
@@ -88,21 +96,23 @@ class AddressSpace:
         mask = alignment - 1
         by_size = self._by_size
         index = by_size.bisect_left(size << _SHIFT)
-        for key in by_size.islice(index, index + _BEST_FIT_CANDIDATES):
-            extent_size, extent = key >> _SHIFT, key & _LOW
-            start: int = (extent + extent_size - size) & ~mask
-            if start >= extent:
-                break
-        else:
-            index = by_size.bisect_left((size + alignment - PAGE_SIZE) << _SHIFT)
-            if index == len(by_size):
-                raise NoSpaceError(
-                    f"address space {self.start:#x}+{self.size:#x}: no room for {size:#x} "
-                    f"bytes aligned to {alignment:#x} ({self._free_bytes:#x} bytes free)"
-                )
-            key = by_size[index]
-            extent_size, extent = key >> _SHIFT, key & _LOW
-            start = (extent + extent_size - size) & ~mask
+        fit = _first_fit(by_size.islice(index, index + _BEST_FIT_CANDIDATES), size, mask)
+        if fit is None:
+            # Any extent of size + alignment - PAGE_SIZE holds it, whatever its alignment.
+            sure = by_size.bisect_left((size + alignment - PAGE_SIZE) << _SHIFT)
+            if sure < len(by_size):
+                fit = _first_fit(by_size.islice(sure, sure + 1), size, mask)
+            else:
+                # The slow path: the rest of the extents that are large enough but might not
+                # hold it once aligned, one by one (all smaller than size + alignment).
+                rest = by_size.islice(index + _BEST_FIT_CANDIDATES, sure)
+                fit = _first_fit(rest, size, mask)
+        if fit is None:
+            raise NoSpaceError(
+                f"address space {self.start:#x}+{self.size:#x}: no room for {size:#x} "
+                f"bytes aligned to {alignment:#x} ({self._free_bytes:#x} bytes free)"
+            )
+        extent, extent_size, start = fit
         self._remove_free(extent, extent_size)
         if start > extent:
             self._add_free(extent, start - extent)
@@ -132,3 +142,14 @@ class AddressSpace:
             size += start - before
             start = before
         self._add_free(start, size)
+
+
+def _first_fit(keys: Iterable[int], size: int, mask: int) -> tuple[int, int, int] | None:
+    """The first of these free extents (``size << 64 | start`` keys) that holds *size* bytes
+    at an address aligned by *mask*: ``(extent start, extent size, address)``, at its top."""
+    for key in keys:
+        extent_size, extent = key >> _SHIFT, key & _LOW
+        start: int = (extent + extent_size - size) & ~mask
+        if start >= extent:
+            return extent, extent_size, start
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -152,6 +153,37 @@ def test_address_space_enospc_and_bad_input() -> None:
         AddressSpace(1, MiB)
 
 
+def aligned_hole(
+    base: int, size: int, live: dict[int, int], length: int, alignment: int
+) -> int | None:
+    """The reference model's answer: an aligned address where *length* bytes are free."""
+    cursor = base
+    for start, taken in [*sorted(live.items()), (base + size, 0)]:
+        aligned = -(-cursor // alignment) * alignment
+        if aligned + length <= start:
+            return aligned
+        cursor = start + taken
+    return None
+
+
+def test_address_space_finds_an_aligned_hole_among_many_misaligned_ones() -> None:
+    # Eight misaligned 1 MiB holes, the smallest candidates, and one aligned hole of 1 MiB +
+    # 4 KiB, too small to be sure to hold an aligned 1 MiB: it used to say ENOSPC.
+    space = AddressSpace(0, 32 * MiB)
+    live = {space.allocate(PAGE): PAGE for _ in range(32 * MiB // PAGE)}
+    holes = [(2 * i * MiB + MiB // 2, MiB) for i in range(9)] + [(20 * MiB, MiB + PAGE)]
+    for hole, length in holes:
+        for page in range(hole, hole + length, PAGE):
+            space.free(page, live.pop(page))
+    assert space.allocate(MiB, MiB) == 20 * MiB
+    live[20 * MiB] = MiB
+    # and now that no aligned hole is left, ENOSPC is right
+    assert aligned_hole(0, 32 * MiB, live, MiB, MiB) is None
+    with pytest.raises(avcm.NoSpaceError):
+        space.allocate(MiB, MiB)
+    assert space.allocate(MiB, PAGE) % PAGE == 0  # unaligned, any of the holes holds it
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
@@ -177,6 +209,8 @@ def test_address_space_never_overlaps(ops: list[tuple[bool, int, int, int]]) -> 
                 start = space.allocate(length, alignment)
             except avcm.NoSpaceError:
                 assert space.free_bytes == size - sum(live.values())  # and nothing changed
+                hole = aligned_hole(0x4000_0000, size, live, length, alignment)
+                assert hole is None, f"ENOSPC, but {hole:#x} was free for {length:#x}"
                 continue
             assert start % alignment == 0
             assert start >= 0x4000_0000 and start + length <= 0x4000_0000 + size
@@ -190,3 +224,32 @@ def test_address_space_never_overlaps(ops: list[tuple[bool, int, int, int]]) -> 
     for start, length in live.items():
         space.free(start, length)
     assert space.is_pristine()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.randoms(use_true_random=False),
+    st.sampled_from([0.2, 0.5, 0.8]),
+    st.integers(1, 8),
+    st.sampled_from([PAGE, 4 * PAGE, 16 * PAGE, 64 * PAGE]),
+)
+def test_address_space_enospc_only_without_an_aligned_hole(
+    rng: random.Random, density: float, pages: int, alignment: int
+) -> None:
+    """A space of 4 KiB reservations with random holes punched in, then filled up with aligned
+    allocations until ENOSPC: the allocator gives up exactly when the reference model does."""
+    space = AddressSpace(0, 256 * PAGE)
+    live = {space.allocate(PAGE): PAGE for _ in range(256)}
+    for start in [start for start in live if rng.random() < density]:
+        space.free(start, live.pop(start))
+    length = pages * PAGE
+    while True:
+        try:
+            start = space.allocate(length, alignment)
+        except avcm.NoSpaceError:
+            hole = aligned_hole(0, 256 * PAGE, live, length, alignment)
+            assert hole is None, f"ENOSPC, but {hole:#x} was free for {length:#x}"
+            break
+        assert start % alignment == 0
+        assert all(start + length <= other or other + n <= start for other, n in live.items())
+        live[start] = length
