@@ -42,16 +42,22 @@ async def test_alloc_header_example_2m_12k(memory: avcm.PhysicalMemory) -> None:
 
 async def test_alloc_falls_back_to_smaller_pages_when_fragmented() -> None:
     memory = avcm.PhysicalMemory(size=2 * MiB)
-    # pin one 4 KiB page in each 1 MiB half: no 1 MiB block is left
-    pins = [memory.alloc_pages(0) for _ in range(1)]
-    other_half = avcm.phys_alloc(MiB, 0, (8, 0), memory=memory)  # takes the untouched half
-    assert sizes(other_half) == [MiB]
-    phys = avcm.phys_alloc(512 * KiB, 0, (8, 4, 0), memory=memory)
-    assert sizes(phys) == [64 * KiB] * 8
+    # pin one 4 KiB page in each 1 MiB half: no 1 MiB block is left, but 30 of 64 KiB are
+    pages = [memory.alloc_pages(0) for _ in range(2 * MiB // avcm.PAGE_SIZE)]
+    pins = {memory.base + 5 * avcm.PAGE_SIZE, memory.base + MiB + 100 * avcm.PAGE_SIZE}
+    for page in pages:
+        assert page is not None
+        if page not in pins:
+            memory.free_pages(page, 0)
+    assert memory.alloc_pages(8) is None and memory.free_bytes == 2 * MiB - 8 * KiB
+    phys = avcm.phys_alloc(MiB + 68 * KiB, 0, (8, 4, 0), memory=memory)
+    assert sizes(phys) == [64 * KiB] * 17 + [4 * KiB]  # not one 1 MiB page: none to be had
+    assert all(part.start % part.size == 0 for part in phys.parts)
     await phys.free()
-    await other_half.free()
+    rest = avcm.phys_alloc(2 * MiB - 8 * KiB, 0, (8, 4, 0), memory=memory)
+    assert sizes(rest) == [64 * KiB] * 30 + [4 * KiB] * 30  # 64 KiB blocks, then pages
+    await rest.free()
     for pin in pins:
-        assert pin is not None
         memory.free_pages(pin, 0)
     assert memory.is_pristine()
 
