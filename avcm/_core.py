@@ -40,7 +40,7 @@ from ._errors import (
     VcmWarning,
 )
 from ._sync import AtomicCounter, Mutex, MutexStatistics, sync_point
-from ._validate import check_aligned, check_flags, page_align
+from ._validate import check_aligned, check_flags, check_span, page_align
 
 if TYPE_CHECKING:
     from ._memory import PhysicalMemory
@@ -118,6 +118,7 @@ class Phys:
             start, size = part
             check_aligned(start, f"phys part {index} start")
             check_aligned(size, f"phys part {index} size", positive=True)
+            check_span(start, size, f"phys part {index}")
             layout.append(start)
             layout.append(size)
         if not layout:
@@ -213,6 +214,7 @@ class Res:
             raise InvalidError(f"res: {vcm!r} is not a context")
         check_aligned(start, "res start")
         check_aligned(res_size, "res size", positive=True)
+        check_span(start, res_size, "res")
         self.vcm = vcm
         self.start = start
         self.res_size = res_size
@@ -540,6 +542,7 @@ class Vcm:
     def __init__(self, start: int, size: int, driver: object, *, name: str | None = None) -> None:
         check_aligned(start, "context start")
         check_aligned(size, "context size", positive=True)
+        check_span(start, size, "context")
         self._ops = _DriverOps.resolve(driver)
         self.start = start
         self.size = size

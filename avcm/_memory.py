@@ -15,10 +15,12 @@ from sortedcontainers import SortedSet
 
 from ._errors import InvalidError
 
-__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "MemoryStatistics", "PhysicalMemory"]
+__all__ = ["ADDRESS_LIMIT", "PAGE_SHIFT", "PAGE_SIZE", "MemoryStatistics", "PhysicalMemory"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+ADDRESS_LIMIT = 1 << 64
+"""Addresses are 64 bits: every range (memory, phys part, context, reservation) ends by here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,10 @@ class PhysicalMemory:
             raise InvalidError(
                 f"physical memory: base {base:#x} and size {size:#x} must be page aligned, "
                 "size positive"
+            )
+        if base + size > ADDRESS_LIMIT:
+            raise InvalidError(
+                f"physical memory: {base:#x}+{size:#x} does not fit in 64-bit addresses"
             )
         if not 8 <= max_order <= 20:
             raise InvalidError(f"physical memory: max_order {max_order} is not in 8..20")

@@ -19,7 +19,7 @@ from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import default_memory, phys_alloc, phys_walk, visit_pages, walk_pages
 from ._sync import sync_point
-from ._validate import check_aligned, check_orders
+from ._validate import check_aligned, check_orders, check_span
 from ._vaspace import AddressSpace
 
 __all__ = ["MmuDriver", "MmuWrapper", "mmu_init"]
@@ -237,5 +237,6 @@ def mmu_init(
     """
     check_aligned(start, "context start")
     check_aligned(size, "context size", positive=True)
+    check_span(start, size, "context")
     ram = default_memory() if memory is None else memory
     return Vcm(start, size, MmuWrapper(driver, start, size, ram), name=name)

@@ -9,7 +9,7 @@ import anyio
 from ._core import Phys, PhysPart
 from ._errors import InvalidError, NoMemoryError
 from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
-from ._validate import check_aligned, check_flags, check_orders, page_align
+from ._validate import check_aligned, check_flags, check_orders, check_span, page_align
 
 __all__ = [
     "PageCallback",
@@ -79,7 +79,11 @@ def phys_alloc(
     async def free(phys: Phys) -> None:
         _free_parts(ram, phys.parts)
 
-    return Phys(parts, free=free, memory=ram)
+    try:
+        return Phys(parts, free=free, memory=ram)
+    except BaseException:
+        _free_parts(ram, parts)
+        raise
 
 
 def _free_parts(ram: PhysicalMemory, parts: Sequence[PhysPart]) -> None:
@@ -126,6 +130,7 @@ async def phys_walk(
     check_aligned(vaddr, "phys_walk vaddr")
     if not isinstance(phys, Phys):
         raise InvalidError(f"phys_walk: {phys!r} is not a Phys")
+    check_span(vaddr, phys.size, "phys_walk of")
     phys._check_usable("phys_walk")
     orders = check_orders(orders, "phys_walk orders")
     if not callable(callback) or (recovery is not None and not callable(recovery)):

@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from typing_extensions import TypeIs
 
 from ._errors import InvalidError
-from ._memory import PAGE_SHIFT, PAGE_SIZE
+from ._memory import ADDRESS_LIMIT, PAGE_SHIFT, PAGE_SIZE
 
 __all__ = [
     "MAX_ORDER",
     "check_aligned",
+    "check_span",
     "check_flags",
     "check_orders",
     "is_int",
@@ -48,6 +49,12 @@ def check_aligned(value: object, what: str, *, positive: bool = False) -> int:
     if value & (PAGE_SIZE - 1):
         raise InvalidError(f"{what} {value:#x} is not aligned to PAGE_SIZE ({PAGE_SIZE:#x})")
     return value
+
+
+def check_span(start: int, size: int, what: str) -> None:
+    """EINVAL unless ``start..start+size`` fits in 64-bit addresses (both already checked)."""
+    if start + size > ADDRESS_LIMIT:
+        raise InvalidError(f"{what} {start:#x}+{size:#x} does not fit in 64-bit addresses")
 
 
 def check_flags(flags: object, what: str) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from sortedcontainers import SortedList
 
 from ._errors import InvalidError, NoSpaceError
-from ._memory import PAGE_SIZE
+from ._memory import ADDRESS_LIMIT, PAGE_SIZE
 
 __all__ = ["AddressSpace"]
 
@@ -40,9 +40,11 @@ class AddressSpace:
             or start < 0
             or size <= 0
             or (start | size) & (PAGE_SIZE - 1)
+            or start + size > ADDRESS_LIMIT
         ):
             raise InvalidError(
-                f"address space {start!r}+{size!r}: must be page aligned, size positive"
+                f"address space {start!r}+{size!r}: must be page aligned, size positive, "
+                "inside 64-bit addresses"
             )
         self.start = start
         self.size = size

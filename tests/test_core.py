@@ -39,7 +39,17 @@ def snapshot(vcm: avcm.Vcm, memory: avcm.PhysicalMemory) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize(
     ("start", "size"),
-    [(0, 0), (0, -4096), (1, 4096), (0, 4097), (0, 1.5), (True, 4096), ("0", 4096)],
+    [
+        (0, 0),
+        (0, -4096),
+        (1, 4096),
+        (0, 4097),
+        (0, 1.5),
+        (True, 4096),
+        ("0", 4096),
+        (1 << 64, 4096),
+        ((1 << 64) - 4096, 8192),
+    ],
 )
 async def test_init_rejects_bad_range(
     memory: avcm.PhysicalMemory, start: object, size: object

@@ -217,6 +217,7 @@ async def test_carveout_outlives_destroy_while_its_memory_is_mapped(
         {"start": 0x1000_0001},
         {"size": 0},
         {"size": -MiB},
+        {"start": (1 << 64) - MiB, "size": 2 * MiB},
     ],
 )
 async def test_iommu_factory_rejects_bad_arguments(

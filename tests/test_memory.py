@@ -92,11 +92,22 @@ def test_bad_free_is_einval_and_changes_nothing(start: int, order: int) -> None:
         {"max_order": 21},
         {"size": 1.5},
         {"base": True},
+        {"base": 1 << 64, "size": MiB},
+        {"base": (1 << 64) - MiB, "size": 2 * MiB},
     ],
 )
 def test_bad_memory_is_einval(kwargs: dict[str, object]) -> None:
     with pytest.raises(avcm.InvalidError):
         avcm.PhysicalMemory(**kwargs)  # type: ignore[arg-type]
+
+
+def test_memory_at_the_top_of_64_bit_addresses() -> None:
+    memory = avcm.PhysicalMemory(base=(1 << 64) - MiB, size=MiB)
+    phys = avcm.phys_alloc(MiB, 0, (8, 4, 0), memory=memory)
+    assert phys.parts == (avcm.PhysPart((1 << 64) - MiB, MiB),)
+    assert memory.free_bytes == 0
+    memory.free_pages(phys.parts[0].start, 8)
+    assert memory.is_pristine()
 
 
 def test_bytes_are_lazily_backed_and_dropped_on_free() -> None:

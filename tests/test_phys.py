@@ -194,7 +194,30 @@ async def test_walk_of_freed_phys_is_einval(memory: avcm.PhysicalMemory) -> None
         await avcm.phys_walk(0, phys, (0,), Recorder().callback)
 
 
-@pytest.mark.parametrize("parts", [[], [(1, 4096)], [(0, 0)], [(0, 100)]])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],
+        [(1, 4096)],
+        [(0, 0)],
+        [(0, 100)],
+        [(1 << 64, 4096)],
+        [((1 << 64) - 4096, 8192)],
+        [(0, 4096), (1 << 70, 4096)],
+    ],
+)
 async def test_phys_rejects_bad_parts(parts: list[tuple[int, int]]) -> None:
-    with pytest.raises(avcm.InvalidError):
+    with pytest.raises(avcm.InvalidError) as info:
         avcm.Phys(parts)
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_phys_and_walk_up_to_the_last_64_bit_page() -> None:
+    top = (1 << 64) - 4096
+    phys = avcm.Phys([(top, 4096)])
+    assert phys.parts == (avcm.PhysPart(top, 4096),)
+    walk = Recorder()
+    await avcm.phys_walk(top, phys, (0,), walk.callback)
+    assert walk.pages == [(top, top, 0)]
+    with pytest.raises(avcm.InvalidError, match="64-bit"):
+        await avcm.phys_walk(top, avcm.Phys([(0, 8192)]), (0,), walk.callback)
