@@ -19,6 +19,7 @@ cancelled only while waiting for a lock; once they hold it they finish, shielded
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -109,20 +110,31 @@ class Phys:
         """Describe memory a driver allocated; *free* is awaited once, when it is freed.
 
         *memory* is the simulated RAM the parts live in, if any; drivers that move bytes
-        (IOMMU, CPU) check it. Parts must be page aligned and non-empty: else ``EINVAL``.
+        (IOMMU, CPU) check it. Parts must be ``(start, size)`` pairs, page aligned, non-empty,
+        inside 64-bit addresses and not overlapping one another: else ``EINVAL``.
         """
         # Flat (start, size, start, size, ...) in an array: 16 bytes a part, where a tuple of
         # PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of parts).
         layout = array("Q")
+        ascending, end = True, 0
         for index, part in enumerate(parts):
-            start, size = part
+            try:
+                start, size = part
+            except (TypeError, ValueError):
+                raise InvalidError(
+                    f"phys part {index} {part!r} is not a (start, size) pair"
+                ) from None
             check_aligned(start, f"phys part {index} start")
             check_aligned(size, f"phys part {index} size", positive=True)
             check_span(start, size, f"phys part {index}")
+            ascending = ascending and start >= end
+            end = start + size
             layout.append(start)
             layout.append(size)
         if not layout:
             raise InvalidError("phys must have at least one part")
+        if not ascending:  # parts in address order, the usual case, cannot overlap
+            _check_disjoint(layout)
         self._layout = layout
         self.size = sum(layout[1::2])
         self._free = free
@@ -430,6 +442,14 @@ class Res:
                             "reserved, unbound"
                         )
                         raise
+
+
+def _check_disjoint(layout: array[int]) -> None:
+    """EINVAL if two of these (start, size) parts share a byte."""
+    parts = sorted(zip(layout[0::2], layout[1::2], strict=True))
+    for (start, size), (after, _) in itertools.pairwise(parts):
+        if start + size > after:
+            raise InvalidError(f"phys parts {start:#x}+{size:#x} and {after:#x} overlap")
 
 
 def _check_phys_arg(phys: object, what: str) -> None:

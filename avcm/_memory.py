@@ -152,6 +152,8 @@ class PhysicalMemory:
         return start in self._allocated
 
     def _span(self, addr: int, length: int, what: str) -> None:
+        _check_int(addr, f"{what} address")
+        _check_int(length, f"{what} length")
         if length < 0 or addr < self.base or addr + length > self.base + self.size:
             raise InvalidError(
                 f"physical memory: {what} of {length:#x} bytes at {addr:#x} is outside "
@@ -174,6 +176,10 @@ class PhysicalMemory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write bytes at a physical address, backing pages on first write."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidError(
+                f"physical memory: write data must be bytes-like, not {type(data).__name__}"
+            )
         self._span(addr, len(data), "write")
         offset = addr - self.base
         view = memoryview(data)

@@ -69,8 +69,14 @@ class FaultPlan:
     ) -> FaultPlan:
         """Make calls of *op* (any faultable operation if None) fail with *probability*."""
         self._check_rule(op, errno)
-        if not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
-            raise avcm.InvalidError(f"faults: probability must be in 0..1, not {probability!r}")
+        if (
+            not isinstance(probability, (int, float))
+            or isinstance(probability, bool)
+            or not 0.0 <= probability <= 1.0
+        ):
+            raise avcm.InvalidError(
+                f"faults: probability must be a number in 0..1, not {probability!r}"
+            )
         self._rules.append(_Rule(op, None, float(probability), errno))
         return self
 

@@ -47,8 +47,8 @@ class Latency:
         for op, delay in delays.items():
             if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
                 raise avcm.InvalidError(f"latency: delay of {op!r} must be >= 0, not {delay!r}")
-        if not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
-            raise avcm.InvalidError(f"latency: jitter must be in 0..1, not {jitter!r}")
+        if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
+            raise avcm.InvalidError(f"latency: jitter must be a number in 0..1, not {jitter!r}")
         self.delays = delays
         self.jitter = float(jitter)
         self._random = random.Random(seed)

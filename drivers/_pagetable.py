@@ -129,8 +129,15 @@ class PageTableMmu:
 
     # -- the device ----------------------------------------------------------------------------
 
+    def _check_int(self, value: object, what: str) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise avcm.InvalidError(
+                f"{self.name}: {what} must be an int, not {type(value).__name__}"
+            )
+
     def translate(self, addr: int) -> int:
         """The physical address the device reaches at *addr*; ``IommuFault`` if none."""
+        self._check_int(addr, "device address")
         entry = self._covering(addr) if self.enabled else None
         if entry is None:
             self._faults += 1
@@ -141,6 +148,10 @@ class PageTableMmu:
 
     def _chunks(self, addr: int, length: int) -> Iterator[tuple[int, int]]:
         """(physical address, length) pieces of a device access, page by page."""
+        self._check_int(addr, "device address")
+        self._check_int(length, "access length")
+        if length < 0:
+            raise avcm.InvalidError(f"{self.name}: access length {length} is negative")
         while length:
             physical = self.translate(addr)
             chunk = min(length, avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)))
@@ -154,6 +165,10 @@ class PageTableMmu:
 
     def write(self, addr: int, data: bytes) -> None:
         """Device write at *addr*; all of it is translated before any byte is written."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise avcm.InvalidError(
+                f"{self.name}: write data must be bytes-like, not {type(data).__name__}"
+            )
         offset = 0
         for physical, chunk in list(self._chunks(addr, len(data))):
             self.memory.write(physical, data[offset : offset + chunk])

@@ -254,11 +254,36 @@ async def test_carveout_larger_than_memory_is_enomem() -> None:
         lambda: drivers.FaultPlan().fail_randomly(1.5),
         lambda: drivers.FaultPlan().fail_randomly(0.5, "pte_clear"),
         lambda: drivers.FaultPlan().fail_nth("alloc", 1, errno=0),
+        lambda: drivers.Latency(jitter=True),
+        lambda: drivers.Latency({"free": True}),
+        lambda: drivers.FaultPlan().fail_randomly(True),
     ],
 )
 async def test_latency_and_faults_reject_bad_settings(make: object) -> None:
     with pytest.raises(avcm.InvalidError):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("access", "message"),
+    [
+        (lambda hw: hw.translate("x"), "address must be an int"),
+        (lambda hw: hw.translate(1.5), "address must be an int"),
+        (lambda hw: hw.read(0x1000_0000, 1.5), "length must be an int"),
+        (lambda hw: hw.read(0x1000_0000, -1), "negative"),
+        (lambda hw: hw.write(0x1000_0000, "text"), "bytes-like"),
+    ],
+)
+async def test_bad_device_access_is_einval(
+    memory: avcm.PhysicalMemory, access: object, message: str
+) -> None:
+    vcm = drivers.create_iommu(memory, latency=ZERO)
+    await vcm.make_binding(4 * KiB)
+    hw = drivers.hardware(vcm)
+    async with vcm.activated():
+        with pytest.raises(avcm.InvalidError, match=message):
+            access(hw)  # type: ignore[operator]
+    assert hw.statistics().faults == 0
 
 
 async def test_phys_from_another_memory_is_einval(memory: avcm.PhysicalMemory) -> None:

@@ -134,6 +134,23 @@ def test_access_outside_memory_is_einval() -> None:
         memory.write(memory.base - 1, b"x")
 
 
+@pytest.mark.parametrize(
+    ("access", "message"),
+    [
+        (lambda m: m.read(m.base, 1.5), "length must be an int"),
+        (lambda m: m.read(str(m.base), 1), "address must be an int"),
+        (lambda m: m.read(m.base, True), "length must be an int"),
+        (lambda m: m.write(m.base, "text"), "bytes-like"),
+        (lambda m: m.write(float(m.base), b"x"), "address must be an int"),
+    ],
+)
+def test_bad_access_arguments_are_einval(access: object, message: str) -> None:
+    memory = avcm.PhysicalMemory(size=MiB)
+    with pytest.raises(avcm.InvalidError, match=message):
+        access(memory)  # type: ignore[operator]
+    assert memory.is_pristine()
+
+
 # -- the address space allocator ---------------------------------------------------------------
 
 

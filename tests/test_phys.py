@@ -204,12 +204,22 @@ async def test_walk_of_freed_phys_is_einval(memory: avcm.PhysicalMemory) -> None
         [(1 << 64, 4096)],
         [((1 << 64) - 4096, 8192)],
         [(0, 4096), (1 << 70, 4096)],
+        [(0, 4096), (0, 4096)],  # overlapping parts
+        [(0, 8192), (4096, 4096)],
+        [(0x10_0000, 4096), (0x8000, 4096), (0xF_F000, 8192)],  # out of order, overlapping
+        [(0,)],
+        [4096],
     ],
 )
 async def test_phys_rejects_bad_parts(parts: list[tuple[int, int]]) -> None:
     with pytest.raises(avcm.InvalidError) as info:
         avcm.Phys(parts)
     assert info.value.errno == errno.EINVAL
+
+
+async def test_phys_parts_in_any_order_that_do_not_overlap() -> None:
+    phys = avcm.Phys([(0x10_0000, 4096), (0x8000, 4096), (0xF_F000, 4096), (0x10_1000, 4096)])
+    assert [part.start for part in phys.parts] == [0x10_0000, 0x8000, 0xF_F000, 0x10_1000]
 
 
 async def test_phys_and_walk_up_to_the_last_64_bit_page() -> None:
