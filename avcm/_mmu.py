@@ -188,7 +188,10 @@ class MmuWrapper:
             await self._undo(done, self.unmap_res, error)
             if self._disable is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._disable(vcm)
+                    try:
+                        await self._disable(vcm)
+                    except Exception as disable_error:
+                        error.add_note(f"mmu: disabling again failed too: {disable_error!r}")
             raise
         self.activated = True
 

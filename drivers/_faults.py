@@ -1,9 +1,15 @@
 """Fault injection every sample driver shares: a seeded plan of which calls fail, and how.
 
 Drivers call :meth:`FaultPlan.check` before they change anything, so an injected fault has no
-effect beyond the error (the contract asks that of every failing driver operation). Only the
-operations that set hardware up can fail (``enable``, ``pte_write``, ``alloc``); tearing down
-never fails, as in the kernel, where those calls return void.
+effect beyond the error (the contract asks that of every failing driver operation).
+
+The operations that set hardware up (``enable``, ``pte_write``, ``alloc``) fail by any rule. The
+ones that tear down (``free``, ``pte_clear``, ``disable``; void in the kernel) fail only by a rule
+that names them: a rule for any operation leaves them alone. avcm contains one failing teardown
+(the operation raises and nothing changed, rule 8), but no framework can contain a teardown that
+fails while it undoes another failure or a cancellation (a ``pte_clear`` in the rollback of a
+failed ``pte_write``): that leaves the hardware half done, so plans that mix them test the driver's
+luck, not avcm.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import avcm
 
 __all__ = ["FAULTABLE", "FaultPlan", "FaultStatistics", "InjectedFault"]
 
-FAULTABLE = ("enable", "pte_write", "alloc")
+SETUP = ("enable", "pte_write", "alloc")
+TEARDOWN = ("free", "pte_clear", "disable")
+FAULTABLE = SETUP + TEARDOWN
 
 
 class InjectedFault(avcm.VcmError):
@@ -67,7 +75,7 @@ class FaultPlan:
     def fail_randomly(
         self, probability: float, op: str | None = None, *, errno: int = _errno.EIO
     ) -> FaultPlan:
-        """Make calls of *op* (any faultable operation if None) fail with *probability*."""
+        """Make calls of *op* (any set-up operation if None) fail with *probability*."""
         self._check_rule(op, errno)
         if (
             not isinstance(probability, (int, float))
@@ -89,7 +97,7 @@ class FaultPlan:
         self._calls[op] += 1
         call = self._calls[op]
         for rule in self._rules:
-            if rule.op is not None and rule.op != op:
+            if rule.op != op and (rule.op is not None or op not in SETUP):
                 continue
             if rule.nth is not None:
                 hit = rule.nth == call

@@ -84,6 +84,7 @@ class PageTableMmu:
         self._activations += 1
 
     async def disable(self, vcm: avcm.Vcm) -> None:
+        self.faults.check("disable", self.name)
         await self.latency.sleep("flush", self)
         self.enabled = False
         self._flushes += 1
@@ -118,6 +119,7 @@ class PageTableMmu:
         self._pte_writes += 1
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self.faults.check("pte_clear", self.name)
         await self.latency.sleep("pte_clear", self)
         if self._entries.get(vaddr) != (paddr, order):
             raise avcm.InvalidError(

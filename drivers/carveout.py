@@ -98,6 +98,7 @@ class CarveoutAllocator:
         return part.start
 
     async def free(self, part: avcm.PhysPart, token: object) -> None:
+        self.faults.check("free", self.name)
         await self.latency.sleep("free", self)
         self._space.free(part.start, part.size)
         if self._cleaned_up and self._space.is_pristine():

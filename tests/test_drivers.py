@@ -114,6 +114,144 @@ async def test_fault_at_each_page_of_an_activate(memory: avcm.PhysicalMemory) ->
     assert memory.is_pristine()
 
 
+def hardware_state(vcm: avcm.Vcm) -> tuple[object, ...]:
+    hw = drivers.hardware(vcm)
+    return hw.hardware_active(), hw.hardware_mappings(), vcm.activations
+
+
+async def test_fault_at_each_page_of_a_deactivate(memory: avcm.PhysicalMemory) -> None:
+    # 7 pages to clear, then the disable: a fault at any of them leaves everything mapped.
+    sizes = (2 * MiB + 68 * KiB, 68 * KiB, 4 * KiB)
+    for op, k in [("pte_clear", k) for k in range(1, 8)] + [("disable", 1)]:
+        faults = drivers.FaultPlan().fail_nth(op, k)
+        vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+        for size in sizes:
+            await vcm.make_binding(size)
+        await vcm.activate()
+        before = hardware_state(vcm)
+        with pytest.raises(drivers.InjectedFault):
+            await vcm.deactivate()
+        assert hardware_state(vcm) == before and vcm.activations == 1
+        avcm.check_model(vcm)
+        await vcm.deactivate()  # the fault was only the k-th call
+        assert not drivers.hardware(vcm).hardware_active()
+        with pytest.warns(avcm.VcmWarning):
+            await vcm.destroy()
+    assert memory.is_pristine()
+
+
+@pytest.mark.parametrize("op", ["unbind", "unmap", "unreserve", "destroy_binding"])
+async def test_pte_clear_fault_in_a_teardown_changes_nothing(
+    memory: avcm.PhysicalMemory, op: str
+) -> None:
+    faults = drivers.FaultPlan().fail_nth("pte_clear", 2)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    res = await vcm.make_binding(MiB + 68 * KiB)  # 3 pages: the second clear fails
+    phys = res.phys
+    await vcm.activate()
+    before = hardware_state(vcm), vcm.reservations(), vcm.allocations()
+    with pytest.raises(drivers.InjectedFault):
+        if op == "unreserve":
+            with pytest.warns(avcm.VcmWarning, match="still bound"):
+                await res.unreserve()
+        else:
+            await getattr(res, op)()
+    assert (hardware_state(vcm), vcm.reservations(), vcm.allocations()) == before
+    assert res.phys is phys and phys is not None and phys.bindings == 1
+    avcm.check_model(vcm)
+    await res.destroy_binding()
+    await vcm.deactivate()
+    await vcm.destroy()
+    assert memory.is_pristine()
+
+
+async def test_disable_fault_in_destroy_can_be_retried(memory: avcm.PhysicalMemory) -> None:
+    faults = drivers.FaultPlan().fail_nth("disable", 1)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    await vcm.make_binding(68 * KiB)
+    await vcm.activate()
+    with pytest.warns(avcm.VcmWarning), pytest.raises(drivers.InjectedFault):
+        await vcm.destroy()
+    # still active (the disable failed), every binding released, and consistent
+    assert not vcm.destroyed and vcm.activations == 1 and vcm.reservations() == ()
+    assert (
+        drivers.hardware(vcm).hardware_active() and drivers.hardware(vcm).hardware_mappings() == []
+    )
+    avcm.check_model(vcm)
+    with pytest.warns(avcm.VcmWarning, match="still activated"):
+        await vcm.destroy()
+    assert vcm.destroyed and memory.is_pristine()
+
+
+@pytest.mark.parametrize("op", ["free", "unreserve", "destroy_binding", "destroy"])
+async def test_carveout_free_fault_is_contained(memory: avcm.PhysicalMemory, op: str) -> None:
+    faults = drivers.FaultPlan().fail_nth("free", 1)
+    carveout = drivers.create_carveout(memory, size=MiB, latency=ZERO, faults=faults)
+    allocator = carveout.driver.hw  # type: ignore[attr-defined]
+    res = await carveout.make_binding(8 * KiB)
+    phys = res.phys
+    assert phys is not None
+    if op == "free":
+        await res.unmap()  # the reservation goes first: the phys's free releases the block
+    elif op == "unreserve":
+        await res.unbind()
+        await phys.free()  # the phys goes first: the unreserve releases the block
+    before = carveout.reservations(), carveout.allocations(), allocator.statistics()
+    release = {
+        "free": phys.free,
+        "unreserve": res.unreserve,
+        "destroy_binding": res.destroy_binding,
+        "destroy": carveout.destroy,
+    }[op]
+    with pytest.raises(drivers.InjectedFault):
+        if op == "destroy":
+            with pytest.warns(avcm.VcmWarning):
+                await release()
+        else:
+            await release()
+    if op == "destroy_binding":  # the block goes with the unreserve, after the free
+        assert phys.freed and res.phys is None and not res.unreserved
+        release = res.unreserve
+    elif op == "destroy":  # released all it could: only the phys whose free failed is left
+        assert carveout.reservations() == () and carveout.allocations() == (phys,)
+    else:
+        assert (carveout.reservations(), carveout.allocations(), allocator.statistics()) == before
+    assert not carveout.destroyed and allocator.statistics().allocations == 1
+    avcm.check_model(carveout)
+    if op == "destroy":
+        with pytest.warns(avcm.VcmWarning):
+            await release()
+    else:
+        await release()
+        await carveout.destroy()
+    assert memory.is_pristine()
+
+
+async def test_failing_disable_in_a_failed_activate_is_noted(memory: avcm.PhysicalMemory) -> None:
+    # A double fault cannot be contained (the hardware stays enabled), but the caller sees the
+    # first fault, with the second noted on it, not the second alone.
+    faults = drivers.FaultPlan().fail_nth("pte_write", 1).fail_nth("disable", 1)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    await vcm.make_binding(4 * KiB)
+    with pytest.raises(drivers.InjectedFault, match="pte_write") as info:
+        await vcm.activate()
+    assert any("disabling again failed" in note for note in info.value.__notes__)
+    assert vcm.activations == 0 and drivers.hardware(vcm).hardware_mappings() == []
+
+
+async def test_random_faults_spare_teardown_unless_named() -> None:
+    plan = drivers.FaultPlan().fail_randomly(1.0)
+    for op in drivers.FAULTABLE:
+        if op in ("free", "pte_clear", "disable"):
+            plan.check(op)
+        else:
+            with pytest.raises(drivers.InjectedFault):
+                plan.check(op)
+    named = drivers.FaultPlan().fail_randomly(1.0, "pte_clear")
+    with pytest.raises(drivers.InjectedFault):
+        named.check("pte_clear")
+
+
 async def test_concurrent_reserve_unreserve_never_overlaps(memory: avcm.PhysicalMemory) -> None:
     vcm = drivers.create_iommu(memory)
     live: dict[avcm.Res, None] = {}
@@ -252,7 +390,7 @@ async def test_carveout_larger_than_memory_is_enomem() -> None:
         lambda: drivers.Latency.profile("warp"),
         lambda: drivers.FaultPlan().fail_nth("pte_write", 0),
         lambda: drivers.FaultPlan().fail_randomly(1.5),
-        lambda: drivers.FaultPlan().fail_randomly(0.5, "pte_clear"),
+        lambda: drivers.FaultPlan().fail_randomly(0.5, "flush"),
         lambda: drivers.FaultPlan().fail_nth("alloc", 1, errno=0),
         lambda: drivers.Latency(jitter=True),
         lambda: drivers.Latency({"free": True}),
