@@ -346,6 +346,17 @@ class Res:
             )
             await self._drop_binding(phys)
 
+    async def _or_restore_binding(
+        self, phys: Phys, told: bool, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run *step*, the one after :meth:`_driver_unbind`; if it fails, restore the binding
+        and re-raise."""
+        try:
+            await step()
+        except BaseException as error:
+            await self._restore_binding(phys, told, error)
+            raise
+
     async def _unreserve_locked(self) -> None:
         vcm = self.vcm
         await sync_point("driver.unreserve", self)
@@ -366,11 +377,7 @@ class Res:
             await self._unreserve_locked()
             return
         told = await self._driver_unbind()
-        try:
-            await self._unreserve_locked()
-        except BaseException as error:
-            await self._restore_binding(phys, told, error)
-            raise
+        await self._or_restore_binding(phys, told, self._unreserve_locked)
         await self._drop_binding(phys)
 
     async def unreserve(self) -> None:
@@ -428,11 +435,7 @@ class Res:
                     )
                 with _shielded():
                     told = await self._driver_unbind()
-                    try:
-                        await phys._free_locked()
-                    except BaseException as error:
-                        await self._restore_binding(phys, told, error)
-                        raise
+                    await self._or_restore_binding(phys, told, phys._free_locked)
                     await self._drop_binding(phys)
                     try:
                         await self._unreserve_locked()

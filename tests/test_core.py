@@ -554,19 +554,28 @@ async def test_device_driver_example(memory: avcm.PhysicalMemory) -> None:
 # -- driver faults in teardown: every error leaves every object as it was (rule 8) -------------
 
 
+async def bound_with_faults(
+    memory: avcm.PhysicalMemory, *ops: str, active: bool = False
+) -> tuple[avcm.Vcm, RecordingDriver, avcm.Res, avcm.Phys]:
+    """A context with one bound reservation; the next call of each of *ops* fails."""
+    vcm, driver = make_context(memory)
+    res = await vcm.make_binding(8 * KiB)
+    assert res.phys is not None
+    if active:
+        await vcm.activate()
+    for op in ops:
+        driver.fail[op] = DriverFault(errno.EIO, f"injected {op} fault")
+    return vcm, driver, res, res.phys
+
+
 @pytest.mark.parametrize("active", [False, True])
 @pytest.mark.parametrize("op", ["unreserve", "unmap"])
 async def test_failing_unreserve_of_bound_res_keeps_it_bound(
     memory: avcm.PhysicalMemory, op: str, active: bool
 ) -> None:
-    vcm, driver = make_context(memory)
-    res = await vcm.make_binding(8 * KiB)
-    phys = res.phys
-    if active:
-        await vcm.activate()
+    vcm, driver, res, phys = await bound_with_faults(memory, "unreserve", active=active)
     before = snapshot(vcm, memory)
     hardware = (driver.active, dict(driver.mapped))
-    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
     with pytest.raises(DriverFault, match="injected"):
         if op == "unreserve":
             with pytest.warns(avcm.VcmWarning, match="still bound"):
@@ -574,7 +583,7 @@ async def test_failing_unreserve_of_bound_res_keeps_it_bound(
         else:
             await res.unmap()
     assert snapshot(vcm, memory) == before
-    assert res.phys is phys and not res.unreserved and phys is not None and phys.bindings == 1
+    assert res.phys is phys and not res.unreserved and phys.bindings == 1
     assert (driver.active, driver.mapped) == hardware
     avcm.check_model(vcm)
     await res.unmap()  # the fault was one call: now it goes through
@@ -584,12 +593,7 @@ async def test_failing_unreserve_of_bound_res_keeps_it_bound(
 async def test_failing_unreserve_and_failing_rebind_leave_it_unbound(
     memory: avcm.PhysicalMemory,
 ) -> None:
-    vcm, driver = make_context(memory)
-    res = await vcm.make_binding(4096)
-    phys = res.phys
-    assert phys is not None
-    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
-    driver.fail["bind"] = DriverFault(errno.EIO, "injected bind fault")
+    vcm, driver, res, phys = await bound_with_faults(memory, "unreserve", "bind")
     with pytest.raises(DriverFault, match="unreserve fault") as info:
         await res.unmap()
     assert any("left unbound" in note for note in info.value.__notes__)
@@ -644,11 +648,7 @@ async def test_destroy_binding_with_failing_unreserve_says_what_is_left(
     memory: avcm.PhysicalMemory,
 ) -> None:
     # Freeing and unreserving are both for good: the memory stays freed, the res reserved.
-    vcm, driver = make_context(memory)
-    res = await vcm.make_binding(4096)
-    phys = res.phys
-    assert phys is not None
-    driver.fail["unreserve"] = DriverFault(errno.EIO, "injected unreserve fault")
+    vcm, driver, res, phys = await bound_with_faults(memory, "unreserve")
     with pytest.raises(DriverFault, match="unreserve fault") as info:
         await res.destroy_binding()
     assert any("stays reserved, unbound" in note for note in info.value.__notes__)
