@@ -7,6 +7,7 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -178,7 +179,11 @@ async def _shrink(
     best = list(run.positions)
     attempts = 0
 
+    def size(trial: Run) -> tuple[int, int, tuple[int, ...]]:
+        return trial.preemptions, trial.steps, trial.positions
+
     async def fails(candidate: list[int]) -> bool:
+        """Run *candidate*; keep it if it fails the same way and is smaller."""
         nonlocal attempts, best_run, best_error, best
         attempts += 1
         try:
@@ -187,10 +192,23 @@ async def _shrink(
             return False
         if trial_error is None or not _same_failure(trial_error, error):
             return False
+        if size(trial) >= size(best_run):
+            return False
         best_run, best_error = trial, trial_error
         best = list(trial.positions)
         return True
 
+    # Most races need one or two preemptions: try those schedules first, within the failing
+    # run's length (position j of a candidate is its j-th choice).
+    length = len(best)
+    widest = max(best, default=1)
+    for j in range(length):
+        for v in range(1, widest + 1):
+            if best_run.preemptions > 1 and attempts < budget:
+                await fails([0] * j + [v])
+    for j, k in itertools.combinations(range(length), 2):
+        if best_run.preemptions > 2 and attempts < budget:
+            await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     improved = True
     while improved and attempts < budget:
         improved = False

@@ -98,9 +98,11 @@ class Run:
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
         self._positions: list[int] = []  # position chosen at each step with a choice
+        self._preemptions = 0
         self._changed = anyio.Event()
         self._aborting = False
         self._last: _Task | None = None
+        self._start_time = anyio.current_time()
 
     # -- what the run did -------------------------------------------------------------------
 
@@ -112,6 +114,11 @@ class Run:
     def decisions(self) -> tuple[int, ...]:
         """The task chosen at each step: what a replay token records."""
         return tuple(step.task for step in self._steps)
+
+    @property
+    def preemptions(self) -> int:
+        """Steps that let another task go while the one that ran last could go on."""
+        return self._preemptions
 
     @property
     def positions(self) -> tuple[int, ...]:
@@ -127,6 +134,7 @@ class Run:
             tasks=tuple(task.name for task in self._tasks),
             steps=tuple(self._steps),
             outcomes=tuple(self._outcomes),
+            preemptions=self._preemptions,
         )
 
     # -- running tasks ----------------------------------------------------------------------
@@ -191,6 +199,8 @@ class Run:
 
     async def _park(self, task: _Task, point: str, obj: object) -> None:
         if self._aborting:
+            # running free to its end; a checkpoint, so that the cancellation reaches it
+            await anyio.lowlevel.checkpoint()
             return
         task.point = point
         task.obj = obj
@@ -247,6 +257,8 @@ class Run:
             )
             if len(choices) > 1:
                 self._positions.append(position)
+            if continuing and position:
+                self._preemptions += 1
             chosen = choices[position]
             self._last = chosen
             if not chosen.parked:
@@ -272,7 +284,7 @@ class Run:
                 task=task.index,
                 point=point,
                 operation=operation,
-                time=anyio.current_time(),
+                time=round(anyio.current_time() - self._start_time, 9),  # to the ns: runs compare
             )
         )
 

@@ -51,20 +51,13 @@ class TaskOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Timeline:
-    """The steps of a run and the outcome of every task it ran."""
+    """The steps of a run, the outcome of every task it ran, and how many steps preempted
+    (let another task go while the one that ran last could go on)."""
 
     tasks: tuple[str, ...]
     steps: tuple[Step, ...]
     outcomes: tuple[TaskOutcome, ...]
-
-    @property
-    def preemptions(self) -> int:
-        """Steps that switched away from a task that was not parked at its start."""
-        count = 0
-        for before, step in zip(self.steps, self.steps[1:], strict=False):
-            if step.task != before.task and step.point != "task.start":
-                count += 1
-        return count
+    preemptions: int
 
     def format(self, width: int = 34) -> str:
         """One column per task, one row per step: what each task did, in the order it did it."""

@@ -1,0 +1,231 @@
+"""Hypothesis draws the schedule: a failing interleaving shrinks to a minimal one.
+
+Every choice of the scheduler becomes a number Hypothesis draws, and Hypothesis shrinks numbers
+towards 0, which here means "let the task that ran last go on": the shrunk schedule has the
+fewest preemptions that still fail. Two ways in:
+
+* :func:`schedules` is a strategy of :class:`Schedule`; :func:`run_schedule` runs a scenario
+  under one (raises :class:`~avcm.testing.RaceFound` with the timeline if it fails)::
+
+      @given(schedule=avcm.testing.hypothesis.schedules())
+      def test_two_binds(schedule):
+          avcm.testing.hypothesis.run_schedule(two_binds, schedule)
+
+* :class:`RaceMachine` and :func:`run_race_machine`: an async stateful test whose rules run
+  concurrently, as tasks under the scheduler, in rounds, with invariants checked between them.
+
+This module imports Hypothesis; ``avcm.testing`` itself does not. It does not use
+hypothesis-trio (broken with current Hypothesis).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import anyio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .._errors import InvalidError
+from ._clock import backend_options
+from ._errors import RaceFound
+from ._explore import BACKENDS, Limits, Scenario, _failure, _run_once
+from ._scheduler import Run
+
+__all__ = [
+    "HypothesisChooser",
+    "RaceMachine",
+    "Schedule",
+    "race_rule",
+    "run_race_machine",
+    "run_schedule",
+    "schedules",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The position chosen at each step that has a choice (0: the task that ran last goes
+    on); steps past the end choose 0."""
+
+    positions: tuple[int, ...]
+
+    def chooser(self) -> Any:
+        from ._strategies import FromIndices
+
+        return FromIndices(self.positions)
+
+
+def schedules(*, max_choices: int = 100, max_tasks: int = 8) -> st.SearchStrategy[Schedule]:
+    """Schedules of at most *max_choices* choices among at most *max_tasks* tasks."""
+    if not isinstance(max_choices, int) or max_choices < 0:
+        raise InvalidError(f"schedules: max_choices must be an int >= 0, not {max_choices!r}")
+    if not isinstance(max_tasks, int) or max_tasks < 2:
+        raise InvalidError(f"schedules: max_tasks must be an int >= 2, not {max_tasks!r}")
+    positions = st.lists(st.integers(0, max_tasks - 1), max_size=max_choices)
+    return positions.map(lambda drawn: Schedule(tuple(drawn)))
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+
+
+async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Limits) -> None:
+    run, error = await _run_once(scenario, schedule.chooser(), limits)
+    if error is not None:
+        failure = _failure(
+            scenario,
+            run,
+            error,
+            strategy="hypothesis",
+            seed=0,
+            schedule=0,
+            steps_before=run.steps,
+            command=None,
+        )
+        raise RaceFound(failure) from error
+
+
+def run_schedule(
+    scenario: Scenario,
+    schedule: Schedule,
+    *,
+    backend: str = "trio",
+    limits: Limits | None = None,
+) -> None:
+    """Run *scenario* once under *schedule*, on virtual time; :class:`RaceFound` if it fails."""
+    _check_backend(backend)
+    anyio.run(
+        partial(_run_schedule_async, scenario, schedule, limits or Limits()),
+        backend=backend,
+        backend_options=backend_options(backend, 0, virtual=True),
+    )
+
+
+class HypothesisChooser:
+    """Draws every choice that has more than one option from Hypothesis's ``data``."""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self._data = data
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        if len(enabled) == 1:
+            return 0
+        return self._data.draw(st.integers(0, len(enabled) - 1), label=f"step {step}")
+
+
+def race_rule(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Mark an ``async def rule(self)`` of a :class:`RaceMachine`."""
+    function._avcm_race_rule = True  # type: ignore[attr-defined]
+    return function
+
+
+class RaceMachine:
+    """An async state machine whose rules race each other.
+
+    Subclass it; write ``async def setup``, rules decorated with :func:`race_rule` (no
+    arguments but ``self``; a rule handles the errors the contract allows in a race and
+    raises on anything else), ``async def invariant`` (checked after every round, at
+    quiescence) and ``async def teardown``. :func:`run_race_machine` draws, per example, a
+    number of rounds, the rules of each round (run concurrently, as tasks) and the schedule.
+    """
+
+    rules: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.rules = tuple(
+            name
+            for name, member in inspect.getmembers(cls)
+            if getattr(member, "_avcm_race_rule", False)
+        )
+
+    async def setup(self) -> None:
+        """Build the objects the rules share."""
+
+    async def invariant(self) -> None:
+        """Raise if the state breaks a rule; runs after every round."""
+
+    async def teardown(self) -> None:
+        """Release everything; runs after the last round, also after a failure."""
+
+
+async def _run_machine_once(
+    machine_class: type[RaceMachine],
+    data: st.DataObject,
+    max_rounds: int,
+    max_parallel: int,
+    limits: Limits,
+) -> None:
+    machine = machine_class()
+    run = Run(
+        HypothesisChooser(data),
+        max_steps=limits.max_steps,
+        idle_timeout=limits.idle_timeout,
+        runaway_steps=limits.runaway_steps,
+    )
+    await machine.setup()
+    try:
+        rounds = data.draw(st.integers(1, max_rounds), label="rounds")
+        for index in range(rounds):
+            names = data.draw(
+                st.lists(st.sampled_from(machine.rules), min_size=1, max_size=max_parallel),
+                label=f"round {index} rules",
+            )
+            try:
+                outcomes = await run.concurrently(
+                    *(getattr(machine, name) for name in names), names=names
+                )
+                for outcome in outcomes:
+                    outcome.unwrap()
+                await machine.invariant()
+            except Exception as error:
+                raise AssertionError(
+                    f"round {index} failed: {type(error).__name__}: {error}\n\n"
+                    f"{run.timeline().format()}"
+                ) from error
+    finally:
+        with anyio.CancelScope(shield=True):
+            await machine.teardown()
+
+
+def run_race_machine(
+    machine_class: type[RaceMachine],
+    *,
+    backend: str = "trio",
+    max_examples: int = 100,
+    max_rounds: int = 3,
+    max_parallel: int = 3,
+    limits: Limits | None = None,
+    hypothesis_settings: settings | None = None,
+) -> None:
+    """Run *machine_class* under Hypothesis: on a failure, the minimal rounds, rules and
+    schedule are reported with the timeline of the failing run (an ``AssertionError``)."""
+    _check_backend(backend)
+    if not issubclass(machine_class, RaceMachine) or not machine_class.rules:
+        raise InvalidError(f"{machine_class!r} is not a RaceMachine with at least one race_rule")
+    for name, value in (
+        ("max_examples", max_examples),
+        ("max_rounds", max_rounds),
+        ("max_parallel", max_parallel),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidError(f"run_race_machine: {name} must be an int >= 1, not {value!r}")
+    limits = limits or Limits()
+    options = hypothesis_settings or settings(deadline=None)
+
+    @settings(options, max_examples=max_examples)
+    @given(data=st.data())
+    def race_machine(data: st.DataObject) -> None:
+        anyio.run(
+            partial(_run_machine_once, machine_class, data, max_rounds, max_parallel, limits),
+            backend=backend,
+            backend_options=backend_options(backend, 0, virtual=True),
+        )
+
+    race_machine()

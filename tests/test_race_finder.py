@@ -1,0 +1,327 @@
+"""The race finder itself: scheduling, strategies, tokens, replay, shrinking, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import avcm
+from avcm import testing
+from avcm._sync import sync_point
+from tests.races import AVCM, SEED
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def counting_tasks(k: int, schedules: list[tuple[int, ...]] | None = None) -> testing.Scenario:
+    """Two tasks, each passing *k* sync points; *schedules* collects each run's decisions."""
+
+    async def scenario(run: testing.Run) -> None:
+        counter = avcm.AtomicCounter()
+
+        async def worker() -> None:
+            for _ in range(k):
+                await counter.inc()
+
+        await run.concurrently(worker, worker)
+        assert counter.value == 2 * k
+        if schedules is not None:
+            schedules.append(run.decisions)
+
+    return scenario
+
+
+# -- the scheduler --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_one_task_at_a_time_from_sync_point_to_sync_point(backend: str) -> None:
+    trace: list[str] = []
+
+    async def scenario(run: testing.Run) -> None:
+        async def worker(name: str) -> None:
+            for index in range(3):
+                await sync_point("test.point", None)
+                trace.append(f"{name}{index}")
+
+        await run.concurrently(lambda: worker("a"), lambda: worker("b"))
+
+    # a schedule that switches at every step interleaves exactly
+    token = testing.ReplayToken("manual", 0, 0, "00000000", (0, 1, 0, 1, 0, 1, 0, 1))
+    with pytest.raises(testing.ReplayDivergedError, match="other sync points"):
+        testing.replay(scenario, token, backend=backend)
+    assert trace == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exhaustive_search_enumerates_every_interleaving_once(backend: str) -> None:
+    for k in (1, 2, 3):
+        seen: list[tuple[int, ...]] = []
+        strategy = testing.Exhaustive(preemption_bound=32)
+        result = testing.explore(
+            counting_tasks(k, seen), strategy=strategy, schedules=10_000, backend=backend
+        )
+        assert result.exhausted and not result.found
+        # each task takes k + 1 steps (its start and k sync points): every way to interleave
+        # them, each once
+        assert result.schedules == len(set(seen)) == math.comb(2 * k + 2, k + 1)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exhaustive_without_preemption_only_chooses_who_starts(backend: str) -> None:
+    result = testing.explore(
+        counting_tasks(3), strategy=testing.Exhaustive(0), schedules=100, backend=backend
+    )
+    assert result.exhausted and result.schedules == 2
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_task_blocked_on_a_held_mutex_is_never_chosen(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        mutex = avcm.Mutex("m")
+        inside = 0
+
+        async def worker() -> None:
+            nonlocal inside
+            async with mutex:
+                inside += 1
+                assert inside == 1
+                await sync_point("test.inside", None)
+                inside -= 1
+
+        await run.concurrently(worker, worker, worker)
+        # no task was let into lock() while another held the mutex
+        assert mutex.statistics().contended == 0
+
+    result = testing.explore(
+        scenario, strategy=testing.RandomWalk(3), schedules=300, backend=backend
+    )
+    assert not result.found
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_deadlock_is_a_failure_of_its_own(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        first, second = avcm.Mutex("first"), avcm.Mutex("second")
+
+        async def forwards() -> None:
+            async with first, second:
+                pass
+
+        async def backwards() -> None:
+            async with second, first:
+                pass
+
+        await run.concurrently(forwards, backwards)
+
+    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=500, backend=backend)
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.DeadlockError)
+    assert "waits at mutex.lock <Mutex first locked>" in str(result.failure.error)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_task_that_never_reaches_a_sync_point_is_reported_not_hung(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def spinner() -> None:
+            while True:
+                await anyio.lowlevel.checkpoint()
+
+        await run.concurrently(spinner)
+
+    limits = testing.Limits(runaway_steps=2_000)
+    result = testing.explore(scenario, schedules=1, backend=backend, limits=limits)
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.RunawayError)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_step_budget(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        counter = avcm.AtomicCounter()
+
+        async def forever() -> None:
+            while True:
+                await counter.inc()
+
+        await run.concurrently(forever)
+
+    result = testing.explore(
+        scenario, schedules=1, backend=backend, limits=testing.Limits(max_steps=100)
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.StepBudgetError)
+    assert len(result.failure.timeline.steps) == 100
+
+
+def test_a_scenario_that_runs_no_task_is_bad_input() -> None:
+    async def scenario(run: testing.Run) -> None:
+        pass
+
+    with pytest.raises(avcm.InvalidError, match=r"run\.concurrently"):
+        testing.explore(scenario, schedules=1)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_simulated_latency_is_virtual_time(backend: str) -> None:
+    slept: list[float] = []
+
+    async def scenario(run: testing.Run) -> None:
+        async def sleeper() -> None:
+            await sync_point("test.before", None)
+            start = anyio.current_time()
+            await anyio.sleep(3600)  # a driver's own sleep: a choice, not a sync point
+            slept.append(anyio.current_time() - start)
+
+        await run.concurrently(sleeper, sleeper)
+
+    # twenty schedules of two one-hour sleeps: this test would take 40 hours on a real clock
+    result = testing.explore(scenario, schedules=20, backend=backend)
+    assert not result.found and result.schedules == 20
+    assert len(slept) == 40 and min(slept) >= 3600
+
+
+# -- replay tokens ------------------------------------------------------------------------------
+
+
+def test_token_round_trip() -> None:
+    token = testing.ReplayToken("pct-d3", 7, 12, "1a2b3c4d", (0, 0, 0, 1, 2, 2, 2, 2, 2, 0))
+    assert str(token) == "avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5.0"
+    assert testing.ReplayToken.parse(str(token)) == token
+    empty = testing.ReplayToken("random", 0, 0, "00000000", ())
+    assert testing.ReplayToken.parse(str(empty)) == empty
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "not an avcm replay token"),
+        ("hello", "not an avcm replay token"),
+        ("shuttle:abc", "not an avcm replay token"),
+        ("avcm9:pct-d3:0:0:00000000:0", "version 'avcm9'"),
+        ("avcm1:pct-d3:0:0:00000000", "malformed"),
+        ("avcm1:pct-d3:0:0:0000000g:0", "malformed"),
+        ("avcm1:pct-d3:-1:0:00000000:0", "malformed"),
+        ("avcm1:pct-d3:0:0:00000000:0x", "malformed"),
+        ("avcm1:pct-d3:0:0:00000000:0x0", "zero steps"),
+        ("avcm1:PCT:0:0:00000000:0", "malformed"),
+    ],
+)
+def test_bad_tokens_are_einval(text: str, message: str) -> None:
+    with pytest.raises(testing.TokenError, match=message) as info:
+        testing.ReplayToken.parse(text)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_a_token_that_is_not_a_string() -> None:
+    with pytest.raises(testing.TokenError, match="must be a str"):
+        testing.ReplayToken.parse(42)  # type: ignore[arg-type]
+
+
+def test_a_token_from_other_code_diverges_loudly() -> None:
+    found = testing.explore(SEED["two_binds_win"], schedules=100)
+    assert found.failure is not None
+    with pytest.raises(testing.ReplayDivergedError, match="diverged"):
+        testing.replay(AVCM["two_binds_win"], found.failure.token)
+
+
+# -- bad parameters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: testing.PCT(depth=0),
+        lambda: testing.PCT(depth=65),
+        lambda: testing.PCT(seed=-1),
+        lambda: testing.PCT(steps=0),
+        lambda: testing.RandomWalk(seed="1"),  # type: ignore[arg-type]
+        lambda: testing.RandomWalk(seed=True),
+        lambda: testing.Exhaustive(preemption_bound=-1),
+        lambda: testing.Limits(max_steps=0),
+        lambda: testing.Limits(idle_timeout=0),
+        lambda: testing.Limits(runaway_steps=1.5),  # type: ignore[arg-type]
+        lambda: testing.explore(counting_tasks(1), schedules=0),
+        lambda: testing.explore(counting_tasks(1), backend="curio"),
+        lambda: testing.explore(counting_tasks(1), strategy="pct"),  # type: ignore[arg-type]
+    ],
+)
+def test_parameters_out_of_range_are_einval(make: object) -> None:
+    with pytest.raises(avcm.InvalidError) as info:
+        make()  # type: ignore[operator]
+    assert info.value.errno == errno.EINVAL
+
+
+# -- timelines ------------------------------------------------------------------------------------
+
+
+def test_the_timeline_shows_each_task_in_its_column(tmp_path: Path) -> None:
+    found = testing.explore(SEED["two_binds_win"], schedules=100)
+    assert found.failure is not None
+    timeline = found.failure.timeline
+    text = timeline.format()
+    header, _, *rows, end = text.splitlines()
+    assert "0 bind a" in header and "1 bind b" in header
+    assert len(rows) == len(timeline.steps)
+    assert "SeedRes.bind seed.bind" in text
+    assert end.count("=> ok") == 2
+    report = found.failure.report()
+    assert "replay token: avcm1:" in report
+    assert "python -m avcm.testing replay tests.races:seed_two_binds_win" in report
+
+    path = tmp_path / "trace.json"
+    timeline.write_chrome_trace(str(path))
+    trace = json.loads(path.read_text())
+    slices = [event for event in trace["traceEvents"] if event["ph"] == "X"]
+    assert [event["tid"] for event in slices] == [step.task for step in timeline.steps]
+    assert {event["name"] for event in trace["traceEvents"] if event["ph"] == "M"} == {
+        "thread_name"
+    }
+
+
+# -- the command line, in a fresh process -------------------------------------------------------
+
+
+def replay_in_a_fresh_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "avcm.testing", "replay", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_same_token_same_interleaving_in_a_fresh_process() -> None:
+    found = testing.explore(SEED["activate_deactivate_mismatch"], schedules=1000)
+    assert found.failure is not None
+    token = str(found.failure.token)
+    first = replay_in_a_fresh_process("tests.races:seed_activate_deactivate_mismatch", token)
+    second = replay_in_a_fresh_process(
+        "tests.races:seed_activate_deactivate_mismatch", token, "--backend", "asyncio"
+    )
+    assert first.returncode == second.returncode == 1, first.stderr + second.stderr
+    assert found.failure.timeline.format() in first.stdout
+    assert found.failure.timeline.format() in second.stdout
+
+
+def test_command_line_bad_input() -> None:
+    bad_token = replay_in_a_fresh_process("tests.races:seed_two_binds_win", "nonsense")
+    assert bad_token.returncode == 2
+    assert bad_token.stderr.strip().startswith("avcm.testing: [EINVAL] not an avcm replay token")
+    missing = replay_in_a_fresh_process("tests.nowhere:scenario", "avcm1:x:0:0:00000000:-")
+    assert missing.returncode == 2 and "cannot import" in missing.stderr
+    assert "Traceback" not in bad_token.stderr + missing.stderr
+    found = testing.explore(SEED["two_binds_win"], schedules=100)
+    assert found.failure is not None
+    diverged = replay_in_a_fresh_process("tests.races:avcm_two_binds_win", str(found.failure.token))
+    assert diverged.returncode == 3 and "diverged" in diverged.stderr
