@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     conformance = commands.add_parser(
         "conformance", help="run the contract's rules 1-9 against a driver factory"
     )
-    conformance.add_argument("factory", help="MODULE:FACTORY, called with a PhysicalMemory")
+    conformance.add_argument(
+        "factory", nargs="?", help="MODULE:FACTORY, called with a PhysicalMemory"
+    )
     conformance.add_argument("--backend", choices=BACKENDS, default="trio")
     conformance.add_argument("--schedules", type=int, default=200, help="per scenario")
     conformance.add_argument("--seed", type=int, default=0)
@@ -96,6 +98,8 @@ def _conformance(args: argparse.Namespace) -> int:
         for name, (rule, doc) in SCENARIOS.items():
             print(f"{name:32} {rule}: {doc}")
         return 0
+    if args.factory is None:
+        raise _UsageError("conformance: name a driver factory, MODULE:FACTORY")
     factory = load(args.factory)
     report = check_conformance(
         factory,

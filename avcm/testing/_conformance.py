@@ -358,6 +358,11 @@ async def check_conformance_async(
     if replay_token is not None and only is None:
         raise InvalidError("conformance: a replay token replays one scenario: name it")
     backend = _backend()
+    # a factory that cannot make a context is bad input, not a failure of some schedule
+    probe = await _make(factory, PhysicalMemory(size=64 << 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VcmWarning)
+        await probe.destroy()
     driver = factory_spec or str(getattr(factory, "__qualname__", repr(factory)))
     results = []
     for name in [only] if only is not None else list(SCENARIOS):

@@ -36,25 +36,25 @@ _MACHINERY = ("avcm.testing", "avcm._sync", "anyio", "trio", "asyncio", "context
 
 
 def _operation(frame: FrameType | None) -> str:
-    """The operation a parked task is in: the outermost avcm function on its stack; else the
-    outermost function below the task's own (a driver's or a port's method); else "start"."""
-    frames: list[str] = []
-    outermost_avcm = None
+    """The operation a parked task is in: the outermost function on its stack from another
+    module than the task's own code (``Res.bind``, a port's ``SeedRes.bind``), else the
+    innermost function of the task's own code."""
+    frames: list[tuple[str, str]] = []  # (module, qualname), innermost first
     while frame is not None:
         code = frame.f_code
         if code is _run_task_code:
             break
         module = frame.f_globals.get("__name__", "")
         if not module.startswith(_MACHINERY) and code.co_name != "<lambda>":
-            frames.append(code.co_qualname)
-            if module == "avcm" or module.startswith("avcm."):
-                outermost_avcm = code.co_qualname
+            frames.append((module, code.co_qualname))
         frame = frame.f_back
-    if outermost_avcm is not None:
-        return outermost_avcm
-    if len(frames) > 1:
-        return frames[-2]
-    return frames[0] if frames else "start"
+    if not frames:
+        return "?"
+    own = frames[-1][0]
+    for module, qualname in reversed(frames):
+        if module != own:
+            return qualname
+    return frames[0][1]
 
 
 class _Task:

@@ -45,7 +45,8 @@ class TaskOutcome:
         if self.error is None:
             return "ok" if self.value is None else f"ok -> {self.value!r}"
         if isinstance(self.error, VcmError):
-            return f"{type(self.error).__name__} [{errno_name(self.error.errno or 0)}]"
+            name = errno_name(self.error.errno or 0)
+            return f"{type(self.error).__name__} [{name}] {self.error.strerror}"
         return f"{type(self.error).__name__}: {self.error}"
 
 
@@ -73,6 +74,9 @@ class Timeline:
         for outcome in self.outcomes:
             cells[outcome.task] = ("=> " + outcome.describe())[:width]
         lines.append("  end│ " + " │ ".join(c.ljust(width) for c in cells))
+        for outcome in self.outcomes:
+            if outcome.error is not None:
+                lines.append(f"task {outcome.task} ({outcome.name}): {outcome.describe()}")
         return "\n".join(line.rstrip() for line in lines)
 
     def chrome_trace(self) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""The conformance suite: the sample drivers pass it, the deliberately broken ones fail it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import avcm
+import drivers
+from avcm import testing
+from tests import broken_drivers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "factory", [drivers.create_iommu, drivers.create_carveout, drivers.create_cpu]
+)
+def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> None:
+    report = testing.check_conformance(factory, backend=backend, schedules=40)
+    assert report.passed, report.format()
+    assert [result.name for result in report.results] == list(testing.SCENARIOS)
+    assert all(result.schedules == 40 for result in report.results)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("factory", "symptom"),
+    [
+        (broken_drivers.check_then_act, "one-to-one reservations overlap"),
+        (broken_drivers.overlapping, "one-to-one reservations overlap"),
+        (broken_drivers.forgetful, "overlaps an entry"),
+        (broken_drivers.leaky, "rule 9"),
+    ],
+)
+def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> None:
+    report = testing.check_conformance(factory, backend=backend, schedules=40)  # type: ignore[arg-type]
+    assert not report.passed
+    text = report.format()
+    assert symptom in text
+    assert text.rstrip().endswith("conformance: FAILED")
+    for failure in report.failures:
+        assert "replay token: avcm1:" in failure.report()
+
+
+def test_a_factory_that_makes_no_context_is_bad_input() -> None:
+    with pytest.raises(avcm.InvalidError, match=r"not an avcm\.Vcm"):
+        testing.check_conformance(broken_drivers.not_a_context)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"schedules": 0},
+        {"only": "nonsense"},
+        {"replay_token": "avcm1:pct-d3:0:0:00000000:0"},  # a replay names its scenario
+        {"backend": "curio"},
+    ],
+)
+def test_bad_arguments_are_einval(arguments: dict[str, object]) -> None:
+    with pytest.raises(avcm.InvalidError):
+        testing.check_conformance(drivers.create_iommu, **arguments)  # type: ignore[arg-type]
+
+
+def conformance(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "avcm.testing", "conformance", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_the_command_line_replays_what_it_found() -> None:
+    failed = conformance("tests.broken_drivers:leaky", "--schedules", "5")
+    assert failed.returncode == 1, failed.stderr
+    replay = next(line for line in failed.stdout.splitlines() if line.startswith("replay: "))
+    command = replay.removeprefix("replay: python -m avcm.testing conformance ").split()
+    assert command[0] == "tests.broken_drivers:leaky" and "--replay" in command
+    again = conformance(*[argument.strip("'") for argument in command])
+    assert again.returncode == 1, again.stderr
+    assert "rule 9" in again.stdout
+
+    passed = conformance("drivers:create_iommu", "--schedules", "5")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.rstrip().endswith("conformance: passed")
+    listed = conformance("--list")
+    assert listed.returncode == 0 and "free_racing_bind" in listed.stdout
+
+
+def test_the_command_line_bad_input() -> None:
+    for args in (
+        ("tests.broken_drivers:not_a_context",),
+        ("tests.nowhere:make",),
+        ("drivers:create_iommu", "--scenario", "nonsense"),
+        ("drivers:create_iommu", "--schedules", "0"),
+    ):
+        result = conformance(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

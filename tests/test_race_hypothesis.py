@@ -1,0 +1,152 @@
+"""Hypothesis draws the schedule: failing interleavings shrink to the fewest preemptions."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import avcm
+from avcm import testing
+from avcm.testing import hypothesis as race_hypothesis
+from tests._recording import make_context
+from tests.races import AVCM, SEED
+from tests.seed_port import SeedDriver, SeedPhys, SeedRes
+
+SETTINGS = settings(
+    max_examples=200,
+    database=None,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_seed_race_shrinks_to_one_preemption(backend: str) -> None:
+    @SETTINGS
+    @given(schedule=race_hypothesis.schedules())
+    def two_binds(schedule: race_hypothesis.Schedule) -> None:
+        race_hypothesis.run_schedule(SEED["two_binds_win"], schedule, backend=backend)
+
+    with pytest.raises(testing.RaceFound) as info:
+        two_binds()
+    failure = info.value.failure
+    assert failure.timeline.preemptions == 1
+    assert "2 binds won" in str(info.value)
+    # what Hypothesis found replays like anything else
+    again = testing.replay(SEED["two_binds_win"], failure.token, backend=backend)
+    assert again is not None and again.timeline.format() == failure.timeline.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_avcm_passes_what_hypothesis_draws(backend: str) -> None:
+    @SETTINGS
+    @given(schedule=race_hypothesis.schedules())
+    def two_binds(schedule: race_hypothesis.Schedule) -> None:
+        race_hypothesis.run_schedule(AVCM["two_binds_win"], schedule, backend=backend)
+
+    two_binds()
+
+
+@pytest.mark.parametrize("arguments", [{"max_choices": -1}, {"max_tasks": 1}, {"max_tasks": "8"}])
+def test_bad_schedule_parameters(arguments: dict[str, object]) -> None:
+    with pytest.raises(avcm.InvalidError):
+        race_hypothesis.schedules(**arguments)  # type: ignore[arg-type]
+
+
+class AvcmBindings(race_hypothesis.RaceMachine):
+    """Rules racing on one reservation and two phys of a context with a sleeping driver."""
+
+    async def setup(self) -> None:
+        self.memory = avcm.PhysicalMemory(size=4 << 20)
+        self.vcm, self.driver = make_context(self.memory, delay=1e-6)
+        self.res = await self.vcm.reserve(avcm.PAGE_SIZE)
+        self.a = await self.vcm.alloc(avcm.PAGE_SIZE)
+        self.b = await self.vcm.alloc(avcm.PAGE_SIZE)
+
+    async def _bind(self, phys: avcm.Phys) -> None:
+        try:
+            await self.res.bind(phys)
+        except avcm.VcmError as error:
+            assert error.errno in (errno.EADDRINUSE, errno.EALREADY), error
+
+    @race_hypothesis.race_rule
+    async def bind_a(self) -> None:
+        await self._bind(self.a)
+
+    @race_hypothesis.race_rule
+    async def bind_b(self) -> None:
+        await self._bind(self.b)
+
+    @race_hypothesis.race_rule
+    async def unbind(self) -> None:
+        await self.res.unbind()
+
+    @race_hypothesis.race_rule
+    async def activate_and_deactivate(self) -> None:
+        async with self.vcm.activated():
+            assert self.driver.active
+
+    async def invariant(self) -> None:
+        bound = 0 if self.res.phys is None else 1
+        assert self.a.bindings + self.b.bindings == bound
+        assert self.vcm.activations == 0
+        avcm.check_model(self.vcm)
+
+    async def teardown(self) -> None:
+        await self.vcm.destroy()
+
+
+class SeedBindings(race_hypothesis.RaceMachine):
+    """The same races on the seed port: two binds both win."""
+
+    async def setup(self) -> None:
+        driver = SeedDriver()
+        self.res = SeedRes(driver)
+        self.a, self.b = SeedPhys(driver), SeedPhys(driver)
+
+    async def _bind(self, phys: SeedPhys) -> None:
+        with contextlib.suppress(avcm.AddressInUseError, avcm.AlreadyBoundError):
+            await self.res.bind(phys)
+
+    @race_hypothesis.race_rule
+    async def bind_a(self) -> None:
+        await self._bind(self.a)
+
+    @race_hypothesis.race_rule
+    async def bind_b(self) -> None:
+        await self._bind(self.b)
+
+    async def invariant(self) -> None:
+        assert self.a.bindings + self.b.bindings <= 1, "two binds both won"
+
+
+@pytest.mark.filterwarnings("ignore::avcm.VcmWarning")  # unbind of an unbound res, racing
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_stateful_runner_passes_avcm(backend: str) -> None:
+    race_hypothesis.run_race_machine(
+        AvcmBindings, backend=backend, max_examples=60, hypothesis_settings=SETTINGS
+    )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_stateful_runner_finds_the_seed_race(backend: str) -> None:
+    with pytest.raises(AssertionError, match="two binds both won") as info:
+        race_hypothesis.run_race_machine(
+            SeedBindings, backend=backend, max_examples=200, hypothesis_settings=SETTINGS
+        )
+    # the failing round's timeline comes with it
+    assert "SeedRes.bind seed.bind" in str(info.value)
+
+
+def test_a_machine_without_rules_is_bad_input() -> None:
+    class Empty(race_hypothesis.RaceMachine):
+        pass
+
+    with pytest.raises(avcm.InvalidError, match="race_rule"):
+        race_hypothesis.run_race_machine(Empty)
+    with pytest.raises(avcm.InvalidError, match="max_rounds"):
+        race_hypothesis.run_race_machine(SeedBindings, max_rounds=0)
