@@ -3,7 +3,12 @@ shrinks it and replays it; avcm passes the very same scenarios under every sched
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +16,7 @@ from avcm import testing
 from avcm.testing.pytest_plugin import RaceFixture
 from tests.races import AVCM, RACES, SEED
 
+ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = {"random": testing.RandomWalk, "pct": testing.PCT}
 
 
@@ -71,3 +77,34 @@ async def test_a_race_test_is_a_few_lines(race: RaceFixture, autojump_clock: obj
         await race.check(SEED["two_binds_win"], schedules=100)
     assert "--avcm-replay" in info.value.failure.replay_command
     assert await race.check(AVCM["two_binds_win"], schedules=100) is not None
+
+
+def test_pytest_prints_a_replay_that_pytest_reruns(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["avcm.testing.pytest_plugin"]\n')
+    (tmp_path / "test_found.py").write_text(
+        "import pytest\n"
+        "from tests.races import SEED\n\n"
+        "@pytest.mark.trio\n"
+        "async def test_two_binds(race, autojump_clock):\n"
+        "    await race.check(SEED['two_binds_win'], schedules=500)\n"
+    )
+
+    def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    found = pytest_run("test_found.py")
+    assert found.returncode == 1, found.stdout
+    replay = re.search(r"replay: pytest (\S+) --avcm-replay (\S+)", found.stdout)
+    assert replay is not None, found.stdout
+    again = pytest_run(replay[1], "--avcm-replay", replay[2].strip("'"))
+    assert again.returncode == 1
+    timeline = found.stdout[found.stdout.index("step │") : found.stdout.index("replay token:")]
+    assert timeline in again.stdout
