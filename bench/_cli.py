@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import _rows
+from ._races import race_rows
 from ._rows import Row
 
 __all__ = ["main"]
@@ -36,6 +37,8 @@ def measure(quick: bool = False) -> dict[str, list[Row]]:
     for backend in ("asyncio", "trio"):
         rows = anyio.run(_async_rows, quick, backend=backend)
         rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
+        if backend == "trio":
+            rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)
         results[backend] = rows
     results["any"] = [
         _rows.allocator_vs_genpool(10_000 if quick else 100_000),

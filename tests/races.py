@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import avcm
 from avcm import testing
@@ -60,8 +62,8 @@ class World:
 
 
 class SeedWorld(World):
-    def __init__(self) -> None:
-        self.driver = SeedDriver(DELAY)
+    def __init__(self, delay: float = DELAY) -> None:
+        self.driver = SeedDriver(delay)
         self.vcm = SeedVcm(self.driver)
 
     async def activate(self) -> None:
@@ -109,9 +111,9 @@ class SeedWorld(World):
 
 
 class AvcmWorld(World):
-    def __init__(self) -> None:
+    def __init__(self, delay: float = DELAY) -> None:
         self.memory = avcm.PhysicalMemory(size=4 << 20)
-        self.vcm, self.driver = make_context(self.memory, delay=DELAY)
+        self.vcm, self.driver = make_context(self.memory, delay=delay)
 
     @property
     def recording(self) -> RecordingDriver:
@@ -159,7 +161,24 @@ class AvcmWorld(World):
         return phys.bindings
 
 
-Scenario = Callable[[testing.Run], object]
+Worlds = Callable[[], World]
+Op = Callable[[], Awaitable[Any]]
+
+
+def later(op: Op, lead: int) -> Op:
+    """*op* after *lead* sync points of unrelated work: the task arrives late, as one does in a
+    bigger program. Races that need one task several steps ahead of another hide there."""
+    if not lead:
+        return op
+
+    async def late() -> Any:
+        busy = avcm.AtomicCounter(0, "busywork")
+        for _ in range(lead):
+            await busy.inc()
+        return await op()
+
+    late.__name__ = getattr(op, "__name__", "late")
+    return late
 
 
 def _named(name: str, scenario: testing.Scenario) -> testing.Scenario:
@@ -176,7 +195,7 @@ def _quiet() -> warnings.catch_warnings[list[warnings.WarningMessage]]:
 # -- the races ---------------------------------------------------------------------------------
 
 
-def activate_returns_early(world: Callable[[], World]) -> testing.Scenario:
+def activate_returns_early(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 1: every activate returns with the hardware active."""
 
     async def scenario(run: testing.Run) -> None:
@@ -186,19 +205,21 @@ def activate_returns_early(world: Callable[[], World]) -> testing.Scenario:
             await w.activate()
             return w.hardware_active()
 
-        for outcome in await run.concurrently(activator, activator):
+        for outcome in await run.concurrently(activator, later(activator, lead)):
             assert outcome.unwrap(), f"{outcome.name} returned with the hardware inactive"
 
     return scenario
 
 
-def failed_activate_keeps_count(world: Callable[[], World]) -> testing.Scenario:
+def failed_activate_keeps_count(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 2: a failed activate leaves the count as it was."""
 
     async def scenario(run: testing.Run) -> None:
         w = world()
         w.fail_next_activate()
-        outcomes = await run.concurrently(w.activate, w.activate, names=["activate", "activate"])
+        outcomes = await run.concurrently(
+            w.activate, later(w.activate, lead), names=["activate", "activate"]
+        )
         succeeded = sum(outcome.ok for outcome in outcomes)
         assert w.activations() == succeeded, (
             f"{succeeded} activate(s) succeeded but the count is {w.activations()}"
@@ -208,28 +229,32 @@ def failed_activate_keeps_count(world: Callable[[], World]) -> testing.Scenario:
     return scenario
 
 
-def deactivate_underflow(world: Callable[[], World]) -> testing.Scenario:
+def deactivate_underflow(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 3: the count never goes below zero."""
 
     async def scenario(run: testing.Run) -> None:
         w = world()
         await w.activate()
         with _quiet():
-            await run.concurrently(w.deactivate, w.deactivate, names=["deactivate"] * 2)
+            await run.concurrently(
+                w.deactivate, later(w.deactivate, lead), names=["deactivate"] * 2
+            )
         assert w.activations() == 0, f"count is {w.activations()} after 1 activate, 2 deactivates"
         assert not w.hardware_active(), "hardware still active"
 
     return scenario
 
 
-def activate_deactivate_mismatch(world: Callable[[], World]) -> testing.Scenario:
+def activate_deactivate_mismatch(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 4: after activate and deactivate race, the hardware matches the count."""
 
     async def scenario(run: testing.Run) -> None:
         w = world()
         await w.activate()
         with _quiet():
-            await run.concurrently(w.deactivate, w.activate, names=["deactivate", "activate"])
+            await run.concurrently(
+                w.deactivate, later(w.activate, lead), names=["deactivate", "activate"]
+            )
         assert w.hardware_active() == (w.activations() > 0), (
             f"hardware active={w.hardware_active()} but the count is {w.activations()}"
         )
@@ -237,7 +262,7 @@ def activate_deactivate_mismatch(world: Callable[[], World]) -> testing.Scenario
     return scenario
 
 
-def two_binds_win(world: Callable[[], World]) -> testing.Scenario:
+def two_binds_win(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 5: of two binds to one reservation exactly one wins."""
 
     async def scenario(run: testing.Run) -> None:
@@ -245,7 +270,9 @@ def two_binds_win(world: Callable[[], World]) -> testing.Scenario:
         res = await w.reservation()
         a, b = await w.phys(), await w.phys()
         outcomes = await run.concurrently(
-            lambda: w.bind(res, a), lambda: w.bind(res, b), names=["bind a", "bind b"]
+            partial(w.bind, res, a),
+            later(partial(w.bind, res, b), lead),
+            names=["bind a", "bind b"],
         )
         winners = [outcome for outcome in outcomes if outcome.ok]
         assert len(winners) == 1, f"{len(winners)} binds won"
@@ -254,7 +281,7 @@ def two_binds_win(world: Callable[[], World]) -> testing.Scenario:
     return scenario
 
 
-def free_racing_bind(world: Callable[[], World]) -> testing.Scenario:
+def free_racing_bind(world: Worlds, lead: int = 0) -> testing.Scenario:
     """Rule 6: free racing bind never leaves freed memory bound."""
 
     async def scenario(run: testing.Run) -> None:
@@ -263,7 +290,9 @@ def free_racing_bind(world: Callable[[], World]) -> testing.Scenario:
         phys = await w.phys()
         with _quiet():
             await run.concurrently(
-                lambda: w.bind(res, phys), lambda: w.free(phys), names=["bind", "free"]
+                partial(w.bind, res, phys),
+                later(partial(w.free, phys), lead),
+                names=["bind", "free"],
             )
         assert not (w.freed(phys) and w.bound(res) is phys), "freed memory is bound"
 
@@ -285,4 +314,22 @@ SEED: dict[str, testing.Scenario] = {
 AVCM: dict[str, testing.Scenario] = {
     name: _named(f"avcm_{name}", race(AvcmWorld)) for name, race in RACES.items()
 }
-globals().update({scenario.__name__: scenario for scenario in (*SEED.values(), *AVCM.values())})
+
+# The same races hidden deeper: drivers that take no time (a race window is then only the
+# steps between two sync points) and the second task arriving LEAD steps late.
+LEAD = 6
+SEED_DEEP: dict[str, testing.Scenario] = {
+    name: _named(f"seed_deep_{name}", race(partial(SeedWorld, 0.0), LEAD))
+    for name, race in RACES.items()
+}
+AVCM_DEEP: dict[str, testing.Scenario] = {
+    name: _named(f"avcm_deep_{name}", race(partial(AvcmWorld, 0.0), LEAD))
+    for name, race in RACES.items()
+}
+globals().update(
+    {
+        scenario.__name__: scenario
+        for group in (SEED, AVCM, SEED_DEEP, AVCM_DEEP)
+        for scenario in group.values()
+    }
+)

@@ -30,7 +30,8 @@ class SeedDriver:
 
     async def _call(self, name: str) -> None:
         await sync_point(f"seed.{name}", self)
-        await anyio.sleep(self.delay)
+        if self.delay:
+            await anyio.sleep(self.delay)
 
     async def activate(self) -> int:
         await self._call("activate")

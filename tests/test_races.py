@@ -14,7 +14,7 @@ import pytest
 
 from avcm import testing
 from avcm.testing.pytest_plugin import RaceFixture
-from tests.races import AVCM, RACES, SEED
+from tests.races import AVCM, AVCM_DEEP, RACES, SEED, SEED_DEEP
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = {"random": testing.RandomWalk, "pct": testing.PCT}
@@ -47,9 +47,20 @@ def test_the_seed_race_is_found_shrunk_and_replayed(race: str, strategy: str, ba
 
 
 @pytest.mark.parametrize("race", sorted(RACES))
-def test_avcm_passes_every_schedule_up_to_two_preemptions(race: str) -> None:
+def test_the_deep_seed_race_is_found(race: str) -> None:
+    """Drivers that take no time, the second task six steps late: found all the same."""
+    for strategy in (testing.PCT(0), testing.Exhaustive(1)):
+        result = testing.explore(SEED_DEEP[race], strategy=strategy, schedules=2000)
+        assert result.failure is not None, f"{race} not found by {strategy}"
+        assert result.failure.timeline.preemptions <= 1
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["as written", "deep"])
+@pytest.mark.parametrize("race", sorted(RACES))
+def test_avcm_passes_every_schedule_up_to_two_preemptions(race: str, deep: bool) -> None:
+    scenario = (AVCM_DEEP if deep else AVCM)[race]
     result = testing.explore(
-        AVCM[race], strategy=testing.Exhaustive(preemption_bound=2), schedules=100_000
+        scenario, strategy=testing.Exhaustive(preemption_bound=2), schedules=100_000
     )
     assert result.failure is None, result.failure and result.failure.report()
     assert result.exhausted

@@ -120,7 +120,7 @@ class PCT(Strategy):
     schedule. *k* is learnt: the longest run seen so far (``steps`` to start with).
     """
 
-    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 32) -> None:
+    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8) -> None:
         self.seed = _check_int(seed, "PCT seed", 0)
         self.depth = _check_int(depth, "PCT depth", 1, 64)
         self.steps = _check_int(steps, "PCT steps", 1)
