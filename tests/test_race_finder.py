@@ -16,6 +16,7 @@ import pytest
 import avcm
 from avcm import testing
 from avcm._sync import sync_point
+from avcm.testing.pytest_plugin import RaceFixture
 from tests.races import AVCM, SEED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,3 +326,24 @@ def test_command_line_bad_input() -> None:
     assert found.failure is not None
     diverged = replay_in_a_fresh_process("tests.races:avcm_two_binds_win", str(found.failure.token))
     assert diverged.returncode == 3 and "diverged" in diverged.stderr
+
+
+def test_imports_stay_light() -> None:
+    """``import avcm`` leaves the race finder out; the race finder leaves Hypothesis and pytest
+    out until asked (Hypothesis would make trio's scheduling deterministic process-wide)."""
+    code = (
+        "import sys, avcm\n"
+        "assert 'avcm.testing' not in sys.modules\n"
+        "import avcm.testing\n"
+        "heavy = [m for m in ('hypothesis', 'pytest') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+@pytest.mark.anyio
+async def test_the_race_fixture_on_either_backend(race: RaceFixture) -> None:
+    with pytest.raises(testing.RaceFound):
+        await race.check(SEED["two_binds_win"], schedules=200)
+    result = await race.check(AVCM["two_binds_win"], schedules=200)
+    assert result is not None and not result.found and result.schedules == 200
