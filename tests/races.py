@@ -177,7 +177,7 @@ def later(op: Op, lead: int) -> Op:
             await busy.inc()
         return await op()
 
-    late.__name__ = getattr(op, "__name__", "late")
+    late.__name__ = late.__qualname__ = "busywork"
     return late
 
 

@@ -7,6 +7,7 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shlex
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,7 @@ class Failure:
     schedules: int  # schedules run until it was found
     steps_before_shrinking: int
     command: str | None = None
+    replayed: bool = False
 
     @property
     def replay_command(self) -> str:
@@ -107,8 +109,9 @@ class Failure:
             if self.steps_before_shrinking != len(timeline.steps)
             else ""
         )
+        found = "replayed" if self.replayed else f"failed under schedule {self.schedules}"
         return (
-            f"{self.scenario} failed under schedule {self.schedules} ({self.token.strategy}, "
+            f"{self.scenario} {found} ({self.token.strategy}, "
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
             f"{timeline.preemptions} preemption(s){shrunk}\n"
             f"{type(self.error).__name__}: {self.error}\n\n"
@@ -417,7 +420,7 @@ async def replay_async(
         )
     if error is None:
         return None
-    return _failure(
+    failure = _failure(
         scenario,
         run,
         error,
@@ -427,6 +430,7 @@ async def replay_async(
         steps_before=run.steps,
         command=None,
     )
+    return dataclasses.replace(failure, replayed=True)
 
 
 def replay(
