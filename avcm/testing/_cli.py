@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._errors import VcmError
+from ._clock import BACKENDS
 from ._errors import ReplayDivergedError
-from ._explore import BACKENDS, replay
+from ._explore import replay
 from ._token import ReplayToken
 
 __all__ = ["load", "main"]

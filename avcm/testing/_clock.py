@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-__all__ = ["VirtualTimeEventLoop", "backend_options"]
+import anyio
+
+from .._errors import InvalidError
+
+__all__ = ["BACKENDS", "VirtualTimeEventLoop", "backend_options", "run_on_virtual_time"]
+
+T = TypeVar("T")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -65,3 +71,16 @@ def backend_options(backend: str, seed: int, *, virtual: bool) -> dict[str, Any]
         return {}
     factory: Callable[[], asyncio.AbstractEventLoop] = VirtualTimeEventLoop
     return {"loop_factory": factory}
+
+
+BACKENDS = ("asyncio", "trio")
+
+
+def run_on_virtual_time(backend: str, function: Callable[[], Awaitable[T]]) -> T:
+    """``await function()`` in a new event loop of *backend* on virtual time; ``EINVAL`` for
+    an unknown backend."""
+    if backend not in BACKENDS:
+        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return anyio.run(
+        function, backend=backend, backend_options=backend_options(backend, 0, virtual=True)
+    )

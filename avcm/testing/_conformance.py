@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 
@@ -26,8 +25,8 @@ from .._check import HardwareView, _hardware_of, check_model
 from .._core import Phys, Res, Vcm
 from .._errors import InvalidError, VcmError, VcmWarning
 from .._memory import PhysicalMemory
-from ._clock import backend_options
-from ._explore import BACKENDS, Failure, explore_async, replay_async
+from ._clock import run_on_virtual_time
+from ._explore import Failure, explore_async, replay_async
 from ._scheduler import Run
 from ._strategies import PCT
 from ._timeline import TaskOutcome
@@ -404,19 +403,15 @@ def check_conformance(
     """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
     PCT schedules each, on virtual time. Returns the report; ``report.passed`` says whether
     the driver conforms, ``report.format()`` shows each failure's timeline and replay."""
-    if backend not in BACKENDS:
-        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    run: Callable[[], Awaitable[ConformanceReport]] = partial(
-        check_conformance_async,
-        factory,
-        schedules=schedules,
-        seed=seed,
-        only=only,
-        replay_token=replay_token,
-        factory_spec=factory_spec,
+    return run_on_virtual_time(
+        backend,
+        partial(
+            check_conformance_async,
+            factory,
+            schedules=schedules,
+            seed=seed,
+            only=only,
+            replay_token=replay_token,
+            factory_spec=factory_spec,
+        ),
     )
-    result: Any = anyio.run(
-        run, backend=backend, backend_options=backend_options(backend, 0, virtual=True)
-    )
-    assert isinstance(result, ConformanceReport)
-    return result

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import anyio
 import sniffio
 
 from .._errors import InvalidError
-from ._clock import backend_options, seed_trio_scheduler
+from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, FromIndices, Replay, Strategy
@@ -40,8 +39,6 @@ __all__ = [
 ]
 
 Scenario = Callable[[Run], Awaitable[None]]
-
-BACKENDS = ("asyncio", "trio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,12 +344,6 @@ async def explore_async(
     )
 
 
-def _check_backend(backend: object) -> str:
-    if backend not in BACKENDS:
-        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    return str(backend)
-
-
 def explore(
     scenario: Scenario,
     *,
@@ -366,8 +357,8 @@ def explore(
 ) -> Exploration:
     """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
     ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time."""
-    backend = _check_backend(backend)
-    return anyio.run(
+    return run_on_virtual_time(
+        backend,
         partial(
             explore_async,
             scenario,
@@ -378,8 +369,6 @@ def explore(
             shrink_budget=shrink_budget,
             command=command,
         ),
-        backend=backend,
-        backend_options=backend_options(backend, 0, virtual=True),
     )
 
 
@@ -441,11 +430,6 @@ def replay(
     limits: Limits | None = None,
 ) -> Failure | None:
     """:func:`replay_async` in a new event loop of *backend* on virtual time."""
-    backend = _check_backend(backend)
     if not isinstance(token, ReplayToken):
         token = ReplayToken.parse(token)
-    return anyio.run(
-        partial(replay_async, scenario, token, limits=limits),
-        backend=backend,
-        backend_options=backend_options(backend, 0, virtual=True),
-    )
+    return run_on_virtual_time(backend, partial(replay_async, scenario, token, limits=limits))

@@ -31,9 +31,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .._errors import InvalidError
-from ._clock import backend_options
+from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
-from ._explore import BACKENDS, Limits, Scenario, _failure, _run_once
+from ._explore import Limits, Scenario, _failure, _run_once
 from ._scheduler import Run
 
 __all__ = [
@@ -70,11 +70,6 @@ def schedules(*, max_choices: int = 100, max_tasks: int = 8) -> st.SearchStrateg
     return positions.map(lambda drawn: Schedule(tuple(drawn)))
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-
-
 async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Limits) -> None:
     run, error = await _run_once(scenario, schedule.chooser(), limits)
     if error is not None:
@@ -99,11 +94,8 @@ def run_schedule(
     limits: Limits | None = None,
 ) -> None:
     """Run *scenario* once under *schedule*, on virtual time; :class:`RaceFound` if it fails."""
-    _check_backend(backend)
-    anyio.run(
-        partial(_run_schedule_async, scenario, schedule, limits or Limits()),
-        backend=backend,
-        backend_options=backend_options(backend, 0, virtual=True),
+    run_on_virtual_time(
+        backend, partial(_run_schedule_async, scenario, schedule, limits or Limits())
     )
 
 
@@ -206,7 +198,8 @@ def run_race_machine(
 ) -> None:
     """Run *machine_class* under Hypothesis: on a failure, the minimal rounds, rules and
     schedule are reported with the timeline of the failing run (an ``AssertionError``)."""
-    _check_backend(backend)
+    if backend not in BACKENDS:
+        raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if not issubclass(machine_class, RaceMachine) or not machine_class.rules:
         raise InvalidError(f"{machine_class!r} is not a RaceMachine with at least one race_rule")
     for name, value in (
@@ -222,10 +215,9 @@ def run_race_machine(
     @settings(options, max_examples=max_examples)
     @given(data=st.data())
     def race_machine(data: st.DataObject) -> None:
-        anyio.run(
+        run_on_virtual_time(
+            backend,
             partial(_run_machine_once, machine_class, data, max_rounds, max_parallel, limits),
-            backend=backend,
-            backend_options=backend_options(backend, 0, virtual=True),
         )
 
     race_machine()
