@@ -222,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
 def run(config: StressConfig, *, show_progress: bool = False) -> RunResult:
     """Run one stress run to completion in a new event loop of the configured backend."""
     options = backend_options(config.backend, config.seed, virtual=config.clock == "virtual")
-    with progress_bar(config.ops, show_progress and config.duration is None) as on_progress:
+    with progress_bar(config, show_progress) as on_progress:
         return anyio.run(
             run_workload, config, on_progress, backend=config.backend, backend_options=options
         )

@@ -6,14 +6,22 @@ import json
 import shlex
 import statistics
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ._config import StressConfig
@@ -21,26 +29,47 @@ from ._workload import RunResult
 
 __all__ = ["progress_bar", "render_summary", "report_json", "write_trace"]
 
-TRACE_VERSION = 1
+# 2: latency and vtime from after the quiescence gate, a check after every N operations done
+TRACE_VERSION = 2
+# how often the bar is updated at most (rich redraws it from its own thread)
+PROGRESS_INTERVAL = 0.1
 
 
 @contextmanager
-def progress_bar(total: int, enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback."""
+def progress_bar(config: StressConfig, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal, else None. It is fed the number of
+    operations done, by the operation loop itself; with ``--duration`` it shows the time."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    by_time = config.duration is not None
+    total = config.duration if config.duration is not None else config.ops
+    count: ProgressColumn = (
+        TextColumn("{task.fields[ops]:,} ops") if by_time else MofNCompleteColumn()
+    )
     progress = Progress(
         TextColumn("stress"),
         BarColumn(),
-        MofNCompleteColumn(),
+        count,
         TimeElapsedColumn(),
         console=Console(file=sys.stderr),
         transient=True,
     )
+    started = time.monotonic()
+    next_update = started
+
+    def update(done: int) -> None:
+        nonlocal next_update
+        now = time.monotonic()
+        if now < next_update and done != config.ops:  # the last operation is always shown
+            return
+        next_update = now + PROGRESS_INTERVAL
+        completed = now - started if by_time else done
+        progress.update(task, completed=min(completed, total), ops=done)
+
     with progress:
-        task = progress.add_task("ops", total=total)
-        yield lambda done: progress.update(task, completed=min(done, total))
+        task = progress.add_task("ops", total=total, ops=0)
+        yield update
 
 
 def _percentile(values: list[float], fraction: float) -> float:

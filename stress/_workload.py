@@ -4,8 +4,8 @@ Every task draws from its own ``random.Random(seed, task)``, and shared objects 
 shared pools, so tasks contend on the same reservations and memory on purpose. Each operation's
 outcome is classified at once: success, an error the contract allows in that situation (counted
 as an expected outcome), or a violation. After every operation its own postconditions are
-checked; every ``check_every`` operations the world is brought to quiescence and the global
-invariants run (``_invariants``).
+checked; after every ``check_every`` operations done the world is brought to quiescence and the
+global invariants run (``_invariants``).
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class World:
         self.paused: anyio.Event | None = None
         self.idle: anyio.Event | None = None
         self.stop = False
+        self.next_check = config.check_every  # operations done at which the next check is due
+        self.on_progress: Callable[[int], None] | None = None
         # how long after its start a --cancel operation is cancelled, at most (virtual seconds)
         self.cancel_window = 0.0 if config.latency == "zero" else 0.001
         self.deadline = None if config.duration is None else time.monotonic() + config.duration
@@ -137,12 +139,13 @@ class World:
 
     async def quiesce_and_check(self) -> None:
         if self.paused is not None:
-            return  # another task is checking already
+            return  # another task is checking already: not a check of its own
         self.paused = anyio.Event()
         try:
             while self.in_flight:
                 self.idle = anyio.Event()
                 await self.idle.wait()
+            self.result.checks["quiescent"] += 1
             check_quiescent(self)
         finally:
             paused, self.paused = self.paused, None
@@ -380,16 +383,18 @@ def _classify(op: str, error: avcm.VcmError) -> str:
 
 
 async def _run_one(world: World, task: TaskState, op: str) -> None:
+    """Run one operation and account for it."""
     config = world.config
     result = world.result
     world.seq += 1
     seq = world.seq
-    started = anyio.current_time()
     target = "-"
     cancel = config.cancel and task.rng.random() < config.cancel
     # Drawn whether used or not, so the random stream does not depend on outcomes.
     cancel_after = task.rng.random() * world.cancel_window
     await world.enter()
+    # after the quiescence gate: latency is the operation's own, not the wait for a check
+    started = anyio.current_time()
     try:
         with anyio.CancelScope() as scope:
             if cancel:
@@ -426,6 +431,8 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     result.latencies[op].append(elapsed)
     result.trace.append(Outcome(seq, task.index, op, target, outcome, round(started, 9)))
     result.ops += 1
+    if world.on_progress is not None:
+        world.on_progress(result.ops)  # synchronous: a bar must not change the scheduling
 
 
 async def _task_loop(world: World, index: int, ops: list[str], weights: list[int]) -> None:
@@ -433,10 +440,15 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
     while not world.done():
         op = task.rng.choices(ops, weights)[0]
         await _run_one(world, task, op)
-        if world.seq % world.config.check_every == 0 and world.result.violation is None:
+        # a check after every N operations done (the N-th, 2N-th...), unless one is under way
+        if (
+            world.result.ops >= world.next_check
+            and world.paused is None
+            and world.result.violation is None
+        ):
+            world.next_check += world.config.check_every
             try:
                 await world.quiesce_and_check()
-                world.result.checks["quiescent"] += 1
             except Violation as violation:
                 violation.seq = world.seq
                 world.result.violation = violation
@@ -454,29 +466,22 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
 async def run_workload(
     config: StressConfig, on_progress: Callable[[int], None] | None = None
 ) -> RunResult:
-    """Run the configured workload in the current event loop and return what happened."""
+    """Run the configured workload in the current event loop and return what happened.
+
+    *on_progress* is called with the number of operations done after each one, from within the
+    operation loop (no task of its own, which would change how trio schedules the run)."""
     memory = avcm.PhysicalMemory()
     contexts = await build_contexts(config, memory)
     world = World(config, memory, contexts)
+    world.on_progress = on_progress
     ops = [name for name, weight in config.weights if weight > 0]
     weights = [weight for _, weight in config.weights if weight > 0]
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", avcm.VcmWarning)
-
-        async def progress() -> None:
-            while not world.done():
-                await anyio.sleep(0.05)
-                if on_progress is not None:
-                    on_progress(world.seq)
-
-        async with anyio.create_task_group() as tg:
-            if on_progress is not None:
-                tg.start_soon(progress)
-            async with anyio.create_task_group() as workers:
-                for index in range(config.tasks):
-                    workers.start_soon(_task_loop, world, index, ops, weights)
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as workers:
+            for index in range(config.tasks):
+                workers.start_soon(_task_loop, world, index, ops, weights)
         _count_warnings(world, caught)
         if world.result.violation is None:
             try:

@@ -3,6 +3,7 @@ refused in one line. Runs in-process through ``stress.main`` on both backends.""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -19,6 +20,13 @@ def run_stress(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
     status = stress.main(["--quiet", *args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that the progress bar is drawn."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,3 +156,45 @@ def test_jobs_run_seeds_in_parallel(capsys: pytest.CaptureFixture[str], tmp_path
     assert status == 0
     reports = json.loads(path.read_text())
     assert [r["config"]["seed"] for r in reports] == [0, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progress_bar_does_not_change_the_run(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    config = stress.StressConfig(backend=backend, seed=3, ops=3000)
+    piped = stress.run(config, show_progress=True)  # not a terminal: no bar
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    shown = stress.run(config, show_progress=True)
+    assert shown.trace == piped.trace
+    assert "3000/3000" in terminal.getvalue()  # the bar was drawn, to the end
+
+
+def test_duration_run_shows_a_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    result = stress.run(stress.StressConfig(duration=0.3), show_progress=True)
+    assert result.violation is None
+    assert " ops" in terminal.getvalue() and "stress" in terminal.getvalue()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def default_run(request: pytest.FixtureRequest) -> stress.RunResult:
+    return stress.run(stress.StressConfig(backend=request.param, ops=4000, check_every=50))
+
+
+def test_quiescent_checks_counted_when_run(default_run: stress.RunResult) -> None:
+    checks = default_run.checks
+    # every check of the quiescent state (the final one too) looks at each context's count once
+    assert checks["rule 3 count"] == 3 * (checks["quiescent"] + checks["final"])
+
+
+def test_quiescent_checks_every_n_operations(default_run: stress.RunResult) -> None:
+    assert 4000 // 50 - 2 <= default_run.checks["quiescent"] <= 4000 // 50
+
+
+def test_latency_is_the_operation_own(default_run: stress.RunResult) -> None:
+    # data is synchronous: no (virtual) time passes in it, waiting for a check is not counted
+    assert max(default_run.latencies["data"]) == 0.0
+    assert max(default_run.latencies["activate"]) > 0.0
