@@ -1,7 +1,7 @@
 """``python -m stress`` / ``avcm-stress``: options, running, exit status.
 
 Exit status: 0 when every check held, 1 when a violation was found, 2 for a usage or setup
-error (one line on stderr, no traceback).
+error (one line on stderr, no traceback), 3 when a replay did not reproduce its recording.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import anyio
 from avcm.testing._clock import backend_options
 
 from ._config import CONTEXT_KINDS, StressConfig, UsageError
+from ._replay import load_recording, verdict
 from ._report import (
     describe_violation,
     progress_bar,
@@ -28,11 +29,11 @@ from ._report import (
     report_json,
     write_trace,
 )
-from ._workload import Outcome, RunResult, run_workload
+from ._workload import RunResult, run_workload
 
 __all__ = ["main", "run"]
 
-EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Interleave every avcm operation from many tasks over IOMMU, one-to-one and CPU "
             "contexts sharing physical memory, and check the contract's rules after every "
-            "operation and at quiescent points. Exit status: 0 clean, 1 violation, 2 usage error."
+            "operation and at quiescent points. Exit status: 0 clean, 1 violation, 2 usage "
+            "error, 3 a --replay that did not reproduce its recording (it diverged, or did not "
+            "end with the recorded violation, or lack of one)."
         ),
     )
     parser.add_argument(
@@ -179,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help="rerun a recorded run from its trace file and compare",
+        help="rerun a recorded run from its trace file (as many operations as it recorded) and "
+        "compare: exit 0 or 1 when it reproduced the recording, 3 when not",
     )
     parser.add_argument(
         "--trace-dir",
@@ -232,50 +236,26 @@ def _run_for_pool(config: StressConfig) -> tuple[StressConfig, RunResult]:
     return config, run(config)
 
 
-def _compare(recorded: list[dict[str, Any]], trace: list[Outcome]) -> str | None:
-    for index, (want, got) in enumerate(zip(recorded, trace, strict=False)):
-        got_fields = (got.task, got.op, got.target, got.result)
-        want_fields = (want["task"], want["op"], want["target"], want["result"])
-        if got_fields != want_fields:
-            return f"operation {index + 1}: recorded {want_fields}, replayed {got_fields}"
-    if len(recorded) != len(trace):
-        return f"recorded {len(recorded)} operations, replayed {len(trace)}"
-    return None
-
-
-def _load_replay(path: Path) -> tuple[StressConfig, dict[str, Any]]:
-    try:
-        document = json.loads(path.read_text())
-        config = StressConfig.from_json(document["config"])
-        return config, document
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"--replay {path}: not a stress trace file ({error})") from None
+def _replay(args: argparse.Namespace) -> int:
+    recording = load_recording(args.replay)
+    config = recording.config
+    result = run(config, show_progress=not args.quiet)
+    if not args.quiet:
+        render_summary(config, result, sys.stdout)
+    if result.violation is not None:
+        print(describe_violation(config, result, None), file=sys.stdout)
+    reproduced, lines = verdict(recording, result)
+    print(f"replay of {args.replay}:", *lines, sep="\n", file=sys.stdout)
+    if not reproduced:
+        return EXIT_NOT_REPRODUCED
+    return EXIT_CLEAN if result.violation is None else EXIT_VIOLATION
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     out = sys.stdout
     if args.replay is not None:
-        config, document = _load_replay(args.replay)
-        result = run(config, show_progress=not args.quiet)
-        if not args.quiet:
-            render_summary(config, result, out)
-        divergence = _compare(document["trace"], result.trace)
-        recorded = document.get("violation")
-        if divergence is not None:
-            print(f"REPLAY DIVERGED from {args.replay}: {divergence}", file=out)
-        if result.violation is not None:
-            print(describe_violation(config, result, None), file=out)
-            same = recorded is not None and recorded.get("rule") == result.violation.rule
-            print(
-                "reproduced the recorded violation" if same else "a different violation", file=out
-            )
-            return EXIT_VIOLATION
-        print(
-            "the recorded violation did not reproduce" if recorded else "clean, as recorded",
-            file=out,
-        )
-        return EXIT_CLEAN if recorded is None else EXIT_VIOLATION
+        return _replay(args)
     config = config_from_args(args)
     if args.jobs > 1:
         configs = [replace(config, seed=config.seed + i) for i in range(args.jobs)]

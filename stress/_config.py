@@ -93,10 +93,10 @@ class StressConfig:
         if unknown:
             raise UsageError(f"replay file has unknown settings: {', '.join(sorted(unknown))}")
         values = dict(data)
-        for key in ("contexts", "weights"):
-            if key in values:
-                values[key] = tuple((str(k), int(v)) for k, v in values[key])
         try:
+            for key in ("contexts", "weights"):
+                if key in values:
+                    values[key] = tuple((str(k), int(v)) for k, v in values[key])
             return cls(**values)
-        except TypeError as error:
-            raise UsageError(f"replay file: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"replay file: bad settings ({error})") from None

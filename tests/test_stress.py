@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,20 @@ def run_stress(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
     status = stress.main(["--quiet", *args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def assert_one_error_line(err: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    assert lines[0].startswith("avcm-stress: error:")
+
+
+def record(capsys: pytest.CaptureFixture[str], trace_dir: Path, *args: str) -> Path:
+    """Run into a violation and return the trace file it wrote."""
+    status, out, _ = run_stress(capsys, *args, "--trace-dir", str(trace_dir))
+    assert status == 1, out
+    (trace,) = trace_dir.glob("*.trace.json")
+    return trace
 
 
 class Terminal(io.StringIO):
@@ -110,7 +125,36 @@ def test_replay_reproduces_a_violation(
     status, out, _ = run_stress(capsys, "--replay", str(trace))
     assert status == 1
     assert "reproduced the recorded violation" in out
-    assert "DIVERGED" not in out
+    assert "DIVERGED" not in out and "NOT REPRODUCED" not in out
+
+
+@pytest.mark.parametrize("edit", ["description", "operation"])
+def test_replay_that_does_not_reproduce_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, edit: str
+) -> None:
+    trace = record(capsys, tmp_path, "--driver", "tests.broken_drivers:forgetful")
+    document = json.loads(trace.read_text())
+    if edit == "description":  # same rule, other details
+        document["violation"]["description"] += " (not this one)"
+    else:
+        document["trace"][10]["result"] = "EDITED"
+    trace.write_text(json.dumps(document))
+    status, out, _ = run_stress(capsys, "--replay", str(trace))
+    assert status == 3, out
+    assert "NOT REPRODUCED" in out and "reproduced the recorded violation" not in out
+    if edit == "operation":
+        assert "REPLAY DIVERGED: operation 11" in out
+
+
+def test_replay_of_a_duration_run_runs_the_recorded_operations(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # the leak is found at the end, after the time is up: the op count is the clock's doing
+    args = ["--driver", "tests.broken_drivers:leaky", "--duration", "0.3"]
+    trace = record(capsys, tmp_path, *args)
+    status, out, _ = run_stress(capsys, "--replay", str(trace))
+    assert status == 1, out
+    assert "reproduced the recorded violation" in out and "DIVERGED" not in out
 
 
 @pytest.mark.parametrize(
@@ -139,11 +183,51 @@ def test_bad_input_exits_2_with_one_line(
     assert lines[0].startswith("avcm-stress: error:")
 
 
+def _trace_file(**changes: Any) -> dict[str, Any]:
+    document = {
+        "version": 2,
+        "config": stress.StressConfig(ops=300).to_json(),
+        "violation": None,
+        "trace": [],
+    }
+    document.update(changes)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"config": {}}, "trace version None"),
+        (_trace_file(version=1), "trace version 1"),
+        ([], "not an object"),
+        (_trace_file(config=5), "'config'"),
+        ({k: v for k, v in _trace_file().items() if k != "trace"}, "'trace'"),
+        (_trace_file(trace=5), "'trace'"),
+        (_trace_file(trace=[{}]), "trace entry 1 has no int 'task'"),
+        (_trace_file(trace=[5]), "trace entry 1 is not an object"),
+        (_trace_file(violation="rule 4"), "'violation'"),
+        (_trace_file(violation={"rule": "rule 4"}), "'violation'"),
+        (_trace_file(config={"ops": "many"}), "bad settings"),
+        (_trace_file(config={"contexts": [1]}), "bad settings"),
+        (_trace_file(config={"colour": "red"}), "unknown settings"),
+    ],
+)
+def test_malformed_replay_file_is_refused_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, document: Any, message: str
+) -> None:
+    path = tmp_path / "bad.trace.json"
+    path.write_text(json.dumps(document))
+    status, out, err = run_stress(capsys, "--replay", str(path))
+    assert status == 2 and out == ""  # refused before anything ran
+    assert_one_error_line(err, message)
+
+
 def test_help_and_module_entry_point() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "stress", "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0
+    assert "3 a --replay that did not reproduce" in " ".join(result.stdout.split())
     for option in ("--backend", "--seed", "--tasks", "--ops", "--duration", "--contexts",
                    "--latency", "--faults", "--cancel", "--driver", "--json", "--replay",
                    "--jobs", "--quiet"):  # fmt: skip

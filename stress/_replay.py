@@ -1,0 +1,112 @@
+"""``--replay``: load a trace file (checked whole before anything runs), rerun it, and say
+whether the rerun followed the recording and ended as it did."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ._config import StressConfig, UsageError
+from ._report import TRACE_VERSION
+from ._workload import Outcome, RunResult
+
+__all__ = ["Recording", "load_recording", "verdict"]
+
+# what an operation of a trace file must hold, and what _compare looks at
+_COMPARED = {"task": int, "op": str, "target": str, "result": str}
+
+
+@dataclass(frozen=True)
+class Recording:
+    config: StressConfig  # what to run: the recorded settings, for the recorded op count
+    trace: list[dict[str, Any]]
+    violation: dict[str, Any] | None
+
+
+def _problem(document: Any) -> str | None:
+    """What makes *document* not a trace file this harness can replay, or None."""
+    if not isinstance(document, dict):
+        return f"it holds a JSON {type(document).__name__}, not an object"
+    version = document.get("version")
+    if version != TRACE_VERSION:
+        return f"trace version {version!r}, this harness replays version {TRACE_VERSION}"
+    if not isinstance(document.get("config"), dict):
+        return "no 'config' object"
+    trace = document.get("trace")
+    if not isinstance(trace, list):
+        return "no 'trace' list"
+    for index, entry in enumerate(trace, 1):
+        if not isinstance(entry, dict):
+            return f"trace entry {index} is not an object"
+        for key, kind in _COMPARED.items():
+            if not isinstance(entry.get(key), kind):
+                return f"trace entry {index} has no {kind.__name__} {key!r}"
+    violation = document.get("violation")
+    if violation is None:
+        return None
+    if not isinstance(violation, dict) or not all(
+        isinstance(violation.get(key), str) for key in ("rule", "description")
+    ):
+        return "'violation' is neither null nor an object with a rule and a description"
+    return None
+
+
+def load_recording(path: Path) -> Recording:
+    """Read and check a trace file; a bad one is a :class:`UsageError` (nothing has run)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--replay {path}: not a stress trace file ({error})") from None
+    problem = _problem(document)
+    if problem is not None:
+        raise UsageError(f"--replay {path}: not a stress trace file ({problem})")
+    config = StressConfig.from_json(document["config"])
+    trace = document["trace"]
+    if config.duration is not None:
+        # a --duration run stopped when its time was up: the replay runs as many operations
+        # (the same ones, if it follows), not for as long
+        if not trace:
+            raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
+        config = replace(config, duration=None, ops=len(trace))
+    return Recording(config, trace, document.get("violation"))
+
+
+def _compare(recorded: list[dict[str, Any]], trace: list[Outcome]) -> str | None:
+    for index, (want, got) in enumerate(zip(recorded, trace, strict=False)):
+        got_fields = (got.task, got.op, got.target, got.result)
+        want_fields = tuple(want[key] for key in _COMPARED)
+        if got_fields != want_fields:
+            return f"operation {index + 1}: recorded {want_fields}, replayed {got_fields}"
+    if len(recorded) != len(trace):
+        return f"recorded {len(recorded)} operations, replayed {len(trace)}"
+    return None
+
+
+def verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
+    """Whether the replay reproduced the recording (same operations, same outcomes, the same
+    violation or none), and the lines that say so."""
+    lines = []
+    divergence = _compare(recording.trace, result.trace)
+    if divergence is not None:
+        lines.append(f"REPLAY DIVERGED: {divergence}")
+    recorded, found = recording.violation, result.violation
+    if recorded is None:
+        same_end = found is None
+        wanted = "the recorded run was clean"
+    else:
+        same_end = found is not None and (found.rule, found.description) == (
+            recorded["rule"],
+            recorded["description"],
+        )
+        wanted = f"recorded violation: {recorded['rule']}: {recorded['description']}"
+    if divergence is None and same_end:
+        lines.append("reproduced the recorded violation" if found else "clean, as recorded")
+        return True, lines
+    if same_end:
+        ending = "it diverged, though it " + ("found the same violation" if found else "was clean")
+    else:
+        ending = ("a different violation" if found else "no violation") + f"; {wanted}"
+    lines.append(f"NOT REPRODUCED: {ending}")
+    return False, lines
