@@ -29,6 +29,20 @@ class Violation(Exception):
         self.description = description
         self.seq = seq
 
+    def __reduce__(self) -> tuple[type[Violation], tuple[str, str, int | None]]:
+        # Exception pickles as cls(*self.args), which is one string here: --jobs sends
+        # violations back from its worker processes.
+        return type(self), (self.rule, self.description, self.seq)
+
+
+def _mismatch(mismatch: avcm.HardwareMismatch) -> str:
+    """The model check's message, each difference once: reservations overlapping a third one
+    at the same address are listed once per pair."""
+    lines = Counter(str(mismatch).splitlines())
+    return "\n".join(
+        line if count == 1 else f"{line} ({count} times)" for line, count in lines.items()
+    )
+
 
 def _prune(world: World) -> None:
     """Drop objects whose operation completed although the caller was cancelled (rule 7 lets
@@ -81,7 +95,7 @@ def check_quiescent(world: World) -> None:
         try:
             avcm.check_model(vcm)
         except avcm.HardwareMismatch as mismatch:
-            raise Violation("rule 4", str(mismatch)) from None
+            raise Violation("rule 4", _mismatch(mismatch)) from None
         for res in vcm.reservations():
             if res.phys is not None:
                 bound[res.phys] += 1

@@ -67,6 +67,9 @@ def test_broken_driver_is_caught(
     assert "VIOLATION" in out and description in out
     assert "replay: python -m stress --replay" in out
     assert list(tmp_path.glob("*.trace.json"))
+    # each line once: reservations overlapping at one address are not listed per pair
+    lines = out.splitlines()
+    assert len(lines) == len(set(lines)), out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -240,6 +243,16 @@ def test_jobs_run_seeds_in_parallel(capsys: pytest.CaptureFixture[str], tmp_path
     assert status == 0
     reports = json.loads(path.read_text())
     assert [r["config"]["seed"] for r in reports] == [0, 1]
+
+
+def test_jobs_report_each_violation(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    args = ["--jobs", "2", "--driver", "tests.broken_drivers:leaky", "--ops", "500"]
+    status, out, err = run_stress(capsys, *args, "--trace-dir", str(tmp_path))
+    assert status == 1, err
+    assert out.count("VIOLATION at operation") == 2 and "leaked" in out
+    assert "seed 0, backend asyncio" in out and "seed 1, backend asyncio" in out
+    assert out.count("replay: ") == 2
+    assert len(list(tmp_path.glob("*.trace.json"))) == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
