@@ -1,16 +1,19 @@
 """``python -m stress`` / ``avcm-stress``: options, running, exit status.
 
 Exit status: 0 when every check held, 1 when a violation was found, 2 for a usage or setup
-error (one line on stderr, no traceback), 3 when a replay did not reproduce its recording.
+error (one line on stderr, no traceback), 3 when a replay did not reproduce its recording,
+130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,6 +30,7 @@ from ._report import (
     progress_bar,
     render_summary,
     report_json,
+    summary_line,
     write_trace,
 )
 from ._workload import RunResult, run_workload
@@ -34,6 +38,7 @@ from ._workload import RunResult, run_workload
 __all__ = ["main", "run"]
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +64,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
     return value
 
 
@@ -88,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "contexts sharing physical memory, and check the contract's rules after every "
             "operation and at quiescent points. Exit status: 0 clean, 1 violation, 2 usage "
             "error, 3 a --replay that did not reproduce its recording (it diverged, or did not "
-            "end with the recorded violation, or lack of one)."
+            "end with the recorded violation, or lack of one), 130 interrupted."
         ),
     )
     parser.add_argument(
@@ -118,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--duration",
-        type=float,
+        type=_seconds,
         default=None,
+        metavar="SECONDS",
         help="run for this many wall-clock seconds instead of --ops",
     )
     parser.add_argument(
@@ -168,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=50,
         metavar="N",
-        help="run the quiescent checks every N operations (default: 50)",
+        help="after every N-th operation, wait for quiescence and run the global checks "
+        "(default: 50)",
     )
     parser.add_argument(
         "--json",
@@ -199,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N seeds (seed, seed+1, ...) in N parallel processes",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, no table: one summary line per run (and any violation)",
+    )
     return parser
 
 
@@ -232,20 +253,82 @@ def run(config: StressConfig, *, show_progress: bool = False) -> RunResult:
         )
 
 
+def _ignore_interrupts() -> None:
+    # --jobs workers: Ctrl-C is the parent's to handle (it stops them), not theirs to report
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_for_pool(config: StressConfig) -> tuple[StressConfig, RunResult]:
     return config, run(config)
+
+
+def _run_jobs(config: StressConfig, jobs: int) -> list[tuple[StressConfig, RunResult]]:
+    configs = [replace(config, seed=config.seed + i) for i in range(jobs)]
+    # leaving the block on an error or Ctrl-C terminates the workers
+    with get_context("spawn").Pool(jobs, initializer=_ignore_interrupts) as pool:
+        return pool.map(_run_for_pool, configs, chunksize=1)
+
+
+def _check_output_file(option: str, path: Path) -> None:
+    """Refuse, before the run, a file that could not be written after it."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {path.parent}")
+    _check_writable(option, path, path.parent)
+
+
+def _check_output_dir(option: str, path: Path) -> None:
+    """Refuse, before the run, a directory that could not be made or written to after it."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is not a directory" if existing == path else f"is under {existing}, a file"
+        raise UsageError(f"{option} {path}: {where}")
+    _check_writable(option, path, existing)
+
+
+def _check_writable(option: str, path: Path, directory: Path) -> None:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {directory} is not writable")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    try:
+        path.write_text(json.dumps(payload, indent=2))
+    except OSError as error:
+        raise UsageError(f"--json {path}: cannot write ({error.strerror})") from None
+
+
+def _save_trace(config: StressConfig, result: RunResult, directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return write_trace(config, result, directory)
+    except OSError as error:
+        raise UsageError(f"--trace-dir {directory}: cannot write ({error.strerror})") from None
+
+
+def _show(config: StressConfig, result: RunResult, quiet: bool) -> None:
+    if quiet:
+        print(summary_line(config, result), file=sys.stdout)
+    else:
+        render_summary(config, result, sys.stdout)
 
 
 def _replay(args: argparse.Namespace) -> int:
     recording = load_recording(args.replay)
     config = recording.config
+    if args.json is not None:
+        _check_output_file("--json", args.json)
     result = run(config, show_progress=not args.quiet)
-    if not args.quiet:
-        render_summary(config, result, sys.stdout)
+    _show(config, result, args.quiet)
     if result.violation is not None:
         print(describe_violation(config, result, None), file=sys.stdout)
     reproduced, lines = verdict(recording, result)
     print(f"replay of {args.replay}:", *lines, sep="\n", file=sys.stdout)
+    if args.json is not None:
+        _write_json(args.json, report_json(config, result))
     if not reproduced:
         return EXIT_NOT_REPRODUCED
     return EXIT_CLEAN if result.violation is None else EXIT_VIOLATION
@@ -253,31 +336,35 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    out = sys.stdout
     if args.replay is not None:
         return _replay(args)
     config = config_from_args(args)
+    if args.json is not None:
+        _check_output_file("--json", args.json)
+    _check_output_dir("--trace-dir", args.trace_dir)
     if args.jobs > 1:
-        configs = [replace(config, seed=config.seed + i) for i in range(args.jobs)]
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            runs = list(pool.map(_run_for_pool, configs))
+        runs = _run_jobs(config, args.jobs)
     else:
         runs = [(config, run(config, show_progress=not args.quiet))]
     status = EXIT_CLEAN
     reports = []
     for run_config, result in runs:
-        if not args.quiet:
-            render_summary(run_config, result, out)
+        _show(run_config, result, args.quiet)
         reports.append(report_json(run_config, result))
         if result.violation is not None:
             status = EXIT_VIOLATION
-            args.trace_dir.mkdir(parents=True, exist_ok=True)
-            path = write_trace(run_config, result, args.trace_dir)
-            print(describe_violation(run_config, result, path), file=out)
+            path = _save_trace(run_config, result, args.trace_dir)
+            print(describe_violation(run_config, result, path), file=sys.stdout)
     if args.json is not None:
-        payload: Any = reports[0] if len(reports) == 1 else reports
-        args.json.write_text(json.dumps(payload, indent=2))
+        _write_json(args.json, reports[0] if len(reports) == 1 else reports)
     return status
+
+
+def _interrupted(error: BaseException) -> bool:
+    """A Ctrl-C, alone or inside an exception group (trio reports it from its task group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(KeyboardInterrupt) is not None
+    return isinstance(error, KeyboardInterrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,3 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"avcm-stress: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BaseException as error:
+        if not _interrupted(error):
+            raise
+        print("avcm-stress: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

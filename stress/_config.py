@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -57,8 +58,10 @@ class StressConfig:
             raise UsageError(f"--tasks must be at least 1, not {self.tasks}")
         if self.ops < 1:
             raise UsageError(f"--ops must be at least 1, not {self.ops}")
-        if self.duration is not None and self.duration <= 0:
-            raise UsageError(f"--duration must be positive, not {self.duration}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise UsageError(
+                f"--duration must be a positive number of seconds, not {self.duration}"
+            )
         for name, rate in (("--faults", self.faults), ("--cancel", self.cancel)):
             if not 0.0 <= rate <= 1.0:
                 raise UsageError(f"{name} must be a rate between 0 and 1, not {rate}")
@@ -73,10 +76,15 @@ class StressConfig:
                 )
             if count < 0:
                 raise UsageError(f"--contexts: {kind}={count} must not be negative")
-        if any(kind == "custom" and count for kind, count in self.contexts) != (
-            self.driver is not None
-        ):
-            raise UsageError("--contexts custom=N goes with --driver module:factory")
+        custom = any(kind == "custom" and count for kind, count in self.contexts)
+        if custom and self.driver is None:
+            raise UsageError("--contexts custom=N needs --driver MODULE:FACTORY to make them")
+        if self.driver is not None and not custom:
+            named = ",".join(f"{kind}={count}" for kind, count in self.contexts)
+            raise UsageError(
+                f"--driver {self.driver} is not used: --contexts {named} has no custom=N "
+                "(the driver's contexts); add custom=1, or leave --contexts out"
+            )
         if self.check_every < 1:
             raise UsageError(f"--check-every must be at least 1, not {self.check_every}")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +99,10 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"--driver {spec!r}: expected MODULE:FACTORY")
+    # `python -m stress` finds a module in the current directory, the avcm-stress script
+    # would not: look there too (last, so that it shadows nothing installed)
+    if not {"", os.curdir, os.getcwd()} & set(sys.path):
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as error:

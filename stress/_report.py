@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import statistics
@@ -27,7 +28,15 @@ from rich.table import Table
 from ._config import StressConfig
 from ._workload import RunResult
 
-__all__ = ["progress_bar", "render_summary", "report_json", "write_trace"]
+__all__ = [
+    "describe_violation",
+    "progress_bar",
+    "render_summary",
+    "replay_command",
+    "report_json",
+    "summary_line",
+    "write_trace",
+]
 
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
 TRACE_VERSION = 2
@@ -125,6 +134,20 @@ def render_summary(config: StressConfig, result: RunResult, out: TextIO) -> None
     console.print(f"violations: {violations}")
 
 
+def summary_line(config: StressConfig, result: RunResult) -> str:
+    """The one line ``--quiet`` prints of a run."""
+    violations = 0 if result.violation is None else 1
+    return (
+        f"avcm stress: backend={config.backend} seed={config.seed}: {result.ops:,} ops, "
+        f"{violations} violation{'' if violations == 1 else 's'}"
+    )
+
+
+def replay_command(trace_path: Path) -> str:
+    """The command that replays *trace_path*, with the interpreter that is running now."""
+    return shlex.join([sys.executable, "-m", "stress", "--replay", str(trace_path)])
+
+
 def describe_violation(config: StressConfig, result: RunResult, trace_path: Path | None) -> str:
     violation = result.violation
     if violation is None:
@@ -135,7 +158,7 @@ def describe_violation(config: StressConfig, result: RunResult, trace_path: Path
     ]
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")
-        lines.append(f"replay: python -m stress --replay {shlex.quote(str(trace_path))}")
+        lines.append(f"replay: {replay_command(trace_path)}")
     return "\n".join(lines)
 
 
@@ -151,8 +174,16 @@ def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
     }
 
 
+def trace_path(config: StressConfig, directory: Path) -> Path:
+    """Where a run's trace goes: named by backend, seed and a hash of every other setting, so
+    runs that differ (driver, options) do not overwrite each other's trace."""
+    settings = json.dumps(config.to_json(), sort_keys=True).encode()
+    digest = hashlib.sha256(settings).hexdigest()[:8]
+    return directory / f"stress-{config.backend}-seed{config.seed}-{digest}.trace.json"
+
+
 def write_trace(config: StressConfig, result: RunResult, directory: Path) -> Path:
-    path = directory / f"stress-{config.backend}-seed{config.seed}.trace.json"
+    path = trace_path(config, directory)
     path.write_text(json.dumps(trace_document(config, result)))
     return path
 

@@ -5,6 +5,8 @@ Each factory takes the run's physical memory and returns a context, as ``--drive
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 
 import avcm
@@ -111,3 +113,10 @@ def correct_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def not_a_context(memory: avcm.PhysicalMemory) -> object:
     return "not a context"
+
+
+def announced_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: the sample IOMMU, saying on stderr that the run is starting (a test waits
+    for it before it presses Ctrl-C)."""
+    print("driver ready", file=sys.stderr, flush=True)
+    return drivers.create_iommu(memory, name="announced")

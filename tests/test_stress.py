@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import pytest
 import stress
 
 BACKENDS = ["asyncio", "trio"]
+REPO = Path(stress.__file__).resolve().parents[1]
 
 
 def run_stress(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -65,7 +71,7 @@ def test_broken_driver_is_caught(
     )  # fmt: skip
     assert status == 1
     assert "VIOLATION" in out and description in out
-    assert "replay: python -m stress --replay" in out
+    assert f"replay: {shlex.quote(sys.executable)} -m stress --replay" in out
     assert list(tmp_path.glob("*.trace.json"))
     # each line once: reservations overlapping at one address are not listed per pair
     lines = out.splitlines()
@@ -118,17 +124,26 @@ def test_same_seed_same_run(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_replay_reproduces_a_violation(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
-) -> None:
+def test_replay_reproduces_a_violation(tmp_path: Path, backend: str) -> None:
+    # recorded and replayed as a user would, in processes of their own: pytest imports
+    # Hypothesis, which changes how trio schedules (a recording made here is replayed here)
     args = ["--backend", backend, "--driver", "tests.broken_drivers:forgetful"]
-    status, _, _ = run_stress(capsys, *args, "--trace-dir", str(tmp_path))
-    assert status == 1
-    (trace,) = tmp_path.glob("*.trace.json")
-    status, out, _ = run_stress(capsys, "--replay", str(trace))
-    assert status == 1
-    assert "reproduced the recorded violation" in out
-    assert "DIVERGED" not in out and "NOT REPRODUCED" not in out
+    recorded = subprocess.run(
+        [sys.executable, "-m", "stress", "--quiet", *args, "--trace-dir", str(tmp_path)],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert recorded.returncode == 1, recorded.stderr
+    # the printed command, as printed: this interpreter, copy-pasteable
+    lines = recorded.stdout.splitlines()
+    (command,) = [line.removeprefix("replay: ") for line in lines if line.startswith("replay:")]
+    argv = shlex.split(command)
+    assert argv[0] == sys.executable
+    replay = subprocess.run(
+        [*argv, "--quiet"], capture_output=True, text=True, check=False, cwd=REPO
+    )
+    assert replay.returncode == 1, replay.stderr
+    assert "reproduced the recorded violation" in replay.stdout
+    assert "DIVERGED" not in replay.stdout and "NOT REPRODUCED" not in replay.stdout
 
 
 @pytest.mark.parametrize("edit", ["description", "operation"])
@@ -155,8 +170,10 @@ def test_replay_of_a_duration_run_runs_the_recorded_operations(
     # the leak is found at the end, after the time is up: the op count is the clock's doing
     args = ["--driver", "tests.broken_drivers:leaky", "--duration", "0.3"]
     trace = record(capsys, tmp_path, *args)
+    operations = len(json.loads(trace.read_text())["trace"])
     status, out, _ = run_stress(capsys, "--replay", str(trace))
     assert status == 1, out
+    assert f": {operations:,} ops, 1 violation" in out
     assert "reproduced the recorded violation" in out and "DIVERGED" not in out
 
 
@@ -174,16 +191,50 @@ def test_replay_of_a_duration_run_runs_the_recorded_operations(
         (["--driver", "tests.broken_drivers:not_a_context"], "not an avcm.Vcm"),
         (["--driver", "nocolon"], "MODULE:FACTORY"),
         (["--replay", "/nonexistent/trace.json"], "not a stress trace file"),
+        (["--duration", "nan"], "--duration"),
+        (["--duration", "inf"], "--duration"),
+        (["--duration", "-1"], "--duration"),
+        (["--duration", "0"], "--duration"),
+        (["--contexts", "custom=1"], "needs --driver"),
+        (
+            ["--driver", "tests.broken_drivers:correct_iommu", "--contexts", "iommu=1"],
+            "--contexts iommu=1 has no custom=N",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
     capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    status, _, err = run_stress(capsys, *args)
-    assert status == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
-    assert lines[0].startswith("avcm-stress: error:")
+    status, out, err = run_stress(capsys, *args)
+    assert status == 2 and out == ""
+    assert_one_error_line(err, message)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("json in a missing directory", "no such directory"),
+        ("json is a directory", "is a directory"),
+        ("trace dir is a file", "is not a directory"),
+        ("trace dir under a file", "a file"),
+    ],
+)
+def test_bad_output_path_is_refused_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str, message: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    option = {
+        "json in a missing directory": ["--json", str(tmp_path / "missing" / "report.json")],
+        "json is a directory": ["--json", str(tmp_path)],
+        "trace dir is a file": ["--trace-dir", str(a_file)],
+        "trace dir under a file": ["--trace-dir", str(a_file / "traces")],
+    }[where]
+    # a run that finds a violation, so that a trace would be written
+    args = ["--driver", "tests.broken_drivers:leaky", "--ops", "300", *option]
+    status, out, err = run_stress(capsys, *args)
+    assert status == 2 and out == ""  # refused before anything ran
+    assert_one_error_line(err, message)
 
 
 def _trace_file(**changes: Any) -> dict[str, Any]:
@@ -212,6 +263,7 @@ def _trace_file(**changes: Any) -> dict[str, Any]:
         (_trace_file(violation={"rule": "rule 4"}), "'violation'"),
         (_trace_file(config={"ops": "many"}), "bad settings"),
         (_trace_file(config={"contexts": [1]}), "bad settings"),
+        (_trace_file(config={"duration": math.nan}), "--duration"),
         (_trace_file(config={"colour": "red"}), "unknown settings"),
     ],
 )
@@ -221,8 +273,32 @@ def test_malformed_replay_file_is_refused_before_the_run(
     path = tmp_path / "bad.trace.json"
     path.write_text(json.dumps(document))
     status, out, err = run_stress(capsys, "--replay", str(path))
-    assert status == 2 and out == ""  # refused before anything ran
+    assert status == 2 and out == ""
     assert_one_error_line(err, message)
+
+
+def test_driver_module_in_the_current_directory(tmp_path: Path) -> None:
+    # the avcm-stress console script runs with its own directory on sys.path, not the current
+    # one (python -m adds that): a script in another directory does the same
+    work, scripts = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    scripts.mkdir()
+    (work / "mydriver.py").write_text(
+        "import drivers\n\ndef make(memory):\n    return drivers.create_iommu(memory)\n"
+    )
+    script = scripts / "avcm-stress"
+    script.write_text("import sys\nfrom stress._cli import main\nsys.exit(main())\n")
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(script), "--quiet", "--driver", "mydriver:make", "--ops", "300"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=work,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "300 ops, 0 violations" in result.stdout
 
 
 def test_help_and_module_entry_point() -> None:
@@ -276,6 +352,38 @@ def test_duration_run_shows_a_progress_bar(monkeypatch: pytest.MonkeyPatch) -> N
     assert " ops" in terminal.getvalue() and "stress" in terminal.getvalue()
 
 
+@pytest.mark.parametrize(
+    "args", [["--backend", "asyncio"], ["--backend", "trio"], ["--jobs", "2"]], ids=" ".join
+)
+def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
+    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "100000000"]
+    command += ["--driver", "tests.broken_drivers:announced_iommu", *args]
+    # a session of its own: Ctrl-C on a terminal signals the whole process group
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for _ in range(2 if "--jobs" in args else 1):
+            assert process.stderr.readline() == "driver ready\n"
+        time.sleep(0.3)  # well into the operations
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert err == "avcm-stress: interrupted\n" and out == ""
+
+
+def test_quiet_clean_run_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_stress(capsys, "--ops", "500")
+    assert status == 0 and err == ""
+    assert out.splitlines() == ["avcm stress: backend=asyncio seed=0: 500 ops, 0 violations"]
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def default_run(request: pytest.FixtureRequest) -> stress.RunResult:
     return stress.run(stress.StressConfig(backend=request.param, ops=4000, check_every=50))
@@ -295,3 +403,18 @@ def test_latency_is_the_operation_own(default_run: stress.RunResult) -> None:
     # data is synchronous: no (virtual) time passes in it, waiting for a check is not counted
     assert max(default_run.latencies["data"]) == 0.0
     assert max(default_run.latencies["activate"]) > 0.0
+
+
+def test_traces_of_different_runs_do_not_overwrite(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for driver in ("forgetful", "leaky"):
+        args = ["--driver", f"tests.broken_drivers:{driver}", "--trace-dir", str(tmp_path)]
+        assert run_stress(capsys, *args)[0] == 1
+    assert len(list(tmp_path.glob("*.trace.json"))) == 2
+
+
+def test_harness_does_not_import_hypothesis() -> None:
+    # importing Hypothesis makes trio's scheduling deterministic process-wide
+    code = "import sys, stress, stress._cli; assert 'hypothesis' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
