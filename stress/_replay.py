@@ -29,9 +29,6 @@ def _problem(document: Any) -> str | None:
     """What makes *document* not a trace file this harness can replay, or None."""
     if not isinstance(document, dict):
         return f"it holds a JSON {type(document).__name__}, not an object"
-    version = document.get("version")
-    if version != TRACE_VERSION:
-        return f"trace version {version!r}, this harness replays version {TRACE_VERSION}"
     if not isinstance(document.get("config"), dict):
         return "no 'config' object"
     trace = document.get("trace")
@@ -44,12 +41,14 @@ def _problem(document: Any) -> str | None:
             if not isinstance(entry.get(key), kind):
                 return f"trace entry {index} has no {kind.__name__} {key!r}"
     violation = document.get("violation")
-    if violation is None:
-        return None
-    if not isinstance(violation, dict) or not all(
-        isinstance(violation.get(key), str) for key in ("rule", "description")
+    if violation is not None and not (
+        isinstance(violation, dict)
+        and all(isinstance(violation.get(key), str) for key in ("rule", "description"))
     ):
         return "'violation' is neither null nor an object with a rule and a description"
+    version = document.get("version")
+    if version != TRACE_VERSION:
+        return f"trace version {version!r}, this harness replays version {TRACE_VERSION}"
     return None
 
 

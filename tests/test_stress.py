@@ -251,7 +251,8 @@ def _trace_file(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({"config": {}}, "trace version None"),
+        ({"config": {}}, "no 'trace' list"),
+        ({k: v for k, v in _trace_file().items() if k != "version"}, "trace version None"),
         (_trace_file(version=1), "trace version 1"),
         ([], "not an object"),
         (_trace_file(config=5), "'config'"),
