@@ -7,6 +7,8 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -17,7 +19,7 @@ import avcm
 from avcm import testing
 from avcm._sync import sync_point
 from avcm.testing.pytest_plugin import RaceFixture
-from tests.races import AVCM, SEED
+from tests.races import AVCM, SEED, AvcmWorld
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -347,3 +349,38 @@ async def test_the_race_fixture_on_either_backend(race: RaceFixture) -> None:
         await race.check(SEED["two_binds_win"], schedules=200)
     result = await race.check(AVCM["two_binds_win"], schedules=200)
     assert result is not None and not result.found and result.schedules == 200
+
+
+class ChooserGaveUp(BaseException):
+    """What Hypothesis raises when it runs out of data (StopTest): not an Exception."""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_chooser_that_gives_up_mid_run_leaves_nothing_parked(backend: str) -> None:
+    """Even tasks parked inside a shielded teardown are let go, and the run ends cleanly."""
+
+    class GivesUp:
+        def __init__(self, at: int) -> None:
+            self.at = at
+
+        def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+            if step == self.at:
+                raise ChooserGaveUp
+            return 0
+
+    async def main(at: int) -> int:
+        world = AvcmWorld()
+        res = await world.vcm.make_binding(avcm.PAGE_SIZE)
+        other = await world.vcm.make_binding(avcm.PAGE_SIZE)
+        run = testing.Run(GivesUp(at))
+        try:
+            await run.concurrently(res.destroy_binding, other.unmap)
+        except ChooserGaveUp:
+            assert run.steps == at
+        assert not world.vcm.statistics().mutex.locked
+        return run.steps
+
+    at = 0
+    while testing.run_on_virtual_time(backend, partial(main, at)) == at:
+        at += 1
+    assert at > 5  # it gave up at every step of both teardowns in turn, then ran through

@@ -19,7 +19,7 @@ token; a failing schedule is shrunk to a short one and shown as a per-task timel
 :mod:`avcm.testing.hypothesis` and pytest only in :mod:`avcm.testing.pytest_plugin`.
 """
 
-from ._clock import VirtualTimeEventLoop
+from ._clock import VirtualTimeEventLoop, run_on_virtual_time
 from ._conformance import (
     SCENARIOS,
     ConformanceReport,
@@ -88,5 +88,6 @@ __all__ = [
     "explore_async",
     "replay",
     "replay_async",
+    "run_on_virtual_time",
     "scenario_name",
 ]

@@ -25,7 +25,7 @@ import trio.abc
 import trio.lowlevel
 
 from .._sync import Mutex, _sync_hook
-from ._errors import DeadlockError, RunawayError, ScheduleFailure, StepBudgetError
+from ._errors import DeadlockError, RunawayError, StepBudgetError
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
 
@@ -159,13 +159,16 @@ class Run:
             self._tasks.append(task)
             tasks.append(task)
         outcomes: dict[int, TaskOutcome] = {}
-        failure: ScheduleFailure | None = None
+        failure: BaseException | None = None
         async with anyio.create_task_group() as group:
             for task, function in zip(tasks, functions, strict=True):
                 group.start_soon(self._run_task, task, function, outcomes)
             try:
                 await self._control(tasks)
-            except ScheduleFailure as error:
+            except BaseException as error:
+                # A failure found, the chooser giving up (Hypothesis out of data), or the
+                # controller cancelled: the tasks must not stay parked, least of all in a
+                # shielded teardown, or the task group would wait for them forever.
                 failure = error
                 self._abort(tasks)
                 group.cancel_scope.cancel()
