@@ -32,18 +32,20 @@ async def _async_rows(quick: bool) -> list[Row]:
 
 
 def measure(quick: bool = False) -> dict[str, list[Row]]:
-    """Every row, per backend; rows that do not depend on the event loop under "any"."""
-    results: dict[str, list[Row]] = {}
+    """Every row, per backend; rows that do not depend on the event loop under "any", measured
+    first, while the process is small (the allocators' ratio is sensitive to a crowded heap)."""
+    results: dict[str, list[Row]] = {
+        "any": [
+            _rows.allocator_vs_genpool(10_000 if quick else 100_000),
+            _rows.memory_per_part(100_000),
+        ]
+    }
     for backend in ("asyncio", "trio"):
         rows = anyio.run(_async_rows, quick, backend=backend)
         rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
         if backend == "trio":
             rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)
         results[backend] = rows
-    results["any"] = [
-        _rows.allocator_vs_genpool(10_000 if quick else 100_000),
-        _rows.memory_per_part(100_000),
-    ]
     return results
 
 
