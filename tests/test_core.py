@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -90,11 +91,35 @@ async def test_bad_size_is_einval_and_changes_nothing(
     assert snapshot(vcm, memory) == before
 
 
-@pytest.mark.parametrize("flags", [-1, 1.5, None])
-async def test_bad_flags_are_einval(memory: avcm.PhysicalMemory, flags: object) -> None:
-    vcm, _ = make_context(memory)
-    with pytest.raises(avcm.InvalidError, match="flags"):
-        await vcm.alloc(4096, flags)  # type: ignore[arg-type]
+FLAG_CALLS: dict[str, Callable[[avcm.Vcm, avcm.Phys, Any], Awaitable[object]]] = {
+    "alloc": lambda vcm, phys, flags: vcm.alloc(4096, flags),
+    "reserve": lambda vcm, phys, flags: vcm.reserve(4096, flags),
+    "map": lambda vcm, phys, flags: vcm.map(phys, flags),
+    "make_binding alloc_flags": lambda vcm, phys, flags: vcm.make_binding(4096, flags, 0),
+    "make_binding res_flags": lambda vcm, phys, flags: vcm.make_binding(4096, 0, flags),
+}
+
+
+@pytest.mark.parametrize("flags", [-1, 1.5, None, "0", True])
+@pytest.mark.parametrize("call", list(FLAG_CALLS))
+async def test_bad_flags_are_einval_and_change_nothing(
+    memory: avcm.PhysicalMemory, call: str, flags: object
+) -> None:
+    # A context with something in it, active: a half-done call would show somewhere.
+    vcm, driver = make_context(memory)
+    await vcm.make_binding(8 * KiB)
+    spare = await vcm.alloc(4 * KiB)
+    await vcm.activate()
+    before = snapshot(vcm, memory)
+    free_bytes = memory.free_bytes
+    hardware = (driver.active, dict(driver.mapped), list(driver.calls), driver.space.live)
+    with pytest.raises(avcm.InvalidError, match="flags") as info:
+        await FLAG_CALLS[call](vcm, spare, flags)
+    assert info.value.errno == errno.EINVAL
+    assert snapshot(vcm, memory) == before
+    assert memory.free_bytes == free_bytes and vcm.activations == 1
+    assert (driver.active, driver.mapped, driver.calls, driver.space.live) == hardware
+    assert spare.bindings == 0 and not spare.freed
 
 
 async def test_sizes_round_up_to_a_page(memory: avcm.PhysicalMemory) -> None:
