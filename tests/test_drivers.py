@@ -91,6 +91,62 @@ async def test_mixed_page_sizes_and_every_page_boundary(memory: avcm.PhysicalMem
     assert hw.statistics().faults == 2
 
 
+async def test_statistics_count_activations_and_flushes(memory: avcm.PhysicalMemory) -> None:
+    """``activations`` counts the hardware's enables (the first activation, not the nested
+    ones), ``flushes`` its disables (the last deactivation); binding and unbinding while active
+    write and clear entries but neither enable nor flush."""
+    faults = drivers.FaultPlan().fail_nth("enable", 3)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    hw = drivers.hardware(vcm)
+
+    def counts() -> tuple[bool, dict[int, int], int, int, int]:
+        stats = hw.statistics()
+        return (
+            stats.enabled,
+            stats.entries_per_order,
+            stats.activations,
+            stats.flushes,
+            stats.faults,
+        )
+
+    assert counts() == (False, {}, 0, 0, 0)
+    first = await vcm.make_binding(68 * KiB)  # inactive: nothing reaches the hardware
+    assert counts() == (False, {}, 0, 0, 0)
+    await vcm.activate()
+    assert counts() == (True, {4: 1, 0: 1}, 1, 0, 0)
+    await vcm.activate()  # nested: no second enable
+    assert counts() == (True, {4: 1, 0: 1}, 1, 0, 0)
+    second = await vcm.make_binding(MiB)  # bind while active
+    assert counts() == (True, {8: 1, 4: 1, 0: 1}, 1, 0, 0)
+    phys = await second.unbind()  # unbind while active
+    assert phys is not None
+    assert counts() == (True, {4: 1, 0: 1}, 1, 0, 0)
+    await second.bind(phys)
+    assert counts() == (True, {8: 1, 4: 1, 0: 1}, 1, 0, 0)
+    await vcm.deactivate()  # nested: still active
+    assert counts() == (True, {8: 1, 4: 1, 0: 1}, 1, 0, 0)
+    await vcm.deactivate()
+    assert counts() == (False, {}, 1, 1, 0)
+    async with vcm.activated():
+        assert counts() == (True, {8: 1, 4: 1, 0: 1}, 2, 1, 0)
+        await second.destroy_binding()
+        assert counts() == (True, {4: 1, 0: 1}, 2, 1, 0)
+    assert counts() == (False, {}, 2, 2, 0)
+    with pytest.raises(drivers.InjectedFault):  # a failed enable is not an activation
+        await vcm.activate()
+    assert counts() == (False, {}, 2, 2, 0)
+    await vcm.activate()
+    assert counts() == (True, {4: 1, 0: 1}, 3, 2, 0)
+    await first.destroy_binding()
+    assert counts() == (True, {}, 3, 2, 0)
+    await vcm.deactivate()
+    assert counts() == (False, {}, 3, 3, 0)
+    stats = hw.statistics()
+    assert stats.pte_writes == stats.pte_clears == 2 + 1 + 1 + 3 + 2
+    await vcm.destroy()
+    assert memory.is_pristine()
+
+
 async def test_fault_at_each_page_of_an_activate(memory: avcm.PhysicalMemory) -> None:
     sizes = (2 * MiB + 68 * KiB, 68 * KiB, 4 * KiB)  # 4 + 2 + 1 pages
     for k in range(1, 8):
