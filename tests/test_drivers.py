@@ -43,15 +43,34 @@ async def test_multi_context_example(memory: avcm.PhysicalMemory) -> None:
     cpu, iommu = drivers.hardware(vcm_vmm), drivers.hardware(vcm_iommu)
     onetoone = vcm_onetoone.driver.hw  # type: ignore[attr-defined]
     assert res_onetoone.start == phys.parts[0].start  # one-to-one: device address == physical
-    for offset in (0, 4 * KiB - 3, MiB + 17, 2 * MiB):
-        message = f"from the CPU at {offset:#x}".encode()
-        cpu.write(res_vmm.start + offset, message)
-        assert iommu.read(res_iommu.start + offset, len(message)) == message
-        assert onetoone.read(res_onetoone.start + offset, len(message)) == message
-        reply = f"from the device at {offset:#x}".encode()
-        iommu.write(res_iommu.start + offset, reply)
-        assert cpu.read(res_vmm.start + offset, len(reply)) == reply
-        assert onetoone.read(res_onetoone.start + offset, len(reply)) == reply
+    # Each side reads and writes at its own address of the buffer: the CPU and the IOMMU device
+    # through their page tables, the one-to-one device at the physical address.
+    sides = {
+        "CPU": (cpu, res_vmm.start),
+        "IOMMU device": (iommu, res_iommu.start),
+        "one-to-one device": (onetoone, res_onetoone.start),
+    }
+    # Each writer its own offsets, some across a page boundary (4 KiB, 64 KiB, 1 MiB, and into
+    # the last 4 KiB page), and its own pattern; the other two read it at their own addresses.
+    offsets = {
+        "CPU": (0, 4 * KiB - 5, MiB - 7, 2 * MiB + 4 * KiB - 32),
+        "IOMMU device": (0x100, 64 * KiB - 6, MiB + 4 * KiB - 5, 2 * MiB - 9),
+        "one-to-one device": (0x200, 8 * KiB - 5, 2 * MiB - 0x100, 2 * MiB + 0x100),
+    }
+    written: dict[int, bytes] = {}
+    for writer, (device, base) in sides.items():
+        for offset in offsets[writer]:
+            pattern = f"{writer} wrote {offset:#x}".encode()
+            device.write(base + offset, pattern)
+            written[offset] = pattern
+            for reader, (other, other_base) in sides.items():
+                assert other.read(other_base + offset, len(pattern)) == pattern, (
+                    f"the {reader} does not read what the {writer} wrote at {offset:#x}"
+                )
+    for offset, pattern in written.items():  # and no write landed on another one
+        for other, other_base in sides.values():
+            assert other.read(other_base + offset, len(pattern)) == pattern
+    assert memory.read(phys.parts[0].start + 0x100, 24) == b"IOMMU device wrote 0x100"
 
     await res_vmm.unmap()
     await res_iommu.unmap()
