@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sortedcontainers import SortedDict
 
 import avcm
+from avcm._validate import check_orders
 
 from ._faults import FaultPlan
 from ._latency import Latency
@@ -61,7 +62,8 @@ class PageTableMmu:
         faults: FaultPlan | None = None,
         name: str = "mmu",
     ) -> None:
-        self.orders = tuple(orders)
+        # validated here, as mmu_init will: EINVAL, not a TypeError from tuple(None)
+        self.orders = check_orders(orders, f"{name} orders")
         self.memory = memory
         self.latency = latency if latency is not None else Latency.profile("default")
         self.faults = faults if faults is not None else FaultPlan()

@@ -427,6 +427,11 @@ async def test_carveout_outlives_destroy_while_its_memory_is_mapped(
         {"orders": (0, 8)},
         {"orders": (8, 4)},
         {"orders": ()},
+        {"orders": (8, 8, 0)},
+        {"orders": (8, 2.5, 0)},  # a page of 4 KiB << 2.5: not a power of two
+        {"orders": (True, 0)},
+        {"orders": None},
+        {"orders": 8},
         {"start": 0x1000_0001},
         {"size": 0},
         {"size": -MiB},
