@@ -52,6 +52,17 @@ def test_exhaustion_returns_none_and_changes_nothing() -> None:
     assert memory.statistics() == before
 
 
+@pytest.mark.parametrize("order", [-1, 11, 1.5, True, None, "0"])
+def test_bad_alloc_order_is_einval_and_changes_nothing(order: object) -> None:
+    memory = avcm.PhysicalMemory(size=4 * MiB, max_order=10)
+    assert memory.alloc_pages(0) is not None
+    before = memory.statistics()
+    with pytest.raises(avcm.InvalidError, match="order") as info:
+        memory.alloc_pages(order)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+    assert memory.statistics() == before
+
+
 def test_odd_sizes_are_covered_by_aligned_blocks() -> None:
     memory = avcm.PhysicalMemory(base=0x8000_1000, size=3 * MiB + 5 * PAGE)
     assert memory.free_bytes == memory.size

@@ -179,16 +179,24 @@ async def test_phys_from_another_memory_is_einval(memory: avcm.PhysicalMemory) -
         (START, MiB, (0, 8)),
         (START, MiB, (8, 4)),
         (START, MiB, ()),
+        (START, MiB, (8, 8, 0)),
+        (START, MiB, (8, 2.5, 0)),  # a page of 4 KiB << 2.5: not a power of two
+        (START, MiB, (True, 0)),
+        (START, MiB, (99, 0)),
+        (START, MiB, None),
+        (START, MiB, 8),
     ],
 )
 async def test_mmu_init_rejects_bad_input(
-    memory: avcm.PhysicalMemory, start: int, size: int, orders: tuple[int, ...]
+    memory: avcm.PhysicalMemory, start: int, size: int, orders: object
 ) -> None:
     hw = PageHardware()
     hw.orders = orders  # type: ignore[assignment]
+    before = memory.statistics()
     with pytest.raises(avcm.InvalidError) as info:
         avcm.mmu_init(start, size, hw, memory=memory)
     assert info.value.errno == errno.EINVAL
+    assert memory.statistics() == before and hw.log == [] and not hw.enabled
 
 
 async def test_mmu_init_requires_a_way_to_map_and_unmap(memory: avcm.PhysicalMemory) -> None:

@@ -84,9 +84,26 @@ async def test_alloc_enomem_with_nothing_free() -> None:
     assert memory.is_pristine()
 
 
-@pytest.mark.parametrize(
-    "orders", [(), (4, 8, 0), (8, 4), (8, 8, 0), (8, -1, 0), ("8", 0), (8.0, 0), 8, "840", (99, 0)]
-)
+# Orders are exponents: a page of PAGE_SIZE << order is always a power of two; a fractional order
+# (a page that is not a power of two), a repeated, ascending or out-of-range one is EINVAL.
+BAD_ORDERS = [
+    (),
+    (4, 8, 0),
+    (8, 4),
+    (8, 8, 0),
+    (8, -1, 0),
+    ("8", 0),
+    (8.0, 0),
+    (8, 2.5, 0),
+    (True, 0),
+    8,
+    "840",
+    (99, 0),
+    None,
+]
+
+
+@pytest.mark.parametrize("orders", BAD_ORDERS)
 async def test_alloc_bad_orders(memory: avcm.PhysicalMemory, orders: object) -> None:
     before = memory.statistics()
     with pytest.raises(avcm.InvalidError) as info:
@@ -185,6 +202,20 @@ async def test_walk_bad_vaddr(vaddr: object) -> None:
     phys = avcm.Phys([(0, 4096)])
     with pytest.raises(avcm.InvalidError):
         await avcm.phys_walk(vaddr, phys, (0,), Recorder().callback)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("orders", BAD_ORDERS)
+async def test_walk_bad_orders_is_einval_and_visits_nothing(
+    memory: avcm.PhysicalMemory, orders: object
+) -> None:
+    phys = avcm.phys_alloc(MiB + 8 * KiB, 0, (8, 0), memory=memory)
+    before = memory.statistics(), phys.parts, phys.bindings, phys.freed
+    walk = Recorder()
+    with pytest.raises(avcm.InvalidError, match="orders") as info:
+        await avcm.phys_walk(0, phys, orders, walk.callback, walk.recovery)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+    assert walk.pages == [] and walk.recovered == []
+    assert (memory.statistics(), phys.parts, phys.bindings, phys.freed) == before
 
 
 async def test_walk_of_freed_phys_is_einval(memory: avcm.PhysicalMemory) -> None:
