@@ -384,3 +384,64 @@ def test_a_chooser_that_gives_up_mid_run_leaves_nothing_parked(backend: str) -> 
     while testing.run_on_virtual_time(backend, partial(main, at)) == at:
         at += 1
     assert at > 5  # it gave up at every step of both teardowns in turn, then ran through
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_task_that_polls_moves_one_poll_per_step(backend: str) -> None:
+    """A poll loop is a task blocked on a timer: choosing it lets time pass to its next poll,
+    choosing another lets that one go first. Never a stall, never a false deadlock."""
+
+    async def scenario(run: testing.Run) -> None:
+        flag = avcm.AtomicCounter()
+
+        async def poller() -> int:
+            polls = 0
+            while not flag.value:
+                polls += 1
+                await anyio.sleep(0.01)
+            return polls
+
+        async def setter() -> None:
+            await anyio.sleep(0.1)
+            await flag.inc()
+
+        polls, _ = await run.concurrently(poller, setter)
+        # the setter, parked at its inc, gets its turn within a few polls however long the
+        # strategy prefers the poller (a run that never ended would be a StepBudgetError)
+        assert polls.unwrap() <= 10 + 2 * 8
+
+    result = testing.explore(scenario, schedules=200, backend=backend)
+    assert not result.found, result.failure and result.failure.report()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_tasks_spawned_by_a_controlled_task_run_free(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        counter = avcm.AtomicCounter()
+
+        async def spawner() -> None:
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(counter.inc)
+            await counter.inc()
+
+        await run.concurrently(spawner, counter.inc)
+        assert counter.value == 5
+
+    result = testing.explore(scenario, schedules=100, backend=backend)
+    assert not result.found, result.failure and result.failure.report()
+
+
+def test_concurrently_is_not_nested_and_runs_something() -> None:
+    async def nested(run: testing.Run) -> None:
+        async def inner() -> None:
+            await run.concurrently(anyio.lowlevel.checkpoint)
+
+        outcome = (await run.concurrently(inner))[0]
+        assert isinstance(outcome.error, avcm.InvalidError), outcome
+        with pytest.raises(avcm.InvalidError, match="2 functions but 1 names"):
+            await run.concurrently(inner, inner, names=["one"])
+        with pytest.raises(avcm.InvalidError, match="no function"):
+            await run.concurrently()
+
+    assert not testing.explore(nested, schedules=3).found

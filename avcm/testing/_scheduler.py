@@ -13,8 +13,10 @@ quiescence; the clock, if it is a virtual one, jumps only when every task waits.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
@@ -24,6 +26,7 @@ import sniffio
 import trio.abc
 import trio.lowlevel
 
+from .._errors import InvalidError
 from .._sync import Mutex, _sync_hook
 from ._errors import DeadlockError, RunawayError, StepBudgetError
 from ._strategies import Chooser
@@ -149,7 +152,14 @@ class Run:
         the first choice is who starts.
         """
         if names is not None and len(names) != len(functions):
-            raise ValueError("concurrently: one name per function")
+            raise InvalidError(f"concurrently: {len(functions)} functions but {len(names)} names")
+        if _controlled.get():
+            raise InvalidError(
+                "concurrently: called from a task it controls; run every racing task from "
+                "the scenario itself"
+            )
+        if not functions:
+            raise InvalidError("concurrently: no function to run")
         tasks: list[_Task] = []
         for offset, function in enumerate(functions):
             name = names[offset] if names is not None else getattr(function, "__name__", "")
@@ -184,10 +194,16 @@ class Run:
         function: Callable[[], Awaitable[Any]],
         outcomes: dict[int, TaskOutcome],
     ) -> None:
+        owner = anyio.get_current_task().id
+
         async def hook(point: str, obj: object) -> None:
-            await self._park(task, point, obj)
+            # Tasks this task spawns inherit the hook; they are not under control (they run
+            # as the event loop schedules them) and must not park in their parent's place.
+            if anyio.get_current_task().id == owner:
+                await self._park(task, point, obj)
 
         _sync_hook.set(hook)  # this task's own context: its children inherit it
+        _controlled.set(True)
         try:
             await self._park(task, "task.start", None)
             try:
@@ -230,17 +246,22 @@ class Run:
         if self.idle_timeout is None:
             self.idle_timeout = 3600.0 if _virtual_clock() else 1.0
         stuck: set[_Task] = set()  # blocked, and did not move when waited for
+        waited = 0  # steps of time passing in a row
         while True:
             await quiescent.wait()
-            choices = [
-                task
-                for task in tasks
-                if task.enabled() or not (task.done or task.parked or task in stuck)
-            ]
+            choices = [task for task in tasks if task.enabled()]
+            if not choices or waited < _FAIR_WAITS:
+                # Blocked tasks are choices too (choosing one lets time pass); but not forever
+                # while others could go: a task that polls would otherwise starve the one it
+                # waits for under a strategy that keeps preferring it (PCT).
+                choices += [
+                    task for task in tasks if not (task.done or task.parked or task in stuck)
+                ]
+                choices.sort(key=lambda task: task.index)
             if not choices:
                 if all(task.done for task in tasks):
                     return
-                if not await self._wait_for_change():
+                if not await self._let_time_pass():
                     raise DeadlockError(self._describe_stuck(tasks))
                 stuck.clear()
                 continue
@@ -269,12 +290,14 @@ class Run:
                 # means letting time pass until it, or anything, moves. Choosing another task
                 # instead is what overlaps the sleep with other work.
                 self._record(chosen, "blocked", "")
-                if await self._wait_for_change():
+                waited += 1
+                if await self._let_time_pass():
                     stuck.clear()
                 else:
                     stuck.add(chosen)
                 continue
             self._record(chosen, chosen.point, chosen.operation)
+            waited = 0
             event = chosen.event
             assert event is not None
             chosen.parked = False
@@ -290,6 +313,16 @@ class Run:
                 time=round(anyio.current_time() - self._start_time, 9),  # to the ns: runs compare
             )
         )
+
+    async def _let_time_pass(self) -> bool:
+        """One step of time: up to the next timer anyone waits for (a driver's sleep, a poll),
+        so a task that polls moves one poll per step instead of running on unwatched. Without
+        a timer, wait for a task to park or end. False if nothing could move."""
+        deadline = _next_deadline()
+        if deadline is not None:
+            await anyio.sleep_until(deadline)
+            return True
+        return await self._wait_for_change()
 
     async def _wait_for_change(self) -> bool:
         """Wait, letting a virtual clock jump, until a task parks or ends; False if nothing
@@ -316,6 +349,8 @@ class Run:
 
 
 _run_task_code = Run._run_task.__code__
+_FAIR_WAITS = 8  # steps of time in a row while a parked task could go, at most
+_controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
 
 class _Quiescence:
@@ -385,6 +420,24 @@ class _AsyncioQuiescence(_Quiescence):
         raise RunawayError(
             f"a task ran {self.budget} steps without reaching a sync point or blocking"
         )
+
+
+def _next_deadline() -> float | None:
+    """The earliest timer of the running event loop, if any. Neither trio nor asyncio says
+    this publicly: this reads their internals, and answers None where they moved."""
+    if sniffio.current_async_library() == "trio":
+        try:
+            from trio._core._run import GLOBAL_RUN_CONTEXT
+
+            deadline = GLOBAL_RUN_CONTEXT.runner.deadlines.next_deadline()
+        except (ImportError, AttributeError):  # pragma: no cover - a trio that changed
+            return None
+        return None if math.isinf(deadline) else float(deadline)
+    import asyncio
+
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", [])
+    whens = [handle.when() for handle in scheduled if not handle.cancelled()]
+    return min(whens) if whens else None
 
 
 def _virtual_clock() -> bool:
