@@ -81,11 +81,16 @@ def test_the_command_line_replays_what_it_found() -> None:
     failed = conformance("tests.broken_drivers:leaky", "--schedules", "5")
     assert failed.returncode == 1, failed.stderr
     replay = next(line for line in failed.stdout.splitlines() if line.startswith("replay: "))
-    command = replay.removeprefix("replay: python -m avcm.testing conformance ").split()
-    assert command[0] == "tests.broken_drivers:leaky" and "--replay" in command
-    again = conformance(*[argument.strip("'") for argument in command])
+    command = replay.removeprefix("replay: ")
+    assert command.startswith(f"{sys.executable} -m avcm.testing conformance ")
+    assert "tests.broken_drivers:leaky" in command and "--replay" in command
+    again = subprocess.run(
+        command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert again.returncode == 1, again.stderr
     assert "rule 9" in again.stdout
+    # the replay's own report gives the same command back
+    assert f"replay: {command}" in again.stdout
 
     passed = conformance("drivers:create_iommu", "--schedules", "5")
     assert passed.returncode == 0, passed.stdout + passed.stderr

@@ -278,7 +278,9 @@ def test_the_timeline_shows_each_task_in_its_column(tmp_path: Path) -> None:
     assert end.count("=> ok") == 2
     report = found.failure.report()
     assert "replay token: avcm1:" in report
-    assert "python -m avcm.testing replay tests.races:seed_two_binds_win" in report
+    assert (
+        f"replay: {sys.executable} -m avcm.testing replay tests.races:seed_two_binds_win" in report
+    )
 
     path = tmp_path / "trace.json"
     timeline.write_chrome_trace(str(path))
@@ -445,3 +447,31 @@ def test_concurrently_is_not_nested_and_runs_something() -> None:
             await run.concurrently()
 
     assert not testing.explore(nested, schedules=3).found
+
+
+def test_more_bad_input() -> None:
+    with pytest.raises(testing.TokenError, match="more than"):
+        testing.ReplayToken.parse("avcm1:pct-d3:0:6:ca8e3356:0x99999999999")
+    token = testing.ReplayToken.parse("avcm1:pct-d3:0:6:CA8E3356:0")
+    assert token.digest == "ca8e3356"
+    for not_a_scenario in (42, testing.Run):
+        with pytest.raises(avcm.InvalidError, match="scenario"):
+            testing.explore(not_a_scenario, schedules=1)  # type: ignore[arg-type]
+
+    def not_async(run: testing.Run) -> None:
+        pass
+
+    with pytest.raises(avcm.InvalidError, match="async def"):
+        testing.explore(not_async, schedules=1)  # type: ignore[arg-type]
+    with pytest.raises(avcm.InvalidError, match="shrink_budget"):
+        testing.explore(counting_tasks(1), shrink_budget=-1)
+
+    def raises(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+        raise RuntimeError("no hardware here")
+
+    with pytest.raises(avcm.InvalidError, match="factory raised RuntimeError: no hardware"):
+        testing.check_conformance(raises)
+    bad_path = replay_in_a_fresh_process(
+        "tests.races:seed_two_binds_win", "avcm1:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
+    )
+    assert bad_path.returncode == 2 and "cannot write" in bad_path.stderr

@@ -91,31 +91,38 @@ async def test_a_race_test_is_a_few_lines(race: RaceFixture, autojump_clock: obj
 
 
 def test_pytest_prints_a_replay_that_pytest_reruns(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["avcm.testing.pytest_plugin"]\n')
-    (tmp_path / "test_found.py").write_text(
+    """The printed command works as printed, from another directory, and replays the check
+    that failed (here the second of the test)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text('pytest_plugins = ["avcm.testing.pytest_plugin"]\n')
+    (project / "test_found.py").write_text(
         "import pytest\n"
-        "from tests.races import SEED\n\n"
+        "from tests.races import AVCM, SEED\n\n"
         "@pytest.mark.trio\n"
         "async def test_two_binds(race, autojump_clock):\n"
+        "    await race.check(AVCM['two_binds_win'], schedules=50)\n"
         "    await race.check(SEED['two_binds_win'], schedules=500)\n"
     )
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
+    def shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            command,
+            shell=True,
+            cwd=cwd,
+            env=environment,
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
 
-    found = pytest_run("test_found.py")
+    found = shell(f"{sys.executable} -m pytest -q -p no:cacheprovider test_found.py", project)
     assert found.returncode == 1, found.stdout
-    replay = re.search(r"replay: pytest (\S+) --avcm-replay (\S+)", found.stdout)
+    replay = re.search(r"replay: (.+ --avcm-replay \S+ --avcm-check 2)$", found.stdout, re.M)
     assert replay is not None, found.stdout
-    again = pytest_run(replay[1], "--avcm-replay", replay[2].strip("'"))
-    assert again.returncode == 1
+    again = shell(replay[1] + " -p no:cacheprovider", tmp_path)
+    assert again.returncode == 1, again.stdout
     timeline = found.stdout[found.stdout.index("step │") : found.stdout.index("replay token:")]
     assert timeline in again.stdout

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .._errors import VcmError
@@ -62,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("scenario", help="the scenario, as MODULE:NAME")
     replay_parser.add_argument("token", help="the replay token a failure printed")
     replay_parser.add_argument("--backend", choices=BACKENDS, default="trio")
-    replay_parser.add_argument("--chrome-trace", metavar="PATH", help="also write a Chrome trace")
+    replay_parser.add_argument(
+        "--chrome-trace",
+        metavar="PATH",
+        help="if it fails, also write its timeline as a Chrome trace",
+    )
     conformance = commands.add_parser(
         "conformance", help="run the contract's rules 1-9 against a driver factory"
     )
@@ -78,7 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _writable(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if Path(path).is_dir() or not parent.is_dir():
+        raise _UsageError(f"cannot write {path!r}: not a file in an existing directory")
+
+
 def _replay(args: argparse.Namespace) -> int:
+    if args.chrome_trace:
+        _writable(args.chrome_trace)
     token = ReplayToken.parse(args.token)
     scenario = load(args.scenario)
     failure = replay(scenario, token, backend=args.backend)

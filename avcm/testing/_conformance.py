@@ -26,7 +26,7 @@ from .._core import Phys, Res, Vcm
 from .._errors import InvalidError, VcmError, VcmWarning
 from .._memory import PhysicalMemory
 from ._clock import run_on_virtual_time
-from ._explore import Failure, explore_async, replay_async
+from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._scheduler import Run
 from ._strategies import PCT
 from ._timeline import TaskOutcome
@@ -358,7 +358,14 @@ async def check_conformance_async(
         raise InvalidError("conformance: a replay token replays one scenario: name it")
     backend = _backend()
     # a factory that cannot make a context is bad input, not a failure of some schedule
-    probe = await _make(factory, PhysicalMemory(size=64 << 20))
+    try:
+        probe = await _make(factory, PhysicalMemory(size=64 << 20))
+    except InvalidError:
+        raise
+    except Exception as error:
+        raise InvalidError(
+            f"conformance: the factory raised {type(error).__name__}: {error}"
+        ) from error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VcmWarning)
         await probe.destroy()
@@ -370,11 +377,11 @@ async def check_conformance_async(
         command = None
         if factory_spec is not None:
             command = (
-                f"python -m avcm.testing conformance {factory_spec} --scenario {name} "
+                f"{PYTHON} -m avcm.testing conformance {factory_spec} --scenario {name} "
                 f"--replay {{token}} --backend {backend}"
             )
         if replay_token is not None:
-            failure = await replay_async(scenario, replay_token)
+            failure = await replay_async(scenario, replay_token, command=command)
             results.append(ScenarioResult(name, rule, 1, failure))
             continue
         result = await explore_async(

@@ -8,8 +8,10 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import shlex
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -72,7 +74,12 @@ def scenario_name(scenario: Callable[..., Any]) -> str:
 
 def _importable(scenario: Callable[..., Any]) -> bool:
     qualname = getattr(scenario, "__qualname__", "")
-    return not isinstance(scenario, partial) and "<" not in qualname
+    module = getattr(scenario, "__module__", "__main__")
+    return not isinstance(scenario, partial) and "<" not in qualname and module != "__main__"
+
+
+PYTHON = shlex.quote(sys.executable)
+"""The interpreter running now: printed commands work without an activated environment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +102,7 @@ class Failure:
         if self.command is not None:
             return self.command.format(token=shlex.quote(str(self.token)))
         return (
-            f"python -m avcm.testing replay {self.scenario} {shlex.quote(str(self.token))} "
+            f"{PYTHON} -m avcm.testing replay {self.scenario} {shlex.quote(str(self.token))} "
             f"--backend {self.backend}"
         )
 
@@ -106,7 +113,10 @@ class Failure:
             if self.steps_before_shrinking != len(timeline.steps)
             else ""
         )
-        found = "replayed" if self.replayed else f"failed under schedule {self.schedules}"
+        if self.replayed:
+            found = f"replayed schedule {self.token.schedule}"
+        else:
+            found = f"failed in schedule {self.token.schedule} (after {self.schedules} run)"
         return (
             f"{self.scenario} {found} ({self.token.strategy}, "
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
@@ -148,8 +158,15 @@ async def _run_once(
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
     )
+    if not callable(scenario) or isinstance(scenario, type):
+        raise InvalidError(f"a scenario is an async function taking a Run, not {scenario!r}")
+    awaitable = scenario(run)
+    if not inspect.isawaitable(awaitable):
+        raise InvalidError(
+            f"scenario {scenario_name(scenario)} returned {awaitable!r}: make it an async def"
+        )
     try:
-        await scenario(run)
+        await awaitable
     except ReplayDivergedError:
         raise
     except Exception as error:
@@ -291,6 +308,8 @@ async def explore_async(
     virtual clock (pytest-trio's ``autojump_clock``).
     """
     schedules = _check_schedules(schedules)
+    if not isinstance(shrink_budget, int) or isinstance(shrink_budget, bool) or shrink_budget < 0:
+        raise InvalidError(f"shrink_budget must be an int >= 0, not {shrink_budget!r}")
     strategy = PCT() if strategy is None else strategy
     if not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
@@ -391,7 +410,11 @@ def check(
 
 
 async def replay_async(
-    scenario: Scenario, token: ReplayToken | str, *, limits: Limits | None = None
+    scenario: Scenario,
+    token: ReplayToken | str,
+    *,
+    limits: Limits | None = None,
+    command: str | None = None,
 ) -> Failure | None:
     """Run *scenario* once under the schedule of *token*; the failure, or ``None`` if it
     passed. :class:`ReplayDivergedError` if the run does not follow the recording."""
@@ -417,7 +440,7 @@ async def replay_async(
         seed=token.seed,
         schedule=token.schedule,
         steps_before=run.steps,
-        command=None,
+        command=command,
     )
     return dataclasses.replace(failure, replayed=True)
 

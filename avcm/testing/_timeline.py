@@ -60,8 +60,13 @@ class Timeline:
     outcomes: tuple[TaskOutcome, ...]
     preemptions: int
 
-    def format(self, width: int = 34) -> str:
-        """One column per task, one row per step: what each task did, in the order it did it."""
+    def format(self, width: int | None = None) -> str:
+        """One column per task, one row per step: what each task did, in the order it did it.
+        Columns are as wide as their widest cell, up to 60 characters (or *width*)."""
+        if width is None:
+            cells = [f"{step.operation} {step.point}" for step in self.steps]
+            cells += [f"{index} {name}" for index, name in enumerate(self.tasks)]
+            width = min(60, max(map(len, cells), default=12))
         names = [f"{index} {name}"[:width] for index, name in enumerate(self.tasks)]
         lines = ["step │ " + " │ ".join(name.ljust(width) for name in names)]
         lines.append("─────┼─" + "─┼─".join("─" * width for _ in names))

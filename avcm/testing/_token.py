@@ -18,10 +18,11 @@ from ._errors import TokenError
 __all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
 
 TOKEN_VERSION = "avcm1"
+MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]*):(?P<seed>\d+):(?P<schedule>\d+):"
-    r"(?P<digest>[0-9a-f]{8}):(?P<decisions>-|\d+(?:x\d+)?(?:\.\d+(?:x\d+)?)*)"
+    r"(?P<digest>[0-9a-fA-F]{8}):(?P<decisions>-|\d+(?:x\d+)?(?:\.\d+(?:x\d+)?)*)"
 )
 
 
@@ -58,7 +59,11 @@ def _decode(text: str) -> tuple[int, ...]:
         task, _, count = run.partition("x")
         if count and int(count) == 0:
             raise TokenError(f"replay token: a run of zero steps ({run!r})")
+        if count and int(count) > MAX_DECISIONS:
+            raise TokenError(f"replay token: more than {MAX_DECISIONS:,} steps")
         decisions.extend([int(task)] * (int(count) if count else 1))
+        if len(decisions) > MAX_DECISIONS:
+            raise TokenError(f"replay token: more than {MAX_DECISIONS:,} steps")
     return tuple(decisions)
 
 
@@ -101,6 +106,6 @@ class ReplayToken:
             strategy=match["strategy"],
             seed=int(match["seed"]),
             schedule=int(match["schedule"]),
-            digest=match["digest"],
+            digest=match["digest"].lower(),
             decisions=_decode(match["decisions"]),
         )

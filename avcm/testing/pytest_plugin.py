@@ -9,8 +9,10 @@ pytest-trio, with ``autojump_clock`` so that latency costs nothing; or an anyio 
         await race.check(two_binds, schedules=2000)
 
 A failure raises :class:`~avcm.testing.RaceFound` with the shrunk timeline and the command
-that replays it: ``pytest NODEID --avcm-replay TOKEN``. ``--avcm-schedules N`` overrides the
-number of schedules of every ``race.check``; ``--avcm-seed S`` the strategy's seed.
+that replays it: ``python -m pytest /path/test.py::test --avcm-replay TOKEN --avcm-check K``
+(the K-th ``race.check`` of the test replays the token; the others explore as before).
+``--avcm-schedules N`` overrides the number of schedules of every ``race.check``;
+``--avcm-seed S`` the strategy's seed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shlex
 import pytest
 
 from ._errors import RaceFound
-from ._explore import Exploration, Limits, Scenario, explore_async, replay_async
+from ._explore import PYTHON, Exploration, Limits, Scenario, explore_async, replay_async
 from ._strategies import PCT, Strategy
 
 __all__ = ["RaceFixture", "race"]
@@ -34,6 +36,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="replay this token in race.check instead of exploring",
     )
     group.addoption(
+        "--avcm-check",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --avcm-replay: which race.check of the test replays (default 1)",
+    )
+    group.addoption(
         "--avcm-schedules",
         type=int,
         metavar="N",
@@ -45,11 +54,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 class RaceFixture:
     """What the ``race`` fixture gives a test."""
 
-    def __init__(self, config: pytest.Config, nodeid: str) -> None:
+    def __init__(self, config: pytest.Config, node: str) -> None:
         self._replay: str | None = config.getoption("--avcm-replay")
+        self._replay_check: int = config.getoption("--avcm-check")
         self._schedules: int | None = config.getoption("--avcm-schedules")
         self._seed: int = config.getoption("--avcm-seed")
-        self._nodeid = nodeid
+        if self._schedules is not None and self._schedules < 1:
+            raise pytest.UsageError(f"--avcm-schedules must be >= 1, not {self._schedules}")
+        if self._replay_check < 1:
+            raise pytest.UsageError(f"--avcm-check must be >= 1, not {self._replay_check}")
+        self._node = node
+        self._checks = 0
 
     async def check(
         self,
@@ -61,8 +76,13 @@ class RaceFixture:
     ) -> Exploration | None:
         """Explore *scenario*; raise :class:`RaceFound` on a failure. With ``--avcm-replay``,
         run that token's schedule instead (and return ``None`` if it passes)."""
-        if self._replay is not None:
-            failure = await replay_async(scenario, self._replay, limits=limits)
+        self._checks += 1
+        command = (
+            f"{PYTHON} -m pytest {shlex.quote(self._node)} --avcm-replay {{token}} "
+            f"--avcm-check {self._checks}"
+        )
+        if self._replay is not None and self._checks == self._replay_check:
+            failure = await replay_async(scenario, self._replay, limits=limits, command=command)
             if failure is not None:
                 raise RaceFound(failure)
             return None
@@ -71,7 +91,7 @@ class RaceFixture:
             strategy=strategy or PCT(self._seed),
             schedules=self._schedules or schedules,
             limits=limits,
-            command=f"pytest {shlex.quote(self._nodeid)} --avcm-replay {{token}}",
+            command=command,
         )
         if result.failure is not None:
             raise RaceFound(result.failure)
@@ -81,4 +101,6 @@ class RaceFixture:
 @pytest.fixture
 def race(request: pytest.FixtureRequest) -> RaceFixture:
     """Explore scenarios under the controlled scheduler: ``await race.check(scenario)``."""
-    return RaceFixture(request.config, request.node.nodeid)
+    # the test's file by its absolute path: the command works from any directory
+    node = f"{request.node.path}::{request.node.name}"
+    return RaceFixture(request.config, node)
