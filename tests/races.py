@@ -171,14 +171,13 @@ def later(op: Op, lead: int) -> Op:
     if not lead:
         return op
 
-    async def late() -> Any:
+    async def busywork() -> Any:
         busy = avcm.AtomicCounter(0, "busywork")
         for _ in range(lead):
             await busy.inc()
         return await op()
 
-    late.__name__ = late.__qualname__ = "busywork"
-    return late
+    return busywork
 
 
 def _named(name: str, scenario: testing.Scenario) -> testing.Scenario:

@@ -49,7 +49,8 @@ def _operation(frame: FrameType | None) -> str:
             break
         module = frame.f_globals.get("__name__", "")
         if not module.startswith(_MACHINERY) and code.co_name != "<lambda>":
-            frames.append((module, code.co_qualname))
+            # "outer.<locals>.inner" reads better as "inner"
+            frames.append((module, code.co_qualname.rsplit("<locals>.", 1)[-1]))
         frame = frame.f_back
     if not frames:
         return "?"
