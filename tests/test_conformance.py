@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from avcm import testing
 from tests import broken_drivers
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -109,3 +111,28 @@ def test_the_command_line_bad_input() -> None:
         result = conformance(*args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("factory", [drivers.create_iommu, drivers.create_carveout])
+async def test_rule_8_faults_are_injected_and_contained(factory: object) -> None:
+    """The suite's fault injection: the chosen setup call fails before the driver runs, the
+    error reaches the caller, and nothing changed."""
+    from avcm.testing._conformance import InjectedFault, _inject_fault
+
+    memory = avcm.PhysicalMemory(size=64 << 20)
+    pristine = memory.free_bytes
+    vcm = factory(memory)  # type: ignore[operator]
+    free_before = memory.free_bytes
+    state = _inject_fault(vcm)
+    for fail_at in (1, 2):
+        state[0], state[1] = 0, fail_at
+        with pytest.raises(InjectedFault) as info:
+            await vcm.make_binding(64 << 10)
+        assert info.value.errno == errno.EIO
+        assert vcm.reservations() == () and vcm.allocations() == ()
+        assert memory.free_bytes == free_before
+    state[1] = 0
+    res = await vcm.make_binding(64 << 10)
+    await res.destroy_binding()
+    await vcm.destroy()
+    assert memory.free_bytes == pristine

@@ -4,13 +4,14 @@
 for every schedule of every scenario, races avcm operations on it under the controlled
 scheduler, and checks the rules at the end of each: the model check (rule 4), ``bindings``
 counts (rule 5), no freed memory bound (rule 6), no lock held (rule 7), no two live allocations
-overlapping, and after ``destroy`` every page of memory free again (rule 9). Rule 8 (faults)
-needs a driver that can be made to fail: drivers built on :mod:`drivers` take a ``FaultPlan``;
-run the suite on such a factory to cover it.
+overlapping, and after ``destroy`` every page of memory free again (rule 9). For rule 8 the
+suite makes the driver's setup calls fail itself, one call after another (core operations,
+the MMU wrapper's activation of each reservation or page, a one-to-one allocator's alloc).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import inspect
 import itertools
@@ -18,6 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -25,6 +27,8 @@ from .._check import HardwareView, _hardware_of, check_model
 from .._core import Phys, Res, Vcm
 from .._errors import InvalidError, VcmError, VcmWarning
 from .._memory import PhysicalMemory
+from .._mmu import MmuWrapper
+from .._o2o import O2oWrapper
 from ._clock import run_on_virtual_time
 from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._scheduler import Run
@@ -217,6 +221,91 @@ async def _allocation_and_leaks(run: Run, vcm: Vcm) -> None:
     _raise_unexpected(outcomes, {errno.ENOMEM, errno.ENOSPC})
 
 
+class InjectedFault(VcmError):
+    """The fault the conformance suite injects into a driver call (rule 8)."""
+
+    default_errno = errno.EIO
+
+
+_SETUP_OPS = ("alloc", "res", "phys", "map", "bind", "activate")
+_MMU_SETUP_OPS = ("_activate", "_activate_page", "_enable")
+
+
+def _inject_fault(vcm: Vcm) -> list[int]:
+    """Make the driver's setup calls countable and failable: returns ``[calls, fail_at]``;
+    the call whose number equals ``fail_at`` raises :class:`InjectedFault` before the driver
+    runs. Core operations, the MMU wrapper's hardware calls (activation of each reservation or
+    page, enable) and a one-to-one allocator's ``alloc`` are covered."""
+    state = [0, 0]
+
+    def failable(op: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any) -> Any:
+            state[0] += 1
+            if state[0] == state[1]:
+                raise InjectedFault(f"conformance: driver call {state[0]} fails")
+            return await op(*args)
+
+        return call
+
+    ops = {name: getattr(vcm._ops, name) for name in _SETUP_OPS}
+    vcm._ops = dataclasses.replace(
+        vcm._ops, **{name: failable(op) for name, op in ops.items() if op is not None}
+    )
+    driver = vcm.driver
+    if isinstance(driver, MmuWrapper):
+        for name in _MMU_SETUP_OPS:
+            op = getattr(driver, name)
+            if op is not None:
+                setattr(driver, name, failable(op))
+    elif isinstance(driver, O2oWrapper):
+        driver.hw = _FailableAllocator(driver.hw, failable)
+    return state
+
+
+class _FailableAllocator:
+    """A one-to-one allocator whose ``alloc`` can be made to fail; the rest passes through."""
+
+    def __init__(self, allocator: Any, failable: Callable[[Any], Any]) -> None:
+        self._allocator = allocator
+        self.alloc = failable(allocator.alloc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._allocator, name)
+
+
+async def _faults(run: Run, vcm: Vcm) -> None:
+    existing = await _binding(vcm, 8 * KiB)
+    spare = await existing.unbind()
+    assert spare is not None
+    state = _inject_fault(vcm)
+
+    async def pair() -> None:
+        async with vcm.activated():
+            pass
+
+    async def rebind() -> None:
+        if existing.phys is None:
+            await existing.bind(spare)
+
+    for fail_at in range(1, 7):
+        state[0], state[1] = 0, fail_at
+        outcomes = await run.concurrently(
+            partial(_binding, vcm, 64 * KiB + 4 * KiB),
+            pair,
+            rebind,
+            names=["make", "pair", "bind"],
+        )
+        _raise_unexpected(outcomes, {errno.EIO, errno.ENOMEM, errno.ENOSPC})
+        faulted = [o for o in outcomes if isinstance(o.error, InjectedFault)]
+        if state[0] >= fail_at:
+            assert len(faulted) == 1, f"rule 8: the fault reached {len(faulted)} callers, not 1"
+        assert vcm.activations == 0, f"rule 8: count {vcm.activations} after a fault"
+        _check_quiescent(vcm)
+    state[1] = 0
+    if existing.phys is None:
+        await spare.free()
+
+
 SCENARIOS: dict[str, tuple[str, str]] = {
     "activation_is_real": ("rules 1, 3", "concurrent activates return with the hardware active"),
     "cancelled_activation": ("rule 2", "an activate cancelled anywhere leaves nothing behind"),
@@ -225,6 +314,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "one_winner": ("rule 5", "one bind wins, one unbind returns the phys, bindings right"),
     "free_racing_bind": ("rule 6", "free racing bind: exactly one wins, no freed memory bound"),
     "cancellation": ("rule 7", "operations cancelled anywhere complete or have no effect"),
+    "faults": ("rule 8", "a driver call failing anywhere leaves all consistent, the error seen"),
     "allocation_and_leaks": ("rule 9", "concurrent allocation never overlaps, destroy frees all"),
 }
 
@@ -236,6 +326,7 @@ _BODIES: dict[str, Body] = {
     "one_winner": _one_winner,
     "free_racing_bind": _free_racing_bind,
     "cancellation": _cancellation,
+    "faults": _faults,
     "allocation_and_leaks": _allocation_and_leaks,
 }
 
