@@ -15,6 +15,7 @@ __all__ = [
     "check_aligned",
     "check_span",
     "check_flags",
+    "check_int",
     "check_orders",
     "is_int",
     "order_size",
@@ -28,6 +29,15 @@ MAX_ORDER = 30
 def is_int(value: object) -> TypeIs[int]:
     # bool is an int subclass, but True is never a size.
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(value: object, what: str, low: int, high: int | None = None) -> int:
+    """Return *value* if it is an int in ``low..high`` (no upper bound if None); else EINVAL."""
+    if not is_int(value) or value < low:
+        raise InvalidError(f"{what} must be an int >= {low}, not {value!r}")
+    if high is not None and value > high:
+        raise InvalidError(f"{what} must be <= {high}, not {value!r}")
+    return value
 
 
 def page_align(size: object, what: str) -> int:

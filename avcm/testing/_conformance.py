@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from .._check import HardwareView, _hardware_of, check_model
-from .._core import Phys, Res, Vcm
+from .._core import Phys, Vcm
 from .._errors import InvalidError, VcmError, VcmWarning
 from .._memory import PhysicalMemory
 from .._mmu import MmuWrapper
@@ -48,12 +48,6 @@ def _hardware(vcm: Vcm) -> HardwareView | None:
     return hardware if isinstance(hardware, HardwareView) else None
 
 
-def _errnos(outcomes: list[TaskOutcome]) -> list[int | None]:
-    return [
-        outcome.error.errno if isinstance(outcome.error, VcmError) else None for outcome in outcomes
-    ]
-
-
 def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
     """Errors the contract allows in a race are outcomes; anything else is a failure."""
     for outcome in outcomes:
@@ -65,15 +59,11 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
         raise AssertionError(f"{outcome.name} failed unexpectedly: {outcome.describe()}") from error
 
 
-async def _binding(vcm: Vcm, size: int) -> Res:
-    return await vcm.make_binding(size)
-
-
 # -- the scenarios ---------------------------------------------------------------------------
 
 
 async def _activation_is_real(run: Run, vcm: Vcm) -> None:
-    await _binding(vcm, 64 * KiB)
+    await vcm.make_binding(64 * KiB)
     hardware = _hardware(vcm)
 
     async def activator() -> None:
@@ -91,8 +81,8 @@ async def _activation_is_real(run: Run, vcm: Vcm) -> None:
 
 
 async def _cancelled_activation(run: Run, vcm: Vcm) -> None:
-    await _binding(vcm, 64 * KiB)
-    await _binding(vcm, 8 * KiB)
+    await vcm.make_binding(64 * KiB)
+    await vcm.make_binding(8 * KiB)
     scope = anyio.CancelScope()
 
     async def activator() -> None:
@@ -110,7 +100,7 @@ async def _cancelled_activation(run: Run, vcm: Vcm) -> None:
 
 
 async def _nested_pairs(run: Run, vcm: Vcm) -> None:
-    await _binding(vcm, 8 * KiB)
+    await vcm.make_binding(8 * KiB)
 
     async def pair() -> None:
         await vcm.activate()
@@ -124,7 +114,7 @@ async def _nested_pairs(run: Run, vcm: Vcm) -> None:
 
 
 async def _bind_while_active(run: Run, vcm: Vcm) -> None:
-    doomed = [await _binding(vcm, 8 * KiB) for _ in range(4)]
+    doomed = [await vcm.make_binding(8 * KiB) for _ in range(4)]
     await vcm.activate()
 
     async def toggle() -> None:
@@ -136,7 +126,10 @@ async def _bind_while_active(run: Run, vcm: Vcm) -> None:
             await res.destroy_binding()
 
     outcomes = await run.concurrently(
-        partial(_binding, vcm, 64 * KiB), destroy_two, toggle, names=["make", "destroy", "toggle"]
+        partial(vcm.make_binding, 64 * KiB),
+        destroy_two,
+        toggle,
+        names=["make", "destroy", "toggle"],
     )
     _raise_unexpected(outcomes, {errno.ENOMEM, errno.ENOSPC})
     check_model(vcm)
@@ -145,7 +138,7 @@ async def _bind_while_active(run: Run, vcm: Vcm) -> None:
 
 
 async def _one_winner(run: Run, vcm: Vcm) -> None:
-    res = await _binding(vcm, 16 * KiB)
+    res = await vcm.make_binding(16 * KiB)
     first = await res.unbind()
     assert first is not None
     try:
@@ -170,7 +163,7 @@ async def _one_winner(run: Run, vcm: Vcm) -> None:
 
 
 async def _free_racing_bind(run: Run, vcm: Vcm) -> None:
-    res = await _binding(vcm, 16 * KiB)
+    res = await vcm.make_binding(16 * KiB)
     phys = await res.unbind()
     assert phys is not None
     outcomes = await run.concurrently(partial(res.bind, phys), phys.free, names=["bind", "free"])
@@ -181,13 +174,13 @@ async def _free_racing_bind(run: Run, vcm: Vcm) -> None:
 
 
 async def _cancellation(run: Run, vcm: Vcm) -> None:
-    await _binding(vcm, 8 * KiB)
+    await vcm.make_binding(8 * KiB)
     await vcm.activate()
     scopes = [anyio.CancelScope() for _ in range(2)]
 
     async def builder() -> None:
         with scopes[0]:
-            res = await _binding(vcm, 64 * KiB + 4 * KiB)
+            res = await vcm.make_binding(64 * KiB + 4 * KiB)
             await res.destroy_binding()
 
     async def toggler() -> None:
@@ -208,10 +201,10 @@ async def _cancellation(run: Run, vcm: Vcm) -> None:
 
 
 async def _allocation_and_leaks(run: Run, vcm: Vcm) -> None:
-    early = [await _binding(vcm, 4 * KiB * (1 + i)) for i in range(5)]
+    early = [await vcm.make_binding(4 * KiB * (1 + i)) for i in range(5)]
 
     async def make() -> None:
-        await _binding(vcm, 12 * KiB)
+        await vcm.make_binding(12 * KiB)
 
     async def destroy() -> None:
         for res in early[:3]:
@@ -274,7 +267,7 @@ class _FailableAllocator:
 
 
 async def _faults(run: Run, vcm: Vcm) -> None:
-    existing = await _binding(vcm, 8 * KiB)
+    existing = await vcm.make_binding(8 * KiB)
     spare = await existing.unbind()
     assert spare is not None
     state = _inject_fault(vcm)
@@ -290,7 +283,7 @@ async def _faults(run: Run, vcm: Vcm) -> None:
     for fail_at in range(1, 7):
         state[0], state[1] = 0, fail_at
         outcomes = await run.concurrently(
-            partial(_binding, vcm, 64 * KiB + 4 * KiB),
+            partial(vcm.make_binding, 64 * KiB + 4 * KiB),
             pair,
             rebind,
             names=["make", "pair", "bind"],

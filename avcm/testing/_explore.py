@@ -20,6 +20,7 @@ from typing import Any
 import sniffio
 
 from .._errors import InvalidError
+from .._validate import check_int
 from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
@@ -56,9 +57,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "runaway_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidError(f"Limits.{name} must be an int >= 1, not {value!r}")
+            check_int(getattr(self, name), f"Limits.{name}", 1)
         timeout = self.idle_timeout
         if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
             raise InvalidError(f"Limits.idle_timeout must be > 0, not {self.idle_timeout!r}")
@@ -285,12 +284,6 @@ def _failure(
     )
 
 
-def _check_schedules(schedules: object) -> int:
-    if not isinstance(schedules, int) or isinstance(schedules, bool) or schedules < 1:
-        raise InvalidError(f"schedules must be an int >= 1, not {schedules!r}")
-    return schedules
-
-
 async def explore_async(
     scenario: Scenario,
     *,
@@ -307,9 +300,8 @@ async def explore_async(
     Under a real clock, simulated latency takes real time: prefer :func:`explore`, or a
     virtual clock (pytest-trio's ``autojump_clock``).
     """
-    schedules = _check_schedules(schedules)
-    if not isinstance(shrink_budget, int) or isinstance(shrink_budget, bool) or shrink_budget < 0:
-        raise InvalidError(f"shrink_budget must be an int >= 0, not {shrink_budget!r}")
+    schedules = check_int(schedules, "schedules", 1)
+    check_int(shrink_budget, "shrink_budget", 0)
     strategy = PCT() if strategy is None else strategy
     if not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
@@ -357,7 +349,7 @@ async def explore_async(
         seed=strategy.seed,
         backend=sniffio.current_async_library() or "?",
         schedules=ran,
-        exhausted=exhausted or (ran < schedules),
+        exhausted=exhausted,
         failure=None,
         max_steps_seen=max_steps_seen,
     )

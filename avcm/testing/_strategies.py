@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
-from .._errors import InvalidError
+from .._validate import check_int
 from ._errors import ReplayDivergedError
 
 __all__ = [
@@ -34,14 +34,6 @@ class Chooser(Protocol):
         """Return a position in *enabled*: task ids, the one that ran last first when it can
         go on (then *continuing* is true, and any other position is a preemption)."""
         ...
-
-
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InvalidError(f"{what} must be an int >= {low}, not {value!r}")
-    if high is not None and value > high:
-        raise InvalidError(f"{what} must be <= {high}, not {value!r}")
-    return value
 
 
 class Strategy(ABC):
@@ -76,7 +68,7 @@ class RandomWalk(Strategy):
     """At every step, any task that can run, uniformly at random."""
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = _check_int(seed, "RandomWalk seed", 0)
+        self.seed = check_int(seed, "RandomWalk seed", 0)
         self.name = "random"
 
     def chooser(self, schedule: int) -> Chooser:
@@ -121,9 +113,9 @@ class PCT(Strategy):
     """
 
     def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8) -> None:
-        self.seed = _check_int(seed, "PCT seed", 0)
-        self.depth = _check_int(depth, "PCT depth", 1, 64)
-        self.steps = _check_int(steps, "PCT steps", 1)
+        self.seed = check_int(seed, "PCT seed", 0)
+        self.depth = check_int(depth, "PCT depth", 1, 64)
+        self.steps = check_int(steps, "PCT steps", 1)
         self.name = f"pct-d{self.depth}"
 
     def chooser(self, schedule: int) -> Chooser:
@@ -167,7 +159,7 @@ class Exhaustive(Strategy):
     """
 
     def __init__(self, preemption_bound: int = 2) -> None:
-        self.preemption_bound = _check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
+        self.preemption_bound = check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
         self.seed = 0
         self.name = f"exhaustive-p{self.preemption_bound}"
         self._last: _ExhaustiveChooser | None = None

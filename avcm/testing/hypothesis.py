@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .._errors import InvalidError
+from .._validate import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
 from ._explore import Limits, Scenario, _failure, _run_once
@@ -62,10 +63,8 @@ class Schedule:
 
 def schedules(*, max_choices: int = 100, max_tasks: int = 8) -> st.SearchStrategy[Schedule]:
     """Schedules of at most *max_choices* choices among at most *max_tasks* tasks."""
-    if not isinstance(max_choices, int) or max_choices < 0:
-        raise InvalidError(f"schedules: max_choices must be an int >= 0, not {max_choices!r}")
-    if not isinstance(max_tasks, int) or max_tasks < 2:
-        raise InvalidError(f"schedules: max_tasks must be an int >= 2, not {max_tasks!r}")
+    check_int(max_choices, "schedules: max_choices", 0)
+    check_int(max_tasks, "schedules: max_tasks", 2)
     positions = st.lists(st.integers(0, max_tasks - 1), max_size=max_choices)
     return positions.map(lambda drawn: Schedule(tuple(drawn)))
 
@@ -207,8 +206,7 @@ def run_race_machine(
         ("max_rounds", max_rounds),
         ("max_parallel", max_parallel),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidError(f"run_race_machine: {name} must be an int >= 1, not {value!r}")
+        check_int(value, f"run_race_machine: {name}", 1)
     limits = limits or Limits()
     options = hypothesis_settings or settings(deadline=None)
 
