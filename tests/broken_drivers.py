@@ -5,6 +5,7 @@ Each factory takes the run's physical memory and returns a context, as ``--drive
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import anyio
@@ -120,3 +121,26 @@ def announced_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     for it before it presses Ctrl-C)."""
     print("driver ready", file=sys.stderr, flush=True)
     return drivers.create_iommu(memory, name="announced")
+
+
+class SelfInterruptingPageTable(drivers.PageTableMmu):
+    """Not broken: its 50th page write presses Ctrl-C (SIGINT to itself) in the middle of the
+    write, then says on stderr whether the rest of the write still ran. Ctrl-C must wait for a
+    checkpoint, never land inside a driver's or the framework's bookkeeping."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="self-interrupting")
+        self.writes = 0
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self.writes += 1
+        if self.writes == 50:
+            signal.raise_signal(signal.SIGINT)
+            print("write went on after Ctrl-C", file=sys.stderr, flush=True)
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+def self_interrupting_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(
+        0x1000_0000, 1 << 30, SelfInterruptingPageTable(memory), memory=memory, name="sigint"
+    )

@@ -379,6 +379,18 @@ def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
     assert err == "avcm-stress: interrupted\n" and out == ""
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_waits_for_a_checkpoint(backend: str) -> None:
+    # trio's default raises KeyboardInterrupt in whatever unprotected code the signal finds,
+    # anyio's cancel-scope exit included, which corrupts trio's state (TrioInternalError)
+    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "100000000"]
+    command += ["--backend", backend, "--driver", "tests.broken_drivers:self_interrupting_iommu"]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 130, process.stderr
+    assert process.stderr == "write went on after Ctrl-C\navcm-stress: interrupted\n"
+    assert process.stdout == ""
+
+
 def test_quiet_clean_run_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run_stress(capsys, "--ops", "500")
     assert status == 0 and err == ""
