@@ -353,6 +353,12 @@ def test_duration_run_shows_a_progress_bar(monkeypatch: pytest.MonkeyPatch) -> N
     assert " ops" in terminal.getvalue() and "stress" in terminal.getvalue()
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited
+    # "ignore": the harness must react to Ctrl-C however pytest itself was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "args", [["--backend", "asyncio"], ["--backend", "trio"], ["--jobs", "2"]], ids=" ".join
 )
@@ -362,7 +368,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
     # a session of its own: Ctrl-C on a terminal signals the whole process group
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_ctrl_c_as_on_a_terminal,
     )  # fmt: skip
     try:
         assert process.stderr is not None
@@ -385,7 +391,10 @@ def test_ctrl_c_waits_for_a_checkpoint(backend: str) -> None:
     # anyio's cancel-scope exit included, which corrupts trio's state (TrioInternalError)
     command = [sys.executable, "-m", "stress", "--quiet", "--ops", "100000000"]
     command += ["--backend", backend, "--driver", "tests.broken_drivers:self_interrupting_iommu"]
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    process = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
+    )  # fmt: skip
     assert process.returncode == 130, process.stderr
     assert process.stderr == "write went on after Ctrl-C\navcm-stress: interrupted\n"
     assert process.stdout == ""
