@@ -13,6 +13,8 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from avcm.testing._clock import backend_options
+
 from . import _rows
 from ._races import race_rows
 from ._rows import Row
@@ -41,7 +43,8 @@ def measure(quick: bool = False) -> dict[str, list[Row]]:
         ]
     }
     for backend in ("asyncio", "trio"):
-        rows = anyio.run(_async_rows, quick, backend=backend)
+        options = backend_options(backend, 0, virtual=False)  # as every run: Ctrl-C at a checkpoint
+        rows = anyio.run(_async_rows, quick, backend=backend, backend_options=options)
         rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
         if backend == "trio":
             rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)
