@@ -8,7 +8,3 @@ import pytest
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-# the race finder's `race` fixture and --avcm-replay
-pytest_plugins = ["avcm.testing.pytest_plugin"]

@@ -92,10 +92,10 @@ async def test_a_race_test_is_a_few_lines(race: RaceFixture, autojump_clock: obj
 
 def test_pytest_prints_a_replay_that_pytest_reruns(tmp_path: Path) -> None:
     """The printed command works as printed, from another directory, and replays the check
-    that failed (here the second of the test)."""
+    that failed (here the second of the test). The plugin comes from its pytest11 entry point:
+    the project has no conftest."""
     project = tmp_path / "project"
     project.mkdir()
-    (project / "conftest.py").write_text('pytest_plugins = ["avcm.testing.pytest_plugin"]\n')
     (project / "test_found.py").write_text(
         "import pytest\n"
         "from tests.races import AVCM, SEED\n\n"
@@ -126,3 +126,15 @@ def test_pytest_prints_a_replay_that_pytest_reruns(tmp_path: Path) -> None:
     assert again.returncode == 1, again.stdout
     timeline = found.stdout[found.stdout.index("step │") : found.stdout.index("replay token:")]
     assert timeline in again.stdout
+
+
+def test_plugin_named_in_conftest_as_well_as_installed(tmp_path: Path) -> None:
+    """A conftest written before the entry point existed still works: naming the plugin again
+    is not a second registration."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["avcm.testing.pytest_plugin"]\n')
+    (tmp_path / "test_fixture.py").write_text(
+        "def test_fixture(race):\n    assert race is not None\n"
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fixture.py"]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr

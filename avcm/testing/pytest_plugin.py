@@ -1,7 +1,7 @@
 """pytest integration: a race test in a few lines, replayable from the command line.
 
-Enable it in ``conftest.py`` with ``pytest_plugins = ["avcm.testing.pytest_plugin"]``. The
-``race`` fixture explores a scenario in the test's own event loop (a trio test via
+Installing avcm registers it with pytest (a ``pytest11`` entry point); naming it in a
+``conftest.py``'s ``pytest_plugins`` as well does no harm. The ``race`` fixture explores a scenario in the test's own event loop (a trio test via
 pytest-trio, with ``autojump_clock`` so that latency costs nothing; or an anyio test)::
 
     @pytest.mark.trio
