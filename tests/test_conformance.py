@@ -40,8 +40,12 @@ def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> 
     ],
 )
 def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> None:
-    report = testing.check_conformance(factory, backend=backend, schedules=40)  # type: ignore[arg-type]
+    # a test that only calls check_conformance fails on a broken driver
+    with pytest.raises(testing.ConformanceFailure) as info:
+        testing.check_conformance(factory, backend=backend, schedules=40)  # type: ignore[arg-type]
+    report = info.value.report
     assert not report.passed
+    assert str(info.value) == report.format()
     text = report.format()
     assert symptom in text
     assert text.rstrip().endswith("conformance: FAILED")

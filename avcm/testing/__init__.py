@@ -28,6 +28,7 @@ from ._conformance import (
     check_conformance_async,
 )
 from ._errors import (
+    ConformanceFailure,
     DeadlockError,
     RaceFound,
     ReplayDivergedError,
@@ -57,6 +58,7 @@ __all__ = [
     "PCT",
     "SCENARIOS",
     "Chooser",
+    "ConformanceFailure",
     "ConformanceReport",
     "DeadlockError",
     "Exhaustive",

@@ -30,6 +30,7 @@ from .._memory import PhysicalMemory
 from .._mmu import MmuWrapper
 from .._o2o import O2oWrapper
 from ._clock import run_on_virtual_time
+from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._scheduler import Run
 from ._strategies import PCT
@@ -433,7 +434,12 @@ async def check_conformance_async(
     replay_token: str | None = None,
     factory_spec: str | None = None,
 ) -> ConformanceReport:
-    """:func:`check_conformance` in the running event loop."""
+    """:func:`check_conformance` in the running event loop.
+
+    Raises:
+        ConformanceFailure: the driver failed a scenario (``error.report`` is the report).
+        avcm.InvalidError: bad arguments, or a factory that makes no context.
+    """
     if only is not None and only not in SCENARIOS:
         raise InvalidError(
             f"conformance: no scenario {only!r} (choose from {', '.join(SCENARIOS)})"
@@ -472,7 +478,10 @@ async def check_conformance_async(
             scenario, strategy=PCT(seed), schedules=schedules, command=command
         )
         results.append(ScenarioResult(name, rule, result.schedules, result.failure))
-    return ConformanceReport(driver=driver, backend=backend, results=tuple(results))
+    report = ConformanceReport(driver=driver, backend=backend, results=tuple(results))
+    if not report.passed:
+        raise ConformanceFailure(report)
+    return report
 
 
 def _backend() -> str:
@@ -492,8 +501,16 @@ def check_conformance(
     factory_spec: str | None = None,
 ) -> ConformanceReport:
     """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
-    PCT schedules each, on virtual time. Returns the report; ``report.passed`` says whether
-    the driver conforms, ``report.format()`` shows each failure's timeline and replay."""
+    PCT schedules each, on virtual time, and return the report of a driver that conforms.
+
+    A test that only calls it fails on a broken driver: the failure is raised, an
+    :class:`AssertionError` that pytest shows with every failure's timeline and replay.
+
+    Raises:
+        ConformanceFailure: the driver failed a scenario; ``error.report`` is the whole report
+            (``report.format()``, ``report.failures``).
+        avcm.InvalidError: bad arguments, or a factory that makes no context.
+    """
     return run_on_virtual_time(
         backend,
         partial(

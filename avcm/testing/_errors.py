@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 from .._errors import InvalidError
 
 if TYPE_CHECKING:
+    from ._conformance import ConformanceReport
     from ._explore import Failure
 
 __all__ = [
+    "ConformanceFailure",
     "DeadlockError",
     "RaceFound",
     "ReplayDivergedError",
@@ -58,3 +60,12 @@ class RaceFound(AssertionError):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.report())
         self.failure = failure
+
+
+class ConformanceFailure(AssertionError):
+    """A driver broke the contract in the conformance suite. ``report`` has every scenario's
+    result, and each failure's timeline and replay."""
+
+    def __init__(self, report: ConformanceReport) -> None:
+        super().__init__(report.format())
+        self.report = report

@@ -1,8 +1,9 @@
 """pytest integration: a race test in a few lines, replayable from the command line.
 
 Installing avcm registers it with pytest (a ``pytest11`` entry point); naming it in a
-``conftest.py``'s ``pytest_plugins`` as well does no harm. The ``race`` fixture explores a scenario in the test's own event loop (a trio test via
-pytest-trio, with ``autojump_clock`` so that latency costs nothing; or an anyio test)::
+``conftest.py``'s ``pytest_plugins`` as well does no harm. The ``race`` fixture explores a
+scenario in the test's own event loop (a trio test via pytest-trio, with ``autojump_clock`` so
+that latency costs nothing; or an anyio test)::
 
     @pytest.mark.trio
     async def test_two_binds(race, autojump_clock):
