@@ -129,6 +129,31 @@ def test_deadlock_is_a_failure_of_its_own(backend: str) -> None:
     assert result.failure is not None
     assert isinstance(result.failure.error, testing.DeadlockError)
     assert "waits at mutex.lock <Mutex first locked>" in str(result.failure.error)
+    # the scheduler's own failures are reported as found, not shrunk
+    assert result.failure.shrunk_from is None
+    assert "shrunk" not in result.failure.report()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_report_gives_the_real_size_before_and_after_shrinking(seed: int) -> None:
+    # a random walk preempts at almost every step: its failures always have something to shrink
+    result = testing.explore(
+        SEED["deactivate_underflow"], strategy=testing.RandomWalk(seed), schedules=1000
+    )
+    failure = result.failure
+    assert failure is not None and failure.shrunk_from is not None
+    steps, preemptions = len(failure.timeline.steps), failure.timeline.preemptions
+    before_steps, before_preemptions = failure.shrunk_from
+    # fewer preemptions first, then fewer steps: never larger than as found
+    assert (preemptions, steps) <= (before_preemptions, before_steps)
+    header = failure.report().splitlines()[0]
+    after = f"{steps} steps, {preemptions} preemption(s)"
+    if (steps, preemptions) == (before_steps, before_preemptions):
+        assert header.endswith(after)
+    else:
+        assert header.endswith(
+            f"{after}, shrunk from {before_steps} steps, {before_preemptions} preemption(s)"
+        )
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

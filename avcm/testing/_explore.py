@@ -91,7 +91,7 @@ class Failure:
     timeline: Timeline
     backend: str
     schedules: int  # schedules run until it was found
-    steps_before_shrinking: int
+    shrunk_from: tuple[int, int] | None  # (steps, preemptions) as found; None: not shrunk
     command: str | None = None
     replayed: bool = False
 
@@ -107,15 +107,16 @@ class Failure:
 
     def report(self) -> str:
         timeline = self.timeline
-        shrunk = (
-            f", shrunk from {self.steps_before_shrinking} steps"
-            if self.steps_before_shrinking != len(timeline.steps)
-            else ""
-        )
+        shrunk = ""
+        if self.shrunk_from is not None:
+            steps, preemptions = self.shrunk_from
+            if (steps, preemptions) != (len(timeline.steps), timeline.preemptions):
+                shrunk = f", shrunk from {steps} steps, {preemptions} preemption(s)"
         if self.replayed:
             found = f"replayed schedule {self.token.schedule}"
         else:
-            found = f"failed in schedule {self.token.schedule} (after {self.schedules} run)"
+            runs = f"{self.schedules} run{'' if self.schedules == 1 else 's'}"
+            found = f"failed in schedule {self.token.schedule} (after {runs})"
         return (
             f"{self.scenario} {found} ({self.token.strategy}, "
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
@@ -260,9 +261,10 @@ def _failure(
     strategy: str,
     seed: int,
     schedule: int,
-    steps_before: int,
+    found: Run | None,
     command: str | None,
 ) -> Failure:
+    """The failure of *run*; *found* is the run as found before shrinking, if it was shrunk."""
     token = ReplayToken(
         strategy=strategy,
         seed=seed,
@@ -279,7 +281,7 @@ def _failure(
         timeline=run.timeline(),
         backend=sniffio.current_async_library() or "?",
         schedules=schedule + 1,
-        steps_before_shrinking=steps_before,
+        shrunk_from=None if found is None else (found.steps, found.preemptions),
         command=command,
     )
 
@@ -320,8 +322,11 @@ async def explore_async(
         max_steps_seen = max(max_steps_seen, run.steps)
         if error is None:
             continue
-        steps_before = run.steps
+        found = None
+        # The scheduler's own failures (deadlock, step budget, runaway) are not shrunk: a
+        # shorter schedule would be a different run, not the same failure made smaller.
         if shrink and not isinstance(error, ScheduleFailure):
+            found = run
             run, error = await _shrink(scenario, run, error, limits, shrink_budget)
         failure = _failure(
             scenario,
@@ -330,7 +335,7 @@ async def explore_async(
             strategy=strategy.name,
             seed=strategy.seed,
             schedule=schedule,
-            steps_before=steps_before,
+            found=found,
             command=command,
         )
         return Exploration(
@@ -431,7 +436,7 @@ async def replay_async(
         strategy=token.strategy,
         seed=token.seed,
         schedule=token.schedule,
-        steps_before=run.steps,
+        found=None,
         command=command,
     )
     return dataclasses.replace(failure, replayed=True)

@@ -79,7 +79,7 @@ async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Li
             strategy="hypothesis",
             seed=0,
             schedule=0,
-            steps_before=run.steps,
+            found=None,
             command=None,
         )
         raise RaceFound(failure) from error
