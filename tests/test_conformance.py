@@ -49,8 +49,14 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
     text = report.format()
     assert symptom in text
     assert text.rstrip().endswith("conformance: FAILED")
+    assert "avcm.testing._" not in text  # named as the suite names them, no private module
     for failure in report.failures:
+        assert failure.scenario.startswith("conformance:")
         assert "replay token: avcm1:" in failure.report()
+        # without a MODULE:FACTORY the replay is a call of check_conformance
+        name = failure.scenario.removeprefix("conformance:")
+        assert failure.replay_command.startswith("avcm.testing.check_conformance(")
+        assert f"only={name!r}, replay_token='{failure.token}'" in failure.replay_command
 
 
 def test_a_factory_that_makes_no_context_is_bad_input() -> None:

@@ -146,7 +146,8 @@ def test_the_report_gives_the_real_size_before_and_after_shrinking(seed: int) ->
     before_steps, before_preemptions = failure.shrunk_from
     # fewer preemptions first, then fewer steps: never larger than as found
     assert (preemptions, steps) <= (before_preemptions, before_steps)
-    header = failure.report().splitlines()[0]
+    report = failure.report()
+    header = " ".join(report[: report.index("\nAssertionError")].split())
     after = f"{steps} steps, {preemptions} preemption(s)"
     if (steps, preemptions) == (before_steps, before_preemptions):
         assert header.endswith(after)
@@ -289,6 +290,38 @@ def test_parameters_out_of_range_are_einval(make: object) -> None:
 
 
 # -- timelines ------------------------------------------------------------------------------------
+
+
+def many_tasks_one_loses(tasks: int) -> testing.Scenario:
+    """*tasks* tasks with long names count up; the last one to finish fails."""
+
+    async def scenario(run: testing.Run) -> None:
+        counter = avcm.AtomicCounter()
+
+        async def worker() -> None:
+            if await counter.inc_return() == tasks:
+                raise AssertionError("the last of the workers to arrive " + "at the counter " * 9)
+
+        names = [f"worker number {index} with a long name" for index in range(tasks)]
+        outcomes = await run.concurrently(*[worker] * tasks, names=names)
+        for outcome in outcomes:
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 9])
+def test_a_timeline_fits_in_a_100_column_terminal(tasks: int) -> None:
+    found = testing.explore(many_tasks_one_loses(tasks), schedules=10)
+    assert found.failure is not None
+    report = found.failure.report()
+    # all but the replay lines, which stay whole so that they can be copied
+    lines = [line for line in report.splitlines() if not line.startswith("replay")]
+    assert max(map(len, lines)) <= 100, report
+    # every step is shown, and the whole error (wrapped, not cut)
+    text = found.failure.timeline.format()
+    assert text.count("atomic.add_return") == tasks
+    assert " ".join(text.split()).count("at the counter") == 9
 
 
 def test_the_timeline_shows_each_task_in_its_column(tmp_path: Path) -> None:

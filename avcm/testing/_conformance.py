@@ -378,7 +378,10 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
 
+    # Reports name it as the suite does (``conformance:one_winner``), not by the private
+    # module that builds it; replays go through the suite, which rebuilds it by name.
     scenario.__name__ = scenario.__qualname__ = name
+    scenario.__module__ = "conformance"
     return scenario
 
 
@@ -464,11 +467,15 @@ async def check_conformance_async(
     for name in [only] if only is not None else list(SCENARIOS):
         rule = SCENARIOS[name][0]
         scenario = _scenario(factory, name)
-        command = None
         if factory_spec is not None:
             command = (
                 f"{PYTHON} -m avcm.testing conformance {factory_spec} --scenario {name} "
                 f"--replay {{token}} --backend {backend}"
+            )
+        else:
+            command = (
+                f"avcm.testing.check_conformance({driver}, only={name!r}, "
+                f"replay_token={{token_literal}}, backend={backend!r})"
             )
         if replay_token is not None:
             failure = await replay_async(scenario, replay_token, command=command)

@@ -25,7 +25,7 @@ from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, FromIndices, Replay, Strategy
-from ._timeline import Timeline
+from ._timeline import Timeline, wrap
 from ._token import ReplayToken, digest_of
 
 __all__ = [
@@ -99,7 +99,9 @@ class Failure:
     def replay_command(self) -> str:
         """A shell command that replays this failure."""
         if self.command is not None:
-            return self.command.format(token=shlex.quote(str(self.token)))
+            # a shell command takes the token shell-quoted, a Python call as a string literal
+            token = str(self.token)
+            return self.command.format(token=shlex.quote(token), token_literal=repr(token))
         return (
             f"{PYTHON} -m avcm.testing replay {self.scenario} {shlex.quote(str(self.token))} "
             f"--backend {self.backend}"
@@ -117,11 +119,15 @@ class Failure:
         else:
             runs = f"{self.schedules} run{'' if self.schedules == 1 else 's'}"
             found = f"failed in schedule {self.token.schedule} (after {runs})"
-        return (
+        # Wrapped to a terminal's width, but for the replay lines: a command stays whole.
+        header = wrap(
             f"{self.scenario} {found} ({self.token.strategy}, "
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
-            f"{timeline.preemptions} preemption(s){shrunk}\n"
-            f"{type(self.error).__name__}: {self.error}\n\n"
+            f"{timeline.preemptions} preemption(s){shrunk}"
+        )
+        return (
+            f"{header}\n"
+            f"{wrap(f'{type(self.error).__name__}: {self.error}')}\n\n"
             f"{timeline.format()}\n\n"
             f"replay token: {self.token}\n"
             f"replay: {self.replay_command}"
@@ -273,7 +279,7 @@ def _failure(
         decisions=run.decisions,
     )
     if command is None and not _importable(scenario):
-        command = "avcm.testing.replay(<scenario>, {token})"
+        command = "avcm.testing.replay(<scenario>, {token_literal})"
     return Failure(
         scenario=scenario_name(scenario),
         error=error,

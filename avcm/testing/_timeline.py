@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 from .._errors import VcmError, errno_name
 
-__all__ = ["Step", "TaskOutcome", "Timeline"]
+__all__ = ["TERMINAL_WIDTH", "Step", "TaskOutcome", "Timeline"]
+
+TERMINAL_WIDTH = 100
+"""The widest a timeline is printed: reports stay readable in a 100-column terminal."""
+
+
+def wrap(text: str) -> str:
+    """*text* with each line wrapped to :data:`TERMINAL_WIDTH` (words are never cut, so a
+    token or a path stays whole), continuation lines indented."""
+    return "\n".join(
+        textwrap.fill(
+            line,
+            TERMINAL_WIDTH,
+            subsequent_indent="    ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for line in text.splitlines() or [""]
+    )
+
+
+def _cell(step: Step) -> str:
+    return f"{step.operation} {step.point}" if step.operation else step.point
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +84,51 @@ class Timeline:
     preemptions: int
 
     def format(self, width: int | None = None) -> str:
-        """One column per task, one row per step: what each task did, in the order it did it.
-        Columns are as wide as their widest cell, up to 60 characters (or *width*)."""
+        """What each task did, in the order it did it, in at most :data:`TERMINAL_WIDTH`
+        columns: one column per task, as wide as its widest cell up to 60 characters (or
+        *width*); when the tasks are too many for columns of 16 characters, one line per step
+        naming its task instead. The full text of every step is in :meth:`chrome_trace`."""
+        columns = len(self.tasks)
         if width is None:
-            cells = [f"{step.operation} {step.point}" for step in self.steps]
+            cells = [_cell(step) for step in self.steps]
             cells += [f"{index} {name}" for index, name in enumerate(self.tasks)]
-            width = min(60, max(map(len, cells), default=12))
+            fits = (TERMINAL_WIDTH - 7 - 3 * (columns - 1)) // max(columns, 1)
+            if fits < 16 and columns > 1:
+                return self._format_rows()
+            width = min(60, fits, max(map(len, cells), default=12))
         names = [f"{index} {name}"[:width] for index, name in enumerate(self.tasks)]
         lines = ["step │ " + " │ ".join(name.ljust(width) for name in names)]
         lines.append("─────┼─" + "─┼─".join("─" * width for _ in names))
         for step in self.steps:
             cells = [""] * len(names)
-            text = f"{step.operation} {step.point}" if step.operation else step.point
-            cells[step.task] = text[:width]
+            cells[step.task] = _cell(step)[:width]
             lines.append(f"{step.index:4d} │ " + " │ ".join(c.ljust(width) for c in cells))
         cells = [""] * len(names)
         for outcome in self.outcomes:
             cells[outcome.task] = ("=> " + outcome.describe())[:width]
         lines.append("  end│ " + " │ ".join(c.ljust(width) for c in cells))
+        return "\n".join([*(line.rstrip() for line in lines), *self._errors()])
+
+    def _format_rows(self) -> str:
+        names = [f"{index} {name}" for index, name in enumerate(self.tasks)]
+        name_width = min(24, max(map(len, names)))
+        text_width = TERMINAL_WIDTH - 10 - name_width
+        lines = [f"step │ {'task'.ljust(name_width)} │ did", "─────┼─" + "─" * (name_width + 8)]
+        for step in self.steps:
+            name = names[step.task][:name_width].ljust(name_width)
+            lines.append(f"{step.index:4d} │ {name} │ {_cell(step)[:text_width]}")
         for outcome in self.outcomes:
-            if outcome.error is not None:
-                lines.append(f"task {outcome.task} ({outcome.name}): {outcome.describe()}")
-        return "\n".join(line.rstrip() for line in lines)
+            name = names[outcome.task][:name_width].ljust(name_width)
+            lines.append(f"  end│ {name} │ {('=> ' + outcome.describe())[:text_width]}")
+        return "\n".join([*(line.rstrip() for line in lines), *self._errors()])
+
+    def _errors(self) -> list[str]:
+        """Each task's error in full (cells cut it), wrapped to the terminal's width."""
+        return [
+            wrap(f"task {outcome.task} ({outcome.name}): {outcome.describe()}")
+            for outcome in self.outcomes
+            if outcome.error is not None
+        ]
 
     def chrome_trace(self) -> dict[str, Any]:
         """The run as a Chrome/Perfetto trace (``chrome://tracing``, ui.perfetto.dev): a track
