@@ -13,6 +13,7 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from avcm import testing
 from avcm.testing._clock import backend_options
 
 from . import _rows
@@ -20,6 +21,10 @@ from ._races import race_rows
 from ._rows import Row
 
 __all__ = ["main"]
+
+# the groups of rows measure() reports progress for: allocator and memory, then the operations
+# and the stress harness on each backend, then the race finder on trio
+MEASURED_GROUPS = 6
 
 
 async def _async_rows(quick: bool) -> list[Row]:
@@ -33,9 +38,21 @@ async def _async_rows(quick: bool) -> list[Row]:
     ]
 
 
-def measure(quick: bool = False) -> dict[str, list[Row]]:
+def measure(
+    quick: bool = False, on_progress: testing.ProgressCallback | None = None
+) -> dict[str, list[Row]]:
     """Every row, per backend; rows that do not depend on the event loop under "any", measured
-    first, while the process is small (the allocators' ratio is sensitive to a crowded heap)."""
+    first, while the process is small (the allocators' ratio is sensitive to a crowded heap).
+    *on_progress* is told ``(groups measured, what comes next)`` before each group of rows."""
+    done = 0
+
+    def next_group(what: str) -> None:
+        nonlocal done
+        if on_progress is not None:
+            on_progress(done, what)
+        done += 1
+
+    next_group("allocator and memory")
     results: dict[str, list[Row]] = {
         "any": [
             _rows.allocator_vs_genpool(10_000 if quick else 100_000),
@@ -43,12 +60,17 @@ def measure(quick: bool = False) -> dict[str, list[Row]]:
         ]
     }
     for backend in ("asyncio", "trio"):
+        next_group(f"{backend}: operations")
         options = backend_options(backend, 0, virtual=False)  # as every run: Ctrl-C at a checkpoint
         rows = anyio.run(_async_rows, quick, backend=backend, backend_options=options)
+        next_group(f"{backend}: stress harness")
         rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
         if backend == "trio":
+            next_group("trio: race finder")
             rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)
         results[backend] = rows
+    if on_progress is not None:
+        on_progress(done)
     return results
 
 
@@ -74,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="smaller sizes, for a smoke run: targets are set for the full ones, none is judged",
     )
     args = parser.parse_args(argv)
-    results = measure(args.quick)
+    with testing.progress_bar("bench", MEASURED_GROUPS) as update:
+        results = measure(args.quick, update)
     if args.quick:
         results = {b: [replace(r, met=None) for r in rows] for b, rows in results.items()}
     render(results)

@@ -15,15 +15,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
+
+from avcm import testing
 
 from ._config import StressConfig
 from ._workload import RunResult
@@ -40,45 +34,21 @@ __all__ = [
 
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
 TRACE_VERSION = 2
-# how often the bar is updated at most (rich redraws it from its own thread)
-PROGRESS_INTERVAL = 0.1
-
-
 @contextmanager
 def progress_bar(config: StressConfig, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal, else None. It is fed the number of
+    """A progress bar on stderr when it is a terminal, else None. It is fed the number of
     operations done, by the operation loop itself; with ``--duration`` it shows the time."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
     by_time = config.duration is not None
     total = config.duration if config.duration is not None else config.ops
-    count: ProgressColumn = (
-        TextColumn("{task.fields[ops]:,} ops") if by_time else MofNCompleteColumn()
-    )
-    progress = Progress(
-        TextColumn("stress"),
-        BarColumn(),
-        count,
-        TimeElapsedColumn(),
-        console=Console(file=sys.stderr),
-        transient=True,
-    )
-    started = time.monotonic()
-    next_update = started
-
-    def update(done: int) -> None:
-        nonlocal next_update
-        now = time.monotonic()
-        if now < next_update and done != config.ops:  # the last operation is always shown
+    with testing.progress_bar("stress", total, enabled=enabled, count=not by_time) as update:
+        if update is None:
+            yield None
             return
-        next_update = now + PROGRESS_INTERVAL
-        completed = now - started if by_time else done
-        progress.update(task, completed=min(completed, total), ops=done)
-
-    with progress:
-        task = progress.add_task("ops", total=total, ops=0)
-        yield update
+        if not by_time:
+            yield update
+            return
+        started = time.monotonic()
+        yield lambda done: update(time.monotonic() - started, f"{done:,} ops")
 
 
 def _percentile(values: list[float], fraction: float) -> float:

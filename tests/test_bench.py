@@ -3,19 +3,31 @@ judge, on a full run, never a test's)."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench._cli import main
+from bench._cli import MEASURED_GROUPS, main
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def test_quick_run_measures_every_row_and_judges_none(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     report = tmp_path / "bench.json"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["--quick", "--json", str(report)]) == 0
+    # on a terminal a progress bar goes from the first group of rows to the last
+    assert f"{MEASURED_GROUPS}/{MEASURED_GROUPS}" in terminal.getvalue()
+    assert "trio: race finder" in terminal.getvalue()
     rows = json.loads(report.read_text())
     assert set(rows) == {"any", "asyncio", "trio"}
     for backend in ("asyncio", "trio"):

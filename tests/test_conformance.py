@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,20 @@ async def test_rule_8_faults_are_injected_and_contained(factory: object) -> None
     await res.destroy_binding()
     await vcm.destroy()
     assert memory.free_bytes == pristine
+
+
+def test_the_command_line_shows_progress_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avcm.testing._cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["conformance", "drivers:create_iommu", "--schedules", "3"]) == 0
+    total = 3 * len(testing.SCENARIOS)
+    assert f"{total}/{total}" in terminal.getvalue()  # every schedule counted, to the end
+    assert capsys.readouterr().out.rstrip().endswith("conformance: passed")

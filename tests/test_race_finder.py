@@ -533,3 +533,9 @@ def test_more_bad_input() -> None:
         "tests.races:seed_two_binds_win", "avcm1:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
     )
     assert bad_path.returncode == 2 and "cannot write" in bad_path.stderr
+
+
+def test_exploration_reports_progress_after_each_schedule() -> None:
+    seen: list[int] = []
+    result = testing.explore(counting_tasks(2), schedules=7, on_progress=seen.append)
+    assert result.schedules == 7 and seen == [1, 2, 3, 4, 5, 6, 7]

@@ -49,6 +49,7 @@ from ._explore import (
     replay_async,
     scenario_name,
 )
+from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
 from ._timeline import Step, TaskOutcome, Timeline
@@ -56,6 +57,7 @@ from ._token import ReplayToken
 
 __all__ = [
     "PCT",
+    "ProgressCallback",
     "SCENARIOS",
     "Chooser",
     "ConformanceFailure",
@@ -88,6 +90,7 @@ __all__ = [
     "check_conformance_async",
     "explore",
     "explore_async",
+    "progress_bar",
     "replay",
     "replay_async",
     "run_on_virtual_time",

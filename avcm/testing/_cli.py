@@ -108,6 +108,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _conformance(args: argparse.Namespace) -> int:
     from ._conformance import SCENARIOS, check_conformance
     from ._errors import ConformanceFailure
+    from ._progress import progress_bar
 
     if args.list:
         for name, (rule, doc) in SCENARIOS.items():
@@ -116,18 +117,22 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.factory is None:
         raise _UsageError("conformance: name a driver factory, MODULE:FACTORY")
     factory = load(args.factory)
-    try:
-        report = check_conformance(
-            factory,
-            backend=args.backend,
-            schedules=args.schedules,
-            seed=args.seed,
-            only=args.scenario,
-            replay_token=args.replay,
-            factory_spec=args.factory,
-        )
-    except ConformanceFailure as failure:
-        report = failure.report
+    scenarios = 1 if args.scenario is not None else len(SCENARIOS)
+    total = scenarios if args.replay is not None else scenarios * args.schedules
+    with progress_bar("conformance", total) as update:
+        try:
+            report = check_conformance(
+                factory,
+                backend=args.backend,
+                schedules=args.schedules,
+                seed=args.seed,
+                only=args.scenario,
+                replay_token=args.replay,
+                factory_spec=args.factory,
+                on_progress=update,
+            )
+        except ConformanceFailure as failure:
+            report = failure.report
     print(report.format())
     return 0 if report.passed else 1
 

@@ -436,6 +436,7 @@ async def check_conformance_async(
     only: str | None = None,
     replay_token: str | None = None,
     factory_spec: str | None = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> ConformanceReport:
     """:func:`check_conformance` in the running event loop.
 
@@ -481,14 +482,24 @@ async def check_conformance_async(
             failure = await replay_async(scenario, replay_token, command=command)
             results.append(ScenarioResult(name, rule, 1, failure))
             continue
+        done = sum(result.schedules for result in results)
         result = await explore_async(
-            scenario, strategy=PCT(seed), schedules=schedules, command=command
+            scenario,
+            strategy=PCT(seed),
+            schedules=schedules,
+            command=command,
+            on_progress=None if on_progress is None else partial(_offset, on_progress, done),
         )
         results.append(ScenarioResult(name, rule, result.schedules, result.failure))
     report = ConformanceReport(driver=driver, backend=backend, results=tuple(results))
     if not report.passed:
         raise ConformanceFailure(report)
     return report
+
+
+def _offset(on_progress: Callable[[int], object], done: int, ran: int) -> None:
+    """Schedules run in this scenario, counted after those of the scenarios before."""
+    on_progress(done + ran)
 
 
 def _backend() -> str:
@@ -506,9 +517,11 @@ def check_conformance(
     only: str | None = None,
     replay_token: str | None = None,
     factory_spec: str | None = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> ConformanceReport:
     """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
     PCT schedules each, on virtual time, and return the report of a driver that conforms.
+    *on_progress* is called with the number of schedules run so far, after each one.
 
     A test that only calls it fails on a broken driver: the failure is raised, an
     :class:`AssertionError` that pytest shows with every failure's timeline and replay.
@@ -528,5 +541,6 @@ def check_conformance(
             only=only,
             replay_token=replay_token,
             factory_spec=factory_spec,
+            on_progress=on_progress,
         ),
     )

@@ -301,9 +301,12 @@ async def explore_async(
     shrink: bool = True,
     shrink_budget: int = 500,
     command: str | None = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> Exploration:
     """Run *scenario* under up to *schedules* schedules of *strategy* (``PCT()`` by default)
     in the running event loop; stop at the first failure, shrink it and return it.
+    *on_progress* is called with the number of schedules run after each one (a progress
+    bar's ``update``, for instance).
 
     Under a real clock, simulated latency takes real time: prefer :func:`explore`, or a
     virtual clock (pytest-trio's ``autojump_clock``).
@@ -324,6 +327,8 @@ async def explore_async(
             break
         run, error = await _run_once(scenario, chooser, limits)
         ran += 1
+        if on_progress is not None:
+            on_progress(ran)
         strategy.finished(run.steps)
         max_steps_seen = max(max_steps_seen, run.steps)
         if error is None:
@@ -376,6 +381,7 @@ def explore(
     shrink: bool = True,
     shrink_budget: int = 500,
     command: str | None = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> Exploration:
     """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
     ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time."""
@@ -390,6 +396,7 @@ def explore(
             shrink=shrink,
             shrink_budget=shrink_budget,
             command=command,
+            on_progress=on_progress,
         ),
     )
 
