@@ -34,6 +34,8 @@ __all__ = [
 
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
 TRACE_VERSION = 2
+
+
 @contextmanager
 def progress_bar(config: StressConfig, enabled: bool) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr when it is a terminal, else None. It is fed the number of
