@@ -20,13 +20,24 @@ cancelled only while waiting for a lock; once they hold it they finish, shielded
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import warnings
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    NamedTuple,
+    NoReturn,
+    Protocol,
+    Self,
+    TypeVar,
+    runtime_checkable,
+)
 
 import anyio
 import anyio.lowlevel
@@ -41,7 +52,13 @@ from ._errors import (
     VcmWarning,
 )
 from ._sync import AtomicCounter, Mutex, MutexStatistics, sync_point
-from ._validate import check_aligned, check_flags, check_span, page_align
+from ._validate import (
+    check_aligned,
+    check_coroutine_function,
+    check_flags,
+    check_span,
+    page_align,
+)
 
 if TYPE_CHECKING:
     from ._memory import PhysicalMemory
@@ -57,9 +74,46 @@ __all__ = [
 ]
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _warn(message: str) -> None:
-    # stacklevel 3: the caller of the public avcm method, not avcm itself.
-    warnings.warn(message, VcmWarning, stacklevel=3)
+    """Warn with :class:`~avcm.VcmWarning`, attributed to the first caller outside avcm.
+
+    A fixed stacklevel would be right for one call path only: the same warning comes from a
+    public method, from another one calling it (``destroy_binding`` of an unbound reservation),
+    from an ``async with`` exit. Awaiting coroutines chain their frames, so the walk finds the
+    user's line through any of them. ``avcm.testing`` counts as a caller (it is a user of the
+    API, in a directory of its own). Python 3.12's ``skip_file_prefixes`` would do the walk but
+    3.11 is supported.
+    """
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's caller is this function: level 1
+    while frame.f_back is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE_DIR:
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, VcmWarning, stacklevel=level)
+
+
+class _NoPublicConstructor(type):
+    """trio's ``NoPublicConstructor``: ``Cls(...)`` raises; avcm and drivers use ``_create``.
+
+    An object avcm did not make could name a live object's addresses (unreserving it would
+    give them away) or memory nobody owns, so only the context, the wrappers and drivers make
+    them. Raising :class:`~avcm.InvalidError` (EINVAL), not TypeError: bad input to avcm always
+    gets a :class:`~avcm.VcmError`. ``_made_by`` says how the objects of a class are made.
+    """
+
+    _made_by: str
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise InvalidError(
+            f"{cls.__module__.split('._')[0]}.{cls.__qualname__} has no public constructor: "
+            f"{cls._made_by}"
+        )
+
+    def _construct(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
 
 
 def _shielded() -> anyio.CancelScope:
@@ -81,12 +135,17 @@ FreeCallback = Callable[["Phys"], Awaitable[None]]
 """``await free(phys)``: gives a phys's memory back to whoever allocated it (``phys->free``)."""
 
 
-class Phys:
+class Phys(metaclass=_NoPublicConstructor):
     """``struct vcm_phys``: allocated physical memory, possibly in several parts.
 
-    Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver. ``count``, ``size`` and
-    ``parts`` never change; ``bindings`` counts the reservations it is bound to.
+    Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver (``Phys._create``); there
+    is no public constructor (``Phys(...)`` raises ``EINVAL``), so every phys is memory that
+    somebody really allocated. ``count``, ``size``, ``parts`` and ``memory`` never change;
+    ``vcm`` is the context it was allocated through (``None`` for :func:`avcm.phys_alloc`'s);
+    ``bindings`` counts the reservations it is bound to. All are read-only.
     """
+
+    _made_by = "allocate with Vcm.alloc or avcm.phys_alloc; a driver uses Phys._create"
 
     __slots__ = (
         "__weakref__",
@@ -95,24 +154,37 @@ class Phys:
         "_freed",
         "_layout",
         "_lock",
-        "memory",
-        "size",
-        "vcm",
+        "_memory",
+        "_size",
+        "_vcm",
     )
 
-    def __init__(
-        self,
+    @classmethod
+    def _create(
+        cls,
         parts: Iterable[tuple[int, int]],
         *,
         free: FreeCallback | None = None,
         memory: PhysicalMemory | None = None,
-    ) -> None:
+    ) -> Phys:
         """Describe memory a driver allocated; *free* is awaited once, when it is freed.
 
-        *memory* is the simulated RAM the parts live in, if any; drivers that move bytes
-        (IOMMU, CPU) check it. Parts must be ``(start, size)`` pairs, page aligned, non-empty,
-        inside 64-bit addresses and not overlapping one another: else ``EINVAL``.
+        The one way to make a phys (drivers' factory). *memory* is the simulated RAM the parts
+        live in, if any; drivers that move bytes (IOMMU, CPU) check it. Parts must be
+        ``(start, size)`` pairs, page aligned, non-empty, inside 64-bit addresses and not
+        overlapping one another, and *free* a coroutine function: else ``EINVAL``.
         """
+        phys: Phys = cls._construct(parts, free, memory)
+        return phys
+
+    def __init__(
+        self,
+        parts: Iterable[tuple[int, int]],
+        free: FreeCallback | None,
+        memory: PhysicalMemory | None,
+    ) -> None:
+        if free is not None:
+            check_coroutine_function(free, "phys: free callback")
         # Flat (start, size, start, size, ...) in an array: 16 bytes a part, where a tuple of
         # PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of parts).
         layout = array("Q")
@@ -136,10 +208,10 @@ class Phys:
         if not ascending:  # parts in address order, the usual case, cannot overlap
             _check_disjoint(layout)
         self._layout = layout
-        self.size = sum(layout[1::2])
+        self._size = sum(layout[1::2])
         self._free = free
-        self.memory = memory
-        self.vcm: Vcm | None = None
+        self._memory = memory
+        self._vcm: Vcm | None = None
         self._bindings = AtomicCounter(0, "phys.bindings")
         # Taken inside operations that checkpointed on a context mutex already (free
         # checkpoints by itself), so it need not yield when free.
@@ -149,6 +221,21 @@ class Phys:
     def __repr__(self) -> str:
         state = " freed" if self._freed else f" bindings={self._bindings.value}"
         return f"<Phys {self.size:#x} bytes in {self.count} parts at {self._layout[0]:#x}{state}>"
+
+    @property
+    def size(self) -> int:
+        """The total size in bytes, the sum of the parts' sizes."""
+        return self._size
+
+    @property
+    def memory(self) -> PhysicalMemory | None:
+        """The simulated RAM the parts live in (``None`` if the driver did not say)."""
+        return self._memory
+
+    @property
+    def vcm(self) -> Vcm | None:
+        """The context it was allocated through and is freed by at its destroy, if any."""
+        return self._vcm
 
     @property
     def count(self) -> int:
@@ -194,8 +281,8 @@ class Phys:
             await sync_point("driver.free", self)
             await self._free(self)
         self._freed = True
-        if self.vcm is not None:
-            self.vcm._physes.pop(self, None)
+        if self._vcm is not None:
+            self._vcm._physes.pop(self, None)
 
     async def _claim(self, what: str) -> None:
         """Count a binding in progress, unless the phys was freed (rule 6: one of them wins)."""
@@ -211,32 +298,74 @@ class Phys:
 # Reservations
 
 
-class Res:
+class Res(metaclass=_NoPublicConstructor):
     """``struct vcm_res``: reserved address space in a context, bound to a phys or not.
 
-    ``start`` is the address the device sees; ``res_size`` the reserved size; ``phys`` the
-    bound memory (``None`` when unbound) and ``bound_size`` its size (0 when unbound).
+    Made by :meth:`Vcm.reserve`, :meth:`Vcm.map`, :meth:`Vcm.make_binding` (through the
+    context's driver, which uses ``Res._create``); there is no public constructor
+    (``Res(...)`` raises ``EINVAL``). Every operation refuses (``EINVAL``) a reservation that is
+    not a live one of its context: unreserved, destroyed, or made by a driver and never handed
+    to the context. ``vcm`` is its context, ``start`` the address the device sees,
+    ``res_size`` the reserved size, ``phys`` the bound memory (``None`` when unbound) and
+    ``bound_size`` its size (0 when unbound); all read-only.
     """
 
-    __slots__ = ("__weakref__", "_dead", "bound_size", "phys", "res_size", "start", "vcm")
+    _made_by = "reserve with Vcm.reserve, Vcm.map or Vcm.make_binding; a driver uses Res._create"
+
+    __slots__ = ("__weakref__", "_bound_size", "_dead", "_phys", "_res_size", "_start", "_vcm")
+
+    @classmethod
+    def _create(cls, vcm: Vcm, start: int, res_size: int) -> Res:
+        """Describe address space a driver reserved in *vcm* (drivers' factory).
+
+        ``EINVAL`` unless *vcm* is a context and the range is page aligned, non-empty and
+        inside 64-bit addresses. The reservation is live once the driver's ``res``, ``map`` or
+        ``alloc`` operation has returned it to the context.
+        """
+        res: Res = cls._construct(vcm, start, res_size)
+        return res
 
     def __init__(self, vcm: Vcm, start: int, res_size: int) -> None:
-        """Describe address space a driver reserved (drivers call this, users don't)."""
         if not isinstance(vcm, Vcm):
             raise InvalidError(f"res: {vcm!r} is not a context")
         check_aligned(start, "res start")
         check_aligned(res_size, "res size", positive=True)
         check_span(start, res_size, "res")
-        self.vcm = vcm
-        self.start = start
-        self.res_size = res_size
-        self.bound_size = 0
-        self.phys: Phys | None = None
+        self._vcm = vcm
+        self._start = start
+        self._res_size = res_size
+        self._bound_size = 0
+        self._phys: Phys | None = None
         self._dead = False
 
     def __repr__(self) -> str:
-        state = " unreserved" if self._dead else (" bound" if self.phys is not None else "")
-        return f"<Res {self.start:#x}+{self.res_size:#x} in {self.vcm.name}{state}>"
+        state = " unreserved" if self._dead else (" bound" if self._phys is not None else "")
+        return f"<Res {self._start:#x}+{self._res_size:#x} in {self._vcm.name}{state}>"
+
+    @property
+    def vcm(self) -> Vcm:
+        """The context this reservation is in."""
+        return self._vcm
+
+    @property
+    def start(self) -> int:
+        """The first address the device sees."""
+        return self._start
+
+    @property
+    def res_size(self) -> int:
+        """The reserved size in bytes."""
+        return self._res_size
+
+    @property
+    def phys(self) -> Phys | None:
+        """The bound memory, ``None`` when unbound."""
+        return self._phys
+
+    @property
+    def bound_size(self) -> int:
+        """The bound memory's size, 0 when unbound."""
+        return self._bound_size
 
     @property
     def unreserved(self) -> bool:
@@ -245,6 +374,8 @@ class Res:
     def _check_usable(self, what: str) -> None:
         if self._dead:
             raise InvalidError(f"{what}: {self!r} was unreserved")
+        if self not in self._vcm._reservations:
+            raise InvalidError(f"{what}: {self!r} is not a live reservation of {self._vcm.name}")
 
     async def bind(self, phys: Phys) -> None:
         """``vcm_bind``: bind *phys* to this reservation.
@@ -256,18 +387,18 @@ class Res:
         to one reservation exactly one wins. If cancelled, nothing was bound.
         """
         _check_phys_arg(phys, "bind")
-        vcm = self.vcm
+        vcm = self._vcm
         async with vcm._mutex:
             vcm._check_not_destroyed("bind")
             self._check_usable("bind")
             phys._check_usable("bind")
-            if self.phys is phys:
+            if self._phys is phys:
                 raise AlreadyBoundError(f"bind: {phys!r} is already bound to {self!r}")
-            if self.phys is not None:
-                raise AddressInUseError(f"bind: {self!r} is already bound to {self.phys!r}")
-            if phys.size > self.res_size:
+            if self._phys is not None:
+                raise AddressInUseError(f"bind: {self!r} is already bound to {self._phys!r}")
+            if phys.size > self._res_size:
                 raise NoSpaceError(
-                    f"bind: {phys!r} is larger than {self!r} ({phys.size:#x} > {self.res_size:#x})"
+                    f"bind: {phys!r} is larger than {self!r} ({phys.size:#x} > {self._res_size:#x})"
                 )
             bind = vcm._ops.bind
             if bind is None:
@@ -280,8 +411,8 @@ class Res:
                 with _shielded():
                     await phys._unclaim()
                 raise
-            self.phys = phys
-            self.bound_size = phys.size
+            self._phys = phys
+            self._bound_size = phys.size
 
     async def unbind(self) -> Phys | None:
         """``vcm_unbind``: unbind and return the phys.
@@ -290,7 +421,7 @@ class Res:
         is active the mapping is gone from the hardware before this returns. Of concurrent unbinds
         exactly one returns the phys. If the driver's unbind fails, nothing changed.
         """
-        vcm = self.vcm
+        vcm = self._vcm
         async with vcm._mutex:
             self._check_usable("unbind")
             with _shielded():
@@ -298,7 +429,7 @@ class Res:
         return phys
 
     async def _unbind_locked(self, warn: bool) -> Phys | None:
-        phys = self.phys
+        phys = self._phys
         if phys is None:
             if warn:
                 _warn(f"unbind: {self!r} is not bound")
@@ -313,7 +444,7 @@ class Res:
         The phys stays claimed and ``self.phys`` set until :meth:`_drop_binding`, so a step that
         fails after this one can still put the binding back with :meth:`_restore_binding`.
         """
-        unbind = self.vcm._ops.unbind
+        unbind = self._vcm._ops.unbind
         if unbind is None:
             return False
         await sync_point("driver.unbind", self)
@@ -321,8 +452,8 @@ class Res:
         return True
 
     async def _drop_binding(self, phys: Phys) -> None:
-        self.phys = None
-        self.bound_size = 0
+        self._phys = None
+        self._bound_size = 0
         await phys._unclaim()
 
     async def _restore_binding(self, phys: Phys, told: bool, error: BaseException) -> None:
@@ -333,10 +464,10 @@ class Res:
         """
         if not told:
             return
-        bind = self.vcm._ops.bind
+        bind = self._vcm._ops.bind
         try:
             if bind is None:
-                raise NotSupportedError(f"driver of {self.vcm.name} has no bind operation")
+                raise NotSupportedError(f"driver of {self._vcm.name} has no bind operation")
             await sync_point("driver.bind", self)
             await bind(self, phys)
         except Exception as undo_error:
@@ -358,7 +489,7 @@ class Res:
             raise
 
     async def _unreserve_locked(self) -> None:
-        vcm = self.vcm
+        vcm = self._vcm
         await sync_point("driver.unreserve", self)
         await vcm._ops.unreserve(self)
         self._dead = True
@@ -372,7 +503,7 @@ class Res:
         addresses back to an allocator that reserve uses without the context mutex, so they must
         no longer be mapped by then.
         """
-        phys = self.phys
+        phys = self._phys
         if phys is None:
             await self._unreserve_locked()
             return
@@ -388,11 +519,11 @@ class Res:
         already taken out of the driver is put back with the driver's bind (if even that fails,
         the reservation stays reserved and unbound, and a note on the error says so).
         """
-        async with self.vcm._mutex:
+        async with self._vcm._mutex:
             self._check_usable("unreserve")
             with _shielded():
-                if self.phys is not None:
-                    _warn(f"unreserve: {self!r} is still bound to {self.phys!r}; unbinding it")
+                if self._phys is not None:
+                    _warn(f"unreserve: {self!r} is still bound to {self._phys!r}; unbinding it")
                 await self._unbind_and_unreserve_locked()
 
     async def unmap(self) -> None:
@@ -400,10 +531,10 @@ class Res:
 
         A driver failure changes nothing, as for :meth:`unreserve`.
         """
-        async with self.vcm._mutex:
+        async with self._vcm._mutex:
             self._check_usable("unmap")
             with _shielded():
-                if self.phys is None:
+                if self._phys is None:
                     _warn(f"unbind: {self!r} is not bound")
                 await self._unbind_and_unreserve_locked()
 
@@ -417,11 +548,19 @@ class Res:
         binding is put back as for :meth:`unreserve`). Freeing and unreserving both give
         something back for good, so one of them is done when the other runs: if the driver's
         unreserve fails, the memory stays freed and the reservation stays reserved and unbound,
-        and a note on the error says so; :meth:`unreserve` releases it later.
+        and a note on the error says so; :meth:`unreserve` releases it later. On a one-to-one
+        context this is also what a failing *allocator* ``free`` does: the block goes back to
+        the allocator only once both its phys and its reservation are gone, which is in the
+        unreserve step, so the phys is freed (``phys.freed``, gone from ``vcm.allocations()``),
+        the reservation stays reserved and unbound and keeps the block, and :meth:`unreserve`
+        retries the allocator's free.
+
+        If cancelled while waiting for the context's mutex (or the phys's), nothing changed;
+        once it holds them, it completes.
         """
-        async with self.vcm._mutex:
+        async with self._vcm._mutex:
             self._check_usable("destroy_binding")
-            phys = self.phys
+            phys = self._phys
             if phys is None:
                 with _shielded():
                     _warn(f"unbind: {self!r} is not bound")
@@ -482,6 +621,10 @@ class VcmDriver(Protocol):
     * ``async activate(vcm)`` / ``async deactivate(vcm)``: called on the first activation and
       the last deactivation only.
 
+    Every operation must be a coroutine function: an ``async def`` function or method, a
+    :func:`functools.partial` of one, or an object whose ``__call__`` is ``async def``. A plain
+    ``def`` (even one returning an awaitable), like a driver without ``unreserve``, is refused
+    with ``EINVAL`` when the context is made, not at its first use.
     Sizes given to drivers are positive and page aligned. A driver operation that raises,
     including by cancellation, must have had no effect; one that tears down (``unbind``,
     ``unreserve``, ``deactivate``, ``cleanup``, a phys's free) is called shielded.
@@ -520,14 +663,13 @@ class _DriverOps:
 
     @classmethod
     def resolve(cls, driver: object) -> _DriverOps:
-        unreserve = getattr(driver, "unreserve", None)
-        if not callable(unreserve):
+        if getattr(driver, "unreserve", None) is None:
             raise InvalidError(f"context: driver {driver!r} has no unreserve operation")
-        ops: dict[str, Any] = {"unreserve": unreserve}
-        for name in _OPTIONAL_OPS:
+        ops: dict[str, Any] = {}
+        for name in ("unreserve", *_OPTIONAL_OPS):
             op = getattr(driver, name, None)
-            if op is not None and not callable(op):
-                raise InvalidError(f"context: driver {driver!r}: {name} is not callable")
+            if op is not None:
+                check_coroutine_function(op, f"context: driver {driver!r}: {name}")
             ops[name] = op
         return cls(**ops)
 
@@ -645,8 +787,17 @@ class Vcm:
         Destroying while activated or with live reservations or phys warns, then repairs:
         deactivates, unbinds and unreserves every reservation, frees every phys allocated here
         that is not bound in another context (those stay valid; free them there), and calls the
-        driver's cleanup. Waits for creations in flight to finish first. If cancelled while
-        waiting, the context is as before; once it holds the lock, it finishes.
+        driver's cleanup. ``EINVAL`` if the context is destroyed already or another destroy is
+        under way. From the call on, creations (alloc, reserve, map, make_binding) fail with
+        ``EINVAL`` ("dying"); destroy waits for those in flight to finish, then for the
+        context's mutex (the operations holding it finish first).
+
+        Closing completes even when cancelled (trio's rule for ``aclose``): if the caller is
+        cancelled, the waiting goes on shielded, the teardown completes, and then the
+        cancellation is delivered (raised at a checkpoint after the teardown). A cancelled
+        destroy is never left half done: the context is destroyed, as if not cancelled. The
+        price: a destroy waits, even cancelled, for an operation whose driver call never
+        returns.
 
         A driver failure does not stop the teardown: like the kernel's, it releases everything
         it can. Then, if any step failed, the driver's cleanup is not called, the context is
@@ -657,20 +808,16 @@ class Vcm:
         self._check_live("destroy")
         self._state = _DYING
         try:
-            while self._in_flight:
-                self._drained = anyio.Event()
-                await self._drained.wait()
-            await self._mutex.lock()
-        except BaseException:
-            self._state = _LIVE
-            raise
-        try:
             with _shielded():
-                await self._teardown_locked()
+                while self._in_flight:
+                    self._drained = anyio.Event()
+                    await self._drained.wait()
+                async with self._mutex:
+                    await self._teardown_locked()
         finally:
             if self._state == _DYING:  # a step failed: live again, destroy can be retried
                 self._state = _LIVE
-            self._mutex.unlock()
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _teardown_locked(self) -> None:
         errors: list[Exception] = []
@@ -707,7 +854,7 @@ class Vcm:
                     await attempt(f"freeing {phys!r}", phys._free_locked)
                 elif not any(res.phys is phys for res in self._reservations):
                     _warn(f"destroy: {phys!r} is bound in another context; it stays allocated")
-                    phys.vcm = None
+                    phys._vcm = None
                     del self._physes[phys]
                 # else still bound here, because its unbind failed: it stays for a retry
         cleanup = self._ops.cleanup
@@ -733,6 +880,8 @@ class Vcm:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Destroy the context unless it is destroyed (or being destroyed) already: as
+        :meth:`destroy`, it completes even if the block was cancelled or is cancelled now."""
         if self._state == _LIVE:
             await self.destroy()
 
@@ -843,8 +992,8 @@ class Vcm:
                 with _shielded():
                     await phys._unclaim()
                 raise
-            res.phys = phys
-            res.bound_size = phys.size
+            res._phys = phys
+            res._bound_size = phys.size
             return res
 
     async def _new_phys(self, size: int, flags: int) -> Phys:
@@ -882,15 +1031,31 @@ class Vcm:
         await sync_point("driver.alloc", self)
         return await alloc(self, size, alloc_flags, res_flags)
 
+    # A driver must hand over a new object: one already live (here or in another context)
+    # would be registered, and later freed or unreserved, twice.
+
     def _adopt_phys(self, phys: object, size: int, what: str) -> Phys:
-        if not isinstance(phys, Phys) or phys.size < size or phys.freed:
+        if (
+            not isinstance(phys, Phys)
+            or phys.size < size
+            or phys.freed
+            or phys.vcm is not None
+            or phys.bindings
+        ):
             raise InvalidError(f"{what}: driver of {self.name} returned {phys!r} for {size:#x}")
-        phys.vcm = self
+        phys._vcm = self
         self._physes[phys] = None
         return phys
 
     def _adopt_res(self, res: object, size: int, what: str) -> Res:
-        if not isinstance(res, Res) or res.vcm is not self or res.res_size < size or res.unreserved:
+        if (
+            not isinstance(res, Res)
+            or res.vcm is not self
+            or res.res_size < size
+            or res.unreserved
+            or res in self._reservations
+            or res.phys is not None
+        ):
             raise InvalidError(f"{what}: driver of {self.name} returned {res!r} for {size:#x}")
         self._reservations[res] = None
         return res
@@ -917,6 +1082,10 @@ class Vcm:
         """``vcm_deactivate``: undo one :meth:`activate`; the last one deactivates the hardware.
 
         Without a matching activate: warn and do nothing (the count never goes below zero).
+        If the driver's deactivate fails, nothing changed (the count stays, the hardware stays
+        active). If cancelled while waiting for the context's mutex, nothing changed (an
+        ordinary operation, unlike the exit of :meth:`activated`); once it holds the mutex, it
+        completes.
         """
         async with self._mutex:
             self._check_not_destroyed("deactivate")
@@ -930,11 +1099,45 @@ class Vcm:
                     await deactivate(self)
                 await self._activations.dec()
 
-    @asynccontextmanager
-    async def activated(self) -> AsyncIterator[Self]:
-        """``async with vcm.activated():`` activate for the duration of the block."""
-        await self.activate()
-        try:
-            yield self
-        finally:
-            await self.deactivate()
+    def activated(self) -> _Activation[Self]:
+        """``async with vcm.activated():`` activate for the duration of the block.
+
+        Entering is :meth:`activate` (cancelled or failed: no effect, the block does not run).
+        Leaving is :meth:`deactivate`, shielded: the count returns to its value before the
+        block even when the block was cancelled, or is cancelled while the exit waits for the
+        context's mutex; the cancellation is delivered after. If the driver's deactivate
+        fails at the exit, its error propagates from the ``async with`` (with the block's own
+        error, if any, as its ``__context__``) and the context stays activated, exactly as a
+        failed :meth:`deactivate` leaves it: the count as inside the block, the hardware
+        active; calling :meth:`deactivate` again retries. If the block itself deactivated
+        once too often, the exit warns, as :meth:`deactivate` does.
+        """
+        return _Activation(self)
+
+
+_V = TypeVar("_V", bound=Vcm)
+
+
+class _Activation(Generic[_V]):
+    """What :meth:`Vcm.activated` returns (a class, not a generator: its frames stay in avcm,
+    so a warning of the exit is attributed to the user's ``async with`` line)."""
+
+    __slots__ = ("_vcm",)
+
+    def __init__(self, vcm: _V) -> None:
+        self._vcm = vcm
+
+    async def __aenter__(self) -> _V:
+        await self._vcm.activate()
+        return self._vcm
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with _shielded():
+            await self._vcm.deactivate()
+        if exc is None:
+            await anyio.lowlevel.checkpoint_if_cancelled()

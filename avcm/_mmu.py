@@ -14,15 +14,17 @@ from typing import Protocol
 
 import anyio
 
-from ._core import Phys, Res, Vcm
+from ._core import Phys, Res, Vcm, _NoPublicConstructor
 from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
-from ._phys import default_memory, phys_alloc, phys_walk, visit_pages, walk_pages
+from ._phys import default_memory, pages_of, phys_alloc, phys_walk, visit_pages
 from ._sync import sync_point
-from ._validate import check_aligned, check_orders, check_span
+from ._validate import check_aligned, check_coroutine_function, check_orders, check_span
 from ._vaspace import AddressSpace
 
 __all__ = ["MmuDriver", "MmuWrapper", "mmu_init"]
+
+_OPS = ("activate", "deactivate", "activate_page", "deactivate_page")
 
 ResOp = Callable[[Res, Phys], Awaitable[None]]
 PageOp = Callable[[int, int, int, Vcm], Awaitable[None]]
@@ -42,9 +44,12 @@ class MmuDriver(Protocol):
     * ``async activate_page(vaddr, paddr, order, vcm)`` / ``async deactivate_page(...)``: map or
       unmap one page, called through :func:`avcm.phys_walk`.
 
-    Mapping needs ``activate`` or both ``*_page`` operations; unmapping needs ``deactivate`` or
-    ``deactivate_page``. Each operation that raises, including by cancellation, must have had
-    no effect on the hardware.
+    A driver has one shape: the pair ``activate``/``deactivate`` or the pair
+    ``activate_page``/``deactivate_page``, never one operation of each (unbinding could not
+    then put back exactly what it took out) nor both pairs. Every operation must be a coroutine
+    function (``async def``, a partial of one, or an object with an ``async def __call__``).
+    :func:`mmu_init` refuses anything else with ``EINVAL``. Each operation that raises,
+    including by cancellation, must have had no effect on the hardware.
     """
 
     @property
@@ -53,13 +58,26 @@ class MmuDriver(Protocol):
 
 def _op(driver: object, name: str) -> Callable[..., Awaitable[None]] | None:
     op = getattr(driver, name, None)
-    if op is not None and not callable(op):
-        raise InvalidError(f"mmu_init: driver {driver!r}: {name} is not callable")
+    if op is not None:
+        check_coroutine_function(op, f"mmu_init: driver {driver!r}: {name}")
     return op
 
 
-class MmuWrapper:
-    """The core driver behind every MMU context; ``vcm.driver`` of one made by :func:`mmu_init`."""
+class MmuWrapper(metaclass=_NoPublicConstructor):
+    """The core driver behind every MMU context; ``vcm.driver`` of one made by :func:`mmu_init`.
+
+    No public constructor: its bookkeeping belongs to one context, the one :func:`mmu_init`
+    makes with it.
+    """
+
+    _made_by = "avcm.mmu_init makes it, with its context"
+
+    @classmethod
+    def _create(
+        cls, driver: MmuDriver, start: int, size: int, memory: PhysicalMemory
+    ) -> MmuWrapper:
+        wrapper: MmuWrapper = cls._construct(driver, start, size, memory)
+        return wrapper
 
     def __init__(self, driver: MmuDriver, start: int, size: int, memory: PhysicalMemory) -> None:
         self.hw = driver
@@ -71,14 +89,14 @@ class MmuWrapper:
         self._hw_cleanup = _op(driver, "cleanup")
         self._enable: Callable[[Vcm], Awaitable[None]] | None = _op(driver, "enable")
         self._disable: Callable[[Vcm], Awaitable[None]] | None = _op(driver, "disable")
-        if self._activate is None and (
-            self._activate_page is None or self._deactivate_page is None
-        ):
+        per_res = (self._activate is not None, self._deactivate is not None)
+        per_page = (self._activate_page is not None, self._deactivate_page is not None)
+        if sorted((per_res, per_page)) != [(False, False), (True, True)]:
+            has = [name for name, there in zip(_OPS, per_res + per_page, strict=True) if there]
             raise InvalidError(
-                f"mmu_init: driver {driver!r} needs activate, or activate_page and deactivate_page"
+                f"mmu_init: driver {driver!r} must have either activate and deactivate, or "
+                f"activate_page and deactivate_page, not a mix (it has {has or 'none'})"
             )
-        if self._deactivate is None and self._deactivate_page is None:
-            raise InvalidError(f"mmu_init: driver {driver!r} needs deactivate or deactivate_page")
         self.memory = memory
         self.space = AddressSpace(start, size)
         # res -> phys, in bind order: activation maps in this order and undoes in reverse.
@@ -100,7 +118,7 @@ class MmuWrapper:
 
     async def res(self, vcm: Vcm, size: int, flags: int) -> Res:
         start = self.space.allocate(size, self.alignment_for(size))
-        return Res(vcm, start, size)
+        return Res._create(vcm, start, size)
 
     async def unreserve(self, res: Res) -> None:
         self.space.free(res.start, res.res_size)
@@ -146,20 +164,18 @@ class MmuWrapper:
             await sync_point("driver.deactivate_page", res)
             await deactivate_page(vaddr, paddr, order, vcm)
 
-        recovery = None
-        if self._activate_page is not None:
-            activate_page = self._activate_page
+        activate_page = self._activate_page
+        if activate_page is None:  # pragma: no cover - init checks
+            raise InvalidError("mmu: driver lost its page operations")
 
-            async def remap_page(vaddr: int, paddr: int, order: int) -> None:
-                await activate_page(vaddr, paddr, order, vcm)
+        async def remap_page(vaddr: int, paddr: int, order: int) -> None:
+            await activate_page(vaddr, paddr, order, vcm)
 
-            recovery = remap_page
-        pages = walk_pages(res.start, phys, self.orders)
-        await visit_pages(reversed(pages), unmap_page, recovery)
+        await visit_pages(reversed(self.pages(res, phys)), unmap_page, remap_page)
 
     def pages(self, res: Res, phys: Phys) -> list[tuple[int, int, int]]:
         """The ``(vaddr, paddr, order)`` pages a per-page driver gets for this binding."""
-        return walk_pages(res.start, phys, self.orders)
+        return pages_of(res.start, phys, self.orders)
 
     async def bind(self, res: Res, phys: Phys) -> None:
         if phys.memory is not None and phys.memory is not self.memory:
@@ -235,11 +251,12 @@ def mmu_init(
 ) -> Vcm:
     """``vcm_mmu_init``: a context for a hardware MMU driven by *driver*.
 
-    ``EINVAL`` (and nothing created) for a bad range, bad orders or missing operations.
+    ``EINVAL`` (and nothing created) for a bad range, bad orders, or a driver of no single
+    shape or with an operation that is not a coroutine function (see :class:`MmuDriver`).
     *memory* is the simulated RAM its allocations come from (the process default if omitted).
     """
     check_aligned(start, "context start")
     check_aligned(size, "context size", positive=True)
     check_span(start, size, "context")
     ram = default_memory() if memory is None else memory
-    return Vcm(start, size, MmuWrapper(driver, start, size, ram), name=name)
+    return Vcm(start, size, MmuWrapper._create(driver, start, size, ram), name=name)

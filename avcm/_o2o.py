@@ -15,19 +15,28 @@ from typing import Protocol
 
 import anyio
 
-from ._core import Phys, PhysPart, Res, Vcm
+from ._core import Phys, PhysPart, Res, Vcm, _NoPublicConstructor
 from ._errors import BusyError, InvalidError, NotSupportedError
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import default_memory
 from ._sync import sync_point
+from ._validate import check_coroutine_function
 
 __all__ = ["O2oDriver", "O2oPart", "O2oWrapper", "o2o_init"]
 
 
-class O2oPart:
-    """The block a one-to-one driver is asked for: ``size`` is set, the driver sets ``start``."""
+class O2oPart(metaclass=_NoPublicConstructor):
+    """The block a one-to-one driver is asked for: ``size`` is set, the driver sets ``start``
+    (and may raise ``size``). Made by the wrapper only (``O2oPart._create``)."""
+
+    _made_by = "the one-to-one wrapper makes it for its driver's alloc"
 
     __slots__ = ("size", "start")
+
+    @classmethod
+    def _create(cls, start: int, size: int) -> O2oPart:
+        part: O2oPart = cls._construct(start, size)
+        return part
 
     def __init__(self, start: int, size: int) -> None:
         self.start = start
@@ -41,7 +50,10 @@ class O2oDriver(Protocol):
     """``struct vcm_o2o_driver``: a physically contiguous allocator; ``cleanup`` is optional.
 
     ``async alloc(vcm, part, flags) -> token`` sets ``part.start`` and returns a private token
-    (or raises, having allocated nothing); ``async free(part, token)`` gives the block back.
+    (or raises, having allocated nothing); ``async free(part, token)`` gives the block back;
+    ``async cleanup(vcm)``. Each must be a coroutine function (``async def``, a partial of one,
+    or an object with an ``async def __call__``): :func:`o2o_init` refuses anything else, or a
+    driver without ``alloc`` or ``free``, with ``EINVAL``.
     """
 
     async def alloc(self, vcm: Vcm, part: O2oPart, flags: int, /) -> object: ...
@@ -60,16 +72,28 @@ class _Pair:
     phys_live: bool = True
 
 
-class O2oWrapper:
-    """The core driver behind every one-to-one context; ``vcm.driver`` of :func:`o2o_init`."""
+class O2oWrapper(metaclass=_NoPublicConstructor):
+    """The core driver behind every one-to-one context; ``vcm.driver`` of :func:`o2o_init`.
+
+    No public constructor: its bookkeeping belongs to one context, the one :func:`o2o_init`
+    makes with it.
+    """
+
+    _made_by = "avcm.o2o_init makes it, with its context"
+
+    @classmethod
+    def _create(cls, driver: O2oDriver, memory: PhysicalMemory) -> O2oWrapper:
+        wrapper: O2oWrapper = cls._construct(driver, memory)
+        return wrapper
 
     def __init__(self, driver: O2oDriver, memory: PhysicalMemory) -> None:
         for name in ("alloc", "free"):
-            if not callable(getattr(driver, name, None)):
+            if getattr(driver, name, None) is None:
                 raise InvalidError(f"o2o_init: driver {driver!r} has no {name} operation")
-        cleanup = getattr(driver, "cleanup", None)
-        if cleanup is not None and not callable(cleanup):
-            raise InvalidError(f"o2o_init: driver {driver!r}: cleanup is not callable")
+        for name in ("alloc", "free", "cleanup"):
+            op = getattr(driver, name, None)
+            if op is not None:
+                check_coroutine_function(op, f"o2o_init: driver {driver!r}: {name}")
         self.hw = driver
         self.memory = memory
         self._pairs: dict[Phys, _Pair] = {}
@@ -84,7 +108,7 @@ class O2oWrapper:
         return len(self._pairs)
 
     async def phys(self, vcm: Vcm, size: int, flags: int) -> Phys:
-        part = O2oPart(0, size)
+        part = O2oPart._create(0, size)
         await sync_point("driver.o2o_alloc", vcm)
         token = await self.hw.alloc(vcm, part, flags)
         start, got = part.start, part.size
@@ -103,7 +127,7 @@ class O2oWrapper:
                 f"alloc: one-to-one driver {self.hw!r} returned {part!r} for {size:#x} bytes, "
                 f"not a page-aligned block inside {vcm.start:#x}..{end:#x}"
             )
-        phys = Phys([(start, got)], free=self._free, memory=self.memory)
+        phys = Phys._create([(start, got)], free=self._free, memory=self.memory)
         self._pairs[phys] = _Pair(PhysPart(start, got), token, phys)
         return phys
 
@@ -115,7 +139,7 @@ class O2oWrapper:
             )
         if pair.res is not None:
             raise BusyError(f"map: {phys!r} is already mapped at {pair.res!r}")
-        res = Res(vcm, pair.part.start, pair.part.size)
+        res = Res._create(vcm, pair.part.start, pair.part.size)
         pair.res = res
         self._by_res[res] = pair
         return res
@@ -168,7 +192,8 @@ def o2o_init(
 ) -> Vcm:
     """``vcm_o2o_init``: a one-to-one context over the physical window ``start..start+size``.
 
-    ``EINVAL`` (and nothing created) for a bad window or a driver without ``alloc``/``free``.
+    ``EINVAL`` (and nothing created) for a bad window or a driver without ``alloc``/``free``
+    or with an operation that is not a coroutine function.
     """
     ram = default_memory() if memory is None else memory
-    return Vcm(start, size, O2oWrapper(driver, ram), name=name)
+    return Vcm(start, size, O2oWrapper._create(driver, ram), name=name)

@@ -15,6 +15,7 @@ __all__ = [
     "PageCallback",
     "default_memory",
     "page_order",
+    "pages_of",
     "phys_alloc",
     "phys_walk",
     "visit_pages",
@@ -80,7 +81,7 @@ def phys_alloc(
         _free_parts(ram, phys.parts)
 
     try:
-        return Phys(parts, free=free, memory=ram)
+        return Phys._create(parts, free=free, memory=ram)
     except BaseException:
         _free_parts(ram, parts)
         raise
@@ -91,12 +92,30 @@ def _free_parts(ram: PhysicalMemory, parts: Sequence[PhysPart]) -> None:
         ram.free_pages(part.start, page_order(part.size))
 
 
+def _check_walk(vaddr: object, phys: object, orders: object, what: str) -> tuple[int, ...]:
+    """The validation :func:`walk_pages` and :func:`phys_walk` share; returns the orders."""
+    vaddr = check_aligned(vaddr, f"{what} vaddr")
+    if not isinstance(phys, Phys):
+        raise InvalidError(f"{what}: {phys!r} is not a Phys")
+    check_span(vaddr, phys.size, f"{what} of")
+    phys._check_usable(what)
+    return check_orders(orders, f"{what} orders")
+
+
 def walk_pages(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int, int, int]]:
     """The pages :func:`phys_walk` visits, as ``(vaddr, paddr, order)``, without visiting them.
 
     At every step the page is the largest of *orders* that fits the remaining length of the
-    part and the alignment of both addresses (Linux's ``iommu_pgsize``).
+    part and the alignment of both addresses (Linux's ``iommu_pgsize``). ``EINVAL`` for what
+    :func:`phys_walk` refuses: an unaligned or negative *vaddr*, a range past 64-bit
+    addresses, a freed phys or one that is not a :class:`~avcm.Phys`, bad orders.
     """
+    return pages_of(vaddr, phys, _check_walk(vaddr, phys, orders, "walk_pages"))
+
+
+def pages_of(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int, int, int]]:
+    """:func:`walk_pages` without the validation, for arguments that passed it already (the
+    MMU wrapper's bound reservations)."""
     pages = []
     for part in phys.parts:
         paddr, remaining = part.start, part.size
@@ -125,17 +144,14 @@ async def phys_walk(
     and then two 4 KiB pages (given a suitably aligned *vaddr*). If *callback* raises (or the
     caller is cancelled), *recovery* is called for exactly the pages already done, in reverse,
     shielded from cancellation, and the error propagates. If *recovery* itself raises, the
-    recovery stops there and that error is noted on the original one.
+    recovery stops there and that error is noted on the original one. ``EINVAL``, and nothing
+    visited, for bad arguments (those :func:`walk_pages` refuses, and callbacks that are not
+    callable).
     """
-    check_aligned(vaddr, "phys_walk vaddr")
-    if not isinstance(phys, Phys):
-        raise InvalidError(f"phys_walk: {phys!r} is not a Phys")
-    check_span(vaddr, phys.size, "phys_walk of")
-    phys._check_usable("phys_walk")
-    orders = check_orders(orders, "phys_walk orders")
+    orders = _check_walk(vaddr, phys, orders, "phys_walk")
     if not callable(callback) or (recovery is not None and not callable(recovery)):
         raise InvalidError("phys_walk: callback and recovery must be callables")
-    await visit_pages(walk_pages(vaddr, phys, orders), callback, recovery)
+    await visit_pages(pages_of(vaddr, phys, orders), callback, recovery)
 
 
 async def visit_pages(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Iterable
 
@@ -13,6 +14,7 @@ from ._memory import ADDRESS_LIMIT, PAGE_SHIFT, PAGE_SIZE
 __all__ = [
     "MAX_ORDER",
     "check_aligned",
+    "check_coroutine_function",
     "check_span",
     "check_flags",
     "check_int",
@@ -73,6 +75,20 @@ def check_flags(flags: object, what: str) -> int:
     if flags < 0:
         raise InvalidError(f"{what}: flags must be non-negative, got {flags}")
     return flags
+
+
+def check_coroutine_function(op: object, what: str) -> None:
+    """EINVAL unless calling *op* makes a coroutine: what every driver operation must be.
+
+    Accepted: an ``async def`` function or method (bound or not), a :func:`functools.partial`
+    of one, and an object whose ``__call__`` is an ``async def`` method. Refused: a plain
+    ``def``, even one that returns an awaitable, since avcm cannot tell that before calling
+    it, and a driver that fails at its first use instead of when it is plugged in is worse.
+    """
+    # A class is never one, though its __call__ may be an async method of its instances.
+    call = None if isinstance(op, type) else getattr(op, "__call__", None)  # noqa: B004
+    if not (inspect.iscoroutinefunction(op) or inspect.iscoroutinefunction(call)):
+        raise InvalidError(f"{what} {op!r} is not a coroutine function (async def)")
 
 
 def check_orders(orders: object, what: str = "orders") -> tuple[int, ...]:

@@ -168,7 +168,7 @@ async def test_one_to_one_reservation_away_from_its_memory(memory: avcm.Physical
     first = await carveout.make_binding(8 * KiB)
     second = await carveout.make_binding(8 * KiB)
     assert avcm.check_model(carveout) == 1
-    second.start = first.start + 4 * KiB  # not at its memory, and over the first
+    second._start = first.start + 4 * KiB  # corrupted: not at its memory, and over the first
     problems = mismatch(carveout)
     assert problems == [
         f"one-to-one {second!r} is not at its memory {second.phys!r}",

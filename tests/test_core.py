@@ -68,7 +68,7 @@ async def test_init_requires_unreserve(memory: avcm.PhysicalMemory) -> None:
 async def test_init_rejects_non_callable_op(memory: avcm.PhysicalMemory) -> None:
     driver = RecordingDriver(memory)
     driver.bind = 42  # type: ignore[assignment,method-assign]
-    with pytest.raises(avcm.InvalidError, match="bind is not callable"):
+    with pytest.raises(avcm.InvalidError, match="bind 42 is not a coroutine function"):
         avcm.Vcm(0, 4096, driver)
 
 
@@ -644,7 +644,7 @@ class FlakyFree:
         await self.inner.free()
 
     def phys(self) -> avcm.Phys:
-        return avcm.Phys(self.inner.parts, free=self, memory=self.inner.memory)
+        return avcm.Phys._create(self.inner.parts, free=self, memory=self.inner.memory)
 
 
 async def test_destroy_binding_with_failing_free_changes_nothing(

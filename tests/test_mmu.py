@@ -206,7 +206,7 @@ async def test_mmu_init_requires_a_way_to_map_and_unmap(memory: avcm.PhysicalMem
         async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: object) -> None:
             pass
 
-    with pytest.raises(avcm.InvalidError, match="needs"):
+    with pytest.raises(avcm.InvalidError, match="must have either"):
         avcm.mmu_init(START, MiB, OnlyActivatePage(), memory=memory)  # type: ignore[arg-type]
 
 
