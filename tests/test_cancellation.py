@@ -4,7 +4,7 @@ Two ways of choosing the await point, each tried for every k until the operation
 untouched:
 
 - a sync hook counts the sync points an operation passes (its locks, atomics, driver calls and
-  the driver's own sleeps) and cancels at the k-th;
+  the driver's own sleeps) and cancels at the k-th (k = 0: before it starts);
 - a second task lets k real checkpoints pass and then cancels the operation's scope (k = 0:
   before it starts), so the cancellation lands wherever the operation's own await happens to be.
 
@@ -12,6 +12,10 @@ Every operation runs on a core context, an MMU context and a one-to-one (carve-o
 Afterwards the operation either completed or had no effect (the model, the physical memory and
 the driver's side are exactly as before or exactly as after), no lock is held, and the counters
 and the hardware agree with the model.
+
+Closing (``destroy``, the exit of ``async with vcm:`` and of ``async with vcm.activated():``)
+completes even when cancelled, as trio's ``aclose`` does: whatever k, the state is the one
+after, and a cancellation that arrived while it ran is delivered (raised) when it is done.
 """
 
 from __future__ import annotations
@@ -114,10 +118,23 @@ async def setup_case(kind: str, name: str) -> Case:
         "activate": vcm.activate,
         "deactivate": vcm.deactivate,
         "destroy": vcm.destroy,
+        "activated": lambda: activated_block(vcm),
+        "async_with_vcm": lambda: vcm_block(vcm),
     }
-    if name == "activate":
+    if name in ("activate", "activated"):
         await vcm.deactivate()
     return Case(vcm, memory, driver_state, runs[name])
+
+
+async def activated_block(vcm: avcm.Vcm) -> None:
+    """A block that can be cancelled inside, so that its exit runs cancelled."""
+    async with vcm.activated():
+        await anyio.lowlevel.checkpoint()
+
+
+async def vcm_block(vcm: avcm.Vcm) -> None:
+    async with vcm:
+        await anyio.lowlevel.checkpoint()
 
 
 def state(case: Case) -> tuple[Any, ...]:
@@ -153,9 +170,12 @@ CancelAt = Callable[[Case, int], Awaitable[tuple[bool, bool]]]
 
 
 async def cancel_at_sync_point(case: Case, k: int) -> tuple[bool, bool]:
-    """Cancel the operation at its k-th sync point, from inside the sync hook."""
+    """Cancel the operation at its k-th sync point, from inside the sync hook (k = 0: before
+    it starts)."""
     passed = 0
     with anyio.CancelScope() as scope:
+        if k == 0:
+            scope.cancel()
 
         async def cancel_at_k(point: str, obj: object) -> None:
             nonlocal passed
@@ -194,7 +214,9 @@ async def cancel_after_checkpoints(case: Case, k: int) -> tuple[bool, bool]:
 
 async def cancel_at_every_k(kind: str, name: str, cancel_at: CancelAt) -> None:
     """For k = 0, 1, ... until the operation finishes first: cancel it at k, then check that it
-    is not half done, no lock is held and the model holds; and that some k undid it."""
+    is not half done, no lock is held and the model holds; and that some k undid it (for a
+    closing operation: that every k completed it, and delivered the cancellation)."""
+    closing = name in CLOSING
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", avcm.VcmWarning)
         untouched = await setup_case(kind, name)
@@ -202,7 +224,8 @@ async def cancel_at_every_k(kind: str, name: str, cancel_at: CancelAt) -> None:
         completed = await setup_case(kind, name)
         await completed.run()
         after = state(completed)
-        assert before != after, "the operation must change something"
+        # activated() ends where it began: the exit's deactivate undoes the entry's activate
+        assert (before != after) == (name != "activated"), "the operation must change something"
 
         cancelled_somewhere = False
         for k in range(MAX_K):
@@ -210,7 +233,11 @@ async def cancel_at_every_k(kind: str, name: str, cancel_at: CancelAt) -> None:
             cancelled, finished_first = await cancel_at(case, k)
             now = state(case)
             assert_no_lock_held(case)
-            if cancelled:
+            if closing:
+                assert now == after, f"{name} cancelled at {k} did not complete"
+                assert cancelled or finished_first, f"{name} at {k} swallowed the cancellation"
+                cancelled_somewhere |= cancelled
+            elif cancelled:
                 assert now in (before, after), f"{name} cancelled at {k} is half done"
                 cancelled_somewhere |= now == before
             else:
@@ -239,7 +266,12 @@ OPERATIONS = [
     "activate",
     "deactivate",
     "destroy",
+    "activated",
+    "async_with_vcm",
 ]
+
+# Closing completes even when cancelled (destroy's docstring; trio's aclose rule).
+CLOSING = {"destroy", "activated", "async_with_vcm"}
 
 # reserve alone is EOPNOTSUPP on a one-to-one context (test_o2o_reserve_is_not_supported)
 CASES = [

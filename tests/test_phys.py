@@ -249,7 +249,9 @@ async def test_phys_rejects_bad_parts(parts: list[tuple[int, int]]) -> None:
 
 
 async def test_phys_parts_in_any_order_that_do_not_overlap() -> None:
-    phys = avcm.Phys._create([(0x10_0000, 4096), (0x8000, 4096), (0xF_F000, 4096), (0x10_1000, 4096)])
+    phys = avcm.Phys._create(
+        [(0x10_0000, 4096), (0x8000, 4096), (0xF_F000, 4096), (0x10_1000, 4096)]
+    )
     assert [part.start for part in phys.parts] == [0x10_0000, 0x8000, 0xF_F000, 0x10_1000]
 
 
