@@ -1,0 +1,152 @@
+"""Objects only their context or driver makes, and only live objects of a context are accepted.
+
+``Res``, ``Phys``, ``O2oPart`` and the wrappers have no public constructor (``EINVAL``);
+drivers use the private factories (``Res._create``...). A reservation a driver made but never
+handed to its context is not one of the context's: every operation refuses it with ``EINVAL``
+and nothing changes (before, unreserving such a copy of a live reservation gave the live one's
+addresses away). The attributes that describe an object are read-only.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import avcm
+import drivers
+from tests._recording import RecordingDriver, make_context
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+KiB = 1 << 10
+ZERO = drivers.Latency.profile("zero")
+
+
+@pytest.fixture
+def memory() -> avcm.PhysicalMemory:
+    return avcm.PhysicalMemory(size=32 * MiB)
+
+
+@pytest.fixture(params=["core", "mmu"])
+def vcm(request: pytest.FixtureRequest, memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    if request.param == "core":
+        return make_context(memory)[0]
+    return drivers.create_iommu(memory, latency=ZERO, name="iommu")
+
+
+CONSTRUCTORS: dict[str, Callable[[avcm.Vcm, avcm.PhysicalMemory], object]] = {
+    "Res": lambda vcm, memory: avcm.Res(vcm, 0x1000_0000, 4096),
+    "Phys": lambda vcm, memory: avcm.Phys([(0x8000_0000, 4096)]),
+    "O2oPart": lambda vcm, memory: avcm.O2oPart(0, 4096),
+    "MmuWrapper": lambda vcm, memory: avcm.MmuWrapper(object(), 0, 4096, memory),  # type: ignore[arg-type]
+    "O2oWrapper": lambda vcm, memory: avcm.O2oWrapper(object(), memory),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+async def test_no_public_constructor(vcm: avcm.Vcm, memory: avcm.PhysicalMemory, name: str) -> None:
+    with pytest.raises(avcm.InvalidError, match=f"avcm.{name} has no public constructor") as info:
+        CONSTRUCTORS[name](vcm, memory)
+    assert info.value.errno == errno.EINVAL
+
+
+def snapshot(vcm: avcm.Vcm) -> tuple[Any, ...]:
+    return (
+        vcm.activations,
+        tuple((r, r.start, r.res_size, r.phys, r.bound_size) for r in vcm.reservations()),
+        tuple((p, p.bindings, p.freed) for p in vcm.allocations()),
+    )
+
+
+STRANGER_OPS: dict[str, Callable[[avcm.Res, avcm.Phys], Awaitable[object]]] = {
+    "unreserve": lambda res, phys: res.unreserve(),
+    "unbind": lambda res, phys: res.unbind(),
+    "unmap": lambda res, phys: res.unmap(),
+    "destroy_binding": lambda res, phys: res.destroy_binding(),
+    "bind": lambda res, phys: res.bind(phys),
+}
+
+
+@pytest.mark.parametrize("op", list(STRANGER_OPS))
+async def test_a_reservation_the_context_never_got_is_refused(vcm: avcm.Vcm, op: str) -> None:
+    """A driver-made copy of a live reservation: refused, and the live one keeps its addresses
+    (the next reserve does not get them) and its binding."""
+    real = await vcm.make_binding(64 * KiB)
+    spare = await vcm.alloc(64 * KiB)
+    await vcm.activate()
+    stranger = avcm.Res._create(vcm, real.start, 64 * KiB)
+    before = snapshot(vcm)
+    with pytest.raises(avcm.InvalidError, match="not a live reservation") as info:
+        await STRANGER_OPS[op](stranger, spare)
+    assert info.value.errno == errno.EINVAL
+    assert snapshot(vcm) == before and spare.bindings == 0 and stranger.phys is None
+    avcm.check_model(vcm)
+    other = await vcm.reserve(64 * KiB)
+    assert not (other.start < real.start + real.res_size and real.start < other.start + 64 * KiB)
+    await other.unreserve()
+    await vcm.deactivate()
+    await real.destroy_binding()
+    await spare.free()
+    await vcm.destroy()
+
+
+async def test_a_driver_returning_a_live_reservation_again_is_refused(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    class Repeating(RecordingDriver):
+        last: avcm.Res | None = None
+
+        async def res(self, vcm: avcm.Vcm, size: int, flags: int) -> avcm.Res:
+            if self.last is None:
+                self.last = await super().res(vcm, size, flags)
+            return self.last
+
+    vcm = avcm.Vcm(0x1000_0000, 64 * MiB, Repeating(memory), name="repeating")
+    first = await vcm.reserve(4096)
+    with pytest.raises(avcm.InvalidError, match="returned"):
+        await vcm.reserve(4096)
+    assert vcm.reservations() == (first,)
+
+
+async def test_a_driver_returning_a_live_phys_again_is_refused(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    class Repeating(RecordingDriver):
+        last: avcm.Phys | None = None
+
+        async def phys(self, vcm: avcm.Vcm, size: int, flags: int) -> avcm.Phys:
+            if self.last is None:
+                self.last = await super().phys(vcm, size, flags)
+            return self.last
+
+    vcm = avcm.Vcm(0x1000_0000, 64 * MiB, Repeating(memory), name="repeating")
+    first = await vcm.alloc(4096)
+    with pytest.raises(avcm.InvalidError, match="returned"):
+        await vcm.alloc(4096)
+    assert vcm.allocations() == (first,)
+
+
+RES_ATTRIBUTES = ["phys", "bound_size", "vcm", "start", "res_size"]
+PHYS_ATTRIBUTES = ["vcm", "memory", "size"]
+
+
+@pytest.mark.parametrize("name", RES_ATTRIBUTES)
+async def test_res_attributes_are_read_only(vcm: avcm.Vcm, name: str) -> None:
+    res = await vcm.make_binding(4096)
+    value = getattr(res, name)
+    with pytest.raises(AttributeError):
+        setattr(res, name, None)
+    assert getattr(res, name) is value
+
+
+@pytest.mark.parametrize("name", PHYS_ATTRIBUTES)
+async def test_phys_attributes_are_read_only(vcm: avcm.Vcm, name: str) -> None:
+    phys = await vcm.alloc(4096)
+    value = getattr(phys, name)
+    with pytest.raises(AttributeError):
+        setattr(phys, name, None)
+    assert getattr(phys, name) is value
