@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any
@@ -70,6 +71,63 @@ async def test_init_rejects_non_callable_op(memory: avcm.PhysicalMemory) -> None
     driver.bind = 42  # type: ignore[assignment,method-assign]
     with pytest.raises(avcm.InvalidError, match="bind 42 is not a coroutine function"):
         avcm.Vcm(0, 4096, driver)
+
+
+CORE_OPS = ["unreserve", "cleanup", "res", "phys", "bind", "unbind", "activate", "deactivate"]
+
+
+@pytest.mark.parametrize("name", CORE_OPS)
+async def test_init_refuses_an_operation_that_is_not_a_coroutine_function(
+    memory: avcm.PhysicalMemory, name: str
+) -> None:
+    """A plain ``def`` returning the coroutine would work when awaited, but avcm cannot tell a
+    plain ``def`` that does from one that does not: both are refused when the context is made,
+    not at their first use."""
+    driver = RecordingDriver(memory)
+    real = getattr(driver, name)
+
+    def plain(*args: object) -> object:
+        return real(*args)
+
+    setattr(driver, name, plain)
+    with pytest.raises(avcm.InvalidError, match=f"{name} .* is not a coroutine function") as info:
+        avcm.Vcm(0, 4096, driver)
+    assert info.value.errno == errno.EINVAL
+
+
+class AsyncCallable:
+    """A driver operation as an object whose ``__call__`` is ``async def``."""
+
+    def __init__(self, op: Callable[..., Awaitable[Any]]) -> None:
+        self.op = op
+
+    async def __call__(self, *args: Any) -> Any:
+        return await self.op(*args)
+
+
+async def test_init_accepts_partials_and_async_callable_objects(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    driver = RecordingDriver(memory)
+
+    async def bind(driver: RecordingDriver, res: avcm.Res, phys: avcm.Phys) -> None:
+        await RecordingDriver.bind(driver, res, phys)
+
+    driver.bind = functools.partial(bind, driver)  # type: ignore[method-assign]
+    driver.activate = AsyncCallable(driver.activate)  # type: ignore[method-assign]
+    vcm = avcm.Vcm(0x1000_0000, 64 * MiB, driver, name="test")
+    res = await vcm.make_binding(4096)
+    async with vcm.activated():
+        assert driver.active and res in driver.mapped
+    await res.destroy_binding()
+
+
+async def test_phys_free_callback_must_be_a_coroutine_function() -> None:
+    def free(phys: avcm.Phys) -> None:
+        pass
+
+    with pytest.raises(avcm.InvalidError, match=r"free callback .* is not a coroutine function"):
+        avcm.Phys._create([(0x8000_0000, 4096)], free=free)  # type: ignore[arg-type]
 
 
 # -- the error table ---------------------------------------------------------------------------

@@ -215,3 +215,87 @@ async def test_address_space_exhaustion_is_enospc(memory: avcm.PhysicalMemory) -
     await vcm.reserve(MiB)
     with pytest.raises(avcm.NoSpaceError):
         await vcm.reserve(4096)
+
+
+async def _page_op(vaddr: int, paddr: int, order: int, vcm: object) -> None:
+    pass
+
+
+async def _res_op(res: avcm.Res, phys: avcm.Phys) -> None:
+    pass
+
+
+SHAPE_OPS = {
+    "activate": _res_op,
+    "deactivate": _res_op,
+    "activate_page": _page_op,
+    "deactivate_page": _page_op,
+}
+
+
+def _driver_with(*names: str) -> object:
+    """A driver object with orders (8, 0) and exactly the named operations."""
+    namespace: dict[str, object] = {"orders": (8, 0)}
+    namespace.update({name: staticmethod(SHAPE_OPS[name]) for name in names})
+    return type("ShapeDriver", (), namespace)()
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        ("activate", "deactivate_page"),  # the issue's: unbind could not roll a page clear back
+        ("activate_page", "deactivate"),
+        ("activate", "deactivate", "activate_page", "deactivate_page"),
+        ("activate", "deactivate", "deactivate_page"),
+        ("activate_page", "deactivate_page", "deactivate"),
+        ("activate",),
+        ("deactivate_page",),
+        (),
+    ],
+)
+async def test_mmu_init_refuses_a_driver_of_no_single_shape(
+    memory: avcm.PhysicalMemory, ops: tuple[str, ...]
+) -> None:
+    before = memory.statistics()
+    with pytest.raises(avcm.InvalidError, match="must have either") as info:
+        avcm.mmu_init(START, MiB, _driver_with(*ops), memory=memory)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL and memory.statistics() == before
+
+
+@pytest.mark.parametrize("ops", [("activate", "deactivate"), ("activate_page", "deactivate_page")])
+async def test_mmu_init_accepts_either_shape(
+    memory: avcm.PhysicalMemory, ops: tuple[str, ...]
+) -> None:
+    vcm = avcm.mmu_init(START, MiB, _driver_with(*ops), memory=memory)  # type: ignore[arg-type]
+    res = await vcm.make_binding(68 * KiB)
+    async with vcm.activated():
+        pass
+    await res.destroy_binding()
+
+
+MMU_OPS = ["activate_page", "deactivate_page", "enable", "disable", "cleanup"]
+
+
+@pytest.mark.parametrize("name", MMU_OPS)
+async def test_mmu_init_refuses_an_operation_that_is_not_a_coroutine_function(
+    memory: avcm.PhysicalMemory, name: str
+) -> None:
+    """A plain ``def``, even one returning an awaitable, is refused at init, not at first use."""
+    hw = PageHardware()
+    real = getattr(hw, name, hw.enable)
+
+    def plain(*args: object) -> object:
+        return real(*args)
+
+    setattr(hw, name, plain)
+    with pytest.raises(avcm.InvalidError, match=f"{name} .* is not a coroutine function"):
+        avcm.mmu_init(START, MiB, hw, memory=memory)
+
+
+async def test_mmu_init_refuses_plain_per_reservation_operations(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    hw = ResHardware()
+    hw.deactivate = lambda res, phys: None  # type: ignore[assignment,method-assign,func-returns-value]
+    with pytest.raises(avcm.InvalidError, match=r"deactivate .* is not a coroutine function"):
+        avcm.mmu_init(START, MiB, hw, memory=memory)

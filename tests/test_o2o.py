@@ -183,3 +183,37 @@ async def test_failing_driver_free_changes_nothing_and_can_be_retried(
     assert len(driver.freed) == 1 and vcm.driver.pairs == 0
     assert res.unreserved and phys.freed
     assert vcm.reservations() == () and vcm.allocations() == ()
+
+
+@pytest.mark.parametrize("name", ["alloc", "free", "cleanup"])
+async def test_o2o_init_refuses_an_operation_that_is_not_a_coroutine_function(name: str) -> None:
+    driver = Bump()
+
+    def plain(*args: object) -> None:
+        pass
+
+    setattr(driver, name, plain)
+    with pytest.raises(avcm.InvalidError, match=f"{name} .* is not a coroutine function") as info:
+        avcm.o2o_init(WINDOW, SIZE, driver)
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_destroy_binding_whose_allocator_free_fails_says_what_is_left(
+    vcm: avcm.Vcm, driver: Bump
+) -> None:
+    """Documented partial effect: the block goes back to the allocator only once both halves
+    are gone, in the unreserve step; if that free fails, the phys is freed, the reservation
+    stays reserved and unbound (keeping the block), and unreserve() retries the free."""
+    res = await vcm.make_binding(4096)
+    phys = res.phys
+    assert phys is not None and isinstance(vcm.driver, avcm.O2oWrapper)
+    driver.fail_free = 1
+    with pytest.raises(avcm.VcmError, match="free failed") as info:
+        await res.destroy_binding()
+    assert any("stays reserved, unbound" in note for note in info.value.__notes__)
+    assert phys.freed and res.phys is None and not res.unreserved
+    assert vcm.reservations() == (res,) and vcm.allocations() == ()
+    assert driver.freed == [] and vcm.driver.pairs == 1
+    avcm.check_model(vcm)
+    await res.unreserve()
+    assert len(driver.freed) == 1 and vcm.driver.pairs == 0 and vcm.reservations() == ()
