@@ -264,3 +264,42 @@ async def test_phys_and_walk_up_to_the_last_64_bit_page() -> None:
     assert walk.pages == [(top, top, 0)]
     with pytest.raises(avcm.InvalidError, match="64-bit"):
         await avcm.phys_walk(top, avcm.Phys._create([(0, 8192)]), (0,), walk.callback)
+
+
+async def _walk_target(memory: avcm.PhysicalMemory, kind: str) -> object:
+    if kind == "not a phys":
+        return [(0, 4096)]
+    phys = avcm.phys_alloc(MiB + 8 * KiB, 0, (8, 0), memory=memory)
+    if kind == "freed":
+        await phys.free()
+    return phys
+
+
+# (vaddr, phys kind, orders): each is refused by phys_walk and so by walk_pages
+BAD_WALKS = [
+    *[pytest.param(0, "live", orders, id=f"orders={orders!r}") for orders in [(4,), *BAD_ORDERS]],
+    pytest.param(1, "live", (8, 0), id="unaligned vaddr"),
+    pytest.param(-4096, "live", (8, 0), id="negative vaddr"),
+    pytest.param(4096.0, "live", (8, 0), id="float vaddr"),
+    pytest.param((1 << 64) - 4096, "live", (8, 0), id="past 64-bit"),
+    pytest.param(0, "freed", (8, 0), id="freed phys"),
+    pytest.param(0, "not a phys", (8, 0), id="not a phys"),
+]
+
+
+@pytest.mark.parametrize(("vaddr", "phys_kind", "orders"), BAD_WALKS)
+async def test_walk_pages_validates_exactly_as_phys_walk(
+    memory: avcm.PhysicalMemory, vaddr: object, phys_kind: str, orders: object
+) -> None:
+    """The public walk_pages used to loop forever on orders (4,), raise UnboundLocalError on
+    (), and accept an unaligned address: now EINVAL, with phys_walk's message, nothing done."""
+    phys = await _walk_target(memory, phys_kind)
+    before = memory.statistics()
+    walk = Recorder()
+    with pytest.raises(avcm.InvalidError) as walked:
+        await avcm.phys_walk(vaddr, phys, orders, walk.callback)  # type: ignore[arg-type]
+    with pytest.raises(avcm.InvalidError) as listed:
+        avcm.walk_pages(vaddr, phys, orders)  # type: ignore[arg-type]
+    assert listed.value.errno == errno.EINVAL
+    assert str(listed.value).replace("walk_pages", "phys_walk") == str(walked.value)
+    assert walk.pages == [] and memory.statistics() == before
