@@ -13,8 +13,15 @@ Locking, in the kernel's vocabulary:
 
 Cancellation: operations that build (alloc, reserve, map, bind, make_binding, activate) may be
 cancelled anywhere; if cancelled they had no effect, and the undo runs shielded. Operations that
-tear down (free, unbind, unreserve, unmap, destroy_binding, deactivate, destroy) may be
-cancelled only while waiting for a lock; once they hold it they finish, shielded.
+tear down (free, unbind, unreserve, unmap, destroy_binding, deactivate) may be cancelled only
+while waiting for a lock; once they hold it they finish, shielded. Closing (destroy, and the
+exits of ``async with vcm`` and ``async with vcm.activated()``) completes even when cancelled,
+as trio's ``AsyncResource.aclose`` does: the waiting goes on shielded, then the cancellation
+is delivered.
+
+Ownership: reservations and phys have no public constructor (``_NoPublicConstructor``); the
+context, the wrappers and drivers make them with ``Res._create`` and ``Phys._create``, and
+every operation refuses a reservation that is not in its context's live registry.
 """
 
 from __future__ import annotations
@@ -701,7 +708,8 @@ class Vcm:
     Constructing one is ``vcm_init``: ``start`` and ``size`` must be page aligned, ``size``
     positive, and the driver must have the required operations; anything else raises ``EINVAL``
     and creates nothing. Usually made by a driver's factory (see ``drivers/``).
-    ``async with vcm:`` destroys it on exit.
+    ``async with vcm:`` destroys it on exit, completely even when cancelled (see
+    :meth:`destroy`).
     """
 
     def __init__(self, start: int, size: int, driver: object, *, name: str | None = None) -> None:
