@@ -42,6 +42,7 @@ from typing import (
     NoReturn,
     Protocol,
     Self,
+    SupportsIndex,
     TypeVar,
     runtime_checkable,
 )
@@ -123,6 +124,17 @@ class _NoPublicConstructor(type):
         return super().__call__(*args, **kwargs)
 
 
+class _Allocated(metaclass=_NoPublicConstructor):
+    """Base of :class:`Res` and :class:`Phys`: one object stands for one allocation, so there
+    are no copies either (``copy``, ``deepcopy`` and ``pickle`` raise ``EINVAL``): a copy of a
+    phys could free its memory a second time."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise InvalidError(f"{self!r} cannot be copied or pickled: it stands for an allocation")
+
+
 def _shielded() -> anyio.CancelScope:
     return anyio.CancelScope(shield=True)
 
@@ -142,7 +154,7 @@ FreeCallback = Callable[["Phys"], Awaitable[None]]
 """``await free(phys)``: gives a phys's memory back to whoever allocated it (``phys->free``)."""
 
 
-class Phys(metaclass=_NoPublicConstructor):
+class Phys(_Allocated):
     """``struct vcm_phys``: allocated physical memory, possibly in several parts.
 
     Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver (``Phys._create``); there
@@ -305,7 +317,7 @@ class Phys(metaclass=_NoPublicConstructor):
 # Reservations
 
 
-class Res(metaclass=_NoPublicConstructor):
+class Res(_Allocated):
     """``struct vcm_res``: reserved address space in a context, bound to a phys or not.
 
     Made by :meth:`Vcm.reserve`, :meth:`Vcm.map`, :meth:`Vcm.make_binding` (through the

@@ -9,7 +9,9 @@ addresses away). The attributes that describe an object are read-only.
 
 from __future__ import annotations
 
+import copy
 import errno
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -150,3 +152,19 @@ async def test_phys_attributes_are_read_only(vcm: avcm.Vcm, name: str) -> None:
     with pytest.raises(AttributeError):
         setattr(phys, name, None)
     assert getattr(phys, name) is value
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+async def test_res_and_phys_cannot_be_copied(vcm: avcm.Vcm, how: str) -> None:
+    """A copy of a phys could free its memory a second time; of a reservation, give its
+    addresses away."""
+    copier: Callable[[object], object] = {
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "pickle": pickle.dumps,
+    }[how]
+    res = await vcm.make_binding(4096)
+    for original in (res, res.phys):
+        with pytest.raises(avcm.InvalidError, match="cannot be copied") as info:
+            copier(original)
+        assert info.value.errno == errno.EINVAL
