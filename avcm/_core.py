@@ -103,6 +103,9 @@ def _warn(message: str) -> None:
     warnings.warn(message, VcmWarning, stacklevel=level)
 
 
+_T = TypeVar("_T")
+
+
 class _NoPublicConstructor(type):
     """trio's ``NoPublicConstructor``: ``Cls(...)`` raises; avcm and drivers use ``_create``.
 
@@ -120,8 +123,9 @@ class _NoPublicConstructor(type):
             f"{cls._made_by}"
         )
 
-    def _construct(cls, *args: Any, **kwargs: Any) -> Any:
-        return super().__call__(*args, **kwargs)
+    def _construct(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        instance: _T = type.__call__(cls, *args, **kwargs)
+        return instance
 
 
 class _Allocated(metaclass=_NoPublicConstructor):
@@ -193,8 +197,7 @@ class Phys(_Allocated):
         ``(start, size)`` pairs, page aligned, non-empty, inside 64-bit addresses and not
         overlapping one another, and *free* a coroutine function: else ``EINVAL``.
         """
-        phys: Phys = cls._construct(parts, free, memory)
-        return phys
+        return cls._construct(parts, free, memory)
 
     def __init__(
         self,
@@ -341,8 +344,7 @@ class Res(_Allocated):
         inside 64-bit addresses. The reservation is live once the driver's ``res``, ``map`` or
         ``alloc`` operation has returned it to the context.
         """
-        res: Res = cls._construct(vcm, start, res_size)
-        return res
+        return cls._construct(vcm, start, res_size)
 
     def __init__(self, vcm: Vcm, start: int, res_size: int) -> None:
         if not isinstance(vcm, Vcm):

@@ -76,8 +76,7 @@ class MmuWrapper(metaclass=_NoPublicConstructor):
     def _create(
         cls, driver: MmuDriver, start: int, size: int, memory: PhysicalMemory
     ) -> MmuWrapper:
-        wrapper: MmuWrapper = cls._construct(driver, start, size, memory)
-        return wrapper
+        return cls._construct(driver, start, size, memory)
 
     def __init__(self, driver: MmuDriver, start: int, size: int, memory: PhysicalMemory) -> None:
         self.hw = driver

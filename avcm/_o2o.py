@@ -35,8 +35,7 @@ class O2oPart(metaclass=_NoPublicConstructor):
 
     @classmethod
     def _create(cls, start: int, size: int) -> O2oPart:
-        part: O2oPart = cls._construct(start, size)
-        return part
+        return cls._construct(start, size)
 
     def __init__(self, start: int, size: int) -> None:
         self.start = start
@@ -83,8 +82,7 @@ class O2oWrapper(metaclass=_NoPublicConstructor):
 
     @classmethod
     def _create(cls, driver: O2oDriver, memory: PhysicalMemory) -> O2oWrapper:
-        wrapper: O2oWrapper = cls._construct(driver, memory)
-        return wrapper
+        return cls._construct(driver, memory)
 
     def __init__(self, driver: O2oDriver, memory: PhysicalMemory) -> None:
         for name in ("alloc", "free"):
