@@ -32,6 +32,7 @@ import sys
 import warnings
 from array import array
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import (
@@ -404,8 +405,9 @@ class Res(_Allocated):
         If the context is active the mapping is in the hardware before this returns.
         ``EALREADY`` if *phys* is already bound here, ``EADDRINUSE`` if another phys is,
         ``ENOSPC`` if *phys* is larger than the reservation, ``EOPNOTSUPP`` if the driver cannot
-        bind, ``EINVAL`` if either object was freed, unreserved or destroyed. Of concurrent binds
-        to one reservation exactly one wins. If cancelled, nothing was bound.
+        bind, ``EINVAL`` if either object was freed, unreserved or destroyed, or the reservation
+        is not one its context handed out. Of concurrent binds to one reservation exactly one
+        wins. If cancelled, nothing was bound.
         """
         _check_phys_arg(phys, "bind")
         vcm = self._vcm
@@ -1121,7 +1123,7 @@ class Vcm:
                     await deactivate(self)
                 await self._activations.dec()
 
-    def activated(self) -> _Activation[Self]:
+    def activated(self) -> AbstractAsyncContextManager[Self]:
         """``async with vcm.activated():`` activate for the duration of the block.
 
         Entering is :meth:`activate` (cancelled or failed: no effect, the block does not run).
