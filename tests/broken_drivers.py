@@ -5,6 +5,7 @@ Each factory takes the run's physical memory and returns a context, as ``--drive
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -119,7 +120,9 @@ def not_a_context(memory: avcm.PhysicalMemory) -> object:
 def announced_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Not broken: the sample IOMMU, saying on stderr that the run is starting (a test waits
     for it before it presses Ctrl-C)."""
-    print("driver ready", file=sys.stderr, flush=True)
+    # one write(2) of a short line is atomic on a pipe: with --jobs, processes announce at
+    # once, and print() writes the text and the newline apart when Python is unbuffered
+    os.write(sys.stderr.fileno(), b"driver ready\n")
     return drivers.create_iommu(memory, name="announced")
 
 
