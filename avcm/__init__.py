@@ -4,10 +4,18 @@ Contexts (:class:`Vcm`) are address spaces devices see; reservations (:class:`Re
 of them; :class:`Phys` is physical memory; binding a phys to a reservation and activating the
 context puts the mapping in the hardware. Every operation that may wait is a coroutine and runs
 unchanged on asyncio and trio. The contract is ``SEMANTICS.md``; drivers are in ``drivers/``.
+
+This namespace is the contract only: the objects, their operations, the errors and the warning,
+the wrappers' constructors (:func:`mmu_init`, :func:`o2o_init`), :func:`phys_alloc` and
+:func:`phys_walk` over :class:`PhysicalMemory`, and the statistics records. What a driver
+writer needs on top of it (driver interfaces, the mutex and atomic counter, the sync hook, the
+address allocator) is in :mod:`avcm.lowlevel`; the checks that judge a run (the model check,
+the quiescent invariants) and the race finder are in :mod:`avcm.testing`, which ``import avcm``
+does not import.
 """
 
-from ._check import HardwareMismatch, HardwareView, check_model, expected_mappings
-from ._core import FreeCallback, Phys, PhysPart, Res, Vcm, VcmDriver, VcmStatistics
+from . import lowlevel
+from ._core import Phys, PhysPart, PhysStatistics, Res, Vcm, VcmStatistics
 from ._errors import (
     AddressInUseError,
     AlreadyBoundError,
@@ -20,51 +28,37 @@ from ._errors import (
     VcmWarning,
 )
 from ._memory import PAGE_SHIFT, PAGE_SIZE, MemoryStatistics, PhysicalMemory
-from ._mmu import MmuDriver, MmuWrapper, mmu_init
-from ._o2o import O2oDriver, O2oPart, O2oWrapper, o2o_init
-from ._phys import PageCallback, default_memory, phys_alloc, phys_walk, walk_pages
-from ._sync import AtomicCounter, Mutex, MutexStatistics
+from ._mmu import mmu_init
+from ._o2o import o2o_init
+from ._phys import phys_alloc, phys_walk
+from ._sync import MutexStatistics
 
 __all__ = [
     "PAGE_SHIFT",
     "PAGE_SIZE",
     "AddressInUseError",
     "AlreadyBoundError",
-    "AtomicCounter",
     "BusyError",
-    "FreeCallback",
-    "HardwareMismatch",
-    "HardwareView",
     "InvalidError",
     "MemoryStatistics",
-    "MmuDriver",
-    "MmuWrapper",
-    "Mutex",
     "MutexStatistics",
     "NoMemoryError",
     "NoSpaceError",
     "NotSupportedError",
-    "O2oDriver",
-    "O2oPart",
-    "O2oWrapper",
-    "PageCallback",
     "Phys",
     "PhysPart",
+    "PhysStatistics",
     "PhysicalMemory",
     "Res",
     "Vcm",
-    "VcmDriver",
     "VcmError",
     "VcmStatistics",
     "VcmWarning",
-    "check_model",
-    "default_memory",
-    "expected_mappings",
+    "lowlevel",
     "mmu_init",
     "o2o_init",
     "phys_alloc",
     "phys_walk",
-    "walk_pages",
 ]
 
 __version__ = "0.1.0"

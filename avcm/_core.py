@@ -76,6 +76,7 @@ __all__ = [
     "FreeCallback",
     "Phys",
     "PhysPart",
+    "PhysStatistics",
     "Res",
     "Vcm",
     "VcmDriver",
@@ -153,6 +154,17 @@ class PhysPart(NamedTuple):
 
     start: int
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhysStatistics:
+    """A snapshot of a :class:`Phys`, for introspection and checks."""
+
+    size: int
+    count: int
+    bindings: int
+    freed: bool
+    lock: MutexStatistics
 
 
 FreeCallback = Callable[["Phys"], Awaitable[None]]
@@ -279,6 +291,15 @@ class Phys(_Allocated):
     @property
     def freed(self) -> bool:
         return self._freed
+
+    def statistics(self) -> PhysStatistics:
+        return PhysStatistics(
+            size=self.size,
+            count=self.count,
+            bindings=self._bindings.value,
+            freed=self._freed,
+            lock=self._lock.statistics(),
+        )
 
     def _check_usable(self, what: str) -> None:
         if self._freed:

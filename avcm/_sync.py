@@ -30,21 +30,38 @@ SyncHook = Callable[[str, object], Awaitable[None]]
 """``await hook(point, obj)``: called at a sync point, before the shared state is touched.
 
 *point* names the place (``"mutex.lock"``, ``"atomic.dec_and_test"``, ``"driver.bind"``...),
-*obj* is the primitive or object concerned. The hook may park the task; it must not raise
-anything but cancellation.
+*obj* is the primitive or object concerned. The hook may park the task. At a ``driver.*``
+point (announced right before that driver call) it may also raise: the error reaches the
+framework exactly as if the driver call had raised it, which is how a test injects a driver
+fault anywhere (rule 8). At other points it must not raise anything but cancellation.
 """
 
 _sync_hook: ContextVar[SyncHook | None] = ContextVar("avcm_sync_hook", default=None)
 
 
 @contextmanager
-def sync_hook(hook: SyncHook | None) -> Iterator[None]:
-    """Install *hook* for this task and the tasks it spawns while the block runs."""
-    token = _sync_hook.set(hook)
+def sync_hook(hook: SyncHook) -> Iterator[None]:
+    """Install *hook* for this task and the tasks it spawns while the block runs.
+
+    Hooks nest: a hook installed around this block runs after *hook*, at every point. So a
+    scheduler's hook (which parks the task until it is chosen) composes with a test's hook
+    (which may then inject a fault or cancel) installed outside it.
+    """
+    outer = _sync_hook.get()
+    installed = hook if outer is None else _chain(hook, outer)
+    token = _sync_hook.set(installed)
     try:
         yield
     finally:
         _sync_hook.reset(token)
+
+
+def _chain(inner: SyncHook, outer: SyncHook) -> SyncHook:
+    async def both(point: str, obj: object) -> None:
+        await inner(point, obj)
+        await outer(point, obj)
+
+    return both
 
 
 async def sync_point(point: str, obj: object) -> None:

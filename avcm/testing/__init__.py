@@ -15,11 +15,18 @@ token; a failing schedule is shrunk to a short one and shown as a per-task timel
 
     testing.check(two_binds, schedules=1000)  # raises RaceFound with a timeline and token
 
+The checks that judge a run live here too: :func:`check_model` (the hardware matches the model,
+rule 4) and :func:`check_quiescent` (every rule that holds when nothing is in flight, each
+violation an :class:`InvariantViolation` naming its rule), used alike by the stress harness,
+the conformance suite and the tests. They belong with the race finder, not in ``avcm`` or
+``avcm.lowlevel``: no driver or user of a context calls them; tests and harnesses do.
+:func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run.
+
 ``import avcm`` does not import this package; this package imports Hypothesis only in
 :mod:`avcm.testing.hypothesis` and pytest only in :mod:`avcm.testing.pytest_plugin`.
 """
 
-from ._clock import VirtualTimeEventLoop, run_on_virtual_time
+from ._clock import BACKENDS, VirtualTimeEventLoop, backend_options, run_on_virtual_time
 from ._conformance import (
     SCENARIOS,
     ConformanceReport,
@@ -49,6 +56,13 @@ from ._explore import (
     replay_async,
     scenario_name,
 )
+from ._invariants import (
+    HardwareMismatch,
+    InvariantViolation,
+    check_model,
+    check_quiescent,
+    expected_mappings,
+)
 from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
@@ -56,6 +70,13 @@ from ._timeline import Step, TaskOutcome, Timeline
 from ._token import ReplayToken
 
 __all__ = [
+    "BACKENDS",
+    "HardwareMismatch",
+    "InvariantViolation",
+    "backend_options",
+    "check_model",
+    "check_quiescent",
+    "expected_mappings",
     "PCT",
     "ProgressCallback",
     "SCENARIOS",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import VcmError
+from .. import VcmError
 from ._clock import BACKENDS
 from ._errors import ReplayDivergedError
 from ._explore import replay

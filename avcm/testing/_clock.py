@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .._errors import InvalidError
+from .. import InvalidError
 
 __all__ = ["BACKENDS", "VirtualTimeEventLoop", "backend_options", "run_on_virtual_time"]
 

@@ -2,36 +2,32 @@
 
 ``check_conformance(factory)`` builds a fresh context with ``factory(memory)`` (sync or async)
 for every schedule of every scenario, races avcm operations on it under the controlled
-scheduler, and checks the rules at the end of each: the model check (rule 4), ``bindings``
-counts (rule 5), no freed memory bound (rule 6), no lock held (rule 7), no two live allocations
-overlapping, and after ``destroy`` every page of memory free again (rule 9). For rule 8 the
-suite makes the driver's setup calls fail itself, one call after another (core operations,
-the MMU wrapper's activation of each reservation or page, a one-to-one allocator's alloc).
+scheduler, and checks the rules at the end of each with :func:`check_quiescent` (the checker
+the stress harness uses too): the model check (rule 4), ``bindings`` counts (rule 5), no freed
+memory bound (rule 6), no lock held (rule 7), no two live allocations overlapping (rule 9), and
+after ``destroy`` every page of memory free again (rule 9). For rule 8 the suite makes the
+driver's setup calls fail itself, one call after another (core operations, the MMU wrapper's
+activation of each reservation or page, a one-to-one allocator's alloc), from a sync hook at
+the ``driver.*`` sync point that announces each call.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import inspect
-import itertools
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 
-from .._check import HardwareView, _hardware_of, check_model
-from .._core import Phys, Vcm
-from .._errors import InvalidError, VcmError, VcmWarning
-from .._memory import PhysicalMemory
-from .._mmu import MmuWrapper
-from .._o2o import O2oWrapper
+from .. import InvalidError, Phys, PhysicalMemory, Vcm, VcmError, VcmWarning
+from ..lowlevel import hardware_view, sync_hook
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
+from ._invariants import check_model, check_quiescent
 from ._scheduler import Run
 from ._strategies import PCT
 from ._timeline import TaskOutcome
@@ -42,11 +38,6 @@ Factory = Callable[[PhysicalMemory], "Vcm | Awaitable[Vcm]"]
 Body = Callable[[Run, Vcm], Awaitable[None]]
 
 KiB = 1 << 10
-
-
-def _hardware(vcm: Vcm) -> HardwareView | None:
-    hardware = _hardware_of(vcm)
-    return hardware if isinstance(hardware, HardwareView) else None
 
 
 def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
@@ -65,7 +56,7 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
 
 async def _activation_is_real(run: Run, vcm: Vcm) -> None:
     await vcm.make_binding(64 * KiB)
-    hardware = _hardware(vcm)
+    hardware = hardware_view(vcm)
 
     async def activator() -> None:
         await vcm.activate()
@@ -110,7 +101,7 @@ async def _nested_pairs(run: Run, vcm: Vcm) -> None:
     outcomes = await run.concurrently(pair, pair, pair)
     _raise_unexpected(outcomes, set())
     assert vcm.activations == 0, f"rule 3: 3 pairs end at count {vcm.activations}"
-    hardware = _hardware(vcm)
+    hardware = hardware_view(vcm)
     assert hardware is None or not hardware.hardware_active(), "rule 3: hardware still active"
 
 
@@ -221,57 +212,45 @@ class InjectedFault(VcmError):
     default_errno = errno.EIO
 
 
-_SETUP_OPS = ("alloc", "res", "phys", "map", "bind", "activate")
-_MMU_SETUP_OPS = ("_activate", "_activate_page", "_enable")
+# The sync points announced right before a driver call that sets something up: core operations,
+# the MMU wrapper's hardware calls (activation of each reservation or page, enable) and a
+# one-to-one allocator's alloc.
+_SETUP_POINTS = frozenset(
+    {
+        "driver.alloc",
+        "driver.res",
+        "driver.phys",
+        "driver.map",
+        "driver.bind",
+        "driver.activate",
+        "driver.activate_res",
+        "driver.activate_page",
+        "driver.enable",
+        "driver.o2o_alloc",
+    }
+)
 
 
-def _inject_fault(vcm: Vcm) -> list[int]:
-    """Make the driver's setup calls countable and failable: returns ``[calls, fail_at]``;
-    the call whose number equals ``fail_at`` raises :class:`InjectedFault` before the driver
-    runs. Core operations, the MMU wrapper's hardware calls (activation of each reservation or
-    page, enable) and a one-to-one allocator's ``alloc`` are covered."""
-    state = [0, 0]
+class _FaultInjector:
+    """A sync hook that counts the driver's setup calls and makes the one numbered
+    ``fail_at`` raise :class:`InjectedFault` before the driver runs (0: none fails)."""
 
-    def failable(op: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def call(*args: Any) -> Any:
-            state[0] += 1
-            if state[0] == state[1]:
-                raise InjectedFault(f"conformance: driver call {state[0]} fails")
-            return await op(*args)
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_at = 0
 
-        return call
-
-    ops = {name: getattr(vcm._ops, name) for name in _SETUP_OPS}
-    vcm._ops = dataclasses.replace(
-        vcm._ops, **{name: failable(op) for name, op in ops.items() if op is not None}
-    )
-    driver = vcm.driver
-    if isinstance(driver, MmuWrapper):
-        for name in _MMU_SETUP_OPS:
-            op = getattr(driver, name)
-            if op is not None:
-                setattr(driver, name, failable(op))
-    elif isinstance(driver, O2oWrapper):
-        driver.hw = _FailableAllocator(driver.hw, failable)
-    return state
-
-
-class _FailableAllocator:
-    """A one-to-one allocator whose ``alloc`` can be made to fail; the rest passes through."""
-
-    def __init__(self, allocator: Any, failable: Callable[[Any], Any]) -> None:
-        self._allocator = allocator
-        self.alloc = failable(allocator.alloc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._allocator, name)
+    async def __call__(self, point: str, obj: object) -> None:
+        if point in _SETUP_POINTS:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise InjectedFault(f"conformance: driver call {self.calls} fails")
 
 
 async def _faults(run: Run, vcm: Vcm) -> None:
     existing = await vcm.make_binding(8 * KiB)
     spare = await existing.unbind()
     assert spare is not None
-    state = _inject_fault(vcm)
+    injector = _FaultInjector()
 
     async def pair() -> None:
         async with vcm.activated():
@@ -281,21 +260,22 @@ async def _faults(run: Run, vcm: Vcm) -> None:
         if existing.phys is None:
             await existing.bind(spare)
 
-    for fail_at in range(1, 7):
-        state[0], state[1] = 0, fail_at
-        outcomes = await run.concurrently(
-            partial(vcm.make_binding, 64 * KiB + 4 * KiB),
-            pair,
-            rebind,
-            names=["make", "pair", "bind"],
-        )
-        _raise_unexpected(outcomes, {errno.EIO, errno.ENOMEM, errno.ENOSPC})
-        faulted = [o for o in outcomes if isinstance(o.error, InjectedFault)]
-        if state[0] >= fail_at:
-            assert len(faulted) == 1, f"rule 8: the fault reached {len(faulted)} callers, not 1"
-        assert vcm.activations == 0, f"rule 8: count {vcm.activations} after a fault"
-        _check_quiescent(vcm)
-    state[1] = 0
+    with sync_hook(injector):  # runs after the scheduler's: in the chosen task
+        for fail_at in range(1, 7):
+            injector.calls, injector.fail_at = 0, fail_at
+            outcomes = await run.concurrently(
+                partial(vcm.make_binding, 64 * KiB + 4 * KiB),
+                pair,
+                rebind,
+                names=["make", "pair", "bind"],
+            )
+            _raise_unexpected(outcomes, {errno.EIO, errno.ENOMEM, errno.ENOSPC})
+            faulted = [o for o in outcomes if isinstance(o.error, InjectedFault)]
+            if injector.calls >= fail_at:
+                assert len(faulted) == 1, f"rule 8: the fault reached {len(faulted)} callers, not 1"
+            assert vcm.activations == 0, f"rule 8: count {vcm.activations} after a fault"
+            check_quiescent([vcm])
+        injector.fail_at = 0
     if existing.phys is None:
         await spare.free()
 
@@ -328,31 +308,6 @@ _BODIES: dict[str, Body] = {
 # -- the checks after every schedule ---------------------------------------------------------
 
 
-def _check_quiescent(vcm: Vcm) -> None:
-    check_model(vcm)
-    assert not vcm.statistics().mutex.locked, "rule 7: the context's mutex is still held"
-    bound: dict[Phys, int] = {}
-    for res in vcm.reservations():
-        if res.phys is not None:
-            assert not res.phys.freed, f"rule 6: {res!r} is bound to freed memory"
-            bound[res.phys] = bound.get(res.phys, 0) + 1
-    live = dict.fromkeys(vcm.allocations())
-    live.update(dict.fromkeys(bound))
-    extents: list[tuple[int, int, Phys]] = []
-    for phys in live:
-        assert phys.bindings == bound.get(phys, 0), (
-            f"rule 5: {phys!r}.bindings is {phys.bindings}, bound {bound.get(phys, 0)} time(s)"
-        )
-        extents.extend((part.start, part.start + part.size, phys) for part in phys.parts)
-    extents.sort(key=lambda extent: extent[0])
-    for (_, end, first), (start, _, second) in itertools.pairwise(extents):
-        if start < end:
-            raise AssertionError(
-                f"live allocations overlap at {start:#x}: {first!r} and {second!r} "
-                f"(the allocator handed out the same memory twice)"
-            )
-
-
 async def _make(factory: Factory, memory: PhysicalMemory) -> Vcm:
     made = factory(memory)
     if inspect.isawaitable(made):
@@ -373,7 +328,7 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
             # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
             warnings.simplefilter("ignore", VcmWarning)
             await body(run, vcm)
-            _check_quiescent(vcm)
+            check_quiescent([vcm])
             await vcm.destroy()
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._errors import InvalidError
+from .. import InvalidError
 
 if TYPE_CHECKING:
     from ._conformance import ConformanceReport

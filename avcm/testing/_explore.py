@@ -19,8 +19,8 @@ from typing import Any
 
 import sniffio
 
-from .._errors import InvalidError
-from .._validate import check_int
+from .. import InvalidError
+from ..lowlevel import check_int
 from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run

@@ -1,7 +1,7 @@
 """The controlled scheduler: tasks run one at a time, from one sync point to the next.
 
 A task under control parks at every sync point (avcm's mutex and atomic counter, every driver
-call, every simulated latency sleep: whatever calls :func:`avcm._sync.sync_point`). The
+call, every simulated latency sleep: whatever calls :func:`avcm.lowlevel.sync_point`). The
 controller waits until every task has either parked, finished or blocked, asks the chooser
 which parked task goes next, lets exactly that one go, and repeats. The sequence of choices is
 the whole schedule: the same choices give the same run.
@@ -26,8 +26,8 @@ import sniffio
 import trio.abc
 import trio.lowlevel
 
-from .._errors import InvalidError
-from .._sync import Mutex, _sync_hook
+from .. import InvalidError
+from ..lowlevel import Mutex, sync_hook
 from ._errors import DeadlockError, RunawayError, StepBudgetError
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
@@ -203,19 +203,21 @@ class Run:
             if anyio.get_current_task().id == owner:
                 await self._park(task, point, obj)
 
-        _sync_hook.set(hook)  # this task's own context: its children inherit it
-        _controlled.set(True)
-        try:
-            await self._park(task, "task.start", None)
+        # This task's own context: its children inherit the hook. A hook installed around
+        # the run (a test injecting faults) runs after this one, once the task is chosen.
+        with sync_hook(hook):
+            _controlled.set(True)
             try:
-                value = await function()
-            except Exception as error:
-                outcomes[task.index] = TaskOutcome(task.index, task.name, error=error)
-            else:
-                outcomes[task.index] = TaskOutcome(task.index, task.name, value=value)
-        finally:
-            task.done = True
-            self._changed.set()
+                await self._park(task, "task.start", None)
+                try:
+                    value = await function()
+                except Exception as error:
+                    outcomes[task.index] = TaskOutcome(task.index, task.name, error=error)
+                else:
+                    outcomes[task.index] = TaskOutcome(task.index, task.name, value=value)
+            finally:
+                task.done = True
+                self._changed.set()
 
     async def _park(self, task: _Task, point: str, obj: object) -> None:
         if self._aborting:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
-from .._validate import check_int
+from ..lowlevel import check_int
 from ._errors import ReplayDivergedError
 
 __all__ = [

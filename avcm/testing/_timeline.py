@@ -7,7 +7,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import VcmError, errno_name
+from .. import VcmError
+from ..lowlevel import errno_name
 
 __all__ = ["TERMINAL_WIDTH", "Step", "TaskOutcome", "Timeline"]
 

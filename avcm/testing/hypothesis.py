@@ -30,8 +30,8 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .._errors import InvalidError
-from .._validate import check_int
+from .. import InvalidError
+from ..lowlevel import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
 from ._explore import Limits, Scenario, _failure, _run_once

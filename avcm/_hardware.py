@@ -1,0 +1,44 @@
+"""What a simulating driver shows the checks: whether the hardware is active, what it maps.
+
+The model check and the quiescent invariants (``avcm.testing``) compare the hardware with the
+model through this view; a driver that simulates hardware provides it so that its contexts can
+be checked. It lives in the framework, not in ``avcm.testing``, because drivers implement it and
+drivers must not depend on the race finder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from ._core import Vcm
+from ._mmu import MmuWrapper
+
+__all__ = ["Extent", "HardwareView", "hardware_view"]
+
+Extent = tuple[int, int, int]
+"""``(device address, physical address, size)``: one translation the hardware holds."""
+
+
+@runtime_checkable
+class HardwareView(Protocol):
+    """What a simulating driver shows the model check."""
+
+    def hardware_active(self) -> bool:
+        """Whether the context is active in the hardware now."""
+        ...
+
+    def hardware_mappings(self) -> Iterable[Extent]:
+        """Every translation the hardware holds, as ``(vaddr, paddr, size)`` extents."""
+        ...
+
+
+def hardware_view(vcm: Vcm) -> HardwareView | None:
+    """The view of *vcm*'s hardware, or ``None`` if its driver shows none.
+
+    For an MMU context that is the hardware driver behind the wrapper (``vcm.driver.hw``); for
+    a core driver, the driver itself. A one-to-one context has no translating hardware.
+    """
+    driver = vcm.driver
+    hardware = driver.hw if isinstance(driver, MmuWrapper) else driver
+    return hardware if isinstance(hardware, HardwareView) else None

@@ -1,0 +1,69 @@
+"""avcm.lowlevel: the machinery for people who build on avcm, not the contract they build on.
+
+Modelled on ``trio.lowlevel``: the top-level :mod:`avcm` namespace is the user contract
+(contexts, reservations, phys, the errors and the statistics records); this namespace is what a
+*driver writer* or a tool that drives avcm from outside needs on top of it. Nothing here is
+needed to use a context; everything here is documented and stable in the same way.
+
+What lives here, and why here:
+
+* **Driver interfaces**: :class:`VcmDriver` (a core driver), :class:`MmuDriver` and
+  :class:`O2oDriver` (what :func:`avcm.mmu_init` and :func:`avcm.o2o_init` wrap), the wrappers
+  :class:`MmuWrapper` and :class:`O2oWrapper` they put between the core and such a driver (a
+  driver's own code sees them as ``vcm.driver``), :class:`O2oPart`, and the callback types
+  :data:`FreeCallback` and :data:`PageCallback`.
+* **Building blocks** a driver reuses instead of rewriting: :class:`AddressSpace` (the
+  O(log n) virtual address allocator the MMU wrapper uses), :func:`walk_pages` (the pages
+  :func:`avcm.phys_walk` would visit, without visiting them), :func:`default_memory`, and the
+  input checks that make bad input ``EINVAL`` exactly as avcm's own (:func:`check_orders`,
+  :func:`check_int`), plus :func:`errno_name` for messages.
+* **Synchronisation**: :class:`Mutex` and :class:`AtomicCounter` (``struct mutex`` and
+  ``atomic_t``), :func:`sync_point` (announce a place where a scheduler may switch tasks: a
+  driver's own wait should be one, or the race finder cannot interleave it) and
+  :func:`sync_hook` (install a hook that runs at every sync point: the race finder parks tasks
+  there, the benchmark adds checkpoints, a test injects faults or cancels). A driver that
+  locks with these is raced by ``avcm.testing``; one that locks with anyio's own primitives
+  is not.
+* **Seeing the hardware**: :class:`HardwareView` is what a simulating driver implements so
+  that the checks can compare its hardware with the model; :func:`hardware_view` finds it for
+  a context. The checks themselves (``check_model``, ``check_quiescent``) are in
+  :mod:`avcm.testing`: they judge a run, and no driver calls them.
+"""
+
+from __future__ import annotations
+
+from ._core import FreeCallback, VcmDriver
+from ._errors import errno_name
+from ._hardware import Extent, HardwareView, hardware_view
+from ._mmu import MmuDriver, MmuWrapper
+from ._o2o import O2oDriver, O2oPart, O2oWrapper
+from ._phys import PageCallback, default_memory, walk_pages
+from ._sync import AtomicCounter, Mutex, MutexStatistics, SyncHook, sync_hook, sync_point
+from ._validate import check_int, check_orders
+from ._vaspace import AddressSpace
+
+__all__ = [
+    "AddressSpace",
+    "AtomicCounter",
+    "Extent",
+    "FreeCallback",
+    "HardwareView",
+    "MmuDriver",
+    "MmuWrapper",
+    "Mutex",
+    "MutexStatistics",
+    "O2oDriver",
+    "O2oPart",
+    "O2oWrapper",
+    "PageCallback",
+    "SyncHook",
+    "VcmDriver",
+    "check_int",
+    "check_orders",
+    "default_memory",
+    "errno_name",
+    "hardware_view",
+    "sync_hook",
+    "sync_point",
+    "walk_pages",
+]

@@ -1,0 +1,243 @@
+"""The checks that judge a run: the model check and the contract's rules at quiescence.
+
+One checker, used by the stress harness, the conformance suite and the tests, so that the three
+can never disagree about what the contract says. Each broken rule raises
+:class:`InvariantViolation` naming the rule by its number in the contract (rules 1-9).
+
+The checks need a driver that shows its hardware (:class:`avcm.lowlevel.HardwareView`) to
+compare hardware and model; without one, the rest is still checked. Run them when no operation
+is in flight: mid-operation the hardware is allowed to lag and locks are held.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+
+from .. import Phys, Vcm
+from ..lowlevel import Extent, MmuWrapper, O2oWrapper, hardware_view
+
+__all__ = [
+    "HardwareMismatch",
+    "InvariantViolation",
+    "check_model",
+    "check_quiescent",
+    "expected_mappings",
+]
+
+
+class InvariantViolation(AssertionError):
+    """A rule of the contract does not hold: ``rule`` is its number (1-9), ``description``
+    says what was expected and what was found."""
+
+    def __init__(self, rule: int, description: str) -> None:
+        super().__init__(f"rule {rule}: {description}")
+        self.rule = rule
+        self.description = description
+
+    def __reduce__(self) -> tuple[Callable[..., InvariantViolation], tuple[object, ...]]:
+        # Exception pickles as cls(*self.args), which is one string here.
+        return type(self), (self.rule, self.description)
+
+
+class HardwareMismatch(InvariantViolation):
+    """The hardware differs from the model (rule 4); the message lists every difference."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(4, description)
+
+    def __reduce__(self) -> tuple[Callable[..., InvariantViolation], tuple[object, ...]]:
+        return type(self), (self.description,)
+
+
+def _merge(extents: Iterable[Extent]) -> list[Extent]:
+    """Coalesce extents that continue each other in both address spaces, so that the same
+    translations split into different page sizes compare equal."""
+    merged: list[Extent] = []
+    for vaddr, paddr, size in sorted(extents):
+        if merged:
+            last_v, last_p, last_size = merged[-1]
+            if last_v + last_size == vaddr and last_p + last_size == paddr:
+                merged[-1] = (last_v, last_p, last_size + size)
+                continue
+        merged.append((vaddr, paddr, size))
+    return merged
+
+
+def expected_mappings(vcm: Vcm) -> list[Extent]:
+    """The translations the model says the hardware must hold now (none when inactive)."""
+    if vcm.activations == 0:
+        return []
+    extents = []
+    for res in vcm.reservations():
+        if res.phys is None:
+            continue
+        vaddr = res.start
+        for part in res.phys.parts:
+            extents.append((vaddr, part.start, part.size))
+            vaddr += part.size
+    return _merge(extents)
+
+
+def _format(extent: Extent) -> str:
+    vaddr, paddr, size = extent
+    return f"{vaddr:#x}..{vaddr + size:#x} -> {paddr:#x}"
+
+
+def check_model(vcm: Vcm) -> int:
+    """Raise :class:`HardwareMismatch` unless hardware and model agree; return checks made.
+
+    Checks (contract rule 4): active iff ``activations > 0``; while active, exactly the bound
+    reservations are mapped, each to its phys; nothing mapped while inactive. For MMU contexts
+    also the wrapper's own bookkeeping; for one-to-one contexts that every reservation sits at
+    its memory's address and no two overlap.
+    """
+    problems: list[str] = []
+    checks = 0
+    driver = vcm.driver
+    bound = {res: res.phys for res in vcm.reservations() if res.phys is not None}
+    if isinstance(driver, MmuWrapper):
+        checks += 2
+        if driver.bound != bound:
+            problems.append(
+                f"wrapper's bound list has {len(driver.bound)} entries, model has {len(bound)}"
+            )
+        if driver.activated != (vcm.activations > 0):
+            problems.append(
+                f"wrapper activated={driver.activated} but activations={vcm.activations}"
+            )
+    if isinstance(driver, O2oWrapper):
+        checks += 1
+        ranges = []
+        for res in vcm.reservations():
+            if res.phys is not None and res.start != res.phys.parts[0].start:
+                problems.append(f"one-to-one {res!r} is not at its memory {res.phys!r}")
+            ranges.append((res.start, res.start + res.res_size))
+        ranges.sort()
+        for (_, end), (start, _) in itertools.pairwise(ranges):
+            if start < end:
+                problems.append(f"one-to-one reservations overlap at {start:#x}")
+    hardware = hardware_view(vcm)
+    if hardware is not None:
+        checks += 2
+        active = hardware.hardware_active()
+        if active != (vcm.activations > 0):
+            problems.append(f"hardware active={active} but activations={vcm.activations}")
+        have = set(_merge(hardware.hardware_mappings()))
+        want = set(expected_mappings(vcm))
+        for extent in sorted(want - have):
+            problems.append(f"missing in hardware: {_format(extent)}")
+        for extent in sorted(have - want):
+            problems.append(f"stale in hardware:   {_format(extent)}")
+    if problems:
+        # each difference once: reservations overlapping a third one at the same address are
+        # found once per pair
+        lines = [
+            line if count == 1 else f"{line} ({count} times)"
+            for line, count in Counter(problems).items()
+        ]
+        raise HardwareMismatch(
+            f"{vcm.name}: hardware differs from the model:\n  " + "\n  ".join(lines)
+        )
+    return checks
+
+
+# A phys's memory as maximal contiguous ranges. Parts never change, and a phys of a 4 KiB-page
+# MMU has thousands of them, so each is merged once (the harness checks every few operations).
+_extents_cache: weakref.WeakKeyDictionary[Phys, tuple[tuple[int, int], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _extents(phys: Phys) -> tuple[tuple[int, int], ...]:
+    extents = _extents_cache.get(phys)
+    if extents is None:
+        merged: list[tuple[int, int]] = []
+        for start, size in phys.parts:
+            if merged and merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], start + size)
+            else:
+                merged.append((start, start + size))
+        extents = _extents_cache[phys] = tuple(merged)
+    return extents
+
+
+def check_quiescent(
+    vcms: Iterable[Vcm],
+    *,
+    physes: Iterable[Phys] = (),
+    activations: Mapping[Vcm, int] | None = None,
+    name: Callable[[Phys], str] = repr,
+) -> Counter[str]:
+    """Check every rule that must hold when no operation is in flight; return the checks made.
+
+    *vcms* are the contexts to check, together (a phys may be bound in several of them);
+    *physes* are other live phys to include (made by :func:`avcm.phys_alloc`, say: those a
+    context allocated and those bound in it are always included; freed ones are skipped).
+    *activations* gives the count each context must have, if the caller knows it; *name*
+    names a phys in messages. Raises :class:`InvariantViolation` for the first broken rule:
+
+    * rule 3: ``activations`` is as expected (when *activations* says);
+    * rule 7: no context mutex nor phys lock is held, no creation is counted in flight;
+    * rule 4: the model check (:func:`check_model`);
+    * rule 6: no reservation is bound to freed memory;
+    * rule 5: each phys's ``bindings`` equals the number of reservations bound to it;
+    * rule 9: no two live allocations share memory (an allocator handed it out twice).
+
+    The counts returned are keyed ``"rule 3 count"``, ``"rule 7 locks"``, ``"rule 4 model"``,
+    ``"rule 5 bindings"`` and ``"rule 9 overlap"``.
+    """
+    checks: Counter[str] = Counter()
+    bound: Counter[Phys] = Counter()
+    live: dict[Phys, None] = {phys: None for phys in physes if not phys.freed}
+    for vcm in vcms:
+        stats = vcm.statistics()
+        want = None if activations is None else activations.get(vcm)
+        if want is not None:
+            checks["rule 3 count"] += 1
+            if stats.activations != want:
+                raise InvariantViolation(
+                    3, f"{vcm.name}: activations={stats.activations}, expected {want}"
+                )
+        checks["rule 7 locks"] += 1
+        if stats.mutex.locked:
+            raise InvariantViolation(7, f"{vcm.name}: mutex still held with nothing in flight")
+        if stats.operations_in_flight:
+            raise InvariantViolation(
+                7, f"{vcm.name}: {stats.operations_in_flight} creation(s) counted in flight"
+            )
+        checks["rule 4 model"] += 1
+        check_model(vcm)
+        live.update(dict.fromkeys(vcm.allocations()))
+        for res in vcm.reservations():
+            phys = res.phys
+            if phys is not None:
+                if phys.freed:
+                    raise InvariantViolation(6, f"{res!r} is bound to freed memory {name(phys)}")
+                bound[phys] += 1
+                live[phys] = None
+    extents: list[tuple[int, int, Phys]] = []
+    for phys in live:
+        checks["rule 5 bindings"] += 1
+        phys_stats = phys.statistics()
+        if phys_stats.bindings != bound[phys]:
+            raise InvariantViolation(
+                5,
+                f"{name(phys)}.bindings={phys_stats.bindings} but it is bound to {bound[phys]} "
+                "reservation(s)",
+            )
+        if phys_stats.lock.locked:
+            raise InvariantViolation(7, f"{name(phys)}'s lock still held with nothing in flight")
+        extents.extend((start, end, phys) for start, end in _extents(phys))
+    extents.sort(key=lambda extent: extent[0])
+    checks["rule 9 overlap"] += 1
+    for (_, end, first), (start, _, second) in itertools.pairwise(extents):
+        if start < end:
+            raise InvariantViolation(
+                9,
+                f"live allocations overlap at {start:#x}: {name(first)} and {name(second)} "
+                "(an allocator handed out the same memory twice)",
+            )
+    return checks
