@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avcm import testing
-from avcm.testing._clock import backend_options
+from avcm.testing import backend_options
 
 from . import _rows
 from ._races import race_rows

@@ -14,6 +14,7 @@ module runs from a clone, like the rest of ``bench/``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import time
@@ -25,8 +26,8 @@ import trio
 import trio.lowlevel
 
 from avcm import testing
-from avcm._sync import _sync_hook
-from avcm.testing._clock import backend_options, seed_trio_scheduler
+from avcm.lowlevel import sync_hook
+from avcm.testing import backend_options
 from tests.races import AVCM, SEED, SEED_DEEP
 
 from ._rows import Row
@@ -55,16 +56,16 @@ class _PlainRun:
         outcomes: list[testing.TaskOutcome] = []
 
         async def one(index: int, function: Callable[[], Awaitable[Any]]) -> None:
-            if self._at_sync_points:
-                _sync_hook.set(self._hook)
-            for _ in range(self._random.randint(0, 3)):
-                await trio.lowlevel.checkpoint()
-            try:
-                value = await function()
-            except Exception as error:
-                outcomes.append(testing.TaskOutcome(index, f"task {index}", error=error))
-            else:
-                outcomes.append(testing.TaskOutcome(index, f"task {index}", value=value))
+            hooked = sync_hook(self._hook) if self._at_sync_points else contextlib.nullcontext()
+            with hooked:
+                for _ in range(self._random.randint(0, 3)):
+                    await trio.lowlevel.checkpoint()
+                try:
+                    value = await function()
+                except Exception as error:
+                    outcomes.append(testing.TaskOutcome(index, f"task {index}", error=error))
+                else:
+                    outcomes.append(testing.TaskOutcome(index, f"task {index}", value=value))
 
         async with anyio.create_task_group() as group:
             for index, function in enumerate(functions):
@@ -83,8 +84,7 @@ def _plain_trial(scenario: testing.Scenario, trial: int, at_sync_points: bool) -
             return True
         return False
 
-    options = backend_options("trio", trial, virtual=True)
-    seed_trio_scheduler(trial)
+    options = backend_options("trio", trial, virtual=True)  # seeds trio's scheduler too
     return bool(anyio.run(main, backend="trio", backend_options=options))
 
 

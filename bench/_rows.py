@@ -144,7 +144,7 @@ def _fill(
 async def _reserve_cost(live: int, rounds: int) -> float:
     vcm = _context(_PerResHardware())
     wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.MmuWrapper)
+    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper)
     _fill(wrapper.space.allocate, wrapper.space.free, live)
 
     async def measure() -> float:
@@ -172,7 +172,7 @@ async def allocator_scaling(large: int) -> Row:
 
 
 def allocator_vs_genpool(live: int) -> Row:
-    from avcm._vaspace import AddressSpace
+    from avcm.lowlevel import AddressSpace
 
     space = AddressSpace(0, 1 << 34)
     _fill(space.allocate, space.free, live)
@@ -272,7 +272,7 @@ async def activation(reservations: int) -> Row:
 
 def _walks(vcm: avcm.Vcm) -> list[list[tuple[int, int, int]]]:
     wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.MmuWrapper)
+    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper)
     return [wrapper.pages(res, res.phys) for res in vcm.reservations() if res.phys is not None]
 
 

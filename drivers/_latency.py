@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import anyio
 
 import avcm
-from avcm._sync import sync_point
+from avcm.lowlevel import sync_point
 
 __all__ = ["PROFILES", "Latency"]
 

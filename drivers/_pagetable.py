@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sortedcontainers import SortedDict
 
 import avcm
-from avcm._validate import check_orders
+from avcm.lowlevel import check_orders
 
 from ._faults import FaultPlan
 from ._latency import Latency

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import avcm
-from avcm._vaspace import AddressSpace
+from avcm.lowlevel import AddressSpace
 
 from ._faults import FaultPlan
 from ._latency import Latency
@@ -85,7 +85,7 @@ class CarveoutAllocator:
     def __repr__(self) -> str:
         return f"<CarveoutAllocator {self.name} {self.start:#x}+{self.size:#x}>"
 
-    async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         self.faults.check("alloc", self.name)
         await self.latency.sleep("alloc", self)
         try:
@@ -144,7 +144,7 @@ def create_carveout(
     ``ENOMEM`` if the memory has no contiguous region that large; ``EINVAL`` for a bad size.
     The allocator is ``vcm.driver.hw`` (a :class:`CarveoutAllocator`).
     """
-    ram = avcm.default_memory() if memory is None else memory
+    ram = avcm.lowlevel.default_memory() if memory is None else memory
     allocator = CarveoutAllocator(ram, size, latency=latency, faults=faults, name=name)
     try:
         return avcm.o2o_init(allocator.start, size, allocator, memory=ram, name=name)

@@ -29,7 +29,7 @@ def create_iommu(
     *latency* defaults to the ``"default"`` profile, *faults* to none. The hardware is
     :func:`hardware(vcm) <hardware>`. ``EINVAL`` for a bad range or bad orders.
     """
-    ram = avcm.default_memory() if memory is None else memory
+    ram = avcm.lowlevel.default_memory() if memory is None else memory
     mmu = PageTableMmu(ram, orders=orders, latency=latency, faults=faults, name=name)
     return avcm.mmu_init(start, size, mmu, memory=ram, name=name)
 
@@ -37,6 +37,6 @@ def create_iommu(
 def hardware(vcm: avcm.Vcm) -> PageTableMmu:
     """The simulated MMU behind a context made by :func:`create_iommu` or ``create_cpu``."""
     driver = vcm.driver
-    if not isinstance(driver, avcm.MmuWrapper) or not isinstance(driver.hw, PageTableMmu):
+    if not isinstance(driver, avcm.lowlevel.MmuWrapper) or not isinstance(driver.hw, PageTableMmu):
         raise avcm.InvalidError(f"{vcm.name} is not a sample page-table context")
     return driver.hw

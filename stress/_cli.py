@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import anyio
 
-from avcm.testing._clock import backend_options
+from avcm.testing import backend_options
 
 from ._config import CONTEXT_KINDS, StressConfig, UsageError
 from ._replay import load_recording, verdict

@@ -48,13 +48,13 @@ class Context:
     @property
     def hardware(self) -> object:
         driver = self.vcm.driver
-        if isinstance(driver, (avcm.MmuWrapper, avcm.O2oWrapper)):
+        if isinstance(driver, (avcm.lowlevel.MmuWrapper, avcm.lowlevel.O2oWrapper)):
             return driver.hw
         return driver
 
     def hardware_active(self) -> bool:
         hardware = self.hardware
-        if isinstance(hardware, avcm.HardwareView):
+        if isinstance(hardware, avcm.lowlevel.HardwareView):
             return hardware.hardware_active()
         return self.vcm.activations > 0  # nothing to observe: take the model's word
 
@@ -79,7 +79,7 @@ class Context:
 
     def address_space(self) -> Any:
         driver = self.vcm.driver
-        return driver.space if isinstance(driver, avcm.MmuWrapper) else None
+        return driver.space if isinstance(driver, avcm.lowlevel.MmuWrapper) else None
 
     def stop_faults(self) -> None:
         if self.faults is not None:
@@ -135,7 +135,7 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
                 if config.driver is None:  # pragma: no cover - StressConfig checks
                     raise UsageError("custom contexts need --driver")
                 vcm = await _call_factory(config.driver, memory)
-                one_to_one = isinstance(vcm.driver, avcm.O2oWrapper)
+                one_to_one = isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
                 contexts.append(Context(kind, name, vcm, one_to_one, memory))
                 continue
             # str hashes differ per process; a seed must not.

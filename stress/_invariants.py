@@ -6,12 +6,11 @@ checks that need the whole world: at quiescent points (no operation in flight) a
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections import Counter
 from typing import TYPE_CHECKING
 
 import avcm
+from avcm import testing
 
 if TYPE_CHECKING:
     from ._contexts import Context
@@ -35,15 +34,6 @@ class Violation(Exception):
         return type(self), (self.rule, self.description, self.seq)
 
 
-def _mismatch(mismatch: avcm.HardwareMismatch) -> str:
-    """The model check's message, each difference once: reservations overlapping a third one
-    at the same address are listed once per pair."""
-    lines = Counter(str(mismatch).splitlines())
-    return "\n".join(
-        line if count == 1 else f"{line} ({count} times)" for line, count in lines.items()
-    )
-
-
 def _prune(world: World) -> None:
     """Drop objects whose operation completed although the caller was cancelled (rule 7 lets
     an operation complete), so the pools hold only live objects."""
@@ -51,77 +41,25 @@ def _prune(world: World) -> None:
     world.reservations[:] = [res for res in world.reservations if not res.unreserved]
 
 
-def _extents(world: World, phys: avcm.Phys) -> list[tuple[int, int]]:
-    """A phys's memory as maximal contiguous ranges; parts never change, so computed once."""
-    extents = world.extents.get(phys)
-    if extents is None:
-        extents = []
-        for part in phys.parts:
-            if extents and extents[-1][1] == part.start:
-                extents[-1] = (extents[-1][0], part.start + part.size)
-            else:
-                extents.append((part.start, part.start + part.size))
-        world.extents[phys] = extents
-    return extents
-
-
-def _live_physes(world: World) -> list[avcm.Phys]:
-    seen: dict[avcm.Phys, None] = dict.fromkeys(world.physes)
-    for ctx in world.contexts:
-        seen.update(dict.fromkeys(ctx.vcm.allocations()))
-        for res in ctx.vcm.reservations():
-            if res.phys is not None:
-                seen[res.phys] = None
-    return list(seen)
-
-
 def check_quiescent(world: World) -> None:
-    """Every rule that must hold when no operation is in flight. Raises :class:`Violation`."""
-    checks = world.result.checks
+    """Every rule that must hold when no operation is in flight (the one checker,
+    :func:`avcm.testing.check_quiescent`, with each context's count as its tasks hold it).
+    Raises :class:`Violation`."""
     _prune(world)
-    bound: Counter[avcm.Phys] = Counter()
-    for ctx in world.contexts:
-        vcm = ctx.vcm
-        held = sum(count for (_, held_vcm), count in world.held.items() if held_vcm is vcm)
-        checks["rule 3 count"] += 1
-        if vcm.activations != held:
-            raise Violation(
-                "rule 3", f"{ctx.name}: activations={vcm.activations}, tasks hold {held}"
-            )
-        checks["rule 7 locks"] += 1
-        if vcm.statistics().mutex.locked:
-            raise Violation("rule 7", f"{ctx.name}: mutex still held with nothing in flight")
-        checks["rule 4 model"] += 1
-        try:
-            avcm.check_model(vcm)
-        except avcm.HardwareMismatch as mismatch:
-            raise Violation("rule 4", _mismatch(mismatch)) from None
-        for res in vcm.reservations():
-            if res.phys is not None:
-                bound[res.phys] += 1
-                if res.phys.freed:
-                    raise Violation("rule 6", f"{res!r} is bound to freed memory {res.phys!r}")
-    parts: list[tuple[int, int, avcm.Phys]] = []
-    for phys in _live_physes(world):
-        checks["rule 5 bindings"] += 1
-        if phys.bindings != bound[phys]:
-            raise Violation(
-                "rule 5",
-                f"{world.name(phys)}.bindings={phys.bindings} but it is bound to "
-                f"{bound[phys]} reservation(s)",
-            )
-        if phys._lock.is_locked():
-            raise Violation("rule 7", f"{world.name(phys)}'s lock still held")
-        parts.extend((start, end, phys) for start, end in _extents(world, phys))
-    parts.sort(key=lambda part: part[0])
-    checks["memory overlap"] += 1
-    for (_, end, first), (start, _, second) in itertools.pairwise(parts):
-        if start < end:
-            raise Violation(
-                "memory",
-                f"live allocations overlap at {start:#x}: {world.name(first)} and "
-                f"{world.name(second)} (an allocator handed out the same memory twice)",
-            )
+    activations = {
+        ctx.vcm: sum(count for (_, vcm), count in world.held.items() if vcm is ctx.vcm)
+        for ctx in world.contexts
+    }
+    try:
+        checks = testing.check_quiescent(
+            [ctx.vcm for ctx in world.contexts],
+            physes=world.physes,
+            activations=activations,
+            name=world.name,
+        )
+    except testing.InvariantViolation as broken:
+        raise Violation(f"rule {broken.rule}", broken.description) from None
+    world.result.checks.update(checks)
 
 
 def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:

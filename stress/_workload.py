@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 import avcm
-from avcm._errors import errno_name
+from avcm.lowlevel import errno_name
 
 from ._config import StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault

@@ -2,7 +2,7 @@
 
 Every operation announces a sync point and sleeps, so that concurrent callers interleave inside
 the driver, where the patch's races lived. ``fail`` makes the next call of an operation raise.
-The hardware state is visible to :func:`avcm.check_model` through ``HardwareView``.
+The hardware state is visible to :func:`testing.check_model` through ``HardwareView``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import anyio
 import anyio.lowlevel
 
 import avcm
-from avcm._sync import sync_point
-from avcm._vaspace import AddressSpace
+from avcm.lowlevel import AddressSpace, sync_point
 
 
 class DriverFault(avcm.VcmError):

@@ -23,7 +23,7 @@ class CheckThenActCarveout(drivers.CarveoutAllocator):
         super().__init__(memory, 16 << 20, name="check-then-act")
         self.next = self.start
 
-    async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         start = self.next  # check
         if start + part.size > self.start + self.size:
             self.next = self.start
@@ -45,7 +45,7 @@ class OverlappingCarveout(drivers.CarveoutAllocator):
         self.count = 0
         self.last = self.start
 
-    async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         self.count += 1
         if self.count % 5 == 0:
             part.start = self.last

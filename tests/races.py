@@ -172,7 +172,7 @@ def later(op: Op, lead: int) -> Op:
         return op
 
     async def busywork() -> Any:
-        busy = avcm.AtomicCounter(0, "busywork")
+        busy = avcm.lowlevel.AtomicCounter(0, "busywork")
         for _ in range(lead):
             await busy.inc()
         return await op()

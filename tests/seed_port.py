@@ -1,11 +1,11 @@
 """A faithful port of the 2010 patch's core algorithms, races and all: the race finder's target.
 
 ``vcm_activate``, ``vcm_deactivate``, ``vcm_bind`` and ``vcm_free`` as ``mm/vcm.c`` wrote them,
-on avcm's own :class:`~avcm.AtomicCounter` (so every atomic operation is a sync point, as it is
-a separate instruction on a CPU) and a driver whose every call takes time. The *code* bugs that
-make the functions wrong even on one CPU (``vcm_bind``'s inverted tests, ``res->phys`` never set)
-are fixed here, so that what remains are the *design* races the contract lists. Kept in the
-tests: this is what avcm must not be.
+on avcm's own :class:`~avcm.lowlevel.AtomicCounter` (so every atomic operation is a sync point,
+as it is a separate instruction on a CPU) and a driver whose every call takes time. The *code*
+bugs that make the functions wrong even on one CPU (``vcm_bind``'s inverted tests, ``res->phys``
+never set) are fixed here, so that what remains are the *design* races the contract lists. Kept
+in the tests: this is what avcm must not be.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import warnings
 import anyio
 
 import avcm
-from avcm._sync import sync_point
+from avcm.lowlevel import sync_point
 
 
 class SeedDriver:
@@ -60,7 +60,7 @@ class SeedVcm:
 
     def __init__(self, driver: SeedDriver) -> None:
         self.driver = driver
-        self.activations_counter = avcm.AtomicCounter(0, "seed.activations")
+        self.activations_counter = avcm.lowlevel.AtomicCounter(0, "seed.activations")
 
     @property
     def activations(self) -> int:
@@ -90,7 +90,7 @@ class SeedPhys:
     def __init__(self, driver: SeedDriver, size: int = avcm.PAGE_SIZE) -> None:
         self.driver = driver
         self.size = size
-        self.bindings_counter = avcm.AtomicCounter(0, "seed.bindings")
+        self.bindings_counter = avcm.lowlevel.AtomicCounter(0, "seed.bindings")
         self.freed = False
 
     @property

@@ -1,6 +1,6 @@
-"""The model check (contract rule 4): :func:`avcm.check_model` passes on a consistent context,
+"""The model check (contract rule 4): :func:`testing.check_model` passes on a consistent context,
 returning the number of checks it made, and on an inconsistent one raises
-:class:`avcm.HardwareMismatch` listing every difference."""
+:class:`testing.HardwareMismatch` listing every difference."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 import avcm
 import drivers
+from avcm import testing
 from tests._recording import RecordingDriver, make_context
 
 pytestmark = pytest.mark.anyio
@@ -32,8 +33,8 @@ def extent(res: avcm.Res) -> str:
 
 
 def mismatch(vcm: avcm.Vcm) -> list[str]:
-    with pytest.raises(avcm.HardwareMismatch) as info:
-        avcm.check_model(vcm)
+    with pytest.raises(testing.HardwareMismatch) as info:
+        testing.check_model(vcm)
     assert isinstance(info.value, AssertionError)
     header, *problems = str(info.value).split("\n  ")
     assert header == HEADER
@@ -55,18 +56,18 @@ async def bound_and_active(
 
 async def test_passes_on_a_consistent_core_context(memory: avcm.PhysicalMemory) -> None:
     vcm, driver = make_context(memory)
-    assert avcm.check_model(vcm) == 2  # active state, translations
+    assert testing.check_model(vcm) == 2  # active state, translations
     res = await vcm.make_binding(MiB + 68 * KiB)  # 1 MiB + 64 KiB + 4 KiB parts
     await vcm.reserve(4 * KiB)
-    assert avcm.check_model(vcm) == 2
-    assert avcm.expected_mappings(vcm) == []  # inactive: nothing
+    assert testing.check_model(vcm) == 2
+    assert testing.expected_mappings(vcm) == []  # inactive: nothing
     await vcm.activate()
-    assert avcm.check_model(vcm) == 2
+    assert testing.check_model(vcm) == 2
     assert res.phys is not None and len(res.phys.parts) == 3
     # the three parts follow each other in both address spaces: one extent
-    assert avcm.expected_mappings(vcm) == [(res.start, res.phys.parts[0].start, MiB + 68 * KiB)]
+    assert testing.expected_mappings(vcm) == [(res.start, res.phys.parts[0].start, MiB + 68 * KiB)]
     await res.unbind()
-    assert avcm.check_model(vcm) == 2 and not driver.mapped
+    assert testing.check_model(vcm) == 2 and not driver.mapped
 
 
 async def test_passes_on_consistent_mmu_and_one_to_one_contexts(
@@ -81,10 +82,10 @@ async def test_passes_on_consistent_mmu_and_one_to_one_contexts(
         await vcm.activate()
     assert len(drivers.hardware(cpu).hardware_mappings()) == (MiB + 68 * KiB) // avcm.PAGE_SIZE
     # MMU: wrapper's bound list and activated state, hardware active state and translations
-    assert avcm.check_model(cpu) == 4
-    assert avcm.check_model(carveout) == 1  # one-to-one: every reservation at its memory
+    assert testing.check_model(cpu) == 4
+    assert testing.check_model(carveout) == 1  # one-to-one: every reservation at its memory
     await mapped.unmap()
-    assert avcm.check_model(cpu) == 4
+    assert testing.check_model(cpu) == 4
 
 
 # -- inconsistent ones: every difference, readably ---------------------------------------------
@@ -101,7 +102,7 @@ async def test_hardware_that_keeps_a_stale_mapping(memory: avcm.PhysicalMemory) 
     vcm, driver, (_kept, stale) = await bound_and_active(memory, 8 * KiB, 64 * KiB)
     line = f"stale in hardware:   {extent(stale)}"
     phys = await stale.unbind()
-    assert phys is not None and avcm.check_model(vcm) == 2
+    assert phys is not None and testing.check_model(vcm) == 2
     driver.mapped[stale] = phys  # the unbind did not reach the hardware
     assert mismatch(vcm) == [line]
 
@@ -109,7 +110,7 @@ async def test_hardware_that_keeps_a_stale_mapping(memory: avcm.PhysicalMemory) 
 async def test_hardware_active_while_inactive(memory: avcm.PhysicalMemory) -> None:
     vcm, driver, (res,) = await bound_and_active(memory, 8 * KiB)
     await vcm.deactivate()
-    assert avcm.check_model(vcm) == 2
+    assert testing.check_model(vcm) == 2
     driver.active = True  # the deactivate did not reach the hardware
     assert mismatch(vcm) == [
         "hardware active=True but activations=0",
@@ -153,8 +154,8 @@ async def test_mmu_wrapper_bookkeeping(memory: avcm.PhysicalMemory) -> None:
     await vcm.make_binding(8 * KiB)
     await vcm.activate()
     wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.MmuWrapper)
-    assert avcm.check_model(vcm) == 4
+    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper)
+    assert testing.check_model(vcm) == 4
     wrapper.bound.clear()
     wrapper.activated = False
     assert mismatch(vcm) == [
@@ -167,7 +168,7 @@ async def test_one_to_one_reservation_away_from_its_memory(memory: avcm.Physical
     carveout = drivers.create_carveout(memory, size=MiB, latency=ZERO, name="test")
     first = await carveout.make_binding(8 * KiB)
     second = await carveout.make_binding(8 * KiB)
-    assert avcm.check_model(carveout) == 1
+    assert testing.check_model(carveout) == 1
     second._start = first.start + 4 * KiB  # corrupted: not at its memory, and over the first
     problems = mismatch(carveout)
     assert problems == [

@@ -16,6 +16,7 @@ import anyio.lowlevel
 import pytest
 
 import avcm
+from avcm import testing
 from tests._recording import DriverFault, RecordingDriver
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +79,7 @@ async def test_activated_exit_deactivates_when_the_block_is_cancelled(
             await anyio.sleep_forever()
     assert scope.cancelled_caught
     assert vcm.activations == 0 and not driver.active
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
 
 
 async def test_activated_exit_waits_for_the_mutex_even_when_cancelled(
@@ -113,7 +114,7 @@ async def test_activated_exit_waits_for_the_mutex_even_when_cancelled(
         driver.gate.set()
     assert scope.cancelled_caught and not exited
     assert vcm.activations == 0 and not driver.active and res.phys is phys
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
 
 
 async def test_cancelled_plain_deactivate_waiting_for_the_mutex_has_no_effect(
@@ -140,7 +141,7 @@ async def test_cancelled_plain_deactivate_waiting_for_the_mutex_has_no_effect(
     assert scope.cancelled_caught
     assert vcm.activations == 1 and driver.active
     await vcm.deactivate()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
 
 
 async def test_activated_exit_whose_deactivate_fails_leaves_the_activation(
@@ -154,7 +155,7 @@ async def test_activated_exit_whose_deactivate_fails_leaves_the_activation(
         async with vcm.activated():
             driver.fail["deactivate"] = DriverFault(errno.EIO, "deactivate fault")
     assert vcm.activations == 1 and driver.active
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await vcm.deactivate()
     assert vcm.activations == 0 and not driver.active
 

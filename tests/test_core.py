@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import avcm
+from avcm import testing
 from tests._recording import DriverFault, RecordingDriver, make_context
 
 pytestmark = pytest.mark.anyio
@@ -382,7 +383,7 @@ async def test_driver_fault_reaches_caller_and_changes_nothing(
             await getattr(vcm, op)()
     assert snapshot(vcm, memory) == before
     assert (driver.active, driver.mapped) == hardware
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
 
 
 # -- warnings: the kernel's WARN_ON cases that go on working -----------------------------------
@@ -513,13 +514,13 @@ async def test_activation_binds_reach_hardware(memory: avcm.PhysicalMemory) -> N
     vcm, _driver = make_context(memory)
     res = await vcm.make_binding(64 * KiB)
     await vcm.activate()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     second = await vcm.make_binding(4 * KiB)
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await second.destroy_binding()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await vcm.deactivate()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.destroy_binding()
     assert memory.is_pristine()
 
@@ -627,7 +628,7 @@ async def test_device_driver_example(memory: avcm.PhysicalMemory) -> None:
     assert driver.active and driver.mapped == {foo.fw: foo.fw.phys}
     address = await foo.do_something(64 * KiB)
     assert vcm.start <= address < vcm.start + vcm.size
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await foo.remove()
     assert vcm.activations == 0 and not driver.active
     await vcm.destroy()
@@ -668,7 +669,7 @@ async def test_failing_unreserve_of_bound_res_keeps_it_bound(
     assert snapshot(vcm, memory) == before
     assert res.phys is phys and not res.unreserved and phys.bindings == 1
     assert (driver.active, driver.mapped) == hardware
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.unmap()  # the fault was one call: now it goes through
     assert res.unreserved and phys.bindings == 0 and driver.space.is_pristine()
 
@@ -682,7 +683,7 @@ async def test_failing_unreserve_and_failing_rebind_leave_it_unbound(
     assert any("left unbound" in note for note in info.value.__notes__)
     assert res.phys is None and not res.unreserved and phys.bindings == 0
     assert driver.mapped == {}
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.unreserve()
     await phys.free()
     assert memory.is_pristine() and driver.space.is_pristine()
@@ -720,7 +721,7 @@ async def test_destroy_binding_with_failing_free_changes_nothing(
     assert snapshot(vcm, memory) == before
     assert res.phys is phys and phys.bindings == 1 and not phys.freed
     assert (driver.active, driver.mapped) == hardware
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.destroy_binding()
     assert phys.freed and res.unreserved
     await vcm.deactivate()
@@ -737,7 +738,7 @@ async def test_destroy_binding_with_failing_unreserve_says_what_is_left(
     assert any("stays reserved, unbound" in note for note in info.value.__notes__)
     assert phys.freed and phys.bindings == 0 and res.phys is None and not res.unreserved
     assert vcm.reservations() == (res,) and vcm.allocations() == ()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.unreserve()
     assert memory.is_pristine() and driver.space.is_pristine()
 
@@ -766,7 +767,7 @@ async def test_destroy_with_a_driver_fault_can_be_retried(
     assert any(note.startswith("destroy:") for note in info.value.__notes__)
     assert not vcm.destroyed and not vcm.statistics().mutex.locked
     assert not driver.cleaned_up and (driver.calls[-1] == "cleanup") == (op == "cleanup")
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     left = {
         "deactivate": (1, 0, 0),  # still active; every reservation and phys released
         "unbind": (0, 1, 1),  # the reservation whose unbind failed stays bound, with its phys

@@ -11,6 +11,7 @@ import trio
 
 import avcm
 import drivers
+from avcm import testing
 
 pytestmark = pytest.mark.anyio
 
@@ -179,9 +180,9 @@ async def test_fault_at_each_page_of_an_activate(memory: avcm.PhysicalMemory) ->
         assert hw.hardware_mappings() == [] and not hw.hardware_active()
         assert vcm.activations == 0
         assert hw.statistics().pte_writes == k - 1 == hw.statistics().pte_clears
-        avcm.check_model(vcm)
+        testing.check_model(vcm)
         await vcm.activate()  # the fault was only the k-th call
-        avcm.check_model(vcm)
+        testing.check_model(vcm)
         await vcm.deactivate()
         with pytest.warns(avcm.VcmWarning):
             await vcm.destroy()
@@ -206,7 +207,7 @@ async def test_fault_at_each_page_of_a_deactivate(memory: avcm.PhysicalMemory) -
         with pytest.raises(drivers.InjectedFault):
             await vcm.deactivate()
         assert hardware_state(vcm) == before and vcm.activations == 1
-        avcm.check_model(vcm)
+        testing.check_model(vcm)
         await vcm.deactivate()  # the fault was only the k-th call
         assert not drivers.hardware(vcm).hardware_active()
         with pytest.warns(avcm.VcmWarning):
@@ -232,7 +233,7 @@ async def test_pte_clear_fault_in_a_teardown_changes_nothing(
             await getattr(res, op)()
     assert (hardware_state(vcm), vcm.reservations(), vcm.allocations()) == before
     assert res.phys is phys and phys is not None and phys.bindings == 1
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.destroy_binding()
     await vcm.deactivate()
     await vcm.destroy()
@@ -251,7 +252,7 @@ async def test_disable_fault_in_destroy_can_be_retried(memory: avcm.PhysicalMemo
     assert (
         drivers.hardware(vcm).hardware_active() and drivers.hardware(vcm).hardware_mappings() == []
     )
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     with pytest.warns(avcm.VcmWarning, match="still activated"):
         await vcm.destroy()
     assert vcm.destroyed and memory.is_pristine()
@@ -291,7 +292,7 @@ async def test_carveout_free_fault_is_contained(memory: avcm.PhysicalMemory, op:
     else:
         assert (carveout.reservations(), carveout.allocations(), allocator.statistics()) == before
     assert not carveout.destroyed and allocator.statistics().allocations == 1
-    avcm.check_model(carveout)
+    testing.check_model(carveout)
     if op == "destroy":
         with pytest.warns(avcm.VcmWarning):
             await release()
@@ -349,7 +350,7 @@ async def test_concurrent_reserve_unreserve_never_overlaps(memory: avcm.Physical
             tg.start_soon(worker, seed)
     assert overlaps == []
     wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.MmuWrapper) and wrapper.space.is_pristine()
+    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper) and wrapper.space.is_pristine()
     await vcm.destroy()
     assert memory.is_pristine()
 
@@ -509,7 +510,7 @@ async def test_phys_from_another_memory_is_einval(memory: avcm.PhysicalMemory) -
     with pytest.raises(avcm.InvalidError, match="another physical memory"):
         await vcm.map(stranger)
     assert vcm.reservations() == () and stranger.bindings == 0
-    assert isinstance(vcm.driver, avcm.MmuWrapper) and vcm.driver.space.is_pristine()
+    assert isinstance(vcm.driver, avcm.lowlevel.MmuWrapper) and vcm.driver.space.is_pristine()
 
 
 async def test_foreign_phys_into_one_to_one_is_eopnotsupp(memory: avcm.PhysicalMemory) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import avcm
-from avcm._vaspace import AddressSpace
+from avcm.lowlevel import AddressSpace
 
 MiB = 1 << 20
 PAGE = avcm.PAGE_SIZE

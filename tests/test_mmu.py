@@ -10,6 +10,7 @@ import anyio.lowlevel
 import pytest
 
 import avcm
+from avcm import testing
 from tests._recording import DriverFault, PageHardware
 
 pytestmark = pytest.mark.anyio
@@ -66,7 +67,7 @@ async def test_unreserve_returns_every_byte(memory: avcm.PhysicalMemory) -> None
     # The patch's MMU unreserve leaked the reservation.
     vcm = avcm.mmu_init(START, 4 * MiB, PageHardware(), memory=memory)
     wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.MmuWrapper)
+    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper)
     for _ in range(50):  # would run out of a 4 MiB space quickly if unreserve leaked
         res = await vcm.reserve(MiB)
         await res.unreserve()
@@ -79,7 +80,7 @@ async def test_one_mib_binding_is_one_entry(memory: avcm.PhysicalMemory) -> None
     res = await vcm.make_binding(MiB)
     async with vcm.activated():
         assert list(hw.table.values()) == [(res.phys.parts[0].start, 8)]  # type: ignore[union-attr]
-        avcm.check_model(vcm)
+        testing.check_model(vcm)
     assert hw.table == {} and not hw.enabled
 
 
@@ -94,10 +95,10 @@ async def test_bind_while_active_maps_before_returning_and_unbind_unmaps_first(
     phys = await vcm.alloc(68 * KiB)
     await res.bind(phys)
     assert len(hw.table) == 2  # 64 KiB + 4 KiB
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.unbind()
     assert hw.table == {}
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await vcm.deactivate()
 
 
@@ -118,10 +119,10 @@ async def test_activate_failure_undoes_exactly_what_it_did_in_reverse(
     assert len(maps) == fail_on - 1
     assert unmaps == list(reversed(maps))
     assert hw.table == {} and not hw.enabled and vcm.activations == 0
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     hw.fail_on = None
     await vcm.activate()
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
 
 
 @pytest.mark.parametrize("fail_on", [1, 2, 3])

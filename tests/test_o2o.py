@@ -7,6 +7,7 @@ import errno
 import pytest
 
 import avcm
+from avcm import testing
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +24,7 @@ class Bump:
         self.fail = fail
         self.fail_free = 0  # how many of the next frees fail
 
-    async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         if self.fail:
             raise avcm.NoMemoryError("bump: out of memory")
         part.start = self.next
@@ -52,7 +53,7 @@ async def test_make_binding_is_one_to_one(vcm: avcm.Vcm, driver: Bump) -> None:
     assert res.phys is not None and res.phys.count == 1
     assert res.start == res.phys.parts[0].start == WINDOW
     assert res.bound_size == res.res_size == 12 * 1024
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.destroy_binding()
     assert driver.freed == [(avcm.PhysPart(WINDOW, 12 * 1024), ("token", WINDOW))]
 
@@ -131,7 +132,7 @@ async def test_failed_allocation_never_frees(driver: Bump) -> None:
 
 async def test_driver_returning_a_block_outside_the_window_is_einval() -> None:
     class Wild(Bump):
-        async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+        async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
             part.start = WINDOW + SIZE
             return "wild"
 
@@ -145,7 +146,7 @@ async def test_driver_returning_a_block_outside_the_window_is_einval() -> None:
 
 async def test_o2o_init_requires_alloc_and_free() -> None:
     class NoFree:
-        async def alloc(self, vcm: avcm.Vcm, part: avcm.O2oPart, flags: int) -> object:
+        async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
             return None
 
     with pytest.raises(avcm.InvalidError, match="free"):
@@ -160,7 +161,7 @@ async def test_destroy_releases_everything(vcm: avcm.Vcm, driver: Bump) -> None:
     with pytest.warns(avcm.VcmWarning, match="releasing"):
         await vcm.destroy()
     assert len(driver.freed) == 2
-    assert isinstance(vcm.driver, avcm.O2oWrapper) and vcm.driver.pairs == 0
+    assert isinstance(vcm.driver, avcm.lowlevel.O2oWrapper) and vcm.driver.pairs == 0
 
 
 @pytest.mark.parametrize("last", ["unreserve", "free"])
@@ -171,7 +172,7 @@ async def test_failing_driver_free_changes_nothing_and_can_be_retried(
     # KeyError and the block leaked.
     res = await vcm.make_binding(4096)
     phys = await res.unbind()
-    assert phys is not None and isinstance(vcm.driver, avcm.O2oWrapper)
+    assert phys is not None and isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
     await (phys.free() if last == "unreserve" else res.unreserve())  # the first half goes
     release = res.unreserve if last == "unreserve" else phys.free
     driver.fail_free = 1
@@ -206,7 +207,7 @@ async def test_destroy_binding_whose_allocator_free_fails_says_what_is_left(
     stays reserved and unbound (keeping the block), and unreserve() retries the free."""
     res = await vcm.make_binding(4096)
     phys = res.phys
-    assert phys is not None and isinstance(vcm.driver, avcm.O2oWrapper)
+    assert phys is not None and isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
     driver.fail_free = 1
     with pytest.raises(avcm.VcmError, match="free failed") as info:
         await res.destroy_binding()
@@ -214,6 +215,6 @@ async def test_destroy_binding_whose_allocator_free_fails_says_what_is_left(
     assert phys.freed and res.phys is None and not res.unreserved
     assert vcm.reservations() == (res,) and vcm.allocations() == ()
     assert driver.freed == [] and vcm.driver.pairs == 1
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     await res.unreserve()
     assert len(driver.freed) == 1 and vcm.driver.pairs == 0 and vcm.reservations() == ()

@@ -19,6 +19,7 @@ import pytest
 
 import avcm
 import drivers
+from avcm import testing
 from tests._recording import RecordingDriver, make_context
 
 pytestmark = pytest.mark.anyio
@@ -43,9 +44,9 @@ def vcm(request: pytest.FixtureRequest, memory: avcm.PhysicalMemory) -> avcm.Vcm
 CONSTRUCTORS: dict[str, Callable[[avcm.Vcm, avcm.PhysicalMemory], object]] = {
     "Res": lambda vcm, memory: avcm.Res(vcm, 0x1000_0000, 4096),
     "Phys": lambda vcm, memory: avcm.Phys([(0x8000_0000, 4096)]),
-    "O2oPart": lambda vcm, memory: avcm.O2oPart(0, 4096),
-    "MmuWrapper": lambda vcm, memory: avcm.MmuWrapper(object(), 0, 4096, memory),  # type: ignore[arg-type]
-    "O2oWrapper": lambda vcm, memory: avcm.O2oWrapper(object(), memory),  # type: ignore[arg-type]
+    "O2oPart": lambda vcm, memory: avcm.lowlevel.O2oPart(0, 4096),
+    "MmuWrapper": lambda vcm, memory: avcm.lowlevel.MmuWrapper(object(), 0, 4096, memory),  # type: ignore[arg-type]
+    "O2oWrapper": lambda vcm, memory: avcm.lowlevel.O2oWrapper(object(), memory),  # type: ignore[arg-type]
 }
 
 
@@ -86,7 +87,7 @@ async def test_a_reservation_the_context_never_got_is_refused(vcm: avcm.Vcm, op:
         await STRANGER_OPS[op](stranger, spare)
     assert info.value.errno == errno.EINVAL
     assert snapshot(vcm) == before and spare.bindings == 0 and stranger.phys is None
-    avcm.check_model(vcm)
+    testing.check_model(vcm)
     other = await vcm.reserve(64 * KiB)
     assert not (other.start < real.start + real.res_size and real.start < other.start + 64 * KiB)
     await other.unreserve()

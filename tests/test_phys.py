@@ -157,7 +157,7 @@ async def test_walk_rechooses_the_page_size_at_every_step() -> None:
     orders = [order for _, _, order in walk.pages]
     assert orders == [4] * 15 + [8] + [4]
     assert sum(avcm.PAGE_SIZE << o for o in orders) == 2 * MiB
-    assert walk.pages == avcm.walk_pages(0x10F1_0000, phys, (8, 4, 0))
+    assert walk.pages == avcm.lowlevel.walk_pages(0x10F1_0000, phys, (8, 4, 0))
 
 
 async def test_walk_limited_by_the_less_aligned_address() -> None:
@@ -299,7 +299,7 @@ async def test_walk_pages_validates_exactly_as_phys_walk(
     with pytest.raises(avcm.InvalidError) as walked:
         await avcm.phys_walk(vaddr, phys, orders, walk.callback)  # type: ignore[arg-type]
     with pytest.raises(avcm.InvalidError) as listed:
-        avcm.walk_pages(vaddr, phys, orders)  # type: ignore[arg-type]
+        avcm.lowlevel.walk_pages(vaddr, phys, orders)  # type: ignore[arg-type]
     assert listed.value.errno == errno.EINVAL
     assert str(listed.value).replace("walk_pages", "phys_walk") == str(walked.value)
     assert walk.pages == [] and memory.statistics() == before

@@ -17,7 +17,7 @@ import pytest
 
 import avcm
 from avcm import testing
-from avcm._sync import sync_point
+from avcm.lowlevel import sync_point
 from avcm.testing.pytest_plugin import RaceFixture
 from tests.races import AVCM, SEED, AvcmWorld
 
@@ -28,7 +28,7 @@ def counting_tasks(k: int, schedules: list[tuple[int, ...]] | None = None) -> te
     """Two tasks, each passing *k* sync points; *schedules* collects each run's decisions."""
 
     async def scenario(run: testing.Run) -> None:
-        counter = avcm.AtomicCounter()
+        counter = avcm.lowlevel.AtomicCounter()
 
         async def worker() -> None:
             for _ in range(k):
@@ -89,7 +89,7 @@ def test_exhaustive_without_preemption_only_chooses_who_starts(backend: str) -> 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_task_blocked_on_a_held_mutex_is_never_chosen(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:
-        mutex = avcm.Mutex("m")
+        mutex = avcm.lowlevel.Mutex("m")
         inside = 0
 
         async def worker() -> None:
@@ -113,7 +113,7 @@ def test_a_task_blocked_on_a_held_mutex_is_never_chosen(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_deadlock_is_a_failure_of_its_own(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:
-        first, second = avcm.Mutex("first"), avcm.Mutex("second")
+        first, second = avcm.lowlevel.Mutex("first"), avcm.lowlevel.Mutex("second")
 
         async def forwards() -> None:
             async with first, second:
@@ -175,7 +175,7 @@ def test_a_task_that_never_reaches_a_sync_point_is_reported_not_hung(backend: st
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_step_budget(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:
-        counter = avcm.AtomicCounter()
+        counter = avcm.lowlevel.AtomicCounter()
 
         async def forever() -> None:
             while True:
@@ -296,7 +296,7 @@ def many_tasks_one_loses(tasks: int) -> testing.Scenario:
     """*tasks* tasks with long names count up; the last one to finish fails."""
 
     async def scenario(run: testing.Run) -> None:
-        counter = avcm.AtomicCounter()
+        counter = avcm.lowlevel.AtomicCounter()
 
         async def worker() -> None:
             if await counter.inc_return() == tasks:
@@ -452,7 +452,7 @@ def test_a_task_that_polls_moves_one_poll_per_step(backend: str) -> None:
     choosing another lets that one go first. Never a stall, never a false deadlock."""
 
     async def scenario(run: testing.Run) -> None:
-        flag = avcm.AtomicCounter()
+        flag = avcm.lowlevel.AtomicCounter()
 
         async def poller() -> int:
             polls = 0
@@ -477,7 +477,7 @@ def test_a_task_that_polls_moves_one_poll_per_step(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_tasks_spawned_by_a_controlled_task_run_free(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:
-        counter = avcm.AtomicCounter()
+        counter = avcm.lowlevel.AtomicCounter()
 
         async def spawner() -> None:
             async with anyio.create_task_group() as group:

@@ -94,7 +94,7 @@ class AvcmBindings(race_hypothesis.RaceMachine):
         bound = 0 if self.res.phys is None else 1
         assert self.a.bindings + self.b.bindings == bound
         assert self.vcm.activations == 0
-        avcm.check_model(self.vcm)
+        testing.check_model(self.vcm)
 
     async def teardown(self) -> None:
         await self.vcm.destroy()

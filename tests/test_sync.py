@@ -7,13 +7,13 @@ import anyio.lowlevel
 import pytest
 
 import avcm
-from avcm._sync import sync_hook, sync_point
+from avcm.lowlevel import sync_hook, sync_point
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_mutex_excludes_and_is_fair() -> None:
-    mutex = avcm.Mutex("m")
+    mutex = avcm.lowlevel.Mutex("m")
     order: list[int] = []
     inside = 0
 
@@ -36,7 +36,7 @@ async def test_mutex_excludes_and_is_fair() -> None:
 
 
 async def test_mutex_cancelled_while_waiting_is_not_taken() -> None:
-    mutex = avcm.Mutex()
+    mutex = avcm.lowlevel.Mutex()
     release = anyio.Event()
 
     async def holder() -> None:
@@ -57,7 +57,7 @@ async def test_mutex_cancelled_while_waiting_is_not_taken() -> None:
 
 
 async def test_atomic_counter_operations() -> None:
-    counter = avcm.AtomicCounter(0, "c")
+    counter = avcm.lowlevel.AtomicCounter(0, "c")
     await counter.inc()
     assert await counter.inc_return() == 2
     assert not await counter.dec_and_test()
@@ -74,8 +74,8 @@ async def test_sync_hook_sees_every_point_and_is_per_task() -> None:
     async def hook(point: str, obj: object) -> None:
         seen.append((point, obj))
 
-    mutex = avcm.Mutex()
-    counter = avcm.AtomicCounter()
+    mutex = avcm.lowlevel.Mutex()
+    counter = avcm.lowlevel.AtomicCounter()
     with sync_hook(hook):
         async with mutex:
             await counter.inc()
