@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 MiB = 1 << 20
 KiB = 1 << 10
 ZERO = drivers.Latency.profile("zero")
-HEADER = "test: hardware differs from the model:"
+HEADER = "rule 4: test: hardware differs from the model:"
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def extent(res: avcm.Res) -> str:
 def mismatch(vcm: avcm.Vcm) -> list[str]:
     with pytest.raises(testing.HardwareMismatch) as info:
         testing.check_model(vcm)
-    assert isinstance(info.value, AssertionError)
+    assert isinstance(info.value, testing.InvariantViolation) and info.value.rule == 4
     header, *problems = str(info.value).split("\n  ")
     assert header == HEADER
     return problems

@@ -128,22 +128,27 @@ def test_the_command_line_bad_input() -> None:
 async def test_rule_8_faults_are_injected_and_contained(factory: object) -> None:
     """The suite's fault injection: the chosen setup call fails before the driver runs, the
     error reaches the caller, and nothing changed."""
-    from avcm.testing._conformance import InjectedFault, _inject_fault
+    from avcm.testing._conformance import (  # avcm-private: the suite's own injector
+        InjectedFault,
+        _FaultInjector,
+    )
 
     memory = avcm.PhysicalMemory(size=64 << 20)
     pristine = memory.free_bytes
     vcm = factory(memory)  # type: ignore[operator]
     free_before = memory.free_bytes
-    state = _inject_fault(vcm)
-    for fail_at in (1, 2):
-        state[0], state[1] = 0, fail_at
-        with pytest.raises(InjectedFault) as info:
-            await vcm.make_binding(64 << 10)
-        assert info.value.errno == errno.EIO
-        assert vcm.reservations() == () and vcm.allocations() == ()
-        assert memory.free_bytes == free_before
-    state[1] = 0
-    res = await vcm.make_binding(64 << 10)
+    injector = _FaultInjector()
+    with avcm.lowlevel.sync_hook(injector):
+        for fail_at in (1, 2):
+            injector.calls, injector.fail_at = 0, fail_at
+            with pytest.raises(InjectedFault) as info:
+                await vcm.make_binding(64 << 10)
+            assert info.value.errno == errno.EIO
+            assert vcm.reservations() == () and vcm.allocations() == ()
+            assert memory.free_bytes == free_before
+            testing.check_quiescent([vcm])
+        injector.fail_at = 0
+        res = await vcm.make_binding(64 << 10)
     await res.destroy_binding()
     await vcm.destroy()
     assert memory.free_bytes == pristine

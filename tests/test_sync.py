@@ -7,6 +7,7 @@ import anyio.lowlevel
 import pytest
 
 import avcm
+from avcm import testing
 from avcm.lowlevel import sync_hook, sync_point
 
 pytestmark = pytest.mark.anyio
@@ -101,3 +102,46 @@ async def test_sync_hook_reaches_the_core() -> None:
     )
     await vcm.deactivate()
     await res.destroy_binding()
+
+
+async def test_sync_hooks_nest_the_one_outside_runs_after() -> None:
+    """A hook installed around another one (a test's around the race finder's) runs after it,
+    at every point; each runs only while its block does."""
+    order: list[tuple[str, str]] = []
+
+    def recording(name: str) -> avcm.lowlevel.SyncHook:
+        async def hook(point: str, obj: object) -> None:
+            order.append((name, point))
+
+        return hook
+
+    with sync_hook(recording("outer")):
+        with sync_hook(recording("inner")):
+            await sync_point("both", None)
+        await sync_point("outer only", None)
+    await sync_point("none", None)
+    assert order == [("inner", "both"), ("outer", "both"), ("outer", "outer only")]
+
+
+async def test_a_hook_raising_at_a_driver_point_is_that_driver_call_failing() -> None:
+    """What the conformance suite's fault injection relies on: the error reaches the caller
+    and the operation had no effect, as if the driver had raised it."""
+    from tests._recording import make_context
+
+    class Fault(avcm.VcmError):
+        default_errno = 5
+
+    vcm, driver = make_context(avcm.PhysicalMemory(size=8 << 20))
+    res = await vcm.reserve(8192)
+    phys = await vcm.alloc(8192)
+
+    async def fail_bind(point: str, obj: object) -> None:
+        if point == "driver.bind":
+            raise Fault("injected")
+
+    with sync_hook(fail_bind), pytest.raises(Fault):
+        await res.bind(phys)
+    assert res.phys is None and phys.bindings == 0 and "bind" not in driver.calls
+    testing.check_quiescent([vcm])
+    await res.bind(phys)
+    assert res.phys is phys
