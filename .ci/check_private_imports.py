@@ -80,9 +80,8 @@ def findings(source: str, filename: str = "<string>") -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _private(node.attr):
             dotted = _dotted(node.value)
-            if dotted is not None:
-                if dotted.split(".", 1)[0] in bound:
-                    report(node, f"{dotted}.{node.attr}")
+            if dotted is not None and dotted.split(".", 1)[0] in bound:
+                report(node, f"{dotted}.{node.attr}")
         elif isinstance(node, ast.Call) and _is_import_call(node.func) and node.args:
             first = node.args[0]
             if (
