@@ -21,7 +21,6 @@ __all__ = [
     "VcmError",
     "VcmWarning",
     "errno_name",
-    "error_for_errno",
 ]
 
 
@@ -89,33 +88,11 @@ class BusyError(VcmError):
     default_errno = _errno.EBUSY
 
 
-_BY_ERRNO: dict[int, type[VcmError]] = {
-    cls.default_errno: cls
-    for cls in (
-        InvalidError,
-        AlreadyBoundError,
-        AddressInUseError,
-        NoSpaceError,
-        NotSupportedError,
-        NoMemoryError,
-        BusyError,
-    )
-}
-
-
 def errno_name(code: int) -> str:
     """``"EBUSY"`` for ``errno.EBUSY``; EOPNOTSUPP, not Linux's alias ENOTSUP (the kernel's)."""
     if code == _errno.EOPNOTSUPP:
         return "EOPNOTSUPP"
     return _errno.errorcode.get(code, f"errno {code}")
-
-
-def error_for_errno(errno: int, message: str) -> VcmError:
-    """Return the :class:`VcmError` subclass instance that stands for *errno*."""
-    cls = _BY_ERRNO.get(errno)
-    if cls is None:
-        return VcmError(errno, message)
-    return cls(message)
 
 
 class VcmWarning(UserWarning):

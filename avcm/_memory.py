@@ -148,9 +148,6 @@ class PhysicalMemory:
             order += 1
         self._free[order].add(start)
 
-    def is_allocated(self, start: int) -> bool:
-        return start in self._allocated
-
     def _span(self, addr: int, length: int, what: str) -> None:
         _check_int(addr, f"{what} address")
         _check_int(length, f"{what} length")

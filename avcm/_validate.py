@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing_extensions import TypeIs
 
 from ._errors import InvalidError
-from ._memory import ADDRESS_LIMIT, PAGE_SHIFT, PAGE_SIZE
+from ._memory import ADDRESS_LIMIT, PAGE_SIZE
 
 __all__ = [
     "MAX_ORDER",
@@ -20,7 +20,6 @@ __all__ = [
     "check_int",
     "check_orders",
     "is_int",
-    "order_size",
     "page_align",
 ]
 
@@ -106,7 +105,3 @@ def check_orders(orders: object, what: str = "orders") -> tuple[int, ...]:
     if result[-1] != 0:
         raise InvalidError(f"{what} {result!r} must end with 0 (the {PAGE_SIZE >> 10} KiB page)")
     return result
-
-
-def order_size(order: int) -> int:
-    return 1 << (order + PAGE_SHIFT)
