@@ -228,7 +228,7 @@ def check_quiescent(
                 f"{name(phys)}.bindings={phys_stats.bindings} but it is bound to {bound[phys]} "
                 "reservation(s)",
             )
-        if phys_stats.lock.locked:
+        if phys_stats.locked:
             raise InvariantViolation(7, f"{name(phys)}'s lock still held with nothing in flight")
         extents.extend((start, end, phys) for start, end in _extents(phys))
     extents.sort(key=lambda extent: extent[0])
