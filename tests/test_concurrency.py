@@ -47,7 +47,7 @@ async def test_rule1_activate_returns_only_when_active(memory: avcm.PhysicalMemo
     assert seen_inactive == []
     assert vcm.activations == 0 and not driver.active
     assert driver.calls.count("activate") == driver.calls.count("deactivate") >= 1
-    testing.check_model(vcm)
+    testing.check_quiescent([vcm], activations={vcm: 0})
 
 
 async def test_rule1_second_activator_waits_for_the_first(memory: avcm.PhysicalMemory) -> None:
@@ -229,7 +229,7 @@ async def test_rule6_free_racing_bind(memory: avcm.PhysicalMemory) -> None:
         assert (result["bind"], result["free"]) in {("ok", "EBUSY"), ("EINVAL", "ok")}
         if phys.freed:
             assert res.phys is None and all(p is not phys for p in driver.mapped.values())
-        testing.check_model(vcm)
+        testing.check_quiescent([vcm], physes=[phys])
         if res.phys is not None:
             await res.destroy_binding()
         else:
@@ -273,7 +273,7 @@ async def test_rule9_nothing_leaks_after_concurrent_churn(memory: avcm.PhysicalM
     async with anyio.create_task_group() as tg:
         for seed in range(30):
             tg.start_soon(worker, seed)
-    testing.check_model(vcm)
+    testing.check_quiescent([vcm])
     await vcm.destroy()
     assert memory.is_pristine() and driver.space.is_pristine()
 
