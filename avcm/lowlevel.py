@@ -18,7 +18,8 @@ What lives here, and why here:
   input checks that make bad input ``EINVAL`` exactly as avcm's own (:func:`check_orders`,
   :func:`check_int`), plus :func:`errno_name` for messages.
 * **Synchronisation**: :class:`Mutex` and :class:`AtomicCounter` (``struct mutex`` and
-  ``atomic_t``), :func:`sync_point` (announce a place where a scheduler may switch tasks: a
+  ``atomic_t``; a mutex's statistics record is :class:`avcm.MutexStatistics`, with the other
+  records), :func:`sync_point` (announce a place where a scheduler may switch tasks: a
   driver's own wait should be one, or the race finder cannot interleave it) and
   :func:`sync_hook` (install a hook that runs at every sync point: the race finder parks tasks
   there, the benchmark adds checkpoints, a test injects faults or cancels). A driver that
@@ -38,7 +39,7 @@ from ._hardware import Extent, HardwareView, hardware_view
 from ._mmu import MmuDriver, MmuWrapper
 from ._o2o import O2oDriver, O2oPart, O2oWrapper
 from ._phys import PageCallback, default_memory, walk_pages
-from ._sync import AtomicCounter, Mutex, MutexStatistics, SyncHook, sync_hook, sync_point
+from ._sync import AtomicCounter, Mutex, SyncHook, sync_hook, sync_point
 from ._validate import check_int, check_orders
 from ._vaspace import AddressSpace
 
@@ -51,7 +52,6 @@ __all__ = [
     "MmuDriver",
     "MmuWrapper",
     "Mutex",
-    "MutexStatistics",
     "O2oDriver",
     "O2oPart",
     "O2oWrapper",
