@@ -157,7 +157,7 @@ async def test_rule_8_faults_are_injected_and_contained(factory: object) -> None
 def test_the_command_line_shows_progress_on_a_terminal(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from avcm.testing._cli import main
+    from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
