@@ -20,7 +20,8 @@ as trio's ``AsyncResource.aclose`` does: the waiting goes on shielded, then the 
 is delivered.
 
 Ownership: reservations and phys have no public constructor (``_NoPublicConstructor``); the
-context, the wrappers and drivers make them with ``Res._create`` and ``Phys._create``, and
+context and the wrappers make them with ``Res._create`` and ``Phys._create``, drivers with
+``avcm.lowlevel.create_res`` and ``create_phys`` (the same factories, public), and
 every operation refuses a reservation that is not in its context's live registry.
 """
 
@@ -109,7 +110,7 @@ _T = TypeVar("_T")
 
 
 class _NoPublicConstructor(type):
-    """trio's ``NoPublicConstructor``: ``Cls(...)`` raises; avcm and drivers use ``_create``.
+    """trio's ``NoPublicConstructor``: ``Cls(...)`` raises; avcm uses ``_create``.
 
     An object avcm did not make could name a live object's addresses (unreserving it would
     give them away) or memory nobody owns, so only the context, the wrappers and drivers make
@@ -118,12 +119,10 @@ class _NoPublicConstructor(type):
     """
 
     _made_by: str
+    _public_name: str  # where users find the class: avcm.Res, avcm.lowlevel.O2oPart
 
     def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
-        raise InvalidError(
-            f"{cls.__module__.split('._')[0]}.{cls.__qualname__} has no public constructor: "
-            f"{cls._made_by}"
-        )
+        raise InvalidError(f"{cls._public_name} has no public constructor: {cls._made_by}")
 
     def _construct(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
         instance: _T = type.__call__(cls, *args, **kwargs)
@@ -173,14 +172,15 @@ FreeCallback = Callable[["Phys"], Awaitable[None]]
 class Phys(_Allocated):
     """``struct vcm_phys``: allocated physical memory, possibly in several parts.
 
-    Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver (``Phys._create``); there
+    Made by :meth:`Vcm.alloc`, :func:`avcm.phys_alloc` or a driver (``create_phys``); there
     is no public constructor (``Phys(...)`` raises ``EINVAL``), so every phys is memory that
     somebody really allocated. ``count``, ``size``, ``parts`` and ``memory`` never change;
     ``vcm`` is the context it was allocated through (``None`` for :func:`avcm.phys_alloc`'s);
     ``bindings`` counts the reservations it is bound to. All are read-only.
     """
 
-    _made_by = "allocate with Vcm.alloc or avcm.phys_alloc; a driver uses Phys._create"
+    _public_name = "avcm.Phys"
+    _made_by = "allocate with Vcm.alloc or avcm.phys_alloc; a driver uses avcm.lowlevel.create_phys"
 
     __slots__ = (
         "__weakref__",
@@ -343,7 +343,7 @@ class Res(_Allocated):
     """``struct vcm_res``: reserved address space in a context, bound to a phys or not.
 
     Made by :meth:`Vcm.reserve`, :meth:`Vcm.map`, :meth:`Vcm.make_binding` (through the
-    context's driver, which uses ``Res._create``); there is no public constructor
+    context's driver, which uses ``create_res``); there is no public constructor
     (``Res(...)`` raises ``EINVAL``). Every operation refuses (``EINVAL``) a reservation that is
     not a live one of its context: unreserved, destroyed, or made by a driver and never handed
     to the context. ``vcm`` is its context, ``start`` the address the device sees,
@@ -351,7 +351,11 @@ class Res(_Allocated):
     ``bound_size`` its size (0 when unbound); all read-only.
     """
 
-    _made_by = "reserve with Vcm.reserve, Vcm.map or Vcm.make_binding; a driver uses Res._create"
+    _public_name = "avcm.Res"
+    _made_by = (
+        "reserve with Vcm.reserve, Vcm.map or Vcm.make_binding; a driver uses "
+        "avcm.lowlevel.create_res"
+    )
 
     __slots__ = ("__weakref__", "_bound_size", "_dead", "_phys", "_res_size", "_start", "_vcm")
 

@@ -70,6 +70,7 @@ class MmuWrapper(metaclass=_NoPublicConstructor):
     makes with it.
     """
 
+    _public_name = "avcm.lowlevel.MmuWrapper"
     _made_by = "avcm.mmu_init makes it, with its context"
 
     @classmethod

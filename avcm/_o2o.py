@@ -29,6 +29,7 @@ class O2oPart(metaclass=_NoPublicConstructor):
     """The block a one-to-one driver is asked for: ``size`` is set, the driver sets ``start``
     (and may raise ``size``). Made by the wrapper only (``O2oPart._create``)."""
 
+    _public_name = "avcm.lowlevel.O2oPart"
     _made_by = "the one-to-one wrapper makes it for its driver's alloc"
 
     __slots__ = ("size", "start")
@@ -78,6 +79,7 @@ class O2oWrapper(metaclass=_NoPublicConstructor):
     makes with it.
     """
 
+    _public_name = "avcm.lowlevel.O2oWrapper"
     _made_by = "avcm.o2o_init makes it, with its context"
 
     @classmethod

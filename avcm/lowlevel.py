@@ -7,6 +7,9 @@ needed to use a context; everything here is documented and stable in the same wa
 
 What lives here, and why here:
 
+* **Making objects**: :class:`avcm.Res` and :class:`avcm.Phys` have no public constructor
+  (an object avcm did not make could name a live object's addresses); a driver describes what
+  it reserved or allocated with :func:`create_res` and :func:`create_phys`.
 * **Driver interfaces**: :class:`VcmDriver` (a core driver), :class:`MmuDriver` and
   :class:`O2oDriver` (what :func:`avcm.mmu_init` and :func:`avcm.o2o_init` wrap), the wrappers
   :class:`MmuWrapper` and :class:`O2oWrapper` they put between the core and such a driver (a
@@ -33,9 +36,12 @@ What lives here, and why here:
 
 from __future__ import annotations
 
-from ._core import FreeCallback, VcmDriver
+from collections.abc import Iterable
+
+from ._core import FreeCallback, Phys, Res, Vcm, VcmDriver
 from ._errors import errno_name
 from ._hardware import Extent, HardwareView, hardware_view
+from ._memory import PhysicalMemory
 from ._mmu import MmuDriver, MmuWrapper
 from ._o2o import O2oDriver, O2oPart, O2oWrapper
 from ._phys import PageCallback, default_memory, walk_pages
@@ -60,6 +66,8 @@ __all__ = [
     "VcmDriver",
     "check_int",
     "check_orders",
+    "create_phys",
+    "create_res",
     "default_memory",
     "errno_name",
     "hardware_view",
@@ -67,3 +75,24 @@ __all__ = [
     "sync_point",
     "walk_pages",
 ]
+
+
+def create_res(vcm: Vcm, start: int, res_size: int) -> Res:
+    """Describe address space a driver reserved in *vcm*: what its ``res``, ``map`` or ``alloc``
+    operation returns. ``EINVAL`` unless *vcm* is a context and the range is page aligned,
+    non-empty and inside 64-bit addresses. The reservation is live once that operation has
+    returned it to the context; one made otherwise is refused by every operation."""
+    return Res._create(vcm, start, res_size)
+
+
+def create_phys(
+    parts: Iterable[tuple[int, int]],
+    *,
+    free: FreeCallback | None = None,
+    memory: PhysicalMemory | None = None,
+) -> Phys:
+    """Describe physical memory a driver allocated, as ``(start, size)`` parts; *free* (a
+    coroutine function) is awaited once, when the phys is freed. *memory* is the simulated RAM
+    the parts live in, if any (drivers that move bytes check it). ``EINVAL`` unless the parts
+    are page aligned, non-empty, inside 64-bit addresses and not overlapping one another."""
+    return Phys._create(parts, free=free, memory=memory)

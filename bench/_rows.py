@@ -338,6 +338,6 @@ async def memory_per_reservation(count: int) -> Row:
 
 def memory_per_part(count: int) -> Row:
     parts = [(0x8000_0000 + i * 8 * KiB, 4 * KiB) for i in range(count)]
-    used, _ = _traced(lambda: avcm.Phys._create(parts))
+    used, _ = _traced(lambda: avcm.lowlevel.create_phys(parts))
     per = used / count
     return Row("memory per physical part", "64 B", per / 64, "<= 1", per <= 64, f"{per:.0f} B")

@@ -69,7 +69,7 @@ class RecordingDriver:
     # the core driver
     async def res(self, vcm: avcm.Vcm, size: int, flags: int) -> avcm.Res:
         await self._op("res")
-        return avcm.Res._create(vcm, self.space.allocate(size, avcm.PAGE_SIZE), size)
+        return avcm.lowlevel.create_res(vcm, self.space.allocate(size, avcm.PAGE_SIZE), size)
 
     async def phys(self, vcm: avcm.Vcm, size: int, flags: int) -> avcm.Phys:
         await self._op("phys")

@@ -191,7 +191,7 @@ def slow_phys(memory: avcm.PhysicalMemory) -> avcm.Phys:
         await anyio.sleep(DELAY)
         await inner.free()
 
-    return avcm.Phys._create(inner.parts, free=free, memory=memory)
+    return avcm.lowlevel.create_phys(inner.parts, free=free, memory=memory)
 
 
 async def test_rule6_free_racing_bind(memory: avcm.PhysicalMemory) -> None:

@@ -128,7 +128,7 @@ async def test_phys_free_callback_must_be_a_coroutine_function() -> None:
         pass
 
     with pytest.raises(avcm.InvalidError, match=r"free callback .* is not a coroutine function"):
-        avcm.Phys._create([(0x8000_0000, 4096)], free=free)  # type: ignore[arg-type]
+        avcm.lowlevel.create_phys([(0x8000_0000, 4096)], free=free)  # type: ignore[arg-type]
 
 
 # -- the error table ---------------------------------------------------------------------------
@@ -703,7 +703,7 @@ class FlakyFree:
         await self.inner.free()
 
     def phys(self) -> avcm.Phys:
-        return avcm.Phys._create(self.inner.parts, free=self, memory=self.inner.memory)
+        return avcm.lowlevel.create_phys(self.inner.parts, free=self, memory=self.inner.memory)
 
 
 async def test_destroy_binding_with_failing_free_changes_nothing(

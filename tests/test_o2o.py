@@ -88,7 +88,7 @@ async def test_bind_only_to_own_memory(vcm: avcm.Vcm) -> None:
 
 
 async def test_foreign_phys_cannot_be_mapped(vcm: avcm.Vcm) -> None:
-    stranger = avcm.Phys._create([(WINDOW, 4096)])
+    stranger = avcm.lowlevel.create_phys([(WINDOW, 4096)])
     with pytest.raises(avcm.NotSupportedError, match="not allocated"):
         await vcm.map(stranger)
     assert stranger.bindings == 0

@@ -138,7 +138,7 @@ class Recorder:
 
 
 async def test_walk_example_1m_plus_8k() -> None:
-    phys = avcm.Phys._create([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
+    phys = avcm.lowlevel.create_phys([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
     walk = Recorder()
     await avcm.phys_walk(0x1000_0000, phys, (8, 0), walk.callback)
     assert walk.pages == [
@@ -151,7 +151,7 @@ async def test_walk_example_1m_plus_8k() -> None:
 async def test_walk_rechooses_the_page_size_at_every_step() -> None:
     # A 2 MiB part that starts 64 KiB aligned: 64 KiB pages up to the 1 MiB boundary, then a
     # 1 MiB page, then 64 KiB pages again. The patch chose one size per part (all 64 KiB).
-    phys = avcm.Phys._create([(0x80F1_0000, 2 * MiB)])
+    phys = avcm.lowlevel.create_phys([(0x80F1_0000, 2 * MiB)])
     walk = Recorder()
     await avcm.phys_walk(0x10F1_0000, phys, (8, 4, 0), walk.callback)
     orders = [order for _, _, order in walk.pages]
@@ -161,7 +161,7 @@ async def test_walk_rechooses_the_page_size_at_every_step() -> None:
 
 
 async def test_walk_limited_by_the_less_aligned_address() -> None:
-    phys = avcm.Phys._create([(0x8000_0000, MiB)])
+    phys = avcm.lowlevel.create_phys([(0x8000_0000, MiB)])
     walk = Recorder()
     await avcm.phys_walk(0x1001_0000, phys, (8, 4, 0), walk.callback)
     assert [order for _, _, order in walk.pages] == [4] * 16
@@ -169,7 +169,7 @@ async def test_walk_limited_by_the_less_aligned_address() -> None:
 
 @pytest.mark.parametrize("fail_at", [0, 1, 2])
 async def test_walk_failure_recovers_exactly_the_pages_done_in_reverse(fail_at: int) -> None:
-    phys = avcm.Phys._create([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
+    phys = avcm.lowlevel.create_phys([(0x8010_0000, MiB), (0x8030_0000, 8 * KiB)])
     walk = Recorder(fail_at=fail_at)
     with pytest.raises(avcm.VcmError, match="failed"):
         await avcm.phys_walk(0x1000_0000, phys, (8, 0), walk.callback, walk.recovery)
@@ -178,7 +178,7 @@ async def test_walk_failure_recovers_exactly_the_pages_done_in_reverse(fail_at: 
 
 
 async def test_walk_without_recovery_reraises() -> None:
-    phys = avcm.Phys._create([(0x8000_0000, 8 * KiB)])
+    phys = avcm.lowlevel.create_phys([(0x8000_0000, 8 * KiB)])
     walk = Recorder(fail_at=1)
     with pytest.raises(avcm.VcmError):
         await avcm.phys_walk(0, phys, (0,), walk.callback)
@@ -186,7 +186,7 @@ async def test_walk_without_recovery_reraises() -> None:
 
 
 async def test_walk_failing_recovery_is_noted() -> None:
-    phys = avcm.Phys._create([(0x8000_0000, 16 * KiB)])
+    phys = avcm.lowlevel.create_phys([(0x8000_0000, 16 * KiB)])
     walk = Recorder(fail_at=3)
 
     async def bad_recovery(vaddr: int, paddr: int, order: int) -> None:
@@ -199,7 +199,7 @@ async def test_walk_failing_recovery_is_noted() -> None:
 
 @pytest.mark.parametrize("vaddr", [1, -4096, 4096.0])
 async def test_walk_bad_vaddr(vaddr: object) -> None:
-    phys = avcm.Phys._create([(0, 4096)])
+    phys = avcm.lowlevel.create_phys([(0, 4096)])
     with pytest.raises(avcm.InvalidError):
         await avcm.phys_walk(vaddr, phys, (0,), Recorder().callback)  # type: ignore[arg-type]
 
@@ -244,12 +244,12 @@ async def test_walk_of_freed_phys_is_einval(memory: avcm.PhysicalMemory) -> None
 )
 async def test_phys_rejects_bad_parts(parts: list[tuple[int, int]]) -> None:
     with pytest.raises(avcm.InvalidError) as info:
-        avcm.Phys._create(parts)
+        avcm.lowlevel.create_phys(parts)
     assert info.value.errno == errno.EINVAL
 
 
 async def test_phys_parts_in_any_order_that_do_not_overlap() -> None:
-    phys = avcm.Phys._create(
+    phys = avcm.lowlevel.create_phys(
         [(0x10_0000, 4096), (0x8000, 4096), (0xF_F000, 4096), (0x10_1000, 4096)]
     )
     assert [part.start for part in phys.parts] == [0x10_0000, 0x8000, 0xF_F000, 0x10_1000]
@@ -257,13 +257,13 @@ async def test_phys_parts_in_any_order_that_do_not_overlap() -> None:
 
 async def test_phys_and_walk_up_to_the_last_64_bit_page() -> None:
     top = (1 << 64) - 4096
-    phys = avcm.Phys._create([(top, 4096)])
+    phys = avcm.lowlevel.create_phys([(top, 4096)])
     assert phys.parts == (avcm.PhysPart(top, 4096),)
     walk = Recorder()
     await avcm.phys_walk(top, phys, (0,), walk.callback)
     assert walk.pages == [(top, top, 0)]
     with pytest.raises(avcm.InvalidError, match="64-bit"):
-        await avcm.phys_walk(top, avcm.Phys._create([(0, 8192)]), (0,), walk.callback)
+        await avcm.phys_walk(top, avcm.lowlevel.create_phys([(0, 8192)]), (0,), walk.callback)
 
 
 async def _walk_target(memory: avcm.PhysicalMemory, kind: str) -> object:
