@@ -9,9 +9,9 @@ This namespace is the contract only: the objects, their operations, the errors a
 the wrappers' constructors (:func:`mmu_init`, :func:`o2o_init`), :func:`phys_alloc` and
 :func:`phys_walk` over :class:`PhysicalMemory`, and the statistics records. What a driver
 writer needs on top of it (driver interfaces, the factories a driver makes reservations and
-phys with, the mutex and atomic counter, the sync hook, the address allocator) is in :mod:`avcm.lowlevel`; the checks that judge a run (the model check,
-the quiescent invariants) and the race finder are in :mod:`avcm.testing`, which ``import avcm``
-does not import.
+phys with, the mutex and atomic counter, the sync hook, the address allocator) is in
+:mod:`avcm.lowlevel`; the checks that judge a run (the model check, the quiescent invariants)
+and the race finder are in :mod:`avcm.testing`, which ``import avcm`` does not import.
 """
 
 from . import lowlevel
