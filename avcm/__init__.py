@@ -3,7 +3,8 @@
 Contexts (:class:`Vcm`) are address spaces devices see; reservations (:class:`Res`) are ranges
 of them; :class:`Phys` is physical memory; binding a phys to a reservation and activating the
 context puts the mapping in the hardware. Every operation that may wait is a coroutine and runs
-unchanged on asyncio and trio. The contract is ``SEMANTICS.md``; drivers are in ``drivers/``.
+unchanged on asyncio and trio. The contract is ``docs/contract.md``; drivers are in
+``drivers/``.
 
 This namespace is the contract only: the objects, their operations, the errors and the warning,
 the wrappers' constructors (:func:`mmu_init`, :func:`o2o_init`), :func:`phys_alloc` and
