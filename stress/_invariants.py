@@ -98,7 +98,7 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
             seen = ctx.device_read(res.start + offset, length)
             if seen != pattern:
                 raise Violation(
-                    "data",
+                    "rule 4",
                     f"{length} bytes written through {writer.name} at "
                     f"{written_at.start + offset:#x} read back differently through {ctx.name} "
                     f"at {res.start + offset:#x}",
@@ -112,7 +112,7 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         world.memory.read(_physical_address(phys, offset + i), 1)[0] for i in range(length)
     )
     if truth != pattern:
-        raise Violation("data", f"physical memory of {world.name(phys)} does not hold the pattern")
+        raise Violation("rule 4", f"physical memory of {world.name(phys)} lacks the pattern")
     return f"ok {len(views)} view(s)"
 
 

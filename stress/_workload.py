@@ -214,7 +214,7 @@ async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:
             return f"{ctx.name} {size:#x}", "EOPNOTSUPP (one-to-one)"
         raise
     if ctx.one_to_one:
-        raise Violation("contract", f"reserve alone succeeded on one-to-one {ctx.name}")
+        raise Violation("errors", f"reserve alone succeeded on one-to-one {ctx.name}")
     world.adopt_res(res)
     return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
@@ -379,7 +379,7 @@ def _classify(op: str, error: avcm.VcmError) -> str:
         return f"fault {name}"
     if code in ALLOWED[op]:
         return name
-    raise Violation("unexpected error", f"{op} raised {error!r}")
+    raise Violation("errors", f"{op} raised {error!r}, an errno not allowed here")
 
 
 async def _run_one(world: World, task: TaskState, op: str) -> None:
@@ -419,7 +419,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         outcome = "VIOLATION"
         if result.violation is None:
             result.violation = Violation(
-                "unexpected exception",
+                "errors",
                 f"{op} raised {error!r}\n" + "".join(traceback.format_exception(error)[-6:]),
                 seq=seq,
             )
@@ -502,4 +502,4 @@ def _count_warnings(world: World, caught: list[warnings.WarningMessage]) -> None
         if not issubclass(warning.category, avcm.VcmWarning):
             continue
         if not text.startswith(EXPECTED_WARNINGS) and world.result.violation is None:
-            world.result.violation = Violation("unexpected warning", text, seq=world.seq)
+            world.result.violation = Violation("warnings", f"unexpected {text}", seq=world.seq)

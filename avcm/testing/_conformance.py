@@ -48,7 +48,9 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
             continue
         if isinstance(error, VcmError) and error.errno in allowed:
             continue
-        raise AssertionError(f"{outcome.name} failed unexpectedly: {outcome.describe()}") from error
+        raise AssertionError(
+            f"errors: {outcome.name} failed unexpectedly: {outcome.describe()}"
+        ) from error
 
 
 # -- the scenarios ---------------------------------------------------------------------------
