@@ -3,6 +3,7 @@ table gives for each situation is the one avcm raises."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import re
 import warnings
@@ -140,6 +141,14 @@ async def _einval_bad_driver(world: World) -> None:
     avcm.o2o_init(0, 1 << 20, object())  # type: ignore[arg-type]
 
 
+async def _einval_no_constructor(world: World) -> None:
+    avcm.Res(world.iommu, world.iommu.start, 4 * KiB)
+
+
+async def _einval_copy(world: World) -> None:
+    copy.copy(await world.iommu.alloc(4 * KiB))
+
+
 async def _ealready(world: World) -> None:
     res, phys = await _bound(world)
     await res.bind(phys)
@@ -187,7 +196,14 @@ async def _ebusy_map_twice(world: World) -> None:
 
 
 CASES: dict[str, list[Case]] = {
-    "EINVAL": [_einval_bad_size, _einval_double_free, _einval_destroyed, _einval_bad_driver],
+    "EINVAL": [
+        _einval_bad_size,
+        _einval_double_free,
+        _einval_destroyed,
+        _einval_bad_driver,
+        _einval_no_constructor,
+        _einval_copy,
+    ],
     "EALREADY": [_ealready],
     "EADDRINUSE": [_eaddrinuse],
     "ENOSPC": [_enospc_bind, _enospc_space],
