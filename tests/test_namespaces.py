@@ -18,7 +18,7 @@ from tests._recording import make_context
 pytestmark = pytest.mark.anyio
 
 CONTRACT = {
-    # SEMANTICS.md's public names
+    # the contract's public names (docs/contract.md, API)
     "PAGE_SIZE",
     "PAGE_SHIFT",
     "VcmError",
