@@ -41,8 +41,10 @@ def _requirement_name(requirement: str) -> str:
 def test_every_third_party_import_is_a_declared_dependency() -> None:
     declared = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
     # modules that only the test extra's users import (the pytest plugin, the Hypothesis
-    # strategies), and the packages of this distribution
-    optional = {_requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    # strategies) or the cluster extra's (campaigns on Dask), and the packages of this
+    # distribution
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    optional = {_requirement_name(r) for extra in ("test", "cluster") for r in extras[extra]}
     ours = set(PACKAGES)
     for package in PACKAGES:
         third_party = {
