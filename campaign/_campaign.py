@@ -53,6 +53,7 @@ class CampaignResult:
     signatures: dict[str, Signature] = field(default_factory=dict)
     regressions: list[Regression] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    workers: Counter[str] = field(default_factory=Counter)  # runs finished, by worker
 
     @property
     def failed(self) -> bool:
@@ -61,6 +62,7 @@ class CampaignResult:
 
     def merge(self, result: UnitResult) -> None:
         self.work += result.work
+        self.workers[result.worker] += 1
         for op, counts in result.outcomes.items():
             self.outcomes[op].update(counts)
         for op, buckets in result.latency.items():

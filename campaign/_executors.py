@@ -164,9 +164,11 @@ class DaskExecutor:
                     silence_logs=logging.CRITICAL,
                 )
                 self._client: Any = distributed.Client(self._cluster)
+                # else the first units all go to the first worker that is up
+                self._client.wait_for_workers(count, timeout=60)
                 self.description = f"a local Dask cluster of {count} worker processes"
             else:
-                self._client = distributed.Client(address, timeout="10s")
+                self._client = distributed.Client(address)
                 self.description = f"the Dask cluster at {address}"
         except (OSError, TimeoutError) as error:
             self.close()

@@ -105,6 +105,7 @@ def report_json(result: CampaignResult, store: Path | None) -> dict[str, Any]:
             for r in result.regressions
         ],
         "notices": list(result.notices),
+        "runs_by_worker": dict(sorted(result.workers.items())),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -39,14 +40,22 @@ class UnitError(Exception):
     setup error of the campaign, not a failure of the code under test."""
 
 
-_NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
+# a number names a rule (kept) or counts and places something (taken out)
+_NUMBERS = re.compile(r"(rules? \d+(?:(?:, | and )\d+)*)|0x[0-9a-fA-F]+|\d+")
+
+
+def _placeholder(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1)
+    return "0x?" if match.group().startswith("0x") else "N"
 
 
 def normalize(text: str) -> str:
     """*text*'s first line with addresses and numbers taken out: ``phys#12 at 0x1f000`` and
-    ``phys#3 at 0x2000`` are the same failure seen twice."""
+    ``phys#3 at 0x2000`` are the same failure seen twice; a rule's number (``rule 9``,
+    ``rules 1, 3``) stays."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return _NUMBERS.sub(lambda m: "0x?" if m.group().startswith("0x") else "N", first)
+    return _NUMBERS.sub(_placeholder, first)
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class UnitResult:
     work: int  # operations (stress) or schedules (race finder) run
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     latency: dict[str, list[int]] = field(default_factory=dict)
+    # which process ran it (host:pid): how the work spread over the workers
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def load_spec(spec: str, what: str) -> Any:

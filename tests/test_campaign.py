@@ -1,0 +1,383 @@
+"""Campaigns: units, the failure store, the engine (in process, on local processes, on a real
+2-worker Dask LocalCluster), reports and the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+
+import campaign
+from campaign import (
+    ConformanceUnit,
+    ExploreUnit,
+    FailureStore,
+    FoundFailure,
+    StoredFailure,
+    StressUnit,
+    Unit,
+    UnitResult,
+)
+from tests.campaign_drivers import KILL_MARKER
+
+LEAKY = "tests.broken_drivers:leaky"
+
+
+def stress_unit(seed: int = 0, ops: int = 200, driver: str | None = LEAKY) -> StressUnit:
+    import stress
+
+    contexts = (("custom", 1),) if driver else stress.StressConfig.contexts
+    config = stress.StressConfig(seed=seed, ops=ops, tasks=8, driver=driver, contexts=contexts)
+    return StressUnit(config.to_json())
+
+
+class InlineExecutor:
+    """Runs each unit in the test process, at once: the campaign loop without processes."""
+
+    workers = 1
+    description = "the test process"
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Unit, Any]] = []
+        self.ran: list[Unit] = []
+
+    def submit(self, unit: Unit, tag: Any) -> None:
+        self.queue.append((unit, tag))
+
+    def completed(self) -> Iterator[tuple[Any, UnitResult | BaseException]]:
+        while self.queue:
+            unit, tag = self.queue.pop(0)
+            self.ran.append(unit)
+            yield tag, unit.run()
+
+    def notices(self) -> list[str]:
+        return []
+
+    def cancel(self) -> None:
+        self.queue.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def _key(unit: Unit) -> str:
+    return json.dumps(unit.to_json(), sort_keys=True)
+
+
+def stress_units(driver: str | None = LEAKY) -> Iterator[Unit]:
+    seed = 0
+    while True:
+        yield stress_unit(seed, driver=driver)
+        seed += 1
+
+
+# -- units and signatures ---------------------------------------------------------------------
+
+
+def test_normalize_takes_out_numbers_and_addresses_but_not_rule_numbers() -> None:
+    assert campaign.normalize("rule 9: 0x1f000 bytes of phys#12, 3 more\nnext") == (
+        "rule 9: 0x? bytes of phys#N, N more"
+    )
+    assert campaign.normalize("rules 1, 3: 17 tasks") == "rules 1, 3: N tasks"
+
+
+def test_stress_unit_finds_the_failure_and_shrinks_it_to_a_run_that_still_fails() -> None:
+    result = stress_unit(ops=300).run()
+    failure = result.failure
+    assert failure is not None and result.work == 300
+    assert failure.signature.startswith(f"stress [{LEAKY}] rule 9: 0x? bytes")
+    assert failure.size[0] < 300
+    assert isinstance(failure.reproducer, StressUnit)
+    assert failure.reproducer.config["ops"] == failure.size[0]
+    again = failure.reproducer.run()
+    assert again.failure is not None and again.failure.signature == failure.signature
+    assert result.latency and set(result.latency) <= set(result.outcomes)
+
+
+def test_units_round_trip_through_json() -> None:
+    units: list[Unit] = [
+        stress_unit(3),
+        ConformanceUnit(LEAKY, "one_winner", seed=2, schedules=5),
+        ExploreUnit("tests.campaign_drivers:always_fails", strategy="random", seed=4),
+    ]
+    for unit in units:
+        assert campaign.unit_from_json(json.loads(json.dumps(unit.to_json()))) == unit
+    with pytest.raises(campaign.UnitError, match="kind"):
+        campaign.unit_from_json({"kind": "nope"})
+
+
+def test_conformance_unit_failure_replays_from_its_token() -> None:
+    result = ConformanceUnit(LEAKY, "allocation_and_leaks", schedules=5).run()
+    assert result.failure is not None
+    assert result.failure.signature.startswith("conformance:allocation_and_leaks [")
+    reproducer = result.failure.reproducer
+    assert isinstance(reproducer, ConformanceUnit) and reproducer.token is not None
+    replayed = reproducer.run().failure
+    assert replayed is not None and replayed.signature == result.failure.signature
+
+
+def test_explore_unit_failure_replays_from_its_token() -> None:
+    unit = ExploreUnit("tests.campaign_drivers:always_fails", schedules=3)
+    failure = unit.run().failure
+    assert failure is not None
+    assert failure.signature.endswith("AssertionError: counter is N, expected N")
+    replayed = failure.reproducer.run().failure
+    assert replayed is not None and replayed.signature == failure.signature
+
+
+def test_a_unit_that_cannot_import_its_driver_is_a_unit_error() -> None:
+    with pytest.raises(campaign.UnitError, match="no_such_module"):
+        ExploreUnit("no_such_module:scenario").run()
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def stored(signature: str = "sig", ops: int = 10, fixed: bool = False) -> StoredFailure:
+    failure = FoundFailure(signature, "title", "detail", (ops,), stress_unit(ops=ops))
+    record = StoredFailure.from_failure(failure, Path("."))
+    return record if not fixed else StoredFailure(**{**record.__dict__, "fixed": True})
+
+
+def test_store_keeps_one_content_addressed_file_per_failure_and_the_smallest(
+    tmp_path: Path,
+) -> None:
+    store = FailureStore(tmp_path / "store")
+    assert store.save(stored(ops=50))
+    assert not store.save(stored(ops=80))  # bigger: the stored one stays
+    assert store.save(stored(ops=20))  # smaller: replaces it
+    record = stored(ops=20)
+    files = list((tmp_path / "store" / record.id).iterdir())
+    assert len(files) == 1
+    # named by the hash of its content, so a copy from another store is the same file
+    assert files[0].stem == hashlib.sha384(files[0].read_bytes()).hexdigest()[:16]
+    fetched = store.fetch(record.id)
+    assert fetched is not None and fetched.size == (20,) and fetched.reproducer == record.reproducer
+    assert campaign.find([store], record.id[:5]).id == record.id
+
+
+def test_store_skips_a_corrupted_entry_with_one_line_and_keeps_it(tmp_path: Path) -> None:
+    store = FailureStore(tmp_path)
+    store.save(stored("good"))
+    bad = stored("bad")
+    (tmp_path / bad.id).mkdir()
+    (tmp_path / bad.id / "0123.json").write_text('{"version": 1, "signa')
+    (tmp_path / bad.id / ".interrupted.tmp").write_text("half a wri")  # a crash mid-write
+    assert [record.signature for record in store] == ["good"]
+    assert len(store.problems) == 1 and "skipped corrupted entry" in store.problems[0]
+    assert (tmp_path / bad.id / "0123.json").exists()  # nothing stored is lost
+
+
+def test_read_only_store_is_never_written(tmp_path: Path) -> None:
+    (tmp_path / "ci").mkdir()
+    shared = FailureStore(tmp_path / "ci", read_only=True)
+    assert not shared.save(stored())
+    shared.mark_fixed(stored())
+    assert list((tmp_path / "ci").iterdir()) == []
+
+
+def test_store_under_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(campaign.StoreError, match="not a directory"):
+        FailureStore(tmp_path / "file" / "store").check()
+
+
+# -- the campaign loop --------------------------------------------------------------------------
+
+
+def test_campaign_groups_failures_by_signature_and_stores_the_smallest(tmp_path: Path) -> None:
+    store = FailureStore(tmp_path)
+    result = campaign.run_campaign(stress_units(), InlineExecutor(), runs=4, store=store)
+    assert result.runs == result.failed_runs == 4
+    [signature] = result.signatures.values()
+    assert signature.count == 4 and signature.new
+    record = store.fetch(signature.id)
+    assert record is not None and record.size == signature.failure.size
+
+
+def test_campaign_is_bounded_by_its_duration() -> None:
+    ticks = iter(range(100))
+    executor = InlineExecutor()
+    result = campaign.run_campaign(
+        stress_units(None), executor, duration=2.5, clock=lambda: float(next(ticks))
+    )
+    # started at 0, one tick per check: the units started before 2.5 s ran, no more
+    assert 1 <= result.runs < 4 and not result.failed
+
+
+def test_campaign_reruns_stored_failures_first_and_marks_the_fixed_ones(tmp_path: Path) -> None:
+    store = FailureStore(tmp_path)
+    # a failure of a driver that is now correct: its reproducer runs clean
+    fixed = StoredFailure.from_failure(
+        FoundFailure("stress gone", "gone", "", (50,), stress_unit(ops=50, driver=None)),
+        tmp_path,
+    )
+    store.save(fixed)
+    first = campaign.run_campaign(stress_units(), InlineExecutor(), runs=1, store=store)
+    still = next(iter(first.signatures.values()))
+    stored_still = store.fetch(still.id)
+    assert stored_still is not None
+    executor = InlineExecutor()
+    second = campaign.run_campaign(stress_units(), executor, runs=1, store=store)
+    # the stored failures ran first, then the new unit
+    assert len(executor.ran) == 3
+    reproducers = [fixed.reproducer, stored_still.reproducer]
+    assert {_key(u) for u in executor.ran[:2]} == {_key(u) for u in reproducers}
+    by_id = {r.stored.id: r for r in second.regressions}
+    assert not by_id[fixed.id].still_fails and by_id[still.id].still_fails
+    assert not second.signatures[still.id].new
+    refetched = store.fetch(fixed.id)
+    assert refetched is not None and refetched.fixed
+
+
+# -- reports --------------------------------------------------------------------------------
+
+
+class _Balanced(HTMLParser):
+    VOID = frozenset({"meta", "br", "img", "input", "link", "hr", "polyline"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        pass
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+
+def test_reports_json_junit_and_html(tmp_path: Path) -> None:
+    result = campaign.run_campaign(stress_units(), InlineExecutor(), runs=3)
+    report = campaign.report_json(result, tmp_path)
+    assert report["runs"] == 3 and len(report["failures"]) == 1
+    assert "campaign replay" in report["failures"][0]["replay"]
+    suite = ElementTree.fromstring(campaign.report_junit(result, tmp_path))
+    cases = suite.findall("testcase")
+    assert suite.get("failures") == "1" and len(cases) == 2
+    assert cases[0].find("failure") is not None and cases[1].find("failure") is None
+    page = campaign.report_html(result, tmp_path)
+    parser = _Balanced()
+    parser.feed(page)
+    parser.close()
+    assert parser.open == []
+    assert "<svg" in page and "campaign replay" in page and "rule 9" in page
+    embedded = page.split('id="report">')[1].split("</script>")[0]
+    assert json.loads(embedded)["runs"] == 3
+
+
+# -- the command line, on processes -----------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = campaign.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_local_processes_campaign_survives_a_killed_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tickets").mkdir()
+    monkeypatch.setenv(KILL_MARKER, str(tmp_path / "tickets"))
+    store = tmp_path / "store"
+    status, out, err = run_cli(
+        capsys, "stress", "--driver", "tests.campaign_drivers:leaky_killing_once",
+        "--ops", "200", "--tasks", "8", "--runs", "4", "--jobs", "2", "--store", str(store),
+        "--quiet",
+    )  # fmt: skip
+    assert status == 1, err
+    assert "4 runs" in out and "1 distinct failure" in out
+    [line] = err.splitlines()
+    assert "worker process died" in line and "retried" in line
+
+
+@pytest.fixture
+def fast_connect_timeout() -> Iterator[None]:
+    dask = pytest.importorskip("dask")
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        yield
+
+
+def test_cluster_campaign_dedups_across_workers_stores_and_replays_by_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("distributed")
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    (tmp_path / "tickets").mkdir()
+    monkeypatch.setenv(KILL_MARKER, str(tmp_path / "tickets"))
+    store, report = tmp_path / "store", tmp_path / "report.json"
+    status, out, err = run_cli(
+        capsys, "stress", "--driver", "tests.campaign_drivers:leaky_killing_once",
+        "--ops", "200", "--tasks", "8", "--runs", "6", "--workers", "2",
+        "--store", str(store), "--json", str(report), "--quiet",
+    )  # fmt: skip
+    assert status == 1, err
+    # the worker that the first run killed: one line, and its runs ran on the others
+    [line] = err.splitlines()
+    assert "died" in line and "remaining workers" in line
+    document = json.loads(report.read_text())
+    assert "local Dask cluster of 2" in document["executor"]
+    assert document["runs"] == 6 and document["lost_runs"] == 0
+    [failure] = document["failures"]
+    assert failure["count"] == 6 and len(document["runs_by_worker"]) >= 2
+    assert [path.name for path in store.iterdir()] == [failure["id"]]
+
+    status, out, err = run_cli(capsys, "replay", failure["id"][:6], "--store", str(store))
+    assert status == 1 and "reproduced" in out, err
+
+
+def test_unreachable_scheduler_is_one_line_and_status_2(
+    fast_connect_timeout: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(
+        capsys, "stress", "--runs", "1", "--scheduler", "tcp://127.0.0.1:9",
+        "--store", str(tmp_path),
+    )  # fmt: skip
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stress", "--driver", "nowhere:make"], "cannot import"),
+        (["stress", "--ops", "0"], "must be at least 1"),
+        (["stress", "--json", "."], "is a directory"),
+        (["replay", "abc123"], "no stored failure abc123"),
+        (["replay", "not-hex"], "is not a failure id"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(capsys, *args, "--store", str(tmp_path))
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert message in line
+
+
+def test_list_shows_stored_failures_and_one_line_per_corrupted_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FailureStore(tmp_path).save(stored("kept"))
+    (tmp_path / "0000").mkdir()
+    (tmp_path / "0000" / "x.json").write_text("not json")
+    status, out, err = run_cli(capsys, "list", "--store", str(tmp_path))
+    assert status == 0 and stored("kept").id in out
+    [line] = err.splitlines()
+    assert "skipped corrupted entry 0000/x.json" in line
+    assert os.path.exists(tmp_path / "0000" / "x.json")
