@@ -148,8 +148,8 @@ def run_campaign(
         for job, outcome in executor.completed():
             for line in executor.notices():
                 notice(line)
-            if isinstance(outcome, UnitError):
-                raise outcome
+            if isinstance(outcome, UnitError) and job.regression is None:
+                raise outcome  # the campaign's own settings: nothing of it can run
             if job.regression is None:
                 if isinstance(outcome, BaseException):
                     result.lost_runs += 1

@@ -10,6 +10,7 @@ unknown failure id), 3 when ``replay`` failed otherwise than stored, 130 when in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from ._campaign import CampaignResult, run_campaign
 from ._executors import DaskExecutor, Executor, ExecutorError, LocalExecutor, dask_available
@@ -32,6 +33,7 @@ EXIT_CLEAN, EXIT_FAILED, EXIT_USAGE, EXIT_OTHER_FAILURE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 DEFAULT_STORE = Path(".avcm-failures")
 DEFAULT_RUNS = 100
+_T = TypeVar("_T")
 
 
 class UsageError(Exception):
@@ -43,37 +45,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _checked(
+    convert: Callable[[str], _T], ok: Callable[[_T], bool], what: str
+) -> Callable[[str], _T]:
+    """An argparse type: *text* converted, and refused unless *ok*, saying it is not *what*."""
+
+    def parse(text: str) -> _T:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
 
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
-    return value
+_count = _checked(int, lambda n: n >= 1, "a whole number of at least 1")
+_seconds = _checked(
+    float, lambda s: math.isfinite(s) and s > 0, "a positive, finite number of seconds"
+)
+_rate = _checked(float, lambda r: 0.0 <= r <= 1.0, "a rate between 0 and 1")
 
 
 def _contexts(text: str) -> tuple[tuple[str, int], ...]:
@@ -91,7 +84,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     bound = parser.add_argument_group("how much")
     bound.add_argument(
         "--runs",
-        type=_whole(1),
+        type=_count,
         default=None,
         help=f"stop after this many runs (default: {DEFAULT_RUNS}, or none with --duration)",
     )
@@ -112,14 +105,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--workers",
-        type=_whole(1),
+        type=_count,
         default=None,
         metavar="N",
         help="worker processes of the local cluster (default: one per core)",
     )
     where.add_argument(
         "--jobs",
-        type=_whole(1),
+        type=_count,
         default=None,
         metavar="N",
         help="run on N local processes without Dask",
@@ -163,21 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     stress = commands.add_parser("stress", help="stress runs, one seed each")
     stress.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    stress.add_argument("--ops", type=_whole(1), default=2000, help="operations per run")
-    stress.add_argument("--tasks", type=_whole(1), default=64, help="tasks per run")
+    stress.add_argument("--ops", type=_count, default=2000, help="operations per run")
+    stress.add_argument("--tasks", type=_count, default=64, help="tasks per run")
     stress.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     stress.add_argument("--driver", metavar="MODULE:FACTORY", default=None)
     stress.add_argument("--contexts", type=_contexts, default=None, help="e.g. iommu=2,cpu=1")
     stress.add_argument("--latency", choices=("default", "slow", "zero"), default="default")
     stress.add_argument("--faults", type=_rate, default=0.0, metavar="RATE")
     stress.add_argument("--cancel", type=_rate, default=0.0, metavar="RATE")
-    stress.add_argument("--check-every", type=_whole(1), default=50, metavar="N")
+    stress.add_argument("--check-every", type=_count, default=50, metavar="N")
     _common(stress)
 
     conformance = commands.add_parser("conformance", help="conformance scenarios, by seed")
     conformance.add_argument("factory", metavar="MODULE:FACTORY")
     conformance.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    conformance.add_argument("--schedules", type=_whole(1), default=200)
+    conformance.add_argument("--schedules", type=_count, default=200)
     conformance.add_argument("--backend", choices=("asyncio", "trio"), default="trio")
     _common(conformance)
 
@@ -186,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explore.add_argument("scenario", metavar="MODULE:FUNCTION")
     explore.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    explore.add_argument("--schedules", type=_whole(1), default=200)
+    explore.add_argument("--schedules", type=_count, default=200)
     explore.add_argument("--backend", choices=("asyncio", "trio"), default="trio")
     _common(explore)
 
@@ -205,19 +198,14 @@ def _stress_units(args: argparse.Namespace) -> Iterator[Unit]:
     contexts = args.contexts
     if contexts is None:
         contexts = (("custom", 1),) if args.driver else stress.StressConfig.contexts
+    # every stress option this command has is a StressConfig field of the same name
+    settings = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(stress.StressConfig)
+        if f.name in vars(args) and f.name != "duration"  # the campaign's, not a run's
+    }
     try:
-        config = stress.StressConfig(
-            backend=args.backend,
-            seed=args.seed,
-            tasks=args.tasks,
-            ops=args.ops,
-            contexts=contexts,
-            latency=args.latency,
-            faults=args.faults,
-            cancel=args.cancel,
-            driver=args.driver,
-            check_every=args.check_every,
-        )
+        config = stress.StressConfig(**{**settings, "contexts": contexts})
     except stress.UsageError as error:
         raise UsageError(str(error)) from None
     if args.driver is not None:
@@ -360,7 +348,14 @@ def _replay(args: argparse.Namespace) -> int:
     for problem in dict.fromkeys(p for s in stores for p in s.problems):
         print(f"avcm-campaign: {problem}", file=sys.stderr)
     print(f"replaying {record.id} ({record.reproducer.label()}): {record.title}")
-    result = record.reproducer.run()
+    try:
+        result = record.reproducer.run()
+    except UnitError:
+        raise
+    except Exception as error:
+        # a schedule token the changed code no longer follows, for instance
+        print(f"did not run as stored: {type(error).__name__}: {error}")
+        return EXIT_OTHER_FAILURE
     found = result.failure
     if found is None:
         print("no failure: it passes now (fixed?)")

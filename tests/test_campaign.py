@@ -355,7 +355,10 @@ def test_unreachable_scheduler_is_one_line_and_status_2(
     ("args", "message"),
     [
         (["stress", "--driver", "nowhere:make"], "cannot import"),
-        (["stress", "--ops", "0"], "must be at least 1"),
+        (["stress", "--ops", "0"], "'0' is not a whole number of at least 1"),
+        (["stress", "--duration", "inf"], "not a positive, finite number of seconds"),
+        (["stress", "--faults", "2"], "not a rate between 0 and 1"),
+        (["stress", "--contexts", "gpu=1"], "unknown kind 'gpu'"),
         (["stress", "--json", "."], "is a directory"),
         (["replay", "abc123"], "no stored failure abc123"),
         (["replay", "not-hex"], "is not a failure id"),
