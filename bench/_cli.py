@@ -17,14 +17,20 @@ from avcm import testing
 from avcm.testing import backend_options
 
 from . import _rows
+from ._campaign import campaign_rows
 from ._races import race_rows
 from ._rows import Row
 
 __all__ = ["main"]
 
 # the groups of rows measure() reports progress for: allocator and memory, then the operations
-# and the stress harness on each backend, then the race finder on trio
+# and the stress harness on each backend, then the race finder on trio (and, but for --quick,
+# the campaign engine on Dask)
 MEASURED_GROUPS = 6
+
+
+def measured_groups(quick: bool) -> int:
+    return MEASURED_GROUPS if quick else MEASURED_GROUPS + 1
 
 
 async def _async_rows(quick: bool) -> list[Row]:
@@ -69,6 +75,10 @@ def measure(
             next_group("trio: race finder")
             rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)
         results[backend] = rows
+    if not quick:
+        # worker processes and a cluster per size: too slow for a smoke run
+        next_group("campaign on Dask")
+        results["any"] += campaign_rows(runs=8, ops=3_000)
     if on_progress is not None:
         on_progress(done)
     return results
@@ -96,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="smaller sizes, for a smoke run: targets are set for the full ones, none is judged",
     )
     args = parser.parse_args(argv)
-    with testing.progress_bar("bench", MEASURED_GROUPS) as update:
+    with testing.progress_bar("bench", measured_groups(args.quick)) as update:
         results = measure(args.quick, update)
     if args.quick:
         results = {b: [replace(r, met=None) for r in rows] for b, rows in results.items()}

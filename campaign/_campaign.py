@@ -45,6 +45,7 @@ class CampaignResult:
     failed_runs: int = 0
     lost_runs: int = 0
     work: int = 0  # operations or schedules, all runs together
+    unit_seconds: float = 0.0  # wall time inside the runs themselves, all workers together
     wall_seconds: float = 0.0
     # (seconds since the start, runs done, work done) after each run: throughput over time
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
@@ -62,6 +63,7 @@ class CampaignResult:
 
     def merge(self, result: UnitResult) -> None:
         self.work += result.work
+        self.unit_seconds += result.wall_seconds
         self.workers[result.worker] += 1
         for op, counts in result.outcomes.items():
             self.outcomes[op].update(counts)
