@@ -7,6 +7,7 @@ import html
 import json
 import shlex
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -141,12 +142,23 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; }
 table { border-collapse: collapse; } td, th { padding: .2em .6em; border-bottom: 1px solid #ddd;
 text-align: left; vertical-align: top; } td.n { text-align: right; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; white-space: pre-wrap; }
-.bar { display: inline-block; height: .8em; margin-right: 1px; }
+.bar { display: inline-block; height: .8em; margin-right: 1px; vertical-align: bottom; }
+td.bars { white-space: nowrap; }
 .failure { border-left: 4px solid #c33; padding-left: 1em; margin: 1em 0; }
 .fixed { color: #383; }
 """
 
-_PALETTE = ("#4a7", "#d94", "#c33", "#47b", "#a5c", "#999", "#7bd", "#db5")
+# successes green, skipped grey, every other outcome (an errno, mostly) a colour of its own,
+# the same in every report (chosen by a checksum of its name, not by Python's salted hash)
+_OTHERS = ("#d94", "#c33", "#47b", "#a5c", "#7bd", "#db5", "#b76", "#5aa")
+
+
+def _colour(outcome: str) -> str:
+    if outcome.startswith(("ok", "passed")):
+        return "#4a7"
+    if outcome.startswith("skipped"):
+        return "#bbb"
+    return _OTHERS[zlib.crc32(outcome.encode()) % len(_OTHERS)]
 
 
 def _svg_throughput(result: CampaignResult) -> str:
@@ -183,13 +195,12 @@ def _outcome_rows(result: CampaignResult) -> str:
         total = sum(counts.values()) or 1
         bars = "".join(
             f'<span class="bar" title="{html.escape(name)}: {count:,}" '
-            f'style="width:{max(1, 300 * count // total)}px;'
-            f'background:{_PALETTE[index % len(_PALETTE)]}"></span>'
-            for index, (name, count) in enumerate(sorted(counts.items()))
+            f'style="width:{max(1, 300 * count // total)}px;background:{_colour(name)}"></span>'
+            for name, count in sorted(counts.items())
         )
         text = ", ".join(f"{html.escape(name)} {count:,}" for name, count in sorted(counts.items()))
         rows.append(
-            f"<tr><td>{html.escape(op)}</td><td class=n>{total:,}</td><td>{bars}</td>"
+            f"<tr><td>{html.escape(op)}</td><td class=n>{total:,}</td><td class=bars>{bars}</td>"
             f"<td>{text}</td></tr>"
         )
     return "".join(rows)
@@ -201,10 +212,13 @@ def _latency_rows(result: CampaignResult) -> str:
         top = max(buckets) or 1
         cells = "".join(
             f'<span class="bar" title="&lt; {1 << index} µs: {count:,}" '
-            f'style="width:6px;height:{max(1, 30 * count // top)}px;background:#47b"></span>'
+            f'style="width:8px;height:{max(1, 30 * count // top)}px;background:#47b"></span>'
             for index, count in enumerate(buckets)
         )
-        rows.append(f"<tr><td>{html.escape(op)}</td><td>{cells}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(op)}</td><td class=bars>{cells}</td>"
+            f"<td>0 to {1 << (len(buckets) - 1):,} µs</td></tr>"
+        )
     return "".join(rows)
 
 
@@ -258,7 +272,8 @@ lost; <strong>{len(result.signatures)} distinct failure(s)</strong>.</p>
 <h2>Outcomes per operation</h2>
 <table><tr><th>operation</th><th>count</th><th></th><th>outcomes</th></tr>
 {_outcome_rows(result)}</table>
-<h2>Latency (simulated; log2 buckets of µs)</h2><table>{_latency_rows(result)}</table>
+<h2>Latency (simulated time; each bar a doubling: &lt; 1 µs, &lt; 2 µs, &lt; 4 µs...)</h2>
+<table>{_latency_rows(result)}</table>
 {f"<h2>Notices</h2><ul>{notices}</ul>" if notices else ""}
 <script type="application/json" id="report">{_script_safe(result, store)}</script>
 </body></html>

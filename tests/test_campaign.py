@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -276,6 +278,26 @@ def test_reports_json_junit_and_html(tmp_path: Path) -> None:
     assert "<svg" in page and "campaign replay" in page and "rule 9" in page
     embedded = page.split('id="report">')[1].split("</script>")[0]
     assert json.loads(embedded)["runs"] == 3
+
+
+def test_html_report_opens_in_a_headless_browser_without_errors(tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    result = campaign.run_campaign(stress_units(), InlineExecutor(), runs=2)
+    page = tmp_path / "report.html"
+    page.write_text(campaign.report_html(result, tmp_path), encoding="utf-8")
+    shown = subprocess.run(
+        [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+            "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    # what the page's scripts or resources get wrong, the browser logs as CONSOLE lines
+    assert ":CONSOLE" not in shown.stderr, shown.stderr
+    assert "<svg" in shown.stdout and "rule 9" in shown.stdout and "campaign replay" in shown.stdout
 
 
 # -- the command line, on processes -----------------------------------------------------------
