@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -239,6 +241,31 @@ def test_campaign_reruns_stored_failures_first_and_marks_the_fixed_ones(tmp_path
     assert refetched is not None and refetched.fixed
 
 
+def test_a_shared_store_is_rerun_but_never_written(tmp_path: Path) -> None:
+    (tmp_path / "ci").mkdir()
+    FailureStore(tmp_path / "ci").save(
+        StoredFailure.from_failure(
+            FoundFailure("stress gone", "gone", "", (50,), stress_unit(ops=50, driver=None)),
+            tmp_path / "ci",
+        )
+    )
+    before = sorted(p.name for p in (tmp_path / "ci").rglob("*"))
+    own = FailureStore(tmp_path / "own")
+    shared = FailureStore(tmp_path / "ci", read_only=True)
+    result = campaign.run_campaign(
+        stress_units(), InlineExecutor(), runs=1, store=own, shared=[shared]
+    )
+    [regression] = result.regressions
+    assert not regression.still_fails and not regression.lost  # fixed, as far as we can see
+    assert sorted(p.name for p in (tmp_path / "ci").rglob("*")) == before
+    assert [r.signature for r in own] == [s.failure.signature for s in result.signatures.values()]
+
+
+def test_importing_campaign_imports_no_dask() -> None:
+    code = "import sys, campaign; sys.exit(bool({'dask', 'distributed'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
 # -- reports --------------------------------------------------------------------------------
 
 
@@ -303,6 +330,11 @@ def test_html_report_opens_in_a_headless_browser_without_errors(tmp_path: Path) 
 # -- the command line, on processes -----------------------------------------------------------
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     status = campaign.main(list(args))
     out, err = capsys.readouterr()
@@ -314,16 +346,19 @@ def test_local_processes_campaign_survives_a_killed_worker(
 ) -> None:
     (tmp_path / "tickets").mkdir()
     monkeypatch.setenv(KILL_MARKER, str(tmp_path / "tickets"))
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     store = tmp_path / "store"
     status, out, err = run_cli(
         capsys, "stress", "--driver", "tests.campaign_drivers:leaky_killing_once",
         "--ops", "200", "--tasks", "8", "--runs", "4", "--jobs", "2", "--store", str(store),
-        "--quiet",
     )  # fmt: skip
     assert status == 1, err
     assert "4 runs" in out and "1 distinct failure" in out
-    [line] = err.splitlines()
-    assert "worker process died" in line and "retried" in line
+    shown = terminal.getvalue()
+    # on a terminal, a progress bar to the last run; the killed worker is one line
+    assert "campaign" in shown and "4/4" in shown
+    assert shown.count("worker process died") == 1 and "retried" in shown
 
 
 @pytest.fixture
@@ -359,6 +394,51 @@ def test_cluster_campaign_dedups_across_workers_stores_and_replays_by_id(
 
     status, out, err = run_cli(capsys, "replay", failure["id"][:6], "--store", str(store))
     assert status == 1 and "reproduced" in out, err
+
+
+@pytest.fixture(scope="module")
+def existing_cluster() -> Iterator[str]:
+    """A running Dask cluster to connect to: one worker thread in this process (quick to start;
+    the embedded cluster's worker processes are tested above)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        yield str(cluster.scheduler_address)
+
+
+def test_explore_campaign_on_an_existing_cluster_from_the_environment(
+    existing_cluster: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", existing_cluster)
+    import dask
+
+    with dask.config.set({"scheduler-address": existing_cluster}):
+        status, out, err = run_cli(
+            capsys, "explore", "tests.campaign_drivers:always_fails", "--schedules", "3",
+            "--runs", "4", "--store", str(tmp_path), "--quiet",
+        )  # fmt: skip
+    assert status == 1, err
+    assert f"on the Dask cluster at {existing_cluster}: 4 runs" in out
+    assert "1 distinct failure" in out and "4x" in out
+
+
+def test_conformance_campaign_on_an_existing_cluster_by_address(
+    existing_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "junit.xml"
+    status, _, err = run_cli(
+        capsys, "conformance", LEAKY, "--schedules", "3", "--runs", "9",
+        "--scheduler", existing_cluster, "--store", str(tmp_path / "store"),
+        "--junit", str(report), "--quiet",
+    )  # fmt: skip
+    assert status == 1, err
+    # one run of each of the nine scenarios: the leak is among them
+    failures = ElementTree.parse(report).getroot().findall("testcase/failure")
+    assert failures and any("allocation_and_leaks" in f.get("message", "") for f in failures)
 
 
 def test_unreachable_scheduler_is_one_line_and_status_2(
