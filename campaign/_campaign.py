@@ -114,11 +114,16 @@ def run_campaign(
     """
     if runs is None and duration is None:
         raise ValueError("a campaign needs a run count or a duration")
+    result = CampaignResult(executor=executor.description)
+
+    def notice(line: str) -> None:
+        result.notices.append(line)
+        on_notice(line)
+
     stores = ([store] if store is not None else []) + list(shared)
     known = _known(stores)
     for problem in dict.fromkeys(p for s in stores for p in s.problems):
-        on_notice(problem)
-    result = CampaignResult(executor=executor.description, notices=[])
+        notice(problem)
     started = clock()
     deadline = None if duration is None else started + duration
     submitted = 0
@@ -137,10 +142,6 @@ def run_campaign(
             return
         executor.submit(unit, _Job(unit))
         submitted += 1
-
-    def notice(line: str) -> None:
-        result.notices.append(line)
-        on_notice(line)
 
     for record in known.values():
         executor.submit(record.reproducer, _Job(record.reproducer, record))
