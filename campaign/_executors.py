@@ -160,7 +160,9 @@ class DaskExecutor:
                     n_workers=count,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    # any free port: the scheduler's HTTP server runs even without a
+                    # dashboard, and the default 8787 may be another cluster's
+                    dashboard_address=":0",
                     silence_logs=logging.CRITICAL,
                 )
                 self._client: Any = distributed.Client(self._cluster)

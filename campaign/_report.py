@@ -3,6 +3,7 @@ failure signature, so CI shows each distinct failure) and a self-contained HTML 
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import shlex
@@ -232,10 +233,24 @@ def _failure_sections(result: CampaignResult, store: Path | None) -> str:
             f"<p>id <code>{signature.id}</code>, {'new' if signature.new else 'known'}, "
             f"{signature.count} run(s), first by {html.escape(signature.first_seen)}; smallest "
             f"reproducer {_size(signature)}</p>"
-            f"<p>replay: <code>{html.escape(command)}</code></p>"
+            f"<p>replay: <code>{html.escape(command)}</code></p>{_trace_link(signature)}"
             f"<pre>{html.escape(failure.detail)}</pre></div>"
         )
     return "".join(sections) or "<p>No failure.</p>"
+
+
+def _trace_link(signature: Signature) -> str:
+    """The failing schedule's Perfetto trace, inside the page (a data: link), so the page stays
+    one file: save it and open it in ui.perfetto.dev or chrome://tracing."""
+    trace = signature.failure.trace
+    if trace is None:
+        return ""
+    data = base64.b64encode(json.dumps(trace).encode()).decode()
+    return (
+        f'<p>timeline: <a download="{signature.id}.trace.json" '
+        f'href="data:application/json;base64,{data}">Perfetto trace</a> '
+        "(open it in ui.perfetto.dev or chrome://tracing)</p>"
+    )
 
 
 def _regression_rows(result: CampaignResult) -> str:

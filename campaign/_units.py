@@ -67,6 +67,8 @@ class FoundFailure:
     detail: str  # the whole description (a timeline, for schedules)
     size: tuple[int, ...]  # of the reproducer: smaller is better, compared as a tuple
     reproducer: Unit  # the smallest unit found that fails with this signature
+    # the failing schedule as a Chrome/Perfetto trace (race finder and conformance), or None
+    trace: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def _schedule_failure(
         detail=failure.report(),
         size=(timeline.preemptions, len(timeline.steps)),
         reproducer=replace(unit, token=str(failure.token)),
+        trace=timeline.chrome_trace(),
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ from campaign import (
     Unit,
     UnitResult,
 )
-from tests.campaign_drivers import KILL_MARKER
+from tests.campaign_drivers import ARMED, KILL_DIR, KILLED
 
 LEAKY = "tests.broken_drivers:leaky"
 
@@ -120,6 +121,7 @@ def test_units_round_trip_through_json() -> None:
 def test_conformance_unit_failure_replays_from_its_token() -> None:
     result = ConformanceUnit(LEAKY, "allocation_and_leaks", schedules=5).run()
     assert result.failure is not None
+    assert result.failure.trace is not None and result.failure.trace["traceEvents"]
     assert result.failure.signature.startswith("conformance:allocation_and_leaks [")
     reproducer = result.failure.reproducer
     assert isinstance(reproducer, ConformanceUnit) and reproducer.token is not None
@@ -307,6 +309,15 @@ def test_reports_json_junit_and_html(tmp_path: Path) -> None:
     assert json.loads(embedded)["runs"] == 3
 
 
+def test_html_report_links_a_schedule_failure_to_its_perfetto_trace() -> None:
+    units = iter([ConformanceUnit(LEAKY, "allocation_and_leaks", schedules=5)])
+    result = campaign.run_campaign(units, InlineExecutor(), runs=1)
+    page = campaign.report_html(result, None)
+    data = page.split('href="data:application/json;base64,')[1].split('"')[0]
+    events = json.loads(base64.b64decode(data))["traceEvents"]
+    assert any(event.get("ph") == "X" for event in events)
+
+
 def test_html_report_opens_in_a_headless_browser_without_errors(tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -344,8 +355,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 def test_local_processes_campaign_survives_a_killed_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "tickets").mkdir()
-    monkeypatch.setenv(KILL_MARKER, str(tmp_path / "tickets"))
+    monkeypatch.setenv(KILL_DIR, str(tmp_path))
+    (tmp_path / ARMED).touch()
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     store = tmp_path / "store"
@@ -368,31 +379,37 @@ def fast_connect_timeout() -> Iterator[None]:
         yield
 
 
-def test_cluster_campaign_dedups_across_workers_stores_and_replays_by_id(
+def test_cluster_campaign_dedups_across_workers_survives_a_killed_worker_and_replays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A real 2-worker LocalCluster: one failure found by every run on both workers is one
+    signature, stored once; the next campaign reruns it first, and a worker killed mid-run is
+    one notice while Dask reruns its work on the other; the stored failure replays by id."""
     pytest.importorskip("distributed")
-    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    (tmp_path / "tickets").mkdir()
-    monkeypatch.setenv(KILL_MARKER, str(tmp_path / "tickets"))
-    store, report = tmp_path / "store", tmp_path / "report.json"
-    status, out, err = run_cli(
-        capsys, "stress", "--driver", "tests.campaign_drivers:leaky_killing_once",
-        "--ops", "200", "--tasks", "8", "--runs", "6", "--workers", "2",
-        "--store", str(store), "--json", str(report), "--quiet",
-    )  # fmt: skip
-    assert status == 1, err
-    # the worker that the first run killed: one line, and its runs ran on the others
-    [line] = err.splitlines()
-    assert "died" in line and "remaining workers" in line
-    document = json.loads(report.read_text())
-    assert "local Dask cluster of 2" in document["executor"]
-    assert document["runs"] == 6 and document["lost_runs"] == 0
-    [failure] = document["failures"]
-    assert failure["count"] == 6 and len(document["runs_by_worker"]) >= 2
-    assert [path.name for path in store.iterdir()] == [failure["id"]]
+    monkeypatch.setenv(KILL_DIR, str(tmp_path))
+    store = FailureStore(tmp_path / "store")
+    driver = "tests.campaign_drivers:leaky_killing_once"
+    executor = campaign.DaskExecutor(workers=2)
+    try:
+        assert executor.workers == 2 and "local Dask cluster of 2" in executor.description
+        first = campaign.run_campaign(stress_units(driver), executor, runs=6, store=store)
+        (tmp_path / ARMED).touch()  # the workers see it: the next context made kills one
+        second = campaign.run_campaign(stress_units(driver), executor, runs=4, store=store)
+    finally:
+        executor.close()
+    assert first.runs == first.failed_runs == 6 and len(first.workers) == 2
+    [signature] = first.signatures.values()
+    assert signature.count == 6 and [record.id for record in store] == [signature.id]
 
-    status, out, err = run_cli(capsys, "replay", failure["id"][:6], "--store", str(store))
+    assert (tmp_path / KILLED).exists()
+    [line] = second.notices
+    assert "died" in line and "remaining workers" in line
+    assert second.runs == 4 and second.lost_runs == 0
+    [regression] = second.regressions
+    assert regression.still_fails and regression.stored.id == signature.id
+    assert second.signatures[signature.id].count == 5 and not second.signatures[signature.id].new
+
+    status, out, err = run_cli(capsys, "replay", signature.id[:6], "--store", str(store.path))
     assert status == 1 and "reproduced" in out, err
 
 
@@ -402,7 +419,7 @@ def existing_cluster() -> Iterator[str]:
     the embedded cluster's worker processes are tested above)."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
-        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
     ) as cluster:
         yield str(cluster.scheduler_address)
 
