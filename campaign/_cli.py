@@ -285,7 +285,7 @@ def _executor(args: argparse.Namespace) -> Executor:
         count = args.workers or os.cpu_count() or 1
         print(
             f"avcm-campaign: Dask is not installed ('avcm[cluster]'): running on {count} "
-            "local processes",
+            f"local process{'es' if count > 1 else ''}",
             file=sys.stderr,
         )
         return LocalExecutor(count)

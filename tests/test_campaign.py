@@ -243,6 +243,26 @@ def test_campaign_reruns_stored_failures_first_and_marks_the_fixed_ones(tmp_path
     assert refetched is not None and refetched.fixed
 
 
+class LosingExecutor(InlineExecutor):
+    """Its second run is lost, as a run whose every worker died (Dask's KilledWorker)."""
+
+    def completed(self) -> Iterator[tuple[Any, UnitResult | BaseException]]:
+        for index, (tag, outcome) in enumerate(super().completed()):
+            yield (
+                tag,
+                (RuntimeError("KilledWorker: worker died 3 times") if index == 1 else outcome),
+            )
+
+
+def test_a_lost_run_is_one_notice_and_the_campaign_goes_on() -> None:
+    lines: list[str] = []
+    result = campaign.run_campaign(
+        stress_units(None), LosingExecutor(), runs=3, on_notice=lines.append
+    )
+    assert result.runs == 2 and result.lost_runs == 1 and not result.failed
+    assert lines == ["stress seed 1 lost: RuntimeError: KilledWorker: worker died 3 times"]
+
+
 def test_a_shared_store_is_rerun_but_never_written(tmp_path: Path) -> None:
     (tmp_path / "ci").mkdir()
     FailureStore(tmp_path / "ci").save(
@@ -411,6 +431,21 @@ def test_cluster_campaign_dedups_across_workers_survives_a_killed_worker_and_rep
 
     status, out, err = run_cli(capsys, "replay", signature.id[:6], "--store", str(store.path))
     assert status == 1 and "reproduced" in out, err
+
+
+def test_without_dask_a_campaign_runs_on_local_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("campaign._cli.dask_available", lambda: False)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    status, out, err = run_cli(
+        capsys, "stress", "--runs", "1", "--ops", "50", "--workers", "1",
+        "--store", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "on 1 local process: 1 runs" in out and "0 distinct failure" in out
+    [line] = err.splitlines()
+    assert "Dask is not installed" in line and "running on 1 local process" in line
 
 
 @pytest.fixture(scope="module")
