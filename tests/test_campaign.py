@@ -341,6 +341,8 @@ def test_html_report_links_a_schedule_failure_to_its_perfetto_trace() -> None:
 def test_html_report_opens_in_a_headless_browser_without_errors(tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
+        # .ci/run installs it: in CI a missing browser is a failure, not a skip
+        assert not os.environ.get("CI"), "CI must have chromium: .ci/run installs it"
         pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
     result = campaign.run_campaign(stress_units(), InlineExecutor(), runs=2)
     page = tmp_path / "report.html"
