@@ -129,6 +129,15 @@ class _NoPublicConstructor(type):
         return instance
 
 
+class _WrapperDriver(metaclass=_NoPublicConstructor):
+    """Base of the MMU and one-to-one wrappers: a core driver whose bookkeeping (address
+    allocator, bound list, activated state, pairs) belongs to exactly one context, the first
+    one made with it. A second context over the same wrapper (``Vcm(start, size,
+    other.driver)``) would share that bookkeeping, so it is refused with ``EINVAL``."""
+
+    _context: Vcm | None = None
+
+
 class _Allocated(metaclass=_NoPublicConstructor):
     """Base of :class:`Res` and :class:`Phys`: one object stands for one allocation, so there
     are no copies either (``copy``, ``deepcopy`` and ``pickle`` raise ``EINVAL``): a copy of a
@@ -755,6 +764,13 @@ class Vcm:
         check_aligned(size, "context size", positive=True)
         check_span(start, size, "context")
         self._ops = _DriverOps.resolve(driver)
+        if isinstance(driver, _WrapperDriver):
+            if driver._context is not None:
+                raise InvalidError(
+                    f"context: {driver!r} already drives {driver._context!r}; "
+                    "make a context with avcm.mmu_init or avcm.o2o_init"
+                )
+            driver._context = self  # the last check: nothing is claimed if one fails
         self.start = start
         self.size = size
         self.driver = driver

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import anyio
 
-from ._core import Phys, Res, Vcm, _NoPublicConstructor
+from ._core import Phys, Res, Vcm, _WrapperDriver
 from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import default_memory, pages_of, phys_alloc, phys_walk, visit_pages
@@ -63,7 +63,7 @@ def _op(driver: object, name: str) -> Callable[..., Awaitable[None]] | None:
     return op
 
 
-class MmuWrapper(metaclass=_NoPublicConstructor):
+class MmuWrapper(_WrapperDriver):
     """The core driver behind every MMU context; ``vcm.driver`` of one made by :func:`mmu_init`.
 
     No public constructor: its bookkeeping belongs to one context, the one :func:`mmu_init`

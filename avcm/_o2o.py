@@ -15,7 +15,7 @@ from typing import Protocol
 
 import anyio
 
-from ._core import Phys, PhysPart, Res, Vcm, _NoPublicConstructor
+from ._core import Phys, PhysPart, Res, Vcm, _NoPublicConstructor, _WrapperDriver
 from ._errors import BusyError, InvalidError, NotSupportedError
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import default_memory
@@ -72,7 +72,7 @@ class _Pair:
     phys_live: bool = True
 
 
-class O2oWrapper(metaclass=_NoPublicConstructor):
+class O2oWrapper(_WrapperDriver):
     """The core driver behind every one-to-one context; ``vcm.driver`` of :func:`o2o_init`.
 
     No public constructor: its bookkeeping belongs to one context, the one :func:`o2o_init`

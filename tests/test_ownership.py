@@ -171,3 +171,22 @@ async def test_res_and_phys_cannot_be_copied(vcm: avcm.Vcm, how: str) -> None:
         with pytest.raises(avcm.InvalidError, match="cannot be copied") as info:
             copier(original)
         assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("factory", [drivers.create_iommu, drivers.create_carveout])
+async def test_a_wrapper_drives_one_context(
+    factory: Callable[..., avcm.Vcm], memory: avcm.PhysicalMemory
+) -> None:
+    """A second context over the wrapper of a live one would share its address allocator and
+    bound list: refused, and the first context goes on as before."""
+    first = factory(memory, latency=ZERO)
+    with pytest.raises(avcm.InvalidError, match="already drives") as info:
+        avcm.Vcm(first.start, first.size, first.driver, name="second")
+    assert info.value.errno == errno.EINVAL
+    res = await first.make_binding(64 * KiB)
+    async with first.activated():
+        testing.check_model(first)
+    await res.destroy_binding()
+    await first.destroy()
+    with pytest.raises(avcm.InvalidError, match="already drives"):  # nor once it is destroyed
+        avcm.Vcm(first.start, first.size, first.driver)
