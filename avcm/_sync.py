@@ -2,9 +2,9 @@
 
 All of avcm's locking goes through these two classes. Each has one place where a task may be
 made to yield before it touches shared state: the *sync hook*. By default there is no hook and
-the cost is one context-variable lookup. A deterministic scheduler (``avcm.testing``) installs
-a hook to park tasks there and choose who runs next, so interleavings at avcm's own sync points
-can be driven on purpose instead of hoped for.
+the cost is one context-variable lookup. The race finder (``avcm.testing``) installs a hook
+that names the step a task is in after the last sync point it passed; a test installs one to
+inject a fault or a cancellation at a chosen point.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SyncHook = Callable[[str, object], Awaitable[None]]
 """``await hook(point, obj)``: called at a sync point, before the shared state is touched.
 
 *point* names the place (``"mutex.lock"``, ``"atomic.dec_and_test"``, ``"driver.bind"``...),
-*obj* is the primitive or object concerned. The hook may park the task. At a ``driver.*``
+*obj* is the primitive or object concerned. The hook may yield. At a ``driver.*``
 point (announced right before that driver call) it may also raise: the error reaches the
 framework exactly as if the driver call had raised it, which is how a test injects a driver
 fault anywhere (rule 8). At other points it must not raise anything but cancellation.
@@ -43,9 +43,9 @@ _sync_hook: ContextVar[SyncHook | None] = ContextVar("avcm_sync_hook", default=N
 def sync_hook(hook: SyncHook) -> Iterator[None]:
     """Install *hook* for this task and the tasks it spawns while the block runs.
 
-    Hooks nest: a hook installed around this block runs after *hook*, at every point. So a
-    scheduler's hook (which parks the task until it is chosen) composes with a test's hook
-    (which may then inject a fault or cancel) installed outside it.
+    Hooks nest: a hook installed around this block runs after *hook*, at every point. So the
+    race finder's hook (which labels the step) composes with a test's hook (which may then
+    inject a fault or cancel) installed outside it.
     """
     outer = _sync_hook.get()
     installed = hook if outer is None else _chain(hook, outer)
@@ -65,9 +65,10 @@ def _chain(inner: SyncHook, outer: SyncHook) -> SyncHook:
 
 
 async def sync_point(point: str, obj: object) -> None:
-    """Announce a sync point: a place where a scheduler may switch tasks.
+    """Announce a sync point: a named place, where an installed hook runs.
 
-    Without an installed hook this does nothing and does not checkpoint.
+    Without an installed hook this does nothing and does not checkpoint; the race finder's
+    hook does not checkpoint either (it switches tasks at checkpoints, as the event loop can).
     """
     hook = _sync_hook.get()
     if hook is not None:

@@ -22,12 +22,11 @@ What lives here, and why here:
   :func:`check_int`), plus :func:`errno_name` for messages.
 * **Synchronisation**: :class:`Mutex` and :class:`AtomicCounter` (``struct mutex`` and
   ``atomic_t``; a mutex's statistics record is :class:`avcm.MutexStatistics`, with the other
-  records), :func:`sync_point` (announce a place where a scheduler may switch tasks: a
-  driver's own wait should be one, or the race finder cannot interleave it) and
-  :func:`sync_hook` (install a hook that runs at every sync point: the race finder parks tasks
-  there, the benchmark adds checkpoints, a test injects faults or cancels). A driver that
-  locks with these is raced by ``avcm.testing``; one that locks with anyio's own primitives
-  is not.
+  records), :func:`sync_point` (name a place in a driver's code: the race finder labels its
+  steps with it, a test injects a fault there) and :func:`sync_hook` (install a hook that runs
+  at every sync point: the race finder labels steps, the benchmark adds checkpoints, a test
+  injects faults or cancels). A sync point is not a checkpoint: ``avcm.testing`` switches
+  tasks at every checkpoint, whatever primitive it belongs to (these, or anyio's own).
 * **Seeing the hardware**: :class:`HardwareView` is what a simulating driver implements so
   that the checks can compare its hardware with the model; :func:`hardware_view` finds it for
   a context. The checks themselves (``check_model``, ``check_quiescent``) are in

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import anyio.lowlevel
+
 import avcm
 from avcm import testing
 from tests._recording import DriverFault, RecordingDriver, make_context
@@ -172,9 +174,8 @@ def later(op: Op, lead: int) -> Op:
         return op
 
     async def busywork() -> Any:
-        busy = avcm.lowlevel.AtomicCounter(0, "busywork")
         for _ in range(lead):
-            await busy.inc()
+            await anyio.lowlevel.checkpoint()
         return await op()
 
     return busywork

@@ -1,11 +1,12 @@
 """A faithful port of the 2010 patch's core algorithms, races and all: the race finder's target.
 
 ``vcm_activate``, ``vcm_deactivate``, ``vcm_bind`` and ``vcm_free`` as ``mm/vcm.c`` wrote them,
-on avcm's own :class:`~avcm.lowlevel.AtomicCounter` (so every atomic operation is a sync point,
-as it is a separate instruction on a CPU) and a driver whose every call takes time. The *code*
-bugs that make the functions wrong even on one CPU (``vcm_bind``'s inverted tests, ``res->phys``
-never set) are fixed here, so that what remains are the *design* races the contract lists. Kept
-in the tests: this is what avcm must not be.
+on atomic counters that checkpoint before every operation (a kernel can be preempted before any
+atomic instruction; an async Python task only at a checkpoint, so the port makes one there) and
+a driver whose every call takes time. The *code* bugs that make the functions wrong even on one
+CPU (``vcm_bind``'s inverted tests, ``res->phys`` never set) are fixed here, so that what
+remains are the *design* races the contract lists. Kept in the tests: this is what avcm must
+not be.
 """
 
 from __future__ import annotations
@@ -14,9 +15,35 @@ import errno
 import warnings
 
 import anyio
+import anyio.lowlevel
 
 import avcm
 from avcm.lowlevel import sync_point
+
+
+class SeedAtomic(avcm.lowlevel.AtomicCounter):
+    """``atomic_t`` as a CPU runs it: another CPU, or a preemption, may come before each
+    operation. avcm's own counter yields nowhere: each operation here checkpoints first."""
+
+    async def _preemptible(self, operation: str) -> None:
+        await sync_point(f"atomic.{operation}", self)
+        await anyio.lowlevel.checkpoint()
+
+    async def read(self) -> int:
+        await self._preemptible("read")
+        return await super().read()
+
+    async def set(self, value: int) -> None:
+        await self._preemptible("set")
+        await super().set(value)
+
+    async def add_return(self, delta: int) -> int:
+        await self._preemptible("add_return")
+        return await super().add_return(delta)
+
+    async def add_unless(self, delta: int, unless: int) -> bool:
+        await self._preemptible("add_unless")
+        return await super().add_unless(delta, unless)
 
 
 class SeedDriver:
@@ -32,6 +59,8 @@ class SeedDriver:
         await sync_point(f"seed.{name}", self)
         if self.delay:
             await anyio.sleep(self.delay)
+        else:  # a call takes no time, but a CPU can still be preempted before it
+            await anyio.lowlevel.checkpoint()
 
     async def activate(self) -> int:
         await self._call("activate")
@@ -60,7 +89,7 @@ class SeedVcm:
 
     def __init__(self, driver: SeedDriver) -> None:
         self.driver = driver
-        self.activations_counter = avcm.lowlevel.AtomicCounter(0, "seed.activations")
+        self.activations_counter = SeedAtomic(0, "seed.activations")
 
     @property
     def activations(self) -> int:
@@ -90,7 +119,7 @@ class SeedPhys:
     def __init__(self, driver: SeedDriver, size: int = avcm.PAGE_SIZE) -> None:
         self.driver = driver
         self.size = size
-        self.bindings_counter = avcm.lowlevel.AtomicCounter(0, "seed.bindings")
+        self.bindings_counter = SeedAtomic(0, "seed.bindings")
         self.freed = False
 
     @property

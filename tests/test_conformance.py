@@ -36,7 +36,7 @@ def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> 
     [
         (broken_drivers.check_then_act, "one-to-one reservations overlap"),
         (broken_drivers.overlapping, "one-to-one reservations overlap"),
-        (broken_drivers.forgetful, "overlaps an entry"),
+        (broken_drivers.forgetful, "stale in hardware"),
         (broken_drivers.leaky, "rule 9"),
     ],
 )

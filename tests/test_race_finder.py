@@ -25,13 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def counting_tasks(k: int, schedules: list[tuple[int, ...]] | None = None) -> testing.Scenario:
-    """Two tasks, each passing *k* sync points; *schedules* collects each run's decisions."""
+    """Two tasks, each passing *k* checkpoints; *schedules* collects each run's decisions."""
 
     async def scenario(run: testing.Run) -> None:
         counter = avcm.lowlevel.AtomicCounter()
 
         async def worker() -> None:
             for _ in range(k):
+                await anyio.lowlevel.checkpoint()
                 await counter.inc()
 
         await run.concurrently(worker, worker)
@@ -46,13 +47,13 @@ def counting_tasks(k: int, schedules: list[tuple[int, ...]] | None = None) -> te
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_one_task_at_a_time_from_sync_point_to_sync_point(backend: str) -> None:
+def test_one_task_at_a_time_from_checkpoint_to_checkpoint(backend: str) -> None:
     trace: list[str] = []
 
     async def scenario(run: testing.Run) -> None:
         async def worker(name: str) -> None:
             for index in range(3):
-                await sync_point("test.point", None)
+                await anyio.lowlevel.checkpoint()
                 trace.append(f"{name}{index}")
 
         await run.concurrently(lambda: worker("a"), lambda: worker("b"))
@@ -73,7 +74,7 @@ def test_exhaustive_search_enumerates_every_interleaving_once(backend: str) -> N
             counting_tasks(k, seen), strategy=strategy, schedules=10_000, backend=backend
         )
         assert result.exhausted and not result.found
-        # each task takes k + 1 steps (its start and k sync points): every way to interleave
+        # each task takes k + 1 steps (its start and k checkpoints): every way to interleave
         # them, each once
         assert result.schedules == len(set(seen)) == math.comb(2 * k + 2, k + 1)
 
@@ -88,6 +89,8 @@ def test_exhaustive_without_preemption_only_chooses_who_starts(backend: str) -> 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_task_blocked_on_a_held_mutex_is_never_chosen(backend: str) -> None:
+    contended: list[int] = []
+
     async def scenario(run: testing.Run) -> None:
         mutex = avcm.lowlevel.Mutex("m")
         inside = 0
@@ -97,17 +100,19 @@ def test_a_task_blocked_on_a_held_mutex_is_never_chosen(backend: str) -> None:
             async with mutex:
                 inside += 1
                 assert inside == 1
-                await sync_point("test.inside", None)
+                await anyio.lowlevel.checkpoint()
                 inside -= 1
 
-        await run.concurrently(worker, worker, worker)
-        # no task was let into lock() while another held the mutex
-        assert mutex.statistics().contended == 0
+        for outcome in await run.concurrently(worker, worker, worker):
+            outcome.unwrap()
+        contended.append(mutex.statistics().contended)
 
     result = testing.explore(
         scenario, strategy=testing.RandomWalk(3), schedules=300, backend=backend
     )
-    assert not result.found
+    assert not result.found, result.failure and result.failure.report()
+    # tasks did wait for the held mutex (they are blocked, not choices), and never deadlocked
+    assert max(contended) >= 1
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -158,13 +163,17 @@ def test_the_report_gives_the_real_size_before_and_after_shrinking(seed: int) ->
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_task_that_never_reaches_a_sync_point_is_reported_not_hung(backend: str) -> None:
+def test_uncontrolled_tasks_that_never_wait_are_reported_not_hung(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:
         async def spinner() -> None:
             while True:
                 await anyio.lowlevel.checkpoint()
 
-        await run.concurrently(spinner)
+        async def spawner() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(spinner)  # not under control: it runs as the loop runs it
+
+        await run.concurrently(spawner)
 
     limits = testing.Limits(runaway_steps=2_000)
     result = testing.explore(scenario, schedules=1, backend=backend, limits=limits)
@@ -180,6 +189,7 @@ def test_step_budget(backend: str) -> None:
         async def forever() -> None:
             while True:
                 await counter.inc()
+                await anyio.lowlevel.checkpoint()
 
         await run.concurrently(forever)
 
@@ -189,6 +199,10 @@ def test_step_budget(backend: str) -> None:
     assert result.failure is not None
     assert isinstance(result.failure.error, testing.StepBudgetError)
     assert len(result.failure.timeline.steps) == 100
+    # a livelock: the cycle that repeats is named
+    assert "livelock" in str(result.failure.error)
+    assert "1 step(s) repeat" in str(result.failure.error)
+    assert "task 0 (forever) forever atomic.add_return" in str(result.failure.error)
 
 
 def test_a_scenario_that_runs_no_task_is_bad_input() -> None:
@@ -299,6 +313,8 @@ def many_tasks_one_loses(tasks: int) -> testing.Scenario:
         counter = avcm.lowlevel.AtomicCounter()
 
         async def worker() -> None:
+            await sync_point("test.arrive", counter)  # names the step of the checkpoint
+            await anyio.lowlevel.checkpoint()
             if await counter.inc_return() == tasks:
                 raise AssertionError("the last of the workers to arrive " + "at the counter " * 9)
 
@@ -320,7 +336,7 @@ def test_a_timeline_fits_in_a_100_column_terminal(tasks: int) -> None:
     assert max(map(len, lines)) <= 100, report
     # every step is shown, and the whole error (wrapped, not cut)
     text = found.failure.timeline.format()
-    assert text.count("atomic.add_return") == tasks
+    assert text.count("test.arrive") == tasks
     assert " ".join(text.split()).count("at the counter") == 9
 
 

@@ -1,9 +1,9 @@
 """avcm.testing: deterministic race tests for avcm and its drivers.
 
-A controlled scheduler runs the tasks of a *scenario* one at a time, from one avcm sync point
-(mutex, atomic counter, driver call, simulated latency) to the next, and a strategy picks who
-goes next: :class:`RandomWalk`, :class:`PCT` or :class:`Exhaustive`. Every run has a replay
-token; a failing schedule is shrunk to a short one and shown as a per-task timeline::
+A controlled scheduler runs the tasks of a *scenario* one at a time, from one checkpoint to the
+next (any anyio, trio or asyncio primitive: it owns the event loop's run queue), and a strategy
+picks who goes next: :class:`RandomWalk`, :class:`PCT` or :class:`Exhaustive`. Every run has a
+replay token; a failing schedule is shrunk to a short one and shown as a per-task timeline::
 
     from avcm import testing
 

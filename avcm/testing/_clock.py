@@ -24,21 +24,34 @@ T = TypeVar("T")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
-    """A selector that never waits for a timeout: it moves the loop's virtual clock instead."""
+    """A selector that never waits for a timeout: it moves the loop's virtual clock instead,
+    unless work outside the loop (a worker thread) is under way: then it waits for real, for
+    that work to report back, and the virtual clock stands still."""
 
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
+        self.external_busy: Callable[[], bool] | None = None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout > 0:
+            if self.external_busy is not None and self.external_busy():
+                # the thread reports through the loop's self-pipe, which ends this wait
+                return super().select(min(timeout, _THREAD_POLL))
             self.now += timeout
             timeout = 0
         return super().select(timeout)
 
 
+_THREAD_POLL = 1.0  # seconds of real time between looks at a thread that never reports
+
+
 class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on virtual time: ``loop.time()`` advances only when nothing is ready."""
+    """An asyncio loop on virtual time: ``loop.time()`` advances only when nothing is ready.
+
+    While :attr:`external_busy` (set by the race finder) says that work outside the loop is
+    under way, the loop waits for it in real time and virtual time stands still.
+    """
 
     def __init__(self) -> None:
         self._virtual = _VirtualSelector()
@@ -46,6 +59,21 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._virtual.now
+
+    @property
+    def external_busy(self) -> Callable[[], bool] | None:
+        return self._virtual.external_busy
+
+    @external_busy.setter
+    def external_busy(self, probe: Callable[[], bool] | None) -> None:
+        self._virtual.external_busy = probe
+
+    def advance_to_next_timer(self) -> None:
+        """Move virtual time to the earliest pending timer, if any."""
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        whens = [handle.when() for handle in scheduled if not handle.cancelled()]
+        if whens:
+            self._virtual.now = max(self._virtual.now, min(whens))
 
 
 def seed_trio_scheduler(seed: int) -> None:
@@ -56,6 +84,12 @@ def seed_trio_scheduler(seed: int) -> None:
     scheduler_random = getattr(_run, "_r", None)
     if scheduler_random is not None:
         scheduler_random.seed(seed)
+    if hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        # Sort each batch by spawn order before the seeded shuffle (what trio does once
+        # Hypothesis is imported): otherwise the order tasks were woken in leaks in, and trio
+        # wakes the tasks of a cancelled scope by iterating a set ordered by memory address,
+        # so a run recorded in one process did not replay in another.
+        setattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 - Final in trio
 
 
 def backend_options(backend: str, seed: int, *, virtual: bool) -> dict[str, Any]:

@@ -43,11 +43,12 @@ class DeadlockError(ScheduleFailure):
 
 
 class StepBudgetError(ScheduleFailure):
-    """The run took more scheduling steps than allowed: a livelock or a runaway loop."""
+    """The run took more scheduling steps than allowed: a livelock (the message names the cycle
+    of steps that repeats) or a bigger scenario than the budget."""
 
 
 class RunawayError(ScheduleFailure):
-    """A task kept running without reaching a sync point or blocking."""
+    """Tasks outside the scheduler's control kept running without ever all waiting."""
 
 
 class ReplayDivergedError(ScheduleFailure):

@@ -48,15 +48,19 @@ Scenario = Callable[[Run], Awaitable[None]]
 class Limits:
     """Bounds of one run. ``max_steps``: scheduling steps before :class:`StepBudgetError`;
     ``idle_timeout``: seconds (simulated, on a virtual clock) with every task blocked before a
-    :class:`DeadlockError`; ``runaway_steps``: event-loop steps without reaching quiescence
-    before a :class:`RunawayError`."""
+    :class:`DeadlockError`; ``runaway_steps``: steps of tasks outside the scheduler's control
+    (spawned by a controlled task) with no controlled task chosen, before a
+    :class:`RunawayError`; ``fair_bound``: how many choices in a row may pass over a runnable
+    task before the tasks that keep it waiting are disabled until it has run (fairness: a poll
+    loop cannot starve the task it waits for)."""
 
     max_steps: int = 10_000
     idle_timeout: float | None = None
     runaway_steps: int = 200_000
+    fair_bound: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "runaway_steps"):
+        for name in ("max_steps", "runaway_steps", "fair_bound"):
             check_int(getattr(self, name), f"Limits.{name}", 1)
         timeout = self.idle_timeout
         if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
@@ -163,6 +167,7 @@ async def _run_once(
         max_steps=limits.max_steps,
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
+        fair_bound=limits.fair_bound,
     )
     if not callable(scenario) or isinstance(scenario, type):
         raise InvalidError(f"a scenario is an async function taking a Run, not {scenario!r}")

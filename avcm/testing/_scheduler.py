@@ -1,84 +1,157 @@
-"""The controlled scheduler: tasks run one at a time, from one sync point to the next.
+"""The controlled scheduler: tasks run one at a time, from one checkpoint to the next.
 
-A task under control parks at every sync point (avcm's mutex and atomic counter, every driver
-call, every simulated latency sleep: whatever calls :func:`avcm.lowlevel.sync_point`). The
-controller waits until every task has either parked, finished or blocked, asks the chooser
-which parked task goes next, lets exactly that one go, and repeats. The sequence of choices is
-the whole schedule: the same choices give the same run.
+The scheduler owns the event loop's run queue while :meth:`Run.concurrently` runs: trio's
+``runner.runq``, asyncio's ``loop._ready``. When a task under control becomes runnable (it
+reached a checkpoint, or what it waited for happened), the queue holds it back instead of
+queueing it. Everything else (the scenario itself, tasks a controlled task spawns, the event
+loop's own callbacks) runs as usual. When nothing else is runnable, the queue asks the chooser
+which held task goes next and releases exactly that one, for one step: up to its next
+checkpoint. The sequence of choices is the whole schedule: the same choices give the same run.
 
-A task parked at a mutex that another task holds is not offered to the chooser (it could only
-block). Everything else a task waits on (a latency sleep, an event) is covered by waiting for
-quiescence; the clock, if it is a virtual one, jumps only when every task waits.
+What this sees, with no change to the code under test: every checkpoint of every controlled
+task, whatever primitive it goes through (anyio, trio or asyncio locks, events, semaphores,
+conditions, memory streams, ``sleep(0)``, ``checkpoint()``, a driver's latency sleep). It
+switches tasks only there, where the real event loop can switch, and a cancellation reaches a
+task only there, as it does in the real loop. avcm's own sync points
+(:func:`avcm.lowlevel.sync_point`) do not yield: they name the step in which they are passed.
+
+Time: the clock, if virtual, moves only when no task is runnable (a task the scheduler holds
+back is runnable), or when every runnable task has done nothing but yield (``sleep(0)``) for a
+while, as a real clock moves under a task that spins. A task waiting for a worker thread is
+waiting for something outside: the clock stands still and the scheduler waits for the thread.
+
+Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runnable task is
+passed over at most ``fair_bound`` times in a row; then the tasks that kept it waiting are
+disabled until it has run. A poll loop therefore cannot starve the task it waits for under any
+strategy, and a program whose plain runs terminate terminates here; a true livelock runs into
+the step budget and is reported with the cycle of steps that repeats. Switching away from a
+task that is blocked, or disabled by fairness, is not a preemption.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import sniffio
-import trio.abc
-import trio.lowlevel
 
-from .. import InvalidError
-from ..lowlevel import Mutex, sync_hook
+from .. import InvalidError, NotSupportedError
+from ..lowlevel import sync_hook
 from ._errors import DeadlockError, RunawayError, StepBudgetError
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
 
-__all__ = ["Run"]
+__all__ = ["TRIO_VERSIONS", "Run"]
+
+TRIO_VERSIONS = ("0.35.",)
+"""The trio releases whose run queue (``runner.runq``) the scheduler is tested against."""
 
 # Frames of these modules are the machinery, not the operation a step belongs to.
-_MACHINERY = ("avcm.testing", "avcm._sync", "anyio", "trio", "asyncio", "contextlib")
+_MACHINERY = ("avcm.testing", "avcm._sync", "anyio", "trio", "asyncio", "contextlib", "outcome")
 
 
-def _operation(frame: FrameType | None) -> str:
-    """The operation a parked task is in: the outermost function on its stack from another
-    module than the task's own code (``Res.bind``, a port's ``SeedRes.bind``), else the
-    innermost function of the task's own code."""
-    frames: list[tuple[str, str]] = []  # (module, qualname), innermost first
-    while frame is not None:
-        code = frame.f_code
-        if code is _run_task_code:
+def _await_frames(coro: Any) -> list[FrameType]:
+    """The frames of a suspended coroutine and of everything it awaits, outermost first."""
+    frames: list[FrameType] = []
+    while coro is not None:
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "gi_frame", None)
+            or getattr(coro, "ag_frame", None)
+        )
+        if frame is None:
             break
+        frames.append(frame)
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+    return frames
+
+
+_THREAD_CALLS = frozenset({"run_sync_in_worker_thread", "to_thread_run_sync"})
+
+
+def _in_thread_call(coro: Any) -> bool:
+    """Whether a suspended task is in anyio's or trio's call to a worker thread."""
+    return any(frame.f_code.co_name in _THREAD_CALLS for frame in _await_frames(coro))
+
+
+def _qualname(frame: FrameType) -> str:
+    # "outer.<locals>.inner" reads better as "inner"
+    return frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1]
+
+
+def _where(coro: Any) -> tuple[str, str]:
+    """``(operation, checkpoint)`` of a suspended task: the outermost function on its stack
+    from another module than the task's own code (``Res.bind``, a port's ``SeedRes.bind``),
+    else the innermost of its own code; and the machinery function its code awaits in
+    (``sleep``, ``Event.wait``, ``Lock.acquire``)."""
+    frames = _await_frames(coro)
+    for index, frame in enumerate(frames):
+        if frame.f_code is _run_task_code:
+            frames = frames[index + 1 :]
+            break
+    own: list[tuple[str, FrameType]] = []
+    checkpoint = "await"
+    for frame in frames:
         module = frame.f_globals.get("__name__", "")
-        if not module.startswith(_MACHINERY) and code.co_name != "<lambda>":
-            # "outer.<locals>.inner" reads better as "inner"
-            frames.append((module, code.co_qualname.rsplit("<locals>.", 1)[-1]))
-        frame = frame.f_back
-    if not frames:
-        return "?"
-    own = frames[-1][0]
-    for module, qualname in reversed(frames):
-        if module != own:
-            return qualname
-    return frames[0][1]
+        if module.startswith(_MACHINERY) or frame.f_code.co_name == "<lambda>":
+            if own and checkpoint == "await":
+                checkpoint = _qualname(frame)
+            continue
+        own.append((module, frame))
+        checkpoint = "await"
+    if not own:
+        return "", checkpoint
+    first = own[0][0]
+    for module, frame in own:
+        if module != first:
+            return _qualname(frame), checkpoint
+    return _qualname(own[-1][1]), checkpoint
 
 
 class _Task:
-    __slots__ = ("done", "event", "index", "name", "obj", "operation", "parked", "point")
+    __slots__ = (
+        "done",
+        "handles",
+        "held",
+        "index",
+        "name",
+        "native",
+        "obj",
+        "passed",
+        "point",
+        "yielded",
+    )
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index
         self.name = name
-        self.parked = False
+        self.native: Any = None  # the trio.lowlevel.Task or asyncio.Task
+        self.held = False  # runnable, held back by the scheduler
+        self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
         self.done = False
-        self.point = "task.start"
-        self.operation = ""
+        self.point: str | None = "task.start"  # the last sync point passed in this step
         self.obj: object = None
-        self.event: anyio.Event | None = None
+        self.passed = 0  # choices that passed it over since it became runnable
+        self.yielded = False  # it became runnable again within its own step
 
-    def enabled(self) -> bool:
-        if not self.parked:
-            return False
-        # a task about to take a mutex that is held could only block: not a choice
-        return not (isinstance(self.obj, Mutex) and self.obj.is_locked())
+    def native_coro(self) -> Any:
+        """The coroutine the task runs: where it is suspended."""
+        coro = getattr(self.native, "coro", None)  # trio
+        if coro is None and hasattr(self.native, "get_coro"):  # asyncio
+            coro = self.native.get_coro()
+        return coro
 
 
 class Run:
@@ -93,20 +166,25 @@ class Run:
         max_steps: int = 10_000,
         idle_timeout: float | None = None,
         runaway_steps: int = 200_000,
+        fair_bound: int = 32,
     ) -> None:
         self._chooser = chooser
         self.max_steps = max_steps
         self.idle_timeout = idle_timeout
         self.runaway_steps = runaway_steps
+        self.fair_bound = fair_bound
         self._tasks: list[_Task] = []
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
         self._positions: list[int] = []  # position chosen at each step with a choice
         self._preemptions = 0
-        self._changed = anyio.Event()
-        self._aborting = False
         self._last: _Task | None = None
         self._start_time = anyio.current_time()
+        self._queue: _Queue | None = None
+        self._error: BaseException | None = None
+        self._wake: anyio.Event | None = None
+        self._spin = 0  # choices in a row of tasks that had only yielded
+        self._free_steps = 0  # steps of uncontrolled work since the last choice
 
     # -- what the run did -------------------------------------------------------------------
 
@@ -149,8 +227,10 @@ class Run:
         """Run each of *functions* as a task under the scheduler; return how each ended.
 
         A task's exception (other than cancellation of the whole run) is its outcome, not
-        raised here: the scenario decides what the contract allows. Tasks start parked, so
-        the first choice is who starts.
+        raised here: the scenario decides what the contract allows. Tasks start held, so the
+        first choice is who starts. If the run fails (a deadlock, the step budget, the chooser
+        giving up) or the caller is cancelled, every task is cancelled and runs free to its
+        end, and the failure is raised here.
         """
         if names is not None and len(names) != len(functions):
             raise InvalidError(f"concurrently: {len(functions)} functions but {len(names)} names")
@@ -171,18 +251,24 @@ class Run:
             tasks.append(task)
         outcomes: dict[int, TaskOutcome] = {}
         failure: BaseException | None = None
-        async with anyio.create_task_group() as group:
-            for task, function in zip(tasks, functions, strict=True):
-                group.start_soon(self._run_task, task, function, outcomes)
-            try:
-                await self._control(tasks)
-            except BaseException as error:
-                # A failure found, the chooser giving up (Hypothesis out of data), or the
-                # controller cancelled: the tasks must not stay parked, least of all in a
-                # shielded teardown, or the task group would wait for them forever.
-                failure = error
-                self._abort(tasks)
-                group.cancel_scope.cancel()
+        self._error = None
+        self._queue = queue = _install(self)
+        try:
+            async with anyio.create_task_group() as group:
+                for task, function in zip(tasks, functions, strict=True):
+                    group.start_soon(self._run_task, task, function, outcomes)
+                try:
+                    await self._control(tasks)
+                except BaseException as error:
+                    # A failure found, the chooser giving up (Hypothesis out of data), or the
+                    # controller cancelled: the tasks must not stay held, least of all in a
+                    # shielded teardown, or the task group would wait for them forever.
+                    failure = error
+                    queue.release_all()
+                    group.cancel_scope.cancel()
+        finally:
+            queue.uninstall()
+            self._queue = None
         ordered = [outcomes[task.index] for task in tasks if task.index in outcomes]
         self._outcomes.extend(ordered)
         if failure is not None:
@@ -195,20 +281,26 @@ class Run:
         function: Callable[[], Awaitable[Any]],
         outcomes: dict[int, TaskOutcome],
     ) -> None:
-        owner = anyio.get_current_task().id
+        queue = self._queue
+        assert queue is not None
+        task.native = native = queue.current()
 
         async def hook(point: str, obj: object) -> None:
-            # Tasks this task spawns inherit the hook; they are not under control (they run
-            # as the event loop schedules them) and must not park in their parent's place.
-            if anyio.get_current_task().id == owner:
-                await self._park(task, point, obj)
+            # A label, not a yield: outside the race finder a sync point is no checkpoint,
+            # so switching there would show what no event loop can do. Tasks this task spawns
+            # inherit the hook; they are not under control and do not label its steps.
+            if queue.current() is native:
+                task.point = point
+                task.obj = obj
 
         # This task's own context: its children inherit the hook. A hook installed around
-        # the run (a test injecting faults) runs after this one, once the task is chosen.
+        # the run (a test injecting faults) runs after this one.
         with sync_hook(hook):
             _controlled.set(True)
+            queue.control(task)
             try:
-                await self._park(task, "task.start", None)
+                # held from here on: the first choice is who starts
+                await anyio.lowlevel.checkpoint()
                 try:
                     value = await function()
                 except Exception as error:
@@ -217,212 +309,509 @@ class Run:
                     outcomes[task.index] = TaskOutcome(task.index, task.name, value=value)
             finally:
                 task.done = True
-                self._changed.set()
+                queue.forget(task)
+                self._spin = 0
+                self._notify()
 
-    async def _park(self, task: _Task, point: str, obj: object) -> None:
-        if self._aborting:
-            # running free to its end; a checkpoint, so that the cancellation reaches it
-            await anyio.lowlevel.checkpoint()
-            return
-        task.point = point
-        task.obj = obj
-        task.operation = _operation(sys._getframe(1)) if point != "task.start" else ""
-        task.event = event = anyio.Event()
-        task.parked = True
-        self._changed.set()
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- choosing, called by the run queue ----------------------------------------------------
+
+    def _choose(self, held: Sequence[_Task]) -> _Task | None:
+        """The held task to run next, or None if the run failed (the error is kept for the
+        controller, which is woken to raise it)."""
         try:
-            await event.wait()
-        finally:
-            task.parked = False
+            return self._choose_or_raise(held)
+        except BaseException as error:  # handed to the controller, which raises it
+            self._error = error
+            assert self._queue is not None
+            self._queue.call_soon(self._notify)
+            return None
 
-    def _abort(self, tasks: Sequence[_Task]) -> None:
-        """Let every task run free, so that shielded teardown can finish while cancelled."""
-        self._aborting = True
-        for task in tasks:
-            if task.event is not None:
-                task.event.set()
+    def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
+        self._free_steps = 0
+        starving = [task for task in held if task.passed >= self.fair_bound]
+        # the tasks that kept a task waiting too long are disabled until it has run
+        choices = sorted(starving or held, key=lambda task: task.index)
+        last = self._last
+        continuing = last is not None and last in choices
+        if continuing:
+            assert last is not None
+            choices.remove(last)
+            choices.insert(0, last)
+        if len(self._steps) >= self.max_steps:
+            raise StepBudgetError(self._describe_budget())
+        position = self._chooser.choose(
+            len(self._steps), [task.index for task in choices], continuing
+        )
+        if len(choices) > 1:
+            self._positions.append(position)
+        if continuing and position:
+            self._preemptions += 1
+        chosen = choices[position]
+        for task in held:
+            task.passed += 1
+        chosen.passed = 0
+        if chosen.yielded:
+            self._spin += 1
+            if self._spin > self.fair_bound * len(held):
+                # every runnable task only yields: on a real clock, time would pass meanwhile
+                self._spin = 0
+                assert self._queue is not None
+                self._queue.let_time_pass()
+        else:
+            self._spin = 0
+        if chosen.point is not None:
+            point, operation = chosen.point, _where(chosen.native_coro())[0]
+        else:
+            operation, point = _where(chosen.native_coro())
+        self._steps.append(
+            Step(
+                index=len(self._steps),
+                task=chosen.index,
+                point=point,
+                operation=operation,
+                time=round(self._queue_now() - self._start_time, 9),  # to the ns: runs compare
+            )
+        )
+        chosen.point = None
+        self._last = chosen
+        return chosen
+
+    def _queue_now(self) -> float:
+        # the run queue calls this outside any task, where anyio cannot tell the backend
+        assert self._queue is not None
+        return self._queue.now()
+
+    def _woken(self) -> None:
+        """A held task was made runnable by something else than its own step."""
+        self._spin = 0
+
+    def _uncontrolled_step(self, count: int) -> None:
+        self._free_steps += count
+        if self._free_steps % _SPIN_STEPS < count:
+            # uncontrolled work that goes on and on (anyio's asyncio backend retries a
+            # cancellation every iteration until the task is gone): a real clock moves meanwhile
+            assert self._queue is not None
+            self._queue.let_time_pass()
+        if self._free_steps > self.runaway_steps and self._error is None:
+            self._error = RunawayError(
+                f"tasks outside the scheduler's control (spawned by a controlled task, or the "
+                f"scenario's own) ran {self.runaway_steps} steps without ever all waiting"
+            )
+            self._free_steps = 0
+            assert self._queue is not None
+            self._queue.call_soon(self._notify)
+
+    def _describe_budget(self) -> str:
+        trail = [(step.task, step.operation, step.point) for step in self._steps]
+        period = _cycle(trail)
+        if period is None:
+            return (
+                f"the run took more than {self.max_steps} steps with no short cycle of steps "
+                f"repeating: a bigger scenario than max_steps allows, or a livelock"
+            )
+        lines = [
+            f"livelock: the run took more than {self.max_steps} steps, and its last "
+            f"{period} step(s) repeat over and over:"
+        ]
+        runs = [(step, len(list(same))) for step, same in itertools.groupby(trail[-period:])]
+        for (task, operation, point), count in runs[:12]:
+            where = f"{operation} {point}" if operation else point
+            times = f" (x{count})" if count > 1 else ""
+            lines.append(f"  task {task} ({self._tasks[task].name}) {where}{times}")
+        if len(runs) > 12:
+            lines.append(f"  ... and {len(runs) - 12} more")
+        return "\n".join(lines)
 
     # -- the controller ---------------------------------------------------------------------
 
     async def _control(self, tasks: Sequence[_Task]) -> None:
-        quiescent = _quiescence(self.runaway_steps)
+        """Wait until every task ended, raising what the run queue found; a deadlock when
+        nothing moved for ``idle_timeout`` (virtual seconds, on a virtual clock: it passes
+        only when every task waits and no other timer is pending)."""
         if self.idle_timeout is None:
             self.idle_timeout = 3600.0 if _virtual_clock() else 1.0
-        stuck: set[_Task] = set()  # blocked, and did not move when waited for
-        waited = 0  # steps of time passing in a row
+        assert self._queue is not None
+        seen = -1
         while True:
-            await quiescent.wait()
-            choices = [task for task in tasks if task.enabled()]
-            if not choices or waited < _FAIR_WAITS:
-                # Blocked tasks are choices too (choosing one lets time pass); but not forever
-                # while others could go: a task that polls would otherwise starve the one it
-                # waits for under a strategy that keeps preferring it (PCT).
-                choices += [
-                    task for task in tasks if not (task.done or task.parked or task in stuck)
-                ]
-                choices.sort(key=lambda task: task.index)
-            if not choices:
-                if all(task.done for task in tasks):
-                    return
-                if not await self._let_time_pass():
-                    raise DeadlockError(self._describe_stuck(tasks))
-                stuck.clear()
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if all(task.done for task in tasks):
+                return
+            self._wake = wake = anyio.Event()
+            with anyio.move_on_after(self.idle_timeout):
+                await wake.wait()
                 continue
-            last = self._last
-            continuing = last is not None and last in choices
-            if continuing:
-                assert last is not None
-                choices.remove(last)
-                choices.insert(0, last)
-            if len(self._steps) >= self.max_steps:
-                raise StepBudgetError(
-                    f"the run took more than {self.max_steps} steps (a livelock, or a bigger "
-                    f"scenario than max_steps allows)"
-                )
-            position = self._chooser.choose(
-                len(self._steps), [task.index for task in choices], continuing
-            )
-            if len(choices) > 1:
-                self._positions.append(position)
-            if continuing and position:
-                self._preemptions += 1
-            chosen = choices[position]
-            self._last = chosen
-            if not chosen.parked:
-                # Blocked outside a sync point (a driver's own sleep, an event): choosing it
-                # means letting time pass until it, or anything, moves. Choosing another task
-                # instead is what overlaps the sleep with other work.
-                self._record(chosen, "blocked", "")
-                waited += 1
-                if await self._let_time_pass():
-                    stuck.clear()
-                else:
-                    stuck.add(chosen)
+            self._wake = None
+            if self._error is not None or any(task.held for task in tasks):
                 continue
-            self._record(chosen, chosen.point, chosen.operation)
-            waited = 0
-            event = chosen.event
-            assert event is not None
-            chosen.parked = False
-            event.set()
-
-    def _record(self, task: _Task, point: str, operation: str) -> None:
-        self._steps.append(
-            Step(
-                index=len(self._steps),
-                task=task.index,
-                point=point,
-                operation=operation,
-                time=round(anyio.current_time() - self._start_time, 9),  # to the ns: runs compare
-            )
-        )
-
-    async def _let_time_pass(self) -> bool:
-        """One step of time: up to the next timer anyone waits for (a driver's sleep, a poll),
-        so a task that polls moves one poll per step instead of running on unwatched. Without
-        a timer, wait for a task to park or end. False if nothing could move."""
-        deadline = _next_deadline()
-        if deadline is not None:
-            await anyio.sleep_until(deadline)
-            return True
-        return await self._wait_for_change()
-
-    async def _wait_for_change(self) -> bool:
-        """Wait, letting a virtual clock jump, until a task parks or ends; False if nothing
-        happens within ``idle_timeout``."""
-        self._changed = anyio.Event()
-        assert self.idle_timeout is not None
-        with anyio.move_on_after(self.idle_timeout):
-            await self._changed.wait()
-            return True
-        return False
+            if _next_deadline() is not None or self._queue.external_busy():
+                continue  # time passes for another timer, or a worker thread is at work
+            if seen != len(self._steps):
+                seen = len(self._steps)
+                continue  # on a real clock: something moved within the last idle_timeout
+            raise DeadlockError(self._describe_stuck(tasks))
 
     def _describe_stuck(self, tasks: Sequence[_Task]) -> str:
-        lines = ["deadlock: every task is blocked and no timer is pending"]
+        lines = ["deadlock: every task is blocked, no timer is pending and no thread is at work"]
         for task in tasks:
             if task.done:
                 continue
-            if task.parked:
+            if task.point is not None:
                 lines.append(
                     f"  task {task.index} ({task.name}) waits at {task.point} {task.obj!r}"
                 )
             else:
-                lines.append(f"  task {task.index} ({task.name}) is blocked outside a sync point")
+                operation, checkpoint = _where(task.native_coro())
+                where = f"{operation} {checkpoint}" if operation else checkpoint
+                lines.append(f"  task {task.index} ({task.name}) waits in {where}")
         return "\n".join(lines)
 
 
+def _cycle(trail: Sequence[object]) -> int | None:
+    """The shortest period with which the second half of *trail* repeats (at least three
+    times), or None."""
+    window = len(trail) // 2
+    for period in range(1, window // 3 + 1):
+        if all(trail[-k] == trail[-k - period] for k in range(1, window - period + 1)):
+            return period
+    return None
+
+
 _run_task_code = Run._run_task.__code__
-_FAIR_WAITS = 8  # steps of time in a row while a parked task could go, at most
+_SPIN_STEPS = 1000  # uncontrolled steps with no choice, after which a virtual clock moves
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
 
-class _Quiescence:
-    """Waits until every other task is blocked; raises :class:`RunawayError` if some task
-    keeps running for *budget* steps without blocking."""
+# -- owning the run queue -------------------------------------------------------------------
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
 
-    async def wait(self) -> None:
+class _Queue:
+    """The scheduler's hold on one event loop's run queue."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
+        self.free = False  # released: hold nothing any more
+        # threads of anyio.to_thread: outside work that a virtual clock must wait for
+        self.limiter = anyio.to_thread.current_default_thread_limiter()
+
+    def current(self) -> Any:
+        raise NotImplementedError
+
+    def control(self, task: _Task) -> None:
+        self.tasks[task.native] = task
+
+    def forget(self, task: _Task) -> None:
+        self.tasks.pop(task.native, None)
+
+    def held(self) -> list[_Task]:
+        return [task for task in self.tasks.values() if task.held]
+
+    def external_busy(self) -> bool:
+        """Whether a worker thread is at work: more thread-limiter tokens are borrowed than
+        there are held tasks back from a thread call (they give theirs back when they run)."""
+        borrowed = self.limiter.borrowed_tokens
+        if not borrowed:
+            return False
+        back = sum(
+            task.held and _in_thread_call(task.native_coro()) for task in self.tasks.values()
+        )
+        return borrowed > back
+
+    def ready(self) -> bool:
+        """Whether a held task may be chosen now: outside work first reports back (so that a
+        run does not depend on how fast a thread is, and replays)."""
+        return any(task.held for task in self.tasks.values()) and not self.external_busy()
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def let_time_pass(self) -> None:
+        """Move a virtual clock to the next timer."""
+        raise NotImplementedError
+
+    def release_all(self) -> None:
+        raise NotImplementedError
+
+    def uninstall(self) -> None:
         raise NotImplementedError
 
 
-class _TrioQuiescence(_Quiescence):
-    def __init__(self, budget: int) -> None:
-        super().__init__(budget)
-        # trio.testing imports pytest: only when a controlled run starts, not with avcm.testing
-        from trio.testing import wait_all_tasks_blocked
+def _install(run: Run) -> _Queue:
+    if sniffio.current_async_library() == "trio":
+        return _TrioQueue.install(run)
+    return _AsyncioQueue.install(run)
 
-        self._wait_all_tasks_blocked = wait_all_tasks_blocked
 
-    async def wait(self) -> None:
-        counter = _StepCounter(self.budget)
-        trio.lowlevel.add_instrument(counter)
-        try:
-            with anyio.CancelScope() as counter.scope:
-                await self._wait_all_tasks_blocked()
-        finally:
-            trio.lowlevel.remove_instrument(counter)
-        if counter.scope.cancelled_caught:
-            raise RunawayError(
-                f"a task ran {self.budget} steps without reaching a sync point or blocking"
+class _TrioRunq(collections.deque):  # type: ignore[type-arg]
+    """Stands in for trio's ``runner.runq``: trio appends runnable tasks, takes a batch with
+    ``list(runq)`` and clears it. Controlled tasks are held; a batch is the uncontrolled
+    tasks, or, when there are none, the one held task the chooser picks."""
+
+    def __init__(self, queue: _TrioQueue, items: Any) -> None:
+        super().__init__(items)
+        self.queue = queue
+
+    def append(self, task: Any) -> None:
+        queue = self.queue
+        controlled = None if queue.free else queue.tasks.get(task)
+        if controlled is None:
+            super().append(task)
+            return
+        controlled.held = True
+        controlled.yielded = queue.running() is task
+        if not controlled.yielded:
+            queue.run._woken()
+
+    def __len__(self) -> int:
+        free = super().__len__()
+        ready = self.queue.ready()
+        self.queue.sync_autojump(runnable=ready or free > 0)
+        return free + ready
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        batch = list(super().__iter__())
+        if not self.queue.ready():
+            self.queue.run._uncontrolled_step(len(batch))
+            return iter(batch)
+        chosen = self.queue.run._choose(self.queue.held())
+        if chosen is None:
+            self.queue.release_all()
+            return super().__iter__()
+        chosen.held = False
+        batch.append(chosen.native)
+        return iter(batch)
+
+
+class _TrioQueue(_Queue):
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        import trio
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        if not trio.__version__.startswith(TRIO_VERSIONS):
+            raise NotSupportedError(
+                f"avcm.testing controls trio's run queue, an internal of trio: it is tested "
+                f"with trio {' and '.join(v + 'x' for v in TRIO_VERSIONS)}, not trio "
+                f"{trio.__version__}"
             )
+        self.trio = trio
+        self.runner = GLOBAL_RUN_CONTEXT.runner
+        self.context = GLOBAL_RUN_CONTEXT
+        self.token = trio.lowlevel.current_trio_token()
+        self.clock = trio.lowlevel.current_clock()
+        self.runq: _TrioRunq | None = None
+
+    @classmethod
+    def install(cls, run: Run) -> _TrioQueue:
+        queue = cls(run)
+        runq = queue.runner.runq
+        if type(runq) is not collections.deque:
+            raise NotSupportedError("avcm.testing: trio's run queue is not a deque (nested run?)")
+        queue.runq = _TrioRunq(queue, runq)
+        queue.runner.runq = queue.runq
+        return queue
+
+    def current(self) -> Any:
+        return self.trio.lowlevel.current_task()
+
+    def running(self) -> Any:
+        return getattr(self.context, "task", None)
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        self.token.run_sync_soon(function)
+
+    def now(self) -> float:
+        return float(self.clock.current_time())
+
+    def sync_autojump(self, *, runnable: bool) -> None:
+        # trio's MockClock jumps when no task is runnable; a held task is runnable, and a
+        # worker thread at work is a reason to wait, not to jump. trio reads the threshold
+        # right after asking the run queue whether it is empty.
+        threshold = getattr(self.clock, "autojump_threshold", None)
+        if threshold is None:
+            return
+        if not runnable and self.external_busy():
+            threshold = math.inf
+        self.runner.clock_autojump_threshold = threshold
+
+    def let_time_pass(self) -> None:
+        deadline = self.runner.deadlines.next_deadline()
+        jump = getattr(self.clock, "jump", None)
+        if jump is not None and not math.isinf(deadline):
+            jump(max(0.0, deadline - self.clock.current_time()))
+
+    def release_all(self) -> None:
+        self.free = True
+        assert self.runq is not None
+        for task in self.tasks.values():
+            if task.held:
+                task.held = False
+                collections.deque.append(self.runq, task.native)
+
+    def uninstall(self) -> None:
+        self.release_all()
+        assert self.runq is not None
+        self.runner.runq = collections.deque(collections.deque.__iter__(self.runq))
+        threshold = getattr(self.clock, "autojump_threshold", None)
+        if threshold is not None:
+            self.runner.clock_autojump_threshold = threshold
 
 
-class _StepCounter(trio.abc.Instrument):
-    """A trio instrument that counts task steps and cancels a scope past a budget."""
+class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
+    """Stands in for asyncio's ``loop._ready``: the loop appends ready callbacks, and each
+    iteration pops as many as ``len()`` said. A callback that resumes a controlled task is
+    held; when no other callback is ready, one iteration runs the one the chooser picks."""
 
-    def __init__(self, budget: int) -> None:
-        super().__init__()
-        self.left = budget
-        self.scope = anyio.CancelScope()
+    def __init__(self, queue: _AsyncioQueue, items: Any) -> None:
+        super().__init__(items)
+        self.queue = queue
+        self.due = 0  # uncontrolled callbacks the current iteration runs before its choice
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.scope.cancel()
+    def append(self, handle: Any) -> None:
+        queue = self.queue
+        controlled = None if queue.free else queue.tasks.get(_handle_task(handle))
+        if controlled is None:
+            super().append(handle)
+            return
+        controlled.held = True
+        controlled.handles.append(handle)
+        controlled.yielded = queue.current() is controlled.native
+        if not controlled.yielded:
+            queue.run._woken()
+
+    def __len__(self) -> int:
+        # asyncio takes len() as the number of callbacks this iteration runs: the ones ready
+        # now, then one chosen task step
+        self.due = super().__len__()
+        return self.due + self.queue.ready()
+
+    def __bool__(self) -> bool:
+        return super().__len__() > 0 or self.queue.ready()
+
+    def popleft(self) -> Any:
+        if self.due > 0 or not self.queue.ready():
+            self.due -= 1
+            if not super().__len__():
+                return _NOTHING
+            self.queue.run._uncontrolled_step(1)
+            return super().popleft()
+        queue = self.queue
+        held = [task for task in queue.held() if _live(task)]
+        if not held:
+            return _NOTHING
+        chosen = queue.run._choose(held)
+        if chosen is None:
+            queue.release_all()
+            return super().popleft() if super().__len__() else _NOTHING
+        chosen.held = False
+        handles, chosen.handles = chosen.handles, []
+        for handle in handles[1:]:  # not seen so far; run them after it, in order
+            super().append(handle)
+        return handles[0]
 
 
-class _AsyncioQuiescence(_Quiescence):
-    async def wait(self) -> None:
-        # anyio's wait_all_tasks_blocked polls every 0.1 s on asyncio; yielding until no other
-        # task is runnable is as exact and thousands of times faster.
+def _live(task: _Task) -> bool:
+    task.handles = [handle for handle in task.handles if not handle.cancelled()]
+    if not task.handles:
+        task.held = False
+    return task.held
+
+
+def _handle_task(handle: Any) -> Any:
+    """The task a ready callback resumes (its step, or its wakeup), or None."""
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    name = getattr(callback, "__name__", "") or type(callback).__name__
+    if "step" in name.lower() or "wakeup" in name.lower():
+        return task
+    return None
+
+
+class _Nothing:
+    """A cancelled handle: asyncio skips it. Returned when nothing was held after all."""
+
+    _cancelled = True
+
+    def cancelled(self) -> bool:
+        return True
+
+
+_NOTHING = _Nothing()
+
+
+class _AsyncioQueue(_Queue):
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
         import asyncio
 
-        this = asyncio.current_task()
-        for _ in range(self.budget):
-            await asyncio.sleep(0)
-            for task in asyncio.all_tasks():
-                if task is this:
-                    continue
-                waiter = task._fut_waiter  # type: ignore[attr-defined]
-                if waiter is None or waiter.done():
-                    break
-            else:
-                return
-        raise RunawayError(
-            f"a task ran {self.budget} steps without reaching a sync point or blocking"
-        )
+        self.asyncio = asyncio
+        self.loop = asyncio.get_running_loop()
+        if (
+            not isinstance(self.loop, asyncio.BaseEventLoop)
+            or type(getattr(self.loop, "_ready", None)) is not collections.deque
+        ):
+            raise NotSupportedError(
+                f"avcm.testing runs asyncio tasks one at a time through the ready queue of "
+                f"asyncio's own event loop, not {type(self.loop).__name__}"
+            )
+        self.readyq: _AsyncioReady | None = None
+
+    @classmethod
+    def install(cls, run: Run) -> _AsyncioQueue:
+        queue = cls(run)
+        queue.readyq = _AsyncioReady(queue, queue.loop._ready)  # type: ignore[attr-defined]
+        queue.loop._ready = queue.readyq  # type: ignore[attr-defined]
+        from ._clock import VirtualTimeEventLoop
+
+        if isinstance(queue.loop, VirtualTimeEventLoop):
+            queue.loop.external_busy = queue.external_busy
+        return queue
+
+    def current(self) -> Any:
+        return self.asyncio.current_task()
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        self.loop.call_soon(function)
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def let_time_pass(self) -> None:
+        from ._clock import VirtualTimeEventLoop
+
+        if isinstance(self.loop, VirtualTimeEventLoop):
+            self.loop.advance_to_next_timer()
+
+    def release_all(self) -> None:
+        self.free = True
+        assert self.readyq is not None
+        for task in self.tasks.values():
+            if task.held:
+                task.held = False
+                for handle in task.handles:
+                    collections.deque.append(self.readyq, handle)
+                task.handles = []
+
+    def uninstall(self) -> None:
+        self.release_all()
+        assert self.readyq is not None
+        self.loop._ready = collections.deque(collections.deque.__iter__(self.readyq))  # type: ignore[attr-defined]
+        from ._clock import VirtualTimeEventLoop
+
+        if isinstance(self.loop, VirtualTimeEventLoop):
+            self.loop.external_busy = None
 
 
 def _next_deadline() -> float | None:
@@ -446,6 +835,7 @@ def _next_deadline() -> float | None:
 def _virtual_clock() -> bool:
     """Whether time is virtual here: trio's ``MockClock``, or avcm's virtual-time loop."""
     if sniffio.current_async_library() == "trio":
+        import trio.lowlevel
         from trio.testing import MockClock  # imports pytest: only when asked
 
         return isinstance(trio.lowlevel.current_clock(), MockClock)
@@ -454,9 +844,3 @@ def _virtual_clock() -> bool:
     from ._clock import VirtualTimeEventLoop
 
     return isinstance(asyncio.get_running_loop(), VirtualTimeEventLoop)
-
-
-def _quiescence(budget: int) -> _Quiescence:
-    if sniffio.current_async_library() == "trio":
-        return _TrioQuiescence(budget)
-    return _AsyncioQuiescence(budget)

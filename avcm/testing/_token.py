@@ -1,9 +1,9 @@
 """Replay tokens: a whole schedule as one short string.
 
 ``avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm1``, found by ``pct-d3`` with seed 7
-as schedule 12; ``1a2b3c4d`` is a digest of the sync points the run passed (so a replay can
-tell when the code under test changed); the rest is the decisions, the task chosen at each
-step, run-length encoded (``0x3`` is task 0 three times).
+as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
+avcm's sync points: so a replay can tell when the code under test changed); the rest is the
+decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times).
 """
 
 from __future__ import annotations

@@ -159,6 +159,7 @@ async def _run_machine_once(
         max_steps=limits.max_steps,
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
+        fair_bound=limits.fair_bound,
     )
     await machine.setup()
     try:
