@@ -1,0 +1,569 @@
+"""Controls for the race finder: correct programs it must pass under every strategy (no false
+timeout, deadlock or livelock), and races through anyio's and asyncio's own primitives it must
+find, replay and shrink. Nothing here goes through avcm: every checkpoint is a scheduling point
+whatever primitive it belongs to."""
+
+# The programs here are written as users write them: poll loops and sleep(0) included.
+# ruff: noqa: ASYNC110, ASYNC115
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from avcm import testing
+
+BACKENDS = ["asyncio", "trio"]
+
+
+def strategies() -> dict[str, Callable[[], testing.Strategy]]:
+    return {
+        "pct": lambda: testing.PCT(0),
+        "pct-d1": lambda: testing.PCT(1, depth=1),
+        "random": lambda: testing.RandomWalk(0),
+        "exhaustive0": lambda: testing.Exhaustive(0),
+        "exhaustive1": lambda: testing.Exhaustive(1),
+        "exhaustive2": lambda: testing.Exhaustive(2),
+    }
+
+
+# -- correct programs -----------------------------------------------------------------------
+
+
+async def timeout_around_an_event(run: testing.Run) -> None:
+    """A waiter with a deadline far beyond what the setter takes: it never times out."""
+    event = anyio.Event()
+
+    async def waiter() -> None:
+        with anyio.fail_after(5):
+            await event.wait()
+
+    async def setter() -> None:
+        await anyio.lowlevel.checkpoint()
+        event.set()
+
+    for outcome in await run.concurrently(waiter, setter):
+        outcome.unwrap()
+
+
+async def poll_with_sleep_zero(run: testing.Run) -> None:
+    """A poll loop that only yields: the task it waits for gets its turn (fairness)."""
+    flag = False
+
+    async def poller() -> None:
+        while not flag:
+            await anyio.sleep(0)
+
+    async def setter() -> None:
+        nonlocal flag
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        flag = True
+
+    for outcome in await run.concurrently(poller, setter):
+        outcome.unwrap()
+
+
+async def poll_with_backoff(run: testing.Run) -> None:
+    """A poll loop with an exponential backoff against a setter that takes time."""
+    flag = False
+
+    async def poller() -> int:
+        delay, polls = 0.001, 0
+        while not flag:
+            polls += 1
+            await anyio.sleep(delay)
+            delay = min(2 * delay, 0.05)
+        return polls
+
+    async def setter() -> None:
+        nonlocal flag
+        await anyio.sleep(0.2)
+        flag = True
+
+    polls, done = await run.concurrently(poller, setter)
+    done.unwrap()
+    assert polls.unwrap() <= 10
+
+
+async def spin_against_a_timer(run: testing.Run) -> None:
+    """A task that spins on sleep(0) while the other sleeps: time passes as on a real clock."""
+    flag = False
+
+    async def spinner() -> None:
+        while not flag:
+            await anyio.sleep(0)
+
+    async def sleeper() -> None:
+        nonlocal flag
+        await anyio.sleep(0.5)
+        flag = True
+
+    for outcome in await run.concurrently(spinner, sleeper):
+        outcome.unwrap()
+
+
+async def worker_threads(run: testing.Run) -> None:
+    """Tasks waiting for worker threads wait for something outside: never a deadlock, and
+    virtual time stands still meanwhile (the deadline is not reached)."""
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0.001)
+
+    async def with_deadline() -> None:
+        with anyio.fail_after(0.0001):  # far less than the thread takes in real time
+            await anyio.to_thread.run_sync(time.sleep, 0.002)
+
+    for outcome in await run.concurrently(worker, with_deadline):
+        outcome.unwrap()
+
+
+async def locked_counter(run: testing.Run) -> None:
+    lock = anyio.Lock()
+    count = 0
+
+    async def increment() -> None:
+        nonlocal count
+        async with lock:
+            seen = count
+            await anyio.sleep(0)
+            count = seen + 1
+
+    await run.concurrently(increment, increment, increment)
+    assert count == 3
+
+
+async def semaphore_bound(run: testing.Run) -> None:
+    semaphore = anyio.Semaphore(2)
+    inside = peak = 0
+
+    async def user() -> None:
+        nonlocal inside, peak
+        async with semaphore:
+            inside += 1
+            peak = max(peak, inside)
+            await anyio.sleep(0)
+            inside -= 1
+
+    await run.concurrently(user, user, user)
+    assert peak <= 2
+
+
+async def condition_queue(run: testing.Run) -> None:
+    condition = anyio.Condition()
+    items: list[int] = []
+
+    async def consumer() -> int:
+        async with condition:
+            while not items:
+                await condition.wait()
+            return items.pop()
+
+    async def producer() -> None:
+        for item in range(2):
+            async with condition:
+                items.append(item)
+                condition.notify()
+            await anyio.sleep(0)
+
+    outcomes = await run.concurrently(consumer, consumer, producer)
+    assert sorted(outcome.unwrap() for outcome in outcomes[:2]) == [0, 1]
+
+
+async def memory_stream(run: testing.Run) -> None:
+    send, receive = anyio.create_memory_object_stream[int](1)
+    received: list[int] = []
+
+    async def producer() -> None:
+        async with send:
+            for item in range(3):
+                await send.send(item)
+
+    async def consumer() -> None:
+        async with receive:
+            async for item in receive:
+                received.append(item)
+
+    for outcome in await run.concurrently(producer, consumer):
+        outcome.unwrap()
+    assert received == [0, 1, 2]
+
+
+async def capacity_limiter(run: testing.Run) -> None:
+    limiter = anyio.CapacityLimiter(1)
+    inside = 0
+
+    async def user() -> None:
+        nonlocal inside
+        async with limiter:
+            inside += 1
+            assert inside == 1
+            await anyio.sleep(0)
+            inside -= 1
+
+    for outcome in await run.concurrently(user, user):
+        outcome.unwrap()
+
+
+async def cancelled_waiter(run: testing.Run) -> None:
+    """A cancellation reaches a task at its checkpoint; the task tidies up."""
+    event = anyio.Event()
+    scope = anyio.CancelScope()
+    tidied = False
+
+    async def waiter() -> None:
+        nonlocal tidied
+        with scope:
+            try:
+                await event.wait()
+            finally:
+                tidied = True
+
+    async def canceller() -> None:
+        await anyio.sleep(0)
+        scope.cancel()
+
+    for outcome in await run.concurrently(waiter, canceller):
+        outcome.unwrap()
+    assert tidied
+
+
+CONTROLS = {
+    scenario.__name__: scenario
+    for scenario in (
+        timeout_around_an_event,
+        poll_with_sleep_zero,
+        poll_with_backoff,
+        spin_against_a_timer,
+        worker_threads,
+        locked_counter,
+        semaphore_bound,
+        condition_queue,
+        memory_stream,
+        capacity_limiter,
+        cancelled_waiter,
+    )
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", sorted(strategies()))
+@pytest.mark.parametrize("control", sorted(CONTROLS))
+def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
+    schedules = 20 if control == "worker_threads" else 60
+    result = testing.explore(
+        CONTROLS[control],
+        strategy=strategies()[strategy](),
+        schedules=schedules,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == schedules or result.exhausted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_takes_long_is_waited_for(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            with anyio.fail_after(5):
+                await anyio.to_thread.run_sync(time.sleep, 0.01)
+
+        for outcome in await run.concurrently(worker, worker):
+            outcome.unwrap()
+
+    result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+    assert result.exhausted and result.failure is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_time_passes_only_when_nothing_can_run(backend: str) -> None:
+    times: list[float] = []
+
+    async def scenario(run: testing.Run) -> None:
+        async def busy() -> None:
+            for _ in range(5):
+                await anyio.sleep(0)
+            times.append(anyio.current_time())
+
+        async def sleeper() -> None:
+            await anyio.sleep(1)
+            times.append(anyio.current_time())
+
+        start = anyio.current_time()
+        await run.concurrently(busy, sleeper)
+        times[:] = [moment - start for moment in times]
+
+    testing.explore(scenario, strategy=testing.Exhaustive(0), schedules=1, backend=backend)
+    # the busy task's five steps took no time, whoever went first
+    assert times == [0.0, 1.0]
+
+
+# -- true failures --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_true_livelock_names_its_cycle(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        turn = [0, 0]
+
+        async def polite(me: int) -> None:
+            # each waits for the other to go first, forever
+            while turn[1 - me] == 0:
+                await anyio.sleep(0)
+
+        await run.concurrently(lambda: polite(0), lambda: polite(1), names=["a", "b"])
+
+    for strategy in (testing.PCT(0), testing.Exhaustive(0)):
+        result = testing.explore(
+            scenario, strategy=strategy, backend=backend, limits=testing.Limits(max_steps=400)
+        )
+        assert result.failure is not None
+        error = result.failure.error
+        assert isinstance(error, testing.StepBudgetError)
+        assert "livelock" in str(error) and "repeat" in str(error)
+        assert "task 0 (a) polite sleep" in str(error)
+        assert "task 1 (b) polite sleep" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_true_deadlock_on_anyio_locks(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        first, second = anyio.Lock(), anyio.Lock()
+
+        async def forwards() -> None:
+            async with first:
+                await anyio.sleep(0)
+                async with second:
+                    pass
+
+        async def backwards() -> None:
+            async with second:
+                await anyio.sleep(0)
+                async with first:
+                    pass
+
+        await run.concurrently(forwards, backwards)
+
+    result = testing.explore(scenario, strategy=testing.Exhaustive(1), backend=backend)
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.DeadlockError)
+    assert "forwards Lock.__aenter__" in str(result.failure.error)
+
+
+def lost_update_through(pause: Callable[[], object]) -> testing.Scenario:
+    """Read, pause at a checkpoint, write back: two tasks lose an update."""
+
+    async def scenario(run: testing.Run) -> None:
+        count = 0
+
+        async def increment() -> None:
+            nonlocal count
+            seen = count
+            await pause()  # type: ignore[misc]
+            count = seen + 1
+
+        await run.concurrently(increment, increment)
+        assert count == 2, f"lost update: count is {count}"
+
+    return scenario
+
+
+def lock_released_between(
+    run_lock: Callable[[], object], pause: Callable[[], object]
+) -> testing.Scenario:
+    """Check under a lock, await something, act under the lock again: the check is stale."""
+
+    async def scenario(run: testing.Run) -> None:
+        lock = run_lock()
+        stock = 1
+        sold = 0
+
+        async def buy() -> None:
+            nonlocal stock, sold
+            async with lock:  # type: ignore[attr-defined]
+                available = stock > 0
+            await pause()  # type: ignore[misc]
+            if available:
+                async with lock:  # type: ignore[attr-defined]
+                    stock -= 1
+                    sold += 1
+
+        await run.concurrently(buy, buy)
+        assert stock >= 0, f"sold {sold} of 1"
+
+    return scenario
+
+
+def if_instead_of_while() -> testing.Scenario:
+    """A consumer that waits on a condition with ``if``: another consumer got there first."""
+
+    async def scenario(run: testing.Run) -> None:
+        condition = anyio.Condition()
+        items: list[int] = []
+
+        async def consumer() -> int:
+            async with condition:
+                if not items:
+                    await condition.wait()
+                return items.pop()
+
+        async def producer() -> None:
+            async with condition:
+                items.append(1)
+                condition.notify_all()
+
+        # two items for two consumers: whoever waits is woken by a later item
+        for outcome in await run.concurrently(consumer, consumer, producer, producer):
+            outcome.unwrap()
+
+    return scenario
+
+
+def event_set_too_early() -> testing.Scenario:
+    """A publisher sets the event before the data is there; the reader trusts the event."""
+
+    async def scenario(run: testing.Run) -> None:
+        ready = anyio.Event()
+        data: list[int] = []
+
+        async def publisher() -> None:
+            ready.set()
+            await anyio.sleep(0)
+            data.append(1)
+
+        async def reader() -> None:
+            await ready.wait()
+            assert data, "read before the data was written"
+
+        for outcome in await run.concurrently(publisher, reader):
+            outcome.unwrap()
+
+    return scenario
+
+
+def stream_check_then_receive() -> testing.Scenario:
+    """Two consumers see an item in the stream's buffer; only one gets it."""
+
+    async def scenario(run: testing.Run) -> None:
+        send, receive = anyio.create_memory_object_stream[int](1)
+        await send.send(1)
+
+        async def consumer() -> None:
+            if receive.statistics().current_buffer_used:
+                await anyio.sleep(0)
+                receive.receive_nowait()
+
+        with send, receive:
+            for outcome in await run.concurrently(consumer, consumer):
+                outcome.unwrap()
+
+    return scenario
+
+
+RACES_ANYIO = {
+    "sleep0": lost_update_through(lambda: anyio.sleep(0)),
+    "checkpoint": lost_update_through(anyio.lowlevel.checkpoint),
+    "event": event_set_too_early(),
+    "lock": lock_released_between(anyio.Lock, anyio.lowlevel.checkpoint),
+    "semaphore": lock_released_between(lambda: anyio.Semaphore(1), anyio.lowlevel.checkpoint),
+    "condition": if_instead_of_while(),
+    "stream": stream_check_then_receive(),
+}
+
+
+def _minimal_preemptions(scenario: testing.Scenario, backend: str) -> int:
+    for bound in range(3):
+        result = testing.explore(
+            scenario, strategy=testing.Exhaustive(bound), schedules=5000, backend=backend
+        )
+        if result.failure is not None:
+            return bound
+        assert result.exhausted
+    raise AssertionError("not found within two preemptions")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("race", sorted(RACES_ANYIO))
+def test_a_race_through_anyio_is_found_replayed_and_shrunk(race: str, backend: str) -> None:
+    scenario = RACES_ANYIO[race]
+    minimum = _minimal_preemptions(scenario, backend)
+    for strategy in (testing.PCT(0), testing.RandomWalk(0)):
+        result = testing.explore(scenario, strategy=strategy, schedules=500, backend=backend)
+        failure = result.failure
+        assert failure is not None, f"{race} not found by {strategy}"
+        assert not isinstance(failure.error, testing.ScheduleFailure), failure.report()
+        assert failure.timeline.preemptions == minimum, failure.report()
+        for other in BACKENDS:
+            again = testing.replay(scenario, failure.token, backend=other)
+            assert again is not None and again.timeline.steps == failure.timeline.steps
+
+
+def asyncio_races() -> dict[str, testing.Scenario]:
+    async def queue_race(run: testing.Run) -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        queue.put_nowait(1)
+
+        async def consumer() -> None:
+            if not queue.empty():
+                await asyncio.sleep(0)
+                queue.get_nowait()
+
+        for outcome in await run.concurrently(consumer, consumer):
+            outcome.unwrap()
+
+    return {
+        "asyncio.sleep": lost_update_through(lambda: asyncio.sleep(0)),
+        # asyncio's lock does not yield when it is free: the pause is what opens the window
+        "asyncio.Lock": lock_released_between(asyncio.Lock, lambda: asyncio.sleep(0)),
+        "asyncio.Queue": queue_race,
+    }
+
+
+@pytest.mark.parametrize("race", sorted(asyncio_races()))
+def test_a_race_through_plain_asyncio_is_found_and_replayed(race: str) -> None:
+    scenario = asyncio_races()[race]
+    minimum = _minimal_preemptions(scenario, "asyncio")
+    result = testing.explore(scenario, strategy=testing.PCT(0), backend="asyncio")
+    failure = result.failure
+    assert failure is not None, f"{race} not found"
+    assert failure.timeline.preemptions == minimum, failure.report()
+    again = testing.replay(scenario, failure.token, backend="asyncio")
+    assert again is not None and again.timeline.format() == failure.timeline.format()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
+    """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
+    the blocked task is never a choice, so the count is that of the two."""
+    for k in (1, 2):
+
+        async def scenario(run: testing.Run, k: int = k) -> None:
+            event = anyio.Event()
+            finished = 0
+
+            async def worker() -> None:
+                nonlocal finished
+                for _ in range(k):
+                    await anyio.lowlevel.checkpoint()
+                finished += 1
+                if finished == 2:
+                    event.set()
+
+            async def blocked() -> None:
+                await event.wait()
+
+            await run.concurrently(blocked, worker, worker)
+
+        result = testing.explore(
+            scenario, strategy=testing.Exhaustive(32), schedules=10_000, backend=backend
+        )
+        assert result.exhausted and not result.found
+        # the workers take k + 1 steps each, interleaved every way; the blocked task's start
+        # goes in any of the 2k + 3 places; its second step, once woken, is always the last
+        assert result.schedules == math.comb(2 * k + 2, k + 1) * (2 * k + 3)
