@@ -24,7 +24,7 @@ from ..lowlevel import check_int
 from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
-from ._strategies import PCT, Chooser, FromIndices, Replay, Strategy
+from ._strategies import PCT, Chooser, Exhaustive, FromIndices, Replay, Strategy
 from ._timeline import Timeline, wrap
 from ._token import ReplayToken, digest_of
 
@@ -201,8 +201,12 @@ async def _shrink(
     limits: Limits,
     budget: int,
 ) -> tuple[Run, BaseException]:
-    """Make the failing schedule as short and as unpreemptive as it can be while it fails
-    the same way: drop chunks of choices, then lower each one towards 0 (no preemption)."""
+    """Make the failing schedule as unpreemptive, then as short, as it can be while it fails
+    the same way: first the schedules one or two preemptions away from none, then dropping
+    chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
+    schedule with fewer preemptions than the best so far (bounded exhaustive search). When that
+    search completes within *budget* runs, no schedule with fewer preemptions fails: the result
+    has the fewest, whatever the number of tasks."""
     best_run, best_error = run, error
     best = list(run.positions)
     attempts = 0
@@ -210,14 +214,9 @@ async def _shrink(
     def size(trial: Run) -> tuple[int, int, tuple[int, ...]]:
         return trial.preemptions, trial.steps, trial.positions
 
-    async def fails(candidate: list[int]) -> bool:
-        """Run *candidate*; keep it if it fails the same way and is smaller."""
-        nonlocal attempts, best_run, best_error, best
-        attempts += 1
-        try:
-            trial, trial_error = await _run_once(scenario, FromIndices(candidate), limits)
-        except ReplayDivergedError:
-            return False
+    def keep(trial: Run, trial_error: BaseException | None) -> bool:
+        """Keep *trial* if it fails the same way and is smaller."""
+        nonlocal best_run, best_error, best
         if trial_error is None or not _same_failure(trial_error, error):
             return False
         if size(trial) >= size(best_run):
@@ -225,6 +224,41 @@ async def _shrink(
         best_run, best_error = trial, trial_error
         best = list(trial.positions)
         return True
+
+    async def fails(candidate: list[int]) -> bool:
+        nonlocal attempts
+        attempts += 1
+        try:
+            trial, trial_error = await _run_once(scenario, FromIndices(candidate), limits)
+        except ReplayDivergedError:
+            return False
+        return keep(trial, trial_error)
+
+    async def reduce() -> None:
+        improved = True
+        while improved and attempts < budget:
+            improved = False
+            while best and best[-1] == 0:
+                best.pop()
+            chunk = max(len(best) // 2, 1)
+            while chunk >= 1 and attempts < budget:
+                start = 0
+                while start < len(best) and attempts < budget:
+                    candidate = best[:start] + best[start + chunk :]
+                    if await fails(candidate):
+                        improved = True
+                    else:
+                        start += chunk
+                chunk //= 2
+            for index in range(len(best)):
+                for lower in (0, best[index] - 1) if index < len(best) else ():
+                    if lower < 0 or lower >= best[index] or attempts >= budget:
+                        continue
+                    candidate = best.copy()
+                    candidate[index] = lower
+                    if await fails(candidate):
+                        improved = True
+                        break
 
     # Most races need one or two preemptions: try those schedules first, within the failing
     # run's length (position j of a candidate is its j-th choice).
@@ -237,30 +271,23 @@ async def _shrink(
     for j, k in itertools.combinations(range(length), 2):
         if best_run.preemptions > 2 and attempts < budget:
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
-    improved = True
-    while improved and attempts < budget:
-        improved = False
-        while best and best[-1] == 0:
-            best.pop()
-        chunk = max(len(best) // 2, 1)
-        while chunk >= 1 and attempts < budget:
-            start = 0
-            while start < len(best) and attempts < budget:
-                candidate = best[:start] + best[start + chunk :]
-                if await fails(candidate):
-                    improved = True
-                else:
-                    start += chunk
-            chunk //= 2
-        for index in range(len(best)):
-            for lower in (0, best[index] - 1) if index < len(best) else ():
-                if lower < 0 or lower >= best[index] or attempts >= budget:
-                    continue
-                candidate = best.copy()
-                candidate[index] = lower
-                if await fails(candidate):
-                    improved = True
-                    break
+    await reduce()
+    for bound in range(best_run.preemptions):
+        strategy = Exhaustive(bound)
+        schedule = 0
+        while attempts < budget:
+            chooser = strategy.chooser(schedule)
+            if chooser is None:
+                break  # no schedule with at most *bound* preemptions fails
+            schedule += 1
+            attempts += 1
+            try:
+                trial, trial_error = await _run_once(scenario, chooser, limits)
+            except ReplayDivergedError:
+                return best_run, best_error  # not deterministic: nothing more to prove
+            if keep(trial, trial_error):
+                await reduce()  # the fewest preemptions now: fewer steps at that
+                return best_run, best_error
     return best_run, best_error
 
 
