@@ -131,6 +131,7 @@ class _Task:
         "obj",
         "passed",
         "point",
+        "scope",
         "yielded",
     )
 
@@ -145,6 +146,7 @@ class _Task:
         self.obj: object = None
         self.passed = 0  # choices that passed it over since it became runnable
         self.yielded = False  # it became runnable again within its own step
+        self.scope: anyio.CancelScope | None = None  # what an injected cancellation cancels
 
     def native_coro(self) -> Any:
         """The coroutine the task runs: where it is suspended."""
@@ -194,8 +196,9 @@ class Run:
 
     @property
     def decisions(self) -> tuple[int, ...]:
-        """The task chosen at each step: what a replay token records."""
-        return tuple(step.task for step in self._steps)
+        """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*):
+        what a replay token records."""
+        return tuple(-1 - step.task if step.injected else step.task for step in self._steps)
 
     @property
     def preemptions(self) -> int:
@@ -302,11 +305,18 @@ class Run:
                 # held from here on: the first choice is who starts
                 await anyio.lowlevel.checkpoint()
                 try:
-                    value = await function()
+                    with anyio.CancelScope() as task.scope:
+                        value = await function()
                 except Exception as error:
                     outcomes[task.index] = TaskOutcome(task.index, task.name, error=error)
                 else:
-                    outcomes[task.index] = TaskOutcome(task.index, task.name, value=value)
+                    cancelled = task.scope.cancelled_caught
+                    outcomes[task.index] = TaskOutcome(
+                        task.index,
+                        task.name,
+                        value=None if cancelled else value,
+                        cancelled=cancelled,
+                    )
             finally:
                 task.done = True
                 queue.forget(task)
@@ -319,16 +329,49 @@ class Run:
 
     # -- choosing, called by the run queue ----------------------------------------------------
 
-    def _choose(self, held: Sequence[_Task]) -> _Task | None:
+    def _choose(self) -> _Task | None:
         """The held task to run next, or None if the run failed (the error is kept for the
         controller, which is woken to raise it)."""
         try:
-            return self._choose_or_raise(held)
+            self._inject()
+            assert self._queue is not None
+            return self._choose_or_raise(self._queue.choosable())
         except BaseException as error:  # handed to the controller, which raises it
             self._error = error
             assert self._queue is not None
             self._queue.call_soon(self._notify)
             return None
+
+    def _inject(self) -> None:
+        """Cancel the task the chooser names, if any: where the real event loop delivers it,
+        at the task's checkpoint (a held task) or in what it waits for (a blocked one)."""
+        inject = getattr(self._chooser, "inject", None)
+        if inject is None:
+            return
+        assert self._queue is not None
+        running = sorted(
+            task.index
+            for task in self._queue.tasks.values()
+            if task.scope is not None and not task.scope.cancel_called
+        )
+        victim = inject(len(self._steps), running)
+        if victim is None:
+            return
+        if len(self._steps) >= self.max_steps:
+            raise StepBudgetError(self._describe_budget())
+        task = self._tasks[victim]
+        self._steps.append(
+            Step(
+                index=len(self._steps),
+                task=victim,
+                point="cancel",
+                operation="injected",
+                time=round(self._queue_now() - self._start_time, 9),
+                injected=True,
+            )
+        )
+        assert task.scope is not None
+        task.scope.cancel()
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = 0
@@ -512,6 +555,10 @@ class _Queue:
     def held(self) -> list[_Task]:
         return [task for task in self.tasks.values() if task.held]
 
+    def choosable(self) -> list[_Task]:
+        """The held tasks that can be chosen now."""
+        return self.held()
+
     def external_busy(self) -> bool:
         """Whether a worker thread is at work: more thread-limiter tokens are borrowed than
         there are held tasks back from a thread call (they give theirs back when they run)."""
@@ -585,7 +632,7 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
         if not self.queue.ready():
             self.queue.run._uncontrolled_step(len(batch))
             return iter(batch)
-        chosen = self.queue.run._choose(self.queue.held())
+        chosen = self.queue.run._choose()
         if chosen is None:
             self.queue.release_all()
             return super().__iter__()
@@ -708,10 +755,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             self.queue.run._uncontrolled_step(1)
             return super().popleft()
         queue = self.queue
-        held = [task for task in queue.held() if _live(task)]
-        if not held:
+        if not queue.choosable():
             return _NOTHING
-        chosen = queue.run._choose(held)
+        chosen = queue.run._choose()
         if chosen is None:
             queue.release_all()
             return super().popleft() if super().__len__() else _NOTHING
@@ -784,6 +830,9 @@ class _AsyncioQueue(_Queue):
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.loop.call_soon(function)
+
+    def choosable(self) -> list[_Task]:
+        return [task for task in self.held() if _live(task)]
 
     def now(self) -> float:
         return self.loop.time()

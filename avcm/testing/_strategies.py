@@ -28,7 +28,12 @@ __all__ = [
 
 
 class Chooser(Protocol):
-    """Picks the next task of one run."""
+    """Picks the next task of one run.
+
+    A chooser may also have ``inject(step, running) -> int | None``: called before each choice
+    with the ids of the tasks still running (and not cancelled yet), it returns one to cancel
+    there, or None. The cancellation is a step of its own in the timeline and the token.
+    """
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         """Return a position in *enabled*: task ids, the one that ran last first when it can
@@ -54,34 +59,74 @@ class Strategy(ABC):
         return f"<{type(self).__name__} {self.name} seed={self.seed}>"
 
 
-class _RandomChooser:
-    __slots__ = ("_random",)
+class _Cancels:
+    """Where a schedule injects cancellations: *count* steps among the first *steps*, each
+    cancelling a task drawn from those still running. Its own random stream, so that a
+    strategy without cancellations runs the schedules it always ran."""
 
-    def __init__(self, rng: random.Random) -> None:
+    __slots__ = ("_points", "_random")
+
+    def __init__(self, rng: random.Random, count: int, steps: int) -> None:
         self._random = rng
+        self._points = set(rng.sample(range(1, max(steps, count) + 1), count)) if count else set()
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        if step not in self._points or not running:
+            return None
+        return running[self._random.randrange(len(running))]
+
+
+def _cancels(strategy: str, seed: int, schedule: int, count: int, steps: int) -> _Cancels:
+    return _Cancels(random.Random(f"cancel:{strategy}:{seed}:{schedule}"), count, steps)
+
+
+def _named(base: str, cancel: int) -> str:
+    return f"{base}-c{cancel}" if cancel else base
+
+
+class _RandomChooser:
+    __slots__ = ("_cancels", "_random")
+
+    def __init__(self, rng: random.Random, cancels: _Cancels) -> None:
+        self._random = rng
+        self._cancels = cancels
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         return self._random.randrange(len(enabled))
 
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        return self._cancels.inject(step, running)
+
 
 class RandomWalk(Strategy):
-    """At every step, any task that can run, uniformly at random."""
+    """At every step, any task that can run, uniformly at random.
 
-    def __init__(self, seed: int = 0) -> None:
+    With *cancel* > 0, each schedule also cancels a running task at *cancel* random steps
+    (among the longest run seen so far): cancellation injection, replayable from the token.
+    """
+
+    def __init__(self, seed: int = 0, *, cancel: int = 0) -> None:
         self.seed = check_int(seed, "RandomWalk seed", 0)
-        self.name = "random"
+        self.cancel = check_int(cancel, "RandomWalk cancel", 0, 64)
+        self.steps = 8
+        self.name = _named("random", self.cancel)
 
     def chooser(self, schedule: int) -> Chooser:
-        return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"))
+        cancels = _cancels("random", self.seed, schedule, self.cancel, self.steps)
+        return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"), cancels)
+
+    def finished(self, steps: int) -> None:
+        self.steps = max(self.steps, steps)
 
 
 class _PctChooser:
     """Highest priority runs; at each change point the task about to run drops below all."""
 
-    __slots__ = ("_changes", "_depth", "_priority", "_random")
+    __slots__ = ("_cancels", "_changes", "_depth", "_priority", "_random")
 
-    def __init__(self, rng: random.Random, depth: int, steps: int) -> None:
+    def __init__(self, rng: random.Random, depth: int, steps: int, cancels: _Cancels) -> None:
         self._random = rng
+        self._cancels = cancels
         self._depth = depth
         self._priority: dict[int, float] = {}
         # d-1 change points among the first *steps* steps; the i-th sets priority d-1-i
@@ -102,6 +147,9 @@ class _PctChooser:
             position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
         return position
 
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        return self._cancels.inject(step, running)
+
 
 class PCT(Strategy):
     """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010).
@@ -110,17 +158,22 @@ class PCT(Strategy):
     at *depth* - 1 random steps the running task drops to the lowest priority. A bug of depth
     *d* among *n* tasks and *k* steps is found with probability at least 1/(n k^(d-1)) per
     schedule. *k* is learnt: the longest run seen so far (``steps`` to start with).
+
+    With *cancel* > 0, each schedule also cancels a running task at *cancel* random steps
+    among the first *k*: cancellation injection, replayable from the token.
     """
 
-    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8) -> None:
+    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8, cancel: int = 0) -> None:
         self.seed = check_int(seed, "PCT seed", 0)
         self.depth = check_int(depth, "PCT depth", 1, 64)
         self.steps = check_int(steps, "PCT steps", 1)
-        self.name = f"pct-d{self.depth}"
+        self.cancel = check_int(cancel, "PCT cancel", 0, 64)
+        self.name = _named(f"pct-d{self.depth}", self.cancel)
 
     def chooser(self, schedule: int) -> Chooser:
         rng = random.Random(f"pct:{self.seed}:{self.depth}:{schedule}")
-        return _PctChooser(rng, self.depth, self.steps)
+        cancels = _cancels("pct", self.seed, schedule, self.cancel, self.steps)
+        return _PctChooser(rng, self.depth, self.steps, cancels)
 
     def finished(self, steps: int) -> None:
         self.steps = max(self.steps, steps)
@@ -203,12 +256,24 @@ class FromIndices:
 
 
 class Replay:
-    """Follows a token's decisions exactly; any departure is a :class:`ReplayDivergedError`."""
+    """Follows a token's decisions exactly; any departure is a :class:`ReplayDivergedError`.
+    A negative decision ``-1 - task`` is a cancellation of *task* injected at that step."""
 
     __slots__ = ("_decisions",)
 
     def __init__(self, decisions: Sequence[int]) -> None:
         self._decisions = tuple(decisions)
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        if step >= len(self._decisions) or self._decisions[step] >= 0:
+            return None
+        task = -1 - self._decisions[step]
+        if task not in running:
+            raise ReplayDivergedError(
+                f"replay diverged at step {step}: the recording cancels task {task}, "
+                f"but only tasks {sorted(running)} are running"
+            )
+        return task
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if step >= len(self._decisions):

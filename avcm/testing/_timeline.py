@@ -44,6 +44,7 @@ class Step:
     point: str
     operation: str
     time: float
+    injected: bool = False  # not a step of the task: a cancellation the strategy injected
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class TaskOutcome:
     name: str
     value: Any = None
     error: BaseException | None = None
+    cancelled: bool = False  # an injected cancellation ended it (and it let it end it)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +69,8 @@ class TaskOutcome:
 
     def describe(self) -> str:
         if self.error is None:
+            if self.cancelled:
+                return "cancelled"
             return "ok" if self.value is None else f"ok -> {self.value!r}"
         if isinstance(self.error, VcmError):
             name = errno_name(self.error.errno or 0)

@@ -3,7 +3,8 @@
 ``avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm1``, found by ``pct-d3`` with seed 7
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
-decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times).
+decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
+``c1`` is a cancellation of task 1 injected there).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not o
 
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]*):(?P<seed>\d+):(?P<schedule>\d+):"
-    r"(?P<digest>[0-9a-fA-F]{8}):(?P<decisions>-|\d+(?:x\d+)?(?:\.\d+(?:x\d+)?)*)"
+    r"(?P<digest>[0-9a-fA-F]{8}):(?P<decisions>-|c?\d+(?:x\d+)?(?:\.c?\d+(?:x\d+)?)*)"
 )
 
 
@@ -46,7 +47,8 @@ def _encode(decisions: Sequence[int]) -> str:
         while end < len(decisions) and decisions[end] == task:
             end += 1
         count = end - index
-        runs.append(f"{task}x{count}" if count > 1 else str(task))
+        name = f"c{-1 - task}" if task < 0 else str(task)  # an injected cancellation
+        runs.append(f"{name}x{count}" if count > 1 else name)
         index = end
     return ".".join(runs)
 
@@ -56,12 +58,13 @@ def _decode(text: str) -> tuple[int, ...]:
         return ()
     decisions: list[int] = []
     for run in text.split("."):
-        task, _, count = run.partition("x")
+        name, _, count = run.partition("x")
+        task = -1 - int(name[1:]) if name.startswith("c") else int(name)
         if count and int(count) == 0:
             raise TokenError(f"replay token: a run of zero steps ({run!r})")
         if count and int(count) > MAX_DECISIONS:
             raise TokenError(f"replay token: more than {MAX_DECISIONS:,} steps")
-        decisions.extend([int(task)] * (int(count) if count else 1))
+        decisions.extend([task] * (int(count) if count else 1))
         if len(decisions) > MAX_DECISIONS:
             raise TokenError(f"replay token: more than {MAX_DECISIONS:,} steps")
     return tuple(decisions)
