@@ -19,6 +19,7 @@ import pytest
 
 import avcm
 from avcm import testing
+from avcm.lowlevel import sync_point
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -678,3 +679,29 @@ def test_cancellation_tokens_round_trip_and_bad_ones_are_einval() -> None:
     for make in (lambda: testing.PCT(cancel=-1), lambda: testing.RandomWalk(cancel=65)):
         with pytest.raises(avcm.InvalidError):
             make()
+
+
+# -- coverage -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coverage_counts_distinct_schedules_and_points(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            await sync_point("test.work", None)
+            await anyio.lowlevel.checkpoint()
+
+        await run.concurrently(worker, worker)
+
+    # two tasks of two steps each: 6 interleavings, all of them found by exhaustive search
+    result = testing.explore(scenario, strategy=testing.Exhaustive(32), backend=backend)
+    assert result.exhausted and result.distinct_schedules == result.schedules == 6
+    assert dict(result.points) == {"task.start": 12, "test.work": 12}
+    # a random walk repeats itself: it stops once 50 schedules in a row added nothing
+    walk = testing.explore(
+        scenario, strategy=testing.RandomWalk(0), schedules=10_000, backend=backend,
+        until_covered=50,
+    )  # fmt: skip
+    assert walk.covered and walk.distinct_schedules == 6 and walk.schedules < 10_000
+    with pytest.raises(avcm.InvalidError):
+        testing.explore(scenario, until_covered=0)

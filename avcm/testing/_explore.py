@@ -7,6 +7,7 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import itertools
@@ -150,6 +151,12 @@ class Exploration:
     exhausted: bool  # the strategy had no more schedules (exhaustive search complete)
     failure: Failure | None
     max_steps_seen: int
+    # Coverage. Schedules that differ in the order of their steps (which task passed which
+    # point when) count apart; the scheduler does not know which steps conflict, so two that
+    # differ only in the order of independent steps count twice.
+    distinct_schedules: int = 0
+    points: tuple[tuple[str, int], ...] = ()  # each point (sync point or checkpoint), how often
+    covered: bool = False  # stopped by until_covered: new schedules stopped adding coverage
 
     @property
     def found(self) -> bool:
@@ -334,24 +341,31 @@ async def explore_async(
     shrink_budget: int = 500,
     command: str | None = None,
     on_progress: Callable[[int], object] | None = None,
+    until_covered: int | None = None,
 ) -> Exploration:
     """Run *scenario* under up to *schedules* schedules of *strategy* (``PCT()`` by default)
     in the running event loop; stop at the first failure, shrink it and return it.
     *on_progress* is called with the number of schedules run after each one (a progress
-    bar's ``update``, for instance).
+    bar's ``update``, for instance). With *until_covered*, also stop once that many schedules
+    in a row ran no schedule not seen before (``covered`` in the result).
 
     Under a real clock, simulated latency takes real time: prefer :func:`explore`, or a
     virtual clock (pytest-trio's ``autojump_clock``).
     """
     schedules = check_int(schedules, "schedules", 1)
     check_int(shrink_budget, "shrink_budget", 0)
+    if until_covered is not None:
+        check_int(until_covered, "until_covered", 1)
     strategy = PCT() if strategy is None else strategy
     if not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
     limits = Limits() if limits is None else limits
     ran = 0
-    exhausted = False
+    exhausted = covered = False
     max_steps_seen = 0
+    seen: set[str] = set()
+    points: collections.Counter[str] = collections.Counter()
+    stale = 0  # schedules in a row that added nothing new
     for schedule in range(schedules):
         chooser = strategy.chooser(schedule)
         if chooser is None:
@@ -363,7 +377,14 @@ async def explore_async(
             on_progress(ran)
         strategy.finished(run.steps)
         max_steps_seen = max(max_steps_seen, run.steps)
+        digest = digest_of(run.trail())
+        stale = 0 if digest not in seen else stale + 1
+        seen.add(digest)
+        points.update(step.point for step in run.timeline().steps if not step.injected)
         if error is None:
+            if until_covered is not None and stale >= until_covered:
+                covered = True
+                break
             continue
         found = None
         # The scheduler's own failures (deadlock, step budget, runaway) are not shrunk: a
@@ -390,6 +411,8 @@ async def explore_async(
             exhausted=False,
             failure=failure,
             max_steps_seen=max_steps_seen,
+            distinct_schedules=len(seen),
+            points=tuple(sorted(points.items())),
         )
     return Exploration(
         scenario=scenario_name(scenario),
@@ -400,6 +423,9 @@ async def explore_async(
         exhausted=exhausted,
         failure=None,
         max_steps_seen=max_steps_seen,
+        distinct_schedules=len(seen),
+        points=tuple(sorted(points.items())),
+        covered=covered,
     )
 
 
@@ -414,6 +440,7 @@ def explore(
     shrink_budget: int = 500,
     command: str | None = None,
     on_progress: Callable[[int], object] | None = None,
+    until_covered: int | None = None,
 ) -> Exploration:
     """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
     ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time."""
@@ -429,6 +456,7 @@ def explore(
             shrink_budget=shrink_budget,
             command=command,
             on_progress=on_progress,
+            until_covered=until_covered,
         ),
     )
 
