@@ -705,3 +705,19 @@ def test_coverage_counts_distinct_schedules_and_points(backend: str) -> None:
     assert walk.covered and walk.distinct_schedules == 6 and walk.schedules < 10_000
     with pytest.raises(avcm.InvalidError):
         testing.explore(scenario, until_covered=0)
+
+
+@pytest.mark.parametrize(
+    "strategy", [testing.Exhaustive(0), testing.PCT(0), testing.RandomWalk(0)], ids=repr
+)
+def test_asyncio_to_thread_is_waited_for(strategy: testing.Strategy) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            with anyio.fail_after(0.0001):  # virtual time stands still while the thread works
+                await asyncio.to_thread(time.sleep, 0.002)
+
+        for outcome in await run.concurrently(worker, worker):
+            outcome.unwrap()
+
+    result = testing.explore(scenario, strategy=strategy, schedules=20, backend="asyncio")
+    assert result.failure is None, result.failure.report()

@@ -10,9 +10,10 @@ seed, never on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
@@ -21,6 +22,7 @@ from .. import InvalidError
 __all__ = ["BACKENDS", "VirtualTimeEventLoop", "backend_options", "run_on_virtual_time"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -56,9 +58,24 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._virtual = _VirtualSelector()
         super().__init__(self._virtual)
+        self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
 
     def time(self) -> float:
         return self._virtual.now
+
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+    ) -> asyncio.Future[T]:
+        future = super().run_in_executor(executor, func, *args)
+        self.executor_jobs += 1
+        future.add_done_callback(self._executor_job_done)
+        return future
+
+    def _executor_job_done(self, future: asyncio.Future[Any]) -> None:
+        self.executor_jobs -= 1
 
     @property
     def external_busy(self) -> Callable[[], bool] | None:

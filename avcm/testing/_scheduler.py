@@ -834,6 +834,10 @@ class _AsyncioQueue(_Queue):
     def choosable(self) -> list[_Task]:
         return [task for task in self.held() if _live(task)]
 
+    def external_busy(self) -> bool:
+        # asyncio.to_thread and run_in_executor, counted by the virtual-time loop
+        return super().external_busy() or getattr(self.loop, "executor_jobs", 0) > 0
+
     def now(self) -> float:
         return self.loop.time()
 
