@@ -3,7 +3,7 @@ examples/test_race.py``. The ``race`` fixture comes with avcm (a pytest plugin).
 
 Two tasks bind two different memories to one reservation at the same moment: exactly one may
 win (rule 5), whatever the interleaving. The race finder runs the two binds under many
-schedules, one task at a time from sync point to sync point; a failure would print its
+schedules, one task at a time from checkpoint to checkpoint; a failure would print its
 timeline and a command that replays it.
 """
 
