@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import anyio
+import anyio.lowlevel
 
 import avcm
 from avcm import lowlevel
@@ -41,7 +42,8 @@ class RegionAllocator:
         self.cleaned_up = False
 
     async def alloc(self, vcm: avcm.Vcm, part: lowlevel.O2oPart, flags: int) -> object:
-        await lowlevel.sync_point("region.alloc", vcm)
+        await lowlevel.sync_point("region.alloc", vcm)  # names the step in timelines
+        await anyio.lowlevel.checkpoint()  # where a real allocator may wait
         try:
             part.start = self.space.allocate(part.size, avcm.PAGE_SIZE)
         except avcm.NoSpaceError:  # the region is full: for memory that is ENOMEM
@@ -50,6 +52,7 @@ class RegionAllocator:
 
     async def free(self, part: avcm.PhysPart, token: object) -> None:
         await lowlevel.sync_point("region.free", None)
+        await anyio.lowlevel.checkpoint()
         self.space.free(part.start, part.size)
         self._release_if_done()
 

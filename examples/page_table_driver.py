@@ -19,6 +19,7 @@ import argparse
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 
 import avcm
 from avcm import lowlevel
@@ -38,23 +39,29 @@ class PageTables:
     # -- what mmu_init asks of a driver: every operation a coroutine function ----------------
 
     async def enable(self, vcm: avcm.Vcm) -> None:
-        # A sync point where real hardware would wait: the race finder may switch tasks here.
-        await lowlevel.sync_point("page_tables.enable", vcm)
+        await self._hardware_wait("page_tables.enable", vcm)
         self.enabled = True
 
     async def disable(self, vcm: avcm.Vcm) -> None:
-        await lowlevel.sync_point("page_tables.disable", vcm)
+        await self._hardware_wait("page_tables.disable", vcm)
         self.enabled = False
 
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
-        await lowlevel.sync_point("page_tables.write", vcm)
+        await self._hardware_wait("page_tables.write", vcm)
         if vaddr in self.entries:  # the wrapper never maps a page twice: say so if it did
             raise avcm.BusyError(f"page table entry {vaddr:#x} is in use")
         self.entries[vaddr] = (paddr, order)
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
-        await lowlevel.sync_point("page_tables.clear", vcm)
+        await self._hardware_wait("page_tables.clear", vcm)
         del self.entries[vaddr]
+
+    @staticmethod
+    async def _hardware_wait(point: str, vcm: avcm.Vcm) -> None:
+        # Real hardware takes time here: a checkpoint lets other tasks run meanwhile (and the
+        # race finder switch tasks), and the sync point names the step in its timelines.
+        await lowlevel.sync_point(point, vcm)
+        await anyio.lowlevel.checkpoint()
 
     # -- what the checks compare with the model (avcm.lowlevel.HardwareView) -----------------
 
