@@ -37,7 +37,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import (
-    TYPE_CHECKING,
     Any,
     Generic,
     NamedTuple,
@@ -61,6 +60,7 @@ from ._errors import (
     NotSupportedError,
     VcmWarning,
 )
+from ._memory import PhysicalMemory
 from ._sync import AtomicCounter, Mutex, MutexStatistics, sync_point
 from ._validate import (
     check_aligned,
@@ -68,10 +68,8 @@ from ._validate import (
     check_flags,
     check_span,
     page_align,
+    quote,
 )
-
-if TYPE_CHECKING:
-    from ._memory import PhysicalMemory
 
 __all__ = [
     "FreeCallback",
@@ -228,6 +226,10 @@ class Phys(_Allocated):
     ) -> None:
         if free is not None:
             check_coroutine_function(free, "phys: free callback")
+        if isinstance(parts, (str, bytes)) or not isinstance(parts, Iterable):
+            raise InvalidError(f"phys parts must be (start, size) pairs, not {quote(parts)}")
+        if memory is not None and not isinstance(memory, PhysicalMemory):
+            raise InvalidError(f"phys memory must be a PhysicalMemory, not {quote(memory)}")
         # Flat (start, size, start, size, ...) in an array: 16 bytes a part, where a tuple of
         # PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of parts).
         layout = array("Q")

@@ -5,10 +5,16 @@ blocks of ``PAGE_SIZE << order`` bytes, as Linux's buddy allocator does: a free 
 halves until the order wanted is reached, and a freed block merges with its free buddy again.
 Bytes are backed per 4 KiB page on first write, so 256 MiB costs nothing until used; a freed
 block's pages are dropped, so freed memory reads as zeros and "all freed" is exactly "as new".
+The largest blocks are made on demand too (a run of untouched ones is two numbers), so a memory
+of any size up to the 64-bit limit costs the same to make.
+
+Threads: one :class:`PhysicalMemory` may be shared by event loops in several threads; a lock
+makes each of its methods one indivisible step.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from sortedcontainers import SortedSet
@@ -67,14 +73,30 @@ class PhysicalMemory:
         self.base = base
         self.size = size
         self.max_order = max_order
+        self._lock = threading.Lock()
         # free[order]: starts of free blocks, sorted, so the lowest address is always taken.
+        # The largest order also has the untouched run top_low..top_high of its blocks, which
+        # are made only when taken: memory of 2**60 bytes would need 2**38 entries otherwise.
         self._free: list[SortedSet] = [SortedSet() for _ in range(max_order + 1)]
         self._allocated: dict[int, int] = {}  # start -> order
         self._pages: dict[int, bytearray] = {}  # page number -> backing bytes
-        self._free_bytes = 0
-        address, end = base, base + size
+        top = PAGE_SIZE << max_order
+        end = base + size
+        run_low = -(-base // top) * top
+        run_high = run_low + max(0, (end - run_low) // top) * top
+        if run_high <= run_low:  # no block of the largest order fits: it all is head
+            run_low = run_high = end
+        self._top_low, self._top_high = run_low, run_high
+        self._free_bytes = run_high - run_low
+        self._add_range(base, run_low)
+        self._add_range(run_high, end)
+        self._pristine = self._shape()
+
+    def _add_range(self, address: int, end: int) -> None:
+        """Free *address..end* in the largest naturally aligned blocks that fit (below the
+        largest order: the run of those is kept apart)."""
         while address < end:
-            order = max_order
+            order = self.max_order
             while order and (
                 address & ((PAGE_SIZE << order) - 1) or address + (PAGE_SIZE << order) > end
             ):
@@ -82,7 +104,6 @@ class PhysicalMemory:
             self._free[order].add(address)
             self._free_bytes += PAGE_SIZE << order
             address += PAGE_SIZE << order
-        self._pristine = self._shape()
 
     def __repr__(self) -> str:
         return (
@@ -90,8 +111,8 @@ class PhysicalMemory:
             f"free={self._free_bytes:#x} max_order={self.max_order}>"
         )
 
-    def _shape(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(blocks) for blocks in self._free)
+    def _shape(self) -> tuple[object, ...]:
+        return (*(tuple(blocks) for blocks in self._free), self._top_low, self._top_high)
 
     @property
     def free_bytes(self) -> int:
@@ -110,18 +131,46 @@ class PhysicalMemory:
         lowest-address block of the smallest sufficient order: deterministic.
         """
         order = self._check_order(order)
-        for found in range(order, self.max_order + 1):
-            if self._free[found]:
-                break
-        else:
-            return None
-        start: int = self._free[found].pop(0)
-        while found > order:  # split, keeping the lower half
-            found -= 1
-            self._free[found].add(start + (PAGE_SIZE << found))
-        self._allocated[start] = order
-        self._free_bytes -= PAGE_SIZE << order
-        return start
+        with self._lock:
+            for found in range(order, self.max_order):
+                if self._free[found]:
+                    start: int = self._free[found].pop(0)
+                    break
+            else:
+                found = self.max_order
+                taken = self._take_top()
+                if taken is None:
+                    return None
+                start = taken
+            while found > order:  # split, keeping the lower half
+                found -= 1
+                self._free[found].add(start + (PAGE_SIZE << found))
+            self._allocated[start] = order
+            self._free_bytes -= PAGE_SIZE << order
+            return start
+
+    def _take_top(self) -> int | None:
+        """The lowest free block of the largest order, made from the untouched run if that
+        is lower."""
+        made = self._free[self.max_order]
+        if self._top_low < self._top_high and (not made or self._top_low < made[0]):
+            start = self._top_low
+            self._top_low += PAGE_SIZE << self.max_order
+            return start
+        return made.pop(0) if made else None
+
+    def _give_top(self, start: int) -> None:
+        """Free a block of the largest order; one just below the untouched run joins it, so
+        all freed is exactly the shape of new."""
+        top = PAGE_SIZE << self.max_order
+        made = self._free[self.max_order]
+        if start + top != self._top_low:
+            made.add(start)
+            return
+        self._top_low = start
+        while self._top_low - top in made:
+            made.remove(self._top_low - top)
+            self._top_low -= top
 
     def free_pages(self, start: int, order: int) -> None:
         """Free a block allocated with exactly this *start* and *order*, merging buddies.
@@ -129,24 +178,27 @@ class PhysicalMemory:
         Anything else (double free, wrong order, a foreign address) raises ``EINVAL`` and changes
         nothing.
         """
+        start = _check_int(start, "start")
         order = self._check_order(order)
-        if self._allocated.get(start) != order:
-            raise InvalidError(
-                f"physical memory: free of {start:#x} order {order}: no such allocated block"
-            )
-        del self._allocated[start]
-        self._free_bytes += PAGE_SIZE << order
-        first = (start - self.base) >> PAGE_SHIFT
-        for page in range(first, first + (1 << order)):
-            self._pages.pop(page, None)
-        while order < self.max_order:
-            buddy = start ^ (PAGE_SIZE << order)
-            if buddy not in self._free[order]:
-                break
-            self._free[order].remove(buddy)
-            start = min(start, buddy)
-            order += 1
-        self._free[order].add(start)
+        with self._lock:
+            if self._allocated.get(start) != order:
+                raise InvalidError(
+                    f"physical memory: free of {start:#x} order {order}: no such allocated block"
+                )
+            del self._allocated[start]
+            self._free_bytes += PAGE_SIZE << order
+            first = (start - self.base) >> PAGE_SHIFT
+            for page in range(first, first + (1 << order)):
+                self._pages.pop(page, None)
+            while order < self.max_order:
+                buddy = start ^ (PAGE_SIZE << order)
+                if buddy not in self._free[order]:
+                    self._free[order].add(start)
+                    return
+                self._free[order].remove(buddy)
+                start = min(start, buddy)
+                order += 1
+            self._give_top(start)
 
     def _span(self, addr: int, length: int, what: str) -> None:
         _check_int(addr, f"{what} address")
@@ -162,13 +214,14 @@ class PhysicalMemory:
         self._span(addr, length, "read")
         out = bytearray()
         offset = addr - self.base
-        while length:
-            page, within = divmod(offset, PAGE_SIZE)
-            chunk = min(length, PAGE_SIZE - within)
-            backing = self._pages.get(page)
-            out += backing[within : within + chunk] if backing is not None else bytes(chunk)
-            offset += chunk
-            length -= chunk
+        with self._lock:
+            while length:
+                page, within = divmod(offset, PAGE_SIZE)
+                chunk = min(length, PAGE_SIZE - within)
+                backing = self._pages.get(page)
+                out += backing[within : within + chunk] if backing is not None else bytes(chunk)
+                offset += chunk
+                length -= chunk
         return bytes(out)
 
     def write(self, addr: int, data: bytes) -> None:
@@ -180,26 +233,31 @@ class PhysicalMemory:
         self._span(addr, len(data), "write")
         offset = addr - self.base
         view = memoryview(data)
-        while view:
-            page, within = divmod(offset, PAGE_SIZE)
-            chunk = min(len(view), PAGE_SIZE - within)
-            backing = self._pages.get(page)
-            if backing is None:
-                backing = self._pages[page] = bytearray(PAGE_SIZE)
-            backing[within : within + chunk] = view[:chunk]
-            offset += chunk
-            view = view[chunk:]
+        with self._lock:
+            while view:
+                page, within = divmod(offset, PAGE_SIZE)
+                chunk = min(len(view), PAGE_SIZE - within)
+                backing = self._pages.get(page)
+                if backing is None:
+                    backing = self._pages[page] = bytearray(PAGE_SIZE)
+                backing[within : within + chunk] = view[:chunk]
+                offset += chunk
+                view = view[chunk:]
 
     def statistics(self) -> MemoryStatistics:
-        return MemoryStatistics(
-            base=self.base,
-            size=self.size,
-            free_bytes=self._free_bytes,
-            allocated_blocks=len(self._allocated),
-            backed_pages=len(self._pages),
-            free_blocks_per_order=tuple(len(blocks) for blocks in self._free),
-        )
+        with self._lock:
+            per_order = [len(blocks) for blocks in self._free]
+            per_order[-1] += (self._top_high - self._top_low) >> (PAGE_SHIFT + self.max_order)
+            return MemoryStatistics(
+                base=self.base,
+                size=self.size,
+                free_bytes=self._free_bytes,
+                allocated_blocks=len(self._allocated),
+                backed_pages=len(self._pages),
+                free_blocks_per_order=tuple(per_order),
+            )
 
     def is_pristine(self) -> bool:
         """Whether everything is free, fully merged and unbacked: exactly as new."""
-        return not self._allocated and not self._pages and self._shape() == self._pristine
+        with self._lock:
+            return not self._allocated and not self._pages and self._shape() == self._pristine

@@ -17,7 +17,7 @@ import anyio
 from ._core import Phys, Res, Vcm, _WrapperDriver
 from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
-from ._phys import default_memory, pages_of, phys_alloc, phys_walk, visit_pages
+from ._phys import pages_of, phys_alloc, phys_walk, resolve_memory, visit_pages
 from ._sync import sync_point
 from ._validate import check_aligned, check_coroutine_function, check_orders, check_span
 from ._vaspace import AddressSpace
@@ -258,5 +258,5 @@ def mmu_init(
     check_aligned(start, "context start")
     check_aligned(size, "context size", positive=True)
     check_span(start, size, "context")
-    ram = default_memory() if memory is None else memory
+    ram = resolve_memory(memory, "mmu_init")
     return Vcm(start, size, MmuWrapper._create(driver, start, size, ram), name=name)

@@ -18,7 +18,7 @@ import anyio
 from ._core import Phys, PhysPart, Res, Vcm, _NoPublicConstructor, _WrapperDriver
 from ._errors import BusyError, InvalidError, NotSupportedError
 from ._memory import PAGE_SIZE, PhysicalMemory
-from ._phys import default_memory
+from ._phys import resolve_memory
 from ._sync import sync_point
 from ._validate import check_coroutine_function
 
@@ -195,5 +195,5 @@ def o2o_init(
     ``EINVAL`` (and nothing created) for a bad window or a driver without ``alloc``/``free``
     or with an operation that is not a coroutine function.
     """
-    ram = default_memory() if memory is None else memory
+    ram = resolve_memory(memory, "o2o_init")
     return Vcm(start, size, O2oWrapper._create(driver, ram), name=name)

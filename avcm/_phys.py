@@ -9,7 +9,15 @@ import anyio
 from ._core import Phys, PhysPart
 from ._errors import InvalidError, NoMemoryError
 from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
-from ._validate import check_aligned, check_flags, check_orders, check_span, page_align
+from ._validate import (
+    check_aligned,
+    check_coroutine_function,
+    check_flags,
+    check_orders,
+    check_span,
+    page_align,
+    quote,
+)
 
 __all__ = [
     "PageCallback",
@@ -18,6 +26,7 @@ __all__ = [
     "pages_of",
     "phys_alloc",
     "phys_walk",
+    "resolve_memory",
     "visit_pages",
     "walk_pages",
 ]
@@ -34,6 +43,16 @@ def default_memory() -> PhysicalMemory:
     if _default_memory is None:
         _default_memory = PhysicalMemory()
     return _default_memory
+
+
+def resolve_memory(memory: object, what: str) -> PhysicalMemory:
+    """*memory* if it is a :class:`PhysicalMemory`, the default one if ``None``; else EINVAL
+    now, not an AttributeError at the first allocation."""
+    if memory is None:
+        return default_memory()
+    if not isinstance(memory, PhysicalMemory):
+        raise InvalidError(f"{what}: memory must be a PhysicalMemory, not {quote(memory)}")
+    return memory
 
 
 def page_order(size: int) -> int:
@@ -58,7 +77,7 @@ def phys_alloc(
     size = page_align(size, "phys_alloc")
     check_flags(flags, "phys_alloc")
     orders = check_orders(orders, "phys_alloc orders")
-    ram = default_memory() if memory is None else memory
+    ram = resolve_memory(memory, "phys_alloc")
     pages = size >> PAGE_SHIFT
     parts: list[PhysPart] = []
     for order in orders:
@@ -96,7 +115,7 @@ def _check_walk(vaddr: object, phys: object, orders: object, what: str) -> tuple
     """The validation :func:`walk_pages` and :func:`phys_walk` share; returns the orders."""
     vaddr = check_aligned(vaddr, f"{what} vaddr")
     if not isinstance(phys, Phys):
-        raise InvalidError(f"{what}: {phys!r} is not a Phys")
+        raise InvalidError(f"{what}: {quote(phys)} is not a Phys")
     check_span(vaddr, phys.size, f"{what} of")
     phys._check_usable(what)
     return check_orders(orders, f"{what} orders")
@@ -146,11 +165,12 @@ async def phys_walk(
     shielded from cancellation, and the error propagates. If *recovery* itself raises, the
     recovery stops there and that error is noted on the original one. ``EINVAL``, and nothing
     visited, for bad arguments (those :func:`walk_pages` refuses, and callbacks that are not
-    callable).
+    coroutine functions).
     """
     orders = _check_walk(vaddr, phys, orders, "phys_walk")
-    if not callable(callback) or (recovery is not None and not callable(recovery)):
-        raise InvalidError("phys_walk: callback and recovery must be callables")
+    check_coroutine_function(callback, "phys_walk: callback")
+    if recovery is not None:
+        check_coroutine_function(recovery, "phys_walk: recovery")
     await visit_pages(pages_of(vaddr, phys, orders), callback, recovery)
 
 

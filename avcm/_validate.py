@@ -21,6 +21,7 @@ __all__ = [
     "check_orders",
     "is_int",
     "page_align",
+    "quote",
 ]
 
 MAX_ORDER = 30
@@ -32,12 +33,26 @@ def is_int(value: object) -> TypeIs[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def quote(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to about *limit* characters: messages quote bad input, never all
+    of a hostile one (a 10 MB string, a number of 5,000 digits)."""
+    try:
+        text = (
+            repr(value)
+            if not is_int(value) or value.bit_length() < 256
+            else f"<int of {value.bit_length()} bits>"
+        )
+    except Exception:  # a hostile __repr__ must not replace the error being reported
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
 def check_int(value: object, what: str, low: int, high: int | None = None) -> int:
     """Return *value* if it is an int in ``low..high`` (no upper bound if None); else EINVAL."""
     if not is_int(value) or value < low:
-        raise InvalidError(f"{what} must be an int >= {low}, not {value!r}")
+        raise InvalidError(f"{what} must be an int >= {low}, not {quote(value)}")
     if high is not None and value > high:
-        raise InvalidError(f"{what} must be <= {high}, not {value!r}")
+        raise InvalidError(f"{what} must be <= {high}, not {quote(value)}")
     return value
 
 
@@ -87,7 +102,7 @@ def check_coroutine_function(op: object, what: str) -> None:
     # A class is never one, though its __call__ may be an async method of its instances.
     call = None if isinstance(op, type) else getattr(op, "__call__", None)  # noqa: B004
     if not (inspect.iscoroutinefunction(op) or inspect.iscoroutinefunction(call)):
-        raise InvalidError(f"{what} {op!r} is not a coroutine function (async def)")
+        raise InvalidError(f"{what} {quote(op)} is not a coroutine function (async def)")
 
 
 def check_orders(orders: object, what: str = "orders") -> tuple[int, ...]:

@@ -19,7 +19,9 @@ What lives here, and why here:
   O(log n) virtual address allocator the MMU wrapper uses), :func:`walk_pages` (the pages
   :func:`avcm.phys_walk` would visit, without visiting them), :func:`default_memory`, and the
   input checks that make bad input ``EINVAL`` exactly as avcm's own (:func:`check_orders`,
-  :func:`check_int`), plus :func:`errno_name` for messages.
+  :func:`check_int`, :func:`resolve_memory` for a factory's ``memory`` argument), plus
+  :func:`errno_name` and :func:`quote` (a bad value, cut to a few dozen characters) for
+  messages.
 * **Synchronisation**: :class:`Mutex` and :class:`AtomicCounter` (``struct mutex`` and
   ``atomic_t``; a mutex's statistics record is :class:`avcm.MutexStatistics`, with the other
   records), :func:`sync_point` (name a place in a driver's code: the race finder labels its
@@ -43,9 +45,9 @@ from ._hardware import Extent, HardwareView, hardware_view
 from ._memory import PhysicalMemory
 from ._mmu import MmuDriver, MmuWrapper
 from ._o2o import O2oDriver, O2oPart, O2oWrapper
-from ._phys import PageCallback, default_memory, walk_pages
+from ._phys import PageCallback, default_memory, resolve_memory, walk_pages
 from ._sync import AtomicCounter, Mutex, SyncHook, sync_hook, sync_point
-from ._validate import check_int, check_orders
+from ._validate import check_int, check_orders, quote
 from ._vaspace import AddressSpace
 
 __all__ = [
@@ -70,6 +72,8 @@ __all__ = [
     "default_memory",
     "errno_name",
     "hardware_view",
+    "quote",
+    "resolve_memory",
     "sync_hook",
     "sync_point",
     "walk_pages",

@@ -7,15 +7,16 @@ The ``"zero"`` profile does not sleep at all: pure framework overhead, for bench
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 
 import anyio
 
 import avcm
-from avcm.lowlevel import sync_point
+from avcm.lowlevel import check_int, quote, sync_point
 
-__all__ = ["PROFILES", "Latency"]
+__all__ = ["MAX_DELAY", "PROFILES", "Latency"]
 
 _DEFAULT: dict[str, float] = {
     # seconds; the orders of magnitude of an SoC IOMMU driven from a CPU
@@ -33,24 +34,49 @@ PROFILES: dict[str, dict[str, float]] = {
     "zero": {},
 }
 
+MAX_DELAY = 3600.0
+"""The longest delay of one operation, in seconds: a sanity bound (the profiles take at most
+milliseconds), so that a typo cannot make a driver sleep for ever."""
+
+
+def _check_number(value: object, what: str, high: float) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= high
+    ):
+        raise avcm.InvalidError(
+            f"latency: {what} must be a number in 0..{high:g}, not {quote(value)}"
+        )
+    return float(value)
+
 
 class Latency:
     """Per-operation delays: ``delays[op]`` seconds, each varied by up to ``±jitter`` of itself.
 
-    ``EINVAL`` for a negative delay or a jitter outside 0..1. Operations not named take no time.
+    ``EINVAL`` (and no latency made) for delays that are not a mapping of operation names to
+    numbers of seconds in ``0..MAX_DELAY`` (infinity and NaN included), a jitter outside 0..1 or
+    a seed that is not an int. Operations not named take no time.
     """
 
     def __init__(
         self, delays: Mapping[str, float] | None = None, *, jitter: float = 0.25, seed: int = 0
     ) -> None:
-        delays = dict(delays or {})
+        if delays is None:
+            delays = {}
+        if not isinstance(delays, Mapping):
+            raise avcm.InvalidError(
+                f"latency: delays must be a mapping of operation to seconds, not {quote(delays)}"
+            )
+        checked: dict[str, float] = {}
         for op, delay in delays.items():
-            if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
-                raise avcm.InvalidError(f"latency: delay of {op!r} must be >= 0, not {delay!r}")
-        if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
-            raise avcm.InvalidError(f"latency: jitter must be a number in 0..1, not {jitter!r}")
-        self.delays = delays
-        self.jitter = float(jitter)
+            if not isinstance(op, str):
+                raise avcm.InvalidError(f"latency: operation {quote(op)} is not a name")
+            checked[op] = _check_number(delay, f"delay of {quote(op)}", MAX_DELAY)
+        self.jitter = _check_number(jitter, "jitter", 1.0)
+        check_int(seed, "latency: seed", 0)
+        self.delays = checked
         self._random = random.Random(seed)
 
     def __repr__(self) -> str:
@@ -59,9 +85,9 @@ class Latency:
     @classmethod
     def profile(cls, name: str, *, seed: int = 0) -> Latency:
         """A named profile: ``"default"`` (microseconds), ``"slow"`` (100x) or ``"zero"``."""
-        if name not in PROFILES:
+        if not isinstance(name, str) or name not in PROFILES:
             raise avcm.InvalidError(
-                f"latency: unknown profile {name!r} (choose from {', '.join(PROFILES)})"
+                f"latency: unknown profile {quote(name)} (choose from {', '.join(PROFILES)})"
             )
         return cls(PROFILES[name], seed=seed)
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from sortedcontainers import SortedDict
 
 import avcm
-from avcm.lowlevel import check_orders
+from avcm.lowlevel import check_orders, resolve_memory
 
 from ._faults import FaultPlan
 from ._latency import Latency
+from ._options import driver_options
 
 __all__ = ["IommuFault", "PageTableMmu", "PageTableStatistics"]
 
@@ -63,11 +64,9 @@ class PageTableMmu:
         name: str = "mmu",
     ) -> None:
         # validated here, as mmu_init will: EINVAL, not a TypeError from tuple(None)
+        self.latency, self.faults, self.name = driver_options(latency, faults, name, "mmu")
         self.orders = check_orders(orders, f"{name} orders")
-        self.memory = memory
-        self.latency = latency if latency is not None else Latency.profile("default")
-        self.faults = faults if faults is not None else FaultPlan()
-        self.name = name
+        self.memory = resolve_memory(memory, name)
         self._entries = SortedDict()  # vaddr -> (paddr, order)
         self._per_order: Counter[int] = Counter()
         self.enabled = False

@@ -11,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import avcm
-from avcm.lowlevel import AddressSpace
+from avcm.lowlevel import AddressSpace, quote, resolve_memory
 
 from ._faults import FaultPlan
 from ._latency import Latency
+from ._options import driver_options
 
 __all__ = ["CarveoutAllocator", "CarveoutStatistics", "create_carveout"]
+
+MAX_CARVEOUT_BLOCKS = 1 << 16
+"""A region is taken in blocks of the memory's largest order, at most this many (256 GiB in
+4 MiB blocks): a bound on the work of making one, whatever the memory's size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +50,9 @@ class CarveoutAllocator:
         faults: FaultPlan | None = None,
         name: str = "carveout",
     ) -> None:
-        self.memory = memory
-        self.name = name
-        self.latency = latency if latency is not None else Latency.profile("default")
-        self.faults = faults if faults is not None else FaultPlan()
-        self._blocks = self._carve(memory, size)
+        self.latency, self.faults, self.name = driver_options(latency, faults, name, "carveout")
+        self.memory = resolve_memory(memory, "carveout")
+        self._blocks = self._carve(self.memory, size)
         self.start = self._blocks[0][0]
         self.size = size
         self._space = AddressSpace(self.start, size)
@@ -59,7 +62,7 @@ class CarveoutAllocator:
     def _carve(memory: avcm.PhysicalMemory, size: int) -> list[tuple[int, int]]:
         """Take *size* contiguous bytes from the buddy allocator, in blocks as large as it has."""
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise avcm.InvalidError(f"carveout: size must be a positive int, not {size!r}")
+            raise avcm.InvalidError(f"carveout: size must be a positive int, not {quote(size)}")
         if size & (avcm.PAGE_SIZE - 1):
             raise avcm.InvalidError(f"carveout: size {size:#x} is not page aligned")
         block_order = min(memory.max_order, size.bit_length() - 1 - avcm.PAGE_SHIFT)
@@ -68,6 +71,12 @@ class CarveoutAllocator:
             raise avcm.InvalidError(
                 f"carveout: size {size:#x} must be a multiple of {block:#x} (a buddy block)"
             )
+        if size // block > MAX_CARVEOUT_BLOCKS:
+            raise avcm.InvalidError(
+                f"carveout: size {size:#x} is over {MAX_CARVEOUT_BLOCKS} blocks of {block:#x}"
+            )
+        if size > memory.free_bytes:
+            raise avcm.NoMemoryError(f"carveout: {size:#x} bytes is more than {memory!r} has")
         blocks: list[tuple[int, int]] = []
         for _ in range(size // block):
             start = memory.alloc_pages(block_order)
@@ -144,7 +153,7 @@ def create_carveout(
     ``ENOMEM`` if the memory has no contiguous region that large; ``EINVAL`` for a bad size.
     The allocator is ``vcm.driver.hw`` (a :class:`CarveoutAllocator`).
     """
-    ram = avcm.lowlevel.default_memory() if memory is None else memory
+    ram = resolve_memory(memory, "create_carveout")
     allocator = CarveoutAllocator(ram, size, latency=latency, faults=faults, name=name)
     try:
         return avcm.o2o_init(allocator.start, size, allocator, memory=ram, name=name)

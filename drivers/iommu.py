@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import avcm
+from avcm.lowlevel import quote, resolve_memory
 
 from ._faults import FaultPlan
 from ._latency import Latency
@@ -29,13 +30,16 @@ def create_iommu(
     *latency* defaults to the ``"default"`` profile, *faults* to none. The hardware is
     :func:`hardware(vcm) <hardware>`. ``EINVAL`` for a bad range or bad orders.
     """
-    ram = avcm.lowlevel.default_memory() if memory is None else memory
+    ram = resolve_memory(memory, "create_iommu")
     mmu = PageTableMmu(ram, orders=orders, latency=latency, faults=faults, name=name)
     return avcm.mmu_init(start, size, mmu, memory=ram, name=name)
 
 
 def hardware(vcm: avcm.Vcm) -> PageTableMmu:
-    """The simulated MMU behind a context made by :func:`create_iommu` or ``create_cpu``."""
+    """The simulated MMU behind a context made by :func:`create_iommu` or ``create_cpu``;
+    ``EINVAL`` for anything else."""
+    if not isinstance(vcm, avcm.Vcm):
+        raise avcm.InvalidError(f"hardware: {quote(vcm)} is not a context")
     driver = vcm.driver
     if not isinstance(driver, avcm.lowlevel.MmuWrapper) or not isinstance(driver.hw, PageTableMmu):
         raise avcm.InvalidError(f"{vcm.name} is not a sample page-table context")
