@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -21,9 +20,10 @@ from typing import Any, NoReturn
 
 import anyio
 
+from avcm.lowlevel import quote
 from avcm.testing import backend_options
 
-from ._config import CONTEXT_KINDS, StressConfig, UsageError
+from ._config import BACKENDS, CLOCKS, LATENCIES, MAX_JOBS, StressConfig, UsageError, check_count
 from ._replay import load_recording, verdict
 from ._report import (
     describe_violation,
@@ -43,55 +43,34 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        # One clear line, not argparse's usage block: scripts read the last line.
-        raise UsageError(message)
+        # One clear line, not argparse's usage block: scripts read the last line. argparse
+        # quotes a bad value whole: cut it.
+        raise UsageError(message if len(message) <= 160 else f"{message[:150]}...")
 
 
-def _rate(text: str) -> float:
+# The option types only turn text into numbers; StressConfig checks the values (the same
+# check a replay file's settings get).
+
+
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
-    return value
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a number") from None
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
-    return value
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a whole number") from None
 
 
 def _contexts(text: str) -> tuple[tuple[str, int], ...]:
     pairs = []
     for item in text.split(","):
         kind, _, count = item.strip().partition("=")
-        if kind not in CONTEXT_KINDS:
-            raise argparse.ArgumentTypeError(
-                f"unknown context kind {kind!r} (choose from {', '.join(CONTEXT_KINDS)})"
-            )
-        try:
-            number = int(count) if count else 1
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r}: count must be a whole number") from None
-        if number < 0:
-            raise argparse.ArgumentTypeError(f"{item!r}: count must not be negative")
-        pairs.append((kind, number))
+        pairs.append((kind, _whole_number(count) if count else 1))
     return tuple(pairs)
 
 
@@ -108,32 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=("asyncio", "trio"),
+        choices=BACKENDS,
         default="asyncio",
         help="event loop to run on (default: asyncio)",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_whole_number,
         default=0,
         help="seed of every random choice; same seed, same run (default: 0)",
     )
     parser.add_argument(
         "--tasks",
-        type=_positive_int,
+        type=_whole_number,
         default=64,
         help="concurrent tasks issuing operations (default: 64)",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--ops",
-        type=_positive_int,
+        type=_whole_number,
         default=20_000,
         help="operations to run in all (default: 20000)",
     )
     group.add_argument(
         "--duration",
-        type=_seconds,
+        type=_number,
         default=None,
         metavar="SECONDS",
         help="run for this many wall-clock seconds instead of --ops",
@@ -147,20 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--latency",
-        choices=("default", "slow", "zero"),
+        choices=LATENCIES,
         default="default",
         help="sample drivers' latency profile; zero for pure overhead",
     )
     parser.add_argument(
         "--faults",
-        type=_rate,
+        type=_number,
         default=0.0,
         metavar="RATE",
         help="probability that a sample driver operation fails (injected)",
     )
     parser.add_argument(
         "--cancel",
-        type=_rate,
+        type=_number,
         default=0.0,
         metavar="RATE",
         help="probability that an operation is cancelled midway",
@@ -174,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clock",
-        choices=("virtual", "real"),
+        choices=CLOCKS,
         default="virtual",
         help="virtual: latency costs no wall time and a seed replays exactly "
         "(default); real: sleep for real",
     )
     parser.add_argument(
         "--check-every",
-        type=_positive_int,
+        type=_whole_number,
         default=50,
         metavar="N",
         help="after every N-th operation, wait for quiescence and run the global checks "
@@ -200,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="rerun a recorded run from its trace file (as many operations as it recorded) and "
-        "compare: exit 0 or 1 when it reproduced the recording, 3 when not",
+        "compare: exit 0 or 1 when it reproduced the recording, 3 when not. A file never chooses "
+        "code to run: a trace of a --driver run needs the same --driver here",
     )
     parser.add_argument(
         "--trace-dir",
@@ -211,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=_whole_number,
         default=1,
         metavar="N",
         help="run N seeds (seed, seed+1, ...) in N parallel processes",
@@ -317,7 +297,7 @@ def _show(config: StressConfig, result: RunResult, quiet: bool) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    recording = load_recording(args.replay)
+    recording = load_recording(args.replay, args.driver)
     config = recording.config
     if args.json is not None:
         _check_output_file("--json", args.json)
@@ -339,6 +319,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.replay is not None:
         return _replay(args)
     config = config_from_args(args)
+    check_count(args.jobs, "--jobs", 1, MAX_JOBS)
     if args.json is not None:
         _check_output_file("--json", args.json)
     _check_output_dir("--trace-dir", args.trace_dir)

@@ -144,9 +144,12 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
             if config.faults:
                 faults.fail_randomly(probability=config.faults)
             latency = drivers.Latency.profile(config.latency, seed=seed)
-            vcm = _sample_factory(kind)(
-                memory, latency=latency, faults=faults, name=name, **_placement(kind, index)
-            )
+            try:
+                vcm = _sample_factory(kind)(
+                    memory, latency=latency, faults=faults, name=name, **_placement(kind, index)
+                )
+            except avcm.VcmError as error:
+                raise UsageError(f"--contexts: cannot make {name}: {error}") from None
             contexts.append(Context(kind, name, vcm, kind == "carveout", memory, faults))
     return contexts
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from avcm.lowlevel import quote
+
 from ._config import StressConfig, UsageError
 from ._report import TRACE_VERSION
 from ._workload import Outcome, RunResult
@@ -48,20 +50,28 @@ def _problem(document: Any) -> str | None:
         return "'violation' is neither null nor an object with a rule and a description"
     version = document.get("version")
     if version != TRACE_VERSION:
-        return f"trace version {version!r}, this harness replays version {TRACE_VERSION}"
+        return f"trace version {quote(version)}, this harness replays version {TRACE_VERSION}"
     return None
 
 
-def load_recording(path: Path) -> Recording:
-    """Read and check a trace file; a bad one is a :class:`UsageError` (nothing has run)."""
+def load_recording(path: Path, driver: str | None = None) -> Recording:
+    """Read and check a trace file; a bad one is a :class:`UsageError` (nothing has run).
+
+    A file is data: it never chooses code to import. A trace of a run with ``--driver`` is
+    replayed only if *driver* (the command line's ``--driver``) names the same driver.
+    """
     try:
         document = json.loads(path.read_text())
+    except RecursionError:
+        raise UsageError(f"--replay {path}: not a stress trace file (nested too deeply)") from None
     except (OSError, ValueError) as error:
-        raise UsageError(f"--replay {path}: not a stress trace file ({error})") from None
+        reason = quote(str(error), 120)[1:-1]
+        raise UsageError(f"--replay {path}: not a stress trace file ({reason})") from None
     problem = _problem(document)
     if problem is not None:
         raise UsageError(f"--replay {path}: not a stress trace file ({problem})")
     config = StressConfig.from_json(document["config"])
+    _check_driver(path, config.driver, driver)
     trace = document["trace"]
     if config.duration is not None:
         # a --duration run stopped when its time was up: the replay runs as many operations
@@ -70,6 +80,21 @@ def load_recording(path: Path) -> Recording:
             raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
         config = replace(config, duration=None, ops=len(trace))
     return Recording(config, trace, document.get("violation"))
+
+
+def _check_driver(path: Path, recorded: str | None, given: str | None) -> None:
+    if recorded == given:
+        return
+    if recorded is None:
+        raise UsageError(
+            f"--driver {quote(given)}: {path} was recorded with the sample drivers; "
+            "replay it without --driver"
+        )
+    what = "was given no --driver" if given is None else f"--driver is {quote(given)}"
+    raise UsageError(
+        f"--replay {path}: the trace was recorded with --driver {quote(recorded)} and {what}; "
+        "a trace file never chooses code to import: pass --driver with that driver to replay it"
+    )
 
 
 def _compare(recorded: list[dict[str, Any]], trace: list[Outcome]) -> str | None:

@@ -115,9 +115,13 @@ def summary_line(config: StressConfig, result: RunResult) -> str:
     )
 
 
-def replay_command(trace_path: Path) -> str:
-    """The command that replays *trace_path*, with the interpreter that is running now."""
-    return shlex.join([sys.executable, "-m", "stress", "--replay", str(trace_path)])
+def replay_command(trace_path: Path, driver: str | None = None) -> str:
+    """The command that replays *trace_path*, with the interpreter that is running now (and
+    the run's ``--driver``: a replay imports only what its command line names)."""
+    words = [sys.executable, "-m", "stress", "--replay", str(trace_path)]
+    if driver is not None:
+        words += ["--driver", driver]
+    return shlex.join(words)
 
 
 def describe_violation(config: StressConfig, result: RunResult, trace_path: Path | None) -> str:
@@ -130,7 +134,7 @@ def describe_violation(config: StressConfig, result: RunResult, trace_path: Path
     ]
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")
-        lines.append(f"replay: {replay_command(trace_path)}")
+        lines.append(f"replay: {replay_command(trace_path, config.driver)}")
     return "\n".join(lines)
 
 
