@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avcm import testing
-from avcm.testing import backend_options
+from avcm.testing import backend_options, output_file_problem, run_main
 
 from . import _rows
 from ._campaign import campaign_rows
@@ -98,6 +98,12 @@ def render(results: dict[str, list[Row]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 every target met, 1 one missed, 2 a usage error (one line, before any
+    measurement: a --json that could not be written after it), 130 interrupted (Ctrl-C)."""
+    return run_main("bench", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--json", type=Path, help="also write the table as JSON to PATH")
     parser.add_argument(
@@ -106,15 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="smaller sizes, for a smoke run: targets are set for the full ones, none is judged",
     )
     args = parser.parse_args(argv)
+    if args.json is not None:
+        problem = output_file_problem(args.json)
+        if problem is not None:
+            print(f"bench: error: --json {args.json}: {problem}", file=sys.stderr)
+            return 2
     with testing.progress_bar("bench", measured_groups(args.quick)) as update:
         results = measure(args.quick, update)
     if args.quick:
         results = {b: [replace(r, met=None) for r in rows] for b, rows in results.items()}
     render(results)
     if args.json is not None:
-        args.json.write_text(
-            json.dumps({b: [asdict(r) for r in rows] for b, rows in results.items()}, indent=2)
-        )
+        document = {b: [asdict(r) for r in rows] for b, rows in results.items()}
+        try:
+            args.json.write_text(json.dumps(document, indent=2))
+        except OSError as error:
+            print(f"bench: error: --json {args.json}: {error.strerror}", file=sys.stderr)
+            return 2
     return 0 if all(r.met is not False for rows in results.values() for r in rows) else 1
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,7 +20,12 @@ from typing import Any, NoReturn
 import anyio
 
 from avcm.lowlevel import quote
-from avcm.testing import backend_options
+from avcm.testing import (
+    backend_options,
+    output_dir_problem,
+    output_file_problem,
+    run_main,
+)
 
 from ._config import BACKENDS, CLOCKS, LATENCIES, MAX_JOBS, StressConfig, UsageError, check_count
 from ._replay import load_recording, verdict
@@ -38,7 +42,6 @@ from ._workload import RunResult, run_workload
 __all__ = ["main", "run"]
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,29 +252,11 @@ def _run_jobs(config: StressConfig, jobs: int) -> list[tuple[StressConfig, RunRe
         return pool.map(_run_for_pool, configs, chunksize=1)
 
 
-def _check_output_file(option: str, path: Path) -> None:
-    """Refuse, before the run, a file that could not be written after it."""
-    if path.is_dir():
-        raise UsageError(f"{option} {path}: is a directory, not a file")
-    if not path.parent.is_dir():
-        raise UsageError(f"{option} {path}: no such directory {path.parent}")
-    _check_writable(option, path, path.parent)
-
-
-def _check_output_dir(option: str, path: Path) -> None:
-    """Refuse, before the run, a directory that could not be made or written to after it."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is not a directory" if existing == path else f"is under {existing}, a file"
-        raise UsageError(f"{option} {path}: {where}")
-    _check_writable(option, path, existing)
-
-
-def _check_writable(option: str, path: Path, directory: Path) -> None:
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: {directory} is not writable")
+def _check_output(option: str, path: Path, problem: Callable[[Path], str | None]) -> None:
+    """Refuse, before the run, a path that could not be written after it."""
+    found = problem(path)
+    if found is not None:
+        raise UsageError(f"{option} {path}: {found}")
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -300,7 +285,7 @@ def _replay(args: argparse.Namespace) -> int:
     recording = load_recording(args.replay, args.driver)
     config = recording.config
     if args.json is not None:
-        _check_output_file("--json", args.json)
+        _check_output("--json", args.json, output_file_problem)
     result = run(config, show_progress=not args.quiet)
     _show(config, result, args.quiet)
     if result.violation is not None:
@@ -321,8 +306,8 @@ def _main(argv: Sequence[str] | None) -> int:
     config = config_from_args(args)
     check_count(args.jobs, "--jobs", 1, MAX_JOBS)
     if args.json is not None:
-        _check_output_file("--json", args.json)
-    _check_output_dir("--trace-dir", args.trace_dir)
+        _check_output("--json", args.json, output_file_problem)
+    _check_output("--trace-dir", args.trace_dir, output_dir_problem)
     if args.jobs > 1:
         runs = _run_jobs(config, args.jobs)
     else:
@@ -341,21 +326,13 @@ def _main(argv: Sequence[str] | None) -> int:
     return status
 
 
-def _interrupted(error: BaseException) -> bool:
-    """A Ctrl-C, alone or inside an exception group (trio reports it from its task group)."""
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(KeyboardInterrupt) is not None
-    return isinstance(error, KeyboardInterrupt)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("avcm-stress", lambda: _usage_errors(argv))
+
+
+def _usage_errors(argv: Sequence[str] | None) -> int:
     try:
         return _main(argv)
     except UsageError as error:
         print(f"avcm-stress: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except BaseException as error:
-        if not _interrupted(error):
-            raise
-        print("avcm-stress: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED

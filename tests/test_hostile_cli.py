@@ -4,6 +4,7 @@ a hang, an echo of megabytes, or a file that chooses code to import."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,122 @@ def test_a_custom_driver_trace_replays_with_its_driver(
     assert f"--driver {driver}" in out  # the printed replay command names it
     status, out, _ = run_stress(capsys, "--replay", str(trace), "--driver", driver)
     assert status == 1 and "reproduced the recorded violation" in out, out
+
+
+# -- avcm.testing and bench ---------------------------------------------------------------------
+
+TOKEN = "avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5"
+
+
+def run_testing(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
+
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line(err: str, prefix: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[:2000]
+    assert lines[0].startswith(prefix) and message in lines[0], lines[0][:500]
+    assert len(lines[0]) < MAX_LINE, lines[0][:500]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "avcm1:pct-d3:" + "9" * 5000 + ":12:1a2b3c4d:0x3",
+        "avcm1:pct-d3:7:" + "9" * 5000 + ":1a2b3c4d:0x3",
+        "avcm1:pct-d3:7:12:1a2b3c4d:" + "9" * 5000,
+        "avcm1:pct-d3:7:12:1a2b3c4d:0x" + "9" * 5000,
+        "avcm" + "9" * 100_000 + ":x",
+    ],
+)
+def test_tokens_with_huge_numbers_are_token_errors(
+    capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    from avcm.testing import ReplayToken, TokenError
+
+    with pytest.raises(TokenError):
+        ReplayToken.parse(token)
+    status, out, err = run_testing(capsys, "replay", "os:getcwd", token)
+    assert status == 2 and out == ""
+    assert_one_line(err, "avcm.testing:", "replay token")
+
+
+def test_a_scenario_with_the_wrong_signature_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run_testing(capsys, "replay", "os:getcwd", TOKEN)
+    assert status == 2 and out == ""
+    assert_one_line(err, "avcm.testing:", "cannot be called with a Run")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["conformance", "drivers:create_iommu", "--schedules", "100000000000"],
+        ["conformance", "drivers:create_iommu", "--schedules", "0"],
+        ["conformance", "drivers:create_iommu", "--seed", "9" * 5000],
+        ["conformance", "drivers:create_iommu", "--backend", "curio"],
+        ["replay", "x" * 100_000, TOKEN],
+    ],
+)
+def test_testing_command_line_bounds(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    status, out, err = run_testing(capsys, *args)
+    assert status == 2 and out == ""
+    assert_one_line(err, "avcm.testing:", "")
+
+
+def test_bench_checks_its_json_path_before_the_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import _cli
+
+    def measure(*args: object) -> Any:
+        raise AssertionError("measured before the output path was checked")
+
+    monkeypatch.setattr(_cli, "measure", measure)
+    for path in (tmp_path / "missing" / "x.json", tmp_path):
+        assert _cli.main(["--quick", "--json", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert_one_line(captured.err, "bench: error: --json", "")
+
+
+def _interrupt(*args: object, **kwargs: object) -> Any:
+    raise KeyboardInterrupt
+
+
+def _interrupt_in_a_group(*args: object, **kwargs: object) -> Any:
+    raise BaseExceptionGroup("from a task group", [KeyboardInterrupt()])
+
+
+@pytest.mark.parametrize("raiser", [_interrupt, _interrupt_in_a_group])
+@pytest.mark.parametrize("command", ["bench", "conformance", "replay"])
+def test_ctrl_c_is_one_line_and_exit_130_in_every_command(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    raiser: Callable[..., Any],
+) -> None:
+    # where each command spends its time, interrupted (a real SIGINT is tested for stress)
+    from avcm.testing import _cli, _conformance  # avcm-private: where the commands spend time
+    from bench import _cli as bench_cli
+
+    if command == "bench":
+        monkeypatch.setattr(bench_cli, "measure", raiser)
+        status = bench_cli.main(["--quick"])
+        prefix = "bench:"
+    elif command == "conformance":
+        monkeypatch.setattr(_conformance, "check_conformance", raiser)
+        status = _cli.main(["conformance", "drivers:create_iommu"])
+        prefix = "avcm.testing:"
+    else:
+        monkeypatch.setattr(_cli, "replay", raiser)
+        status = _cli.main(["replay", "os:getcwd", TOKEN])
+        prefix = "avcm.testing:"
+    captured = capsys.readouterr()
+    assert status == 130
+    assert_one_line(captured.err, prefix, "interrupted")

@@ -20,13 +20,17 @@ rule 4) and :func:`check_quiescent` (every rule that holds when nothing is in fl
 violation an :class:`InvariantViolation` naming its rule), used alike by the stress harness,
 the conformance suite and the tests. They belong with the race finder, not in ``avcm`` or
 ``avcm.lowlevel``: no driver or user of a context calls them; tests and harnesses do.
-:func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run.
+:func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run;
+:func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
+project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
+share: Ctrl-C as one line and exit status 130, output paths checked before the work.
 
 ``import avcm`` does not import this package; this package imports Hypothesis only in
 :mod:`avcm.testing.hypothesis` and pytest only in :mod:`avcm.testing.pytest_plugin`.
 """
 
 from ._clock import BACKENDS, VirtualTimeEventLoop, backend_options, run_on_virtual_time
+from ._commands import output_dir_problem, output_file_problem, run_main
 from ._conformance import (
     SCENARIOS,
     ConformanceReport,
@@ -74,6 +78,9 @@ __all__ = [
     "HardwareMismatch",
     "InvariantViolation",
     "backend_options",
+    "output_dir_problem",
+    "output_file_problem",
+    "run_main",
     "check_model",
     "check_quiescent",
     "expected_mappings",

@@ -3,7 +3,8 @@
 ``python -m avcm.testing replay MODULE:SCENARIO TOKEN`` reruns a recorded schedule and prints
 its timeline; ``python -m avcm.testing conformance MODULE:FACTORY`` runs the conformance suite
 against a driver factory. Exit status: 0 passed, 1 failed (the failure reproduced), 2 usage
-error (bad token, scenario that does not import), 3 the replay diverged from its recording.
+error (bad token, scenario that does not import or is not a scenario; one line on stderr),
+3 the replay diverged from its recording, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import VcmError
+from ..lowlevel import quote
 from ._clock import BACKENDS
+from ._commands import output_file_problem, run_main
 from ._errors import ReplayDivergedError
 from ._explore import replay
 from ._token import ReplayToken
@@ -24,34 +27,57 @@ from ._token import ReplayToken
 __all__ = ["load", "main"]
 
 
+MAX_SCHEDULES = 100_000
+"""Per scenario; at about a thousand schedules a second, more would run for hours."""
+
+
 class _UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # one line, as every other usage error here (argparse would print its usage block)
+        raise _UsageError(message if len(message) <= 160 else f"{message[:150]}...")
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{quote(text)} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{quote(value)} is not in {low}..{high:_}")
+        return value
+
+    return parse
 
 
 def load(spec: str) -> Any:
     """Import ``module:attribute`` (dots allowed in the attribute)."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise _UsageError(f"{spec!r} is not MODULE:NAME")
+        raise _UsageError(f"{quote(spec)} is not MODULE:NAME")
     sys.path.insert(0, ".")
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as error:
-        raise _UsageError(f"cannot import {module_name!r}: {error}") from None
+        raise _UsageError(f"cannot import {quote(module_name)}: {quote(str(error))}") from None
     finally:
         sys.path.pop(0)
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise _UsageError(f"{module_name!r} has no {attribute!r}") from None
+            raise _UsageError(f"{quote(module_name)} has no {quote(attribute)}") from None
     if not callable(target):
-        raise _UsageError(f"{spec} is not callable")
+        raise _UsageError(f"{quote(spec)} is not callable")
     return target
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m avcm.testing",
         description="avcm's deterministic race finder: replay a recorded schedule, or check "
         "a driver against the contract's concurrency rules.",
@@ -75,8 +101,13 @@ def _parser() -> argparse.ArgumentParser:
         "factory", nargs="?", help="MODULE:FACTORY, called with a PhysicalMemory"
     )
     conformance.add_argument("--backend", choices=BACKENDS, default="trio")
-    conformance.add_argument("--schedules", type=int, default=200, help="per scenario")
-    conformance.add_argument("--seed", type=int, default=0)
+    conformance.add_argument(
+        "--schedules",
+        type=_count(1, MAX_SCHEDULES),
+        default=200,
+        help=f"per scenario (at most {MAX_SCHEDULES:_})",
+    )
+    conformance.add_argument("--seed", type=_count(0, (1 << 64) - 1), default=0)
     conformance.add_argument("--replay", metavar="TOKEN", help="replay one scenario's token")
     conformance.add_argument("--scenario", help="only this scenario (see --list)")
     conformance.add_argument("--list", action="store_true", help="list the scenarios")
@@ -84,9 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _writable(path: str) -> None:
-    parent = Path(path).resolve().parent
-    if Path(path).is_dir() or not parent.is_dir():
-        raise _UsageError(f"cannot write {path!r}: not a file in an existing directory")
+    problem = output_file_problem(Path(path))
+    if problem is not None:
+        raise _UsageError(f"--chrome-trace {quote(path)}: cannot write: {problem}")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -138,8 +169,12 @@ def _conformance(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run_main("avcm.testing", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
+        args = _parser().parse_args(argv)
         if args.command == "replay":
             return _replay(args)
         return _conformance(args)

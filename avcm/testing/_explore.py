@@ -178,7 +178,14 @@ async def _run_once(
     )
     if not callable(scenario) or isinstance(scenario, type):
         raise InvalidError(f"a scenario is an async function taking a Run, not {scenario!r}")
-    awaitable = scenario(run)
+    try:
+        awaitable = scenario(run)
+    except TypeError as error:
+        # calling an async def runs none of its body: this is its signature refusing a Run
+        raise InvalidError(
+            f"scenario {scenario_name(scenario)} cannot be called with a Run ({error}): "
+            "a scenario is an async function taking a Run"
+        ) from None
     if not inspect.isawaitable(awaitable):
         raise InvalidError(
             f"scenario {scenario_name(scenario)} returned {awaitable!r}: make it an async def"

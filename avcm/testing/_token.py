@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .._validate import quote
 from ._errors import TokenError
 
 __all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
@@ -21,9 +22,13 @@ __all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
 TOKEN_VERSION = "avcm1"
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
+# Numbers have at most as many digits as ours can: a seed or schedule of 2**64, a task index of
+# 10**9, a run length of 10**12 (then refused as too long, by name). Anything longer is not a
+# token of ours, and int() of 5,000 digits raises ValueError, not TokenError.
 _TOKEN = re.compile(
-    r"(?P<strategy>[a-z][a-z0-9-]*):(?P<seed>\d+):(?P<schedule>\d+):"
-    r"(?P<digest>[0-9a-fA-F]{8}):(?P<decisions>-|c?\d+(?:x\d+)?(?:\.c?\d+(?:x\d+)?)*)"
+    r"(?P<strategy>[a-z][a-z0-9-]{0,40}):(?P<seed>\d{1,20}):(?P<schedule>\d{1,20}):"
+    r"(?P<digest>[0-9a-fA-F]{8}):"
+    r"(?P<decisions>-|c?\d{1,9}(?:x\d{1,12})?(?:\.c?\d{1,9}(?:x\d{1,12})?)*)"
 )
 
 
@@ -97,7 +102,8 @@ class ReplayToken:
             raise TokenError(f"not an avcm replay token: {text[:60]!r}")
         if version != TOKEN_VERSION:
             raise TokenError(
-                f"replay token of version {version!r}; this avcm.testing reads {TOKEN_VERSION!r}"
+                f"replay token of version {quote(version)}; this avcm.testing reads "
+                f"{TOKEN_VERSION!r}"
             )
         match = _TOKEN.fullmatch(rest)
         if match is None:

@@ -1,0 +1,63 @@
+"""What every command line of the project shares (``python -m stress``, ``python -m bench``,
+``python -m avcm.testing``): output paths checked before the work, and Ctrl-C as one line and
+exit status 130, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "interrupted",
+    "output_dir_problem",
+    "output_file_problem",
+    "run_main",
+]
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why *path* could not be written after the work, or ``None``: asked before it starts."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    if not path.parent.is_dir():
+        return f"no such directory {path.parent}"
+    return _writable(path.parent)
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """Why *path* could not be made (if missing) or written to after the work, or ``None``."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is not a directory" if existing == path else f"is under {existing}, a file"
+    return _writable(existing)
+
+
+def _writable(directory: Path) -> str | None:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory} is not writable"
+    return None
+
+
+def interrupted(error: BaseException) -> bool:
+    """A Ctrl-C, alone or inside an exception group (trio reports it from its task group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(KeyboardInterrupt) is not None
+    return isinstance(error, KeyboardInterrupt)
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """``body()``'s exit status; on Ctrl-C, ``PROG: interrupted`` on stderr and 130."""
+    try:
+        return body()
+    except BaseException as error:
+        if not interrupted(error):
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
