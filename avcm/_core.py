@@ -837,6 +837,7 @@ class Vcm:
         :meth:`_stop_creating`. A checkpoint, as every avcm operation is, even when the driver
         never waits."""
         await anyio.lowlevel.checkpoint()
+        self._mutex.check_loop(what)  # creating takes no lock: claim the loop here
         self._check_live(what)
         self._in_flight += 1
 
@@ -1107,6 +1108,7 @@ class Vcm:
             or phys.bindings
         ):
             raise InvalidError(f"{what}: driver of {self.name} returned {phys!r} for {size:#x}")
+        phys._lock.check_loop(what)  # a context's phys belongs to its event loop
         phys._vcm = self
         self._physes[phys] = None
         return phys

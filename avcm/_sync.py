@@ -5,10 +5,16 @@ made to yield before it touches shared state: the *sync hook*. By default there 
 the cost is one context-variable lookup. The race finder (``avcm.testing``) installs a hook
 that names the step a task is in after the last sync point it passed; a test installs one to
 inject a fault or a cancellation at a chosen point.
+
+A mutex belongs to the event loop that first takes it (see :func:`current_loop`); taking it from
+another loop, in another thread or of the other backend, is ``EINVAL``. An anyio lock used from
+two loops deadlocks or corrupts, silently; this makes it an error that names the rule.
 """
 
 from __future__ import annotations
 
+import sys
+from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,14 +23,34 @@ from types import TracebackType
 
 import anyio
 
+from ._errors import InvalidError
+
 __all__ = [
     "AtomicCounter",
     "Mutex",
     "MutexStatistics",
     "SyncHook",
+    "current_loop",
     "sync_hook",
     "sync_point",
 ]
+
+
+def current_loop() -> object | None:
+    """The running event loop's identity: the asyncio loop, or the root task of the trio run;
+    ``None`` outside both. Cheap (no exception on the asyncio path): it is on every lock."""
+    loop = _get_running_loop()
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")  # a trio run has imported it
+    if trio is None:
+        return None
+    try:
+        root: object = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return None
+    return root
+
 
 SyncHook = Callable[[str, object], Awaitable[None]]
 """``await hook(point, obj)``: called at a sync point, before the shared state is touched.
@@ -93,15 +119,31 @@ class Mutex:
     waiting, the mutex was not taken. Taking it is a checkpoint (trio's rule for async
     operations), unless *fast_acquire*: then an uncontended lock does not yield, for a mutex only
     ever taken inside an operation that checkpointed already (anyio's option of that name).
+    It belongs to the event loop that first takes it: taking it from another is ``EINVAL``.
     """
 
-    __slots__ = ("_acquisitions", "_contended", "_lock", "name")
+    __slots__ = ("_acquisitions", "_contended", "_home", "_lock", "name")
 
     def __init__(self, name: str = "mutex", *, fast_acquire: bool = False) -> None:
         self.name = name
         self._lock = anyio.Lock(fast_acquire=fast_acquire)
         self._acquisitions = 0
         self._contended = 0
+        self._home: object | None = None  # the event loop it belongs to, once used
+
+    def check_loop(self, what: str) -> None:
+        """Claim this mutex (and what it guards) for the running event loop, if unclaimed;
+        ``EINVAL`` if it belongs to another one. Locking does this by itself."""
+        loop = current_loop()
+        if loop is None or loop is self._home:
+            return
+        if self._home is not None:
+            raise InvalidError(
+                f"{what}: {self.name} belongs to another event loop: an avcm context and its "
+                "objects belong to the event loop that first used them, one loop (one thread, "
+                "one backend) for their whole life"
+            )
+        self._home = loop
 
     def __repr__(self) -> str:
         state = "locked" if self._lock.locked() else "unlocked"
@@ -109,6 +151,8 @@ class Mutex:
 
     async def lock(self) -> None:
         """Take the mutex, waiting for it if another task holds it."""
+        if current_loop() is not self._home:
+            self.check_loop("lock")
         hook = _sync_hook.get()
         if hook is not None:
             await hook("mutex.lock", self)
@@ -119,6 +163,8 @@ class Mutex:
 
     def trylock(self) -> bool:
         """Take the mutex if it is free; return whether it was taken. Never yields."""
+        if current_loop() is not self._home:
+            self.check_loop("trylock")
         if self._lock.locked():
             return False  # also for its own holder: a mutex is not recursive
         try:
