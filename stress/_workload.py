@@ -94,7 +94,10 @@ class World:
         self.result = RunResult()
         self.seq = 0
         self.in_flight = 0
-        self.paused: anyio.Event | None = None
+        # a check is under way while paused; each task held at the gate waits on an event of
+        # its own, set in arrival order: trio wakes the waiters of one event in the order of a
+        # set of tasks (their addresses), which would make the run depend on the heap
+        self.paused: list[anyio.Event] | None = None
         self.idle: anyio.Event | None = None
         self.stop = False
         self.next_check = config.check_every  # operations done at which the next check is due
@@ -129,7 +132,9 @@ class World:
 
     async def enter(self) -> None:
         while self.paused is not None:
-            await self.paused.wait()
+            resumed = anyio.Event()
+            self.paused.append(resumed)
+            await resumed.wait()
         self.in_flight += 1
 
     def leave(self) -> None:
@@ -140,7 +145,7 @@ class World:
     async def quiesce_and_check(self) -> None:
         if self.paused is not None:
             return  # another task is checking already: not a check of its own
-        self.paused = anyio.Event()
+        self.paused = []
         try:
             while self.in_flight:
                 self.idle = anyio.Event()
@@ -148,8 +153,9 @@ class World:
             self.result.checks["quiescent"] += 1
             check_quiescent(self)
         finally:
-            paused, self.paused = self.paused, None
-            paused.set()
+            waiting, self.paused = self.paused, None
+            for resumed in waiting:
+                resumed.set()
 
     def done(self) -> bool:
         if self.stop or self.result.violation is not None:
