@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from avcm.testing import run_main
+
 from ._campaign import CampaignResult, run_campaign
 from ._executors import DaskExecutor, Executor, ExecutorError, LocalExecutor, dask_available
 from ._report import replay_command, report_html, report_json, report_junit, summary_lines
@@ -30,7 +32,6 @@ from ._units import ConformanceUnit, ExploreUnit, StressUnit, Unit, UnitError, l
 __all__ = ["main"]
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_USAGE, EXIT_OTHER_FAILURE = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130
 DEFAULT_STORE = Path(".avcm-failures")
 DEFAULT_RUNS = 100
 _T = TypeVar("_T")
@@ -389,20 +390,15 @@ def _main(argv: Sequence[str] | None) -> int:
     return _campaign(args)
 
 
-def _interrupted(error: BaseException) -> bool:
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(KeyboardInterrupt) is not None
-    return isinstance(error, KeyboardInterrupt)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(
+        "avcm-campaign", lambda: _usage_errors(argv), note="what was stored stays stored"
+    )
+
+
+def _usage_errors(argv: Sequence[str] | None) -> int:
     try:
         return _main(argv)
     except (UsageError, UnitError, StoreError, ExecutorError) as error:
         print(f"avcm-campaign: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except BaseException as error:
-        if not _interrupted(error):
-            raise
-        print("avcm-campaign: interrupted (what was stored stays stored)", file=sys.stderr)
-        return EXIT_INTERRUPTED

@@ -144,7 +144,7 @@ class StressConfig:
         for kind, count in contexts:
             if kind not in CONTEXT_KINDS:
                 raise UsageError(
-                    f"--contexts: unknown context kind {quote(kind)} "
+                    f"--contexts: unknown kind {quote(kind)} "
                     f"(choose from {', '.join(CONTEXT_KINDS)})"
                 )
             high = MAX_CARVEOUTS if kind == "carveout" else MAX_CONTEXTS

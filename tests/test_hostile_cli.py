@@ -81,7 +81,7 @@ def write_trace(path: Path, config: Any, trace: Any = None) -> Path:
         ({"contexts": [["carveout", 20]]}, "--contexts carveout must be in 0..12"),
         ({"contexts": [["iommu", 1000000]]}, "--contexts iommu must be in 0..64"),
         ({"contexts": [["iommu", 1, 2]]}, "not a [name, count] pair"),
-        ({"contexts": [["gpu", 1]]}, "unknown context kind"),
+        ({"contexts": [["gpu", 1]]}, "unknown kind 'gpu'"),
         ({"faults": "0.1"}, "--faults must be a number"),
         ({"cancel": 1e308 * 10}, "--cancel"),
         ({"duration": -1}, "--duration"),

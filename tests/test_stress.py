@@ -187,7 +187,7 @@ def test_replay_of_a_duration_run_runs_the_recorded_operations(
         (["--faults", "-0.1"], "--faults"),
         (["--cancel", "2"], "--cancel"),
         (["--ops", "ten"], "--ops"),
-        (["--contexts", "gpu=1"], "unknown context kind"),
+        (["--contexts", "gpu=1"], "unknown kind 'gpu'"),
         (["--driver", "no_such_module:factory"], "cannot import"),
         (["--driver", "tests.broken_drivers:missing"], "no callable"),
         (["--driver", "tests.broken_drivers:not_a_context"], "not an avcm.Vcm"),

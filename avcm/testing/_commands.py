@@ -52,12 +52,13 @@ def interrupted(error: BaseException) -> bool:
     return isinstance(error, KeyboardInterrupt)
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
-    """``body()``'s exit status; on Ctrl-C, ``PROG: interrupted`` on stderr and 130."""
+def run_main(prog: str, body: Callable[[], int], *, note: str = "") -> int:
+    """``body()``'s exit status; on Ctrl-C, ``PROG: interrupted`` (and `` (NOTE)``) on
+    stderr, and 130."""
     try:
         return body()
     except BaseException as error:
         if not interrupted(error):
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted{f' ({note})' if note else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
