@@ -14,6 +14,7 @@ __all__ = [
     "CONTEXT_KINDS",
     "LATENCIES",
     "MAX_JOBS",
+    "MAX_OPS",
     "OPERATIONS",
     "StressConfig",
     "UsageError",
@@ -50,7 +51,7 @@ CLOCKS = ("virtual", "real")
 
 # Upper bounds: a run must fit in memory and end; beyond these a typo, not a plan.
 MAX_TASKS = 10_000
-MAX_OPS = 10_000_000  # a trace entry per operation is kept for the trace file
+MAX_OPS = 1_000_000  # about 1 KB each is kept (trace and latencies): a run stays near 1 GB
 MAX_DURATION = 7 * 24 * 3600.0
 MAX_CONTEXTS = 64  # in all
 MAX_CARVEOUTS = 12  # 16 MiB each, out of the run's 256 MiB (the rest is for the others)

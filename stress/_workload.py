@@ -27,7 +27,7 @@ import anyio
 import avcm
 from avcm.lowlevel import errno_name
 
-from ._config import StressConfig
+from ._config import MAX_OPS, StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault
 from ._invariants import Violation, check_final, check_quiescent
 
@@ -161,7 +161,8 @@ class World:
         if self.stop or self.result.violation is not None:
             return True
         if self.deadline is not None:
-            return time.monotonic() >= self.deadline
+            # a --duration run keeps what an --ops run may keep, at most
+            return time.monotonic() >= self.deadline or self.seq >= MAX_OPS
         return self.seq >= self.config.ops
 
 

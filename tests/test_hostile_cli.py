@@ -257,3 +257,14 @@ def test_ctrl_c_is_one_line_and_exit_130_in_every_command(
     captured = capsys.readouterr()
     assert status == 130
     assert_one_line(captured.err, prefix, "interrupted")
+
+
+def test_a_duration_run_stops_at_the_operation_bound(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every operation keeps about 1 KB: a long --duration must not grow without end
+    from stress import _workload
+
+    monkeypatch.setattr(_workload, "MAX_OPS", 120)
+    status, out, _ = run_stress(capsys, "--duration", "3600", "--latency", "zero")
+    assert status == 0 and ": 120 ops, 0 violations" in out, out

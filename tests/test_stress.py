@@ -365,7 +365,7 @@ def _ctrl_c_as_on_a_terminal() -> None:
     "args", [["--backend", "asyncio"], ["--backend", "trio"], ["--jobs", "2"]], ids=" ".join
 )
 def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
-    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "10000000"]
+    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "1000000"]
     command += ["--driver", "tests.broken_drivers:announced_iommu", *args]
     # a session of its own: Ctrl-C on a terminal signals the whole process group
     # `with` closes the pipes whatever happens: an unclosed one is a ResourceWarning, raised
@@ -393,7 +393,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
 def test_ctrl_c_waits_for_a_checkpoint(backend: str) -> None:
     # trio's default raises KeyboardInterrupt in whatever unprotected code the signal finds,
     # anyio's cancel-scope exit included, which corrupts trio's state (TrioInternalError)
-    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "10000000"]
+    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "1000000"]
     command += ["--backend", backend, "--driver", "tests.broken_drivers:self_interrupting_iommu"]
     process = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=120,
