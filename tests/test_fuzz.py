@@ -12,8 +12,9 @@ injected driver fault or a cancellation now and then. After every operation:
 
 After the sequence everything is torn down, and the memory must be pristine.
 
-The normal run draws a few dozen examples per backend (a few seconds); ``AVCM_FUZZ_EXAMPLES``
-asks for more (a slow tier: ``AVCM_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz.py``).
+The normal run draws a few dozen examples per backend (a few seconds); the slow tier
+(``pytest -m slow``) draws 1,000 per backend; ``AVCM_FUZZ_EXAMPLES`` sets the normal run's
+number (``AVCM_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py``).
 """
 
 from __future__ import annotations
@@ -421,20 +422,31 @@ async def _example(data: st.DataObject) -> None:
         assert issubclass(warning.category, avcm.VcmWarning), warning
 
 
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    database=None,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+def _settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_fuzz_every_entry_point(backend: str) -> None:
-    @FUZZ
+def _fuzz(backend: str, examples: int) -> None:
+    @_settings(examples)
     @given(data=st.data())
     def example(data: st.DataObject) -> None:
         testing.run_on_virtual_time(backend, lambda: _example(data))
 
     example()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_fuzz_every_entry_point(backend: str) -> None:
+    _fuzz(backend, EXAMPLES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_fuzz_every_entry_point_long(backend: str) -> None:
+    _fuzz(backend, 1000)
