@@ -319,6 +319,11 @@ class Phys(_Allocated):
         ``EBUSY`` if it is still bound (the kernel warned and leaked; avcm refuses and the phys
         stays valid); ``EINVAL`` if it was already freed. If cancelled while waiting for the
         phys's lock, nothing was freed; after that it completes.
+
+        Raises:
+            BusyError: ``EBUSY``: the phys is still bound; it stays valid.
+            InvalidError: ``EINVAL``: it was freed already, or is used from an event loop other than
+                its own.
         """
         await anyio.lowlevel.checkpoint()
         async with self._lock:
@@ -441,6 +446,15 @@ class Res(_Allocated):
         bind, ``EINVAL`` if either object was freed, unreserved or destroyed, or the reservation
         is not one its context handed out. Of concurrent binds to one reservation exactly one
         wins. If cancelled, nothing was bound.
+
+        Raises:
+            AlreadyBoundError: ``EALREADY``: *phys* is already bound to this reservation.
+            AddressInUseError: ``EADDRINUSE``: another phys is bound to it (another bind won).
+            NoSpaceError: ``ENOSPC``: *phys* is larger than the reservation.
+            NotSupportedError: ``EOPNOTSUPP``: the driver cannot bind (or not this phys here).
+            InvalidError: ``EINVAL``: an object is not a live one of this context (freed,
+                unreserved, destroyed, never handed out), or is used from an event loop other than
+                its own.
         """
         _check_phys_arg(phys, "bind")
         vcm = self._vcm
@@ -476,6 +490,11 @@ class Res(_Allocated):
         If nothing was bound, warn (:class:`~avcm.VcmWarning`) and return ``None``. If the context
         is active the mapping is gone from the hardware before this returns. Of concurrent unbinds
         exactly one returns the phys. If the driver's unbind fails, nothing changed.
+
+        Raises:
+            InvalidError: ``EINVAL``: the reservation is not a live one of its context, or is used
+                from an event loop other than its own.
+            VcmError: the driver's unbind failed (its own errno); nothing changed.
         """
         vcm = self._vcm
         async with vcm._mutex:
@@ -574,6 +593,11 @@ class Res(_Allocated):
         driver's unbind or unreserve fails, the error is raised and nothing changed: a binding
         already taken out of the driver is put back with the driver's bind (if even that fails,
         the reservation stays reserved and unbound, and a note on the error says so).
+
+        Raises:
+            InvalidError: ``EINVAL``: the reservation was unreserved already or is not its
+                context's, or is used from an event loop other than its own.
+            VcmError: the driver's unbind or unreserve failed (its own errno); nothing changed.
         """
         async with self._vcm._mutex:
             self._check_usable("unreserve")
@@ -586,6 +610,10 @@ class Res(_Allocated):
         """``vcm_unmap``: unbind (warning if nothing was bound) and unreserve, in one step.
 
         A driver failure changes nothing, as for :meth:`unreserve`.
+
+        Raises:
+            InvalidError: ``EINVAL``: as for :meth:`unreserve`.
+            VcmError: the driver's unbind or unreserve failed (its own errno); nothing changed.
         """
         async with self._vcm._mutex:
             self._check_usable("unmap")
@@ -613,6 +641,12 @@ class Res(_Allocated):
 
         If cancelled while waiting for the context's mutex (or the phys's), nothing changed;
         once it holds them, it completes.
+
+        Raises:
+            BusyError: ``EBUSY``: the phys is also bound to another reservation; nothing changed.
+            InvalidError: ``EINVAL``: the reservation is not a live one of its context, or is used
+                from an event loop other than its own.
+            VcmError: a driver step failed (its own errno), with the partial effects above.
         """
         async with self._vcm._mutex:
             self._check_usable("destroy_binding")
@@ -869,6 +903,12 @@ class Vcm:
         live again with exactly what could not be released (still activated if the deactivate
         failed, a reservation still bound if its unbind failed, ...), and the first driver
         error is raised, with the others noted on it; calling destroy again retries the rest.
+
+        Raises:
+            InvalidError: ``EINVAL``: the context is destroyed, or a destroy is under way, or it is
+                used from an event loop other than its own.
+            VcmError: a driver step failed (its own errno): the context is live again with what
+                could not be released.
         """
         self._check_live("destroy")
         self._state = _DYING
@@ -957,6 +997,12 @@ class Vcm:
 
         *size* is rounded up to a page. ``ENOMEM`` when memory is exhausted, ``EOPNOTSUPP`` if
         the driver cannot allocate. If cancelled, nothing was allocated.
+
+        Raises:
+            InvalidError: ``EINVAL``: a bad size or flags, a context destroyed or being destroyed,
+                or one used from an event loop other than its own.
+            NoMemoryError: ``ENOMEM``: physical memory is exhausted.
+            NotSupportedError: ``EOPNOTSUPP``: the driver cannot allocate.
         """
         size = page_align(size, "alloc")
         flags = check_flags(flags, "alloc")
@@ -971,6 +1017,12 @@ class Vcm:
 
         ``ENOSPC`` when the address space is exhausted, ``EOPNOTSUPP`` if the driver cannot
         reserve alone (one-to-one contexts). If cancelled, nothing was reserved.
+
+        Raises:
+            InvalidError: ``EINVAL``: as for :meth:`alloc`.
+            NoSpaceError: ``ENOSPC``: the address space is exhausted.
+            NotSupportedError: ``EOPNOTSUPP``: the driver cannot reserve alone (one-to-one
+                contexts).
         """
         size = page_align(size, "reserve")
         flags = check_flags(flags, "reserve")
@@ -985,6 +1037,12 @@ class Vcm:
 
         Uses the driver's own ``map`` if it has one, else reserve + bind. If cancelled, nothing
         was reserved or bound.
+
+        Raises:
+            InvalidError: ``EINVAL``: *phys* is not a live phys, bad flags, or as for :meth:`alloc`.
+            NoSpaceError: ``ENOSPC``: the address space is exhausted.
+            BusyError: ``EBUSY``: (one-to-one) the phys is mapped already.
+            NotSupportedError: ``EOPNOTSUPP``: the driver cannot map this phys.
         """
         _check_phys_arg(phys, "map")
         flags = check_flags(flags, "map")
@@ -1000,6 +1058,12 @@ class Vcm:
 
         Works on every kind of context, one-to-one included; ``res.phys`` is the memory.
         Undo with :meth:`Res.destroy_binding`. If cancelled or failed, nothing is left.
+
+        Raises:
+            InvalidError: ``EINVAL``: as for :meth:`alloc`.
+            NoMemoryError: ``ENOMEM``: physical memory is exhausted.
+            NoSpaceError: ``ENOSPC``: the address space is exhausted.
+            NotSupportedError: ``EOPNOTSUPP``: the driver can neither allocate nor reserve.
         """
         size = page_align(size, "make_binding")
         alloc_flags = check_flags(alloc_flags, "make_binding")
@@ -1134,6 +1198,12 @@ class Vcm:
         Returns only once the context is active in the hardware: a second activator waits for
         the first one's driver call. If the driver fails or the caller is cancelled, the count
         is as before and no partial hardware state is left.
+
+        Raises:
+            InvalidError: ``EINVAL``: the context is destroyed, or used from an event loop other
+                than its own.
+            VcmError: the driver's activate failed (its own errno): the count and the hardware are
+                as before.
         """
         async with self._mutex:
             self._check_not_destroyed("activate")
@@ -1152,6 +1222,11 @@ class Vcm:
         active). If cancelled while waiting for the context's mutex, nothing changed (an
         ordinary operation, unlike the exit of :meth:`activated`); once it holds the mutex, it
         completes.
+
+        Raises:
+            InvalidError: ``EINVAL``: the context is destroyed, or used from an event loop other
+                than its own.
+            VcmError: the driver's deactivate failed (its own errno): the context stays activated.
         """
         async with self._mutex:
             self._check_not_destroyed("deactivate")

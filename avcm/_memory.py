@@ -53,6 +53,10 @@ class PhysicalMemory:
     *base* and *size* must be page aligned and *size* positive; *max_order* is 8 to 20 (1 MiB to
     4 GiB blocks). The range need not be a multiple of the largest block: it is covered with the
     largest naturally aligned blocks that fit, as Linux frees memblock ranges into the buddy.
+
+    Raises:
+        InvalidError: ``EINVAL``: a base or size not page aligned, a size that is not positive or
+            that goes past 64-bit addresses, or *max_order* outside 8..20.
     """
 
     def __init__(self, base: int = 0x8000_0000, size: int = 256 << 20, max_order: int = 10):

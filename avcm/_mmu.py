@@ -254,6 +254,10 @@ def mmu_init(
     ``EINVAL`` (and nothing created) for a bad range, bad orders, or a driver of no single
     shape or with an operation that is not a coroutine function (see :class:`MmuDriver`).
     *memory* is the simulated RAM its allocations come from (the process default if omitted).
+
+    Raises:
+        InvalidError: ``EINVAL``, nothing created: a bad range, orders or memory, or a driver of no
+            single shape or with an operation that is not a coroutine function.
     """
     check_aligned(start, "context start")
     check_aligned(size, "context size", positive=True)

@@ -194,6 +194,10 @@ def o2o_init(
 
     ``EINVAL`` (and nothing created) for a bad window or a driver without ``alloc``/``free``
     or with an operation that is not a coroutine function.
+
+    Raises:
+        InvalidError: ``EINVAL``, nothing created: a bad window or memory, or a driver without
+            ``alloc``/``free`` or with an operation that is not a coroutine function.
     """
     ram = resolve_memory(memory, "o2o_init")
     return Vcm(start, size, O2oWrapper._create(driver, ram), name=name)

@@ -73,6 +73,10 @@ def phys_alloc(
     up the rest. 2 MiB + 68 KiB with orders ``(8, 4, 0)`` is two 1 MiB parts, one 64 KiB part and
     one 4 KiB part. ``ENOMEM`` when the memory cannot hold it, leaking nothing; ``EINVAL`` for a
     bad size or orders. Freeing the returned phys returns every page.
+
+    Raises:
+        InvalidError: ``EINVAL``: a bad size, flags, orders or memory.
+        NoMemoryError: ``ENOMEM``: the memory cannot hold it; nothing is left allocated.
     """
     size = page_align(size, "phys_alloc")
     check_flags(flags, "phys_alloc")
@@ -166,6 +170,10 @@ async def phys_walk(
     recovery stops there and that error is noted on the original one. ``EINVAL``, and nothing
     visited, for bad arguments (those :func:`walk_pages` refuses, and callbacks that are not
     coroutine functions).
+
+    Raises:
+        InvalidError: ``EINVAL``, nothing visited: a bad address, phys, orders or callback.
+        Exception: whatever *callback* raised, after the recovery.
     """
     orders = _check_walk(vaddr, phys, orders, "phys_walk")
     check_coroutine_function(callback, "phys_walk: callback")

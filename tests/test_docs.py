@@ -3,6 +3,7 @@ table gives for each situation is the one avcm raises."""
 
 from __future__ import annotations
 
+import builtins
 import copy
 import errno
 import re
@@ -92,6 +93,30 @@ def test_cancellation_covers_every_operation() -> None:
         "activated",
     ):
         assert f".{operation}" in text, operation
+
+
+OPERATIONS = [
+    *(getattr(avcm.Vcm, name) for name in (
+        "destroy", "alloc", "reserve", "map", "make_binding", "activate", "deactivate"
+    )),
+    *(getattr(avcm.Res, name) for name in (
+        "bind", "unbind", "unreserve", "unmap", "destroy_binding"
+    )),
+    avcm.Phys.free, avcm.phys_alloc, avcm.phys_walk, avcm.mmu_init, avcm.o2o_init,
+    avcm.PhysicalMemory,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: op.__qualname__)
+def test_every_operation_says_what_it_raises_in_a_raises_section(operation: object) -> None:
+    # a "Raises:" section is what the documentation site renders as a list of exceptions
+    doc = operation.__doc__ or ""
+    section = doc[doc.index("Raises:") :] if "Raises:" in doc else ""
+    names = re.findall(r"^\s+(\w+): ", section, re.M)
+    assert names, f"{operation} has no Raises: section"
+    for name in names:  # each one a real exception class
+        exception = getattr(avcm, name, None) or getattr(builtins, name, None)
+        assert isinstance(exception, type) and issubclass(exception, BaseException), name
 
 
 def test_license_is_the_gpl_version_2_or_later() -> None:
