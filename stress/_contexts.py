@@ -58,22 +58,36 @@ class Context:
             return hardware.hardware_active()
         return self.vcm.activations > 0  # nothing to observe: take the model's word
 
-    def device_visible(self) -> bool:
-        """Whether a device can reach memory through this context right now."""
-        if not isinstance(self.hardware, Device):
-            return False
-        # one-to-one: no translation, the device always sees physical memory
-        return self.one_to_one or self.hardware_active()
+    @property
+    def has_device(self) -> bool:
+        """Whether the hardware offers device reads and writes (``read``/``write``)."""
+        return isinstance(self.hardware, Device)
+
+    @property
+    def translated(self) -> bool:
+        """Whether device addresses go through a translation the checks can probe: a device
+        behind an MMU. One-to-one devices reach physical memory at every address."""
+        return not self.one_to_one and self.has_device
+
+    def in_flux(self) -> bool:
+        """Whether an operation may be changing this context's hardware and model now.
+
+        Everything that changes what the hardware must show (bind, unbind, activate,
+        deactivate, unreserve...) runs under the context's mutex, so while it is free nothing
+        in flight can change them, and checks may hold the context to the contract; while it
+        is held they wait for a quiescent point.
+        """
+        return self.vcm._mutex.is_locked()
 
     def device_read(self, address: int, length: int) -> bytes:
         hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+        if not isinstance(hardware, Device):  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
         return hardware.read(address, length)
 
     def device_write(self, address: int, data: bytes) -> None:
         hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+        if not isinstance(hardware, Device):  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
         hardware.write(address, data)
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._contexts import Context
     from ._workload import World
 
-__all__ = ["Violation", "check_data", "check_final", "check_quiescent"]
+__all__ = ["Violation", "check_data", "check_final", "check_quiescent", "physical_address"]
 
 
 class Violation(Exception):
@@ -63,17 +63,36 @@ def check_quiescent(world: World) -> None:
 
 
 def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
+    """The device views of *phys* now, through contexts no operation in flight is changing.
+
+    A context whose mutex is held may be midway through an unbind or a deactivate (some pages
+    cleared, the model not yet updated): the contract promises nothing there until the
+    operation returns, so it is left to the quiescent checks. Any other context is held to the
+    contract: its hardware is on iff its count says so (rule 4), and while on it maps every
+    bound reservation.
+    """
     views = []
     for ctx in world.contexts:
-        if not ctx.device_visible():
+        if not ctx.has_device or ctx.in_flux():
             continue
+        if not ctx.one_to_one:  # one-to-one: no translation, the device always sees memory
+            active = ctx.vcm.activations > 0
+            if ctx.hardware_active() != active:
+                raise Violation(
+                    "rule 4",
+                    f"{ctx.name}'s hardware is {'inactive' if active else 'active'} but its "
+                    f"activation count is {ctx.vcm.activations}, with no operation in flight "
+                    "on it",
+                )
+            if not active:
+                continue
         for res in ctx.vcm.reservations():
             if res.phys is phys:
                 views.append((ctx, res))
     return views
 
 
-def _physical_address(phys: avcm.Phys, offset: int) -> int:
+def physical_address(phys: avcm.Phys, offset: int) -> int:
     for part in phys.parts:
         if offset < part.size:
             return part.start + offset
@@ -95,6 +114,8 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
     try:
         writer.device_write(written_at.start + offset, pattern)
         for ctx, res in views:
+            if ctx.translated:
+                world.device.touch(ctx, res.start + offset, length)
             seen = ctx.device_read(res.start + offset, length)
             if seen != pattern:
                 raise Violation(
@@ -109,7 +130,7 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         ) from None
     # byte by byte through the parts, so a pattern across a part boundary is checked too
     truth = bytes(
-        world.memory.read(_physical_address(phys, offset + i), 1)[0] for i in range(length)
+        world.memory.read(physical_address(phys, offset + i), 1)[0] for i in range(length)
     )
     if truth != pattern:
         raise Violation("rule 4", f"physical memory of {world.name(phys)} lacks the pattern")

@@ -17,7 +17,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,13 @@ from avcm.lowlevel import errno_name
 
 from ._config import StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault
+from ._device import (
+    DevicePages,
+    after_binding,
+    after_deactivate,
+    after_unmapping,
+    check_devices,
+)
 from ._invariants import Violation, check_final, check_quiescent
 
 __all__ = ["Outcome", "RunResult", "World", "run_workload"]
@@ -76,6 +83,36 @@ class _Skip(Exception):
     """No object to operate on: the operation is counted as skipped."""
 
 
+class Gate:
+    """The quiescence gate: while closed, operations wait at it; opening it lets them in in
+    the order they arrived.
+
+    A first-in first-out queue the harness owns, one event per waiter, so the order in which
+    waiters are woken is the order they came in, on every backend and in every process. (One
+    shared ``anyio.Event`` would not do: trio wakes an event's waiters in the iteration order
+    of a set of tasks, which depends on their memory addresses, and a replay then diverges.)
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def wait(self) -> None:
+        """Return at once if open, else when opened. If cancelled, nothing to undo."""
+        while self.closed:
+            event = anyio.Event()
+            self._waiters.append(event)
+            await event.wait()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def open(self) -> None:
+        self.closed = False
+        while self._waiters:
+            self._waiters.popleft().set()
+
+
 class World:
     """Everything the tasks share: contexts, pools of live objects, the quiescence gate."""
 
@@ -93,9 +130,10 @@ class World:
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         self.result = RunResult()
         self.seq = 0
+        self.device = DevicePages()
         self.in_flight = 0
-        self.paused: anyio.Event | None = None
-        self.idle: anyio.Event | None = None
+        self.gate = Gate()
+        self.idle: anyio.Event | None = None  # only the checking task ever waits on it
         self.stop = False
         self.next_check = config.check_every  # operations done at which the next check is due
         self.on_progress: Callable[[int], None] | None = None
@@ -128,8 +166,7 @@ class World:
     # -- quiescence --------------------------------------------------------------------------
 
     async def enter(self) -> None:
-        while self.paused is not None:
-            await self.paused.wait()
+        await self.gate.wait()
         self.in_flight += 1
 
     def leave(self) -> None:
@@ -138,18 +175,18 @@ class World:
             self.idle.set()
 
     async def quiesce_and_check(self) -> None:
-        if self.paused is not None:
+        if self.gate.closed:
             return  # another task is checking already: not a check of its own
-        self.paused = anyio.Event()
+        self.gate.close()
         try:
             while self.in_flight:
                 self.idle = anyio.Event()
                 await self.idle.wait()
             self.result.checks["quiescent"] += 1
             check_quiescent(self)
+            check_devices(self)
         finally:
-            paused, self.paused = self.paused, None
-            paused.set()
+            self.gate.open()
 
     def done(self) -> bool:
         if self.stop or self.result.violation is not None:
@@ -201,6 +238,7 @@ async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
         raise Violation("rule 5", f"make_binding returned {res!r} without its memory bound")
     world.adopt_res(res)
     world.adopt_phys(res.phys)
+    after_binding(world, res, "make_binding")
     return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
 
@@ -227,6 +265,7 @@ async def op_map(world: World, task: TaskState) -> tuple[str, str]:
     if res.phys is not phys:
         raise Violation("rule 5", f"map of {world.name(phys)} returned {res!r} bound elsewhere")
     world.adopt_res(res)
+    after_binding(world, res, "map")
     return f"{target} -> {world.name(res)}", "ok"
 
 
@@ -244,6 +283,7 @@ async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
         raise
     if res.phys is not phys:
         raise Violation("rule 5", f"bind {target} succeeded but res.phys is {res.phys!r}")
+    after_binding(world, res, "bind")
     return target, "ok"
 
 
@@ -252,6 +292,8 @@ async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     phys = await res.unbind()
     if res.phys is not None and res.phys is phys:
         raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
+    if phys is not None:
+        after_unmapping(world, world.by_vcm[res.vcm], res, "unbind")
     return world.name(res), "ok" if phys is not None else "unbound"
 
 
@@ -259,6 +301,7 @@ async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     await res.unreserve()
     world.forget(world.reservations, res)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "unreserve")
     return world.name(res), "ok"
 
 
@@ -266,6 +309,7 @@ async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     await res.unmap()
     world.forget(world.reservations, res)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "unmap")
     return world.name(res), "ok"
 
 
@@ -276,6 +320,7 @@ async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
     world.forget(world.reservations, res)
     if phys is not None and phys.freed:
         world.forget(world.physes, phys)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "destroy_binding")
     return world.name(res), "ok"
 
 
@@ -321,6 +366,7 @@ async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tupl
     world.held[(task.index, ctx.vcm)] -= 1
     if ctx.vcm.activations < 0:
         raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
+    after_deactivate(world, ctx)
     return f"{ctx.name} (deactivate)", "ok"
 
 
@@ -443,7 +489,7 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
         # a check after every N operations done (the N-th, 2N-th...), unless one is under way
         if (
             world.result.ops >= world.next_check
-            and world.paused is None
+            and not world.gate.closed
             and world.result.violation is None
         ):
             world.next_check += world.config.check_every
