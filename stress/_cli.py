@@ -23,7 +23,7 @@ import anyio
 
 from avcm.testing import backend_options
 
-from ._config import CONTEXT_KINDS, StressConfig, UsageError
+from ._config import CONTEXT_KINDS, DRIVER_CONTEXTS, StressConfig, UsageError
 from ._replay import load_recording, verdict
 from ._report import (
     describe_violation,
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_contexts,
         default=None,
         help="which contexts and how many, e.g. iommu=2,carveout=1,cpu=1 "
-        "(default: iommu=1,carveout=1,cpu=1; custom=N with --driver)",
+        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2: two contexts from the "
+        "factory on one physical memory, so that hardware they share is raced too)",
     )
     parser.add_argument(
         "--latency",
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> StressConfig:
     contexts = args.contexts
     if contexts is None:
-        contexts = (("custom", 1),) if args.driver else StressConfig.contexts
+        contexts = (("custom", DRIVER_CONTEXTS),) if args.driver else StressConfig.contexts
     return StressConfig(
         backend=args.backend,
         seed=args.seed,

@@ -6,9 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["CONTEXT_KINDS", "OPERATIONS", "StressConfig", "UsageError"]
+__all__ = ["CONTEXT_KINDS", "DRIVER_CONTEXTS", "OPERATIONS", "StressConfig", "UsageError"]
 
 CONTEXT_KINDS = ("iommu", "carveout", "cpu", "custom")
+
+# How many contexts --driver makes from its factory unless --contexts says otherwise: one
+# context's driver calls are serialised by its mutex, so a race in hardware that contexts share
+# (one IOMMU unit serving several devices, a shared usage count) needs two contexts to show.
+DRIVER_CONTEXTS = 2
 
 OPERATIONS: dict[str, int] = {
     # name: weight. Building and tearing down are balanced so the pools neither empty nor grow.
