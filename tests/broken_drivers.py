@@ -73,6 +73,34 @@ class ForgetfulPageTable(drivers.PageTableMmu):
         await super().deactivate_page(vaddr, paddr, order, vcm)
 
 
+class StaleIotlbPageTable(drivers.PageTableMmu):
+    """An IOTLB that caches each translation a device uses and invalidates the cache only once
+    16 unmapped pages are pending: after an unbind returns (or through the same device address
+    bound again) a device still reaches the old page. Its page tables are right: the model
+    check alone cannot see it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="stale-iotlb")
+        self.iotlb: dict[int, int] = {}  # device page -> physical page
+        self.pending = 0
+
+    def translate(self, addr: int) -> int:
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.iotlb.get(page)
+        if cached is not None and self.enabled:
+            return cached + (addr - page)
+        physical = super().translate(addr)
+        self.iotlb[page] = physical - (addr - page)
+        return physical
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self.pending += 1
+        if self.pending == 16:  # the deferred invalidation
+            self.iotlb.clear()
+            self.pending = 0
+
+
 class LeakyCarveout(drivers.CarveoutAllocator):
     """Its free forgets every fourth block: pages leak."""
 
@@ -106,6 +134,10 @@ def leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, ForgetfulPageTable(memory), memory=memory)
+
+
+def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, StaleIotlbPageTable(memory), memory=memory)
 
 
 def correct_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
