@@ -67,6 +67,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -189,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 50)",
     )
     parser.add_argument(
+        "--drain-every",
+        type=_count,
+        default=2000,
+        metavar="N",
+        help="after every N-th operation, also release everything (deactivate, unbind, "
+        "unreserve, free) and check that physical memory and every address space are back "
+        "to their baseline, so a leak is reported within N operations; 0 never (default: "
+        "2000)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=None,
@@ -242,6 +262,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
         driver=args.driver,
         clock=args.clock,
         check_every=args.check_every,
+        drain_every=args.drain_every,
     )
 
 

@@ -54,6 +54,7 @@ class StressConfig:
     driver: str | None = None
     clock: str = "virtual"
     check_every: int = 50
+    drain_every: int = 2000
     weights: tuple[tuple[str, int], ...] = field(default_factory=lambda: tuple(OPERATIONS.items()))
 
     def __post_init__(self) -> None:
@@ -92,6 +93,8 @@ class StressConfig:
             )
         if self.check_every < 1:
             raise UsageError(f"--check-every must be at least 1, not {self.check_every}")
+        if self.drain_every < 0:
+            raise UsageError(f"--drain-every must be 0 (never) or more, not {self.drain_every}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     from ._contexts import Context
     from ._workload import World
 
-__all__ = ["Violation", "check_data", "check_final", "check_quiescent", "physical_address"]
+__all__ = [
+    "Violation",
+    "check_data",
+    "check_final",
+    "check_quiescent",
+    "check_released",
+    "physical_address",
+    "release_everything",
+]
 
 
 class Violation(Exception):
@@ -137,6 +145,47 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
     return f"ok {len(views)} view(s)"
 
 
+async def release_everything(world: World) -> None:
+    """Deactivate what every task holds, unbind and unreserve every reservation and free every
+    phys the pools know of: what the tasks made is given back, as a careful user would."""
+    for (task, vcm), count in world.held.items():
+        for _ in range(count):
+            await vcm.deactivate()
+        world.held[(task, vcm)] = 0
+    for res in list(world.reservations):
+        if res.phys is not None:
+            await res.unbind()
+        await res.unreserve()
+    for phys in list(world.physes):
+        await phys.free()
+    world.reservations.clear()
+    world.physes.clear()
+
+
+def check_released(world: World, when: str) -> None:
+    """After :func:`release_everything`: nothing is left in any context (rule 9)."""
+    world.result.checks["rule 9 leaks"] += 1
+    for ctx in world.contexts:
+        if ctx.vcm.activations or ctx.hardware_active():
+            raise Violation(
+                "rule 4", f"{when}: {ctx.name} is still active after every activation was undone"
+            )
+        leftovers = ctx.vcm.reservations()
+        allocations = ctx.vcm.allocations()
+        if leftovers or allocations:
+            raise Violation(
+                "rule 9",
+                f"{when}: {ctx.name} holds {len(leftovers)} reservation(s) and "
+                f"{len(allocations)} phys that no operation returned (a cancelled or failed "
+                "operation leaked them)",
+            )
+        space = ctx.address_space()
+        if space is not None and not space.is_pristine():
+            raise Violation(
+                "rule 9", f"{when}: {ctx.name} leaked address space: not every byte is free"
+            )
+
+
 async def check_final(world: World) -> None:
     """After every task stopped: tear everything down and prove nothing leaked (rule 9)."""
     for ctx in world.contexts:
@@ -147,29 +196,10 @@ async def check_final(world: World) -> None:
             raise Violation("rule 3", f"{ctx.name} still activated after every task deactivated")
         if ctx.hardware_active():
             raise Violation("rule 4", f"{ctx.name}'s hardware is active with count 0")
-    for res in list(world.reservations):
-        if res.phys is not None:
-            await res.unbind()
-        await res.unreserve()
-    for phys in list(world.physes):
-        await phys.free()
-    world.reservations.clear()
-    world.physes.clear()
-    for ctx in world.contexts:
-        leftovers = ctx.vcm.reservations()
-        allocations = ctx.vcm.allocations()
-        if leftovers or allocations:
-            raise Violation(
-                "rule 9",
-                f"{ctx.name} holds {len(leftovers)} reservation(s) and {len(allocations)} phys "
-                f"that no operation returned (a cancelled or failed operation leaked them)",
-            )
-        space = ctx.address_space()
-        if space is not None and not space.is_pristine():
-            raise Violation("rule 9", f"{ctx.name} leaked address space: not every byte is free")
+    await release_everything(world)
+    check_released(world, "at the end")
     for ctx in world.contexts:
         await ctx.vcm.destroy()
-    world.result.checks["rule 9 leaks"] += 1
     if not world.memory.is_pristine():
         stats = world.memory.statistics()
         leaked = stats.size - stats.free_bytes

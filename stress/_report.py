@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
-TRACE_VERSION = 2
+# 3: device probes, a FIFO gate, two contexts per --driver, drains every --drain-every
+TRACE_VERSION = 3
 
 
 @contextmanager

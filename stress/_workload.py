@@ -36,7 +36,13 @@ from ._device import (
     after_unmapping,
     check_devices,
 )
-from ._invariants import Violation, check_final, check_quiescent
+from ._invariants import (
+    Violation,
+    check_final,
+    check_quiescent,
+    check_released,
+    release_everything,
+)
 
 __all__ = ["Outcome", "RunResult", "World", "run_workload"]
 
@@ -136,6 +142,11 @@ class World:
         self.idle: anyio.Event | None = None  # only the checking task ever waits on it
         self.stop = False
         self.next_check = config.check_every  # operations done at which the next check is due
+        self.next_drain = config.drain_every
+        self.drained_at = 0  # the operation of the last drain
+        # physical memory in use after the first drain, and at which operation: a driver may
+        # keep a bounded cache of its own (a spare page-table page), but no more after that
+        self.baseline: tuple[int, int] | None = None
         self.on_progress: Callable[[int], None] | None = None
         # how long after its start a --cancel operation is cancelled, at most (virtual seconds)
         self.cancel_window = 0.0 if config.latency == "zero" else 0.001
@@ -174,7 +185,9 @@ class World:
         if self.in_flight == 0 and self.idle is not None:
             self.idle.set()
 
-    async def quiesce_and_check(self) -> None:
+    async def quiesce_and_check(self, *, drain: bool = False) -> None:
+        """Close the gate, wait until no operation is in flight, check everything (and if
+        *drain*, release everything and check it is back to baseline), open the gate."""
         if self.gate.closed:
             return  # another task is checking already: not a check of its own
         self.gate.close()
@@ -185,8 +198,31 @@ class World:
             self.result.checks["quiescent"] += 1
             check_quiescent(self)
             check_devices(self)
+            if drain:
+                await self.drain()
         finally:
             self.gate.open()
+
+    async def drain(self) -> None:
+        """Give back everything the tasks made and prove nothing else is held: a leak or a
+        drifting counter is reported within one ``--drain-every`` window, whose operations
+        are those in the trace since the last drain. The contexts then start from cold."""
+        seq, since = self.seq, self.drained_at
+        await release_everything(self)
+        check_released(self, f"after draining at operation {seq}")
+        stats = self.memory.statistics()
+        in_use = stats.size - stats.free_bytes
+        if self.baseline is None:
+            self.baseline = (in_use, seq)
+        elif in_use > self.baseline[0]:
+            raise Violation(
+                "rule 9",
+                f"after draining at operation {seq}: {in_use - self.baseline[0]:#x} bytes more "
+                f"physical memory in use than after the drain at operation {self.baseline[1]} "
+                f"(leaked by operations {since + 1}-{seq})",
+            )
+        self.drained_at = seq
+        self.result.checks["drain"] += 1
 
     def done(self) -> bool:
         if self.stop or self.result.violation is not None:
@@ -493,8 +529,12 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
             and world.result.violation is None
         ):
             world.next_check += world.config.check_every
+            every = world.config.drain_every
+            drain = bool(every) and world.result.ops >= world.next_drain
+            if drain:
+                world.next_drain += every
             try:
-                await world.quiesce_and_check()
+                await world.quiesce_and_check(drain=drain)
             except Violation as violation:
                 violation.seq = world.seq
                 world.result.violation = violation
