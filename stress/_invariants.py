@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+import anyio
+
 import avcm
 from avcm import testing
 
@@ -146,16 +148,24 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
 
 
 async def release_everything(world: World) -> None:
-    """Deactivate what every task holds, unbind and unreserve every reservation and free every
-    phys the pools know of: what the tasks made is given back, as a careful user would."""
-    for (task, vcm), count in world.held.items():
-        for _ in range(count):
-            await vcm.deactivate()
-        world.held[(task, vcm)] = 0
-    for res in list(world.reservations):
-        if res.phys is not None:
-            await res.unbind()
-        await res.unreserve()
+    """Give back what the tasks made, as careful users would: each context's activations
+    undone and reservations unbound and unreserved, all contexts at once (hardware they share
+    is raced as when devices shut down together), then every phys freed."""
+
+    async def release(ctx: Context) -> None:
+        for (task, vcm), count in list(world.held.items()):
+            if vcm is ctx.vcm:
+                for _ in range(count):
+                    await vcm.deactivate()
+                world.held[(task, vcm)] = 0
+        for res in [res for res in world.reservations if res.vcm is ctx.vcm]:
+            if res.phys is not None:
+                await res.unbind()
+            await res.unreserve()
+
+    async with anyio.create_task_group() as group:
+        for ctx in world.contexts:
+            group.start_soon(release, ctx)
     for phys in list(world.physes):
         await phys.free()
     world.reservations.clear()

@@ -464,6 +464,19 @@ def _classify(op: str, error: avcm.VcmError) -> str:
     raise Violation("errors", f"{op} raised {error!r}, an errno not allowed here")
 
 
+def _record(world: World, error: Exception, what: str, seq: int) -> None:
+    """Keep the run's first violation: *error* is one, or a crash in avcm or a driver, which
+    is one too (with its traceback), wherever the harness met it."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # from a task group of the harness's own
+    if not isinstance(error, Violation):
+        tail = "".join(traceback.format_exception(error)[-6:])
+        error = Violation("errors", f"{what} raised {error!r}\n{tail}")
+    error.seq = seq
+    if world.result.violation is None:
+        world.result.violation = error
+
+
 async def _run_one(world: World, task: TaskState, op: str) -> None:
     """Run one operation and account for it."""
     config = world.config
@@ -492,19 +505,9 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
                 result.op_seconds += time.perf_counter() - op_started
         if scope.cancelled_caught:
             outcome = "cancelled"
-    except Violation as violation:
-        violation.seq = seq
+    except Exception as error:
         outcome = "VIOLATION"
-        if result.violation is None:
-            result.violation = violation
-    except Exception as error:  # a crash in avcm or a driver: a violation, with its traceback
-        outcome = "VIOLATION"
-        if result.violation is None:
-            result.violation = Violation(
-                "errors",
-                f"{op} raised {error!r}\n" + "".join(traceback.format_exception(error)[-6:]),
-                seq=seq,
-            )
+        _record(world, error, op, seq)
     finally:
         world.leave()
     elapsed = anyio.current_time() - started
@@ -535,9 +538,8 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
                 world.next_drain += every
             try:
                 await world.quiesce_and_check(drain=drain)
-            except Violation as violation:
-                violation.seq = world.seq
-                world.result.violation = violation
+            except Exception as error:
+                _record(world, error, "a drain" if drain else "a quiescent check", world.seq)
     # release what this task holds, so the final checks can expect a quiet world
     await world.enter()
     try:
@@ -545,6 +547,8 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
             while world.held[(index, ctx.vcm)] > 0:
                 await ctx.vcm.deactivate()
                 world.held[(index, ctx.vcm)] -= 1
+    except Exception as error:
+        _record(world, error, f"deactivating what task {index} held at the end", world.seq)
     finally:
         world.leave()
 
@@ -573,9 +577,8 @@ async def run_workload(
             try:
                 await check_final(world)
                 world.result.checks["final"] += 1
-            except Violation as violation:
-                violation.seq = world.seq
-                world.result.violation = violation
+            except Exception as error:
+                _record(world, error, "the final teardown", world.seq)
     world.result.wall_seconds = time.perf_counter() - started
     return world.result
 
