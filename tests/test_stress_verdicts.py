@@ -212,3 +212,42 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
     out = capsys.readouterr().out
     assert status == 0, out
     assert "one context from tests.broken_drivers:correct_iommu" in out
+
+
+# -- every class of driver bug, caught with default options ----------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", ["0", "1"])
+@pytest.mark.parametrize(
+    ("driver", "rules"),
+    [
+        # one unit shared by the contexts: caught only because --driver makes two of them
+        ("shared_unit_racy_take", {"rule 4", "data", "unexpected exception"}),
+        ("shared_unit_racy_give", {"rule 9"}),  # a leak, pinned to a drain window or the end
+        ("shared_unit_racy_power", {"rule 1", "rule 4"}),  # off while a context is active
+        ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
+    ],
+)
+def test_broken_shared_hardware_is_caught_within_10000_operations(
+    tmp_path: Path, backend: str, seed: str, driver: str, rules: set[str]
+) -> None:
+    report = tmp_path / "report.json"
+    args = ["--backend", backend, "--seed", seed, "--ops", "10000", "--json", str(report)]
+    args += ["--quiet", "--trace-dir", str(tmp_path), "--driver", f"tests.broken_drivers:{driver}"]
+    assert stress.main(args) == 1
+    violation = json.loads(report.read_text())["violation"]
+    assert violation["rule"] in rules and violation["seq"] <= 10_000, violation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_correct_shared_unit_passes(backend: str) -> None:
+    config = StressConfig(
+        backend=backend,
+        ops=3000,
+        driver="tests.broken_drivers:shared_unit",
+        contexts=(("custom", 2),),
+    )
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.checks["drain"] == 1 and result.checks["device probes"] > 0
