@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._workload import World
 
 __all__ = [
+    "WHOLE",
     "Violation",
     "check_data",
     "check_final",
@@ -27,6 +28,10 @@ __all__ = [
     "physical_address",
     "release_everything",
 ]
+
+
+# what an activate or deactivate in flight may change: everything its context maps
+WHOLE = "whole context"
 
 
 class Violation(Exception):
@@ -73,17 +78,21 @@ def check_quiescent(world: World) -> None:
 
 
 def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
-    """The device views of *phys* now, through contexts no operation in flight is changing.
+    """The device views of *phys* now that no operation in flight is changing.
 
-    A context whose mutex is held may be midway through an unbind or a deactivate (some pages
-    cleared, the model not yet updated): the contract promises nothing there until the
-    operation returns, so it is left to the quiescent checks. Any other context is held to the
-    contract: its hardware is on iff its count says so (rule 4), and while on it maps every
-    bound reservation.
+    An unbind or unreserve in flight may have cleared some of its reservation's pages, an
+    activate or deactivate some of the context's, with the model not yet updated: the contract
+    promises nothing there until the operation returns, so those are left to the quiescent
+    checks. (A context whose mutex is held by an operation the harness did not start is left
+    whole.) Everything else is held to the contract: a context's hardware is on iff its count
+    says so (rule 4), and while on it maps every bound reservation.
     """
     views = []
     for ctx in world.contexts:
-        if not ctx.has_device or ctx.in_flux():
+        if not ctx.has_device:
+            continue
+        in_flux = world.in_flux.get(ctx.vcm)
+        if (in_flux and WHOLE in in_flux) or (not in_flux and ctx.in_flux()):
             continue
         if not ctx.one_to_one:  # one-to-one: no translation, the device always sees memory
             active = ctx.vcm.activations > 0
@@ -91,13 +100,13 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
                 raise Violation(
                     "rule 4",
                     f"{ctx.name}'s hardware is {'inactive' if active else 'active'} but its "
-                    f"activation count is {ctx.vcm.activations}, with no operation in flight "
-                    "on it",
+                    f"activation count is {ctx.vcm.activations}, with no activate or "
+                    "deactivate in flight on it",
                 )
             if not active:
                 continue
         for res in ctx.vcm.reservations():
-            if res.phys is phys:
+            if res.phys is phys and not (in_flux and res in in_flux):
                 views.append((ctx, res))
     return views
 

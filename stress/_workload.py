@@ -18,7 +18,7 @@ import traceback
 import warnings
 import weakref
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,9 @@ from ._device import (
     check_devices,
 )
 from ._invariants import (
+    WHOLE,
     Violation,
+    check_data,
     check_final,
     check_quiescent,
     check_released,
@@ -55,6 +57,9 @@ SIZE_WEIGHTS = (20, 12, 8, 8, 6, 3, 2, 1)
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
 # go on working); any other avcm warning is a violation.
 EXPECTED_WARNINGS = ("unbind:", "unreserve:")
+
+# physes whose views are checked at each quiescent point
+QUIESCENT_DATA_CHECKS = 8
 
 
 @dataclass
@@ -137,6 +142,10 @@ class World:
         self.result = RunResult()
         self.seq = 0
         self.device = DevicePages()
+        self.checks_random = random.Random(f"{config.seed}:checks")
+        # per context, what operations in flight may be changing in it: a reservation being
+        # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
+        self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
         self.in_flight = 0
         self.gate = Gate()
         self.idle: anyio.Event | None = None  # only the checking task ever waits on it
@@ -170,6 +179,19 @@ class World:
         self.name(res)
         self.reservations.append(res)
 
+    @contextlib.contextmanager
+    def changing(self, vcm: avcm.Vcm, what: object) -> Iterator[None]:
+        """Say that an operation in flight may change *what* (a reservation, or ``WHOLE``) in
+        the context of *vcm*, until the block is left."""
+        in_flux = self.in_flux[vcm]
+        in_flux[what] += 1
+        try:
+            yield
+        finally:
+            in_flux[what] -= 1
+            if not in_flux[what]:
+                del in_flux[what]
+
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):
             pool.remove(obj)
@@ -198,6 +220,12 @@ class World:
             self.result.checks["quiescent"] += 1
             check_quiescent(self)
             check_devices(self)
+            # data checks too, where nothing is in flight to excuse a view: mid-run, every
+            # context with an activate or deactivate queued is left out of them
+            for phys in self.checks_random.sample(
+                self.physes, min(QUIESCENT_DATA_CHECKS, len(self.physes))
+            ):
+                check_data(self, phys, self.checks_random)
             if drain:
                 await self.drain()
         finally:
@@ -325,7 +353,8 @@ async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    phys = await res.unbind()
+    with world.changing(res.vcm, res):
+        phys = await res.unbind()
     if res.phys is not None and res.phys is phys:
         raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
     if phys is not None:
@@ -335,7 +364,8 @@ async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    await res.unreserve()
+    with world.changing(res.vcm, res):
+        await res.unreserve()
     world.forget(world.reservations, res)
     after_unmapping(world, world.by_vcm[res.vcm], res, "unreserve")
     return world.name(res), "ok"
@@ -343,7 +373,8 @@ async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    await res.unmap()
+    with world.changing(res.vcm, res):
+        await res.unmap()
     world.forget(world.reservations, res)
     after_unmapping(world, world.by_vcm[res.vcm], res, "unmap")
     return world.name(res), "ok"
@@ -352,7 +383,8 @@ async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
 async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     phys = res.phys
-    await res.destroy_binding()
+    with world.changing(res.vcm, res):
+        await res.destroy_binding()
     world.forget(world.reservations, res)
     if phys is not None and phys.freed:
         world.forget(world.physes, phys)
@@ -381,7 +413,8 @@ async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
     key = (task.index, ctx.vcm)
     if world.held[key] >= 2:
         return await op_deactivate_ctx(world, task, ctx)
-    await ctx.vcm.activate()
+    with world.changing(ctx.vcm, WHOLE):
+        await ctx.vcm.activate()
     world.held[key] += 1
     if not ctx.hardware_active():
         raise Violation("rule 1", f"activate of {ctx.name} returned with the hardware inactive")
@@ -398,7 +431,8 @@ async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
 
 
 async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
-    await ctx.vcm.deactivate()
+    with world.changing(ctx.vcm, WHOLE):
+        await ctx.vcm.deactivate()
     world.held[(task.index, ctx.vcm)] -= 1
     if ctx.vcm.activations < 0:
         raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
@@ -412,8 +446,6 @@ async def op_data(world: World, task: TaskState) -> tuple[str, str]:
     Synchronous from the pick to the last read: no other task runs in between, so every
     mapping looked at is the model's mapping at that instant.
     """
-    from ._invariants import check_data
-
     phys = _pick(task, world.physes)
     if phys.freed:
         raise _Skip
@@ -545,7 +577,8 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
     try:
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
-                await ctx.vcm.deactivate()
+                with world.changing(ctx.vcm, WHOLE):
+                    await ctx.vcm.deactivate()
                 world.held[(index, ctx.vcm)] -= 1
     except Exception as error:
         _record(world, error, f"deactivating what task {index} held at the end", world.seq)
