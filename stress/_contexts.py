@@ -6,6 +6,7 @@ whether it is active, and the device's view of memory (read and write at a devic
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -45,51 +46,58 @@ class Context:
     memory: avcm.PhysicalMemory
     faults: drivers.FaultPlan | None = None
 
-    @property
+    @functools.cached_property
     def hardware(self) -> object:
         driver = self.vcm.driver
         if isinstance(driver, (avcm.lowlevel.MmuWrapper, avcm.lowlevel.O2oWrapper)):
             return driver.hw
         return driver
 
-    def hardware_active(self) -> bool:
+    @functools.cached_property
+    def _view(self) -> avcm.lowlevel.HardwareView | None:
+        # a runtime protocol check is slow, and a context's hardware never changes: once
         hardware = self.hardware
-        if isinstance(hardware, avcm.lowlevel.HardwareView):
-            return hardware.hardware_active()
+        return hardware if isinstance(hardware, avcm.lowlevel.HardwareView) else None
+
+    def hardware_active(self) -> bool:
+        view = self._view
+        if view is not None:
+            return view.hardware_active()
         return self.vcm.activations > 0  # nothing to observe: take the model's word
 
-    @property
+    @functools.cached_property
     def has_device(self) -> bool:
         """Whether the hardware offers device reads and writes (``read``/``write``)."""
-        return isinstance(self.hardware, Device)
+        return self._device is not None
 
-    @property
+    @functools.cached_property
     def translated(self) -> bool:
         """Whether device addresses go through a translation the checks can probe: a device
         behind an MMU. One-to-one devices reach physical memory at every address."""
         return not self.one_to_one and self.has_device
 
-    def in_flux(self) -> bool:
-        """Whether an operation may be changing this context's hardware and model now.
-
-        Everything that changes what the hardware must show (bind, unbind, activate,
-        deactivate, unreserve...) runs under the context's mutex, so while it is free nothing
-        in flight can change them, and checks may hold the context to the contract; while it
-        is held they wait for a quiescent point.
-        """
+    def mutex_held(self) -> bool:
+        """Whether some operation holds the context's mutex, and so may be changing what its
+        hardware shows: everything that does (bind, unbind, activate, deactivate,
+        unreserve...) runs under it. While it is free nothing in flight can change them."""
         return self.vcm._mutex.is_locked()
 
-    def device_read(self, address: int, length: int) -> bytes:
+    @functools.cached_property
+    def _device(self) -> Device | None:
         hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - has_device checks
+        return hardware if isinstance(hardware, Device) else None
+
+    def device_read(self, address: int, length: int) -> bytes:
+        device = self._device
+        if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        return hardware.read(address, length)
+        return device.read(address, length)
 
     def device_write(self, address: int, data: bytes) -> None:
-        hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - has_device checks
+        device = self._device
+        if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        hardware.write(address, data)
+        device.write(address, data)
 
     def address_space(self) -> Any:
         driver = self.vcm.driver

@@ -119,7 +119,9 @@ def _probe(world: World, ctx: Context, res: avcm.Res | None, address: int, after
     ):
         _expect_fault(world, ctx, (address,), after)
     else:
-        _expect_memory(world, ctx, address, physical_address(phys, address - res.start), after)
+        _expect_memory(
+            world, ctx, address, physical_address(world, phys, address - res.start), after
+        )
 
 
 def _check_active(ctx: Context, after: str) -> None:

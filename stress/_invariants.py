@@ -92,7 +92,7 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
         if not ctx.has_device:
             continue
         in_flux = world.in_flux.get(ctx.vcm)
-        if (in_flux and WHOLE in in_flux) or (not in_flux and ctx.in_flux()):
+        if (in_flux and WHOLE in in_flux) or (not in_flux and ctx.mutex_held()):
             continue
         if not ctx.one_to_one:  # one-to-one: no translation, the device always sees memory
             active = ctx.vcm.activations > 0
@@ -111,11 +111,12 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
     return views
 
 
-def physical_address(phys: avcm.Phys, offset: int) -> int:
-    for part in phys.parts:
-        if offset < part.size:
-            return part.start + offset
-        offset -= part.size
+def physical_address(world: World, phys: avcm.Phys, offset: int) -> int:
+    """Where byte *offset* of *phys* is in physical memory."""
+    for start, end in _extents(world, phys):
+        if offset < end - start:
+            return start + offset
+        offset -= end - start
     raise AssertionError("offset beyond the phys")  # the caller draws offsets inside it
 
 
@@ -147,10 +148,12 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         raise Violation(
             "rule 4", f"device access to a bound, active mapping faulted: {fault}"
         ) from None
-    # byte by byte through the parts, so a pattern across a part boundary is checked too
-    truth = bytes(
-        world.memory.read(physical_address(phys, offset + i), 1)[0] for i in range(length)
-    )
+    # piece by piece through the extents, so a pattern across a part boundary is checked too
+    truth = b""
+    while len(truth) < length:
+        address = physical_address(world, phys, offset + len(truth))
+        piece = min(length - len(truth), avcm.PAGE_SIZE - address % avcm.PAGE_SIZE)
+        truth += world.memory.read(address, piece)
     if truth != pattern:
         raise Violation("rule 4", f"physical memory of {world.name(phys)} lacks the pattern")
     return f"ok {len(views)} view(s)"

@@ -57,7 +57,7 @@ class Terminal(io.StringIO):
     [
         ("check_then_act", "overlap at"),
         ("overlapping", "overlap at"),
-        ("forgetful", "stale in hardware"),
+        ("forgetful", "stale"),  # a probe after unbind, or the model check
         ("leaky", "bytes of physical memory leaked"),
     ],
 )
