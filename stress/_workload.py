@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 import avcm
-from avcm.lowlevel import errno_name
+from avcm.lowlevel import errno_name, sync_hook
 
 from ._config import StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault
@@ -39,10 +39,12 @@ from ._device import (
 from ._invariants import (
     WHOLE,
     Violation,
+    check_cold_start,
     check_data,
     check_final,
     check_quiescent,
     check_released,
+    deactivate_everything,
     release_everything,
 )
 
@@ -57,6 +59,9 @@ SIZE_WEIGHTS = (20, 12, 8, 8, 6, 3, 2, 1)
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
 # go on working); any other avcm warning is a violation.
 EXPECTED_WARNINGS = ("unbind:", "unreserve:")
+
+# the sync points at which an activate or deactivate calls the driver to switch the hardware
+DRIVER_SWITCHES = ("driver.activate", "driver.deactivate")
 
 # physes whose views are checked at each quiescent point
 QUIESCENT_DATA_CHECKS = 8
@@ -192,6 +197,30 @@ class World:
             if not in_flux[what]:
                 del in_flux[what]
 
+    @contextlib.contextmanager
+    def switching(self, vcm: avcm.Vcm) -> Iterator[None]:
+        """An activate or deactivate of *vcm* runs in the block: once it calls the driver (the
+        count leaves or reaches zero: the hardware is switched and every mapping changes)
+        until the block is left, the whole context may be changing. One that only counts, or
+        still waits for the mutex, changes nothing, and leaves the context to the checks."""
+        switched = False
+
+        async def hook(point: str, obj: object) -> None:
+            nonlocal switched
+            if not switched and point in DRIVER_SWITCHES and obj is vcm:
+                switched = True
+                self.in_flux[vcm][WHOLE] += 1
+
+        try:
+            with sync_hook(hook):
+                yield
+        finally:
+            if switched:
+                in_flux = self.in_flux[vcm]
+                in_flux[WHOLE] -= 1
+                if not in_flux[WHOLE]:
+                    del in_flux[WHOLE]
+
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):
             pool.remove(obj)
@@ -236,8 +265,11 @@ class World:
         drifting counter is reported within one ``--drain-every`` window, whose operations
         are those in the trace since the last drain. The contexts then start from cold."""
         seq, since = self.seq, self.drained_at
+        when = f"draining at operation {seq}"
+        await deactivate_everything(self)
+        await check_cold_start(self, when)
         await release_everything(self)
-        check_released(self, f"after draining at operation {seq}")
+        check_released(self, f"after {when}")
         stats = self.memory.statistics()
         in_use = stats.size - stats.free_bytes
         if self.baseline is None:
@@ -413,7 +445,7 @@ async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
     key = (task.index, ctx.vcm)
     if world.held[key] >= 2:
         return await op_deactivate_ctx(world, task, ctx)
-    with world.changing(ctx.vcm, WHOLE):
+    with world.switching(ctx.vcm):
         await ctx.vcm.activate()
     world.held[key] += 1
     if not ctx.hardware_active():
@@ -431,7 +463,7 @@ async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
 
 
 async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
-    with world.changing(ctx.vcm, WHOLE):
+    with world.switching(ctx.vcm):
         await ctx.vcm.deactivate()
     world.held[(task.index, ctx.vcm)] -= 1
     if ctx.vcm.activations < 0:
@@ -577,7 +609,7 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
     try:
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
-                with world.changing(ctx.vcm, WHOLE):
+                with world.switching(ctx.vcm):
                     await ctx.vcm.deactivate()
                 world.held[(index, ctx.vcm)] -= 1
     except Exception as error:
