@@ -6,13 +6,14 @@ whether it is active, and the device's view of memory (read and write at a devic
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import os
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,7 +81,7 @@ class Context:
         """Whether some operation holds the context's mutex, and so may be changing what its
         hardware shows: everything that does (bind, unbind, activate, deactivate,
         unreserve...) runs under it. While it is free nothing in flight can change them."""
-        return self.vcm._mutex.is_locked()
+        return self.vcm.statistics().mutex.locked
 
     @functools.cached_property
     def _device(self) -> Device | None:
@@ -106,6 +107,20 @@ class Context:
     def stop_faults(self) -> None:
         if self.faults is not None:
             self.faults.disable()
+
+    @contextlib.contextmanager
+    def faults_paused(self) -> Iterator[None]:
+        """No injected fault in the block (the harness's own drains must not fail), then as
+        before. Calls are still counted, so the run stays the same whichever way."""
+        plan = self.faults
+        if plan is None or not plan.enabled:
+            yield
+            return
+        plan.enabled = False
+        try:
+            yield
+        finally:
+            plan.enabled = True
 
 
 def _sample_factory(kind: str) -> Callable[..., avcm.Vcm]:

@@ -266,9 +266,12 @@ class World:
         are those in the trace since the last drain. The contexts then start from cold."""
         seq, since = self.seq, self.drained_at
         when = f"draining at operation {seq}"
-        await deactivate_everything(self)
-        await check_cold_start(self, when)
-        await release_everything(self)
+        with contextlib.ExitStack() as stack:
+            for ctx in self.contexts:
+                stack.enter_context(ctx.faults_paused())
+            await deactivate_everything(self)
+            await check_cold_start(self, when)
+            await release_everything(self)
         check_released(self, f"after {when}")
         stats = self.memory.statistics()
         in_use = stats.size - stats.free_bytes

@@ -22,7 +22,7 @@ import pytest
 import avcm
 import drivers
 import stress
-from avcm.testing._clock import run_on_virtual_time
+from avcm.testing import run_on_virtual_time
 from stress._config import StressConfig
 from stress._contexts import Context
 from stress._device import after_unmapping
