@@ -278,3 +278,14 @@ def test_correct_shared_unit_passes(backend: str) -> None:
     result = stress.run(config)
     assert result.violation is None, result.violation
     assert result.checks["drain"] == 1 and result.checks["device probes"] > 0
+
+
+def test_drain_every_is_an_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert stress.main(["--quiet", "--drain-every", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "avcm-stress: error: argument --drain-every: -1 must be at least 0\n"
+    never = stress.run(StressConfig(ops=2500, drain_every=0))
+    assert never.violation is None and "drain" not in never.checks
+    often = stress.run(StressConfig(ops=2500, drain_every=500))
+    assert often.violation is None and often.checks["drain"] == 5
+    assert often.checks["cold start"] == 5 * 3  # each context, at each drain
