@@ -2,8 +2,17 @@
 checks the contract's invariants after every step. See ``python -m stress --help``."""
 
 from ._cli import main, run
-from ._config import OPERATIONS, StressConfig, UsageError
+from ._config import DRIVER_CONTEXTS, OPERATIONS, StressConfig, UsageError
 from ._invariants import Violation
 from ._workload import RunResult
 
-__all__ = ["OPERATIONS", "RunResult", "StressConfig", "UsageError", "Violation", "main", "run"]
+__all__ = [
+    "DRIVER_CONTEXTS",
+    "OPERATIONS",
+    "RunResult",
+    "StressConfig",
+    "UsageError",
+    "Violation",
+    "main",
+    "run",
+]

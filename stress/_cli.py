@@ -27,7 +27,16 @@ from avcm.testing import (
     run_main,
 )
 
-from ._config import BACKENDS, CLOCKS, LATENCIES, MAX_JOBS, StressConfig, UsageError, check_count
+from ._config import (
+    BACKENDS,
+    CLOCKS,
+    DRIVER_CONTEXTS,
+    LATENCIES,
+    MAX_JOBS,
+    StressConfig,
+    UsageError,
+    check_count,
+)
 from ._replay import load_recording, verdict
 from ._report import (
     describe_violation,
@@ -125,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_contexts,
         default=None,
         help="which contexts and how many, e.g. iommu=2,carveout=1,cpu=1 "
-        "(default: iommu=1,carveout=1,cpu=1; custom=N with --driver)",
+        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2: two contexts from the "
+        "factory on one physical memory, so that hardware they share is raced too)",
     )
     parser.add_argument(
         "--latency",
@@ -170,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 50)",
     )
     parser.add_argument(
+        "--drain-every",
+        type=_whole_number,
+        default=2000,
+        metavar="N",
+        help="after every N-th operation, also release everything (deactivate, unbind, "
+        "unreserve, free) and check that physical memory and every address space are back "
+        "to their baseline, so a leak is reported within N operations; 0 never (default: "
+        "2000)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=None,
@@ -210,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> StressConfig:
     contexts = args.contexts
     if contexts is None:
-        contexts = (("custom", 1),) if args.driver else StressConfig.contexts
+        contexts = (("custom", DRIVER_CONTEXTS),) if args.driver else StressConfig.contexts
     return StressConfig(
         backend=args.backend,
         seed=args.seed,
@@ -224,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
         driver=args.driver,
         clock=args.clock,
         check_every=args.check_every,
+        drain_every=args.drain_every,
     )
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "BACKENDS",
     "CLOCKS",
     "CONTEXT_KINDS",
+    "DRIVER_CONTEXTS",
     "LATENCIES",
     "MAX_JOBS",
     "MAX_OPS",
@@ -22,6 +23,11 @@ __all__ = [
 ]
 
 CONTEXT_KINDS = ("iommu", "carveout", "cpu", "custom")
+
+# How many contexts --driver makes from its factory unless --contexts says otherwise: one
+# context's driver calls are serialised by its mutex, so a race in hardware that contexts share
+# (one IOMMU unit serving several devices, a shared usage count) needs two contexts to show.
+DRIVER_CONTEXTS = 2
 
 OPERATIONS: dict[str, int] = {
     # name: weight. Building and tearing down are balanced so the pools neither empty nor grow.
@@ -119,6 +125,7 @@ class StressConfig:
     driver: str | None = None
     clock: str = "virtual"
     check_every: int = 50
+    drain_every: int = 2000
     weights: tuple[tuple[str, int], ...] = field(default_factory=lambda: tuple(OPERATIONS.items()))
 
     def __post_init__(self) -> None:
@@ -136,6 +143,7 @@ class StressConfig:
         _check_rate(self.cancel, "--cancel")
         _check_choice(self.clock, "--clock", CLOCKS)
         check_count(self.check_every, "--check-every", 1, MAX_OPS)
+        check_count(self.drain_every, "--drain-every", 0, MAX_OPS)  # 0: never
         self._check_contexts()
         self._check_weights()
 

@@ -6,12 +6,14 @@ whether it is active, and the device's view of memory (read and write at a devic
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import inspect
 import os
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,37 +47,58 @@ class Context:
     memory: avcm.PhysicalMemory
     faults: drivers.FaultPlan | None = None
 
-    @property
+    @functools.cached_property
     def hardware(self) -> object:
         driver = self.vcm.driver
         if isinstance(driver, (avcm.lowlevel.MmuWrapper, avcm.lowlevel.O2oWrapper)):
             return driver.hw
         return driver
 
-    def hardware_active(self) -> bool:
+    @functools.cached_property
+    def _view(self) -> avcm.lowlevel.HardwareView | None:
+        # a runtime protocol check is slow, and a context's hardware never changes: once
         hardware = self.hardware
-        if isinstance(hardware, avcm.lowlevel.HardwareView):
-            return hardware.hardware_active()
+        return hardware if isinstance(hardware, avcm.lowlevel.HardwareView) else None
+
+    def hardware_active(self) -> bool:
+        view = self._view
+        if view is not None:
+            return view.hardware_active()
         return self.vcm.activations > 0  # nothing to observe: take the model's word
 
-    def device_visible(self) -> bool:
-        """Whether a device can reach memory through this context right now."""
-        if not isinstance(self.hardware, Device):
-            return False
-        # one-to-one: no translation, the device always sees physical memory
-        return self.one_to_one or self.hardware_active()
+    @functools.cached_property
+    def has_device(self) -> bool:
+        """Whether the hardware offers device reads and writes (``read``/``write``)."""
+        return self._device is not None
+
+    @functools.cached_property
+    def translated(self) -> bool:
+        """Whether device addresses go through a translation the checks can probe: a device
+        behind an MMU. One-to-one devices reach physical memory at every address."""
+        return not self.one_to_one and self.has_device
+
+    def mutex_held(self) -> bool:
+        """Whether some operation holds the context's mutex, and so may be changing what its
+        hardware shows: everything that does (bind, unbind, activate, deactivate,
+        unreserve...) runs under it. While it is free nothing in flight can change them."""
+        return self.vcm.statistics().mutex.locked
+
+    @functools.cached_property
+    def _device(self) -> Device | None:
+        hardware = self.hardware
+        return hardware if isinstance(hardware, Device) else None
 
     def device_read(self, address: int, length: int) -> bytes:
-        hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+        device = self._device
+        if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        return hardware.read(address, length)
+        return device.read(address, length)
 
     def device_write(self, address: int, data: bytes) -> None:
-        hardware = self.hardware
-        if not isinstance(hardware, Device):  # pragma: no cover - device_visible checks
+        device = self._device
+        if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        hardware.write(address, data)
+        device.write(address, data)
 
     def address_space(self) -> Any:
         driver = self.vcm.driver
@@ -84,6 +107,20 @@ class Context:
     def stop_faults(self) -> None:
         if self.faults is not None:
             self.faults.disable()
+
+    @contextlib.contextmanager
+    def faults_paused(self) -> Iterator[None]:
+        """No injected fault in the block (the harness's own drains must not fail), then as
+        before. Calls are still counted, so the run stays the same whichever way."""
+        plan = self.faults
+        if plan is None or not plan.enabled:
+            yield
+            return
+        plan.enabled = False
+        try:
+            yield
+        finally:
+            plan.enabled = True
 
 
 def _sample_factory(kind: str) -> Callable[..., avcm.Vcm]:

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
-TRACE_VERSION = 2
+# 3: device probes, a FIFO gate, two contexts per --driver, drains every --drain-every
+TRACE_VERSION = 3
 
 
 @contextmanager
@@ -73,6 +74,8 @@ def render_summary(config: StressConfig, result: RunResult, out: TextIO) -> None
         f"contexts={','.join(f'{k}={n}' for k, n in config.contexts if n)} "
         f"latency={config.latency} faults={config.faults} cancel={config.cancel}"
     )
+    if config.driver is not None:
+        console.print(driver_contexts(config))
     table = Table(title=None, show_edge=False, pad_edge=False)
     table.add_column("operation")
     table.add_column("count", justify="right")
@@ -104,6 +107,20 @@ def render_summary(config: StressConfig, result: RunResult, out: TextIO) -> None
         )
     violations = 0 if result.violation is None else 1
     console.print(f"violations: {violations}")
+
+
+def driver_contexts(config: StressConfig) -> str:
+    """What a ``--driver`` run made of the factory, said in its header."""
+    count = sum(n for kind, n in config.contexts if kind == "custom")
+    if count == 1:
+        return (
+            f"one context from {config.driver} (hardware that contexts share is not raced: "
+            "the default makes two)"
+        )
+    return (
+        f"{count} contexts from {config.driver} on one physical memory, so that hardware they "
+        "share is raced too (--contexts custom=1 for one)"
+    )
 
 
 def summary_line(config: StressConfig, result: RunResult) -> str:

@@ -17,19 +17,36 @@ import time
 import traceback
 import warnings
 import weakref
-from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 import avcm
-from avcm.lowlevel import errno_name
+from avcm.lowlevel import errno_name, sync_hook
 
 from ._config import MAX_OPS, StressConfig
 from ._contexts import Context, build_contexts, is_injected_fault
-from ._invariants import Violation, check_final, check_quiescent
+from ._device import (
+    DevicePages,
+    after_binding,
+    after_deactivate,
+    after_unmapping,
+    check_devices,
+)
+from ._invariants import (
+    WHOLE,
+    Violation,
+    check_cold_start,
+    check_data,
+    check_final,
+    check_quiescent,
+    check_released,
+    deactivate_everything,
+    release_everything,
+)
 
 __all__ = ["Outcome", "RunResult", "World", "run_workload"]
 
@@ -42,6 +59,12 @@ SIZE_WEIGHTS = (20, 12, 8, 8, 6, 3, 2, 1)
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
 # go on working); any other avcm warning is a violation.
 EXPECTED_WARNINGS = ("unbind:", "unreserve:")
+
+# the sync points at which an activate or deactivate calls the driver to switch the hardware
+DRIVER_SWITCHES = ("driver.activate", "driver.deactivate")
+
+# physes whose views are checked at each quiescent point
+QUIESCENT_DATA_CHECKS = 8
 
 
 @dataclass
@@ -76,6 +99,36 @@ class _Skip(Exception):
     """No object to operate on: the operation is counted as skipped."""
 
 
+class Gate:
+    """The quiescence gate: while closed, operations wait at it; opening it lets them in in
+    the order they arrived.
+
+    A first-in first-out queue the harness owns, one event per waiter, so the order in which
+    waiters are woken is the order they came in, on every backend and in every process. (One
+    shared ``anyio.Event`` would not do: trio wakes an event's waiters in the iteration order
+    of a set of tasks, which depends on their memory addresses, and a replay then diverges.)
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def wait(self) -> None:
+        """Return at once if open, else when opened. If cancelled, nothing to undo."""
+        while self.closed:
+            event = anyio.Event()
+            self._waiters.append(event)
+            await event.wait()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def open(self) -> None:
+        self.closed = False
+        while self._waiters:
+            self._waiters.popleft().set()
+
+
 class World:
     """Everything the tasks share: contexts, pools of live objects, the quiescence gate."""
 
@@ -93,14 +146,21 @@ class World:
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         self.result = RunResult()
         self.seq = 0
+        self.device = DevicePages()
+        self.checks_random = random.Random(f"{config.seed}:checks")
+        # per context, what operations in flight may be changing in it: a reservation being
+        # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
+        self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
         self.in_flight = 0
-        # a check is under way while paused; each task held at the gate waits on an event of
-        # its own, set in arrival order: trio wakes the waiters of one event in the order of a
-        # set of tasks (their addresses), which would make the run depend on the heap
-        self.paused: list[anyio.Event] | None = None
-        self.idle: anyio.Event | None = None
+        self.gate = Gate()
+        self.idle: anyio.Event | None = None  # only the checking task ever waits on it
         self.stop = False
         self.next_check = config.check_every  # operations done at which the next check is due
+        self.next_drain = config.drain_every
+        self.drained_at = 0  # the operation of the last drain
+        # physical memory in use after the first drain, and at which operation: a driver may
+        # keep a bounded cache of its own (a spare page-table page), but no more after that
+        self.baseline: tuple[int, int] | None = None
         self.on_progress: Callable[[int], None] | None = None
         # how long after its start a --cancel operation is cancelled, at most (virtual seconds)
         self.cancel_window = 0.0 if config.latency == "zero" else 0.001
@@ -124,6 +184,43 @@ class World:
         self.name(res)
         self.reservations.append(res)
 
+    @contextlib.contextmanager
+    def changing(self, vcm: avcm.Vcm, what: object) -> Iterator[None]:
+        """Say that an operation in flight may change *what* (a reservation, or ``WHOLE``) in
+        the context of *vcm*, until the block is left."""
+        in_flux = self.in_flux[vcm]
+        in_flux[what] += 1
+        try:
+            yield
+        finally:
+            in_flux[what] -= 1
+            if not in_flux[what]:
+                del in_flux[what]
+
+    @contextlib.contextmanager
+    def switching(self, vcm: avcm.Vcm) -> Iterator[None]:
+        """An activate or deactivate of *vcm* runs in the block: once it calls the driver (the
+        count leaves or reaches zero: the hardware is switched and every mapping changes)
+        until the block is left, the whole context may be changing. One that only counts, or
+        still waits for the mutex, changes nothing, and leaves the context to the checks."""
+        switched = False
+
+        async def hook(point: str, obj: object) -> None:
+            nonlocal switched
+            if not switched and point in DRIVER_SWITCHES and obj is vcm:
+                switched = True
+                self.in_flux[vcm][WHOLE] += 1
+
+        try:
+            with sync_hook(hook):
+                yield
+        finally:
+            if switched:
+                in_flux = self.in_flux[vcm]
+                in_flux[WHOLE] -= 1
+                if not in_flux[WHOLE]:
+                    del in_flux[WHOLE]
+
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):
             pool.remove(obj)
@@ -131,10 +228,7 @@ class World:
     # -- quiescence --------------------------------------------------------------------------
 
     async def enter(self) -> None:
-        while self.paused is not None:
-            resumed = anyio.Event()
-            self.paused.append(resumed)
-            await resumed.wait()
+        await self.gate.wait()
         self.in_flight += 1
 
     def leave(self) -> None:
@@ -142,20 +236,56 @@ class World:
         if self.in_flight == 0 and self.idle is not None:
             self.idle.set()
 
-    async def quiesce_and_check(self) -> None:
-        if self.paused is not None:
+    async def quiesce_and_check(self, *, drain: bool = False) -> None:
+        """Close the gate, wait until no operation is in flight, check everything (and if
+        *drain*, release everything and check it is back to baseline), open the gate."""
+        if self.gate.closed:
             return  # another task is checking already: not a check of its own
-        self.paused = []
+        self.gate.close()
         try:
             while self.in_flight:
                 self.idle = anyio.Event()
                 await self.idle.wait()
             self.result.checks["quiescent"] += 1
             check_quiescent(self)
+            check_devices(self)
+            # data checks too, where nothing is in flight to excuse a view: mid-run, every
+            # context with an activate or deactivate queued is left out of them
+            for phys in self.checks_random.sample(
+                self.physes, min(QUIESCENT_DATA_CHECKS, len(self.physes))
+            ):
+                check_data(self, phys, self.checks_random)
+            if drain:
+                await self.drain()
         finally:
-            waiting, self.paused = self.paused, None
-            for resumed in waiting:
-                resumed.set()
+            self.gate.open()
+
+    async def drain(self) -> None:
+        """Give back everything the tasks made and prove nothing else is held: a leak or a
+        drifting counter is reported within one ``--drain-every`` window, whose operations
+        are those in the trace since the last drain. The contexts then start from cold."""
+        seq, since = self.seq, self.drained_at
+        when = f"draining at operation {seq}"
+        with contextlib.ExitStack() as stack:
+            for ctx in self.contexts:
+                stack.enter_context(ctx.faults_paused())
+            await deactivate_everything(self)
+            await check_cold_start(self, when)
+            await release_everything(self)
+        check_released(self, f"after {when}")
+        stats = self.memory.statistics()
+        in_use = stats.size - stats.free_bytes
+        if self.baseline is None:
+            self.baseline = (in_use, seq)
+        elif in_use > self.baseline[0]:
+            raise Violation(
+                "rule 9",
+                f"after draining at operation {seq}: {in_use - self.baseline[0]:#x} bytes more "
+                f"physical memory in use than after the drain at operation {self.baseline[1]} "
+                f"(leaked by operations {since + 1}-{seq})",
+            )
+        self.drained_at = seq
+        self.result.checks["drain"] += 1
 
     def done(self) -> bool:
         if self.stop or self.result.violation is not None:
@@ -208,6 +338,7 @@ async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
         raise Violation("rule 5", f"make_binding returned {res!r} without its memory bound")
     world.adopt_res(res)
     world.adopt_phys(res.phys)
+    after_binding(world, res, "make_binding")
     return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
 
@@ -234,6 +365,7 @@ async def op_map(world: World, task: TaskState) -> tuple[str, str]:
     if res.phys is not phys:
         raise Violation("rule 5", f"map of {world.name(phys)} returned {res!r} bound elsewhere")
     world.adopt_res(res)
+    after_binding(world, res, "map")
     return f"{target} -> {world.name(res)}", "ok"
 
 
@@ -251,38 +383,48 @@ async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
         raise
     if res.phys is not phys:
         raise Violation("rule 5", f"bind {target} succeeded but res.phys is {res.phys!r}")
+    after_binding(world, res, "bind")
     return target, "ok"
 
 
 async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    phys = await res.unbind()
+    with world.changing(res.vcm, res):
+        phys = await res.unbind()
     if res.phys is not None and res.phys is phys:
         raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
+    if phys is not None:
+        after_unmapping(world, world.by_vcm[res.vcm], res, "unbind")
     return world.name(res), "ok" if phys is not None else "unbound"
 
 
 async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    await res.unreserve()
+    with world.changing(res.vcm, res):
+        await res.unreserve()
     world.forget(world.reservations, res)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "unreserve")
     return world.name(res), "ok"
 
 
 async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    await res.unmap()
+    with world.changing(res.vcm, res):
+        await res.unmap()
     world.forget(world.reservations, res)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "unmap")
     return world.name(res), "ok"
 
 
 async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     phys = res.phys
-    await res.destroy_binding()
+    with world.changing(res.vcm, res):
+        await res.destroy_binding()
     world.forget(world.reservations, res)
     if phys is not None and phys.freed:
         world.forget(world.physes, phys)
+    after_unmapping(world, world.by_vcm[res.vcm], res, "destroy_binding")
     return world.name(res), "ok"
 
 
@@ -307,7 +449,8 @@ async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
     key = (task.index, ctx.vcm)
     if world.held[key] >= 2:
         return await op_deactivate_ctx(world, task, ctx)
-    await ctx.vcm.activate()
+    with world.switching(ctx.vcm):
+        await ctx.vcm.activate()
     world.held[key] += 1
     if not ctx.hardware_active():
         raise Violation("rule 1", f"activate of {ctx.name} returned with the hardware inactive")
@@ -324,10 +467,12 @@ async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
 
 
 async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
-    await ctx.vcm.deactivate()
+    with world.switching(ctx.vcm):
+        await ctx.vcm.deactivate()
     world.held[(task.index, ctx.vcm)] -= 1
     if ctx.vcm.activations < 0:
         raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
+    after_deactivate(world, ctx)
     return f"{ctx.name} (deactivate)", "ok"
 
 
@@ -337,8 +482,6 @@ async def op_data(world: World, task: TaskState) -> tuple[str, str]:
     Synchronous from the pick to the last read: no other task runs in between, so every
     mapping looked at is the model's mapping at that instant.
     """
-    from ._invariants import check_data
-
     phys = _pick(task, world.physes)
     if phys.freed:
         raise _Skip
@@ -389,6 +532,19 @@ def _classify(op: str, error: avcm.VcmError) -> str:
     raise Violation("errors", f"{op} raised {error!r}, an errno not allowed here")
 
 
+def _record(world: World, error: Exception, what: str, seq: int) -> None:
+    """Keep the run's first violation: *error* is one, or a crash in avcm or a driver, which
+    is one too (with its traceback), wherever the harness met it."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # from a task group of the harness's own
+    if not isinstance(error, Violation):
+        tail = "".join(traceback.format_exception(error)[-6:])
+        error = Violation("errors", f"{what} raised {error!r}\n{tail}")
+    error.seq = seq
+    if world.result.violation is None:
+        world.result.violation = error
+
+
 async def _run_one(world: World, task: TaskState, op: str) -> None:
     """Run one operation and account for it."""
     config = world.config
@@ -417,19 +573,9 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
                 result.op_seconds += time.perf_counter() - op_started
         if scope.cancelled_caught:
             outcome = "cancelled"
-    except Violation as violation:
-        violation.seq = seq
+    except Exception as error:
         outcome = "VIOLATION"
-        if result.violation is None:
-            result.violation = violation
-    except Exception as error:  # a crash in avcm or a driver: a violation, with its traceback
-        outcome = "VIOLATION"
-        if result.violation is None:
-            result.violation = Violation(
-                "errors",
-                f"{op} raised {error!r}\n" + "".join(traceback.format_exception(error)[-6:]),
-                seq=seq,
-            )
+        _record(world, error, op, seq)
     finally:
         world.leave()
     elapsed = anyio.current_time() - started
@@ -450,22 +596,28 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
         # a check after every N operations done (the N-th, 2N-th...), unless one is under way
         if (
             world.result.ops >= world.next_check
-            and world.paused is None
+            and not world.gate.closed
             and world.result.violation is None
         ):
             world.next_check += world.config.check_every
+            every = world.config.drain_every
+            drain = bool(every) and world.result.ops >= world.next_drain
+            if drain:
+                world.next_drain += every
             try:
-                await world.quiesce_and_check()
-            except Violation as violation:
-                violation.seq = world.seq
-                world.result.violation = violation
+                await world.quiesce_and_check(drain=drain)
+            except Exception as error:
+                _record(world, error, "a drain" if drain else "a quiescent check", world.seq)
     # release what this task holds, so the final checks can expect a quiet world
     await world.enter()
     try:
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
-                await ctx.vcm.deactivate()
+                with world.switching(ctx.vcm):
+                    await ctx.vcm.deactivate()
                 world.held[(index, ctx.vcm)] -= 1
+    except Exception as error:
+        _record(world, error, f"deactivating what task {index} held at the end", world.seq)
     finally:
         world.leave()
 
@@ -494,9 +646,8 @@ async def run_workload(
             try:
                 await check_final(world)
                 world.result.checks["final"] += 1
-            except Violation as violation:
-                violation.seq = world.seq
-                world.result.violation = violation
+            except Exception as error:
+                _record(world, error, "the final teardown", world.seq)
     world.result.wall_seconds = time.perf_counter() - started
     return world.result
 

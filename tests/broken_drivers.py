@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import weakref
 
 import anyio
 
@@ -73,6 +74,227 @@ class ForgetfulPageTable(drivers.PageTableMmu):
         await super().deactivate_page(vaddr, paddr, order, vcm)
 
 
+class StaleIotlbPageTable(drivers.PageTableMmu):
+    """An IOTLB that caches each translation a device uses and invalidates the cache only once
+    16 unmapped pages are pending: after an unbind returns (or through the same device address
+    bound again) a device still reaches the old page. Its page tables are right: the model
+    check alone cannot see it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="stale-iotlb")
+        self.iotlb: dict[int, int] = {}  # device page -> physical page
+        self.pending = 0
+
+    def translate(self, addr: int) -> int:
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.iotlb.get(page)
+        if cached is not None and self.enabled:
+            return cached + (addr - page)
+        physical = super().translate(addr)
+        self.iotlb[page] = physical - (addr - page)
+        return physical
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self.pending += 1
+        if self.pending == 16:  # the deferred invalidation
+            self.iotlb.clear()
+            self.pending = 0
+
+
+class SharedUnit:
+    """One IOMMU unit serving every context made on one physical memory: page-table pages (one
+    4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
+    kept as a spare) and power (on while any context is enabled: a usage count) are the
+    unit's, shared by all its contexts. One context's calls are serialised by its mutex; two
+    contexts call the unit at once.
+
+    Correct unless a flag makes one of its read-modify-writes yield between the read and the
+    write (a latency sleep), which only two contexts racing can show:
+
+    * ``racy_take``: two contexts taking the spare table at once both get it, and write their
+      entries into one page-table page;
+    * ``racy_give``: two contexts giving a table back at once both make theirs the spare; one
+      of the pages is lost (leaked);
+    * ``racy_power``: the usage count is read, then written after the sleep: it drifts, and the
+      unit powers off while a context is still active.
+    """
+
+    def __init__(
+        self,
+        memory: avcm.PhysicalMemory,
+        *,
+        racy_take: bool = False,
+        racy_give: bool = False,
+        racy_power: bool = False,
+    ) -> None:
+        self.memory = memory
+        self.latency = drivers.Latency.profile("default", seed=7)
+        self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
+        self.tables: dict[int, dict[int, tuple[int, int]]] = {}  # page -> {index: (pa, order)}
+        self.spare: int | None = None
+        self.users = 0
+        self.powered = False
+        self.ports = 0
+
+    async def _between_read_and_write(self, racy: bool) -> None:
+        if racy:
+            await self.latency.sleep("alloc", self)
+
+    async def take_table(self) -> int:
+        spare = self.spare
+        await self._between_read_and_write(self.racy_take)
+        self.spare = None
+        if spare is None:
+            spare = self.memory.alloc_pages(0)
+            if spare is None:
+                raise avcm.NoMemoryError("shared unit: no page for a page table")
+        self.tables.setdefault(spare, {})
+        return spare
+
+    async def give_table(self, table: int) -> None:
+        spare = self.spare
+        await self._between_read_and_write(self.racy_give)
+        self.tables.pop(table, None)
+        if spare is None:
+            self.spare = table
+        else:
+            self.memory.free_pages(table, 0)
+
+    async def power(self, delta: int) -> None:
+        users = self.users
+        await self._between_read_and_write(self.racy_power)
+        if not self.racy_power:
+            users = self.users
+        self.users = users + delta
+        self.powered = self.users > 0
+
+    def release(self) -> None:
+        """A context of the unit was destroyed; the last one gives the spare back."""
+        self.ports -= 1
+        if not self.ports and self.spare is not None:
+            self.memory.free_pages(self.spare, 0)
+            self.spare = None
+
+
+class UnitPort:
+    """One context's view of a :class:`SharedUnit`: its own directory of page-table pages
+    (2 MiB of device addresses each) and its own enable bit, behind the unit's power."""
+
+    orders = (8, 4, 0)
+    REGION = 2 << 20
+
+    def __init__(self, unit: SharedUnit) -> None:
+        self.unit = unit
+        unit.ports += 1
+        self.enabled = False
+        self.directory: dict[int, int] = {}  # region -> page-table page
+        self.used: dict[int, int] = {}  # region -> entries this context wrote there
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await self.unit.latency.sleep("enable", self)
+        await self.unit.power(+1)
+        self.enabled = True
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await self.unit.latency.sleep("flush", self)
+        await self.unit.power(-1)
+        self.enabled = False
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await self.unit.latency.sleep("pte_write", self)
+        region = vaddr // self.REGION
+        table = self.directory.get(region)
+        if table is None:
+            table = await self.unit.take_table()
+            self.directory[region] = table
+        self.unit.tables.setdefault(table, {})[vaddr % self.REGION] = (paddr, order)
+        self.used[region] = self.used.get(region, 0) + 1
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await self.unit.latency.sleep("pte_clear", self)
+        region = vaddr // self.REGION
+        table = self.directory[region]
+        self.unit.tables.get(table, {}).pop(vaddr % self.REGION, None)
+        self.used[region] -= 1
+        if not self.used[region]:
+            del self.used[region], self.directory[region]
+            await self.unit.give_table(table)
+
+    async def cleanup(self, vcm: avcm.Vcm) -> None:
+        self.unit.release()
+
+    def _entries(self) -> list[tuple[int, int, int]]:
+        return [
+            (region * self.REGION + index, paddr, order)
+            for region, table in self.directory.items()
+            for index, (paddr, order) in self.unit.tables.get(table, {}).items()
+        ]
+
+    def hardware_active(self) -> bool:
+        return self.enabled and self.unit.powered
+
+    def hardware_mappings(self) -> list[tuple[int, int, int]]:
+        return [(vaddr, paddr, avcm.PAGE_SIZE << order) for vaddr, paddr, order in self._entries()]
+
+    def _translate(self, addr: int) -> int:
+        if self.hardware_active():
+            for vaddr, paddr, order in self._entries():
+                if vaddr <= addr < vaddr + (avcm.PAGE_SIZE << order):
+                    return paddr + addr - vaddr
+        raise drivers.IommuFault(f"unit port: device access at {addr:#x} faulted")
+
+    def _pieces(self, addr: int, length: int) -> list[tuple[int, int]]:
+        """(physical address, length) of an access, page by page, all translated first."""
+        pieces = []
+        while length:
+            chunk = min(length, avcm.PAGE_SIZE - addr % avcm.PAGE_SIZE)
+            pieces.append((self._translate(addr), chunk))
+            addr += chunk
+            length -= chunk
+        return pieces
+
+    def read(self, addr: int, length: int) -> bytes:
+        return b"".join(self.unit.memory.read(p, n) for p, n in self._pieces(addr, length))
+
+    def write(self, addr: int, data: bytes) -> None:
+        offset = 0
+        for physical, chunk in self._pieces(addr, len(data)):
+            self.unit.memory.write(physical, data[offset : offset + chunk])
+            offset += chunk
+
+
+_UNITS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, dict[str, SharedUnit]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _unit_context(memory: avcm.PhysicalMemory, flag: str | None) -> avcm.Vcm:
+    """A context on the one unit of *memory* (per flag: each variant is a unit of its own)."""
+    units = _UNITS.setdefault(memory, {})
+    key = flag or "correct"
+    if key not in units:
+        units[key] = SharedUnit(memory, **({flag: True} if flag else {}))
+    return avcm.mmu_init(0x1000_0000, 1 << 30, UnitPort(units[key]), memory=memory, name=key)
+
+
+def shared_unit(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: contexts sharing one unit, each read-modify-write done without a yield."""
+    return _unit_context(memory, None)
+
+
+def shared_unit_racy_take(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "racy_take")
+
+
+def shared_unit_racy_give(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "racy_give")
+
+
+def shared_unit_racy_power(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "racy_power")
+
+
 class LeakyCarveout(drivers.CarveoutAllocator):
     """Its free forgets every fourth block: pages leak."""
 
@@ -106,6 +328,10 @@ def leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, ForgetfulPageTable(memory), memory=memory)
+
+
+def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, StaleIotlbPageTable(memory), memory=memory)
 
 
 def correct_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import stress
+from stress._report import TRACE_VERSION
 
 MAX_LINE = 400  # an error line quotes at most ~80 characters of any bad value
 
@@ -59,7 +60,7 @@ def _settings(**changes: Any) -> dict[str, Any]:
 
 
 def write_trace(path: Path, config: Any, trace: Any = None) -> Path:
-    document = {"version": 2, "config": config, "violation": None, "trace": trace or []}
+    document = {"version": TRACE_VERSION, "config": config, "violation": None, "trace": trace or []}
     path.write_text(json.dumps(document))
     return path
 

@@ -1,8 +1,10 @@
 """Virtual time for both backends, so simulated latency costs no wall time and a seed replays.
 
 On trio this is :class:`trio.testing.MockClock` with ``autojump_threshold=0``: when every task is
-blocked, the clock jumps to the next deadline. On asyncio the same idea is an event loop whose
-``time()`` is virtual and whose selector, asked to wait, advances that time instead of sleeping.
+blocked, the clock jumps to the next deadline; timers due at the same instant wake in the order
+they were set (trio's own tie-breaker is a memory address). On asyncio the same idea is an event
+loop whose ``time()`` is virtual and whose selector, asked to wait, advances that time instead
+of sleeping.
 Both loops are then deterministic: which callback runs next depends only on the program and the
 seed, never on how fast the machine is.
 """
@@ -11,13 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
+import itertools
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
 
 from .. import InvalidError
+
+if TYPE_CHECKING:
+    import trio.testing
 
 __all__ = ["BACKENDS", "VirtualTimeEventLoop", "backend_options", "run_on_virtual_time"]
 
@@ -93,6 +100,52 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             self._virtual.now = max(self._virtual.now, min(whens))
 
 
+def ordered_mock_clock() -> trio.testing.MockClock:
+    """trio's ``MockClock`` (autojumping), with timers that fall due at the same instant woken
+    in the order they were set.
+
+    trio breaks ties between equal deadlines by the ``id()`` of their cancel scopes, a memory
+    address: two drivers sleeping a fixed 5 µs from the same virtual instant would wake in an
+    order that changes with the heap layout, and a seed would not replay in another process.
+    This clock, when the run starts, gives the run a deadline heap whose tie-breaker is a
+    counter of registrations instead. That heap is private to trio; a trio without it keeps
+    its own (ties then follow addresses, as before).
+    """
+    import trio.testing
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    start_mock_clock = clock.start_clock
+
+    def start_clock() -> None:  # MockClock is final: the instance's own start hook, then
+        start_mock_clock()
+        _order_deadline_ties()
+
+    clock.start_clock = start_clock  # type: ignore[method-assign]
+    return clock
+
+
+def _order_deadline_ties() -> None:
+    try:
+        from trio._core import _run
+
+        runner = _run.GLOBAL_RUN_CONTEXT.runner
+        deadlines = runner.deadlines
+        heap = deadlines._heap
+    except (ImportError, AttributeError):  # pragma: no cover - another trio: keep its order
+        return
+    registrations = itertools.count()
+
+    class OrderedDeadlines(type(deadlines)):  # type: ignore[misc]
+        def add(self, deadline: float, cancel_scope: object) -> None:
+            heapq.heappush(self._heap, (deadline, next(registrations), cancel_scope))
+            self._active += 1
+
+    ordered = OrderedDeadlines()
+    # entries made before the clock started, if any, keep their places
+    ordered._heap, ordered._active = list(heap), deadlines._active
+    runner.deadlines = ordered
+
+
 def seed_trio_scheduler(seed: int) -> None:
     # trio shuffles each batch of runnable tasks with a module-level Random; seeding it is the
     # only way to make a trio run repeat. It is private, so a trio without it runs unseeded.
@@ -118,9 +171,7 @@ def backend_options(backend: str, seed: int, *, virtual: bool) -> dict[str, Any]
         # (TrioInternalError). At a checkpoint it is delivered like a cancellation, cleanly.
         options: dict[str, Any] = {"restrict_keyboard_interrupt_to_checkpoints": True}
         if virtual:
-            import trio.testing
-
-            options["clock"] = trio.testing.MockClock(autojump_threshold=0)
+            options["clock"] = ordered_mock_clock()
         return options
     if not virtual:
         return {}

@@ -1,0 +1,179 @@
+"""What a device sees: device accesses held to the model (rule 4).
+
+The model check compares the page tables a driver shows with the framework's objects, but a
+device does not only go through those: an IOTLB, a unit shared by several contexts, a power
+switch may each show it something else. So the harness also makes device accesses through
+every context that offers them (``read``/``write`` at device addresses) and holds what they
+reach to the model, at moments when no operation in flight can change it:
+
+* right after an operation returns, before anything else runs (the context's mutex was just
+  released): after an unbind, unmap, unreserve or destroy_binding, an access to its range must
+  fault; after a deactivate that turned the context off, an access anywhere must fault; after a
+  bind, map or make_binding, an access must reach the new memory (or fault, if the context is
+  off);
+* at every quiescent point, through every context.
+
+The addresses probed are the first page of the range concerned and the pages the data checks
+accessed recently through the context: a cache such as an IOTLB can only hold translations a
+device used.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import avcm
+
+from ._invariants import Violation, physical_address
+
+if TYPE_CHECKING:
+    from ._contexts import Context
+    from ._workload import World
+
+__all__ = ["DevicePages", "after_binding", "after_deactivate", "after_unmapping", "check_devices"]
+
+# pages remembered per context: enough to cover what the data checks touched since the
+# reservations concerned were bound, few enough that a quiescent point probes them all quickly
+RECENT_PAGES = 64
+PROBE_LENGTH = 8  # bytes; probes start at a page boundary, so they never cross a page
+
+
+def _page(address: int) -> int:
+    return address & ~(avcm.PAGE_SIZE - 1)
+
+
+class DevicePages:
+    """The device pages the data checks accessed recently, per context, and the probe
+    patterns (a counter: the same in every replay)."""
+
+    def __init__(self) -> None:
+        self._pages: dict[avcm.Vcm, dict[int, None]] = {}
+        self._probes = 0
+
+    def touch(self, ctx: Context, address: int, length: int) -> None:
+        pages = self._pages.setdefault(ctx.vcm, {})
+        for page in range(_page(address), address + length, avcm.PAGE_SIZE):
+            pages.pop(page, None)  # most recent last
+            pages[page] = None
+        while len(pages) > RECENT_PAGES:
+            del pages[next(iter(pages))]
+
+    def recent(self, ctx: Context) -> list[int]:
+        return list(self._pages.get(ctx.vcm, ()))
+
+    def within(self, ctx: Context, start: int, size: int) -> list[int]:
+        """The first page of ``start..start+size`` and the recent pages inside it."""
+        pages = dict.fromkeys([_page(start)])
+        pages.update(dict.fromkeys(p for p in self.recent(ctx) if start <= p < start + size))
+        return list(pages)
+
+    def pattern(self) -> bytes:
+        self._probes += 1
+        return (0x5A17_C0DE_0000_0000 | self._probes).to_bytes(PROBE_LENGTH, "little")
+
+
+def _expect_fault(world: World, ctx: Context, addresses: Iterable[int], after: str) -> None:
+    for address in addresses:
+        world.result.checks["device probes"] += 1
+        try:
+            ctx.device_read(address, PROBE_LENGTH)
+        except avcm.VcmError:
+            continue  # the right answer: nothing is mapped there
+        raise Violation(
+            "rule 4",
+            f"{after}: a device access at {address:#x} through {ctx.name} reached memory, "
+            f"but the model maps nothing there (a stale translation left in the hardware)",
+        )
+
+
+def _expect_memory(world: World, ctx: Context, address: int, physical: int, after: str) -> None:
+    world.result.checks["device probes"] += 1
+    pattern = world.device.pattern()
+    world.memory.write(physical, pattern)
+    try:
+        seen = ctx.device_read(address, PROBE_LENGTH)
+    except avcm.VcmError as fault:
+        raise Violation(
+            "rule 4",
+            f"{after}: a device access at {address:#x} through {ctx.name} faulted ({fault}), "
+            f"but the model maps it to {physical:#x}",
+        ) from None
+    if seen != pattern:
+        raise Violation(
+            "rule 4",
+            f"{after}: a device access at {address:#x} through {ctx.name} reached other memory "
+            f"than {physical:#x}, where the model maps it (a stale translation in the hardware)",
+        )
+
+
+def _probe(world: World, ctx: Context, res: avcm.Res | None, address: int, after: str) -> None:
+    """Probe *address*, which the model maps through *res* (or through nothing)."""
+    phys = None if res is None else res.phys
+    if (
+        res is None
+        or phys is None
+        or ctx.vcm.activations == 0
+        or not res.start <= address < res.start + res.bound_size
+    ):
+        _expect_fault(world, ctx, (address,), after)
+    else:
+        _expect_memory(
+            world, ctx, address, physical_address(world, phys, address - res.start), after
+        )
+
+
+def _check_active(ctx: Context, after: str) -> None:
+    active = ctx.hardware_active()
+    if active != (ctx.vcm.activations > 0):
+        raise Violation(
+            "rule 4",
+            f"{after}: {ctx.name}'s hardware is {'active' if active else 'inactive'} but its "
+            f"activation count is {ctx.vcm.activations}",
+        )
+
+
+def after_binding(world: World, res: avcm.Res, after: str) -> None:
+    """*res* was just bound (or mapped): its range reaches its memory, if the context is on."""
+    ctx = world.by_vcm[res.vcm]
+    if ctx.translated:
+        for address in world.device.within(ctx, res.start, res.bound_size):
+            _probe(world, ctx, res, address, f"after {after} of {world.name(res)} returned")
+
+
+def after_unmapping(world: World, ctx: Context, res: avcm.Res, after: str) -> None:
+    """*res* was just unbound (or unreserved): nothing in the context maps its range now
+    (reservations of one context never overlap, and a new one there needs the mutex to be
+    bound)."""
+    if ctx.translated:
+        where = f"after {after} of {world.name(res)} returned"
+        _expect_fault(world, ctx, world.device.within(ctx, res.start, res.res_size), where)
+
+
+def after_deactivate(world: World, ctx: Context) -> None:
+    """A deactivate of *ctx* just returned: the hardware's state follows the count, and if
+    that is zero, no device access reaches memory through it."""
+    where = f"after deactivate of {ctx.name} returned"
+    _check_active(ctx, where)
+    if ctx.translated and ctx.vcm.activations == 0:
+        _expect_fault(world, ctx, world.device.recent(ctx), where)
+
+
+def check_devices(world: World) -> None:
+    """At a quiescent point: each context's hardware is on iff its count says so, and the
+    recently accessed device pages reach exactly what the model maps there."""
+    for ctx in world.contexts:
+        world.result.checks["rule 4 active"] += 1
+        _check_active(ctx, "at a quiescent point")
+        if not ctx.translated:
+            continue
+        bound = sorted(
+            (res for res in ctx.vcm.reservations() if res.phys is not None),
+            key=lambda res: res.start,
+        )
+        starts = [res.start for res in bound]
+        for address in world.device.recent(ctx):
+            index = bisect.bisect_right(starts, address)
+            res = bound[index - 1] if index else None
+            _probe(world, ctx, res, address, "at a quiescent point")
