@@ -26,6 +26,7 @@ import anyio
 from ._errors import InvalidError
 
 __all__ = [
+    "SETUP_SYNC_POINTS",
     "AtomicCounter",
     "Mutex",
     "MutexStatistics",
@@ -88,6 +89,28 @@ def _chain(inner: SyncHook, outer: SyncHook) -> SyncHook:
         await outer(point, obj)
 
     return both
+
+
+SETUP_SYNC_POINTS = frozenset(
+    {
+        "driver.alloc",
+        "driver.res",
+        "driver.phys",
+        "driver.map",
+        "driver.bind",
+        "driver.activate",
+        "driver.activate_res",
+        "driver.activate_page",
+        "driver.enable",
+        "driver.o2o_alloc",
+    }
+)
+"""The sync points avcm announces right before a driver call that sets something up: the core
+operations, the MMU wrapper's hardware calls (activation of each reservation or page, enable)
+and a one-to-one allocator's alloc. Their object is the reservation or the context concerned. A
+hook that raises at one of them makes that driver call fail before the driver runs, which is
+how the conformance suite and the stress harness inject faults into drivers they did not
+write."""
 
 
 async def sync_point(point: str, obj: object) -> None:

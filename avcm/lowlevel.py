@@ -27,8 +27,10 @@ What lives here, and why here:
   records), :func:`sync_point` (name a place in a driver's code: the race finder labels its
   steps with it, a test injects a fault there) and :func:`sync_hook` (install a hook that runs
   at every sync point: the race finder labels steps, the benchmark adds checkpoints, a test
-  injects faults or cancels). A sync point is not a checkpoint: ``avcm.testing`` switches
-  tasks at every checkpoint, whatever primitive it belongs to (these, or anyio's own).
+  injects faults or cancels; :data:`SETUP_SYNC_POINTS` are those right before a driver call
+  that sets something up, where a raising hook fails that call). A sync point is not a
+  checkpoint: ``avcm.testing`` switches tasks at every checkpoint, whatever primitive it
+  belongs to (these, or anyio's own).
 * **Seeing the hardware**: :class:`HardwareView` is what a simulating driver implements so
   that the checks can compare its hardware with the model; :func:`hardware_view` finds it for
   a context. The checks themselves (``check_model``, ``check_quiescent``) are in
@@ -46,11 +48,12 @@ from ._memory import PhysicalMemory
 from ._mmu import MmuDriver, MmuWrapper
 from ._o2o import O2oDriver, O2oPart, O2oWrapper
 from ._phys import PageCallback, default_memory, resolve_memory, walk_pages
-from ._sync import AtomicCounter, Mutex, SyncHook, sync_hook, sync_point
+from ._sync import SETUP_SYNC_POINTS, AtomicCounter, Mutex, SyncHook, sync_hook, sync_point
 from ._validate import check_int, check_orders, quote
 from ._vaspace import AddressSpace
 
 __all__ = [
+    "SETUP_SYNC_POINTS",
     "AddressSpace",
     "AtomicCounter",
     "Extent",

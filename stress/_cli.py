@@ -148,14 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number,
         default=0.0,
         metavar="RATE",
-        help="probability that a sample driver operation fails (injected)",
+        help="probability that a driver's setup call fails (injected: by the sample drivers' "
+        "fault plans, and for a --driver from outside, at the sync point before the call)",
     )
     parser.add_argument(
         "--cancel",
         type=_number,
         default=0.0,
         metavar="RATE",
-        help="probability that an operation is cancelled midway",
+        help="probability that an operation is cancelled midway (at one of its first 8 sync "
+        "points, so in any driver; it takes effect at the next checkpoint)",
     )
     parser.add_argument(
         "--driver",

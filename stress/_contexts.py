@@ -7,13 +7,15 @@ whether it is active, and the device's view of memory (read and write at a devic
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import inspect
 import os
+import random
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +24,7 @@ import drivers
 
 from ._config import StressConfig, UsageError
 
-__all__ = ["Context", "build_contexts", "is_injected_fault"]
+__all__ = ["Context", "DriverFaults", "build_contexts", "is_injected_fault"]
 
 
 def is_injected_fault(error: BaseException) -> bool:
@@ -38,6 +40,42 @@ class Device(Protocol):
     def write(self, address: int, data: bytes, /) -> None: ...
 
 
+class FaultSwitch(Protocol):
+    """What the harness needs of a fault injector: whether it injects, and to stop it."""
+
+    enabled: bool
+
+    def disable(self) -> None: ...
+
+
+class DriverFaults:
+    """``--faults`` for contexts of a driver under test: the harness has no fault plan inside
+    a driver it did not write, so it fails the driver's setup calls from outside. As a sync
+    hook it raises :class:`drivers.InjectedFault` (``EIO``) at a
+    :data:`avcm.lowlevel.SETUP_SYNC_POINTS` point of one of its contexts with probability
+    *rate*: that driver call fails before the driver runs, as if the driver had raised."""
+
+    def __init__(self, vcms: Iterable[avcm.Vcm], rate: float, seed: int) -> None:
+        self._vcms = set(vcms)
+        self._rate = rate
+        self._random = random.Random(seed)
+        self.enabled = True
+        self.injected = 0
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    async def __call__(self, point: str, obj: object) -> None:
+        if point not in avcm.lowlevel.SETUP_SYNC_POINTS:
+            return
+        vcm = obj.vcm if isinstance(obj, avcm.Res) else obj
+        # drawn for every setup call of these contexts, injected or not: the random stream
+        # does not depend on whether faults are paused (drains)
+        if vcm in self._vcms and self._random.random() < self._rate and self.enabled:
+            self.injected += 1
+            raise drivers.InjectedFault(errno.EIO, f"stress: {point} of {vcm!r} fails (--faults)")
+
+
 @dataclass
 class Context:
     kind: str
@@ -45,7 +83,7 @@ class Context:
     vcm: avcm.Vcm
     one_to_one: bool
     memory: avcm.PhysicalMemory
-    faults: drivers.FaultPlan | None = None
+    faults: FaultSwitch | None = None
 
     @functools.cached_property
     def hardware(self) -> object:
@@ -188,6 +226,12 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
             except avcm.VcmError as error:
                 raise UsageError(f"--contexts: cannot make {name}: {error}") from None
             contexts.append(Context(kind, name, vcm, kind == "carveout", memory, faults))
+    custom = [ctx for ctx in contexts if ctx.kind == "custom"]
+    if custom and config.faults:
+        seed = zlib.crc32(f"{config.seed}:custom faults".encode())
+        driver_faults = DriverFaults((ctx.vcm for ctx in custom), config.faults, seed)
+        for ctx in custom:
+            ctx.faults = driver_faults
     return contexts
 
 

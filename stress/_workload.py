@@ -28,7 +28,7 @@ import avcm
 from avcm.lowlevel import errno_name, sync_hook
 
 from ._config import MAX_OPS, StressConfig
-from ._contexts import Context, build_contexts, is_injected_fault
+from ._contexts import Context, DriverFaults, build_contexts, is_injected_fault
 from ._device import (
     DevicePages,
     after_binding,
@@ -162,8 +162,6 @@ class World:
         # keep a bounded cache of its own (a spare page-table page), but no more after that
         self.baseline: tuple[int, int] | None = None
         self.on_progress: Callable[[int], None] | None = None
-        # how long after its start a --cancel operation is cancelled, at most (virtual seconds)
-        self.cancel_window = 0.0 if config.latency == "zero" else 0.001
         self.deadline = None if config.duration is None else time.monotonic() + config.duration
 
     # -- naming: stable ids, so a trace is the same in every replay --------------------------
@@ -545,6 +543,25 @@ def _record(world: World, error: Exception, what: str, seq: int) -> None:
         world.result.violation = error
 
 
+# A --cancel operation is cancelled at one of its first CANCEL_POINTS sync points (the mutex,
+# the counters, each driver call), drawn at random: by steps, not by time, so that it lands in
+# every driver, also one that takes no time; it takes effect at the next checkpoint.
+CANCEL_POINTS = 8
+
+
+class _Canceller:
+    """A sync hook that cancels *scope* at the *at*-th sync point it sees."""
+
+    def __init__(self, scope: anyio.CancelScope, at: int) -> None:
+        self._scope = scope
+        self._left = at
+
+    async def __call__(self, point: str, obj: object) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._scope.cancel()
+
+
 async def _run_one(world: World, task: TaskState, op: str) -> None:
     """Run one operation and account for it."""
     config = world.config
@@ -554,17 +571,17 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     target = "-"
     cancel = config.cancel and task.rng.random() < config.cancel
     # Drawn whether used or not, so the random stream does not depend on outcomes.
-    cancel_after = task.rng.random() * world.cancel_window
+    cancel_at = task.rng.randrange(1, CANCEL_POINTS + 1)
     await world.enter()
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = anyio.current_time()
     try:
         with anyio.CancelScope() as scope:
-            if cancel:
-                scope.deadline = started + cancel_after
             op_started = time.perf_counter()
+            canceller = sync_hook(_Canceller(scope, cancel_at)) if cancel else None
             try:
-                target, outcome = await OPERATION_FUNCTIONS[op](world, task)
+                with canceller or contextlib.nullcontext():
+                    target, outcome = await OPERATION_FUNCTIONS[op](world, task)
             except _Skip:
                 outcome = "skipped"
             except avcm.VcmError as error:
@@ -638,9 +655,15 @@ async def run_workload(
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", avcm.VcmWarning)
-        async with anyio.create_task_group() as workers:
-            for index in range(config.tasks):
-                workers.start_soon(_task_loop, world, index, ops, weights)
+        # a driver under test gets its --faults from outside, at the sync points before its
+        # setup calls; the sample drivers inject their own
+        driver_faults = next(
+            (ctx.faults for ctx in contexts if isinstance(ctx.faults, DriverFaults)), None
+        )
+        with sync_hook(driver_faults) if driver_faults else contextlib.nullcontext():
+            async with anyio.create_task_group() as workers:
+                for index in range(config.tasks):
+                    workers.start_soon(_task_loop, world, index, ops, weights)
         _count_warnings(world, caught)
         if world.result.violation is None:
             try:

@@ -446,3 +446,18 @@ def test_harness_does_not_import_hypothesis() -> None:
     # importing Hypothesis makes trio's scheduling deterministic process-wide
     code = "import sys, stress, stress._cli; assert 'hypothesis' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_faults_and_cancel_act_on_a_driver_under_test(backend: str) -> None:
+    """--faults and --cancel reach a driver the harness did not write, also one that takes no
+    time: faults at the sync points before its setup calls, cancellations by steps."""
+    config = stress.StressConfig(
+        backend=backend, driver="examples.page_table_driver:make", contexts=(("custom", 2),),
+        ops=2000, faults=0.05, cancel=0.1,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    outcomes = [outcome for per_op in result.outcomes.values() for outcome in per_op.elements()]
+    assert any(outcome.startswith("fault") for outcome in outcomes)
+    assert "cancelled" in outcomes

@@ -23,7 +23,7 @@ from functools import partial
 import anyio
 
 from .. import InvalidError, Phys, PhysicalMemory, Vcm, VcmError, VcmWarning
-from ..lowlevel import hardware_view, sync_hook
+from ..lowlevel import SETUP_SYNC_POINTS, hardware_view, sync_hook
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
@@ -214,25 +214,6 @@ class InjectedFault(VcmError):
     default_errno = errno.EIO
 
 
-# The sync points announced right before a driver call that sets something up: core operations,
-# the MMU wrapper's hardware calls (activation of each reservation or page, enable) and a
-# one-to-one allocator's alloc.
-_SETUP_POINTS = frozenset(
-    {
-        "driver.alloc",
-        "driver.res",
-        "driver.phys",
-        "driver.map",
-        "driver.bind",
-        "driver.activate",
-        "driver.activate_res",
-        "driver.activate_page",
-        "driver.enable",
-        "driver.o2o_alloc",
-    }
-)
-
-
 class _FaultInjector:
     """A sync hook that counts the driver's setup calls and makes the one numbered
     ``fail_at`` raise :class:`InjectedFault` before the driver runs (0: none fails)."""
@@ -242,7 +223,7 @@ class _FaultInjector:
         self.fail_at = 0
 
     async def __call__(self, point: str, obj: object) -> None:
-        if point in _SETUP_POINTS:
+        if point in SETUP_SYNC_POINTS:
             self.calls += 1
             if self.calls == self.fail_at:
                 raise InjectedFault(f"conformance: driver call {self.calls} fails")
