@@ -322,9 +322,32 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_CLEAN if result.violation is None else EXIT_VIOLATION
 
 
+# What a trace file decides for its replay: given with --replay, such an option would be
+# ignored, so it is refused (--driver is not among them: a replay must name its driver).
+_RECORDED_OPTIONS = (
+    "backend", "seed", "tasks", "ops", "duration", "contexts", "latency", "faults", "cancel",
+    "clock", "check_every", "drain_every", "jobs",
+)  # fmt: skip
+
+
+def _given_options(argv: Sequence[str] | None) -> set[str]:
+    """The options the command line names, whatever their values (defaults left out)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.replay is not None:
+        ignored = [name for name in _RECORDED_OPTIONS if name in _given_options(argv)]
+        if ignored:
+            names = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            raise UsageError(
+                f"--replay runs the trace's own settings: {names} would be ignored; "
+                "leave them out (or run without --replay)"
+            )
         return _replay(args)
     config = config_from_args(args)
     check_count(args.jobs, "--jobs", 1, MAX_JOBS)

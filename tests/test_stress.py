@@ -461,3 +461,17 @@ def test_faults_and_cancel_act_on_a_driver_under_test(backend: str) -> None:
     outcomes = [outcome for per_op in result.outcomes.values() for outcome in per_op.elements()]
     assert any(outcome.startswith("fault") for outcome in outcomes)
     assert "cancelled" in outcomes
+
+
+def test_replay_refuses_options_it_would_ignore(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    driver = ["--driver", "tests.broken_drivers:leaky"]
+    path = record(capsys, tmp_path, *driver, "--ops", "300")
+    for given in (["--seed", "5"], ["--backend", "trio", "--tasks", "3"], ["--seed", "0"]):
+        status, out, err = run_stress(capsys, "--replay", str(path), *driver, *given)
+        assert status == 2 and out == ""
+        named = ", ".join(option for option in given if option.startswith("--"))
+        assert_one_error_line(err, f"--replay runs the trace's own settings: {named} would be")
+    # what does not shape the run is welcome
+    assert run_stress(capsys, "--replay", str(path), *driver, "--trace-dir", str(tmp_path))[0] == 1
