@@ -475,3 +475,19 @@ def test_replay_refuses_options_it_would_ignore(
         assert_one_error_line(err, f"--replay runs the trace's own settings: {named} would be")
     # what does not shape the run is welcome
     assert run_stress(capsys, "--replay", str(path), *driver, "--trace-dir", str(tmp_path))[0] == 1
+
+
+def test_output_into_a_closed_pipe_is_exit_141_without_a_traceback() -> None:
+    # `python -m stress | head -1`: the reader is gone before the table is written (here it
+    # is gone from the start, so the test does not depend on timing)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "stress", "--ops", "300"], cwd=REPO, stdout=write_end,
+            stderr=subprocess.PIPE, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""

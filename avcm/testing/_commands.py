@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERRUPTED",
     "interrupted",
     "output_dir_problem",
@@ -18,6 +19,7 @@ __all__ = [
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 def output_file_problem(path: Path) -> str | None:
@@ -54,9 +56,20 @@ def interrupted(error: BaseException) -> bool:
 
 def run_main(prog: str, body: Callable[[], int], *, note: str = "") -> int:
     """``body()``'s exit status; on Ctrl-C, ``PROG: interrupted`` (and `` (NOTE)``) on
-    stderr, and 130."""
+    stderr, and 130. Output piped into a reader that stops early (``| head``) ends the
+    command quietly with 141 (128 + SIGPIPE, as a shell reports it), not with a traceback."""
     try:
         return body()
+    except (BrokenPipeError, SystemExit) as error:
+        # rich turns a broken pipe into SystemExit(1), which reads as "a violation"
+        if not isinstance(error, BrokenPipeError) and not isinstance(
+            error.__context__, BrokenPipeError
+        ):
+            raise
+        # Python's recipe: later flushes of stdout (at exit) must not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except BaseException as error:
         if not interrupted(error):
             raise
