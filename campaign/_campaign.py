@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ._executors import Executor
@@ -100,13 +100,18 @@ def run_campaign(
     on_notice: Callable[[str], None] = lambda line: None,
     on_progress: Callable[[CampaignResult], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    trusted_code: Collection[str] | None = None,
 ) -> CampaignResult:
     """Run stored failures again, then *units* on *executor* until *runs* of them have run or
     *duration* seconds have passed (whichever comes first; at least one of the two must be
     given, or *units* must end), and return what was found.
 
     When the time is up no new unit starts; the runs that have not finished are dropped.
-    Failures are saved to *store* as they come; *shared* stores are read, never written.
+    Failures are saved to *store* as they come; *shared* stores are read, never written. A
+    stored failure that runs code (a driver factory, a scenario: :attr:`Unit.code`) is rerun
+    only if *trusted_code* names that code (``None``: the caller trusts its stores): a store
+    is data, and a shared one must not choose code to import; the others are skipped with a
+    notice.
     Interrupting (Ctrl-C) stops it where it is: what was stored stays stored.
 
     Raises:
@@ -144,6 +149,13 @@ def run_campaign(
         submitted += 1
 
     for record in known.values():
+        code = record.reproducer.code
+        if trusted_code is not None and code is not None and code not in trusted_code:
+            notice(
+                f"stored failure {record.id} runs {code}, which this campaign does not name: "
+                f"not rerun (campaign replay {record.id} --code {code} runs it)"
+            )
+            continue
         executor.submit(record.reproducer, _Job(record.reproducer, record))
     for _ in range(window):
         submit_next()

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="run a stored failure again, by its id")
     replay.add_argument("id", help="the failure's id (a unique prefix will do)")
+    replay.add_argument(
+        "--code",
+        metavar="MODULE:NAME",
+        help="the driver factory or scenario the failure runs, as `list` shows it: a store "
+        "never chooses code to import by itself",
+    )
     _stores(replay)
 
     listing = commands.add_parser("list", help="the stored failures")
@@ -335,6 +341,7 @@ def _campaign(args: argparse.Namespace) -> int:
                 shared=shared,
                 on_notice=lambda line: print(f"avcm-campaign: {line}", file=sys.stderr),
                 on_progress=progress,
+                trusted_code=_named_code(args),
             )
     finally:
         executor.close()
@@ -345,12 +352,26 @@ def _campaign(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_CLEAN
 
 
+def _named_code(args: argparse.Namespace) -> set[str]:
+    """The code the command line names (``--driver``, a factory, a scenario): what stored
+    failures may run."""
+    names = (getattr(args, name, None) for name in ("driver", "factory", "scenario"))
+    return {name for name in names if isinstance(name, str)}
+
+
 def _replay(args: argparse.Namespace) -> int:
     store, shared = _open_stores(args)
     stores = [store, *shared]
     record = find(stores, args.id)
     for problem in dict.fromkeys(p for s in stores for p in s.problems):
         print(f"avcm-campaign: {problem}", file=sys.stderr)
+    code = record.reproducer.code
+    if code is not None and args.code != code:
+        # a store is data: the code it names runs only when the command line names it too
+        given = "no --code" if args.code is None else f"--code {args.code}"
+        raise UsageError(
+            f"failure {record.id} runs {code}; name it to run it: --code {code} ({given} given)"
+        )
     print(f"replaying {record.id} ({record.reproducer.label()}): {record.title}")
     try:
         result = record.reproducer.run()
@@ -378,7 +399,7 @@ def _list(args: argparse.Namespace) -> int:
         for record in each:
             state = "fixed" if record.fixed else "open"
             print(f"{record.id}  {state:5}  {record.reproducer.label():28}  {record.title}")
-            print(f"    replay: {replay_command(record.id, each.path)}")
+            print(f"    replay: {replay_command(record.id, each.path, record.reproducer.code)}")
         for problem in each.problems:
             print(f"avcm-campaign: {problem}", file=sys.stderr)
     return EXIT_CLEAN

@@ -18,11 +18,14 @@ from ._campaign import CampaignResult, Signature
 __all__ = ["replay_command", "report_html", "report_json", "report_junit", "summary_lines"]
 
 
-def replay_command(failure_id: str, store: Path | None) -> str:
-    """The command that replays a stored failure, with the interpreter running now."""
+def replay_command(failure_id: str, store: Path | None, code: str | None) -> str:
+    """The command that replays a stored failure, with the interpreter running now; *code*
+    is what it runs (:attr:`Unit.code`), which a replay must name."""
     words = [sys.executable, "-m", "campaign", "replay", failure_id]
     if store is not None:
         words += ["--store", str(store)]
+    if code is not None:
+        words += ["--code", code]
     return shlex.join(words)
 
 
@@ -56,7 +59,9 @@ def summary_lines(result: CampaignResult, store: Path | None) -> list[str]:
             f"FAILURE {signature.id} ({state}, {signature.count}x, smallest "
             f"{_size(signature)}): {failure.title}"
         )
-        lines.append(f"  replay: {replay_command(signature.id, store)}")
+        lines.append(
+            f"  replay: {replay_command(signature.id, store, signature.failure.reproducer.code)}"
+        )
     return lines
 
 
@@ -93,7 +98,7 @@ def report_json(result: CampaignResult, store: Path | None) -> dict[str, Any]:
                 "first_seen": s.first_seen,
                 "size": list(s.failure.size),
                 "reproducer": s.failure.reproducer.to_json(),
-                "replay": replay_command(s.id, store),
+                "replay": replay_command(s.id, store, s.failure.reproducer.code),
             }
             for s in _ordered(result)
         ],
@@ -130,7 +135,8 @@ def report_junit(result: CampaignResult, store: Path | None) -> str:
         )
         failure.text = (
             f"{signature.count} run(s) failed this way; smallest reproducer "
-            f"{_size(signature)}\nreplay: {replay_command(signature.id, store)}\n\n"
+            f"{_size(signature)}\nreplay: "
+            f"{replay_command(signature.id, store, signature.failure.reproducer.code)}\n\n"
             f"{signature.failure.detail}"
         )
     ElementTree.SubElement(suite, "testcase", classname="avcm.campaign", name=f"{result.runs} runs")
@@ -227,7 +233,7 @@ def _failure_sections(result: CampaignResult, store: Path | None) -> str:
     sections = []
     for signature in _ordered(result):
         failure = signature.failure
-        command = replay_command(signature.id, store)
+        command = replay_command(signature.id, store, signature.failure.reproducer.code)
         sections.append(
             f'<div class="failure" id="f-{signature.id}"><h3>{html.escape(failure.title)}</h3>'
             f"<p>id <code>{signature.id}</code>, {'new' if signature.new else 'known'}, "

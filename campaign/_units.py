@@ -119,6 +119,13 @@ class Unit(ABC):
     def label(self) -> str:
         """A few words that tell this unit from the campaign's others."""
 
+    @property
+    @abstractmethod
+    def code(self) -> str | None:
+        """The ``MODULE:NAME`` this unit imports and runs (a driver factory, a scenario), or
+        ``None`` if it runs only avcm's own code: a stored unit names code, and a store is data
+        that must never choose code to run by itself."""
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}  # type: ignore[call-overload]
 
@@ -153,6 +160,11 @@ class StressUnit(Unit):
 
     def label(self) -> str:
         return f"stress seed {self.config.get('seed')}"
+
+    @property
+    def code(self) -> str | None:
+        driver = self.config.get("driver")
+        return driver if isinstance(driver, str) else None
 
     def _signature(self, violation: Any) -> tuple[str, str]:
         where = self.config.get("driver") or ",".join(
@@ -244,6 +256,10 @@ class ConformanceUnit(Unit):
     def label(self) -> str:
         return f"conformance {self.scenario} seed {self.seed}"
 
+    @property
+    def code(self) -> str | None:
+        return self.factory
+
     def run(self) -> UnitResult:
         from avcm import testing
 
@@ -302,6 +318,10 @@ class ExploreUnit(Unit):
 
     def label(self) -> str:
         return f"explore {self.strategy} seed {self.seed}"
+
+    @property
+    def code(self) -> str | None:
+        return self.scenario
 
     def run(self) -> UnitResult:
         from avcm import testing

@@ -431,8 +431,34 @@ def test_cluster_campaign_dedups_across_workers_survives_a_killed_worker_and_rep
     assert regression.still_fails and regression.stored.id == signature.id
     assert second.signatures[signature.id].count == 5 and not second.signatures[signature.id].new
 
-    status, out, err = run_cli(capsys, "replay", signature.id[:6], "--store", str(store.path))
+    replay = ["replay", signature.id[:6], "--store", str(store.path)]
+    # the store names the driver, but a store never chooses code to run: the command line must
+    status, out, err = run_cli(capsys, *replay)
+    assert status == 2 and f"name it to run it: --code {driver}" in err and out == ""
+    status, out, err = run_cli(capsys, *replay, "--code", driver)
     assert status == 1 and "reproduced" in out, err
+
+
+def test_a_campaign_reruns_only_stored_failures_whose_code_it_names(tmp_path: Path) -> None:
+    store = FailureStore(tmp_path / "store")
+    first = campaign.run_campaign(stress_units(), InlineExecutor(), runs=1, store=store)
+    [stored] = first.signatures.values()
+    code = stored.failure.reproducer.code
+    assert code is not None
+    notices: list[str] = []
+    again = campaign.run_campaign(
+        iter(()), InlineExecutor(), runs=1, store=store, on_notice=notices.append,
+        trusted_code={"tests.other:make"},
+    )  # fmt: skip
+    assert again.regressions == [] and again.runs == 0
+    assert notices == [
+        f"stored failure {stored.id} runs {code}, which this campaign does not name: not rerun "
+        f"(campaign replay {stored.id} --code {code} runs it)"
+    ]
+    named = campaign.run_campaign(
+        iter(()), InlineExecutor(), runs=1, store=store, trusted_code={code}
+    )
+    assert [r.stored.id for r in named.regressions] == [stored.id]
 
 
 def test_without_dask_a_campaign_runs_on_local_processes(
