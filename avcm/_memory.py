@@ -26,6 +26,9 @@ __all__ = ["ADDRESS_LIMIT", "PAGE_SHIFT", "PAGE_SIZE", "MemoryStatistics", "Phys
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 ADDRESS_LIMIT = 1 << 64
+MAX_READ = 256 << 20
+"""The most one :meth:`PhysicalMemory.read` returns: a read makes its bytes, and a memory may be
+far larger than the process could hold (its pages are made only when written)."""
 """Addresses are 64 bits: every range (memory, phys part, context, reservation) ends by here."""
 
 
@@ -214,8 +217,18 @@ class PhysicalMemory:
             )
 
     def read(self, addr: int, length: int) -> bytes:
-        """Read bytes at a physical address; never-written bytes read as zero."""
+        """Read bytes at a physical address; never-written bytes read as zero.
+
+        Raises:
+            InvalidError: ``EINVAL``: the range is not inside the memory, or is longer than
+                256 MiB (read a larger range in parts).
+        """
         self._span(addr, length, "read")
+        if length > MAX_READ:
+            raise InvalidError(
+                f"physical memory: a read of {length:#x} bytes is more than one read returns "
+                f"({MAX_READ:#x}); read it in parts"
+            )
         out = bytearray()
         offset = addr - self.base
         with self._lock:

@@ -212,3 +212,12 @@ def test_carveout_refuses_a_region_it_cannot_take_at_once() -> None:
     with pytest.raises(avcm.NoMemoryError):
         drivers.create_carveout(avcm.PhysicalMemory(size=64 * MiB), size=1 << 30)
     assert memory.statistics() == before
+
+
+def test_a_read_is_bounded_whatever_the_memory_size() -> None:
+    memory = avcm.PhysicalMemory(size=1 << 40)  # a terabyte: pages are made when written
+    memory.write(memory.base, b"x")
+    with pytest.raises(avcm.InvalidError, match="read it in parts") as info:
+        memory.read(memory.base, 1 << 39)
+    assert info.value.errno == errno.EINVAL
+    assert memory.read(memory.base, 2) == b"x\0"
