@@ -24,11 +24,36 @@ import drivers
 
 from ._config import StressConfig, UsageError
 
-__all__ = ["Context", "DriverFaults", "build_contexts", "is_injected_fault"]
+__all__ = [
+    "Context",
+    "DeviceFault",
+    "DriverFaults",
+    "build_contexts",
+    "is_injected_fault",
+    "raised_by_driver",
+]
 
 
 def is_injected_fault(error: BaseException) -> bool:
     return isinstance(error, drivers.InjectedFault)
+
+
+# avcm and the harness itself: an error raised in neither was raised by a driver
+_OURS = tuple(
+    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
+    for module in (avcm, sys.modules[__name__.rpartition(".")[0]])
+)
+
+
+def raised_by_driver(error: BaseException) -> bool:
+    """Whether *error* was raised in a driver's own code (where its traceback ends): rule 8
+    lets a driver call fail, and the error reaches the caller as the driver raised it."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
 
 
 @runtime_checkable
@@ -38,6 +63,18 @@ class Device(Protocol):
     def read(self, address: int, length: int, /) -> bytes: ...
 
     def write(self, address: int, data: bytes, /) -> None: ...
+
+
+class DeviceFault(Exception):
+    """A device access that did not reach memory. The contract does not say what a driver's
+    ``read`` or ``write`` raises for an address it cannot translate (the sample drivers raise
+    a :class:`avcm.VcmError`, another driver an ``OSError`` or a ``LookupError``): whatever it
+    raises is the device's fault, right where the model maps nothing, a violation where it
+    maps memory."""
+
+    def __init__(self, ctx: Context, address: int, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.address = address
 
 
 class FaultSwitch(Protocol):
@@ -127,16 +164,24 @@ class Context:
         return hardware if isinstance(hardware, Device) else None
 
     def device_read(self, address: int, length: int) -> bytes:
+        """The device reads at *address*; :class:`DeviceFault` if it cannot."""
         device = self._device
         if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        return device.read(address, length)
+        try:
+            return device.read(address, length)
+        except Exception as error:
+            raise DeviceFault(self, address, error) from error
 
     def device_write(self, address: int, data: bytes) -> None:
+        """The device writes at *address*; :class:`DeviceFault` if it cannot."""
         device = self._device
         if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
-        device.write(address, data)
+        try:
+            device.write(address, data)
+        except Exception as error:
+            raise DeviceFault(self, address, error) from error
 
     def address_space(self) -> Any:
         driver = self.vcm.driver
