@@ -38,6 +38,10 @@ def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> 
         (broken_drivers.overlapping, "one-to-one reservations overlap"),
         (broken_drivers.forgetful, "stale in hardware"),
         (broken_drivers.leaky, "rule 9"),
+        # two contexts on one memory, device accesses
+        (broken_drivers.stale_iotlb, "a device access at"),
+        (broken_drivers.shared_unit_racy_take, "shared_hardware"),
+        (broken_drivers.shared_unit_racy_give, "rule 9"),
     ],
 )
 def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> None:
