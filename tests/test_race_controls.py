@@ -94,20 +94,57 @@ async def poll_with_backoff(run: testing.Run) -> None:
     assert polls.unwrap() <= 10
 
 
-async def spin_against_a_timer(run: testing.Run) -> None:
-    """A task that spins on sleep(0) while the other sleeps: time passes as on a real clock."""
-    flag = False
+# More checkpoints in a row than Limits.fair_bound (32): a task that is the only runnable one
+# for that long must not make time pass.
+SPIN = 2 * testing.Limits().fair_bound + 8
 
-    async def spinner() -> None:
-        while not flag:
-            await anyio.sleep(0)
 
-    async def sleeper() -> None:
-        nonlocal flag
-        await anyio.sleep(0.5)
-        flag = True
+async def deadline_around_a_spin(run: testing.Run) -> None:
+    """One task yields many times inside a deadline: a real loop takes microseconds, so the
+    deadline is never reached (virtual time moves only when no task is runnable)."""
 
-    for outcome in await run.concurrently(spinner, sleeper):
+    async def worker() -> float:
+        start = anyio.current_time()
+        with anyio.fail_after(5):
+            for _ in range(SPIN):
+                await anyio.sleep(0)
+        return anyio.current_time() - start
+
+    (outcome,) = await run.concurrently(worker)
+    assert outcome.unwrap() == 0
+
+
+async def deadline_while_another_spins(run: testing.Run) -> None:
+    """A waiter's deadline is not reached while the task it waits for makes checkpoints."""
+    event = anyio.Event()
+
+    async def waiter() -> None:
+        with anyio.fail_after(10):
+            await event.wait()
+
+    async def setter() -> None:
+        for _ in range(SPIN):
+            await anyio.lowlevel.checkpoint()
+        event.set()
+
+    for outcome in await run.concurrently(waiter, setter, waiter):
+        outcome.unwrap()
+
+
+async def deadline_while_a_child_spins(run: testing.Run) -> None:
+    """A task the scenario's task spawns runs free (not under control); its checkpoints are
+    runnable steps too: however many it makes in a row, the deadline is not reached."""
+
+    async def child() -> None:
+        for _ in range(1200):
+            await anyio.lowlevel.checkpoint()
+
+    async def parent() -> None:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(child)
+
+    for outcome in await run.concurrently(parent):
         outcome.unwrap()
 
 
@@ -242,7 +279,9 @@ CONTROLS = {
         timeout_around_an_event,
         poll_with_sleep_zero,
         poll_with_backoff,
-        spin_against_a_timer,
+        deadline_around_a_spin,
+        deadline_while_another_spins,
+        deadline_while_a_child_spins,
         worker_threads,
         locked_counter,
         semaphore_bound,
@@ -331,6 +370,41 @@ def test_a_true_livelock_names_its_cycle(backend: str) -> None:
         assert "livelock" in str(error) and "repeat" in str(error)
         assert "task 0 (a) polite sleep" in str(error)
         assert "task 1 (b) polite sleep" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", sorted(strategies()))
+def test_a_spin_waiting_for_a_timer_is_a_livelock(strategy: str, backend: str) -> None:
+    """A task that spins on sleep(0) is runnable, so time never passes for the timer it waits
+    for: a livelock under virtual time, reported by the step budget, never a jump of the
+    clock (which would fire any deadline around a spin)."""
+
+    async def scenario(run: testing.Run) -> None:
+        flag = False
+
+        async def spinner() -> None:
+            while not flag:
+                await anyio.sleep(0)
+
+        async def sleeper() -> None:
+            nonlocal flag
+            await anyio.sleep(0.5)
+            flag = True
+
+        await run.concurrently(spinner, sleeper)
+
+    result = testing.explore(
+        scenario,
+        strategy=strategies()[strategy](),
+        schedules=2,
+        backend=backend,
+        limits=testing.Limits(max_steps=400),
+    )
+    assert result.failure is not None
+    error = result.failure.error
+    assert isinstance(error, testing.StepBudgetError)
+    assert "livelock" in str(error) and "task 0 (spinner) spinner sleep" in str(error)
+    assert all(step.time == 0 for step in result.failure.timeline.steps)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,9 +16,11 @@ task only there, as it does in the real loop. avcm's own sync points
 (:func:`avcm.lowlevel.sync_point`) do not yield: they name the step in which they are passed.
 
 Time: the clock, if virtual, moves only when no task is runnable (a task the scheduler holds
-back is runnable), or when every runnable task has done nothing but yield (``sleep(0)``) for a
-while, as a real clock moves under a task that spins. A task waiting for a worker thread is
-waiting for something outside: the clock stands still and the scheduler waits for the thread.
+back is runnable, and so is a task that just yielded with ``sleep(0)``). A task that spins on
+``sleep(0)`` never makes time pass, however long it spins: a deadline around a loop of
+checkpoints is never reached by the loop itself, and a spin that waits for a timer is a
+livelock, reported by the step budget. A task waiting for a worker thread is waiting for
+something outside: the clock stands still and the scheduler waits for the thread.
 
 Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runnable task is
 passed over at most ``fair_bound`` times in a row; then the tasks that kept it waiting are
@@ -132,7 +134,6 @@ class _Task:
         "passed",
         "point",
         "scope",
-        "yielded",
     )
 
     def __init__(self, index: int, name: str) -> None:
@@ -145,7 +146,6 @@ class _Task:
         self.point: str | None = "task.start"  # the last sync point passed in this step
         self.obj: object = None
         self.passed = 0  # choices that passed it over since it became runnable
-        self.yielded = False  # it became runnable again within its own step
         self.scope: anyio.CancelScope | None = None  # what an injected cancellation cancels
 
     def native_coro(self) -> Any:
@@ -185,8 +185,8 @@ class Run:
         self._queue: _Queue | None = None
         self._error: BaseException | None = None
         self._wake: anyio.Event | None = None
-        self._spin = 0  # choices in a row of tasks that had only yielded
         self._free_steps = 0  # steps of uncontrolled work since the last choice
+        self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
 
     # -- what the run did -------------------------------------------------------------------
 
@@ -320,7 +320,6 @@ class Run:
             finally:
                 task.done = True
                 queue.forget(task)
-                self._spin = 0
                 self._notify()
 
     def _notify(self) -> None:
@@ -374,7 +373,7 @@ class Run:
         task.scope.cancel()
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
-        self._free_steps = 0
+        self._free_steps = self._idle_callbacks = 0
         starving = [task for task in held if task.passed >= self.fair_bound]
         # the tasks that kept a task waiting too long are disabled until it has run
         choices = sorted(starving or held, key=lambda task: task.index)
@@ -397,15 +396,6 @@ class Run:
         for task in held:
             task.passed += 1
         chosen.passed = 0
-        if chosen.yielded:
-            self._spin += 1
-            if self._spin > self.fair_bound * len(held):
-                # every runnable task only yields: on a real clock, time would pass meanwhile
-                self._spin = 0
-                assert self._queue is not None
-                self._queue.let_time_pass()
-        else:
-            self._spin = 0
         if chosen.point is not None:
             point, operation = chosen.point, _where(chosen.native_coro())[0]
         else:
@@ -428,15 +418,17 @@ class Run:
         assert self._queue is not None
         return self._queue.now()
 
-    def _woken(self) -> None:
-        """A held task was made runnable by something else than its own step."""
-        self._spin = 0
-
-    def _uncontrolled_step(self, count: int) -> None:
+    def _uncontrolled_step(self, count: int, *, task: bool = True) -> None:
+        """*count* steps of uncontrolled work ran: task steps, or (*task* false) one callback
+        that resumes no task."""
         self._free_steps += count
-        if self._free_steps % _SPIN_STEPS < count:
-            # uncontrolled work that goes on and on (anyio's asyncio backend retries a
-            # cancellation every iteration until the task is gone): a real clock moves meanwhile
+        self._idle_callbacks = 0 if task else self._idle_callbacks + count
+        if self._idle_callbacks >= _IDLE_CALLBACKS:
+            # Callbacks that wake no task, over and over (anyio's asyncio backend retries a
+            # cancellation every iteration while the cancelled task waits in a shielded
+            # scope): no task is runnable, so time may pass. A task that runs, controlled or
+            # not, is runnable: it never makes time pass, however long it spins.
+            self._idle_callbacks = 0
             assert self._queue is not None
             self._queue.let_time_pass()
         if self._free_steps > self.runaway_steps and self._error is None:
@@ -526,7 +518,7 @@ def _cycle(trail: Sequence[object]) -> int | None:
 
 
 _run_task_code = Run._run_task.__code__
-_SPIN_STEPS = 1000  # uncontrolled steps with no choice, after which a virtual clock moves
+_IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
 
@@ -614,9 +606,6 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
             super().append(task)
             return
         controlled.held = True
-        controlled.yielded = queue.running() is task
-        if not controlled.yielded:
-            queue.run._woken()
 
     def __len__(self) -> int:
         free = super().__len__()
@@ -672,9 +661,6 @@ class _TrioQueue(_Queue):
 
     def current(self) -> Any:
         return self.trio.lowlevel.current_task()
-
-    def running(self) -> Any:
-        return getattr(self.context, "task", None)
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.token.run_sync_soon(function)
@@ -734,9 +720,6 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             return
         controlled.held = True
         controlled.handles.append(handle)
-        controlled.yielded = queue.current() is controlled.native
-        if not controlled.yielded:
-            queue.run._woken()
 
     def __len__(self) -> int:
         # asyncio takes len() as the number of callbacks this iteration runs: the ones ready
@@ -752,8 +735,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             self.due -= 1
             if not super().__len__():
                 return _NOTHING
-            self.queue.run._uncontrolled_step(1)
-            return super().popleft()
+            handle = super().popleft()
+            self.queue.run._uncontrolled_step(1, task=_handle_task(handle) is not None)
+            return handle
         queue = self.queue
         if not queue.choosable():
             return _NOTHING
