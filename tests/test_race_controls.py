@@ -432,6 +432,26 @@ def test_a_true_deadlock_on_anyio_locks(backend: str) -> None:
     assert "forwards Lock.__aenter__" in str(result.failure.error)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", sorted(strategies()))
+def test_sleep_forever_is_a_deadlock(strategy: str, backend: str) -> None:
+    """``sleep_forever`` waits for no timer that can fall due (on asyncio, one at infinity):
+    with nothing else to wake the task, the run is a deadlock, reported, never a hang."""
+
+    async def scenario(run: testing.Run) -> None:
+        event = anyio.Event()
+        await run.concurrently(anyio.sleep_forever, event.wait)
+
+    result = testing.explore(
+        scenario, strategy=strategies()[strategy](), schedules=2, backend=backend
+    )
+    assert result.failure is not None
+    error = result.failure.error
+    assert isinstance(error, testing.DeadlockError)
+    assert "task 0 (sleep_forever) waits" in str(error)
+    assert "task 1 (wait) waits" in str(error)
+
+
 def lost_update_through(pause: Callable[[], object]) -> testing.Scenario:
     """Read, pause at a checkpoint, write back: two tasks lose an update."""
 

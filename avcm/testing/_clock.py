@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import heapq
 import itertools
+import math
 import selectors
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -93,11 +94,23 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self._virtual.external_busy = probe
 
     def advance_to_next_timer(self) -> None:
-        """Move virtual time to the earliest pending timer, if any."""
-        scheduled = self._scheduled  # type: ignore[attr-defined]
-        whens = [handle.when() for handle in scheduled if not handle.cancelled()]
-        if whens:
-            self._virtual.now = max(self._virtual.now, min(whens))
+        """Move virtual time to the earliest pending timer that can fall due, if any."""
+        when = next_timer(self)
+        if when is not None:
+            self._virtual.now = max(self._virtual.now, when)
+
+
+def next_timer(loop: asyncio.AbstractEventLoop) -> float | None:
+    """The earliest pending timer of an asyncio loop that can fall due, or None: a timer at
+    infinity (anyio's ``sleep_forever`` on asyncio) never does, and counts as none, as it
+    does on trio. The timers are private to asyncio: a loop without them has none."""
+    scheduled = getattr(loop, "_scheduled", ())
+    whens = [
+        handle.when()
+        for handle in scheduled
+        if not handle.cancelled() and math.isfinite(handle.when())
+    ]
+    return min(whens, default=None)
 
 
 def ordered_mock_clock() -> trio.testing.MockClock:

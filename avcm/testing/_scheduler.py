@@ -852,8 +852,9 @@ class _AsyncioQueue(_Queue):
 
 
 def _next_deadline() -> float | None:
-    """The earliest timer of the running event loop, if any. Neither trio nor asyncio says
-    this publicly: this reads their internals, and answers None where they moved."""
+    """The earliest timer of the running event loop, if any: one that can fall due (trio has
+    no deadline for ``sleep_forever``, asyncio a timer at infinity). Neither trio nor asyncio
+    says this publicly: this reads their internals, and answers None where they moved."""
     if sniffio.current_async_library() == "trio":
         try:
             from trio._core._run import GLOBAL_RUN_CONTEXT
@@ -864,9 +865,9 @@ def _next_deadline() -> float | None:
         return None if math.isinf(deadline) else float(deadline)
     import asyncio
 
-    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", [])
-    whens = [handle.when() for handle in scheduled if not handle.cancelled()]
-    return min(whens) if whens else None
+    from ._clock import next_timer
+
+    return next_timer(asyncio.get_running_loop())
 
 
 def _virtual_clock() -> bool:
