@@ -12,10 +12,12 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
 
 import avcm
 from avcm import testing
@@ -163,6 +165,51 @@ async def worker_threads(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def threads_through_a_limiter(run: testing.Run) -> None:
+    """A thread at work is outside work whatever limiter the call goes through (anyio's, or
+    trio's own with trio's call); a task waiting for the limiter's token waits meanwhile."""
+    limiter = anyio.CapacityLimiter(1)
+
+    async def holder() -> None:
+        async with limiter:
+            await anyio.lowlevel.checkpoint()
+
+    async def worker() -> None:
+        with anyio.fail_after(0.0001):  # virtual time stands still while the thread works
+            await anyio.to_thread.run_sync(time.sleep, 0.001, limiter=limiter)
+
+    functions = [holder, worker, worker]
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        native = trio.CapacityLimiter(1)
+
+        async def trio_worker() -> None:
+            await trio.to_thread.run_sync(time.sleep, 0.001, limiter=native)
+
+        functions += [trio_worker, trio_worker]
+    for outcome in await run.concurrently(*functions):
+        outcome.unwrap()
+
+
+async def a_spawned_task_in_a_thread(run: testing.Run) -> None:
+    """A task a controlled task spawns runs free; its thread is outside work too. (One such
+    task only: its thread would run alongside one a controlled task starts, and which of two
+    threads reports first is up to the machine, not the schedule.)"""
+    limiter = anyio.CapacityLimiter(1)
+
+    async def holder() -> None:
+        async with limiter:
+            await anyio.lowlevel.checkpoint()
+
+    async def spawner() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(partial(anyio.to_thread.run_sync, time.sleep, 0.001, limiter=limiter))
+
+    for outcome in await run.concurrently(holder, spawner):
+        outcome.unwrap()
+
+
 async def locked_counter(run: testing.Run) -> None:
     lock = anyio.Lock()
     count = 0
@@ -283,6 +330,8 @@ CONTROLS = {
         deadline_while_another_spins,
         deadline_while_a_child_spins,
         worker_threads,
+        threads_through_a_limiter,
+        a_spawned_task_in_a_thread,
         locked_counter,
         semaphore_bound,
         condition_queue,
@@ -297,7 +346,7 @@ CONTROLS = {
 @pytest.mark.parametrize("strategy", sorted(strategies()))
 @pytest.mark.parametrize("control", sorted(CONTROLS))
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
-    schedules = 20 if control == "worker_threads" else 60
+    schedules = 20 if "threads" in control else 60
     result = testing.explore(
         CONTROLS[control],
         strategy=strategies()[strategy](),
@@ -405,6 +454,29 @@ def test_a_spin_waiting_for_a_timer_is_a_livelock(strategy: str, backend: str) -
     assert isinstance(error, testing.StepBudgetError)
     assert "livelock" in str(error) and "task 0 (spinner) spinner sleep" in str(error)
     assert all(step.time == 0 for step in result.failure.timeline.steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_call_waiting_for_its_limiter_can_deadlock(backend: str) -> None:
+    """A task waiting for a limiter's token, not for a thread, waits for another task."""
+
+    async def scenario(run: testing.Run) -> None:
+        limiter = anyio.CapacityLimiter(1)
+        never = anyio.Event()
+
+        async def holder() -> None:
+            async with limiter:
+                await never.wait()
+
+        async def worker() -> None:
+            await anyio.to_thread.run_sync(time.sleep, 0, limiter=limiter)
+
+        await run.concurrently(holder, worker)
+
+    result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.DeadlockError)
+    assert "task 1 (worker) waits in worker" in str(result.failure.error)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

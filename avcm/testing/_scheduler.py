@@ -35,14 +35,13 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 import sniffio
 
 from .. import InvalidError, NotSupportedError
@@ -81,11 +80,30 @@ def _await_frames(coro: Any) -> list[FrameType]:
 
 
 _THREAD_CALLS = frozenset({"run_sync_in_worker_thread", "to_thread_run_sync"})
+# What the innermost call to a thread awaits while the thread works: a future (asyncio, no
+# frame) or trio's wait for the thread's report. Anything else (a limiter's acquire, a
+# checkpoint, trio running a from_thread.run request in the task) is no thread at work.
+_THREAD_WAITS = frozenset({"wait_task_rescheduled"})
 
 
-def _in_thread_call(coro: Any) -> bool:
-    """Whether a suspended task is in anyio's or trio's call to a worker thread."""
-    return any(frame.f_code.co_name in _THREAD_CALLS for frame in _await_frames(coro))
+def _waits_for_thread(coro: Any) -> bool:
+    """Whether a suspended task waits for a worker thread to finish its call: it is in
+    anyio's or trio's call to a thread, past the limiter, whatever limiter it is. A task
+    waiting for a limiter's token waits for another task, which can deadlock."""
+    frames = _await_frames(coro)
+    for index in range(len(frames) - 1, -1, -1):
+        if frames[index].f_code.co_name in _THREAD_CALLS:
+            inner = frames[index + 1 : index + 2]
+            return not inner or inner[0].f_code.co_name in _THREAD_WAITS
+    return False
+
+
+def _coro_of(native: Any) -> Any:
+    """The coroutine a trio or asyncio task runs: where it is suspended."""
+    coro = getattr(native, "coro", None)  # trio
+    if coro is None and hasattr(native, "get_coro"):  # asyncio
+        coro = native.get_coro()
+    return coro
 
 
 def _qualname(frame: FrameType) -> str:
@@ -150,10 +168,7 @@ class _Task:
 
     def native_coro(self) -> Any:
         """The coroutine the task runs: where it is suspended."""
-        coro = getattr(self.native, "coro", None)  # trio
-        if coro is None and hasattr(self.native, "get_coro"):  # asyncio
-            coro = self.native.get_coro()
-        return coro
+        return _coro_of(self.native)
 
 
 class Run:
@@ -532,8 +547,6 @@ class _Queue:
         self.run = run
         self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
         self.free = False  # released: hold nothing any more
-        # threads of anyio.to_thread: outside work that a virtual clock must wait for
-        self.limiter = anyio.to_thread.current_default_thread_limiter()
 
     def current(self) -> Any:
         raise NotImplementedError
@@ -551,16 +564,22 @@ class _Queue:
         """The held tasks that can be chosen now."""
         return self.held()
 
+    def native_tasks(self) -> Iterable[Any]:
+        """Every task of the event loop, controlled or not."""
+        raise NotImplementedError
+
+    def blocked(self, native: Any) -> bool:
+        """Whether a task of the event loop waits (is neither runnable nor running)."""
+        raise NotImplementedError
+
     def external_busy(self) -> bool:
-        """Whether a worker thread is at work: more thread-limiter tokens are borrowed than
-        there are held tasks back from a thread call (they give theirs back when they run)."""
-        borrowed = self.limiter.borrowed_tokens
-        if not borrowed:
-            return False
-        back = sum(
-            task.held and _in_thread_call(task.native_coro()) for task in self.tasks.values()
+        """Whether a worker thread is at work: a task, controlled or not, waits in anyio's or
+        trio's call to a thread for the thread to report back, whatever limiter it went
+        through. Work outside the loop: never a deadlock, and a virtual clock waits for it."""
+        return any(
+            self.blocked(native) and _waits_for_thread(_coro_of(native))
+            for native in self.native_tasks()
         )
-        return borrowed > back
 
     def ready(self) -> bool:
         """Whether a held task may be chosen now: outside work first reports back (so that a
@@ -661,6 +680,13 @@ class _TrioQueue(_Queue):
 
     def current(self) -> Any:
         return self.trio.lowlevel.current_task()
+
+    def native_tasks(self) -> Iterable[Any]:
+        return tuple(self.runner.tasks)
+
+    def blocked(self, native: Any) -> bool:
+        # trio sets it when a task blocks, and clears it when the task is rescheduled
+        return native._abort_func is not None
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.token.run_sync_soon(function)
@@ -811,6 +837,14 @@ class _AsyncioQueue(_Queue):
 
     def current(self) -> Any:
         return self.asyncio.current_task()
+
+    def native_tasks(self) -> Iterable[Any]:
+        return self.asyncio.all_tasks(self.loop)
+
+    def blocked(self, native: Any) -> bool:
+        # what the task awaits; it stays set, done, until the task's next step begins
+        waiter = getattr(native, "_fut_waiter", None)
+        return waiter is not None and not waiter.done()
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.loop.call_soon(function)
