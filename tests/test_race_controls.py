@@ -456,6 +456,61 @@ def test_a_spin_waiting_for_a_timer_is_a_livelock(strategy: str, backend: str) -
     assert all(step.time == 0 for step in result.failure.timeline.steps)
 
 
+def poll_until(setter_delay: float, *, poll: float = 0.01) -> testing.Scenario:
+    """A fixed-delay poll for a flag that a task sets after *setter_delay* (virtual) seconds
+    (never, if infinite)."""
+
+    async def scenario(run: testing.Run) -> None:
+        flag = False
+
+        async def poller() -> None:
+            while not flag:
+                await anyio.sleep(poll)
+
+        async def setter() -> None:
+            nonlocal flag
+            await anyio.sleep(setter_delay)
+            flag = True
+
+        for outcome in await run.concurrently(poller, setter):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", sorted(strategies()))
+def test_a_poll_that_lets_time_pass_is_no_livelock(strategy: str, backend: str) -> None:
+    """Every repetition of the poll waits for time to pass: its steps do not count towards
+    max_steps, however many there are (here ten times as many)."""
+    result = testing.explore(
+        poll_until(5),
+        strategy=strategies()[strategy](),
+        schedules=2,
+        backend=backend,
+        limits=testing.Limits(max_steps=50),
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.max_steps_seen > 500
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_poll_for_what_never_comes_ends_the_run(backend: str) -> None:
+    """Time passes, so it is no livelock, but a run that does not end is still reported:
+    after 20 times max_steps steps in all."""
+    result = testing.explore(
+        poll_until(math.inf),
+        strategy=testing.Exhaustive(0),
+        backend=backend,
+        limits=testing.Limits(max_steps=50),
+    )
+    assert result.failure is not None
+    error = result.failure.error
+    assert isinstance(error, testing.StepBudgetError)
+    assert "more than 1000 steps (20 x max_steps)" in str(error)
+    assert "does not end" in str(error) and "livelock" not in str(error)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_thread_call_waiting_for_its_limiter_can_deadlock(backend: str) -> None:
     """A task waiting for a limiter's token, not for a thread, waits for another task."""

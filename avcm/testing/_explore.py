@@ -47,7 +47,10 @@ Scenario = Callable[[Run], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds of one run. ``max_steps``: scheduling steps before :class:`StepBudgetError`;
+    """Bounds of one run. ``max_steps``: scheduling steps in a row with virtual time standing
+    still before :class:`StepBudgetError` (a livelock; a step after the clock moved starts the
+    count again, so a poll loop that waits for time to pass is none), and 20 times as many
+    steps in all (a run that does not end, though time passes);
     ``idle_timeout``: seconds (simulated, on a virtual clock) with every task blocked before a
     :class:`DeadlockError`; ``runaway_steps``: steps of tasks outside the scheduler's control
     (spawned by a controlled task) with no controlled task chosen, before a

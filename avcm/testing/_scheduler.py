@@ -201,6 +201,7 @@ class Run:
         self._error: BaseException | None = None
         self._wake: anyio.Event | None = None
         self._free_steps = 0  # steps of uncontrolled work since the last choice
+        self._still_steps = 0  # steps in a row at which virtual time stood still
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
 
     # -- what the run did -------------------------------------------------------------------
@@ -371,16 +372,14 @@ class Run:
         victim = inject(len(self._steps), running)
         if victim is None:
             return
-        if len(self._steps) >= self.max_steps:
-            raise StepBudgetError(self._describe_budget())
         task = self._tasks[victim]
-        self._steps.append(
+        self._append(
             Step(
                 index=len(self._steps),
                 task=victim,
                 point="cancel",
                 operation="injected",
-                time=round(self._queue_now() - self._start_time, 9),
+                time=self._step_time(),
                 injected=True,
             )
         )
@@ -398,8 +397,8 @@ class Run:
             assert last is not None
             choices.remove(last)
             choices.insert(0, last)
-        if len(self._steps) >= self.max_steps:
-            raise StepBudgetError(self._describe_budget())
+        time = self._step_time()
+        self._check_budget(time)
         position = self._chooser.choose(
             len(self._steps), [task.index for task in choices], continuing
         )
@@ -415,13 +414,13 @@ class Run:
             point, operation = chosen.point, _where(chosen.native_coro())[0]
         else:
             operation, point = _where(chosen.native_coro())
-        self._steps.append(
+        self._append(
             Step(
                 index=len(self._steps),
                 task=chosen.index,
                 point=point,
                 operation=operation,
-                time=round(self._queue_now() - self._start_time, 9),  # to the ns: runs compare
+                time=time,
             )
         )
         chosen.point = None
@@ -432,6 +431,36 @@ class Run:
         # the run queue calls this outside any task, where anyio cannot tell the backend
         assert self._queue is not None
         return self._queue.now()
+
+    def _step_time(self) -> float:
+        """The time of a step starting now, since the run began (to the ns: runs compare)."""
+        return round(self._queue_now() - self._start_time, 9)
+
+    def _still(self, time: float) -> bool:
+        """Whether a step at *time* finds virtual time where the last step left it."""
+        return not self._steps or time == self._steps[-1].time
+
+    def _check_budget(self, time: float) -> None:
+        """Refuse a step at *time* beyond the budget: more than ``max_steps`` in a row with
+        virtual time standing still (a livelock: tasks that only ever find one another
+        runnable), or more than ``_ALL_STEPS * max_steps`` in all (a run that does not end,
+        though time passes: a poll whose condition never comes true). A poll loop whose
+        every repetition waits for time to pass is no livelock: its steps do not count
+        towards the first."""
+        if self._still(time) and self._still_steps >= self.max_steps:
+            raise StepBudgetError(self._describe_budget())
+        if len(self._steps) >= self.max_steps * _ALL_STEPS:
+            raise StepBudgetError(
+                f"the run took more than {self.max_steps * _ALL_STEPS} steps "
+                f"({_ALL_STEPS} x max_steps) while virtual time went on to "
+                f"{self._steps[-1].time:g} s: a run that does not end (a poll for what never "
+                f"comes), or a bigger scenario than max_steps allows"
+            )
+
+    def _append(self, step: Step) -> None:
+        self._check_budget(step.time)
+        self._still_steps = self._still_steps + 1 if self._still(step.time) else 1
+        self._steps.append(step)
 
     def _uncontrolled_step(self, count: int, *, task: bool = True) -> None:
         """*count* steps of uncontrolled work ran: task steps, or (*task* false) one callback
@@ -456,16 +485,19 @@ class Run:
             self._queue.call_soon(self._notify)
 
     def _describe_budget(self) -> str:
-        trail = [(step.task, step.operation, step.point) for step in self._steps]
+        trail = [
+            (step.task, step.operation, step.point) for step in self._steps[-self._still_steps :]
+        ]
         period = _cycle(trail)
         if period is None:
             return (
-                f"the run took more than {self.max_steps} steps with no short cycle of steps "
-                f"repeating: a bigger scenario than max_steps allows, or a livelock"
+                f"the run took more than {self.max_steps} steps in a row with virtual time "
+                f"standing still and no short cycle of steps repeating: a bigger scenario "
+                f"than max_steps allows, or a livelock"
             )
         lines = [
-            f"livelock: the run took more than {self.max_steps} steps, and its last "
-            f"{period} step(s) repeat over and over:"
+            f"livelock: the run took more than {self.max_steps} steps in a row with virtual "
+            f"time standing still, and its last {period} step(s) repeat over and over:"
         ]
         runs = [(step, len(list(same))) for step, same in itertools.groupby(trail[-period:])]
         for (task, operation, point), count in runs[:12]:
@@ -533,6 +565,7 @@ def _cycle(trail: Sequence[object]) -> int | None:
 
 
 _run_task_code = Run._run_task.__code__
+_ALL_STEPS = 20  # times max_steps: steps in all, time passing or not, before a StepBudgetError
 _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
