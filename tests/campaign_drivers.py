@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import signal
 
+import anyio.lowlevel
+
 import avcm
+from avcm import testing
 from tests import broken_drivers
 
 # a directory, set by the test and inherited by the workers: once the test creates ARMED in
@@ -29,6 +32,9 @@ def leaky_killing_once(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return broken_drivers.leaky(memory)
 
 
-async def always_fails(run: object) -> None:
-    """A race-finder scenario that fails under every schedule, with a number in its message."""
+async def always_fails(run: testing.Run) -> None:
+    """A race-finder scenario that fails under every schedule, with a number in its message.
+    It runs a task first: a scenario failing before any task runs is no race found, but an
+    error of its own, raised as it is."""
+    await run.concurrently(anyio.lowlevel.checkpoint)
     raise AssertionError("counter is 42, expected 41")

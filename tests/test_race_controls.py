@@ -9,6 +9,7 @@ whatever primitive it belongs to."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import time
 from collections.abc import Callable
@@ -577,6 +578,31 @@ def test_sleep_forever_is_a_deadlock(strategy: str, backend: str) -> None:
     assert isinstance(error, testing.DeadlockError)
     assert "task 0 (sleep_forever) waits" in str(error)
     assert "task 1 (wait) waits" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_scenario_failing_before_any_task_raises_its_own_error(backend: str) -> None:
+    """No task ran under the scheduler: no schedule is to blame, so it is no race found but
+    the scenario's own error, raised as it is (for a bad call of concurrently too)."""
+    ran: list[str] = []
+
+    async def setup_fails(run: testing.Run) -> None:
+        raise RuntimeError("no fixture")
+
+    async def not_a_function(run: testing.Run) -> None:
+        async def task() -> None:
+            ran.append("task")
+
+        await run.concurrently(task, 42)  # type: ignore[arg-type]
+
+    with pytest.raises(RuntimeError, match="no fixture"):
+        testing.check(setup_fails, backend=backend)
+    with pytest.raises(avcm.InvalidError, match="42 is not a function") as info:
+        testing.explore(not_a_function, backend=backend)
+    assert info.value.errno == errno.EINVAL
+    assert ran == []
+    with pytest.raises(RuntimeError, match="no fixture"):
+        testing.replay(setup_fails, "avcm1:pct-d3:0:0:00000000:0", backend=backend)
 
 
 def lost_update_through(pause: Callable[[], object]) -> testing.Scenario:

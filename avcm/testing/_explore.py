@@ -198,6 +198,10 @@ async def _run_once(
     except ReplayDivergedError:
         raise
     except Exception as error:
+        if not run.decisions:
+            # failed before any task ran under the scheduler: no schedule to blame (no race
+            # to report or shrink), but the scenario's own error, raised as it is
+            raise
         return run, error
     if not run.decisions:
         raise InvalidError(

@@ -249,7 +249,9 @@ class Run:
         raised here: the scenario decides what the contract allows. Tasks start held, so the
         first choice is who starts. If the run fails (a deadlock, the step budget, the chooser
         giving up) or the caller is cancelled, every task is cancelled and runs free to its
-        end, and the failure is raised here.
+        end, and the failure is raised here. :class:`~avcm.InvalidError` (``EINVAL``), with
+        nothing run, for no function, one that is not callable, a wrong number of *names*,
+        or a call from a task it controls.
         """
         if names is not None and len(names) != len(functions):
             raise InvalidError(f"concurrently: {len(functions)} functions but {len(names)} names")
@@ -260,6 +262,12 @@ class Run:
             )
         if not functions:
             raise InvalidError("concurrently: no function to run")
+        for function in functions:
+            if not callable(function):
+                raise InvalidError(
+                    f"concurrently: {function!r} is not a function (an async function, or a "
+                    f"callable returning an awaitable)"
+                )
         tasks: list[_Task] = []
         for offset, function in enumerate(functions):
             name = names[offset] if names is not None else getattr(function, "__name__", "")
