@@ -43,8 +43,10 @@ class DeadlockError(ScheduleFailure):
 
 
 class StepBudgetError(ScheduleFailure):
-    """The run took more scheduling steps than allowed: a livelock (the message names the cycle
-    of steps that repeats) or a bigger scenario than the budget."""
+    """The run took more scheduling steps than allowed: more than ``Limits.max_steps`` in a
+    row with virtual time standing still (a livelock: the message names the cycle of steps
+    that repeats), or 20 times as many in all, time passing (a run that does not end), or a
+    bigger scenario than the budget."""
 
 
 class RunawayError(ScheduleFailure):
