@@ -18,6 +18,8 @@ class Terminal(io.StringIO):
         return True
 
 
+# a whole (quick) benchmark run: the slow tier, which .ci/run runs after the main suite
+@pytest.mark.slow
 def test_quick_run_measures_every_row_and_judges_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
