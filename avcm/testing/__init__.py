@@ -25,8 +25,14 @@ the conformance suite and the tests. They belong with the race finder, not in ``
 project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
 share: Ctrl-C as one line and exit status 130, output paths checked before the work.
 
+Exploration and the conformance suite also run on many processes (``workers=`` a local Dask
+cluster, ``scheduler=`` an existing one; :class:`Cluster`), split into parts a process could run
+alone: seeds and strategies (:data:`PORTFOLIO`), or :class:`Exhaustive` prefixes
+(:func:`exhaustive_prefixes`).
+
 ``import avcm`` does not import this package; this package imports Hypothesis only in
-:mod:`avcm.testing.hypothesis` and pytest only in :mod:`avcm.testing.pytest_plugin`.
+:mod:`avcm.testing.hypothesis`, pytest only in :mod:`avcm.testing.pytest_plugin`, and Dask only
+when a cluster is made.
 """
 
 from ._clock import BACKENDS, VirtualTimeEventLoop, backend_options, run_on_virtual_time
@@ -39,6 +45,7 @@ from ._conformance import (
     check_conformance_async,
 )
 from ._errors import (
+    ClusterError,
     ConformanceFailure,
     DeadlockError,
     RaceFound,
@@ -67,6 +74,7 @@ from ._invariants import (
     check_quiescent,
     expected_mappings,
 )
+from ._parallel import PORTFOLIO, Cluster, exhaustive_prefixes
 from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
@@ -85,9 +93,12 @@ __all__ = [
     "check_quiescent",
     "expected_mappings",
     "PCT",
+    "PORTFOLIO",
     "ProgressCallback",
     "SCENARIOS",
     "Chooser",
+    "Cluster",
+    "ClusterError",
     "ConformanceFailure",
     "ConformanceReport",
     "DeadlockError",
@@ -117,6 +128,7 @@ __all__ = [
     "check_conformance",
     "check_conformance_async",
     "explore",
+    "exhaustive_prefixes",
     "explore_async",
     "progress_bar",
     "replay",

@@ -2,9 +2,11 @@
 
 ``python -m avcm.testing replay MODULE:SCENARIO TOKEN`` reruns a recorded schedule and prints
 its timeline; ``python -m avcm.testing conformance MODULE:FACTORY`` runs the conformance suite
-against a driver factory. Exit status: 0 passed, 1 failed (the failure reproduced), 2 usage
-error (bad token, scenario that does not import or is not a scenario; one line on stderr),
-3 the replay diverged from its recording, 130 interrupted (Ctrl-C).
+against a driver factory (``--workers N``: its scenarios on a local Dask cluster of N
+processes; ``--scheduler ADDRESS``: on an existing one; the same report). Exit status:
+0 passed, 1 failed (the failure reproduced), 2 usage error (bad token, scenario that does not
+import or is not a scenario, a scheduler that does not answer; one line on stderr), 3 the
+replay diverged from its recording, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     conformance.add_argument("--replay", metavar="TOKEN", help="replay one scenario's token")
     conformance.add_argument("--scenario", help="only this scenario (see --list)")
     conformance.add_argument("--list", action="store_true", help="list the scenarios")
+    conformance.add_argument(
+        "--workers",
+        type=_count(1, 1024),
+        metavar="N",
+        help="run the scenarios on a local Dask cluster of N processes ('avcm[cluster]')",
+    )
+    conformance.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the scenarios on the Dask cluster of this scheduler (tcp://HOST:8786)",
+    )
     return parser
 
 
@@ -161,6 +174,8 @@ def _conformance(args: argparse.Namespace) -> int:
                 replay_token=args.replay,
                 factory_spec=args.factory,
                 on_progress=update,
+                workers=args.workers,
+                scheduler=args.scheduler,
             )
         except ConformanceFailure as failure:
             report = failure.report

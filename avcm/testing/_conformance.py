@@ -539,10 +539,15 @@ def check_conformance(
     replay_token: str | None = None,
     factory_spec: str | None = None,
     on_progress: Callable[[int], object] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> ConformanceReport:
     """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
     PCT schedules each, on virtual time, and return the report of a driver that conforms.
     *on_progress* is called with the number of schedules run so far, after each one.
+    With *workers* or *scheduler* (as for :func:`explore`), each scenario runs on a worker of
+    a Dask cluster, exactly as here, and the report is the same (*on_progress* is called as
+    scenarios end; *factory* is sent to the workers); a replay runs here.
 
     A test that only calls it fails on a broken driver: the failure is raised, an
     :class:`AssertionError` that pytest shows with every failure's timeline and replay.
@@ -551,7 +556,22 @@ def check_conformance(
         ConformanceFailure: the driver failed a scenario; ``error.report`` is the whole report
             (``report.format()``, ``report.failures``).
         avcm.InvalidError: bad arguments, or a factory that makes no context.
+        ClusterError: with *scheduler*, a scheduler that does not answer.
     """
+    if (workers is not None or scheduler is not None) and replay_token is None:
+        from ._parallel import check_conformance_parallel
+
+        return check_conformance_parallel(
+            factory,
+            backend=backend,
+            schedules=schedules,
+            seed=seed,
+            only=only,
+            factory_spec=factory_spec,
+            on_progress=on_progress,
+            workers=workers,
+            scheduler=scheduler,
+        )
     return run_on_virtual_time(
         backend,
         partial(

@@ -10,15 +10,17 @@ that shows it.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
-from .. import InvalidError
+from .. import InvalidError, VcmError
 
 if TYPE_CHECKING:
     from ._conformance import ConformanceReport
     from ._explore import Failure
 
 __all__ = [
+    "ClusterError",
     "ConformanceFailure",
     "DeadlockError",
     "RaceFound",
@@ -32,6 +34,13 @@ __all__ = [
 
 class TokenError(InvalidError):
     """A replay token that is malformed, or not avcm's, or of another version."""
+
+
+class ClusterError(VcmError):
+    """The Dask cluster asked for cannot be had: a scheduler that does not answer, or a local
+    cluster that does not start (``ECONNREFUSED``). Nothing has run."""
+
+    default_errno = errno.ECONNREFUSED
 
 
 class ScheduleFailure(AssertionError):

@@ -160,6 +160,9 @@ class Exploration:
     distinct_schedules: int = 0
     points: tuple[tuple[str, int], ...] = ()  # each point (sync point or checkpoint), how often
     covered: bool = False  # stopped by until_covered: new schedules stopped adding coverage
+    # run on workers: each part's own exploration, in the order of the parts (a failing one
+    # last: those after it were cancelled); the fields above are theirs merged
+    parts: tuple[Exploration, ...] = ()
 
     @property
     def found(self) -> bool:
@@ -455,9 +458,46 @@ def explore(
     command: str | None = None,
     on_progress: Callable[[int], object] | None = None,
     until_covered: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Exploration:
     """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
-    ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time."""
+    ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time.
+
+    With *workers* (a local Dask cluster of that many processes) or *scheduler* (the address
+    of an existing Dask cluster's scheduler; its workers need avcm and the scenario's module),
+    the exploration is split into parts, each one a process could run alone, spread over the
+    workers, and merged (``parts`` of the result has each): without a *strategy*, a portfolio
+    (:data:`PORTFOLIO`: PCT at depths 1 to 3 and a random walk, part *i* with seed
+    ``i // 4``), *schedules* shared between at least four parts; with a PCT or random walk,
+    one part per worker, seeds ``strategy.seed``, ``+1``, ...; with :class:`Exhaustive`,
+    parts by prefix of its search (four per worker), each searching up to *schedules*, which
+    together run each schedule of the whole search once. The failure reported is that of the
+    first failing part in that order (those after it are cancelled), as that part's strategy
+    and seed find it in one process: same token, same replay. Needs Dask
+    (``pip install 'avcm[cluster]'``), imported only then; the scenario is sent to the
+    workers (by reference if importable, else pickled by value). *on_progress* is called as
+    parts end. :class:`~avcm.InvalidError` for *workers* not a whole number of at least 1,
+    a *scheduler* that is not an address, or both; :class:`ClusterError`
+    (``ECONNREFUSED``) for a scheduler that does not answer; nothing run either way.
+    """
+    if workers is not None or scheduler is not None:
+        from ._parallel import explore_parallel
+
+        return explore_parallel(
+            scenario,
+            strategy=strategy,
+            schedules=schedules,
+            backend=backend,
+            limits=limits,
+            shrink=shrink,
+            shrink_budget=shrink_budget,
+            command=command,
+            on_progress=on_progress,
+            until_covered=until_covered,
+            workers=workers,
+            scheduler=scheduler,
+        )
     return run_on_virtual_time(
         backend,
         partial(
@@ -482,11 +522,19 @@ def check(
     schedules: int = 1000,
     backend: str = "trio",
     limits: Limits | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Exploration:
     """Like :func:`explore`, but raise :class:`RaceFound` (an ``AssertionError``) on a failure:
-    a race test in one line."""
+    a race test in one line. *workers* and *scheduler*: as for :func:`explore`."""
     result = explore(
-        scenario, strategy=strategy, schedules=schedules, backend=backend, limits=limits
+        scenario,
+        strategy=strategy,
+        schedules=schedules,
+        backend=backend,
+        limits=limits,
+        workers=workers,
+        scheduler=scheduler,
     )
     if result.failure is not None:
         raise RaceFound(result.failure)

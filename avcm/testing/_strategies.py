@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
+from .. import InvalidError
 from ..lowlevel import check_int
 from ._errors import ReplayDivergedError
 
@@ -54,6 +55,15 @@ class Strategy(ABC):
 
     def finished(self, steps: int) -> None:  # noqa: B027 - optional feedback
         """Told how many steps the schedule just run took."""
+
+    def with_seed(self, seed: int) -> Strategy:
+        """A new strategy like this one as it was made (nothing learnt), with *seed*: what a
+        parallel exploration runs on each worker. :class:`~avcm.InvalidError` (``EINVAL``) if
+        the strategy has no seed to vary."""
+        raise InvalidError(
+            f"{self!r} cannot be spread over workers: it has no with_seed(seed) to make one "
+            "like it with another seed"
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} seed={self.seed}>"
@@ -111,6 +121,9 @@ class RandomWalk(Strategy):
         self.steps = 8
         self.name = _named("random", self.cancel)
 
+    def with_seed(self, seed: int) -> RandomWalk:
+        return RandomWalk(seed, cancel=self.cancel)
+
     def chooser(self, schedule: int) -> Chooser:
         cancels = _cancels("random", self.seed, schedule, self.cancel, self.steps)
         return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"), cancels)
@@ -166,9 +179,12 @@ class PCT(Strategy):
     def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8, cancel: int = 0) -> None:
         self.seed = check_int(seed, "PCT seed", 0)
         self.depth = check_int(depth, "PCT depth", 1, 64)
-        self.steps = check_int(steps, "PCT steps", 1)
+        self.steps = self._first_steps = check_int(steps, "PCT steps", 1)
         self.cancel = check_int(cancel, "PCT cancel", 0, 64)
         self.name = _named(f"pct-d{self.depth}", self.cancel)
+
+    def with_seed(self, seed: int) -> PCT:
+        return PCT(seed, depth=self.depth, steps=self._first_steps, cancel=self.cancel)
 
     def chooser(self, schedule: int) -> Chooser:
         rng = random.Random(f"pct:{self.seed}:{self.depth}:{schedule}")
@@ -180,25 +196,40 @@ class PCT(Strategy):
 
 
 class _ExhaustiveChooser:
-    __slots__ = ("_prefix", "trace")
+    __slots__ = ("_bound", "_fixed", "_prefix", "problem", "trace")
 
-    def __init__(self, prefix: list[int]) -> None:
+    def __init__(self, prefix: Sequence[int], fixed: int = 0, bound: int = 0) -> None:
         self._prefix = prefix
+        # the first *fixed* positions are a prefix the search was restricted to: the user's,
+        # checked here against the run (with *bound* preemptions at most), not backtracked
+        self._fixed = fixed
+        self._bound = bound
+        self.problem: str | None = None
         # per step: (how many could run, position chosen, whether position 0 was the task
         # that ran last, preemptions before this step)
         self.trace: list[tuple[int, int, bool, int]] = []
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         position = self._prefix[step] if step < len(self._prefix) else 0
-        if position >= len(enabled):
-            raise ReplayDivergedError(
-                f"exhaustive search: step {step} has {len(enabled)} choices, an earlier run "
-                f"had more: the scenario is not deterministic"
-            )
         preemptions = 0
         if self.trace:
             _, last_position, last_continuing, preemptions = self.trace[-1]
             preemptions += last_continuing and last_position > 0
+        if step < self._fixed and self.problem is None:
+            if position >= len(enabled):
+                self.problem = f"step {step} has {len(enabled)} choice(s), not {position + 1}"
+            elif position and continuing and preemptions >= self._bound:
+                self.problem = (
+                    f"position {position} at step {step} is preemption {preemptions + 1}, "
+                    f"beyond the bound of {self._bound}"
+                )
+            if self.problem is not None:
+                position = 0  # the run goes on; the strategy refuses the prefix after it
+        elif position >= len(enabled):
+            raise ReplayDivergedError(
+                f"exhaustive search: step {step} has {len(enabled)} choices, an earlier run "
+                f"had more: the scenario is not deterministic"
+            )
         self.trace.append((len(enabled), position, continuing, preemptions))
         return position
 
@@ -209,26 +240,72 @@ class Exhaustive(Strategy):
     A preemption is running another task while the one that ran last could go on. The search
     is complete for a deterministic scenario: when it ends without a failure, no schedule within
     the bound fails. Small scenarios only: the count grows quickly with tasks and steps.
+
+    With a *prefix* (a position for each of the first steps, as :meth:`branches` gives them),
+    only the schedules that begin with it: the search split into parts that can run apart
+    (on other processes, by :func:`explore`'s *workers*). The parts a search is split into by
+    :meth:`branches`, all the way down from ``()``, run every schedule of the whole search once.
+    A prefix is checked against the scenario by the first schedule: a position past the tasks
+    that can run, a preemption beyond the bound, or a prefix longer than the run is
+    :class:`~avcm.InvalidError` (``EINVAL``) after that one schedule, and nothing is explored.
     """
 
-    def __init__(self, preemption_bound: int = 2) -> None:
+    def __init__(self, preemption_bound: int = 2, *, prefix: Sequence[int] = ()) -> None:
         self.preemption_bound = check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
+        if isinstance(prefix, (str, bytes)) or not isinstance(prefix, Sequence):
+            raise InvalidError(f"Exhaustive prefix must be a sequence of positions, not {prefix!r}")
+        self.prefix = tuple(check_int(p, "Exhaustive prefix position", 0) for p in prefix)
         self.seed = 0
         self.name = f"exhaustive-p{self.preemption_bound}"
         self._last: _ExhaustiveChooser | None = None
+        self._checked = False
+
+    def __repr__(self) -> str:
+        prefix = f" prefix={list(self.prefix)}" if self.prefix else ""
+        return f"<Exhaustive {self.name}{prefix}>"
 
     def chooser(self, schedule: int) -> Chooser | None:
         if schedule == 0 or self._last is None:
-            self._last = _ExhaustiveChooser([])
+            self._checked = False
+            self._last = _ExhaustiveChooser(self.prefix, len(self.prefix), self.preemption_bound)
             return self._last
         trace = self._last.trace
-        for depth in range(len(trace) - 1, -1, -1):
+        for depth in range(len(trace) - 1, len(self.prefix) - 1, -1):
             choices, position, continuing, preemptions = trace[depth]
             cost = preemptions + continuing  # every alternative to position 0 preempts
             if position + 1 < choices and cost <= self.preemption_bound:
                 prefix = [step[1] for step in trace[:depth]] + [position + 1]
                 self._last = _ExhaustiveChooser(prefix)
                 return self._last
+        return None
+
+    def finished(self, steps: int) -> None:
+        last = self._last
+        if self._checked or last is None:
+            return
+        self._checked = True
+        problem = last.problem
+        if problem is None and len(self.prefix) > len(last.trace):
+            problem = f"the run took {len(last.trace)} steps, the prefix has {len(self.prefix)}"
+        if problem is not None:
+            raise InvalidError(
+                f"Exhaustive prefix {list(self.prefix)} begins no schedule of this scenario: "
+                f"{problem}"
+            )
+
+    def branches(self) -> list[tuple[int, ...]] | None:
+        """After the first schedule of this search (its prefix, then no preemption): the
+        prefixes one step longer at the first step that has a choice within the bound, which
+        divide this search's schedules between them, each to one; ``None`` if it has one
+        schedule only. A search that has not run a schedule yet has no branches: ``None``."""
+        if self._last is None:
+            return None
+        trace = self._last.trace
+        for depth in range(len(self.prefix), len(trace)):
+            choices, _, continuing, preemptions = trace[depth]
+            if choices > 1 and preemptions + continuing <= self.preemption_bound:
+                before = tuple(step[1] for step in trace[:depth])
+                return [(*before, position) for position in range(choices)]
         return None
 
 

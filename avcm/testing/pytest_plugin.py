@@ -13,17 +13,25 @@ A failure raises :class:`~avcm.testing.RaceFound` with the shrunk timeline and t
 that replays it: ``python -m pytest /path/test.py::test --avcm-replay TOKEN --avcm-check K``
 (the K-th ``race.check`` of the test replays the token; the others explore as before).
 ``--avcm-schedules N`` overrides the number of schedules of every ``race.check``;
-``--avcm-seed S`` the strategy's seed.
+``--avcm-seed S`` the strategy's seed. ``--avcm-workers N`` explores on a local Dask cluster of
+N processes, ``--avcm-scheduler ADDRESS`` on an existing one (``pip install 'avcm[cluster]'``):
+the schedules spread over the workers as :func:`~avcm.testing.explore` does with *workers*
+(without a strategy, a portfolio of PCT and random walk from seed S), and a failure's replay
+command is the same, replayed in one process.
 """
 
 from __future__ import annotations
 
 import shlex
+from functools import partial
 
+import anyio.to_thread
 import pytest
+import sniffio
 
 from ._errors import RaceFound
 from ._explore import PYTHON, Exploration, Limits, Scenario, explore_async, replay_async
+from ._parallel import explore_parallel
 from ._strategies import PCT, Strategy
 
 __all__ = ["RaceFixture", "race"]
@@ -50,6 +58,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="schedules per race.check (default: what the test asks for)",
     )
     group.addoption("--avcm-seed", type=int, default=0, metavar="S", help="strategy seed")
+    group.addoption(
+        "--avcm-workers",
+        type=int,
+        metavar="N",
+        help="explore on a local Dask cluster of N worker processes",
+    )
+    group.addoption(
+        "--avcm-scheduler",
+        metavar="ADDRESS",
+        help="explore on the Dask cluster of this scheduler (tcp://HOST:8786)",
+    )
 
 
 class RaceFixture:
@@ -60,8 +79,16 @@ class RaceFixture:
         self._replay_check: int = config.getoption("--avcm-check")
         self._schedules: int | None = config.getoption("--avcm-schedules")
         self._seed: int = config.getoption("--avcm-seed")
+        self._workers: int | None = config.getoption("--avcm-workers")
+        self._scheduler: str | None = config.getoption("--avcm-scheduler")
         if self._schedules is not None and self._schedules < 1:
             raise pytest.UsageError(f"--avcm-schedules must be >= 1, not {self._schedules}")
+        if self._workers is not None and self._workers < 1:
+            raise pytest.UsageError(f"--avcm-workers must be >= 1, not {self._workers}")
+        if self._workers is not None and self._scheduler is not None:
+            raise pytest.UsageError(
+                "--avcm-workers sizes a local cluster; the cluster at --avcm-scheduler has its own"
+            )
         if self._replay_check < 1:
             raise pytest.UsageError(f"--avcm-check must be >= 1, not {self._replay_check}")
         self._node = node
@@ -87,13 +114,33 @@ class RaceFixture:
             if failure is not None:
                 raise RaceFound(failure)
             return None
-        result = await explore_async(
-            scenario,
-            strategy=strategy or PCT(self._seed),
-            schedules=self._schedules or schedules,
-            limits=limits,
-            command=command,
-        )
+        if self._workers is not None or self._scheduler is not None:
+            result = await anyio.to_thread.run_sync(
+                partial(
+                    explore_parallel,
+                    scenario,
+                    strategy=strategy,
+                    schedules=self._schedules or schedules,
+                    backend=sniffio.current_async_library(),
+                    limits=limits,
+                    shrink=True,
+                    shrink_budget=500,
+                    command=command,
+                    on_progress=None,
+                    until_covered=None,
+                    workers=self._workers,
+                    scheduler=self._scheduler,
+                    seed=self._seed,
+                )
+            )
+        else:
+            result = await explore_async(
+                scenario,
+                strategy=strategy or PCT(self._seed),
+                schedules=self._schedules or schedules,
+                limits=limits,
+                command=command,
+            )
         if result.failure is not None:
             raise RaceFound(result.failure)
         return result

@@ -1,0 +1,445 @@
+"""Exploring on many processes: the schedules of an exploration, or the scenarios of the
+conformance suite, spread over the workers of a Dask cluster (an embedded ``LocalCluster`` by
+default, or an existing scheduler's) and the results merged.
+
+Every part is an exploration one process could run by itself: one strategy with one seed (by
+default a portfolio, as Coyote runs one: PCT at depths 1 to 3 and a random walk, with distinct
+seeds), or for :class:`Exhaustive` one prefix of its search. So a failure's token is the one
+``explore(scenario, strategy=...)`` with that part's strategy and seed gives in one process, and
+it replays anywhere. Of the parts that fail, the first in the order of the parts is reported,
+whichever finished first: what is reported does not depend on timing.
+
+Dask is imported here only, and only when a cluster is made: ``pip install 'avcm[cluster]'``.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, TypeVar
+
+from .. import InvalidError, NotSupportedError
+from ..lowlevel import check_int
+from ._clock import run_on_virtual_time
+from ._conformance import SCENARIOS, ConformanceReport, Factory, check_conformance
+from ._errors import ClusterError, ConformanceFailure
+from ._explore import Exploration, Failure, Limits, Scenario, _run_once, explore
+from ._strategies import PCT, Exhaustive, RandomWalk, Strategy
+from ._timeline import TaskOutcome
+
+__all__ = [
+    "PORTFOLIO",
+    "Cluster",
+    "check_conformance_parallel",
+    "exhaustive_prefixes",
+    "explore_parallel",
+]
+
+_T = TypeVar("_T")
+
+PORTFOLIO: tuple[Callable[[int], Strategy], ...] = (
+    partial(PCT, depth=1),
+    partial(PCT, depth=2),
+    partial(PCT, depth=3),
+    RandomWalk,
+)
+"""What a parallel exploration without a strategy runs, part *i* with ``PORTFOLIO[i % 4]``
+and seed ``seed + i // 4``: different strategies find different bugs first."""
+
+# parts of an exhaustive search per worker: subtrees differ in size, so more parts than
+# workers keep every worker busy to the end
+_PREFIXES_PER_WORKER = 4
+
+
+class Cluster:
+    """A Dask client, of the cluster whose scheduler is at *scheduler* (``tcp://HOST:8786``),
+    or of an embedded ``LocalCluster`` of *workers* processes (one per core by default), one
+    thread each (a run is one event loop: threads would only contend for the GIL). With
+    *from_environment*, no *scheduler* means Dask's own setting (``DASK_SCHEDULER_ADDRESS``)
+    before a local cluster. Close it (or use it as a context manager): a local cluster stops.
+
+    Raises:
+        avcm.InvalidError: *workers* not a whole number of at least 1, *scheduler* not an
+            address, or both given (a scheduler's cluster has its own workers).
+        avcm.NotSupportedError: Dask is not installed.
+        ClusterError: the scheduler does not answer, or the local cluster does not start.
+    """
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        *,
+        from_environment: bool = False,
+    ) -> None:
+        self.client: Any = None
+        self._cluster: Any = None
+        _check_workers(workers, scheduler, both=from_environment)
+        try:
+            # typed as Any: distributed's API is only partly annotated
+            dask: Any = importlib.import_module("dask")
+            distributed: Any = importlib.import_module("distributed")
+        except ImportError:
+            raise NotSupportedError(
+                "running on workers needs Dask: pip install 'avcm[cluster]'"
+            ) from None
+        address = scheduler
+        if address is None and from_environment:
+            address = dask.config.get("scheduler-address", None)
+        try:
+            if address is None:
+                count = workers or os.cpu_count() or 1
+                self._cluster = distributed.LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    # any free port: the scheduler's HTTP server runs even without a
+                    # dashboard, and the default 8787 may be another cluster's
+                    dashboard_address=":0",
+                    silence_logs=logging.CRITICAL,
+                )
+                self.client = distributed.Client(self._cluster)
+                # else the first parts all go to the first worker that is up
+                self.client.wait_for_workers(count, timeout=60)
+                self.description = f"a local Dask cluster of {count} worker processes"
+            else:
+                self.client = distributed.Client(address)
+                self.description = f"the Dask cluster at {address}"
+        except (OSError, TimeoutError, ValueError) as error:
+            self.close()
+            where = address or "a local cluster"
+            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {error}") from None
+        self.workers: int = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self.client = self._cluster = None
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        parts: Sequence[Callable[[], _T]],
+        failed: Callable[[_T], bool],
+        on_result: Callable[[_T], object] = lambda result: None,
+    ) -> list[_T]:
+        """Run each of *parts* on a worker; return the results in the order of *parts*, up to
+        and including the first that *failed* (by that order, not by time: the parts after it
+        are cancelled, those before it waited for). A part that raises: the error is raised
+        here, the others cancelled."""
+        client = self.client
+        futures = [client.submit(_call, part, pure=False) for part in parts]
+        index = {future.key: i for i, future in enumerate(futures)}
+        results: dict[int, _T] = {}
+        first_failed = len(parts)
+        distributed: Any = importlib.import_module("distributed")
+        try:
+            for future in distributed.as_completed(futures):
+                i = index[future.key]
+                if i > first_failed or future.cancelled():
+                    continue
+                result = future.result()
+                results[i] = result
+                on_result(result)
+                if failed(result) and i < first_failed:
+                    first_failed = i
+                    client.cancel(futures[i + 1 :])
+                if all(j in results for j in range(min(first_failed + 1, len(parts)))):
+                    break
+        finally:
+            client.cancel([f for i, f in enumerate(futures) if i not in results])
+        return [results[i] for i in sorted(results) if i <= first_failed]
+
+
+def _call(part: Callable[[], _T]) -> _T:
+    """What a worker runs."""
+    return part()
+
+
+class _Shown:
+    """A task's value that cannot leave the worker's process (an avcm object stands for an
+    allocation, and refuses to be pickled), as the timeline shows it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _portable(outcome: TaskOutcome) -> TaskOutcome:
+    try:
+        pickle.dumps(outcome.value)
+    except Exception:
+        return replace(outcome, value=_Shown(repr(outcome.value)))
+    return outcome
+
+
+def _sendable(failure: Failure | None) -> Failure | None:
+    """*failure* as it can be sent back from a worker, and shown and replayed the same."""
+    if failure is None:
+        return None
+    timeline = failure.timeline
+    outcomes = tuple(_portable(outcome) for outcome in timeline.outcomes)
+    return replace(failure, timeline=replace(timeline, outcomes=outcomes))
+
+
+@dataclass(frozen=True)
+class _ExplorePart:
+    """One exploration of a parallel one, as one process would run it."""
+
+    scenario: Scenario
+    strategy: Strategy
+    schedules: int
+    backend: str
+    limits: Limits | None
+    shrink: bool
+    shrink_budget: int
+    command: str | None
+    until_covered: int | None
+
+    def __call__(self) -> Exploration:
+        result = explore(
+            self.scenario,
+            strategy=self.strategy,
+            schedules=self.schedules,
+            backend=self.backend,
+            limits=self.limits,
+            shrink=self.shrink,
+            shrink_budget=self.shrink_budget,
+            command=self.command,
+            until_covered=self.until_covered,
+        )
+        return replace(result, failure=_sendable(result.failure))
+
+
+async def _split_async(
+    scenario: Scenario, root: Exhaustive, parts: int, limits: Limits
+) -> list[tuple[int, ...]]:
+    """Prefixes below *root*'s that divide its search between them, at least *parts* of them
+    where the search has that many schedules: each found by running one schedule (the prefix,
+    then no preemption) and taking the branches at its first choice, shortest prefixes
+    first."""
+    queue: collections.deque[tuple[int, ...]] = collections.deque([root.prefix])
+    whole: list[tuple[int, ...]] = []  # prefixes of one schedule only
+    while queue and len(queue) + len(whole) < parts:
+        prefix = queue.popleft()
+        search = Exhaustive(root.preemption_bound, prefix=prefix)
+        chooser = search.chooser(0)
+        assert chooser is not None  # the first schedule of a search always exists
+        run, _ = await _run_once(scenario, chooser, limits)
+        search.finished(run.steps)  # a root prefix that begins no schedule is refused here
+        branches = search.branches()
+        if branches is None:
+            whole.append(prefix)
+        else:
+            queue.extend(branches)
+    # in the order the search itself would take them: depth first, position 0 first
+    return sorted([*whole, *queue])
+
+
+def exhaustive_prefixes(
+    scenario: Scenario,
+    strategy: Exhaustive,
+    parts: int,
+    *,
+    backend: str = "trio",
+    limits: Limits | None = None,
+) -> list[tuple[int, ...]]:
+    """Prefixes that split *strategy*'s search (below its own prefix) into at least *parts*
+    searches where it has that many schedules; together they run each of its schedules
+    once. Runs a schedule of *scenario* for each prefix it splits.
+
+    Raises:
+        avcm.InvalidError: *strategy*'s prefix begins no schedule of *scenario*.
+    """
+    check_int(parts, "parts", 1)
+    limits = Limits() if limits is None else limits
+    return run_on_virtual_time(backend, partial(_split_async, scenario, strategy, parts, limits))
+
+
+def _check_workers(workers: object, scheduler: object, *, both: bool = False) -> None:
+    """Bad input refused before a cluster is made (*both*: a scheduler and workers may be
+    given together, the workers for a local cluster if no scheduler is set)."""
+    if workers is not None:
+        check_int(workers, "workers", 1)
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise InvalidError(
+            f"scheduler must be an address such as tcp://HOST:8786, not {scheduler!r}"
+        )
+    if workers is not None and scheduler is not None and not both:
+        raise InvalidError("workers sizes a local cluster; the cluster at a scheduler has its own")
+
+
+def _strategies(strategy: Strategy | None, seed: int, workers: int) -> list[Strategy]:
+    if strategy is None:
+        count = max(workers, len(PORTFOLIO))
+        return [PORTFOLIO[i % len(PORTFOLIO)](seed + i // len(PORTFOLIO)) for i in range(count)]
+    return [strategy.with_seed(strategy.seed + i) for i in range(workers)]
+
+
+def _merge(parts: list[Exploration], total: int) -> Exploration:
+    """One exploration of *parts* (in their order; the last one failed if any did); *total*
+    parts were planned, so it is exhausted only if every one of them ran and was."""
+    failing = parts[-1] if parts[-1].failure is not None else None
+    names = list(dict.fromkeys(part.strategy for part in parts))
+    points: collections.Counter[str] = collections.Counter()
+    for part in parts:
+        points.update(dict(part.points))
+    return Exploration(
+        scenario=parts[0].scenario,
+        strategy=names[0] if len(names) == 1 else f"portfolio of {', '.join(names)}",
+        seed=(failing or parts[0]).seed,
+        backend=parts[0].backend,
+        schedules=sum(part.schedules for part in parts),
+        exhausted=len(parts) == total and all(part.exhausted for part in parts),
+        failure=None if failing is None else failing.failure,
+        max_steps_seen=max(part.max_steps_seen for part in parts),
+        distinct_schedules=sum(part.distinct_schedules for part in parts),
+        points=tuple(sorted(points.items())),
+        covered=len(parts) == total and all(part.covered for part in parts),
+        parts=tuple(parts),
+    )
+
+
+def explore_parallel(
+    scenario: Scenario,
+    *,
+    strategy: Strategy | None,
+    schedules: int,
+    backend: str,
+    limits: Limits | None,
+    shrink: bool,
+    shrink_budget: int,
+    command: str | None,
+    on_progress: Callable[[int], object] | None,
+    until_covered: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    seed: int = 0,
+) -> Exploration:
+    """:func:`~avcm.testing.explore` with *workers* or *scheduler*: see there."""
+    check_int(schedules, "schedules", 1)
+    check_int(seed, "seed", 0)
+    if strategy is not None and not isinstance(strategy, Strategy):
+        raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
+    if strategy is not None and not isinstance(strategy, Exhaustive):
+        strategy.with_seed(strategy.seed)  # refused here, before a cluster is made
+    with Cluster(scheduler, workers) as cluster:
+        if isinstance(strategy, Exhaustive):
+            prefixes = exhaustive_prefixes(
+                scenario,
+                strategy,
+                cluster.workers * _PREFIXES_PER_WORKER,
+                backend=backend,
+                limits=limits,
+            )
+            # a bound on each part's search, which is complete only within it
+            strategies: list[Strategy] = [
+                Exhaustive(strategy.preemption_bound, prefix=prefix) for prefix in prefixes
+            ]
+            each = schedules
+        else:
+            strategies = _strategies(strategy, seed, cluster.workers)
+            each = -(-schedules // len(strategies))  # the schedules, shared out
+        part = _ExplorePart(
+            scenario, PCT(), each, backend, limits, shrink, shrink_budget, command, until_covered
+        )
+        ran = 0
+
+        def progress(result: Exploration) -> None:
+            nonlocal ran
+            ran += result.schedules
+            if on_progress is not None:
+                on_progress(ran)
+
+        results = cluster.run(
+            [replace(part, strategy=each_strategy) for each_strategy in strategies],
+            lambda result: result.failure is not None,
+            progress,
+        )
+    return _merge(results, len(strategies))
+
+
+@dataclass(frozen=True)
+class _ConformancePart:
+    factory: Factory
+    backend: str
+    schedules: int
+    seed: int
+    scenario: str
+    factory_spec: str | None
+
+    def __call__(self) -> ConformanceReport:
+        try:
+            report = check_conformance(
+                self.factory,
+                backend=self.backend,
+                schedules=self.schedules,
+                seed=self.seed,
+                only=self.scenario,
+                factory_spec=self.factory_spec,
+            )
+        except ConformanceFailure as failure:
+            report = failure.report
+        results = tuple(replace(r, failure=_sendable(r.failure)) for r in report.results)
+        return replace(report, results=results)
+
+
+def check_conformance_parallel(
+    factory: Factory,
+    *,
+    backend: str,
+    schedules: int,
+    seed: int,
+    only: str | None,
+    factory_spec: str | None,
+    on_progress: Callable[[int], object] | None,
+    workers: int | None,
+    scheduler: str | None,
+) -> ConformanceReport:
+    """:func:`~avcm.testing.check_conformance` with *workers* or *scheduler*: each scenario
+    on a worker, as one process runs it; the same report."""
+    check_int(schedules, "schedules", 1)
+    if only is not None and only not in SCENARIOS:
+        raise InvalidError(
+            f"conformance: no scenario {only!r} (choose from {', '.join(SCENARIOS)})"
+        )
+    names = [only] if only is not None else list(SCENARIOS)
+    parts = [
+        _ConformancePart(factory, backend, schedules, seed, name, factory_spec) for name in names
+    ]
+    ran = 0
+
+    def progress(report: ConformanceReport) -> None:
+        nonlocal ran
+        ran += sum(result.schedules for result in report.results)
+        if on_progress is not None:
+            on_progress(ran)
+
+    with Cluster(scheduler, workers) as cluster:
+        # every scenario runs to its end, as in one process: none is "first" to fail
+        reports = cluster.run(parts, lambda report: False, progress)
+    report = ConformanceReport(
+        driver=reports[0].driver,
+        backend=reports[0].backend,
+        results=tuple(result for each in reports for result in each.results),
+    )
+    if not report.passed:
+        raise ConformanceFailure(report)
+    return report

@@ -1,0 +1,355 @@
+"""Exploring on many processes: Exhaustive split by prefix (the parts are the whole search, each
+schedule once), explorations and the conformance suite on a real 2-process Dask cluster (a
+portfolio of strategies and seeds, the failure reported the one a single process finds with
+that strategy and seed, replayed in a fresh process), the pytest plugin and the command line on
+it, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import avcm
+from avcm import testing
+from tests.races import SEED
+from tests.test_race_finder import counting_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+LEAKY = "tests.broken_drivers:leaky"
+
+
+# -- Exhaustive by prefix: no cluster needed -------------------------------------------------
+
+
+def split_search(
+    k: int, bound: int, parts: int, backend: str
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], int]:
+    """The schedules of each part of the search, one after another, and of the whole search;
+    and how many prefixes there were."""
+    whole: list[tuple[int, ...]] = []
+    single = testing.explore(
+        counting_tasks(k, whole), strategy=testing.Exhaustive(bound), schedules=10_000,
+        backend=backend,
+    )  # fmt: skip
+    assert single.exhausted and single.schedules == len(whole)
+    prefixes = testing.exhaustive_prefixes(
+        counting_tasks(k), testing.Exhaustive(bound), parts, backend=backend
+    )
+    split: list[tuple[int, ...]] = []
+    for prefix in prefixes:
+        part = testing.explore(
+            counting_tasks(k, split), strategy=testing.Exhaustive(bound, prefix=prefix),
+            schedules=10_000, backend=backend,
+        )  # fmt: skip
+        assert part.exhausted and not part.found
+    return split, whole, len(prefixes)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("parts", [2, 5, 50])
+def test_exhaustive_prefixes_partition_the_search(backend: str, parts: int) -> None:
+    for k in (1, 2, 3):
+        split, whole, count = split_search(k, 32, parts, backend)
+        # every interleaving of two tasks of k + 1 steps, each once, in the search's own order
+        assert len(split) == len(set(split)) == math.comb(2 * k + 2, k + 1)
+        assert split == whole
+        assert count >= min(parts, len(whole))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exhaustive_prefixes_partition_a_bounded_search(backend: str) -> None:
+    for bound in (0, 1, 2):
+        split, whole, count = split_search(3, bound, 6, backend)
+        assert split == whole and len(set(split)) == len(split) and count > 1
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_prefix_below_a_prefix_splits_its_part_only(backend: str) -> None:
+    [first, *_] = testing.exhaustive_prefixes(
+        counting_tasks(3), testing.Exhaustive(32), 2, backend=backend
+    )
+    below = testing.exhaustive_prefixes(
+        counting_tasks(3), testing.Exhaustive(32, prefix=first), 4, backend=backend
+    )
+    assert len(below) >= 4 and all(prefix[: len(first)] == first for prefix in below)
+    part = testing.explore(
+        counting_tasks(3), strategy=testing.Exhaustive(32, prefix=first), schedules=10_000,
+        backend=backend,
+    )  # fmt: skip
+    total = 0
+    for prefix in below:
+        total += testing.explore(
+            counting_tasks(3), strategy=testing.Exhaustive(32, prefix=prefix),
+            schedules=10_000, backend=backend,
+        ).schedules  # fmt: skip
+    assert total == part.schedules
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("bound", "prefix", "message"),
+    [
+        (32, (0, 2), "step 1 has 2 choice(s), not 3"),
+        (32, (0,) * 9, "the run took 8 steps, the prefix has 9"),
+        (0, (0, 1), "position 1 at step 1 is preemption 1, beyond the bound of 0"),
+    ],
+)
+def test_a_prefix_that_begins_no_schedule_is_refused(
+    backend: str, bound: int, prefix: tuple[int, ...], message: str
+) -> None:
+    schedules: list[tuple[int, ...]] = []
+    with pytest.raises(avcm.InvalidError, match="begins no schedule") as info:
+        testing.explore(
+            counting_tasks(3, schedules), strategy=testing.Exhaustive(bound, prefix=prefix),
+            schedules=100, backend=backend,
+        )  # fmt: skip
+    assert message in str(info.value) and info.value.errno == errno.EINVAL
+    assert len(schedules) == 1  # the one schedule that shows it, and no exploration
+    with pytest.raises(avcm.InvalidError, match="begins no schedule"):
+        testing.exhaustive_prefixes(
+            counting_tasks(3), testing.Exhaustive(bound, prefix=prefix), 4, backend=backend
+        )
+
+
+@pytest.mark.parametrize("prefix", [(-1,), (0, "1"), "01", 3, (True,)])
+def test_a_prefix_that_is_no_list_of_positions_is_refused_at_once(prefix: Any) -> None:
+    with pytest.raises(avcm.InvalidError) as info:
+        testing.Exhaustive(2, prefix=prefix)
+    assert info.value.errno == errno.EINVAL
+
+
+# -- on a real cluster -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """Two worker processes, as the embedded cluster has on a 2-core machine; shared by the
+    tests of this module (a cluster takes seconds to start)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as local:
+        yield str(local.scheduler_address)
+
+
+def single_process(name: str, seed: int, schedules: int) -> testing.Exploration:
+    """The exploration one process runs with the portfolio strategy *name* and *seed*."""
+    maker = {"pct-d1": 0, "pct-d2": 1, "pct-d3": 2, "random": 3}[name]
+    strategy = testing.PORTFOLIO[maker](seed)
+    return testing.explore(SEED["deactivate_underflow"], strategy=strategy, schedules=schedules)
+
+
+def test_a_portfolio_reports_the_first_failing_part_as_one_process_finds_it(
+    cluster: str,
+) -> None:
+    """PCT of depth 1 never preempts and does not find this race; depth 2 finds it after
+    depth 3 and the random walk do, but it comes first in the portfolio: what is reported does
+    not depend on which worker finished first. Its token is the one PCT(0, depth=2) gives in
+    one process, and the printed command replays it in a fresh one."""
+    result = testing.explore(SEED["deactivate_underflow"], schedules=200, scheduler=cluster)
+    assert [(p.strategy, p.seed, p.found) for p in result.parts] == [
+        ("pct-d1", 0, False),
+        ("pct-d2", 0, True),
+    ]
+    assert result.parts[0].schedules == 50  # 200 schedules shared between 4 parts
+    assert result.schedules == 50 + result.parts[1].schedules
+    assert result.strategy == "portfolio of pct-d1, pct-d2" and not result.exhausted
+    failure = result.failure
+    assert failure is not None
+    alone = single_process("pct-d2", 0, 50).failure
+    assert alone is not None and str(failure.token) == str(alone.token)
+    assert failure.report() == alone.report()
+
+    command = failure.replay_command
+    assert command.startswith(f"{shlex.quote(sys.executable)} -m avcm.testing replay")
+    again = subprocess.run(
+        command, shell=True, cwd=ROOT, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert failure.timeline.format() in again.stdout
+
+
+def test_a_strategy_spreads_over_the_workers_with_distinct_seeds(cluster: str) -> None:
+    ran: list[int] = []
+    result = testing.explore(
+        SEED["deactivate_underflow"], strategy=testing.RandomWalk(5), schedules=20,
+        scheduler=cluster, on_progress=ran.append,
+    )  # fmt: skip
+    parts = [(p.strategy, p.seed, p.schedules) for p in result.parts]
+    failure = result.failure
+    assert failure is not None and parts[-1][:2] == ("random", failure.token.seed)
+    assert [seed for _, seed, _ in parts] == [5, 6][: len(parts)]
+    assert ran and ran[-1] >= result.schedules  # parts cancelled late count as run too
+    alone = testing.explore(
+        SEED["deactivate_underflow"], strategy=testing.RandomWalk(failure.token.seed),
+        schedules=10,
+    )  # fmt: skip
+    assert alone.failure is not None and str(alone.failure.token) == str(failure.token)
+
+
+def test_an_exhaustive_search_on_workers_runs_each_schedule_once(cluster: str) -> None:
+    result = testing.explore(
+        counting_tasks(3), strategy=testing.Exhaustive(32), schedules=1000, scheduler=cluster
+    )
+    assert result.exhausted and not result.found
+    assert result.schedules == result.distinct_schedules == math.comb(8, 4)
+    assert len(result.parts) >= 8  # four parts per worker
+    assert {p.strategy for p in result.parts} == {"exhaustive-p32"}
+
+
+def test_check_raises_race_found_from_the_workers(cluster: str) -> None:
+    with pytest.raises(testing.RaceFound) as info:
+        testing.check(SEED["two_binds_win"], schedules=8, scheduler=cluster)
+    assert info.value.failure.token.strategy == "pct-d1"  # the first part finds it at once
+
+
+def test_conformance_on_workers_is_the_report_of_one_process(cluster: str) -> None:
+    from tests.broken_drivers import leaky
+
+    kwargs: dict[str, Any] = {"schedules": 3, "factory_spec": LEAKY}
+    with pytest.raises(testing.ConformanceFailure) as parallel:
+        testing.check_conformance(leaky, scheduler=cluster, **kwargs)
+    with pytest.raises(testing.ConformanceFailure) as alone:
+        testing.check_conformance(leaky, **kwargs)
+
+    # the same report (but for the assertion messages: pytest rewrites the driver's asserts
+    # in this process, not in the workers)
+    def summary(report: testing.ConformanceReport) -> list[tuple[object, ...]]:
+        return [
+            (r.name, r.schedules, r.failure and (str(r.failure.token), r.failure.timeline.format()))
+            for r in report.results
+        ]
+
+    assert summary(parallel.value.report) == summary(alone.value.report)
+
+
+def test_conformance_command_on_workers(cluster: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from avcm.testing._cli import main
+
+    status = main(["conformance", LEAKY, "--schedules", "2", "--scheduler", cluster])
+    out, err = capsys.readouterr()
+    assert status == 1 and "conformance: FAILED" in out, err
+
+
+def test_the_race_fixture_explores_on_workers(cluster: str, tmp_path: Path) -> None:
+    """``--avcm-scheduler`` spreads a race.check over the workers; the failure's replay
+    command (``--avcm-replay``, without the cluster) replays it in one process."""
+    (tmp_path / "test_on_workers.py").write_text(
+        "import pytest\n"
+        "from tests.races import SEED\n\n"
+        "@pytest.mark.trio\n"
+        "async def test_underflow(race, autojump_clock):\n"
+        "    await race.check(SEED['deactivate_underflow'], schedules=200)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+            cwd=tmp_path, env=environment, capture_output=True, text=True, check=False,
+            timeout=300,
+        )  # fmt: skip
+
+    found = pytest_run("test_on_workers.py", "--avcm-scheduler", cluster)
+    assert found.returncode == 1, found.stdout + found.stderr
+    alone = single_process("pct-d2", 0, 50).failure
+    assert alone is not None and f"replay token: {alone.token}" in found.stdout
+    again = pytest_run("test_on_workers.py", "--avcm-replay", str(alone.token))
+    assert again.returncode == 1, again.stdout
+    replayed = f"replayed schedule {alone.token.schedule} (pct-d2, seed 0, trio)"
+    assert replayed in again.stdout and f"replay token: {alone.token}" in again.stdout
+
+    bad = pytest_run("test_on_workers.py", "--avcm-workers", "0")
+    assert bad.returncode != 0 and "--avcm-workers must be >= 1, not 0" in bad.stdout
+
+
+def test_an_embedded_local_cluster_by_default() -> None:
+    pytest.importorskip("distributed")
+    result = testing.explore(SEED["two_binds_win"], schedules=4, workers=2)
+    assert [p.strategy for p in result.parts] == ["pct-d1"] and result.found
+
+
+# -- bad input: nothing runs -------------------------------------------------------------------
+
+
+def never_run(run: testing.Run) -> Any:
+    raise AssertionError("a scenario that bad input must not run")
+
+
+class NoSeed(testing.Strategy):
+    name, seed = "mine", 0
+
+    def chooser(self, schedule: int) -> testing.Chooser | None:
+        raise AssertionError("never asked")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"workers": 0}, avcm.InvalidError, "workers"),
+        ({"workers": "2"}, avcm.InvalidError, "workers"),
+        ({"workers": 2.5}, avcm.InvalidError, "workers"),
+        ({"scheduler": ""}, avcm.InvalidError, "not an address|such as tcp"),
+        ({"scheduler": 8786}, avcm.InvalidError, "such as tcp"),
+        ({"workers": 2, "scheduler": "tcp://h:1"}, avcm.InvalidError, "has its own"),
+        ({"workers": 2, "strategy": NoSeed()}, avcm.InvalidError, "cannot be spread"),
+    ],
+)
+def test_bad_workers_or_scheduler_is_refused_before_anything_runs(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as info:
+        testing.explore(never_run, **kwargs)
+    assert isinstance(info.value, avcm.VcmError) and info.value.errno == errno.EINVAL
+
+
+def test_an_unreachable_scheduler_is_a_cluster_error() -> None:
+    dask = pytest.importorskip("dask")
+    fast = dask.config.set({"distributed.comm.timeouts.connect": "0.5s"})
+    with fast, pytest.raises(testing.ClusterError) as info:
+        testing.check(never_run, scheduler="tcp://127.0.0.1:9")
+    assert info.value.errno == errno.ECONNREFUSED
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers: 0 is not in 1..1_024"),
+        (["--workers", "two"], "'two' is not a whole number"),
+        (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),
+    ],
+)
+def test_the_command_line_refuses_bad_workers_in_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avcm.testing._cli import main
+
+    dask = pytest.importorskip("dask")
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        status = main(["conformance", LEAKY, *args])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert message in line
+
+
+def test_importing_avcm_and_avcm_testing_imports_no_dask() -> None:
+    code = (
+        "import sys, avcm, avcm.testing, avcm.testing.pytest_plugin\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert run.stdout.strip() == "[]"
