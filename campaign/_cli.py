@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from avcm.testing import run_main
 
@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     explore.add_argument("--schedules", type=_count, default=200)
     explore.add_argument("--backend", choices=("asyncio", "trio"), default="trio")
+    explore.add_argument(
+        "--exhaustive",
+        type=_checked(int, lambda n: 0 <= n <= 32, "a preemption bound from 0 to 32"),
+        default=None,
+        metavar="BOUND",
+        help="instead of seeds, the exhaustive search with at most BOUND preemptions, split by "
+        "schedule prefix into four parts per worker, each searching up to --schedules (the "
+        "parts together run each schedule once); --runs defaults to the number of parts",
+    )
     _common(explore)
 
     replay = commands.add_parser("replay", help="run a stored failure again, by its id")
@@ -247,7 +256,9 @@ _PORTFOLIO = ("pct", "random")
 
 
 def _explore_units(args: argparse.Namespace) -> Iterator[Unit]:
-    load_spec(args.scenario, "scenario")
+    scenario = load_spec(args.scenario, "scenario")
+    if args.exhaustive is not None:
+        return _exhaustive_units(args, scenario)
     return (
         ExploreUnit(
             args.scenario,
@@ -259,6 +270,39 @@ def _explore_units(args: argparse.Namespace) -> Iterator[Unit]:
         for i in itertools.count()
     )
 
+
+def _exhaustive_units(args: argparse.Namespace, scenario: Any) -> Iterator[Unit]:
+    from avcm import InvalidError, testing
+
+    workers = args.workers or args.jobs or os.cpu_count() or 1
+    try:
+        # a few runs of the scenario here, one per prefix split
+        prefixes = testing.exhaustive_prefixes(
+            scenario,
+            testing.Exhaustive(args.exhaustive),
+            _PREFIXES_PER_WORKER * workers,
+            backend=args.backend,
+        )
+    except (InvalidError, testing.ReplayDivergedError) as error:
+        raise UsageError(f"{args.scenario}: cannot split its search: {error}") from None
+    if args.runs is None and args.duration is None:
+        args.runs = len(prefixes)  # the whole search, not the default run count
+    units = [
+        ExploreUnit(
+            args.scenario,
+            strategy="exhaustive",
+            bound=args.exhaustive,
+            prefix=prefix,
+            schedules=args.schedules,
+            backend=args.backend,
+        )
+        for prefix in prefixes
+    ]
+    return iter(units)
+
+
+# subtrees of a search differ in size: more parts than workers keep every worker busy
+_PREFIXES_PER_WORKER = 4
 
 _UNITS: dict[str, Callable[[argparse.Namespace], Iterator[Unit]]] = {
     "stress": _stress_units,

@@ -5,8 +5,6 @@ scheduler of its own: Dask (or ``concurrent.futures``) places, runs and retries 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import queue
 import signal
 from collections.abc import Iterator
@@ -142,41 +140,22 @@ class DaskExecutor:
     others; a run that kills every worker it is given fails with ``KilledWorker``."""
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        from avcm import NotSupportedError, VcmError, testing
+
         try:
-            # typed as Any: distributed's API is only partly annotated
-            dask: Any = importlib.import_module("dask")
-            distributed: Any = importlib.import_module("distributed")
-        except ImportError:
+            # the same cluster as avcm.testing's explorations on workers
+            self._cluster = testing.Cluster(address, workers, from_environment=True)
+        except NotSupportedError:
             raise ExecutorError(
                 "the cluster engine needs Dask: pip install 'avcm[cluster]' (or use --jobs N "
                 "for local processes)"
             ) from None
-        address = address or dask.config.get("scheduler-address", None)
-        self._cluster: Any = None
-        try:
-            if address is None:
-                count = workers or os.cpu_count() or 1
-                self._cluster = distributed.LocalCluster(
-                    n_workers=count,
-                    threads_per_worker=1,
-                    processes=True,
-                    # any free port: the scheduler's HTTP server runs even without a
-                    # dashboard, and the default 8787 may be another cluster's
-                    dashboard_address=":0",
-                    silence_logs=logging.CRITICAL,
-                )
-                self._client: Any = distributed.Client(self._cluster)
-                # else the first units all go to the first worker that is up
-                self._client.wait_for_workers(count, timeout=60)
-                self.description = f"a local Dask cluster of {count} worker processes"
-            else:
-                self._client = distributed.Client(address)
-                self.description = f"the Dask cluster at {address}"
-        except (OSError, TimeoutError) as error:
-            self.close()
-            where = address or "a local cluster"
-            raise ExecutorError(f"cannot reach the Dask scheduler at {where}: {error}") from None
-        self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
+        except VcmError as error:
+            raise ExecutorError(error.strerror) from None
+        self._client: Any = self._cluster.client
+        self.description = self._cluster.description
+        self.workers = self._cluster.workers
+        distributed: Any = importlib.import_module("distributed")
         self._as_completed = distributed.as_completed(with_results=False)
         self._tags: dict[Any, Any] = {}
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -224,11 +203,8 @@ class DaskExecutor:
             self._client.cancel(futures)
 
     def close(self) -> None:
-        client, cluster = getattr(self, "_client", None), self._cluster
-        if client is not None:
-            if getattr(self, "_subscribed", False):
-                # else the scheduler logs its event of the client's removal to a closed comm
-                client.unsubscribe_topic("all")
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        if getattr(self, "_subscribed", False):
+            # else the scheduler logs its event of the client's removal to a closed comm
+            self._client.unsubscribe_topic("all")
+            self._subscribed = False
+        self._cluster.close()

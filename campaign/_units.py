@@ -294,19 +294,28 @@ class ConformanceUnit(Unit):
         )
 
 
-def _strategy(name: str, seed: int) -> Any:
-    from avcm import testing
+def _strategy(unit: ExploreUnit) -> Any:
+    from avcm import InvalidError, testing
 
-    makers: dict[str, Callable[[int], Any]] = {"pct": testing.PCT, "random": testing.RandomWalk}
-    if name not in makers:
-        raise UnitError(f"strategy {name!r}: choose from {', '.join(makers)}")
-    return makers[name](seed)
+    makers: dict[str, Callable[[], Any]] = {
+        "pct": lambda: testing.PCT(unit.seed),
+        "random": lambda: testing.RandomWalk(unit.seed),
+        "exhaustive": lambda: testing.Exhaustive(unit.bound, prefix=unit.prefix),
+    }
+    if unit.strategy not in makers:
+        raise UnitError(f"strategy {unit.strategy!r}: choose from {', '.join(makers)}")
+    try:
+        return makers[unit.strategy]()
+    except InvalidError as error:
+        raise UnitError(str(error)) from None
 
 
 @dataclass(frozen=True)
 class ExploreUnit(Unit):
     """A race-finder exploration of a scenario (``MODULE:FUNCTION``) with one strategy
-    (``pct`` or ``random``) and seed; with *token*, the replay of one schedule."""
+    (``pct`` or ``random``) and seed, or (``exhaustive``) the part of the exhaustive search
+    with at most *bound* preemptions that begins with *prefix*; with *token*, the replay of one
+    schedule."""
 
     kind: ClassVar[str] = "explore"
     scenario: str
@@ -315,8 +324,16 @@ class ExploreUnit(Unit):
     schedules: int = 200
     backend: str = "trio"
     token: str | None = None
+    bound: int = 2
+    prefix: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # from JSON, a list
+        object.__setattr__(self, "prefix", tuple(self.prefix))
 
     def label(self) -> str:
+        if self.strategy == "exhaustive":
+            return f"explore exhaustive-p{self.bound} prefix {list(self.prefix)}"
         return f"explore {self.strategy} seed {self.seed}"
 
     @property
@@ -324,7 +341,7 @@ class ExploreUnit(Unit):
         return self.scenario
 
     def run(self) -> UnitResult:
-        from avcm import testing
+        from avcm import InvalidError, testing
 
         scenario = load_spec(self.scenario, "scenario")
         started = time.monotonic()
@@ -335,12 +352,15 @@ class ExploreUnit(Unit):
                 raise UnitError(f"replay token: {error}") from None
             ran = 1
         else:
-            exploration = testing.explore(
-                scenario,
-                strategy=_strategy(self.strategy, self.seed),
-                schedules=self.schedules,
-                backend=self.backend,
-            )
+            try:
+                exploration = testing.explore(
+                    scenario,
+                    strategy=_strategy(self),
+                    schedules=self.schedules,
+                    backend=self.backend,
+                )
+            except InvalidError as error:  # a prefix that begins no schedule
+                raise UnitError(f"{self.label()}: {error}") from None
             found, ran = exploration.failure, exploration.schedules
         failure = None
         if found is not None:

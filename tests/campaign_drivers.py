@@ -1,5 +1,5 @@
-"""For the campaign tests: a driver that kills the worker process running it, once, and a
-scenario that always fails."""
+"""For the campaign tests: a driver that kills the worker process running it, once, a
+scenario that always fails and one that never does."""
 
 from __future__ import annotations
 
@@ -38,3 +38,14 @@ async def always_fails(run: testing.Run) -> None:
     error of its own, raised as it is."""
     await run.concurrently(anyio.lowlevel.checkpoint)
     raise AssertionError("counter is 42, expected 41")
+
+
+async def two_counters(run: testing.Run) -> None:
+    """Two tasks of three checkpoints each, which always pass: every way to interleave them is
+    one schedule, C(8, 4) = 70 of them."""
+
+    async def count() -> None:
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(count, count)

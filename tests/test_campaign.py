@@ -521,6 +521,32 @@ def test_conformance_campaign_on_an_existing_cluster_by_address(
     assert failures and any("allocation_and_leaks" in f.get("message", "") for f in failures)
 
 
+def test_an_exhaustive_explore_campaign_splits_the_search_by_prefix(
+    existing_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The parts, run on the workers, are the whole search: each of the 70 interleavings of
+    two tasks of four steps once."""
+    report = tmp_path / "report.json"
+    status, _, err = run_cli(
+        capsys, "explore", "tests.campaign_drivers:two_counters", "--exhaustive", "32",
+        "--workers", "2", "--scheduler", existing_cluster, "--store", str(tmp_path / "store"),
+        "--json", str(report), "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    data = json.loads(report.read_text())
+    assert data["runs"] == 8 and data["work"] == 70  # four prefixes per worker
+
+
+def test_an_exhaustive_unit_with_a_prefix_that_begins_no_schedule_is_a_unit_error() -> None:
+    unit = ExploreUnit(
+        "tests.campaign_drivers:two_counters", strategy="exhaustive", bound=0, prefix=(0, 1)
+    )
+    with pytest.raises(campaign.UnitError, match="begins no schedule"):
+        unit.run()
+    again = campaign.unit_from_json(json.loads(json.dumps(unit.to_json())))
+    assert again == unit and again.label() == "explore exhaustive-p0 prefix [0, 1]"
+
+
 def test_unreachable_scheduler_is_one_line_and_status_2(
     fast_connect_timeout: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -542,6 +568,8 @@ def test_unreachable_scheduler_is_one_line_and_status_2(
         (["stress", "--faults", "2"], "not a rate between 0 and 1"),
         (["stress", "--contexts", "gpu=1"], "unknown kind 'gpu'"),
         (["stress", "--json", "."], "is a directory"),
+        (["explore", "tests.campaign_drivers:two_counters", "--exhaustive", "33"], "bound from"),
+        (["explore", "tests.campaign_drivers:two_counters", "--exhaustive", "x"], "bound from"),
         (["replay", "abc123"], "no stored failure abc123"),
         (["replay", "not-hex"], "is not a failure id"),
     ],

@@ -234,7 +234,7 @@ def test_conformance_on_workers_is_the_report_of_one_process(cluster: str) -> No
 
 
 def test_conformance_command_on_workers(cluster: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from avcm.testing._cli import main
+    from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
 
     status = main(["conformance", LEAKY, "--schedules", "2", "--scheduler", cluster])
     out, err = capsys.readouterr()
@@ -333,7 +333,7 @@ def test_an_unreachable_scheduler_is_a_cluster_error() -> None:
 def test_the_command_line_refuses_bad_workers_in_one_line(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from avcm.testing._cli import main
+    from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
 
     dask = pytest.importorskip("dask")
     with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
