@@ -213,6 +213,13 @@ def test_check_raises_race_found_from_the_workers(cluster: str) -> None:
     assert info.value.failure.token.strategy == "pct-d1"  # the first part finds it at once
 
 
+def test_a_part_that_raises_raises_here(cluster: str) -> None:
+    """A scenario that fails before any task runs is its own error, from a worker as in one
+    process (no race found)."""
+    with pytest.raises(AssertionError, match="bad input must not run"):
+        testing.explore(never_run, schedules=4, scheduler=cluster)
+
+
 def test_conformance_on_workers_is_the_report_of_one_process(cluster: str) -> None:
     from tests.broken_drivers import leaky
 
