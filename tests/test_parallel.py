@@ -320,6 +320,13 @@ def test_bad_workers_or_scheduler_is_refused_before_anything_runs(
     assert isinstance(info.value, avcm.VcmError) and info.value.errno == errno.EINVAL
 
 
+def test_without_dask_workers_are_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(avcm.NotSupportedError, match=r"pip install 'avcm\[cluster\]'") as info:
+        testing.explore(never_run, workers=2)
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
 def test_an_unreachable_scheduler_is_a_cluster_error() -> None:
     dask = pytest.importorskip("dask")
     fast = dask.config.set({"distributed.comm.timeouts.connect": "0.5s"})
@@ -349,6 +356,24 @@ def test_the_command_line_refuses_bad_workers_in_one_line(
     assert status == 2 and out == ""
     [line] = err.splitlines()
     assert message in line
+
+
+def test_a_script_without_the_main_guard_is_told_what_it_needs(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from avcm import testing\n"
+        "from tests.races import SEED\n"
+        "testing.explore(SEED['two_binds_win'], schedules=4, workers=1)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("avcm.testing._errors.ClusterError: [ECONNREFUSED] the local Dask")
+    assert "needs the `if __name__ == '__main__':` guard" in last
 
 
 def test_importing_avcm_and_avcm_testing_imports_no_dask() -> None:

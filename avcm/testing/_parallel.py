@@ -115,6 +115,12 @@ class Cluster:
             self.close()
             where = address or "a local cluster"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {error}") from None
+        except RuntimeError as error:  # Dask's "Nanny failed to start", for one
+            self.close()
+            raise ClusterError(
+                f"the local Dask cluster did not start ({error}); a script that starts one "
+                "needs the `if __name__ == '__main__':` guard, as its workers import it"
+            ) from None
         self.workers: int = max(1, len(self.client.scheduler_info().get("workers", {})))
 
     def close(self) -> None:
