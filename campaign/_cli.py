@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(conformance)
 
     explore = commands.add_parser(
-        "explore", help="race-finder explorations, by strategy (pct, random) and seed"
+        "explore",
+        help="race-finder explorations, by strategy (PCT of depth 1 to 3, random walk) and seed",
     )
     explore.add_argument("scenario", metavar="MODULE:FUNCTION")
     explore.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
@@ -251,8 +252,9 @@ def _conformance_units(args: argparse.Namespace) -> Iterator[Unit]:
     )
 
 
-# a portfolio, as Coyote runs one: strategies find different bugs first
-_PORTFOLIO = ("pct", "random")
+# a portfolio, as Coyote runs one: strategies find different bugs first (avcm.testing's own,
+# testing.PORTFOLIO, by name)
+_PORTFOLIO = ("pct-d1", "pct-d2", "pct-d3", "random")
 
 
 def _explore_units(args: argparse.Namespace) -> Iterator[Unit]:

@@ -19,6 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, ClassVar
 
 __all__ = [
@@ -298,7 +299,8 @@ def _strategy(unit: ExploreUnit) -> Any:
     from avcm import InvalidError, testing
 
     makers: dict[str, Callable[[], Any]] = {
-        "pct": lambda: testing.PCT(unit.seed),
+        "pct": lambda: testing.PCT(unit.seed),  # depth 3, PCT's own default
+        **{f"pct-d{depth}": partial(testing.PCT, unit.seed, depth=depth) for depth in (1, 2, 3)},
         "random": lambda: testing.RandomWalk(unit.seed),
         "exhaustive": lambda: testing.Exhaustive(unit.bound, prefix=unit.prefix),
     }
@@ -313,9 +315,9 @@ def _strategy(unit: ExploreUnit) -> Any:
 @dataclass(frozen=True)
 class ExploreUnit(Unit):
     """A race-finder exploration of a scenario (``MODULE:FUNCTION``) with one strategy
-    (``pct`` or ``random``) and seed, or (``exhaustive``) the part of the exhaustive search
-    with at most *bound* preemptions that begins with *prefix*; with *token*, the replay of one
-    schedule."""
+    (``pct-d1``, ``pct-d2``, ``pct-d3``, ``pct`` which is ``pct-d3``, or ``random``) and seed,
+    or (``exhaustive``) the part of the exhaustive search with at most *bound* preemptions that
+    begins with *prefix*; with *token*, the replay of one schedule."""
 
     kind: ClassVar[str] = "explore"
     scenario: str

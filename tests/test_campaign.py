@@ -537,6 +537,19 @@ def test_an_exhaustive_explore_campaign_splits_the_search_by_prefix(
     assert data["runs"] == 8 and data["work"] == 70  # four prefixes per worker
 
 
+@pytest.mark.parametrize("strategy", ["pct-d1", "pct-d2", "pct-d3", "random"])
+def test_explore_units_run_the_portfolio_of_avcm_testing(strategy: str) -> None:
+    result = ExploreUnit("tests.campaign_drivers:always_fails", strategy, schedules=2).run()
+    assert result.failure is not None
+    token = result.failure.reproducer.token
+    assert token is not None and token.startswith(f"avcm1:{strategy}:0:0:")
+
+
+def test_an_explore_unit_of_no_known_strategy_is_a_unit_error() -> None:
+    with pytest.raises(campaign.UnitError, match="strategy 'pct-d9': choose from pct, pct-d1"):
+        ExploreUnit("tests.campaign_drivers:always_fails", "pct-d9").run()
+
+
 def test_an_exhaustive_unit_with_a_prefix_that_begins_no_schedule_is_a_unit_error() -> None:
     unit = ExploreUnit(
         "tests.campaign_drivers:two_counters", strategy="exhaustive", bound=0, prefix=(0, 1)
