@@ -197,6 +197,16 @@ def test_a_strategy_spreads_over_the_workers_with_distinct_seeds(cluster: str) -
     assert alone.failure is not None and str(alone.failure.token) == str(failure.token)
 
 
+def test_a_cluster_made_once_serves_many_explorations(cluster: str) -> None:
+    with testing.Cluster(scheduler=cluster) as made:
+        assert made.address == cluster and made.workers == 2
+        assert made.description == f"the Dask cluster at {cluster}"
+        for name in ("two_binds_win", "free_racing_bind"):
+            result = testing.explore(SEED[name], schedules=40, scheduler=made.address)
+            assert result.found
+    assert made.client is None  # closed, the cluster it reached left running
+
+
 def test_an_exhaustive_search_on_workers_runs_each_schedule_once(cluster: str) -> None:
     result = testing.explore(
         counting_tasks(3), strategy=testing.Exhaustive(32), schedules=1000, scheduler=cluster
@@ -248,15 +258,22 @@ def test_conformance_command_on_workers(cluster: str, capsys: pytest.CaptureFixt
     assert status == 1 and "conformance: FAILED" in out, err
 
 
-def test_the_race_fixture_explores_on_workers(cluster: str, tmp_path: Path) -> None:
-    """``--avcm-scheduler`` spreads a race.check over the workers; the failure's replay
-    command (``--avcm-replay``, without the cluster) replays it in one process."""
+def test_the_race_fixture_explores_on_workers(tmp_path: Path) -> None:
+    """``--avcm-workers 2`` spreads each race.check over the workers of one local cluster for
+    the session; the failure's replay command (``--avcm-replay``, without the cluster)
+    replays it in one process."""
+    pytest.importorskip("distributed")
     (tmp_path / "test_on_workers.py").write_text(
         "import pytest\n"
-        "from tests.races import SEED\n\n"
+        "from tests.races import AVCM, SEED\n\n"
         "@pytest.mark.trio\n"
         "async def test_underflow(race, autojump_clock):\n"
-        "    await race.check(SEED['deactivate_underflow'], schedules=200)\n"
+        "    await race.check(SEED['deactivate_underflow'], schedules=200)\n\n"
+        "@pytest.mark.trio\n"
+        "async def test_no_underflow(race, autojump_clock):\n"
+        "    result = await race.check(AVCM['deactivate_underflow'], schedules=40)\n"
+        "    assert [p.seed for p in result.parts] == [0, 0, 0, 0]\n"
+        "    assert result.strategy == 'portfolio of pct-d1, pct-d2, pct-d3, random'\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -267,11 +284,12 @@ def test_the_race_fixture_explores_on_workers(cluster: str, tmp_path: Path) -> N
             timeout=300,
         )  # fmt: skip
 
-    found = pytest_run("test_on_workers.py", "--avcm-scheduler", cluster)
+    found = pytest_run("test_on_workers.py", "--avcm-workers", "2")
     assert found.returncode == 1, found.stdout + found.stderr
+    assert "1 failed, 1 passed" in found.stdout
     alone = single_process("pct-d2", 0, 50).failure
     assert alone is not None and f"replay token: {alone.token}" in found.stdout
-    again = pytest_run("test_on_workers.py", "--avcm-replay", str(alone.token))
+    again = pytest_run("test_on_workers.py::test_underflow", "--avcm-replay", str(alone.token))
     assert again.returncode == 1, again.stdout
     replayed = f"replayed schedule {alone.token.schedule} (pct-d2, seed 0, trio)"
     assert replayed in again.stdout and f"replay token: {alone.token}" in again.stdout

@@ -15,6 +15,7 @@ Dask is imported here only, and only when a cluster is made: ``pip install 'avcm
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import os
@@ -122,6 +123,12 @@ class Cluster:
                 "needs the `if __name__ == '__main__':` guard, as its workers import it"
             ) from None
         self.workers: int = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    @property
+    def address(self) -> str:
+        """The scheduler's address: ``scheduler=cluster.address`` runs many explorations on
+        this one cluster, where each would otherwise start one (a local one takes seconds)."""
+        return str(self.client.scheduler.address)
 
     def close(self) -> None:
         if self.client is not None:
@@ -338,15 +345,17 @@ def explore_parallel(
     workers: int | None,
     scheduler: str | None,
     seed: int = 0,
+    cluster: Cluster | None = None,
 ) -> Exploration:
-    """:func:`~avcm.testing.explore` with *workers* or *scheduler*: see there."""
+    """:func:`~avcm.testing.explore` with *workers* or *scheduler*: see there. With *cluster*,
+    on that one (left open), not on one made and closed here."""
     check_int(schedules, "schedules", 1)
     check_int(seed, "seed", 0)
     if strategy is not None and not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
     if strategy is not None and not isinstance(strategy, Exhaustive):
         strategy.with_seed(strategy.seed)  # refused here, before a cluster is made
-    with Cluster(scheduler, workers) as cluster:
+    with contextlib.nullcontext(cluster) if cluster else Cluster(scheduler, workers) as cluster:
         if isinstance(strategy, Exhaustive):
             prefixes = exhaustive_prefixes(
                 scenario,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shlex
 from functools import partial
+from typing import Any
 
 import anyio.to_thread
 import pytest
@@ -31,7 +32,7 @@ import sniffio
 
 from ._errors import RaceFound
 from ._explore import PYTHON, Exploration, Limits, Scenario, explore_async, replay_async
-from ._parallel import explore_parallel
+from ._parallel import Cluster, explore_parallel
 from ._strategies import PCT, Strategy
 
 __all__ = ["RaceFixture", "race"]
@@ -71,10 +72,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# one cluster for the whole session, made when a check first needs it: a local one takes
+# seconds to start
+_CLUSTER = pytest.StashKey[Cluster]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cluster = config.stash.get(_CLUSTER, None)
+    if cluster is not None:
+        cluster.close()
+
+
 class RaceFixture:
     """What the ``race`` fixture gives a test."""
 
     def __init__(self, config: pytest.Config, node: str) -> None:
+        self._config = config
         self._replay: str | None = config.getoption("--avcm-replay")
         self._replay_check: int = config.getoption("--avcm-check")
         self._schedules: int | None = config.getoption("--avcm-schedules")
@@ -117,7 +130,7 @@ class RaceFixture:
         if self._workers is not None or self._scheduler is not None:
             result = await anyio.to_thread.run_sync(
                 partial(
-                    explore_parallel,
+                    self._explore_parallel,
                     scenario,
                     strategy=strategy,
                     schedules=self._schedules or schedules,
@@ -128,8 +141,6 @@ class RaceFixture:
                     command=command,
                     on_progress=None,
                     until_covered=None,
-                    workers=self._workers,
-                    scheduler=self._scheduler,
                     seed=self._seed,
                 )
             )
@@ -144,6 +155,16 @@ class RaceFixture:
         if result.failure is not None:
             raise RaceFound(result.failure)
         return result
+
+    def _explore_parallel(self, scenario: Scenario, **options: Any) -> Exploration:
+        """In a worker thread: the event loop of the test goes on meanwhile."""
+        cluster = self._config.stash.get(_CLUSTER, None)
+        if cluster is None:
+            cluster = Cluster(self._scheduler, self._workers)
+            self._config.stash[_CLUSTER] = cluster
+        return explore_parallel(
+            scenario, workers=self._workers, scheduler=self._scheduler, cluster=cluster, **options
+        )
 
 
 @pytest.fixture
