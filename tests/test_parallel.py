@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 import avcm
@@ -70,6 +72,46 @@ def test_exhaustive_prefixes_partition_a_bounded_search(backend: str) -> None:
     for bound in (0, 1, 2):
         split, whole, count = split_search(3, bound, 6, backend)
         assert split == whole and len(set(split)) == len(split) and count > 1
+
+
+def woken_last(k: int) -> testing.Scenario:
+    """Two tasks of k checkpoints and a third blocked on an event the last step sets (as in
+    the race-control tests): C(2k + 2, k + 1) * (2k + 3) schedules."""
+
+    async def scenario(run: testing.Run) -> None:
+        event = anyio.Event()
+        finished = 0
+
+        async def worker() -> None:
+            nonlocal finished
+            for _ in range(k):
+                await anyio.lowlevel.checkpoint()
+            finished += 1
+            if finished == 2:
+                event.set()
+
+        await run.concurrently(event.wait, worker, worker)
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exhaustive_prefixes_partition_a_search_with_a_blocked_task(backend: str) -> None:
+    for k in (1, 2):
+        prefixes = testing.exhaustive_prefixes(
+            woken_last(k), testing.Exhaustive(32), 7, backend=backend
+        )
+        parts = [
+            testing.explore(
+                woken_last(k),
+                strategy=testing.Exhaustive(32, prefix=prefix),
+                schedules=10_000,
+                backend=backend,
+            )
+            for prefix in prefixes
+        ]
+        assert len(parts) >= 7 and all(part.exhausted for part in parts)
+        assert sum(part.schedules for part in parts) == math.comb(2 * k + 2, k + 1) * (2 * k + 3)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
