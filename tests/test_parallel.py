@@ -22,7 +22,7 @@ import pytest
 
 import avcm
 from avcm import testing
-from tests.races import SEED
+from tests.races import SEED, SEED_DEEP
 from tests.test_race_finder import counting_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +219,20 @@ def test_a_portfolio_reports_the_first_failing_part_as_one_process_finds_it(
     )  # fmt: skip
     assert again.returncode == 1, again.stdout + again.stderr
     assert failure.timeline.format() in again.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SEED_DEEP))
+def test_every_deep_race_found_on_workers_is_the_one_process_finds(cluster: str, name: str) -> None:
+    scenario = SEED_DEEP[name]
+    result = testing.explore(scenario, schedules=400, scheduler=cluster)
+    failure = result.failure
+    assert failure is not None, name
+    failing = result.parts[-1]
+    # part i is PORTFOLIO[i % 4] with seed i // 4
+    maker = testing.PORTFOLIO[(len(result.parts) - 1) % len(testing.PORTFOLIO)]
+    alone = testing.explore(scenario, strategy=maker(failing.seed), schedules=100).failure
+    assert alone is not None and str(alone.token) == str(failure.token)
+    assert testing.replay(scenario, failure.token) is not None
 
 
 def test_a_strategy_spreads_over_the_workers_with_distinct_seeds(cluster: str) -> None:
