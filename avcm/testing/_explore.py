@@ -161,7 +161,8 @@ class Exploration:
     points: tuple[tuple[str, int], ...] = ()  # each point (sync point or checkpoint), how often
     covered: bool = False  # stopped by until_covered: new schedules stopped adding coverage
     # run on workers: each part's own exploration, in the order of the parts (a failing one
-    # last: those after it were cancelled); the fields above are theirs merged
+    # last: those after it were cancelled); the fields above are theirs merged (counts summed:
+    # a schedule two parts both ran counts twice in distinct_schedules)
     parts: tuple[Exploration, ...] = ()
 
     @property
