@@ -66,10 +66,7 @@ def check_quiescent(world: World) -> None:
     :func:`avcm.testing.check_quiescent`, with each context's count as its tasks hold it).
     Raises :class:`Violation`."""
     _prune(world)
-    activations = {
-        ctx.vcm: sum(count for (_, vcm), count in world.held.items() if vcm is ctx.vcm)
-        for ctx in world.contexts
-    }
+    activations = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     try:
         checks = testing.check_quiescent(
             [ctx.vcm for ctx in world.contexts],
@@ -227,7 +224,7 @@ async def deactivate_everything(world: World) -> None:
             if vcm is ctx.vcm:
                 for _ in range(count):
                     await until_done(vcm.deactivate, f"deactivate of {ctx.name}")
-                world.held[(task, vcm)] = 0
+                world.hold(task, vcm, -count)
 
     await _each_context(world, deactivate)
 

@@ -35,7 +35,7 @@ __all__ = [
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
 # 3: device probes, a FIFO gate, two contexts per --driver, drains every --drain-every
 # 4: --cancel at a sync point (not after a time), --faults for a driver under test too
-TRACE_VERSION = 4
+TRACE_VERSION = 5
 
 
 @contextmanager

@@ -4,8 +4,9 @@ Every task draws from its own ``random.Random(seed, task)``, and shared objects 
 shared pools, so tasks contend on the same reservations and memory on purpose. Each operation's
 outcome is classified at once: success, an error the contract allows in that situation (counted
 as an expected outcome), or a violation. After every operation its own postconditions are
-checked; after every ``check_every`` operations done the world is brought to quiescence and the
-global invariants run (``_invariants``).
+checked; operations start in windows of ``check_every`` (``_gate``), and once a window's last
+operation returns, nothing is in flight and the global invariants run (``_invariants``). The
+pools are bounded (``POOL_LIMIT``), so what a check looks at does not grow with the run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from ._device import (
     after_unmapping,
     check_devices,
 )
+from ._gate import Gate
 from ._invariants import (
     WHOLE,
     Violation,
@@ -48,7 +50,7 @@ from ._invariants import (
     release_everything,
 )
 
-__all__ = ["Outcome", "RunResult", "World", "run_workload"]
+__all__ = ["POOL_LIMIT", "Outcome", "RunResult", "World", "bounded_operation", "run_workload"]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -65,6 +67,27 @@ DRIVER_SWITCHES = ("driver.activate", "driver.deactivate")
 
 # physes whose views are checked at each quiescent point
 QUIESCENT_DATA_CHECKS = 8
+
+# The most physes, and the most reservations, the pools hold: an operation that would make a
+# pool at its limit larger is replaced by the one that undoes it. The weights keep the pools
+# well below it over a --drain-every window of 2,000 operations; without drains (or with long
+# windows) they would grow for ever, and with them what a check and an activate cost.
+POOL_LIMIT = 256
+_UNDO = {"alloc": "free", "make_binding": "destroy_binding", "reserve": "unreserve", "map": "unmap"}
+
+
+def bounded_operation(op: str, physes: int, reservations: int) -> str:
+    """*op*, or the operation undoing it if it would grow a pool (of *physes* physes, of
+    *reservations* reservations) at its limit."""
+    undo = _UNDO.get(op)
+    if undo is None:
+        return op
+    grows_physes = op in ("alloc", "make_binding")
+    grows_reservations = op != "alloc"
+    full = (grows_physes and physes >= POOL_LIMIT) or (
+        grows_reservations and reservations >= POOL_LIMIT
+    )
+    return undo if full else op
 
 
 @dataclass
@@ -99,36 +122,6 @@ class _Skip(Exception):
     """No object to operate on: the operation is counted as skipped."""
 
 
-class Gate:
-    """The quiescence gate: while closed, operations wait at it; opening it lets them in in
-    the order they arrived.
-
-    A first-in first-out queue the harness owns, one event per waiter, so the order in which
-    waiters are woken is the order they came in, on every backend and in every process. (One
-    shared ``anyio.Event`` would not do: trio wakes an event's waiters in the iteration order
-    of a set of tasks, which depends on their memory addresses, and a replay then diverges.)
-    """
-
-    def __init__(self) -> None:
-        self.closed = False
-        self._waiters: deque[anyio.Event] = deque()
-
-    async def wait(self) -> None:
-        """Return at once if open, else when opened. If cancelled, nothing to undo."""
-        while self.closed:
-            event = anyio.Event()
-            self._waiters.append(event)
-            await event.wait()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def open(self) -> None:
-        self.closed = False
-        while self._waiters:
-            self._waiters.popleft().set()
-
-
 class World:
     """Everything the tasks share: contexts, pools of live objects, the quiescence gate."""
 
@@ -144,6 +137,8 @@ class World:
             weakref.WeakKeyDictionary()
         )
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
+        # per context, the sum of its counts in held: what its activation count must be
+        self.held_in: Counter[avcm.Vcm] = Counter()
         self.result = RunResult()
         self.seq = 0
         self.device = DevicePages()
@@ -151,11 +146,8 @@ class World:
         # per context, what operations in flight may be changing in it: a reservation being
         # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
         self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
-        self.in_flight = 0
-        self.gate = Gate()
-        self.idle: anyio.Event | None = None  # only the checking task ever waits on it
+        self.gate = Gate(config.check_every)
         self.stop = False
-        self.next_check = config.check_every  # operations done at which the next check is due
         self.next_drain = config.drain_every
         self.drained_at = 0  # the operation of the last drain
         # physical memory in use after the first drain, and at which operation: a driver may
@@ -219,44 +211,50 @@ class World:
                 if not in_flux[WHOLE]:
                     del in_flux[WHOLE]
 
+    def hold(self, task: int, vcm: avcm.Vcm, change: int) -> None:
+        """Task *task* holds *change* more activations of *vcm* (fewer if negative)."""
+        self.held[(task, vcm)] += change
+        self.held_in[vcm] += change
+
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):
             pool.remove(obj)
 
     # -- quiescence --------------------------------------------------------------------------
 
-    async def enter(self) -> None:
-        await self.gate.wait()
-        self.in_flight += 1
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0 and self.idle is not None:
-            self.idle.set()
-
-    async def quiesce_and_check(self, *, drain: bool = False) -> None:
-        """Close the gate, wait until no operation is in flight, check everything (and if
-        *drain*, release everything and check it is back to baseline), open the gate."""
-        if self.gate.closed:
-            return  # another task is checking already: not a check of its own
-        self.gate.close()
+    async def after_leaving(self) -> None:
+        """After an operation left the gate: if it was the last of its window, nothing is in
+        flight: check everything (and every ``--drain-every`` operations, drain), then open
+        the next window. A violation found is recorded."""
+        if not self.gate.quiescent():
+            return
         try:
-            while self.in_flight:
-                self.idle = anyio.Event()
-                await self.idle.wait()
-            self.result.checks["quiescent"] += 1
-            check_quiescent(self)
-            check_devices(self)
-            # data checks too, where nothing is in flight to excuse a view: mid-run, every
-            # context with an activate or deactivate queued is left out of them
-            for phys in self.checks_random.sample(
-                self.physes, min(QUIESCENT_DATA_CHECKS, len(self.physes))
-            ):
-                check_data(self, phys, self.checks_random)
-            if drain:
-                await self.drain()
+            if self.result.violation is None:
+                every = self.config.drain_every
+                drain = bool(every) and self.result.ops >= self.next_drain
+                if drain:
+                    self.next_drain += every
+                try:
+                    await self.check(drain=drain)
+                except Exception as error:
+                    _record(self, error, "a drain" if drain else "a quiescent check", self.seq)
         finally:
             self.gate.open()
+
+    async def check(self, *, drain: bool = False) -> None:
+        """With nothing in flight: check everything, and if *drain*, release everything and
+        check it is back to baseline."""
+        self.result.checks["quiescent"] += 1
+        check_quiescent(self)
+        check_devices(self)
+        # data checks too, where nothing is in flight to excuse a view: mid-run, every
+        # context with an activate or deactivate queued is left out of them
+        for phys in self.checks_random.sample(
+            self.physes, min(QUIESCENT_DATA_CHECKS, len(self.physes))
+        ):
+            check_data(self, phys, self.checks_random)
+        if drain:
+            await self.drain()
 
     async def drain(self) -> None:
         """Give back everything the tasks made and prove nothing else is held: a leak or a
@@ -451,7 +449,7 @@ async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
         return await op_deactivate_ctx(world, task, ctx)
     with world.switching(ctx.vcm):
         await ctx.vcm.activate()
-    world.held[key] += 1
+    world.hold(task.index, ctx.vcm, 1)
     # held to it unless another operation's driver call runs (the mutex taken again), whose
     # state the hardware's status may show
     if not ctx.mutex_held() and not ctx.hardware_active():
@@ -471,7 +469,7 @@ async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
 async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
     with world.switching(ctx.vcm):
         await ctx.vcm.deactivate()
-    world.held[(task.index, ctx.vcm)] -= 1
+    world.hold(task.index, ctx.vcm, -1)
     if ctx.vcm.activations < 0:
         raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
     after_deactivate(world, ctx)
@@ -579,7 +577,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     cancel = config.cancel and task.rng.random() < config.cancel
     # Drawn whether used or not, so the random stream does not depend on outcomes.
     cancel_at = task.rng.randrange(1, CANCEL_POINTS + 1)
-    await world.enter()
+    await world.gate.enter()
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = anyio.current_time()
     try:
@@ -601,7 +599,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         outcome = "VIOLATION"
         _record(world, error, op, seq)
     finally:
-        world.leave()
+        world.gate.leave()
     elapsed = anyio.current_time() - started
     result.counts[op] += 1
     result.outcomes[op][outcome] += 1
@@ -615,35 +613,25 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
 async def _task_loop(world: World, index: int, ops: list[str], weights: list[int]) -> None:
     task = TaskState(index, random.Random(f"{world.config.seed}:{index}"))
     while not world.done():
-        op = task.rng.choices(ops, weights)[0]
+        op = bounded_operation(
+            task.rng.choices(ops, weights)[0], len(world.physes), len(world.reservations)
+        )
         await _run_one(world, task, op)
-        # a check after every N operations done (the N-th, 2N-th...), unless one is under way
-        if (
-            world.result.ops >= world.next_check
-            and not world.gate.closed
-            and world.result.violation is None
-        ):
-            world.next_check += world.config.check_every
-            every = world.config.drain_every
-            drain = bool(every) and world.result.ops >= world.next_drain
-            if drain:
-                world.next_drain += every
-            try:
-                await world.quiesce_and_check(drain=drain)
-            except Exception as error:
-                _record(world, error, "a drain" if drain else "a quiescent check", world.seq)
-    # release what this task holds, so the final checks can expect a quiet world
-    await world.enter()
+        await world.after_leaving()
+    # release what this task holds, so the final checks can expect a quiet world (not an
+    # operation: it takes no place in a window)
+    await world.gate.enter(ticketed=False)
     try:
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
                 with world.switching(ctx.vcm):
                     await ctx.vcm.deactivate()
-                world.held[(index, ctx.vcm)] -= 1
+                world.hold(index, ctx.vcm, -1)
     except Exception as error:
         _record(world, error, f"deactivating what task {index} held at the end", world.seq)
     finally:
-        world.leave()
+        world.gate.leave()
+    await world.after_leaving()
 
 
 async def run_workload(

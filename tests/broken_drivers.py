@@ -48,7 +48,8 @@ class OverlappingCarveout(drivers.CarveoutAllocator):
 
     async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         self.count += 1
-        if self.count % 5 == 0:
+        # within the carve-out: memory out of it is another bug (avcm refuses it, EINVAL)
+        if self.count % 5 == 0 and self.last + part.size <= self.start + self.size:
             part.start = self.last
             return "overlapping"
         token = await super().alloc(vcm, part, flags)

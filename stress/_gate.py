@@ -1,0 +1,106 @@
+"""The quiescence gate: operations start in windows of ``--check-every``, a check between two.
+
+An operation takes a ticket to start and says when it is done. Once a window's tickets are all
+taken, later arrivals wait in a first-in first-out queue the harness owns, each on an event of
+its own; once the window's last operation is done, nothing is in flight (a quiescent point):
+the harness checks, then opens the next window by handing its tickets to the first waiters, in
+the order they came, and waking those only. A waiter left without a ticket is not woken, so a
+check costs the same with 4,096 tasks as with 64.
+
+The order is the queue's, on every backend and in every process: one shared ``anyio.Event``
+would not do (trio wakes an event's waiters in the iteration order of a set of tasks, which
+follows their memory addresses, and a replay then diverges).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+__all__ = ["Gate"]
+
+
+class _Waiter:
+    __slots__ = ("event", "ticketed")
+
+    def __init__(self, ticketed: bool) -> None:
+        self.event = anyio.Event()
+        self.ticketed = ticketed
+
+
+class Gate:
+    """Admits *window* ticketed operations between two quiescent points.
+
+    :meth:`enter` and :meth:`leave` bracket each operation; after every :meth:`leave` the
+    caller asks :meth:`quiescent`, and if so checks and calls :meth:`open`. Entries without a
+    ticket (the harness's own release at the end of a task) take none of a window's places but
+    still wait while a check is due or under way.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._tickets = window
+        self.in_flight = 0
+        self.checking = False
+        self._waiters: deque[_Waiter] = deque()
+        self.woken = 0  # waiters woken in all: one per admitted waiter, none for the others
+
+    @property
+    def closed(self) -> bool:
+        """Whether a new operation would wait: the window's tickets are all taken."""
+        return not self._tickets
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def enter(self, *, ticketed: bool = True) -> None:
+        """Return once admitted. If cancelled while waiting, nothing is taken (a place given
+        to this waiter meanwhile goes to the next one)."""
+        if self._tickets and not self._waiters:
+            self._admit(ticketed)
+            return
+        waiter = _Waiter(ticketed)
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.event.is_set():  # admitted, then cancelled before it ran
+                self.in_flight -= 1
+                if ticketed:
+                    self._tickets += 1
+                self._wake()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def quiescent(self) -> bool:
+        """Whether the window is over and nothing is in flight: the caller that sees it, and
+        only that one, checks and then calls :meth:`open`."""
+        if self._tickets or self.in_flight or self.checking:
+            return False
+        self.checking = True
+        return True
+
+    def open(self) -> None:
+        """Start the next window: its tickets go to the waiters first, in the order they came."""
+        self.checking = False
+        self._tickets = self.window
+        self._wake()
+
+    def _admit(self, ticketed: bool) -> None:
+        self.in_flight += 1
+        if ticketed:
+            self._tickets -= 1
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and not self.checking and (self._tickets or not waiters[0].ticketed):
+            waiter = waiters.popleft()
+            self._admit(waiter.ticketed)
+            self.woken += 1
+            waiter.event.set()
