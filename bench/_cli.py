@@ -20,6 +20,7 @@ from . import _rows
 from ._campaign import campaign_rows
 from ._races import race_rows
 from ._rows import Row
+from ._stress import stress_rows
 
 __all__ = ["main"]
 
@@ -70,7 +71,7 @@ def measure(
         options = backend_options(backend, 0, virtual=False)  # as every run: Ctrl-C at a checkpoint
         rows = anyio.run(_async_rows, quick, backend=backend, backend_options=options)
         next_group(f"{backend}: stress harness")
-        rows += _rows.stress_overhead(backend, 2_000 if quick else 10_000)
+        rows += stress_rows(backend, quick)
         if backend == "trio":
             next_group("trio: race finder")
             rows += race_rows(seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000)

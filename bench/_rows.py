@@ -276,30 +276,6 @@ def _walks(vcm: avcm.Vcm) -> list[list[tuple[int, int, int]]]:
     return [wrapper.pages(res, res.phys) for res in vcm.reservations() if res.phys is not None]
 
 
-# -- the stress harness ------------------------------------------------------------------------
-
-
-def stress_overhead(backend: str, ops: int) -> list[Row]:
-    from stress import StressConfig, run
-
-    config = StressConfig(backend=backend, tasks=1, ops=ops, latency="zero")
-    result = run(config)
-    if result.violation is not None:
-        raise RuntimeError(f"stress run found a violation: {result.violation}")
-    ratio = result.wall_seconds / result.op_seconds
-    per_core = result.ops / result.wall_seconds
-    return [
-        Row(
-            "stress harness, zero latency",
-            "the same operations' own time",
-            ratio,
-            "<= 1.3x",
-            ratio <= 1.3,
-            f"{per_core:,.0f} ops/s on one core, checks included",
-        )
-    ]
-
-
 # -- memory ----------------------------------------------------------------------------------
 
 
