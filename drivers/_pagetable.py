@@ -183,10 +183,12 @@ class PageTableMmu:
         return self.enabled
 
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
-        return [
+        # through the dict underneath, by address: a SortedDict's own items view looks every
+        # key up again, and the checks read every entry at every quiescent point
+        return sorted(
             (vaddr, paddr, avcm.PAGE_SIZE << order)
-            for vaddr, (paddr, order) in self._entries.items()
-        ]
+            for vaddr, (paddr, order) in dict.items(self._entries)
+        )
 
     def statistics(self) -> PageTableStatistics:
         return PageTableStatistics(

@@ -52,17 +52,46 @@ class HardwareMismatch(InvariantViolation):
         return type(self), (self.description,)
 
 
+# A phys's memory as maximal contiguous ranges. Parts never change, and a phys of a 4 KiB-page
+# MMU has thousands of them, so each is merged once (the harness checks every few operations).
+_extents_cache: weakref.WeakKeyDictionary[Phys, tuple[tuple[int, int], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _extents(phys: Phys) -> tuple[tuple[int, int], ...]:
+    extents = _extents_cache.get(phys)
+    if extents is None:
+        merged: list[tuple[int, int]] = []
+        for start, size in phys.parts:
+            if merged and merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], start + size)
+            else:
+                merged.append((start, start + size))
+        extents = _extents_cache[phys] = tuple(merged)
+    return extents
+
+
 def _merge(extents: Iterable[Extent]) -> list[Extent]:
     """Coalesce extents that continue each other in both address spaces, so that the same
     translations split into different page sizes compare equal."""
-    merged: list[Extent] = []
-    for vaddr, paddr, size in sorted(extents):
-        if merged:
-            last_v, last_p, last_size = merged[-1]
-            if last_v + last_size == vaddr and last_p + last_size == paddr:
-                merged[-1] = (last_v, last_p, last_size + size)
-                continue
-        merged.append((vaddr, paddr, size))
+    ordered = sorted(extents)
+    if not ordered:
+        return []
+    # where a run of continuing extents breaks: the checks do this for every page of every
+    # context at every quiescent point, so one comprehension rather than a loop of appends
+    breaks = [
+        index
+        for index, ((last_v, last_p, last_size), (vaddr, paddr, _)) in enumerate(
+            itertools.pairwise(ordered), 1
+        )
+        if last_v + last_size != vaddr or last_p + last_size != paddr
+    ]
+    merged = []
+    for first, end in itertools.pairwise([0, *breaks, len(ordered)]):
+        vaddr, paddr, _ = ordered[first]
+        last_v, _, last_size = ordered[end - 1]
+        merged.append((vaddr, paddr, last_v + last_size - vaddr))
     return merged
 
 
@@ -72,12 +101,13 @@ def expected_mappings(vcm: Vcm) -> list[Extent]:
         return []
     extents = []
     for res in vcm.reservations():
-        if res.phys is None:
+        phys = res.phys
+        if phys is None:
             continue
         vaddr = res.start
-        for part in res.phys.parts:
-            extents.append((vaddr, part.start, part.size))
-            vaddr += part.size
+        for start, end in _extents(phys):  # its parts, contiguous ones merged already
+            extents.append((vaddr, start, end - start))
+            vaddr += end - start
     return _merge(extents)
 
 
@@ -142,26 +172,6 @@ def check_model(vcm: Vcm) -> int:
             f"{vcm.name}: hardware differs from the model:\n  " + "\n  ".join(lines)
         )
     return checks
-
-
-# A phys's memory as maximal contiguous ranges. Parts never change, and a phys of a 4 KiB-page
-# MMU has thousands of them, so each is merged once (the harness checks every few operations).
-_extents_cache: weakref.WeakKeyDictionary[Phys, tuple[tuple[int, int], ...]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _extents(phys: Phys) -> tuple[tuple[int, int], ...]:
-    extents = _extents_cache.get(phys)
-    if extents is None:
-        merged: list[tuple[int, int]] = []
-        for start, size in phys.parts:
-            if merged and merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], start + size)
-            else:
-                merged.append((start, start + size))
-        extents = _extents_cache[phys] = tuple(merged)
-    return extents
 
 
 def check_quiescent(
