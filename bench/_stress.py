@@ -12,6 +12,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -25,7 +26,7 @@ from ._rows import Row
 
 __all__ = ["stress_rows"]
 
-RUNS = 3  # each side of a ratio: the best of this many
+RUNS = 3  # each side of a ratio: the best of this many (of one in a --quick run)
 START = 100  # operations before the first window of cost_growth
 
 
@@ -35,8 +36,8 @@ def _cpu(call: Callable[[], object]) -> float:
     return time.process_time() - started
 
 
-def _best_cpu(call: Callable[[], object]) -> float:
-    return min(_cpu(call) for _ in range(RUNS))
+def _best_cpu(call: Callable[[], object], runs: int) -> float:
+    return min(_cpu(call) for _ in range(runs))
 
 
 def _run_clean(config: StressConfig) -> None:
@@ -66,7 +67,7 @@ class _Plain:
         self.next_release = config.drain_every or config.ops + 1
         self.released = anyio.Event()
 
-    def _forget(self, pool: list[object], obj: object) -> None:
+    def _forget(self, pool: list[Any], obj: object) -> None:
         if obj in pool:
             pool.remove(obj)
 
@@ -81,7 +82,8 @@ class _Plain:
             else:
                 res = await ctx.vcm.make_binding(size)
                 self.reservations.append(res)
-                self.physes.append(res.phys)  # type: ignore[arg-type]
+                if res.phys is not None:
+                    self.physes.append(res.phys)
         elif op == "map" and self.physes:
             ctx = rng.choice(self.contexts)
             self.reservations.append(await ctx.vcm.map(rng.choice(self.physes)))
@@ -93,13 +95,13 @@ class _Plain:
             phys = res.phys
             await getattr(res, op)()
             if op != "unbind":
-                self._forget(self.reservations, res)  # type: ignore[arg-type]
+                self._forget(self.reservations, res)
             if phys is not None and phys.freed:
-                self._forget(self.physes, phys)  # type: ignore[arg-type]
+                self._forget(self.physes, phys)
         elif op == "free" and self.physes:
             phys = rng.choice(self.physes)
             await phys.free()
-            self._forget(self.physes, phys)  # type: ignore[arg-type]
+            self._forget(self.physes, phys)
         elif op in ("activate", "deactivate"):
             await self._switch(index, rng, op)
         elif op == "data" and self.physes:
@@ -178,10 +180,10 @@ def _plain(config: StressConfig) -> None:
 # -- the rows ----------------------------------------------------------------------------------
 
 
-def harness_vs_plain(backend: str, ops: int) -> list[Row]:
+def harness_vs_plain(backend: str, ops: int, runs: int) -> list[Row]:
     config = StressConfig(backend=backend, ops=ops)
-    harness = _best_cpu(lambda: _run_clean(config))
-    plain = _best_cpu(lambda: _plain(config))
+    harness = _best_cpu(lambda: _run_clean(config), runs)
+    plain = _best_cpu(lambda: _plain(config), runs)
     ratio = harness / plain
     per_core = ops / harness
     rows = [
@@ -208,7 +210,7 @@ def harness_vs_plain(backend: str, ops: int) -> list[Row]:
     return rows
 
 
-def cost_growth(backend: str, ops: int, window: int) -> Row:
+def cost_growth(backend: str, ops: int, window: int, runs: int) -> Row:
     """CPU per operation over the run's last *window* operations against its first."""
 
     def measure() -> float:
@@ -225,7 +227,7 @@ def cost_growth(backend: str, ops: int, window: int) -> Row:
         anyio.run(run_workload, config, on_progress, backend=backend, backend_options=options)
         return (marks[ops] - marks[ops - window]) / (marks[START + window] - marks[START])
 
-    ratios = sorted(measure() for _ in range(RUNS))
+    ratios = sorted(measure() for _ in range(runs))
     ratio = ratios[len(ratios) // 2]
     return Row(
         f"stress harness, CPU per op over ops {ops - window + 1:,}-{ops:,}",
@@ -233,14 +235,14 @@ def cost_growth(backend: str, ops: int, window: int) -> Row:
         ratio,
         "<= 1.2x",
         ratio <= 1.2,
-        f"median of {RUNS} runs, {ratios[0]:.2f}-{ratios[-1]:.2f}; pools bounded at "
+        f"median of {runs} runs, {ratios[0]:.2f}-{ratios[-1]:.2f}; pools bounded at "
         f"{POOL_LIMIT} and drained every 2,000 ops",
     )
 
 
-def task_scaling(backend: str, ops: int) -> Row:
-    few = _best_cpu(lambda: _run_clean(StressConfig(backend=backend, ops=ops, tasks=64)))
-    many = _best_cpu(lambda: _run_clean(StressConfig(backend=backend, ops=ops, tasks=4096)))
+def task_scaling(backend: str, ops: int, runs: int) -> Row:
+    few = _best_cpu(lambda: _run_clean(StressConfig(backend=backend, ops=ops, tasks=64)), runs)
+    many = _best_cpu(lambda: _run_clean(StressConfig(backend=backend, ops=ops, tasks=4096)), runs)
     ratio = few / many
     return Row(
         "stress harness throughput, 4,096 tasks",
@@ -273,10 +275,10 @@ def stress_overhead(backend: str, ops: int) -> list[Row]:
 
 def stress_rows(backend: str, quick: bool) -> list[Row]:
     """Every stress harness row on *backend*; *quick*: at a tenth of the sizes."""
-    ops = 2_000 if quick else 20_000
+    ops, runs = (2_000, 1) if quick else (20_000, RUNS)
     return [
         *stress_overhead(backend, 2_000 if quick else 10_000),
-        *harness_vs_plain(backend, ops),
-        cost_growth(backend, ops, ops // 20),
-        task_scaling(backend, ops),
+        *harness_vs_plain(backend, ops, runs),
+        cost_growth(backend, ops, ops // 20, runs),
+        task_scaling(backend, ops, runs),
     ]
