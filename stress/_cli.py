@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_whole_number,
         default=50,
         metavar="N",
-        help="after every N-th operation, wait for quiescence and run the global checks "
-        "(default: 50)",
+        help="operations start in windows of N (so at most N are in flight at once); once a "
+        "window's last one returns, nothing is in flight: run the global checks (default: 50)",
     )
     parser.add_argument(
         "--drain-every",
