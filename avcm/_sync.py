@@ -1,25 +1,30 @@
-"""Kernel-vocabulary synchronisation: ``struct mutex`` and ``atomic_t`` on anyio.
+"""Kernel-vocabulary synchronisation: ``struct mutex`` and ``atomic_t`` on asyncio and trio.
 
 All of avcm's locking goes through these two classes. Each has one place where a task may be
 made to yield before it touches shared state: the *sync hook*. By default there is no hook and
-the cost is one context-variable lookup. The race finder (``avcm.testing``) installs a hook
+the cost is the test of one module-level set. The race finder (``avcm.testing``) installs a hook
 that names the step a task is in after the last sync point it passed; a test installs one to
 inject a fault or a cancellation at a chosen point.
 
 A mutex belongs to the event loop that first takes it (see :func:`current_loop`); taking it from
-another loop, in another thread or of the other backend, is ``EINVAL``. An anyio lock used from
-two loops deadlocks or corrupts, silently; this makes it an error that names the rule.
+another loop, in another thread or of the other backend, is ``EINVAL``. A lock used from two
+loops deadlocks or corrupts, silently; this makes it an error that names the rule.
 """
 
 from __future__ import annotations
 
 import sys
-from asyncio import _get_running_loop
+import weakref
+from asyncio import AbstractEventLoop, _get_running_loop
+from asyncio import current_task as _asyncio_current_task
+from asyncio import sleep as _asyncio_sleep
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import anyio
 
@@ -37,20 +42,50 @@ __all__ = [
 ]
 
 
+_trio_lowlevel: Any = None  # trio.lowlevel, once a trio run has imported it
+
+
+def _trio() -> Any:
+    global _trio_lowlevel
+    if _trio_lowlevel is None:
+        trio = sys.modules.get("trio")
+        _trio_lowlevel = None if trio is None else trio.lowlevel
+    return _trio_lowlevel
+
+
+def _trio_run_and_task() -> tuple[object | None, object | None]:
+    """The root task of the running trio run and the current task; ``None`` outside one."""
+    lowlevel = _trio_lowlevel or _trio()
+    if lowlevel is None:
+        return None, None
+    try:
+        return lowlevel.current_root_task(), lowlevel.current_task()
+    except RuntimeError:
+        return None, None
+
+
+def _current_task() -> object | None:
+    """The running task (asyncio's or trio's), ``None`` outside both."""
+    loop = _get_running_loop()
+    if loop is not None:
+        return _asyncio_current_task(loop)
+    lowlevel = _trio_lowlevel or _trio()
+    if lowlevel is None:
+        return None
+    try:
+        task: object = lowlevel.current_task()
+    except RuntimeError:
+        return None
+    return task
+
+
 def current_loop() -> object | None:
     """The running event loop's identity: the asyncio loop, or the root task of the trio run;
     ``None`` outside both. Cheap (no exception on the asyncio path): it is on every lock."""
     loop = _get_running_loop()
     if loop is not None:
         return loop
-    trio = sys.modules.get("trio")  # a trio run has imported it
-    if trio is None:
-        return None
-    try:
-        root: object = trio.lowlevel.current_root_task()
-    except RuntimeError:
-        return None
-    return root
+    return _trio_run_and_task()[0]
 
 
 SyncHook = Callable[[str, object], Awaitable[None]]
@@ -63,7 +98,25 @@ framework exactly as if the driver call had raised it, which is how a test injec
 fault anywhere (rule 8). At other points it must not raise anything but cancellation.
 """
 
-_sync_hook: ContextVar[SyncHook | None] = ContextVar("avcm_sync_hook", default=None)
+
+class _Installed:
+    """A hook as installed by one :func:`sync_hook` block, and the one installed around it."""
+
+    __slots__ = ("__weakref__", "hook", "outer")
+
+    def __init__(self, hook: SyncHook, outer: _Installed | None) -> None:
+        self.hook = hook
+        self.outer = outer
+
+
+_sync_hook: ContextVar[_Installed | None] = ContextVar("avcm_sync_hook", default=None)
+
+installed_hooks: set[weakref.ref[_Installed]] = set()
+"""The hooks some context may still hold: empty, every sync point is a no-op that need not even
+look the context variable up (a lookup per lock and atomic step is a measurable share of an
+operation). A hook leaves the set when nothing refers to it any more: not when its block ends,
+since a task spawned inside the block keeps it in its context after the block has ended.
+``set.add`` and ``set.discard`` are atomic, so loops in other threads may install hooks too."""
 
 
 @contextmanager
@@ -74,21 +127,14 @@ def sync_hook(hook: SyncHook) -> Iterator[None]:
     race finder's hook (which labels the step) composes with a test's hook (which may then
     inject a fault or cancel) installed outside it.
     """
-    outer = _sync_hook.get()
-    installed = hook if outer is None else _chain(hook, outer)
+    installed = _Installed(hook, _sync_hook.get())
+    installed_hooks.add(weakref.ref(installed, installed_hooks.discard))
     token = _sync_hook.set(installed)
+    del installed  # the context holds it now, and the contexts copied from it
     try:
         yield
     finally:
         _sync_hook.reset(token)
-
-
-def _chain(inner: SyncHook, outer: SyncHook) -> SyncHook:
-    async def both(point: str, obj: object) -> None:
-        await inner(point, obj)
-        await outer(point, obj)
-
-    return both
 
 
 SETUP_SYNC_POINTS = frozenset(
@@ -119,9 +165,11 @@ async def sync_point(point: str, obj: object) -> None:
     Without an installed hook this does nothing and does not checkpoint; the race finder's
     hook does not checkpoint either (it switches tasks at checkpoints, as the event loop can).
     """
-    hook = _sync_hook.get()
-    if hook is not None:
-        await hook(point, obj)
+    if installed_hooks:
+        installed = _sync_hook.get()
+        while installed is not None:
+            await installed.hook(point, obj)
+            installed = installed.outer
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +190,20 @@ class Mutex:
     waiting, the mutex was not taken. Taking it is a checkpoint (trio's rule for async
     operations), unless *fast_acquire*: then an uncontended lock does not yield, for a mutex only
     ever taken inside an operation that checkpointed already (anyio's option of that name).
-    It belongs to the event loop that first takes it: taking it from another is ``EINVAL``.
+    Waiters take it in the order they came (the releasing task hands it to the first one).
+    It belongs to the event loop that first takes it: taking it from another is ``EINVAL``;
+    so is taking it again while holding it (it is not recursive) and releasing it from a task
+    that does not hold it.
     """
 
-    __slots__ = ("_acquisitions", "_contended", "_home", "_lock", "name")
+    __slots__ = ("_acquisitions", "_contended", "_fast", "_home", "_owner", "_waiters", "name")
 
     def __init__(self, name: str = "mutex", *, fast_acquire: bool = False) -> None:
         self.name = name
-        self._lock = anyio.Lock(fast_acquire=fast_acquire)
+        self._fast = fast_acquire
+        self._owner: object | None = None  # the task holding it
+        # (task, event) per waiting task, oldest first; made at the first contention
+        self._waiters: deque[tuple[object, anyio.Event]] | None = None
         self._acquisitions = 0
         self._contended = 0
         self._home: object | None = None  # the event loop it belongs to, once used
@@ -169,46 +223,93 @@ class Mutex:
         self._home = loop
 
     def __repr__(self) -> str:
-        state = "locked" if self._lock.locked() else "unlocked"
+        state = "locked" if self._owner is not None else "unlocked"
         return f"<Mutex {self.name} {state}>"
 
     async def lock(self) -> None:
         """Take the mutex, waiting for it if another task holds it."""
-        if current_loop() is not self._home:
+        # The backend's own calls, not anyio's: anyio's lock costs two task lookups, a
+        # cancel-scope walk and a shielded scope around its yield, a third of an operation.
+        running = _get_running_loop()
+        loop: object | None
+        task: object | None
+        if running is not None:
+            loop, task = running, _asyncio_current_task(running)
+        else:
+            loop, task = _trio_run_and_task()
+        if loop is not self._home:
             self.check_loop("lock")
-        hook = _sync_hook.get()
-        if hook is not None:
-            await hook("mutex.lock", self)
-        if self._lock.locked():
-            self._contended += 1
-        await self._lock.acquire()
+        if installed_hooks:
+            await sync_point("mutex.lock", self)
+        if self._owner is None and self._fast:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._owner is None:
+            # Free: taken now, then the checkpoint (as trio's lock does); cancelled there, it
+            # is given back, so it was not taken.
+            self._owner = task
+            if not self._fast:
+                try:
+                    if isinstance(loop, AbstractEventLoop):
+                        await _asyncio_sleep(0)  # what anyio's checkpoint is on asyncio
+                    elif loop is not None:
+                        await _trio_lowlevel.checkpoint()
+                    else:  # pragma: no cover - neither backend: anyio says why not
+                        await anyio.lowlevel.checkpoint()
+                except BaseException:
+                    self.unlock()
+                    raise
+            self._acquisitions += 1
+            return
+        if self._owner is task:
+            raise InvalidError(f"lock: {self.name} is held by this task already (not recursive)")
+        await self._wait(task)
+
+    async def _wait(self, task: object) -> None:
+        self._contended += 1
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = deque()
+        entry = (task, anyio.Event())
+        waiters.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if self._owner is task:
+                self.unlock()  # handed over, then cancelled before it could run: pass it on
+            else:
+                waiters.remove(entry)
+            raise
         self._acquisitions += 1
 
     def trylock(self) -> bool:
         """Take the mutex if it is free; return whether it was taken. Never yields."""
         if current_loop() is not self._home:
             self.check_loop("trylock")
-        if self._lock.locked():
+        if self._owner is not None:
             return False  # also for its own holder: a mutex is not recursive
-        try:
-            self._lock.acquire_nowait()
-        except anyio.WouldBlock:
-            return False
+        self._owner = _current_task()
         self._acquisitions += 1
         return True
 
     def unlock(self) -> None:
-        """Release the mutex; only its holder may call this."""
-        self._lock.release()
+        """Release the mutex; only its holder may call this (else ``EINVAL``)."""
+        if self._owner is not _current_task() or self._owner is None:
+            raise InvalidError(f"unlock: {self.name} is not held by this task")
+        waiters = self._waiters
+        if waiters:
+            self._owner, event = waiters.popleft()
+            event.set()
+        else:
+            self._owner = None
 
     def is_locked(self) -> bool:
-        return self._lock.locked()
+        return self._owner is not None
 
     def statistics(self) -> MutexStatistics:
         return MutexStatistics(
             name=self.name,
-            locked=self._lock.locked(),
-            tasks_waiting=self._lock.statistics().tasks_waiting,
+            locked=self._owner is not None,
+            tasks_waiting=len(self._waiters or ()),
             acquisitions=self._acquisitions,
             contended=self._contended,
         )
