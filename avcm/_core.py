@@ -61,7 +61,7 @@ from ._errors import (
     VcmWarning,
 )
 from ._memory import PhysicalMemory
-from ._sync import AtomicCounter, Mutex, MutexStatistics, sync_point
+from ._sync import AtomicCounter, Mutex, MutexStatistics, installed_hooks, sync_point
 from ._validate import (
     check_aligned,
     check_coroutine_function,
@@ -258,9 +258,7 @@ class Phys(_Allocated):
         self._memory = memory
         self._vcm: Vcm | None = None
         self._bindings = AtomicCounter(0, "phys.bindings")
-        # Taken inside operations that checkpointed on a context mutex already (free
-        # checkpoints by itself), so it need not yield when free.
-        self._lock = Mutex("phys", fast_acquire=True)
+        self._lock: Mutex | None = None  # made by _mutex, when first needed
         self._freed = False
 
     def __repr__(self) -> str:
@@ -306,8 +304,22 @@ class Phys(_Allocated):
         # Cheap on purpose (no MutexStatistics): the checks take one of every live phys at
         # every quiescent point.
         return PhysStatistics(
-            bindings=self._bindings.value, freed=self._freed, locked=self._lock.is_locked()
+            bindings=self._bindings.value,
+            freed=self._freed,
+            locked=self._lock is not None and self._lock.is_locked(),
         )
+
+    def _mutex(self) -> Mutex:
+        """The phys's lock, made at its first use: most phys are bound and freed by their own
+        context only, under its mutex, and never need one (a mutex is most of a phys's size).
+        Taken inside operations that checkpointed already (free checkpoints by itself), so it
+        need not yield when free. A context's phys belongs to the context's event loop."""
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = Mutex("phys", fast_acquire=True)
+            if self._vcm is not None:
+                lock._home = self._vcm._mutex._home
+        return lock
 
     def _check_usable(self, what: str) -> None:
         if self._freed:
@@ -326,7 +338,7 @@ class Phys(_Allocated):
                 its own.
         """
         await anyio.lowlevel.checkpoint()
-        async with self._lock:
+        async with self._mutex():
             self._check_usable("free")
             if self._bindings.value:
                 raise BusyError(f"free: {self!r} is still bound to {self.bindings} reservation(s)")
@@ -341,9 +353,20 @@ class Phys(_Allocated):
         if self._vcm is not None:
             self._vcm._physes.pop(self, None)
 
-    async def _claim(self, what: str) -> None:
-        """Count a binding in progress, unless the phys was freed (rule 6: one of them wins)."""
-        async with self._lock:
+    async def _claim(self, vcm: Vcm, what: str) -> None:
+        """Count a binding in progress in *vcm*, whose mutex the caller holds, unless the phys
+        was freed (rule 6: one of them wins).
+
+        Under the phys's lock, which a free holds while its driver call runs. The test and the
+        count do not yield when no hook is installed: then a phys of *vcm* (so of its event
+        loop) whose lock nobody holds is claimed without taking it.
+        """
+        lock = self._lock
+        if not installed_hooks and self._vcm is vcm and (lock is None or not lock.is_locked()):
+            self._check_usable(what)
+            self._bindings._value += 1
+            return
+        async with self._mutex():
             self._check_usable(what)
             await self._bindings.inc()
 
@@ -473,7 +496,7 @@ class Res(_Allocated):
             bind = vcm._ops.bind
             if bind is None:
                 raise NotSupportedError(f"bind: driver of {vcm.name} has no bind operation")
-            await phys._claim("bind")
+            await phys._claim(vcm, "bind")
             try:
                 await sync_point("driver.bind", self)
                 await bind(self, phys)
@@ -656,7 +679,7 @@ class Res(_Allocated):
                     _warn(f"unbind: {self!r} is not bound")
                     await self._unreserve_locked()
                 return
-            async with phys._lock:
+            async with phys._mutex():
                 if phys.bindings > 1:
                     raise BusyError(
                         f"destroy_binding: {phys!r} is also bound to "
@@ -952,7 +975,7 @@ class Vcm:
             if await attempt(f"unbinding {res!r}", res._unbind_locked, False):
                 await attempt(f"unreserving {res!r}", res._unreserve_locked)
         for phys in list(self._physes):
-            async with phys._lock:
+            async with phys._mutex():
                 if phys.freed:  # by a free that was in the driver when destroy began
                     continue
                 if phys.bindings == 0:
@@ -1113,7 +1136,7 @@ class Vcm:
             return res
         async with self._mutex:
             self._check_not_destroyed("map")
-            await phys._claim("map")
+            await phys._claim(self, "map")
             try:
                 await sync_point("driver.map", self)
                 res = self._adopt_res(await driver_map(self, phys, flags), phys.size, "map")
@@ -1172,7 +1195,8 @@ class Vcm:
             or phys.bindings
         ):
             raise InvalidError(f"{what}: driver of {self.name} returned {phys!r} for {size:#x}")
-        phys._lock.check_loop(what)  # a context's phys belongs to its event loop
+        if phys._lock is not None:  # else it will be made belonging to this context's loop
+            phys._lock.check_loop(what)
         phys._vcm = self
         self._physes[phys] = None
         return phys

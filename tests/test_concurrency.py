@@ -12,7 +12,7 @@ import pytest
 import avcm
 import drivers
 from avcm import testing
-from tests._recording import DriverFault, make_context
+from tests._recording import DriverFault, RecordingDriver, make_context
 
 pytestmark = pytest.mark.anyio
 
@@ -236,6 +236,54 @@ async def test_rule6_free_racing_bind(memory: avcm.PhysicalMemory) -> None:
             await res.unreserve()
     assert outcomes == {("ok", "EBUSY"), ("EINVAL", "ok")}  # both sides won sometimes
     await vcm.deactivate()
+    assert memory.is_pristine()
+
+
+async def test_rule6_a_bind_waits_for_a_free_in_its_driver(memory: avcm.PhysicalMemory) -> None:
+    """A free holds the phys's lock (made at its first use) while its driver call runs; a bind
+    of that phys in its own context, which takes no lock when nobody holds it, comes meanwhile:
+    it waits for the free, then fails with EINVAL. Freed memory is never bound."""
+    in_free, release = anyio.Event(), anyio.Event()
+
+    class SlowFree(RecordingDriver):
+        async def phys(self, vcm: avcm.Vcm, size: int, flags: int) -> avcm.Phys:
+            inner = avcm.phys_alloc(size, flags, memory=self.memory)
+
+            async def free(phys: avcm.Phys) -> None:
+                in_free.set()
+                await release.wait()
+                await inner.free()
+
+            return avcm.lowlevel.create_phys(inner.parts, free=free, memory=self.memory)
+
+    driver = SlowFree(memory)
+    vcm = avcm.Vcm(0x1000_0000, 64 << 20, driver)
+    res = await vcm.reserve(4096)
+    phys = await vcm.alloc(4096)
+    await res.bind(phys)  # claimed and released without the phys's lock
+    await res.unbind()
+    bound: list[str] = []
+
+    async def bind() -> None:
+        with pytest.raises(avcm.InvalidError, match="was freed") as info:
+            await res.bind(phys)
+        assert info.value.errno == errno.EINVAL
+        bound.append("EINVAL")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(phys.free)
+        await in_free.wait()
+        assert phys.statistics().locked
+        tg.start_soon(bind)
+        try:
+            await anyio.wait_all_tasks_blocked()
+            assert bound == []  # waiting for the phys's lock
+        finally:
+            release.set()  # the free completes, shielded, whatever happened
+    assert bound == ["EINVAL"] and phys.freed and phys.bindings == 0
+    assert res.phys is None and driver.mapped == {}
+    testing.check_quiescent([vcm])
+    await res.unreserve()
     assert memory.is_pristine()
 
 

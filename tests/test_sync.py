@@ -289,3 +289,45 @@ async def test_mutex_handed_to_an_asyncio_task_cancelled_natively_goes_on() -> N
         first_task.cancel()  # ... with a cancellation
     assert held_by == ["first cancelled", "second"]
     assert not mutex.is_locked() and mutex.statistics().tasks_waiting == 0
+
+
+class _ZeroHardware:
+    orders = (0,)
+
+    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        pass
+
+    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["core", "mmu"])
+async def test_a_hook_installed_mid_run_sees_every_point_of_bind_and_unbind(kind: str) -> None:
+    """Without a hook, bind and unbind skip what only a hook could see (the phys's lock, the
+    points); installed later, the hook sees every point, in order, as if always there."""
+    from tests._recording import make_context
+
+    memory = avcm.PhysicalMemory(size=8 << 20)
+    if kind == "core":
+        vcm = make_context(memory)[0]
+    else:
+        vcm = avcm.mmu_init(0x1000_0000, 1 << 24, _ZeroHardware(), memory=memory)
+    res = await vcm.reserve(4096)
+    phys = await vcm.alloc(4096)
+    await res.bind(phys)
+    assert await res.unbind() is phys
+    points: list[str] = []
+
+    async def hook(point: str, obj: object) -> None:
+        if not point.startswith("test."):  # the recording driver's own
+            points.append(point)
+
+    with sync_hook(hook):
+        await res.bind(phys)
+        assert await res.unbind() is phys
+    assert points == [
+        *("mutex.lock", "mutex.lock", "atomic.add_return", "driver.bind"),  # context, phys
+        *("mutex.lock", "driver.unbind", "atomic.add_return"),
+    ]
+    assert res.phys is None and phys.bindings == 0
+    testing.check_quiescent([vcm])
