@@ -135,6 +135,11 @@ class _WrapperDriver(metaclass=_NoPublicConstructor):
 
     _context: Vcm | None = None
 
+    def _unbind_now(self, res: Res) -> bool:
+        """Unbind *res* without awaiting, if ``unbind`` would not wait now; whether it did.
+        Only where nothing can fail (the core does not expect it to raise)."""
+        return False
+
 
 class _Allocated(metaclass=_NoPublicConstructor):
     """Base of :class:`Res` and :class:`Phys`: one object stands for one allocation, so there
@@ -371,7 +376,10 @@ class Phys(_Allocated):
             await self._bindings.inc()
 
     async def _unclaim(self) -> None:
-        await self._bindings.dec()
+        if installed_hooks:
+            await self._bindings.dec()
+        else:  # the same step, without its sync point (which would do nothing)
+            self._bindings._value -= 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,6 +530,13 @@ class Res(_Allocated):
         vcm = self._vcm
         async with vcm._mutex:
             self._check_usable("unbind")
+            phys = self._phys
+            if phys is not None and not installed_hooks and vcm._ops.unbind_now(self):
+                # Nothing that could yield (no hook, a driver that did not wait): nothing a
+                # cancellation could cut short, so no shield (a cancel scope costs as much as
+                # all the rest of the unbind).
+                await self._drop_binding(phys)
+                return phys
             with _shielded():
                 phys = await self._unbind_locked(True)
         return phys
@@ -773,6 +788,11 @@ class _DriverOps:
     unbind: Callable[[Res], Awaitable[None]] | None
     activate: Callable[[Vcm], Awaitable[None]] | None
     deactivate: Callable[[Vcm], Awaitable[None]] | None
+    # unbind_now(res): unbind without awaiting if that can be done now (and cannot fail), and
+    # say whether it was done; if not, unbind is awaited. A driver without unbind always can;
+    # a wrapper's _unbind_now knows when its unbind would not wait (nothing in the hardware
+    # to change); any other driver never can (its unbind may wait).
+    unbind_now: Callable[[Res], bool]
 
     @classmethod
     def resolve(cls, driver: object) -> _DriverOps:
@@ -784,7 +804,20 @@ class _DriverOps:
             if op is not None:
                 check_coroutine_function(op, f"context: driver {driver!r}: {name}")
             ops[name] = op
+        if ops["unbind"] is None:
+            ops["unbind_now"] = _unbound
+        else:
+            wrapper = driver if isinstance(driver, _WrapperDriver) else None
+            ops["unbind_now"] = _cannot_unbind_now if wrapper is None else wrapper._unbind_now
         return cls(**ops)
+
+
+def _unbound(res: Res) -> bool:
+    return True
+
+
+def _cannot_unbind_now(res: Res) -> bool:
+    return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -190,6 +190,13 @@ class MmuWrapper(_WrapperDriver):
             await self.unmap_res(res, phys)
         del self.bound[res]
 
+    def _unbind_now(self, res: Res) -> bool:
+        """:meth:`unbind` when it would not wait: inactive, there is no hardware to update."""
+        if self.activated:
+            return False  # the hardware's deactivate is awaited
+        del self.bound[res]
+        return True
+
     async def activate(self, vcm: Vcm) -> None:
         """Map every bound reservation; on a failure undo exactly what was done, in reverse."""
         if self._enable is not None:

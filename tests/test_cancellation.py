@@ -65,12 +65,13 @@ def make(kind: str, memory: avcm.PhysicalMemory) -> tuple[avcm.Vcm, Callable[[],
 
     core: a recording driver (its hardware and address space); mmu: per-page tables (the
     hardware and the wrapper's address space); o2o: a carve-out whose alloc and free sleep
-    (the allocator's statistics and the wrapper's allocation pairs).
+    (the allocator's statistics and the wrapper's allocation pairs); mmu-inactive: mmu, never
+    activated (its bind and unbind do not wait: avcm calls them without a shield).
     """
     if kind == "core":
         vcm, driver = make_context(memory)
         return vcm, lambda: hardware_state(driver, driver.space)
-    if kind == "mmu":
+    if kind in ("mmu", "mmu-inactive"):
         hardware = PageHardware(delay=0)
         vcm = avcm.mmu_init(0x1000_0000, 64 * MiB, hardware, memory=memory)
         assert isinstance(vcm.driver, avcm.lowlevel.MmuWrapper)
@@ -87,8 +88,9 @@ def make(kind: str, memory: avcm.PhysicalMemory) -> tuple[avcm.Vcm, Callable[[],
 
 
 async def setup_case(kind: str, name: str) -> Case:
-    """An active context with a bound reservation, a free phys and an unbound reservation
-    that the phys *own* can be bound to; *name* picks the operation to run on them."""
+    """An active context (but for mmu-inactive) with a bound reservation, a free phys and an
+    unbound reservation that the phys *own* can be bound to; *name* picks the operation to
+    run on them."""
     memory = avcm.PhysicalMemory(size=32 * MiB)
     vcm, driver_state = make(kind, memory)
     bound = await vcm.make_binding(64 << 10)
@@ -102,7 +104,8 @@ async def setup_case(kind: str, name: str) -> Case:
     else:
         free_res = await vcm.reserve(4 * MiB)
         own = free_phys
-    await vcm.activate()
+    if kind != "mmu-inactive":
+        await vcm.activate()
     runs: dict[str, Callable[[], Awaitable[object]]] = {
         "alloc": lambda: vcm.alloc(MiB + 4096),
         "reserve": lambda: vcm.reserve(MiB),
@@ -262,13 +265,16 @@ OPERATIONS = [
 # Closing completes even when cancelled (destroy's docstring; trio's aclose rule).
 CLOSING = {"destroy", "activated", "async_with_vcm"}
 
+# The operations whose fast paths an inactive MMU context takes (no lock, no shield).
+INACTIVE = ["make_binding", "map", "bind", "unbind", "unreserve_bound", "unmap", "destroy_binding"]
+
 # reserve alone is EOPNOTSUPP on a one-to-one context (test_o2o_reserve_is_not_supported)
 CASES = [
     pytest.param(kind, name, id=f"{kind}-{name}")
     for kind in KINDS
     for name in OPERATIONS
     if (kind, name) != ("o2o", "reserve")
-]
+] + [pytest.param("mmu-inactive", name, id=f"mmu-inactive-{name}") for name in INACTIVE]
 
 
 @pytest.mark.parametrize(("kind", "name"), CASES)
@@ -292,3 +298,56 @@ async def test_o2o_reserve_is_not_supported() -> None:
         await case.run()
     assert state(case) == before
     testing.check_quiescent([case.vcm])
+
+
+class _GatedHardware:
+    """Per-reservation hardware whose deactivate waits until the test opens the gate."""
+
+    orders = (0,)
+
+    def __init__(self) -> None:
+        self.mapped: set[int] = set()
+        self.in_deactivate = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        self.mapped.add(res.start)
+
+    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        self.in_deactivate.set()
+        await self.gate.wait()
+        self.mapped.discard(res.start)
+
+
+async def test_unbind_cancelled_while_its_driver_waits_completes_then_delivers() -> None:
+    """The cancellation table: an unbind holding the lock completes, shielded, when cancelled
+    while its driver call waits; the cancellation comes at the caller's next checkpoint. (An
+    unbind whose driver does not wait takes no shield; one whose driver waits must.)"""
+    hardware = _GatedHardware()
+    vcm = avcm.mmu_init(0x1000_0000, 16 * MiB, hardware, memory=avcm.PhysicalMemory(size=MiB))
+    res = await vcm.make_binding(4096)
+    phys = res.phys
+    await vcm.activate()
+    assert hardware.mapped == {res.start}
+    returned: list[avcm.Phys | None] = []
+    scope = anyio.CancelScope()
+
+    async def unbind() -> None:
+        with scope:
+            returned.append(await res.unbind())
+            await anyio.lowlevel.checkpoint()
+            returned.append(None)  # pragma: no cover - the cancellation comes first
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(unbind)
+        await hardware.in_deactivate.wait()
+        scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        hardware.gate.set()
+    assert returned == [phys] and scope.cancelled_caught
+    assert res.phys is None and phys is not None and phys.bindings == 0
+    assert hardware.mapped == set()
+    testing.check_quiescent([vcm])
+    await vcm.deactivate()
+    await res.unreserve()
+    await phys.free()
