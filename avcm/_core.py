@@ -202,7 +202,6 @@ class Phys(_Allocated):
         "_layout",
         "_lock",
         "_memory",
-        "_size",
         "_vcm",
     )
 
@@ -235,9 +234,10 @@ class Phys(_Allocated):
             raise InvalidError(f"phys parts must be (start, size) pairs, not {quote(parts)}")
         if memory is not None and not isinstance(memory, PhysicalMemory):
             raise InvalidError(f"phys memory must be a PhysicalMemory, not {quote(memory)}")
-        # Flat (start, size, start, size, ...) in an array: 16 bytes a part, where a tuple of
-        # PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of parts).
-        layout = array("Q")
+        # Flat (total size, start, size, start, size, ...) in an array: 16 bytes a part, where
+        # a tuple of PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of
+        # parts), and 8 for the size, where an int would cost 32.
+        flat = [0]
         ascending, end = True, 0
         for index, part in enumerate(parts):
             try:
@@ -251,29 +251,31 @@ class Phys(_Allocated):
             check_span(start, size, f"phys part {index}")
             ascending = ascending and start >= end
             end = start + size
-            layout.append(start)
-            layout.append(size)
-        if not layout:
+            flat.append(start)
+            flat.append(size)
+            flat[0] += size
+        if len(flat) == 1:
             raise InvalidError("phys must have at least one part")
         if not ascending:  # parts in address order, the usual case, cannot overlap
-            _check_disjoint(layout)
-        self._layout = layout
-        self._size = sum(layout[1::2])
+            _check_disjoint(flat)
+        self._layout = array("Q", flat)  # exactly as large as it must be: appending over-sizes
         self._free = free
         self._memory = memory
         self._vcm: Vcm | None = None
-        self._bindings = AtomicCounter(0, "phys.bindings")
+        # How many reservations it is bound to: an atomic_t, its steps those of AtomicCounter
+        # (_count), without one (a phys's every byte counts).
+        self._bindings = 0
         self._lock: Mutex | None = None  # made by _mutex, when first needed
         self._freed = False
 
     def __repr__(self) -> str:
-        state = " freed" if self._freed else f" bindings={self._bindings.value}"
-        return f"<Phys {self.size:#x} bytes in {self.count} parts at {self._layout[0]:#x}{state}>"
+        state = " freed" if self._freed else f" bindings={self._bindings}"
+        return f"<Phys {self.size:#x} bytes in {self.count} parts at {self._layout[1]:#x}{state}>"
 
     @property
     def size(self) -> int:
         """The total size in bytes, the sum of the parts' sizes."""
-        return self._size
+        return self._layout[0]
 
     @property
     def memory(self) -> PhysicalMemory | None:
@@ -288,18 +290,18 @@ class Phys(_Allocated):
     @property
     def count(self) -> int:
         """How many physically contiguous parts; 1 means the whole phys is contiguous."""
-        return len(self._layout) >> 1
+        return len(self._layout) >> 1  # the size, and two per part
 
     @property
     def parts(self) -> tuple[PhysPart, ...]:
         """The parts, in allocation order (a new tuple at every access)."""
         layout = self._layout
-        return tuple(map(PhysPart, layout[0::2], layout[1::2]))
+        return tuple(map(PhysPart, layout[1::2], layout[2::2]))
 
     @property
     def bindings(self) -> int:
         """How many reservations this phys is bound to now."""
-        return self._bindings.value
+        return self._bindings
 
     @property
     def freed(self) -> bool:
@@ -309,7 +311,7 @@ class Phys(_Allocated):
         # Cheap on purpose (no MutexStatistics): the checks take one of every live phys at
         # every quiescent point.
         return PhysStatistics(
-            bindings=self._bindings.value,
+            bindings=self._bindings,
             freed=self._freed,
             locked=self._lock is not None and self._lock.is_locked(),
         )
@@ -345,7 +347,7 @@ class Phys(_Allocated):
         await anyio.lowlevel.checkpoint()
         async with self._mutex():
             self._check_usable("free")
-            if self._bindings.value:
+            if self._bindings:
                 raise BusyError(f"free: {self!r} is still bound to {self.bindings} reservation(s)")
             with _shielded():
                 await self._free_locked()
@@ -369,17 +371,21 @@ class Phys(_Allocated):
         lock = self._lock
         if not installed_hooks and self._vcm is vcm and (lock is None or not lock.is_locked()):
             self._check_usable(what)
-            self._bindings._value += 1
+            self._bindings += 1
             return
         async with self._mutex():
             self._check_usable(what)
-            await self._bindings.inc()
+            await self._count(1)
 
     async def _unclaim(self) -> None:
+        await self._count(-1)
+
+    async def _count(self, delta: int) -> None:
+        """The bindings count's atomic step: ``AtomicCounter.add_return``'s sync point, then the
+        update (no sync point without a hook: it would do nothing)."""
         if installed_hooks:
-            await self._bindings.dec()
-        else:  # the same step, without its sync point (which would do nothing)
-            self._bindings._value -= 1
+            await sync_point("atomic.add_return", self)
+        self._bindings += delta
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +410,7 @@ class Res(_Allocated):
         "avcm.lowlevel.create_res"
     )
 
-    __slots__ = ("__weakref__", "_bound_size", "_dead", "_phys", "_res_size", "_start", "_vcm")
+    __slots__ = ("__weakref__", "_dead", "_phys", "_res_size", "_start", "_vcm")
 
     @classmethod
     def _create(cls, vcm: Vcm, start: int, res_size: int) -> Res:
@@ -425,7 +431,6 @@ class Res(_Allocated):
         self._vcm = vcm
         self._start = start
         self._res_size = res_size
-        self._bound_size = 0
         self._phys: Phys | None = None
         self._dead = False
 
@@ -456,7 +461,7 @@ class Res(_Allocated):
     @property
     def bound_size(self) -> int:
         """The bound memory's size, 0 when unbound."""
-        return self._bound_size
+        return 0 if self._phys is None else self._phys.size
 
     @property
     def unreserved(self) -> bool:
@@ -513,7 +518,6 @@ class Res(_Allocated):
                     await phys._unclaim()
                 raise
             self._phys = phys
-            self._bound_size = phys.size
 
     async def unbind(self) -> Phys | None:
         """``vcm_unbind``: unbind and return the phys.
@@ -566,7 +570,6 @@ class Res(_Allocated):
 
     async def _drop_binding(self, phys: Phys) -> None:
         self._phys = None
-        self._bound_size = 0
         await phys._unclaim()
 
     async def _restore_binding(self, phys: Phys, told: bool, error: BaseException) -> None:
@@ -714,9 +717,9 @@ class Res(_Allocated):
                         raise
 
 
-def _check_disjoint(layout: array[int]) -> None:
-    """EINVAL if two of these (start, size) parts share a byte."""
-    parts = sorted(zip(layout[0::2], layout[1::2], strict=True))
+def _check_disjoint(flat: list[int]) -> None:
+    """EINVAL if two of these (total, start, size, start, size, ...) parts share a byte."""
+    parts = sorted(zip(flat[1::2], flat[2::2], strict=True))
     for (start, size), (after, _) in itertools.pairwise(parts):
         if start + size > after:
             raise InvalidError(f"phys parts {start:#x}+{size:#x} and {after:#x} overlap")
@@ -1178,7 +1181,6 @@ class Vcm:
                     await phys._unclaim()
                 raise
             res._phys = phys
-            res._bound_size = phys.size
             return res
 
     async def _new_phys(self, size: int, flags: int) -> Phys:

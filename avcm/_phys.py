@@ -99,15 +99,19 @@ def phys_alloc(
             f"phys_alloc: cannot allocate {size:#x} bytes with orders {orders} "
             f"({ram.free_bytes:#x} bytes free)"
         )
-
-    async def free(phys: Phys) -> None:
-        _free_parts(ram, phys.parts)
-
     try:
-        return Phys._create(parts, free=free, memory=ram)
+        return Phys._create(parts, free=_free_to_memory, memory=ram)
     except BaseException:
         _free_parts(ram, parts)
         raise
+
+
+async def _free_to_memory(phys: Phys) -> None:
+    """The free of every phys :func:`phys_alloc` makes: its pages back to its memory. One
+    function for all (a closure per phys would cost 240 bytes, more than the phys)."""
+    memory = phys.memory
+    if memory is not None:  # phys_alloc always gives one
+        _free_parts(memory, phys.parts)
 
 
 def _free_parts(ram: PhysicalMemory, parts: Sequence[PhysPart]) -> None:
