@@ -42,6 +42,8 @@ async def _async_rows(quick: bool) -> list[Row]:
         await _rows.contention(),
         await _rows.activation(10_000 // scale),
         await _rows.memory_per_reservation(20_000 // scale),
+        await _rows.memory_per_fragmented_reservation(20_000 // scale),
+        await _rows.memory_per_binding(2_000 // scale),
     ]
 
 
@@ -64,6 +66,8 @@ def measure(
         "any": [
             _rows.allocator_vs_genpool(10_000 if quick else 100_000),
             _rows.memory_per_part(100_000),
+            _rows.memory_per_phys(1),
+            _rows.memory_per_phys(64),
         ]
     }
     for backend in ("asyncio", "trio"):
