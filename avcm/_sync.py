@@ -183,6 +183,10 @@ class MutexStatistics:
     contended: int
 
 
+def _outside(what: str, mutex: Mutex) -> InvalidError:
+    return InvalidError(f"{what}: {mutex.name} can only be taken by an asyncio or trio task")
+
+
 class Mutex:
     """``struct mutex``: a fair, non-reentrant lock, one owner at a time.
 
@@ -237,6 +241,8 @@ class Mutex:
             loop, task = running, _asyncio_current_task(running)
         else:
             loop, task = _trio_run_and_task()
+        if task is None:
+            raise _outside("lock", self)
         if loop is not self._home:
             self.check_loop("lock")
         if installed_hooks:
@@ -251,10 +257,8 @@ class Mutex:
                 try:
                     if isinstance(loop, AbstractEventLoop):
                         await _asyncio_sleep(0)  # what anyio's checkpoint is on asyncio
-                    elif loop is not None:
+                    else:
                         await _trio_lowlevel.checkpoint()
-                    else:  # pragma: no cover - neither backend: anyio says why not
-                        await anyio.lowlevel.checkpoint()
                 except BaseException:
                     self.unlock()
                     raise
@@ -287,7 +291,10 @@ class Mutex:
             self.check_loop("trylock")
         if self._owner is not None:
             return False  # also for its own holder: a mutex is not recursive
-        self._owner = _current_task()
+        task = _current_task()
+        if task is None:
+            raise _outside("trylock", self)
+        self._owner = task
         self._acquisitions += 1
         return True
 

@@ -229,6 +229,21 @@ async def test_mutex_is_not_recursive_and_only_its_holder_releases_it() -> None:
     assert not mutex.is_locked() and mutex.statistics().acquisitions == 1
 
 
+async def test_mutex_outside_any_task_is_einval() -> None:
+    """A worker thread runs no event loop: there is no task to hold the mutex."""
+    mutex = avcm.lowlevel.Mutex("m")
+
+    def in_a_thread() -> None:
+        with pytest.raises(avcm.InvalidError, match="asyncio or trio task") as info:
+            mutex.trylock()
+        assert info.value.errno == errno.EINVAL
+
+    await anyio.to_thread.run_sync(in_a_thread)
+    assert not mutex.is_locked()
+    assert mutex.trylock()
+    mutex.unlock()
+
+
 async def test_a_hook_stays_with_a_task_spawned_in_its_block_after_the_block_ends() -> None:
     """The hook is in the spawned task's context, which outlives the block: its sync points
     still reach the hook, whatever else is installed or removed meanwhile."""
