@@ -181,6 +181,9 @@ FreeCallback = Callable[["Phys"], Awaitable[None]]
 """``await free(phys)``: gives a phys's memory back to whoever allocated it (``phys->free``)."""
 
 
+_SIZE_MASK = (1 << 64) - 1
+
+
 class Phys(_Allocated):
     """``struct vcm_phys``: allocated physical memory, possibly in several parts.
 
@@ -258,6 +261,7 @@ class Phys(_Allocated):
             raise InvalidError("phys must have at least one part")
         if not ascending:  # parts in address order, the usual case, cannot overlap
             _check_disjoint(flat)
+        flat[0] &= _SIZE_MASK  # all of the 64-bit space, 1 << 64, is kept as 0: see size
         self._layout = array("Q", flat)  # exactly as large as it must be: appending over-sizes
         self._free = free
         self._memory = memory
@@ -275,7 +279,7 @@ class Phys(_Allocated):
     @property
     def size(self) -> int:
         """The total size in bytes, the sum of the parts' sizes."""
-        return self._layout[0]
+        return self._layout[0] or _SIZE_MASK + 1  # no phys is empty
 
     @property
     def memory(self) -> PhysicalMemory | None:

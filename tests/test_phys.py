@@ -266,6 +266,13 @@ async def test_phys_and_walk_up_to_the_last_64_bit_page() -> None:
         await avcm.phys_walk(top, avcm.lowlevel.create_phys([(0, 8192)]), (0,), walk.callback)
 
 
+async def test_a_phys_of_all_64_bit_addresses() -> None:
+    half = 1 << 63
+    phys = avcm.lowlevel.create_phys([(half, half), (0, half)])
+    assert phys.size == 1 << 64 and phys.count == 2
+    assert phys.parts == (avcm.PhysPart(half, half), avcm.PhysPart(0, half))
+
+
 async def _walk_target(memory: avcm.PhysicalMemory, kind: str) -> object:
     if kind == "not a phys":
         return [(0, 4096)]
