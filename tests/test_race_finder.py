@@ -292,6 +292,10 @@ def test_a_token_from_other_code_diverges_loudly() -> None:
         lambda: testing.Limits(max_steps=0),
         lambda: testing.Limits(idle_timeout=0),
         lambda: testing.Limits(runaway_steps=1.5),  # type: ignore[arg-type]
+        lambda: testing.Limits(io_timeout=0),
+        lambda: testing.Limits(io_timeout=math.inf),
+        lambda: testing.Limits(io_timeout=True),
+        lambda: testing.Limits(io_timeout="1"),  # type: ignore[arg-type]
         lambda: testing.explore(counting_tasks(1), schedules=0),
         lambda: testing.explore(counting_tasks(1), backend="curio"),
         lambda: testing.explore(counting_tasks(1), strategy="pct"),  # type: ignore[arg-type]

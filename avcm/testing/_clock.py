@@ -18,7 +18,7 @@ import itertools
 import math
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
 
@@ -33,21 +33,64 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+class Outside(Protocol):
+    """What the race finder tells a virtual-time loop about work outside it."""
+
+    @property
+    def io_timeout(self) -> float:
+        """Seconds of real time to wait for I/O before virtual time may move on."""
+        ...
+
+    def threads_busy(self) -> bool:
+        """Whether a worker thread is at work: wait for it, however long it takes."""
+        ...
+
+    def io_waits(self) -> int:
+        """How many waits for I/O are registered (the loop's own self-pipe aside)."""
+        ...
+
+    def io_wait(self, timeout: float) -> float | None:
+        """How long a poll for I/O asked for with *timeout* (0: a task can run) waits in
+        real time; None: no poll now."""
+        ...
+
+    def let_in(self) -> bool:
+        """Make ready the callbacks that threads made ready while tasks could run (held back
+        till now); whether there were any."""
+        ...
+
+
 class _VirtualSelector(selectors.DefaultSelector):
     """A selector that never waits for a timeout: it moves the loop's virtual clock instead,
-    unless work outside the loop (a worker thread) is under way: then it waits for real, for
-    that work to report back, and the virtual clock stands still."""
+    unless work outside the loop is under way: a worker thread (it waits for real until the
+    thread reports back), or I/O waited for (it waits for real up to ``io_timeout`` seconds,
+    then moves the clock if nothing came). The virtual clock stands still while it waits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        self.external_busy: Callable[[], bool] | None = None
+        self.outside: Outside | None = None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and timeout > 0:
-            if self.external_busy is not None and self.external_busy():
+        outside = self.outside
+        if outside is not None and timeout is not None:
+            if timeout <= 0:
+                wait = outside.io_wait(0.0)
+                if wait is None:
+                    return []
+                if wait > 0:  # asked to wait, as if no task could run
+                    outside.let_in()
+                return super().select(wait)
+            if outside.let_in():  # nothing could run: what threads reported comes in now
+                return super().select(0)
+            if outside.threads_busy():
                 # the thread reports through the loop's self-pipe, which ends this wait
                 return super().select(min(timeout, _THREAD_POLL))
+            if outside.io_waits():
+                events = super().select(outside.io_timeout)
+                if events:
+                    return events
+        if timeout is not None and timeout > 0:
             self.now += timeout
             timeout = 0
         return super().select(timeout)
@@ -59,17 +102,24 @@ _THREAD_POLL = 1.0  # seconds of real time between looks at a thread that never 
 class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time: ``loop.time()`` advances only when nothing is ready.
 
-    While :attr:`external_busy` (set by the race finder) says that work outside the loop is
-    under way, the loop waits for it in real time and virtual time stands still.
+    While the race finder (:meth:`watch_outside`) says that work outside the loop is under
+    way, the loop waits for it in real time and virtual time stands still.
     """
 
     def __init__(self) -> None:
         self._virtual = _VirtualSelector()
         super().__init__(self._virtual)
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
+        self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
 
     def time(self) -> float:
+        if asyncio.current_task(self) is not None:
+            self.task_reads += 1
         return self._virtual.now
+
+    def advance(self, to: float) -> None:
+        """Move virtual time on to *to* (never back)."""
+        self._virtual.now = max(self._virtual.now, to)
 
     def run_in_executor(
         self,
@@ -85,13 +135,11 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def _executor_job_done(self, future: asyncio.Future[Any]) -> None:
         self.executor_jobs -= 1
 
-    @property
-    def external_busy(self) -> Callable[[], bool] | None:
-        return self._virtual.external_busy
-
-    @external_busy.setter
-    def external_busy(self, probe: Callable[[], bool] | None) -> None:
-        self._virtual.external_busy = probe
+    def watch_outside(self, outside: Outside | None) -> None:
+        """Wait for outside work instead of moving virtual time, as *outside* says: for as
+        long as a thread is at work, and up to ``io_timeout`` seconds of real time at a time
+        for I/O; poll for I/O when it says (None: stop watching)."""
+        self._virtual.outside = outside
 
     def advance_to_next_timer(self) -> None:
         """Move virtual time to the earliest pending timer that can fall due, if any."""
@@ -100,15 +148,16 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             self._virtual.now = max(self._virtual.now, when)
 
 
-def next_timer(loop: asyncio.AbstractEventLoop) -> float | None:
+def next_timer(loop: asyncio.AbstractEventLoop, *, exclude: float | None = None) -> float | None:
     """The earliest pending timer of an asyncio loop that can fall due, or None: a timer at
     infinity (anyio's ``sleep_forever`` on asyncio) never does, and counts as none, as it
-    does on trio. The timers are private to asyncio: a loop without them has none."""
+    does on trio; nor does one at *exclude*. The timers are private to asyncio: a loop
+    without them has none."""
     scheduled = getattr(loop, "_scheduled", ())
     whens = [
         handle.when()
         for handle in scheduled
-        if not handle.cancelled() and math.isfinite(handle.when())
+        if not handle.cancelled() and math.isfinite(handle.when()) and handle.when() != exclude
     ]
     return min(whens, default=None)
 

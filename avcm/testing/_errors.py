@@ -4,8 +4,8 @@ Bad input to the race finder itself (a malformed token, a parameter out of range
 :class:`avcm.InvalidError` (``EINVAL``), like bad input anywhere in avcm. What a schedule finds
 is an :class:`AssertionError`, so that pytest reports it as a failed test:
 :class:`ScheduleFailure` for what the scheduler itself detects (deadlock, step budget, a task
-that never yields, a replay that diverged), :class:`RaceFound` for any failure with the schedule
-that shows it.
+that never yields, I/O that never arrives, a replay that diverged), :class:`RaceFound` for
+any failure with the schedule that shows it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = [
     "ClusterError",
     "ConformanceFailure",
     "DeadlockError",
+    "IOWaitError",
     "RaceFound",
     "ReplayDivergedError",
     "RunawayError",
@@ -51,11 +52,19 @@ class DeadlockError(ScheduleFailure):
     """Every task is blocked, none can be chosen, and no timer is pending."""
 
 
+class IOWaitError(ScheduleFailure):
+    """Every task waits, some of them for I/O with the world outside (another process, a
+    socket, a pipe), and nothing arrived for ``Limits.io_timeout`` seconds of real time: a
+    peer that never answers, or tasks of the scenario deadlocked through a socket. Not
+    called a deadlock: what is outside may still answer, later than the bound."""
+
+
 class StepBudgetError(ScheduleFailure):
     """The run took more scheduling steps than allowed: more than ``Limits.max_steps`` in a
-    row with virtual time standing still (a livelock: the message names the cycle of steps
-    that repeats), or 20 times as many in all, time passing (a run that does not end), or a
-    bigger scenario than the budget."""
+    row with no task waiting for time to pass (virtual time standing still, or moved only by
+    the spin rule: a livelock, and the message names the cycle of steps that repeats), or 20
+    times as many in all, time passing (a run that does not end), or a bigger scenario than
+    the budget."""
 
 
 class RunawayError(ScheduleFailure):

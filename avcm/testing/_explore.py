@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import inspect
 import itertools
+import math
 import shlex
 import sys
 from collections.abc import Awaitable, Callable
@@ -47,28 +48,40 @@ Scenario = Callable[[Run], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds of one run. ``max_steps``: scheduling steps in a row with virtual time standing
-    still before :class:`StepBudgetError` (a livelock; a step after the clock moved starts the
-    count again, so a poll loop that waits for time to pass is none), and 20 times as many
-    steps in all (a run that does not end, though time passes);
+    """Bounds of one run. ``max_steps``: scheduling steps in a row with no task waiting for
+    time to pass (virtual time standing still, or moved only by the spin rule) before
+    :class:`StepBudgetError` (a livelock; a step after a task waited for the clock to move
+    starts the count again, so a poll loop that waits for time to pass is none), and 20
+    times as many steps in all (a run that does not end, though time passes);
     ``idle_timeout``: seconds (simulated, on a virtual clock) with every task blocked before a
     :class:`DeadlockError`; ``runaway_steps``: steps of tasks outside the scheduler's control
     (spawned by a controlled task) with no controlled task chosen, before a
     :class:`RunawayError`; ``fair_bound``: how many choices in a row may pass over a runnable
     task before the tasks that keep it waiting are disabled until it has run (fairness: a poll
-    loop cannot starve the task it waits for)."""
+    loop cannot starve the task it waits for); ``io_timeout``: seconds of real time that the
+    run waits, with every task waiting and virtual time standing still, for I/O with the
+    world outside (another process, a socket) before an :class:`IOWaitError`, or, when a
+    timer is pending, before virtual time moves on to it (a timeout around the I/O)."""
 
     max_steps: int = 10_000
     idle_timeout: float | None = None
     runaway_steps: int = 200_000
     fair_bound: int = 32
+    io_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "runaway_steps", "fair_bound"):
             check_int(getattr(self, name), f"Limits.{name}", 1)
-        timeout = self.idle_timeout
-        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
-            raise InvalidError(f"Limits.idle_timeout must be > 0, not {self.idle_timeout!r}")
+        for name in ("idle_timeout", "io_timeout"):
+            timeout = getattr(self, name)
+            if timeout is None and name == "idle_timeout":
+                continue
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not 0 < timeout < math.inf
+            ):
+                raise InvalidError(f"Limits.{name} must be > 0 and finite, not {timeout!r}")
 
 
 def scenario_name(scenario: Callable[..., Any]) -> str:
@@ -182,6 +195,7 @@ async def _run_once(
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
         fair_bound=limits.fair_bound,
+        io_timeout=limits.io_timeout,
     )
     if not callable(scenario) or isinstance(scenario, type):
         raise InvalidError(f"a scenario is an async function taking a Run, not {scenario!r}")

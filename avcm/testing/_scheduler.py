@@ -16,11 +16,27 @@ task only there, as it does in the real loop. avcm's own sync points
 (:func:`avcm.lowlevel.sync_point`) do not yield: they name the step in which they are passed.
 
 Time: the clock, if virtual, moves only when no task is runnable (a task the scheduler holds
-back is runnable, and so is a task that just yielded with ``sleep(0)``). A task that spins on
-``sleep(0)`` never makes time pass, however long it spins: a deadline around a loop of
-checkpoints is never reached by the loop itself, and a spin that waits for a timer is a
-livelock, reported by the step budget. A task waiting for a worker thread is waiting for
-something outside: the clock stands still and the scheduler waits for the thread.
+back is runnable, and so is a task that just yielded with ``sleep(0)``), or when the runnable
+tasks only spin. A loop of checkpoints that changes something (a counter, a cursor, a queue)
+never makes time pass, however long it runs: a real loop takes microseconds, and a deadline
+around it is never reached by the loop itself. The spin rule (:meth:`Run._spin`, after
+CHESS's reading of a yield as "I cannot make progress"): when for ``2 * fair_bound`` steps in
+a row no task waited, no task outside control ran and no controlled task's own state changed,
+the tasks only yield while they wait for time to pass, which in a real loop it does: virtual
+time moves to the next timer, or, when a task reads the clock, by a growing quantum that
+never jumps over a timer. A spin that waits for a timer or for the clock therefore ends; a
+true livelock (a spin that time does not end) is still one, reported by the step budget with
+the cycle of steps that repeats.
+
+Outside the loop: a task waiting for a worker thread waits for something outside: no choice
+is made meanwhile, the clock stands still and the scheduler waits for the thread, however
+long it takes. I/O waited for (another process's pipes or exit, a socket) is outside too:
+it is looked at only when no task can run (or the tasks only spin), so that the step at
+which it arrives does not depend on how fast the other side is, and the clock stands still
+while the scheduler waits for it, up to ``io_timeout`` seconds of real time; then virtual
+time moves on to the next timer (a timeout around the I/O), or, with none, the run ends with
+an :class:`IOWaitError` (never called a deadlock). Threads' reports (``call_soon_threadsafe``)
+come in on the same terms.
 
 Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runnable task is
 passed over at most ``fair_bound`` times in a row; then the tasks that kept it waiting are
@@ -35,6 +51,9 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import threading
+import time
+import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
@@ -46,7 +65,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
-from ._errors import DeadlockError, RunawayError, StepBudgetError
+from ._errors import DeadlockError, IOWaitError, RunawayError, StepBudgetError
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
 
@@ -140,11 +159,49 @@ def _where(coro: Any) -> tuple[str, str]:
     return _qualname(own[-1][1]), checkpoint
 
 
+def _frames_state(coro: Any) -> tuple[object, ...]:
+    """A suspended task's own state, as far as it can be seen cheaply: for each frame of its
+    code (not the machinery's), where it stands and a shallow fingerprint of its variables."""
+    state: list[object] = []
+    for frame in _await_frames(coro):
+        if frame.f_globals.get("__name__", "").startswith(_MACHINERY):
+            continue
+        values = tuple((name, _fingerprint(value)) for name, value in frame.f_locals.items())
+        state.append((frame.f_code, frame.f_lasti, values))
+    return tuple(state)
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+
+
+def _fingerprint(value: object, depth: int = 1) -> object:
+    """A value's identity, with its size and, one level down, what its attributes or first
+    items are (by identity): enough to see a counter, a cursor or a queue move."""
+    if isinstance(value, _OPAQUE):
+        return id(value)
+    if isinstance(value, (int, float, str, bytes, bool, type(None))):
+        return value
+    parts: list[object] = [id(value)]
+    if isinstance(value, (list, tuple, dict, set, frozenset, collections.deque, bytearray)):
+        parts.append(len(value))
+        if depth > 0 and not isinstance(value, bytearray):
+            items = value.values() if isinstance(value, dict) else value
+            parts.extend(_fingerprint(item, depth - 1) for item in itertools.islice(items, 16))
+    attributes = getattr(value, "__dict__", None)
+    if depth > 0 and isinstance(attributes, dict):
+        parts.extend(
+            (name, _fingerprint(item, depth - 1))
+            for name, item in itertools.islice(attributes.items(), 32)
+        )
+    return tuple(parts)
+
+
 class _Task:
     __slots__ = (
         "done",
         "handles",
         "held",
+        "held_at",
         "index",
         "name",
         "native",
@@ -159,6 +216,7 @@ class _Task:
         self.name = name
         self.native: Any = None  # the trio.lowlevel.Task or asyncio.Task
         self.held = False  # runnable, held back by the scheduler
+        self.held_at = 0  # asyncio: the loop's iteration in which it was held
         self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
         self.done = False
         self.point: str | None = "task.start"  # the last sync point passed in this step
@@ -184,12 +242,14 @@ class Run:
         idle_timeout: float | None = None,
         runaway_steps: int = 200_000,
         fair_bound: int = 32,
+        io_timeout: float = 10.0,
     ) -> None:
         self._chooser = chooser
         self.max_steps = max_steps
         self.idle_timeout = idle_timeout
         self.runaway_steps = runaway_steps
         self.fair_bound = fair_bound
+        self.io_timeout = io_timeout
         self._tasks: list[_Task] = []
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
@@ -202,6 +262,12 @@ class Run:
         self._wake: anyio.Event | None = None
         self._free_steps = 0  # steps of uncontrolled work since the last choice
         self._still_steps = 0  # steps in a row at which virtual time stood still
+        self._still_time = 0.0  # the time at which the next step finds it standing still
+        self._spin_state: tuple[int, object] | None = None  # (still run, state) at last check
+        self._spin_free = 0  # uncontrolled steps since the last spin check
+        self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
+        self._spin_io = False  # this spin waited for I/O once
+        self._idle_deadline: float | None = None  # the controller's own timer
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
 
     # -- what the run did -------------------------------------------------------------------
@@ -406,6 +472,8 @@ class Run:
             choices.remove(last)
             choices.insert(0, last)
         time = self._step_time()
+        if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
+            time = self._spin(time)
         self._check_budget(time)
         position = self._chooser.choose(
             len(self._steps), [task.index for task in choices], continuing
@@ -445,8 +513,65 @@ class Run:
         return round(self._queue_now() - self._start_time, 9)
 
     def _still(self, time: float) -> bool:
-        """Whether a step at *time* finds virtual time where the last step left it."""
-        return not self._steps or time == self._steps[-1].time
+        """Whether a step at *time* finds virtual time where the last step left it, or where
+        the spin rule moved it: no task waited for time to pass since."""
+        return not self._steps or time == self._still_time
+
+    def _spin(self, time: float) -> float:
+        """The spin rule; returns the time of the step about to start.
+
+        Called every ``2 * fair_bound`` steps of a run of steps with virtual time standing
+        still (within which fairness has let every runnable task run). The tasks spin when,
+        since the last such call, no task outside control ran and no controlled task's own
+        state changed (where each of its functions stands, its local variables, and the
+        sizes and attributes of what they name): they only yielded, which a real loop does
+        while time passes. Virtual time then moves as it would: to the next timer (not the
+        controller's own); and, when a task read the clock meanwhile, by a quantum that
+        doubles with the spin's length (a millisecond first) and never goes past a timer
+        by more than half the way to it, so that a deadline around a spin that waits for
+        the clock is not reached first. With no timer and no clock read, time passing
+        changes nothing a task can see: the spin is a livelock, and the step budget
+        reports it (its steps count as standing still, moved by this rule or not)."""
+        queue = self._queue
+        assert queue is not None
+        if not self._still(time) or not queue.virtual:
+            return time
+        run = len(self._steps) - self._still_steps  # the step at which this still run began
+        state = self._state()
+        reads = queue.clock_reads()
+        previous, self._spin_state = self._spin_state, (run, state)
+        free, self._spin_free = self._spin_free, 0
+        read, self._spin_reads = reads != self._spin_reads, reads
+        if previous != (run, state) or free:
+            self._spin_io = False
+            return time
+        if not self._spin_io and queue.io_waits():
+            # what they spin for may be I/O: wait for it once, as if no task could run
+            self._spin_io = queue.wait_io = True
+            return time
+        now = queue.now()
+        timer = _next_deadline(exclude=self._idle_deadline)
+        if read:
+            target = now + max(_SPIN_QUANTUM, time - self._steps[run].time)
+            if timer is not None:
+                gap = timer - now
+                target = min(target, timer if gap <= _SPIN_GRAIN else now + gap / 2)
+        elif timer is not None:
+            target = timer
+        else:
+            return time
+        queue.advance(target)
+        self._still_time = self._step_time()
+        return self._still_time
+
+    def _state(self) -> tuple[object, ...]:
+        """What a spin must not change: every live controlled task's own frames, where each
+        stands and what its variables hold."""
+        return tuple(
+            (task.index, task.held, _frames_state(task.native_coro()))
+            for task in self._tasks
+            if not task.done and task.native is not None
+        )
 
     def _check_budget(self, time: float) -> None:
         """Refuse a step at *time* beyond the budget: more than ``max_steps`` in a row with
@@ -468,12 +593,18 @@ class Run:
     def _append(self, step: Step) -> None:
         self._check_budget(step.time)
         self._still_steps = self._still_steps + 1 if self._still(step.time) else 1
+        self._still_time = step.time
         self._steps.append(step)
 
     def _uncontrolled_step(self, count: int, *, task: bool = True) -> None:
         """*count* steps of uncontrolled work ran: task steps, or (*task* false) one callback
         that resumes no task."""
         self._free_steps += count
+        self._spin_free += count
+        if self._free_steps % _FREE_IO_STEPS < count:
+            # tasks outside control that run on and on may spin for I/O: let it in
+            assert self._queue is not None
+            self._queue.wait_io = bool(self._queue.io_waits())
         self._idle_callbacks = 0 if task else self._idle_callbacks + count
         if self._idle_callbacks >= _IDLE_CALLBACKS:
             # Callbacks that wake no task, over and over (anyio's asyncio backend retries a
@@ -496,24 +627,35 @@ class Run:
         trail = [
             (step.task, step.operation, step.point) for step in self._steps[-self._still_steps :]
         ]
+        still = (
+            f"the run took more than {self.max_steps} steps in a row with no task waiting for "
+            f"time to pass"
+        )
         period = _cycle(trail)
-        if period is None:
-            return (
-                f"the run took more than {self.max_steps} steps in a row with virtual time "
-                f"standing still and no short cycle of steps repeating: a bigger scenario "
-                f"than max_steps allows, or a livelock"
-            )
-        lines = [
-            f"livelock: the run took more than {self.max_steps} steps in a row with virtual "
-            f"time standing still, and its last {period} step(s) repeat over and over:"
-        ]
-        runs = [(step, len(list(same))) for step, same in itertools.groupby(trail[-period:])]
-        for (task, operation, point), count in runs[:12]:
+        if period is not None:
+            lines = [f"livelock: {still}, and its last {period} step(s) repeat over and over:"]
+            runs = [(step, len(list(same))) for step, same in itertools.groupby(trail[-period:])]
+        else:
+            # A strategy that picks at random interleaves the tasks' cycles in no fixed order:
+            # the cycle is then the few steps the run keeps going round.
+            recent = trail[len(trail) // 2 :]
+            counts = collections.Counter(recent)
+            if len(counts) > _CYCLE_STEPS or min(counts.values()) < 3:
+                return (
+                    f"{still} and no short cycle of steps repeating: a bigger scenario than "
+                    f"max_steps allows, or a livelock"
+                )
+            lines = [
+                f"livelock: {still}, and its last {len(recent)} steps go round the same "
+                f"{len(counts)} step(s), in no fixed order:"
+            ]
+            runs = sorted(counts.items())
+        for (task, operation, point), count in runs[:_CYCLE_STEPS]:
             where = f"{operation} {point}" if operation else point
             times = f" (x{count})" if count > 1 else ""
             lines.append(f"  task {task} ({self._tasks[task].name}) {where}{times}")
-        if len(runs) > 12:
-            lines.append(f"  ... and {len(runs) - 12} more")
+        if len(runs) > _CYCLE_STEPS:
+            lines.append(f"  ... and {len(runs) - _CYCLE_STEPS} more")
         return "\n".join(lines)
 
     # -- the controller ---------------------------------------------------------------------
@@ -522,10 +664,12 @@ class Run:
         """Wait until every task ended, raising what the run queue found; a deadlock when
         nothing moved for ``idle_timeout`` (virtual seconds, on a virtual clock: it passes
         only when every task waits and no other timer is pending)."""
+        virtual = _virtual_clock()
         if self.idle_timeout is None:
-            self.idle_timeout = 3600.0 if _virtual_clock() else 1.0
+            self.idle_timeout = 3600.0 if virtual else 1.0
         assert self._queue is not None
         seen = -1
+        since = time.monotonic()  # real time: when steps last moved
         while True:
             if self._error is not None:
                 error, self._error = self._error, None
@@ -533,21 +677,44 @@ class Run:
             if all(task.done for task in tasks):
                 return
             self._wake = wake = anyio.Event()
-            with anyio.move_on_after(self.idle_timeout):
+            self._idle_deadline = anyio.current_time() + self.idle_timeout
+            with anyio.CancelScope(deadline=self._idle_deadline):
                 await wake.wait()
                 continue
-            self._wake = None
+            self._wake = self._idle_deadline = None
             if self._error is not None or any(task.held for task in tasks):
                 continue
-            if _next_deadline() is not None or self._queue.external_busy():
-                continue  # time passes for another timer, or a worker thread is at work
             if seen != len(self._steps):
-                seen = len(self._steps)
-                continue  # on a real clock: something moved within the last idle_timeout
+                seen, since = len(self._steps), time.monotonic()
+                moved = True  # on a real clock: something moved within the last idle_timeout
+            else:
+                moved = False
+            if _next_deadline() is not None or self._queue.threads_busy():
+                continue  # time passes for another timer, or a worker thread is at work
+            if self._queue.io_waits():
+                # A virtual clock reached this timer only after the loop had waited
+                # io_timeout for I/O with nothing arriving; a real clock runs on meanwhile.
+                if virtual or time.monotonic() - since >= self.io_timeout:
+                    raise IOWaitError(self._describe_stuck(tasks, io=True))
+                continue
+            if moved:
+                continue
             raise DeadlockError(self._describe_stuck(tasks))
 
-    def _describe_stuck(self, tasks: Sequence[_Task]) -> str:
-        lines = ["deadlock: every task is blocked, no timer is pending and no thread is at work"]
+    def _describe_stuck(self, tasks: Sequence[_Task], *, io: bool = False) -> str:
+        if io:
+            lines = [
+                f"I/O never came: every task waits, some for I/O with the world outside "
+                f"(another process, a socket, a pipe), and nothing arrived in "
+                f"{self.io_timeout:g} s of real time (Limits.io_timeout) while virtual time "
+                f"stood still; no timer is pending: a peer that never answers, or tasks "
+                f"deadlocked through a socket"
+            ]
+        else:
+            lines = [
+                "deadlock: every task is blocked, no timer is pending, no thread is at work "
+                "and no I/O is waited for"
+            ]
         for task in tasks:
             if task.done:
                 continue
@@ -575,6 +742,10 @@ def _cycle(trail: Sequence[object]) -> int | None:
 _run_task_code = Run._run_task.__code__
 _ALL_STEPS = 20  # times max_steps: steps in all, time passing or not, before a StepBudgetError
 _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
+_FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
+_CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
+_SPIN_QUANTUM = 1e-3  # seconds: the spin rule's first move of a clock that tasks read
+_SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
 
@@ -588,6 +759,25 @@ class _Queue:
         self.run = run
         self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
         self.free = False  # released: hold nothing any more
+        self.virtual = _virtual_clock()
+        self.thread_waits: dict[Any, tuple[object, bool]] = {}  # task -> (wait, in a thread)
+        self.wait_io = False  # the spin rule asks the next poll to wait for I/O
+
+    @property
+    def io_timeout(self) -> float:
+        return self.run.io_timeout
+
+    def io_wait(self, timeout: float) -> float | None:
+        """How long the event loop's next poll for I/O waits, in real seconds, asked with
+        *timeout*; None: no poll. While a task can run, I/O is not looked at: it is seen
+        when no task can run (or when the tasks only spin), so that the step at which it
+        arrives does not depend on how fast the process or peer is, and a run replays."""
+        if self.wait_io:
+            self.wait_io = False
+            return self.run.io_timeout
+        if timeout > 0 or self.free or not self.io_waits():
+            return timeout
+        return None
 
     def current(self) -> Any:
         raise NotImplementedError
@@ -609,23 +799,44 @@ class _Queue:
         """Every task of the event loop, controlled or not."""
         raise NotImplementedError
 
-    def blocked(self, native: Any) -> bool:
-        """Whether a task of the event loop waits (is neither runnable nor running)."""
+    def waiting_on(self, native: Any) -> object:
+        """What a task of the event loop waits on (None: it is runnable or running): an
+        object that stays the same for as long as that one wait lasts."""
         raise NotImplementedError
 
-    def external_busy(self) -> bool:
+    def threads_busy(self) -> bool:
         """Whether a worker thread is at work: a task, controlled or not, waits in anyio's or
         trio's call to a thread for the thread to report back, whatever limiter it went
         through. Work outside the loop: never a deadlock, and a virtual clock waits for it."""
-        return any(
-            self.blocked(native) and _waits_for_thread(_coro_of(native))
-            for native in self.native_tasks()
-        )
+        # Walking a task's frames is costly and this is asked at every step: a task's
+        # answer is kept for as long as the wait it was found in lasts.
+        known = self.thread_waits
+        for native in self.native_tasks():
+            wait = self.waiting_on(native)
+            if wait is None:
+                continue
+            seen = known.get(native)
+            if seen is None or seen[0] is not wait:
+                seen = known[native] = (wait, _waits_for_thread(_coro_of(native)))
+            if seen[1]:
+                return True
+        return False
+
+    def io_waits(self) -> int:
+        """How many waits for I/O the event loop has registered (a pipe or socket to another
+        process, a process's exit): outside the loop too, but with no end known."""
+        raise NotImplementedError
+
+    def external_busy(self) -> bool:
+        """Whether anything outside the loop may still wake a task: a thread at work, or I/O
+        waited for. Never a deadlock, and a virtual clock stands still meanwhile."""
+        return self.threads_busy() or self.io_waits() > 0
 
     def ready(self) -> bool:
-        """Whether a held task may be chosen now: outside work first reports back (so that a
-        run does not depend on how fast a thread is, and replays)."""
-        return any(task.held for task in self.tasks.values()) and not self.external_busy()
+        """Whether a held task may be chosen now: a thread at work first reports back (so
+        that a run does not depend on how fast a thread is, and replays). I/O does not hold
+        choices back: what it waits for may come only after other tasks acted."""
+        return any(task.held for task in self.tasks.values()) and not self.threads_busy()
 
     def call_soon(self, function: Callable[[], None]) -> None:
         raise NotImplementedError
@@ -635,6 +846,14 @@ class _Queue:
 
     def let_time_pass(self) -> None:
         """Move a virtual clock to the next timer."""
+        raise NotImplementedError
+
+    def advance(self, to: float) -> None:
+        """Move a virtual clock on to *to*."""
+        raise NotImplementedError
+
+    def clock_reads(self) -> int:
+        """How many times tasks read a virtual clock so far (a count that only grows)."""
         raise NotImplementedError
 
     def release_all(self) -> None:
@@ -690,6 +909,22 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
         return iter(batch)
 
 
+class _TrioIO:
+    """Stands in for trio's I/O manager: its polls are the queue's (:meth:`_Queue.io_wait`);
+    everything else is the manager's own."""
+
+    def __init__(self, queue: _TrioQueue, manager: Any) -> None:
+        self.queue = queue
+        self.manager = manager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.manager, name)
+
+    def get_events(self, timeout: float) -> Any:
+        wait = self.queue.io_wait(timeout)
+        return [] if wait is None else self.manager.get_events(wait)
+
+
 class _TrioQueue(_Queue):
     def __init__(self, run: Run) -> None:
         super().__init__(run)
@@ -708,6 +943,11 @@ class _TrioQueue(_Queue):
         self.token = trio.lowlevel.current_trio_token()
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
+        self.reads = 0
+        try:
+            self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
+        except AttributeError:  # pragma: no cover - a trio that changed
+            self.own_fd = -1
 
     @classmethod
     def install(cls, run: Run) -> _TrioQueue:
@@ -717,17 +957,41 @@ class _TrioQueue(_Queue):
             raise NotSupportedError("avcm.testing: trio's run queue is not a deque (nested run?)")
         queue.runq = _TrioRunq(queue, runq)
         queue.runner.runq = queue.runq
+        queue.runner.io_manager = _TrioIO(queue, queue.runner.io_manager)  # type: ignore[assignment]
+        if queue.virtual:
+            queue.count_reads()
         return queue
+
+    def count_reads(self) -> None:
+        # MockClock is no slotted class: the instance's own current_time counts the reads
+        # made in a task (trio's loop reads it too, between tasks)
+        read = self.clock.current_time
+        context = self.context
+
+        def current_time() -> float:
+            if hasattr(context, "task"):
+                self.reads += 1
+            return float(read())
+
+        self.clock.current_time = current_time  # type: ignore[method-assign]
+
+    def clock_reads(self) -> int:
+        return self.reads
+
+    def advance(self, to: float) -> None:
+        now = self.clock.current_time()
+        if to > now:
+            self.clock.jump(to - now)  # type: ignore[attr-defined]
 
     def current(self) -> Any:
         return self.trio.lowlevel.current_task()
 
     def native_tasks(self) -> Iterable[Any]:
-        return tuple(self.runner.tasks)
+        return self.runner.tasks
 
-    def blocked(self, native: Any) -> bool:
+    def waiting_on(self, native: Any) -> object:
         # trio sets it when a task blocks, and clears it when the task is rescheduled
-        return native._abort_func is not None
+        return native._abort_func
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.token.run_sync_soon(function)
@@ -737,14 +1001,31 @@ class _TrioQueue(_Queue):
 
     def sync_autojump(self, *, runnable: bool) -> None:
         # trio's MockClock jumps when no task is runnable; a held task is runnable, and a
-        # worker thread at work is a reason to wait, not to jump. trio reads the threshold
-        # right after asking the run queue whether it is empty.
+        # worker thread at work is a reason to wait, not to jump; I/O waited for is one to
+        # wait up to io_timeout (real seconds: trio waits that long for I/O, then jumps).
+        # trio reads the threshold right after asking the run queue whether it is empty.
         threshold = getattr(self.clock, "autojump_threshold", None)
         if threshold is None:
             return
-        if not runnable and self.external_busy():
-            threshold = math.inf
+        if not runnable:
+            if self.threads_busy():
+                threshold = math.inf
+            elif self.io_waits():
+                threshold = max(threshold, self.run.io_timeout)
         self.runner.clock_autojump_threshold = threshold
+
+    def io_waits(self) -> int:
+        manager = self.runner.io_manager
+        manager = getattr(manager, "manager", manager)
+        registered = getattr(manager, "_registered", None)  # epoll and kqueue: fd -> waiters
+        if registered is not None:
+            # but for trio's own: the wakeup socket of run_sync_soon's system task
+            return len(registered) - (self.own_fd in registered)
+        statistics = manager.statistics()  # pragma: no cover - another I/O manager
+        return sum(  # pragma: no cover
+            getattr(statistics, name, 0)
+            for name in ("tasks_waiting_read", "tasks_waiting_write", "tasks_waiting_overlapped")
+        )
 
     def let_time_pass(self) -> None:
         deadline = self.runner.deadlines.next_deadline()
@@ -764,6 +1045,9 @@ class _TrioQueue(_Queue):
         self.release_all()
         assert self.runq is not None
         self.runner.runq = collections.deque(collections.deque.__iter__(self.runq))
+        if isinstance(self.runner.io_manager, _TrioIO):
+            self.runner.io_manager = self.runner.io_manager.manager
+        getattr(self.clock, "__dict__", {}).pop("current_time", None)
         threshold = getattr(self.clock, "autojump_threshold", None)
         if threshold is not None:
             self.runner.clock_autojump_threshold = threshold
@@ -778,19 +1062,28 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         super().__init__(items)
         self.queue = queue
         self.due = 0  # uncontrolled callbacks the current iteration runs before its choice
+        self.iteration = 0  # of the loop: a task held during one is chosen from the next on
 
     def append(self, handle: Any) -> None:
         queue = self.queue
+        if threading.get_ident() != queue.thread and not queue.free:
+            # call_soon_threadsafe: a thread's report (a worker thread's result, a process's
+            # exit) comes in when no task can run, not at whatever step it happens to arrive
+            queue.arrived.append(handle)
+            return
         controlled = None if queue.free else queue.tasks.get(_handle_task(handle))
         if controlled is None:
             super().append(handle)
             return
+        if not controlled.handles:
+            controlled.held_at = self.iteration
         controlled.held = True
         controlled.handles.append(handle)
 
     def __len__(self) -> int:
         # asyncio takes len() as the number of callbacks this iteration runs: the ones ready
         # now, then one chosen task step
+        self.iteration += 1
         self.due = super().__len__()
         return self.due + self.queue.ready()
 
@@ -864,6 +1157,15 @@ class _AsyncioQueue(_Queue):
                 f"asyncio's own event loop, not {type(self.loop).__name__}"
             )
         self.readyq: _AsyncioReady | None = None
+        self.thread = threading.get_ident()
+        self.arrived: collections.deque[Any] = collections.deque()  # from other threads
+
+    def let_in(self) -> bool:
+        arrived = False
+        while self.arrived:
+            arrived = True
+            collections.deque.append(self.readyq, self.arrived.popleft())  # type: ignore[arg-type]
+        return arrived
 
     @classmethod
     def install(cls, run: Run) -> _AsyncioQueue:
@@ -873,7 +1175,7 @@ class _AsyncioQueue(_Queue):
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(queue.loop, VirtualTimeEventLoop):
-            queue.loop.external_busy = queue.external_busy
+            queue.loop.watch_outside(queue)
         return queue
 
     def current(self) -> Any:
@@ -882,20 +1184,39 @@ class _AsyncioQueue(_Queue):
     def native_tasks(self) -> Iterable[Any]:
         return self.asyncio.all_tasks(self.loop)
 
-    def blocked(self, native: Any) -> bool:
+    def waiting_on(self, native: Any) -> object:
         # what the task awaits; it stays set, done, until the task's next step begins
         waiter = getattr(native, "_fut_waiter", None)
-        return waiter is not None and not waiter.done()
+        return None if waiter is None or waiter.done() else waiter
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.loop.call_soon(function)
 
     def choosable(self) -> list[_Task]:
-        return [task for task in self.held() if _live(task)]
+        # A task made runnable during this iteration is not chosen in it: asyncio would run
+        # its step after the callbacks made ready before it (a subprocess's connection_made
+        # before the wakeup that follows it), in the next iteration.
+        assert self.readyq is not None
+        iteration = self.readyq.iteration
+        return [task for task in self.held() if _live(task) and task.held_at < iteration]
 
-    def external_busy(self) -> bool:
+    def threads_busy(self) -> bool:
         # asyncio.to_thread and run_in_executor, counted by the virtual-time loop
-        return super().external_busy() or getattr(self.loop, "executor_jobs", 0) > 0
+        return super().threads_busy() or getattr(self.loop, "executor_jobs", 0) > 0
+
+    def io_waits(self) -> int:
+        # the selector's readers and writers but the loop's own self-pipe (a subprocess's
+        # pipes, a socket, a pidfd child watcher), and asyncio's threaded child watcher
+        # waiting for a process to exit
+        count = 0
+        selector = getattr(self.loop, "_selector", None)
+        if selector is not None:
+            own = getattr(self.loop, "_ssock", None)
+            own_fd = own.fileno() if own is not None else -1
+            count = sum(1 for key in selector.get_map().values() if key.fd != own_fd)
+        return count + sum(
+            1 for thread in threading.enumerate() if thread.name.startswith("asyncio-waitpid-")
+        )
 
     def now(self) -> float:
         return self.loop.time()
@@ -906,9 +1227,19 @@ class _AsyncioQueue(_Queue):
         if isinstance(self.loop, VirtualTimeEventLoop):
             self.loop.advance_to_next_timer()
 
+    def advance(self, to: float) -> None:
+        from ._clock import VirtualTimeEventLoop
+
+        if isinstance(self.loop, VirtualTimeEventLoop):
+            self.loop.advance(to)
+
+    def clock_reads(self) -> int:
+        return getattr(self.loop, "task_reads", 0)
+
     def release_all(self) -> None:
         self.free = True
         assert self.readyq is not None
+        self.let_in()
         for task in self.tasks.values():
             if task.held:
                 task.held = False
@@ -923,18 +1254,32 @@ class _AsyncioQueue(_Queue):
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(self.loop, VirtualTimeEventLoop):
-            self.loop.external_busy = None
+            self.loop.watch_outside(None)
 
 
-def _next_deadline() -> float | None:
+def _next_deadline(*, exclude: float | None = None) -> float | None:
     """The earliest timer of the running event loop, if any: one that can fall due (trio has
-    no deadline for ``sleep_forever``, asyncio a timer at infinity). Neither trio nor asyncio
-    says this publicly: this reads their internals, and answers None where they moved."""
+    no deadline for ``sleep_forever``, asyncio a timer at infinity), and not at *exclude*
+    (the controller's own). Neither trio nor asyncio says this publicly: this reads their
+    internals, and answers None where they moved."""
     if sniffio.current_async_library() == "trio":
         try:
             from trio._core._run import GLOBAL_RUN_CONTEXT
 
-            deadline = GLOBAL_RUN_CONTEXT.runner.deadlines.next_deadline()
+            deadlines = GLOBAL_RUN_CONTEXT.runner.deadlines
+            if exclude is None:
+                deadline = deadlines.next_deadline()
+            else:
+                # trio leaves stale entries in its heap: one is live while its scope still
+                # has that deadline
+                deadline = min(
+                    (
+                        entry[0]
+                        for entry in deadlines._heap
+                        if entry[0] == entry[2]._registered_deadline and entry[0] != exclude
+                    ),
+                    default=math.inf,
+                )
         except (ImportError, AttributeError):  # pragma: no cover - a trio that changed
             return None
         return None if math.isinf(deadline) else float(deadline)
@@ -942,16 +1287,17 @@ def _next_deadline() -> float | None:
 
     from ._clock import next_timer
 
-    return next_timer(asyncio.get_running_loop())
+    return next_timer(asyncio.get_running_loop(), exclude=exclude)
 
 
 def _virtual_clock() -> bool:
     """Whether time is virtual here: trio's ``MockClock``, or avcm's virtual-time loop."""
     if sniffio.current_async_library() == "trio":
-        import trio.lowlevel
-        from trio.testing import MockClock  # imports pytest: only when asked
+        from trio._core._run import GLOBAL_RUN_CONTEXT
 
-        return isinstance(trio.lowlevel.current_clock(), MockClock)
+        # trio.testing imports pytest: the clock's class is looked up by name
+        clock = type(GLOBAL_RUN_CONTEXT.runner.clock)
+        return clock.__name__ == "MockClock" and clock.__module__.startswith("trio.")
     import asyncio
 
     from ._clock import VirtualTimeEventLoop

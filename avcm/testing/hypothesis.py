@@ -160,6 +160,7 @@ async def _run_machine_once(
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
         fair_bound=limits.fair_bound,
+        io_timeout=limits.io_timeout,
     )
     await machine.setup()
     try:
