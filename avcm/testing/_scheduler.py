@@ -809,7 +809,10 @@ class _Queue:
         trio's call to a thread for the thread to report back, whatever limiter it went
         through. Work outside the loop: never a deadlock, and a virtual clock waits for it."""
         # Walking a task's frames is costly and this is asked at every step: a task's
-        # answer is kept for as long as the wait it was found in lasts.
+        # answer is kept for as long as the wait it was found in lasts; and with no other
+        # thread at all, no thread is at work.
+        if threading.active_count() == 1:
+            return False
         known = self.thread_waits
         for native in self.native_tasks():
             wait = self.waiting_on(native)
@@ -943,7 +946,7 @@ class _TrioQueue(_Queue):
         self.token = trio.lowlevel.current_trio_token()
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
-        self.reads = 0
+        self.reads = -1  # not counted yet
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
         except AttributeError:  # pragma: no cover - a trio that changed
@@ -958,24 +961,23 @@ class _TrioQueue(_Queue):
         queue.runq = _TrioRunq(queue, runq)
         queue.runner.runq = queue.runq
         queue.runner.io_manager = _TrioIO(queue, queue.runner.io_manager)  # type: ignore[assignment]
-        if queue.virtual:
-            queue.count_reads()
         return queue
 
-    def count_reads(self) -> None:
-        # MockClock is no slotted class: the instance's own current_time counts the reads
-        # made in a task (trio's loop reads it too, between tasks)
-        read = self.clock.current_time
-        context = self.context
-
-        def current_time() -> float:
-            if hasattr(context, "task"):
-                self.reads += 1
-            return float(read())
-
-        self.clock.current_time = current_time  # type: ignore[method-assign]
-
     def clock_reads(self) -> int:
+        if self.reads < 0:
+            # Counted from the first question on (a spin rule's check), so that a run that
+            # never spins pays nothing. MockClock is no slotted class: the instance's own
+            # current_time counts the reads made in a task (trio's loop reads it too).
+            self.reads = 0
+            read = self.clock.current_time
+            context = self.context
+
+            def current_time() -> float:
+                if hasattr(context, "task"):
+                    self.reads += 1
+                return float(read())
+
+            self.clock.current_time = current_time  # type: ignore[method-assign]
         return self.reads
 
     def advance(self, to: float) -> None:
@@ -1234,7 +1236,12 @@ class _AsyncioQueue(_Queue):
             self.loop.advance(to)
 
     def clock_reads(self) -> int:
-        return getattr(self.loop, "task_reads", 0)
+        from ._clock import VirtualTimeEventLoop
+
+        if not isinstance(self.loop, VirtualTimeEventLoop):
+            return 0
+        self.loop.count_reads = True  # from the first question on: see _TrioQueue
+        return self.loop.task_reads
 
     def release_all(self) -> None:
         self.free = True
@@ -1255,6 +1262,7 @@ class _AsyncioQueue(_Queue):
 
         if isinstance(self.loop, VirtualTimeEventLoop):
             self.loop.watch_outside(None)
+            self.loop.count_reads = False
 
 
 def _next_deadline(*, exclude: float | None = None) -> float | None:
