@@ -1,6 +1,6 @@
 """Replay tokens: a whole schedule as one short string.
 
-``avcm1:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm1``, found by ``pct-d3`` with seed 7
+``avcm2:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm2``, found by ``pct-d3`` with seed 7
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
@@ -19,7 +19,10 @@ from ._errors import TokenError
 
 __all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
 
-TOKEN_VERSION = "avcm1"
+TOKEN_VERSION = "avcm2"
+# avcm2: I/O and threads' reports are seen when no task can run, asyncio chooses a task from
+# the iteration after the one that woke it, and the spin rule moves time: a schedule recorded
+# with avcm1 need not take the same steps.
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
 # Numbers have at most as many digits as ours can: a seed or schedule of 2**64, a task index of
