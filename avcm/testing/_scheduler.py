@@ -1217,8 +1217,16 @@ class _AsyncioQueue(_Queue):
             own_fd = own.fileno() if own is not None else -1
             count = sum(1 for key in selector.get_map().values() if key.fd != own_fd)
         return count + sum(
-            1 for thread in threading.enumerate() if thread.name.startswith("asyncio-waitpid-")
+            1
+            for thread in threading.enumerate()
+            if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread)
         )
+
+    def _serves_loop(self, thread: threading.Thread) -> bool:
+        # the watcher's thread reports to the loop it was started for (its first argument):
+        # one still ending after an earlier run reports to a closed loop, and is no wait here
+        arguments = getattr(thread, "_args", None)
+        return not isinstance(arguments, tuple) or not arguments or arguments[0] is self.loop
 
     def now(self) -> float:
         return self.loop.time()
