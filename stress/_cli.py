@@ -254,9 +254,14 @@ def run(config: StressConfig, *, show_progress: bool = False) -> RunResult:
     """Run one stress run to completion in a new event loop of the configured backend."""
     options = backend_options(config.backend, config.seed, virtual=config.clock == "virtual")
     with progress_bar(config, show_progress) as on_progress:
-        return anyio.run(
+        result = anyio.run(
             run_workload, config, on_progress, backend=config.backend, backend_options=options
         )
+        if on_progress is not None:
+            # the last state is drawn however few operations the bar saw (a --duration run
+            # may end before the first one on a busy machine)
+            on_progress(result.ops)
+        return result
 
 
 def _ignore_interrupts() -> None:

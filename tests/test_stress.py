@@ -348,12 +348,16 @@ def test_progress_bar_does_not_change_the_run(
     assert "3000/3000" in terminal.getvalue()  # the bar was drawn, to the end
 
 
-def test_duration_run_shows_a_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("duration", [1e-6, 0.3], ids=["over before the first op", "0.3 s"])
+def test_duration_run_shows_a_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, duration: float
+) -> None:
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    result = stress.run(stress.StressConfig(duration=0.3), show_progress=True)
+    result = stress.run(stress.StressConfig(duration=duration), show_progress=True)
     assert result.violation is None
-    assert " ops" in terminal.getvalue() and "stress" in terminal.getvalue()
+    # the last state is drawn, with the count, whether or not the run got to its first update
+    assert f"{result.ops:,} ops" in terminal.getvalue() and "stress" in terminal.getvalue()
 
 
 def _ctrl_c_as_on_a_terminal() -> None:
