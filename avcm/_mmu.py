@@ -98,7 +98,8 @@ class MmuWrapper(_WrapperDriver):
                 f"activate_page and deactivate_page, not a mix (it has {has or 'none'})"
             )
         self.memory = memory
-        self.space = AddressSpace(start, size)
+        # an index per page size from the start: the first large reservation is as quick
+        self.space = AddressSpace(start, size, alignments=[PAGE_SIZE << o for o in self.orders])
         # res -> phys, in bind order: activation maps in this order and undoes in reverse.
         self.bound: dict[Res, Phys] = {}
         self.activated = False

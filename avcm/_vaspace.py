@@ -1,17 +1,22 @@
-"""The virtual address allocator of an MMU context, O(log n) per operation.
+"""The virtual address allocator of an MMU context: O(log n) per operation, worst case.
 
-The patch used a ``gen_pool`` bitmap, a linear scan. Here free extents are kept in one sorted
-list by (size, start), to find the best fit, and in two plain dicts by start and by end, to find
-a freed range's neighbours in O(1). An aligned allocation looks at a few of the smallest extents
-that are large enough; if none can hold it once aligned, it takes the smallest extent of
-``size + alignment - PAGE_SIZE``, which always can. Either way the cost is a few O(log n) steps,
-whatever the number of live ranges.
+The patch used a ``gen_pool`` bitmap, a linear scan; Linux's IOVA allocator walks a tree of
+the allocated ranges from a cached node, which is quick in steady state and walks every node at
+worst. Here everything is in sorted lists, which never pause (a dict's growth rehashes every
+entry at once, an O(n) pause in one operation):
 
-Only when both fail (no extent that large, and the few smallest do not fit once aligned) does it
-look at the remaining extents of at least ``size`` bytes one by one, as the bitmap would: O(k)
-for k such extents. That is the price of never answering ``ENOSPC`` while an aligned hole exists;
-it is paid only when the space is nearly exhausted for that size, including by an allocation
-that really fails.
+- the allocated ranges, by address: a free checks its range there, and the free extents
+  around it are the gaps to its neighbours, merged with it;
+- the free extents, for each alignment in use, by how many bytes each holds from its first
+  address at that alignment (its *usable* length; extents that hold not a page at that
+  alignment are left out). An allocation of *size* bytes at alignment *A* is one search of
+  *A*'s list for the smallest usable length of at least *size*: best fit, whatever the
+  extents' own alignments, and never ``ENOSPC`` while an aligned hole exists.
+
+Each free extent is in the list of every alignment it holds a page at, so each alignment in use
+costs a little on every operation. An alignment's list is made when it is first asked for, from
+every free extent: give the alignments a space will use when it is made (an MMU context gives
+its page sizes), or that first allocation costs O(n) once.
 """
 
 from __future__ import annotations
@@ -25,15 +30,29 @@ from ._memory import ADDRESS_LIMIT, PAGE_SIZE
 
 __all__ = ["AddressSpace"]
 
-_BEST_FIT_CANDIDATES = 8
+# one int per extent compares faster than a tuple: high << 64 | low
 _SHIFT = 64
 _LOW = (1 << _SHIFT) - 1
 
 
-class AddressSpace:
-    """Allocates aligned, non-overlapping ranges of ``start..start+size``."""
+def _is_alignment(value: object) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= PAGE_SIZE
+        and not value & (value - 1)
+    )
 
-    def __init__(self, start: int, size: int) -> None:
+
+class AddressSpace:
+    """Allocates aligned, non-overlapping ranges of ``start..start+size``.
+
+    *alignments*: the alignments (powers of two, at least a page) allocations will ask for
+    besides a page, indexed from the start so that the first allocation at each is as quick as
+    the others; any other alignment may be asked for too.
+    """
+
+    def __init__(self, start: int, size: int, *, alignments: Iterable[int] = ()) -> None:
         if (
             not isinstance(start, int)
             or not isinstance(size, int)
@@ -46,15 +65,31 @@ class AddressSpace:
                 f"address space {start!r}+{size!r}: must be page aligned, size positive, "
                 "inside 64-bit addresses"
             )
+        try:
+            wanted = list(alignments)
+        except TypeError:
+            raise InvalidError(f"address space: alignments {alignments!r} are not ints") from None
+        for alignment in wanted:
+            if not _is_alignment(alignment):
+                raise InvalidError(
+                    f"address space: alignment {alignment!r} is not a power of two of at "
+                    "least a page"
+                )
         self.start = start
         self.size = size
-        self._by_start: dict[int, int] = {}  # free extent start -> size
-        self._by_end: dict[int, int] = {}  # free extent end -> start
-        # size << 64 | start: one int compares faster than a (size, start) tuple
+        # free extents by size (their usable length at a page): size << 64 | start
         self._by_size = SortedList()
-        self._live: dict[int, int] = {}  # allocated start -> size
+        # alignment above a page -> the free extents that hold a page or more at it
+        # (see _usable_key)
+        self._usable: dict[int, SortedList] = {PAGE_SIZE: self._by_size}
+        self._aligned: list[tuple[int, SortedList]] = []
+        for alignment in wanted:
+            if alignment not in self._usable:
+                self._usable[alignment] = usable = SortedList()
+                self._aligned.append((alignment, usable))
+        self._live = SortedList()  # allocated ranges: start << 64 | size
         self._free_bytes = size
-        self._add_free(start, size)
+        self._add_free(start, start + size)
 
     def __repr__(self) -> str:
         return (
@@ -72,56 +107,70 @@ class AddressSpace:
 
     def is_pristine(self) -> bool:
         """Every byte free, as one extent: nothing reserved, nothing lost."""
-        return not self._live and self._by_start == {self.start: self.size}
+        return not self._live and list(self._by_size) == [self.size << _SHIFT | self.start]
 
-    def _add_free(self, start: int, size: int) -> None:
-        self._by_start[start] = size
-        self._by_end[start + size] = start
-        self._by_size.add(size << _SHIFT | start)
+    def _add_free(self, start: int, end: int) -> None:
+        self._by_size.add(end - start << _SHIFT | start)
+        for alignment, usable in self._aligned:
+            key = _usable_key(alignment, start, end)
+            if key is not None:
+                usable.add(key)
 
-    def _remove_free(self, start: int, size: int) -> None:
-        del self._by_start[start]
-        del self._by_end[start + size]
-        self._by_size.remove(size << _SHIFT | start)
+    def _remove_free(self, start: int, end: int) -> None:
+        self._by_size.remove(end - start << _SHIFT | start)
+        for alignment, usable in self._aligned:
+            key = _usable_key(alignment, start, end)
+            if key is not None:
+                usable.remove(key)
+
+    def _usable_at(self, alignment: int) -> SortedList:
+        usable: SortedList | None = self._usable.get(alignment)
+        if usable is None:
+            # not asked for before: O(n) once, then kept up to date as the others
+            usable = SortedList()
+            for key in self._by_size:
+                start = key & _LOW
+                aligned_key = _usable_key(alignment, start, start + (key >> _SHIFT))
+                if aligned_key is not None:
+                    usable.add(aligned_key)
+            self._usable[alignment] = usable
+            self._aligned.append((alignment, usable))
+        return usable
 
     def allocate(self, size: int, alignment: int = PAGE_SIZE) -> int:
         """Reserve *size* bytes at an address aligned to *alignment*; return the address.
 
-        Best fit: the smallest free extent that can hold it, the allocation at its top.
-        ``ENOSPC`` when no free extent can hold it; ``EINVAL`` for a size that is not a positive
-        multiple of a page or an alignment that is not a power of two of at least a page.
+        Best fit: of the free extents that can hold it aligned, the one that holds the fewest
+        bytes at that alignment, then the smallest, then the lowest; the allocation at its
+        top. ``ENOSPC`` when no free extent can hold it; ``EINVAL`` for a size that is not a
+        positive multiple of a page or an alignment that is not a power of two of at least a
+        page.
         """
         if not isinstance(size, int) or size <= 0 or size & (PAGE_SIZE - 1):
             raise InvalidError(f"address space: size {size!r} is not a positive page multiple")
-        if not isinstance(alignment, int) or alignment < PAGE_SIZE or alignment & (alignment - 1):
+        if not _is_alignment(alignment):
             raise InvalidError(f"address space: alignment {alignment!r} is not a power of two")
-        mask = alignment - 1
-        by_size = self._by_size
-        index = by_size.bisect_left(size << _SHIFT)
-        fit = _first_fit(by_size.islice(index, index + _BEST_FIT_CANDIDATES), size, mask)
-        if fit is None:
-            # Any extent of size + alignment - PAGE_SIZE holds it, whatever its alignment.
-            sure = by_size.bisect_left((size + alignment - PAGE_SIZE) << _SHIFT)
-            if sure < len(by_size):
-                fit = _first_fit(by_size.islice(sure, sure + 1), size, mask)
-            else:
-                # The slow path: the rest of the extents that are large enough but might not
-                # hold it once aligned, one by one (all smaller than size + alignment).
-                rest = by_size.islice(index + _BEST_FIT_CANDIDATES, sure)
-                fit = _first_fit(rest, size, mask)
+        if alignment == PAGE_SIZE:
+            fit: int | None = next(self._by_size.irange(minimum=size << _SHIFT), None)
+            extent_size = 0 if fit is None else fit >> _SHIFT
+        else:
+            fit = next(self._usable_at(alignment).irange(minimum=size << 2 * _SHIFT), None)
+            extent_size = 0 if fit is None else fit >> _SHIFT & _LOW
         if fit is None:
             raise NoSpaceError(
                 f"address space {self.start:#x}+{self.size:#x}: no room for {size:#x} "
                 f"bytes aligned to {alignment:#x} ({self._free_bytes:#x} bytes free)"
             )
-        extent, extent_size, start = fit
-        self._remove_free(extent, extent_size)
+        extent = fit & _LOW
+        extent_end = extent + extent_size
+        start = (extent_end - size) & ~(alignment - 1)
+        self._remove_free(extent, extent_end)
         if start > extent:
-            self._add_free(extent, start - extent)
-        end, extent_end = start + size, extent + extent_size
+            self._add_free(extent, start)
+        end = start + size
         if extent_end > end:
-            self._add_free(end, extent_end - end)
-        self._live[start] = size
+            self._add_free(end, extent_end)
+        self._live.add(start << _SHIFT | size)
         self._free_bytes -= size
         return start
 
@@ -130,28 +179,41 @@ class AddressSpace:
 
         Anything else raises ``EINVAL`` and changes nothing.
         """
-        if self._live.get(start) != size:
-            raise InvalidError(f"address space: free of {start:#x}+{size:#x}: no such allocation")
-        del self._live[start]
+        if (
+            not isinstance(start, int)
+            or not isinstance(size, int)
+            or start < 0
+            or size <= 0
+            or start + size > ADDRESS_LIMIT
+        ):
+            raise InvalidError(f"address space: free of {start!r}+{size!r}: no such allocation")
+        key = start << _SHIFT | size
+        live = self._live
+        try:
+            live.remove(key)
+        except ValueError:
+            raise InvalidError(
+                f"address space: free of {start:#x}+{size:#x}: no such allocation"
+            ) from None
         self._free_bytes += size
-        after_size = self._by_start.get(start + size)
-        if after_size is not None:
-            self._remove_free(start + size, after_size)
-            size += after_size
-        before = self._by_end.get(start)
-        if before is not None:
-            self._remove_free(before, start - before)
-            size += start - before
-            start = before
-        self._add_free(start, size)
+        # the free extents around it: the gaps to the allocated neighbours
+        below = next(live.irange(maximum=key, reverse=True), None)
+        above = next(live.irange(minimum=key), None)
+        low = self.start if below is None else (below >> _SHIFT) + (below & _LOW)
+        high = self.start + self.size if above is None else above >> _SHIFT
+        end = start + size
+        if low < start:
+            self._remove_free(low, start)
+        if end < high:
+            self._remove_free(end, high)
+        self._add_free(low, high)
 
 
-def _first_fit(keys: Iterable[int], size: int, mask: int) -> tuple[int, int, int] | None:
-    """The first of these free extents (``size << 64 | start`` keys) that holds *size* bytes
-    at an address aligned by *mask*: ``(extent start, extent size, address)``, at its top."""
-    for key in keys:
-        extent_size, extent = key >> _SHIFT, key & _LOW
-        start: int = (extent + extent_size - size) & ~mask
-        if start >= extent:
-            return extent, extent_size, start
-    return None
+def _usable_key(alignment: int, start: int, end: int) -> int | None:
+    """The free extent *start..end* in the list of *alignment*: ``usable << 128 | size << 64 |
+    start``, ordered by the bytes it holds at that alignment, then by size (of two that hold
+    as much, the smaller one wastes less), then by address; ``None`` if it holds not a page."""
+    usable = end - -(-start // alignment) * alignment
+    if usable < PAGE_SIZE:
+        return None
+    return (usable << _SHIFT | end - start) << _SHIFT | start

@@ -292,3 +292,87 @@ def test_address_space_enospc_only_without_an_aligned_hole(
         assert start % alignment == 0
         assert all(start + length <= other or other + n <= start for other, n in live.items())
         live[start] = length
+
+
+def test_address_space_best_fit_at_the_alignment_asked() -> None:
+    # Free, lowest first: 12 KiB at an odd page (holds 8 KiB at 8 KiB alignment), an aligned
+    # 8 KiB, and the rest of the space. An aligned 8 KiB goes to the aligned 8 KiB hole (as
+    # many usable bytes as the 12 KiB one, and smaller), the next one into the 12 KiB one.
+    space = AddressSpace(0, 64 * PAGE, alignments=[2 * PAGE])
+    live = {space.allocate(PAGE): PAGE for _ in range(64)}
+    for page in (1, 2, 3, 8, 9, *range(16, 64)):
+        space.free(page * PAGE, live.pop(page * PAGE))
+    assert space.allocate(2 * PAGE, 2 * PAGE) == 8 * PAGE
+    assert space.allocate(2 * PAGE, 2 * PAGE) == 2 * PAGE  # at the top of pages 1-3
+    assert space.allocate(PAGE) == PAGE  # best fit: the page left below it
+    assert space.allocate(48 * PAGE, 16 * PAGE) == 16 * PAGE
+    with pytest.raises(avcm.NoSpaceError):
+        space.allocate(PAGE)
+
+
+@pytest.mark.parametrize(
+    "alignments", [[3 * PAGE], [PAGE // 2], [0], [-PAGE], [True], ["4096"], [1.5 * PAGE], 4096]
+)
+def test_address_space_alignments_must_be_powers_of_two_of_at_least_a_page(
+    alignments: object,
+) -> None:
+    with pytest.raises(avcm.InvalidError) as info:
+        AddressSpace(0, MiB, alignments=alignments)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    "bad", [(PAGE, 2 * PAGE), (0, PAGE), (PAGE, 0), (-PAGE, PAGE), (1 << 64, PAGE), ("0", PAGE)]
+)
+def test_address_space_free_of_anything_not_allocated_changes_nothing(
+    bad: tuple[object, object],
+) -> None:
+    space = AddressSpace(0, MiB)
+    space.allocate(PAGE)
+    first = space.allocate(PAGE)
+    before = (repr(space), space.free_bytes, space.live)
+    with pytest.raises(avcm.InvalidError):
+        space.free(*bad)  # type: ignore[arg-type]
+    assert (repr(space), space.free_bytes, space.live) == before
+    assert space.allocate(PAGE) == first - PAGE  # and the free extents are as they were
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.integers(1, 40),
+            st.sampled_from([PAGE, 2 * PAGE, 16 * PAGE, 64 * PAGE]),
+            st.integers(0, 10**6),
+        ),
+        max_size=200,
+    )
+)
+def test_address_space_alignments_declared_or_not_allocate_alike(
+    ops: list[tuple[bool, int, int, int]],
+) -> None:
+    """An alignment indexed from the start, or only when first asked for (from the free
+    extents of that moment), gives the same answers."""
+    declared = AddressSpace(0, 2 * MiB, alignments=[2 * PAGE, 16 * PAGE, 64 * PAGE])
+    lazy = AddressSpace(0, 2 * MiB)
+    live: list[tuple[int, int]] = []
+    for allocate, pages, alignment, pick in ops:
+        if allocate or not live:
+            answers = []
+            for space in (declared, lazy):
+                try:
+                    answers.append(space.allocate(pages * PAGE, alignment))
+                except avcm.NoSpaceError:
+                    answers.append(None)
+            assert answers[0] == answers[1]
+            if answers[0] is not None:
+                live.append((answers[0], pages * PAGE))
+        else:
+            start, length = live.pop(pick % len(live))
+            declared.free(start, length)
+            lazy.free(start, length)
+    for start, length in live:
+        declared.free(start, length)
+        lazy.free(start, length)
+    assert declared.is_pristine() and lazy.is_pristine()
