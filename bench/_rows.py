@@ -10,7 +10,6 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -18,7 +17,7 @@ import anyio.lowlevel
 
 import avcm
 
-from ._genpool import GenPool
+from ._measure import Row
 
 __all__ = ["Row"]
 
@@ -26,29 +25,10 @@ KiB = 1 << 10
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Row:
-    what: str
-    baseline: str
-    ratio: float
-    target: str
-    met: bool | None  # None: reported, no target
-    detail: str = ""
-
-
-def _best_of(runs: int, measure: Callable[[], float]) -> float:
+async def _best_of_async(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
     """The fastest of a few runs: the least disturbed by the rest of the machine. The garbage
     collector is off while timing, as in :mod:`timeit`: its pauses depend on everything else
     the process holds, not on the code measured."""
-    gc.collect()
-    gc.disable()
-    try:
-        return min(measure() for _ in range(runs))
-    finally:
-        gc.enable()
-
-
-async def _best_of_async(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
     gc.collect()
     gc.disable()
     try:
@@ -155,83 +135,6 @@ async def op_overhead(pairs: int) -> Row:
         "<= 1.3x",
         ratio <= 1.3,
         f"median of {len(ratios)} rounds side by side, spread {ratios[0]:.2f}-{ratios[-1]:.2f}",
-    )
-
-
-# -- the virtual address allocator -----------------------------------------------------------
-
-
-def _fill(
-    space_allocate: Callable[[int, int], int | None], free: Callable[[int, int], None], live: int
-) -> None:
-    """*live* 4 KiB allocations with a 4 KiB hole after each: a fragmented space."""
-    taken = [space_allocate(4 * KiB, 4 * KiB) for _ in range(2 * live)]
-    for addr in taken[1::2]:
-        if addr is not None:
-            free(addr, 4 * KiB)
-
-
-async def _reserve_cost(live: int, rounds: int) -> float:
-    vcm = _context(_PerResHardware())
-    wrapper = vcm.driver
-    assert isinstance(wrapper, avcm.lowlevel.MmuWrapper)
-    _fill(wrapper.space.allocate, wrapper.space.free, live)
-
-    async def measure() -> float:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            res = await vcm.reserve(8 * KiB)
-            await res.unreserve()
-        return (time.perf_counter() - started) / rounds
-
-    return await _best_of_async(3, measure)
-
-
-async def allocator_scaling(large: int) -> Row:
-    small_cost = await _reserve_cost(100, 20_000)
-    large_cost = await _reserve_cost(large, 20_000)
-    ratio = large_cost / small_cost
-    return Row(
-        f"reserve+unreserve with {large:,} live reservations",
-        "the same with 100 live",
-        ratio,
-        "<= 2x",
-        ratio <= 2.0,
-        f"{large_cost * 1e6:.1f} µs vs {small_cost * 1e6:.1f} µs",
-    )
-
-
-def allocator_vs_genpool(live: int) -> Row:
-    from avcm.lowlevel import AddressSpace
-
-    space = AddressSpace(0, 1 << 34)
-    _fill(space.allocate, space.free, live)
-    pool = GenPool(0, 1 << 34)
-    _fill(pool.alloc, pool.free, live)
-
-    def ours() -> float:
-        started = time.perf_counter()
-        for _ in range(5_000):
-            space.free(space.allocate(8 * KiB, 8 * KiB), 8 * KiB)
-        return (time.perf_counter() - started) / 5_000
-
-    def theirs() -> float:
-        started = time.perf_counter()
-        for _ in range(100):
-            addr = pool.alloc(8 * KiB, 8 * KiB)
-            if addr is not None:
-                pool.free(addr, 8 * KiB)
-        return (time.perf_counter() - started) / 100
-
-    mine, gen_pool = _best_of(3, ours), _best_of(3, theirs)
-    ratio = gen_pool / mine
-    return Row(
-        f"address allocator, {live:,} live (fragmented)",
-        "first-fit bitmap like the patch's gen_pool",
-        ratio,
-        ">= 20x faster",
-        ratio >= 20,
-        f"{mine * 1e6:.1f} µs vs {gen_pool * 1e6:.1f} µs an allocate+free",
     )
 
 
