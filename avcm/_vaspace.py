@@ -21,7 +21,7 @@ its page sizes), or that first allocation costs O(n) once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sortedcontainers import SortedList
 
@@ -110,18 +110,18 @@ class AddressSpace:
         return not self._live and list(self._by_size) == [self.size << _SHIFT | self.start]
 
     def _add_free(self, start: int, end: int) -> None:
-        self._by_size.add(end - start << _SHIFT | start)
-        for alignment, usable in self._aligned:
-            key = _usable_key(alignment, start, end)
-            if key is not None:
-                usable.add(key)
+        self._index_free(start, end, SortedList.add)
 
     def _remove_free(self, start: int, end: int) -> None:
-        self._by_size.remove(end - start << _SHIFT | start)
+        self._index_free(start, end, SortedList.remove)
+
+    def _index_free(self, start: int, end: int, change: Callable[[SortedList, int], None]) -> None:
+        """Add the free extent *start..end* to every list it belongs in, or remove it."""
+        change(self._by_size, end - start << _SHIFT | start)
         for alignment, usable in self._aligned:
             key = _usable_key(alignment, start, end)
             if key is not None:
-                usable.remove(key)
+                change(usable, key)
 
     def _usable_at(self, alignment: int) -> SortedList:
         usable: SortedList | None = self._usable.get(alignment)

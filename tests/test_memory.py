@@ -223,18 +223,20 @@ def test_address_space_finds_an_aligned_hole_among_many_misaligned_ones() -> Non
     assert space.allocate(MiB, PAGE) % PAGE == 0  # unaligned, any of the holes holds it
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.booleans(),
-            st.integers(1, 64),
-            st.sampled_from([PAGE, 16 * PAGE, 64 * PAGE, 256 * PAGE]),
-            st.integers(0, 10**6),
-        ),
-        max_size=300,
-    )
+# allocate (or free) so many pages at this alignment (or the live one this picks)
+ADDRESS_SPACE_OPS = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.integers(1, 64),
+        st.sampled_from([PAGE, 2 * PAGE, 16 * PAGE, 64 * PAGE, 256 * PAGE]),
+        st.integers(0, 10**6),
+    ),
+    max_size=300,
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(ADDRESS_SPACE_OPS)
 def test_address_space_never_overlaps(ops: list[tuple[bool, int, int, int]]) -> None:
     """Against a reference model: live ranges are disjoint, inside the space, aligned, and
     every byte comes back."""
@@ -338,24 +340,14 @@ def test_address_space_free_of_anything_not_allocated_changes_nothing(
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.booleans(),
-            st.integers(1, 40),
-            st.sampled_from([PAGE, 2 * PAGE, 16 * PAGE, 64 * PAGE]),
-            st.integers(0, 10**6),
-        ),
-        max_size=200,
-    )
-)
+@given(ADDRESS_SPACE_OPS)
 def test_address_space_alignments_declared_or_not_allocate_alike(
     ops: list[tuple[bool, int, int, int]],
 ) -> None:
     """An alignment indexed from the start, or only when first asked for (from the free
     extents of that moment), gives the same answers."""
-    declared = AddressSpace(0, 2 * MiB, alignments=[2 * PAGE, 16 * PAGE, 64 * PAGE])
-    lazy = AddressSpace(0, 2 * MiB)
+    declared = AddressSpace(0, 4 * MiB, alignments=[2 * PAGE, 16 * PAGE, 64 * PAGE, 256 * PAGE])
+    lazy = AddressSpace(0, 4 * MiB)
     live: list[tuple[int, int]] = []
     for allocate, pages, alignment, pick in ops:
         if allocate or not live:
