@@ -23,21 +23,21 @@ from ._measure import UNSTABLE_SPREAD, Group, Row, measure_groups, steps
 from ._races import race_rows
 from ._stress import stress_rows
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 REPEATS = 5
 QUICK_REPEATS = 3
 # for the rows at a million live allocations, each half a minute or more to measure
 LONG_REPEATS = 3
 
-EXIT_STATUSES = """exit status:
-  0    every target met (and, with --compare, no row regressed beyond the noise)
-  1    a target missed on the median of the repeats, or, with --compare, a row regressed
-  2    a usage error, one line on stderr before any measurement: a bad option, a --json path
-       that could not be written, a --compare file that is missing, not JSON or not a bench
-       --json document of a version this bench reads (or a --json that could not be written
-       after the measurement)
-  130  interrupted (Ctrl-C)"""
+EXIT_STATUSES = (
+    "Exit status: 0 every target met (and, with --compare, no row regressed beyond the "
+    "noise); 1 a target missed on the median of the repeats, or, with --compare, a row "
+    "regressed; 2 a usage error, before any measurement: a bad option (with the usage), or one "
+    "line on stderr for a --json path that could not be written or a --compare file that is "
+    "missing, not JSON or not a bench --json document of a version this bench reads (and, "
+    "after the measurement, a --json that could not be written); 130 interrupted (Ctrl-C)."
+)
 
 
 def groups(quick: bool) -> list[Group]:
@@ -163,12 +163,11 @@ def _positive_odd(text: str) -> int:
     return value
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
         epilog=EXIT_STATUSES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--json", type=Path, metavar="PATH", help="also write the table, with every repeat, as JSON"
@@ -191,6 +190,11 @@ def _main(argv: Sequence[str] | None) -> int:
         action="store_true",
         help="smaller sizes, for a smoke run: targets are set for the full ones, none is judged",
     )
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.json is not None:
         problem = output_file_problem(args.json)
