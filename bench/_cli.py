@@ -27,7 +27,8 @@ __all__ = ["build_parser", "main"]
 
 REPEATS = 5
 QUICK_REPEATS = 3
-# for the rows at a million live allocations, each half a minute or more to measure
+# for the rows that take half a minute or more to measure: a million live allocations, a
+# Dask cluster
 LONG_REPEATS = 3
 
 EXIT_STATUSES = (
@@ -53,10 +54,7 @@ def groups(quick: bool) -> list[Group]:
         Group("any", "memory", lambda _: _rows.memory_per_phys(1)),
         Group("any", "memory", lambda _: _rows.memory_per_phys(64)),
         *(Group(b, "bind+unbind", lambda _: _rows.op_overhead(20_000 // scale)) for b in both),
-        *(
-            Group(b, "reserve", lambda _: _allocator.reserve_scaling(quick), repeats=LONG_REPEATS)
-            for b in both
-        ),
+        *(Group(b, "reserve", lambda _: _allocator.reserve_scaling(quick)) for b in both),
         *(Group(b, "contention", lambda _: _rows.contention()) for b in both),
         *(Group(b, "activation", lambda _: _rows.activation(10_000 // scale)) for b in both),
         *(
@@ -85,7 +83,14 @@ def groups(quick: bool) -> list[Group]:
         *(
             []
             if quick
-            else [Group("any", "campaign on Dask", lambda _: campaign_rows(runs=8, ops=3_000))]
+            else [
+                Group(
+                    "any",
+                    "campaign on Dask",
+                    lambda _: campaign_rows(runs=8, ops=3_000),
+                    repeats=LONG_REPEATS,
+                )
+            ]
         ),
     ]
 
