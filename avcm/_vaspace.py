@@ -13,8 +13,10 @@ entry at once, an O(n) pause in one operation):
   *A*'s list for the smallest usable length of at least *size*: best fit, whatever the
   extents' own alignments, and never ``ENOSPC`` while an aligned hole exists.
 
-Each free extent is in the list of every alignment it holds a page at, so each alignment in use
-costs a little on every operation. An alignment's list is made when it is first asked for, from
+Each free extent is in the list of every alignment it holds a page at. Changes to a list wait
+in a small dict until the list is read, where a change and its undoing cancel out: a range
+allocated and freed again at the same place costs no sorted-list operation (a few dozen at most
+wait, so a read stays O(log n)). An alignment's list is made when it is first asked for, from
 every free extent: give the alignments a space will use when it is made (an MMU context gives
 its page sizes), or that first allocation costs O(n) once.
 """
@@ -78,22 +80,23 @@ class AddressSpace:
         self.start = start
         self.size = size
         # free extents by size (their usable length at a page): size << 64 | start
-        self._by_size = SortedList()
+        self._by_size = _Deferred()
         # alignment above a page -> the free extents that hold a page or more at it
         # (see _usable_key)
-        self._usable: dict[int, SortedList] = {PAGE_SIZE: self._by_size}
-        self._aligned: list[tuple[int, SortedList]] = []
+        self._usable: dict[int, _Deferred] = {PAGE_SIZE: self._by_size}
+        self._aligned: list[tuple[int, _Deferred]] = []
         for alignment in wanted:
             if alignment not in self._usable:
-                self._usable[alignment] = usable = SortedList()
+                self._usable[alignment] = usable = _Deferred()
                 self._aligned.append((alignment, usable))
-        self._live = SortedList()  # allocated ranges: start << 64 | size
+        self._live = _Deferred()  # allocated ranges: start << 64 | size
+        self._live_count = 0
         self._free_bytes = size
         self._add_free(start, start + size)
 
     def __repr__(self) -> str:
         return (
-            f"<AddressSpace {self.start:#x}+{self.size:#x} live={len(self._live)} "
+            f"<AddressSpace {self.start:#x}+{self.size:#x} live={self._live_count} "
             f"free={self._free_bytes:#x}>"
         )
 
@@ -103,17 +106,19 @@ class AddressSpace:
 
     @property
     def live(self) -> int:
-        return len(self._live)
+        return self._live_count
 
     def is_pristine(self) -> bool:
         """Every byte free, as one extent: nothing reserved, nothing lost."""
-        return not self._live and list(self._by_size) == [self.size << _SHIFT | self.start]
+        return not self._live_count and list(self._by_size.read()) == [
+            self.size << _SHIFT | self.start
+        ]
 
     def _add_free(self, start: int, end: int) -> None:
-        self._index_free(start, end, SortedList.add)
+        self._index_free(start, end, _Deferred.add)
 
     def _remove_free(self, start: int, end: int) -> None:
-        self._index_free(start, end, SortedList.remove)
+        self._index_free(start, end, _Deferred.remove)
 
     def _index_free(self, start: int, end: int, change: Callable[[SortedList, int], None]) -> None:
         """Add the free extent *start..end* to every list it belongs in, or remove it."""
@@ -124,18 +129,18 @@ class AddressSpace:
                 change(usable, key)
 
     def _usable_at(self, alignment: int) -> SortedList:
-        usable: SortedList | None = self._usable.get(alignment)
+        usable: _Deferred | None = self._usable.get(alignment)
         if usable is None:
             # not asked for before: O(n) once, then kept up to date as the others
-            usable = SortedList()
-            for key in self._by_size:
+            usable = _Deferred()
+            for key in self._by_size.read():
                 start = key & _LOW
                 aligned_key = _usable_key(alignment, start, start + (key >> _SHIFT))
                 if aligned_key is not None:
                     usable.add(aligned_key)
             self._usable[alignment] = usable
             self._aligned.append((alignment, usable))
-        return usable
+        return usable.read()
 
     def allocate(self, size: int, alignment: int = PAGE_SIZE) -> int:
         """Reserve *size* bytes at an address aligned to *alignment*; return the address.
@@ -151,7 +156,7 @@ class AddressSpace:
         if not _is_alignment(alignment):
             raise InvalidError(f"address space: alignment {alignment!r} is not a power of two")
         if alignment == PAGE_SIZE:
-            fit: int | None = next(self._by_size.irange(minimum=size << _SHIFT), None)
+            fit: int | None = next(self._by_size.read().irange(minimum=size << _SHIFT), None)
             extent_size = 0 if fit is None else fit >> _SHIFT
         else:
             fit = next(self._usable_at(alignment).irange(minimum=size << 2 * _SHIFT), None)
@@ -171,6 +176,7 @@ class AddressSpace:
         if extent_end > end:
             self._add_free(end, extent_end)
         self._live.add(start << _SHIFT | size)
+        self._live_count += 1
         self._free_bytes -= size
         return start
 
@@ -188,13 +194,10 @@ class AddressSpace:
         ):
             raise InvalidError(f"address space: free of {start!r}+{size!r}: no such allocation")
         key = start << _SHIFT | size
-        live = self._live
-        try:
-            live.remove(key)
-        except ValueError:
-            raise InvalidError(
-                f"address space: free of {start:#x}+{size:#x}: no such allocation"
-            ) from None
+        if not self._live.discard(key):
+            raise InvalidError(f"address space: free of {start:#x}+{size:#x}: no such allocation")
+        live = self._live.read()
+        self._live_count -= 1
         self._free_bytes += size
         # the free extents around it: the gaps to the allocated neighbours
         below = next(live.irange(maximum=key, reverse=True), None)
@@ -207,6 +210,64 @@ class AddressSpace:
         if end < high:
             self._remove_free(end, high)
         self._add_free(low, high)
+
+
+class _Deferred:
+    """A sorted list whose additions and removals wait in a small dict until it is read, where
+    an addition and a removal of the same entry cancel out: a range allocated and freed again
+    at the same place, between two reads (the steady state of most users), costs no sorted-list
+    operation. At most :data:`_PENDING` wait, so that a read costs O(log n) at most that many
+    times, and the dict never grows past them (no rehash of many entries at once)."""
+
+    __slots__ = ("_items", "_pending")
+
+    def __init__(self) -> None:
+        self._items = SortedList()
+        self._pending: dict[int, bool] = {}  # entry -> added (True) or removed (False)
+
+    def add(self, key: int) -> None:
+        pending = self._pending
+        if pending.get(key) is False:
+            del pending[key]
+        else:
+            pending[key] = True
+            if len(pending) > _PENDING:
+                self.read()
+
+    def remove(self, key: int) -> None:
+        pending = self._pending
+        if pending.get(key) is True:
+            del pending[key]
+        else:
+            pending[key] = False
+            if len(pending) > _PENDING:
+                self.read()
+
+    def discard(self, key: int) -> bool:
+        """Remove *key* if it is there; whether it was."""
+        state = self._pending.get(key)
+        if state is None and key not in self._items:
+            return False
+        if state is False:
+            return False
+        self.remove(key)
+        return True
+
+    def read(self) -> SortedList:
+        """The sorted list, with every change made."""
+        pending = self._pending
+        if pending:
+            items = self._items
+            for key, added in pending.items():
+                if added:
+                    items.add(key)
+                else:
+                    items.remove(key)
+            pending.clear()
+        return self._items
+
+
+_PENDING = 32
 
 
 def _usable_key(alignment: int, start: int, end: int) -> int | None:

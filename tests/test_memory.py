@@ -368,3 +368,31 @@ def test_address_space_alignments_declared_or_not_allocate_alike(
         declared.free(start, length)
         lazy.free(start, length)
     assert declared.is_pristine() and lazy.is_pristine()
+
+
+def test_address_space_changes_wait_and_cancel_out_unseen() -> None:
+    # Many changes between two allocations at an alignment (its list catches up when asked),
+    # allocations freed before any read (they cancel out), and a double free after all that.
+    declared = AddressSpace(0, 16 * MiB, alignments=[16 * PAGE])
+    lazy = AddressSpace(0, 16 * MiB)
+    rng = random.Random(7)
+    live: list[tuple[int, int]] = []
+    for _ in range(600):
+        if live and rng.random() < 0.4:
+            start, length = live.pop(rng.randrange(len(live)))
+            declared.free(start, length)
+            lazy.free(start, length)
+        else:
+            length = rng.randint(1, 8) * PAGE
+            start = declared.allocate(length)
+            assert lazy.allocate(length) == start
+            live.append((start, length))
+    assert declared.allocate(16 * PAGE, 16 * PAGE) == lazy.allocate(16 * PAGE, 16 * PAGE)
+    first, second = declared.allocate(PAGE), declared.allocate(PAGE)
+    declared.free(first, PAGE)
+    before = (repr(declared), declared.free_bytes)
+    with pytest.raises(avcm.InvalidError):
+        declared.free(first, PAGE)
+    assert (repr(declared), declared.free_bytes) == before
+    declared.free(second, PAGE)
+    assert declared.free_bytes == before[1] + PAGE
