@@ -6,12 +6,14 @@ state and at their worst.
 The space at each size: *n* live 4 KiB allocations, each with a 4 KiB hole after it, built by
 allocating 2n pages and freeing every other one (fragmented: no 8 KiB request fits a hole).
 
-- **steady**: an 8 KiB allocation aligned to 8 KiB, then its free, over and over, at that fill.
+- **steady**: an 8 KiB allocation aligned to 8 KiB, then its free, over and over, at that fill
+  (at one place: the best case of avcm's deferred changes and of the IOVA cached node).
+- **random**: a live page picked at random freed and a page allocated, over and over.
 - **worst**: the slowest single allocation seen, in CPU time (a preemption by another process
   is not the allocator's): of the 2n that built the space, of the first one after the holes
   were punched (where the IOVA allocator walks every node from its cached one down), of the
-  steady ones, and of one in a second space where the only aligned 8 KiB hole is the last of
-  *n* misaligned ones (where avcm's allocator, if it scanned, and the bitmap scan). The
+  steady and random ones, and of one in a second space where the only aligned 8 KiB hole is
+  the last of *n* misaligned ones (where avcm's allocator, if it scanned, and the bitmap scan). The
   bitmap's spaces are set bit by bit, not allocated (filling it is O(n^2)), and the IOVA
   model's second space is made with ``reserve_iova``, as the kernel reserves ranges.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,8 +97,9 @@ def _timed_alloc(allocator: Allocator, size: int, alignment: int) -> tuple[int, 
     return addr, elapsed
 
 
-def _fragment(allocator: Allocator, live: int) -> float:
-    """*live* pages allocated with a page hole after each: the slowest allocation's time."""
+def _fragment(allocator: Allocator, live: int) -> tuple[float, list[int]]:
+    """*live* pages allocated with a page hole after each: the slowest allocation's time,
+    and the pages kept."""
     taken = [0] * (2 * live)  # allocated up front: the list's growth is not the allocator's
     worst = 0.0
     for index in range(2 * live):
@@ -103,7 +107,7 @@ def _fragment(allocator: Allocator, live: int) -> float:
         worst = max(worst, elapsed)
     for addr in taken[1::2]:
         allocator.free(addr, PAGE)
-    return worst
+    return worst, taken[0::2]
 
 
 def _fragmented_bitmap(live: int) -> GenPool:
@@ -116,6 +120,7 @@ def _fragmented_bitmap(live: int) -> GenPool:
 @dataclass
 class _Cost:
     steady: float = math.inf  # seconds an allocate + free, in the least disturbed chunk
+    random: float = math.inf  # seconds a free of a page picked at random + an allocation
     worst: float = 0.0  # the slowest single allocation's CPU time
     where: str = ""  # in which part of the run the slowest one was
 
@@ -130,6 +135,15 @@ def _steady(allocator: Allocator, rounds: int) -> float:
         # never None: the first allocation after the fill found room, and it is freed each time
         allocator.free(allocator.alloc(8 * KiB, 8 * KiB), 8 * KiB)  # type: ignore[arg-type]
     return (time.perf_counter() - started) / rounds
+
+
+def _random_churn(allocator: Allocator, pages: list[int], picks: Sequence[int]) -> float:
+    """Free the live page at each of *picks* and allocate a page in its stead."""
+    started = time.perf_counter()
+    for pick in picks:
+        allocator.free(pages[pick], PAGE)
+        pages[pick] = allocator.alloc(PAGE, PAGE)  # type: ignore[assignment]
+    return (time.perf_counter() - started) / len(picks)
 
 
 def _last_aligned_hole(live: int) -> tuple[int, list[tuple[int, int, int]]]:
@@ -185,27 +199,42 @@ def _costs(live: int, rounds: int) -> dict[str, _Cost]:
         "iova": IovaDomain(0, 1 << 36),
         "gen_pool": _fragmented_bitmap(live),
     }
+    pages = {"gen_pool": [2 * index * PAGE for index in range(live)]}
     costs = {kind: _Cost() for kind in spaces}
     chunks = 5
+    picks = random.Random(live).choices(range(live), k=rounds)
     with _no_gc():
         for kind in ("avcm", "iova"):
-            costs[kind].saw(_fragment(spaces[kind], live), "building the space")
+            worst, pages[kind] = _fragment(spaces[kind], live)
+            costs[kind].saw(worst, "building the space")
         for kind, space in spaces.items():
             addr, elapsed = _timed_alloc(space, 8 * KiB, 8 * KiB)
             space.free(addr, 8 * KiB)
             costs[kind].saw(elapsed, "first after the fill")
-        # in chunks taking turns, so that a busy moment of the machine falls on all three
+        # in chunks taking turns, so that a busy moment of the machine falls on all three;
+        # then each allocation timed on its own, for the slowest rather than the average
         for _ in range(chunks):
             for kind, space in spaces.items():
                 pairs = rounds // chunks if kind != "gen_pool" else max(4, rounds // chunks // 50)
                 costs[kind].steady = min(costs[kind].steady, _steady(space, pairs))
-        # and each allocation timed on its own, for the slowest rather than the average
         for kind, space in spaces.items():
             for _ in range(rounds // chunks if kind != "gen_pool" else 20):
                 addr, elapsed = _timed_alloc(space, 8 * KiB, 8 * KiB)
                 space.free(addr, 8 * KiB)
                 costs[kind].saw(elapsed, "steady")
-    del spaces
+        # the random frees last: they leave holes an 8 KiB allocation fits in
+        for chunk in range(chunks):
+            mine = picks[chunk * rounds // chunks : (chunk + 1) * rounds // chunks]
+            for kind, space in spaces.items():
+                costs[kind].random = min(
+                    costs[kind].random, _random_churn(space, pages[kind], mine)
+                )
+        for kind, space in spaces.items():
+            for pick in picks[: rounds // chunks]:
+                space.free(pages[kind][pick], PAGE)
+                pages[kind][pick], elapsed = _timed_alloc(space, PAGE, PAGE)
+                costs[kind].saw(elapsed, "random frees")
+    del spaces, pages
     for kind, cost in costs.items():
         with _no_gc():
             cost.saw(_worst_in_last_aligned_hole(kind, live), "last aligned hole")
@@ -233,12 +262,18 @@ def allocator_rows(live: int, *, scaling: bool = False) -> list[Row]:
     costs = _costs(live, rounds)
     ours, iova, pool = costs["avcm"], costs["iova"], costs["gen_pool"]
     steady = f"avcm {_us(ours.steady)}, IOVA {_us(iova.steady)}, gen_pool {_us(pool.steady)}"
+    churn = f"avcm {_us(ours.random)}, IOVA {_us(iova.random)}, gen_pool {_us(pool.random)}"
     worst = ", ".join(
         f"{name} {_us(cost.worst)} ({cost.where})"
         for name, cost in (("avcm", ours), ("IOVA", iova), ("gen_pool", pool))
     )
     rows = []
-    for metric, detail, cost in (("steady", steady, "steady"), ("slowest", worst, "worst")):
+    metrics = (
+        ("steady", steady, "steady"),
+        ("random", churn, "random"),
+        ("slowest", worst, "worst"),
+    )
+    for metric, detail, cost in metrics:
         for against, baseline, theirs in (("IOVA", IOVA, iova), ("gen_pool", GEN_POOL, pool)):
             ratio = getattr(ours, cost) / getattr(theirs, cost)
             rows.append(
@@ -289,6 +324,8 @@ def render_table(rows: Sequence[Row], console: Console) -> None:
     columns = {
         "steady vs IOVA": ("steady", "IOVA"),
         "steady vs gen_pool": ("steady", "gen_pool"),
+        "random vs IOVA": ("random", "IOVA"),
+        "random vs gen_pool": ("random", "gen_pool"),
         "slowest vs IOVA": ("slowest", "IOVA"),
         "slowest vs gen_pool": ("slowest", "gen_pool"),
         "avcm's slowest / 1 ms": ("slowest", "1 ms"),
