@@ -66,11 +66,9 @@ def groups(quick: bool) -> list[Group]:
             for b in both
         ),
         *(Group(b, "memory", lambda _: _rows.memory_per_binding(2_000 // scale)) for b in both),
-        # each of its rows is already the best (or the median) of a few runs
-        *(
-            Group(b, "stress harness", lambda b: stress_rows(b, quick), repeats=LONG_REPEATS)
-            for b in both
-        ),
+        # each of these rows is already the best, or the median, of three runs of a minute or
+        # more in all (bench/_stress.py): measured once
+        *(Group(b, "stress harness", lambda b: stress_rows(b, quick), repeats=1) for b in both),
         Group(
             "trio",
             "race finder",
