@@ -73,7 +73,7 @@ def groups(quick: bool) -> list[Group]:
             "trio",
             "race finder",
             lambda _: race_rows(
-                seeds=3 if quick else 5, cap=2_000, plain_cap=200 if quick else 1_000
+                seeds=3 if quick else 10, cap=2_000, plain_cap=200 if quick else 1_000
             ),
             repeats=1,
         ),

@@ -258,7 +258,7 @@ async def memory_per_reservation(count: int) -> Row:
 
 async def memory_per_fragmented_reservation(count: int) -> Row:
     """Every other reservation unreserved: each live one has a free extent after it, which the
-    allocator keeps (in its three indexes) until a reservation fills it."""
+    allocator keeps (in its index of each alignment in use) until a reservation fills it."""
     vcm = _context(_PerResHardware())
     await vcm.reserve(4 * KiB)
 
