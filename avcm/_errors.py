@@ -43,7 +43,11 @@ class VcmError(OSError):
             super().__init__(*args)
 
     def __str__(self) -> str:
-        return f"[{errno_name(self.errno or 0)}] {self.strerror}"
+        if self.errno is None:
+            # a subclass with no errno of its own, raised with only a message (a driver's
+            # ``class Fault(VcmError)``): its message, as OSError shows it, not "None"
+            return super().__str__()
+        return f"[{errno_name(self.errno)}] {self.strerror}"
 
 
 class InvalidError(VcmError):

@@ -591,6 +591,16 @@ async def test_errors_are_oserrors_with_errno() -> None:
     assert str(error) == "[EBUSY] free: busy"
 
 
+async def test_an_error_class_without_an_errno_shows_its_message() -> None:
+    # a driver's own error class, raised with only a message, is shown by its message (in a
+    # stress report, say), not as "[errno 0] None"
+    class Fault(avcm.VcmError):
+        pass
+
+    assert str(Fault("device 3 timed out")) == "device 3 timed out"
+    assert str(avcm.VcmError(errno.EIO, "bus error")) == "[EIO] bus error"
+
+
 # -- the documentation's device-driver example -------------------------------------------------
 
 
