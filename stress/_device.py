@@ -105,7 +105,7 @@ def _expect_memory(world: World, ctx: Context, address: int, physical: int, afte
         raise Violation(
             "rule 4",
             f"{after}: a device access at {address:#x} through {ctx.name} reached other memory "
-            f"than {physical:#x}, where the model maps it (a stale translation in the hardware)",
+            f"than {physical:#x}, where the model maps it (a stale or misdirected translation)",
         )
 
 
