@@ -1,0 +1,162 @@
+"""Virtual time: a simulated driver's latency takes the same virtual time, and interleaves with
+other tasks the same way, whether its sleep goes through the event loop or moves the virtual
+clock in place (``VirtualTimeEventLoop.sleep_in_place``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+import avcm
+import drivers
+import stress
+from avcm import testing
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def _run_virtual(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    return anyio.run(
+        main, backend=backend, backend_options=testing.backend_options(backend, 0, virtual=True)
+    )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_driver_latency_interleaves_by_virtual_time(backend: str) -> None:
+    # two contexts whose page writes take 2 us and 3 us (no jitter), mapped at once: each
+    # page is written after its own delay, and the two walks interleave by virtual time
+    events: list[tuple[float, str]] = []
+
+    class Recording(drivers.PageTableMmu):
+        async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+            await super().activate_page(vaddr, paddr, order, vcm)
+            events.append((round(anyio.current_time() * 1e6, 6), self.name))
+
+    async def main() -> None:
+        memory = avcm.PhysicalMemory()
+        vcms = []
+        for name, delay in (("a", 2e-6), ("b", 3e-6)):
+            latency = drivers.Latency({"pte_write": delay}, jitter=0.0)
+            mmu = Recording(memory, orders=(0,), latency=latency, name=name)
+            vcm = avcm.mmu_init(0x1000_0000, 1 << 30, mmu, memory=memory, name=name)
+            await vcm.activate()
+            vcms.append(vcm)
+        physes = [await vcm.alloc(3 * 4 * KiB) for vcm in vcms]
+        start = anyio.current_time()
+        events.clear()
+        async with anyio.create_task_group() as group:
+            for vcm, phys in zip(vcms, physes, strict=True):
+                group.start_soon(vcm.map, phys)
+        assert anyio.current_time() - start == pytest.approx(9e-6)
+
+    _run_virtual(backend, main)
+    at = [(round(when - events[0][0] + 2, 6), name) for when, name in events]
+    # in the order of virtual time (the tie at 6 us either way), each after its own delays
+    assert [when for when, _ in at] == [2, 3, 4, 6, 6, 9]
+    assert [when for when, name in at if name == "a"] == [2, 4, 6]
+    assert [when for when, name in at if name == "b"] == [3, 6, 9]
+
+
+async def _on_virtual_loop(body: Callable[[Any], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, testing.VirtualTimeEventLoop)
+    await body(loop)
+
+
+def _asyncio_virtual(body: Callable[[Any], Awaitable[None]]) -> None:
+    _run_virtual("asyncio", lambda: _on_virtual_loop(body))
+
+
+def test_sleep_in_place_moves_the_clock_when_nothing_could_run_first() -> None:
+    async def body(loop: testing.VirtualTimeEventLoop) -> None:
+        start = loop.time()
+        assert loop.sleep_in_place(5e-6)
+        assert loop.time() == start + 5e-6
+        # a timer due later than the sleeper's wake-up does not stop it
+        handle = loop.call_later(1.0, lambda: None)
+        assert loop.sleep_in_place(5e-6)
+        handle.cancel()
+
+    _asyncio_virtual(body)
+
+
+def test_sleep_in_place_declines_when_something_could_run_first() -> None:
+    async def body(loop: testing.VirtualTimeEventLoop) -> None:
+        start = loop.time()
+        # a ready callback runs before a sleeper wakes
+        handle = loop.call_soon(lambda: None)
+        assert not loop.sleep_in_place(5e-6)
+        handle.cancel()
+        await anyio.lowlevel.checkpoint()
+        # a timer due before the sleeper's, or with it
+        for due in (1e-6, 5e-6):
+            timer = loop.call_later(due, lambda: None)
+            assert not loop.sleep_in_place(5e-6)
+            timer.cancel()
+            await anyio.lowlevel.checkpoint()
+        # a cancellation pending for the task is delivered at the sleep
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            assert not loop.sleep_in_place(5e-6)
+            await anyio.sleep(5e-6)
+        assert scope.cancelled_caught
+        # work in a thread: the loop waits for it in real time
+        loop.external_busy = lambda: False
+        assert not loop.sleep_in_place(5e-6)
+        loop.external_busy = None
+        assert loop.time() == start  # nothing declined moved the clock
+
+    _asyncio_virtual(body)
+
+
+def test_a_lone_drivers_latency_moves_the_clock_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    in_place: list[float] = []
+    sleep_in_place = testing.VirtualTimeEventLoop.sleep_in_place
+
+    def counted(self: testing.VirtualTimeEventLoop, delay: float) -> bool:
+        done = sleep_in_place(self, delay)
+        if done:
+            in_place.append(delay)
+        return done
+
+    monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", counted)
+
+    async def main() -> float:
+        memory = avcm.PhysicalMemory()
+        latency = drivers.Latency({"pte_write": 2e-6, "enable": 20e-6}, jitter=0.0)
+        vcm = drivers.create_cpu(memory, latency=latency)
+        phys = await vcm.alloc(64 * KiB)
+        start = anyio.current_time()
+        await vcm.activate()
+        await vcm.map(phys)
+        return anyio.current_time() - start
+
+    assert _run_virtual("asyncio", main) == pytest.approx(20e-6 + 16 * 2e-6)
+    assert in_place == [20e-6] + [2e-6] * 16
+
+
+def _trace(config: stress.StressConfig) -> list[tuple[object, ...]]:
+    result = stress.run(config)
+    assert result.violation is None
+    return [(o.seq, o.task, o.op, o.target, o.result, o.vtime) for o in result.trace]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tasks": 3, "seed": 2, "ops": 1500},
+        {"tasks": 16, "seed": 6, "ops": 1500, "cancel": 0.2, "faults": 0.05},
+    ],
+)
+def test_a_stress_run_is_the_same_with_sleeps_in_place(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    config = stress.StressConfig(backend="asyncio", **options)
+    in_place = _trace(config)
+    monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", lambda self, d: False)
+    assert _trace(config) == in_place
