@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-from sortedcontainers import SortedDict
 
 import avcm
 from avcm.lowlevel import check_orders, resolve_memory
@@ -67,7 +65,12 @@ class PageTableMmu:
         self.latency, self.faults, self.name = driver_options(latency, faults, name, "mmu")
         self.orders = check_orders(orders, f"{name} orders")
         self.memory = resolve_memory(memory, name)
-        self._entries = SortedDict()  # vaddr -> (paddr, order)
+        # vaddr -> (paddr, order): a page is aligned to its size, so the entry covering an
+        # address starts at that address rounded down to one of the orders' sizes
+        self._entries: dict[int, tuple[int, int]] = {}
+        # (order, vaddr >> (PAGE_SHIFT + order)) -> how many entries start in that block, for
+        # each order but 0: whether a large page would cover an entry already there
+        self._starts_in: Counter[tuple[int, int]] = Counter()
         self._per_order: Counter[int] = Counter()
         self.enabled = False
         self._activations = self._pte_writes = self._pte_clears = 0
@@ -92,12 +95,12 @@ class PageTableMmu:
 
     def _covering(self, vaddr: int) -> tuple[int, int, int] | None:
         """The entry whose page contains *vaddr*, as (vaddr, paddr, order)."""
-        index = self._entries.bisect_right(vaddr)
-        if not index:
-            return None
-        start, (paddr, order) = self._entries.peekitem(index - 1)
-        if vaddr < start + (avcm.PAGE_SIZE << order):
-            return start, paddr, order
+        entries = self._entries
+        for order in self.orders:
+            start = vaddr & -(avcm.PAGE_SIZE << order)
+            entry = entries.get(start)
+            if entry is not None and entry[1] == order:
+                return start, entry[0], order
         return None
 
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
@@ -109,13 +112,15 @@ class PageTableMmu:
                 f"{self.name}: page {vaddr:#x} -> {paddr:#x} of order {order} is misaligned "
                 f"or not a supported size"
             )
-        following = self._entries.bisect_left(vaddr)
-        overlaps = self._covering(vaddr) is not None or (
-            following < len(self._entries) and self._entries.peekitem(following)[0] < vaddr + size
-        )
-        if overlaps:
+        starts_in = self._starts_in
+        if (
+            self._covering(vaddr) is not None
+            or (order, vaddr >> (avcm.PAGE_SHIFT + order)) in starts_in
+        ):
             raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
         self._entries[vaddr] = (paddr, order)
+        for block_order in self.orders[:-1]:
+            starts_in[block_order, vaddr >> (avcm.PAGE_SHIFT + block_order)] += 1
         self._per_order[order] += 1
         self._pte_writes += 1
 
@@ -127,6 +132,12 @@ class PageTableMmu:
                 f"{self.name}: no entry {vaddr:#x} -> {paddr:#x} of order {order} to remove"
             )
         del self._entries[vaddr]
+        starts_in = self._starts_in
+        for block_order in self.orders[:-1]:
+            block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
+            starts_in[block] -= 1
+            if not starts_in[block]:
+                del starts_in[block]
         self._per_order[order] -= 1
         self._pte_clears += 1
 
@@ -149,22 +160,28 @@ class PageTableMmu:
         start, paddr, _ = entry
         return paddr + (addr - start)
 
-    def _chunks(self, addr: int, length: int) -> Iterator[tuple[int, int]]:
-        """(physical address, length) pieces of a device access, page by page."""
+    def _chunks(self, addr: int, length: int) -> list[tuple[int, int]]:
+        """(physical address, length) pieces of a device access, page by page, all translated
+        before any is used."""
         self._check_int(addr, "device address")
         self._check_int(length, "access length")
         if length < 0:
             raise avcm.InvalidError(f"{self.name}: access length {length} is negative")
+        chunks = []
         while length:
             physical = self.translate(addr)
             chunk = min(length, avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)))
-            yield physical, chunk
+            chunks.append((physical, chunk))
             addr += chunk
             length -= chunk
+        return chunks
 
     def read(self, addr: int, length: int) -> bytes:
         """Device read of *length* bytes at device address *addr*, through the translation."""
-        return b"".join(self.memory.read(p, n) for p, n in list(self._chunks(addr, length)))
+        chunks = self._chunks(addr, length)
+        if len(chunks) == 1:  # most accesses: no join
+            return self.memory.read(*chunks[0])
+        return b"".join(self.memory.read(p, n) for p, n in chunks)
 
     def write(self, addr: int, data: bytes) -> None:
         """Device write at *addr*; all of it is translated before any byte is written."""
@@ -173,7 +190,7 @@ class PageTableMmu:
                 f"{self.name}: write data must be bytes-like, not {type(data).__name__}"
             )
         offset = 0
-        for physical, chunk in list(self._chunks(addr, len(data))):
+        for physical, chunk in self._chunks(addr, len(data)):
             self.memory.write(physical, data[offset : offset + chunk])
             offset += chunk
 
@@ -183,11 +200,9 @@ class PageTableMmu:
         return self.enabled
 
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
-        # through the dict underneath, by address: a SortedDict's own items view looks every
-        # key up again, and the checks read every entry at every quiescent point
         return sorted(
             (vaddr, paddr, avcm.PAGE_SIZE << order)
-            for vaddr, (paddr, order) in dict.items(self._entries)
+            for vaddr, (paddr, order) in self._entries.items()
         )
 
     def statistics(self) -> PageTableStatistics:

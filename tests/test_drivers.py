@@ -583,3 +583,65 @@ async def test_slow_latency_runs_on_the_mock_clock(
     first = await simulated_duration()
     assert first > 0.05  # 20 x (enable + 8 ptes + flush)
     assert await simulated_duration() == pytest.approx(first, rel=1e-12)
+
+
+# -- the simulated page table: entries, overlaps and translation --------------------------------
+
+
+async def test_page_table_refuses_overlapping_entries_and_translates_each_page(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    mmu = drivers.PageTableMmu(memory, orders=(8, 4, 0), latency=ZERO)
+    ram = memory.base
+    vcm = avcm.mmu_init(0x1000_0000, 1 << 30, mmu, memory=memory)
+    base = 0x1010_0000  # 1 MiB aligned
+    await mmu.activate_page(base + 64 * KiB, ram + 0x20_0000, 4, vcm)  # a 64 KiB page
+    await mmu.activate_page(base + 128 * KiB, ram + 0x30_0000, 0, vcm)  # a 4 KiB page after it
+    overlapping = [
+        (base, ram + 0x40_0000, 8),  # a 1 MiB page over both
+        (base + 64 * KiB, ram + 0x50_0000, 4),  # the same start
+        (base + 68 * KiB, ram + 0x50_0000, 0),  # inside the 64 KiB page
+        (base + 128 * KiB, ram + 0x50_0000, 0),  # the 4 KiB page again
+        (base + 128 * KiB, ram + 0x50_0000, 4),  # a 64 KiB page over the 4 KiB one
+    ]
+    for vaddr, paddr, order in overlapping:
+        with pytest.raises(avcm.InvalidError, match="overlaps an entry"):
+            await mmu.activate_page(vaddr, paddr, order, vcm)
+    with pytest.raises(avcm.InvalidError, match="misaligned"):
+        await mmu.activate_page(base + 4 * KiB, ram + 0x50_0000, 4, vcm)
+    # next to them, not over them: accepted
+    await mmu.activate_page(base + 132 * KiB, ram + 0x31_0000, 0, vcm)
+    await mmu.activate_page(base + (1 << 20), ram + 0x40_0000, 8, vcm)
+    assert mmu.hardware_mappings() == [
+        (base + 64 * KiB, ram + 0x20_0000, 64 * KiB),
+        (base + 128 * KiB, ram + 0x30_0000, 4 * KiB),
+        (base + 132 * KiB, ram + 0x31_0000, 4 * KiB),
+        (base + (1 << 20), ram + 0x40_0000, 1 << 20),
+    ]
+    mmu.enabled = True
+    assert mmu.translate(base + 64 * KiB + 0x123) == ram + 0x20_0123
+    assert mmu.translate(base + 127 * KiB) == ram + 0x20_0000 + 63 * KiB
+    assert mmu.translate(base + 133 * KiB) == ram + 0x31_0000 + KiB
+    assert mmu.translate(base + (2 << 20) - 1) == ram + 0x4F_FFFF
+    for unmapped in (base, base + 136 * KiB, base + (2 << 20)):
+        with pytest.raises(drivers.IommuFault, match="no entry"):
+            mmu.translate(unmapped)
+    # an access across two pages is translated page by page
+    memory.write(ram + 0x20_0000 + 64 * KiB - 2, b"ab")
+    memory.write(ram + 0x30_0000, b"cd")
+    assert mmu.read(base + 128 * KiB - 2, 4) == b"abcd"
+    with pytest.raises(avcm.InvalidError, match="no entry"):
+        await mmu.deactivate_page(base + 64 * KiB, ram + 0x20_0000, 0, vcm)  # wrong order
+    await mmu.deactivate_page(base + 64 * KiB, ram + 0x20_0000, 4, vcm)
+    # the 64 KiB page gone, a page may take its place, and a 1 MiB page still may not
+    await mmu.activate_page(base + 68 * KiB, ram + 0x50_0000, 0, vcm)
+    with pytest.raises(avcm.InvalidError, match="overlaps an entry"):
+        await mmu.activate_page(base, ram + 0x40_0000 + (1 << 20), 8, vcm)
+    for vaddr, paddr, order in [
+        (base + 68 * KiB, ram + 0x50_0000, 0),
+        (base + 128 * KiB, ram + 0x30_0000, 0),
+        (base + 132 * KiB, ram + 0x31_0000, 0),
+    ]:
+        await mmu.deactivate_page(vaddr, paddr, order, vcm)
+    await mmu.activate_page(base, ram + 0x60_0000, 8, vcm)  # the 1 MiB block is empty again
+    assert mmu.statistics().entries_per_order == {8: 2}
