@@ -173,6 +173,19 @@ class Context:
         except Exception as error:
             raise DeviceFault(self, address, error) from error
 
+    def device_faults(self, address: int, length: int) -> bool:
+        """Whether a device read at *address* fails (whatever it raises), and does not reach
+        memory: :meth:`device_read` without making a :class:`DeviceFault` of the error, for
+        the probes that expect one."""
+        device = self._device
+        if device is None:  # pragma: no cover - has_device checks
+            raise TypeError(f"{self.name} has no device view")
+        try:
+            device.read(address, length)
+        except Exception:
+            return True
+        return False
+
     def device_write(self, address: int, data: bytes) -> None:
         """The device writes at *address*; :class:`DeviceFault` if it cannot."""
         device = self._device

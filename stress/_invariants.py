@@ -94,13 +94,16 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
         if not ctx.has_device:
             continue
         in_flux = world.in_flux.get(ctx.vcm)
-        if (in_flux and WHOLE in in_flux) or (not in_flux and ctx.mutex_held()):
+        if in_flux and WHOLE in in_flux:
+            continue
+        mutex_held = ctx.mutex_held()
+        if not in_flux and mutex_held:
             continue
         if not ctx.one_to_one:  # one-to-one: no translation, the device always sees memory
             active = ctx.vcm.activations > 0
             # a status read while a driver call of the context runs (its mutex held) may show
             # that call's state: held to the count only when none does
-            if not ctx.mutex_held() and ctx.hardware_active() != active:
+            if not mutex_held and ctx.hardware_active() != active:
                 raise Violation(
                     "rule 4",
                     f"{ctx.name}'s hardware is {'inactive' if active else 'active'} but its "
