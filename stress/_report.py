@@ -35,7 +35,10 @@ __all__ = [
 # 2: latency and vtime from after the quiescence gate, a check after every N operations done
 # 3: device probes, a FIFO gate, two contexts per --driver, drains every --drain-every
 # 4: --cancel at a sync point (not after a time), --faults for a driver under test too
-TRACE_VERSION = 5
+# 5: windows of --check-every operations, bounded pools
+# 6: a drain switches every context off together first, then starts them from cold once (the
+#    driver calls it makes, and so the latency and fault draws after it, changed)
+TRACE_VERSION = 6
 
 
 @contextmanager

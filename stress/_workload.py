@@ -47,8 +47,8 @@ from ._invariants import (
     check_final,
     check_quiescent,
     check_released,
-    deactivate_everything,
     release_everything,
+    switch_off_together,
 )
 
 __all__ = ["POOL_LIMIT", "Outcome", "RunResult", "World", "bounded_operation", "run_workload"]
@@ -269,7 +269,7 @@ class World:
         with contextlib.ExitStack() as stack:
             for ctx in self.contexts:
                 stack.enter_context(ctx.faults_paused())
-            await deactivate_everything(self)
+            await switch_off_together(self)
             for ctx in self.contexts:  # every context off: no device access reaches memory
                 after_deactivate(self, ctx)
             await check_cold_start(self, when)
