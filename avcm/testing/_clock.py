@@ -150,19 +150,21 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
         A sleep yields to the loop, which runs whatever is ready, then jumps to the earliest
         timer. When nothing is ready, no timer falls due before (or with) the sleeper's, no
-        cancellation is pending for the task, and no thread or controlled scheduler (the race
-        finder's) is involved, that loop iteration would only move the clock and wake the
-        sleeper: this moves the clock as it would, to the same instant, and skips the rest.
-        The run is the same, callback for callback; what it saves is two loop iterations per
-        sleep of a simulated driver that is alone in its time slot.
+        cancellation is pending for the task, no I/O is waited for, and no thread or controlled
+        scheduler (the race finder's) is involved, that loop iteration would only move the
+        clock and wake the sleeper: this moves the clock as it would, to the same instant, and
+        skips the rest. The run is the same, callback for callback; what it saves is two loop
+        iterations per sleep of a simulated driver that is alone in its time slot.
         """
         virtual = self._virtual
         if (
             self._ready  # type: ignore[attr-defined]
             or type(self._ready) is not collections.deque  # type: ignore[attr-defined]
             or self._stopping  # type: ignore[attr-defined]
-            or virtual.external_busy is not None
+            or virtual.outside is not None  # the race finder, which owns the steps
+            or self.count_reads
             or self.executor_jobs
+            or len(virtual.get_map()) > 1  # I/O waited for, besides the loop's self-pipe
         ):
             return False
         task = asyncio.current_task(self)
