@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from ._contexts import Context
     from ._workload import World
 
-__all__ = ["DevicePages", "after_binding", "after_deactivate", "after_unmapping", "check_devices"]
+__all__ = [
+    "DevicePages",
+    "after_binding",
+    "after_deactivate",
+    "after_unmapping",
+    "check_devices",
+    "probe_bound",
+]
 
 # pages remembered per context: enough to cover what the data checks touched since the
 # reservations concerned were bound, few enough that a quiescent point probes them all quickly
@@ -144,6 +151,15 @@ def after_binding(world: World, res: avcm.Res, after: str) -> None:
     if ctx.translated:
         for address in world.device.within(ctx, res.start, res.bound_size):
             _probe(world, ctx, res, address, f"after {after} of {world.name(res)} returned")
+
+
+def probe_bound(world: World, ctx: Context, when: str) -> None:
+    """*ctx* is on with no call of it in flight: the first page of each bound reservation
+    reaches its memory."""
+    if ctx.translated:
+        for res in ctx.vcm.reservations():
+            if res.phys is not None:
+                _probe(world, ctx, res, res.start, when)
 
 
 def after_unmapping(world: World, ctx: Context, res: avcm.Res, after: str) -> None:

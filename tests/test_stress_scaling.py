@@ -126,7 +126,8 @@ def test_a_wide_run_wakes_one_waiter_per_operation_at_most(
     monkeypatch.setattr(workload, "Gate", _CountingGate)
     _CountingGate.made.clear()
     result = stress.run(StressConfig(backend=backend, tasks=1024, ops=1500))
-    assert result.violation is None and result.checks["quiescent"] == 1500 // 50
+    # one per window, and the drain at the end
+    assert result.violation is None and result.checks["quiescent"] == 1500 // 50 + 1
     (gate,) = _CountingGate.made
     assert 0 < gate.woken <= 1500 + 1024  # each operation once, each task's last release once
 
