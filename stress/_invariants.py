@@ -389,6 +389,7 @@ def _where_it_grew(world: World) -> str:
         first = world.baseline[1]
         return f"no growth after the first drain: leaked by operations 1-{first} or by a destroy"
     windows = ", ".join(
-        f"operations {first}-{last} (+{grown:#x})" for first, last, grown in world.suspicions
+        f"operations {first}-{last} (+{grown:#x} by then)"
+        for first, last, grown in world.suspicions
     )
     return f"memory in use grew over the first drain's in the window(s) of {windows}"

@@ -302,11 +302,15 @@ class World:
         else:
             grown = in_use - self.baseline[0]
             if grown > LEAK_ALLOWANCE:
+                earlier = "".join(
+                    f"; it grew first in operations {first}-{last}"
+                    for first, last, _ in self.suspicions[:1]
+                )
                 raise Violation(
                     "rule 9",
                     f"after draining at operation {seq}: {grown:#x} bytes more physical memory "
                     f"in use than after the drain at operation {self.baseline[1]} (leaked by "
-                    f"operations {since + 1}-{seq})",
+                    f"operations {since + 1}-{seq}{earlier})",
                 )
             if grown > max((growth for *_, growth in self.suspicions), default=0):
                 self.suspicions.append((since + 1, seq, grown))

@@ -118,7 +118,10 @@ class SharedUnit:
     * ``racy_give``: two contexts giving a table back at once both make theirs the spare; one
       of the pages is lost (leaked);
     * ``racy_power``: the usage count is read, then written after the sleep: it drifts, and the
-      unit powers off while a context is still active.
+      unit powers off while a context is still active;
+    * ``early_enable``: the first enabler counts itself, then sleeps through the power-up
+      before the unit is on; a second enabler sees the count above zero and returns at once,
+      with the unit still off (shows only when two contexts start from cold at once).
     """
 
     def __init__(
@@ -128,10 +131,12 @@ class SharedUnit:
         racy_take: bool = False,
         racy_give: bool = False,
         racy_power: bool = False,
+        early_enable: bool = False,
     ) -> None:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
+        self.early_enable = early_enable
         self.tables: dict[int, dict[int, tuple[int, int]]] = {}  # page -> {index: (pa, order)}
         self.spare: int | None = None
         self.users = 0
@@ -163,6 +168,14 @@ class SharedUnit:
             self.memory.free_pages(table, 0)
 
     async def power(self, delta: int) -> None:
+        if self.early_enable:
+            self.users += delta
+            if not self.users:
+                self.powered = False
+            elif delta > 0 and self.users == 1:
+                await self.latency.sleep("enable", self)  # the power-up sequence
+                self.powered = self.users > 0
+            return
         users = self.users
         await self._between_read_and_write(self.racy_power)
         if not self.racy_power:
@@ -294,6 +307,10 @@ def shared_unit_racy_give(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_racy_power(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "racy_power")
+
+
+def shared_unit_early_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "early_enable")
 
 
 class LeakyCarveout(drivers.CarveoutAllocator):

@@ -57,3 +57,49 @@ def flaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def honest(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Honest(memory), memory=memory, name="honest")
+
+
+class SpareCache(PageTableMmu):
+    """Keeps a cache of spare page-table pages, filled lazily (one more page each time the
+    translation is switched on, up to *bound*) and emptied when the context is destroyed:
+    correct (rule 9 asks only that every page be free after destroy), although memory in use
+    keeps growing after the harness's first drain. With *bound* ``None`` it grows for ever,
+    and with *forget* its destroy leaves the cache behind: both leak."""
+
+    def __init__(
+        self, memory: avcm.PhysicalMemory, bound: int | None = 8, *, forget: bool = False
+    ) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="spare-cache")
+        self.bound, self.forget = bound, forget
+        self.cache: list[int] = []
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await super().enable(vcm)
+        if self.bound is None or len(self.cache) < self.bound:
+            page = self.memory.alloc_pages(0)
+            if page is not None:
+                self.cache.append(page)
+
+    async def cleanup(self, vcm: avcm.Vcm) -> None:
+        if not self.forget:
+            for page in self.cache:
+                self.memory.free_pages(page, 0)
+        self.cache.clear()
+
+
+def _spare_cache(memory: avcm.PhysicalMemory, driver: SpareCache) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="spare-cache")
+
+
+def spare_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _spare_cache(memory, SpareCache(memory))
+
+
+def spare_cache_unbounded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Broken: its cache grows for ever (a leak that keeps growing)."""
+    return _spare_cache(memory, SpareCache(memory, None))
+
+
+def spare_cache_forgotten(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Broken: destroy leaves its (bounded) cache behind."""
+    return _spare_cache(memory, SpareCache(memory, forget=True))
