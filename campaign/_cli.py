@@ -215,9 +215,7 @@ def _stress_units(args: argparse.Namespace) -> Iterator[Unit]:
     contexts = args.contexts
     if contexts is None:
         # as python -m stress: contexts from the factory share one memory, and their hardware
-        contexts = (
-            (("custom", stress.DRIVER_CONTEXTS),) if args.driver else stress.StressConfig.contexts
-        )
+        contexts = stress.DRIVER_DEFAULT_CONTEXTS if args.driver else stress.StressConfig.contexts
     # every stress option this command has is a StressConfig field of the same name
     settings = {
         f.name: getattr(args, f.name)

@@ -30,7 +30,7 @@ from avcm.testing import (
 from ._config import (
     BACKENDS,
     CLOCKS,
-    DRIVER_CONTEXTS,
+    DRIVER_DEFAULT_CONTEXTS,
     LATENCIES,
     MAX_JOBS,
     StressConfig,
@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_contexts,
         default=None,
         help="which contexts and how many, e.g. iommu=2,carveout=1,cpu=1 "
-        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2: two contexts from the "
-        "factory on one physical memory, so that hardware they share is raced too)",
+        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2,carveout=1: two "
+        "contexts from the factory on one physical memory, so that hardware they share is "
+        "raced too, and a carve-out whose memory, aligned to 4 KiB but not to 64 KiB, the "
+        "tasks map into them)",
     )
     parser.add_argument(
         "--latency",
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> StressConfig:
     contexts = args.contexts
     if contexts is None:
-        contexts = (("custom", DRIVER_CONTEXTS),) if args.driver else StressConfig.contexts
+        contexts = DRIVER_DEFAULT_CONTEXTS if args.driver else StressConfig.contexts
     return StressConfig(
         backend=args.backend,
         seed=args.seed,

@@ -117,14 +117,21 @@ def driver_contexts(config: StressConfig) -> str:
     """What a ``--driver`` run made of the factory, said in its header."""
     count = sum(n for kind, n in config.contexts if kind == "custom")
     if count == 1:
-        return (
+        said = (
             f"one context from {config.driver} (hardware that contexts share is not raced: "
             "the default makes two)"
         )
-    return (
-        f"{count} contexts from {config.driver} on one physical memory, so that hardware they "
-        "share is raced too (--contexts custom=1 for one)"
-    )
+    else:
+        said = (
+            f"{count} contexts from {config.driver} on one physical memory, so that hardware "
+            "they share is raced too (--contexts custom=1 for one)"
+        )
+    if any(kind == "carveout" and n for kind, n in config.contexts):
+        said += (
+            "; with a carve-out context of the harness's own, whose memory (parts aligned to "
+            "4 KiB, not to 64 KiB) the tasks map into them too"
+        )
+    return said
 
 
 def summary_line(config: StressConfig, result: RunResult) -> str:

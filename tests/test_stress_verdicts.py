@@ -234,8 +234,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
     status = stress.main(args)
     out = capsys.readouterr().out
     assert status == 0, out
-    assert "contexts=custom=2 " in out
+    assert "contexts=custom=2,carveout=1 " in out
     assert "2 contexts from tests.broken_drivers:correct_iommu on one physical memory" in out
+    assert "with a carve-out context of the harness's own" in out
     status = stress.main([*args, "--contexts", "custom=1"])
     out = capsys.readouterr().out
     assert status == 0, out
@@ -256,6 +257,8 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_racy_power", {"rule 1", "rule 4"}),  # off while a context is active
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
+        # large pages chosen by the device address alone: caught on the carve-out's memory
+        ("device_aligned_walk", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -368,3 +371,16 @@ def test_a_run_shorter_than_drain_every_ends_with_a_drain(backend: str) -> None:
     result = stress.run(StressConfig(backend=backend, ops=300))
     assert result.violation is None and result.checks["drain"] == 1
     assert result.checks["cold start"] == 3 * 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: str) -> None:
+    # The framework's allocator aligns a phys to its size: with the driver's contexts alone,
+    # a page walk that picks 64 KiB pages by the device address never meets a part it misplaces.
+    driver = "tests.broken_drivers:device_aligned_walk"
+    alone = StressConfig(backend=backend, ops=3000, driver=driver, contexts=(("custom", 2),))
+    assert stress.run(alone).violation is None
+    default = StressConfig(backend=backend, driver=driver, contexts=stress.DRIVER_DEFAULT_CONTEXTS)
+    violation = stress.run(default).violation
+    assert violation is not None and violation.rule == "rule 4" and violation.seq is not None
+    assert violation.seq < 1000 and "reached other memory" in violation.description
