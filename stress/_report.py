@@ -38,7 +38,10 @@ __all__ = [
 # 5: windows of --check-every operations, bounded pools
 # 6: a drain switches every context off together first, then starts them from cold once (the
 #    driver calls it makes, and so the latency and fault draws after it, changed)
-TRACE_VERSION = 6
+# 7: a drain starts the contexts from cold a second time, with nothing bound (the draws after
+#    it change), and the end of a run is a drain; with custom contexts, only alloc picks the
+#    harness's own (--driver: custom=2,carveout=1 by default)
+TRACE_VERSION = 7
 
 
 @contextmanager
