@@ -199,6 +199,37 @@ async def a_spawned_task_in_a_thread(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def threads_calling_back_under_a_lock(run: testing.Run) -> None:
+    """A worker thread that calls back into the loop (from_thread.run) for a step under a
+    lock another task holds across a checkpoint: a thread blocked in that call waits for the
+    loop, not the loop for it, so the task holding the lock must still be chosen (asyncio
+    hung here). One thread: two at work at once report in the machine's order."""
+    lock = anyio.Lock()
+    counter = [0]
+
+    async def bump() -> None:
+        async with lock:
+            value = counter[0]
+            await anyio.sleep(0)
+            counter[0] = value + 1
+
+    def blocking() -> None:
+        anyio.from_thread.run(bump)
+        anyio.from_thread.run_sync(bump.__name__.upper)
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(blocking)
+        await bump()
+
+    async def locker() -> None:
+        await bump()
+        await bump()
+
+    for outcome in await run.concurrently(worker, locker):
+        outcome.unwrap()
+    assert counter[0] == 4
+
+
 async def locked_counter(run: testing.Run) -> None:
     lock = anyio.Lock()
     count = 0
@@ -401,6 +432,7 @@ CONTROLS = {
         worker_threads,
         threads_through_a_limiter,
         a_spawned_task_in_a_thread,
+        threads_calling_back_under_a_lock,
         locked_counter,
         semaphore_bound,
         condition_queue,

@@ -49,8 +49,11 @@ task that is blocked, or disabled by fairness, is not a preemption.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import math
+import os
+import sys
 import threading
 import time
 import types
@@ -105,16 +108,49 @@ _THREAD_CALLS = frozenset({"run_sync_in_worker_thread", "to_thread_run_sync"})
 _THREAD_WAITS = frozenset({"wait_task_rescheduled"})
 
 
-def _waits_for_thread(coro: Any) -> bool:
+def _waits_for_thread(coro: Any) -> threading.Thread | bool:
     """Whether a suspended task waits for a worker thread to finish its call: it is in
-    anyio's or trio's call to a thread, past the limiter, whatever limiter it is. A task
-    waiting for a limiter's token waits for another task, which can deadlock."""
+    anyio's or trio's call to a thread, past the limiter, whatever limiter it is (the thread,
+    where the call names it: anyio's on asyncio). A task waiting for a limiter's token waits
+    for another task, which can deadlock."""
     frames = _await_frames(coro)
     for index in range(len(frames) - 1, -1, -1):
         if frames[index].f_code.co_name in _THREAD_CALLS:
             inner = frames[index + 1 : index + 2]
-            return not inner or inner[0].f_code.co_name in _THREAD_WAITS
+            if inner and inner[0].f_code.co_name not in _THREAD_WAITS:
+                return False
+            worker = frames[index].f_locals.get("worker")
+            return worker if isinstance(worker, threading.Thread) else True
     return False
+
+
+# anyio's calls from a worker thread into the event loop (asyncio backend): the thread has
+# handed the loop its request and blocks in a concurrent future's result() for the answer
+_FROM_THREAD_CALLS = frozenset({"run_async_from_thread", "run_sync_from_thread"})
+
+
+def _call_into(thread: threading.Thread, loop: object) -> int:
+    """Where *thread* stands in a call into *loop* (``anyio.from_thread.run`` and
+    ``run_sync``): 0, in none; 1, in one, handing its request over; 2, blocked in the
+    answer's ``result()`` with no answer given. Only then does it wait for the loop (which
+    must go on choosing tasks, not wait for it): its request has reached the loop
+    (``call_soon_threadsafe`` comes first), and it cannot go on before the loop answers, so
+    what the loop does meanwhile is no race with the thread. Once the answer is given it is
+    at work again, though it may not have left ``result()`` yet."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    waiting = False
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "result" and code.co_filename.endswith(_FUTURES_BASE):
+            future = frame.f_locals.get("self")
+            waiting = isinstance(future, concurrent.futures.Future) and not future.done()
+        elif code.co_name in _FROM_THREAD_CALLS and frame.f_locals.get("loop") is loop:
+            return 2 if waiting else 1
+        frame = frame.f_back
+    return 0
+
+
+_FUTURES_BASE = os.path.join("concurrent", "futures", "_base.py")
 
 
 def _coro_of(native: Any) -> Any:
@@ -743,6 +779,8 @@ _run_task_code = Run._run_task.__code__
 _ALL_STEPS = 20  # times max_steps: steps in all, time passing or not, before a StepBudgetError
 _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
+_HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
+_HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
 _SPIN_QUANTUM = 1e-3  # seconds: the spin rule's first move of a clock that tasks read
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
@@ -760,7 +798,8 @@ class _Queue:
         self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
         self.free = False  # released: hold nothing any more
         self.virtual = _virtual_clock()
-        self.thread_waits: dict[Any, tuple[object, bool]] = {}  # task -> (wait, in a thread)
+        # task -> (the wait, the thread it waits for: True if unnamed, False if none)
+        self.thread_waits: dict[Any, tuple[object, threading.Thread | bool]] = {}
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
 
     @property
@@ -814,6 +853,7 @@ class _Queue:
         if threading.active_count() == 1:
             return False
         known = self.thread_waits
+        calling = False
         for native in self.native_tasks():
             wait = self.waiting_on(native)
             if wait is None:
@@ -821,8 +861,26 @@ class _Queue:
             seen = known.get(native)
             if seen is None or seen[0] is not wait:
                 seen = known[native] = (wait, _waits_for_thread(_coro_of(native)))
-            if seen[1]:
+            thread = seen[1]
+            if thread is True:
                 return True
+            if thread:
+                if not self.waits_for_loop(thread):
+                    return True
+                calling = True
+        if calling:
+            self.thread_calls()
+        return False
+
+    def thread_calls(self) -> None:
+        """Threads wait for the loop: their calls, which reached it before they blocked, come
+        in now (not at the next moment no task can run, which could come before or after
+        the call's arrival as the machine goes)."""
+
+    def waits_for_loop(self, thread: threading.Thread) -> bool:
+        """Whether a worker thread waits for the event loop, not the loop for it: it called
+        back into the loop and blocks for the answer, which tasks must now be chosen to
+        give (a lock the call needs may be held by a task the scheduler holds back)."""
         return False
 
     def io_waits(self) -> int:
@@ -1065,6 +1123,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.queue = queue
         self.due = 0  # uncontrolled callbacks the current iteration runs before its choice
         self.iteration = 0  # of the loop: a task held during one is chosen from the next on
+        self.choose = False  # whether this iteration ends with a chosen task's step
 
     def append(self, handle: Any) -> None:
         queue = self.queue
@@ -1086,14 +1145,18 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         # asyncio takes len() as the number of callbacks this iteration runs: the ones ready
         # now, then one chosen task step
         self.iteration += 1
+        queue = self.queue
+        ready = queue.ready()  # first: it may let in threads' calls, which run before
+        self.choose = ready and not queue.admitted
+        queue.admitted = False
         self.due = super().__len__()
-        return self.due + self.queue.ready()
+        return self.due + self.choose
 
     def __bool__(self) -> bool:
         return super().__len__() > 0 or self.queue.ready()
 
     def popleft(self) -> Any:
-        if self.due > 0 or not self.queue.ready():
+        if self.due > 0 or not (self.choose and self.queue.ready()):
             self.due -= 1
             if not super().__len__():
                 return _NOTHING
@@ -1161,12 +1224,27 @@ class _AsyncioQueue(_Queue):
         self.readyq: _AsyncioReady | None = None
         self.thread = threading.get_ident()
         self.arrived: collections.deque[Any] = collections.deque()  # from other threads
+        self.admitted = False  # arrivals let in since the last iteration began
 
     def let_in(self) -> bool:
+        # A thread handing a call over to the loop is let finish handing it over first (a
+        # matter of microseconds): its request then comes in with what came before it, not
+        # in whichever of two polls the machine's speed puts it.
+        threads = [
+            seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
+        ]
+        deadline = time.monotonic() + _HANDOVER
+        while any(_call_into(thread, self.loop) == 1 for thread in threads):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(_HANDOVER_POLL)
         arrived = False
         while self.arrived:
             arrived = True
             collections.deque.append(self.readyq, self.arrived.popleft())  # type: ignore[arg-type]
+        # the iteration that runs them makes no choice: whether they came in at a poll or
+        # when a thread was found waiting for the loop, the steps after are the same
+        self.admitted = self.admitted or arrived
         return arrived
 
     @classmethod
@@ -1205,6 +1283,12 @@ class _AsyncioQueue(_Queue):
     def threads_busy(self) -> bool:
         # asyncio.to_thread and run_in_executor, counted by the virtual-time loop
         return super().threads_busy() or getattr(self.loop, "executor_jobs", 0) > 0
+
+    def waits_for_loop(self, thread: threading.Thread) -> bool:
+        return _call_into(thread, self.loop) == 2
+
+    def thread_calls(self) -> None:
+        self.let_in()
 
     def io_waits(self) -> int:
         # the selector's readers and writers but the loop's own self-pipe (a subprocess's
