@@ -55,6 +55,10 @@ class Outside(Protocol):
         real time; None: no poll now."""
         ...
 
+    def io_polled(self, came: bool) -> None:
+        """A poll for I/O that :meth:`io_wait` asked to wait ended: whether anything came."""
+        ...
+
     def let_in(self) -> bool:
         """Make ready the callbacks that threads made ready while tasks could run (held back
         till now); whether there were any."""
@@ -79,9 +83,13 @@ class _VirtualSelector(selectors.DefaultSelector):
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []
-                if wait > 0:  # asked to wait, as if no task could run
-                    outside.let_in()
-                return super().select(wait)
+                if wait <= 0:
+                    return super().select(wait)
+                # asked to wait by the spin rule, as if no task could run
+                outside.let_in()
+                events = super().select(wait)
+                outside.io_polled(bool(events))
+                return events
             if outside.let_in():  # nothing could run: what threads reported comes in now
                 return super().select(0)
             if outside.threads_busy():

@@ -302,7 +302,6 @@ class Run:
         self._spin_state: tuple[int, object] | None = None  # (still run, state) at last check
         self._spin_free = 0  # uncontrolled steps since the last spin check
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
-        self._spin_io = False  # this spin waited for I/O once
         self._idle_deadline: float | None = None  # the controller's own timer
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
 
@@ -579,12 +578,17 @@ class Run:
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
         if previous != (run, state) or free:
-            self._spin_io = False
             return time
-        if not self._spin_io and queue.io_waits():
-            # what they spin for may be I/O: wait for it once, as if no task could run
-            self._spin_io = queue.wait_io = True
-            return time
+        if queue.io_waits() or queue.reported():
+            if not queue.io_quiet:
+                # What they spin for may be I/O, for which real time passes, not virtual
+                # time: wait for it, as if no task could run, and move no clock meanwhile
+                # (a deadline around the spin is not reached while another process works).
+                queue.wait_io = True
+                return time
+            # a whole io_timeout of real time brought nothing: time passes, as it does
+            # when every task waits for I/O that does not come
+            queue.io_quiet = False
         now = queue.now()
         timer = _next_deadline(exclude=self._idle_deadline)
         if read:
@@ -801,6 +805,7 @@ class _Queue:
         # task -> (the wait, the thread it waits for: True if unnamed, False if none)
         self.thread_waits: dict[Any, tuple[object, threading.Thread | bool]] = {}
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
+        self.io_quiet = False  # the last poll the spin rule asked for brought nothing
 
     @property
     def io_timeout(self) -> float:
@@ -817,6 +822,16 @@ class _Queue:
         if timeout > 0 or self.free or not self.io_waits():
             return timeout
         return None
+
+    def reported(self) -> bool:
+        """Whether threads reported what the loop has not let in yet (asyncio: a process's
+        exit seen by the child watcher's thread, which has ended meanwhile)."""
+        return False
+
+    def io_polled(self, came: bool) -> None:
+        """A poll for I/O that the spin rule asked for (:meth:`io_wait`) ended: whether
+        anything came within it."""
+        self.io_quiet = not came
 
     def current(self) -> Any:
         raise NotImplementedError
@@ -982,8 +997,14 @@ class _TrioIO:
         return getattr(self.manager, name)
 
     def get_events(self, timeout: float) -> Any:
+        asked = self.queue.wait_io
         wait = self.queue.io_wait(timeout)
-        return [] if wait is None else self.manager.get_events(wait)
+        if wait is None:
+            return []
+        events = self.manager.get_events(wait)
+        if asked:
+            self.queue.io_polled(bool(events))
+        return events
 
 
 class _TrioQueue(_Queue):
@@ -1225,6 +1246,9 @@ class _AsyncioQueue(_Queue):
         self.thread = threading.get_ident()
         self.arrived: collections.deque[Any] = collections.deque()  # from other threads
         self.admitted = False  # arrivals let in since the last iteration began
+
+    def reported(self) -> bool:
+        return bool(self.arrived)
 
     def let_in(self) -> bool:
         # A thread handing a call over to the loop is let finish handing it over first (a
