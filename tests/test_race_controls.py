@@ -379,6 +379,30 @@ def spinners(n: int, spin: Callable[[int], Awaitable[None]]) -> testing.Scenario
     return scenario
 
 
+PROGRESS = {"count": 0}  # progress where the spin rule's state check does not look
+
+
+async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
+    """A task makes 300 steps of progress kept only in a module's dict, then sets an event
+    another task waits for under a deadline: a real loop takes microseconds. The spin rule
+    sees no state change, but moves time to no deadline (only to a sleep's timer)."""
+    PROGRESS["count"] = 0
+    event = anyio.Event()
+
+    async def worker() -> None:
+        while PROGRESS["count"] < 300:
+            PROGRESS["count"] += 1
+            await anyio.sleep(0)
+        event.set()
+
+    async def waiter() -> None:
+        with anyio.fail_after(1):
+            await event.wait()
+
+    for outcome in await run.concurrently(worker, waiter):
+        outcome.unwrap()
+
+
 def spin_for_a_flag(n: int) -> testing.Scenario:
     """Tasks that spin on sleep(0) until a task that sleeps sets a flag: a real loop's time
     passes while they spin, the sleeper wakes and they end."""
@@ -395,12 +419,6 @@ def spin_for_a_flag(n: int) -> testing.Scenario:
     return spinners(n + 1, spin)
 
 
-async def spin_until_its_deadline(index: int) -> None:
-    with anyio.move_on_after(0.5 + index):
-        while True:
-            await anyio.sleep(0)
-
-
 async def spin_on_the_clock(index: int) -> None:
     """Waits for time to pass by reading the clock, inside a deadline not much later: time
     passes by small amounts, never over a timer, so the deadline is not reached first."""
@@ -415,7 +433,6 @@ SPINS = {
     for n in (1, 2, 3)
     for name, scenario in (
         ("spin_for_a_flag", spin_for_a_flag(n)),
-        ("spin_until_its_deadline", spinners(n, spin_until_its_deadline)),
         ("spin_on_the_clock", spinners(n, spin_on_the_clock)),
     )
 }
@@ -440,6 +457,7 @@ CONTROLS = {
         capacity_limiter,
         cancelled_waiter,
         another_process,
+        progress_the_state_check_cannot_see,
     )
 } | SPINS
 
@@ -1211,3 +1229,28 @@ def test_a_spin_does_not_move_time_while_a_process_works(backend: str) -> None:
         spin_while_a_process_works, strategy=testing.PCT(0), schedules=3, backend=backend
     )
     assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: str) -> None:
+    """The spin rule never moves time to a deadline: a spin that only its own deadline would
+    end runs into the step budget (the documented limit), not into a timeout."""
+
+    async def scenario(run: testing.Run) -> None:
+        async def spin() -> None:
+            with anyio.move_on_after(0.5):
+                while True:
+                    await anyio.sleep(0)
+
+        for outcome in await run.concurrently(spin):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(max_steps=500),
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.StepBudgetError)

@@ -23,10 +23,15 @@ around it is never reached by the loop itself. The spin rule (:meth:`Run._spin`,
 CHESS's reading of a yield as "I cannot make progress"): when for ``2 * fair_bound`` steps in
 a row no task waited, no task outside control ran and no controlled task's own state changed,
 the tasks only yield while they wait for time to pass, which in a real loop it does: virtual
-time moves to the next timer, or, when a task reads the clock, by a growing quantum that
-never jumps over a timer. A spin that waits for a timer or for the clock therefore ends; a
-true livelock (a spin that time does not end) is still one, reported by the step budget with
-the cycle of steps that repeats.
+time moves to the next timer if that timer ends a sleep (never to a deadline of a cancel
+scope or any other timeout), or, when a task reads the clock, by a growing quantum that stays
+before the next timer; while I/O with another process is outstanding it waits for the I/O
+instead and moves no clock. A spin that waits for a sleeper or for the clock therefore ends;
+a true livelock (a spin that time does not end) is still one, reported by the step budget
+with the cycle of steps that repeats. The state check cannot see all progress (globals,
+objects two references away, C state): that is why no deadline is ever reached by this rule
+(a false timeout); its limit is that a spin only its own deadline would end is reported by
+the step budget instead.
 
 Outside the loop: a task waiting for a worker thread waits for something outside: no choice
 is made meanwhile, the clock stands still and the scheduler waits for the thread, however
@@ -561,12 +566,15 @@ class Run:
         state changed (where each of its functions stands, its local variables, and the
         sizes and attributes of what they name): they only yielded, which a real loop does
         while time passes. Virtual time then moves as it would: to the next timer (not the
-        controller's own); and, when a task read the clock meanwhile, by a quantum that
-        doubles with the spin's length (a millisecond first) and never goes past a timer
-        by more than half the way to it, so that a deadline around a spin that waits for
-        the clock is not reached first. With no timer and no clock read, time passing
-        changes nothing a task can see: the spin is a livelock, and the step budget
-        reports it (its steps count as standing still, moved by this rule or not)."""
+        controller's own) if it ends a sleep, never to a deadline (cancel scopes, other
+        timeouts: unseen progress would reach it first in a real loop); and, when a task
+        read the clock meanwhile, by a quantum that doubles with the spin's length (a
+        millisecond first) and stays before the next timer (at most half the way to it),
+        so that a deadline around a spin that waits for the clock is not reached first.
+        While I/O is outstanding it waits for the I/O and moves nothing, until a whole
+        ``io_timeout`` brought nothing. With no sleeper's timer and no clock read the
+        spin is a livelock as far as this rule goes, and the step budget reports it (its
+        steps count as standing still, moved by this rule or not)."""
         queue = self._queue
         assert queue is not None
         if not self._still(time) or not queue.virtual:
@@ -591,12 +599,23 @@ class Run:
             queue.io_quiet = False
         now = queue.now()
         timer = _next_deadline(exclude=self._idle_deadline)
+        # Only a sleep's timer is one the spin may be waiting for. A deadline (fail_after,
+        # move_on_after, any other timeout) is never reached by this rule: what the tasks do
+        # may be progress the state check cannot see (a global, an object two references
+        # away, C state), which a real loop makes in microseconds, long before any deadline.
+        sleep = timer is not None and _next_sleep() == timer
         if read:
             target = now + max(_SPIN_QUANTUM, time - self._steps[run].time)
             if timer is not None:
                 gap = timer - now
-                target = min(target, timer if gap <= _SPIN_GRAIN else now + gap / 2)
-        elif timer is not None:
+                if gap > _SPIN_GRAIN:
+                    target = min(target, now + gap / 2)
+                elif sleep:
+                    target = min(target, timer)
+                else:
+                    return time
+        elif sleep:
+            assert timer is not None
             target = timer
         else:
             return time
@@ -1412,6 +1431,35 @@ def _next_deadline(*, exclude: float | None = None) -> float | None:
     from ._clock import next_timer
 
     return next_timer(asyncio.get_running_loop(), exclude=exclude)
+
+
+def _next_sleep() -> float | None:
+    """The earliest timer of the running event loop that ends a sleep (trio: a task in
+    ``trio.sleep_until``, which ``trio.sleep`` and anyio's ``sleep`` go through; asyncio: the
+    timer of ``asyncio.sleep``), not a deadline of a cancel scope or any other timeout."""
+    if sniffio.current_async_library() == "trio":
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        deadlines = [
+            frame.f_locals.get("deadline")
+            for task in GLOBAL_RUN_CONTEXT.runner.tasks
+            for frame in _await_frames(task.coro)
+            if frame.f_code.co_name == "sleep_until"
+            and frame.f_globals.get("__name__", "").startswith("trio.")
+        ]
+        return min((float(d) for d in deadlines if isinstance(d, (int, float))), default=None)
+    import asyncio
+    import asyncio.futures
+
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", ())
+    whens = [
+        handle.when()
+        for handle in scheduled
+        if not handle.cancelled()
+        and getattr(handle, "_callback", None) is asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
+        and math.isfinite(handle.when())
+    ]
+    return min(whens, default=None)
 
 
 def _virtual_clock() -> bool:
