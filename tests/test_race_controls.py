@@ -1254,3 +1254,33 @@ def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: s
     )
     assert result.failure is not None
     assert isinstance(result.failure.error, testing.StepBudgetError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steady_progress_past_the_budget_is_no_livelock(backend: str) -> None:
+    """A task that changes its state at every step for longer than the budget: the error says
+    the budget ran out while tasks kept changing state (not 'livelock'), and the report's
+    timeline shows the first and last steps only."""
+
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            for _ in range(1_000):
+                await anyio.sleep(0)
+
+        for outcome in await run.concurrently(worker):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(max_steps=500),
+    )
+    assert result.failure is not None
+    message = str(result.failure.error)
+    assert isinstance(result.failure.error, testing.StepBudgetError)
+    assert "kept changing state" in message and "livelock" not in message.replace("no livelock", "")
+    report = result.failure.report()
+    assert "... 300 steps ..." in report
+    assert len(report.splitlines()) < 300

@@ -308,6 +308,8 @@ class Run:
         self._spin_free = 0  # uncontrolled steps since the last spin check
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
         self._idle_deadline: float | None = None  # the controller's own timer
+        self._progress_run = -1  # the still run in which the spin rule saw tasks change state
+        self._spin_moved = False  # the spin rule moved the clock at its last check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
 
     # -- what the run did -------------------------------------------------------------------
@@ -585,7 +587,11 @@ class Run:
         previous, self._spin_state = self._spin_state, (run, state)
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
+        moved, self._spin_moved = self._spin_moved, False
         if previous != (run, state) or free:
+            if previous is not None and previous[0] == run and not moved:
+                # this still run's tasks change state, and not for a clock this rule moved
+                self._progress_run = run
             return time
         if queue.io_waits() or queue.reported():
             if not queue.io_quiet:
@@ -620,6 +626,7 @@ class Run:
         else:
             return time
         queue.advance(target)
+        self._spin_moved = True
         self._still_time = self._step_time()
         return self._still_time
 
@@ -690,6 +697,12 @@ class Run:
             f"the run took more than {self.max_steps} steps in a row with no task waiting for "
             f"time to pass"
         )
+        if self._progress_run == len(self._steps) - self._still_steps:
+            return (
+                f"step budget: {still}, while the tasks kept changing state (their frames, "
+                f"variables or what those name): steady progress, no livelock seen; a longer "
+                f"run than the budget allows: raise it (Limits(max_steps=...))"
+            )
         period = _cycle(trail)
         if period is not None:
             lines = [f"livelock: {still}, and its last {period} step(s) repeat over and over:"]

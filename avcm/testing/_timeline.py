@@ -14,6 +14,9 @@ __all__ = ["TERMINAL_WIDTH", "Step", "TaskOutcome", "Timeline"]
 
 TERMINAL_WIDTH = 100
 """The widest a timeline is printed: reports stay readable in a 100-column terminal."""
+SHOWN_STEPS = 200
+"""The most steps a formatted timeline shows: the first and the last 100 of a longer run, with
+how many are left out between (:meth:`Timeline.chrome_trace` has them all)."""
 
 
 def wrap(text: str) -> str:
@@ -104,7 +107,10 @@ class Timeline:
         names = [f"{index} {name}"[:width] for index, name in enumerate(self.tasks)]
         lines = ["step │ " + " │ ".join(name.ljust(width) for name in names)]
         lines.append("─────┼─" + "─┼─".join("─" * width for _ in names))
-        for step in self.steps:
+        for step in self._shown():
+            if step is None:
+                lines.append(self._elided())
+                continue
             cells = [""] * len(names)
             cells[step.task] = _cell(step)[:width]
             lines.append(f"{step.index:4d} │ " + " │ ".join(c.ljust(width) for c in cells))
@@ -119,13 +125,27 @@ class Timeline:
         name_width = min(24, max(map(len, names)))
         text_width = TERMINAL_WIDTH - 10 - name_width
         lines = [f"step │ {'task'.ljust(name_width)} │ did", "─────┼─" + "─" * (name_width + 8)]
-        for step in self.steps:
+        for step in self._shown():
+            if step is None:
+                lines.append(self._elided())
+                continue
             name = names[step.task][:name_width].ljust(name_width)
             lines.append(f"{step.index:4d} │ {name} │ {_cell(step)[:text_width]}")
         for outcome in self.outcomes:
             name = names[outcome.task][:name_width].ljust(name_width)
             lines.append(f"  end│ {name} │ {('=> ' + outcome.describe())[:text_width]}")
         return "\n".join([*(line.rstrip() for line in lines), *self._errors()])
+
+    def _shown(self) -> list[Step | None]:
+        """The steps a report shows: all of them, or, past :data:`SHOWN_STEPS`, the first
+        and the last half of that many with None for the ones left out between."""
+        if len(self.steps) <= SHOWN_STEPS:
+            return list(self.steps)
+        half = SHOWN_STEPS // 2
+        return [*self.steps[:half], None, *self.steps[-half:]]
+
+    def _elided(self) -> str:
+        return f"  ...│ ... {len(self.steps) - SHOWN_STEPS // 2 * 2} steps ..."
 
     def _errors(self) -> list[str]:
         """Each task's error in full (cells cut it), wrapped to the terminal's width."""
