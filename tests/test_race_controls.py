@@ -1231,18 +1231,11 @@ def test_a_spin_does_not_move_time_while_a_process_works(backend: str) -> None:
     assert result.failure is None, result.failure.report()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: str) -> None:
-    """The spin rule never moves time to a deadline: a spin that only its own deadline would
-    end runs into the step budget (the documented limit), not into a timeout."""
+def failure_in_500_steps(task: Callable[[], Awaitable[None]], backend: str) -> testing.Failure:
+    """The StepBudgetError of one schedule of *task* alone, with a budget of 500 steps."""
 
     async def scenario(run: testing.Run) -> None:
-        async def spin() -> None:
-            with anyio.move_on_after(0.5):
-                while True:
-                    await anyio.sleep(0)
-
-        for outcome in await run.concurrently(spin):
+        for outcome in await run.concurrently(task):
             outcome.unwrap()
 
     result = testing.explore(
@@ -1254,6 +1247,20 @@ def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: s
     )
     assert result.failure is not None
     assert isinstance(result.failure.error, testing.StepBudgetError)
+    return result.failure
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: str) -> None:
+    """The spin rule never moves time to a deadline: a spin that only its own deadline would
+    end runs into the step budget (the documented limit), not into a timeout."""
+
+    async def spin() -> None:
+        with anyio.move_on_after(0.5):
+            while True:
+                await anyio.sleep(0)
+
+    failure_in_500_steps(spin, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -1262,25 +1269,13 @@ def test_steady_progress_past_the_budget_is_no_livelock(backend: str) -> None:
     the budget ran out while tasks kept changing state (not 'livelock'), and the report's
     timeline shows the first and last steps only."""
 
-    async def scenario(run: testing.Run) -> None:
-        async def worker() -> None:
-            for _ in range(1_000):
-                await anyio.sleep(0)
+    async def worker() -> None:
+        for _ in range(1_000):
+            await anyio.sleep(0)
 
-        for outcome in await run.concurrently(worker):
-            outcome.unwrap()
-
-    result = testing.explore(
-        scenario,
-        strategy=testing.PCT(0),
-        schedules=1,
-        backend=backend,
-        limits=testing.Limits(max_steps=500),
-    )
-    assert result.failure is not None
-    message = str(result.failure.error)
-    assert isinstance(result.failure.error, testing.StepBudgetError)
+    failure = failure_in_500_steps(worker, backend)
+    message = str(failure.error)
     assert "kept changing state" in message and "livelock" not in message.replace("no livelock", "")
-    report = result.failure.report()
+    report = failure.report()
     assert "... 300 steps ..." in report
     assert len(report.splitlines()) < 300
