@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 import avcm
 from avcm import testing
 from tests.races import SEED, SEED_DEEP
+from tests.test_race_controls import woken_last
 from tests.test_race_finder import counting_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,27 +72,6 @@ def test_exhaustive_prefixes_partition_a_bounded_search(backend: str) -> None:
     for bound in (0, 1, 2):
         split, whole, count = split_search(3, bound, 6, backend)
         assert split == whole and len(set(split)) == len(split) and count > 1
-
-
-def woken_last(k: int) -> testing.Scenario:
-    """Two tasks of k checkpoints and a third blocked on an event the last step sets (as in
-    the race-control tests): C(2k + 2, k + 1) * (2k + 3) schedules."""
-
-    async def scenario(run: testing.Run) -> None:
-        event = anyio.Event()
-        finished = 0
-
-        async def worker() -> None:
-            nonlocal finished
-            for _ in range(k):
-                await anyio.lowlevel.checkpoint()
-            finished += 1
-            if finished == 2:
-                event.set()
-
-        await run.concurrently(event.wait, worker, worker)
-
-    return scenario
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -1017,29 +1017,33 @@ def test_a_race_through_plain_asyncio_is_found_and_replayed(race: str) -> None:
     assert again is not None and again.timeline.format() == failure.timeline.format()
 
 
+def woken_last(k: int) -> testing.Scenario:
+    """Two tasks of k checkpoints and a third blocked on an event the last step sets:
+    C(2k + 2, k + 1) * (2k + 3) schedules."""
+
+    async def scenario(run: testing.Run) -> None:
+        event = anyio.Event()
+        finished = 0
+
+        async def worker() -> None:
+            nonlocal finished
+            for _ in range(k):
+                await anyio.lowlevel.checkpoint()
+            finished += 1
+            if finished == 2:
+                event.set()
+
+        await run.concurrently(event.wait, worker, worker)
+
+    return scenario
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
     the blocked task is never a choice, so the count is that of the two."""
     for k in (1, 2):
-
-        async def scenario(run: testing.Run, k: int = k) -> None:
-            event = anyio.Event()
-            finished = 0
-
-            async def worker() -> None:
-                nonlocal finished
-                for _ in range(k):
-                    await anyio.lowlevel.checkpoint()
-                finished += 1
-                if finished == 2:
-                    event.set()
-
-            async def blocked() -> None:
-                await event.wait()
-
-            await run.concurrently(blocked, worker, worker)
-
+        scenario = woken_last(k)
         result = testing.explore(
             scenario, strategy=testing.Exhaustive(32), schedules=10_000, backend=backend
         )
