@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import inspect
+import itertools
+import os
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,9 +24,10 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from .. import InvalidError, Phys, PhysicalMemory, Res, Vcm, VcmError, VcmWarning
-from ..lowlevel import SETUP_SYNC_POINTS, hardware_view, sync_hook
+from .. import PAGE_SIZE, InvalidError, Phys, PhysicalMemory, Res, Vcm, VcmError, VcmWarning
+from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
@@ -41,8 +44,25 @@ Body = Callable[[Run, Vcm], Awaitable[None]]
 KiB = 1 << 10
 
 
+# avcm's own code (the suite included): an error whose traceback ends elsewhere was raised by
+# the driver
+_AVCM = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    """An ``OSError`` raised in the driver's own code: rule 8 lets any driver call fail, and
+    the error reaches the caller as the driver raised it."""
+    tb = error.__traceback__
+    if not isinstance(error, OSError) or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_AVCM)
+
+
 def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
-    """Errors the contract allows in a race are outcomes; anything else is a failure."""
+    """Errors the contract allows in a race, and those a driver raised (rule 8), are
+    outcomes; anything else is a failure."""
     for outcome in outcomes:
         error = outcome.error
         if error is None:
@@ -51,9 +71,22 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
             continue
         if isinstance(error, AssertionError):  # a check inside the task: it names its rule
             raise error
+        if _raised_by_driver(error):
+            continue
         raise AssertionError(
             f"errors: {outcome.name} failed unexpectedly: {outcome.describe()}"
         ) from error
+
+
+async def _unless_driver_fails(call: Callable[[], Awaitable[object]]) -> bool:
+    """Await *call*; ``False`` if the driver failed it (rule 8: it then had no effect)."""
+    try:
+        await call()
+    except OSError as error:
+        if not _raised_by_driver(error):
+            raise
+        return False
+    return True
 
 
 # -- the scenarios ---------------------------------------------------------------------------
@@ -274,8 +307,95 @@ def _device(vcm: Vcm) -> Any:
     return hardware if callable(read) and callable(write) else None
 
 
+def _expect_state(*vcms: Vcm) -> None:
+    """Each context that no operation is switching (its mutex free) is on in the hardware
+    exactly when the model counts an activation (rule 4), whatever the other contexts on the
+    same hardware do."""
+    for vcm in vcms:
+        hardware = hardware_view(vcm)
+        if hardware is None or vcm.statistics().mutex.locked:
+            continue
+        active = hardware.hardware_active()
+        if active != (vcm.activations > 0):
+            raise AssertionError(
+                f"rule 4: {vcm.name}: hardware active={active} but activations="
+                f"{vcm.activations} (no operation of the context in flight)"
+            )
+
+
+def _pattern(res: Res, salt: int) -> bytes:
+    """A pattern for every byte bound at *res*, distinct for each page and each *salt*: a
+    page mapped to the wrong memory shows as another page's bytes."""
+    return b"".join(
+        ((res.start + offset) ^ (salt << 48)).to_bytes(8, "little") * (PAGE_SIZE // 8)
+        for offset in range(0, res.bound_size, PAGE_SIZE)
+    )
+
+
+def _write_through(vcm: Vcm, res: Res, salt: int) -> bytes | None:
+    """Write a pattern over every byte bound at *res* through the context's device; return
+    it (``None`` without a device or a binding). A device access that fails is rule 4."""
+    device, phys = _device(vcm), res.phys
+    if device is None or phys is None or phys.memory is None:
+        return None
+    pattern = _pattern(res, salt)
+    try:
+        device.write(res.start, pattern)
+    except Exception as error:  # whatever the driver raises for an access it cannot translate
+        raise AssertionError(
+            f"rule 4: a device write at {res.start:#x}..{res.start + len(pattern):#x} through "
+            f"{vcm.name}, active and bound there, failed: {type(error).__name__}: {error}"
+        ) from error
+    return pattern
+
+
+def _check_memory(vcm: Vcm, res: Res, pattern: bytes) -> None:
+    """Every byte of *pattern* is in the part of the phys the model binds it to, and reads
+    back through the device (rule 4)."""
+    phys = res.phys
+    assert phys is not None and phys.memory is not None
+    offset = 0
+    for start, size in phys.parts:
+        if phys.memory.read(start, size) != pattern[offset : offset + size]:
+            raise AssertionError(
+                f"rule 4: bytes written through {vcm.name} at {res.start + offset:#x} are not "
+                f"in the part of {phys!r} bound there ({start:#x}..{start + size:#x}): the "
+                "device reaches other memory"
+            )
+        offset += size
+    try:
+        seen = _device(vcm).read(res.start, len(pattern))
+    except Exception as error:
+        raise AssertionError(
+            f"rule 4: a device read at {res.start:#x} through {vcm.name}, active and bound "
+            f"there, failed: {type(error).__name__}: {error}"
+        ) from error
+    if seen != pattern:
+        raise AssertionError(
+            f"rule 4: a device read at {res.start:#x} through {vcm.name} does not return "
+            "what its memory holds"
+        )
+
+
+_salts = itertools.count(1)
+
+
+def _probe(*bound: tuple[Vcm, Res]) -> None:
+    """Write every byte of each bound reservation through its context's device, then check
+    each where the model puts it: all written first, so that a device reaching memory bound
+    elsewhere (in this context or another) overwrites a pattern checked after it."""
+    written = []
+    for vcm, res in bound:
+        pattern = _write_through(vcm, res, next(_salts) % (1 << 15))
+        if pattern is not None:
+            written.append((vcm, res, pattern))
+    for vcm, res, pattern in written:
+        _check_memory(vcm, res, pattern)
+
+
 def _expect_reach(vcm: Vcm, res: Res, pattern: bytes) -> None:
     """A device write at *res* lands in its memory (rule 4: the hardware maps it)."""
+    _expect_state(vcm)
     device = _device(vcm)
     if device is None or res.phys is None:
         return
@@ -292,6 +412,7 @@ def _expect_fault(vcm: Vcm, address: int, after: str) -> None:
     """Where the model maps nothing (the context off, or no bound reservation there) and no
     driver call of the context runs, no device access reaches memory: a translation left in
     a TLB would."""
+    _expect_state(vcm)
     device = _device(vcm)
     if device is None or vcm.statistics().mutex.locked:
         return
@@ -331,6 +452,7 @@ async def _shared_hardware(run: Run, first: Vcm, second: Vcm) -> None:
     async def toggle(vcm: Vcm) -> None:
         async with vcm.activated():
             pass
+        _expect_state(first, second)
 
     outcomes = await run.concurrently(
         lambda: use(first), lambda: use(second), lambda: toggle(first), lambda: toggle(second)
@@ -338,34 +460,330 @@ async def _shared_hardware(run: Run, first: Vcm, second: Vcm) -> None:
     _raise_unexpected(outcomes, set())
 
 
-# Scenarios of two contexts made by the factory on one memory, rather than one.
-_PAIRED: dict[str, Callable[[Run, Vcm, Vcm], Awaitable[None]]] = {
-    "shared_hardware": _shared_hardware
+async def _power_sharing(run: Run, first: Vcm, second: Vcm) -> None:
+    """Two contexts on one memory, each switched on and off by its own task: right after each
+    activate or deactivate returns, that context is on (its device reaches every byte bound)
+    or off (its device reaches nothing), whatever the other one is doing."""
+    bound = {vcm: await vcm.make_binding(8 * KiB) for vcm in (first, second)}
+
+    async def switch(vcm: Vcm) -> None:
+        res = bound[vcm]
+        for _ in range(2):
+            await vcm.activate()
+            _expect_state(first, second)
+            _probe((vcm, res))
+            await vcm.deactivate()
+            _expect_state(first, second)
+            _expect_fault(vcm, res.start, "after its last deactivate returned")
+
+    outcomes = await run.concurrently(lambda: switch(first), lambda: switch(second))
+    _raise_unexpected(outcomes, set())
+    while first.activations or second.activations:  # left on by a driver's failed deactivate
+        for vcm in (first, second):
+            if vcm.activations:
+                await _unless_driver_fails(vcm.deactivate)
+    check_quiescent([first, second])
+    # one on, the other off: each must say so of itself, not of the hardware they share
+    for on, off in ((first, second), (second, first)):
+        if await _unless_driver_fails(on.activate):
+            check_quiescent([first, second])
+            _probe((on, bound[on]))
+            _expect_fault(off, bound[off].start, "with only the other context active")
+            await on.deactivate()
+
+
+def _scattered_physes(memory: PhysicalMemory) -> tuple[int, list[Phys]] | None:
+    """Physes of several parts, out of order, apart, and not aligned to the large pages at
+    their device addresses (as a driver's own allocator or a carve-out may hand out): from
+    one 2 MiB block, returned with them (``None`` if no block is free). The first is over
+    1 MiB; the others are small."""
+    block = memory.alloc_pages(9)
+    if block is None:
+        return None
+    layouts = [
+        # 1 MiB + 64 KiB at 64 KiB (not 1 MiB) alignment, 68 KiB at 4 KiB alignment a page
+        # after it, then a page before both
+        [(64 * KiB, 1088 * KiB), (1220 * KiB, 68 * KiB), (8 * KiB, 4 * KiB)],
+        [(1344 * KiB, 64 * KiB), (1540 * KiB, 4 * KiB), (1600 * KiB, 8 * KiB)],
+        [(1732 * KiB, 68 * KiB), (1808 * KiB, 4 * KiB)],
+    ]
+    physes = [
+        create_phys([(block + offset, size) for offset, size in layout], memory=memory)
+        for layout in layouts
+    ]
+    return block, physes
+
+
+def _bound(*vcms: Vcm) -> list[tuple[Vcm, Res]]:
+    """The bound reservations of those of *vcms* that are active: where the device must reach
+    memory."""
+    return [
+        (vcm, res)
+        for vcm in vcms
+        if vcm.activations
+        for res in vcm.reservations()
+        if res.phys is not None
+    ]
+
+
+async def _multipart(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
+    """Physes of several scattered parts bound (while active or not) and activated: every
+    byte reaches, through the device, the part the model binds it to."""
+    # every other page of a run taken: the context's own allocations get scattered parts too
+    spacers = [memory.alloc_pages(0) for _ in range(8)]
+    for page in spacers[::2]:
+        if page is not None:
+            memory.free_pages(page, 0)
+    scattered = _scattered_physes(memory)
+    physes: list[Phys] = [] if scattered is None else scattered[1]
+    reservations: list[Res] = []
+    try:
+        for phys in physes:
+            reservations.append(await vcm.reserve(phys.size))
+    except VcmError as error:  # a one-to-one context reserves nothing alone
+        if error.errno != errno.EOPNOTSUPP:
+            raise
+    pairs = list(zip(reservations, physes, strict=False))
+
+    async def bind_active(res: Res, phys: Phys) -> None:
+        async with vcm.activated():
+            await res.bind(phys)
+            _probe((vcm, res))
+
+    async def bind_then_activate(res: Res, phys: Phys) -> None:
+        await res.bind(phys)
+        async with vcm.activated():
+            _probe((vcm, res))
+
+    async def make() -> None:
+        res = await vcm.make_binding(72 * KiB)
+        async with vcm.activated():
+            _probe((vcm, res))
+
+    async def toggle() -> None:
+        async with vcm.activated():
+            pass
+
+    # the small ones race (a large one costs hundreds of steps on a 4 KiB-page MMU)
+    binds = [
+        partial(each, *pair)
+        for each, pair in zip((bind_active, bind_then_activate), pairs[1:], strict=False)
+    ]
+    outcomes = await run.concurrently(make, toggle, *binds)
+    # a driver may refuse memory it did not allocate (the contract's "cannot mix")
+    refused = {errno.EOPNOTSUPP, errno.EINVAL}
+    _raise_unexpected(outcomes, refused)
+    check_quiescent([vcm], physes=physes)
+    # the large one bound while active: mapped at once (unless the driver fails the
+    # activation or the bind, as rule 8 lets it)
+    if pairs and await _unless_driver_fails(vcm.activate):
+        try:
+            await _unless_driver_fails(partial(pairs[0][0].bind, pairs[0][1]))
+        except VcmError as error:
+            if error.errno not in refused:
+                raise
+        check_quiescent([vcm], physes=physes)
+        _probe(*_bound(vcm))
+        await vcm.deactivate()
+    check_quiescent([vcm], physes=physes)
+    for res in reservations:
+        if res.phys is None:
+            await res.unreserve()
+        else:
+            await res.unmap()
+    for phys in physes:
+        await phys.free()
+    if scattered is not None:
+        memory.free_pages(scattered[0], 9)
+    for page in spacers[1::2]:
+        if page is not None:
+            memory.free_pages(page, 0)
+
+
+async def _contexts_apart(run: Run, *vcms: Vcm) -> None:
+    """Three contexts of one driver on one memory, allocating, binding and activating at
+    once: no two live allocations overlap, each device reaches only its own context's
+    memory, and taking one context down (deactivated, its bindings destroyed) leaves every
+    other one whole, active in the hardware and reaching all its memory."""
+    # What a device touches, hardware may cache (an IOTLB): a binding of each context is
+    # touched first only after another context went down, so that page tables freed under
+    # it show, and are not hidden by translations cached before.
+    touched: dict[Vcm, list[Res]] = {}
+    for vcm in vcms:
+        touched[vcm] = [await vcm.make_binding(8 * KiB)]
+        await vcm.make_binding(68 * KiB)
+
+    def probe_touched(*of: Vcm) -> None:
+        _probe(*((vcm, res) for vcm, res in _bound(*of) if res in touched[vcm]))
+
+    # the activations start together: hardware they share is then updated at the same
+    # (virtual) time, also in a driver that waits between reading and writing it
+    async def build(vcm: Vcm) -> None:
+        await vcm.activate()
+        _expect_state(*vcms)
+        touched[vcm].append(await vcm.make_binding(12 * KiB))
+        probe_touched(vcm)
+
+    async def churn(vcm: Vcm) -> None:
+        phys = await vcm.alloc(12 * KiB)
+        await phys.free()
+
+    outcomes = await run.concurrently(
+        *(partial(build, vcm) for vcm in vcms), partial(churn, vcms[0])
+    )
+    _raise_unexpected(outcomes, set())
+    check_quiescent(vcms)
+    probe_touched(*vcms)
+
+    async def take_down(vcm: Vcm) -> None:
+        while vcm.activations:
+            await vcm.deactivate()
+        _expect_state(*vcms)
+        for res in vcm.reservations():
+            await res.destroy_binding()
+
+    async def still_there(vcm: Vcm) -> None:
+        for _ in range(3):
+            probe_touched(vcm)
+            await anyio.lowlevel.checkpoint()
+
+    for doomed in vcms:
+        rest = [vcm for vcm in vcms if vcm is not doomed]
+        outcomes = await run.concurrently(
+            partial(take_down, doomed), *(partial(still_there, vcm) for vcm in rest)
+        )
+        _raise_unexpected(outcomes, set())
+        check_quiescent(vcms)
+        _probe(*_bound(*rest))  # the untouched bindings too, from here on
+        for vcm in rest:
+            touched[vcm] = list(vcm.reservations())
+
+
+async def _cancel_anywhere(run: Run, first: Vcm, second: Vcm) -> None:
+    """Run with cancellations injected at random checkpoints: building operations of two
+    contexts sharing hardware cancelled anywhere, the driver's calls included, had no effect
+    (rule 7); what was not cancelled works; and after destroy nothing leaks (rule 9)."""
+    for vcm in (first, second):
+        for _ in range(2):
+            await vcm.make_binding(8 * KiB)
+
+    async def activate(vcm: Vcm) -> None:
+        await vcm.activate()
+        _probe(*_bound(vcm))
+
+    async def make(vcm: Vcm) -> None:
+        res = await vcm.make_binding(68 * KiB)
+        await res.destroy_binding()
+
+    async def pair(vcm: Vcm) -> None:
+        async with vcm.activated():
+            res = await vcm.make_binding(12 * KiB)
+            _probe((vcm, res))
+
+    outcomes = await run.concurrently(
+        partial(activate, first),
+        partial(activate, second),
+        partial(make, first),
+        partial(pair, second),
+        names=["activate first", "activate second", "make first", "pair second"],
+    )
+    _raise_unexpected(outcomes, set())
+    for vcm, outcome in ((first, outcomes[0]), (second, outcomes[1])):
+        # an activate that returned left one activation; one cancelled, or failed by the
+        # driver, none
+        want = int(outcome.ok and not outcome.cancelled)
+        assert vcm.activations == want, (
+            f"rule 7: {vcm.name}: activations={vcm.activations} after an activate that "
+            f"{outcome.describe()}"
+        )
+    check_quiescent([first, second])
+    for vcm in (first, second):
+        if not vcm.activations:
+            await _unless_driver_fails(vcm.activate)
+    check_quiescent([first, second])
+    _probe(*_bound(first, second))
+    for vcm in (first, second):
+        if vcm.activations:
+            await vcm.deactivate()
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A scenario: its rules, what it checks, its body (given the run, then *memory* if
+    ``needs_memory``, then *contexts* contexts made by the factory on that memory) and the
+    cancellations the race finder injects into each schedule (at random checkpoints)."""
+
+    rule: str
+    summary: str
+    body: Callable[..., Awaitable[None]]
+    contexts: int = 1
+    needs_memory: bool = False
+    cancel: int = 0
+
+
+_SPECS: dict[str, _Spec] = {
+    "activation_is_real": _Spec(
+        "rules 1, 3", "concurrent activates return with the hardware active", _activation_is_real
+    ),
+    "cancelled_activation": _Spec(
+        "rule 2", "an activate cancelled anywhere leaves nothing behind", _cancelled_activation
+    ),
+    "nested_pairs": _Spec(
+        "rule 3", "activate/deactivate pairs in any order end at zero", _nested_pairs
+    ),
+    "bind_while_active": _Spec(
+        "rule 4", "binds, unbinds and toggles keep hardware == model", _bind_while_active
+    ),
+    "one_winner": _Spec(
+        "rule 5", "one bind wins, one unbind returns the phys, bindings right", _one_winner
+    ),
+    "free_racing_bind": _Spec(
+        "rule 6", "free racing bind: exactly one wins, no freed memory bound", _free_racing_bind
+    ),
+    "cancellation": _Spec(
+        "rule 7", "operations cancelled anywhere complete or have no effect", _cancellation
+    ),
+    "faults": _Spec(
+        "rule 8", "a driver call failing anywhere leaves all consistent, the error seen", _faults
+    ),
+    "allocation_and_leaks": _Spec(
+        "rule 9", "concurrent allocation never overlaps, destroy frees all", _allocation_and_leaks
+    ),
+    "shared_hardware": _Spec(
+        "rule 4",
+        "two contexts on one memory at once: each true to its model",
+        _shared_hardware,
+        contexts=2,
+    ),
+    "multipart": _Spec(
+        "rule 4",
+        "scattered multi-part physes: every byte reaches its part through the device",
+        _multipart,
+        needs_memory=True,
+    ),
+    "power_sharing": _Spec(
+        "rules 1, 4",
+        "two contexts switched at once: each on or off as its own count says",
+        _power_sharing,
+        contexts=2,
+    ),
+    "contexts_apart": _Spec(
+        "rules 4, 9",
+        "three contexts on one memory: apart, and whole when another is taken down",
+        _contexts_apart,
+        contexts=3,
+    ),
+    "cancel_anywhere": _Spec(
+        "rules 7, 9",
+        "cancellations injected at any checkpoint of two contexts: no effect, no leak",
+        _cancel_anywhere,
+        contexts=2,
+        cancel=2,
+    ),
 }
 
 SCENARIOS: dict[str, tuple[str, str]] = {
-    "activation_is_real": ("rules 1, 3", "concurrent activates return with the hardware active"),
-    "cancelled_activation": ("rule 2", "an activate cancelled anywhere leaves nothing behind"),
-    "nested_pairs": ("rule 3", "activate/deactivate pairs in any order end at zero"),
-    "bind_while_active": ("rule 4", "binds, unbinds and toggles keep hardware == model"),
-    "one_winner": ("rule 5", "one bind wins, one unbind returns the phys, bindings right"),
-    "free_racing_bind": ("rule 6", "free racing bind: exactly one wins, no freed memory bound"),
-    "cancellation": ("rule 7", "operations cancelled anywhere complete or have no effect"),
-    "faults": ("rule 8", "a driver call failing anywhere leaves all consistent, the error seen"),
-    "allocation_and_leaks": ("rule 9", "concurrent allocation never overlaps, destroy frees all"),
-    "shared_hardware": ("rule 4", "two contexts on one memory at once: each true to its model"),
-}
-
-_BODIES: dict[str, Body] = {
-    "activation_is_real": _activation_is_real,
-    "cancelled_activation": _cancelled_activation,
-    "nested_pairs": _nested_pairs,
-    "bind_while_active": _bind_while_active,
-    "one_winner": _one_winner,
-    "free_racing_bind": _free_racing_bind,
-    "cancellation": _cancellation,
-    "faults": _faults,
-    "allocation_and_leaks": _allocation_and_leaks,
+    name: (spec.rule, spec.summary) for name, spec in _SPECS.items()
 }
 
 
@@ -385,14 +803,12 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
     async def scenario(run: Run) -> None:
         memory = PhysicalMemory(size=64 << 20)
         free_before = memory.free_bytes
-        vcms = [await _make(factory, memory) for _ in range(2 if name in _PAIRED else 1)]
+        spec = _SPECS[name]
+        vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
         with warnings.catch_warnings():
             # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
             warnings.simplefilter("ignore", VcmWarning)
-            if name in _PAIRED:
-                await _PAIRED[name](run, *vcms)
-            else:
-                await _BODIES[name](run, *vcms)
+            await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
             check_quiescent(vcms)
             for vcm in vcms:
                 await vcm.destroy()
@@ -506,7 +922,7 @@ async def check_conformance_async(
         done = sum(result.schedules for result in results)
         result = await explore_async(
             scenario,
-            strategy=PCT(seed),
+            strategy=PCT(seed, cancel=_SPECS[name].cancel),
             schedules=schedules,
             command=command,
             on_progress=None if on_progress is None else partial(_offset, on_progress, done),
