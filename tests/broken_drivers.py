@@ -122,7 +122,18 @@ class SharedUnit:
       unit powers off while a context is still active;
     * ``early_enable``: the first enabler counts itself, then sleeps through the power-up
       before the unit is on; a second enabler sees the count above zero and returns at once,
-      with the unit still off (shows only when two contexts start from cold at once).
+      with the unit still off (shows only when two contexts start from cold at once);
+    * ``racy_root``: the count of entries using the unit's root table (one page, needed by every
+      translation, freed when no entry uses it) is read, then written after the sleep: two
+      contexts mapping at once lose a count, and the root is freed while another context
+      still translates through it.
+
+    Other flags are broken without a race:
+
+    * ``power_as_active``: a port's ``hardware_active()`` reports the unit's power, on while any
+      context is active, not whether this context translates;
+    * ``leaky_zeroing``: a new table page is zeroed (a sleep) before it is recorded anywhere: an
+      activation cancelled there leaks the page.
     """
 
     def __init__(
@@ -133,13 +144,20 @@ class SharedUnit:
         racy_give: bool = False,
         racy_power: bool = False,
         early_enable: bool = False,
+        racy_root: bool = False,
+        power_as_active: bool = False,
+        leaky_zeroing: bool = False,
     ) -> None:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable = early_enable
+        self.racy_root, self.power_as_active = racy_root, power_as_active
+        self.leaky_zeroing = leaky_zeroing
         self.tables: dict[int, dict[int, tuple[int, int]]] = {}  # page -> {index: (pa, order)}
         self.spare: int | None = None
+        self.root: int | None = None
+        self.root_users = 0
         self.users = 0
         self.powered = False
         self.ports = 0
@@ -156,8 +174,26 @@ class SharedUnit:
             spare = self.memory.alloc_pages(0)
             if spare is None:
                 raise avcm.NoMemoryError("shared unit: no page for a page table")
+            if self.leaky_zeroing:
+                await self.latency.sleep("pte_write", self)  # zeroing it, not yet recorded
         self.tables.setdefault(spare, {})
         return spare
+
+    async def use_root(self, delta: int) -> None:
+        """One entry more (+1) or fewer (-1) translating through the root table."""
+        users = self.root_users
+        await self._between_read_and_write(self.racy_root)
+        if not self.racy_root:
+            users = self.root_users
+        self.root_users = users + delta
+        if self.root_users > 0 and self.root is None:
+            self.root = self.memory.alloc_pages(0)
+            if self.root is None:
+                self.root_users -= delta
+                raise avcm.NoMemoryError("shared unit: no page for the root table")
+        elif self.root_users <= 0 and self.root is not None:
+            self.memory.free_pages(self.root, 0)
+            self.root = None
 
     async def give_table(self, table: int) -> None:
         spare = self.spare
@@ -190,6 +226,9 @@ class SharedUnit:
         if not self.ports and self.spare is not None:
             self.memory.free_pages(self.spare, 0)
             self.spare = None
+        if not self.ports and self.root is not None:  # a count that drifted up
+            self.memory.free_pages(self.root, 0)
+            self.root = None
 
 
 class UnitPort:
@@ -225,6 +264,8 @@ class UnitPort:
             self.directory[region] = table
         self.unit.tables.setdefault(table, {})[vaddr % self.REGION] = (paddr, order)
         self.used[region] = self.used.get(region, 0) + 1
+        if self.unit.racy_root:  # the only flag whose unit keeps a root table
+            await self.unit.use_root(+1)
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         await self.unit.latency.sleep("pte_clear", self)
@@ -235,6 +276,8 @@ class UnitPort:
         if not self.used[region]:
             del self.used[region], self.directory[region]
             await self.unit.give_table(table)
+        if self.unit.racy_root:
+            await self.unit.use_root(-1)
 
     async def cleanup(self, vcm: avcm.Vcm) -> None:
         self.unit.release()
@@ -247,13 +290,17 @@ class UnitPort:
         ]
 
     def hardware_active(self) -> bool:
+        if self.unit.power_as_active:
+            return self.unit.powered
         return self.enabled and self.unit.powered
 
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
         return [(vaddr, paddr, avcm.PAGE_SIZE << order) for vaddr, paddr, order in self._entries()]
 
     def _translate(self, addr: int) -> int:
-        if self.hardware_active():
+        if self.unit.racy_root and self.unit.root is None:
+            raise drivers.IommuFault(f"unit port: no root table for {addr:#x}")
+        if self.enabled and self.unit.powered:
             for vaddr, paddr, order in self._entries():
                 if vaddr <= addr < vaddr + (avcm.PAGE_SIZE << order):
                     return paddr + addr - vaddr
@@ -312,6 +359,174 @@ def shared_unit_racy_power(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_early_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "early_enable")
+
+
+def shared_unit_racy_root(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "racy_root")
+
+
+def shared_unit_power_as_active(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "power_as_active")
+
+
+def shared_unit_leaky_zeroing(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "leaky_zeroing")
+
+
+class SelfWalkingMmu:
+    """A per-reservation MMU driver (``activate(res, phys)``) that splits the phys into pages
+    itself, over the sample page tables; its hardware keeps only the bits of a page's
+    physical address above the page size. Correct with no flag; broken with one:
+
+    * ``contiguous``: it maps the phys as if it were one run from its first part, so every
+      part after the first is mapped at the wrong memory unless the parts happen to follow
+      one another;
+    * ``vaddr_alignment``: it picks each page's size from the device address alignment only,
+      so a part not aligned to that size in physical memory is mapped at the aligned-down
+      address.
+    """
+
+    orders = (8, 4, 0)
+
+    def __init__(
+        self,
+        memory: avcm.PhysicalMemory,
+        *,
+        contiguous: bool = False,
+        vaddr_alignment: bool = False,
+    ) -> None:
+        self.tables = drivers.PageTableMmu(memory, orders=self.orders, name="self-walking")
+        self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
+
+    def pages(self, res: avcm.Res, phys: avcm.Phys) -> list[tuple[int, int, int]]:
+        if not (self.contiguous or self.vaddr_alignment):
+            return avcm.lowlevel.walk_pages(res.start, phys, self.orders)
+        pages = []
+        vaddr = res.start
+        for start, size in phys.parts:
+            if self.contiguous:
+                start = phys.parts[0].start + (vaddr - res.start)
+            end = start + size
+            while start < end:
+                order = next(
+                    order
+                    for order in self.orders
+                    if (vaddr | (0 if self.vaddr_alignment else start)) % (avcm.PAGE_SIZE << order)
+                    == 0
+                    and end - start >= avcm.PAGE_SIZE << order
+                )
+                pages.append((vaddr, start, order))
+                vaddr += avcm.PAGE_SIZE << order
+                start += avcm.PAGE_SIZE << order
+        return pages
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await self.tables.enable(vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await self.tables.disable(vcm)
+
+    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        done: list[tuple[int, int, int]] = []
+        try:
+            for vaddr, paddr, order in self.pages(res, phys):
+                paddr &= ~((avcm.PAGE_SIZE << order) - 1)  # the bits the hardware keeps
+                await self.tables.activate_page(vaddr, paddr, order, res.vcm)
+                done.append((vaddr, paddr, order))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for page in reversed(done):
+                    await self.tables.deactivate_page(*page, res.vcm)
+            raise
+
+    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        for vaddr, paddr, order in self.pages(res, phys):
+            paddr &= ~((avcm.PAGE_SIZE << order) - 1)
+            await self.tables.deactivate_page(vaddr, paddr, order, res.vcm)
+
+    def hardware_active(self) -> bool:
+        return self.tables.hardware_active()
+
+    def hardware_mappings(self) -> list[tuple[int, int, int]]:
+        return self.tables.hardware_mappings()
+
+    def read(self, addr: int, length: int) -> bytes:
+        return self.tables.read(addr, length)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.tables.write(addr, data)
+
+
+def self_walking(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: the per-reservation driver with the right walk."""
+    return avcm.mmu_init(0x1000_0000, 1 << 30, SelfWalkingMmu(memory), memory=memory)
+
+
+def self_walking_contiguous(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = SelfWalkingMmu(memory, contiguous=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+
+
+def self_walking_vaddr_alignment(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = SelfWalkingMmu(memory, vaddr_alignment=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+
+
+# memory -> [region start, contexts using it]
+_BOARD_REGIONS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, list[int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class BoardCarveout:
+    """A one-to-one driver for a carve-out fixed by the board: every context made on one
+    memory uses the same region (taken from the memory by the first, given back by the last).
+    Broken: each context allocates in the region with an allocator of its own, so two
+    contexts hand out the same memory."""
+
+    SIZE = 4 << 20
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        self.memory = memory
+        region = _BOARD_REGIONS.get(memory)
+        if region is None:
+            start = memory.alloc_pages(10)
+            if start is None:
+                raise avcm.NoMemoryError("board carve-out: no region")
+            region = _BOARD_REGIONS[memory] = [start, 0]
+        region[1] += 1
+        self.region = region
+        self.space = avcm.lowlevel.AddressSpace(region[0], self.SIZE)  # one per context: the bug
+        self.closed = False
+
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
+        await anyio.sleep(1e-6)
+        try:
+            part.start = self.space.allocate(part.size, avcm.PAGE_SIZE)
+        except avcm.NoSpaceError:
+            raise avcm.NoMemoryError("board carve-out: full") from None
+        return None
+
+    async def free(self, part: avcm.PhysPart, token: object) -> None:
+        self.space.free(part.start, part.size)
+        self._release()
+
+    async def cleanup(self, vcm: avcm.Vcm) -> None:
+        self.closed = True
+        self._release()
+
+    def _release(self) -> None:
+        if self.closed and self.space.is_pristine():
+            self.closed = False
+            self.region[1] -= 1
+            if not self.region[1]:
+                self.memory.free_pages(self.region[0], 10)
+                del _BOARD_REGIONS[self.memory]
+
+
+def board_carveout(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = BoardCarveout(memory)
+    return avcm.o2o_init(driver.region[0], driver.SIZE, driver, memory=memory, name="board")
 
 
 class LeakyCarveout(drivers.CarveoutAllocator):
