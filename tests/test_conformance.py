@@ -134,11 +134,12 @@ HARDWARE_SCENARIOS = [
 def test_correct_drivers_pass_the_hardware_scenarios(
     factory: object, scenario: str, backend: str
 ) -> None:
+    # short: test_correct_drivers_conform_at_full_length (slow tier) runs them at length
     report = testing.check_conformance(
         factory,  # type: ignore[arg-type]
         backend=backend,
         only=scenario,
-        schedules=40,
+        schedules=10,
     )
     assert report.passed, report.format()
 
