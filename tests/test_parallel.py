@@ -12,10 +12,12 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
 import pytest
 
 import avcm
@@ -257,6 +259,39 @@ def test_check_raises_race_found_from_the_workers(cluster: str) -> None:
     assert info.value.failure.token.strategy == "pct-d1"  # the first part finds it at once
 
 
+class _LockedAssertion(AssertionError):
+    """A failure whose exception cannot be pickled (it holds a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+async def lost_update_with_a_locked_assertion(run: testing.Run) -> None:
+    count = 0
+
+    async def bump() -> None:
+        nonlocal count
+        seen = count
+        await anyio.lowlevel.checkpoint()
+        count = seen + 1
+
+    await run.concurrently(bump, bump)
+    if count != 2:
+        raise _LockedAssertion(f"lost update: {count}")
+
+
+def test_a_race_whose_exception_cannot_be_pickled_is_still_reported(cluster: str) -> None:
+    result = testing.explore(lost_update_with_a_locked_assertion, schedules=8, scheduler=cluster)
+    assert result.failure is not None
+    # the nearest built-in class, with the class's name and the message
+    assert type(result.failure.error) is AssertionError
+    assert str(result.failure.error) == "_LockedAssertion: lost update: 1"
+    # the part that found it (PCT at depth 2, seed 0) gives the same token in one process
+    alone = testing.explore(lost_update_with_a_locked_assertion, strategy=testing.PCT(0, depth=2))
+    assert alone.failure is not None and result.failure.token == alone.failure.token
+
+
 def test_a_part_that_raises_raises_here(cluster: str) -> None:
     """A scenario that fails before any task runs is its own error, from a worker as in one
     process (no race found)."""
@@ -360,6 +395,9 @@ class NoSeed(testing.Strategy):
         ({"workers": 2.5}, avcm.InvalidError, "workers"),
         ({"scheduler": ""}, avcm.InvalidError, "not an address|such as tcp"),
         ({"scheduler": 8786}, avcm.InvalidError, "such as tcp"),
+        ({"scheduler": "not an address"}, avcm.InvalidError, "such as tcp"),
+        ({"scheduler": "tcp://127.0.0.1"}, avcm.InvalidError, "such as tcp"),  # no port
+        ({"workers": testing.MAX_LOCAL_WORKERS + 1}, avcm.InvalidError, "workers must be <="),
         ({"workers": 2, "scheduler": "tcp://h:1"}, avcm.InvalidError, "has its own"),
         ({"workers": 2, "strategy": NoSeed()}, avcm.InvalidError, "cannot be spread"),
     ],

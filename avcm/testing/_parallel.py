@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -52,6 +53,18 @@ PORTFOLIO: tuple[Callable[[int], Strategy], ...] = (
 )
 """What a parallel exploration without a strategy runs, part *i* with ``PORTFOLIO[i % 4]``
 and seed ``seed + i // 4``: different strategies find different bugs first."""
+
+MAX_LOCAL_WORKERS = 256
+"""The most worker processes an embedded local cluster is made with (each is a Python process
+of its own: more would exhaust the machine's memory). For more, start a cluster of your own
+and give its scheduler's address."""
+
+# HOST:PORT, with a protocol of Dask's before it or not (tcp, tls, ws, wss, ucx, inproc); a
+# host may be [IPv6]
+_SCHEDULER_ADDRESS = re.compile(
+    r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}"
+    r"|inproc://\S+"
+)
 
 # parts of an exhaustive search per worker: subtrees differ in size, so more parts than
 # workers keep every worker busy to the end
@@ -199,8 +212,27 @@ def _portable(outcome: TaskOutcome) -> TaskOutcome:
     try:
         pickle.dumps(outcome.value)
     except Exception:
-        return replace(outcome, value=_Shown(repr(outcome.value)))
+        outcome = replace(outcome, value=_Shown(repr(outcome.value)))
+    if outcome.error is not None:
+        outcome = replace(outcome, error=_portable_error(outcome.error))
     return outcome
+
+
+def _portable_error(error: BaseException) -> BaseException:
+    """*error* if it survives the trip back from a worker, else the nearest built-in class it
+    derives from, with its class name and message: a race found must never be lost because
+    the exception that showed it holds a lock or a socket."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        builtin = next(c for c in type(error).__mro__ if c.__module__ == "builtins")
+        try:
+            text = str(error)
+        except Exception:
+            text = "<message not printable>"
+        stand_in: BaseException = builtin(f"{type(error).__qualname__}: {text}")
+        return stand_in
+    return error
 
 
 def _sendable(failure: Failure | None) -> Failure | None:
@@ -209,7 +241,11 @@ def _sendable(failure: Failure | None) -> Failure | None:
         return None
     timeline = failure.timeline
     outcomes = tuple(_portable(outcome) for outcome in timeline.outcomes)
-    return replace(failure, timeline=replace(timeline, outcomes=outcomes))
+    return replace(
+        failure,
+        error=_portable_error(failure.error),
+        timeline=replace(timeline, outcomes=outcomes),
+    )
 
 
 @dataclass(frozen=True)
@@ -290,8 +326,10 @@ def _check_workers(workers: object, scheduler: object, *, both: bool = False) ->
     """Bad input refused before a cluster is made (*both*: a scheduler and workers may be
     given together, the workers for a local cluster if no scheduler is set)."""
     if workers is not None:
-        check_int(workers, "workers", 1)
-    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        check_int(workers, "workers", 1, MAX_LOCAL_WORKERS)
+    if scheduler is not None and (
+        not isinstance(scheduler, str) or not _SCHEDULER_ADDRESS.fullmatch(scheduler)
+    ):
         raise InvalidError(
             f"scheduler must be an address such as tcp://HOST:8786, not {scheduler!r}"
         )
