@@ -10,6 +10,7 @@ import errno
 import math
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -424,6 +425,37 @@ def test_an_unreachable_scheduler_is_a_cluster_error() -> None:
         testing.check(never_run, scheduler="tcp://127.0.0.1:9")
     assert info.value.errno == errno.ECONNREFUSED
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in str(info.value)
+
+
+def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
+    """A TCP server that answers with other bytes (Dask reads a frame length out of them and
+    asked for more memory than there is): a ClusterError, not a bare MemoryError."""
+    pytest.importorskip("distributed")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        done = threading.Event()
+
+        def answer_http() -> None:
+            server.settimeout(0.2)
+            while not done.is_set():
+                try:
+                    client, _ = server.accept()
+                except OSError:
+                    continue
+                with client:
+                    client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+                    done.wait(2)
+
+        thread = threading.Thread(target=answer_http)
+        thread.start()
+        try:
+            with pytest.raises(testing.ClusterError, match="is not a Dask scheduler"):
+                testing.check(never_run, scheduler=f"tcp://127.0.0.1:{port}")
+        finally:
+            done.set()
+            thread.join()
 
 
 @pytest.mark.parametrize(

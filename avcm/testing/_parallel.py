@@ -125,10 +125,13 @@ class Cluster:
             else:
                 self.client = distributed.Client(address)
                 self.description = f"the Dask cluster at {address}"
-        except (OSError, TimeoutError, ValueError) as error:
+        # MemoryError: a server there that is not a Dask scheduler (Dask read a frame length
+        # out of its bytes)
+        except (OSError, TimeoutError, ValueError, MemoryError) as error:
             self.close()
             where = address or "a local cluster"
-            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {error}") from None
+            why = str(error) or "what answered there is not a Dask scheduler"
+            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {why}") from None
         except RuntimeError as error:  # Dask's "Nanny failed to start", for one
             self.close()
             raise ClusterError(
