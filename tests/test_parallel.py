@@ -124,6 +124,8 @@ def test_a_prefix_below_a_prefix_splits_its_part_only(backend: str) -> None:
         (32, (0, 2), "step 1 has 2 choice(s), not 3"),
         (32, (0,) * 9, "the run took 8 steps, the prefix has 9"),
         (0, (0, 1), "position 1 at step 1 is preemption 1, beyond the bound of 0"),
+        # the first bad position is named, not the later ones (nor the scenario blamed)
+        (32, (7, 7), "step 0 has 2 choice(s), not 8"),
     ],
 )
 def test_a_prefix_that_begins_no_schedule_is_refused(

@@ -215,8 +215,10 @@ class _ExhaustiveChooser:
         if self.trace:
             _, last_position, last_continuing, preemptions = self.trace[-1]
             preemptions += last_continuing and last_position > 0
-        if step < self._fixed and self.problem is None:
-            if position >= len(enabled):
+        if step < self._fixed:
+            if self.problem is not None:
+                pass
+            elif position >= len(enabled):
                 self.problem = f"step {step} has {len(enabled)} choice(s), not {position + 1}"
             elif position and continuing and preemptions >= self._bound:
                 self.problem = (
@@ -224,7 +226,9 @@ class _ExhaustiveChooser:
                     f"beyond the bound of {self._bound}"
                 )
             if self.problem is not None:
-                position = 0  # the run goes on; the strategy refuses the prefix after it
+                # the run goes on (the rest of the prefix unused); the strategy refuses the
+                # prefix after it
+                position = 0
         elif position >= len(enabled):
             raise ReplayDivergedError(
                 f"exhaustive search: step {step} has {len(enabled)} choices, an earlier run "
