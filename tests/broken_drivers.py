@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import weakref
-from collections.abc import Iterator
 
 import anyio
 
@@ -606,76 +605,4 @@ class SelfInterruptingPageTable(drivers.PageTableMmu):
 def self_interrupting_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(
         0x1000_0000, 1 << 30, SelfInterruptingPageTable(memory), memory=memory, name="sigint"
-    )
-
-
-class DeviceAlignedWalk:
-    """Maps each reservation with a page walk of its own that picks 64 KiB and 1 MiB pages by
-    the device address's alignment alone; the hardware drops the low bits of a physical
-    address not aligned to its page, so memory whose parts are aligned to 4 KiB but not to
-    64 KiB is reached at the wrong place. (Memory the framework allocates is aligned to its
-    size: only a carve-out's shows it.)"""
-
-    orders = (8, 4, 0)
-
-    def __init__(self, memory: avcm.PhysicalMemory) -> None:
-        self.table = drivers.PageTableMmu(memory, orders=self.orders, name="device-aligned")
-        self.pages: dict[avcm.Res, list[tuple[int, int, int]]] = {}
-
-    async def enable(self, vcm: avcm.Vcm) -> None:
-        await self.table.enable(vcm)
-
-    async def disable(self, vcm: avcm.Vcm) -> None:
-        await self.table.disable(vcm)
-
-    def _walk(self, res: avcm.Res, phys: avcm.Phys) -> Iterator[tuple[int, int, int]]:
-        vaddr = res.start
-        for start, size in phys.parts:
-            offset = 0
-            while offset < size:
-                order = next(
-                    order
-                    for order in self.orders
-                    if not vaddr % (avcm.PAGE_SIZE << order)
-                    and size - offset >= avcm.PAGE_SIZE << order
-                )
-                page = avcm.PAGE_SIZE << order
-                yield vaddr, (start + offset) & ~(page - 1), order  # the low bits dropped
-                vaddr += page
-                offset += page
-
-    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
-        done: list[tuple[int, int, int]] = []
-        try:
-            for vaddr, paddr, order in self._walk(res, phys):
-                await self.table.activate_page(vaddr, paddr, order, res.vcm)
-                done.append((vaddr, paddr, order))
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # no effect left behind, also when cancelled
-                for vaddr, paddr, order in reversed(done):
-                    await self.table.deactivate_page(vaddr, paddr, order, res.vcm)
-            raise
-        self.pages[res] = done
-
-    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
-        with anyio.CancelScope(shield=True):  # all or nothing
-            for vaddr, paddr, order in reversed(self.pages.pop(res)):
-                await self.table.deactivate_page(vaddr, paddr, order, res.vcm)
-
-    def hardware_active(self) -> bool:
-        return self.table.hardware_active()
-
-    def hardware_mappings(self) -> list[tuple[int, int, int]]:
-        return self.table.hardware_mappings()
-
-    def read(self, addr: int, length: int) -> bytes:
-        return self.table.read(addr, length)
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.table.write(addr, data)
-
-
-def device_aligned_walk(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    return avcm.mmu_init(
-        0x1000_0000, 1 << 30, DeviceAlignedWalk(memory), memory=memory, name="device-aligned"
     )

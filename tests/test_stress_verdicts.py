@@ -257,7 +257,7 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
         # large pages chosen by the device address alone: caught on the carve-out's memory
-        ("device_aligned_walk", {"rule 4"}),
+        ("self_walking_vaddr_alignment", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -400,7 +400,7 @@ def test_a_run_shorter_than_drain_every_ends_with_a_drain(backend: str) -> None:
 def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: str) -> None:
     # The framework's allocator aligns a phys to its size: with the driver's contexts alone,
     # a page walk that picks 64 KiB pages by the device address never meets a part it misplaces.
-    driver = "tests.broken_drivers:device_aligned_walk"
+    driver = "tests.broken_drivers:self_walking_vaddr_alignment"
     alone = StressConfig(backend=backend, ops=3000, driver=driver, contexts=(("custom", 2),))
     assert stress.run(alone).violation is None
     default = StressConfig(backend=backend, driver=driver, contexts=stress.DRIVER_DEFAULT_CONTEXTS)
