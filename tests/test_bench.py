@@ -382,3 +382,36 @@ def test_the_fragmented_bitmap_is_what_allocating_it_would_leave() -> None:
         assert addr is not None
         pool.free(addr, PAGE)
     assert pool.bitmap == _allocator._fragmented_bitmap(10).bitmap[:64]
+
+
+class _SlowAt:
+    """A page allocator that is slow (in the benchmark's clock) at one allocation of every
+    build, and at another of one build only: an allocator's slow path and the machine's."""
+
+    def __init__(self, build: int, clock: list[float]) -> None:
+        self.build, self.clock, self.next = build, clock, 0
+
+    def alloc(self, size: int, alignment: int) -> int:
+        index = self.next // PAGE
+        self.clock[0] += 5.0 if index == 7 else 1.0  # every build: the allocator's own
+        if self.build == 1 and index == 12:
+            self.clock[0] += 100.0  # one build only: the machine's
+        addr, self.next = self.next, self.next + max(size, PAGE)
+        return addr
+
+    def free(self, addr: int, size: int) -> None:
+        pass
+
+
+def test_a_built_space_is_charged_each_allocations_least_time_over_identical_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(_allocator, "clock", lambda: clock[0])
+    builds = iter(range(_allocator.BUILDS))
+    built = _allocator._fragment(lambda: _SlowAt(next(builds), clock), 10)
+    assert built.building == 5.0  # the slow path, which every build shows
+    assert built.disturbed == 101.0  # the one-off, shown beside it
+    assert built.first == 1.0
+    assert built.pages == [2 * index * PAGE for index in range(10)]
+    assert next(builds, None) is None  # every build was made
