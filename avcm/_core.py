@@ -522,6 +522,7 @@ class Res(_Allocated):
                     await phys._unclaim()
                 raise
             self._phys = phys
+            vcm._bound += 1
 
     async def unbind(self) -> Phys | None:
         """``vcm_unbind``: unbind and return the phys.
@@ -574,6 +575,7 @@ class Res(_Allocated):
 
     async def _drop_binding(self, phys: Phys) -> None:
         self._phys = None
+        self._vcm._bound -= 1
         await phys._unclaim()
 
     async def _restore_binding(self, phys: Phys, told: bool, error: BaseException) -> None:
@@ -878,6 +880,7 @@ class Vcm:
         self._activations = AtomicCounter(0, f"{self.name}.activations")
         # Insertion-ordered sets: destroy tears down in creation order, deterministically.
         self._reservations: dict[Res, None] = {}
+        self._bound = 0  # how many of them are bound: statistics() is read at every check
         self._physes: dict[Phys, None] = {}
         self._state = _LIVE
         self._in_flight = 0
@@ -910,7 +913,7 @@ class Vcm:
             name=self.name,
             activations=self._activations.value,
             reservations=len(self._reservations),
-            bound_reservations=sum(1 for res in self._reservations if res.phys is not None),
+            bound_reservations=self._bound,
             phys=len(self._physes),
             operations_in_flight=self._in_flight,
             destroyed=self._state == _DESTROYED,
@@ -1185,6 +1188,7 @@ class Vcm:
                     await phys._unclaim()
                 raise
             res._phys = phys
+            self._bound += 1
             return res
 
     async def _new_phys(self, size: int, flags: int) -> Phys:

@@ -108,6 +108,21 @@ async def test_rule_5_bindings_that_count_an_unbound_reservation(
     assert "bindings=1 but it is bound to 0 reservation(s)" in violation.description
 
 
+async def test_rule_5_statistics_that_miscount_the_bound_reservations(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm, _ = make_context(memory)
+    await vcm.make_binding(8 * KiB)
+    await vcm.reserve(8 * KiB)
+    assert vcm.statistics().bound_reservations == 1
+    testing.check_quiescent([vcm])
+    vcm._bound += 1  # avcm-private: the count statistics() reads, made to drift
+    with pytest.raises(testing.InvariantViolation) as caught:
+        testing.check_quiescent([vcm])
+    assert caught.value.rule == 5
+    assert "statistics count 2 bound reservations, but 1 are bound" in caught.value.description
+
+
 async def test_rule_6_a_reservation_bound_to_freed_memory(memory: avcm.PhysicalMemory) -> None:
     vcm, _ = make_context(memory)
     res = await vcm.make_binding(8 * KiB)

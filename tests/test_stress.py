@@ -427,6 +427,14 @@ def test_quiescent_checks_counted_when_run(default_run: stress.RunResult) -> Non
     assert checks["rule 3 count"] == 3 * (checks["quiescent"] + checks["final"])
 
 
+def test_a_run_result_repr_is_a_summary_not_its_trace(default_run: stress.RunResult) -> None:
+    # asyncio repr's the main task's result when its run ends: a repr that spelled out every
+    # outcome cost time in proportion to the run
+    assert repr(default_run) == "<RunResult 4000 operations, no violation>"
+    violated = stress.RunResult(ops=3, violation=stress.Violation("rule 4", "stale"))
+    assert repr(violated) == "<RunResult 3 operations, rule 4 violated>"
+
+
 def test_quiescent_checks_every_n_operations(default_run: stress.RunResult) -> None:
     assert 4000 // 50 - 2 <= default_run.checks["quiescent"] <= 4000 // 50
 

@@ -193,7 +193,8 @@ def check_quiescent(
     * rule 7: no context mutex nor phys lock is held, no creation is counted in flight;
     * rule 4: the model check (:func:`check_model`);
     * rule 6: no reservation is bound to freed memory;
-    * rule 5: each phys's ``bindings`` equals the number of reservations bound to it;
+    * rule 5: each phys's ``bindings`` equals the number of reservations bound to it, and
+      each context's statistics count its bound reservations;
     * rule 9: no two live allocations share memory (an allocator handed it out twice).
 
     The counts returned are keyed ``"rule 3 count"``, ``"rule 7 locks"``, ``"rule 4 model"``,
@@ -221,13 +222,21 @@ def check_quiescent(
         checks["rule 4 model"] += 1
         check_model(vcm)
         live.update(dict.fromkeys(vcm.allocations()))
+        bound_here = 0
         for res in vcm.reservations():
             phys = res.phys
             if phys is not None:
                 if phys.freed:
                     raise InvariantViolation(6, f"{res!r} is bound to freed memory {name(phys)}")
                 bound[phys] += 1
+                bound_here += 1
                 live[phys] = None
+        if stats.bound_reservations != bound_here:
+            raise InvariantViolation(
+                5,
+                f"{vcm.name}: statistics count {stats.bound_reservations} bound reservations, "
+                f"but {bound_here} are bound",
+            )
     extents: list[tuple[int, int, Phys]] = []
     for phys in live:
         checks["rule 5 bindings"] += 1
