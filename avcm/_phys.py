@@ -111,12 +111,12 @@ async def _free_to_memory(phys: Phys) -> None:
     function for all (a closure per phys would cost 240 bytes, more than the phys)."""
     memory = phys.memory
     if memory is not None:  # phys_alloc always gives one
-        _free_parts(memory, phys.parts)
+        _free_parts(memory, phys._spans())
 
 
-def _free_parts(ram: PhysicalMemory, parts: Sequence[PhysPart]) -> None:
-    for part in parts:
-        ram.free_pages(part.start, page_order(part.size))
+def _free_parts(ram: PhysicalMemory, parts: Iterable[tuple[int, int]]) -> None:
+    for start, size in parts:
+        ram.free_pages(start, page_order(size))
 
 
 def _check_walk(vaddr: object, phys: object, orders: object, what: str) -> tuple[int, ...]:
@@ -144,8 +144,7 @@ def pages_of(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int, i
     """:func:`walk_pages` without the validation, for arguments that passed it already (the
     MMU wrapper's bound reservations)."""
     pages = []
-    for part in phys.parts:
-        paddr, remaining = part.start, part.size
+    for paddr, remaining in phys._spans():
         while remaining:
             for order in orders:
                 page = PAGE_SIZE << order
