@@ -112,6 +112,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="worker processes of the local cluster (default: one per core)",
     )
     where.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long to try to reach --scheduler before giving up, refused or not (default: 5)",
+    )
+    where.add_argument(
         "--jobs",
         type=_count,
         default=None,
@@ -343,7 +350,7 @@ def _executor(args: argparse.Namespace) -> Executor:
             file=sys.stderr,
         )
         return LocalExecutor(count)
-    return DaskExecutor(args.scheduler, args.workers)
+    return DaskExecutor(args.scheduler, args.workers, args.connect_timeout)
 
 
 def _open_stores(args: argparse.Namespace) -> tuple[FailureStore, list[FailureStore]]:

@@ -135,16 +135,25 @@ class DaskExecutor:
     """A Dask cluster: *address* (``--scheduler``, or Dask's ``DASK_SCHEDULER_ADDRESS``), or
     else an embedded ``LocalCluster`` of *workers* processes (one per core by default), one
     thread each (a stress run is one event loop: threads would only contend for the GIL).
+    A scheduler is given *connect_timeout* seconds to answer (``None``: avcm.testing's
+    ``CONNECT_TIMEOUT``).
 
     A worker that dies mid-run is announced (one notice) and Dask runs what it held on the
     others; a run that kills every worker it is given fails with ``KilledWorker``."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         from avcm import NotSupportedError, VcmError, testing
 
         try:
             # the same cluster as avcm.testing's explorations on workers
-            self._cluster = testing.Cluster(address, workers, from_environment=True)
+            self._cluster = testing.Cluster(
+                address, workers, from_environment=True, connect_timeout=connect_timeout
+            )
         except NotSupportedError:
             raise ExecutorError(
                 "the cluster engine needs Dask: pip install 'avcm[cluster]' (or use --jobs N "

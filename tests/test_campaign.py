@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -394,13 +395,6 @@ def test_local_processes_campaign_survives_a_killed_worker(
     assert shown.count("worker process died") == 1 and "retried" in shown
 
 
-@pytest.fixture
-def fast_connect_timeout() -> Iterator[None]:
-    dask = pytest.importorskip("dask")
-    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
-        yield
-
-
 def test_cluster_campaign_dedups_across_workers_survives_a_killed_worker_and_replays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -560,16 +554,42 @@ def test_an_exhaustive_unit_with_a_prefix_that_begins_no_schedule_is_a_unit_erro
     assert again == unit and again.label() == "explore exhaustive-p0 prefix [0, 1]"
 
 
+@pytest.mark.parametrize(
+    ("timeout", "why"),
+    # refused: at once, however long the connect timeout
+    [(["--connect-timeout", "3600"], "connection refused"), ([], "connection refused")],
+)
 def test_unreachable_scheduler_is_one_line_and_status_2(
-    fast_connect_timeout: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    timeout: list[str], why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run_cli(
-        capsys, "stress", "--runs", "1", "--scheduler", "tcp://127.0.0.1:9",
-        "--store", str(tmp_path),
-    )  # fmt: skip
+    pytest.importorskip("distributed")
+    with socket.socket() as bound:  # bound, not listening: refused
+        bound.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{bound.getsockname()[1]}"
+        status, out, err = run_cli(
+            capsys, "stress", "--runs", "1", "--scheduler", address, *timeout,
+            "--store", str(tmp_path),
+        )  # fmt: skip
     assert status == 2 and out == ""
     [line] = err.splitlines()
-    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in line
+    assert f"cannot reach the Dask scheduler at {address}: {why}" in line
+
+
+def test_a_scheduler_that_never_answers_is_one_line_after_the_connect_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("distributed")
+    with socket.socket() as server:  # the kernel takes connections; nobody answers them
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        status, out, err = run_cli(
+            capsys, "explore", "tests.campaign_drivers:two_counters", "--scheduler", address,
+            "--connect-timeout", "0.2", "--store", str(tmp_path),
+        )  # fmt: skip
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert "did not answer Dask's handshake within 0.2 s (the connect timeout)" in line
 
 
 @pytest.mark.parametrize(

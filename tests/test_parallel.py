@@ -403,6 +403,9 @@ class NoSeed(testing.Strategy):
         ({"workers": testing.MAX_LOCAL_WORKERS + 1}, avcm.InvalidError, "workers must be <="),
         ({"workers": 2, "scheduler": "tcp://h:1"}, avcm.InvalidError, "has its own"),
         ({"workers": 2, "strategy": NoSeed()}, avcm.InvalidError, "cannot be spread"),
+        ({"scheduler": "tcp://h:1", "connect_timeout": 0}, avcm.InvalidError, "connect_timeout"),
+        ({"workers": 1, "connect_timeout": math.inf}, avcm.InvalidError, "connect_timeout"),
+        ({"scheduler": "h:1", "connect_timeout": "5"}, avcm.InvalidError, "connect_timeout"),
     ],
 )
 def test_bad_workers_or_scheduler_is_refused_before_anything_runs(
@@ -420,13 +423,74 @@ def test_without_dask_workers_are_not_supported(monkeypatch: pytest.MonkeyPatch)
     assert info.value.errno == errno.EOPNOTSUPP
 
 
-def test_an_unreachable_scheduler_is_a_cluster_error() -> None:
-    dask = pytest.importorskip("dask")
-    fast = dask.config.set({"distributed.comm.timeouts.connect": "0.5s"})
-    with fast, pytest.raises(testing.ClusterError) as info:
-        testing.check(never_run, scheduler="tcp://127.0.0.1:9")
+@pytest.fixture
+def refused() -> Iterator[str]:
+    """The address of a port where nothing listens (as a closed cluster's scheduler): bound,
+    so that nothing else takes it meanwhile, but not listening, so a connection is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"tcp://127.0.0.1:{bound.getsockname()[1]}"
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """The address of a server that takes connections (the kernel does, from its backlog) and
+    never answers: a stopped scheduler."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_refused_connection_is_a_cluster_error_at_once(
+    refused: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after the connect timeout (Dask's client tries again until then): however long it
+    is, Dask's client is not even made."""
+    distributed = pytest.importorskip("distributed")
+
+    def no_client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Dask's client tried a refused address")
+
+    monkeypatch.setattr(distributed, "Client", no_client)
+    with pytest.raises(testing.ClusterError) as info:
+        testing.check(never_run, scheduler=refused, connect_timeout=3600)
     assert info.value.errno == errno.ECONNREFUSED
-    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in str(info.value)
+    assert str(info.value) == (
+        f"[ECONNREFUSED] cannot reach the Dask scheduler at {refused}: connection refused"
+    )
+
+
+def test_a_server_that_never_answers_is_a_cluster_error_after_the_connect_timeout(
+    silent: str,
+) -> None:
+    """Dask's client would wait for its handshake forever."""
+    pytest.importorskip("distributed")
+    with pytest.raises(
+        testing.ClusterError, match=r"did not answer Dask.s handshake within 0\.2 s"
+    ):
+        testing.explore(never_run, scheduler=silent, connect_timeout=0.2)
+
+
+@pytest.mark.parametrize("given", [None, 0.25, 12])
+def test_the_connect_timeout_is_what_dask_s_client_is_given(
+    cluster: str, given: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What bounds an address that does not answer at all (packets dropped): Dask's client's
+    timeout, ours (:data:`testing.CONNECT_TIMEOUT`, a few seconds) unless one is given."""
+    distributed = pytest.importorskip("distributed")
+    given_to_dask: list[object] = []
+
+    def timing_out(address: str, **kwargs: object) -> None:
+        given_to_dask.append(kwargs.get("timeout"))
+        raise OSError(f"Timed out trying to connect to {address} after {kwargs['timeout']} s")
+
+    monkeypatch.setattr(distributed, "Client", timing_out)
+    expected = testing.CONNECT_TIMEOUT if given is None else given
+    assert 1 <= testing.CONNECT_TIMEOUT <= 10
+    with pytest.raises(testing.ClusterError, match=f"no answer within {expected:g} s"):
+        testing.explore(never_run, scheduler=cluster, connect_timeout=given)
+    assert given_to_dask == [expected]
 
 
 def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
@@ -466,16 +530,17 @@ def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
         (["--workers", "0"], "--workers: 0 is not in 1..1_024"),
         (["--workers", "two"], "'two' is not a whole number"),
         (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),
+        (["--scheduler", "SILENT", "--connect-timeout", "0.2"], "handshake within 0.2 s"),
+        (["--scheduler", "h:1", "--connect-timeout", "nan"], "connect_timeout must be"),
     ],
 )
 def test_the_command_line_refuses_bad_workers_in_one_line(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str], message: str, silent: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
 
-    dask = pytest.importorskip("dask")
-    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
-        status = main(["conformance", LEAKY, *args])
+    pytest.importorskip("distributed")
+    status = main(["conformance", LEAKY, *[silent if a == "SILENT" else a for a in args]])
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     [line] = err.splitlines()

@@ -75,7 +75,7 @@ from ._invariants import (
     check_quiescent,
     expected_mappings,
 )
-from ._parallel import MAX_LOCAL_WORKERS, PORTFOLIO, Cluster, exhaustive_prefixes
+from ._parallel import CONNECT_TIMEOUT, MAX_LOCAL_WORKERS, PORTFOLIO, Cluster, exhaustive_prefixes
 from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
@@ -94,6 +94,7 @@ __all__ = [
     "check_quiescent",
     "expected_mappings",
     "PCT",
+    "CONNECT_TIMEOUT",
     "MAX_LOCAL_WORKERS",
     "PORTFOLIO",
     "ProgressCallback",

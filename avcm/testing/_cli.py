@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run the scenarios on the Dask cluster of this scheduler (tcp://HOST:8786)",
     )
+    conformance.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to try to reach --scheduler before giving up, refused or not (default: 5)",
+    )
     return parser
 
 
@@ -176,6 +182,7 @@ def _conformance(args: argparse.Namespace) -> int:
                 on_progress=update,
                 workers=args.workers,
                 scheduler=args.scheduler,
+                connect_timeout=args.connect_timeout,
             )
         except ConformanceFailure as failure:
             report = failure.report

@@ -1006,6 +1006,7 @@ def check_conformance(
     on_progress: Callable[[int], object] | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    connect_timeout: float | None = None,
 ) -> ConformanceReport:
     """Run every scenario (or *only* one) against contexts made by *factory*, *schedules*
     PCT schedules each, on virtual time, and return the report of a driver that conforms.
@@ -1021,7 +1022,8 @@ def check_conformance(
         ConformanceFailure: the driver failed a scenario; ``error.report`` is the whole report
             (``report.format()``, ``report.failures``).
         avcm.InvalidError: bad arguments, or a factory that makes no context.
-        ClusterError: with *scheduler*, a scheduler that does not answer.
+        ClusterError: with *scheduler*, a scheduler that does not answer within
+            *connect_timeout* seconds (as for :func:`explore`).
     """
     if (workers is not None or scheduler is not None) and replay_token is None:
         from ._parallel import check_conformance_parallel
@@ -1036,6 +1038,7 @@ def check_conformance(
             on_progress=on_progress,
             workers=workers,
             scheduler=scheduler,
+            connect_timeout=connect_timeout,
         )
     return run_on_virtual_time(
         backend,

@@ -475,6 +475,7 @@ def explore(
     until_covered: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    connect_timeout: float | None = None,
 ) -> Exploration:
     """:func:`explore_async` in a new event loop of *backend* on virtual time (trio's
     ``MockClock``, or avcm's virtual-time asyncio loop), so latency costs no wall time.
@@ -493,8 +494,10 @@ def explore(
     (``pip install 'avcm[cluster]'``), imported only then; the scenario is sent to the
     workers (by reference if importable, else pickled by value). *on_progress* is called as
     parts end. :class:`~avcm.InvalidError` for *workers* not a whole number of at least 1,
-    a *scheduler* that is not an address, or both; :class:`ClusterError`
-    (``ECONNREFUSED``) for a scheduler that does not answer; nothing run either way.
+    a *scheduler* that is not an address, or both, or a *connect_timeout* that is not a
+    positive number of seconds; :class:`ClusterError` (``ECONNREFUSED``) for a scheduler that
+    refuses the connection (at once), or does not answer within *connect_timeout* seconds
+    (``None``: :data:`CONNECT_TIMEOUT`, 5 s); nothing run either way.
     """
     if workers is not None or scheduler is not None:
         from ._parallel import explore_parallel
@@ -512,6 +515,7 @@ def explore(
             until_covered=until_covered,
             workers=workers,
             scheduler=scheduler,
+            connect_timeout=connect_timeout,
         )
     return run_on_virtual_time(
         backend,
@@ -539,6 +543,7 @@ def check(
     limits: Limits | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    connect_timeout: float | None = None,
 ) -> Exploration:
     """Like :func:`explore`, but raise :class:`RaceFound` (an ``AssertionError``) on a failure:
     a race test in one line. *workers* and *scheduler*: as for :func:`explore`."""
@@ -550,6 +555,7 @@ def check(
         limits=limits,
         workers=workers,
         scheduler=scheduler,
+        connect_timeout=connect_timeout,
     )
     if result.failure is not None:
         raise RaceFound(result.failure)

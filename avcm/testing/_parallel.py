@@ -14,13 +14,17 @@ Dask is imported here only, and only when a cluster is made: ``pip install 'avcm
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import importlib
 import logging
+import math
 import os
 import pickle
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -36,6 +40,7 @@ from ._strategies import PCT, Exhaustive, RandomWalk, Strategy
 from ._timeline import TaskOutcome
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "PORTFOLIO",
     "Cluster",
     "check_conformance_parallel",
@@ -59,11 +64,23 @@ MAX_LOCAL_WORKERS = 256
 of its own: more would exhaust the machine's memory). For more, start a cluster of your own
 and give its scheduler's address."""
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds a :class:`Cluster` tries to reach a scheduler that does not answer (packets lost,
+or a server that takes the connection and says nothing) before a :class:`ClusterError`; Dask's
+own default is 30 s. A refused connection (nothing listening: a closed cluster's address) at a
+``tcp://`` address is a :class:`ClusterError` at once (with another of Dask's protocols,
+Dask's client tries again until the timeout). A slow link to a busy cluster may need more:
+*connect_timeout* (``--connect-timeout``) sets it."""
+
 # HOST:PORT, with a protocol of Dask's before it or not (tcp, tls, ws, wss, ucx, inproc); a
 # host may be [IPv6]
 _SCHEDULER_ADDRESS = re.compile(
     r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}"
     r"|inproc://\S+"
+)
+
+_TCP_ADDRESS = re.compile(
+    r"(?:tcp://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})"
 )
 
 # parts of an exhaustive search per worker: subtrees differ in size, so more parts than
@@ -77,12 +94,17 @@ class Cluster:
     thread each (a run is one event loop: threads would only contend for the GIL). With
     *from_environment*, no *scheduler* means Dask's own setting (``DASK_SCHEDULER_ADDRESS``)
     before a local cluster. Close it (or use it as a context manager): a local cluster stops.
+    The scheduler is given *connect_timeout* seconds (``None``: :data:`CONNECT_TIMEOUT`) to
+    answer, as Dask's ``Client(timeout=...)``, which also bounds the client's reconnecting; at
+    a ``tcp://`` address, a refused connection is an error at once (see :data:`CONNECT_TIMEOUT`).
 
     Raises:
         avcm.InvalidError: *workers* not a whole number of at least 1, *scheduler* not an
-            address, or both given (a scheduler's cluster has its own workers).
+            address, or both given (a scheduler's cluster has its own workers);
+            *connect_timeout* not a positive, finite number of seconds.
         avcm.NotSupportedError: Dask is not installed.
-        ClusterError: the scheduler does not answer, or the local cluster does not start.
+        ClusterError: the scheduler refuses the connection (at once), or does not answer
+            within *connect_timeout* seconds, or the local cluster does not start.
     """
 
     def __init__(
@@ -91,10 +113,12 @@ class Cluster:
         workers: int | None = None,
         *,
         from_environment: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         self.client: Any = None
         self._cluster: Any = None
         _check_workers(workers, scheduler, both=from_environment)
+        connect_timeout = _check_timeout(connect_timeout)
         try:
             # typed as Any: distributed's API is only partly annotated
             dask: Any = importlib.import_module("dask")
@@ -123,15 +147,17 @@ class Cluster:
                 self.client.wait_for_workers(count, timeout=60)
                 self.description = f"a local Dask cluster of {count} worker processes"
             else:
-                self.client = distributed.Client(address)
+                _answers(address, connect_timeout)
+                self.client = distributed.Client(address, timeout=connect_timeout)
                 self.description = f"the Dask cluster at {address}"
         # MemoryError: a server there that is not a Dask scheduler (Dask read a frame length
         # out of its bytes)
         except (OSError, TimeoutError, ValueError, MemoryError) as error:
             self.close()
             where = address or "a local cluster"
-            why = str(error) or "what answered there is not a Dask scheduler"
-            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {why}") from None
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {where}: {_why(error, connect_timeout)}"
+            ) from None
         except RuntimeError as error:  # Dask's "Nanny failed to start", for one
             self.close()
             raise ClusterError(
@@ -196,6 +222,53 @@ class Cluster:
 def _call(part: Callable[[], _T]) -> _T:
     """What a worker runs."""
     return part()
+
+
+def _answers(address: str, timeout: float) -> None:
+    """For a plain TCP address, what Dask's client does not do within its *timeout*: a
+    connection refused is an error at once (Dask tries again until the timeout, as a scheduler
+    that is starting refuses for a moment), and a server that takes the connection but never
+    answers Dask's handshake (a stopped scheduler) an error after *timeout* seconds (Dask's
+    client would wait for it forever). One TCP connection, then one of Dask's own (its
+    ``connect``, handshake included), closed: no protocol of avcm's."""
+    match = _TCP_ADDRESS.fullmatch(address)
+    if match is None:
+        return
+    host = match["host"].strip("[]")
+    try:
+        socket.create_connection((host, int(match["port"])), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise OSError("connection refused") from None
+    except TimeoutError:
+        raise OSError(f"no answer within {timeout:g} s (the connect timeout)") from None
+    distributed: Any = importlib.import_module("distributed")
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout), timeout)
+        await comm.close()
+
+    # in a thread of its own: the caller may be in an event loop (asyncio.run refuses that)
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        try:
+            thread.submit(asyncio.run, handshake()).result()
+        except TimeoutError:
+            raise OSError(
+                f"it took the connection but did not answer Dask's handshake within "
+                f"{timeout:g} s (the connect timeout)"
+            ) from None
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    """What Dask's *error* from connecting means, in a few words."""
+    if isinstance(error, MemoryError):
+        return "what answered there is not a Dask scheduler"
+    # Dask's "Timed out trying to connect", from the last attempt's error
+    cause = f"{error.__cause__ or ''}"
+    if "refused" in cause.lower():
+        return f"connection refused (tried for {timeout:g} s, the connect timeout)"
+    if cause or "timed out" in str(error).lower():
+        return f"no answer within {timeout:g} s (the connect timeout)"
+    return str(error) or type(error).__name__
 
 
 class _Shown:
@@ -340,6 +413,20 @@ def _check_workers(workers: object, scheduler: object, *, both: bool = False) ->
         raise InvalidError("workers sizes a local cluster; the cluster at a scheduler has its own")
 
 
+def _check_timeout(timeout: object) -> float:
+    if timeout is None:
+        return CONNECT_TIMEOUT
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
+    ):
+        raise InvalidError(
+            f"connect_timeout must be a positive, finite number of seconds, not {timeout!r}"
+        )
+    return float(timeout)
+
+
 def _strategies(strategy: Strategy | None, seed: int, workers: int) -> list[Strategy]:
     if strategy is None:
         count = max(workers, len(PORTFOLIO))
@@ -387,6 +474,7 @@ def explore_parallel(
     scheduler: str | None,
     seed: int = 0,
     cluster: Cluster | None = None,
+    connect_timeout: float | None = None,
 ) -> Exploration:
     """:func:`~avcm.testing.explore` with *workers* or *scheduler*: see there. With *cluster*,
     on that one (left open), not on one made and closed here."""
@@ -396,7 +484,11 @@ def explore_parallel(
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
     if strategy is not None and not isinstance(strategy, Exhaustive):
         strategy.with_seed(strategy.seed)  # refused here, before a cluster is made
-    with contextlib.nullcontext(cluster) if cluster else Cluster(scheduler, workers) as cluster:
+    with (
+        Cluster(scheduler, workers, connect_timeout=connect_timeout)
+        if cluster is None
+        else contextlib.nullcontext(cluster)
+    ) as cluster:
         if isinstance(strategy, Exhaustive):
             prefixes = exhaustive_prefixes(
                 scenario,
@@ -468,6 +560,7 @@ def check_conformance_parallel(
     on_progress: Callable[[int], object] | None,
     workers: int | None,
     scheduler: str | None,
+    connect_timeout: float | None = None,
 ) -> ConformanceReport:
     """:func:`~avcm.testing.check_conformance` with *workers* or *scheduler*: each scenario
     on a worker, as one process runs it; the same report."""
@@ -488,7 +581,7 @@ def check_conformance_parallel(
         if on_progress is not None:
             on_progress(ran)
 
-    with Cluster(scheduler, workers) as cluster:
+    with Cluster(scheduler, workers, connect_timeout=connect_timeout) as cluster:
         # every scenario runs to its end, as in one process: none is "first" to fail
         reports = cluster.run(parts, lambda report: False, progress)
     report = ConformanceReport(

@@ -14,7 +14,8 @@ that replays it: ``python -m pytest /path/test.py::test --avcm-replay TOKEN --av
 (the K-th ``race.check`` of the test replays the token; the others explore as before).
 ``--avcm-schedules N`` overrides the number of schedules of every ``race.check``;
 ``--avcm-seed S`` the strategy's seed. ``--avcm-workers N`` explores on a local Dask cluster of
-N processes, ``--avcm-scheduler ADDRESS`` on an existing one (``pip install 'avcm[cluster]'``):
+N processes, ``--avcm-scheduler ADDRESS`` on an existing one (``pip install 'avcm[cluster]'``;
+``--avcm-connect-timeout SECONDS`` bounds reaching it, 5 by default):
 the schedules spread over the workers as :func:`~avcm.testing.explore` does with *workers*
 (without a strategy, a portfolio of PCT and random walk from seed S), and a failure's replay
 command is the same, replayed in one process.
@@ -69,6 +70,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--avcm-scheduler",
         metavar="ADDRESS",
         help="explore on the Dask cluster of this scheduler (tcp://HOST:8786)",
+    )
+    group.addoption(
+        "--avcm-connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to try to reach --avcm-scheduler before giving up (default: 5)",
     )
 
 
@@ -160,7 +167,8 @@ class RaceFixture:
         """In a worker thread: the event loop of the test goes on meanwhile."""
         cluster = self._config.stash.get(_CLUSTER, None)
         if cluster is None:
-            cluster = Cluster(self._scheduler, self._workers)
+            timeout = self._config.getoption("--avcm-connect-timeout")
+            cluster = Cluster(self._scheduler, self._workers, connect_timeout=timeout)
             self._config.stash[_CLUSTER] = cluster
         return explore_parallel(
             scenario, workers=self._workers, scheduler=self._scheduler, cluster=cluster, **options
