@@ -196,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BOUND",
         help="instead of seeds, the exhaustive search with at most BOUND preemptions, split by "
-        "schedule prefix into four parts per worker, each searching up to --schedules (the "
-        "parts together run each schedule once); --runs defaults to the number of parts",
+        "schedule prefix into four parts per worker, each a run of up to --schedules of its "
+        "own (a campaign counts runs: unlike avcm.testing.explore's schedules, the cap is each "
+        "part's); the parts together run each schedule once if none reaches it; --runs "
+        "defaults to the number of parts",
     )
     _common(explore)
 

@@ -6,6 +6,7 @@ it, and bad input."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import math
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,11 @@ def cluster() -> Iterator[str]:
         yield str(local.scheduler_address)
 
 
+def first_failing(result: testing.Exploration) -> testing.Exploration:
+    """The part of *result* that is reported: the first in their order that failed."""
+    return next(part for part in result.parts if part.found)
+
+
 def single_process(name: str, seed: int, schedules: int) -> testing.Exploration:
     """The exploration one process runs with the portfolio strategy *name* and *seed*."""
     maker = {"pct-d1": 0, "pct-d2": 1, "pct-d3": 2, "random": 3}[name]
@@ -181,12 +188,13 @@ def test_a_portfolio_reports_the_first_failing_part_as_one_process_finds_it(
     not depend on which worker finished first. Its token is the one PCT(0, depth=2) gives in
     one process, and the printed command replays it in a fresh one."""
     result = testing.explore(SEED["deactivate_underflow"], schedules=200, scheduler=cluster)
-    assert [(p.strategy, p.seed, p.found) for p in result.parts] == [
+    # (the parts after the reported one are there too if they ended before being cancelled)
+    assert [(p.strategy, p.seed, p.found) for p in result.parts[:2]] == [
         ("pct-d1", 0, False),
         ("pct-d2", 0, True),
     ]
     assert result.parts[0].schedules == 50  # 200 schedules shared between 4 parts
-    assert result.schedules == 50 + result.parts[1].schedules
+    assert result.schedules == sum(p.schedules for p in result.parts)
     assert result.strategy == "portfolio of pct-d1, pct-d2" and not result.exhausted
     failure = result.failure
     assert failure is not None
@@ -210,9 +218,9 @@ def test_every_deep_race_found_on_workers_is_the_one_process_finds(cluster: str,
     result = testing.explore(scenario, schedules=400, scheduler=cluster)
     failure = result.failure
     assert failure is not None, name
-    failing = result.parts[-1]
-    # part i is PORTFOLIO[i % 4] with seed i // 4
-    maker = testing.PORTFOLIO[(len(result.parts) - 1) % len(testing.PORTFOLIO)]
+    failing = first_failing(result)
+    # part i is PORTFOLIO[i % 4] with seed i // 4 (every part before the reported one is there)
+    maker = testing.PORTFOLIO[result.parts.index(failing) % len(testing.PORTFOLIO)]
     alone = testing.explore(scenario, strategy=maker(failing.seed), schedules=100).failure
     assert alone is not None and str(alone.token) == str(failure.token)
     assert testing.replay(scenario, failure.token) is not None
@@ -226,7 +234,11 @@ def test_a_strategy_spreads_over_the_workers_with_distinct_seeds(cluster: str) -
     )  # fmt: skip
     parts = [(p.strategy, p.seed, p.schedules) for p in result.parts]
     failure = result.failure
-    assert failure is not None and parts[-1][:2] == ("random", failure.token.seed)
+    failing = first_failing(result)
+    assert failure is not None and (failing.strategy, failing.seed) == (
+        "random",
+        failure.token.seed,
+    )
     assert [seed for _, seed, _ in parts] == [5, 6][: len(parts)]
     assert ran and ran[-1] >= result.schedules  # parts cancelled late count as run too
     alone = testing.explore(
@@ -253,7 +265,159 @@ def test_an_exhaustive_search_on_workers_runs_each_schedule_once(cluster: str) -
     assert result.exhausted and not result.found
     assert result.schedules == result.distinct_schedules == math.comb(8, 4)
     assert len(result.parts) >= 8  # four parts per worker
-    assert {p.strategy for p in result.parts} == {"exhaustive-p32"}
+    assert result.strategy == "exhaustive-p32"
+    # each part named with its prefix: what it takes to run it again
+    prefixes = testing.exhaustive_prefixes(counting_tasks(3), testing.Exhaustive(32), 8)
+    assert [p.strategy for p in result.parts] == [
+        f"exhaustive-p32 prefix {list(x)}" for x in prefixes
+    ]
+    again = testing.explore(counting_tasks(3), strategy=testing.Exhaustive(32, prefix=prefixes[1]))
+    assert again.strategy == result.parts[1].strategy
+    assert again.schedules == result.parts[1].schedules
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("cap", [1, 40, 69, 70, 71, 1000])
+def test_a_capped_exhaustive_search_on_workers_says_what_one_process_says(
+    cluster: str, backend: str, cap: int
+) -> None:
+    """The cap is the whole search's: the parts together count no more than it, and the search
+    is exhausted only if every part ended its own (the whole search has 70 schedules: a cap of
+    70 does not say so, as one process does not). The same every time."""
+    search = testing.Exhaustive(32)
+    alone = testing.explore(counting_tasks(3), strategy=search, schedules=cap, backend=backend)
+    ran: list[list[int]] = [[], []]
+    results = [
+        testing.explore(
+            counting_tasks(3),
+            strategy=testing.Exhaustive(32),
+            schedules=cap,
+            backend=backend,
+            scheduler=cluster,
+            on_progress=progress.append,
+        )
+        for progress in ran
+    ]
+    for result in results:
+        assert (result.schedules, result.exhausted) == (alone.schedules, alone.exhausted)
+        assert result.exhausted == all(part.exhausted for part in result.parts)
+    first, second = results
+    assert first.parts == second.parts
+    for progress in ran:  # what is counted, as parts end: never more than the cap
+        assert progress == sorted(progress) and progress[-1] == first.schedules
+    # each part runs again alone: its strategy is named with its prefix, and it was given the
+    # schedules it ran (or it ended its search before them)
+    for part in first.parts:
+        prefix = prefix_of(part)
+        again = testing.explore(
+            counting_tasks(3), strategy=testing.Exhaustive(32, prefix=prefix),
+            schedules=part.schedules + part.exhausted, backend=backend,
+        )  # fmt: skip
+        assert (again.schedules, again.exhausted) == (part.schedules, part.exhausted)
+
+
+def prefix_of(part: testing.Exploration) -> list[int]:
+    """The prefix of a part of an exhaustive search, as its strategy shows it."""
+    _, _, shown = part.strategy.partition(" prefix ")
+    prefix: list[int] = ast.literal_eval(shown)
+    return prefix
+
+
+@pytest.mark.parametrize("cap", [5, 1000])
+def test_an_exhaustive_search_on_workers_finds_what_its_part_finds_alone(
+    cluster: str, cap: int
+) -> None:
+    """The failing part, run again alone with the prefix it is shown with, gives the same
+    token; the same every run, whatever the cap."""
+    scenario = SEED["deactivate_underflow"]
+    found = [
+        testing.explore(
+            scenario, strategy=testing.Exhaustive(2), schedules=cap, scheduler=cluster
+        ).failure
+        for _ in range(2)
+    ]
+    result = testing.explore(
+        scenario, strategy=testing.Exhaustive(2), schedules=cap, scheduler=cluster
+    )
+    failing = first_failing(result)
+    alone = testing.explore(
+        scenario, strategy=testing.Exhaustive(2, prefix=prefix_of(failing)), schedules=cap
+    ).failure
+    assert alone is not None and result.failure is not None
+    assert {str(f.token) for f in found if f is not None} == {str(alone.token)}
+    assert result.failure.report() == alone.report()
+
+
+@pytest.mark.parametrize(("schedules", "shares"), [(10, [3, 3, 2, 2]), (3, [1, 1, 1])])
+def test_the_schedules_are_shared_between_the_parts(
+    cluster: str, schedules: int, shares: list[int]
+) -> None:
+    """Exactly the number asked for in all: a part for each share, fewer parts than the
+    portfolio has where there are fewer schedules."""
+    result = testing.explore(counting_tasks(2), schedules=schedules, scheduler=cluster)
+    assert [part.schedules for part in result.parts] == shares
+    assert result.schedules == schedules
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_until_covered_on_workers_is_each_part_s_own(cluster: str, backend: str) -> None:
+    """Each part stops once *until_covered* of its schedules in a row added nothing new to its
+    own coverage, as it would alone; covered only if every part was."""
+    result = testing.explore(
+        counting_tasks(2), schedules=400, until_covered=5, backend=backend, scheduler=cluster
+    )
+    assert result.covered
+    for i, part in enumerate(result.parts):
+        alone = testing.explore(
+            counting_tasks(2), strategy=testing.PORTFOLIO[i](0), schedules=100, until_covered=5,
+            backend=backend,
+        )  # fmt: skip
+        assert (part.schedules, part.covered, part.points) == (
+            alone.schedules, alone.covered, alone.points,
+        )  # fmt: skip
+    assert result.schedules == sum(part.schedules for part in result.parts) < 400
+
+
+def wait_for_file_then(path: str, value: str) -> str:
+    """A part that ends only once *path* exists (bounded: a test must end)."""
+    for _ in range(6000):
+        if os.path.exists(path):
+            return value
+        threading.Event().wait(0.01)
+    return "waited in vain"
+
+
+def test_the_parts_after_the_first_failing_one_that_ended_are_counted(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Part 1 fails and ends first; part 0 fails only after that (it waits until part 1's
+    result is here): part 0 is reported, and part 1 is among the results, not dropped."""
+    signal = tmp_path / "part 1 ended"
+    with testing.Cluster(scheduler=cluster) as made:
+        results = made.run(
+            [partial(wait_for_file_then, str(signal), "failed"), partial(str, "failed")],
+            lambda result: result == "failed",
+            lambda index, result: signal.touch() if index == 1 else None,
+        )
+    assert results == {0: "failed", 1: "failed"}
+
+
+def test_check_says_what_ran_on_every_part(cluster: str) -> None:
+    """Not only the reported part's schedules: every part that ran, and how many failed."""
+    with pytest.raises(testing.RaceFound) as info:
+        testing.check(SEED["deactivate_underflow"], schedules=200, scheduler=cluster)
+    result = info.value.exploration
+    assert result is not None
+    summary = result.parts_summary()
+    failed = sum(part.found for part in result.parts)
+    assert " ".join(summary.split()) == (
+        f"on workers: {result.schedules} schedules in {len(result.parts)} parts, "
+        f"{failed} failed; reported: the first failing part in their order (pct-d2, seed 0), "
+        "as one process finds it:"
+    )
+    assert str(info.value).startswith(summary)
+    assert result.schedules >= 50 + first_failing(result).schedules  # part 0 ran 50, passing
+    assert str(info.value).endswith(info.value.failure.report())
 
 
 def test_check_raises_race_found_from_the_workers(cluster: str) -> None:
@@ -373,7 +537,8 @@ def test_the_race_fixture_explores_on_workers(tmp_path: Path) -> None:
 def test_an_embedded_local_cluster_by_default() -> None:
     pytest.importorskip("distributed")
     result = testing.explore(SEED["two_binds_win"], schedules=4, workers=2)
-    assert [p.strategy for p in result.parts] == ["pct-d1"] and result.found
+    assert result.found and first_failing(result) is result.parts[0]
+    assert result.parts[0].strategy == "pct-d1"
 
 
 # -- bad input: nothing runs -------------------------------------------------------------------

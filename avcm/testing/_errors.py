@@ -17,7 +17,7 @@ from .. import InvalidError, VcmError
 
 if TYPE_CHECKING:
     from ._conformance import ConformanceReport
-    from ._explore import Failure
+    from ._explore import Exploration, Failure
 
 __all__ = [
     "ClusterError",
@@ -76,11 +76,17 @@ class ReplayDivergedError(ScheduleFailure):
 
 
 class RaceFound(AssertionError):
-    """A schedule made the scenario fail. ``failure`` has the token, timeline and replay."""
+    """A schedule made the scenario fail. ``failure`` has the token, timeline and replay;
+    given the *exploration* that found it on workers, the message begins with what ran there
+    (every part that ran, not only the one reported)."""
 
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.report())
+    def __init__(self, failure: Failure, exploration: Exploration | None = None) -> None:
+        report = failure.report()
+        if exploration is not None and exploration.parts:
+            report = f"{exploration.parts_summary()}\n{report}"
+        super().__init__(report)
         self.failure = failure
+        self.exploration = exploration
 
 
 class ConformanceFailure(AssertionError):

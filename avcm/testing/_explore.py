@@ -92,6 +92,14 @@ def scenario_name(scenario: Callable[..., Any]) -> str:
     return f"{module}:{getattr(scenario, '__qualname__', repr(scenario))}"
 
 
+def described(strategy: Strategy) -> str:
+    """As an exploration names its strategy: its name, and for a part of an exhaustive search
+    its prefix too (what it takes to run that part again)."""
+    if isinstance(strategy, Exhaustive) and strategy.prefix:
+        return f"{strategy.name} prefix {list(strategy.prefix)}"
+    return strategy.name
+
+
 def _importable(scenario: Callable[..., Any]) -> bool:
     qualname = getattr(scenario, "__qualname__", "")
     module = getattr(scenario, "__module__", "__main__")
@@ -173,14 +181,31 @@ class Exploration:
     distinct_schedules: int = 0
     points: tuple[tuple[str, int], ...] = ()  # each point (sync point or checkpoint), how often
     covered: bool = False  # stopped by until_covered: new schedules stopped adding coverage
-    # run on workers: each part's own exploration, in the order of the parts (a failing one
-    # last: those after it were cancelled); the fields above are theirs merged (counts summed:
-    # a schedule two parts both ran counts twice in distinct_schedules)
+    # run on workers: each part's own exploration, in the order of the parts: every part up to
+    # the first that failed (the one reported), and those after it that ended before they were
+    # cancelled; the fields above are theirs merged (counts summed: a schedule two parts both
+    # ran counts twice in distinct_schedules)
     parts: tuple[Exploration, ...] = ()
 
     @property
     def found(self) -> bool:
         return self.failure is not None
+
+    def parts_summary(self) -> str:
+        """What ran on workers, in a line: every part that ran (those after the reported one
+        included, if they ended before they could be cancelled), how many schedules, how many
+        parts failed, and which is reported."""
+        failed = [part for part in self.parts if part.found]
+        runs = f"{self.schedules} schedule{'' if self.schedules == 1 else 's'}"
+        count = len(self.parts)
+        line = f"on workers: {runs} in {count} part{'' if count == 1 else 's'}, "
+        if not failed:
+            return f"{line}none failed"
+        first = failed[0]
+        return wrap(
+            f"{line}{len(failed)} failed; reported: the first failing part in their order "
+            f"({first.strategy}, seed {first.seed}), as one process finds it:"
+        )
 
 
 async def _run_once(
@@ -436,7 +461,7 @@ async def explore_async(
         )
         return Exploration(
             scenario=failure.scenario,
-            strategy=strategy.name,
+            strategy=described(strategy),
             seed=strategy.seed,
             backend=failure.backend,
             schedules=ran,
@@ -448,7 +473,7 @@ async def explore_async(
         )
     return Exploration(
         scenario=scenario_name(scenario),
-        strategy=strategy.name,
+        strategy=described(strategy),
         seed=strategy.seed,
         backend=sniffio.current_async_library() or "?",
         schedules=ran,
@@ -485,19 +510,36 @@ def explore(
     the exploration is split into parts, each one a process could run alone, spread over the
     workers, and merged (``parts`` of the result has each): without a *strategy*, a portfolio
     (:data:`PORTFOLIO`: PCT at depths 1 to 3 and a random walk, part *i* with seed
-    ``i // 4``), *schedules* shared between at least four parts; with a PCT or random walk,
-    one part per worker, seeds ``strategy.seed``, ``+1``, ...; with :class:`Exhaustive`,
-    parts by prefix of its search (four per worker), each searching up to *schedules*, which
-    together run each schedule of the whole search once. The failure reported is that of the
-    first failing part in that order (those after it are cancelled), as that part's strategy
-    and seed find it in one process: same token, same replay. Needs Dask
+    ``i // 4``), at least four parts; with a PCT or random walk, one part per worker, seeds
+    ``strategy.seed``, ``+1``, ...; with :class:`Exhaustive`, parts by prefix of its search
+    (four per worker, each named with its prefix), which together run each schedule of the
+    whole search once.
+
+    *schedules* caps the whole exploration, as in one process: it is shared between the parts
+    (the first ones one more where it does not divide; fewer parts than planned where there
+    are fewer schedules), the same every run. Parts of an exhaustive search that end before
+    their share leave the rest to those cut short by theirs, which run again with the bigger
+    share (from their start: their first schedules are the same again, and counted once) until
+    no share is left; so the search says ``exhausted`` exactly when one process would (every
+    part ended its own, within the cap). *until_covered* is each part's own: a part stops once
+    that many of its schedules in a row ran none it had not run before (different strategies
+    and seeds cover differently: there is no shared coverage to stop the others), and the
+    result is ``covered`` only if every part was.
+
+    The failure reported is that of the first failing part in their order, as that part's
+    strategy and seed find it in one process (same token, same replay), whichever ended
+    first: the parts before it are waited for, those after it cancelled. ``parts`` has every
+    part that ran, in their order: all those up to the reported one, and those after it that
+    ended before they could be cancelled (how many depends on timing, and so do the counts
+    merged from them; the failure does not), and :func:`check` says them all. Needs Dask
     (``pip install 'avcm[cluster]'``), imported only then; the scenario is sent to the
     workers (by reference if importable, else pickled by value). *on_progress* is called as
-    parts end. :class:`~avcm.InvalidError` for *workers* not a whole number of at least 1,
-    a *scheduler* that is not an address, or both, or a *connect_timeout* that is not a
-    positive number of seconds; :class:`ClusterError` (``ECONNREFUSED``) for a scheduler that
-    refuses the connection (at once), or does not answer within *connect_timeout* seconds
-    (``None``: :data:`CONNECT_TIMEOUT`, 5 s); nothing run either way.
+    parts end, with the schedules counted so far. :class:`~avcm.InvalidError` for *workers*
+    not a whole number of at least 1, a *scheduler* that is not an address, or both, or a
+    *connect_timeout* that is not a positive number of seconds; :class:`ClusterError`
+    (``ECONNREFUSED``) for a scheduler that refuses the connection (at once), or does not
+    answer within *connect_timeout* seconds (``None``: :data:`CONNECT_TIMEOUT`, 5 s); nothing
+    run either way.
     """
     if workers is not None or scheduler is not None:
         from ._parallel import explore_parallel
@@ -558,7 +600,7 @@ def check(
         connect_timeout=connect_timeout,
     )
     if result.failure is not None:
-        raise RaceFound(result.failure)
+        raise RaceFound(result.failure, result)
     return result
 
 

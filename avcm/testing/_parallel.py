@@ -7,7 +7,9 @@ default a portfolio, as Coyote runs one: PCT at depths 1 to 3 and a random walk,
 seeds), or for :class:`Exhaustive` one prefix of its search. So a failure's token is the one
 ``explore(scenario, strategy=...)`` with that part's strategy and seed gives in one process, and
 it replays anywhere. Of the parts that fail, the first in the order of the parts is reported,
-whichever finished first: what is reported does not depend on timing.
+whichever finished first: what is reported does not depend on timing. The caps of an
+exploration (its schedules) are the whole exploration's, shared between the parts the same way
+every run.
 
 Dask is imported here only, and only when a cluster is made: ``pip install 'avcm[cluster]'``.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import importlib
 import logging
 import math
@@ -35,7 +36,7 @@ from ..lowlevel import check_int
 from ._clock import run_on_virtual_time
 from ._conformance import SCENARIOS, ConformanceReport, Factory, check_conformance
 from ._errors import ClusterError, ConformanceFailure
-from ._explore import Exploration, Failure, Limits, Scenario, _run_once, explore
+from ._explore import Exploration, Failure, Limits, Scenario, _run_once, described, explore
 from ._strategies import PCT, Exhaustive, RandomWalk, Strategy
 from ._timeline import TaskOutcome
 
@@ -189,12 +190,14 @@ class Cluster:
         self,
         parts: Sequence[Callable[[], _T]],
         failed: Callable[[_T], bool],
-        on_result: Callable[[_T], object] = lambda result: None,
-    ) -> list[_T]:
-        """Run each of *parts* on a worker; return the results in the order of *parts*, up to
-        and including the first that *failed* (by that order, not by time: the parts after it
-        are cancelled, those before it waited for). A part that raises: the error is raised
-        here, the others cancelled."""
+        on_result: Callable[[int, _T], object] = lambda index, result: None,
+    ) -> dict[int, _T]:
+        """Run each of *parts* on a worker; return the results by the index of their part:
+        every part up to and including the first that *failed* (by the order of *parts*, not by
+        time: those before it are waited for), and the parts after it that ended before they
+        could be cancelled (which of them depends on timing). *on_result* is called with each
+        part's index and result as it ends. A part that raises: the error is
+        raised here, the others cancelled."""
         client = self.client
         futures = [client.submit(_call, part, pure=False) for part in parts]
         index = {future.key: i for i, future in enumerate(futures)}
@@ -204,11 +207,11 @@ class Cluster:
         try:
             for future in distributed.as_completed(futures):
                 i = index[future.key]
-                if i > first_failed or future.cancelled():
+                if future.cancelled():
                     continue
                 result = future.result()
                 results[i] = result
-                on_result(result)
+                on_result(i, result)
                 if failed(result) and i < first_failed:
                     first_failed = i
                     client.cancel(futures[i + 1 :])
@@ -216,7 +219,7 @@ class Cluster:
                     break
         finally:
             client.cancel([f for i, f in enumerate(futures) if i not in results])
-        return [results[i] for i in sorted(results) if i <= first_failed]
+        return results
 
 
 def _call(part: Callable[[], _T]) -> _T:
@@ -434,27 +437,38 @@ def _strategies(strategy: Strategy | None, seed: int, workers: int) -> list[Stra
     return [strategy.with_seed(strategy.seed + i) for i in range(workers)]
 
 
-def _merge(parts: list[Exploration], total: int) -> Exploration:
-    """One exploration of *parts* (in their order; the last one failed if any did); *total*
-    parts were planned, so it is exhausted only if every one of them ran and was."""
-    failing = parts[-1] if parts[-1].failure is not None else None
-    names = list(dict.fromkeys(part.strategy for part in parts))
+def _shares(total: int, parts: int) -> list[int]:
+    """*total* schedules shared between *parts*, the first ones one more where it does not
+    divide: the same every run."""
+    each, more = divmod(total, parts)
+    return [each + (i < more) for i in range(parts)]
+
+
+def _merge(parts: dict[int, Exploration], total: int, name: str | None = None) -> Exploration:
+    """One exploration of *parts* (by the index of their part; of *total* planned), as the
+    first failing one in that order found it: exhausted or covered only if every planned part
+    ran and was. *name*: the strategy's, else each part's."""
+    ran = [parts[i] for i in sorted(parts)]
+    failing = next((part for part in ran if part.failure is not None), None)
+    if name is None:
+        names = list(dict.fromkeys(part.strategy for part in ran))
+        name = names[0] if len(names) == 1 else f"portfolio of {', '.join(names)}"
     points: collections.Counter[str] = collections.Counter()
-    for part in parts:
+    for part in ran:
         points.update(dict(part.points))
     return Exploration(
-        scenario=parts[0].scenario,
-        strategy=names[0] if len(names) == 1 else f"portfolio of {', '.join(names)}",
-        seed=(failing or parts[0]).seed,
-        backend=parts[0].backend,
-        schedules=sum(part.schedules for part in parts),
-        exhausted=len(parts) == total and all(part.exhausted for part in parts),
+        scenario=ran[0].scenario,
+        strategy=name,
+        seed=(failing or ran[0]).seed,
+        backend=ran[0].backend,
+        schedules=sum(part.schedules for part in ran),
+        exhausted=len(ran) == total and all(part.exhausted for part in ran),
         failure=None if failing is None else failing.failure,
-        max_steps_seen=max(part.max_steps_seen for part in parts),
-        distinct_schedules=sum(part.distinct_schedules for part in parts),
+        max_steps_seen=max(part.max_steps_seen for part in ran),
+        distinct_schedules=sum(part.distinct_schedules for part in ran),
         points=tuple(sorted(points.items())),
-        covered=len(parts) == total and all(part.covered for part in parts),
-        parts=tuple(parts),
+        covered=len(ran) == total and all(part.covered for part in ran),
+        parts=tuple(ran),
     )
 
 
@@ -480,48 +494,83 @@ def explore_parallel(
     on that one (left open), not on one made and closed here."""
     check_int(schedules, "schedules", 1)
     check_int(seed, "seed", 0)
+    if until_covered is not None:
+        check_int(until_covered, "until_covered", 1)
     if strategy is not None and not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
     if strategy is not None and not isinstance(strategy, Exhaustive):
         strategy.with_seed(strategy.seed)  # refused here, before a cluster is made
-    with (
-        Cluster(scheduler, workers, connect_timeout=connect_timeout)
-        if cluster is None
-        else contextlib.nullcontext(cluster)
-    ) as cluster:
-        if isinstance(strategy, Exhaustive):
-            prefixes = exhaustive_prefixes(
-                scenario,
-                strategy,
-                cluster.workers * _PREFIXES_PER_WORKER,
-                backend=backend,
-                limits=limits,
-            )
-            # a bound on each part's search, which is complete only within it
-            strategies: list[Strategy] = [
-                Exhaustive(strategy.preemption_bound, prefix=prefix) for prefix in prefixes
-            ]
-            each = schedules
-        else:
-            strategies = _strategies(strategy, seed, cluster.workers)
-            each = -(-schedules // len(strategies))  # the schedules, shared out
-        part = _ExplorePart(
-            scenario, PCT(), each, backend, limits, shrink, shrink_budget, command, until_covered
-        )
-        ran = 0
+    part = _ExplorePart(
+        scenario, PCT(), 1, backend, limits, shrink, shrink_budget, command, until_covered
+    )
+    if cluster is None:
+        with Cluster(scheduler, workers, connect_timeout=connect_timeout) as made:
+            return _explore_on(made, part, strategy, schedules, seed, on_progress)
+    return _explore_on(cluster, part, strategy, schedules, seed, on_progress)
 
-        def progress(result: Exploration) -> None:
-            nonlocal ran
-            ran += result.schedules
+
+def _explore_on(
+    cluster: Cluster,
+    part: _ExplorePart,
+    strategy: Strategy | None,
+    schedules: int,
+    seed: int,
+    on_progress: Callable[[int], object] | None,
+) -> Exploration:
+    latest: dict[int, int] = {}  # schedules of each part's latest run
+
+    def run(strategies: dict[int, Strategy], caps: dict[int, int]) -> dict[int, Exploration]:
+        order = sorted(strategies)
+        parts = [replace(part, strategy=strategies[i], schedules=caps[i]) for i in order]
+
+        def progress(j: int, result: Exploration) -> None:
+            # a part run again with a bigger share runs its first schedules again: counted once
+            latest[order[j]] = result.schedules
             if on_progress is not None:
-                on_progress(ran)
+                on_progress(sum(latest.values()))
 
-        results = cluster.run(
-            [replace(part, strategy=each_strategy) for each_strategy in strategies],
-            lambda result: result.failure is not None,
-            progress,
-        )
-    return _merge(results, len(strategies))
+        done = cluster.run(parts, lambda result: result.failure is not None, progress)
+        return {order[j]: result for j, result in done.items()}
+
+    if not isinstance(strategy, Exhaustive):
+        every = _strategies(strategy, seed, cluster.workers)
+        # a part for each share, the first ones where there are fewer schedules than parts
+        caps = dict(enumerate(share for share in _shares(schedules, len(every)) if share))
+        return _merge(run({i: every[i] for i in caps}, caps), len(caps))
+    prefixes = exhaustive_prefixes(
+        part.scenario,
+        strategy,
+        cluster.workers * _PREFIXES_PER_WORKER,
+        backend=part.backend,
+        limits=part.limits,
+    )
+    searches = {
+        i: Exhaustive(strategy.preemption_bound, prefix=prefix) for i, prefix in enumerate(prefixes)
+    }
+    caps = dict(enumerate(_shares(schedules, len(searches))))
+    results: dict[int, Exploration] = {}
+    again = {i for i, cap in caps.items() if cap}
+    # The cap is the whole search's, shared between the parts. A part that ends its search
+    # before its share leaves the rest to the parts cut short by theirs, which run again
+    # (from their start: a search is the same every time) with the bigger share, until no
+    # share is left or every part ended: what is counted never exceeds the cap, and the search
+    # is exhausted, as in one process, only if it has fewer schedules than the cap.
+    while again:
+        ran = run({i: searches[i] for i in sorted(again)}, {i: caps[i] for i in again})
+        results.update(ran)
+        if any(result.failure is not None for result in ran.values()):
+            break
+        # (a part that stopped by until_covered ended too: it is not given more)
+        ended = {i for i, result in results.items() if result.exhausted or result.covered}
+        cut = [i for i in sorted(caps) if i not in ended]
+        left = schedules - sum(result.schedules for result in results.values())
+        if not cut or left <= 0:
+            break
+        more = _shares(left, len(cut))
+        again = {i for i, extra in zip(cut, more, strict=True) if extra}
+        for i in again:
+            caps[i] += more[cut.index(i)]
+    return _merge(results, len(searches), described(strategy))
 
 
 @dataclass(frozen=True)
@@ -575,7 +624,7 @@ def check_conformance_parallel(
     ]
     ran = 0
 
-    def progress(report: ConformanceReport) -> None:
+    def progress(index: int, report: ConformanceReport) -> None:
         nonlocal ran
         ran += sum(result.schedules for result in report.results)
         if on_progress is not None:
@@ -583,7 +632,8 @@ def check_conformance_parallel(
 
     with Cluster(scheduler, workers, connect_timeout=connect_timeout) as cluster:
         # every scenario runs to its end, as in one process: none is "first" to fail
-        reports = cluster.run(parts, lambda report: False, progress)
+        done = cluster.run(parts, lambda report: False, progress)
+    reports = [done[i] for i in sorted(done)]
     report = ConformanceReport(
         driver=reports[0].driver,
         backend=reports[0].backend,

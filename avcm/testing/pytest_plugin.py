@@ -160,7 +160,7 @@ class RaceFixture:
                 command=command,
             )
         if result.failure is not None:
-            raise RaceFound(result.failure)
+            raise RaceFound(result.failure, result)
         return result
 
     def _explore_parallel(self, scenario: Scenario, **options: Any) -> Exploration:
