@@ -116,7 +116,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="how long to try to reach --scheduler before giving up, refused or not (default: 5)",
+        help="how long to wait for --scheduler to answer before giving up (default: 5; a "
+        "refused connection fails at once)",
     )
     where.add_argument(
         "--jobs",

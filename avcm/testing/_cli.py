@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         "--connect-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long to try to reach --scheduler before giving up, refused or not (default: 5)",
+        help="how long to wait for --scheduler to answer before giving up (default: 5; a "
+        "refused connection fails at once)",
     )
     return parser
 

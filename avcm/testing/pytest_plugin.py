@@ -75,7 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--avcm-connect-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long to try to reach --avcm-scheduler before giving up (default: 5)",
+        help="how long to wait for --avcm-scheduler to answer before giving up (default: 5; "
+        "a refused connection fails at once)",
     )
 
 
