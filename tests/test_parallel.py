@@ -658,6 +658,25 @@ def test_the_connect_timeout_is_what_dask_s_client_is_given(
     assert given_to_dask == [expected]
 
 
+def test_the_plugin_gives_its_connect_timeout_to_the_cluster(silent: str, tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    (tmp_path / "test_silent.py").write_text(
+        "import pytest\n"
+        "from tests.races import SEED\n\n"
+        "@pytest.mark.trio\n"
+        "async def test_underflow(race, autojump_clock):\n"
+        "    await race.check(SEED['deactivate_underflow'], schedules=20)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_silent.py",
+         "--avcm-scheduler", silent, "--avcm-connect-timeout", "0.2"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "did not answer Dask's handshake within 0.2 s" in run.stdout
+
+
 def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
     """A TCP server that answers with other bytes (Dask reads a frame length out of them and
     asked for more memory than there is): a ClusterError, not a bare MemoryError."""
