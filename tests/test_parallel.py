@@ -459,6 +459,19 @@ def test_a_race_whose_exception_cannot_be_pickled_is_still_reported(cluster: str
     assert alone.failure is not None and result.failure.token == alone.failure.token
 
 
+def test_a_scenario_that_cannot_be_pickled_is_refused_in_one_line(cluster: str) -> None:
+    lock = threading.Lock()
+
+    async def holds_a_lock(run: testing.Run) -> None:
+        with lock:
+            pass
+
+    with pytest.raises(avcm.InvalidError) as info:
+        testing.explore(holds_a_lock, schedules=4, scheduler=cluster)
+    assert info.value.errno == errno.EINVAL
+    assert "cannot send the work to the workers: cannot pickle '_thread.lock'" in str(info.value)
+
+
 def test_a_part_that_raises_raises_here(cluster: str) -> None:
     """A scenario that fails before any task runs is its own error, from a worker as in one
     process (no race found)."""

@@ -197,9 +197,22 @@ class Cluster:
         time: those before it are waited for), and the parts after it that ended before they
         could be cancelled (which of them depends on timing). *on_result* is called with each
         part's index and result as it ends. A part that raises: the error is
-        raised here, the others cancelled."""
+        raised here, the others cancelled. :class:`~avcm.InvalidError` if a part cannot be
+        pickled (nothing runs)."""
         client = self.client
-        futures = [client.submit(_call, part, pure=False) for part in parts]
+        futures: list[Any] = []
+        try:
+            for part in parts:
+                futures.append(client.submit(_call, part, pure=False))
+        except TypeError as error:  # Dask could not pickle the part: nothing has run
+            client.cancel(futures)
+            while isinstance(error.__cause__, TypeError):  # Dask's, then pickle's
+                error = error.__cause__
+            raise InvalidError(
+                f"cannot send the work to the workers: {error} (what holds a lock, a socket "
+                "or an open file cannot leave this process: give workers a module-level "
+                "function, or one whose closure they can unpickle)"
+            ) from None
         index = {future.key: i for i, future in enumerate(futures)}
         results: dict[int, _T] = {}
         first_failed = len(parts)
