@@ -7,7 +7,9 @@ it, and bad input."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
+import logging
 import math
 import os
 import shlex
@@ -584,6 +586,18 @@ class NoSeed(testing.Strategy):
         ({"scheduler": "tcp://h:1", "connect_timeout": 0}, avcm.InvalidError, "connect_timeout"),
         ({"workers": 1, "connect_timeout": math.inf}, avcm.InvalidError, "connect_timeout"),
         ({"scheduler": "h:1", "connect_timeout": "5"}, avcm.InvalidError, "connect_timeout"),
+        # past what the socket layer takes (2**63: time_t; 10**400: a float)
+        ({"scheduler": "h:1", "connect_timeout": 2**63}, avcm.InvalidError, "at most 86400"),
+        ({"scheduler": "h:1", "connect_timeout": 10**400}, avcm.InvalidError, "at most 86400"),
+        ({"scheduler": "h:1", "connect_timeout": 1e10}, avcm.InvalidError, "at most 86400"),
+        # a mistake also where no cluster is used
+        ({"connect_timeout": 0}, avcm.InvalidError, "connect_timeout"),
+        ({"connect_timeout": math.nan}, avcm.InvalidError, "connect_timeout"),
+        # Dask's other protocols need settings avcm does not take
+        ({"scheduler": "tls://127.0.0.1:8786"}, avcm.InvalidError, "only tcp:// schedulers"),
+        ({"scheduler": "ucx://127.0.0.1:1"}, avcm.InvalidError, "only tcp:// schedulers"),
+        ({"scheduler": "wss://127.0.0.1:1"}, avcm.InvalidError, "only tcp:// schedulers"),
+        ({"scheduler": "inproc://nothing"}, avcm.InvalidError, "such as tcp"),
     ],
 )
 def test_bad_workers_or_scheduler_is_refused_before_anything_runs(
@@ -690,17 +704,16 @@ def test_the_plugin_gives_its_connect_timeout_to_the_cluster(silent: str, tmp_pa
     assert "did not answer Dask's handshake within 0.2 s" in run.stdout
 
 
-def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
-    """A TCP server that answers with other bytes (Dask reads a frame length out of them and
-    asked for more memory than there is): a ClusterError, not a bare MemoryError."""
-    pytest.importorskip("distributed")
+@contextlib.contextmanager
+def _answering(answer: bytes, *, hold: bool = True) -> Iterator[str]:
+    """The address of a TCP server that sends *answer* to each connection, then waits (if
+    *hold*) or closes it."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(4)
-        port = server.getsockname()[1]
         done = threading.Event()
 
-        def answer_http() -> None:
+        def serve() -> None:
             server.settimeout(0.2)
             while not done.is_set():
                 try:
@@ -708,17 +721,56 @@ def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error() -> None:
                 except OSError:
                     continue
                 with client:
-                    client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
-                    done.wait(2)
+                    client.sendall(answer)
+                    if hold:
+                        done.wait(2)
 
-        thread = threading.Thread(target=answer_http)
+        thread = threading.Thread(target=serve)
         thread.start()
         try:
-            with pytest.raises(testing.ClusterError, match="is not a Dask scheduler"):
-                testing.check(never_run, scheduler=f"tcp://127.0.0.1:{port}")
+            yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
         finally:
             done.set()
             thread.join()
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        2**62,  # Dask asks for a buffer that long: MemoryError
+        2**64 - 1,  # longer than an index can say: OverflowError
+    ],
+)
+def test_a_server_that_is_not_a_dask_scheduler_is_a_cluster_error(length: int) -> None:
+    """Its first bytes, read by Dask as the length of a frame to come."""
+    pytest.importorskip("distributed")
+    with (
+        _answering(length.to_bytes(8, "little")) as address,
+        pytest.raises(testing.ClusterError, match="is not a Dask scheduler"),
+    ):
+        testing.check(never_run, scheduler=address, connect_timeout=30)
+
+
+def test_a_server_that_closes_the_connection_is_not_called_slow() -> None:
+    pytest.importorskip("distributed")
+    with (
+        _answering(b"", hold=False) as address,
+        pytest.raises(testing.ClusterError, match="closed it without answering") as info,
+    ):
+        testing.check(never_run, scheduler=address)
+    assert "within" not in str(info.value)
+
+
+def test_a_scheduler_without_workers_is_a_cluster_error_after_the_connect_timeout() -> None:
+    """Parts sent there would wait for a worker for ever."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=0, dashboard_address=":0", silence_logs=logging.CRITICAL
+        ) as empty,
+        pytest.raises(testing.ClusterError, match=r"has no workers \(none joined within 0.5 s"),
+    ):
+        testing.check(never_run, scheduler=empty.scheduler_address, connect_timeout=0.5)
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,14 @@ from ._invariants import (
     check_quiescent,
     expected_mappings,
 )
-from ._parallel import CONNECT_TIMEOUT, MAX_LOCAL_WORKERS, PORTFOLIO, Cluster, exhaustive_prefixes
+from ._parallel import (
+    CONNECT_TIMEOUT,
+    MAX_CONNECT_TIMEOUT,
+    MAX_LOCAL_WORKERS,
+    PORTFOLIO,
+    Cluster,
+    exhaustive_prefixes,
+)
 from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
@@ -95,6 +102,7 @@ __all__ = [
     "expected_mappings",
     "PCT",
     "CONNECT_TIMEOUT",
+    "MAX_CONNECT_TIMEOUT",
     "MAX_LOCAL_WORKERS",
     "PORTFOLIO",
     "ProgressCallback",

@@ -1025,6 +1025,10 @@ def check_conformance(
         ClusterError: with *scheduler*, a scheduler that does not answer within
             *connect_timeout* seconds (as for :func:`explore`).
     """
+    if connect_timeout is not None:
+        from ._parallel import check_connect_timeout
+
+        check_connect_timeout(connect_timeout)
     if (workers is not None or scheduler is not None) and replay_token is None:
         from ._parallel import check_conformance_parallel
 

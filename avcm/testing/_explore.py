@@ -541,6 +541,10 @@ def explore(
     answer within *connect_timeout* seconds (``None``: :data:`CONNECT_TIMEOUT`, 5 s); nothing
     run either way.
     """
+    if connect_timeout is not None:
+        from ._parallel import check_connect_timeout
+
+        check_connect_timeout(connect_timeout)
     if workers is not None or scheduler is not None:
         from ._parallel import explore_parallel
 

@@ -21,7 +21,6 @@ import collections
 import concurrent.futures
 import importlib
 import logging
-import math
 import os
 import pickle
 import re
@@ -32,7 +31,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .. import InvalidError, NotSupportedError
-from ..lowlevel import check_int
+from ..lowlevel import check_int, quote
 from ._clock import run_on_virtual_time
 from ._conformance import SCENARIOS, ConformanceReport, Factory, check_conformance
 from ._errors import ClusterError, ConformanceFailure
@@ -68,17 +67,20 @@ and give its scheduler's address."""
 CONNECT_TIMEOUT = 5.0
 """Seconds a :class:`Cluster` tries to reach a scheduler that does not answer (packets lost,
 or a server that takes the connection and says nothing) before a :class:`ClusterError`; Dask's
-own default is 30 s. A refused connection (nothing listening: a closed cluster's address) at a
-``tcp://`` address is a :class:`ClusterError` at once (with another of Dask's protocols,
-Dask's client tries again until the timeout). A slow link to a busy cluster may need more:
-*connect_timeout* (``--connect-timeout``) sets it."""
+own default is 30 s. A refused connection (nothing listening: a closed cluster's address) is
+a :class:`ClusterError` at once; a scheduler that answers but has no worker, one after this
+long. A slow link to a busy cluster, or one whose workers start on demand, may need more:
+*connect_timeout* (``--connect-timeout``) sets it, up to :data:`MAX_CONNECT_TIMEOUT`."""
 
-# HOST:PORT, with a protocol of Dask's before it or not (tcp, tls, ws, wss, ucx, inproc); a
-# host may be [IPv6]
-_SCHEDULER_ADDRESS = re.compile(
-    r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}"
-    r"|inproc://\S+"
-)
+MAX_CONNECT_TIMEOUT = 86_400.0
+"""The longest *connect_timeout*, a day: a sanity bound (the socket layer refuses timeouts past
+what a platform's clock holds, and a typo should not wait for ever)."""
+
+# HOST:PORT, with tcp:// before it or not (a host may be [IPv6]), or the inproc:// address of
+# a cluster in this very process (Dask's HOST/PID/N). Dask's other protocols are not taken:
+# tls:// and wss:// need security settings avcm has no way to pass, ucx:// a library of its own
+_OTHER_PROTOCOL = re.compile(r"(?P<protocol>[a-z]+)://")
+_INPROC_ADDRESS = re.compile(r"inproc://[^\s/]+/[0-9]+/[0-9]+")
 
 _TCP_ADDRESS = re.compile(
     r"(?:tcp://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})"
@@ -119,7 +121,7 @@ class Cluster:
         self.client: Any = None
         self._cluster: Any = None
         _check_workers(workers, scheduler, both=from_environment)
-        connect_timeout = _check_timeout(connect_timeout)
+        connect_timeout = check_connect_timeout(connect_timeout)
         try:
             # typed as Any: distributed's API is only partly annotated
             dask: Any = importlib.import_module("dask")
@@ -151,9 +153,9 @@ class Cluster:
                 _answers(address, connect_timeout)
                 self.client = distributed.Client(address, timeout=connect_timeout)
                 self.description = f"the Dask cluster at {address}"
-        # MemoryError: a server there that is not a Dask scheduler (Dask read a frame length
-        # out of its bytes)
-        except (OSError, TimeoutError, ValueError, MemoryError) as error:
+        # MemoryError, OverflowError: a server there that is not a Dask scheduler (Dask read a
+        # frame length out of its bytes and tried to make a buffer that long)
+        except (OSError, TimeoutError, ValueError, MemoryError, OverflowError) as error:
             self.close()
             where = address or "a local cluster"
             raise ClusterError(
@@ -164,6 +166,15 @@ class Cluster:
             raise ClusterError(
                 f"the local Dask cluster did not start ({error}); a script that starts one "
                 "needs the `if __name__ == '__main__':` guard, as its workers import it"
+            ) from None
+        try:
+            if address is not None:  # parts sent to no worker would wait for ever
+                self.client.wait_for_workers(1, timeout=connect_timeout)
+        except TimeoutError:
+            self.close()
+            raise ClusterError(
+                f"the Dask scheduler at {address} has no workers (none joined within "
+                f"{connect_timeout:g} s, the connect timeout)"
             ) from None
         self.workers: int = max(1, len(self.client.scheduler_info().get("workers", {})))
 
@@ -248,7 +259,7 @@ def _answers(address: str, timeout: float) -> None:
     client would wait for it forever). One TCP connection, then one of Dask's own (its
     ``connect``, handshake included), closed: no protocol of avcm's."""
     match = _TCP_ADDRESS.fullmatch(address)
-    if match is None:
+    if match is None:  # a cluster in this process, which is there or not at once
         return
     host = match["host"].strip("[]")
     try:
@@ -272,11 +283,15 @@ def _answers(address: str, timeout: float) -> None:
                 f"it took the connection but did not answer Dask's handshake within "
                 f"{timeout:g} s (the connect timeout)"
             ) from None
+        except OSError:  # Dask's CommClosedError among them
+            raise OSError(
+                "it took the connection but closed it without answering Dask's handshake"
+            ) from None
 
 
 def _why(error: BaseException, timeout: float) -> str:
     """What Dask's *error* from connecting means, in a few words."""
-    if isinstance(error, MemoryError):
+    if isinstance(error, (MemoryError, OverflowError)):
         return "what answered there is not a Dask scheduler"
     # Dask's "Timed out trying to connect", from the last attempt's error
     cause = f"{error.__cause__ or ''}"
@@ -419,26 +434,39 @@ def _check_workers(workers: object, scheduler: object, *, both: bool = False) ->
     given together, the workers for a local cluster if no scheduler is set)."""
     if workers is not None:
         check_int(workers, "workers", 1, MAX_LOCAL_WORKERS)
-    if scheduler is not None and (
-        not isinstance(scheduler, str) or not _SCHEDULER_ADDRESS.fullmatch(scheduler)
-    ):
-        raise InvalidError(
-            f"scheduler must be an address such as tcp://HOST:8786, not {scheduler!r}"
-        )
+    if scheduler is not None:
+        if not isinstance(scheduler, str):
+            raise InvalidError(
+                f"scheduler must be an address such as tcp://HOST:8786, not {quote(scheduler)}"
+            )
+        other = _OTHER_PROTOCOL.match(scheduler)
+        if other is not None and other["protocol"] not in ("tcp", "inproc"):
+            raise InvalidError(
+                f"scheduler {quote(scheduler)}: only tcp:// schedulers are supported ("
+                f"{other['protocol']}:// needs settings avcm does not take)"
+            )
+        if not (_TCP_ADDRESS.fullmatch(scheduler) or _INPROC_ADDRESS.fullmatch(scheduler)):
+            raise InvalidError(
+                f"scheduler must be an address such as tcp://HOST:8786, not {quote(scheduler)}"
+            )
     if workers is not None and scheduler is not None and not both:
         raise InvalidError("workers sizes a local cluster; the cluster at a scheduler has its own")
 
 
-def _check_timeout(timeout: object) -> float:
+def check_connect_timeout(timeout: object) -> float:
+    """*timeout* as a number of seconds (``None``: :data:`CONNECT_TIMEOUT`); ``EINVAL`` for one
+    that is not above 0 and at most :data:`MAX_CONNECT_TIMEOUT`, also where no cluster is
+    used (a bad value is a mistake wherever it is given)."""
     if timeout is None:
         return CONNECT_TIMEOUT
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
-        or not 0 < timeout < math.inf
+        or not 0 < timeout <= MAX_CONNECT_TIMEOUT
     ):
         raise InvalidError(
-            f"connect_timeout must be a positive, finite number of seconds, not {timeout!r}"
+            f"connect_timeout must be a number of seconds above 0 and at most "
+            f"{MAX_CONNECT_TIMEOUT:g}, not {quote(timeout)}"
         )
     return float(timeout)
 
