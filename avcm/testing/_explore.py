@@ -521,10 +521,12 @@ def explore(
     their share leave the rest to those cut short by theirs, which run again with the bigger
     share (from their start: their first schedules are the same again, and counted once) until
     no share is left; so the search says ``exhausted`` exactly when one process would (every
-    part ended its own, within the cap). *until_covered* is each part's own: a part stops once
-    that many of its schedules in a row ran none it had not run before (different strategies
-    and seeds cover differently: there is no shared coverage to stop the others), and the
-    result is ``covered`` only if every part was.
+    part ended its own, within the cap). A part re-run alone from its prefix runs the same
+    schedules; to see it ``exhausted`` too, give it one schedule more than it ran (a search
+    knows it has ended only when it looks for one more). *until_covered* is each part's own:
+    a part stops once that many of its schedules in a row ran none it had not run before
+    (different strategies and seeds cover differently: there is no shared coverage to stop
+    the others), and the result is ``covered`` only if every part was.
 
     The failure reported is that of the first failing part in their order, as that part's
     strategy and seed find it in one process (same token, same replay), whichever ended
