@@ -13,9 +13,9 @@ reach to the model, at moments when no operation in flight can change it:
   off);
 * at every quiescent point, through every context.
 
-The addresses probed are the first page of the range concerned and the pages the data checks
-accessed recently through the context: a cache such as an IOTLB can only hold translations a
-device used.
+The addresses probed are the first and last page of the range concerned, the pages on both
+sides of each MiB boundary in it, and the pages the data checks accessed recently through the
+context: a cache such as an IOTLB can only hold translations a device used.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = [
 # reservations concerned were bound, few enough that a quiescent point probes them all quickly
 RECENT_PAGES = 64
 PROBE_LENGTH = 8  # bytes; probes start at a page boundary, so they never cross a page
+MiB = 1 << 20
 
 
 def _page(address: int) -> int:
@@ -72,9 +73,18 @@ class DevicePages:
         return list(self._pages.get(ctx.vcm, ()))
 
     def within(self, ctx: Context, start: int, size: int) -> list[int]:
-        """The first page of ``start..start+size`` and the recent pages inside it."""
-        pages = dict.fromkeys([_page(start)])
-        pages.update(dict.fromkeys(p for p in self.recent(ctx) if start <= p < start + size))
+        """The pages of ``start..start+size`` worth probing: its first and last, the pages on
+        both sides of each MiB boundary in it (where a walk changes page size, so a driver
+        that misses a page most likely misses one of these) and the recent pages inside it."""
+        end = start + size
+        edges = [
+            page
+            for edge in range(-(-start // MiB) * MiB, end, MiB)
+            for page in (edge - avcm.PAGE_SIZE, edge)
+            if page >= start
+        ]
+        pages = dict.fromkeys([_page(start), *edges, _page(end - 1)] if size else [start])
+        pages.update(dict.fromkeys(p for p in self.recent(ctx) if start <= p < end))
         return list(pages)
 
     def pattern(self) -> bytes:

@@ -103,6 +103,34 @@ class StaleIotlbPageTable(drivers.PageTableMmu):
             self.pending = 0
 
 
+class LateEdgePageTable(drivers.PageTableMmu):
+    """Its page removal leaves a 4 KiB page just below a MiB boundary, other than the first
+    page of its reservation (the last page of a range that ends there, or the page where a
+    range crossing it changes page size), in place until its next page is mapped: after an
+    unbind returns, a device still reaches that page's old memory."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="late-edge")
+        self.late: list[tuple[int, int, int]] = []
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        while self.late:
+            await super().deactivate_page(*self.late.pop(), vcm)
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        below_edge = order == 0 and (vaddr + avcm.PAGE_SIZE) % (1 << 20) == 0
+        if below_edge and all(res.start != vaddr for res in vcm.reservations()):
+            self.late.append((vaddr, paddr, order))
+            return
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+    def hardware_mappings(self) -> list[tuple[int, int, int]]:
+        # what it reports is what it will have done: only a device access can tell
+        late = {vaddr for vaddr, _, _ in self.late}
+        return [mapping for mapping in super().hardware_mappings() if mapping[0] not in late]
+
+
 class SharedUnit:
     """One IOMMU unit serving every context made on one physical memory: page-table pages (one
     4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
@@ -561,6 +589,10 @@ def leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, ForgetfulPageTable(memory), memory=memory)
+
+
+def late_edge(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, LateEdgePageTable(memory), memory=memory)
 
 
 def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:

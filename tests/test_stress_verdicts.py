@@ -29,7 +29,7 @@ from stress._contexts import Context
 from stress._device import after_unmapping
 from stress._invariants import Violation, check_data
 from stress._workload import World
-from tests.broken_drivers import StaleIotlbPageTable
+from tests.broken_drivers import LateEdgePageTable, StaleIotlbPageTable
 
 BACKENDS = ["asyncio", "trio"]
 REPO = Path(stress.__file__).resolve().parents[1]
@@ -131,6 +131,24 @@ def test_device_access_after_unbind_must_not_reach_the_old_memory(backend: str) 
         assert check_data(world, res.phys, random.Random(0)) == "ok 1 view(s)"  # caches it
         await res.unbind()
         with pytest.raises(Violation, match="after unbind of res#0 returned: a device access"):
+            after_unmapping(world, ctx, res, "unbind")
+
+    run_on_virtual_time(backend, scenario)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_access_after_unbind_reaches_no_page_of_the_range(backend: str) -> None:
+    """Not only its first page: a driver that misses one (here the last, just below a MiB
+    boundary) is caught however rarely the data checks went there."""
+
+    async def scenario() -> None:
+        memory = avcm.PhysicalMemory()
+        vcm = avcm.mmu_init(0x1000_0000, 1 << 30, LateEdgePageTable(memory), memory=memory)
+        world, ctx = _world(vcm, memory)
+        res = await _bound_and_active(world, ctx)
+        assert (res.start + res.res_size) % (1 << 20) == 0  # the top of the space
+        await res.unbind()
+        with pytest.raises(Violation, match=f"device access at {res.start + 4096:#x} through"):
             after_unmapping(world, ctx, res, "unbind")
 
     run_on_virtual_time(backend, scenario)
@@ -256,6 +274,7 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_racy_power", {"rule 1", "rule 4"}),  # off while a context is active
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
+        ("late_edge", {"rule 4"}),  # ... through a page of the range other than its first
         # large pages chosen by the device address alone: caught on the carve-out's memory
         ("self_walking_vaddr_alignment", {"rule 4"}),
     ],
