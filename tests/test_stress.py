@@ -167,6 +167,25 @@ def test_replay_that_does_not_reproduce_says_so(
         assert "REPLAY DIVERGED: operation 11" in out
 
 
+def test_a_crash_replayed_after_the_driver_s_lines_moved_is_the_same_violation() -> None:
+    """A crash's violation quotes its traceback: a print added above the failing line (to
+    debug it) moves the line numbers, not the violation. Any other difference is one."""
+    from stress._replay import Recording, verdict
+
+    def crash(line: int, where: str = "drv.py") -> str:
+        return (
+            f"bind raised KeyError(7)\nTraceback (most recent call last):\n"
+            f'  File "/src/{where}", line {line}, in bind\n    del self.table[vaddr]\n'
+        )
+
+    recording = Recording(stress.StressConfig(), [], {"rule": "errors", "description": crash(40)})
+    for found, same in [(crash(40), True), (crash(42), True), (crash(40, "other.py"), False)]:
+        reproduced, lines = verdict(
+            recording, stress.RunResult(violation=stress.Violation("errors", found))
+        )
+        assert reproduced is same, lines
+
+
 def test_replay_of_a_duration_run_runs_the_recorded_operations(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
