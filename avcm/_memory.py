@@ -42,6 +42,12 @@ class MemoryStatistics:
     allocated_blocks: int
     backed_pages: int
     free_blocks_per_order: tuple[int, ...]
+    free_pages_written: int
+    """Pages written while free, since the memory was made: each a write after free, which the
+    kernel's page poisoning finds (a device reaching memory through a stale translation, or a
+    driver's late write). Correct code never writes free memory."""
+    first_free_write: int | None
+    """The address of the first such write, or ``None``."""
 
 
 def _check_int(value: object, what: str) -> int:
@@ -87,6 +93,8 @@ class PhysicalMemory:
         self._free: list[SortedSet] = [SortedSet() for _ in range(max_order + 1)]
         self._allocated: dict[int, int] = {}  # start -> order
         self._pages: dict[int, bytearray] = {}  # page number -> backing bytes
+        self._free_pages_written = 0
+        self._first_free_write: int | None = None
         top = PAGE_SIZE << max_order
         end = base + size
         run_low = -(-base // top) * top
@@ -256,10 +264,26 @@ class PhysicalMemory:
                 chunk = min(len(view), PAGE_SIZE - within)
                 backing = self._pages.get(page)
                 if backing is None:
+                    # a page is backed from its first write until its block is freed: a write
+                    # that backs a page of no allocated block is a write after free
+                    if not self._allocated_page(page):
+                        self._free_pages_written += 1
+                        if self._first_free_write is None:
+                            self._first_free_write = self.base + offset
                     backing = self._pages[page] = bytearray(PAGE_SIZE)
                 backing[within : within + chunk] = view[:chunk]
                 offset += chunk
                 view = view[chunk:]
+
+    def _allocated_page(self, page: int) -> bool:
+        """Whether page number *page* is in an allocated block (blocks are aligned to their
+        size, so its block of each order starts at the page rounded down to that size)."""
+        address = self.base + (page << PAGE_SHIFT)
+        allocated = self._allocated
+        for order in range(self.max_order + 1):
+            if allocated.get(address & -(PAGE_SIZE << order)) == order:
+                return True
+        return False
 
     def statistics(self) -> MemoryStatistics:
         with self._lock:
@@ -272,6 +296,8 @@ class PhysicalMemory:
                 allocated_blocks=len(self._allocated),
                 backed_pages=len(self._pages),
                 free_blocks_per_order=tuple(per_order),
+                free_pages_written=self._free_pages_written,
+                first_free_write=self._first_free_write,
             )
 
     def is_pristine(self) -> bool:

@@ -78,6 +78,24 @@ def check_quiescent(world: World) -> None:
     except testing.InvariantViolation as broken:
         raise Violation(f"rule {broken.rule}", broken.description) from None
     world.result.checks.update(checks)
+    check_no_write_after_free(world)
+
+
+def check_no_write_after_free(world: World) -> None:
+    """No page of free physical memory was written (the memory counts them, as the kernel's
+    page poisoning finds them): a write after free, such as a device's through a translation
+    left behind, or a driver's late write-back. Rule 4: no device access reaches memory the
+    model maps nowhere."""
+    world.result.checks["rule 4 writes after free"] += 1
+    stats = world.memory.statistics()
+    if stats.free_pages_written:
+        raise Violation(
+            "rule 4",
+            f"{stats.free_pages_written} page(s) of free physical memory were written, the "
+            f"first at {stats.first_free_write:#x}: something wrote to memory after it was "
+            "freed (a device access through a translation left behind, or a driver's late "
+            "write)",
+        )
 
 
 def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
@@ -370,6 +388,7 @@ async def check_final(world: World) -> None:
     check_released(world, "at the end")
     for ctx in world.contexts:
         await ctx.vcm.destroy()
+    check_no_write_after_free(world)  # a destroy's late write would read as a leak of nothing
     if not world.memory.is_pristine():
         stats = world.memory.statistics()
         leaked = stats.size - stats.free_bytes

@@ -131,6 +131,29 @@ class LateEdgePageTable(drivers.PageTableMmu):
         return [mapping for mapping in super().hardware_mappings() if mapping[0] not in late]
 
 
+class LateWritebackPageTable(drivers.PageTableMmu):
+    """Each page it unmaps leaves a dirty line that it writes back to the page's old memory at
+    its next call: by then the memory may have been freed (or handed to someone else)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="late-writeback")
+        self.dirty: list[int] = []
+
+    def _write_back(self) -> None:
+        for paddr in self.dirty:
+            self.memory.write(paddr, b"dirty!!!")
+        self.dirty.clear()
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._write_back()
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._write_back()
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self.dirty.append(paddr)
+
+
 class SharedUnit:
     """One IOMMU unit serving every context made on one physical memory: page-table pages (one
     4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
@@ -593,6 +616,10 @@ def forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def late_edge(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, LateEdgePageTable(memory), memory=memory)
+
+
+def late_writeback(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, LateWritebackPageTable(memory), memory=memory)
 
 
 def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:

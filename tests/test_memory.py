@@ -137,6 +137,22 @@ def test_bytes_are_lazily_backed_and_dropped_on_free() -> None:
     assert memory.is_pristine()
 
 
+def test_a_write_to_free_memory_is_counted_as_a_write_after_free() -> None:
+    """As the kernel's page poisoning finds one: correct code never writes free memory."""
+    memory = avcm.PhysicalMemory()
+    block = memory.alloc_pages(1)
+    assert block is not None
+    memory.write(block + PAGE + 8, b"mine")  # its second page: allocated
+    assert memory.statistics().free_pages_written == 0
+    memory.free_pages(block, 1)
+    memory.write(block + PAGE, b"late")  # a write back to the page it held
+    memory.write(block + PAGE + 16, b"late")  # the same page again: one page
+    memory.write(block + 4 * PAGE - 2, b"four")  # across two more free pages
+    stats = memory.statistics()
+    assert (stats.free_pages_written, stats.first_free_write) == (3, block + PAGE)
+    assert not memory.is_pristine()  # and nothing allocated: only the writes tell
+
+
 def test_access_outside_memory_is_einval() -> None:
     memory = avcm.PhysicalMemory(size=MiB)
     with pytest.raises(avcm.InvalidError):

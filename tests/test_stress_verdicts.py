@@ -275,6 +275,7 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
         ("late_edge", {"rule 4"}),  # ... through a page of the range other than its first
+        ("late_writeback", {"rule 4"}),  # a write to memory after it was freed
         # large pages chosen by the device address alone: caught on the carve-out's memory
         ("self_walking_vaddr_alignment", {"rule 4"}),
     ],
