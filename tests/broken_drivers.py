@@ -154,6 +154,32 @@ class LateWritebackPageTable(drivers.PageTableMmu):
         self.dirty.append(paddr)
 
 
+class ReadOnlyAgainPageTable(drivers.PageTableMmu):
+    """A page of memory mapped a second time (a phys with two views) is mapped read-only
+    there: a device write through that view faults."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="read-only-again")
+        self.read_only: set[int] = set()
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        views = {entry_paddr for entry_paddr, _ in self._entries.values()}
+        await super().activate_page(vaddr, paddr, order, vcm)
+        if paddr in views:
+            self.read_only.add(vaddr)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self.read_only.discard(vaddr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if any(start <= addr < start + (1 << 20) for start in self.read_only):
+            entry = self._covering(addr)
+            if entry is not None and entry[0] in self.read_only:
+                raise drivers.IommuFault(f"{self.name}: write to a read-only page at {addr:#x}")
+        super().write(addr, data)
+
+
 class SharedUnit:
     """One IOMMU unit serving every context made on one physical memory: page-table pages (one
     4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
@@ -620,6 +646,10 @@ def late_edge(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def late_writeback(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, LateWritebackPageTable(memory), memory=memory)
+
+
+def read_only_again(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, ReadOnlyAgainPageTable(memory), memory=memory)
 
 
 def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -95,6 +95,12 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_vaddr_alignment, "large_pages", "hardware differs"),
         # two one-to-one contexts allocating in one carve-out, each on its own
         (broken_drivers.board_carveout, "contexts_apart", "live allocations overlap"),
+        # a page of a range crossing a MiB boundary left mapped after its unmap
+        (broken_drivers.late_edge, "one_phys_many_views", "reached memory where the model"),
+        # a second view of the same memory mapped read-only
+        (broken_drivers.read_only_again, "one_phys_many_views", "read-only page"),
+        # a write back to memory after it was unmapped and freed
+        (broken_drivers.late_writeback, "shared_hardware", "wrote to memory after it was freed"),
     ],
 )
 def test_broken_shared_or_scattered_hardware_fails(
@@ -113,6 +119,7 @@ def test_broken_shared_or_scattered_hardware_fails(
 
 
 HARDWARE_SCENARIOS = [
+    "one_phys_many_views",
     "multipart",
     "large_pages",
     "power_sharing",
