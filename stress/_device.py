@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import avcm
 
 from ._contexts import DeviceFault
-from ._invariants import Violation, physical_address
+from ._invariants import Violation, physical_address, wrote
 
 if TYPE_CHECKING:
     from ._contexts import Context
@@ -105,10 +105,15 @@ def _expect_fault(world: World, ctx: Context, addresses: Iterable[int], after: s
         )
 
 
-def _expect_memory(world: World, ctx: Context, address: int, physical: int, after: str) -> None:
+def _expect_memory(
+    world: World, ctx: Context, address: int, phys: avcm.Phys, offset: int, after: str
+) -> None:
+    """A device read at *address* returns what is at *offset* of *phys* (written first)."""
     world.result.checks["device probes"] += 1
     pattern = world.device.pattern()
+    physical = physical_address(world, phys, offset)
     world.memory.write(physical, pattern)
+    wrote(world, phys, offset, pattern)
     try:
         seen = ctx.device_read(address, PROBE_LENGTH)
     except DeviceFault as fault:
@@ -136,9 +141,7 @@ def _probe(world: World, ctx: Context, res: avcm.Res | None, address: int, after
     ):
         _expect_fault(world, ctx, (address,), after)
     else:
-        _expect_memory(
-            world, ctx, address, physical_address(world, phys, address - res.start), after
-        )
+        _expect_memory(world, ctx, address, phys, address - res.start, after)
 
 
 def _check_active(ctx: Context, after: str) -> None:

@@ -160,6 +160,49 @@ def physical_address(world: World, phys: avcm.Phys, offset: int) -> int:
     raise AssertionError("offset beyond the phys")  # the caller draws offsets inside it
 
 
+WRITES_KEPT = 8  # per phys, the harness's last writes that are checked to stay
+
+
+def read_phys(world: World, phys: avcm.Phys, offset: int, length: int) -> bytes:
+    """*length* bytes of *phys* from *offset*, from physical memory, piece by piece through
+    its extents (a range across a part boundary reads each part)."""
+    data = b""
+    while len(data) < length:
+        address = physical_address(world, phys, offset + len(data))
+        piece = min(length - len(data), avcm.PAGE_SIZE - address % avcm.PAGE_SIZE)
+        data += world.memory.read(address, piece)
+    return data
+
+
+def wrote(world: World, phys: avcm.Phys, offset: int, data: bytes) -> None:
+    """The harness wrote *data* at *offset* of *phys*: it stays there until the harness
+    writes over it (the earlier writes it overlaps are forgotten) or the phys is freed."""
+    kept = world.written.setdefault(phys, {})
+    end = offset + len(data)
+    overlapped = [start for start, old in kept.items() if start < end and offset < start + len(old)]
+    for start in overlapped:
+        del kept[start]
+    kept[offset] = data
+    if len(kept) > WRITES_KEPT:
+        del kept[next(iter(kept))]
+
+
+def check_written(world: World, phys: avcm.Phys) -> None:
+    """What the harness wrote last into *phys* is still there: memory only the harness
+    writes (a phys's bytes) changed by nobody else (rule 4: no device access reaches memory
+    the model does not map there; a late write-back into memory freed and handed out again
+    shows here)."""
+    for offset, data in world.written.get(phys, {}).items():
+        if read_phys(world, phys, offset, len(data)) != data:
+            raise Violation(
+                "rule 4",
+                f"{len(data)} bytes the harness wrote at offset {offset:#x} of "
+                f"{world.name(phys)} changed although nothing of the harness wrote there since: "
+                "something else wrote to that memory (a device through a translation left "
+                "behind, a driver's late write-back)",
+            )
+
+
 def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
     """Write a pattern through one view of *phys*, read it back through all of them and from
     physical memory. Synchronous: nothing else runs meanwhile. Returns the outcome."""
@@ -171,6 +214,7 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         return "no view"
     writer, written_at = views[rng.randrange(len(views))]
     world.result.checks["data"] += 1
+    check_written(world, phys)
     try:
         writer.device_write(written_at.start + offset, pattern)
         for ctx, res in views:
@@ -188,14 +232,9 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         raise Violation(
             "rule 4", f"device access to a bound, active mapping faulted: {fault}"
         ) from None
-    # piece by piece through the extents, so a pattern across a part boundary is checked too
-    truth = b""
-    while len(truth) < length:
-        address = physical_address(world, phys, offset + len(truth))
-        piece = min(length - len(truth), avcm.PAGE_SIZE - address % avcm.PAGE_SIZE)
-        truth += world.memory.read(address, piece)
-    if truth != pattern:
+    if read_phys(world, phys, offset, length) != pattern:
         raise Violation("rule 4", f"physical memory of {world.name(phys)} lacks the pattern")
+    wrote(world, phys, offset, pattern)
     return f"ok {len(views)} view(s)"
 
 

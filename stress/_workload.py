@@ -163,6 +163,11 @@ class World:
         self.extents: weakref.WeakKeyDictionary[avcm.Phys, list[tuple[int, int]]] = (
             weakref.WeakKeyDictionary()
         )
+        # per live phys, the bytes the harness wrote last at a few offsets (data checks and
+        # probes): nothing else may change them while the phys lives
+        self.written: weakref.WeakKeyDictionary[avcm.Phys, dict[int, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         # per context, the sum of its counts in held: what its activation count must be
         self.held_in: Counter[avcm.Vcm] = Counter()
