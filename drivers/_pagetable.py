@@ -72,6 +72,7 @@ class PageTableMmu:
         # each order but 0: whether a large page would cover an entry already there
         self._starts_in: Counter[tuple[int, int]] = Counter()
         self._per_order: Counter[int] = Counter()
+        self._mappings: list[tuple[int, int, int]] | None = None  # sorted, until a change
         self.enabled = False
         self._activations = self._pte_writes = self._pte_clears = 0
         self._flushes = self._faults = 0
@@ -119,6 +120,7 @@ class PageTableMmu:
         ):
             raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
         self._entries[vaddr] = (paddr, order)
+        self._mappings = None
         for block_order in self.orders[:-1]:
             starts_in[block_order, vaddr >> (avcm.PAGE_SHIFT + block_order)] += 1
         self._per_order[order] += 1
@@ -132,6 +134,7 @@ class PageTableMmu:
                 f"{self.name}: no entry {vaddr:#x} -> {paddr:#x} of order {order} to remove"
             )
         del self._entries[vaddr]
+        self._mappings = None
         starts_in = self._starts_in
         for block_order in self.orders[:-1]:
             block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
@@ -200,10 +203,13 @@ class PageTableMmu:
         return self.enabled
 
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
-        return sorted(
-            (vaddr, paddr, avcm.PAGE_SIZE << order)
-            for vaddr, (paddr, order) in self._entries.items()
-        )
+        # sorted once per change of the table: the checks read it at every quiescent point
+        if self._mappings is None:
+            self._mappings = sorted(
+                (vaddr, paddr, avcm.PAGE_SIZE << order)
+                for vaddr, (paddr, order) in self._entries.items()
+            )
+        return list(self._mappings)
 
     def statistics(self) -> PageTableStatistics:
         return PageTableStatistics(
