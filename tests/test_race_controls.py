@@ -14,6 +14,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -228,6 +229,59 @@ async def threads_calling_back_under_a_lock(run: testing.Run) -> None:
     for outcome in await run.concurrently(worker, locker):
         outcome.unwrap()
     assert counter[0] == 4
+
+
+async def threads_calling_back_together(run: testing.Run) -> None:
+    """Two worker threads at work at once, each calling back into the loop for a step under
+    a lock a third task holds across a checkpoint: what the threads hand the loop comes in
+    once neither is at work, in the order their calls began, not in the order the machine
+    finishes them in (Exhaustive said "not deterministic" on asyncio)."""
+    lock = anyio.Lock()
+    counter = [0]
+
+    async def bump() -> None:
+        async with lock:
+            value = counter[0]
+            await anyio.sleep(0)
+            counter[0] = value + 1
+
+    def blocking() -> None:
+        time.sleep(0.001)
+        anyio.from_thread.run(bump)
+        time.sleep(0.001)
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(blocking)
+        await bump()
+
+    for outcome in await run.concurrently(worker, worker, bump):
+        outcome.unwrap()
+    assert counter[0] == 5
+
+
+async def thread_cancelled_while_it_works(run: testing.Run) -> None:
+    """A task cancelled while its worker thread works (the thread itself cancels it, so the
+    cancellation comes while the task waits for it) still waits for the thread: a call that
+    is not abandoned on cancel returns when the thread does. trio left the wait unseen
+    (a false deadlock); on asyncio the thread's report never came in while anyio retried
+    the cancellation in every loop iteration (a false runaway)."""
+
+    async def worker() -> None:
+        with anyio.CancelScope() as scope:
+
+            def blocking() -> None:
+                anyio.from_thread.run_sync(scope.cancel)
+                time.sleep(0.002)
+
+            await anyio.to_thread.run_sync(blocking)
+            await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+
+    async def other() -> None:
+        await anyio.sleep(0)
+
+    for outcome in await run.concurrently(worker, other):
+        outcome.unwrap()
 
 
 async def locked_counter(run: testing.Run) -> None:
@@ -450,6 +504,8 @@ CONTROLS = {
         threads_through_a_limiter,
         a_spawned_task_in_a_thread,
         threads_calling_back_under_a_lock,
+        threads_calling_back_together,
+        thread_cancelled_while_it_works,
         locked_counter,
         semaphore_bound,
         condition_queue,
@@ -1283,3 +1339,105 @@ def test_steady_progress_past_the_budget_is_no_livelock(backend: str) -> None:
     report = failure.report()
     assert "... 300 steps ..." in report
     assert len(report.splitlines()) < 300
+
+
+async def threads_of_a_task_and_its_child(run: testing.Run) -> None:
+    """A controlled task and a task it spawns each wait for a worker thread."""
+
+    async def spawner() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, time.sleep, 0.001)
+            await anyio.to_thread.run_sync(time.sleep, 0.001)
+            await anyio.lowlevel.checkpoint()
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0.001)
+        await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(spawner, worker):
+        if not outcome.cancelled:
+            outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancellations_injected_while_threads_work_are_no_false_alarm(backend: str) -> None:
+    # trio: a task whose thread call a cancellation failed to abort was not seen waiting for
+    # its thread (a false deadlock); asyncio: anyio retried the cancellation of the spawned
+    # task every loop iteration and the threads' reports never came in (a false runaway)
+    result = testing.explore(
+        threads_of_a_task_and_its_child,
+        strategy=testing.PCT(0, cancel=2),
+        schedules=20,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+async def a_child_waiting_when_its_parent_is_cancelled(run: testing.Run) -> None:
+    async def parent() -> None:
+        event = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(event.wait)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            event.set()
+
+    async def other() -> None:
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(parent, other):
+        if not outcome.cancelled:
+            outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_injected_cancellation_wakes_the_tasks_it_aborts(backend: str) -> None:
+    # trio: the tasks an injected cancellation woke (the child's Event.wait aborted) were
+    # put in the run queue while trio was taking its batch, and trio's clear() dropped them:
+    # the run never ended (the old code hangs here on trio)
+    result = testing.explore(
+        a_child_waiting_when_its_parent_is_cancelled,
+        strategy=testing.PCT(0, cancel=1),
+        schedules=50,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_never_returns_ends_the_run_with_a_thread_wait_error(backend: str) -> None:
+    # the thread blocks until the test lets it go: the run waits thread_timeout (0.2 s of
+    # real time here, 60 by default) with nothing moving, then abandons the call (the old
+    # code waited for ever)
+    gate = threading.Event()
+
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            await anyio.to_thread.run_sync(gate.wait)
+
+        async def other() -> None:
+            await anyio.lowlevel.checkpoint()
+
+        for outcome in await run.concurrently(worker, other):
+            outcome.unwrap()
+
+    try:
+        result = testing.explore(
+            scenario,
+            strategy=testing.PCT(0),
+            schedules=3,
+            backend=backend,
+            limits=testing.Limits(thread_timeout=0.2),
+        )
+    finally:
+        gate.set()
+    failure = result.failure
+    assert failure is not None and result.schedules == 1
+    assert isinstance(failure.error, testing.ThreadWaitError)
+    assert not isinstance(failure.error, testing.DeadlockError)
+    text = str(failure.error)
+    assert "Limits.thread_timeout" in text and "task 0 (worker)" in text
+    for bad in (0, -1.0, math.inf, math.nan, True, "1"):
+        with pytest.raises(avcm.InvalidError, match="thread_timeout"):
+            testing.Limits(thread_timeout=bad)  # type: ignore[arg-type]

@@ -54,6 +54,7 @@ from ._errors import (
     RunawayError,
     ScheduleFailure,
     StepBudgetError,
+    ThreadWaitError,
     TokenError,
 )
 from ._explore import (
@@ -133,6 +134,7 @@ __all__ = [
     "StepBudgetError",
     "Strategy",
     "TaskOutcome",
+    "ThreadWaitError",
     "Timeline",
     "TokenError",
     "VirtualTimeEventLoop",

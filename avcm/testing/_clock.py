@@ -64,6 +64,19 @@ class Outside(Protocol):
         till now); whether there were any."""
         ...
 
+    def reported(self) -> bool:
+        """Whether threads made callbacks ready that are held back."""
+        ...
+
+    def thread_poll(self, timeout: float) -> float:
+        """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
+        ...
+
+    def only_callbacks(self) -> bool:
+        """Whether the loop's last iteration resumed no task: it only ran callbacks (anyio
+        retrying a cancellation every iteration), as good as nothing ready."""
+        ...
+
 
 class _VirtualSelector(selectors.DefaultSelector):
     """A selector that never waits for a timeout: it moves the loop's virtual clock instead,
@@ -80,6 +93,17 @@ class _VirtualSelector(selectors.DefaultSelector):
         outside = self.outside
         if outside is not None and timeout is not None:
             if timeout <= 0:
+                if (
+                    outside.reported()
+                    and outside.only_callbacks()
+                    and outside.threads_busy()
+                    and outside.let_in()
+                ):
+                    # callbacks that resume no task run on (a cancellation retried while
+                    # its task waits for a thread), but no task is chosen before the
+                    # threads report: their reports come in now, as when nothing is ready,
+                    # or those callbacks never end
+                    return super().select(0)
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []
@@ -94,7 +118,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                 return super().select(0)
             if outside.threads_busy():
                 # the thread reports through the loop's self-pipe, which ends this wait
-                return super().select(min(timeout, _THREAD_POLL))
+                return super().select(outside.thread_poll(timeout))
             if outside.io_waits():
                 events = super().select(outside.io_timeout)
                 if events:
@@ -106,7 +130,6 @@ class _VirtualSelector(selectors.DefaultSelector):
 
 
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
-_THREAD_POLL = 1.0  # seconds of real time between looks at a thread that never reports
 
 
 class VirtualTimeEventLoop(asyncio.SelectorEventLoop):

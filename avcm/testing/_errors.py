@@ -29,6 +29,7 @@ __all__ = [
     "RunawayError",
     "ScheduleFailure",
     "StepBudgetError",
+    "ThreadWaitError",
     "TokenError",
 ]
 
@@ -57,6 +58,15 @@ class IOWaitError(ScheduleFailure):
     socket, a pipe), and nothing arrived for ``Limits.io_timeout`` seconds of real time: a
     peer that never answers, or tasks of the scenario deadlocked through a socket. Not
     called a deadlock: what is outside may still answer, later than the bound."""
+
+
+class ThreadWaitError(ScheduleFailure):
+    """A worker thread the tasks wait for did not report back for ``Limits.thread_timeout``
+    seconds of real time, while no task could be chosen and virtual time stood still: a
+    thread that never returns (blocked on something the run will never give it). The calls
+    waiting for such threads are abandoned (they raise this error in their tasks) so that
+    the run ends; the threads themselves run on. Not called a deadlock: the thread may still
+    return, later than the bound."""
 
 
 class StepBudgetError(ScheduleFailure):

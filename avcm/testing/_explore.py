@@ -61,18 +61,23 @@ class Limits:
     loop cannot starve the task it waits for); ``io_timeout``: seconds of real time that the
     run waits, with every task waiting and virtual time standing still, for I/O with the
     world outside (another process, a socket) before an :class:`IOWaitError`, or, when a
-    timer is pending, before virtual time moves on to it (a timeout around the I/O)."""
+    timer is pending, before virtual time moves on to it (a timeout around the I/O);
+    ``thread_timeout``: seconds of real time that the run waits for a worker thread to report
+    back (no task is chosen and virtual time stands still meanwhile, as long as the thread
+    makes no call into the loop) before a :class:`ThreadWaitError`: the calls waiting for it
+    are abandoned, raising that error in their tasks, and the run ends."""
 
     max_steps: int = 10_000
     idle_timeout: float | None = None
     runaway_steps: int = 200_000
     fair_bound: int = 32
     io_timeout: float = 10.0
+    thread_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "runaway_steps", "fair_bound"):
             check_int(getattr(self, name), f"Limits.{name}", 1)
-        for name in ("idle_timeout", "io_timeout"):
+        for name in ("idle_timeout", "io_timeout", "thread_timeout"):
             timeout = getattr(self, name)
             if timeout is None and name == "idle_timeout":
                 continue
@@ -221,6 +226,7 @@ async def _run_once(
         runaway_steps=limits.runaway_steps,
         fair_bound=limits.fair_bound,
         io_timeout=limits.io_timeout,
+        thread_timeout=limits.thread_timeout,
     )
     if not callable(scenario) or isinstance(scenario, type):
         raise InvalidError(f"a scenario is an async function taking a Run, not {scenario!r}")

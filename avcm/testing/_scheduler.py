@@ -34,13 +34,20 @@ objects two references away, C state): that is why no deadline is ever reached b
 the step budget instead.
 
 Outside the loop: a task waiting for a worker thread waits for something outside: no choice
-is made meanwhile, the clock stands still and the scheduler waits for the thread, however
-long it takes. I/O waited for (another process's pipes or exit, a socket) is outside too:
-it is looked at only when no task can run (or the tasks only spin), so that the step at
-which it arrives does not depend on how fast the other side is, and the clock stands still
-while the scheduler waits for it, up to ``io_timeout`` seconds of real time; then virtual
-time moves on to the next timer (a timeout around the I/O), or, with none, the run ends with
-an :class:`IOWaitError` (never called a deadlock). Threads' reports (``call_soon_threadsafe``)
+is made meanwhile, the clock stands still and the scheduler waits for the thread, up to
+``thread_timeout`` seconds of real time with nothing moving; then the calls waiting for it
+are abandoned and the run ends with a :class:`ThreadWaitError`. A task whose cancellation
+could not abort its wait (a thread's call not abandoned on cancel) still waits for the
+thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``) comes in once no
+thread the tasks wait for is at work any more, all together, in the order their calls
+began: not in the order the machine finishes them.
+
+I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
+only when no task can run (or the tasks only spin), so that the step at which it arrives
+does not depend on how fast the other side is, and the clock stands still while the
+scheduler waits for it, up to ``io_timeout`` seconds of real time; then virtual time moves
+on to the next timer (a timeout around the I/O), or, with none, the run ends with an
+:class:`IOWaitError` (never called a deadlock). Threads' reports (``call_soon_threadsafe``)
 come in on the same terms.
 
 Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runnable task is
@@ -73,7 +80,13 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
-from ._errors import DeadlockError, IOWaitError, RunawayError, StepBudgetError
+from ._errors import (
+    DeadlockError,
+    IOWaitError,
+    RunawayError,
+    StepBudgetError,
+    ThreadWaitError,
+)
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
 
@@ -284,6 +297,7 @@ class Run:
         runaway_steps: int = 200_000,
         fair_bound: int = 32,
         io_timeout: float = 10.0,
+        thread_timeout: float = 60.0,
     ) -> None:
         self._chooser = chooser
         self.max_steps = max_steps
@@ -291,6 +305,8 @@ class Run:
         self.runaway_steps = runaway_steps
         self.fair_bound = fair_bound
         self.io_timeout = io_timeout
+        self.thread_timeout = thread_timeout
+        self._loop_steps = 0  # steps of any task or callback so far: the loop moved
         self._tasks: list[_Task] = []
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
@@ -661,12 +677,14 @@ class Run:
         self._still_steps = self._still_steps + 1 if self._still(step.time) else 1
         self._still_time = step.time
         self._steps.append(step)
+        self._loop_steps += 1
 
     def _uncontrolled_step(self, count: int, *, task: bool = True) -> None:
         """*count* steps of uncontrolled work ran: task steps, or (*task* false) one callback
         that resumes no task."""
         self._free_steps += count
         self._spin_free += count
+        self._loop_steps += count
         if self._free_steps % _FREE_IO_STEPS < count:
             # tasks outside control that run on and on may spin for I/O: let it in
             assert self._queue is not None
@@ -815,6 +833,7 @@ _run_task_code = Run._run_task.__code__
 _ALL_STEPS = 20  # times max_steps: steps in all, time passing or not, before a StepBudgetError
 _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
+_THREAD_POLL = 1.0  # seconds of real time between looks at a thread that does not report
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
@@ -834,8 +853,14 @@ class _Queue:
         self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
         self.free = False  # released: hold nothing any more
         self.virtual = _virtual_clock()
-        # task -> (the wait, the thread it waits for: True if unnamed, False if none)
-        self.thread_waits: dict[Any, tuple[object, threading.Thread | bool]] = {}
+        # task -> (the wait, the thread it waits for: True if unnamed, False if none, and
+        # where the wait stands in the order of waits: see waited_threads)
+        self.thread_waits: dict[
+            Any, tuple[object, threading.Thread | bool, tuple[int, int, str]]
+        ] = {}
+        self.scans = 0  # looks at the tasks' waits so far
+        self.thread_progress = -1  # the run's loop steps when a thread poll last looked
+        self.thread_since = 0.0  # since when (real time) nothing moved while threads work
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
         self.io_quiet = False  # the last poll the spin rule asked for brought nothing
 
@@ -899,25 +924,91 @@ class _Queue:
         # thread at all, no thread is at work.
         if threading.active_count() == 1:
             return False
-        known = self.thread_waits
         calling = False
+        for thread in self.waited_threads():
+            if not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread):
+                return True
+            calling = True
+        if calling:
+            self.thread_calls()
+        return False
+
+    def waited_threads(self) -> Iterator[threading.Thread | bool]:
+        """The worker thread each task waiting for one waits for (True: not named), in the
+        order their calls were first seen (ties: controlled tasks by index, then others by
+        name), which does not depend on the machine."""
+        known = self.thread_waits
+        found: list[tuple[tuple[int, int, str], threading.Thread | bool]] = []
+        self.scans += 1
         for native in self.native_tasks():
             wait = self.waiting_on(native)
             if wait is None:
                 continue
             seen = known.get(native)
             if seen is None or seen[0] is not wait:
-                seen = known[native] = (wait, _waits_for_thread(_coro_of(native)))
-            thread = seen[1]
-            if thread is True:
-                return True
-            if thread:
-                if not self.waits_for_loop(thread):
-                    return True
-                calling = True
-        if calling:
-            self.thread_calls()
-        return False
+                thread = _waits_for_thread(_coro_of(native))
+                controlled = self.tasks.get(native)
+                key = (self.scans, sys.maxsize if controlled is None else controlled.index, "")
+                if controlled is None:
+                    key = (key[0], key[1], str(getattr(native, "name", "")))
+                seen = known[native] = (wait, thread, key)
+            if seen[1] is not False:
+                found.append((seen[2], seen[1]))
+        found.sort(key=lambda item: item[0])
+        return iter([thread for _, thread in found])
+
+    def thread_poll(self, timeout: float) -> float:
+        """How long a poll of the event loop, asked to wait *timeout* seconds while a worker
+        thread is at work, waits for it in real time: a while at a time, and no longer than
+        ``thread_timeout`` in all with nothing moving (no task step, no callback); then the
+        calls waiting for threads at work are abandoned and the run fails with
+        :class:`ThreadWaitError` (0: poll without waiting)."""
+        now = time.monotonic()
+        progress = self.run._loop_steps
+        if progress != self.thread_progress:
+            self.thread_progress, self.thread_since = progress, now
+        left = self.thread_since + self.run.thread_timeout - now
+        if left <= 0:
+            self.thread_since = now
+            self.abandon_threads()
+            return 0.0
+        return min(timeout, _THREAD_POLL, left)
+
+    def abandon_threads(self) -> None:
+        stuck = [
+            native
+            for native, (wait, thread, _) in list(self.thread_waits.items())
+            if thread is not False
+            and self.waiting_on(native) is wait
+            and (thread is True or not self.waits_for_loop(thread))
+        ]
+        if not stuck:
+            return
+        lines = [
+            f"a worker thread did not report back in {self.run.thread_timeout:g} s of real "
+            f"time (Limits.thread_timeout) while virtual time stood still: a thread that "
+            f"never returns; the calls waiting for it were abandoned"
+        ]
+        for native in stuck:
+            controlled = self.tasks.get(native)
+            name = (
+                f"task {controlled.index} ({controlled.name})"
+                if controlled is not None
+                else f"task {getattr(native, 'name', '?')} (outside control)"
+            )
+            operation, checkpoint = _where(_coro_of(native))
+            lines.append(f"  {name} waits in {operation} {checkpoint}".rstrip())
+        error = ThreadWaitError("\n".join(lines))
+        for native in stuck:
+            self.abandon(native, error)
+        if self.run._error is None:
+            self.run._error = error
+        self.call_soon(self.run._notify)
+
+    def abandon(self, native: Any, error: BaseException) -> None:
+        """End *native*'s wait for a worker thread now, with *error*; its thread runs on,
+        and its report, if it ever comes, is dropped."""
+        raise NotImplementedError
 
     def thread_calls(self) -> None:
         """Threads wait for the loop: their calls, which reached it before they blocked, come
@@ -985,6 +1076,7 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
     def __init__(self, queue: _TrioQueue, items: Any) -> None:
         super().__init__(items)
         self.queue = queue
+        self.taken = 0  # tasks at the front that the batch being run took
 
     def append(self, task: Any) -> None:
         queue = self.queue
@@ -1005,16 +1097,31 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[Any]:
         batch = list(super().__iter__())
+        self.taken = len(batch)
         if not self.queue.ready():
             self.queue.run._uncontrolled_step(len(batch))
             return iter(batch)
         chosen = self.queue.run._choose()
         if chosen is None:
             self.queue.release_all()
-            return super().__iter__()
+            batch = list(super().__iter__())
+            self.taken = len(batch)
+            return iter(batch)
         chosen.held = False
         batch.append(chosen.native)
         return iter(batch)
+
+    def clear(self) -> None:
+        # trio clears the queue after taking its batch. A choice can reschedule tasks
+        # meanwhile (an injected cancellation aborts their waits): they were not in the
+        # batch, and run in the next, as trio runs what a task step reschedules.
+        left = super().__len__() - self.taken
+        if left <= 0:
+            super().clear()
+        else:
+            for _ in range(self.taken):
+                super().popleft()
+        self.taken = 0
 
 
 class _TrioIO:
@@ -1033,10 +1140,25 @@ class _TrioIO:
         wait = self.queue.io_wait(timeout)
         if wait is None:
             return []
+        if wait > 0 and self.queue.threads_busy():
+            wait = self.queue.thread_poll(wait)
         events = self.manager.get_events(wait)
         if asked:
             self.queue.io_polled(bool(events))
         return events
+
+
+class _Raise:
+    """What trio's ``wait_task_rescheduled`` is sent to raise *error*: it unwraps what it is
+    sent (an ``outcome.Error`` does the same; avcm does not depend on outcome itself)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def unwrap(self) -> Any:
+        raise self.error
 
 
 class _TrioQueue(_Queue):
@@ -1103,11 +1225,31 @@ class _TrioQueue(_Queue):
         return self.runner.tasks
 
     def waiting_on(self, native: Any) -> object:
-        # trio sets it when a task blocks, and clears it when the task is rescheduled
-        return native._abort_func
+        # trio sets the abort function when a task blocks, and clears it when the task is
+        # rescheduled, but also when a cancellation tried to abort the wait and could not
+        # (a thread's call that is not abandoned on cancel: the task still waits for the
+        # thread's result). Then the wait is the frame it blocks in, alive as long as it.
+        wait = native._abort_func
+        if wait is not None or native._next_send_fn is not None or native.coro.cr_frame is None:
+            return wait
+        if native is getattr(self.context, "task", None):
+            return None  # running now
+        frames = _await_frames(native.coro)
+        return frames[-1] if frames else None
 
     def call_soon(self, function: Callable[[], None]) -> None:
         self.token.run_sync_soon(function)
+
+    def abandon(self, native: Any, error: BaseException) -> None:
+        for frame in _await_frames(native.coro):
+            if frame.f_code.co_name == "to_thread_run_sync":
+                # trio drops the thread's late report when the waiting task is gone from
+                # here, as for a call abandoned on cancel
+                register = frame.f_locals.get("task_register")
+                if isinstance(register, list) and register:
+                    register[0] = None
+                self.trio.lowlevel.reschedule(native, _Raise(error))  # type: ignore[arg-type]
+                return
 
     def now(self) -> float:
         return float(self.clock.current_time())
@@ -1177,13 +1319,14 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.due = 0  # uncontrolled callbacks the current iteration runs before its choice
         self.iteration = 0  # of the loop: a task held during one is chosen from the next on
         self.choose = False  # whether this iteration ends with a chosen task's step
+        self.task_ran = True  # whether this iteration (so far) resumed a task
 
     def append(self, handle: Any) -> None:
         queue = self.queue
         if threading.get_ident() != queue.thread and not queue.free:
             # call_soon_threadsafe: a thread's report (a worker thread's result, a process's
             # exit) comes in when no task can run, not at whatever step it happens to arrive
-            queue.arrived.append(handle)
+            queue.arrived.append((threading.current_thread(), handle))
             return
         controlled = None if queue.free else queue.tasks.get(_handle_task(handle))
         if controlled is None:
@@ -1198,6 +1341,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         # asyncio takes len() as the number of callbacks this iteration runs: the ones ready
         # now, then one chosen task step
         self.iteration += 1
+        self.task_ran = False
         queue = self.queue
         ready = queue.ready()  # first: it may let in threads' calls, which run before
         self.choose = ready and not queue.admitted
@@ -1214,7 +1358,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             if not super().__len__():
                 return _NOTHING
             handle = super().popleft()
-            self.queue.run._uncontrolled_step(1, task=_handle_task(handle) is not None)
+            task = _handle_task(handle) is not None
+            self.task_ran = self.task_ran or task
+            self.queue.run._uncontrolled_step(1, task=task)
             return handle
         queue = self.queue
         if not queue.choosable():
@@ -1224,6 +1370,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             queue.release_all()
             return super().popleft() if super().__len__() else _NOTHING
         chosen.held = False
+        self.task_ran = True
         handles, chosen.handles = chosen.handles, []
         for handle in handles[1:]:  # not seen so far; run them after it, in order
             super().append(handle)
@@ -1276,11 +1423,16 @@ class _AsyncioQueue(_Queue):
             )
         self.readyq: _AsyncioReady | None = None
         self.thread = threading.get_ident()
-        self.arrived: collections.deque[Any] = collections.deque()  # from other threads
+        # from other threads: (the thread, the callback it made ready)
+        self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
         self.admitted = False  # arrivals let in since the last iteration began
 
     def reported(self) -> bool:
         return bool(self.arrived)
+
+    def only_callbacks(self) -> bool:
+        assert self.readyq is not None
+        return not self.readyq.task_ran
 
     def let_in(self) -> bool:
         # A thread handing a call over to the loop is let finish handing it over first (a
@@ -1294,14 +1446,45 @@ class _AsyncioQueue(_Queue):
             if time.monotonic() > deadline:
                 break
             time.sleep(_HANDOVER_POLL)
-        arrived = False
-        while self.arrived:
-            arrived = True
-            collections.deque.append(self.readyq, self.arrived.popleft())  # type: ignore[arg-type]
+        if not self.arrived:
+            return False
+        order = self.report_order()
+        if order is None:
+            return False
+        # in the order the threads' calls began, not the order the machine finished them in
+        reports = []
+        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
+            reports.append(self.arrived.popleft())
+        reports.sort(key=lambda item: order.get(item[0], len(order)))
+        for _, handle in reports:
+            collections.deque.append(self.readyq, handle)  # type: ignore[arg-type]
+        arrived = True
         # the iteration that runs them makes no choice: whether they came in at a poll or
         # when a thread was found waiting for the loop, the steps after are the same
         self.admitted = self.admitted or arrived
         return arrived
+
+    def report_order(self) -> dict[threading.Thread, int] | None:
+        """When threads' reports may come in: None while a thread the tasks wait for is at
+        work and has not reported (nor waits for the loop), so that what came in already
+        waits for it and all come in together, in an order the machine does not decide;
+        else each waited thread's place in that order. Released: at once."""
+        order: dict[threading.Thread, int] = {}
+        if self.free:
+            return order
+        reporters = {thread for thread, _ in self.arrived}
+        unnamed = 0
+        for thread in self.waited_threads():
+            if thread is True:
+                unnamed += 1
+            elif isinstance(thread, threading.Thread):
+                if thread not in reporters and not self.waits_for_loop(thread):
+                    return None
+                order.setdefault(thread, len(order))
+        # a thread not named by its wait (asyncio's executor) is known by its report only
+        if unnamed > len(reporters - order.keys()):
+            return None
+        return order
 
     @classmethod
     def install(cls, run: Run) -> _AsyncioQueue:
@@ -1335,6 +1518,13 @@ class _AsyncioQueue(_Queue):
         assert self.readyq is not None
         iteration = self.readyq.iteration
         return [task for task in self.held() if _live(task) and task.held_at < iteration]
+
+    def abandon(self, native: Any, error: BaseException) -> None:
+        # the future the task awaits: anyio's worker and asyncio's executor drop a report
+        # for a cancelled future (the task sees a cancellation; the run fails with *error*)
+        waiter = getattr(native, "_fut_waiter", None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
 
     def threads_busy(self) -> bool:
         # asyncio.to_thread and run_in_executor, counted by the virtual-time loop

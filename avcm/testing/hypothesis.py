@@ -161,6 +161,7 @@ async def _run_machine_once(
         runaway_steps=limits.runaway_steps,
         fair_bound=limits.fair_bound,
         io_timeout=limits.io_timeout,
+        thread_timeout=limits.thread_timeout,
     )
     await machine.setup()
     try:
