@@ -1441,3 +1441,76 @@ def test_a_thread_that_never_returns_ends_the_run_with_a_thread_wait_error(backe
     for bad in (0, -1.0, math.inf, math.nan, True, "1"):
         with pytest.raises(avcm.InvalidError, match="thread_timeout"):
             testing.Limits(thread_timeout=bad)  # type: ignore[arg-type]
+
+
+async def take_and_give_without_finally(run: testing.Run) -> None:
+    """A take/give without try/finally: leaks only if cancelled at the checkpoint between."""
+    out = 0
+
+    async def worker() -> None:
+        nonlocal out
+        await anyio.sleep(0)
+        await anyio.sleep(0)
+        out += 1
+        await anyio.sleep(0)  # a cancellation here leaks
+        out -= 1
+        await anyio.sleep(0)
+        await anyio.sleep(0)
+
+    await run.concurrently(worker, worker)
+    assert out == 0, f"leaked {out}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shrinking_keeps_injections_and_finds_the_fewest_preemptions(backend: str) -> None:
+    # Exhaustive with cancellation injection: the fewest preemptions any failing schedule
+    # with one injection has (here none)
+    search = testing.explore(
+        take_and_give_without_finally,
+        strategy=testing.Exhaustive(0, cancel=1),
+        schedules=1000,
+        backend=backend,
+    )
+    assert search.failure is not None and search.failure.token.strategy == "exhaustive-p0-c1"
+    fewest = search.failure.timeline.preemptions
+    assert fewest == 0
+    # a random walk finds it with preemptions (4); shrinking kept the injection (the old
+    # shrinker tried no schedule with it, and stayed at 4) and reached the fewest
+    result = testing.explore(
+        take_and_give_without_finally,
+        strategy=testing.RandomWalk(0, cancel=1),
+        schedules=200,
+        backend=backend,
+    )
+    failure = result.failure
+    assert failure is not None and failure.shrunk_from is not None
+    assert failure.shrunk_from[1] > fewest
+    assert failure.timeline.preemptions == fewest
+    assert sum(step.injected for step in failure.timeline.steps) == 1
+    assert "leaked 1" in str(failure.error)
+    again = testing.replay(take_and_give_without_finally, str(failure.token), backend=backend)
+    assert again is not None and again.timeline.steps == failure.timeline.steps
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_injects_cancellations_everywhere_it_can(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+
+        await run.concurrently(worker)
+
+    plain = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+    assert plain.exhausted and plain.schedules == 1 and plain.max_steps_seen == 4
+    # one task of 4 steps: no injection, or one before any of its steps but the first (its
+    # start: it has no cancel scope to cancel yet)
+    one = testing.explore(scenario, strategy=testing.Exhaustive(0, cancel=1), backend=backend)
+    assert one.exhausted and one.failure is None and one.schedules == 1 + 3
+    # no second injection: the task is cancelled already
+    two = testing.explore(scenario, strategy=testing.Exhaustive(0, cancel=2), backend=backend)
+    assert two.exhausted and two.schedules == 1 + 3
+    assert testing.Exhaustive(1, cancel=2).name == "exhaustive-p1-c2"
+    for bad in (-1, 65, 1.5, True):
+        with pytest.raises(avcm.InvalidError, match="cancel"):
+            testing.Exhaustive(0, cancel=bad)  # type: ignore[arg-type]

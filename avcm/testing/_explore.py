@@ -280,6 +280,9 @@ async def _shrink(
     best_run, best_error = run, error
     best = list(run.positions)
     attempts = 0
+    # the failure's injected cancellations stay where they were (by step): every trial makes
+    # them, so that fewer preemptions with the same injections can be found
+    cancels = [(step, -1 - task) for step, task in enumerate(run.decisions) if task < 0]
 
     def size(trial: Run) -> tuple[int, int, tuple[int, ...]]:
         return trial.preemptions, trial.steps, trial.positions
@@ -299,7 +302,7 @@ async def _shrink(
         nonlocal attempts
         attempts += 1
         try:
-            trial, trial_error = await _run_once(scenario, FromIndices(candidate), limits)
+            trial, trial_error = await _run_once(scenario, FromIndices(candidate, cancels), limits)
         except ReplayDivergedError:
             return False
         return keep(trial, trial_error)
@@ -343,7 +346,7 @@ async def _shrink(
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     await reduce()
     for bound in range(best_run.preemptions):
-        strategy = Exhaustive(bound)
+        strategy = Exhaustive(bound).with_cancels_at(cancels)
         schedule = 0
         while attempts < budget:
             chooser = strategy.chooser(schedule)

@@ -395,7 +395,7 @@ async def _split_async(
     whole: list[tuple[int, ...]] = []  # prefixes of one schedule only
     while queue and len(queue) + len(whole) < parts:
         prefix = queue.popleft()
-        search = Exhaustive(root.preemption_bound, prefix=prefix)
+        search = Exhaustive(root.preemption_bound, prefix=prefix, cancel=root.cancel)
         chooser = search.chooser(0)
         assert chooser is not None  # the first schedule of a search always exists
         run, _ = await _run_once(scenario, chooser, limits)
@@ -586,7 +586,8 @@ def _explore_on(
         limits=part.limits,
     )
     searches = {
-        i: Exhaustive(strategy.preemption_bound, prefix=prefix) for i, prefix in enumerate(prefixes)
+        i: Exhaustive(strategy.preemption_bound, prefix=prefix, cancel=strategy.cancel)
+        for i, prefix in enumerate(prefixes)
     }
     caps = dict(enumerate(_shares(schedules, len(searches))))
     results: dict[int, Exploration] = {}

@@ -196,45 +196,82 @@ class PCT(Strategy):
 
 
 class _ExhaustiveChooser:
-    __slots__ = ("_bound", "_fixed", "_prefix", "problem", "trace")
+    __slots__ = ("_bound", "_cancel", "_cancels_at", "_fixed", "_prefix", "problem", "trace")
 
-    def __init__(self, prefix: Sequence[int], fixed: int = 0, bound: int = 0) -> None:
+    def __init__(
+        self,
+        prefix: Sequence[int],
+        fixed: int = 0,
+        bound: int = 0,
+        *,
+        cancel: int = 0,
+        cancels_at: dict[int, int] | None = None,
+    ) -> None:
         self._prefix = prefix
         # the first *fixed* positions are a prefix the search was restricted to: the user's,
         # checked here against the run (with *bound* preemptions at most), not backtracked
         self._fixed = fixed
         self._bound = bound
+        # up to *cancel* injections, where being a decision of the search; or injections
+        # fixed in advance (step -> task), which are no decision
+        self._cancel = cancel
+        self._cancels_at = cancels_at
         self.problem: str | None = None
-        # per step: (how many could run, position chosen, whether position 0 was the task
-        # that ran last, preemptions before this step)
-        self.trace: list[tuple[int, int, bool, int]] = []
+        # per decision: (how many options, position chosen, whether position 0 was the task
+        # that ran last, preemptions before it, whether it is an injection's): a choice of
+        # task at every step, and with *cancel*, before it, whether to cancel a task (0: no,
+        # i: the i-th of the running tasks)
+        self.trace: list[tuple[int, int, bool, int, bool]] = []
 
-    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
-        position = self._prefix[step] if step < len(self._prefix) else 0
-        preemptions = 0
-        if self.trace:
-            _, last_position, last_continuing, preemptions = self.trace[-1]
-            preemptions += last_continuing and last_position > 0
-        if step < self._fixed:
+    def _preemptions(self) -> int:
+        for _, position, continuing, preemptions, injection in reversed(self.trace):
+            if not injection:
+                return preemptions + (continuing and position > 0)
+        return 0
+
+    def _position(self, options: int, continuing: bool, preemptions: int) -> int:
+        decision = len(self.trace)
+        position = self._prefix[decision] if decision < len(self._prefix) else 0
+        # without injections every decision is a step's choice of task
+        name = f"decision {decision}" if self._cancel else f"step {decision}"
+        if decision < self._fixed:
             if self.problem is not None:
                 pass
-            elif position >= len(enabled):
-                self.problem = f"step {step} has {len(enabled)} choice(s), not {position + 1}"
+            elif position >= options:
+                self.problem = f"{name} has {options} choice(s), not {position + 1}"
             elif position and continuing and preemptions >= self._bound:
                 self.problem = (
-                    f"position {position} at step {step} is preemption {preemptions + 1}, "
+                    f"position {position} at {name} is preemption {preemptions + 1}, "
                     f"beyond the bound of {self._bound}"
                 )
             if self.problem is not None:
                 # the run goes on (the rest of the prefix unused); the strategy refuses the
                 # prefix after it
                 position = 0
-        elif position >= len(enabled):
+        elif position >= options:
             raise ReplayDivergedError(
-                f"exhaustive search: step {step} has {len(enabled)} choices, an earlier run "
-                f"had more: the scenario is not deterministic"
+                f"exhaustive search: {name} has {options} choice(s), an earlier run had "
+                f"more: the scenario is not deterministic"
             )
-        self.trace.append((len(enabled), position, continuing, preemptions))
+        return position
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        if self._cancels_at is not None:
+            task = self._cancels_at.get(step)
+            return task if task in running else None
+        if not self._cancel:
+            return None
+        used = sum(1 for entry in self.trace if entry[4] and entry[1])
+        options = 1 + len(running) if used < self._cancel else 1
+        preemptions = self._preemptions()
+        position = self._position(options, False, preemptions)
+        self.trace.append((options, position, False, preemptions, True))
+        return running[position - 1] if position else None
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        preemptions = self._preemptions()
+        position = self._position(len(enabled), continuing, preemptions)
+        self.trace.append((len(enabled), position, continuing, preemptions, False))
         return position
 
 
@@ -245,22 +282,32 @@ class Exhaustive(Strategy):
     is complete for a deterministic scenario: when it ends without a failure, no schedule within
     the bound fails. Small scenarios only: the count grows quickly with tasks and steps.
 
-    With a *prefix* (a position for each of the first steps, as :meth:`branches` gives them),
-    only the schedules that begin with it: the search split into parts that can run apart
-    (on other processes, by :func:`explore`'s *workers*). The parts a search is split into by
-    :meth:`branches`, all the way down from ``()``, run every schedule of the whole search once.
-    A prefix is checked against the scenario by the first schedule: a position past the tasks
-    that can run, a preemption beyond the bound, or a prefix longer than the run is
-    :class:`~avcm.InvalidError` (``EINVAL``) after that one schedule, and nothing is explored.
+    With *cancel* > 0, also every way of injecting up to *cancel* cancellations: before each
+    step, cancelling none or any one of the tasks still running is a decision of the search
+    like the choice of task (an injection is no preemption), so the search is complete for
+    those too; the count grows by a factor of about (steps x tasks) per injection.
+
+    With a *prefix* (a position for each of the first decisions, as :meth:`branches` gives
+    them; without *cancel*, a decision is a step's choice of task), only the schedules that
+    begin with it: the search split into parts that can run apart (on other processes, by
+    :func:`explore`'s *workers*). The parts a search is split into by :meth:`branches`, all
+    the way down from ``()``, run every schedule of the whole search once. A prefix is checked
+    against the scenario by the first schedule: a position past the options, a preemption
+    beyond the bound, or a prefix longer than the run is :class:`~avcm.InvalidError`
+    (``EINVAL``) after that one schedule, and nothing is explored.
     """
 
-    def __init__(self, preemption_bound: int = 2, *, prefix: Sequence[int] = ()) -> None:
+    def __init__(
+        self, preemption_bound: int = 2, *, prefix: Sequence[int] = (), cancel: int = 0
+    ) -> None:
         self.preemption_bound = check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
         if isinstance(prefix, (str, bytes)) or not isinstance(prefix, Sequence):
             raise InvalidError(f"Exhaustive prefix must be a sequence of positions, not {prefix!r}")
         self.prefix = tuple(check_int(p, "Exhaustive prefix position", 0) for p in prefix)
+        self.cancel = check_int(cancel, "Exhaustive cancel", 0, 64)
         self.seed = 0
-        self.name = f"exhaustive-p{self.preemption_bound}"
+        self.name = _named(f"exhaustive-p{self.preemption_bound}", self.cancel)
+        self._cancels_at: dict[int, int] | None = None
         self._last: _ExhaustiveChooser | None = None
         self._checked = False
 
@@ -268,19 +315,26 @@ class Exhaustive(Strategy):
         prefix = f" prefix={list(self.prefix)}" if self.prefix else ""
         return f"<Exhaustive {self.name}{prefix}>"
 
+    def _chooser(self, prefix: Sequence[int], fixed: int = 0) -> _ExhaustiveChooser:
+        self._last = _ExhaustiveChooser(
+            prefix,
+            fixed,
+            self.preemption_bound,
+            cancel=self.cancel,
+            cancels_at=self._cancels_at,
+        )
+        return self._last
+
     def chooser(self, schedule: int) -> Chooser | None:
         if schedule == 0 or self._last is None:
             self._checked = False
-            self._last = _ExhaustiveChooser(self.prefix, len(self.prefix), self.preemption_bound)
-            return self._last
+            return self._chooser(self.prefix, len(self.prefix))
         trace = self._last.trace
         for depth in range(len(trace) - 1, len(self.prefix) - 1, -1):
-            choices, position, continuing, preemptions = trace[depth]
+            options, position, continuing, preemptions, _ = trace[depth]
             cost = preemptions + continuing  # every alternative to position 0 preempts
-            if position + 1 < choices and cost <= self.preemption_bound:
-                prefix = [step[1] for step in trace[:depth]] + [position + 1]
-                self._last = _ExhaustiveChooser(prefix)
-                return self._last
+            if position + 1 < options and cost <= self.preemption_bound:
+                return self._chooser([entry[1] for entry in trace[:depth]] + [position + 1])
         return None
 
     def finished(self, steps: int) -> None:
@@ -290,7 +344,8 @@ class Exhaustive(Strategy):
         self._checked = True
         problem = last.problem
         if problem is None and len(self.prefix) > len(last.trace):
-            problem = f"the run took {len(last.trace)} steps, the prefix has {len(self.prefix)}"
+            unit = "decisions" if self.cancel else "steps"
+            problem = f"the run took {len(last.trace)} {unit}, the prefix has {len(self.prefix)}"
         if problem is not None:
             raise InvalidError(
                 f"Exhaustive prefix {list(self.prefix)} begins no schedule of this scenario: "
@@ -299,32 +354,48 @@ class Exhaustive(Strategy):
 
     def branches(self) -> list[tuple[int, ...]] | None:
         """After the first schedule of this search (its prefix, then no preemption): the
-        prefixes one step longer at the first step that has a choice within the bound, which
-        divide this search's schedules between them, each to one; ``None`` if it has one
-        schedule only. A search that has not run a schedule yet has no branches: ``None``."""
+        prefixes one decision longer at the first decision that has options within the
+        bound, which divide this search's schedules between them, each to one; ``None`` if
+        it has one schedule only. A search that has not run a schedule yet has no branches:
+        ``None``."""
         if self._last is None:
             return None
         trace = self._last.trace
         for depth in range(len(self.prefix), len(trace)):
-            choices, _, continuing, preemptions = trace[depth]
-            if choices > 1 and preemptions + continuing <= self.preemption_bound:
-                before = tuple(step[1] for step in trace[:depth])
-                return [(*before, position) for position in range(choices)]
+            options, _, continuing, preemptions, _ = trace[depth]
+            if options > 1 and preemptions + continuing <= self.preemption_bound:
+                before = tuple(entry[1] for entry in trace[:depth])
+                return [(*before, position) for position in range(options)]
         return None
+
+    def with_cancels_at(self, cancels: Sequence[tuple[int, int]]) -> Exhaustive:
+        """The same search (no prefix, no injection of its own) with cancellations injected
+        at fixed steps instead: ``(step, task)`` pairs, as a run recorded them, each made
+        only if that task is still running then. What shrinking searches with."""
+        search = Exhaustive(self.preemption_bound)
+        search._cancels_at = dict(cancels)
+        return search
 
 
 class FromIndices:
     """Follows a list of positions, one per step that has a choice; 0 once it runs out.
 
     What shrinking and Hypothesis work on: a shorter list, or smaller numbers, means fewer
-    preemptions. A position past the end of the enabled tasks takes the last one.
+    preemptions. A position past the end of the enabled tasks takes the last one. *cancels*:
+    ``(step, task)`` pairs, cancellations injected at those steps (each only if that task is
+    still running then), as a run recorded them: shrinking keeps a failure's injections.
     """
 
-    __slots__ = ("_indices", "_used")
+    __slots__ = ("_cancels", "_indices", "_used")
 
-    def __init__(self, indices: Sequence[int]) -> None:
+    def __init__(self, indices: Sequence[int], cancels: Sequence[tuple[int, int]] = ()) -> None:
         self._indices = list(indices)
         self._used = 0
+        self._cancels = dict(cancels)
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        task = self._cancels.get(step)
+        return task if task in running else None
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if len(enabled) == 1:
