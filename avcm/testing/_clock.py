@@ -109,8 +109,11 @@ class _VirtualSelector(selectors.DefaultSelector):
                     return []
                 if wait <= 0:
                     return super().select(wait)
-                # asked to wait by the spin rule, as if no task could run
-                outside.let_in()
+                # asked to wait by the spin rule, as if no task could run: what threads
+                # reported comes in now, or the wait is for I/O
+                if outside.let_in():
+                    outside.io_polled(True)
+                    return super().select(0)
                 events = super().select(wait)
                 outside.io_polled(bool(events))
                 return events

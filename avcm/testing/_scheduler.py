@@ -875,7 +875,10 @@ class _Queue:
         arrives does not depend on how fast the process or peer is, and a run replays."""
         if self.wait_io:
             self.wait_io = False
-            return self.run.io_timeout
+            # asked for when I/O was outstanding; it may have ended since (a process that
+            # exited, its pipes read to the end): then there is nothing to wait for
+            if self.io_waits() or self.reported():
+                return self.run.io_timeout
         if timeout > 0 or self.free or not self.io_waits():
             return timeout
         return None
