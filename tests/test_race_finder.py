@@ -237,7 +237,7 @@ def test_simulated_latency_is_virtual_time(backend: str) -> None:
 
 def test_token_round_trip() -> None:
     token = testing.ReplayToken("pct-d3", 7, 12, "1a2b3c4d", (0, 0, 0, 1, 2, 2, 2, 2, 2, 0))
-    assert str(token) == "avcm3:pct-d3:7:12:1a2b3c4d:0x3.1.2x5.0"
+    assert str(token) == "avcm4:pct-d3:7:12:1a2b3c4d:0x3.1.2x5.0"
     assert testing.ReplayToken.parse(str(token)) == token
     empty = testing.ReplayToken("random", 0, 0, "00000000", ())
     assert testing.ReplayToken.parse(str(empty)) == empty
@@ -250,12 +250,13 @@ def test_token_round_trip() -> None:
         ("hello", "not an avcm replay token"),
         ("shuttle:abc", "not an avcm replay token"),
         ("avcm9:pct-d3:0:0:00000000:0", "version 'avcm9'"),
-        ("avcm3:pct-d3:0:0:00000000", "malformed"),
-        ("avcm3:pct-d3:0:0:0000000g:0", "malformed"),
-        ("avcm3:pct-d3:-1:0:00000000:0", "malformed"),
-        ("avcm3:pct-d3:0:0:00000000:0x", "malformed"),
-        ("avcm3:pct-d3:0:0:00000000:0x0", "zero steps"),
-        ("avcm3:PCT:0:0:00000000:0", "malformed"),
+        ("avcm3:pct-d3:0:0:00000000:0", "version 'avcm3'"),  # the version before
+        ("avcm4:pct-d3:0:0:00000000", "malformed"),
+        ("avcm4:pct-d3:0:0:0000000g:0", "malformed"),
+        ("avcm4:pct-d3:-1:0:00000000:0", "malformed"),
+        ("avcm4:pct-d3:0:0:00000000:0x", "malformed"),
+        ("avcm4:pct-d3:0:0:00000000:0x0", "zero steps"),
+        ("avcm4:PCT:0:0:00000000:0", "malformed"),
     ],
 )
 def test_bad_tokens_are_einval(text: str, message: str) -> None:
@@ -355,7 +356,7 @@ def test_the_timeline_shows_each_task_in_its_column(tmp_path: Path) -> None:
     assert "SeedRes.bind seed.bind" in text
     assert end.count("=> ok") == 2
     report = found.failure.report()
-    assert "replay token: avcm3:" in report
+    assert "replay token: avcm4:" in report
     assert (
         f"replay: {sys.executable} -m avcm.testing replay tests.races:seed_two_binds_win" in report
     )
@@ -401,7 +402,7 @@ def test_command_line_bad_input() -> None:
     bad_token = replay_in_a_fresh_process("tests.races:seed_two_binds_win", "nonsense")
     assert bad_token.returncode == 2
     assert bad_token.stderr.strip().startswith("avcm.testing: [EINVAL] not an avcm replay token")
-    missing = replay_in_a_fresh_process("tests.nowhere:scenario", "avcm3:x:0:0:00000000:-")
+    missing = replay_in_a_fresh_process("tests.nowhere:scenario", "avcm4:x:0:0:00000000:-")
     assert missing.returncode == 2 and "cannot import" in missing.stderr
     assert "Traceback" not in bad_token.stderr + missing.stderr
     found = testing.explore(SEED["two_binds_win"], schedules=100)
@@ -529,8 +530,8 @@ def test_concurrently_is_not_nested_and_runs_something() -> None:
 
 def test_more_bad_input() -> None:
     with pytest.raises(testing.TokenError, match="more than"):
-        testing.ReplayToken.parse("avcm3:pct-d3:0:6:ca8e3356:0x99999999999")
-    token = testing.ReplayToken.parse("avcm3:pct-d3:0:6:CA8E3356:0")
+        testing.ReplayToken.parse("avcm4:pct-d3:0:6:ca8e3356:0x99999999999")
+    token = testing.ReplayToken.parse("avcm4:pct-d3:0:6:CA8E3356:0")
     assert token.digest == "ca8e3356"
     for not_a_scenario in (42, testing.Run):
         with pytest.raises(avcm.InvalidError, match="scenario"):
@@ -550,7 +551,7 @@ def test_more_bad_input() -> None:
     with pytest.raises(avcm.InvalidError, match="factory raised RuntimeError: no hardware"):
         testing.check_conformance(raises)
     bad_path = replay_in_a_fresh_process(
-        "tests.races:seed_two_binds_win", "avcm3:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
+        "tests.races:seed_two_binds_win", "avcm4:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
     )
     assert bad_path.returncode == 2 and "cannot write" in bad_path.stderr
 

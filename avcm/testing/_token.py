@@ -1,6 +1,6 @@
 """Replay tokens: a whole schedule as one short string.
 
-``avcm3:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm3``, found by ``pct-d3`` with seed 7
+``avcm4:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm4``, found by ``pct-d3`` with seed 7
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
@@ -19,7 +19,12 @@ from ._errors import TokenError
 
 __all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
 
-TOKEN_VERSION = "avcm3"
+TOKEN_VERSION = "avcm4"
+# avcm4: a task whose cancellation could not abort its wait for a worker thread still waits
+# for it (no choice is made meanwhile), on asyncio threads' reports come in once no thread
+# the tasks wait for is at work (in the order the calls began), and a poll for I/O that the
+# spin rule asked for is not made once the I/O ended: an avcm3 schedule need not take the
+# same steps.
 # avcm3: the spin rule moves time only to a sleeper's timer and not while I/O is outstanding,
 # and on asyncio a thread calling back into the loop lets choices go on (an iteration that
 # lets threads' calls in makes no choice): an avcm2 schedule need not take the same steps.
