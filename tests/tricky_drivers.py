@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import random
+import time
+
+import anyio.to_thread
 
 import avcm
 from drivers import Latency, PageTableMmu
@@ -103,3 +106,25 @@ def spare_cache_unbounded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def spare_cache_forgotten(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Broken: destroy leaves its (bounded) cache behind."""
     return _spare_cache(memory, SpareCache(memory, forget=True))
+
+
+class _Threaded(PageTableMmu):
+    """Writes each page and switches translation on from a worker thread (a blocking
+    register access, ``anyio.to_thread.run_sync``, not abandoned on cancel): a cancellation
+    while the thread works waits for it, and the call completes. For the conformance suite's
+    cancellation scenarios (``tests/test_conformance.py``)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="threaded")
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0)
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0)
+        await super().enable(vcm)
+
+
+def threaded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Threaded(memory), memory=memory, name="threaded")
