@@ -1520,3 +1520,44 @@ def test_exhaustive_injects_cancellations_everywhere_it_can(backend: str) -> Non
     for bad in (-1, 65, 1.5, True):
         with pytest.raises(avcm.InvalidError, match="cancel"):
             testing.Exhaustive(0, cancel=bad)  # type: ignore[arg-type]
+
+
+async def a_call_back_into_a_cancelled_scope(run: testing.Run) -> None:
+    """A thread cancels its caller's scope, then calls back into the loop for a step under a
+    lock: anyio on asyncio runs the call in a task it adds to that scope after the scope's
+    cancellation was delivered, whose checkpoint then yields for ever waiting for a
+    cancellation that never comes (a plain asyncio run spins for ever too; trio ends)."""
+    lock = anyio.Lock()
+
+    async def bump() -> None:
+        async with lock:
+            await anyio.sleep(0)
+
+    async def worker() -> None:
+        with anyio.CancelScope() as scope:
+
+            def blocking() -> None:
+                anyio.from_thread.run_sync(scope.cancel)
+                anyio.from_thread.run(bump)
+
+            await anyio.to_thread.run_sync(blocking)
+
+    for outcome in await run.concurrently(worker):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_whose_tasks_spin_after_it_failed_still_ends(backend: str) -> None:
+    # the old code reported the RunawayError, then hung for ever tearing the run down
+    result = testing.explore(
+        a_call_back_into_a_cancelled_scope,
+        strategy=testing.PCT(0),
+        schedules=2,
+        backend=backend,
+        limits=testing.Limits(runaway_steps=2000),
+    )
+    if backend == "trio":
+        assert result.failure is None, result.failure.report()
+    else:
+        assert result.failure is not None
+        assert isinstance(result.failure.error, testing.RunawayError)

@@ -698,14 +698,24 @@ class Run:
             self._idle_callbacks = 0
             assert self._queue is not None
             self._queue.let_time_pass()
-        if self._free_steps > self.runaway_steps and self._error is None:
-            self._error = RunawayError(
-                f"tasks outside the scheduler's control (spawned by a controlled task, or the "
-                f"scenario's own) ran {self.runaway_steps} steps without ever all waiting"
-            )
+        if self._free_steps > self.runaway_steps:
             self._free_steps = 0
-            assert self._queue is not None
-            self._queue.call_soon(self._notify)
+            queue = self._queue
+            assert queue is not None
+            if queue.free:
+                # The run failed and is being torn down, and tasks run on and on regardless
+                # (anyio on asyncio spins in checkpoint_if_cancelled in a task added to a
+                # cancel scope whose cancellation was delivered before it came: a thread's
+                # from_thread.run call, which a real loop runs for ever too): cancel them,
+                # or the run never ends.
+                queue.cancel_runaways()
+            elif self._error is None:
+                self._error = RunawayError(
+                    f"tasks outside the scheduler's control (spawned by a controlled task, or "
+                    f"the scenario's own) ran {self.runaway_steps} steps without ever all "
+                    f"waiting"
+                )
+                queue.call_soon(self._notify)
 
     def _describe_budget(self) -> str:
         trail = [
@@ -1007,6 +1017,11 @@ class _Queue:
         if self.run._error is None:
             self.run._error = error
         self.call_soon(self.run._notify)
+
+    def cancel_runaways(self) -> None:
+        """Cancel, as the event loop cancels a task, every task that is runnable: the run
+        failed, and they ran ``runaway_steps`` steps since without ever all waiting. (trio:
+        a cancelled task's checkpoint raises, so none spins on: nothing to do.)"""
 
     def abandon(self, native: Any, error: BaseException) -> None:
         """End *native*'s wait for a worker thread now, with *error*; its thread runs on,
@@ -1521,6 +1536,11 @@ class _AsyncioQueue(_Queue):
         assert self.readyq is not None
         iteration = self.readyq.iteration
         return [task for task in self.held() if _live(task) and task.held_at < iteration]
+
+    def cancel_runaways(self) -> None:
+        for native in self.asyncio.all_tasks(self.loop):
+            if self.waiting_on(native) is None and not native.done():
+                native.cancel()
 
     def abandon(self, native: Any, error: BaseException) -> None:
         # the future the task awaits: anyio's worker and asyncio's executor drop a report
