@@ -1365,20 +1365,6 @@ async def threads_of_a_task_and_its_child(run: testing.Run) -> None:
             outcome.unwrap()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_cancellations_injected_while_threads_work_are_no_false_alarm(backend: str) -> None:
-    # trio: a task whose thread call a cancellation failed to abort was not seen waiting for
-    # its thread (a false deadlock); asyncio: anyio retried the cancellation of the spawned
-    # task every loop iteration and the threads' reports never came in (a false runaway)
-    result = testing.explore(
-        threads_of_a_task_and_its_child,
-        strategy=testing.PCT(0, cancel=2),
-        schedules=20,
-        backend=backend,
-    )
-    assert result.failure is None, result.failure.report()
-
-
 async def a_child_waiting_when_its_parent_is_cancelled(run: testing.Run) -> None:
     async def parent() -> None:
         event = anyio.Event()
@@ -1398,14 +1384,28 @@ async def a_child_waiting_when_its_parent_is_cancelled(run: testing.Run) -> None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_injected_cancellation_wakes_the_tasks_it_aborts(backend: str) -> None:
-    # trio: the tasks an injected cancellation woke (the child's Event.wait aborted) were
-    # put in the run queue while trio was taking its batch, and trio's clear() dropped them:
-    # the run never ended (the old code hangs here on trio)
+@pytest.mark.parametrize(
+    ("scenario", "cancel", "schedules"),
+    [
+        # trio: a task whose thread call a cancellation failed to abort was not seen
+        # waiting for its thread (a false deadlock); asyncio: anyio retried the
+        # cancellation of the spawned task every loop iteration and the threads' reports
+        # never came in (a false runaway)
+        (threads_of_a_task_and_its_child, 2, 20),
+        # trio: the tasks an injected cancellation woke (the child's Event.wait aborted)
+        # were put in the run queue while trio was taking its batch, and trio's clear()
+        # dropped them: the run never ended (the old code hangs here on trio)
+        (a_child_waiting_when_its_parent_is_cancelled, 1, 50),
+    ],
+    ids=["threads", "a waiting child"],
+)
+def test_injected_cancellations_are_no_false_alarm(
+    scenario: testing.Scenario, cancel: int, schedules: int, backend: str
+) -> None:
     result = testing.explore(
-        a_child_waiting_when_its_parent_is_cancelled,
-        strategy=testing.PCT(0, cancel=1),
-        schedules=50,
+        scenario,
+        strategy=testing.PCT(0, cancel=cancel),
+        schedules=schedules,
         backend=backend,
     )
     assert result.failure is None, result.failure.report()
