@@ -1561,3 +1561,27 @@ def test_a_run_whose_tasks_spin_after_it_failed_still_ends(backend: str) -> None
     else:
         assert result.failure is not None
         assert isinstance(result.failure.error, testing.RunawayError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_waiting_for_what_a_task_does_after_another_thread_is_no_failure(
+    backend: str,
+) -> None:
+    # No choice is made while a thread works; a thread blocked on a threading.Event that a
+    # task sets only after another thread returned would wait for ever (the old code hung):
+    # after a second of real time with nothing moving, choices go on
+    async def scenario(run: testing.Run) -> None:
+        gate = threading.Event()
+
+        async def setter() -> None:
+            await anyio.to_thread.run_sync(time.sleep, 0.001)
+            gate.set()
+
+        async def waiter() -> None:
+            await anyio.to_thread.run_sync(gate.wait)
+
+        for outcome in await run.concurrently(setter, waiter):
+            outcome.unwrap()
+
+    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
+    assert result.failure is None, result.failure.report()

@@ -36,7 +36,9 @@ the step budget instead.
 Outside the loop: a task waiting for a worker thread waits for something outside: no choice
 is made meanwhile, the clock stands still and the scheduler waits for the thread, up to
 ``thread_timeout`` seconds of real time with nothing moving; then the calls waiting for it
-are abandoned and the run ends with a :class:`ThreadWaitError`. A task whose cancellation
+are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
+``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
+wait for what a task must do first: choices then go on without it. A task whose cancellation
 could not abort its wait (a thread's call not abandoned on cancel) still waits for the
 thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``) comes in once no
 thread the tasks wait for is at work any more, all together, in the order their calls
@@ -169,6 +171,27 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
 
 
 _FUTURES_BASE = os.path.join("concurrent", "futures", "_base.py")
+_SYNC_WAITS = frozenset({"wait", "acquire", "get", "put", "join"})
+# A pool thread's frame while it runs a call (trio's to_thread, asyncio's executor); anyio's
+# worker threads on asyncio are known by the waits that name them
+_SERVING = frozenset({("trio._threads", "worker_fn"), ("concurrent.futures.thread", "run")})
+
+
+def _waits_in_threading(frame: FrameType) -> bool:
+    """Whether a thread stopped at *frame* waits in a ``threading`` or ``queue`` primitive
+    (an event, a condition, a queue): for another thread, maybe for the event loop's."""
+    return frame.f_code.co_name in _SYNC_WAITS and frame.f_globals.get("__name__") in (
+        "threading",
+        "queue",
+    )
+
+
+def _serves_a_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if (frame.f_globals.get("__name__"), frame.f_code.co_name) in _SERVING:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _coro_of(native: Any) -> Any:
@@ -844,6 +867,7 @@ _ALL_STEPS = 20  # times max_steps: steps in all, time passing or not, before a 
 _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtual clock moves
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
 _THREAD_POLL = 1.0  # seconds of real time between looks at a thread that does not report
+_THREAD_STALL = 1.0  # seconds of real time threads may keep the run still before it goes on
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
@@ -985,7 +1009,8 @@ class _Queue:
             self.thread_since = now
             self.abandon_threads()
             return 0.0
-        return min(timeout, _THREAD_POLL, left)
+        stall = self.thread_since + _THREAD_STALL - now
+        return min(timeout, _THREAD_POLL, left, stall if stall > 0 else _THREAD_POLL)
 
     def abandon_threads(self) -> None:
         stuck = [
@@ -1053,7 +1078,32 @@ class _Queue:
         """Whether a held task may be chosen now: a thread at work first reports back (so
         that a run does not depend on how fast a thread is, and replays). I/O does not hold
         choices back: what it waits for may come only after other tasks acted."""
-        return any(task.held for task in self.tasks.values()) and not self.threads_busy()
+        if not any(task.held for task in self.tasks.values()):
+            return False
+        return self.thread_stalled() or not self.threads_busy()
+
+    def thread_stalled(self) -> bool:
+        """Whether threads at work kept the run still for ``_THREAD_STALL`` seconds of real
+        time and one of them, running a call's code, waits in a ``threading`` or ``queue``
+        wait: it may wait for what a task must do first (a ``threading.Event`` a task sets
+        once another thread returned), so choices go on (and, on asyncio, what threads
+        reported comes in) without waiting for every thread: at a step the machine's speed
+        may decide, but the run goes on, as in a real loop. A thread that only works or
+        sleeps, however long, is waited for (up to ``thread_timeout``)."""
+        return (
+            self.thread_progress == self.run._loop_steps
+            and time.monotonic() - self.thread_since >= _THREAD_STALL
+            and self._threads_wait_on_threads()
+        )
+
+    def _threads_wait_on_threads(self) -> bool:
+        named = {
+            thread.ident for thread in self.waited_threads() if isinstance(thread, threading.Thread)
+        }
+        return any(
+            _waits_in_threading(frame) and (ident in named or _serves_a_call(frame))
+            for ident, frame in sys._current_frames().items()
+        )
 
     def call_soon(self, function: Callable[[], None]) -> None:
         raise NotImplementedError
@@ -1488,7 +1538,7 @@ class _AsyncioQueue(_Queue):
         waits for it and all come in together, in an order the machine does not decide;
         else each waited thread's place in that order. Released: at once."""
         order: dict[threading.Thread, int] = {}
-        if self.free:
+        if self.free or self.thread_stalled():
             return order
         reporters = {thread for thread, _ in self.arrived}
         unnamed = 0
