@@ -82,20 +82,13 @@ def check_quiescent(world: World) -> None:
 
 
 def check_no_write_after_free(world: World) -> None:
-    """No page of free physical memory was written (the memory counts them, as the kernel's
-    page poisoning finds them): a write after free, such as a device's through a translation
-    left behind, or a driver's late write-back. Rule 4: no device access reaches memory the
-    model maps nowhere."""
+    """No page of free physical memory was written: the check the conformance suite makes
+    too (:func:`avcm.testing.check_no_write_after_free`), as a :class:`Violation`."""
     world.result.checks["rule 4 writes after free"] += 1
-    stats = world.memory.statistics()
-    if stats.free_pages_written:
-        raise Violation(
-            "rule 4",
-            f"{stats.free_pages_written} page(s) of free physical memory were written, the "
-            f"first at {stats.first_free_write:#x}: something wrote to memory after it was "
-            "freed (a device access through a translation left behind, or a driver's late "
-            "write)",
-        )
+    try:
+        testing.check_no_write_after_free(world.memory)
+    except testing.InvariantViolation as broken:
+        raise Violation(f"rule {broken.rule}", broken.description) from None
 
 
 def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:

@@ -73,6 +73,7 @@ from ._invariants import (
     HardwareMismatch,
     InvariantViolation,
     check_model,
+    check_no_write_after_free,
     check_quiescent,
     expected_mappings,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "output_file_problem",
     "run_main",
     "check_model",
+    "check_no_write_after_free",
     "check_quiescent",
     "expected_mappings",
     "PCT",

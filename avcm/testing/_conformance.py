@@ -33,7 +33,7 @@ from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
-from ._invariants import check_model, check_quiescent
+from ._invariants import check_model, check_no_write_after_free, check_quiescent
 from ._scheduler import Run
 from ._strategies import PCT
 from ._timeline import TaskOutcome
@@ -439,19 +439,6 @@ def _expect_gone(vcm: Vcm, start: int, size: int, after: str) -> None:
     one of them (the last, the one where the page size changes)."""
     for address in range(start, start + size, PAGE_SIZE):
         _expect_fault(vcm, address, after)
-
-
-def _no_write_after_free(memory: PhysicalMemory, when: str) -> None:
-    """No page of free memory was written (rule 4: no device access reaches memory the model
-    maps nowhere; the memory counts such writes, as the kernel's page poisoning finds them)."""
-    stats = memory.statistics()
-    if stats.free_pages_written:
-        raise AssertionError(
-            f"rule 4: {when}, {stats.free_pages_written} page(s) of free memory had been "
-            f"written, the first at {stats.first_free_write:#x}: something wrote to memory "
-            "after it was freed (a device through a translation left behind, a driver's late "
-            "write)"
-        )
 
 
 async def _shared_hardware(run: Run, first: Vcm, second: Vcm) -> None:
@@ -940,10 +927,10 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
             warnings.simplefilter("ignore", VcmWarning)
             await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
             check_quiescent(vcms)
-            _no_write_after_free(memory, "when the scenario ended")
+            check_no_write_after_free(memory, "when the scenario ended")
             for vcm in vcms:
                 await vcm.destroy()
-        _no_write_after_free(memory, "after destroy")
+        check_no_write_after_free(memory, "after destroy")
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
 

@@ -16,13 +16,14 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from .. import Phys, Vcm
+from .. import Phys, PhysicalMemory, Vcm
 from ..lowlevel import Extent, MmuWrapper, O2oWrapper, hardware_view
 
 __all__ = [
     "HardwareMismatch",
     "InvariantViolation",
     "check_model",
+    "check_no_write_after_free",
     "check_quiescent",
     "expected_mappings",
 ]
@@ -260,3 +261,19 @@ def check_quiescent(
                 "(an allocator handed out the same memory twice)",
             )
     return checks
+
+
+def check_no_write_after_free(memory: PhysicalMemory, when: str = "") -> None:
+    """Raise :class:`InvariantViolation` (rule 4: no device access reaches memory the model
+    maps nowhere) if any page of *memory* was written while free, as the kernel's page
+    poisoning finds such a write: a device through a translation left behind, a driver's late
+    write-back. *when* says at what point of the caller's run it was found."""
+    stats = memory.statistics()
+    if stats.free_pages_written:
+        first = stats.first_free_write
+        raise InvariantViolation(
+            4,
+            f"{when + ', ' if when else ''}{stats.free_pages_written} page(s) of free physical "
+            f"memory were written, the first at {first:#x}: something wrote to memory after "
+            "it was freed (a device through a translation left behind, a driver's late write)",
+        )
