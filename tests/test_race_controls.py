@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -550,6 +552,42 @@ def test_a_thread_that_takes_long_is_waited_for(backend: str) -> None:
 
     result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
     assert result.exhausted and result.failure is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_time_stands_still_while_a_cancelled_task_waits_for_another_tasks_thread(
+    backend: str,
+) -> None:
+    # A cancellation injected into one task while another waits for its thread: anyio on
+    # asyncio retries delivering it every loop iteration until the cancelled task runs,
+    # which is after the thread reports. Those retries resume no task, and after a
+    # thousand of them (how many fit in the thread's 0.15 s is up to the machine) virtual
+    # time used to jump to the next timer: the deadline, a TimeoutError no real loop gives.
+    async def scenario(run: testing.Run) -> None:
+        victim_waits = anyio.Event()
+
+        async def holder() -> None:
+            with anyio.fail_after(100):
+                start = anyio.current_time()
+                victim_waits.set()
+                await anyio.sleep(0)  # the victim is runnable: it may be cancelled here
+                await anyio.to_thread.run_sync(time.sleep, 0.15)
+                assert anyio.current_time() == start, "virtual time moved during a thread"
+                await anyio.sleep(0)
+
+        async def victim() -> None:
+            await victim_waits.wait()
+            await anyio.sleep(0)
+
+        for outcome in await run.concurrently(victim, holder):
+            if not outcome.cancelled:
+                outcome.unwrap()
+
+    result = testing.explore(
+        scenario, strategy=testing.Exhaustive(0, cancel=1), schedules=40, backend=backend
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    assert result.schedules > 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -1449,6 +1487,86 @@ def test_a_thread_that_never_returns_ends_the_run_with_a_thread_wait_error(backe
             testing.Limits(thread_timeout=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_abandoned_while_it_works_may_still_call_back_into_the_loop(
+    backend: str,
+) -> None:
+    # The thread outlives a small thread_timeout, then calls back into the loop: trio ran
+    # the call in the task the run had abandoned, and asserted it was still waiting
+    # (TrioInternalError); it now runs as an abandoned thread's call does.
+    called = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.3)
+        try:
+            anyio.from_thread.run_sync(called.set)
+        except anyio.RunFinishedError:
+            called.set()  # the run ended first: the loop is gone, and says so
+
+    async def scenario(run: testing.Run) -> None:
+        async def worker() -> None:
+            await anyio.to_thread.run_sync(slow)
+
+        async def other() -> None:
+            await anyio.sleep(1)
+
+        for outcome in await run.concurrently(worker, other):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=2,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=0.05),
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.ThreadWaitError)
+    assert "Limits(thread_timeout=0.05)" in result.failure.replay_command
+    assert called.wait(10)
+
+
+NEVER = threading.Event()  # set by the test once it is done: a thread that never returns
+
+
+async def a_thread_that_never_returns(run: testing.Run) -> None:
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(NEVER.wait)
+
+    for outcome in await run.concurrently(worker):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_replay_command_of_a_thread_that_never_returns_ends(backend: str) -> None:
+    # anyio's worker threads on asyncio are no daemon threads: the replay used to print its
+    # ThreadWaitError and then never exit, the interpreter waiting for the thread
+    NEVER.clear()
+    try:
+        result = testing.explore(
+            a_thread_that_never_returns,
+            strategy=testing.PCT(0),
+            schedules=1,
+            backend=backend,
+            limits=testing.Limits(thread_timeout=0.2),
+        )
+        assert result.failure is not None
+        command = result.failure.replay_command
+        assert command.endswith(f"--backend {backend} --thread-timeout 0.2")
+        replayed = subprocess.run(
+            shlex.split(command),
+            cwd=Path(__file__).parent,  # the module is named as pytest imported it
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        NEVER.set()
+    assert replayed.returncode == 1, replayed.stderr
+    assert "ThreadWaitError: a worker thread did not report back in 0.2 s" in replayed.stdout
+
+
 async def take_and_give_without_finally(run: testing.Run) -> None:
     """A take/give without try/finally: leaks only if cancelled at the checkpoint between."""
     out = 0
@@ -1585,3 +1703,69 @@ def test_a_thread_waiting_for_what_a_task_does_after_another_thread_is_no_failur
 
     result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
     assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_waiting_for_what_a_task_does_after_a_sleep_is_no_failure(backend: str) -> None:
+    # Virtual time stood still for as long as any thread worked, so the sleeper never woke
+    # to set the event, and the run ended in a ThreadWaitError after thread_timeout: once
+    # the thread is seen waiting in a threading primitive with nothing moving, time passes
+    # for the tasks' timers, as a real clock does meanwhile.
+    async def scenario(run: testing.Run) -> None:
+        gate = threading.Event()
+
+        async def waiter() -> None:
+            await anyio.to_thread.run_sync(gate.wait)
+
+        async def sleeper() -> None:
+            await anyio.sleep(1)
+            gate.set()
+
+        for outcome in await run.concurrently(waiter, sleeper):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=5),
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_thread_with_no_timer_left_still_ends_in_a_thread_wait_error(
+    backend: str,
+) -> None:
+    # time passes for the sleeper's polls, not for ever: once no task's timer is left the
+    # run waits for the thread, up to thread_timeout
+    gate = threading.Event()
+    polls = 0
+
+    async def scenario(run: testing.Run) -> None:
+        async def waiter() -> None:
+            await anyio.to_thread.run_sync(gate.wait)
+
+        async def poller() -> None:
+            nonlocal polls
+            for _ in range(2):
+                await anyio.sleep(0.5)
+                polls += 1
+
+        for outcome in await run.concurrently(waiter, poller):
+            outcome.unwrap()
+
+    try:
+        result = testing.explore(
+            scenario,
+            strategy=testing.PCT(0),
+            schedules=1,
+            backend=backend,
+            limits=testing.Limits(thread_timeout=2),
+        )
+    finally:
+        gate.set()
+    assert result.failure is not None, "the thread never returns: a ThreadWaitError"
+    assert isinstance(result.failure.error, testing.ThreadWaitError)
+    assert polls == 2

@@ -23,7 +23,7 @@ from ..lowlevel import quote
 from ._clock import BACKENDS
 from ._commands import output_file_problem, run_main
 from ._errors import ReplayDivergedError
-from ._explore import replay
+from ._explore import Limits, replay
 from ._token import ReplayToken
 
 __all__ = ["load", "main"]
@@ -54,6 +54,17 @@ def _count(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+        Limits(thread_timeout=value)
+    except (ValueError, VcmError):
+        raise argparse.ArgumentTypeError(
+            f"{quote(text)} is not a number of seconds above 0"
+        ) from None
+    return value
 
 
 def load(spec: str) -> Any:
@@ -91,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("scenario", help="the scenario, as MODULE:NAME")
     replay_parser.add_argument("token", help="the replay token a failure printed")
     replay_parser.add_argument("--backend", choices=BACKENDS, default="trio")
+    replay_parser.add_argument(
+        "--thread-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=Limits().thread_timeout,
+        help="how long a worker thread may keep the run still before it is abandoned "
+        "(Limits.thread_timeout; default: %(default)g)",
+    )
     replay_parser.add_argument(
         "--chrome-trace",
         metavar="PATH",
@@ -145,7 +164,9 @@ def _replay(args: argparse.Namespace) -> int:
         _writable(args.chrome_trace)
     token = ReplayToken.parse(args.token)
     scenario = load(args.scenario)
-    failure = replay(scenario, token, backend=args.backend)
+    failure = replay(
+        scenario, token, backend=args.backend, limits=Limits(thread_timeout=args.thread_timeout)
+    )
     if failure is None:
         print(f"replayed {len(token.decisions)} steps of {args.scenario}: it passed")
         return 0

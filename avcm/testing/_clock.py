@@ -68,6 +68,11 @@ class Outside(Protocol):
         """Whether threads made callbacks ready that are held back."""
         ...
 
+    def time_waits_for_threads(self) -> bool:
+        """Whether virtual time stands still for a worker thread at work (not one that
+        stalled waiting for what a task's timer may bring)."""
+        ...
+
     def thread_poll(self, timeout: float) -> float:
         """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
         ...
@@ -93,17 +98,15 @@ class _VirtualSelector(selectors.DefaultSelector):
         outside = self.outside
         if outside is not None and timeout is not None:
             if timeout <= 0:
-                if (
-                    outside.reported()
-                    and outside.only_callbacks()
-                    and outside.threads_busy()
-                    and outside.let_in()
-                ):
+                if outside.only_callbacks() and outside.threads_busy():
                     # callbacks that resume no task run on (a cancellation retried while
                     # its task waits for a thread), but no task is chosen before the
                     # threads report: their reports come in now, as when nothing is ready,
-                    # or those callbacks never end
-                    return super().select(0)
+                    # or those callbacks never end; till then the loop waits for them (the
+                    # self-pipe ends the wait) instead of spinning for as long as they work
+                    if outside.reported() and outside.let_in():
+                        return super().select(0)
+                    return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []
@@ -119,7 +122,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                 return events
             if outside.let_in():  # nothing could run: what threads reported comes in now
                 return super().select(0)
-            if outside.threads_busy():
+            if outside.time_waits_for_threads():
                 # the thread reports through the loop's self-pipe, which ends this wait
                 return super().select(outside.thread_poll(timeout))
             if outside.io_waits():
@@ -132,6 +135,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         return super().select(timeout)
 
 
+_THREAD_SPIN_POLL = 0.01  # seconds of real time callbacks that spin wait for a thread at a time
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
 
 

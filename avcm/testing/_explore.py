@@ -89,6 +89,9 @@ class Limits:
                 raise InvalidError(f"Limits.{name} must be > 0 and finite, not {timeout!r}")
 
 
+_DEFAULT_LIMITS = Limits()
+
+
 def scenario_name(scenario: Callable[..., Any]) -> str:
     """``module:qualname`` of a scenario (what the replay command imports)."""
     while isinstance(scenario, partial):
@@ -128,6 +131,7 @@ class Failure:
     shrunk_from: tuple[int, int] | None  # (steps, preemptions) as found; None: not shrunk
     command: str | None = None
     replayed: bool = False
+    thread_timeout: float | None = None  # Limits.thread_timeout, if not the default
 
     @property
     def replay_command(self) -> str:
@@ -136,9 +140,10 @@ class Failure:
             # a shell command takes the token shell-quoted, a Python call as a string literal
             token = str(self.token)
             return self.command.format(token=shlex.quote(token), token_literal=repr(token))
+        limit = "" if self.thread_timeout is None else f" --thread-timeout {self.thread_timeout!r}"
         return (
             f"{PYTHON} -m avcm.testing replay {self.scenario} {shlex.quote(str(self.token))} "
-            f"--backend {self.backend}"
+            f"--backend {self.backend}{limit}"
         )
 
     def report(self) -> str:
@@ -383,8 +388,14 @@ def _failure(
         digest=digest_of(run.trail()),
         decisions=run.decisions,
     )
+    thread_timeout = run.thread_timeout
     if command is None and not _importable(scenario):
-        command = "avcm.testing.replay(<scenario>, {token_literal})"
+        limits = (
+            ""
+            if thread_timeout == _DEFAULT_LIMITS.thread_timeout
+            else f", limits=avcm.testing.Limits(thread_timeout={float(thread_timeout)!r})"
+        )
+        command = f"avcm.testing.replay(<scenario>, {{token_literal}}{limits})"
     return Failure(
         scenario=scenario_name(scenario),
         error=error,
@@ -394,6 +405,9 @@ def _failure(
         schedules=schedule + 1,
         shrunk_from=None if found is None else (found.steps, found.preemptions),
         command=command,
+        thread_timeout=(
+            None if thread_timeout == _DEFAULT_LIMITS.thread_timeout else float(thread_timeout)
+        ),
     )
 
 

@@ -38,11 +38,12 @@ is made meanwhile, the clock stands still and the scheduler waits for the thread
 ``thread_timeout`` seconds of real time with nothing moving; then the calls waiting for it
 are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
 ``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
-wait for what a task must do first: choices then go on without it. A task whose cancellation
-could not abort its wait (a thread's call not abandoned on cancel) still waits for the
-thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``) comes in once no
-thread the tasks wait for is at work any more, all together, in the order their calls
-began: not in the order the machine finishes them.
+wait for what a task must do first: choices then go on without it, and virtual time passes
+for the tasks' timers (a sleep that ends before the task sets what it waits for). A task
+whose cancellation could not abort its wait (a thread's call not abandoned on cancel) still
+waits for the thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``)
+comes in once no thread the tasks wait for is at work any more, all together, in the order
+their calls began: not in the order the machine finishes them.
 
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
 only when no task can run (or the tasks only spin), so that the step at which it arrives
@@ -71,6 +72,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
@@ -717,10 +719,13 @@ class Run:
             # Callbacks that wake no task, over and over (anyio's asyncio backend retries a
             # cancellation every iteration while the cancelled task waits in a shielded
             # scope): no task is runnable, so time may pass. A task that runs, controlled or
-            # not, is runnable: it never makes time pass, however long it spins.
+            # not, is runnable: it never makes time pass, however long it spins. Nor does a
+            # thread at work: a real loop spins on for as long as it takes (milliseconds), and
+            # how many callbacks that is depends on the machine; its report comes first.
             self._idle_callbacks = 0
             assert self._queue is not None
-            self._queue.let_time_pass()
+            if not self._queue.time_waits_for_threads():
+                self._queue.let_time_pass()
         if self._free_steps > self.runaway_steps:
             self._free_steps = 0
             queue = self._queue
@@ -1082,6 +1087,18 @@ class _Queue:
             return False
         return self.thread_stalled() or not self.threads_busy()
 
+    def time_waits_for_threads(self) -> bool:
+        """Whether virtual time stands still for threads at work: while one works, unless they
+        stalled (:meth:`thread_stalled`) and a task's timer is pending: what a stalled thread
+        waits for may be what a task does when its sleep ends (a ``threading.Event`` it sets),
+        and a real loop's clock runs on while the thread waits. With no such timer the run
+        waits for the thread in real time, up to ``thread_timeout``."""
+        if not self.threads_busy():
+            return False
+        return not (
+            self.thread_stalled() and _next_deadline(exclude=self.run._idle_deadline) is not None
+        )
+
     def thread_stalled(self) -> bool:
         """Whether threads at work kept the run still for ``_THREAD_STALL`` seconds of real
         time and one of them, running a call's code, waits in a ``threading`` or ``queue``
@@ -1229,6 +1246,62 @@ class _Raise:
         raise self.error
 
 
+# threads whose calls asyncio runs abandoned, and whether any was not named (asyncio's
+# executor's); trio's worker threads are daemon threads, which never keep a process alive
+_abandoned: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_abandoned_unnamed: list[bool] = []
+
+
+def threads_holding_exit() -> list[threading.Thread]:
+    """The worker threads whose calls runs abandoned (:class:`ThreadWaitError`) and that still
+    run and are no daemon threads (anyio's and asyncio's executor's on asyncio): the process
+    cannot exit before they return, as a plain asyncio program with such a thread cannot.
+    Threads not named by the abandoned wait count as any such thread still running."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if not thread.daemon
+        and thread is not threading.main_thread()
+        and (thread in _abandoned or _abandoned_unnamed)
+    ]
+
+
+_routed: list[bool] = []
+
+
+def _route_abandoned_calls_back(trio: Any) -> None:
+    """Make a call back into trio (``trio.from_thread.run`` and ``run_sync``) from a thread
+    whose waiting task a run abandoned run as one from a thread abandoned on cancel does: in
+    the system nursery. trio runs it in the waiting task, which asserts it is still there
+    ("guaranteed by abandon_on_cancel semantics"): a TrioInternalError. Done once, on the
+    first abandonment; a call from a thread whose task waits is run as before."""
+    if _routed:
+        return
+    _routed.append(True)
+    from trio import _threads
+
+    def run_in_host_task(self: Any, token: Any) -> None:
+        register = _threads.PARENT_TASK_DATA.task_register
+
+        def in_trio_thread() -> None:
+            task = register[0]
+            if task is None:
+                self.run_in_system_nursery(token)
+            else:
+                trio.lowlevel.reschedule(task, _outcome_value(self))
+
+        token.run_sync_soon(in_trio_thread)
+
+    for message in (_threads.Run, _threads.RunSync):
+        message.run_in_host_task = run_in_host_task  # type: ignore[method-assign]
+
+
+def _outcome_value(value: object) -> Any:
+    import outcome
+
+    return outcome.Value(value)
+
+
 class _TrioQueue(_Queue):
     def __init__(self, run: Run) -> None:
         super().__init__(run)
@@ -1312,7 +1385,9 @@ class _TrioQueue(_Queue):
         for frame in _await_frames(native.coro):
             if frame.f_code.co_name == "to_thread_run_sync":
                 # trio drops the thread's late report when the waiting task is gone from
-                # here, as for a call abandoned on cancel
+                # here, as for a call abandoned on cancel; its calls back into trio run in
+                # the system nursery, as an abandoned thread's do
+                _route_abandoned_calls_back(self.trio)
                 register = frame.f_locals.get("task_register")
                 if isinstance(register, list) and register:
                     register[0] = None
@@ -1331,7 +1406,7 @@ class _TrioQueue(_Queue):
         if threshold is None:
             return
         if not runnable:
-            if self.threads_busy():
+            if self.time_waits_for_threads():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
@@ -1595,6 +1670,11 @@ class _AsyncioQueue(_Queue):
     def abandon(self, native: Any, error: BaseException) -> None:
         # the future the task awaits: anyio's worker and asyncio's executor drop a report
         # for a cancelled future (the task sees a cancellation; the run fails with *error*)
+        thread = _waits_for_thread(_coro_of(native))
+        if isinstance(thread, threading.Thread):
+            _abandoned.add(thread)
+        else:
+            _abandoned_unnamed.append(True)
         waiter = getattr(native, "_fut_waiter", None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
