@@ -1769,3 +1769,43 @@ def test_a_stalled_thread_with_no_timer_left_still_ends_in_a_thread_wait_error(
     assert result.failure is not None, "the thread never returns: a ThreadWaitError"
     assert isinstance(result.failure.error, testing.ThreadWaitError)
     assert polls == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_thread_is_seen_while_a_cancellation_is_retried(backend: str) -> None:
+    # While the thread waits, a task cancels another that the scheduler holds: anyio on
+    # asyncio retries the cancellation every loop iteration. Those retries counted as the
+    # loop moving, so the thread never looked stalled: no choice, no time passing, and no
+    # thread_timeout either, a run that hung for ever (the old code).
+    async def scenario(run: testing.Run) -> None:
+        gate = threading.Event()
+        scopes: list[anyio.CancelScope] = []
+
+        async def waiter() -> None:
+            await anyio.to_thread.run_sync(gate.wait)
+
+        async def spinner() -> None:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                while True:
+                    await anyio.sleep(0)
+
+        async def sleeper() -> None:
+            await anyio.lowlevel.checkpoint()
+            scopes[0].cancel()
+            try:
+                await anyio.sleep(1)
+            finally:
+                gate.set()
+
+        for outcome in await run.concurrently(waiter, spinner, sleeper):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=10),
+    )
+    assert result.failure is None, result.failure.report()

@@ -106,7 +106,8 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # self-pipe ends the wait) instead of spinning for as long as they work
                     if outside.reported() and outside.let_in():
                         return super().select(0)
-                    return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
+                    if outside.time_waits_for_threads():
+                        return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []

@@ -331,7 +331,7 @@ class Run:
         self.fair_bound = fair_bound
         self.io_timeout = io_timeout
         self.thread_timeout = thread_timeout
-        self._loop_steps = 0  # steps of any task or callback so far: the loop moved
+        self._loop_steps = 0  # steps of any task so far: the loop moved
         self._tasks: list[_Task] = []
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
@@ -709,7 +709,11 @@ class Run:
         that resumes no task."""
         self._free_steps += count
         self._spin_free += count
-        self._loop_steps += count
+        if task:
+            # a callback that resumes no task (anyio retrying a cancellation) is no sign of
+            # life: a thread waiting meanwhile is still stalled, and one that never returns
+            # still runs out its thread_timeout
+            self._loop_steps += count
         if self._free_steps % _FREE_IO_STEPS < count:
             # tasks outside control that run on and on may spin for I/O: let it in
             assert self._queue is not None
@@ -1246,6 +1250,18 @@ class _Raise:
         raise self.error
 
 
+class _Send:
+    """What trio's ``wait_task_rescheduled`` is sent to return *value* (as ``outcome.Value``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def unwrap(self) -> object:
+        return self.value
+
+
 # threads whose calls asyncio runs abandoned, and whether any was not named (asyncio's
 # executor's); trio's worker threads are daemon threads, which never keep a process alive
 _abandoned: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
@@ -1288,18 +1304,12 @@ def _route_abandoned_calls_back(trio: Any) -> None:
             if task is None:
                 self.run_in_system_nursery(token)
             else:
-                trio.lowlevel.reschedule(task, _outcome_value(self))
+                trio.lowlevel.reschedule(task, _Send(self))
 
         token.run_sync_soon(in_trio_thread)
 
     for message in (_threads.Run, _threads.RunSync):
         message.run_in_host_task = run_in_host_task  # type: ignore[method-assign]
-
-
-def _outcome_value(value: object) -> Any:
-    import outcome
-
-    return outcome.Value(value)
 
 
 class _TrioQueue(_Queue):
