@@ -333,3 +333,21 @@ globals().update(
         for scenario in group.values()
     }
 )
+
+
+async def take_and_give_without_finally(run: testing.Run) -> None:
+    """A take/give without try/finally: leaks only if cancelled at the checkpoint between."""
+    out = 0
+
+    async def worker() -> None:
+        nonlocal out
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        out += 1
+        await anyio.lowlevel.checkpoint()  # a cancellation here leaks
+        out -= 1
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(worker, worker)
+    assert out == 0, f"leaked {out}"

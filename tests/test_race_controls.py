@@ -29,6 +29,7 @@ import sniffio
 import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
+from tests.races import take_and_give_without_finally
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -1565,24 +1566,6 @@ def test_the_replay_command_of_a_thread_that_never_returns_ends(backend: str) ->
         NEVER.set()
     assert replayed.returncode == 1, replayed.stderr
     assert "ThreadWaitError: a worker thread did not report back in 0.2 s" in replayed.stdout
-
-
-async def take_and_give_without_finally(run: testing.Run) -> None:
-    """A take/give without try/finally: leaks only if cancelled at the checkpoint between."""
-    out = 0
-
-    async def worker() -> None:
-        nonlocal out
-        await anyio.sleep(0)
-        await anyio.sleep(0)
-        out += 1
-        await anyio.sleep(0)  # a cancellation here leaks
-        out -= 1
-        await anyio.sleep(0)
-        await anyio.sleep(0)
-
-    await run.concurrently(worker, worker)
-    assert out == 0, f"leaked {out}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

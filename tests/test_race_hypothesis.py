@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Callable
 
+import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -12,7 +14,7 @@ import avcm
 from avcm import testing
 from avcm.testing import hypothesis as race_hypothesis
 from tests._recording import make_context
-from tests.races import AVCM, SEED
+from tests.races import AVCM, SEED, take_and_give_without_finally
 from tests.seed_port import SeedDriver, SeedPhys, SeedRes
 
 SETTINGS = settings(
@@ -154,3 +156,70 @@ def test_a_machine_without_rules_is_bad_input() -> None:
         race_hypothesis.run_race_machine(Empty)
     with pytest.raises(avcm.InvalidError, match="max_rounds"):
         race_hypothesis.run_race_machine(SeedBindings, max_rounds=0)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_hypothesis_injects_cancellations_and_shrinks_to_one(backend: str) -> None:
+    def search(cancel: int) -> testing.Failure | None:
+        @SETTINGS
+        @given(schedule=race_hypothesis.schedules(cancel=cancel))
+        def leak(schedule: race_hypothesis.Schedule) -> None:
+            race_hypothesis.run_schedule(take_and_give_without_finally, schedule, backend=backend)
+
+        try:
+            leak()
+        except testing.RaceFound as found:
+            return found.failure
+        return None
+
+    # no schedule leaks without a cancellation
+    assert search(0) is None
+    failure = search(2)
+    assert failure is not None and "leaked 1" in str(failure.error)
+    # shrunk to the one cancellation it takes, with no preemption
+    assert sum(step.injected for step in failure.timeline.steps) == 1
+    assert failure.timeline.preemptions == 0
+    again = testing.replay(take_and_give_without_finally, failure.token, backend=backend)
+    assert again is not None and again.timeline.format() == failure.timeline.format()
+
+
+class TakeAndGive(race_hypothesis.RaceMachine):
+    """A counter taken and given back by each rule, with no try/finally."""
+
+    async def setup(self) -> None:
+        self.out = 0
+
+    @race_hypothesis.race_rule
+    async def take_and_give(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.out += 1
+        await anyio.lowlevel.checkpoint()  # a cancellation here leaks
+        self.out -= 1
+
+    async def invariant(self) -> None:
+        assert self.out == 0, f"leaked {self.out}"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_stateful_runner_injects_cancellations(backend: str) -> None:
+    race_hypothesis.run_race_machine(
+        TakeAndGive, backend=backend, max_examples=100, hypothesis_settings=SETTINGS
+    )
+    with pytest.raises(AssertionError, match="leaked 1") as info:
+        race_hypothesis.run_race_machine(
+            TakeAndGive, backend=backend, max_examples=200, hypothesis_settings=SETTINGS, cancel=1
+        )
+    assert "injected" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: race_hypothesis.schedules(cancel=-1),
+        lambda: race_hypothesis.schedules(cancel=65),
+        lambda: race_hypothesis.run_race_machine(SeedBindings, cancel=-1),
+    ],
+)
+def test_bad_cancel_counts(make: Callable[[], object]) -> None:
+    with pytest.raises(avcm.InvalidError, match="cancel"):
+        make()

@@ -51,22 +51,64 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """The position chosen at each step that has a choice (0: the task that ran last goes
-    on); steps past the end choose 0."""
+    on); steps past the end choose 0. With *cancels*, before each step one more number: 0
+    cancels nothing, *k* the *k*-th running task (counted round the running tasks), up to
+    *cancel* cancellations in all (cancellation injection; each is a step of the timeline
+    and the token, as with the strategies' ``cancel=``)."""
 
     positions: tuple[int, ...]
+    cancels: tuple[int, ...] = ()
+    cancel: int = 0
 
     def chooser(self) -> Any:
         from ._strategies import FromIndices
 
-        return FromIndices(self.positions)
+        return _Injecting(FromIndices(self.positions), iter(self.cancels).__next__, self.cancel)
 
 
-def schedules(*, max_choices: int = 100, max_tasks: int = 8) -> st.SearchStrategy[Schedule]:
-    """Schedules of at most *max_choices* choices among at most *max_tasks* tasks."""
+class _Injecting:
+    """A chooser that also injects cancellations, as *draw* (a number per step) says: at most
+    *cancel* of them."""
+
+    def __init__(self, choices: Any, draw: Callable[[], int], cancel: int) -> None:
+        self._choices = choices
+        self._draw = draw
+        self._left = cancel
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        return int(self._choices.choose(step, enabled, continuing))
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        if not self._left or not running:
+            return None
+        try:
+            drawn = self._draw() % (len(running) + 1)
+        except StopIteration:  # past the end of a drawn list: nothing more to cancel
+            self._left = 0
+            return None
+        if not drawn:
+            return None
+        self._left -= 1
+        return running[drawn - 1]
+
+
+def schedules(
+    *, max_choices: int = 100, max_tasks: int = 8, cancel: int = 0
+) -> st.SearchStrategy[Schedule]:
+    """Schedules of at most *max_choices* choices among at most *max_tasks* tasks, and with
+    *cancel* > 0 at most that many injected cancellations (shrinking towards none)."""
     check_int(max_choices, "schedules: max_choices", 0)
     check_int(max_tasks, "schedules: max_tasks", 2)
+    check_int(cancel, "schedules: cancel", 0, 64)
     positions = st.lists(st.integers(0, max_tasks - 1), max_size=max_choices)
-    return positions.map(lambda drawn: Schedule(tuple(drawn)))
+    if not cancel:
+        return positions.map(lambda drawn: Schedule(tuple(drawn)))
+    cancels = st.lists(st.integers(0, max_tasks), max_size=max_choices)
+    return st.builds(
+        lambda drawn, injected: Schedule(tuple(drawn), tuple(injected), cancel),
+        positions,
+        cancels,
+    )
 
 
 async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Limits) -> None:
@@ -99,15 +141,27 @@ def run_schedule(
 
 
 class HypothesisChooser:
-    """Draws every choice that has more than one option from Hypothesis's ``data``."""
+    """Draws every choice that has more than one option from Hypothesis's ``data``; with
+    *cancel* > 0, also whether to cancel a running task before each step, at most *cancel*
+    times (drawn as 0, none, shrinking towards no cancellation at all)."""
 
-    def __init__(self, data: st.DataObject) -> None:
+    def __init__(self, data: st.DataObject, *, cancel: int = 0) -> None:
         self._data = data
+        self._left = check_int(cancel, "HypothesisChooser cancel", 0, 64)
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if len(enabled) == 1:
             return 0
         return self._data.draw(st.integers(0, len(enabled) - 1), label=f"step {step}")
+
+    def inject(self, step: int, running: Sequence[int]) -> int | None:
+        if not self._left or not running:
+            return None
+        drawn = self._data.draw(st.integers(0, len(running)), label=f"cancel before {step}")
+        if not drawn:
+            return None
+        self._left -= 1
+        return running[drawn - 1]
 
 
 def race_rule(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -152,10 +206,11 @@ async def _run_machine_once(
     max_rounds: int,
     max_parallel: int,
     limits: Limits,
+    cancel: int,
 ) -> None:
     machine = machine_class()
     run = Run(
-        HypothesisChooser(data),
+        HypothesisChooser(data, cancel=cancel),
         max_steps=limits.max_steps,
         idle_timeout=limits.idle_timeout,
         runaway_steps=limits.runaway_steps,
@@ -197,9 +252,13 @@ def run_race_machine(
     max_parallel: int = 3,
     limits: Limits | None = None,
     hypothesis_settings: settings | None = None,
+    cancel: int = 0,
 ) -> None:
     """Run *machine_class* under Hypothesis: on a failure, the minimal rounds, rules and
-    schedule are reported with the timeline of the failing run (an ``AssertionError``)."""
+    schedule are reported with the timeline of the failing run (an ``AssertionError``).
+    With *cancel* > 0, up to that many cancellations are injected into the rules' tasks
+    per example (a rule cancelled is no failure: its outcome says so, and the invariant
+    still holds or not)."""
     if backend not in BACKENDS:
         raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if not issubclass(machine_class, RaceMachine) or not machine_class.rules:
@@ -210,6 +269,7 @@ def run_race_machine(
         ("max_parallel", max_parallel),
     ):
         check_int(value, f"run_race_machine: {name}", 1)
+    check_int(cancel, "run_race_machine: cancel", 0, 64)
     limits = limits or Limits()
     options = hypothesis_settings or settings(deadline=None)
 
@@ -218,7 +278,9 @@ def run_race_machine(
     def race_machine(data: st.DataObject) -> None:
         run_on_virtual_time(
             backend,
-            partial(_run_machine_once, machine_class, data, max_rounds, max_parallel, limits),
+            partial(
+                _run_machine_once, machine_class, data, max_rounds, max_parallel, limits, cancel
+            ),
         )
 
     race_machine()
