@@ -351,3 +351,24 @@ async def take_and_give_without_finally(run: testing.Run) -> None:
 
     await run.concurrently(worker, worker)
     assert out == 0, f"leaked {out}"
+
+
+def queue_overflow(lead: int) -> testing.Scenario:
+    """Three tasks check that a one-command queue is empty, pause, then append; the device has
+    one spare slot, so two commands are fine and three overflow it: only when all three
+    checked before any appended (two preemptions), after *lead* checkpoints of work each."""
+
+    async def scenario(run: testing.Run) -> None:
+        queue: list[int] = []
+
+        async def submit(item: int) -> None:
+            for _ in range(lead):
+                await anyio.lowlevel.checkpoint()
+            if not queue:
+                await anyio.lowlevel.checkpoint()
+                queue.append(item)
+
+        await run.concurrently(*(lambda item=item: submit(item) for item in range(3)))
+        assert len(queue) <= 2, f"{len(queue)} commands overflow a queue of one and a spare"
+
+    return scenario

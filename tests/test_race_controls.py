@@ -29,7 +29,7 @@ import sniffio
 import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
-from tests.races import take_and_give_without_finally
+from tests.races import queue_overflow, take_and_give_without_finally
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -1146,27 +1146,6 @@ def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
         # the workers take k + 1 steps each, interleaved every way; the blocked task's start
         # goes in any of the 2k + 3 places; its second step, once woken, is always the last
         assert result.schedules == math.comb(2 * k + 2, k + 1) * (2 * k + 3)
-
-
-def queue_overflow(lead: int) -> testing.Scenario:
-    """Three tasks check that a one-command queue is empty, pause, then append; the device has
-    one spare slot, so two commands are fine and three overflow it: only when all three
-    checked before any appended (two preemptions), after *lead* checkpoints of work each."""
-
-    async def scenario(run: testing.Run) -> None:
-        queue: list[int] = []
-
-        async def submit(item: int) -> None:
-            for _ in range(lead):
-                await anyio.lowlevel.checkpoint()
-            if not queue:
-                await anyio.lowlevel.checkpoint()
-                queue.append(item)
-
-        await run.concurrently(*(lambda item=item: submit(item) for item in range(3)))
-        assert len(queue) <= 2, f"{len(queue)} commands overflow a queue of one and a spare"
-
-    return scenario
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

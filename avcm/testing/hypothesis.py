@@ -1,8 +1,11 @@
 """Hypothesis draws the schedule: a failing interleaving shrinks to a minimal one.
 
 Every choice of the scheduler becomes a number Hypothesis draws, and Hypothesis shrinks numbers
-towards 0, which here means "let the task that ran last go on": the shrunk schedule has the
-fewest preemptions that still fail. Two ways in:
+towards 0, which here means "let the task that ran last go on". Among three or more tasks that
+is not always the fewest preemptions, so the example Hypothesis reports from
+:func:`run_schedule` is shrunk the finder's way too (as :func:`~avcm.testing.explore` shrinks,
+within :data:`SHRINK_BUDGET` runs): the fewest preemptions that still fail, then the fewest
+steps. Two ways in:
 
 * :func:`schedules` is a strategy of :class:`Schedule`; :func:`run_schedule` runs a scenario
   under one (raises :class:`~avcm.testing.RaceFound` with the timeline if it fails)::
@@ -29,15 +32,18 @@ from typing import Any, ClassVar
 import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.control import current_build_context
+from hypothesis.errors import InvalidArgument
 
 from .. import InvalidError
 from ..lowlevel import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
-from ._explore import Limits, Scenario, _failure, _run_once
+from ._explore import Limits, Scenario, _failure, _run_once, _shrink
 from ._scheduler import Run
 
 __all__ = [
+    "SHRINK_BUDGET",
     "HypothesisChooser",
     "RaceMachine",
     "Schedule",
@@ -111,20 +117,41 @@ def schedules(
     )
 
 
+SHRINK_BUDGET = 500
+"""Runs the finder's own shrinker may spend on the example Hypothesis reports (as
+``explore``'s ``shrink_budget``)."""
+
+
+def _final_example() -> bool:
+    """Whether this is the run of the example Hypothesis reports, after its own shrinking."""
+    try:
+        return bool(getattr(current_build_context(), "is_final", False))
+    except InvalidArgument:  # not inside a Hypothesis test
+        return False
+
+
 async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Limits) -> None:
     run, error = await _run_once(scenario, schedule.chooser(), limits)
-    if error is not None:
-        failure = _failure(
-            scenario,
-            run,
-            error,
-            strategy="hypothesis",
-            seed=0,
-            schedule=0,
-            found=None,
-            command=None,
-        )
-        raise RaceFound(failure) from error
+    if error is None:
+        return
+    found = None
+    if _final_example():
+        # Hypothesis lowers the drawn numbers, which among three or more tasks is not always
+        # fewer preemptions (it can stop at 3 or 4 where 2 fail): the example it reports is
+        # shrunk the finder's way too, to the fewest preemptions, then the fewest steps
+        found = run
+        run, error = await _shrink(scenario, run, error, limits, SHRINK_BUDGET)
+    failure = _failure(
+        scenario,
+        run,
+        error,
+        strategy="hypothesis",
+        seed=0,
+        schedule=0,
+        found=found,
+        command=None,
+    )
+    raise RaceFound(failure) from error
 
 
 def run_schedule(
