@@ -248,3 +248,37 @@ def test_the_stateful_runner_injects_cancellations(backend: str) -> None:
 def test_bad_cancel_counts(make: Callable[[], object]) -> None:
     with pytest.raises(avcm.InvalidError, match="cancel"):
         make()
+
+
+class CommandQueue(race_hypothesis.RaceMachine):
+    """Submitters check that a one-command queue is empty, pause, then append: three that
+    all checked before any appended overflow it (two preemptions among three rules)."""
+
+    async def setup(self) -> None:
+        self.queue: list[int] = []
+
+    @race_hypothesis.race_rule
+    async def submit(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if not self.queue:
+            await anyio.lowlevel.checkpoint()
+            self.queue.append(1)
+
+    async def invariant(self) -> None:
+        overflow = len(self.queue) > 2
+        self.queue.clear()
+        assert not overflow, "the command queue overflowed"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_stateful_runner_reports_the_fewest_preemptions(backend: str) -> None:
+    with pytest.raises(AssertionError, match="the command queue overflowed") as info:
+        race_hypothesis.run_race_machine(
+            CommandQueue,
+            backend=backend,
+            max_examples=500,
+            max_rounds=1,
+            hypothesis_settings=SETTINGS,
+        )
+    assert "round 0 failed" in str(info.value)
+    assert "2 preemption(s)" in str(info.value)
