@@ -1335,16 +1335,33 @@ def failure_in_500_steps(task: Callable[[], Awaitable[None]], backend: str) -> t
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_spin_nothing_ends_under_a_deadline_is_a_step_budget_report(backend: str) -> None:
-    """The spin rule never moves time to a deadline: a spin that only its own deadline would
-    end runs into the step budget (the documented limit), not into a timeout."""
+def test_a_spin_only_its_own_deadline_ends_reaches_it_at_the_step_budget(backend: str) -> None:
+    """The spin rule never moves time to a deadline, but a spin that lasts the whole step
+    budget with a deadline pending does: a real loop's clock reaches it while the task spins
+    (this was a StepBudgetError)."""
+    ended: list[float] = []
 
-    async def spin() -> None:
-        with anyio.move_on_after(0.5):
-            while True:
-                await anyio.sleep(0)
+    async def scenario(run: testing.Run) -> None:
+        async def spin() -> None:
+            start = anyio.current_time()
+            with anyio.move_on_after(0.5):
+                while True:
+                    await anyio.sleep(0)
+            ended.append(anyio.current_time() - start)
 
-    failure_in_500_steps(spin, backend)
+        for outcome in await run.concurrently(spin):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(max_steps=500),
+    )
+    assert result.failure is None, result.failure.report()
+    assert ended == [0.5]
+    assert 500 <= result.max_steps_seen < 1000
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -1771,3 +1788,98 @@ def test_a_stalled_thread_is_seen_while_a_cancellation_is_retried(backend: str) 
         limits=testing.Limits(thread_timeout=10),
     )
     assert result.failure is None, result.failure.report()
+
+
+def spin_until_a_deadline(kind: str) -> testing.Scenario:
+    """A task polls a flag with sleep(0) that another sets once its wait times out: a real
+    loop's clock reaches the deadline while the poller spins, and both end."""
+
+    async def scenario(run: testing.Run) -> None:
+        flag = [False]
+        never = anyio.Event()
+
+        async def poller() -> None:
+            while not flag[0]:
+                await anyio.sleep(0)
+
+        async def waiter() -> None:
+            if kind == "move_on_after":
+                with anyio.move_on_after(0.1):
+                    await never.wait()
+            else:
+                try:
+                    with anyio.fail_after(0.1):
+                        await never.wait()
+                except TimeoutError:
+                    pass
+            flag[0] = True
+
+        for outcome in await run.concurrently(poller, waiter):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["move_on_after", "fail_after"])
+def test_a_spin_until_another_tasks_deadline_is_no_livelock(kind: str, backend: str) -> None:
+    # the spin rule moves time to a sleep's timer, never to a deadline; the spin went on to
+    # the step budget and was reported as a livelock at the first schedule
+    for strategy in (testing.PCT(0), testing.Exhaustive(1)):
+        result = testing.explore(
+            spin_until_a_deadline(kind),
+            strategy=strategy,
+            schedules=4,
+            backend=backend,
+            limits=testing.Limits(max_steps=500),
+        )
+        assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spawned_task_polling_for_a_sleepers_flag_is_no_runaway(backend: str) -> None:
+    # a task outside control that polls keeps the loop busy, so time never passed for the
+    # sleeper that ends its poll: a RunawayError at the first schedule
+    async def scenario(run: testing.Run) -> None:
+        flag = [False]
+
+        async def owner() -> None:
+            async def helper() -> None:
+                while not flag[0]:
+                    await anyio.sleep(0)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(helper)
+
+        async def setter() -> None:
+            await anyio.sleep(0.1)
+            flag[0] = True
+
+        for outcome in await run.concurrently(owner, setter):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=3,
+        backend=backend,
+        limits=testing.Limits(runaway_steps=3000),
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spin_with_no_timer_pending_is_still_a_livelock(backend: str) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def poller() -> None:
+            while True:
+                await anyio.sleep(0)
+
+        await run.concurrently(poller, poller)
+
+    result = testing.explore(
+        scenario, strategy=testing.PCT(0), backend=backend, limits=testing.Limits(max_steps=300)
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.StepBudgetError)
+    assert "livelock" in str(result.failure.error)

@@ -409,6 +409,12 @@ def test_command_line_bad_input() -> None:
     assert found.failure is not None
     diverged = replay_in_a_fresh_process("tests.races:avcm_two_binds_win", str(found.failure.token))
     assert diverged.returncode == 3 and "diverged" in diverged.stderr
+    # a function that is no scenario is never called to find that out (os.remove would
+    # have been called with the run)
+    not_a_scenario = replay_in_a_fresh_process("os:remove", "avcm4:x:0:0:00000000:-")
+    assert not_a_scenario.returncode == 2
+    assert "'os:remove' is not a scenario (an async function)" in not_a_scenario.stderr
+    assert "Traceback" not in not_a_scenario.stderr
 
 
 def test_imports_stay_light() -> None:
@@ -544,6 +550,11 @@ def test_more_bad_input() -> None:
         testing.explore(not_async, schedules=1)  # type: ignore[arg-type]
     with pytest.raises(avcm.InvalidError, match="shrink_budget"):
         testing.explore(counting_tasks(1), shrink_budget=-1)
+    for limits in ({}, 5, testing.Limits):
+        with pytest.raises(avcm.InvalidError, match=r"limits must be an avcm\.testing\.Limits"):
+            testing.explore(counting_tasks(1), limits=limits)  # type: ignore[arg-type]
+        with pytest.raises(avcm.InvalidError, match=r"limits must be an avcm\.testing\.Limits"):
+            testing.replay(counting_tasks(1), "avcm4:x:0:0:00000000:-", limits=limits)  # type: ignore[arg-type]
 
     def raises(memory: avcm.PhysicalMemory) -> avcm.Vcm:
         raise RuntimeError("no hardware here")

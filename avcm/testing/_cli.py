@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,6 +165,12 @@ def _replay(args: argparse.Namespace) -> int:
         _writable(args.chrome_trace)
     token = ReplayToken.parse(args.token)
     scenario = load(args.scenario)
+    if not (
+        inspect.iscoroutinefunction(scenario)
+        or inspect.iscoroutinefunction(type(scenario).__call__)
+    ):
+        # a scenario is only ever called to run it: never call anything else to find out
+        raise _UsageError(f"{quote(args.scenario)} is not a scenario (an async function)")
     failure = replay(
         scenario, token, backend=args.backend, limits=Limits(thread_timeout=args.thread_timeout)
     )

@@ -92,6 +92,16 @@ class Limits:
 _DEFAULT_LIMITS = Limits()
 
 
+def checked_limits(limits: object) -> Limits:
+    """*limits*, or the defaults for ``None``; :class:`~avcm.InvalidError` for anything but
+    a :class:`Limits`."""
+    if limits is None:
+        return _DEFAULT_LIMITS
+    if not isinstance(limits, Limits):
+        raise InvalidError(f"limits must be an avcm.testing.Limits, not {limits!r}")
+    return limits
+
+
 def scenario_name(scenario: Callable[..., Any]) -> str:
     """``module:qualname`` of a scenario (what the replay command imports)."""
     while isinstance(scenario, partial):
@@ -439,7 +449,7 @@ async def explore_async(
     strategy = PCT() if strategy is None else strategy
     if not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
-    limits = Limits() if limits is None else limits
+    limits = checked_limits(limits)
     ran = 0
     exhausted = covered = False
     max_steps_seen = 0
@@ -566,6 +576,7 @@ def explore(
     answer within *connect_timeout* seconds (``None``: :data:`CONNECT_TIMEOUT`, 5 s); nothing
     run either way.
     """
+    checked_limits(limits)
     if connect_timeout is not None:
         from ._parallel import check_connect_timeout
 
@@ -644,7 +655,7 @@ async def replay_async(
     passed. :class:`ReplayDivergedError` if the run does not follow the recording."""
     if not isinstance(token, ReplayToken):
         token = ReplayToken.parse(token)
-    limits = Limits() if limits is None else limits
+    limits = checked_limits(limits)
     chooser = Replay(token.decisions)
     run, error = await _run_once(scenario, chooser, limits)
     chooser.check_complete(run.steps)

@@ -35,7 +35,16 @@ from ..lowlevel import check_int, quote
 from ._clock import run_on_virtual_time
 from ._conformance import SCENARIOS, ConformanceReport, Factory, check_conformance
 from ._errors import ClusterError, ConformanceFailure
-from ._explore import Exploration, Failure, Limits, Scenario, _run_once, described, explore
+from ._explore import (
+    Exploration,
+    Failure,
+    Limits,
+    Scenario,
+    _run_once,
+    checked_limits,
+    described,
+    explore,
+)
 from ._strategies import PCT, Exhaustive, RandomWalk, Strategy
 from ._timeline import TaskOutcome
 
@@ -425,7 +434,7 @@ def exhaustive_prefixes(
         avcm.InvalidError: *strategy*'s prefix begins no schedule of *scenario*.
     """
     check_int(parts, "parts", 1)
-    limits = Limits() if limits is None else limits
+    limits = checked_limits(limits)
     return run_on_virtual_time(backend, partial(_split_async, scenario, strategy, parts, limits))
 
 

@@ -349,6 +349,7 @@ class Run:
         self._spin_free = 0  # uncontrolled steps since the last spin check
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
         self._idle_deadline: float | None = None  # the controller's own timer
+        self._spinning = False  # the spin rule's last look found the tasks only yielding
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
@@ -557,6 +558,8 @@ class Run:
         time = self._step_time()
         if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
             time = self._spin(time)
+        if self._still(time) and self._still_steps >= self.max_steps:
+            time = self._outspun(time)
         self._check_budget(time)
         position = self._chooser.choose(
             len(self._steps), [task.index for task in choices], continuing
@@ -616,10 +619,12 @@ class Run:
         so that a deadline around a spin that waits for the clock is not reached first.
         While I/O is outstanding it waits for the I/O and moves nothing, until a whole
         ``io_timeout`` brought nothing. With no sleeper's timer and no clock read the
-        spin is a livelock as far as this rule goes, and the step budget reports it (its
-        steps count as standing still, moved by this rule or not)."""
+        spin is a livelock as far as this rule goes: at the step budget (its steps count as
+        standing still, moved by this rule or not) :meth:`_outspun` moves time to any timer
+        pending, and with none the budget reports it."""
         queue = self._queue
         assert queue is not None
+        self._spinning = False
         if not self._still(time) or not queue.virtual:
             return time
         run = len(self._steps) - self._still_steps  # the step at which this still run began
@@ -634,6 +639,7 @@ class Run:
                 # this still run's tasks change state, and not for a clock this rule moved
                 self._progress_run = run
             return time
+        self._spinning = True  # nothing changed since the last look: the tasks only yield
         if queue.io_waits() or queue.reported():
             if not queue.io_quiet:
                 # What they spin for may be I/O, for which real time passes, not virtual
@@ -670,6 +676,37 @@ class Run:
         self._spin_moved = True
         self._still_time = self._step_time()
         return self._still_time
+
+    def _outspun(self, time: float) -> float:
+        """At the step budget, a still run whose tasks spin (the spin rule's last look saw no
+        task's state change: a livelock as far as steps go) while a timer other than the
+        controller's is pending: a real loop's clock runs on while tasks spin, and reaches
+        that timer (the deadline of a wait that another task only polls for, a
+        ``call_later``), so virtual time moves to it and the budget starts again, instead of
+        a :class:`StepBudgetError`. Steady progress still ends at the budget (a real loop
+        takes as long as the machine makes it), and a spin with no timer pending is a
+        livelock."""
+        queue = self._queue
+        assert queue is not None
+        if not self._spinning or not queue.virtual:
+            return time
+        if _next_deadline(exclude=self._idle_deadline) is None:
+            return time
+        self._reach_next_timer()
+        self._still_steps = 0
+        self._still_time = self._step_time()
+        return self._still_time
+
+    def _reach_next_timer(self) -> bool:
+        """Move virtual time to the next timer but the controller's own; whether there was
+        one."""
+        timer = _next_deadline(exclude=self._idle_deadline)
+        if timer is None:
+            return False
+        assert self._queue is not None
+        self._queue.advance(timer)
+        self._spin_moved = True
+        return True
 
     def _state(self) -> tuple[object, ...]:
         """What a spin must not change: every live controlled task's own frames, where each
@@ -741,6 +778,11 @@ class Run:
                 # from_thread.run call, which a real loop runs for ever too): cancel them,
                 # or the run never ends.
                 queue.cancel_runaways()
+            elif queue.virtual and self._reach_next_timer():
+                # as many steps as a real loop takes a second or so for, with no task but
+                # those outside control runnable: its clock would have reached the next
+                # timer meanwhile (a controlled task's sleep that ends what they poll for)
+                pass
             elif self._error is None:
                 self._error = RunawayError(
                     f"tasks outside the scheduler's control (spawned by a controlled task, or "

@@ -39,7 +39,7 @@ from .. import InvalidError
 from ..lowlevel import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
-from ._explore import Limits, Scenario, _failure, _run_once, _shrink
+from ._explore import Limits, Scenario, _failure, _run_once, _shrink, checked_limits
 from ._scheduler import Run
 
 __all__ = [
@@ -163,7 +163,7 @@ def run_schedule(
 ) -> None:
     """Run *scenario* once under *schedule*, on virtual time; :class:`RaceFound` if it fails."""
     run_on_virtual_time(
-        backend, partial(_run_schedule_async, scenario, schedule, limits or Limits())
+        backend, partial(_run_schedule_async, scenario, schedule, checked_limits(limits))
     )
 
 
@@ -330,7 +330,7 @@ def run_race_machine(
     ):
         check_int(value, f"run_race_machine: {name}", 1)
     check_int(cancel, "run_race_machine: cancel", 0, 64)
-    limits = limits or Limits()
+    limits = checked_limits(limits)
     options = hypothesis_settings or settings(deadline=None)
 
     @settings(options, max_examples=max_examples)
