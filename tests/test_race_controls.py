@@ -1883,3 +1883,37 @@ def test_a_spin_with_no_timer_pending_is_still_a_livelock(backend: str) -> None:
     assert result.failure is not None
     assert isinstance(result.failure.error, testing.StepBudgetError)
     assert "livelock" in str(result.failure.error)
+
+
+async def three_locks_in_a_ring(run: testing.Run) -> None:
+    """Three tasks each take two of three locks, in a ring: a deadlock if each holds its first
+    when the next takes it (one preemption is enough)."""
+    locks = [anyio.Lock() for _ in range(3)]
+
+    def take(first: anyio.Lock, second: anyio.Lock) -> Callable[[], Awaitable[None]]:
+        async def task() -> None:
+            async with first:
+                await anyio.lowlevel.checkpoint()
+                async with second:
+                    await anyio.lowlevel.checkpoint()
+
+        return task
+
+    await run.concurrently(*(take(locks[i], locks[(i + 1) % 3]) for i in range(3)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deadlock_is_shrunk_to_the_fewest_preemptions(backend: str) -> None:
+    none = testing.explore(three_locks_in_a_ring, strategy=testing.Exhaustive(0), backend=backend)
+    assert none.exhausted and not none.found
+    result = testing.explore(
+        three_locks_in_a_ring, strategy=testing.RandomWalk(0), schedules=500, backend=backend
+    )
+    failure = result.failure
+    assert failure is not None and isinstance(failure.error, testing.DeadlockError)
+    # found with more (the old code reported them as found), shrunk to the one it takes
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 1
+    assert failure.timeline.preemptions == 1
+    again = testing.replay(three_locks_in_a_ring, failure.token, backend=backend)
+    assert again is not None and isinstance(again.error, testing.DeadlockError)
+    assert again.timeline.steps == failure.timeline.steps

@@ -24,7 +24,7 @@ import sniffio
 from .. import InvalidError
 from ..lowlevel import check_int
 from ._clock import run_on_virtual_time, seed_trio_scheduler
-from ._errors import RaceFound, ReplayDivergedError, ScheduleFailure
+from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, Replay, Strategy
 from ._timeline import Timeline, wrap
@@ -477,9 +477,10 @@ async def explore_async(
                 break
             continue
         found = None
-        # The scheduler's own failures (deadlock, step budget, runaway) are not shrunk: a
-        # shorter schedule would be a different run, not the same failure made smaller.
-        if shrink and not isinstance(error, ScheduleFailure):
+        # The scheduler's own failures but a deadlock (step budget, runaway, I/O or a thread
+        # that never came) are not shrunk: a shorter schedule would be a different run, not
+        # the same failure made smaller. A deadlock with fewer preemptions is the same one.
+        if shrink and (not isinstance(error, ScheduleFailure) or isinstance(error, DeadlockError)):
             found = run
             run, error = await _shrink(scenario, run, error, limits, shrink_budget)
         failure = _failure(
