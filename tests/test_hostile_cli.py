@@ -186,9 +186,10 @@ def test_tokens_with_huge_numbers_are_token_errors(
 def test_a_scenario_with_the_wrong_signature_is_a_usage_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # a function that is no async function is refused without being called
     status, out, err = run_testing(capsys, "replay", "os:getcwd", TOKEN)
     assert status == 2 and out == ""
-    assert_one_line(err, "avcm.testing:", "cannot be called with a Run")
+    assert_one_line(err, "avcm.testing:", "is not a scenario (an async function)")
 
 
 @pytest.mark.parametrize(

@@ -436,7 +436,7 @@ def spinners(n: int, spin: Callable[[int], Awaitable[None]]) -> testing.Scenario
     return scenario
 
 
-PROGRESS = {"count": 0}  # progress where the spin rule's state check does not look
+PROGRESS = {"count": 0, "polls": 0}  # progress where the spin rule's state check does not look
 
 
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
@@ -1917,3 +1917,39 @@ def test_a_deadlock_is_shrunk_to_the_fewest_preemptions(backend: str) -> None:
     again = testing.replay(three_locks_in_a_ring, failure.token, backend=backend)
     assert again is not None and isinstance(again.error, testing.DeadlockError)
     assert again.timeline.steps == failure.timeline.steps
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spawned_poller_that_only_yields_lets_time_pass_soon(backend: str) -> None:
+    # the spin rule, for tasks outside control: two looks a thousand of their steps apart
+    # that see no state change let the sleeper's timer come (before, only the runaway
+    # budget did: here a million polls)
+    async def scenario(run: testing.Run) -> None:
+        flag = [False]
+
+        async def owner() -> None:
+            async def helper() -> None:
+                while not flag[0]:
+                    PROGRESS["polls"] += 1  # a count the state check does not see
+                    await anyio.sleep(0)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(helper)
+
+        async def setter() -> None:
+            await anyio.sleep(0.1)
+            flag[0] = True
+
+        for outcome in await run.concurrently(owner, setter):
+            outcome.unwrap()
+
+    PROGRESS["polls"] = 0
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(runaway_steps=1_000_000),
+    )
+    assert result.failure is None, result.failure.report()
+    assert PROGRESS["polls"] < 10_000

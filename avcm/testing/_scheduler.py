@@ -256,7 +256,7 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.B
 def _fingerprint(value: object, depth: int = 1) -> object:
     """A value's identity, with its size and, one level down, what its attributes or first
     items are (by identity): enough to see a counter, a cursor or a queue move."""
-    if isinstance(value, _OPAQUE):
+    if isinstance(value, (*_OPAQUE, Run)):  # a Run: the finder's own counters move
         return id(value)
     if isinstance(value, (int, float, str, bytes, bool, type(None))):
         return value
@@ -350,6 +350,7 @@ class Run:
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
         self._idle_deadline: float | None = None  # the controller's own timer
         self._spinning = False  # the spin rule's last look found the tasks only yielding
+        self._free_state: object = None  # what _free_spin saw last
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
@@ -677,6 +678,31 @@ class Run:
         self._still_time = self._step_time()
         return self._still_time
 
+    def _free_spin(self) -> None:
+        """The spin rule for tasks outside control (spawned by a controlled task) that keep the
+        loop busy while no controlled task can run: when, two looks ``_FREE_IO_STEPS`` of
+        their steps apart, no task's state changed (the spin rule's state, of every task
+        of the loop), they only yield, and virtual time moves to the next timer if it ends
+        a sleep (a controlled task's, which ends what they poll for)."""
+        queue = self._queue
+        assert queue is not None
+        if not queue.virtual:
+            return
+        controlled = {task.native for task in self._tasks}
+        # a multiset: the loop's tasks come in no order that a run could depend on
+        state = collections.Counter(
+            _frames_state(_coro_of(native))
+            for native in queue.native_tasks()
+            if native not in controlled
+        )
+        previous, self._free_state = self._free_state, (self._state(), state)
+        if previous != self._free_state:
+            return
+        timer = _next_deadline(exclude=self._idle_deadline)
+        if timer is not None and _next_sleep() == timer:
+            self._reach_next_timer()
+            self._free_state = None
+
     def _outspun(self, time: float) -> float:
         """At the step budget, a still run whose tasks spin (the spin rule's last look saw no
         task's state change: a livelock as far as steps go) while a timer other than the
@@ -755,6 +781,8 @@ class Run:
             # tasks outside control that run on and on may spin for I/O: let it in
             assert self._queue is not None
             self._queue.wait_io = bool(self._queue.io_waits())
+            if task:
+                self._free_spin()
         self._idle_callbacks = 0 if task else self._idle_callbacks + count
         if self._idle_callbacks >= _IDLE_CALLBACKS:
             # Callbacks that wake no task, over and over (anyio's asyncio backend retries a
