@@ -254,7 +254,7 @@ def test_ctrl_c_is_one_line_and_exit_130_in_every_command(
         prefix = "avcm.testing:"
     else:
         monkeypatch.setattr(_cli, "replay", raiser)
-        status = _cli.main(["replay", "os:getcwd", TOKEN])
+        status = _cli.main(["replay", "tests.races:seed_two_binds_win", TOKEN])
         prefix = "avcm.testing:"
     captured = capsys.readouterr()
     assert status == 130
