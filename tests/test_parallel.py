@@ -197,7 +197,10 @@ def test_a_portfolio_reports_the_first_failing_part_as_one_process_finds_it(
     ]
     assert result.parts[0].schedules == 50  # 200 schedules shared between 4 parts
     assert result.schedules == sum(p.schedules for p in result.parts)
-    assert result.strategy == "portfolio of pct-d1, pct-d2" and not result.exhausted
+    # the strategy names the parts that ran: those after the reported one only if they ended
+    # before they could be cancelled, which is up to the machine
+    assert result.strategy == "portfolio of " + ", ".join(p.strategy for p in result.parts)
+    assert result.strategy.startswith("portfolio of pct-d1, pct-d2") and not result.exhausted
     failure = result.failure
     assert failure is not None
     alone = single_process("pct-d2", 0, 50).failure
