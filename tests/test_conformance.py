@@ -295,3 +295,27 @@ def test_the_command_line_shows_progress_on_a_terminal(
     total = 3 * len(testing.SCENARIOS)
     assert f"{total}/{total}" in terminal.getvalue()  # every schedule counted, to the end
     assert capsys.readouterr().out.rstrip().endswith("conformance: passed")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("factory", "scenario"),
+    [
+        # a refused switch-on ended one_phys_many_views before it gave back its own memory,
+        # reported as the driver's leak (rule 9)
+        (tricky_drivers.busy_enable, "one_phys_many_views"),
+        # a fault injected where the driver itself announces a setup point, and retried,
+        # was "the fault reached 0 callers, not 1" (rule 8)
+        (tricky_drivers.retrying, "faults"),
+    ],
+)
+def test_what_a_correct_driver_may_do_with_a_failure_is_no_violation(
+    factory: object, scenario: str, backend: str
+) -> None:
+    report = testing.check_conformance(
+        factory,  # type: ignore[arg-type]
+        backend=backend,
+        only=scenario,
+        schedules=20,
+    )
+    assert report.passed, report.format()

@@ -10,6 +10,7 @@ import time
 import anyio.to_thread
 
 import avcm
+import avcm.lowlevel
 from drivers import Latency, PageTableMmu
 
 ZERO = Latency.profile("zero")
@@ -128,3 +129,45 @@ class _Threaded(PageTableMmu):
 
 def threaded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Threaded(memory), memory=memory, name="threaded")
+
+
+class _BusyEnable(PageTableMmu):
+    """Refuses every second switch-on with ``EBUSY`` (another master holds the unit), having
+    done nothing: rule 8 lets any driver call fail."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="busy_enable")
+        self._enables = 0
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        self._enables += 1
+        if self._enables % 2 == 0:
+            raise avcm.VcmError(errno.EBUSY, "enable: the unit is busy")
+        await super().enable(vcm)
+
+
+class _Retrying(PageTableMmu):
+    """Announces ``driver.activate_page`` inside its own page write too (so that a harness's
+    faults reach its hardware step) and retries a step that fails there, three times: a
+    fault it absorbs reaches no caller, rightly."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="retrying")
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        for attempt in range(3):
+            try:
+                await avcm.lowlevel.sync_point("driver.activate_page", vcm)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+def busy_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _BusyEnable(memory), memory=memory)
+
+
+def retrying(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Retrying(memory), memory=memory)

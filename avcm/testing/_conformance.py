@@ -18,11 +18,13 @@ import errno
 import inspect
 import itertools
 import os
+import sys
 import textwrap
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -255,17 +257,29 @@ class InjectedFault(VcmError):
 
 class _FaultInjector:
     """A sync hook that counts the driver's setup calls and makes the one numbered
-    ``fail_at`` raise :class:`InjectedFault` before the driver runs (0: none fails)."""
+    ``fail_at`` raise :class:`InjectedFault` before the driver runs (0: none fails). Only
+    avcm's own announcements count: a driver that announces one of those names inside its
+    own code may retry what fails there, and then no caller sees the fault, rightly."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.fail_at = 0
 
     async def __call__(self, point: str, obj: object) -> None:
-        if point in SETUP_SYNC_POINTS:
+        if point in SETUP_SYNC_POINTS and _announced_by_avcm():
             self.calls += 1
             if self.calls == self.fail_at:
                 raise InjectedFault(f"conformance: driver call {self.calls} fails")
+
+
+def _announced_by_avcm() -> bool:
+    """Whether the sync point whose hook runs now was announced by avcm itself (its core,
+    MMU or one-to-one wrapper), not by a driver's code."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "avcm._sync"):
+        frame = frame.f_back  # the hook, then sync_point
+    module = "" if frame is None else str(frame.f_globals.get("__name__", ""))
+    return module.startswith("avcm.") and not module.startswith("avcm.testing")
 
 
 async def _faults(run: Run, vcm: Vcm) -> None:
@@ -728,30 +742,13 @@ async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     # one-to-one contexts place a phys at its own address: a second view there is refused
     _raise_unexpected(outcomes, _REFUSED | {errno.EADDRINUSE, errno.EEXIST, errno.EBUSY})
     check_quiescent([first, second])
-    if not await _unless_driver_fails(first.activate):
-        return
-    if await _unless_driver_fails(second.activate):
-        seen = [(vcm, res) for vcm, res in views if _device(vcm) is not None]
-        for salt, (vcm, res) in enumerate(seen, 1):
-            pattern = _write_through(vcm, res, salt)
-            if pattern is not None:
-                for other, view in seen:
-                    _check_memory(other, view, pattern)
-        if _device(first) is not None:
-            start, size = edge.start, edge.res_size
-            await edge.destroy_binding()
-            _expect_gone(first, start, size, "after destroy_binding returned")
-        if len(seen) > 1:
-            vcm, res = seen[0]
-            start, size = res.start, res.res_size
-            await res.unmap()
-            _expect_gone(vcm, start, size, "after unmap returned")
-            pattern = _write_through(*seen[1], len(seen) + 1)
-            if pattern is not None:
-                for other, view in seen[1:]:
-                    _check_memory(other, view, pattern)
-        await second.deactivate()
-    await first.deactivate()
+    # an activate the driver fails (rule 8) ends the device checks, not the cleanup: what the
+    # scenario made it gives back, or its own memory would show as the driver's leak
+    if await _unless_driver_fails(first.activate):
+        if await _unless_driver_fails(second.activate):
+            await _views_agree(views, edge, first)
+            await second.deactivate()
+        await first.deactivate()
     check_quiescent([first, second])
     for _, res in views:
         if res.phys is not None:
@@ -759,6 +756,31 @@ async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     await phys.free()
     if edge.phys is not None:
         await edge.destroy_binding()
+
+
+async def _views_agree(views: list[tuple[Vcm, Res]], edge: Res, first: Vcm) -> None:
+    """With both contexts on: a device write through each view reads back through every
+    other one; destroying *edge* and unmapping the first view leave none of their pages
+    reachable, and the other views whole."""
+    seen = [(vcm, res) for vcm, res in views if _device(vcm) is not None]
+    for salt, (vcm, res) in enumerate(seen, 1):
+        pattern = _write_through(vcm, res, salt)
+        if pattern is not None:
+            for other, view in seen:
+                _check_memory(other, view, pattern)
+    if _device(first) is not None:
+        start, size = edge.start, edge.res_size
+        await edge.destroy_binding()
+        _expect_gone(first, start, size, "after destroy_binding returned")
+    if len(seen) > 1:
+        vcm, res = seen[0]
+        start, size = res.start, res.res_size
+        await res.unmap()
+        _expect_gone(vcm, start, size, "after unmap returned")
+        pattern = _write_through(*seen[1], len(seen) + 1)
+        if pattern is not None:
+            for other, view in seen[1:]:
+                _check_memory(other, view, pattern)
 
 
 async def _cancel_anywhere(run: Run, first: Vcm, second: Vcm) -> None:
