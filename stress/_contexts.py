@@ -268,6 +268,12 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
                 if config.driver is None:  # pragma: no cover - StressConfig checks
                     raise UsageError("custom contexts need --driver")
                 vcm = await _call_factory(config.driver, memory)
+                if any(ctx.vcm is vcm for ctx in contexts):
+                    # two names for one context would double-count every check of it
+                    raise UsageError(
+                        f"--driver {config.driver!r} returned the same context twice: each "
+                        f"call must make a new one (or run one: --contexts custom=1)"
+                    )
                 one_to_one = isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
                 contexts.append(Context(kind, name, vcm, one_to_one, memory))
                 continue

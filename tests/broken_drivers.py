@@ -665,6 +665,16 @@ def not_a_context(memory: avcm.PhysicalMemory) -> object:
     return "not a context"
 
 
+_ONE: list[tuple[avcm.PhysicalMemory, avcm.Vcm]] = []  # what same_context gave last
+
+
+def same_context(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A factory that hands out one context again and again (the harness builds two)."""
+    if not _ONE or _ONE[0][0] is not memory:
+        _ONE[:] = [(memory, drivers.create_iommu(memory))]
+    return _ONE[0][1]
+
+
 def announced_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Not broken: the sample IOMMU, saying on stderr that the run is starting (a test waits
     for it before it presses Ctrl-C)."""

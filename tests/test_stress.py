@@ -211,6 +211,8 @@ def test_replay_of_a_duration_run_runs_the_recorded_operations(
         (["--driver", "no_such_module:factory"], "cannot import"),
         (["--driver", "tests.broken_drivers:missing"], "no callable"),
         (["--driver", "tests.broken_drivers:not_a_context"], "not an avcm.Vcm"),
+        # was a rule-5 violation of the driver (exit 1): one context counted twice
+        (["--driver", "tests.broken_drivers:same_context"], "returned the same context twice"),
         (["--driver", "nocolon"], "MODULE:FACTORY"),
         (["--replay", "/nonexistent/trace.json"], "not a stress trace file"),
         (["--duration", "nan"], "--duration"),
