@@ -279,6 +279,23 @@ def _same_failure(error: BaseException, original: BaseException) -> bool:
     return type(error) is type(original)
 
 
+async def shrunk(
+    scenario: Scenario,
+    run: Run,
+    error: BaseException,
+    limits: Limits,
+    budget: int,
+) -> tuple[Run, BaseException, Run | None]:
+    """The failure of *run* shrunk (:func:`_shrink`), and the run as found; as it is, and
+    None, for the scheduler's own failures but a deadlock (step budget, runaway, I/O or a
+    thread that never came): a shorter schedule would be a different run, not the same
+    failure made smaller. A deadlock with fewer preemptions is the same one."""
+    if isinstance(error, ScheduleFailure) and not isinstance(error, DeadlockError):
+        return run, error, None
+    smaller, smaller_error = await _shrink(scenario, run, error, limits, budget)
+    return smaller, smaller_error, run
+
+
 async def _shrink(
     scenario: Scenario,
     run: Run,
@@ -477,12 +494,8 @@ async def explore_async(
                 break
             continue
         found = None
-        # The scheduler's own failures but a deadlock (step budget, runaway, I/O or a thread
-        # that never came) are not shrunk: a shorter schedule would be a different run, not
-        # the same failure made smaller. A deadlock with fewer preemptions is the same one.
-        if shrink and (not isinstance(error, ScheduleFailure) or isinstance(error, DeadlockError)):
-            found = run
-            run, error = await _shrink(scenario, run, error, limits, shrink_budget)
+        if shrink:
+            run, error, found = await shrunk(scenario, run, error, limits, shrink_budget)
         failure = _failure(
             scenario,
             run,

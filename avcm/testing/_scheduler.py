@@ -652,7 +652,7 @@ class Run:
             # when every task waits for I/O that does not come
             queue.io_quiet = False
         now = queue.now()
-        timer = _next_deadline(exclude=self._idle_deadline)
+        timer = self._next_timer()
         # Only a sleep's timer is one the spin may be waiting for. A deadline (fail_after,
         # move_on_after, any other timeout) is never reached by this rule: what the tasks do
         # may be progress the state check cannot see (a global, an object two references
@@ -673,8 +673,7 @@ class Run:
             target = timer
         else:
             return time
-        queue.advance(target)
-        self._spin_moved = True
+        self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
 
@@ -698,9 +697,9 @@ class Run:
         previous, self._free_state = self._free_state, (self._state(), state)
         if previous != self._free_state:
             return
-        timer = _next_deadline(exclude=self._idle_deadline)
+        timer = self._next_timer()
         if timer is not None and _next_sleep() == timer:
-            self._reach_next_timer()
+            self._reach(timer)
             self._free_state = None
 
     def _outspun(self, time: float) -> float:
@@ -716,23 +715,23 @@ class Run:
         assert queue is not None
         if not self._spinning or not queue.virtual:
             return time
-        if _next_deadline(exclude=self._idle_deadline) is None:
+        timer = self._next_timer()
+        if timer is None:
             return time
-        self._reach_next_timer()
+        self._reach(timer)
         self._still_steps = 0
         self._still_time = self._step_time()
         return self._still_time
 
-    def _reach_next_timer(self) -> bool:
-        """Move virtual time to the next timer but the controller's own; whether there was
-        one."""
-        timer = _next_deadline(exclude=self._idle_deadline)
-        if timer is None:
-            return False
+    def _next_timer(self) -> float | None:
+        """The loop's next timer but the controller's own, if any."""
+        return _next_deadline(exclude=self._idle_deadline)
+
+    def _reach(self, timer: float) -> None:
+        """Move virtual time on to *timer*, as the spin rule does."""
         assert self._queue is not None
         self._queue.advance(timer)
         self._spin_moved = True
-        return True
 
     def _state(self) -> tuple[object, ...]:
         """What a spin must not change: every live controlled task's own frames, where each
@@ -806,11 +805,11 @@ class Run:
                 # from_thread.run call, which a real loop runs for ever too): cancel them,
                 # or the run never ends.
                 queue.cancel_runaways()
-            elif queue.virtual and self._reach_next_timer():
+            elif queue.virtual and (timer := self._next_timer()) is not None:
                 # as many steps as a real loop takes a second or so for, with no task but
                 # those outside control runnable: its clock would have reached the next
                 # timer meanwhile (a controlled task's sleep that ends what they poll for)
-                pass
+                self._reach(timer)
             elif self._error is None:
                 self._error = RunawayError(
                     f"tasks outside the scheduler's control (spawned by a controlled task, or "
@@ -1169,9 +1168,7 @@ class _Queue:
         waits for the thread in real time, up to ``thread_timeout``."""
         if not self.threads_busy():
             return False
-        return not (
-            self.thread_stalled() and _next_deadline(exclude=self.run._idle_deadline) is not None
-        )
+        return not (self.thread_stalled() and self.run._next_timer() is not None)
 
     def thread_stalled(self) -> bool:
         """Whether threads at work kept the run still for ``_THREAD_STALL`` seconds of real

@@ -39,7 +39,7 @@ from .. import InvalidError
 from ..lowlevel import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
-from ._explore import Limits, Scenario, _failure, _run_once, _shrink, checked_limits
+from ._explore import Limits, Scenario, _failure, _run_once, checked_limits, shrunk
 from ._scheduler import Run
 
 __all__ = [
@@ -139,8 +139,7 @@ async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Li
         # Hypothesis lowers the drawn numbers, which among three or more tasks is not always
         # fewer preemptions (it can stop at 3 or 4 where 2 fail): the example it reports is
         # shrunk the finder's way too, to the fewest preemptions, then the fewest steps
-        found = run
-        run, error = await _shrink(scenario, run, error, limits, SHRINK_BUDGET)
+        run, error, found = await shrunk(scenario, run, error, limits, SHRINK_BUDGET)
     failure = _failure(
         scenario,
         run,
@@ -293,7 +292,7 @@ async def _run_machine_once(
         drawn = _machine_scenario(
             machine_class, lambda index: rounds[index] if index < len(rounds) else None
         )
-        run, error = await _shrink(drawn, run, error, limits, SHRINK_BUDGET)
+        run, error, _ = await shrunk(drawn, run, error, limits, SHRINK_BUDGET)
     where = "; ".join(getattr(error, "__notes__", ())) or "a round failed"
     timeline = run.timeline()
     raise AssertionError(
