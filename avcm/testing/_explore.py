@@ -415,12 +415,15 @@ def _failure(
         digest=digest_of(run.trail()),
         decisions=run.decisions,
     )
-    thread_timeout = run.thread_timeout
+    # a thread_timeout other than the default goes into the replay command
+    thread_timeout = (
+        None if run.thread_timeout == _DEFAULT_LIMITS.thread_timeout else float(run.thread_timeout)
+    )
     if command is None and not _importable(scenario):
         limits = (
             ""
-            if thread_timeout == _DEFAULT_LIMITS.thread_timeout
-            else f", limits=avcm.testing.Limits(thread_timeout={float(thread_timeout)!r})"
+            if thread_timeout is None
+            else f", limits=avcm.testing.Limits(thread_timeout={thread_timeout!r})"
         )
         command = f"avcm.testing.replay(<scenario>, {{token_literal}}{limits})"
     return Failure(
@@ -432,9 +435,7 @@ def _failure(
         schedules=schedule + 1,
         shrunk_from=None if found is None else (found.steps, found.preemptions),
         command=command,
-        thread_timeout=(
-            None if thread_timeout == _DEFAULT_LIMITS.thread_timeout else float(thread_timeout)
-        ),
+        thread_timeout=thread_timeout,
     )
 
 

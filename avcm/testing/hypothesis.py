@@ -69,33 +69,46 @@ class Schedule:
     def chooser(self) -> Any:
         from ._strategies import FromIndices
 
-        return _Injecting(FromIndices(self.positions), iter(self.cancels).__next__, self.cancel)
+        drawn = iter(self.cancels)
+
+        def draw(step: int, options: int) -> int | None:
+            # counted round the running tasks; past the end of the list, nothing more
+            return next((number % options for number in drawn), None)
+
+        return _Injecting(FromIndices(self.positions), _Cancels(self.cancel, draw))
 
 
-class _Injecting:
-    """A chooser that also injects cancellations, as *draw* (a number per step) says: at most
-    *cancel* of them."""
+class _Cancels:
+    """Cancellation injection from drawn numbers: before a step, ``draw(step, options)``
+    gives a number below *options*, 0 for no cancellation, *k* for the *k*-th running task
+    (None: no more draws); at most *cancel* cancellations in all."""
 
-    def __init__(self, choices: Any, draw: Callable[[], int], cancel: int) -> None:
-        self._choices = choices
-        self._draw = draw
+    def __init__(self, cancel: int, draw: Callable[[int, int], int | None]) -> None:
         self._left = cancel
-
-    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
-        return int(self._choices.choose(step, enabled, continuing))
+        self._draw = draw
 
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         if not self._left or not running:
             return None
-        try:
-            drawn = self._draw() % (len(running) + 1)
-        except StopIteration:  # past the end of a drawn list: nothing more to cancel
+        drawn = self._draw(step, len(running) + 1)
+        if drawn is None:
             self._left = 0
             return None
         if not drawn:
             return None
         self._left -= 1
         return running[drawn - 1]
+
+
+class _Injecting:
+    """A chooser that also injects cancellations, as *cancels* says."""
+
+    def __init__(self, choices: Any, cancels: _Cancels) -> None:
+        self._choices = choices
+        self.inject = cancels.inject
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        return int(self._choices.choose(step, enabled, continuing))
 
 
 def schedules(
@@ -173,21 +186,17 @@ class HypothesisChooser:
 
     def __init__(self, data: st.DataObject, *, cancel: int = 0) -> None:
         self._data = data
-        self._left = check_int(cancel, "HypothesisChooser cancel", 0, 64)
+        check_int(cancel, "HypothesisChooser cancel", 0, 64)
+
+        def draw(step: int, options: int) -> int:
+            return data.draw(st.integers(0, options - 1), label=f"cancel before {step}")
+
+        self.inject = _Cancels(cancel, draw).inject
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if len(enabled) == 1:
             return 0
         return self._data.draw(st.integers(0, len(enabled) - 1), label=f"step {step}")
-
-    def inject(self, step: int, running: Sequence[int]) -> int | None:
-        if not self._left or not running:
-            return None
-        drawn = self._data.draw(st.integers(0, len(running)), label=f"cancel before {step}")
-        if not drawn:
-            return None
-        self._left -= 1
-        return running[drawn - 1]
 
 
 def race_rule(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
