@@ -87,9 +87,18 @@ from ._parallel import (
 )
 from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
-from ._strategies import PCT, Chooser, Exhaustive, FromIndices, RandomWalk, Replay, Strategy
+from ._strategies import (
+    PCT,
+    Chooser,
+    Exhaustive,
+    FixedChances,
+    FromIndices,
+    RandomWalk,
+    Replay,
+    Strategy,
+)
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import ReplayToken
+from ._token import TIMER_FIRST, ReplayToken
 
 __all__ = [
     "BACKENDS",
@@ -120,6 +129,7 @@ __all__ = [
     "Exhaustive",
     "Exploration",
     "Failure",
+    "FixedChances",
     "FromIndices",
     "Limits",
     "RaceFound",
@@ -135,6 +145,7 @@ __all__ = [
     "Step",
     "StepBudgetError",
     "Strategy",
+    "TIMER_FIRST",
     "TaskOutcome",
     "ThreadWaitError",
     "Timeline",

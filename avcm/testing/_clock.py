@@ -77,6 +77,11 @@ class Outside(Protocol):
         """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
         ...
 
+    def outlast_timer(self) -> bool:
+        """Asked where the loop would wait for threads at work: whether they outlast the next
+        timer instead (the clock is then on it, and the loop goes on without waiting)."""
+        ...
+
     def only_callbacks(self) -> bool:
         """Whether the loop's last iteration resumed no task: it only ran callbacks (anyio
         retrying a cancellation every iteration), as good as nothing ready."""
@@ -104,10 +109,14 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # threads report: their reports come in now, as when nothing is ready,
                     # or those callbacks never end; till then the loop waits for them (the
                     # self-pipe ends the wait) instead of spinning for as long as they work
+                    if outside.time_waits_for_threads():
+                        if outside.outlast_timer():
+                            return []  # the next timer falls due first
+                        if outside.reported() and outside.let_in():
+                            return super().select(0)
+                        return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                     if outside.reported() and outside.let_in():
                         return super().select(0)
-                    if outside.time_waits_for_threads():
-                        return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []
@@ -121,9 +130,15 @@ class _VirtualSelector(selectors.DefaultSelector):
                 events = super().select(wait)
                 outside.io_polled(bool(events))
                 return events
+            # Whether threads outlast the next timer is asked before their reports come in:
+            # a thread that happens to have reported already is asked about as one still at
+            # work, so a run asks the same questions however fast its threads are.
+            waits = outside.time_waits_for_threads()
+            if waits and outside.outlast_timer():
+                return []  # the clock is on the next timer: it falls due now
             if outside.let_in():  # nothing could run: what threads reported comes in now
                 return super().select(0)
-            if outside.time_waits_for_threads():
+            if waits:
                 # the thread reports through the loop's self-pipe, which ends this wait
                 return super().select(outside.thread_poll(timeout))
             if outside.io_waits():

@@ -28,7 +28,7 @@ from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFail
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, Replay, Strategy
 from ._timeline import Timeline, wrap
-from ._token import ReplayToken, digest_of
+from ._token import TIMER_FIRST, ReplayToken, digest_of
 
 __all__ = [
     "Exploration",
@@ -172,7 +172,7 @@ class Failure:
         header = wrap(
             f"{self.scenario} {found} ({self.token.strategy}, "
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
-            f"{timeline.preemptions} preemption(s){shrunk}"
+            f"{timeline.deviations()}{shrunk}"
         )
         return (
             f"{header}\n"
@@ -314,7 +314,14 @@ async def _shrink(
     attempts = 0
     # the failure's injected cancellations stay where they were (by step): every trial makes
     # them, so that fewer preemptions with the same injections can be found
-    cancels = [(step, -1 - task) for step, task in enumerate(run.decisions) if task < 0]
+    cancels = [
+        (step, -1 - task)
+        for step, task in enumerate(run.decisions)
+        if task < 0 and task != TIMER_FIRST
+    ]
+    # and so do the timers its threads outlasted, by chance: a reordered schedule reaches
+    # the same chance at another step
+    outlasts = run.outlast_chances
 
     def size(trial: Run) -> tuple[int, int, tuple[int, ...]]:
         return trial.preemptions, trial.steps, trial.positions
@@ -334,7 +341,9 @@ async def _shrink(
         nonlocal attempts
         attempts += 1
         try:
-            trial, trial_error = await _run_once(scenario, FromIndices(candidate, cancels), limits)
+            trial, trial_error = await _run_once(
+                scenario, FromIndices(candidate, cancels, outlasts), limits
+            )
         except ReplayDivergedError:
             return False
         return keep(trial, trial_error)
@@ -378,7 +387,7 @@ async def _shrink(
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     await reduce()
     for bound in range(best_run.preemptions):
-        strategy = Exhaustive(bound).with_cancels_at(cancels)
+        strategy = Exhaustive(bound).with_cancels_at(cancels, outlasts)
         schedule = 0
         while attempts < budget:
             chooser = strategy.chooser(schedule)

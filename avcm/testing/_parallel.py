@@ -404,7 +404,12 @@ async def _split_async(
     whole: list[tuple[int, ...]] = []  # prefixes of one schedule only
     while queue and len(queue) + len(whole) < parts:
         prefix = queue.popleft()
-        search = Exhaustive(root.preemption_bound, prefix=prefix, cancel=root.cancel)
+        search = Exhaustive(
+            root.preemption_bound,
+            prefix=prefix,
+            cancel=root.cancel,
+            slow_threads=root.slow_threads,
+        )
         chooser = search.chooser(0)
         assert chooser is not None  # the first schedule of a search always exists
         run, _ = await _run_once(scenario, chooser, limits)
@@ -595,7 +600,12 @@ def _explore_on(
         limits=part.limits,
     )
     searches = {
-        i: Exhaustive(strategy.preemption_bound, prefix=prefix, cancel=strategy.cancel)
+        i: Exhaustive(
+            strategy.preemption_bound,
+            prefix=prefix,
+            cancel=strategy.cancel,
+            slow_threads=strategy.slow_threads,
+        )
         for i, prefix in enumerate(prefixes)
     }
     caps = dict(enumerate(_shares(schedules, len(searches))))

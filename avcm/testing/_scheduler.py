@@ -93,6 +93,7 @@ from ._errors import (
 )
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
+from ._token import TIMER_FIRST
 
 __all__ = ["TRIO_VERSIONS", "Run"]
 
@@ -354,6 +355,8 @@ class Run:
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
+        self._chances = 0  # times the chooser was asked whether threads outlast a timer
+        self._outlast_chances: list[int] = []  # those it said they do
 
     # -- what the run did -------------------------------------------------------------------
 
@@ -363,9 +366,21 @@ class Run:
 
     @property
     def decisions(self) -> tuple[int, ...]:
-        """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*):
-        what a replay token records."""
-        return tuple(-1 - step.task if step.injected else step.task for step in self._steps)
+        """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*,
+        :data:`TIMER_FIRST` where threads at work outlasted the next timer): what a replay
+        token records."""
+        return tuple(
+            TIMER_FIRST if step.outlasted else -1 - step.task if step.injected else step.task
+            for step in self._steps
+        )
+
+    @property
+    def outlast_chances(self) -> tuple[int, ...]:
+        """The chances (counted from 0 in the order the run had them: moments no task could
+        be chosen while threads worked and a timer was pending) at which the strategy let the
+        threads outlast the next timer: what shrinking keeps (by chance, not by step, so that
+        a shorter schedule still lets the same thread outlast the same timer)."""
+        return tuple(self._outlast_chances)
 
     @property
     def preemptions(self) -> int:
@@ -544,6 +559,39 @@ class Run:
         )
         assert task.scope is not None
         task.scope.cancel()
+
+    def _outlast(self, timer: float) -> bool:
+        """Whether the chooser lets the threads at work outlast *timer*: then the clock is
+        on it (it falls due next) and a step of its own says so, in the column of the task
+        that waits for a thread. False also if the run failed (the error is kept for the
+        controller, as in :meth:`_choose`)."""
+        outlast = getattr(self._chooser, "outlast", None)
+        queue = self._queue
+        if outlast is None or queue is None:
+            return False
+        chance = self._chances
+        self._chances += 1
+        try:
+            if not outlast(len(self._steps)):
+                return False
+            self._outlast_chances.append(chance)
+            queue.advance(timer)
+            waiter = queue.thread_waiter() or self._last or self._tasks[0]
+            self._append(
+                Step(
+                    index=len(self._steps),
+                    task=waiter.index,
+                    point="timer",
+                    operation="thread outlasts",
+                    time=self._step_time(),
+                    outlasted=True,
+                )
+            )
+        except BaseException as error:  # handed to the controller, which raises it
+            self._error = error
+            queue.call_soon(self._notify)
+            return False
+        return True
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
@@ -975,6 +1023,11 @@ class _Queue:
         self.thread_since = 0.0  # since when (real time) nothing moved while threads work
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
         self.io_quiet = False  # the last poll the spin rule asked for brought nothing
+        self.thread = threading.get_ident()  # the event loop's
+        # from other threads: (the thread, what it handed the loop), held till let in
+        self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
+        # (steps, timer) when outlast_timer last asked the chooser
+        self.outlast_asked: tuple[int, float] | None = None
 
     @property
     def io_timeout(self) -> float:
@@ -996,9 +1049,51 @@ class _Queue:
         return None
 
     def reported(self) -> bool:
-        """Whether threads reported what the loop has not let in yet (asyncio: a process's
-        exit seen by the child watcher's thread, which has ended meanwhile)."""
-        return False
+        """Whether threads reported what the loop has not let in yet (a worker thread's
+        result, a process's exit seen by asyncio's child watcher thread)."""
+        return bool(self.arrived)
+
+    def let_in(self) -> bool:
+        """Let in what threads reported while tasks could run (held back till now), in the
+        order their calls began, once no thread the tasks wait for is at work (see
+        :meth:`report_order`); whether anything came in."""
+        raise NotImplementedError
+
+    def arrivals(self) -> list[Any] | None:
+        """What threads reported, in the order their calls began, taken out of ``arrived``;
+        None (nothing taken) while a thread the tasks wait for has yet to report."""
+        if not self.arrived:
+            return None
+        order = self.report_order()
+        if order is None:
+            return None
+        reports = []
+        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
+            reports.append(self.arrived.popleft())
+        reports.sort(key=lambda item: order.get(item[0], len(order)))
+        return [report for _, report in reports]
+
+    def report_order(self) -> dict[threading.Thread, int] | None:
+        """When threads' reports may come in: None while a thread the tasks wait for is at
+        work and has not reported (nor waits for the loop), so that what came in already
+        waits for it and all come in together, in an order the machine does not decide;
+        else each waited thread's place in that order. Released: at once."""
+        order: dict[threading.Thread, int] = {}
+        if self.free or self.thread_stalled():
+            return order
+        reporters = {thread for thread, _ in self.arrived}
+        unnamed = 0
+        for thread in self.waited_threads():
+            if thread is True:
+                unnamed += 1
+            elif isinstance(thread, threading.Thread):
+                if thread not in reporters and not self.waits_for_loop(thread):
+                    return None
+                order.setdefault(thread, len(order))
+        # a thread not named by its wait (asyncio's executor, trio's) is known by its report only
+        if unnamed > len(reporters - order.keys()):
+            return None
+        return order
 
     def io_polled(self, came: bool) -> None:
         """A poll for I/O that the spin rule asked for (:meth:`io_wait`) ended: whether
@@ -1071,6 +1166,39 @@ class _Queue:
                 found.append((seen[2], seen[1]))
         found.sort(key=lambda item: item[0])
         return iter([thread for _, thread in found])
+
+    def thread_waiter(self) -> _Task | None:
+        """The first controlled task (by index) that waits for a worker thread, if any."""
+        waiting = [
+            task
+            for native, (wait, thread, _) in self.thread_waits.items()
+            if thread is not False
+            and (task := self.tasks.get(native)) is not None
+            and self.waiting_on(native) is wait
+        ]
+        return min(waiting, key=lambda task: task.index, default=None)
+
+    def outlast_timer(self) -> bool:
+        """Asked when no task may be chosen while a controlled task waits for a worker thread,
+        virtual time standing still for it (:meth:`time_waits_for_threads`): whether the
+        strategy lets the threads outlast the next timer (:meth:`Run._outlast`), which then
+        falls due first while they work on. Asked once
+        for as long as no step was taken and the next timer is the same: the same run asks
+        the same questions, however fast its threads are (and whatever work outside control
+        ran meanwhile: a thread abandoned in an earlier run may report in this one)."""
+        run = self.run
+        if self.free or not self.virtual or self.thread_waiter() is None:
+            # (a thread only tasks outside control wait for is no chance: on trio, what it
+            # reports may be taken in by trio's own task in the batch that began the wait)
+            return False
+        timer = run._next_timer()
+        if timer is None or timer <= self.now():
+            return False  # (a timer already due falls due now, whatever threads do)
+        asked = (len(run._steps), timer)
+        if asked == self.outlast_asked:
+            return False
+        self.outlast_asked = asked
+        return run._outlast(timer)
 
     def thread_poll(self, timeout: float) -> float:
         """How long a poll of the event loop, asked to wait *timeout* seconds while a worker
@@ -1244,8 +1372,9 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         free = super().__len__()
-        ready = self.queue.ready()
-        self.queue.sync_autojump(runnable=ready or free > 0)
+        queue = self.queue
+        ready = queue.ready()
+        queue.sync_autojump(runnable=ready or free > 0)
         return free + ready
 
     def __bool__(self) -> bool:
@@ -1292,16 +1421,44 @@ class _TrioIO:
         return getattr(self.manager, name)
 
     def get_events(self, timeout: float) -> Any:
-        asked = self.queue.wait_io
-        wait = self.queue.io_wait(timeout)
+        queue = self.queue
+        asked = queue.wait_io
+        wait = queue.io_wait(timeout)
         if wait is None:
             return []
-        if wait > 0 and self.queue.threads_busy():
-            wait = self.queue.thread_poll(wait)
+        if wait > 0:
+            # no task can run (or the spin rule asks for a poll): whether threads outlast
+            # the next timer is asked before their reports come in, as on asyncio
+            busy = queue.time_waits_for_threads()
+            if busy and queue.outlast_timer():
+                return []  # the clock is on the next timer: it falls due now
+            if queue.let_in():
+                wait = 0  # trio's own task takes them in now
+            elif busy or queue.threads_busy():
+                wait = queue.thread_poll(wait)
         events = self.manager.get_events(wait)
         if asked:
-            self.queue.io_polled(bool(events))
+            queue.io_polled(bool(events))
         return events
+
+
+class _TrioEntries(collections.deque):  # type: ignore[type-arg]
+    """Stands in for the job queue of trio's ``run_sync_soon``: a job a thread hands the loop
+    (a worker thread's result, a call back into trio) is held in the run queue's
+    ``arrived`` till no task can run, as on asyncio: trio's own task takes in jobs whenever
+    it runs, which is at whatever step a poll happens to see the thread's wakeup, so the
+    step at which a thread's report came in depended on how fast the thread was."""
+
+    def __init__(self, queue: _TrioQueue, items: Any) -> None:
+        super().__init__(items)
+        self.queue = queue
+
+    def append(self, job: Any) -> None:
+        queue = self.queue
+        if threading.get_ident() != queue.thread and not queue.free:
+            queue.arrived.append((threading.current_thread(), job))
+            return
+        super().append(job)
 
 
 class _Raise:
@@ -1412,7 +1569,22 @@ class _TrioQueue(_Queue):
         queue.runq = _TrioRunq(queue, runq)
         queue.runner.runq = queue.runq
         queue.runner.io_manager = _TrioIO(queue, queue.runner.io_manager)  # type: ignore[assignment]
+        entry_queue = queue.runner.entry_queue
+        with entry_queue.lock:
+            entry_queue.queue = _TrioEntries(queue, entry_queue.queue)
         return queue
+
+    def let_in(self) -> bool:
+        jobs = self.arrivals()
+        if jobs is None:
+            return False
+        entry_queue = self.runner.entry_queue
+        with entry_queue.lock:
+            for job in jobs:
+                collections.deque.append(entry_queue.queue, job)
+        # trio's own task may wait for a wakeup that came when the job was held
+        entry_queue.wakeup.wakeup_thread_and_signal_safe()
+        return True
 
     def clock_reads(self) -> int:
         if self.reads < 0:
@@ -1511,6 +1683,7 @@ class _TrioQueue(_Queue):
     def release_all(self) -> None:
         self.free = True
         assert self.runq is not None
+        self.let_in()
         for task in self.tasks.values():
             if task.held:
                 task.held = False
@@ -1520,6 +1693,10 @@ class _TrioQueue(_Queue):
         self.release_all()
         assert self.runq is not None
         self.runner.runq = collections.deque(collections.deque.__iter__(self.runq))
+        entry_queue = self.runner.entry_queue
+        with entry_queue.lock:
+            if isinstance(entry_queue.queue, _TrioEntries):
+                entry_queue.queue = collections.deque(collections.deque.__iter__(entry_queue.queue))
         if isinstance(self.runner.io_manager, _TrioIO):
             self.runner.io_manager = self.runner.io_manager.manager
         getattr(self.clock, "__dict__", {}).pop("current_time", None)
@@ -1642,13 +1819,7 @@ class _AsyncioQueue(_Queue):
                 f"asyncio's own event loop, not {type(self.loop).__name__}"
             )
         self.readyq: _AsyncioReady | None = None
-        self.thread = threading.get_ident()
-        # from other threads: (the thread, the callback it made ready)
-        self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
         self.admitted = False  # arrivals let in since the last iteration began
-
-    def reported(self) -> bool:
-        return bool(self.arrived)
 
     def only_callbacks(self) -> bool:
         assert self.readyq is not None
@@ -1666,45 +1837,16 @@ class _AsyncioQueue(_Queue):
             if time.monotonic() > deadline:
                 break
             time.sleep(_HANDOVER_POLL)
-        if not self.arrived:
+        reports = self.arrivals()
+        if reports is None:
             return False
-        order = self.report_order()
-        if order is None:
-            return False
-        # in the order the threads' calls began, not the order the machine finished them in
-        reports = []
-        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
-            reports.append(self.arrived.popleft())
-        reports.sort(key=lambda item: order.get(item[0], len(order)))
-        for _, handle in reports:
+        for handle in reports:
             collections.deque.append(self.readyq, handle)  # type: ignore[arg-type]
         arrived = True
         # the iteration that runs them makes no choice: whether they came in at a poll or
         # when a thread was found waiting for the loop, the steps after are the same
         self.admitted = self.admitted or arrived
         return arrived
-
-    def report_order(self) -> dict[threading.Thread, int] | None:
-        """When threads' reports may come in: None while a thread the tasks wait for is at
-        work and has not reported (nor waits for the loop), so that what came in already
-        waits for it and all come in together, in an order the machine does not decide;
-        else each waited thread's place in that order. Released: at once."""
-        order: dict[threading.Thread, int] = {}
-        if self.free or self.thread_stalled():
-            return order
-        reporters = {thread for thread, _ in self.arrived}
-        unnamed = 0
-        for thread in self.waited_threads():
-            if thread is True:
-                unnamed += 1
-            elif isinstance(thread, threading.Thread):
-                if thread not in reporters and not self.waits_for_loop(thread):
-                    return None
-                order.setdefault(thread, len(order))
-        # a thread not named by its wait (asyncio's executor) is known by its report only
-        if unnamed > len(reporters - order.keys()):
-            return None
-        return order
 
     @classmethod
     def install(cls, run: Run) -> _AsyncioQueue:

@@ -16,11 +16,13 @@ from typing import Protocol
 from .. import InvalidError
 from ..lowlevel import check_int
 from ._errors import ReplayDivergedError
+from ._token import TIMER_FIRST
 
 __all__ = [
     "PCT",
     "Chooser",
     "Exhaustive",
+    "FixedChances",
     "FromIndices",
     "RandomWalk",
     "Replay",
@@ -34,6 +36,11 @@ class Chooser(Protocol):
     A chooser may also have ``inject(step, running) -> int | None``: called before each choice
     with the ids of the tasks still running (and not cancelled yet), it returns one to cancel
     there, or None. The cancellation is a step of its own in the timeline and the token.
+
+    And ``outlast(step) -> bool``: called when no task can be chosen because worker threads
+    are at work while a timer is pending (a thread's work takes no virtual time, so by default
+    it returns first); True lets the threads outlast that timer, which falls due first, as a
+    real loop's does when a thread takes longer. Also a step of its own.
     """
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
@@ -90,22 +97,59 @@ def _cancels(strategy: str, seed: int, schedule: int, count: int, steps: int) ->
     return _Cancels(random.Random(f"cancel:{strategy}:{seed}:{schedule}"), count, steps)
 
 
-def _named(base: str, cancel: int) -> str:
-    return f"{base}-c{cancel}" if cancel else base
+class _SlowThreads:
+    """When a schedule lets worker threads outlast the next timer: at each chance, with
+    probability one half, at most *count* times. Its own random stream, as :class:`_Cancels`
+    has."""
 
+    __slots__ = ("_left", "_random")
 
-class _RandomChooser:
-    __slots__ = ("_cancels", "_random")
-
-    def __init__(self, rng: random.Random, cancels: _Cancels) -> None:
+    def __init__(self, rng: random.Random, count: int) -> None:
         self._random = rng
-        self._cancels = cancels
+        self._left = count
 
-    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
-        return self._random.randrange(len(enabled))
+    def outlast(self, step: int) -> bool:
+        if not self._left or self._random.random() < 0.5:
+            return False
+        self._left -= 1
+        return True
+
+
+def _slow_threads(strategy: str, seed: int, schedule: int, count: int) -> _SlowThreads:
+    return _SlowThreads(random.Random(f"slow:{strategy}:{seed}:{schedule}"), count)
+
+
+def _named(base: str, cancel: int, slow_threads: int) -> str:
+    name = f"{base}-c{cancel}" if cancel else base
+    return f"{name}-s{slow_threads}" if slow_threads else name
+
+
+class _Injecting:
+    """What a chooser of a random strategy does besides choosing a task: cancellations and
+    slow threads, each from its own stream."""
+
+    __slots__ = ("_cancels", "_slow")
+
+    def __init__(self, cancels: _Cancels, slow: _SlowThreads) -> None:
+        self._cancels = cancels
+        self._slow = slow
 
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         return self._cancels.inject(step, running)
+
+    def outlast(self, step: int) -> bool:
+        return self._slow.outlast(step)
+
+
+class _RandomChooser(_Injecting):
+    __slots__ = ("_random",)
+
+    def __init__(self, rng: random.Random, cancels: _Cancels, slow: _SlowThreads) -> None:
+        super().__init__(cancels, slow)
+        self._random = rng
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        return self._random.randrange(len(enabled))
 
 
 class RandomWalk(Strategy):
@@ -113,33 +157,44 @@ class RandomWalk(Strategy):
 
     With *cancel* > 0, each schedule also cancels a running task at *cancel* random steps
     (among the longest run seen so far): cancellation injection, replayable from the token.
+    With *slow_threads* > 0, up to that many times a schedule, worker threads at work outlast
+    the next timer (at each chance, with probability one half; see :class:`Chooser`).
     """
 
-    def __init__(self, seed: int = 0, *, cancel: int = 0) -> None:
+    def __init__(self, seed: int = 0, *, cancel: int = 0, slow_threads: int = 0) -> None:
         self.seed = check_int(seed, "RandomWalk seed", 0)
         self.cancel = check_int(cancel, "RandomWalk cancel", 0, 64)
+        self.slow_threads = check_int(slow_threads, "RandomWalk slow_threads", 0, 64)
         self.steps = 8
-        self.name = _named("random", self.cancel)
+        self.name = _named("random", self.cancel, self.slow_threads)
 
     def with_seed(self, seed: int) -> RandomWalk:
-        return RandomWalk(seed, cancel=self.cancel)
+        return RandomWalk(seed, cancel=self.cancel, slow_threads=self.slow_threads)
 
     def chooser(self, schedule: int) -> Chooser:
         cancels = _cancels("random", self.seed, schedule, self.cancel, self.steps)
-        return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"), cancels)
+        slow = _slow_threads("random", self.seed, schedule, self.slow_threads)
+        return _RandomChooser(random.Random(f"random:{self.seed}:{schedule}"), cancels, slow)
 
     def finished(self, steps: int) -> None:
         self.steps = max(self.steps, steps)
 
 
-class _PctChooser:
+class _PctChooser(_Injecting):
     """Highest priority runs; at each change point the task about to run drops below all."""
 
-    __slots__ = ("_cancels", "_changes", "_depth", "_priority", "_random")
+    __slots__ = ("_changes", "_depth", "_priority", "_random")
 
-    def __init__(self, rng: random.Random, depth: int, steps: int, cancels: _Cancels) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        depth: int,
+        steps: int,
+        cancels: _Cancels,
+        slow: _SlowThreads,
+    ) -> None:
+        super().__init__(cancels, slow)
         self._random = rng
-        self._cancels = cancels
         self._depth = depth
         self._priority: dict[int, float] = {}
         # d-1 change points among the first *steps* steps; the i-th sets priority d-1-i
@@ -160,9 +215,6 @@ class _PctChooser:
             position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
         return position
 
-    def inject(self, step: int, running: Sequence[int]) -> int | None:
-        return self._cancels.inject(step, running)
-
 
 class PCT(Strategy):
     """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010).
@@ -173,30 +225,61 @@ class PCT(Strategy):
     schedule. *k* is learnt: the longest run seen so far (``steps`` to start with).
 
     With *cancel* > 0, each schedule also cancels a running task at *cancel* random steps
-    among the first *k*: cancellation injection, replayable from the token.
+    among the first *k*: cancellation injection, replayable from the token. With
+    *slow_threads* > 0, up to that many times a schedule, worker threads at work outlast the
+    next timer (at each chance, with probability one half; see :class:`Chooser`).
     """
 
-    def __init__(self, seed: int = 0, *, depth: int = 3, steps: int = 8, cancel: int = 0) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        depth: int = 3,
+        steps: int = 8,
+        cancel: int = 0,
+        slow_threads: int = 0,
+    ) -> None:
         self.seed = check_int(seed, "PCT seed", 0)
         self.depth = check_int(depth, "PCT depth", 1, 64)
         self.steps = self._first_steps = check_int(steps, "PCT steps", 1)
         self.cancel = check_int(cancel, "PCT cancel", 0, 64)
-        self.name = _named(f"pct-d{self.depth}", self.cancel)
+        self.slow_threads = check_int(slow_threads, "PCT slow_threads", 0, 64)
+        self.name = _named(f"pct-d{self.depth}", self.cancel, self.slow_threads)
 
     def with_seed(self, seed: int) -> PCT:
-        return PCT(seed, depth=self.depth, steps=self._first_steps, cancel=self.cancel)
+        return PCT(
+            seed,
+            depth=self.depth,
+            steps=self._first_steps,
+            cancel=self.cancel,
+            slow_threads=self.slow_threads,
+        )
 
     def chooser(self, schedule: int) -> Chooser:
         rng = random.Random(f"pct:{self.seed}:{self.depth}:{schedule}")
         cancels = _cancels("pct", self.seed, schedule, self.cancel, self.steps)
-        return _PctChooser(rng, self.depth, self.steps, cancels)
+        slow = _slow_threads("pct", self.seed, schedule, self.slow_threads)
+        return _PctChooser(rng, self.depth, self.steps, cancels, slow)
 
     def finished(self, steps: int) -> None:
         self.steps = max(self.steps, steps)
 
 
+_TASK, _CANCEL, _SLOW = 0, 1, 2  # what an exhaustive search's decision decides
+
+
 class _ExhaustiveChooser:
-    __slots__ = ("_bound", "_cancel", "_cancels_at", "_fixed", "_prefix", "problem", "trace")
+    __slots__ = (
+        "_bound",
+        "_cancel",
+        "_cancels_at",
+        "_fixed",
+        "_outlasts_at",
+        "_prefix",
+        "_slow",
+        "problem",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -205,27 +288,33 @@ class _ExhaustiveChooser:
         bound: int = 0,
         *,
         cancel: int = 0,
+        slow_threads: int = 0,
         cancels_at: dict[int, int] | None = None,
+        outlasts_at: FixedChances | None = None,
     ) -> None:
         self._prefix = prefix
         # the first *fixed* positions are a prefix the search was restricted to: the user's,
         # checked here against the run (with *bound* preemptions at most), not backtracked
         self._fixed = fixed
         self._bound = bound
-        # up to *cancel* injections, where being a decision of the search; or injections
-        # fixed in advance (step -> task), which are no decision
+        # up to *cancel* injections and *slow_threads* timers that threads outlast, where
+        # being decisions of the search; or both fixed in advance (cancellations: step ->
+        # task; timers: by chance), which are no decision
         self._cancel = cancel
+        self._slow = slow_threads
         self._cancels_at = cancels_at
+        self._outlasts_at = outlasts_at
         self.problem: str | None = None
         # per decision: (how many options, position chosen, whether position 0 was the task
-        # that ran last, preemptions before it, whether it is an injection's): a choice of
-        # task at every step, and with *cancel*, before it, whether to cancel a task (0: no,
-        # i: the i-th of the running tasks)
-        self.trace: list[tuple[int, int, bool, int, bool]] = []
+        # that ran last, preemptions before it, what it decides): a choice of task at every
+        # step; with *cancel*, before it, whether to cancel a task (0: no, i: the i-th of the
+        # running tasks); with *slow_threads*, at each chance, whether threads outlast the
+        # next timer (0: no, 1: yes)
+        self.trace: list[tuple[int, int, bool, int, int]] = []
 
     def _preemptions(self) -> int:
-        for _, position, continuing, preemptions, injection in reversed(self.trace):
-            if not injection:
+        for _, position, continuing, preemptions, kind in reversed(self.trace):
+            if kind == _TASK:
                 return preemptions + (continuing and position > 0)
         return 0
 
@@ -233,7 +322,7 @@ class _ExhaustiveChooser:
         decision = len(self.trace)
         position = self._prefix[decision] if decision < len(self._prefix) else 0
         # without injections every decision is a step's choice of task
-        name = f"decision {decision}" if self._cancel else f"step {decision}"
+        name = f"decision {decision}" if self._cancel or self._slow else f"step {decision}"
         if decision < self._fixed:
             if self.problem is not None:
                 pass
@@ -255,23 +344,37 @@ class _ExhaustiveChooser:
             )
         return position
 
+    def _decide(self, kind: int, options: int) -> int:
+        """A decision other than a choice of task (an injection is no preemption)."""
+        preemptions = self._preemptions()
+        position = self._position(options, False, preemptions)
+        self.trace.append((options, position, False, preemptions, kind))
+        return position
+
+    def _used(self, kind: int) -> int:
+        return sum(1 for entry in self.trace if entry[4] == kind and entry[1])
+
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         if self._cancels_at is not None:
             task = self._cancels_at.get(step)
             return task if task in running else None
         if not self._cancel:
             return None
-        used = sum(1 for entry in self.trace if entry[4] and entry[1])
-        options = 1 + len(running) if used < self._cancel else 1
-        preemptions = self._preemptions()
-        position = self._position(options, False, preemptions)
-        self.trace.append((options, position, False, preemptions, True))
+        options = 1 + len(running) if self._used(_CANCEL) < self._cancel else 1
+        position = self._decide(_CANCEL, options)
         return running[position - 1] if position else None
+
+    def outlast(self, step: int) -> bool:
+        if self._outlasts_at is not None:
+            return self._outlasts_at.outlast(step)
+        if not self._slow:
+            return False
+        return bool(self._decide(_SLOW, 2 if self._used(_SLOW) < self._slow else 1))
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         preemptions = self._preemptions()
         position = self._position(len(enabled), continuing, preemptions)
-        self.trace.append((len(enabled), position, continuing, preemptions, False))
+        self.trace.append((len(enabled), position, continuing, preemptions, _TASK))
         return position
 
 
@@ -287,8 +390,14 @@ class Exhaustive(Strategy):
     like the choice of task (an injection is no preemption), so the search is complete for
     those too; the count grows by a factor of about (steps x tasks) per injection.
 
+    With *slow_threads* > 0, also every way of letting worker threads outlast the next timer
+    up to *slow_threads* times (at each chance: a moment no task can be chosen because threads
+    are at work while a timer is pending; no preemption either): without it, a thread returns
+    before any timer falls due, and "exhausted" says nothing of a deadline around a slow one.
+
     With a *prefix* (a position for each of the first decisions, as :meth:`branches` gives
-    them; without *cancel*, a decision is a step's choice of task), only the schedules that
+    them; without *cancel* and *slow_threads*, a decision is a step's choice of task), only
+    the schedules that
     begin with it: the search split into parts that can run apart (on other processes, by
     :func:`explore`'s *workers*). The parts a search is split into by :meth:`branches`, all
     the way down from ``()``, run every schedule of the whole search once. A prefix is checked
@@ -298,16 +407,23 @@ class Exhaustive(Strategy):
     """
 
     def __init__(
-        self, preemption_bound: int = 2, *, prefix: Sequence[int] = (), cancel: int = 0
+        self,
+        preemption_bound: int = 2,
+        *,
+        prefix: Sequence[int] = (),
+        cancel: int = 0,
+        slow_threads: int = 0,
     ) -> None:
         self.preemption_bound = check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
         if isinstance(prefix, (str, bytes)) or not isinstance(prefix, Sequence):
             raise InvalidError(f"Exhaustive prefix must be a sequence of positions, not {prefix!r}")
         self.prefix = tuple(check_int(p, "Exhaustive prefix position", 0) for p in prefix)
         self.cancel = check_int(cancel, "Exhaustive cancel", 0, 64)
+        self.slow_threads = check_int(slow_threads, "Exhaustive slow_threads", 0, 64)
         self.seed = 0
-        self.name = _named(f"exhaustive-p{self.preemption_bound}", self.cancel)
+        self.name = _named(f"exhaustive-p{self.preemption_bound}", self.cancel, self.slow_threads)
         self._cancels_at: dict[int, int] | None = None
+        self._outlasts_at: tuple[int, ...] | None = None
         self._last: _ExhaustiveChooser | None = None
         self._checked = False
 
@@ -321,7 +437,9 @@ class Exhaustive(Strategy):
             fixed,
             self.preemption_bound,
             cancel=self.cancel,
+            slow_threads=self.slow_threads,
             cancels_at=self._cancels_at,
+            outlasts_at=None if self._outlasts_at is None else FixedChances(self._outlasts_at),
         )
         return self._last
 
@@ -344,7 +462,7 @@ class Exhaustive(Strategy):
         self._checked = True
         problem = last.problem
         if problem is None and len(self.prefix) > len(last.trace):
-            unit = "decisions" if self.cancel else "steps"
+            unit = "decisions" if self.cancel or self.slow_threads else "steps"
             problem = f"the run took {len(last.trace)} {unit}, the prefix has {len(self.prefix)}"
         if problem is not None:
             raise InvalidError(
@@ -368,13 +486,33 @@ class Exhaustive(Strategy):
                 return [(*before, position) for position in range(options)]
         return None
 
-    def with_cancels_at(self, cancels: Sequence[tuple[int, int]]) -> Exhaustive:
+    def with_cancels_at(
+        self, cancels: Sequence[tuple[int, int]], outlasts: Sequence[int] = ()
+    ) -> Exhaustive:
         """The same search (no prefix, no injection of its own) with cancellations injected
         at fixed steps instead: ``(step, task)`` pairs, as a run recorded them, each made
-        only if that task is still running then. What shrinking searches with."""
+        only if that task is still running then; and threads outlasting the next timer at
+        the chances *outlasts* (:attr:`Run.outlast_chances`). What shrinking searches with."""
         search = Exhaustive(self.preemption_bound)
         search._cancels_at = dict(cancels)
+        search._outlasts_at = tuple(outlasts)
         return search
+
+
+class FixedChances:
+    """Threads outlast the next timer at the chances numbered *chances* (counted from 0 in
+    the order a run has them), nowhere else."""
+
+    __slots__ = ("_chances", "_seen")
+
+    def __init__(self, chances: Sequence[int]) -> None:
+        self._chances = frozenset(chances)
+        self._seen = 0
+
+    def outlast(self, step: int) -> bool:
+        chance = self._seen
+        self._seen += 1
+        return chance in self._chances
 
 
 class FromIndices:
@@ -383,19 +521,30 @@ class FromIndices:
     What shrinking and Hypothesis work on: a shorter list, or smaller numbers, means fewer
     preemptions. A position past the end of the enabled tasks takes the last one. *cancels*:
     ``(step, task)`` pairs, cancellations injected at those steps (each only if that task is
-    still running then), as a run recorded them: shrinking keeps a failure's injections.
+    still running then), as a run recorded them; *outlasts*: the chances at which threads at
+    work outlast the next timer (:attr:`Run.outlast_chances`): shrinking keeps a failure's
+    injections.
     """
 
-    __slots__ = ("_cancels", "_indices", "_used")
+    __slots__ = ("_cancels", "_indices", "_outlasts", "_used")
 
-    def __init__(self, indices: Sequence[int], cancels: Sequence[tuple[int, int]] = ()) -> None:
+    def __init__(
+        self,
+        indices: Sequence[int],
+        cancels: Sequence[tuple[int, int]] = (),
+        outlasts: Sequence[int] = (),
+    ) -> None:
         self._indices = list(indices)
         self._used = 0
         self._cancels = dict(cancels)
+        self._outlasts = FixedChances(outlasts)
 
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         task = self._cancels.get(step)
         return task if task in running else None
+
+    def outlast(self, step: int) -> bool:
+        return self._outlasts.outlast(step)
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if len(enabled) == 1:
@@ -409,16 +558,25 @@ class FromIndices:
 
 class Replay:
     """Follows a token's decisions exactly; any departure is a :class:`ReplayDivergedError`.
-    A negative decision ``-1 - task`` is a cancellation of *task* injected at that step."""
+    A negative decision ``-1 - task`` is a cancellation of *task* injected at that step;
+    :data:`TIMER_FIRST` lets threads at work outlast the next timer there."""
 
     __slots__ = ("_decisions",)
 
     def __init__(self, decisions: Sequence[int]) -> None:
         self._decisions = tuple(decisions)
 
+    def outlast(self, step: int) -> bool:
+        return step < len(self._decisions) and self._decisions[step] == TIMER_FIRST
+
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         if step >= len(self._decisions) or self._decisions[step] >= 0:
             return None
+        if self._decisions[step] == TIMER_FIRST:
+            raise ReplayDivergedError(
+                f"replay diverged at step {step}: the recording lets worker threads outlast "
+                f"the next timer there, but no thread is at work while a timer is pending"
+            )
         task = -1 - self._decisions[step]
         if task not in running:
             raise ReplayDivergedError(

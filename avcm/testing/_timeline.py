@@ -48,6 +48,9 @@ class Step:
     operation: str
     time: float
     injected: bool = False  # not a step of the task: a cancellation the strategy injected
+    # not a step of the task either: its worker thread outlasted the next timer, which the
+    # strategy let fall due first (the task waits on for the thread)
+    outlasted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,18 @@ class Timeline:
     steps: tuple[Step, ...]
     outcomes: tuple[TaskOutcome, ...]
     preemptions: int
+
+    @property
+    def outlasted(self) -> int:
+        """How many timers fell due while worker threads were still at work (``slow_threads``)."""
+        return sum(step.outlasted for step in self.steps)
+
+    def deviations(self) -> str:
+        """What the schedule did besides letting tasks go on: ``"2 preemption(s)"``, and the
+        timers its threads outlasted, if any."""
+        outlasted = self.outlasted
+        slow = f", {outlasted} timer(s) outlasted by a thread" if outlasted else ""
+        return f"{self.preemptions} preemption(s){slow}"
 
     def format(self, width: int | None = None) -> str:
         """What each task did, in the order it did it, in at most :data:`TERMINAL_WIDTH`

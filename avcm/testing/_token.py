@@ -4,7 +4,8 @@
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
-``c1`` is a cancellation of task 1 injected there).
+``c1`` is a cancellation of task 1 injected there; ``t`` lets the next timer fall due while
+worker threads are still at work: they outlast it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from .._validate import quote
 from ._errors import TokenError
 
-__all__ = ["TOKEN_VERSION", "ReplayToken", "digest_of"]
+__all__ = ["TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of"]
 
 TOKEN_VERSION = "avcm4"
 # avcm4: a task whose cancellation could not abort its wait for a worker thread still waits
@@ -31,6 +32,11 @@ TOKEN_VERSION = "avcm4"
 # avcm2: I/O and threads' reports are seen when no task can run, asyncio chooses a task from
 # the iteration after the one that woke it, and the spin rule moves time: a schedule recorded
 # with avcm1 need not take the same steps.
+TIMER_FIRST = -(1 << 40)
+"""The decision of a step that is no task's: worker threads at work outlasted the next timer,
+which fell due first (a cancellation of task *k* is ``-1 - k``, a task's step *k*: far apart)."""
+_NAMED_DECISIONS = {"t": TIMER_FIRST}
+_DECISION_NAMES = {decision: name for name, decision in _NAMED_DECISIONS.items()}
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
 # Numbers have at most as many digits as ours can: a seed or schedule of 2**64, a task index of
@@ -39,7 +45,7 @@ MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not o
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]{0,40}):(?P<seed>\d{1,20}):(?P<schedule>\d{1,20}):"
     r"(?P<digest>[0-9a-fA-F]{8}):"
-    r"(?P<decisions>-|c?\d{1,9}(?:x\d{1,12})?(?:\.c?\d{1,9}(?:x\d{1,12})?)*)"
+    r"(?P<decisions>-|(?:c?\d{1,9}|t)(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|t)(?:x\d{1,12})?)*)"
 )
 
 
@@ -63,7 +69,7 @@ def _encode(decisions: Sequence[int]) -> str:
         while end < len(decisions) and decisions[end] == task:
             end += 1
         count = end - index
-        name = f"c{-1 - task}" if task < 0 else str(task)  # an injected cancellation
+        name = _DECISION_NAMES.get(task) or (f"c{-1 - task}" if task < 0 else str(task))
         runs.append(f"{name}x{count}" if count > 1 else name)
         index = end
     return ".".join(runs)
@@ -75,7 +81,10 @@ def _decode(text: str) -> tuple[int, ...]:
     decisions: list[int] = []
     for run in text.split("."):
         name, _, count = run.partition("x")
-        task = -1 - int(name[1:]) if name.startswith("c") else int(name)
+        if name in _NAMED_DECISIONS:
+            task = _NAMED_DECISIONS[name]
+        else:
+            task = -1 - int(name[1:]) if name.startswith("c") else int(name)
         if count and int(count) == 0:
             raise TokenError(f"replay token: a run of zero steps ({run!r})")
         if count and int(count) > MAX_DECISIONS:

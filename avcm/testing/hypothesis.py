@@ -60,22 +60,33 @@ class Schedule:
     on); steps past the end choose 0. With *cancels*, before each step one more number: 0
     cancels nothing, *k* the *k*-th running task (counted round the running tasks), up to
     *cancel* cancellations in all (cancellation injection; each is a step of the timeline
-    and the token, as with the strategies' ``cancel=``)."""
+    and the token, as with the strategies' ``cancel=``). With *outlasts*, at each chance
+    for worker threads at work to outlast the next timer, one more number: 0 no, else yes,
+    up to *slow_threads* times in all (as with the strategies' ``slow_threads=``)."""
 
     positions: tuple[int, ...]
     cancels: tuple[int, ...] = ()
     cancel: int = 0
+    outlasts: tuple[int, ...] = ()
+    slow_threads: int = 0
 
     def chooser(self) -> Any:
         from ._strategies import FromIndices
 
-        drawn = iter(self.cancels)
+        def drawn_from(numbers: tuple[int, ...]) -> Callable[[int, int], int | None]:
+            left = iter(numbers)
 
-        def draw(step: int, options: int) -> int | None:
-            # counted round the running tasks; past the end of the list, nothing more
-            return next((number % options for number in drawn), None)
+            def draw(step: int, options: int) -> int | None:
+                # counted round the options; past the end of the list, nothing more
+                return next((number % options for number in left), None)
 
-        return _Injecting(FromIndices(self.positions), _Cancels(self.cancel, draw))
+            return draw
+
+        return _Injecting(
+            FromIndices(self.positions),
+            _Cancels(self.cancel, drawn_from(self.cancels)),
+            _Outlasts(self.slow_threads, drawn_from(self.outlasts)),
+        )
 
 
 class _Cancels:
@@ -100,33 +111,59 @@ class _Cancels:
         return running[drawn - 1]
 
 
-class _Injecting:
-    """A chooser that also injects cancellations, as *cancels* says."""
+class _Outlasts:
+    """Threads outlasting timers from drawn numbers: at each chance, ``draw(step, 2)`` gives
+    0 for no, 1 for yes (None: no more draws); at most *slow_threads* times in all."""
 
-    def __init__(self, choices: Any, cancels: _Cancels) -> None:
+    def __init__(self, slow_threads: int, draw: Callable[[int, int], int | None]) -> None:
+        self._left = slow_threads
+        self._draw = draw
+
+    def outlast(self, step: int) -> bool:
+        if not self._left:
+            return False
+        drawn = self._draw(step, 2)
+        if drawn is None:
+            self._left = 0
+        if not drawn:
+            return False
+        self._left -= 1
+        return True
+
+
+class _Injecting:
+    """A chooser that also injects cancellations and slow threads, as *cancels* and
+    *outlasts* say."""
+
+    def __init__(self, choices: Any, cancels: _Cancels, outlasts: _Outlasts) -> None:
         self._choices = choices
         self.inject = cancels.inject
+        self.outlast = outlasts.outlast
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         return int(self._choices.choose(step, enabled, continuing))
 
 
 def schedules(
-    *, max_choices: int = 100, max_tasks: int = 8, cancel: int = 0
+    *, max_choices: int = 100, max_tasks: int = 8, cancel: int = 0, slow_threads: int = 0
 ) -> st.SearchStrategy[Schedule]:
-    """Schedules of at most *max_choices* choices among at most *max_tasks* tasks, and with
-    *cancel* > 0 at most that many injected cancellations (shrinking towards none)."""
+    """Schedules of at most *max_choices* choices among at most *max_tasks* tasks; with
+    *cancel* > 0 at most that many injected cancellations, and with *slow_threads* > 0 at
+    most that many timers outlasted by threads at work (each shrinking towards none)."""
     check_int(max_choices, "schedules: max_choices", 0)
     check_int(max_tasks, "schedules: max_tasks", 2)
     check_int(cancel, "schedules: cancel", 0, 64)
+    check_int(slow_threads, "schedules: slow_threads", 0, 64)
     positions = st.lists(st.integers(0, max_tasks - 1), max_size=max_choices)
-    if not cancel:
-        return positions.map(lambda drawn: Schedule(tuple(drawn)))
-    cancels = st.lists(st.integers(0, max_tasks), max_size=max_choices)
+    cancels = st.lists(st.integers(0, max_tasks), max_size=max_choices) if cancel else st.just([])
+    outlasts = st.lists(st.integers(0, 1), max_size=max_choices) if slow_threads else st.just([])
     return st.builds(
-        lambda drawn, injected: Schedule(tuple(drawn), tuple(injected), cancel),
+        lambda drawn, injected, outlasted: Schedule(
+            tuple(drawn), tuple(injected), cancel, tuple(outlasted), slow_threads
+        ),
         positions,
         cancels,
+        outlasts,
     )
 
 
@@ -182,16 +219,23 @@ def run_schedule(
 class HypothesisChooser:
     """Draws every choice that has more than one option from Hypothesis's ``data``; with
     *cancel* > 0, also whether to cancel a running task before each step, at most *cancel*
-    times (drawn as 0, none, shrinking towards no cancellation at all)."""
+    times (drawn as 0, none, shrinking towards no cancellation at all); with *slow_threads*
+    > 0, whether threads at work outlast the next timer at each chance, at most that many
+    times (drawn as 0, no, shrinking towards none)."""
 
-    def __init__(self, data: st.DataObject, *, cancel: int = 0) -> None:
+    def __init__(self, data: st.DataObject, *, cancel: int = 0, slow_threads: int = 0) -> None:
         self._data = data
         check_int(cancel, "HypothesisChooser cancel", 0, 64)
+        check_int(slow_threads, "HypothesisChooser slow_threads", 0, 64)
 
-        def draw(step: int, options: int) -> int:
-            return data.draw(st.integers(0, options - 1), label=f"cancel before {step}")
+        def drawer(what: str) -> Callable[[int, int], int]:
+            def draw(step: int, options: int) -> int:
+                return data.draw(st.integers(0, options - 1), label=f"{what} {step}")
 
-        self.inject = _Cancels(cancel, draw).inject
+            return draw
+
+        self.inject = _Cancels(cancel, drawer("cancel before")).inject
+        self.outlast = _Outlasts(slow_threads, drawer("thread outlasts timer at")).outlast
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         if len(enabled) == 1:
@@ -274,6 +318,7 @@ async def _run_machine_once(
     max_parallel: int,
     limits: Limits,
     cancel: int,
+    slow_threads: int,
 ) -> None:
     rounds: list[list[str]] = []
     count: list[int] = []
@@ -291,7 +336,7 @@ async def _run_machine_once(
         )
         return rounds[-1]
 
-    chooser = HypothesisChooser(data, cancel=cancel)
+    chooser = HypothesisChooser(data, cancel=cancel, slow_threads=slow_threads)
     run, error = await _run_once(_machine_scenario(machine_class, draw_round), chooser, limits)
     if error is None:
         return
@@ -306,7 +351,7 @@ async def _run_machine_once(
     timeline = run.timeline()
     raise AssertionError(
         f"{where}: {type(error).__name__}: {error}\n"
-        f"{len(timeline.steps)} steps, {timeline.preemptions} preemption(s)\n\n"
+        f"{len(timeline.steps)} steps, {timeline.deviations()}\n\n"
         f"{timeline.format()}"
     ) from error
 
@@ -321,12 +366,14 @@ def run_race_machine(
     limits: Limits | None = None,
     hypothesis_settings: settings | None = None,
     cancel: int = 0,
+    slow_threads: int = 0,
 ) -> None:
     """Run *machine_class* under Hypothesis: on a failure, the minimal rounds, rules and
     schedule are reported with the timeline of the failing run (an ``AssertionError``).
     With *cancel* > 0, up to that many cancellations are injected into the rules' tasks
     per example (a rule cancelled is no failure: its outcome says so, and the invariant
-    still holds or not)."""
+    still holds or not); with *slow_threads* > 0, up to that many timers fall due while
+    the rules' worker threads are still at work."""
     if backend not in BACKENDS:
         raise InvalidError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if not issubclass(machine_class, RaceMachine) or not machine_class.rules:
@@ -338,6 +385,7 @@ def run_race_machine(
     ):
         check_int(value, f"run_race_machine: {name}", 1)
     check_int(cancel, "run_race_machine: cancel", 0, 64)
+    check_int(slow_threads, "run_race_machine: slow_threads", 0, 64)
     limits = checked_limits(limits)
     options = hypothesis_settings or settings(deadline=None)
 
@@ -347,7 +395,14 @@ def run_race_machine(
         run_on_virtual_time(
             backend,
             partial(
-                _run_machine_once, machine_class, data, max_rounds, max_parallel, limits, cancel
+                _run_machine_once,
+                machine_class,
+                data,
+                max_rounds,
+                max_parallel,
+                limits,
+                cancel,
+                slow_threads,
             ),
         )
 

@@ -1,0 +1,310 @@
+"""Worker threads that outlast timers (``slow_threads``).
+
+A worker thread's work takes no virtual time: by default it returns before any timer falls due,
+so a deadline around a thread call never fires first, whatever the thread does. With
+``slow_threads=k`` a strategy also lets the threads at work outlast the next timer, up to *k*
+times a schedule: the timer falls due first (a real loop's does when the thread takes longer),
+as a decision of its own, in the timeline (``thread outlasts timer``) and the token (``t``).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import avcm
+from avcm import testing
+from avcm.testing import hypothesis as race
+
+BACKENDS = ["asyncio", "trio"]
+
+
+class Slots:
+    def __init__(self) -> None:
+        self.free = 1
+
+
+async def slot_leaked_on_timeout(run: testing.Run, *, abandon: bool, others: int = 1) -> None:
+    """A user takes a slot and gives it back after a thread call with a deadline; on the
+    timeout path it forgets to (the bug). Other tasks only pass checkpoints."""
+    slots = Slots()
+
+    async def user() -> None:
+        slots.free -= 1
+        try:
+            with anyio.fail_after(0.05):
+                await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=abandon)
+                await anyio.lowlevel.checkpoint()
+        except TimeoutError:
+            return  # the slot is not given back
+        slots.free += 1
+
+    async def other() -> None:
+        for _ in range(2):
+            await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(user, *[other] * others)
+    assert slots.free == 1, "slot leaked on the timeout path"
+
+
+async def slot_given_back_on_timeout(run: testing.Run, *, abandon: bool) -> None:
+    """The same user, written right: every path gives the slot back."""
+    slots = Slots()
+    timeouts = []
+
+    async def user() -> None:
+        slots.free -= 1
+        try:
+            with anyio.fail_after(0.05):
+                await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=abandon)
+                await anyio.lowlevel.checkpoint()
+        except TimeoutError:
+            timeouts.append(anyio.current_time())
+        finally:
+            slots.free += 1
+
+    async def other() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(user, other)
+    assert slots.free == 1
+
+
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deadline_around_a_thread_falls_due_first_only_with_slow_threads(
+    backend: str, abandon: bool
+) -> None:
+    scenario = partial(slot_leaked_on_timeout, abandon=abandon)
+    without = testing.explore(scenario, strategy=testing.Exhaustive(2), backend=backend)
+    assert without.exhausted and without.failure is None
+
+    found = testing.explore(
+        scenario, strategy=testing.Exhaustive(0, slow_threads=1), backend=backend
+    )
+    failure = found.failure
+    assert failure is not None
+    assert isinstance(failure.error, AssertionError)
+    timeline = failure.timeline
+    assert timeline.preemptions == 0
+    assert timeline.outlasted == 1
+    (step,) = [step for step in timeline.steps if step.outlasted]
+    assert (step.task, step.operation, step.point) == (0, "thread outlasts", "timer")
+    assert step.time == pytest.approx(0.05)
+    assert testing.TIMER_FIRST in failure.token.decisions
+    assert ".t." in str(failure.token)
+    assert "1 timer(s) outlasted by a thread" in failure.report()
+    assert "thread outlasts timer" in timeline.format()
+
+    replayed = testing.replay(scenario, failure.token, backend=backend)
+    assert replayed is not None and isinstance(replayed.error, AssertionError)
+    assert replayed.token.decisions == failure.token.decisions
+
+
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timeout_path_that_gives_back_passes_with_every_timer_outlasted(
+    backend: str, abandon: bool
+) -> None:
+    result = testing.explore(
+        partial(slot_given_back_on_timeout, abandon=abandon),
+        strategy=testing.Exhaustive(2, slow_threads=2),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    assert result.distinct_schedules > 1
+
+
+def strategies_with_slow_threads() -> dict[str, Callable[[], testing.Strategy]]:
+    return {
+        "pct": lambda: testing.PCT(0, slow_threads=1),
+        "random": lambda: testing.RandomWalk(0, slow_threads=1),
+        "exhaustive1": lambda: testing.Exhaustive(1, slow_threads=1),
+    }
+
+
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_strategy_finds_it_and_shrinks_it_to_no_preemption(
+    backend: str, strategy: str
+) -> None:
+    scenario = partial(slot_leaked_on_timeout, abandon=True, others=2)
+    result = testing.explore(
+        scenario,
+        strategy=strategies_with_slow_threads()[strategy](),
+        schedules=50,
+        backend=backend,
+    )
+    failure = result.failure
+    assert failure is not None
+    assert failure.timeline.preemptions == 0
+    assert failure.timeline.outlasted == 1
+    replayed = testing.replay(scenario, failure.token, backend=backend)
+    assert replayed is not None and type(replayed.error) is type(failure.error)
+
+
+async def calls_in_a_row(run: testing.Run, *, calls: int, abandon: bool) -> None:
+    """One task makes *calls* thread calls in a row, each under its own deadline, while
+    another passes a checkpoint first: each call is one chance for its thread to outlast
+    that deadline."""
+
+    async def caller() -> None:
+        for _ in range(calls):
+            with anyio.move_on_after(1):
+                await anyio.to_thread.run_sync(time.sleep, 0, abandon_on_cancel=abandon)
+
+    async def other() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(caller, other):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("slow_threads", [0, 1, 2, 3])
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_tries_every_way_of_outlasting_up_to_the_bound(
+    backend: str, abandon: bool, slow_threads: int
+) -> None:
+    # Exhaustive(0): the other task runs first or last (2 orders); with the caller's three
+    # chances, every set of at most slow_threads of them outlasted on top of each order
+    calls = 3
+    result = testing.explore(
+        partial(calls_in_a_row, calls=calls, abandon=abandon),
+        strategy=testing.Exhaustive(0, slow_threads=slow_threads),
+        schedules=1000,
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None
+    ways = sum(math.comb(calls, outlasted) for outlasted in range(slow_threads + 1))
+    assert result.schedules == result.distinct_schedules == 2 * ways
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_same_seed_lets_the_same_threads_outlast_the_same_timers(backend: str) -> None:
+    def tokens() -> list[str]:
+        found = []
+        for seed in range(4):
+            result = testing.explore(
+                partial(slot_leaked_on_timeout, abandon=False, others=2),
+                strategy=testing.RandomWalk(seed, slow_threads=1),
+                schedules=30,
+                backend=backend,
+                shrink_budget=0,
+            )
+            assert result.failure is not None
+            found.append(f"{result.schedules} {result.failure.token}")
+        return found
+
+    assert tokens() == tokens()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_token_that_outlasts_a_timer_where_no_thread_works_diverges(backend: str) -> None:
+    async def no_threads(run: testing.Run) -> None:
+        async def sleeper() -> None:
+            await anyio.sleep(1)
+
+        await run.concurrently(sleeper)
+
+    found = testing.explore(no_threads, strategy=testing.Exhaustive(0), backend=backend)
+    assert found.failure is None
+    token = testing.ReplayToken("exhaustive-p0-s1", 0, 0, "00000000", (0, testing.TIMER_FIRST, 0))
+    with pytest.raises(testing.ReplayDivergedError, match="outlast the next timer"):
+        testing.replay(no_threads, token, backend=backend)
+
+
+def test_tokens_write_and_read_a_timer_outlasted() -> None:
+    decisions = (0, 0, testing.TIMER_FIRST, -2, testing.TIMER_FIRST, testing.TIMER_FIRST, 1)
+    token = testing.ReplayToken("random-s1", 3, 7, "0123abcd", decisions)
+    assert str(token) == "avcm4:random-s1:3:7:0123abcd:0x2.t.c1.tx2.1"
+    assert testing.ReplayToken.parse(str(token)) == token
+
+
+@pytest.mark.parametrize("value", [-1, 65, 1.5, "1", None])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda value: testing.PCT(0, slow_threads=value),
+        lambda value: testing.RandomWalk(0, slow_threads=value),
+        lambda value: testing.Exhaustive(1, slow_threads=value),
+        lambda value: race.schedules(slow_threads=value),
+    ],
+    ids=["PCT", "RandomWalk", "Exhaustive", "schedules"],
+)
+def test_slow_threads_must_be_a_small_count(make: Callable[[object], object], value: object) -> None:
+    with pytest.raises(avcm.InvalidError) as caught:
+        make(value)
+    assert caught.value.errno == errno.EINVAL
+    assert "slow_threads" in str(caught.value)
+
+
+def test_strategies_with_slow_threads_say_so_in_their_names() -> None:
+    assert testing.PCT(0, slow_threads=2).name == "pct-d3-s2"
+    assert testing.RandomWalk(0, cancel=1, slow_threads=1).name == "random-c1-s1"
+    assert testing.Exhaustive(1, slow_threads=1).name == "exhaustive-p1-s1"
+    assert testing.PCT(0).name == "pct-d3"
+    assert testing.RandomWalk(5, slow_threads=2).with_seed(6).name == "random-s2"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_hypothesis_route_finds_it_and_shrinks_it(backend: str) -> None:
+    scenario = partial(slot_leaked_on_timeout, abandon=True, others=2)
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(schedule=race.schedules(slow_threads=1))
+    def check(schedule: race.Schedule) -> None:
+        race.run_schedule(scenario, schedule, backend=backend)
+
+    with pytest.raises(testing.RaceFound) as caught:
+        check()
+    timeline = caught.value.failure.timeline
+    assert (timeline.preemptions, timeline.outlasted) == (0, 1)
+
+
+class SlotMachine(race.RaceMachine):
+    """A rule that takes a slot around a thread call with a deadline and leaks it on the
+    timeout path; the invariant: every slot is back after a round."""
+
+    async def setup(self) -> None:
+        self.slots = Slots()
+
+    @race.race_rule
+    async def use(self) -> None:
+        self.slots.free -= 1
+        try:
+            with anyio.fail_after(0.05):
+                await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=True)
+        except TimeoutError:
+            return
+        self.slots.free += 1
+
+    async def invariant(self) -> None:
+        assert self.slots.free == 1, "slot leaked"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_race_machine_with_slow_threads_finds_it(backend: str) -> None:
+    race.run_race_machine(SlotMachine, backend=backend, max_examples=30, max_parallel=1)
+    with pytest.raises(AssertionError, match="1 timer\\(s\\) outlasted by a thread"):
+        race.run_race_machine(
+            SlotMachine,
+            backend=backend,
+            max_examples=100,
+            max_parallel=1,
+            slow_threads=1,
+            hypothesis_settings=settings(deadline=None, database=None),
+        )
