@@ -20,6 +20,7 @@ from ._options import driver_options
 __all__ = ["CarveoutAllocator", "CarveoutStatistics", "create_carveout"]
 
 MAX_CARVEOUT_BLOCKS = 1 << 16
+_LARGE_PAGES = (64 << 10, 1 << 20)  # what mixed_alignment aligns to
 """A region is taken in blocks of the memory's largest order, at most this many (256 GiB in
 4 MiB blocks): a bound on the work of making one, whatever the memory's size."""
 
@@ -36,6 +37,12 @@ class CarveoutStatistics:
 class CarveoutAllocator:
     """The one-to-one driver (``alloc``/``free``/``cleanup``) over one carved-out region.
 
+    Each allocation takes the top of the best-fitting hole, aligned to 4 KiB: its memory is
+    rarely aligned to a large page. With *mixed_alignment*, every other allocation is aligned
+    instead to the largest page (1 MiB, 64 KiB) not above its size, as an allocator aligning to
+    a block's order does: memory another context maps then meets both, and a 124 KiB block
+    starts on a 64 KiB boundary and ends a page short of the next.
+
     If the context is destroyed while a block is still allocated (a phys bound in another
     context survives destroy), the region goes back to the physical memory when that last
     block is freed.
@@ -49,8 +56,15 @@ class CarveoutAllocator:
         latency: Latency | None = None,
         faults: FaultPlan | None = None,
         name: str = "carveout",
+        mixed_alignment: bool = False,
     ) -> None:
         self.latency, self.faults, self.name = driver_options(latency, faults, name, "carveout")
+        if not isinstance(mixed_alignment, bool):
+            raise avcm.InvalidError(
+                f"carveout: mixed_alignment must be a bool, not {quote(mixed_alignment)}"
+            )
+        self.mixed_alignment = mixed_alignment
+        self._allocations = 0
         self.memory = resolve_memory(memory, "carveout")
         self._blocks = self._carve(self.memory, size)
         self.start = self._blocks[0][0]
@@ -97,8 +111,15 @@ class CarveoutAllocator:
     async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
         self.faults.check("alloc", self.name)
         await self.latency.sleep("alloc", self)
+        alignment = avcm.PAGE_SIZE
+        if self.mixed_alignment:
+            self._allocations += 1
+            if self._allocations % 2 == 0:
+                alignment = max(
+                    (page for page in _LARGE_PAGES if page <= part.size), default=alignment
+                )
         try:
-            part.start = self._space.allocate(part.size, avcm.PAGE_SIZE)
+            part.start = self._space.allocate(part.size, alignment)
         except avcm.NoSpaceError:
             raise avcm.NoMemoryError(
                 f"{self.name}: no hole of {part.size:#x} bytes "
@@ -147,14 +168,18 @@ def create_carveout(
     latency: Latency | None = None,
     faults: FaultPlan | None = None,
     name: str = "carveout",
+    mixed_alignment: bool = False,
 ) -> avcm.Vcm:
     """A one-to-one context over a *size*-byte region carved out of *memory*.
 
-    ``ENOMEM`` if the memory has no contiguous region that large; ``EINVAL`` for a bad size.
-    The allocator is ``vcm.driver.hw`` (a :class:`CarveoutAllocator`).
+    ``ENOMEM`` if the memory has no contiguous region that large; ``EINVAL`` for a bad size
+    or *mixed_alignment* (see :class:`CarveoutAllocator`). The allocator is
+    ``vcm.driver.hw``.
     """
     ram = resolve_memory(memory, "create_carveout")
-    allocator = CarveoutAllocator(ram, size, latency=latency, faults=faults, name=name)
+    allocator = CarveoutAllocator(
+        ram, size, latency=latency, faults=faults, name=name, mixed_alignment=mixed_alignment
+    )
     try:
         return avcm.o2o_init(allocator.start, size, allocator, memory=ram, name=name)
     except BaseException:

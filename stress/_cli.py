@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which contexts and how many, e.g. iommu=2,carveout=1,cpu=1 "
         "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2,carveout=1: two "
         "contexts from the factory on one physical memory, so that hardware they share is "
-        "raced too, and a carve-out whose memory, aligned to 4 KiB but not to 64 KiB, the "
-        "tasks map into them)",
+        "raced too, and a carve-out whose memory (half of it aligned to 4 KiB only, half "
+        "to large pages) the tasks map into them)",
     )
     parser.add_argument(
         "--latency",

@@ -30,9 +30,11 @@ CONTEXT_KINDS = ("iommu", "carveout", "cpu", "custom")
 # (one IOMMU unit serving several devices, a shared usage count) needs two contexts to show.
 DRIVER_CONTEXTS = 2
 # ... and with them, unless --contexts says otherwise, a carve-out context of the harness's own:
-# its physes have parts at addresses aligned to 4 KiB but not to 64 KiB, and the tasks map them
-# into the driver's contexts, so a page walk that picks 64 KiB or 1 MiB pages from the device
-# address alone (not the physical one) meets memory it cannot map that way.
+# half its physes have parts at addresses aligned to 4 KiB but not to 64 KiB, and the tasks map
+# them into the driver's contexts, so a page walk that picks 64 KiB or 1 MiB pages from the
+# device address alone (not the physical one) meets memory it cannot map that way; the other
+# half are aligned to the largest page not above their size, so a walk that takes a large page
+# for a tail a page short of one meets that too.
 DRIVER_DEFAULT_CONTEXTS: tuple[tuple[str, int], ...] = (
     ("custom", DRIVER_CONTEXTS),
     ("carveout", 1),

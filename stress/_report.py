@@ -131,8 +131,8 @@ def driver_contexts(config: StressConfig) -> str:
         )
     if any(kind == "carveout" and n for kind, n in config.contexts):
         said += (
-            "; with a carve-out context of the harness's own, whose memory (parts aligned to "
-            "4 KiB, not to 64 KiB) the tasks map into them too"
+            "; with a carve-out context of the harness's own, whose memory (half of it "
+            "aligned to 4 KiB only, half to large pages) the tasks map into them too"
         )
     return said
 

@@ -63,9 +63,26 @@ __all__ = [
 
 KiB = 1 << 10
 MiB = 1 << 20
-# Mostly small, some that exercise large pages and the page walk's mixes.
-SIZES = (4 * KiB, 8 * KiB, 16 * KiB, 64 * KiB, 68 * KiB, MiB, MiB + 68 * KiB, 2 * MiB + 68 * KiB)
-SIZE_WEIGHTS = (20, 12, 8, 8, 6, 3, 2, 1)
+# Mostly small, some that exercise large pages and the page walk's mixes, and some that end a
+# page short of a large page (124 KiB, 2 MiB - 4 KiB: their reservations are aligned to the
+# large page, and a walk that takes the large page for the tail anyway maps a page past the
+# part, where a one-to-one phys starts on that boundary).
+SIZES = (
+    4 * KiB,
+    8 * KiB,
+    16 * KiB,
+    64 * KiB,
+    68 * KiB,
+    124 * KiB,
+    MiB,
+    MiB + 68 * KiB,
+    2 * MiB - 4 * KiB,
+    2 * MiB + 68 * KiB,
+)
+SIZE_WEIGHTS = (20, 12, 8, 8, 6, 5, 3, 2, 1, 1)
+# and, as often as 16 KiB, any size up to this many pages: shapes no menu thought of
+RANDOM_SIZE_PAGES = 320
+RANDOM_SIZE_WEIGHT = 8
 
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
 # go on working); any other avcm warning is a violation.
@@ -366,7 +383,8 @@ def _pick(task: TaskState, pool: list[Any]) -> Any:
 
 
 def _size(task: TaskState) -> int:
-    return task.rng.choices(SIZES, SIZE_WEIGHTS)[0]
+    size = task.rng.choices((*SIZES, 0), (*SIZE_WEIGHTS, RANDOM_SIZE_WEIGHT))[0]
+    return size or task.rng.randint(1, RANDOM_SIZE_PAGES) * avcm.PAGE_SIZE
 
 
 async def op_alloc(world: World, task: TaskState) -> tuple[str, str]:

@@ -459,7 +459,10 @@ class SelfWalkingMmu:
       one another;
     * ``vaddr_alignment``: it picks each page's size from the device address alignment only,
       so a part not aligned to that size in physical memory is mapped at the aligned-down
-      address.
+      address;
+    * ``short_tail``: it takes a large page for what is left of a part when that is at most a
+      page short of one ("nearly fits"), so a part ending a page before a 64 KiB or 1 MiB
+      boundary maps a page past its end.
     """
 
     orders = (8, 4, 0)
@@ -470,13 +473,16 @@ class SelfWalkingMmu:
         *,
         contiguous: bool = False,
         vaddr_alignment: bool = False,
+        short_tail: bool = False,
     ) -> None:
         self.tables = drivers.PageTableMmu(memory, orders=self.orders, name="self-walking")
         self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
+        self.short_tail = short_tail
 
     def pages(self, res: avcm.Res, phys: avcm.Phys) -> list[tuple[int, int, int]]:
-        if not (self.contiguous or self.vaddr_alignment):
+        if not (self.contiguous or self.vaddr_alignment or self.short_tail):
             return avcm.lowlevel.walk_pages(res.start, phys, self.orders)
+        short = avcm.PAGE_SIZE if self.short_tail else 0
         pages = []
         vaddr = res.start
         for start, size in phys.parts:
@@ -489,7 +495,7 @@ class SelfWalkingMmu:
                     for order in self.orders
                     if (vaddr | (0 if self.vaddr_alignment else start)) % (avcm.PAGE_SIZE << order)
                     == 0
-                    and end - start >= avcm.PAGE_SIZE << order
+                    and end - start >= (avcm.PAGE_SIZE << order) - (short if order else 0)
                 )
                 pages.append((vaddr, start, order))
                 vaddr += avcm.PAGE_SIZE << order
@@ -545,6 +551,11 @@ def self_walking_contiguous(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def self_walking_vaddr_alignment(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = SelfWalkingMmu(memory, vaddr_alignment=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+
+
+def self_walking_short_tail(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = SelfWalkingMmu(memory, short_tail=True)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
 
 

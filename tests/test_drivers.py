@@ -377,6 +377,30 @@ async def test_carveout_best_fit_and_coalescing(memory: avcm.PhysicalMemory) -> 
     assert memory.is_pristine()
 
 
+async def test_carveout_with_mixed_alignment_aligns_every_other_block_to_a_large_page(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    vcm = drivers.create_carveout(memory, size=4 * MiB, latency=ZERO, mixed_alignment=True)
+    sizes = (124 * KiB, 124 * KiB, 8 * KiB, 2 * MiB - 4 * KiB, 68 * KiB, 68 * KiB)
+    starts = [(await vcm.alloc(size)).parts[0].start for size in sizes]
+    # the 1st, 3rd and 5th at 4 KiB alignment (the top of the best hole, which is never a
+    # large page's start for these sizes); the others at the largest page they hold
+    assert [start % (64 * KiB) != 0 for start in starts[0::2]] == [True, True, True]
+    assert starts[1] % (64 * KiB) == 0 and starts[3] % MiB == 0 and starts[5] % (64 * KiB) == 0
+    plain = drivers.create_carveout(memory, size=MiB, latency=ZERO)
+    assert all([(await plain.alloc(124 * KiB)).parts[0].start % (64 * KiB) for _ in range(4)])
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+async def test_carveout_mixed_alignment_must_be_a_bool(
+    memory: avcm.PhysicalMemory, value: object
+) -> None:
+    before = memory.free_bytes
+    with pytest.raises(avcm.InvalidError, match="mixed_alignment") as info:
+        drivers.create_carveout(memory, size=MiB, mixed_alignment=value)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL and memory.free_bytes == before
+
+
 async def test_carveout_enomem_when_full_or_fragmented(memory: avcm.PhysicalMemory) -> None:
     vcm = drivers.create_carveout(memory, size=MiB, latency=ZERO)
     pieces = [await vcm.alloc(64 * KiB) for _ in range(16)]

@@ -240,7 +240,9 @@ def test_tokens_write_and_read_a_timer_outlasted() -> None:
     ],
     ids=["PCT", "RandomWalk", "Exhaustive", "schedules"],
 )
-def test_slow_threads_must_be_a_small_count(make: Callable[[object], object], value: object) -> None:
+def test_slow_threads_must_be_a_small_count(
+    make: Callable[[object], object], value: object
+) -> None:
     with pytest.raises(avcm.InvalidError) as caught:
         make(value)
     assert caught.value.errno == errno.EINVAL

@@ -306,6 +306,8 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("late_writeback", {"rule 4"}),  # a write to memory after it was freed
         # large pages chosen by the device address alone: caught on the carve-out's memory
         ("self_walking_vaddr_alignment", {"rule 4"}),
+        # a large page for a tail a page short of one: caught on the carve-out's aligned parts
+        ("self_walking_short_tail", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -335,10 +337,9 @@ def test_a_racy_give_is_caught_within_10000_operations_for_most_seeds(
         if stress.main(args) == 1:
             violation = json.loads(report.read_text())["violation"]
             # a leak within the allowance: at the end, pinned to the window where it grew
-            assert (
-                violation["rule"] == "rule 9"
-                and "window(s) of operations" in violation["description"]
-            ), violation
+            # (or to the operations before the first drain, when it grew then)
+            assert violation["rule"] == "rule 9", violation
+            assert re.search(r"operations \d+-\d+", violation["description"]), violation
             found += 1
     assert found >= 2
 
