@@ -5,6 +5,7 @@ Each factory takes the run's physical memory and returns a context, as ``--drive
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
@@ -462,7 +463,10 @@ class SelfWalkingMmu:
       address;
     * ``short_tail``: it takes a large page for what is left of a part when that is at most a
       page short of one ("nearly fits"), so a part ending a page before a 64 KiB or 1 MiB
-      boundary maps a page past its end.
+      boundary maps a page past its end;
+    * ``forgets_under_pressure``: it keeps the walks of the last 32 reservations it mapped
+      and, for one it no longer has, unmaps 4 KiB pages only, so a large page of a reservation
+      unmapped after 32 others were mapped stays in the hardware.
     """
 
     orders = (8, 4, 0)
@@ -474,10 +478,15 @@ class SelfWalkingMmu:
         contiguous: bool = False,
         vaddr_alignment: bool = False,
         short_tail: bool = False,
+        forgets_under_pressure: bool = False,
     ) -> None:
         self.tables = drivers.PageTableMmu(memory, orders=self.orders, name="self-walking")
         self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
         self.short_tail = short_tail
+        # reservation start -> its pages, the most recently mapped last (forgets_under_pressure)
+        self.walks: collections.OrderedDict[int, list[tuple[int, int, int]]] | None = (
+            collections.OrderedDict() if forgets_under_pressure else None
+        )
 
     def pages(self, res: avcm.Res, phys: avcm.Phys) -> list[tuple[int, int, int]]:
         if not (self.contiguous or self.vaddr_alignment or self.short_tail):
@@ -510,6 +519,11 @@ class SelfWalkingMmu:
 
     async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
         done: list[tuple[int, int, int]] = []
+        if self.walks is not None:
+            self.walks[res.start] = self.pages(res, phys)
+            self.walks.move_to_end(res.start)
+            while len(self.walks) > 32:
+                self.walks.popitem(last=False)
         try:
             for vaddr, paddr, order in self.pages(res, phys):
                 paddr &= ~((avcm.PAGE_SIZE << order) - 1)  # the bits the hardware keeps
@@ -522,6 +536,13 @@ class SelfWalkingMmu:
             raise
 
     async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        if self.walks is not None and self.walks.pop(res.start, None) is None:
+            # the bug: walked again with 4 KiB pages only, clearing the entries it finds
+            mapped = set(self.tables.hardware_mappings())
+            for page in avcm.lowlevel.walk_pages(res.start, phys, (0,)):
+                if page in mapped:
+                    await self.tables.deactivate_page(*page, res.vcm)
+            return
         for vaddr, paddr, order in self.pages(res, phys):
             paddr &= ~((avcm.PAGE_SIZE << order) - 1)
             await self.tables.deactivate_page(vaddr, paddr, order, res.vcm)
@@ -551,6 +572,11 @@ def self_walking_contiguous(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def self_walking_vaddr_alignment(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = SelfWalkingMmu(memory, vaddr_alignment=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+
+
+def self_walking_forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = SelfWalkingMmu(memory, forgets_under_pressure=True)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
 
 

@@ -34,7 +34,7 @@ def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> 
     # a scenario without a race ends once its schedules repeat
     assert all(
         result.schedules == schedules
-        or (result.name == "large_pages" and result.schedules < schedules)
+        or (result.name in ("large_pages", "many_bindings") and result.schedules < schedules)
         for result in report.results
     )
     # what a pass covered, and that it is no proof
@@ -99,6 +99,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_vaddr_alignment, "large_pages", "hardware differs"),
         # a large page for a part's tail a page short of one
         (broken_drivers.self_walking_short_tail, "large_pages", "hardware differs"),
+        # large pages left mapped when more reservations are live than the driver remembers
+        (broken_drivers.self_walking_forgetful, "many_bindings", "hardware differs"),
         # two one-to-one contexts allocating in one carve-out, each on its own
         (broken_drivers.board_carveout, "contexts_apart", "live allocations overlap"),
         # a page of a range crossing a MiB boundary left mapped after its unmap

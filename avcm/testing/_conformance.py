@@ -655,6 +655,40 @@ async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
             await vcm.deactivate()
 
 
+_MANY_BINDINGS = 48  # more than a driver's cache of walks or entries may hold (32 is common)
+
+
+async def _many_bindings(run: Run, vcm: Vcm) -> None:
+    """More bindings live in one context at once than a driver's cache of them may hold,
+    of 64 KiB and 4 KiB pages: while active, every one reaches its memory; unmapped oldest
+    first (what a cache evicts first), half while active and half after a deactivate, none
+    is left in the hardware, also after activating from cold. Nothing races (one task): the
+    suite runs it until its schedules repeat."""
+
+    async def bind_and_unmap() -> None:
+        made: list[Res] = []
+        for index in range(_MANY_BINDINGS):
+            made.append(await vcm.make_binding(68 * KiB if index % 2 else 4 * KiB))
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8); the bindings go with destroy
+        check_quiescent([vcm])
+        _probe(*_bound(vcm))
+        half = len(made) // 2
+        for res in made[:half]:
+            await res.unmap()
+        check_quiescent([vcm])
+        _probe(*_bound(vcm))
+        await vcm.deactivate()
+        for res in made[half:]:
+            await res.unmap()
+        check_quiescent([vcm])
+        if await _unless_driver_fails(vcm.activate):
+            check_quiescent([vcm])
+            await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(bind_and_unmap), set())
+
+
 async def _contexts_apart(run: Run, *vcms: Vcm) -> None:
     """Three contexts of one driver on one memory, allocating, binding and activating at
     once: no two live allocations overlap, each device reaches only its own context's
@@ -895,6 +929,12 @@ _SPECS: dict[str, _Spec] = {
         "1 MiB and 64 KiB pages only where the memory is aligned for them",
         _large_pages,
         needs_memory=True,
+        until_covered=2,
+    ),
+    "many_bindings": _Spec(
+        "rule 4",
+        f"{_MANY_BINDINGS} bindings live in one context: all mapped, none left after unmap",
+        _many_bindings,
         until_covered=2,
     ),
     "power_sharing": _Spec(
