@@ -338,7 +338,7 @@ async def check_cold_start(world: World, when: str) -> None:
             return
         # at once, while the others may still be starting: a second enabler of a shared unit
         # that returns before the first one's power-up finished shows only now
-        _started(world, ctx, f"{when}, right after {ctx.name}'s activate returned")
+        _started(world, ctx, f"{when}, right after {ctx.name}'s activate returned", rule="rule 1")
 
     await _each_context(world, activate)
     if failed:
@@ -363,15 +363,16 @@ async def check_cold_start(world: World, when: str) -> None:
             )
 
 
-def _started(world: World, ctx: Context, when: str) -> None:
-    """*ctx* was started and none of its calls is in flight: its hardware is on, maps what
-    the model says, and a device reaches the memory of each bound reservation's first page
-    through it."""
+def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> None:
+    """*ctx* was started and none of its calls is in flight: its hardware is on (else a
+    violation of *rule*: rule 1 right after its activate returned, activation that was not
+    real), maps what the model says, and a device reaches the memory of each bound
+    reservation's first page through it."""
     from ._device import probe_bound  # here: _device builds on this module
 
     if not ctx.hardware_active():
         raise Violation(
-            "rule 4",
+            rule,
             f"{when}: {ctx.name}'s hardware is inactive with activation count "
             f"{ctx.vcm.activations}",
         )
