@@ -79,9 +79,9 @@ SIZES = (
     2 * MiB - 4 * KiB,
     2 * MiB + 68 * KiB,
 )
-SIZE_WEIGHTS = (20, 12, 8, 8, 6, 5, 3, 2, 1, 1)
+SIZE_WEIGHTS = (20, 12, 8, 8, 6, 8, 3, 2, 1, 1)
 # and, as often as 16 KiB, any size up to this many pages: shapes no menu thought of
-RANDOM_SIZE_PAGES = 320
+RANDOM_SIZE_PAGES = 48
 RANDOM_SIZE_WEIGHT = 8
 
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
