@@ -103,7 +103,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         outside = self.outside
         if outside is not None and timeout is not None:
             if timeout <= 0:
-                if outside.only_callbacks() and outside.threads_busy():
+                if outside.only_callbacks():
                     # callbacks that resume no task run on (a cancellation retried while
                     # its task waits for a thread), but no task is chosen before the
                     # threads report: their reports come in now, as when nothing is ready,
@@ -115,8 +115,8 @@ class _VirtualSelector(selectors.DefaultSelector):
                         if outside.reported() and outside.let_in():
                             return super().select(0)
                         return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
-                    if outside.reported() and outside.let_in():
-                        return super().select(0)
+                    if outside.reported() and outside.threads_busy() and outside.let_in():
+                        return super().select(0)  # (threads that stalled)
                 wait = outside.io_wait(0.0)
                 if wait is None:
                     return []
