@@ -82,6 +82,12 @@ class Outside(Protocol):
         timer instead (the clock is then on it, and the loop goes on without waiting)."""
         ...
 
+    def came_in(self) -> bool:
+        """Whether what threads handed the loop came in during this iteration (a thread's
+        call into the loop, let in while the loop asked about threads at work): it runs
+        before virtual time may move."""
+        ...
+
     def only_callbacks(self) -> bool:
         """Whether the loop's last iteration resumed no task: it only ran callbacks (anyio
         retrying a cancellation every iteration), as good as nothing ready."""
@@ -112,7 +118,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                     if outside.time_waits_for_threads():
                         if outside.outlast_timer():
                             return []  # the next timer falls due first
-                        if outside.reported() and outside.let_in():
+                        if (outside.reported() and outside.let_in()) or outside.came_in():
                             return super().select(0)
                         return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                     if outside.reported() and outside.threads_busy() and outside.let_in():
@@ -136,7 +142,9 @@ class _VirtualSelector(selectors.DefaultSelector):
             waits = outside.time_waits_for_threads()
             if waits and outside.outlast_timer():
                 return []  # the clock is on the next timer: it falls due now
-            if outside.let_in():  # nothing could run: what threads reported comes in now
+            # nothing could run: what threads reported comes in now (or came in while the
+            # loop asked about them: a thread's call back into it)
+            if outside.let_in() or outside.came_in():
                 return super().select(0)
             if waits:
                 # the thread reports through the loop's self-pipe, which ends this wait

@@ -173,6 +173,19 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
     return 0
 
 
+def _took(thread: threading.Thread, future: object) -> bool:
+    """Whether anyio's worker *thread* (asyncio) has taken the call whose result goes to
+    *future* (or has ended): its loop holds the call's future once it took it."""
+    if not thread.is_alive():
+        return True
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "run" and frame.f_locals.get("future") is future:
+            return True
+        frame = frame.f_back
+    return False
+
+
 _FUTURES_BASE = os.path.join("concurrent", "futures", "_base.py")
 _SYNC_WAITS = frozenset({"wait", "acquire", "get", "put", "join"})
 # A pool thread's frame while it runs a call (trio's to_thread, asyncio's executor); anyio's
@@ -1187,9 +1200,10 @@ class _Queue:
         the same questions, however fast its threads are (and whatever work outside control
         ran meanwhile: a thread abandoned in an earlier run may report in this one)."""
         run = self.run
-        if self.free or not self.virtual or self.thread_waiter() is None:
-            # (a thread only tasks outside control wait for is no chance: on trio, what it
-            # reports may be taken in by trio's own task in the batch that began the wait)
+        if self.free or not self.virtual or self.thread_waiter() is None or self.held():
+            # No chance while a task is runnable (held back till the threads report): a real
+            # loop runs it first, and its timers fall due only once every task waits. Nor for
+            # a thread only tasks outside control wait for (not in the strategy's hands).
             return False
         timer = run._next_timer()
         if timer is None or timer <= self.now():
@@ -1198,7 +1212,14 @@ class _Queue:
         if asked == self.outlast_asked:
             return False
         self.outlast_asked = asked
+        self.calls_taken()
         return run._outlast(timer)
+
+    def calls_taken(self) -> None:
+        """Wait a moment, at most, until each worker thread the controlled tasks wait for has
+        taken its call: a thread that outlasts a timer is one at work, and a call abandoned
+        on cancel before its thread took it is never run (anyio's worker on asyncio skips
+        it), which no slow thread does. (trio's worker runs such a call anyway.)"""
 
     def thread_poll(self, timeout: float) -> float:
         """How long a poll of the event loop, asked to wait *timeout* seconds while a worker
@@ -1575,9 +1596,16 @@ class _TrioQueue(_Queue):
         return queue
 
     def let_in(self) -> bool:
-        jobs = self.arrivals()
-        if jobs is None:
+        # All that came, in the order it came: trio's worker threads serve call after call,
+        # so a thread's report cannot say which call it ends (asyncio's order by call is not
+        # to be had), and waiting for every thread to report first could wait for ever. A
+        # controlled task it wakes is chosen only once no thread is at work, whatever the
+        # order; what it wakes outside control ran as soon as it came before, too.
+        if not self.arrived:
             return False
+        jobs = []
+        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
+            jobs.append(self.arrived.popleft()[1])
         entry_queue = self.runner.entry_queue
         with entry_queue.lock:
             for job in jobs:
@@ -1825,6 +1853,9 @@ class _AsyncioQueue(_Queue):
         assert self.readyq is not None
         return not self.readyq.task_ran
 
+    def came_in(self) -> bool:
+        return self.admitted
+
     def let_in(self) -> bool:
         # A thread handing a call over to the loop is let finish handing it over first (a
         # matter of microseconds): its request then comes in with what came before it, not
@@ -1904,6 +1935,20 @@ class _AsyncioQueue(_Queue):
 
     def waits_for_loop(self, thread: threading.Thread) -> bool:
         return _call_into(thread, self.loop) == 2
+
+    def calls_taken(self) -> None:
+        pending = [
+            (thread, wait)
+            for native, (wait, thread, _) in self.thread_waits.items()
+            if isinstance(thread, threading.Thread)
+            and native in self.tasks
+            and self.waiting_on(native) is wait
+        ]
+        deadline = time.monotonic() + _HANDOVER
+        while pending and time.monotonic() < deadline:
+            pending = [(thread, wait) for thread, wait in pending if not _took(thread, wait)]
+            if pending:
+                time.sleep(_HANDOVER_POLL)
 
     def thread_calls(self) -> None:
         self.let_in()
