@@ -219,9 +219,10 @@ def test_a_token_that_outlasts_a_timer_where_no_thread_works_diverges(backend: s
 
     found = testing.explore(no_threads, strategy=testing.Exhaustive(0), backend=backend)
     assert found.failure is None
-    token = testing.ReplayToken("exhaustive-p0-s1", 0, 0, "00000000", (0, testing.TIMER_FIRST, 0))
-    with pytest.raises(testing.ReplayDivergedError, match="outlast the next timer"):
-        testing.replay(no_threads, token, backend=backend)
+    for decisions in ((0, testing.TIMER_FIRST, 0), (testing.TIMER_FIRST, 0)):
+        token = testing.ReplayToken("exhaustive-p0-s1", 0, 0, "00000000", decisions)
+        with pytest.raises(testing.ReplayDivergedError, match="outlast the next timer"):
+            testing.replay(no_threads, token, backend=backend)
 
 
 def test_tokens_write_and_read_a_timer_outlasted() -> None:

@@ -592,6 +592,12 @@ class Replay:
                 f"but the run goes on (tasks {list(enabled)} can run)"
             )
         task = self._decisions[step]
+        if task == TIMER_FIRST:
+            raise ReplayDivergedError(
+                f"replay diverged at step {step}: the recording lets worker threads outlast "
+                f"the next timer there, but tasks {sorted(enabled)} can run (no thread holds "
+                f"the run up)"
+            )
         if task not in enabled:
             raise ReplayDivergedError(
                 f"replay diverged at step {step}: the recording runs task {task}, "
