@@ -560,29 +560,30 @@ class SelfWalkingMmu:
         self.tables.write(addr, data)
 
 
+def _self_walking(memory: avcm.PhysicalMemory, **broken: bool) -> avcm.Vcm:
+    driver = SelfWalkingMmu(memory, **broken)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+
+
 def self_walking(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Not broken: the per-reservation driver with the right walk."""
-    return avcm.mmu_init(0x1000_0000, 1 << 30, SelfWalkingMmu(memory), memory=memory)
+    return _self_walking(memory)
 
 
 def self_walking_contiguous(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    driver = SelfWalkingMmu(memory, contiguous=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+    return _self_walking(memory, contiguous=True)
 
 
 def self_walking_vaddr_alignment(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    driver = SelfWalkingMmu(memory, vaddr_alignment=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+    return _self_walking(memory, vaddr_alignment=True)
 
 
 def self_walking_forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    driver = SelfWalkingMmu(memory, forgets_under_pressure=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+    return _self_walking(memory, forgets_under_pressure=True)
 
 
 def self_walking_short_tail(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    driver = SelfWalkingMmu(memory, short_tail=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory)
+    return _self_walking(memory, short_tail=True)
 
 
 # memory -> [region start, contexts using it]

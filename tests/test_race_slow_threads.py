@@ -33,9 +33,12 @@ class Slots:
         self.free = 1
 
 
-async def slot_leaked_on_timeout(run: testing.Run, *, abandon: bool, others: int = 1) -> None:
+async def slot_around_a_thread_call(
+    run: testing.Run, *, abandon: bool, others: int = 1, right: bool = False
+) -> None:
     """A user takes a slot and gives it back after a thread call with a deadline; on the
-    timeout path it forgets to (the bug). Other tasks only pass checkpoints."""
+    timeout path it forgets to (the bug), unless written *right* (every path gives it back).
+    Other tasks only pass checkpoints."""
     slots = Slots()
 
     async def user() -> None:
@@ -45,7 +48,8 @@ async def slot_leaked_on_timeout(run: testing.Run, *, abandon: bool, others: int
                 await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=abandon)
                 await anyio.lowlevel.checkpoint()
         except TimeoutError:
-            return  # the slot is not given back
+            if not right:
+                return  # the slot is not given back
         slots.free += 1
 
     async def other() -> None:
@@ -56,35 +60,12 @@ async def slot_leaked_on_timeout(run: testing.Run, *, abandon: bool, others: int
     assert slots.free == 1, "slot leaked on the timeout path"
 
 
-async def slot_given_back_on_timeout(run: testing.Run, *, abandon: bool) -> None:
-    """The same user, written right: every path gives the slot back."""
-    slots = Slots()
-    timeouts = []
-
-    async def user() -> None:
-        slots.free -= 1
-        try:
-            with anyio.fail_after(0.05):
-                await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=abandon)
-                await anyio.lowlevel.checkpoint()
-        except TimeoutError:
-            timeouts.append(anyio.current_time())
-        finally:
-            slots.free += 1
-
-    async def other() -> None:
-        await anyio.lowlevel.checkpoint()
-
-    await run.concurrently(user, other)
-    assert slots.free == 1
-
-
 @pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_deadline_around_a_thread_falls_due_first_only_with_slow_threads(
     backend: str, abandon: bool
 ) -> None:
-    scenario = partial(slot_leaked_on_timeout, abandon=abandon)
+    scenario = partial(slot_around_a_thread_call, abandon=abandon)
     without = testing.explore(scenario, strategy=testing.Exhaustive(2), backend=backend)
     assert without.exhausted and without.failure is None
 
@@ -116,7 +97,7 @@ def test_a_timeout_path_that_gives_back_passes_with_every_timer_outlasted(
     backend: str, abandon: bool
 ) -> None:
     result = testing.explore(
-        partial(slot_given_back_on_timeout, abandon=abandon),
+        partial(slot_around_a_thread_call, abandon=abandon, right=True),
         strategy=testing.Exhaustive(2, slow_threads=2),
         backend=backend,
     )
@@ -137,7 +118,7 @@ def strategies_with_slow_threads() -> dict[str, Callable[[], testing.Strategy]]:
 def test_every_strategy_finds_it_and_shrinks_it_to_no_preemption(
     backend: str, strategy: str
 ) -> None:
-    scenario = partial(slot_leaked_on_timeout, abandon=True, others=2)
+    scenario = partial(slot_around_a_thread_call, abandon=True, others=2)
     result = testing.explore(
         scenario,
         strategy=strategies_with_slow_threads()[strategy](),
@@ -196,7 +177,7 @@ def test_the_same_seed_lets_the_same_threads_outlast_the_same_timers(backend: st
         found = []
         for seed in range(3):
             result = testing.explore(
-                partial(slot_leaked_on_timeout, abandon=False, others=2),
+                partial(slot_around_a_thread_call, abandon=False, others=2),
                 strategy=testing.RandomWalk(seed, slow_threads=1),
                 schedules=200,
                 backend=backend,
@@ -262,7 +243,7 @@ def test_strategies_with_slow_threads_say_so_in_their_names() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_hypothesis_route_finds_it_and_shrinks_it(backend: str) -> None:
-    scenario = partial(slot_leaked_on_timeout, abandon=True, others=2)
+    scenario = partial(slot_around_a_thread_call, abandon=True, others=2)
 
     @settings(
         max_examples=200,
@@ -348,7 +329,7 @@ def test_a_thread_calling_back_under_a_deadline_makes_no_time_pass(backend: str)
         assert result.failure is None, result.failure.report()
 
 
-async def threads_of_spawned_tasks(run: testing.Run) -> None:
+async def threads_of_spawned_tasks(run: testing.Run, *, tasks: int = 2) -> None:
     """Each task runs three thread calls of different speeds in a task group of its own."""
 
     async def user() -> None:
@@ -356,8 +337,21 @@ async def threads_of_spawned_tasks(run: testing.Run) -> None:
             for seconds in (0.0, 0.001, 0.003):
                 group.start_soon(anyio.to_thread.run_sync, time.sleep, seconds)
 
-    for outcome in await run.concurrently(user, user):
+    for outcome in await run.concurrently(*[user] * tasks):
         outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_of_tasks_outside_control_report_in_the_order_their_calls_began(
+    backend: str,
+) -> None:
+    # on trio, their reports came in as the threads finished, and what the woken tasks did
+    # next with them followed: Exhaustive found "not deterministic" in most explorations
+    three = partial(threads_of_spawned_tasks, tasks=3)
+    for _ in range(3):
+        result = testing.explore(three, strategy=testing.Exhaustive(1), backend=backend)
+        assert result.exhausted and result.failure is None
+        assert result.schedules == 36
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

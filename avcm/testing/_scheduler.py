@@ -173,6 +173,20 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
     return 0
 
 
+def _job_task(job: Any) -> Any:
+    """The trio task a job a thread handed trio wakes (a call's result, a call back), or None:
+    the task its call registered, held in the job's closure."""
+    function = job[0] if isinstance(job, tuple) and job else None
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, list) and value and type(value[0]).__name__ == "Task":
+            return value[0]
+    return None
+
+
 def _took(thread: threading.Thread, future: object) -> bool:
     """Whether anyio's worker *thread* (asyncio) has taken the call whose result goes to
     *future* (or has ended): its loop holds the call's future once it took it."""
@@ -1068,8 +1082,9 @@ class _Queue:
 
     def let_in(self) -> bool:
         """Let in what threads reported while tasks could run (held back till now), in the
-        order their calls began, once no thread the tasks wait for is at work (see
-        :meth:`report_order`); whether anything came in."""
+        order their calls began, once no thread the tasks wait for is at work; whether
+        anything came in. (asyncio knows a report by its thread, :meth:`report_order`; trio
+        by the task it wakes.)"""
         raise NotImplementedError
 
     def arrivals(self) -> list[Any] | None:
@@ -1596,16 +1611,27 @@ class _TrioQueue(_Queue):
         return queue
 
     def let_in(self) -> bool:
-        # All that came, in the order it came: trio's worker threads serve call after call,
-        # so a thread's report cannot say which call it ends (asyncio's order by call is not
-        # to be had), and waiting for every thread to report first could wait for ever. A
-        # controlled task it wakes is chosen only once no thread is at work, whatever the
-        # order; what it wakes outside control ran as soon as it came before, too.
+        # trio's worker threads serve call after call, so a report is known by the task its
+        # job wakes (the call's task register), not by its thread: what came waits till every
+        # task waiting for a thread has its report, then all come in by the order the calls
+        # began, as on asyncio.
         if not self.arrived:
             return False
+        order: dict[Any, tuple[int, int, str]] = {}
+        if not (self.free or self.thread_stalled()):
+            list(self.waited_threads())  # brings the waits up to date
+            order = {
+                native: key
+                for native, (wait, thread, key) in self.thread_waits.items()
+                if thread is not False and self.waiting_on(native) is wait
+            }
+            if order.keys() - {_job_task(job) for _, job in self.arrived}:
+                return False  # a thread at work has yet to report
         jobs = []
         while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
             jobs.append(self.arrived.popleft()[1])
+        last = (sys.maxsize, sys.maxsize, "")
+        jobs.sort(key=lambda job: order.get(_job_task(job), last))  # stable: else as they came
         entry_queue = self.runner.entry_queue
         with entry_queue.lock:
             for job in jobs:
