@@ -189,15 +189,11 @@ def _job_task(job: Any) -> Any:
 
 def _took(thread: threading.Thread, future: object) -> bool:
     """Whether anyio's worker *thread* (asyncio) has taken the call whose result goes to
-    *future* (or has ended): its loop holds the call's future once it took it."""
-    if not thread.is_alive():
+    *future* out of its queue (it runs it, or ran it), or has ended."""
+    jobs = getattr(getattr(thread, "queue", None), "queue", None)  # the worker's queue.Queue
+    if not thread.is_alive() or jobs is None:
         return True
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == "run" and frame.f_locals.get("future") is future:
-            return True
-        frame = frame.f_back
-    return False
+    return not any(isinstance(job, tuple) and future in job for job in list(jobs))
 
 
 _FUTURES_BASE = os.path.join("concurrent", "futures", "_base.py")
