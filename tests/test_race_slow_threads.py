@@ -80,7 +80,12 @@ def test_a_deadline_around_a_thread_falls_due_first_only_with_slow_threads(
     assert timeline.outlasted == 1
     (step,) = [step for step in timeline.steps if step.outlasted]
     assert (step.task, step.operation, step.point) == (0, "thread outlasts", "timer")
-    assert step.time == pytest.approx(0.05)
+    # decided when the call began, the other task runnable: it runs on, then the deadline
+    # falls due and the user goes on from its call
+    assert step.time == 0
+    later = timeline.steps[step.index + 1 :]
+    assert [s.task for s in later if s.time == 0] == [1] * len([s for s in later if s.time == 0])
+    assert any(s.task == 0 and s.time == pytest.approx(0.05) for s in later)
     assert testing.TIMER_FIRST in failure.token.decisions
     assert ".t." in str(failure.token)
     assert "1 timer(s) outlasted by a thread" in failure.report()
@@ -156,9 +161,11 @@ async def calls_in_a_row(run: testing.Run, *, calls: int, abandon: bool) -> None
 def test_exhaustive_tries_every_way_of_outlasting_up_to_the_bound(
     backend: str, abandon: bool, slow_threads: int
 ) -> None:
-    # Exhaustive(0): the other task runs first or last. Last: it is runnable all along, so
-    # no timer may fall due before it ran (no chance). First: the caller's three calls are
-    # three chances, and every set of at most slow_threads of them is outlasted.
+    # Exhaustive(0): the other task runs first or last, and either way the caller's three
+    # calls are three chances, every set of at most slow_threads of them outlasted. First:
+    # every task waits at each chance. Last: the other task is runnable at the first call's
+    # chance; if that thread outlasts its deadline, the other runs meanwhile, and the
+    # deadline falls due once it ended.
     calls = 3
     result = testing.explore(
         partial(calls_in_a_row, calls=calls, abandon=abandon),
@@ -168,7 +175,7 @@ def test_exhaustive_tries_every_way_of_outlasting_up_to_the_bound(
     )
     assert result.exhausted and result.failure is None
     ways = sum(math.comb(calls, outlasted) for outlasted in range(slow_threads + 1))
-    assert result.schedules == result.distinct_schedules == 1 + ways
+    assert result.schedules == result.distinct_schedules == 2 * ways
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -431,3 +438,107 @@ def test_a_call_that_outlasts_its_deadline_was_taken_by_its_thread(backend: str)
     )
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert result.schedules == 2
+
+
+async def poll_for_the_caller(run: testing.Run, *, right: bool) -> None:
+    """A user takes a slot and waits at most 0.3 s for a thread; on the timeout path it
+    forgets to give the slot back (the bug), unless written *right*. Another task polls,
+    passing checkpoints, until the user is done: it is runnable for the whole thread call,
+    so the deadline can fall due first only while it polls (as in a real loop, whose clock
+    runs on while a task spins)."""
+    slots = Slots()
+    done = False
+
+    async def user() -> None:
+        nonlocal done
+        slots.free -= 1
+        try:
+            with anyio.fail_after(0.3):
+                await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=True)
+        except TimeoutError:
+            if not right:
+                done = True
+                return
+        slots.free += 1
+        done = True
+
+    async def poller() -> None:
+        while not done:
+            await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(user, poller):
+        outcome.unwrap()
+    assert slots.free == 1, "slot leaked on the timeout path"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deadline_falls_due_while_another_task_polls_through_the_thread_call(
+    backend: str,
+) -> None:
+    scenario = partial(poll_for_the_caller, right=False)
+    without = testing.explore(scenario, strategy=testing.Exhaustive(1), backend=backend)
+    assert without.exhausted and without.failure is None
+
+    for strategy in (
+        testing.Exhaustive(0, slow_threads=1),
+        testing.PCT(0, slow_threads=1),
+        testing.RandomWalk(0, slow_threads=1),
+    ):
+        found = testing.explore(scenario, strategy=strategy, schedules=50, backend=backend)
+        failure = found.failure
+        assert failure is not None, strategy.name
+        assert isinstance(failure.error, AssertionError)
+        assert failure.timeline.preemptions == 0
+        assert failure.timeline.outlasted == 1
+        replayed = testing.replay(scenario, failure.token, backend=backend)
+        assert replayed is not None and isinstance(replayed.error, AssertionError)
+        assert replayed.token.decisions == failure.token.decisions
+
+    right = testing.explore(
+        partial(poll_for_the_caller, right=True),
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        backend=backend,
+    )
+    assert right.exhausted and right.failure is None, right.failure and right.failure.report()
+    assert right.schedules == 4  # either task first, the call outlasting its deadline or not
+
+
+async def poll_what_the_thread_did(run: testing.Run) -> None:
+    """A correct program: a thread sets a flag and then works on (a slow call); another task
+    polls the flag, passing checkpoints, under a long deadline of its own. Whenever the thread is
+    slow, what it did before is seen: the run does not depend on how fast it is."""
+    flag = threading.Event()
+
+    def work() -> None:
+        flag.set()
+        time.sleep(0.002)
+
+    async def worker() -> None:
+        with anyio.move_on_after(0.5):
+            await anyio.to_thread.run_sync(work)
+
+    async def poller() -> None:
+        with anyio.fail_after(5):
+            while not flag.is_set():
+                await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(worker, poller):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tasks_that_run_on_while_a_thread_outlasts_a_timer_replay(backend: str) -> None:
+    def explore() -> tuple[int, list[str]]:
+        result = testing.explore(
+            poll_what_the_thread_did,
+            strategy=testing.Exhaustive(1, slow_threads=2),
+            schedules=400,
+            backend=backend,
+        )
+        assert result.exhausted and result.failure is None, (
+            result.failure and result.failure.report()
+        )
+        assert any(name == "timer" for name, _ in result.points), "no timer was outlasted"
+        return result.schedules, [f"{point}" for point in result.points]
+
+    assert explore() == explore() == explore()

@@ -399,8 +399,9 @@ class Run:
 
     @property
     def outlast_chances(self) -> tuple[int, ...]:
-        """The chances (counted from 0 in the order the run had them: moments no task could
-        be chosen while threads worked and a timer was pending) at which the strategy let the
+        """The chances (counted from 0 in the order the run had them: moments the run would
+        wait for threads a controlled task waited for while a timer was pending, with or
+        without other tasks runnable: :meth:`_Queue.outlast_timer`) at which the strategy let the
         threads outlast the next timer: what shrinking keeps (by chance, not by step, so that
         a shorter schedule still lets the same thread outlast the same timer)."""
         return tuple(self._outlast_chances)
@@ -583,11 +584,11 @@ class Run:
         assert task.scope is not None
         task.scope.cancel()
 
-    def _outlast(self, timer: float) -> bool:
-        """Whether the chooser lets the threads at work outlast *timer*: then the clock is
-        on it (it falls due next) and a step of its own says so, in the column of the task
-        that waits for a thread. False also if the run failed (the error is kept for the
-        controller, as in :meth:`_choose`)."""
+    def _outlast(self, timer: float, *, now: bool) -> bool:
+        """Whether the chooser lets the threads at work outlast *timer*: then a step of its
+        own says so, in the column of the task that waits for a thread, and, if *now*, the
+        clock is on the timer (it falls due next). False also if the run failed (the error
+        is kept for the controller, as in :meth:`_choose`)."""
         outlast = getattr(self._chooser, "outlast", None)
         queue = self._queue
         if outlast is None or queue is None:
@@ -598,7 +599,8 @@ class Run:
             if not outlast(len(self._steps)):
                 return False
             self._outlast_chances.append(chance)
-            queue.advance(timer)
+            if now:
+                queue.advance(timer)
             waiter = queue.thread_waiter() or self._last or self._tasks[0]
             self._append(
                 Step(
@@ -724,11 +726,12 @@ class Run:
             queue.io_quiet = False
         now = queue.now()
         timer = self._next_timer()
-        # Only a sleep's timer is one the spin may be waiting for. A deadline (fail_after,
-        # move_on_after, any other timeout) is never reached by this rule: what the tasks do
-        # may be progress the state check cannot see (a global, an object two references
-        # away, C state), which a real loop makes in microseconds, long before any deadline.
-        sleep = timer is not None and _next_sleep() == timer
+        # Only a sleep's timer is one the spin may be waiting for (or one threads outlast:
+        # the strategy chose that they take longer). A deadline (fail_after, move_on_after,
+        # any other timeout) is never reached by this rule: what the tasks do may be
+        # progress the state check cannot see (a global, an object two references away, C
+        # state), which a real loop makes in microseconds, long before any deadline.
+        sleep = timer is not None and self._ends_spin(timer)
         if read:
             target = now + max(_SPIN_QUANTUM, time - self._steps[run].time)
             if timer is not None:
@@ -769,9 +772,17 @@ class Run:
         if previous != self._free_state:
             return
         timer = self._next_timer()
-        if timer is not None and _next_sleep() == timer:
+        if timer is not None and self._ends_spin(timer):
             self._reach(timer)
             self._free_state = None
+
+    def _ends_spin(self, timer: float) -> bool:
+        """Whether tasks that only spin may wait for *timer*, the next one, so that the spin
+        rule moves virtual time on to it: a sleep's (what ends it may be what they poll for),
+        or the one threads outlast (:meth:`_Queue.slow`): they took longer than that, so a
+        real loop's clock reached it while the tasks spun."""
+        assert self._queue is not None
+        return _next_sleep() == timer or self._queue.slow_until == timer
 
     def _outspun(self, time: float) -> float:
         """At the step budget, a still run whose tasks spin (the spin rule's last look saw no
@@ -1051,6 +1062,9 @@ class _Queue:
         self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
         # (steps, timer) when outlast_timer last asked the chooser
         self.outlast_asked: tuple[int, float] | None = None
+        # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
+        # due, nothing they hand the loop comes in, and time passes as if none worked
+        self.slow_until: float | None = None
 
     @property
     def io_timeout(self) -> float:
@@ -1073,8 +1087,25 @@ class _Queue:
 
     def reported(self) -> bool:
         """Whether threads reported what the loop has not let in yet (a worker thread's
-        result, a process's exit seen by asyncio's child watcher thread)."""
-        return bool(self.arrived)
+        result, a process's exit seen by asyncio's child watcher thread). Not while the
+        threads outlast a timer: what they handed the loop waits for it."""
+        return bool(self.arrived) and not self.slow()
+
+    def slow(self) -> bool:
+        """Whether threads at work outlast a timer that has yet to fall due while tasks run on
+        (:meth:`outlast_timer`): till it does, nothing they hand the loop comes in, no task
+        waits for them, and virtual time passes as if no thread worked."""
+        if self.slow_until is None:
+            return False
+        if self.free or self.now() >= self.slow_until:
+            self.slow_until = None
+            return False
+        return True
+
+    def handed_in(self) -> bool:
+        """Whether every thread the tasks wait for has handed the loop what it has for it
+        (its report, or a call back into the loop), held back: no thread is at work."""
+        raise NotImplementedError
 
     def let_in(self) -> bool:
         """Let in what threads reported while tasks could run (held back till now), in the
@@ -1203,18 +1234,21 @@ class _Queue:
         return min(waiting, key=lambda task: task.index, default=None)
 
     def outlast_timer(self) -> bool:
-        """Asked when no task may be chosen while a controlled task waits for a worker thread,
-        virtual time standing still for it (:meth:`time_waits_for_threads`): whether the
-        strategy lets the threads outlast the next timer (:meth:`Run._outlast`), which then
-        falls due first while they work on. Asked once
-        for as long as no step was taken and the next timer is the same: the same run asks
-        the same questions, however fast its threads are (and whatever work outside control
-        ran meanwhile: a thread abandoned in an earlier run may report in this one)."""
+        """Asked where the loop would wait for threads a controlled task waits for, virtual
+        time standing still for them (:meth:`time_waits_for_threads`): whether the strategy
+        lets the threads outlast the next timer (:meth:`Run._outlast`). True: the clock is on
+        the timer, which falls due now, while they work on (no task is runnable). With tasks
+        runnable (held back till the threads report) the answer is False either way: if the
+        threads outlast the timer, the tasks run on meanwhile, once the threads handed in what
+        they have, and the timer falls due when they all wait (or only spin), as in a real
+        loop; what the threads hand the loop comes in after it (:meth:`slow`). Asked once for
+        as long as no step was taken and the next timer is the same, and not while threads
+        outlast one: the same run asks the same questions, however fast its threads are (and
+        whatever work outside control ran meanwhile: a thread abandoned in an earlier run
+        may report in this one)."""
         run = self.run
-        if self.free or not self.virtual or self.thread_waiter() is None or self.held():
-            # No chance while a task is runnable (held back till the threads report): a real
-            # loop runs it first, and its timers fall due only once every task waits. Nor for
-            # a thread only tasks outside control wait for (not in the strategy's hands).
+        if self.free or not self.virtual or self.thread_waiter() is None or self.slow():
+            # (nor for a thread only tasks outside control wait for: not the strategy's)
             return False
         timer = run._next_timer()
         if timer is None or timer <= self.now():
@@ -1223,8 +1257,15 @@ class _Queue:
         if asked == self.outlast_asked:
             return False
         self.outlast_asked = asked
-        self.calls_taken()
-        return run._outlast(timer)
+        runnable = bool(self.held())
+        if not runnable:
+            self.calls_taken()
+        if not run._outlast(timer, now=not runnable):
+            return False
+        if runnable:
+            self.slow_until = timer
+            return False
+        return True
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
@@ -1318,16 +1359,24 @@ class _Queue:
         choices back: what it waits for may come only after other tasks acted."""
         if not any(task.held for task in self.tasks.values()):
             return False
-        return self.thread_stalled() or not self.threads_busy()
+        if self.thread_stalled() or not self.threads_busy():
+            return True
+        # threads that outlast a timer: tasks run on once the threads handed in what they
+        # have (what they did is then done, however fast the machine is)
+        return self.slow() and self.handed_in()
 
     def time_waits_for_threads(self) -> bool:
         """Whether virtual time stands still for threads at work: while one works, unless they
         stalled (:meth:`thread_stalled`) and a task's timer is pending: what a stalled thread
         waits for may be what a task does when its sleep ends (a ``threading.Event`` it sets),
         and a real loop's clock runs on while the thread waits. With no such timer the run
-        waits for the thread in real time, up to ``thread_timeout``."""
+        waits for the thread in real time, up to ``thread_timeout``. While the threads
+        outlast a timer that has yet to fall due (:meth:`slow`), only until they handed in
+        what they have, if a task is runnable (held back till then)."""
         if not self.threads_busy():
             return False
+        if self.slow():
+            return bool(self.held()) and not self.handed_in()
         return not (self.thread_stalled() and self.run._next_timer() is not None)
 
     def thread_stalled(self) -> bool:
@@ -1611,16 +1660,11 @@ class _TrioQueue(_Queue):
         # job wakes (the call's task register), not by its thread: what came waits till every
         # task waiting for a thread has its report, then all come in by the order the calls
         # began, as on asyncio.
-        if not self.arrived:
+        if not self.arrived or self.slow():
             return False
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
-            list(self.waited_threads())  # brings the waits up to date
-            order = {
-                native: key
-                for native, (wait, thread, key) in self.thread_waits.items()
-                if thread is not False and self.waiting_on(native) is wait
-            }
+            order = self._thread_waits()
             if order.keys() - {_job_task(job) for _, job in self.arrived}:
                 return False  # a thread at work has yet to report
         jobs = []
@@ -1635,6 +1679,19 @@ class _TrioQueue(_Queue):
         # trio's own task may wait for a wakeup that came when the job was held
         entry_queue.wakeup.wakeup_thread_and_signal_safe()
         return True
+
+    def _thread_waits(self) -> dict[Any, tuple[int, int, str]]:
+        """Each task waiting for a thread, and where its wait stands in the order of waits."""
+        list(self.waited_threads())  # brings the waits up to date
+        return {
+            native: key
+            for native, (wait, thread, key) in self.thread_waits.items()
+            if thread is not False and self.waiting_on(native) is wait
+        }
+
+    def handed_in(self) -> bool:
+        handed = {_job_task(job) for _, job in self.arrived}
+        return not (self._thread_waits().keys() - handed)
 
     def clock_reads(self) -> int:
         if self.reads < 0:
@@ -1654,7 +1711,7 @@ class _TrioQueue(_Queue):
         return self.reads
 
     def advance(self, to: float) -> None:
-        now = self.clock.current_time()
+        now = self.now()
         if to > now:
             self.clock.jump(to - now)  # type: ignore[attr-defined]
 
@@ -1694,7 +1751,8 @@ class _TrioQueue(_Queue):
                 return
 
     def now(self) -> float:
-        return float(self.clock.current_time())
+        # the class's own read: the instance's counts the tasks' reads (clock_reads)
+        return float(type(self.clock).current_time(self.clock))
 
     def sync_autojump(self, *, runnable: bool) -> None:
         # trio's MockClock jumps when no task is runnable; a held task is runnable, and a
@@ -1728,7 +1786,7 @@ class _TrioQueue(_Queue):
         deadline = self.runner.deadlines.next_deadline()
         jump = getattr(self.clock, "jump", None)
         if jump is not None and not math.isinf(deadline):
-            jump(max(0.0, deadline - self.clock.current_time()))
+            jump(max(0.0, deadline - self.now()))
 
     def release_all(self) -> None:
         self.free = True
@@ -1871,6 +1929,9 @@ class _AsyncioQueue(_Queue):
         self.readyq: _AsyncioReady | None = None
         self.admitted = False  # arrivals let in since the last iteration began
 
+    def handed_in(self) -> bool:
+        return self.report_order() is not None
+
     def only_callbacks(self) -> bool:
         assert self.readyq is not None
         return not self.readyq.task_ran
@@ -1882,6 +1943,8 @@ class _AsyncioQueue(_Queue):
         # A thread handing a call over to the loop is let finish handing it over first (a
         # matter of microseconds): its request then comes in with what came before it, not
         # in whichever of two polls the machine's speed puts it.
+        if self.slow():
+            return False
         threads = [
             seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
         ]

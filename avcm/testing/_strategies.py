@@ -37,10 +37,12 @@ class Chooser(Protocol):
     with the ids of the tasks still running (and not cancelled yet), it returns one to cancel
     there, or None. The cancellation is a step of its own in the timeline and the token.
 
-    And ``outlast(step) -> bool``: called when no task can be chosen because worker threads
-    are at work while a timer is pending (a thread's work takes no virtual time, so by default
-    it returns first); True lets the threads outlast that timer, which falls due first, as a
-    real loop's does when a thread takes longer. Also a step of its own.
+    And ``outlast(step) -> bool``: called where the run would wait for worker threads a
+    controlled task waits for while a timer is pending (a thread's work takes no virtual time,
+    so by default it returns first); True lets the threads outlast that timer, which falls
+    due before they hand the loop anything, as a real loop's does when a thread takes longer:
+    at once if no task is runnable, else once the runnable tasks all wait (or only spin).
+    Also a step of its own.
     """
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
@@ -391,9 +393,10 @@ class Exhaustive(Strategy):
     those too; the count grows by a factor of about (steps x tasks) per injection.
 
     With *slow_threads* > 0, also every way of letting worker threads outlast the next timer
-    up to *slow_threads* times (at each chance: a moment no task can be chosen because threads
-    are at work while a timer is pending; no preemption either): without it, a thread returns
-    before any timer falls due, and "exhausted" says nothing of a deadline around a slow one.
+    up to *slow_threads* times (at each chance: a moment the run would wait for threads a
+    controlled task waits for while a timer is pending; no preemption either): without it, a
+    thread returns before any timer falls due, and "exhausted" says nothing of a deadline
+    around a slow one.
 
     With a *prefix* (a position for each of the first decisions, as :meth:`branches` gives
     them; without *cancel* and *slow_threads*, a decision is a step's choice of task), only
