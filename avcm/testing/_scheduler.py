@@ -1189,14 +1189,10 @@ class _Queue:
         # thread at all, no thread is at work.
         if threading.active_count() == 1:
             return False
-        calling = False
-        for thread in self.waited_threads():
-            if not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread):
-                return True
-            calling = True
-        if calling:
-            self.thread_calls()
-        return False
+        return any(
+            not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
+            for thread in self.waited_threads()
+        )
 
     def waited_threads(self) -> Iterator[threading.Thread | bool]:
         """The worker thread each task waiting for one waits for (True: not named), in the
@@ -1332,15 +1328,11 @@ class _Queue:
         and its report, if it ever comes, is dropped."""
         raise NotImplementedError
 
-    def thread_calls(self) -> None:
-        """Threads wait for the loop: their calls, which reached it before they blocked, come
-        in now (not at the next moment no task can run, which could come before or after
-        the call's arrival as the machine goes)."""
-
     def waits_for_loop(self, thread: threading.Thread) -> bool:
         """Whether a worker thread waits for the event loop, not the loop for it: it called
-        back into the loop and blocks for the answer, which tasks must now be chosen to
-        give (a lock the call needs may be held by a task the scheduler holds back)."""
+        back into the loop, its call came in, and it blocks for the answer, which tasks must
+        now be chosen to give (a lock the call needs may be held by a task the scheduler
+        holds back)."""
         return False
 
     def io_waits(self) -> int:
@@ -1945,14 +1937,7 @@ class _AsyncioQueue(_Queue):
         # in whichever of two polls the machine's speed puts it.
         if self.slow():
             return False
-        threads = [
-            seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
-        ]
-        deadline = time.monotonic() + _HANDOVER
-        while any(_call_into(thread, self.loop) == 1 for thread in threads):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(_HANDOVER_POLL)
+        self._handovers()
         reports = self.arrivals()
         if reports is None:
             return False
@@ -2018,8 +2003,36 @@ class _AsyncioQueue(_Queue):
         # asyncio.to_thread and run_in_executor, counted by the virtual-time loop
         return super().threads_busy() or getattr(self.loop, "executor_jobs", 0) > 0
 
+    def _handovers(self) -> None:
+        """Let each worker thread handing a call over to the loop finish handing it over (a
+        matter of microseconds), or, given its answer, leave the call: where it then stands
+        does not depend on the machine's speed."""
+        threads = [
+            seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
+        ]
+        deadline = time.monotonic() + _HANDOVER
+        while any(_call_into(thread, self.loop) == 1 for thread in threads):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(_HANDOVER_POLL)
+
     def waits_for_loop(self, thread: threading.Thread) -> bool:
-        return _call_into(thread, self.loop) == 2
+        # Only once its call came in: till then the thread is as good as at work, so that
+        # nothing (no choice, no other thread's call or report) comes in meanwhile at a
+        # moment the machine's speed decides. The loop may still be running another thread's
+        # call back when this one arrives (tasks outside control run on while threads
+        # work): the call comes in when no task can run, with the other thread's report.
+        return _call_into(thread, self.loop) == 2 and all(
+            sender is not thread for sender, _ in list(self.arrived)
+        )
+
+    def outlast_timer(self) -> bool:
+        # a thread that called back into the loop waits for it, not at work: its call comes
+        # in first, and no timer falls due before the loop could answer it
+        self._handovers()
+        if any(_call_into(thread, self.loop) == 2 for thread, _ in list(self.arrived)):
+            return False
+        return super().outlast_timer()
 
     def calls_taken(self) -> None:
         pending = [
@@ -2034,9 +2047,6 @@ class _AsyncioQueue(_Queue):
             pending = [(thread, wait) for thread, wait in pending if not _took(thread, wait)]
             if pending:
                 time.sleep(_HANDOVER_POLL)
-
-    def thread_calls(self) -> None:
-        self.let_in()
 
     def io_waits(self) -> int:
         # the selector's readers and writers but the loop's own self-pipe (a subprocess's
