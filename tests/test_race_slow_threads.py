@@ -542,3 +542,74 @@ def test_tasks_that_run_on_while_a_thread_outlasts_a_timer_replay(backend: str) 
         return result.schedules, [f"{point}" for point in result.points]
 
     assert explore() == explore() == explore()
+
+
+async def poll_counting_for_the_caller(run: testing.Run) -> None:
+    """A correct program: a caller waits at most 0.3 s for a thread and is done either way;
+    another task polls until it is done, counting its polls (its state changes at every
+    poll: steady progress as far as the spin rule can see)."""
+    done = False
+    polls = 0
+
+    async def caller() -> None:
+        nonlocal done
+        with anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=True)
+        done = True
+
+    async def poller() -> None:
+        nonlocal polls
+        while not done:
+            await anyio.lowlevel.checkpoint()
+            polls += 1
+
+    for outcome in await run.concurrently(caller, poller):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timer_threads_outlast_falls_due_within_the_step_budget(backend: str) -> None:
+    # the poller kept changing state, so the spin rule never moved the clock on to the
+    # deadline the thread outlasts: a StepBudgetError, however large the budget
+    result = testing.explore(
+        poll_counting_for_the_caller,
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        limits=testing.Limits(max_steps=2000),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    assert any(name == "timer" for name, _ in result.points), "no timer was outlasted"
+
+
+async def deadline_left_before_it_fell_due(run: testing.Run) -> None:
+    """A thread outlasts the next timer, a deadline of another task, which leaves its scope
+    before the timer falls due: the thread then outlasts nothing, and its report comes in
+    when no task can run, at the time the run had reached."""
+    reported: list[float] = []
+    start = anyio.current_time()
+
+    async def caller() -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0.001)
+        reported.append(anyio.current_time() - start)
+
+    async def other() -> None:
+        with anyio.move_on_after(0.1):
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(caller, other):
+        outcome.unwrap()
+    assert reported == [0], f"the thread reported at virtual time {reported}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_outlast_no_timer_that_is_gone(backend: str) -> None:
+    # the report was held till the clock passed the vanished timer: it came at the
+    # controller's own idle timer, 3600 s on
+    result = testing.explore(
+        deadline_left_before_it_fell_due,
+        strategy=testing.Exhaustive(1, slow_threads=1),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    assert any(name == "timer" for name, _ in result.points), "no timer was outlasted"

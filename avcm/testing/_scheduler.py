@@ -84,6 +84,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
+from ._clock import restart_clock
 from ._errors import (
     DeadlockError,
     IOWaitError,
@@ -171,6 +172,21 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
             return 2 if waiting else 1
         frame = frame.f_back
     return 0
+
+
+def _waits_for_trio(thread: threading.Thread) -> bool:
+    """Whether *thread* is in a call into trio (``trio.from_thread.run`` or ``run_sync``,
+    anyio's too): asked of a thread whose job trio holds, it has handed the call over and
+    can only block for the answer next (in a C queue's ``get``), so what it handed trio is a
+    call it waits for, not a report of its work."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "_send_message_to_trio" and frame.f_globals.get(
+            "__name__", ""
+        ).startswith("trio."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _job_task(job: Any) -> Any:
@@ -362,6 +378,7 @@ class Run:
         self._positions: list[int] = []  # position chosen at each step with a choice
         self._preemptions = 0
         self._last: _Task | None = None
+        restart_clock()  # (timers tie as in every other run, and in a replay)
         self._start_time = anyio.current_time()
         self._queue: _Queue | None = None
         self._error: BaseException | None = None
@@ -791,11 +808,14 @@ class Run:
         that timer (the deadline of a wait that another task only polls for, a
         ``call_later``), so virtual time moves to it and the budget starts again, instead of
         a :class:`StepBudgetError`. Steady progress still ends at the budget (a real loop
-        takes as long as the machine makes it), and a spin with no timer pending is a
-        livelock."""
+        takes as long as the machine makes it), but while threads outlast a timer
+        (:meth:`_Queue.slow`: a thread longer than the whole budget of steps), and a spin
+        with no timer pending is a livelock."""
         queue = self._queue
         assert queue is not None
-        if not self._spinning or not queue.virtual:
+        # (threads that outlast a timer took longer than the whole budget of steps: its
+        # timer falls due meanwhile, whatever progress the tasks made)
+        if not (self._spinning or queue.slow()) or not queue.virtual:
             return time
         timer = self._next_timer()
         if timer is None:
@@ -1098,6 +1118,12 @@ class _Queue:
         if self.slow_until is None:
             return False
         if self.free or self.now() >= self.slow_until:
+            self.slow_until = None
+            return False
+        timer = self.run._next_timer()
+        if timer is None or timer > self.slow_until:
+            # the timer is gone (its scope left before it fell due): the threads outlast
+            # nothing any more, and what they handed the loop comes in as it would have
             self.slow_until = None
             return False
         return True
@@ -1657,7 +1683,7 @@ class _TrioQueue(_Queue):
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
             order = self._thread_waits()
-            if order.keys() - {_job_task(job) for _, job in self.arrived}:
+            if not self._handed_in(order):
                 return False  # a thread at work has yet to report
         jobs = []
         while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
@@ -1682,8 +1708,20 @@ class _TrioQueue(_Queue):
         }
 
     def handed_in(self) -> bool:
-        handed = {_job_task(job) for _, job in self.arrived}
-        return not (self._thread_waits().keys() - handed)
+        return self._handed_in(self._thread_waits())
+
+    def _handed_in(self, waits: Iterable[Any]) -> bool:
+        # A job names the task it wakes, but for a call back from a thread whose call is
+        # abandoned on cancel: trio runs that in its system nursery, the task unnamed. Such
+        # a thread blocks for the answer: it stands for one task waiting for a thread.
+        arrived = list(self.arrived)
+        missing = set(waits) - {_job_task(job) for _, job in arrived}
+        if not missing:
+            return True
+        calls = sum(
+            1 for thread, job in arrived if _job_task(job) is None and _waits_for_trio(thread)
+        )
+        return len(missing) <= calls
 
     def clock_reads(self) -> int:
         if self.reads < 0:
