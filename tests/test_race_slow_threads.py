@@ -613,3 +613,60 @@ def test_threads_outlast_no_timer_that_is_gone(backend: str) -> None:
     )
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert any(name == "timer" for name, _ in result.points), "no timer was outlasted"
+
+
+async def second_call_while_the_first_outlasts(run: testing.Run, *, right: bool) -> None:
+    """A waits at most 0.3 s for a thread; B, once A's thread has begun, waits at most 0.1 s
+    for a thread of its own. On its timeout path A assumes B timed out too (the bug, unless
+    written *right*): a real loop whose first thread is slow and second fast says no."""
+    began = threading.Event()
+    b_done = False
+
+    def first() -> None:
+        began.set()
+        time.sleep(0.001)
+
+    async def a() -> None:
+        try:
+            with anyio.fail_after(0.3):
+                await anyio.to_thread.run_sync(first, abandon_on_cancel=True)
+        except TimeoutError:
+            if not right:
+                assert not b_done, "B's call did not time out"
+
+    async def b() -> None:
+        nonlocal b_done
+        while not began.is_set():
+            await anyio.lowlevel.checkpoint()
+        with anyio.move_on_after(0.1):
+            await anyio.to_thread.run_sync(time.sleep, 0.001, abandon_on_cancel=True)
+            b_done = True
+
+    for outcome in await run.concurrently(a, b):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_begun_while_a_thread_outlasts_a_timer_may_be_fast(backend: str) -> None:
+    # it could only report after that timer, so its own earlier deadline always fell due
+    # first: "the first thread slow, the second fast" was never tried
+    found = testing.explore(
+        partial(second_call_while_the_first_outlasts, right=False),
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        backend=backend,
+    )
+    failure = found.failure
+    assert failure is not None
+    assert isinstance(failure.error, AssertionError)
+    assert failure.timeline.outlasted == 1
+    replayed = testing.replay(
+        partial(second_call_while_the_first_outlasts, right=False), failure.token, backend=backend
+    )
+    assert replayed is not None and isinstance(replayed.error, AssertionError)
+
+    right = testing.explore(
+        partial(second_call_while_the_first_outlasts, right=True),
+        strategy=testing.Exhaustive(1, slow_threads=2),
+        backend=backend,
+    )
+    assert right.exhausted and right.failure is None, right.failure and right.failure.report()

@@ -618,7 +618,7 @@ class Run:
             self._outlast_chances.append(chance)
             if now:
                 queue.advance(timer)
-            waiter = queue.thread_waiter() or self._last or self._tasks[0]
+            waiter = queue.thread_waiter(fast=queue.slow()) or self._last or self._tasks[0]
             self._append(
                 Step(
                     index=len(self._steps),
@@ -1085,6 +1085,7 @@ class _Queue:
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
+        self.slow_waits: dict[Any, object] = {}  # the waits for threads that outlast it
 
     @property
     def io_timeout(self) -> float:
@@ -1107,9 +1108,13 @@ class _Queue:
 
     def reported(self) -> bool:
         """Whether threads reported what the loop has not let in yet (a worker thread's
-        result, a process's exit seen by asyncio's child watcher thread). Not while the
-        threads outlast a timer: what they handed the loop waits for it."""
-        return bool(self.arrived) and not self.slow()
+        result, a process's exit seen by asyncio's child watcher thread), but what waits for a
+        timer the threads outlast (:meth:`held_slow`)."""
+        if not self.arrived:
+            return False
+        if not self.slow():
+            return True
+        return not all(self.held_slow(*arrival) for arrival in list(self.arrived))
 
     def slow(self) -> bool:
         """Whether threads at work outlast a timer that has yet to fall due while tasks run on
@@ -1117,16 +1122,56 @@ class _Queue:
         waits for them, and virtual time passes as if no thread worked."""
         if self.slow_until is None:
             return False
-        if self.free or self.now() >= self.slow_until:
+        timer = None if self.free else self.run._next_timer()
+        if timer is None or self.now() >= self.slow_until or timer > self.slow_until:
+            # it fell due, or it is gone (its scope left before it fell due): the threads
+            # outlast nothing any more, and what they hand the loop comes in as it would
             self.slow_until = None
-            return False
-        timer = self.run._next_timer()
-        if timer is None or timer > self.slow_until:
-            # the timer is gone (its scope left before it fell due): the threads outlast
-            # nothing any more, and what they handed the loop comes in as it would have
-            self.slow_until = None
+            self.slow_waits = {}
             return False
         return True
+
+    def thread_waiting(self) -> dict[Any, tuple[object, threading.Thread | bool]]:
+        """Each task (controlled or not) that waits for a worker thread now: its wait, and
+        the thread (True: not named)."""
+        list(self.waited_threads())  # brings the waits up to date
+        return {
+            native: (wait, thread)
+            for native, (wait, thread, _) in self.thread_waits.items()
+            if thread is not False and self.waiting_on(native) is wait
+        }
+
+    def fast_threads_busy(self) -> bool:
+        """Whether a thread at work is one no slow wait (:meth:`slow`) waits for: a call
+        begun since, which returns as fast as any (or outlasts the timer too, at a chance of
+        its own): waited for, and what it hands the loop comes in when no task can run."""
+        return any(
+            not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
+            for native, (_, thread) in self.thread_waiting().items()
+            if native not in self.slow_waits
+        )
+
+    def slow_threads(self) -> set[threading.Thread | bool]:
+        """The threads the slow waits wait for (True: one not named)."""
+        waiting = self.thread_waiting()
+        return {waiting[native][1] for native in self.slow_waits if native in waiting}
+
+    def held_slow(self, thread: threading.Thread, item: Any) -> bool:
+        """Whether what *thread* handed the loop (*item*) is held till the timer the threads
+        outlast falls due: it comes from a thread a slow wait waits for."""
+        raise NotImplementedError
+
+    def take_arrivals(self) -> list[tuple[threading.Thread, Any]]:
+        """Everything threads handed the loop, taken out of ``arrived``, but what is held for
+        a timer threads outlast (:meth:`held_slow`), which stays."""
+        taken = []
+        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
+            taken.append(self.arrived.popleft())
+        if self.slow():
+            kept = [arrival for arrival in taken if self.held_slow(*arrival)]
+            self.arrived.extendleft(reversed(kept))
+            taken = [arrival for arrival in taken if not self.held_slow(*arrival)]
+        return taken
 
     def handed_in(self) -> bool:
         """Whether every thread the tasks wait for has handed the loop what it has for it
@@ -1143,28 +1188,30 @@ class _Queue:
     def arrivals(self) -> list[Any] | None:
         """What threads reported, in the order their calls began, taken out of ``arrived``;
         None (nothing taken) while a thread the tasks wait for has yet to report."""
-        if not self.arrived:
+        if not self.reported():
             return None
         order = self.report_order()
         if order is None:
             return None
-        reports = []
-        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
-            reports.append(self.arrived.popleft())
+        reports = self.take_arrivals()
         reports.sort(key=lambda item: order.get(item[0], len(order)))
         return [report for _, report in reports]
 
-    def report_order(self) -> dict[threading.Thread, int] | None:
+    def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
         work and has not reported (nor waits for the loop), so that what came in already
         waits for it and all come in together, in an order the machine does not decide;
-        else each waited thread's place in that order. Released: at once."""
+        else each waited thread's place in that order. Released: at once. Threads that
+        outlast a timer (:meth:`slow`) are not waited for, unless *every*."""
         order: dict[threading.Thread, int] = {}
         if self.free or self.thread_stalled():
             return order
         reporters = {thread for thread, _ in self.arrived}
         unnamed = 0
+        slow = self.slow_threads() if not every and self.slow() else set()
         for thread in self.waited_threads():
+            if thread in slow:
+                continue  # what it hands the loop waits for the timer it outlasts
             if thread is True:
                 unnamed += 1
             elif isinstance(thread, threading.Thread):
@@ -1244,14 +1291,16 @@ class _Queue:
         found.sort(key=lambda item: item[0])
         return iter([thread for _, thread in found])
 
-    def thread_waiter(self) -> _Task | None:
-        """The first controlled task (by index) that waits for a worker thread, if any."""
+    def thread_waiter(self, *, fast: bool = False) -> _Task | None:
+        """The first controlled task (by index) that waits for a worker thread, if any (if
+        *fast*, for one no slow wait waits for: :meth:`fast_threads_busy`)."""
         waiting = [
             task
             for native, (wait, thread, _) in self.thread_waits.items()
             if thread is not False
             and (task := self.tasks.get(native)) is not None
             and self.waiting_on(native) is wait
+            and not (fast and native in self.slow_waits)
         ]
         return min(waiting, key=lambda task: task.index, default=None)
 
@@ -1269,10 +1318,14 @@ class _Queue:
         whatever work outside control ran meanwhile: a thread abandoned in an earlier run
         may report in this one)."""
         run = self.run
-        if self.free or not self.virtual or self.thread_waiter() is None or self.slow():
+        if self.free or not self.virtual:
+            return False
+        slow = self.slow()
+        if self.thread_waiter(fast=slow) is None:
             # (nor for a thread only tasks outside control wait for: not the strategy's)
             return False
-        timer = run._next_timer()
+        # a call begun while threads outlast a timer may outlast that one too
+        timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
             return False  # (a timer already due falls due now, whatever threads do)
         asked = (len(run._steps), timer)
@@ -1280,14 +1333,19 @@ class _Queue:
             return False
         self.outlast_asked = asked
         runnable = bool(self.held())
-        if not runnable:
+        if not (runnable or slow):
             self.calls_taken()
-        if not run._outlast(timer, now=not runnable):
+        if not run._outlast(timer, now=not (runnable or slow)):
             return False
-        if runnable:
-            self.slow_until = timer
-            return False
-        return True
+        if not (runnable or slow):
+            return True
+        self.slow_until = timer
+        self.slow_waits.update(
+            (native, wait)
+            for native, (wait, _) in self.thread_waiting().items()
+            if native not in self.slow_waits
+        )
+        return False
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
@@ -1380,8 +1438,9 @@ class _Queue:
         if self.thread_stalled() or not self.threads_busy():
             return True
         # threads that outlast a timer: tasks run on once the threads handed in what they
-        # have (what they did is then done, however fast the machine is)
-        return self.slow() and self.handed_in()
+        # have (what they did is then done, however fast the machine is), and the tasks
+        # waiting for any other thread have their reports
+        return self.slow() and self.handed_in() and not self.fast_threads_busy()
 
     def time_waits_for_threads(self) -> bool:
         """Whether virtual time stands still for threads at work: while one works, unless they
@@ -1394,7 +1453,7 @@ class _Queue:
         if not self.threads_busy():
             return False
         if self.slow():
-            return bool(self.held()) and not self.handed_in()
+            return (bool(self.held()) and not self.handed_in()) or self.fast_threads_busy()
         return not (self.thread_stalled() and self.run._next_timer() is not None)
 
     def thread_stalled(self) -> bool:
@@ -1678,16 +1737,14 @@ class _TrioQueue(_Queue):
         # job wakes (the call's task register), not by its thread: what came waits till every
         # task waiting for a thread has its report, then all come in by the order the calls
         # began, as on asyncio.
-        if not self.arrived or self.slow():
+        if not self.reported():
             return False
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
             order = self._thread_waits()
-            if not self._handed_in(order):
+            if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
-        jobs = []
-        while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
-            jobs.append(self.arrived.popleft()[1])
+        jobs = [job for _, job in self.take_arrivals()]
         last = (sys.maxsize, sys.maxsize, "")
         jobs.sort(key=lambda job: order.get(_job_task(job), last))  # stable: else as they came
         entry_queue = self.runner.entry_queue
@@ -1709,6 +1766,12 @@ class _TrioQueue(_Queue):
 
     def handed_in(self) -> bool:
         return self._handed_in(self._thread_waits())
+
+    def held_slow(self, thread: threading.Thread, item: Any) -> bool:
+        # a job known by the task it wakes; one that names none (a call back from a thread
+        # abandoned on cancel) cannot be told apart: held
+        task = _job_task(item)
+        return task is None or task in self.slow_waits
 
     def _handed_in(self, waits: Iterable[Any]) -> bool:
         # A job names the task it wakes, but for a call back from a thread whose call is
@@ -1960,7 +2023,16 @@ class _AsyncioQueue(_Queue):
         self.admitted = False  # arrivals let in since the last iteration began
 
     def handed_in(self) -> bool:
-        return self.report_order() is not None
+        return self.report_order(every=True) is not None
+
+    def held_slow(self, thread: threading.Thread, item: Any) -> bool:
+        # known by its thread; a thread not named by its wait (asyncio's executor) only if
+        # a slow wait waits for one
+        slow = self.slow_threads()
+        if thread in slow:
+            return True
+        named = {seen[1] for seen in self.thread_waits.values()}
+        return True in slow and thread not in named
 
     def only_callbacks(self) -> bool:
         assert self.readyq is not None
@@ -1973,8 +2045,6 @@ class _AsyncioQueue(_Queue):
         # A thread handing a call over to the loop is let finish handing it over first (a
         # matter of microseconds): its request then comes in with what came before it, not
         # in whichever of two polls the machine's speed puts it.
-        if self.slow():
-            return False
         self._handovers()
         reports = self.arrivals()
         if reports is None:
