@@ -670,3 +670,37 @@ def test_a_call_begun_while_a_thread_outlasts_a_timer_may_be_fast(backend: str) 
         backend=backend,
     )
     assert right.exhausted and right.failure is None, right.failure and right.failure.report()
+
+
+async def calls_back_then_returns(run: testing.Run) -> None:
+    """A thread under a deadline calls back into the loop three times, then returns; on the
+    timeout path the caller counts on none or all of its calls back having run (one chance:
+    the thread outlasts the deadline before its first call back, or not at all)."""
+    calls = [0]
+
+    def work() -> None:
+        for _ in range(3):
+            time.sleep(0.0005)
+            anyio.from_thread.run_sync(calls.__setitem__, 0, calls[0] + 1)
+
+    async def caller() -> None:
+        try:
+            with anyio.fail_after(0.3):
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except TimeoutError:
+            assert calls[0] in (0, 3), f"timed out after {calls[0]} of 3 calls back"
+
+    (outcome,) = await run.concurrently(caller)
+    outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_called_back_already_is_asked_about_as_one_at_work(backend: str) -> None:
+    # whether the chance came before its first call back or after depended on how fast
+    # the thread reached it (asyncio): a timeout after one call back, at random
+    for strategy in (testing.Exhaustive(0, slow_threads=1), testing.PCT(0, slow_threads=1)):
+        result = testing.explore(
+            calls_back_then_returns, strategy=strategy, schedules=100, backend=backend
+        )
+        assert result.failure is None, result.failure.report()
+    assert result.schedules == 100

@@ -1333,12 +1333,10 @@ class _Queue:
             return False
         self.outlast_asked = asked
         runnable = bool(self.held())
-        if not (runnable or slow):
+        if not runnable:
             self.calls_taken()
-        if not run._outlast(timer, now=not (runnable or slow)):
+        if not run._outlast(timer, now=False):
             return False
-        if not (runnable or slow):
-            return True
         self.slow_until = timer
         self.slow_waits.update(
             (native, wait)
@@ -2135,11 +2133,10 @@ class _AsyncioQueue(_Queue):
         )
 
     def outlast_timer(self) -> bool:
-        # a thread that called back into the loop waits for it, not at work: its call comes
-        # in first, and no timer falls due before the loop could answer it
+        # asked of threads that handed over their calls back, if any, whatever the machine's
+        # speed: one that called back already is asked about as one still at work (if it
+        # outlasts the timer, its call comes in after it: it was slow before calling back)
         self._handovers()
-        if any(_call_into(thread, self.loop) == 2 for thread, _ in list(self.arrived)):
-            return False
         return super().outlast_timer()
 
     def calls_taken(self) -> None:
