@@ -704,3 +704,37 @@ def test_a_thread_that_called_back_already_is_asked_about_as_one_at_work(backend
         )
         assert result.failure is None, result.failure.report()
     assert result.schedules == 100
+
+
+async def abandonable_call_back_while_another_outlasts(run: testing.Run) -> None:
+    """A correct program: A waits at most 0.3 s for a thread; B, meanwhile, at most 0.05 s
+    for a thread abandoned on cancel that calls back into the loop (on trio that call names
+    no task: it is known by the call its thread runs)."""
+
+    def called_back() -> None:
+        time.sleep(0.001)
+        anyio.from_thread.run_sync(lambda: None)
+
+    async def a() -> None:
+        with anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(time.sleep, 0.002)
+
+    async def b() -> None:
+        with anyio.move_on_after(0.05):
+            await anyio.to_thread.run_sync(called_back, abandon_on_cancel=True)
+
+    for outcome in await run.concurrently(a, b):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_back_from_a_thread_begun_meanwhile_comes_in(backend: str) -> None:
+    # held till the timer the first thread outlasts, while time stood still for its thread:
+    # a ThreadWaitError (trio)
+    result = testing.explore(
+        abandonable_call_back_while_another_outlasts,
+        strategy=testing.Exhaustive(1, slow_threads=1),
+        limits=testing.Limits(thread_timeout=5),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()

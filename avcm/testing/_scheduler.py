@@ -189,6 +189,22 @@ def _waits_for_trio(thread: threading.Thread) -> bool:
     return False
 
 
+def _thread_task(thread: threading.Thread) -> Any:
+    """The trio task whose call a trio worker *thread* runs (the call's task register, in
+    the thread's frame), or None."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "worker_fn" and frame.f_globals.get("__name__", "").startswith(
+            "trio."
+        ):
+            register = frame.f_locals.get("task_register")
+            if isinstance(register, list) and register:
+                return register[0]
+            return None
+        frame = frame.f_back
+    return None
+
+
 def _job_task(job: Any) -> Any:
     """The trio task a job a thread handed trio wakes (a call's result, a call back), or None:
     the task its call registered, held in the job's closure."""
@@ -1766,9 +1782,8 @@ class _TrioQueue(_Queue):
         return self._handed_in(self._thread_waits())
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
-        # a job known by the task it wakes; one that names none (a call back from a thread
-        # abandoned on cancel) cannot be told apart: held
-        task = _job_task(item)
+        # a job known by the task it belongs to; one not known: held
+        task = self._arrival_task(thread, item)
         return task is None or task in self.slow_waits
 
     def _handed_in(self, waits: Iterable[Any]) -> bool:
@@ -1776,13 +1791,23 @@ class _TrioQueue(_Queue):
         # abandoned on cancel: trio runs that in its system nursery, the task unnamed. Such
         # a thread blocks for the answer: it stands for one task waiting for a thread.
         arrived = list(self.arrived)
-        missing = set(waits) - {_job_task(job) for _, job in arrived}
+        missing = set(waits) - {self._arrival_task(thread, job) for thread, job in arrived}
         if not missing:
             return True
         calls = sum(
-            1 for thread, job in arrived if _job_task(job) is None and _waits_for_trio(thread)
+            1
+            for thread, job in arrived
+            if self._arrival_task(thread, job) is None and _waits_for_trio(thread)
         )
         return len(missing) <= calls
+
+    def _arrival_task(self, thread: threading.Thread, job: Any) -> Any:
+        """The task a job a thread handed trio belongs to: the one it wakes, or, for a call
+        back that names none, the one whose call the thread runs (None: not known)."""
+        task = _job_task(job)
+        if task is None and _waits_for_trio(thread):
+            task = _thread_task(thread)
+        return task
 
     def clock_reads(self) -> int:
         if self.reads < 0:
