@@ -665,7 +665,10 @@ class Run:
         time = self._step_time()
         if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
             time = self._spin(time)
-        if self._still(time) and self._still_steps >= self.max_steps:
+        # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks)
+        slow = self._queue is not None and self._queue.slow()
+        still = min(self.max_steps, _SLOW_STEPS) if slow else self.max_steps
+        if self._still(time) and self._still_steps >= still:
             time = self._outspun(time)
         self._check_budget(time)
         position = self._chooser.choose(
@@ -825,12 +828,12 @@ class Run:
         ``call_later``), so virtual time moves to it and the budget starts again, instead of
         a :class:`StepBudgetError`. Steady progress still ends at the budget (a real loop
         takes as long as the machine makes it), but while threads outlast a timer
-        (:meth:`_Queue.slow`: a thread longer than the whole budget of steps), and a spin
-        with no timer pending is a livelock."""
+        (:meth:`_Queue.slow`: a thread longer than ``_SLOW_STEPS`` steps of the tasks, when
+        this is asked after as many), and a spin with no timer pending is a livelock."""
         queue = self._queue
         assert queue is not None
-        # (threads that outlast a timer took longer than the whole budget of steps: its
-        # timer falls due meanwhile, whatever progress the tasks made)
+        # (threads that outlast a timer took longer than _SLOW_STEPS steps of the tasks: its
+        # timer falls due meanwhile, whatever progress they made)
         if not (self._spinning or queue.slow()) or not queue.virtual:
             return time
         timer = self._next_timer()
@@ -1067,6 +1070,7 @@ _THREAD_STALL = 1.0  # seconds of real time threads may keep the run still befor
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
+_SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
 _SPIN_QUANTUM = 1e-3  # seconds: the spin rule's first move of a clock that tasks read
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
