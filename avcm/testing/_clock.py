@@ -79,9 +79,10 @@ class Outside(Protocol):
         """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
         ...
 
-    def outlast_timer(self) -> bool:
+    def outlast_timer(self) -> None:
         """Asked where the loop would wait for threads at work: whether they outlast the next
-        timer instead (the clock is then on it, and the loop goes on without waiting)."""
+        timer (what they hand the loop then comes in after it, and time passes for it as if
+        they did not work)."""
         ...
 
     def came_in(self) -> bool:
@@ -118,8 +119,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # or those callbacks never end; till then the loop waits for them (the
                     # self-pipe ends the wait) instead of spinning for as long as they work
                     if outside.time_waits_for_threads():
-                        if outside.outlast_timer():
-                            return []  # the next timer falls due first
+                        outside.outlast_timer()
                         if (outside.reported() and outside.let_in()) or outside.came_in():
                             return super().select(0)
                         return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
@@ -142,8 +142,8 @@ class _VirtualSelector(selectors.DefaultSelector):
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.
             waits = outside.time_waits_for_threads()
-            if waits and outside.outlast_timer():
-                return []  # the clock is on the next timer: it falls due now
+            if waits:
+                outside.outlast_timer()
             # nothing could run: what threads reported comes in now (or came in while the
             # loop asked about them: a thread's call back into it)
             if outside.let_in() or outside.came_in():

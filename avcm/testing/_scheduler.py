@@ -174,35 +174,32 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
     return 0
 
 
+def _trio_frame(thread: threading.Thread, function: str) -> FrameType | None:
+    """The frame of trio's *function* that *thread* is in, if any."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_globals.get("__name__", "").startswith(
+            "trio."
+        ):
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def _waits_for_trio(thread: threading.Thread) -> bool:
     """Whether *thread* is in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too): asked of a thread whose job trio holds, it has handed the call over and
     can only block for the answer next (in a C queue's ``get``), so what it handed trio is a
     call it waits for, not a report of its work."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == "_send_message_to_trio" and frame.f_globals.get(
-            "__name__", ""
-        ).startswith("trio."):
-            return True
-        frame = frame.f_back
-    return False
+    return _trio_frame(thread, "_send_message_to_trio") is not None
 
 
 def _thread_task(thread: threading.Thread) -> Any:
     """The trio task whose call a trio worker *thread* runs (the call's task register, in
     the thread's frame), or None."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == "worker_fn" and frame.f_globals.get("__name__", "").startswith(
-            "trio."
-        ):
-            register = frame.f_locals.get("task_register")
-            if isinstance(register, list) and register:
-                return register[0]
-            return None
-        frame = frame.f_back
-    return None
+    frame = _trio_frame(thread, "worker_fn")
+    register = None if frame is None else frame.f_locals.get("task_register")
+    return register[0] if isinstance(register, list) and register else None
 
 
 def _job_task(job: Any) -> Any:
@@ -617,11 +614,10 @@ class Run:
         assert task.scope is not None
         task.scope.cancel()
 
-    def _outlast(self, timer: float, *, now: bool) -> bool:
+    def _outlast(self, timer: float) -> bool:
         """Whether the chooser lets the threads at work outlast *timer*: then a step of its
-        own says so, in the column of the task that waits for a thread, and, if *now*, the
-        clock is on the timer (it falls due next). False also if the run failed (the error
-        is kept for the controller, as in :meth:`_choose`)."""
+        own says so, in the column of the task that waits for a thread. False also if the
+        run failed (the error is kept for the controller, as in :meth:`_choose`)."""
         outlast = getattr(self._chooser, "outlast", None)
         queue = self._queue
         if outlast is None or queue is None:
@@ -632,8 +628,6 @@ class Run:
             if not outlast(len(self._steps)):
                 return False
             self._outlast_chances.append(chance)
-            if now:
-                queue.advance(timer)
             waiter = queue.thread_waiter(fast=queue.slow()) or self._last or self._tasks[0]
             self._append(
                 Step(
@@ -1151,14 +1145,16 @@ class _Queue:
             return False
         return True
 
-    def thread_waiting(self) -> dict[Any, tuple[object, threading.Thread | bool]]:
-        """Each task (controlled or not) that waits for a worker thread now: its wait, and
-        the thread (True: not named)."""
+    def thread_waiting(
+        self,
+    ) -> dict[Any, tuple[object, threading.Thread | bool, tuple[int, int, str]]]:
+        """Each task (controlled or not) that waits for a worker thread now: its wait, the
+        thread (True: not named), and where the wait stands in the order of waits."""
         list(self.waited_threads())  # brings the waits up to date
         return {
-            native: (wait, thread)
-            for native, (wait, thread, _) in self.thread_waits.items()
-            if thread is not False and self.waiting_on(native) is wait
+            native: seen
+            for native, seen in self.thread_waits.items()
+            if seen[1] is not False and self.waiting_on(native) is seen[0]
         }
 
     def fast_threads_busy(self) -> bool:
@@ -1167,7 +1163,7 @@ class _Queue:
         its own): waited for, and what it hands the loop comes in when no task can run."""
         return any(
             not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
-            for native, (_, thread) in self.thread_waiting().items()
+            for native, (_, thread, _) in self.thread_waiting().items()
             if native not in self.slow_waits
         )
 
@@ -1188,9 +1184,9 @@ class _Queue:
         while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
             taken.append(self.arrived.popleft())
         if self.slow():
-            kept = [arrival for arrival in taken if self.held_slow(*arrival)]
-            self.arrived.extendleft(reversed(kept))
-            taken = [arrival for arrival in taken if not self.held_slow(*arrival)]
+            held = [self.held_slow(*arrival) for arrival in taken]
+            self.arrived.extendleft(reversed([a for a, h in zip(taken, held, strict=True) if h]))
+            taken = [arrival for arrival, h in zip(taken, held, strict=True) if not h]
         return taken
 
     def handed_in(self) -> bool:
@@ -1324,46 +1320,42 @@ class _Queue:
         ]
         return min(waiting, key=lambda task: task.index, default=None)
 
-    def outlast_timer(self) -> bool:
+    def outlast_timer(self) -> None:
         """Asked where the loop would wait for threads a controlled task waits for, virtual
         time standing still for them (:meth:`time_waits_for_threads`): whether the strategy
-        lets the threads outlast the next timer (:meth:`Run._outlast`). True: the clock is on
-        the timer, which falls due now, while they work on (no task is runnable). With tasks
-        runnable (held back till the threads report) the answer is False either way: if the
-        threads outlast the timer, the tasks run on meanwhile, once the threads handed in what
-        they have, and the timer falls due when they all wait (or only spin), as in a real
-        loop; what the threads hand the loop comes in after it (:meth:`slow`). Asked once for
-        as long as no step was taken and the next timer is the same, and not while threads
-        outlast one: the same run asks the same questions, however fast its threads are (and
-        whatever work outside control ran meanwhile: a thread abandoned in an earlier run
-        may report in this one)."""
+        lets the threads outlast the next timer (:meth:`Run._outlast`). If it does, what the
+        threads hand the loop comes in after that timer (:meth:`slow`); tasks that are
+        runnable (held back till the threads report) run on meanwhile, once the threads
+        handed in what they have, and the timer falls due when they all wait (or only spin),
+        as in a real loop; with none runnable it falls due next. Asked once for as long as
+        no step was taken and the next timer is the same: the same run asks the same
+        questions, however fast its threads are (and whatever work outside control ran
+        meanwhile: a thread abandoned in an earlier run may report in this one). While
+        threads outlast a timer, asked of a call begun since, whether it outlasts it too."""
         run = self.run
         if self.free or not self.virtual:
-            return False
+            return
         slow = self.slow()
         if self.thread_waiter(fast=slow) is None:
-            # (nor for a thread only tasks outside control wait for: not the strategy's)
-            return False
-        # a call begun while threads outlast a timer may outlast that one too
+            return  # (nor for a thread only tasks outside control wait for: not the strategy's)
         timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
-            return False  # (a timer already due falls due now, whatever threads do)
+            return  # (a timer already due falls due now, whatever threads do)
         asked = (len(run._steps), timer)
         if asked == self.outlast_asked:
-            return False
+            return
         self.outlast_asked = asked
-        runnable = bool(self.held())
-        if not runnable:
+        if not self.held():
+            # time may pass at once: a call abandoned on cancel must have been taken
             self.calls_taken()
-        if not run._outlast(timer, now=False):
-            return False
+        if not run._outlast(timer):
+            return
         self.slow_until = timer
         self.slow_waits.update(
             (native, wait)
-            for native, (wait, _) in self.thread_waiting().items()
+            for native, (wait, _, _) in self.thread_waiting().items()
             if native not in self.slow_waits
         )
-        return False
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
@@ -1606,8 +1598,8 @@ class _TrioIO:
             # no task can run (or the spin rule asks for a poll): whether threads outlast
             # the next timer is asked before their reports come in, as on asyncio
             busy = queue.time_waits_for_threads()
-            if busy and queue.outlast_timer():
-                return []  # the clock is on the next timer: it falls due now
+            if busy:
+                queue.outlast_timer()
             if queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
@@ -1759,7 +1751,7 @@ class _TrioQueue(_Queue):
             return False
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
-            order = self._thread_waits()
+            order = {native: seen[2] for native, seen in self.thread_waiting().items()}
             if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
         jobs = [job for _, job in self.take_arrivals()]
@@ -1773,17 +1765,8 @@ class _TrioQueue(_Queue):
         entry_queue.wakeup.wakeup_thread_and_signal_safe()
         return True
 
-    def _thread_waits(self) -> dict[Any, tuple[int, int, str]]:
-        """Each task waiting for a thread, and where its wait stands in the order of waits."""
-        list(self.waited_threads())  # brings the waits up to date
-        return {
-            native: key
-            for native, (wait, thread, key) in self.thread_waits.items()
-            if thread is not False and self.waiting_on(native) is wait
-        }
-
     def handed_in(self) -> bool:
-        return self._handed_in(self._thread_waits())
+        return self._handed_in(self.thread_waiting())
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # a job known by the task it belongs to; one not known: held
@@ -2161,12 +2144,12 @@ class _AsyncioQueue(_Queue):
             sender is not thread for sender, _ in list(self.arrived)
         )
 
-    def outlast_timer(self) -> bool:
+    def outlast_timer(self) -> None:
         # asked of threads that handed over their calls back, if any, whatever the machine's
         # speed: one that called back already is asked about as one still at work (if it
         # outlasts the timer, its call comes in after it: it was slow before calling back)
         self._handovers()
-        return super().outlast_timer()
+        super().outlast_timer()
 
     def calls_taken(self) -> None:
         pending = [
