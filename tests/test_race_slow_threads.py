@@ -216,7 +216,7 @@ def test_a_token_that_outlasts_a_timer_where_no_thread_works_diverges(backend: s
 def test_tokens_write_and_read_a_timer_outlasted() -> None:
     decisions = (0, 0, testing.TIMER_FIRST, -2, testing.TIMER_FIRST, testing.TIMER_FIRST, 1)
     token = testing.ReplayToken("random-s1", 3, 7, "0123abcd", decisions)
-    assert str(token) == "avcm4:random-s1:3:7:0123abcd:0x2.t.c1.tx2.1"
+    assert str(token) == "avcm5:random-s1:3:7:0123abcd:0x2.t.c1.tx2.1"
     assert testing.ReplayToken.parse(str(token)) == token
 
 
@@ -678,38 +678,116 @@ def test_a_call_begun_while_a_thread_outlasts_a_timer_may_be_fast(backend: str) 
     assert right.exhausted and right.failure is None, right.failure and right.failure.report()
 
 
-async def calls_back_then_returns(run: testing.Run) -> None:
-    """A thread under a deadline calls back into the loop three times, then returns; on the
-    timeout path the caller counts on none or all of its calls back having run (one chance:
-    the thread outlasts the deadline before its first call back, or not at all)."""
-    calls = [0]
+async def calls_back_then_returns(
+    run: testing.Run,
+    *,
+    calls: int = 3,
+    abandon: bool = True,
+    right: bool = False,
+    seen: list[int] | None = None,
+) -> None:
+    """A thread under a deadline calls back into the loop *calls* times, then returns; on the
+    timeout path the caller counts on none or all of its calls back having run (the bug),
+    unless written *right*. *seen* gets, per schedule, how many calls back ran before the
+    deadline fell due (*calls*: none fell due while the thread worked)."""
+    done = [0]
+    deadline = math.inf
+
+    def called_back() -> None:
+        if anyio.current_time() < deadline:
+            done[0] += 1
 
     def work() -> None:
-        for _ in range(3):
+        for _ in range(calls):
             time.sleep(0.0005)
-            anyio.from_thread.run_sync(calls.__setitem__, 0, calls[0] + 1)
+            anyio.from_thread.run_sync(called_back)
 
     async def caller() -> None:
+        nonlocal deadline
         try:
-            with anyio.fail_after(0.3):
-                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            with anyio.fail_after(0.3) as scope:
+                deadline = scope.deadline
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=abandon)
         except TimeoutError:
-            assert calls[0] in (0, 3), f"timed out after {calls[0]} of 3 calls back"
+            assert right or done[0] in (0, calls), (
+                f"timed out after {done[0]} of {calls} calls back"
+            )
+        if seen is not None:
+            seen.append(done[0])
 
     (outcome,) = await run.concurrently(caller)
     outcome.unwrap()
 
 
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_thread_that_called_back_already_is_asked_about_as_one_at_work(backend: str) -> None:
-    # whether the chance came before its first call back or after depended on how fast
-    # the thread reached it (asyncio): a timeout after one call back, at random
-    for strategy in (testing.Exhaustive(0, slow_threads=1), testing.PCT(0, slow_threads=1)):
+def test_a_deadline_may_fall_due_between_two_calls_back(backend: str, strategy: str) -> None:
+    # a thread that calls back had one chance, before its first call back: a timeout after
+    # some but not all of them was never tried, and Exhaustive said exhausted
+    result = testing.explore(
+        calls_back_then_returns,
+        strategy=strategies_with_slow_threads()[strategy](),
+        schedules=50,
+        backend=backend,
+    )
+    failure = result.failure
+    assert failure is not None
+    assert "calls back" in str(failure.error) and " 0 of" not in str(failure.error)
+    assert failure.timeline.preemptions == 0 and failure.timeline.outlasted == 1
+    assert "calls back thread" in failure.timeline.format()
+    assert ".b" in str(failure.token)
+    replayed = testing.replay(calls_back_then_returns, failure.token, backend=backend)
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_tries_the_deadline_before_each_call_back_and_the_return(
+    backend: str, abandon: bool, calls: int
+) -> None:
+    # one schedule with no timer outlasted, and one for each place the deadline can fall
+    # due: before the first call back, between two, and after the last (before the return)
+    seen: list[int] = []
+    for _ in range(2):  # a second exploration: the same schedules, in the same order
         result = testing.explore(
-            calls_back_then_returns, strategy=strategy, schedules=100, backend=backend
+            partial(calls_back_then_returns, calls=calls, abandon=abandon, right=True, seen=seen),
+            strategy=testing.Exhaustive(0, slow_threads=1),
+            backend=backend,
         )
-        assert result.failure is None, result.failure.report()
-    assert result.schedules == 100
+        assert result.exhausted and result.failure is None, (
+            result.failure and result.failure.report()
+        )
+        assert result.schedules == result.distinct_schedules == calls + 2
+    assert seen[: calls + 2] == seen[calls + 2 :]
+    assert sorted(seen[: calls + 2]) == [*range(calls + 1), calls]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_replay_whose_call_back_comes_in_elsewhere_diverges(backend: str) -> None:
+    found = testing.explore(
+        calls_back_then_returns, strategy=testing.Exhaustive(0, slow_threads=1), backend=backend
+    )
+    assert found.failure is not None
+    recorded = found.failure.token
+    decisions = recorded.decisions
+    first = decisions.index(testing.CALLED_BACK)
+    for changed, match in (
+        # a task's step where the call back came in
+        ((*decisions[:first], 0, *decisions[first + 1 :]), "which the recording does not have"),
+        # a call back where a task was chosen
+        ((testing.CALLED_BACK, *decisions[1:]), "call back into the loop come in there, but"),
+    ):
+        token = testing.ReplayToken("exhaustive-p0-s1", 0, 0, recorded.digest, changed)
+        with pytest.raises(testing.ReplayDivergedError, match=match):
+            testing.replay(calls_back_then_returns, token, backend=backend)
+
+
+def test_tokens_write_and_read_a_call_back() -> None:
+    decisions = (0, 0, testing.CALLED_BACK, testing.CALLED_BACK, testing.TIMER_FIRST, 0)
+    token = testing.ReplayToken("pct-d3-s1", 0, 1, "0123abcd", decisions)
+    assert str(token) == "avcm5:pct-d3-s1:0:1:0123abcd:0x2.bx2.t.0"
+    assert testing.ReplayToken.parse(str(token)) == token
 
 
 async def abandonable_call_back_while_another_outlasts(run: testing.Run) -> None:

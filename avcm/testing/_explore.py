@@ -28,7 +28,7 @@ from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFail
 from ._scheduler import Run
 from ._strategies import PCT, Chooser, Exhaustive, FromIndices, Replay, Strategy
 from ._timeline import Timeline, wrap
-from ._token import TIMER_FIRST, ReplayToken, digest_of
+from ._token import ReplayToken, digest_of, is_cancel
 
 __all__ = [
     "Exploration",
@@ -314,11 +314,7 @@ async def _shrink(
     attempts = 0
     # the failure's injected cancellations stay where they were (by step): every trial makes
     # them, so that fewer preemptions with the same injections can be found
-    cancels = [
-        (step, -1 - task)
-        for step, task in enumerate(run.decisions)
-        if task < 0 and task != TIMER_FIRST
-    ]
+    cancels = [(step, -1 - task) for step, task in enumerate(run.decisions) if is_cancel(task)]
     # and so do the timers its threads outlasted, by chance: a reordered schedule reaches
     # the same chance at another step
     outlasts = run.outlast_chances

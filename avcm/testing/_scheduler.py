@@ -94,7 +94,7 @@ from ._errors import (
 )
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import TIMER_FIRST
+from ._token import CALLED_BACK, TIMER_FIRST
 
 __all__ = ["TRIO_VERSIONS", "Run"]
 
@@ -186,12 +186,23 @@ def _trio_frame(thread: threading.Thread, function: str) -> FrameType | None:
     return None
 
 
-def _waits_for_trio(thread: threading.Thread) -> bool:
-    """Whether *thread* is in a call into trio (``trio.from_thread.run`` or ``run_sync``,
-    anyio's too): asked of a thread whose job trio holds, it has handed the call over and
-    can only block for the answer next (in a C queue's ``get``), so what it handed trio is a
-    call it waits for, not a report of its work."""
-    return _trio_frame(thread, "_send_message_to_trio") is not None
+def _calls_back(job: Any) -> bool:
+    """Whether a job a thread handed trio is a call back into trio (``trio.from_thread.run``
+    or ``run_sync``, anyio's too), not a report of a thread's work: the job is one of the
+    call's message's (its method, or a function of its in the closure). A worker thread runs
+    call after call, so the thread being in a call back now says nothing of a job it handed
+    trio earlier (the result of a call abandoned in an earlier run)."""
+    function = job[0] if isinstance(job, tuple) and job else None
+    owners = [getattr(function, "__self__", None)]
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            owners.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    return any(
+        type(owner).__name__ in ("Run", "RunSync") and type(owner).__module__ == "trio._threads"
+        for owner in owners
+    )
 
 
 def _thread_task(thread: threading.Thread) -> Any:
@@ -420,10 +431,17 @@ class Run:
     @property
     def decisions(self) -> tuple[int, ...]:
         """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*,
-        :data:`TIMER_FIRST` where threads at work outlasted the next timer): what a replay
+        :data:`TIMER_FIRST` where threads at work outlasted the next timer,
+        :data:`CALLED_BACK` where a thread's call back into the loop came in): what a replay
         token records."""
         return tuple(
-            TIMER_FIRST if step.outlasted else -1 - step.task if step.injected else step.task
+            TIMER_FIRST
+            if step.outlasted
+            else CALLED_BACK
+            if step.called_back
+            else -1 - step.task
+            if step.injected
+            else step.task
             for step in self._steps
         )
 
@@ -644,6 +662,33 @@ class Run:
             queue.call_soon(self._notify)
             return False
         return True
+
+    def _called_back(self, task: _Task) -> None:
+        """A call back into the loop from the worker thread *task* waits for came in, which
+        the loop runs, not the task: a step of its own, in the task's column. No choice, and
+        none of the step budget's (a thread may call back as often as it likes while virtual
+        time stands still); it tells each chance for the thread to outlast the next timer
+        after a call back from the one before it, in the run and in its token."""
+        step = len(self._steps)
+        self._steps.append(
+            Step(
+                index=step,
+                task=task.index,
+                point="thread",
+                operation="calls back",
+                time=self._step_time(),
+                called_back=True,
+            )
+        )
+        check = getattr(self._chooser, "called_back", None)  # a replay's: was it recorded?
+        if check is None or self._error is not None:
+            return
+        try:
+            check(step)
+        except BaseException as error:  # handed to the controller, which raises it
+            self._error = error
+            assert self._queue is not None
+            self._queue.call_soon(self._notify)
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
@@ -1201,9 +1246,10 @@ class _Queue:
         by the task it wakes.)"""
         raise NotImplementedError
 
-    def arrivals(self) -> list[Any] | None:
-        """What threads reported, in the order their calls began, taken out of ``arrived``;
-        None (nothing taken) while a thread the tasks wait for has yet to report."""
+    def arrivals(self) -> list[tuple[threading.Thread, Any]] | None:
+        """What threads reported, with the thread, in the order their calls began, taken out
+        of ``arrived``; None (nothing taken) while a thread the tasks wait for has yet to
+        report."""
         if not self.reported():
             return None
         order = self.report_order()
@@ -1211,7 +1257,20 @@ class _Queue:
             return None
         reports = self.take_arrivals()
         reports.sort(key=lambda item: order.get(item[0], len(order)))
-        return [report for _, report in reports]
+        return reports
+
+    def called_back(self, thread: threading.Thread, task: Any = None) -> None:
+        """A call back from *thread* into the loop came in, which the loop runs (not the task
+        waiting for the thread, which waits on): a step of the run (:meth:`Run._called_back`)
+        if a controlled task waits for that thread (*task*, the native task whose call it
+        runs, if the wait does not name the thread)."""
+        for native, (_, waited, _) in self.thread_waiting().items():
+            controlled = self.tasks.get(native)
+            if controlled is not None and (
+                native is task if task is not None else waited is thread
+            ):
+                self.run._called_back(controlled)
+                return
 
     def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
@@ -1754,9 +1813,15 @@ class _TrioQueue(_Queue):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
             if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
-        jobs = [job for _, job in self.take_arrivals()]
+        arrivals = self.take_arrivals()
         last = (sys.maxsize, sys.maxsize, "")
-        jobs.sort(key=lambda job: order.get(_job_task(job), last))  # stable: else as they came
+        # stable: else as they came
+        arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
+        for thread, job in arrivals:
+            # a call back trio runs in its system nursery, not in the task waiting for the thread
+            if not self.free and _job_task(job) is None and _calls_back(job):
+                self.called_back(thread, _thread_task(thread))
+        jobs = [job for _, job in arrivals]
         entry_queue = self.runner.entry_queue
         with entry_queue.lock:
             for job in jobs:
@@ -1784,7 +1849,7 @@ class _TrioQueue(_Queue):
         calls = sum(
             1
             for thread, job in arrived
-            if self._arrival_task(thread, job) is None and _waits_for_trio(thread)
+            if self._arrival_task(thread, job) is None and _calls_back(job)
         )
         return len(missing) <= calls
 
@@ -1792,7 +1857,7 @@ class _TrioQueue(_Queue):
         """The task a job a thread handed trio belongs to: the one it wakes, or, for a call
         back that names none, the one whose call the thread runs (None: not known)."""
         task = _job_task(job)
-        if task is None and _waits_for_trio(thread):
+        if task is None and _calls_back(job):
             task = _thread_task(thread)
         return task
 
@@ -2059,7 +2124,9 @@ class _AsyncioQueue(_Queue):
         reports = self.arrivals()
         if reports is None:
             return False
-        for handle in reports:
+        for thread, handle in reports:
+            if not self.free and _call_into(thread, self.loop):
+                self.called_back(thread)
             collections.deque.append(self.readyq, handle)  # type: ignore[arg-type]
         arrived = True
         # the iteration that runs them makes no choice: whether they came in at a poll or

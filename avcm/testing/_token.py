@@ -5,7 +5,8 @@ as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoin
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
 ``c1`` is a cancellation of task 1 injected there; ``t`` lets the next timer fall due while
-worker threads are still at work: they outlast it).
+worker threads are still at work: they outlast it; ``b`` is a worker thread's call back into
+the event loop coming in, no choice but a step of the run).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from dataclasses import dataclass
 from .._validate import quote
 from ._errors import TokenError
 
-__all__ = ["TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of"]
+__all__ = ["CALLED_BACK", "TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
 
-TOKEN_VERSION = "avcm4"
+TOKEN_VERSION = "avcm5"
+# avcm5: a worker thread's call back into the event loop that does not run as a step of the
+# task waiting for the thread (anyio's on asyncio, a call abandoned on cancel on trio) is a
+# step of its own, ``b``: an avcm4 token of a run with such calls back counts its steps apart.
 # avcm4: a task whose cancellation could not abort its wait for a worker thread still waits
 # for it (no choice is made meanwhile), on asyncio threads' reports come in once no thread
 # the tasks wait for is at work (in the order the calls began), and a poll for I/O that the
@@ -35,7 +39,11 @@ TOKEN_VERSION = "avcm4"
 TIMER_FIRST = -(1 << 40)
 """The decision of a step that is no task's: worker threads at work outlasted the next timer,
 which fell due first (a cancellation of task *k* is ``-1 - k``, a task's step *k*: far apart)."""
-_NAMED_DECISIONS = {"t": TIMER_FIRST}
+CALLED_BACK = TIMER_FIRST - 1
+"""The decision of another step that is no task's: a call back from a worker thread into the
+event loop came in, and the loop ran it (in the column of the task waiting for the thread). No
+choice: recorded so that the chances between two calls back (``slow_threads``) are steps apart."""
+_NAMED_DECISIONS = {"t": TIMER_FIRST, "b": CALLED_BACK}
 _DECISION_NAMES = {decision: name for name, decision in _NAMED_DECISIONS.items()}
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
@@ -45,8 +53,13 @@ MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not o
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]{0,40}):(?P<seed>\d{1,20}):(?P<schedule>\d{1,20}):"
     r"(?P<digest>[0-9a-fA-F]{8}):"
-    r"(?P<decisions>-|(?:c?\d{1,9}|t)(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|t)(?:x\d{1,12})?)*)"
+    r"(?P<decisions>-|(?:c?\d{1,9}|[tb])(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|[tb])(?:x\d{1,12})?)*)"
 )
+
+
+def is_cancel(decision: int) -> bool:
+    """Whether *decision* is a cancellation injected there (``-1 - task``)."""
+    return decision < 0 and decision not in _DECISION_NAMES
 
 
 def digest_of(points: Iterable[str]) -> str:
@@ -69,7 +82,7 @@ def _encode(decisions: Sequence[int]) -> str:
         while end < len(decisions) and decisions[end] == task:
             end += 1
         count = end - index
-        name = _DECISION_NAMES.get(task) or (f"c{-1 - task}" if task < 0 else str(task))
+        name = _DECISION_NAMES.get(task) or (f"c{-1 - task}" if is_cancel(task) else str(task))
         runs.append(f"{name}x{count}" if count > 1 else name)
         index = end
     return ".".join(runs)
