@@ -15,6 +15,7 @@ makes each of its methods one indivisible step.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sortedcontainers import SortedSet
@@ -145,24 +146,37 @@ class PhysicalMemory:
         Returns its start, or ``None`` when no block of that order can be had. Takes the
         lowest-address block of the smallest sufficient order: deterministic.
         """
-        order = self._check_order(order)
+        starts = self._alloc_run(self._check_order(order), 1)
+        return starts[0] if starts else None
+
+    def _alloc_run(self, order: int, count: int) -> list[int]:
+        """:meth:`alloc_pages` of a checked *order* *count* times, up to the first that gets
+        nothing, in one step: the starts, in the order taken (:func:`avcm.phys_alloc` takes a
+        MiB of 4 KiB pages for a context of such pages, 256 calls of their own otherwise)."""
+        starts: list[int] = []
+        free = self._free
+        max_order = self.max_order
+        allocated = self._allocated
         with self._lock:
-            for found in range(order, self.max_order):
-                if self._free[found]:
-                    start: int = self._free[found].pop(0)
-                    break
-            else:
-                found = self.max_order
-                taken = self._take_top()
-                if taken is None:
-                    return None
-                start = taken
-            while found > order:  # split, keeping the lower half
-                found -= 1
-                self._free[found].add(start + (PAGE_SIZE << found))
-            self._allocated[start] = order
-            self._free_bytes -= PAGE_SIZE << order
-            return start
+            for _ in range(count):
+                for found in range(order, max_order):
+                    blocks = free[found]
+                    if blocks:
+                        start: int = blocks.pop(0)
+                        break
+                else:
+                    found = max_order
+                    taken = self._take_top()
+                    if taken is None:
+                        break
+                    start = taken
+                while found > order:  # split, keeping the lower half
+                    found -= 1
+                    free[found].add(start + (PAGE_SIZE << found))
+                allocated[start] = order
+                starts.append(start)
+            self._free_bytes -= len(starts) * (PAGE_SIZE << order)
+        return starts
 
     def _take_top(self) -> int | None:
         """The lowest free block of the largest order, made from the untouched run if that
@@ -196,24 +210,44 @@ class PhysicalMemory:
         start = _check_int(start, "start")
         order = self._check_order(order)
         with self._lock:
-            if self._allocated.get(start) != order:
-                raise InvalidError(
-                    f"physical memory: free of {start:#x} order {order}: no such allocated block"
-                )
-            del self._allocated[start]
-            self._free_bytes += PAGE_SIZE << order
+            self._release(start, order)
+
+    def _free_run(self, blocks: Iterable[tuple[int, int]]) -> None:
+        """:meth:`free_pages` of each ``(start, size)`` block in turn (sizes of whole orders,
+        starts ints: a phys's parts), in one step; up to the first that raises."""
+        with self._lock:
+            for start, size in blocks:
+                self._release(start, size.bit_length() - 1 - PAGE_SHIFT)
+
+    def _release(self, start: int, order: int) -> None:
+        """The body of :meth:`free_pages`, the lock held."""
+        if self._allocated.get(start) != order:
+            raise InvalidError(
+                f"physical memory: free of {start:#x} order {order}: no such allocated block"
+            )
+        del self._allocated[start]
+        self._free_bytes += PAGE_SIZE << order
+        pages = self._pages
+        if pages:  # only pages written since their block was allocated are backed
             first = (start - self.base) >> PAGE_SHIFT
-            for page in range(first, first + (1 << order)):
-                self._pages.pop(page, None)
-            while order < self.max_order:
-                buddy = start ^ (PAGE_SIZE << order)
-                if buddy not in self._free[order]:
-                    self._free[order].add(start)
-                    return
-                self._free[order].remove(buddy)
-                start = min(start, buddy)
-                order += 1
-            self._give_top(start)
+            end = first + (1 << order)
+            if end - first <= len(pages):
+                for page in range(first, end):
+                    pages.pop(page, None)
+            else:  # a large block, few pages backed in all
+                for page in [page for page in pages if first <= page < end]:
+                    del pages[page]
+        free = self._free
+        while order < self.max_order:
+            buddy = start ^ (PAGE_SIZE << order)
+            blocks = free[order]
+            if buddy not in blocks:
+                blocks.add(start)
+                return
+            blocks.remove(buddy)
+            start = min(start, buddy)
+            order += 1
+        self._give_top(start)
 
     def _span(self, addr: int, length: int, what: str) -> None:
         _check_int(addr, f"{what} address")

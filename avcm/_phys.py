@@ -87,12 +87,10 @@ def phys_alloc(
     for order in orders:
         if order > ram.max_order:
             continue
-        while pages >> order:
-            start = ram.alloc_pages(order)
-            if start is None:
-                break  # fragmented: the smaller orders make up the rest
-            parts.append(PhysPart(start, PAGE_SIZE << order))
-            pages -= 1 << order
+        # up to the first that fails (fragmented): the smaller orders make up the rest
+        starts = ram._alloc_run(order, pages >> order)
+        parts.extend(PhysPart(start, PAGE_SIZE << order) for start in starts)
+        pages -= len(starts) << order
     if pages:
         _free_parts(ram, parts)
         raise NoMemoryError(
@@ -115,8 +113,7 @@ async def _free_to_memory(phys: Phys) -> None:
 
 
 def _free_parts(ram: PhysicalMemory, parts: Iterable[tuple[int, int]]) -> None:
-    for start, size in parts:
-        ram.free_pages(start, page_order(size))
+    ram._free_run(parts)
 
 
 def _check_walk(vaddr: object, phys: object, orders: object, what: str) -> tuple[int, ...]:
