@@ -250,8 +250,9 @@ class PhysicalMemory:
         self._give_top(start)
 
     def _span(self, addr: int, length: int, what: str) -> None:
-        _check_int(addr, f"{what} address")
-        _check_int(length, f"{what} length")
+        if type(addr) is not int or type(length) is not int:  # the checks' messages: only then
+            _check_int(addr, f"{what} address")
+            _check_int(length, f"{what} length")
         if length < 0 or addr < self.base or addr + length > self.base + self.size:
             raise InvalidError(
                 f"physical memory: {what} of {length:#x} bytes at {addr:#x} is outside "
@@ -271,8 +272,13 @@ class PhysicalMemory:
                 f"physical memory: a read of {length:#x} bytes is more than one read returns "
                 f"({MAX_READ:#x}); read it in parts"
             )
-        out = bytearray()
         offset = addr - self.base
+        page, within = divmod(offset, PAGE_SIZE)
+        if within + length <= PAGE_SIZE:  # within one page: most reads (a device's, a probe's)
+            with self._lock:
+                backing = self._pages.get(page)
+                return bytes(backing[within : within + length] if backing is not None else length)
+        out = bytearray()
         with self._lock:
             while length:
                 page, within = divmod(offset, PAGE_SIZE)
@@ -291,23 +297,32 @@ class PhysicalMemory:
             )
         self._span(addr, len(data), "write")
         offset = addr - self.base
+        page, within = divmod(offset, PAGE_SIZE)
+        if 0 < len(data) <= PAGE_SIZE - within:  # within one page: most writes
+            with self._lock:
+                self._backing(page, offset)[within : within + len(data)] = data
+            return
         view = memoryview(data)
         with self._lock:
             while view:
                 page, within = divmod(offset, PAGE_SIZE)
                 chunk = min(len(view), PAGE_SIZE - within)
-                backing = self._pages.get(page)
-                if backing is None:
-                    # a page is backed from its first write until its block is freed: a write
-                    # that backs a page of no allocated block is a write after free
-                    if not self._allocated_page(page):
-                        self._free_pages_written += 1
-                        if self._first_free_write is None:
-                            self._first_free_write = self.base + offset
-                    backing = self._pages[page] = bytearray(PAGE_SIZE)
-                backing[within : within + chunk] = view[:chunk]
+                self._backing(page, offset)[within : within + chunk] = view[:chunk]
                 offset += chunk
                 view = view[chunk:]
+
+    def _backing(self, page: int, offset: int) -> bytearray:
+        """The bytes of page number *page*, backed now if they were not (the lock held): a
+        page is backed from its first write until its block is freed, so a write that backs a
+        page of no allocated block is a write after free (at *offset*, which is counted)."""
+        backing = self._pages.get(page)
+        if backing is None:
+            if not self._allocated_page(page):
+                self._free_pages_written += 1
+                if self._first_free_write is None:
+                    self._first_free_write = self.base + offset
+            backing = self._pages[page] = bytearray(PAGE_SIZE)
+        return backing
 
     def _allocated_page(self, page: int) -> bool:
         """Whether page number *page* is in an allocated block (blocks are aligned to their

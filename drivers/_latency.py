@@ -53,6 +53,10 @@ def _check_number(value: object, what: str, high: float) -> float:
     return float(value)
 
 
+def _never(delay: float) -> bool:
+    return False
+
+
 class Latency:
     """Per-operation delays: ``delays[op]`` seconds, each varied by up to ``±jitter`` of itself.
 
@@ -111,6 +115,8 @@ class Latency:
             await sync_point(f"latency.{op}", owner)
             # on avcm.testing's virtual-time loop, a sleep nothing could interleave with
             # moves the clock in place: the same run, without two loop iterations
-            sleep_in_place = getattr(asyncio._get_running_loop(), "sleep_in_place", None)
-            if sleep_in_place is None or not sleep_in_place(delay):
+            loop = asyncio._get_running_loop()
+            if loop is None:  # trio
                 await anyio.sleep(delay)
+            elif not getattr(loop, "sleep_in_place", _never)(delay):
+                await asyncio.sleep(delay)  # what anyio.sleep awaits, without finding it

@@ -166,6 +166,12 @@ class PageTableMmu:
     def _chunks(self, addr: int, length: int) -> list[tuple[int, int]]:
         """(physical address, length) pieces of a device access, page by page, all translated
         before any is used."""
+        if (
+            type(addr) is int
+            and type(length) is int
+            and 0 < length <= avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1))
+        ):
+            return [(self.translate(addr), length)]  # within one page: most accesses
         self._check_int(addr, "device address")
         self._check_int(length, "access length")
         if length < 0:
@@ -205,10 +211,12 @@ class PageTableMmu:
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
         # sorted once per change of the table: the checks read it at every quiescent point
         if self._mappings is None:
-            self._mappings = sorted(
-                (vaddr, paddr, avcm.PAGE_SIZE << order)
-                for vaddr, (paddr, order) in self._entries.items()
-            )
+            entries = self._entries
+            mappings = []
+            for vaddr in sorted(entries):  # ints: sorting them is quicker than the triples
+                paddr, order = entries[vaddr]
+                mappings.append((vaddr, paddr, avcm.PAGE_SIZE << order))
+            self._mappings = mappings
         return list(self._mappings)
 
     def statistics(self) -> PageTableStatistics:
