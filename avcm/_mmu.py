@@ -18,7 +18,7 @@ from ._core import Phys, Res, Vcm, _WrapperDriver
 from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import pages_of, phys_alloc, phys_walk, resolve_memory, visit_pages
-from ._sync import sync_point
+from ._sync import installed_hooks, sync_point
 from ._validate import check_aligned, check_coroutine_function, check_orders, check_span
 from ._vaspace import AddressSpace
 
@@ -141,7 +141,8 @@ class MmuWrapper(_WrapperDriver):
         vcm = res.vcm
 
         async def map_page(vaddr: int, paddr: int, order: int) -> None:
-            await sync_point("driver.activate_page", res)
+            if installed_hooks:  # else a sync point does nothing: not even make a coroutine
+                await sync_point("driver.activate_page", res)
             await activate_page(vaddr, paddr, order, vcm)
 
         async def unmap_page(vaddr: int, paddr: int, order: int) -> None:
@@ -162,7 +163,8 @@ class MmuWrapper(_WrapperDriver):
         vcm = res.vcm
 
         async def unmap_page(vaddr: int, paddr: int, order: int) -> None:
-            await sync_point("driver.deactivate_page", res)
+            if installed_hooks:
+                await sync_point("driver.deactivate_page", res)
             await deactivate_page(vaddr, paddr, order, vcm)
 
         activate_page = self._activate_page

@@ -71,6 +71,7 @@ class PageTableMmu:
         # (order, vaddr >> (PAGE_SHIFT + order)) -> how many entries start in that block, for
         # each order but 0: whether a large page would cover an entry already there
         self._starts_in: Counter[tuple[int, int]] = Counter()
+        self._block_orders = self.orders[:-1]
         self._per_order: Counter[int] = Counter()
         self._mappings: list[tuple[int, int, int]] | None = None  # sorted, until a change
         self.enabled = False
@@ -121,8 +122,9 @@ class PageTableMmu:
             raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
         self._entries[vaddr] = (paddr, order)
         self._mappings = None
-        for block_order in self.orders[:-1]:
-            starts_in[block_order, vaddr >> (avcm.PAGE_SHIFT + block_order)] += 1
+        for block_order in self._block_orders:
+            block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
+            starts_in[block] = starts_in.get(block, 0) + 1
         self._per_order[order] += 1
         self._pte_writes += 1
 
@@ -136,7 +138,7 @@ class PageTableMmu:
         del self._entries[vaddr]
         self._mappings = None
         starts_in = self._starts_in
-        for block_order in self.orders[:-1]:
+        for block_order in self._block_orders:
             block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
             starts_in[block] -= 1
             if not starts_in[block]:

@@ -228,7 +228,8 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             or virtual.outside is not None  # the race finder, which owns the steps
             or self.count_reads
             or self.executor_jobs
-            or len(virtual.get_map()) > 1  # I/O waited for, besides the loop's self-pipe
+            # I/O waited for, besides the loop's self-pipe (what len(get_map()) counts)
+            or len(virtual._fd_to_key) > 1  # type: ignore[attr-defined]
         ):
             return False
         task = asyncio.current_task(self)
