@@ -14,11 +14,10 @@ makes each of its methods one indivisible step.
 
 from __future__ import annotations
 
+import heapq
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-from sortedcontainers import SortedSet
 
 from ._errors import InvalidError
 
@@ -49,6 +48,56 @@ class MemoryStatistics:
     driver's late write). Correct code never writes free memory."""
     first_free_write: int | None
     """The address of the first such write, or ``None``."""
+
+
+class _FreeBlocks:
+    """The starts of the free blocks of one order, the lowest one always at hand: a set says
+    which are free, a heap which is lowest; a start no longer free stays in the heap until it
+    comes up (then it is dropped), so taking or freeing a block costs no shifting of a sorted
+    list."""
+
+    __slots__ = ("_free", "_heap")
+
+    def __init__(self) -> None:
+        self._free: set[int] = set()
+        self._heap: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def __bool__(self) -> bool:
+        return bool(self._free)
+
+    def __contains__(self, start: int) -> bool:
+        return start in self._free
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._free))
+
+    def add(self, start: int) -> None:
+        if start not in self._free:
+            self._free.add(start)
+            heap = self._heap
+            if len(heap) > 2 * len(self._free) + 64:  # mostly starts no longer free: afresh
+                heap[:] = sorted(self._free)  # a sorted list is a heap
+            else:
+                heapq.heappush(heap, start)
+
+    def remove(self, start: int) -> None:
+        self._free.remove(start)
+
+    def lowest(self) -> int:
+        """The lowest start (there must be one)."""
+        heap, free = self._heap, self._free
+        while heap[0] not in free:
+            heapq.heappop(heap)
+        return heap[0]
+
+    def pop_lowest(self) -> int:
+        start = self.lowest()
+        heapq.heappop(self._heap)
+        self._free.remove(start)
+        return start
 
 
 def _check_int(value: object, what: str) -> int:
@@ -91,7 +140,7 @@ class PhysicalMemory:
         # free[order]: starts of free blocks, sorted, so the lowest address is always taken.
         # The largest order also has the untouched run top_low..top_high of its blocks, which
         # are made only when taken: memory of 2**60 bytes would need 2**38 entries otherwise.
-        self._free: list[SortedSet] = [SortedSet() for _ in range(max_order + 1)]
+        self._free = [_FreeBlocks() for _ in range(max_order + 1)]
         self._allocated: dict[int, int] = {}  # start -> order
         self._pages: dict[int, bytearray] = {}  # page number -> backing bytes
         self._free_pages_written = 0
@@ -162,7 +211,7 @@ class PhysicalMemory:
                 for found in range(order, max_order):
                     blocks = free[found]
                     if blocks:
-                        start: int = blocks.pop(0)
+                        start = blocks.pop_lowest()
                         break
                 else:
                     found = max_order
@@ -182,11 +231,11 @@ class PhysicalMemory:
         """The lowest free block of the largest order, made from the untouched run if that
         is lower."""
         made = self._free[self.max_order]
-        if self._top_low < self._top_high and (not made or self._top_low < made[0]):
+        if self._top_low < self._top_high and (not made or self._top_low < made.lowest()):
             start = self._top_low
             self._top_low += PAGE_SIZE << self.max_order
             return start
-        return made.pop(0) if made else None
+        return made.pop_lowest() if made else None
 
     def _give_top(self, start: int) -> None:
         """Free a block of the largest order; one just below the untouched run joins it, so
