@@ -5,6 +5,7 @@ clock in place (``VirtualTimeEventLoop.sleep_in_place``)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -167,3 +168,25 @@ def test_a_stress_run_is_the_same_with_sleeps_in_place(
     in_place = _trace(config)
     monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", lambda self, d: False)
     assert _trace(config) == in_place
+
+
+def test_a_signal_handler_runs_while_tasks_sleep_in_virtual_time() -> None:
+    # A signal reaches a loop's handler through its self-pipe. The virtual loop does not poll
+    # that pipe while only it is registered, unless the loop has had a signal handler: with
+    # one, a loop kept busy by timers must still run the handler.
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        got: list[str] = []
+        loop.add_signal_handler(signal.SIGUSR1, got.append, "usr1")
+        try:
+            signal.raise_signal(signal.SIGUSR1)
+            for _ in range(1000):  # each a loop iteration moving virtual time
+                if got:
+                    break
+                await asyncio.sleep(1)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        return got
+
+    with asyncio.Runner(loop_factory=testing.VirtualTimeEventLoop) as runner:
+        assert runner.run(main()) == ["usr1"]

@@ -107,6 +107,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         super().__init__()
         self.now = 0.0
         self.outside: Outside | None = None
+        self.signals = False  # whether the loop ever had a signal handler (they use the pipe)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         outside = self.outside
@@ -158,6 +159,14 @@ class _VirtualSelector(selectors.DefaultSelector):
         if timeout is not None and timeout > 0:
             self.now += timeout
             timeout = 0
+        pipe_only = len(self._fd_to_key) <= 1  # type: ignore[attr-defined]
+        if timeout == 0 and outside is None and pipe_only and not self.signals:
+            # Only the loop's self-pipe is registered: a poll that does not wait could only
+            # find bytes there, which wake a waiting loop and need no reading otherwise (a
+            # callback made ready from a thread is ready already; no signal handler of the
+            # loop is waiting for them): no system call at every iteration. A wait that blocks
+            # still reads them.
+            return []
         return super().select(timeout)
 
 
@@ -178,6 +187,10 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
+
+    def add_signal_handler(self, sig: int, callback: Callable[[*Ts], object], *args: *Ts) -> None:
+        self._virtual.signals = True  # its signals come through the self-pipe: poll it
+        super().add_signal_handler(sig, callback, *args)
 
     def time(self) -> float:
         if self.count_reads and asyncio.current_task(self) is not None:
