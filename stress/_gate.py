@@ -1,8 +1,8 @@
 """The quiescence gate: operations start in windows of ``--check-every``, a check between two.
 
 An operation takes a ticket to start and says when it is done. Once a window's tickets are all
-taken, later arrivals wait in a first-in first-out queue the harness owns, each on an event of
-its own; once the window's last operation is done, nothing is in flight (a quiescent point):
+taken, later arrivals wait in a first-in first-out queue the harness owns, each parked on its
+own; once the window's last operation is done, nothing is in flight (a quiescent point):
 the harness checks, then opens the next window by handing its tickets to the first waiters, in
 the order they came, and waking those only. A waiter left without a ticket is not woken, so a
 check costs the same with 4,096 tasks as with 64.
@@ -14,19 +14,57 @@ follows their memory addresses, and a replay then diverges).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import deque
-
-import anyio
+from typing import Any
 
 __all__ = ["Gate"]
 
 
 class _Waiter:
-    __slots__ = ("event", "ticketed")
+    """One operation waiting for a place: parked on a future of its own (asyncio) or as a
+    trio task, with what ``anyio.Event`` would do for one waiter (the same wake-ups, in the
+    same order), without making an event and its list of waiters for each."""
+
+    __slots__ = ("_future", "_task", "admitted", "ticketed")
 
     def __init__(self, ticketed: bool) -> None:
-        self.event = anyio.Event()
         self.ticketed = ticketed
+        self.admitted = False
+        loop = asyncio._get_running_loop()
+        self._future: asyncio.Future[None] | None = None
+        self._task: Any = None
+        if loop is not None:
+            self._future = loop.create_future()
+        else:
+            self._task = _trio().current_task()
+
+    async def wait(self) -> None:
+        if self._future is not None:
+            await self._future
+        else:
+            await _trio().wait_task_rescheduled(_aborted)
+
+    def wake(self) -> None:
+        self.admitted = True
+        if self._future is not None:
+            if not self._future.done():  # cancelled meanwhile: its task learns at its wait
+                self._future.set_result(None)
+        else:
+            _trio().reschedule(self._task)
+
+
+@functools.cache
+def _trio() -> Any:
+    """``trio.lowlevel``, imported when first needed: only a run on trio needs it."""
+    import trio
+
+    return trio.lowlevel
+
+
+def _aborted(raise_cancel: object) -> Any:
+    return _trio().Abort.SUCCEEDED  # a waiter not yet woken leaves the queue itself
 
 
 class Gate:
@@ -64,9 +102,9 @@ class Gate:
         waiter = _Waiter(ticketed)
         self._waiters.append(waiter)
         try:
-            await waiter.event.wait()
+            await waiter.wait()
         except BaseException:
-            if waiter.event.is_set():  # admitted, then cancelled before it ran
+            if waiter.admitted:  # admitted, then cancelled before it ran
                 self.in_flight -= 1
                 if ticketed:
                     self._tickets += 1
@@ -103,4 +141,4 @@ class Gate:
             waiter = waiters.popleft()
             self._admit(waiter.ticketed)
             self.woken += 1
-            waiter.event.set()
+            waiter.wake()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import stress
@@ -108,6 +109,37 @@ async def test_cancelled_waiter_takes_no_place() -> None:
         await anyio.wait_all_tasks_blocked()
         assert admitted == [1] and gate.woken == 1
         gate.leave()
+
+
+@pytest.mark.anyio
+async def test_waiter_woken_before_its_cancellation_runs_admitted() -> None:
+    # as a woken task does on either backend: the cancellation reaches it at its next
+    # checkpoint, and the place it was given stays taken (the next waiter still waits)
+    gate = Gate(1)
+    await gate.enter()
+    admitted: list[int] = []
+    scopes = [anyio.CancelScope(), anyio.CancelScope()]
+
+    async def operation(index: int) -> None:
+        with scopes[index]:
+            await gate.enter()
+            admitted.append(index)
+            gate.leave()
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        for index in range(2):
+            group.start_soon(operation, index)
+            await anyio.wait_all_tasks_blocked()
+        gate.leave()
+        assert gate.quiescent()
+        gate.open()  # the place goes to 0, woken but not yet run
+        scopes[0].cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert admitted == [0] and gate.woken == 1 and gate.waiting == 1
+        scopes[1].cancel()  # still waiting: it leaves the queue
+        await anyio.wait_all_tasks_blocked()
+        assert admitted == [0] and gate.waiting == 0 and gate.in_flight == 0
 
 
 class _CountingGate(Gate):
