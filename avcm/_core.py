@@ -230,7 +230,12 @@ class Phys(_Allocated):
         parts: Iterable[tuple[int, int]],
         free: FreeCallback | None,
         memory: PhysicalMemory | None,
+        *,
+        allocated: bool = False,
     ) -> None:
+        # allocated: the parts are blocks avcm's own allocator just handed out (phys_alloc),
+        # aligned, in range and apart by construction: their checks are skipped (a phys of
+        # 4 KiB pages has hundreds)
         if free is not None:
             check_coroutine_function(free, "phys: free callback")
         if isinstance(parts, (str, bytes)) or not isinstance(parts, Iterable):
@@ -249,9 +254,10 @@ class Phys(_Allocated):
                 raise InvalidError(
                     f"phys part {index} {part!r} is not a (start, size) pair"
                 ) from None
-            check_aligned(start, f"phys part {index} start")
-            check_aligned(size, f"phys part {index} size", positive=True)
-            check_span(start, size, f"phys part {index}")
+            if not allocated:
+                check_aligned(start, f"phys part {index} start")
+                check_aligned(size, f"phys part {index} size", positive=True)
+                check_span(start, size, f"phys part {index}")
             ascending = ascending and start >= end
             end = start + size
             flat.append(start)

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 
-from ._core import Phys, PhysPart
+from ._core import Phys
 from ._errors import InvalidError, NoMemoryError
 from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from ._validate import (
@@ -83,13 +83,14 @@ def phys_alloc(
     orders = check_orders(orders, "phys_alloc orders")
     ram = resolve_memory(memory, "phys_alloc")
     pages = size >> PAGE_SHIFT
-    parts: list[PhysPart] = []
+    parts: list[tuple[int, int]] = []
     for order in orders:
         if order > ram.max_order:
             continue
         # up to the first that fails (fragmented): the smaller orders make up the rest
         starts = ram._alloc_run(order, pages >> order)
-        parts.extend(PhysPart(start, PAGE_SIZE << order) for start in starts)
+        size_of_block = PAGE_SIZE << order
+        parts.extend([(start, size_of_block) for start in starts])
         pages -= len(starts) << order
     if pages:
         _free_parts(ram, parts)
@@ -98,7 +99,7 @@ def phys_alloc(
             f"({ram.free_bytes:#x} bytes free)"
         )
     try:
-        return Phys._create(parts, free=_free_to_memory, memory=ram)
+        return Phys._construct(parts, _free_to_memory, ram, allocated=True)
     except BaseException:
         _free_parts(ram, parts)
         raise
