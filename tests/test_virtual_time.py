@@ -11,12 +11,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import avcm
 import drivers
 import stress
 from avcm import testing
+from avcm.testing import _clock as clock_module  # avcm-private: its trio sleep in place
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -161,13 +163,60 @@ def _trace(config: stress.StressConfig) -> list[tuple[object, ...]]:
         {"tasks": 16, "seed": 6, "ops": 1500, "cancel": 0.2, "faults": 0.05},
     ],
 )
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_stress_run_is_the_same_with_sleeps_in_place(
-    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], backend: str
 ) -> None:
-    config = stress.StressConfig(backend="asyncio", **options)
+    config = stress.StressConfig(backend=backend, **options)
     in_place = _trace(config)
-    monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", lambda self, d: False)
+    if backend == "asyncio":
+        monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", lambda self, d: False)
+    else:
+        monkeypatch.setattr(clock_module, "_trio_sleep_in_place", lambda clock, delay: False)
     assert _trace(config) == in_place
+
+
+def test_a_lone_drivers_latency_moves_the_trio_clock_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    in_place: list[float] = []
+    sleep_in_place = clock_module._trio_sleep_in_place  # avcm-private: the function tested
+
+    def counted(clock: Any, delay: float) -> bool:
+        done = sleep_in_place(clock, delay)
+        if done:
+            in_place.append(delay)
+        return done
+
+    monkeypatch.setattr(clock_module, "_trio_sleep_in_place", counted)
+
+    async def main() -> tuple[float, float]:
+        memory = avcm.PhysicalMemory()
+        latency = drivers.Latency({"pte_write": 2e-6, "enable": 20e-6}, jitter=0.0)
+        vcm = drivers.create_cpu(memory, latency=latency)
+        phys = await vcm.alloc(64 * KiB)
+        start = anyio.current_time()
+        await vcm.activate()
+        await vcm.map(phys)
+        alone = anyio.current_time() - start
+        # with another task due first, a sleep is a sleep: the other runs at its own time
+        woke: list[float] = []
+
+        async def other() -> None:
+            await anyio.sleep(1e-6)
+            woke.append(anyio.current_time())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            await anyio.lowlevel.checkpoint()  # other's deadline set
+            before = anyio.current_time()
+            await (await vcm.map(phys)).unmap()
+        assert woke == [pytest.approx(before + 1e-6)]
+        return alone, before
+
+    alone, _ = _run_virtual("trio", main)
+    assert alone == pytest.approx(20e-6 + 16 * 2e-6)
+    assert in_place[:17] == [20e-6] + [2e-6] * 16
 
 
 def test_a_signal_handler_runs_while_tasks_sleep_in_virtual_time() -> None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import math
 import selectors
+import sys
+import types
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
@@ -337,7 +340,67 @@ def ordered_mock_clock() -> trio.testing.MockClock:
         _order_deadline_ties()
 
     clock.start_clock = start_clock  # type: ignore[method-assign]
+    clock.sleep_in_place = functools.partial(_trio_sleep_in_place, clock)  # type: ignore[attr-defined]
     return clock
+
+
+def _trio_sleep_in_place(clock: trio.testing.MockClock, delay: float) -> bool:
+    """:meth:`VirtualTimeEventLoop.sleep_in_place` on trio: let *delay* seconds pass for the
+    running task without leaving it, if ``trio.sleep(delay)`` could not let anything else
+    run first; False (nothing done) if it could: the caller sleeps.
+
+    Such a sleep parks the task with a deadline; the run loop, finding nothing to run, jumps
+    the clock to the earliest deadline, then wakes the task: two iterations that run no other
+    task and draw nothing from the scheduler's random (a batch of one is not shuffled, as
+    :func:`backend_options` has trio sort and shuffle every batch). When
+    no other task is runnable (neither later in this batch nor in the next), no deadline falls
+    due before or with the sleeper's, no cancellation or KeyboardInterrupt is pending, no
+    thread has queued a call, no I/O is waited for, no instrument watches (the race finder's)
+    and nothing waits for the run to be idle, this makes the clock's jumps as the loop would,
+    to the same instant, and skips the rest. The run loop's pending batch is a local of trio's
+    run generator: it is read from that frame, and without it nothing is done."""
+    try:
+        from trio._core import _run
+
+        runner = _run.GLOBAL_RUN_CONTEXT.runner
+        task = _run.GLOBAL_RUN_CONTEXT.task
+        if (
+            runner.runq
+            or type(runner.runq) is not collections.deque  # the race finder's: it owns steps
+            or runner.instruments.get("_all")  # the instruments installed, by hook
+            or runner.waiting_for_idle
+            or runner.ki_pending
+            or runner.is_guest
+            or runner.clock is not clock
+            or clock.rate != 0
+            or clock.autojump_threshold != 0
+            or runner.entry_queue.queue
+            or runner.entry_queue.idempotent_queue
+            or task._cancel_status.effectively_cancelled
+            # else trio draws from its random at every batch, even an empty one
+            or not getattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
+        ):
+            return False
+        io = runner.io_manager.statistics()
+        # the run's own wake-up socket is always read (a call queued from a thread)
+        if io.tasks_waiting_read > 1 or io.tasks_waiting_write:
+            return False
+        frame: types.FrameType | None = sys._getframe(1)
+        run_code = _run.unrolled_run.__code__
+        while frame is not None and frame.f_code is not run_code:
+            frame = frame.f_back
+        if frame is None or frame.f_locals.get("batch", True):
+            return False  # tasks still to run in this batch (or no batch found)
+        deadline = clock.current_time() + delay  # trio.sleep's: sleep_until(now + delay)
+        if runner.deadlines.next_deadline() <= deadline:
+            return False
+    except (ImportError, AttributeError):  # pragma: no cover - another trio: sleep
+        return False
+    # the jumps the run loop's autojump makes (seconds to the next deadline, again while a
+    # float sum left the clock short of it)
+    while clock.current_time() < deadline:
+        clock.jump(deadline - clock.current_time())
+    return True
 
 
 def _order_deadline_ties() -> None:
