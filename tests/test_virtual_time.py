@@ -172,7 +172,7 @@ def test_a_stress_run_is_the_same_with_sleeps_in_place(
     if backend == "asyncio":
         monkeypatch.setattr(testing.VirtualTimeEventLoop, "sleep_in_place", lambda self, d: False)
     else:
-        monkeypatch.setattr(clock_module, "_trio_sleep_in_place", lambda clock, delay: False)
+        monkeypatch.setattr(clock_module, "_trio_sleep_in_place", lambda clock, frame, delay: False)
     assert _trace(config) == in_place
 
 
@@ -182,8 +182,8 @@ def test_a_lone_drivers_latency_moves_the_trio_clock_in_place(
     in_place: list[float] = []
     sleep_in_place = clock_module._trio_sleep_in_place  # avcm-private: the function tested
 
-    def counted(clock: Any, delay: float) -> bool:
-        done = sleep_in_place(clock, delay)
+    def counted(clock: Any, frame: Any, delay: float) -> bool:
+        done = sleep_in_place(clock, frame, delay)
         if done:
             in_place.append(delay)
         return done

@@ -20,7 +20,6 @@ import itertools
 import math
 import selectors
 import sys
-import types
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
@@ -340,11 +339,12 @@ def ordered_mock_clock() -> trio.testing.MockClock:
         _order_deadline_ties()
 
     clock.start_clock = start_clock  # type: ignore[method-assign]
-    clock.sleep_in_place = functools.partial(_trio_sleep_in_place, clock)  # type: ignore[attr-defined]
+    # (with where the run generator's frame is kept once found: the clock's run's)
+    clock.sleep_in_place = functools.partial(_trio_sleep_in_place, clock, [None, None])  # type: ignore[attr-defined]
     return clock
 
 
-def _trio_sleep_in_place(clock: trio.testing.MockClock, delay: float) -> bool:
+def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], delay: float) -> bool:
     """:meth:`VirtualTimeEventLoop.sleep_in_place` on trio: let *delay* seconds pass for the
     running task without leaving it, if ``trio.sleep(delay)`` could not let anything else
     run first; False (nothing done) if it could: the caller sleeps.
@@ -358,7 +358,9 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, delay: float) -> bool:
     thread has queued a call, no I/O is waited for, no instrument watches (the race finder's)
     and nothing waits for the run to be idle, this makes the clock's jumps as the loop would,
     to the same instant, and skips the rest. The run loop's pending batch is a local of trio's
-    run generator: it is read from that frame, and without it nothing is done."""
+    run generator: it is read from that frame (*run_frame*: the runner and its frame, once
+    found), and without it nothing
+    is done."""
     try:
         from trio._core import _run
 
@@ -381,19 +383,22 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, delay: float) -> bool:
             or not getattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
         ):
             return False
-        io = runner.io_manager.statistics()
-        # the run's own wake-up socket is always read (a call queued from a thread)
-        if io.tasks_waiting_read > 1 or io.tasks_waiting_write:
-            return False
-        frame: types.FrameType | None = sys._getframe(1)
-        run_code = _run.unrolled_run.__code__
-        while frame is not None and frame.f_code is not run_code:
-            frame = frame.f_back
-        if frame is None or frame.f_locals.get("batch", True):
-            return False  # tasks still to run in this batch (or no batch found)
         deadline = clock.current_time() + delay  # trio.sleep's: sleep_until(now + delay)
         if runner.deadlines.next_deadline() <= deadline:
             return False
+        # the run's own wake-up socket is always read (a call queued from a thread)
+        registered = getattr(runner.io_manager, "_registered", None)
+        if registered is None or len(registered) > 1:
+            return False
+        frame = run_frame[1] if run_frame[0] is runner else None
+        if frame is None:  # the run generator's frame, found once a run
+            run_code = _run.unrolled_run.__code__
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code is not run_code:
+                frame = frame.f_back
+            run_frame[:] = [runner, frame]
+        if frame is None or frame.f_locals.get("batch", True):
+            return False  # tasks still to run in this batch (or no batch found)
     except (ImportError, AttributeError):  # pragma: no cover - another trio: sleep
         return False
     # the jumps the run loop's autojump makes (seconds to the next deadline, again while a
