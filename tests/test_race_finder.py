@@ -572,3 +572,32 @@ def test_exploration_reports_progress_after_each_schedule() -> None:
     seen: list[int] = []
     result = testing.explore(counting_tasks(2), schedules=7, on_progress=seen.append)
     assert result.schedules == 7 and seen == [1, 2, 3, 4, 5, 6, 7]
+
+
+async def always_fails_after_many_steps(run: testing.Run) -> None:
+    """Sixteen tasks passing twenty checkpoints each, then a failure whatever the schedule."""
+
+    async def worker() -> None:
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(*[worker] * 16)
+    raise AssertionError("fails in every schedule")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_failure_with_more_preemptions_than_exhaustive_takes_is_still_reported(
+    backend: str,
+) -> None:
+    # shrinking searched every bound below the failure's preemptions with Exhaustive, which
+    # takes at most 32: an InvalidError out of explore, and the failure lost
+    result = testing.explore(
+        always_fails_after_many_steps,
+        strategy=testing.RandomWalk(0),
+        schedules=1,
+        shrink_budget=0,
+        backend=backend,
+    )
+    assert result.failure is not None
+    assert result.failure.timeline.preemptions > 33
+    assert "fails in every schedule" in str(result.failure.error)

@@ -26,7 +26,15 @@ from ..lowlevel import check_int
 from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
-from ._strategies import PCT, Chooser, Exhaustive, FromIndices, Replay, Strategy
+from ._strategies import (
+    MAX_PREEMPTION_BOUND,
+    PCT,
+    Chooser,
+    Exhaustive,
+    FromIndices,
+    Replay,
+    Strategy,
+)
 from ._timeline import Timeline, wrap
 from ._token import ReplayToken, digest_of, is_cancel
 
@@ -382,7 +390,9 @@ async def _shrink(
         if best_run.preemptions > 2 and attempts < budget:
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     await reduce()
-    for bound in range(best_run.preemptions):
+    # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
+    # search that far never completes within a shrink budget anyway)
+    for bound in range(min(best_run.preemptions, MAX_PREEMPTION_BOUND + 1)):
         strategy = Exhaustive(bound).with_cancels_at(cancels, outlasts)
         schedule = 0
         while attempts < budget:

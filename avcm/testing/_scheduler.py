@@ -1173,7 +1173,7 @@ class _Queue:
             return False
         if not self.slow():
             return True
-        return not all(self.held_slow(*arrival) for arrival in list(self.arrived))
+        return not all(self.held_slow(*arrival) for arrival in self.arrived_now())
 
     def slow(self) -> bool:
         """Whether threads at work outlast a timer that has yet to fall due while tasks run on
@@ -1221,6 +1221,16 @@ class _Queue:
         """Whether what *thread* handed the loop (*item*) is held till the timer the threads
         outlast falls due: it comes from a thread a slow wait waits for."""
         raise NotImplementedError
+
+    def arrived_now(self) -> list[tuple[threading.Thread, Any]]:
+        """What is in ``arrived`` now. Threads append to it meanwhile, and iterating a deque
+        that changes raises (a set comprehension over it did, now and then, and the run
+        ended in a RuntimeError): copied in one go, again if a thread appended during it."""
+        while True:
+            try:
+                return list(self.arrived)
+            except RuntimeError:  # mutated during the copy
+                continue
 
     def take_arrivals(self) -> list[tuple[threading.Thread, Any]]:
         """Everything threads handed the loop, taken out of ``arrived``, but what is held for
@@ -1281,7 +1291,7 @@ class _Queue:
         order: dict[threading.Thread, int] = {}
         if self.free or self.thread_stalled():
             return order
-        reporters = {thread for thread, _ in self.arrived}
+        reporters = {thread for thread, _ in self.arrived_now()}
         unnamed = 0
         slow = self.slow_threads() if not every and self.slow() else set()
         for thread in self.waited_threads():
@@ -1842,7 +1852,7 @@ class _TrioQueue(_Queue):
         # A job names the task it wakes, but for a call back from a thread whose call is
         # abandoned on cancel: trio runs that in its system nursery, the task unnamed. Such
         # a thread blocks for the answer: it stands for one task waiting for a thread.
-        arrived = list(self.arrived)
+        arrived = self.arrived_now()
         missing = set(waits) - {self._arrival_task(thread, job) for thread, job in arrived}
         if not missing:
             return True
@@ -2208,7 +2218,7 @@ class _AsyncioQueue(_Queue):
         # call back when this one arrives (tasks outside control run on while threads
         # work): the call comes in when no task can run, with the other thread's report.
         return _call_into(thread, self.loop) == 2 and all(
-            sender is not thread for sender, _ in list(self.arrived)
+            sender is not thread for sender, _ in self.arrived_now()
         )
 
     def outlast_timer(self) -> None:

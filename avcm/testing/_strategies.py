@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 
+MAX_PREEMPTION_BOUND = 32
+"""The largest preemption bound :class:`Exhaustive` takes: far beyond what a search completes."""
+
+
 class Chooser(Protocol):
     """Picks the next task of one run.
 
@@ -420,7 +424,9 @@ class Exhaustive(Strategy):
         cancel: int = 0,
         slow_threads: int = 0,
     ) -> None:
-        self.preemption_bound = check_int(preemption_bound, "Exhaustive preemption_bound", 0, 32)
+        self.preemption_bound = check_int(
+            preemption_bound, "Exhaustive preemption_bound", 0, MAX_PREEMPTION_BOUND
+        )
         if isinstance(prefix, (str, bytes)) or not isinstance(prefix, Sequence):
             raise InvalidError(f"Exhaustive prefix must be a sequence of positions, not {prefix!r}")
         self.prefix = tuple(check_int(p, "Exhaustive prefix position", 0) for p in prefix)
