@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -822,3 +824,43 @@ def test_a_call_back_from_a_thread_begun_meanwhile_comes_in(backend: str) -> Non
         backend=backend,
     )
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+
+
+ABANDONED_THREAD_CALLS_BACK = """
+import anyio
+from avcm import testing
+
+async def scenario(run):
+    def work():
+        for _ in range(3):
+            anyio.from_thread.run_sync(lambda: None)
+
+    async def caller():
+        with anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def other():
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+
+    await run.concurrently(caller, other)
+
+result = testing.explore(
+    scenario, strategy=testing.Exhaustive(0, slow_threads=1), backend="asyncio"
+)
+print("explored", result.schedules, result.failure is None)
+"""
+
+
+def test_a_process_whose_last_run_abandoned_a_thread_calling_back_exits() -> None:
+    # the last schedule's abandoned thread called back while the loop shut down; the loop
+    # took the call and never ran it, and the thread (no daemon) kept the process alive
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONED_THREAD_CALLS_BACK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("explored") and done.stdout.split()[-1] == "True"

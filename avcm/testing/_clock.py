@@ -20,6 +20,8 @@ import itertools
 import math
 import selectors
 import sys
+import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
@@ -172,6 +174,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         return super().select(timeout)
 
 
+_CALLS_INTO_TIMEOUT = 1.0  # seconds of real time a closing loop answers threads' calls for
 _THREAD_SPIN_POLL = 0.01  # seconds of real time callbacks that spin wait for a thread at a time
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
 
@@ -189,6 +192,22 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
+
+    async def shutdown_default_executor(self, *args: Any) -> None:
+        """Before the loop ends: answer the calls worker threads are making into it (for up to
+        ``_CALLS_INTO_TIMEOUT`` seconds of real time), then asyncio's own shutdown. A thread
+        the race finder abandoned may still be calling back (its calls held till its run
+        ended); a call the loop took and then never ran would leave it, a non-daemon thread,
+        waiting for ever, and the process could not exit. A call made after the loop closed
+        fails in the thread, which ends, as it does after a plain asyncio run."""
+        from ._scheduler import _call_into
+
+        deadline = time.monotonic() + _CALLS_INTO_TIMEOUT
+        while time.monotonic() < deadline:
+            if not any(_call_into(thread, self) for thread in threading.enumerate()):
+                break
+            await asyncio.sleep(0)  # runs what the threads handed in meanwhile
+        await super().shutdown_default_executor(*args)
 
     def add_signal_handler(self, sig: int, callback: Callable[[*Ts], object], *args: *Ts) -> None:
         self._virtual.signals = True  # its signals come through the self-pipe: poll it
