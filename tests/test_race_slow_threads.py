@@ -864,3 +864,45 @@ def test_a_process_whose_last_run_abandoned_a_thread_calling_back_exits() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("explored") and done.stdout.split()[-1] == "True"
+
+
+async def call_back_that_sleeps(run: testing.Run, *, abandon: bool) -> None:
+    """A correct program: a thread calls back into the loop with an async function that
+    sleeps (virtual time) and takes a lock another task holds for a while."""
+    lock = anyio.Lock()
+
+    async def called_back() -> int:
+        await anyio.sleep(0.01)
+        async with lock:
+            return 1
+
+    def work() -> int:
+        return anyio.from_thread.run(called_back)
+
+    async def caller() -> None:
+        assert await anyio.to_thread.run_sync(work, abandon_on_cancel=abandon) == 1
+
+    async def holder() -> None:
+        async with lock:
+            await anyio.sleep(0.02)
+
+    for outcome in await run.concurrently(caller, holder):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("slow_threads", [0, 1])
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_time_passes_for_what_a_call_back_awaits(
+    backend: str, abandon: bool, slow_threads: int
+) -> None:
+    # trio runs a call back of a call abandoned on cancel in its system nursery, and its
+    # thread waits for the answer: time stood still for that thread, the call back's sleep
+    # never ended, and the run failed with ThreadWaitError
+    result = testing.explore(
+        partial(call_back_that_sleeps, abandon=abandon),
+        strategy=testing.Exhaustive(1, slow_threads=slow_threads),
+        limits=testing.Limits(thread_timeout=5),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()

@@ -205,6 +205,18 @@ def _calls_back(job: Any) -> bool:
     )
 
 
+def _waits_for_answer(thread: threading.Thread) -> bool:
+    """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
+    anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
+    Once the answer is in the call's queue it is at work again, though it may not have left
+    the call yet."""
+    frame = _trio_frame(thread, "_send_message_to_trio")
+    message = None if frame is None else frame.f_locals.get("message_to_trio")
+    answers = getattr(message, "queue", None)
+    empty = getattr(answers, "empty", None)
+    return callable(empty) and bool(empty())
+
+
 def _thread_task(thread: threading.Thread) -> Any:
     """The trio task whose call a trio worker *thread* runs (the call's task register, in
     the thread's frame), or None."""
@@ -1843,6 +1855,28 @@ class _TrioQueue(_Queue):
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
 
+    def threads_busy(self) -> bool:
+        # A task waiting for a thread that waits for trio's answer to a call back (one trio
+        # runs in its system nursery, for a call abandoned on cancel: the task is not woken
+        # to run it) waits for trio: time passes for what the call back awaits (a sleep),
+        # or the run stood still till thread_timeout and failed with ThreadWaitError.
+        if threading.active_count() == 1:
+            return False
+        waiting = self.thread_waiting()
+        if not waiting:
+            return False
+        answering = self._answering()
+        return any(native not in answering for native in waiting)
+
+    def _answering(self) -> set[Any]:
+        """The tasks whose worker thread's call back came in and waits for trio's answer."""
+        sent = {thread for thread, _ in self.arrived_now()}
+        return {
+            _thread_task(thread)
+            for thread in threading.enumerate()
+            if thread not in sent and _waits_for_answer(thread)
+        }
+
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # a job known by the task it belongs to; one not known: held
         task = self._arrival_task(thread, item)
@@ -1854,6 +1888,8 @@ class _TrioQueue(_Queue):
         # a thread blocks for the answer: it stands for one task waiting for a thread.
         arrived = self.arrived_now()
         missing = set(waits) - {self._arrival_task(thread, job) for thread, job in arrived}
+        if missing:
+            missing -= self._answering()
         if not missing:
             return True
         calls = sum(
