@@ -600,6 +600,13 @@ class Run:
         if self._wake is not None:
             self._wake.set()
 
+    def _fail(self, error: BaseException) -> None:
+        """The run failed with *error*, found where the run queue asked (no place to raise
+        it): kept for the controller, which is woken to raise it."""
+        self._error = error
+        assert self._queue is not None
+        self._queue.call_soon(self._notify)
+
     # -- choosing, called by the run queue ----------------------------------------------------
 
     def _choose(self) -> _Task | None:
@@ -609,10 +616,8 @@ class Run:
             self._inject()
             assert self._queue is not None
             return self._choose_or_raise(self._queue.choosable())
-        except BaseException as error:  # handed to the controller, which raises it
-            self._error = error
-            assert self._queue is not None
-            self._queue.call_soon(self._notify)
+        except BaseException as error:
+            self._fail(error)
             return None
 
     def _inject(self) -> None:
@@ -669,9 +674,8 @@ class Run:
                     outlasted=True,
                 )
             )
-        except BaseException as error:  # handed to the controller, which raises it
-            self._error = error
-            queue.call_soon(self._notify)
+        except BaseException as error:
+            self._fail(error)
             return False
         return True
 
@@ -697,10 +701,8 @@ class Run:
             return
         try:
             check(step)
-        except BaseException as error:  # handed to the controller, which raises it
-            self._error = error
-            assert self._queue is not None
-            self._queue.call_soon(self._notify)
+        except BaseException as error:
+            self._fail(error)
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
@@ -983,12 +985,13 @@ class Run:
                 # timer meanwhile (a controlled task's sleep that ends what they poll for)
                 self._reach(timer)
             elif self._error is None:
-                self._error = RunawayError(
-                    f"tasks outside the scheduler's control (spawned by a controlled task, or "
-                    f"the scenario's own) ran {self.runaway_steps} steps without ever all "
-                    f"waiting"
+                self._fail(
+                    RunawayError(
+                        f"tasks outside the scheduler's control (spawned by a controlled task, "
+                        f"or the scenario's own) ran {self.runaway_steps} steps without ever "
+                        f"all waiting"
+                    )
                 )
-                queue.call_soon(self._notify)
 
     def _describe_budget(self) -> str:
         trail = [
@@ -1841,8 +1844,10 @@ class _TrioQueue(_Queue):
         arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
         for thread, job in arrivals:
             # a call back trio runs in its system nursery, not in the task waiting for the thread
-            if not self.free and _job_task(job) is None and _calls_back(job):
-                self.called_back(thread, _thread_task(thread))
+            if not self.free and _job_task(job) is None:
+                task = self._arrival_task(thread, job)
+                if task is not None:
+                    self.called_back(thread, task)
         jobs = [job for _, job in arrivals]
         entry_queue = self.runner.entry_queue
         with entry_queue.lock:
@@ -1886,17 +1891,13 @@ class _TrioQueue(_Queue):
         # A job names the task it wakes, but for a call back from a thread whose call is
         # abandoned on cancel: trio runs that in its system nursery, the task unnamed. Such
         # a thread blocks for the answer: it stands for one task waiting for a thread.
-        arrived = self.arrived_now()
-        missing = set(waits) - {self._arrival_task(thread, job) for thread, job in arrived}
+        arrived = [(job, self._arrival_task(thread, job)) for thread, job in self.arrived_now()]
+        missing = set(waits) - {task for _, task in arrived}
         if missing:
             missing -= self._answering()
         if not missing:
             return True
-        calls = sum(
-            1
-            for thread, job in arrived
-            if self._arrival_task(thread, job) is None and _calls_back(job)
-        )
+        calls = sum(1 for job, task in arrived if task is None and _calls_back(job))
         return len(missing) <= calls
 
     def _arrival_task(self, thread: threading.Thread, job: Any) -> Any:
