@@ -906,3 +906,79 @@ def test_time_passes_for_what_a_call_back_awaits(
         backend=backend,
     )
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+
+
+async def watcher_between_calls_back(
+    run: testing.Run, *, abandon: bool, right: bool = False, seen: list[int] | None = None
+) -> None:
+    """A thread does its work in two halves, each a call back into the loop, under a 0.3 s
+    deadline; a watcher wakes at 0.3 s and must not see the work half done (the bug: a thread
+    slower than the deadline is still between its halves then), unless written *right*.
+    *seen* gets what the watcher saw, per schedule."""
+    done = [0]
+
+    def half() -> None:
+        done[0] += 1
+
+    def work() -> None:
+        for _ in range(2):
+            time.sleep(0.0005)
+            anyio.from_thread.run_sync(half)
+
+    async def caller() -> None:
+        with anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=abandon)
+
+    async def watcher() -> None:
+        await anyio.sleep(0.3)
+        if seen is not None:
+            seen.append(done[0])
+        if done[0] == 1 and not right:
+            raise AssertionError("saw the work half done")
+
+    for outcome in await run.concurrently(caller, watcher):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tasks_a_timer_wakes_look_before_a_thread_that_outlasted_it(
+    backend: str, abandon: bool, strategy: str
+) -> None:
+    # on asyncio the thread's next call back came in the moment the deadline fell due, before
+    # the watcher it woke: the bug was never seen, and Exhaustive said exhausted
+    scenario = partial(watcher_between_calls_back, abandon=abandon)
+    result = testing.explore(
+        scenario, strategy=strategies_with_slow_threads()[strategy](), schedules=50, backend=backend
+    )
+    failure = result.failure
+    assert failure is not None
+    assert str(failure.error) == "saw the work half done"
+    assert failure.timeline.preemptions == 0 and failure.timeline.outlasted == 1
+    replayed = testing.replay(scenario, failure.token, backend=backend)
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+    assert replayed.token.decisions == failure.token.decisions
+
+
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_watcher_sees_every_stage_of_a_thread_that_outlasts_its_timer(
+    backend: str, abandon: bool
+) -> None:
+    # Exhaustive's schedules: the thread done before the timer (2), or outlasting it before
+    # its first call back (0), between the two (1), or after both (2), each with either task
+    # first; the same in a second exploration
+    seen: list[int] = []
+    for _ in range(2):
+        result = testing.explore(
+            partial(watcher_between_calls_back, abandon=abandon, right=True, seen=seen),
+            strategy=testing.Exhaustive(0, slow_threads=1),
+            backend=backend,
+        )
+        assert result.exhausted and result.failure is None, (
+            result.failure and result.failure.report()
+        )
+        assert result.schedules == result.distinct_schedules == 8
+    assert seen[:8] == seen[8:]
+    assert sorted(seen[:8]) == [0, 0, 1, 1, 2, 2, 2, 2]

@@ -79,6 +79,11 @@ class Outside(Protocol):
         stalled waiting for what a task's timer may bring)."""
         ...
 
+    def settle(self) -> None:
+        """Nothing is ready: if no task can run, threads late past a timer they outlasted are
+        waited for now."""
+        ...
+
     def thread_poll(self, timeout: float) -> float:
         """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
         ...
@@ -118,6 +123,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         if outside is not None and timeout is not None:
             if timeout <= 0:
                 if outside.only_callbacks():
+                    outside.settle()
                     # callbacks that resume no task run on (a cancellation retried while
                     # its task waits for a thread), but no task is chosen before the
                     # threads report: their reports come in now, as when nothing is ready,
@@ -143,6 +149,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                 events = super().select(wait)
                 outside.io_polled(bool(events))
                 return events
+            outside.settle()
             # Whether threads outlast the next timer is asked before their reports come in:
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.

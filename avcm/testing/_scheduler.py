@@ -803,6 +803,7 @@ class Run:
                 self._progress_run = run
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
+        queue.settle(spin=True)  # what they spin for may be what a late thread brings
         if queue.io_waits() or queue.reported():
             if not queue.io_quiet:
                 # What they spin for may be I/O, for which real time passes, not virtual
@@ -1159,7 +1160,8 @@ class _Queue:
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
-        self.slow_waits: dict[Any, object] = {}  # the waits for threads that outlast it
+        # the waits for threads that outlast it (and, once it fell due, are late: see late)
+        self.slow_waits: dict[Any, object] = {}
 
     @property
     def io_timeout(self) -> float:
@@ -1186,7 +1188,7 @@ class _Queue:
         timer the threads outlast (:meth:`held_slow`)."""
         if not self.arrived:
             return False
-        if not self.slow():
+        if not self.late():
             return True
         return not all(self.held_slow(*arrival) for arrival in self.arrived_now())
 
@@ -1200,10 +1202,36 @@ class _Queue:
         if timer is None or self.now() >= self.slow_until or timer > self.slow_until:
             # it fell due, or it is gone (its scope left before it fell due): the threads
             # outlast nothing any more, and what they hand the loop comes in as it would
+            # (on asyncio, once it fell due, after the tasks it woke: see late)
+            if not (self.late_after_timer and self.now() >= self.slow_until):
+                self.slow_waits = {}
             self.slow_until = None
-            self.slow_waits = {}
             return False
         return True
+
+    # Whether threads that outlasted a timer stay late once it fell due (see late).
+    late_after_timer = False
+
+    def late(self) -> bool:
+        """Whether what threads that outlast a timer hand the loop is held (:meth:`held_slow`):
+        till the timer falls due (:meth:`slow`), and, where the loop itself runs a thread's
+        call back (asyncio), after it too, for as long as a task can run (:meth:`settle`):
+        a thread that took longer than the timer is not done the moment it falls due, so the
+        tasks it woke (a watcher's sleep that ends with a deadline) look first, as in a real
+        loop. Virtual time stands still meanwhile, waiting for the threads: a later timer
+        falls due only with a chance of its own to be outlasted."""
+        if self.slow():
+            return True
+        if self.slow_waits and (self.free or not self.slow_threads()):
+            self.slow_waits = {}  # their waits ended (a call abandoned on cancel): none late
+        return bool(self.slow_waits)
+
+    def settle(self, *, spin: bool = False) -> None:
+        """Asked where the loop finds nothing ready: if no task can run (none is held back
+        either), or the tasks only *spin*, threads late past a timer they outlasted
+        (:meth:`late`) are waited for as any: what they hand the loop comes in now."""
+        if self.slow_until is None and (spin or not self.held()):
+            self.slow_waits = {}
 
     def thread_waiting(
         self,
@@ -1253,7 +1281,7 @@ class _Queue:
         taken = []
         while self.arrived:  # threads may append meanwhile: popleft is atomic, iteration not
             taken.append(self.arrived.popleft())
-        if self.slow():
+        if self.late():
             held = [self.held_slow(*arrival) for arrival in taken]
             self.arrived.extendleft(reversed([a for a, h in zip(taken, held, strict=True) if h]))
             taken = [arrival for arrival, h in zip(taken, held, strict=True) if not h]
@@ -1308,7 +1336,7 @@ class _Queue:
             return order
         reporters = {thread for thread, _ in self.arrived_now()}
         unnamed = 0
-        slow = self.slow_threads() if not every and self.slow() else set()
+        slow = self.slow_threads() if not every and self.late() else set()
         for thread in self.waited_threads():
             if thread in slow:
                 continue  # what it hands the loop waits for the timer it outlasts
@@ -1420,6 +1448,8 @@ class _Queue:
         if self.free or not self.virtual:
             return
         slow = self.slow()
+        if not slow and self.late():
+            return  # asked once they are late no longer (settle): no task can run then
         if self.thread_waiter(fast=slow) is None:
             return  # (nor for a thread only tasks outside control wait for: not the strategy's)
         timer = self.slow_until if slow else run._next_timer()
@@ -1534,7 +1564,7 @@ class _Queue:
         # threads that outlast a timer: tasks run on once the threads handed in what they
         # have (what they did is then done, however fast the machine is), and the tasks
         # waiting for any other thread have their reports
-        return self.slow() and self.handed_in() and not self.fast_threads_busy()
+        return self.late() and self.handed_in() and not self.fast_threads_busy()
 
     def time_waits_for_threads(self) -> bool:
         """Whether virtual time stands still for threads at work: while one works, unless they
@@ -1543,11 +1573,14 @@ class _Queue:
         and a real loop's clock runs on while the thread waits. With no such timer the run
         waits for the thread in real time, up to ``thread_timeout``. While the threads
         outlast a timer that has yet to fall due (:meth:`slow`), only until they handed in
-        what they have, if a task is runnable (held back till then)."""
+        what they have, if a task is runnable (held back till then); once it fell due, while
+        they are late (:meth:`late`)."""
         if not self.threads_busy():
             return False
         if self.slow():
             return (bool(self.held()) and not self.handed_in()) or self.fast_threads_busy()
+        if self.late():
+            return True  # they took longer than the timer: no later one falls due before them
         return not (self.thread_stalled() and self.run._next_timer() is not None)
 
     def thread_stalled(self) -> bool:
@@ -2143,6 +2176,10 @@ class _AsyncioQueue(_Queue):
             )
         self.readyq: _AsyncioReady | None = None
         self.admitted = False  # arrivals let in since the last iteration began
+
+    # The loop runs a thread's call back outside the task waiting for the thread (trio runs
+    # it as a step of that task, which the strategy chooses among the others)
+    late_after_timer = True
 
     def handed_in(self) -> bool:
         return self.report_order(every=True) is not None
