@@ -315,6 +315,16 @@ class PhysicalMemory:
             InvalidError: ``EINVAL``: the range is not inside the memory, or is longer than
                 256 MiB (read a larger range in parts).
         """
+        if type(addr) is int and type(length) is int:
+            offset = addr - self.base
+            within = offset & (PAGE_SIZE - 1)
+            # within one page of the memory: most reads (a device's, a probe's)
+            if offset >= 0 and 0 <= length <= PAGE_SIZE - within and offset + length <= self.size:
+                with self._lock:
+                    backing = self._pages.get(offset >> PAGE_SHIFT)
+                    return bytes(
+                        backing[within : within + length] if backing is not None else length
+                    )
         self._span(addr, length, "read")
         if length > MAX_READ:
             raise InvalidError(
@@ -322,11 +332,6 @@ class PhysicalMemory:
                 f"({MAX_READ:#x}); read it in parts"
             )
         offset = addr - self.base
-        page, within = divmod(offset, PAGE_SIZE)
-        if within + length <= PAGE_SIZE:  # within one page: most reads (a device's, a probe's)
-            with self._lock:
-                backing = self._pages.get(page)
-                return bytes(backing[within : within + length] if backing is not None else length)
         out = bytearray()
         with self._lock:
             while length:
@@ -344,13 +349,17 @@ class PhysicalMemory:
             raise InvalidError(
                 f"physical memory: write data must be bytes-like, not {type(data).__name__}"
             )
-        self._span(addr, len(data), "write")
+        length = len(data)
+        if type(addr) is int:
+            offset = addr - self.base
+            within = offset & (PAGE_SIZE - 1)
+            # within one page of the memory: most writes (a device's, a probe's)
+            if offset >= 0 and 0 < length <= PAGE_SIZE - within and offset + length <= self.size:
+                with self._lock:
+                    self._backing(offset >> PAGE_SHIFT, offset)[within : within + length] = data
+                return
+        self._span(addr, length, "write")
         offset = addr - self.base
-        page, within = divmod(offset, PAGE_SIZE)
-        if 0 < len(data) <= PAGE_SIZE - within:  # within one page: most writes
-            with self._lock:
-                self._backing(page, offset)[within : within + len(data)] = data
-            return
         view = memoryview(data)
         with self._lock:
             while view:

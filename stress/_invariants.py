@@ -60,6 +60,9 @@ def _prune(world: World) -> None:
     an operation complete), so the pools hold only live objects."""
     world.physes[:] = [phys for phys in world.physes if not phys.freed]
     world.reservations[:] = [res for res in world.reservations if not res.unreserved]
+    for known in (world.extents, world.written):
+        for phys in [phys for phys in known if phys.freed]:
+            del known[phys]
 
 
 def check_quiescent(world: World) -> None:

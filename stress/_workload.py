@@ -18,7 +18,6 @@ import random
 import time
 import traceback
 import warnings
-import weakref
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -177,14 +176,12 @@ class World:
         self.physes: list[avcm.Phys] = []
         self.reservations: list[avcm.Res] = []
         self.names: dict[object, str] = {}
-        self.extents: weakref.WeakKeyDictionary[avcm.Phys, list[tuple[int, int]]] = (
-            weakref.WeakKeyDictionary()
-        )
-        # per live phys, the bytes the harness wrote last at a few offsets (data checks and
-        # probes): nothing else may change them while the phys lives
-        self.written: weakref.WeakKeyDictionary[avcm.Phys, dict[int, bytes]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Per phys, its extents (computed once), and the bytes the harness wrote last at a
+        # few offsets (data checks and probes): nothing else may change them while the phys
+        # lives. Plain dicts, a probe reads both (a weak one makes a reference at each look
+        # up): a phys's entries go once it is freed, at the next quiescent point (_prune).
+        self.extents: dict[avcm.Phys, list[tuple[int, int]]] = {}
+        self.written: dict[avcm.Phys, dict[int, bytes]] = {}
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         # per context, the sum of its counts in held: what its activation count must be
         self.held_in: Counter[avcm.Vcm] = Counter()
