@@ -65,9 +65,11 @@ class PageTableMmu:
         self.latency, self.faults, self.name = driver_options(latency, faults, name, "mmu")
         self.orders = check_orders(orders, f"{name} orders")
         self.memory = resolve_memory(memory, name)
-        # vaddr -> (paddr, order): a page is aligned to its size, so the entry covering an
-        # address starts at that address rounded down to one of the orders' sizes
-        self._entries: dict[int, tuple[int, int]] = {}
+        # vaddr -> (vaddr, paddr, size), as hardware_mappings shows it: a page is aligned to
+        # its size, so the entry covering an address starts at that address rounded down to
+        # one of the orders' sizes
+        self._entries: dict[int, tuple[int, int, int]] = {}
+        self._sizes = tuple(avcm.PAGE_SIZE << order for order in self.orders)
         # (order, vaddr >> (PAGE_SHIFT + order)) -> how many entries start in that block, for
         # each order but 0: whether a large page would cover an entry already there
         self._starts_in: Counter[tuple[int, int]] = Counter()
@@ -96,13 +98,12 @@ class PageTableMmu:
         self._flushes += 1
 
     def _covering(self, vaddr: int) -> tuple[int, int, int] | None:
-        """The entry whose page contains *vaddr*, as (vaddr, paddr, order)."""
+        """The entry whose page contains *vaddr*, as (vaddr, paddr, size)."""
         entries = self._entries
-        for order in self.orders:
-            start = vaddr & -(avcm.PAGE_SIZE << order)
-            entry = entries.get(start)
-            if entry is not None and entry[1] == order:
-                return start, entry[0], order
+        for size in self._sizes:
+            entry = entries.get(vaddr & -size)
+            if entry is not None and entry[2] == size:
+                return entry
         return None
 
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
@@ -120,7 +121,7 @@ class PageTableMmu:
             or (order, vaddr >> (avcm.PAGE_SHIFT + order)) in starts_in
         ):
             raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
-        self._entries[vaddr] = (paddr, order)
+        self._entries[vaddr] = (vaddr, paddr, size)
         self._mappings = None
         for block_order in self._block_orders:
             block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
@@ -131,7 +132,7 @@ class PageTableMmu:
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         self.faults.check("pte_clear", self.name)
         await self.latency.sleep("pte_clear", self)
-        if self._entries.get(vaddr) != (paddr, order):
+        if self._entries.get(vaddr) != (vaddr, paddr, avcm.PAGE_SIZE << order):
             raise avcm.InvalidError(
                 f"{self.name}: no entry {vaddr:#x} -> {paddr:#x} of order {order} to remove"
             )
@@ -221,11 +222,8 @@ class PageTableMmu:
         # sorted once per change of the table: the checks read it at every quiescent point
         if self._mappings is None:
             entries = self._entries
-            mappings = []
-            for vaddr in sorted(entries):  # ints: sorting them is quicker than the triples
-                paddr, order = entries[vaddr]
-                mappings.append((vaddr, paddr, avcm.PAGE_SIZE << order))
-            self._mappings = mappings
+            # the addresses: sorting ints is quicker than the triples
+            self._mappings = list(map(entries.__getitem__, sorted(entries)))
         return list(self._mappings)
 
     def statistics(self) -> PageTableStatistics:

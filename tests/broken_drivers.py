@@ -164,7 +164,7 @@ class ReadOnlyAgainPageTable(drivers.PageTableMmu):
         self.read_only: set[int] = set()
 
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
-        views = {entry_paddr for entry_paddr, _ in self._entries.values()}
+        views = {entry_paddr for _, entry_paddr, _ in self._entries.values()}
         await super().activate_page(vaddr, paddr, order, vcm)
         if paddr in views:
             self.read_only.add(vaddr)
