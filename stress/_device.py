@@ -85,7 +85,8 @@ class DevicePages:
             if page >= start
         ]
         pages = dict.fromkeys([_page(start), *edges, _page(end - 1)] if size else [start])
-        pages.update(dict.fromkeys(p for p in self.recent(ctx) if start <= p < end))
+        recent = self._pages.get(ctx.vcm, ())
+        pages.update(dict.fromkeys([page for page in recent if start <= page < end]))
         return list(pages)
 
     def pattern(self) -> bytes:

@@ -104,7 +104,7 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
     whole.) Everything else is held to the contract: a context's hardware is on iff its count
     says so (rule 4), and while on it maps every bound reservation.
     """
-    views = []
+    views: list[tuple[Context, avcm.Res]] = []
     for ctx in world.contexts:
         if not ctx.has_device:
             continue
@@ -127,9 +127,14 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
                 )
             if not active:
                 continue
-        for res in ctx.vcm.reservations():
-            if res.phys is phys and not (in_flux and res in in_flux):
-                views.append((ctx, res))
+        if in_flux:
+            views += [
+                (ctx, res)
+                for res in ctx.vcm.reservations()
+                if res.phys is phys and res not in in_flux
+            ]
+        else:
+            views += [(ctx, res) for res in ctx.vcm.reservations() if res.phys is phys]
     return views
 
 
