@@ -167,6 +167,9 @@ WRITES_KEPT = 8  # per phys, the harness's last writes that are checked to stay
 def read_phys(world: World, phys: avcm.Phys, offset: int, length: int) -> bytes:
     """*length* bytes of *phys* from *offset*, from physical memory, piece by piece through
     its extents (a range across a part boundary reads each part)."""
+    address = physical_address(world, phys, offset)
+    if address % avcm.PAGE_SIZE + length <= avcm.PAGE_SIZE:  # within a page: most reads
+        return world.memory.read(address, length)
     data = b""
     while len(data) < length:
         address = physical_address(world, phys, offset + len(data))
@@ -178,7 +181,10 @@ def read_phys(world: World, phys: avcm.Phys, offset: int, length: int) -> bytes:
 def wrote(world: World, phys: avcm.Phys, offset: int, data: bytes) -> None:
     """The harness wrote *data* at *offset* of *phys*: it stays there until the harness
     writes over it (the earlier writes it overlaps are forgotten) or the phys is freed."""
-    kept = world.written.setdefault(phys, {})
+    kept = world.written.get(phys)
+    if kept is None:
+        world.written[phys] = {offset: data}
+        return
     end = offset + len(data)
     overlapped = [start for start, old in kept.items() if start < end and offset < start + len(old)]
     for start in overlapped:
