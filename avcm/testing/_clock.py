@@ -370,6 +370,16 @@ def ordered_mock_clock() -> trio.testing.MockClock:
     return clock
 
 
+@functools.cache
+def _trio_run_module() -> Any:
+    """trio's run loop module, imported once: an import statement in a function costs a
+    look up through importlib's Python code at each call, and a sleep in place is asked at
+    every latency sleep of a driver."""
+    from trio._core import _run
+
+    return _run
+
+
 def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], delay: float) -> bool:
     """:meth:`VirtualTimeEventLoop.sleep_in_place` on trio: let *delay* seconds pass for the
     running task without leaving it, if ``trio.sleep(delay)`` could not let anything else
@@ -388,8 +398,7 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], de
     found), and without it nothing
     is done."""
     try:
-        from trio._core import _run
-
+        _run = _trio_run_module()
         runner = _run.GLOBAL_RUN_CONTEXT.runner
         task = _run.GLOBAL_RUN_CONTEXT.task
         if (
@@ -409,7 +418,9 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], de
             or not getattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
         ):
             return False
-        deadline = clock.current_time() + delay  # trio.sleep's: sleep_until(now + delay)
+        # trio.sleep's: sleep_until(now + delay), now being what current_time() returns for
+        # a clock at rate 0 (checked above) without reading the real clock to scale it by 0
+        deadline = clock._virtual_base + delay
         if runner.deadlines.next_deadline() <= deadline:
             return False
         # the run's own wake-up socket is always read (a call queued from a thread)
