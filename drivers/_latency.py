@@ -1,7 +1,8 @@
 """The latency model every sample driver shares: a delay per operation, with seeded jitter.
 
-Delays are slept with :func:`anyio.sleep`, so under trio's ``MockClock`` (or the stress
-harness's virtual clock on asyncio) they shape the interleavings without costing wall time.
+Delays are slept as :func:`anyio.sleep` sleeps (the backend's own sleep, called directly), so
+under trio's ``MockClock`` (or the stress harness's virtual clock on asyncio) they shape the
+interleavings without costing wall time.
 The ``"zero"`` profile does not sleep at all: pure framework overhead, for benchmarks.
 """
 
@@ -13,8 +14,6 @@ import math
 import random
 from collections.abc import Mapping
 from typing import Any
-
-import anyio
 
 import avcm
 from avcm.lowlevel import check_int, quote, sync_point
@@ -61,10 +60,10 @@ def _never(delay: float) -> bool:
 
 @functools.cache
 def _trio() -> Any:
-    """``trio.lowlevel``, imported when first needed: only a run on trio needs it."""
+    """``trio``, imported when first needed: only a run on trio needs it."""
     import trio
 
-    return trio.lowlevel
+    return trio
 
 
 class Latency:
@@ -127,8 +126,8 @@ class Latency:
             # moves the clock in place: the same run, without two loop iterations
             loop = asyncio._get_running_loop()
             if loop is None:  # trio: avcm.testing's clock has the same
-                clock = _trio().current_clock()
-                if not getattr(clock, "sleep_in_place", _never)(delay):
-                    await anyio.sleep(delay)
+                trio = _trio()
+                if not getattr(trio.lowlevel.current_clock(), "sleep_in_place", _never)(delay):
+                    await trio.sleep(delay)  # what anyio.sleep awaits, without finding it
             elif not getattr(loop, "sleep_in_place", _never)(delay):
                 await asyncio.sleep(delay)  # what anyio.sleep awaits, without finding it
