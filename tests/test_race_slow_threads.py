@@ -982,3 +982,96 @@ def test_a_watcher_sees_every_stage_of_a_thread_that_outlasts_its_timer(
         assert result.schedules == result.distinct_schedules == 8
     assert seen[:8] == seen[8:]
     assert sorted(seen[:8]) == [0, 0, 1, 1, 2, 2, 2, 2]
+
+
+async def count_while_a_thread_outlasts(run: testing.Run) -> None:
+    """A correct program: a poller changes its state at every step (it counts) until the
+    other task, whose thread call has a deadline, is done with it either way."""
+    state = {"done": False, "polls": 0}
+
+    async def caller() -> None:
+        with anyio.move_on_after(1):
+            await anyio.to_thread.run_sync(time.sleep, 0)
+        state["done"] = True
+
+    async def poller() -> None:
+        while not state["done"]:
+            state["polls"] += 1
+            await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(caller, poller):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_late_past_its_timer_comes_in_within_the_step_budget(
+    backend: str, strategy: str
+) -> None:
+    # asyncio: once the deadline fell due, the thread's report waited for no task to run,
+    # and a poller whose state changes at every step runs all along: StepBudgetError
+    result = testing.explore(
+        count_while_a_thread_outlasts,
+        strategy=strategies_with_slow_threads()[strategy](),
+        schedules=20,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+async def nested_deadlines(run: testing.Run, *, seen: list[str]) -> None:
+    """One thread call under two deadlines, 1 s and 2 s: *seen* gets, per schedule, when the
+    call returned and which deadlines fell due."""
+
+    async def caller() -> None:
+        with anyio.move_on_after(2) as outer, anyio.move_on_after(1) as inner:
+            await anyio.to_thread.run_sync(time.sleep, 0.0005)
+        seen.append(f"{anyio.current_time():g} {inner.cancel_called:d}{outer.cancel_called:d}")
+
+    (outcome,) = await run.concurrently(caller)
+    outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_may_outlast_a_second_timer_after_the_first(backend: str) -> None:
+    # asyncio: the thread, late past the first deadline, was never asked about the second
+    seen: list[str] = []
+    result = testing.explore(
+        partial(nested_deadlines, seen=seen),
+        strategy=testing.Exhaustive(0, slow_threads=2),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None
+    assert sorted(seen) == ["0 00", "1 10", "2 11"]
+
+
+async def thread_call_in_a_call_back(run: testing.Run) -> None:
+    """A correct program: a thread calls back into the loop, and the call back waits for a
+    thread call of its own."""
+
+    async def inner() -> int:
+        return await anyio.to_thread.run_sync(lambda: 7)
+
+    def work() -> int:
+        return anyio.from_thread.run(inner)
+
+    async def caller() -> None:
+        assert await anyio.to_thread.run_sync(work) == 7
+
+    async def other() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(caller, other):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_back_may_wait_for_a_thread_of_its_own(backend: str, strategy: str) -> None:
+    # trio: the task, running the call back, was taken as waiting for trio's answer to its
+    # first thread, not for the second thread: DeadlockError at schedule 0
+    for make in (lambda: testing.PCT(0), strategies_with_slow_threads()[strategy]):
+        result = testing.explore(
+            thread_call_in_a_call_back, strategy=make(), schedules=10, backend=backend
+        )
+        assert result.failure is None, result.failure.report()

@@ -718,8 +718,9 @@ class Run:
         time = self._step_time()
         if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
             time = self._spin(time)
-        # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks)
-        slow = self._queue is not None and self._queue.slow()
+        # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks, and
+        # once it fell due, as long again at the most: see _outspun)
+        slow = self._queue is not None and self._queue.late()
         still = min(self.max_steps, _SLOW_STEPS) if slow else self.max_steps
         if self._still(time) and self._still_steps >= still:
             time = self._outspun(time)
@@ -886,6 +887,13 @@ class Run:
         this is asked after as many), and a spin with no timer pending is a livelock."""
         queue = self._queue
         assert queue is not None
+        if queue.late() and not queue.slow():
+            # threads late past a timer they outlasted (_Queue.late) took _SLOW_STEPS steps
+            # of the tasks longer, whatever progress those made: what they hand the loop
+            # comes in now, and no later timer falls due before it
+            queue.settle(spin=True)
+            self._still_steps = 0
+            return time
         # (threads that outlast a timer took longer than _SLOW_STEPS steps of the tasks: its
         # timer falls due meanwhile, whatever progress they made)
         if not (self._spinning or queue.slow()) or not queue.virtual:
@@ -1230,7 +1238,7 @@ class _Queue:
         """Asked where the loop finds nothing ready: if no task can run (none is held back
         either), or the tasks only *spin*, threads late past a timer they outlasted
         (:meth:`late`) are waited for as any: what they hand the loop comes in now."""
-        if self.slow_until is None and (spin or not self.held()):
+        if not self.slow() and (spin or not self.held()):  # (slow: the timer may have fallen due)
             self.slow_waits = {}
 
     def thread_waiting(
@@ -1907,13 +1915,25 @@ class _TrioQueue(_Queue):
         return any(native not in answering for native in waiting)
 
     def _answering(self) -> set[Any]:
-        """The tasks whose worker thread's call back came in and waits for trio's answer."""
+        """The tasks whose worker thread's call back came in and waits for trio's answer: the
+        thread of the task's innermost call (a call back may itself call a thread, which the
+        task then waits for: no answer till that thread is done)."""
         sent = {thread for thread, _ in self.arrived_now()}
-        return {
-            _thread_task(thread)
-            for thread in threading.enumerate()
-            if thread not in sent and _waits_for_answer(thread)
-        }
+        answering = set()
+        for thread in threading.enumerate():
+            if thread in sent or not _waits_for_answer(thread):
+                continue
+            worker = _trio_frame(thread, "worker_fn")
+            register = None if worker is None else worker.f_locals.get("task_register")
+            task = register[0] if isinstance(register, list) and register else None
+            if task is None:
+                continue
+            calls = [
+                call for call in _await_frames(task.coro) if call.f_code.co_name in _THREAD_CALLS
+            ]
+            if calls and calls[-1].f_locals.get("task_register") is register:
+                answering.add(task)
+        return answering
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # a job known by the task it belongs to; one not known: held
