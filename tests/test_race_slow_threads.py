@@ -911,12 +911,6 @@ def test_time_passes_for_what_a_call_back_awaits(
 
 # -- what a run abandoned stays in that run -------------------------------------------------
 
-TRIO_ORPHANS = pytest.mark.xfail(
-    reason="trio: a thread whose call was abandoned on cancel is not waited for once its "
-    "caller left (its calls back come in at steps the machine's speed decides): open",
-    strict=False,
-)
-
 
 async def abandoned_thread_calls_back(
     run: testing.Run, *, tasks: int = 1, sleeps: bool = True, seen: list[int] | None = None
@@ -958,7 +952,7 @@ async def abandoned_thread_calls_back(
 
 
 @pytest.mark.parametrize("sleeps", [True, False], ids=["sleeping-call-back", "plain-call-back"])
-@pytest.mark.parametrize("backend", ["asyncio", pytest.param("trio", marks=TRIO_ORPHANS)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_thread_abandoned_on_cancel_that_calls_back_is_no_false_alarm(
     backend: str, sleeps: bool
 ) -> None:
@@ -975,7 +969,7 @@ def test_a_thread_abandoned_on_cancel_that_calls_back_is_no_false_alarm(
         assert result.failure is None, result.failure.report()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", pytest.param("trio", marks=TRIO_ORPHANS)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_run_ends_once_the_threads_it_abandoned_on_cancel_returned(backend: str) -> None:
     # a thread whose call was abandoned on cancel went on calling back after the run ended:
     # in the next run, at a step the machine's speed decided

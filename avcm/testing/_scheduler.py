@@ -1257,6 +1257,7 @@ class _Queue:
         # the wait stood in the order of waits, kept after the wait ended (see orphans)
         self.calls: dict[Any, tuple[threading.Thread, tuple[int, int, str]]] = {}
         self.reports: set[Any] = set()  # the calls whose thread handed in its report
+        self.threads_seen = False  # whether a task of this run waited for a thread
 
     @property
     def io_timeout(self) -> float:
@@ -1486,6 +1487,7 @@ class _Queue:
                 if isinstance(thread, threading.Thread):
                     self.calls[wait] = (thread, key)
             if seen[1] is not False:
+                self.threads_seen = True
                 found.append((seen[2], seen[1]))
         # a thread whose call was abandoned on cancel works on, its caller gone: waited for as
         # before, in its call's place (see orphans)
@@ -1969,6 +1971,8 @@ class _TrioQueue(_Queue):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
             if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
+            if self._orphans_at_work():
+                return False  # (one whose call was abandoned on cancel, too)
         arrivals = self.take_arrivals()
         last = (sys.maxsize, sys.maxsize, "")
         # stable: else as they came
@@ -1986,10 +1990,48 @@ class _TrioQueue(_Queue):
                 collections.deque.append(entry_queue.queue, job)
         # trio's own task may wait for a wakeup that came when the job was held
         entry_queue.wakeup.wakeup_thread_and_signal_safe()
+        if self.run._outliving:
+            self.run._notify()  # the run waits for threads its tasks left: see _outlive
         return True
 
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
+
+    def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
+        # trio's worker threads serve call after call: one whose call's task register was
+        # cleared (abandoned on cancel, the task gone) while it runs the call or hands its
+        # report in; in no order but the threads' (their calls back name no task either)
+        found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
+        if not self.threads_seen:
+            return found  # (a run that started no thread left none; earlier runs outlived theirs)
+        for thread in threading.enumerate():
+            if thread in _abandoned:
+                continue
+            frame = _trio_frame(thread, "worker_fn")
+            if frame is not None:
+                register = frame.f_locals.get("task_register")
+            else:
+                frame = _trio_frame(thread, "deliver_worker_fn_result")
+                report = frame and frame.f_locals.get("report_back_in_trio_thread_fn")
+                register = next(
+                    (
+                        cell.cell_contents
+                        for cell in getattr(report, "__closure__", None) or ()
+                        if isinstance(cell.cell_contents, list)
+                    ),
+                    None,
+                )
+            if isinstance(register, list) and register == [None]:
+                found.append((thread, (sys.maxsize, sys.maxsize, "")))
+        return found
+
+    def _orphans_at_work(self) -> bool:
+        """Whether a thread whose call was abandoned on cancel is at work: it has not handed
+        the loop a call back or its report, nor waits for trio's answer."""
+        sent = {thread for thread, _ in self.arrived_now()}
+        return any(
+            thread not in sent and not _waits_for_answer(thread) for thread, _ in self.orphans()
+        )
 
     def threads_busy(self) -> bool:
         # A task waiting for a thread that waits for trio's answer to a call back (one trio
@@ -2000,9 +2042,9 @@ class _TrioQueue(_Queue):
             return False
         waiting = self.thread_waiting()
         if not waiting:
-            return False
+            return self._orphans_at_work()
         answering = self._answering()
-        return any(native not in answering for native in waiting)
+        return any(native not in answering for native in waiting) or self._orphans_at_work()
 
     def _answering(self) -> set[Any]:
         """The tasks whose worker thread's call back came in and waits for trio's answer."""
@@ -2093,6 +2135,13 @@ class _TrioQueue(_Queue):
                 register = frame.f_locals.get("task_register")
                 if isinstance(register, list) and register:
                     register[0] = None
+                    # its thread is no orphan to wait for (see orphans): it never returns
+                    _abandoned.update(
+                        thread
+                        for thread in threading.enumerate()
+                        if (worker := _trio_frame(thread, "worker_fn")) is not None
+                        and worker.f_locals.get("task_register") is register
+                    )
                 self.trio.lowlevel.reschedule(native, _Raise(error))  # type: ignore[arg-type]
                 return
 
@@ -2109,7 +2158,9 @@ class _TrioQueue(_Queue):
         if threshold is None:
             return
         if not runnable:
-            if self.time_waits_for_threads():
+            # (what threads handed in comes in before time passes: a call back of a thread
+            # whose call was abandoned on cancel, which no task waits for)
+            if self.time_waits_for_threads() or self.reported():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
