@@ -1257,7 +1257,6 @@ class _Queue:
         # the wait stood in the order of waits, kept after the wait ended (see orphans)
         self.calls: dict[Any, tuple[threading.Thread, tuple[int, int, str]]] = {}
         self.reports: set[Any] = set()  # the calls whose thread handed in its report
-        self.threads_seen = False  # whether a task of this run waited for a thread
 
     @property
     def io_timeout(self) -> float:
@@ -1486,14 +1485,18 @@ class _Queue:
                 seen = known[native] = (wait, thread, key)
                 if isinstance(thread, threading.Thread):
                     self.calls[wait] = (thread, key)
+                elif thread is not False:
+                    self.unnamed_call(native)
             if seen[1] is not False:
-                self.threads_seen = True
                 found.append((seen[2], seen[1]))
         # a thread whose call was abandoned on cancel works on, its caller gone: waited for as
         # before, in its call's place (see orphans)
         found.extend((key, thread) for thread, key in self.orphans())
         found.sort(key=lambda item: item[0])
         return iter([thread for _, thread in found])
+
+    def unnamed_call(self, native: Any) -> None:
+        """*native* was found waiting for a thread its wait does not name."""
 
     def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
         """The worker threads at work on a call of this run that was abandoned on cancel
@@ -1940,6 +1943,9 @@ class _TrioQueue(_Queue):
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
         self.reads = -1  # not counted yet
+        # the task registers of the thread calls seen (trio clears one when the call is
+        # abandoned on cancel): while none is cleared, no thread is an orphan to look for
+        self.registers: list[list[Any]] = []
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
         except AttributeError:  # pragma: no cover - a trio that changed
@@ -1997,13 +2003,22 @@ class _TrioQueue(_Queue):
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
 
+    def unnamed_call(self, native: Any) -> None:
+        for frame in _await_frames(native.coro):
+            register = frame.f_locals.get("task_register")
+            if frame.f_code.co_name == "to_thread_run_sync" and isinstance(register, list):
+                if not any(known is register for known in self.registers):
+                    self.registers.append(register)
+                return
+
     def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
         # trio's worker threads serve call after call: one whose call's task register was
         # cleared (abandoned on cancel, the task gone) while it runs the call or hands its
         # report in; in no order but the threads' (their calls back name no task either)
         found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
-        if not self.threads_seen:
-            return found  # (a run that started no thread left none; earlier runs outlived theirs)
+        if not any(register == [None] for register in self.registers):
+            return found
+        held: list[list[Any]] = []
         for thread in threading.enumerate():
             if thread in _abandoned:
                 continue
@@ -2022,7 +2037,14 @@ class _TrioQueue(_Queue):
                     None,
                 )
             if isinstance(register, list) and register == [None]:
+                held.append(register)
                 found.append((thread, (sys.maxsize, sys.maxsize, "")))
+        # a cleared register no thread holds any more is done with
+        self.registers = [
+            register
+            for register in self.registers
+            if register != [None] or any(register is other for other in held)
+        ]
         return found
 
     def _orphans_at_work(self) -> bool:
