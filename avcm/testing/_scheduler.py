@@ -2523,6 +2523,11 @@ class _AsyncioQueue(_Queue):
         # moment the machine's speed decides. The loop may still be running another thread's
         # call back when this one arrives (tasks outside control run on while threads
         # work): the call comes in when no task can run, with the other thread's report.
+        # A thread whose call was abandoned on cancel, its caller gone, waits for the loop
+        # once it handed its call over: like a thread that is late (see late), it took longer
+        # than its caller's deadline, so the tasks that can run look first.
+        if any(orphan is thread for orphan, _ in self.orphans()):
+            return _call_into(thread, self.loop) == 2
         return _call_into(thread, self.loop) == 2 and all(
             sender is not thread for sender, _ in self.arrived_now()
         )
