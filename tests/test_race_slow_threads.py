@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from types import FrameType
 
 import anyio
 import anyio.lowlevel
@@ -1075,3 +1076,172 @@ def test_a_call_back_may_wait_for_a_thread_of_its_own(backend: str, strategy: st
             thread_call_in_a_call_back, strategy=make(), schedules=10, backend=backend
         )
         assert result.failure is None, result.failure.report()
+
+
+# -- what a run abandoned stays in that run -------------------------------------------------
+
+
+async def abandoned_thread_calls_back(
+    run: testing.Run, *, tasks: int = 1, sleeps: bool = True, seen: list[int] | None = None
+) -> None:
+    """A correct program: a caller waits at most 1 s for a thread abandoned on cancel that
+    calls back into the loop three times (an async call back that sleeps, or a plain one),
+    while other tasks sleep past the deadline and look at what the call backs did. *seen*
+    gets, per schedule, how many call backs had run when the tasks ended."""
+    done = [0]
+
+    async def sleeping() -> None:
+        await anyio.sleep(0.01)
+        done[0] += 1
+
+    def plain() -> None:
+        done[0] += 1
+
+    def work() -> None:
+        for _ in range(3):
+            time.sleep(0.001)
+            if sleeps:
+                anyio.from_thread.run(sleeping)
+            else:
+                anyio.from_thread.run_sync(plain)
+
+    async def caller() -> None:
+        with anyio.move_on_after(1):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def other() -> None:
+        for _ in range(3):
+            await anyio.sleep(0.6)
+            assert 0 <= done[0] <= 3
+
+    for outcome in await run.concurrently(caller, *[other] * (tasks - 1)):
+        outcome.unwrap()
+    if seen is not None:
+        seen.append(done[0])
+
+
+@pytest.mark.parametrize("sleeps", [True, False], ids=["sleeping-call-back", "plain-call-back"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_abandoned_on_cancel_that_calls_back_is_no_false_alarm(
+    backend: str, sleeps: bool
+) -> None:
+    # its calls back came in at steps the machine's speed decided, and in later runs:
+    # Exhaustive raised "not deterministic" on a correct program
+    result = testing.explore(
+        partial(abandoned_thread_calls_back, tasks=3, sleeps=sleeps),
+        strategy=testing.Exhaustive(1, slow_threads=1),
+        schedules=300,
+        limits=testing.Limits(thread_timeout=5),
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_ends_once_the_threads_it_abandoned_on_cancel_returned(backend: str) -> None:
+    # a thread whose call was abandoned on cancel went on calling back after the run ended:
+    # in the next run, at a step the machine's speed decided
+    seen: list[int] = []
+    result = testing.explore(
+        partial(abandoned_thread_calls_back, seen=seen),
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    assert result.schedules > 1 and seen == [3] * result.schedules
+
+
+def test_a_call_back_handed_to_a_run_queue_already_uninstalled_runs() -> None:
+    # asyncio only: trio's worker threads hand their jobs to trio's entry queue, which the
+    # scheduler swaps under its lock. A thread that looked up the loop's ready queue before a
+    # run ended appended its call back there after the run uninstalled it: the call back was
+    # lost and the thread (no daemon) blocked for ever, the process unable to exit.
+    async def main() -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        stale: list[object] = []
+        ran = anyio.Event()
+
+        async def scenario(run: testing.Run) -> None:
+            async def look() -> None:
+                stale.append(loop._ready)  # type: ignore[attr-defined]
+
+            await run.concurrently(look)
+
+        await testing.explore_async(scenario, strategy=testing.Exhaustive(0), schedules=1)
+        handle = asyncio.Handle(ran.set, (), loop)
+        thread = threading.Thread(target=stale[0].append, args=(handle,))  # type: ignore[attr-defined]
+        thread.start()
+        thread.join()
+        with anyio.fail_after(1):
+            await ran.wait()
+
+    testing.run_on_virtual_time("asyncio", main)
+
+
+async def call_back_takes_a_lock(run: testing.Run) -> None:
+    """A thread abandoned on cancel calls back three times into the loop for a lock another
+    task holds for a while. On asyncio, once the caller left, anyio runs such a call back in
+    a task that waits at its first checkpoint for the caller's cancellation, which never
+    comes: it spins for ever, and the thread waits for it as long."""
+    lock = anyio.Lock()
+
+    async def take() -> None:
+        async with lock:
+            pass
+
+    def work() -> None:
+        for _ in range(3):
+            time.sleep(0.001)
+            anyio.from_thread.run(take)
+
+    async def caller() -> None:
+        with anyio.move_on_after(0.05):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def holder() -> None:
+        async with lock:
+            await anyio.sleep(0.1)
+
+    for outcome in await run.concurrently(caller, holder):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_back_that_spins_for_ever_fails_the_run(backend: str) -> None:
+    # asyncio: each schedule left a thread blocked in from_thread.run and its call back
+    # spinning, outside control, into every later run; they piled up and explore slowed to a
+    # halt. trio runs such a call back in its system nursery, uncancelled: it passes there.
+    result = testing.explore(
+        call_back_takes_a_lock,
+        strategy=testing.Exhaustive(1, slow_threads=1),
+        limits=testing.Limits(thread_timeout=5),
+        backend=backend,
+    )
+    if backend == "trio":
+        assert result.exhausted and result.failure is None, (
+            result.failure and result.failure.report()
+        )
+        return
+    failure = result.failure
+    assert failure is not None
+    assert isinstance(failure.error, testing.RunawayError)
+    assert "spins for ever" in str(failure.error)
+    assert failure.timeline.outlasted == 1
+    replayed = testing.replay(call_back_takes_a_lock, failure.token, backend=backend)
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+    assert not threads_calling_back()  # no thread of any run is left calling back
+
+
+def threads_calling_back() -> list[int]:
+    """The threads blocked in a call back into an event loop (anyio's, on asyncio)."""
+    calling = []
+    for ident, frame in sys._current_frames().items():
+        current: FrameType | None = frame
+        while current is not None:
+            if current.f_code.co_name in ("run_async_from_thread", "run_sync_from_thread"):
+                calling.append(ident)
+                break
+            current = current.f_back
+    return calling

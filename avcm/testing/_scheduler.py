@@ -433,6 +433,7 @@ class Run:
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
         self._outlast_chances: list[int] = []  # those it said they do
+        self._outliving = False  # the tasks ended: waiting for threads they left (_outlive)
 
     # -- what the run did -------------------------------------------------------------------
 
@@ -543,7 +544,12 @@ class Run:
                     failure = error
                     queue.release_all()
                     group.cancel_scope.cancel()
+            try:
+                await self._outlive()
+            except BaseException as error:
+                failure = failure or error
         finally:
+            self._outliving = False
             queue.uninstall()
             self._queue = None
         ordered = [outcomes[task.index] for task in tasks if task.index in outcomes]
@@ -595,6 +601,65 @@ class Run:
                 task.done = True
                 queue.forget(task)
                 self._notify()
+
+    async def _outlive(self) -> None:
+        """Once the tasks ended: wait until the worker threads whose calls they abandoned on
+        cancel (:meth:`_Queue.orphans`) handed in their reports, answering their calls back
+        meanwhile as in the run (virtual time passes for what those await), so that nothing a
+        run left acts in a later one. Up to ``thread_timeout`` of real time with nothing
+        moving (:class:`ThreadWaitError`) or ``idle_timeout`` with every call back waiting
+        (a :class:`DeadlockError`); a call back that spins for ever is cancelled and the run
+        fails with a :class:`RunawayError` (:meth:`_cancel_spinners`)."""
+        queue = self._queue
+        assert queue is not None
+        self._outliving = True
+        while queue.orphans():
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            self._wake = wake = anyio.Event()
+            assert self.idle_timeout is not None
+            self._idle_deadline = anyio.current_time() + self.idle_timeout
+            with anyio.CancelScope(deadline=self._idle_deadline):
+                await wake.wait()
+                continue
+            self._wake = self._idle_deadline = None
+            if _next_deadline() is not None or queue.threads_busy():
+                continue
+            for thread, _ in queue.orphans():
+                _abandoned.add(thread)
+            raise DeadlockError(
+                f"deadlock: the tasks ended, but a worker thread whose call they abandoned on "
+                f"cancel waits for a call back into the loop that waits, with no timer "
+                f"pending, for {self.idle_timeout:g} s (Limits.idle_timeout)"
+            )
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _cancel_spinners(self) -> None:
+        """Cancel the tasks outside control that spin for ever (:func:`_spins_for_ever`):
+        anyio's call back into asyncio from a thread whose call was abandoned on cancel, made
+        once its caller's scope was cancelled and left, waits for that cancellation at its
+        first checkpoint, which never comes. A real loop spins on till it ends, and the
+        thread waits as long: a failure of the run, found once its tasks ended, not a hang."""
+        queue = self._queue
+        assert queue is not None
+        spinners = [native for native in queue.native_tasks() if _spins_for_ever(native)]
+        if not spinners:
+            return
+        for native in spinners:
+            native.cancel()
+        if self._error is None and not queue.free:
+            self._fail(
+                RunawayError(
+                    f"a call back into the loop from a worker thread whose call was abandoned "
+                    f"on cancel spins for ever ({len(spinners)} task(s) outside control): "
+                    f"anyio on asyncio runs a call made after its caller's cancel scope was "
+                    f"cancelled and left in a task that waits at its first checkpoint for a "
+                    f"cancellation that never comes, and the thread waits for it as long"
+                )
+            )
 
     def _notify(self) -> None:
         if self._wake is not None:
@@ -965,6 +1030,8 @@ class Run:
             self._queue.wait_io = bool(self._queue.io_waits())
             if task:
                 self._free_spin()
+                if self._outliving:
+                    self._cancel_spinners()
         self._idle_callbacks = 0 if task else self._idle_callbacks + count
         if self._idle_callbacks >= _IDLE_CALLBACKS:
             # Callbacks that wake no task, over and over (anyio's asyncio backend retries a
@@ -1114,6 +1181,32 @@ class Run:
         return "\n".join(lines)
 
 
+def _spins_for_ever(native: Any) -> bool:
+    """Whether an asyncio task spins for ever in anyio's ``checkpoint_if_cancelled``: its
+    cancel scope was left (no cancellation is delivered through it any more) and it, or one
+    it is nested in before a shield, was cancelled. anyio puts a thread's call back into the
+    loop (``from_thread.run``) in the scope of the thread's call: one abandoned on cancel
+    whose caller left."""
+    module = sys.modules.get("anyio._backends._asyncio")
+    if module is None or not any(
+        frame.f_code.co_name == "checkpoint_if_cancelled"
+        and frame.f_globals.get("__name__") == module.__name__
+        for frame in _await_frames(_coro_of(native))
+    ):
+        return False
+    state = getattr(module, "_task_states", {}).get(native)
+    scope = getattr(state, "cancel_scope", None)
+    if scope is None or getattr(scope, "_active", True):
+        return False
+    while scope is not None:
+        if scope.cancel_called:
+            return True
+        if scope.shield:
+            return False
+        scope = scope._parent_scope
+    return False
+
+
 def _cycle(trail: Sequence[object]) -> int | None:
     """The shortest period with which the second half of *trail* repeats (at least three
     times), or None."""
@@ -1170,6 +1263,10 @@ class _Queue:
         self.slow_until: float | None = None
         # the waits for threads that outlast it (and, once it fell due, are late: see late)
         self.slow_waits: dict[Any, object] = {}
+        # each wait for a named thread seen (the call's future, asyncio): the thread and where
+        # the wait stood in the order of waits, kept after the wait ended (see orphans)
+        self.calls: dict[Any, tuple[threading.Thread, tuple[int, int, str]]] = {}
+        self.reports: set[Any] = set()  # the calls whose thread handed in its report
 
     @property
     def io_timeout(self) -> float:
@@ -1422,10 +1519,45 @@ class _Queue:
                 if controlled is None:
                     key = (key[0], key[1], str(getattr(native, "name", "")))
                 seen = known[native] = (wait, thread, key)
+                if isinstance(thread, threading.Thread):
+                    self.calls[wait] = (thread, key)
+                elif thread is not False:
+                    self.unnamed_call(native)
             if seen[1] is not False:
                 found.append((seen[2], seen[1]))
+        # a thread whose call was abandoned on cancel works on, its caller gone: waited for as
+        # before, in its call's place (see orphans)
+        found.extend((key, thread) for thread, key in self.orphans())
         found.sort(key=lambda item: item[0])
         return iter([thread for _, thread in found])
+
+    def unnamed_call(self, native: Any) -> None:
+        """*native* was found waiting for a thread its wait does not name."""
+
+    def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
+        """The worker threads at work on a call of this run that was abandoned on cancel
+        (``abandon_on_cancel=True``; its task left), with where the call stood in the order
+        of waits: they have yet to hand in their report. Each is waited for as if its task
+        still waited (no choice while it works, what it hands the loop comes in when no task
+        can run), and the run does not end before it did (:meth:`Run._outlive`): else its
+        calls back came in at steps the machine's speed decided, or in a later run. (asyncio:
+        anyio's worker threads, known by the call's future; trio runs what such a thread
+        hands in in its system nursery, and its threads report nothing here.)"""
+        found = []
+        for wait, (thread, key) in list(self.calls.items()):
+            done = getattr(wait, "done", None)
+            if not callable(done) or not done():
+                continue  # waited for by its task
+            if (
+                wait in self.reports
+                or not getattr(wait, "cancelled", bool)()
+                or thread in _abandoned
+                or not thread.is_alive()
+            ):
+                del self.calls[wait]
+                continue
+            found.append((thread, key))
+        return found
 
     def thread_waiter(self, *, fast: bool = False) -> _Task | None:
         """The first controlled task (by index) that waits for a worker thread, if any (if
@@ -1511,13 +1643,17 @@ class _Queue:
             and self.waiting_on(native) is wait
             and (thread is True or not self.waits_for_loop(thread))
         ]
-        if not stuck:
+        orphans = [thread for thread, _ in self.orphans() if not self.waits_for_loop(thread)]
+        if not stuck and not orphans:
             return
         lines = [
             f"a worker thread did not report back in {self.run.thread_timeout:g} s of real "
             f"time (Limits.thread_timeout) while virtual time stood still: a thread that "
             f"never returns; the calls waiting for it were abandoned"
         ]
+        for thread in orphans:
+            _abandoned.add(thread)  # (a non-daemon thread: see threads_holding_exit)
+            lines.append(f"  {thread.name}, at work on a call abandoned on cancel")
         for native in stuck:
             controlled = self.tasks.get(native)
             name = (
@@ -1848,6 +1984,9 @@ class _TrioQueue(_Queue):
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
         self.reads = -1  # not counted yet
+        # the task registers of the thread calls seen (trio clears one when the call is
+        # abandoned on cancel): while none is cleared, no thread is an orphan to look for
+        self.registers: list[list[Any]] = []
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
         except AttributeError:  # pragma: no cover - a trio that changed
@@ -1879,6 +2018,8 @@ class _TrioQueue(_Queue):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
             if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
+            if self._orphans_at_work():
+                return False  # (one whose call was abandoned on cancel, too)
         arrivals = self.take_arrivals()
         last = (sys.maxsize, sys.maxsize, "")
         # stable: else as they came
@@ -1896,10 +2037,64 @@ class _TrioQueue(_Queue):
                 collections.deque.append(entry_queue.queue, job)
         # trio's own task may wait for a wakeup that came when the job was held
         entry_queue.wakeup.wakeup_thread_and_signal_safe()
+        if self.run._outliving:
+            self.run._notify()  # the run waits for threads its tasks left: see _outlive
         return True
 
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
+
+    def unnamed_call(self, native: Any) -> None:
+        for frame in _await_frames(native.coro):
+            register = frame.f_locals.get("task_register")
+            if frame.f_code.co_name == "to_thread_run_sync" and isinstance(register, list):
+                if not any(known is register for known in self.registers):
+                    self.registers.append(register)
+                return
+
+    def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
+        # trio's worker threads serve call after call: one whose call's task register was
+        # cleared (abandoned on cancel, the task gone) while it runs the call or hands its
+        # report in; in no order but the threads' (their calls back name no task either)
+        found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
+        if not any(register == [None] for register in self.registers):
+            return found
+        held: list[list[Any]] = []
+        for thread in threading.enumerate():
+            if thread in _abandoned:
+                continue
+            frame = _trio_frame(thread, "worker_fn")
+            if frame is not None:
+                register = frame.f_locals.get("task_register")
+            else:
+                frame = _trio_frame(thread, "deliver_worker_fn_result")
+                report = frame and frame.f_locals.get("report_back_in_trio_thread_fn")
+                register = next(
+                    (
+                        cell.cell_contents
+                        for cell in getattr(report, "__closure__", None) or ()
+                        if isinstance(cell.cell_contents, list)
+                    ),
+                    None,
+                )
+            if isinstance(register, list) and register == [None]:
+                held.append(register)
+                found.append((thread, (sys.maxsize, sys.maxsize, "")))
+        # a cleared register no thread holds any more is done with
+        self.registers = [
+            register
+            for register in self.registers
+            if register != [None] or any(register is other for other in held)
+        ]
+        return found
+
+    def _orphans_at_work(self) -> bool:
+        """Whether a thread whose call was abandoned on cancel is at work: it has not handed
+        the loop a call back or its report, nor waits for trio's answer."""
+        sent = {thread for thread, _ in self.arrived_now()}
+        return any(
+            thread not in sent and not _waits_for_answer(thread) for thread, _ in self.orphans()
+        )
 
     def threads_busy(self) -> bool:
         # A task waiting for a thread that waits for trio's answer to a call back (one trio
@@ -1910,9 +2105,9 @@ class _TrioQueue(_Queue):
             return False
         waiting = self.thread_waiting()
         if not waiting:
-            return False
+            return self._orphans_at_work()
         answering = self._answering()
-        return any(native not in answering for native in waiting)
+        return any(native not in answering for native in waiting) or self._orphans_at_work()
 
     def _answering(self) -> set[Any]:
         """The tasks whose worker thread's call back came in and waits for trio's answer: the
@@ -2015,6 +2210,13 @@ class _TrioQueue(_Queue):
                 register = frame.f_locals.get("task_register")
                 if isinstance(register, list) and register:
                     register[0] = None
+                    # its thread is no orphan to wait for (see orphans): it never returns
+                    _abandoned.update(
+                        thread
+                        for thread in threading.enumerate()
+                        if (worker := _trio_frame(thread, "worker_fn")) is not None
+                        and worker.f_locals.get("task_register") is register
+                    )
                 self.trio.lowlevel.reschedule(native, _Raise(error))  # type: ignore[arg-type]
                 return
 
@@ -2031,7 +2233,9 @@ class _TrioQueue(_Queue):
         if threshold is None:
             return
         if not runnable:
-            if self.time_waits_for_threads():
+            # (what threads handed in comes in before time passes: a call back of a thread
+            # whose call was abandoned on cancel, which no task waits for)
+            if self.time_waits_for_threads() or self.reported():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
@@ -2093,9 +2297,19 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.iteration = 0  # of the loop: a task held during one is chosen from the next on
         self.choose = False  # whether this iteration ends with a chosen task's step
         self.task_ran = True  # whether this iteration (so far) resumed a task
+        self.successor: collections.deque[Any] | None = None  # the loop's queue once uninstalled
 
     def append(self, handle: Any) -> None:
+        successor = self.successor
+        if successor is not None:
+            # uninstalled: a thread that looked up the loop's queue before it was swapped
+            # appends here after the swap, and its call back would be lost (the thread, no
+            # daemon, blocked for ever in it)
+            successor.append(handle)
+            return
         queue = self.queue
+        if getattr(getattr(handle, "_callback", None), "__name__", "") == "_report_result":
+            queue.reports.add(handle._args[0])  # anyio's worker: the call's future
         if threading.get_ident() != queue.thread and not queue.free:
             # call_soon_threadsafe: a thread's report (a worker thread's result, a process's
             # exit) comes in when no task can run, not at whatever step it happens to arrive
@@ -2148,6 +2362,18 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         for handle in handles[1:]:  # not seen so far; run them after it, in order
             super().append(handle)
         return handles[0]
+
+
+def _move_to_front(source: collections.deque[Any], target: collections.deque[Any]) -> None:
+    """Move what *source* holds to the front of *target*, in order (plain deque operations,
+    each atomic: threads may append to either meanwhile)."""
+    moved = []
+    while True:
+        try:
+            moved.append(collections.deque.popleft(source))
+        except IndexError:
+            break
+    collections.deque.extendleft(target, reversed(moved))
 
 
 def _live(task: _Task) -> bool:
@@ -2233,6 +2459,8 @@ class _AsyncioQueue(_Queue):
                 self.called_back(thread)
             collections.deque.append(self.readyq, handle)  # type: ignore[arg-type]
         arrived = True
+        if self.run._outliving:
+            self.run._notify()  # the run waits for threads its tasks left: see _outlive
         # the iteration that runs them makes no choice: whether they came in at a poll or
         # when a thread was found waiting for the loop, the steps after are the same
         self.admitted = self.admitted or arrived
@@ -2241,8 +2469,12 @@ class _AsyncioQueue(_Queue):
     @classmethod
     def install(cls, run: Run) -> _AsyncioQueue:
         queue = cls(run)
-        queue.readyq = _AsyncioReady(queue, queue.loop._ready)  # type: ignore[attr-defined]
+        # swapped first, then what was ready moved in before anything appended since: a
+        # thread appending between a copy and the swap was lost
+        ready: collections.deque[Any] = queue.loop._ready  # type: ignore[attr-defined]
+        queue.readyq = _AsyncioReady(queue, ())
         queue.loop._ready = queue.readyq  # type: ignore[attr-defined]
+        _move_to_front(ready, queue.readyq)
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(queue.loop, VirtualTimeEventLoop):
@@ -2311,6 +2543,11 @@ class _AsyncioQueue(_Queue):
         # moment the machine's speed decides. The loop may still be running another thread's
         # call back when this one arrives (tasks outside control run on while threads
         # work): the call comes in when no task can run, with the other thread's report.
+        # A thread whose call was abandoned on cancel, its caller gone, waits for the loop
+        # once it handed its call over: like a thread that is late (see late), it took longer
+        # than its caller's deadline, so the tasks that can run look first.
+        if any(orphan is thread for orphan, _ in self.orphans()):
+            return _call_into(thread, self.loop) == 2
         return _call_into(thread, self.loop) == 2 and all(
             sender is not thread for sender, _ in self.arrived_now()
         )
@@ -2394,8 +2631,12 @@ class _AsyncioQueue(_Queue):
 
     def uninstall(self) -> None:
         self.release_all()
-        assert self.readyq is not None
-        self.loop._ready = collections.deque(collections.deque.__iter__(self.readyq))  # type: ignore[attr-defined]
+        readyq = self.readyq
+        assert readyq is not None
+        ready: collections.deque[Any] = collections.deque()
+        readyq.successor = ready  # from here on, what a thread appends goes there
+        self.loop._ready = ready  # type: ignore[attr-defined]
+        _move_to_front(readyq, ready)
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(self.loop, VirtualTimeEventLoop):
