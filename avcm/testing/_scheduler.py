@@ -1226,6 +1226,7 @@ _THREAD_STALL = 1.0  # seconds of real time threads may keep the run still befor
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
+_OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: after every controlled
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
 _SPIN_QUANTUM = 1e-3  # seconds: the spin rule's first move of a clock that tasks read
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
@@ -1249,6 +1250,9 @@ class _Queue:
             Any, tuple[object, threading.Thread | bool, tuple[int, int, str]]
         ] = {}
         self.scans = 0  # looks at the tasks' waits so far
+        # tasks outside control, numbered in the order they were first scheduled (in the run's
+        # order: the loop's set of tasks iterates in an order memory addresses decide)
+        self.births: dict[Any, int] = {}
         self.thread_progress = -1  # the run's loop steps when a thread poll last looked
         self.thread_since = 0.0  # since when (real time) nothing moved while threads work
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
@@ -1502,8 +1506,8 @@ class _Queue:
 
     def waited_threads(self) -> Iterator[threading.Thread | bool]:
         """The worker thread each task waiting for one waits for (True: not named), in the
-        order their calls were first seen (ties: controlled tasks by index, then others by
-        name), which does not depend on the machine."""
+        order their calls were first seen (ties: controlled tasks by index, then others in the
+        order they were first scheduled), which does not depend on the machine."""
         known = self.thread_waits
         found: list[tuple[tuple[int, int, str], threading.Thread | bool]] = []
         self.scans += 1
@@ -1515,9 +1519,12 @@ class _Queue:
             if seen is None or seen[0] is not wait:
                 thread = _waits_for_thread(_coro_of(native))
                 controlled = self.tasks.get(native)
-                key = (self.scans, sys.maxsize if controlled is None else controlled.index, "")
-                if controlled is None:
-                    key = (key[0], key[1], str(getattr(native, "name", "")))
+                if controlled is not None:
+                    key = (self.scans, controlled.index, "")
+                else:  # (one scheduled before the run began: by name)
+                    birth = self.births.get(native)
+                    place = sys.maxsize if birth is None else _OUTSIDE + birth
+                    key = (self.scans, place, str(getattr(native, "name", "")))
                 seen = known[native] = (wait, thread, key)
                 if isinstance(thread, threading.Thread):
                     self.calls[wait] = (thread, key)
@@ -1795,6 +1802,8 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
         queue = self.queue
         controlled = None if queue.free else queue.tasks.get(task)
         if controlled is None:
+            if task not in queue.births:
+                queue.births[task] = len(queue.births)
             super().append(task)
             return
         controlled.held = True
@@ -2315,8 +2324,11 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             # exit) comes in when no task can run, not at whatever step it happens to arrive
             queue.arrived.append((threading.current_thread(), handle))
             return
-        controlled = None if queue.free else queue.tasks.get(_handle_task(handle))
+        native = None if queue.free else _handle_task(handle)
+        controlled = queue.tasks.get(native)
         if controlled is None:
+            if native is not None and native not in queue.births:
+                queue.births[native] = len(queue.births)
             super().append(handle)
             return
         if not controlled.handles:
