@@ -156,6 +156,8 @@ class _VirtualSelector(selectors.DefaultSelector):
             waits = outside.time_waits_for_threads()
             if waits:
                 outside.outlast_timer()
+                # threads that now outlast the next timer are not waited for: it falls due
+                waits = outside.time_waits_for_threads()
             # nothing could run: what threads reported comes in now (or came in while the
             # loop asked about them: a thread's call back into it)
             if outside.let_in() or outside.came_in():

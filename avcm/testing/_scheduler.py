@@ -1870,6 +1870,10 @@ class _TrioIO:
             busy = queue.time_waits_for_threads()
             if busy:
                 queue.outlast_timer()
+                if not queue.time_waits_for_threads():
+                    # the threads now outlast the next timer: not waited for, it falls due
+                    # (trio's clock jumps to it once this poll is over)
+                    busy, wait = False, 0.0
             if queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
