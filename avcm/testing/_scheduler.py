@@ -2321,13 +2321,16 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             successor.append(handle)
             return
         queue = self.queue
-        if getattr(getattr(handle, "_callback", None), "__name__", "") == "_report_result":
-            queue.reports.add(handle._args[0])  # anyio's worker: the call's future
-        if threading.get_ident() != queue.thread and not queue.free:
-            # call_soon_threadsafe: a thread's report (a worker thread's result, a process's
-            # exit) comes in when no task can run, not at whatever step it happens to arrive
-            queue.arrived.append((threading.current_thread(), handle))
-            return
+        if threading.get_ident() != queue.thread:
+            # (anyio's worker reports from its thread: not looked for in the loop's appends)
+            if getattr(getattr(handle, "_callback", None), "__name__", "") == "_report_result":
+                queue.reports.add(handle._args[0])  # the call's future
+            if not queue.free:
+                # call_soon_threadsafe: a thread's report (a worker thread's result, a
+                # process's exit) comes in when no task can run, not at whatever step it
+                # happens to arrive
+                queue.arrived.append((threading.current_thread(), handle))
+                return
         native = None if queue.free else _handle_task(handle)
         controlled = queue.tasks.get(native)
         if controlled is None:
