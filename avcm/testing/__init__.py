@@ -98,7 +98,7 @@ from ._strategies import (
     Strategy,
 )
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import CALLED_BACK, TIMER_FIRST, ReplayToken
+from ._token import TIMER_FIRST, ReplayToken
 
 __all__ = [
     "BACKENDS",
@@ -119,7 +119,6 @@ __all__ = [
     "PORTFOLIO",
     "ProgressCallback",
     "SCENARIOS",
-    "CALLED_BACK",
     "Chooser",
     "Cluster",
     "ClusterError",

@@ -94,7 +94,7 @@ from ._errors import (
 )
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import CALLED_BACK, TIMER_FIRST
+from ._token import TIMER_FIRST
 
 __all__ = ["TRIO_VERSIONS", "Run"]
 
@@ -225,6 +225,27 @@ def _thread_task(thread: threading.Thread) -> Any:
     return register[0] if isinstance(register, list) and register else None
 
 
+def _register_of(thread: threading.Thread) -> list[Any] | None:
+    """The task register of the call a trio worker *thread* runs, or hands its report of in
+    (the register its call's task is in, ``[None]`` once the call was abandoned on cancel), or
+    None."""
+    frame = _trio_frame(thread, "worker_fn")
+    if frame is not None:
+        register = frame.f_locals.get("task_register")
+    else:
+        frame = _trio_frame(thread, "deliver_worker_fn_result")
+        report = frame and frame.f_locals.get("report_back_in_trio_thread_fn")
+        register = next(
+            (
+                cell.cell_contents
+                for cell in getattr(report, "__closure__", None) or ()
+                if isinstance(cell.cell_contents, list)
+            ),
+            None,
+        )
+    return register if isinstance(register, list) else None
+
+
 def _job_task(job: Any) -> Any:
     """The trio task a job a thread handed trio wakes (a call's result, a call back), or None:
     the task its call registered, held in the job's closure."""
@@ -353,6 +374,7 @@ def _fingerprint(value: object, depth: int = 1) -> object:
 
 class _Task:
     __slots__ = (
+        "call_backs",
         "done",
         "handles",
         "held",
@@ -373,6 +395,9 @@ class _Task:
         self.held = False  # runnable, held back by the scheduler
         self.held_at = 0  # asyncio: the loop's iteration in which it was held
         self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
+        # calls back into the loop from the worker thread it waits for, held till it is chosen
+        # (the thread, and what it handed the loop: see _Queue.hold_call_back)
+        self.call_backs: list[tuple[threading.Thread, Any]] = []
         self.done = False
         self.point: str | None = "task.start"  # the last sync point passed in this step
         self.obj: object = None
@@ -444,17 +469,10 @@ class Run:
     @property
     def decisions(self) -> tuple[int, ...]:
         """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*,
-        :data:`TIMER_FIRST` where threads at work outlasted the next timer,
-        :data:`CALLED_BACK` where a thread's call back into the loop came in): what a replay
+        :data:`TIMER_FIRST` where threads at work outlasted the next timer): what a replay
         token records."""
         return tuple(
-            TIMER_FIRST
-            if step.outlasted
-            else CALLED_BACK
-            if step.called_back
-            else -1 - step.task
-            if step.injected
-            else step.task
+            TIMER_FIRST if step.outlasted else -1 - step.task if step.injected else step.task
             for step in self._steps
         )
 
@@ -744,31 +762,6 @@ class Run:
             return False
         return True
 
-    def _called_back(self, task: _Task) -> None:
-        """A call back into the loop from the worker thread *task* waits for came in, which
-        the loop runs, not the task: a step of its own, in the task's column. No choice, and
-        none of the step budget's (a thread may call back as often as it likes while virtual
-        time stands still); it tells each chance for the thread to outlast the next timer
-        after a call back from the one before it, in the run and in its token."""
-        step = len(self._steps)
-        self._steps.append(
-            Step(
-                index=step,
-                task=task.index,
-                point="thread",
-                operation="calls back",
-                time=self._step_time(),
-                called_back=True,
-            )
-        )
-        check = getattr(self._chooser, "called_back", None)  # a replay's: was it recorded?
-        if check is None or self._error is not None:
-            return
-        try:
-            check(step)
-        except BaseException as error:
-            self._fail(error)
-
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
         starving = [task for task in held if task.passed >= self.fair_bound]
@@ -801,10 +794,15 @@ class Run:
         for task in held:
             task.passed += 1
         chosen.passed = 0
-        if chosen.point is not None:
-            point, operation = chosen.point, _where(chosen.native_coro())[0]
+        if chosen.call_backs or (self._queue is not None and self._queue.calls_back(chosen)):
+            # (the task waits on: what it passed last labels its own next step)
+            point, operation = "thread", "calls back"
         else:
-            operation, point = _where(chosen.native_coro())
+            if chosen.point is not None:
+                point, operation = chosen.point, _where(chosen.native_coro())[0]
+            else:
+                operation, point = _where(chosen.native_coro())
+            chosen.point = None
         self._append(
             Step(
                 index=len(self._steps),
@@ -814,7 +812,6 @@ class Run:
                 time=time,
             )
         )
-        chosen.point = None
         self._last = chosen
         return chosen
 
@@ -1312,23 +1309,19 @@ class _Queue:
             # it fell due, or it is gone (its scope left before it fell due): the threads
             # outlast nothing any more, and what they hand the loop comes in as it would
             # (on asyncio, once it fell due, after the tasks it woke: see late)
-            if not (self.late_after_timer and self.now() >= self.slow_until):
+            if self.now() < self.slow_until:
                 self.slow_waits = {}
             self.slow_until = None
             return False
         return True
 
-    # Whether threads that outlasted a timer stay late once it fell due (see late).
-    late_after_timer = False
-
     def late(self) -> bool:
         """Whether what threads that outlast a timer hand the loop is held (:meth:`held_slow`):
-        till the timer falls due (:meth:`slow`), and, where the loop itself runs a thread's
-        call back (asyncio), after it too, for as long as a task can run (:meth:`settle`):
-        a thread that took longer than the timer is not done the moment it falls due, so the
-        tasks it woke (a watcher's sleep that ends with a deadline) look first, as in a real
-        loop. Virtual time stands still meanwhile, waiting for the threads: a later timer
-        falls due only with a chance of its own to be outlasted."""
+        till the timer falls due (:meth:`slow`), and after it too, for as long as a task can
+        run (:meth:`settle`): a thread that took longer than the timer is not done the moment
+        it falls due, so the tasks it woke (a watcher's sleep that ends with a deadline) look
+        first, as in a real loop. Virtual time stands still meanwhile, waiting for the
+        threads: a later timer falls due only with a chance of its own to be outlasted."""
         if self.slow():
             return True
         if self.slow_waits and (self.free or not self.slow_threads()):
@@ -1421,18 +1414,43 @@ class _Queue:
         reports.sort(key=lambda item: order.get(item[0], len(order)))
         return reports
 
-    def called_back(self, thread: threading.Thread, task: Any = None) -> None:
-        """A call back from *thread* into the loop came in, which the loop runs (not the task
-        waiting for the thread, which waits on): a step of the run (:meth:`Run._called_back`)
-        if a controlled task waits for that thread (*task*, the native task whose call it
-        runs, if the wait does not name the thread)."""
-        for native, (_, waited, _) in self.thread_waiting().items():
-            controlled = self.tasks.get(native)
-            if controlled is not None and (
-                native is task if task is not None else waited is thread
-            ):
-                self.run._called_back(controlled)
-                return
+    def hold_call_back(self, thread: threading.Thread, item: Any, native: Any = None) -> bool:
+        """Hold a call back into the loop from *thread* (*item*, what it handed the loop) till
+        the controlled task waiting for the thread (*native*, if its wait does not name the
+        thread) is chosen, as any step of it: whether there is one. The loop would run it
+        whenever the thread hands it over, between any two steps of the tasks that can run
+        (on trio, a call not abandoned on cancel is a step of that task anyway)."""
+        waiter = None
+        for waiting, (_, waited, _) in self.thread_waiting().items():
+            if (waiting is native) if native is not None else (waited is thread):
+                waiter = self.tasks.get(waiting)
+                break
+        if waiter is None:
+            return False
+        if not waiter.call_backs:
+            self.holding(waiter)
+        waiter.held = True
+        waiter.call_backs.append((thread, item))
+        return True
+
+    def holding(self, task: _Task) -> None:
+        """*task* is held from now on."""
+
+    def calls_back(self, task: _Task) -> bool:
+        """Whether *task*'s next step runs a call back from the worker thread it waits for."""
+        return bool(task.call_backs)
+
+    def call_back_running(self) -> bool:
+        """Whether a call back chosen has yet to run (trio: :meth:`_TrioQueue.run_call_back`)."""
+        return False
+
+    def woken(self, task: _Task) -> None:
+        """*task*'s own wait ended (it was cancelled: its thread works on, abandoned): the
+        calls back held for it are no step of it any more, and come in as any other thread's
+        that no task waits for."""
+        if task.call_backs:
+            self.arrived.extendleft(reversed(task.call_backs))
+            task.call_backs = []
 
     def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
@@ -1708,7 +1726,7 @@ class _Queue:
         """Whether a held task may be chosen now: a thread at work first reports back (so
         that a run does not depend on how fast a thread is, and replays). I/O does not hold
         choices back: what it waits for may come only after other tasks acted."""
-        if not any(task.held for task in self.tasks.values()):
+        if not any(task.held for task in self.tasks.values()) or self.call_back_running():
             return False
         if self.thread_stalled() or not self.threads_busy():
             return True
@@ -1806,6 +1824,7 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
                 queue.births[task] = len(queue.births)
             super().append(task)
             return
+        queue.woken(controlled)
         controlled.held = True
 
     def __len__(self) -> int:
@@ -1829,6 +1848,9 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
             self.queue.release_all()
             batch = list(super().__iter__())
             self.taken = len(batch)
+            return iter(batch)
+        if chosen.call_backs:
+            self.queue.run_call_back(chosen)
             return iter(batch)
         chosen.held = False
         batch.append(chosen.native)
@@ -1860,6 +1882,8 @@ class _TrioIO:
 
     def get_events(self, timeout: float) -> Any:
         queue = self.queue
+        if queue.call_back_running():
+            return self.manager.get_events(0)  # it wakes trio's own task, which runs it
         asked = queue.wait_io
         wait = queue.io_wait(timeout)
         if wait is None:
@@ -1867,6 +1891,7 @@ class _TrioIO:
         if wait > 0:
             # no task can run (or the spin rule asks for a poll): whether threads outlast
             # the next timer is asked before their reports come in, as on asyncio
+            queue.settle()
             busy = queue.time_waits_for_threads()
             if busy:
                 queue.outlast_timer()
@@ -2000,6 +2025,7 @@ class _TrioQueue(_Queue):
         # the task registers of the thread calls seen (trio clears one when the call is
         # abandoned on cancel): while none is cleared, no thread is an orphan to look for
         self.registers: list[list[Any]] = []
+        self.entering: list[Any] = []  # jobs let in that trio's own task has yet to run
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
         except AttributeError:  # pragma: no cover - a trio that changed
@@ -2037,25 +2063,58 @@ class _TrioQueue(_Queue):
         last = (sys.maxsize, sys.maxsize, "")
         # stable: else as they came
         arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
+        jobs: list[Any] = []
         for thread, job in arrivals:
             # a call back trio runs in its system nursery, not in the task waiting for the thread
             if not self.free and _job_task(job) is None:
                 task = self._arrival_task(thread, job)
-                if task is not None:
-                    self.called_back(thread, task)
-        jobs = [job for _, job in arrivals]
-        entry_queue = self.runner.entry_queue
-        with entry_queue.lock:
-            for job in jobs:
-                collections.deque.append(entry_queue.queue, job)
-        # trio's own task may wait for a wakeup that came when the job was held
-        entry_queue.wakeup.wakeup_thread_and_signal_safe()
+                if task is not None and self.hold_call_back(thread, job, task):
+                    continue
+            jobs.append(job)
+        self._enter(jobs)
         if self.run._outliving:
             self.run._notify()  # the run waits for threads its tasks left: see _outlive
         return True
 
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
+
+    def calls_back(self, task: _Task) -> bool:
+        # or trio woke it to run one (from_thread.run in a call not abandonable on cancel)
+        sent = getattr(getattr(task.native, "_next_send", None), "value", None)
+        return bool(task.call_backs) or (
+            type(sent).__name__ in ("Run", "RunSync") and type(sent).__module__ == "trio._threads"
+        )
+
+    def run_call_back(self, task: _Task) -> None:
+        """*task* was chosen for a call back held for it: trio's own task runs it (in its
+        system nursery), before any other choice (:meth:`call_back_running`)."""
+        _, job = task.call_backs.pop(0)
+        task.held = bool(task.call_backs)
+        self._enter([job])
+
+    def _enter(self, jobs: list[Any]) -> None:
+        """Hand *jobs* to trio's own task, which runs them before any choice is made."""
+        entry_queue = self.runner.entry_queue
+        with entry_queue.lock:
+            for job in jobs:
+                collections.deque.append(entry_queue.queue, job)
+        self.entering.extend(jobs)
+        # trio's own task may wait for a wakeup that came when the jobs were held
+        entry_queue.wakeup.wakeup_thread_and_signal_safe()
+
+    def call_back_running(self) -> bool:
+        # What threads handed in and was let in (a report, a call back), or a call back
+        # chosen, waits for trio's own task to run it: it wakes a task (or runs the call
+        # back), which then is among the choices, as on asyncio, where the loop runs what
+        # comes in before its iteration's choice. Meanwhile no task is chosen, and time does
+        # not pass.
+        if not self.entering:
+            return False
+        queued = collections.deque.__iter__(self.runner.entry_queue.queue)
+        waiting = {id(job) for job in queued}
+        self.entering = [job for job in self.entering if id(job) in waiting]
+        return bool(self.entering)
 
     def unnamed_call(self, native: Any) -> None:
         for frame in _await_frames(native.coro):
@@ -2076,21 +2135,8 @@ class _TrioQueue(_Queue):
         for thread in threading.enumerate():
             if thread in _abandoned:
                 continue
-            frame = _trio_frame(thread, "worker_fn")
-            if frame is not None:
-                register = frame.f_locals.get("task_register")
-            else:
-                frame = _trio_frame(thread, "deliver_worker_fn_result")
-                report = frame and frame.f_locals.get("report_back_in_trio_thread_fn")
-                register = next(
-                    (
-                        cell.cell_contents
-                        for cell in getattr(report, "__closure__", None) or ()
-                        if isinstance(cell.cell_contents, list)
-                    ),
-                    None,
-                )
-            if isinstance(register, list) and register == [None]:
+            register = _register_of(thread)
+            if register == [None]:
                 held.append(register)
                 found.append((thread, (sys.maxsize, sys.maxsize, "")))
         # a cleared register no thread holds any more is done with
@@ -2100,6 +2146,37 @@ class _TrioQueue(_Queue):
             if register != [None] or any(register is other for other in held)
         ]
         return found
+
+    def calls_taken(self) -> None:
+        # trio's worker runs a call abandoned on cancel anyway, but while it has yet to take
+        # it (its thread still idle in trio's thread cache) no thread is known to run it: the
+        # run ended without waiting for it (see orphans), or not, as fast as the thread was
+        pending = []
+        for native, (wait, thread, _) in self.thread_waits.items():
+            if (
+                thread is not True
+                or native not in self.tasks
+                or self.waiting_on(native) is not wait
+            ):
+                continue
+            calls = [c for c in _await_frames(native.coro) if c.f_code.co_name in _THREAD_CALLS]
+            register = calls[-1].f_locals.get("task_register") if calls else None
+            if isinstance(register, list):
+                pending.append(register)
+        deadline = time.monotonic() + _HANDOVER
+        while pending:
+            taken = [_register_of(thread) for thread in threading.enumerate()]
+            # (or it did and reported: its report held, or let in and not run yet)
+            jobs = [job for _, job in self.arrived_now()] + self.entering
+            reported = [_job_task(job) for job in jobs]
+            pending = [
+                r
+                for r in pending
+                if not any(r is other for other in taken) and not (r and r[0] in reported)
+            ]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(_HANDOVER_POLL)
 
     def _orphans_at_work(self) -> bool:
         """Whether a thread whose call was abandoned on cancel is at work: it has not handed
@@ -2122,11 +2199,21 @@ class _TrioQueue(_Queue):
         answering = self._answering()
         return any(native not in answering for native in waiting) or self._orphans_at_work()
 
+    def fast_threads_busy(self) -> bool:
+        # (one that waits for trio's answer to a call back, held for its task: not at work)
+        answering = self._answering()
+        return any(
+            native not in self.slow_waits and native not in answering
+            for native in self.thread_waiting()
+        )
+
     def _answering(self) -> set[Any]:
         """The tasks whose worker thread's call back came in and waits for trio's answer: the
         thread of the task's innermost call (a call back may itself call a thread, which the
         task then waits for: no answer till that thread is done)."""
-        sent = {thread for thread, _ in self.arrived_now()}
+        # (a thread's report of an earlier call in arrived says nothing of this one: trio's
+        # worker threads serve call after call)
+        sent = {thread for thread, job in self.arrived_now() if _calls_back(job)}
         answering = set()
         for thread in threading.enumerate():
             if thread in sent or not _waits_for_answer(thread):
@@ -2248,7 +2335,7 @@ class _TrioQueue(_Queue):
         if not runnable:
             # (what threads handed in comes in before time passes: a call back of a thread
             # whose call was abandoned on cancel, which no task waits for)
-            if self.time_waits_for_threads() or self.reported():
+            if self.time_waits_for_threads() or self.reported() or self.call_back_running():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
@@ -2276,6 +2363,8 @@ class _TrioQueue(_Queue):
     def release_all(self) -> None:
         self.free = True
         assert self.runq is not None
+        for task in self.tasks.values():
+            self.woken(task)
         self.let_in()
         for task in self.tasks.values():
             if task.held:
@@ -2338,6 +2427,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
                 queue.births[native] = len(queue.births)
             super().append(handle)
             return
+        queue.woken(controlled)
         if not controlled.handles:
             controlled.held_at = self.iteration
         controlled.held = True
@@ -2375,8 +2465,12 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         if chosen is None:
             queue.release_all()
             return super().popleft() if super().__len__() else _NOTHING
-        chosen.held = False
         self.task_ran = True
+        if chosen.call_backs:
+            _, call_back = chosen.call_backs.pop(0)
+            chosen.held = bool(chosen.call_backs)
+            return call_back
+        chosen.held = False
         handles, chosen.handles = chosen.handles, []
         for handle in handles[1:]:  # not seen so far; run them after it, in order
             super().append(handle)
@@ -2397,7 +2491,7 @@ def _move_to_front(source: collections.deque[Any], target: collections.deque[Any
 
 def _live(task: _Task) -> bool:
     task.handles = [handle for handle in task.handles if not handle.cancelled()]
-    if not task.handles:
+    if not task.handles and not task.call_backs:
         task.held = False
     return task.held
 
@@ -2442,12 +2536,13 @@ class _AsyncioQueue(_Queue):
         self.readyq: _AsyncioReady | None = None
         self.admitted = False  # arrivals let in since the last iteration began
 
-    # The loop runs a thread's call back outside the task waiting for the thread (trio runs
-    # it as a step of that task, which the strategy chooses among the others)
-    late_after_timer = True
-
     def handed_in(self) -> bool:
         return self.report_order(every=True) is not None
+
+    def holding(self, task: _Task) -> None:
+        assert self.readyq is not None
+        if not task.handles:
+            task.held_at = self.readyq.iteration
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # known by its thread; a thread not named by its wait (asyncio's executor) only if
@@ -2473,17 +2568,22 @@ class _AsyncioQueue(_Queue):
         reports = self.arrivals()
         if reports is None:
             return False
+        queued = False
         for thread, handle in reports:
-            if not self.free and _call_into(thread, self.loop):
-                self.called_back(thread)
+            if (
+                not self.free
+                and _call_into(thread, self.loop)
+                and self.hold_call_back(thread, handle)
+            ):
+                continue
             collections.deque.append(self.readyq, handle)  # type: ignore[arg-type]
-        arrived = True
+            queued = True
         if self.run._outliving:
             self.run._notify()  # the run waits for threads its tasks left: see _outlive
         # the iteration that runs them makes no choice: whether they came in at a poll or
         # when a thread was found waiting for the loop, the steps after are the same
-        self.admitted = self.admitted or arrived
-        return arrived
+        self.admitted = self.admitted or queued
+        return True
 
     @classmethod
     def install(cls, run: Run) -> _AsyncioQueue:
@@ -2640,6 +2740,8 @@ class _AsyncioQueue(_Queue):
     def release_all(self) -> None:
         self.free = True
         assert self.readyq is not None
+        for task in self.tasks.values():
+            self.woken(task)
         self.let_in()
         for task in self.tasks.values():
             if task.held:

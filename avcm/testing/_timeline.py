@@ -51,9 +51,6 @@ class Step:
     # not a step of the task either: its worker thread outlasted the next timer, which the
     # strategy let fall due first (the task waits on for the thread)
     outlasted: bool = False
-    # nor this: a call back from its worker thread into the event loop came in, and the loop
-    # ran it (not in the task, which waits on for the thread)
-    called_back: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,12 @@
 """Replay tokens: a whole schedule as one short string.
 
-``avcm4:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm4``, found by ``pct-d3`` with seed 7
+``avcm6:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm6``, found by ``pct-d3`` with seed 7
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
 ``c1`` is a cancellation of task 1 injected there; ``t`` lets the next timer fall due while
 worker threads are still at work: they outlast it; ``b`` is a worker thread's call back into
-the event loop coming in, no choice but a step of the run).
+the event loop coming in from a thread whose caller left, no choice but a step of the run).
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from .._validate import quote
 from ._errors import TokenError
 
-__all__ = ["CALLED_BACK", "TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
+__all__ = ["TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
 
-TOKEN_VERSION = "avcm5"
+TOKEN_VERSION = "avcm6"
+# avcm6: a worker thread's call back into the event loop, while a task waits for the thread, is
+# a step of that task, chosen among the others (anyio's on asyncio, a call abandoned on cancel
+# on trio: the loop runs it whenever the thread hands it over); ``b`` is left to calls back from
+# a thread whose caller left: an avcm5 token of a run with such calls back takes other steps.
 # avcm5: a worker thread's call back into the event loop that does not run as a step of the
 # task waiting for the thread (anyio's on asyncio, a call abandoned on cancel on trio) is a
 # step of its own, ``b``: an avcm4 token of a run with such calls back counts its steps apart.
@@ -39,11 +43,7 @@ TOKEN_VERSION = "avcm5"
 TIMER_FIRST = -(1 << 40)
 """The decision of a step that is no task's: worker threads at work outlasted the next timer,
 which fell due first (a cancellation of task *k* is ``-1 - k``, a task's step *k*: far apart)."""
-CALLED_BACK = TIMER_FIRST - 1
-"""The decision of another step that is no task's: a call back from a worker thread into the
-event loop came in, and the loop ran it (in the column of the task waiting for the thread). No
-choice: recorded so that the chances between two calls back (``slow_threads``) are steps apart."""
-_NAMED_DECISIONS = {"t": TIMER_FIRST, "b": CALLED_BACK}
+_NAMED_DECISIONS = {"t": TIMER_FIRST}
 _DECISION_NAMES = {decision: name for name, decision in _NAMED_DECISIONS.items()}
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
@@ -53,7 +53,7 @@ MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not o
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]{0,40}):(?P<seed>\d{1,20}):(?P<schedule>\d{1,20}):"
     r"(?P<digest>[0-9a-fA-F]{8}):"
-    r"(?P<decisions>-|(?:c?\d{1,9}|[tb])(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|[tb])(?:x\d{1,12})?)*)"
+    r"(?P<decisions>-|(?:c?\d{1,9}|t)(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|t)(?:x\d{1,12})?)*)"
 )
 
 
