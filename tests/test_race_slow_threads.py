@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -920,6 +921,49 @@ async def watcher_between_calls_back(
 
     for outcome in await run.concurrently(caller, watcher):
         outcome.unwrap()
+
+
+FIRST_AND_LATER_EXPLORATIONS = """
+import sys
+from functools import partial
+sys.path.insert(0, {tests!r})
+from avcm import testing
+from test_race_slow_threads import watcher_between_calls_back
+
+for _ in range(2):
+    result = testing.explore(
+        partial(watcher_between_calls_back, abandon={abandon!r}),
+        strategy=testing.PCT(0, slow_threads=1),
+        schedules=50,
+        backend={backend!r},
+    )
+    print(result.failure and result.failure.token)
+"""
+
+
+@pytest.mark.parametrize("abandon", [True, False], ids=["abandon-on-cancel", "waited-for"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_first_exploration_of_a_process_finds_what_later_ones_do(
+    backend: str, abandon: bool
+) -> None:
+    # a thread whose caller left (its deadline fell due) calls back: the first worker
+    # thread of a process, slower to start, had its call back come in before the watcher
+    # looked (the loop waited for it, then let it in), a warm one after (the watcher was
+    # chosen once it had handed it in): another failure in a fresh process, as a replay is
+    code = FIRST_AND_LATER_EXPLORATIONS.format(
+        tests=os.path.dirname(__file__), abandon=abandon, backend=backend
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    first, later = done.stdout.split()
+    scenario = partial(watcher_between_calls_back, abandon=abandon)
+    found = testing.explore(
+        scenario, strategy=testing.PCT(0, slow_threads=1), schedules=50, backend=backend
+    )
+    assert found.failure is not None
+    assert first == later == str(found.failure.token)
 
 
 @pytest.mark.parametrize("strategy", list(strategies_with_slow_threads()))

@@ -88,10 +88,14 @@ class Outside(Protocol):
         """How long a poll asked to wait *timeout* seconds waits for a thread at work."""
         ...
 
-    def outlast_timer(self) -> None:
+    def outlast_timer(self) -> bool:
         """Asked where the loop would wait for threads at work: whether they outlast the next
         timer (what they hand the loop then comes in after it, and time passes for it as if
-        they did not work)."""
+        they did not work); whether they began to outlast one now."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether a task held back may be chosen now."""
         ...
 
     def came_in(self) -> bool:
@@ -131,7 +135,9 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # self-pipe ends the wait) instead of spinning for as long as they work
                     if outside.time_waits_for_threads():
                         outside.outlast_timer()
-                        if (outside.reported() and outside.let_in()) or outside.came_in():
+                        if outside.ready() or outside.came_in():
+                            return super().select(0)  # (see below)
+                        if outside.reported() and outside.let_in():
                             return super().select(0)
                         return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                     if outside.reported() and outside.threads_busy() and outside.let_in():
@@ -154,13 +160,18 @@ class _VirtualSelector(selectors.DefaultSelector):
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.
             waits = outside.time_waits_for_threads()
-            if waits:
-                outside.outlast_timer()
+            if waits and outside.outlast_timer():
                 # threads that now outlast the next timer are not waited for: it falls due
                 waits = outside.time_waits_for_threads()
-            # nothing could run: what threads reported comes in now (or came in while the
-            # loop asked about them: a thread's call back into it)
-            if outside.let_in() or outside.came_in():
+            if outside.ready() or outside.came_in():
+                # A task held back till threads handed in what they have may be chosen now
+                # (they did while the loop asked: threads that now outlast the next timer, a
+                # thread whose caller left): it runs first, and what the threads handed in
+                # comes in when no task can run, however fast they were; no time passes.
+                # (Or a thread's call back came in while the loop asked about it.)
+                return super().select(0)
+            # nothing could run: what threads reported comes in now
+            if outside.let_in():
                 return super().select(0)
             if waits:
                 # the thread reports through the loop's self-pipe, which ends this wait

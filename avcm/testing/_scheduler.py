@@ -1597,7 +1597,7 @@ class _Queue:
         ]
         return min(waiting, key=lambda task: task.index, default=None)
 
-    def outlast_timer(self) -> None:
+    def outlast_timer(self) -> bool:
         """Asked where the loop would wait for threads a controlled task waits for, virtual
         time standing still for them (:meth:`time_waits_for_threads`): whether the strategy
         lets the threads outlast the next timer (:meth:`Run._outlast`). If it does, what the
@@ -1608,33 +1608,37 @@ class _Queue:
         no step was taken and the next timer is the same: the same run asks the same
         questions, however fast its threads are (and whatever work outside control ran
         meanwhile: a thread abandoned in an earlier run may report in this one). While
-        threads outlast a timer, asked of a call begun since, whether it outlasts it too."""
+        threads outlast a timer, asked of a call begun since, whether it outlasts it too.
+        Whether the threads began to outlast a timer now."""
         run = self.run
         if self.free or not self.virtual:
-            return
+            return False
         slow = self.slow()
         if not slow and self.late():
-            return  # asked once they are late no longer (settle): no task can run then
+            return False  # asked once they are late no longer (settle): no task can run then
         if self.thread_waiter(fast=slow) is None:
-            return  # (nor for a thread only tasks outside control wait for: not the strategy's)
+            return (
+                False  # (nor for a thread only tasks outside control wait for: not the strategy's)
+            )
         timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
-            return  # (a timer already due falls due now, whatever threads do)
+            return False  # (a timer already due falls due now, whatever threads do)
         asked = (len(run._steps), timer)
         if asked == self.outlast_asked:
-            return
+            return False
         self.outlast_asked = asked
         if not self.held():
             # time may pass at once: a call abandoned on cancel must have been taken
             self.calls_taken()
         if not run._outlast(timer):
-            return
+            return False
         self.slow_until = timer
         self.slow_waits.update(
             (native, wait)
             for native, (wait, _, _) in self.thread_waiting().items()
             if native not in self.slow_waits
         )
+        return True
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
@@ -1893,12 +1897,10 @@ class _TrioIO:
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
             busy = queue.time_waits_for_threads()
-            if busy:
-                queue.outlast_timer()
-                if not queue.time_waits_for_threads():
-                    # the threads now outlast the next timer: not waited for, it falls due
-                    # (trio's clock jumps to it once this poll is over)
-                    busy, wait = False, 0.0
+            if busy and queue.outlast_timer() and not queue.time_waits_for_threads():
+                # the threads now outlast the next timer: not waited for, it falls due
+                # (trio's clock jumps to it once this poll is over)
+                busy, wait = False, 0.0
             if queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
@@ -2671,12 +2673,12 @@ class _AsyncioQueue(_Queue):
             sender is not thread for sender, _ in self.arrived_now()
         )
 
-    def outlast_timer(self) -> None:
+    def outlast_timer(self) -> bool:
         # asked of threads that handed over their calls back, if any, whatever the machine's
         # speed: one that called back already is asked about as one still at work (if it
         # outlasts the timer, its call comes in after it: it was slow before calling back)
         self._handovers()
-        super().outlast_timer()
+        return super().outlast_timer()
 
     def calls_taken(self) -> None:
         pending = [
