@@ -1176,6 +1176,42 @@ def test_a_run_ends_once_the_threads_it_abandoned_on_cancel_returned(backend: st
     assert result.schedules > 1 and seen == [3] * result.schedules
 
 
+async def thread_that_never_returns(run: testing.Run) -> None:
+    """A thread that outlives the run's thread_timeout (0.1 s), then returns."""
+
+    async def caller() -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0.3)
+
+    await run.concurrently(caller)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_given_up_on_is_waited_for_in_a_later_call_abandoned_on_cancel(
+    backend: str,
+) -> None:
+    # a worker thread serves call after call: one a run gave up on (ThreadWaitError) was
+    # never known as an orphan again, in any later run of the process (trio's thread cache
+    # hands it the next call): its calls back came in after the run that left them ended
+    given_up = testing.explore(
+        thread_that_never_returns,
+        strategy=testing.PCT(0),
+        schedules=1,
+        limits=testing.Limits(thread_timeout=0.1),
+        backend=backend,
+    )
+    assert given_up.failure is not None
+    assert isinstance(given_up.failure.error, testing.ThreadWaitError)
+    time.sleep(0.5)  # it returns, idle in its pool
+    seen: list[int] = []
+    result = testing.explore(
+        partial(abandoned_thread_calls_back, seen=seen),
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None
+    assert seen == [3] * result.schedules
+
+
 def test_a_call_back_handed_to_a_run_queue_already_uninstalled_runs() -> None:
     # asyncio only: trio's worker threads hand their jobs to trio's entry queue, which the
     # scheduler swaps under its lock. A thread that looked up the loop's ready queue before a

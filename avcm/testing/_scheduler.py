@@ -645,7 +645,7 @@ class Run:
             if _next_deadline() is not None or queue.threads_busy():
                 continue
             for thread, _ in queue.orphans():
-                _abandoned.add(thread)
+                queue.give_up(thread)
             raise DeadlockError(
                 f"deadlock: the tasks ended, but a worker thread whose call they abandoned on "
                 f"cancel waits for a call back into the loop that waits, with no timer "
@@ -1445,12 +1445,14 @@ class _Queue:
         return False
 
     def woken(self, task: _Task) -> None:
-        """*task*'s own wait ended (it was cancelled: its thread works on, abandoned): the
-        calls back held for it are no step of it any more, and come in as any other thread's
-        that no task waits for."""
+        """*task*'s own wait ended (it was cancelled: its thread works on, abandoned), or the
+        run lets go of its tasks: the calls back held for it are no step of it any more, and
+        come in as any other thread's that no task waits for."""
         if task.call_backs:
             self.arrived.extendleft(reversed(task.call_backs))
             task.call_backs = []
+            # (held for them only: trio never rescheduled it, it waits on)
+            task.held = bool(task.handles)
 
     def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
@@ -1576,7 +1578,7 @@ class _Queue:
             if (
                 wait in self.reports
                 or not getattr(wait, "cancelled", bool)()
-                or thread in _abandoned
+                or _given_up(thread, wait)
                 or not thread.is_alive()
             ):
                 del self.calls[wait]
@@ -1681,7 +1683,7 @@ class _Queue:
             f"never returns; the calls waiting for it were abandoned"
         ]
         for thread in orphans:
-            _abandoned.add(thread)  # (a non-daemon thread: see threads_holding_exit)
+            self.give_up(thread)  # (a non-daemon thread: see threads_holding_exit)
             lines.append(f"  {thread.name}, at work on a call abandoned on cancel")
         for native in stuck:
             controlled = self.tasks.get(native)
@@ -1698,6 +1700,12 @@ class _Queue:
         if self.run._error is None:
             self.run._error = error
         self.call_soon(self.run._notify)
+
+    def give_up(self, thread: threading.Thread) -> None:
+        """Wait no more for *thread*, whose call was abandoned on cancel (:meth:`orphans`):
+        it never returns."""
+        calls = [wait for wait, (called, _) in self.calls.items() if called is thread]
+        _give_up(thread, calls[-1] if calls else None)
 
     def cancel_runaways(self) -> None:
         """Cancel, as the event loop cancels a task, every task that is runnable: the run
@@ -1959,6 +1967,22 @@ class _Send:
 # executor's); trio's worker threads are daemon threads, which never keep a process alive
 _abandoned: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 _abandoned_unnamed: list[bool] = []
+# each thread given up on, with the call it was given up in (asyncio: the future its task
+# awaited; trio: the call's task register): worker threads serve call after call, and one
+# given up on in an earlier run (or an exploration before) is no orphan to ignore in a later
+# call, once it returned and took that one
+_abandoned_calls: weakref.WeakKeyDictionary[threading.Thread, object] = weakref.WeakKeyDictionary()
+
+
+def _give_up(thread: threading.Thread, call: object) -> None:
+    """A run gave up waiting for *thread*, at work on *call*."""
+    _abandoned.add(thread)
+    _abandoned_calls[thread] = call
+
+
+def _given_up(thread: threading.Thread, call: object) -> bool:
+    """Whether a run gave up waiting for *thread* in *call*."""
+    return call is not None and _abandoned_calls.get(thread) is call
 
 
 def threads_holding_exit() -> list[threading.Thread]:
@@ -2135,10 +2159,8 @@ class _TrioQueue(_Queue):
             return found
         held: list[list[Any]] = []
         for thread in threading.enumerate():
-            if thread in _abandoned:
-                continue
             register = _register_of(thread)
-            if register == [None]:
+            if register == [None] and not _given_up(thread, register):
                 held.append(register)
                 found.append((thread, (sys.maxsize, sys.maxsize, "")))
         # a cleared register no thread holds any more is done with
@@ -2179,6 +2201,9 @@ class _TrioQueue(_Queue):
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(_HANDOVER_POLL)
+
+    def give_up(self, thread: threading.Thread) -> None:
+        _give_up(thread, _register_of(thread))
 
     def _orphans_at_work(self) -> bool:
         """Whether a thread whose call was abandoned on cancel is at work: it has not handed
@@ -2313,12 +2338,9 @@ class _TrioQueue(_Queue):
                 if isinstance(register, list) and register:
                     register[0] = None
                     # its thread is no orphan to wait for (see orphans): it never returns
-                    _abandoned.update(
-                        thread
-                        for thread in threading.enumerate()
-                        if (worker := _trio_frame(thread, "worker_fn")) is not None
-                        and worker.f_locals.get("task_register") is register
-                    )
+                    for thread in threading.enumerate():
+                        if _register_of(thread) is register:
+                            _give_up(thread, register)
                 self.trio.lowlevel.reschedule(native, _Raise(error))  # type: ignore[arg-type]
                 return
 
@@ -2633,11 +2655,11 @@ class _AsyncioQueue(_Queue):
         # the future the task awaits: anyio's worker and asyncio's executor drop a report
         # for a cancelled future (the task sees a cancellation; the run fails with *error*)
         thread = _waits_for_thread(_coro_of(native))
+        waiter = getattr(native, "_fut_waiter", None)
         if isinstance(thread, threading.Thread):
-            _abandoned.add(thread)
+            _give_up(thread, waiter)
         else:
             _abandoned_unnamed.append(True)
-        waiter = getattr(native, "_fut_waiter", None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
 
