@@ -1522,3 +1522,120 @@ def test_one_call_back_that_writes_both_is_no_false_alarm(backend: str, abandon:
         backend=backend,
     )
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+
+
+async def reports_progress(run: testing.Run, *, calls: int) -> None:
+    """A correct program: a thread reports its progress into the loop *calls* times."""
+    progress = [0]
+
+    def work() -> None:
+        for _ in range(calls):
+            anyio.from_thread.run_sync(progress.__setitem__, 0, progress[0] + 1)
+
+    async def caller() -> None:
+        await anyio.to_thread.run_sync(work)
+        assert progress[0] == calls
+
+    (outcome,) = await run.concurrently(caller)
+    outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_may_call_back_more_often_than_the_step_budget(backend: str) -> None:
+    # each call back is a step of the waiting task: 10,500 of them were a StepBudgetError
+    # ("the tasks kept changing state"), though the thread made progress all along
+    result = testing.explore(
+        partial(reports_progress, calls=1500),
+        strategy=testing.PCT(0),
+        schedules=1,
+        limits=testing.Limits(max_steps=1000),
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+async def cancellation_injected_between_calls_back(run: testing.Run) -> None:
+    """A correct program: one task's thread, abandoned on cancel, calls back twice; the
+    strategy may cancel the task while a call back waits to come in."""
+
+    def work() -> None:
+        anyio.from_thread.run_sync(lambda: None)
+        anyio.from_thread.run_sync(lambda: None)
+
+    async def caller() -> None:
+        await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    (outcome,) = await run.concurrently(caller)
+    if not outcome.cancelled:
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        lambda: testing.PCT(1, cancel=1),
+        lambda: testing.RandomWalk(1, cancel=1),
+        lambda: testing.Exhaustive(1, cancel=1),
+    ],
+    ids=["pct", "random", "exhaustive"],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancellation_injected_while_a_call_back_waits_is_no_crash(
+    backend: str, strategy: Callable[[], testing.Strategy]
+) -> None:
+    # asyncio: the cancelled task's wakeup is run by the loop's next iteration, and the
+    # chooser was asked to choose among no task (ValueError, or "not deterministic")
+    result = testing.explore(
+        cancellation_injected_between_calls_back,
+        strategy=strategy(),
+        schedules=100,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 100 or result.exhausted
+
+
+async def reads_its_cancellation(run: testing.Run, *, seen: list[tuple[bool, bool]]) -> None:
+    """A thread under a deadline works a while, then asks whether its call was cancelled,
+    calls back, and asks again: *seen* gets, per schedule, what each question found."""
+    found: list[bool] = []
+
+    def ask() -> None:
+        try:
+            anyio.from_thread.check_cancelled()
+        except BaseException:
+            found.append(True)
+        else:
+            found.append(False)
+
+    def work() -> None:
+        time.sleep(0.005)
+        ask()
+        anyio.from_thread.run_sync(lambda: None)
+        ask()
+
+    async def caller() -> None:
+        with anyio.move_on_after(1):
+            await anyio.to_thread.run_sync(work)
+
+    (outcome,) = await run.concurrently(caller)
+    outcome.unwrap()
+    seen.append((found[0], found[1]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_outlasts_a_timer_reads_the_loop_as_it_was_till_it_hands_in(
+    backend: str,
+) -> None:
+    # The timer a thread outlasts falls due once the thread handed in what it has (its call
+    # back): what it read before, its cancellation, is what it was before the timer. It fell
+    # due as soon as no task could run, while the thread worked: the first question saw the
+    # cancellation or not as fast as the thread was, and runs did not repeat.
+    seen: list[tuple[bool, bool]] = []
+    result = testing.explore(
+        partial(reads_its_cancellation, seen=seen),
+        strategy=testing.Exhaustive(0, slow_threads=1),
+        backend=backend,
+    )
+    assert result.exhausted and result.failure is None
+    assert sorted(set(seen)) == [(False, False), (False, True)]

@@ -692,16 +692,28 @@ class Run:
 
     # -- choosing, called by the run queue ----------------------------------------------------
 
-    def _choose(self) -> _Task | None:
+    def _choose(self, *, inject: bool = True) -> _Task | None:
         """The held task to run next, or None if the run failed (the error is kept for the
-        controller, which is woken to raise it)."""
+        controller, which is woken to raise it). First, unless not to *inject* (done already:
+        :meth:`_inject_now`), the cancellation the chooser injects here, if any."""
         try:
-            self._inject()
+            if inject:
+                self._inject()
             assert self._queue is not None
             return self._choose_or_raise(self._queue.choosable())
         except BaseException as error:
             self._fail(error)
             return None
+
+    def _inject_now(self) -> bool:
+        """The cancellation the chooser injects before the next choice, if any; False if the
+        run failed (as in :meth:`_choose`)."""
+        try:
+            self._inject()
+        except BaseException as error:
+            self._fail(error)
+            return False
+        return True
 
     def _inject(self) -> None:
         """Cancel the task the chooser names, if any: where the real event loop delivers it,
@@ -794,7 +806,10 @@ class Run:
         for task in held:
             task.passed += 1
         chosen.passed = 0
-        if chosen.call_backs or (self._queue is not None and self._queue.calls_back(chosen)):
+        calls_back = chosen.call_backs or (
+            self._queue is not None and self._queue.calls_back(chosen)
+        )
+        if calls_back:
             # (the task waits on: what it passed last labels its own next step)
             point, operation = "thread", "calls back"
         else:
@@ -812,6 +827,12 @@ class Run:
                 time=time,
             )
         )
+        if calls_back:
+            # A thread that calls back made progress outside the loop, in real time: no
+            # livelock of the tasks (the steps in all are still counted), and the spin rule
+            # does not move the clock on for a task whose thread calls back as often as it
+            # likes (progress reports) while no task changed its state.
+            self._still_steps = 0
         self._last = chosen
         return chosen
 
@@ -1759,7 +1780,10 @@ class _Queue:
         if not self.threads_busy():
             return False
         if self.slow():
-            return (bool(self.held()) and not self.handed_in()) or self.fast_threads_busy()
+            # (till they handed in what they have, whether or not a task is runnable: what a
+            # thread reads of the loop's state before then, a cancellation its caller got when
+            # the timer fell due, is read before it, however fast the machine is)
+            return not self.handed_in() or self.fast_threads_busy()
         if self.late():
             return True  # they took longer than the timer: no later one falls due before them
         return not (self.thread_stalled() and self.run._next_timer() is not None)
@@ -2485,7 +2509,15 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         queue = self.queue
         if not queue.choosable():
             return _NOTHING
-        chosen = queue.run._choose()
+        # An injected cancellation may wake the task it cancels (its wait for a thread
+        # abandoned), which asyncio runs in its next iteration: if no other task can be
+        # chosen now, none is, and the choice comes in the next one.
+        if not queue.run._inject_now():
+            chosen = None
+        elif not queue.choosable():
+            return _NOTHING
+        else:
+            chosen = queue.run._choose(inject=False)
         if chosen is None:
             queue.release_all()
             return super().popleft() if super().__len__() else _NOTHING
