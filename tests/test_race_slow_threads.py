@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -1639,3 +1640,49 @@ def test_a_thread_that_outlasts_a_timer_reads_the_loop_as_it_was_till_it_hands_i
     )
     assert result.exhausted and result.failure is None
     assert sorted(set(seen)) == [(False, False), (False, True)]
+
+
+async def calls_back_after_its_caller_was_cancelled(run: testing.Run) -> None:
+    """A correct program: a task's thread, abandoned on cancel, calls back twice; another
+    task cancels it first."""
+
+    def work() -> None:
+        anyio.from_thread.run_sync(lambda: None)
+        anyio.from_thread.run_sync(lambda: None)
+
+    scope = anyio.CancelScope()
+
+    async def caller() -> None:
+        with scope:
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def canceller() -> None:
+        await anyio.lowlevel.checkpoint()
+        scope.cancel()
+
+    for outcome in await run.concurrently(caller, canceller):
+        outcome.unwrap()
+
+
+def test_a_thread_handing_trio_its_call_back_is_at_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread inside trio.from_thread's hand-over (run_sync_soon, before its request is in
+    # trio's queue) was taken to wait for trio's answer already: no thread at work, no task
+    # runnable, and the run ended in a DeadlockError (or, with the thread abandoned on
+    # cancel, the run ended without waiting for it). A slow hand-over widens that moment.
+    import trio
+
+    hand_over = trio.lowlevel.TrioToken.run_sync_soon
+
+    def slowly(self: trio.lowlevel.TrioToken, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.02)
+        hand_over(self, *args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel.TrioToken, "run_sync_soon", slowly)
+    for scenario in (calls_back_then_returns, calls_back_after_its_caller_was_cancelled):
+        result = testing.explore(
+            partial(scenario, right=True) if scenario is calls_back_then_returns else scenario,
+            strategy=testing.Exhaustive(1),
+            backend="trio",
+        )
+        assert result.exhausted and result.failure is None, result.failure.report()

@@ -209,9 +209,15 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
     """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
     Once the answer is in the call's queue it is at work again, though it may not have left
-    the call yet."""
-    frame = _trio_frame(thread, "_send_message_to_trio")
-    message = None if frame is None else frame.f_locals.get("message_to_trio")
+    the call yet. Only once it has handed trio its request (the call's own frame is where it
+    stands: it waits in the queue's ``get``, C code); till then it is at work, handing it
+    over (a matter of microseconds), and no task waiting for it is one that waits for trio."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None or frame.f_code.co_name != "_send_message_to_trio":
+        return False
+    if not frame.f_globals.get("__name__", "").startswith("trio."):
+        return False
+    message = frame.f_locals.get("message_to_trio")
     answers = getattr(message, "queue", None)
     empty = getattr(answers, "empty", None)
     return callable(empty) and bool(empty())
