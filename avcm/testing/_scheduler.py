@@ -231,6 +231,14 @@ def _thread_task(thread: threading.Thread) -> Any:
     return register[0] if isinstance(register, list) and register else None
 
 
+def _innermost_register(coro: Any) -> list[Any] | None:
+    """The task register of the innermost thread call a trio task's coroutine awaits (a call
+    back may itself call a thread), or None."""
+    calls = [call for call in _await_frames(coro) if call.f_code.co_name in _THREAD_CALLS]
+    register = calls[-1].f_locals.get("task_register") if calls else None
+    return register if isinstance(register, list) else None
+
+
 def _register_of(thread: threading.Thread) -> list[Any] | None:
     """The task register of the call a trio worker *thread* runs, or hands its report of in
     (the register its call's task is in, ``[None]`` once the call was abandoned on cancel), or
@@ -812,9 +820,7 @@ class Run:
         for task in held:
             task.passed += 1
         chosen.passed = 0
-        calls_back = chosen.call_backs or (
-            self._queue is not None and self._queue.calls_back(chosen)
-        )
+        calls_back = self._queue is not None and self._queue.calls_back(chosen)
         if calls_back:
             # (the task waits on: what it passed last labels its own next step)
             point, operation = "thread", "calls back"
@@ -1463,12 +1469,22 @@ class _Queue:
     def holding(self, task: _Task) -> None:
         """*task* is held from now on."""
 
+    @staticmethod
+    def take_call_back(task: _Task) -> Any:
+        """*task* was chosen for the first call back held for it: what its thread handed the
+        loop, out of the task's hold."""
+        _, item = task.call_backs.pop(0)
+        task.held = bool(task.call_backs)
+        return item
+
     def calls_back(self, task: _Task) -> bool:
         """Whether *task*'s next step runs a call back from the worker thread it waits for."""
         return bool(task.call_backs)
 
-    def call_back_running(self) -> bool:
-        """Whether a call back chosen has yet to run (trio: :meth:`_TrioQueue.run_call_back`)."""
+    def entry_pending(self) -> bool:
+        """Whether what was let in, or a call back chosen, has yet to run: no task is chosen
+        and no time passes meanwhile (trio, whose own task runs it: :meth:`_TrioQueue._enter`;
+        asyncio runs it in the iteration that let it in)."""
         return False
 
     def woken(self, task: _Task) -> None:
@@ -1646,9 +1662,8 @@ class _Queue:
         if not slow and self.late():
             return False  # asked once they are late no longer (settle): no task can run then
         if self.thread_waiter(fast=slow) is None:
-            return (
-                False  # (nor for a thread only tasks outside control wait for: not the strategy's)
-            )
+            # (nor for a thread only tasks outside control wait for: not the strategy's)
+            return False
         timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
             return False  # (a timer already due falls due now, whatever threads do)
@@ -1765,7 +1780,7 @@ class _Queue:
         """Whether a held task may be chosen now: a thread at work first reports back (so
         that a run does not depend on how fast a thread is, and replays). I/O does not hold
         choices back: what it waits for may come only after other tasks acted."""
-        if not any(task.held for task in self.tasks.values()) or self.call_back_running():
+        if not any(task.held for task in self.tasks.values()) or self.entry_pending():
             return False
         if self.thread_stalled() or not self.threads_busy():
             return True
@@ -1924,7 +1939,7 @@ class _TrioIO:
 
     def get_events(self, timeout: float) -> Any:
         queue = self.queue
-        if queue.call_back_running():
+        if queue.entry_pending():
             return self.manager.get_events(0)  # it wakes trio's own task, which runs it
         asked = queue.wait_io
         wait = queue.io_wait(timeout)
@@ -2144,10 +2159,8 @@ class _TrioQueue(_Queue):
 
     def run_call_back(self, task: _Task) -> None:
         """*task* was chosen for a call back held for it: trio's own task runs it (in its
-        system nursery), before any other choice (:meth:`call_back_running`)."""
-        _, job = task.call_backs.pop(0)
-        task.held = bool(task.call_backs)
-        self._enter([job])
+        system nursery), before any other choice (:meth:`entry_pending`)."""
+        self._enter([self.take_call_back(task)])
 
     def _enter(self, jobs: list[Any]) -> None:
         """Hand *jobs* to trio's own task, which runs them before any choice is made."""
@@ -2159,7 +2172,7 @@ class _TrioQueue(_Queue):
         # trio's own task may wait for a wakeup that came when the jobs were held
         entry_queue.wakeup.wakeup_thread_and_signal_safe()
 
-    def call_back_running(self) -> bool:
+    def entry_pending(self) -> bool:
         # What threads handed in and was let in (a report, a call back), or a call back
         # chosen, waits for trio's own task to run it: it wakes a task (or runs the call
         # back), which then is among the choices, as on asyncio, where the loop runs what
@@ -2213,9 +2226,8 @@ class _TrioQueue(_Queue):
                 or self.waiting_on(native) is not wait
             ):
                 continue
-            calls = [c for c in _await_frames(native.coro) if c.f_code.co_name in _THREAD_CALLS]
-            register = calls[-1].f_locals.get("task_register") if calls else None
-            if isinstance(register, list):
+            register = _innermost_register(native.coro)
+            if register is not None:
                 pending.append(register)
         deadline = time.monotonic() + _HANDOVER
         while pending:
@@ -2280,10 +2292,7 @@ class _TrioQueue(_Queue):
             task = register[0] if isinstance(register, list) and register else None
             if task is None:
                 continue
-            calls = [
-                call for call in _await_frames(task.coro) if call.f_code.co_name in _THREAD_CALLS
-            ]
-            if calls and calls[-1].f_locals.get("task_register") is register:
+            if _innermost_register(task.coro) is register:
                 answering.add(task)
         return answering
 
@@ -2389,7 +2398,7 @@ class _TrioQueue(_Queue):
         if not runnable:
             # (what threads handed in comes in before time passes: a call back of a thread
             # whose call was abandoned on cancel, which no task waits for)
-            if self.time_waits_for_threads() or self.reported() or self.call_back_running():
+            if self.time_waits_for_threads() or self.reported() or self.entry_pending():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
@@ -2529,9 +2538,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             return super().popleft() if super().__len__() else _NOTHING
         self.task_ran = True
         if chosen.call_backs:
-            _, call_back = chosen.call_backs.pop(0)
-            chosen.held = bool(chosen.call_backs)
-            return call_back
+            return queue.take_call_back(chosen)
         chosen.held = False
         handles, chosen.handles = chosen.handles, []
         for handle in handles[1:]:  # not seen so far; run them after it, in order
