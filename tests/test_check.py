@@ -175,3 +175,49 @@ async def test_one_to_one_reservation_away_from_its_memory(memory: avcm.Physical
         f"one-to-one {second!r} is not at its memory {second.phys!r}",
         f"one-to-one reservations overlap at {second.start:#x}",
     ]
+
+
+@pytest.mark.parametrize("change", ["moved", "dropped", "before", "between", "after", "bigger"])
+async def test_a_change_where_no_operation_ran_since_the_last_check(
+    memory: avcm.PhysicalMemory, change: str
+) -> None:
+    """The check looks again only at reservations whose entries changed since it last passed:
+    an entry changed under a reservation nothing touched (shared hardware, a stray write) is
+    found all the same, and worded as a check from scratch words it."""
+    cpu = drivers.create_cpu(memory, latency=ZERO, name="test")  # 4 KiB pages: one entry each
+    first = await cpu.make_binding(16 * KiB)
+    await cpu.reserve(4 * KiB)  # unbound, between the two: in no translation
+    second = await cpu.make_binding(16 * KiB)
+    await cpu.activate()
+    assert testing.check_model(cpu) == 4
+    hardware = drivers.hardware(cpu)
+    entries = hardware._entries
+    page = first.start + 8 * KiB
+    _, paddr, size = entries[page]
+    if change == "moved":  # to other memory
+        entries[page] = (page, paddr + MiB, size)
+    elif change == "dropped":
+        del entries[page]
+    elif change == "bigger":  # a large page over the first reservation and past it
+        for vaddr in range(first.start, first.start + 16 * KiB, size):
+            del entries[vaddr]
+        entries[first.start] = (first.start, entries_start(first), MiB)
+    else:
+        low, high = sorted((first, second), key=lambda res: res.start)
+        vaddr = {
+            "before": low.start - size,
+            "between": low.start + 16 * KiB,
+            "after": high.start + 16 * KiB,
+        }[change]
+        assert vaddr not in entries and (change != "between" or vaddr < high.start)
+        entries[vaddr] = (vaddr, paddr, size)
+    hardware._mappings = None  # what the driver's own changes do
+    problems = mismatch(cpu)
+    assert problems
+    avcm.testing._invariants._verified.clear()  # avcm-private: from scratch
+    assert mismatch(cpu) == problems
+
+
+def entries_start(res: avcm.Res) -> int:
+    assert res.phys is not None
+    return res.phys.parts[0].start

@@ -11,13 +11,14 @@ is in flight: mid-operation the hardware is allowed to lag and locks are held.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
-from .. import Phys, PhysicalMemory, Vcm
+from .. import Phys, PhysicalMemory, Res, Vcm
 from ..lowlevel import Extent, MmuWrapper, O2oWrapper, hardware_view
 
 __all__ = [
@@ -113,6 +114,79 @@ def expected_mappings(vcm: Vcm) -> list[Extent]:
     return _merge(extents)
 
 
+# Per context, from the last time its hardware matched the model: for each bound reservation
+# (by its start), its phys (a weak reference: a phys refers to its context, which is the key)
+# and the hardware's entries that mapped it. An unchanged reservation whose entries are equal to
+# those again maps its memory as it did: only what changed since is merged and compared.
+_verified: weakref.WeakKeyDictionary[Vcm, dict[int, tuple[weakref.ref[Phys], list[Extent]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_start = attrgetter("start")
+_vaddr = itemgetter(0)
+
+
+def _binding(start: int, phys: Phys) -> list[Extent]:
+    """The translations the model expects for *phys* bound at *start*, merged."""
+    extents = []
+    for first, end in _extents(phys):
+        extents.append((start, first, end - first))
+        start += end - first
+    return _merge(extents)
+
+
+def _matches_model(vcm: Vcm, mappings: list[Extent]) -> bool:
+    """Whether ``_merge(mappings) == expected_mappings(vcm)``, for *mappings* sorted, looking
+    again only at what changed since the last time it held. False may also mean "not proven":
+    the caller then compares the whole (and words what differs).
+
+    Why comparing reservation by reservation decides the whole: the entries are split at the
+    reservations' bounds into consecutive pieces that leave none out (else: False), and
+    merging runs piece by piece and then across pieces gives what merging all at once gives.
+    """
+    if vcm.activations == 0:
+        _verified.pop(vcm, None)
+        return not mappings
+    before = _verified.get(vcm, {})
+    verified: dict[int, tuple[weakref.ref[Phys], list[Extent]]] = {}
+    index = 0  # the first entry no reservation has claimed yet
+    claimed_to = None  # where the last reservation looked at ends
+    bound: list[Res] = sorted(
+        [res for res in vcm.reservations() if res.phys is not None], key=_start
+    )
+    for res in bound:
+        phys = res.phys
+        start = res.start
+        if phys is None or (claimed_to is not None and start < claimed_to):
+            return False  # overlapping reservations: the whole comparison says what it is
+        end = start + phys.size
+        seen = before.get(start)
+        if seen is not None and seen[0]() is phys:
+            piece = mappings[index : index + len(seen[1])]
+            following = index + len(piece)
+            # equal to the entries verified then (tuples of ints: immutable), and the entry
+            # after them is past the reservation
+            if piece == seen[1] and (following == len(mappings) or mappings[following][0] >= end):
+                verified[start] = seen
+                index = following
+                claimed_to = end
+                continue
+        if bisect.bisect_left(mappings, start, index, key=_vaddr) != index:
+            return False  # entries before this reservation that no reservation claims
+        following = bisect.bisect_left(mappings, end, index, key=_vaddr)
+        piece = mappings[index:following]
+        if not all(type(entry) is tuple for entry in piece):
+            return False
+        if _merge(piece) != _binding(start, phys):
+            return False
+        verified[start] = (weakref.ref(phys), piece)
+        index = following
+        claimed_to = end
+    if index != len(mappings):
+        return False  # entries past the last reservation
+    _verified[vcm] = verified
+    return True
+
+
 def _format(extent: Extent) -> str:
     vaddr, paddr, size = extent
     return f"{vaddr:#x}..{vaddr + size:#x} -> {paddr:#x}"
@@ -157,10 +231,9 @@ def check_model(vcm: Vcm) -> int:
         active = hardware.hardware_active()
         if active != (vcm.activations > 0):
             problems.append(f"hardware active={active} but activations={vcm.activations}")
-        merged = _merge(hardware.hardware_mappings())
-        expected = expected_mappings(vcm)
-        if merged != expected:  # both sorted, so equal lists are the usual, quick answer
-            have, want = set(merged), set(expected)
+        mappings = sorted(hardware.hardware_mappings())
+        if not _matches_model(vcm, mappings):
+            have, want = set(_merge(mappings)), set(expected_mappings(vcm))
             for extent in sorted(want - have):
                 problems.append(f"missing in hardware: {_format(extent)}")
             for extent in sorted(have - want):
