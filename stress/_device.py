@@ -169,8 +169,9 @@ def after_binding(world: World, res: avcm.Res, after: str) -> None:
     """*res* was just bound (or mapped): its range reaches its memory, if the context is on."""
     ctx = world.by_vcm[res.vcm]
     if ctx.translated:
+        where = f"after {after} of {world.name(res)} returned"
         for address in world.device.within(ctx, res.start, res.bound_size):
-            _probe(world, ctx, res, address, f"after {after} of {world.name(res)} returned")
+            _probe(world, ctx, res, address, where)
 
 
 def probe_bound(world: World, ctx: Context, when: str) -> None:
@@ -222,11 +223,16 @@ def check_devices(world: World) -> None:
             key=itemgetter(0),
         )
         starts = [start for start, _, _ in bound]
+        faulting: list[int] = []  # addresses the model maps nothing at, probed in order
         for address in world.device.recent(ctx):
             index = bisect.bisect_right(starts, address)
             if index:
                 start, end, phys = bound[index - 1]
                 if address < end:
+                    if faulting:
+                        _expect_fault(world, ctx, faulting, after)
+                        faulting.clear()
                     _expect_memory(world, ctx, address, phys, address - start, after)
                     continue
-            _expect_fault(world, ctx, (address,), after)
+            faulting.append(address)
+        _expect_fault(world, ctx, faulting, after)
