@@ -102,16 +102,21 @@ def expected_mappings(vcm: Vcm) -> list[Extent]:
     """The translations the model says the hardware must hold now (none when inactive)."""
     if vcm.activations == 0:
         return []
-    extents = []
+    extents: list[Extent] = []
     for res in vcm.reservations():
-        phys = res.phys
-        if phys is None:
-            continue
-        vaddr = res.start
-        for start, end in _extents(phys):  # its parts, contiguous ones merged already
-            extents.append((vaddr, start, end - start))
-            vaddr += end - start
+        if res.phys is not None:
+            extents += _translations(res.start, res.phys)
     return _merge(extents)
+
+
+def _translations(vaddr: int, phys: Phys) -> list[Extent]:
+    """The translations *phys* bound at *vaddr* needs, one per part of its memory (contiguous
+    parts merged already), unmerged across parts."""
+    extents = []
+    for start, end in _extents(phys):
+        extents.append((vaddr, start, end - start))
+        vaddr += end - start
+    return extents
 
 
 # Per context, from the last time its hardware matched the model: for each bound reservation
@@ -124,15 +129,6 @@ _verified: weakref.WeakKeyDictionary[Vcm, dict[int, tuple[weakref.ref[Phys], lis
 _by_start = attrgetter("start")
 _begin = itemgetter(0)  # of an extent, its vaddr; of a (start, end) range, its start
 _end = itemgetter(1)
-
-
-def _binding(start: int, phys: Phys) -> list[Extent]:
-    """The translations the model expects for *phys* bound at *start*, merged."""
-    extents = []
-    for first, end in _extents(phys):
-        extents.append((start, first, end - first))
-        start += end - first
-    return _merge(extents)
 
 
 def _matches_model(vcm: Vcm, mappings: list[Extent]) -> bool:
@@ -177,7 +173,7 @@ def _matches_model(vcm: Vcm, mappings: list[Extent]) -> bool:
         piece = mappings[index:following]
         if set(map(type, piece)) != {tuple}:  # immutable entries only (none: False)
             return False
-        if _merge(piece) != _binding(start, phys):
+        if _merge(piece) != _merge(_translations(start, phys)):
             return False
         verified[start] = (weakref.ref(phys), piece)
         index = following
