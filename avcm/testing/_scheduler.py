@@ -1851,6 +1851,19 @@ class _Queue:
         raise NotImplementedError
 
     def release_all(self) -> None:
+        """Let go of every task: the run ended, or failed. What threads handed in comes in, and
+        each held task is handed to the event loop to run as it would (:meth:`run_held`)."""
+        self.free = True
+        for task in self.tasks.values():
+            self.woken(task)
+        self.let_in()
+        for task in self.tasks.values():
+            if task.held:
+                task.held = False
+                self.run_held(task)
+
+    def run_held(self, task: _Task) -> None:
+        """Hand a held *task* back to the event loop's own queue."""
         raise NotImplementedError
 
     def uninstall(self) -> None:
@@ -2423,16 +2436,9 @@ class _TrioQueue(_Queue):
         if jump is not None and not math.isinf(deadline):
             jump(max(0.0, deadline - self.now()))
 
-    def release_all(self) -> None:
-        self.free = True
+    def run_held(self, task: _Task) -> None:
         assert self.runq is not None
-        for task in self.tasks.values():
-            self.woken(task)
-        self.let_in()
-        for task in self.tasks.values():
-            if task.held:
-                task.held = False
-                collections.deque.append(self.runq, task.native)
+        collections.deque.append(self.runq, task.native)
 
     def uninstall(self) -> None:
         self.release_all()
@@ -2806,18 +2812,11 @@ class _AsyncioQueue(_Queue):
         self.loop.count_reads = True  # from the first question on: see _TrioQueue
         return self.loop.task_reads
 
-    def release_all(self) -> None:
-        self.free = True
+    def run_held(self, task: _Task) -> None:
         assert self.readyq is not None
-        for task in self.tasks.values():
-            self.woken(task)
-        self.let_in()
-        for task in self.tasks.values():
-            if task.held:
-                task.held = False
-                for handle in task.handles:
-                    collections.deque.append(self.readyq, handle)
-                task.handles = []
+        for handle in task.handles:
+            collections.deque.append(self.readyq, handle)
+        task.handles = []
 
     def uninstall(self) -> None:
         self.release_all()
