@@ -6,6 +6,7 @@ checks that need the whole world: at quiescent points (no operation in flight) a
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,7 @@ def _prune(world: World) -> None:
     an operation complete), so the pools hold only live objects."""
     world.physes[:] = [phys for phys in world.physes if not phys.freed]
     world.reservations[:] = [res for res in world.reservations if not res.unreserved]
-    for known in (world.extents, world.written):
+    for known in (world.layouts, world.written):
         for phys in [phys for phys in known if phys.freed]:
             del known[phys]
 
@@ -138,27 +139,33 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
     return views
 
 
-def _extents(world: World, phys: avcm.Phys) -> list[tuple[int, int]]:
-    """A phys's memory as maximal contiguous ranges; parts never change, so computed once."""
-    extents = world.extents.get(phys)
-    if extents is None:
-        extents = []
+def _layout(world: World, phys: avcm.Phys) -> tuple[list[int], list[int]]:
+    """A phys's memory as maximal contiguous ranges: where each begins in the phys (its
+    offset) and in physical memory. Parts never change, so computed once; a phys of a 4 KiB
+    page MMU has hundreds of them, and each probe looks one up."""
+    layout = world.layouts.get(phys)
+    if layout is None:
+        offsets: list[int] = []
+        starts: list[int] = []
+        offset = 0
+        end = None
         for start, size in phys.parts:
-            if extents and extents[-1][1] == start:
-                extents[-1] = (extents[-1][0], start + size)
-            else:
-                extents.append((start, start + size))
-        world.extents[phys] = extents
-    return extents
+            if start != end:
+                offsets.append(offset)
+                starts.append(start)
+            offset += size
+            end = start + size
+        layout = world.layouts[phys] = (offsets, starts)
+    return layout
 
 
 def physical_address(world: World, phys: avcm.Phys, offset: int) -> int:
     """Where byte *offset* of *phys* is in physical memory."""
-    for start, end in _extents(world, phys):
-        if offset < end - start:
-            return start + offset
-        offset -= end - start
-    raise AssertionError("offset beyond the phys")  # the caller draws offsets inside it
+    if not 0 <= offset < phys.size:
+        raise AssertionError("offset beyond the phys")  # the caller draws offsets inside it
+    offsets, starts = _layout(world, phys)
+    index = bisect.bisect_right(offsets, offset) - 1
+    return starts[index] + offset - offsets[index]
 
 
 WRITES_KEPT = 8  # per phys, the harness's last writes that are checked to stay

@@ -196,11 +196,12 @@ class World:
         self.physes: list[avcm.Phys] = []
         self.reservations: list[avcm.Res] = []
         self.names: dict[object, str] = {}
-        # Per phys, its extents (computed once), and the bytes the harness wrote last at a
-        # few offsets (data checks and probes): nothing else may change them while the phys
-        # lives. Plain dicts, a probe reads both (a weak one makes a reference at each look
-        # up): a phys's entries go once it is freed, at the next quiescent point (_prune).
-        self.extents: dict[avcm.Phys, list[tuple[int, int]]] = {}
+        # Per phys, where its contiguous ranges are (computed once), and the bytes the harness
+        # wrote last at a few offsets (data checks and probes): nothing else may change them
+        # while the phys lives. Plain dicts, a probe reads both (a weak one makes a reference
+        # at each look up): a phys's entries go once it is freed, at the next quiescent point
+        # (_prune).
+        self.layouts: dict[avcm.Phys, tuple[list[int], list[int]]] = {}
         self.written: dict[avcm.Phys, dict[int, bytes]] = {}
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         # per context, the sum of its counts in held: what its activation count must be
