@@ -139,7 +139,7 @@ class MmuWrapper(_WrapperDriver):
         if activate_page is None or deactivate_page is None:  # pragma: no cover - init checks
             raise InvalidError("mmu: driver lost its page operations")
         # what phys_walk does, without its validation: a bound reservation and its phys passed
-        # it at bind (a third of a small bind's cost, otherwise)
+        # it at bind (and it costs more than the walk of a binding of a few pages)
         await visit_pages(
             self.pages(res, phys),
             activate_page,
