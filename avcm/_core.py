@@ -235,7 +235,8 @@ class Phys(_Allocated):
     ) -> None:
         # allocated: the parts are blocks avcm's own allocator just handed out (phys_alloc),
         # aligned, in range and apart by construction: their checks are skipped (a phys of
-        # 4 KiB pages has hundreds)
+        # 4 KiB pages has hundreds), the one for overlaps too (its parts come largest first,
+        # often out of address order: that check would sort them)
         if free is not None:
             check_coroutine_function(free, "phys: free callback")
         if isinstance(parts, (str, bytes)) or not isinstance(parts, Iterable):
@@ -258,8 +259,8 @@ class Phys(_Allocated):
                 check_aligned(start, f"phys part {index} start")
                 check_aligned(size, f"phys part {index} size", positive=True)
                 check_span(start, size, f"phys part {index}")
-            ascending = ascending and start >= end
-            end = start + size
+                ascending = ascending and start >= end
+                end = start + size
             flat.append(start)
             flat.append(size)
             flat[0] += size
@@ -306,7 +307,10 @@ class Phys(_Allocated):
     def parts(self) -> tuple[PhysPart, ...]:
         """The parts, in allocation order (a new tuple at every access)."""
         layout = self._layout
-        return tuple(map(PhysPart, layout[1::2], layout[2::2]))
+        # what PhysPart(start, size) makes, without its Python __new__ per part (the checks
+        # read every live phys's parts at every quiescent point)
+        pairs = zip(layout[1::2], layout[2::2], strict=True)
+        return tuple(map(tuple.__new__, itertools.repeat(PhysPart), pairs))
 
     def _spans(self) -> Iterator[tuple[int, int]]:
         """The parts as plain ``(start, size)`` pairs, for avcm's own walks: a page walk or a
