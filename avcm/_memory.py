@@ -81,8 +81,11 @@ class _FreeBlocks(set[int]):
         return heap[0]
 
     def pop_lowest(self) -> int:
-        start = self.lowest()
-        heapq.heappop(self._heap)
+        """Take the lowest start out (there must be one)."""
+        heap = self._heap
+        start = heapq.heappop(heap)
+        while start not in self:  # no longer free: dropped, as lowest does
+            start = heapq.heappop(heap)
         self.remove(start)
         return start
 
