@@ -233,9 +233,6 @@ class Phys(_Allocated):
         *,
         allocated: bool = False,
     ) -> None:
-        # allocated: the parts are blocks avcm's own allocator just handed out (phys_alloc),
-        # aligned, in range and apart by construction: their checks are skipped (a phys of
-        # 4 KiB pages has hundreds)
         if free is not None:
             check_coroutine_function(free, "phys: free callback")
         if isinstance(parts, (str, bytes)) or not isinstance(parts, Iterable):
@@ -245,28 +242,17 @@ class Phys(_Allocated):
         # Flat (total size, start, size, start, size, ...) in an array: 16 bytes a part, where
         # a tuple of PhysPart would cost over 100 (a phys of a 4 KiB-page MMU has thousands of
         # parts), and 8 for the size, where an int would cost 32.
-        flat = [0]
-        ascending, end = True, 0
-        for index, part in enumerate(parts):
-            try:
-                start, size = part
-            except (TypeError, ValueError):
-                raise InvalidError(
-                    f"phys part {index} {part!r} is not a (start, size) pair"
-                ) from None
-            if not allocated:
-                check_aligned(start, f"phys part {index} start")
-                check_aligned(size, f"phys part {index} size", positive=True)
-                check_span(start, size, f"phys part {index}")
-            ascending = ascending and start >= end
-            end = start + size
-            flat.append(start)
-            flat.append(size)
-            flat[0] += size
+        if allocated:
+            # blocks avcm's own allocator just handed out (phys_alloc): (start, size) pairs,
+            # aligned, in range and apart by construction, so taken as they are, unchecked (a
+            # phys of 4 KiB pages has hundreds; the overlap check would sort them, since the
+            # largest come first, often out of address order)
+            flat = [0, *itertools.chain.from_iterable(parts)]
+            flat[0] = sum(flat[2::2])
+        else:
+            flat = self._checked_layout(parts)
         if len(flat) == 1:
             raise InvalidError("phys must have at least one part")
-        if not ascending:  # parts in address order, the usual case, cannot overlap
-            _check_disjoint(flat)
         flat[0] &= _SIZE_MASK  # all of the 64-bit space, 1 << 64, is kept as 0: see size
         self._layout = array("Q", flat)  # exactly as large as it must be: appending over-sizes
         self._free = free
@@ -277,6 +263,31 @@ class Phys(_Allocated):
         self._bindings = 0
         self._lock: Mutex | None = None  # made by _mutex, when first needed
         self._freed = False
+
+    @staticmethod
+    def _checked_layout(parts: Iterable[tuple[int, int]]) -> list[int]:
+        """The flat layout of parts a driver describes, each checked: pairs of page aligned
+        ints inside 64-bit addresses, no two overlapping (EINVAL)."""
+        flat = [0]
+        ascending, end = True, 0
+        for index, part in enumerate(parts):
+            try:
+                start, size = part
+            except (TypeError, ValueError):
+                raise InvalidError(
+                    f"phys part {index} {part!r} is not a (start, size) pair"
+                ) from None
+            check_aligned(start, f"phys part {index} start")
+            check_aligned(size, f"phys part {index} size", positive=True)
+            check_span(start, size, f"phys part {index}")
+            ascending = ascending and start >= end
+            end = start + size
+            flat.append(start)
+            flat.append(size)
+            flat[0] += size
+        if not ascending:  # parts in address order, the usual case, cannot overlap
+            _check_disjoint(flat)
+        return flat
 
     def __repr__(self) -> str:
         state = " freed" if self._freed else f" bindings={self._bindings}"
@@ -306,7 +317,10 @@ class Phys(_Allocated):
     def parts(self) -> tuple[PhysPart, ...]:
         """The parts, in allocation order (a new tuple at every access)."""
         layout = self._layout
-        return tuple(map(PhysPart, layout[1::2], layout[2::2]))
+        # what PhysPart(start, size) makes, without its Python __new__ per part (the checks
+        # read every live phys's parts at every quiescent point)
+        pairs = zip(layout[1::2], layout[2::2], strict=True)
+        return tuple(map(tuple.__new__, itertools.repeat(PhysPart), pairs))
 
     def _spans(self) -> Iterator[tuple[int, int]]:
         """The parts as plain ``(start, size)`` pairs, for avcm's own walks: a page walk or a

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._errors import InvalidError
@@ -50,53 +50,43 @@ class MemoryStatistics:
     """The address of the first such write, or ``None``."""
 
 
-class _FreeBlocks:
-    """The starts of the free blocks of one order, the lowest one always at hand: a set says
+class _FreeBlocks(set[int]):
+    """The starts of the free blocks of one order, the lowest one always at hand: the set says
     which are free, a heap which is lowest; a start no longer free stays in the heap until it
     comes up (then it is dropped), so taking or freeing a block costs no shifting of a sorted
-    list."""
+    list. A set itself, so that the allocator's tests of membership and emptiness (several per
+    block taken or freed) are the set's own, not calls of Python methods; :meth:`add` is
+    the one way in (it keeps the heap)."""
 
-    __slots__ = ("_free", "_heap")
+    __slots__ = ("_heap",)
 
     def __init__(self) -> None:
-        self._free: set[int] = set()
+        super().__init__()
         self._heap: list[int] = []
 
-    def __len__(self) -> int:
-        return len(self._free)
-
-    def __bool__(self) -> bool:
-        return bool(self._free)
-
-    def __contains__(self, start: int) -> bool:
-        return start in self._free
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self._free))
-
     def add(self, start: int) -> None:
-        if start not in self._free:
-            self._free.add(start)
+        if start not in self:
+            set.add(self, start)
             heap = self._heap
-            if len(heap) > 2 * len(self._free) + 64:  # mostly starts no longer free: afresh
-                heap[:] = sorted(self._free)  # a sorted list is a heap
+            if len(heap) > 2 * len(self) + 64:  # mostly starts no longer free: afresh
+                heap[:] = sorted(self)  # a sorted list is a heap
             else:
                 heapq.heappush(heap, start)
 
-    def remove(self, start: int) -> None:
-        self._free.remove(start)
-
     def lowest(self) -> int:
         """The lowest start (there must be one)."""
-        heap, free = self._heap, self._free
-        while heap[0] not in free:
+        heap = self._heap
+        while heap[0] not in self:
             heapq.heappop(heap)
         return heap[0]
 
     def pop_lowest(self) -> int:
-        start = self.lowest()
-        heapq.heappop(self._heap)
-        self._free.remove(start)
+        """Take the lowest start out (there must be one)."""
+        heap = self._heap
+        start = heapq.heappop(heap)
+        while start not in self:  # no longer free: dropped, as lowest does
+            start = heapq.heappop(heap)
+        self.remove(start)
         return start
 
 
@@ -177,7 +167,7 @@ class PhysicalMemory:
         )
 
     def _shape(self) -> tuple[object, ...]:
-        return (*(tuple(blocks) for blocks in self._free), self._top_low, self._top_high)
+        return (*(tuple(sorted(blocks)) for blocks in self._free), self._top_low, self._top_high)
 
     @property
     def free_bytes(self) -> int:
@@ -294,7 +284,7 @@ class PhysicalMemory:
                 blocks.add(start)
                 return
             blocks.remove(buddy)
-            start = min(start, buddy)
+            start &= ~(PAGE_SIZE << order)  # the lower of the two
             order += 1
         self._give_top(start)
 

@@ -17,8 +17,8 @@ import anyio
 from ._core import Phys, Res, Vcm, _WrapperDriver
 from ._errors import InvalidError
 from ._memory import PAGE_SIZE, PhysicalMemory
-from ._phys import pages_of, phys_alloc, phys_walk, resolve_memory, visit_pages
-from ._sync import installed_hooks, sync_point
+from ._phys import pages_of, phys_alloc, resolve_memory, visit_pages
+from ._sync import sync_point
 from ._validate import check_aligned, check_coroutine_function, check_orders, check_span
 from ._vaspace import AddressSpace
 
@@ -138,17 +138,16 @@ class MmuWrapper(_WrapperDriver):
         activate_page, deactivate_page = self._activate_page, self._deactivate_page
         if activate_page is None or deactivate_page is None:  # pragma: no cover - init checks
             raise InvalidError("mmu: driver lost its page operations")
-        vcm = res.vcm
-
-        async def map_page(vaddr: int, paddr: int, order: int) -> None:
-            if installed_hooks:  # else a sync point does nothing: not even make a coroutine
-                await sync_point("driver.activate_page", res)
-            await activate_page(vaddr, paddr, order, vcm)
-
-        async def unmap_page(vaddr: int, paddr: int, order: int) -> None:
-            await deactivate_page(vaddr, paddr, order, vcm)
-
-        await phys_walk(res.start, phys, self.orders, map_page, unmap_page)
+        # what phys_walk does, without its validation: a bound reservation and its phys passed
+        # it at bind (and it costs more than the walk of a binding of a few pages)
+        await visit_pages(
+            self.pages(res, phys),
+            activate_page,
+            deactivate_page,
+            res.vcm,
+            point="driver.activate_page",
+            obj=res,
+        )
 
     async def unmap_res(self, res: Res, phys: Phys) -> None:
         """Take one reservation's mapping out of the hardware, newest page first (the exact
@@ -157,24 +156,17 @@ class MmuWrapper(_WrapperDriver):
             await sync_point("driver.deactivate_res", res)
             await self._deactivate(res, phys)
             return
-        deactivate_page = self._deactivate_page
-        if deactivate_page is None:  # pragma: no cover - init checks
+        activate_page, deactivate_page = self._activate_page, self._deactivate_page
+        if activate_page is None or deactivate_page is None:  # pragma: no cover - init checks
             raise InvalidError("mmu: driver lost its page operations")
-        vcm = res.vcm
-
-        async def unmap_page(vaddr: int, paddr: int, order: int) -> None:
-            if installed_hooks:
-                await sync_point("driver.deactivate_page", res)
-            await deactivate_page(vaddr, paddr, order, vcm)
-
-        activate_page = self._activate_page
-        if activate_page is None:  # pragma: no cover - init checks
-            raise InvalidError("mmu: driver lost its page operations")
-
-        async def remap_page(vaddr: int, paddr: int, order: int) -> None:
-            await activate_page(vaddr, paddr, order, vcm)
-
-        await visit_pages(reversed(self.pages(res, phys)), unmap_page, remap_page)
+        await visit_pages(
+            reversed(self.pages(res, phys)),
+            deactivate_page,
+            activate_page,
+            res.vcm,
+            point="driver.deactivate_page",
+            obj=res,
+        )
 
     def pages(self, res: Res, phys: Phys) -> list[tuple[int, int, int]]:
         """The ``(vaddr, paddr, order)`` pages a per-page driver gets for this binding."""

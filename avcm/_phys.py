@@ -9,6 +9,7 @@ import anyio
 from ._core import Phys
 from ._errors import InvalidError, NoMemoryError
 from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from ._sync import installed_hooks, sync_point
 from ._validate import (
     check_aligned,
     check_coroutine_function,
@@ -141,17 +142,34 @@ def walk_pages(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int,
 def pages_of(vaddr: int, phys: Phys, orders: Sequence[int]) -> list[tuple[int, int, int]]:
     """:func:`walk_pages` without the validation, for arguments that passed it already (the
     MMU wrapper's bound reservations)."""
-    pages = []
+    pages: list[tuple[int, int, int]] = []
+    sizes = [(PAGE_SIZE << order, order) for order in orders]  # largest first
     for paddr, remaining in phys._spans():
         while remaining:
-            for order in orders:
-                page = PAGE_SIZE << order
+            for page, order in sizes:  # noqa: B007 - the one it breaks at is the page
                 if page <= remaining and not (vaddr | paddr) & (page - 1):
                     break
-            pages.append((vaddr, paddr, order))
-            vaddr += page
-            paddr += page
-            remaining -= page
+            if page == remaining:  # the part is one page: most parts, allocated in pages
+                pages.append((vaddr, paddr, order))
+                vaddr += page
+                break
+            # The walk takes pages of this size up to the part's end, or until both addresses
+            # reach the alignment of a larger size that still fits there: a run at a time,
+            # not a page (a MiB of 4 KiB pages is 256 of them).
+            count = remaining // page
+            for larger, _ in sizes:
+                if larger == page:
+                    break
+                # they reach it together only if they are as far from it
+                if not (vaddr - paddr) & (larger - 1):
+                    steps = (-vaddr & (larger - 1)) // page
+                    if steps < count and remaining - steps * page >= larger:
+                        count = steps
+            run = count * page
+            pages += [(vaddr + offset, paddr + offset, order) for offset in range(0, run, page)]
+            vaddr += run
+            paddr += run
+            remaining -= run
     return pages
 
 
@@ -185,22 +203,31 @@ async def phys_walk(
 
 async def visit_pages(
     pages: Iterable[tuple[int, int, int]],
-    callback: PageCallback,
-    recovery: PageCallback | None,
+    callback: Callable[..., Awaitable[object]],
+    recovery: Callable[..., Awaitable[object]] | None,
+    *args: object,
+    point: str | None = None,
+    obj: object = None,
 ) -> None:
-    """Call *callback* for each page in order; on an error (or cancellation) call *recovery*
-    for the pages done, in reverse, shielded, and re-raise. The engine of :func:`phys_walk`."""
+    """Call *callback* for each page in order, as ``callback(vaddr, paddr, order, *args)``,
+    each call announced by the sync point *point* (of *obj*) if one is given; on an error (or
+    cancellation) call *recovery* the same way for the pages done, in reverse, shielded, and
+    re-raise. The engine of :func:`phys_walk`, and of the MMU wrapper's per-page mapping, which
+    passes its driver's operations and their context as they are: no coroutine of its own
+    around each call of a page."""
     done: list[tuple[int, int, int]] = []
     try:
         for page in pages:
-            await callback(*page)
+            if point is not None and installed_hooks:  # else the sync point does nothing
+                await sync_point(point, obj)
+            await callback(*page, *args)
             done.append(page)
     except BaseException as error:
         if recovery is not None:
             with anyio.CancelScope(shield=True):
                 for page in reversed(done):
                     try:
-                        await recovery(*page)
+                        await recovery(*page, *args)
                     except Exception as recovery_error:
                         error.add_note(
                             f"phys_walk recovery of page {page[0]:#x} failed too: "

@@ -94,8 +94,9 @@ class FaultPlan:
 
     def check(self, op: str, owner: object = None) -> None:
         """Count a call of *op*; raise :class:`InjectedFault` if the plan says it fails."""
-        self._calls[op] += 1
-        call = self._calls[op]
+        calls = self._calls
+        call = calls[op] + 1
+        calls[op] = call
         for rule in self._rules:
             if rule.op != op and (rule.op is not None or op not in SETUP):
                 continue

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import math
 import random
+from asyncio import _get_running_loop
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,7 +125,7 @@ class Latency:
             await sync_point(f"latency.{op}", owner)
             # on avcm.testing's virtual-time loop, a sleep nothing could interleave with
             # moves the clock in place: the same run, without two loop iterations
-            loop = asyncio._get_running_loop()
+            loop = _get_running_loop()
             if loop is None:  # trio: avcm.testing's clock has the same
                 trio = _trio()
                 if not getattr(trio.lowlevel.current_clock(), "sleep_in_place", _never)(delay):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import avcm
+from avcm import PAGE_SHIFT, PAGE_SIZE
 from avcm.lowlevel import check_orders, resolve_memory
 
 from ._faults import FaultPlan
@@ -69,11 +70,14 @@ class PageTableMmu:
         # its size, so the entry covering an address starts at that address rounded down to
         # one of the orders' sizes
         self._entries: dict[int, tuple[int, int, int]] = {}
-        self._sizes = tuple(avcm.PAGE_SIZE << order for order in self.orders)
-        # (order, vaddr >> (PAGE_SHIFT + order)) -> how many entries start in that block, for
-        # each order but 0: whether a large page would cover an entry already there
-        self._starts_in: Counter[tuple[int, int]] = Counter()
-        self._block_orders = self.orders[:-1]
+        self._sizes = tuple(PAGE_SIZE << order for order in self.orders)
+        # order -> {vaddr >> (PAGE_SHIFT + order): how many entries start in that block}, for
+        # each order but 0: whether a large page would cover an entry already there. A table
+        # per order, keyed by ints: a page's activation updates every one of them.
+        self._starts_in: dict[int, dict[int, int]] = {order: {} for order in self.orders[:-1]}
+        self._block_shifts = tuple(
+            (starts, PAGE_SHIFT + order) for order, starts in self._starts_in.items()
+        )
         self._per_order: Counter[int] = Counter()
         self._mappings: list[tuple[int, int, int]] | None = None  # sorted, until a change
         self.enabled = False
@@ -109,41 +113,41 @@ class PageTableMmu:
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         self.faults.check("pte_write", self.name)
         await self.latency.sleep("pte_write", self)
-        size = avcm.PAGE_SIZE << order
+        size = PAGE_SIZE << order
         if order not in self.orders or (vaddr | paddr) & (size - 1):
             raise avcm.InvalidError(
                 f"{self.name}: page {vaddr:#x} -> {paddr:#x} of order {order} is misaligned "
                 f"or not a supported size"
             )
-        starts_in = self._starts_in
-        if (
-            self._covering(vaddr) is not None
-            or (order, vaddr >> (avcm.PAGE_SHIFT + order)) in starts_in
+        starts_in = self._starts_in.get(order)  # none for order 0: no entry starts inside
+        if self._covering(vaddr) is not None or (
+            starts_in is not None and vaddr >> (PAGE_SHIFT + order) in starts_in
         ):
             raise avcm.InvalidError(f"{self.name}: page {vaddr:#x}+{size:#x} overlaps an entry")
         self._entries[vaddr] = (vaddr, paddr, size)
         self._mappings = None
-        for block_order in self._block_orders:
-            block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
-            starts_in[block] = starts_in.get(block, 0) + 1
+        for starts, shift in self._block_shifts:
+            block = vaddr >> shift
+            starts[block] = starts.get(block, 0) + 1
         self._per_order[order] += 1
         self._pte_writes += 1
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         self.faults.check("pte_clear", self.name)
         await self.latency.sleep("pte_clear", self)
-        if self._entries.get(vaddr) != (vaddr, paddr, avcm.PAGE_SIZE << order):
+        if self._entries.get(vaddr) != (vaddr, paddr, PAGE_SIZE << order):
             raise avcm.InvalidError(
                 f"{self.name}: no entry {vaddr:#x} -> {paddr:#x} of order {order} to remove"
             )
         del self._entries[vaddr]
         self._mappings = None
-        starts_in = self._starts_in
-        for block_order in self._block_orders:
-            block = (block_order, vaddr >> (avcm.PAGE_SHIFT + block_order))
-            starts_in[block] -= 1
-            if not starts_in[block]:
-                del starts_in[block]
+        for starts, shift in self._block_shifts:
+            block = vaddr >> shift
+            left = starts[block] - 1
+            if left:
+                starts[block] = left
+            else:
+                del starts[block]
         self._per_order[order] -= 1
         self._pte_clears += 1
 
@@ -173,7 +177,7 @@ class PageTableMmu:
         if (
             type(addr) is int
             and type(length) is int
-            and 0 < length <= avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1))
+            and 0 < length <= PAGE_SIZE - (addr & (PAGE_SIZE - 1))
         ):
             return [(self.translate(addr), length)]  # within one page: most accesses
         self._check_int(addr, "device address")
@@ -183,7 +187,7 @@ class PageTableMmu:
         chunks = []
         while length:
             physical = self.translate(addr)
-            chunk = min(length, avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)))
+            chunk = min(length, PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
             chunks.append((physical, chunk))
             addr += chunk
             length -= chunk
@@ -194,7 +198,7 @@ class PageTableMmu:
         if (
             type(addr) is int
             and type(length) is int
-            and 0 < length <= avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1))
+            and 0 < length <= PAGE_SIZE - (addr & (PAGE_SIZE - 1))
         ):  # within one page: most accesses (what _chunks does, without its list)
             return self.memory.read(self.translate(addr), length)
         chunks = self._chunks(addr, length)
