@@ -4,12 +4,11 @@ checks the contract's invariants after every step. See ``python -m stress --help
 from ._cli import main, run
 from ._config import DRIVER_CONTEXTS, DRIVER_DEFAULT_CONTEXTS, OPERATIONS, StressConfig, UsageError
 from ._invariants import Violation
-from ._workload import LEAK_ALLOWANCE, RunResult
+from ._workload import RunResult
 
 __all__ = [
     "DRIVER_CONTEXTS",
     "DRIVER_DEFAULT_CONTEXTS",
-    "LEAK_ALLOWANCE",
     "OPERATIONS",
     "RunResult",
     "StressConfig",

@@ -528,20 +528,21 @@ def test_output_into_a_closed_pipe_is_exit_141_without_a_traceback() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
-@pytest.mark.parametrize("driver", ["flaky", "honest"])
+@pytest.mark.parametrize("driver", ["flaky", "flaky_teardown", "honest"])
 def test_correct_drivers_that_fail_or_fault_their_own_way_pass(
     driver: str, tasks: int, backend: str
 ) -> None:
-    """A driver call that fails with a plain OSError (also in the harness's own drains,
-    which retry it), a status that shows a driver call's state while it runs, a device fault
-    that is no VcmError: all allowed, no violation."""
+    """A driver call that fails with a plain OSError (also in the harness's own drains and
+    its release at the end of each task, which retry it; a teardown call too), a status that
+    shows a driver call's state while it runs, a device fault that is no VcmError: all
+    allowed, no violation."""
     config = stress.StressConfig(
         backend=backend, driver=f"tests.tricky_drivers:{driver}", contexts=(("custom", 2),),
         tasks=tasks, ops=2500, drain_every=1000,
     )  # fmt: skip
     result = stress.run(config)
     assert result.violation is None, result.violation
-    if driver == "flaky":
+    if driver.startswith("flaky"):
         outcomes = [o for per_op in result.outcomes.values() for o in per_op.elements()]
         assert "driver EIO" in outcomes
         assert result.checks["drain"] >= 2

@@ -7,6 +7,7 @@ exactly where an operation is when a check looks at it, on both backends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -339,7 +340,7 @@ def test_a_racy_give_is_caught_within_10000_operations_for_most_seeds(
         args += ["--driver", "tests.broken_drivers:shared_unit_racy_give"]
         if stress.main(args) == 1:
             violation = json.loads(report.read_text())["violation"]
-            # a leak within the allowance: at the end, pinned to the window where it grew
+            # a leak: at the end, pinned to the window where it grew
             # (or to the operations before the first drain, when it grew then)
             assert violation["rule"] == "rule 9", violation
             assert re.search(r"operations \d+-\d+", violation["description"]), violation
@@ -398,7 +399,7 @@ def test_a_bounded_cache_still_filling_after_the_first_drain_is_no_leak(backend:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_growth_within_the_allowance_left_after_destroy_is_pinned_to_its_windows(
+def test_growth_left_after_destroy_is_pinned_to_its_windows(
     backend: str,
 ) -> None:
     result = _spare_cache_run(backend, "spare_cache_forgotten")
@@ -410,13 +411,28 @@ def test_growth_within_the_allowance_left_after_destroy_is_pinned_to_its_windows
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_growth_beyond_the_allowance_is_reported_at_its_drain(backend: str) -> None:
+def test_a_cache_given_back_at_destroy_is_no_leak_however_large_it_grew(backend: str) -> None:
+    # The reported false alarm: io-pgtable's way, table pages kept until destroy (here one
+    # more at every switch-on, without bound), was called a leak at a drain once it passed a
+    # fixed allowance. Rule 9 asks only that every page be free after destroy.
     result = _spare_cache_run(backend, "spare_cache_unbounded")
+    assert result.violation is None, result.violation
+    assert result.checks["drain"] == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_growing_leak_is_pinned_to_the_window_where_it_first_grew(backend: str) -> None:
+    result = _spare_cache_run(backend, "spare_cache_unbounded_forgotten")
     violation = result.violation
     assert violation is not None and violation.rule == "rule 9", violation
-    assert violation.seq is not None and violation.seq < 2500
-    assert stress.LEAK_ALLOWANCE == 64 << 10
-    assert "more physical memory in use than after the drain" in violation.description
+    assert violation.seq == 2500
+    assert "leaked after every context was destroyed" in violation.description
+    windows = re.findall(r"operations (\d+)-(\d+) \(\+0x[0-9a-f]+ by then\)", violation.description)
+    # every drain after the first (near operations 500, 1,000, ... and at the end) saw more
+    # in use than the one before: each of its windows is named, one after the other
+    spans = [(int(first), int(last)) for first, last in windows]
+    assert len(spans) == 4 and 500 < spans[0][0] < 510 and spans[-1][1] == 2500, spans
+    assert all(last + 1 == first for (_, last), (first, _) in itertools.pairwise(spans)), spans
 
 
 # -- shared power: a second enabler started from cold at once with the first ------------------

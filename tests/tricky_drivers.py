@@ -59,6 +59,32 @@ def flaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Flaky(memory), memory=memory, name="flaky")
 
 
+class _FlakyTeardown(PageTableMmu):
+    """Fails one teardown call in 100 (a page clear, the switch-off) with a plain
+    ``OSError(EIO)``, having done nothing: rule 8 lets any driver call fail, teardown too."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="flaky-teardown")
+        self._random = random.Random(0)
+
+    def _nack(self, what: str) -> None:
+        if self._random.random() < 0.01:
+            raise OSError(errno.EIO, f"{what}: bus error")
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._nack("deactivate_page")
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        self._nack("disable")
+        await super().disable(vcm)
+
+
+def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = _FlakyTeardown(memory)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")
+
+
 def honest(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Honest(memory), memory=memory, name="honest")
 
@@ -67,8 +93,9 @@ class SpareCache(PageTableMmu):
     """Keeps a cache of spare page-table pages, filled lazily (one more page each time the
     translation is switched on, up to *bound*) and emptied when the context is destroyed:
     correct (rule 9 asks only that every page be free after destroy), although memory in use
-    keeps growing after the harness's first drain. With *bound* ``None`` it grows for ever,
-    and with *forget* its destroy leaves the cache behind: both leak."""
+    keeps growing after the harness's first drain. With *bound* ``None`` it grows for ever
+    (still no leak: destroy gives it back), and with *forget* its destroy leaves the cache
+    behind: a leak."""
 
     def __init__(
         self, memory: avcm.PhysicalMemory, bound: int | None = 8, *, forget: bool = False
@@ -100,13 +127,18 @@ def spare_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 
 def spare_cache_unbounded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    """Broken: its cache grows for ever (a leak that keeps growing)."""
+    """Correct by the contract: its cache grows for ever, but destroy gives it all back."""
     return _spare_cache(memory, SpareCache(memory, None))
 
 
 def spare_cache_forgotten(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Broken: destroy leaves its (bounded) cache behind."""
     return _spare_cache(memory, SpareCache(memory, forget=True))
+
+
+def spare_cache_unbounded_forgotten(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Broken: its cache grows for ever and destroy leaves it behind (a leak that grows)."""
+    return _spare_cache(memory, SpareCache(memory, None, forget=True))
 
 
 class _Threaded(PageTableMmu):
