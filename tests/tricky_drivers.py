@@ -80,6 +80,36 @@ class _FlakyTeardown(PageTableMmu):
         await super().disable(vcm)
 
 
+# One stream for every instance: a unit's NACKs do not start again with each context (the
+# conformance suite makes new ones for each schedule, and for each attempt at its setup).
+_NACKS = random.Random(0)
+
+
+class _Nacking(PageTableMmu):
+    """Fails one setup call in four (a switch-on, a page write) with a plain ``OSError(EIO)``,
+    having done nothing: often enough that a scenario's own calls before and after its race
+    fail too, not only those in it (rule 8 lets any driver call fail)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="nacking")
+
+    def _nack(self, what: str) -> None:
+        if _NACKS.random() < 0.25:
+            raise OSError(errno.EIO, f"{what}: NACKed by the unit")
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        self._nack("enable")
+        await super().enable(vcm)
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._nack("activate_page")
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+def nacking(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Nacking(memory), memory=memory, name="nacking")
+
+
 def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = _FlakyTeardown(memory)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")

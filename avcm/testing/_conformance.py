@@ -108,11 +108,15 @@ async def _activation_is_real(run: Run, vcm: Vcm) -> None:
 
     outcomes = await run.concurrently(activator, activator, activator)
     _raise_unexpected(outcomes, set())
-    assert vcm.activations == 3, f"rule 3: 3 activates, count {vcm.activations}"
+    # an activate the driver failed (rule 8) had no effect
+    active = sum(outcome.ok for outcome in outcomes)
+    assert vcm.activations == active, f"rule 3: {active} activates, count {vcm.activations}"
     check_model(vcm)
-    outcomes = await run.concurrently(vcm.deactivate, vcm.deactivate, vcm.deactivate)
-    _raise_unexpected(outcomes, set())
-    assert vcm.activations == 0, f"rule 3: 3 deactivates, count {vcm.activations}"
+    if active:
+        outcomes = await run.concurrently(*[vcm.deactivate] * active)
+        _raise_unexpected(outcomes, set())
+        active -= sum(outcome.ok for outcome in outcomes)
+        assert vcm.activations == active, f"rule 3: count {vcm.activations}, expected {active}"
 
 
 async def _cancelled_activation(run: Run, vcm: Vcm) -> None:
@@ -981,16 +985,33 @@ async def _make(factory: Factory, memory: PhysicalMemory) -> Vcm:
     return made
 
 
+# How often a scenario starts again because the driver failed one of its calls before the
+# race (rule 8 lets any driver call fail), before the suite says it cannot run it.
+SETUP_ATTEMPTS = 100
+
+
 def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
-    async def scenario(run: Run) -> None:
+    spec = _SPECS[name]
+
+    async def attempt(run: Run) -> bool:
+        """Run the scenario on new contexts and check what it left; False if the driver failed
+        a call of its own before the race (nothing raced: no verdict, start again)."""
         memory = PhysicalMemory(size=64 << 20)
         free_before = memory.free_bytes
-        spec = _SPECS[name]
         vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
+        raced = True
         with warnings.catch_warnings():
             # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
             warnings.simplefilter("ignore", VcmWarning)
-            await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
+            try:
+                await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
+            except OSError as error:
+                # A driver call outside the race failed, as rule 8 lets it: it reached the
+                # caller, which is right, and the scenario's steps after it cannot follow.
+                # What the contexts are left in is still held to every rule below.
+                if not _raised_by_driver(error):
+                    raise
+                raced = bool(run.decisions)
             check_quiescent(vcms)
             check_no_write_after_free(memory, "when the scenario ended")
             for vcm in vcms:
@@ -998,6 +1019,16 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
         check_no_write_after_free(memory, "after destroy")
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
+        return raced
+
+    async def scenario(run: Run) -> None:
+        for _ in range(SETUP_ATTEMPTS):
+            if await attempt(run):
+                return
+        raise InvalidError(
+            f"conformance: {name}: the driver failed a call before the race in "
+            f"{SETUP_ATTEMPTS} attempts in a row: the scenario cannot run"
+        )
 
     # Reports name it as the suite does (``conformance:one_winner``), not by the private
     # module that builds it; replays go through the suite, which rebuilds it by name.
