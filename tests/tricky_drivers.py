@@ -60,15 +60,17 @@ def flaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 
 class _FlakyTeardown(PageTableMmu):
-    """Fails one teardown call in 100 (a page clear, the switch-off) with a plain
-    ``OSError(EIO)``, having done nothing: rule 8 lets any driver call fail, teardown too."""
+    """Fails a teardown call (a page clear, the switch-off) with a plain ``OSError(EIO)``
+    with probability *rate*, having done nothing: rule 8 lets any driver call fail, teardown
+    too."""
 
-    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+    def __init__(self, memory: avcm.PhysicalMemory, rate: float = 0.01) -> None:
         super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="flaky-teardown")
         self._random = random.Random(0)
+        self._rate = rate
 
     def _nack(self, what: str) -> None:
-        if self._random.random() < 0.01:
+        if self._random.random() < self._rate:
             raise OSError(errno.EIO, f"{what}: bus error")
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
@@ -112,6 +114,12 @@ def nacking(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = _FlakyTeardown(memory)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")
+
+
+def flaky_teardown_often(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """One teardown call in three fails: a scenario's deactivates fail in most schedules."""
+    driver = _FlakyTeardown(memory, rate=1 / 3)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")
 
 
