@@ -140,21 +140,18 @@ def _views(world: World, phys: avcm.Phys) -> list[tuple[Context, avcm.Res]]:
 
 
 def _layout(world: World, phys: avcm.Phys) -> tuple[list[int], list[int]]:
-    """A phys's memory as maximal contiguous ranges: where each begins in the phys (its
-    offset) and in physical memory. Parts never change, so computed once; a phys of a 4 KiB
-    page MMU has hundreds of them, and each probe looks one up."""
+    """Where each part of a phys begins in the phys (its offset) and in physical memory.
+    Parts never change, so computed once; a phys of a 4 KiB page MMU has hundreds of them, and
+    each probe looks one up."""
     layout = world.layouts.get(phys)
     if layout is None:
         offsets: list[int] = []
         starts: list[int] = []
         offset = 0
-        end = None
         for start, size in phys.parts:
-            if start != end:
-                offsets.append(offset)
-                starts.append(start)
+            offsets.append(offset)
+            starts.append(start)
             offset += size
-            end = start + size
         layout = world.layouts[phys] = (offsets, starts)
     return layout
 

@@ -191,7 +191,7 @@ class World:
         self.physes: list[avcm.Phys] = []
         self.reservations: list[avcm.Res] = []
         self.names: dict[object, str] = {}
-        # Per phys, where its contiguous ranges are (computed once), and the bytes the harness
+        # Per phys, where its parts are (computed once), and the bytes the harness
         # wrote last at a few offsets (data checks and probes): nothing else may change them
         # while the phys lives. Plain dicts, a probe reads both (a weak one makes a reference
         # at each look up): a phys's entries go once it is freed, at the next quiescent point
