@@ -154,7 +154,8 @@ async def _nested_pairs(run: Run, vcm: Vcm) -> None:
     assert vcm.activations == held, f"rule 3: 3 pairs end at count {vcm.activations}, not {held}"
     hardware = hardware_view(vcm)
     if hardware is not None and hardware.hardware_active() != bool(held):
-        raise AssertionError(f"rule 3: hardware {'in' * bool(held)}active at count {held}")
+        state = "inactive" if held else "active"
+        raise AssertionError(f"rule 3: hardware {state} at count {held}")
 
 
 async def _bind_while_active(run: Run, vcm: Vcm) -> None:
