@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from ._report import (
     summary_line,
     write_trace,
 )
+from ._watchdog import STALL_TIMEOUT, Watch, run_watched
 from ._workload import RunResult, run_workload
 
 __all__ = ["main", "run"]
@@ -224,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N seeds (seed, seed+1, ...) in N parallel processes",
     )
     parser.add_argument(
+        "--stall-timeout",
+        type=_number,
+        default=STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="stop a run in which nothing ends for this many wall-clock seconds and report what "
+        "was under way, as a 'progress' violation: a driver deadlock (a lost wake-up), a "
+        "livelock, a blocked event loop; 0: never (default: %(default)g)",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar, no table: one summary line per run (and any violation)",
@@ -252,13 +263,32 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
     )
 
 
-def run(config: StressConfig, *, show_progress: bool = False) -> RunResult:
-    """Run one stress run to completion in a new event loop of the configured backend."""
+def run(
+    config: StressConfig, *, show_progress: bool = False, stall_timeout: float = STALL_TIMEOUT
+) -> RunResult:
+    """Run one stress run to completion in a new event loop of the configured backend.
+
+    The loop runs in a thread of its own, watched: a run in which nothing ends for
+    *stall_timeout* seconds of wall time (0: never) is stopped with a ``progress`` violation
+    naming what was under way (a deadlock, a livelock, a blocked loop); one that cannot be
+    stopped (a task stuck in a shielded teardown) is abandoned in its thread, and its record
+    as the stall found it returned. If interrupted (KeyboardInterrupt here), the run is
+    cancelled and given a few seconds to end."""
+    check_stall_timeout(stall_timeout)
     options = backend_options(config.backend, config.seed, virtual=config.clock == "virtual")
     with progress_bar(config, show_progress) as on_progress:
-        result = anyio.run(
-            run_workload, config, on_progress, backend=config.backend, backend_options=options
-        )
+
+        def body(watch: Watch[RunResult]) -> RunResult:
+            return anyio.run(
+                run_workload,
+                config,
+                on_progress,
+                watch,
+                backend=config.backend,
+                backend_options=options,
+            )
+
+        result = run_watched(body, stall_timeout)
         if on_progress is not None:
             # the last state is drawn however few operations the bar saw (a --duration run
             # may end before the first one on a busy machine)
@@ -266,20 +296,27 @@ def run(config: StressConfig, *, show_progress: bool = False) -> RunResult:
         return result
 
 
+def check_stall_timeout(seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UsageError(f"--stall-timeout must be 0 (never) or more seconds, not {seconds:g}")
+
+
 def _ignore_interrupts() -> None:
     # --jobs workers: Ctrl-C is the parent's to handle (it stops them), not theirs to report
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_for_pool(config: StressConfig) -> tuple[StressConfig, RunResult]:
-    return config, run(config)
+def _run_for_pool(config: StressConfig, stall_timeout: float) -> tuple[StressConfig, RunResult]:
+    return config, run(config, stall_timeout=stall_timeout)
 
 
-def _run_jobs(config: StressConfig, jobs: int) -> list[tuple[StressConfig, RunResult]]:
-    configs = [replace(config, seed=config.seed + i) for i in range(jobs)]
+def _run_jobs(
+    config: StressConfig, jobs: int, stall_timeout: float
+) -> list[tuple[StressConfig, RunResult]]:
+    runs = [(replace(config, seed=config.seed + i), stall_timeout) for i in range(jobs)]
     # leaving the block on an error or Ctrl-C terminates the workers
     with get_context("spawn").Pool(jobs, initializer=_ignore_interrupts) as pool:
-        return pool.map(_run_for_pool, configs, chunksize=1)
+        return pool.starmap(_run_for_pool, runs, chunksize=1)
 
 
 def _check_output(option: str, path: Path, problem: Callable[[Path], str | None]) -> None:
@@ -316,7 +353,7 @@ def _replay(args: argparse.Namespace) -> int:
     config = recording.config
     if args.json is not None:
         _check_output("--json", args.json, output_file_problem)
-    result = run(config, show_progress=not args.quiet)
+    result = run(config, show_progress=not args.quiet, stall_timeout=args.stall_timeout)
     _show(config, result, args.quiet)
     if result.violation is not None:
         print(describe_violation(config, result, None), file=sys.stdout)
@@ -358,13 +395,16 @@ def _main(argv: Sequence[str] | None) -> int:
         return _replay(args)
     config = config_from_args(args)
     check_count(args.jobs, "--jobs", 1, MAX_JOBS)
+    check_stall_timeout(args.stall_timeout)
     if args.json is not None:
         _check_output("--json", args.json, output_file_problem)
     _check_output("--trace-dir", args.trace_dir, output_dir_problem)
     if args.jobs > 1:
-        runs = _run_jobs(config, args.jobs)
+        runs = _run_jobs(config, args.jobs, args.stall_timeout)
     else:
-        runs = [(config, run(config, show_progress=not args.quiet))]
+        runs = [
+            (config, run(config, show_progress=not args.quiet, stall_timeout=args.stall_timeout))
+        ]
     status = EXIT_CLEAN
     reports = []
     for run_config, result in runs:

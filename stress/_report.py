@@ -163,6 +163,12 @@ def describe_violation(config: StressConfig, result: RunResult, trace_path: Path
         f"VIOLATION at operation {violation.seq} ({violation.rule}): {violation.description}",
         f"seed {config.seed}, backend {config.backend}",
     ]
+    if violation.rule == "progress" and config.clock == "virtual":
+        lines.append(
+            "(if a driver polls the clock with sleep(0) between reads: on the virtual clock, "
+            "time passes only when every task waits, so it never sees time pass; poll with a "
+            "positive sleep, or run with --clock real)"
+        )
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")
         lines.append(f"replay: {replay_command(trace_path, config.driver)}")

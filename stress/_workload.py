@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
 import random
 import time
@@ -50,6 +51,7 @@ from ._invariants import (
     switch_off_together,
     until_done,
 )
+from ._watchdog import Watch
 
 __all__ = [
     "POOL_LIMIT",
@@ -178,7 +180,13 @@ class _Skip(Exception):
 class World:
     """Everything the tasks share: contexts, pools of live objects, the quiescence gate."""
 
-    def __init__(self, config: StressConfig, memory: avcm.PhysicalMemory, contexts: list[Context]):
+    def __init__(
+        self,
+        config: StressConfig,
+        memory: avcm.PhysicalMemory,
+        contexts: list[Context],
+        result: RunResult | None = None,
+    ):
         self.config = config
         self.memory = memory
         self.contexts = contexts
@@ -201,8 +209,13 @@ class World:
         self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
         # per context, the sum of its counts in held: what its activation count must be
         self.held_in: Counter[avcm.Vcm] = Counter()
-        self.result = RunResult()
+        self.result = RunResult() if result is None else result
         self.seq = 0
+        # what is under way, for a stall's report: per task in an operation, the operation
+        # (its number and name); the harness's own check, drain or teardown; tasks ended
+        self.doing: dict[int, tuple[int, str]] = {}
+        self.phase: str | None = None
+        self.tasks_ended = 0
         self.device = DevicePages()
         self.checks_random = random.Random(f"{config.seed}:checks")
         # per context, what operations in flight may be changing in it: a reservation being
@@ -295,11 +308,14 @@ class World:
                 drain = bool(every) and self.result.ops >= self.next_drain
                 if drain:
                     self.next_drain += every
+                what = "a drain" if drain else "a quiescent check"
+                self.phase = f"{what} after operation {self.seq}"
                 try:
                     await self.check(drain=drain)
                 except Exception as error:
-                    _record(self, error, "a drain" if drain else "a quiescent check", self.seq)
+                    _record(self, error, what, self.seq)
         finally:
+            self.phase = None
             self.gate.open()
 
     async def check(self, *, drain: bool = False) -> None:
@@ -646,6 +662,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     # Drawn whether used or not, so the random stream does not depend on outcomes.
     cancel_at = task.rng.randrange(1, CANCEL_POINTS + 1)
     await world.gate.enter()
+    world.doing[task.index] = (seq, op)
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = world.clock()
     try:
@@ -668,6 +685,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         outcome = "VIOLATION"
         _record(world, error, op, seq)
     finally:
+        del world.doing[task.index]
         world.gate.leave()
     elapsed = world.clock() - started
     result.counts[op] += 1
@@ -691,6 +709,7 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
     # operation: it takes no place in a window); again while the driver fails it, as a
     # careful user would (rule 8 lets a deactivate fail with no effect)
     await world.gate.enter(ticketed=False)
+    world.doing[index] = (0, "releasing what it holds at the end")
     try:
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
@@ -700,30 +719,67 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
     except Exception as error:
         _record(world, error, f"deactivating what task {index} held at the end", world.seq)
     finally:
+        del world.doing[index]
         world.gate.leave()
     await world.after_leaving()
+    world.tasks_ended += 1
 
 
 async def run_workload(
-    config: StressConfig, on_progress: Callable[[int], None] | None = None
+    config: StressConfig,
+    on_progress: Callable[[int], None] | None = None,
+    watch: Watch[RunResult] | None = None,
 ) -> RunResult:
     """Run the configured workload in the current event loop and return what happened.
 
     *on_progress* is called with the number of operations done after each one, from within the
-    operation loop (no task of its own, which would change how trio schedules the run)."""
-    memory = avcm.PhysicalMemory()
-    contexts = await build_contexts(config, memory)
-    world = World(config, memory, contexts)
-    world.on_progress = on_progress
+    operation loop (no task of its own, which would change how trio schedules the run).
+    *watch*, if given, is told how far the run got and how to stop it (:func:`run_watched`);
+    a run it stops or interrupts ends early, cancelled."""
+    result = RunResult()
+    world: World | None = None
+    started = time.perf_counter()
+
+    def progress() -> int:
+        checks = result.checks
+        return result.ops + checks["quiescent"] + checks["drain"]
+
+    def stop(blocked: bool) -> RunResult:
+        # (blocked: called from the watching thread, the loop's being stuck)
+        if result.violation is None:
+            result.violation = stall_violation(world, blocked)
+        if world is not None:
+            world.stop = True
+        record = copy.deepcopy(result)
+        record.wall_seconds = time.perf_counter() - started
+        if not blocked:
+            scope.cancel()
+        return record
+
+    with anyio.CancelScope() as scope:
+        if watch is not None:
+            watch.attach(progress, stop, scope.cancel)
+        memory = avcm.PhysicalMemory()
+        contexts = await build_contexts(config, memory)
+        world = World(config, memory, contexts, result)
+        world.on_progress = on_progress
+        started = time.perf_counter()  # the run's time is its operations' and checks'
+        await _run_tasks(world)
+    result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+async def _run_tasks(world: World) -> None:
+    """The tasks' operations, then the drain and teardown at the end."""
+    config = world.config
     ops = [name for name, weight in config.weights if weight > 0]
     weights = [weight for _, weight in config.weights if weight > 0]
-    started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", avcm.VcmWarning)
         # a driver under test gets its --faults from outside, at the sync points before its
         # setup calls; the sample drivers inject their own
         driver_faults = next(
-            (ctx.faults for ctx in contexts if isinstance(ctx.faults, DriverFaults)), None
+            (ctx.faults for ctx in world.contexts if isinstance(ctx.faults, DriverFaults)), None
         )
         with sync_hook(driver_faults) if driver_faults else contextlib.nullcontext():
             async with anyio.create_task_group() as workers:
@@ -734,18 +790,55 @@ async def run_workload(
         # --drain-every still races the contexts' cold starts and checks for leaks
         drained = world.drained_at == world.seq
         if world.result.violation is None and world.config.drain_every and not drained:
+            world.phase = "the drain at the end"
             try:
                 await world.check(drain=True)
             except Exception as error:
                 _record(world, error, "the drain at the end", world.seq)
         if world.result.violation is None:
+            world.phase = "the final teardown"
             try:
                 await check_final(world)
                 world.result.checks["final"] += 1
             except Exception as error:
                 _record(world, error, "the final teardown", world.seq)
-    world.result.wall_seconds = time.perf_counter() - started
-    return world.result
+        world.phase = None
+
+
+# how many of the operations in flight a stall's report names (the rest are counted)
+STALLED_NAMED = 8
+
+
+def stall_violation(world: World | None, blocked: bool) -> Violation:
+    """The violation a run that stopped making progress reports: what was under way (*blocked*:
+    its event loop did not run). What a run is doing when it stalls is fixed by its seed, and
+    so is this."""
+    if blocked:
+        cause = (
+            "the event loop did not run for the stall timeout: a task or callback keeps its "
+            "thread (a blocking call, or a loop that never awaits)"
+        )
+    else:
+        cause = (
+            "nothing ended for the stall timeout: every task waits for something no task will "
+            "do (a deadlock, such as a lost wake-up), or tasks run on without ending anything "
+            "(a livelock)"
+        )
+    if world is None:
+        return Violation("progress", f"{cause}; under way: building the contexts", seq=0)
+    doing = [
+        f"task {index}: " + (f"operation {seq} ({what})" if what in OPERATION_FUNCTIONS else what)
+        for index, (seq, what) in sorted(world.doing.items())
+    ]
+    if len(doing) > STALLED_NAMED:
+        doing[STALLED_NAMED:] = [f"{len(doing) - STALLED_NAMED} more tasks in operations"]
+    if world.phase is not None:
+        doing.append(world.phase)
+    waiting = world.config.tasks - len(world.doing) - world.tasks_ended
+    if waiting:
+        doing.append(f"{waiting} tasks waiting to start one")
+    under_way = "; ".join(doing) or "nothing"
+    return Violation("progress", f"{cause}; under way: {under_way}", seq=world.seq)
 
 
 def _count_warnings(world: World, caught: list[warnings.WarningMessage]) -> None:

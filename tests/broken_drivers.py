@@ -9,9 +9,12 @@ import collections
 import os
 import signal
 import sys
+import threading
 import weakref
+from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 
 import avcm
 import drivers
@@ -743,3 +746,64 @@ def self_interrupting_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(
         0x1000_0000, 1 << 30, SelfInterruptingPageTable(memory), memory=memory, name="sigint"
     )
+
+
+class _Stalling(drivers.PageTableMmu):
+    """Its 300th page write (*teardown*: page removal) never ends, in one of three ways:
+
+    * ``"lost"``: it waits for the unit's completion interrupt, which is lost (a lost
+      wake-up: a deadlock, every task ends up waiting behind it);
+    * ``"spin"``: it polls a status bit that never comes up, with a checkpoint between reads
+      (a livelock: the loop runs, nothing ends);
+    * ``"block"``: it waits for the bit without awaiting (the event loop's thread blocks).
+
+    A page removal is a teardown call, which avcm runs shielded: no cancellation reaches it.
+    """
+
+    def __init__(self, memory: avcm.PhysicalMemory, how: str, teardown: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name=f"stalling-{how}")
+        self.how, self.teardown = how, teardown
+        self.writes = 0
+        self.status_ready = False  # the bit a write waits for: it never comes up
+
+    async def _write(self) -> None:
+        self.writes += 1
+        if self.writes != 300:
+            return
+        if self.how == "lost":
+            await anyio.Event().wait()
+        elif self.how == "spin":
+            while not self.status_ready:
+                await anyio.lowlevel.checkpoint()
+        else:
+            threading.Event().wait()
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().activate_page(vaddr, paddr, order, vcm)
+        if not self.teardown:
+            await self._write()
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        if self.teardown:
+            await self._write()
+
+
+def _stalling(how: str, teardown: bool) -> Callable[[avcm.PhysicalMemory], avcm.Vcm]:
+    def factory(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+        return avcm.mmu_init(0x1000_0000, 1 << 30, _Stalling(memory, how, teardown), memory=memory)
+
+    return factory
+
+
+lost_interrupt = _stalling("lost", teardown=False)
+lost_interrupt_in_teardown = _stalling("lost", teardown=True)
+spinning = _stalling("spin", teardown=False)
+spinning_in_teardown = _stalling("spin", teardown=True)
+blocking = _stalling("block", teardown=False)
+
+
+def blocking_factory(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A factory that never returns: it waits for hardware that never answers, blocking."""
+    threading.Event().wait()
+    raise AssertionError("unreachable")

@@ -45,6 +45,10 @@ def assert_refused(status: int, out: str, err: str, message: str) -> None:
         (["--check-every", "0"], "--check-every"),
         (["--faults", "nan"], "--faults"),
         (["--tasks", "x" * 100_000], "--tasks"),
+        (["--stall-timeout", "-1"], "--stall-timeout must be 0 (never) or more seconds, not -1"),
+        (["--stall-timeout", "nan"], "--stall-timeout must be 0 (never) or more seconds"),
+        (["--stall-timeout", "inf"], "--stall-timeout must be 0 (never) or more seconds"),
+        (["--stall-timeout", "soon"], "--stall-timeout"),
     ],
 )
 def test_command_line_bounds(

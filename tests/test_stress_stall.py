@@ -1,0 +1,141 @@
+"""A run that stops making progress ends with a verdict: a driver deadlock (a lost wake-up), a
+livelock, or a blocked event loop is reported as a ``progress`` violation naming what was under
+way, with a trace whose replay stalls the same way; correct runs are never called stalled.
+
+The stalling drivers (``tests/broken_drivers.py``) stop at their 300th page write, in a setup
+call (cancellable) or a teardown call (shielded by avcm: the run cannot be cancelled and is
+abandoned in its thread).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import stress
+from stress import DRIVER_DEFAULT_CONTEXTS, StressConfig, UsageError
+
+BACKENDS = ["asyncio", "trio"]
+REPO = Path(stress.__file__).resolve().parents[1]
+STALL = 0.5  # seconds of wall time: long for a run on the virtual clock to end nothing
+
+DEADLOCK = "nothing ended for the stall timeout: every task waits for something no task will do"
+BLOCKED = "the event loop did not run for the stall timeout"
+
+
+def _stalling(driver: str, backend: str, tasks: int = 64) -> StressConfig:
+    return StressConfig(
+        backend=backend,
+        tasks=tasks,
+        ops=5_000,
+        driver=f"tests.broken_drivers:{driver}",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("driver", "cause"),
+    [
+        ("lost_interrupt", DEADLOCK),
+        ("lost_interrupt_in_teardown", DEADLOCK),
+        ("spinning", DEADLOCK),
+        ("spinning_in_teardown", DEADLOCK),
+        ("blocking", BLOCKED),
+    ],
+)
+def test_a_stalled_run_is_stopped_with_what_was_under_way(
+    backend: str, driver: str, cause: str
+) -> None:
+    result = stress.run(_stalling(driver, backend), stall_timeout=STALL)
+    violation = result.violation
+    assert violation is not None and violation.rule == "progress", violation
+    assert violation.description.startswith(cause), violation.description
+    # the tasks in operations are named with the operation each is in
+    assert "; under way: task " in violation.description, violation.description
+    assert " (" in violation.description and "tasks waiting to start one" in violation.description
+    assert violation.seq is not None and result.ops < violation.seq < 5_000
+    # the record is the run's as the stall found it: every operation ended is in its trace
+    assert len(result.trace) == result.ops and result.wall_seconds > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 2, 3])
+@pytest.mark.parametrize("driver", ["lost_interrupt", "lost_interrupt_in_teardown"])
+def test_a_stall_is_found_with_few_tasks(backend: str, tasks: int, driver: str) -> None:
+    result = stress.run(_stalling(driver, backend, tasks), stall_timeout=STALL)
+    assert result.violation is not None and result.violation.rule == "progress"
+    description = result.violation.description
+    assert description.startswith(DEADLOCK) and "under way: task " in description, description
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stall_is_found_the_same_way_every_time(backend: str) -> None:
+    config = _stalling("lost_interrupt_in_teardown", backend, tasks=8)
+    first = stress.run(config, stall_timeout=STALL)
+    again = stress.run(config, stall_timeout=STALL)
+    assert first.violation is not None and again.violation is not None
+    assert str(first.violation) == str(again.violation)
+    assert first.violation.seq == again.violation.seq and first.trace == again.trace
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_factory_that_blocks_is_reported_while_building_the_contexts(backend: str) -> None:
+    driver = "tests.broken_drivers:blocking_factory"
+    config = StressConfig(backend=backend, ops=100, driver=driver, contexts=(("custom", 1),))
+    result = stress.run(config, stall_timeout=STALL)
+    assert result.violation is not None and result.violation.rule == "progress"
+    assert result.violation.description == f"{BLOCKED}: a task or callback keeps its thread " + (
+        "(a blocking call, or a loop that never awaits); under way: building the contexts"
+    )
+    assert result.ops == 0 and result.trace == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
+@pytest.mark.parametrize("driver", [None, "tests.tricky_drivers:threaded"])
+def test_a_correct_run_is_never_called_stalled(
+    backend: str, tasks: int, driver: str | None
+) -> None:
+    # a stall timeout far above the time any operation takes, and far below the run's
+    contexts = DRIVER_DEFAULT_CONTEXTS if driver else StressConfig.contexts
+    config = StressConfig(backend=backend, tasks=tasks, ops=1_500, driver=driver, contexts=contexts)
+    result = stress.run(config, stall_timeout=5.0)
+    assert result.violation is None, result.violation
+    assert result.ops == 1_500
+
+
+def test_no_stall_timeout_runs_unwatched() -> None:
+    result = stress.run(StressConfig(ops=300), stall_timeout=0)
+    assert result.violation is None and result.ops == 300
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_a_bad_stall_timeout_is_refused(seconds: float) -> None:
+    with pytest.raises(UsageError, match="--stall-timeout must be 0"):
+        stress.run(StressConfig(ops=10), stall_timeout=seconds)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_run_replays_to_the_same_stall(backend: str, tmp_path: Path) -> None:
+    driver = "tests.broken_drivers:lost_interrupt_in_teardown"
+    command = [sys.executable, "-m", "stress", "--quiet", "--stall-timeout", str(STALL)]
+    common = ["--driver", driver, "--trace-dir", str(tmp_path)]
+    recorded = subprocess.run(
+        [*command, *common, "--backend", backend, "--tasks", "8", "--ops", "3000"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert recorded.returncode == 1, recorded.stderr
+    assert "(progress): nothing ended for the stall timeout" in recorded.stdout, recorded.stdout
+    (trace,) = tmp_path.glob("*.trace.json")
+    assert json.loads(trace.read_text())["violation"]["rule"] == "progress"
+    replayed = subprocess.run(
+        [*command, "--replay", str(trace), "--driver", driver],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert replayed.stdout.rstrip().endswith("reproduced the recorded violation"), replayed.stdout
