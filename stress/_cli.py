@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="after every N-th operation, also release everything (deactivate, unbind, "
         "unreserve, free) and check that physical memory and every address space are back "
-        "to their baseline, so a leak is reported within N operations; 0 never (default: "
+        "to their baseline (memory still in use: every context is destroyed, which must free "
+        "it, and built anew), so a leak is reported within N operations; 0 never (default: "
         "2000)",
     )
     parser.add_argument(

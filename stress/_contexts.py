@@ -102,6 +102,10 @@ class DriverFaults:
     def disable(self) -> None:
         self.enabled = False
 
+    def watch(self, vcms: Iterable[avcm.Vcm]) -> None:
+        """Fail these contexts' setup calls from now on (contexts built anew), not those before."""
+        self._vcms = set(vcms)
+
     async def __call__(self, point: str, obj: object) -> None:
         if point not in avcm.lowlevel.SETUP_SYNC_POINTS:
             return
