@@ -149,6 +149,43 @@ def test_a_driver_failing_calls_outside_the_race_passes(scenario: str, backend: 
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_scenario_the_driver_never_lets_start_is_reported_as_not_run(backend: str) -> None:
+    # Reported: a driver failing every page write (rule 8 lets it) crashed the suite with an
+    # EINVAL traceback once bind_while_active's setup failed 100 times in a row; the other
+    # scenarios' results were lost. No verdict is not a pass, nor a failure.
+    with pytest.raises(testing.ConformanceFailure) as caught:
+        testing.check_conformance(tricky_drivers.dead_unit, backend=backend, schedules=3)
+    report = caught.value.report
+    not_run = {result.name: result for result in report.results if result.not_run}
+    assert set(not_run) == {"bind_while_active", "cancellation"}, report.format()
+    assert all(result.schedules == 0 and result.failure is None for result in not_run.values())
+    assert not report.passed and report.failures == ()
+    text = report.format()
+    assert "  bind_while_active      rule 4           0 schedules  NOT RUN" in text, text
+    assert (
+        "bind_while_active could not run: the driver failed a call before the race in 100 "
+        "attempts in a row (rule 8 lets it fail, but nothing raced: no verdict)"
+    ) in text
+    assert text.endswith("conformance: NOT PASSED: 2 scenario(s) could not run"), text
+    # the other scenarios ran and passed, as for any driver whose calls fail with no effect
+    assert all(result.passed for result in report.results if result.name not in not_run)
+
+
+def test_the_command_says_a_scenario_could_not_run() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "avcm.testing",
+        "conformance",
+        "tests.tricky_drivers:dead_unit",
+    ]
+    command += ["--scenario", "bind_while_active", "--schedules", "3"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    assert done.stdout.rstrip().endswith("conformance: NOT PASSED: 1 scenario(s) could not run")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_deactivate_the_driver_failed_leaves_its_pair_holding_one(backend: str) -> None:
     # Reported: nested_pairs expected count 0 even when a pair's deactivate failed in the
     # driver (rule 8: no effect, so that pair still holds its activation).

@@ -113,6 +113,21 @@ def nacking(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Nacking(memory), memory=memory, name="nacking")
 
 
+class _DeadUnit(PageTableMmu):
+    """Fails every page write with a plain ``OSError(EIO)``, having done nothing: correct by
+    rule 8 (any driver call may fail), however useless."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="dead-unit")
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        raise OSError(errno.EIO, "activate_page: the unit does not answer")
+
+
+def dead_unit(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _DeadUnit(memory), memory=memory, name="dead")
+
+
 def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = _FlakyTeardown(memory)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")

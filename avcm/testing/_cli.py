@@ -4,7 +4,8 @@
 its timeline; ``python -m avcm.testing conformance MODULE:FACTORY`` runs the conformance suite
 against a driver factory (``--workers N``: its scenarios on a local Dask cluster of N
 processes; ``--scheduler ADDRESS``: on an existing one; the same report). Exit status:
-0 passed, 1 failed (the failure reproduced), 2 usage error (bad token, scenario that does not
+0 passed, 1 failed (the failure reproduced; or a conformance scenario could not run: the
+driver failed every attempt before its race), 2 usage error (bad token, scenario that does not
 import or is not a scenario, a scheduler that does not answer; one line on stderr), 3 the
 replay diverged from its recording, 130 interrupted (Ctrl-C).
 """

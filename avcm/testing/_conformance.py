@@ -1031,9 +1031,9 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
         for _ in range(SETUP_ATTEMPTS):
             if await attempt(run):
                 return
-        raise InvalidError(
-            f"conformance: {name}: the driver failed a call before the race in "
-            f"{SETUP_ATTEMPTS} attempts in a row: the scenario cannot run"
+        raise _CannotRun(
+            f"the driver failed a call before the race in {SETUP_ATTEMPTS} attempts in a row "
+            "(rule 8 lets it fail, but nothing raced: no verdict)"
         )
 
     # Reports name it as the suite does (``conformance:one_winner``), not by the private
@@ -1043,16 +1043,24 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
     return scenario
 
 
+class _CannotRun(Exception):
+    """A scenario could not get to its race: why."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScenarioResult:
+    """One scenario's result: the schedules run, and its failure if one broke a rule, or why
+    it could not run (*not_run*: no verdict either way)."""
+
     name: str
     rule: str
     schedules: int
     failure: Failure | None
+    not_run: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.failure is None
+        return self.failure is None and self.not_run is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1074,13 +1082,18 @@ class ConformanceReport:
     def format(self) -> str:
         lines = [f"avcm conformance of {self.driver} on {self.backend}:"]
         for result in self.results:
-            verdict = "ok" if result.passed else "FAILED"
+            verdict = "NOT RUN" if result.not_run else "ok" if result.passed else "FAILED"
             lines.append(
                 f"  {result.name:22} {result.rule:11} {result.schedules:6} schedules  {verdict}"
             )
         for failure in self.failures:
             lines.append("")
             lines.append(failure.report())
+        not_run = [result for result in self.results if result.not_run]
+        if not_run:
+            lines.append("")
+        for result in not_run:
+            lines.append(f"{result.name} could not run: {result.not_run}")
         lines.append("")
         if self.passed:
             schedules = sum(result.schedules for result in self.results)
@@ -1091,7 +1104,13 @@ class ConformanceReport:
                 "the other backend may still break one).",
                 width=100,
             )
-        lines.append("conformance: " + ("passed" if self.passed else "FAILED"))
+        if self.passed:
+            verdict = "passed"
+        elif self.failures:
+            verdict = "FAILED"
+        else:
+            verdict = f"NOT PASSED: {len(not_run)} scenario(s) could not run"
+        lines.append(f"conformance: {verdict}")
         return "\n".join(lines)
 
 
@@ -1108,7 +1127,8 @@ async def check_conformance_async(
     """:func:`check_conformance` in the running event loop.
 
     Raises:
-        ConformanceFailure: the driver failed a scenario (``error.report`` is the report).
+        ConformanceFailure: the driver failed a scenario, or a scenario could not run (its
+            driver failed every attempt before the race); ``error.report`` is the report.
         avcm.InvalidError: bad arguments, or a factory that makes no context.
     """
     if only is not None and only not in SCENARIOS:
@@ -1145,20 +1165,23 @@ async def check_conformance_async(
                 f"avcm.testing.check_conformance({driver}, only={name!r}, "
                 f"replay_token={{token_literal}}, backend={backend!r})"
             )
-        if replay_token is not None:
-            failure = await replay_async(scenario, replay_token, command=command)
-            results.append(ScenarioResult(name, rule, 1, failure))
-            continue
-        done = sum(result.schedules for result in results)
-        result = await explore_async(
-            scenario,
-            strategy=PCT(seed, cancel=_SPECS[name].cancel),
-            until_covered=_SPECS[name].until_covered,
-            schedules=schedules,
-            command=command,
-            on_progress=None if on_progress is None else partial(_offset, on_progress, done),
-        )
-        results.append(ScenarioResult(name, rule, result.schedules, result.failure))
+        try:
+            if replay_token is not None:
+                failure = await replay_async(scenario, replay_token, command=command)
+                results.append(ScenarioResult(name, rule, 1, failure))
+                continue
+            done = sum(result.schedules for result in results)
+            explored = await explore_async(
+                scenario,
+                strategy=PCT(seed, cancel=_SPECS[name].cancel),
+                until_covered=_SPECS[name].until_covered,
+                schedules=schedules,
+                command=command,
+                on_progress=None if on_progress is None else partial(_offset, on_progress, done),
+            )
+            results.append(ScenarioResult(name, rule, explored.schedules, explored.failure))
+        except _CannotRun as error:
+            results.append(ScenarioResult(name, rule, 0, None, str(error)))
     report = ConformanceReport(driver=driver, backend=backend, results=tuple(results))
     if not report.passed:
         raise ConformanceFailure(report)
@@ -1201,7 +1224,8 @@ def check_conformance(
     :class:`AssertionError` that pytest shows with every failure's timeline and replay.
 
     Raises:
-        ConformanceFailure: the driver failed a scenario; ``error.report`` is the whole report
+        ConformanceFailure: the driver failed a scenario, or one could not run; ``error.report``
+            is the whole report
             (``report.format()``, ``report.failures``).
         avcm.InvalidError: bad arguments, or a factory that makes no context.
         ClusterError: with *scheduler*, a scheduler that does not answer within
