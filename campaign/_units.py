@@ -286,12 +286,15 @@ class ConformanceUnit(Unit):
             where = f"conformance:{self.scenario} [{self.factory}]"
             failure = _schedule_failure(self, found, where)
         ran = sum(result.schedules for result in report.results)
+        # a scenario the driver never let reach its race has no verdict: not a pass
+        not_run = any(result.not_run for result in report.results)
+        outcome = "failed" if found else "not run" if not_run else "passed"
         return UnitResult(
             unit=self,
             failure=failure,
             wall_seconds=time.monotonic() - started,
             work=ran,
-            outcomes={f"conformance:{self.scenario}": {"failed" if found else "passed": 1}},
+            outcomes={f"conformance:{self.scenario}": {outcome: 1}},
         )
 
 

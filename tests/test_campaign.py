@@ -130,6 +130,13 @@ def test_conformance_unit_failure_replays_from_its_token() -> None:
     assert replayed is not None and replayed.signature == result.failure.signature
 
 
+def test_a_conformance_scenario_that_could_not_run_is_not_a_pass() -> None:
+    unit = ConformanceUnit("tests.tricky_drivers:dead_unit", "bind_while_active", schedules=3)
+    result = unit.run()
+    assert result.failure is None and result.work == 0
+    assert result.outcomes == {"conformance:bind_while_active": {"not run": 1}}
+
+
 def test_explore_unit_failure_replays_from_its_token() -> None:
     unit = ExploreUnit("tests.campaign_drivers:always_fails", schedules=3)
     failure = unit.run().failure
