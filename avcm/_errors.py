@@ -7,6 +7,7 @@ callers can catch by meaning (``except avcm.BusyError``) or by number (``e.errno
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 from typing import ClassVar
 
@@ -21,6 +22,9 @@ __all__ = [
     "VcmError",
     "VcmWarning",
     "errno_name",
+    "note_undo_failed",
+    "undo_failed",
+    "undo_failures",
 ]
 
 
@@ -106,3 +110,34 @@ class VcmWarning(UserWarning):
     reservation, destroy while activated or with live objects: avcm warns with this class,
     does the documented repair and keeps every counter right.
     """
+
+
+_UNDO_FAILED = "_avcm_undo_failed"
+_undo_failures = 0
+
+
+def note_undo_failed(error: BaseException, note: str) -> None:
+    """Add *note* to *error*, an operation's failure (or cancellation) whose undo failed too,
+    and mark it so: :func:`undo_failed` is then true of it, and :func:`undo_failures` counts
+    it."""
+    global _undo_failures
+    _undo_failures += 1
+    error.add_note(note)
+    with contextlib.suppress(AttributeError):  # an exception without a __dict__: the note
+        setattr(error, _UNDO_FAILED, True)
+
+
+def undo_failed(error: BaseException) -> bool:
+    """Whether avcm's undo of the failed (or cancelled) operation that raised *error* failed
+    too: a teardown call the MMU wrapper made to undo what it had done (the reservations or
+    pages it had mapped or unmapped, the switch-on). The contract's partial effects say no
+    framework can contain that: the hardware may be left half done, and what it shows can no
+    longer be held to the model."""
+    return bool(getattr(error, _UNDO_FAILED, False))
+
+
+def undo_failures() -> int:
+    """How many undoes failed so (:func:`undo_failed`) in this process until now: compare a
+    count before and after some code to know whether one did in it, also where the error was
+    a cancellation that a cancel scope absorbed."""
+    return _undo_failures

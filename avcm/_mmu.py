@@ -15,7 +15,7 @@ from typing import Protocol
 import anyio
 
 from ._core import Phys, Res, Vcm, _WrapperDriver
-from ._errors import InvalidError
+from ._errors import InvalidError, note_undo_failed
 from ._memory import PAGE_SIZE, PhysicalMemory
 from ._phys import pages_of, phys_alloc, resolve_memory, visit_pages
 from ._sync import sync_point
@@ -209,7 +209,9 @@ class MmuWrapper(_WrapperDriver):
                     try:
                         await self._disable(vcm)
                     except Exception as disable_error:
-                        error.add_note(f"mmu: disabling again failed too: {disable_error!r}")
+                        note_undo_failed(
+                            error, f"mmu: disabling again failed too: {disable_error!r}"
+                        )
             raise
         self.activated = True
 
@@ -235,7 +237,7 @@ class MmuWrapper(_WrapperDriver):
                 try:
                     await op(res, phys)
                 except Exception as undo_error:
-                    error.add_note(f"mmu: undoing {res!r} failed too: {undo_error!r}")
+                    note_undo_failed(error, f"mmu: undoing {res!r} failed too: {undo_error!r}")
                     return
 
     async def cleanup(self, vcm: Vcm) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import anyio
 
 from ._core import Phys
-from ._errors import InvalidError, NoMemoryError
+from ._errors import InvalidError, NoMemoryError, note_undo_failed
 from ._memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from ._sync import installed_hooks, sync_point
 from ._validate import (
@@ -229,9 +229,10 @@ async def visit_pages(
                     try:
                         await recovery(*page, *args)
                     except Exception as recovery_error:
-                        error.add_note(
+                        note_undo_failed(
+                            error,
                             f"phys_walk recovery of page {page[0]:#x} failed too: "
-                            f"{recovery_error!r}; earlier pages were not recovered"
+                            f"{recovery_error!r}; earlier pages were not recovered",
                         )
                         break
         raise

@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._core import FreeCallback, Phys, Res, Vcm, VcmDriver
-from ._errors import errno_name
+from ._errors import errno_name, undo_failed, undo_failures
 from ._hardware import Extent, HardwareView, hardware_view
 from ._memory import PhysicalMemory
 from ._mmu import MmuDriver, MmuWrapper
@@ -79,6 +79,8 @@ __all__ = [
     "resolve_memory",
     "sync_hook",
     "sync_point",
+    "undo_failed",
+    "undo_failures",
     "walk_pages",
 ]
 

@@ -2,7 +2,8 @@
 
 Exit status: 0 when every check held, 1 when a violation was found, 2 for a usage or setup
 error (one line on stderr, no traceback), 3 when a replay did not reproduce its recording,
-130 when interrupted (Ctrl-C).
+4 when the run stopped with no verdict (avcm's undo of a failure failed too: the hardware may
+be half done, which the contract cannot contain), 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ from ._workload import RunResult, run_workload
 
 __all__ = ["main", "run"]
 
-EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED = 0, 1, 2, 3
+EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED, EXIT_NO_VERDICT = 0, 1, 2, 3, 4
+
+
+def _status(result: RunResult) -> int:
+    if result.violation is not None:
+        return EXIT_VIOLATION
+    return EXIT_CLEAN if result.no_verdict is None else EXIT_NO_VERDICT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
             "contexts sharing physical memory, and check the contract's rules after every "
             "operation and at quiescent points. Exit status: 0 clean, 1 violation, 2 usage "
             "error, 3 a --replay that did not reproduce its recording (it diverged, or did not "
-            "end with the recorded violation, or lack of one), 130 interrupted."
+            "end with the recorded violation, or lack of one), 4 no verdict (avcm's undo of a "
+            "failed or cancelled operation failed too: the hardware may be left half done, "
+            "which the contract cannot contain), 130 interrupted."
         ),
     )
     parser.add_argument(
@@ -356,7 +365,7 @@ def _replay(args: argparse.Namespace) -> int:
         _check_output("--json", args.json, output_file_problem)
     result = run(config, show_progress=not args.quiet, stall_timeout=args.stall_timeout)
     _show(config, result, args.quiet)
-    if result.violation is not None:
+    if _status(result) != EXIT_CLEAN:
         print(describe_violation(config, result, None), file=sys.stdout)
     reproduced, lines = verdict(recording, result)
     print(f"replay of {args.replay}:", *lines, sep="\n", file=sys.stdout)
@@ -364,7 +373,7 @@ def _replay(args: argparse.Namespace) -> int:
         _write_json(args.json, report_json(config, result))
     if not reproduced:
         return EXIT_NOT_REPRODUCED
-    return EXIT_CLEAN if result.violation is None else EXIT_VIOLATION
+    return _status(result)
 
 
 # What a trace file decides for its replay: given with --replay, such an option would be
@@ -411,8 +420,11 @@ def _main(argv: Sequence[str] | None) -> int:
     for run_config, result in runs:
         _show(run_config, result, args.quiet)
         reports.append(report_json(run_config, result))
-        if result.violation is not None:
-            status = EXIT_VIOLATION
+        if _status(result) != EXIT_CLEAN:
+            # a violation anywhere outranks a run with no verdict
+            status = (
+                EXIT_VIOLATION if EXIT_VIOLATION in (status, _status(result)) else _status(result)
+            )
             path = _save_trace(run_config, result, args.trace_dir)
             print(describe_violation(run_config, result, path), file=sys.stdout)
     if args.json is not None:

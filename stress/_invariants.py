@@ -15,6 +15,7 @@ import anyio
 
 import avcm
 from avcm import testing
+from avcm.lowlevel import undo_failed
 
 from ._contexts import DeviceFault
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WHOLE",
+    "NoVerdict",
     "Violation",
     "check_data",
     "check_final",
@@ -54,6 +56,20 @@ class Violation(Exception):
         # Exception pickles as cls(*self.args), which is one string here: --jobs sends
         # violations back from its worker processes.
         return type(self), (self.rule, self.description, self.seq)
+
+
+class NoVerdict(Exception):
+    """What followed cannot be judged: avcm's undo of a failed or cancelled operation failed
+    too (:func:`avcm.lowlevel.undo_failed`), and the contract's partial effects say that no
+    framework can contain that; the hardware may be left half done. The run stops there."""
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        notes = "; ".join(getattr(error, "__notes__", ()))
+        super().__init__(
+            f"{what}: avcm's undo of {error!r} failed too ({notes}): the hardware may be left "
+            "half done, which the contract cannot contain (partial effects), so nothing after "
+            "it can be judged"
+        )
 
 
 def _prune(world: World) -> None:
@@ -272,6 +288,8 @@ async def _retried(call: Callable[[], Awaitable[object]]) -> OSError | None:
         try:
             await call()
         except OSError as failed:  # avcm's errors, and what a driver raised
+            if undo_failed(failed):
+                raise NoVerdict("the harness's own release", failed) from failed
             error = failed
             continue
         return None

@@ -26,6 +26,7 @@ class Recording:
     config: StressConfig  # what to run: the recorded settings, for the recorded op count
     trace: list[dict[str, Any]]
     violation: dict[str, Any] | None
+    no_verdict: str | None = None
 
 
 def _problem(document: Any) -> str | None:
@@ -49,6 +50,8 @@ def _problem(document: Any) -> str | None:
         and all(isinstance(violation.get(key), str) for key in ("rule", "description"))
     ):
         return "'violation' is neither null nor an object with a rule and a description"
+    if not isinstance(document.get("no_verdict"), (str, type(None))):
+        return "'no_verdict' is neither null nor a string"
     version = document.get("version")
     if version != TRACE_VERSION:
         return f"trace version {quote(version)}, this harness replays version {TRACE_VERSION}"
@@ -80,7 +83,7 @@ def load_recording(path: Path, driver: str | None = None) -> Recording:
         if not trace:
             raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
         config = replace(config, duration=None, ops=len(trace))
-    return Recording(config, trace, document.get("violation"))
+    return Recording(config, trace, document.get("violation"), document.get("no_verdict"))
 
 
 def _check_driver(path: Path, recorded: str | None, given: str | None) -> None:
@@ -120,11 +123,21 @@ def _identity(rule: str, description: str) -> tuple[str, str]:
 
 def verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     """Whether the replay reproduced the recording (same operations, same outcomes, the same
-    violation or none), and the lines that say so."""
+    violation or none, with no verdict or not), and the lines that say so."""
     lines = []
     divergence = _compare(recording.trace, result.trace)
     if divergence is not None:
         lines.append(f"REPLAY DIVERGED: {divergence}")
+    if recording.no_verdict is not None or result.no_verdict is not None:
+        same = result.no_verdict == recording.no_verdict and result.violation is None
+        if divergence is None and same:
+            lines.append("reproduced the recorded end with no verdict")
+            return True, lines
+        wanted = recording.no_verdict or "a verdict"
+        lines.append(
+            f"NOT REPRODUCED: it ended with {result.no_verdict or 'a verdict'}; recorded: {wanted}"
+        )
+        return False, lines
     recorded, found = recording.violation, result.violation
     if recorded is None:
         same_end = found is None

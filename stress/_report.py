@@ -140,9 +140,10 @@ def driver_contexts(config: StressConfig) -> str:
 def summary_line(config: StressConfig, result: RunResult) -> str:
     """The one line ``--quiet`` prints of a run."""
     violations = 0 if result.violation is None else 1
+    no_verdict = "" if result.no_verdict is None else ", NO VERDICT"
     return (
         f"avcm stress: backend={config.backend} seed={config.seed}: {result.ops:,} ops, "
-        f"{violations} violation{'' if violations == 1 else 's'}"
+        f"{violations} violation{'' if violations == 1 else 's'}{no_verdict}"
     )
 
 
@@ -156,14 +157,17 @@ def replay_command(trace_path: Path, driver: str | None = None) -> str:
 
 
 def describe_violation(config: StressConfig, result: RunResult, trace_path: Path | None) -> str:
+    """What a run that found a violation (or ended with no verdict) prints: what, where, and
+    how to replay it; "" for a clean run."""
     violation = result.violation
-    if violation is None:
+    if violation is not None:
+        said = f"VIOLATION at operation {violation.seq} ({violation.rule}): {violation.description}"
+    elif result.no_verdict is not None:
+        said = f"NO VERDICT from {result.no_verdict}"
+    else:
         return ""
-    lines = [
-        f"VIOLATION at operation {violation.seq} ({violation.rule}): {violation.description}",
-        f"seed {config.seed}, backend {config.backend}",
-    ]
-    if violation.rule == "progress" and config.clock == "virtual":
+    lines = [said, f"seed {config.seed}, backend {config.backend}"]
+    if violation is not None and violation.rule == "progress" and config.clock == "virtual":
         lines.append(
             "(if a driver polls the clock with sleep(0) between reads: on the virtual clock, "
             "time passes only when every task waits, so it never sees time pass; poll with a "
@@ -183,6 +187,7 @@ def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
         "violation": None
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
+        "no_verdict": result.no_verdict,
         "trace": [asdict(outcome) for outcome in result.trace],
     }
 
@@ -224,4 +229,5 @@ def report_json(config: StressConfig, result: RunResult) -> dict[str, Any]:
         "violation": None
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
+        "no_verdict": result.no_verdict,
     }

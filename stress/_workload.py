@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 
 import avcm
-from avcm.lowlevel import errno_name, sync_hook
+from avcm.lowlevel import errno_name, sync_hook, undo_failed
 
 from ._config import MAX_OPS, StressConfig
 from ._contexts import Context, DriverFaults, build_contexts, is_injected_fault, raised_by_driver
@@ -41,6 +41,7 @@ from ._device import (
 from ._gate import Gate
 from ._invariants import (
     WHOLE,
+    NoVerdict,
     Violation,
     check_cold_start,
     check_data,
@@ -144,13 +145,18 @@ class RunResult:
     checks: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
     violation: Violation | None = None
+    # why the run stopped with no verdict (an undo that failed: partial effects), if it did
+    no_verdict: str | None = None
     trace: list[Outcome] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # not the dataclass's, which would spell out every outcome of the trace: asyncio's
         # runner has the main task's result repr'd as it restores its SIGINT handler, which
         # cost 2% of a 60,000-operation run
-        verdict = "no violation" if self.violation is None else f"{self.violation.rule} violated"
+        if self.violation is not None:
+            verdict = f"{self.violation.rule} violated"
+        else:
+            verdict = "no violation" if self.no_verdict is None else "no verdict"
         return f"<RunResult {self.ops} operations, {verdict}>"
 
 
@@ -307,7 +313,7 @@ class World:
         if not self.gate.quiescent():
             return
         try:
-            if self.result.violation is None:
+            if self.judging():
                 every = self.config.drain_every
                 drain = bool(every) and self.result.ops >= self.next_drain
                 if drain:
@@ -395,8 +401,12 @@ class World:
         self.baseline = self.in_use()
         self.result.checks["rule 9 destroyed and rebuilt"] += 1
 
+    def judging(self) -> bool:
+        """Whether the run can still be judged: no violation, and no undo that failed."""
+        return self.result.violation is None and self.result.no_verdict is None
+
     def done(self) -> bool:
-        if self.stop or self.result.violation is not None:
+        if self.stop or not self.judging():
             return True
         if self.deadline is not None:
             # a --duration run keeps what an --ops run may keep, at most
@@ -634,6 +644,8 @@ ALLOWED: dict[str, set[int]] = {
 
 
 def _classify(op: str, error: OSError) -> str:
+    if undo_failed(error):
+        raise NoVerdict(op, error)
     code = error.errno or 0
     name = errno_name(code)
     if is_injected_fault(error):
@@ -651,11 +663,15 @@ def _record(world: World, error: Exception, what: str, seq: int) -> None:
     is one too (with its traceback), wherever the harness met it."""
     while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]  # from a task group of the harness's own
+    if isinstance(error, NoVerdict):
+        if world.judging():
+            world.result.no_verdict = f"operation {seq}: {error}"
+        return
     if not isinstance(error, Violation):
         tail = "".join(traceback.format_exception(error)[-6:])
         error = Violation("errors", f"{what} raised {error!r}\n{tail}")
     error.seq = seq
-    if world.result.violation is None:
+    if world.judging():  # (after an undo that failed, what follows is not judged)
         world.result.violation = error
 
 
@@ -707,12 +723,16 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
                 outcome = "skipped"
             except OSError as error:  # avcm's errors, and what a driver raised
                 outcome = _classify(op, error)
+            except BaseException as error:  # a cancellation, whose undo may have failed
+                if undo_failed(error):
+                    _record(world, NoVerdict(op, error), op, seq)
+                raise
             finally:
                 result.op_seconds += time.perf_counter() - op_started
         if scope is not None and scope.cancelled_caught:
             outcome = "cancelled"
     except Exception as error:
-        outcome = "VIOLATION"
+        outcome = "no verdict" if isinstance(error, NoVerdict) else "VIOLATION"
         _record(world, error, op, seq)
     finally:
         del world.doing[task.index]
@@ -776,7 +796,7 @@ async def run_workload(
 
     def stop(blocked: bool) -> RunResult:
         # (blocked: called from the watching thread, the loop's being stuck)
-        if result.violation is None:
+        if result.violation is None and result.no_verdict is None:
             result.violation = stall_violation(world, blocked)
         if world is not None:
             world.stop = True
@@ -819,13 +839,13 @@ async def _run_tasks(world: World) -> None:
         # the end is a drain too (unless the last window's was): a run shorter than
         # --drain-every still races the contexts' cold starts and checks for leaks
         drained = world.drained_at == world.seq
-        if world.result.violation is None and world.config.drain_every and not drained:
+        if world.judging() and world.config.drain_every and not drained:
             world.phase = "the drain at the end"
             try:
                 await world.check(drain=True)
             except Exception as error:
                 _record(world, error, "the drain at the end", world.seq)
-        if world.result.violation is None:
+        if world.judging():
             world.phase = "the final teardown"
             try:
                 await check_final(world)
@@ -878,5 +898,5 @@ def _count_warnings(world: World, caught: list[warnings.WarningMessage]) -> None
         world.result.warnings[kind] += 1
         if not issubclass(warning.category, avcm.VcmWarning):
             continue
-        if not text.startswith(EXPECTED_WARNINGS) and world.result.violation is None:
+        if not text.startswith(EXPECTED_WARNINGS) and world.judging():
             world.result.violation = Violation("warnings", f"unexpected {text}", seq=world.seq)

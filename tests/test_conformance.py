@@ -186,6 +186,36 @@ def test_the_command_says_a_scenario_could_not_run() -> None:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_driver_whose_teardown_calls_may_fail_passes(backend: str) -> None:
+    # Reported (attack11 F9): one teardown call in 100 failing with no effect (rule 8) made
+    # multipart and large_pages report their own memory as leaked after destroy (a failed
+    # unmap ended the scenario before it gave its memory back), and faults miscounted.
+    report = testing.check_conformance(tricky_drivers.flaky_teardown, backend=backend, schedules=30)
+    assert report.passed, report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_undo_the_driver_failed_is_no_verdict_not_a_failure(backend: str) -> None:
+    # One teardown call in three failing: avcm's undo of an injected fault or a cancellation
+    # often fails too, which leaves the hardware half done (partial effects: no framework can
+    # contain it). Such schedules are judged on another attempt, not failed; a scenario whose
+    # teardown never gets through (many pages to clear) is NOT RUN, not FAILED.
+    with pytest.raises(testing.ConformanceFailure) as caught:
+        testing.check_conformance(
+            tricky_drivers.flaky_teardown_often, backend=backend, schedules=10
+        )
+    report = caught.value.report
+    assert report.failures == (), report.format()
+    results = {result.name: result for result in report.results}
+    for name in ("faults", "cancel_anywhere", "one_phys_many_views", "cancelled_activation"):
+        assert results[name].passed, report.format()
+    multipart = results["multipart"]
+    assert multipart.not_run is not None and multipart.unjudged == multipart.schedules == 10
+    assert "left the hardware half done" in multipart.not_run
+    assert "multipart              rule 4          10 schedules  NOT RUN" in report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_deactivate_the_driver_failed_leaves_its_pair_holding_one(backend: str) -> None:
     # Reported: nested_pairs expected count 0 even when a pair's deactivate failed in the
     # driver (rule 8: no effect, so that pair still holds its activation).

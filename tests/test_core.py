@@ -691,6 +691,7 @@ async def test_failing_unreserve_and_failing_rebind_leave_it_unbound(
     with pytest.raises(DriverFault, match="unreserve fault") as info:
         await res.unmap()
     assert any("left unbound" in note for note in info.value.__notes__)
+    assert not avcm.lowlevel.undo_failed(info.value)  # contained: consistent, if unbound
     assert res.phys is None and not res.unreserved and phys.bindings == 0
     assert driver.mapped == {}
     testing.check_model(vcm)

@@ -311,6 +311,37 @@ async def test_failing_disable_in_a_failed_activate_is_noted(memory: avcm.Physic
     with pytest.raises(drivers.InjectedFault, match="pte_write") as info:
         await vcm.activate()
     assert any("disabling again failed" in note for note in info.value.__notes__)
+    assert avcm.lowlevel.undo_failed(info.value)  # what no framework can contain: said so
+    assert vcm.activations == 0 and drivers.hardware(vcm).hardware_mappings() == []
+
+
+async def test_failing_unmap_in_a_failed_activate_is_an_undo_that_failed(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    # the second reservation's page write fails; unmapping the first again fails too: the
+    # hardware is left half done (the first still mapped), and the error says so
+    faults = drivers.FaultPlan().fail_nth("pte_write", 2).fail_nth("pte_clear", 1)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    await vcm.make_binding(4 * KiB)
+    await vcm.make_binding(4 * KiB)
+    before = avcm.lowlevel.undo_failures()
+    with pytest.raises(drivers.InjectedFault, match="pte_write") as info:
+        await vcm.activate()
+    assert any(note.startswith("mmu: undoing") for note in info.value.__notes__)
+    assert avcm.lowlevel.undo_failed(info.value)
+    assert avcm.lowlevel.undo_failures() == before + 1
+
+
+async def test_a_failure_undone_in_full_is_no_undo_that_failed(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    faults = drivers.FaultPlan().fail_nth("pte_write", 2)
+    vcm = drivers.create_iommu(memory, latency=ZERO, faults=faults)
+    await vcm.make_binding(4 * KiB)
+    await vcm.make_binding(4 * KiB)
+    with pytest.raises(drivers.InjectedFault) as info:
+        await vcm.activate()
+    assert not avcm.lowlevel.undo_failed(info.value)
     assert vcm.activations == 0 and drivers.hardware(vcm).hardware_mappings() == []
 
 

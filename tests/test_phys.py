@@ -180,9 +180,10 @@ async def test_walk_failure_recovers_exactly_the_pages_done_in_reverse(fail_at: 
 async def test_walk_without_recovery_reraises() -> None:
     phys = avcm.lowlevel.create_phys([(0x8000_0000, 8 * KiB)])
     walk = Recorder(fail_at=1)
-    with pytest.raises(avcm.VcmError):
+    with pytest.raises(avcm.VcmError) as info:
         await avcm.phys_walk(0, phys, (0,), walk.callback)
     assert len(walk.pages) == 1
+    assert not avcm.lowlevel.undo_failed(info.value)  # nothing to undo, nothing failed
 
 
 async def test_walk_failing_recovery_is_noted() -> None:
@@ -195,6 +196,7 @@ async def test_walk_failing_recovery_is_noted() -> None:
     with pytest.raises(avcm.VcmError, match="page 0x3000 failed") as info:
         await avcm.phys_walk(0, phys, (0,), walk.callback, bad_recovery)
     assert any("recovery" in note for note in info.value.__notes__)
+    assert avcm.lowlevel.undo_failed(info.value)
 
 
 @pytest.mark.parametrize("vaddr", [1, -4096, 4096.0])

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -546,3 +547,37 @@ def test_correct_drivers_that_fail_or_fault_their_own_way_pass(
         outcomes = [o for per_op in result.outcomes.values() for o in per_op.elements()]
         assert "driver EIO" in outcomes
         assert result.checks["drain"] >= 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
+def test_an_undo_the_driver_failed_ends_the_run_with_no_verdict(tasks: int, backend: str) -> None:
+    # Reported (attack11 F2b): a driver whose teardown calls may fail (rule 8) was reported a
+    # rule-4 violation under --faults: an injected fault made avcm undo, the undo's teardown
+    # call failed, and the hardware was left half done, which the contract says no framework
+    # can contain. The run stops there, with no verdict: neither clean nor a violation.
+    config = stress.StressConfig(
+        backend=backend, driver="tests.tricky_drivers:flaky_teardown", contexts=(("custom", 2),),
+        tasks=tasks, ops=5000, faults=0.05,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.no_verdict is not None and result.ops < 5000
+    assert re.match(r"operation \d+: \w+: avcm's undo of ", result.no_verdict), result.no_verdict
+    assert "failed too" in result.no_verdict and "partial effects" in result.no_verdict
+
+
+def test_a_run_with_no_verdict_exits_4_and_replays(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    driver = ["--driver", "tests.tricky_drivers:flaky_teardown"]
+    report = tmp_path / "report.json"
+    args = ["--faults", "0.05", "--tasks", "3", "--json", str(report), "--trace-dir", str(tmp_path)]
+    status, out, err = run_stress(capsys, *driver, *args)
+    assert status == 4 and err == "", err
+    assert out.splitlines()[0].endswith(" 0 violations, NO VERDICT"), out
+    assert out.splitlines()[1].startswith("NO VERDICT from operation "), out
+    assert json.loads(report.read_text())["no_verdict"].startswith("operation ")
+    (trace,) = tmp_path.glob("*.trace.json")
+    status, out, err = run_stress(capsys, "--replay", str(trace), *driver)
+    assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")

@@ -31,7 +31,7 @@ import anyio
 import anyio.lowlevel
 
 from .. import PAGE_SIZE, InvalidError, Phys, PhysicalMemory, Res, Vcm, VcmError, VcmWarning
-from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook
+from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook, undo_failures
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
@@ -81,6 +81,27 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
         raise AssertionError(
             f"errors: {outcome.name} failed unexpectedly: {outcome.describe()}"
         ) from error
+
+
+# How often the suite's own teardown calls an operation again while the driver fails it before
+# the failure is the scenario's (rule 8: it had no effect, or for a destroy, the context is
+# live with what it could not release, and calling destroy again retries the rest).
+TEARDOWN_ATTEMPTS = 100
+
+
+class _NoVerdict(Exception):
+    """The scenario's attempt cannot be judged (the hardware may be half done, or the driver
+    never let a teardown through): it starts again on new contexts."""
+
+
+async def _until_done(call: Callable[[], Awaitable[object]]) -> None:
+    """``await call()``, again while the driver fails it, as a careful user would: the
+    scenario's own teardown, after its race. A teardown the driver fails every time is no
+    verdict on the attempt (:class:`_NoVerdict`), not a failure of the rule."""
+    for _ in range(TEARDOWN_ATTEMPTS):
+        if await _unless_driver_fails(call):
+            return
+    raise _NoVerdict(f"the driver failed {call!r} {TEARDOWN_ATTEMPTS} times in a row")
 
 
 async def _unless_driver_fails(call: Callable[[], Awaitable[object]]) -> bool:
@@ -297,10 +318,13 @@ async def _faults(run: Run, vcm: Vcm) -> None:
     spare = await existing.unbind()
     assert spare is not None
     injector = _FaultInjector()
+    held = 0  # activations a pair holds: one whose deactivate the driver failed (rule 8)
 
     async def pair() -> None:
+        nonlocal held
         async with vcm.activated():
-            pass
+            held += 1
+        held -= 1
 
     async def rebind() -> None:
         if existing.phys is None:
@@ -319,7 +343,7 @@ async def _faults(run: Run, vcm: Vcm) -> None:
             faulted = [o for o in outcomes if isinstance(o.error, InjectedFault)]
             if injector.calls >= fail_at:
                 assert len(faulted) == 1, f"rule 8: the fault reached {len(faulted)} callers, not 1"
-            assert vcm.activations == 0, f"rule 8: count {vcm.activations} after a fault"
+            assert vcm.activations == held, f"rule 8: count {vcm.activations} after a fault"
             check_quiescent([vcm])
         injector.fail_at = 0
     if existing.phys is None:
@@ -581,20 +605,21 @@ async def _scattered(memory: PhysicalMemory, vcm: Vcm) -> AsyncIterator[list[tup
     except VcmError as error:
         if error.errno != errno.EOPNOTSUPP:
             raise
-    yield list(zip(reservations, physes, strict=False))
-    check_quiescent([vcm], physes=physes)
-    for res in reservations:
-        if res.phys is None:
-            await res.unreserve()
-        else:
-            await res.unmap()
-    for phys in physes:
-        await phys.free()
-    if scattered is not None:
-        memory.free_pages(scattered[0], 9)
-    for page in spacers[1::2]:
-        if page is not None:
-            memory.free_pages(page, 0)
+    try:
+        yield list(zip(reservations, physes, strict=False))
+        check_quiescent([vcm], physes=physes)
+    finally:
+        # also after a driver call of the scenario failed (rule 8): what is left is held to
+        # every rule, the leak check after destroy included
+        for res in reservations:
+            await _until_done(res.unreserve if res.phys is None else res.unmap)
+        for phys in physes:
+            await _until_done(phys.free)
+        if scattered is not None:
+            memory.free_pages(scattered[0], 9)
+        for page in spacers[1::2]:
+            if page is not None:
+                memory.free_pages(page, 0)
 
 
 # a driver may refuse memory it did not allocate (the contract's "cannot mix")
@@ -636,7 +661,7 @@ async def _multipart(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
         if await _unless_driver_fails(vcm.activate):  # all at once, from cold
             check_quiescent([vcm])
             _probe(*_bound(vcm))
-            await vcm.deactivate()
+            await _until_done(vcm.deactivate)
 
 
 async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
@@ -658,11 +683,11 @@ async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
         check_quiescent([vcm])
         _probe(*_bound(vcm))
         if active:
-            await vcm.deactivate()
+            await _until_done(vcm.deactivate)
         if pairs and pairs[0][0].phys is not None and await _unless_driver_fails(vcm.activate):
             check_quiescent([vcm])
             _probe(*_bound(vcm))
-            await vcm.deactivate()
+            await _until_done(vcm.deactivate)
 
 
 _MANY_BINDINGS = 48  # more than a driver's cache of walks or entries may hold (32 is common)
@@ -794,15 +819,15 @@ async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     if await _unless_driver_fails(first.activate):
         if await _unless_driver_fails(second.activate):
             await _views_agree(views, edge, first)
-            await second.deactivate()
-        await first.deactivate()
+            await _until_done(second.deactivate)
+        await _until_done(first.deactivate)
     check_quiescent([first, second])
     for _, res in views:
         if res.phys is not None:
-            await res.unmap()
-    await phys.free()
+            await _until_done(res.unmap)
+    await _until_done(phys.free)
     if edge.phys is not None:
-        await edge.destroy_binding()
+        await _until_done(edge.destroy_binding)
 
 
 async def _views_agree(views: list[tuple[Vcm, Res]], edge: Res, first: Vcm) -> None:
@@ -817,12 +842,12 @@ async def _views_agree(views: list[tuple[Vcm, Res]], edge: Res, first: Vcm) -> N
                 _check_memory(other, view, pattern)
     if _device(first) is not None:
         start, size = edge.start, edge.res_size
-        await edge.destroy_binding()
+        await _until_done(edge.destroy_binding)
         _expect_gone(first, start, size, "after destroy_binding returned")
     if len(seen) > 1:
         vcm, res = seen[0]
         start, size = res.start, res.res_size
-        await res.unmap()
+        await _until_done(res.unmap)
         _expect_gone(vcm, start, size, "after unmap returned")
         pattern = _write_through(*seen[1], len(seen) + 1)
         if pattern is not None:
@@ -846,10 +871,31 @@ async def _cancel_anywhere(run: Run, first: Vcm, second: Vcm) -> None:
         res = await vcm.make_binding(68 * KiB)
         await res.destroy_binding()
 
+    held = 0  # the pair's activation, while held: also when its exit's deactivate failed
+
     async def pair(vcm: Vcm) -> None:
-        async with vcm.activated():
-            res = await vcm.make_binding(12 * KiB)
-            _probe((vcm, res))
+        nonlocal held
+        raised: list[BaseException] = []
+        entered = 0
+        try:
+            async with vcm.activated():
+                held += 1
+                entered = 1
+                try:
+                    res = await vcm.make_binding(12 * KiB)
+                    _probe((vcm, res))
+                except BaseException as error:
+                    raised.append(error)
+                    raise
+        except BaseException as error:
+            # the exit's deactivate failed in the driver (rule 8: no effect, the activation is
+            # left) when its error, not the block's, comes out (a cancellation of the block is
+            # delivered again once the exit deactivated, maybe as another exception)
+            exit_failed = _raised_by_driver(error) and not (raised and error is raised[0])
+            if not exit_failed:
+                held -= entered
+            raise
+        held -= entered
 
     outcomes = await run.concurrently(
         partial(activate, first),
@@ -862,7 +908,7 @@ async def _cancel_anywhere(run: Run, first: Vcm, second: Vcm) -> None:
     for vcm, outcome in ((first, outcomes[0]), (second, outcomes[1])):
         # an activate that returned left one activation; one cancelled, or failed by the
         # driver, none
-        want = int(outcome.ok and not outcome.cancelled)
+        want = int(outcome.ok and not outcome.cancelled) + (held if vcm is second else 0)
         assert vcm.activations == want, (
             f"rule 7: {vcm.name}: activations={vcm.activations} after an activate that "
             f"{outcome.describe()}"
@@ -996,16 +1042,25 @@ async def _make(factory: Factory, memory: PhysicalMemory) -> Vcm:
 SETUP_ATTEMPTS = 100
 
 
-def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
+def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[None]], list[int]]:
+    """The scenario *name* on contexts *factory* makes, and a count of its runs (schedules)
+    that ended with no verdict: every attempt left the hardware half done, or stuck."""
     spec = _SPECS[name]
+    unjudged = [0]
 
     async def attempt(run: Run) -> bool:
         """Run the scenario on new contexts and check what it left; False if the driver failed
-        a call of its own before the race (nothing raced: no verdict, start again)."""
+        a call of its own before the race (nothing raced), or a teardown call of an undo (the
+        hardware may be half done): no verdict, start again."""
         memory = PhysicalMemory(size=64 << 20)
         free_before = memory.free_bytes
+        undo_failures_before = undo_failures()
+
+        def half_done() -> bool:
+            return undo_failures() > undo_failures_before
+
         vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
-        raced = True
+        raced, stuck = True, False
         with warnings.catch_warnings():
             # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
             warnings.simplefilter("ignore", VcmWarning)
@@ -1015,13 +1070,29 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
                 # A driver call outside the race failed, as rule 8 lets it: it reached the
                 # caller, which is right, and the scenario's steps after it cannot follow.
                 # What the contexts are left in is still held to every rule below.
-                if not _raised_by_driver(error):
+                if not _raised_by_driver(error) and not half_done():
                     raise
                 raced = bool(run.decisions)
+            except AssertionError:  # a check in the scenario: no verdict on half-done hardware
+                if not half_done():
+                    raise
+            except _NoVerdict:
+                stuck = True
+            if stuck or half_done():
+                # avcm's undo of a failure (or a cancellation) failed too, in the driver: the
+                # hardware may be left half done, which the contract says no framework can
+                # contain (partial effects). No verdict: start again on new contexts.
+                for vcm in vcms:
+                    with contextlib.suppress(Exception):
+                        await vcm.destroy()
+                return False
             check_quiescent(vcms)
             check_no_write_after_free(memory, "when the scenario ended")
-            for vcm in vcms:
-                await vcm.destroy()
+            try:
+                for vcm in vcms:
+                    await _until_done(vcm.destroy)
+            except _NoVerdict:
+                return False
         check_no_write_after_free(memory, "after destroy")
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
@@ -1031,6 +1102,9 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
         for _ in range(SETUP_ATTEMPTS):
             if await attempt(run):
                 return
+        if run.decisions:  # raced, with no verdict: this schedule says nothing either way
+            unjudged[0] += 1
+            return
         raise _CannotRun(
             f"the driver failed a call before the race in {SETUP_ATTEMPTS} attempts in a row "
             "(rule 8 lets it fail, but nothing raced: no verdict)"
@@ -1040,7 +1114,7 @@ def _scenario(factory: Factory, name: str) -> Callable[[Run], Awaitable[None]]:
     # module that builds it; replays go through the suite, which rebuilds it by name.
     scenario.__name__ = scenario.__qualname__ = name
     scenario.__module__ = "conformance"
-    return scenario
+    return scenario, unjudged
 
 
 class _CannotRun(Exception):
@@ -1050,13 +1124,16 @@ class _CannotRun(Exception):
 @dataclass(frozen=True, slots=True)
 class ScenarioResult:
     """One scenario's result: the schedules run, and its failure if one broke a rule, or why
-    it could not run (*not_run*: no verdict either way)."""
+    it could not run (*not_run*: no verdict either way); *unjudged* of its schedules ended
+    with no verdict (each attempt at it left the hardware half done: an undo the driver
+    failed, or a teardown it never let through)."""
 
     name: str
     rule: str
     schedules: int
     failure: Failure | None
     not_run: str | None = None
+    unjudged: int = 0
 
     @property
     def passed(self) -> bool:
@@ -1083,6 +1160,8 @@ class ConformanceReport:
         lines = [f"avcm conformance of {self.driver} on {self.backend}:"]
         for result in self.results:
             verdict = "NOT RUN" if result.not_run else "ok" if result.passed else "FAILED"
+            if result.unjudged:
+                verdict += f" ({result.unjudged} with no verdict)"
             lines.append(
                 f"  {result.name:22} {result.rule:11} {result.schedules:6} schedules  {verdict}"
             )
@@ -1154,7 +1233,7 @@ async def check_conformance_async(
     results = []
     for name in [only] if only is not None else list(SCENARIOS):
         rule = SCENARIOS[name][0]
-        scenario = _scenario(factory, name)
+        scenario, unjudged = _scenario(factory, name)
         if factory_spec is not None:
             command = (
                 f"{PYTHON} -m avcm.testing conformance {factory_spec} --scenario {name} "
@@ -1179,7 +1258,19 @@ async def check_conformance_async(
                 command=command,
                 on_progress=None if on_progress is None else partial(_offset, on_progress, done),
             )
-            results.append(ScenarioResult(name, rule, explored.schedules, explored.failure))
+            not_run = None
+            if explored.failure is None and unjudged[0] == explored.schedules:
+                not_run = (
+                    f"every schedule's {SETUP_ATTEMPTS} attempts left the hardware half done "
+                    "(an undo of a failure whose teardown call the driver failed too) or a "
+                    f"teardown the driver failed {TEARDOWN_ATTEMPTS} times in a row (rule 8 "
+                    "lets it fail, but then nothing can be judged)"
+                )
+            results.append(
+                ScenarioResult(
+                    name, rule, explored.schedules, explored.failure, not_run, unjudged[0]
+                )
+            )
         except _CannotRun as error:
             results.append(ScenarioResult(name, rule, 0, None, str(error)))
     report = ConformanceReport(driver=driver, backend=backend, results=tuple(results))
