@@ -32,6 +32,7 @@ __all__ = [
     "check_cold_start",
     "check_quiescent",
     "check_released",
+    "mark_new",
     "deactivate_everything",
     "physical_address",
     "release_everything",
@@ -214,6 +215,26 @@ def wrote(world: World, phys: avcm.Phys, offset: int, data: bytes) -> None:
         del kept[next(iter(kept))]
 
 
+CANARY_LENGTH = 16
+
+
+def mark_new(world: World, phys: avcm.Phys) -> None:
+    """*phys* was just allocated: write a canary (a counter, the same in every replay) at the
+    start and at the end of each of its parts, which the data checks then hold to stay. Memory
+    is handed out before anyone writes it, so a write by someone else after it was handed out
+    (a late scrub or write-back of its previous owner, in a driver's own allocator that never
+    gave it back to physical memory, where page poisoning cannot see it) shows at the next
+    data check of the phys."""
+    offset = 0
+    for part in phys.parts:
+        for at in sorted({offset, offset + max(0, part.size - CANARY_LENGTH)}):
+            world.canaries += 1
+            data = (0xCA_4A_21 << 40 | world.canaries).to_bytes(CANARY_LENGTH, "little")
+            world.memory.write(physical_address(world, phys, at), data)
+            wrote(world, phys, at, data)
+        offset += part.size
+
+
 def check_written(world: World, phys: avcm.Phys) -> None:
     """What the harness wrote last into *phys* is still there: memory only the harness
     writes (a phys's bytes) changed by nobody else (rule 4: no device access reaches memory
@@ -237,11 +258,12 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
     length = rng.randrange(1, 65)
     offset = rng.randrange(0, phys.size - length + 1)
     pattern = rng.randbytes(length)
+    # what the harness wrote is in physical memory, whether a device can reach it now or not
+    check_written(world, phys)
     if not views:
         return "no view"
     writer, written_at = views[rng.randrange(len(views))]
     world.result.checks["data"] += 1
-    check_written(world, phys)
     try:
         writer.device_write(written_at.start + offset, pattern)
         for ctx, res in views:

@@ -49,6 +49,7 @@ from ._invariants import (
     check_no_write_after_free,
     check_quiescent,
     check_released,
+    mark_new,
     release_everything,
     switch_off_together,
     until_done,
@@ -217,6 +218,7 @@ class World:
         self.doing: dict[int, tuple[int, str]] = {}
         self.phase: str | None = None
         self.tasks_ended = 0
+        self.canaries = 0  # written into new physes (mark_new)
         self.device = DevicePages()
         self.checks_random = random.Random(f"{config.seed}:checks")
         # per context, what operations in flight may be changing in it: a reservation being
@@ -259,8 +261,10 @@ class World:
         return name
 
     def adopt_phys(self, phys: avcm.Phys) -> None:
+        """A phys just allocated (by alloc or make_binding)."""
         self.name(phys)
         self.physes.append(phys)
+        mark_new(self, phys)
 
     def adopt_res(self, res: avcm.Res) -> None:
         self.name(res)

@@ -659,6 +659,21 @@ class LeakyCarveout(drivers.CarveoutAllocator):
             await super().free(part, token)
 
 
+class LateScrubCarveout(drivers.CarveoutAllocator):
+    """Scrubs a freed block (zeroes its first 64 bytes) only after it gave the block back to
+    its allocator, past an await: an allocation made meanwhile gets the block, and the scrub
+    lands in its memory. The block never goes back to physical memory (the carve-out keeps
+    it), so page poisoning cannot see the write."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, 16 << 20, name="late-scrub")
+
+    async def free(self, part: avcm.PhysPart, token: object) -> None:
+        await super().free(part, token)
+        await self.latency.sleep("alloc", self)  # the scrub engine starts...
+        self.memory.write(part.start, bytes(min(part.size, 64)))  # ...and writes
+
+
 def _o2o(allocator: drivers.CarveoutAllocator, memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.o2o_init(
         allocator.start, allocator.size, allocator, memory=memory, name=allocator.name
@@ -671,6 +686,10 @@ def check_then_act(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def overlapping(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _o2o(OverlappingCarveout(memory), memory)
+
+
+def late_scrub(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _o2o(LateScrubCarveout(memory), memory)
 
 
 def leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
