@@ -1,5 +1,3 @@
-import sys
+from stress._cli import command
 
-from stress._cli import main
-
-sys.exit(main())
+command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -48,10 +49,10 @@ from ._report import (
     summary_line,
     write_trace,
 )
-from ._watchdog import STALL_TIMEOUT, Watch, run_watched
+from ._watchdog import STALL_TIMEOUT, Watch, cut_short, run_watched
 from ._workload import RunResult, run_workload
 
-__all__ = ["main", "run"]
+__all__ = ["command", "main", "run"]
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_USAGE, EXIT_NOT_REPRODUCED, EXIT_NO_VERDICT = 0, 1, 2, 3, 4
 
@@ -298,7 +299,8 @@ def run(
                 backend_options=options,
             )
 
-        result = run_watched(body, stall_timeout)
+        result, abandoned = run_watched(body, stall_timeout)
+        result.abandoned = abandoned
         if on_progress is not None:
             # the last state is drawn however few operations the bar saw (a --duration run
             # may end before the first one on a busy machine)
@@ -426,7 +428,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 EXIT_VIOLATION if EXIT_VIOLATION in (status, _status(result)) else _status(result)
             )
             path = _save_trace(run_config, result, args.trace_dir)
-            print(describe_violation(run_config, result, path), file=sys.stdout)
+            described = describe_violation(run_config, result, path, args.stall_timeout)
+            print(described, file=sys.stdout)
     if args.json is not None:
         _write_json(args.json, reports[0] if len(reports) == 1 else reports)
     return status
@@ -434,6 +437,18 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main("avcm-stress", lambda: _usage_errors(argv))
+
+
+def command() -> NoReturn:
+    """``python -m stress`` and ``avcm-stress``: :func:`main`, then the process ends. After a
+    run was stopped for a stall or on Ctrl-C, it ends at once: Python would wait at exit for
+    threads the run may have left stuck (an asyncio executor's are joined)."""
+    status = main()
+    if cut_short():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _usage_errors(argv: Sequence[str] | None) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "check_cold_start",
     "check_quiescent",
     "check_released",
+    "harness_operations",
     "mark_new",
     "deactivate_everything",
     "physical_address",
@@ -302,11 +303,22 @@ async def _each_context(
 DRIVER_RETRIES = 100
 
 
+# the harness's own operations done (drains, releases, teardown), in this process: progress
+# that a stall watchdog sees within a long drain
+_harness_operations = 0
+
+
+def harness_operations() -> int:
+    return _harness_operations
+
+
 async def _retried(call: Callable[[], Awaitable[object]]) -> OSError | None:
     """``await call()``, again while the driver fails it, :data:`DRIVER_RETRIES` times at
     most; the last error if it never got through."""
+    global _harness_operations
     error = None
     for _ in range(DRIVER_RETRIES):
+        _harness_operations += 1
         try:
             await call()
         except OSError as failed:  # avcm's errors, and what a driver raised

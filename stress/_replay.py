@@ -52,6 +52,9 @@ def _problem(document: Any) -> str | None:
         return "'violation' is neither null nor an object with a rule and a description"
     if not isinstance(document.get("no_verdict"), (str, type(None))):
         return "'no_verdict' is neither null nor a string"
+    started = document.get("started", 0)
+    if not isinstance(started, int) or isinstance(started, bool) or started < 0:
+        return "'started' is not a count"
     version = document.get("version")
     if version != TRACE_VERSION:
         return f"trace version {quote(version)}, this harness replays version {TRACE_VERSION}"
@@ -78,11 +81,12 @@ def load_recording(path: Path, driver: str | None = None) -> Recording:
     _check_driver(path, config.driver, driver)
     trace = document["trace"]
     if config.duration is not None:
-        # a --duration run stopped when its time was up: the replay runs as many operations
-        # (the same ones, if it follows), not for as long
+        # a --duration run stopped when its time was up: the replay starts as many operations
+        # (the same ones, if it follows), not for as long; some may not have ended (a stalled
+        # run's), so the trace can be shorter
         if not trace:
             raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
-        config = replace(config, duration=None, ops=len(trace))
+        config = replace(config, duration=None, ops=max(len(trace), document.get("started", 0)))
     return Recording(config, trace, document.get("violation"), document.get("no_verdict"))
 
 

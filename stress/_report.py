@@ -20,6 +20,7 @@ from rich.table import Table
 from avcm import testing
 
 from ._config import StressConfig
+from ._watchdog import STALL_TIMEOUT
 from ._workload import RunResult
 
 __all__ = [
@@ -147,16 +148,26 @@ def summary_line(config: StressConfig, result: RunResult) -> str:
     )
 
 
-def replay_command(trace_path: Path, driver: str | None = None) -> str:
+def replay_command(
+    trace_path: Path, driver: str | None = None, stall_timeout: float | None = None
+) -> str:
     """The command that replays *trace_path*, with the interpreter that is running now (and
-    the run's ``--driver``: a replay imports only what its command line names)."""
+    the run's ``--driver``: a replay imports only what its command line names; and the stall
+    timeout of a run that stalled, which the trace does not decide)."""
     words = [sys.executable, "-m", "stress", "--replay", str(trace_path)]
     if driver is not None:
         words += ["--driver", driver]
+    if stall_timeout is not None:
+        words += ["--stall-timeout", f"{stall_timeout:g}"]
     return shlex.join(words)
 
 
-def describe_violation(config: StressConfig, result: RunResult, trace_path: Path | None) -> str:
+def describe_violation(
+    config: StressConfig,
+    result: RunResult,
+    trace_path: Path | None,
+    stall_timeout: float = STALL_TIMEOUT,
+) -> str:
     """What a run that found a violation (or ended with no verdict) prints: what, where, and
     how to replay it; "" for a clean run."""
     violation = result.violation
@@ -167,7 +178,15 @@ def describe_violation(config: StressConfig, result: RunResult, trace_path: Path
     else:
         return ""
     lines = [said, f"seed {config.seed}, backend {config.backend}"]
-    if violation is not None and violation.rule == "progress" and config.clock == "virtual":
+    stalled = violation is not None and violation.rule == "progress"
+    if result.abandoned:
+        lines.append(
+            "(the run could not be stopped: a task was stuck where no cancellation reaches, "
+            "such as a driver call of a teardown, which avcm finishes shielded; it was "
+            "abandoned, and this is what it had done)"
+        )
+    deadlock = stalled and violation is not None and violation.description.startswith("nothing")
+    if deadlock and config.clock == "virtual":
         lines.append(
             "(if a driver polls the clock with sleep(0) between reads: on the virtual clock, "
             "time passes only when every task waits, so it never sees time pass; poll with a "
@@ -175,7 +194,8 @@ def describe_violation(config: StressConfig, result: RunResult, trace_path: Path
         )
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")
-        lines.append(f"replay: {replay_command(trace_path, config.driver)}")
+        wait = stall_timeout if stalled and stall_timeout != STALL_TIMEOUT else None
+        lines.append(f"replay: {replay_command(trace_path, config.driver, wait)}")
     return "\n".join(lines)
 
 
@@ -188,6 +208,7 @@ def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
         "no_verdict": result.no_verdict,
+        "started": result.started,
         "trace": [asdict(outcome) for outcome in result.trace],
     }
 
@@ -230,4 +251,5 @@ def report_json(config: StressConfig, result: RunResult) -> dict[str, Any]:
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
         "no_verdict": result.no_verdict,
+        "abandoned": result.abandoned,
     }

@@ -17,6 +17,8 @@ so what is in flight then, and so the violation, is the same in its replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +26,30 @@ from typing import Generic, TypeVar
 
 import sniffio
 
-__all__ = ["STALL_TIMEOUT", "Watch", "run_watched"]
+__all__ = ["STALL_TIMEOUT", "Watch", "cut_short", "run_watched"]
 
 T = TypeVar("T")
 
 STALL_TIMEOUT = 60.0  # seconds of wall time with nothing ended before a run is called stalled
 STOP_GRACE = 5.0  # seconds of wall time a stopped run gets to end (no more than the timeout)
 _POLL = 0.25  # seconds between two looks at the run's progress (no more than a quarter of it)
+_PARK_WAIT = 0.5  # seconds of wall time an abandoned loop gets to park before it is interrupted
+
+# whether a run of this process was stopped for a stall, or on Ctrl-C
+_cut_short = False
+
+
+def cut_short() -> bool:
+    """Whether a run of this process was stopped for a stall or on Ctrl-C: a thread it was
+    waiting for (a driver's worker thread stuck for ever, the run's own when abandoned) may
+    still be at work, and Python waits at exit for some (an asyncio executor's are joined), so
+    a command should end with ``os._exit`` once it said what it has to say."""
+    return _cut_short
+
+
+class _Abandoned(BaseException):
+    """Raised in the thread of an abandoned run that keeps its loop busy, so that the loop gets
+    control back and parks."""
 
 
 class Watch(Generic[T]):
@@ -46,7 +65,9 @@ class Watch(Generic[T]):
         self._progress: Callable[[], int] = lambda: 0
         self._stop: Callable[[bool], T] | None = None
         self._interrupt: Callable[[], None] | None = None
+        self._parked = threading.Event()
         self.stopped: T | None = None
+        self.abandoned = False
 
     def attach(
         self,
@@ -74,29 +95,55 @@ class Watch(Generic[T]):
             if self.stopped is None and self._stop is not None:
                 self.stopped = self._stop(blocked)
 
-    def request_stop(self) -> None:
-        """Ask the loop to record the stall and end the run (nothing if it never attached)."""
+    def _in_loop(self, callback: Callable[[], object]) -> None:
+        """Have the run's loop call *callback* soon; nothing if it never attached or its run
+        has ended meanwhile (trio's RunFinishedError, asyncio's closed loop: RuntimeErrors)."""
         if self._call_soon is not None:
-            self._call_soon(lambda: self._stop_once(False))
+            with contextlib.suppress(RuntimeError):
+                self._call_soon(callback)
+
+    def request_stop(self) -> None:
+        """Ask the loop to record the stall and end the run."""
+        global _cut_short
+        _cut_short = True
+        self._in_loop(lambda: self._stop_once(False))
 
     def request_interrupt(self) -> None:
-        if self._call_soon is not None and self._interrupt is not None:
-            self._call_soon(self._interrupt)
+        global _cut_short
+        _cut_short = True
+        if self._interrupt is not None:
+            self._in_loop(self._interrupt)
 
-    def abandon(self) -> None:
+    @property
+    def attached(self) -> bool:
+        return self._call_soon is not None
+
+    def _park(self) -> None:
+        self._parked.set()
+        threading.Event().wait()  # for ever: the run's thread waits, taking no core
+
+    def abandon(self, thread: threading.Thread) -> None:
         """The run did not end once asked to: its record is made here if the loop never got to
-        it, and its loop is parked, so that an abandoned run that spins does not take a core
-        for ever."""
+        it, and its loop is parked in *thread*, so that an abandoned run that spins does not
+        take a core for as long as the process lives. A loop kept busy by code that never
+        yields (a driver's spin without an await) is interrupted there first (CPython's
+        asynchronous exception, :class:`_Abandoned`): it then gets control back to park."""
+        self.abandoned = True
         self._stop_once(True)
-        if self._call_soon is not None:
-            self._call_soon(threading.Event().wait)
+        self._in_loop(self._park)
+        if self._parked.wait(_PARK_WAIT) or thread.ident is None:
+            return
+        set_async_exc = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
+        if set_async_exc is not None:
+            set_async_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned))
+            self._parked.wait(_PARK_WAIT)
 
 
-def run_watched(body: Callable[[Watch[T]], T], stall_timeout: float) -> T:
+def run_watched(body: Callable[[Watch[T]], T], stall_timeout: float) -> tuple[T, bool]:
     """``body(watch)`` in a thread of its own, watched for a stall (none if *stall_timeout* is
-    0): its value, or if it stalled, the record its stop made. An exception it
-    raises is raised here; on Ctrl-C (here) the run is asked to end, given the grace period,
-    and KeyboardInterrupt raised."""
+    0): its value, or if it stalled, the record its stop made; and whether the run had to be
+    abandoned. An exception it raises is raised here; on Ctrl-C (here) the run is asked to end,
+    given the grace period, and KeyboardInterrupt raised."""
     watch: Watch[T] = Watch()
     ended: list[tuple[T | None, BaseException | None]] = []
     done = threading.Event()
@@ -113,7 +160,7 @@ def run_watched(body: Callable[[Watch[T]], T], stall_timeout: float) -> T:
     thread.start()
     grace = min(STOP_GRACE, stall_timeout) if stall_timeout else STOP_GRACE
     try:
-        _watch(watch, done, stall_timeout, grace)
+        _watch(watch, done, stall_timeout, grace, thread)
     except BaseException:
         watch.request_interrupt()
         done.wait(grace)
@@ -121,16 +168,22 @@ def run_watched(body: Callable[[Watch[T]], T], stall_timeout: float) -> T:
     if watch.stopped is not None:
         # (also when the run ended once stopped: what it did while being stopped depends on
         # how long it ran on before the stall was seen, a matter of wall time)
-        return watch.stopped
+        return watch.stopped, watch.abandoned
     if not ended:
         raise RuntimeError("the run stalled before its event loop started")
     value, error = ended[0]
     if error is not None:
         raise error
-    return value  # type: ignore[return-value]  # (body returned it)
+    return value, False  # type: ignore[return-value]  # (body returned it)
 
 
-def _watch(watch: Watch[T], done: threading.Event, stall_timeout: float, grace: float) -> None:
+def _watch(
+    watch: Watch[T],
+    done: threading.Event,
+    stall_timeout: float,
+    grace: float,
+    thread: threading.Thread,
+) -> None:
     """Wait until the run is done, or stalled and then stopped (or abandoned)."""
     if not stall_timeout:
         done.wait()
@@ -139,10 +192,10 @@ def _watch(watch: Watch[T], done: threading.Event, stall_timeout: float, grace: 
     last, since = watch.progress(), time.monotonic()
     while not done.wait(poll):
         progress, now = watch.progress(), time.monotonic()
-        if progress != last:
+        if progress != last or not watch.attached:  # (the clock starts once the loop runs)
             last, since = progress, now
         elif now - since >= stall_timeout:
             watch.request_stop()
             if not done.wait(grace):
-                watch.abandon()
+                watch.abandon(thread)
             return

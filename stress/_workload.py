@@ -49,6 +49,7 @@ from ._invariants import (
     check_no_write_after_free,
     check_quiescent,
     check_released,
+    harness_operations,
     mark_new,
     release_everything,
     switch_off_together,
@@ -148,6 +149,10 @@ class RunResult:
     violation: Violation | None = None
     # why the run stopped with no verdict (an undo that failed: partial effects), if it did
     no_verdict: str | None = None
+    # a stalled run that could not be stopped (a task stuck where no cancellation reaches)
+    abandoned: bool = False
+    # operations started (some may not have ended: a stalled run's, or one a violation stopped)
+    started: int = 0
     trace: list[Outcome] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -796,7 +801,7 @@ async def run_workload(
 
     def progress() -> int:
         checks = result.checks
-        return result.ops + checks["quiescent"] + checks["drain"]
+        return result.ops + checks["quiescent"] + checks["drain"] + harness_operations()
 
     def stop(blocked: bool) -> RunResult:
         # (blocked: called from the watching thread, the loop's being stuck)
@@ -804,8 +809,9 @@ async def run_workload(
             result.violation = stall_violation(world, blocked)
         if world is not None:
             world.stop = True
-        record = copy.deepcopy(result)
+        record = _copied(result)
         record.wall_seconds = time.perf_counter() - started
+        record.started = 0 if world is None else world.seq
         if not blocked:
             scope.cancel()
         return record
@@ -820,6 +826,7 @@ async def run_workload(
         started = time.perf_counter()  # the run's time is its operations' and checks'
         await _run_tasks(world)
     result.wall_seconds = time.perf_counter() - started
+    result.started = 0 if world is None else world.seq
     return result
 
 
@@ -859,6 +866,16 @@ async def _run_tasks(world: World) -> None:
         world.phase = None
 
 
+def _copied(result: RunResult) -> RunResult:
+    """A deep copy of *result*, made in the loop's thread, or in the watching thread once the
+    loop stopped running: it ran on late (a driver blocking it for a long while, not for ever)
+    if the copy met its records changing; then again."""
+    for _ in range(100):
+        with contextlib.suppress(RuntimeError):  # a dict or list changed during the copy
+            return copy.deepcopy(result)
+    return copy.deepcopy(result)
+
+
 # how many of the operations in flight a stall's report names (the rest are counted)
 STALLED_NAMED = 8
 
@@ -876,7 +893,8 @@ def stall_violation(world: World | None, blocked: bool) -> Violation:
         cause = (
             "nothing ended for the stall timeout: every task waits for something no task will "
             "do (a deadlock, such as a lost wake-up), or tasks run on without ending anything "
-            "(a livelock)"
+            "(a livelock), or one operation takes the driver longer than that (then raise "
+            "--stall-timeout)"
         )
     if world is None:
         return Violation("progress", f"{cause}; under way: building the contexts", seq=0)
@@ -890,7 +908,7 @@ def stall_violation(world: World | None, blocked: bool) -> Violation:
         doing.append(world.phase)
     waiting = world.config.tasks - len(world.doing) - world.tasks_ended
     if waiting:
-        doing.append(f"{waiting} tasks waiting to start one")
+        doing.append(f"{waiting} task{'s' if waiting > 1 else ''} waiting to start one")
     under_way = "; ".join(doing) or "nothing"
     return Violation("progress", f"{cause}; under way: {under_way}", seq=world.seq)
 

@@ -5,6 +5,7 @@ Each factory takes the run's physical memory and returns a context, as ``--drive
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -15,6 +16,8 @@ from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
+import sniffio
 
 import avcm
 import drivers
@@ -774,7 +777,10 @@ class _Stalling(drivers.PageTableMmu):
       wake-up: a deadlock, every task ends up waiting behind it);
     * ``"spin"``: it polls a status bit that never comes up, with a checkpoint between reads
       (a livelock: the loop runs, nothing ends);
-    * ``"block"``: it waits for the bit without awaiting (the event loop's thread blocks).
+    * ``"block"``: it waits for the bit without awaiting (the event loop's thread blocks);
+    * ``"busy"``: it polls the bit without awaiting (the event loop's thread spins);
+    * ``"executor"``: it waits in a worker thread that never returns (asyncio's default
+      executor, which Python joins at exit; trio's worker threads on trio).
 
     A page removal is a teardown call, which avcm runs shielded: no cancellation reaches it.
     """
@@ -794,6 +800,15 @@ class _Stalling(drivers.PageTableMmu):
         elif self.how == "spin":
             while not self.status_ready:
                 await anyio.lowlevel.checkpoint()
+        elif self.how == "busy":
+            while not self.status_ready:
+                pass
+        elif self.how == "executor":
+            never = threading.Event()
+            if sniffio.current_async_library() == "asyncio":
+                await asyncio.get_running_loop().run_in_executor(None, never.wait)
+            else:
+                await anyio.to_thread.run_sync(never.wait, abandon_on_cancel=True)
         else:
             threading.Event().wait()
 
@@ -820,6 +835,8 @@ lost_interrupt_in_teardown = _stalling("lost", teardown=True)
 spinning = _stalling("spin", teardown=False)
 spinning_in_teardown = _stalling("spin", teardown=True)
 blocking = _stalling("block", teardown=False)
+busy_in_teardown = _stalling("busy", teardown=True)
+executor_hang = _stalling("executor", teardown=False)
 
 
 def blocking_factory(memory: avcm.PhysicalMemory) -> avcm.Vcm:

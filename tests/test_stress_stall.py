@@ -10,8 +10,11 @@ abandoned in its thread).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,102 @@ def test_a_stalled_run_replays_to_the_same_stall(backend: str, tmp_path: Path) -
     )  # fmt: skip
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert replayed.stdout.rstrip().endswith("reproduced the recorded violation"), replayed.stdout
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stress", "--quiet", "--stall-timeout", str(STALL), *args]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_command_ends_though_a_worker_thread_never_returns(
+    backend: str, tmp_path: Path
+) -> None:
+    # Reported: with a driver stuck in asyncio's default executor, the verdict was printed and
+    # the process then waited at exit for ever (Python joins executor threads at exit)
+    driver = "tests.broken_drivers:executor_hang"
+    done = subprocess.run(
+        _command("--driver", driver, "--backend", backend, "--trace-dir", str(tmp_path)),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "(progress): nothing ended for the stall timeout" in done.stdout
+    # the replay waits as long as the run did before it calls a stall
+    assert done.stdout.rstrip().endswith(f"--driver {driver} --stall-timeout {STALL}"), done.stdout
+
+
+def test_ctrl_c_ends_a_run_stuck_in_a_worker_thread() -> None:
+    command = [sys.executable, "-m", "stress", "--quiet", "--backend", "asyncio"]
+    command += ["--driver", "tests.broken_drivers:executor_hang"]
+    with subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=_ctrl_c_as_on_a_terminal,
+    ) as process:  # fmt: skip
+        try:
+            time.sleep(2)  # stuck by then (its 300th page write), with a minute to go
+            os.killpg(process.pid, signal.SIGINT)
+            out, err = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert process.returncode == 130, err
+    assert err == "avcm-stress: interrupted\n" and out == ""
+
+
+def _ctrl_c_as_on_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_duration_run_replays(backend: str, tmp_path: Path) -> None:
+    # Reported: the trace of a --duration run holds the operations that ended; the replay ran
+    # that many, fewer than had started, and diverged
+    driver = "tests.broken_drivers:lost_interrupt_in_teardown"
+    args = ["--driver", driver, "--backend", backend, "--duration", "60", "--tasks", "8"]
+    recorded = subprocess.run(
+        _command(*args, "--trace-dir", str(tmp_path)),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert recorded.returncode == 1, recorded.stdout + recorded.stderr
+    (trace,) = tmp_path.glob("*.trace.json")
+    document = json.loads(trace.read_text())
+    assert document["started"] > len(document["trace"])
+    replayed = subprocess.run(
+        _command("--replay", str(trace), "--driver", driver),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert replayed.stdout.rstrip().endswith("reproduced the recorded violation")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tiny_stall_timeout_still_gives_a_verdict(backend: str) -> None:
+    # Reported: 0.01 s ran out before the event loop had started: a RuntimeError traceback
+    result = stress.run(_stalling("lost_interrupt", backend), stall_timeout=0.01)
+    assert result.violation is not None and result.violation.rule == "progress"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_abandoned_run_that_spins_without_awaiting_stops_taking_a_core(backend: str) -> None:
+    # Reported: the abandoned run's thread spun on for as long as the process lived (the loop
+    # never got control back to park); it is interrupted where it spins, then parks
+    result = stress.run(_stalling("busy_in_teardown", backend), stall_timeout=STALL)
+    assert result.violation is not None and result.violation.rule == "progress"
+    assert result.abandoned
+    started_cpu, started = time.process_time(), time.monotonic()
+    time.sleep(1.0)
+    cpu, wall = time.process_time() - started_cpu, time.monotonic() - started
+    assert cpu < wall / 4, f"{cpu:.2f} s of CPU in {wall:.2f} s of an idle test"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_abandoned_run_says_so(backend: str, tmp_path: Path) -> None:
+    driver = "tests.broken_drivers:lost_interrupt_in_teardown"
+    done = subprocess.run(
+        _command("--driver", driver, "--backend", backend, "--trace-dir", str(tmp_path),
+                 "--json", str(tmp_path / "report.json")),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "(the run could not be stopped: a task was stuck where no cancellation" in done.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["abandoned"] is True
