@@ -371,8 +371,11 @@ class World:
             # before the unit another context is powering up is on shows at once
             await check_cold_start(self, f"{when}, with nothing bound")
             check_released(self, f"after {when}")
-            if self.in_use() > self.baseline:
+            in_use = self.in_use()
+            if in_use > self.baseline:
                 await self.rebuild(since + 1, seq)
+            else:  # a driver may give back what it took when built: growth from there counts
+                self.baseline = in_use
         self.drained_at = seq
         self.result.checks["drain"] += 1
 
@@ -385,7 +388,7 @@ class World:
         suspicion; destroy settles it within the window."""
         grown = self.in_use() - self.baseline
         for ctx in self.contexts:
-            await ctx.vcm.destroy()
+            await until_done(ctx.vcm.destroy, f"destroy of {ctx.name}")
         check_no_write_after_free(self)  # a destroy's late write would read as a leak of nothing
         if not self.memory.is_pristine():
             raise Violation(
@@ -667,11 +670,16 @@ def _classify(op: str, error: OSError) -> str:
     raise Violation("errors", f"{op} raised {error!r}, an errno not allowed here")
 
 
-def _record(world: World, error: Exception, what: str, seq: int) -> None:
+def _record(world: World, error: BaseException, what: str, seq: int) -> None:
     """Keep the run's first violation: *error* is one, or a crash in avcm or a driver, which
     is one too (with its traceback), wherever the harness met it."""
-    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]  # from a task group of the harness's own
+    if isinstance(error, ExceptionGroup):  # from a task group of the harness's own
+        # a context nothing can judge makes what the others found unjudgeable too (hardware
+        # they share may be half done): its NoVerdict first
+        no_verdict, _ = error.split(NoVerdict)
+        leaves = list(_leaves(error if no_verdict is None else no_verdict))
+        if no_verdict is not None or len(leaves) == 1:
+            error = leaves[0]
     if isinstance(error, NoVerdict):
         if world.judging():
             world.result.no_verdict = f"operation {seq}: {error}"
@@ -682,6 +690,14 @@ def _record(world: World, error: Exception, what: str, seq: int) -> None:
     error.seq = seq
     if world.judging():  # (after an undo that failed, what follows is not judged)
         world.result.violation = error
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
 
 
 # A --cancel operation is cancelled at one of its first CANCEL_POINTS sync points (the mutex,

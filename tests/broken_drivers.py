@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
+import random
 import signal
 import sys
 import threading
@@ -821,6 +823,31 @@ class _Stalling(drivers.PageTableMmu):
         await super().deactivate_page(vaddr, paddr, order, vcm)
         if self.teardown:
             await self._write()
+
+
+_NACKS = random.Random(2)
+
+
+class _NackingLeaky(drivers.PageTableMmu):
+    """Loses a page at every switch-on (a leak), and fails one page write in three with a plain
+    ``OSError(EIO)`` (rule 8): the leak shows also in attempts whose setup the driver failed,
+    before any race."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="nacking-leaky")
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await super().enable(vcm)
+        self.memory.alloc_pages(0)
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if _NACKS.random() < 1 / 3:
+            raise OSError(errno.EIO, "activate_page: NACKed by the unit")
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+def nacking_leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _NackingLeaky(memory), memory=memory)
 
 
 def _stalling(how: str, teardown: bool) -> Callable[[avcm.PhysicalMemory], avcm.Vcm]:

@@ -216,6 +216,28 @@ def test_an_undo_the_driver_failed_is_no_verdict_not_a_failure(backend: str) -> 
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_what_a_driver_raises_on_half_done_hardware_is_no_failure(backend: str) -> None:
+    # Reported (attack13): after avcm's undo failed in the driver (the hardware half done),
+    # a driver raising a KeyError for a page it no longer held, in the scenario or in the
+    # suite's own destroy, failed the scenario
+    report = testing.check_conformance(tricky_drivers.strict_flaky, backend=backend, schedules=30)
+    assert report.passed, report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_rule_broken_before_the_race_is_a_failure_not_a_crash(backend: str) -> None:
+    # Reported (attack13): an attempt whose setup the driver failed (rule 8) but which leaked
+    # (rule 9) ended the whole suite with the AssertionError's traceback: no report
+    with pytest.raises(testing.ConformanceFailure) as caught:
+        testing.check_conformance(broken_drivers.nacking_leaky, backend=backend, schedules=5)
+    report = caught.value.report
+    early = [result for result in report.results if result.failed_before_race]
+    assert early, report.format()
+    assert all("rule 9" in (result.failed_before_race or "") for result in early)
+    assert f"conformance:{early[0].name} failed before its race" in report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_deactivate_the_driver_failed_leaves_its_pair_holding_one(backend: str) -> None:
     # Reported: nested_pairs expected count 0 even when a pair's deactivate failed in the
     # driver (rule 8: no effect, so that pair still holds its activation).

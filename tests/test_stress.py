@@ -581,3 +581,36 @@ def test_a_run_with_no_verdict_exits_4_and_replays(
     (trace,) = tmp_path.glob("*.trace.json")
     status, out, err = run_stress(capsys, "--replay", str(trace), *driver)
     assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    # Reported (attack13): on asyncio the text of such a no verdict held the cancellation's
+    # repr (its cancel scope's address), so its replay said "not reproduced"
+    driver = ["--driver", "tests.tricky_drivers:yielding_flaky_teardown"]
+    args = ["--backend", backend, "--cancel", "0.3", "--tasks", "3", "--ops", "2000"]
+    status, out, _ = run_stress(capsys, *driver, *args, "--trace-dir", str(tmp_path))
+    assert status == 4, out
+    assert re.search(
+        r"NO VERDICT from operation \d+: \w+: avcm's undo of (CancelledError|Cancelled) ", out
+    ), out
+    (trace,) = tmp_path.glob("*.trace.json")
+    status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
+    assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_teardown_the_driver_keeps_failing_is_no_verdict(backend: str) -> None:
+    # Reported (attack13): a release of the harness's own that the driver failed 100 times
+    # in a row (one page clear in three fails: a context of many pages never goes off) was a
+    # violation, "errors"; each failure is the driver's right (rule 8). With two contexts
+    # failing at once (a task group's two errors) too.
+    config = stress.StressConfig(
+        backend=backend, driver="tests.tricky_drivers:flaky_teardown_often",
+        contexts=(("custom", 2),), tasks=3, ops=3000,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.no_verdict is not None and "failed 100 times in a row" in result.no_verdict

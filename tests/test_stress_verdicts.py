@@ -423,6 +423,27 @@ def test_a_leak_is_reported_at_the_drain_after_it(backend: str, driver: str) -> 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_destroy_the_driver_fails_once_is_called_again(backend: str) -> None:
+    # Reported (attack13): a cleanup failing once (rule 8) was a violation at the first drain
+    # that rebuilt the contexts, and at the final teardown: destroy was called once only
+    result = _spare_cache_run(backend, "spare_cache_failing_cleanup")
+    assert result.violation is None and result.no_verdict is None, result.violation
+    assert result.checks["rule 9 destroyed and rebuilt"] == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_a_driver_gives_back_lowers_what_a_leak_is_measured_from(backend: str) -> None:
+    # Reported (attack13): a driver giving back after its first drain a page it took when
+    # built hid a later leak of one page from every drain (in use never rose over the
+    # count at build); the final teardown found it and named an empty range
+    result = _spare_cache_run(backend, "scratch_then_leak", ops=2500)
+    violation = result.violation
+    assert violation is not None and violation.rule == "rule 9", violation
+    window = re.search(r"leaked by operations (\d+)-(\d+): after them", violation.description)
+    assert window is not None and int(window[1]) > 500, violation.description
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_cache_given_back_at_destroy_is_no_leak_however_large_it_grew(backend: str) -> None:
     # The reported false alarm: io-pgtable's way, table pages kept until destroy (here one
     # more at every switch-on, without bound), was called a leak at a drain once it passed a
@@ -494,3 +515,21 @@ def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: s
     violation = stress.run(default).violation
     assert violation is not None and violation.rule == "rule 4" and violation.seq is not None
     assert violation.seq <= 10_000 and "reached other memory" in violation.description
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_canary_goes_into_memory_the_run_does_not_have(backend: str) -> None:
+    # Reported (attack13): a driver whose memory is the device's own (a phys made with
+    # memory=None, outside the run's physical memory) was reported at once: the harness wrote
+    # its canary there
+    async def scenario() -> None:
+        memory = avcm.PhysicalMemory()
+        world, _ = _world(drivers.create_iommu(memory), memory)
+        device_local = avcm.lowlevel.create_phys([(0x1_0000_0000, 8 << 10)])
+        world.adopt_phys(device_local)
+        assert world.written == {} and world.canaries == 0
+        own = avcm.lowlevel.create_phys([(memory.alloc_pages(1) or 0, 8 << 10)], memory=memory)
+        world.adopt_phys(own)
+        assert len(world.written[own]) == 8 and world.canaries == 8
+
+    run_on_virtual_time(backend, scenario)

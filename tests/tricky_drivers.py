@@ -8,6 +8,7 @@ import random
 import time
 import weakref
 
+import anyio.lowlevel
 import anyio.to_thread
 
 import avcm
@@ -128,6 +129,54 @@ def dead_unit(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _DeadUnit(memory), memory=memory, name="dead")
 
 
+class _YieldingFlakyTeardown(_FlakyTeardown):
+    """:class:`_FlakyTeardown` (one teardown call in ten fails) whose page writes yield to
+    other tasks: a cancellation lands inside a mapping, and its undo's page clears may fail."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, rate=0.1)
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.lowlevel.checkpoint()
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+def yielding_flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = _YieldingFlakyTeardown(memory)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="yielding")
+
+
+_STRICT = random.Random(1)
+
+
+class _StrictFlaky(_FlakyTeardown):
+    """Fails one page write in 50 and one teardown call in 20 (rule 8), and raises a
+    ``KeyError`` (not an ``OSError``) for a page clear of a page it does not hold: what a
+    strict driver does once avcm's undo of a failure failed too and left its table half done
+    (partial effects: nothing can be judged then)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, rate=0.05)
+        self._random = self._writes = _STRICT  # one stream: each context fails elsewhere
+        self._held: set[int] = set()
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if self._writes.random() < 0.02:
+            raise OSError(errno.EIO, "activate_page: bus error")
+        await super().activate_page(vaddr, paddr, order, vcm)
+        self._held.add(vaddr)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if vaddr not in self._held:
+            raise KeyError(vaddr)
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self._held.discard(vaddr)
+
+
+def strict_flaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _StrictFlaky(memory), memory=memory, name="strict")
+
+
 def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = _FlakyTeardown(memory)
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")
@@ -152,10 +201,15 @@ class SpareCache(PageTableMmu):
     behind: a leak."""
 
     def __init__(
-        self, memory: avcm.PhysicalMemory, bound: int | None = 8, *, forget: bool = False
+        self,
+        memory: avcm.PhysicalMemory,
+        bound: int | None = 8,
+        *,
+        forget: bool = False,
+        fail_cleanup: bool = False,
     ) -> None:
         super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="spare-cache")
-        self.bound, self.forget = bound, forget
+        self.bound, self.forget, self.fail_cleanup = bound, forget, fail_cleanup
         self.cache: list[int] = []
 
     async def enable(self, vcm: avcm.Vcm) -> None:
@@ -166,6 +220,9 @@ class SpareCache(PageTableMmu):
                 self.cache.append(page)
 
     async def cleanup(self, vcm: avcm.Vcm) -> None:
+        if self.fail_cleanup:
+            self.fail_cleanup = False  # (once: a destroy called again retries it)
+            raise OSError(errno.EIO, "cleanup: the unit did not answer")
         if not self.forget:
             for page in self.cache:
                 self.memory.free_pages(page, 0)
@@ -178,6 +235,11 @@ def _spare_cache(memory: avcm.PhysicalMemory, driver: SpareCache) -> avcm.Vcm:
 
 def spare_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _spare_cache(memory, SpareCache(memory))
+
+
+def spare_cache_failing_cleanup(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: its cleanup fails once (rule 8: a destroy called again retries it)."""
+    return _spare_cache(memory, SpareCache(memory, fail_cleanup=True))
 
 
 def spare_cache_unbounded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
@@ -198,6 +260,32 @@ def spare_cache_forgotten_later(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     leaves the cache behind."""
     built = _BUILT[memory] = _BUILT.get(memory, 0) + 1
     return _spare_cache(memory, SpareCache(memory, forget=built > 2))
+
+
+class _ScratchThenLeak(PageTableMmu):
+    """Broken: takes a scratch page when built and gives it back at its first switch-off (no
+    leak), then loses a page at its 12th switch-on (a leak, after the first drain)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="scratch-then-leak")
+        self.scratch = memory.alloc_pages(0)
+        self.enables = 0
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await super().enable(vcm)
+        self.enables += 1
+        if self.enables == 12:
+            self.memory.alloc_pages(0)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        if self.scratch is not None:
+            self.memory.free_pages(self.scratch, 0)
+            self.scratch = None
+
+
+def scratch_then_leak(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _spare_cache(memory, _ScratchThenLeak(memory))  # type: ignore[arg-type]
 
 
 def spare_cache_unbounded_forgotten(memory: avcm.PhysicalMemory) -> avcm.Vcm:

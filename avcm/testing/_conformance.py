@@ -1073,11 +1073,11 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
                 if not _raised_by_driver(error) and not half_done():
                     raise
                 raced = bool(run.decisions)
-            except AssertionError:  # a check in the scenario: no verdict on half-done hardware
-                if not half_done():
-                    raise
             except _NoVerdict:
                 stuck = True
+            except Exception:  # a check in the scenario, a driver's own error: no verdict on
+                if not half_done():  # half-done hardware
+                    raise
             if stuck or half_done():
                 # avcm's undo of a failure (or a cancellation) failed too, in the driver: the
                 # hardware may be left half done, which the contract says no framework can
@@ -1093,6 +1093,11 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
                     await _until_done(vcm.destroy)
             except _NoVerdict:
                 return False
+            except Exception:  # an undo in destroy's own steps may have failed too
+                if not half_done():
+                    raise
+            if half_done():
+                return False
         check_no_write_after_free(memory, "after destroy")
         leaked = free_before - memory.free_bytes
         assert leaked == 0, f"rule 9: {leaked:#x} bytes of memory not free after destroy"
@@ -1100,8 +1105,15 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
 
     async def scenario(run: Run) -> None:
         for _ in range(SETUP_ATTEMPTS):
-            if await attempt(run):
-                return
+            try:
+                if await attempt(run):
+                    return
+            except AssertionError as error:
+                if run.decisions:
+                    raise  # a schedule's failure: the race finder reports and replays it
+                # broken before anything raced (the driver failed a call of its own, and what
+                # it left breaks a rule): no schedule to blame, but a failure all the same
+                raise _FailedBeforeRace(str(error)) from error
         if run.decisions:  # raced, with no verdict: this schedule says nothing either way
             unjudged[0] += 1
             return
@@ -1121,6 +1133,10 @@ class _CannotRun(Exception):
     """A scenario could not get to its race: why."""
 
 
+class _FailedBeforeRace(Exception):
+    """A scenario broke a rule before its race, with no schedule to replay: which."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScenarioResult:
     """One scenario's result: the schedules run, and its failure if one broke a rule, or why
@@ -1134,10 +1150,13 @@ class ScenarioResult:
     failure: Failure | None
     not_run: str | None = None
     unjudged: int = 0
+    # the rule it broke before its race (no schedule to replay: its setup failed in the
+    # driver, as rule 8 lets it, and what that left broke the rule)
+    failed_before_race: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.failure is None and self.not_run is None
+        return self.failure is None and self.not_run is None and self.failed_before_race is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1169,8 +1188,14 @@ class ConformanceReport:
             lines.append("")
             lines.append(failure.report())
         not_run = [result for result in self.results if result.not_run]
-        if not_run:
+        early = [result for result in self.results if result.failed_before_race]
+        if not_run or early:
             lines.append("")
+        for result in early:
+            lines.append(
+                f"conformance:{result.name} failed before its race (no schedule to replay: "
+                f"the driver failed a call of its setup): {result.failed_before_race}"
+            )
         for result in not_run:
             lines.append(f"{result.name} could not run: {result.not_run}")
         lines.append("")
@@ -1185,7 +1210,7 @@ class ConformanceReport:
             )
         if self.passed:
             verdict = "passed"
-        elif self.failures:
+        elif self.failures or early:
             verdict = "FAILED"
         else:
             verdict = f"NOT PASSED: {len(not_run)} scenario(s) could not run"
@@ -1228,7 +1253,7 @@ async def check_conformance_async(
         ) from error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VcmWarning)
-        await probe.destroy()
+        await _until_done(probe.destroy)
     driver = factory_spec or str(getattr(factory, "__qualname__", repr(factory)))
     results = []
     for name in [only] if only is not None else list(SCENARIOS):
@@ -1273,6 +1298,8 @@ async def check_conformance_async(
             )
         except _CannotRun as error:
             results.append(ScenarioResult(name, rule, 0, None, str(error)))
+        except _FailedBeforeRace as error:
+            results.append(ScenarioResult(name, rule, 0, None, failed_before_race=str(error)))
     report = ConformanceReport(driver=driver, backend=backend, results=tuple(results))
     if not report.passed:
         raise ConformanceFailure(report)
