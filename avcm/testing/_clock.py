@@ -160,7 +160,9 @@ class _VirtualSelector(selectors.DefaultSelector):
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.
             waits = outside.time_waits_for_threads()
-            if waits and outside.outlast_timer():
+            # (and before what threads handed in comes in: a thread whose caller left, which
+            # is no wait any more, outlasts a timer before what it handed in comes in)
+            if (waits or outside.reported()) and outside.outlast_timer():
                 # threads that now outlast the next timer are not waited for: it falls due
                 waits = outside.time_waits_for_threads()
             if outside.ready() or outside.came_in():

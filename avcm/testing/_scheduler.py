@@ -1290,8 +1290,9 @@ class _Queue:
         self.thread = threading.get_ident()  # the event loop's
         # from other threads: (the thread, what it handed the loop), held till let in
         self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
-        # (steps, timer) when outlast_timer last asked the chooser
-        self.outlast_asked: tuple[int, float] | None = None
+        # (steps, timer, orphan_items) when outlast_timer last asked the chooser
+        self.outlast_asked: tuple[int, float, int] | None = None
+        self.orphan_items = 0  # what threads whose call was abandoned on cancel handed in
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1391,9 +1392,15 @@ class _Queue:
         )
 
     def slow_threads(self) -> set[threading.Thread | bool]:
-        """The threads the slow waits wait for (True: one not named)."""
+        """The threads the slow waits wait for (True: one not named), and the threads whose
+        call was abandoned on cancel that outlast the timer too, while they work on it."""
         waiting = self.thread_waiting()
-        return {waiting[native][1] for native in self.slow_waits if native in waiting}
+        slow: set[threading.Thread | bool] = {
+            waiting[native][1] for native in self.slow_waits if native in waiting
+        }
+        if any(isinstance(key, threading.Thread) for key in self.slow_waits):
+            slow.update(thread for thread, _ in self.orphans() if thread in self.slow_waits)
+        return slow
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         """Whether what *thread* handed the loop (*item*) is held till the timer the threads
@@ -1661,19 +1668,30 @@ class _Queue:
         slow = self.slow()
         if not slow and self.late():
             return False  # asked once they are late no longer (settle): no task can run then
+        # (not for a thread only tasks outside control wait for: not the strategy's; but for
+        # one whose call a controlled task abandoned on cancel, waited for as if it still
+        # waited, as long as no other thread outlasts a timer)
+        orphans: list[threading.Thread] = []
         if self.thread_waiter(fast=slow) is None:
-            # (nor for a thread only tasks outside control wait for: not the strategy's)
-            return False
+            # Asked once such threads handed in what they have (it was slow before handing it
+            # in: it comes in after the timer), as a waiting task's thread is asked about at
+            # each step: again after each item of theirs came in (it is no step).
+            if slow or self.orphans_at_work():
+                return False
+            orphans = [thread for thread, _ in self.orphans()]
+            if not orphans:
+                return False
         timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
             return False  # (a timer already due falls due now, whatever threads do)
-        asked = (len(run._steps), timer)
+        asked = (len(run._steps), timer, self.orphan_items)
         if asked == self.outlast_asked:
             return False
         self.outlast_asked = asked
-        if not self.held():
-            # time may pass at once: a call abandoned on cancel must have been taken
-            self.calls_taken()
+        # a thread that outlasts a timer is at work: a call abandoned on cancel when the timer
+        # falls due must have been taken by its thread, or it is never run (asyncio) or not
+        # known to run (trio: no thread holds its call yet), as fast as the thread was
+        self.calls_taken()
         if not run._outlast(timer):
             return False
         self.slow_until = timer
@@ -1682,7 +1700,23 @@ class _Queue:
             for native, (wait, _, _) in self.thread_waiting().items()
             if native not in self.slow_waits
         )
+        self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
+
+    def count_orphan_items(self, threads: Iterable[threading.Thread]) -> None:
+        """What *threads* handed the loop came in: count what came from orphans."""
+        orphans = {thread for thread, _ in self.orphans()}
+        self.orphan_items += sum(1 for thread in threads if thread in orphans)
+
+    def orphans_at_work(self) -> list[threading.Thread]:
+        """The threads whose call was abandoned on cancel (:meth:`orphans`) that are at work:
+        they have not handed the loop a call back or their report, nor wait for its answer."""
+        sent = {thread for thread, _ in self.arrived_now()}
+        return [
+            thread
+            for thread, _ in self.orphans()
+            if thread not in sent and not self.waits_for_loop(thread)
+        ]
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
@@ -1963,7 +1997,11 @@ class _TrioIO:
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
             busy = queue.time_waits_for_threads()
-            if busy and queue.outlast_timer() and not queue.time_waits_for_threads():
+            if (
+                (busy or queue.reported())
+                and queue.outlast_timer()
+                and not queue.time_waits_for_threads()
+            ):
                 # the threads now outlast the next timer: not waited for, it falls due
                 # (trio's clock jumps to it once this poll is over)
                 busy, wait = False, 0.0
@@ -2141,13 +2179,14 @@ class _TrioQueue(_Queue):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
             if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
-            if self._orphans_at_work():
+            if any(thread not in self.slow_waits for thread in self.orphans_at_work()):
                 return False  # (one whose call was abandoned on cancel, too)
         arrivals = self.take_arrivals()
         last = (sys.maxsize, sys.maxsize, "")
         # stable: else as they came
         arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
         jobs: list[Any] = []
+        self.count_orphan_items(thread for thread, _ in arrivals)
         for thread, job in arrivals:
             # a call back trio runs in its system nursery, not in the task waiting for the thread
             if not self.free and _job_task(job) is None:
@@ -2260,13 +2299,14 @@ class _TrioQueue(_Queue):
     def give_up(self, thread: threading.Thread) -> None:
         _give_up(thread, _register_of(thread))
 
-    def _orphans_at_work(self) -> bool:
-        """Whether a thread whose call was abandoned on cancel is at work: it has not handed
-        the loop a call back or its report, nor waits for trio's answer."""
+    def orphans_at_work(self) -> list[threading.Thread]:
+        # (trio's answer to a call back, not the loop's)
         sent = {thread for thread, _ in self.arrived_now()}
-        return any(
-            thread not in sent and not _waits_for_answer(thread) for thread, _ in self.orphans()
-        )
+        return [
+            thread
+            for thread, _ in self.orphans()
+            if thread not in sent and not _waits_for_answer(thread)
+        ]
 
     def threads_busy(self) -> bool:
         # A task waiting for a thread that waits for trio's answer to a call back (one trio
@@ -2277,9 +2317,9 @@ class _TrioQueue(_Queue):
             return False
         waiting = self.thread_waiting()
         if not waiting:
-            return self._orphans_at_work()
+            return bool(self.orphans_at_work())
         answering = self._answering()
-        return any(native not in answering for native in waiting) or self._orphans_at_work()
+        return any(native not in answering for native in waiting) or bool(self.orphans_at_work())
 
     def fast_threads_busy(self) -> bool:
         # (one that waits for trio's answer to a call back, held for its task: not at work)
@@ -2644,6 +2684,7 @@ class _AsyncioQueue(_Queue):
         if reports is None:
             return False
         queued = False
+        self.count_orphan_items(thread for thread, _ in reports)
         for thread, handle in reports:
             if (
                 not self.free
