@@ -1686,3 +1686,86 @@ def test_a_thread_handing_trio_its_call_back_is_at_work(monkeypatch: pytest.Monk
             backend="trio",
         )
         assert result.exhausted and result.failure is None, result.failure.report()
+
+
+async def abandoned_thread_halfway_at_a_later_timer(
+    run: testing.Run, *, apart: bool = True
+) -> None:
+    """A writer waits at most 1 s for a thread abandoned on cancel that sets ``a``, then
+    ``b``, each in a call back (in one, unless *apart*); a watcher wakes at 1.5 s and expects
+    both or neither set (the bug, if *apart*: the thread may still be between them then)."""
+    state = {"a": 0, "b": 0}
+
+    def set_both() -> None:
+        state["a"] = state["b"] = 1
+
+    def work() -> None:
+        if apart:
+            anyio.from_thread.run_sync(state.__setitem__, "a", 1)
+            anyio.from_thread.run_sync(state.__setitem__, "b", 1)
+        else:
+            anyio.from_thread.run_sync(set_both)
+
+    async def writer() -> None:
+        with anyio.move_on_after(1):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def watcher() -> None:
+        await anyio.sleep(1.5)
+        assert state["a"] == state["b"], f"half written: {state}"
+
+    for outcome in await run.concurrently(writer, watcher):
+        outcome.unwrap()
+
+
+def strategies_with_two_slow_threads() -> dict[str, Callable[[], testing.Strategy]]:
+    return {
+        "pct": lambda: testing.PCT(0, slow_threads=2),
+        "random": lambda: testing.RandomWalk(0, slow_threads=2),
+        "exhaustive0": lambda: testing.Exhaustive(0, slow_threads=2),
+    }
+
+
+@pytest.mark.parametrize("strategy", list(strategies_with_two_slow_threads()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_whose_caller_left_may_outlast_a_later_timer(backend: str, strategy: str) -> None:
+    # once its caller left (its deadline fell due while it worked), the thread had no chance
+    # to outlast the watcher's later timer: its calls back came in before it, and the state
+    # between them was never seen (Exhaustive said exhausted)
+    found = [
+        testing.explore(
+            abandoned_thread_halfway_at_a_later_timer,
+            strategy=strategies_with_two_slow_threads()[strategy](),
+            schedules=100,
+            backend=backend,
+        ).failure
+        for _ in range(2)
+    ]
+    failure = found[0]
+    assert failure is not None and found[1] is not None
+    assert str(failure.error).startswith("half written: {'a': 1, 'b': 0}")
+    assert failure.timeline.outlasted == 2 and failure.timeline.preemptions == 0
+    assert str(found[1].token) == str(failure.token)
+    replayed = testing.replay(
+        abandoned_thread_halfway_at_a_later_timer, failure.token, backend=backend
+    )
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_whose_caller_left_writing_in_one_call_back_is_no_false_alarm(
+    backend: str,
+) -> None:
+    counts = [
+        testing.explore(
+            partial(abandoned_thread_halfway_at_a_later_timer, apart=False),
+            strategy=testing.Exhaustive(1, slow_threads=2),
+            backend=backend,
+        )
+        for _ in range(2)
+    ]
+    for result in counts:
+        assert result.exhausted and result.failure is None, (
+            result.failure and result.failure.report()
+        )
+    assert counts[0].schedules == counts[1].schedules

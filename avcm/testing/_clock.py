@@ -98,6 +98,11 @@ class Outside(Protocol):
         """Whether a task held back may be chosen now."""
         ...
 
+    def orphans_handed_in(self) -> bool:
+        """Whether a thread whose call was abandoned on cancel handed in what has yet to come
+        in."""
+        ...
+
     def came_in(self) -> bool:
         """Whether what threads handed the loop came in during this iteration (a thread's
         call into the loop, let in while the loop asked about threads at work): it runs
@@ -162,7 +167,7 @@ class _VirtualSelector(selectors.DefaultSelector):
             waits = outside.time_waits_for_threads()
             # (and before what threads handed in comes in: a thread whose caller left, which
             # is no wait any more, outlasts a timer before what it handed in comes in)
-            if (waits or outside.reported()) and outside.outlast_timer():
+            if (waits or outside.orphans_handed_in()) and outside.outlast_timer():
                 # threads that now outlast the next timer are not waited for: it falls due
                 waits = outside.time_waits_for_threads()
             if outside.ready() or outside.came_in():

@@ -1708,6 +1708,12 @@ class _Queue:
         orphans = {thread for thread, _ in self.orphans()}
         self.orphan_items += sum(1 for thread in threads if thread in orphans)
 
+    def orphans_handed_in(self) -> bool:
+        """Whether a thread whose call was abandoned on cancel handed the loop what has yet
+        to come in (then, before it comes in, it may outlast the next timer)."""
+        sent = {thread for thread, _ in self.arrived_now()}
+        return bool(sent) and any(thread in sent for thread, _ in self.orphans())
+
     def orphans_at_work(self) -> list[threading.Thread]:
         """The threads whose call was abandoned on cancel (:meth:`orphans`) that are at work:
         they have not handed the loop a call back or their report, nor wait for its answer."""
@@ -1998,7 +2004,7 @@ class _TrioIO:
             queue.settle()
             busy = queue.time_waits_for_threads()
             if (
-                (busy or queue.reported())
+                (busy or queue.orphans_handed_in())
                 and queue.outlast_timer()
                 and not queue.time_waits_for_threads()
             ):
@@ -2450,7 +2456,9 @@ class _TrioQueue(_Queue):
             return
         if not runnable:
             # (what threads handed in comes in before time passes: a call back of a thread
-            # whose call was abandoned on cancel, which no task waits for)
+            # whose call was abandoned on cancel, which no task waits for; what threads late
+            # past a timer handed in, which comes in now, as the poll that follows settles)
+            self.settle()
             if self.time_waits_for_threads() or self.reported() or self.entry_pending():
                 threshold = math.inf
             elif self.io_waits():
