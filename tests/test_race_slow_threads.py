@@ -770,10 +770,11 @@ def test_exhaustive_tries_the_deadline_before_each_call_back_and_the_return(
     assert sorted(seen[: calls + 2]) == [*range(calls + 1), calls]
 
 
-def test_a_token_has_no_step_of_a_call_back_apart() -> None:
-    # (avcm5 had one, "b": a call back is a step of the task waiting for the thread now)
-    with pytest.raises(testing.TokenError, match="malformed"):
-        testing.ReplayToken.parse("avcm6:pct-d3-s1:0:1:0123abcd:0x2.bx2.t.0")
+def test_tokens_write_and_read_a_call_back_of_a_thread_whose_caller_left() -> None:
+    decisions = (0, 0, testing.CALLED_BACK, testing.CALLED_BACK, testing.TIMER_FIRST, 0)
+    token = testing.ReplayToken("pct-d3-s1", 0, 1, "0123abcd", decisions)
+    assert str(token) == "avcm6:pct-d3-s1:0:1:0123abcd:0x2.bx2.t.0"
+    assert testing.ReplayToken.parse(str(token)) == token
 
 
 async def abandonable_call_back_while_another_outlasts(run: testing.Run) -> None:
@@ -1769,3 +1770,25 @@ def test_a_thread_whose_caller_left_writing_in_one_call_back_is_no_false_alarm(
             result.failure and result.failure.report()
         )
     assert counts[0].schedules == counts[1].schedules
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_replay_whose_call_back_comes_in_elsewhere_diverges(backend: str) -> None:
+    found = testing.explore(
+        abandoned_thread_halfway_at_a_later_timer,
+        strategy=testing.Exhaustive(0, slow_threads=2),
+        backend=backend,
+    )
+    assert found.failure is not None
+    recorded = found.failure.token
+    decisions = recorded.decisions
+    first = decisions.index(testing.CALLED_BACK)
+    for changed, match in (
+        # a task's step where the call back came in
+        ((*decisions[:first], 1, *decisions[first + 1 :]), "which the recording does not have"),
+        # a call back where a task was chosen
+        ((testing.CALLED_BACK, *decisions[1:]), "call back from a thread whose caller left"),
+    ):
+        token = testing.ReplayToken(recorded.strategy, 0, 0, recorded.digest, changed)
+        with pytest.raises(testing.ReplayDivergedError, match=match):
+            testing.replay(abandoned_thread_halfway_at_a_later_timer, token, backend=backend)

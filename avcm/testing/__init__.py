@@ -98,7 +98,7 @@ from ._strategies import (
     Strategy,
 )
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import TIMER_FIRST, ReplayToken
+from ._token import CALLED_BACK, TIMER_FIRST, ReplayToken
 
 __all__ = [
     "BACKENDS",
@@ -124,6 +124,7 @@ __all__ = [
     "ClusterError",
     "ConformanceFailure",
     "ConformanceReport",
+    "CALLED_BACK",
     "DeadlockError",
     "IOWaitError",
     "Exhaustive",

@@ -94,7 +94,7 @@ from ._errors import (
 )
 from ._strategies import Chooser
 from ._timeline import Step, TaskOutcome, Timeline
-from ._token import TIMER_FIRST
+from ._token import CALLED_BACK, TIMER_FIRST
 
 __all__ = ["TRIO_VERSIONS", "Run"]
 
@@ -483,10 +483,17 @@ class Run:
     @property
     def decisions(self) -> tuple[int, ...]:
         """The task chosen at each step (``-1 - task`` for an injected cancellation of *task*,
-        :data:`TIMER_FIRST` where threads at work outlasted the next timer): what a replay
-        token records."""
+        :data:`TIMER_FIRST` where threads at work outlasted the next timer,
+        :data:`CALLED_BACK` where a call back from a thread whose caller left came in): what a
+        replay token records."""
         return tuple(
-            TIMER_FIRST if step.outlasted else -1 - step.task if step.injected else step.task
+            TIMER_FIRST
+            if step.outlasted
+            else CALLED_BACK
+            if step.called_back
+            else -1 - step.task
+            if step.injected
+            else step.task
             for step in self._steps
         )
 
@@ -787,6 +794,32 @@ class Run:
             self._fail(error)
             return False
         return True
+
+    def _called_back(self, column: int) -> None:
+        """A call back into the loop from a thread whose call was abandoned on cancel and
+        whose caller left came in, which the loop runs: a step of its own, in the *column* of
+        the task that left. No choice, and none of the step budget's; it tells each chance
+        for the thread to outlast the next timer after a call back from the one before it,
+        in the run and in its token."""
+        step = len(self._steps)
+        self._steps.append(
+            Step(
+                index=step,
+                task=column,
+                point="thread",
+                operation="calls back",
+                time=self._step_time(),
+                called_back=True,
+            )
+        )
+        self._still_steps = 0  # (progress outside the loop, as any call back's)
+        check = getattr(self._chooser, "called_back", None)  # a replay's: was it recorded?
+        if check is None or self._error is not None:
+            return
+        try:
+            check(step)
+        except BaseException as error:
+            self._fail(error)
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
@@ -1290,9 +1323,8 @@ class _Queue:
         self.thread = threading.get_ident()  # the event loop's
         # from other threads: (the thread, what it handed the loop), held till let in
         self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
-        # (steps, timer, orphan_items) when outlast_timer last asked the chooser
-        self.outlast_asked: tuple[int, float, int] | None = None
-        self.orphan_items = 0  # what threads whose call was abandoned on cancel handed in
+        # (steps, timer) when outlast_timer last asked the chooser
+        self.outlast_asked: tuple[int, float] | None = None
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1675,7 +1707,7 @@ class _Queue:
         if self.thread_waiter(fast=slow) is None:
             # Asked once such threads handed in what they have (it was slow before handing it
             # in: it comes in after the timer), as a waiting task's thread is asked about at
-            # each step: again after each item of theirs came in (it is no step).
+            # each step: again after each call back of theirs came in (a step of its own).
             if slow or self.orphans_at_work():
                 return False
             orphans = [thread for thread, _ in self.orphans()]
@@ -1684,7 +1716,7 @@ class _Queue:
         timer = self.slow_until if slow else run._next_timer()
         if timer is None or timer <= self.now():
             return False  # (a timer already due falls due now, whatever threads do)
-        asked = (len(run._steps), timer, self.orphan_items)
+        asked = (len(run._steps), timer)
         if asked == self.outlast_asked:
             return False
         self.outlast_asked = asked
@@ -1703,10 +1735,25 @@ class _Queue:
         self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
 
-    def count_orphan_items(self, threads: Iterable[threading.Thread]) -> None:
-        """What *threads* handed the loop came in: count what came from orphans."""
-        orphans = {thread for thread, _ in self.orphans()}
-        self.orphan_items += sum(1 for thread in threads if thread in orphans)
+    def orphans_called_back(self, arrivals: Iterable[tuple[threading.Thread, Any]]) -> None:
+        """What threads handed the loop (*arrivals*) comes in: each call back of a thread whose
+        call was abandoned on cancel and whose caller left is a step of the run
+        (:meth:`Run._called_back`), in the column of the task that left (else the last
+        task's)."""
+        if self.free:
+            return
+        orphans = dict(self.orphans())
+        for thread, item in arrivals:
+            key = orphans.get(thread)
+            if key is None or not self.is_call_back(thread, item):
+                continue
+            last = self.run._last
+            column = key[1] if key[1] < len(self.run._tasks) else (last.index if last else 0)
+            self.run._called_back(column)
+
+    def is_call_back(self, thread: threading.Thread, item: Any) -> bool:
+        """Whether what *thread* handed the loop (*item*) is a call back into it."""
+        raise NotImplementedError
 
     def orphans_handed_in(self) -> bool:
         """Whether a thread whose call was abandoned on cancel handed the loop what has yet
@@ -2192,7 +2239,7 @@ class _TrioQueue(_Queue):
         # stable: else as they came
         arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
         jobs: list[Any] = []
-        self.count_orphan_items(thread for thread, _ in arrivals)
+        self.orphans_called_back(arrivals)
         for thread, job in arrivals:
             # a call back trio runs in its system nursery, not in the task waiting for the thread
             if not self.free and _job_task(job) is None:
@@ -2304,6 +2351,9 @@ class _TrioQueue(_Queue):
 
     def give_up(self, thread: threading.Thread) -> None:
         _give_up(thread, _register_of(thread))
+
+    def is_call_back(self, thread: threading.Thread, item: Any) -> bool:
+        return _calls_back(item)
 
     def orphans_at_work(self) -> list[threading.Thread]:
         # (trio's answer to a call back, not the loop's)
@@ -2456,9 +2506,11 @@ class _TrioQueue(_Queue):
             return
         if not runnable:
             # (what threads handed in comes in before time passes: a call back of a thread
-            # whose call was abandoned on cancel, which no task waits for; what threads late
-            # past a timer handed in, which comes in now, as the poll that follows settles)
-            self.settle()
+            # whose call was abandoned on cancel, which no task waits for; once the tasks
+            # ended, what such a thread late past a timer handed in, which the poll that
+            # follows lets in: see _outlive)
+            if self.run._outliving:
+                self.settle()
             if self.time_waits_for_threads() or self.reported() or self.entry_pending():
                 threshold = math.inf
             elif self.io_waits():
@@ -2662,6 +2714,9 @@ class _AsyncioQueue(_Queue):
     def handed_in(self) -> bool:
         return self.report_order(every=True) is not None
 
+    def is_call_back(self, thread: threading.Thread, item: Any) -> bool:
+        return _call_into(thread, self.loop) != 0
+
     def holding(self, task: _Task) -> None:
         assert self.readyq is not None
         if not task.handles:
@@ -2692,7 +2747,7 @@ class _AsyncioQueue(_Queue):
         if reports is None:
             return False
         queued = False
-        self.count_orphan_items(thread for thread, _ in reports)
+        self.orphans_called_back(reports)
         for thread, handle in reports:
             if (
                 not self.free

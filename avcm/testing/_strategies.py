@@ -16,7 +16,7 @@ from typing import Protocol
 from .. import InvalidError
 from ..lowlevel import check_int
 from ._errors import ReplayDivergedError
-from ._token import TIMER_FIRST
+from ._token import CALLED_BACK, TIMER_FIRST
 
 __all__ = [
     "PCT",
@@ -47,6 +47,9 @@ class Chooser(Protocol):
     due before they hand the loop anything, as a real loop's does when a thread takes longer:
     at once if no task is runnable, else once the runnable tasks all wait (or only spin).
     Also a step of its own.
+
+    And ``called_back(step)``: told of a step that is no choice, where a call back into the
+    loop from a thread whose caller left came in (a replay checks its recording has one there).
     """
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
@@ -568,12 +571,21 @@ class FromIndices:
 class Replay:
     """Follows a token's decisions exactly; any departure is a :class:`ReplayDivergedError`.
     A negative decision ``-1 - task`` is a cancellation of *task* injected at that step;
-    :data:`TIMER_FIRST` lets threads at work outlast the next timer there."""
+    :data:`TIMER_FIRST` lets threads at work outlast the next timer there; at
+    :data:`CALLED_BACK` a call back from a thread whose caller left comes in (no choice:
+    checked)."""
 
     __slots__ = ("_decisions",)
 
     def __init__(self, decisions: Sequence[int]) -> None:
         self._decisions = tuple(decisions)
+
+    def called_back(self, step: int) -> None:
+        if step >= len(self._decisions) or self._decisions[step] != CALLED_BACK:
+            raise ReplayDivergedError(
+                f"replay diverged at step {step}: a call back into the loop from a thread "
+                f"whose caller left came in there, which the recording does not have"
+            )
 
     def outlast(self, step: int) -> bool:
         return step < len(self._decisions) and self._decisions[step] == TIMER_FIRST
@@ -608,11 +620,16 @@ class Replay:
     def _no_thread_step(self, step: int, instead: str) -> None:
         """Raise :class:`ReplayDivergedError` if the recording has a step of a worker thread
         at *step*, where the replay has *instead*."""
-        if self._decisions[step] == TIMER_FIRST:
-            raise ReplayDivergedError(
-                f"replay diverged at step {step}: the recording lets worker threads outlast "
-                f"the next timer there, but {instead}"
-            )
+        decision = self._decisions[step]
+        if decision == TIMER_FIRST:
+            did = "lets worker threads outlast the next timer there"
+        elif decision == CALLED_BACK:
+            did = "has a call back from a thread whose caller left come in there"
+        else:
+            return
+        raise ReplayDivergedError(
+            f"replay diverged at step {step}: the recording {did}, but {instead}"
+        )
 
     def check_complete(self, steps: int) -> None:
         if steps != len(self._decisions):

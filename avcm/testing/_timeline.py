@@ -51,6 +51,9 @@ class Step:
     # not a step of the task either: its worker thread outlasted the next timer, which the
     # strategy let fall due first (the task waits on for the thread)
     outlasted: bool = False
+    # nor this: a call back into the event loop from a thread whose caller left came in, and
+    # the loop ran it (in the column of the task that left)
+    called_back: bool = False
 
 
 @dataclass(frozen=True, slots=True)

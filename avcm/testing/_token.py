@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .._validate import quote
 from ._errors import TokenError
 
-__all__ = ["TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
+__all__ = ["CALLED_BACK", "TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
 
 TOKEN_VERSION = "avcm6"
 # avcm6: a worker thread's call back into the event loop, while a task waits for the thread, is
@@ -43,7 +43,12 @@ TOKEN_VERSION = "avcm6"
 TIMER_FIRST = -(1 << 40)
 """The decision of a step that is no task's: worker threads at work outlasted the next timer,
 which fell due first (a cancellation of task *k* is ``-1 - k``, a task's step *k*: far apart)."""
-_NAMED_DECISIONS = {"t": TIMER_FIRST}
+CALLED_BACK = TIMER_FIRST - 1
+"""The decision of another step that is no task's: a call back into the event loop came in
+from a worker thread whose call was abandoned on cancel and whose caller left (the loop runs
+it; in no task's step). No choice: recorded so that the chances for the thread to outlast a
+later timer, one between each two of its calls back, are steps apart."""
+_NAMED_DECISIONS = {"t": TIMER_FIRST, "b": CALLED_BACK}
 _DECISION_NAMES = {decision: name for name, decision in _NAMED_DECISIONS.items()}
 MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not one of ours
 
@@ -53,7 +58,7 @@ MAX_DECISIONS = 10_000_000  # far above any step budget; a bigger token is not o
 _TOKEN = re.compile(
     r"(?P<strategy>[a-z][a-z0-9-]{0,40}):(?P<seed>\d{1,20}):(?P<schedule>\d{1,20}):"
     r"(?P<digest>[0-9a-fA-F]{8}):"
-    r"(?P<decisions>-|(?:c?\d{1,9}|t)(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|t)(?:x\d{1,12})?)*)"
+    r"(?P<decisions>-|(?:c?\d{1,9}|[tb])(?:x\d{1,12})?(?:\.(?:c?\d{1,9}|[tb])(?:x\d{1,12})?)*)"
 )
 
 
