@@ -2301,14 +2301,21 @@ class _TrioQueue(_Queue):
     def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
         # trio's worker threads serve call after call: one whose call's task register was
         # cleared (abandoned on cancel, the task gone) while it runs the call or hands its
-        # report in; in no order but the threads' (their calls back name no task either)
+        # report in; in no order but the threads' (their calls back name no task either).
+        # Known by the register itself: a thread another run abandoned (still handing in its
+        # report as this one goes on, or blocked for good) has a cleared register too.
+        cleared = [register for register in self.registers if register == [None]]
         found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
-        if not any(register == [None] for register in self.registers):
+        if not cleared:
             return found
         held: list[list[Any]] = []
         for thread in threading.enumerate():
             register = _register_of(thread)
-            if register == [None] and not _given_up(thread, register):
+            if (
+                register is not None
+                and any(register is known for known in cleared)
+                and not _given_up(thread, register)
+            ):
                 held.append(register)
                 found.append((thread, (sys.maxsize, sys.maxsize, "")))
         # a cleared register no thread holds any more is done with
