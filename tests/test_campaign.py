@@ -543,7 +543,7 @@ def test_explore_units_run_the_portfolio_of_avcm_testing(strategy: str) -> None:
     result = ExploreUnit("tests.campaign_drivers:always_fails", strategy, schedules=2).run()
     assert result.failure is not None
     token = result.failure.reproducer.token
-    assert token is not None and token.startswith(f"avcm6:{strategy}:0:0:")
+    assert token is not None and token.startswith(f"avcm7:{strategy}:0:0:")
 
 
 def test_an_explore_unit_of_no_known_strategy_is_a_unit_error() -> None:

@@ -73,7 +73,7 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
     assert "avcm.testing._" not in text  # named as the suite names them, no private module
     for failure in report.failures:
         assert failure.scenario.startswith("conformance:")
-        assert "replay token: avcm6:" in failure.report()
+        assert "replay token: avcm7:" in failure.report()
         # without a MODULE:FACTORY the replay is a call of check_conformance
         name = failure.scenario.removeprefix("conformance:")
         assert failure.replay_command.startswith("avcm.testing.check_conformance(")
@@ -315,7 +315,7 @@ def test_a_factory_that_makes_no_context_is_bad_input() -> None:
     [
         {"schedules": 0},
         {"only": "nonsense"},
-        {"replay_token": "avcm6:pct-d3:0:0:00000000:0"},  # a replay names its scenario
+        {"replay_token": "avcm7:pct-d3:0:0:00000000:0"},  # a replay names its scenario
         {"backend": "curio"},
     ],
 )

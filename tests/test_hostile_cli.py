@@ -147,7 +147,7 @@ def test_a_custom_driver_trace_replays_with_its_driver(
 
 # -- avcm.testing and bench ---------------------------------------------------------------------
 
-TOKEN = "avcm6:pct-d3:7:12:1a2b3c4d:0x3.1.2x5"
+TOKEN = "avcm7:pct-d3:7:12:1a2b3c4d:0x3.1.2x5"
 
 
 def run_testing(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -168,10 +168,10 @@ def assert_one_line(err: str, prefix: str, message: str) -> None:
 @pytest.mark.parametrize(
     "token",
     [
-        "avcm6:pct-d3:" + "9" * 5000 + ":12:1a2b3c4d:0x3",
-        "avcm6:pct-d3:7:" + "9" * 5000 + ":1a2b3c4d:0x3",
-        "avcm6:pct-d3:7:12:1a2b3c4d:" + "9" * 5000,
-        "avcm6:pct-d3:7:12:1a2b3c4d:0x" + "9" * 5000,
+        "avcm7:pct-d3:" + "9" * 5000 + ":12:1a2b3c4d:0x3",
+        "avcm7:pct-d3:7:" + "9" * 5000 + ":1a2b3c4d:0x3",
+        "avcm7:pct-d3:7:12:1a2b3c4d:" + "9" * 5000,
+        "avcm7:pct-d3:7:12:1a2b3c4d:0x" + "9" * 5000,
         "avcm" + "9" * 100_000 + ":x",
     ],
 )

@@ -933,7 +933,7 @@ def test_a_scenario_failing_before_any_task_raises_its_own_error(backend: str) -
     assert info.value.errno == errno.EINVAL
     assert ran == []
     with pytest.raises(RuntimeError, match="no fixture"):
-        testing.replay(setup_fails, "avcm6:pct-d3:0:0:00000000:0", backend=backend)
+        testing.replay(setup_fails, "avcm7:pct-d3:0:0:00000000:0", backend=backend)
 
 
 def lost_update_through(pause: Callable[[], object]) -> testing.Scenario:
@@ -1232,9 +1232,9 @@ def test_code_that_tidies_up_passes_injected_cancellations(backend: str) -> None
 
 def test_cancellation_tokens_round_trip_and_bad_ones_are_einval() -> None:
     token = testing.ReplayToken("pct-d3-c1", 0, 4, "0000abcd", (0, 1, -2, 1, 0, 0))
-    assert str(token) == "avcm6:pct-d3-c1:0:4:0000abcd:0.1.c1.1.0x2"
+    assert str(token) == "avcm7:pct-d3-c1:0:4:0000abcd:0.1.c1.1.0x2"
     assert testing.ReplayToken.parse(str(token)) == token
-    for bad in ("avcm6:pct-d3:0:0:00000000:c", "avcm6:pct-d3:0:0:00000000:cc1"):
+    for bad in ("avcm7:pct-d3:0:0:00000000:c", "avcm7:pct-d3:0:0:00000000:cc1"):
         with pytest.raises(testing.TokenError):
             testing.ReplayToken.parse(bad)
     for make in (lambda: testing.PCT(cancel=-1), lambda: testing.RandomWalk(cancel=65)):

@@ -238,7 +238,7 @@ def test_simulated_latency_is_virtual_time(backend: str) -> None:
 
 def test_token_round_trip() -> None:
     token = testing.ReplayToken("pct-d3", 7, 12, "1a2b3c4d", (0, 0, 0, 1, 2, 2, 2, 2, 2, 0))
-    assert str(token) == "avcm6:pct-d3:7:12:1a2b3c4d:0x3.1.2x5.0"
+    assert str(token) == "avcm7:pct-d3:7:12:1a2b3c4d:0x3.1.2x5.0"
     assert testing.ReplayToken.parse(str(token)) == token
     empty = testing.ReplayToken("random", 0, 0, "00000000", ())
     assert testing.ReplayToken.parse(str(empty)) == empty
@@ -251,13 +251,13 @@ def test_token_round_trip() -> None:
         ("hello", "not an avcm replay token"),
         ("shuttle:abc", "not an avcm replay token"),
         ("avcm9:pct-d3:0:0:00000000:0", "version 'avcm9'"),
-        ("avcm3:pct-d3:0:0:00000000:0", "version 'avcm3'"),  # the version before
-        ("avcm6:pct-d3:0:0:00000000", "malformed"),
-        ("avcm6:pct-d3:0:0:0000000g:0", "malformed"),
-        ("avcm6:pct-d3:-1:0:00000000:0", "malformed"),
-        ("avcm6:pct-d3:0:0:00000000:0x", "malformed"),
-        ("avcm6:pct-d3:0:0:00000000:0x0", "zero steps"),
-        ("avcm6:PCT:0:0:00000000:0", "malformed"),
+        ("avcm6:pct-d3:0:0:00000000:0", "version 'avcm6'"),  # the version before
+        ("avcm7:pct-d3:0:0:00000000", "malformed"),
+        ("avcm7:pct-d3:0:0:0000000g:0", "malformed"),
+        ("avcm7:pct-d3:-1:0:00000000:0", "malformed"),
+        ("avcm7:pct-d3:0:0:00000000:0x", "malformed"),
+        ("avcm7:pct-d3:0:0:00000000:0x0", "zero steps"),
+        ("avcm7:PCT:0:0:00000000:0", "malformed"),
     ],
 )
 def test_bad_tokens_are_einval(text: str, message: str) -> None:
@@ -357,7 +357,7 @@ def test_the_timeline_shows_each_task_in_its_column(tmp_path: Path) -> None:
     assert "SeedRes.bind seed.bind" in text
     assert end.count("=> ok") == 2
     report = found.failure.report()
-    assert "replay token: avcm6:" in report
+    assert "replay token: avcm7:" in report
     assert (
         f"replay: {sys.executable} -m avcm.testing replay tests.races:seed_two_binds_win" in report
     )
@@ -403,7 +403,7 @@ def test_command_line_bad_input() -> None:
     bad_token = replay_in_a_fresh_process("tests.races:seed_two_binds_win", "nonsense")
     assert bad_token.returncode == 2
     assert bad_token.stderr.strip().startswith("avcm.testing: [EINVAL] not an avcm replay token")
-    missing = replay_in_a_fresh_process("tests.nowhere:scenario", "avcm6:x:0:0:00000000:-")
+    missing = replay_in_a_fresh_process("tests.nowhere:scenario", "avcm7:x:0:0:00000000:-")
     assert missing.returncode == 2 and "cannot import" in missing.stderr
     assert "Traceback" not in bad_token.stderr + missing.stderr
     found = testing.explore(SEED["two_binds_win"], schedules=100)
@@ -412,7 +412,7 @@ def test_command_line_bad_input() -> None:
     assert diverged.returncode == 3 and "diverged" in diverged.stderr
     # a function that is no scenario is never called to find that out (os.remove would
     # have been called with the run)
-    not_a_scenario = replay_in_a_fresh_process("os:remove", "avcm6:x:0:0:00000000:-")
+    not_a_scenario = replay_in_a_fresh_process("os:remove", "avcm7:x:0:0:00000000:-")
     assert not_a_scenario.returncode == 2
     assert "'os:remove' is not a scenario (an async function)" in not_a_scenario.stderr
     assert "Traceback" not in not_a_scenario.stderr
@@ -537,8 +537,8 @@ def test_concurrently_is_not_nested_and_runs_something() -> None:
 
 def test_more_bad_input() -> None:
     with pytest.raises(testing.TokenError, match="more than"):
-        testing.ReplayToken.parse("avcm6:pct-d3:0:6:ca8e3356:0x99999999999")
-    token = testing.ReplayToken.parse("avcm6:pct-d3:0:6:CA8E3356:0")
+        testing.ReplayToken.parse("avcm7:pct-d3:0:6:ca8e3356:0x99999999999")
+    token = testing.ReplayToken.parse("avcm7:pct-d3:0:6:CA8E3356:0")
     assert token.digest == "ca8e3356"
     for not_a_scenario in (42, testing.Run):
         with pytest.raises(avcm.InvalidError, match="scenario"):
@@ -555,7 +555,7 @@ def test_more_bad_input() -> None:
         with pytest.raises(avcm.InvalidError, match=r"limits must be an avcm\.testing\.Limits"):
             testing.explore(counting_tasks(1), limits=limits)  # type: ignore[arg-type]
         with pytest.raises(avcm.InvalidError, match=r"limits must be an avcm\.testing\.Limits"):
-            testing.replay(counting_tasks(1), "avcm6:x:0:0:00000000:-", limits=limits)  # type: ignore[arg-type]
+            testing.replay(counting_tasks(1), "avcm7:x:0:0:00000000:-", limits=limits)  # type: ignore[arg-type]
 
     def raises(memory: avcm.PhysicalMemory) -> avcm.Vcm:
         raise RuntimeError("no hardware here")
@@ -563,7 +563,7 @@ def test_more_bad_input() -> None:
     with pytest.raises(avcm.InvalidError, match="factory raised RuntimeError: no hardware"):
         testing.check_conformance(raises)
     bad_path = replay_in_a_fresh_process(
-        "tests.races:seed_two_binds_win", "avcm6:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
+        "tests.races:seed_two_binds_win", "avcm7:x:0:0:00000000:-", "--chrome-trace", "/no/dir/x"
     )
     assert bad_path.returncode == 2 and "cannot write" in bad_path.stderr
 

@@ -221,7 +221,7 @@ def test_a_token_that_outlasts_a_timer_where_no_thread_works_diverges(backend: s
 def test_tokens_write_and_read_a_timer_outlasted() -> None:
     decisions = (0, 0, testing.TIMER_FIRST, -2, testing.TIMER_FIRST, testing.TIMER_FIRST, 1)
     token = testing.ReplayToken("random-s1", 3, 7, "0123abcd", decisions)
-    assert str(token) == "avcm6:random-s1:3:7:0123abcd:0x2.t.c1.tx2.1"
+    assert str(token) == "avcm7:random-s1:3:7:0123abcd:0x2.t.c1.tx2.1"
     assert testing.ReplayToken.parse(str(token)) == token
 
 
@@ -773,7 +773,7 @@ def test_exhaustive_tries_the_deadline_before_each_call_back_and_the_return(
 def test_tokens_write_and_read_a_call_back_of_a_thread_whose_caller_left() -> None:
     decisions = (0, 0, testing.CALLED_BACK, testing.CALLED_BACK, testing.TIMER_FIRST, 0)
     token = testing.ReplayToken("pct-d3-s1", 0, 1, "0123abcd", decisions)
-    assert str(token) == "avcm6:pct-d3-s1:0:1:0123abcd:0x2.bx2.t.0"
+    assert str(token) == "avcm7:pct-d3-s1:0:1:0123abcd:0x2.bx2.t.0"
     assert testing.ReplayToken.parse(str(token)) == token
 
 

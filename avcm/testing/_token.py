@@ -1,6 +1,6 @@
 """Replay tokens: a whole schedule as one short string.
 
-``avcm6:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm6``, found by ``pct-d3`` with seed 7
+``avcm7:pct-d3:7:12:1a2b3c4d:0x3.1.2x5`` is version ``avcm7``, found by ``pct-d3`` with seed 7
 as schedule 12; ``1a2b3c4d`` is a digest of the points the run passed (checkpoints, named by
 avcm's sync points: so a replay can tell when the code under test changed); the rest is the
 decisions, the task chosen at each step, run-length encoded (``0x3`` is task 0 three times;
@@ -21,7 +21,10 @@ from ._errors import TokenError
 
 __all__ = ["CALLED_BACK", "TIMER_FIRST", "TOKEN_VERSION", "ReplayToken", "digest_of", "is_cancel"]
 
-TOKEN_VERSION = "avcm6"
+TOKEN_VERSION = "avcm7"
+# avcm7: a thread whose call was abandoned on cancel and whose caller left has chances to
+# outlast later timers, and each of its calls back into the loop is a step of its own, ``b``:
+# an avcm6 token of a run with such a thread takes other steps.
 # avcm6: a worker thread's call back into the event loop, while a task waits for the thread, is
 # a step of that task, chosen among the others (anyio's on asyncio, a call abandoned on cancel
 # on trio: the loop runs it whenever the thread hands it over); ``b`` is left to calls back from
