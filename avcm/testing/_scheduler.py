@@ -65,6 +65,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dis
+import functools
 import itertools
 import math
 import os
@@ -151,6 +153,24 @@ def _waits_for_thread(coro: Any) -> threading.Thread | bool:
 # anyio's calls from a worker thread into the event loop (asyncio backend): the thread has
 # handed the loop its request and blocks in a concurrent future's result() for the answer
 _FROM_THREAD_CALLS = frozenset({"run_async_from_thread", "run_sync_from_thread"})
+
+
+@functools.cache
+def _anyio_worker_call_line() -> int | None:
+    """The line of anyio's asyncio worker thread (``WorkerThread.run``) that runs a call, past
+    its check that the call's future was not cancelled; None if this anyio has no such line."""
+    from anyio._backends import _asyncio
+
+    run = getattr(getattr(_asyncio, "WorkerThread", None), "run", None)
+    code = getattr(run, "__code__", None)
+    if code is None:
+        return None
+    previous = None
+    for instruction in dis.get_instructions(code):
+        if previous is not None and (previous.argval, instruction.argval) == ("context", "run"):
+            return instruction.positions.lineno if instruction.positions else None
+        previous = instruction
+    return None
 
 
 def _call_into(thread: threading.Thread, loop: object) -> int:
@@ -274,13 +294,37 @@ def _job_task(job: Any) -> Any:
     return None
 
 
-def _took(thread: threading.Thread, future: object) -> bool:
-    """Whether anyio's worker *thread* (asyncio) has taken the call whose result goes to
-    *future* out of its queue (it runs it, or ran it), or has ended."""
-    jobs = getattr(getattr(thread, "queue", None), "queue", None)  # the worker's queue.Queue
-    if not thread.is_alive() or jobs is None:
-        return True
-    return not any(isinstance(job, tuple) and future in job for job in list(jobs))
+def _anyio_workers(loop: object) -> list[threading.Thread]:
+    """anyio's worker threads of asyncio *loop*."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if getattr(thread, "loop", None) is loop
+        and type(thread).__module__ == "anyio._backends._asyncio"
+    ]
+
+
+def _untaken(worker: threading.Thread) -> bool:
+    """Whether anyio's asyncio *worker* thread was handed a call it has yet to take past its
+    check that the call's future was not cancelled (a call cancelled before is skipped)."""
+    queue: Any = getattr(worker, "queue", None)  # the worker's queue.Queue
+    if queue is None or not queue.unfinished_tasks or not worker.is_alive():
+        return False  # (at most one call at a time: anyio hands calls to idle workers)
+    with queue.mutex:
+        if any(job is not None for job in queue.queue):
+            return True
+    # between taking it and the check is a few instructions, but the thread may lose the GIL
+    # there for a switch interval, and the loop may cancel the future meanwhile
+    frame = sys._current_frames().get(worker.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "run" and frame.f_globals.get("__name__") == (
+            "anyio._backends._asyncio"
+        ):
+            line = _anyio_worker_call_line()
+            taking = frame.f_locals.get("item") is not None  # (from get() to the next)
+            return taking and line is not None and frame.f_lineno < line
+        frame = frame.f_back
+    return False
 
 
 _FUTURES_BASE = os.path.join("concurrent", "futures", "_base.py")
@@ -763,6 +807,7 @@ class Run:
             )
         )
         assert task.scope is not None
+        self._queue.calls_taken()  # (what the task's thread does next must not be a race)
         task.scope.cancel()
 
     def _outlast(self, timer: float) -> bool:
@@ -1296,6 +1341,14 @@ _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves 
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
 
+def _within_handover(done: Callable[[], bool]) -> None:
+    """Wait until *done()*, for at most ``_HANDOVER`` of real time: what a thread does in a
+    hand-over takes microseconds, and one that takes longer is not waited for."""
+    deadline = time.monotonic() + _HANDOVER
+    while not done() and time.monotonic() <= deadline:
+        time.sleep(_HANDOVER_POLL)
+
+
 # -- owning the run queue -------------------------------------------------------------------
 
 
@@ -1773,9 +1826,32 @@ class _Queue:
 
     def calls_taken(self) -> None:
         """Wait a moment, at most, until each worker thread the controlled tasks wait for has
-        taken its call: a thread that outlasts a timer is one at work, and a call abandoned
-        on cancel before its thread took it is never run (anyio's worker on asyncio skips
-        it), which no slow thread does. (trio's worker runs such a call anyway.)"""
+        taken its call: asked before a timer that threads outlast falls due and before a
+        cancellation is injected. A call cancelled before its thread took it is skipped
+        (anyio's worker on asyncio), or runs with no thread known to run it (trio's, still
+        idle in trio's thread cache: the run ends without waiting for it); either way it ran
+        or not as fast as the thread was. And a thread that outlasts a timer is at work."""
+        pending = self.calls_handed_over()
+
+        def all_taken() -> bool:
+            nonlocal pending
+            pending = [call for call in pending if not self.taken(call)]
+            return not pending
+
+        if pending:
+            _within_handover(all_taken)
+        # (a wait begun since the last look is known, its call's thread with it: one cancelled
+        # unseen would not be waited for as abandoned)
+        self.waited_threads()
+
+    def calls_handed_over(self) -> list[Any]:
+        """The calls handed to worker threads that the threads may have yet to take (for
+        :meth:`taken`)."""
+        return []
+
+    def taken(self, call: Any) -> bool:
+        """Whether the worker thread took *call* (one of :meth:`calls_handed_over`)."""
+        return True
 
     def thread_poll(self, timeout: float) -> float:
         """How long a poll of the event loop, asked to wait *timeout* seconds while a worker
@@ -2148,6 +2224,60 @@ def threads_holding_exit() -> list[threading.Thread]:
     ]
 
 
+class _HandedOver:
+    """A call a run handed to one of trio's worker threads; *begun* once the thread began it
+    (trio's thread cache starts a thread, or wakes an idle one, as fast as the machine is)."""
+
+    __slots__ = ("begun", "register")
+
+    def __init__(self, register: list[Any]) -> None:
+        self.register = register  # the call's task register (see _register_of)
+        self.begun = False
+
+
+_watching: list[bool] = []
+
+
+def _watch_hand_overs() -> None:
+    """Have each call trio hands a worker thread (``trio.to_thread.run_sync``) during a run
+    known to that run's queue from the start, and tell it when the thread begins it: a call
+    abandoned on cancel in the step that made it (its scope cancelled before) is known, and
+    what the run does next does not depend on how fast the thread starts. Done once."""
+    if _watching:
+        return
+    _watching.append(True)
+    from trio import _threads
+    from trio._core._run import GLOBAL_RUN_CONTEXT
+
+    start = _threads.start_thread_soon  # type: ignore[attr-defined]
+
+    def start_thread_soon(fn: Any, deliver: Any, name: str | None = None) -> None:
+        runner = getattr(GLOBAL_RUN_CONTEXT, "runner", None)
+        entries = getattr(getattr(runner, "entry_queue", None), "queue", None)
+        register = next(
+            (
+                cell.cell_contents
+                for variable, cell in zip(
+                    fn.__code__.co_freevars, fn.__closure__ or (), strict=True
+                )
+                if variable == "task_register"
+            ),
+            None,
+        )
+        if not isinstance(entries, _TrioEntries) or not isinstance(register, list):
+            start(fn, deliver, name)
+            return
+        call = entries.queue.handed_over_call(register)
+
+        def begin() -> Any:
+            call.begun = True
+            return fn()
+
+        start(begin, deliver, name)
+
+    _threads.start_thread_soon = start_thread_soon  # type: ignore[attr-defined]
+
+
 _routed: list[bool] = []
 
 
@@ -2200,6 +2330,7 @@ class _TrioQueue(_Queue):
         # the task registers of the thread calls seen (trio clears one when the call is
         # abandoned on cancel): while none is cleared, no thread is an orphan to look for
         self.registers: list[list[Any]] = []
+        self.handed_over: list[_HandedOver] = []  # calls whose threads have yet to begin them
         self.entering: list[Any] = []  # jobs let in that trio's own task has yet to run
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
@@ -2218,7 +2349,15 @@ class _TrioQueue(_Queue):
         entry_queue = queue.runner.entry_queue
         with entry_queue.lock:
             entry_queue.queue = _TrioEntries(queue, entry_queue.queue)
+        _watch_hand_overs()
         return queue
+
+    def handed_over_call(self, register: list[Any]) -> _HandedOver:
+        """A call the run hands a worker thread (:func:`_watch_hand_overs`)."""
+        call = _HandedOver(register)
+        self.handed_over.append(call)
+        self.registers.append(register)
+        return call
 
     def let_in(self) -> bool:
         # trio's worker threads serve call after call, so a report is known by the task its
@@ -2308,6 +2447,12 @@ class _TrioQueue(_Queue):
         found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
         if not cleared:
             return found
+        # one whose thread has yet to begin it (abandoned as it was made) is waited for: else
+        # it is an orphan or not as fast as the thread starts
+        unbegun = [call for call in self.handed_over if not call.begun and call.register == [None]]
+        if unbegun:
+            _within_handover(lambda: all(call.begun for call in unbegun))
+            self.handed_over = [call for call in self.handed_over if call not in unbegun]
         held: list[list[Any]] = []
         for thread in threading.enumerate():
             register = _register_of(thread)
@@ -2326,35 +2471,12 @@ class _TrioQueue(_Queue):
         ]
         return found
 
-    def calls_taken(self) -> None:
-        # trio's worker runs a call abandoned on cancel anyway, but while it has yet to take
-        # it (its thread still idle in trio's thread cache) no thread is known to run it: the
-        # run ended without waiting for it (see orphans), or not, as fast as the thread was
-        pending = []
-        for native, (wait, thread, _) in self.thread_waits.items():
-            if (
-                thread is not True
-                or native not in self.tasks
-                or self.waiting_on(native) is not wait
-            ):
-                continue
-            register = _innermost_register(native.coro)
-            if register is not None:
-                pending.append(register)
-        deadline = time.monotonic() + _HANDOVER
-        while pending:
-            taken = [_register_of(thread) for thread in threading.enumerate()]
-            # (or it did and reported: its report held, or let in and not run yet)
-            jobs = [job for _, job in self.arrived_now()] + self.entering
-            reported = [_job_task(job) for job in jobs]
-            pending = [
-                r
-                for r in pending
-                if not any(r is other for other in taken) and not (r and r[0] in reported)
-            ]
-            if not pending or time.monotonic() > deadline:
-                break
-            time.sleep(_HANDOVER_POLL)
+    def calls_handed_over(self) -> list[Any]:
+        self.handed_over = [call for call in self.handed_over if not call.begun]
+        return list(self.handed_over)
+
+    def taken(self, call: Any) -> bool:
+        return bool(call.begun)
 
     def give_up(self, thread: threading.Thread) -> None:
         _give_up(thread, _register_of(thread))
@@ -2575,6 +2697,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.iteration = 0  # of the loop: a task held during one is chosen from the next on
         self.choose = False  # whether this iteration ends with a chosen task's step
         self.task_ran = True  # whether this iteration (so far) resumed a task
+        self.stepped = False  # whether the callback run last resumed a task
         self.successor: collections.deque[Any] | None = None  # the loop's queue once uninstalled
 
     def append(self, handle: Any) -> None:
@@ -2614,6 +2737,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         # now, then one chosen task step
         self.iteration += 1
         self.task_ran = False
+        self._after_step()
         queue = self.queue
         ready = queue.ready()  # first: it may let in threads' calls, which run before
         self.choose = ready and not queue.admitted
@@ -2624,13 +2748,25 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
     def __bool__(self) -> bool:
         return super().__len__() > 0 or self.queue.ready()
 
+    def _after_step(self) -> None:
+        # A task's step that handed a call to a worker thread may also have its wait for it
+        # cancelled, in a later callback (anyio delivers a cancellation so, to a scope
+        # cancelled before the call): the call is skipped if the thread has yet to take it.
+        # The thread takes it first, whatever the machine's speed.
+        if self.stepped:
+            self.stepped = False
+            if self.queue.calls_handed_over():
+                self.queue.calls_taken()
+
     def popleft(self) -> Any:
+        self._after_step()
         if self.due > 0 or not (self.choose and self.queue.ready()):
             self.due -= 1
             if not super().__len__():
                 return _NOTHING
             handle = super().popleft()
             task = _handle_task(handle) is not None
+            self.stepped = task
             self.task_ran = self.task_ran or task
             self.queue.run._uncontrolled_step(1, task=task)
             return handle
@@ -2649,7 +2785,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         if chosen is None:
             queue.release_all()
             return super().popleft() if super().__len__() else _NOTHING
-        self.task_ran = True
+        self.task_ran = self.stepped = True
         if chosen.call_backs:
             return queue.take_call_back(chosen)
         chosen.held = False
@@ -2836,11 +2972,7 @@ class _AsyncioQueue(_Queue):
         threads = [
             seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
         ]
-        deadline = time.monotonic() + _HANDOVER
-        while any(_call_into(thread, self.loop) == 1 for thread in threads):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(_HANDOVER_POLL)
+        _within_handover(lambda: all(_call_into(thread, self.loop) != 1 for thread in threads))
 
     def waits_for_loop(self, thread: threading.Thread) -> bool:
         # Only once its call came in: till then the thread is as good as at work, so that
@@ -2864,19 +2996,19 @@ class _AsyncioQueue(_Queue):
         self._handovers()
         return super().outlast_timer()
 
-    def calls_taken(self) -> None:
-        pending = [
-            (thread, wait)
-            for native, (wait, thread, _) in self.thread_waits.items()
-            if isinstance(thread, threading.Thread)
-            and native in self.tasks
-            and self.waiting_on(native) is wait
+    def calls_handed_over(self) -> list[Any]:
+        # any worker's, whoever waits for it: a step that hands a call over may also cancel
+        # it (a cancel scope cancelled before it, delivered in a later callback)
+        if threading.active_count() == 1:
+            return []
+        return [
+            worker
+            for worker in _anyio_workers(self.loop)
+            if getattr(getattr(worker, "queue", None), "unfinished_tasks", 0)
         ]
-        deadline = time.monotonic() + _HANDOVER
-        while pending and time.monotonic() < deadline:
-            pending = [(thread, wait) for thread, wait in pending if not _took(thread, wait)]
-            if pending:
-                time.sleep(_HANDOVER_POLL)
+
+    def taken(self, call: Any) -> bool:
+        return not _untaken(call)
 
     def io_waits(self) -> int:
         # the selector's readers and writers but the loop's own self-pipe (a subprocess's
