@@ -98,6 +98,11 @@ class Outside(Protocol):
         """Whether a task held back may be chosen now."""
         ...
 
+    def look_at_orphans(self) -> None:
+        """A poll that asks whether threads outlast the next timer begins: whether threads
+        whose caller left are at work now decides whether a task may be chosen after it."""
+        ...
+
     def orphans_handed_in(self) -> bool:
         """Whether a thread whose call was abandoned on cancel handed in what has yet to come
         in."""
@@ -138,12 +143,15 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # threads report: their reports come in now, as when nothing is ready,
                     # or those callbacks never end; till then the loop waits for them (the
                     # self-pipe ends the wait) instead of spinning for as long as they work
-                    if outside.time_waits_for_threads():
+                    outside.look_at_orphans()
+                    waits = outside.time_waits_for_threads()
+                    if waits or outside.orphans_handed_in():  # (as below)
                         outside.outlast_timer()
                         if outside.ready() or outside.came_in():
                             return super().select(0)  # (see below)
                         if outside.reported() and outside.let_in():
                             return super().select(0)
+                    if waits:
                         return super().select(outside.thread_poll(_THREAD_SPIN_POLL))
                     if outside.reported() and outside.threads_busy() and outside.let_in():
                         return super().select(0)  # (threads that stalled)
@@ -161,6 +169,7 @@ class _VirtualSelector(selectors.DefaultSelector):
                 outside.io_polled(bool(events))
                 return events
             outside.settle()
+            outside.look_at_orphans()
             # Whether threads outlast the next timer is asked before their reports come in:
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.

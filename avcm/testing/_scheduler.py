@@ -280,18 +280,29 @@ def _register_of(thread: threading.Thread) -> list[Any] | None:
     return register if isinstance(register, list) else None
 
 
-def _job_task(job: Any) -> Any:
-    """The trio task a job a thread handed trio wakes (a call's result, a call back), or None:
-    the task its call registered, held in the job's closure."""
+def _job_register(job: Any) -> list[Any] | None:
+    """The task register of the call a job a thread handed trio belongs to (a call's result,
+    a call back: held in the job's closure), or None."""
     function = job[0] if isinstance(job, tuple) and job else None
     for cell in getattr(function, "__closure__", None) or ():
         try:
             value = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if isinstance(value, list) and value and type(value[0]).__name__ == "Task":
-            return value[0]
+        if (
+            isinstance(value, list)
+            and len(value) == 1
+            and (value[0] is None or type(value[0]).__name__ == "Task")
+        ):
+            return value
     return None
+
+
+def _job_task(job: Any) -> Any:
+    """The trio task a job a thread handed trio wakes (a call's result, a call back), or None:
+    the task its call registered (None too once the call was abandoned on cancel)."""
+    register = _job_register(job)
+    return None if register is None else register[0]
 
 
 def _anyio_workers(loop: object) -> list[threading.Thread]:
@@ -1378,6 +1389,7 @@ class _Queue:
         self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
         # (steps, timer) when outlast_timer last asked the chooser
         self.outlast_asked: tuple[int, float] | None = None
+        self.orphans_looked = -1  # the last step a poll found no orphan at work at
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1704,14 +1716,18 @@ class _Queue:
         can run), and the run does not end before it did (:meth:`Run._outlive`): else its
         calls back came in at steps the machine's speed decided, or in a later run. (asyncio:
         anyio's worker threads, known by the call's future; trio runs what such a thread
-        hands in in its system nursery, and its threads report nothing here.)"""
+        hands in in its system nursery, and its threads report nothing here.) One stays an
+        orphan till its report came in, as a thread a task waits for is at work till then:
+        one that reported is asked about as one still at work, whatever the machine's
+        speed."""
         found = []
+        held = {id(handle._args[0]) for _, handle in self.arrived_now() if _reports(handle)}
         for wait, (thread, key) in list(self.calls.items()):
             done = getattr(wait, "done", None)
             if not callable(done) or not done():
                 continue  # waited for by its task
             if (
-                wait in self.reports
+                (wait in self.reports and id(wait) not in held)
                 or not getattr(wait, "cancelled", bool)()
                 or _given_up(thread, wait)
                 or not thread.is_alive()
@@ -1787,6 +1803,24 @@ class _Queue:
         )
         self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
+
+    def look_at_orphans(self) -> None:
+        """Asked where the loop polls and asks whether threads outlast the next timer: if
+        no thread whose caller left (:meth:`orphans`) is at work, tasks may be chosen at this
+        step (:meth:`ready`). Else a choice waits for a poll that finds them handed in (and
+        asks about them): one that happens to hand in between that question and the choice
+        would have been asked about, or not, as fast as it was."""
+        if not self.orphans_at_work():
+            self.orphans_looked = len(self.run._steps)
+
+    def orphans_unlooked(self) -> bool:
+        """Whether a task is held back till a poll finds the threads whose caller left handed
+        in what they have (:meth:`look_at_orphans`): no time passes meanwhile."""
+        return (
+            self.orphans_looked != len(self.run._steps)
+            and any(task.held for task in self.tasks.values())
+            and bool(self.orphans())
+        )
 
     def orphans_called_back(self, arrivals: Iterable[tuple[threading.Thread, Any]]) -> None:
         """What threads handed the loop (*arrivals*) comes in: each call back of a thread whose
@@ -1944,6 +1978,11 @@ class _Queue:
         that a run does not depend on how fast a thread is, and replays). I/O does not hold
         choices back: what it waits for may come only after other tasks acted."""
         if not any(task.held for task in self.tasks.values()) or self.entry_pending():
+            return False
+        if self.orphans_unlooked():
+            # no poll found the threads whose caller left handed in (or waiting) since the
+            # last step: one may have handed in its call back or report meanwhile, but whether
+            # it outlasts the next timer is asked first (see look_at_orphans)
             return False
         if self.thread_stalled() or not self.threads_busy():
             return True
@@ -2125,6 +2164,7 @@ class _TrioIO:
             # no task can run (or the spin rule asks for a poll): whether threads outlast
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
+            queue.look_at_orphans()
             busy = queue.time_waits_for_threads()
             if (
                 (busy or queue.orphans_handed_in())
@@ -2136,6 +2176,8 @@ class _TrioIO:
                 busy, wait = False, 0.0
             if queue.let_in():
                 wait = 0  # trio's own task takes them in now
+            elif queue.ready():
+                wait = 0  # (a task held till a poll found threads whose caller left handed in)
             elif busy or queue.threads_busy():
                 wait = queue.thread_poll(wait)
         events = self.manager.get_events(wait)
@@ -2454,11 +2496,15 @@ class _TrioQueue(_Queue):
             _within_handover(lambda: all(call.begun for call in unbegun))
             self.handed_over = [call for call in self.handed_over if call not in unbegun]
         held: list[list[Any]] = []
-        for thread in threading.enumerate():
-            register = _register_of(thread)
+        # (and one that handed its report in: at work till it came in, as a thread a task
+        # waits for is, whatever the machine's speed)
+        reported = [(thread, _job_register(job)) for thread, job in self.arrived_now()]
+        holders = [(thread, _register_of(thread)) for thread in threading.enumerate()]
+        for thread, register in holders + reported:
             if (
                 register is not None
                 and any(register is known for known in cleared)
+                and not any(register is other for other in held)
                 and not _given_up(thread, register)
             ):
                 held.append(register)
@@ -2640,7 +2686,12 @@ class _TrioQueue(_Queue):
             # follows lets in: see _outlive)
             if self.run._outliving:
                 self.settle()
-            if self.time_waits_for_threads() or self.reported() or self.entry_pending():
+            if (
+                self.time_waits_for_threads()
+                or self.reported()
+                or self.entry_pending()
+                or self.orphans_unlooked()
+            ):
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
@@ -2711,7 +2762,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         queue = self.queue
         if threading.get_ident() != queue.thread:
             # (anyio's worker reports from its thread: not looked for in the loop's appends)
-            if getattr(getattr(handle, "_callback", None), "__name__", "") == "_report_result":
+            if _reports(handle):
                 queue.reports.add(handle._args[0])  # the call's future
             if not queue.free:
                 # call_soon_threadsafe: a thread's report (a worker thread's result, a
@@ -2746,7 +2797,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         return self.due + self.choose
 
     def __bool__(self) -> bool:
-        return super().__len__() > 0 or self.queue.ready()
+        # (a task held till a poll looks at threads whose caller left: polled without waiting)
+        queue = self.queue
+        return super().__len__() > 0 or queue.ready() or queue.orphans_unlooked()
 
     def _after_step(self) -> None:
         # A task's step that handed a call to a worker thread may also have its wait for it
@@ -2822,6 +2875,12 @@ def _handle_task(handle: Any) -> Any:
     if "step" in name.lower() or "wakeup" in name.lower():
         return task
     return None
+
+
+def _reports(handle: Any) -> bool:
+    """Whether a callback anyio's asyncio worker thread handed the loop is its report."""
+    callback = getattr(handle, "_callback", None)
+    return getattr(callback, "__name__", "") == "_report_result" and bool(handle._args)
 
 
 class _Nothing:
@@ -2971,8 +3030,12 @@ class _AsyncioQueue(_Queue):
         does not depend on the machine's speed."""
         threads = [
             seen[1] for seen in self.thread_waits.values() if isinstance(seen[1], threading.Thread)
-        ]
+        ] + [thread for thread, _ in self.orphans()]
         _within_handover(lambda: all(_call_into(thread, self.loop) != 1 for thread in threads))
+
+    def look_at_orphans(self) -> None:
+        self._handovers()  # (one handing its call back over is at work for a moment more)
+        super().look_at_orphans()
 
     def waits_for_loop(self, thread: threading.Thread) -> bool:
         # Only once its call came in: till then the thread is as good as at work, so that
