@@ -2396,6 +2396,7 @@ class _TrioQueue(_Queue):
 
     def handed_over_call(self, register: list[Any]) -> _HandedOver:
         """A call the run hands a worker thread (:func:`_watch_hand_overs`)."""
+        self.handed_over = [call for call in self.handed_over if not call.begun]
         call = _HandedOver(register)
         self.handed_over.append(call)
         self.registers.append(register)
