@@ -2174,10 +2174,12 @@ class _TrioIO:
                 # the threads now outlast the next timer: not waited for, it falls due
                 # (trio's clock jumps to it once this poll is over)
                 busy, wait = False, 0.0
-            if queue.let_in():
+            if queue.ready():
+                # a task held till a poll found threads whose caller left handed in what they
+                # have runs first; what they handed in comes in when no task can run
+                wait = 0
+            elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
-            elif queue.ready():
-                wait = 0  # (a task held till a poll found threads whose caller left handed in)
             elif busy or queue.threads_busy():
                 wait = queue.thread_poll(wait)
         events = self.manager.get_events(wait)
@@ -2692,7 +2694,10 @@ class _TrioQueue(_Queue):
                 or self.reported()
                 or self.entry_pending()
                 or self.orphans_unlooked()
+                or (bool(self.arrived) and not self.slow())
             ):
+                # (what threads late past a timer handed in, held while a task could run,
+                # comes in at the poll that follows, which settles: no time passes before)
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
