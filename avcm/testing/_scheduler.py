@@ -2164,6 +2164,7 @@ class _TrioIO:
             # no task can run (or the spin rule asks for a poll): whether threads outlast
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
+            unlooked = queue.orphans_unlooked()
             queue.look_at_orphans()
             busy = queue.time_waits_for_threads()
             if (
@@ -2174,7 +2175,7 @@ class _TrioIO:
                 # the threads now outlast the next timer: not waited for, it falls due
                 # (trio's clock jumps to it once this poll is over)
                 busy, wait = False, 0.0
-            if queue.ready():
+            if unlooked and queue.ready():
                 # a task held till a poll found threads whose caller left handed in what they
                 # have runs first; what they handed in comes in when no task can run
                 wait = 0
