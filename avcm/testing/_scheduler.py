@@ -1775,9 +1775,10 @@ class _Queue:
         orphans: list[threading.Thread] = []
         if self.thread_waiter(fast=slow) is None:
             # Asked once such threads handed in what they have (it was slow before handing it
-            # in: it comes in after the timer), as a waiting task's thread is asked about at
-            # each step: again after each call back of theirs came in (a step of its own).
-            if slow or self.orphans_at_work():
+            # in: it comes in after the timer) and no task can run (what they handed in comes
+            # in then, and the timer can fall due only then): again after each call back of
+            # theirs came in (a step of its own).
+            if slow or self.orphans_at_work() or self.held():
                 return False
             orphans = [thread for thread, _ in self.orphans()]
             if not orphans:
