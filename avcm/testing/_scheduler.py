@@ -1481,12 +1481,18 @@ class _Queue:
     def fast_threads_busy(self) -> bool:
         """Whether a thread at work is one no slow wait (:meth:`slow`) waits for: a call
         begun since, which returns as fast as any (or outlasts the timer too, at a chance of
-        its own): waited for, and what it hands the loop comes in when no task can run."""
+        its own): waited for, and what it hands the loop comes in when no task can run. Or a
+        thread whose caller left that does not outlast it."""
         return any(
             not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
             for native, (_, thread, _) in self.thread_waiting().items()
             if native not in self.slow_waits
-        )
+        ) or self.fast_orphans_busy()
+
+    def fast_orphans_busy(self) -> bool:
+        """Whether a thread whose caller left, and that does not outlast the timer the slow
+        waits outlast, is at work: as fast as any, it is waited for."""
+        return any(thread not in self.slow_waits for thread in self.orphans_at_work())
 
     def slow_threads(self) -> set[threading.Thread | bool]:
         """The threads the slow waits wait for (True: one not named), and the threads whose
@@ -2563,7 +2569,7 @@ class _TrioQueue(_Queue):
         return any(
             native not in self.slow_waits and native not in answering
             for native in self.thread_waiting()
-        )
+        ) or self.fast_orphans_busy()
 
     def _answering(self) -> set[Any]:
         """The tasks whose worker thread's call back came in and waits for trio's answer: the
