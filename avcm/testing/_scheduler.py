@@ -100,6 +100,7 @@ from ._token import CALLED_BACK, TIMER_FIRST
 
 __all__ = ["TRIO_VERSIONS", "Run"]
 
+
 TRIO_VERSIONS = ("0.35.",)
 """The trio releases whose run queue (``runner.runq``) the scheduler is tested against."""
 
@@ -225,6 +226,21 @@ def _calls_back(job: Any) -> bool:
     )
 
 
+@functools.cache
+def _trio_answer_line() -> int | None:
+    """The line of trio's ``_send_message_to_trio`` that waits for the answer (its queue's
+    ``get``), past the request handed over; None if this trio has no such line."""
+    from trio import _threads
+
+    code = getattr(getattr(_threads, "_send_message_to_trio", None), "__code__", None)
+    if code is None:
+        return None
+    for instruction in dis.get_instructions(code):
+        if instruction.argval == "get" and instruction.positions is not None:
+            return instruction.positions.lineno
+    return None
+
+
 def _waits_for_answer(thread: threading.Thread) -> bool:
     """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
@@ -237,6 +253,9 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
         return False
     if not frame.f_globals.get("__name__", "").startswith("trio."):
         return False
+    line = _trio_answer_line()
+    if line is None or frame.f_lineno < line:
+        return False  # (in its own frame, but yet to hand its request over: at work)
     message = frame.f_locals.get("message_to_trio")
     answers = getattr(message, "queue", None)
     empty = getattr(answers, "empty", None)
@@ -1483,11 +1502,14 @@ class _Queue:
         begun since, which returns as fast as any (or outlasts the timer too, at a chance of
         its own): waited for, and what it hands the loop comes in when no task can run. Or a
         thread whose caller left that does not outlast it."""
-        return any(
-            not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
-            for native, (_, thread, _) in self.thread_waiting().items()
-            if native not in self.slow_waits
-        ) or self.fast_orphans_busy()
+        return (
+            any(
+                not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
+                for native, (_, thread, _) in self.thread_waiting().items()
+                if not self.waits_slow(native)
+            )
+            or self.fast_orphans_busy()
+        )
 
     def fast_orphans_busy(self) -> bool:
         """Whether a thread whose caller left, and that does not outlast the timer the slow
@@ -1499,11 +1521,18 @@ class _Queue:
         call was abandoned on cancel that outlast the timer too, while they work on it."""
         waiting = self.thread_waiting()
         slow: set[threading.Thread | bool] = {
-            waiting[native][1] for native in self.slow_waits if native in waiting
+            waiting[native][1] for native in waiting if self.waits_slow(native)
         }
         if any(isinstance(key, threading.Thread) for key in self.slow_waits):
             slow.update(thread for thread, _ in self.orphans() if thread in self.slow_waits)
         return slow
+
+    def waits_slow(self, native: Any) -> bool:
+        """Whether task *native* is in the wait that outlasts the timer (:meth:`slow`): a
+        wait it began since (a call to another thread, once the slow one was abandoned on
+        cancel) is one as fast as any."""
+        wait = self.slow_waits.get(native)
+        return wait is not None and self.waiting_on(native) is wait
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         """Whether what *thread* handed the loop (*item*) is held till the timer the threads
@@ -1752,7 +1781,7 @@ class _Queue:
             if thread is not False
             and (task := self.tasks.get(native)) is not None
             and self.waiting_on(native) is wait
-            and not (fast and native in self.slow_waits)
+            and not (fast and self.waits_slow(native))
         ]
         return min(waiting, key=lambda task: task.index, default=None)
 
@@ -1806,7 +1835,7 @@ class _Queue:
         self.slow_waits.update(
             (native, wait)
             for native, (wait, _, _) in self.thread_waiting().items()
-            if native not in self.slow_waits
+            if not self.waits_slow(native)
         )
         self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
@@ -2186,6 +2215,12 @@ class _TrioIO:
                 # a task held till a poll found threads whose caller left handed in what they
                 # have runs first; what they handed in comes in when no task can run
                 wait = 0
+            elif unlooked and queue.orphans_unlooked():
+                # this poll found one at work: it is waited for, and what it hands in
+                # meanwhile is looked at by the next poll, which lets that task run first;
+                # let in now, it came in before that task's step or after it as fast as the
+                # thread was
+                wait = queue.thread_poll(wait)
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
@@ -2278,13 +2313,17 @@ def threads_holding_exit() -> list[threading.Thread]:
 
 class _HandedOver:
     """A call a run handed to one of trio's worker threads; *begun* once the thread began it
-    (trio's thread cache starts a thread, or wakes an idle one, as fast as the machine is)."""
+    (trio's thread cache starts a thread, or wakes an idle one, as fast as the machine is),
+    *delivered* once the thread handed its report to trio: the *thread* holds the call from
+    the one to the other, in trio's own frames too (between the call and its report)."""
 
-    __slots__ = ("begun", "register")
+    __slots__ = ("begun", "delivered", "register", "thread")
 
     def __init__(self, register: list[Any]) -> None:
         self.register = register  # the call's task register (see _register_of)
         self.begun = False
+        self.delivered = False
+        self.thread: threading.Thread | None = None
 
 
 _watching: list[bool] = []
@@ -2322,10 +2361,17 @@ def _watch_hand_overs() -> None:
         call = entries.queue.handed_over_call(register)
 
         def begin() -> Any:
+            call.thread = threading.current_thread()
             call.begun = True
             return fn()
 
-        start(begin, deliver, name)
+        def report(result: Any) -> None:
+            try:
+                deliver(result)
+            finally:
+                call.delivered = True
+
+        start(begin, report, name)
 
     _threads.start_thread_soon = start_thread_soon  # type: ignore[attr-defined]
 
@@ -2383,6 +2429,8 @@ class _TrioQueue(_Queue):
         # abandoned on cancel): while none is cleared, no thread is an orphan to look for
         self.registers: list[list[Any]] = []
         self.handed_over: list[_HandedOver] = []  # calls whose threads have yet to begin them
+        self.at_work: list[_HandedOver] = []  # calls whose threads have yet to report
+        self.made: list[_HandedOver] = []  # every call handed over, in the order made
         self.entering: list[Any] = []  # jobs let in that trio's own task has yet to run
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
@@ -2409,6 +2457,8 @@ class _TrioQueue(_Queue):
         self.handed_over = [call for call in self.handed_over if not call.begun]
         call = _HandedOver(register)
         self.handed_over.append(call)
+        self.at_work.append(call)
+        self.made.append(call)
         self.registers.append(register)
         return call
 
@@ -2422,14 +2472,20 @@ class _TrioQueue(_Queue):
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
-            if not self._handed_in(native for native in order if native not in self.slow_waits):
+            if not self._handed_in(native for native in order if not self.waits_slow(native)):
                 return False  # a thread at work has yet to report
             if any(thread not in self.slow_waits for thread in self.orphans_at_work()):
                 return False  # (one whose call was abandoned on cancel, too)
         arrivals = self.take_arrivals()
         last = (sys.maxsize, sys.maxsize, "")
-        # stable: else as they came
-        arrivals.sort(key=lambda arrival: order.get(_job_task(arrival[1]), last))
+        # stable: else as they came; what no waiting task names (from threads whose caller
+        # left) by the order the calls were made, not the order the threads handed it in
+        arrivals.sort(
+            key=lambda arrival: (
+                order.get(_job_task(arrival[1]), last),
+                self._call_rank(*arrival),
+            )
+        )
         jobs: list[Any] = []
         self.orphans_called_back(arrivals)
         for thread, job in arrivals:
@@ -2443,6 +2499,20 @@ class _TrioQueue(_Queue):
         if self.run._outliving:
             self.run._notify()  # the run waits for threads its tasks left: see _outlive
         return True
+
+    def _call_rank(self, thread: threading.Thread, job: Any) -> int:
+        """Where the call a job *thread* handed trio belongs to stands among the calls this
+        run made (by the call's task register: the job's, or the one its thread works on);
+        after them all if not known."""
+        register = _job_register(job)
+        if register is None:
+            register = _register_of(thread)
+        if register is None:
+            register = next((call.register for call in self.at_work if call.thread is thread), None)
+        return next(
+            (rank for rank, call in enumerate(self.made) if call.register is register),
+            len(self.made),
+        )
 
     def handed_in(self) -> bool:
         return self._handed_in(self.thread_waiting())
@@ -2510,7 +2580,14 @@ class _TrioQueue(_Queue):
         # (and one that handed its report in: at work till it came in, as a thread a task
         # waits for is, whatever the machine's speed)
         reported = [(thread, _job_register(job)) for thread, job in self.arrived_now()]
-        holders = [(thread, _register_of(thread)) for thread in threading.enumerate()]
+        # (a thread holds its call from its begin to its report, but for a moment in trio's
+        # own frames between the two: known by the call too, else it would be no orphan then)
+        self.at_work = [call for call in self.at_work if not call.delivered]
+        holders = [
+            (call.thread, call.register)
+            for call in self.at_work
+            if call.thread is not None and call.begun
+        ] + [(thread, _register_of(thread)) for thread in threading.enumerate()]
         for thread, register in holders + reported:
             if (
                 register is not None
@@ -2566,10 +2643,13 @@ class _TrioQueue(_Queue):
     def fast_threads_busy(self) -> bool:
         # (one that waits for trio's answer to a call back, held for its task: not at work)
         answering = self._answering()
-        return any(
-            native not in self.slow_waits and native not in answering
-            for native in self.thread_waiting()
-        ) or self.fast_orphans_busy()
+        return (
+            any(
+                not self.waits_slow(native) and native not in answering
+                for native in self.thread_waiting()
+            )
+            or self.fast_orphans_busy()
+        )
 
     def _answering(self) -> set[Any]:
         """The tasks whose worker thread's call back came in and waits for trio's answer: the
@@ -2594,19 +2674,27 @@ class _TrioQueue(_Queue):
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # a job known by the task it belongs to; one not known: held
         task = self._arrival_task(thread, item)
-        return task is None or task in self.slow_waits
+        return task is None or self.waits_slow(task)
 
     def _handed_in(self, waits: Iterable[Any]) -> bool:
         # A job names the task it wakes, but for a call back from a thread whose call is
         # abandoned on cancel: trio runs that in its system nursery, the task unnamed. Such
         # a thread blocks for the answer: it stands for one task waiting for a thread.
-        arrived = [(job, self._arrival_task(thread, job)) for thread, job in self.arrived_now()]
-        missing = set(waits) - {task for _, task in arrived}
+        # (but a call back of a thread whose caller left: it stands for no waiting task)
+        arrived = [
+            (thread, job, self._arrival_task(thread, job)) for thread, job in self.arrived_now()
+        ]
+        missing = set(waits) - {task for _, _, task in arrived}
         if missing:
             missing -= self._answering()
         if not missing:
             return True
-        calls = sum(1 for job, task in arrived if task is None and _calls_back(job))
+        orphans = {thread for thread, _ in self.orphans()}
+        calls = sum(
+            1
+            for thread, job, task in arrived
+            if task is None and _calls_back(job) and thread not in orphans
+        )
         return len(missing) <= calls
 
     def _arrival_task(self, thread: threading.Thread, job: Any) -> Any:
