@@ -2008,3 +2008,47 @@ def test_where_an_orphan_is_slow_changes_no_run(backend: str) -> None:
         )
         explored.append(seen)
     assert all(seen == explored[0] for seen in explored[1:])
+
+
+async def poll_for_an_orphan(run: testing.Run, *, steps: list[int]) -> None:
+    """A thread abandoned on cancel at 1 s calls back 25 times to count, then once more to
+    say it is done; another task polls for that with ``checkpoint()`` (at most 50 s). The run's
+    steps are appended to *steps*."""
+    state = {"count": 0, "done": False}
+
+    def work() -> None:
+        for _ in range(25):
+            anyio.from_thread.run_sync(state.__setitem__, "count", state["count"] + 1)
+        anyio.from_thread.run_sync(state.__setitem__, "done", True)
+
+    async def caller() -> None:
+        with anyio.move_on_after(1):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def poller() -> None:
+        with anyio.move_on_after(50):
+            while not state["done"]:
+                await anyio.lowlevel.checkpoint()
+
+    try:
+        for outcome in await run.concurrently(caller, poller):
+            outcome.unwrap()
+    finally:
+        steps.append(run.steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(backend: str) -> None:
+    # trio: what an orphan handed in came in only when no task could run, and the poller
+    # always could: each call back waited for the spin rule, ~10000 steps a run, 2-3 s a
+    # schedule, and now and then a false StepBudgetError
+    steps: list[int] = []
+    result = testing.explore(
+        partial(poll_for_an_orphan, steps=steps),
+        strategy=testing.Exhaustive(1, slow_threads=2),
+        schedules=20,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 20
+    assert max(steps) < 1000

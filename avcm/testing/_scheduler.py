@@ -1409,6 +1409,7 @@ class _Queue:
         # (steps, timer) when outlast_timer last asked the chooser
         self.outlast_asked: tuple[int, float] | None = None
         self.orphans_looked = -1  # the last step a poll found no orphan at work at
+        self.looked_in: list[Any] = []  # what orphans had handed in then
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1848,6 +1849,15 @@ class _Queue:
         would have been asked about, or not, as fast as it was."""
         if not self.orphans_at_work():
             self.orphans_looked = len(self.run._steps)
+            orphans = {thread for thread, _ in self.orphans()}
+            self.looked_in = [item for thread, item in self.arrived_now() if thread in orphans]
+
+    def looked_in_before(self) -> bool:
+        """Whether what threads whose caller left had handed in at the last look that found
+        none at work (:meth:`look_at_orphans`) has yet to come in: the task that look let be
+        chosen ran first; it comes in before the next choice, or a task that is always
+        runnable (a poll with ``sleep(0)``) kept it out for ever."""
+        return any(item is seen for _, item in self.arrived_now() for seen in self.looked_in)
 
     def orphans_unlooked(self) -> bool:
         """Whether a task is held back till a poll finds the threads whose caller left handed
@@ -2201,6 +2211,7 @@ class _TrioIO:
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
             unlooked = queue.orphans_unlooked()
+            looked_in = unlooked and queue.looked_in_before()
             queue.look_at_orphans()
             busy = queue.time_waits_for_threads()
             if (
@@ -2211,9 +2222,14 @@ class _TrioIO:
                 # the threads now outlast the next timer: not waited for, it falls due
                 # (trio's clock jumps to it once this poll is over)
                 busy, wait = False, 0.0
-            if unlooked and queue.ready():
+            if looked_in and queue.let_in():
+                # what they had handed in at the look before comes in after the one step that
+                # look let be chosen, before any other
+                wait = 0
+            elif unlooked and queue.ready():
                 # a task held till a poll found threads whose caller left handed in what they
-                # have runs first; what they handed in comes in when no task can run
+                # have runs first; what they handed in comes in when no task can run, or after
+                # that one step (above)
                 wait = 0
             elif unlooked and queue.orphans_unlooked():
                 # this poll found one at work: it is waited for, and what it hands in
@@ -2561,13 +2577,19 @@ class _TrioQueue(_Queue):
                 return
 
     def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
+        last = (sys.maxsize, sys.maxsize, "")
+        return [(thread, last) for thread, _ in self._orphan_calls()]
+
+    def _orphan_calls(self) -> list[tuple[threading.Thread, list[Any]]]:
+        """Each thread at work on (or handing in the report of) a call of this run that was
+        abandoned on cancel, with the call's task register (see :meth:`orphans`)."""
         # trio's worker threads serve call after call: one whose call's task register was
         # cleared (abandoned on cancel, the task gone) while it runs the call or hands its
         # report in; in no order but the threads' (their calls back name no task either).
         # Known by the register itself: a thread another run abandoned (still handing in its
         # report as this one goes on, or blocked for good) has a cleared register too.
         cleared = [register for register in self.registers if register == [None]]
-        found: list[tuple[threading.Thread, tuple[int, int, str]]] = []
+        found: list[tuple[threading.Thread, list[Any]]] = []
         if not cleared:
             return found
         # one whose thread has yet to begin it (abandoned as it was made) is waited for: else
@@ -2596,7 +2618,7 @@ class _TrioQueue(_Queue):
                 and not _given_up(thread, register)
             ):
                 held.append(register)
-                found.append((thread, (sys.maxsize, sys.maxsize, "")))
+                found.append((thread, register))
         # a cleared register no thread holds any more is done with
         self.registers = [
             register
@@ -2619,12 +2641,21 @@ class _TrioQueue(_Queue):
         return _calls_back(item)
 
     def orphans_at_work(self) -> list[threading.Thread]:
-        # (trio's answer to a call back, not the loop's)
-        sent = {thread for thread, _ in self.arrived_now()}
+        # By the call, not the thread: a worker thread whose report of one call waits to come
+        # in may be at work on the next (trio's thread cache hands it the next call made), and
+        # was seen as handed in. A call back names no call: its thread blocks in the call it
+        # belongs to till it is answered. (trio's answer to a call back, not the loop's.)
+        arrived = self.arrived_now()
+        reported = [_job_register(job) for _, job in arrived]
+        calling = {thread for thread, job in arrived if _calls_back(job)}
         return [
             thread
-            for thread, _ in self.orphans()
-            if thread not in sent and not _waits_for_answer(thread)
+            for thread, register in self._orphan_calls()
+            if not any(register is done for done in reported)
+            and not (
+                (thread in calling or _waits_for_answer(thread))
+                and _register_of(thread) is register
+            )
         ]
 
     def threads_busy(self) -> bool:
