@@ -2052,3 +2052,58 @@ def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(backend:
     assert result.failure is None, result.failure.report()
     assert result.schedules == 20
     assert max(steps) < 1000
+
+
+def test_a_thread_in_trios_call_back_before_it_handed_its_request_over_is_at_work() -> None:
+    # A thread in trio.from_thread's own frame (_send_message_to_trio) with no answer yet was
+    # taken to wait for trio's answer even before it handed its request over (between two of
+    # that frame's lines, as a loaded machine leaves it for a while): no thread at work, and,
+    # the tasks ended, virtual time ran to idle_timeout: a false DeadlockError (trio, now and
+    # then). A thread stands still here in a frame of that name and module, first before its
+    # request (a line before trio's wait for the answer), then in the wait.
+    import queue
+
+    import trio
+
+    from avcm.testing._scheduler import _waits_for_answer  # avcm-private: the predicate
+
+    answer_line = inspect_answer_line(trio)
+    release = threading.Lock()
+    release.acquire()
+    source = (
+        "def _send_message_to_trio(message_to_trio, release, early):\n"
+        "    if early:\n"
+        "        release.acquire()\n"
+        + "\n" * answer_line
+        + "    return message_to_trio.queue.get()\n"
+    )
+    namespace: dict[str, Any] = {"__name__": "trio._threads"}
+    exec(compile(source, "<trio>", "exec"), namespace)
+    for early in (True, False):
+        message = type("Message", (), {"queue": queue.SimpleQueue()})()
+        thread = threading.Thread(
+            target=namespace["_send_message_to_trio"], args=(message, release, early)
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                frame = sys._current_frames().get(thread.ident or -1)
+                if frame is not None and frame.f_code.co_name == "_send_message_to_trio":
+                    break
+                time.sleep(0.001)
+            time.sleep(0.01)  # (in the C call of that line by now)
+            assert _waits_for_answer(thread) is not early
+        finally:
+            message.queue.put(None)
+            if early:
+                release.release()
+            thread.join(5)
+
+
+def inspect_answer_line(trio: Any) -> int:
+    """The line of trio's ``_send_message_to_trio`` that waits for the answer."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(trio._threads._send_message_to_trio)
+    return first + next(i for i, line in enumerate(lines) if "queue.get()" in line)
