@@ -1409,7 +1409,10 @@ class _Queue:
         # (steps, timer) when outlast_timer last asked the chooser
         self.outlast_asked: tuple[int, float] | None = None
         self.orphans_looked = -1  # the last step a poll found no orphan at work at
-        self.looked_in: list[Any] = []  # what orphans had handed in then
+        # what orphans had handed in then, the tasks that could be chosen and the step
+        self.looked_in: list[Any] = []
+        self.looked_tasks: set[int] = set()
+        self.looked_step = 0
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1507,7 +1510,7 @@ class _Queue:
             any(
                 not isinstance(thread, threading.Thread) or not self.waits_for_loop(thread)
                 for native, (_, thread, _) in self.thread_waiting().items()
-                if not self.waits_slow(native)
+                if native not in self.slow_waits
             )
             or self.fast_orphans_busy()
         )
@@ -1522,18 +1525,11 @@ class _Queue:
         call was abandoned on cancel that outlast the timer too, while they work on it."""
         waiting = self.thread_waiting()
         slow: set[threading.Thread | bool] = {
-            waiting[native][1] for native in waiting if self.waits_slow(native)
+            waiting[native][1] for native in self.slow_waits if native in waiting
         }
         if any(isinstance(key, threading.Thread) for key in self.slow_waits):
             slow.update(thread for thread, _ in self.orphans() if thread in self.slow_waits)
         return slow
-
-    def waits_slow(self, native: Any) -> bool:
-        """Whether task *native* is in the wait that outlasts the timer (:meth:`slow`): a
-        wait it began since (a call to another thread, once the slow one was abandoned on
-        cancel) is one as fast as any."""
-        wait = self.slow_waits.get(native)
-        return wait is not None and self.waiting_on(native) is wait
 
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         """Whether what *thread* handed the loop (*item*) is held till the timer the threads
@@ -1782,7 +1778,7 @@ class _Queue:
             if thread is not False
             and (task := self.tasks.get(native)) is not None
             and self.waiting_on(native) is wait
-            and not (fast and self.waits_slow(native))
+            and not (fast and native in self.slow_waits)
         ]
         return min(waiting, key=lambda task: task.index, default=None)
 
@@ -1836,7 +1832,7 @@ class _Queue:
         self.slow_waits.update(
             (native, wait)
             for native, (wait, _, _) in self.thread_waiting().items()
-            if not self.waits_slow(native)
+            if native not in self.slow_waits
         )
         self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
@@ -1849,15 +1845,32 @@ class _Queue:
         would have been asked about, or not, as fast as it was."""
         if not self.orphans_at_work():
             self.orphans_looked = len(self.run._steps)
-            orphans = {thread for thread, _ in self.orphans()}
-            self.looked_in = [item for thread, item in self.arrived_now() if thread in orphans]
+            if not self._looked_in_waits():
+                orphans = {thread for thread, _ in self.orphans()}
+                self.looked_in = [item for thread, item in self.arrived_now() if thread in orphans]
+                self.looked_tasks = {task.index for task in self.held()}
+                self.looked_step = len(self.run._steps)
+
+    def _looked_in_waits(self) -> bool:
+        """Whether what orphans had handed in at a look (:meth:`look_at_orphans`) has yet
+        to come in."""
+        return any(item is seen for _, item in self.arrived_now() for seen in self.looked_in)
 
     def looked_in_before(self) -> bool:
-        """Whether what threads whose caller left had handed in at the last look that found
-        none at work (:meth:`look_at_orphans`) has yet to come in: the task that look let be
-        chosen ran first; it comes in before the next choice, or a task that is always
-        runnable (a poll with ``sleep(0)``) kept it out for ever."""
-        return any(item is seen for _, item in self.arrived_now() for seen in self.looked_in)
+        """Whether what threads whose caller left had handed in at a look that found none
+        at work (:meth:`look_at_orphans`) has yet to come in, and each task that could be
+        chosen then has had a step since: it comes in now, before the next choice. The
+        tasks runnable then look first (a timer that fell due while the threads worked
+        woke them), but a task that is always runnable (a poll with ``checkpoint()``)
+        keeps it out no longer than one round."""
+        if not self._looked_in_waits():
+            return False
+        stepped = {
+            step.task
+            for step in self.run._steps[self.looked_step :]
+            if not (step.outlasted or step.called_back or step.injected)
+        }
+        return self.looked_tasks <= stepped
 
     def orphans_unlooked(self) -> bool:
         """Whether a task is held back till a poll finds the threads whose caller left handed
@@ -2488,7 +2501,7 @@ class _TrioQueue(_Queue):
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
             order = {native: seen[2] for native, seen in self.thread_waiting().items()}
-            if not self._handed_in(native for native in order if not self.waits_slow(native)):
+            if not self._handed_in(native for native in order if native not in self.slow_waits):
                 return False  # a thread at work has yet to report
             if any(thread not in self.slow_waits for thread in self.orphans_at_work()):
                 return False  # (one whose call was abandoned on cancel, too)
@@ -2676,7 +2689,7 @@ class _TrioQueue(_Queue):
         answering = self._answering()
         return (
             any(
-                not self.waits_slow(native) and native not in answering
+                native not in self.slow_waits and native not in answering
                 for native in self.thread_waiting()
             )
             or self.fast_orphans_busy()
@@ -2705,7 +2718,7 @@ class _TrioQueue(_Queue):
     def held_slow(self, thread: threading.Thread, item: Any) -> bool:
         # a job known by the task it belongs to; one not known: held
         task = self._arrival_task(thread, item)
-        return task is None or self.waits_slow(task)
+        return task is None or task in self.slow_waits
 
     def _handed_in(self, waits: Iterable[Any]) -> bool:
         # A job names the task it wakes, but for a call back from a thread whose call is
