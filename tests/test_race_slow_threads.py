@@ -2037,7 +2037,15 @@ async def poll_for_an_orphan(run: testing.Run, *, steps: list[int]) -> None:
         steps.append(run.steps)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "asyncio",
+        # (open: letting it in after the tasks runnable at the look had a step fixed this,
+        # but made nd_orphan-like runs "not deterministic" in 4 of 10 processes; backed out)
+        pytest.param("trio", marks=pytest.mark.xfail(strict=True, reason="D2 open on trio")),
+    ],
+)
 def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(backend: str) -> None:
     # trio: what an orphan handed in came in only when no task could run, and the poller
     # always could: each call back waited for the spin rule, ~10000 steps a run, 2-3 s a

@@ -1409,10 +1409,6 @@ class _Queue:
         # (steps, timer) when outlast_timer last asked the chooser
         self.outlast_asked: tuple[int, float] | None = None
         self.orphans_looked = -1  # the last step a poll found no orphan at work at
-        # what orphans had handed in then, the tasks that could be chosen and the step
-        self.looked_in: list[Any] = []
-        self.looked_tasks: set[int] = set()
-        self.looked_step = 0
         # the timer that threads outlast while tasks run on (see outlast_timer): till it falls
         # due, nothing they hand the loop comes in, and time passes as if none worked
         self.slow_until: float | None = None
@@ -1845,32 +1841,6 @@ class _Queue:
         would have been asked about, or not, as fast as it was."""
         if not self.orphans_at_work():
             self.orphans_looked = len(self.run._steps)
-            if not self._looked_in_waits():
-                orphans = {thread for thread, _ in self.orphans()}
-                self.looked_in = [item for thread, item in self.arrived_now() if thread in orphans]
-                self.looked_tasks = {task.index for task in self.held()}
-                self.looked_step = len(self.run._steps)
-
-    def _looked_in_waits(self) -> bool:
-        """Whether what orphans had handed in at a look (:meth:`look_at_orphans`) has yet
-        to come in."""
-        return any(item is seen for _, item in self.arrived_now() for seen in self.looked_in)
-
-    def looked_in_before(self) -> bool:
-        """Whether what threads whose caller left had handed in at a look that found none
-        at work (:meth:`look_at_orphans`) has yet to come in, and each task that could be
-        chosen then has had a step since: it comes in now, before the next choice. The
-        tasks runnable then look first (a timer that fell due while the threads worked
-        woke them), but a task that is always runnable (a poll with ``checkpoint()``)
-        keeps it out no longer than one round."""
-        if not self._looked_in_waits():
-            return False
-        stepped = {
-            step.task
-            for step in self.run._steps[self.looked_step :]
-            if not (step.outlasted or step.called_back or step.injected)
-        }
-        return self.looked_tasks <= stepped
 
     def orphans_unlooked(self) -> bool:
         """Whether a task is held back till a poll finds the threads whose caller left handed
@@ -2224,7 +2194,6 @@ class _TrioIO:
             # the next timer is asked before their reports come in, as on asyncio
             queue.settle()
             unlooked = queue.orphans_unlooked()
-            looked_in = unlooked and queue.looked_in_before()
             queue.look_at_orphans()
             busy = queue.time_waits_for_threads()
             if (
@@ -2235,14 +2204,9 @@ class _TrioIO:
                 # the threads now outlast the next timer: not waited for, it falls due
                 # (trio's clock jumps to it once this poll is over)
                 busy, wait = False, 0.0
-            if looked_in and queue.let_in():
-                # what they had handed in at the look before comes in after the one step that
-                # look let be chosen, before any other
-                wait = 0
-            elif unlooked and queue.ready():
+            if unlooked and queue.ready():
                 # a task held till a poll found threads whose caller left handed in what they
-                # have runs first; what they handed in comes in when no task can run, or after
-                # that one step (above)
+                # have runs first; what they handed in comes in when no task can run
                 wait = 0
             elif unlooked and queue.orphans_unlooked():
                 # this poll found one at work: it is waited for, and what it hands in
