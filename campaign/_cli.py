@@ -68,6 +68,7 @@ _seconds = _checked(
     float, lambda s: math.isfinite(s) and s > 0, "a positive, finite number of seconds"
 )
 _rate = _checked(float, lambda r: 0.0 <= r <= 1.0, "a rate between 0 and 1")
+_stall_timeout = _checked(float, lambda s: 0.0 <= s < math.inf, "0 (never) or more seconds")
 
 
 def _contexts(text: str) -> tuple[tuple[str, int], ...]:
@@ -174,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--faults", type=_rate, default=0.0, metavar="RATE")
     stress.add_argument("--cancel", type=_rate, default=0.0, metavar="RATE")
     stress.add_argument("--check-every", type=_count, default=50, metavar="N")
+    stress.add_argument(
+        "--stall-timeout",
+        type=_stall_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="stop a run in which nothing ends for this long, as python -m stress does "
+        "(default: its default; 0: never)",
+    )
     _common(stress)
 
     conformance = commands.add_parser("conformance", help="conformance scenarios, by seed")
@@ -239,7 +248,10 @@ def _stress_units(args: argparse.Namespace) -> Iterator[Unit]:
     if args.driver is not None:
         load_spec(args.driver, "--driver")
     settings = config.to_json()
-    return (StressUnit({**settings, "seed": args.seed + i}) for i in itertools.count())
+    return (
+        StressUnit({**settings, "seed": args.seed + i}, stall_timeout=args.stall_timeout)
+        for i in itertools.count()
+    )
 
 
 def _conformance_units(args: argparse.Namespace) -> Iterator[Unit]:

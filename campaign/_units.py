@@ -150,6 +150,15 @@ class StressUnit(Unit):
     config: dict[str, Any]
     # at most this many extra (shorter) runs to find the fewest operations that still fail
     shrink_budget: int = 12
+    # seconds of wall time with nothing ended before a run is stopped as stalled (None:
+    # stress's own default); not a setting of the run, which it does not change
+    stall_timeout: float | None = None
+
+    def _run(self, config: Any) -> Any:
+        import stress
+
+        wait = stress.STALL_TIMEOUT if self.stall_timeout is None else self.stall_timeout
+        return stress.run(config, stall_timeout=wait)
 
     def stress_config(self) -> Any:
         import stress
@@ -175,13 +184,12 @@ class StressUnit(Unit):
         return f"stress [{where}] {violation.rule}: {normalize(violation.description)}", title
 
     def run(self) -> UnitResult:
-        import stress
 
         config = self.stress_config()
         if config.duration is not None:
             raise UnitError("a campaign's stress runs are bounded by --ops, not --duration")
         started = time.monotonic()
-        result = stress.run(config)
+        result = self._run(config)
         failure = None
         if result.violation is not None:
             signature, title = self._signature(result.violation)
@@ -207,10 +215,9 @@ class StressUnit(Unit):
         """The fewest operations (by bisection, each candidate run) that still fail with
         *signature*: a shorter run of the same seed is the same run cut short, so it fails the
         same way or not at all, but not always monotonically: every answer is one that ran."""
-        import stress
 
         def fails(count: int) -> bool:
-            violation = stress.run(replace(config, ops=count)).violation
+            violation = self._run(replace(config, ops=count)).violation
             return violation is not None and self._signature(violation)[0] == signature
 
         low, high = 0, ops  # a run of `high` operations fails; `low` is not known to

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,21 @@ def test_stress_unit_finds_the_failure_and_shrinks_it_to_a_run_that_still_fails(
     again = failure.reproducer.run()
     assert again.failure is not None and again.failure.signature == failure.signature
     assert result.latency and set(result.latency) <= set(result.outcomes)
+
+
+def test_a_stalled_stress_unit_and_its_shrinking_keep_its_stall_timeout() -> None:
+    # Reported (attack12): a campaign could not set the stall timeout: each stalled run, and
+    # each run its shrinking made, took the default 60 s (and 5 more to stop)
+    unit = replace(
+        stress_unit(ops=2000, driver="tests.broken_drivers:lost_interrupt"),
+        stall_timeout=0.5,
+        shrink_budget=2,
+    )
+    result = unit.run()
+    assert result.failure is not None and " progress: " in result.failure.signature
+    reproducer = result.failure.reproducer
+    assert isinstance(reproducer, StressUnit) and reproducer.stall_timeout == 0.5
+    assert campaign.unit_from_json(json.loads(json.dumps(reproducer.to_json()))) == reproducer
 
 
 def test_units_round_trip_through_json() -> None:

@@ -107,20 +107,30 @@ def test_a_deadline_around_a_thread_falls_due_first_only_with_slow_threads(
 def test_a_timeout_path_that_gives_back_passes_with_every_timer_outlasted(
     backend: str, abandon: bool
 ) -> None:
-    result = testing.explore(
+    result = explored_clean(
         partial(slot_around_a_thread_call, abandon=abandon, right=True),
         strategy=testing.Exhaustive(2, slow_threads=2),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert result.distinct_schedules > 1
 
 
-def strategies_with_slow_threads() -> dict[str, Callable[[], testing.Strategy]]:
+def explored_clean(scenario: Any, **options: Any) -> testing.Exploration:
+    """``testing.explore(scenario, **options)`` to its end: the whole search ran, no
+    schedule failed."""
+    result = testing.explore(scenario, **options)
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+    return result
+
+
+def strategies_with_slow_threads(
+    slow: int = 1, exhaustive: int = 1
+) -> dict[str, Callable[[], testing.Strategy]]:
+    """Each strategy, with *slow* slow threads (Exhaustive with *exhaustive* preemptions)."""
     return {
-        "pct": lambda: testing.PCT(0, slow_threads=1),
-        "random": lambda: testing.RandomWalk(0, slow_threads=1),
-        "exhaustive1": lambda: testing.Exhaustive(1, slow_threads=1),
+        "pct": lambda: testing.PCT(0, slow_threads=slow),
+        "random": lambda: testing.RandomWalk(0, slow_threads=slow),
+        f"exhaustive{exhaustive}": lambda: testing.Exhaustive(exhaustive, slow_threads=slow),
     }
 
 
@@ -439,10 +449,9 @@ async def abandoned_call_still_runs(run: testing.Run) -> None:
 def test_a_call_that_outlasts_its_deadline_was_taken_by_its_thread(backend: str) -> None:
     # anyio's worker on asyncio skips a call whose waiter was cancelled before it took it:
     # the deadline used to fall due before the worker took the call, which then never ran
-    result = testing.explore(
+    result = explored_clean(
         abandoned_call_still_runs, strategy=testing.Exhaustive(0, slow_threads=1), backend=backend
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert result.schedules == 2
 
 
@@ -618,12 +627,11 @@ async def deadline_left_before_it_fell_due(run: testing.Run) -> None:
 def test_threads_outlast_no_timer_that_is_gone(backend: str) -> None:
     # the report was held till the clock passed the vanished timer: it came at the
     # controller's own idle timer, 3600 s on
-    result = testing.explore(
+    result = explored_clean(
         deadline_left_before_it_fell_due,
         strategy=testing.Exhaustive(1, slow_threads=1),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert any(name == "timer" for name, _ in result.points), "no timer was outlasted"
 
 
@@ -803,13 +811,12 @@ async def abandonable_call_back_while_another_outlasts(run: testing.Run) -> None
 def test_a_call_back_from_a_thread_begun_meanwhile_comes_in(backend: str) -> None:
     # held till the timer the first thread outlasts, while time stood still for its thread:
     # a ThreadWaitError (trio)
-    result = testing.explore(
+    explored_clean(
         abandonable_call_back_while_another_outlasts,
         strategy=testing.Exhaustive(1, slow_threads=1),
         limits=testing.Limits(thread_timeout=5),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
 
 
 ABANDONED_THREAD_CALLS_BACK = """
@@ -885,13 +892,12 @@ def test_time_passes_for_what_a_call_back_awaits(
     # trio runs a call back of a call abandoned on cancel in its system nursery, and its
     # thread waits for the answer: time stood still for that thread, the call back's sleep
     # never ended, and the run failed with ThreadWaitError
-    result = testing.explore(
+    explored_clean(
         partial(call_back_that_sleeps, abandon=abandon),
         strategy=testing.Exhaustive(1, slow_threads=slow_threads),
         limits=testing.Limits(thread_timeout=5),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
 
 
 async def watcher_between_calls_back(
@@ -1170,12 +1176,11 @@ def test_a_run_ends_once_the_threads_it_abandoned_on_cancel_returned(backend: st
     # a thread whose call was abandoned on cancel went on calling back after the run ended:
     # in the next run, at a step the machine's speed decided
     seen: list[int] = []
-    result = testing.explore(
+    result = explored_clean(
         partial(abandoned_thread_calls_back, seen=seen),
         strategy=testing.Exhaustive(0, slow_threads=1),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert result.schedules > 1 and seen == [3] * result.schedules
 
 
@@ -1421,6 +1426,23 @@ def test_a_correct_program_passes_with_its_thread_outlasting_both_timers(backend
 # -- a call back is a step of the task waiting for the thread ------------------------------
 
 
+def _setting_a_then_b(state: dict[str, int], *, apart: bool) -> Callable[[], None]:
+    """A worker thread's work: set ``a`` then ``b`` in *state*, each in a call back into the
+    loop (both in one, unless *apart*)."""
+
+    def set_both() -> None:
+        state["a"] = state["b"] = 1
+
+    def work() -> None:
+        if apart:
+            anyio.from_thread.run_sync(state.__setitem__, "a", 1)
+            anyio.from_thread.run_sync(state.__setitem__, "b", 1)
+        else:
+            anyio.from_thread.run_sync(set_both)
+
+    return work
+
+
 async def looks_between_calls_back(
     run: testing.Run,
     *,
@@ -1435,15 +1457,7 @@ async def looks_between_calls_back(
     state = {"a": 0, "b": 0}
     looked: list[tuple[int, int]] = []
 
-    def set_both() -> None:
-        state["a"] = state["b"] = 1
-
-    def work() -> None:
-        if apart:
-            anyio.from_thread.run_sync(state.__setitem__, "a", 1)
-            anyio.from_thread.run_sync(state.__setitem__, "b", 1)
-        else:
-            anyio.from_thread.run_sync(set_both)
+    work = _setting_a_then_b(state, apart=apart)
 
     async def writer() -> None:
         await anyio.to_thread.run_sync(work, abandon_on_cancel=abandon)
@@ -1518,13 +1532,12 @@ def test_every_place_of_two_calls_back_among_a_watchers_looks_is_run(
 @pytest.mark.parametrize("abandon", [False, True], ids=["waited", "abandonable"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_call_back_that_writes_both_is_no_false_alarm(backend: str, abandon: bool) -> None:
-    result = testing.explore(
+    explored_clean(
         partial(looks_between_calls_back, abandon=abandon, apart=False),
         strategy=testing.Exhaustive(5),
         schedules=2000,
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
 
 
 async def reports_progress(run: testing.Run, *, calls: int) -> None:
@@ -1698,15 +1711,7 @@ async def abandoned_thread_halfway_at_a_later_timer(
     both or neither set (the bug, if *apart*: the thread may still be between them then)."""
     state = {"a": 0, "b": 0}
 
-    def set_both() -> None:
-        state["a"] = state["b"] = 1
-
-    def work() -> None:
-        if apart:
-            anyio.from_thread.run_sync(state.__setitem__, "a", 1)
-            anyio.from_thread.run_sync(state.__setitem__, "b", 1)
-        else:
-            anyio.from_thread.run_sync(set_both)
+    work = _setting_a_then_b(state, apart=apart)
 
     async def writer() -> None:
         with anyio.move_on_after(1):
@@ -1720,15 +1725,7 @@ async def abandoned_thread_halfway_at_a_later_timer(
         outcome.unwrap()
 
 
-def strategies_with_two_slow_threads() -> dict[str, Callable[[], testing.Strategy]]:
-    return {
-        "pct": lambda: testing.PCT(0, slow_threads=2),
-        "random": lambda: testing.RandomWalk(0, slow_threads=2),
-        "exhaustive0": lambda: testing.Exhaustive(0, slow_threads=2),
-    }
-
-
-@pytest.mark.parametrize("strategy", list(strategies_with_two_slow_threads()))
+@pytest.mark.parametrize("strategy", list(strategies_with_slow_threads(2, exhaustive=0)))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_thread_whose_caller_left_may_outlast_a_later_timer(backend: str, strategy: str) -> None:
     # once its caller left (its deadline fell due while it worked), the thread had no chance
@@ -1737,7 +1734,7 @@ def test_a_thread_whose_caller_left_may_outlast_a_later_timer(backend: str, stra
     found = [
         testing.explore(
             abandoned_thread_halfway_at_a_later_timer,
-            strategy=strategies_with_two_slow_threads()[strategy](),
+            strategy=strategies_with_slow_threads(2, exhaustive=0)[strategy](),
             schedules=100,
             backend=backend,
         ).failure
@@ -1849,12 +1846,11 @@ async def orphan_sets_an_event_awaited_later(run: testing.Run) -> None:
 def test_what_an_orphan_late_past_a_later_timer_hands_in_comes_in(backend: str) -> None:
     # trio: the call back of a thread whose caller left, once it had outlasted a later timer,
     # was held for as long as the run went on: time passed instead (a false DeadlockError)
-    result = testing.explore(
+    result = explored_clean(
         orphan_sets_an_event_awaited_later,
         strategy=testing.Exhaustive(2, slow_threads=2),
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert result.schedules > 1
 
 
@@ -1889,12 +1885,11 @@ def test_an_orphan_may_be_between_any_two_calls_back_at_each_later_timer(backend
     # trio: once the thread had outlasted one later timer nothing more it handed in came in
     # while the watcher lived: it saw 4 of the 10 counts it can
     seen: set[tuple[int, ...]] = set()
-    result = testing.explore(
+    explored_clean(
         partial(orphan_counting_under_a_watcher, calls_back=2, seen=seen),
         strategy=testing.Exhaustive(3, slow_threads=4),  # (the deadline and 3 timers)
         backend=backend,
     )
-    assert result.exhausted and result.failure is None, result.failure and result.failure.report()
     assert seen == {t for t in itertools.product(range(3), repeat=3) if list(t) == sorted(t)}
 
 

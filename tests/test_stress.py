@@ -9,10 +9,8 @@ import math
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 
 import stress
 from stress._report import TRACE_VERSION
+from tests._interrupting import ctrl_c_as_on_a_terminal, interrupt_stress
 
 BACKENDS = ["asyncio", "trio"]
 REPO = Path(stress.__file__).resolve().parents[1]
@@ -382,37 +381,15 @@ def test_duration_run_shows_a_progress_bar(
     assert f"{result.ops:,} ops" in terminal.getvalue() and "stress" in terminal.getvalue()
 
 
-def _ctrl_c_as_on_a_terminal() -> None:
-    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited
-    # "ignore": the harness must react to Ctrl-C however pytest itself was started.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize(
     "args", [["--backend", "asyncio"], ["--backend", "trio"], ["--jobs", "2"]], ids=" ".join
 )
 def test_ctrl_c_prints_one_line_and_exits_130(args: list[str]) -> None:
-    command = [sys.executable, "-m", "stress", "--quiet", "--ops", "1000000"]
-    command += ["--driver", "tests.broken_drivers:announced_iommu", "--contexts", "custom=1", *args]
-    # a session of its own: Ctrl-C on a terminal signals the whole process group
-    # `with` closes the pipes whatever happens: an unclosed one is a ResourceWarning, raised
-    # (warnings are errors) in whichever later test the garbage collector runs
-    with subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=_ctrl_c_as_on_a_terminal,
-    ) as process:  # fmt: skip
-        try:
-            assert process.stderr is not None
-            for _ in range(2 if "--jobs" in args else 1):
-                assert process.stderr.readline() == "driver ready\n"
-            time.sleep(0.3)  # into the operations (any later moment is as good)
-            os.killpg(process.pid, signal.SIGINT)
-            out, err = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    assert process.returncode == 130, err
+    command = ["--quiet", "--ops", "1000000", "--driver", "tests.broken_drivers:announced_iommu"]
+    command += ["--contexts", "custom=1", *args]
+    # into the operations (any later moment is as good)
+    status, out, err = interrupt_stress(command, ready=2 if "--jobs" in args else 1)
+    assert status == 130, err
     assert err == "avcm-stress: interrupted\n" and out == ""
 
 
@@ -425,7 +402,7 @@ def test_ctrl_c_waits_for_a_checkpoint(backend: str) -> None:
     command += ["--contexts", "custom=1"]  # one driver, so one Ctrl-C
     process = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=120,
-        preexec_fn=_ctrl_c_as_on_a_terminal,
+        preexec_fn=ctrl_c_as_on_a_terminal,
     )  # fmt: skip
     assert process.returncode == 130, process.stderr
     assert process.stderr == "write went on after Ctrl-C\navcm-stress: interrupted\n"

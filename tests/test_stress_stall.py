@@ -10,8 +10,6 @@ abandoned in its thread).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import pytest
 
 import stress
 from stress import DRIVER_DEFAULT_CONTEXTS, StressConfig, UsageError
+from tests._interrupting import interrupt_stress
 
 BACKENDS = ["asyncio", "trio"]
 REPO = Path(stress.__file__).resolve().parents[1]
@@ -166,26 +165,11 @@ def test_the_command_ends_though_a_worker_thread_never_returns(
 
 
 def test_ctrl_c_ends_a_run_stuck_in_a_worker_thread() -> None:
-    command = [sys.executable, "-m", "stress", "--quiet", "--backend", "asyncio"]
-    command += ["--driver", "tests.broken_drivers:executor_hang"]
-    with subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=_ctrl_c_as_on_a_terminal,
-    ) as process:  # fmt: skip
-        try:
-            time.sleep(2)  # stuck by then (its 300th page write), with a minute to go
-            os.killpg(process.pid, signal.SIGINT)
-            out, err = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    assert process.returncode == 130, err
+    # stuck by then (its 300th page write), with a minute to go before a stall is called
+    args = ["--quiet", "--backend", "asyncio", "--driver", "tests.broken_drivers:executor_hang"]
+    status, out, err = interrupt_stress(args, after=2)
+    assert status == 130, err
     assert err == "avcm-stress: interrupted\n" and out == ""
-
-
-def _ctrl_c_as_on_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
