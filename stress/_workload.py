@@ -395,7 +395,9 @@ class World:
                 "rule 9",
                 f"{self.in_use():#x} bytes of physical memory leaked by operations "
                 f"{first}-{last}: after them, {grown:#x} more bytes were in use than when the "
-                "contexts were built, and memory stayed in use after every context was destroyed",
+                "contexts were built, and memory stayed in use after every context was destroyed "
+                "(or by the drain's own switching of the contexts off and on, which races them "
+                "too)",
             )
         contexts = await build_contexts(self.config, self.memory)
         # --faults of a driver under test: the same hook and random stream go on

@@ -416,7 +416,8 @@ def test_a_leak_is_reported_at_the_drain_after_it(backend: str, driver: str) -> 
     assert re.match(
         rf"0x[0-9a-f]+ bytes of physical memory leaked by operations 1-{violation.seq}: after "
         r"them, 0x[0-9a-f]+ more bytes were in use than when the contexts were built, and "
-        r"memory stayed in use after every context was destroyed$",
+        r"memory stayed in use after every context was destroyed \(or by the drain's own "
+        r"switching of the contexts off and on, which races them too\)$",
         violation.description,
     ), violation.description
     assert result.checks["drain"] == 0 and "rule 9 destroyed and rebuilt" not in result.checks
