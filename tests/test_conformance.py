@@ -148,14 +148,19 @@ def test_a_driver_failing_calls_outside_the_race_passes(scenario: str, backend: 
     assert report.passed, report.format()
 
 
+def _not_passed(factory: object, backend: str, schedules: int) -> testing.ConformanceReport:
+    """The report of a conformance run that must not pass (``ConformanceFailure``)."""
+    with pytest.raises(testing.ConformanceFailure) as caught:
+        testing.check_conformance(factory, backend=backend, schedules=schedules)  # type: ignore[arg-type]
+    return caught.value.report
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_scenario_the_driver_never_lets_start_is_reported_as_not_run(backend: str) -> None:
     # Reported: a driver failing every page write (rule 8 lets it) crashed the suite with an
     # EINVAL traceback once bind_while_active's setup failed 100 times in a row; the other
     # scenarios' results were lost. No verdict is not a pass, nor a failure.
-    with pytest.raises(testing.ConformanceFailure) as caught:
-        testing.check_conformance(tricky_drivers.dead_unit, backend=backend, schedules=3)
-    report = caught.value.report
+    report = _not_passed(tricky_drivers.dead_unit, backend, schedules=3)
     not_run = {result.name: result for result in report.results if result.not_run}
     assert set(not_run) == {"bind_while_active", "cancellation"}, report.format()
     assert all(result.schedules == 0 and result.failure is None for result in not_run.values())
@@ -212,9 +217,7 @@ def test_an_undo_the_driver_failed_is_no_verdict_not_a_failure(backend: str) -> 
     # often fails too, which leaves the hardware half done (partial effects: no framework can
     # contain it). Such schedules are judged on another attempt, not failed; a scenario whose
     # teardown never gets through (many pages to clear) is NOT RUN, not FAILED.
-    with pytest.raises(testing.ConformanceFailure) as caught:
-        testing.check_conformance(tricky_drivers.flaky_teardown_often, backend=backend, schedules=4)
-    report = caught.value.report
+    report = _not_passed(tricky_drivers.flaky_teardown_often, backend, schedules=4)
     assert report.failures == (), report.format()
     results = {result.name: result for result in report.results}
     for name in ("faults", "cancel_anywhere", "one_phys_many_views", "cancelled_activation"):
@@ -229,9 +232,7 @@ def test_an_undo_the_driver_failed_is_no_verdict_not_a_failure(backend: str) -> 
 def test_a_rule_broken_before_the_race_is_a_failure_not_a_crash(backend: str) -> None:
     # Reported (attack13): an attempt whose setup the driver failed (rule 8) but which leaked
     # (rule 9) ended the whole suite with the AssertionError's traceback: no report
-    with pytest.raises(testing.ConformanceFailure) as caught:
-        testing.check_conformance(broken_drivers.nacking_leaky, backend=backend, schedules=5)
-    report = caught.value.report
+    report = _not_passed(broken_drivers.nacking_leaky, backend, schedules=5)
     early = [result for result in report.results if result.failed_before_race]
     assert early, report.format()
     assert all("rule 9" in (result.failed_before_race or "") for result in early)
