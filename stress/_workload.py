@@ -46,9 +46,9 @@ from ._invariants import (
     check_cold_start,
     check_data,
     check_final,
-    check_no_write_after_free,
     check_quiescent,
     check_released,
+    destroy_every_context,
     harness_operations,
     mark_new,
     release_everything,
@@ -387,13 +387,11 @@ class World:
         Linux's io-pgtable keeps its tables), so more in use after a drain is only a
         suspicion; destroy settles it within the window."""
         grown = self.in_use() - self.baseline
-        for ctx in self.contexts:
-            await until_done(ctx.vcm.destroy, f"destroy of {ctx.name}")
-        check_no_write_after_free(self)  # a destroy's late write would read as a leak of nothing
-        if not self.memory.is_pristine():
+        leaked = await destroy_every_context(self)
+        if leaked:
             raise Violation(
                 "rule 9",
-                f"{self.in_use():#x} bytes of physical memory leaked by operations "
+                f"{leaked:#x} bytes of physical memory leaked by operations "
                 f"{first}-{last}: after them, {grown:#x} more bytes were in use than when the "
                 "contexts were built, and memory stayed in use after every context was destroyed "
                 "(or by the drain's own switching of the contexts off and on, which races them "
