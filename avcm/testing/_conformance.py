@@ -1059,44 +1059,50 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
         def half_done() -> bool:
             return undo_failures() > undo_failures_before
 
+        async def judged(step: Callable[[], Awaitable[object]]) -> bool:
+            """Await *step*; False if what it did cannot be judged: an undo of avcm's failed
+            in the driver (the hardware may be left half done, which the contract says no
+            framework can contain: partial effects), whatever was raised then, or the driver
+            never let a teardown through."""
+            try:
+                await step()
+            except _NoVerdict:
+                return False
+            except Exception:
+                if not half_done():
+                    raise
+            return not half_done()
+
         vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
-        raced, stuck = True, False
-        with warnings.catch_warnings():
-            # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
-            warnings.simplefilter("ignore", VcmWarning)
+        raced = True
+
+        async def body() -> None:
+            nonlocal raced
             try:
                 await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
             except OSError as error:
                 # A driver call outside the race failed, as rule 8 lets it: it reached the
                 # caller, which is right, and the scenario's steps after it cannot follow.
                 # What the contexts are left in is still held to every rule below.
-                if not _raised_by_driver(error) and not half_done():
+                if not _raised_by_driver(error):
                     raise
                 raced = bool(run.decisions)
-            except _NoVerdict:
-                stuck = True
-            except Exception:  # a check in the scenario, a driver's own error: no verdict on
-                if not half_done():  # half-done hardware
-                    raise
-            if stuck or half_done():
-                # avcm's undo of a failure (or a cancellation) failed too, in the driver: the
-                # hardware may be left half done, which the contract says no framework can
-                # contain (partial effects). No verdict: start again on new contexts.
+
+        async def destroy() -> None:
+            for vcm in vcms:
+                await _until_done(vcm.destroy)
+
+        with warnings.catch_warnings():
+            # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
+            warnings.simplefilter("ignore", VcmWarning)
+            if not await judged(body):  # no verdict: start again on new contexts
                 for vcm in vcms:
                     with contextlib.suppress(Exception):
                         await vcm.destroy()
                 return False
             check_quiescent(vcms)
             check_no_write_after_free(memory, "when the scenario ended")
-            try:
-                for vcm in vcms:
-                    await _until_done(vcm.destroy)
-            except _NoVerdict:
-                return False
-            except Exception:  # an undo in destroy's own steps may have failed too
-                if not half_done():
-                    raise
-            if half_done():
+            if not await judged(destroy):
                 return False
         check_no_write_after_free(memory, "after destroy")
         leaked = free_before - memory.free_bytes
