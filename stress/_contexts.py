@@ -28,6 +28,7 @@ __all__ = [
     "Context",
     "DeviceFault",
     "DriverFaults",
+    "build_context",
     "build_contexts",
     "is_injected_fault",
     "raised_by_driver",
@@ -125,6 +126,7 @@ class Context:
     one_to_one: bool
     memory: avcm.PhysicalMemory
     faults: FaultSwitch | None = None
+    index: int = 0  # among the contexts of its kind
 
     @functools.cached_property
     def hardware(self) -> object:
@@ -267,33 +269,14 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
     contexts: list[Context] = []
     for kind, count in config.contexts:
         for index in range(count):
-            name = f"{kind}{index}"
-            if kind == "custom":
-                if config.driver is None:  # pragma: no cover - StressConfig checks
-                    raise UsageError("custom contexts need --driver")
-                vcm = await _call_factory(config.driver, memory)
-                if any(ctx.vcm is vcm for ctx in contexts):
-                    # two names for one context would double-count every check of it
-                    raise UsageError(
-                        f"--driver {config.driver!r} returned the same context twice: each "
-                        f"call must make a new one (or run one: --contexts custom=1)"
-                    )
-                one_to_one = isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
-                contexts.append(Context(kind, name, vcm, one_to_one, memory))
-                continue
-            # str hashes differ per process; a seed must not.
-            seed = zlib.crc32(f"{config.seed}:{kind}:{index}".encode())
-            faults = drivers.FaultPlan(seed=seed)
-            if config.faults:
-                faults.fail_randomly(probability=config.faults)
-            latency = drivers.Latency.profile(config.latency, seed=seed)
-            try:
-                vcm = _sample_factory(kind)(
-                    memory, latency=latency, faults=faults, name=name, **_placement(kind, index)
+            ctx = await build_context(config, memory, kind, index)
+            if any(other.vcm is ctx.vcm for other in contexts):
+                # two names for one context would double-count every check of it
+                raise UsageError(
+                    f"--driver {config.driver!r} returned the same context twice: each "
+                    f"call must make a new one (or run one: --contexts custom=1)"
                 )
-            except avcm.VcmError as error:
-                raise UsageError(f"--contexts: cannot make {name}: {error}") from None
-            contexts.append(Context(kind, name, vcm, kind == "carveout", memory, faults))
+            contexts.append(ctx)
     custom = [ctx for ctx in contexts if ctx.kind == "custom"]
     if custom and config.faults:
         seed = zlib.crc32(f"{config.seed}:custom faults".encode())
@@ -301,6 +284,36 @@ async def build_contexts(config: StressConfig, memory: avcm.PhysicalMemory) -> l
         for ctx in custom:
             ctx.faults = driver_faults
     return contexts
+
+
+async def build_context(
+    config: StressConfig, memory: avcm.PhysicalMemory, kind: str, index: int, generation: int = 0
+) -> Context:
+    """Context *index* of *kind*, made on *memory*; *generation* counts the contexts built in
+    its place before (the harness destroys one now and then, and builds it anew): a sample
+    driver's fault plan and latency are seeded by it. A driver under test gets no fault plan
+    here: its ``--faults`` come from outside (:class:`DriverFaults`)."""
+    name = f"{kind}{index}"
+    if kind == "custom":
+        if config.driver is None:  # pragma: no cover - StressConfig checks
+            raise UsageError("custom contexts need --driver")
+        vcm = await _call_factory(config.driver, memory)
+        one_to_one = isinstance(vcm.driver, avcm.lowlevel.O2oWrapper)
+        return Context(kind, name, vcm, one_to_one, memory, index=index)
+    # str hashes differ per process; a seed must not.
+    key = f"{config.seed}:{kind}:{index}" + (f":{generation}" if generation else "")
+    seed = zlib.crc32(key.encode())
+    faults = drivers.FaultPlan(seed=seed)
+    if config.faults:
+        faults.fail_randomly(probability=config.faults)
+    latency = drivers.Latency.profile(config.latency, seed=seed)
+    try:
+        vcm = _sample_factory(kind)(
+            memory, latency=latency, faults=faults, name=name, **_placement(kind, index)
+        )
+    except avcm.VcmError as error:
+        raise UsageError(f"--contexts: cannot make {name}: {error}") from None
+    return Context(kind, name, vcm, kind == "carveout", memory, faults, index)
 
 
 def _placement(kind: str, index: int) -> dict[str, int]:

@@ -70,6 +70,10 @@ class DevicePages:
         while len(pages) > RECENT_PAGES:
             del pages[next(iter(pages))]
 
+    def forget(self, vcm: avcm.Vcm) -> None:
+        """*vcm* was destroyed: its pages are no one's to probe."""
+        self._pages.pop(vcm, None)
+
     def recent(self, ctx: Context) -> list[int]:
         return list(self._pages.get(ctx.vcm, ()))
 
@@ -186,10 +190,12 @@ def probe_bound(world: World, ctx: Context, when: str) -> None:
 def after_unmapping(world: World, ctx: Context, res: avcm.Res, after: str) -> None:
     """*res* was just unbound (or unreserved): nothing in the context maps its range now
     (reservations of one context never overlap, and a new one there needs the mutex to be
-    bound)."""
+    bound). Only as much of it is probed as the largest phys the run made: no binding reached
+    further into a wide reservation."""
     if ctx.translated:
         where = f"after {after} of {world.name(res)} returned"
-        _expect_fault(world, ctx, world.device.within(ctx, res.start, res.res_size), where)
+        size = min(res.res_size, world.largest_phys)
+        _expect_fault(world, ctx, world.device.within(ctx, res.start, size), where)
 
 
 def after_deactivate(world: World, ctx: Context) -> None:

@@ -27,11 +27,12 @@ class _Waiter:
     trio task, with what ``anyio.Event`` would do for one waiter (the same wake-ups, in the
     same order), without making an event and its list of waiters for each."""
 
-    __slots__ = ("_future", "_task", "admitted", "ticketed")
+    __slots__ = ("_future", "_task", "admitted", "number", "ticketed")
 
     def __init__(self, ticketed: bool) -> None:
         self.ticketed = ticketed
         self.admitted = False
+        self.number = 0  # its ticket's, once admitted
         loop = asyncio._get_running_loop()
         self._future: asyncio.Future[None] | None = None
         self._task: Any = None
@@ -93,12 +94,12 @@ class Gate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def enter(self, *, ticketed: bool = True) -> None:
-        """Return once admitted. If cancelled while waiting, nothing is taken (a place given
-        to this waiter meanwhile goes to the next one)."""
+    async def enter(self, *, ticketed: bool = True) -> int:
+        """Return once admitted: the number of the window's ticket taken (1 for its first
+        operation; 0 without a ticket). If cancelled while waiting, nothing is taken (a place
+        given to this waiter meanwhile goes to the next one)."""
         if self._tickets and not self._waiters:
-            self._admit(ticketed)
-            return
+            return self._admit(ticketed)
         waiter = _Waiter(ticketed)
         self._waiters.append(waiter)
         try:
@@ -112,6 +113,7 @@ class Gate:
             else:
                 self._waiters.remove(waiter)
             raise
+        return waiter.number
 
     def leave(self) -> None:
         self.in_flight -= 1
@@ -130,15 +132,17 @@ class Gate:
         self._tickets = self.window
         self._wake()
 
-    def _admit(self, ticketed: bool) -> None:
+    def _admit(self, ticketed: bool) -> int:
         self.in_flight += 1
-        if ticketed:
-            self._tickets -= 1
+        if not ticketed:
+            return 0
+        self._tickets -= 1
+        return self.window - self._tickets
 
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters and not self.checking and (self._tickets or not waiters[0].ticketed):
             waiter = waiters.popleft()
-            self._admit(waiter.ticketed)
+            waiter.number = self._admit(waiter.ticketed)
             self.woken += 1
             waiter.wake()

@@ -7,6 +7,7 @@ checks that need the whole world: at quiescent points (no operation in flight) a
 from __future__ import annotations
 
 import bisect
+import functools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ __all__ = [
     "NoVerdict",
     "Violation",
     "check_data",
+    "check_detached",
     "check_final",
     "check_cold_start",
     "check_quiescent",
@@ -36,6 +38,7 @@ __all__ = [
     "harness_operations",
     "mark_new",
     "deactivate_everything",
+    "deactivate_held",
     "physical_address",
     "release_everything",
     "switch_off_together",
@@ -68,7 +71,7 @@ class NoVerdict(Exception):
 
     def __init__(self, what: str, error: BaseException) -> None:
         # what the error says, not its repr: a cancellation's names its scope by address
-        said = f"{error}" if isinstance(error, OSError) else type(error).__name__
+        said = f"{error}" if isinstance(error, Exception) else type(error).__name__
         if not undo_failed(error):
             super().__init__(f"{what}: {said}: nothing after it can be judged")
             return
@@ -350,17 +353,18 @@ async def until_done(call: Callable[[], Awaitable[object]], what: str) -> None:
         raise NoVerdict(f"{what} failed {DRIVER_RETRIES} times in a row", error)
 
 
+async def deactivate_held(world: World, ctx: Context) -> None:
+    """Undo every activation of *ctx* that a task (or the harness) holds."""
+    for (task, vcm), count in list(world.held.items()):
+        if vcm is ctx.vcm:
+            for _ in range(count):
+                await until_done(vcm.deactivate, f"deactivate of {ctx.name}")
+            world.hold(task, vcm, -count)
+
+
 async def deactivate_everything(world: World) -> None:
     """Undo every activation the tasks hold, all contexts at once."""
-
-    async def deactivate(ctx: Context) -> None:
-        for (task, vcm), count in list(world.held.items()):
-            if vcm is ctx.vcm:
-                for _ in range(count):
-                    await until_done(vcm.deactivate, f"deactivate of {ctx.name}")
-                world.hold(task, vcm, -count)
-
-    await _each_context(world, deactivate)
+    await _each_context(world, functools.partial(deactivate_held, world))
 
 
 # the task index under which the harness holds an activation of its own during a drain
@@ -485,6 +489,19 @@ def check_released(world: World, when: str) -> None:
             raise Violation(
                 "rule 9", f"{when}: {ctx.name} leaked address space: not every byte is free"
             )
+
+
+def check_detached(world: World, ctx: Context) -> None:
+    """*ctx* was just destroyed with everything it held, the other contexts live: it is off
+    and holds nothing (rule 9); its memory is judged at the next drain, as no page needs to be
+    free while other contexts may use it."""
+    world.result.checks["rule 9 destroyed alone"] += 1
+    when = f"after {ctx.name} was destroyed"
+    if ctx.hardware_active():
+        raise Violation("rule 4", f"{when}, its hardware is still active")
+    space = ctx.address_space()
+    if space is not None and not space.is_pristine():
+        raise Violation("rule 9", f"{when}, not every byte of its address space is free")
 
 
 async def check_final(world: World) -> None:

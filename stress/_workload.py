@@ -29,8 +29,15 @@ import anyio
 import avcm
 from avcm.lowlevel import errno_name, sync_hook, undo_failed
 
-from ._config import MAX_OPS, StressConfig
-from ._contexts import Context, DriverFaults, build_contexts, is_injected_fault, raised_by_driver
+from ._config import MAX_OPS, StressConfig, UsageError
+from ._contexts import (
+    Context,
+    DriverFaults,
+    build_context,
+    build_contexts,
+    is_injected_fault,
+    raised_by_driver,
+)
 from ._device import (
     DevicePages,
     after_binding,
@@ -40,14 +47,17 @@ from ._device import (
 )
 from ._gate import Gate
 from ._invariants import (
+    HARNESS,
     WHOLE,
     NoVerdict,
     Violation,
     check_cold_start,
     check_data,
+    check_detached,
     check_final,
     check_quiescent,
     check_released,
+    deactivate_everything,
     destroy_every_context,
     harness_operations,
     mark_new,
@@ -90,8 +100,9 @@ RANDOM_SIZE_PAGES = 48
 RANDOM_SIZE_WEIGHT = 8
 
 # Warnings the contract allows when tasks race on shared objects (the kernel's WARN_ON that
-# go on working); any other avcm warning is a violation.
-EXPECTED_WARNINGS = ("unbind:", "unreserve:")
+# go on working), and a destroy's of what it releases (the harness destroys a context with
+# everything in it); any other avcm warning is a violation.
+EXPECTED_WARNINGS = ("unbind:", "unreserve:", "destroy:")
 
 # the sync points at which an activate or deactivate calls the driver to switch the hardware
 DRIVER_SWITCHES = ("driver.activate", "driver.deactivate")
@@ -104,6 +115,25 @@ QUIESCENT_DATA_CHECKS = 8
 # well below it over a --drain-every window of 2,000 operations; without drains (or with long
 # windows) they would grow for ever, and with them what a check and an activate cost.
 POOL_LIMIT = 256
+
+# With this chance at each quiescent point one context ebbs for the next window: its users
+# stop activating it, the harness takes over every activation they held but one, and undoes
+# that one as an operation of its own somewhere in the window, which switches the context off
+# while the tasks go on with everything else. (With 64 tasks a context's count seldom reaches
+# zero otherwise, and a drain switches every context off together: a switch-off that harms
+# what another context is doing would not show.)
+EBB_CHANCE = 1 / 4
+# About every DETACH_EVERY operations, at a quiescent point, the harness destroys one context
+# with all it holds (a device detached: hardware the contexts share must keep serving the
+# others), builds a new one in its place, and checks everything again.
+DETACH_EVERY = 2000
+
+# One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
+# which a bind later fills with far less memory at its start: the allocator places the small
+# reservations best fit at the top of the space, and the pools are bounded, so without these a
+# run's device addresses stay within some tens of MiB, and a page table that aliases addresses
+# far apart (an index masked too narrowly, a truncated address) never shows.
+WIDE_EVERY = 16
 
 _UNDO = {"alloc": "free", "make_binding": "destroy_binding", "reserve": "unreserve", "map": "unmap"}
 
@@ -226,6 +256,13 @@ class World:
         self.canaries = 0  # written into new physes (mark_new)
         self.device = DevicePages()
         self.checks_random = random.Random(f"{config.seed}:checks")
+        # which context changes alone, and when (change_one_context)
+        self.contexts_random = random.Random(f"{config.seed}:contexts")
+        self.next_detach = self.contexts_random.randint(DETACH_EVERY // 2, DETACH_EVERY)
+        self.generations: Counter[str] = Counter()  # per context name: built in its place
+        # per context ebbing in this window, the ticket of the operation switching it off
+        self.ebbing: dict[avcm.Vcm, int] = {}
+        self.largest_phys = 0  # no binding reaches further into a reservation than this
         # per context, what operations in flight may be changing in it: a reservation being
         # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
         self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
@@ -250,6 +287,19 @@ class World:
         custom = [ctx for ctx in contexts if ctx.kind == "custom"]
         self.operated = custom or contexts
 
+    def _replace(self, contexts: list[Context]) -> None:
+        """Drive *contexts* from now on, some or all of them built anew."""
+        # --faults of a driver under test: the same hook and random stream go on
+        old = next(
+            (ctx.faults for ctx in self.contexts if isinstance(ctx.faults, DriverFaults)), None
+        )
+        if old is not None:
+            custom = [ctx for ctx in contexts if ctx.kind == "custom"]
+            old.watch(ctx.vcm for ctx in custom)
+            for ctx in custom:
+                ctx.faults = old
+        self._use(contexts)
+
     def in_use(self) -> int:
         """Bytes of physical memory in use."""
         stats = self.memory.statistics()
@@ -269,6 +319,7 @@ class World:
         """A phys just allocated (by alloc or make_binding)."""
         self.name(phys)
         self.physes.append(phys)
+        self.largest_phys = max(self.largest_phys, phys.size)
         mark_new(self, phys)
 
     def adopt_res(self, res: avcm.Res) -> None:
@@ -338,9 +389,27 @@ class World:
             self.gate.open()
 
     async def check(self, *, drain: bool = False) -> None:
-        """With nothing in flight: check everything, and if *drain*, release everything and
-        check it is back to baseline."""
+        """With nothing in flight: check everything; then if *drain*, release everything and
+        check it is back to baseline, or else now and then change one context alone and
+        check everything again."""
         self.result.checks["quiescent"] += 1
+        self.check_everything()
+        if drain:
+            self.end_ebb()
+            await self.drain()
+            return
+        changed = await self.change_one_context()
+        if changed is not None:
+            try:
+                self.check_everything()
+            except Violation as violation:
+                raise Violation(
+                    violation.rule,
+                    f"{violation.description} (at a quiescent point, right after {changed}, "
+                    "the other contexts left as they were)",
+                ) from None
+
+    def check_everything(self) -> None:
         check_quiescent(self)
         check_devices(self)
         # data checks too, where nothing is in flight to excuse a view: mid-run, every
@@ -349,8 +418,91 @@ class World:
             self.physes, min(QUIESCENT_DATA_CHECKS, len(self.physes))
         ):
             check_data(self, phys, self.checks_random)
-        if drain:
-            await self.drain()
+
+    async def change_one_context(self) -> str | None:
+        """At a quiescent point: end the last window's ebb, maybe start one for the next
+        (:data:`EBB_CHANCE`), and every :data:`DETACH_EVERY` operations or so destroy one
+        context and build a new one in its place, the others left as they are: what was
+        destroyed, if anything."""
+        rng = self.contexts_random
+        ebb = rng.random() < EBB_CHANCE
+        ctx = rng.choice(self.operated)
+        self.end_ebb()
+        with self.faults_paused():
+            if len(self.contexts) < 2:  # no other context to keep live
+                return None
+            if self.seq >= self.next_detach:
+                self.next_detach = self.seq + rng.randint(DETACH_EVERY // 2, DETACH_EVERY * 3 // 2)
+                # (not a one-to-one context: its memory, contiguous, may not be had again while
+                # its phys bound in other contexts keep the old one's)
+                if not ctx.one_to_one:
+                    await self.detach(ctx)
+                    return f"the harness destroyed {ctx.name} with all it held and built it anew"
+            ticket = rng.randint(1, self.config.check_every)
+            if ebb and self.held_in[ctx.vcm]:  # (one off already has nothing to switch off)
+                await self.start_ebb(ctx, ticket)
+        return None
+
+    async def start_ebb(self, ctx: Context, ticket: int) -> None:
+        """*ctx* ebbs until the next quiescent point: no task activates it, and the operation
+        that takes the next window's *ticket* undoes the one activation left, the harness's,
+        instead of its own."""
+        vcm = ctx.vcm
+        for (task, held), count in list(self.held.items()):
+            if held is vcm and count and task != HARNESS:
+                self.hold(task, vcm, -count)
+                self.hold(HARNESS, vcm, count)
+        for _ in range(self.held[(HARNESS, vcm)] - 1):  # counts only: nothing switches
+            await until_done(vcm.deactivate, f"deactivate of {ctx.name}")
+            self.hold(HARNESS, vcm, -1)
+        self.ebbing[vcm] = ticket
+        self.result.checks["ebbs (one context switched off mid-window)"] += 1
+
+    def end_ebb(self) -> None:
+        """The window ended: every context may be activated again. The activation left of one
+        that did not switch off (the driver failed the deactivate, rule 8, or it was
+        cancelled) goes to task 0's keeping, which releases it as its own: no driver call here,
+        where one could fail."""
+        for vcm in self.ebbing:
+            left = self.held[(HARNESS, vcm)]
+            if left:
+                self.hold(HARNESS, vcm, -left)
+                self.hold(0, vcm, left)
+        self.ebbing.clear()
+
+    def faults_paused(self) -> contextlib.ExitStack:
+        """No injected fault in the block: the harness's own steps must not fail."""
+        stack = contextlib.ExitStack()
+        for ctx in self.contexts:
+            stack.enter_context(ctx.faults_paused())
+        return stack
+
+    async def detach(self, ctx: Context) -> None:
+        """Destroy *ctx* with everything it holds, as a device detached while its users still
+        had it active and bound (its phys bound in other contexts stay), check it left nothing
+        behind, and build a new context in its place (a sample driver's seeded anew)."""
+        with self.faults_paused():
+            await until_done(ctx.vcm.destroy, f"destroy of {ctx.name}")
+        for key in [key for key in self.held if key[1] is ctx.vcm]:
+            del self.held[key]
+        self.held_in.pop(ctx.vcm, None)
+        self.in_flux.pop(ctx.vcm, None)
+        self.device.forget(ctx.vcm)
+        check_detached(self, ctx)
+        self.generations[ctx.name] += 1
+        try:
+            new = await build_context(
+                self.config, self.memory, ctx.kind, ctx.index, self.generations[ctx.name]
+            )
+            if new.vcm in self.by_vcm:
+                raise UsageError(
+                    f"--driver {self.config.driver!r} returned a context still in use: each "
+                    "call must make a new one"
+                )
+        except UsageError as error:  # not a verdict on the driver: the run cannot go on
+            raise NoVerdict(f"building {ctx.name} anew after its destroy", error) from None
+        self._replace([new if other is ctx else other for other in self.contexts])
+        self.result.checks["one context destroyed alone and built anew"] += 1
 
     async def drain(self) -> None:
         """Give back everything the tasks made and prove nothing else is held: a drifting
@@ -359,9 +511,7 @@ class World:
         drain. The contexts then start from cold."""
         seq, since = self.seq, self.drained_at
         when = f"draining at operation {seq}"
-        with contextlib.ExitStack() as stack:
-            for ctx in self.contexts:
-                stack.enter_context(ctx.faults_paused())
+        with self.faults_paused():
             await switch_off_together(self)
             for ctx in self.contexts:  # every context off: no device access reaches memory
                 after_deactivate(self, ctx)
@@ -397,17 +547,7 @@ class World:
                 "(or by the drain's own switching of the contexts off and on, which races them "
                 "too)",
             )
-        contexts = await build_contexts(self.config, self.memory)
-        # --faults of a driver under test: the same hook and random stream go on
-        old = next(
-            (ctx.faults for ctx in self.contexts if isinstance(ctx.faults, DriverFaults)), None
-        )
-        if old is not None:
-            custom = [ctx for ctx in contexts if ctx.kind == "custom"]
-            old.watch(ctx.vcm for ctx in custom)
-            for ctx in custom:
-                ctx.faults = old
-        self._use(contexts)
+        self._replace(await build_contexts(self.config, self.memory))
         self.held.clear()  # every count 0: the drain switched every context off
         self.held_in.clear()
         self.baseline = self.in_use()
@@ -436,6 +576,7 @@ Op = Callable[["World", "TaskState"], Awaitable[tuple[str, str]]]
 class TaskState:
     index: int
     rng: random.Random
+    switch_off: avcm.Vcm | None = None  # the ebbing context its next operation switches off
 
 
 def _pick_context(world: World, task: TaskState) -> Context:
@@ -473,9 +614,17 @@ async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
     return f"{ctx.name} {size:#x} -> {world.name(res)}", "ok"
 
 
+def _wide_size(task: TaskState, ctx: Context) -> int:
+    """Up to half of *ctx*'s address space, log-uniform: as often 1-2 MiB of a 1 GiB space
+    as 256-512 MiB."""
+    widest = max(ctx.vcm.size // 2 // avcm.PAGE_SIZE, 1)
+    high = max(widest >> task.rng.randint(0, 8), 1)
+    return task.rng.randint(-(-high // 2), high) * avcm.PAGE_SIZE
+
+
 async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:
     ctx = _pick_context(world, task)
-    size = _size(task)
+    size = _wide_size(task, ctx) if task.rng.randrange(WIDE_EVERY) == 0 else _size(task)
     try:
         res = await ctx.vcm.reserve(size)
     except avcm.NotSupportedError:
@@ -577,6 +726,8 @@ async def op_free(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
     ctx = _pick_context(world, task)
+    if ctx.vcm in world.ebbing:  # its users stopped activating it for this window
+        raise _Skip
     key = (task.index, ctx.vcm)
     if world.held[key] >= 2:
         return await op_deactivate_ctx(world, task, ctx)
@@ -609,6 +760,22 @@ async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tupl
     return f"{ctx.name} (deactivate)", "ok"
 
 
+async def op_switch_off(world: World, task: TaskState) -> tuple[str, str]:
+    """Undo the one activation left of an ebbing context, the harness's (:meth:`World.start_ebb`),
+    in the middle of a window: it switches off while the other tasks go on."""
+    vcm, task.switch_off = task.switch_off, None
+    ctx = world.by_vcm.get(vcm) if vcm is not None else None
+    if ctx is None or not world.held[(HARNESS, ctx.vcm)]:
+        raise _Skip  # (destroyed, or switched off at the quiescent point before it)
+    with world.switching(ctx.vcm):
+        await ctx.vcm.deactivate()
+    world.hold(HARNESS, ctx.vcm, -1)
+    if ctx.vcm.activations < 0:
+        raise Violation("rule 3", f"deactivate of {ctx.name} underflowed")
+    after_deactivate(world, ctx)
+    return f"{ctx.name} (the harness's last activation)", "ok"
+
+
 async def op_data(world: World, task: TaskState) -> tuple[str, str]:
     """Write a pattern through one view of a phys, read it back through every other view.
 
@@ -635,6 +802,7 @@ OPERATION_FUNCTIONS: dict[str, Op] = {
     "activate": op_activate,
     "deactivate": op_deactivate,
     "data": op_data,
+    "switch_off": op_switch_off,  # (the harness's, never drawn)
 }
 
 # errno the contract allows per operation when tasks race on shared objects.
@@ -652,6 +820,7 @@ ALLOWED: dict[str, set[int]] = {
     "activate": set(),
     "deactivate": set(),
     "data": set(),
+    "switch_off": set(),
 }
 
 
@@ -732,7 +901,13 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     cancel = config.cancel and task.rng.random() < config.cancel
     # Drawn whether used or not, so the random stream does not depend on outcomes.
     cancel_at = task.rng.randrange(1, CANCEL_POINTS + 1)
-    await world.gate.enter()
+    ticket = await world.gate.enter()
+    if world.ebbing:
+        # (by its ticket, not its number: with more tasks than a window has places, operations
+        # numbered in one window start in the next)
+        task.switch_off = next((vcm for vcm, at in world.ebbing.items() if at == ticket), None)
+        if task.switch_off is not None:
+            op = "switch_off"
     world.doing[task.index] = (seq, op)
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = world.clock()
@@ -863,6 +1038,16 @@ async def _run_tasks(world: World) -> None:
                 for index in range(config.tasks):
                     workers.start_soon(_task_loop, world, index, ops, weights)
         _count_warnings(world, caught)
+        world.end_ebb()
+        if world.judging() and world.held_in.total():
+            # what task 0 was given to keep after it ended (an ebb at the last quiescent
+            # point, whose operation never came): the harness's to release
+            world.phase = "the end of the last window"
+            try:
+                with world.faults_paused():
+                    await deactivate_everything(world)
+            except Exception as error:
+                _record(world, error, "the end of the last window", world.seq)
         # the end is a drain too (unless the last window's was): a run shorter than
         # --drain-every still races the contexts' cold starts and checks for leaks
         drained = world.drained_at == world.seq

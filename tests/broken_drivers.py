@@ -219,6 +219,15 @@ class SharedUnit:
       context is active, not whether this context translates;
     * ``leaky_zeroing``: a new table page is zeroed (a sleep) before it is recorded anywhere: an
       activation cancelled there leaks the page.
+
+    And two that only one context changing while another goes on can show:
+
+    * ``early_root_free``: the unit's root table, a page of the memory that every walk reads, is
+      freed when the *first* context is destroyed, not the last; the others walk a free page;
+    * ``stale_clear``: entries are objects the unit recycles (the last one freed is the first
+      one taken again), and a disable "makes sure" the last entry its context cleared is
+      invalid, through a pointer kept since: once another context took that entry for a
+      mapping of its own, which it may while the disable waits for the flush, that mapping dies.
     """
 
     def __init__(
@@ -232,6 +241,8 @@ class SharedUnit:
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
+        early_root_free: bool = False,
+        stale_clear: bool = False,
     ) -> None:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
@@ -239,7 +250,11 @@ class SharedUnit:
         self.early_enable = early_enable
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
-        self.tables: dict[int, dict[int, tuple[int, int]]] = {}  # page -> {index: (pa, order)}
+        self.early_root_free, self.stale_clear = early_root_free, stale_clear
+        self.root_page: int | None = None  # early_root_free's root table
+        self.root_freed = False
+        self.tables: dict[int, dict[int, list[int]]] = {}  # page -> {index: [pa, order, valid]}
+        self.free_entries: list[list[int]] = []
         self.spare: int | None = None
         self.root: int | None = None
         self.root_users = 0
@@ -305,9 +320,33 @@ class SharedUnit:
         self.users = users + delta
         self.powered = self.users > 0
 
+    ROOT_MAGIC = b"rootpage"
+
+    def join(self) -> None:
+        """A context of the unit was made; with ``early_root_free`` the first one makes the
+        unit's root table, in the memory, where each walk reads it."""
+        self.ports += 1
+        if self.early_root_free and self.ports == 1:  # (again after every context left)
+            self.root_page = self.memory.alloc_pages(0)
+            if self.root_page is None:
+                raise avcm.NoMemoryError("shared unit: no page for the root table")
+            self.memory.write(self.root_page, self.ROOT_MAGIC)
+            self.root_freed = False
+
+    def walk_root(self, addr: int) -> None:
+        """Read the root table on the way to *addr*'s entry (``early_root_free`` only)."""
+        root = self.root_page
+        if root is not None and self.memory.read(root, len(self.ROOT_MAGIC)) != self.ROOT_MAGIC:
+            raise drivers.IommuFault(f"unit port: root table gone on the way to {addr:#x}")
+
     def release(self) -> None:
         """A context of the unit was destroyed; the last one gives the spare back."""
         self.ports -= 1
+        if self.early_root_free and not self.root_freed and self.root_page is not None:
+            # the bug: the first context destroyed frees the root, which the last one should
+            # (a new first one makes it again), and the unit goes on with the pointer
+            self.memory.free_pages(self.root_page, 0)
+            self.root_freed = True
         if not self.ports and self.spare is not None:
             self.memory.free_pages(self.spare, 0)
             self.spare = None
@@ -325,10 +364,11 @@ class UnitPort:
 
     def __init__(self, unit: SharedUnit) -> None:
         self.unit = unit
-        unit.ports += 1
+        unit.join()
         self.enabled = False
         self.directory: dict[int, int] = {}  # region -> page-table page
         self.used: dict[int, int] = {}  # region -> entries this context wrote there
+        self.last_cleared: list[int] | None = None  # the entry it cleared last (stale_clear)
 
     async def enable(self, vcm: avcm.Vcm) -> None:
         await self.unit.latency.sleep("enable", self)
@@ -339,6 +379,8 @@ class UnitPort:
         await self.unit.latency.sleep("flush", self)
         await self.unit.power(-1)
         self.enabled = False
+        if self.unit.stale_clear and self.last_cleared is not None:
+            self.last_cleared[2] = 0  # invalid
 
     async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         await self.unit.latency.sleep("pte_write", self)
@@ -347,7 +389,9 @@ class UnitPort:
         if table is None:
             table = await self.unit.take_table()
             self.directory[region] = table
-        self.unit.tables.setdefault(table, {})[vaddr % self.REGION] = (paddr, order)
+        entry = self.unit.free_entries.pop() if self.unit.free_entries else [0, 0, 0]
+        entry[:] = paddr, order, 1
+        self.unit.tables.setdefault(table, {})[vaddr % self.REGION] = entry
         self.used[region] = self.used.get(region, 0) + 1
         if self.unit.racy_root:  # the only flag whose unit keeps a root table
             await self.unit.use_root(+1)
@@ -356,7 +400,10 @@ class UnitPort:
         await self.unit.latency.sleep("pte_clear", self)
         region = vaddr // self.REGION
         table = self.directory[region]
-        self.unit.tables.get(table, {}).pop(vaddr % self.REGION, None)
+        entry = self.unit.tables.get(table, {}).pop(vaddr % self.REGION, None)
+        if entry is not None:
+            self.unit.free_entries.append(entry)
+            self.last_cleared = entry
         self.used[region] -= 1
         if not self.used[region]:
             del self.used[region], self.directory[region]
@@ -371,7 +418,8 @@ class UnitPort:
         return [
             (region * self.REGION + index, paddr, order)
             for region, table in self.directory.items()
-            for index, (paddr, order) in self.unit.tables.get(table, {}).items()
+            for index, (paddr, order, valid) in self.unit.tables.get(table, {}).items()
+            if valid
         ]
 
     def hardware_active(self) -> bool:
@@ -385,6 +433,7 @@ class UnitPort:
     def _translate(self, addr: int) -> int:
         if self.unit.racy_root and self.unit.root is None:
             raise drivers.IommuFault(f"unit port: no root table for {addr:#x}")
+        self.unit.walk_root(addr)
         if self.enabled and self.unit.powered:
             for vaddr, paddr, order in self._entries():
                 if vaddr <= addr < vaddr + (avcm.PAGE_SIZE << order):
@@ -456,6 +505,58 @@ def shared_unit_power_as_active(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_leaky_zeroing(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "leaky_zeroing")
+
+
+def shared_unit_early_root_free(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "early_root_free")
+
+
+def shared_unit_stale_clear(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "stale_clear")
+
+
+class AliasingPageTable(drivers.PageTableMmu):
+    """A two-level walk whose first-level index is masked to 6 bits: 64 second-level tables of
+    2 MiB, 128 MiB, in a 1 GiB space. Device addresses 128 MiB apart share a second-level table,
+    so a device reaches, at one, what the other maps at the same offset (or faults once the
+    other's table went). Its bookkeeping (``hardware_mappings``) is right: only a device access
+    far enough from the others shows it."""
+
+    TABLE = 2 << 20
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="aliasing")
+        self.tables: dict[int, dict[int, tuple[int, int]]] = {}  # slot -> {offset: (pa, size)}
+
+    def _slot(self, vaddr: int) -> int:
+        return (vaddr // self.TABLE) & 63
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().activate_page(vaddr, paddr, order, vcm)
+        table = self.tables.setdefault(self._slot(vaddr), {})
+        table[vaddr % self.TABLE] = (paddr, avcm.PAGE_SIZE << order)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        slot = self._slot(vaddr)
+        table = self.tables.get(slot, {})
+        table.pop(vaddr % self.TABLE, None)
+        if not table:
+            self.tables.pop(slot, None)
+
+    def translate(self, addr: int) -> int:
+        table = self.tables.get(self._slot(addr)) if self.enabled else None
+        if table is not None:
+            offset = addr % self.TABLE
+            for size in self._sizes:
+                entry = table.get(offset & -size)
+                if entry is not None and entry[1] == size:
+                    return entry[0] + offset % size
+        raise drivers.IommuFault(f"{self.name}: device access at {addr:#x} faulted")
+
+
+def aliasing(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, AliasingPageTable(memory), memory=memory)
 
 
 class SelfWalkingMmu:

@@ -422,8 +422,11 @@ def default_run(request: pytest.FixtureRequest) -> stress.RunResult:
 
 def test_quiescent_checks_counted_when_run(default_run: stress.RunResult) -> None:
     checks = default_run.checks
-    # every check of the quiescent state (the final one too) looks at each context's count once
-    assert checks["rule 3 count"] == 3 * (checks["quiescent"] + checks["final"])
+    # every check of the quiescent state (the final one too, and the one again after a context
+    # was destroyed alone) looks at each context's count once
+    again = checks["one context destroyed alone and built anew"]
+    assert again >= 1
+    assert checks["rule 3 count"] == 3 * (checks["quiescent"] + checks["final"] + again)
 
 
 def test_a_run_result_repr_is_a_summary_not_its_trace(default_run: stress.RunResult) -> None:
@@ -568,6 +571,7 @@ def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
     # repr (its cancel scope's address), so its replay said "not reproduced"
     driver = ["--driver", "tests.tricky_drivers:yielding_flaky_teardown"]
     args = ["--backend", backend, "--cancel", "0.3", "--tasks", "3", "--ops", "2000"]
+    args += ["--seed", "3"]  # (on others a drain's deactivate fails 100 times first)
     status, out, _ = run_stress(capsys, *driver, *args, "--trace-dir", str(tmp_path))
     assert status == 4, out
     assert re.search(

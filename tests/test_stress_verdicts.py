@@ -24,11 +24,12 @@ import avcm
 import drivers
 import stress
 from avcm.testing import run_on_virtual_time
-from stress._config import StressConfig
+from stress._config import DRIVER_DEFAULT_CONTEXTS, StressConfig
 from stress._contexts import Context
 from stress._device import after_binding, after_unmapping
 from stress._invariants import Violation, check_data
 from stress._workload import World
+from tests import tricky_drivers
 from tests.broken_drivers import LateEdgePageTable, StaleIotlbPageTable
 
 BACKENDS = ["asyncio", "trio"]
@@ -200,7 +201,7 @@ _TRACE_SCRIPT = """
 import json, sys
 ballast = [bytearray(int(sys.argv[2])) for _ in range(int(sys.argv[1]))]  # another heap
 import stress
-from stress._config import StressConfig
+from stress._config import DRIVER_DEFAULT_CONTEXTS, StressConfig
 config = StressConfig(**json.loads(sys.argv[3]))
 result = stress.run(config)
 print(json.dumps([[o.task, o.op, o.target, o.result] for o in result.trace]))
@@ -313,6 +314,14 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("self_walking_short_tail", {"rule 4"}),
         # large pages left mapped once more reservations are live than the driver remembers
         ("self_walking_forgetful", {"rule 4"}),
+        # a walk that aliases device addresses 128 MiB apart: wide reservations reach them
+        ("aliasing", {"rule 4"}),
+        # the first context destroyed frees a root table the other still walks: a context is
+        # destroyed alone now and then, the others left live
+        ("shared_unit_early_root_free", {"rule 4"}),
+        # a disable that writes through a stale pointer into an entry another context took
+        # since: a context ebbs, and switches off in the middle of a window
+        ("shared_unit_stale_clear", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -361,6 +370,67 @@ def test_correct_shared_unit_passes(backend: str) -> None:
     assert result.violation is None, result.violation
     # at operation 2,000 and at the end
     assert result.checks["drain"] == 2 and result.checks["device probes"] > 0
+
+
+# -- one context changing while the others go on ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
+def test_a_context_switches_off_and_one_is_destroyed_while_the_others_go_on(
+    backend: str, tasks: int
+) -> None:
+    config = StressConfig(
+        backend=backend,
+        tasks=tasks,
+        ops=4000,
+        driver="tests.broken_drivers:shared_unit",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+    result = stress.run(config)
+    assert result.violation is None and result.no_verdict is None, result.violation
+    # a context ebbs at one quiescent point in four (if it is on), and the harness's operation
+    # switching it off comes in the middle of the next window
+    ebbs = result.checks["ebbs (one context switched off mid-window)"]
+    assert ebbs >= 5
+    switched = [o for o in result.trace if o.op == "switch_off" and o.result == "ok"]
+    assert len(switched) >= ebbs // 2
+    # about every 2,000 operations a context is destroyed with what it holds, built anew, and
+    # everything checked again
+    assert result.checks["one context destroyed alone and built anew"] >= 1
+    assert result.checks["rule 9 destroyed alone"] >= 1
+    assert result.warnings["destroy:"] >= 1  # (destroying with everything in it warns)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_addresses_far_apart_are_in_use(backend: str) -> None:
+    config = StressConfig(
+        backend=backend,
+        ops=10_000,
+        driver="tests.tricky_drivers:spanning",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+    tricky_drivers.SPAN[:] = [1 << 64, 0]
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    # of the 1 GiB space: the small reservations stay within some 35-60 MiB of its top, the
+    # wide ones do not (over seeds 0-3 on both backends: 272-871 MiB)
+    low, high = tricky_drivers.SPAN
+    assert high - low >= 256 << 20, (hex(low), hex(high))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_factory_failing_to_build_a_context_anew_is_no_verdict(
+    tmp_path: Path, backend: str
+) -> None:
+    report = tmp_path / "report.json"
+    args = ["--backend", backend, "--ops", "4000", "--json", str(report), "--quiet"]
+    args += ["--trace-dir", str(tmp_path), "--driver", "tests.tricky_drivers:fails_third_time"]
+    assert stress.main(args) == 4
+    record = json.loads(report.read_text())
+    assert record["violation"] is None
+    said = record["no_verdict"]
+    assert re.search(r"building custom\d anew after its destroy: .*no third unit", said), said
 
 
 def test_drain_every_is_an_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -355,3 +355,36 @@ def busy_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def retrying(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Retrying(memory), memory=memory)
+
+
+class _Spanning(PageTableMmu):
+    """The sample page tables, recording the lowest and highest device address mapped in
+    :data:`SPAN`."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="spanning")
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().activate_page(vaddr, paddr, order, vcm)
+        SPAN[0] = min(SPAN[0], vaddr)
+        SPAN[1] = max(SPAN[1], vaddr)
+
+
+# the lowest and highest device address any spanning context mapped (a test resets it)
+SPAN = [1 << 64, 0]
+
+
+def spanning(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Spanning(memory), memory=memory)
+
+
+_MADE: weakref.WeakKeyDictionary[avcm.PhysicalMemory, int] = weakref.WeakKeyDictionary()
+
+
+def fails_third_time(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A factory that makes two contexts on a memory and fails to make a third (not a verdict
+    on the driver: a run that needs a third cannot go on)."""
+    _MADE[memory] = made = _MADE.get(memory, 0) + 1
+    if made > 2:
+        raise OSError(errno.ENODEV, "no third unit on this board")
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Honest(memory), memory=memory, name="twice")
