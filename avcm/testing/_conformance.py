@@ -30,7 +30,17 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .. import PAGE_SIZE, InvalidError, Phys, PhysicalMemory, Res, Vcm, VcmError, VcmWarning
+from .. import (
+    PAGE_SIZE,
+    InvalidError,
+    NotSupportedError,
+    Phys,
+    PhysicalMemory,
+    Res,
+    Vcm,
+    VcmError,
+    VcmWarning,
+)
 from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook, undo_failures
 from ._clock import run_on_virtual_time
 from ._errors import ConformanceFailure
@@ -783,6 +793,73 @@ async def _contexts_apart(run: Run, *vcms: Vcm) -> None:
             touched[vcm] = list(vcm.reservations())
 
 
+async def _detached(run: Run, first: Vcm, second: Vcm) -> None:
+    """Two contexts of one driver on one memory, both active and bound; the first is destroyed
+    with everything in it (a device detached) while the second goes on: hardware they share
+    (a root table, a usage count, page-table pages) must keep the second whole, active in the
+    hardware and reaching all its memory, and the first must leave nothing behind."""
+    for vcm in (first, second):
+        await vcm.make_binding(8 * KiB)
+        await vcm.make_binding(68 * KiB)
+        await vcm.activate()
+
+    async def detach() -> None:
+        await _until_done(first.destroy)
+        _expect_state(second)
+
+    async def go_on() -> None:
+        for _ in range(2):
+            _probe(*_bound(second))
+            res = await second.make_binding(12 * KiB)
+            _probe((second, res))
+            start, size = res.start, res.res_size
+            await res.destroy_binding()
+            _expect_gone(second, start, size, "after destroy_binding returned")
+
+    _raise_unexpected(await run.concurrently(detach, go_on), set())
+    check_quiescent([second])
+    _probe(*_bound(second))
+    await second.deactivate()
+    check_quiescent([second])
+
+
+async def _far_apart(run: Run, vcm: Vcm) -> None:
+    """Bindings far apart in one context: one at the top of its address space, then at the
+    start of reservations of half of what is left, a quarter... down to its bottom (a page
+    table that aliases distant addresses, an index masked too narrowly or a truncated address
+    shows). Each reaches its own memory while all are live, and what is unbound is gone while
+    the others stay whole. Nothing races (one task): the suite runs it until its schedules
+    repeat."""
+
+    async def spread() -> None:
+        top = await vcm.make_binding(8 * KiB)
+        far: list[Res] = []
+        left = vcm.size - top.res_size
+        while left >= 2 * MiB:
+            try:
+                res = await vcm.reserve(left // 2)
+            except NotSupportedError:
+                return  # a one-to-one context: device addresses are the memory's own
+            far.append(res)
+            left -= res.res_size
+            await res.bind(await vcm.alloc(8 * KiB))
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8); the bindings go with destroy
+        check_quiescent([vcm])
+        _probe(*_bound(vcm))
+        for res in far[::2]:  # every other one, the others left whole
+            start = res.start
+            phys = await res.unbind()
+            if phys is not None:
+                await phys.free()
+            _expect_gone(vcm, start, 8 * KiB, "after unbind returned")
+        check_quiescent([vcm])
+        _probe(*_bound(vcm))
+        await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(spread), set())
+
+
 async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     """One phys mapped twice in one context and once in another, while active or not: a
     device write through any mapping reads back through every other one and is in the memory
@@ -1005,6 +1082,18 @@ _SPECS: dict[str, _Spec] = {
         _contexts_apart,
         contexts=3,
     ),
+    "detached": _Spec(
+        "rules 4, 9",
+        "a context destroyed with all it holds while another goes on: that one stays whole",
+        _detached,
+        contexts=2,
+    ),
+    "far_apart": _Spec(
+        "rule 4",
+        "bindings from the top of the address space to its bottom: each reaches its memory",
+        _far_apart,
+        until_covered=2,
+    ),
     "one_phys_many_views": _Spec(
         "rule 4",
         "one phys mapped in two contexts, twice in one: every view reaches the same bytes",
@@ -1090,7 +1179,8 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
 
         async def destroy() -> None:
             for vcm in vcms:
-                await _until_done(vcm.destroy)
+                if not vcm.destroyed:  # (a scenario may destroy one itself)
+                    await _until_done(vcm.destroy)
 
         with warnings.catch_warnings():
             # the races provoke the kernel's WARN_ON cases (unbind of an unbound res...)
