@@ -133,7 +133,7 @@ DETACH_EVERY = 2000
 # reservations best fit at the top of the space, and the pools are bounded, so without these a
 # run's device addresses stay within some tens of MiB, and a page table that aliases addresses
 # far apart (an index masked too narrowly, a truncated address) never shows.
-WIDE_EVERY = 16
+WIDE_EVERY = 8
 
 _UNDO = {"alloc": "free", "make_binding": "destroy_binding", "reserve": "unreserve", "map": "unmap"}
 
@@ -481,8 +481,7 @@ class World:
         """Destroy *ctx* with everything it holds, as a device detached while its users still
         had it active and bound (its phys bound in other contexts stay), check it left nothing
         behind, and build a new context in its place (a sample driver's seeded anew)."""
-        with self.faults_paused():
-            await until_done(ctx.vcm.destroy, f"destroy of {ctx.name}")
+        await until_done(ctx.vcm.destroy, f"destroy of {ctx.name}")
         for key in [key for key in self.held if key[1] is ctx.vcm]:
             del self.held[key]
         self.held_in.pop(ctx.vcm, None)
