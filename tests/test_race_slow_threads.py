@@ -2113,3 +2113,91 @@ def inspect_answer_line(trio: Any) -> int:
 
     lines, first = inspect.getsourcelines(trio._threads._send_message_to_trio)
     return first + next(i for i, line in enumerate(lines) if "queue.get()" in line)
+
+
+async def stream_to_a_thread_whose_caller_is_cancelled(run: testing.Run, *, by: str) -> None:
+    """A task sends items to a worker thread, which receives them with
+    ``from_thread.run(receive.receive)``; the thread's caller (not abandoned on cancel) is
+    cancelled meanwhile, *by* the thread itself before it receives, or by a deadline that
+    falls due while the thread sleeps between two receives (with ``slow_threads``). anyio on
+    asyncio puts each call back in the caller's cancelled scope without ever cancelling it,
+    and a memory stream's send passes a receiver with a cancellation pending over: the
+    call back waits for ever, and so does a plain run (a lost wake-up). trio cancels the call
+    back: the thread's call raises, and the run ends."""
+    send, receive = anyio.create_memory_object_stream[int](math.inf)
+    scope = anyio.CancelScope()
+
+    def consumer() -> None:
+        if by == "thread":
+            anyio.from_thread.run_sync(scope.cancel)
+        try:
+            while True:
+                anyio.from_thread.run(receive.receive)
+                time.sleep(0.001)
+        except anyio.EndOfStream:
+            pass
+
+    async def producer() -> None:
+        with send:
+            for item in range(2):
+                await anyio.sleep(0.01)
+                await send.send(item)
+
+    async def caller() -> None:
+        with scope:
+            if by == "deadline":
+                scope.deadline = anyio.current_time() + 0.005
+            await anyio.to_thread.run_sync(consumer)
+
+    await run.concurrently(producer, caller)
+
+
+LOST_WAKE_UP = """
+import sys
+sys.path.insert(0, {tests!r})
+from functools import partial
+from avcm import testing
+from test_race_slow_threads import stream_to_a_thread_whose_caller_is_cancelled
+
+result = testing.explore(
+    partial(stream_to_a_thread_whose_caller_is_cancelled, by={by!r}),
+    strategy=testing.{strategy},
+    schedules=20,
+    backend={backend!r},
+    limits=testing.Limits(thread_timeout=2),
+)
+print(type(result.failure.error).__name__ if result.failure else "passed")
+if result.failure:
+    print(result.failure.report())
+"""
+
+
+@pytest.mark.parametrize(
+    ("by", "strategy"),
+    [("thread", "PCT(0)"), ("deadline", "PCT(0, slow_threads=1)")],
+    ids=["cancelled-by-the-thread", "deadline-while-the-thread-sleeps"],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_back_that_waits_for_ever_under_a_cancelled_caller_is_reported(
+    backend: str, by: str, strategy: str
+) -> None:
+    # asyncio: the run found the deadlock, then cancelled its tasks and waited for them; the
+    # caller waited for its thread, the thread for its call back, and the call back for a
+    # wake-up that never comes: the exploration hung, past thread_timeout (in a process of
+    # its own here, so that a hang fails the test instead of hanging it)
+    code = LOST_WAKE_UP.format(
+        tests=os.path.dirname(__file__), by=by, strategy=strategy, backend=backend
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    verdict, _, report = done.stdout.partition("\n")
+    if backend == "trio":
+        assert verdict == "passed", report
+        return
+    assert verdict == "DeadlockError", report
+    words = " ".join(report.split())  # (the report wraps its lines)
+    assert "call back into the loop (from_thread.run) waits in" in words
+    assert "MemoryObjectReceiveStream.receive" in words
+    assert "a wake-up lost" in words
