@@ -2287,14 +2287,20 @@ class _TrioIO:
                 busy, wait = False, 0.0
             if unlooked and queue.ready():
                 # a task held till a poll found threads whose caller left handed in what they
-                # have runs first; what they handed in comes in when no task can run
+                # have runs first; what they handed in comes in when no task can run, or when
+                # the tasks only spin (the spin rule asked for this poll: as if none could
+                # run, as on asyncio; else a task always runnable kept it out for ever)
+                if asked:
+                    queue.let_in()
                 wait = 0
             elif unlooked and queue.orphans_unlooked():
                 # this poll found one at work: it is waited for, and what it hands in
                 # meanwhile is looked at by the next poll, which lets that task run first;
                 # let in now, it came in before that task's step or after it as fast as the
-                # thread was
+                # thread was (and the spin rule's request waits for that poll, as fast)
                 wait = queue.thread_poll(wait)
+                queue.wait_io = queue.wait_io or asked
+                asked = False
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
