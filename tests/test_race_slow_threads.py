@@ -2032,22 +2032,14 @@ async def poll_for_an_orphan(run: testing.Run, *, steps: list[int]) -> None:
         steps.append(run.steps)
 
 
-@pytest.mark.parametrize(
-    ("backend", "schedules"),
-    [
-        ("asyncio", 20),
-        # (open: letting it in after the tasks runnable at the look had a step fixed this,
-        # but made nd_orphan-like runs "not deterministic" in 4 of 10 processes; backed out.
-        # Trio schedules from the sixth on take seconds each: ten show it.)
-        pytest.param("trio", 10, marks=pytest.mark.xfail(strict=True, reason="D2 open on trio")),
-    ],
-)
-def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(
-    backend: str, schedules: int
-) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(backend: str) -> None:
     # trio: what an orphan handed in came in only when no task could run, and the poller
-    # always could: each call back waited for the spin rule, ~10000 steps a run, 2-3 s a
-    # schedule, and now and then a false StepBudgetError
+    # always could; the spin rule's poll did not let it in either (the poller, held till
+    # that poll looked at the orphan, ran first): ~10000 steps a run, 2-3 s a schedule
+    # from the sixth on, and a false StepBudgetError whenever the caller's deadline could
+    # beat the thread (an outside attack: every time)
+    schedules = 20
     steps: list[int] = []
     result = testing.explore(
         partial(poll_for_an_orphan, steps=steps),
@@ -2058,6 +2050,64 @@ def test_a_task_always_runnable_does_not_keep_an_orphans_calls_back_out(
     assert result.failure is None, result.failure.report()
     assert result.schedules == schedules
     assert max(steps) < 1000
+
+
+async def poll_for_what_an_orphan_sets(run: testing.Run, *, checkpoint: bool) -> None:
+    """A correct program: a caller gives up on its thread (abandoned on cancel) after 2 ms;
+    the thread sleeps 4 ms, then sets a flag through ``from_thread.run_sync``; another task
+    polls for the flag with ``sleep(0)`` (or ``checkpoint()``), and stops if the caller left
+    before the thread began (a cancellation injected before the call)."""
+    state = {"set": False, "began": False, "left": False}
+
+    def work() -> None:
+        state["began"] = True
+        time.sleep(0.004)
+        anyio.from_thread.run_sync(state.__setitem__, "set", True)
+
+    async def caller() -> None:
+        try:
+            with anyio.move_on_after(0.002):
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        finally:
+            state["left"] = True
+
+    async def poller() -> None:
+        while not state["set"] and not (state["left"] and not state["began"]):
+            if checkpoint:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.sleep(0)  # noqa: ASYNC115 - the attack's poll: trio.sleep's path
+
+    for outcome in await run.concurrently(caller, poller):
+        if not outcome.cancelled:
+            outcome.unwrap()
+
+
+ORPHAN_BEATEN = {
+    "pct-slow2": lambda: testing.PCT(1, slow_threads=2),
+    "pct-cancel1": lambda: testing.PCT(1, cancel=1),
+    "exhaustive1-slow1": lambda: testing.Exhaustive(1, slow_threads=1),
+}
+
+
+@pytest.mark.parametrize("strategy", list(ORPHAN_BEATEN))
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["sleep0", "checkpoint"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_poll_for_what_an_orphan_sets_is_no_livelock(
+    backend: str, checkpoint: bool, strategy: str
+) -> None:
+    # trio: the orphan's call back never came in while the poller could run, and it always
+    # could: a false StepBudgetError (livelock) in every exploration whose caller's deadline
+    # could beat the thread (an outside attack, attack15: schedule 0 of PCT(1,
+    # slow_threads=2), 15 of Exhaustive(1, slow_threads=1), 3 of PCT(1, cancel=1))
+    result = testing.explore(
+        partial(poll_for_what_an_orphan_sets, checkpoint=checkpoint),
+        strategy=ORPHAN_BEATEN[strategy](),
+        schedules=20,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 20
 
 
 def test_a_thread_in_trios_call_back_before_it_handed_its_request_over_is_at_work() -> None:
@@ -2113,3 +2163,91 @@ def inspect_answer_line(trio: Any) -> int:
 
     lines, first = inspect.getsourcelines(trio._threads._send_message_to_trio)
     return first + next(i for i, line in enumerate(lines) if "queue.get()" in line)
+
+
+async def stream_to_a_thread_whose_caller_is_cancelled(run: testing.Run, *, by: str) -> None:
+    """A task sends items to a worker thread, which receives them with
+    ``from_thread.run(receive.receive)``; the thread's caller (not abandoned on cancel) is
+    cancelled meanwhile, *by* the thread itself before it receives, or by a deadline that
+    falls due while the thread sleeps between two receives (with ``slow_threads``). anyio on
+    asyncio puts each call back in the caller's cancelled scope without ever cancelling it,
+    and a memory stream's send passes a receiver with a cancellation pending over: the
+    call back waits for ever, and so does a plain run (a lost wake-up). trio cancels the call
+    back: the thread's call raises, and the run ends."""
+    send, receive = anyio.create_memory_object_stream[int](math.inf)
+    scope = anyio.CancelScope()
+
+    def consumer() -> None:
+        if by == "thread":
+            anyio.from_thread.run_sync(scope.cancel)
+        try:
+            while True:
+                anyio.from_thread.run(receive.receive)
+                time.sleep(0.001)
+        except anyio.EndOfStream:
+            pass
+
+    async def producer() -> None:
+        with send:
+            for item in range(2):
+                await anyio.sleep(0.01)
+                await send.send(item)
+
+    async def caller() -> None:
+        with scope:
+            if by == "deadline":
+                scope.deadline = anyio.current_time() + 0.005
+            await anyio.to_thread.run_sync(consumer)
+
+    await run.concurrently(producer, caller)
+
+
+LOST_WAKE_UP = """
+import sys
+sys.path.insert(0, {tests!r})
+from functools import partial
+from avcm import testing
+from test_race_slow_threads import stream_to_a_thread_whose_caller_is_cancelled
+
+result = testing.explore(
+    partial(stream_to_a_thread_whose_caller_is_cancelled, by={by!r}),
+    strategy=testing.{strategy},
+    schedules=20,
+    backend={backend!r},
+    limits=testing.Limits(thread_timeout=2),
+)
+print(type(result.failure.error).__name__ if result.failure else "passed")
+if result.failure:
+    print(result.failure.report())
+"""
+
+
+@pytest.mark.parametrize(
+    ("by", "strategy"),
+    [("thread", "PCT(0)"), ("deadline", "PCT(0, slow_threads=1)")],
+    ids=["cancelled-by-the-thread", "deadline-while-the-thread-sleeps"],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_back_that_waits_for_ever_under_a_cancelled_caller_is_reported(
+    backend: str, by: str, strategy: str
+) -> None:
+    # asyncio: the run found the deadlock, then cancelled its tasks and waited for them; the
+    # caller waited for its thread, the thread for its call back, and the call back for a
+    # wake-up that never comes: the exploration hung, past thread_timeout (in a process of
+    # its own here, so that a hang fails the test instead of hanging it)
+    code = LOST_WAKE_UP.format(
+        tests=os.path.dirname(__file__), by=by, strategy=strategy, backend=backend
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    verdict, _, report = done.stdout.partition("\n")
+    if backend == "trio":
+        assert verdict == "passed", report
+        return
+    assert verdict == "DeadlockError", report
+    words = " ".join(report.split())  # (the report wraps its lines)
+    assert "call back into the loop (from_thread.run) waits in" in words
+    assert "MemoryObjectReceiveStream.receive" in words
+    assert "a wake-up lost" in words

@@ -657,6 +657,7 @@ class Run:
                     failure = error
                     queue.release_all()
                     group.cancel_scope.cancel()
+                    await self._wind_down(tasks)
             try:
                 await self._outlive()
             except BaseException as error:
@@ -714,6 +715,38 @@ class Run:
                 task.done = True
                 queue.forget(task)
                 self._notify()
+
+    async def _wind_down(self, tasks: Sequence[_Task]) -> None:
+        """The run failed and its tasks were cancelled: wait until they ended, as the task
+        group will. A task cancelled while its worker thread works (a call not abandoned on
+        cancel) still waits for the thread, and the thread may wait in a call back into the
+        loop that waits for ever (:meth:`_Queue.calls_back_waiting`: anyio on asyncio loses
+        a wake-up so, and a plain run hangs there). Whenever nothing moved for
+        ``idle_timeout`` with no timer pending and no thread at work, such calls back are
+        cancelled (the thread's call raises, and its own code decides what it does then):
+        else the run would never end, and the failure found would never be reported. A task
+        that waits for ever otherwise (a shielded wait of its own) is left to the task
+        group."""
+        queue = self._queue
+        assert queue is not None and self.idle_timeout is not None
+        # (shielded: the controller's own cancellation, one cause of the failure, must not
+        # end this wait early; the task group would wait for the same tasks anyway)
+        with anyio.CancelScope(shield=True):
+            while not all(task.done for task in tasks):
+                self._wake = wake = anyio.Event()
+                self._idle_deadline = anyio.current_time() + self.idle_timeout
+                with anyio.CancelScope(deadline=self._idle_deadline):
+                    await wake.wait()
+                    continue
+                self._wake = self._idle_deadline = None
+                if _next_deadline() is not None or queue.threads_busy():
+                    continue
+                stuck = queue.calls_back_waiting()
+                if not stuck:
+                    return
+                for native in stuck:
+                    native.cancel()
+            self._wake = self._idle_deadline = None
 
     async def _outlive(self) -> None:
         """Once the tasks ended: wait until the worker threads whose calls they abandoned on
@@ -1316,6 +1349,21 @@ class Run:
                 operation, checkpoint = _where(task.native_coro())
                 where = f"{operation} {checkpoint}" if operation else checkpoint
                 lines.append(f"  task {task.index} ({task.name}) waits in {where}")
+        assert self._queue is not None
+        for native in self._queue.calls_back_waiting():
+            frames = _await_frames(_coro_of(native))
+            called = _qualname(frames[1]) if len(frames) > 1 else "?"
+            line = (
+                f"  a worker thread's call back into the loop (from_thread.run) waits in {called}"
+            )
+            if _cancellation_never_delivered(native):
+                line += (
+                    ": it runs in its thread's caller's cancel scope, cancelled before the "
+                    "call began, and anyio on asyncio never delivers that cancellation to "
+                    "it, while its primitives pass a task with a cancellation pending over "
+                    "(a memory stream's send): a wake-up lost, which hangs a plain run too"
+                )
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -1343,6 +1391,32 @@ def _spins_for_ever(native: Any) -> bool:
             return False
         scope = scope._parent_scope
     return False
+
+
+def _runs_a_call_back(native: Any) -> bool:
+    """Whether an asyncio task runs a worker thread's call back into the loop (anyio's
+    ``from_thread.run``, its ``task_wrapper``): the thread blocks till it ends."""
+    frame = getattr(_coro_of(native), "cr_frame", None)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "task_wrapper"
+        and frame.f_globals.get("__name__") == "anyio._backends._asyncio"
+    )
+
+
+def _cancellation_never_delivered(native: Any) -> bool:
+    """Whether anyio on asyncio takes an asyncio task for cancelled (its cancel scope is)
+    that is not being cancelled: asyncio will not raise in it (its scope's cancellation
+    was delivered, and ended, before the task joined the scope: a thread's call back,
+    which anyio puts in the scope of the thread's caller)."""
+    module = sys.modules.get("anyio._backends._asyncio")
+    state = getattr(module, "_task_states", {}).get(native)
+    scope = getattr(state, "cancel_scope", None)
+    return (
+        bool(getattr(scope, "_effectively_cancelled", False))
+        and getattr(scope, "_cancel_handle", None) is None
+        and not getattr(native, "_must_cancel", False)
+    )
 
 
 def _cycle(trail: Sequence[object]) -> int | None:
@@ -1684,6 +1758,13 @@ class _Queue:
         """What a task of the event loop waits on (None: it is runnable or running): an
         object that stays the same for as long as that one wait lasts."""
         raise NotImplementedError
+
+    def calls_back_waiting(self) -> list[Any]:
+        """The tasks of the loop (outside control) that run a worker thread's call back into
+        it and wait, in the order they were first scheduled: the thread waits for them.
+        (asyncio only: trio runs such a call in its caller's task, or in its system nursery
+        for a call abandoned on cancel.)"""
+        return []
 
     def threads_busy(self) -> bool:
         """Whether a worker thread is at work: a task, controlled or not, waits in anyio's or
@@ -2206,14 +2287,20 @@ class _TrioIO:
                 busy, wait = False, 0.0
             if unlooked and queue.ready():
                 # a task held till a poll found threads whose caller left handed in what they
-                # have runs first; what they handed in comes in when no task can run
+                # have runs first; what they handed in comes in when no task can run, or when
+                # the tasks only spin (the spin rule asked for this poll: as if none could
+                # run, as on asyncio; else a task always runnable kept it out for ever)
+                if asked:
+                    queue.let_in()
                 wait = 0
             elif unlooked and queue.orphans_unlooked():
                 # this poll found one at work: it is waited for, and what it hands in
                 # meanwhile is looked at by the next poll, which lets that task run first;
                 # let in now, it came in before that task's step or after it as fast as the
-                # thread was
+                # thread was (and the spin rule's request waits for that poll, as fast)
                 wait = queue.thread_poll(wait)
+                queue.wait_io = queue.wait_io or asked
+                asked = False
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
@@ -3112,6 +3199,15 @@ class _AsyncioQueue(_Queue):
         assert self.readyq is not None
         iteration = self.readyq.iteration
         return [task for task in self.held() if _live(task) and task.held_at < iteration]
+
+    def calls_back_waiting(self) -> list[Any]:
+        waiting = [
+            native
+            for native in self.native_tasks()
+            if self.waiting_on(native) is not None and _runs_a_call_back(native)
+        ]
+        # (the loop's set of tasks iterates in an order memory addresses decide)
+        return sorted(waiting, key=lambda native: self.births.get(native, sys.maxsize))
 
     def cancel_runaways(self) -> None:
         for native in self.asyncio.all_tasks(self.loop):
