@@ -614,11 +614,12 @@ async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:
 
 
 def _wide_size(task: TaskState, ctx: Context) -> int:
-    """Up to half of *ctx*'s address space, log-uniform: as often 1-2 MiB of a 1 GiB space
-    as 256-512 MiB."""
-    widest = max(ctx.vcm.size // 2 // avcm.PAGE_SIZE, 1)
-    high = max(widest >> task.rng.randint(0, 8), 1)
-    return task.rng.randint(-(-high // 2), high) * avcm.PAGE_SIZE
+    """A power of two, from 2 MiB to half of *ctx*'s address space, each as often. Best fit
+    puts it right below the lowest reservation of the run, so that a phys bound at its start
+    and that reservation are exactly a power of two apart: where a walk with an index masked
+    too narrowly, or a truncated address, aliases them."""
+    widest = max(ctx.vcm.size // 2 // avcm.PAGE_SIZE, 1).bit_length() - 1
+    return avcm.PAGE_SIZE << task.rng.randint(min(9, widest), widest)
 
 
 async def op_reserve(world: World, task: TaskState) -> tuple[str, str]:

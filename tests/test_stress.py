@@ -568,16 +568,23 @@ def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
 ) -> None:
     # Reported (attack13): on asyncio the text of such a no verdict held the cancellation's
-    # repr (its cancel scope's address), so its replay said "not reproduced"
+    # repr (its cancel scope's address), so its replay said "not reproduced". (On some seeds a
+    # drain's deactivate fails 100 times in a row first, another no verdict: the first seed
+    # whose run meets a failed undo is taken.)
     driver = ["--driver", "tests.tricky_drivers:yielding_flaky_teardown"]
     args = ["--backend", backend, "--cancel", "0.3", "--tasks", "3", "--ops", "2000"]
-    args += ["--seed", "3"]  # (on others a drain's deactivate fails 100 times first)
-    status, out, _ = run_stress(capsys, *driver, *args, "--trace-dir", str(tmp_path))
-    assert status == 4, out
-    assert re.search(
-        r"NO VERDICT from operation \d+: \w+: avcm's undo of (CancelledError|Cancelled) ", out
-    ), out
-    (trace,) = tmp_path.glob("*.trace.json")
+    undo = r"NO VERDICT from operation \d+: \w+: avcm's undo of (CancelledError|Cancelled) "
+    for seed in range(8):
+        trace_dir = tmp_path / str(seed)
+        status, out, _ = run_stress(
+            capsys, *driver, *args, "--seed", str(seed), "--trace-dir", str(trace_dir)
+        )
+        assert status == 4, out
+        if re.search(undo, out):
+            break
+    else:
+        raise AssertionError(f"no seed of 8 met a failed undo: {out}")
+    (trace,) = trace_dir.glob("*.trace.json")
     status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
     assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
 
