@@ -733,13 +733,7 @@ class Run:
         # end this wait early; the task group would wait for the same tasks anyway)
         with anyio.CancelScope(shield=True):
             while not all(task.done for task in tasks):
-                self._wake = wake = anyio.Event()
-                self._idle_deadline = anyio.current_time() + self.idle_timeout
-                with anyio.CancelScope(deadline=self._idle_deadline):
-                    await wake.wait()
-                    continue
-                self._wake = self._idle_deadline = None
-                if _next_deadline() is not None or queue.threads_busy():
+                if await self._moved():
                     continue
                 stuck = queue.calls_back_waiting()
                 if not stuck:
@@ -747,6 +741,19 @@ class Run:
                 for native in stuck:
                     native.cancel()
             self._wake = self._idle_deadline = None
+
+    async def _moved(self) -> bool:
+        """Wait for the run to move (what wakes the controller); False once ``idle_timeout``
+        passed with no timer pending and no thread at work: nothing can move any more."""
+        queue = self._queue
+        assert queue is not None and self.idle_timeout is not None
+        self._wake = wake = anyio.Event()
+        self._idle_deadline = anyio.current_time() + self.idle_timeout
+        with anyio.CancelScope(deadline=self._idle_deadline):
+            await wake.wait()
+            return True
+        self._wake = self._idle_deadline = None
+        return _next_deadline() is not None or queue.threads_busy()
 
     async def _outlive(self) -> None:
         """Once the tasks ended: wait until the worker threads whose calls they abandoned on
@@ -763,14 +770,7 @@ class Run:
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
-            self._wake = wake = anyio.Event()
-            assert self.idle_timeout is not None
-            self._idle_deadline = anyio.current_time() + self.idle_timeout
-            with anyio.CancelScope(deadline=self._idle_deadline):
-                await wake.wait()
-                continue
-            self._wake = self._idle_deadline = None
-            if _next_deadline() is not None or queue.threads_busy():
+            if await self._moved():
                 continue
             for thread, _ in queue.orphans():
                 queue.give_up(thread)
