@@ -46,11 +46,12 @@ comes in once no thread the tasks wait for is at work any more, all together, in
 their calls began: not in the order the machine finishes them.
 
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
-only when no task can run (or the tasks only spin), so that the step at which it arrives
-does not depend on how fast the other side is, and the clock stands still while the
-scheduler waits for it, up to ``io_timeout`` seconds of real time; then virtual time moves
-on to the next timer (a timeout around the I/O), or, with none, the run ends with an
-:class:`IOWaitError` (never called a deadlock). Threads' reports (``call_soon_threadsafe``)
+only when no task can run (or the tasks only spin, or ran ``_SLOW_STEPS`` steps in a row with
+time standing still: a poll that counts its rounds never only spins), so that the step at
+which it arrives does not depend on how fast the other side is, and the clock stands still
+while the scheduler waits for it, up to ``io_timeout`` seconds of real time; then virtual
+time moves on to the next timer (a timeout around the I/O), or, with none, the run ends with
+an :class:`IOWaitError` (never called a deadlock). Threads' reports (``call_soon_threadsafe``)
 come in on the same terms.
 
 Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runnable task is
@@ -943,6 +944,8 @@ class Run:
         time = self._step_time()
         if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
             time = self._spin(time)
+        if self._still_steps and self._still_steps % _SLOW_STEPS == 0 and not self._spinning:
+            self._look_outside()
         # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks, and
         # once it fell due, as long again at the most: see _outspun)
         slow = self._queue is not None and self._queue.late()
@@ -1040,17 +1043,8 @@ class Run:
                 self._progress_run = run
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
-        queue.settle(spin=True)  # what they spin for may be what a late thread brings
-        if queue.io_waits() or queue.reported():
-            if not queue.io_quiet:
-                # What they spin for may be I/O, for which real time passes, not virtual
-                # time: wait for it, as if no task could run, and move no clock meanwhile
-                # (a deadline around the spin is not reached while another process works).
-                queue.wait_io = True
-                return time
-            # a whole io_timeout of real time brought nothing: time passes, as it does
-            # when every task waits for I/O that does not come
-            queue.io_quiet = False
+        if self._look_outside():
+            return time
         now = queue.now()
         timer = self._next_timer()
         # Only a sleep's timer is one the spin may be waiting for (or one threads outlast:
@@ -1077,6 +1071,29 @@ class Run:
         self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
+
+    def _look_outside(self) -> bool:
+        """Let in what the tasks may be polling for from outside the loop, as if no task
+        could run: what late threads and threads whose caller left handed in, and I/O.
+        Whether a poll for it was asked for (the clock must not move meanwhile). Asked by
+        the spin rule, and every ``_SLOW_STEPS`` steps of a still run whatever the tasks do:
+        a poll whose every round changes its own state (a counter) is never only spinning,
+        and a real loop lets a thread's call back in within microseconds of it, not never."""
+        queue = self._queue
+        assert queue is not None
+        queue.settle(spin=True)  # what they spin for may be what a late thread brings
+        if not (queue.io_waits() or queue.reported()):
+            return False
+        if not queue.io_quiet:
+            # What they spin for may be I/O, for which real time passes, not virtual time:
+            # wait for it, as if no task could run, and move no clock meanwhile (a
+            # deadline around the spin is not reached while another process works).
+            queue.wait_io = True
+            return True
+        # a whole io_timeout of real time brought nothing: time passes, as it does when
+        # every task waits for I/O that does not come
+        queue.io_quiet = False
+        return False
 
     def _free_spin(self) -> None:
         """The spin rule for tasks outside control (spawned by a controlled task) that keep the
