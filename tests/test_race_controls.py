@@ -1930,6 +1930,69 @@ def test_a_deadlock_is_shrunk_to_the_fewest_preemptions(backend: str) -> None:
     assert again.timeline.steps == failure.timeline.steps
 
 
+async def a_deadlock_with_one_wait_shielded(run: testing.Run) -> None:
+    """A deadlock in which one task waits inside a shielded scope, as avcm's own teardowns
+    do: the run's cancellation cannot end that wait."""
+    first, second = anyio.Event(), anyio.Event()
+
+    async def shielded() -> None:
+        with anyio.CancelScope(shield=True):
+            await first.wait()
+        second.set()
+
+    async def plain() -> None:
+        await second.wait()
+        first.set()
+
+    await run.concurrently(shielded, plain)
+
+
+async def a_livelock_beside_a_shielded_wait(run: testing.Run) -> None:
+    """One task waits shielded for a lock the other holds while it spins for ever: the step
+    budget ends the run, and the shielded wait must not keep it from ending."""
+    lock = anyio.Lock()
+    taken = anyio.Event()
+
+    async def spinner() -> None:
+        async with lock:
+            taken.set()
+            while True:
+                await anyio.lowlevel.checkpoint()
+
+    async def shielded() -> None:
+        await taken.wait()
+        with anyio.CancelScope(shield=True):
+            async with lock:
+                pass
+
+    await run.concurrently(spinner, shielded)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failure_beside_a_shielded_wait_is_reported_and_replays(backend: str) -> None:
+    # the run's teardown could not cancel the shielded wait, and the task group waited for
+    # it for ever: the exploration hung, with the failure found (an outside attack, attack17)
+    for scenario, error in [
+        (a_deadlock_with_one_wait_shielded, testing.DeadlockError),
+        (a_livelock_beside_a_shielded_wait, testing.StepBudgetError),
+    ]:
+        result = testing.explore(
+            scenario,
+            strategy=testing.PCT(1),
+            schedules=5,
+            backend=backend,
+            limits=testing.Limits(max_steps=200),
+        )
+        failure = result.failure
+        assert failure is not None and isinstance(failure.error, error), scenario
+        assert result.schedules == 1
+        again = testing.replay(
+            scenario, failure.token, backend=backend, limits=testing.Limits(max_steps=200)
+        )
+        assert again is not None and isinstance(again.error, error)
+        assert again.timeline.steps == failure.timeline.steps
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_spawned_poller_that_only_yields_lets_time_pass_soon(backend: str) -> None:
     # the spin rule, for tasks outside control: two looks a thousand of their steps apart

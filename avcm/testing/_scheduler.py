@@ -79,7 +79,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -725,8 +725,9 @@ class Run:
         a wake-up so, and a plain run hangs there). Whenever nothing moved for
         ``idle_timeout`` with no timer pending and no thread at work, such calls back are
         cancelled (the thread's call raises, and its own code decides what it does then):
-        else the run would never end, and the failure found would never be reported. A task
-        that waits for ever otherwise (a shielded wait of its own) is left to the task
+        else the run would never end, and the failure found would never be reported. So is a
+        task's own wait that its shields keep from the run's cancellation
+        (:meth:`_Queue.abandon_wait`); one that cannot be aborted at all is left to the task
         group."""
         queue = self._queue
         assert queue is not None and self.idle_timeout is not None
@@ -737,10 +738,16 @@ class Run:
                 if await self._moved():
                     continue
                 stuck = queue.calls_back_waiting()
-                if not stuck:
-                    return
                 for native in stuck:
                     native.cancel()
+                if stuck:
+                    continue
+                # What still waits is shielded from the run's cancellation (avcm's own
+                # teardowns wait shielded) and waits for what cannot come: abandoned, so that
+                # the run ends and its failure is reported (a plain run hangs there).
+                waiting = [task.native for task in tasks if not task.done]
+                if not any([queue.abandon_wait(native) for native in waiting]):
+                    return
             self._wake = self._idle_deadline = None
 
     async def _moved(self) -> bool:
@@ -1783,6 +1790,14 @@ class _Queue:
         for a call abandoned on cancel.)"""
         return []
 
+    def abandon_wait(self, native: Any) -> bool:
+        """Cancel *native*'s wait through any shield (a wait its cancel scopes keep from the
+        run's cancellation), as the wind-down of a failed run does once nothing can move any
+        more: else the task group waits for it for ever, and the failure is never reported.
+        Whether a cancellation was delivered (a wait that cannot be aborted, such as one for
+        a thread's call not abandoned on cancel, is left)."""
+        raise NotImplementedError
+
     def threads_busy(self) -> bool:
         """Whether a worker thread is at work: a task, controlled or not, waits in anyio's or
         trio's call to a thread for the thread to report back, whatever limiter it went
@@ -2504,6 +2519,21 @@ def _route_abandoned_calls_back(trio: Any) -> None:
 
 
 class _TrioQueue(_Queue):
+    def abandon_wait(self, native: Any) -> bool:
+        if native._abort_func is None:  # running or runnable: no wait to cancel
+            return False
+        cancelled = self.trio.Cancelled
+
+        def raise_cancel() -> NoReturn:
+            raise cancelled._create(
+                source="explicit", reason="avcm.testing: a wait that nothing can end, abandoned"
+            )
+
+        # what trio does to deliver a cancellation, but past the shields: the wait's own
+        # abort function takes the task off what it waits on (a parking lot, a queue)
+        native._attempt_abort(raise_cancel)
+        return native._abort_func is None and native._next_send is not None
+
     def __init__(self, run: Run) -> None:
         super().__init__(run)
         import trio
@@ -3110,6 +3140,13 @@ _NOTHING = _Nothing()
 
 
 class _AsyncioQueue(_Queue):
+    def abandon_wait(self, native: Any) -> bool:
+        if native.done():
+            return False
+        # asyncio's own cancellation, which anyio's shielded scopes do not hold back (they
+        # only keep anyio's cancellations of outer scopes away)
+        return bool(native.cancel(msg="avcm.testing: a wait that nothing can end, abandoned"))
+
     def __init__(self, run: Run) -> None:
         super().__init__(run)
         import asyncio
