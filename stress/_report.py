@@ -188,9 +188,10 @@ def describe_violation(
     deadlock = stalled and violation is not None and violation.description.startswith("nothing")
     if deadlock and config.clock == "virtual":
         lines.append(
-            "(if a driver polls the clock with sleep(0) between reads: on the virtual clock, "
-            "time passes only when every task waits, so it never sees time pass; poll with a "
-            "positive sleep, or run with --clock real)"
+            "(if a driver polls with sleep(0) between reads for what a timer brings, reading "
+            "no clock or reading it from two places in turn: on the virtual clock, time passes "
+            "only when every task waits or a task reads the clock from one place while it "
+            "polls, so it never comes; poll with a positive sleep, or run with --clock real)"
         )
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")

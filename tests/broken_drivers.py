@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import math
 import os
 import random
 import signal
@@ -874,12 +875,14 @@ def self_interrupting_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 
 class _Stalling(drivers.PageTableMmu):
-    """Its 300th page write (*teardown*: page removal) never ends, in one of three ways:
+    """Its 300th page write (*teardown*: page removal) never ends, in one of these ways:
 
     * ``"lost"``: it waits for the unit's completion interrupt, which is lost (a lost
       wake-up: a deadlock, every task ends up waiting behind it);
     * ``"spin"``: it polls a status bit that never comes up, with a checkpoint between reads
       (a livelock: the loop runs, nothing ends);
+    * ``"clock"``: so does it, reading the clock at each poll (to time out, but never does):
+      the virtual clock's spin rule moves time for it, and still nothing ends;
     * ``"block"``: it waits for the bit without awaiting (the event loop's thread blocks);
     * ``"busy"``: it polls the bit without awaiting (the event loop's thread spins);
     * ``"executor"``: it waits in a worker thread that never returns (asyncio's default
@@ -902,6 +905,9 @@ class _Stalling(drivers.PageTableMmu):
             await anyio.Event().wait()
         elif self.how == "spin":
             while not self.status_ready:
+                await anyio.lowlevel.checkpoint()
+        elif self.how == "clock":
+            while not self.status_ready and anyio.current_time() < math.inf:
                 await anyio.lowlevel.checkpoint()
         elif self.how == "busy":
             while not self.status_ready:
@@ -962,6 +968,7 @@ lost_interrupt = _stalling("lost", teardown=False)
 lost_interrupt_in_teardown = _stalling("lost", teardown=True)
 spinning = _stalling("spin", teardown=False)
 spinning_in_teardown = _stalling("spin", teardown=True)
+spinning_on_the_clock = _stalling("clock", teardown=False)
 blocking = _stalling("block", teardown=False)
 busy_in_teardown = _stalling("busy", teardown=True)
 executor_hang = _stalling("executor", teardown=False)

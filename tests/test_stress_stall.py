@@ -47,6 +47,7 @@ def _stalling(driver: str, backend: str, tasks: int = 64) -> StressConfig:
         ("lost_interrupt_in_teardown", DEADLOCK),
         ("spinning", DEADLOCK),
         ("spinning_in_teardown", DEADLOCK),
+        ("spinning_on_the_clock", DEADLOCK),
         ("blocking", BLOCKED),
     ],
 )
@@ -101,7 +102,9 @@ def test_a_factory_that_blocks_is_reported_while_building_the_contexts(backend: 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
-@pytest.mark.parametrize("driver", [None, "tests.tricky_drivers:threaded"])
+@pytest.mark.parametrize(
+    "driver", [None, "tests.tricky_drivers:threaded", "tests.tricky_drivers:polling"]
+)
 def test_a_correct_run_is_never_called_stalled(
     backend: str, tasks: int, driver: str | None
 ) -> None:
@@ -111,6 +114,19 @@ def test_a_correct_run_is_never_called_stalled(
     result = stress.run(config, stall_timeout=5.0)
     assert result.violation is None, result.violation
     assert result.ops == 1_500
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_of_a_driver_that_polls_the_clock_is_the_same_every_time(backend: str) -> None:
+    # its spins move the virtual clock (the spin rule) by the count of the clock's reads: the
+    # same in every run of a seed
+    config = StressConfig(
+        backend=backend, tasks=8, ops=1_000, seed=3, cancel=0.05,
+        driver="tests.tricky_drivers:polling", contexts=DRIVER_DEFAULT_CONTEXTS,
+    )  # fmt: skip
+    first = stress.run(config, stall_timeout=5.0)
+    assert first.violation is None, first.violation
+    assert stress.run(config, stall_timeout=5.0).trace == first.trace
 
 
 def test_no_stall_timeout_runs_unwatched() -> None:

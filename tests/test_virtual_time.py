@@ -5,6 +5,7 @@ clock in place (``VirtualTimeEventLoop.sleep_in_place``)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -215,3 +216,184 @@ def test_a_signal_handler_runs_while_tasks_sleep_in_virtual_time() -> None:
 
     with asyncio.Runner(loop_factory=testing.VirtualTimeEventLoop) as runner:
         assert runner.run(main()) == ["usr1"]
+
+
+# -- the spin rule: a poll of the clock with a checkpoint between reads sees time pass ----------
+
+SPIN = clock_module._SPIN_READS  # avcm-private: the spin rule's count
+QUANTUM = clock_module._SPIN_QUANTUM  # avcm-private: and its least move
+# a bound on a poll's reads, so that a clock that never moves fails the test instead of hanging
+POLL_BOUND = 100 * SPIN
+CHECKPOINTS: dict[str, Callable[[], Awaitable[None]]] = {
+    "sleep(0)": lambda: anyio.sleep(0),  # noqa: ASYNC115 - what a driver writes
+    "checkpoint": anyio.lowlevel.checkpoint,
+}
+
+
+async def _poll(
+    seconds: float, checkpoint: Callable[[], Awaitable[None]], trace: list[float] | None = None
+) -> float:
+    """Wait *seconds* by reading the clock with *checkpoint* between reads (a driver waiting
+    for its hardware): the time the deadline was seen passed at."""
+    deadline = anyio.current_time() + seconds
+    for _ in range(POLL_BOUND):
+        now = anyio.current_time()
+        if now >= deadline:
+            return now
+        if trace is not None and (not trace or trace[-1] != now):
+            trace.append(now)
+        await checkpoint()
+    raise AssertionError(f"the clock stood still at {now} for {POLL_BOUND} reads")
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+@pytest.mark.parametrize("seconds", [1e-4, 5.0])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_poll_of_the_clock_sees_its_deadline_pass(
+    backend: str, seconds: float, checkpoint: str
+) -> None:
+    # Reported (F5): a correct driver waiting for a deadline with sleep(0) between reads of
+    # the clock never saw virtual time move (it moved only when every task waited), and a
+    # stress run of it stalled
+    async def main() -> tuple[float, float]:
+        start = anyio.current_time()
+        return start, await _poll(seconds, CHECKPOINTS[checkpoint])
+
+    start, seen = testing.run_on_virtual_time(backend, main)
+    assert seen >= start + seconds
+    # by quanta of a millisecond doubling while the poll goes on: a far deadline costs a few
+    # thousand reads a doubling, not a read a millisecond
+    assert seen < start + 2 * seconds + QUANTUM
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_clock_moves_for_a_poll_after_as_many_reads_from_one_place_as_the_rule_counts(
+    backend: str,
+) -> None:
+    async def main() -> list[float]:
+        await anyio.sleep(1.0)  # the count starts again where the clock moved
+        start = anyio.current_time()
+        seen = []
+        for _ in range(SPIN + 1):
+            seen.append(anyio.current_time() - start)
+            await anyio.lowlevel.checkpoint()
+        return seen
+
+    seen = testing.run_on_virtual_time(backend, main)
+    # SPIN - 1 reads from the poll's place see it still; the SPIN-th moves it
+    assert seen[: SPIN - 1] == [0.0] * (SPIN - 1)
+    assert seen[SPIN - 1 :] == [pytest.approx(QUANTUM, abs=1e-12)] * 2
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_reads_from_two_places_in_turn_do_not_move_the_clock(backend: str) -> None:
+    # the stress harness reads the clock where an operation starts and where it ends: no poll
+    async def main() -> set[float]:
+        start = anyio.current_time()
+        seen = set()
+        for _ in range(4 * SPIN):
+            seen.add(anyio.current_time() - start)
+            await anyio.lowlevel.checkpoint()
+            seen.add(anyio.current_time() - start)
+        return seen
+
+    assert testing.run_on_virtual_time(backend, main) == {0.0}
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_each_wait_of_a_poll_moves_the_clock_from_a_quantum_again(
+    backend: str, checkpoint: str
+) -> None:
+    # Reported (attack16): a first spin rule kept growing its moves from one wait to the
+    # next, so that 20 waits of 2 us each took 17 virtual minutes, and 200 of them 173 days
+    async def main() -> float:
+        start = anyio.current_time()
+        for _ in range(200):
+            await _poll(2e-6, CHECKPOINTS[checkpoint])
+        return anyio.current_time() - start
+
+    elapsed = testing.run_on_virtual_time(backend, main)
+    # each wait overshoots its deadline by less than the wait itself
+    assert 200 * 2e-6 <= elapsed < 200 * 4e-6
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_poll_moves_the_clock_no_further_than_the_next_timer(backend: str) -> None:
+    # a sleeper wakes at its own time, not later, while another task polls past it; a
+    # timeout around a poll that never ends falls due at its deadline, not later
+    async def main() -> tuple[float, float, float, bool]:
+        start = anyio.current_time()
+        woke: list[float] = []
+
+        async def sleeper() -> None:
+            await anyio.sleep(3e-3)
+            woke.append(anyio.current_time() - start)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(sleeper)
+            polled = await _poll(0.01, CHECKPOINTS["sleep(0)"]) - start
+        with anyio.move_on_after(0.0105) as scope:
+            await _poll(math.inf, CHECKPOINTS["checkpoint"])
+        return woke[0], polled, anyio.current_time() - start - polled, scope.cancelled_caught
+
+    woke, polled, timed_out, cancelled = testing.run_on_virtual_time(backend, main)
+    assert woke == pytest.approx(3e-3, abs=1e-12)
+    assert 0.01 <= polled < 0.02
+    assert cancelled and timed_out == pytest.approx(0.0105, abs=1e-12)
+
+
+def _polls_and_sleeps(backend: str) -> list[tuple[str, float]]:
+    """A run of three tasks polling the clock and one sleeping, with what each saw when."""
+    seen: list[tuple[str, float]] = []
+
+    async def poller(name: str, seconds: float, checkpoint: str) -> None:
+        trace: list[float] = []
+        done = await _poll(seconds, CHECKPOINTS[checkpoint], trace)
+        seen.extend((name, when) for when in [*trace, done])
+
+    async def sleeper() -> None:
+        for _ in range(5):
+            await anyio.sleep(7e-4)
+            seen.append(("sleeper", anyio.current_time()))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(poller, "a", 1e-4, "sleep(0)")
+            group.start_soon(poller, "b", 2.5e-3, "checkpoint")
+            group.start_soon(sleeper)
+            group.start_soon(poller, "c", 0.1, "sleep(0)")
+
+    testing.run_on_virtual_time(backend, main)
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_run_that_polls_the_clock_replays_the_same(backend: str) -> None:
+    first = _polls_and_sleeps(backend)
+    assert {name for name, _ in first} == {"a", "b", "c", "sleeper"}
+    assert _polls_and_sleeps(backend) == first
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_race_finder_spins_its_own_way_and_the_spin_rule_is_back_after(backend: str) -> None:
+    # Under the race finder's control its own spin rule moves the clock (steps, not reads);
+    # once control ends, the clock's is back: on trio both count reads through the clock's
+    # own read, which the race finder's wraps and puts back
+    seen: list[float] = []
+
+    async def scenario(run: testing.Run) -> None:
+        async def poller() -> None:
+            # (its state unchanged from poll to poll: what the race finder calls a spin)
+            deadline = anyio.current_time() + 1e-4
+            while anyio.current_time() < deadline:
+                await anyio.lowlevel.checkpoint()
+            seen.append(anyio.current_time())
+
+        outcomes = await run.concurrently(poller)
+        assert [outcome.ok for outcome in outcomes] == [True]
+        seen.append(await _poll(1e-4, CHECKPOINTS["sleep(0)"]))
+
+    exploration = testing.explore(scenario, schedules=2, backend=backend)
+    assert exploration.failure is None, exploration.failure.error
+    assert len(seen) == 4 and seen[0::2] == seen[0:1] * 2 and seen[1::2] == seen[1:2] * 2

@@ -388,3 +388,30 @@ def fails_third_time(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     if made > 2:
         raise OSError(errno.ENODEV, "no third unit on this board")
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Honest(memory), memory=memory, name="twice")
+
+
+class _Polling(PageTableMmu):
+    """Waits for its hardware by polling the clock, yielding between reads, not by sleeping:
+    switch-on waits 100 us for the unit to power up (``anyio.sleep(0)`` between reads),
+    switch-off 50 us for the flush to settle (``anyio.lowlevel.checkpoint()``). On a real loop
+    the spin takes real time and the deadline passes; on the virtual clock the spin rule moves
+    time for it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="polling")
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        deadline = anyio.current_time() + 1e-4
+        while anyio.current_time() < deadline:  # noqa: ASYNC110 - a poll, on purpose
+            await anyio.sleep(0)  # noqa: ASYNC115 - as drivers write it
+        await super().enable(vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        deadline = anyio.current_time() + 5e-5
+        while anyio.current_time() < deadline:
+            await anyio.lowlevel.checkpoint()
+
+
+def polling(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _Polling(memory), memory=memory, name="polling")

@@ -7,6 +7,13 @@ loop whose ``time()`` is virtual and whose selector, asked to wait, advances tha
 of sleeping.
 Both loops are then deterministic: which callback runs next depends only on the program and the
 seed, never on how fast the machine is.
+
+The spin rule (:class:`_Spin`, both backends, not while the race finder controls the run: it has
+its own): a task that reads the clock ``_SPIN_READS`` times from one place at one virtual
+instant waits for it to move (a poll with ``sleep(0)`` between reads), which on a real loop it
+does while the task spins: virtual time then moves on by as long as the poll has lasted (a
+microsecond at least), to the next timer at most (which then falls due). A count of reads
+depends only on the program and the seed, so a run that spins still replays.
 """
 
 from __future__ import annotations
@@ -213,6 +220,81 @@ class _VirtualSelector(selectors.DefaultSelector):
 _CALLS_INTO_TIMEOUT = 1.0  # seconds of real time a closing loop answers threads' calls for
 _THREAD_SPIN_POLL = 0.01  # seconds of real time callbacks that spin wait for a thread at a time
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
+_SPIN_READS = 32  # reads by one task from one place at one virtual instant that make it move
+_SPIN_QUANTUM = 1e-6  # seconds: the spin rule's least move
+# the modules a read of the clock goes through on its way from the code that reads it
+_CLOCK_PLUMBING = ("anyio.", "asyncio.", "trio.", "sniffio.", __name__)
+
+
+def _read_site() -> tuple[object, int]:
+    """Where the code that reads the clock reads it: the code object and instruction of the
+    first frame outside the event loops' and anyio's own (a poll's own line, whatever
+    function it calls the clock through)."""
+    frame = sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        _CLOCK_PLUMBING
+    ):
+        frame = frame.f_back
+    return frame.f_code, frame.f_lasti
+
+
+class _Poll:
+    """One task's reads of the clock from one place: a poll, while it goes on."""
+
+    __slots__ = ("at", "began", "reads", "site")
+
+    def __init__(self, site: tuple[object, int], now: float) -> None:
+        self.site = site
+        self.began = self.at = now  # when the poll began; the instant its reads are counted at
+        self.reads = 0
+
+
+class _Spin:
+    """The spin rule: a task that polls the clock makes it move.
+
+    A task that reads the clock ``_SPIN_READS`` times from one place (one line of its code)
+    at one virtual instant, reading it nowhere else meanwhile, polls for it to move, yielding
+    between reads (``sleep(0)``, ``checkpoint()``): on a real loop it takes real time to do
+    so, and the clock moves while it spins. Only reads are counted, not the loop's
+    iterations: work that reads no clock (a poll for a status bit that never comes, a
+    livelock) keeps time still, as before, and is still reported when it stalls; ordinary
+    work reads it from several places (the stress harness at the start and the end of each
+    operation), which starts the count again. The clock moves on by as long as the poll has
+    lasted (``_SPIN_QUANTUM`` at least, a day at most), so that a deadline it waits for is
+    passed after a few moves however far it is, and overshot by less than the wait; but no
+    further than the next timer, which the move makes due: a sleeper wakes, and a deadline
+    around the poll is reached, at its own time, as on a real loop. A poll ends when its
+    task reads the clock from another place (the next wait's own deadline): each wait is
+    its own poll, so its moves start from a microsecond again."""
+
+    __slots__ = ("polls",)
+
+    def __init__(self) -> None:
+        # by task: a task's poll ends with it (weakly held: a task is no key for ever)
+        self.polls: weakref.WeakKeyDictionary[object, _Poll] = weakref.WeakKeyDictionary()
+
+    def read(
+        self, task: object, now: float, next_timer: Callable[[], float | None]
+    ) -> float | None:
+        """*task* read the clock at *now*: where the clock moves to, or None (it stays);
+        *next_timer()* is the earliest pending timer that can fall due (None: none)."""
+        site = _read_site()
+        poll = self.polls.get(task)
+        if poll is None or poll.site != site:
+            poll = self.polls[task] = _Poll(site, now)
+        elif poll.at != now:  # it moved since (this rule, or another task's wait)
+            poll.at, poll.reads = now, 0
+        poll.reads += 1
+        if poll.reads < _SPIN_READS:
+            return None
+        poll.reads = 0
+        target = now + min(max(_SPIN_QUANTUM, now - poll.began), _MAXIMUM_SELECT_TIMEOUT)
+        timer = next_timer()
+        if timer is not None and timer < target:
+            if timer <= now:  # it is due already: the loop runs it at its next iteration
+                return None
+            target = timer
+        return target
 
 
 class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
@@ -228,6 +310,8 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
+        self._spin = _Spin()
+        self._next_timer = functools.partial(next_timer, self)
 
     async def shutdown_default_executor(self, *args: Any) -> None:
         """Before the loop ends: answer the calls worker threads are making into it (for up to
@@ -250,9 +334,21 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         super().add_signal_handler(sig, callback, *args)
 
     def time(self) -> float:
-        if self.count_reads and asyncio.current_task(self) is not None:
+        """Virtual time; a task's read counts for the spin rule (:class:`_Spin`), unless the
+        race finder controls the run (its queue, and its watch on work outside)."""
+        now = self._virtual.now
+        task = asyncio.current_task(self)
+        if task is None:  # the loop's own read
+            return now
+        if self.count_reads:
             self.task_reads += 1
-        return self._virtual.now
+        ready = self._ready  # type: ignore[attr-defined]
+        if self._virtual.outside is None and type(ready) is collections.deque:
+            target = self._spin.read(task, now, self._next_timer)
+            if target is not None:
+                self.advance(target)
+                now = self._virtual.now
+        return now
 
     def advance(self, to: float) -> None:
         """Move virtual time on to *to* (never back)."""
@@ -405,9 +501,33 @@ def ordered_mock_clock() -> trio.testing.MockClock:
         if 0 < jump < math.inf:
             clock.jump(jump)
 
+    context = _trio_run_module().GLOBAL_RUN_CONTEXT
+    mock_current_time = clock.current_time
+    spin = _Spin()
+
+    def next_timer() -> float | None:
+        deadline: float = context.runner.deadlines.next_deadline()
+        return deadline if math.isfinite(deadline) else None
+
+    def current_time() -> float:
+        # a task's read counts for the spin rule, the run loop's not (outside any task);
+        # nor while the race finder's queue is trio's run queue (it has its own rule)
+        now = mock_current_time()
+        if not hasattr(context, "task"):
+            return now
+        runner = context.runner
+        if type(runner.runq) is not collections.deque or clock.rate != 0:
+            return now
+        target = spin.read(context.task, now, next_timer)
+        if target is None:
+            return now
+        _jump_to(clock, target)
+        return mock_current_time()
+
     mock_autojump = clock._autojump
     clock.start_clock = start_clock  # type: ignore[method-assign]
     clock._autojump = autojump  # type: ignore[method-assign]
+    clock.current_time = current_time  # type: ignore[method-assign]
     # (with where the run generator's frame is kept once found: the clock's run's)
     clock.sleep_in_place = functools.partial(_trio_sleep_in_place, clock, [None, None])  # type: ignore[attr-defined]
     return clock
@@ -481,11 +601,16 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], de
             return False  # tasks still to run in this batch (or no batch found)
     except (ImportError, AttributeError):  # pragma: no cover - another trio: sleep
         return False
-    # the jumps the run loop's autojump makes (seconds to the next deadline, again while a
-    # float sum left the clock short of it); the virtual base is the time, at rate 0
+    _jump_to(clock, deadline)
+    return True
+
+
+def _jump_to(clock: trio.testing.MockClock, deadline: float) -> None:
+    """Move a MockClock at rate 0 on to *deadline* (the virtual base is its time then) with
+    the jumps the run loop's autojump makes: seconds to it, again while a float sum left the
+    clock short of it."""
     while clock._virtual_base < deadline:
         clock.jump(deadline - clock._virtual_base)
-    return True
 
 
 def _order_deadline_ties() -> None:

@@ -2552,6 +2552,9 @@ class _TrioQueue(_Queue):
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
         self.reads = -1  # not counted yet
+        # the clock's own read the count wraps, if its instance has one (avcm's MockClock
+        # counts the tasks' reads for its own spin rule): put back when control ends
+        self.own_read: Any = None
         # the task registers of the thread calls seen (trio clears one when the call is
         # abandoned on cancel): while none is cleared, no thread is an orphan to look for
         self.registers: list[list[Any]] = []
@@ -2853,6 +2856,7 @@ class _TrioQueue(_Queue):
             # never spins pays nothing. MockClock is no slotted class: the instance's own
             # current_time counts the reads made in a task (trio's loop reads it too).
             self.reads = 0
+            self.own_read = getattr(self.clock, "__dict__", {}).get("current_time")
             read = self.clock.current_time
             context = self.context
 
@@ -2974,7 +2978,10 @@ class _TrioQueue(_Queue):
                 entry_queue.queue = collections.deque(collections.deque.__iter__(entry_queue.queue))
         if isinstance(self.runner.io_manager, _TrioIO):
             self.runner.io_manager = self.runner.io_manager.manager
-        getattr(self.clock, "__dict__", {}).pop("current_time", None)
+        if self.reads >= 0:
+            getattr(self.clock, "__dict__", {}).pop("current_time", None)
+            if self.own_read is not None:
+                self.clock.current_time = self.own_read  # type: ignore[method-assign]
         threshold = getattr(self.clock, "autojump_threshold", None)
         if threshold is not None:
             self.runner.clock_autojump_threshold = threshold
