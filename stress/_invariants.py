@@ -16,7 +16,7 @@ import anyio
 
 import avcm
 from avcm import testing
-from avcm.lowlevel import undo_failed
+from avcm.lowlevel import sync_hook, undo_failed
 
 from ._contexts import DeviceFault
 
@@ -34,6 +34,7 @@ __all__ = [
     "check_cold_start",
     "check_quiescent",
     "check_released",
+    "check_restart_racing",
     "destroy_every_context",
     "harness_operations",
     "mark_new",
@@ -445,6 +446,78 @@ async def check_cold_start(world: World, when: str) -> None:
             raise Violation(
                 "rule 4", f"{when}: {ctx.name}'s hardware is still active after its deactivate"
             )
+
+
+# what a racing restart's switches on wait for: nothing (they begin with the switches off), or
+# each switch-off reaching its last part: the context's deactivate (a driver of its own), or
+# the hardware's disable under the MMU wrapper (which unmaps every page first)
+RESTART_ANCHORS = (None, "driver.deactivate", "driver.disable")
+
+
+async def check_restart_racing(
+    world: World, anchor: str | None, lags: dict[avcm.Vcm, float]
+) -> None:
+    """Switch every context off and on again at once, the switches on racing the switches
+    off: at a quiescent point, with no operation in flight (a unit's lock free for the
+    harness's calls alone), every context that is on has all its activations but one undone
+    (counts only), then that one at once (its switch-off); each context, on or off before, is
+    activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
+    switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
+    the switches off began) or returned:
+    from cold if its own switch-off is done, else once it is (its mutex). A unit the contexts
+    share that powers down after its last user left, outside its lock, must not undo a
+    switch-on from cold meanwhile. Every context must then be on and match the model; then
+    each gets back as many activations as its users held (counts only, or its switch-off if
+    none). A context whose activate keeps failing (rule 8) is not judged."""
+    held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
+    for ctx in world.contexts:
+        for _ in range(held[ctx.vcm] - 1):  # counts only: nothing switches
+            await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+    stopping = {vcm for vcm, count in held.items() if count}
+    # one event a switch-on, set in the contexts' order: the order they wake in is the run's
+    began = [anyio.Event() for _ in world.contexts]
+    failed: set[avcm.Vcm] = set()
+
+    def begun(vcm: object) -> None:
+        if vcm in stopping:
+            stopping.discard(vcm)
+            if not stopping:
+                for event in began:
+                    event.set()
+
+    async def hook(point: str, obj: object) -> None:
+        if point == anchor:
+            begun(obj)
+
+    async def switch_off(ctx: Context) -> None:
+        if held[ctx.vcm]:
+            await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+        begun(ctx.vcm)  # (a driver that never passes the anchor)
+
+    async def switch_on(ctx: Context, event: anyio.Event) -> None:
+        await event.wait()
+        await anyio.sleep(lags[ctx.vcm])
+        if await _retried(ctx.vcm.activate) is not None:
+            failed.add(ctx.vcm)
+
+    if not stopping or anchor is None:
+        for event in began:
+            event.set()
+    with sync_hook(hook):
+        async with anyio.create_task_group() as group:
+            for ctx, event in zip(world.contexts, began, strict=True):
+                group.start_soon(switch_off, ctx)
+                group.start_soon(switch_on, ctx, event)
+    world.result.checks["restarts racing their switch-offs"] += 1
+    for ctx in world.contexts:
+        if ctx.vcm not in failed:
+            _started(world, ctx, "after every context was switched off and on again at once")
+    for ctx in world.contexts:
+        on, count = ctx.vcm not in failed, held[ctx.vcm]
+        for _ in range(count - on):
+            await until_done(ctx.vcm.activate, f"activate of {ctx.name}")
+        if on and not count:
+            await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
 
 
 def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> None:

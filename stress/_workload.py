@@ -48,6 +48,7 @@ from ._device import (
 from ._gate import Gate
 from ._invariants import (
     HARNESS,
+    RESTART_ANCHORS,
     WHOLE,
     NoVerdict,
     Violation,
@@ -57,6 +58,7 @@ from ._invariants import (
     check_final,
     check_quiescent,
     check_released,
+    check_restart_racing,
     deactivate_everything,
     destroy_every_context,
     harness_operations,
@@ -127,6 +129,12 @@ EBB_CHANCE = 1 / 4
 # with all it holds (a device detached: hardware the contexts share must keep serving the
 # others), builds a new one in its place, and checks everything again.
 DETACH_EVERY = 2000
+# With this chance at each quiescent point the harness switches every context off and on again
+# at once, each switch-on RESTART_LAG seconds or less (down to a thousandth of it) after the
+# switch-offs' last parts began (check_restart_racing): a unit that powers down after its
+# last user left, outside its lock, must not undo a switch-on from cold meanwhile.
+RESTART_CHANCE = 1 / 8
+RESTART_LAG = 50e-6
 
 # One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
 # which a bind later fills with far less memory at its start: the allocator places the small
@@ -438,6 +446,11 @@ class World:
                 if not ctx.one_to_one:
                     await self.detach(ctx)
                     return f"the harness destroyed {ctx.name} with all it held and built it anew"
+            if rng.random() < RESTART_CHANCE:
+                anchor = rng.choice(RESTART_ANCHORS)
+                # log-uniform: the window a race needs may be a microsecond or tens of them
+                lags = {other.vcm: RESTART_LAG * 1e3 ** -rng.random() for other in self.contexts}
+                await check_restart_racing(self, anchor, lags)
             ticket = rng.randint(1, self.config.check_every)
             if ebb and self.held_in[ctx.vcm]:  # (one off already has nothing to switch off)
                 await self.start_ebb(ctx, ticket)

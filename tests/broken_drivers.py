@@ -209,6 +209,10 @@ class SharedUnit:
     * ``early_enable``: the first enabler counts itself, then sleeps through the power-up
       before the unit is on; a second enabler sees the count above zero and returns at once,
       with the unit still off (shows only when two contexts start from cold at once);
+    * ``late_power_down``: the last user to leave sleeps through the power-down sequence, then
+      switches the unit off without looking at the count again: another context's enable
+      from cold meanwhile is undone (shows only when every context is off and one switches
+      on again within the power-down's latency);
     * ``racy_root``: the count of entries using the unit's root table (one page, needed by every
       translation, freed when no entry uses it) is read, then written after the sleep: two
       contexts mapping at once lose a count, and the root is freed while another context
@@ -239,6 +243,7 @@ class SharedUnit:
         racy_give: bool = False,
         racy_power: bool = False,
         early_enable: bool = False,
+        late_power_down: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
@@ -248,7 +253,7 @@ class SharedUnit:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
-        self.early_enable = early_enable
+        self.early_enable, self.late_power_down = early_enable, late_power_down
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
         self.early_root_free, self.stale_clear = early_root_free, stale_clear
@@ -313,6 +318,14 @@ class SharedUnit:
             elif delta > 0 and self.users == 1:
                 await self.latency.sleep("enable", self)  # the power-up sequence
                 self.powered = self.users > 0
+            return
+        if self.late_power_down:
+            self.users += delta
+            if self.users == 1 and delta > 0:  # the first user powers it up
+                self.powered = True
+            elif not self.users:
+                await self.latency.sleep("enable", self)  # the power-down sequence
+                self.powered = False
             return
         users = self.users
         await self._between_read_and_write(self.racy_power)
@@ -494,6 +507,10 @@ def shared_unit_racy_power(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_early_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "early_enable")
+
+
+def shared_unit_late_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "late_power_down")
 
 
 def shared_unit_racy_root(memory: avcm.PhysicalMemory) -> avcm.Vcm:

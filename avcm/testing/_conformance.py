@@ -560,6 +560,37 @@ async def _power_sharing(run: Run, first: Vcm, second: Vcm) -> None:
             await on.deactivate()
 
 
+# how long after the last user begins to switch off the other context switches on (seconds):
+# a unit that powers down once its last user left, outside its lock, races the switch-on
+_RESTART_LAGS = (0.0, 2e-6, 5e-6, 10e-6, 20e-6, 40e-6)
+
+
+async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
+    """Two contexts on one memory, one on and the other off: the one on switches off while,
+    a moment later (:data:`_RESTART_LAGS`), the other switches on from cold. Then each is on
+    or off as its own count says (rule 4: hardware they share that powers down once its last
+    user left, outside its lock, must not undo the switch-on), and the one on reaches every
+    byte bound. Each lag, each way round."""
+    bound = {vcm: await vcm.make_binding(8 * KiB) for vcm in (first, second)}
+    for lag in _RESTART_LAGS:
+        for leaving, coming in ((first, second), (second, first)):
+            await leaving.activate()
+
+            async def come(coming: Vcm = coming, lag: float = lag) -> None:
+                await anyio.sleep(lag)
+                await coming.activate()
+
+            outcomes = await run.concurrently(leaving.deactivate, come)
+            _raise_unexpected(outcomes, set())
+            _expect_state(first, second)
+            if coming.activations:
+                _probe((coming, bound[coming]))
+            while first.activations or second.activations:  # (a driver's failed deactivate)
+                for vcm in (first, second):
+                    if vcm.activations:
+                        await _unless_driver_fails(vcm.deactivate)
+
+
 def _scattered_physes(memory: PhysicalMemory) -> tuple[int, list[Phys]] | None:
     """Physes of several parts, out of order, apart, and not aligned to the large pages at
     their device addresses (as a driver's own allocator or a carve-out may hand out): from
@@ -1074,6 +1105,12 @@ _SPECS: dict[str, _Spec] = {
         "rules 1, 4",
         "two contexts switched at once: each on or off as its own count says",
         _power_sharing,
+        contexts=2,
+    ),
+    "restart_racing": _Spec(
+        "rule 4",
+        "the last user switching off while another switches on from cold: each as it counts",
+        _restart_racing,
         contexts=2,
     ),
     "contexts_apart": _Spec(
