@@ -2116,59 +2116,88 @@ def test_a_poll_for_what_an_orphan_sets_is_no_livelock(
     assert result.schedules == 20
 
 
-def test_a_thread_in_trios_call_back_before_it_handed_its_request_over_is_at_work() -> None:
+@pytest.mark.parametrize("when", ["before", "in", "past"])
+def test_a_thread_in_trios_call_back_waits_for_trio_only_in_its_wait_for_the_answer(
+    when: str,
+) -> None:
     # A thread in trio.from_thread's own frame (_send_message_to_trio) with no answer yet was
     # taken to wait for trio's answer even before it handed its request over (between two of
     # that frame's lines, as a loaded machine leaves it for a while): no thread at work, and,
     # the tasks ended, virtual time ran to idle_timeout: a false DeadlockError (trio, now and
-    # then). A thread stands still here in a frame of that name and module, first before its
-    # request (a line before trio's wait for the answer), then in the wait.
+    # then). So it was once it had its answer, out of the queue, but had yet to leave the
+    # frame (attack17: 1 exploration of 10 under load, a token that replayed as a pass). A
+    # thread stands still here in a frame of that name and module: before its request, in
+    # the wait for the answer, or past it with the answer taken (the queue empty again).
     import queue
 
+    from avcm.testing._scheduler import _waits_for_answer  # avcm-private: the predicate
+
+    release = threading.Lock()
+    release.acquire()
+    source = (
+        "def _send_message_to_trio(message_to_trio, release, when):\n"
+        "    if when == 'before':\n"
+        "        release.acquire()\n"
+        "    answer = message_to_trio.queue.get()\n"
+        "    if when == 'past':\n"
+        "        release.acquire()\n"
+        "    return answer\n"
+    )
+    namespace: dict[str, Any] = {"__name__": "trio._threads"}
+    exec(compile(source, "<trio>", "exec"), namespace)
+    message = type("Message", (), {"queue": queue.SimpleQueue()})()
+    if when == "past":
+        message.queue.put(None)
+    thread = threading.Thread(
+        target=namespace["_send_message_to_trio"], args=(message, release, when)
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(thread.ident or -1)
+            if frame is not None and frame.f_code.co_name == "_send_message_to_trio":
+                break
+            time.sleep(0.001)
+        time.sleep(0.01)  # (in the C call it blocks in by now)
+        assert message.queue.empty()
+        assert _waits_for_answer(thread) is (when == "in")
+    finally:
+        if when == "in":
+            message.queue.put(None)
+        else:
+            release.release()
+        thread.join(5)
+
+
+def test_a_thread_blocked_in_trios_call_back_is_seen_waiting_for_the_answer() -> None:
+    # the wait is told by where trio's own frame stands (the call of its queue's get)
     import trio
 
     from avcm.testing._scheduler import _waits_for_answer  # avcm-private: the predicate
 
-    answer_line = inspect_answer_line(trio)
-    release = threading.Lock()
-    release.acquire()
-    source = (
-        "def _send_message_to_trio(message_to_trio, release, early):\n"
-        "    if early:\n"
-        "        release.acquire()\n"
-        + "\n" * answer_line
-        + "    return message_to_trio.queue.get()\n"
-    )
-    namespace: dict[str, Any] = {"__name__": "trio._threads"}
-    exec(compile(source, "<trio>", "exec"), namespace)
-    for early in (True, False):
-        message = type("Message", (), {"queue": queue.SimpleQueue()})()
-        thread = threading.Thread(
-            target=namespace["_send_message_to_trio"], args=(message, release, early)
-        )
+    seen: list[bool] = []
+
+    async def main() -> None:
+        token = trio.lowlevel.current_trio_token()
+        answer = trio.Event()
+
+        def work() -> None:
+            trio.from_thread.run(answer.wait, trio_token=token)
+
+        thread = threading.Thread(target=work)
         thread.start()
-        try:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                frame = sys._current_frames().get(thread.ident or -1)
-                if frame is not None and frame.f_code.co_name == "_send_message_to_trio":
-                    break
-                time.sleep(0.001)
-            time.sleep(0.01)  # (in the C call of that line by now)
-            assert _waits_for_answer(thread) is not early
-        finally:
-            message.queue.put(None)
-            if early:
-                release.release()
-            thread.join(5)
+        deadline = time.monotonic() + 5
+        # (a poll: nothing tells when another thread reaches a frame)
+        while not _waits_for_answer(thread) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+        seen.append(_waits_for_answer(thread))
+        answer.set()
+        await trio.to_thread.run_sync(thread.join, 5)
+        seen.append(_waits_for_answer(thread))
 
-
-def inspect_answer_line(trio: Any) -> int:
-    """The line of trio's ``_send_message_to_trio`` that waits for the answer."""
-    import inspect
-
-    lines, first = inspect.getsourcelines(trio._threads._send_message_to_trio)
-    return first + next(i for i, line in enumerate(lines) if "queue.get()" in line)
+    trio.run(main)
+    assert seen == [True, False]
 
 
 async def stream_to_a_thread_whose_caller_is_cancelled(run: testing.Run, *, by: str) -> None:

@@ -228,17 +228,15 @@ def _calls_back(job: Any) -> bool:
 
 
 @functools.cache
-def _trio_answer_line() -> int | None:
-    """The line of trio's ``_send_message_to_trio`` that waits for the answer (its queue's
-    ``get``), past the request handed over; None if this trio has no such line."""
-    from trio import _threads
-
-    code = getattr(getattr(_threads, "_send_message_to_trio", None), "__code__", None)
-    if code is None:
-        return None
+def _answer_wait(code: types.CodeType) -> int | None:
+    """Where trio's ``_send_message_to_trio`` (*code*) waits for the answer: the offset of
+    the call of its queue's ``get``, past the request handed over; None if it has none."""
+    getting = False
     for instruction in dis.get_instructions(code):
-        if instruction.argval == "get" and instruction.positions is not None:
-            return instruction.positions.lineno
+        if instruction.argval == "get":
+            getting = True
+        elif getting and instruction.opname.startswith("CALL"):
+            return instruction.offset
     return None
 
 
@@ -246,17 +244,18 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
     """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
     Once the answer is in the call's queue it is at work again, though it may not have left
-    the call yet. Only once it has handed trio its request (the call's own frame is where it
-    stands: it waits in the queue's ``get``, C code); till then it is at work, handing it
-    over (a matter of microseconds), and no task waiting for it is one that waits for trio."""
+    the call yet; so it is once its ``get`` returned (the queue empty again), however long
+    the machine keeps it from leaving the call's frame: it stands past the ``get``. Only once
+    it has handed trio its request (the call's own frame is where it stands: it waits in the
+    queue's ``get``, C code); till then it is at work, handing it over (a matter of
+    microseconds), and no task waiting for it is one that waits for trio."""
     frame = sys._current_frames().get(thread.ident or -1)
     if frame is None or frame.f_code.co_name != "_send_message_to_trio":
         return False
     if not frame.f_globals.get("__name__", "").startswith("trio."):
         return False
-    line = _trio_answer_line()
-    if line is None or frame.f_lineno < line:
-        return False  # (in its own frame, but yet to hand its request over: at work)
+    if frame.f_lasti != _answer_wait(frame.f_code):
+        return False  # (in its own frame, but before the wait or past it: at work)
     message = frame.f_locals.get("message_to_trio")
     answers = getattr(message, "queue", None)
     empty = getattr(answers, "empty", None)
