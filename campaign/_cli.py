@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--contexts", type=_contexts, default=None, help="e.g. iommu=2,cpu=1")
     stress.add_argument("--latency", choices=("default", "slow", "zero"), default="default")
     stress.add_argument("--faults", type=_rate, default=0.0, metavar="RATE")
-    stress.add_argument("--cancel", type=_rate, default=0.0, metavar="RATE")
+    stress.add_argument(
+        "--cancel", type=_rate, default=None, metavar="RATE", help="(default: as python -m stress)"
+    )
     stress.add_argument("--check-every", type=_count, default=50, metavar="N")
     stress.add_argument(
         "--stall-timeout",
@@ -239,7 +241,8 @@ def _stress_units(args: argparse.Namespace) -> Iterator[Unit]:
     settings = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(stress.StressConfig)
-        if f.name in vars(args) and f.name != "duration"  # the campaign's, not a run's
+        # (duration: the campaign's, not a run's; None: the run's own default)
+        if f.name in vars(args) and f.name != "duration" and getattr(args, f.name) is not None
     }
     try:
         config = stress.StressConfig(**{**settings, "contexts": contexts})

@@ -33,6 +33,7 @@ from avcm.testing import (
 from ._config import (
     BACKENDS,
     CLOCKS,
+    DEFAULT_CANCEL,
     DRIVER_DEFAULT_CONTEXTS,
     LATENCIES,
     MAX_JOBS,
@@ -168,10 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cancel",
         type=_number,
-        default=0.0,
+        default=DEFAULT_CANCEL,
         metavar="RATE",
         help="probability that an operation is cancelled midway (at one of its first 8 sync "
-        "points, so in any driver; it takes effect at the next checkpoint)",
+        f"points, so in any driver; it takes effect at the next checkpoint; default "
+        f"{DEFAULT_CANCEL}; 0: none)",
     )
     parser.add_argument(
         "--driver",

@@ -468,7 +468,8 @@ async def check_restart_racing(
     share that powers down after its last user left, outside its lock, must not undo a
     switch-on from cold meanwhile. Every context must then be on and match the model; then
     each gets back as many activations as its users held (counts only, or its switch-off if
-    none). A context whose activate keeps failing (rule 8) is not judged."""
+    none). A context whose activate keeps failing (rule 8) is judged off instead, and its
+    users' activations are dropped."""
     held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     for ctx in world.contexts:
         for _ in range(held[ctx.vcm] - 1):  # counts only: nothing switches
@@ -509,14 +510,28 @@ async def check_restart_racing(
                 group.start_soon(switch_off, ctx)
                 group.start_soon(switch_on, ctx, event)
     world.result.checks["restarts racing their switch-offs"] += 1
+    from ._device import after_deactivate  # here: _device builds on this module
+
     for ctx in world.contexts:
         if ctx.vcm not in failed:
             _started(world, ctx, "after every context was switched off and on again at once")
+        elif not ctx.vcm.activations:
+            # its switch-on kept failing (rule 8): judged off, and its users hold nothing of
+            # it any more (as if each had undone its activations), so that no call of the
+            # harness's own depends on the driver letting one through (a page its switch-off
+            # left mapped is one thing that makes a driver refuse to map again: the run goes
+            # on, and its checks find it)
+            after_deactivate(world, ctx)
+            for (task, vcm), count in list(world.held.items()):
+                if vcm is ctx.vcm and count:
+                    world.hold(task, vcm, -count)
     for ctx in world.contexts:
-        on, count = ctx.vcm not in failed, held[ctx.vcm]
-        for _ in range(count - on):
+        if ctx.vcm in failed:
+            continue
+        count = held[ctx.vcm]
+        for _ in range(count - 1):  # counts only: it is on
             await until_done(ctx.vcm.activate, f"activate of {ctx.name}")
-        if on and not count:
+        if not count:
             await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
 
 
