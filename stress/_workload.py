@@ -133,7 +133,7 @@ DETACH_EVERY = 2000
 # at once, each switch-on RESTART_LAG seconds or less (down to a thousandth of it) after the
 # switch-offs' last parts began (check_restart_racing): a unit that powers down after its
 # last user left, outside its lock, must not undo a switch-on from cold meanwhile.
-RESTART_CHANCE = 1 / 8
+RESTART_CHANCE = 1 / 16
 RESTART_LAG = 50e-6
 
 # One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
