@@ -562,7 +562,7 @@ async def _power_sharing(run: Run, first: Vcm, second: Vcm) -> None:
 
 # how long after the last user begins to switch off the other context switches on (seconds):
 # a unit that powers down once its last user left, outside its lock, races the switch-on
-_RESTART_LAGS = (0.0, 2e-6, 5e-6, 10e-6, 20e-6, 40e-6)
+_RESTART_LAGS = (0.0, 3e-6, 10e-6, 30e-6)
 
 
 async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
