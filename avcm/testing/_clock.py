@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import functools
 import heapq
+import inspect
 import itertools
 import math
 import selectors
@@ -31,6 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
@@ -220,22 +222,40 @@ class _VirtualSelector(selectors.DefaultSelector):
 _CALLS_INTO_TIMEOUT = 1.0  # seconds of real time a closing loop answers threads' calls for
 _THREAD_SPIN_POLL = 0.01  # seconds of real time callbacks that spin wait for a thread at a time
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
-_SPIN_READS = 32  # reads by one task from one place at one virtual instant that make it move
+_SPIN_READS = 8  # reads by one task from one place at one virtual instant that make it move
 _SPIN_QUANTUM = 1e-6  # seconds: the spin rule's least move
 # the modules a read of the clock goes through on its way from the code that reads it
 _CLOCK_PLUMBING = ("anyio.", "asyncio.", "trio.", "sniffio.", __name__)
 
 
-def _read_site() -> tuple[object, int]:
-    """Where the code that reads the clock reads it: the code object and instruction of the
-    first frame outside the event loops' and anyio's own (a poll's own line, whatever
-    function it calls the clock through)."""
-    frame = sys._getframe(2)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
-        _CLOCK_PLUMBING
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_SITE_DEPTH = 16  # the most plain (not async) frames a read's place looks through
+
+
+def _read_site() -> tuple[object, ...]:
+    """Where the code that reads the clock reads it: from the first frame outside the event
+    loops' and anyio's own, each plain function's code and instruction (an accessor such as
+    ``now()``, however many places call it), up to the first async function's frame itself
+    and its instruction. That frame is a new one at each call: each ``await udelay(...)`` is a
+    poll of its own, and so is each loop that computes its deadline on a line of its own,
+    even when every read goes through one accessor."""
+    frame: FrameType | None = sys._getframe(2)
+    while (
+        frame is not None
+        and frame.f_back is not None
+        and frame.f_globals.get("__name__", "").startswith(_CLOCK_PLUMBING)
     ):
         frame = frame.f_back
-    return frame.f_code, frame.f_lasti
+    site: list[object] = []
+    for _ in range(_SITE_DEPTH):
+        if frame is None:
+            break
+        if frame.f_code.co_flags & _ASYNC_CODE:
+            site += [frame, frame.f_lasti]  # (frames compare by identity)
+            break
+        site += [frame.f_code, frame.f_lasti]
+        frame = frame.f_back
+    return tuple(site)
 
 
 class _Poll:
@@ -243,7 +263,7 @@ class _Poll:
 
     __slots__ = ("at", "began", "reads", "site")
 
-    def __init__(self, site: tuple[object, int], now: float) -> None:
+    def __init__(self, site: tuple[object, ...], now: float) -> None:
         self.site = site
         self.began = self.at = now  # when the poll began; the instant its reads are counted at
         self.reads = 0
@@ -264,14 +284,17 @@ class _Spin:
     passed after a few moves however far it is, and overshot by less than the wait; but no
     further than the next timer, which the move makes due: a sleeper wakes, and a deadline
     around the poll is reached, at its own time, as on a real loop. A poll ends when its
-    task reads the clock from another place (the next wait's own deadline): each wait is
-    its own poll, so its moves start from a microsecond again."""
+    task reads the clock from another place (the next wait's own deadline, or the same line
+    of another call of an async function: see :func:`_read_site`), or when the clock moved
+    otherwise than by this rule (the task waited): each wait is its own poll, so its moves
+    start from a microsecond again."""
 
-    __slots__ = ("polls",)
+    __slots__ = ("moved_to", "polls")
 
     def __init__(self) -> None:
         # by task: a task's poll ends with it (weakly held: a task is no key for ever)
         self.polls: weakref.WeakKeyDictionary[object, _Poll] = weakref.WeakKeyDictionary()
+        self.moved_to = math.nan  # where this rule last moved the clock to
 
     def read(
         self, task: object, now: float, next_timer: Callable[[], float | None]
@@ -282,7 +305,10 @@ class _Spin:
         poll = self.polls.get(task)
         if poll is None or poll.site != site:
             poll = self.polls[task] = _Poll(site, now)
-        elif poll.at != now:  # it moved since (this rule, or another task's wait)
+        elif poll.at != now:
+            if now != self.moved_to:
+                # the loop moved it (the task waited, and a timer fell due): a new wait
+                poll.began = now
             poll.at, poll.reads = now, 0
         poll.reads += 1
         if poll.reads < _SPIN_READS:
@@ -294,6 +320,7 @@ class _Spin:
             if timer <= now:  # it is due already: the loop runs it at its next iteration
                 return None
             target = timer
+        self.moved_to = target
         return target
 
 
