@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import sniffio
 
 from .. import InvalidError
@@ -265,6 +267,7 @@ async def _run_once(
         raise InvalidError(
             f"scenario {scenario_name(scenario)} returned {awaitable!r}: make it an async def"
         )
+    before = _loop_tasks()
     try:
         await awaitable
     except ReplayDivergedError:
@@ -274,13 +277,59 @@ async def _run_once(
             # failed before any task ran under the scheduler: no schedule to blame (no race
             # to report or shrink), but the scenario's own error, raised as it is
             raise
+        await _outlast_leftovers(before)
         return run, error
+    await _outlast_leftovers(before)
     if not run.decisions:
         raise InvalidError(
             f"scenario {scenario_name(scenario)} ran no task under the scheduler: "
             f"run its racing operations with `await run.concurrently(...)`"
         )
     return run, None
+
+
+def _loop_tasks() -> set[Any]:
+    """Every task of the running event loop."""
+    if sniffio.current_async_library() == "trio":
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        return set(GLOBAL_RUN_CONTEXT.runner.tasks)
+    import asyncio
+
+    return set(asyncio.all_tasks())
+
+
+_LEFTOVER_WAIT = 1.0  # (virtual) seconds a run's leftover tasks are given to end
+
+
+async def _outlast_leftovers(before: set[Any]) -> None:
+    """Wait for the tasks the run's code left running when it ended (spawned outside any task
+    group it waited for: a driver's background work item, a lazy power-down timer), virtual
+    time passing, for up to ``_LEFTOVER_WAIT`` seconds; on asyncio, cancel those still left
+    then. Every run of an exploration shares one event loop: what one left would act in the
+    next (its timers falling due, its steps taken, between that run's steps), which its replay
+    in a fresh process does not have, and the replay diverged."""
+    wait, waited = 1e-6, 0.0
+    while True:
+        left = [task for task in _loop_tasks() - before if not _done(task)]
+        if not left:
+            return
+        if waited >= _LEFTOVER_WAIT:
+            break
+        await anyio.sleep(wait)
+        waited += wait
+        wait *= 2
+    if sniffio.current_async_library() != "trio":
+        for task in left:
+            task.cancel()
+        await anyio.lowlevel.checkpoint()
+
+
+def _done(task: Any) -> bool:
+    done = getattr(task, "done", None)  # asyncio's
+    if callable(done):
+        return bool(done())
+    return task.coro.cr_frame is None  # trio's: its coroutine ended
 
 
 def _same_failure(error: BaseException, original: BaseException) -> bool:
