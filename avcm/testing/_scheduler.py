@@ -68,6 +68,7 @@ import collections
 import concurrent.futures
 import dis
 import functools
+import gc
 import itertools
 import math
 import os
@@ -175,6 +176,20 @@ def _anyio_worker_call_line() -> int | None:
     return None
 
 
+def _current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()``, with the garbage collector held off meanwhile: CPython
+    3.11 may collect inside it while it holds the interpreter's list of threads, and a
+    finalizer that then waits for a lock (one a thread ending needs) deadlocks the loop
+    (seen once in CI, in gc_collect_main under _PyThread_CurrentFrames)."""
+    if not gc.isenabled():
+        return sys._current_frames()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        gc.enable()
+
+
 def _call_into(thread: threading.Thread, loop: object) -> int:
     """Where *thread* stands in a call into *loop* (``anyio.from_thread.run`` and
     ``run_sync``): 0, in none; 1, in one, handing its request over; 2, blocked in the
@@ -183,7 +198,7 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
     (``call_soon_threadsafe`` comes first), and it cannot go on before the loop answers, so
     what the loop does meanwhile is no race with the thread. Once the answer is given it is
     at work again, though it may not have left ``result()`` yet."""
-    frame = sys._current_frames().get(thread.ident or -1)
+    frame = _current_frames().get(thread.ident or -1)
     waiting = False
     while frame is not None:
         code = frame.f_code
@@ -198,7 +213,7 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
 
 def _trio_frame(thread: threading.Thread, function: str) -> FrameType | None:
     """The frame of trio's *function* that *thread* is in, if any."""
-    frame = sys._current_frames().get(thread.ident or -1)
+    frame = _current_frames().get(thread.ident or -1)
     while frame is not None:
         if frame.f_code.co_name == function and frame.f_globals.get("__name__", "").startswith(
             "trio."
@@ -249,7 +264,7 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
     it has handed trio its request (the call's own frame is where it stands: it waits in the
     queue's ``get``, C code); till then it is at work, handing it over (a matter of
     microseconds), and no task waiting for it is one that waits for trio."""
-    frame = sys._current_frames().get(thread.ident or -1)
+    frame = _current_frames().get(thread.ident or -1)
     if frame is None or frame.f_code.co_name != "_send_message_to_trio":
         return False
     if not frame.f_globals.get("__name__", "").startswith("trio."):
@@ -345,7 +360,7 @@ def _untaken(worker: threading.Thread) -> bool:
             return True
     # between taking it and the check is a few instructions, but the thread may lose the GIL
     # there for a switch interval, and the loop may cancel the future meanwhile
-    frame = sys._current_frames().get(worker.ident or -1)
+    frame = _current_frames().get(worker.ident or -1)
     while frame is not None:
         if frame.f_code.co_name == "run" and frame.f_globals.get("__name__") == (
             "anyio._backends._asyncio"
@@ -2172,7 +2187,7 @@ class _Queue:
         }
         return any(
             _waits_in_threading(frame) and (ident in named or _serves_a_call(frame))
-            for ident, frame in sys._current_frames().items()
+            for ident, frame in _current_frames().items()
         )
 
     def call_soon(self, function: Callable[[], None]) -> None:
