@@ -485,12 +485,40 @@ async def spin_on_the_clock(index: int) -> None:
             await anyio.lowlevel.checkpoint()
 
 
+def spin_for_tokens(n: int) -> testing.Scenario:
+    """Tasks share a token bucket (a token a microsecond, at most one kept) and take 12
+    tokens in all, reading the clock between yields, inside a deadline of a millisecond: a
+    real loop takes 12 microseconds. Each token needs the clock to move a little again, so
+    the spin rule's moves must start small (attack18: moves from a millisecond, halving
+    towards the deadline, ran out after 11 tokens: a false TimeoutError)."""
+    bucket = {"tokens": 1.0, "at": 0.0}
+
+    async def take(index: int) -> None:
+        with anyio.fail_after(1e-3):
+            for _ in range(12 // n):
+                while True:
+                    now = anyio.current_time()
+                    refill = (now - bucket["at"]) * 1e6
+                    bucket["tokens"], bucket["at"] = min(1.0, bucket["tokens"] + refill), now
+                    if bucket["tokens"] >= 1:
+                        bucket["tokens"] -= 1
+                        break
+                    await anyio.lowlevel.checkpoint()
+
+    async def scenario(run: testing.Run) -> None:
+        bucket.update(tokens=1.0, at=anyio.current_time())
+        await spinners(n, take)(run)
+
+    return scenario
+
+
 SPINS = {
     f"{name}-{n}": scenario
     for n in (1, 2, 3)
     for name, scenario in (
         ("spin_for_a_flag", spin_for_a_flag(n)),
         ("spin_on_the_clock", spinners(n, spin_on_the_clock)),
+        ("spin_for_tokens", spin_for_tokens(n)),
     )
 }
 
@@ -536,6 +564,7 @@ CONTROL_STRATEGIES = [
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
     schedules = 20 if "threads" in control else 4 if "process" in control else 60
     schedules = 10 if "spin_" in control else schedules
+    schedules = 4 if "tokens" in control else schedules
     result = testing.explore(
         CONTROLS[control],
         strategy=strategies()[strategy](),
@@ -677,7 +706,7 @@ def test_a_true_livelock_is_one_while_time_passes(clock: bool, backend: str) -> 
         assert "task 0 (a) polite sleep" in str(error)
         assert "task 1 (b) polite sleep" in str(error)
         # time passed: by quanta for a clock read, else at once to the sleeper's timer
-        assert result.failure.timeline.steps[-1].time >= (0.001 if clock else 7)
+        assert result.failure.timeline.steps[-1].time >= (1e-6 if clock else 7)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -88,7 +88,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
-from ._clock import restart_clock
+from ._clock import _SPIN_QUANTUM, restart_clock
 from ._errors import (
     DeadlockError,
     IOWaitError,
@@ -1038,8 +1038,10 @@ class Run:
         while time passes. Virtual time then moves as it would: to the next timer (not the
         controller's own) if it ends a sleep, never to a deadline (cancel scopes, other
         timeouts: unseen progress would reach it first in a real loop); and, when a task
-        read the clock meanwhile, by a quantum that doubles with the spin's length (a
-        millisecond first) and stays before the next timer (at most half the way to it),
+        read the clock meanwhile, by a quantum that doubles with the spin's length (the
+        virtual clock's, a microsecond first: a real poll's round takes about that, and a
+        coarser first move is what a token bucket under a deadline cannot outlive, as the
+        moves halve towards it) and stays before the next timer (at most half the way to it),
         so that a deadline around a spin that waits for the clock is not reached first.
         While I/O is outstanding it waits for the I/O and moves nothing, until a whole
         ``io_timeout`` brought nothing. With no sleeper's timer and no clock read the
@@ -1478,7 +1480,6 @@ _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
 _OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: after every controlled
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
-_SPIN_QUANTUM = 1e-3  # seconds: the spin rule's first move of a clock that tasks read
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
