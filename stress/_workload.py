@@ -946,6 +946,13 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
             outcome = "cancelled"
     except Exception as error:
         outcome = "no verdict" if isinstance(error, NoVerdict) else "VIOLATION"
+        if isinstance(error, ExceptionGroup):
+            # the operations start no task group: a driver's group, whatever it holds, is not
+            # an OSError (_record would show its one leaf, which reads as an errno refused)
+            tail = "".join(traceback.format_exception(error)[-6:])
+            error = Violation(
+                "errors", f"{op} raised an exception group, not an OSError: {error!r}\n{tail}"
+            )
         _record(world, error, op, seq)
     finally:
         del world.doing[task.index]

@@ -190,6 +190,27 @@ class ReadOnlyAgainPageTable(drivers.PageTableMmu):
         super().write(addr, data)
 
 
+class GroupedTimeoutPageTable(drivers.PageTableMmu):
+    """Waits for every fifth page's acknowledgement in a task group of its own, whose child
+    times out with ``OSError(ETIMEDOUT)``: what reaches avcm is the task group's
+    ``ExceptionGroup``, not the ``OSError`` a driver call may fail with."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="grouped-timeout")
+        self.pages = 0
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self.pages += 1
+        if self.pages % 5 == 0:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._acknowledge)
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def _acknowledge(self) -> None:
+        await anyio.sleep(1e-6)
+        raise TimeoutError(errno.ETIMEDOUT, "page acknowledgement timed out")
+
+
 class SharedUnit:
     """One IOMMU unit serving every context made on one physical memory: page-table pages (one
     4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
@@ -822,6 +843,10 @@ def leaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, ForgetfulPageTable(memory), memory=memory)
+
+
+def grouped_timeout(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, GroupedTimeoutPageTable(memory), memory=memory)
 
 
 def late_edge(memory: avcm.PhysicalMemory) -> avcm.Vcm:

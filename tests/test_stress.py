@@ -80,6 +80,20 @@ def test_broken_driver_is_caught(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_exception_group_from_a_driver_is_named_as_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    """A driver's ETIMEDOUT inside its own task group reaches avcm as an ExceptionGroup: an
+    error the contract does not allow, named as the group it is, not as its one errno (which
+    the harness allows a driver, and which would read as refused)."""
+    args = ["--backend", backend, "--driver", "tests.broken_drivers:grouped_timeout"]
+    status, out, _ = run_stress(capsys, *args, "--trace-dir", str(tmp_path))
+    assert status == 1, out
+    assert "errors" in out and "raised an exception group, not an OSError" in out
+    assert "TimeoutError(110, 'page acknowledgement timed out')" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("options", [["--faults", "0.05"], ["--cancel", "0.1"], []])
 def test_sample_drivers_pass(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str, options: list[str]
