@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -211,6 +212,25 @@ class GroupedTimeoutPageTable(drivers.PageTableMmu):
         raise TimeoutError(errno.ETIMEDOUT, "page acknowledgement timed out")
 
 
+LAZY_POWER_DOWN = 100e-6  # seconds after its last user left that a lazy unit powers down
+LAZY_POWER_DOWN_SEQUENCE = 5e-6  # seconds its power-down sequence takes then
+
+_BACKGROUND: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
+
+
+def _in_background(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run *function* in a task of its own that nobody waits for, as a hardware timer or a
+    work queue runs the work a driver hands it."""
+    if sniffio.current_async_library() == "trio":
+        import trio.lowlevel
+
+        trio.lowlevel.spawn_system_task(function)
+    else:
+        task = asyncio.get_running_loop().create_task(function())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
 class SharedUnit:
     """One IOMMU unit serving every context made on one physical memory: page-table pages (one
     4 KiB page of that memory per 2 MiB of device addresses in use, the last one given back
@@ -234,6 +254,12 @@ class SharedUnit:
       switches the unit off without looking at the count again: another context's enable
       from cold meanwhile is undone (shows only when every context is off and one switches
       on again within the power-down's latency);
+    * ``lazy_power_down``: the last user to leave starts a lazy power-down in a background
+      task of the unit's (a timer, :data:`LAZY_POWER_DOWN`), which, when it falls due, finds
+      the count at zero, sleeps through the power-down sequence and switches the unit off
+      without looking again: an enable from cold during that sequence is undone, after
+      every call returned (shows only when a context switches on again within the sequence
+      after the timer);
     * ``racy_root``: the count of entries using the unit's root table (one page, needed by every
       translation, freed when no entry uses it) is read, then written after the sleep: two
       contexts mapping at once lose a count, and the root is freed while another context
@@ -265,6 +291,7 @@ class SharedUnit:
         racy_power: bool = False,
         early_enable: bool = False,
         late_power_down: bool = False,
+        lazy_power_down: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
@@ -275,6 +302,7 @@ class SharedUnit:
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable, self.late_power_down = early_enable, late_power_down
+        self.lazy_power_down = lazy_power_down
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
         self.early_root_free, self.stale_clear = early_root_free, stale_clear
@@ -348,12 +376,25 @@ class SharedUnit:
                 await self.latency.sleep("enable", self)  # the power-down sequence
                 self.powered = False
             return
+        if self.lazy_power_down:
+            self.users += delta
+            if self.users == 1 and delta > 0:
+                self.powered = True
+            elif not self.users:
+                _in_background(self._power_down_later)
+            return
         users = self.users
         await self._between_read_and_write(self.racy_power)
         if not self.racy_power:
             users = self.users
         self.users = users + delta
         self.powered = self.users > 0
+
+    async def _power_down_later(self) -> None:
+        await anyio.sleep(LAZY_POWER_DOWN)
+        if not self.users:  # looked at once, acted on after the sequence
+            await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
+            self.powered = False
 
     ROOT_MAGIC = b"rootpage"
 
@@ -532,6 +573,10 @@ def shared_unit_early_enable(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_late_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "late_power_down")
+
+
+def shared_unit_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "lazy_power_down")
 
 
 def shared_unit_racy_root(memory: avcm.PhysicalMemory) -> avcm.Vcm:

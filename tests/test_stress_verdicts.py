@@ -325,6 +325,10 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         # the last user's power-down, after its lock, undoes another's switch-on from cold:
         # at a quiescent point every context is switched off and on again at once, racing
         ("shared_unit_late_power_down", {"rule 4"}),
+        # a lazy power-down in a background task, 100 us after the last user left, that looks
+        # at the count once and acts 5 us later: switches on are aimed either side of the
+        # timers a switch-off left, and checked again once those fell due
+        ("shared_unit_lazy_power_down", {"rule 1", "rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(

@@ -397,3 +397,26 @@ def test_the_race_finder_spins_its_own_way_and_the_spin_rule_is_back_after(backe
     exploration = testing.explore(scenario, schedules=2, backend=backend)
     assert exploration.failure is None, exploration.failure.error
     assert len(seen) == 4 and seen[0::2] == seen[0:1] * 2 and seen[1::2] == seen[1:2] * 2
+
+
+@pytest.mark.anyio
+async def test_pending_timers_are_the_sleeps_and_deadlines_that_can_fall_due() -> None:
+    """What a harness compares to see the timers some code left behind: a sleep's and a
+    deadline's, each once, earliest first; none once they are gone, nor sleep_forever's."""
+    before = testing.pending_timers()
+    assert before == sorted(before)
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.sleep, 5)
+        group.start_soon(anyio.sleep_forever)
+        await anyio.wait_all_tasks_blocked()
+        now = anyio.current_time()
+        with anyio.move_on_after(7):
+            during = testing.pending_timers()
+            await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    left = list(during)
+    for when in before:
+        left.remove(when)
+    assert left == [pytest.approx(now + 5, abs=0.5), pytest.approx(now + 7, abs=0.5)]
+    await anyio.lowlevel.checkpoint()
+    assert testing.pending_timers() == before

@@ -20,7 +20,8 @@ rule 4) and :func:`check_quiescent` (every rule that holds when nothing is in fl
 violation an :class:`InvariantViolation` naming its rule), used alike by the stress harness,
 the conformance suite and the tests. They belong with the race finder, not in ``avcm`` or
 ``avcm.lowlevel``: no driver or user of a context calls them; tests and harnesses do.
-:func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run;
+:func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run, and
+:func:`pending_timers` the timers its loop has pending (to aim at what code left behind);
 :func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
 project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
 share: Ctrl-C as one line and exit status 130, output paths checked before the work.
@@ -35,7 +36,13 @@ alone: seeds and strategies (:data:`PORTFOLIO`), or :class:`Exhaustive` prefixes
 when a cluster is made.
 """
 
-from ._clock import BACKENDS, VirtualTimeEventLoop, backend_options, run_on_virtual_time
+from ._clock import (
+    BACKENDS,
+    VirtualTimeEventLoop,
+    backend_options,
+    pending_timers,
+    run_on_virtual_time,
+)
 from ._commands import output_dir_problem, output_file_problem, run_main
 from ._conformance import (
     SCENARIOS,
@@ -158,6 +165,7 @@ __all__ = [
     "explore",
     "exhaustive_prefixes",
     "explore_async",
+    "pending_timers",
     "progress_bar",
     "replay",
     "replay_async",
