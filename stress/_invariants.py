@@ -7,14 +7,12 @@ checks that need the whole world: at quiescent points (no operation in flight) a
 from __future__ import annotations
 
 import bisect
-import collections
 import functools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
 import avcm
 from avcm import testing
@@ -464,6 +462,8 @@ RESTART_ANCHORS = (None, "driver.deactivate", "driver.disable", LEFT_TIMER)
 # it ran, its hardware wait) fall due, up to this long, and everything is checked again: what
 # a background task of the driver does later lands after the calls returned.
 RESTART_SETTLE = 1e-3
+# A timer further away than this is none a restart aims at (a driver's watchdog, a timeout)
+RESTART_HORIZON = 10e-3
 
 
 async def check_restart_racing(
@@ -484,7 +484,7 @@ async def check_restart_racing(
     (:data:`RESTART_SETTLE` at most); then each gets back as many activations as its users
     held (counts only, or its switch-off if none). A context whose activate keeps failing
     (rule 8) is judged off instead, and its users' activations are dropped."""
-    before = collections.Counter(testing.pending_timers())
+    before = testing.pending_timers()
     held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     for ctx in world.contexts:
         for _ in range(held[ctx.vcm] - 1):  # counts only: nothing switches
@@ -512,7 +512,7 @@ async def check_restart_racing(
             await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
         if anchor == LEFT_TIMER and stopping == {ctx.vcm}:
             # the last switch-off returned; no switch-on sleeps yet (no timer of theirs)
-            left = await _timers_left(before)
+            left = await testing.timers_left(before, within=RESTART_HORIZON)
             aim = left[0] - anyio.current_time() if left else 0.0
         begun(ctx.vcm)  # (also a driver that never passes the anchor)
 
@@ -565,27 +565,12 @@ async def check_restart_racing(
             await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
 
 
-async def _timers_left(before: collections.Counter[float]) -> list[float]:
-    """The timers pending that were not *before*, earliest first, once tasks just spawned
-    had their first steps (a background task's first sleep is its timer then)."""
-    for _ in range(BACKGROUND_STEPS):
-        await anyio.lowlevel.checkpoint()
-    return sorted((collections.Counter(testing.pending_timers()) - before).elements())
-
-
-# Checkpoints a harness task lets pass before it looks at the timers pending: a task spawned
-# in the background (asyncio's create_task, trio's spawn_system_task) starts at the loop's
-# next round, and may make a step or two before it sleeps. (Waiting till every task is blocked
-# would hang behind a background task that polls.)
-BACKGROUND_STEPS = 4
-
-
-async def _let_timers_fall_due(before: collections.Counter[float]) -> None:
+async def _let_timers_fall_due(before: list[float]) -> None:
     """Let the timers pending now that were not *before* fall due, and those they leave, up to
     :data:`RESTART_SETTLE` from now (a driver's background task, on a timer of its own)."""
     until = anyio.current_time() + RESTART_SETTLE
     while True:
-        left = [when for when in await _timers_left(before) if when <= until]
+        left = await testing.timers_left(before, within=until - anyio.current_time())
         if not left:
             return
         # a little past the last: what its task does when it wakes is done by then

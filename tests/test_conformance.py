@@ -120,6 +120,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.shared_unit_stale_clear, "cancel_anywhere", "hardware differs"),
         # the last user's power-down, outside the unit's lock, undoing a switch-on from cold
         (broken_drivers.shared_unit_late_power_down, "restart_racing", "active=False but"),
+        # a lazy power-down in a background task, acting a while after its timer
+        (broken_drivers.shared_unit_lazy_power_down, "restart_racing", "active=False but"),
     ],
 )
 def test_broken_shared_or_scattered_hardware_fails(

@@ -21,7 +21,8 @@ violation an :class:`InvariantViolation` naming its rule), used alike by the str
 the conformance suite and the tests. They belong with the race finder, not in ``avcm`` or
 ``avcm.lowlevel``: no driver or user of a context calls them; tests and harnesses do.
 :func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run, and
-:func:`pending_timers` the timers its loop has pending (to aim at what code left behind);
+:func:`pending_timers` and :func:`timers_left` the timers its loop has pending and those some
+code left behind (to aim at them);
 :func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
 project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
 share: Ctrl-C as one line and exit status 130, output paths checked before the work.
@@ -42,6 +43,7 @@ from ._clock import (
     backend_options,
     pending_timers,
     run_on_virtual_time,
+    timers_left,
 )
 from ._commands import output_dir_problem, output_file_problem, run_main
 from ._conformance import (
@@ -171,4 +173,5 @@ __all__ = [
     "replay_async",
     "run_on_virtual_time",
     "scenario_name",
+    "timers_left",
 ]

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
+import anyio.lowlevel
 import sniffio
 
 from .. import InvalidError
@@ -488,6 +489,23 @@ def pending_timers() -> list[float]:
             return []
         return sorted(live)
     return sorted(_asyncio_timers(asyncio.get_running_loop()))
+
+
+async def timers_left(before: list[float], *, within: float = math.inf) -> list[float]:
+    """The timers pending now, at most *within* seconds away, that were not in *before* (an
+    earlier :func:`pending_timers`), earliest first: those some code left behind meanwhile
+    (a driver's lazy power-down). Looked at once tasks spawned meanwhile had their first
+    steps: a background task starts at the loop's next round (asyncio's ``create_task``,
+    trio's ``spawn_system_task``) and may make a step or two before it sleeps. (Waiting till
+    every task is blocked would hang behind a background task that polls.)"""
+    for _ in range(_BACKGROUND_STEPS):
+        await anyio.lowlevel.checkpoint()
+    horizon = anyio.current_time() + within
+    left = collections.Counter(when for when in pending_timers() if when <= horizon)
+    return sorted((left - collections.Counter(before)).elements())
+
+
+_BACKGROUND_STEPS = 4  # checkpoints timers_left lets pass before it looks
 
 
 _own_clocks: weakref.WeakSet[Any] = weakref.WeakSet()  # the trio clocks made here

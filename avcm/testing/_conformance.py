@@ -42,7 +42,7 @@ from .. import (
     VcmWarning,
 )
 from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook, undo_failures
-from ._clock import run_on_virtual_time
+from ._clock import pending_timers, run_on_virtual_time, timers_left
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._invariants import check_model, check_no_write_after_free, check_quiescent
@@ -563,25 +563,52 @@ async def _power_sharing(run: Run, first: Vcm, second: Vcm) -> None:
 # how long after the last user begins to switch off the other context switches on (seconds):
 # a unit that powers down once its last user left, outside its lock, races the switch-on
 _RESTART_LAGS = (0.0, 3e-6, 10e-6, 30e-6)
+# how long after (or, negative, before) the first timer the switch-off left pending, once it
+# returned, the other context switches on: a power-down decided in a background task acts a
+# while after its timer, and a switch-on takes a while to reach the power-up
+_TIMER_LAGS = (-20e-6, -10e-6, -3e-6, 0.0, 3e-6)
+_TIMER_HORIZON = 10e-3  # (seconds) a timer further away is none a switch-on aims at
+_SETTLE = 1e-3  # (seconds) then each context is looked at again: what a background task did
 
 
 async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
     """Two contexts on one memory, one on and the other off: the one on switches off while,
-    a moment later (:data:`_RESTART_LAGS`), the other switches on from cold. Then each is on
-    or off as its own count says (rule 4: hardware they share that powers down once its last
-    user left, outside its lock, must not undo the switch-on), and the one on reaches every
-    byte bound. Each lag, each way round."""
+    a moment later (:data:`_RESTART_LAGS`), or either side of the first timer the switch-off
+    left pending once it returned (:data:`_TIMER_LAGS`: a lazy power-down in a background
+    task), the other switches on from cold. Then each is on or off as its own count says
+    (rule 4: hardware they share that powers down once its last user left, outside its lock
+    or later, must not undo the switch-on), again :data:`_SETTLE` later, and the one on
+    reaches every byte bound. Each lag, each way round."""
     bound = {vcm: await vcm.make_binding(8 * KiB) for vcm in (first, second)}
-    for lag in _RESTART_LAGS:
+    lags = [(lag, False) for lag in _RESTART_LAGS] + [(lag, True) for lag in _TIMER_LAGS]
+    for lag, at_timer in lags:
         for leaving, coming in ((first, second), (second, first)):
             await leaving.activate()
+            before = pending_timers()
+            left = anyio.Event()
 
-            async def come(coming: Vcm = coming, lag: float = lag) -> None:
-                await anyio.sleep(lag)
+            async def leave(leaving: Vcm = leaving, left: anyio.Event = left) -> None:
+                await leaving.deactivate()
+                left.set()
+
+            async def come(
+                coming: Vcm = coming,
+                left: anyio.Event = left,
+                lag: float = lag,
+                at_timer: bool = at_timer,
+                before: list[float] = before,
+            ) -> None:
+                if at_timer:
+                    await left.wait()
+                    timers = await timers_left(before, within=_TIMER_HORIZON)
+                    lag += timers[0] - anyio.current_time() if timers else 0.0
+                await anyio.sleep(max(0.0, lag))
                 await coming.activate()
 
-            outcomes = await run.concurrently(leaving.deactivate, come)
+            outcomes = await run.concurrently(leave, come)
             _raise_unexpected(outcomes, set())
+            _expect_state(first, second)
+            await anyio.sleep(_SETTLE)
             _expect_state(first, second)
             if coming.activations:
                 _probe((coming, bound[coming]))
