@@ -255,15 +255,57 @@ def _answer_wait(code: types.CodeType) -> int | None:
     return None
 
 
+# the messages of calls back into trio (trio.from_thread.run and run_sync) that trio answered
+_answered: weakref.WeakSet[Any] = weakref.WeakSet()
+_answers_watched: list[bool] = []
+
+
+def _watch_answers() -> None:
+    """Have each answer trio gives a call back into it (``trio.from_thread.run`` and
+    ``run_sync``, anyio's too) known from the moment it is given: its message is in
+    ``_answered`` from then on (see :func:`_waits_for_answer`). trio gives it in the loop's
+    thread, the last thing the message's ``run``, ``run_system`` or ``run_sync`` does, so
+    nothing the loop's thread looks at after it can miss it. Done once."""
+    if _answers_watched:
+        return
+    _answers_watched.append(True)
+    from trio import _threads
+
+    def answering(method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        @functools.wraps(method)
+        async def answer(message: Any) -> None:
+            await method(message)
+            _answered.add(message)
+
+        return answer
+
+    def answering_sync(method: Callable[[Any], None]) -> Callable[[Any], None]:
+        @functools.wraps(method)
+        def answer(message: Any) -> None:
+            method(message)
+            _answered.add(message)
+
+        return answer
+
+    for name in ("run", "run_system"):
+        setattr(_threads.Run, name, answering(getattr(_threads.Run, name)))
+    _threads.RunSync.run_sync = answering_sync(  # type: ignore[method-assign,assignment]
+        _threads.RunSync.run_sync
+    )
+
+
 def _waits_for_answer(thread: threading.Thread) -> bool:
     """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
-    Once the answer is in the call's queue it is at work again, though it may not have left
-    the call yet; so it is once its ``get`` returned (the queue empty again), however long
-    the machine keeps it from leaving the call's frame: it stands past the ``get``. Only once
-    it has handed trio its request (the call's own frame is where it stands: it waits in the
-    queue's ``get``, C code); till then it is at work, handing it over (a matter of
-    microseconds), and no task waiting for it is one that waits for trio."""
+    Only once it has handed trio its request (the call's own frame is where it stands: at the
+    call of its queue's ``get``, C code, in which it waits); till then it is at work, handing
+    it over (a matter of microseconds), and no task waiting for it is one that waits for trio.
+    Once trio gave the answer it is at work again, though it may not have left the call yet:
+    not told by the queue, which is empty again once the thread took the answer out, while
+    the frame still stands at that call (CPython leaves it there till the next instruction
+    begins, and a thread that drops the interpreter lock right as the call returns, as a
+    loaded machine has it do, stays there for milliseconds); told by trio's own act of
+    answering (:func:`_watch_answers`), which the loop's thread, the one that asks, saw."""
     frame = _current_frames().get(thread.ident or -1)
     if frame is None or frame.f_code.co_name != "_send_message_to_trio":
         return False
@@ -272,6 +314,8 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
     if frame.f_lasti != _answer_wait(frame.f_code):
         return False  # (in its own frame, but before the wait or past it: at work)
     message = frame.f_locals.get("message_to_trio")
+    if message in _answered:
+        return False
     answers = getattr(message, "queue", None)
     empty = getattr(answers, "empty", None)
     return callable(empty) and bool(empty())
@@ -2595,6 +2639,7 @@ class _TrioQueue(_Queue):
         with entry_queue.lock:
             entry_queue.queue = _TrioEntries(queue, entry_queue.queue)
         _watch_hand_overs()
+        _watch_answers()
         return queue
 
     def handed_over_call(self, register: list[Any]) -> _HandedOver:
