@@ -234,16 +234,22 @@ def _calls_back(job: Any) -> bool:
     call after call, so the thread being in a call back now says nothing of a job it handed
     trio earlier (the result of a call abandoned in an earlier run)."""
     function = job[0] if isinstance(job, tuple) and job else None
-    owners = [getattr(function, "__self__", None)]
+    if _is_call_message(getattr(function, "__self__", None)):
+        return True
     for cell in getattr(function, "__closure__", None) or ():
         try:
-            owners.append(cell.cell_contents)
+            owner = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-    return any(
-        type(owner).__name__ in ("Run", "RunSync") and type(owner).__module__ == "trio._threads"
-        for owner in owners
-    )
+        if _is_call_message(owner):
+            return True
+    return False
+
+
+def _is_call_message(owner: object) -> bool:
+    """Whether *owner* is the message of a call back into trio (``trio.from_thread``'s)."""
+    kind = type(owner)
+    return kind.__name__ in ("Run", "RunSync") and kind.__module__ == "trio._threads"
 
 
 @functools.cache
