@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+import operator
 import os
 import subprocess
 import sys
@@ -2402,3 +2403,69 @@ def test_a_call_back_that_waits_for_ever_under_a_cancelled_caller_is_reported(
     assert "call back into the loop (from_thread.run) waits in" in words
     assert "MemoryObjectReceiveStream.receive" in words
     assert "a wake-up lost" in words
+
+
+async def orphan_calling_back_to_a_poller(run: testing.Run) -> None:
+    """A correct program: the caller gives up (after 2 ms) on a thread abandoned on cancel
+    that calls back into the loop three times after 4 ms; a poller spins until the last call
+    back came in (attack18's ``c_orph_3cb``, smaller)."""
+    state = {"n": 0}
+
+    def work() -> None:
+        time.sleep(0.004)
+        for _ in range(3):
+            anyio.from_thread.run_sync(state.__setitem__, "n", state["n"] + 1)
+
+    async def caller() -> None:
+        with anyio.move_on_after(0.002):
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def poller() -> None:
+        while state["n"] < 3:
+            await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(caller, poller):
+        outcome.unwrap()
+
+
+def test_what_was_found_of_abandoned_calls_is_given_again_only_while_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # trio: the threads whose calls were abandoned on cancel are asked about at every question
+    # of every step, and what was found is given again while nothing it was found from
+    # changed: each time it is, a fresh look finds the same (unless a thread moved meanwhile)
+    from avcm.testing import _scheduler  # avcm-private: the cache of _orphan_calls
+
+    seen_class = _scheduler._OrphansSeen  # avcm-private: the cache under test
+    same = seen_class.same
+    checked: list[bool] = []
+
+    def moves(queue: Any) -> list[Any]:
+        # what threads change: what they handed the loop, and where their calls stand
+        calls = [(call, call.thread, call.begun, call.delivered) for call in queue.at_work]
+        return [*queue.arrived_now(), *itertools.chain.from_iterable(calls)]
+
+    def same_as_fresh(seen: Any, queue: Any, arrived: list[Any]) -> bool:
+        if not same(seen, queue, arrived):
+            return False
+        before = moves(queue)
+        queue.orphans_seen = None
+        fresh = queue._orphan_calls()
+        after = moves(queue)
+        if len(before) == len(after) and all(map(operator.is_, before, after)):
+            checked.append(
+                len(fresh) == len(seen.found)
+                and all(a is c and b is d for (a, b), (c, d) in zip(fresh, seen.found, strict=True))
+            )
+        queue.orphans_seen = seen
+        return True
+
+    monkeypatch.setattr(seen_class, "same", same_as_fresh)
+    result = testing.explore(
+        orphan_calling_back_to_a_poller,
+        strategy=testing.PCT(1, slow_threads=1),
+        schedules=3,
+        backend="trio",
+    )
+    assert result.failure is None, result.failure.report()
+    assert checked and all(checked), checked.count(False)

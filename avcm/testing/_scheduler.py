@@ -71,6 +71,7 @@ import functools
 import gc
 import itertools
 import math
+import operator
 import os
 import sys
 import threading
@@ -211,9 +212,12 @@ def _call_into(thread: threading.Thread, loop: object) -> int:
     return 0
 
 
-def _trio_frame(thread: threading.Thread, function: str) -> FrameType | None:
-    """The frame of trio's *function* that *thread* is in, if any."""
-    frame = _current_frames().get(thread.ident or -1)
+def _trio_frame(
+    thread: threading.Thread, function: str, frames: dict[int, FrameType] | None = None
+) -> FrameType | None:
+    """The frame of trio's *function* that *thread* is in, if any (in *frames*, a
+    :func:`_current_frames` taken for several questions; else in the threads' frames now)."""
+    frame = (_current_frames() if frames is None else frames).get(thread.ident or -1)
     while frame is not None:
         if frame.f_code.co_name == function and frame.f_globals.get("__name__", "").startswith(
             "trio."
@@ -230,16 +234,22 @@ def _calls_back(job: Any) -> bool:
     call after call, so the thread being in a call back now says nothing of a job it handed
     trio earlier (the result of a call abandoned in an earlier run)."""
     function = job[0] if isinstance(job, tuple) and job else None
-    owners = [getattr(function, "__self__", None)]
+    if _is_call_message(getattr(function, "__self__", None)):
+        return True
     for cell in getattr(function, "__closure__", None) or ():
         try:
-            owners.append(cell.cell_contents)
+            owner = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-    return any(
-        type(owner).__name__ in ("Run", "RunSync") and type(owner).__module__ == "trio._threads"
-        for owner in owners
-    )
+        if _is_call_message(owner):
+            return True
+    return False
+
+
+def _is_call_message(owner: object) -> bool:
+    """Whether *owner* is the message of a call back into trio (``trio.from_thread``'s)."""
+    kind = type(owner)
+    return kind.__name__ in ("Run", "RunSync") and kind.__module__ == "trio._threads"
 
 
 @functools.cache
@@ -294,7 +304,7 @@ def _watch_answers() -> None:
     )
 
 
-def _waits_for_answer(thread: threading.Thread) -> bool:
+def _waits_for_answer(thread: threading.Thread, frames: dict[int, FrameType] | None = None) -> bool:
     """Whether *thread* blocks in a call into trio (``trio.from_thread.run`` or ``run_sync``,
     anyio's too) for an answer trio has not given yet: it waits for trio, not trio for it.
     Only once it has handed trio its request (the call's own frame is where it stands: at the
@@ -305,8 +315,9 @@ def _waits_for_answer(thread: threading.Thread) -> bool:
     the frame still stands at that call (CPython leaves it there till the next instruction
     begins, and a thread that drops the interpreter lock right as the call returns, as a
     loaded machine has it do, stays there for milliseconds); told by trio's own act of
-    answering (:func:`_watch_answers`), which the loop's thread, the one that asks, saw."""
-    frame = _current_frames().get(thread.ident or -1)
+    answering (:func:`_watch_answers`), which the loop's thread, the one that asks, saw.
+    (*frames*: as for :func:`_trio_frame`.)"""
+    frame = (_current_frames() if frames is None else frames).get(thread.ident or -1)
     if frame is None or frame.f_code.co_name != "_send_message_to_trio":
         return False
     if not frame.f_globals.get("__name__", "").startswith("trio."):
@@ -337,15 +348,17 @@ def _innermost_register(coro: Any) -> list[Any] | None:
     return register if isinstance(register, list) else None
 
 
-def _register_of(thread: threading.Thread) -> list[Any] | None:
+def _register_of(
+    thread: threading.Thread, frames: dict[int, FrameType] | None = None
+) -> list[Any] | None:
     """The task register of the call a trio worker *thread* runs, or hands its report of in
     (the register its call's task is in, ``[None]`` once the call was abandoned on cancel), or
-    None."""
-    frame = _trio_frame(thread, "worker_fn")
+    None. (*frames*: as for :func:`_trio_frame`; the two looks are at one moment with them.)"""
+    frame = _trio_frame(thread, "worker_fn", frames)
     if frame is not None:
         register = frame.f_locals.get("task_register")
     else:
-        frame = _trio_frame(thread, "deliver_worker_fn_result")
+        frame = _trio_frame(thread, "deliver_worker_fn_result", frames)
         report = frame and frame.f_locals.get("report_back_in_trio_thread_fn")
         register = next(
             (
@@ -2461,6 +2474,11 @@ def _give_up(thread: threading.Thread, call: object) -> None:
     """A run gave up waiting for *thread*, at work on *call*."""
     _abandoned.add(thread)
     _abandoned_calls[thread] = call
+    _gave_up[0] += 1
+
+
+# how many times runs gave up on a thread: what was found from _given_up is stale once it grew
+_gave_up = [0]
 
 
 def _given_up(thread: threading.Thread, call: object) -> bool:
@@ -2495,6 +2513,59 @@ class _HandedOver:
         self.begun = False
         self.delivered = False
         self.thread: threading.Thread | None = None
+
+
+class _OrphansSeen:
+    """What :meth:`_TrioQueue._orphan_calls` found, with everything it found it from, as it
+    left it (pruned): asked at every question of every step, it gives the same answer again
+    as long as none of that changed. It is an answer from those alone (no thread's frames:
+    not kept when it looked at them): the calls' registers and whether each is cleared, the
+    calls at work with where each stands (its thread, begun, delivered), how many calls were
+    made, what threads handed the loop (the same items), and how many threads were given up
+    on. Compared by identity: each object is held here, so none seen now is a new one that
+    merely looks the same."""
+
+    __slots__ = ("arrived", "at_work", "cleared", "found", "gave_up", "made", "registers", "stand")
+
+    def __init__(
+        self,
+        queue: _TrioQueue,
+        arrived: list[tuple[threading.Thread, Any]],
+        found: list[tuple[threading.Thread, list[Any]]],
+    ) -> None:
+        self.registers = list(queue.registers)
+        self.cleared = _cleared(self.registers)
+        self.at_work = list(queue.at_work)
+        self.stand = _stand(self.at_work)
+        self.made = len(queue.made)
+        self.arrived = arrived
+        self.gave_up = _gave_up[0]
+        self.found = found
+
+    def same(self, queue: _TrioQueue, arrived: list[tuple[threading.Thread, Any]]) -> bool:
+        """Whether *queue* stands as it stood when this was found, *arrived* being what is in
+        its ``arrived`` now."""
+        return (
+            self.made == len(queue.made)
+            and self.gave_up == _gave_up[0]
+            and _same_items(self.arrived, arrived)
+            and _same_items(self.registers, queue.registers)
+            and _same_items(self.at_work, queue.at_work)
+            and self.cleared == _cleared(queue.registers)
+            and self.stand == _stand(queue.at_work)
+        )
+
+
+def _same_items(seen: list[Any], now: list[Any]) -> bool:
+    return len(seen) == len(now) and all(map(operator.is_, seen, now))
+
+
+def _cleared(registers: list[list[Any]]) -> list[bool]:
+    return [register == [None] for register in registers]
+
+
+def _stand(calls: list[_HandedOver]) -> list[tuple[threading.Thread | None, bool, bool]]:
+    return [(call.thread, call.begun, call.delivered) for call in calls]
 
 
 _watching: list[bool] = []
@@ -2620,6 +2691,7 @@ class _TrioQueue(_Queue):
         self.handed_over: list[_HandedOver] = []  # calls whose threads have yet to begin them
         self.at_work: list[_HandedOver] = []  # calls whose threads have yet to report
         self.made: list[_HandedOver] = []  # every call handed over, in the order made
+        self.orphans_seen: _OrphansSeen | None = None  # what _orphan_calls found last
         self.entering: list[Any] = []  # jobs let in that trio's own task has yet to run
         try:
             self.own_fd = self.runner.entry_queue.wakeup.wakeup_sock.fileno()
@@ -2772,18 +2844,34 @@ class _TrioQueue(_Queue):
         if unbegun:
             _within_handover(lambda: all(call.begun for call in unbegun))
             self.handed_over = [call for call in self.handed_over if call not in unbegun]
+        arrived = self.arrived_now()
+        seen = self.orphans_seen
+        if seen is not None and seen.same(self, arrived):
+            return list(seen.found)
+        self.orphans_seen = None
         held: list[list[Any]] = []
         # (and one that handed its report in: at work till it came in, as a thread a task
         # waits for is, whatever the machine's speed)
-        reported = [(thread, _job_register(job)) for thread, job in self.arrived_now()]
+        reported = [(thread, _job_register(job)) for thread, job in arrived]
         # (a thread holds its call from its begin to its report, but for a moment in trio's
         # own frames between the two: known by the call too, else it would be no orphan then)
         self.at_work = [call for call in self.at_work if not call.delivered]
-        holders = [
+        holders: list[tuple[threading.Thread, list[Any] | None]] = [
             (call.thread, call.register)
             for call in self.at_work
             if call.thread is not None and call.begun
-        ] + [(thread, _register_of(thread)) for thread in threading.enumerate()]
+        ]
+        # A call handed over under watch is held from its begin to its report, trio's frames
+        # in between included (:func:`_watch_hand_overs`): its thread's frames say no more.
+        # Looked at only for a call not handed over under watch (one made before the run
+        # took control): walking every thread's frames at every question of every step was
+        # most of the time of a run with an orphan.
+        looked = any(
+            not any(register is call.register for call in self.made) for register in cleared
+        )
+        if looked:
+            frames = _current_frames()
+            holders += [(thread, _register_of(thread, frames)) for thread in threading.enumerate()]
         for thread, register in holders + reported:
             if (
                 register is not None
@@ -2799,6 +2887,8 @@ class _TrioQueue(_Queue):
             for register in self.registers
             if register != [None] or any(register is other for other in held)
         ]
+        if not looked:
+            self.orphans_seen = _OrphansSeen(self, arrived, list(found))
         return found
 
     def calls_handed_over(self) -> list[Any]:
@@ -2822,13 +2912,15 @@ class _TrioQueue(_Queue):
         arrived = self.arrived_now()
         reported = [_job_register(job) for _, job in arrived]
         calling = {thread for thread, job in arrived if _calls_back(job)}
+        orphans = self._orphan_calls()
+        frames = _current_frames() if orphans else {}
         return [
             thread
-            for thread, register in self._orphan_calls()
+            for thread, register in orphans
             if not any(register is done for done in reported)
             and not (
-                (thread in calling or _waits_for_answer(thread))
-                and _register_of(thread) is register
+                (thread in calling or _waits_for_answer(thread, frames))
+                and _register_of(thread, frames) is register
             )
         ]
 
@@ -2864,10 +2956,11 @@ class _TrioQueue(_Queue):
         # worker threads serve call after call)
         sent = {thread for thread, job in self.arrived_now() if _calls_back(job)}
         answering = set()
+        frames = _current_frames()  # (one look for all threads: taking it is most of the cost)
         for thread in threading.enumerate():
-            if thread in sent or not _waits_for_answer(thread):
+            if thread in sent or not _waits_for_answer(thread, frames):
                 continue
-            worker = _trio_frame(thread, "worker_fn")
+            worker = _trio_frame(thread, "worker_fn", frames)
             register = None if worker is None else worker.f_locals.get("task_register")
             task = register[0] if isinstance(register, list) and register else None
             if task is None:
