@@ -453,9 +453,11 @@ class World:
                 self.next_detach = self.seq + rng.randint(DETACH_EVERY // 2, DETACH_EVERY * 3 // 2)
                 # (not a one-to-one context: its memory, contiguous, may not be had again while
                 # its phys bound in other contexts keep the old one's)
-                if not ctx.one_to_one:
-                    await self.detach(ctx)
-                    return f"the harness destroyed {ctx.name} with all it held and built it anew"
+                detachable = [other for other in self.operated if not other.one_to_one]
+                if detachable:
+                    gone = rng.choice(detachable)
+                    await self.detach(gone)
+                    return f"the harness destroyed {gone.name} with all it held and built it anew"
             if rng.random() < RESTART_CHANCE:
                 await check_restart_racing(self, *self.draw_restart())
             ticket = rng.randint(1, self.config.check_every)

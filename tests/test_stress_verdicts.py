@@ -590,7 +590,12 @@ def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: s
     default = StressConfig(backend=backend, driver=driver, contexts=stress.DRIVER_DEFAULT_CONTEXTS)
     violation = stress.run(default).violation
     assert violation is not None and violation.rule == "rule 4" and violation.seq is not None
-    assert violation.seq <= 10_000 and "reached other memory" in violation.description
+    assert violation.seq <= 10_000
+    # found by a device access, or by the model check first (a drain's restarts look at it)
+    assert any(
+        symptom in violation.description
+        for symptom in ("reached other memory", "hardware differs from the model")
+    ), violation
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

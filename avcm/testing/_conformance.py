@@ -588,8 +588,10 @@ async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
             left = anyio.Event()
 
             async def leave(leaving: Vcm = leaving, left: anyio.Event = left) -> None:
-                await leaving.deactivate()
-                left.set()
+                try:
+                    await leaving.deactivate()
+                finally:  # (also when the driver failed it: rule 8)
+                    left.set()
 
             async def come(
                 coming: Vcm = coming,
