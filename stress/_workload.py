@@ -133,7 +133,7 @@ EBB_CHANCE = 1 / 4
 DETACH_EVERY = 2000
 # With this chance at each quiescent point the harness switches every context off and on again
 # at once, each switch-on RESTART_LAG seconds or less (down to a thousandth of it) after the
-# switch-offs' last parts began, or either side of the first timer they left pending
+# switch-offs' last parts began, or before, at or after a timer of the driver's
 # (check_restart_racing): a unit that powers down after its last user left, outside its lock
 # or in a background task, must not undo a switch-on from cold meanwhile. (1 in 8: at 1 in
 # 16 a lazy power-down was caught in 3 runs of 6; the cost is within the noise.)
@@ -141,7 +141,7 @@ RESTART_CHANCE = 1 / 8
 RESTART_LAG = 50e-6
 # At each drain, with nothing bound, the harness switches every context off and on again so
 # many times in a row, racing (World.restart_again_and_again).
-DRAIN_RESTARTS = 16
+DRAIN_RESTARTS = 32
 
 # One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
 # which a bind later fills with far less memory at its start: the allocator places the small
@@ -472,15 +472,18 @@ class World:
         # log-uniform: the window a race needs may be a microsecond or tens of them
         lags = {ctx.vcm: RESTART_LAG * 1e3 ** -rng.random() for ctx in self.contexts}
         if anchor == LEFT_TIMER:
-            # either side of the timer, as the power-down it races takes a while after the
-            # timer and a switch-on a while to reach its power-up: before it by a part of
-            # that while, where it is known (a window a tenth of it wide is hit one time in
-            # ten; log-uniform draws over 50 ns-50 us, one in a hundred)
+            # before, at or after the timer, as the power-down it races takes a while after
+            # the timer and a switch-on a while to reach its power-up: before it by a part
+            # of that while, where it is known (a window a tenth of it wide is hit one time
+            # in ten; log-uniform draws over 50 ns-50 us, one in a hundred); at it for a
+            # window between the timer's task waking and its next step, which takes no time
             for vcm, lag in lags.items():
-                before, part = rng.random() < 0.5, rng.random()
-                if before:
+                side, part = rng.randrange(3), rng.random()
+                if side == 0:
                     known = self.enable_seconds.get(vcm)
                     lags[vcm] = -lag if known is None else -part * known
+                elif side == 1:
+                    lags[vcm] = 0.0
         return anchor, lags
 
     async def restart_again_and_again(self) -> None:

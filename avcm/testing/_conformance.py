@@ -567,7 +567,7 @@ _RESTART_LAGS = (0.0, 3e-6, 10e-6, 30e-6)
 # returned, the other context switches on: a power-down decided in a background task acts a
 # while after its timer, and a switch-on takes a while to reach the power-up
 _TIMER_LAGS = (-20e-6, -10e-6, -3e-6, 0.0, 3e-6)
-_TIMER_HORIZON = 10e-3  # (seconds) a timer further away is none a switch-on aims at
+_TIMER_HORIZON = 1.0  # (seconds) a timer further away is none a switch-on aims at
 _SETTLE = 1e-3  # (seconds) then each context is looked at again: what a background task did
 
 
