@@ -562,7 +562,7 @@ CONTROL_STRATEGIES = [
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("control", "strategy"), CONTROL_STRATEGIES)
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
-    schedules = 20 if "threads" in control else 4 if "process" in control else 60
+    schedules = 20 if "threads" in control else 4 if "process" in control else 40
     schedules = 10 if "spin_" in control else schedules
     schedules = 2 if "tokens" in control else schedules  # (the old rule failed at the first)
     result = testing.explore(
