@@ -479,11 +479,10 @@ async def check_restart_racing(
     switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
     the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned and
     a timer of the driver's, drawn among those pending, fell due (a negative lag: that long
-    before it): from
-    cold if its own switch-off is done, else once it is (its mutex). A unit the contexts share
-    that powers down after its last user left, outside its lock or later in a background
-    task, must not undo a switch-on from cold meanwhile. Every context must then be on and
-    match the model, and again once the timers the restart left pending fell due
+    before it): from cold if its own switch-off is done, else once it is (its mutex). A unit
+    the contexts share that powers down after its last user left, outside its lock or later
+    in a background task, must not undo a switch-on from cold meanwhile. Every context must
+    then be on and match the model, and again once the timers the restart left pending fell due
     (:data:`RESTART_SETTLE` at most); then each gets back as many activations as its users
     held (counts only, or its switch-off if none). A context whose activate keeps failing
     (rule 8) is judged off instead, and its users' activations are dropped."""
@@ -496,7 +495,7 @@ async def check_restart_racing(
     # one event a switch-on, set in the contexts' order: the order they wake in is the run's
     began = [anyio.Event() for _ in world.contexts]
     failed: set[avcm.Vcm] = set()
-    aim = 0.0  # LEFT_TIMER: how long after the last switch-off returned the first timer falls due
+    aim = 0.0  # LEFT_TIMER: how long after the last switch-off returned the drawn timer falls due
 
     def begun(vcm: object) -> None:
         if vcm in stopping:
@@ -550,7 +549,7 @@ async def check_restart_racing(
                 world,
                 ctx,
                 "after every context was switched off and on again at once, once the timers "
-                "that left pending fell due",
+                "it left pending fell due",
             )
         elif not ctx.vcm.activations:
             # its switch-on kept failing (rule 8): judged off, and its users hold nothing of
