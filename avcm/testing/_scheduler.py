@@ -3323,6 +3323,12 @@ class _AsyncioQueue(_Queue):
             )
         self.readyq: _AsyncioReady | None = None
         self.admitted = False  # arrivals let in since the last iteration began
+        # The loop's tasks, kept here: asyncio.all_tasks() walks every task of the process,
+        # done ones of earlier loops that no collection freed yet included, and the scan for
+        # waits on threads asks for them several times a step. In the order they were made.
+        self.loop_tasks: dict[Any, None] = dict.fromkeys(asyncio.all_tasks(self.loop))
+        self.outer_factory = self.loop.get_task_factory()
+        self.track_factory: Any = None
 
     def handed_in(self) -> bool:
         return self.report_order(every=True) is not None
@@ -3386,6 +3392,8 @@ class _AsyncioQueue(_Queue):
         queue.readyq = _AsyncioReady(queue, ())
         queue.loop._ready = queue.readyq  # type: ignore[attr-defined]
         _move_to_front(ready, queue.readyq)
+        queue.track_factory = queue.make_task
+        queue.loop.set_task_factory(queue.track_factory)
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(queue.loop, VirtualTimeEventLoop):
@@ -3395,8 +3403,25 @@ class _AsyncioQueue(_Queue):
     def current(self) -> Any:
         return self.asyncio.current_task()
 
+    def make_task(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        """The loop's task factory while the run is installed: the task the factory in place
+        before (or asyncio's) makes, recorded as one of the loop's."""
+        factory = self.outer_factory
+        if factory is None:
+            task = self.asyncio.Task(coro, loop=loop, **kwargs)
+        else:
+            task = factory(loop, coro, **kwargs)
+        self.loop_tasks[task] = None
+        return task
+
     def native_tasks(self) -> Iterable[Any]:
-        return self.asyncio.all_tasks(self.loop)
+        if self.loop.get_task_factory() is not self.track_factory:
+            # the program put in a task factory of its own: the tasks it makes are not seen
+            return self.asyncio.all_tasks(self.loop)
+        tasks = self.loop_tasks
+        for done in [task for task in tasks if task.done()]:
+            del tasks[done]
+        return list(tasks)
 
     def waiting_on(self, native: Any) -> object:
         # what the task awaits; it stays set, done, until the task's next step begins
@@ -3424,7 +3449,7 @@ class _AsyncioQueue(_Queue):
         return sorted(waiting, key=lambda native: self.births.get(native, sys.maxsize))
 
     def cancel_runaways(self) -> None:
-        for native in self.asyncio.all_tasks(self.loop):
+        for native in self.native_tasks():
             if self.waiting_on(native) is None and not native.done():
                 native.cancel()
 
@@ -3552,6 +3577,8 @@ class _AsyncioQueue(_Queue):
         readyq.successor = ready  # from here on, what a thread appends goes there
         self.loop._ready = ready  # type: ignore[attr-defined]
         _move_to_front(readyq, ready)
+        if self.loop.get_task_factory() is self.track_factory:
+            self.loop.set_task_factory(self.outer_factory)
         from ._clock import VirtualTimeEventLoop
 
         if isinstance(self.loop, VirtualTimeEventLoop):
