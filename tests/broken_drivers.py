@@ -214,6 +214,7 @@ class GroupedTimeoutPageTable(drivers.PageTableMmu):
 
 LAZY_POWER_DOWN = 100e-6  # seconds after its last user left that a lazy unit powers down
 LAZY_POWER_DOWN_SEQUENCE = 5e-6  # seconds its power-down sequence takes then
+POWER_POLL = 500e-6  # seconds between two looks of a polled unit's power watchdog
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
 
@@ -260,6 +261,12 @@ class SharedUnit:
       without looking again: an enable from cold during that sequence is undone, after
       every call returned (shows only when a context switches on again within the sequence
       after the timer);
+    * ``polled_power_down``: a watchdog task of the unit's, started at power-up, looks at the
+      count every :data:`POWER_POLL`; finding it at zero, it sleeps through the power-down
+      sequence and switches the unit off without looking again. Its timer was pending before
+      the last user left (shows only when a context switches on again within the sequence
+      after the watchdog's next look). With ``watchdog`` instead, the same watchdog looks
+      again after the sequence: correct;
     * ``racy_root``: the count of entries using the unit's root table (one page, needed by every
       translation, freed when no entry uses it) is read, then written after the sleep: two
       contexts mapping at once lose a count, and the root is freed while another context
@@ -292,6 +299,8 @@ class SharedUnit:
         early_enable: bool = False,
         late_power_down: bool = False,
         lazy_power_down: bool = False,
+        polled_power_down: bool = False,
+        watchdog: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
@@ -302,7 +311,9 @@ class SharedUnit:
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable, self.late_power_down = early_enable, late_power_down
-        self.lazy_power_down = lazy_power_down
+        self.lazy_power_down, self.polled_power_down = lazy_power_down, polled_power_down
+        self.watchdog = polled_power_down or watchdog
+        self.watching = False  # polled_power_down's watchdog runs
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
         self.early_root_free, self.stale_clear = early_root_free, stale_clear
@@ -383,6 +394,14 @@ class SharedUnit:
             elif not self.users:
                 _in_background(self._power_down_later)
             return
+        if self.watchdog:
+            self.users += delta
+            if self.users == 1 and delta > 0:
+                self.powered = True
+                if not self.watching:
+                    self.watching = True
+                    _in_background(self._watch_power)
+            return
         users = self.users
         await self._between_read_and_write(self.racy_power)
         if not self.racy_power:
@@ -395,6 +414,16 @@ class SharedUnit:
         if not self.users:  # looked at once, acted on after the sequence
             await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
             self.powered = False
+
+    async def _watch_power(self) -> None:
+        while True:
+            await anyio.sleep(POWER_POLL)
+            if not self.users:
+                await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
+                # (polled_power_down: looked at once, acted on after the sequence)
+                if self.polled_power_down or not self.users:
+                    self.powered = self.watching = False
+                    return
 
     ROOT_MAGIC = b"rootpage"
 
@@ -577,6 +606,16 @@ def shared_unit_late_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "lazy_power_down")
+
+
+def shared_unit_watchdog(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: a unit powered down by a watchdog task that looks again after the power-down
+    sequence."""
+    return _unit_context(memory, "watchdog")
+
+
+def shared_unit_polled_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "polled_power_down")
 
 
 def shared_unit_racy_root(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -35,13 +35,15 @@ def test_quick_run_measures_every_row_and_judges_none(
     report = tmp_path / "bench.json"
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert main(["--quick", "--json", str(report)]) == 0
+    # one repeat, not --quick's three: this is that every row is measured (CI's time);
+    # the median of repeats is tested below
+    assert main(["--quick", "--repeats", "1", "--json", str(report)]) == 0
     # on a terminal a progress bar goes from the first group of rows to the last
-    total = measured_steps(quick=True, repeats=QUICK_REPEATS)
+    total = measured_steps(quick=True, repeats=1)
     assert f"{total}/{total}" in terminal.getvalue()
     assert "trio: race finder" in terminal.getvalue()
     document = json.loads(report.read_text())
-    assert document["version"] == 2 and document["repeats"] == QUICK_REPEATS
+    assert document["version"] == 2 and document["repeats"] == 1
     rows = document["rows"]
     assert set(rows) == {"any", "asyncio", "trio"}
     for backend in ("asyncio", "trio"):
@@ -52,7 +54,7 @@ def test_quick_run_measures_every_row_and_judges_none(
     for backend_rows in rows.values():
         for row in backend_rows:
             assert row["met"] is None and row["ratio"] > 0, row
-            assert len(row["samples"]) in (1, QUICK_REPEATS), row
+            assert len(row["samples"]) == 1, row
     out = capsys.readouterr().out
     assert "avcm performance" in out and " NO " not in out
 

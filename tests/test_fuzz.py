@@ -474,4 +474,4 @@ def test_fuzz_every_entry_point(backend: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_fuzz_every_entry_point_long(backend: str) -> None:
-    _fuzz(backend, 1000)
+    _fuzz(backend, 600)

@@ -329,6 +329,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         # at the count once and acts 5 us later: switches on are aimed either side of the
         # timers a switch-off left, and checked again once those fell due
         ("shared_unit_lazy_power_down", {"rule 1", "rule 4"}),
+        # the same decided by a watchdog that looks every 500 us: its timer was pending before
+        # the last user left, and switches-on are aimed at every timer pending
+        ("shared_unit_polled_power_down", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -366,11 +369,12 @@ def test_a_racy_give_is_caught_within_10000_operations_for_most_seeds(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_correct_shared_unit_passes(backend: str) -> None:
+@pytest.mark.parametrize("driver", ["shared_unit", "shared_unit_watchdog"])
+def test_correct_shared_unit_passes(backend: str, driver: str) -> None:
     config = StressConfig(
         backend=backend,
         ops=3000,
-        driver="tests.broken_drivers:shared_unit",
+        driver=f"tests.broken_drivers:{driver}",
         contexts=(("custom", 2),),
     )
     result = stress.run(config)
