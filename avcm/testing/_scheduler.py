@@ -3407,10 +3407,11 @@ class _AsyncioQueue(_Queue):
         """The loop's task factory while the run is installed: the task the factory in place
         before (or asyncio's) makes, recorded as one of the loop's."""
         factory = self.outer_factory
-        if factory is None:
-            task = self.asyncio.Task(coro, loop=loop, **kwargs)
-        else:
-            task = factory(loop, coro, **kwargs)
+        task: Any = (
+            self.asyncio.Task(coro, loop=loop, **kwargs)
+            if factory is None
+            else factory(loop, coro, **kwargs)
+        )
         self.loop_tasks[task] = None
         return task
 
