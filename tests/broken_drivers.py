@@ -219,7 +219,7 @@ POWER_POLL = 500e-6  # seconds between two looks of a polled unit's power watchd
 _BACKGROUND: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
 
 
-def _in_background(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+def in_background(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run *function* in a task of its own that nobody waits for, as a hardware timer or a
     work queue runs the work a driver hands it."""
     if sniffio.current_async_library() == "trio":
@@ -392,7 +392,7 @@ class SharedUnit:
             if self.users == 1 and delta > 0:
                 self.powered = True
             elif not self.users:
-                _in_background(self._power_down_later)
+                in_background(self._power_down_later)
             return
         if self.watchdog:
             self.users += delta
@@ -400,7 +400,7 @@ class SharedUnit:
                 self.powered = True
                 if not self.watching:
                     self.watching = True
-                    _in_background(self._watch_power)
+                    in_background(self._watch_power)
             return
         users = self.users
         await self._between_read_and_write(self.racy_power)

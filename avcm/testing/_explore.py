@@ -25,7 +25,7 @@ import sniffio
 
 from .. import InvalidError
 from ..lowlevel import check_int
-from ._clock import run_on_virtual_time, seed_trio_scheduler
+from ._clock import run_on_virtual_time, seed_trio_scheduler, timers_left
 from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFailure
 from ._scheduler import Run
 from ._strategies import (
@@ -300,25 +300,39 @@ def _loop_tasks() -> set[Any]:
 
 
 _LEFTOVER_WAIT = 1.0  # (virtual) seconds a run's leftover tasks are given to end
+# at most this many looks at them meanwhile, one after each of their timers (a driver's
+# poller that ticks for ever would otherwise take a step every few microseconds of it)
+_LEFTOVER_LOOKS = 1_000
 
 
 async def _outlast_leftovers(before: set[Any]) -> None:
     """Wait for the tasks the run's code left running when it ended (spawned outside any task
     group it waited for: a driver's background work item, a lazy power-down timer), virtual
-    time passing, for up to ``_LEFTOVER_WAIT`` seconds; on asyncio, cancel those still left
-    then. Every run of an exploration shares one event loop: what one left would act in the
-    next (its timers falling due, its steps taken, between that run's steps), which its replay
-    in a fresh process does not have, and the replay diverged."""
-    wait, waited = 1e-6, 0.0
-    while True:
+    time passing, for up to ``_LEFTOVER_WAIT`` seconds or ``_LEFTOVER_LOOKS`` looks, each
+    after the next timer pending, or after a wait that doubles from a microsecond; on asyncio,
+    cancel those still left then. Every run of an exploration shares one event loop: what one
+    left would act in the next (its timers falling due, its steps taken, between that run's
+    steps), which its replay in a fresh process does not have, and the replay diverged. The
+    looks depend on the timers only, so a replay takes the same ones."""
+    wait = 1e-6
+    end = anyio.current_time() + _LEFTOVER_WAIT
+    for _ in range(_LEFTOVER_LOOKS):
         left = [task for task in _loop_tasks() - before if not _done(task)]
         if not left:
             return
-        if waited >= _LEFTOVER_WAIT:
+        now = anyio.current_time()
+        if now >= end:
             break
-        await anyio.sleep(wait)
-        waited += wait
+        step = min(wait, end - now)
+        # (once the tasks a timer woke took their steps: they set their next timer then)
+        later = [when for when in await timers_left([], within=step) if when > now]
+        now = anyio.current_time()
+        if later:
+            step = max(0.0, later[0] - now)
+        await anyio.sleep(step)
         wait *= 2
+    else:
+        left = [task for task in _loop_tasks() - before if not _done(task)]
     if sniffio.current_async_library() != "trio":
         for task in left:
             task.cancel()
