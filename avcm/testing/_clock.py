@@ -477,18 +477,21 @@ def pending_timers() -> list[float]:
     empty where they changed."""
     if sniffio.current_async_library() == "trio":
         try:
-            deadlines = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.deadlines
-            # trio leaves stale entries in its heap: one is live while its scope still has
-            # that deadline
-            live = [
-                float(entry[0])
-                for entry in deadlines._heap
-                if entry[0] == entry[2]._registered_deadline and math.isfinite(entry[0])
-            ]
+            return sorted(trio_timers())
         except AttributeError:  # pragma: no cover - a trio that changed
             return []
-        return sorted(live)
     return sorted(_asyncio_timers(asyncio.get_running_loop()))
+
+
+def trio_timers() -> Iterator[float]:
+    """When each pending deadline of the running trio loop that can fall due falls due, in
+    no order. Private to trio: AttributeError where it changed."""
+    deadlines = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.deadlines
+    for when, _, scope in deadlines._heap:
+        # trio leaves stale entries in its heap: one is live while its scope still has that
+        # deadline
+        if when == scope._registered_deadline and math.isfinite(when):
+            yield float(when)
 
 
 async def timers_left(before: list[float], *, within: float = math.inf) -> list[float]:

@@ -89,7 +89,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
-from ._clock import _SPIN_QUANTUM, restart_clock
+from ._clock import _SPIN_QUANTUM, restart_clock, trio_timers
 from ._errors import (
     DeadlockError,
     IOWaitError,
@@ -3600,15 +3600,8 @@ def _next_deadline(*, exclude: float | None = None) -> float | None:
             if exclude is None:
                 deadline = deadlines.next_deadline()
             else:
-                # trio leaves stale entries in its heap: one is live while its scope still
-                # has that deadline
                 deadline = min(
-                    (
-                        entry[0]
-                        for entry in deadlines._heap
-                        if entry[0] == entry[2]._registered_deadline and entry[0] != exclude
-                    ),
-                    default=math.inf,
+                    (when for when in trio_timers() if when != exclude), default=math.inf
                 )
         except (ImportError, AttributeError):  # pragma: no cover - a trio that changed
             return None
