@@ -387,20 +387,15 @@ class SharedUnit:
                 await self.latency.sleep("enable", self)  # the power-down sequence
                 self.powered = False
             return
-        if self.lazy_power_down:
+        if self.lazy_power_down or self.watchdog:  # powered down later, in the background
             self.users += delta
             if self.users == 1 and delta > 0:
                 self.powered = True
-            elif not self.users:
-                in_background(self._power_down_later)
-            return
-        if self.watchdog:
-            self.users += delta
-            if self.users == 1 and delta > 0:
-                self.powered = True
-                if not self.watching:
+                if self.watchdog and not self.watching:
                     self.watching = True
                     in_background(self._watch_power)
+            elif not self.users and self.lazy_power_down:
+                in_background(self._power_down_later)
             return
         users = self.users
         await self._between_read_and_write(self.racy_power)
