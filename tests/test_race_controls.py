@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -2230,3 +2231,55 @@ def test_a_poller_a_run_left_running_is_looked_at_a_bounded_number_of_times(
     assert result.failure is None and result.schedules == 2
     between = events[events.index("end 0") : events.index("begin 1")]
     assert 100 < between.count("tick") <= 1_100
+
+
+_KEPT: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
+
+
+async def background_task_made_by_a_task_factory_of_its_own(run: testing.Run) -> None:
+    """A correct program (asyncio): a task puts in a task factory of its own for a while,
+    which does not chain to the one in place, and makes a background task with it, whose
+    thread call ends the others' wait."""
+    done = anyio.Event()
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(time.sleep, 0.02)
+        done.set()
+
+    def plain_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def starter() -> None:
+        loop = asyncio.get_running_loop()
+        old = loop.get_task_factory()
+        loop.set_task_factory(plain_factory)
+        try:
+            task = loop.create_task(worker())
+        finally:
+            loop.set_task_factory(old)
+        _KEPT.add(task)
+        task.add_done_callback(_KEPT.discard)
+        await done.wait()
+
+    async def waiter() -> None:
+        await anyio.sleep(0)
+        await done.wait()
+
+    for outcome in await run.concurrently(starter, waiter):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize(("strategy", "schedules"), [("pct", 10), ("exhaustive1", 50)])
+def test_a_task_made_by_a_task_factory_set_for_a_while_is_seen(
+    strategy: str, schedules: int
+) -> None:
+    # asyncio only (task factories are asyncio's). The race finder keeps the loop's tasks
+    # through a task factory of its own: a task made while the program's was in place was
+    # not looked at for a wait on a thread, a false DeadlockError (attack20)
+    result = testing.explore(
+        background_task_made_by_a_task_factory_of_its_own,
+        strategy=strategies()[strategy](),
+        schedules=schedules,
+        backend="asyncio",
+    )
+    assert result.failure is None, result.failure.report()

@@ -3179,6 +3179,8 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         if controlled is None:
             if native is not None and native not in queue.births:
                 queue.births[native] = len(queue.births)
+                # (one a task factory of the program's made, set for a while: not tracked)
+                queue.loop_tasks.setdefault(native)
             super().append(handle)
             return
         queue.woken(controlled)
@@ -3325,7 +3327,9 @@ class _AsyncioQueue(_Queue):
         self.admitted = False  # arrivals let in since the last iteration began
         # The loop's tasks, kept here: asyncio.all_tasks() walks every task of the process,
         # done ones of earlier loops that no collection freed yet included, and the scan for
-        # waits on threads asks for them several times a step. In the order they were made.
+        # waits on threads asks for them several times a step. In the order they were made
+        # (the task factory below), or first scheduled (a factory the program set for a while
+        # made them).
         self.loop_tasks: dict[Any, None] = dict.fromkeys(asyncio.all_tasks(self.loop))
         self.outer_factory = self.loop.get_task_factory()
         self.track_factory: Any = None
