@@ -16,6 +16,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import anyio
@@ -260,7 +261,9 @@ class SharedUnit:
       the count at zero, sleeps through the power-down sequence and switches the unit off
       without looking again: an enable from cold during that sequence is undone, after
       every call returned (shows only when a context switches on again within the sequence
-      after the timer);
+      after the timer). ``noisy_lazy_power_down`` is the same, but a timer only acts if no
+      user came and went since it was started, and each switch-off also starts five short
+      timers of no consequence (a flush, a log), due before it;
     * ``polled_power_down``: a watchdog task of the unit's, started at power-up, looks at the
       count every :data:`POWER_POLL`; finding it at zero, it sleeps through the power-down
       sequence and switches the unit off without looking again. Its timer was pending before
@@ -301,6 +304,7 @@ class SharedUnit:
         lazy_power_down: bool = False,
         polled_power_down: bool = False,
         watchdog: bool = False,
+        noisy_lazy_power_down: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
@@ -311,7 +315,10 @@ class SharedUnit:
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable, self.late_power_down = early_enable, late_power_down
-        self.lazy_power_down, self.polled_power_down = lazy_power_down, polled_power_down
+        self.lazy_power_down = lazy_power_down or noisy_lazy_power_down
+        self.noisy = noisy_lazy_power_down
+        self.changes = 0  # noisy_lazy_power_down: how often the count changed
+        self.polled_power_down = polled_power_down
         self.watchdog = polled_power_down or watchdog
         self.watching = False  # polled_power_down's watchdog runs
         self.racy_root, self.power_as_active = racy_root, power_as_active
@@ -389,13 +396,16 @@ class SharedUnit:
             return
         if self.lazy_power_down or self.watchdog:  # powered down later, in the background
             self.users += delta
+            self.changes += 1
             if self.users == 1 and delta > 0:
                 self.powered = True
                 if self.watchdog and not self.watching:
                     self.watching = True
                     in_background(self._watch_power)
             elif not self.users and self.lazy_power_down:
-                in_background(self._power_down_later)
+                in_background(partial(self._power_down_later, self.changes))
+                for delay in (1e-6, 2e-6, 3e-6, 4e-6, 5e-6) if self.noisy else ():
+                    in_background(partial(anyio.sleep, delay))
             return
         users = self.users
         await self._between_read_and_write(self.racy_power)
@@ -404,8 +414,10 @@ class SharedUnit:
         self.users = users + delta
         self.powered = self.users > 0
 
-    async def _power_down_later(self) -> None:
+    async def _power_down_later(self, changes: int) -> None:
         await anyio.sleep(LAZY_POWER_DOWN)
+        if self.noisy and self.changes != changes:
+            return  # (a later switch-off started a timer of its own)
         if not self.users:  # looked at once, acted on after the sequence
             await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
             self.powered = False
@@ -601,6 +613,10 @@ def shared_unit_late_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "lazy_power_down")
+
+
+def shared_unit_noisy_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "noisy_lazy_power_down")
 
 
 def shared_unit_watchdog(memory: avcm.PhysicalMemory) -> avcm.Vcm:

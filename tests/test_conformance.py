@@ -125,6 +125,9 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # a power-down decided by a watchdog whose timer was pending before the last user left
         # (attack19: only the timers a switch-off left were aimed at)
         (broken_drivers.shared_unit_polled_power_down, "restart_racing", "active=False but"),
+        # ... behind five short timers of no consequence (attack20: four aims, at timers
+        # pending, duplicates counted, never reached it)
+        (broken_drivers.shared_unit_noisy_lazy_power_down, "restart_racing", "active=False but"),
     ],
 )
 def test_broken_shared_or_scattered_hardware_fails(
