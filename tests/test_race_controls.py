@@ -2233,9 +2233,6 @@ def test_a_poller_a_run_left_running_is_looked_at_a_bounded_number_of_times(
     assert 100 < between.count("tick") <= 1_100
 
 
-_KEPT: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
-
-
 async def background_task_made_by_a_task_factory_of_its_own(run: testing.Run) -> None:
     """A correct program (asyncio): a task puts in a task factory of its own for a while,
     which does not chain to the one in place, and makes a background task with it, whose
@@ -2254,11 +2251,9 @@ async def background_task_made_by_a_task_factory_of_its_own(run: testing.Run) ->
         old = loop.get_task_factory()
         loop.set_task_factory(plain_factory)
         try:
-            task = loop.create_task(worker())
+            in_background(worker)
         finally:
             loop.set_task_factory(old)
-        _KEPT.add(task)
-        task.add_done_callback(_KEPT.discard)
         await done.wait()
 
     async def waiter() -> None:

@@ -592,11 +592,9 @@ async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
             await _restart_once(run, leaving, coming, bound, lag=lag)
     for lag in _TIMER_LAGS:
         for leaving, coming in ways:
-            aim = 0
-            while aim < _TIMER_AIMS:
-                left = await _restart_once(run, leaving, coming, bound, lag=lag, aim=aim)
-                aim += 1
-                if aim >= left:
+            for aim in range(_TIMER_AIMS):
+                deadlines = await _restart_once(run, leaving, coming, bound, lag=lag, aim=aim)
+                if aim + 1 >= deadlines:
                     break
 
 

@@ -316,12 +316,12 @@ async def _outlast_leftovers(before: set[Any]) -> None:
     looks depend on the timers only, so a replay takes the same ones."""
     wait = 1e-6
     end = anyio.current_time() + _LEFTOVER_WAIT
-    for _ in range(_LEFTOVER_LOOKS):
+    for look in range(_LEFTOVER_LOOKS + 1):
         left = [task for task in _loop_tasks() - before if not _done(task)]
         if not left:
             return
         now = anyio.current_time()
-        if now >= end:
+        if now >= end or look == _LEFTOVER_LOOKS:
             break
         step = min(wait, end - now)
         # (once the tasks a timer woke took their steps: they set their next timer then)
@@ -331,8 +331,6 @@ async def _outlast_leftovers(before: set[Any]) -> None:
             step = max(0.0, later[0] - now)
         await anyio.sleep(step)
         wait *= 2
-    else:
-        left = [task for task in _loop_tasks() - before if not _done(task)]
     if sniffio.current_async_library() != "trio":
         for task in left:
             task.cancel()
