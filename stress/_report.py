@@ -185,14 +185,6 @@ def describe_violation(
             "such as a driver call of a teardown, which avcm finishes shielded; it was "
             "abandoned, and this is what it had done)"
         )
-    deadlock = stalled and violation is not None and violation.description.startswith("nothing")
-    if deadlock and config.clock == "virtual":
-        lines.append(
-            "(if a driver polls with sleep(0) between reads for what a timer brings, reading "
-            "no clock or reading it from two places in turn: on the virtual clock, time passes "
-            "only when every task waits or a task reads the clock from one place while it "
-            "polls, so it never comes; poll with a positive sleep, or run with --clock real)"
-        )
     if trace_path is not None:
         lines.append(f"trace written to {trace_path}")
         wait = stall_timeout if stalled and stall_timeout != STALL_TIMEOUT else None

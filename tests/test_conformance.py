@@ -296,6 +296,19 @@ def test_correct_drivers_pass_the_hardware_scenarios(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("scenario", ["restart_racing", "detached", "one_phys_many_views"])
+def test_a_driver_polling_its_unit_for_a_status_bit_passes(scenario: str, backend: str) -> None:
+    # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
+    # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
+    # setup's poll: the loop busy at one instant for ever), then reported a false
+    # StepBudgetError (the loop's own count of clock reads taken for the poller's progress)
+    report = testing.check_conformance(
+        tricky_drivers.polling_status_two_places, backend=backend, only=scenario, schedules=2
+    )
+    assert report.passed, report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("scenario", ["cancellation", "cancel_anywhere"])
 def test_a_driver_working_in_threads_passes_the_cancellation_scenarios(
     scenario: str, backend: str

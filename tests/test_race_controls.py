@@ -91,6 +91,35 @@ async def poll_with_sleep_zero(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def poll_naming_the_loop(run: testing.Run) -> None:
+    """A poll with ``sleep(0)`` for the bit a unit sets after its latency, in a frame that
+    names the event loop's machinery (the asyncio loop, the trio task), whose own counters move
+    at every step and every read of the clock: the poll only spins, and time passes for the
+    unit. (Reported: it was a false StepBudgetError, the loop's count of clock reads taken for
+    the poller's progress.)"""
+    bit = [False]
+
+    async def unit() -> None:
+        await anyio.sleep(1e-4)
+        bit[0] = True
+
+    async def poller() -> None:
+        if sniffio.current_async_library() == "asyncio":
+            machinery: object = asyncio.get_running_loop()
+        else:
+            import trio.lowlevel
+
+            machinery = trio.lowlevel.current_task()
+        looked_at = anyio.current_time()
+        while not bit[0]:
+            await anyio.sleep(0)
+            looked_at = anyio.current_time()
+        assert machinery is not None and looked_at >= 1e-4
+
+    for outcome in await run.concurrently(unit, poller):
+        outcome.unwrap()
+
+
 async def poll_with_backoff(run: testing.Run) -> None:
     """A poll loop with an exponential backoff against a setter that takes time."""
     flag = False
@@ -530,6 +559,7 @@ CONTROLS = {
     for scenario in (
         timeout_around_an_event,
         poll_with_sleep_zero,
+        poll_naming_the_loop,
         poll_with_backoff,
         deadline_around_a_spin,
         deadline_while_a_child_spins,

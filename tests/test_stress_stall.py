@@ -103,7 +103,14 @@ def test_a_factory_that_blocks_is_reported_while_building_the_contexts(backend: 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
 @pytest.mark.parametrize(
-    "driver", [None, "tests.tricky_drivers:threaded", "tests.tricky_drivers:polling"]
+    "driver",
+    [
+        None,
+        "tests.tricky_drivers:threaded",
+        "tests.tricky_drivers:polling",
+        "tests.tricky_drivers:polling_status",
+        "tests.tricky_drivers:polling_status_two_places",
+    ],
 )
 def test_a_correct_run_is_never_called_stalled(
     backend: str, tasks: int, driver: str | None
@@ -116,13 +123,14 @@ def test_a_correct_run_is_never_called_stalled(
     assert result.ops == 1_500
 
 
+@pytest.mark.parametrize("driver", ["polling", "polling_status_two_places"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_run_of_a_driver_that_polls_the_clock_is_the_same_every_time(backend: str) -> None:
-    # its spins move the virtual clock (the spin rule) by the count of the clock's reads: the
-    # same in every run of a seed
+def test_a_run_of_a_driver_that_polls_is_the_same_every_time(backend: str, driver: str) -> None:
+    # its spins move the virtual clock (the spin rule, the busy-loop rule) by the count of the
+    # clock's reads or the loop's iterations: the same in every run of a seed
     config = StressConfig(
         backend=backend, tasks=8, ops=1_000, seed=3, cancel=0.05,
-        driver="tests.tricky_drivers:polling", contexts=DRIVER_DEFAULT_CONTEXTS,
+        driver=f"tests.tricky_drivers:{driver}", contexts=DRIVER_DEFAULT_CONTEXTS,
     )  # fmt: skip
     first = stress.run(config, stall_timeout=5.0)
     assert first.violation is None, first.violation

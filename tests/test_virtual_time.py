@@ -375,6 +375,91 @@ def test_a_run_that_polls_the_clock_replays_the_same(backend: str) -> None:
     assert _polls_and_sleeps(backend) == first
 
 
+# -- the busy-loop rule: a loop that runs and runs at one instant takes time ---------------------
+
+BUSY = clock_module._BUSY_ITERATIONS  # avcm-private: the busy-loop rule's count
+
+
+async def _look_for_a_sleepers_bit(
+    sleeps: float, checkpoint: Callable[[], Awaitable[None]], *, reads_the_clock: bool = False
+) -> tuple[int, float, float]:
+    """Poll with *checkpoint* between looks for the bit a task sets after sleeping *sleeps*
+    (a unit answering a command), reading no clock or (*reads_the_clock*) reading it from two
+    places in turn: the looks it took, when the bit was set, when the poll saw it."""
+    bit: list[float] = []
+
+    async def unit() -> None:
+        await anyio.sleep(sleeps)
+        bit.append(anyio.current_time())
+
+    looks = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(unit)
+        while not bit:
+            looks += 1
+            if looks > BUSY + 10 * sleeps / QUANTUM:
+                raise AssertionError(f"the bit never came in {looks} looks")
+            if reads_the_clock:
+                anyio.current_time()
+            await checkpoint()
+            if reads_the_clock:
+                anyio.current_time()
+        return looks, bit[0], anyio.current_time()
+
+
+@pytest.mark.parametrize("reads_the_clock", [False, True])
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_poll_for_what_a_sleeper_brings_sees_it_come(
+    backend: str, checkpoint: str, reads_the_clock: bool
+) -> None:
+    # Reported (attack17): a correct driver polling a status bit with sleep(0), reading no
+    # clock (or reading it from two places in turn), never saw the unit answer on the virtual
+    # clock, and a stress run of it was called stalled
+    async def main() -> tuple[int, float, float]:
+        return await _look_for_a_sleepers_bit(
+            1e-3, CHECKPOINTS[checkpoint], reads_the_clock=reads_the_clock
+        )
+
+    looks, answered, seen = testing.run_on_virtual_time(backend, main)
+    # (on asyncio the sleeper's task runs an iteration after its timer fell due: a quantum)
+    assert answered == pytest.approx(1e-3, abs=QUANTUM)
+    assert seen == pytest.approx(answered, abs=QUANTUM)
+    # the rule waits for its count of busy iterations, then each one takes a quantum: time
+    # never passes faster than a loop iterates
+    assert BUSY <= looks <= BUSY + 1e-3 / QUANTUM + 2
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_loop_busy_for_fewer_iterations_than_the_rule_counts_keeps_the_clock_still(
+    backend: str,
+) -> None:
+    # ordinary work at one instant (the stress harness's: at most about 1,400 iterations) is
+    # the same as without the rule
+    async def main() -> float:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.sleep, 1e-6)
+            for _ in range(BUSY - 10):
+                await anyio.lowlevel.checkpoint()
+            now = anyio.current_time()
+            group.cancel_scope.cancel()
+        return now
+
+    assert testing.run_on_virtual_time(backend, main) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_run_that_polls_a_sleepers_bit_replays_the_same(backend: str) -> None:
+    async def main() -> list[tuple[int, float, float]]:
+        return [
+            await _look_for_a_sleepers_bit(sleeps, anyio.lowlevel.checkpoint, reads_the_clock=True)
+            for sleeps in (1e-5, 3e-4, 2e-5)
+        ]
+
+    first = testing.run_on_virtual_time(backend, main)
+    assert testing.run_on_virtual_time(backend, main) == first
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_the_race_finder_spins_its_own_way_and_the_spin_rule_is_back_after(backend: str) -> None:
     # Under the race finder's control its own spin rule moves the clock (steps, not reads);

@@ -4,6 +4,7 @@ must get no violation from the stress harness (``tests/test_stress.py``)."""
 from __future__ import annotations
 
 import errno
+import math
 import random
 import time
 import weakref
@@ -14,6 +15,7 @@ import anyio.to_thread
 import avcm
 import avcm.lowlevel
 from drivers import Latency, PageTableMmu
+from tests.broken_drivers import in_background
 
 ZERO = Latency.profile("zero")
 
@@ -415,3 +417,51 @@ class _Polling(PageTableMmu):
 
 def polling(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Polling(memory), memory=memory, name="polling")
+
+
+class _PollingStatus(PageTableMmu):
+    """Waits for its hardware by polling a status bit with ``anyio.sleep(0)`` between looks,
+    not by sleeping: switch-on is a command the unit completes 100 us later, switch-off one it
+    completes 50 us later, each in a task of the unit's own. The poll reads no clock
+    (``how="bit"``), or reads it in two places in turn (``how="two_places"``: a timeout check
+    before each look, the look's time after it). On a real loop the spin takes real time and
+    the unit's answer comes; on the virtual clock the busy-loop rule moves time for it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, how: str) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name=f"polling-status-{how}")
+        self.how = how
+        self.last_look = 0.0
+
+    async def _command(self, takes: float) -> None:
+        status = [False]
+
+        async def unit() -> None:
+            await anyio.sleep(takes)
+            status[0] = True
+
+        in_background(unit)
+        deadline = anyio.current_time() + 1.0 if self.how == "two_places" else math.inf
+        while not status[0]:
+            if self.how == "two_places" and anyio.current_time() > deadline:
+                raise OSError(errno.ETIMEDOUT, "the unit never answered")
+            await anyio.sleep(0)  # noqa: ASYNC115 - as drivers write it
+            if self.how == "two_places":
+                self.last_look = anyio.current_time()
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        await self._command(1e-4)
+        await super().enable(vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        await self._command(5e-5)
+
+
+def polling_status(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = _PollingStatus(memory, "bit")
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status")
+
+
+def polling_status_two_places(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = _PollingStatus(memory, "two_places")
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status-2")

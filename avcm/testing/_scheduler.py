@@ -64,6 +64,7 @@ task that is blocked, or disabled by fairness, is not a preemption.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import dis
@@ -513,7 +514,8 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.B
 def _fingerprint(value: object, depth: int = 1) -> object:
     """A value's identity, with its size and, one level down, what its attributes or first
     items are (by identity): enough to see a counter, a cursor or a queue move."""
-    if isinstance(value, (*_OPAQUE, Run)):  # a Run: the finder's own counters move
+    if isinstance(value, (*_OPAQUE, Run, asyncio.AbstractEventLoop)):
+        # a Run, an event loop: the machinery's own counters and queues move at every step
         return id(value)
     if isinstance(value, (int, float, str, bytes, bool, type(None))):
         return value
