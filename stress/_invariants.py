@@ -462,6 +462,11 @@ RESTART_ANCHORS = (None, "driver.deactivate", "driver.disable", LEFT_TIMER)
 # it ran, its hardware wait) fall due, up to this long, and everything is checked again: what
 # a background task of the driver does later lands after the calls returned.
 RESTART_SETTLE = 1e-3
+# LEFT_TIMER: how many of the driver's timers a restart may let fall due, one by one, before
+# it draws the one it aims at, at most (a watchdog that looks every 50 us and powers down at
+# its first look 200 us after the last user left decides at a look armed by the fourth
+# after: attack20)
+RESTART_WAKES = 8
 # A timer further away than this is none a restart aims at (virtual time: a lazy power-down a
 # second away costs no more than one a microsecond away; attack19's 20-100 ms ones were missed
 # at 10 ms, the horizon before)
@@ -469,7 +474,7 @@ RESTART_HORIZON = 1.0
 
 
 async def check_restart_racing(
-    world: World, anchor: str | None, lags: dict[avcm.Vcm, float]
+    world: World, anchor: str | None, lags: dict[avcm.Vcm, float], wakes: int = 0
 ) -> None:
     """Switch every context off and on again at once, the switches on racing the switches
     off: at a quiescent point, with no operation in flight (a unit's lock free for the
@@ -477,9 +482,11 @@ async def check_restart_racing(
     (counts only), then that one at once (its switch-off); each context, on or off before, is
     activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
     switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
-    the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned and
-    a timer of the driver's, drawn among those pending, fell due (a negative lag: that long
-    before it): from cold if its own switch-off is done, else once it is (its mutex). A unit
+    the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned,
+    the earliest of the driver's timers pending fell due *wakes* times in turn (each may arm
+    the next: a watchdog's looks), and a timer of the driver's, drawn among those pending
+    then, fell due (a negative lag: that long before it): from cold if its own switch-off is
+    done, else once it is (its mutex). A unit
     the contexts share that powers down after its last user left, outside its lock or later
     in a background task, must not undo a switch-on from cold meanwhile. Every context must
     then be on and match the model, and again once the timers the restart left pending fell due
@@ -518,6 +525,12 @@ async def check_restart_racing(
             # among them, not only those the switch-offs left: a timer re-armed to the same
             # deadline, a work queue's or a poller's that was asleep already (attack19).
             timers = await testing.timers_left([], within=RESTART_HORIZON)
+            for _ in range(wakes):
+                if not timers:
+                    break
+                # and what its task does then (a watchdog's next look armed)
+                await anyio.sleep(timers[0] - anyio.current_time() + SETTLE_MARGIN)
+                timers = await testing.timers_left([], within=RESTART_HORIZON)
             if timers:
                 aim = world.contexts_random.choice(timers) - anyio.current_time()
         begun(ctx.vcm)  # (also a driver that never passes the anchor)

@@ -50,6 +50,7 @@ from ._invariants import (
     HARNESS,
     LEFT_TIMER,
     RESTART_ANCHORS,
+    RESTART_WAKES,
     WHOLE,
     NoVerdict,
     Violation,
@@ -465,8 +466,9 @@ class World:
                 await self.start_ebb(ctx, ticket)
         return None
 
-    def draw_restart(self) -> tuple[str | None, dict[avcm.Vcm, float]]:
-        """Where a racing restart's switches on start from, and how long after (or before)."""
+    def draw_restart(self) -> tuple[str | None, dict[avcm.Vcm, float], int]:
+        """Where a racing restart's switches on start from, how long after (or before), and
+        how many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`)."""
         rng = self.contexts_random
         anchor = rng.choice(RESTART_ANCHORS)
         # log-uniform: the window a race needs may be a microsecond or tens of them
@@ -484,7 +486,11 @@ class World:
                     lags[vcm] = -lag if known is None else -part * known
                 elif side == 1:
                     lags[vcm] = 0.0
-        return anchor, lags
+            # half the time the timers pending as the switches off returned (a lazy power-down
+            # decided then), else one armed later, by a timer falling due before it
+            wakes = rng.randrange(1, RESTART_WAKES) if rng.random() < 0.5 else 0
+            return anchor, lags, wakes
+        return anchor, lags, 0
 
     async def restart_again_and_again(self) -> None:
         """At a drain, with nothing bound (a switch-on or off is the hardware's enable or

@@ -216,6 +216,8 @@ class GroupedTimeoutPageTable(drivers.PageTableMmu):
 LAZY_POWER_DOWN = 100e-6  # seconds after its last user left that a lazy unit powers down
 LAZY_POWER_DOWN_SEQUENCE = 5e-6  # seconds its power-down sequence takes then
 POWER_POLL = 500e-6  # seconds between two looks of a polled unit's power watchdog
+GRACE_TICK = 50e-6  # seconds between two looks of a grace_power_down unit's watchdog
+GRACE = 200e-6  # seconds with no user it waits out before it powers down
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # (asyncio keeps only weak references to tasks)
 
@@ -270,6 +272,12 @@ class SharedUnit:
       the last user left (shows only when a context switches on again within the sequence
       after the watchdog's next look). With ``watchdog`` instead, the same watchdog looks
       again after the sequence: correct;
+    * ``grace_power_down``: a watchdog task of the unit's, started at power-up, looks every
+      :data:`GRACE_TICK` and powers the unit down at its first look at least :data:`GRACE`
+      after the last user left (a grace period), sleeping through the sequence and switching
+      it off without looking again. The look that decides is armed only after four others
+      fell due since the last user left (shows only when a context switches on again within
+      the sequence after that look);
     * ``racy_root``: the count of entries using the unit's root table (one page, needed by every
       translation, freed when no entry uses it) is read, then written after the sleep: two
       contexts mapping at once lose a count, and the root is freed while another context
@@ -304,6 +312,7 @@ class SharedUnit:
         lazy_power_down: bool = False,
         polled_power_down: bool = False,
         watchdog: bool = False,
+        grace_power_down: bool = False,
         noisy_lazy_power_down: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
@@ -319,7 +328,9 @@ class SharedUnit:
         self.noisy = noisy_lazy_power_down
         self.changes = 0  # noisy_lazy_power_down: how often the count changed
         self.polled_power_down = polled_power_down
-        self.watchdog = polled_power_down or watchdog
+        self.grace_power_down = grace_power_down
+        self.idle_since = 0.0  # grace_power_down: when the last user left
+        self.watchdog = polled_power_down or watchdog or grace_power_down
         self.watching = False  # polled_power_down's watchdog runs
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
@@ -397,6 +408,8 @@ class SharedUnit:
         if self.lazy_power_down or self.watchdog:  # powered down later, in the background
             self.users += delta
             self.changes += 1
+            if not self.users:
+                self.idle_since = anyio.current_time()
             if self.users == 1 and delta > 0:
                 self.powered = True
                 if self.watchdog and not self.watching:
@@ -424,11 +437,12 @@ class SharedUnit:
 
     async def _watch_power(self) -> None:
         while True:
-            await anyio.sleep(POWER_POLL)
-            if not self.users:
+            await anyio.sleep(GRACE_TICK if self.grace_power_down else POWER_POLL)
+            idle = anyio.current_time() - self.idle_since
+            if not self.users and (not self.grace_power_down or idle >= GRACE):
                 await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
                 # (polled_power_down: looked at once, acted on after the sequence)
-                if self.polled_power_down or not self.users:
+                if self.polled_power_down or self.grace_power_down or not self.users:
                     self.powered = self.watching = False
                     return
 
@@ -627,6 +641,10 @@ def shared_unit_watchdog(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_polled_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "polled_power_down")
+
+
+def shared_unit_grace_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "grace_power_down")
 
 
 def shared_unit_racy_root(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -128,6 +128,10 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # ... behind five short timers of no consequence (attack20: four aims, at timers
         # pending, duplicates counted, never reached it)
         (broken_drivers.shared_unit_noisy_lazy_power_down, "restart_racing", "active=False but"),
+        # a watchdog looking every 50 us that powers down at its first look 200 us after the
+        # last user left: the look that decides is armed by the ones before (attack20: only
+        # the timers pending once the switch-off returned were aimed at)
+        (broken_drivers.shared_unit_grace_power_down, "restart_racing", "active=False but"),
     ],
 )
 def test_broken_shared_or_scattered_hardware_fails(

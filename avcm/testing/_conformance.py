@@ -572,7 +572,10 @@ _TIMER_HORIZON = 1.0  # (seconds) a timer further away is none a switch-on aims 
 # earliest first. All of them, not only those the switch-off left: a power-down may be
 # decided by a poller or a work queue asleep before it, or by a timer re-armed to the
 # deadline it had (stress aims so too). A driver may have others before its power-down's.
+# Then as many of those armed once they all fell due, one by one (each may arm the next: a
+# watchdog whose look that decides is armed by its looks before, attack20).
 _TIMER_AIMS = 8
+_PAST_TIMER = 1e-7  # (seconds) past a timer: the task it wakes has run by then
 _SETTLE = 1e-3  # (seconds) then each context is looked at again: what a background task did
 
 
@@ -580,7 +583,8 @@ async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
     """Two contexts on one memory, one on and the other off: the one on switches off while,
     a moment later (:data:`_RESTART_LAGS`), or either side of a timer pending once the
     switch-off returned (:data:`_TIMER_LAGS`, at each of the first :data:`_TIMER_AIMS` in
-    turn: a lazy power-down in a background task), the other switches on from cold.
+    turn: a lazy power-down in a background task), or of one armed once those fell due (as
+    many), the other switches on from cold.
     Then each is on or off as its own count says (rule 4: hardware they share that powers
     down once its last user left, outside its lock or later, must not undo the switch-on),
     again :data:`_SETTLE` later, and the one on reaches every byte bound. Each lag, each way
@@ -590,12 +594,15 @@ async def _restart_racing(run: Run, first: Vcm, second: Vcm) -> None:
     for lag in _RESTART_LAGS:
         for leaving, coming in ways:
             await _restart_once(run, leaving, coming, bound, lag=lag)
-    for lag in _TIMER_LAGS:
-        for leaving, coming in ways:
-            for aim in range(_TIMER_AIMS):
-                deadlines = await _restart_once(run, leaving, coming, bound, lag=lag, aim=aim)
-                if aim + 1 >= deadlines:
-                    break
+    for later in (False, True):
+        for lag in _TIMER_LAGS:
+            for leaving, coming in ways:
+                for aim in range(_TIMER_AIMS):
+                    restart = _restart_once(
+                        run, leaving, coming, bound, lag=lag, aim=aim, later=later
+                    )
+                    if not await restart:
+                        break
 
 
 async def _restart_once(
@@ -606,14 +613,16 @@ async def _restart_once(
     *,
     lag: float,
     aim: int | None = None,
-) -> int:
+    later: bool = False,
+) -> bool:
     """One restart of :func:`_restart_racing`: *leaving* switches off while *coming* switches
-    on *lag* seconds later, or, with *aim*, *lag* seconds from the *aim*-th timer (earliest
-    first) pending once the switch-off returned. How many distinct deadlines were pending
-    then."""
+    on *lag* seconds later, or, with *aim*, *lag* seconds from the *aim*-th deadline (earliest
+    first) pending once the switch-off returned, or (*later*) from the earliest pending once
+    those all fell due and then the earliest fell due *aim* times in turn. Whether there may
+    be a next one to aim at."""
     await leaving.activate()
     left = anyio.Event()
-    found: list[float] = []
+    more = False
 
     async def leave() -> None:
         try:
@@ -621,15 +630,34 @@ async def _restart_once(
         finally:  # (also when the driver failed it: rule 8)
             left.set()
 
+    async def deadlines() -> list[float]:
+        # distinct: the clean-up switch-off of the restart before and this one's happen at
+        # one instant, and a driver's timers are each pending twice (attack20)
+        return sorted(set(await timers_left([], within=_TIMER_HORIZON)))
+
+    async def past(deadline: float) -> list[float]:
+        """Let *deadline* fall due, and what the task it wakes does then: what is pending."""
+        await anyio.sleep(deadline - anyio.current_time() + _PAST_TIMER)
+        return await deadlines()
+
     async def come() -> None:
+        nonlocal more
         wait = lag
         if aim is not None:
             await left.wait()
-            # distinct deadlines: the clean-up switch-off of the restart before and this one's
-            # happen at one instant, and a driver's timers are each pending twice (attack20)
-            found.extend(sorted(set(await timers_left([], within=_TIMER_HORIZON))))
-            if aim < len(found):
-                wait += found[aim] - anyio.current_time()
+            pending = await deadlines()
+            index = aim
+            if later:
+                index = 0
+                if pending:  # past those, then the timers armed since, one by one
+                    pending = await past(pending[-1])
+                for _ in range(aim):
+                    if not pending:
+                        break
+                    pending = await past(pending[0])
+            more = index + 1 < len(pending) or (later and bool(pending))
+            if index < len(pending):
+                wait += pending[index] - anyio.current_time()
         await anyio.sleep(max(0.0, wait))
         await coming.activate()
 
@@ -645,7 +673,7 @@ async def _restart_once(
         for vcm in (leaving, coming):
             if vcm.activations:
                 await _unless_driver_fails(vcm.deactivate)
-    return len(found)
+    return more
 
 
 def _scattered_physes(memory: PhysicalMemory) -> tuple[int, list[Phys]] | None:
