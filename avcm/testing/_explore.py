@@ -8,13 +8,14 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import inspect
 import itertools
 import math
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -268,8 +269,10 @@ async def _run_once(
             f"scenario {scenario_name(scenario)} returned {awaitable!r}: make it an async def"
         )
     before = _loop_tasks()
+    in_reach: dict[Any, anyio.CancelScope] = {}
     try:
-        await awaitable
+        with _system_tasks_in_reach(in_reach):
+            await awaitable
     except ReplayDivergedError:
         raise
     except Exception as error:
@@ -277,9 +280,9 @@ async def _run_once(
             # failed before any task ran under the scheduler: no schedule to blame (no race
             # to report or shrink), but the scenario's own error, raised as it is
             raise
-        await _outlast_leftovers(before)
+        await _outlast_leftovers(before, in_reach)
         return run, error
-    await _outlast_leftovers(before)
+    await _outlast_leftovers(before, in_reach)
     if not run.decisions:
         raise InvalidError(
             f"scenario {scenario_name(scenario)} ran no task under the scheduler: "
@@ -305,15 +308,53 @@ _LEFTOVER_WAIT = 1.0  # (virtual) seconds a run's leftover tasks are given to en
 _LEFTOVER_LOOKS = 1_000
 
 
-async def _outlast_leftovers(before: set[Any]) -> None:
+@contextlib.contextmanager
+def _system_tasks_in_reach(in_reach: dict[Any, anyio.CancelScope]) -> Iterator[None]:
+    """On trio, while a run's code runs: each system task it spawns (a driver's background
+    work, ``trio.lowlevel.spawn_system_task``) runs in a cancel scope of its own, kept in
+    *in_reach* by task, so that what the run leaves can be cancelled, as an asyncio task can.
+    (trio cancels system tasks only all together, when the run ends.)"""
+    if sniffio.current_async_library() != "trio":
+        yield
+        return
+    from trio._core._run import Runner
+
+    spawn = Runner.spawn_system_task
+
+    def spawn_in_reach(
+        self: Runner,
+        async_fn: Callable[..., Awaitable[object]],
+        *args: object,
+        name: object = None,
+        context: Any = None,
+    ) -> Any:
+        scope = anyio.CancelScope()
+
+        async def reachable() -> None:
+            with scope:
+                await async_fn(*args)
+
+        task = spawn(self, reachable, name=async_fn if name is None else name, context=context)
+        in_reach[task] = scope
+        return task
+
+    Runner.spawn_system_task = spawn_in_reach  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Runner.spawn_system_task = spawn  # type: ignore[method-assign]
+
+
+async def _outlast_leftovers(before: set[Any], in_reach: dict[Any, anyio.CancelScope]) -> None:
     """Wait for the tasks the run's code left running when it ended (spawned outside any task
     group it waited for: a driver's background work item, a lazy power-down timer), virtual
     time passing, for up to ``_LEFTOVER_WAIT`` seconds or ``_LEFTOVER_LOOKS`` looks, each
-    after the next timer pending, or after a wait that doubles from a microsecond; on asyncio,
-    cancel those still left then. Every run of an exploration shares one event loop: what one
-    left would act in the next (its timers falling due, its steps taken, between that run's
-    steps), which its replay in a fresh process does not have, and the replay diverged. The
-    looks depend on the timers only, so a replay takes the same ones."""
+    after the next timer pending, or after a wait that doubles from a microsecond; then
+    cancel those still left (on trio, the system tasks the run spawned: *in_reach*). Every
+    run of an exploration shares one event loop: what one left would act in the next (its
+    timers falling due, its steps taken, between that run's steps), which its replay in a
+    fresh process does not have, and the replay diverged. The looks depend on the timers
+    only, so a replay takes the same ones."""
     wait = 1e-6
     end = anyio.current_time() + _LEFTOVER_WAIT
     for look in range(_LEFTOVER_LOOKS + 1):
@@ -331,10 +372,12 @@ async def _outlast_leftovers(before: set[Any]) -> None:
             step = max(0.0, later[0] - now)
         await anyio.sleep(step)
         wait *= 2
-    if sniffio.current_async_library() != "trio":
-        for task in left:
+    for task in left:
+        if sniffio.current_async_library() != "trio":
             task.cancel()
-        await anyio.lowlevel.checkpoint()
+        elif task in in_reach:
+            in_reach[task].cancel()
+    await anyio.lowlevel.checkpoint()
 
 
 def _done(task: Any) -> bool:
