@@ -1965,6 +1965,36 @@ def test_a_spawned_task_polling_for_a_sleepers_flag_is_no_runaway(backend: str) 
     assert result.failure is None, result.failure.report()
 
 
+@pytest.mark.parametrize("strategy", ["pct", "exhaustive1"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_poll_counting_its_rounds_sees_what_a_sleeper_brings(backend: str, strategy: str) -> None:
+    # Reported (attack21): a bounded retry, `for _ in range(n): if done: return; await
+    # sleep(0)`, changes its state every round (its counter), so it never only spins: time
+    # stood still for the unit's sleep and the run hit the step budget (StepBudgetError on
+    # both backends). At the budget a sleep's end is reached now, as on a real loop.
+    async def scenario(run: testing.Run) -> None:
+        done = [False]
+
+        async def unit() -> None:
+            await anyio.sleep(1e-4)
+            done[0] = True
+
+        async def poller() -> None:
+            for _ in range(1_000_000):
+                if done[0]:
+                    return
+                await anyio.sleep(0)
+            raise AssertionError("the unit never answered")
+
+        for outcome in await run.concurrently(unit, poller):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario, strategy=strategies()[strategy](), schedules=3, backend=backend
+    )
+    assert result.failure is None, result.failure.report()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_spin_with_no_timer_pending_is_still_a_livelock(backend: str) -> None:
     async def scenario(run: testing.Run) -> None:

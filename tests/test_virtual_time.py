@@ -231,19 +231,23 @@ CHECKPOINTS: dict[str, Callable[[], Awaitable[None]]] = {
 
 
 async def _poll(
-    seconds: float, checkpoint: Callable[[], Awaitable[None]], trace: list[float] | None = None
+    seconds: float,
+    checkpoint: Callable[[], Awaitable[None]],
+    trace: list[float] | None = None,
+    *,
+    bound: int = POLL_BOUND,
 ) -> float:
     """Wait *seconds* by reading the clock with *checkpoint* between reads (a driver waiting
-    for its hardware): the time the deadline was seen passed at."""
+    for its hardware), at most *bound* reads: the time the deadline was seen passed at."""
     deadline = anyio.current_time() + seconds
-    for _ in range(POLL_BOUND):
+    for _ in range(bound):
         now = anyio.current_time()
         if now >= deadline:
             return now
         if trace is not None and (not trace or trace[-1] != now):
             trace.append(now)
         await checkpoint()
-    raise AssertionError(f"the clock stood still at {now} for {POLL_BOUND} reads")
+    raise AssertionError(f"the clock stood still at {now} for {bound} reads")
 
 
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
@@ -321,7 +325,8 @@ def test_each_wait_of_a_poll_moves_the_clock_from_a_quantum_again(
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_poll_moves_the_clock_no_further_than_the_next_timer(backend: str) -> None:
     # a sleeper wakes at its own time, not later, while another task polls past it; a
-    # timeout around a poll that never ends falls due at its deadline, not later
+    # timeout around a poll that never ends falls due at its deadline, not later (nor
+    # sooner than a microsecond a read: 10,500 reads)
     async def main() -> tuple[float, float, float, bool]:
         start = anyio.current_time()
         woke: list[float] = []
@@ -334,13 +339,35 @@ def test_a_poll_moves_the_clock_no_further_than_the_next_timer(backend: str) -> 
             group.start_soon(sleeper)
             polled = await _poll(0.01, CHECKPOINTS["sleep(0)"]) - start
         with anyio.move_on_after(0.0105) as scope:
-            await _poll(math.inf, CHECKPOINTS["checkpoint"])
+            await _poll(math.inf, CHECKPOINTS["checkpoint"], bound=11_000)
         return woke[0], polled, anyio.current_time() - start - polled, scope.cancelled_caught
 
     woke, polled, timed_out, cancelled = testing.run_on_virtual_time(backend, main)
     assert woke == pytest.approx(3e-3, abs=1e-12)
     assert 0.01 <= polled < 0.02
     assert cancelled and timed_out == pytest.approx(0.0105, abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_work_reading_the_clock_under_a_timeout_reaches_it_no_sooner_than_a_real_loop(
+    backend: str,
+) -> None:
+    # Reported (attack21): a computation of 5,000 rounds under fail_after(1) that reads the
+    # clock each round (one place: the spin rule's poll) timed out after 169 rounds, the
+    # moves doubling up to the deadline; a real loop's round takes a microsecond at least
+    async def main() -> tuple[int, float]:
+        rounds = 0
+        with anyio.fail_after(1):
+            start = anyio.current_time()
+            for _ in range(5_000):
+                elapsed = anyio.current_time() - start
+                await anyio.lowlevel.checkpoint()
+                rounds += 1
+        return rounds, elapsed
+
+    rounds, elapsed = testing.run_on_virtual_time(backend, main)
+    assert rounds == 5_000
+    assert elapsed <= rounds * QUANTUM
 
 
 def _polls_and_sleeps(backend: str) -> list[tuple[str, float]]:

@@ -232,7 +232,7 @@ _THREAD_SPIN_POLL = 0.01  # seconds of real time callbacks that spin wait for a 
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600  # asyncio's own bound of one wait (base_events)
 _SPIN_READS = 8  # reads by one task from one place at one virtual instant that make it move
 _SPIN_QUANTUM = 1e-6  # seconds: the spin rule's least move
-_BUSY_ITERATIONS = 2048  # loop iterations in a row at one instant with a task ready that move it
+_BUSY_ITERATIONS = 256  # loop iterations in a row at one instant with a task ready that move it
 # the modules a read of the clock goes through on its way from the code that reads it
 _CLOCK_PLUMBING = ("anyio.", "asyncio.", "trio.", "sniffio.", __name__)
 
@@ -267,6 +267,55 @@ def _read_site() -> tuple[object, ...]:
     return tuple(site)
 
 
+def _await_frames(coro: Any) -> list[FrameType]:
+    """The frames of a suspended coroutine and of everything it awaits, outermost first."""
+    frames: list[FrameType] = []
+    while coro is not None:
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "gi_frame", None)
+            or getattr(coro, "ag_frame", None)
+        )
+        if frame is None:
+            break
+        frames.append(frame)
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+    return frames
+
+
+def _next_sleep() -> float | None:
+    """The earliest timer of the running event loop that ends a sleep (trio: a task in
+    ``trio.sleep_until``, which ``trio.sleep`` and anyio's ``sleep`` go through; asyncio: the
+    timer of ``asyncio.sleep``), not a deadline of a cancel scope or any other timeout."""
+    if sniffio.current_async_library() == "trio":
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        deadlines = [
+            frame.f_locals.get("deadline")
+            for task in GLOBAL_RUN_CONTEXT.runner.tasks
+            for frame in _await_frames(task.coro)
+            if frame.f_code.co_name == "sleep_until"
+            and frame.f_globals.get("__name__", "").startswith("trio.")
+        ]
+        return min((float(d) for d in deadlines if isinstance(d, (int, float))), default=None)
+    import asyncio
+    import asyncio.futures
+
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", ())
+    whens = [
+        handle.when()
+        for handle in scheduled
+        if not handle.cancelled()
+        and getattr(handle, "_callback", None) is asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
+        and math.isfinite(handle.when())
+    ]
+    return min(whens, default=None)
+
+
 class _Poll:
     """One task's reads of the clock from one place: a poll, while it goes on."""
 
@@ -291,11 +340,14 @@ class _Spin:
     lasted (``_SPIN_QUANTUM`` at least, a day at most), so that a deadline it waits for is
     passed after a few moves however far it is, and overshot by less than the wait; but no
     further than the next timer, which the move makes due: a sleeper wakes, and a deadline
-    around the poll is reached, at its own time, as on a real loop. A poll ends when its
-    task reads the clock from another place (the next wait's own deadline, or the same line
-    of another call of an async function: see :func:`_read_site`), or when the clock moved
-    otherwise than by this rule (the task waited): each wait is its own poll, so its moves
-    start from a microsecond again."""
+    around the poll is reached, at its own time, as on a real loop. While that timer is a
+    timeout's (a cancel scope's deadline, a ``call_later``), not a sleep's end, the moves
+    do not grow: a microsecond a read, as a real loop's rounds take at least, so that work
+    reading the clock as it goes under a timeout reaches it no sooner than there. A poll
+    ends when its task reads the clock from another place (the next wait's own deadline, or
+    the same line of another call of an async function: see :func:`_read_site`), or when
+    the clock moved otherwise than by this rule (the task waited): each wait is its own
+    poll, so its moves start from a microsecond again."""
 
     __slots__ = ("moved_to", "polls")
 
@@ -323,17 +375,23 @@ class _Spin:
             return None
         poll.reads = 0
         by = min(max(_SPIN_QUANTUM, now - poll.began), _MAXIMUM_SELECT_TIMEOUT)
-        target = _moved_on(now, by, next_timer)
+        timer = next_timer()
+        if timer is not None and timer != _next_sleep():
+            # the deadline of a timeout (fail_after, move_on_after, a call_later), not a
+            # sleep's end: work that reads the clock as it goes under a timeout reaches it no
+            # sooner than on a real loop, whose rounds take a microsecond at least (moves
+            # that doubled made 170 rounds of a computation a second: attack21)
+            by = min(by, _SPIN_READS * _SPIN_QUANTUM)
+        target = _moved_on(now, by, timer)
         if target is not None:
             self.moved_to = target
         return target
 
 
-def _moved_on(now: float, by: float, next_timer: Callable[[], float | None]) -> float | None:
+def _moved_on(now: float, by: float, timer: float | None) -> float | None:
     """Where a spin moves the clock from *now*: on *by* seconds, no further than the next
-    timer; None if that timer is due already (the loop runs it at its next iteration)."""
+    *timer*; None if that timer is due already (the loop runs it at its next iteration)."""
     target = now + by
-    timer = next_timer()
     if timer is not None and timer < target:
         if timer <= now:
             return None
@@ -354,9 +412,10 @@ class _BusyLoop:
     each further one takes ``_SPIN_QUANTUM`` (no further than the next timer), until the loop
     waits or the clock moves otherwise. A real iteration takes longer than that: time never
     passes faster than on a real loop, so no deadline falls due that a real one would not
-    reach. Ordinary work takes far fewer iterations at one instant (the stress harness's
-    longest run of them is about 130 at 4,096 tasks, about 1,400 at zero latency), so a run
-    that does not spin is the same as without this rule. Iterations are counted, not wall
+    reach. Ordinary work takes fewer iterations at one instant (the stress harness's longest
+    run of them is about 130 at 4,096 tasks), so a run that does not spin is the same as
+    without this rule; with no latency at all, where its runs of them reach about 1,400,
+    time passes too, as it would on a real loop. Iterations are counted, not wall
     time: a spinning run replays. A livelock still makes no progress (the clock moving changes
     nothing for it) and is still found by what watches for stalls."""
 
@@ -378,7 +437,7 @@ class _BusyLoop:
         self.at = now
         if self.iterations < _BUSY_ITERATIONS:
             return None
-        target = _moved_on(now, _SPIN_QUANTUM, next_timer)
+        target = _moved_on(now, _SPIN_QUANTUM, next_timer())
         if target is not None:
             self.at = target
         return target

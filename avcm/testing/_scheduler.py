@@ -90,7 +90,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
-from ._clock import _SPIN_QUANTUM, restart_clock, trio_timers
+from ._clock import _SPIN_QUANTUM, _await_frames, _next_sleep, restart_clock, trio_timers
 from ._errors import (
     DeadlockError,
     IOWaitError,
@@ -110,26 +110,6 @@ TRIO_VERSIONS = ("0.35.",)
 
 # Frames of these modules are the machinery, not the operation a step belongs to.
 _MACHINERY = ("avcm.testing", "avcm._sync", "anyio", "trio", "asyncio", "contextlib", "outcome")
-
-
-def _await_frames(coro: Any) -> list[FrameType]:
-    """The frames of a suspended coroutine and of everything it awaits, outermost first."""
-    frames: list[FrameType] = []
-    while coro is not None:
-        frame = (
-            getattr(coro, "cr_frame", None)
-            or getattr(coro, "gi_frame", None)
-            or getattr(coro, "ag_frame", None)
-        )
-        if frame is None:
-            break
-        frames.append(frame)
-        coro = (
-            getattr(coro, "cr_await", None)
-            or getattr(coro, "gi_yieldfrom", None)
-            or getattr(coro, "ag_await", None)
-        )
-    return frames
 
 
 _THREAD_CALLS = frozenset({"run_sync_in_worker_thread", "to_thread_run_sync"})
@@ -1217,9 +1197,11 @@ class Run:
         that timer (the deadline of a wait that another task only polls for, a
         ``call_later``), so virtual time moves to it and the budget starts again, instead of
         a :class:`StepBudgetError`. Steady progress still ends at the budget (a real loop
-        takes as long as the machine makes it), but while threads outlast a timer
-        (:meth:`_Queue.slow`: a thread longer than ``_SLOW_STEPS`` steps of the tasks, when
-        this is asked after as many), and a spin with no timer pending is a livelock."""
+        takes as long as the machine makes it), but when the next timer ends a sleep (a
+        poll that counts its rounds while it waits for what a sleeper brings), while
+        threads outlast a timer (:meth:`_Queue.slow`: a thread longer than ``_SLOW_STEPS``
+        steps of the tasks, when this is asked after as many), and a spin with no timer
+        pending is a livelock."""
         queue = self._queue
         assert queue is not None
         if queue.late() and not queue.slow():
@@ -1231,10 +1213,15 @@ class Run:
             return time
         # (threads that outlast a timer took longer than _SLOW_STEPS steps of the tasks: its
         # timer falls due meanwhile, whatever progress they made)
-        if not (self._spinning or queue.slow()) or not queue.virtual:
+        if not queue.virtual:
             return time
         timer = self._next_timer()
         if timer is None:
+            return time
+        # a sleep's end is reached too while the tasks make steady progress: a poll that
+        # counts its rounds waits for what a sleeper brings (attack21), and a real loop's
+        # clock reaches it while the poll goes on; never a timeout's deadline that way
+        if not (self._spinning or queue.slow() or _next_sleep() == timer):
             return time
         self._reach(timer)
         self._still_steps = 0
@@ -3617,35 +3604,6 @@ def _next_deadline(*, exclude: float | None = None) -> float | None:
     from ._clock import next_timer
 
     return next_timer(asyncio.get_running_loop(), exclude=exclude)
-
-
-def _next_sleep() -> float | None:
-    """The earliest timer of the running event loop that ends a sleep (trio: a task in
-    ``trio.sleep_until``, which ``trio.sleep`` and anyio's ``sleep`` go through; asyncio: the
-    timer of ``asyncio.sleep``), not a deadline of a cancel scope or any other timeout."""
-    if sniffio.current_async_library() == "trio":
-        from trio._core._run import GLOBAL_RUN_CONTEXT
-
-        deadlines = [
-            frame.f_locals.get("deadline")
-            for task in GLOBAL_RUN_CONTEXT.runner.tasks
-            for frame in _await_frames(task.coro)
-            if frame.f_code.co_name == "sleep_until"
-            and frame.f_globals.get("__name__", "").startswith("trio.")
-        ]
-        return min((float(d) for d in deadlines if isinstance(d, (int, float))), default=None)
-    import asyncio
-    import asyncio.futures
-
-    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", ())
-    whens = [
-        handle.when()
-        for handle in scheduled
-        if not handle.cancelled()
-        and getattr(handle, "_callback", None) is asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
-        and math.isfinite(handle.when())
-    ]
-    return min(whens, default=None)
 
 
 def _virtual_clock() -> bool:
