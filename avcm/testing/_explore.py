@@ -270,19 +270,20 @@ async def _run_once(
         )
     before = _loop_tasks()
     in_reach: dict[Any, anyio.CancelScope] = {}
-    try:
-        with _system_tasks_in_reach(in_reach):
+    # (and while what the run left is waited for: what that spawns meanwhile is in reach too)
+    with _system_tasks_in_reach(in_reach):
+        try:
             await awaitable
-    except ReplayDivergedError:
-        raise
-    except Exception as error:
-        if not run.decisions:
-            # failed before any task ran under the scheduler: no schedule to blame (no race
-            # to report or shrink), but the scenario's own error, raised as it is
+        except ReplayDivergedError:
             raise
+        except Exception as error:
+            if not run.decisions:
+                # failed before any task ran under the scheduler: no schedule to blame (no
+                # race to report or shrink), but the scenario's own error, raised as it is
+                raise
+            await _outlast_leftovers(before, in_reach)
+            return run, error
         await _outlast_leftovers(before, in_reach)
-        return run, error
-    await _outlast_leftovers(before, in_reach)
     if not run.decisions:
         raise InvalidError(
             f"scenario {scenario_name(scenario)} ran no task under the scheduler: "
@@ -350,17 +351,31 @@ async def _outlast_leftovers(before: set[Any], in_reach: dict[Any, anyio.CancelS
     group it waited for: a driver's background work item, a lazy power-down timer), virtual
     time passing, for up to ``_LEFTOVER_WAIT`` seconds or ``_LEFTOVER_LOOKS`` looks, each
     after the next timer pending, or after a wait that doubles from a microsecond; then
-    cancel those still left (on trio, the system tasks the run spawned: *in_reach*). Every
-    run of an exploration shares one event loop: what one left would act in the next (its
+    cancel those still left (on trio, the system tasks the run spawned: *in_reach*), and
+    wait for them as long again (what they do on cancel: a clean-up that waits). Every run
+    of an exploration shares one event loop: what one left would act in the next (its
     timers falling due, its steps taken, between that run's steps), which its replay in a
     fresh process does not have, and the replay diverged. The looks depend on the timers
     only, so a replay takes the same ones."""
+    left = await _wait_for_leftovers(before)
+    for task in left:
+        if sniffio.current_async_library() != "trio":
+            task.cancel()
+        elif task in in_reach:
+            in_reach[task].cancel()
+    if left:
+        await _wait_for_leftovers(before)
+
+
+async def _wait_for_leftovers(before: set[Any]) -> list[Any]:
+    """Wait for the tasks not in *before* to end, as :func:`_outlast_leftovers` says: those
+    still left then."""
     wait = 1e-6
     end = anyio.current_time() + _LEFTOVER_WAIT
     for look in range(_LEFTOVER_LOOKS + 1):
         left = [task for task in _loop_tasks() - before if not _done(task)]
         if not left:
-            return
+            return left
         now = anyio.current_time()
         if now >= end or look == _LEFTOVER_LOOKS:
             break
@@ -372,12 +387,7 @@ async def _outlast_leftovers(before: set[Any], in_reach: dict[Any, anyio.CancelS
             step = max(0.0, later[0] - now)
         await anyio.sleep(step)
         wait *= 2
-    for task in left:
-        if sniffio.current_async_library() != "trio":
-            task.cancel()
-        elif task in in_reach:
-            in_reach[task].cancel()
-    await anyio.lowlevel.checkpoint()
+    return left
 
 
 def _done(task: Any) -> bool:
