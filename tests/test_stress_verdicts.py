@@ -353,7 +353,7 @@ def test_a_watchdog_deciding_at_a_look_armed_late_is_caught_at_a_drain(
     # user left (attack20): the look that decides is armed by the looks before, after the
     # switches off returned. A racing restart lets the driver's timers fall due one by one
     # first, as many times as it draws: not found before (0 of 5 runs). Rarer than the
-    # others: 9 of 32 runs (seeds 0-15 x both backends, within 4,000 or 10,000 operations);
+    # others: 8 of 32 runs (seeds 0-15 x both backends, within 4,000 or 10,000 operations);
     # these seeds find it at the first drain
     report = tmp_path / "report.json"
     args = ["--backend", backend, "--seed", seed, "--ops", "2100", "--json", str(report)]
