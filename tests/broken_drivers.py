@@ -438,8 +438,9 @@ class SharedUnit:
     async def _watch_power(self) -> None:
         while True:
             await anyio.sleep(GRACE_TICK if self.grace_power_down else POWER_POLL)
-            idle = anyio.current_time() - self.idle_since
-            if not self.users and (not self.grace_power_down or idle >= GRACE):
+            if not self.users and (
+                not self.grace_power_down or anyio.current_time() - self.idle_since >= GRACE
+            ):
                 await anyio.sleep(LAZY_POWER_DOWN_SEQUENCE)
                 # (polled_power_down: looked at once, acted on after the sequence)
                 if self.polled_power_down or self.grace_power_down or not self.users:

@@ -358,8 +358,9 @@ async def _outlast_leftovers(before: set[Any], in_reach: dict[Any, anyio.CancelS
     fresh process does not have, and the replay diverged. The looks depend on the timers
     only, so a replay takes the same ones."""
     left = await _wait_for_leftovers(before)
+    trio = sniffio.current_async_library() == "trio"
     for task in left:
-        if sniffio.current_async_library() != "trio":
+        if not trio:
             task.cancel()
         elif task in in_reach:
             in_reach[task].cancel()
