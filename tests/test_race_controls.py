@@ -494,6 +494,48 @@ async def work_left_running_past_the_wait(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+# the runs of timer_left_re_arming_for_ever so far, and ticks of a run's timer in a later one
+_TICKERS = {"runs": 0, "strays": 0}
+
+
+async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
+    """A driver's timer that re-arms itself for ever, every 0.3 s, which a run leaves
+    ticking: on asyncio a loop callback (``call_later``, no task), on trio a system task. It
+    is cancelled after the race finder's wait, on both backends, and ticks in no later run.
+    (Reported, attack22: on asyncio it ticked in every later run, and a failure's replay
+    diverged.)"""
+    _TICKERS["runs"] += 1
+    this_run, strays = _TICKERS["runs"], _TICKERS["strays"]
+
+    def tick() -> None:
+        if _TICKERS["runs"] != this_run:
+            _TICKERS["strays"] += 1
+
+    if sniffio.current_async_library() == "asyncio":
+        loop = asyncio.get_running_loop()
+
+        def tick_and_re_arm() -> None:
+            tick()
+            loop.call_later(0.3, tick_and_re_arm)
+
+        loop.call_later(0.3, tick_and_re_arm)
+    else:
+
+        async def ticker() -> None:
+            while True:
+                await anyio.sleep(0.3)
+                tick()
+
+        in_background(ticker)
+
+    async def waits() -> None:
+        await anyio.sleep(1.5)
+        assert _TICKERS["strays"] == strays, "a timer an earlier run left ticked in this one"
+
+    for outcome in await run.concurrently(waits, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+
+
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
     """A task makes 300 steps of progress kept only in a module's dict, then sets an event
     another task waits for under a deadline: a real loop takes microseconds. The spin rule
@@ -602,6 +644,7 @@ CONTROLS = {
         another_process,
         progress_the_state_check_cannot_see,
         work_left_running_past_the_wait,
+        timer_left_re_arming_for_ever,
     )
 } | SPINS
 

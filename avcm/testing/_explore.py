@@ -8,26 +8,24 @@ by raising. :func:`explore` runs it under many schedules; :func:`replay` runs on
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import inspect
 import itertools
 import math
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import sniffio
 
 from .. import InvalidError
 from ..lowlevel import check_int
-from ._clock import run_on_virtual_time, seed_trio_scheduler, timers_left
+from ._clock import run_on_virtual_time, seed_trio_scheduler
 from ._errors import DeadlockError, RaceFound, ReplayDivergedError, ScheduleFailure
+from ._leftovers import Leftovers
 from ._scheduler import Run
 from ._strategies import (
     MAX_PREEMPTION_BOUND,
@@ -268,10 +266,9 @@ async def _run_once(
         raise InvalidError(
             f"scenario {scenario_name(scenario)} returned {awaitable!r}: make it an async def"
         )
-    before = _loop_tasks()
-    in_reach: dict[Any, anyio.CancelScope] = {}
-    # (and while what the run left is waited for: what that spawns meanwhile is in reach too)
-    with _system_tasks_in_reach(in_reach):
+    leftovers = Leftovers()
+    # (and while what the run left is waited for: what that spawns or arms meanwhile too)
+    with leftovers.in_reach():
         try:
             await awaitable
         except ReplayDivergedError:
@@ -281,121 +278,15 @@ async def _run_once(
                 # failed before any task ran under the scheduler: no schedule to blame (no
                 # race to report or shrink), but the scenario's own error, raised as it is
                 raise
-            await _outlast_leftovers(before, in_reach)
+            await leftovers.outlast()
             return run, error
-        await _outlast_leftovers(before, in_reach)
+        await leftovers.outlast()
     if not run.decisions:
         raise InvalidError(
             f"scenario {scenario_name(scenario)} ran no task under the scheduler: "
             f"run its racing operations with `await run.concurrently(...)`"
         )
     return run, None
-
-
-def _loop_tasks() -> set[Any]:
-    """Every task of the running event loop."""
-    if sniffio.current_async_library() == "trio":
-        from trio._core._run import GLOBAL_RUN_CONTEXT
-
-        return set(GLOBAL_RUN_CONTEXT.runner.tasks)
-    import asyncio
-
-    return set(asyncio.all_tasks())
-
-
-_LEFTOVER_WAIT = 1.0  # (virtual) seconds a run's leftover tasks are given to end
-# at most this many looks at them meanwhile, one after each of their timers (a driver's
-# poller that ticks for ever would otherwise take a step every few microseconds of it)
-_LEFTOVER_LOOKS = 1_000
-
-
-@contextlib.contextmanager
-def _system_tasks_in_reach(in_reach: dict[Any, anyio.CancelScope]) -> Iterator[None]:
-    """On trio, while a run's code runs: each system task it spawns (a driver's background
-    work, ``trio.lowlevel.spawn_system_task``) runs in a cancel scope of its own, kept in
-    *in_reach* by task, so that what the run leaves can be cancelled, as an asyncio task can.
-    (trio cancels system tasks only all together, when the run ends.)"""
-    if sniffio.current_async_library() != "trio":
-        yield
-        return
-    from trio._core._run import Runner
-
-    spawn = Runner.spawn_system_task
-
-    def spawn_in_reach(
-        self: Runner,
-        async_fn: Callable[..., Awaitable[object]],
-        *args: object,
-        name: object = None,
-        context: Any = None,
-    ) -> Any:
-        scope = anyio.CancelScope()
-
-        async def reachable() -> None:
-            with scope:
-                await async_fn(*args)
-
-        task = spawn(self, reachable, name=async_fn if name is None else name, context=context)
-        in_reach[task] = scope
-        return task
-
-    Runner.spawn_system_task = spawn_in_reach  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Runner.spawn_system_task = spawn  # type: ignore[method-assign]
-
-
-async def _outlast_leftovers(before: set[Any], in_reach: dict[Any, anyio.CancelScope]) -> None:
-    """Wait for the tasks the run's code left running when it ended (spawned outside any task
-    group it waited for: a driver's background work item, a lazy power-down timer), virtual
-    time passing, for up to ``_LEFTOVER_WAIT`` seconds or ``_LEFTOVER_LOOKS`` looks, each
-    after the next timer pending, or after a wait that doubles from a microsecond; then
-    cancel those still left (on trio, the system tasks the run spawned: *in_reach*), and
-    wait for them as long again (what they do on cancel: a clean-up that waits). Every run
-    of an exploration shares one event loop: what one left would act in the next (its
-    timers falling due, its steps taken, between that run's steps), which its replay in a
-    fresh process does not have, and the replay diverged. The looks depend on the timers
-    only, so a replay takes the same ones."""
-    left = await _wait_for_leftovers(before)
-    trio = sniffio.current_async_library() == "trio"
-    for task in left:
-        if not trio:
-            task.cancel()
-        elif task in in_reach:
-            in_reach[task].cancel()
-    if left:
-        await _wait_for_leftovers(before)
-
-
-async def _wait_for_leftovers(before: set[Any]) -> list[Any]:
-    """Wait for the tasks not in *before* to end, as :func:`_outlast_leftovers` says: those
-    still left then."""
-    wait = 1e-6
-    end = anyio.current_time() + _LEFTOVER_WAIT
-    for look in range(_LEFTOVER_LOOKS + 1):
-        left = [task for task in _loop_tasks() - before if not _done(task)]
-        if not left:
-            return left
-        now = anyio.current_time()
-        if now >= end or look == _LEFTOVER_LOOKS:
-            break
-        step = min(wait, end - now)
-        # (once the tasks a timer woke took their steps: they set their next timer then)
-        later = [when for when in await timers_left([], within=step) if when > now]
-        now = anyio.current_time()
-        if later:
-            step = max(0.0, later[0] - now)
-        await anyio.sleep(step)
-        wait *= 2
-    return left
-
-
-def _done(task: Any) -> bool:
-    done = getattr(task, "done", None)  # asyncio's
-    if callable(done):
-        return bool(done())
-    return task.coro.cr_frame is None  # trio's: its coroutine ended
 
 
 def _same_failure(error: BaseException, original: BaseException) -> bool:

@@ -1,0 +1,180 @@
+"""What one run of an exploration leaves running, waited for and then cancelled.
+
+Every run of an exploration shares one event loop. Work a run's code started and nobody
+waited for (a driver's background task, a lazy power-down timer, a loop callback that
+re-arms itself) would act in the next run, between that run's steps, which its replay in
+a fresh process does not have: the replay would diverge. So after each run this waits for
+that work, virtual time passing, and cancels what is still left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import sniffio
+
+from ._clock import timers_left
+
+_LEFTOVER_WAIT = 1.0  # (virtual) seconds what a run left is given to end
+# at most this many looks at it meanwhile, one after each of its timers (a driver's poller
+# that ticks for ever would otherwise take a step every few microseconds of it)
+_LEFTOVER_LOOKS = 1_000
+
+
+class Leftovers:
+    """The work a run's code starts on the running event loop, to be outlasted
+    (:meth:`outlast`) once the run ends: the tasks not running before it, and
+
+    - on trio, a cancel scope around each system task it spawns (a driver's usual way to
+      start background work, ``trio.lowlevel.spawn_system_task``): trio cancels system tasks
+      only all together, when the loop ends;
+    - on asyncio, each timer callback (``loop.call_later``, ``call_at``) armed by a callback
+      or by a task that has ended by the time of the look: no task waits for it, and one
+      that re-arms itself ticks for ever.
+
+    Use :meth:`in_reach` around the run's code and the outlasting both: what the leftover
+    work spawns or arms while it is waited for is in reach too.
+    """
+
+    def __init__(self) -> None:
+        self._trio = sniffio.current_async_library() == "trio"
+        self._before = self._tasks()
+        self._scopes: dict[Any, anyio.CancelScope] = {}  # trio: system task -> its scope
+        self._timers: list[tuple[Any, Any]] = []  # asyncio: (timer handle, task arming it)
+
+    @contextlib.contextmanager
+    def in_reach(self) -> Iterator[None]:
+        """While in this block, the system tasks spawned (trio) and the timers armed
+        (asyncio) are kept, to be cancelled if left."""
+        if self._trio:
+            with self._spawns_in_reach():
+                yield
+            return
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def call_at_in_reach(when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+            handle = call_at(when, callback, *args, context=context)
+            self._timers.append((handle, asyncio.current_task(loop)))
+            return handle
+
+        # asyncio's call_later goes through the instance's call_at
+        loop.call_at = call_at_in_reach  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            del loop.call_at
+
+    @contextlib.contextmanager
+    def _spawns_in_reach(self) -> Iterator[None]:
+        from trio._core._run import Runner
+
+        spawn = Runner.spawn_system_task
+        scopes = self._scopes
+
+        def spawn_in_reach(
+            runner: Runner,
+            async_fn: Callable[..., Awaitable[object]],
+            *args: object,
+            name: object = None,
+            context: Any = None,
+        ) -> Any:
+            scope = anyio.CancelScope()
+
+            async def reachable() -> None:
+                with scope:
+                    await async_fn(*args)
+
+            task = spawn(
+                runner, reachable, name=async_fn if name is None else name, context=context
+            )
+            scopes[task] = scope
+            return task
+
+        Runner.spawn_system_task = spawn_in_reach  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            Runner.spawn_system_task = spawn  # type: ignore[method-assign]
+
+    async def outlast(self) -> None:
+        """Wait for what the run left (tasks not running before it, timers armed and not
+        waited for), virtual time passing, for up to ``_LEFTOVER_WAIT`` seconds or
+        ``_LEFTOVER_LOOKS`` looks, each after the next timer pending, or after a wait that
+        doubles from a microsecond; then cancel what is still left (on trio, of the tasks,
+        the system tasks in reach), and wait as long again (for what they do on cancel: a
+        clean-up that waits). The looks depend on the timers only, so a replay takes the
+        same ones."""
+        tasks, timers = await self._wait()
+        for task in tasks:
+            if not self._trio:
+                task.cancel()
+            elif task in self._scopes:
+                self._scopes[task].cancel()
+        for handle in timers:
+            handle.cancel()
+        if tasks or timers:
+            await self._wait()
+
+    async def _wait(self) -> tuple[list[Any], list[Any]]:
+        """Wait for what is left, as :meth:`outlast` says: the tasks and timers still left."""
+        wait = 1e-6
+        end = anyio.current_time() + _LEFTOVER_WAIT
+        for look in range(_LEFTOVER_LOOKS + 1):
+            tasks = [task for task in self._tasks() - self._before if not _done(task)]
+            timers = self._timers_left()
+            if not tasks and not timers:
+                break
+            now = anyio.current_time()
+            if now >= end or look == _LEFTOVER_LOOKS:
+                break
+            step = min(wait, end - now)
+            # (once the tasks a timer woke took their steps: they set their next timer then)
+            later = [when for when in await timers_left([], within=step) if when > now]
+            now = anyio.current_time()
+            if later:
+                step = max(0.0, later[0] - now)
+            await anyio.sleep(step)
+            wait *= 2
+        return tasks, timers
+
+    def _timers_left(self) -> list[Any]:
+        """The asyncio timers armed in reach, pending, that no task waits for: armed by a
+        callback, or by a task that ended (the run's own: it returned), or by the task that
+        outlasts (it armed them while it ran the run's code: its own waits are over when it
+        looks). A timer of a task still running is that task's (a sleep, a deadline), waited
+        for with it."""
+        if self._trio:
+            return []
+        import asyncio
+
+        looking = asyncio.current_task()
+        left = [
+            (handle, task)
+            for handle, task in self._timers
+            if not handle.cancelled() and handle._scheduled  # (not yet called back)
+        ]
+        self._timers = left
+        return [handle for handle, task in left if task is None or task is looking or task.done()]
+
+    def _tasks(self) -> set[Any]:
+        """Every task of the running event loop."""
+        if self._trio:
+            from trio._core._run import GLOBAL_RUN_CONTEXT
+
+            return set(GLOBAL_RUN_CONTEXT.runner.tasks)
+        import asyncio
+
+        return set(asyncio.all_tasks())
+
+
+def _done(task: Any) -> bool:
+    done = getattr(task, "done", None)  # asyncio's
+    if callable(done):
+        return bool(done())
+    return task.coro.cr_frame is None  # trio's: its coroutine ended
