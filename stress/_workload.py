@@ -11,7 +11,6 @@ pools are bounded (``POOL_LIMIT``), so what a check looks at does not grow with 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import errno
@@ -28,6 +27,7 @@ import anyio
 
 import avcm
 from avcm.lowlevel import errno_name, sync_hook, undo_failed
+from avcm.testing import harness_clock
 
 from ._config import MAX_OPS, StressConfig, UsageError
 from ._contexts import (
@@ -292,9 +292,8 @@ class World:
         # physical memory in use with the contexts just built, which a drain compares with
         self.baseline = self.in_use()
         self.on_progress: Callable[[int], None] | None = None
-        # the event loop's clock: anyio.current_time, without finding the backend each time
-        loop = asyncio._get_running_loop()
-        self.clock: Callable[[], float] = anyio.current_time if loop is None else loop.time
+        # (the virtual clock's spin rule is for a driver's polls, not the harness's reads)
+        self.clock = harness_clock()
         self.deadline = None if config.duration is None else time.monotonic() + config.duration
 
     def _use(self, contexts: list[Context]) -> None:

@@ -304,6 +304,49 @@ def test_reads_from_two_places_in_turn_do_not_move_the_clock(backend: str) -> No
     assert testing.run_on_virtual_time(backend, main) == {0.0}
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_harness_reading_its_clock_from_one_place_does_not_move_it(backend: str) -> None:
+    # what a poll of anyio.current_time from one place moves (above), harness_clock does not:
+    # a harness's bookkeeping is no task waiting for the clock
+    async def main() -> tuple[set[float], float]:
+        clock = testing.harness_clock()
+        start = clock()
+        seen = set()
+        for _ in range(4 * SPIN):
+            seen.add(clock() - start)
+            await anyio.lowlevel.checkpoint()
+        return seen, anyio.current_time() - start
+
+    seen, now = testing.run_on_virtual_time(backend, main)
+    assert seen == {0.0}
+    assert now == 0.0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_harness_clock_is_the_loops_own_off_avcms_virtual_clocks(backend: str) -> None:
+    async def main() -> tuple[float, float]:
+        await anyio.sleep(0.01)
+        return testing.harness_clock()(), anyio.current_time()
+
+    harness, loop = anyio.run(main, backend=backend)
+    assert harness == pytest.approx(loop, abs=0.01)
+
+
+def test_a_sleep_is_no_read_of_the_clock_for_the_spin_rule() -> None:
+    # asyncio.sleep arms its timer from the task, through call_later: a read by the loop
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, testing.VirtualTimeEventLoop)
+        loop.count_reads = True
+        for _ in range(3):
+            await asyncio.sleep(1e-3)
+        sleeping = loop.task_reads
+        anyio.current_time()
+        return sleeping, loop.task_reads
+
+    assert testing.run_on_virtual_time("asyncio", main) == (0, 1)
+
+
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_each_wait_of_a_poll_moves_the_clock_from_a_quantum_again(

@@ -496,6 +496,21 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
                 now = self._virtual.now
         return now
 
+    def call_later(
+        self, delay: float, callback: Callable[[*Ts], object], *args: *Ts, context: Any = None
+    ) -> asyncio.TimerHandle:
+        """asyncio's ``call_later``, reading the clock as the loop does: arming a timer (a
+        sleep's) is no read of a task's for the spin rule, which looks for tasks that wait
+        for the clock to move by reading it."""
+        if delay is None:
+            raise TypeError("delay must not be None")
+        return self.call_at(self._virtual.now + delay, callback, *args, context=context)
+
+    def uncounted_time(self) -> float:
+        """Virtual time, read as the loop reads it: for a harness's own bookkeeping, which no
+        rule of this clock should take for a task waiting on it."""
+        return self._virtual.now
+
     def advance(self, to: float) -> None:
         """Move virtual time on to *to* (never back)."""
         self._virtual.now = max(self._virtual.now, to)
@@ -584,6 +599,21 @@ def _asyncio_timers(loop: asyncio.AbstractEventLoop) -> Iterator[float]:
     for handle in getattr(loop, "_scheduled", ()):
         if not handle.cancelled() and math.isfinite(handle.when()):
             yield handle.when()
+
+
+def harness_clock() -> Callable[[], float]:
+    """The running event loop's clock, for a harness's own bookkeeping (how long an operation
+    took): on avcm's virtual clocks (:func:`backend_options`) it reads the time as the loop
+    does, so no rule of the clock takes the harness's reads for a task waiting on the clock
+    (the spin rule moves time for tasks that poll it); elsewhere, :func:`anyio.current_time`."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return getattr(trio.lowlevel.current_clock(), "uncounted_time", trio.current_time)
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeEventLoop):
+        return loop.uncounted_time
+    return loop.time
 
 
 def pending_timers() -> list[float]:
@@ -724,6 +754,7 @@ def ordered_mock_clock() -> trio.testing.MockClock:
     clock.start_clock = start_clock  # type: ignore[method-assign]
     clock._autojump = autojump  # type: ignore[method-assign]
     clock.current_time = current_time  # type: ignore[method-assign]
+    clock.uncounted_time = mock_current_time  # type: ignore[attr-defined]  # (harness_clock)
     # (with where the run generator's frame is kept once found: the clock's run's)
     clock.sleep_in_place = functools.partial(_trio_sleep_in_place, clock, [None, None])  # type: ignore[attr-defined]
     return clock
