@@ -536,6 +536,43 @@ async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+# the runs of a_thread_its_cancelled_caller_left so far, and its threads done in a later one
+_ABANDONED = {"runs": 0, "late": 0}
+
+
+async def a_thread_its_cancelled_caller_left(run: testing.Run) -> None:
+    """A call into a worker thread cancelled while the thread works (asyncio's own
+    ``to_thread``, which leaves the thread running; anyio's, told to abandon it on cancel):
+    the thread's work ends in no later run. (On asyncio the race finder used not to wait for
+    such a thread, and it acted in the next run: a failure no single run can have.)"""
+    _ABANDONED["runs"] += 1
+    this_run, late = _ABANDONED["runs"], _ABANDONED["late"]
+    scope = anyio.CancelScope()
+
+    def work() -> None:
+        time.sleep(0.05)
+        if _ABANDONED["runs"] != this_run:
+            _ABANDONED["late"] += 1
+
+    async def caller() -> None:
+        with scope:
+            if sniffio.current_async_library() == "asyncio":
+                await asyncio.to_thread(work)
+            else:
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def canceller() -> None:
+        await anyio.sleep(0)
+        scope.cancel()
+
+    async def looker() -> None:
+        await anyio.sleep(0.002)
+        assert _ABANDONED["late"] == late, "a thread an earlier run left acted in this one"
+
+    for outcome in await run.concurrently(caller, canceller, looker):
+        outcome.unwrap()
+
+
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
     """A task makes 300 steps of progress kept only in a module's dict, then sets an event
     another task waits for under a deadline: a real loop takes microseconds. The spin rule
@@ -645,6 +682,7 @@ CONTROLS = {
         progress_the_state_check_cannot_see,
         work_left_running_past_the_wait,
         timer_left_re_arming_for_ever,
+        a_thread_its_cancelled_caller_left,
     )
 } | SPINS
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import heapq
 import inspect
@@ -454,6 +455,11 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self._virtual = _VirtualSelector()
         super().__init__(self._virtual)
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
+        # their functions still running in a thread, a cancelled call's too, and who waits
+        # for none to be (counted by the threads: under a lock)
+        self._threads_lock = threading.Lock()
+        self._threads_at_work = 0
+        self._threads_waiters: list[asyncio.Future[None]] = []
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
         self._spin = _Spin()
@@ -521,13 +527,60 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         func: Callable[[*Ts], T],
         *args: *Ts,
     ) -> asyncio.Future[T]:
-        future = super().run_in_executor(executor, func, *args)
+        if executor is None:  # asyncio's own way to its default executor, to see the job
+            self._check_closed()  # type: ignore[attr-defined]
+            executor = self._default_executor  # type: ignore[has-type]
+            self._check_default_executor()  # type: ignore[attr-defined]
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        submitted = _Submitted(executor)
+        with self._threads_lock:
+            self._threads_at_work += 1
+        try:
+            future = super().run_in_executor(submitted, func, *args)
+        except BaseException:
+            self._thread_done(None)
+            raise
         self.executor_jobs += 1
         future.add_done_callback(self._executor_job_done)
+        # after asyncio's own callback, which hands the result to the loop: once this one
+        # ran, the thread has nothing more to hand in
+        submitted.job.add_done_callback(self._thread_done)
         return future
 
     def _executor_job_done(self, future: asyncio.Future[Any]) -> None:
         self.executor_jobs -= 1
+
+    def _thread_done(self, job: concurrent.futures.Future[Any] | None) -> None:
+        """A run_in_executor job ended (in its thread, or here if it never started)."""
+        with self._threads_lock:
+            self._threads_at_work -= 1
+            waiters = [] if self._threads_at_work else self._threads_waiters
+            self._threads_waiters = [] if waiters else self._threads_waiters
+        for waiter in waiters:
+            _wake_soon(self, waiter)
+
+    async def outlast_threads(self, real_seconds: float) -> bool:
+        """Wait, in real time and for up to *real_seconds*, until no function a
+        ``run_in_executor`` call (``asyncio.to_thread``) handed a thread still runs, a
+        cancelled call's included (asyncio leaves those running), and what they handed the
+        loop came in: whether none is left. Virtual time moves meanwhile only to timers
+        pending (with none, the loop waits for the threads)."""
+        with self._threads_lock:
+            if not self._threads_at_work:
+                return True
+            waiter = self.create_future()
+            self._threads_waiters.append(waiter)
+        timer = threading.Timer(real_seconds, _wake_soon, (self, waiter))
+        timer.daemon = True
+        timer.start()
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+        await asyncio.sleep(0)  # (what they handed in before is ready before this: it ran)
+        return not self._threads_at_work
 
     def watch_outside(self, outside: Outside | None) -> None:
         """Wait for outside work instead of moving virtual time, as *outside* says: for as
@@ -584,6 +637,31 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         when = next_timer(self)
         if when is not None:
             self._virtual.now = max(self._virtual.now, when)
+
+
+class _Submitted(concurrent.futures.Executor):
+    """An executor as ``run_in_executor`` sees it, keeping the job it submits."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self.executor = executor
+        self.job: concurrent.futures.Future[Any]
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        self.job = self.executor.submit(fn, *args, **kwargs)
+        return self.job
+
+
+def _wake_soon(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
+    """Set *waiter*'s result in *loop*, from any thread (nothing if the loop closed)."""
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed
+        loop.call_soon_threadsafe(wake)
 
 
 def next_timer(loop: asyncio.AbstractEventLoop, *, exclude: float | None = None) -> float | None:

@@ -16,12 +16,13 @@ from typing import Any
 import anyio
 import sniffio
 
-from ._clock import timers_left
+from ._clock import VirtualTimeEventLoop, timers_left
 
 _LEFTOVER_WAIT = 1.0  # (virtual) seconds what a run left is given to end
 # at most this many looks at it meanwhile, one after each of its timers (a driver's poller
 # that ticks for ever would otherwise take a step every few microseconds of it)
 _LEFTOVER_LOOKS = 1_000
+_LEFTOVER_THREAD_WAIT = 10.0  # seconds of real time: threads a run left, given to end
 
 
 class Leftovers:
@@ -33,7 +34,9 @@ class Leftovers:
       only all together, when the loop ends;
     - on asyncio, each timer callback (``loop.call_later``, ``call_at``) armed by a callback
       or by a task that has ended by the time of the look: no task waits for it, and one
-      that re-arms itself ticks for ever.
+      that re-arms itself ticks for ever; and the functions ``run_in_executor`` (asyncio's
+      own ``to_thread``) handed threads: once the call is cancelled asyncio waits for them
+      no more, and what they hand in when they return comes in later.
 
     Use :meth:`in_reach` around the run's code and the outlasting both: what the leftover
     work spawns or arms while it is waited for is in reach too.
@@ -108,8 +111,9 @@ class Leftovers:
         ``_LEFTOVER_LOOKS`` looks, each after the next timer pending, or after a wait that
         doubles from a microsecond; then cancel what is still left (on trio, of the tasks,
         the system tasks in reach), and wait as long again (for what they do on cancel: a
-        clean-up that waits). The looks depend on the timers only, so a replay takes the
-        same ones."""
+        clean-up that waits); then, on asyncio, wait for the threads the run left at work
+        (``_LEFTOVER_THREAD_WAIT`` seconds of real time at most). The looks depend on the
+        timers only, so a replay takes the same ones."""
         tasks, timers = await self._wait()
         for task in tasks:
             if not self._trio:
@@ -120,6 +124,14 @@ class Leftovers:
             handle.cancel()
         if tasks or timers:
             await self._wait()
+        if not self._trio:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            if isinstance(loop, VirtualTimeEventLoop):
+                # asyncio leaves a cancelled to_thread's function running: what it hands the
+                # loop when it returns would come in during a later run
+                await loop.outlast_threads(_LEFTOVER_THREAD_WAIT)
 
     async def _wait(self) -> tuple[list[Any], list[Any]]:
         """Wait for what is left, as :meth:`outlast` says: the tasks and timers still left."""
