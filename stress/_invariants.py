@@ -525,12 +525,16 @@ async def check_restart_racing(
             # among them, not only those the switch-offs left: a timer re-armed to the same
             # deadline, a work queue's or a poller's that was asleep already (attack19).
             timers = await testing.timers_left([], within=RESTART_HORIZON)
+            rhythm = Rhythm()
             for _ in range(wakes):
                 if not timers:
                     break
                 # and what its task does then (a watchdog's next look armed)
                 await anyio.sleep(timers[0] - anyio.current_time() + SETTLE_MARGIN)
                 timers = await testing.timers_left([], within=RESTART_HORIZON)
+                rhythm.woke(timers[0] - anyio.current_time() if timers else None)
+            if rhythm.changed_at is not None:
+                world.decisive_wakes = rhythm.changed_at - 1
             if timers:
                 aim = world.contexts_random.choice(timers) - anyio.current_time()
         begun(ctx.vcm)  # (also a driver that never passes the anchor)
@@ -582,6 +586,33 @@ async def check_restart_racing(
             await until_done(ctx.vcm.activate, f"activate of {ctx.name}")
         if not count:
             await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+
+
+class Rhythm:
+    """The rhythm of the driver's timers as a racing restart lets them fall due one by one:
+    after each, how long until the next one. A watchdog that looks every so often waits as
+    long after each look, until the look that decides to act (a power-down), after which it
+    waits for something else (the sequence it then sleeps through) or for nothing:
+    :attr:`changed_at` is the number of the timer after which the wait first changed (the
+    first wait, from the switches off, is a phase, not the rhythm), None while it kept."""
+
+    def __init__(self) -> None:
+        self.waits: list[float | None] = []
+        self.changed_at: int | None = None
+
+    def woke(self, wait: float | None) -> None:
+        """A timer fell due; *wait*: how long until the next one (None: none pending)."""
+        self.waits.append(wait)
+        if self.changed_at is not None or len(self.waits) < 2:
+            return
+        before = self.waits[-2]
+        if before is None or wait is None or abs(wait - before) > RHYTHM_TOLERANCE * before:
+            self.changed_at = len(self.waits)
+
+
+# How much two waits of the driver's timers may differ and keep a rhythm: a watchdog's looks,
+# re-armed from when its task ran, are a margin apart from one another
+RHYTHM_TOLERANCE = 0.25
 
 
 async def _let_timers_fall_due(before: list[float]) -> None:

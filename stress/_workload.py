@@ -142,7 +142,7 @@ RESTART_CHANCE = 1 / 8
 RESTART_LAG = 50e-6
 # At each drain, with nothing bound, the harness switches every context off and on again so
 # many times in a row, racing (World.restart_again_and_again).
-DRAIN_RESTARTS = 32
+DRAIN_RESTARTS = 64
 
 # One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
 # which a bind later fills with far less memory at its start: the allocator places the small
@@ -263,6 +263,10 @@ class World:
         # per context, how long its activate took from cold with nothing bound, at the last
         # drain: how long a switch-on takes to reach the hardware's power-up, at most
         self.enable_seconds: dict[avcm.Vcm, float] = {}
+        # how many of the driver's timers to let fall due before a racing restart aims at the
+        # next: learned from the last restart that saw their rhythm change (see
+        # check_restart_racing), None while none did
+        self.decisive_wakes: int | None = None
         # per context, the sum of its counts in held: what its activation count must be
         self.held_in: Counter[avcm.Vcm] = Counter()
         self.result = RunResult() if result is None else result
@@ -474,21 +478,35 @@ class World:
         lags = {ctx.vcm: RESTART_LAG * 1e3 ** -rng.random() for ctx in self.contexts}
         if anchor == LEFT_TIMER:
             # before, at or after the timer, as the power-down it races takes a while after
-            # the timer and a switch-on a while to reach its power-up: before it by a part
-            # of that while, where it is known (a window a tenth of it wide is hit one time
-            # in ten; log-uniform draws over 50 ns-50 us, one in a hundred); at it for a
-            # window between the timer's task waking and its next step, which takes no time
+            # the timer and a switch-on a while to reach its power-up: started before it by
+            # a part of that while, where it is known, so that a power-up at the end of the
+            # switch-on lands after the timer by a share of the while: uniform or, as often,
+            # log-uniform (a window of the first quarter of the while is hit one time in two,
+            # a tenth of it anywhere one time in twenty at least); at it for a window between
+            # the timer's task waking and its next step, which takes no time
             for vcm, lag in lags.items():
                 side, part = rng.randrange(3), rng.random()
+                if rng.random() < 0.5:
+                    part = 1e3**-part
                 if side == 0:
                     known = self.enable_seconds.get(vcm)
-                    lags[vcm] = -lag if known is None else -part * known
+                    lags[vcm] = -lag if known is None else (part - 1.0) * known
                 elif side == 1:
                     lags[vcm] = 0.0
             # half the time the timers pending as the switches off returned (a lazy power-down
-            # decided then), else one armed later, by a timer falling due before it
-            wakes = rng.randrange(1, RESTART_WAKES) if rng.random() < 0.5 else 0
-            return anchor, lags, wakes
+            # decided then), else one armed later, by a timer falling due before it: as many
+            # as the driver's timers fell due before their rhythm changed at the last restart
+            # that saw it, three times in four, once one did (the timer that decides is the
+            # one after which the driver waits otherwise: a watchdog's look that starts the
+            # power-down), else drawn
+            later, drawn, learned = (
+                rng.random() < 0.5,
+                rng.randrange(1, RESTART_WAKES),
+                rng.random(),
+            )
+            if later and learned < 0.75 and self.decisive_wakes is not None:
+                return anchor, lags, self.decisive_wakes
+            return anchor, lags, drawn if later else 0
         return anchor, lags, 0
 
     async def restart_again_and_again(self) -> None:
