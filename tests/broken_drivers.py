@@ -215,6 +215,7 @@ class GroupedTimeoutPageTable(drivers.PageTableMmu):
 
 LAZY_POWER_DOWN = 100e-6  # seconds after its last user left that a lazy unit powers down
 LAZY_POWER_DOWN_SEQUENCE = 5e-6  # seconds its power-down sequence takes then
+LATE_ARMING_STEPS = 6  # steps a late_armed_power_down's task takes before it arms its timer
 POWER_POLL = 500e-6  # seconds between two looks of a polled unit's power watchdog
 GRACE_TICK = 50e-6  # seconds between two looks of a grace_power_down unit's watchdog
 GRACE = 200e-6  # seconds with no user it waits out before it powers down
@@ -265,7 +266,9 @@ class SharedUnit:
       every call returned (shows only when a context switches on again within the sequence
       after the timer). ``noisy_lazy_power_down`` is the same, but a timer only acts if no
       user came and went since it was started, and each switch-off also starts five short
-      timers of no consequence (a flush, a log), due before it;
+      timers of no consequence (a flush, a log), due before it. ``late_armed_power_down`` is
+      ``lazy_power_down`` whose task takes :data:`LATE_ARMING_STEPS` steps (checkpoints: a
+      lock, a log) before it arms its timer;
     * ``polled_power_down``: a watchdog task of the unit's, started at power-up, looks at the
       count every :data:`POWER_POLL`; finding it at zero, it sleeps through the power-down
       sequence and switches the unit off without looking again. Its timer was pending before
@@ -314,6 +317,7 @@ class SharedUnit:
         watchdog: bool = False,
         grace_power_down: bool = False,
         noisy_lazy_power_down: bool = False,
+        late_armed_power_down: bool = False,
         racy_root: bool = False,
         power_as_active: bool = False,
         leaky_zeroing: bool = False,
@@ -324,7 +328,8 @@ class SharedUnit:
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable, self.late_power_down = early_enable, late_power_down
-        self.lazy_power_down = lazy_power_down or noisy_lazy_power_down
+        self.lazy_power_down = lazy_power_down or noisy_lazy_power_down or late_armed_power_down
+        self.late_armed = late_armed_power_down
         self.noisy = noisy_lazy_power_down
         self.changes = 0  # noisy_lazy_power_down: how often the count changed
         self.polled_power_down = polled_power_down
@@ -428,6 +433,8 @@ class SharedUnit:
         self.powered = self.users > 0
 
     async def _power_down_later(self, changes: int) -> None:
+        for _ in range(LATE_ARMING_STEPS if self.late_armed else 0):
+            await anyio.lowlevel.checkpoint()
         await anyio.sleep(LAZY_POWER_DOWN)
         if self.noisy and self.changes != changes:
             return  # (a later switch-off started a timer of its own)
@@ -632,6 +639,10 @@ def shared_unit_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_noisy_lazy_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "noisy_lazy_power_down")
+
+
+def shared_unit_late_armed_power_down(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "late_armed_power_down")
 
 
 def shared_unit_watchdog(memory: avcm.PhysicalMemory) -> avcm.Vcm:

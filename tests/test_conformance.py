@@ -132,6 +132,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # last user left: the look that decides is armed by the ones before (attack20: only
         # the timers pending once the switch-off returned were aimed at)
         (broken_drivers.shared_unit_grace_power_down, "restart_racing", "active=False but"),
+        # a lazy power-down whose task takes six steps before it arms its timer
+        (broken_drivers.shared_unit_late_armed_power_down, "restart_racing", "active=False but"),
     ],
 )
 def test_broken_shared_or_scattered_hardware_fails(

@@ -338,6 +338,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         # by one first, and aims at the one after which their rhythm changed last time (62
         # of 64 runs, seeds 0-31 x both backends; 15 of 32 when the count was only drawn)
         ("shared_unit_grace_power_down", {"rule 4"}),
+        # the lazy power-down's task takes six steps before it arms its timer: the harness
+        # looks for the timers once no other task is ready (attack22's was missed, 8 of 12)
+        ("shared_unit_late_armed_power_down", {"rule 1", "rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(

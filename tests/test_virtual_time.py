@@ -575,3 +575,43 @@ async def test_pending_timers_are_the_sleeps_and_deadlines_that_can_fall_due() -
     assert left == [pytest.approx(now + 5, abs=0.5), pytest.approx(now + 7, abs=0.5)]
     await anyio.lowlevel.checkpoint()
     assert testing.pending_timers() == before
+
+
+@pytest.mark.parametrize("steps", [0, 3, 6, 40])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_timers_left_sees_a_timer_a_background_task_arms_after_some_steps(
+    backend: str, steps: int
+) -> None:
+    # a power-down task that takes a few steps (a lock, sync points) before it sleeps: its
+    # timer is one the code left behind (attack22: one armed after six steps was missed)
+    async def power_down() -> None:
+        for _ in range(steps):
+            await anyio.lowlevel.checkpoint()
+        await anyio.sleep(1e-4)
+
+    async def main() -> tuple[list[float], float]:
+        before = testing.pending_timers()
+        async with anyio.create_task_group() as group:
+            group.start_soon(power_down)
+            left = await testing.timers_left(before)
+            now = anyio.current_time()
+        return left, now
+
+    left, now = testing.run_on_virtual_time(backend, main)
+    assert left == [pytest.approx(now + 1e-4, abs=1e-9)]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_timers_left_looks_behind_a_task_that_polls_for_ever(backend: str) -> None:
+    async def poller() -> None:
+        while True:
+            await anyio.lowlevel.checkpoint()
+
+    async def main() -> list[float]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(poller)
+            left = await testing.timers_left(testing.pending_timers())
+            group.cancel_scope.cancel()
+        return left
+
+    assert testing.run_on_virtual_time(backend, main) == []

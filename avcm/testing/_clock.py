@@ -723,11 +723,18 @@ def trio_timers() -> Iterator[float]:
 async def timers_left(before: list[float], *, within: float = math.inf) -> list[float]:
     """The timers pending now, at most *within* seconds away, that were not in *before* (an
     earlier :func:`pending_timers`), earliest first: those some code left behind meanwhile
-    (a driver's lazy power-down). Looked at once tasks spawned meanwhile had their first
-    steps: a background task starts at the loop's next round (asyncio's ``create_task``,
-    trio's ``spawn_system_task``) and may make a step or two before it sleeps. (Waiting till
-    every task is blocked would hang behind a background task that polls.)"""
+    (a driver's lazy power-down). Looked at once tasks spawned meanwhile had their steps: a
+    background task starts at the loop's next round (asyncio's ``create_task``, trio's
+    ``spawn_system_task``) and may make a few steps before it sleeps (takes a lock, passes
+    sync points). After ``_BACKGROUND_STEPS`` checkpoints, it looks once no other task is
+    ready to run, or ``_BACKGROUND_MORE`` checkpoints later (a background task that polls is
+    always ready: waiting till every task is blocked would hang behind it). Under the race
+    finder, whose scheduler owns the steps, after ``_BACKGROUND_STEPS`` only."""
     for _ in range(_BACKGROUND_STEPS):
+        await anyio.lowlevel.checkpoint()
+    for _ in range(_BACKGROUND_MORE):
+        if not _others_ready():
+            break
         await anyio.lowlevel.checkpoint()
     horizon = anyio.current_time() + within
     left = collections.Counter(when for when in pending_timers() if when <= horizon)
@@ -735,6 +742,25 @@ async def timers_left(before: list[float], *, within: float = math.inf) -> list[
 
 
 _BACKGROUND_STEPS = 4  # checkpoints timers_left lets pass before it looks
+# and at most as many more while other tasks are ready (a power-down task that arms its timer
+# after six steps was missed: attack22)
+_BACKGROUND_MORE = 60
+
+
+def _others_ready() -> bool:
+    """Whether a task other than the running one is ready to run on a loop whose run queue
+    is its own (not the race finder's)."""
+    if sniffio.current_async_library() == "trio":
+        queue = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.runq
+        if type(queue) is not collections.deque:
+            return False
+        try:
+            # (the run generator's frame found anew: a cache would keep the run alive)
+            return bool(queue) or _trio_batch_left([None, None]) is not False
+        except AttributeError:  # pragma: no cover - another trio
+            return bool(queue)
+    queue = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+    return type(queue) is collections.deque and bool(queue)
 
 
 _own_clocks: weakref.WeakSet[Any] = weakref.WeakSet()  # the trio clocks made here
@@ -895,19 +921,31 @@ def _trio_sleep_in_place(clock: trio.testing.MockClock, run_frame: list[Any], de
         registered = getattr(runner.io_manager, "_registered", None)
         if registered is None or len(registered) > 1:
             return False
-        frame = run_frame[1] if run_frame[0] is runner else None
-        if frame is None:  # the run generator's frame, found once a run
-            run_code = _run.unrolled_run.__code__
-            frame = sys._getframe(1)
-            while frame is not None and frame.f_code is not run_code:
-                frame = frame.f_back
-            run_frame[:] = [runner, frame]
-        if frame is None or frame.f_locals.get("batch", True):
+        if _trio_batch_left(run_frame) is not False:
             return False  # tasks still to run in this batch (or no batch found)
     except (ImportError, AttributeError):  # pragma: no cover - another trio: sleep
         return False
     _jump_to(clock, deadline)
     return True
+
+
+def _trio_batch_left(run_frame: list[Any]) -> bool | None:
+    """Whether tasks of the batch trio's run loop is running are still to run after the
+    running one (None: no batch found). The batch is a local of trio's run generator, found
+    from the running task's frames once a run and kept in *run_frame* (the runner and that
+    frame). Private to trio: AttributeError where it changed."""
+    _run = _trio_run_module()
+    runner = _run.GLOBAL_RUN_CONTEXT.runner
+    frame = run_frame[1] if run_frame[0] is runner else None
+    if frame is None:
+        run_code = _run.unrolled_run.__code__
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code is not run_code:
+            frame = frame.f_back
+        run_frame[:] = [runner, frame]
+    if frame is None:
+        return None
+    return bool(frame.f_locals.get("batch", True))
 
 
 def _jump_to(clock: trio.testing.MockClock, deadline: float) -> None:
