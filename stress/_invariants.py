@@ -474,7 +474,7 @@ RESTART_HORIZON = 1.0
 
 
 async def check_restart_racing(
-    world: World, anchor: str | None, lags: dict[avcm.Vcm, float], wakes: int = 0
+    world: World, anchor: str | None, lags: dict[avcm.Vcm, float | None], wakes: int = 0
 ) -> None:
     """Switch every context off and on again at once, the switches on racing the switches
     off: at a quiescent point, with no operation in flight (a unit's lock free for the
@@ -491,8 +491,11 @@ async def check_restart_racing(
     in a background task, must not undo a switch-on from cold meanwhile. Every context must
     then be on and match the model, and again once the timers the restart left pending fell due
     (:data:`RESTART_SETTLE` at most); then each gets back as many activations as its users
-    held (counts only, or its switch-off if none). A context whose activate keeps failing
-    (rule 8) is judged off instead, and its users' activations are dropped."""
+    held (counts only, or its switch-off if none). A context whose lag is None stays off
+    while the others race, and is switched on once they were checked: a switch-on racing a
+    power-down alone (a later one from cold would power the unit up again, and hide what the
+    race did). A context whose activate keeps failing (rule 8) is judged off instead, and
+    its users' activations are dropped."""
     before = testing.pending_timers()
     held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     for ctx in world.contexts:
@@ -539,9 +542,9 @@ async def check_restart_racing(
                 aim = world.contexts_random.choice(timers) - anyio.current_time()
         begun(ctx.vcm)  # (also a driver that never passes the anchor)
 
-    async def switch_on(ctx: Context, event: anyio.Event) -> None:
+    async def switch_on(ctx: Context, event: anyio.Event, lag: float) -> None:
         await event.wait()
-        await anyio.sleep(max(0.0, aim + lags[ctx.vcm]))
+        await anyio.sleep(max(0.0, aim + lag))
         if await retried(ctx.vcm.activate) is not None:
             failed.add(ctx.vcm)
 
@@ -552,23 +555,36 @@ async def check_restart_racing(
         async with anyio.create_task_group() as group:
             for ctx, event in zip(world.contexts, began, strict=True):
                 group.start_soon(switch_off, ctx)
-                group.start_soon(switch_on, ctx, event)
+                lag = lags[ctx.vcm]
+                if lag is not None:
+                    group.start_soon(switch_on, ctx, event, lag)
     world.result.checks["restarts racing their switch-offs"] += 1
     from ._device import after_deactivate  # here: _device builds on this module
 
-    for ctx in world.contexts:
+    raced = [ctx for ctx in world.contexts if lags[ctx.vcm] is not None]
+    alone = [ctx for ctx in world.contexts if lags[ctx.vcm] is None]
+    how = (
+        "on again at once" if not alone else " and ".join(c.name for c in raced) + " alone on again"
+    )
+    for ctx in raced:
         if ctx.vcm not in failed:
-            _started(world, ctx, "after every context was switched off and on again at once")
+            _started(world, ctx, f"after every context was switched off and {how}")
     await _let_timers_fall_due(before)
-    for ctx in world.contexts:
+    for ctx in raced:
         if ctx.vcm not in failed:
             _started(
                 world,
                 ctx,
-                "after every context was switched off and on again at once, once the timers "
-                "it left pending fell due",
+                f"after every context was switched off and {how}, once the timers it left "
+                "pending fell due",
             )
-        elif not ctx.vcm.activations:
+    for ctx in alone:
+        if await retried(ctx.vcm.activate) is not None:
+            failed.add(ctx.vcm)
+        else:
+            _started(world, ctx, "after every context was switched off, once switched on again")
+    for ctx in world.contexts:
+        if ctx.vcm in failed and not ctx.vcm.activations:
             # its switch-on kept failing (rule 8): judged off, and its users hold nothing of
             # it any more (as if each had undone its activations), so that no call of the
             # harness's own depends on the driver letting one through (a page its switch-off

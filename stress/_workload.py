@@ -140,6 +140,10 @@ DETACH_EVERY = 2000
 # 16 a lazy power-down was caught in 3 runs of 6; the cost is within the noise.)
 RESTART_CHANCE = 1 / 8
 RESTART_LAG = 50e-6
+# One racing restart in this many switches one context on alone, the others left off till
+# it was checked: a later switch-on from cold would power a shared unit up again, and hide a
+# power-down that undid the first one's (attack22's decision acted on after a checkpoint)
+RESTART_ALONE = 4
 # At each drain, with nothing bound, the harness switches every context off and on again so
 # many times in a row, racing (World.restart_again_and_again).
 DRAIN_RESTARTS = 64
@@ -469,24 +473,33 @@ class World:
                 await self.start_ebb(ctx, ticket)
         return None
 
-    def draw_restart(self) -> tuple[str | None, dict[avcm.Vcm, float], int]:
+    def draw_restart(self) -> tuple[str | None, dict[avcm.Vcm, float | None], int]:
         """Where a racing restart's switches on start from, how long after (or before), and
-        how many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`)."""
+        how many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`); one
+        time in :data:`RESTART_ALONE`, one context drawn is the only one switched on while
+        they race (the others' lags None)."""
         rng = self.contexts_random
         anchor = rng.choice(RESTART_ANCHORS)
         # log-uniform: the window a race needs may be a microsecond or tens of them
         lags = {ctx.vcm: RESTART_LAG * 1e3 ** -rng.random() for ctx in self.contexts}
+        alone = rng.choice(self.contexts).vcm if rng.random() < 1 / RESTART_ALONE else None
+        wakes = 0
         if anchor == LEFT_TIMER:
             # before, at or after the timer, as the power-down it races takes a while after
             # the timer and a switch-on a while to reach its power-up: started before it by
             # a part of that while, where it is known, so that a power-up at the end of the
-            # switch-on lands after the timer by a share of the while: uniform or, as often,
-            # log-uniform (a window of the first quarter of the while is hit one time in two,
-            # a tenth of it anywhere one time in twenty at least); at it for a window between
-            # the timer's task waking and its next step, which takes no time
+            # switch-on lands after the timer by a share of the while: uniform half the time,
+            # log-uniform a quarter, none a quarter (a window in the first quarter of the
+            # while is hit more than one time in two, a tenth of it anywhere one time in twenty
+            # at least; a switch-on as long as the one measured lands at the timer's instant,
+            # right after the timer's task: a window that takes no time, between its look and
+            # what it does after its next checkpoint); at the timer for a window between the
+            # timer's task waking and its next step, which takes no time either
             for vcm, lag in lags.items():
-                side, part = rng.randrange(3), rng.random()
-                if rng.random() < 0.5:
+                side, part, kind = rng.randrange(3), rng.random(), rng.random()
+                if kind >= 3 / 4:
+                    part = 0.0
+                elif kind >= 0.5:
                     part = 1e3**-part
                 if side == 0:
                     known = self.enable_seconds.get(vcm)
@@ -504,10 +517,13 @@ class World:
                 rng.randrange(1, RESTART_WAKES),
                 rng.random(),
             )
-            if later and learned < 0.75 and self.decisive_wakes is not None:
-                return anchor, lags, self.decisive_wakes
-            return anchor, lags, drawn if later else 0
-        return anchor, lags, 0
+            if later:
+                wakes = drawn
+                if learned < 0.75 and self.decisive_wakes is not None:
+                    wakes = self.decisive_wakes
+        if alone is None:
+            return anchor, dict(lags), wakes
+        return anchor, {vcm: lag if vcm is alone else None for vcm, lag in lags.items()}, wakes
 
     async def restart_again_and_again(self) -> None:
         """At a drain, with nothing bound (a switch-on or off is the hardware's enable or
