@@ -573,6 +573,129 @@ async def a_thread_its_cancelled_caller_left(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+# per control below: its runs so far, and what its leftovers did in a later run
+_LATER: dict[str, dict[str, int]] = {}
+
+
+def _run_of(control: str) -> tuple[int, Callable[[], None], Callable[[], None]]:
+    """A new run of *control*: its number, what its leftovers call when they act (counted
+    if in a later run), and the check that nothing an earlier run left acted in this one."""
+    counts = _LATER.setdefault(control, {"runs": 0, "strays": 0})
+    counts["runs"] += 1
+    this_run, strays = counts["runs"], counts["strays"]
+
+    def acted() -> None:
+        if counts["runs"] != this_run:
+            counts["strays"] += 1
+
+    def check() -> None:
+        assert counts["strays"] == strays, "what an earlier run left acted in this one"
+
+    return this_run, acted, check
+
+
+async def clean_up_that_re_arms(run: testing.Run) -> None:
+    """Background work whose clean-up on cancel starts more: on asyncio a timer that re-arms
+    itself for ever, armed as the task ends; on trio a system task that ticks for ever, the
+    replacement a supervisor starts (an outside attack: both went on in later runs)."""
+    _, acted, check = _run_of("clean_up_that_re_arms")
+
+    async def service() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if sniffio.current_async_library() == "asyncio":
+                loop = asyncio.get_running_loop()
+
+                def tick() -> None:
+                    acted()
+                    loop.call_later(0.3, tick)
+
+                loop.call_later(0.3, tick)
+            else:
+
+                async def replacement() -> None:
+                    while True:
+                        await anyio.sleep(0.3)
+                        acted()
+
+                in_background(replacement)
+
+    in_background(service)
+
+    async def looks() -> None:
+        await anyio.sleep(1.5)
+        check()
+
+    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+
+
+async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
+    """Background work whose clean-up on cancel takes 5 s of its own (shielded), then acts:
+    it is waited for (an outside attack: on trio it acted in later runs)."""
+    _, acted, check = _run_of("clean_up_longer_than_the_wait")
+
+    async def service() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(5.0)
+            acted()
+
+    in_background(service)
+
+    async def looks() -> None:
+        await anyio.sleep(1.5)
+        check()
+
+    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+
+
+async def callback_posted_last(run: testing.Run) -> None:
+    """A callback the scenario hands the loop as its last act (an interrupt's handler): it
+    runs before the next run (an outside attack: it ran in the next one)."""
+    _, acted, check = _run_of("callback_posted_last")
+
+    async def looks() -> None:
+        check()
+        await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+    if sniffio.current_async_library() == "asyncio":
+        asyncio.get_running_loop().call_soon(acted)
+    else:
+        import trio
+
+        trio.lowlevel.current_trio_token().run_sync_soon(acted)
+
+
+async def ticks_left_between_tied_timers(run: testing.Run) -> None:
+    """Each run leaves a timer that re-arms itself every 50 us, and its tasks sleep to the
+    same instants: the timers a run left are cancelled after it, and the next run wakes
+    tied timers in the order a fresh loop would (an outside attack: the cancelled ones piled
+    up in asyncio's heap and changed that order; Exhaustive said "not deterministic")."""
+    if sniffio.current_async_library() == "asyncio":
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            loop.call_later(5e-5, tick)
+
+        loop.call_later(5e-5, tick)
+    order: list[int] = []
+
+    async def sleeper(index: int) -> None:
+        for _ in range(2):
+            await anyio.sleep(1e-4)
+            order.append(index)
+
+    for outcome in await run.concurrently(partial(sleeper, 0), partial(sleeper, 1)):
+        outcome.unwrap()
+
+
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
     """A task makes 300 steps of progress kept only in a module's dict, then sets an event
     another task waits for under a deadline: a real loop takes microseconds. The spin rule
@@ -683,6 +806,10 @@ CONTROLS = {
         work_left_running_past_the_wait,
         timer_left_re_arming_for_ever,
         a_thread_its_cancelled_caller_left,
+        clean_up_that_re_arms,
+        clean_up_longer_than_the_wait,
+        callback_posted_last,
+        ticks_left_between_tied_timers,
     )
 } | SPINS
 
@@ -711,6 +838,28 @@ def test_a_correct_program_passes_every_strategy(control: str, strategy: str, ba
     )
     assert result.failure is None, result.failure.report()
     assert result.schedules == schedules or result.exhausted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_work_a_run_leaves_that_never_ends_is_refused(backend: str) -> None:
+    # every run shares one loop: work that outlives the cancellations (a minute's clean-up)
+    # would act in later runs, and no verdict would hold
+    async def scenario(run: testing.Run) -> None:
+        async def stubborn() -> None:
+            end = anyio.current_time() + 60.0
+            while anyio.current_time() < end:
+                with anyio.CancelScope(shield=True):  # (asyncio's task.cancel: swallowed)
+                    try:
+                        await anyio.sleep(1.0)
+                    except anyio.get_cancelled_exc_class():
+                        pass
+
+        in_background(stubborn)
+        for outcome in await run.concurrently(anyio.lowlevel.checkpoint):
+            outcome.unwrap()
+
+    with pytest.raises(avcm.InvalidError, match="make the scenario end what it starts"):
+        testing.explore(scenario, strategy=testing.PCT(0), schedules=2, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

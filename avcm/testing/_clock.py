@@ -517,6 +517,22 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         rule of this clock should take for a task waiting on it."""
         return self._virtual.now
 
+    def forget_cancelled_timers(self) -> None:
+        """Take the cancelled timers out of the loop's heap, as asyncio does once they are
+        many: in the heap they change the order two timers due at the same instant are
+        taken in, and a later run of the race finder on this loop, whose clock starts from
+        0 again, would differ from its replay on a fresh loop."""
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        live = [handle for handle in scheduled if not handle.cancelled()]
+        if len(live) == len(scheduled):
+            return
+        for handle in scheduled:
+            if handle.cancelled():
+                handle._scheduled = False
+        heapq.heapify(live)
+        scheduled[:] = live
+        self._timer_cancelled_count = 0
+
     def advance(self, to: float) -> None:
         """Move virtual time on to *to* (never back)."""
         self._virtual.now = max(self._virtual.now, to)
@@ -733,7 +749,7 @@ async def timers_left(before: list[float], *, within: float = math.inf) -> list[
     for _ in range(_BACKGROUND_STEPS):
         await anyio.lowlevel.checkpoint()
     for _ in range(_BACKGROUND_MORE):
-        if not _others_ready():
+        if not others_ready():
             break
         await anyio.lowlevel.checkpoint()
     horizon = anyio.current_time() + within
@@ -747,7 +763,7 @@ _BACKGROUND_STEPS = 4  # checkpoints timers_left lets pass before it looks
 _BACKGROUND_MORE = 60
 
 
-def _others_ready() -> bool:
+def others_ready() -> bool:
     """Whether a task other than the running one is ready to run on a loop whose run queue
     is its own (not the race finder's)."""
     if sniffio.current_async_library() == "trio":

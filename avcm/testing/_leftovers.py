@@ -16,13 +16,18 @@ from typing import Any
 import anyio
 import sniffio
 
-from ._clock import VirtualTimeEventLoop, timers_left
+from .. import InvalidError
+from ._clock import VirtualTimeEventLoop, others_ready, timers_left
 
 _LEFTOVER_WAIT = 1.0  # (virtual) seconds what a run left is given to end
 # at most this many looks at it meanwhile, one after each of its timers (a driver's poller
 # that ticks for ever would otherwise take a step every few microseconds of it)
 _LEFTOVER_LOOKS = 1_000
 _LEFTOVER_THREAD_WAIT = 10.0  # seconds of real time: threads a run left, given to end
+_LEFTOVER_ROUNDS = 4  # times what is left is waited for and cancelled
+# looks in a row at tasks that stayed ready to run after which they are not waited for (each
+# wait of virtual time costs a loop iteration a microsecond while a task is ready)
+_LEFTOVER_BUSY_LOOKS = 8
 
 
 class Leftovers:
@@ -107,23 +112,47 @@ class Leftovers:
 
     async def outlast(self) -> None:
         """Wait for what the run left (tasks not running before it, timers armed and not
-        waited for), virtual time passing, for up to ``_LEFTOVER_WAIT`` seconds or
-        ``_LEFTOVER_LOOKS`` looks, each after the next timer pending, or after a wait that
-        doubles from a microsecond; then cancel what is still left (on trio, of the tasks,
-        the system tasks in reach), and wait as long again (for what they do on cancel: a
-        clean-up that waits); then, on asyncio, wait for the threads the run left at work
-        (``_LEFTOVER_THREAD_WAIT`` seconds of real time at most). The looks depend on the
-        timers only, so a replay takes the same ones."""
-        tasks, timers = await self._wait()
-        for task in tasks:
-            if not self._trio:
-                task.cancel()
-            elif task in self._scopes:
-                self._scopes[task].cancel()
-        for handle in timers:
-            handle.cancel()
-        if tasks or timers:
-            await self._wait()
+        waited for), virtual time passing, for up to ``_LEFTOVER_WAIT`` seconds (twice as
+        long each round below) or ``_LEFTOVER_LOOKS`` looks, each once what was ready ran (a
+        callback the run posted last) and after the next timer pending, or after a wait
+        that doubles from a microsecond, or until tasks stayed ready to run at
+        ``_LEFTOVER_BUSY_LOOKS`` looks in a row (a poll that waits for no time ends no
+        sooner for waiting); then cancel what is still left (on trio, of the tasks, the
+        system tasks in reach), and again so, up to ``_LEFTOVER_ROUNDS`` times, for what
+        that left (a clean-up on cancel that waits, arms a timer or starts a task; a
+        supervisor that restarts what was cancelled); then, on asyncio, wait for the
+        threads the run left at work (``_LEFTOVER_THREAD_WAIT`` seconds of real time at
+        most), and forget the timers cancelled (asyncio keeps them in its heap, where they
+        would change which of two timers due together a later run wakes first). The looks
+        depend on the loop's state only, so a replay takes the same ones.
+
+        Raises :class:`~avcm.InvalidError` if tasks are still left after that: the runs
+        could not be kept apart, and no verdict of the exploration would hold."""
+        for round in range(_LEFTOVER_ROUNDS):
+            tasks, timers = await self._wait(_LEFTOVER_WAIT * 2**round)
+            if not tasks and not timers:
+                break
+            for task in tasks:
+                if not self._trio:
+                    task.cancel()
+                elif task in self._scopes:
+                    self._scopes[task].cancel()
+            for handle in timers:
+                handle.cancel()
+        else:
+            waited = _LEFTOVER_WAIT * 2**_LEFTOVER_ROUNDS
+            tasks, timers = await self._wait(waited)
+            for handle in timers:
+                handle.cancel()
+            if tasks:
+                names = ", ".join(sorted({_name(task) for task in tasks}))
+                raise InvalidError(
+                    f"a run left tasks still running {waited * 2 - _LEFTOVER_WAIT:g} s of "
+                    f"virtual time after it ended, cancelled {_LEFTOVER_ROUNDS} times "
+                    f"meanwhile ({names}): every run of an exploration shares one event "
+                    "loop, and they would act in later runs; make the scenario end what it "
+                    "starts"
+                )
         if not self._trio:
             import asyncio
 
@@ -132,23 +161,28 @@ class Leftovers:
                 # asyncio leaves a cancelled to_thread's function running: what it hands the
                 # loop when it returns would come in during a later run
                 await loop.outlast_threads(_LEFTOVER_THREAD_WAIT)
+                loop.forget_cancelled_timers()
 
-    async def _wait(self) -> tuple[list[Any], list[Any]]:
-        """Wait for what is left, as :meth:`outlast` says: the tasks and timers still left."""
+    async def _wait(self, seconds: float) -> tuple[list[Any], list[Any]]:
+        """Wait for what is left, as :meth:`outlast` says, for up to *seconds* of virtual
+        time: the tasks and timers still left."""
         wait = 1e-6
-        end = anyio.current_time() + _LEFTOVER_WAIT
+        end = anyio.current_time() + seconds
+        busy = 0
         for look in range(_LEFTOVER_LOOKS + 1):
+            now = anyio.current_time()
+            step = min(wait, max(0.0, end - now))
+            # (once what is ready ran: a callback the run posted last, the tasks a timer woke,
+            # which set their next timer then)
+            later = [when for when in await timers_left([], within=step) if when > now]
             tasks = [task for task in self._tasks() - self._before if not _done(task)]
             timers = self._timers_left()
             if not tasks and not timers:
                 break
+            busy = busy + 1 if others_ready() else 0
             now = anyio.current_time()
-            if now >= end or look == _LEFTOVER_LOOKS:
+            if now >= end or look == _LEFTOVER_LOOKS or busy == _LEFTOVER_BUSY_LOOKS:
                 break
-            step = min(wait, end - now)
-            # (once the tasks a timer woke took their steps: they set their next timer then)
-            later = [when for when in await timers_left([], within=step) if when > now]
-            now = anyio.current_time()
             if later:
                 step = max(0.0, later[0] - now)
             await anyio.sleep(step)
@@ -183,6 +217,11 @@ class Leftovers:
         import asyncio
 
         return set(asyncio.all_tasks())
+
+
+def _name(task: Any) -> str:
+    get_name = getattr(task, "get_name", None)  # asyncio's
+    return str(get_name() if callable(get_name) else task.name)
 
 
 def _done(task: Any) -> bool:
