@@ -609,8 +609,9 @@ class Rhythm:
     after each, how long until the next one. A watchdog that looks every so often waits as
     long after each look, until the look that decides to act (a power-down), after which it
     waits for something else (the sequence it then sleeps through) or for nothing:
-    :attr:`changed_at` is the number of the timer after which the wait first changed (the
-    first wait, from the switches off, is a phase, not the rhythm), None while it kept."""
+    :attr:`changed_at` is the number of the timer after which the wait first changed, None
+    while it kept. (The wait for the first timer, from the switches off, is a phase, not
+    part of the rhythm: it is not counted.)"""
 
     def __init__(self) -> None:
         self.waits: list[float | None] = []

@@ -494,85 +494,6 @@ async def work_left_running_past_the_wait(run: testing.Run) -> None:
         outcome.unwrap()
 
 
-# the runs of timer_left_re_arming_for_ever so far, and ticks of a run's timer in a later one
-_TICKERS = {"runs": 0, "strays": 0}
-
-
-async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
-    """A driver's timer that re-arms itself for ever, every 0.3 s, which a run leaves
-    ticking: on asyncio a loop callback (``call_later``, no task), on trio a system task. It
-    is cancelled after the race finder's wait, on both backends, and ticks in no later run.
-    (Reported, attack22: on asyncio it ticked in every later run, and a failure's replay
-    diverged.)"""
-    _TICKERS["runs"] += 1
-    this_run, strays = _TICKERS["runs"], _TICKERS["strays"]
-
-    def tick() -> None:
-        if _TICKERS["runs"] != this_run:
-            _TICKERS["strays"] += 1
-
-    if sniffio.current_async_library() == "asyncio":
-        loop = asyncio.get_running_loop()
-
-        def tick_and_re_arm() -> None:
-            tick()
-            loop.call_later(0.3, tick_and_re_arm)
-
-        loop.call_later(0.3, tick_and_re_arm)
-    else:
-
-        async def ticker() -> None:
-            while True:
-                await anyio.sleep(0.3)
-                tick()
-
-        in_background(ticker)
-
-    async def waits() -> None:
-        await anyio.sleep(1.5)
-        assert _TICKERS["strays"] == strays, "a timer an earlier run left ticked in this one"
-
-    for outcome in await run.concurrently(waits, anyio.lowlevel.checkpoint):
-        outcome.unwrap()
-
-
-# the runs of a_thread_its_cancelled_caller_left so far, and its threads done in a later one
-_ABANDONED = {"runs": 0, "late": 0}
-
-
-async def a_thread_its_cancelled_caller_left(run: testing.Run) -> None:
-    """A call into a worker thread cancelled while the thread works (asyncio's own
-    ``to_thread``, which leaves the thread running; anyio's, told to abandon it on cancel):
-    the thread's work ends in no later run. (On asyncio the race finder used not to wait for
-    such a thread, and it acted in the next run: a failure no single run can have.)"""
-    _ABANDONED["runs"] += 1
-    this_run, late = _ABANDONED["runs"], _ABANDONED["late"]
-    scope = anyio.CancelScope()
-
-    def work() -> None:
-        time.sleep(0.05)
-        if _ABANDONED["runs"] != this_run:
-            _ABANDONED["late"] += 1
-
-    async def caller() -> None:
-        with scope:
-            if sniffio.current_async_library() == "asyncio":
-                await asyncio.to_thread(work)
-            else:
-                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-
-    async def canceller() -> None:
-        await anyio.sleep(0)
-        scope.cancel()
-
-    async def looker() -> None:
-        await anyio.sleep(0.002)
-        assert _ABANDONED["late"] == late, "a thread an earlier run left acted in this one"
-
-    for outcome in await run.concurrently(caller, canceller, looker):
-        outcome.unwrap()
-
-
 # per control below: its runs so far, and what its leftovers did in a later run
 _LATER: dict[str, dict[str, int]] = {}
 
@@ -594,6 +515,82 @@ def _run_of(control: str) -> tuple[int, Callable[[], None], Callable[[], None]]:
     return this_run, acted, check
 
 
+async def _look_later(run: testing.Run, check: Callable[[], None]) -> None:
+    """Run a task that checks, 1.5 s on, that nothing an earlier run left acted meanwhile,
+    beside one that only passes a checkpoint."""
+
+    async def looks() -> None:
+        await anyio.sleep(1.5)
+        check()
+
+    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+
+
+def _tick_for_ever(acted: Callable[[], None]) -> None:
+    """A driver's timer that re-arms itself every 0.3 s for ever, calling *acted* at each
+    tick: on asyncio a loop callback (``call_later``, no task), on trio a system task."""
+    if sniffio.current_async_library() == "asyncio":
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            acted()
+            loop.call_later(0.3, tick)
+
+        loop.call_later(0.3, tick)
+    else:
+
+        async def ticker() -> None:
+            while True:
+                await anyio.sleep(0.3)
+                acted()
+
+        in_background(ticker)
+
+
+async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
+    """A driver's timer that re-arms itself for ever, every 0.3 s, which a run leaves
+    ticking: on asyncio a loop callback (``call_later``, no task), on trio a system task. It
+    is cancelled after the race finder's wait, on both backends, and ticks in no later run.
+    (Reported, attack22: on asyncio it ticked in every later run, and a failure's replay
+    diverged.)"""
+    _, acted, check = _run_of("timer_left_re_arming_for_ever")
+    _tick_for_ever(acted)
+
+    await _look_later(run, check)
+
+
+async def a_thread_its_cancelled_caller_left(run: testing.Run) -> None:
+    """A call into a worker thread cancelled while the thread works (asyncio's own
+    ``to_thread``, which leaves the thread running; anyio's, told to abandon it on cancel):
+    the thread's work ends in no later run. (On asyncio the race finder used not to wait for
+    such a thread, and it acted in the next run: a failure no single run can have.)"""
+    _, acted, check = _run_of("a_thread_its_cancelled_caller_left")
+    scope = anyio.CancelScope()
+
+    def work() -> None:
+        time.sleep(0.05)
+        acted()
+
+    async def caller() -> None:
+        with scope:
+            if sniffio.current_async_library() == "asyncio":
+                await asyncio.to_thread(work)
+            else:
+                await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def canceller() -> None:
+        await anyio.sleep(0)
+        scope.cancel()
+
+    async def looker() -> None:
+        await anyio.sleep(0.002)
+        check()
+
+    for outcome in await run.concurrently(caller, canceller, looker):
+        outcome.unwrap()
+
+
 async def clean_up_that_re_arms(run: testing.Run) -> None:
     """Background work whose clean-up on cancel starts more: on asyncio a timer that re-arms
     itself for ever, armed as the task ends; on trio a system task that ticks for ever, the
@@ -604,31 +601,11 @@ async def clean_up_that_re_arms(run: testing.Run) -> None:
         try:
             await anyio.sleep_forever()
         finally:
-            if sniffio.current_async_library() == "asyncio":
-                loop = asyncio.get_running_loop()
-
-                def tick() -> None:
-                    acted()
-                    loop.call_later(0.3, tick)
-
-                loop.call_later(0.3, tick)
-            else:
-
-                async def replacement() -> None:
-                    while True:
-                        await anyio.sleep(0.3)
-                        acted()
-
-                in_background(replacement)
+            _tick_for_ever(acted)
 
     in_background(service)
 
-    async def looks() -> None:
-        await anyio.sleep(1.5)
-        check()
-
-    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
-        outcome.unwrap()
+    await _look_later(run, check)
 
 
 async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
@@ -646,12 +623,7 @@ async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
 
     in_background(service)
 
-    async def looks() -> None:
-        await anyio.sleep(1.5)
-        check()
-
-    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
-        outcome.unwrap()
+    await _look_later(run, check)
 
 
 async def callback_posted_last(run: testing.Run) -> None:
