@@ -764,15 +764,20 @@ _BACKGROUND_MORE = 60
 
 
 def others_ready() -> bool:
-    """Whether a task other than the running one is ready to run on a loop whose run queue
-    is its own (not the race finder's)."""
+    """Whether a task other than the running one (or a callback handed to the loop) is ready
+    to run on a loop whose run queue is its own (not the race finder's)."""
     if sniffio.current_async_library() == "trio":
-        queue = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.runq
+        runner = _trio_run_module().GLOBAL_RUN_CONTEXT.runner
+        queue = runner.runq
         if type(queue) is not collections.deque:
             return False
         try:
+            entries = runner.entry_queue  # (run_sync_soon's callbacks)
             # (the run generator's frame found anew: a cache would keep the run alive)
-            return bool(queue) or _trio_batch_left([None, None]) is not False
+            return (
+                bool(queue or entries.queue or entries.idempotent_queue)
+                or _trio_batch_left([None, None]) is not False
+            )
         except AttributeError:  # pragma: no cover - another trio
             return bool(queue)
     queue = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
