@@ -560,12 +560,12 @@ async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
     await _look_later(run, check)
 
 
-async def a_thread_its_cancelled_caller_left(run: testing.Run) -> None:
+async def threads_their_cancelled_callers_left(run: testing.Run) -> None:
     """A call into a worker thread cancelled while the thread works (asyncio's own
     ``to_thread``, which leaves the thread running; anyio's, told to abandon it on cancel):
     the thread's work ends in no later run. (On asyncio the race finder used not to wait for
     such a thread, and it acted in the next run: a failure no single run can have.)"""
-    _, acted, check = _run_of("a_thread_its_cancelled_caller_left")
+    _, acted, check = _run_of("threads_their_cancelled_callers_left")
     scope = anyio.CancelScope()
 
     def work() -> None:
@@ -643,29 +643,6 @@ async def callback_posted_last(run: testing.Run) -> None:
         import trio
 
         trio.lowlevel.current_trio_token().run_sync_soon(acted)
-
-
-async def ticks_left_between_tied_timers(run: testing.Run) -> None:
-    """Each run leaves a timer that re-arms itself every 50 us, and its tasks sleep to the
-    same instants: the timers a run left are cancelled after it, and the next run wakes
-    tied timers in the order a fresh loop would (an outside attack: the cancelled ones piled
-    up in asyncio's heap and changed that order; Exhaustive said "not deterministic")."""
-    if sniffio.current_async_library() == "asyncio":
-        loop = asyncio.get_running_loop()
-
-        def tick() -> None:
-            loop.call_later(5e-5, tick)
-
-        loop.call_later(5e-5, tick)
-    order: list[int] = []
-
-    async def sleeper(index: int) -> None:
-        for _ in range(2):
-            await anyio.sleep(1e-4)
-            order.append(index)
-
-    for outcome in await run.concurrently(partial(sleeper, 0), partial(sleeper, 1)):
-        outcome.unwrap()
 
 
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
@@ -777,11 +754,10 @@ CONTROLS = {
         progress_the_state_check_cannot_see,
         work_left_running_past_the_wait,
         timer_left_re_arming_for_ever,
-        a_thread_its_cancelled_caller_left,
+        threads_their_cancelled_callers_left,
         clean_up_that_re_arms,
         clean_up_longer_than_the_wait,
         callback_posted_last,
-        ticks_left_between_tied_timers,
     )
 } | SPINS
 
