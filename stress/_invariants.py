@@ -465,8 +465,9 @@ RESTART_SETTLE = 1e-3
 # LEFT_TIMER: how many of the driver's timers a restart may let fall due, one by one, before
 # it draws the one it aims at, at most (a watchdog that looks every 50 us and powers down at
 # its first look 200 us after the last user left decides at a look armed by the fourth
-# after: attack20)
-RESTART_WAKES = 8
+# after: attack20; one that decides at its tenth look, or after twelve idle looks in a row,
+# was missed with 7 at most: attack24), drawn log-uniform
+RESTART_WAKES = 32
 # A timer further away than this is none a restart aims at (virtual time: a lazy power-down a
 # second away costs no more than one a microsecond away; attack19's 20-100 ms ones were missed
 # at 10 ms, the horizon before)
@@ -609,9 +610,10 @@ class Rhythm:
     after each, how long until the next one. A watchdog that looks every so often waits as
     long after each look, until the look that decides to act (a power-down), after which it
     waits for something else (the sequence it then sleeps through) or for nothing:
-    :attr:`changed_at` is the number of the timer after which the wait first changed, None
-    while it kept. (The wait for the first timer, from the switches off, is a phase, not
-    part of the rhythm: it is not counted.)"""
+    :attr:`changed_at` is the number of the timer after which the wait first changed from
+    one kept at least twice in a row, None while it kept (or never settled: a backoff, two
+    watchdogs of their own periods). The wait for the first timer, from the switches off, is
+    a phase, not part of the rhythm: it is not counted."""
 
     def __init__(self) -> None:
         self.waits: list[float | None] = []
@@ -620,11 +622,19 @@ class Rhythm:
     def woke(self, wait: float | None) -> None:
         """A timer fell due; *wait*: how long until the next one (None: none pending)."""
         self.waits.append(wait)
-        if self.changed_at is not None or len(self.waits) < 2:
+        if self.changed_at is not None:
             return
-        before = self.waits[-2]
-        if before is None or wait is None or abs(wait - before) > RHYTHM_TOLERANCE * before:
+        if len(self.waits) < 3 or not (_alike(self.waits[-3], self.waits[-2])):
+            return  # (no rhythm yet: two waits alike first, or waits that never settle)
+        if not _alike(self.waits[-2], wait):
             self.changed_at = len(self.waits)
+
+
+def _alike(one: float | None, other: float | None) -> bool:
+    """Whether two waits keep a rhythm (:data:`RHYTHM_TOLERANCE`)."""
+    if one is None or other is None:
+        return one is other
+    return abs(other - one) <= RHYTHM_TOLERANCE * one
 
 
 # How much two waits of the driver's timers may differ and keep a rhythm: a watchdog's looks,

@@ -514,7 +514,7 @@ class World:
             # power-down), else drawn
             later, drawn, learned = (
                 rng.random() < 0.5,
-                rng.randrange(1, RESTART_WAKES),
+                int(RESTART_WAKES ** rng.random()),  # 1 to 31, log-uniform
                 rng.random(),
             )
             if later:
