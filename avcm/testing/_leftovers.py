@@ -128,8 +128,8 @@ class Leftovers:
 
         Raises :class:`~avcm.InvalidError` if tasks are still left after that: the runs
         could not be kept apart, and no verdict of the exploration would hold."""
-        for round in range(_LEFTOVER_ROUNDS):
-            tasks, timers = await self._wait(_LEFTOVER_WAIT * 2**round)
+        for attempt in range(_LEFTOVER_ROUNDS):
+            tasks, timers = await self._wait(_LEFTOVER_WAIT * 2**attempt)
             if not tasks and not timers:
                 break
             for task in tasks:
