@@ -572,8 +572,9 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         """A run_in_executor job ended (in its thread, or here if it never started)."""
         with self._threads_lock:
             self._threads_at_work -= 1
-            waiters = [] if self._threads_at_work else self._threads_waiters
-            self._threads_waiters = [] if waiters else self._threads_waiters
+            if self._threads_at_work:
+                return
+            waiters, self._threads_waiters = self._threads_waiters, []
         for waiter in waiters:
             _wake_soon(self, waiter)
 

@@ -9,6 +9,7 @@ that work, virtual time passing, and cancels what is still left.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import anyio
 import sniffio
 
 from .. import InvalidError
-from ._clock import VirtualTimeEventLoop, others_ready, timers_left
+from ._clock import VirtualTimeEventLoop, _trio_run_module, others_ready, timers_left
 
 _LEFTOVER_WAIT = 1.0  # (virtual) seconds what a run left is given to end
 # at most this many looks at it meanwhile, one after each of its timers (a driver's poller
@@ -61,8 +62,6 @@ class Leftovers:
             with self._spawns_in_reach():
                 yield
             return
-        import asyncio
-
         loop = asyncio.get_running_loop()
         call_at = loop.call_at
 
@@ -154,8 +153,6 @@ class Leftovers:
                     "starts"
                 )
         if not self._trio:
-            import asyncio
-
             loop = asyncio.get_running_loop()
             if isinstance(loop, VirtualTimeEventLoop):
                 # asyncio leaves a cancelled to_thread's function running: what it hands the
@@ -201,8 +198,6 @@ class Leftovers:
         for with it."""
         if self._trio:
             return []
-        import asyncio
-
         looking = asyncio.current_task()
         left = [
             (handle, task)
@@ -215,11 +210,7 @@ class Leftovers:
     def _tasks(self) -> set[Any]:
         """Every task of the running event loop."""
         if self._trio:
-            from trio._core._run import GLOBAL_RUN_CONTEXT
-
-            return set(GLOBAL_RUN_CONTEXT.runner.tasks)
-        import asyncio
-
+            return set(_trio_run_module().GLOBAL_RUN_CONTEXT.runner.tasks)
         return set(asyncio.all_tasks())
 
 
