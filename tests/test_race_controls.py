@@ -470,37 +470,13 @@ def spinners(n: int, spin: Callable[[int], Awaitable[None]]) -> testing.Scenario
 PROGRESS = {"count": 0, "polls": 0}  # progress where the spin rule's state check does not look
 
 
-# what the background work a run left acted on: never a later run (every run starts from it)
-_LEFT_BEHIND = {"acted": 0}
-
-
-async def work_left_running_past_the_wait(run: testing.Run) -> None:
-    """Background work a run leaves (a driver's, in a task nobody waits for) that would act
-    3 s later, past the second the race finder waits for what a run left: it is cancelled
-    then, on both backends, and acts in no later run. (Reported, attack20: on trio it acted
-    in the next run, whose failure's replay diverged: trio cancels system tasks only all
-    together.)"""
-
-    async def late() -> None:
-        await anyio.sleep(3.0)
-        _LEFT_BEHIND["acted"] += 1
-
-    async def leaves_work() -> None:
-        in_background(late)
-        await anyio.sleep(1.5)
-        assert not _LEFT_BEHIND["acted"], "work an earlier run left acted in this one"
-
-    for outcome in await run.concurrently(leaves_work, anyio.lowlevel.checkpoint):
-        outcome.unwrap()
-
-
-# per control below: its runs so far, and what its leftovers did in a later run
+# per control: its runs so far, and what its leftovers did in a later run
 _LATER: dict[str, dict[str, int]] = {}
 
 
-def _run_of(control: str) -> tuple[int, Callable[[], None], Callable[[], None]]:
-    """A new run of *control*: its number, what its leftovers call when they act (counted
-    if in a later run), and the check that nothing an earlier run left acted in this one."""
+def _run_of(control: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A new run of *control*: what its leftovers call when they act (counted if in a later
+    run), and the check that nothing an earlier run left acted in this one."""
     counts = _LATER.setdefault(control, {"runs": 0, "strays": 0})
     counts["runs"] += 1
     this_run, strays = counts["runs"], counts["strays"]
@@ -512,7 +488,28 @@ def _run_of(control: str) -> tuple[int, Callable[[], None], Callable[[], None]]:
     def check() -> None:
         assert counts["strays"] == strays, "what an earlier run left acted in this one"
 
-    return this_run, acted, check
+    return acted, check
+
+
+async def work_left_running_past_the_wait(run: testing.Run) -> None:
+    """Background work a run leaves (a driver's, in a task nobody waits for) that would act
+    3 s later, past the second the race finder waits for what a run left: it is cancelled
+    then, on both backends, and acts in no later run. (Reported, attack20: on trio it acted
+    in the next run, whose failure's replay diverged: trio cancels system tasks only all
+    together.)"""
+    acted, check = _run_of("work_left_running_past_the_wait")
+
+    async def late() -> None:
+        await anyio.sleep(3.0)
+        acted()
+
+    async def leaves_work() -> None:
+        in_background(late)
+        await anyio.sleep(1.5)
+        check()
+
+    for outcome in await run.concurrently(leaves_work, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
 
 
 async def _look_later(run: testing.Run, check: Callable[[], None]) -> None:
@@ -554,7 +551,7 @@ async def timer_left_re_arming_for_ever(run: testing.Run) -> None:
     is cancelled after the race finder's wait, on both backends, and ticks in no later run.
     (Reported, attack22: on asyncio it ticked in every later run, and a failure's replay
     diverged.)"""
-    _, acted, check = _run_of("timer_left_re_arming_for_ever")
+    acted, check = _run_of("timer_left_re_arming_for_ever")
     _tick_for_ever(acted)
 
     await _look_later(run, check)
@@ -565,7 +562,7 @@ async def threads_their_cancelled_callers_left(run: testing.Run) -> None:
     ``to_thread``, which leaves the thread running; anyio's, told to abandon it on cancel):
     the thread's work ends in no later run. (On asyncio the race finder used not to wait for
     such a thread, and it acted in the next run: a failure no single run can have.)"""
-    _, acted, check = _run_of("threads_their_cancelled_callers_left")
+    acted, check = _run_of("threads_their_cancelled_callers_left")
     scope = anyio.CancelScope()
 
     def work() -> None:
@@ -595,7 +592,7 @@ async def clean_up_that_re_arms(run: testing.Run) -> None:
     """Background work whose clean-up on cancel starts more: on asyncio a timer that re-arms
     itself for ever, armed as the task ends; on trio a system task that ticks for ever, the
     replacement a supervisor starts (an outside attack: both went on in later runs)."""
-    _, acted, check = _run_of("clean_up_that_re_arms")
+    acted, check = _run_of("clean_up_that_re_arms")
 
     async def service() -> None:
         try:
@@ -611,7 +608,7 @@ async def clean_up_that_re_arms(run: testing.Run) -> None:
 async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
     """Background work whose clean-up on cancel takes 5 s of its own (shielded), then acts:
     it is waited for (an outside attack: on trio it acted in later runs)."""
-    _, acted, check = _run_of("clean_up_longer_than_the_wait")
+    acted, check = _run_of("clean_up_longer_than_the_wait")
 
     async def service() -> None:
         try:
@@ -629,7 +626,7 @@ async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
 async def callback_posted_last(run: testing.Run) -> None:
     """A callback the scenario hands the loop as its last act (an interrupt's handler): it
     runs before the next run (an outside attack: it ran in the next one)."""
-    _, acted, check = _run_of("callback_posted_last")
+    acted, check = _run_of("callback_posted_last")
 
     async def looks() -> None:
         check()
