@@ -642,6 +642,39 @@ async def callback_posted_last(run: testing.Run) -> None:
         trio.lowlevel.current_trio_token().run_sync_soon(acted)
 
 
+async def callback_handed_back_for_ever(run: testing.Run) -> None:
+    """A callback the scenario hands the loop as its last act, which hands itself to the
+    loop again each time it runs, for ever (no task, no timer: nothing to cancel): it is
+    taken out of the loop's queue once the run's leftovers are outlasted, and acts in no
+    later run (it ran on in every later one)."""
+    acted, check = _run_of("callback_handed_back_for_ever")
+
+    async def looks() -> None:
+        check()
+        await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
+        outcome.unwrap()
+    if sniffio.current_async_library() == "asyncio":
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            acted()
+            loop.call_soon(again)
+
+        loop.call_soon(again)
+    else:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def again_on_trio() -> None:
+            acted()
+            token.run_sync_soon(again_on_trio)
+
+        token.run_sync_soon(again_on_trio)
+
+
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
     """A task makes 300 steps of progress kept only in a module's dict, then sets an event
     another task waits for under a deadline: a real loop takes microseconds. The spin rule
@@ -688,17 +721,19 @@ async def spin_on_the_clock(index: int) -> None:
             await anyio.lowlevel.checkpoint()
 
 
-def spin_for_tokens(n: int) -> testing.Scenario:
-    """Tasks share a token bucket (a token a microsecond, at most one kept) and take 12
-    tokens in all, reading the clock between yields, inside a deadline of a millisecond: a
-    real loop takes 12 microseconds. Each token needs the clock to move a little again, so
-    the spin rule's moves must start small (attack18: moves from a millisecond, halving
-    towards the deadline, ran out after 11 tokens: a false TimeoutError)."""
+def spin_for_tokens(n: int, tokens: int = 12) -> testing.Scenario:
+    """Tasks share a token bucket (a token a microsecond, at most one kept) and take 12 (or
+    *tokens*) tokens in all, reading the clock between yields, inside a deadline of a
+    millisecond: a real loop takes 12 microseconds. Each token needs the clock to move a
+    little again, so the spin rule's moves must start small (attack18: moves from a
+    millisecond, halving towards the deadline, ran out after 11 tokens: a false
+    TimeoutError), and must not halve towards the deadline while they bring tokens (moves
+    that did ran out after about 20)."""
     bucket = {"tokens": 1.0, "at": 0.0}
 
     async def take(index: int) -> None:
         with anyio.fail_after(1e-3):
-            for _ in range(12 // n):
+            for _ in range(tokens // n):
                 while True:
                     now = anyio.current_time()
                     refill = (now - bucket["at"]) * 1e6
@@ -715,6 +750,19 @@ def spin_for_tokens(n: int) -> testing.Scenario:
     return scenario
 
 
+async def poll_for_whole_ticks(index: int) -> None:
+    """Waits for 59,000 ticks of a microsecond to pass, read into a variable, inside a
+    deadline a millisecond later: each move of the clock changes the variable, as a token
+    bucket's refill does, and the poll must still end before the deadline."""
+    with anyio.fail_after(0.060):
+        end = int(anyio.current_time() * 1e6) + 59_000
+        while True:
+            ticks = int(anyio.current_time() * 1e6)
+            if ticks >= end:
+                break
+            await anyio.lowlevel.checkpoint()
+
+
 SPINS = {
     f"{name}-{n}": scenario
     for n in (1, 2, 3)
@@ -722,6 +770,8 @@ SPINS = {
         ("spin_for_a_flag", spin_for_a_flag(n)),
         ("spin_on_the_clock", spinners(n, spin_on_the_clock)),
         ("spin_for_tokens", spin_for_tokens(n)),
+        ("spin_for_many_tokens", spin_for_tokens(n, 60)),
+        ("spin_for_whole_ticks", spinners(n, poll_for_whole_ticks)),
     )
 }
 
@@ -755,6 +805,7 @@ CONTROLS = {
         clean_up_that_re_arms,
         clean_up_longer_than_the_wait,
         callback_posted_last,
+        callback_handed_back_for_ever,
     )
 } | SPINS
 
@@ -774,7 +825,8 @@ CONTROL_STRATEGIES = [
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
     schedules = 20 if "threads" in control else 4 if "process" in control else 40
     schedules = 10 if "spin_" in control else schedules
-    schedules = 2 if "tokens" in control else schedules  # (the old rule failed at the first)
+    # (the old rules failed at the first; a poll of whole ticks costs a second a schedule)
+    schedules = 2 if "tokens" in control else 1 if "ticks" in control else schedules
     result = testing.explore(
         CONTROLS[control],
         strategy=strategies()[strategy](),
@@ -939,6 +991,49 @@ def test_a_true_livelock_is_one_while_time_passes(clock: bool, backend: str) -> 
         assert "task 1 (b) polite sleep" in str(error)
         # time passed: by quanta for a clock read, else at once to the sleeper's timer
         assert result.failure.timeline.steps[-1].time >= (1e-6 if clock else 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("deadline", [None, 0.01])
+def test_a_livelock_that_reads_whole_ticks_is_still_reported(
+    deadline: float | None, backend: str
+) -> None:
+    """Two tasks that never let each other go, reading the clock into whole microseconds:
+    each move of the clock changes their state, as a token bucket's refill does, and starts
+    their still budget again; still the run never passes: a step budget, or its deadline
+    reached, as on a real loop."""
+
+    async def scenario(run: testing.Run) -> None:
+        turn = [0, 0]
+
+        async def polite(me: int) -> None:
+            with anyio.fail_after(math.inf if deadline is None else deadline):
+                while turn[1 - me] == 0:
+                    ticks = int(anyio.current_time() * 1e6)  # noqa: F841
+                    await anyio.sleep(0)
+
+        for outcome in await run.concurrently(lambda: polite(0), lambda: polite(1)):
+            outcome.unwrap()
+
+    for strategy in (testing.PCT(0), testing.Exhaustive(0)):
+        result = testing.explore(
+            scenario,
+            strategy=strategy,
+            backend=backend,
+            # (with a deadline, its run takes 128 moves of the clock, 16,000 steps, to reach
+            # it: more than 20 times a budget of 600)
+            limits=testing.Limits(max_steps=600 if deadline is None else 10_000),
+            shrink=False,
+        )
+        assert result.failure is not None
+        error = result.failure.error
+        if deadline is None:
+            # (a livelock, or a run that does not end: the ticks are progress the state
+            # check sees, for as long as the budget in all lasts)
+            assert isinstance(error, testing.StepBudgetError), result.failure.report()
+        else:
+            assert isinstance(error, TimeoutError), result.failure.report()
+            assert result.failure.timeline.steps[-1].time <= deadline
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

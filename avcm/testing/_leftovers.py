@@ -10,6 +10,7 @@ that work, virtual time passing, and cancels what is still left.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -119,17 +120,20 @@ class Leftovers:
         sooner for waiting); then cancel what is still left (on trio, of the tasks, the
         system tasks in reach), and again so, up to ``_LEFTOVER_ROUNDS`` times, for what
         that left (a clean-up on cancel that waits, arms a timer or starts a task; a
-        supervisor that restarts what was cancelled); then, on asyncio, wait for the
-        threads the run left at work (``_LEFTOVER_THREAD_WAIT`` seconds of real time at
-        most), and forget the timers cancelled (asyncio keeps them in its heap, where they
-        would change which of two timers due together a later run wakes first). The looks
-        depend on the loop's state only, so a replay takes the same ones.
+        supervisor that restarts what was cancelled), and take out of the loop's queue the
+        callbacks ready at each of ``_LEFTOVER_BUSY_LOOKS`` looks in a row (``call_soon``,
+        ``run_sync_soon``: one that hands itself to the loop again for ever); then, on
+        asyncio, wait for the threads the run left at work (``_LEFTOVER_THREAD_WAIT``
+        seconds of real time at most), and forget the timers cancelled (asyncio keeps them
+        in its heap, where they would change which of two timers due together a later run
+        wakes first). The looks depend on the loop's state only, so a replay takes the same
+        ones.
 
         Raises :class:`~avcm.InvalidError` if tasks are still left after that: the runs
         could not be kept apart, and no verdict of the exploration would hold."""
         for attempt in range(_LEFTOVER_ROUNDS):
-            tasks, timers = await self._wait(_LEFTOVER_WAIT * 2**attempt)
-            if not tasks and not timers:
+            tasks, timers, callbacks = await self._wait(_LEFTOVER_WAIT * 2**attempt)
+            if not tasks and not timers and not callbacks:
                 break
             for task in tasks:
                 if not self._trio:
@@ -138,11 +142,13 @@ class Leftovers:
                     self._scopes[task].cancel()
             for handle in timers:
                 handle.cancel()
+            self._drop_callbacks(callbacks)
         else:
             waited = _LEFTOVER_WAIT * 2**_LEFTOVER_ROUNDS
-            tasks, timers = await self._wait(waited)
+            tasks, timers, callbacks = await self._wait(waited)
             for handle in timers:
                 handle.cancel()
+            self._drop_callbacks(callbacks)
             if tasks:
                 names = ", ".join(sorted({_name(task) for task in tasks}))
                 raise InvalidError(
@@ -160,16 +166,19 @@ class Leftovers:
                 await loop.outlast_threads(_LEFTOVER_THREAD_WAIT)
                 loop.forget_cancelled_timers()
 
-    async def _wait(self, seconds: float) -> tuple[list[Any], list[Any]]:
+    async def _wait(self, seconds: float) -> tuple[list[Any], list[Any], list[object]]:
         """Wait for what is left, as :meth:`outlast` says, for up to *seconds* of virtual
-        time: the tasks and timers still left."""
+        time: the tasks and timers still left, and the callbacks ready at every one of
+        ``_LEFTOVER_BUSY_LOOKS`` looks in a row (one that hands itself to the loop again as
+        it runs, for ever)."""
         tasks = [task for task in self._tasks() - self._before if not _done(task)]
         timers = self._timers_left()
         if not (tasks or timers or others_ready()):
-            return tasks, timers  # (the common case, at no cost: nothing left, nothing ready)
+            return tasks, timers, []  # (the common case, at no cost: nothing left or ready)
         wait = 1e-6
         end = anyio.current_time() + seconds
         busy = 0
+        steady: list[object] = []  # the callbacks ready at each look of this busy streak
         for look in range(_LEFTOVER_LOOKS + 1):
             now = anyio.current_time()
             step = min(wait, max(0.0, end - now))
@@ -178,17 +187,58 @@ class Leftovers:
             later = [when for when in await timers_left([], within=step) if when > now]
             tasks = [task for task in self._tasks() - self._before if not _done(task)]
             timers = self._timers_left()
-            if not tasks and not timers:
+            callbacks = self._ready_callbacks()
+            if not tasks and not timers and not callbacks:
                 break
             busy = busy + 1 if others_ready() else 0
+            steady = callbacks if busy == 1 else [c for c in steady if c in callbacks]
             now = anyio.current_time()
-            if now >= end or look == _LEFTOVER_LOOKS or busy == _LEFTOVER_BUSY_LOOKS:
+            if busy == _LEFTOVER_BUSY_LOOKS:
+                return tasks, timers, steady
+            if now >= end or look == _LEFTOVER_LOOKS:
                 break
             if later:
                 step = max(0.0, later[0] - now)
             await anyio.sleep(step)
             wait *= 2
-        return tasks, timers
+        return tasks, timers, []
+
+    def _ready_callbacks(self) -> list[object]:
+        """The functions handed to the loop to call soon that are ready now, but a task's
+        own steps (asyncio's ``call_soon``, trio's ``run_sync_soon``)."""
+        if self._trio:
+            entries = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.entry_queue
+            with entries.lock:
+                jobs = [*entries.queue, *entries.idempotent_queue]
+            return [function for function, _ in jobs]
+        ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+        if type(ready) is not collections.deque:  # (the race finder's own run queue)
+            return []
+        return [
+            handle._callback
+            for handle in ready
+            if not handle.cancelled()
+            and not isinstance(getattr(handle._callback, "__self__", None), asyncio.Task)
+        ]
+
+    def _drop_callbacks(self, callbacks: list[object]) -> None:
+        """Take the calls of *callbacks* out of the loop's queue of what to call soon: a
+        callback that hands itself to the loop again at once for ever (no task: nothing to
+        cancel) would run on in the next run."""
+        if not callbacks:
+            return
+        if self._trio:
+            entries = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.entry_queue
+            with entries.lock:
+                kept = [job for job in entries.queue if job[0] not in callbacks]
+                entries.queue.clear()
+                entries.queue.extend(kept)
+                for job in [job for job in entries.idempotent_queue if job[0] in callbacks]:
+                    del entries.idempotent_queue[job]
+            return
+        for handle in asyncio.get_running_loop()._ready:  # type: ignore[attr-defined]
+            if handle._callback in callbacks:
+                handle.cancel()
 
     def _timers_left(self) -> list[Any]:
         """The asyncio timers armed in reach, pending, that no task waits for: armed by a

@@ -488,6 +488,16 @@ def _frames_state(coro: Any) -> tuple[object, ...]:
     return tuple(state)
 
 
+def _but_floats(state: object) -> object:
+    """*state* (of :meth:`Run._state`) with every float blanked out: what stays the same when
+    the only change is a time the tasks read into a variable (or a value computed from it)."""
+    if isinstance(state, float):
+        return float
+    if isinstance(state, tuple):
+        return tuple(_but_floats(part) for part in state)
+    return state
+
+
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
 
 
@@ -597,6 +607,9 @@ class Run:
         self._free_state: object = None  # what _free_spin saw last
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
+        # the step at which the tasks last made progress the spin rule's move brought (a
+        # token bucket's refill): the still budget counts from there
+        self._refilled_at = -1
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
         self._outlast_chances: list[int] = []  # those it said they do
@@ -1010,7 +1023,7 @@ class Run:
         # once it fell due, as long again at the most: see _outspun)
         slow = self._queue is not None and self._queue.late()
         still = min(self.max_steps, _SLOW_STEPS) if slow else self.max_steps
-        if self._still(time) and self._still_steps >= still:
+        if self._still(time) and self._budget_steps() >= still:
             time = self._outspun(time)
         self._check_budget(time)
         position = self._chooser.choose(
@@ -1081,12 +1094,16 @@ class Run:
         virtual clock's, a microsecond first: a real poll's round takes about that, and a
         coarser first move is what a token bucket under a deadline cannot outlive, as the
         moves halve towards it) and stays before the next timer (at most half the way to it),
-        so that a deadline around a spin that waits for the clock is not reached first.
-        While I/O is outstanding it waits for the I/O and moves nothing, until a whole
-        ``io_timeout`` brought nothing. With no sleeper's timer and no clock read the
-        spin is a livelock as far as this rule goes: at the step budget (its steps count as
-        standing still, moved by this rule or not) :meth:`_outspun` moves time to any timer
-        pending, and with none the budget reports it."""
+        so that a deadline around a spin that waits for the clock is not reached first;
+        while the moves bring progress other than the time read into a variable (a token
+        bucket's refill taken, a whole tick: :func:`_but_floats`) and the next timer is a
+        timeout's, they split the way to it evenly, ``_REFILL_MOVES`` of them, and the still
+        budget starts again at each (:meth:`_budget_steps`). While I/O is outstanding it
+        waits for the I/O and moves nothing, until a whole ``io_timeout`` brought nothing.
+        With no sleeper's timer and no clock read the spin is a livelock as far as this rule
+        goes: at the step budget (its steps count as standing still, moved by this rule or
+        not) :meth:`_outspun` moves time to any timer pending, and with none the budget
+        reports it."""
         queue = self._queue
         assert queue is not None
         self._spinning = False
@@ -1100,9 +1117,15 @@ class Run:
         read, self._spin_reads = reads != self._spin_reads, reads
         moved, self._spin_moved = self._spin_moved, False
         if previous != (run, state) or free:
-            if previous is not None and previous[0] == run and not moved:
-                # this still run's tasks change state, and not for a clock this rule moved
-                self._progress_run = run
+            if previous is not None and previous[0] == run:
+                if not moved:
+                    # this still run's tasks change state, and not for a clock this rule moved
+                    self._progress_run = run
+                elif not free and _but_floats(previous[1]) != _but_floats(state):
+                    # The move brought progress beyond a time read into a variable (a token
+                    # bucket's refill taken, a tick of a clock in whole units): each such
+                    # move is a round of the tasks' work, and their budget starts again.
+                    self._refilled_at = len(self._steps)
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
         if self._look_outside():
@@ -1121,6 +1144,15 @@ class Run:
                 gap = timer - now
                 if gap > _SPIN_GRAIN:
                     target = min(target, now + gap / 2)
+                    if not sleep and self._refilled_at >= run:
+                        # The moves bring progress (a token bucket's refills) before a
+                        # timeout's deadline: they split the way to it evenly, so the tasks
+                        # get _REFILL_MOVES rounds of work before it (moves that went half
+                        # the way gave about 20: a false TimeoutError for a bucket that
+                        # needed more), and a poll for a whole number of ticks before it
+                        # ends after as many moves at the most.
+                        span = gap + time - self._steps[run].time
+                        target = min(target, now + max(_SPIN_QUANTUM, span / _REFILL_MOVES))
                 elif sleep:
                     target = min(target, timer)
                 else:
@@ -1133,6 +1165,11 @@ class Run:
         self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
+
+    def _budget_steps(self) -> int:
+        """The steps the still budget counts: those of the still run since the tasks last
+        made progress that the spin rule's move brought."""
+        return min(self._still_steps, len(self._steps) - self._refilled_at)
 
     def _look_outside(self) -> bool:
         """Let in what the tasks may be polling for from outside the loop, as if no task
@@ -1254,7 +1291,7 @@ class Run:
         though time passes: a poll whose condition never comes true). A poll loop whose
         every repetition waits for time to pass is no livelock: its steps do not count
         towards the first."""
-        if self._still(time) and self._still_steps >= self.max_steps:
+        if self._still(time) and self._budget_steps() >= self.max_steps:
             raise StepBudgetError(self._describe_budget())
         if len(self._steps) >= self.max_steps * _ALL_STEPS:
             raise StepBudgetError(
@@ -1526,6 +1563,7 @@ _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
 _OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: after every controlled
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
+_REFILL_MOVES = 128  # moves of the spin rule that bring progress, at least, before a deadline
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
 
