@@ -537,8 +537,11 @@ async def check_restart_racing(
                 await anyio.sleep(timers[0] - anyio.current_time() + SETTLE_MARGIN)
                 timers = await testing.timers_left([], within=RESTART_HORIZON)
                 rhythm.woke(timers[0] - anyio.current_time() if timers else None)
-            if rhythm.changed_at is not None:
-                world.decisive_wakes = rhythm.changed_at - 1
+            changed_at, kept = rhythm.changed_at, rhythm.kept
+            if changed_at is not None and kept >= world.decisive_kept:
+                # (a pattern kept longer outweighs a shorter one: a restart that let fewer
+                # timers fall due may have seen a part of a longer one only)
+                world.decisive_wakes, world.decisive_kept = changed_at - 1, kept
             if timers:
                 aim = world.contexts_random.choice(timers) - anyio.current_time()
         begun(ctx.vcm)  # (also a driver that never passes the anchor)
@@ -609,25 +612,52 @@ class Rhythm:
     """The rhythm of the driver's timers as a racing restart lets them fall due one by one:
     after each, how long until the next one. A watchdog that looks every so often waits as
     long after each look, until the look that decides to act (a power-down), after which it
-    waits for something else (the sequence it then sleeps through) or for nothing:
-    :attr:`changed_at` is the number of the timer after which the wait first changed from
-    one kept at least twice in a row, None while it kept (or never settled: a backoff, two
-    watchdogs of their own periods). The wait for the first timer, from the switches off, is
-    a phase, not part of the rhythm: it is not counted."""
+    waits for something else (the sequence it then sleeps through) or for nothing; two
+    timers of their own periods (a watchdog's looks and a poller's) repeat a pattern of
+    waits, one period of it as long as their periods' least common multiple, until one of
+    them decides. :attr:`changed_at` is the number of the timer after which the waits first
+    broke the pattern they had repeated at least once (but for the first wait of a pattern's
+    period, which may have been a phase's): of the patterns of up to
+    :data:`RHYTHM_PERIODS` waits, the one kept longest (the shortest of those kept as long);
+    None while one is still kept, or if none was repeated before it broke (a backoff). A
+    pattern of one wait seen twice is no evidence against a longer one not seen in full
+    yet: :attr:`kept` says for how many waits the pattern behind :attr:`changed_at` held,
+    so that a longer look can outweigh a shorter one. The wait for the first timer, from
+    the switches off, is a phase, not part of the rhythm: it is not counted."""
 
     def __init__(self) -> None:
         self.waits: list[float | None] = []
-        self.changed_at: int | None = None
 
     def woke(self, wait: float | None) -> None:
         """A timer fell due; *wait*: how long until the next one (None: none pending)."""
         self.waits.append(wait)
-        if self.changed_at is not None:
-            return
-        if len(self.waits) < 3 or not (_alike(self.waits[-3], self.waits[-2])):
-            return  # (no rhythm yet: two waits alike first, or waits that never settle)
-        if not _alike(self.waits[-2], wait):
-            self.changed_at = len(self.waits)
+
+    @property
+    def changed_at(self) -> int | None:
+        return self._change()[0]
+
+    @property
+    def kept(self) -> int:
+        return self._change()[1]
+
+    def _change(self) -> tuple[int | None, int]:
+        waits = self.waits
+        best: tuple[int | None, int] = (None, 0)
+        for period in range(1, RHYTHM_PERIODS + 1):
+            # repeated once: all but the first wait of a period again (that one may be the
+            # phase's, not counted), and a single wait seen twice
+            repeated = max(2, 2 * period - 1)
+            if len(waits) < repeated:
+                break
+            broke = next(
+                (i for i in range(period, len(waits)) if not _alike(waits[i - period], waits[i])),
+                None,
+            )
+            if broke is None:
+                return None, 0  # a pattern still kept: what breaks it has not come yet
+            if broke >= repeated and broke > best[1]:
+                best = (broke + 1, broke)
+        return best
 
 
 def _alike(one: float | None, other: float | None) -> bool:
@@ -637,6 +667,7 @@ def _alike(one: float | None, other: float | None) -> bool:
     return abs(other - one) <= RHYTHM_TOLERANCE * one
 
 
+RHYTHM_PERIODS = 8  # the most waits in a pattern that a rhythm repeats (Rhythm)
 # How much two waits of the driver's timers may differ and keep a rhythm: a watchdog's looks,
 # re-armed from when its task ran, are a margin apart from one another
 RHYTHM_TOLERANCE = 0.25

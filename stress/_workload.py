@@ -268,9 +268,10 @@ class World:
         # drain: how long a switch-on takes to reach the hardware's power-up, at most
         self.enable_seconds: dict[avcm.Vcm, float] = {}
         # how many of the driver's timers to let fall due before a racing restart aims at the
-        # next: learned from the last restart that saw their rhythm change (see
-        # check_restart_racing), None while none did
+        # next: learned from the restart that saw their rhythm change after keeping it
+        # longest (the latest of those), see check_restart_racing; None while none did
         self.decisive_wakes: int | None = None
+        self.decisive_kept = 0  # for how many waits the rhythm it was learned from was kept
         # per context, the sum of its counts in held: what its activation count must be
         self.held_in: Counter[avcm.Vcm] = Counter()
         self.result = RunResult() if result is None else result
@@ -508,10 +509,10 @@ class World:
                     lags[vcm] = 0.0
             # half the time the timers pending as the switches off returned (a lazy power-down
             # decided then), else one armed later, by a timer falling due before it: as many
-            # as the driver's timers fell due before their rhythm changed at the last restart
-            # that saw it, three times in four, once one did (the timer that decides is the
-            # one after which the driver waits otherwise: a watchdog's look that starts the
-            # power-down), else drawn
+            # as the driver's timers fell due before their rhythm changed at the restart that
+            # saw it kept longest, three times in four, once one did (the timer that decides
+            # is the one after which the driver waits otherwise: a watchdog's look that
+            # starts the power-down), else drawn
             later, drawn, learned = (
                 rng.random() < 0.5,
                 int(RESTART_WAKES ** rng.random()),  # 1 to 31, log-uniform

@@ -7,6 +7,7 @@ exactly where an operation is when a check looks at it, on both backends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -370,6 +371,20 @@ def test_a_racing_restart_learns_when_the_drivers_timers_change_their_rhythm() -
     for wait in (50e-6, 50e-6, None):
         stopped.woke(wait)
     assert stopped.changed_at == 3  # a watchdog that stops waiting changes its rhythm too
+    # A watchdog's looks every 50 us beside a poller's every 20 us (attack24's two
+    # watchdogs: the old rule learned the third timer, a pattern of one wait seen twice):
+    # their waits repeat a pattern of seven until the look at 200 us decides, and the
+    # power-down's 5 us follow it. Until a whole period was seen again, nothing is learned.
+    us = 1e-6
+    times = sorted([k * 20 * us for k in range(1, 20)] + [k * 50 * us for k in range(1, 5)])
+    times = sorted([*times, 205 * us])
+    two = Rhythm()
+    for number, (timer, following) in enumerate(itertools.pairwise(times), start=1):
+        two.woke(following - timer)
+        if number <= 13:
+            assert two.changed_at is None, number
+    assert two.changed_at == 14 and times[13] == 200 * us  # the look that decides
+    assert two.kept == 13  # outweighs the pattern of one wait that a shorter look sees
     backoff = Rhythm()
     for wait in (10e-6, 20e-6, 40e-6, 80e-6, 5e-6):
         backoff.woke(wait)
