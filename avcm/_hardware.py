@@ -8,8 +8,9 @@ drivers must not depend on the race finder.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from ._core import Vcm
 from ._mmu import MmuWrapper
@@ -41,4 +42,24 @@ def hardware_view(vcm: Vcm) -> HardwareView | None:
     """
     driver = vcm.driver
     hardware = driver.hw if isinstance(driver, MmuWrapper) else driver
-    return hardware if isinstance(hardware, HardwareView) else None
+    # A runtime protocol's isinstance costs microseconds (it lists the protocol's members each
+    # time), and the checks ask at every model check. For a protocol of methods only, it is
+    # true for every instance of a class that is a subclass of it (a class-level answer, which
+    # the ABC machinery caches too): such classes are remembered. Otherwise it is true only if
+    # the instance has the members: one without the first is none (a one-to-one wrapper), and
+    # the rest are asked in full.
+    kind = type(hardware)
+    if kind in _VIEW_CLASSES:
+        return cast(HardwareView, hardware)
+    if not hasattr(hardware, "hardware_active") and not issubclass(kind, HardwareView):
+        return None
+    if isinstance(hardware, HardwareView):
+        if issubclass(kind, HardwareView):
+            _VIEW_CLASSES.add(kind)
+        return hardware
+    return None
+
+
+# classes whose every instance is a HardwareView (see hardware_view); weak, as a test's
+# classes come and go
+_VIEW_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
