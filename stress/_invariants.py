@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -174,13 +175,12 @@ def _layout(world: World, phys: avcm.Phys) -> tuple[list[int], list[int]]:
     each probe looks one up."""
     layout = world.layouts.get(phys)
     if layout is None:
-        offsets: list[int] = []
-        starts: list[int] = []
-        offset = 0
-        for start, size in phys.parts:
-            offsets.append(offset)
-            starts.append(start)
-            offset += size
+        parts = phys.parts
+        starts = [start for start, _ in parts]
+        # each part's offset: the sizes of those before it, summed (the last sum, the phys's
+        # size, is no part's and left out)
+        offsets = list(itertools.accumulate([size for _, size in parts], initial=0))
+        offsets.pop()
         layout = world.layouts[phys] = (offsets, starts)
     return layout
 
@@ -239,13 +239,27 @@ def mark_new(world: World, phys: avcm.Phys) -> None:
     that never gave it back to physical memory, where page poisoning cannot see it) shows at
     the next data check of the phys, if it hits a canary. A phys outside the run's memory (a
     device's own) gets none: the harness cannot read it."""
-    if phys.memory is not world.memory or phys.size < CANARY_LENGTH:
+    size = phys.size
+    if phys.memory is not world.memory or size < CANARY_LENGTH:
         return
-    last = (phys.size - CANARY_LENGTH) // CANARY_LENGTH
+    last = (size - CANARY_LENGTH) // CANARY_LENGTH
+    offsets, starts = _layout(world, phys)
+    write = world.memory.write
+    canaries = world.canaries
+    new: dict[int, bytes] = {}
     for at in sorted({last * i // (CANARIES - 1) * CANARY_LENGTH for i in range(CANARIES)}):
-        world.canaries += 1
-        data = (0xCA_4A_21 << 40 | world.canaries).to_bytes(CANARY_LENGTH, "little")
-        world.memory.write(physical_address(world, phys, at), data)
+        canaries += 1
+        data = (0xCA_4A_21 << 40 | canaries).to_bytes(CANARY_LENGTH, "little")
+        index = bisect.bisect_right(offsets, at) - 1  # (physical_address, inlined)
+        write(starts[index] + at - offsets[index], data)
+        new[at] = data
+    world.canaries = canaries
+    if len(new) <= WRITES_KEPT and phys not in world.written:
+        # what wrote() keeps of them, one by one: canaries are CANARY_LENGTH apart at least
+        # (distinct multiples of it), so none overlaps another, and none is forgotten
+        world.written[phys] = new
+        return
+    for at, data in new.items():
         wrote(world, phys, at, data)
 
 
