@@ -200,8 +200,8 @@ def check_model(vcm: Vcm) -> int:
     problems: list[str] = []
     checks = 0
     driver = vcm.driver
-    bound = {res: res.phys for res in vcm.reservations() if res.phys is not None}
     if isinstance(driver, MmuWrapper):
+        bound = {res: phys for res in vcm.reservations() if (phys := res.phys) is not None}
         checks += 2
         if driver.bound != bound:
             problems.append(
@@ -215,8 +215,11 @@ def check_model(vcm: Vcm) -> int:
         checks += 1
         ranges = []
         for res in vcm.reservations():
-            if res.phys is not None and res.start != res.phys.parts[0].start:
-                problems.append(f"one-to-one {res!r} is not at its memory {res.phys!r}")
+            phys = res.phys
+            # (phys._layout[1]: where its first part starts, phys.parts[0].start without a
+            # tuple of every part made)
+            if phys is not None and res.start != phys._layout[1]:
+                problems.append(f"one-to-one {res!r} is not at its memory {phys!r}")
             ranges.append((res.start, res.start + res.res_size))
         ranges.sort()
         for (_, end), (start, _) in itertools.pairwise(ranges):
