@@ -218,6 +218,13 @@ def wrote(world: World, phys: avcm.Phys, offset: int, data: bytes) -> None:
     if kept is None:
         world.written[phys] = {offset: data}
         return
+    old = kept.get(offset)
+    if old is not None and data and len(old) == len(data):
+        # the writes kept never overlap one another, so this one overlaps that one alone: it
+        # is forgotten and this one kept last, as below (a probe at a page it probed before)
+        del kept[offset]
+        kept[offset] = data
+        return
     end = offset + len(data)
     overlapped = [start for start, old in kept.items() if start < end and offset < start + len(old)]
     for start in overlapped:
