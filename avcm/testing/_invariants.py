@@ -278,7 +278,9 @@ def check_quiescent(
     ``"rule 5 bindings"`` and ``"rule 9 overlap"``.
     """
     checks: Counter[str] = Counter()
-    bound: Counter[Phys] = Counter()
+    # per phys, the reservations bound to it (a plain dict: a Counter's missing key is a call
+    # of its __missing__, and nearly every phys is new to it)
+    bound: dict[Phys, int] = {}
     live: dict[Phys, None] = {phys: None for phys in physes if not phys.freed}
     for vcm in vcms:
         stats = vcm.statistics()
@@ -305,7 +307,7 @@ def check_quiescent(
             if phys is not None:
                 if phys.freed:
                     raise InvariantViolation(6, f"{res!r} is bound to freed memory {name(phys)}")
-                bound[phys] += 1
+                bound[phys] = bound.get(phys, 0) + 1
                 bound_here += 1
                 live[phys] = None
         if stats.bound_reservations != bound_here:
@@ -328,7 +330,11 @@ def check_quiescent(
         lock = phys._lock
         if lock is not None and lock.is_locked():
             raise InvariantViolation(7, f"{name(phys)}'s lock still held with nothing in flight")
-        spans += _extents(phys)
+        flat = phys._layout  # its size, then a start and a size per part
+        if len(flat) == 3:  # one part: its own extent (most phys), without the cache
+            spans.append((flat[1], flat[1] + flat[2]))
+        else:
+            spans += _extents(phys)
     spans.sort(key=_begin)  # by start alone: ints compare much quicker than pairs
     checks["rule 9 overlap"] += 1
     # sorted by start, ranges are all apart iff each ends before the next starts: the usual
