@@ -8,7 +8,6 @@ drivers must not depend on the race finder.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from typing import Protocol, cast, runtime_checkable
 
@@ -43,23 +42,14 @@ def hardware_view(vcm: Vcm) -> HardwareView | None:
     driver = vcm.driver
     hardware = driver.hw if isinstance(driver, MmuWrapper) else driver
     # A runtime protocol's isinstance costs microseconds (it lists the protocol's members each
-    # time), and the checks ask at every model check. For a protocol of methods only, it is
-    # true for every instance of a class that is a subclass of it (a class-level answer, which
-    # the ABC machinery caches too): such classes are remembered. Otherwise it is true only if
-    # the instance has the members: one without the first is none (a one-to-one wrapper), and
-    # the rest are asked in full.
+    # time), and the checks ask at every model check. For a protocol of methods only it is true
+    # for every instance of a class that is a subclass (a class-level answer, which the ABC
+    # machinery caches: a fraction of a microsecond); otherwise only for an instance that has
+    # the members itself, so one without the first is none (a one-to-one wrapper). Only what
+    # is left is asked in full.
     kind = type(hardware)
-    if kind in _VIEW_CLASSES:
+    if issubclass(kind, HardwareView):
         return cast(HardwareView, hardware)
-    if not hasattr(hardware, "hardware_active") and not issubclass(kind, HardwareView):
+    if not hasattr(hardware, "hardware_active"):
         return None
-    if isinstance(hardware, HardwareView):
-        if issubclass(kind, HardwareView):
-            _VIEW_CLASSES.add(kind)
-        return hardware
-    return None
-
-
-# classes whose every instance is a HardwareView (see hardware_view); weak, as a test's
-# classes come and go
-_VIEW_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
+    return hardware if isinstance(hardware, HardwareView) else None
