@@ -623,10 +623,20 @@ async def clean_up_longer_than_the_wait(run: testing.Run) -> None:
     await _look_later(run, check)
 
 
-async def callback_posted_last(run: testing.Run) -> None:
-    """A callback the scenario hands the loop as its last act (an interrupt's handler): it
-    runs before the next run (an outside attack: it ran in the next one)."""
-    acted, check = _run_of("callback_posted_last")
+def _call_soon(callback: Callable[[], None]) -> None:
+    """Hand *callback* to the running loop to call soon (no task: a loop callback)."""
+    if sniffio.current_async_library() == "asyncio":
+        asyncio.get_running_loop().call_soon(callback)
+    else:
+        import trio
+
+        trio.lowlevel.current_trio_token().run_sync_soon(callback)
+
+
+async def _looked_at(run: testing.Run, control: str) -> Callable[[], None]:
+    """A run of *control* whose task checks that nothing an earlier run left acted in it,
+    beside one that only passes a checkpoint: what its leftovers call when they act."""
+    acted, check = _run_of(control)
 
     async def looks() -> None:
         check()
@@ -634,12 +644,13 @@ async def callback_posted_last(run: testing.Run) -> None:
 
     for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
         outcome.unwrap()
-    if sniffio.current_async_library() == "asyncio":
-        asyncio.get_running_loop().call_soon(acted)
-    else:
-        import trio
+    return acted
 
-        trio.lowlevel.current_trio_token().run_sync_soon(acted)
+
+async def callback_posted_last(run: testing.Run) -> None:
+    """A callback the scenario hands the loop as its last act (an interrupt's handler): it
+    runs before the next run (an outside attack: it ran in the next one)."""
+    _call_soon(await _looked_at(run, "callback_posted_last"))
 
 
 async def callback_handed_back_for_ever(run: testing.Run) -> None:
@@ -647,32 +658,13 @@ async def callback_handed_back_for_ever(run: testing.Run) -> None:
     loop again each time it runs, for ever (no task, no timer: nothing to cancel): it is
     taken out of the loop's queue once the run's leftovers are outlasted, and acts in no
     later run (it ran on in every later one)."""
-    acted, check = _run_of("callback_handed_back_for_ever")
+    acted = await _looked_at(run, "callback_handed_back_for_ever")
 
-    async def looks() -> None:
-        check()
-        await anyio.lowlevel.checkpoint()
+    def again() -> None:
+        acted()
+        _call_soon(again)
 
-    for outcome in await run.concurrently(looks, anyio.lowlevel.checkpoint):
-        outcome.unwrap()
-    if sniffio.current_async_library() == "asyncio":
-        loop = asyncio.get_running_loop()
-
-        def again() -> None:
-            acted()
-            loop.call_soon(again)
-
-        loop.call_soon(again)
-    else:
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-
-        def again_on_trio() -> None:
-            acted()
-            token.run_sync_soon(again_on_trio)
-
-        token.run_sync_soon(again_on_trio)
+    _call_soon(again)
 
 
 async def progress_the_state_check_cannot_see(run: testing.Run) -> None:
