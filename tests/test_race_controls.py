@@ -654,15 +654,22 @@ async def callback_posted_last(run: testing.Run) -> None:
 
 
 async def callback_handed_back_for_ever(run: testing.Run) -> None:
-    """A callback the scenario hands the loop as its last act, which hands itself to the
-    loop again each time it runs, for ever (no task, no timer: nothing to cancel): it is
+    """A callback the scenario hands the loop as its last act, which hands a new one like
+    it to the loop each time it runs, for ever (no task, no timer: nothing to cancel): it is
     taken out of the loop's queue once the run's leftovers are outlasted, and acts in no
     later run (it ran on in every later one)."""
     acted = await _looked_at(run, "callback_handed_back_for_ever")
+    rounds = [0]
 
     def again() -> None:
         acted()
-        _call_soon(again)
+        rounds[0] += 1
+        # a new function each time (attack26: one kept only if the same came back again
+        # acted in later runs), and on asyncio every ninth round through a timer due at once
+        if rounds[0] % 9 == 0 and sniffio.current_async_library() == "asyncio":
+            asyncio.get_running_loop().call_later(0, lambda: again())
+        else:
+            _call_soon(lambda: again())
 
     _call_soon(again)
 
@@ -742,12 +749,47 @@ def spin_for_tokens(n: int, tokens: int = 12) -> testing.Scenario:
     return scenario
 
 
+class _Bucket:
+    """A token bucket of *rate* tokens a second, at most one kept."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.last = rate, 1.0, anyio.current_time()
+
+    def take(self) -> bool:
+        now = anyio.current_time()
+        self.tokens = min(1.0, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+async def tokens_counted_in_a_float(run: testing.Run) -> None:
+    """Progress kept in a float (bytes sent): 25 tokens within a second, 25 ms on a real
+    loop (attack26: a rule that took changed floats for clock reads, not progress, gave a
+    false TimeoutError after 20)."""
+    bucket = _Bucket(1000)
+
+    async def consumer() -> None:
+        sent = 0.0
+        with anyio.fail_after(1):
+            while sent < 25.0:
+                if bucket.take():
+                    sent += 1.0
+                else:
+                    await anyio.sleep(0)
+
+    (outcome,) = await run.concurrently(consumer)
+    outcome.unwrap()
+
+
 async def poll_for_whole_ticks(index: int) -> None:
-    """Waits for 59,000 ticks of a microsecond to pass, read into a variable, inside a
-    deadline a millisecond later: each move of the clock changes the variable, as a token
-    bucket's refill does, and the poll must still end before the deadline."""
+    """Waits for 40,000 ticks of a microsecond to pass, read into a variable, inside a
+    deadline of 60 ms: each move of the clock changes the variable, as a token bucket's
+    refill does, and the poll must still end before the deadline."""
     with anyio.fail_after(0.060):
-        end = int(anyio.current_time() * 1e6) + 59_000
+        end = int(anyio.current_time() * 1e6) + 40_000
         while True:
             ticks = int(anyio.current_time() * 1e6)
             if ticks >= end:
@@ -762,7 +804,7 @@ SPINS = {
         ("spin_for_a_flag", spin_for_a_flag(n)),
         ("spin_on_the_clock", spinners(n, spin_on_the_clock)),
         ("spin_for_tokens", spin_for_tokens(n)),
-        ("spin_for_many_tokens", spin_for_tokens(n, 60)),
+        ("spin_for_many_tokens", spin_for_tokens(n, 48)),
         ("spin_for_whole_ticks", spinners(n, poll_for_whole_ticks)),
     )
 }
@@ -798,6 +840,7 @@ CONTROLS = {
         clean_up_longer_than_the_wait,
         callback_posted_last,
         callback_handed_back_for_ever,
+        tokens_counted_in_a_float,
     )
 } | SPINS
 

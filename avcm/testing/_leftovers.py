@@ -121,8 +121,8 @@ class Leftovers:
         system tasks in reach), and again so, up to ``_LEFTOVER_ROUNDS`` times, for what
         that left (a clean-up on cancel that waits, arms a timer or starts a task; a
         supervisor that restarts what was cancelled), and take out of the loop's queue the
-        callbacks ready at each of ``_LEFTOVER_BUSY_LOOKS`` looks in a row (``call_soon``,
-        ``run_sync_soon``: one that hands itself to the loop again for ever); then, on
+        callbacks ready at the last of ``_LEFTOVER_BUSY_LOOKS`` looks in a row that each
+        found some (``call_soon``, ``run_sync_soon``: handed back to the loop for ever); then, on
         asyncio, wait for the threads the run left at work (``_LEFTOVER_THREAD_WAIT``
         seconds of real time at most), and forget the timers cancelled (asyncio keeps them
         in its heap, where they would change which of two timers due together a later run
@@ -168,9 +168,9 @@ class Leftovers:
 
     async def _wait(self, seconds: float) -> tuple[list[Any], list[Any], list[object]]:
         """Wait for what is left, as :meth:`outlast` says, for up to *seconds* of virtual
-        time: the tasks and timers still left, and the callbacks ready at every one of
-        ``_LEFTOVER_BUSY_LOOKS`` looks in a row (one that hands itself to the loop again as
-        it runs, for ever)."""
+        time: the tasks and timers still left, and, if callbacks were ready at every one of
+        ``_LEFTOVER_BUSY_LOOKS`` looks in a row (one that hands itself, or another, to the
+        loop again as it runs, for ever), those ready at the last."""
         tasks = [task for task in self._tasks() - self._before if not _done(task)]
         timers = self._timers_left()
         if not (tasks or timers or others_ready()):
@@ -178,7 +178,7 @@ class Leftovers:
         wait = 1e-6
         end = anyio.current_time() + seconds
         busy = 0
-        steady: list[object] = []  # the callbacks ready at each look of this busy streak
+        steady = True  # callbacks were ready at each look of this busy streak
         for look in range(_LEFTOVER_LOOKS + 1):
             now = anyio.current_time()
             step = min(wait, max(0.0, end - now))
@@ -190,11 +190,16 @@ class Leftovers:
             callbacks = self._ready_callbacks()
             if not tasks and not timers and not callbacks:
                 break
-            busy = busy + 1 if others_ready() else 0
-            steady = callbacks if busy == 1 else [c for c in steady if c in callbacks]
+            # (a timer due already is as ready: a chain that goes through call_later(0))
+            due = any(handle.when() <= anyio.current_time() for handle in timers)
+            busy = busy + 1 if others_ready() or due else 0
+            steady = bool(callbacks or due) and (busy == 1 or steady)
             now = anyio.current_time()
             if busy == _LEFTOVER_BUSY_LOOKS:
-                return tasks, timers, steady
+                # (callbacks ready at every look are handed back as they run, for ever: each
+                # look finds the ones it hands, which may be new functions each time, a new
+                # lambda or partial, or two in turn: attack26)
+                return tasks, timers, callbacks if steady else []
             if now >= end or look == _LEFTOVER_LOOKS:
                 break
             if later:
@@ -230,14 +235,16 @@ class Leftovers:
         if self._trio:
             entries = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.entry_queue
             with entries.lock:
-                kept = [job for job in entries.queue if job[0] not in callbacks]
+                kept = [job for job in entries.queue if not any(job[0] is c for c in callbacks)]
                 entries.queue.clear()
                 entries.queue.extend(kept)
-                for job in [job for job in entries.idempotent_queue if job[0] in callbacks]:
+                for job in [
+                    job for job in entries.idempotent_queue if any(job[0] is c for c in callbacks)
+                ]:
                     del entries.idempotent_queue[job]
             return
         for handle in asyncio.get_running_loop()._ready:  # type: ignore[attr-defined]
-            if handle._callback in callbacks:
+            if any(handle._callback is c for c in callbacks):
                 handle.cancel()
 
     def _timers_left(self) -> list[Any]:

@@ -488,13 +488,13 @@ def _frames_state(coro: Any) -> tuple[object, ...]:
     return tuple(state)
 
 
-def _but_floats(state: object) -> object:
-    """*state* (of :meth:`Run._state`) with every float blanked out: what stays the same when
-    the only change is a time the tasks read into a variable (or a value computed from it)."""
-    if isinstance(state, float):
+def _but_time(state: object, now: float) -> object:
+    """*state* (of :meth:`Run._state`) with the time *now* blanked out wherever it is held:
+    what stays the same when the only change is the time the tasks read into a variable."""
+    if isinstance(state, float) and state == now:
         return float
     if isinstance(state, tuple):
-        return tuple(_but_floats(part) for part in state)
+        return tuple(_but_time(part, now) for part in state)
     return state
 
 
@@ -610,6 +610,7 @@ class Run:
         # the step at which the tasks last made progress the spin rule's move brought (a
         # token bucket's refill): the still budget counts from there
         self._refilled_at = -1
+        self._spin_now = math.nan  # the loop's clock at the last spin check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
         self._outlast_chances: list[int] = []  # those it said they do
@@ -1095,15 +1096,15 @@ class Run:
         coarser first move is what a token bucket under a deadline cannot outlive, as the
         moves halve towards it) and stays before the next timer (at most half the way to it),
         so that a deadline around a spin that waits for the clock is not reached first;
-        while the moves bring progress other than the time read into a variable (a token
-        bucket's refill taken, a whole tick: :func:`_but_floats`) and the next timer is a
-        timeout's, they split the way to it evenly, ``_REFILL_MOVES`` of them, and the still
-        budget starts again at each (:meth:`_budget_steps`). While I/O is outstanding it
-        waits for the I/O and moves nothing, until a whole ``io_timeout`` brought nothing.
-        With no sleeper's timer and no clock read the spin is a livelock as far as this rule
-        goes: at the step budget (its steps count as standing still, moved by this rule or
-        not) :meth:`_outspun` moves time to any timer pending, and with none the budget
-        reports it."""
+        while the moves bring progress the state check sees other than the time read into a
+        variable (a token bucket's refill taken, a tick: :func:`_but_time`) before a
+        timeout's deadline, they split the way to it evenly, ``_REFILL_MOVES`` of them, and
+        the still budget starts again at each (:meth:`_budget_steps`). While I/O is
+        outstanding it waits for the I/O and moves nothing, until a whole ``io_timeout``
+        brought nothing. With no sleeper's timer and no clock read the spin is a livelock as
+        far as this rule goes: at the step budget (its steps count as standing still, moved
+        by this rule or not) :meth:`_outspun` moves time to any timer pending, and with none
+        the budget reports it."""
         queue = self._queue
         assert queue is not None
         self._spinning = False
@@ -1113,6 +1114,7 @@ class Run:
         state = self._state()
         reads = queue.clock_reads()
         previous, self._spin_state = self._spin_state, (run, state)
+        previous_now, self._spin_now = self._spin_now, queue.now()
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
         moved, self._spin_moved = self._spin_moved, False
@@ -1121,10 +1123,17 @@ class Run:
                 if not moved:
                     # this still run's tasks change state, and not for a clock this rule moved
                     self._progress_run = run
-                elif not free and _but_floats(previous[1]) != _but_floats(state):
-                    # The move brought progress beyond a time read into a variable (a token
-                    # bucket's refill taken, a tick of a clock in whole units): each such
-                    # move is a round of the tasks' work, and their budget starts again.
+                elif (
+                    not free
+                    and self._next_timer() is not None
+                    and _but_time(previous[1], previous_now) != _but_time(state, queue.now())
+                ):
+                    # The move brought progress other than the time read into a variable
+                    # (a token bucket's refill taken, a tick of the clock): each such move is
+                    # a round of the tasks' work, and their budget starts again; as the next
+                    # timer bounds the moves (with none, the moves double for ever: a
+                    # livelock reading ticks took the clock to infinity before its budget in
+                    # all ran out, attack26).
                     self._refilled_at = len(self._steps)
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
@@ -1149,8 +1158,10 @@ class Run:
                         # timeout's deadline: they split the way to it evenly, so the tasks
                         # get _REFILL_MOVES rounds of work before it (moves that went half
                         # the way gave about 20: a false TimeoutError for a bucket that
-                        # needed more), and a poll for a whole number of ticks before it
-                        # ends after as many moves at the most.
+                        # needed more), and a poll for a number of ticks ends after as many
+                        # moves at the most. Not before a sleep's end: a driver polling its
+                        # unit's status bit, whose latency is a sleep, took 128 moves a poll
+                        # and ran out of its budget in all.
                         span = gap + time - self._steps[run].time
                         target = min(target, now + max(_SPIN_QUANTUM, span / _REFILL_MOVES))
                 elif sleep:
