@@ -246,27 +246,13 @@ def mark_new(world: World, phys: avcm.Phys) -> None:
     that never gave it back to physical memory, where page poisoning cannot see it) shows at
     the next data check of the phys, if it hits a canary. A phys outside the run's memory (a
     device's own) gets none: the harness cannot read it."""
-    size = phys.size
-    if phys.memory is not world.memory or size < CANARY_LENGTH:
+    if phys.memory is not world.memory or phys.size < CANARY_LENGTH:
         return
-    last = (size - CANARY_LENGTH) // CANARY_LENGTH
-    offsets, starts = _layout(world, phys)
-    write = world.memory.write
-    canaries = world.canaries
-    new: dict[int, bytes] = {}
+    last = (phys.size - CANARY_LENGTH) // CANARY_LENGTH
     for at in sorted({last * i // (CANARIES - 1) * CANARY_LENGTH for i in range(CANARIES)}):
-        canaries += 1
-        data = (0xCA_4A_21 << 40 | canaries).to_bytes(CANARY_LENGTH, "little")
-        index = bisect.bisect_right(offsets, at) - 1  # (physical_address, inlined)
-        write(starts[index] + at - offsets[index], data)
-        new[at] = data
-    world.canaries = canaries
-    if len(new) <= WRITES_KEPT and phys not in world.written:
-        # what wrote() keeps of them, one by one: canaries are CANARY_LENGTH apart at least
-        # (distinct multiples of it), so none overlaps another, and none is forgotten
-        world.written[phys] = new
-        return
-    for at, data in new.items():
+        world.canaries += 1
+        data = (0xCA_4A_21 << 40 | world.canaries).to_bytes(CANARY_LENGTH, "little")
+        world.memory.write(physical_address(world, phys, at), data)
         wrote(world, phys, at, data)
 
 

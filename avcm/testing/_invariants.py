@@ -63,6 +63,9 @@ _extents_cache: weakref.WeakKeyDictionary[Phys, tuple[tuple[int, int], ...]] = (
 
 
 def _extents(phys: Phys) -> tuple[tuple[int, int], ...]:
+    flat = phys._layout  # its size, then a start and a size per part
+    if len(flat) == 3:  # one part (most phys): its own extent, without the cache
+        return ((flat[1], flat[1] + flat[2]),)
     extents = _extents_cache.get(phys)
     if extents is None:
         merged: list[tuple[int, int]] = []
@@ -330,11 +333,7 @@ def check_quiescent(
         lock = phys._lock
         if lock is not None and lock.is_locked():
             raise InvariantViolation(7, f"{name(phys)}'s lock still held with nothing in flight")
-        flat = phys._layout  # its size, then a start and a size per part
-        if len(flat) == 3:  # one part: its own extent (most phys), without the cache
-            spans.append((flat[1], flat[1] + flat[2]))
-        else:
-            spans += _extents(phys)
+        spans += _extents(phys)
     spans.sort(key=_begin)  # by start alone: ints compare much quicker than pairs
     checks["rule 9 overlap"] += 1
     # sorted by start, ranges are all apart iff each ends before the next starts: the usual

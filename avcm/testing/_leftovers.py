@@ -190,11 +190,11 @@ class Leftovers:
             callbacks = self._ready_callbacks()
             if not tasks and not timers and not callbacks:
                 break
+            now = anyio.current_time()
             # (a timer due already is as ready: a chain that goes through call_later(0))
-            due = any(handle.when() <= anyio.current_time() for handle in timers)
+            due = any(handle.when() <= now for handle in timers)
             busy = busy + 1 if others_ready() or due else 0
             steady = bool(callbacks or due) and (busy == 1 or steady)
-            now = anyio.current_time()
             if busy == _LEFTOVER_BUSY_LOOKS:
                 # (callbacks ready at every look are handed back as they run, for ever: each
                 # look finds the ones it hands, which may be new functions each time, a new
@@ -232,19 +232,19 @@ class Leftovers:
         cancel) would run on in the next run."""
         if not callbacks:
             return
+        # by identity (callbacks may compare equal otherwise; *callbacks* keeps them alive)
+        dropped = {id(callback) for callback in callbacks}
         if self._trio:
             entries = _trio_run_module().GLOBAL_RUN_CONTEXT.runner.entry_queue
             with entries.lock:
-                kept = [job for job in entries.queue if not any(job[0] is c for c in callbacks)]
+                kept = [job for job in entries.queue if id(job[0]) not in dropped]
                 entries.queue.clear()
                 entries.queue.extend(kept)
-                for job in [
-                    job for job in entries.idempotent_queue if any(job[0] is c for c in callbacks)
-                ]:
+                for job in [job for job in entries.idempotent_queue if id(job[0]) in dropped]:
                     del entries.idempotent_queue[job]
             return
         for handle in asyncio.get_running_loop()._ready:  # type: ignore[attr-defined]
-            if any(handle._callback is c for c in callbacks):
+            if id(handle._callback) in dropped:
                 handle.cancel()
 
     def _timers_left(self) -> list[Any]:

@@ -1126,7 +1126,7 @@ class Run:
                 elif (
                     not free
                     and self._next_timer() is not None
-                    and _but_time(previous[1], previous_now) != _but_time(state, queue.now())
+                    and _but_time(previous[1], previous_now) != _but_time(state, self._spin_now)
                 ):
                     # The move brought progress other than the time read into a variable
                     # (a token bucket's refill taken, a tick of the clock): each such move is
