@@ -784,6 +784,28 @@ async def tokens_counted_in_a_float(run: testing.Run) -> None:
     outcome.unwrap()
 
 
+async def tokens_beside_a_long_sleep(run: testing.Run) -> None:
+    """40 tokens within a second (40 ms on a real loop) while another task sleeps till just
+    before the deadline (attack26: the moves halved towards the sleep's end, about 20 tokens
+    fitted, a false TimeoutError after 29)."""
+    bucket = _Bucket(1000)
+
+    async def consumer() -> None:
+        taken = 0
+        with anyio.fail_after(1):
+            while taken < 40:
+                if bucket.take():
+                    taken += 1
+                else:
+                    await anyio.sleep(0)
+
+    async def sleeper() -> None:
+        await anyio.sleep(0.95)
+
+    for outcome in await run.concurrently(consumer, sleeper):
+        outcome.unwrap()
+
+
 async def poll_for_whole_ticks(index: int) -> None:
     """Waits for 40,000 ticks of a microsecond to pass, read into a variable, inside a
     deadline of 60 ms: each move of the clock changes the variable, as a token bucket's
@@ -841,6 +863,7 @@ CONTROLS = {
         callback_posted_last,
         callback_handed_back_for_ever,
         tokens_counted_in_a_float,
+        tokens_beside_a_long_sleep,
     )
 } | SPINS
 

@@ -610,6 +610,10 @@ class Run:
         # the step at which the tasks last made progress the spin rule's move brought (a
         # token bucket's refill): the still budget counts from there
         self._refilled_at = -1
+        # the clock when that progress came, and how long it took to come (since the progress
+        # before it in the same still run, or the move that brought it)
+        self._refilled_time = math.nan
+        self._refill_gap = 0.0
         self._spin_now = math.nan  # the loop's clock at the last spin check
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
@@ -1097,8 +1101,8 @@ class Run:
         moves halve towards it) and stays before the next timer (at most half the way to it),
         so that a deadline around a spin that waits for the clock is not reached first;
         while the moves bring progress the state check sees other than the time read into a
-        variable (a token bucket's refill taken, a tick: :func:`_but_time`) before a
-        timeout's deadline, they split the way to it evenly, ``_REFILL_MOVES`` of them, and
+        variable (a token bucket's refill taken, a tick: :func:`_but_time`), they split the
+        way to the next timer evenly, ``_REFILL_MOVES`` of them (:meth:`_refilling`), and
         the still budget starts again at each (:meth:`_budget_steps`). While I/O is
         outstanding it waits for the I/O and moves nothing, until a whole ``io_timeout``
         brought nothing. With no sleeper's timer and no clock read the spin is a livelock as
@@ -1134,6 +1138,9 @@ class Run:
                     # timer bounds the moves (with none, the moves double for ever: a
                     # livelock reading ticks took the clock to infinity before its budget in
                     # all ran out, attack26).
+                    since = self._refilled_time if self._refilled_at >= run else previous_now
+                    self._refill_gap = self._spin_now - since
+                    self._refilled_time = self._spin_now
                     self._refilled_at = len(self._steps)
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
@@ -1153,15 +1160,13 @@ class Run:
                 gap = timer - now
                 if gap > _SPIN_GRAIN:
                     target = min(target, now + gap / 2)
-                    if not sleep and self._refilled_at >= run:
-                        # The moves bring progress (a token bucket's refills) before a
-                        # timeout's deadline: they split the way to it evenly, so the tasks
-                        # get _REFILL_MOVES rounds of work before it (moves that went half
-                        # the way gave about 20: a false TimeoutError for a bucket that
-                        # needed more), and a poll for a number of ticks ends after as many
-                        # moves at the most. Not before a sleep's end: a driver polling its
-                        # unit's status bit, whose latency is a sleep, took 128 moves a poll
-                        # and ran out of its budget in all.
+                    if self._refilling(run, now):
+                        # The moves bring progress (a token bucket's refills): they split
+                        # the way to the next timer evenly, so the tasks get _REFILL_MOVES
+                        # rounds of work before it (moves that went half the way gave about
+                        # 20: a false TimeoutError for a bucket that needed more within a
+                        # deadline, or beside a task that sleeps till just before it), and a
+                        # poll for a number of ticks ends after as many moves at the most.
                         span = gap + time - self._steps[run].time
                         target = min(target, now + max(_SPIN_QUANTUM, span / _REFILL_MOVES))
                 elif sleep:
@@ -1176,6 +1181,15 @@ class Run:
         self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
+
+    def _refilling(self, run: int, now: float) -> bool:
+        """Whether the spin rule's moves still bring progress, at *now*, in the still run
+        begun at step *run*: progress came in it, and no longer ago than twice the time it
+        took to come (a token bucket's rate). A single change a move happened to bring (a
+        lock changing hands, a unit's answer) splits the way for a move or two only: while
+        it lasted for the rest of a still run, a driver polling its unit's status bit took
+        128 moves for each of its unit's latencies and ran out of its budget in all."""
+        return self._refilled_at >= run and now - self._refilled_time <= 2 * self._refill_gap
 
     def _budget_steps(self) -> int:
         """The steps the still budget counts: those of the still run since the tasks last
