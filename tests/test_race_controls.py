@@ -765,22 +765,28 @@ class _Bucket:
         return False
 
 
+def _consumer(wanted: int, *, counted: type[float] = int) -> Callable[[], Awaitable[None]]:
+    """A task that takes *wanted* tokens of a bucket (a token a millisecond) within a
+    second, polling with ``sleep(0)``; what it took so far counted as *counted*."""
+    bucket = _Bucket(1000)
+
+    async def consumer() -> None:
+        taken = counted(0)
+        with anyio.fail_after(1):
+            while taken < wanted:
+                if bucket.take():
+                    taken += counted(1)
+                else:
+                    await anyio.sleep(0)
+
+    return consumer
+
+
 async def tokens_counted_in_a_float(run: testing.Run) -> None:
     """Progress kept in a float (bytes sent): 25 tokens within a second, 25 ms on a real
     loop (attack26: a rule that took changed floats for clock reads, not progress, gave a
     false TimeoutError after 20)."""
-    bucket = _Bucket(1000)
-
-    async def consumer() -> None:
-        sent = 0.0
-        with anyio.fail_after(1):
-            while sent < 25.0:
-                if bucket.take():
-                    sent += 1.0
-                else:
-                    await anyio.sleep(0)
-
-    (outcome,) = await run.concurrently(consumer)
+    (outcome,) = await run.concurrently(_consumer(25, counted=float))
     outcome.unwrap()
 
 
@@ -788,21 +794,11 @@ async def tokens_beside_a_long_sleep(run: testing.Run) -> None:
     """40 tokens within a second (40 ms on a real loop) while another task sleeps till just
     before the deadline (attack26: the moves halved towards the sleep's end, about 20 tokens
     fitted, a false TimeoutError after 29)."""
-    bucket = _Bucket(1000)
-
-    async def consumer() -> None:
-        taken = 0
-        with anyio.fail_after(1):
-            while taken < 40:
-                if bucket.take():
-                    taken += 1
-                else:
-                    await anyio.sleep(0)
 
     async def sleeper() -> None:
         await anyio.sleep(0.95)
 
-    for outcome in await run.concurrently(consumer, sleeper):
+    for outcome in await run.concurrently(_consumer(40), sleeper):
         outcome.unwrap()
 
 
