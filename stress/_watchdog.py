@@ -34,6 +34,7 @@ STALL_TIMEOUT = 60.0  # seconds of wall time with nothing ended before a run is 
 STOP_GRACE = 5.0  # seconds of wall time a stopped run gets to end (no more than the timeout)
 _POLL = 0.25  # seconds between two looks at the run's progress (no more than a quarter of it)
 _PARK_WAIT = 0.5  # seconds of wall time an abandoned loop gets to park before it is interrupted
+_RETRACT_CHECKS = 1000  # calls the watching thread makes to take its own exception (one does)
 
 # whether a run of this process was stopped for a stall, or on Ctrl-C
 _cut_short = False
@@ -50,6 +51,11 @@ def cut_short() -> bool:
 class _Abandoned(BaseException):
     """Raised in the thread of an abandoned run that keeps its loop busy, so that the loop gets
     control back and parks."""
+
+
+class _Retracted(BaseException):
+    """Raised in the watching thread by itself, to clear the interpreter's mark of a pending
+    asynchronous exception (see :func:`_retract_async_exc`)."""
 
 
 class Watch(Generic[T]):
@@ -134,9 +140,30 @@ class Watch(Generic[T]):
         if self._parked.wait(_PARK_WAIT) or thread.ident is None:
             return
         set_async_exc = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
-        if set_async_exc is not None:
-            set_async_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned))
-            self._parked.wait(_PARK_WAIT)
+        if set_async_exc is None or not thread.is_alive():
+            return
+        set_async_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned))
+        if not self._parked.wait(_PARK_WAIT):
+            _retract_async_exc(set_async_exc, thread.ident)
+
+
+def _retract_async_exc(set_async_exc: Callable[..., int], ident: int) -> None:
+    """Take back the exception set for the thread *ident*, which never took it: it is blocked
+    in C (a driver's blocking call), not spinning in Python. CPython (3.11, at least) marks
+    an asynchronous exception as pending for the whole interpreter until its own thread takes
+    it, and with the mark set, a function entered under ``sys.settrace`` (Hypothesis's explain
+    phase, coverage, a debugger) checks for it for ever: every later traced call in the process
+    hung. Clearing the thread's exception leaves the mark; only a thread that takes one clears
+    it, so this thread takes one of its own."""
+    set_async_exc(ctypes.c_ulong(ident), None)
+    with contextlib.suppress(_Retracted):
+        set_async_exc(ctypes.c_ulong(threading.get_ident()), ctypes.py_object(_Retracted))
+        for _ in range(_RETRACT_CHECKS):
+            _check_pending()  # (taken when a call begins, at the latest)
+
+
+def _check_pending() -> None:
+    pass
 
 
 def run_watched(body: Callable[[Watch[T]], T], stall_timeout: float) -> tuple[T, bool]:

@@ -100,6 +100,35 @@ def test_a_factory_that_blocks_is_reported_while_building_the_contexts(backend: 
     assert result.ops == 0 and result.trace == []
 
 
+_TRACED_AFTER_A_BLOCKED_RUN = """
+import sys
+import stress
+config = stress.StressConfig(
+    backend=sys.argv[1], ops=100, driver="tests.broken_drivers:blocking_factory",
+    contexts=(("custom", 1),),
+)
+assert stress.run(config, stall_timeout=0.5).violation.rule == "progress"
+sys.settrace(lambda *args: None)
+(lambda: None)()
+sys.settrace(None)
+print("traced")
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_abandoned_in_a_blocking_call_leaves_the_process_working(backend: str) -> None:
+    # Reported: the watchdog interrupts an abandoned run's thread with an asynchronous
+    # exception; blocked in C, the thread never took it, and CPython 3.11 kept it pending for
+    # the whole interpreter: every later call under sys.settrace (Hypothesis's explain phase)
+    # spun for ever at its first instruction. (A separate process: the hang is process-wide.)
+    done = subprocess.run(
+        [sys.executable, "-c", _TRACED_AFTER_A_BLOCKED_RUN, backend],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "traced"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
 @pytest.mark.parametrize(
