@@ -802,6 +802,37 @@ async def tokens_beside_a_long_sleep(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def a_bucket_shared_with_a_hog(run: testing.Run) -> None:
+    """A task takes every token it can from a bucket (a token a millisecond) until told to
+    stop; another needs 3 within 100 ms (about 6 ms on a real loop, where either may look
+    first once a token is due). Both poll without pause. Attack26: the strategy's favourite,
+    or the task fairness held for next, looked first after every move of the clock and took
+    every token: a false TimeoutError under PCT and Exhaustive."""
+    bucket = _Bucket(1000)
+    stop = anyio.Event()
+
+    async def hog() -> None:
+        taken = 0
+        while not stop.is_set() and taken < 100:
+            if bucket.take():
+                taken += 1
+            else:
+                await anyio.lowlevel.checkpoint()
+
+    async def needy() -> None:
+        taken = 0
+        with anyio.fail_after(0.1):
+            while taken < 3:
+                if bucket.take():
+                    taken += 1
+                else:
+                    await anyio.lowlevel.checkpoint()
+        stop.set()
+
+    for outcome in await run.concurrently(hog, needy):
+        outcome.unwrap()
+
+
 async def poll_for_whole_ticks(index: int) -> None:
     """Waits for 40,000 ticks of a microsecond to pass, read into a variable, inside a
     deadline of 60 ms: each move of the clock changes the variable, as a token bucket's
@@ -860,6 +891,7 @@ CONTROLS = {
         callback_handed_back_for_ever,
         tokens_counted_in_a_float,
         tokens_beside_a_long_sleep,
+        a_bucket_shared_with_a_hog,
     )
 } | SPINS
 

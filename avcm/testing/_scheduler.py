@@ -615,6 +615,7 @@ class Run:
         self._refilled_time = math.nan
         self._refill_gap = 0.0
         self._spin_now = math.nan  # the loop's clock at the last spin check
+        self._moves_made = 0  # the spin rule's moves of the clock, in this run
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
         self._outlast_chances: list[int] = []  # those it said they do
@@ -1013,15 +1014,17 @@ class Run:
         starving = [task for task in held if task.passed >= self.fair_bound]
         # the tasks that kept a task waiting too long are disabled until it has run
         choices = sorted(starving or held, key=lambda task: task.index)
+        time = self._step_time()
+        if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
+            spun, time = time, self._spin(time)
+            if spun != time and len(held) > 1:
+                choices = [self._first_after_move(sorted(held, key=lambda task: task.index))]
         last = self._last
         continuing = last is not None and last in choices
         if continuing:
             assert last is not None
             choices.remove(last)
             choices.insert(0, last)
-        time = self._step_time()
-        if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
-            time = self._spin(time)
         if self._still_steps and self._still_steps % _SLOW_STEPS == 0 and not self._spinning:
             self._look_outside()
         # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks, and
@@ -1181,6 +1184,21 @@ class Run:
         self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
+
+    def _first_after_move(self, held: list[_Task]) -> _Task:
+        """Which of the *held* tasks (by index) takes the first step after the spin rule moved
+        the clock. The tasks only yielded since the last look, so who looks first at what the
+        move brought (a token bucket's refill) is no interleaving of their work but where
+        the clock happened to pass in their round, which on a real loop is any task's turn.
+        Left to the strategy, or to fairness, the same task took every refill: a task that
+        polls a shared bucket without pause starved the other, a false TimeoutError under
+        PCT and Exhaustive (attack26); turns taken in order fell in step with a refill every
+        other move. So the turn follows the golden ratio's multiples (a Weyl sequence: no
+        period for a refill's rhythm to fall in step with), from the run's own count of
+        moves, as a replay does. Not a preemption: no choice."""
+        self._moves_made += 1
+        turn = math.floor((self._moves_made * _GOLDEN) % 1.0 * len(held))
+        return held[turn]
 
     def _refilling(self, run: int, now: float) -> bool:
         """Whether the spin rule's moves still bring progress, at *now*, in the still run
@@ -1588,6 +1606,7 @@ _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
 _OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: after every controlled
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
+_GOLDEN = (math.sqrt(5) - 1) / 2  # whose turn it is after a move: see _first_after_move
 _REFILL_MOVES = 128  # moves of the spin rule that bring progress, at least, before a deadline
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
