@@ -833,6 +833,29 @@ async def a_bucket_shared_with_a_hog(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def three_share_a_bucket_with_two_yields_a_round(run: testing.Run) -> None:
+    """Three tasks each need 4 tokens (a token a millisecond) within a second from one bucket,
+    yielding twice a round: once while they take, once more when none came. Attack27: held in
+    turn for the fairness bound each, the three came back to the same state every third look
+    of the spin rule, never at the next, so the rule never saw them spin: a false
+    StepBudgetError under every strategy, where one or two such tasks passed."""
+    bucket = _Bucket(1000)
+    bucket.tokens = 0.0
+
+    async def needy() -> None:
+        taken = 0
+        with anyio.fail_after(1):
+            while taken < 4:
+                await anyio.lowlevel.checkpoint()
+                if bucket.take():
+                    taken += 1
+                else:
+                    await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(needy, needy, needy):
+        outcome.unwrap()
+
+
 async def poll_for_whole_ticks(index: int) -> None:
     """Waits for 40,000 ticks of a microsecond to pass, read into a variable, inside a
     deadline of 60 ms: each move of the clock changes the variable, as a token bucket's
@@ -892,6 +915,7 @@ CONTROLS = {
         tokens_counted_in_a_float,
         tokens_beside_a_long_sleep,
         a_bucket_shared_with_a_hog,
+        three_share_a_bucket_with_two_yields_a_round,
     )
 } | SPINS
 

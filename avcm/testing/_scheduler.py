@@ -600,6 +600,8 @@ class Run:
         self._still_steps = 0  # steps in a row at which virtual time stood still
         self._still_time = 0.0  # the time at which the next step finds it standing still
         self._spin_state: tuple[int, object] | None = None  # (still run, state) at last check
+        # the still run, the states its checks found, and those with the time blanked out
+        self._spin_seen: tuple[int, set[object], set[object]] = (-1, set(), set())
         self._spin_free = 0  # uncontrolled steps since the last spin check
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
         self._idle_deadline: float | None = None  # the controller's own timer
@@ -1125,16 +1127,25 @@ class Run:
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
         moved, self._spin_moved = self._spin_moved, False
-        if previous != (run, state) or free:
+        if self._spin_seen[0] != run:
+            self._spin_seen = (run, set(), set())
+        _, seen, seen_but_time = self._spin_seen
+        # A state an earlier check of this still run found is no change either: the tasks
+        # go round a cycle of states whose length does not divide the checks' period (three
+        # tasks with two yields a round, held in turn for fair_bound steps each, came back
+        # to the same state every third check, never at the next: a false StepBudgetError
+        # for a correct poll of a token bucket, attack27).
+        cycled = state in seen
+        but_time = _but_time(state, self._spin_now)
+        seen.add(state)
+        new_but_time = but_time not in seen_but_time
+        seen_but_time.add(but_time)
+        if not cycled or free:
             if previous is not None and previous[0] == run:
                 if not moved:
                     # this still run's tasks change state, and not for a clock this rule moved
                     self._progress_run = run
-                elif (
-                    not free
-                    and self._next_timer() is not None
-                    and _but_time(previous[1], previous_now) != _but_time(state, self._spin_now)
-                ):
+                elif not free and self._next_timer() is not None and new_but_time:
                     # The move brought progress other than the time read into a variable
                     # (a token bucket's refill taken, a tick of the clock): each such move is
                     # a round of the tasks' work, and their budget starts again; as the next
