@@ -599,8 +599,8 @@ class Run:
         self._free_steps = 0  # steps of uncontrolled work since the last choice
         self._still_steps = 0  # steps in a row at which virtual time stood still
         self._still_time = 0.0  # the time at which the next step finds it standing still
-        self._spin_state: tuple[int, object] | None = None  # (still run, state) at last check
-        # the still run, the states its checks found, and those with the time blanked out
+        # the still run of the last check, the states its checks found, and those with the
+        # time blanked out
         self._spin_seen: tuple[int, set[object], set[object]] = (-1, set(), set())
         self._spin_free = 0  # uncontrolled steps since the last spin check
         self._spin_reads = 0  # the clock's reads by tasks, at the last spin check
@@ -1094,9 +1094,10 @@ class Run:
 
         Called every ``2 * fair_bound`` steps of a run of steps with virtual time standing
         still (within which fairness has let every runnable task run). The tasks spin when,
-        since the last such call, no task outside control ran and no controlled task's own
-        state changed (where each of its functions stands, its local variables, and the
-        sizes and attributes of what they name): they only yielded, which a real loop does
+        since the last such call, no task outside control ran and the controlled tasks' own
+        state (where each of their functions stands, their local variables, and the sizes
+        and attributes of what they name) is one an earlier call of this still run found (a
+        cycle of states is no change either): they only yielded, which a real loop does
         while time passes. Virtual time then moves as it would: to the next timer (not the
         controller's own) if it ends a sleep, never to a deadline (cancel scopes, other
         timeouts: unseen progress would reach it first in a real loop); and, when a task
@@ -1122,12 +1123,12 @@ class Run:
         run = len(self._steps) - self._still_steps  # the step at which this still run began
         state = self._state()
         reads = queue.clock_reads()
-        previous, self._spin_state = self._spin_state, (run, state)
         previous_now, self._spin_now = self._spin_now, queue.now()
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
         moved, self._spin_moved = self._spin_moved, False
-        if self._spin_seen[0] != run:
+        same_run = self._spin_seen[0] == run
+        if not same_run:
             self._spin_seen = (run, set(), set())
         _, seen, seen_but_time = self._spin_seen
         # A state an earlier check of this still run found is no change either: the tasks
@@ -1141,7 +1142,7 @@ class Run:
         new_but_time = but_time not in seen_but_time
         seen_but_time.add(but_time)
         if not cycled or free:
-            if previous is not None and previous[0] == run:
+            if same_run:
                 if not moved:
                     # this still run's tasks change state, and not for a clock this rule moved
                     self._progress_run = run
