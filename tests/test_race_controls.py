@@ -833,6 +833,60 @@ async def a_bucket_shared_with_a_hog(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+class _WholeBucket:
+    """A token bucket of *rate* tokens a second that counts whole tokens, at most one kept,
+    starting empty: a refill comes in whole tokens, and a full bucket keeps the time it
+    filled (a take that finds none leaves it as it was)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate, self.tokens, self.last = rate, 0, anyio.current_time()
+
+    def take(self) -> bool:
+        now = anyio.current_time()
+        due = int((now - self.last) * self.rate)
+        if due:
+            self.tokens = min(1, self.tokens + due)
+            self.last = now if self.tokens == 1 else self.last + due / self.rate
+        if self.tokens:
+            self.tokens -= 1
+            return True
+        return False
+
+
+async def a_lock_a_hog_holds_across_a_yield(run: testing.Run) -> None:
+    """Three tasks each need 3 whole tokens (a token a millisecond) within 200 ms, taking
+    them under an ``anyio.Lock`` and polling with ``sleep(0)``; a fourth takes whatever it
+    finds, holding the lock across a checkpoint, and drops it. Attack27: the hog's take left
+    the bucket as it was but for the time it filled, which the spin rule blanks out, so the
+    moves stopped counting as progress and doubled; and with its look every 64 steps, a
+    divisor of the tasks' round through the lock, every move fell where the hog was next:
+    a false TimeoutError (then StepBudgetError) under every strategy."""
+    bucket = _WholeBucket(1000)
+    lock = anyio.Lock()
+    done: list[None] = []
+
+    async def hog() -> None:
+        while len(done) < 3:
+            async with lock:
+                bucket.take()
+                await anyio.lowlevel.checkpoint()
+
+    async def needy() -> None:
+        with anyio.fail_after(0.2):
+            taken = 0
+            while taken < 3:
+                async with lock:
+                    took = bucket.take()
+                if took:
+                    taken += 1
+                else:
+                    await anyio.sleep(0)
+        done.append(None)
+
+    for outcome in await run.concurrently(hog, needy, needy, needy):
+        outcome.unwrap()
+
+
 async def three_share_a_bucket_with_two_yields_a_round(run: testing.Run) -> None:
     """Three tasks each need 4 tokens (a token a millisecond) within a second from one bucket,
     yielding twice a round: once while they take, once more when none came. Attack27: held in
@@ -916,6 +970,7 @@ CONTROLS = {
         tokens_beside_a_long_sleep,
         a_bucket_shared_with_a_hog,
         three_share_a_bucket_with_two_yields_a_round,
+        a_lock_a_hog_holds_across_a_yield,
     )
 } | SPINS
 

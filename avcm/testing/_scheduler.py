@@ -618,6 +618,9 @@ class Run:
         self._refill_gap = 0.0
         self._spin_now = math.nan  # the loop's clock at the last spin check
         self._moves_made = 0  # the spin rule's moves of the clock, in this run
+        # the still run the spin rule last looked in, and its still step of the next look
+        self._look_run = -1
+        self._next_look = 0
         self._idle_callbacks = 0  # callbacks in a row, since the last choice, that woke no task
         self._chances = 0  # times the chooser was asked whether threads outlast a timer
         self._outlast_chances: list[int] = []  # those it said they do
@@ -1017,10 +1020,13 @@ class Run:
         # the tasks that kept a task waiting too long are disabled until it has run
         choices = sorted(starving or held, key=lambda task: task.index)
         time = self._step_time()
-        if self._still_steps and self._still_steps % (2 * self.fair_bound) == 0:
+        if self._look_due():
             spun, time = time, self._spin(time)
-            if spun != time and len(held) > 1:
-                choices = [self._first_after_move(sorted(held, key=lambda task: task.index))]
+            if spun != time:
+                self._moves_made += 1
+                self._next_look += self._look_delay()
+                if len(held) > 1:
+                    choices = [self._first_after_move(sorted(held, key=lambda task: task.index))]
         last = self._last
         continuing = last is not None and last in choices
         if continuing:
@@ -1093,7 +1099,8 @@ class Run:
         """The spin rule; returns the time of the step about to start.
 
         Called every ``2 * fair_bound`` steps of a run of steps with virtual time standing
-        still (within which fairness has let every runnable task run). The tasks spin when,
+        still (within which fairness has let every runnable task run; after a move, up to as
+        many steps later: :meth:`_look_delay`). The tasks spin when,
         since the last such call, no task outside control ran and the controlled tasks' own
         state (where each of their functions stands, their local variables, and the sizes
         and attributes of what they name) is one an earlier call of this still run found (a
@@ -1197,6 +1204,33 @@ class Run:
         self._still_time = self._step_time()
         return self._still_time
 
+    def _look_due(self) -> bool:
+        """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
+        steps of a still run (within which fairness let every runnable task run), the look
+        after a move later by :meth:`_look_delay`."""
+        still = self._still_steps
+        if not still:
+            return False
+        run = len(self._steps) - still
+        if run != self._look_run:
+            self._look_run, self._next_look = run, 2 * self.fair_bound
+        if still < self._next_look:
+            return False
+        self._next_look = still + 2 * self.fair_bound
+        return True
+
+    def _look_delay(self) -> int:
+        """How many steps later than the period the look after a move comes. A move's refill
+        goes to the task that reaches the bucket first, which tasks taking turns through a
+        lock decide, not the chooser; with a look every 64 steps and a round of the tasks a
+        divisor of that, each move fell at the same point of their round, and one task (a
+        hog holding the lock across a checkpoint) took every refill: a false TimeoutError
+        for the others (attack27's ``c_lock_spin_bucket``). A real loop's clock passes a
+        refill at any point of the round; so the delay follows the multiples of the silver
+        ratio's fraction (a Weyl sequence, other than :meth:`_first_after_move`'s), from the
+        run's own count of moves, as a replay does."""
+        return math.floor((self._moves_made * _SILVER) % 1.0 * 2 * self.fair_bound)
+
     def _first_after_move(self, held: list[_Task]) -> _Task:
         """Which of the *held* tasks (by index) takes the first step after the spin rule moved
         the clock. The tasks only yielded since the last look, so who looks first at what the
@@ -1208,7 +1242,6 @@ class Run:
         other move. So the turn follows the golden ratio's multiples (a Weyl sequence: no
         period for a refill's rhythm to fall in step with), from the run's own count of
         moves, as a replay does. Not a preemption: no choice."""
-        self._moves_made += 1
         turn = math.floor((self._moves_made * _GOLDEN) % 1.0 * len(held))
         return held[turn]
 
@@ -1619,6 +1652,7 @@ _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
 _OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: after every controlled
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
 _GOLDEN = (math.sqrt(5) - 1) / 2  # whose turn it is after a move: see _first_after_move
+_SILVER = math.sqrt(2) - 1  # how much later the look after a move comes: see _look_delay
 _REFILL_MOVES = 128  # moves of the spin rule that bring progress, at least, before a deadline
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
