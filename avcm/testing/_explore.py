@@ -14,7 +14,7 @@ import itertools
 import math
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -385,10 +385,12 @@ async def _shrink(
                         break
 
     # Most races need one or two preemptions: try those schedules first, within the failing
-    # run's length (position j of a candidate is its j-th choice).
+    # run's length (position j of a candidate is its j-th choice), from both ends in turn: a
+    # race at the end of a long run (a lost update at the last of many takes) was past the
+    # budget from the front, where Exhaustive(1), deepest choice first, found it at once.
     length = len(best)
     widest = max(best, default=1)
-    for j in range(length):
+    for j in _from_both_ends(length):
         for v in range(1, widest + 1):
             if best_run.preemptions > 1 and attempts < budget:
                 await fails([0] * j + [v])
@@ -415,6 +417,16 @@ async def _shrink(
                 await reduce()  # the fewest preemptions now: fewer steps at that
                 return best_run, best_error
     return best_run, best_error
+
+
+def _from_both_ends(length: int) -> Iterator[int]:
+    """0, length - 1, 1, length - 2, ...: every index of a sequence of *length*, outside in."""
+    low, high = 0, length - 1
+    while low <= high:
+        yield low
+        if high != low:
+            yield high
+        low, high = low + 1, high - 1
 
 
 def _failure(
