@@ -893,6 +893,55 @@ async def a_lock_a_hog_holds_across_a_yield(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+TAKEN: list[int] = []  # what each task of progress_kept_in_a_global took so far
+
+
+async def progress_kept_in_a_global(run: testing.Run) -> None:
+    """Two tasks each take 20 tokens (a token a millisecond) within a second from one bucket,
+    counting what they took in a module's global and polling with ``checkpoint()``: their
+    own variables never change. The spin rule's look saw no progress, its moves doubled,
+    and a false TimeoutError came under every strategy."""
+    bucket = _Bucket(1000)
+    TAKEN[:] = [0, 0]
+
+    async def needy(me: int) -> None:
+        with anyio.fail_after(1):
+            while TAKEN[me] < 20:
+                if bucket.take():
+                    TAKEN[me] += 1
+                else:
+                    await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(partial(needy, 0), partial(needy, 1)):
+        outcome.unwrap()
+
+
+async def progress_two_references_away(run: testing.Run) -> None:
+    """As :func:`progress_kept_in_a_global`, the bucket and the counts kept two references
+    away from the tasks' variables (``shared.books.taken``)."""
+
+    class Books:
+        def __init__(self) -> None:
+            self.bucket, self.taken = _Bucket(1000), [0, 0]
+
+    class Shared:
+        def __init__(self) -> None:
+            self.books = Books()
+
+    shared = Shared()
+
+    async def needy(me: int) -> None:
+        with anyio.fail_after(1):
+            while shared.books.taken[me] < 20:
+                if shared.books.bucket.take():
+                    shared.books.taken[me] += 1
+                else:
+                    await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(partial(needy, 0), partial(needy, 1)):
+        outcome.unwrap()
+
+
 async def three_share_a_bucket_with_two_yields_a_round(run: testing.Run) -> None:
     """Three tasks each need 4 tokens (a token a millisecond) within a second from one bucket,
     yielding twice a round: once while they take, once more when none came. Attack27: held in
@@ -977,6 +1026,8 @@ CONTROLS = {
         a_bucket_shared_with_a_hog,
         three_share_a_bucket_with_two_yields_a_round,
         a_lock_a_hog_holds_across_a_yield,
+        progress_kept_in_a_global,
+        progress_two_references_away,
     )
 } | SPINS
 
@@ -996,6 +1047,7 @@ CONTROL_STRATEGIES = [
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
     schedules = 20 if "threads" in control else 4 if "process" in control else 40
     schedules = 10 if "spin_" in control or "a_lock_a_hog" in control else schedules
+    schedules = 4 if control.startswith("progress_") else schedules
     # (the old rules failed at the first; a poll of whole ticks costs a second a schedule)
     schedules = 2 if "tokens" in control else 1 if "ticks" in control else schedules
     result = testing.explore(

@@ -476,16 +476,39 @@ def _where(coro: Any) -> tuple[str, str]:
     return _qualname(own[-1][1]), checkpoint
 
 
-def _frames_state(coro: Any) -> tuple[object, ...]:
+def _frames_state(coro: Any, *, deep: bool = False) -> tuple[object, ...]:
     """A suspended task's own state, as far as it can be seen cheaply: for each frame of its
-    code (not the machinery's), where it stands and a shallow fingerprint of its variables."""
+    code (not the machinery's), where it stands and a shallow fingerprint of its variables.
+    *deep*: also of the module's globals its code names, and following further the
+    attributes its code names (``h.inner.got``): where a poll keeps its progress (a count in
+    a module's global, a bucket two references away) is what it reads."""
     state: list[object] = []
     for frame in _await_frames(coro):
-        if frame.f_globals.get("__name__", "").startswith(_MACHINERY):
+        module_globals = frame.f_globals
+        if module_globals.get("__name__", "").startswith(_MACHINERY):
             continue
-        values = tuple((name, _fingerprint(value)) for name, value in frame.f_locals.items())
-        state.append((frame.f_code, frame.f_lasti, values))
+        code = frame.f_code
+        if not deep:
+            values = tuple((name, _fingerprint(value)) for name, value in frame.f_locals.items())
+            state.append((code, frame.f_lasti, values))
+            continue
+        named = _named(code)
+        values = tuple(
+            (name, _fingerprint(value, follow=named)) for name, value in frame.f_locals.items()
+        )
+        read = tuple(
+            (name, _fingerprint(module_globals[name], follow=named))
+            for name in code.co_names
+            if name in module_globals and not isinstance(module_globals[name], _OPAQUE)
+        )
+        state.append((code, frame.f_lasti, values, read))
     return tuple(state)
+
+
+@functools.lru_cache(maxsize=4096)
+def _named(code: types.CodeType) -> frozenset[str]:
+    """The names *code* reads as globals or attributes."""
+    return frozenset(code.co_names)
 
 
 def _but_time(state: object, now: float) -> object:
@@ -501,9 +524,12 @@ def _but_time(state: object, now: float) -> object:
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
 
 
-def _fingerprint(value: object, depth: int = 1) -> object:
+def _fingerprint(
+    value: object, depth: int = 1, follow: frozenset[str] = frozenset(), further: int = 2
+) -> object:
     """A value's identity, with its size and, one level down, what its attributes or first
-    items are (by identity): enough to see a counter, a cursor or a queue move."""
+    items are (by identity): enough to see a counter, a cursor or a queue move. An attribute
+    named in *follow* is looked into one level more, *further* times along a chain."""
     if isinstance(value, (*_OPAQUE, Run, asyncio.AbstractEventLoop)):
         # a Run, an event loop: the machinery's own counters and queues move at every step
         return id(value)
@@ -517,10 +543,11 @@ def _fingerprint(value: object, depth: int = 1) -> object:
             parts.extend(_fingerprint(item, depth - 1) for item in itertools.islice(items, 16))
     attributes = getattr(value, "__dict__", None)
     if depth > 0 and isinstance(attributes, dict):
-        parts.extend(
-            (name, _fingerprint(item, depth - 1))
-            for name, item in itertools.islice(attributes.items(), 32)
-        )
+        for name, item in itertools.islice(attributes.items(), 32):
+            if further and name in follow:
+                parts.append((name, _fingerprint(item, depth, follow, further - 1)))
+            else:
+                parts.append((name, _fingerprint(item, depth - 1)))
     return tuple(parts)
 
 
@@ -617,6 +644,9 @@ class Run:
         self._refilled_time = math.nan
         self._refill_gap = 0.0
         self._spin_now = math.nan  # the loop's clock at the last spin check
+        # (still run, deep state with the time blanked out, quiet) at the last spin check:
+        # see _unseen_progress
+        self._spin_deep: tuple[int, object, bool] | None = None
         self._moves_made = 0  # the spin rule's moves of the clock, in this run
         # the still run the spin rule last looked in, and its still step of the next look
         self._look_run = -1
@@ -1148,12 +1178,19 @@ class Run:
         seen.add(state)
         new_but_time = but_time not in seen_but_time
         seen_but_time.add(but_time)
+        unseen = self._unseen_progress(run, moved)
+        if unseen:
+            cycled = False  # (they work on what the move brought: the next look moves on)
         if not cycled or free:
             if same_run:
                 if not moved:
                     # this still run's tasks change state, and not for a clock this rule moved
                     self._progress_run = run
-                elif not free and self._next_timer() is not None and new_but_time:
+                elif (
+                    not free
+                    and self._next_timer() is not None
+                    and (new_but_time or unseen == "progress")
+                ):
                     # The move brought progress other than the time read into a variable
                     # (a token bucket's refill taken, a tick of the clock): each such move is
                     # a round of the tasks' work, and their budget starts again; as the next
@@ -1203,6 +1240,27 @@ class Run:
         self._reach(target)
         self._still_time = self._step_time()
         return self._still_time
+
+    def _unseen_progress(self, run: int, moved: bool) -> str | None:
+        """What the move before this look brought to state the spin rule's own look does not
+        see: the module's globals the tasks' code names, objects further along the
+        attributes it names (:func:`_frames_state`, *deep*). ``"progress"`` when that state,
+        the time blanked out, changed across the move and had not changed without one since
+        the last move: a poll whose count of what it took is a global, or a bucket two
+        references away, took a refill (unseen, the moves doubled: a false TimeoutError).
+        ``"changed"`` when it changed across the move but also changes without one (a
+        global count of polls, bumped at every round: a metric, no progress). None when
+        the move changed nothing there, or at the first look of a still run."""
+        deep = _but_time(self._state(deep=True), self._spin_now)
+        last = self._spin_deep
+        same = last is not None and last[0] == run
+        changed = same and last is not None and last[1] != deep
+        # quiet: no change of that state since the last look without a move, nor since
+        quiet = same and not changed and (not moved or (last is not None and last[2]))
+        self._spin_deep = (run, deep, quiet)
+        if not (moved and changed):
+            return None
+        return "progress" if last is not None and last[2] else "changed"
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1363,11 +1421,11 @@ class Run:
         self._queue.advance(timer)
         self._spin_moved = True
 
-    def _state(self) -> tuple[object, ...]:
+    def _state(self, *, deep: bool = False) -> tuple[object, ...]:
         """What a spin must not change: every live controlled task's own frames, where each
-        stands and what its variables hold."""
+        stands and what its variables hold (*deep*: :func:`_frames_state`'s)."""
         return tuple(
-            (task.index, task.held, _frames_state(task.native_coro()))
+            (task.index, task.held, _frames_state(task.native_coro(), deep=deep))
             for task in self._tasks
             if not task.done and task.native is not None
         )
