@@ -488,14 +488,13 @@ def _frames_state(coro: Any, *, deep: bool = False) -> tuple[object, ...]:
         if module_globals.get("__name__", "").startswith(_MACHINERY):
             continue
         code = frame.f_code
-        if not deep:
-            values = tuple((name, _fingerprint(value)) for name, value in frame.f_locals.items())
-            state.append((code, frame.f_lasti, values))
-            continue
-        named = _named(code)
+        named = _named(code) if deep else frozenset()
         values = tuple(
             (name, _fingerprint(value, follow=named)) for name, value in frame.f_locals.items()
         )
+        if not deep:
+            state.append((code, frame.f_lasti, values))
+            continue
         read = tuple(
             (name, _fingerprint(module_globals[name], follow=named))
             for name in code.co_names
@@ -1253,14 +1252,16 @@ class Run:
         the move changed nothing there, or at the first look of a still run."""
         deep = _but_time(self._state(deep=True), self._spin_now)
         last = self._spin_deep
-        same = last is not None and last[0] == run
-        changed = same and last is not None and last[1] != deep
+        if last is None or last[0] != run:
+            self._spin_deep = (run, deep, False)
+            return None
+        _, before, was_quiet = last
+        changed = before != deep
         # quiet: no change of that state since the last look without a move, nor since
-        quiet = same and not changed and (not moved or (last is not None and last[2]))
-        self._spin_deep = (run, deep, quiet)
+        self._spin_deep = (run, deep, not changed and (not moved or was_quiet))
         if not (moved and changed):
             return None
-        return "progress" if last is not None and last[2] else "changed"
+        return "progress" if was_quiet else "changed"
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
