@@ -347,7 +347,9 @@ async def _shrink(
         best = list(trial.positions)
         return True
 
-    async def fails(candidate: list[int]) -> bool:
+    async def tried(candidate: list[int]) -> Run | None:
+        """The run of *candidate*, kept if it fails the same way and is smaller; None if it
+        diverged."""
         nonlocal attempts
         attempts += 1
         try:
@@ -355,8 +357,13 @@ async def _shrink(
                 scenario, FromIndices(candidate, cancels, outlasts), limits
             )
         except ReplayDivergedError:
-            return False
-        return keep(trial, trial_error)
+            return None
+        keep(trial, trial_error)
+        return trial
+
+    async def fails(candidate: list[int]) -> bool:
+        trial = await tried(candidate)
+        return trial is not None and trial is best_run
 
     async def reduce() -> None:
         improved = True
@@ -384,11 +391,14 @@ async def _shrink(
                         improved = True
                         break
 
-    # Most races need one or two preemptions: try those schedules first, within the failing
-    # run's length (position j of a candidate is its j-th choice), from both ends in turn: a
-    # race at the end of a long run (a lost update at the last of many takes) was past the
-    # budget from the front, where Exhaustive(1), deepest choice first, found it at once.
-    length = len(best)
+    # Most races need one or two preemptions: try those schedules first, within the length of
+    # the run with none (position j of a candidate is its j-th choice: one past it preempts
+    # nothing), from both ends in turn: a race at the end of a long run (a lost update at the
+    # last of many takes) was past the budget from the front, where Exhaustive(1), deepest
+    # choice first, found it at once; and past it from the end of a failing run 250 choices
+    # longer than the run with none.
+    unpreempted = await tried([]) if best_run.preemptions and attempts < budget else None
+    length = len(best if unpreempted is None else unpreempted.positions)
     widest = max(best, default=1)
     for j in _from_both_ends(length):
         for v in range(1, widest + 1):
