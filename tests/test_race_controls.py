@@ -17,10 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -942,6 +943,123 @@ async def progress_two_references_away(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+# -- progress kept where the spin rule's first look does not reach -------------------------
+#
+# Two tasks each take 20 tokens (a token a millisecond) within a second from one bucket,
+# polling with checkpoint(): their own variables never change, what they took is kept
+# elsewhere. Unseen, the spin rule's moves of the clock doubled: a false TimeoutError under
+# every strategy on both backends (attack29).
+
+
+class _Tally:
+    """Counts kept in a class's attribute."""
+
+    taken: ClassVar[list[int]] = [0, 0]
+
+
+class _Slotted:
+    """Counts kept in a slot: no ``__dict__`` to look in."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken = [0, 0]
+
+
+class _Holder:
+    def __init__(self, held: object) -> None:
+        self.held = held
+
+
+_LEDGER = types.ModuleType("ledger")  # counts kept in another module's global
+_POLLS = [0]  # polls of every task, bumped at every round: a metric, no progress
+_COUNTED = [0, 0]
+_ROOT = _Holder(None)
+
+
+def _count(me: int) -> None:
+    _COUNTED[me] += 1
+
+
+def _take_twenty(
+    taken: Callable[[int], int], took: Callable[[int], None], *, metric: bool = False
+) -> Callable[[int], Awaitable[None]]:
+    """What each of the two tasks runs (told which it is): counts what it took with *took*,
+    reads them with *taken*; *metric*: bumps ``_POLLS`` at every round."""
+    bucket = _Bucket(1000)
+
+    async def needy(me: int) -> None:
+        with anyio.fail_after(1):
+            while taken(me) < 20:
+                if bucket.take():
+                    took(me)
+                if metric:
+                    _POLLS[0] += 1
+                await anyio.lowlevel.checkpoint()
+
+    return needy
+
+
+def _beside_a_metric() -> Callable[[int], Awaitable[None]]:
+    TAKEN[:] = [0, 0]
+
+    def took(me: int) -> None:
+        TAKEN[me] += 1
+
+    return _take_twenty(TAKEN.__getitem__, took, metric=True)
+
+
+def _in_a_class_attribute() -> Callable[[int], Awaitable[None]]:
+    _Tally.taken = [0, 0]
+
+    def took(me: int) -> None:
+        _Tally.taken[me] += 1
+
+    return _take_twenty(lambda me: _Tally.taken[me], took)
+
+
+def _in_a_slot() -> Callable[[int], Awaitable[None]]:
+    _ROOT.held = _Slotted()
+
+    def took(me: int) -> None:
+        _ROOT.held.taken[me] += 1  # type: ignore[attr-defined]
+
+    return _take_twenty(lambda me: _ROOT.held.taken[me], took)  # type: ignore[attr-defined]
+
+
+def _three_references_away() -> Callable[[int], Awaitable[None]]:
+    _ROOT.held = _Holder(_Holder([0, 0]))
+
+    def took(me: int) -> None:
+        _ROOT.held.held.held[me] += 1  # type: ignore[attr-defined]
+
+    return _take_twenty(lambda me: _ROOT.held.held.held[me], took)  # type: ignore[attr-defined]
+
+
+def _in_another_module() -> Callable[[int], Awaitable[None]]:
+    _LEDGER.taken = [0, 0]
+
+    def took(me: int) -> None:
+        _LEDGER.taken[me] += 1
+
+    return _take_twenty(lambda me: _LEDGER.taken[me], took)
+
+
+def _by_a_helper() -> Callable[[int], Awaitable[None]]:
+    _COUNTED[:] = [0, 0]
+    return _take_twenty(_COUNTED.__getitem__, _count)
+
+
+PROGRESS_PLACES = {
+    "beside_a_metric": _beside_a_metric,
+    "in_a_class_attribute": _in_a_class_attribute,
+    "in_a_slot": _in_a_slot,
+    "three_references_away": _three_references_away,
+    "in_another_module": _in_another_module,
+    "by_a_helper": _by_a_helper,
+}
+
+
 async def three_share_a_bucket_with_two_yields_a_round(run: testing.Run) -> None:
     """Three tasks each need 4 tokens (a token a millisecond) within a second from one bucket,
     yielding twice a round: once while they take, once more when none came. Attack27: held in
@@ -1062,6 +1180,23 @@ def test_a_correct_program_passes_every_strategy(control: str, strategy: str, ba
     )
     assert result.failure is None, result.failure.report()
     assert result.schedules == schedules or result.exhausted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", ["pct", "random", "exhaustive1"])
+@pytest.mark.parametrize("place", sorted(PROGRESS_PLACES))
+def test_progress_counts_wherever_the_tasks_code_keeps_it(
+    place: str, strategy: str, backend: str
+) -> None:
+    async def scenario(run: testing.Run) -> None:
+        needy = PROGRESS_PLACES[place]()
+        for outcome in await run.concurrently(partial(needy, 0), partial(needy, 1)):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario, strategy=strategies()[strategy](), schedules=2, backend=backend
+    )
+    assert result.failure is None, result.failure.report()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dis
 import functools
 import gc
@@ -476,38 +477,199 @@ def _where(coro: Any) -> tuple[str, str]:
     return _qualname(own[-1][1]), checkpoint
 
 
-def _frames_state(coro: Any, *, deep: bool = False) -> tuple[object, ...]:
+def _frames_state(coro: Any, keep: dict[int, object], *, deep: bool = False) -> tuple[object, ...]:
     """A suspended task's own state, as far as it can be seen cheaply: for each frame of its
     code (not the machinery's), where it stands and a shallow fingerprint of its variables.
-    *deep*: also of the module's globals its code names, and following further the
-    attributes its code names (``h.inner.got``): where a poll keeps its progress (a count in
-    a module's global, a bucket two references away) is what it reads."""
+    *deep*: also of the globals its code names, and those of the functions it calls by a
+    global name (a helper that keeps the count), following further the attributes all that
+    code names (``h.inner.got``, ``Books.taken``, ``other_module.TAKEN``): where a poll keeps
+    its progress (a count in a module's global, a bucket two references away) is what it
+    reads."""
     state: list[object] = []
     for frame in _await_frames(coro):
         module_globals = frame.f_globals
-        if module_globals.get("__name__", "").startswith(_MACHINERY):
+        if _is_machinery(module_globals.get("__name__", "")):
             continue
         code = frame.f_code
-        named = _named(code) if deep else frozenset()
-        values = tuple(
-            (name, _fingerprint(value, follow=named)) for name, value in frame.f_locals.items()
-        )
         if not deep:
+            values = tuple(
+                (name, _fingerprint(value, keep)) for name, value in frame.f_locals.items()
+            )
             state.append((code, frame.f_lasti, values))
             continue
-        read = tuple(
-            (name, _fingerprint(module_globals[name], follow=named))
-            for name in code.co_names
-            if name in module_globals and not isinstance(module_globals[name], _OPAQUE)
+        reads, named = _reads(code, module_globals, frame.f_locals.values())
+        values = tuple(
+            (name, _fingerprint(value, keep, follow=named))
+            for name, value in frame.f_locals.items()
         )
+        read = tuple((name, _fingerprint(value, keep, follow=named)) for name, value in reads)
         state.append((code, frame.f_lasti, values, read))
     return tuple(state)
 
 
-@functools.lru_cache(maxsize=4096)
-def _named(code: types.CodeType) -> frozenset[str]:
-    """The names *code* reads as globals or attributes."""
-    return frozenset(code.co_names)
+def _is_machinery(module: str) -> bool:
+    return module.startswith(_MACHINERY)
+
+
+def _reads(
+    code: types.CodeType, module_globals: dict[str, Any], local_values: Iterable[object]
+) -> tuple[list[tuple[str, object]], frozenset[str]]:
+    """What *code* reads beyond its variables, by name: the globals it names (a function's
+    in its own module's namespace), and those of the functions it calls by a global name
+    or holds in a variable (not the machinery's: a helper that keeps the count, a lambda
+    that reads it), with what their closures hold, ``_HELPERS`` calls deep; and the names
+    all that code reads as globals or attributes."""
+    reads: list[tuple[str, object]] = []
+    named = set(code.co_names)
+    seen = {code}
+    functions = [
+        (value, _HELPERS) for value in local_values if isinstance(value, types.FunctionType)
+    ]
+    pending = [(code, module_globals, _HELPERS)]
+    while functions or pending:
+        while functions:
+            function, further = functions.pop()
+            called = function.__code__
+            if not further or called in seen or _is_machinery(function.__module__ or ""):
+                continue
+            seen.add(called)
+            named.update(called.co_names)
+            pending.append((called, function.__globals__, further - 1))
+            for name, cell in zip(called.co_freevars, function.__closure__ or (), strict=True):
+                with contextlib.suppress(ValueError):  # (a cell not filled yet)
+                    held = cell.cell_contents
+                    if isinstance(held, types.FunctionType):
+                        functions.append((held, further - 1))
+                    else:
+                        reads.append((name, held))
+        if pending:
+            code, module_globals, further = pending.pop()
+            for name in code.co_names:
+                if name in module_globals:
+                    value = module_globals[name]
+                    if isinstance(value, types.FunctionType):
+                        functions.append((value, further))
+                    else:
+                        reads.append((name, value))
+    return reads, frozenset(named)
+
+
+_HELPERS = 2
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+# what a class or a module holds that is code, not data
+_CODE = (*_OPAQUE, staticmethod, classmethod, property, types.MethodDescriptorType)
+
+
+def _fingerprint(
+    value: object,
+    keep: dict[int, object],
+    depth: int = 1,
+    follow: frozenset[str] = frozenset(),
+    further: int = 3,
+) -> object:
+    """A value's identity, with its size and, one level down, what its attributes or first
+    items are (by identity): enough to see a counter, a cursor or a queue move. An attribute
+    named in *follow* is looked into one level more, *further* times along a chain; so are
+    those of a class or a module (not the machinery's), and the slots of an object that has
+    them, only then (they move with the machinery's state at every step, or hold code)."""
+    if isinstance(value, (type, types.ModuleType)):
+        if not (follow and further) or _is_machinery(_module_of(value)):
+            return _identity(value, keep)
+        namespace = vars(value)
+        return (
+            _identity(value, keep),
+            *(
+                (name, _fingerprint(namespace[name], keep, depth, follow, further - 1))
+                for name in _ordered(follow)
+                if name in namespace and not isinstance(namespace[name], _CODE)
+            ),
+        )
+    if isinstance(value, (*_OPAQUE, Run, asyncio.AbstractEventLoop)):
+        # a Run, an event loop: the machinery's own counters and queues move at every step
+        return _identity(value, keep)
+    if isinstance(value, (int, float, str, bytes, bool, type(None))):
+        return value
+    parts: list[object] = [_identity(value, keep)]
+    if isinstance(value, (list, tuple, dict, set, frozenset, collections.deque, bytearray)):
+        parts.append(len(value))
+        if depth > 0 and not isinstance(value, bytearray):
+            items = value.values() if isinstance(value, dict) else value
+            parts.extend(
+                _fingerprint(item, keep, depth - 1) for item in itertools.islice(items, 16)
+            )
+    if depth <= 0:
+        return tuple(parts)
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict):
+        members: Iterable[tuple[str, object]] = itertools.islice(attributes.items(), 32)
+    elif follow and further and not _is_machinery(type(value).__module__):
+        members = _slots(value)
+    else:
+        return tuple(parts)
+    for name, item in members:
+        if further and name in follow:
+            parts.append((name, _fingerprint(item, keep, depth, follow, further - 1)))
+        else:
+            parts.append((name, _fingerprint(item, keep, depth - 1)))
+    return tuple(parts)
+
+
+def _identity(value: object, keep: dict[int, object]) -> int:
+    """*value*'s identity, *value* kept alive in *keep* for as long as what holds the identity
+    is compared with what comes: an object that died, and another made at its address, would
+    look the same, as the heap's history decides (a look of the spin rule that saw no change
+    in one process saw one in another: a replay diverged)."""
+    identity = id(value)
+    keep[identity] = value
+    return identity
+
+
+def _module_of(value: type | types.ModuleType) -> str:
+    name = value.__name__ if isinstance(value, types.ModuleType) else value.__module__
+    return name if isinstance(name, str) else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _ordered(names: frozenset[str]) -> tuple[str, ...]:
+    # (a set's order follows the hash seed; the fingerprint must not)
+    return tuple(sorted(names))
+
+
+def _slots(value: object) -> list[tuple[str, object]]:
+    """An object's slots that hold a value, by name (its class's own first)."""
+    members: list[tuple[str, object]] = []
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                with contextlib.suppress(AttributeError):
+                    members.append((name, getattr(value, name)))
+    return members[:32]
+
+
+_Location = tuple[object, ...]
+_GONE = object()  # what a place holds where it is no more, or not yet
+
+
+def _leaves(state: object) -> dict[_Location, object]:
+    """*state* (a task's, of :meth:`Run._state`) place by place: the path to each value it
+    holds, by name where it names one (a variable, an attribute), else by position, so that
+    a place keeps its path when others come and go."""
+    leaves: dict[_Location, object] = {}
+    pending: list[tuple[_Location, object]] = [((), state)]
+    while pending:
+        path, value = pending.pop()
+        if not isinstance(value, tuple):
+            leaves[path] = value
+            continue
+        for position, part in enumerate(value):
+            if isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], str):
+                pending.append(((*path, part[0]), part[1]))
+            else:
+                pending.append(((*path, position), part))
+    return leaves
 
 
 def _but_time(state: object, now: float) -> object:
@@ -518,36 +680,6 @@ def _but_time(state: object, now: float) -> object:
     if isinstance(state, tuple):
         return tuple(_but_time(part, now) for part in state)
     return state
-
-
-_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
-
-
-def _fingerprint(
-    value: object, depth: int = 1, follow: frozenset[str] = frozenset(), further: int = 2
-) -> object:
-    """A value's identity, with its size and, one level down, what its attributes or first
-    items are (by identity): enough to see a counter, a cursor or a queue move. An attribute
-    named in *follow* is looked into one level more, *further* times along a chain."""
-    if isinstance(value, (*_OPAQUE, Run, asyncio.AbstractEventLoop)):
-        # a Run, an event loop: the machinery's own counters and queues move at every step
-        return id(value)
-    if isinstance(value, (int, float, str, bytes, bool, type(None))):
-        return value
-    parts: list[object] = [id(value)]
-    if isinstance(value, (list, tuple, dict, set, frozenset, collections.deque, bytearray)):
-        parts.append(len(value))
-        if depth > 0 and not isinstance(value, bytearray):
-            items = value.values() if isinstance(value, dict) else value
-            parts.extend(_fingerprint(item, depth - 1) for item in itertools.islice(items, 16))
-    attributes = getattr(value, "__dict__", None)
-    if depth > 0 and isinstance(attributes, dict):
-        for name, item in itertools.islice(attributes.items(), 32):
-            if further and name in follow:
-                parts.append((name, _fingerprint(item, depth, follow, further - 1)))
-            else:
-                parts.append((name, _fingerprint(item, depth - 1)))
-    return tuple(parts)
 
 
 class _Task:
@@ -633,6 +765,12 @@ class Run:
         self._idle_deadline: float | None = None  # the controller's own timer
         self._spinning = False  # the spin rule's last look found the tasks only yielding
         self._free_state: object = None  # what _free_spin saw last
+        # what the identities in the spin rule's states stand for, kept alive while those
+        # states are compared with what comes (see _identity): _free_spin's last, the deep
+        # look's last, the states of this still run
+        self._free_kept: dict[int, object] = {}
+        self._deep_kept: dict[int, object] = {}
+        self._spin_kept: dict[int, object] = {}
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
         # the step at which the tasks last made progress the spin rule's move brought (a
@@ -643,9 +781,10 @@ class Run:
         self._refilled_time = math.nan
         self._refill_gap = 0.0
         self._spin_now = math.nan  # the loop's clock at the last spin check
-        # (still run, deep state with the time blanked out, quiet) at the last spin check:
-        # see _unseen_progress
-        self._spin_deep: tuple[int, object, bool] | None = None
+        # (still run, deep state's leaves with the time blanked out, the noisy ones: None
+        # till a look without a move since the run began) at the last spin check: see
+        # _unseen_progress
+        self._spin_deep: tuple[int, dict[_Location, object], set[_Location] | None] | None = None
         self._moves_made = 0  # the spin rule's moves of the clock, in this run
         # the still run the spin rule last looked in, and its still step of the next look
         self._look_run = -1
@@ -773,6 +912,8 @@ class Run:
             self._outliving = False
             queue.uninstall()
             self._queue = None
+            self._spin_kept, self._deep_kept, self._free_kept = {}, {}, {}
+            self._spin_seen, self._spin_deep, self._free_state = (-1, set(), set()), None, None
         ordered = [outcomes[task.index] for task in tasks if task.index in outcomes]
         self._outcomes.extend(ordered)
         if failure is not None:
@@ -1157,7 +1298,9 @@ class Run:
         if not self._still(time) or not queue.virtual:
             return time
         run = len(self._steps) - self._still_steps  # the step at which this still run began
-        state = self._state()
+        if self._spin_seen[0] != run:
+            self._spin_kept = {}
+        state = self._state(self._spin_kept)
         reads = queue.clock_reads()
         previous_now, self._spin_now = self._spin_now, queue.now()
         free, self._spin_free = self._spin_free, 0
@@ -1243,25 +1386,40 @@ class Run:
     def _unseen_progress(self, run: int, moved: bool) -> str | None:
         """What the move before this look brought to state the spin rule's own look does not
         see: the module's globals the tasks' code names, objects further along the
-        attributes it names (:func:`_frames_state`, *deep*). ``"progress"`` when that state,
-        the time blanked out, changed across the move and had not changed without one since
-        the last move: a poll whose count of what it took is a global, or a bucket two
-        references away, took a refill (unseen, the moves doubled: a false TimeoutError).
-        ``"changed"`` when it changed across the move but also changes without one (a
-        global count of polls, bumped at every round: a metric, no progress). None when
-        the move changed nothing there, or at the first look of a still run."""
-        deep = _but_time(self._state(deep=True), self._spin_now)
+        attributes it names (:func:`_frames_state`, *deep*). Judged place by place
+        (:func:`_leaves`): a place is noisy when it changed between the last two looks
+        without a move between them (a global count of polls, bumped at every round: a
+        metric), and stays so across moves till such a look finds it unchanged.
+        ``"progress"`` when a place that is not noisy, the time blanked out, changed across
+        the move: a poll whose count of what it took is a global, or a bucket two references
+        away, took a refill (unseen, the moves doubled: a false TimeoutError; judged as a
+        whole, a metric anywhere hid it, attack29). ``"changed"`` when only noisy places
+        changed across the move, or before any look without a move told which are. None
+        when the move changed nothing there, or at the first look of a still run."""
+        kept: dict[int, object] = {}  # (while the next look compares with this one)
+        deep = {
+            (task, *place): value
+            for task, held, frames in self._state(kept, deep=True)
+            for place, value in _leaves(_but_time((held, frames), self._spin_now)).items()
+        }
+        self._deep_kept = kept
         last = self._spin_deep
         if last is None or last[0] != run:
-            self._spin_deep = (run, deep, False)
+            self._spin_deep = (run, deep, None)
             return None
-        _, before, was_quiet = last
-        changed = before != deep
-        # quiet: no change of that state since the last look without a move, nor since
-        self._spin_deep = (run, deep, not changed and (not moved or was_quiet))
-        if not (moved and changed):
+        _, before, noisy = last
+        changed = {
+            place
+            for place in deep.keys() | before.keys()
+            if before.get(place, _GONE) != deep.get(place, _GONE)
+        }
+        if not moved:
+            self._spin_deep = (run, deep, changed)
             return None
-        return "progress" if was_quiet else "changed"
+        self._spin_deep = (run, deep, None if noisy is None else noisy | changed)
+        if not changed:
+            return None
+        return "progress" if noisy is not None and not changed <= noisy else "changed"
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1353,12 +1511,14 @@ class Run:
             return
         controlled = {task.native for task in self._tasks}
         # a multiset: the loop's tasks come in no order that a run could depend on
+        kept: dict[int, object] = {}  # (while the next look compares with this one)
         state = collections.Counter(
-            _frames_state(_coro_of(native))
+            _frames_state(_coro_of(native), kept)
             for native in queue.native_tasks()
             if native not in controlled
         )
-        previous, self._free_state = self._free_state, (self._state(), state)
+        previous, self._free_state = self._free_state, (self._state(kept), state)
+        self._free_kept = kept
         if previous != self._free_state:
             return
         timer = self._next_timer()
@@ -1422,11 +1582,14 @@ class Run:
         self._queue.advance(timer)
         self._spin_moved = True
 
-    def _state(self, *, deep: bool = False) -> tuple[object, ...]:
+    def _state(
+        self, keep: dict[int, object], *, deep: bool = False
+    ) -> tuple[tuple[int, bool, tuple[object, ...]], ...]:
         """What a spin must not change: every live controlled task's own frames, where each
-        stands and what its variables hold (*deep*: :func:`_frames_state`'s)."""
+        stands and what its variables hold (*deep*: :func:`_frames_state`'s; what its
+        identities are of kept in *keep*)."""
         return tuple(
-            (task.index, task.held, _frames_state(task.native_coro(), deep=deep))
+            (task.index, task.held, _frames_state(task.native_coro(), keep, deep=deep))
             for task in self._tasks
             if not task.done and task.native is not None
         )
