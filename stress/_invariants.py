@@ -541,7 +541,7 @@ async def check_restart_racing(
                 if not timers:
                     break
                 # and what its task does then (a watchdog's next look armed)
-                await anyio.sleep(timers[0] - anyio.current_time() + SETTLE_MARGIN)
+                await testing.sleep_past(timers[0])
                 timers = await testing.timers_left([], within=RESTART_HORIZON)
                 rhythm.woke(timers[0] - anyio.current_time() if timers else None)
             changed_at, kept = rhythm.changed_at, rhythm.kept
@@ -689,11 +689,7 @@ async def _let_timers_fall_due(before: list[float]) -> None:
         if not left:
             return
         # a little past the last: what its task does when it wakes is done by then
-        await anyio.sleep(left[-1] - anyio.current_time() + SETTLE_MARGIN)
-
-
-# past a timer, so that the task it wakes has run: a tie with it would be broken by the loop
-SETTLE_MARGIN = 1e-7
+        await testing.sleep_past(left[-1])
 
 
 def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> None:

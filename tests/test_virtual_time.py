@@ -617,6 +617,28 @@ def test_timers_left_looks_behind_a_task_that_polls_for_ever(backend: str) -> No
     assert testing.run_on_virtual_time(backend, main) == []
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sleep_past_a_timer_lets_the_task_it_wakes_run_first(backend: str) -> None:
+    # sleeping till the timer itself ties with it; whichever the loop runs first, the task
+    # the timer wakes has run once sleep_past returns
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await anyio.sleep(1e-3)
+        woke.append(anyio.current_time())
+
+    async def main() -> tuple[list[float], float]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(sleeper)
+            (deadline,) = await testing.timers_left([])
+            await testing.sleep_past(deadline)
+            seen = list(woke)
+        return seen, deadline
+
+    seen, deadline = testing.run_on_virtual_time(backend, main)
+    assert seen == [deadline]
+
+
 def _tied_timers_order(stale: int, forget: bool) -> list[int]:
     """The order six timers due at one instant fire in, on a loop whose heap holds *stale*
     cancelled timers (forgotten first if *forget*)."""

@@ -22,7 +22,7 @@ the conformance suite and the tests. They belong with the race finder, not in ``
 ``avcm.lowlevel``: no driver or user of a context calls them; tests and harnesses do.
 :func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run, and
 :func:`pending_timers` and :func:`timers_left` the timers its loop has pending and those some
-code left behind (to aim at them);
+code left behind (to aim at them), :func:`sleep_past` a sleep till the task one wakes has run;
 :func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
 project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
 share: Ctrl-C as one line and exit status 130, output paths checked before the work.
@@ -44,6 +44,7 @@ from ._clock import (
     harness_clock,
     pending_timers,
     run_on_virtual_time,
+    sleep_past,
     timers_left,
 )
 from ._commands import output_dir_problem, output_file_problem, run_main
@@ -175,5 +176,6 @@ __all__ = [
     "replay_async",
     "run_on_virtual_time",
     "scenario_name",
+    "sleep_past",
     "timers_left",
 ]

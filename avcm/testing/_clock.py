@@ -758,6 +758,15 @@ async def timers_left(before: list[float], *, within: float = math.inf) -> list[
     return sorted((left - collections.Counter(before)).elements())
 
 
+async def sleep_past(deadline: float) -> None:
+    """Sleep till just past *deadline* (a timer :func:`timers_left` gave): the task that timer
+    wakes has run by then, where sleeping till *deadline* itself ties with it, and the loop
+    breaks the tie. If cancelled, the sleep ended early and nothing else happened."""
+    await anyio.sleep(deadline - anyio.current_time() + _PAST_TIMER)
+
+
+_PAST_TIMER = 1e-7  # (seconds) past a timer: no loop's clock is finer
+
 _BACKGROUND_STEPS = 4  # checkpoints timers_left lets pass before it looks
 # and at most as many more while other tasks are ready (a power-down task that arms its timer
 # after six steps was missed: attack22)

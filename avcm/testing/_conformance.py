@@ -42,7 +42,7 @@ from .. import (
     VcmWarning,
 )
 from ..lowlevel import SETUP_SYNC_POINTS, create_phys, hardware_view, sync_hook, undo_failures
-from ._clock import run_on_virtual_time, timers_left
+from ._clock import run_on_virtual_time, sleep_past, timers_left
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._invariants import check_model, check_no_write_after_free, check_quiescent
@@ -575,7 +575,6 @@ _TIMER_HORIZON = 1.0  # (seconds) a timer further away is none a switch-on aims 
 # Then as many of those armed once they all fell due, one by one (each may arm the next: a
 # watchdog whose look that decides is armed by its looks before, attack20).
 _TIMER_AIMS = 8
-_PAST_TIMER = 1e-7  # (seconds) past a timer: the task it wakes has run by then
 _SETTLE = 1e-3  # (seconds) then each context is looked at again: what a background task did
 
 
@@ -637,7 +636,7 @@ async def _restart_once(
 
     async def past(deadline: float) -> list[float]:
         """Let *deadline* fall due, and what the task it wakes does then: what is pending."""
-        await anyio.sleep(deadline - anyio.current_time() + _PAST_TIMER)
+        await sleep_past(deadline)
         return await deadlines()
 
     async def come() -> None:
