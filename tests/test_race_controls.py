@@ -943,6 +943,27 @@ async def progress_two_references_away(run: testing.Run) -> None:
         outcome.unwrap()
 
 
+async def tokens_polled_counting_failed_tries(run: testing.Run) -> None:
+    """Two tasks each take 10 tokens (a token a millisecond) within a second from one bucket,
+    counting their failed tries in a variable: their state changes at every round, so the
+    spin rule never saw them only spin and never let time pass (a false StepBudgetError
+    under every strategy on both backends)."""
+    bucket = _Bucket(1000)
+
+    async def needy() -> None:
+        taken = tries = 0
+        with anyio.fail_after(1):
+            while taken < 10:
+                if bucket.take():
+                    taken += 1
+                else:
+                    tries += 1
+                await anyio.lowlevel.checkpoint()
+
+    for outcome in await run.concurrently(needy, needy):
+        outcome.unwrap()
+
+
 # -- progress kept where the spin rule's first look does not reach -------------------------
 #
 # Two tasks each take 20 tokens (a token a millisecond) within a second from one bucket,
@@ -1146,6 +1167,7 @@ CONTROLS = {
         a_lock_a_hog_holds_across_a_yield,
         progress_kept_in_a_global,
         progress_two_references_away,
+        tokens_polled_counting_failed_tries,
     )
 } | SPINS
 
@@ -1323,18 +1345,24 @@ def test_a_true_livelock_names_its_cycle(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clock", [False, True])
-def test_a_true_livelock_is_one_while_time_passes(clock: bool, backend: str) -> None:
+@pytest.mark.parametrize("counting", [False, True], ids=["still", "counting"])
+def test_a_true_livelock_is_one_while_time_passes(
+    clock: bool, counting: bool, backend: str
+) -> None:
     """Two tasks that never let each other go, with a timer pending (and reading the clock,
-    or not): the spin rule lets time pass, and still the run is a livelock, with its cycle."""
+    or not; counting their tries, or not): the spin rule lets time pass, and still the run is
+    a livelock, with its cycle."""
 
     async def scenario(run: testing.Run) -> None:
         turn = [0, 0]
         seen: list[float] = []
 
         async def polite(me: int) -> None:
+            tries = 0
             while turn[1 - me] == 0:
                 if clock:
                     seen[:] = [anyio.current_time()]
+                tries += counting
                 await anyio.sleep(0)
 
         await run.concurrently(
@@ -1348,7 +1376,11 @@ def test_a_true_livelock_is_one_while_time_passes(clock: bool, backend: str) -> 
         assert result.failure is not None
         error = result.failure.error
         assert isinstance(error, testing.StepBudgetError), result.failure.report()
-        assert "livelock" in str(error)
+        if counting:
+            # (counting up is all they do: a look at their state cannot tell it from work)
+            assert "only by counting up (tries of task 0 (a), tries of task 1 (b))" in str(error)
+        else:
+            assert "livelock" in str(error)
         assert "task 0 (a) polite sleep" in str(error)
         assert "task 1 (b) polite sleep" in str(error)
         # time passed: by quanta for a clock read, else at once to the sleeper's timer
@@ -2155,17 +2187,19 @@ def test_a_spin_only_its_own_deadline_ends_reaches_it_at_the_step_budget(backend
 def test_steady_progress_past_the_budget_is_no_livelock(backend: str) -> None:
     """A task that changes its state at every step for longer than the budget: the error says
     the budget ran out while tasks kept changing state (not 'livelock'), and the report's
-    timeline shows the first and last steps only."""
+    timeline shows the first and last steps only. (Its loop counts up: the budget, spent,
+    starts once again, as for a poll that counts its tries.)"""
 
     async def worker() -> None:
-        for _ in range(1_000):
+        for _ in range(3_000):
             await anyio.sleep(0)
 
     failure = failure_in_500_steps(worker, backend)
     message = str(failure.error)
     assert "kept changing state" in message and "livelock" not in message.replace("no livelock", "")
+    assert "counting up (_ of task 0 (worker)) for twice the budget" in message
     report = failure.report()
-    assert "... 300 steps ..." in report
+    assert "... 800 steps ..." in report
     assert len(report.splitlines()) < 300
 
 

@@ -672,6 +672,10 @@ def _leaves(state: object) -> dict[_Location, object]:
     return leaves
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _but_time(state: object, now: float) -> object:
     """*state* (of :meth:`Run._state`) with the time *now* blanked out wherever it is held:
     what stays the same when the only change is the time the tasks read into a variable."""
@@ -680,6 +684,20 @@ def _but_time(state: object, now: float) -> object:
     if isinstance(state, tuple):
         return tuple(_but_time(part, now) for part in state)
     return state
+
+
+class _Counting:
+    """What the spin rule learnt of a still run's counting (:meth:`Run._counting`)."""
+
+    __slots__ = ("blanked", "counted", "fresh", "only", "places", "run")
+
+    def __init__(self, run: int) -> None:
+        self.run = run  # the still run
+        self.places: dict[_Location, object] = {}  # the last look's state, place by place
+        self.counted: set[_Location] = set()  # the places only counted up
+        self.only = False  # the last look found no change but counting up
+        self.blanked = False  # the looks blank the counted places out
+        self.fresh = False  # and the next look is the first to
 
 
 class _Task:
@@ -785,6 +803,8 @@ class Run:
         # till a look without a move since the run began) at the last spin check: see
         # _unseen_progress
         self._spin_deep: tuple[int, dict[_Location, object], set[_Location] | None] | None = None
+        self._counts = _Counting(-1)  # see _counting
+        self._budget_from = 0  # the still budget counts no step before this one
         self._moves_made = 0  # the spin rule's moves of the clock, in this run
         # the still run the spin rule last looked in, and its still step of the next look
         self._look_run = -1
@@ -1300,7 +1320,7 @@ class Run:
         run = len(self._steps) - self._still_steps  # the step at which this still run began
         if self._spin_seen[0] != run:
             self._spin_kept = {}
-        state = self._state(self._spin_kept)
+        state = self._counting(run, self._state(self._spin_kept))
         reads = queue.clock_reads()
         previous_now, self._spin_now = self._spin_now, queue.now()
         free, self._spin_free = self._spin_free, 0
@@ -1473,8 +1493,57 @@ class Run:
 
     def _budget_steps(self) -> int:
         """The steps the still budget counts: those of the still run since the tasks last
-        made progress that the spin rule's move brought."""
-        return min(self._still_steps, len(self._steps) - self._refilled_at)
+        made progress that the spin rule's move brought (or since it began again:
+        :meth:`_outspun`)."""
+        steps = len(self._steps)
+        return min(self._still_steps, steps - self._refilled_at, steps - self._budget_from)
+
+    def _counting(
+        self, run: int, state: tuple[tuple[int, bool, tuple[object, ...]], ...]
+    ) -> object:
+        """*state* (the spin rule's look) as the rule compares it: as it is, or, once the
+        tasks spent a whole still budget only counting (:meth:`_outspun`), with the places
+        they counted up blanked out. A poll that counts its failed tries in a variable
+        (``tries += 1``) changes its state at every round, so the rule never saw it spin:
+        a false StepBudgetError for a correct poll of a token bucket under a deadline,
+        where a real loop's clock runs on while it counts. A look counts only when every
+        variable or attribute that changed since the last look holds a whole number that
+        went up (where a task stands may differ)."""
+        counts = self._counts
+        if counts.run != run:
+            counts = self._counts = _Counting(run)
+        places = {
+            (task, *place): value
+            for task, _held, frames in state
+            for place, value in _leaves(frames).items()
+        }
+        rising = set()
+        only = bool(counts.places)
+        for place, value in places.items():
+            old = counts.places.get(place, _GONE)
+            if old == value or not any(isinstance(part, str) for part in place):
+                continue  # (unchanged, or where a task stands)
+            if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
+                rising.add(place)
+            else:
+                only = False
+        counts.places = places
+        counts.only = only and bool(rising)
+        if not counts.blanked:
+            if counts.only:
+                counts.counted |= rising
+            return state
+        blanked = tuple(
+            (place, int if place in counts.counted else value) for place, value in places.items()
+        ) + tuple((task, held) for task, held, _ in state)
+        if counts.fresh:
+            # the first look that blanks them out: it compares with none of this still run's
+            # before, and they only counted a whole budget long: it is one they spin in
+            counts.fresh = False
+            assert self._queue is not None
+            self._spin_seen[1].add(blanked)
+            self._spin_seen[2].add(_but_time(blanked, self._queue.now()))
+        return blanked
 
     def _look_outside(self) -> bool:
         """Let in what the tasks may be polling for from outside the loop, as if no task
@@ -1548,6 +1617,17 @@ class Run:
         pending is a livelock."""
         queue = self._queue
         assert queue is not None
+        counts = self._counts
+        if (
+            counts.only
+            and not counts.blanked
+            and counts.run == len(self._steps) - self._still_steps
+        ):
+            # the tasks only counted up, a whole budget long: they spin, counting (_counting)
+            counts.blanked = counts.fresh = True
+            self._budget_from = len(self._steps)
+            self._progress_run = -1  # (counting is no progress: a livelock may count)
+            return time
         if queue.late() and not queue.slow():
             # threads late past a timer they outlasted (_Queue.late) took _SLOW_STEPS steps
             # of the tasks longer, whatever progress those made: what they hand the loop
@@ -1673,9 +1753,24 @@ class Run:
                     )
                 )
 
+    def _counted_places(self, learnt: _Counting) -> str:
+        """The variables *learnt* found only counted up, and whose."""
+        return ", ".join(
+            sorted(
+                {
+                    f"{'.'.join(part for part in place if isinstance(part, str))} of task "
+                    f"{place[0]} ({self._tasks[place[0]].name})"
+                    for place in learnt.counted
+                    if isinstance(place[0], int)
+                }
+            )
+        )
+
     def _describe_budget(self) -> str:
+        # (the steps the budget counted: a cycle is looked for among those)
         trail = [
-            (step.task, step.operation, step.point) for step in self._steps[-self._still_steps :]
+            (step.task, step.operation, step.point)
+            for step in self._steps[len(self._steps) - self._budget_steps() :]
         ]
         still = (
             f"the run took more than {self.max_steps} steps in a row with no task waiting for "
@@ -1687,9 +1782,22 @@ class Run:
                 f"variables or what those name): steady progress, no livelock seen; a longer "
                 f"run than the budget allows: raise it (Limits(max_steps=...))"
             )
+        # what the budget ran out in: a livelock, or (once the tasks' looks blank out what
+        # they count: _counting) a poll that counts its tries for what never comes or steady
+        # work, which a look at their state cannot tell apart
+        learnt = self._counts
+        if learnt.blanked and learnt.run == len(self._steps) - self._still_steps:
+            what = (
+                f"step budget: {still}, while the tasks kept changing state only by counting "
+                f"up ({self._counted_places(learnt)}) for twice the budget: a poll that counts "
+                f"its tries for what never comes, or steady work longer than the budget "
+                f"allows (raise it: Limits(max_steps=...))"
+            )
+        else:
+            what = f"livelock: {still}"
         period = _cycle(trail)
         if period is not None:
-            lines = [f"livelock: {still}, and its last {period} step(s) repeat over and over:"]
+            lines = [f"{what}, and its last {period} step(s) repeat over and over:"]
             runs = [(step, len(list(same))) for step, same in itertools.groupby(trail[-period:])]
         else:
             # A strategy that picks at random interleaves the tasks' cycles in no fixed order:
@@ -1697,12 +1805,14 @@ class Run:
             recent = trail[len(trail) // 2 :]
             counts = collections.Counter(recent)
             if len(counts) > _CYCLE_STEPS or min(counts.values()) < 3:
+                if what.startswith("step budget"):
+                    return what
                 return (
                     f"{still} and no short cycle of steps repeating: a bigger scenario than "
                     f"max_steps allows, or a livelock"
                 )
             lines = [
-                f"livelock: {still}, and its last {len(recent)} steps go round the same "
+                f"{what}, and its last {len(recent)} steps go round the same "
                 f"{len(counts)} step(s), in no fixed order:"
             ]
             runs = sorted(counts.items())
