@@ -8,6 +8,8 @@ import asyncio
 import math
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -637,6 +639,41 @@ def test_sleep_past_a_timer_lets_the_task_it_wakes_run_first(backend: str) -> No
 
     seen, deadline = testing.run_on_virtual_time(backend, main)
     assert seen == [deadline]
+
+
+_FAR_SLEEP = """
+import sys, anyio
+from avcm import testing
+
+async def main() -> float:
+    await anyio.sleep(1.1e9)
+    with anyio.fail_after(1):
+        await anyio.sleep(0.5)
+    return anyio.current_time()
+
+async def scenario(run: testing.Run) -> None:
+    (outcome,) = await run.concurrently(main)
+    outcome.unwrap()
+
+print(testing.run_on_virtual_time(sys.argv[1], main))
+found = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=sys.argv[1])
+print(found.failure)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_timer_far_into_virtual_time_falls_due(backend: str) -> None:
+    # From about 97 days on, a nanosecond (asyncio's clock resolution) no longer changes a
+    # float of the clock: a timer due at the clock's very time was never due, and the loop
+    # spun for ever. In a process of its own, so that a hang is a failure.
+    done = subprocess.run(
+        [sys.executable, "-c", _FAR_SLEEP, backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["1100000000.5", "None"]
 
 
 def _tied_timers_order(stale: int, forget: bool) -> list[int]:

@@ -452,6 +452,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     """
 
     def __init__(self) -> None:
+        self._base_clock_resolution = 1e-9
         self._virtual = _VirtualSelector()
         super().__init__(self._virtual)
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)
@@ -464,6 +465,20 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
         self._spin = _Spin()
         self._next_timer = self._virtual.next_timer = functools.partial(next_timer, self)
+
+    @property
+    def _clock_resolution(self) -> float:
+        """The step below which asyncio takes a timer as due (``_run_once``: due when earlier
+        than the clock plus this): never finer than the clock itself. From about 97 days of
+        virtual time on, a nanosecond no longer changes a float of the clock, a timer due at
+        the clock's very time was never due, and the loop spun at it for ever (a poll that
+        took the clock that far, then slept: an outside attack)."""
+        return max(self._base_clock_resolution, math.ulp(self._virtual.now))
+
+    @_clock_resolution.setter
+    def _clock_resolution(self, resolution: float) -> None:
+        # (BaseEventLoop.__init__ sets the monotonic clock's)
+        self._base_clock_resolution = resolution
 
     async def shutdown_default_executor(self, *args: Any) -> None:
         """Before the loop ends: answer the calls worker threads are making into it (for up to
@@ -640,7 +655,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             head = scheduled[0]
             # a timer due with the sleeper's (within the clock's resolution) runs in the same
             # iteration, before the sleeper resumes; a cancelled one: keep to the loop's way
-            if head._cancelled or head._when < when + self._clock_resolution:  # type: ignore[attr-defined]
+            if head._cancelled or head._when < when + self._clock_resolution:
                 return False
         timeout = when - now
         if timeout > _MAXIMUM_SELECT_TIMEOUT:  # the loop would wait in several steps
