@@ -766,14 +766,17 @@ class _Bucket:
         return False
 
 
-def _consumer(wanted: int, *, counted: type[float] = int) -> Callable[[], Awaitable[None]]:
-    """A task that takes *wanted* tokens of a bucket (a token a millisecond) within a
-    second, polling with ``sleep(0)``; what it took so far counted as *counted*."""
+def _consumer(
+    wanted: int, *, counted: type[float] = int, deadline: float | None = 1.0
+) -> Callable[[], Awaitable[None]]:
+    """A task that takes *wanted* tokens of a bucket (a token a millisecond) within
+    *deadline* seconds (None: no deadline), polling with ``sleep(0)``; what it took so far
+    counted as *counted*."""
     bucket = _Bucket(1000)
 
     async def consumer() -> None:
         taken = counted(0)
-        with anyio.fail_after(1):
+        with anyio.fail_after(math.inf if deadline is None else deadline):
             while taken < wanted:
                 if bucket.take():
                     taken += counted(1)
@@ -1217,6 +1220,23 @@ def test_progress_counts_wherever_the_tasks_code_keeps_it(
 
     result = testing.explore(
         scenario, strategy=strategies()[strategy](), schedules=2, backend=backend
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", ["pct", "random", "exhaustive0"])
+def test_a_poll_without_a_deadline_takes_what_it_needs(strategy: str, backend: str) -> None:
+    # 60 tokens with no timer pending: the spin rule's moves doubled from the still run's
+    # start, so each token came twice as late as the one before, and at about 53 the clock
+    # (73,000 years on) no longer moved: a false StepBudgetError (attack30)
+    async def scenario(run: testing.Run) -> None:
+        (outcome,) = await run.concurrently(_consumer(60, deadline=None))
+        outcome.unwrap()
+        assert anyio.current_time() < 1.0  # (60 ms on a real loop)
+
+    result = testing.explore(
+        scenario, strategy=strategies()[strategy](), schedules=1, backend=backend
     )
     assert result.failure is None, result.failure.report()
 
@@ -1945,11 +1965,12 @@ async def a_lost_update_in_taking_tokens(run: testing.Run) -> None:
 
     async def needy() -> None:
         got = 0
-        while got < 3:
-            if await take():
-                got += 1
-            else:
-                await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(60):  # (a timer: the spin rule's moves split the way to it)
+            while got < 3:
+                if await take():
+                    got += 1
+                else:
+                    await anyio.lowlevel.checkpoint()
 
     await run.concurrently(needy, needy)
     assert taken <= granted, f"{taken} tokens taken, {granted} granted"

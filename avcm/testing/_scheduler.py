@@ -676,6 +676,12 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _counted(old: object, new: object) -> bool:
+    """Whether a place's change from *old* to *new* may be a count of work done (a token
+    taken), not a float read off the clock, which changes whenever it moves."""
+    return not (isinstance(old, float) or isinstance(new, float))
+
+
 def _but_time(state: object, now: float) -> object:
     """*state* (of :meth:`Run._state`) with the time *now* blanked out wherever it is held:
     what stays the same when the only change is the time the tasks read into a variable."""
@@ -689,7 +695,7 @@ def _but_time(state: object, now: float) -> object:
 class _Counting:
     """What the spin rule learnt of a still run's counting (:meth:`Run._counting`)."""
 
-    __slots__ = ("blanked", "counted", "fresh", "only", "places", "run")
+    __slots__ = ("blanked", "counted", "fresh", "only", "places", "run", "whole")
 
     def __init__(self, run: int) -> None:
         self.run = run  # the still run
@@ -698,6 +704,7 @@ class _Counting:
         self.only = False  # the last look found no change but counting up
         self.blanked = False  # the looks blank the counted places out
         self.fresh = False  # and the next look is the first to
+        self.whole = False  # the last look found a change other than a float's (_counted)
 
 
 class _Task:
@@ -1340,7 +1347,7 @@ class Run:
         seen.add(state)
         new_but_time = but_time not in seen_but_time
         seen_but_time.add(but_time)
-        unseen = self._unseen_progress(run, moved)
+        unseen, whole = self._unseen_progress(run, moved)
         if unseen:
             cycled = False  # (they work on what the move brought: the next look moves on)
         if not cycled or free:
@@ -1348,17 +1355,21 @@ class Run:
                 if not moved:
                     # this still run's tasks change state, and not for a clock this rule moved
                     self._progress_run = run
-                elif (
-                    not free
-                    and self._next_timer() is not None
-                    and (new_but_time or unseen == "progress")
+                elif not free and (
+                    (new_but_time or unseen == "progress")
+                    if self._next_timer() is not None
+                    else self._counts.whole or whole
                 ):
                     # The move brought progress other than the time read into a variable
                     # (a token bucket's refill taken, a tick of the clock): each such move is
-                    # a round of the tasks' work, and their budget starts again; as the next
-                    # timer bounds the moves (with none, the moves double for ever: a
-                    # livelock reading ticks took the clock to infinity before its budget in
-                    # all ran out, attack26).
+                    # a round of the tasks' work, and their budget starts again. With no
+                    # timer to bound the moves, only a whole number's change or an object's
+                    # counts (a token taken: any float read off the clock changes at every
+                    # move), and the moves after it start again (:meth:`_spin_step`), so that
+                    # they do not double for ever: a poll of 60 tokens without a deadline met
+                    # a false StepBudgetError at 73,000 years (attack30), a livelock reading
+                    # ticks took the clock to infinity (attack26); such a livelock ends at the
+                    # budget in all.
                     since = self._refilled_time if self._refilled_at >= run else previous_now
                     self._refill_gap = self._spin_now - since
                     self._refilled_time = self._spin_now
@@ -1376,7 +1387,11 @@ class Run:
         # state), which a real loop makes in microseconds, long before any deadline.
         sleep = timer is not None and self._ends_spin(timer)
         if read:
-            target = now + max(_SPIN_QUANTUM, time - self._steps[run].time)
+            target = now + (
+                self._spin_step(run, time)
+                if timer is None
+                else max(_SPIN_QUANTUM, time - self._steps[run].time)
+            )
             if timer is not None:
                 gap = timer - now
                 if gap > _SPIN_GRAIN:
@@ -1403,7 +1418,17 @@ class Run:
         self._still_time = self._step_time()
         return self._still_time
 
-    def _unseen_progress(self, run: int, moved: bool) -> str | None:
+    def _spin_step(self, run: int, time: float) -> float:
+        """How far the spin rule moves the clock the tasks read, at *time*, with no timer
+        pending: as far as it went since the still run began (the moves double, from a
+        microsecond), or, after a move brought progress, since then, and at least an eighth
+        of the time that progress took to come (a token bucket's next refill comes after as
+        long again: four moves, not twenty)."""
+        if self._refilled_at < run:
+            return max(_SPIN_QUANTUM, time - self._steps[run].time)
+        return max(_SPIN_QUANTUM, time - self._refilled_time, self._refill_gap / 8)
+
+    def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool]:
         """What the move before this look brought to state the spin rule's own look does not
         see: the module's globals the tasks' code names, objects further along the
         attributes it names (:func:`_frames_state`, *deep*). Judged place by place
@@ -1415,7 +1440,9 @@ class Run:
         away, took a refill (unseen, the moves doubled: a false TimeoutError; judged as a
         whole, a metric anywhere hid it, attack29). ``"changed"`` when only noisy places
         changed across the move, or before any look without a move told which are. None
-        when the move changed nothing there, or at the first look of a still run."""
+        when the move changed nothing there, or at the first look of a still run. And
+        whether such progress was a whole number's or an object's (not a float's: one read
+        off the clock changes at every move)."""
         kept: dict[int, object] = {}  # (while the next look compares with this one)
         deep = {
             (task, *place): value
@@ -1426,7 +1453,7 @@ class Run:
         last = self._spin_deep
         if last is None or last[0] != run:
             self._spin_deep = (run, deep, None)
-            return None
+            return None, False
         _, before, noisy = last
         changed = {
             place
@@ -1435,11 +1462,14 @@ class Run:
         }
         if not moved:
             self._spin_deep = (run, deep, changed)
-            return None
+            return None, False
         self._spin_deep = (run, deep, None if noisy is None else noisy | changed)
         if not changed:
-            return None
-        return "progress" if noisy is not None and not changed <= noisy else "changed"
+            return None, False
+        if noisy is None or changed <= noisy:
+            return "changed", False
+        progress = changed - noisy
+        return "progress", any(_counted(before.get(place), deep.get(place)) for place in progress)
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1519,10 +1549,13 @@ class Run:
         }
         rising = set()
         only = bool(counts.places)
+        counts.whole = False
         for place, value in places.items():
             old = counts.places.get(place, _GONE)
             if old == value or not any(isinstance(part, str) for part in place):
                 continue  # (unchanged, or where a task stands)
+            # (what they count their tries in is no progress)
+            counts.whole = counts.whole or (_counted(old, value) and place not in counts.counted)
             if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
                 rising.add(place)
             else:
