@@ -678,8 +678,10 @@ def _whole(value: object) -> bool:
 
 def _counted(old: object, new: object) -> bool:
     """Whether a place's change from *old* to *new* may be a count of work done (a token
-    taken), not a float read off the clock, which changes whenever it moves."""
-    return not (isinstance(old, float) or isinstance(new, float))
+    taken, bytes sent counted in a float), not a float read off the clock, which changes
+    whenever it moves (and is a whole number at most by chance, not at both ends)."""
+    floats = [value for value in (old, new) if isinstance(value, float)]
+    return all(value.is_integer() for value in floats) and len(floats) != 1
 
 
 def _but_time(state: object, now: float) -> object:
