@@ -646,7 +646,7 @@ import sys, anyio
 from avcm import testing
 
 async def main() -> float:
-    await anyio.sleep(1.1e9)
+    await anyio.sleep(1e15)
     with anyio.fail_after(1):
         await anyio.sleep(0.5)
     return anyio.current_time()
@@ -673,7 +673,7 @@ def test_a_timer_far_into_virtual_time_falls_due(backend: str) -> None:
         timeout=60,
         check=True,
     )
-    assert done.stdout.split() == ["1100000000.5", "None"]
+    assert done.stdout.split() == ["1000000000000000.5", "None"]
 
 
 def _tied_timers_order(stale: int, forget: bool) -> list[int]:

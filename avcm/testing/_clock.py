@@ -211,7 +211,15 @@ class _VirtualSelector(selectors.DefaultSelector):
                     return events
         if timeout is not None and timeout > 0:
             self.busy.idle()
-            self.now += timeout
+            until = self.now + timeout
+            if timeout >= _MAXIMUM_SELECT_TIMEOUT:
+                # asyncio waits a day at the most, and came back here once a virtual day
+                # till a far timer (a sleep of 1e15 s never ended): straight to it, as
+                # nothing else can come meanwhile
+                timer = self.next_timer()
+                if timer is not None and timer > until:
+                    until = timer
+            self.now = until
             timeout = 0
         elif timeout == 0 and outside is None:
             target = self.busy.iteration(self.now, self.next_timer)

@@ -673,6 +673,9 @@ def _leaves(state: object) -> dict[_Location, object]:
 
 
 def _whole(value: object) -> bool:
+    """Whether *value* is a whole number (a count of tries, in an int or a float)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -697,12 +700,13 @@ def _but_time(state: object, now: float) -> object:
 class _Counting:
     """What the spin rule learnt of a still run's counting (:meth:`Run._counting`)."""
 
-    __slots__ = ("blanked", "counted", "fresh", "only", "places", "run", "whole")
+    __slots__ = ("blanked", "counted", "fell", "fresh", "only", "places", "run", "whole")
 
     def __init__(self, run: int) -> None:
         self.run = run  # the still run
         self.places: dict[_Location, object] = {}  # the last look's state, place by place
         self.counted: set[_Location] = set()  # the places only counted up
+        self.fell: set[_Location] = set()  # the places that changed other than up
         self.only = False  # the last look found no change but counting up
         self.blanked = False  # the looks blank the counted places out
         self.fresh = False  # and the next look is the first to
@@ -1423,12 +1427,14 @@ class Run:
     def _spin_step(self, run: int, time: float) -> float:
         """How far the spin rule moves the clock the tasks read, at *time*, with no timer
         pending: as far as it went since the still run began (the moves double, from a
-        microsecond), or, after a move brought progress, since then, and at least an eighth
-        of the time that progress took to come (a token bucket's next refill comes after as
-        long again: four moves, not twenty)."""
+        microsecond), or, after a move brought progress, since then, and at least half the
+        time that progress took to come (a token bucket's next refill comes after as long
+        again: two moves, not twenty; an eighth took four, and 300 tokens did not fit the
+        budget in all, attack31). While every move brings progress the moves shrink towards
+        its pace."""
         if self._refilled_at < run:
             return max(_SPIN_QUANTUM, time - self._steps[run].time)
-        return max(_SPIN_QUANTUM, time - self._refilled_time, self._refill_gap / 8)
+        return max(_SPIN_QUANTUM, time - self._refilled_time, self._refill_gap / 2)
 
     def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool]:
         """What the move before this look brought to state the spin rule's own look does not
@@ -1561,12 +1567,15 @@ class Run:
             if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
                 rising.add(place)
             else:
+                if old is not _GONE:
+                    counts.fell.add(place)  # (a flag that toggles is no count)
                 only = False
         counts.places = places
-        counts.only = only and bool(rising)
+        counts.only = only and bool(rising) and not rising & counts.fell
         if not counts.blanked:
             if counts.only:
                 counts.counted |= rising
+            counts.counted -= counts.fell
             return state
         blanked = tuple(
             (place, int if place in counts.counted else value) for place, value in places.items()
