@@ -460,7 +460,6 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     """
 
     def __init__(self) -> None:
-        self._base_clock_resolution = 1e-9
         self._virtual = _VirtualSelector()
         super().__init__(self._virtual)
         self.executor_jobs = 0  # run_in_executor calls not finished (asyncio.to_thread's)

@@ -672,6 +672,14 @@ def _leaves(state: object) -> dict[_Location, object]:
     return leaves
 
 
+def _by_place(tasks: Iterable[tuple[int, object]]) -> dict[_Location, object]:
+    """The state of each of *tasks* (its index, what the spin rule looks at of it) place by
+    place (:func:`_leaves`), each path led by the task's index."""
+    return {
+        (task, *place): value for task, state in tasks for place, value in _leaves(state).items()
+    }
+
+
 def _whole(value: object) -> bool:
     """Whether *value* is a whole number (a count of tries, in an int or a float)."""
     if isinstance(value, float):
@@ -1331,17 +1339,15 @@ class Run:
         if not self._still(time) or not queue.virtual:
             return time
         run = len(self._steps) - self._still_steps  # the step at which this still run began
-        if self._spin_seen[0] != run:
-            self._spin_kept = {}
+        same_run = self._spin_seen[0] == run
+        if not same_run:
+            self._spin_seen, self._spin_kept = (run, set(), set()), {}
         state = self._counting(run, self._state(self._spin_kept))
         reads = queue.clock_reads()
         previous_now, self._spin_now = self._spin_now, queue.now()
         free, self._spin_free = self._spin_free, 0
         read, self._spin_reads = reads != self._spin_reads, reads
         moved, self._spin_moved = self._spin_moved, False
-        same_run = self._spin_seen[0] == run
-        if not same_run:
-            self._spin_seen = (run, set(), set())
         _, seen, seen_but_time = self._spin_seen
         # A state an earlier check of this still run found is no change either: the tasks
         # go round a cycle of states whose length does not divide the checks' period (three
@@ -1393,11 +1399,7 @@ class Run:
         # state), which a real loop makes in microseconds, long before any deadline.
         sleep = timer is not None and self._ends_spin(timer)
         if read:
-            target = now + (
-                self._spin_step(run, time)
-                if timer is None
-                else max(_SPIN_QUANTUM, time - self._steps[run].time)
-            )
+            target = now + self._spin_step(run, time, timer)
             if timer is not None:
                 gap = timer - now
                 if gap > _SPIN_GRAIN:
@@ -1424,15 +1426,15 @@ class Run:
         self._still_time = self._step_time()
         return self._still_time
 
-    def _spin_step(self, run: int, time: float) -> float:
-        """How far the spin rule moves the clock the tasks read, at *time*, with no timer
-        pending: as far as it went since the still run began (the moves double, from a
-        microsecond), or, after a move brought progress, since then, and at least half the
-        time that progress took to come (a token bucket's next refill comes after as long
-        again: two moves, not twenty; an eighth took four, and 300 tokens did not fit the
-        budget in all, attack31). While every move brings progress the moves shrink towards
-        its pace."""
-        if self._refilled_at < run:
+    def _spin_step(self, run: int, time: float, timer: float | None) -> float:
+        """How far the spin rule moves the clock the tasks read, at *time*, *timer* the next
+        one (which then bounds the move): as far as it went since the still run began (the
+        moves double, from a microsecond), or, with no timer pending, after a move brought
+        progress, since then, and at least half the time that progress took to come (a token
+        bucket's next refill comes after as long again: two moves, not twenty; an eighth took
+        four, and 300 tokens did not fit the budget in all, attack31). While every move
+        brings progress the moves shrink towards its pace."""
+        if timer is not None or self._refilled_at < run:
             return max(_SPIN_QUANTUM, time - self._steps[run].time)
         return max(_SPIN_QUANTUM, time - self._refilled_time, self._refill_gap / 2)
 
@@ -1452,11 +1454,10 @@ class Run:
         whether such progress was a whole number's or an object's (not a float's: one read
         off the clock changes at every move)."""
         kept: dict[int, object] = {}  # (while the next look compares with this one)
-        deep = {
-            (task, *place): value
+        deep = _by_place(
+            (task, _but_time((held, frames), self._spin_now))
             for task, held, frames in self._state(kept, deep=True)
-            for place, value in _leaves(_but_time((held, frames), self._spin_now)).items()
-        }
+        )
         self._deep_kept = kept
         last = self._spin_deep
         if last is None or last[0] != run:
@@ -1550,11 +1551,7 @@ class Run:
         counts = self._counts
         if counts.run != run:
             counts = self._counts = _Counting(run)
-        places = {
-            (task, *place): value
-            for task, _held, frames in state
-            for place, value in _leaves(frames).items()
-        }
+        places = _by_place((task, frames) for task, _held, frames in state)
         rising = set()
         only = bool(counts.places)
         counts.whole = False
