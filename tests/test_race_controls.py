@@ -767,12 +767,12 @@ class _Bucket:
 
 
 def _consumer(
-    wanted: int, *, counted: type[float] = int, deadline: float | None = 1.0
+    wanted: int, *, counted: type[float] = int, deadline: float | None = 1.0, rate: float = 1000
 ) -> Callable[[], Awaitable[None]]:
-    """A task that takes *wanted* tokens of a bucket (a token a millisecond) within
+    """A task that takes *wanted* tokens of a bucket (*rate* tokens a second) within
     *deadline* seconds (None: no deadline), polling with ``sleep(0)``; what it took so far
     counted as *counted*."""
-    bucket = _Bucket(1000)
+    bucket = _Bucket(rate)
 
     async def consumer() -> None:
         taken = counted(0)
@@ -1240,6 +1240,27 @@ def test_a_poll_without_a_deadline_takes_what_it_needs(
         (outcome,) = await run.concurrently(_consumer(60, counted=counted, deadline=None))
         outcome.unwrap()
         assert anyio.current_time() < 1.0  # (60 ms on a real loop)
+
+    result = testing.explore(
+        scenario, strategy=strategies()[strategy](), schedules=1, backend=backend
+    )
+    assert result.failure is None, result.failure.report()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", ["pct", "exhaustive0"])
+@pytest.mark.parametrize(
+    ("wanted", "rate", "deadline"), [(180, 20, 10.0), (400, 1000, 1.0)], ids=["90%", "40%"]
+)
+def test_a_bucket_that_keeps_one_token_gives_what_its_deadline_allows(
+    wanted: int, rate: float, deadline: float, strategy: str, backend: str
+) -> None:
+    # A refill the clock moved past is lost to such a bucket: the spin rule's moves split
+    # the way to the deadline in 128, and no more than about 128 tokens fitted within any
+    # deadline (attack30: 200 within 10 s), here 180 needing 90% of it, 400 needing 40%
+    async def scenario(run: testing.Run) -> None:
+        (outcome,) = await run.concurrently(_consumer(wanted, deadline=deadline, rate=rate))
+        outcome.unwrap()
 
     result = testing.explore(
         scenario, strategy=strategies()[strategy](), schedules=1, backend=backend

@@ -695,6 +695,11 @@ def _counted(old: object, new: object) -> bool:
     return all(value.is_integer() for value in floats) and len(floats) != 1
 
 
+def _by_one(old: object, new: object) -> bool:
+    """Whether a place's change from *old* to *new* is a count going up by one."""
+    return _whole(old) and _whole(new) and new == old + 1  # type: ignore[operator]
+
+
 def _but_time(state: object, now: float) -> object:
     """*state* (of :meth:`Run._state`) with the time *now* blanked out wherever it is held:
     what stays the same when the only change is the time the tasks read into a variable."""
@@ -708,7 +713,7 @@ def _but_time(state: object, now: float) -> object:
 class _Counting:
     """What the spin rule learnt of a still run's counting (:meth:`Run._counting`)."""
 
-    __slots__ = ("blanked", "counted", "fell", "fresh", "only", "places", "run", "whole")
+    __slots__ = ("blanked", "by_one", "counted", "fell", "fresh", "only", "places", "run", "whole")
 
     def __init__(self, run: int) -> None:
         self.run = run  # the still run
@@ -719,6 +724,27 @@ class _Counting:
         self.blanked = False  # the looks blank the counted places out
         self.fresh = False  # and the next look is the first to
         self.whole = False  # the last look found a change other than a float's (_counted)
+        self.by_one = False  # and every such change was a count going up by one (_by_one)
+
+
+class _Progress:
+    """When the spin rule's moves last brought progress of one kind in a still run."""
+
+    __slots__ = ("at", "by_one", "gap", "time")
+
+    def __init__(self) -> None:
+        self.at = -1  # the step at which it came
+        self.by_one = False  # every count that rose with it rose by one
+        self.time = math.nan  # the clock then
+        # how long it took to come: since the progress before it in the same still run, or
+        # since the look before the move that brought it
+        self.gap = 0.0
+
+    def came(self, run: int, step: int, now: float, before: float, *, by_one: bool = False) -> None:
+        """Progress came at *step* of the still run begun at *run*, the clock at *now*, the
+        look before at *before*; *by_one*: every count that rose rose by one."""
+        self.gap = now - (self.time if self.at >= run else before)
+        self.time, self.at, self.by_one = now, step, by_one
 
 
 class _Task:
@@ -812,13 +838,11 @@ class Run:
         self._spin_kept: dict[int, object] = {}
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
-        # the step at which the tasks last made progress the spin rule's move brought (a
-        # token bucket's refill): the still budget counts from there
-        self._refilled_at = -1
-        # the clock when that progress came, and how long it took to come (since the progress
-        # before it in the same still run, or the move that brought it)
-        self._refilled_time = math.nan
-        self._refill_gap = 0.0
+        # the last progress the spin rule's move brought (a token bucket's refill): the still
+        # budget counts from there; and the last that changed a whole number or an object (a
+        # token taken, not a float refilled by a fraction): the moves follow its pace
+        self._refilled = _Progress()
+        self._paced = _Progress()
         self._spin_now = math.nan  # the loop's clock at the last spin check
         # (still run, deep state's leaves with the time blanked out, the noisy ones: None
         # till a look without a move since the run began) at the last spin check: see
@@ -1326,7 +1350,8 @@ class Run:
         so that a deadline around a spin that waits for the clock is not reached first;
         while the moves bring progress the state check sees other than the time read into a
         variable (a token bucket's refill taken, a tick: :func:`_but_time`), they split the
-        way to the next timer evenly, ``_REFILL_MOVES`` of them (:meth:`_refilling`), and
+        way to the next timer evenly, ``_REFILL_MOVES`` of them (:meth:`_refilling`), or
+        finer, at the pace of progress that comes one at a time (:meth:`_pace_step`), and
         the still budget starts again at each (:meth:`_budget_steps`). While I/O is
         outstanding it waits for the I/O and moves nothing, until a whole ``io_timeout``
         brought nothing. With no sleeper's timer and no clock read the spin is a livelock as
@@ -1359,7 +1384,7 @@ class Run:
         seen.add(state)
         new_but_time = but_time not in seen_but_time
         seen_but_time.add(but_time)
-        unseen, whole = self._unseen_progress(run, moved)
+        unseen, whole, by_one = self._unseen_progress(run, moved)
         if unseen:
             cycled = False  # (they work on what the move brought: the next look moves on)
         if not cycled or free:
@@ -1382,10 +1407,17 @@ class Run:
                     # a false StepBudgetError at 73,000 years (attack30), a livelock reading
                     # ticks took the clock to infinity (attack26); such a livelock ends at the
                     # budget in all.
-                    since = self._refilled_time if self._refilled_at >= run else previous_now
-                    self._refill_gap = self._spin_now - since
-                    self._refilled_time = self._spin_now
-                    self._refilled_at = len(self._steps)
+                    self._refilled.came(run, len(self._steps), self._spin_now, previous_now)
+                    counts = self._counts
+                    if counts.whole or whole:
+                        self._paced.came(
+                            run,
+                            len(self._steps),
+                            self._spin_now,
+                            previous_now,
+                            # (every count either look saw rise rose by one)
+                            by_one=(counts.by_one or not counts.whole) and (by_one or not whole),
+                        )
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
         if self._look_outside():
@@ -1413,6 +1445,9 @@ class Run:
                         # poll for a number of ticks ends after as many moves at the most.
                         span = gap + time - self._steps[run].time
                         target = min(target, now + max(_SPIN_QUANTUM, span / _REFILL_MOVES))
+                        pace = self._pace_step(run, time, span)
+                        if pace is not None:
+                            target = min(target, now + pace)
                 elif sleep:
                     target = min(target, timer)
                 else:
@@ -1434,11 +1469,36 @@ class Run:
         bucket's next refill comes after as long again: two moves, not twenty; an eighth took
         four, and 300 tokens did not fit the budget in all, attack31). While every move
         brings progress the moves shrink towards its pace."""
-        if timer is not None or self._refilled_at < run:
+        paced = self._paced
+        if timer is not None or paced.at < run:
             return max(_SPIN_QUANTUM, time - self._steps[run].time)
-        return max(_SPIN_QUANTUM, time - self._refilled_time, self._refill_gap / 2)
+        return max(_SPIN_QUANTUM, time - paced.time, paced.gap / 2)
 
-    def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool]:
+    def _pace_step(self, run: int, time: float, span: float) -> float | None:
+        """How far at the most the spin rule moves the clock at *time* while the moves bring
+        progress one at a time (every count that rose rose by one: a token taken, not ticks
+        of the clock read into a variable), a deadline *span* away from the still run's
+        start: a share (``_PACE_FIRST``) of the time the last such progress took to come,
+        then steps of ``_PACE_STEP`` of it up to twice that time, never less than a
+        ``_PACE_MOVES``-th of the span. A bucket that keeps one token wastes what a move
+        goes past its refill: split evenly, 128 moves fitted 128 tokens within any deadline
+        (attack30's 200 within 10 s failed); paced, a refill is passed by an eighth of its
+        pace at the most, and the least move lets a count that rises with the clock (ticks)
+        rise by more than one, which ends the pacing. None: no bound (no such progress, or
+        twice its time passed without it: the moves double again)."""
+        paced = self._paced
+        if paced.at < run or not paced.by_one:
+            return None
+        since, gap = time - paced.time, paced.gap
+        if since < gap * (_PACE_FIRST - _PACE_STEP / 2):
+            step = gap * _PACE_FIRST - since
+        elif since < 2 * gap:
+            step = gap * _PACE_STEP
+        else:
+            return None
+        return max(_SPIN_QUANTUM, span / _PACE_MOVES, step)
+
+    def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool, bool]:
         """What the move before this look brought to state the spin rule's own look does not
         see: the module's globals the tasks' code names, objects further along the
         attributes it names (:func:`_frames_state`, *deep*). Judged place by place
@@ -1452,7 +1512,8 @@ class Run:
         changed across the move, or before any look without a move told which are. None
         when the move changed nothing there, or at the first look of a still run. And
         whether such progress was a whole number's or an object's (not a float's: one read
-        off the clock changes at every move)."""
+        off the clock changes at every move), and whether every such change was a count going
+        up by one."""
         kept: dict[int, object] = {}  # (while the next look compares with this one)
         deep = _by_place(
             (task, _but_time((held, frames), self._spin_now))
@@ -1462,7 +1523,7 @@ class Run:
         last = self._spin_deep
         if last is None or last[0] != run:
             self._spin_deep = (run, deep, None)
-            return None, False
+            return None, False, False
         _, before, noisy = last
         changed = {
             place
@@ -1471,14 +1532,19 @@ class Run:
         }
         if not moved:
             self._spin_deep = (run, deep, changed)
-            return None, False
+            return None, False, False
         self._spin_deep = (run, deep, None if noisy is None else noisy | changed)
         if not changed:
-            return None, False
+            return None, False, False
         if noisy is None or changed <= noisy:
-            return "changed", False
+            return "changed", False, False
         progress = changed - noisy
-        return "progress", any(_counted(before.get(place), deep.get(place)) for place in progress)
+        counted = [
+            (before.get(place), deep.get(place))
+            for place in progress
+            if _counted(before.get(place), deep.get(place))
+        ]
+        return "progress", bool(counted), all(_by_one(old, new) for old, new in counted)
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1528,14 +1594,15 @@ class Run:
         lock changing hands, a unit's answer) splits the way for a move or two only: while
         it lasted for the rest of a still run, a driver polling its unit's status bit took
         128 moves for each of its unit's latencies and ran out of its budget in all."""
-        return self._refilled_at >= run and now - self._refilled_time <= 2 * self._refill_gap
+        refilled = self._refilled
+        return refilled.at >= run and now - refilled.time <= 2 * refilled.gap
 
     def _budget_steps(self) -> int:
         """The steps the still budget counts: those of the still run since the tasks last
         made progress that the spin rule's move brought (or since it began again:
         :meth:`_outspun`)."""
         steps = len(self._steps)
-        return min(self._still_steps, steps - self._refilled_at, steps - self._budget_from)
+        return min(self._still_steps, steps - self._refilled.at, steps - self._budget_from)
 
     def _counting(
         self, run: int, state: tuple[tuple[int, bool, tuple[object, ...]], ...]
@@ -1554,13 +1621,15 @@ class Run:
         places = _by_place((task, frames) for task, _held, frames in state)
         rising = set()
         only = bool(counts.places)
-        counts.whole = False
+        counts.whole, counts.by_one = False, True
         for place, value in places.items():
             old = counts.places.get(place, _GONE)
             if old == value or not any(isinstance(part, str) for part in place):
                 continue  # (unchanged, or where a task stands)
             # (what they count their tries in is no progress)
-            counts.whole = counts.whole or (_counted(old, value) and place not in counts.counted)
+            if _counted(old, value) and place not in counts.counted:
+                counts.whole = True
+                counts.by_one = counts.by_one and _by_one(old, value)
             if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
                 rising.add(place)
             else:
@@ -2026,6 +2095,12 @@ _OUTSIDE = 1 << 32  # a task outside control's place in the order of waits: afte
 _SLOW_STEPS = 1000  # steps in a row with time still, after which a timer threads outlast is due
 _GOLDEN = (math.sqrt(5) - 1) / 2  # whose turn it is after a move: see _first_after_move
 _SILVER = math.sqrt(2) - 1  # how much later the look after a move comes: see _look_delay
+# After progress came, the spin rule's next move goes this share of the time it took to come,
+# and then moves of _PACE_STEP of it, up to twice that time: a refill of a bucket that keeps one
+# token is passed by an eighth of its pace at the most
+_PACE_FIRST = 7 / 8
+_PACE_STEP = 1 / 8
+_PACE_MOVES = 1024
 _REFILL_MOVES = 128  # moves of the spin rule that bring progress, at least, before a deadline
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
