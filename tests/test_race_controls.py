@@ -2251,6 +2251,67 @@ def test_steady_progress_past_the_budget_is_no_livelock(backend: str) -> None:
     assert len(report.splitlines()) < 300
 
 
+def watched(work: Callable[[], Awaitable[None]]) -> testing.Scenario:
+    """*work* beside a watchdog that fails the run if it has not ended after a second."""
+
+    async def scenario(run: testing.Run) -> None:
+        done = anyio.Event()
+
+        async def worker() -> None:
+            await work()
+            done.set()
+
+        async def watchdog() -> None:
+            await anyio.sleep(1.0)
+            assert done.is_set(), "the work outlasted its watchdog"
+
+        for outcome in await run.concurrently(worker, watchdog):
+            outcome.unwrap()
+
+    return scenario
+
+
+async def steady_work() -> None:
+    for _ in range(800):  # (more than the budget of 500 steps, less than twice)
+        await anyio.sleep(0)
+
+
+async def slow_work() -> None:
+    await anyio.sleep(2.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_verdict_after_the_budget_moved_the_clock_past_steady_work_says_so(
+    backend: str,
+) -> None:
+    # Attack31: steady work longer than the budget beside a sleeper gets the clock moved to
+    # the sleep's end (a poll that counts its tries looks the same), and the watchdog's
+    # failure said nothing of it. Work that truly outlasts it gets no such note.
+    def failure(work: Callable[[], Awaitable[None]]) -> testing.Failure:
+        result = testing.explore(
+            watched(work),
+            strategy=testing.PCT(0),
+            schedules=1,
+            backend=backend,
+            limits=testing.Limits(max_steps=500),
+        )
+        assert result.failure is not None
+        assert "outlasted its watchdog" in str(result.failure.error)
+        return result.failure
+
+    moved = failure(steady_work)
+    ((step, before, after),) = moved.timeline.budget_moves[:1]
+    assert before == 0 and after == 1.0 and 500 <= step < 800
+    report = moved.report()
+    assert f"note: the step budget moved the clock on to the end of a sleep at step {step}" in (
+        report.replace("\n    ", " ")
+    )
+    assert "raise Limits.max_steps" in report.replace("\n    ", " ")
+    slow = failure(slow_work)
+    assert slow.timeline.budget_moves == ()
+    assert "note:" not in slow.report()
+
+
 async def threads_of_a_task_and_its_child(run: testing.Run) -> None:
     """A controlled task and a task it spawns each wait for a worker thread."""
 

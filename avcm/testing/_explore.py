@@ -183,10 +183,12 @@ class Failure:
             f"seed {self.token.seed}, {self.backend}): {len(timeline.steps)} steps, "
             f"{timeline.deviations()}{shrunk}"
         )
+        note = timeline.budget_note()
         return (
             f"{header}\n"
             f"{wrap(f'{type(self.error).__name__}: {self.error}')}\n\n"
-            f"{timeline.format()}\n\n"
+            + (f"{wrap(note)}\n\n" if note else "")
+            + f"{timeline.format()}\n\n"
             f"replay token: {self.token}\n"
             f"replay: {self.replay_command}"
         )

@@ -96,6 +96,30 @@ class Timeline:
     steps: tuple[Step, ...]
     outcomes: tuple[TaskOutcome, ...]
     preemptions: int
+    # (step, clock before, clock after) of each time the step budget moved virtual time on to
+    # the end of a sleep while the tasks kept changing state or, past a budget of it, only
+    # counted up: steady work and a poll that counts its tries look the same to it
+    budget_moves: tuple[tuple[int, float, float], ...] = ()
+
+    def budget_note(self) -> str:
+        """A sentence on where the step budget moved the clock on while the tasks kept
+        changing state, or ``""`` if it never did: a verdict after such a move may be one
+        that a faster machine would not give."""
+        if not self.budget_moves:
+            return ""
+        moves = ", ".join(
+            f"at step {step} from {before:.6g} s to {after:.6g} s"
+            for step, before, after in self.budget_moves[:3]
+        )
+        more = len(self.budget_moves) - 3
+        more_text = f" and {more} more time(s)" if more > 0 else ""
+        return (
+            f"note: the step budget moved the clock on to the end of a sleep {moves}{more_text}, "
+            "after the tasks kept changing state (or only counted up) for the whole budget "
+            "with virtual time standing still: it cannot tell steady work from a poll that "
+            "counts its tries. A real loop takes as long as the machine makes it for such "
+            "work; if it is meant to end before that sleep, raise Limits.max_steps."
+        )
 
     @property
     def outlasted(self) -> int:
