@@ -1188,10 +1188,11 @@ CONTROL_STRATEGIES = [
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("control", "strategy"), CONTROL_STRATEGIES)
 def test_a_correct_program_passes_every_strategy(control: str, strategy: str, backend: str) -> None:
-    schedules = 20 if "threads" in control else 4 if "process" in control else 40
-    # (polls of a shared bucket: 40 schedules cost 5 to 12 seconds a strategy)
+    # (CI's whole run must stay well under 15 minutes: 6 strategies x 2 backends of each)
+    schedules = 4 if "process" in control else 20
+    # (polls of a shared bucket: 20 schedules cost 3 to 6 seconds a strategy)
     buckets = ("a_lock_a_hog", "a_bucket_shared", "three_share_a_bucket")
-    schedules = 10 if "spin_" in control or control.startswith(buckets) else schedules
+    schedules = 5 if "spin_" in control or control.startswith(buckets) else schedules
     schedules = (
         2 if control in ("progress_kept_in_a_global", "progress_two_references_away") else schedules
     )
@@ -1210,7 +1211,7 @@ def test_a_correct_program_passes_every_strategy(control: str, strategy: str, ba
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("strategy", ["pct", "random", "exhaustive1"])
+@pytest.mark.parametrize("strategy", ["pct", "exhaustive1"])
 @pytest.mark.parametrize("place", sorted(PROGRESS_PLACES))
 def test_progress_counts_wherever_the_tasks_code_keeps_it(
     place: str, strategy: str, backend: str
@@ -1249,17 +1250,14 @@ def test_a_poll_without_a_deadline_takes_what_it_needs(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("strategy", ["pct", "exhaustive0"])
-@pytest.mark.parametrize(
-    ("wanted", "rate", "deadline"), [(180, 20, 10.0), (400, 1000, 1.0)], ids=["90%", "40%"]
-)
 def test_a_bucket_that_keeps_one_token_gives_what_its_deadline_allows(
-    wanted: int, rate: float, deadline: float, strategy: str, backend: str
+    strategy: str, backend: str
 ) -> None:
     # A refill the clock moved past is lost to such a bucket: the spin rule's moves split
     # the way to the deadline in 128, and no more than about 128 tokens fitted within any
-    # deadline (attack30: 200 within 10 s), here 180 needing 90% of it, 400 needing 40%
+    # deadline (attack30: 200 within 10 s); here 180 tokens, 20 a second, within 10 s
     async def scenario(run: testing.Run) -> None:
-        (outcome,) = await run.concurrently(_consumer(wanted, deadline=deadline, rate=rate))
+        (outcome,) = await run.concurrently(_consumer(180, deadline=10.0, rate=20))
         outcome.unwrap()
 
     result = testing.explore(
@@ -2015,7 +2013,9 @@ def test_a_lost_update_late_in_a_long_run_is_shrunk_to_the_fewest_preemptions(
             strategy=strategy,
             schedules=50,
             backend=backend,
-            shrink_budget=100,
+            # (the one-preemption schedule is the third run tried, from the end of the run
+            # with none; the rest of a budget goes to fewer steps, which this run has not)
+            shrink_budget=20,
         )
         failure = result.failure
         assert failure is not None and failure.shrunk_from is not None
