@@ -1074,6 +1074,30 @@ def _by_a_helper() -> Callable[[int], Awaitable[None]]:
     return _take_twenty(_COUNTED.__getitem__, _count)
 
 
+_BOOKS: dict[str, dict[str, list[int]]] = {}
+
+
+def _in_a_dict_in_a_dict() -> Callable[[int], Awaitable[None]]:
+    _BOOKS["tokens"] = {"taken": [0, 0]}
+
+    def took(me: int) -> None:
+        _BOOKS["tokens"]["taken"][me] += 1
+
+    return _take_twenty(lambda me: _BOOKS["tokens"]["taken"][me], took)
+
+
+_CLERKS: list[_Holder] = []
+
+
+def _in_an_object_in_a_list() -> Callable[[int], Awaitable[None]]:
+    _CLERKS[:] = [_Holder(0), _Holder(0)]
+
+    def took(me: int) -> None:
+        _CLERKS[me].held += 1  # type: ignore[operator]
+
+    return _take_twenty(lambda me: _CLERKS[me].held, took)  # type: ignore[return-value]
+
+
 PROGRESS_PLACES = {
     "beside_a_metric": _beside_a_metric,
     "in_a_class_attribute": _in_a_class_attribute,
@@ -1081,6 +1105,8 @@ PROGRESS_PLACES = {
     "three_references_away": _three_references_away,
     "in_another_module": _in_another_module,
     "by_a_helper": _by_a_helper,
+    "in_a_dict_in_a_dict": _in_a_dict_in_a_dict,
+    "in_an_object_in_a_list": _in_an_object_in_a_list,
 }
 
 

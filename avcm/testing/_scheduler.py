@@ -572,8 +572,9 @@ def _fingerprint(
     """A value's identity, with its size and, one level down, what its attributes or first
     items are (by identity): enough to see a counter, a cursor or a queue move. An attribute
     named in *follow* is looked into one level more, *further* times along a chain; so are
-    those of a class or a module (not the machinery's), and the slots of an object that has
-    them, only then (they move with the machinery's state at every step, or hold code)."""
+    the first items of a container, those of a class or a module (not the machinery's), and
+    the slots of an object that has them, only then (they move with the machinery's state at
+    every step, or hold code)."""
     if isinstance(value, (type, types.ModuleType)):
         if not (follow and further) or _is_machinery(_module_of(value)):
             return _identity(value, keep)
@@ -595,10 +596,13 @@ def _fingerprint(
     if isinstance(value, (list, tuple, dict, set, frozenset, collections.deque, bytearray)):
         parts.append(len(value))
         if depth > 0 and not isinstance(value, bytearray):
-            items = value.values() if isinstance(value, dict) else value
-            parts.extend(
-                _fingerprint(item, keep, depth - 1) for item in itertools.islice(items, 16)
-            )
+            items = itertools.islice(value.values() if isinstance(value, dict) else value, 16)
+            if follow and further:
+                # (the deeper look: an item is looked into as a followed attribute is, a dict
+                # in a dict or an object at an index of a list holding the count)
+                parts.extend(_fingerprint(item, keep, depth, follow, further - 1) for item in items)
+            else:
+                parts.extend(_fingerprint(item, keep, depth - 1) for item in items)
     if depth <= 0:
         return tuple(parts)
     attributes = getattr(value, "__dict__", None)
