@@ -1276,15 +1276,38 @@ def test_a_poll_without_a_deadline_takes_what_it_needs(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("strategy", ["pct", "exhaustive0"])
+@pytest.mark.parametrize("pollers", ["alone", "eight_share_it", "through_a_lock"])
 def test_a_bucket_that_keeps_one_token_gives_what_its_deadline_allows(
-    strategy: str, backend: str
+    pollers: str, strategy: str, backend: str
 ) -> None:
     # A refill the clock moved past is lost to such a bucket: the spin rule's moves split
     # the way to the deadline in 128, and no more than about 128 tokens fitted within any
-    # deadline (attack30: 200 within 10 s); here 180 tokens, 20 a second, within 10 s
+    # deadline (attack30: 200 within 10 s). Here 20 tokens a second within 10 s: 180 taken
+    # by one task; 15 by each of 8 (attack32: the bucket's fraction of a token, changing at
+    # every move, ended the pacing); 150 taken under an anyio.Lock (attack32: where the
+    # task stood, in the lock or at its sleep, passed for a count)
     async def scenario(run: testing.Run) -> None:
-        (outcome,) = await run.concurrently(_consumer(180, deadline=10.0, rate=20))
-        outcome.unwrap()
+        bucket = _Bucket(20)
+        lock = anyio.Lock()
+        wanted = {"alone": 180, "eight_share_it": 15, "through_a_lock": 150}[pollers]
+
+        async def poller() -> None:
+            taken = 0
+            with anyio.fail_after(10):
+                while taken < wanted:
+                    if pollers == "through_a_lock":
+                        async with lock:
+                            took = bucket.take()
+                    else:
+                        took = bucket.take()
+                    if took:
+                        taken += 1
+                    else:
+                        await anyio.sleep(0)
+
+        tasks = 8 if pollers == "eight_share_it" else 1
+        for outcome in await run.concurrently(*[poller] * tasks):
+            outcome.unwrap()
 
     result = testing.explore(
         scenario, strategy=strategies()[strategy](), schedules=1, backend=backend

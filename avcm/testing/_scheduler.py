@@ -676,6 +676,12 @@ def _leaves(state: object) -> dict[_Location, object]:
     return leaves
 
 
+def _named(place: _Location) -> bool:
+    """Whether *place* is a variable's or an attribute's (or within one), not where a task
+    stands in its code."""
+    return any(isinstance(part, str) for part in place)
+
+
 def _by_place(tasks: Iterable[tuple[int, object]]) -> dict[_Location, object]:
     """The state of each of *tasks* (its index, what the spin rule looks at of it) place by
     place (:func:`_leaves`), each path led by the task's index."""
@@ -699,9 +705,10 @@ def _counted(old: object, new: object) -> bool:
     return all(value.is_integer() for value in floats) and len(floats) != 1
 
 
-def _by_one(old: object, new: object) -> bool:
-    """Whether a place's change from *old* to *new* is a count going up by one."""
-    return _whole(old) and _whole(new) and new == old + 1  # type: ignore[operator]
+def _by_more_than_one(old: object, new: object) -> bool:
+    """Whether a place's change from *old* to *new* is a count that moved by more than one:
+    ticks read off the clock, not a token taken (nor a flag: a bool is no count)."""
+    return _whole(old) and _whole(new) and abs(new - old) > 1  # type: ignore[operator]
 
 
 def _but_time(state: object, now: float) -> object:
@@ -728,7 +735,7 @@ class _Counting:
         self.blanked = False  # the looks blank the counted places out
         self.fresh = False  # and the next look is the first to
         self.whole = False  # the last look found a change other than a float's (_counted)
-        self.by_one = False  # and every such change was a count going up by one (_by_one)
+        self.by_one = False  # and no count among them moved by more than one
 
 
 class _Progress:
@@ -738,7 +745,7 @@ class _Progress:
 
     def __init__(self) -> None:
         self.at = -1  # the step at which it came
-        self.by_one = False  # every count that rose with it rose by one
+        self.by_one = False  # no count that changed with it moved by more than one
         self.time = math.nan  # the clock then
         # how long it took to come: since the progress before it in the same still run, or
         # since the look before the move that brought it
@@ -749,6 +756,11 @@ class _Progress:
         look before at *before*; *by_one*: every count that rose rose by one."""
         self.gap = now - (self.time if self.at >= run else before)
         self.time, self.at, self.by_one = now, step, by_one
+
+    def recent(self, run: int, now: float) -> bool:
+        """Whether it came in the still run begun at *run*, no longer ago at *now* than twice
+        the time it took to come."""
+        return self.at >= run and now - self.time <= 2 * self.gap
 
 
 class _Task:
@@ -1423,7 +1435,7 @@ class Run:
                             len(self._steps),
                             self._spin_now,
                             previous_now,
-                            # (every count either look saw rise rose by one)
+                            # (no count either look saw change moved by more than one)
                             by_one=(counts.by_one or not counts.whole) and (by_one or not whole),
                         )
             return time
@@ -1487,10 +1499,10 @@ class Run:
 
     def _pace_step(self, run: int, time: float, span: float) -> float | None:
         """How far at the most the spin rule moves the clock at *time* while the moves bring
-        progress one at a time (every count that rose rose by one: a token taken, not ticks
-        of the clock read into a variable), a deadline *span* away from the still run's
-        start: a share (``_PACE_FIRST``) of the time the last such progress took to come,
-        then steps of ``_PACE_STEP`` of it up to twice that time, never less than a
+        progress one at a time (no count moved by more than one: a token taken, not ticks of
+        the clock read into a variable; a flag is no count), a deadline *span* away from the
+        still run's start: a share (``_PACE_FIRST``) of the time the last such progress took
+        to come, then steps of ``_PACE_STEP`` of it up to twice that time, never less than a
         ``_PACE_MOVES``-th of the span. A bucket that keeps one token wastes what a move
         goes past its refill: split evenly, 128 moves fitted 128 tokens within any deadline
         (attack30's 200 within 10 s failed); paced, a refill is passed by an eighth of its
@@ -1550,12 +1562,13 @@ class Run:
         if noisy is None or changed <= noisy:
             return "changed", False, False
         progress = changed - noisy
+        # (where a task stands is no count, and moves by more than one)
         counted = [
             (before.get(place), deep.get(place))
             for place in progress
-            if _counted(before.get(place), deep.get(place))
+            if _named(place) and _counted(before.get(place), deep.get(place))
         ]
-        return "progress", bool(counted), all(_by_one(old, new) for old, new in counted)
+        return "progress", bool(counted), not any(_by_more_than_one(*c) for c in counted)
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1601,12 +1614,15 @@ class Run:
     def _refilling(self, run: int, now: float) -> bool:
         """Whether the spin rule's moves still bring progress, at *now*, in the still run
         begun at step *run*: progress came in it, and no longer ago than twice the time it
-        took to come (a token bucket's rate). A single change a move happened to bring (a
+        took to come (a token bucket's rate), of either kind: any, or one count at a time
+        (the fraction of a token a bucket holds changes at every move, so its gap is the
+        last move's; a paced move twice as long ended the refilling, and the next went half
+        the way to the deadline: a false TimeoutError for 8 tasks sharing a bucket,
+        attack32). A single change a move happened to bring (a
         lock changing hands, a unit's answer) splits the way for a move or two only: while
         it lasted for the rest of a still run, a driver polling its unit's status bit took
         128 moves for each of its unit's latencies and ran out of its budget in all."""
-        refilled = self._refilled
-        return refilled.at >= run and now - refilled.time <= 2 * refilled.gap
+        return self._refilled.recent(run, now) or self._paced.recent(run, now)
 
     def _budget_steps(self) -> int:
         """The steps the still budget counts: those of the still run since the tasks last
@@ -1635,12 +1651,12 @@ class Run:
         counts.whole, counts.by_one = False, True
         for place, value in places.items():
             old = counts.places.get(place, _GONE)
-            if old == value or not any(isinstance(part, str) for part in place):
+            if old == value or not _named(place):
                 continue  # (unchanged, or where a task stands)
             # (what they count their tries in is no progress)
             if _counted(old, value) and place not in counts.counted:
                 counts.whole = True
-                counts.by_one = counts.by_one and _by_one(old, value)
+                counts.by_one = counts.by_one and not _by_more_than_one(old, value)
             if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
                 rising.add(place)
             else:
