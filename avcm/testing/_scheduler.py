@@ -705,10 +705,11 @@ def _counted(old: object, new: object) -> bool:
     return all(value.is_integer() for value in floats) and len(floats) != 1
 
 
-def _by_more_than_one(old: object, new: object) -> bool:
-    """Whether a place's change from *old* to *new* is a count that moved by more than one:
-    ticks read off the clock, not a token taken (nor a flag: a bool is no count)."""
-    return _whole(old) and _whole(new) and abs(new - old) > 1  # type: ignore[operator]
+def _count_move(old: object, new: object) -> float:
+    """How far a count moved from *old* to *new*: 1 for a token taken, more for ticks read
+    off the clock; 0 if either is no whole number (a flag, a float read off the clock, a
+    place that came or went with the frame that holds it)."""
+    return abs(new - old) if _whole(old) and _whole(new) else 0  # type: ignore[operator]
 
 
 def _but_time(state: object, now: float) -> object:
@@ -724,7 +725,7 @@ def _but_time(state: object, now: float) -> object:
 class _Counting:
     """What the spin rule learnt of a still run's counting (:meth:`Run._counting`)."""
 
-    __slots__ = ("blanked", "by_one", "counted", "fell", "fresh", "only", "places", "run", "whole")
+    __slots__ = ("blanked", "counted", "fell", "fresh", "moved", "only", "places", "run", "whole")
 
     def __init__(self, run: int) -> None:
         self.run = run  # the still run
@@ -735,7 +736,7 @@ class _Counting:
         self.blanked = False  # the looks blank the counted places out
         self.fresh = False  # and the next look is the first to
         self.whole = False  # the last look found a change other than a float's (_counted)
-        self.by_one = False  # and no count among them moved by more than one
+        self.moved = 0.0  # how far the count that moved most moved then (_count_move)
 
 
 class _Progress:
@@ -745,7 +746,7 @@ class _Progress:
 
     def __init__(self) -> None:
         self.at = -1  # the step at which it came
-        self.by_one = False  # no count that changed with it moved by more than one
+        self.by_one = False  # no count moved by more than one with it
         self.time = math.nan  # the clock then
         # how long it took to come: since the progress before it in the same still run, or
         # since the look before the move that brought it
@@ -753,7 +754,7 @@ class _Progress:
 
     def came(self, run: int, step: int, now: float, before: float, *, by_one: bool = False) -> None:
         """Progress came at *step* of the still run begun at *run*, the clock at *now*, the
-        look before at *before*; *by_one*: every count that rose rose by one."""
+        look before at *before*; *by_one*: no count moved by more than one with it."""
         self.gap = now - (self.time if self.at >= run else before)
         self.time, self.at, self.by_one = now, step, by_one
 
@@ -855,8 +856,8 @@ class Run:
         self._progress_run = -1  # the still run in which the spin rule saw tasks change state
         self._spin_moved = False  # the spin rule moved the clock at its last check
         # the last progress the spin rule's move brought (a token bucket's refill): the still
-        # budget counts from there; and the last that changed a whole number or an object (a
-        # token taken, not a float refilled by a fraction): the moves follow its pace
+        # budget counts from there; and the last that moved a count (a token taken, not a
+        # float refilled by a fraction, nor a frame come or gone): the moves follow its pace
         self._refilled = _Progress()
         self._paced = _Progress()
         self._spin_now = math.nan  # the loop's clock at the last spin check
@@ -1404,7 +1405,7 @@ class Run:
         seen.add(state)
         new_but_time = but_time not in seen_but_time
         seen_but_time.add(but_time)
-        unseen, whole, by_one = self._unseen_progress(run, moved)
+        unseen, whole, deep_moved = self._unseen_progress(run, moved)
         if unseen:
             cycled = False  # (they work on what the move brought: the next look moves on)
         if not cycled or free:
@@ -1428,15 +1429,10 @@ class Run:
                     # ticks took the clock to infinity (attack26); such a livelock ends at the
                     # budget in all.
                     self._refilled.came(run, len(self._steps), self._spin_now, previous_now)
-                    counts = self._counts
-                    if counts.whole or whole:
+                    most = max(self._counts.moved, deep_moved)  # (of either look)
+                    if most:
                         self._paced.came(
-                            run,
-                            len(self._steps),
-                            self._spin_now,
-                            previous_now,
-                            # (no count either look saw change moved by more than one)
-                            by_one=(counts.by_one or not counts.whole) and (by_one or not whole),
+                            run, len(self._steps), self._spin_now, previous_now, by_one=most == 1
                         )
             return time
         self._spinning = True  # nothing changed since the last look: the tasks only yield
@@ -1492,10 +1488,10 @@ class Run:
         bucket's next refill comes after as long again: two moves, not twenty; an eighth took
         four, and 300 tokens did not fit the budget in all, attack31). While every move
         brings progress the moves shrink towards its pace."""
-        paced = self._paced
-        if timer is not None or paced.at < run:
+        refilled = self._refilled
+        if timer is not None or refilled.at < run:
             return max(_SPIN_QUANTUM, time - self._steps[run].time)
-        return max(_SPIN_QUANTUM, time - paced.time, paced.gap / 2)
+        return max(_SPIN_QUANTUM, time - refilled.time, refilled.gap / 2)
 
     def _pace_step(self, run: int, time: float, span: float) -> float | None:
         """How far at the most the spin rule moves the clock at *time* while the moves bring
@@ -1521,7 +1517,7 @@ class Run:
             return None
         return max(_SPIN_QUANTUM, span / _PACE_MOVES, step)
 
-    def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool, bool]:
+    def _unseen_progress(self, run: int, moved: bool) -> tuple[str | None, bool, float]:
         """What the move before this look brought to state the spin rule's own look does not
         see: the module's globals the tasks' code names, objects further along the
         attributes it names (:func:`_frames_state`, *deep*). Judged place by place
@@ -1535,8 +1531,8 @@ class Run:
         changed across the move, or before any look without a move told which are. None
         when the move changed nothing there, or at the first look of a still run. And
         whether such progress was a whole number's or an object's (not a float's: one read
-        off the clock changes at every move), and whether every such change was a count going
-        up by one."""
+        off the clock changes at every move), and how far the count that moved most moved
+        (:func:`_count_move`)."""
         kept: dict[int, object] = {}  # (while the next look compares with this one)
         deep = _by_place(
             (task, _but_time((held, frames), self._spin_now))
@@ -1555,20 +1551,20 @@ class Run:
         }
         if not moved:
             self._spin_deep = (run, deep, changed)
-            return None, False, False
+            return None, False, 0
         self._spin_deep = (run, deep, None if noisy is None else noisy | changed)
         if not changed:
-            return None, False, False
+            return None, False, 0
         if noisy is None or changed <= noisy:
-            return "changed", False, False
+            return "changed", False, 0
         progress = changed - noisy
         # (where a task stands is no count, and moves by more than one)
-        counted = [
-            (before.get(place), deep.get(place))
-            for place in progress
-            if _named(place) and _counted(before.get(place), deep.get(place))
-        ]
-        return "progress", bool(counted), not any(_by_more_than_one(*c) for c in counted)
+        named = [(before.get(place), deep.get(place)) for place in progress if _named(place)]
+        return (
+            "progress",
+            any(_counted(*change) for change in named),
+            max((_count_move(*change) for change in named), default=0),
+        )
 
     def _look_due(self) -> bool:
         """Whether the spin rule looks at the step about to start: every ``2 * fair_bound``
@@ -1648,7 +1644,7 @@ class Run:
         places = _by_place((task, frames) for task, _held, frames in state)
         rising = set()
         only = bool(counts.places)
-        counts.whole, counts.by_one = False, True
+        counts.whole, counts.moved = False, 0
         for place, value in places.items():
             old = counts.places.get(place, _GONE)
             if old == value or not _named(place):
@@ -1656,7 +1652,7 @@ class Run:
             # (what they count their tries in is no progress)
             if _counted(old, value) and place not in counts.counted:
                 counts.whole = True
-                counts.by_one = counts.by_one and not _by_more_than_one(old, value)
+                counts.moved = max(counts.moved, _count_move(old, value))
             if _whole(old) and _whole(value) and value > old:  # type: ignore[operator]
                 rising.add(place)
             else:
