@@ -1542,7 +1542,7 @@ class Run:
         last = self._spin_deep
         if last is None or last[0] != run:
             self._spin_deep = (run, deep, None)
-            return None, False, False
+            return None, False, 0
         _, before, noisy = last
         changed = {
             place
