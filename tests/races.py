@@ -353,16 +353,35 @@ async def take_and_give_without_finally(run: testing.Run) -> None:
     assert out == 0, f"leaked {out}"
 
 
+def fewest_preemptions(scenario: testing.Scenario, backend: str) -> int:
+    """The fewest preemptions a failing schedule of *scenario* has, as Exhaustive searches
+    bound after bound finds it (three at most)."""
+    for bound in range(4):
+        result = testing.explore(
+            scenario,
+            strategy=testing.Exhaustive(bound),
+            schedules=5000,
+            backend=backend,
+            shrink=False,  # (only whether a schedule within the bound fails counts here)
+        )
+        if result.failure is not None:
+            return bound
+        assert result.exhausted
+    raise AssertionError("not found within three preemptions")
+
+
 def queue_overflow(lead: int) -> testing.Scenario:
     """Three tasks check that a one-command queue is empty, pause, then append; the device has
     one spare slot, so two commands are fine and three overflow it: only when all three
-    checked before any appended (two preemptions), after *lead* checkpoints of work each."""
+    checked before any appended. Task *i* does ``lead + 2 * i`` checkpoints of work first, so
+    in the event loop's own order the first appends before the last checks: two preemptions
+    (on both backends, whatever order the loop starts them in)."""
 
     async def scenario(run: testing.Run) -> None:
         queue: list[int] = []
 
         async def submit(item: int) -> None:
-            for _ in range(lead):
+            for _ in range(lead + 2 * item):
                 await anyio.lowlevel.checkpoint()
             if not queue:
                 await anyio.lowlevel.checkpoint()

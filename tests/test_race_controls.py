@@ -32,7 +32,7 @@ import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
 from tests.broken_drivers import in_background
-from tests.races import queue_overflow, take_and_give_without_finally
+from tests.races import fewest_preemptions, queue_overflow, take_and_give_without_finally
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -1699,13 +1699,15 @@ def test_a_thread_call_waiting_for_its_limiter_can_deadlock(backend: str) -> Non
 
     async def scenario(run: testing.Run) -> None:
         limiter = anyio.CapacityLimiter(1)
-        never = anyio.Event()
+        held, never = anyio.Event(), anyio.Event()
 
         async def holder() -> None:
             async with limiter:
+                held.set()
                 await never.wait()
 
         async def worker() -> None:
+            await held.wait()  # (whichever task the loop starts first)
             await anyio.to_thread.run_sync(time.sleep, 0, limiter=limiter)
 
         await run.concurrently(holder, worker)
@@ -1907,26 +1909,11 @@ RACES_ANYIO = {
 }
 
 
-def _minimal_preemptions(scenario: testing.Scenario, backend: str) -> int:
-    for bound in range(3):
-        result = testing.explore(
-            scenario,
-            strategy=testing.Exhaustive(bound),
-            schedules=5000,
-            backend=backend,
-            shrink=False,  # (only whether a schedule within the bound fails counts here)
-        )
-        if result.failure is not None:
-            return bound
-        assert result.exhausted
-    raise AssertionError("not found within two preemptions")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("race", sorted(RACES_ANYIO))
 def test_a_race_through_anyio_is_found_replayed_and_shrunk(race: str, backend: str) -> None:
     scenario = RACES_ANYIO[race]
-    minimum = _minimal_preemptions(scenario, backend)
+    minimum = fewest_preemptions(scenario, backend)
     for strategy in (testing.PCT(0), testing.RandomWalk(0)):
         result = testing.explore(scenario, strategy=strategy, schedules=500, backend=backend)
         failure = result.failure
@@ -1962,7 +1949,7 @@ def asyncio_races() -> dict[str, testing.Scenario]:
 @pytest.mark.parametrize("race", sorted(asyncio_races()))
 def test_a_race_through_plain_asyncio_is_found_and_replayed(race: str) -> None:
     scenario = asyncio_races()[race]
-    minimum = _minimal_preemptions(scenario, "asyncio")
+    minimum = fewest_preemptions(scenario, "asyncio")
     result = testing.explore(scenario, strategy=testing.PCT(0), backend="asyncio")
     failure = result.failure
     assert failure is not None, f"{race} not found"
@@ -1992,6 +1979,96 @@ def woken_last(k: int) -> testing.Scenario:
     return scenario
 
 
+Spawn = Callable[..., Awaitable[Any]]
+
+
+async def every_primitive_in_turn(log: list[tuple[object, ...]], spawn: Spawn) -> None:
+    """Six tasks through sleep(0), checkpoints, an event, a lock, a memory stream, a
+    semaphore, a condition and a timer, logging what each does as it goes; *spawn* runs
+    them concurrently (a task group, or the race finder)."""
+    event, lock = anyio.Event(), anyio.Lock()
+    send, receive = anyio.create_memory_object_stream[int](1)
+    semaphore, condition = anyio.Semaphore(1), anyio.Condition()
+
+    async def setter() -> None:
+        for i in range(3):
+            log.append(("setter", i))
+            await anyio.sleep(0)
+        event.set()
+        log.append(("setter", "set"))
+        async with lock:
+            log.append(("setter", "locked"))
+            await anyio.sleep(0)
+
+    async def waiter() -> None:
+        log.append(("waiter", "waits"))
+        await event.wait()
+        log.append(("waiter", "woke"))
+        async with lock:
+            log.append(("waiter", "locked"))
+            await anyio.lowlevel.checkpoint()
+
+    async def sender() -> None:
+        async with send:
+            for i in range(5):
+                log.append(("sender", i))
+                await anyio.lowlevel.checkpoint()
+                await send.send(i)
+
+    async def receiver() -> None:
+        async with receive:
+            async for item in receive:
+                log.append(("receiver", item))
+                async with semaphore:
+                    await anyio.sleep(0)
+                    log.append(("receiver", "in", item))
+
+    async def notifier() -> None:
+        for i in range(3):
+            async with semaphore:
+                log.append(("notifier", i))
+                await anyio.lowlevel.checkpoint()
+        async with condition:
+            log.append(("notifier", "notifies"))
+            condition.notify_all()
+
+    async def sleeper() -> None:
+        async with condition:
+            log.append(("sleeper", "waits"))
+            await condition.wait()
+        await anyio.sleep(0.001)
+        log.append(("sleeper", "slept"))
+
+    await spawn(setter, waiter, sender, receiver, notifier, sleeper)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_without_preemption_runs_what_a_plain_asyncio_run_runs(backend: str) -> None:
+    """The schedule with no preemption is the event loop's own order: step for step what a
+    plain asyncio run of the same tasks does (trio's own scheduler reverses a batch of
+    runnable tasks at random; the order without preemption is the same on both)."""
+
+    async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
+        async with anyio.create_task_group() as group:
+            for function in functions:
+                group.start_soon(function)
+
+    plain: list[tuple[object, ...]] = []
+    anyio.run(every_primitive_in_turn, plain, in_a_task_group, backend="asyncio")
+
+    controlled: list[list[tuple[object, ...]]] = []
+
+    async def scenario(run: testing.Run) -> None:
+        log: list[tuple[object, ...]] = []
+        controlled.append(log)
+        await every_primitive_in_turn(log, run.concurrently)
+
+    result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+    assert result.exhausted and result.failure is None and result.schedules == 1
+    assert len(plain) == 29  # (every task ran to its end)
+    assert controlled == [plain]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
@@ -2010,7 +2087,7 @@ def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shrinking_gives_the_fewest_preemptions_among_three_tasks(backend: str) -> None:
     scenario = queue_overflow(lead=4)
-    minimum = _minimal_preemptions(scenario, backend)
+    minimum = fewest_preemptions(scenario, backend)
     assert minimum == 2
     for seed in range(3):
         result = testing.explore(
@@ -2028,7 +2105,8 @@ async def a_lost_update_in_taking_tokens(run: testing.Run) -> None:
     write takes a token twice. Attack27 (with a looser invariant): found by every strategy
     but Exhaustive(0); shrinking kept 63 (PCT) and 1,247 (random walk) preemptions of a
     2,400-step run, trying one-preemption schedules from the front while the race is at the
-    end."""
+    end. Each try takes four steps and the second task begins two steps late, so that in the
+    event loop's own order one's window never overlaps the other's: one preemption."""
     bucket = _WholeBucket(1000)
     granted = taken = 0
 
@@ -2040,19 +2118,19 @@ async def a_lost_update_in_taking_tokens(run: testing.Run) -> None:
         if count:
             bucket.tokens = count - 1
             taken += 1
-            return True
-        return False
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        return bool(count)
 
-    async def needy() -> None:
+    async def needy(late: int) -> None:
+        for _ in range(late):
+            await anyio.lowlevel.checkpoint()
         got = 0
         with anyio.fail_after(60):  # (a timer: the spin rule's moves split the way to it)
             while got < 3:
-                if await take():
-                    got += 1
-                else:
-                    await anyio.lowlevel.checkpoint()
+                got += await take()
 
-    await run.concurrently(needy, needy)
+    await run.concurrently(lambda: needy(0), lambda: needy(2))
     assert taken <= granted, f"{taken} tokens taken, {granted} granted"
 
 
@@ -2060,7 +2138,7 @@ async def a_lost_update_in_taking_tokens(run: testing.Run) -> None:
 def test_a_lost_update_late_in_a_long_run_is_shrunk_to_the_fewest_preemptions(
     backend: str,
 ) -> None:
-    minimum = _minimal_preemptions(a_lost_update_in_taking_tokens, backend)
+    minimum = fewest_preemptions(a_lost_update_in_taking_tokens, backend)
     assert minimum == 1
     for strategy in (testing.PCT(1), testing.RandomWalk(0)):
         result = testing.explore(
@@ -2944,11 +3022,15 @@ def test_a_spin_with_no_timer_pending_is_still_a_livelock(backend: str) -> None:
 
 async def three_locks_in_a_ring(run: testing.Run) -> None:
     """Three tasks each take two of three locks, in a ring: a deadlock if each holds its first
-    when the next takes it (one preemption is enough)."""
+    when the next takes it. Each begins two checkpoints after the one before it, so that in
+    the event loop's own order the first holds both before the last takes its first: one or
+    two preemptions, as the loop orders their start."""
     locks = [anyio.Lock() for _ in range(3)]
 
-    def take(first: anyio.Lock, second: anyio.Lock) -> Callable[[], Awaitable[None]]:
+    def take(late: int, first: anyio.Lock, second: anyio.Lock) -> Callable[[], Awaitable[None]]:
         async def task() -> None:
+            for _ in range(late):
+                await anyio.lowlevel.checkpoint()
             async with first:
                 await anyio.lowlevel.checkpoint()
                 async with second:
@@ -2956,21 +3038,21 @@ async def three_locks_in_a_ring(run: testing.Run) -> None:
 
         return task
 
-    await run.concurrently(*(take(locks[i], locks[(i + 1) % 3]) for i in range(3)))
+    await run.concurrently(*(take(2 * i, locks[i], locks[(i + 1) % 3]) for i in range(3)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_deadlock_is_shrunk_to_the_fewest_preemptions(backend: str) -> None:
-    none = testing.explore(three_locks_in_a_ring, strategy=testing.Exhaustive(0), backend=backend)
-    assert none.exhausted and not none.found
+    minimum = fewest_preemptions(three_locks_in_a_ring, backend)
+    assert minimum > 0
     result = testing.explore(
         three_locks_in_a_ring, strategy=testing.RandomWalk(0), schedules=500, backend=backend
     )
     failure = result.failure
     assert failure is not None and isinstance(failure.error, testing.DeadlockError)
-    # found with more (the old code reported them as found), shrunk to the one it takes
-    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 1
-    assert failure.timeline.preemptions == 1
+    # found with more (the old code reported them as found), shrunk to the fewest it takes
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > minimum
+    assert failure.timeline.preemptions == minimum
     again = testing.replay(three_locks_in_a_ring, failure.token, backend=backend)
     assert again is not None and isinstance(again.error, testing.DeadlockError)
     assert again.timeline.steps == failure.timeline.steps

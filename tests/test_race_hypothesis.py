@@ -55,7 +55,7 @@ def test_the_reported_example_has_the_fewest_preemptions_among_three_tasks(backe
     """Hypothesis's own shrinker stops at 3 preemptions here, where 2 suffice (it lowers the
     drawn numbers, which among three tasks is not the same): the example it reports is
     shrunk the finder's way as well."""
-    scenario = queue_overflow(lead=1)
+    scenario = queue_overflow(lead=0)
     one = testing.explore(scenario, strategy=testing.Exhaustive(1), backend=backend)
     assert one.exhausted and not one.found
     assert testing.explore(scenario, strategy=testing.Exhaustive(2), backend=backend).found
@@ -252,14 +252,20 @@ def test_bad_cancel_counts(make: Callable[[], object]) -> None:
 
 class CommandQueue(race_hypothesis.RaceMachine):
     """Submitters check that a one-command queue is empty, pause, then append: three that
-    all checked before any appended overflow it (two preemptions among three rules)."""
+    all checked before any appended overflow it. Each does two checkpoints of work more than
+    the one that began before it, so in the event loop's own order the first appends before
+    the third checks (two preemptions among three rules)."""
 
     async def setup(self) -> None:
         self.queue: list[int] = []
+        self.begun = 0
 
     @race_hypothesis.race_rule
     async def submit(self) -> None:
-        await anyio.lowlevel.checkpoint()
+        work = 2 * self.begun
+        self.begun += 1
+        for _ in range(work):
+            await anyio.lowlevel.checkpoint()
         if not self.queue:
             await anyio.lowlevel.checkpoint()
             self.queue.append(1)
@@ -267,6 +273,7 @@ class CommandQueue(race_hypothesis.RaceMachine):
     async def invariant(self) -> None:
         overflow = len(self.queue) > 2
         self.queue.clear()
+        self.begun = 0
         assert not overflow, "the command queue overflowed"
 
 

@@ -178,11 +178,8 @@ async def calls_in_a_row(run: testing.Run, *, calls: int, abandon: bool) -> None
 def test_exhaustive_tries_every_way_of_outlasting_up_to_the_bound(
     backend: str, abandon: bool, slow_threads: int
 ) -> None:
-    # Exhaustive(0): the other task runs first or last, and either way the caller's three
-    # calls are three chances, every set of at most slow_threads of them outlasted. First:
-    # every task waits at each chance. Last: the other task is runnable at the first call's
-    # chance; if that thread outlasts its deadline, the other runs meanwhile, and the
-    # deadline falls due once it ended.
+    # Exhaustive(0): the event loop's own order, in which the caller's three calls are three
+    # chances, every set of at most slow_threads of them outlasted
     calls = 3
     result = testing.explore(
         partial(calls_in_a_row, calls=calls, abandon=abandon),
@@ -192,7 +189,7 @@ def test_exhaustive_tries_every_way_of_outlasting_up_to_the_bound(
     )
     assert result.exhausted and result.failure is None
     ways = sum(math.comb(calls, outlasted) for outlasted in range(slow_threads + 1))
-    assert result.schedules == result.distinct_schedules == 2 * ways
+    assert result.schedules == result.distinct_schedules == ways
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -375,7 +372,9 @@ def test_threads_of_tasks_outside_control_report_in_the_order_their_calls_began(
     for _ in range(3):
         result = testing.explore(three, strategy=testing.Exhaustive(1), backend=backend)
         assert result.exhausted and result.failure is None
-        assert result.schedules == 36
+        # the loop's own order, and one preemption from it at each choice: the tasks start
+        # in turn (3, then 2, then 1 to choose from) and end in turn
+        assert result.schedules == 1 + 2 * (2 + 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -516,7 +515,7 @@ def test_a_deadline_falls_due_while_another_task_polls_through_the_thread_call(
         backend=backend,
     )
     assert right.exhausted and right.failure is None, right.failure and right.failure.report()
-    assert right.schedules == 4  # either task first, the call outlasting its deadline or not
+    assert right.schedules == 2  # the call outlasting its deadline or not
 
 
 async def poll_what_the_thread_did(run: testing.Run) -> None:
@@ -599,7 +598,7 @@ def test_a_timer_threads_outlast_falls_due_within_the_step_budget(backend: str) 
             result.failure and result.failure.report()
         )
         points = dict(result.points)
-        assert points["timer"] == 2  # either task first, the thread outlasting the deadline
+        assert points["timer"] == 1  # the thread outlasting the deadline
         assert points["checkpoint"] < 2 * min(limits.max_steps, 1000) + 200
 
 
@@ -1003,8 +1002,8 @@ def test_a_watcher_sees_every_stage_of_a_thread_that_outlasts_its_timer(
     backend: str, abandon: bool
 ) -> None:
     # Exhaustive's schedules: the thread done before the timer (2), or outlasting it before
-    # its first call back (0), between the two (1), or after both (2), each with either task
-    # first; the same in a second exploration
+    # its first call back (0), between the two (1), or after both (2), in the loop's own
+    # order; the same in a second exploration
     seen: list[int] = []
     for _ in range(2):
         result = testing.explore(
@@ -1015,9 +1014,9 @@ def test_a_watcher_sees_every_stage_of_a_thread_that_outlasts_its_timer(
         assert result.exhausted and result.failure is None, (
             result.failure and result.failure.report()
         )
-        assert result.schedules == result.distinct_schedules == 8
-    assert seen[:8] == seen[8:]
-    assert sorted(seen[:8]) == [0, 0, 1, 1, 2, 2, 2, 2]
+        assert result.schedules == result.distinct_schedules == 4
+    assert seen[:4] == seen[4:]
+    assert sorted(seen[:4]) == [0, 1, 2, 2]
 
 
 async def count_while_a_thread_outlasts(run: testing.Run) -> None:
@@ -1807,9 +1806,12 @@ def test_which_thread_is_faster_changes_no_run(backend: str, slow_threads: int) 
     # waited for as an orphan or not (trio: not known till it began), as fast as the thread
     # started; an orphan that handed in a call back or its report between two looks of the
     # loop was asked about or not. With the threads' speeds swapped, 17 of 202 runs (asyncio)
-    # had other calls back, or Exhaustive said "not deterministic".
+    # had other calls back, or Exhaustive said "not deterministic". And the question whether
+    # a thread outlasts a timer was asked while an orphan was at work, or after (asyncio
+    # then held what that orphan handed in as the slow thread's): 4 schedules of 174 had
+    # the calls back in another order (30 ms is slow enough to show it on an idle machine).
     explored = []
-    for delays in ((0.0, 0.01), (0.01, 0.0)):
+    for delays in ((0.0, 0.03), (0.03, 0.0)):
         seen: list[tuple[int, ...]] = []
         result = testing.explore(
             partial(two_calls_abandoned_on_cancel, delays=delays, seen=seen),
@@ -2118,7 +2120,7 @@ def test_a_poll_for_what_an_orphan_sets_is_no_livelock(
         backend=backend,
     )
     assert result.failure is None, result.failure.report()
-    assert result.schedules == schedules
+    assert result.schedules == schedules or result.exhausted
 
 
 @pytest.mark.parametrize("when", ["before", "in", "past"])

@@ -322,15 +322,22 @@ async def _shrink(
     """Make the failing schedule as unpreemptive, then as short, as it can be while it fails
     the same way: first the schedules one or two preemptions away from none, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
-    schedule with fewer preemptions than the best so far (bounded exhaustive search). When that
+    schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
+    failure's injected cancellations where they were, then with as many anywhere. When that
     search completes within *budget* runs, no schedule with fewer preemptions fails: the result
     has the fewest, whatever the number of tasks."""
     best_run, best_error = run, error
     best = list(run.positions)
     attempts = 0
+
     # the failure's injected cancellations stay where they were (by step): every trial makes
-    # them, so that fewer preemptions with the same injections can be found
-    cancels = [(step, -1 - task) for step, task in enumerate(run.decisions) if is_cancel(task)]
+    # them, so that fewer preemptions with the same injections can be found (the last search
+    # also moves them)
+    def injected(trial: Run) -> list[tuple[int, int]]:
+        return [(step, -1 - task) for step, task in enumerate(trial.decisions) if is_cancel(task)]
+
+    cancels = injected(run)
+    injections = len(cancels)
     # and so do the timers its threads outlasted, by chance: a reordered schedule reaches
     # the same chance at another step
     outlasts = run.outlast_chances
@@ -340,13 +347,14 @@ async def _shrink(
 
     def keep(trial: Run, trial_error: BaseException | None) -> bool:
         """Keep *trial* if it fails the same way and is smaller."""
-        nonlocal best_run, best_error, best
+        nonlocal best_run, best_error, best, cancels
         if trial_error is None or not _same_failure(trial_error, error):
             return False
         if size(trial) >= size(best_run):
             return False
         best_run, best_error = trial, trial_error
         best = list(trial.positions)
+        cancels = injected(trial)
         return True
 
     async def tried(candidate: list[int]) -> Run | None:
@@ -413,21 +421,27 @@ async def _shrink(
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
     # search that far never completes within a shrink budget anyway)
     for bound in range(min(best_run.preemptions, MAX_PREEMPTION_BOUND + 1)):
-        strategy = Exhaustive(bound).with_cancels_at(cancels, outlasts)
-        schedule = 0
-        while attempts < budget:
-            chooser = strategy.chooser(schedule)
-            if chooser is None:
-                break  # no schedule with at most *bound* preemptions fails
-            schedule += 1
-            attempts += 1
-            try:
-                trial, trial_error = await _run_once(scenario, chooser, limits)
-            except ReplayDivergedError:
-                return best_run, best_error  # not deterministic: nothing more to prove
-            if keep(trial, trial_error):
-                await reduce()  # the fewest preemptions now: fewer steps at that
-                return best_run, best_error
+        searches = [Exhaustive(bound).with_cancels_at(cancels, outlasts)]
+        if injections:
+            # then with as many cancellations injected anywhere: in a schedule with fewer
+            # preemptions the window one aims at comes at another step (the loop's own
+            # order runs the tasks in turns where the failure let one run ahead)
+            searches.append(Exhaustive(bound, cancel=injections).with_outlasts_at(outlasts))
+        for strategy in searches:
+            schedule = 0
+            while attempts < budget:
+                chooser = strategy.chooser(schedule)
+                if chooser is None:
+                    break  # no schedule with at most *bound* preemptions fails
+                schedule += 1
+                attempts += 1
+                try:
+                    trial, trial_error = await _run_once(scenario, chooser, limits)
+                except ReplayDivergedError:
+                    return best_run, best_error  # not deterministic: nothing more to prove
+                if keep(trial, trial_error):
+                    await reduce()  # the fewest preemptions now: fewer steps at that
+                    return best_run, best_error
     return best_run, best_error
 
 

@@ -58,8 +58,13 @@ Fairness (after CHESS's fair scheduler, Musuvathi and Qadeer, PLDI 2008): a runn
 passed over at most ``fair_bound`` times in a row; then the tasks that kept it waiting are
 disabled until it has run. A poll loop therefore cannot starve the task it waits for under any
 strategy, and a program whose plain runs terminate terminates here; a true livelock runs into
-the step budget and is reported with the cycle of steps that repeats. Switching away from a
-task that is blocked, or disabled by fairness, is not a preemption.
+the step budget and is reported with the cycle of steps that repeats.
+
+Preemptions: the order the event loop's own run queue runs the runnable tasks in (first come,
+first run; a task that yields goes behind the tasks it woke) is none, so a bug a plain run
+shows is found with none. A task chosen out of that turn (one preemption) runs on ahead until
+it blocks, as when the others' wakeups come late; a task blocked, or disabled by fairness, is
+no choice (:meth:`Run._in_turn`).
 """
 
 from __future__ import annotations
@@ -777,6 +782,7 @@ class _Task:
         "obj",
         "passed",
         "point",
+        "ready",
         "scope",
     )
 
@@ -786,6 +792,9 @@ class _Task:
         self.native: Any = None  # the trio.lowlevel.Task or asyncio.Task
         self.held = False  # runnable, held back by the scheduler
         self.held_at = 0  # asyncio: the loop's iteration in which it was held
+        # its place in the loop's run queue (Run._in_turn): the choice that first found it
+        # runnable since it last ran, whether it ran the step before, its index
+        self.ready: tuple[int, bool, int] | None = None
         self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
         # calls back into the loop from the worker thread it waits for, held till it is chosen
         # (the thread, and what it handed the loop: see _Queue.hold_call_back)
@@ -831,6 +840,7 @@ class Run:
         self._positions: list[int] = []  # position chosen at each step with a choice
         self._preemptions = 0
         self._last: _Task | None = None
+        self._lead: _Task | None = None  # chosen out of the loop's order: runs on till it blocks
         restart_clock()  # (timers tie as in every other run, and in a replay)
         self._start_time = anyio.current_time()
         self._queue: _Queue | None = None
@@ -913,7 +923,8 @@ class Run:
 
     @property
     def preemptions(self) -> int:
-        """Steps that let another task go while the one that ran last could go on."""
+        """Choices out of the event loop's own order (a task taken out of its turn, then
+        running on ahead until it blocks, is one)."""
         return self._preemptions
 
     @property
@@ -943,9 +954,10 @@ class Run:
 
         A task's exception (other than cancellation of the whole run) is its outcome, not
         raised here: the scenario decides what the contract allows. Tasks start held, so the
-        first choice is who starts. If the run fails (a deadlock, the step budget, the chooser
-        giving up) or the caller is cancelled, every task is cancelled and runs free to its
-        end, and the failure is raised here. :class:`~avcm.InvalidError` (``EINVAL``), with
+        first choice is who starts (in the loop's own order, the first made). If the run
+        fails (a deadlock, the step budget, the chooser giving up) or the caller is
+        cancelled, every task is cancelled and runs free to its end, and the failure is
+        raised here. :class:`~avcm.InvalidError` (``EINVAL``), with
         nothing run, for no function, one that is not callable, a wrong number of *names*,
         or a call from a task it controls.
         """
@@ -1272,9 +1284,9 @@ class Run:
 
     def _choose_or_raise(self, held: Sequence[_Task]) -> _Task:
         self._free_steps = self._idle_callbacks = 0
-        starving = [task for task in held if task.passed >= self.fair_bound]
+        in_turn = self._in_turn(held)
         # the tasks that kept a task waiting too long are disabled until it has run
-        choices = sorted(starving or held, key=lambda task: task.index)
+        choices = [task for task in in_turn if task.passed >= self.fair_bound] or in_turn
         time = self._step_time()
         if self._look_due():
             spun, time = time, self._spin(time)
@@ -1283,12 +1295,13 @@ class Run:
                 self._next_look += self._look_delay()
                 if len(held) > 1:
                     choices = [self._first_after_move(sorted(held, key=lambda task: task.index))]
-        last = self._last
-        continuing = last is not None and last in choices
-        if continuing:
-            assert last is not None
-            choices.remove(last)
-            choices.insert(0, last)
+        lead = self._lead
+        if lead is not None and lead not in held:
+            lead = self._lead = None  # (it blocked: its lead ended)
+        if lead is not None and lead in choices:
+            choices.remove(lead)
+            choices.insert(0, lead)
+        continuing = len(choices) > 1
         if self._still_steps and self._still_steps % _SLOW_STEPS == 0 and not self._spinning:
             self._look_outside()
         # (threads that outlast a timer take longer than _SLOW_STEPS steps of the tasks, and
@@ -1303,9 +1316,11 @@ class Run:
         )
         if len(choices) > 1:
             self._positions.append(position)
+        chosen = choices[position]
+        chosen.ready = None
         if continuing and position:
             self._preemptions += 1
-        chosen = choices[position]
+            self._lead = chosen
         for task in held:
             task.passed += 1
         chosen.passed = 0
@@ -1592,6 +1607,20 @@ class Run:
         ratio's fraction (a Weyl sequence, other than :meth:`_first_after_move`'s), from the
         run's own count of moves, as a replay does."""
         return math.floor((self._moves_made * _SILVER) % 1.0 * 2 * self.fair_bound)
+
+    def _in_turn(self, runnable: Iterable[_Task]) -> list[_Task]:
+        """The *runnable* tasks in the order the event loop's own run queue runs them: first
+        come, first run, and a task that yields goes behind the tasks it woke. What is no
+        preemption; position 0 of a choice (after a task chosen out of turn: that one, until
+        it blocks). Tasks that became runnable between the same two steps go by index: the
+        order within such a batch is not the program's on every loop (trio breaks a tie of
+        timers by memory address; a worker thread's call back comes in when the machine
+        hands it over), and the order is the same in every process and in a replay."""
+        step = len(self._steps)
+        for task in runnable:
+            if task.ready is None:
+                task.ready = (step, task is self._last, task.index)
+        return sorted(runnable, key=operator.attrgetter("ready"))
 
     def _first_after_move(self, held: list[_Task]) -> _Task:
         """Which of the *held* tasks (by index) takes the first step after the spin rule moved
@@ -2581,6 +2610,11 @@ class _Queue:
         slow = self.slow()
         if not slow and self.late():
             return False  # asked once they are late no longer (settle): no task can run then
+        if self.fast_orphans_busy():
+            # asked once a thread whose caller left handed in what it has, as a choice is:
+            # else what it handed in came before the timer or was held as the slow threads'
+            # (asyncio knows no executor thread by its wait), as fast as it was
+            return False
         # (not for a thread only tasks outside control wait for: not the strategy's; but for
         # one whose call a controlled task abandoned on cancel, waited for as if it still
         # waited, as long as no other thread outlasts a timer)

@@ -1,9 +1,14 @@
 """Scheduling strategies: who runs next, at every step of a controlled run.
 
-At each step the scheduler hands a :class:`Chooser` the tasks that can run, as task ids in a
-fixed order: the task that ran last first (if it can go on), then the others by id. Position 0
-is therefore "no preemption", which is what shrinking aims for. A :class:`Strategy` makes one
-chooser per schedule: :class:`RandomWalk`, :class:`PCT`, :class:`Exhaustive`, and the replays.
+At each step the scheduler hands a :class:`Chooser` the tasks that can run, as task ids in the
+order the event loop's own run queue runs them: first come, first run, a task that yields
+behind the tasks that became runnable before it (those its step woke too; tasks that became
+runnable between the same two steps by id). A task chosen out of that turn runs on ahead of
+the others, until it blocks, as when their wakeups come late: it comes first while it does.
+Position 0 is therefore "no preemption": the plain run's schedule, or the one running ahead
+going on; any other position is one preemption, which is what shrinking and
+:class:`Exhaustive`'s bound count. A :class:`Strategy` makes one chooser per schedule:
+:class:`RandomWalk`, :class:`PCT`, :class:`Exhaustive`, and the replays.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ class Chooser(Protocol):
     """
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
-        """Return a position in *enabled*: task ids, the one that ran last first when it can
-        go on (then *continuing* is true, and any other position is a preemption)."""
+        """Return a position in *enabled*: task ids in the event loop's own order, a task
+        running ahead of its turn first (see the module's docstring). *continuing* is true
+        when there is more than one: any position but 0 is then a preemption."""
         ...
 
 
@@ -314,8 +320,8 @@ class _ExhaustiveChooser:
         self._cancels_at = cancels_at
         self._outlasts_at = outlasts_at
         self.problem: str | None = None
-        # per decision: (how many options, position chosen, whether position 0 was the task
-        # that ran last, preemptions before it, what it decides): a choice of task at every
+        # per decision: (how many options, position chosen, whether a position but 0 is a
+        # preemption, preemptions before it, what it decides): a choice of task at every
         # step; with *cancel*, before it, whether to cancel a task (0: no, i: the i-th of the
         # running tasks); with *slow_threads*, at each chance, whether threads outlast the
         # next timer (0: no, 1: yes)
@@ -390,7 +396,8 @@ class _ExhaustiveChooser:
 class Exhaustive(Strategy):
     """Every schedule with at most *preemption_bound* preemptions, depth first (as CHESS).
 
-    A preemption is running another task while the one that ran last could go on. The search
+    A preemption is a choice out of the event loop's own order (see the module's docstring):
+    ``Exhaustive(0)`` runs the one schedule a plain run of the loop runs. The search
     is complete for a deterministic scenario: when it ends without a failure, no schedule within
     the bound fails. Small scenarios only: the count grows quickly with tasks and steps.
 
@@ -505,8 +512,17 @@ class Exhaustive(Strategy):
         at fixed steps instead: ``(step, task)`` pairs, as a run recorded them, each made
         only if that task is still running then; and threads outlasting the next timer at
         the chances *outlasts* (:attr:`Run.outlast_chances`). What shrinking searches with."""
-        search = Exhaustive(self.preemption_bound)
+        search = Exhaustive(self.preemption_bound).with_outlasts_at(outlasts)
         search._cancels_at = dict(cancels)
+        return search
+
+    def with_outlasts_at(self, outlasts: Sequence[int]) -> Exhaustive:
+        """The same search (no prefix; its own injections of cancellations, if any) with
+        threads outlasting the next timer at the chances *outlasts* only
+        (:attr:`Run.outlast_chances`). What shrinking searches with when the injections may
+        move: a schedule with fewer preemptions reaches the window a cancellation aims at
+        at another step."""
+        search = Exhaustive(self.preemption_bound, cancel=self.cancel)
         search._outlasts_at = tuple(outlasts)
         return search
 

@@ -90,7 +90,7 @@ class TaskOutcome:
 @dataclass(frozen=True, slots=True)
 class Timeline:
     """The steps of a run, the outcome of every task it ran, and how many steps preempted
-    (let another task go while the one that ran last could go on)."""
+    (chose out of the event loop's own order: see :mod:`avcm.testing`'s strategies)."""
 
     tasks: tuple[str, ...]
     steps: tuple[Step, ...]

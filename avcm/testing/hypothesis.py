@@ -1,7 +1,8 @@
 """Hypothesis draws the schedule: a failing interleaving shrinks to a minimal one.
 
 Every choice of the scheduler becomes a number Hypothesis draws, and Hypothesis shrinks numbers
-towards 0, which here means "let the task that ran last go on". Among three or more tasks that
+towards 0, which here means "the event loop's own order" (or the task running ahead of its
+turn goes on): no preemption. Among three or more tasks that
 is not always the fewest preemptions, so the example Hypothesis reports from
 :func:`run_schedule` is shrunk the finder's way too (as :func:`~avcm.testing.explore` shrinks,
 within :data:`SHRINK_BUDGET` runs): the fewest preemptions that still fail, then the fewest
@@ -56,8 +57,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """The position chosen at each step that has a choice (0: the task that ran last goes
-    on); steps past the end choose 0. With *cancels*, before each step one more number: 0
+    """The position chosen at each step that has a choice (0: no preemption, the event loop's
+    own order); steps past the end choose 0. With *cancels*, before each step one more number: 0
     cancels nothing, *k* the *k*-th running task (counted round the running tasks), up to
     *cancel* cancellations in all (cancellation injection; each is a step of the timeline
     and the token, as with the strategies' ``cancel=``). With *outlasts*, at each chance
