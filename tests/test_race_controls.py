@@ -2046,7 +2046,8 @@ async def every_primitive_in_turn(log: list[tuple[object, ...]], spawn: Spawn) -
 def test_exhaustive_without_preemption_runs_what_a_plain_asyncio_run_runs(backend: str) -> None:
     """The schedule with no preemption is the event loop's own order: step for step what a
     plain asyncio run of the same tasks does (trio's own scheduler reverses a batch of
-    runnable tasks at random; the order without preemption is the same on both)."""
+    runnable tasks at random; the order without preemption is the same on both). Here no
+    step wakes two tasks out of their index order, which the finder runs by index."""
 
     async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
         async with anyio.create_task_group() as group:
@@ -2067,6 +2068,61 @@ def test_exhaustive_without_preemption_runs_what_a_plain_asyncio_run_runs(backen
     assert result.exhausted and result.failure is None and result.schedules == 1
     assert len(plain) == 29  # (every task ran to its end)
     assert controlled == [plain]
+
+
+async def woken_together(log: list[tuple[object, ...]], spawn: Spawn) -> None:
+    """Three tasks woken by one step each, out of their index order: an event's waiters
+    that began to wait last to first, then sleeps of one length armed last to first."""
+    event = anyio.Event()
+
+    def waiter(index: int) -> Callable[[], Awaitable[None]]:
+        async def wait() -> None:
+            for _ in range(3 - index):  # (the last task waits first)
+                await anyio.sleep(0)
+            log.append((index, "waits"))
+            await event.wait()
+            log.append((index, "woke"))
+            for _ in range(3 - index):  # (and arms its timer first)
+                await anyio.sleep(0)
+            await anyio.sleep(0.01)
+            log.append((index, "slept"))
+
+        return wait
+
+    async def setter() -> None:
+        for _ in range(5):
+            await anyio.sleep(0)
+        event.set()
+
+    await spawn(waiter(0), waiter(1), waiter(2), setter)
+
+
+def test_tasks_woken_together_run_in_the_order_asyncio_woke_them() -> None:
+    async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
+        async with anyio.create_task_group() as group:
+            for function in functions:
+                group.start_soon(function)
+
+    plain: list[tuple[object, ...]] = []
+    anyio.run(woken_together, plain, in_a_task_group, backend="asyncio")
+    assert [i for i, what in plain if what == "woke"] == [2, 1, 0]
+    assert [i for i, what in plain if what == "slept"] == [2, 1, 0]
+    controlled: list[list[tuple[object, ...]]] = []
+
+    async def scenario(run: testing.Run) -> None:
+        log: list[tuple[object, ...]] = []
+        controlled.append(log)
+        await woken_together(log, run.concurrently)
+
+    orders = {}
+    for backend in BACKENDS:
+        result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+        assert result.exhausted and result.schedules == 1
+        orders[backend] = controlled[-1]
+    assert orders["asyncio"] == plain
+    # trio's own order shuffles each batch of runnable tasks (seeded), wakes a cancel scope's
+    # tasks in the order of a set and ends a sleep by cancelling its scope: by index there
+    assert [i for i, what in orders["trio"] if what == "woke"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

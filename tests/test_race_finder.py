@@ -19,7 +19,7 @@ import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
 from avcm.testing.pytest_plugin import RaceFixture
-from tests.races import AVCM, SEED, AvcmWorld
+from tests.races import AVCM, SEED, AvcmWorld, queue_overflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -614,3 +614,24 @@ def test_a_failure_with_more_preemptions_than_exhaustive_takes_is_still_reported
     assert result.failure is not None
     assert result.failure.timeline.preemptions > 33
     assert "fails in every schedule" in str(result.failure.error)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_report_says_when_shrinking_did_not_rule_out_fewer_preemptions(backend: str) -> None:
+    # three tasks, two preemptions at the fewest: one shrink run cannot rule out fewer
+    scenario = queue_overflow(lead=0)
+    for budget, fewest in ((1, False), (500, True)):
+        result = testing.explore(
+            scenario, strategy=testing.RandomWalk(0), schedules=100, shrink_budget=budget,
+            backend=backend,
+        )  # fmt: skip
+        failure = result.failure
+        assert failure is not None and failure.fewest is fewest
+        note = "fewer preemptions not ruled out within the shrink budget"
+        assert (note in " ".join(failure.report().split())) is not fewest
+    assert failure.timeline.preemptions == 2
+    # not shrunk: nothing to say
+    unshrunk = testing.explore(
+        scenario, strategy=testing.RandomWalk(0), schedules=100, shrink=False, backend=backend
+    )
+    assert unshrunk.failure is not None and unshrunk.failure.fewest is None

@@ -155,6 +155,9 @@ class Failure:
     command: str | None = None
     replayed: bool = False
     thread_timeout: float | None = None  # Limits.thread_timeout, if not the default
+    # shrunk: whether every schedule with fewer preemptions was run and passed (False: the
+    # shrink budget ran out first, and the report says so); None: not shrunk
+    fewest: bool | None = None
 
     @property
     def replay_command(self) -> str:
@@ -176,6 +179,8 @@ class Failure:
             steps, preemptions = self.shrunk_from
             if (steps, preemptions) != (len(timeline.steps), timeline.preemptions):
                 shrunk = f", shrunk from {steps} steps, {preemptions} preemption(s)"
+            if self.fewest is False:
+                shrunk += "; fewer preemptions not ruled out within the shrink budget"
         if self.replayed:
             found = f"replayed schedule {self.token.schedule}"
         else:
@@ -305,15 +310,15 @@ async def shrunk(
     error: BaseException,
     limits: Limits,
     budget: int,
-) -> tuple[Run, BaseException, Run | None]:
+) -> tuple[Run, BaseException, Run | None, bool | None]:
     """The failure of *run* shrunk (:func:`_shrink`), and the run as found; as it is, and
     None, for the scheduler's own failures but a deadlock (step budget, runaway, I/O or a
     thread that never came): a shorter schedule would be a different run, not the same
     failure made smaller. A deadlock with fewer preemptions is the same one."""
     if isinstance(error, ScheduleFailure) and not isinstance(error, DeadlockError):
-        return run, error, None
-    smaller, smaller_error = await _shrink(scenario, run, error, limits, budget)
-    return smaller, smaller_error, run
+        return run, error, None, None
+    smaller, smaller_error, fewest = await _shrink(scenario, run, error, limits, budget)
+    return smaller, smaller_error, run, fewest
 
 
 async def _shrink(
@@ -322,14 +327,14 @@ async def _shrink(
     error: BaseException,
     limits: Limits,
     budget: int,
-) -> tuple[Run, BaseException]:
+) -> tuple[Run, BaseException, bool]:
     """Make the failing schedule as unpreemptive, then as short, as it can be while it fails
     the same way: first the schedules one or two preemptions away from none, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
     schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
     failure's injected cancellations where they were, then with as many anywhere. When that
     search completes within *budget* runs, no schedule with fewer preemptions fails: the result
-    has the fewest, whatever the number of tasks."""
+    has the fewest, whatever the number of tasks; and whether it completed."""
     best_run, best_error = run, error
     best = list(run.positions)
     attempts = 0
@@ -439,7 +444,9 @@ async def _shrink(
     await reduce()
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
     # search that far never completes within a shrink budget anyway)
-    for bound in range(min(best_run.preemptions, MAX_PREEMPTION_BOUND + 1)):
+    if best_run.preemptions > MAX_PREEMPTION_BOUND + 1:
+        return best_run, best_error, False
+    for bound in range(best_run.preemptions):
         searches = [Exhaustive(bound).with_cancels_at(cancels, outlasts)]
         if injections:
             # then with as many cancellations injected anywhere: in a schedule with fewer
@@ -457,11 +464,13 @@ async def _shrink(
                 try:
                     trial, trial_error = await _run_once(scenario, chooser, limits)
                 except ReplayDivergedError:
-                    return best_run, best_error  # not deterministic: nothing more to prove
+                    return best_run, best_error, False  # not deterministic: nothing to prove
                 if keep(trial, trial_error):
                     await reduce()  # the fewest preemptions now: fewer steps at that
-                    return best_run, best_error
-    return best_run, best_error
+                    return best_run, best_error, True
+            else:
+                return best_run, best_error, False  # the budget ran out first
+    return best_run, best_error, True
 
 
 def _from_both_ends(length: int) -> Iterator[int]:
@@ -484,8 +493,10 @@ def _failure(
     schedule: int,
     found: Run | None,
     command: str | None,
+    fewest: bool | None = None,
 ) -> Failure:
-    """The failure of *run*; *found* is the run as found before shrinking, if it was shrunk."""
+    """The failure of *run*; *found* is the run as found before shrinking, if it was shrunk,
+    and *fewest* whether shrinking ruled out fewer preemptions."""
     token = ReplayToken(
         strategy=strategy,
         seed=seed,
@@ -514,6 +525,7 @@ def _failure(
         shrunk_from=None if found is None else (found.steps, found.preemptions),
         command=command,
         thread_timeout=thread_timeout,
+        fewest=fewest,
     )
 
 
@@ -572,9 +584,9 @@ async def explore_async(
                 covered = True
                 break
             continue
-        found = None
+        found, fewest = None, None
         if shrink:
-            run, error, found = await shrunk(scenario, run, error, limits, shrink_budget)
+            run, error, found, fewest = await shrunk(scenario, run, error, limits, shrink_budget)
         failure = _failure(
             scenario,
             run,
@@ -584,6 +596,7 @@ async def explore_async(
             schedule=schedule,
             found=found,
             command=command,
+            fewest=fewest,
         )
         return Exploration(
             scenario=failure.scenario,

@@ -792,9 +792,9 @@ class _Task:
         self.native: Any = None  # the trio.lowlevel.Task or asyncio.Task
         self.held = False  # runnable, held back by the scheduler
         self.held_at = 0  # asyncio: the loop's iteration in which it was held
-        # its place in the loop's run queue (Run._in_turn): the choice that first found it
-        # runnable since it last ran, whether it ran the step before, its index
-        self.ready: tuple[int, bool, int] | None = None
+        # its place in the loop's run queue (Run._in_turn): the steps taken when it became
+        # runnable, then the order the loop made it runnable in, or by index
+        self.ready: tuple[int, int, int] | None = None
         self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
         # calls back into the loop from the worker thread it waits for, held till it is chosen
         # (the thread, and what it handed the loop: see _Queue.hold_call_back)
@@ -1610,16 +1610,16 @@ class Run:
 
     def _in_turn(self, runnable: Iterable[_Task]) -> list[_Task]:
         """The *runnable* tasks in the order the event loop's own run queue runs them: first
-        come, first run, and a task that yields goes behind the tasks it woke. What is no
+        come, first run (a task that yields goes behind the tasks it woke). What is no
         preemption; position 0 of a choice (after a task chosen out of turn: that one, until
-        it blocks). Tasks that became runnable between the same two steps go by index: the
-        order within such a batch is not the program's on every loop (trio breaks a tie of
-        timers by memory address; a worker thread's call back comes in when the machine
-        hands it over), and the order is the same in every process and in a replay."""
-        step = len(self._steps)
+        it blocks). Tasks a cancellation woke, or that a worker thread's call back made
+        runnable, go by index after the others made runnable by the same step: the order
+        the loop has for them follows memory addresses (a set of the tasks to cancel) or
+        the machine's speed, and this one is the same in every process and in a replay."""
+        steps = len(self._steps)
         for task in runnable:
             if task.ready is None:
-                task.ready = (step, task is self._last, task.index)
+                task.ready = (steps, 1, task.index)
         return sorted(runnable, key=operator.attrgetter("ready"))
 
     def _first_after_move(self, held: list[_Task]) -> _Task:
@@ -2202,6 +2202,7 @@ class _Queue:
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
         self.io_quiet = False  # the last poll the spin rule asked for brought nothing
         self.thread = threading.get_ident()  # the event loop's
+        self.readied = itertools.count()  # the order the loop makes tasks runnable in (hold)
         # from other threads: (the thread, what it handed the loop), held till let in
         self.arrived: collections.deque[tuple[threading.Thread, Any]] = collections.deque()
         # (steps, timer) when outlast_timer last asked the chooser
@@ -2398,6 +2399,19 @@ class _Queue:
 
     def holding(self, task: _Task) -> None:
         """*task* is held from now on."""
+
+    def hold(self, task: _Task, *, in_order: bool, yielded: bool = False) -> None:
+        """The loop made *task* runnable: held, in its place in the loop's run queue (see
+        :meth:`Run._in_turn`): in the order the loop made it runnable if *in_order*, else
+        by index after the others made runnable by the same step, and behind them all if
+        it *yielded* in that step."""
+        if not task.held:
+            steps = len(self.run._steps)
+            if in_order:
+                task.ready = (steps, 0, next(self.readied))
+            else:
+                task.ready = (steps, 1 + yielded, task.index)
+        task.held = True
 
     @staticmethod
     def take_call_back(task: _Task) -> Any:
@@ -2944,7 +2958,9 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
             super().append(task)
             return
         queue.woken(controlled)
-        controlled.held = True
+        # (by index: trio's own order shuffles each batch, seeded; a sleep's end is a
+        # cancellation, and cancelling a scope wakes its tasks in the order of a set)
+        queue.hold(controlled, in_order=False, yielded=task is _trio_task_running())
 
     def __len__(self) -> int:
         free = super().__len__()
@@ -3819,7 +3835,8 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         queue.woken(controlled)
         if not controlled.handles:
             controlled.held_at = self.iteration
-        controlled.held = True
+        # (a cancellation wakes a task group's tasks in the order of a set: by index)
+        queue.hold(controlled, in_order=not _wakes_cancelled(handle))
         controlled.handles.append(handle)
 
     def __len__(self) -> int:
@@ -3914,6 +3931,23 @@ def _handle_task(handle: Any) -> Any:
     if "step" in name.lower() or "wakeup" in name.lower():
         return task
     return None
+
+
+def _trio_task_running() -> Any:
+    """The trio task whose step runs now, or None (trio's own code between steps: timers
+    falling due, I/O)."""
+    try:
+        return sys.modules["trio"].lowlevel.current_task()
+    except RuntimeError:
+        return None
+
+
+def _wakes_cancelled(handle: Any) -> bool:
+    """Whether a ready callback wakes its task with a cancelled future (its task cancelled)."""
+    args = getattr(handle, "_args", None) or ()
+    future = args[0] if args else None
+    cancelled = getattr(future, "cancelled", None)
+    return isinstance(future, asyncio.Future) and callable(cancelled) and bool(cancelled())
 
 
 def _reports(handle: Any) -> bool:

@@ -2,9 +2,11 @@
 
 At each step the scheduler hands a :class:`Chooser` the tasks that can run, as task ids in the
 order the event loop's own run queue runs them: first come, first run, a task that yields
-behind the tasks that became runnable before it (those its step woke too; tasks that became
-runnable between the same two steps by id). A task chosen out of that turn runs on ahead of
-the others, until it blocks, as when their wakeups come late: it comes first while it does.
+behind the tasks that became runnable before it (those its step woke too; tasks made
+runnable by the same step in the order asyncio made them so, but by id on trio and where a
+cancellation woke them: see :meth:`Run._in_turn`). A task chosen out of that turn runs on
+ahead of the others, until it blocks, as when their wakeups come late: it comes first while
+it does.
 Position 0 is therefore "no preemption": the plain run's schedule, or the one running ahead
 going on; any other position is one preemption, which is what shrinking and
 :class:`Exhaustive`'s bound count. A :class:`Strategy` makes one chooser per schedule:

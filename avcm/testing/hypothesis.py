@@ -185,12 +185,12 @@ async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Li
     run, error = await _run_once(scenario, schedule.chooser(), limits)
     if error is None:
         return
-    found = None
+    found, fewest = None, None
     if _final_example():
         # Hypothesis lowers the drawn numbers, which among three or more tasks is not always
         # fewer preemptions (it can stop at 3 or 4 where 2 fail): the example it reports is
         # shrunk the finder's way too, to the fewest preemptions, then the fewest steps
-        run, error, found = await shrunk(scenario, run, error, limits, SHRINK_BUDGET)
+        run, error, found, fewest = await shrunk(scenario, run, error, limits, SHRINK_BUDGET)
     failure = _failure(
         scenario,
         run,
@@ -200,6 +200,7 @@ async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Li
         schedule=0,
         found=found,
         command=None,
+        fewest=fewest,
     )
     raise RaceFound(failure) from error
 
@@ -341,18 +342,20 @@ async def _run_machine_once(
     run, error = await _run_once(_machine_scenario(machine_class, draw_round), chooser, limits)
     if error is None:
         return
+    fewest: bool | None = True
     if _final_example():
         # the same rounds and rules, and the fewest preemptions that still fail (as for
         # run_schedule: Hypothesis's lowering of numbers is not that among three tasks)
         drawn = _machine_scenario(
             machine_class, lambda index: rounds[index] if index < len(rounds) else None
         )
-        run, error, _ = await shrunk(drawn, run, error, limits, SHRINK_BUDGET)
+        run, error, _, fewest = await shrunk(drawn, run, error, limits, SHRINK_BUDGET)
     where = "; ".join(getattr(error, "__notes__", ())) or "a round failed"
     timeline = run.timeline()
+    unproven = "; fewer preemptions not ruled out within the shrink budget" if not fewest else ""
     raise AssertionError(
         f"{where}: {type(error).__name__}: {error}\n"
-        f"{len(timeline.steps)} steps, {timeline.deviations()}\n\n"
+        f"{len(timeline.steps)} steps, {timeline.deviations()}{unproven}\n\n"
         f"{timeline.format()}"
     ) from error
 
