@@ -1980,9 +1980,10 @@ def woken_last(k: int) -> testing.Scenario:
 
 
 Spawn = Callable[..., Awaitable[Any]]
+Log = list[tuple[object, ...]]
 
 
-async def every_primitive_in_turn(log: list[tuple[object, ...]], spawn: Spawn) -> None:
+async def every_primitive_in_turn(log: Log, spawn: Spawn) -> None:
     """Six tasks through sleep(0), checkpoints, an event, a lock, a memory stream, a
     semaphore, a condition and a timer, logging what each does as it goes; *spawn* runs
     them concurrently (a task group, or the race finder)."""
@@ -2042,35 +2043,45 @@ async def every_primitive_in_turn(log: list[tuple[object, ...]], spawn: Spawn) -
     await spawn(setter, waiter, sender, receiver, notifier, sleeper)
 
 
+async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
+    async with anyio.create_task_group() as group:
+        for function in functions:
+            group.start_soon(function)
+
+
+def plain_asyncio_log(program: Callable[[Log, Spawn], Awaitable[None]]) -> Log:
+    """What *program* logs in a plain asyncio run, its tasks in a task group."""
+    log: Log = []
+    anyio.run(program, log, in_a_task_group, backend="asyncio")
+    return log
+
+
+def log_without_preemption(program: Callable[[Log, Spawn], Awaitable[None]], backend: str) -> Log:
+    """What *program* logs in Exhaustive(0)'s one schedule, its tasks under the finder."""
+    logs: list[Log] = []
+
+    async def scenario(run: testing.Run) -> None:
+        log: Log = []
+        logs.append(log)
+        await program(log, run.concurrently)
+
+    result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
+    assert result.exhausted and result.failure is None and result.schedules == 1
+    return logs[0]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_without_preemption_runs_what_a_plain_asyncio_run_runs(backend: str) -> None:
     """The schedule with no preemption is the event loop's own order: step for step what a
     plain asyncio run of the same tasks does (trio's own scheduler reverses a batch of
-    runnable tasks at random; the order without preemption is the same on both). Here no
-    step wakes two tasks out of their index order, which the finder runs by index."""
-
-    async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
-        async with anyio.create_task_group() as group:
-            for function in functions:
-                group.start_soon(function)
-
-    plain: list[tuple[object, ...]] = []
-    anyio.run(every_primitive_in_turn, plain, in_a_task_group, backend="asyncio")
-
-    controlled: list[list[tuple[object, ...]]] = []
-
-    async def scenario(run: testing.Run) -> None:
-        log: list[tuple[object, ...]] = []
-        controlled.append(log)
-        await every_primitive_in_turn(log, run.concurrently)
-
-    result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
-    assert result.exhausted and result.failure is None and result.schedules == 1
+    runnable tasks at random; the finder's order without preemption is the same on both
+    here, where no step wakes two tasks out of their index order)."""
+    plain = plain_asyncio_log(every_primitive_in_turn)
     assert len(plain) == 29  # (every task ran to its end)
-    assert controlled == [plain]
+    assert log_without_preemption(every_primitive_in_turn, backend) == plain
 
 
-async def woken_together(log: list[tuple[object, ...]], spawn: Spawn) -> None:
+async def woken_together(log: Log, spawn: Spawn) -> None:
     """Three tasks woken by one step each, out of their index order: an event's waiters
     that began to wait last to first, then sleeps of one length armed last to first."""
     event = anyio.Event()
@@ -2098,31 +2109,14 @@ async def woken_together(log: list[tuple[object, ...]], spawn: Spawn) -> None:
 
 
 def test_tasks_woken_together_run_in_the_order_asyncio_woke_them() -> None:
-    async def in_a_task_group(*functions: Callable[[], Awaitable[None]]) -> None:
-        async with anyio.create_task_group() as group:
-            for function in functions:
-                group.start_soon(function)
-
-    plain: list[tuple[object, ...]] = []
-    anyio.run(woken_together, plain, in_a_task_group, backend="asyncio")
+    plain = plain_asyncio_log(woken_together)
     assert [i for i, what in plain if what == "woke"] == [2, 1, 0]
     assert [i for i, what in plain if what == "slept"] == [2, 1, 0]
-    controlled: list[list[tuple[object, ...]]] = []
-
-    async def scenario(run: testing.Run) -> None:
-        log: list[tuple[object, ...]] = []
-        controlled.append(log)
-        await woken_together(log, run.concurrently)
-
-    orders = {}
-    for backend in BACKENDS:
-        result = testing.explore(scenario, strategy=testing.Exhaustive(0), backend=backend)
-        assert result.exhausted and result.schedules == 1
-        orders[backend] = controlled[-1]
-    assert orders["asyncio"] == plain
+    assert log_without_preemption(woken_together, "asyncio") == plain
     # trio's own order shuffles each batch of runnable tasks (seeded), wakes a cancel scope's
     # tasks in the order of a set and ends a sleep by cancelling its scope: by index there
-    assert [i for i, what in orders["trio"] if what == "woke"] == [0, 1, 2]
+    on_trio = log_without_preemption(woken_together, "trio")
+    assert [i for i, what in on_trio if what == "woke"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
