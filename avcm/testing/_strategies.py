@@ -6,9 +6,8 @@ behind the tasks that became runnable before it (those its step woke too; tasks 
 runnable by the same step in the order asyncio made them so, but by id on trio and where a
 cancellation woke them: see :meth:`Run._in_turn`). A task chosen out of that turn runs on
 ahead of the others, until it blocks, as when their wakeups come late: it comes first while
-it does.
-Position 0 is therefore "no preemption": the plain run's schedule, or the one running ahead
-going on; any other position is one preemption, which is what shrinking and
+it does. Position 0 is therefore "no preemption": the plain run's schedule, or the one
+running ahead going on; any other position is one preemption, which is what shrinking and
 :class:`Exhaustive`'s bound count. A :class:`Strategy` makes one chooser per schedule:
 :class:`RandomWalk`, :class:`PCT`, :class:`Exhaustive`, and the replays.
 """
