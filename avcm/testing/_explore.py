@@ -100,6 +100,13 @@ class Limits:
 
 _DEFAULT_LIMITS = Limits()
 
+
+def unproven_note(fewest: bool | None) -> str:
+    """What a report adds when shrinking did not rule out fewer preemptions within its budget
+    (*fewest* False; nothing when it did, or did not shrink)."""
+    return "; fewer preemptions not ruled out within the shrink budget" if fewest is False else ""
+
+
 _REDUCE_STALE = 48
 """Tries in a row that bring no shorter failing run, after which shrinking stops looking for
 fewer steps (the fewest preemptions are still searched for, within the budget)."""
@@ -179,8 +186,7 @@ class Failure:
             steps, preemptions = self.shrunk_from
             if (steps, preemptions) != (len(timeline.steps), timeline.preemptions):
                 shrunk = f", shrunk from {steps} steps, {preemptions} preemption(s)"
-            if self.fewest is False:
-                shrunk += "; fewer preemptions not ruled out within the shrink budget"
+            shrunk += unproven_note(self.fewest)
         if self.replayed:
             found = f"replayed schedule {self.token.schedule}"
         else:

@@ -1314,7 +1314,7 @@ class Run:
         position = self._chooser.choose(
             len(self._steps), [task.index for task in choices], continuing
         )
-        if len(choices) > 1:
+        if continuing:
             self._positions.append(position)
         chosen = choices[position]
         chosen.ready = None
@@ -3944,10 +3944,8 @@ def _trio_task_running() -> Any:
 
 def _wakes_cancelled(handle: Any) -> bool:
     """Whether a ready callback wakes its task with a cancelled future (its task cancelled)."""
-    args = getattr(handle, "_args", None) or ()
-    future = args[0] if args else None
-    cancelled = getattr(future, "cancelled", None)
-    return isinstance(future, asyncio.Future) and callable(cancelled) and bool(cancelled())
+    args: tuple[Any, ...] = getattr(handle, "_args", None) or ()
+    return bool(args) and isinstance(args[0], asyncio.Future) and args[0].cancelled()
 
 
 def _reports(handle: Any) -> bool:

@@ -40,7 +40,15 @@ from .. import InvalidError
 from ..lowlevel import check_int
 from ._clock import BACKENDS, run_on_virtual_time
 from ._errors import RaceFound
-from ._explore import Limits, Scenario, _failure, _run_once, checked_limits, shrunk
+from ._explore import (
+    Limits,
+    Scenario,
+    _failure,
+    _run_once,
+    checked_limits,
+    shrunk,
+    unproven_note,
+)
 from ._scheduler import Run
 
 __all__ = [
@@ -342,7 +350,7 @@ async def _run_machine_once(
     run, error = await _run_once(_machine_scenario(machine_class, draw_round), chooser, limits)
     if error is None:
         return
-    fewest: bool | None = True
+    fewest: bool | None = None
     if _final_example():
         # the same rounds and rules, and the fewest preemptions that still fail (as for
         # run_schedule: Hypothesis's lowering of numbers is not that among three tasks)
@@ -352,10 +360,9 @@ async def _run_machine_once(
         run, error, _, fewest = await shrunk(drawn, run, error, limits, SHRINK_BUDGET)
     where = "; ".join(getattr(error, "__notes__", ())) or "a round failed"
     timeline = run.timeline()
-    unproven = "; fewer preemptions not ruled out within the shrink budget" if not fewest else ""
     raise AssertionError(
         f"{where}: {type(error).__name__}: {error}\n"
-        f"{len(timeline.steps)} steps, {timeline.deviations()}{unproven}\n\n"
+        f"{len(timeline.steps)} steps, {timeline.deviations()}{unproven_note(fewest)}\n\n"
         f"{timeline.format()}"
     ) from error
 
