@@ -2119,6 +2119,150 @@ def test_tasks_woken_together_run_in_the_order_asyncio_woke_them() -> None:
     assert [i for i, what in on_trio if what == "woke"] == [0, 1, 2]
 
 
+def spawning(how: str) -> Callable[[Log, Spawn], Awaitable[None]]:
+    """Two tasks that each spawn children (*how*: an anyio task group, or asyncio's
+    ``create_task``, ``gather`` or ``shield``), beside a third that only yields; every task
+    logs its steps."""
+
+    async def program(log: Log, spawn: Spawn) -> None:
+        async def child(parent: int, name: str) -> None:
+            log.append((parent, name, "a"))
+            await anyio.sleep(0)
+            log.append((parent, name, "b"))
+
+        def parent(index: int) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                log.append((index, "a"))
+                if how == "task group":
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(child, index, "x")
+                        group.start_soon(child, index, "y")
+                        log.append((index, "b"))
+                elif how == "create_task":
+                    spawned = asyncio.create_task(child(index, "x"))
+                    log.append((index, "b"))
+                    await spawned
+                elif how == "gather":
+                    await asyncio.gather(child(index, "x"), child(index, "y"))
+                else:
+                    await asyncio.shield(child(index, "x"))
+                log.append((index, "end"))
+
+            return run
+
+        async def yielder() -> None:
+            for turn in range(4):
+                log.append(("yielder", turn))
+                await anyio.sleep(0)
+
+        await spawn(parent(0), parent(1), yielder)
+
+    return program
+
+
+@pytest.mark.parametrize(
+    ("how", "backend"),
+    [
+        ("task group", "asyncio"),
+        ("task group", "trio"),
+        ("create_task", "asyncio"),
+        ("gather", "asyncio"),
+        ("shield", "asyncio"),
+    ],
+)
+def test_tasks_a_task_spawns_run_in_the_loop_order_without_preemption(
+    how: str, backend: str
+) -> None:
+    """A task that a controlled task spawns is controlled too: queued behind the tasks already
+    runnable, as a plain run queues it (free, it ran ahead of them at once: attack33 F3)."""
+    program = spawning(how)
+    plain = plain_asyncio_log(program)
+    assert plain.index((0, "x", "a")) > plain.index(("yielder", 0))  # (behind the others)
+    log = log_without_preemption(program, backend)
+    if backend == "asyncio":
+        # (a task group's host learns that its last child ended in a done callback, which
+        # runs in the loop's next iteration: it wakes behind the yielder's next step)
+        assert log == plain
+    else:
+        # trio wakes the host as its last child ends, in the same batch as the yielder's
+        # next step; the finder's order in a batch is by index
+        last = plain.index(("yielder", 2)) + 1
+        assert log[:last] == plain[:last]
+        assert log[last:] == [(0, "end"), (1, "end"), ("yielder", 3)]
+
+
+def publish_in_a_child(*, reader_expects: object) -> testing.Scenario:
+    """Task 0 spawns a child that publishes a value; task 1, made runnable before the child,
+    reads it once and checks it is *reader_expects*."""
+
+    async def scenario(run: testing.Run) -> None:
+        box: dict[str, object] = {"value": None}
+        seen: list[object] = []
+
+        async def publisher() -> None:
+            async def child() -> None:
+                box["value"] = 1
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(child)
+
+        async def reader() -> None:
+            seen.append(box["value"])
+
+        for outcome in await run.concurrently(publisher, reader):
+            outcome.unwrap()
+        assert seen == [reader_expects], f"the reader saw {seen[0]!r}"
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_every_plain_run_does_with_a_child_takes_no_preemption(backend: str) -> None:
+    # every plain run: the reader runs before the child, which the loop queued behind it
+    misses_the_child = publish_in_a_child(reader_expects=1)
+    assert fewest_preemptions(misses_the_child, backend) == 0
+    # so a program counting on that order fails only where the child is run ahead: one
+    # preemption, not a failure reported as what a plain run does
+    counts_on_order = publish_in_a_child(reader_expects=None)
+    assert fewest_preemptions(counts_on_order, backend) == 1
+
+
+async def lost_update_between_children(run: testing.Run) -> None:
+    """One controlled task spawns two children that each add 1 to a count through a read, a
+    checkpoint and a write; the second starts three checkpoints late, so in the loop's own
+    order the first has written before it reads."""
+    count = [0]
+
+    async def add(late: int) -> None:
+        for _ in range(late):
+            await anyio.sleep(0)
+        value = count[0]
+        await anyio.sleep(0)
+        count[0] = value + 1
+
+    async def parent() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(add, 0)
+            group.start_soon(add, 3)
+
+    for outcome in await run.concurrently(parent):
+        outcome.unwrap()
+    assert count[0] == 2, f"an update lost: {count[0]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_race_between_children_is_found_shrunk_and_replayed(backend: str) -> None:
+    # free, the children ran in the loop's order only: never found
+    assert fewest_preemptions(lost_update_between_children, backend) == 1
+    result = testing.explore(lost_update_between_children, schedules=500, backend=backend)
+    failure = result.failure
+    assert failure is not None and "an update lost: 1" in str(failure.error)
+    assert failure.timeline.preemptions == 1
+    assert failure.timeline.tasks == ("parent", "parent/add", "parent/add")
+    replayed = testing.replay(lost_update_between_children, failure.token, backend=backend)
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:

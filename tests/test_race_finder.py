@@ -176,16 +176,39 @@ def test_uncontrolled_tasks_that_never_wait_are_reported_not_hung(backend: str) 
             while True:
                 await anyio.lowlevel.checkpoint()
 
-        async def spawner() -> None:
-            async with anyio.create_task_group() as group:
-                group.start_soon(spinner)  # not under control: it runs as the loop runs it
-
-        await run.concurrently(spawner)
+        async with anyio.create_task_group() as group:
+            group.start_soon(spinner)  # the scenario's own: not under control
+            await run.concurrently(anyio.Event().wait)
 
     limits = testing.Limits(runaway_steps=2_000)
     result = testing.explore(scenario, schedules=1, backend=backend, limits=limits)
     assert result.failure is not None
-    assert isinstance(result.failure.error, testing.RunawayError)
+    error = result.failure.error
+    assert isinstance(error, BaseExceptionGroup)  # (raised through the scenario's task group)
+    assert [type(inner) for inner in error.exceptions] == [testing.RunawayError]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_task_a_controlled_task_spawns_is_controlled_and_its_spin_a_livelock(
+    backend: str,
+) -> None:
+    async def scenario(run: testing.Run) -> None:
+        async def spinner() -> None:
+            while True:
+                await anyio.lowlevel.checkpoint()
+
+        async def spawner() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(spinner)
+
+        await run.concurrently(spawner)
+
+    result = testing.explore(scenario, schedules=1, backend=backend)
+    assert result.failure is not None
+    error = result.failure.error
+    assert isinstance(error, testing.StepBudgetError)
+    assert "livelock" in str(error) and "task 1 (spawner/spinner) spinner" in str(error)
+    assert result.failure.timeline.tasks == ("spawner", "spawner/spinner")
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

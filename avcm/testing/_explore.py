@@ -64,7 +64,7 @@ class Limits:
     times as many steps in all (a run that does not end, though time passes);
     ``idle_timeout``: seconds (simulated, on a virtual clock) with every task blocked before a
     :class:`DeadlockError`; ``runaway_steps``: steps of tasks outside the scheduler's control
-    (spawned by a controlled task) with no controlled task chosen, before a
+    (the scenario's own, outside `concurrently`) with no controlled task chosen, before a
     :class:`RunawayError`; ``fair_bound``: how many choices in a row may pass over a runnable
     task before the tasks that keep it waiting are disabled until it has run (fairness: a poll
     loop cannot starve the task it waits for); ``io_timeout``: seconds of real time that the

@@ -76,10 +76,12 @@ import contextlib
 import dis
 import functools
 import gc
+import inspect
 import itertools
 import math
 import operator
 import os
+import re
 import sys
 import threading
 import time
@@ -448,6 +450,35 @@ def _coro_of(native: Any) -> Any:
     return coro
 
 
+def _spawned_name(native: Any) -> str:
+    """What a spawned task runs, as a column's name: the function its spawner named it by
+    (anyio and trio name a task so), else its coroutine's; without modules and classes."""
+    name = getattr(native, "name", None)  # trio
+    if name is None and hasattr(native, "get_name"):  # asyncio
+        name = native.get_name()
+        if re.fullmatch(r"Task-\d+", name):  # (asyncio's count: any task of the process)
+            name = None
+    if not isinstance(name, str):
+        name = getattr(_coro_of(native), "__qualname__", "task")
+    return name.rsplit("<locals>.", 1)[-1].rsplit(".", 1)[-1]
+
+
+def _finished(native: Any) -> bool:
+    """Whether a trio or asyncio task ended."""
+    done = getattr(native, "done", None)
+    if callable(done):
+        return bool(done())
+    return inspect.getcoroutinestate(native.coro) == inspect.CORO_CLOSED
+
+
+def _unstarted(native: Any) -> bool:
+    """Whether a trio task has yet to take its first step (its coroutine not begun)."""
+    try:
+        return inspect.getcoroutinestate(native.coro) == inspect.CORO_CREATED
+    except (AttributeError, TypeError):
+        return False
+
+
 def _qualname(frame: FrameType) -> str:
     # "outer.<locals>.inner" reads better as "inner"
     return frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1]
@@ -784,6 +815,7 @@ class _Task:
         "point",
         "ready",
         "scope",
+        "spawned",
     )
 
     def __init__(self, index: int, name: str) -> None:
@@ -804,10 +836,18 @@ class _Task:
         self.obj: object = None
         self.passed = 0  # choices that passed it over since it became runnable
         self.scope: anyio.CancelScope | None = None  # what an injected cancellation cancels
+        self.spawned = False  # spawned by a controlled task (_Queue.spawned): no outcome
 
     def native_coro(self) -> Any:
         """The coroutine the task runs: where it is suspended."""
         return _coro_of(self.native)
+
+    def named(self) -> _Task:
+        """The task, its name complete: a spawned one's ends with the name its spawner gave
+        it, which asyncio sets only after its task factory returned."""
+        if self.spawned and self.name.endswith("/"):
+            self.name += _spawned_name(self.native)
+        return self
 
 
 class Run:
@@ -938,7 +978,7 @@ class Run:
 
     def timeline(self) -> Timeline:
         return Timeline(
-            tasks=tuple(task.name for task in self._tasks),
+            tasks=tuple(task.named().name for task in self._tasks),
             steps=tuple(self._steps),
             outcomes=tuple(self._outcomes),
             preemptions=self._preemptions,
@@ -1026,15 +1066,16 @@ class Run:
     ) -> None:
         queue = self._queue
         assert queue is not None
-        task.native = native = queue.current()
+        task.native = queue.current()
 
         async def hook(point: str, obj: object) -> None:
             # A label, not a yield: outside the race finder a sync point is no checkpoint,
             # so switching there would show what no event loop can do. Tasks this task spawns
-            # inherit the hook; they are not under control and do not label its steps.
-            if queue.current() is native:
-                task.point = point
-                task.obj = obj
+            # inherit the hook, and label their own steps (_Queue.spawned).
+            running = queue.tasks.get(queue.current())
+            if running is not None:
+                running.point = point
+                running.obj = obj
 
         # This task's own context: its children inherit the hook. A hook installed around
         # the run (a test injecting faults) runs after this one.
@@ -1316,7 +1357,7 @@ class Run:
         )
         if continuing:
             self._positions.append(position)
-        chosen = choices[position]
+        chosen = choices[position].named()
         chosen.ready = None
         if continuing and position:
             self._preemptions += 1
@@ -1731,7 +1772,7 @@ class Run:
         return False
 
     def _free_spin(self) -> None:
-        """The spin rule for tasks outside control (spawned by a controlled task) that keep the
+        """The spin rule for tasks outside control (the scenario's own) that keep the
         loop busy while no controlled task can run: when, two looks ``_FREE_IO_STEPS`` of
         their steps apart, no task's state changed (the spin rule's state, of every task
         of the loop), they only yield, and virtual time moves to the next timer if it ends
@@ -1920,8 +1961,8 @@ class Run:
             elif self._error is None:
                 self._fail(
                     RunawayError(
-                        f"tasks outside the scheduler's control (spawned by a controlled task, "
-                        f"or the scenario's own) ran {self.runaway_steps} steps without ever "
+                        f"tasks outside the scheduler's control (the scenario's own, or spawned "
+                        f"by those) ran {self.runaway_steps} steps without ever "
                         f"all waiting"
                     )
                 )
@@ -2021,7 +2062,7 @@ class Run:
                 await wake.wait()
                 continue
             self._wake = self._idle_deadline = None
-            if self._error is not None or any(task.held for task in tasks):
+            if self._error is not None or self._queue.held():
                 continue
             if seen != len(self._steps):
                 seen, since = len(self._steps), time.monotonic()
@@ -2054,7 +2095,9 @@ class Run:
                 "deadlock: every task is blocked, no timer is pending, no thread is at work "
                 "and no I/O is waited for"
             ]
-        for task in tasks:
+        spawned = [task for task in self._tasks if task.spawned and not _finished(task.native)]
+        for task in [*tasks, *spawned]:
+            task.named()
             if task.done:
                 continue
             if task.point is not None:
@@ -2477,6 +2520,31 @@ class _Queue:
 
     def control(self, task: _Task) -> None:
         self.tasks[task.native] = task
+
+    def spawned(self, native: Any) -> _Task | None:
+        """The loop is about to schedule *native*, a task not seen so far: if a controlled
+        task's step spawns it (a task group's child, ``create_task``, ``gather``,
+        ``shield``), it is controlled too, from its first step on, in a column of its own
+        (numbered after the tasks there are, in the order the run spawns them, as a replay
+        does); else None. A plain run queues a new task behind those already runnable: left
+        free, it ran ahead of them at once (attack33 F3)."""
+        if self.free:
+            return None
+        parent = self.tasks.get(self.current_running())
+        if parent is None or parent.done:
+            return None
+        run = self.run
+        # (named once asyncio named it: after the task factory returned; see _Task.named)
+        child = _Task(len(run._tasks), f"{parent.name}/")
+        child.native = native
+        child.spawned = True
+        run._tasks.append(child)
+        self.tasks[native] = child
+        return child
+
+    def current_running(self) -> Any:
+        """The task whose step runs now, or None (the loop's own code between steps)."""
+        raise NotImplementedError
 
     def forget(self, task: _Task) -> None:
         self.tasks.pop(task.native, None)
@@ -2952,6 +3020,8 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
     def append(self, task: Any) -> None:
         queue = self.queue
         controlled = None if queue.free else queue.tasks.get(task)
+        if controlled is None and task not in queue.births and _unstarted(task):
+            controlled = queue.spawned(task)
         if controlled is None:
             if task not in queue.births:
                 queue.births[task] = len(queue.births)
@@ -3678,6 +3748,9 @@ class _TrioQueue(_Queue):
     def current(self) -> Any:
         return self.trio.lowlevel.current_task()
 
+    def current_running(self) -> Any:
+        return _trio_task_running()
+
     def native_tasks(self) -> Iterable[Any]:
         return self.runner.tasks
 
@@ -3803,6 +3876,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.task_ran = True  # whether this iteration (so far) resumed a task
         self.stepped = False  # whether the callback run last resumed a task
         self.successor: collections.deque[Any] | None = None  # the loop's queue once uninstalled
+        # callbacks a controlled task's step scheduled, with their place in the loop's order
+        # (as a held task's: Run._in_turn), till the tasks queued before them took their step
+        self.deferred: collections.deque[tuple[tuple[int, int, int], Any]] = collections.deque()
 
     def append(self, handle: Any) -> None:
         successor = self.successor
@@ -3830,6 +3906,13 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
                 queue.births[native] = len(queue.births)
                 # (one a task factory of the program's made, set for a while: not tracked)
                 queue.loop_tasks.setdefault(native)
+            if native is None and not queue.free and queue.current_running() in queue.tasks:
+                # A task's step scheduled it (a task's done callbacks: how a task group's
+                # host, gather or shield learn that a child ended): it runs in the loop's
+                # next iteration, after the tasks runnable now, and so does what it wakes
+                steps = len(queue.run._steps)
+                self.deferred.append(((steps, 0, next(queue.readied)), handle))
+                return
             super().append(handle)
             return
         queue.woken(controlled)
@@ -3845,6 +3928,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.iteration += 1
         self.task_ran = False
         self._after_step()
+        self._release_deferred()
         queue = self.queue
         ready = queue.ready()  # first: it may let in threads' calls, which run before
         self.choose = ready and not queue.admitted
@@ -3855,7 +3939,27 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
     def __bool__(self) -> bool:
         # (a task held till a poll looks at threads whose caller left: polled without waiting)
         queue = self.queue
-        return super().__len__() > 0 or queue.ready() or queue.orphans_unlooked()
+        return (
+            super().__len__() > 0
+            or bool(self.deferred)
+            or queue.ready()
+            or queue.orphans_unlooked()
+        )
+
+    def _release_deferred(self, *, every: bool = False) -> None:
+        """Queue the deferred callbacks whose turn came (*every*: all): those the loop's own
+        order runs before every held task."""
+        deferred = self.deferred
+        if not deferred:
+            return
+        queue = self.queue
+        steps = len(queue.run._steps)
+        turns = [
+            task.ready or (steps, 1, task.index) for task in queue.held() if _live(task)
+        ]
+        first = None if every or queue.free or not turns else min(turns)
+        while deferred and (first is None or deferred[0][0] < first):
+            collections.deque.append(self, deferred.popleft()[1])
 
     def _after_step(self) -> None:
         # A task's step that handed a call to a worker thread may also have its wait for it
@@ -4005,6 +4109,11 @@ class _AsyncioQueue(_Queue):
     def is_call_back(self, thread: threading.Thread, item: Any) -> bool:
         return _call_into(thread, self.loop) != 0
 
+    def release_all(self) -> None:
+        super().release_all()
+        if self.readyq is not None:
+            self.readyq._release_deferred(every=True)
+
     def holding(self, task: _Task) -> None:
         assert self.readyq is not None
         if not task.handles:
@@ -4082,7 +4191,21 @@ class _AsyncioQueue(_Queue):
             else factory(loop, coro, **kwargs)
         )
         self.loop_tasks[task] = None
+        controlled = None if task.done() else self.spawned(task)
+        if controlled is not None and self.readyq is not None:
+            # its first step, scheduled as the task was made, goes through the ready queue
+            # again: held now, in its place in the loop's order
+            readyq = self.readyq
+            queued = collections.deque.__iter__(readyq)
+            first = [handle for handle in queued if _handle_task(handle) is task]
+            for handle in first:
+                collections.deque.remove(readyq, handle)
+                self.births.pop(task, None)
+                readyq.append(handle)
         return task
+
+    def current_running(self) -> Any:
+        return self.asyncio.current_task(self.loop)
 
     def native_tasks(self) -> Iterable[Any]:
         if self.loop.get_task_factory() is not self.track_factory:
