@@ -3906,10 +3906,12 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
                 queue.births[native] = len(queue.births)
                 # (one a task factory of the program's made, set for a while: not tracked)
                 queue.loop_tasks.setdefault(native)
-            if native is None and not queue.free and queue.current_running() in queue.tasks:
-                # A task's step scheduled it (a task's done callbacks: how a task group's
-                # host, gather or shield learn that a child ended): it runs in the loop's
-                # next iteration, after the tasks runnable now, and so does what it wakes
+            if native is None and queue.finishing():
+                # A controlled task's done callback (how a task group's host, gather or
+                # shield learn that a child ended): it runs in the loop's next iteration,
+                # after the tasks runnable now, and so does what it wakes. (Only those: a
+                # callback any step schedules, a subprocess's connection_made, must not be
+                # overtaken by a task chosen out of turn, which the loop's order cannot do.)
                 steps = len(queue.run._steps)
                 self.deferred.append(((steps, 0, next(queue.readied)), handle))
                 return
@@ -3957,7 +3959,9 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         turns = [
             task.ready or (steps, 1, task.index) for task in queue.held() if _live(task)
         ]
-        first = None if every or queue.free or not turns else min(turns)
+        # (a task chosen out of the loop's order runs on ahead of the tasks, not of them)
+        every = every or queue.free or queue.run._lead is not None
+        first = None if every or not turns else min(turns)
         while deferred and (first is None or deferred[0][0] < first):
             collections.deque.append(self, deferred.popleft()[1])
 
@@ -4206,6 +4210,12 @@ class _AsyncioQueue(_Queue):
 
     def current_running(self) -> Any:
         return self.asyncio.current_task(self.loop)
+
+    def finishing(self) -> bool:
+        """Whether the task running is a controlled one that just ended (its done callbacks
+        are being scheduled)."""
+        running = self.current_running()
+        return not self.free and running in self.tasks and running.done()
 
     def native_tasks(self) -> Iterable[Any]:
         if self.loop.get_task_factory() is not self.track_factory:
