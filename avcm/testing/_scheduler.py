@@ -3956,9 +3956,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             return
         queue = self.queue
         steps = len(queue.run._steps)
-        turns = [
-            task.ready or (steps, 1, task.index) for task in queue.held() if _live(task)
-        ]
+        turns = [task.ready or (steps, 1, task.index) for task in queue.held() if _live(task)]
         # (a task chosen out of the loop's order runs on ahead of the tasks, not of them)
         every = every or queue.free or queue.run._lead is not None
         first = None if every or not turns else min(turns)
