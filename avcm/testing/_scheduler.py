@@ -453,13 +453,13 @@ def _coro_of(native: Any) -> Any:
 def _spawned_name(native: Any) -> str:
     """What a spawned task runs, as a column's name: the function its spawner named it by
     (anyio and trio name a task so), else its coroutine's; without modules and classes."""
-    name = getattr(native, "name", None)  # trio
+    name: object = getattr(native, "name", None)  # trio
     if name is None and hasattr(native, "get_name"):  # asyncio
         name = native.get_name()
-        if re.fullmatch(r"Task-\d+", name):  # (asyncio's count: any task of the process)
+        if re.fullmatch(r"Task-\d+", str(name)):  # (asyncio's count: any task of the process)
             name = None
     if not isinstance(name, str):
-        name = getattr(_coro_of(native), "__qualname__", "task")
+        name = str(getattr(_coro_of(native), "__qualname__", "task"))
     return name.rsplit("<locals>.", 1)[-1].rsplit(".", 1)[-1]
 
 
