@@ -2263,6 +2263,36 @@ def test_a_race_between_children_is_found_shrunk_and_replayed(backend: str) -> N
     assert replayed is not None and str(replayed.error) == str(failure.error)
 
 
+def parent_of_two(k: int) -> testing.Scenario:
+    """One task that spawns two children of *k* checkpoints each and waits for them."""
+
+    async def scenario(run: testing.Run) -> None:
+        async def child() -> None:
+            for _ in range(k):
+                await anyio.sleep(0)
+
+        async def parent() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(child)
+                group.start_soon(child)
+
+        await run.concurrently(parent)
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exhaustive_counts_the_interleavings_of_spawned_children(backend: str) -> None:
+    """The children take k + 1 steps each, interleaved every way; their parent's steps (the
+    first, and the last once both ended) are never a choice."""
+    for k in (1, 2, 3):
+        result = testing.explore(
+            parent_of_two(k), strategy=testing.Exhaustive(32), schedules=10_000, backend=backend
+        )
+        assert result.exhausted and not result.found
+        assert result.schedules == math.comb(2 * k + 2, k + 1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
