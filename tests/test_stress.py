@@ -204,7 +204,8 @@ def test_replay_of_a_duration_run_runs_the_recorded_operations(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     # the leak is found at the end, after the time is up: the op count is the clock's doing
-    args = ["--driver", "tests.broken_drivers:leaky", "--duration", "0.3"]
+    # (0.3 s ran out before the first operation on a loaded machine: no leak to find)
+    args = ["--driver", "tests.broken_drivers:leaky", "--duration", "1"]
     trace = record(capsys, tmp_path, *args)
     operations = len(json.loads(trace.read_text())["trace"])
     status, out, _ = run_stress(capsys, "--replay", str(trace), args[0], args[1])
