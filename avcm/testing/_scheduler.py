@@ -997,7 +997,10 @@ class Run:
         first choice is who starts (in the loop's own order, the first made). If the run
         fails (a deadlock, the step budget, the chooser giving up) or the caller is
         cancelled, every task is cancelled and runs free to its end, and the failure is
-        raised here. :class:`~avcm.InvalidError` (``EINVAL``), with
+        raised here. Tasks they spawn (a task group's children, ``create_task``, a system
+        task on trio) are controlled too, in columns of their own after theirs (see
+        :meth:`_Queue.spawned`); they have no outcome here: their errors reach the task that
+        waits for them, as in any run. :class:`~avcm.InvalidError` (``EINVAL``), with
         nothing run, for no function, one that is not callable, a wrong number of *names*,
         or a call from a task it controls.
         """
