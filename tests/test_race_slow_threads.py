@@ -363,20 +363,24 @@ async def threads_of_spawned_tasks(run: testing.Run, *, tasks: int = 2) -> None:
         outcome.unwrap()
 
 
+def assert_exhausted_alike(scenario: testing.Scenario, backend: str) -> None:
+    """Three explorations of *scenario* with one preemption at most exhaust it, with no
+    failure, in as many schedules each: a deterministic run."""
+    counts = set()
+    for _ in range(3):
+        result = testing.explore(scenario, strategy=testing.Exhaustive(1), backend=backend)
+        assert result.exhausted and result.failure is None
+        counts.add(result.schedules)
+    assert len(counts) == 1
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_of_spawned_tasks_report_in_the_order_their_calls_began(
     backend: str,
 ) -> None:
     # on trio, their reports came in as the threads finished, and what the woken tasks did
     # next with them followed: Exhaustive found "not deterministic" in most explorations
-    counts = set()
-    for _ in range(3):
-        result = testing.explore(
-            threads_of_spawned_tasks, strategy=testing.Exhaustive(1), backend=backend
-        )
-        assert result.exhausted and result.failure is None
-        counts.add(result.schedules)
-    assert len(counts) == 1
+    assert_exhausted_alike(threads_of_spawned_tasks, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -406,14 +410,7 @@ async def threads_outside_control(run: testing.Run) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_of_tasks_outside_control_change_no_schedule(backend: str) -> None:
-    counts = set()
-    for _ in range(3):
-        result = testing.explore(
-            threads_outside_control, strategy=testing.Exhaustive(1), backend=backend
-        )
-        assert result.exhausted and result.failure is None
-        counts.add(result.schedules)
-    assert len(counts) == 1
+    assert_exhausted_alike(threads_outside_control, backend)
 
 
 async def deadline_after_others_started(run: testing.Run, *, others: int) -> None:
@@ -1371,14 +1368,7 @@ async def children_calling_threads(run: testing.Run) -> None:
 def test_threads_of_children_alike_report_in_an_order_the_run_decides(backend: str) -> None:
     # asyncio: children of one name waiting for threads were ordered as the loop's set of
     # tasks iterates, by memory address: Exhaustive said "not deterministic"
-    counts = set()
-    for _ in range(3):
-        result = testing.explore(
-            children_calling_threads, strategy=testing.Exhaustive(1), backend=backend
-        )
-        assert result.exhausted and result.failure is None
-        counts.add(result.schedules)
-    assert len(counts) == 1
+    assert_exhausted_alike(children_calling_threads, backend)
 
 
 async def calls_back_under_nested_deadlines(run: testing.Run, *, seen: list[str]) -> None:
