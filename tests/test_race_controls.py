@@ -2191,6 +2191,52 @@ def test_tasks_a_task_spawns_run_in_the_loop_order_without_preemption(
         assert log[last:] == [(0, "end"), (1, "end"), ("yielder", 3)]
 
 
+async def cancelled_children(log: Log, spawn: Spawn) -> None:
+    """Three tasks whose children are cancelled at different steps (a scope around a task
+    group, a task group's own scope, a child's task cancelled from a sibling), each child
+    logging its clean-up, each task its end."""
+
+    async def child(name: str) -> None:
+        log.append((name, "waits"))
+        try:
+            await anyio.sleep(10)
+        finally:
+            log.append((name, "cleans up"))
+
+    async def around() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(child, "a0")
+                await anyio.sleep(0)
+                scope.cancel()
+        log.append(("around", "end"))
+
+    async def own() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(child, "o0")
+            group.start_soon(child, "o1")
+            for _ in range(2):
+                await anyio.sleep(0)
+            group.cancel_scope.cancel()
+        log.append(("own", "end"))
+
+    async def ends_normally() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.sleep, 0)
+        log.append(("ends normally", "end"))
+
+    await spawn(around, own, ends_normally)
+
+
+def test_cancelled_children_clean_up_in_the_order_asyncio_runs_them() -> None:
+    # anyio retries a pending cancellation once per loop iteration, and a task group's host
+    # learns of a child's end in a done callback: with callbacks run at once, not in the
+    # loop's order, the clean-ups and ends came in another order (attack34 F1-F3)
+    plain = plain_asyncio_log(cancelled_children)
+    assert len(plain) == 9
+    assert log_without_preemption(cancelled_children, "asyncio") == plain
+
+
 def publish_in_a_child(*, reader_expects: object) -> testing.Scenario:
     """Task 0 spawns a child that publishes a value; task 1, made runnable before the child,
     reads it once and checks it is *reader_expects*."""

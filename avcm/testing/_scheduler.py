@@ -826,7 +826,7 @@ class _Task:
         self.held_at = 0  # asyncio: the loop's iteration in which it was held
         # its place in the loop's run queue (Run._in_turn): the steps taken when it became
         # runnable, then the order the loop made it runnable in, or by index
-        self.ready: tuple[int, int, int] | None = None
+        self.ready: tuple[int, ...] | None = None
         self.handles: list[Any] = []  # asyncio: the held callbacks that resume it
         # calls back into the loop from the worker thread it waits for, held till it is chosen
         # (the thread, and what it handed the loop: see _Queue.hold_call_back)
@@ -1656,10 +1656,11 @@ class Run:
         """The *runnable* tasks in the order the event loop's own run queue runs them: first
         come, first run (a task that yields goes behind the tasks it woke). What is no
         preemption; position 0 of a choice (after a task chosen out of turn: that one, until
-        it blocks). Tasks a cancellation woke, or that a worker thread's call back made
-        runnable, go by index after the others made runnable by the same step: the order
-        the loop has for them follows memory addresses (a set of the tasks to cancel) or
-        the machine's speed, and this one is the same in every process and in a replay."""
+        it blocks). Tasks a cancellation woke (on asyncio, those woken at once: as a batch
+        in the loop's order), or that a worker thread's call back made runnable, go by index
+        after the others made runnable by the same step: the order the loop has for them
+        follows memory addresses (a set of the tasks to cancel) or the machine's speed, and
+        this one is the same in every process and in a replay."""
         steps = len(self._steps)
         for task in runnable:
             if task.ready is None:
@@ -2446,14 +2447,19 @@ class _Queue:
     def holding(self, task: _Task) -> None:
         """*task* is held from now on."""
 
-    def hold(self, task: _Task, *, in_order: bool, yielded: bool = False) -> None:
+    def hold(
+        self, task: _Task, *, in_order: bool, yielded: bool = False, batch: int | None = None
+    ) -> None:
         """The loop made *task* runnable: held, in its place in the loop's run queue (see
-        :meth:`Run._in_turn`): in the order the loop made it runnable if *in_order*, else
-        by index after the others made runnable by the same step, and behind them all if
-        it *yielded* in that step."""
+        :meth:`Run._in_turn`): in the order the loop made it runnable if *in_order* (one of
+        a *batch* made runnable at once, if given: by index within it), else by index after
+        the others made runnable by the same step, and behind them all if it *yielded* in
+        that step."""
         if not task.held:
             steps = len(self.run._steps)
-            if in_order:
+            if in_order and batch is not None:
+                task.ready = (steps, 0, batch, task.index)
+            elif in_order:
                 task.ready = (steps, 0, next(self.readied))
             else:
                 task.ready = (steps, 1 + yielded, task.index)
@@ -3879,8 +3885,12 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.task_ran = True  # whether this iteration (so far) resumed a task
         self.stepped = False  # whether the callback run last resumed a task
         self.successor: collections.deque[Any] | None = None  # the loop's queue once uninstalled
-        # callbacks a controlled task's step scheduled, with their place in the loop's order
-        # (as a held task's: Run._in_turn), till the tasks queued before them took their step
+        self.popped = 0  # callbacks and steps run so far
+        # the callback or step (steps then, popped then) that last woke tasks by cancelling
+        # them, and that batch's place in the loop's order
+        self.cancel_batch: tuple[int, int, int] | None = None
+        # callbacks scheduled while the run holds the queue, with their place in the loop's
+        # order (as a held task's: Run._in_turn), till the tasks queued before them ran
         self.deferred: collections.deque[tuple[tuple[int, int, int], Any]] = collections.deque()
 
     def append(self, handle: Any) -> None:
@@ -3909,12 +3919,20 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
                 queue.births[native] = len(queue.births)
                 # (one a task factory of the program's made, set for a while: not tracked)
                 queue.loop_tasks.setdefault(native)
-            if native is None and queue.finishing():
-                # A controlled task's done callback (how a task group's host, gather or
-                # shield learn that a child ended): it runs in the loop's next iteration,
-                # after the tasks runnable now, and so does what it wakes. (Only those: a
-                # callback any step schedules, a subprocess's connection_made, must not be
-                # overtaken by a task chosen out of turn, which the loop's order cannot do.)
+            if (
+                native is None
+                and not queue.free
+                and sys._getframe(1).f_code.co_name == "_call_soon"
+            ):
+                # A callback runs in its place in the loop's order, after the tasks made
+                # runnable before it, and so does what it wakes: a task's done callback (how
+                # a task group's host, gather or shield learn that a child ended), anyio's
+                # retry of a pending cancellation (once an iteration, not once a step: run at
+                # once, they ordered the clean-ups of cancelled children as no plain asyncio
+                # run does, attack34 F1-F3). Tasks made runnable after it wait for it
+                # (choosable): a subprocess's connection_made is never overtaken. (Only what
+                # running code schedules: I/O events and timers the loop queues itself come
+                # when they come, and waiting for them would make choices depend on it.)
                 steps = len(queue.run._steps)
                 self.deferred.append(((steps, 0, next(queue.readied)), handle))
                 return
@@ -3923,8 +3941,16 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         queue.woken(controlled)
         if not controlled.handles:
             controlled.held_at = self.iteration
-        # (a cancellation wakes a task group's tasks in the order of a set: by index)
-        queue.hold(controlled, in_order=not _wakes_cancelled(handle))
+        batch = None
+        if _wakes_cancelled(handle):
+            # anyio cancels a task group's tasks in the order of a set (memory addresses):
+            # those one callback or step woke so go by index among themselves, their batch
+            # in the loop's order
+            key = (len(queue.run._steps), self.popped)
+            if self.cancel_batch is None or self.cancel_batch[:2] != key:
+                self.cancel_batch = (*key, next(queue.readied))
+            batch = self.cancel_batch[2]
+        queue.hold(controlled, in_order=True, batch=batch)
         controlled.handles.append(handle)
 
     def __len__(self) -> int:
@@ -3933,9 +3959,11 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
         self.iteration += 1
         self.task_ran = False
         self._after_step()
-        self._release_deferred()
         queue = self.queue
         ready = queue.ready()  # first: it may let in threads' calls, which run before
+        # (no choice now, a thread at work first: what the loop has to do meanwhile, its
+        # report among it, runs)
+        self._release_deferred(every=not ready)
         self.choose = ready and not queue.admitted
         queue.admitted = False
         self.due = super().__len__()
@@ -3977,6 +4005,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
                 self.queue.calls_taken()
 
     def popleft(self) -> Any:
+        self.popped += 1
         self._after_step()
         if self.due > 0 or not (self.choose and self.queue.ready()):
             self.due -= 1
@@ -4212,12 +4241,6 @@ class _AsyncioQueue(_Queue):
     def current_running(self) -> Any:
         return self.asyncio.current_task(self.loop)
 
-    def finishing(self) -> bool:
-        """Whether the task running is a controlled one that just ended (its done callbacks
-        are being scheduled)."""
-        running = self.current_running()
-        return not self.free and running in self.tasks and running.done()
-
     def native_tasks(self) -> Iterable[Any]:
         if self.loop.get_task_factory() is not self.track_factory:
             # the program put in a task factory of its own: the tasks it makes are not seen
@@ -4241,7 +4264,14 @@ class _AsyncioQueue(_Queue):
         # before the wakeup that follows it), in the next iteration.
         assert self.readyq is not None
         iteration = self.readyq.iteration
-        return [task for task in self.held() if _live(task) and task.held_at < iteration]
+        tasks = [task for task in self.held() if _live(task) and task.held_at < iteration]
+        # Nor one made runnable after a callback still deferred (_AsyncioReady.append), unless
+        # a task chosen out of turn runs on ahead: then the callbacks run at once.
+        deferred = self.readyq.deferred
+        if deferred and self.run._lead is None:
+            barrier = deferred[0][0]
+            tasks = [task for task in tasks if task.ready is not None and task.ready < barrier]
+        return tasks
 
     def calls_back_waiting(self) -> list[Any]:
         waiting = [
