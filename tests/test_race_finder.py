@@ -637,6 +637,7 @@ def test_a_failure_with_more_preemptions_than_exhaustive_takes_is_still_reported
     assert result.failure is not None
     assert result.failure.timeline.preemptions > 33
     assert "fails in every schedule" in str(result.failure.error)
+    assert result.failure.fewest is False  # (no budget to search fewer)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -449,10 +449,9 @@ async def _shrink(
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     await reduce()
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
-    # search that far never completes within a shrink budget anyway)
-    if best_run.preemptions > MAX_PREEMPTION_BOUND + 1:
-        return best_run, best_error, False
-    for bound in range(best_run.preemptions):
+    # search that far never completes within a shrink budget anyway, and proves nothing)
+    searched = min(best_run.preemptions, MAX_PREEMPTION_BOUND + 1)
+    for bound in range(searched):
         searches = [Exhaustive(bound).with_cancels_at(cancels, outlasts)]
         if injections:
             # then with as many cancellations injected anywhere: in a schedule with fewer
@@ -476,7 +475,7 @@ async def _shrink(
                     return best_run, best_error, True
             else:
                 return best_run, best_error, False  # the budget ran out first
-    return best_run, best_error, True
+    return best_run, best_error, searched == best_run.preemptions
 
 
 def _from_both_ends(length: int) -> Iterator[int]:
