@@ -450,6 +450,12 @@ def _coro_of(native: Any) -> Any:
     return coro
 
 
+def _turn(task: _Task, steps: int) -> tuple[int, ...]:
+    """*task*'s place in the loop's run queue (see :meth:`Run._in_turn`) at *steps*: where it
+    was held, or, held with no place (for a thread's call back), by index after the others."""
+    return task.ready or (steps, 1, task.index)
+
+
 def _spawned_name(native: Any) -> str:
     """What a spawned task runs, as a column's name: the function its spawner named it by
     (anyio and trio name a task so), else its coroutine's; without modules and classes."""
@@ -1663,8 +1669,7 @@ class Run:
         this one is the same in every process and in a replay."""
         steps = len(self._steps)
         for task in runnable:
-            if task.ready is None:
-                task.ready = (steps, 1, task.index)
+            task.ready = _turn(task, steps)
         return sorted(runnable, key=operator.attrgetter("ready"))
 
     def _first_after_move(self, held: list[_Task]) -> _Task:
@@ -2553,7 +2558,7 @@ class _Queue:
 
     def current_running(self) -> Any:
         """The task whose step runs now, or None (the loop's own code between steps)."""
-        raise NotImplementedError
+        return self.current()
 
     def forget(self, task: _Task) -> None:
         self.tasks.pop(task.native, None)
@@ -3987,7 +3992,7 @@ class _AsyncioReady(collections.deque):  # type: ignore[type-arg]
             return
         queue = self.queue
         steps = len(queue.run._steps)
-        turns = [task.ready or (steps, 1, task.index) for task in queue.held() if _live(task)]
+        turns = [_turn(task, steps) for task in queue.held() if _live(task)]
         # (a task chosen out of the loop's order runs on ahead of the tasks, not of them)
         every = every or queue.free or queue.run._lead is not None
         first = None if every or not turns else min(turns)
@@ -4232,14 +4237,11 @@ class _AsyncioQueue(_Queue):
             readyq = self.readyq
             queued = collections.deque.__iter__(readyq)
             first = [handle for handle in queued if _handle_task(handle) is task]
+            self.births.pop(task, None)
             for handle in first:
                 collections.deque.remove(readyq, handle)
-                self.births.pop(task, None)
                 readyq.append(handle)
         return task
-
-    def current_running(self) -> Any:
-        return self.asyncio.current_task(self.loop)
 
     def native_tasks(self) -> Iterable[Any]:
         if self.loop.get_task_factory() is not self.track_factory:
@@ -4269,8 +4271,8 @@ class _AsyncioQueue(_Queue):
         # a task chosen out of turn runs on ahead: then the callbacks run at once.
         deferred = self.readyq.deferred
         if deferred and self.run._lead is None:
-            barrier = deferred[0][0]
-            tasks = [task for task in tasks if task.ready is not None and task.ready < barrier]
+            barrier, steps = deferred[0][0], len(self.run._steps)
+            tasks = [task for task in tasks if _turn(task, steps) < barrier]
         return tasks
 
     def calls_back_waiting(self) -> list[Any]:
