@@ -2192,9 +2192,9 @@ def test_tasks_a_task_spawns_run_in_the_loop_order_without_preemption(
 
 
 async def cancelled_children(log: Log, spawn: Spawn) -> None:
-    """Three tasks whose children are cancelled at different steps (a scope around a task
-    group, a task group's own scope, a child's task cancelled from a sibling), each child
-    logging its clean-up, each task its end."""
+    """Three tasks: two whose children are cancelled at different steps (through a scope
+    around a task group, and through the task group's own scope), each child logging its
+    clean-up, and one whose child ends normally; each task logs its end."""
 
     async def child(name: str) -> None:
         log.append((name, "waits"))
