@@ -92,6 +92,21 @@ def test_sleep_in_place_moves_the_clock_when_nothing_could_run_first() -> None:
     _asyncio_virtual(body)
 
 
+def test_timers_due_at_one_instant_run_in_the_order_they_were_armed() -> None:
+    # (on a real clock a timer armed later with the same delay is due later; asyncio's heap
+    # took tied timers in an order of its own: attack35 F1)
+    async def body(loop: testing.VirtualTimeEventLoop) -> None:
+        ran: list[int] = []
+        start = loop.time()
+        handles = [loop.call_at(start + 1.0 + index % 2, ran.append, index) for index in range(12)]
+        handles[4].cancel()
+        loop.call_later(1.0, ran.append, 12)
+        await asyncio.sleep(3)
+        assert ran == [0, 2, 6, 8, 10, 12, 1, 3, 5, 7, 9, 11]
+
+    _asyncio_virtual(body)
+
+
 def test_sleep_in_place_declines_when_something_could_run_first() -> None:
     async def body(loop: testing.VirtualTimeEventLoop) -> None:
         start = loop.time()
