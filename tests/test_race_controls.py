@@ -3668,3 +3668,57 @@ def test_sleeps_of_one_length_end_in_the_order_they_began(backend: str) -> None:
     # 4, 1, 3, and Exhaustive(0), the plain run's order, failed (attack35 F1)
     result = testing.explore(sleeps_of_one_length, strategy=testing.Exhaustive(0), backend=backend)
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+
+
+async def a_task_another_cancels(run: testing.Run) -> None:
+    """Task *a* sleeps; task *b* cancels *a*'s asyncio task (``Task.cancel()``: no scope of
+    *a*'s is cancelled). Each ends with an outcome of its own."""
+    victim: list[asyncio.Task[Any]] = []
+
+    async def a() -> None:
+        victim.append(asyncio.current_task())  # type: ignore[arg-type]
+        await anyio.sleep(1)
+
+    async def b() -> None:
+        while not victim:
+            await anyio.sleep(0)
+        victim[0].cancel()
+
+    outcomes = await run.concurrently(a, b)
+    assert [(o.name, o.cancelled, o.error) for o in outcomes] == [
+        ("a", True, None),
+        ("b", False, None),
+    ]
+
+
+async def a_cancelled_child_gathered(run: testing.Run) -> None:
+    """Two tasks each cancel a child of theirs, then gather it. Injected, a cancellation that
+    reaches a task in that gather ends it: the gather's ``CancelledError`` is no error of
+    anyio's scope around the task."""
+
+    async def task() -> None:
+        child = asyncio.create_task(asyncio.sleep(1))
+        await asyncio.sleep(0)
+        child.cancel()
+        await asyncio.gather(child, return_exceptions=True)
+
+    outcomes = await run.concurrently(task, task)
+    assert len(outcomes) == 2 and all(o.error is None for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize(
+    ("scenario", "strategy"),
+    [
+        (a_task_another_cancels, testing.Exhaustive(2)),
+        (a_cancelled_child_gathered, testing.Exhaustive(1, cancel=1)),
+    ],
+    ids=["task_cancel", "gather_of_a_cancelled_child"],
+)
+def test_a_cancellation_no_scope_of_the_task_caught_ends_that_task_alone(
+    scenario: testing.Scenario, strategy: testing.Strategy
+) -> None:
+    # asyncio only (trio cancels through scopes alone). Let out of the task, anyio's task
+    # group took it for its own cancellation and cancelled the controller: explore() raised
+    # CancelledError, or the task's outcome was missing (attack35 F3, F4)
+    result = testing.explore(scenario, strategy=strategy, backend="asyncio")
+    assert result.exhausted and result.failure is None, result.failure and result.failure.report()

@@ -1099,6 +1099,13 @@ class Run:
                         value = await function()
                 except Exception as error:
                     outcomes[task.index] = TaskOutcome(task.index, task.name, error=error)
+                except anyio.get_cancelled_exc_class():
+                    # A cancellation no scope of the task's caught (asyncio: its Task.cancel(),
+                    # or a gather of a cancelled child, whose error anyio's scope does not
+                    # take for its own): it ended this task alone. Let out, it cancelled the
+                    # task group and with it the controller (explore() raised CancelledError,
+                    # and this task's outcome was lost; attack35 F3, F4).
+                    outcomes[task.index] = TaskOutcome(task.index, task.name, cancelled=True)
                 else:
                     cancelled = task.scope.cancelled_caught
                     outcomes[task.index] = TaskOutcome(

@@ -64,7 +64,9 @@ class TaskOutcome:
     name: str
     value: Any = None
     error: BaseException | None = None
-    cancelled: bool = False  # an injected cancellation ended it (and it let it end it)
+    # a cancellation ended it (and it let it end it): an injected one, or, on asyncio, one no
+    # scope of the task's caught (its Task.cancel(), a CancelledError it let out)
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
