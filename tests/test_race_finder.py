@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 
@@ -659,3 +660,49 @@ def test_the_report_says_when_shrinking_did_not_rule_out_fewer_preemptions(backe
         scenario, strategy=testing.RandomWalk(0), schedules=100, shrink=False, backend=backend
     )
     assert unshrunk.failure is not None and unshrunk.failure.fewest is None
+
+
+async def started_child_publishes_late(run: testing.Run) -> None:
+    """Task ``a`` starts a child that says it started, then publishes ``x`` after a checkpoint;
+    task ``b``, told by ``a`` once the child started, reads ``x`` after one checkpoint. Six
+    more tasks only pass two checkpoints each. One preemption fails it: ``b`` (the fifth
+    task) run before ``a``'s child publishes."""
+    state: dict[str, int] = {}
+    told = anyio.Event()
+
+    async def a() -> None:
+        async def child(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            task_status.started()
+            await anyio.lowlevel.checkpoint()
+            state["x"] = 1
+
+        async with anyio.create_task_group() as group:
+            await group.start(child)
+            told.set()
+
+    async def b() -> None:
+        await told.wait()
+        await anyio.lowlevel.checkpoint()
+        assert state.get("x") == 1, "read before the child published"
+
+    async def bystander() -> None:
+        for _ in range(2):
+            await anyio.lowlevel.checkpoint()
+
+    tasks = [a, bystander, bystander, bystander, b, bystander, bystander, bystander]
+    for outcome in await run.concurrently(*tasks):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_a_preemption_of_any_of_eight_tasks_is_found_by_shrinking(backend: str, seed: int) -> None:
+    # The shrinker's schedules with one preemption took out of turn no task further down the
+    # run queue than the failing run had: PCT(2)'s failure, 12 preemptions, shrank to 6 with
+    # "fewer not ruled out" (attack35 F2)
+    result = testing.explore(
+        started_child_publishes_late, strategy=testing.PCT(seed, depth=3), backend=backend
+    )
+    failure = result.failure
+    assert failure is not None and "read before the child published" in str(failure.error)
+    assert failure.timeline.preemptions == 1 and failure.fewest is True

@@ -439,11 +439,17 @@ async def _shrink(
     # longer than the run with none.
     unpreempted = await tried([]) if best_run.preemptions and attempts < budget else None
     length = len(best if unpreempted is None else unpreempted.positions)
-    widest = max(best, default=1)
+    # every task the run had may be the one to take out of turn, whatever positions the
+    # failing run chose (8 tasks, a race needing the 6th at one step: the failing run's
+    # widest choice was smaller, and 6 preemptions were reported where 1 fails; attack35 F2)
+    widest = max(*best, len(best_run.timeline().tasks) - 1, 1)
     for j in _from_both_ends(length):
         for v in range(1, widest + 1):
-            if best_run.preemptions > 1 and attempts < budget:
-                await fails([0] * j + [v])
+            if best_run.preemptions <= 1 or attempts >= budget:
+                break
+            trial = await tried([0] * j + [v])
+            if trial is None or len(trial.positions) <= j or trial.positions[j] < v:
+                break  # (v is past the choices at j: a larger one takes the last again)
     for j, k in itertools.combinations(range(length), 2):
         if best_run.preemptions > 2 and attempts < budget:
             await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
