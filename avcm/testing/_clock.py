@@ -105,6 +105,15 @@ class Outside(Protocol):
         they did not work); whether they began to outlast one now."""
         ...
 
+    question_put_off: bool
+    """Whether the last :meth:`outlast_timer` put its question off: a thread whose caller left
+    was at work (what threads handed in then comes in only once a poll asked it)."""
+
+    def put_off_poll(self, timeout: float) -> float:
+        """How long a poll asked to wait *timeout* seconds waits once :meth:`outlast_timer`
+        put its question off."""
+        ...
+
     def ready(self) -> bool:
         """Whether a task held back may be chosen now."""
         ...
@@ -158,10 +167,13 @@ class _VirtualSelector(selectors.DefaultSelector):
                     # self-pipe ends the wait) instead of spinning for as long as they work
                     outside.look_at_orphans()
                     waits = outside.time_waits_for_threads()
+                    outside.question_put_off = False
                     if waits or outside.orphans_handed_in():  # (as below)
                         outside.outlast_timer()
                         if outside.ready() or outside.came_in():
                             return super().select(0)  # (see below)
+                        if outside.question_put_off:
+                            return super().select(outside.put_off_poll(_THREAD_SPIN_POLL))
                         if outside.reported() and outside.let_in():
                             return super().select(0)
                     if waits:
@@ -187,6 +199,7 @@ class _VirtualSelector(selectors.DefaultSelector):
             # a thread that happens to have reported already is asked about as one still at
             # work, so a run asks the same questions however fast its threads are.
             waits = outside.time_waits_for_threads()
+            outside.question_put_off = False
             # (and before what threads handed in comes in: a thread whose caller left, which
             # is no wait any more, outlasts a timer before what it handed in comes in)
             if (waits or outside.orphans_handed_in()) and outside.outlast_timer():
@@ -199,6 +212,8 @@ class _VirtualSelector(selectors.DefaultSelector):
                 # comes in when no task can run, however fast they were; no time passes.
                 # (Or a thread's call back came in while the loop asked about it.)
                 return super().select(0)
+            if outside.question_put_off:
+                return super().select(outside.put_off_poll(timeout))
             # nothing could run: what threads reported comes in now
             if outside.let_in():
                 return super().select(0)

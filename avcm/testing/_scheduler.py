@@ -2761,6 +2761,15 @@ class _Queue:
         self.slow_waits.update((thread, thread) for thread in orphans)  # (no wait: by thread)
         return True
 
+    def put_off_poll(self, timeout: float) -> float:
+        """How long a poll asked to wait *timeout* seconds waits once :meth:`outlast_timer`
+        put its question off (a thread whose caller left was at work): for that thread, or,
+        if it handed in what it has meanwhile, not at all, so that the next poll asks of it.
+        Let in at once, what it handed in right after the question came in unasked about, as
+        fast as it was (Exhaustive said "not deterministic", about 1 run in 10,000 on a
+        loaded machine)."""
+        return self.thread_poll(timeout) if self.orphans_at_work() else 0.0
+
     def look_at_orphans(self) -> None:
         """Asked where the loop polls and asks whether threads outlast the next timer: if
         no thread whose caller left (:meth:`orphans`) is at work, tasks may be chosen at this
@@ -3154,12 +3163,7 @@ class _TrioIO:
                 queue.wait_io = queue.wait_io or asked
                 asked = False
             elif queue.question_put_off:
-                # A thread whose caller left was at work when the question was put: what
-                # threads handed in comes in once a poll asked it of them all handed in. Let
-                # in now, a thread that handed in right after the question came in unasked
-                # about, as fast as it was (Exhaustive said "not deterministic", 1 run in
-                # about 10,000 on a loaded machine).
-                wait = queue.thread_poll(wait) if queue.orphans_at_work() else 0.0
+                wait = queue.put_off_poll(wait)
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
             elif busy or queue.threads_busy():
