@@ -504,8 +504,6 @@ class _Timer(asyncio.TimerHandle):
     def __ge__(self, other: asyncio.TimerHandle) -> bool:
         return not self < other
 
-    __hash__ = asyncio.TimerHandle.__hash__
-
 
 class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time: ``loop.time()`` advances only when nothing is ready.
