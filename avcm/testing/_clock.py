@@ -612,9 +612,10 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
     def forget_cancelled_timers(self) -> None:
         """Take the cancelled timers out of the loop's heap, as asyncio does once they are
-        many: in the heap they change the order two timers due at the same instant are
-        taken in, and a later run of the race finder on this loop, whose clock starts from
-        0 again, would differ from its replay on a fresh loop."""
+        many: a later run of the race finder on this loop, whose clock starts from 0 again,
+        starts from a heap like a fresh loop's. (Before tied timers were taken in the order
+        they were armed, those left in the heap changed that order, and such a run differed
+        from its replay on a fresh loop.)"""
         scheduled = self._scheduled  # type: ignore[attr-defined]
         live = [handle for handle in scheduled if not handle.cancelled()]
         if len(live) == len(scheduled):
