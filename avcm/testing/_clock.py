@@ -474,6 +474,7 @@ class _Timer(asyncio.TimerHandle):
     __slots__ = ("_order",)
     _when: float  # (asyncio's, which typeshed does not declare)
     _scheduled: bool
+    _source_traceback: list[Any] | None
 
     def __init__(
         self,
@@ -586,7 +587,10 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         for the clock to move by reading it."""
         if delay is None:
             raise TypeError("delay must not be None")
-        return self.call_at(self._virtual.now + delay, callback, *args, context=context)
+        timer = self.call_at(self._virtual.now + delay, callback, *args, context=context)
+        if timer._source_traceback:  # type: ignore[attr-defined]  # (nor this one, as asyncio's)
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
+        return timer
 
     def call_at(
         self, when: float, callback: Callable[[*Ts], object], *args: *Ts, context: Any = None
@@ -600,7 +604,12 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         if when is None:
             raise TypeError("when cannot be None")
         self._check_closed()  # type: ignore[attr-defined]
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_thread()  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
         timer = _Timer(when, callback, args, self, context, next(self._armed))
+        if timer._source_traceback:  # (_Timer's and this frame are no caller's)
+            del timer._source_traceback[-2:]
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
         timer._scheduled = True
         return timer
