@@ -748,3 +748,23 @@ def test_two_of_the_failing_runs_own_preemptions_are_tried_together(backend: str
     assert failure is not None and "came right after" in str(failure.error)
     assert failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2 and failure.fewest is True
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "strategy", [testing.PCT(2), testing.RandomWalk(3)], ids=["PCT(2)", "RandomWalk(3)"]
+)
+def test_a_task_run_ahead_for_no_part_of_the_race_runs_in_its_turn_again(
+    backend: str, strategy: testing.Strategy
+) -> None:
+    # found behind a bystander run ahead first (PCT(2): 8 preemptions) or with the tasks
+    # shuffled throughout (RandomWalk(3): 23): taking a position back makes every later one
+    # point at another task, and the report kept 8 and 23 on trio, 3 on asyncio (attack36 N1).
+    # The order of the tasks is what the race needs: shrinking keeps it, with fewer turns.
+    result = testing.explore(
+        last_of_eight_first_then_second, strategy=strategy, schedules=500, backend=backend
+    )
+    failure = result.failure
+    assert failure is not None and "came right after" in str(failure.error)
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
+    assert failure.timeline.preemptions == 2 and failure.fewest is True
