@@ -418,27 +418,36 @@ async def _shrink(
 
     async def reorder() -> None:
         """Keep the order in which the failing run's tasks took their steps, as short a part
-        of it as fails, the rest in the event loop's own order; then take a task's steps in a
-        row out of it, in chunks of those, halving them, while fewer preemptions fail: a task
-        that ran ahead for no part of the race runs in its turn again, and the tasks that race
-        keep their order. (Taking out a position instead makes every later one point at
+        of it as fails (the first turns, doubling), the rest in the event loop's own order;
+        then, while fewer preemptions fail, take turns (a task's steps in a row) out of it, in
+        chunks of them, halving, and put off each turn of a task till its next one. A task
+        that ran ahead for no part of the race runs in its turn again, and the tasks that
+        race keep their order. (Taking out a position instead makes every later one point at
         another task: a race needing the last of 8 tasks first, found behind another task run
         ahead, kept its 8 and 23 preemptions on trio within the budget; attack36 N1.)"""
-        tasks = [task for task in best_run.decisions if task >= 0]
-        order = [list(steps) for _, steps in itertools.groupby(tasks)]
+
+        def turns(tasks: list[int]) -> list[list[int]]:
+            return [list(steps) for _, steps in itertools.groupby(tasks)]
+
+        order = turns([task for task in best_run.decisions if task >= 0])
+        # (a quarter of the budget at most, as the pairs below: a run of thousands of steps
+        # has as many turns, and the searches after this one need the rest)
+        until = min(budget, attempts + budget // 4)
 
         def going() -> bool:
-            return best_run.preemptions > 2 and attempts < budget
+            return best_run.preemptions > 2 and attempts < until
 
-        async def fails_in(turns: list[list[int]]) -> bool:
-            return await fails([task for turn in turns for task in turn], by_task=True)
+        async def fails_in(candidate: list[list[int]]) -> bool:
+            return await fails([task for turn in candidate for task in turn], by_task=True)
 
-        for length in range(1, len(order)):
-            if not going():
-                return
+        # the first turns, twice as many each time: the race's own come early in most runs,
+        # and the chunks below take out any the first that fails has too many
+        length = 1
+        while length < len(order) and going():
             if await fails_in(order[:length]):
                 order = order[:length]
                 break
+            length *= 2
         chunk = max(len(order) // 2, 1)
         while chunk >= 1 and going():
             start = 0
@@ -449,6 +458,19 @@ async def _shrink(
                 else:
                     start += chunk
             chunk //= 2
+        index = 0
+        while index < len(order) and going():
+            task = order[index][0]
+            later = next((at for at in range(index + 1, len(order)) if order[at][0] == task), None)
+            if later is not None:
+                put_off = [*order[index + 1 : later], order[index] + order[later]]
+                candidate = turns(
+                    [task for turn in order[:index] + put_off + order[later + 1 :] for task in turn]
+                )
+                if await fails_in(candidate):
+                    order = candidate
+                    continue
+            index += 1
 
     async def reduce() -> None:
         # (a run that failed with the fewest preemptions rarely gets shorter: once
