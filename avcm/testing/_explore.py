@@ -331,7 +331,22 @@ class _FromTaskOrder(FromIndices):
 
 
 def _same_failure(error: BaseException, original: BaseException) -> bool:
-    return type(error) is type(original)
+    """Whether *error* is the failure *original* is, as shrinking keeps it: the same type,
+    raised at the same line of code; for an exception group (a task group's), the same such
+    failures inside it. (A type alone let an exception group of one bug stand for a group of
+    another, needing fewer preemptions: the report showed that other bug; attack37 F3.)"""
+    return _failure_kinds(error) == _failure_kinds(original)
+
+
+def _failure_kinds(error: BaseException) -> frozenset[tuple[type[BaseException], str, int]]:
+    if isinstance(error, BaseExceptionGroup):
+        return frozenset().union(*(_failure_kinds(inner) for inner in error.exceptions))
+    traceback = error.__traceback__
+    if traceback is None:  # (never raised: only its type is known)
+        return frozenset({(type(error), "", 0)})
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return frozenset({(type(error), traceback.tb_frame.f_code.co_filename, traceback.tb_lineno)})
 
 
 async def shrunk(
@@ -419,12 +434,13 @@ async def _shrink(
     async def reorder() -> None:
         """Keep the order in which the failing run's tasks took their steps, as short a part
         of it as fails (the first turns, doubling), the rest in the event loop's own order;
-        then, while fewer preemptions fail, take turns (a task's steps in a row) out of it, in
-        chunks of them, halving, and put off each turn of a task till its next one. A task
-        that ran ahead for no part of the race runs in its turn again, and the tasks that
-        race keep their order. (Taking out a position instead makes every later one point at
-        another task: a race needing the last of 8 tasks first, found behind another task run
-        ahead, kept its 8 and 23 preemptions on trio within the budget; attack36 N1.)"""
+        then, while fewer preemptions fail, take each task out of it whole, then turns (a
+        task's steps in a row), in chunks of them, halving, and put off each turn of a task
+        till its next one. A task that ran ahead for no part of the race runs in its turn
+        again, and the tasks that race keep their order. (Taking out a position instead makes
+        every later one point at another task: a race needing the last of 8 tasks first, found
+        behind another task run ahead, kept its 8 and 23 preemptions on trio within the
+        budget; attack36 N1.)"""
 
         def turns(tasks: list[int]) -> list[list[int]]:
             return [list(steps) for _, steps in itertools.groupby(tasks)]
@@ -448,6 +464,11 @@ async def _shrink(
                 order = order[:length]
                 break
             length *= 2
+        # a task of no part in the race out of it whole: it runs when no task of the order can
+        for left_out in list(dict.fromkeys(turn[0] for turn in order)):
+            kept = [turn for turn in order if turn[0] != left_out]
+            if kept and going() and await fails_in(kept):
+                order = turns([task for turn in kept for task in turn])
         chunk = max(len(order) // 2, 1)
         while chunk >= 1 and going():
             start = 0
@@ -513,26 +534,41 @@ async def _shrink(
                         improved = True
                         break
 
-    # Most races need one or two preemptions: try those schedules first, within the length of
-    # the run with none (position j of a candidate is its j-th choice: one past it preempts
+    # Most races need one or two preemptions: try those schedules, within the length of the
+    # run with none (position j of a candidate is its j-th choice: one past it preempts
     # nothing), from both ends in turn: a race at the end of a long run (a lost update at the
     # last of many takes) was past the budget from the front, where Exhaustive(1), deepest
     # choice first, found it at once; and past it from the end of a failing run 250 choices
-    # longer than the run with none.
+    # longer than the run with none. Every task the run had may be the one to take out of
+    # turn, whatever positions the failing run chose (8 tasks, a race needing the 6th at one
+    # step: the failing run's widest choice was smaller, and 6 preemptions were reported where
+    # 1 fails; attack35 F2). Those schedules are as many as the run's choices times its tasks:
+    # 13 tasks racing over 52 steps spent the whole budget on them, keeping 15 to 44
+    # preemptions where 2 or 3 fail (attack37). So a quarter of the budget goes to them, then
+    # (while more than two preemptions are left) up to a quarter to the failing run's order
+    # of tasks, then the one-preemption schedules go on to half the budget.
     unpreempted = await tried([]) if best_run.preemptions and attempts < budget else None
     length = len(best if unpreempted is None else unpreempted.positions)
-    # every task the run had may be the one to take out of turn, whatever positions the
-    # failing run chose (8 tasks, a race needing the 6th at one step: the failing run's
-    # widest choice was smaller, and 6 preemptions were reported where 1 fails; attack35 F2)
     widest = max(*best, len(best_run.timeline().tasks) - 1, 1)
-    for j in _from_both_ends(length):
-        for v in range(1, widest + 1):
-            if best_run.preemptions <= 1 or attempts >= budget:
-                break
-            trial = await tried([0] * j + [v])
-            if trial is None or len(trial.positions) <= j or trial.positions[j] < v:
-                break  # (v is past the choices at j: a larger one takes the last again)
+    places = _from_both_ends(length)
+    resume: list[tuple[int, int]] = []  # (j, v) where the schedules of one preemption stopped
+
+    async def one_preemption(until: int) -> None:
+        for j, first in itertools.chain(resume, ((j, 1) for j in places)):
+            resume.clear()
+            for v in range(first, widest + 1):
+                if best_run.preemptions <= 1:
+                    return
+                if attempts >= until:
+                    resume.append((j, v))
+                    return
+                trial = await tried([0] * j + [v])
+                if trial is None or len(trial.positions) <= j or trial.positions[j] < v:
+                    break  # (v is past the choices at j: a larger one takes the last again)
+
+    await one_preemption(budget // 4)
     await reorder()
+    await one_preemption(budget // 2)
     # two of the failing run's own choices out of turn, the others taken back, while those
     # pairs are few (a quarter of the budget at most): the generic pairs below switch to the
     # next task alone, and a race needing the last of 8 tasks first kept its 9 preemptions
