@@ -128,6 +128,11 @@ class Outside(Protocol):
         in."""
         ...
 
+    def orphans_unlooked(self) -> bool:
+        """Whether a task is held back till a poll finds the threads whose caller left handed
+        in what they have (:meth:`look_at_orphans`)."""
+        ...
+
     def came_in(self) -> bool:
         """Whether what threads handed the loop came in during this iteration (a thread's
         call into the loop, let in while the loop asked about threads at work): it runs
@@ -172,7 +177,8 @@ class _VirtualSelector(selectors.DefaultSelector):
                         outside.outlast_timer()
                         if outside.ready() or outside.came_in():
                             return super().select(0)  # (see below)
-                        if outside.question_put_off:
+                        if outside.question_put_off or outside.orphans_unlooked():
+                            # (as below)
                             return super().select(outside.put_off_poll(_THREAD_SPIN_POLL))
                         if outside.reported() and outside.let_in():
                             return super().select(0)
@@ -212,7 +218,12 @@ class _VirtualSelector(selectors.DefaultSelector):
                 # comes in when no task can run, however fast they were; no time passes.
                 # (Or a thread's call back came in while the loop asked about it.)
                 return super().select(0)
-            if outside.question_put_off:
+            if outside.question_put_off or outside.orphans_unlooked():
+                # (or this poll found a thread whose caller left at work, and it handed in
+                # what it has since: the task held till a poll finds it handed in runs first,
+                # as when it handed in before this poll; the next poll finds it, as on trio.
+                # Let in now, what it handed in came before that task's step or after it as
+                # fast as the thread was: Exhaustive said "not deterministic")
                 return super().select(outside.put_off_poll(timeout))
             # nothing could run: what threads reported comes in now
             if outside.let_in():
