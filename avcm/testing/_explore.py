@@ -374,8 +374,9 @@ async def _shrink(
     budget: int,
 ) -> tuple[Run, BaseException, bool]:
     """Make the failing schedule as unpreemptive, then as short, as it can be while it fails
-    the same way: first the schedules one preemption away from none, then the failing run's
-    order of tasks with turns taken out, then schedules two preemptions away, then dropping
+    the same way: first the schedules one preemption away from none (a quarter of the budget),
+    then the failing run's order of tasks with turns taken out, then the schedules one
+    preemption away again (on to half the budget), then two preemptions away, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
     schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
     failure's injected cancellations where they were, then with as many anywhere. When that
@@ -445,6 +446,9 @@ async def _shrink(
         def turns(tasks: list[int]) -> list[list[int]]:
             return [list(steps) for _, steps in itertools.groupby(tasks)]
 
+        def tasks_of(candidate: list[list[int]]) -> list[int]:
+            return [task for turn in candidate for task in turn]
+
         order = turns([task for task in best_run.decisions if task >= 0])
         # (a quarter of the budget at most, as the pairs below: a run of thousands of steps
         # has as many turns, and the searches after this one need the rest)
@@ -454,7 +458,7 @@ async def _shrink(
             return best_run.preemptions > 2 and attempts < until
 
         async def fails_in(candidate: list[list[int]]) -> bool:
-            return await fails([task for turn in candidate for task in turn], by_task=True)
+            return await fails(tasks_of(candidate), by_task=True)
 
         # the first turns, twice as many each time: the race's own come early in most runs,
         # and the chunks below take out any the first that fails has too many
@@ -468,7 +472,7 @@ async def _shrink(
         for left_out in list(dict.fromkeys(turn[0] for turn in order)):
             kept = [turn for turn in order if turn[0] != left_out]
             if kept and going() and await fails_in(kept):
-                order = turns([task for turn in kept for task in turn])
+                order = turns(tasks_of(kept))
         chunk = max(len(order) // 2, 1)
         while chunk >= 1 and going():
             start = 0
@@ -485,9 +489,7 @@ async def _shrink(
             later = next((at for at in range(index + 1, len(order)) if order[at][0] == task), None)
             if later is not None:
                 put_off = [*order[index + 1 : later], order[index] + order[later]]
-                candidate = turns(
-                    [task for turn in order[:index] + put_off + order[later + 1 :] for task in turn]
-                )
+                candidate = turns(tasks_of(order[:index] + put_off + order[later + 1 :]))
                 if await fails_in(candidate):
                     order = candidate
                     continue
