@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number,
         default=DEFAULT_CANCEL,
         metavar="RATE",
-        help="probability that an operation is cancelled midway (at one of its first 8 sync "
-        f"points, so in any driver; it takes effect at the next checkpoint; default "
-        f"{DEFAULT_CANCEL}; 0: none)",
+        help="probability that an operation is cancelled midway: half of them at one of "
+        "their first 8 sync points (in any driver; it takes effect at the next checkpoint), "
+        "half a drawn time into their driver calls (past a call's first await); default "
+        f"{DEFAULT_CANCEL}; 0: none",
     )
     parser.add_argument(
         "--driver",

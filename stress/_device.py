@@ -179,8 +179,8 @@ def after_binding(world: World, res: avcm.Res, after: str) -> None:
 
 
 def probe_bound(world: World, ctx: Context, when: str) -> None:
-    """*ctx* is on with no call of it in flight: the first page of each bound reservation
-    reaches its memory."""
+    """No call of *ctx* is in flight: the first page of each bound reservation reaches its
+    memory if the context is on, faults if it is off."""
     if ctx.translated:
         for res in ctx.vcm.reservations():
             if res.phys is not None:

@@ -482,28 +482,35 @@ RESTART_HORIZON = 1.0
 
 
 async def check_restart_racing(
-    world: World, anchor: str | None, lags: dict[avcm.Vcm, float | None], wakes: int = 0
+    world: World,
+    anchor: str | None,
+    lags: dict[avcm.Vcm, float | None],
+    wakes: int = 0,
+    cuts: dict[avcm.Vcm, float] | None = None,
 ) -> None:
     """Switch every context off and on again at once, the switches on racing the switches
-    off: at a quiescent point, with no operation in flight (a unit's lock free for the
-    harness's calls alone), every context that is on has all its activations but one undone
-    (counts only), then that one at once (its switch-off); each context, on or off before, is
-    activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
-    switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
-    the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned,
-    the earliest of the driver's timers pending fell due *wakes* times in turn (each may arm
-    the next: a watchdog's looks), and a timer of the driver's, drawn among those pending
-    then, fell due (a negative lag: that long before it): from cold if its own switch-off is
-    done, else once it is (its mutex). A unit
-    the contexts share that powers down after its last user left, outside its lock or later
-    in a background task, must not undo a switch-on from cold meanwhile. Every context must
-    then be on and match the model, and again once the timers the restart left pending fell due
-    (:data:`RESTART_SETTLE` at most); then each gets back as many activations as its users
-    held (counts only, or its switch-off if none). A context whose lag is None stays off
-    while the others race, and is switched on once they were checked: a switch-on racing a
-    power-down alone (a later one from cold would power the unit up again, and hide what the
-    race did). A context whose activate keeps failing (rule 8) is judged off instead, and
-    its users' activations are dropped."""
+        off: at a quiescent point, with no operation in flight (a unit's lock free for the
+        harness's calls alone), every context that is on has all its activations but one undone
+        (counts only), then that one at once (its switch-off); each context, on or off before, is
+        activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
+        switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
+        the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned,
+        the earliest of the driver's timers pending fell due *wakes* times in turn (each may arm
+        the next: a watchdog's looks), and a timer of the driver's, drawn among those pending
+        then, fell due (a negative lag: that long before it): from cold if its own switch-off is
+        done, else once it is (its mutex). A unit
+        the contexts share that powers down after its last user left, outside its lock or later
+        in a background task, must not undo a switch-on from cold meanwhile. Every context must
+        then be on and match the model, and again once the timers the restart left pending fell due
+        (:data:`RESTART_SETTLE` at most). A context in *cuts* is first switched on and cancelled
+        that many seconds in (:func:`switch_on_cut_short`), once its switch-off returned, then
+    on again if that left it off
+    ; then each gets back as many activations as its users
+        held (counts only, or its switch-off if none). A context whose lag is None stays off
+        while the others race, and is switched on once they were checked: a switch-on racing a
+        power-down alone (a later one from cold would power the unit up again, and hide what the
+        race did). A context whose activate keeps failing (rule 8) is judged off instead, and
+        its users' activations are dropped."""
     before = testing.pending_timers()
     held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     for ctx in world.contexts:
@@ -512,6 +519,7 @@ async def check_restart_racing(
     stopping = {vcm for vcm, count in held.items() if count}
     # one event a switch-on, set in the contexts' order: the order they wake in is the run's
     began = [anyio.Event() for _ in world.contexts]
+    switched_off = {ctx.vcm: anyio.Event() for ctx in world.contexts}
     failed: set[avcm.Vcm] = set()
     aim = 0.0  # LEFT_TIMER: how long after the last switch-off returned the drawn timer falls due
 
@@ -530,6 +538,7 @@ async def check_restart_racing(
         nonlocal aim
         if held[ctx.vcm]:
             await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+        switched_off[ctx.vcm].set()
         if anchor == LEFT_TIMER and stopping == {ctx.vcm}:
             # The last switch-off returned; no switch-on sleeps yet: every timer pending is
             # the driver's (the harness's tasks wait at its gate, on no timer). One drawn
@@ -556,8 +565,17 @@ async def check_restart_racing(
     async def switch_on(ctx: Context, event: anyio.Event, lag: float) -> None:
         await event.wait()
         await anyio.sleep(max(0.0, aim + lag))
+        cut = (cuts or {}).get(ctx.vcm)
+        if cut is not None:
+            # from cold: what the switch-on did, or not, is then its alone
+            await switched_off[ctx.vcm].wait()
+            if await switch_on_cut_short(world, ctx, cut):
+                return
+        started = world.clock()
         if await retried(ctx.vcm.activate) is not None:
             failed.add(ctx.vcm)
+        else:
+            world.switch_on_seconds[ctx.vcm] = world.clock() - started
 
     if not stopping or anchor is None:
         for event in began:
@@ -690,6 +708,46 @@ async def _let_timers_fall_due(before: list[float]) -> None:
             return
         # a little past the last: what its task does when it wakes is done by then
         await testing.sleep_past(left[-1])
+
+
+async def switch_on_cut_short(world: World, ctx: Context, after: float) -> bool:
+    """Switch *ctx*, off, on and cancel that *after* seconds in: True if it is on (the switch-on
+    was through, perhaps in spite of the cancellation). Else, cancelled (rule 7) or failed by
+    the driver (rule 8), it did nothing: the hardware is off, matches the model, and no device
+    access reaches memory through the context. A driver call that undoes only what it did up
+    to its first await is caught here: the switch-on of a context with its reservations bound
+    is the longest driver work a context does, with many awaits."""
+    try:
+        with anyio.CancelScope(deadline=world.clock() + after):
+            try:
+                await ctx.vcm.activate()
+            except BaseException as error:  # a cancellation too, before its scope absorbs it
+                if undo_failed(error):
+                    what = f"the harness's switch-on of {ctx.name}, cancelled part of the way"
+                    raise NoVerdict(what, error) from error
+                raise
+    except OSError:  # avcm's errors, and what a driver raised: it did nothing (rule 8)
+        pass
+    if ctx.vcm.activations:
+        return True
+    world.result.checks["switch-ons cancelled part of the way"] += 1
+    _stopped(world, ctx, f"after a switch-on of {ctx.name} was cancelled {after * 1e6:.1f} us in")
+    return False
+
+
+def _stopped(world: World, ctx: Context, when: str) -> None:
+    """*ctx* is off and none of its calls is in flight: its hardware is inactive, maps
+    nothing (the model), and no device access reaches memory through the first page of a bound
+    reservation."""
+    from ._device import probe_bound  # here: _device builds on this module
+
+    if ctx.hardware_active():
+        raise Violation("rule 4", f"{when}: {ctx.name}'s hardware is active with count 0")
+    try:
+        testing.check_model(ctx.vcm)
+    except testing.HardwareMismatch as mismatch:
+        raise Violation("rule 4", f"{when}: {mismatch}") from None
+    probe_bound(world, ctx, when)
 
 
 def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> None:

@@ -42,7 +42,9 @@ __all__ = [
 # 7: a drain starts the contexts from cold a second time, with nothing bound (the draws after
 #    it change), and the end of a run is a drain; with custom contexts, only alloc picks the
 #    harness's own (--driver: custom=2,carveout=1 by default)
-TRACE_VERSION = 7
+# 8: half the --cancel operations are cancelled a drawn time into their driver calls, and one
+#    racing restart's switch-on in 4 is first cancelled part of the way through
+TRACE_VERSION = 8
 
 
 @contextmanager

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import math
 import random
 import time
 import traceback
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,11 @@ RESTART_LAG = 50e-6
 # it was checked: a later switch-on from cold would power a shared unit up again, and hide a
 # power-down that undid the first one's (attack22's decision acted on after a checkpoint)
 RESTART_ALONE = 4
+# One switch-on in this many of a racing restart's (on with its reservations bound) is first
+# cancelled a drawn part of the way through, of as long as its last switch-on there took
+# (check_restart_racing's cuts): --cancel draws every operation alike, and one with a long
+# driver call cancelled past that call's first await is rare among them.
+CUT_EVERY = 4
 # At each drain, with nothing bound, the harness switches every context off and on again so
 # many times in a row, racing (World.restart_again_and_again).
 DRAIN_RESTARTS = 64
@@ -267,6 +273,8 @@ class World:
         # per context, how long its activate took from cold with nothing bound, at the last
         # drain: how long a switch-on takes to reach the hardware's power-up, at most
         self.enable_seconds: dict[avcm.Vcm, float] = {}
+        # per context, how long its last switch-on in a racing restart took, reservations bound
+        self.switch_on_seconds: dict[avcm.Vcm, float] = {}
         # how many of the driver's timers to let fall due before a racing restart aims at the
         # next: learned from the restart that saw their rhythm change after keeping it
         # longest (the latest of those), see check_restart_racing; None while none did
@@ -290,6 +298,11 @@ class World:
         self.generations: Counter[str] = Counter()  # per context name: built in its place
         # per context ebbing in this window, the ticket of the operation switching it off
         self.ebbing: dict[avcm.Vcm, int] = {}
+        # per operation, what the driver calls of its latest successes took (of those with a
+        # --cancel drawn, which note it): how long a --cancel by time waits, at most
+        self.driver_seconds: defaultdict[str, deque[float]] = defaultdict(
+            lambda: deque(maxlen=DRIVER_TIMES_KEPT)
+        )
         self.largest_phys = 0  # no binding reaches further into a reservation than this
         # per context, what operations in flight may be changing in it: a reservation being
         # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
@@ -474,15 +487,24 @@ class World:
                 await self.start_ebb(ctx, ticket)
         return None
 
-    def draw_restart(self) -> tuple[str | None, dict[avcm.Vcm, float | None], int]:
-        """Where a racing restart's switches on start from, how long after (or before), and
-        how many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`); one
-        time in :data:`RESTART_ALONE`, one context drawn is the only one switched on while
-        they race (the others' lags None)."""
+    def draw_restart(
+        self,
+    ) -> tuple[str | None, dict[avcm.Vcm, float | None], int, dict[avcm.Vcm, float]]:
+        """Where a racing restart's switches on start from, how long after (or before), how
+        many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`), and which
+        switch-ons are first cancelled how far in (:data:`CUT_EVERY`); one time in
+        :data:`RESTART_ALONE`, one context drawn is the only one switched on while they race
+        (the others' lags None)."""
         rng = self.contexts_random
         anchor = rng.choice(RESTART_ANCHORS)
         # log-uniform: the window a race needs may be a microsecond or tens of them
         lags = {ctx.vcm: RESTART_LAG * 1e3 ** -rng.random() for ctx in self.contexts}
+        cuts = {}
+        for ctx in self.contexts:
+            draw = rng.random() * CUT_EVERY
+            took = self.switch_on_seconds.get(ctx.vcm)
+            if draw < 1 and took is not None:
+                cuts[ctx.vcm] = draw * took
         alone = rng.choice(self.contexts).vcm if rng.random() < 1 / RESTART_ALONE else None
         wakes = 0
         if anchor == LEFT_TIMER:
@@ -523,8 +545,9 @@ class World:
                 if learned < 0.75 and self.decisive_wakes is not None:
                     wakes = self.decisive_wakes
         if alone is None:
-            return anchor, dict(lags), wakes
-        return anchor, {vcm: lag if vcm is alone else None for vcm, lag in lags.items()}, wakes
+            return anchor, dict(lags), wakes, cuts
+        lags_alone = {vcm: lag if vcm is alone else None for vcm, lag in lags.items()}
+        return anchor, lags_alone, wakes, cuts
 
     async def restart_again_and_again(self) -> None:
         """At a drain, with nothing bound (a switch-on or off is the hardware's enable or
@@ -976,26 +999,43 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield error
 
 
-# A --cancel operation is cancelled at one of its first CANCEL_POINTS sync points (the mutex,
-# the counters, each driver call), drawn at random: by steps, not by time, so that it lands in
-# every driver, also one that takes no time; it takes effect at the next checkpoint.
+# A --cancel operation is cancelled one of two ways, half of them each. By steps: at one of its
+# first CANCEL_POINTS sync points (the mutex, the counters, each driver call), so that it lands
+# in every driver, also one that takes no time; it takes effect at the next checkpoint, which
+# for a driver call is the driver's first await. By time: a drawn part of the way through what
+# its driver calls took in recent operations of its kind, counted from its first driver call,
+# so that it lands at any later await of a driver call too, where an undo that forgets what
+# the call did so far shows. (On the virtual clock both replay exactly.)
 CANCEL_POINTS = 8
+# how many of the latest such times (per operation) the longest is taken of
+DRIVER_TIMES_KEPT = 8
 
 
 _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 class _Canceller:
-    """A sync hook that cancels *scope* at the *at*-th sync point it sees."""
+    """A sync hook that cancels *scope* at the *at*-th sync point it sees or, for *at* 0,
+    *after* seconds after the first driver call begins (on *clock*). It notes when that was:
+    the operation's driver calls took from then on to its end."""
 
-    def __init__(self, scope: anyio.CancelScope, at: int) -> None:
+    def __init__(
+        self, scope: anyio.CancelScope, at: int, after: float, clock: Callable[[], float]
+    ) -> None:
         self._scope = scope
         self._left = at
+        self._after = after
+        self._clock = clock
+        self.driver_started: float | None = None
 
     async def __call__(self, point: str, obj: object) -> None:
         self._left -= 1
         if self._left == 0:
             self._scope.cancel()
+        if self.driver_started is None and point.startswith("driver."):
+            self.driver_started = self._clock()
+            if self._left < 0:
+                self._scope.deadline = self.driver_started + self._after
 
 
 async def _run_one(world: World, task: TaskState, op: str) -> None:
@@ -1006,8 +1046,10 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     seq = world.seq
     target = "-"
     cancel = config.cancel and task.rng.random() < config.cancel
-    # Drawn whether used or not, so the random stream does not depend on outcomes.
-    cancel_at = task.rng.randrange(1, CANCEL_POINTS + 1)
+    # Drawn whether used or not, so the random stream does not depend on outcomes: at a sync
+    # point (1 to CANCEL_POINTS) or after a time (above), and for the time, how far into it.
+    cancel_at = task.rng.randrange(1, 2 * CANCEL_POINTS + 1)
+    cancel_part = task.rng.random()
     ticket = await world.gate.enter()
     if world.ebbing:
         # (by its ticket, not its number: with more tasks than a window has places, operations
@@ -1018,13 +1060,23 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     world.doing[task.index] = (seq, op)
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = world.clock()
+    canceller = None
     try:
         # a scope only for an operation to cancel: entering one costs as much as a small check
         with anyio.CancelScope() if cancel else _NO_SCOPE as scope:
             op_started = time.perf_counter()
-            canceller = sync_hook(_Canceller(scope, cancel_at)) if scope is not None else None
+            if scope is not None:
+                by_time = cancel_at > CANCEL_POINTS
+                # by time, with no time to go by yet: the operation runs to its end to tell it
+                times = world.driver_seconds[op]
+                canceller = _Canceller(
+                    scope,
+                    0 if by_time else cancel_at,
+                    (cancel_part * max(times) if times else math.inf) if by_time else 0.0,
+                    world.clock,
+                )
             try:
-                with canceller or _NO_SCOPE:
+                with sync_hook(canceller) if canceller else _NO_SCOPE:
                     target, outcome = await OPERATION_FUNCTIONS[op](world, task)
             except _Skip:
                 outcome = "skipped"
@@ -1051,7 +1103,10 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     finally:
         del world.doing[task.index]
         world.gate.leave()
-    elapsed = world.clock() - started
+    ended = world.clock()
+    elapsed = ended - started
+    if outcome == "ok" and canceller is not None and canceller.driver_started is not None:
+        world.driver_seconds[op].append(ended - canceller.driver_started)
     result.counts[op] += 1
     result.outcomes[op][outcome] += 1
     result.latencies[op].append(elapsed)

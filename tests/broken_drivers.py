@@ -739,7 +739,12 @@ class SelfWalkingMmu:
       boundary maps a page past its end;
     * ``forgets_under_pressure``: it keeps the walks of the last 32 reservations it mapped
       and, for one it no longer has, unmaps 4 KiB pages only, so a large page of a reservation
-      unmapped after 32 others were mapped stays in the hardware.
+      unmapped after 32 others were mapped stays in the hardware;
+    * ``cancel_unsafe``: its activate undoes the pages it mapped when a page write fails, but
+      not when it is cancelled, so a cancellation after its first page leaves pages mapped.
+      It waits for the hardware itself before each page write (``anyio.sleep``: no sync point
+      of avcm's inside its call, as in a driver written outside the project), so only a
+      cancellation that comes some time into the call lands after its first page.
     """
 
     orders = (8, 4, 0)
@@ -752,8 +757,14 @@ class SelfWalkingMmu:
         vaddr_alignment: bool = False,
         short_tail: bool = False,
         forgets_under_pressure: bool = False,
+        cancel_unsafe: bool = False,
     ) -> None:
-        self.tables = drivers.PageTableMmu(memory, orders=self.orders, name="self-walking")
+        own_wait = drivers.Latency.profile("zero") if cancel_unsafe else None
+        self.tables = drivers.PageTableMmu(
+            memory, orders=self.orders, latency=own_wait, name="self-walking"
+        )
+        self.page_write_wait = 2e-6 if cancel_unsafe else 0.0
+        self.undone_on: type[BaseException] = Exception if cancel_unsafe else BaseException
         self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
         self.short_tail = short_tail
         # reservation start -> its pages, the most recently mapped last (forgets_under_pressure)
@@ -800,9 +811,11 @@ class SelfWalkingMmu:
         try:
             for vaddr, paddr, order in self.pages(res, phys):
                 paddr &= ~((avcm.PAGE_SIZE << order) - 1)  # the bits the hardware keeps
+                if self.page_write_wait:
+                    await anyio.sleep(self.page_write_wait)
                 await self.tables.activate_page(vaddr, paddr, order, res.vcm)
                 done.append((vaddr, paddr, order))
-        except BaseException:
+        except self.undone_on:
             with anyio.CancelScope(shield=True):
                 for page in reversed(done):
                     await self.tables.deactivate_page(*page, res.vcm)
@@ -857,6 +870,10 @@ def self_walking_forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def self_walking_short_tail(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _self_walking(memory, short_tail=True)
+
+
+def self_walking_cancel_unsafe(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _self_walking(memory, cancel_unsafe=True)
 
 
 # memory -> [region start, contexts using it]

@@ -104,6 +104,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_short_tail, "large_pages", "hardware differs"),
         # large pages left mapped when more reservations are live than the driver remembers
         (broken_drivers.self_walking_forgetful, "many_bindings", "hardware differs"),
+        # an activate that undoes its pages on an error but not on a cancellation
+        (broken_drivers.self_walking_cancel_unsafe, "cancel_anywhere", "hardware differs"),
         # two one-to-one contexts allocating in one carve-out, each on its own
         (broken_drivers.board_carveout, "contexts_apart", "live allocations overlap"),
         # a page of a range crossing a MiB boundary left mapped after its unmap

@@ -315,6 +315,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("self_walking_short_tail", {"rule 4"}),
         # large pages left mapped once more reservations are live than the driver remembers
         ("self_walking_forgetful", {"rule 4"}),
+        # pages left mapped by an activate cancelled after its first await: --cancel by time,
+        # and racing restarts that cancel a switch-on part of the way through
+        ("self_walking_cancel_unsafe", {"rule 4"}),
         # a walk that aliases device addresses 128 MiB apart: wide reservations reach them
         ("aliasing", {"rule 4"}),
         # the first context destroyed frees a root table the other still walks: a context is
@@ -353,6 +356,30 @@ def test_broken_shared_hardware_is_caught_within_10000_operations(
     assert stress.main(args) == 1
     violation = json.loads(report.read_text())["violation"]
     assert violation["rule"] in rules and violation["seq"] <= 10_000, violation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_cancellation_by_time_lands_past_a_driver_calls_first_await(
+    monkeypatch: pytest.MonkeyPatch, backend: str, seed: int
+) -> None:
+    # An activate that undoes its pages on an error but not on a cancellation, waiting for
+    # its hardware with no sync point of avcm's inside: a cancellation at a sync point takes
+    # effect at the call's first await, before its first page (attack38: 0 of 8 runs before).
+    # Half the --cancel operations are cancelled a drawn time into their driver calls, which
+    # lands after a page; the racing restarts, which cancel switch-ons so too, are left out.
+    monkeypatch.setattr("stress._workload.RESTART_CHANCE", 0.0)
+    config = StressConfig(
+        backend=backend,
+        seed=seed,
+        ops=10_000,
+        cancel=0.1,
+        driver="tests.broken_drivers:self_walking_cancel_unsafe",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+    result = stress.run(config)
+    assert result.violation is not None and result.violation.rule == "rule 4", result.violation
+    assert "stale in hardware" in str(result.violation)
 
 
 def test_a_racing_restart_learns_when_the_drivers_timers_change_their_rhythm() -> None:
