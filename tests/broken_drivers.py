@@ -740,6 +740,9 @@ class SelfWalkingMmu:
     * ``forgets_under_pressure``: it keeps the walks of the last 32 reservations it mapped
       and, for one it no longer has, unmaps 4 KiB pages only, so a large page of a reservation
       unmapped after 32 others were mapped stays in the hardware;
+    * ``by_whats_left``: it picks each page's size by what is left of the phys, not of the
+      part, so a part shorter than a large page that starts on a boundary of one, with more
+      of the phys after it, is mapped with a large page over memory that is not the phys's;
     * ``cancel_unsafe``: its activate undoes the pages it mapped when a page write fails, but
       not when it is cancelled, so a cancellation after its first page leaves pages mapped.
       It waits for the hardware itself before each page write (``anyio.sleep``: no sync point
@@ -757,6 +760,7 @@ class SelfWalkingMmu:
         vaddr_alignment: bool = False,
         short_tail: bool = False,
         forgets_under_pressure: bool = False,
+        by_whats_left: bool = False,
         cancel_unsafe: bool = False,
     ) -> None:
         own_wait = drivers.Latency.profile("zero") if cancel_unsafe else None
@@ -766,33 +770,37 @@ class SelfWalkingMmu:
         self.page_write_wait = 2e-6 if cancel_unsafe else 0.0
         self.undone_on: type[BaseException] = Exception if cancel_unsafe else BaseException
         self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
-        self.short_tail = short_tail
+        self.short_tail, self.by_whats_left = short_tail, by_whats_left
         # reservation start -> its pages, the most recently mapped last (forgets_under_pressure)
         self.walks: collections.OrderedDict[int, list[tuple[int, int, int]]] | None = (
             collections.OrderedDict() if forgets_under_pressure else None
         )
 
     def pages(self, res: avcm.Res, phys: avcm.Phys) -> list[tuple[int, int, int]]:
-        if not (self.contiguous or self.vaddr_alignment or self.short_tail):
+        if not (self.contiguous or self.vaddr_alignment or self.short_tail or self.by_whats_left):
             return avcm.lowlevel.walk_pages(res.start, phys, self.orders)
         short = avcm.PAGE_SIZE if self.short_tail else 0
         pages = []
         vaddr = res.start
+        past = 0  # how far the last large page reached past its part (by_whats_left)
         for start, size in phys.parts:
+            end = start + size
+            start += past
             if self.contiguous:
                 start = phys.parts[0].start + (vaddr - res.start)
-            end = start + size
             while start < end:
+                room = res.start + phys.size - vaddr if self.by_whats_left else end - start
                 order = next(
                     order
                     for order in self.orders
                     if (vaddr | (0 if self.vaddr_alignment else start)) % (avcm.PAGE_SIZE << order)
                     == 0
-                    and end - start >= (avcm.PAGE_SIZE << order) - (short if order else 0)
+                    and room >= (avcm.PAGE_SIZE << order) - (short if order else 0)
                 )
                 pages.append((vaddr, start, order))
                 vaddr += avcm.PAGE_SIZE << order
                 start += avcm.PAGE_SIZE << order
+            past = max(0, start - end)
         return pages
 
     async def enable(self, vcm: avcm.Vcm) -> None:
@@ -870,6 +878,10 @@ def self_walking_forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def self_walking_short_tail(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _self_walking(memory, short_tail=True)
+
+
+def self_walking_by_whats_left(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _self_walking(memory, by_whats_left=True)
 
 
 def self_walking_cancel_unsafe(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -102,6 +102,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_vaddr_alignment, "large_pages", "hardware differs"),
         # a large page for a part's tail a page short of one
         (broken_drivers.self_walking_short_tail, "large_pages", "hardware differs"),
+        # a page size picked by what is left of the phys: a 64 KiB page over a 4 KiB part
+        (broken_drivers.self_walking_by_whats_left, "large_pages", "hardware differs"),
         # large pages left mapped when more reservations are live than the driver remembers
         (broken_drivers.self_walking_forgetful, "many_bindings", "hardware differs"),
         # an activate that undoes its pages on an error but not on a cancellation

@@ -7,6 +7,7 @@ exactly where an operation is when a check looks at it, on both backends.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -29,7 +30,7 @@ from stress._config import DRIVER_DEFAULT_CONTEXTS, StressConfig
 from stress._contexts import Context
 from stress._device import after_binding, after_unmapping
 from stress._invariants import Rhythm, Violation, check_data
-from stress._workload import World
+from stress._workload import World, scattered_phys
 from tests import tricky_drivers
 from tests.broken_drivers import LateEdgePageTable, StaleIotlbPageTable
 
@@ -315,6 +316,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("self_walking_short_tail", {"rule 4"}),
         # large pages left mapped once more reservations are live than the driver remembers
         ("self_walking_forgetful", {"rule 4"}),
+        # a page size picked by what is left of the phys, not of the part: caught on the
+        # scattered physes one alloc in 8 makes (attack38: 0 of 9 runs before)
+        ("self_walking_by_whats_left", {"rule 4"}),
         # pages left mapped by an activate cancelled after its first await: --cancel by time,
         # and racing restarts that cancel a switch-on part of the way through
         ("self_walking_cancel_unsafe", {"rule 4"}),
@@ -673,6 +677,24 @@ def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: s
         symptom in violation.description
         for symptom in ("reached other memory", "hardware differs from the model")
     ), violation
+
+
+@pytest.mark.anyio
+async def test_a_scattered_phys_is_made_of_block_starts_given_back_with_it() -> None:
+    memory = avcm.PhysicalMemory()
+    phys = scattered_phys(memory, [(4, 4 << 10), (0, 4 << 10), (8, (1 << 20) - (4 << 10))])
+    # in the order drawn, each part at the start of its block: on a 64 KiB and a 1 MiB boundary
+    assert [part.size for part in phys.parts] == [4 << 10, 4 << 10, (1 << 20) - (4 << 10)]
+    assert phys.parts[0].start % (64 << 10) == 0 and phys.parts[2].start % (1 << 20) == 0
+    # what a piece leaves of its block is held with it
+    taken = memory.statistics().size - memory.statistics().free_bytes
+    assert taken == (64 << 10) + (4 << 10) + (1 << 20)
+    await phys.free()
+    assert memory.is_pristine()
+    small = avcm.PhysicalMemory(size=1 << 20, max_order=8)
+    with pytest.raises(avcm.NoMemoryError) as refused:
+        scattered_phys(small, [(8, 1 << 20), (4, 4 << 10)])
+    assert refused.value.errno == errno.ENOMEM and small.is_pristine()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -679,8 +679,11 @@ def _scattered_physes(memory: PhysicalMemory) -> tuple[int, list[Phys]] | None:
     """Physes of several parts, out of order, apart, and not aligned to the large pages at
     their device addresses (as a driver's own allocator or a carve-out may hand out): from
     one 2 MiB block, returned with them (``None`` if no block is free). The first is over
-    1 MiB; the others are small, and the last is one part of 124 KiB on a 64 KiB boundary:
-    after a 64 KiB page, a tail a page short of another, which only 4 KiB pages map."""
+    1 MiB; the others are small. The last but one starts with a 4 KiB part on a 64 KiB
+    boundary, 64 KiB more after it elsewhere: a walk that picks a page size by what is left of
+    the phys, not of the part, maps a 64 KiB page over memory that is not the phys's there.
+    The last is one part of 124 KiB on a 64 KiB boundary: after a 64 KiB page, a tail a page
+    short of another, which only 4 KiB pages map."""
     block = memory.alloc_pages(9)
     if block is None:
         return None
@@ -690,6 +693,7 @@ def _scattered_physes(memory: PhysicalMemory) -> tuple[int, list[Phys]] | None:
         [(64 * KiB, 1088 * KiB), (1220 * KiB, 68 * KiB), (8 * KiB, 4 * KiB)],
         [(1344 * KiB, 64 * KiB), (1540 * KiB, 4 * KiB), (1600 * KiB, 8 * KiB)],
         [(1732 * KiB, 68 * KiB), (1808 * KiB, 4 * KiB)],
+        [(1536 * KiB, 4 * KiB), (1856 * KiB, 64 * KiB)],
         [(1408 * KiB, 124 * KiB)],
     ]
     physes = [
@@ -791,15 +795,17 @@ async def _multipart(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
 
 async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
     """A phys of parts over 1 MiB and 64 KiB, not aligned in memory to the pages their
-    device addresses allow, and one whose tail is a page short of a 64 KiB page, bound while
-    active and activated from cold: every byte reaches the part the model binds it to.
-    Nothing races: the suite runs it until its schedules repeat."""
+    device addresses allow, one whose short first part starts on a 64 KiB boundary, and one
+    whose tail is a page short of a 64 KiB page, bound while active and activated from cold:
+    every byte reaches the part the model binds it to. Nothing races: the suite runs it
+    until its schedules repeat."""
     async with _scattered(memory, vcm) as pairs:
         active = await _unless_driver_fails(vcm.activate)
 
         async def bind() -> None:
             if pairs and active:
-                for res, phys in (pairs[0], pairs[-1]):  # the large one, the short tail
+                # the large one, the short part on a boundary, the short tail
+                for res, phys in (pairs[0], pairs[-2], pairs[-1]):
                     await res.bind(phys)
 
         # one task: the scheduler runs it the same way every time
