@@ -15,7 +15,10 @@ reach to the model, at moments when no operation in flight can change it:
 
 The addresses probed are the first and last page of the range concerned, the pages on both
 sides of each MiB boundary in it, and the pages the data checks accessed recently through the
-context: a cache such as an IOTLB can only hold translations a device used.
+context: a cache such as an IOTLB can only hold translations a device used. After an unmapping,
+also the first page of each page a walk of the phys that was bound there takes (1 MiB, 64 KiB
+and 4 KiB pages): where a driver's entries most likely start, so that an entry left behind in
+the middle of the range most likely covers one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "after_deactivate",
     "after_unmapping",
     "check_devices",
+    "entry_pages",
     "probe_bound",
 ]
 
@@ -48,6 +52,10 @@ __all__ = [
 RECENT_PAGES = 64
 PROBE_LENGTH = 8  # bytes; probes start at a page boundary, so they never cross a page
 MiB = 1 << 20
+# After an unmapping, the pages of this walk of its phys are probed (the sample IOMMU's page
+# sizes), so many at most, evenly spaced: a phys not aligned to 64 KiB walks in 4 KiB pages.
+WALK_ORDERS = (8, 4, 0)
+WALK_PROBES = 32
 
 
 def _page(address: int) -> int:
@@ -187,15 +195,33 @@ def probe_bound(world: World, ctx: Context, when: str) -> None:
                 _probe(world, ctx, res, res.start, when)
 
 
-def after_unmapping(world: World, ctx: Context, res: avcm.Res, after: str) -> None:
+def entry_pages(res: avcm.Res, phys: avcm.Phys | None) -> list[int]:
+    """The first page of each page a walk of *phys* at *res*'s start takes with
+    :data:`WALK_ORDERS` (:data:`WALK_PROBES` at most, evenly spaced): taken before an unmapping
+    that may free the phys, for :func:`after_unmapping`."""
+    if phys is None or phys.freed:
+        return []
+    starts = [vaddr for vaddr, _, _ in avcm.lowlevel.walk_pages(res.start, phys, WALK_ORDERS)]
+    if len(starts) > WALK_PROBES:
+        step = len(starts) / WALK_PROBES
+        starts = [starts[int(index * step)] for index in range(WALK_PROBES)]
+    return starts
+
+
+def after_unmapping(
+    world: World, ctx: Context, res: avcm.Res, after: str, entries: Iterable[int] = ()
+) -> None:
     """*res* was just unbound (or unreserved): nothing in the context maps its range now
     (reservations of one context never overlap, and a new one there needs the mutex to be
-    bound). Only as much of it is probed as the largest phys the run made: no binding reached
-    further into a wide reservation."""
+    bound), at its pages worth probing and at *entries* (:func:`entry_pages` of the phys that
+    was bound). Only as much of it is probed as the largest phys the run made: no binding
+    reached further into a wide reservation."""
     if ctx.translated:
         where = f"after {after} of {world.name(res)} returned"
         size = min(res.res_size, world.largest_phys)
-        _expect_fault(world, ctx, world.device.within(ctx, res.start, size), where)
+        pages = dict.fromkeys(world.device.within(ctx, res.start, size))
+        pages.update(dict.fromkeys(entries))
+        _expect_fault(world, ctx, pages, where)
 
 
 def after_deactivate(world: World, ctx: Context) -> None:

@@ -45,6 +45,7 @@ from ._device import (
     after_deactivate,
     after_unmapping,
     check_devices,
+    entry_pages,
 )
 from ._gate import Gate
 from ._invariants import (
@@ -849,7 +850,8 @@ async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     if res.phys is not None and res.phys is phys:
         raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
     if phys is not None:
-        after_unmapping(world, world.by_vcm[res.vcm], res, "unbind")
+        ctx = world.by_vcm[res.vcm]
+        after_unmapping(world, ctx, res, "unbind", entry_pages(res, phys))
     return world.name(res), "ok" if phys is not None else "unbound"
 
 
@@ -864,22 +866,24 @@ async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
+    entries = entry_pages(res, res.phys)  # (before the unmap frees it)
     with world.changing(res.vcm, res):
         await res.unmap()
     world.forget(world.reservations, res)
-    after_unmapping(world, world.by_vcm[res.vcm], res, "unmap")
+    after_unmapping(world, world.by_vcm[res.vcm], res, "unmap", entries)
     return world.name(res), "ok"
 
 
 async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     phys = res.phys
+    entries = entry_pages(res, phys)
     with world.changing(res.vcm, res):
         await res.destroy_binding()
     world.forget(world.reservations, res)
     if phys is not None and phys.freed:
         world.forget(world.physes, phys)
-    after_unmapping(world, world.by_vcm[res.vcm], res, "destroy_binding")
+    after_unmapping(world, world.by_vcm[res.vcm], res, "destroy_binding", entries)
     return world.name(res), "ok"
 
 

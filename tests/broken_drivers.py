@@ -143,6 +143,33 @@ class LateEdgePageTable(drivers.PageTableMmu):
         return [mapping for mapping in super().hardware_mappings() if mapping[0] not in late]
 
 
+class HiddenMiddlePageTable(LateEdgePageTable):
+    """Its page removal leaves one 4 KiB page in five that lies inside a range of 1 MiB or
+    more (neither the range's first page nor its last, nor on a 64 KiB boundary nor just below
+    one) in place until its next page is mapped, hidden from what it reports: after an unbind
+    returns, a device still reaches that page's old memory, and only a probe of that page
+    shows it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory)
+        self.name = "hidden-middle"
+        self.middles = 0
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        block = 64 << 10
+        inside = order == 0 and 1 < vaddr % block // avcm.PAGE_SIZE < block // avcm.PAGE_SIZE - 1
+        if inside and any(
+            res.res_size >= 1 << 20
+            and res.start < vaddr < res.start + res.res_size - avcm.PAGE_SIZE
+            for res in vcm.reservations()
+        ):
+            self.middles += 1
+            if self.middles % 5 == 0:
+                self.late.append((vaddr, paddr, order))
+                return
+        await drivers.PageTableMmu.deactivate_page(self, vaddr, paddr, order, vcm)
+
+
 class LateWritebackPageTable(drivers.PageTableMmu):
     """Each page it unmaps leaves a dirty line that it writes back to the page's old memory at
     its next call: by then the memory may have been freed (or handed to someone else)."""
@@ -1005,6 +1032,10 @@ def grouped_timeout(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def late_edge(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, LateEdgePageTable(memory), memory=memory)
+
+
+def hidden_middle(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, HiddenMiddlePageTable(memory), memory=memory)
 
 
 def late_writeback(memory: avcm.PhysicalMemory) -> avcm.Vcm:
