@@ -770,20 +770,28 @@ def test_a_task_run_ahead_for_no_part_of_the_race_runs_in_its_turn_again(
     assert failure.timeline.preemptions == 2 and failure.fewest is True
 
 
-def _clearer(flags: list[bool], flag: int) -> Callable[[], Awaitable[None]]:
-    """A task that clears ``flags[flag]`` after four steps."""
+def _stepper(steps: int) -> Callable[[], Awaitable[None]]:
+    """A task that takes *steps* steps and does nothing else."""
+
+    async def step() -> None:
+        for _ in range(steps):
+            await anyio.lowlevel.checkpoint()
+
+    return step
+
+
+def _clearer(flags: list[bool], flag: int, after: int = 4) -> Callable[[], Awaitable[None]]:
+    """A task that clears ``flags[flag]`` after *after* steps."""
+    steps = _stepper(after)
 
     async def clear() -> None:
-        for _ in range(4):
-            await anyio.lowlevel.checkpoint()
+        await steps()
         flags[flag] = False
 
     return clear
 
 
-async def _bystander() -> None:
-    for _ in range(3):
-        await anyio.lowlevel.checkpoint()
+_bystander = _stepper(3)
 
 
 async def two_clear_in_a_window_among_thirteen(run: testing.Run) -> None:
@@ -821,6 +829,43 @@ def test_with_thirteen_tasks_single_preemptions_leave_budget_for_the_order_of_ta
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2
     assert (failure.fewest is False) == ("not ruled out" in failure.report())
+
+
+async def a_window_late_in_a_long_run(run: testing.Run) -> None:
+    """A watcher takes 150 steps, sees the flag set, takes one more and must not find it
+    cleared; the clearer clears it after 154 steps; two bystanders take 200. One preemption
+    fails it, the clearer run ahead right after the watcher's look: about 100 choices before
+    the end of the run with none (709 steps)."""
+    flags = [True]
+    lead_in = _stepper(150)
+
+    async def watcher() -> None:
+        await lead_in()
+        if flags[0]:
+            await anyio.lowlevel.checkpoint()
+            assert flags[0], "the flag was cleared between two steps of the watcher"
+
+    tasks = [watcher, _clearer(flags, 0, after=154), _stepper(200), _stepper(200)]
+    for outcome in await run.concurrently(*tasks):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_race_late_in_a_long_run_shrinks_to_its_one_preemption(backend: str) -> None:
+    # Random walk finds it with about 500 preemptions. The schedules of one preemption were
+    # tried from both ends of the run with none: 100 choices from its end, the race was past
+    # half the budget, and 174 were reported (attack37 F1). They are tried outwards from where
+    # that run has the failing task take the step it failed at too, in turns.
+    result = testing.explore(
+        a_window_late_in_a_long_run,
+        strategy=testing.RandomWalk(0),
+        schedules=500,
+        backend=backend,
+    )
+    failure = result.failure
+    assert failure is not None and "cleared between two steps" in str(failure.error)
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 100
+    assert failure.timeline.preemptions == 1 and failure.fewest is True
 
 
 async def two_bugs_in_a_task_group(run: testing.Run) -> None:

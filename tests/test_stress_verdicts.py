@@ -383,7 +383,11 @@ def test_a_cancellation_by_time_lands_past_a_driver_calls_first_await(
     )
     result = stress.run(config)
     assert result.violation is not None and result.violation.rule == "rule 4", result.violation
-    assert "stale in hardware" in str(result.violation)
+    # pages mapped that the model does not have: seen by the model check, or by a device
+    assert any(
+        symptom in str(result.violation)
+        for symptom in ("stale in hardware", "a stale translation left in the hardware")
+    ), result.violation
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -884,6 +884,7 @@ class Run:
         self._steps: list[Step] = []
         self._outcomes: list[TaskOutcome] = []
         self._positions: list[int] = []  # position chosen at each step with a choice
+        self._choice_steps: list[int] = []  # the step of each of those choices
         self._preemptions = 0
         self._last: _Task | None = None
         self._lead: _Task | None = None  # chosen out of the loop's order: runs on till it blocks
@@ -977,6 +978,11 @@ class Run:
     def positions(self) -> tuple[int, ...]:
         """The position chosen at each step that had a choice: what shrinking works on."""
         return tuple(self._positions)
+
+    @property
+    def choice_steps(self) -> tuple[int, ...]:
+        """The step of each of :attr:`positions`' choices."""
+        return tuple(self._choice_steps)
 
     def trail(self) -> list[str]:
         """``task:point`` of every step, for the replay digest."""
@@ -1373,6 +1379,7 @@ class Run:
         )
         if continuing:
             self._positions.append(position)
+            self._choice_steps.append(len(self._steps))
         chosen = choices[position].named()
         chosen.ready = None
         if continuing and position:
