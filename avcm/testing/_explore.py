@@ -586,9 +586,12 @@ async def _shrink(
             if best_run.preemptions <= 2 or attempts >= budget:
                 break
             await fails([0] * j + [first] + [0] * (k - j - 1) + [second])
+    # (up to three quarters of the budget: a race needing three preemptions, which no pair
+    # fails, spent the rest on them, and dropping and lowering choices never ran; attack37 F2)
     for j, k in itertools.combinations(range(length), 2):
-        if best_run.preemptions > 2 and attempts < budget:
-            await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
+        if best_run.preemptions <= 2 or attempts >= budget * 3 // 4:
+            break
+        await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
     await reduce()
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
     # search that far never completes within a shrink budget anyway, and proves nothing)
