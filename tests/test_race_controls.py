@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import os
 import shlex
 import socket
 import subprocess
@@ -2903,6 +2904,51 @@ def test_the_replay_command_of_a_thread_that_never_returns_ends(backend: str) ->
         NEVER.set()
     assert replayed.returncode == 1, replayed.stderr
     assert "ThreadWaitError: a worker thread did not report back in 0.2 s" in replayed.stdout
+
+
+async def as_completed_lost_update(run: testing.Run) -> None:
+    """Four workers that ``asyncio.as_completed`` starts, each taking as many steps as its
+    number before a read-modify-write of a shared count (the last one yields inside it)."""
+    count = [0]
+
+    async def worker(number: int) -> int:
+        for _ in range(number):
+            await asyncio.sleep(0)
+        seen = count[0]
+        if number == 3:
+            await asyncio.sleep(0)
+        count[0] = seen + 1
+        return number
+
+    async def gather_as_completed() -> None:
+        for next_done in asyncio.as_completed([worker(number) for number in range(4)]):
+            await next_done
+        assert count[0] == 4, f"lost update: {count[0]} of 4 counted"
+
+    for outcome in await run.concurrently(gather_as_completed):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tasks_as_completed_starts_from_a_set_replay_in_a_fresh_process(seed: int) -> None:
+    # as_completed makes its tasks in the order of a set of coroutines: memory addresses.
+    # Their columns followed it, so the printed replay ran other tasks in a fresh process
+    # ("replay diverged at step 7"), and a seed found another token there.
+    result = testing.explore(
+        as_completed_lost_update, strategy=testing.PCT(seed), schedules=200, backend="asyncio"
+    )
+    assert result.failure is not None and "lost update" in str(result.failure.error)
+    replayed = subprocess.run(
+        shlex.split(result.failure.replay_command),
+        cwd=Path(__file__).parent,  # the module is named as pytest imported it
+        env={**os.environ, "PYTHONHASHSEED": str(1000 + seed)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "lost update" in replayed.stdout and "diverged" not in replayed.stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

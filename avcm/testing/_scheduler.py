@@ -456,6 +456,33 @@ def _turn(task: _Task, steps: int) -> tuple[int, ...]:
     return task.ready or (steps, 1, task.index)
 
 
+def _started_from_a_set() -> bool:
+    """Whether the task being made now is one of those ``asyncio.as_completed`` starts from
+    the set it makes of the awaitables it is given (in the set's order)."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_filename == asyncio.tasks.__file__ and "s_completed" in code.co_qualname:
+            return True  # (as_completed, its set comprehension, or 3.13's _AsCompleted...)
+        frame = frame.f_back
+    return False
+
+
+def _awaitable_key(coro: Any) -> tuple[str, ...]:
+    """What a coroutine about to start runs, the same in every process: its function's name
+    and its arguments, each as its ``repr`` without memory addresses."""
+    code = getattr(coro, "cr_code", None)
+    frame = getattr(coro, "cr_frame", None)
+    if code is None or frame is None:
+        return (type(coro).__qualname__,)
+    arguments = [
+        re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value)) for value in frame.f_locals.values()
+    ]
+    return (code.co_qualname, *arguments)
+
+
 def _spawned_name(native: Any) -> str:
     """What a spawned task runs, as a column's name: the function its spawner named it by
     (anyio and trio name a task so), else its coroutine's; without modules and classes."""
@@ -1244,6 +1271,7 @@ class Run:
             if inject:
                 self._inject()
             assert self._queue is not None
+            self._queue.order_spawned()
             return self._choose_or_raise(self._queue.choosable())
         except BaseException as error:
             self._fail(error)
@@ -2575,6 +2603,11 @@ class _Queue:
     def current_running(self) -> Any:
         """The task whose step runs now, or None (the loop's own code between steps)."""
         return self.current()
+
+    def order_spawned(self) -> None:
+        """Give the tasks spawned since the last choice in an order that depends on memory
+        addresses their places by what they run (asyncio: :meth:`_AsyncioQueue.order_spawned`);
+        before the next choice."""
 
     def forget(self, task: _Task) -> None:
         self.tasks.pop(task.native, None)
@@ -4191,6 +4224,25 @@ class _AsyncioQueue(_Queue):
         self.loop_tasks: dict[Any, None] = dict.fromkeys(asyncio.all_tasks(self.loop))
         self.outer_factory = self.loop.get_task_factory()
         self.track_factory: Any = None
+        # tasks asyncio.as_completed started from a set since the last choice, with what
+        # they run (see order_spawned)
+        self.from_a_set: list[tuple[_Task, tuple[str, ...]]] = []
+
+    def order_spawned(self) -> None:
+        """Tasks that ``asyncio.as_completed`` started from a set of coroutines were made in
+        the set's order, which follows memory addresses: a token found in one process ran
+        other tasks in another (attack: a replay diverged at its 7th step, in every fresh
+        process). They take their columns and places in the loop's order by what they run
+        (the coroutine's name, then its arguments), the same in every process; tasks alike
+        in both keep the set's order, which tells them apart in nothing they do."""
+        made = self.from_a_set
+        if len(made) > 1:
+            ordered = sorted(made, key=operator.itemgetter(1))
+            slots = [(task.index, task.ready) for task, _ in made]
+            for (task, _), (index, ready) in zip(ordered, slots, strict=True):
+                task.index, task.ready = index, ready
+                self.run._tasks[index] = task
+        made.clear()
 
     def handed_in(self) -> bool:
         return self.report_order(every=True) is not None
@@ -4284,6 +4336,8 @@ class _AsyncioQueue(_Queue):
         )
         self.loop_tasks[task] = None
         controlled = None if task.done() else self.spawned(task)
+        if controlled is not None and _started_from_a_set():
+            self.from_a_set.append((controlled, _awaitable_key(coro)))
         if controlled is not None and self.readyq is not None:
             # its first step, scheduled as the task was made, goes through the ready queue
             # again: held now, in its place in the loop's order
