@@ -312,6 +312,9 @@ class World:
         self.checks_random = random.Random(f"{config.seed}:checks")
         # which context changes alone, and when (change_one_context)
         self.contexts_random = random.Random(f"{config.seed}:contexts")
+        # how far in a drain's switches on are cancelled (check_cold_start): a stream of its
+        # own, so that the restarts drawn from the one above are those they were without it
+        self.cuts_random = random.Random(f"{config.seed}:cuts")
         self.next_detach = self.contexts_random.randint(DETACH_EVERY // 2, DETACH_EVERY)
         self.generations: Counter[str] = Counter()  # per context name: built in its place
         # per context ebbing in this window, the ticket of the operation switching it off
@@ -661,7 +664,7 @@ class World:
             await switch_off_together(self)
             for ctx in self.contexts:  # every context off: no device access reaches memory
                 after_deactivate(self, ctx)
-            await check_cold_start(self, when)
+            await check_cold_start(self, when, cut=True)
             await release_everything(self)
             # again with nothing bound, where an activate is the enable alone: one returning
             # before the unit another context is powering up is on shows at once
