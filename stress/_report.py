@@ -44,9 +44,9 @@ __all__ = [
 #    harness's own (--driver: custom=2,carveout=1 by default)
 # 8: half the --cancel operations are cancelled a drawn time into their driver calls, and one
 #    racing restart's switch-on in 4 is first cancelled part of the way through
-# 9: one alloc in 8 makes a phys of scattered parts; an unmapping probes its walk's pages; a
-#    drain cancels each switch-on from cold part of the way first
-TRACE_VERSION = 9
+# 9: one alloc in 8 makes a phys of scattered parts; an unmapping probes its walk's pages
+# 10: a drain cancels each switch-on from cold part of the way first
+TRACE_VERSION = 10
 
 
 @contextmanager
