@@ -430,8 +430,7 @@ async def check_cold_start(world: World, when: str, *, cut: bool = False) -> Non
     """
     failed: list[Context] = []
     draws = {
-        ctx.vcm: [world.cuts_random.random() for _ in range(DRAIN_CUTS)]
-        for ctx in world.contexts
+        ctx.vcm: [world.cuts_random.random() for _ in range(DRAIN_CUTS)] for ctx in world.contexts
     }
 
     async def activate(ctx: Context) -> None:

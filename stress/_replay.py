@@ -12,7 +12,7 @@ from typing import Any
 from avcm.lowlevel import quote
 
 from ._config import StressConfig, UsageError
-from ._report import TRACE_VERSION
+from ._report import TRACE_VERSION, harness_code
 from ._workload import Outcome, RunResult
 
 __all__ = ["Recording", "load_recording", "verdict"]
@@ -27,6 +27,7 @@ class Recording:
     trace: list[dict[str, Any]]
     violation: dict[str, Any] | None
     no_verdict: str | None = None
+    code: str | None = None  # harness_code() of the run recorded (None: not recorded)
 
 
 def _problem(document: Any) -> str | None:
@@ -52,6 +53,8 @@ def _problem(document: Any) -> str | None:
         return "'violation' is neither null nor an object with a rule and a description"
     if not isinstance(document.get("no_verdict"), (str, type(None))):
         return "'no_verdict' is neither null nor a string"
+    if not isinstance(document.get("code"), (str, type(None))):
+        return "'code' is neither null nor a string"
     started = document.get("started", 0)
     if not isinstance(started, int) or isinstance(started, bool) or started < 0:
         return "'started' is not a count"
@@ -87,7 +90,9 @@ def load_recording(path: Path, driver: str | None = None) -> Recording:
         if not trace:
             raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
         config = replace(config, duration=None, ops=max(len(trace), document.get("started", 0)))
-    return Recording(config, trace, document.get("violation"), document.get("no_verdict"))
+    return Recording(
+        config, trace, document.get("violation"), document.get("no_verdict"), document.get("code")
+    )
 
 
 def _check_driver(path: Path, recorded: str | None, given: str | None) -> None:
@@ -127,7 +132,19 @@ def _identity(rule: str, description: str) -> tuple[str, str]:
 
 def verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     """Whether the replay reproduced the recording (same operations, same outcomes, the same
-    violation or none, with no verdict or not), and the lines that say so."""
+    violation or none, with no verdict or not), and the lines that say so: if not, also
+    whether the recording was made by other code of avcm, its drivers or the harness."""
+    reproduced, lines = _verdict(recording, result)
+    if not reproduced and recording.code not in (None, harness_code()):
+        lines.append(
+            f"the trace was recorded by other code of avcm, its sample drivers or this "
+            f"harness ({recording.code}; this is {harness_code()}): the change may be what "
+            "moved the run"
+        )
+    return reproduced, lines
+
+
+def _verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     lines = []
     divergence = _compare(recording.trace, result.trace)
     if divergence is not None:

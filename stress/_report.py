@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -196,10 +197,30 @@ def describe_violation(
     return "\n".join(lines)
 
 
+@functools.cache
+def harness_code() -> str:
+    """A digest of the code that decides a run besides the driver under test: avcm, the
+    sample drivers and this harness (each ``.py`` file's path and bytes). A trace records it,
+    so that a replay by other code says so: a change that moves a seed's run may come
+    without a new :data:`TRACE_VERSION` (attack39 replayed a trace of the code before one)."""
+    import avcm
+    import drivers
+    import stress
+
+    digest = hashlib.sha256()
+    for package in (avcm, drivers, stress):
+        root = Path(package.__path__[0])
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
     violation = result.violation
     return {
         "version": TRACE_VERSION,
+        "code": harness_code(),
         "config": config.to_json(),
         "violation": None
         if violation is None

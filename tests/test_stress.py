@@ -179,6 +179,31 @@ def test_replay_that_does_not_reproduce_says_so(
     assert "NOT REPRODUCED" in out and "reproduced the recorded violation" not in out
     if edit == "operation":
         assert "REPLAY DIVERGED: operation 11" in out
+    # recorded by this code: nothing to say about other code
+    assert "recorded by other code" not in out
+
+
+def test_a_replay_by_other_code_says_so_when_it_does_not_reproduce(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Reported (attack39): a trace recorded before a change of the harness that moved the runs
+    # of a seed, with the same trace version, replayed as "diverged", with nothing saying why
+    from stress._report import harness_code
+
+    trace = record(capsys, tmp_path, "--driver", "tests.broken_drivers:forgetful")
+    document = json.loads(trace.read_text())
+    assert document["code"] == harness_code() and len(harness_code()) == 12
+    document["code"] = "0" * 12
+    trace.write_text(json.dumps(document))
+    driver = ("--driver", "tests.broken_drivers:forgetful")
+    status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
+    assert status == 1 and "recorded by other code" not in out, out  # it reproduced: no word
+    document["trace"][10]["result"] = "EDITED"
+    trace.write_text(json.dumps(document))
+    status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
+    assert status == 3, out
+    said = "recorded by other code of avcm, its sample drivers or this harness"
+    assert f"{said} (000000000000; this is {harness_code()})" in out
 
 
 def test_a_crash_replayed_after_the_driver_s_lines_moved_is_the_same_violation() -> None:
