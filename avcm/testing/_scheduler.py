@@ -456,18 +456,26 @@ def _turn(task: _Task, steps: int) -> tuple[int, ...]:
     return task.ready or (steps, 1, task.index)
 
 
-def _started_from_a_set() -> bool:
-    """Whether the task being made now is one of those ``asyncio.as_completed`` starts from
-    the set it makes of the awaitables it is given (in the set's order)."""
+def _as_completed_place(coro: Any) -> tuple[object, ...] | None:
+    """Where a task being made now for *coro* goes among those ``asyncio.as_completed`` starts
+    from the set it makes of the awaitables it was given (None: not one of them): by the
+    coroutine's place in the list or tuple it was given (the program's order), else (a set, an
+    iterator, a wrapped awaitable) by what it runs (:func:`_awaitable_key`)."""
     frame: FrameType | None = sys._getframe(2)
+    inside = False
     for _ in range(8):
         if frame is None:
-            return False
+            break
         code = frame.f_code
         if code.co_filename == asyncio.tasks.__file__ and "s_completed" in code.co_qualname:
-            return True  # (as_completed, its set comprehension, or 3.13's _AsCompleted...)
+            inside = True  # (as_completed, its set comprehension, or 3.13's _AsCompleted...)
+            given = frame.f_locals.get("fs", frame.f_locals.get("aws"))
+            if isinstance(given, (list, tuple)):
+                place = next((at for at, each in enumerate(given) if each is coro), None)
+                if place is not None:
+                    return (0, place)
         frame = frame.f_back
-    return False
+    return (1, _awaitable_key(coro)) if inside else None
 
 
 def _awaitable_key(coro: Any) -> tuple[str, ...]:
@@ -4224,17 +4232,18 @@ class _AsyncioQueue(_Queue):
         self.loop_tasks: dict[Any, None] = dict.fromkeys(asyncio.all_tasks(self.loop))
         self.outer_factory = self.loop.get_task_factory()
         self.track_factory: Any = None
-        # tasks asyncio.as_completed started from a set since the last choice, with what
-        # they run (see order_spawned)
-        self.from_a_set: list[tuple[_Task, tuple[str, ...]]] = []
+        # tasks asyncio.as_completed started from a set since the last choice, with their
+        # place (see order_spawned)
+        self.from_a_set: list[tuple[_Task, tuple[object, ...]]] = []
 
     def order_spawned(self) -> None:
         """Tasks that ``asyncio.as_completed`` started from a set of coroutines were made in
         the set's order, which follows memory addresses: a token found in one process ran
-        other tasks in another (attack: a replay diverged at its 7th step, in every fresh
-        process). They take their columns and places in the loop's order by what they run
-        (the coroutine's name, then its arguments), the same in every process; tasks alike
-        in both keep the set's order, which tells them apart in nothing they do."""
+        other tasks in another (a replay diverged at its 7th step, in every fresh process).
+        They take their columns and places in the loop's order by :func:`_as_completed_place`:
+        the program's order of the list it gave, the same in every process. (By what they
+        run alone, objects of default reprs tied, and a replay of a failure passed:
+        attack40.)"""
         made = self.from_a_set
         if len(made) > 1:
             ordered = sorted(made, key=operator.itemgetter(1))
@@ -4336,8 +4345,9 @@ class _AsyncioQueue(_Queue):
         )
         self.loop_tasks[task] = None
         controlled = None if task.done() else self.spawned(task)
-        if controlled is not None and _started_from_a_set():
-            self.from_a_set.append((controlled, _awaitable_key(coro)))
+        place = None if controlled is None else _as_completed_place(coro)
+        if controlled is not None and place is not None:
+            self.from_a_set.append((controlled, place))
         if controlled is not None and self.readyq is not None:
             # its first step, scheduled as the task was made, goes through the ready queue
             # again: held now, in its place in the loop's order
