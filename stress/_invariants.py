@@ -436,11 +436,12 @@ async def check_cold_start(world: World, when: str, *, cut: bool = False) -> Non
     async def activate(ctx: Context) -> None:
         took = world.switch_on_seconds.get(ctx.vcm)
         on = False
-        for stratum, draw in enumerate(draws[ctx.vcm] if cut and took is not None else ()):
-            after = (stratum + draw) / DRAIN_CUTS * (took or 0.0)
-            # (one may get through in spite of the cancellation: then it is on)
-            if on := await switch_on_cut_short(world, ctx, after):
-                break
+        if cut and took is not None:
+            for stratum, draw in enumerate(draws[ctx.vcm]):
+                after = (stratum + draw) / DRAIN_CUTS * took
+                # (one may get through in spite of the cancellation: then it is on)
+                if on := await switch_on_cut_short(world, ctx, after):
+                    break
         if not on and await retried(ctx.vcm.activate) is not None:
             failed.append(ctx)
             return
@@ -511,28 +512,27 @@ async def check_restart_racing(
     cuts: dict[avcm.Vcm, float] | None = None,
 ) -> None:
     """Switch every context off and on again at once, the switches on racing the switches
-        off: at a quiescent point, with no operation in flight (a unit's lock free for the
-        harness's calls alone), every context that is on has all its activations but one undone
-        (counts only), then that one at once (its switch-off); each context, on or off before, is
-        activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
-        switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
-        the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned,
-        the earliest of the driver's timers pending fell due *wakes* times in turn (each may arm
-        the next: a watchdog's looks), and a timer of the driver's, drawn among those pending
-        then, fell due (a negative lag: that long before it): from cold if its own switch-off is
-        done, else once it is (its mutex). A unit
-        the contexts share that powers down after its last user left, outside its lock or later
-        in a background task, must not undo a switch-on from cold meanwhile. Every context must
-        then be on and match the model, and again once the timers the restart left pending fell due
-        (:data:`RESTART_SETTLE` at most). A context in *cuts* is first switched on and cancelled
-        that many seconds in (:func:`switch_on_cut_short`), once its switch-off returned, then
-    on again if that left it off
-    ; then each gets back as many activations as its users
-        held (counts only, or its switch-off if none). A context whose lag is None stays off
-        while the others race, and is switched on once they were checked: a switch-on racing a
-        power-down alone (a later one from cold would power the unit up again, and hide what the
-        race did). A context whose activate keeps failing (rule 8) is judged off instead, and
-        its users' activations are dropped."""
+    off: at a quiescent point, with no operation in flight (a unit's lock free for the
+    harness's calls alone), every context that is on has all its activations but one undone
+    (counts only), then that one at once (its switch-off); each context, on or off before, is
+    activated again *lags[vcm]* seconds (a few tens of microseconds at most) after every
+    switch-off passed the sync point *anchor* (one of :data:`RESTART_ANCHORS`; None: after
+    the switches off began) or returned, or with :data:`LEFT_TIMER` after they returned,
+    the earliest of the driver's timers pending fell due *wakes* times in turn (each may arm
+    the next: a watchdog's looks), and a timer of the driver's, drawn among those pending
+    then, fell due (a negative lag: that long before it): from cold if its own switch-off is
+    done, else once it is (its mutex). A unit
+    the contexts share that powers down after its last user left, outside its lock or later
+    in a background task, must not undo a switch-on from cold meanwhile. Every context must
+    then be on and match the model, and again once the timers the restart left pending fell due
+    (:data:`RESTART_SETTLE` at most). A context in *cuts* is first switched on and cancelled
+    that many seconds in (:func:`switch_on_cut_short`), once its switch-off returned, then
+    on again if that left it off. Then each gets back as many activations as its users
+    held (counts only, or its switch-off if none). A context whose lag is None stays off
+    while the others race, and is switched on once they were checked: a switch-on racing a
+    power-down alone (a later one from cold would power the unit up again, and hide what the
+    race did). A context whose activate keeps failing (rule 8) is judged off instead, and
+    its users' activations are dropped."""
     before = testing.pending_timers()
     held = {ctx.vcm: world.held_in[ctx.vcm] for ctx in world.contexts}
     for ctx in world.contexts:
@@ -761,15 +761,9 @@ def _stopped(world: World, ctx: Context, when: str) -> None:
     """*ctx* is off and none of its calls is in flight: its hardware is inactive, maps
     nothing (the model), and no device access reaches memory through the first page of a bound
     reservation."""
-    from ._device import probe_bound  # here: _device builds on this module
-
     if ctx.hardware_active():
         raise Violation("rule 4", f"{when}: {ctx.name}'s hardware is active with count 0")
-    try:
-        testing.check_model(ctx.vcm)
-    except testing.HardwareMismatch as mismatch:
-        raise Violation("rule 4", f"{when}: {mismatch}") from None
-    probe_bound(world, ctx, when)
+    _as_modelled(world, ctx, when)
 
 
 def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> None:
@@ -777,14 +771,20 @@ def _started(world: World, ctx: Context, when: str, *, rule: str = "rule 4") -> 
     violation of *rule*: rule 1 right after its activate returned, activation that was not
     real), maps what the model says, and a device reaches the memory of each bound
     reservation's first page through it."""
-    from ._device import probe_bound  # here: _device builds on this module
-
     if not ctx.hardware_active():
         raise Violation(
             rule,
             f"{when}: {ctx.name}'s hardware is inactive with activation count "
             f"{ctx.vcm.activations}",
         )
+    _as_modelled(world, ctx, when)
+
+
+def _as_modelled(world: World, ctx: Context, when: str) -> None:
+    """*ctx*'s hardware maps what the model says (rule 4), and a device access at each bound
+    reservation's first page reaches its memory if the context is on, faults if it is off."""
+    from ._device import probe_bound  # here: _device builds on this module
+
     try:
         testing.check_model(ctx.vcm)
     except testing.HardwareMismatch as mismatch:

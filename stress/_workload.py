@@ -1118,15 +1118,13 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         with anyio.CancelScope() if cancel else _NO_SCOPE as scope:
             op_started = time.perf_counter()
             if scope is not None:
-                by_time = cancel_at > CANCEL_POINTS
                 # by time, with no time to go by yet: the operation runs to its end to tell it
                 times = world.driver_seconds[op]
-                canceller = _Canceller(
-                    scope,
-                    0 if by_time else cancel_at,
-                    (cancel_part * max(times) if times else math.inf) if by_time else 0.0,
-                    world.clock,
-                )
+                if cancel_at > CANCEL_POINTS:
+                    at, after = 0, cancel_part * max(times) if times else math.inf
+                else:
+                    at, after = cancel_at, 0.0
+                canceller = _Canceller(scope, at, after, world.clock)
             try:
                 with sync_hook(canceller) if canceller else _NO_SCOPE:
                     target, outcome = await OPERATION_FUNCTIONS[op](world, task)

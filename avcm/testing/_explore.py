@@ -628,10 +628,10 @@ def _failing_step_choice(failed: Run, other: Run) -> int | None:
     *failed* (a task that raised, else the one that took the last step) takes as many steps
     as it took in *failed* (its last, if it takes fewer): where in *other* the failure's race
     most likely is. None if *failed* took no step of a task."""
-    raised = [outcome.task for outcome in failed.timeline().outcomes if outcome.error is not None]
-    task = next((task for task in reversed(failed.decisions) if task >= 0), None)
-    if raised:
-        task = raised[0]
+    raised = (outcome.task for outcome in failed.timeline().outcomes if outcome.error is not None)
+    task = next(raised, None)
+    if task is None:
+        task = next((task for task in reversed(failed.decisions) if task >= 0), None)
     if task is None:
         return None
     steps = [step for step, chosen in enumerate(other.decisions) if chosen == task]

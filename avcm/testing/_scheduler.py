@@ -2613,9 +2613,9 @@ class _Queue:
         return self.current()
 
     def order_spawned(self) -> None:
-        """Give the tasks spawned since the last choice in an order that depends on memory
-        addresses their places by what they run (asyncio: :meth:`_AsyncioQueue.order_spawned`);
-        before the next choice."""
+        """Before the next choice, give the tasks spawned since the last one in an order that
+        follows memory addresses an order of the program's (asyncio:
+        :meth:`_AsyncioQueue.order_spawned`)."""
 
     def forget(self, task: _Task) -> None:
         self.tasks.pop(task.native, None)
@@ -4345,8 +4345,7 @@ class _AsyncioQueue(_Queue):
         )
         self.loop_tasks[task] = None
         controlled = None if task.done() else self.spawned(task)
-        place = None if controlled is None else _as_completed_place(coro)
-        if controlled is not None and place is not None:
+        if controlled is not None and (place := _as_completed_place(coro)) is not None:
             self.from_a_set.append((controlled, place))
         if controlled is not None and self.readyq is not None:
             # its first step, scheduled as the task was made, goes through the ready queue
