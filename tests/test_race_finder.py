@@ -868,6 +868,85 @@ def test_a_race_late_in_a_long_run_shrinks_to_its_one_preemption(backend: str) -
     assert failure.timeline.preemptions == 1 and failure.fewest is True
 
 
+def a_lost_update_seen_by_another(
+    *, racers_steps: int, read_at: int, checker: bool, bystanders: int
+) -> Callable[[testing.Run], Awaitable[None]]:
+    """A scenario: one task reads a counter after *read_at* steps and writes it back one
+    more two steps later; another adds one to it four steps after that read (in the loop's
+    own order, after the write). Both take *racers_steps* steps. What fails is not either of
+    them: a *checker* task that waits for both and finds one update lost, else the scenario
+    itself once they are done. One preemption fails it: the adder run ahead right after the
+    read."""
+
+    async def scenario(run: testing.Run) -> None:
+        counter = [0]
+        both_done = anyio.Event()
+        done = [0]
+
+        def finished() -> None:
+            done[0] += 1
+            if done[0] == 2:
+                both_done.set()
+
+        async def reader() -> None:
+            await _stepper(read_at)()
+            seen = counter[0]
+            await _stepper(2)()
+            counter[0] = seen + 1
+            await _stepper(racers_steps - read_at - 2)()
+            finished()
+
+        async def adder() -> None:
+            await _stepper(read_at + 4)()
+            counter[0] += 1
+            await _stepper(racers_steps - read_at - 4)()
+            finished()
+
+        async def check() -> None:
+            await _stepper(racers_steps + 5)()
+            await both_done.wait()
+            assert counter[0] == 2, "the checker found an update lost"
+
+        tasks = [
+            reader,
+            adder,
+            *([check] if checker else []),
+            *[_stepper(racers_steps)] * bystanders,
+        ]
+        for outcome in await run.concurrently(*tasks):
+            outcome.unwrap()
+        assert counter[0] == 2, "the scenario found an update lost"
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("racers_steps", "read_at", "checker", "bystanders", "found_by"),
+    [(300, 150, False, 0, "the scenario"), (150, 142, True, 2, "the checker")],
+    ids=["the scenario fails mid-run", "a checker fails late in the run"],
+)
+def test_a_race_another_task_fails_at_the_end_shrinks_to_its_one_preemption(
+    backend: str, racers_steps: int, read_at: int, checker: bool, bystanders: int, found_by: str
+) -> None:
+    # The task that fails takes its last step at the end of the run, far from the race:
+    # outwards from there and from both ends, the one preemption that fails was past the
+    # budget, and 124 to 167 were reported where Exhaustive(1) fails it (attack40). The
+    # shortest prefix of the failing run that fails, bisected, ends at the choice that made
+    # the failure certain: the one preemption is looked for where the tasks have taken as
+    # many steps as they had there.
+    scenario = a_lost_update_seen_by_another(
+        racers_steps=racers_steps, read_at=read_at, checker=checker, bystanders=bystanders
+    )
+    result = testing.explore(
+        scenario, strategy=testing.RandomWalk(0), schedules=500, backend=backend
+    )
+    failure = result.failure
+    assert failure is not None and f"{found_by} found an update lost" in str(failure.error)
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 100
+    assert failure.timeline.preemptions == 1 and failure.fewest is True
+
+
 async def two_bugs_in_a_task_group(run: testing.Run) -> None:
     """A checker, in a task group of its own, sees two flags set and takes one step: both
     cleared meanwhile is one bug (``ValueError``, two preemptions), the first alone another

@@ -375,9 +375,10 @@ async def _shrink(
     budget: int,
 ) -> tuple[Run, BaseException, bool]:
     """Make the failing schedule as unpreemptive, then as short, as it can be while it fails
-    the same way: first the schedules one preemption away from none (a quarter of the budget),
-    then the failing run's order of tasks with turns taken out, then the schedules one
-    preemption away again (on to half the budget), then two preemptions away, then dropping
+    the same way: first the schedules one preemption away from none (a quarter of the budget;
+    nearest first to where the shortest failing prefix of the failing run decided it), then
+    the failing run's order of tasks with turns taken out, then the schedules one preemption
+    away again (on to half the budget), then two preemptions away, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
     schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
     failure's injected cancellations where they were, then with as many anywhere. When that
@@ -414,9 +415,12 @@ async def _shrink(
         cancels = injected(trial)
         return True
 
-    async def tried(candidate: list[int], *, by_task: bool = False) -> Run | None:
-        """The run of *candidate* (positions; *by_task*: an order of tasks), kept if it fails
-        the same way and is smaller; None if it diverged."""
+    async def attempted(
+        candidate: list[int], *, by_task: bool = False, keeping: bool = True
+    ) -> tuple[Run, BaseException | None] | None:
+        """The run of *candidate* (positions; *by_task*: an order of tasks) and its error,
+        the run kept (if *keeping*) if it fails the same way and is smaller; None if it
+        diverged."""
         nonlocal attempts
         attempts += 1
         follow = _FromTaskOrder if by_task else FromIndices
@@ -426,8 +430,13 @@ async def _shrink(
             )
         except ReplayDivergedError:
             return None
-        keep(trial, trial_error)
-        return trial
+        if keeping:
+            keep(trial, trial_error)
+        return trial, trial_error
+
+    async def tried(candidate: list[int], *, by_task: bool = False) -> Run | None:
+        outcome = await attempted(candidate, by_task=by_task)
+        return None if outcome is None else outcome[0]
 
     async def fails(candidate: list[int], *, by_task: bool = False) -> bool:
         trial = await tried(candidate, by_task=by_task)
@@ -549,19 +558,59 @@ async def _shrink(
     # 13 tasks racing over 52 steps spent the whole budget on them, keeping 15 to 44
     # preemptions where 2 or 3 fail (attack37). So a quarter of the budget goes to them, then
     # (while more than two preemptions are left) up to a quarter to the failing run's order
-    # of tasks, then the one-preemption schedules go on to half the budget. Taken in turns
-    # with both ends: the choices around where the run with none has the failing task take
-    # the step it failed at (as many of its steps in): a race late in a run of 709 steps,
-    # 100 choices from its end, was past half the budget from both ends alone (attack37 F1).
+    # of tasks, then the one-preemption schedules go on to half the budget. Taken outwards
+    # from anchors, in turns with both ends: a race late in a run of 709 steps, 100 choices
+    # from its end, was past half the budget from both ends alone (attack37 F1). The first
+    # anchor, every other turn, is where the tasks have taken as many steps as at the
+    # failing run's decisive choice (the last of the shortest prefix that fails); the others
+    # where the failing task took the step it failed at: a lost update that a checker task or
+    # the scenario itself fails on at the end of the run was past the budget from there, and
+    # 124 to 167 preemptions were reported where one fails (attack40).
+    async def decisive_choice() -> tuple[Run, BaseException, int] | None:
+        """The run of the shortest prefix of the failing run's positions that still fails
+        (the rest in the loop's own order), its error, and the index of its last choice: the
+        one that made the failure certain. Bisected between no prefix, which passes, and the
+        whole, which fails: some choice turns a passing prefix into a failing one, and the
+        tasks' steps there tell where one preemption may do the same. None if the budget ran
+        out or a prefix diverged. Not kept: the search of the failing run's order of tasks
+        does better from the failing run itself (a random walk's order of 775 preemptions
+        went to 54, the order of its prefix of 398 nowhere)."""
+        found = best.copy()
+        passing, failing, failing_run, failing_error = 0, len(found), best_run, best_error
+        while failing - passing > 1 and attempts < budget:
+            middle = (passing + failing) // 2
+            outcome = await attempted(found[:middle], keeping=False)
+            if outcome is None:
+                return None
+            trial, trial_error = outcome
+            if trial_error is not None and _same_failure(trial_error, error):
+                failing, failing_run, failing_error = middle, trial, trial_error
+            else:
+                passing = middle
+        if failing - passing > 1:
+            return None
+        return failing_run, failing_error, failing - 1
+
     unpreempted = await tried([]) if best_run.preemptions and attempts < budget else None
     length = len(best if unpreempted is None else unpreempted.positions)
     widest = max(*best, len(best_run.timeline().tasks) - 1, 1)
-    anchor = None if unpreempted is None else _failing_step_choice(best_run, unpreempted)
-    places = _places(length, anchor)
-    resume: list[tuple[int, int]] = []  # (j, v) where the schedules of one preemption stopped
+    placed: set[int] = set()  # the places whose schedules of one preemption were all tried
+    resume: list[tuple[int, int]] = []  # (j, v) where they stopped
 
-    async def one_preemption(until: int) -> None:
-        for j, first in itertools.chain(resume, ((j, 1) for j in places)):
+    def anchors(decisive: tuple[Run, BaseException, int] | None) -> list[int]:
+        """Where in the run with none the best failing run's race most likely is: the
+        choices :func:`_preempted_choices` gives for its *decisive* choice, then the one
+        where its failing task took the step it failed at (:func:`_failing_step_choice`)."""
+        if unpreempted is None:
+            return []
+        found = (
+            [] if decisive is None else _preempted_choices(decisive[0], decisive[2], unpreempted)
+        )
+        failing_step = _failing_step_choice(best_run, unpreempted)
+        return found if failing_step is None else [*found, failing_step]
+
+    async def one_preemption(until: int, places: Iterator[int]) -> None:
+        for j, first in itertools.chain(resume, ((j, 1) for j in places if j not in placed)):
             resume.clear()
             for v in range(first, widest + 1):
                 if best_run.preemptions <= 1:
@@ -572,10 +621,25 @@ async def _shrink(
                 trial = await tried([0] * j + [v])
                 if trial is None or len(trial.positions) <= j or trial.positions[j] < v:
                     break  # (v is past the choices at j: a larger one takes the last again)
+            placed.add(j)
 
-    await one_preemption(budget // 4)
+    decided_on = best_run
+    decisive = None
+    if unpreempted is not None and best_run.preemptions > 1:
+        decisive = await decisive_choice()
+    await one_preemption(budget // 4, _places(length, anchors(decisive)))
     await reorder()
-    await one_preemption(budget // 2)
+    if decisive is not None:
+        keep(decisive[0], decisive[1])
+    if best_run is not decided_on and (decisive is None or best_run is not decisive[0]):
+        # (the decisive choice of a run of fewer preemptions is nearer the race: a random
+        # walk's of 775 set two tasks' distance 400 choices before it, the order of 54 it
+        # came to had it 10 from the one preemption that fails; attack40)
+        decisive = await decisive_choice() if best_run.preemptions > 1 else None
+    # (on to half the budget, or an eighth more if the order took it: that order was where
+    # the decisive choice came near the race; attack40)
+    until = min(budget, max(budget // 2, attempts + budget // 8))
+    await one_preemption(until, _places(length, anchors(decisive)))
     # two of the failing run's own choices out of turn, the others taken back, while those
     # pairs are few (a quarter of the budget at most): the generic pairs below switch to the
     # next task alone, and a race needing the last of 8 tasks first kept its 9 preemptions
@@ -642,23 +706,49 @@ def _failing_step_choice(failed: Run, other: Run) -> int | None:
     return bisect.bisect_left(other.choice_steps, step)
 
 
-def _places(length: int, anchor: int | None) -> Iterator[int]:
-    """Every index of a sequence of *length* once: outwards from *anchor* (nearest first)
-    and from both ends (:func:`_from_both_ends`), in turns."""
-    if anchor is None:
-        yield from _from_both_ends(length)
-        return
-    outwards = (
-        index
-        for distance in range(length)
-        for index in (anchor - distance, anchor + distance)[: 2 if distance else 1]
-        if 0 <= index < length
-    )
+def _preempted_choices(failed: Run, choice: int, other: Run) -> list[int]:
+    """The choices of *other* at which a task that had taken steps before *choice* of
+    *failed* has taken as many, and is about to take the next: preempting it there for the
+    task *failed* chose makes the state of *failed* at that choice as nearly as one
+    preemption can. The task that ran just before it first, the others in task order."""
+    if choice >= len(failed.choice_steps):
+        return []
+    step = failed.choice_steps[choice]
+    before = [task for task in failed.decisions[:step] if task >= 0]
+    chosen = failed.decisions[step]
+    tasks = sorted(set(before) - {chosen})
+    if before and before[-1] != chosen:
+        tasks.remove(before[-1])
+        tasks.insert(0, before[-1])
+    choices = []
+    for task in tasks:
+        steps = [at for at, taken in enumerate(other.decisions) if taken == task]
+        taken = before.count(task)
+        if taken < len(steps):
+            choices.append(bisect.bisect_left(other.choice_steps, steps[taken]))
+    return choices
+
+
+def _places(length: int, anchors: Sequence[int]) -> Iterator[int]:
+    """Every index of a sequence of *length* once: outwards (nearest first) from the first
+    of *anchors* every other time, from the others and from both ends
+    (:func:`_from_both_ends`) in turns in between."""
+
+    def outwards(anchor: int) -> Iterator[int]:
+        for distance in range(length):
+            for index in (anchor - distance, anchor + distance)[: 2 if distance else 1]:
+                if 0 <= index < length:
+                    yield index
+
+    def in_turns(sources: Sequence[Iterator[int]]) -> Iterator[int]:
+        for index in itertools.chain.from_iterable(itertools.zip_longest(*sources)):
+            if index is not None:
+                yield index
+
+    others = in_turns([*map(outwards, anchors[1:]), _from_both_ends(length)])
     seen: set[int] = set()
-    for index in itertools.chain.from_iterable(
-        itertools.zip_longest(outwards, _from_both_ends(length))
-    ):
-        if index is not None and index not in seen:
+    for index in in_turns([outwards(anchors[0]), others] if anchors else [others]):
+        if index not in seen:
             seen.add(index)
             yield index
 
