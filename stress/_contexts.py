@@ -16,6 +16,7 @@ import random
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,11 +29,42 @@ __all__ = [
     "Context",
     "DeviceFault",
     "DriverFaults",
+    "WatchedMemory",
     "build_context",
     "build_contexts",
     "is_injected_fault",
     "raised_by_driver",
+    "watching_allocations",
 ]
+
+
+_allocation_watch: ContextVar[Callable[[], None] | None] = ContextVar(
+    "stress_allocation_watch", default=None
+)
+
+
+class WatchedMemory(avcm.PhysicalMemory):
+    """The run's physical memory: a block taken with :meth:`alloc_pages` (a driver's own, a
+    page-table page) is told to the watch of the task taking it (:func:`watching_allocations`)
+    once it is taken."""
+
+    def alloc_pages(self, order: int) -> int | None:
+        start = super().alloc_pages(order)
+        watch = _allocation_watch.get()
+        if watch is not None and start is not None:
+            watch()
+        return start
+
+
+@contextlib.contextmanager
+def watching_allocations(watch: Callable[[], None]) -> Iterator[None]:
+    """Call *watch* at each block this task (and the tasks it starts meanwhile) takes of a
+    :class:`WatchedMemory`."""
+    token = _allocation_watch.set(watch)
+    try:
+        yield
+    finally:
+        _allocation_watch.reset(token)
 
 
 def is_injected_fault(error: BaseException) -> bool:

@@ -47,7 +47,8 @@ __all__ = [
 #    racing restart's switch-on in 4 is first cancelled part of the way through
 # 9: one alloc in 8 makes a phys of scattered parts; an unmapping probes its walk's pages
 # 10: a drain cancels each switch-on from cold part of the way first
-TRACE_VERSION = 10
+# 11: a quarter of the --cancel operations are cancelled right after their driver takes memory
+TRACE_VERSION = 11
 
 
 @contextmanager

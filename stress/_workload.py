@@ -34,10 +34,12 @@ from ._config import MAX_OPS, StressConfig, UsageError
 from ._contexts import (
     Context,
     DriverFaults,
+    WatchedMemory,
     build_context,
     build_contexts,
     is_injected_fault,
     raised_by_driver,
+    watching_allocations,
 )
 from ._device import (
     DevicePages,
@@ -54,6 +56,7 @@ from ._invariants import (
     RESTART_ANCHORS,
     RESTART_WAKES,
     WHOLE,
+    Cut,
     NoVerdict,
     Violation,
     check_cold_start,
@@ -293,6 +296,8 @@ class World:
         self.enable_seconds: dict[avcm.Vcm, float] = {}
         # per context, how long its last switch-on in a racing restart took, reservations bound
         self.switch_on_seconds: dict[avcm.Vcm, float] = {}
+        # and how many blocks of memory its driver took in it (alloc_pages)
+        self.switch_on_allocations: dict[avcm.Vcm, int] = {}
         # how many of the driver's timers to let fall due before a racing restart aims at the
         # next: learned from the restart that saw their rhythm change after keeping it
         # longest (the latest of those), see check_restart_racing; None while none did
@@ -510,7 +515,7 @@ class World:
 
     def draw_restart(
         self,
-    ) -> tuple[str | None, dict[avcm.Vcm, float | None], int, dict[avcm.Vcm, float]]:
+    ) -> tuple[str | None, dict[avcm.Vcm, float | None], int, dict[avcm.Vcm, Cut]]:
         """Where a racing restart's switches on start from, how long after (or before), how
         many of the driver's timers it lets fall due first (:data:`LEFT_TIMER`), and which
         switch-ons are first cancelled how far in (:data:`CUT_EVERY`); one time in
@@ -520,12 +525,17 @@ class World:
         anchor = rng.choice(RESTART_ANCHORS)
         # log-uniform: the window a race needs may be a microsecond or tens of them
         lags = {ctx.vcm: RESTART_LAG * 1e3 ** -rng.random() for ctx in self.contexts}
-        cuts = {}
+        cuts: dict[avcm.Vcm, Cut] = {}
         for ctx in self.contexts:
             draw = rng.random() * CUT_EVERY
             took = self.switch_on_seconds.get(ctx.vcm)
+            taken = self.switch_on_allocations.get(ctx.vcm, 0)
             if draw < 1 and took is not None:
-                cuts[ctx.vcm] = draw * took
+                cuts[ctx.vcm] = Cut(after=draw * took)
+            elif draw < 2 and taken:
+                # (as many again of a driver that takes memory to switch on: right after a
+                # block it took, as far in among those of its last switch-on)
+                cuts[ctx.vcm] = Cut(allocation=1 + int((draw - 1) * taken))
         alone = rng.choice(self.contexts).vcm if rng.random() < 1 / RESTART_ALONE else None
         wakes = 0
         if anchor == LEFT_TIMER:
@@ -1054,10 +1064,14 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 # A --cancel operation is cancelled one of two ways, half of them each. By steps: at one of its
 # first CANCEL_POINTS sync points (the mutex, the counters, each driver call), so that it lands
 # in every driver, also one that takes no time; it takes effect at the next checkpoint, which
-# for a driver call is the driver's first await. By time: a drawn part of the way through what
-# its driver calls took in recent operations of its kind, counted from its first driver call,
-# so that it lands at any later await of a driver call too, where an undo that forgets what
-# the call did so far shows. (On the virtual clock both replay exactly.)
+# for a driver call is the driver's first await. Half of these are cancelled right after the
+# driver takes a block of the memory instead, if it takes one first: the cancellation comes
+# at the await that follows, before a driver that zeroes a page-table page, then records it,
+# has recorded it (by time, that window is a microsecond of a switch-on of hundreds, and 3 of
+# 16 runs missed it; attack39). By time: a drawn part of the way through what its driver
+# calls took in recent operations of its kind, counted from its first driver call, so that it
+# lands at any later await of a driver call too, where an undo that forgets what the call did
+# so far shows. (On the virtual clock all replay exactly.)
 CANCEL_POINTS = 8
 # how many of the latest such times (per operation) the longest is taken of
 DRIVER_TIMES_KEPT = 8
@@ -1068,17 +1082,34 @@ _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 class _Canceller:
     """A sync hook that cancels *scope* at the *at*-th sync point it sees or, for *at* 0,
-    *after* seconds after the first driver call begins (on *clock*). It notes when that was:
-    the operation's driver calls took from then on to its end."""
+    *after* seconds after the first driver call begins (on *clock*); and, *on_allocation*,
+    when a driver takes memory before that (:meth:`allocated`). It notes when the first
+    driver call began: the operation's driver calls took from then on to its end."""
 
     def __init__(
-        self, scope: anyio.CancelScope, at: int, after: float, clock: Callable[[], float]
+        self,
+        scope: anyio.CancelScope,
+        at: int,
+        after: float,
+        clock: Callable[[], float],
+        *,
+        on_allocation: bool = False,
     ) -> None:
         self._scope = scope
         self._left = at
         self._after = after
         self._clock = clock
+        self._on_allocation = on_allocation
         self.driver_started: float | None = None
+        self.cancelled_on_allocation = False
+
+    def allocated(self) -> None:
+        """A block of the memory was taken in this operation: if it was in a driver call and
+        so drawn, cancelled now, which the driver sees at its next await."""
+        if self._on_allocation and self.driver_started is not None:
+            self._on_allocation = False
+            self.cancelled_on_allocation = True
+            self._scope.cancel()
 
     async def __call__(self, point: str, obj: object) -> None:
         self._left -= 1
@@ -1120,13 +1151,18 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
             if scope is not None:
                 # by time, with no time to go by yet: the operation runs to its end to tell it
                 times = world.driver_seconds[op]
-                if cancel_at > CANCEL_POINTS:
+                by_time = cancel_at > CANCEL_POINTS
+                if by_time:
                     at, after = 0, cancel_part * max(times) if times else math.inf
                 else:
                     at, after = cancel_at, 0.0
-                canceller = _Canceller(scope, at, after, world.clock)
+                on_allocation = not by_time and cancel_part >= 0.5  # (unused by steps alone)
+                canceller = _Canceller(scope, at, after, world.clock, on_allocation=on_allocation)
             try:
-                with sync_hook(canceller) if canceller else _NO_SCOPE:
+                with (
+                    sync_hook(canceller) if canceller else _NO_SCOPE,
+                    watching_allocations(canceller.allocated) if canceller else _NO_SCOPE,
+                ):
                     target, outcome = await OPERATION_FUNCTIONS[op](world, task)
             except _Skip:
                 outcome = "skipped"
@@ -1140,6 +1176,8 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
                 result.op_seconds += time.perf_counter() - op_started
         if scope is not None and scope.cancelled_caught:
             outcome = "cancelled"
+        if canceller is not None and canceller.cancelled_on_allocation:
+            result.checks["cancelled right after the driver took memory"] += 1
     except Exception as error:
         outcome = "no verdict" if isinstance(error, NoVerdict) else "VIOLATION"
         if isinstance(error, ExceptionGroup):
@@ -1229,7 +1267,7 @@ async def run_workload(
     with anyio.CancelScope() as scope:
         if watch is not None:
             watch.attach(progress, stop, scope.cancel)
-        memory = avcm.PhysicalMemory()
+        memory = WatchedMemory()
         contexts = await build_contexts(config, memory)
         world = World(config, memory, contexts, result)
         world.on_progress = on_progress

@@ -1205,3 +1205,40 @@ def blocking_factory(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A factory that never returns: it waits for hardware that never answers, blocking."""
     threading.Event().wait()
     raise AssertionError("unreachable")
+
+
+class ClearedOnDemand:
+    """A one-to-one allocator that takes each part's memory from the physical memory when
+    asked (a pool like CMA's), clears it, and records it. Broken: it records the block only
+    after the clear, an await: cancelled there, the block is never given back. Cancelled
+    before it took the block (at its first await), nothing leaks. The clear takes a
+    microsecond of a call of 200: a cancellation by time rarely lands in it."""
+
+    CLEAR_SECONDS = 1e-6
+    COMMAND_SECONDS = 200e-6
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        self.memory = memory
+        self.blocks: dict[int, int] = {}
+
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
+        await anyio.sleep(self.COMMAND_SECONDS)  # the pool's command
+        order = max(0, (part.size - 1).bit_length() - avcm.PAGE_SHIFT)
+        start = self.memory.alloc_pages(order)
+        if start is None:
+            raise avcm.NoMemoryError("cleared on demand: no free block")
+        await anyio.sleep(self.CLEAR_SECONDS)  # clearing it, not yet recorded: the bug
+        self.blocks[start] = order
+        part.start = start
+        return start
+
+    async def free(self, part: avcm.PhysPart, token: object) -> None:
+        self.memory.free_pages(part.start, self.blocks.pop(part.start))
+
+    async def cleanup(self, vcm: avcm.Vcm) -> None:
+        pass
+
+
+def cleared_on_demand(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = ClearedOnDemand(memory)
+    return avcm.o2o_init(memory.base, memory.size, driver, memory=memory, name="on-demand")

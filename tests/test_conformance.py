@@ -97,6 +97,7 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_contiguous, "multipart", "are not in the part of"),
         # a new table page recorded only after an await: a cancellation there leaks it
         (broken_drivers.shared_unit_leaky_zeroing, "cancel_anywhere", "not free after destroy"),
+        (broken_drivers.cleared_on_demand, "cancel_anywhere", "not free after destroy"),
         # page sizes chosen from the device address alignment only
         (broken_drivers.self_walking_vaddr_alignment, "multipart", "are not in the part of"),
         (broken_drivers.self_walking_vaddr_alignment, "large_pages", "hardware differs"),
