@@ -1106,7 +1106,11 @@ class _Canceller:
     def allocated(self) -> None:
         """A block of the memory was taken in this operation: if it was in a driver call and
         so drawn, cancelled now, which the driver sees at its next await."""
-        if self._on_allocation and self.driver_started is not None:
+        if (
+            self._on_allocation
+            and self.driver_started is not None
+            and not self._scope.cancel_called
+        ):
             self._on_allocation = False
             self.cancelled_on_allocation = True
             self._scope.cancel()
