@@ -947,6 +947,42 @@ def test_a_race_another_task_fails_at_the_end_shrinks_to_its_one_preemption(
     assert failure.timeline.preemptions == 1 and failure.fewest is True
 
 
+async def a_window_two_clearers_must_enter(run: testing.Run) -> None:
+    """A watcher takes 20 steps, sees both flags set, takes one more and must not find both
+    cleared; each of two clearers clears its flag after 24 steps; six bystanders take 50.
+    Two preemptions fail it, each clearer run ahead into the watcher's window in turn."""
+    flags = [True, True]
+
+    async def watcher() -> None:
+        await _stepper(20)()
+        if all(flags):
+            await anyio.lowlevel.checkpoint()
+            assert any(flags), "both flags cleared between two steps of the watcher"
+
+    clearers = [_clearer(flags, 0, after=24), _clearer(flags, 1, after=24)]
+    for outcome in await run.concurrently(watcher, *clearers, *[_stepper(50)] * 6):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_window_two_tasks_must_enter_in_turn_shrinks_to_two_preemptions(backend: str) -> None:
+    # Random walk finds it with about 300 preemptions. The generic two-preemption schedules
+    # start from the front of the run, and many more than 2 were kept (attack37 F2: 315 for
+    # such a window 150 steps in). Shrinking tries
+    # the schedules of two preemptions in a row too, near the failing run's decisive choice:
+    # the second where the task the first ran ahead stops.
+    result = testing.explore(
+        a_window_two_clearers_must_enter,
+        strategy=testing.RandomWalk(0),
+        schedules=500,
+        backend=backend,
+    )
+    failure = result.failure
+    assert failure is not None and "both flags cleared" in str(failure.error)
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
+    assert failure.timeline.preemptions == 2
+
+
 async def two_bugs_in_a_task_group(run: testing.Run) -> None:
     """A checker, in a task group of its own, sees two flags set and takes one step: both
     cleared meanwhile is one bug (``ValueError``, two preemptions), the first alone another

@@ -378,7 +378,8 @@ async def _shrink(
     the same way: first the schedules one preemption away from none (a quarter of the budget;
     nearest first to where the shortest failing prefix of the failing run decided it), then
     the failing run's order of tasks with turns taken out, then the schedules one preemption
-    away again (on to half the budget), then two preemptions away, then dropping
+    away again (on to half the budget), then two or three preemptions in a row near where the
+    prefix decided it, then two preemptions away, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
     schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
     failure's injected cancellations where they were, then with as many anywhere. When that
@@ -640,6 +641,48 @@ async def _shrink(
     # the decisive choice came near the race; attack40)
     until = min(budget, max(budget // 2, attempts + budget // 8))
     await one_preemption(until, _places(length, anchors(decisive)))
+
+    async def in_a_row(until: int, places: Iterator[int]) -> None:
+        """Schedules of two or three preemptions, each after the first right where the task
+        the one before ran ahead stops (blocks, ends, or lets another take a step): a window
+        that several tasks must each get into (attack37 F2: a victim's window, late in the
+        run, that two clearers must each run ahead into; the generic pairs below start from
+        the front, and 315 preemptions were reported where 2 fail)."""
+
+        async def ahead(prefix: list[int], made: int) -> bool:
+            """False once the budget ran out."""
+            for v in range(1, widest + 1):
+                if attempts >= until:
+                    return False
+                if best_run.preemptions <= made + 1:
+                    return True  # (as few already: fewer may be had nearer the front)
+                at = len(prefix)
+                trial = await tried([*prefix, v])
+                if trial is None or len(trial.positions) <= at or trial.positions[at] < v:
+                    break  # (v is past the choices there)
+                if made + 2 > min(best_run.preemptions - 1, 3):
+                    continue
+                choices, decisions = trial.choice_steps, trial.decisions
+                task = decisions[choices[at]]
+                stops = next(
+                    (c for c in range(at + 1, len(choices)) if decisions[choices[c]] != task),
+                    None,
+                )
+                if stops is not None:
+                    pause = [0] * (stops - at - 1)
+                    if not await ahead([*prefix, v, *pause], made + 1):
+                        return False
+            return True
+
+        for j in places:
+            if best_run.preemptions <= 2 or not await ahead([0] * j, 0):
+                return
+
+    # (nearest the first anchor only, and a sixth of the budget: a place costs as many runs
+    # as the tasks to the power of the preemptions)
+    first_anchor = anchors(decisive)[:1]
+    if first_anchor and best_run.preemptions > 2:
+        await in_a_row(min(budget, attempts + budget // 6), _nearest(length, first_anchor[0]))
     # two of the failing run's own choices out of turn, the others taken back, while those
     # pairs are few (a quarter of the budget at most): the generic pairs below switch to the
     # next task alone, and a race needing the last of 8 tasks first kept its 9 preemptions
@@ -729,16 +772,21 @@ def _preempted_choices(failed: Run, choice: int, other: Run) -> list[int]:
     return choices
 
 
+def _nearest(length: int, anchor: int) -> Iterator[int]:
+    """Every index of a sequence of *length* once, outwards from *anchor*, nearest first."""
+    for distance in range(length):
+        for index in (anchor - distance, anchor + distance)[: 2 if distance else 1]:
+            if 0 <= index < length:
+                yield index
+
+
 def _places(length: int, anchors: Sequence[int]) -> Iterator[int]:
     """Every index of a sequence of *length* once: outwards (nearest first) from the first
     of *anchors* every other time, from the others and from both ends
     (:func:`_from_both_ends`) in turns in between."""
 
     def outwards(anchor: int) -> Iterator[int]:
-        for distance in range(length):
-            for index in (anchor - distance, anchor + distance)[: 2 if distance else 1]:
-                if 0 <= index < length:
-                    yield index
+        return _nearest(length, anchor)
 
     def in_turns(sources: Sequence[Iterator[int]]) -> Iterator[int]:
         for index in itertools.chain.from_iterable(itertools.zip_longest(*sources)):
