@@ -378,12 +378,13 @@ async def _shrink(
     the same way: first the schedules one preemption away from none (a quarter of the budget;
     nearest first to where the shortest failing prefix of the failing run decided it), then
     the failing run's order of tasks with turns taken out, then the schedules one preemption
-    away again (on to half the budget), then two or three preemptions in a row near where the
-    prefix decided it, then two preemptions away, then dropping
+    away again (on to half the budget), then two preemptions away, then two or three in a row
+    near where the shortest failing prefix decided it, then dropping
     chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
-    schedule with fewer preemptions than the best so far (bounded exhaustive search), with the
-    failure's injected cancellations where they were, then with as many anywhere. When that
-    search completes within *budget* runs, no schedule with fewer preemptions fails: the result
+    schedule with fewer preemptions than the best so far (bounded exhaustive search; of none
+    and one, with no cancellation injected, those not run above), with the failure's
+    injected cancellations where they were, then with as many anywhere. When that search
+    completes within *budget* runs, no schedule with fewer preemptions fails: the result
     has the fewest, whatever the number of tasks; and whether it completed."""
     best_run, best_error = run, error
     best = list(run.positions)
@@ -610,9 +611,14 @@ async def _shrink(
         failing_step = _failing_step_choice(best_run, unpreempted)
         return found if failing_step is None else [*found, failing_step]
 
+    # the places whose every schedule of one preemption ran (none diverged): all of them, and
+    # no schedule of one preemption fails, as Exhaustive(1) would have shown
+    covered: set[int] = set()
+
     async def one_preemption(until: int, places: Iterator[int]) -> None:
         for j, first in itertools.chain(resume, ((j, 1) for j in places if j not in placed)):
             resume.clear()
+            trial = None
             for v in range(first, widest + 1):
                 if best_run.preemptions <= 1:
                     return
@@ -620,8 +626,15 @@ async def _shrink(
                     resume.append((j, v))
                     return
                 trial = await tried([0] * j + [v])
-                if trial is None or len(trial.positions) <= j or trial.positions[j] < v:
+                if trial is None:
+                    break
+                if len(trial.positions) <= j or trial.positions[j] < v:
+                    covered.add(j)
                     break  # (v is past the choices at j: a larger one takes the last again)
+            else:
+                # (every task but one taken at j: no more can be enabled there)
+                if trial is not None and widest >= len(trial.timeline().tasks) - 1:
+                    covered.add(j)
             placed.add(j)
 
     decided_on = best_run
@@ -678,11 +691,6 @@ async def _shrink(
             if best_run.preemptions <= 2 or not await ahead([0] * j, 0):
                 return
 
-    # (nearest the first anchor only, and a sixth of the budget: a place costs as many runs
-    # as the tasks to the power of the preemptions)
-    first_anchor = anchors(decisive)[:1]
-    if first_anchor and best_run.preemptions > 2:
-        await in_a_row(min(budget, attempts + budget // 6), _nearest(length, first_anchor[0]))
     # two of the failing run's own choices out of turn, the others taken back, while those
     # pairs are few (a quarter of the budget at most): the generic pairs below switch to the
     # next task alone, and a race needing the last of 8 tasks first kept its 9 preemptions
@@ -699,11 +707,30 @@ async def _shrink(
         if best_run.preemptions <= 2 or attempts >= budget * 3 // 4:
             break
         await fails([0] * j + [1] + [0] * (k - j - 1) + [1])
+    # (after those, which found races near the front in their own order, an eighth of the
+    # budget more; nearest the first anchor only: a place costs as many runs as the tasks to
+    # the power of the preemptions)
+    first_anchor = anchors(decisive)[:1]
+    if first_anchor and best_run.preemptions > 2:
+        await in_a_row(min(budget, attempts + budget // 8), _nearest(length, first_anchor[0]))
     await reduce()
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
     # search that far never completes within a shrink budget anyway, and proves nothing)
     searched = min(best_run.preemptions, MAX_PREEMPTION_BOUND + 1)
     for bound in range(searched):
+        if not injections and unpreempted is not None and bound <= 1:
+            # The run with none ran above, and so did the schedules of one preemption at the
+            # places covered: those left are run now, not Exhaustive(1)'s every one again (a
+            # race needing two among 4-5 tasks was proven fewest in 0 of 24 explorations:
+            # the budget ran out in that search; attack41).
+            if bound == 1:
+                await one_preemption(budget, _places(length, []))
+                if best_run.preemptions <= 1:
+                    await reduce()
+                    return best_run, best_error, True
+                if len(covered) < length:
+                    return best_run, best_error, False  # the budget ran out first
+            continue
         searches = [Exhaustive(bound).with_cancels_at(cancels, outlasts)]
         if injections:
             # then with as many cancellations injected anywhere: in a schedule with fewer
