@@ -821,14 +821,22 @@ def test_with_thirteen_tasks_single_preemptions_leave_budget_for_the_order_of_ta
     # tried first and to the end, they took the whole budget, and 15 to 44 preemptions were
     # reported where 2 fail (attack37). Whether none fails with fewer may take more runs than
     # the budget to prove: the report says when it did not.
-    result = testing.explore(
-        two_clear_in_a_window_among_thirteen, strategy=strategy, schedules=500, backend=backend
-    )
-    failure = result.failure
-    assert failure is not None and "both flags cleared" in str(failure.error)
+    failure = _shrunk(two_clear_in_a_window_among_thirteen, strategy, backend)
+    assert "both flags cleared" in str(failure.error)
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2
     assert (failure.fewest is False) == ("not ruled out" in failure.report())
+
+
+def _shrunk(
+    scenario: testing.Scenario, strategy: testing.Strategy, backend: str, schedules: int = 500
+) -> testing.Failure:
+    """The failure *strategy* finds in *scenario* within *schedules*, shrunk."""
+    failure = testing.explore(
+        scenario, strategy=strategy, schedules=schedules, backend=backend
+    ).failure
+    assert failure is not None
+    return failure
 
 
 async def a_window_late_in_a_long_run(run: testing.Run) -> None:
@@ -856,14 +864,8 @@ def test_a_race_late_in_a_long_run_shrinks_to_its_one_preemption(backend: str) -
     # tried from both ends of the run with none: 100 choices from its end, the race was past
     # half the budget, and 174 were reported (attack37 F1). They are tried outwards from where
     # that run has the failing task take the step it failed at too, in turns.
-    result = testing.explore(
-        a_window_late_in_a_long_run,
-        strategy=testing.RandomWalk(0),
-        schedules=500,
-        backend=backend,
-    )
-    failure = result.failure
-    assert failure is not None and "cleared between two steps" in str(failure.error)
+    failure = _shrunk(a_window_late_in_a_long_run, testing.RandomWalk(0), backend)
+    assert "cleared between two steps" in str(failure.error)
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 100
     assert failure.timeline.preemptions == 1 and failure.fewest is True
 
@@ -938,11 +940,8 @@ def test_a_race_another_task_fails_at_the_end_shrinks_to_its_one_preemption(
     scenario = a_lost_update_seen_by_another(
         racers_steps=racers_steps, read_at=read_at, checker=checker, bystanders=bystanders
     )
-    result = testing.explore(
-        scenario, strategy=testing.RandomWalk(0), schedules=500, backend=backend
-    )
-    failure = result.failure
-    assert failure is not None and f"{found_by} found an update lost" in str(failure.error)
+    failure = _shrunk(scenario, testing.RandomWalk(0), backend)
+    assert f"{found_by} found an update lost" in str(failure.error)
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 100
     assert failure.timeline.preemptions == 1 and failure.fewest is True
 
@@ -968,17 +967,11 @@ async def a_window_two_clearers_must_enter(run: testing.Run) -> None:
 def test_a_window_two_tasks_must_enter_in_turn_shrinks_to_two_preemptions(backend: str) -> None:
     # Random walk finds it with about 300 preemptions. The generic two-preemption schedules
     # start from the front of the run, and many more than 2 were kept (attack37 F2: 315 for
-    # such a window 150 steps in). Shrinking tries
-    # the schedules of two preemptions in a row too, near the failing run's decisive choice:
-    # the second where the task the first ran ahead stops.
-    result = testing.explore(
-        a_window_two_clearers_must_enter,
-        strategy=testing.RandomWalk(0),
-        schedules=500,
-        backend=backend,
-    )
-    failure = result.failure
-    assert failure is not None and "both flags cleared" in str(failure.error)
+    # such a window 150 steps in). Shrinking tries the schedules of two preemptions in a row
+    # too, near the failing run's decisive choice: the second where the task the first ran
+    # ahead stops.
+    failure = _shrunk(a_window_two_clearers_must_enter, testing.RandomWalk(0), backend)
+    assert "both flags cleared" in str(failure.error)
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2
 
@@ -1047,14 +1040,8 @@ def test_a_race_of_two_preemptions_is_proven_fewest_within_the_budget(
         backend=backend,
     )
     assert one.exhausted and not one.found
-    result = testing.explore(
-        a_torn_read_logged_out_of_order,
-        strategy=strategy,
-        schedules=1000,
-        backend=backend,
-    )
-    failure = result.failure
-    assert failure is not None and "a torn pair logged late" in str(failure.error)
+    failure = _shrunk(a_torn_read_logged_out_of_order, strategy, backend, schedules=1000)
+    assert "a torn pair logged late" in str(failure.error)
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2 and failure.fewest is True
 
