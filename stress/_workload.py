@@ -1148,6 +1148,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     # after the quiescence gate: latency is the operation's own, not the wait for a check
     started = world.clock()
     canceller = None
+    on_allocation = False
     try:
         # a scope only for an operation to cancel: entering one costs as much as a small check
         with anyio.CancelScope() if cancel else _NO_SCOPE as scope:
@@ -1165,7 +1166,10 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
             try:
                 with (
                     sync_hook(canceller) if canceller else _NO_SCOPE,
-                    watching_allocations(canceller.allocated) if canceller else _NO_SCOPE,
+                    # (only where drawn: the others need no watch)
+                    watching_allocations(canceller.allocated)
+                    if canceller and on_allocation
+                    else _NO_SCOPE,
                 ):
                     target, outcome = await OPERATION_FUNCTIONS[op](world, task)
             except _Skip:

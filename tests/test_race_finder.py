@@ -794,6 +794,17 @@ def _clearer(flags: list[bool], flag: int, after: int = 4) -> Callable[[], Await
 _bystander = _stepper(3)
 
 
+def _shrunk(
+    scenario: testing.Scenario, strategy: testing.Strategy, backend: str, schedules: int = 500
+) -> testing.Failure:
+    """The failure *strategy* finds in *scenario* within *schedules*, shrunk."""
+    failure = testing.explore(
+        scenario, strategy=strategy, schedules=schedules, backend=backend
+    ).failure
+    assert failure is not None
+    return failure
+
+
 async def two_clear_in_a_window_among_thirteen(run: testing.Run) -> None:
     """A watcher sees two flags set, takes one step, and must not find both cleared; each of
     two clearers clears its flag after four steps, and ten bystanders take three steps each.
@@ -826,17 +837,6 @@ def test_with_thirteen_tasks_single_preemptions_leave_budget_for_the_order_of_ta
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert failure.timeline.preemptions == 2
     assert (failure.fewest is False) == ("not ruled out" in failure.report())
-
-
-def _shrunk(
-    scenario: testing.Scenario, strategy: testing.Strategy, backend: str, schedules: int = 500
-) -> testing.Failure:
-    """The failure *strategy* finds in *scenario* within *schedules*, shrunk."""
-    failure = testing.explore(
-        scenario, strategy=strategy, schedules=schedules, backend=backend
-    ).failure
-    assert failure is not None
-    return failure
 
 
 async def a_window_late_in_a_long_run(run: testing.Run) -> None:

@@ -812,17 +812,14 @@ def _places(length: int, anchors: Sequence[int]) -> Iterator[int]:
     of *anchors* every other time, from the others and from both ends
     (:func:`_from_both_ends`) in turns in between."""
 
-    def outwards(anchor: int) -> Iterator[int]:
-        return _nearest(length, anchor)
-
     def in_turns(sources: Sequence[Iterator[int]]) -> Iterator[int]:
         for index in itertools.chain.from_iterable(itertools.zip_longest(*sources)):
             if index is not None:
                 yield index
 
-    others = in_turns([*map(outwards, anchors[1:]), _from_both_ends(length)])
+    others = in_turns([*(_nearest(length, each) for each in anchors[1:]), _from_both_ends(length)])
     seen: set[int] = set()
-    for index in in_turns([outwards(anchors[0]), others] if anchors else [others]):
+    for index in in_turns([_nearest(length, anchors[0]), others] if anchors else [others]):
         if index not in seen:
             seen.add(index)
             yield index
