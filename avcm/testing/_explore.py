@@ -378,9 +378,10 @@ async def _shrink(
     the same way: first the schedules one preemption away from none (a quarter of the budget;
     nearest first to where the shortest failing prefix of the failing run decided it), then
     the failing run's order of tasks with turns taken out, then the schedules one preemption
-    away again (on to half the budget), then two preemptions away, then two or three in a row
-    near where the shortest failing prefix decided it, then dropping
-    chunks of choices and lowering each towards 0 (no preemption); then, level by level, every
+    away again (on to half the budget), then two preemptions each where one of the decisive
+    run's is, then two preemptions away, then two or three in a row near where the shortest
+    failing prefix decided it, then dropping chunks of choices and lowering each towards 0
+    (no preemption); then, level by level, every
     schedule with fewer preemptions than the best so far (bounded exhaustive search; of none
     and one, with no cancellation injected, those not run above), with the failure's
     injected cancellations where they were, then with as many anywhere. When that search
@@ -691,6 +692,41 @@ async def _shrink(
             if best_run.preemptions <= 2 or not await ahead([0] * j, 0):
                 return
 
+    async def anchored_pairs(until: int) -> None:
+        """Schedules of two preemptions, each where one of the decisive run's is in the run
+        with none (:func:`_preempted_choices`, as the one-preemption schedules place its
+        decisive choice): a preemption of the decisive run before its decisive choice first,
+        then the decisive choice mapped into the run the first made; each with every task
+        (the decisive run's chosen task may have run its part of the race already there).
+        Two races in two separate windows, a lost update early and one late, need a
+        preemption in each; the generic pairs below start from the front and reach the late
+        one past the budget (attack41 ``two_lost``: 4 or 5 tasks, 3 to 7 preemptions were
+        reported where 2 fail)."""
+        if decisive is None or unpreempted is None:
+            return
+        decided, _, last = decisive
+        firsts = [choice for choice in range(last) if decided.positions[choice]]
+        for choice in (firsts[at] for at in _from_both_ends(len(firsts))):
+            for j in _preempted_choices(decided, choice, unpreempted)[:1]:
+                for v in range(1, widest + 1):
+                    if best_run.preemptions <= 2 or attempts >= until:
+                        return
+                    first = await tried([0] * j + [v])
+                    if first is None or len(first.positions) <= j or first.positions[j] < v:
+                        break  # (v is past the choices at j)
+                    for k in _preempted_choices(decided, last, first)[:2]:
+                        if k <= j:
+                            continue
+                        for w in range(1, widest + 1):
+                            if best_run.preemptions <= 2 or attempts >= until:
+                                return
+                            second = await tried([0] * j + [v] + [0] * (k - j - 1) + [w])
+                            if second is None or len(second.positions) <= k:
+                                break
+                            if second.positions[k] < w:
+                                break  # (w is past the choices at k)
+
+    await anchored_pairs(min(budget, attempts + budget // 8))
     # two of the failing run's own choices out of turn, the others taken back, while those
     # pairs are few (a quarter of the budget at most): the generic pairs below switch to the
     # next task alone, and a race needing the last of 8 tasks first kept its 9 preemptions
@@ -790,6 +826,8 @@ def _preempted_choices(failed: Run, choice: int, other: Run) -> list[int]:
     if before and before[-1] != chosen:
         tasks.remove(before[-1])
         tasks.insert(0, before[-1])
+    if not before:
+        return [0]  # (the first choice: the same in every run)
     choices = []
     for task in tasks:
         steps = [at for at, taken in enumerate(other.decisions) if taken == task]
