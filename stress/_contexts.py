@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import avcm
 import drivers
+from avcm.lowlevel import undo_failed
 
 from ._config import StressConfig, UsageError
 
@@ -87,6 +88,12 @@ def raised_by_driver(error: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
+
+
+def refused(error: BaseException) -> bool:
+    """Whether the driver itself failed a call (rule 8) and undid it: no injected fault,
+    which is by chance, but what it may refuse again."""
+    return raised_by_driver(error) and not is_injected_fault(error) and not undo_failed(error)
 
 
 @runtime_checkable

@@ -39,6 +39,7 @@ from ._contexts import (
     build_contexts,
     is_injected_fault,
     raised_by_driver,
+    refused,
     watching_allocations,
 )
 from ._device import (
@@ -324,6 +325,9 @@ class World:
         self.generations: Counter[str] = Counter()  # per context name: built in its place
         # per context ebbing in this window, the ticket of the operation switching it off
         self.ebbing: dict[avcm.Vcm, int] = {}
+        # once the driver refused to switch a context on (shed_binding): per context, what
+        # was bound when an activate of it last returned (the driver took those)
+        self.switched_on_with: dict[avcm.Vcm, dict[avcm.Res, avcm.Phys]] | None = None
         # per operation, what the driver calls of its latest successes took (of those with a
         # --cancel drawn, which note it): how long a --cancel by time waits, at most
         self.driver_seconds: defaultdict[str, deque[float]] = defaultdict(
@@ -425,6 +429,50 @@ class World:
         """Task *task* holds *change* more activations of *vcm* (fewer if negative)."""
         self.held[(task, vcm)] += change
         self.held_in[vcm] += change
+
+    async def unbind(self, res: avcm.Res) -> avcm.Phys | None:
+        """Unbind *res* as an operation does, the model and the device pages told; the phys
+        it had, or None if it had none."""
+        with self.changing(res.vcm, res):
+            phys = await res.unbind()
+        if res.phys is not None and res.phys is phys:
+            raise Violation("rule 5", f"unbind of {self.name(res)} left it bound")
+        if phys is not None:
+            after_unmapping(self, self.by_vcm[res.vcm], res, "unbind", entry_pages(res, phys))
+        return phys
+
+    async def shed_binding(self, ctx: Context, rng: random.Random) -> str | None:
+        """Unbind one of *ctx*'s reservations, drawn by *rng*, after the driver refused to
+        switch *ctx* on (rule 8 lets it refuse a phys it cannot map: one of many parts, say);
+        its name, or None if none is bound or the unbind failed (rule 8 too). Without it, a
+        context with such a phys bound stays off till an unbind drawn at random takes that
+        one, and its switch-ons and every check of an active context run a fraction as often
+        (a driver refusing physes of more than one part: a third of the data checks with a
+        view, and a third of the drains' cold starts skipped)."""
+        if self.switched_on_with is None:
+            self.switched_on_with = {}
+        bound = [res for res in self.reservations if res.vcm is ctx.vcm and res.phys is not None]
+        if not bound:
+            return None
+        # those bound since it was last on first: the driver took the others then
+        taken = self.switched_on_with.get(ctx.vcm, {})
+        res = rng.choice([res for res in bound if taken.get(res) is not res.phys] or bound)
+        try:
+            await self.unbind(res)
+        except OSError as error:
+            _classify("unbind", error)  # (an errno unbind may not raise is a violation)
+            return None
+        self.result.checks["bindings shed: the driver refused to switch on with them"] += 1
+        return self.name(res)
+
+    def switched_on(self, ctx: Context) -> None:
+        """An activate of *ctx* returned: what is bound now, the driver took."""
+        if self.switched_on_with is not None:
+            self.switched_on_with[ctx.vcm] = {
+                res: phys
+                for res in self.reservations
+                if res.vcm is ctx.vcm and (phys := res.phys) is not None
+            }
 
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):
@@ -858,13 +906,7 @@ async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    with world.changing(res.vcm, res):
-        phys = await res.unbind()
-    if res.phys is not None and res.phys is phys:
-        raise Violation("rule 5", f"unbind of {world.name(res)} left it bound")
-    if phys is not None:
-        ctx = world.by_vcm[res.vcm]
-        after_unmapping(world, ctx, res, "unbind", entry_pages(res, phys))
+    phys = await world.unbind(res)
     return world.name(res), "ok" if phys is not None else "unbound"
 
 
@@ -923,8 +965,17 @@ async def op_activate(world: World, task: TaskState) -> tuple[str, str]:
     key = (task.index, ctx.vcm)
     if world.held[key] >= 2:
         return await op_deactivate_ctx(world, task, ctx)
-    with world.switching(ctx.vcm):
-        await ctx.vcm.activate()
+    while True:
+        try:
+            with world.switching(ctx.vcm):
+                await ctx.vcm.activate()
+            break
+        except OSError as error:
+            # (a driver refusing a phys bound, rule 8: on with one binding fewer, as a user
+            # would have it, else the context stays off and its checks seldom run)
+            if not refused(error) or await world.shed_binding(ctx, task.rng) is None:
+                raise
+    world.switched_on(ctx)
     world.hold(task.index, ctx.vcm, 1)
     # held to it unless another operation's driver call runs (the mutex taken again), whose
     # state the hardware's status may show

@@ -571,6 +571,28 @@ def test_correct_drivers_that_fail_or_fault_their_own_way_pass(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
+def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
+    tasks: int, backend: str
+) -> None:
+    """A unit with no scatter-gather refuses to switch on while a phys of many parts is bound
+    (rule 8). The harness unbinds one binding at a time, those bound since the context was
+    last on first, till the switch-on gets through: else a context stays off for most of the
+    run, and a third of the drains' cold starts were skipped."""
+    config = stress.StressConfig(
+        backend=backend, driver="tests.tricky_drivers:no_scatter_gather",
+        contexts=(("custom", 2),), tasks=tasks, ops=2500, drain_every=1000,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.checks["bindings shed: the driver refused to switch on with them"] > 0
+    assert result.checks["cold start"] > 0
+    assert result.checks["cold start skipped (activate kept failing)"] == 0
+    activates = result.outcomes["activate"]
+    assert activates["driver EINVAL"] * 10 < activates["ok"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
 def test_an_undo_the_driver_failed_ends_the_run_with_no_verdict(tasks: int, backend: str) -> None:
     # Reported (attack11 F2b): a driver whose teardown calls may fail (rule 8) was reported a
     # rule-4 violation under --faults: an injected fault made avcm undo, the undo's teardown

@@ -4,6 +4,7 @@ must get no violation from the stress harness (``tests/test_stress.py``)."""
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import random
 import time
@@ -378,6 +379,34 @@ SPAN = [1 << 64, 0]
 
 def spanning(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Spanning(memory), memory=memory)
+
+
+class _NoScatterGather(PageTableMmu):
+    """A unit with no scatter-gather: it maps a reservation whose phys is one contiguous part
+    and refuses any other with ``EINVAL``, having done nothing (rule 8: a driver may fail
+    what it cannot do). Once such a phys is bound, every switch-on of its context fails."""
+
+    activate_page = None  # type: ignore[assignment]
+    deactivate_page = None  # type: ignore[assignment]
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="no-sg")
+
+    async def activate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        if phys.count > 1:
+            raise avcm.InvalidError(f"{self.name}: no scatter-gather for {phys.count} parts")
+        mapped = functools.partial(PageTableMmu.activate_page, self, vcm=res.vcm)
+        cleared = functools.partial(PageTableMmu.deactivate_page, self, vcm=res.vcm)
+        await avcm.phys_walk(res.start, phys, self.orders, mapped, cleared)
+
+    async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
+        mapped = functools.partial(PageTableMmu.activate_page, self, vcm=res.vcm)
+        cleared = functools.partial(PageTableMmu.deactivate_page, self, vcm=res.vcm)
+        await avcm.phys_walk(res.start, phys, self.orders, cleared, mapped)
+
+
+def no_scatter_gather(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _NoScatterGather(memory), memory=memory)
 
 
 _MADE: weakref.WeakKeyDictionary[avcm.PhysicalMemory, int] = weakref.WeakKeyDictionary()
