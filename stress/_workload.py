@@ -369,6 +369,10 @@ class World:
             for ctx in custom:
                 ctx.faults = old
         self._use(contexts)
+        if self.switched_on_with is not None:  # (and not the contexts destroyed)
+            self.switched_on_with = {
+                vcm: taken for vcm, taken in self.switched_on_with.items() if vcm in self.by_vcm
+            }
 
     def in_use(self) -> int:
         """Bytes of physical memory in use."""
@@ -448,7 +452,7 @@ class World:
         context with such a phys bound stays off till an unbind drawn at random takes that
         one, and its switch-ons and every check of an active context run a fraction as often
         (a driver refusing physes of more than one part: a third of the data checks with a
-        view, and a third of the drains' cold starts skipped)."""
+        view, and a quarter of the drains' cold starts skipped)."""
         if self.switched_on_with is None:
             self.switched_on_with = {}
         bound = [res for res in self.reservations if res.vcm is ctx.vcm and res.phys is not None]
