@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import shlex
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -427,6 +428,52 @@ def test_same_token_same_interleaving_in_a_fresh_process() -> None:
     assert first.returncode == second.returncode == 1, first.stderr + second.stderr
     assert found.failure.timeline.format() in first.stdout
     assert found.failure.timeline.format() in second.stdout
+
+
+def _lost_update_among(tasks: int) -> testing.Scenario:
+    """A scenario a factory makes: *tasks* tasks each read a count, take a step and write it
+    plus one."""
+
+    async def scenario(run: testing.Run) -> None:
+        count = [0]
+
+        async def add() -> None:
+            seen = count[0]
+            await anyio.lowlevel.checkpoint()
+            count[0] = seen + 1
+
+        for outcome in await run.concurrently(*[add] * tasks):
+            outcome.unwrap()
+        assert count[0] == tasks, f"lost update: {count[0]} of {tasks}"
+
+    return scenario
+
+
+lost_update_a_factory_made = _lost_update_among(2)
+
+
+def test_a_scenario_a_factory_made_replays_by_the_name_its_module_binds_it_to() -> None:
+    # Its qualname (_lost_update_among.<locals>.scenario) imports nothing: the failure said
+    # to replay it from Python, though its module binds it to a name (attack43).
+    found = testing.explore(lost_update_a_factory_made, strategy=testing.PCT(0), schedules=100)
+    assert found.failure is not None
+    assert found.failure.scenario == f"{__name__}:lost_update_a_factory_made"
+    command = found.failure.replay_command
+    assert " -m avcm.testing replay " in command
+    replayed = subprocess.run(
+        shlex.split(command),
+        cwd=Path(__file__).parent,  # the module is named as pytest imported it
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "lost update: 1 of 2" in replayed.stdout
+    # one its module binds to no name: from Python, as before
+    unbound = testing.explore(_lost_update_among(3), strategy=testing.PCT(0), schedules=100)
+    assert unbound.failure is not None
+    assert unbound.failure.replay_command.startswith("avcm.testing.replay(<scenario>, ")
 
 
 def test_command_line_bad_input() -> None:

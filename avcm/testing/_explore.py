@@ -124,11 +124,26 @@ def checked_limits(limits: object) -> Limits:
 
 
 def scenario_name(scenario: Callable[..., Any]) -> str:
-    """``module:qualname`` of a scenario (what the replay command imports)."""
+    """``module:qualname`` of a scenario (what the replay command imports); for one a factory
+    made (``scenario = make_scenario(...)``), the name its module binds it to, if any."""
     while isinstance(scenario, partial):
         scenario = scenario.func
     module = getattr(scenario, "__module__", "?")
-    return f"{module}:{getattr(scenario, '__qualname__', repr(scenario))}"
+    name = _module_level_name(scenario)
+    if name is None:
+        name = getattr(scenario, "__qualname__", repr(scenario))
+    return f"{module}:{name}"
+
+
+def _module_level_name(scenario: Callable[..., Any]) -> str | None:
+    """The name under which *scenario*'s module binds it, if its qualname is no such name (a
+    function a factory made: ``make.<locals>.scenario``): the first, in the module's order."""
+    qualname = getattr(scenario, "__qualname__", "")
+    if "<" not in qualname:
+        return None
+    module = sys.modules.get(getattr(scenario, "__module__", None) or "")
+    names = vars(module).items() if module is not None else ()
+    return next((name for name, value in names if value is scenario), None)
 
 
 def described(strategy: Strategy) -> str:
@@ -142,7 +157,9 @@ def described(strategy: Strategy) -> str:
 def _importable(scenario: Callable[..., Any]) -> bool:
     qualname = getattr(scenario, "__qualname__", "")
     module = getattr(scenario, "__module__", "__main__")
-    return not isinstance(scenario, partial) and "<" not in qualname and module != "__main__"
+    if isinstance(scenario, partial) or module == "__main__":
+        return False
+    return "<" not in qualname or _module_level_name(scenario) is not None
 
 
 PYTHON = shlex.quote(sys.executable)
