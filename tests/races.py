@@ -8,9 +8,13 @@ every schedule). Module-level names, so a replay command can import them.
 from __future__ import annotations
 
 import errno
+import os
+import shlex
+import subprocess
 import warnings
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio.lowlevel
@@ -391,3 +395,20 @@ def queue_overflow(lead: int) -> testing.Scenario:
         assert len(queue) <= 2, f"{len(queue)} commands overflow a queue of one and a spare"
 
     return scenario
+
+
+def replay_as_printed(
+    command: str, *, hash_seed: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a failure's printed replay command in a fresh process (with *hash_seed* as its
+    ``PYTHONHASHSEED``), from this folder: a test module is named as pytest imported it."""
+    env = None if hash_seed is None else {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
+    return subprocess.run(
+        shlex.split(command),
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

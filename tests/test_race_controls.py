@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
-import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -21,7 +19,6 @@ import time
 import types
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -33,7 +30,12 @@ import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
 from tests.broken_drivers import in_background
-from tests.races import fewest_preemptions, queue_overflow, take_and_give_without_finally
+from tests.races import (
+    fewest_preemptions,
+    queue_overflow,
+    replay_as_printed,
+    take_and_give_without_finally,
+)
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -2892,14 +2894,7 @@ def test_the_replay_command_of_a_thread_that_never_returns_ends(backend: str) ->
         assert result.failure is not None
         command = result.failure.replay_command
         assert command.endswith(f"--backend {backend} --thread-timeout 0.2")
-        replayed = subprocess.run(
-            shlex.split(command),
-            cwd=Path(__file__).parent,  # the module is named as pytest imported it
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        replayed = replay_as_printed(command, timeout=60)
     finally:
         NEVER.set()
     assert replayed.returncode == 1, replayed.stderr
@@ -2974,15 +2969,7 @@ def test_tasks_as_completed_starts_from_a_set_replay_in_a_fresh_process(
     # another update, or none and passed (attack40): they go in the order of the list given.
     result = testing.explore(scenario, strategy=testing.PCT(seed), schedules=200, backend="asyncio")
     assert result.failure is not None and "lost update" in str(result.failure.error)
-    replayed = subprocess.run(
-        shlex.split(result.failure.replay_command),
-        cwd=Path(__file__).parent,  # the module is named as pytest imported it
-        env={**os.environ, "PYTHONHASHSEED": str(1000 + seed)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    replayed = replay_as_printed(result.failure.replay_command, hash_seed=1000 + seed)
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     # (the message's first line: pytest adds its own account of the assert below it)
     said = str(result.failure.error).splitlines()[0]

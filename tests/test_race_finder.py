@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import shlex
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +20,7 @@ import avcm
 from avcm import testing
 from avcm.lowlevel import sync_point
 from avcm.testing.pytest_plugin import RaceFixture
-from tests.races import AVCM, SEED, AvcmWorld, queue_overflow
+from tests.races import AVCM, SEED, AvcmWorld, queue_overflow, replay_as_printed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -460,14 +459,7 @@ def test_a_scenario_a_factory_made_replays_by_the_name_its_module_binds_it_to() 
     assert found.failure.scenario == f"{__name__}:lost_update_a_factory_made"
     command = found.failure.replay_command
     assert " -m avcm.testing replay " in command
-    replayed = subprocess.run(
-        shlex.split(command),
-        cwd=Path(__file__).parent,  # the module is named as pytest imported it
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    replayed = replay_as_printed(command)
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert "lost update: 1 of 2" in replayed.stdout
     # one its module binds to no name: from Python, as before
