@@ -461,9 +461,14 @@ async def check_cold_start(world: World, when: str, *, cut: bool = False) -> Non
 
     async def activate(ctx: Context) -> None:
         while (error := await switched_on(ctx)) is not None:
-            # (a driver that refuses to switch on with some phys bound, rule 8, is switched on
-            # with one binding fewer each time: else it never started from cold here)
-            if not refused(error) or await world.shed_binding(ctx, world.cuts_random) is None:
+            if not refused(error):
+                failed.append(ctx)
+                return
+            # a refusal did nothing (rule 8): the context is off, as modelled. Then it is
+            # switched on with what was bound since it was last on gone: else a driver that
+            # refuses some phys bound never started from cold here
+            _stopped(world, ctx, f"{when}, after the driver refused to switch {ctx.name} on")
+            if not await world.shed_bindings(ctx, world.cuts_random):
                 failed.append(ctx)
                 return
         # at once, while the others may still be starting: a second enabler of a shared unit

@@ -1242,3 +1242,30 @@ class ClearedOnDemand:
 def cleared_on_demand(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = ClearedOnDemand(memory)
     return avcm.o2o_init(memory.base, memory.size, driver, memory=memory, name="on-demand")
+
+
+class _LeftOnWhenRefusing(drivers.PageTableMmu):
+    """Refuses 4 KiB pages with ``EINVAL``, having mapped nothing of them (rule 8 allows it),
+    but the disable that undoes the switch-on a refusal failed leaves the unit on: a context
+    off is active (attack44: the harness's switch-on again at once, with what was bound
+    since shed, hid it till a later refusal)."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="left-on")
+        self._refused = False
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if order == 0:
+            self._refused = True
+            raise avcm.InvalidError(f"{self.name}: no 4 KiB pages")
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        if self._refused:
+            self._refused = False
+            return
+        await super().disable(vcm)
+
+
+def left_on_when_refusing(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _LeftOnWhenRefusing(memory), memory=memory)

@@ -575,9 +575,10 @@ def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
     tasks: int, backend: str
 ) -> None:
     """A unit with no scatter-gather refuses to switch on while a phys of many parts is bound
-    (rule 8). The harness unbinds one binding at a time, those bound since the context was
-    last on first, till the switch-on gets through: else a context stays off for most of the
-    run, and a third of the drains' cold starts were skipped."""
+    (rule 8). The harness then unbinds what was bound since the context was last on (one
+    binding if nothing was), and a drain's cold start switches it on again till it gets
+    through: else a context stays off for most of the run, and a quarter of the drains'
+    cold starts were skipped."""
     config = stress.StressConfig(
         backend=backend, driver="tests.tricky_drivers:no_scatter_gather",
         contexts=(("custom", 2),), tasks=tasks, ops=2500, drain_every=1000,
@@ -587,8 +588,6 @@ def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
     assert result.checks["bindings shed: the driver refused to switch on with them"] > 0
     assert result.checks["cold start"] > 0
     assert result.checks["cold start skipped (activate kept failing)"] == 0
-    activates = result.outcomes["activate"]
-    assert activates["driver EINVAL"] * 10 < activates["ok"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
