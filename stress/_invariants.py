@@ -471,6 +471,7 @@ async def check_cold_start(world: World, when: str, *, cut: bool = False) -> Non
             if not await world.shed_bindings(ctx, world.cuts_random):
                 failed.append(ctx)
                 return
+        world.switched_on(ctx)
         # at once, while the others may still be starting: a second enabler of a shared unit
         # that returns before the first one's power-up finished shows only now
         _started(world, ctx, f"{when}, right after {ctx.name}'s activate returned", rule="rule 1")
