@@ -456,11 +456,11 @@ class World:
         with a view, and a quarter of the drains' cold starts skipped)."""
         if self.switched_on_with is None:
             self.switched_on_with = {}
-        bound = [res for res in self.reservations if res.vcm is ctx.vcm and res.phys is not None]
+        bound = self._bound_in(ctx)
         taken = self.switched_on_with.get(ctx.vcm, {})
-        going = [res for res in bound if taken.get(res) is not res.phys]
+        going = [res for res, phys in bound.items() if taken.get(res) is not phys]
         if not going and bound:
-            going = [rng.choice(bound)]
+            going = [rng.choice(list(bound))]
         shed = 0
         for res in going:
             try:
@@ -475,11 +475,16 @@ class World:
     def switched_on(self, ctx: Context) -> None:
         """An activate of *ctx* returned: what is bound now, the driver took."""
         if self.switched_on_with is not None:
-            self.switched_on_with[ctx.vcm] = {
-                res: phys
-                for res in self.reservations
-                if res.vcm is ctx.vcm and (phys := res.phys) is not None
-            }
+            self.switched_on_with[ctx.vcm] = self._bound_in(ctx)
+
+    def _bound_in(self, ctx: Context) -> dict[avcm.Res, avcm.Phys]:
+        """The reservations of *ctx* the tasks made that are bound, in the pool's order, and
+        their physes."""
+        return {
+            res: phys
+            for res in self.reservations
+            if res.vcm is ctx.vcm and (phys := res.phys) is not None
+        }
 
     def forget(self, pool: list[Any], obj: object) -> None:
         with contextlib.suppress(ValueError):

@@ -398,10 +398,10 @@ async def _shrink(
     away again (on to half the budget), then two preemptions each where one of the decisive
     run's is, then two preemptions away, then two or three in a row near where the shortest
     failing prefix decided it, then dropping chunks of choices and lowering each towards 0
-    (no preemption); then, level by level, every
-    schedule with fewer preemptions than the best so far (bounded exhaustive search; of none
-    and one, with no cancellation injected, those not run above), with the failure's
-    injected cancellations where they were, then with as many anywhere. When that search
+    (no preemption); then, level by level, every schedule with fewer preemptions than the
+    best so far (bounded exhaustive search; of none and one, with no cancellation injected,
+    those not run above), with the failure's injected cancellations where they were, then
+    with as many anywhere. When that search
     completes within *budget* runs, no schedule with fewer preemptions fails: the result
     has the fewest, whatever the number of tasks; and whether it completed."""
     best_run, best_error = run, error
@@ -838,13 +838,13 @@ def _preempted_choices(failed: Run, choice: int, other: Run) -> list[int]:
         return []
     step = failed.choice_steps[choice]
     before = [task for task in failed.decisions[:step] if task >= 0]
-    chosen = failed.decisions[step]
-    tasks = sorted(set(before) - {chosen})
-    if before and before[-1] != chosen:
-        tasks.remove(before[-1])
-        tasks.insert(0, before[-1])
     if not before:
         return [0]  # (the first choice: the same in every run)
+    chosen = failed.decisions[step]
+    tasks = sorted(set(before) - {chosen})
+    if before[-1] != chosen:
+        tasks.remove(before[-1])
+        tasks.insert(0, before[-1])
     choices = []
     for task in tasks:
         steps = [at for at, taken in enumerate(other.decisions) if taken == task]
