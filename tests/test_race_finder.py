@@ -1140,6 +1140,102 @@ def test_races_in_two_separate_windows_shrink_to_two_preemptions(
     assert failure.timeline.preemptions == 2
 
 
+async def a_bounded_counter_taken_twice_past_its_bound(run: testing.Run) -> None:
+    """Five holders, each starting three steps after the one before, take a counter bounded
+    at 2 if it is below 2 (a step between the check and the increment), wait till all have
+    tried, and give it back; the scenario lets the bound be overrun by one. Overrun by two
+    fails it: two holders must each run ahead into the window between the others' checks
+    and increments."""
+    count, peak = [0], [0]
+    all_tried = anyio.Event()
+    tried = [0]
+
+    def holder(index: int) -> Callable[[], Awaitable[None]]:
+        async def hold() -> None:
+            await _stepper(1 + 3 * index)()
+            took = count[0] < 2
+            if took:
+                await anyio.lowlevel.checkpoint()
+                count[0] += 1
+                peak[0] = max(peak[0], count[0])
+            tried[0] += 1
+            if tried[0] == 5:
+                all_tried.set()
+            await all_tried.wait()
+            if took:
+                count[0] -= 1
+
+        return hold
+
+    for outcome in await run.concurrently(*(holder(index) for index in range(5))):
+        outcome.unwrap()
+    assert peak[0] <= 3, f"a counter bounded at 2 held {peak[0]} times at once"
+
+
+async def two_appends_past_a_full_list(run: testing.Run) -> None:
+    """Four workers, each starting four steps after the one before, append to a list of
+    room 2 if it has room (two steps between the check and the append); a checker, once all
+    are done, lets one append past the room pass. Two fail it: two windows to get into."""
+    items: list[int] = []
+    done = anyio.Event()
+    left = [4]
+
+    def worker(index: int) -> Callable[[], Awaitable[None]]:
+        async def work() -> None:
+            await _stepper(1 + 4 * index)()
+            if len(items) < 2:
+                await _stepper(2)()
+                items.append(index)
+            await _stepper(6)()
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+        return work
+
+    async def checker() -> None:
+        await done.wait()
+        assert len(items) <= 3, f"{len(items)} items in a list of room 2"
+
+    for outcome in await run.concurrently(*(worker(index) for index in range(4)), checker):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "scenario", [a_bounded_counter_taken_twice_past_its_bound, two_appends_past_a_full_list]
+)
+def test_check_then_act_races_need_two_preemptions(
+    backend: str, scenario: testing.Scenario
+) -> None:
+    one = testing.explore(scenario, strategy=testing.Exhaustive(1), schedules=2000, backend=backend)
+    assert one.exhausted and not one.found
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("scenario", "seed"),
+    [
+        (a_bounded_counter_taken_twice_past_its_bound, 1),
+        (a_bounded_counter_taken_twice_past_its_bound, 2),
+        (two_appends_past_a_full_list, 4),
+        (two_appends_past_a_full_list, 5),
+    ],
+)
+def test_tasks_run_ahead_early_shrink_to_those_run_ahead_into_the_window(
+    backend: str, scenario: testing.Scenario, seed: int
+) -> None:
+    # PCT runs tasks ahead from their start, each needing another's preemption to meet the
+    # others in the window; the searches of one and two preemptions placed by the decisive
+    # choice kept 3 or 4 where 2 fail (attack43's list and bounded counter: 5 to 16 and 4
+    # to 8). Shrinking then takes the best run's preemptions out one at a time, the others
+    # kept after the same steps of the same tasks, and one out while another's task runs
+    # ahead from a later step of its own: two, and every schedule of one run and passed.
+    failure = _shrunk(scenario, testing.PCT(seed), backend)
+    assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
+    assert failure.timeline.preemptions == 2 and failure.fewest is True
+
+
 async def two_bugs_in_a_task_group(run: testing.Run) -> None:
     """A checker, in a task group of its own, sees two flags set and takes one step: both
     cleared meanwhile is one bug (``ValueError``, two preemptions), the first alone another

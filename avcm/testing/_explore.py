@@ -15,7 +15,7 @@ import itertools
 import math
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -348,6 +348,119 @@ class _FromTaskOrder(FromIndices):
         return 0  # (a task not enabled yet keeps its place: it may be the next one's)
 
 
+_Ordering = tuple[int | None, int, int, int | None]
+"""``(before, made, task, taken)``: *task* runs next, preempting, once it has taken *taken*
+steps (None: any number) and the task *before* has taken at least *made* (*before* None:
+whichever task is due); :class:`_FromOrderings`."""
+
+
+class _FromOrderings(FromIndices):
+    """Preempts only where one of *orderings* says so, each once: ``(before, made, task,
+    taken)`` runs *task* next, enabled, as soon as it has taken *taken* steps (None: any
+    number) and the task *before* has taken at least *made* (*before* None: whatever task is
+    due); else the event loop's own choice. A preemption so written comes after the same
+    step of the same task in a run with other preemptions taken out or moved, where its
+    position would point at another task or at none: shrinking's way to take preemptions out
+    and keep the others."""
+
+    __slots__ = ("_orderings", "_taken")
+
+    def __init__(
+        self,
+        orderings: Sequence[_Ordering],
+        cancels: Sequence[tuple[int, int]] = (),
+        outlasts: Sequence[int] = (),
+    ) -> None:
+        super().__init__((), cancels, outlasts)
+        self._orderings = list(orderings)
+        self._taken: collections.Counter[int] = collections.Counter()
+
+    def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
+        position = 0
+        taken = self._taken
+        if continuing:
+            for at, (before, made, task, steps) in enumerate(self._orderings):
+                if (
+                    (steps is None or taken[task] == steps)
+                    and (before is None or taken[before] >= made)
+                    and task in enabled
+                ):
+                    position = enabled.index(task)
+                    del self._orderings[at]
+                    break
+        taken[enabled[position]] += 1
+        return position
+
+
+def _followers(orderings: Sequence[_Ordering | None], index: int, task: int) -> list[int]:
+    """The indices of the orderings after *index* that run their task once *task* (the one
+    at *index* runs) has taken steps, up to the next one that runs *task*: what ran next
+    once it had run ahead."""
+    found = []
+    for at in range(index + 1, len(orderings)):
+        entry = orderings[at]
+        if entry is not None and entry[2] == task:
+            break
+        if entry is not None and entry[0] == task:
+            found.append(at)
+    return found
+
+
+def _without(orderings: Sequence[_Ordering], dropped: Iterable[int]) -> list[_Ordering]:
+    """*orderings* with those at the indices *dropped* taken out: each one that ran its task
+    once a dropped one's task had run ahead runs it where that one would have run its own
+    instead, at whatever step of its own (a chain of tasks run ahead in a row stays one)."""
+    kept: list[_Ordering | None] = list(orderings)
+    for index in sorted(set(dropped), reverse=True):
+        before, made, task, _ = orderings[index]
+        for at in _followers(kept, index, task):
+            kept[at] = (before, made, orderings[at][2], None)
+        kept[index] = None
+    return [entry for entry in kept if entry is not None]
+
+
+def _moved(orderings: Sequence[_Ordering], index: int, moved: _Ordering) -> list[_Ordering]:
+    """*orderings* with the one at *index* replaced by *moved* (the same task): those that ran
+    their task once its task had run ahead still do, at whatever step of their own."""
+    result = list(orderings)
+    for at in _followers(result, index, moved[2]):
+        before, made, task, _ = orderings[at]
+        result[at] = (before, made, task, None)
+    result[index] = moved
+    return result
+
+
+def _distances(taken: int, steps: int) -> list[int]:
+    """How far a task that had taken *taken* of its *steps* steps may be moved, nearest
+    first: 1 to 16 steps later, then 32, 64, ..., then as much earlier."""
+
+    def ahead(limit: int) -> list[int]:
+        near = list(range(1, min(limit, 16) + 1))
+        return near + [1 << power for power in range(5, limit.bit_length())]
+
+    return ahead(steps - taken - 1) + [-d for d in ahead(taken)]
+
+
+def _orderings(run: Run) -> list[tuple[int | None, int, int, int]]:
+    """The preemptions of *run* as :class:`_FromOrderings` follows them: each between the
+    same steps of the task that took the step before (None if that is the task itself) and
+    the task it chose."""
+    pairs = zip(run.choice_steps, run.positions, strict=True)
+    preempted = {step for step, position in pairs if position}
+    taken: collections.Counter[int] = collections.Counter()
+    orderings: list[tuple[int | None, int, int, int]] = []
+    previous: int | None = None
+    for step, task in enumerate(run.decisions):
+        if task < 0:
+            continue  # (no task's step, or a cancellation injected: no choice of a task)
+        if step in preempted:
+            before = None if previous == task else previous
+            orderings.append((before, 0 if before is None else taken[before], task, taken[task]))
+        taken[task] += 1
+        previous = task
+    return orderings
+
+
 def _same_failure(error: BaseException, original: BaseException) -> bool:
     """Whether *error* is the failure *original* is, as shrinking keeps it: the same type,
     raised at the same line of code; for an exception group (a task group's), the same such
@@ -397,13 +510,14 @@ async def _shrink(
     the failing run's order of tasks with turns taken out, then the schedules one preemption
     away again (on to half the budget), then two preemptions each where one of the decisive
     run's is, then two preemptions away, then two or three in a row near where the shortest
-    failing prefix decided it, then dropping chunks of choices and lowering each towards 0
-    (no preemption); then, level by level, every schedule with fewer preemptions than the
-    best so far (bounded exhaustive search; of none and one, with no cancellation injected,
-    those not run above), with the failure's injected cancellations where they were, then
-    with as many anywhere. When that search
-    completes within *budget* runs, no schedule with fewer preemptions fails: the result
-    has the fewest, whatever the number of tasks; and whether it completed."""
+    failing prefix decided it, then taking out the best run's own preemptions, the others
+    kept after the same steps of the same tasks, and taking one out while another is moved,
+    then dropping chunks of choices and lowering each towards 0 (no preemption); then, level
+    by level, every schedule with fewer preemptions than the best so far (bounded exhaustive
+    search; of none and one, with no cancellation injected, those not run above), with the
+    failure's injected cancellations where they were, then with as many anywhere. When that
+    search completes within *budget* runs, no schedule with fewer preemptions fails: the
+    result has the fewest, whatever the number of tasks; and whether it completed."""
     best_run, best_error = run, error
     best = list(run.positions)
     attempts = 0
@@ -436,14 +550,13 @@ async def _shrink(
         return True
 
     async def attempted(
-        candidate: list[int], *, by_task: bool = False, keeping: bool = True
+        candidate: Sequence[Any], *, follow: type[FromIndices] = FromIndices, keeping: bool = True
     ) -> tuple[Run, BaseException | None] | None:
-        """The run of *candidate* (positions; *by_task*: an order of tasks) and its error,
-        the run kept (if *keeping*) if it fails the same way and is smaller; None if it
-        diverged."""
+        """The run of *candidate* (positions; with *follow* :class:`_FromTaskOrder`, an
+        order of tasks; with :class:`_FromOrderings`, orderings) and its error, the run kept
+        (if *keeping*) if it fails the same way and is smaller; None if it diverged."""
         nonlocal attempts
         attempts += 1
-        follow = _FromTaskOrder if by_task else FromIndices
         try:
             trial, trial_error = await _run_once(
                 scenario, follow(candidate, cancels, outlasts), limits
@@ -455,12 +568,62 @@ async def _shrink(
         return trial, trial_error
 
     async def tried(candidate: list[int], *, by_task: bool = False) -> Run | None:
-        outcome = await attempted(candidate, by_task=by_task)
+        outcome = await attempted(candidate, follow=_FromTaskOrder if by_task else FromIndices)
         return None if outcome is None else outcome[0]
 
     async def fails(candidate: list[int], *, by_task: bool = False) -> bool:
         trial = await tried(candidate, by_task=by_task)
         return trial is not None and trial is best_run
+
+    async def fails_ordered(orderings: list[_Ordering]) -> bool:
+        outcome = await attempted(orderings, follow=_FromOrderings)
+        return outcome is not None and outcome[0] is best_run
+
+    async def drop_preemptions(until: int) -> None:
+        """Take preemptions out of the best failing run, in chunks, halving, down to one at a
+        time, the others where they were after the same steps of the same tasks
+        (:class:`_FromOrderings`, :func:`_without`): taking out a position instead makes
+        every later one point at another task, or at none."""
+        orderings = _orderings(best_run)
+        chunk = max(len(orderings) // 2, 1)
+        while chunk >= 1:
+            start = 0
+            while start < len(orderings):
+                if best_run.preemptions <= 1 or attempts >= until:
+                    return
+                end = min(start + chunk, len(orderings))
+                if await fails_ordered(_without(orderings, range(start, end))):
+                    orderings = _orderings(best_run)
+                else:
+                    start += chunk
+            chunk //= 2
+
+    async def slide_and_drop(until: int) -> None:
+        """Take out one preemption while another one's task runs ahead from a later (or an
+        earlier) step of its own, as soon as it is there (:func:`_moved`): a random walk or
+        PCT runs tasks ahead early, each needing the preemption of another to get back into
+        the window; run ahead from where the window is, fewer do (attack43: a list's
+        check-then-act and a bounded counter, two windows each among 4-5 tasks, kept 3 to 5
+        where 2 fail). A step of each task up to 16 away, then 32, 64, ...; until one
+        preemption fewer fails, then again from that run."""
+        orderings = _orderings(best_run)
+        while len(orderings) > 1:
+            steps_of = collections.Counter(task for task in best_run.decisions if task >= 0)
+            candidates = (
+                _without(_moved(orderings, slid, (None, 0, task, taken + distance)), [dropped])
+                for slid, (_, _, task, taken) in enumerate(orderings)
+                for distance in _distances(taken, steps_of[task])
+                for dropped in range(len(orderings))
+                if dropped != slid
+            )
+            for candidate in candidates:
+                if best_run.preemptions <= 1 or attempts >= until:
+                    return
+                if await fails_ordered(candidate):
+                    orderings = _orderings(best_run)
+                    break
+            else:
+                return
 
     async def reorder() -> None:
         """Keep the order in which the failing run's tasks took their steps, as short a part
@@ -766,6 +929,15 @@ async def _shrink(
     first_anchor = anchors(decisive)[:1]
     if first_anchor and best_run.preemptions > 2:
         await in_a_row(min(budget, attempts + budget // 8), _nearest(length, first_anchor[0]))
+    # (then each preemption left taken out, others kept where they were, and moved: after
+    # the searches above, whose places follow the decisive choice of the run they start
+    # from; from a run of fewer preemptions those searches did worse: a window two tasks
+    # must enter in turn among 9 kept 3 where 2 fail, and a random walk's order of 45
+    # preemptions among 13 tasks 12. Slid while they are few: a slide tries as many runs as
+    # pairs of them, times the steps it moves each)
+    await drop_preemptions(budget)
+    if 2 < best_run.preemptions <= 6:
+        await slide_and_drop(budget)
     await reduce()
     # (a failure with more preemptions than Exhaustive takes is searched up to its bound: a
     # search that far never completes within a shrink budget anyway, and proves nothing)
