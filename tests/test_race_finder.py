@@ -1090,8 +1090,6 @@ async def two_lost_updates_among_four(run: testing.Run) -> None:
     each starting five steps after the one before; a checker, once all are done, lets one
     update be lost. Two lost updates fail it: two separate windows, a preemption in each."""
     counter = [0]
-    done = anyio.Event()
-    left = [4]
 
     def worker(index: int) -> Callable[[], Awaitable[None]]:
         async def work() -> None:
@@ -1100,17 +1098,36 @@ async def two_lost_updates_among_four(run: testing.Run) -> None:
             await _stepper(2)()
             counter[0] = seen + 1
             await _stepper(30 - 5 * index)()
+
+        return work
+
+    def check() -> None:
+        assert counter[0] >= 3, f"{4 - counter[0]} updates lost"
+
+    await _workers_then_check(run, [worker(index) for index in range(4)], check)
+
+
+async def _workers_then_check(
+    run: testing.Run, workers: list[Callable[[], Awaitable[None]]], check: Callable[[], None]
+) -> None:
+    """Run *workers*, and a checker task that waits till all are done and calls *check*."""
+    done = anyio.Event()
+    left = [len(workers)]
+
+    def counted(work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def work_then_count() -> None:
+            await work()
             left[0] -= 1
             if not left[0]:
                 done.set()
 
-        return work
+        return work_then_count
 
     async def checker() -> None:
         await done.wait()
-        assert counter[0] >= 3, f"{4 - counter[0]} updates lost"
+        check()
 
-    for outcome in await run.concurrently(*(worker(index) for index in range(4)), checker):
+    for outcome in await run.concurrently(*(counted(work) for work in workers), checker):
         outcome.unwrap()
 
 
@@ -1177,8 +1194,6 @@ async def two_appends_past_a_full_list(run: testing.Run) -> None:
     room 2 if it has room (two steps between the check and the append); a checker, once all
     are done, lets one append past the room pass. Two fail it: two windows to get into."""
     items: list[int] = []
-    done = anyio.Event()
-    left = [4]
 
     def worker(index: int) -> Callable[[], Awaitable[None]]:
         async def work() -> None:
@@ -1187,18 +1202,13 @@ async def two_appends_past_a_full_list(run: testing.Run) -> None:
                 await _stepper(2)()
                 items.append(index)
             await _stepper(6)()
-            left[0] -= 1
-            if not left[0]:
-                done.set()
 
         return work
 
-    async def checker() -> None:
-        await done.wait()
+    def check() -> None:
         assert len(items) <= 3, f"{len(items)} items in a list of room 2"
 
-    for outcome in await run.concurrently(*(worker(index) for index in range(4)), checker):
-        outcome.unwrap()
+    await _workers_then_check(run, [worker(index) for index in range(4)], check)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
