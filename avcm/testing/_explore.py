@@ -934,7 +934,9 @@ async def _shrink(
     # from; from a run of fewer preemptions those searches did worse: a window two tasks
     # must enter in turn among 9 kept 3 where 2 fail, and a random walk's order of 45
     # preemptions among 13 tasks 12. Slid while they are few: a slide tries as many runs as
-    # pairs of them, times the steps it moves each)
+    # pairs of them, times the steps it moves each. What they take, dropping and lowering
+    # choices below no longer has: attack45's deque check-then-act, PCT seed 3, kept 5
+    # where it had kept 4; run first, they left too little for the slides that brought 2)
     await drop_preemptions(budget)
     if 2 < best_run.preemptions <= 6:
         await slide_and_drop(budget)
