@@ -567,16 +567,12 @@ async def _shrink(
             keep(trial, trial_error)
         return trial, trial_error
 
-    async def tried(candidate: list[int], *, by_task: bool = False) -> Run | None:
-        outcome = await attempted(candidate, follow=_FromTaskOrder if by_task else FromIndices)
+    async def tried(candidate: list[int]) -> Run | None:
+        outcome = await attempted(candidate)
         return None if outcome is None else outcome[0]
 
-    async def fails(candidate: list[int], *, by_task: bool = False) -> bool:
-        trial = await tried(candidate, by_task=by_task)
-        return trial is not None and trial is best_run
-
-    async def fails_ordered(orderings: list[_Ordering]) -> bool:
-        outcome = await attempted(orderings, follow=_FromOrderings)
+    async def fails(candidate: Sequence[Any], *, follow: type[FromIndices] = FromIndices) -> bool:
+        outcome = await attempted(candidate, follow=follow)
         return outcome is not None and outcome[0] is best_run
 
     async def drop_preemptions(until: int) -> None:
@@ -592,7 +588,7 @@ async def _shrink(
                 if best_run.preemptions <= 1 or attempts >= until:
                     return
                 end = min(start + chunk, len(orderings))
-                if await fails_ordered(_without(orderings, range(start, end))):
+                if await fails(_without(orderings, range(start, end)), follow=_FromOrderings):
                     orderings = _orderings(best_run)
                 else:
                     start += chunk
@@ -619,7 +615,7 @@ async def _shrink(
             for candidate in candidates:
                 if best_run.preemptions <= 1 or attempts >= until:
                     return
-                if await fails_ordered(candidate):
+                if await fails(candidate, follow=_FromOrderings):
                     orderings = _orderings(best_run)
                     break
             else:
@@ -651,7 +647,7 @@ async def _shrink(
             return best_run.preemptions > 2 and attempts < until
 
         async def fails_in(candidate: list[list[int]]) -> bool:
-            return await fails(tasks_of(candidate), by_task=True)
+            return await fails(tasks_of(candidate), follow=_FromTaskOrder)
 
         # the first turns, twice as many each time: the race's own come early in most runs,
         # and the chunks below take out any the first that fails has too many
