@@ -581,18 +581,19 @@ async def _shrink(
         (:class:`_FromOrderings`, :func:`_without`): taking out a position instead makes
         every later one point at another task, or at none."""
         orderings = _orderings(best_run)
-        chunk = max(len(orderings) // 2, 1)
-        while chunk >= 1:
-            start = 0
-            while start < len(orderings):
-                if best_run.preemptions <= 1 or attempts >= until:
-                    return
-                end = min(start + chunk, len(orderings))
-                if await fails(_without(orderings, range(start, end)), follow=_FromOrderings):
-                    orderings = _orderings(best_run)
-                else:
-                    start += chunk
-            chunk //= 2
+
+        async def fails_without(start: int, end: int) -> bool:
+            nonlocal orderings
+            if await fails(_without(orderings, range(start, end)), follow=_FromOrderings):
+                orderings = _orderings(best_run)
+                return True
+            return False
+
+        await _take_out_in_chunks(
+            lambda: len(orderings),
+            fails_without,
+            lambda: best_run.preemptions > 1 and attempts < until,
+        )
 
     async def slide_and_drop(until: int) -> None:
         """Take out one preemption while another one's task runs ahead from a later (or an
@@ -662,16 +663,16 @@ async def _shrink(
             kept = [turn for turn in order if turn[0] != left_out]
             if kept and going() and await fails_in(kept):
                 order = turns(tasks_of(kept))
-        chunk = max(len(order) // 2, 1)
-        while chunk >= 1 and going():
-            start = 0
-            while start < len(order) and going():
-                kept = order[:start] + order[start + chunk :]
-                if await fails_in(kept):
-                    order = kept
-                else:
-                    start += chunk
-            chunk //= 2
+
+        async def fails_without(start: int, end: int) -> bool:
+            nonlocal order
+            kept = order[:start] + order[end:]
+            if await fails_in(kept):
+                order = kept
+                return True
+            return False
+
+        await _take_out_in_chunks(lambda: len(order), fails_without, going)
         index = 0
         while index < len(order) and going():
             task = order[index][0]
@@ -703,18 +704,11 @@ async def _shrink(
 
         improved = True
         while improved and going():
-            improved = False
             while best and best[-1] == 0:
                 best.pop()
-            chunk = max(len(best) // 2, 1)
-            while chunk >= 1 and going():
-                start = 0
-                while start < len(best) and going():
-                    if await shorter(best[:start] + best[start + chunk :]):
-                        improved = True
-                    else:
-                        start += chunk
-                chunk //= 2
+            improved = await _take_out_in_chunks(
+                lambda: len(best), lambda start, end: shorter(best[:start] + best[end:]), going
+            )
             for index in range(len(best)):
                 for lower in (0, best[index] - 1) if index < len(best) else ():
                     if lower < 0 or lower >= best[index] or not going():
@@ -978,6 +972,30 @@ async def _shrink(
             else:
                 return best_run, best_error, False  # the budget ran out first
     return best_run, best_error, searched == best_run.preemptions
+
+
+async def _take_out_in_chunks(
+    length: Callable[[], int],
+    fails_without: Callable[[int, int], Awaitable[bool]],
+    going: Callable[[], bool],
+) -> bool:
+    """Take chunks out of a sequence for as long as what is left still fails: half of it at a
+    time, then halves of that, down to one item at a time (delta debugging's complements).
+    *fails_without(start, end)* tries the sequence without its items *start* to *end* - 1 and
+    says whether that failed, in which case the sequence is now what that run made of it
+    (*length()* is read again: its length may have changed either way). Stops when *going()*
+    says so. Whether any chunk went."""
+    went = False
+    chunk = max(length() // 2, 1)
+    while chunk >= 1 and going():
+        start = 0
+        while start < length() and going():
+            if await fails_without(start, min(start + chunk, length())):
+                went = True
+            else:
+                start += chunk
+        chunk //= 2
+    return went
 
 
 def _failing_step_choice(failed: Run, other: Run) -> int | None:
