@@ -750,6 +750,47 @@ def aliasing(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, AliasingPageTable(memory), memory=memory)
 
 
+class BurstPageTable(drivers.PageTableMmu):
+    """A device that moves each access in one burst: it translates the first byte only and
+    goes on in physical memory. Right within a page; across a page boundary the rest lands
+    after the first page's memory, not in the next page's (another part of a scattered
+    phys). Its page table and bookkeeping are right."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="burst")
+
+    def read(self, addr: int, length: int) -> bytes:
+        return self.memory.read(self.translate(addr), length)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.memory.write(self.translate(addr), bytes(data))
+
+
+def burst_device(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, BurstPageTable(memory), memory=memory)
+
+
+class LowHolePageTable(drivers.PageTableMmu):
+    """A two-level walk that takes a first-level index of 0 for "no table": a device access
+    in the lowest 2 MiB of the address space faults, though the pages are in the table and in
+    its bookkeeping. The address allocator fills a space from the top: only a run whose
+    reservations reach its bottom shows it."""
+
+    BASE = 0x1000_0000
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="low_hole")
+
+    def translate(self, addr: int) -> int:
+        if (addr - self.BASE) >> 21 == 0:
+            raise drivers.IommuFault(f"{self.name}: device access at {addr:#x} faulted")
+        return super().translate(addr)
+
+
+def low_hole(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(LowHolePageTable.BASE, 1 << 30, LowHolePageTable(memory), memory=memory)
+
+
 class SelfWalkingMmu:
     """A per-reservation MMU driver (``activate(res, phys)``) that splits the phys into pages
     itself, over the sample page tables; its hardware keeps only the bits of a page's

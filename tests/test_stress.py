@@ -635,7 +635,7 @@ def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
     driver = ["--driver", "tests.tricky_drivers:yielding_flaky_teardown"]
     args = ["--backend", backend, "--cancel", "0.3", "--tasks", "3", "--ops", "2000"]
     undo = r"NO VERDICT from operation \d+: \w+: avcm's undo of (CancelledError|Cancelled) "
-    for seed in range(16):
+    for seed in range(48):
         trace_dir = tmp_path / str(seed)
         status, out, _ = run_stress(
             capsys, *driver, *args, "--seed", str(seed), "--trace-dir", str(trace_dir)
@@ -644,7 +644,7 @@ def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
         if re.search(undo, out):
             break
     else:
-        raise AssertionError(f"no seed of 16 met a failed undo: {out}")
+        raise AssertionError(f"no seed of 48 met a failed undo: {out}")
     (trace,) = trace_dir.glob("*.trace.json")
     status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
     assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
