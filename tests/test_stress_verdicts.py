@@ -13,8 +13,8 @@ import json
 import os
 import random
 import re
-import subprocess
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
