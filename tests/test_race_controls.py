@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import queue
 import socket
 import subprocess
 import sys
@@ -190,6 +191,63 @@ async def worker_threads(run: testing.Run) -> None:
             await anyio.to_thread.run_sync(time.sleep, 0.002)
 
     for outcome in await run.concurrently(worker, with_deadline):
+        outcome.unwrap()
+
+
+async def a_thread_waits_briefly_for_a_task(run: testing.Run) -> None:
+    """A worker thread waits half a second of real time for an event a task sets at once: the
+    run goes on while the thread is blocked (before, it waited a second for it first, and the
+    thread's wait timed out where no real loop lets it; attack47)."""
+    event = threading.Event()
+
+    async def waiter() -> None:
+        assert await anyio.to_thread.run_sync(event.wait, 0.5), "the thread's wait timed out"
+
+    async def setter() -> None:
+        await anyio.sleep(0)
+        event.set()
+
+    for outcome in await run.concurrently(waiter, setter):
+        outcome.unwrap()
+
+
+async def a_thread_takes_what_a_task_puts(run: testing.Run) -> None:
+    """A worker thread takes from a queue, waiting at most half a second, what a task puts
+    after a sleep of its own (virtual time passes for it while the thread is blocked)."""
+    items: queue.Queue[int] = queue.Queue()
+
+    async def taker() -> None:
+        assert await anyio.to_thread.run_sync(partial(items.get, timeout=0.5)) == 1
+
+    async def putter() -> None:
+        await anyio.sleep(0.01)
+        items.put(1)
+
+    for outcome in await run.concurrently(taker, putter):
+        outcome.unwrap()
+
+
+async def a_thread_waits_for_another_threads_work(run: testing.Run) -> None:
+    """One worker thread waits for what another puts in a queue after working 20 ms, while a
+    third task steps: each step went on only after a second of real time with the first
+    blocked, and its wait of 5 s timed out before the second thread began."""
+    items: queue.Queue[int] = queue.Queue()
+
+    def work() -> None:
+        time.sleep(0.02)
+        items.put(7)
+
+    async def taker() -> None:
+        assert await anyio.to_thread.run_sync(partial(items.get, timeout=5)) == 7
+
+    async def worker() -> None:
+        await anyio.to_thread.run_sync(work)
+
+    async def stepper() -> None:
+        for _ in range(5):
+            await anyio.sleep(0)
+
+    for outcome in await run.concurrently(taker, worker, stepper):
         outcome.unwrap()
 
 
@@ -1172,6 +1230,9 @@ CONTROLS = {
         deadline_around_a_spin,
         deadline_while_a_child_spins,
         worker_threads,
+        a_thread_waits_briefly_for_a_task,
+        a_thread_takes_what_a_task_puts,
+        a_thread_waits_for_another_threads_work,
         threads_through_a_limiter,
         a_spawned_task_in_a_thread,
         threads_calling_back_under_a_lock,
@@ -3797,3 +3858,53 @@ def test_a_cancellation_no_scope_of_the_task_caught_ends_that_task_alone(
     # CancelledError, or the task's outcome was missing (attack35 F3, F4)
     result = testing.explore(scenario, strategy=strategy, backend="asyncio")
     assert result.exhausted and result.failure is None, result.failure and result.failure.report()
+
+
+async def a_thread_reads_a_pair_half_written(run: testing.Run) -> None:
+    """A worker thread waits for an event, then reads a pair a task writes in two steps; the
+    event's setter may come between them (one preemption): the thread sees it half written."""
+    pair = {"a": 0, "b": 0}
+    event = threading.Event()
+
+    def read() -> tuple[int, int]:
+        assert event.wait(5)
+        return pair["a"], pair["b"]
+
+    async def reader() -> None:
+        a, b = await anyio.to_thread.run_sync(read)
+        assert a == b, f"half written: {a}, {b}"
+
+    async def writer() -> None:
+        pair["a"] += 1
+        await anyio.sleep(0)
+        pair["b"] += 1
+
+    async def setter() -> None:
+        await anyio.sleep(0)
+        event.set()
+
+    for outcome in await run.concurrently(reader, writer, setter):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize(("backend", "fewest"), [("asyncio", 2), ("trio", 1)])
+def test_a_blocked_threads_race_with_the_tasks_is_found_and_replays(
+    backend: str, fewest: int
+) -> None:
+    # the run goes on at once while a thread is blocked in a wait: the race is still there,
+    # at its fewest preemptions (as before that rule: on asyncio the thread's call takes a
+    # step more to hand over), and replays
+    assert testing.explore(
+        a_thread_reads_a_pair_half_written,
+        strategy=testing.Exhaustive(fewest - 1),
+        backend=backend,
+    ).exhausted
+    found = testing.explore(
+        a_thread_reads_a_pair_half_written, strategy=testing.Exhaustive(fewest), backend=backend
+    )
+    assert found.failure is not None and found.failure.timeline.preemptions == fewest
+    assert "half written: 1, 0" in str(found.failure.error)
+    replayed = testing.replay(
+        a_thread_reads_a_pair_half_written, found.failure.token, backend=backend
+    )
+    assert replayed is not None and str(replayed.error) == str(found.failure.error)

@@ -36,14 +36,17 @@ the step budget instead.
 Outside the loop: a task waiting for a worker thread waits for something outside: no choice
 is made meanwhile, the clock stands still and the scheduler waits for the thread, up to
 ``thread_timeout`` seconds of real time with nothing moving; then the calls waiting for it
-are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
-``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
-wait for what a task must do first: choices then go on without it, and virtual time passes
-for the tasks' timers (a sleep that ends before the task sets what it waits for). A task
-whose cancellation could not abort its wait (a thread's call not abandoned on cancel) still
-waits for the thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``)
-comes in once no thread the tasks wait for is at work any more, all together, in the order
-their calls began: not in the order the machine finishes them.
+are abandoned and the run ends with a :class:`ThreadWaitError`. Once every thread at work on
+the run's calls is blocked in a ``threading.Condition`` wait nothing has notified (an event's,
+a queue's), only a task (or the wait's own timeout) can move them: choices go on at once, and
+virtual time passes for the tasks' timers (a sleep that ends before the task sets what a
+thread waits for). A thread that waits another way in a ``threading`` or ``queue`` primitive
+with nothing moving for ``_THREAD_STALL`` seconds may wait for what a task must do first:
+choices then go on without it too. A task whose cancellation could not abort its wait (a
+thread's call not abandoned on cancel) still waits for the thread. On asyncio, what threads
+hand the loop (``call_soon_threadsafe``) comes in once no thread the tasks wait for is at
+work any more, all together, in the order their calls began: not in the order the machine
+finishes them.
 
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
 only when no task can run (or the tasks only spin, or ran ``_SLOW_STEPS`` steps in a row with
@@ -423,6 +426,12 @@ _SYNC_WAITS = frozenset({"wait", "acquire", "get", "put", "join"})
 # A pool thread's frame while it runs a call (trio's to_thread, asyncio's executor); anyio's
 # worker threads on asyncio are known by the waits that name them
 _SERVING = frozenset({("trio._threads", "worker_fn"), ("concurrent.futures.thread", "run")})
+_CONDITION_WAIT = threading.Condition.wait.__code__
+# Where a pool's idle thread waits for its next call (anyio's worker threads on asyncio, an
+# executor's)
+_POOL_IDLE = frozenset(
+    {("anyio._backends._asyncio", "run"), ("concurrent.futures.thread", "_worker")}
+)
 
 
 def _waits_in_threading(frame: FrameType) -> bool:
@@ -432,6 +441,43 @@ def _waits_in_threading(frame: FrameType) -> bool:
         "threading",
         "queue",
     )
+
+
+def _blocked_in_wait(frame: FrameType) -> bool:
+    """Whether a thread stopped at *frame* is blocked in a ``threading.Condition``'s wait
+    (what an event's, a queue's, a semaphore's or a barrier's wait comes down to) that nothing
+    has notified yet: only another thread, a task, or the wait's own timeout can end it."""
+    if frame.f_code is not _CONDITION_WAIT:
+        return False
+    waiter = frame.f_locals.get("waiter")
+    # (a notified waiter's lock is released: the thread is on its way out of the wait)
+    if waiter is None or not waiter.locked():
+        return False
+    # one for a future's result is a call into the loop, whose answer the scheduler's own
+    # ways wait for, or for another pool's work; one a pool's thread waits in for its next
+    # call is no call's (the report of the last may be on its way): neither is looked at
+    called, caller = frame, frame.f_back
+    while caller is not None and caller.f_globals.get("__name__") in ("threading", "queue"):
+        called, caller = caller, caller.f_back
+    if caller is None or (
+        (caller.f_globals.get("__name__"), caller.f_code.co_name) in _POOL_IDLE
+        and called.f_globals.get("__name__") == "queue"
+        and _pool_queue(caller) is called.f_locals.get("self")
+    ):
+        return False
+    while caller is not None:
+        code = caller.f_code
+        if code.co_name == "result" and code.co_filename.endswith(_FUTURES_BASE):
+            return False
+        caller = caller.f_back
+    return True
+
+
+def _pool_queue(frame: FrameType) -> object:
+    """The queue a pool's thread stopped at *frame* (one of :data:`_POOL_IDLE`) takes its
+    calls from: waiting in that queue it is idle, in another it runs a call that waits."""
+    local = frame.f_locals
+    return local.get("work_queue", getattr(local.get("self"), "queue", None))
 
 
 def _serves_a_call(frame: FrameType | None) -> bool:
@@ -2253,6 +2299,7 @@ _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtu
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
 _THREAD_POLL = 1.0  # seconds of real time between looks at a thread that does not report
 _THREAD_STALL = 1.0  # seconds of real time threads may keep the run still before it goes on
+_THREAD_BLOCK_POLL = 2e-3  # seconds of real time between looks at threads at work: blocked yet?
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
@@ -2925,7 +2972,9 @@ class _Queue:
             self.abandon_threads()
             return 0.0
         stall = self.thread_since + _THREAD_STALL - now
-        return min(timeout, _THREAD_POLL, left, stall if stall > 0 else _THREAD_POLL)
+        # (a while at a time: a thread that blocks in a wait wakes no poll, and the run goes
+        # on once it does, see _threads_blocked)
+        return min(timeout, _THREAD_BLOCK_POLL, left, stall if stall > 0 else _THREAD_POLL)
 
     def abandon_threads(self) -> None:
         stuck = [
@@ -3041,11 +3090,44 @@ class _Queue:
         reported comes in) without waiting for every thread: at a step the machine's speed
         may decide, but the run goes on, as in a real loop. A thread that only works or
         sleeps, however long, is waited for (up to ``thread_timeout``)."""
-        return (
+        return self._threads_blocked() or (
             self.thread_progress == self.run._loop_steps
             and time.monotonic() - self.thread_since >= _THREAD_STALL
             and self._threads_wait_on_threads()
         )
+
+    def _threads_blocked(self) -> bool:
+        """Whether every thread at work on a call of this run is blocked in a wait nothing has
+        notified (:func:`_blocked_in_wait`), every call handed to a worker thread taken: no
+        thread can move before a task does (or a wait's own timeout ends it), so the run goes
+        on at once, as a real loop does, and at a step the machine's speed does not decide.
+        Without this, each step waited ``_THREAD_STALL`` seconds of real time for a thread
+        that waits for another's work or for a task: a thread's wait of less than that timed
+        out where no real loop lets it (attack47). Threads the run cannot name (a thread the
+        program started itself, a call whose thread is not known) leave it to that wait."""
+        if not self.threads_busy() or any(
+            not self.taken(call) for call in self.calls_handed_over()
+        ):
+            return False
+        threads = self.threads_at_work()
+        if not threads:
+            return False
+        frames = _current_frames()
+        return all(
+            (frame := frames.get(thread.ident or -1)) is not None and _blocked_in_wait(frame)
+            for thread in threads
+        )
+
+    def threads_at_work(self) -> list[threading.Thread] | None:
+        """The worker threads at work on this run's calls (one waited for that is not known
+        by its thread: None), those whose caller left included."""
+        threads: list[threading.Thread] = []
+        for thread in self.waited_threads():
+            if not isinstance(thread, threading.Thread):
+                return None
+            threads.append(thread)
+        orphans = [thread for thread, _ in self.orphans()]
+        return threads + orphans
 
     def _threads_wait_on_threads(self) -> bool:
         named = {
@@ -3715,6 +3797,14 @@ class _TrioQueue(_Queue):
     def calls_handed_over(self) -> list[Any]:
         self.handed_over = [call for call in self.handed_over if not call.begun]
         return list(self.handed_over)
+
+    def threads_at_work(self) -> list[threading.Thread] | None:
+        # (known by their calls: a task's wait does not name its thread on trio)
+        return [
+            call.thread
+            for call in self.at_work
+            if call.begun and not call.delivered and call.thread is not None
+        ]
 
     def taken(self, call: Any) -> bool:
         return bool(call.begun)
