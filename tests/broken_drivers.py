@@ -770,6 +770,39 @@ def burst_device(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, BurstPageTable(memory), memory=memory)
 
 
+class ThirdLargePageTable(drivers.PageTableMmu):
+    """Its 1 MiB entries count, in a 2-bit field, the run of 1 MiB pages they continue (device
+    address and memory both a page on from the entry before), which overflows: from the third
+    page of a run on, an entry reaches the memory of the run's first page. Only a phys of three
+    1 MiB pages or more meets it; its bookkeeping is right."""
+
+    LARGE = 1 << 20
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="third_large")
+
+    def translate(self, addr: int) -> int:
+        physical = super().translate(addr)
+        entry = self._entries.get(addr & -self.LARGE)
+        if entry is None or entry[2] != self.LARGE:
+            return physical
+        vaddr, first_paddr, _ = entry
+        first = vaddr
+        while self._entries.get(first - self.LARGE) == (
+            first - self.LARGE,
+            first_paddr - self.LARGE,
+            self.LARGE,
+        ):
+            first, first_paddr = first - self.LARGE, first_paddr - self.LARGE
+        if vaddr - first >= 2 * self.LARGE:
+            return first_paddr + (addr - vaddr)
+        return physical
+
+
+def third_large_page(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, ThirdLargePageTable(memory), memory=memory)
+
+
 class LowHolePageTable(drivers.PageTableMmu):
     """A two-level walk that takes a first-level index of 0 for "no table": a device access
     in the lowest 2 MiB of the address space faults, though the pages are in the table and in

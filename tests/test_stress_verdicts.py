@@ -303,7 +303,6 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
     [
         # one unit shared by the contexts: caught only because --driver makes two of them
         ("shared_unit_racy_take", {"rule 4", "rule 9", "errors"}),
-        ("shared_unit_racy_power", {"rule 1", "rule 4"}),  # off while a context is active
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
         ("late_edge", {"rule 4"}),  # ... through a page of the range other than its first
@@ -344,6 +343,9 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         # a device translating only a burst's first byte: half the data checks of a phys of
         # more than a page cross a page boundary (attack46's: 23 of 50 runs before)
         ("burst_device", {"rule 4"}),
+        # an entry wrong from the third 1 MiB page of a run on: now and then a phys of three
+        # large pages and more (attack46's such driver: 0 of 6 runs before)
+        ("third_large_page", {"rule 4"}),
         # the first context destroyed frees a root table the other still walks: a context is
         # destroyed alone now and then, the others left live
         ("shared_unit_early_root_free", {"rule 4"}),
@@ -411,6 +413,28 @@ def test_a_cancellation_by_time_lands_past_a_driver_calls_first_await(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_shared_units_racy_power_count_is_caught_within_10000_operations_in_most_runs(
+    tmp_path: Path, backend: str
+) -> None:
+    # A usage count of a unit the contexts share, updated read-await-write: the unit powered
+    # off while a context is active. A race between two contexts' switches: found within
+    # 10,000 operations in 6 of seeds 0-7 on asyncio (10 of 0-11) and 7 of 8 on trio, most at
+    # a drain's racing restarts; 11 of 12 on asyncio before the harness's latest draws (large
+    # physes, bottom reservations, data checks across a page), which moved every seed's run.
+    found = 0
+    for seed in range(8):
+        report = tmp_path / f"{seed}.json"
+        args = ["--backend", backend, "--seed", str(seed), "--ops", "10000", "--quiet"]
+        args += ["--json", str(report), "--trace-dir", str(tmp_path)]
+        args += ["--driver", "tests.broken_drivers:shared_unit_racy_power"]
+        if stress.main(args) == 1:
+            violation = json.loads(report.read_text())["violation"]
+            assert violation["rule"] in {"rule 1", "rule 4"}, violation
+            found += 1
+    assert found >= 6, found
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_page_left_in_the_middle_of_a_range_is_caught_after_its_unmapping(backend: str) -> None:
     # A 4 KiB page left behind inside a range of 1 MiB or more, hidden from the driver's
     # view, until its next page write: only a device access at that page, right after the
@@ -418,9 +442,9 @@ def test_a_page_left_in_the_middle_of_a_range_is_caught_after_its_unmapping(back
     # found it at operations 900-7,100 (median 2,300) over these seeds (attack38's such driver:
     # 6 of 9 runs); the first page of each page of the walk of the phys that was bound there,
     # probed too now, finds it in every run, at a median within 1,000 (a run now and then
-    # takes a few thousand: seeds 0-7 on both backends, 96 to 2,872).
+    # takes a few thousand: seeds 0-7 on both backends, 103 to 3,152).
     found_at = []
-    for seed in range(4):
+    for seed in range(8):
         config = StressConfig(
             backend=backend,
             seed=seed,

@@ -36,13 +36,12 @@ the step budget instead.
 Outside the loop: a task waiting for a worker thread waits for something outside: no choice
 is made meanwhile, the clock stands still and the scheduler waits for the thread, up to
 ``thread_timeout`` seconds of real time with nothing moving; then the calls waiting for it
-are abandoned and the run ends with a :class:`ThreadWaitError`. Once every thread at work on
-the run's calls is blocked in a ``threading.Condition`` wait nothing has notified (an event's,
-a queue's), only a task (or the wait's own timeout) can move them: choices go on at once, and
-virtual time passes for the tasks' timers (a sleep that ends before the task sets what a
-thread waits for). A thread that waits another way in a ``threading`` or ``queue`` primitive
-with nothing moving for ``_THREAD_STALL`` seconds may wait for what a task must do first:
-choices then go on without it too. A task whose cancellation could not abort its wait (a
+are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
+``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
+wait for what a task must do first: choices then go on without it, and virtual time passes
+for the tasks' timers (a sleep that ends before the task sets what it waits for); and go on
+at once at later steps while every thread at work on the run's calls stays in the very wait
+(not notified since) it stalled in. A task whose cancellation could not abort its wait (a
 thread's call not abandoned on cancel) still waits for the thread. On asyncio, what threads
 hand the loop (``call_soon_threadsafe``) comes in once no thread the tasks wait for is at
 work any more, all together, in the order their calls began: not in the order the machine
@@ -2299,7 +2298,6 @@ _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtu
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
 _THREAD_POLL = 1.0  # seconds of real time between looks at a thread that does not report
 _THREAD_STALL = 1.0  # seconds of real time threads may keep the run still before it goes on
-_THREAD_BLOCK_POLL = 2e-3  # seconds of real time between looks at threads at work: blocked yet?
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
@@ -2348,6 +2346,8 @@ class _Queue:
         self.births: dict[Any, int] = {}
         self.thread_progress = -1  # the run's loop steps when a thread poll last looked
         self.thread_since = 0.0  # since when (real time) nothing moved while threads work
+        # the frames the run's threads at work stalled in (see thread_stalled)
+        self.stalled_in: dict[int, FrameType] = {}
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
         self.io_quiet = False  # the last poll the spin rule asked for brought nothing
         self.thread = threading.get_ident()  # the event loop's
@@ -2972,9 +2972,7 @@ class _Queue:
             self.abandon_threads()
             return 0.0
         stall = self.thread_since + _THREAD_STALL - now
-        # (a while at a time: a thread that blocks in a wait wakes no poll, and the run goes
-        # on once it does, see _threads_blocked)
-        return min(timeout, _THREAD_BLOCK_POLL, left, stall if stall > 0 else _THREAD_POLL)
+        return min(timeout, _THREAD_POLL, left, stall if stall > 0 else _THREAD_POLL)
 
     def abandon_threads(self) -> None:
         stuck = [
@@ -3090,33 +3088,48 @@ class _Queue:
         reported comes in) without waiting for every thread: at a step the machine's speed
         may decide, but the run goes on, as in a real loop. A thread that only works or
         sleeps, however long, is waited for (up to ``thread_timeout``)."""
-        return self._threads_blocked() or (
+        if self._still_stalled():
+            return True
+        stalled = (
             self.thread_progress == self.run._loop_steps
             and time.monotonic() - self.thread_since >= _THREAD_STALL
             and self._threads_wait_on_threads()
         )
+        if stalled:
+            self.stalled_in = self._blocked_frames() or {}
+        return stalled
 
-    def _threads_blocked(self) -> bool:
-        """Whether every thread at work on a call of this run is blocked in a wait nothing has
-        notified (:func:`_blocked_in_wait`), every call handed to a worker thread taken: no
-        thread can move before a task does (or a wait's own timeout ends it), so the run goes
-        on at once, as a real loop does, and at a step the machine's speed does not decide.
-        Without this, each step waited ``_THREAD_STALL`` seconds of real time for a thread
-        that waits for another's work or for a task: a thread's wait of less than that timed
-        out where no real loop lets it (attack47). Threads the run cannot name (a thread the
-        program started itself, a call whose thread is not known) leave it to that wait."""
-        if not self.threads_busy() or any(
-            not self.taken(call) for call in self.calls_handed_over()
-        ):
+    def _still_stalled(self) -> bool:
+        """Whether every thread at work on the run's calls is still in the very wait, not
+        notified since, it was in when they last stalled (:meth:`thread_stalled`): then the
+        run goes on at once, with no second wait of ``_THREAD_STALL`` seconds at each step
+        (a thread waiting 5 s for another thread's work timed out after 5 steps of a task
+        beside it; attack47). A wait with a timeout may still end by its own in the meantime,
+        as it may in the wait the run made first (which a shorter one does not outlast)."""
+        if not self.stalled_in:
             return False
+        if self._blocked_frames() == self.stalled_in:
+            return True
+        self.stalled_in = {}
+        return False
+
+    def _blocked_frames(self) -> dict[int, FrameType] | None:
+        """The frame each thread at work on the run's calls is blocked in, in a wait nothing
+        has notified (:func:`_blocked_in_wait`), by thread; None if one is not so blocked,
+        a call is not taken yet, or a thread is not known (a call the run cannot name)."""
+        if any(not self.taken(call) for call in self.calls_handed_over()):
+            return None
         threads = self.threads_at_work()
         if not threads:
-            return False
+            return None
         frames = _current_frames()
-        return all(
-            (frame := frames.get(thread.ident or -1)) is not None and _blocked_in_wait(frame)
-            for thread in threads
-        )
+        blocked: dict[int, FrameType] = {}
+        for thread in threads:
+            frame = frames.get(thread.ident or -1)
+            if frame is None or not _blocked_in_wait(frame):
+                return None
+            blocked[thread.ident or -1] = frame
+        return blocked
 
     def threads_at_work(self) -> list[threading.Thread] | None:
         """The worker threads at work on this run's calls (one waited for that is not known
