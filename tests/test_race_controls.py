@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
-import queue
 import socket
 import subprocess
 import sys
@@ -191,31 +190,6 @@ async def worker_threads(run: testing.Run) -> None:
             await anyio.to_thread.run_sync(time.sleep, 0.002)
 
     for outcome in await run.concurrently(worker, with_deadline):
-        outcome.unwrap()
-
-
-async def a_thread_waits_for_another_threads_work(run: testing.Run) -> None:
-    """One worker thread waits for what another puts in a queue after working 20 ms, while a
-    third task steps: each step went on only after a second of real time with the first
-    blocked, and its wait of 5 s timed out before the second thread began (attack47). Once
-    stalled, the run goes on while the thread stays in that wait."""
-    items: queue.Queue[int] = queue.Queue()
-
-    def work() -> None:
-        time.sleep(0.02)
-        items.put(7)
-
-    async def taker() -> None:
-        assert await anyio.to_thread.run_sync(partial(items.get, timeout=5)) == 7
-
-    async def worker() -> None:
-        await anyio.to_thread.run_sync(work)
-
-    async def stepper() -> None:
-        for _ in range(5):
-            await anyio.sleep(0)
-
-    for outcome in await run.concurrently(taker, worker, stepper):
         outcome.unwrap()
 
 
@@ -1198,7 +1172,6 @@ CONTROLS = {
         deadline_around_a_spin,
         deadline_while_a_child_spins,
         worker_threads,
-        a_thread_waits_for_another_threads_work,
         threads_through_a_limiter,
         a_spawned_task_in_a_thread,
         threads_calling_back_under_a_lock,
@@ -1256,8 +1229,6 @@ def test_a_correct_program_passes_every_strategy(control: str, strategy: str, ba
     # poll that counts its tries a whole budget first)
     schedules = 2 if "tokens" in control else schedules
     schedules = 1 if "ticks" in control or "counting" in control else schedules
-    # (a second of real time a schedule, the first stall of the blocked thread)
-    schedules = 2 if control == "a_thread_waits_for_another_threads_work" else schedules
     result = testing.explore(
         CONTROLS[control],
         strategy=strategies()[strategy](),

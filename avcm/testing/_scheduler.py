@@ -39,13 +39,11 @@ is made meanwhile, the clock stands still and the scheduler waits for the thread
 are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
 ``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
 wait for what a task must do first: choices then go on without it, and virtual time passes
-for the tasks' timers (a sleep that ends before the task sets what it waits for); and go on
-at once at later steps while every thread at work on the run's calls stays in the very wait
-(not notified since) it stalled in. A task whose cancellation could not abort its wait (a
-thread's call not abandoned on cancel) still waits for the thread. On asyncio, what threads
-hand the loop (``call_soon_threadsafe``) comes in once no thread the tasks wait for is at
-work any more, all together, in the order their calls began: not in the order the machine
-finishes them.
+for the tasks' timers (a sleep that ends before the task sets what it waits for). A task
+whose cancellation could not abort its wait (a thread's call not abandoned on cancel) still
+waits for the thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``)
+comes in once no thread the tasks wait for is at work any more, all together, in the order
+their calls began: not in the order the machine finishes them.
 
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
 only when no task can run (or the tasks only spin, or ran ``_SLOW_STEPS`` steps in a row with
@@ -425,12 +423,6 @@ _SYNC_WAITS = frozenset({"wait", "acquire", "get", "put", "join"})
 # A pool thread's frame while it runs a call (trio's to_thread, asyncio's executor); anyio's
 # worker threads on asyncio are known by the waits that name them
 _SERVING = frozenset({("trio._threads", "worker_fn"), ("concurrent.futures.thread", "run")})
-_CONDITION_WAIT = threading.Condition.wait.__code__
-# Where a pool's idle thread waits for its next call (anyio's worker threads on asyncio, an
-# executor's)
-_POOL_IDLE = frozenset(
-    {("anyio._backends._asyncio", "run"), ("concurrent.futures.thread", "_worker")}
-)
 
 
 def _waits_in_threading(frame: FrameType) -> bool:
@@ -440,43 +432,6 @@ def _waits_in_threading(frame: FrameType) -> bool:
         "threading",
         "queue",
     )
-
-
-def _blocked_in_wait(frame: FrameType) -> bool:
-    """Whether a thread stopped at *frame* is blocked in a ``threading.Condition``'s wait
-    (what an event's, a queue's, a semaphore's or a barrier's wait comes down to) that nothing
-    has notified yet: only another thread, a task, or the wait's own timeout can end it."""
-    if frame.f_code is not _CONDITION_WAIT:
-        return False
-    waiter = frame.f_locals.get("waiter")
-    # (a notified waiter's lock is released: the thread is on its way out of the wait)
-    if waiter is None or not waiter.locked():
-        return False
-    # one for a future's result is a call into the loop, whose answer the scheduler's own
-    # ways wait for, or for another pool's work; one a pool's thread waits in for its next
-    # call is no call's (the report of the last may be on its way): neither is looked at
-    called, caller = frame, frame.f_back
-    while caller is not None and caller.f_globals.get("__name__") in ("threading", "queue"):
-        called, caller = caller, caller.f_back
-    if caller is None or (
-        (caller.f_globals.get("__name__"), caller.f_code.co_name) in _POOL_IDLE
-        and called.f_globals.get("__name__") == "queue"
-        and _pool_queue(caller) is called.f_locals.get("self")
-    ):
-        return False
-    while caller is not None:
-        code = caller.f_code
-        if code.co_name == "result" and code.co_filename.endswith(_FUTURES_BASE):
-            return False
-        caller = caller.f_back
-    return True
-
-
-def _pool_queue(frame: FrameType) -> object:
-    """The queue a pool's thread stopped at *frame* (one of :data:`_POOL_IDLE`) takes its
-    calls from: waiting in that queue it is idle, in another it runs a call that waits."""
-    local = frame.f_locals
-    return local.get("work_queue", getattr(local.get("self"), "queue", None))
 
 
 def _serves_a_call(frame: FrameType | None) -> bool:
@@ -2346,8 +2301,6 @@ class _Queue:
         self.births: dict[Any, int] = {}
         self.thread_progress = -1  # the run's loop steps when a thread poll last looked
         self.thread_since = 0.0  # since when (real time) nothing moved while threads work
-        # the frames the run's threads at work stalled in (see thread_stalled)
-        self.stalled_in: dict[int, FrameType] = {}
         self.wait_io = False  # the spin rule asks the next poll to wait for I/O
         self.io_quiet = False  # the last poll the spin rule asked for brought nothing
         self.thread = threading.get_ident()  # the event loop's
@@ -3088,59 +3041,11 @@ class _Queue:
         reported comes in) without waiting for every thread: at a step the machine's speed
         may decide, but the run goes on, as in a real loop. A thread that only works or
         sleeps, however long, is waited for (up to ``thread_timeout``)."""
-        if self._still_stalled():
-            return True
-        stalled = (
+        return (
             self.thread_progress == self.run._loop_steps
             and time.monotonic() - self.thread_since >= _THREAD_STALL
             and self._threads_wait_on_threads()
         )
-        if stalled:
-            self.stalled_in = self._blocked_frames() or {}
-        return stalled
-
-    def _still_stalled(self) -> bool:
-        """Whether every thread at work on the run's calls is still in the very wait, not
-        notified since, it was in when they last stalled (:meth:`thread_stalled`): then the
-        run goes on at once, with no second wait of ``_THREAD_STALL`` seconds at each step
-        (a thread waiting 5 s for another thread's work timed out after 5 steps of a task
-        beside it; attack47). A wait with a timeout may still end by its own in the meantime,
-        as it may in the wait the run made first (which a shorter one does not outlast)."""
-        if not self.stalled_in:
-            return False
-        if self._blocked_frames() == self.stalled_in:
-            return True
-        self.stalled_in = {}
-        return False
-
-    def _blocked_frames(self) -> dict[int, FrameType] | None:
-        """The frame each thread at work on the run's calls is blocked in, in a wait nothing
-        has notified (:func:`_blocked_in_wait`), by thread; None if one is not so blocked,
-        a call is not taken yet, or a thread is not known (a call the run cannot name)."""
-        if any(not self.taken(call) for call in self.calls_handed_over()):
-            return None
-        threads = self.threads_at_work()
-        if not threads:
-            return None
-        frames = _current_frames()
-        blocked: dict[int, FrameType] = {}
-        for thread in threads:
-            frame = frames.get(thread.ident or -1)
-            if frame is None or not _blocked_in_wait(frame):
-                return None
-            blocked[thread.ident or -1] = frame
-        return blocked
-
-    def threads_at_work(self) -> list[threading.Thread] | None:
-        """The worker threads at work on this run's calls (one waited for that is not known
-        by its thread: None), those whose caller left included."""
-        threads: list[threading.Thread] = []
-        for thread in self.waited_threads():
-            if not isinstance(thread, threading.Thread):
-                return None
-            threads.append(thread)
-        orphans = [thread for thread, _ in self.orphans()]
-        return threads + orphans
 
     def _threads_wait_on_threads(self) -> bool:
         named = {
@@ -3810,14 +3715,6 @@ class _TrioQueue(_Queue):
     def calls_handed_over(self) -> list[Any]:
         self.handed_over = [call for call in self.handed_over if not call.begun]
         return list(self.handed_over)
-
-    def threads_at_work(self) -> list[threading.Thread] | None:
-        # (known by their calls: a task's wait does not name its thread on trio)
-        return [
-            call.thread
-            for call in self.at_work
-            if call.begun and not call.delivered and call.thread is not None
-        ]
 
     def taken(self, call: Any) -> bool:
         return bool(call.begun)
