@@ -39,7 +39,9 @@ is made meanwhile, the clock stands still and the scheduler waits for the thread
 are abandoned and the run ends with a :class:`ThreadWaitError`. A thread that waits in a
 ``threading`` or ``queue`` primitive with nothing moving for ``_THREAD_STALL`` seconds may
 wait for what a task must do first: choices then go on without it, and virtual time passes
-for the tasks' timers (a sleep that ends before the task sets what it waits for). A task
+for the tasks' timers (a sleep that ends before the task sets what it waits for). Such a
+wait's timeout is on the run's clock (:mod:`._thread_clock`): it ends when virtual time
+passes it, which :meth:`_Queue.expire_thread_wait` moves there when nothing else can. A task
 whose cancellation could not abort its wait (a thread's call not abandoned on cancel) still
 waits for the thread. On asyncio, what threads hand the loop (``call_soon_threadsafe``)
 comes in once no thread the tasks wait for is at work any more, all together, in the order
@@ -98,6 +100,7 @@ import sniffio
 
 from .. import InvalidError, NotSupportedError
 from ..lowlevel import sync_hook
+from . import _thread_clock
 from ._clock import _SPIN_QUANTUM, _await_frames, _next_sleep, restart_clock, trio_timers
 from ._errors import (
     DeadlockError,
@@ -107,6 +110,7 @@ from ._errors import (
     ThreadWaitError,
 )
 from ._strategies import Chooser
+from ._thread_clock import ThreadClock, set_clock
 from ._timeline import Step, TaskOutcome, Timeline
 from ._token import CALLED_BACK, TIMER_FIRST
 
@@ -431,6 +435,7 @@ def _waits_in_threading(frame: FrameType) -> bool:
     return frame.f_code.co_name in _SYNC_WAITS and frame.f_globals.get("__name__") in (
         "threading",
         "queue",
+        _thread_clock.__name__,
     )
 
 
@@ -1098,6 +1103,8 @@ class Run:
                 failure = failure or error
         finally:
             self._outliving = False
+            if queue.thread_clock is not None:
+                queue.thread_clock.release()
             queue.uninstall()
             self._queue = None
             self._spin_kept, self._deep_kept, self._free_kept = {}, {}, {}
@@ -1131,6 +1138,8 @@ class Run:
         # the run (a test injecting faults) runs after this one.
         with sync_hook(hook):
             _controlled.set(True)
+            if queue.thread_clock is not None:
+                set_clock(queue.thread_clock)
             queue.control(task)
             try:
                 # held from here on: the first choice is who starts
@@ -2290,6 +2299,7 @@ class _Queue:
         self.tasks: dict[Any, _Task] = {}  # native task -> controlled task
         self.free = False  # released: hold nothing any more
         self.virtual = _virtual_clock()
+        self.thread_clock: ThreadClock | None = None  # worker threads' timed waits: install
         # task -> (the wait, the thread it waits for: True if unnamed, False if none, and
         # where the wait stands in the order of waits: see waited_threads)
         self.thread_waits: dict[
@@ -2915,6 +2925,8 @@ class _Queue:
         ``thread_timeout`` in all with nothing moving (no task step, no callback); then the
         calls waiting for threads at work are abandoned and the run fails with
         :class:`ThreadWaitError` (0: poll without waiting)."""
+        if self.expire_thread_wait():
+            return 0.0
         now = time.monotonic()
         progress = self.run._loop_steps
         if progress != self.thread_progress:
@@ -3018,7 +3030,8 @@ class _Queue:
         stalled (:meth:`thread_stalled`) and a task's timer is pending: what a stalled thread
         waits for may be what a task does when its sleep ends (a ``threading.Event`` it sets),
         and a real loop's clock runs on while the thread waits. With no such timer the run
-        waits for the thread in real time, up to ``thread_timeout``. While the threads
+        waits for the thread in real time, up to ``thread_timeout``, unless a stalled thread's
+        timed wait ends first (:meth:`expire_thread_wait`). While the threads
         outlast a timer that has yet to fall due (:meth:`slow`), only until they handed in
         what they have, if a task is runnable (held back till then); once it fell due, while
         they are late (:meth:`late`)."""
@@ -3031,7 +3044,34 @@ class _Queue:
             return not self.handed_in() or self.fast_threads_busy()
         if self.late():
             return True  # they took longer than the timer: no later one falls due before them
-        return not (self.thread_stalled() and self.run._next_timer() is not None)
+        if not self.thread_stalled():
+            return True
+        timer = self.run._next_timer()
+        if timer is None:
+            return True
+        # (a stalled thread's timed wait that ends first: see expire_thread_wait)
+        deadline = None if self.thread_clock is None else self.thread_clock.next_deadline()
+        return deadline is not None and deadline < timer
+
+    def expire_thread_wait(self) -> bool:
+        """Asked where the loop would wait for threads that stalled (no task can run): if a
+        stalled thread's timed wait (:mod:`._thread_clock`) ends before the loop's next timer,
+        or no timer is pending, virtual time moves to its end and it times out, as a task's
+        sleep would end there; the thread is at work again, and waited for. Whether it did."""
+        clock = self.thread_clock
+        if clock is None or self.free or self.held() or not self.thread_stalled():
+            return False
+        deadline = clock.next_deadline()
+        if deadline is None:
+            return False
+        timer = self.run._next_timer()
+        if timer is not None and timer <= deadline:
+            return False
+        self.advance(deadline)
+        if not clock.expire(self.now()):
+            return False
+        self.thread_since = time.monotonic()
+        return True
 
     def thread_stalled(self) -> bool:
         """Whether threads at work kept the run still for ``_THREAD_STALL`` seconds of real
@@ -3061,6 +3101,10 @@ class _Queue:
 
     def now(self) -> float:
         raise NotImplementedError
+
+    def thread_now(self) -> float:
+        """A virtual clock's time, read from any thread (no task's read)."""
+        return self.now()
 
     def let_time_pass(self) -> None:
         """Move a virtual clock to the next timer."""
@@ -3095,9 +3139,15 @@ class _Queue:
 
 
 def _install(run: Run) -> _Queue:
+    queue: _Queue
     if sniffio.current_async_library() == "trio":
-        return _TrioQueue.install(run)
-    return _AsyncioQueue.install(run)
+        queue = _TrioQueue.install(run)
+    else:
+        queue = _AsyncioQueue.install(run)
+    if queue.virtual:
+        _thread_clock.install()
+        queue.thread_clock = ThreadClock(queue.thread_now, queue.thread)
+    return queue
 
 
 class _TrioRunq(collections.deque):  # type: ignore[type-arg]
@@ -4494,6 +4544,12 @@ class _AsyncioQueue(_Queue):
 
     def now(self) -> float:
         return self.loop.time()
+
+    def thread_now(self) -> float:
+        from ._clock import VirtualTimeEventLoop
+
+        assert isinstance(self.loop, VirtualTimeEventLoop)  # (a thread clock only then)
+        return self.loop.uncounted_time()
 
     def let_time_pass(self) -> None:
         from ._clock import VirtualTimeEventLoop
