@@ -471,6 +471,22 @@ def test_the_command_line_shows_progress_on_a_terminal(
     assert capsys.readouterr().out.rstrip().endswith("conformance: passed")
 
 
+@pytest.mark.parametrize("command", ["conformance", "replay"])
+def test_the_command_lines_help_gives_each_options_meaning_and_default(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from avcm.testing._cli import main  # avcm-private: the avcm-testing entry point
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "the event loop" in shown and "(default: trio)" in shown
+    if command == "conformance":
+        assert "PCT schedules per scenario (default: 200; at most 100_000)" in shown
+        assert "the PCT seed of every scenario" in shown and "(default: 0)" in shown
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("factory", "scenario"),

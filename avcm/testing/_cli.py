@@ -103,7 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay_parser.add_argument("scenario", help="the scenario, as MODULE:NAME")
     replay_parser.add_argument("token", help="the replay token a failure printed")
-    replay_parser.add_argument("--backend", choices=BACKENDS, default="trio")
+    replay_parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="trio",
+        help="the event loop the failure was found on (default: %(default)s)",
+    )
     replay_parser.add_argument(
         "--thread-timeout",
         type=_seconds,
@@ -123,14 +128,27 @@ def _parser() -> argparse.ArgumentParser:
     conformance.add_argument(
         "factory", nargs="?", help="MODULE:FACTORY, called with a PhysicalMemory"
     )
-    conformance.add_argument("--backend", choices=BACKENDS, default="trio")
+    conformance.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="trio",
+        help="the event loop to run the scenarios on (default: %(default)s)",
+    )
     conformance.add_argument(
         "--schedules",
         type=_count(1, MAX_SCHEDULES),
         default=200,
-        help=f"per scenario (at most {MAX_SCHEDULES:_})",
+        metavar="N",
+        help=f"PCT schedules per scenario (default: %(default)s; at most {MAX_SCHEDULES:_})",
     )
-    conformance.add_argument("--seed", type=_count(0, (1 << 64) - 1), default=0)
+    conformance.add_argument(
+        "--seed",
+        type=_count(0, (1 << 64) - 1),
+        default=0,
+        metavar="N",
+        help="the PCT seed of every scenario: the same seed runs the same schedules "
+        "(default: %(default)s)",
+    )
     conformance.add_argument("--replay", metavar="TOKEN", help="replay one scenario's token")
     conformance.add_argument("--scenario", help="only this scenario (see --list)")
     conformance.add_argument("--list", action="store_true", help="list the scenarios")
