@@ -315,8 +315,18 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
         raise Violation(
             "rule 4", f"device access to a bound, active mapping faulted: {fault}"
         ) from None
-    if read_phys(world, phys, offset, length) != pattern:
-        raise Violation("rule 4", f"physical memory of {world.name(phys)} lacks the pattern")
+    landed = read_phys(world, phys, offset, length)
+    if landed != pattern:
+        first = next(i for i, (a, b) in enumerate(zip(landed, pattern, strict=True)) if a != b)
+        raise Violation(
+            "rule 4",
+            f"{length} bytes written through {writer.name} at {written_at.start + offset:#x} "
+            f"(offset {offset:#x} of {world.name(phys)}) and read back through every view are "
+            f"not in its physical memory from byte {first} on (device address "
+            f"{written_at.start + offset + first:#x}): the device reached other memory, and "
+            f"read it back from there (a translation of an access's first page only, an "
+            f"entry that points elsewhere)",
+        )
     wrote(world, phys, offset, pattern)
     return f"ok {len(views)} view(s)"
 
