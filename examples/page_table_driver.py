@@ -4,7 +4,10 @@ avcm's MMU wrapper owns the address allocator, the bound list and the activated 
 driver only writes page-table entries (one per page, of 1 MiB, 64 KiB or 4 KiB: the wrapper's
 page walk picks the largest page that fits) and switches translation on and off. It also shows
 the checks its hardware (:class:`avcm.lowlevel.HardwareView`), so that the stress harness and
-the conformance suite compare the hardware with the model.
+the conformance suite compare the hardware with the model, and offers the device's side,
+``read`` and ``write`` at device addresses through its page tables, which the harness's data
+checks and device probes use: an access must reach the bound memory while the context is
+active and fault (raise) otherwise.
 
 Run it::
 
@@ -16,6 +19,7 @@ Run it::
 from __future__ import annotations
 
 import argparse
+import errno
 from collections.abc import Iterator
 
 import anyio
@@ -24,7 +28,13 @@ import anyio.lowlevel
 import avcm
 from avcm import lowlevel
 
-__all__ = ["PageTables", "make"]
+__all__ = ["DeviceFault", "PageTables", "make"]
+
+
+class DeviceFault(avcm.VcmError):
+    """``EFAULT``: a device access the page tables do not translate."""
+
+    default_errno = errno.EFAULT
 
 
 class PageTables:
@@ -32,7 +42,8 @@ class PageTables:
 
     orders = (8, 4, 0)  # 1 MiB, 64 KiB and 4 KiB pages, largest first, ending with 0
 
-    def __init__(self) -> None:
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        self.memory = memory  # what the device reaches through the tables
         self.entries: dict[int, tuple[int, int]] = {}  # vaddr -> (paddr, order)
         self.enabled = False
 
@@ -63,6 +74,38 @@ class PageTables:
         await lowlevel.sync_point(point, vcm)
         await anyio.lowlevel.checkpoint()
 
+    # -- the device's side: accesses at device addresses, translated page by page ------------
+
+    def translate(self, addr: int) -> int:
+        """The physical address the device reaches at *addr*; :class:`DeviceFault` if none."""
+        if self.enabled:
+            for order in self.orders:
+                size = avcm.PAGE_SIZE << order
+                entry = self.entries.get(addr & -size)
+                if entry is not None and entry[1] == order:
+                    return entry[0] + (addr & (size - 1))
+        state = "no entry" if self.enabled else "translation off"
+        raise DeviceFault(f"device access at {addr:#x} faulted ({state})")
+
+    def _pieces(self, addr: int, length: int) -> Iterator[tuple[int, int]]:
+        # (physical address, length) within each 4 KiB page: a burst that crosses a page is
+        # translated again there, as the hardware does (its next page may be anywhere)
+        while length > 0:
+            piece = min(length, avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)))
+            yield self.translate(addr), piece
+            addr += piece
+            length -= piece
+
+    def read(self, addr: int, length: int) -> bytes:
+        return b"".join(self.memory.read(p, n) for p, n in list(self._pieces(addr, length)))
+
+    def write(self, addr: int, data: bytes) -> None:
+        pieces = list(self._pieces(addr, len(data)))  # all translated before a byte is written
+        offset = 0
+        for physical, piece in pieces:
+            self.memory.write(physical, data[offset : offset + piece])
+            offset += piece
+
     # -- what the checks compare with the model (avcm.lowlevel.HardwareView) -----------------
 
     def hardware_active(self) -> bool:
@@ -76,7 +119,9 @@ class PageTables:
 def make(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A context of 256 MiB of device addresses at 0x1000_0000 over *memory*: the factory the
     stress harness and the conformance suite take (``examples.page_table_driver:make``)."""
-    return avcm.mmu_init(0x1000_0000, 256 << 20, PageTables(), memory=memory, name="pagetables")
+    return avcm.mmu_init(
+        0x1000_0000, 256 << 20, PageTables(memory), memory=memory, name="pagetables"
+    )
 
 
 async def main() -> None:
@@ -90,6 +135,12 @@ async def main() -> None:
             print(f"bound {res.bound_size >> 10} KiB at {res.start:#x}: {len(pages)} page(s)")
             for vaddr, (paddr, order) in pages[:4]:
                 print(f"  {vaddr:#x} -> {paddr:#x} ({(avcm.PAGE_SIZE << order) >> 10} KiB)")
+            tables.write(res.start + 5, b"hello")  # the device writes through its tables
+            assert memory.read(tables.translate(res.start + 5), 5) == b"hello"
+        try:
+            tables.read(res.start, 1)
+        except DeviceFault as fault:  # off: the device reaches nothing
+            print(f"after deactivate: {fault}")
         assert not tables.entries and not tables.enabled  # the last deactivate cleared them
         await res.destroy_binding()
     assert memory.free_bytes == memory.size  # rule 9: nothing leaked

@@ -3,6 +3,7 @@ and the stress harness and conformance suite on each example driver."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,19 @@ def test_the_stress_harness_passes_each_example_driver(module: str, tmp_path: Pa
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert "0 violations" in done.stdout
+
+
+def test_the_page_table_examples_device_side_is_what_the_data_checks_go_through(
+    tmp_path: Path,
+) -> None:
+    # its contexts alone (no carve-out context of the harness's, whose own device views would
+    # pass the data checks): a pattern written and read back through its read and write
+    report = tmp_path / "report.json"
+    done = run(
+        "-m", "stress", "--driver", "examples.page_table_driver:make", "--ops", "2000",
+        "--contexts", "custom=2", "--tasks", "3", "--quiet", "--trace-dir", str(tmp_path),
+        "--json", str(report),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(report.read_text())["outcomes"]["data"]
+    assert sum(count for outcome, count in data.items() if outcome.startswith("ok ")) > 0, data
