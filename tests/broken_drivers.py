@@ -770,6 +770,29 @@ def burst_device(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, BurstPageTable(memory), memory=memory)
 
 
+class LostOffsetBitPageTable(drivers.PageTableMmu):
+    """A device whose offset arithmetic inside a 64 KiB page loses bit 10 (a mask typo): an
+    access starting in the second quarter of a 4 KiB page within a 64 KiB page lands a KiB
+    lower. A whole page accessed from its first byte goes right; its table and bookkeeping are
+    right."""
+
+    MEDIUM = 64 << 10
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="lost_bit")
+
+    def translate(self, addr: int) -> int:
+        physical = super().translate(addr)
+        entry = self._entries.get(addr & -self.MEDIUM)
+        if entry is not None and entry[2] == self.MEDIUM:
+            return physical & ~(1 << 10)
+        return physical
+
+
+def lost_offset_bit(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, LostOffsetBitPageTable(memory), memory=memory)
+
+
 class ThirdLargePageTable(drivers.PageTableMmu):
     """Its 1 MiB entries count, in a 2-bit field, the run of 1 MiB pages they continue (device
     address and memory both a page on from the entry before), which overflows: from the third

@@ -13,6 +13,7 @@ the ``driver.*`` sync point that announces each call.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import inspect
@@ -385,12 +386,15 @@ def _expect_state(*vcms: Vcm) -> None:
 
 
 def _pattern(res: Res, salt: int) -> bytes:
-    """A pattern for every byte bound at *res*, distinct for each page and each *salt*: a
-    page mapped to the wrong memory shows as another page's bytes."""
-    return b"".join(
-        ((res.start + offset) ^ (salt << 48)).to_bytes(8, "little") * (PAGE_SIZE // 8)
-        for offset in range(0, res.bound_size, PAGE_SIZE)
-    )
+    """A pattern for every byte bound at *res*: each 8-byte word its own device address, with
+    *salt* above bit 48 (device addresses are below 2**48), so that a page mapped to the wrong
+    memory shows another page's bytes, and an access that reaches the wrong place within its
+    page (an offset bit dropped in a large page: attack46) another word's."""
+    base = res.start | (salt << 48)
+    words = array.array("Q", range(base, base + res.bound_size, 8))
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words.tobytes()
 
 
 def _write_through(vcm: Vcm, res: Res, salt: int) -> bytes | None:
@@ -436,6 +440,37 @@ def _check_memory(vcm: Vcm, res: Res, pattern: bytes) -> None:
             f"rule 4: a device read at {res.start:#x} through {vcm.name} does not return "
             "what its memory holds"
         )
+    _check_reads_inside_pages(vcm, res, pattern)
+
+
+_PAGES_READ_INSIDE = 64  # per check: the pages read from their last word on (evenly spread)
+
+
+def _check_reads_inside_pages(vcm: Vcm, res: Res, pattern: bytes) -> None:
+    """Device reads that start at a page's last word (every offset bit from 3 to 11 set) and
+    run into the next page where one follows return what is there (rule 4): a whole-page
+    access starts at a page's first byte, where an offset bit dropped (attack46: bit 11 inside
+    1 MiB pages) or a burst that goes on in physical memory past its first page stays unseen."""
+    pages = res.bound_size // PAGE_SIZE
+    step = max(1, pages // _PAGES_READ_INSIDE)
+    for page in sorted({*range(0, pages, step), pages - 1}):
+        offset = (page + 1) * PAGE_SIZE - 8
+        length = 16 if page + 1 < pages else 8
+        address = res.start + offset
+        try:
+            seen = _device(vcm).read(address, length)
+        except Exception as error:
+            raise AssertionError(
+                f"rule 4: a device read of {length} bytes at {address:#x} through {vcm.name}, "
+                f"active and bound there, failed: {type(error).__name__}: {error}"
+            ) from error
+        if seen != pattern[offset : offset + length]:
+            raise AssertionError(
+                f"rule 4: a device read of {length} bytes at {address:#x} through {vcm.name} "
+                "(from a page's last word on) does not return what the device wrote there: "
+                "the access reached another place (an offset bit lost, a burst gone on in "
+                "physical memory past its page)"
+            )
 
 
 _salts = itertools.count(1)
