@@ -94,25 +94,22 @@ def waits_for_a_task(kind: str, timeout: float, steps: int) -> testing.Scenario:
     return scenario
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize(
+    ("kind", "timeout", "steps"),
+    [
+        # half a second: the tasks go on only after the thread kept the run still for a second
+        *((kind, 0.5, 0) for kind in sorted(KINDS)),
+        # each step of the task comes a second of real time after the last while the thread
+        # stays blocked: three of them outlasted a wait of two seconds on the machine's clock
+        ("event", 2, 3),
+    ],
+)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_threads_short_timed_wait_for_a_task_is_no_failure(backend: str, kind: str) -> None:
-    # half a second: the tasks go on only after the thread kept the run still for a second
+def test_a_threads_timed_wait_for_what_a_task_gives_is_no_failure(
+    backend: str, kind: str, timeout: float, steps: int
+) -> None:
     result = testing.explore(
-        waits_for_a_task(kind, 0.5, steps=0),
-        strategy=testing.PCT(0),
-        schedules=1,
-        backend=backend,
-    )
-    assert result.failure is None, result.failure.report()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_threads_timed_wait_beside_a_task_of_several_steps_is_no_failure(backend: str) -> None:
-    # each step of the task comes a second of real time after the last while the thread stays
-    # blocked: three of them outlasted a wait of two seconds on the machine's clock
-    result = testing.explore(
-        waits_for_a_task("event", 2, steps=3),
+        waits_for_a_task(kind, timeout, steps=steps),
         strategy=testing.PCT(0),
         schedules=1,
         backend=backend,
