@@ -7,8 +7,10 @@ wait timed out before the task it waited for ever ran (attack47), a false failur
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import anyio
@@ -192,3 +194,109 @@ def test_a_thread_the_program_starts_waits_on_the_machines_clock(backend: str) -
     result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
     assert result.failure is None, result.failure.report()
     assert ended == [False]
+
+
+# -- what else may end a thread's wait (attack50) ----------------------------------------------
+
+
+def _sleep_then(seconds: float, then: Callable[[], object]) -> None:
+    time.sleep(seconds)
+    then()
+
+
+@pytest.mark.parametrize("giver", ["another call's thread", "a pool of the program's own"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timed_wait_does_not_end_while_a_thread_that_may_end_it_works(
+    backend: str, giver: str
+) -> None:
+    # the giver works for a second and a half of real time (no virtual time: a thread's work
+    # takes none); the waiter stalled after one second, and its wait timed out though the
+    # giver was still at work (another call's thread: Exhaustive also said "not
+    # deterministic" with a second's work)
+    got: list[bool] = []
+
+    async def scenario(run: testing.Run) -> None:
+        signal = threading.Event()
+
+        async def waiter() -> None:
+            got.append(await anyio.to_thread.run_sync(signal.wait, 5))
+
+        async def worker() -> None:
+            await anyio.to_thread.run_sync(_sleep_then, 1.5, signal.set)
+
+        def from_a_pool() -> bool:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(_sleep_then, 1.5, signal.set)
+                return signal.wait(5)
+
+        async def pooled() -> None:
+            got.append(await anyio.to_thread.run_sync(from_a_pool))
+
+        tasks = [waiter, worker] if giver == "another call's thread" else [pooled]
+        for outcome in await run.concurrently(*tasks):
+            outcome.unwrap()
+
+    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
+    assert result.failure is None, result.failure.report()
+    assert got == [True]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_whose_caller_left_may_wait_for_a_tasks_timer(backend: str) -> None:
+    # its caller leaves on a deadline (abandon_on_cancel); its timed wait is for an event a
+    # task sets once a later sleep ends. The run held that task till the thread handed in its
+    # report, and the thread waited for the task: ThreadWaitError after thread_timeout
+    got: list[tuple[bool, float]] = []
+
+    async def scenario(run: testing.Run) -> None:
+        signal = threading.Event()
+        start = anyio.current_time()
+
+        def wait() -> None:
+            got.append((signal.wait(5), 0.0))
+
+        async def leaver() -> None:
+            with anyio.move_on_after(0.3):
+                await anyio.to_thread.run_sync(wait, abandon_on_cancel=True)
+
+        async def setter() -> None:
+            await anyio.sleep(1)
+            got.append((True, anyio.current_time() - start))
+            signal.set()
+
+        for outcome in await run.concurrently(leaver, setter):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=10),
+    )
+    assert result.failure is None, result.failure.report()
+    assert sorted(got) == [(True, 0.0), (True, pytest.approx(1.0))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timeout_the_machines_wait_refuses_is_refused_as_there(backend: str) -> None:
+    # nan ends at once; infinity and more than threading.TIMEOUT_MAX raise OverflowError
+    got: list[object] = []
+
+    def wait(timeout: float) -> object:
+        try:
+            return threading.Event().wait(timeout)
+        except OverflowError:
+            return OverflowError
+
+    async def scenario(run: testing.Run) -> None:
+        async def waiter() -> None:
+            for timeout in (math.nan, math.inf, 1e10):
+                got.append(await anyio.to_thread.run_sync(wait, timeout))
+
+        for outcome in await run.concurrently(waiter):
+            outcome.unwrap()
+
+    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
+    assert result.failure is None, result.failure.report()
+    assert got == [False, OverflowError, OverflowError]

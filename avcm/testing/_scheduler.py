@@ -439,6 +439,15 @@ def _waits_in_threading(frame: FrameType) -> bool:
     )
 
 
+# Where a thread waits with nothing to do: trio's idle worker, one ending a join
+_IDLE = frozenset({("trio._core._thread_cache", "_work"), ("threading", "_wait_for_tstate_lock")})
+
+
+def _idles(frame: FrameType) -> bool:
+    """Whether a thread stopped at *frame* idles (see ``_IDLE``)."""
+    return (frame.f_globals.get("__name__"), frame.f_code.co_name) in _IDLE
+
+
 def _serves_a_call(frame: FrameType | None) -> bool:
     while frame is not None:
         if (frame.f_globals.get("__name__"), frame.f_code.co_name) in _SERVING:
@@ -2300,6 +2309,7 @@ class _Queue:
         self.free = False  # released: hold nothing any more
         self.virtual = _virtual_clock()
         self.thread_clock: ThreadClock | None = None  # worker threads' timed waits: install
+        self.threads_before = frozenset(threading.enumerate())  # (see _no_thread_at_work)
         # task -> (the wait, the thread it waits for: True if unnamed, False if none, and
         # where the wait stands in the order of waits: see waited_threads)
         self.thread_waits: dict[
@@ -2847,11 +2857,15 @@ class _Queue:
 
     def orphans_unlooked(self) -> bool:
         """Whether a task is held back till a poll finds the threads whose caller left handed
-        in what they have (:meth:`look_at_orphans`): no time passes meanwhile."""
+        in what they have (:meth:`look_at_orphans`): no time passes meanwhile. Not once they
+        stalled (:meth:`thread_stalled`): one blocked in a wait may wait for what that task
+        does (attack50: a thread whose caller left on a deadline, waiting for an event a
+        task sets once its sleep ends, was waited for till ``thread_timeout``)."""
         return (
             self.orphans_looked != len(self.run._steps)
             and any(task.held for task in self.tasks.values())
             and bool(self.orphans())
+            and not self.thread_stalled()
         )
 
     def orphans_called_back(self, arrivals: Iterable[tuple[threading.Thread, Any]]) -> None:
@@ -3042,9 +3056,10 @@ class _Queue:
             # thread reads of the loop's state before then, a cancellation its caller got when
             # the timer fell due, is read before it, however fast the machine is)
             return not self.handed_in() or self.fast_threads_busy()
-        if self.late():
-            return True  # they took longer than the timer: no later one falls due before them
         if not self.thread_stalled():
+            # (late: they took longer than the timer; no later one falls due before them
+            # unless they stalled in a wait, which may be for what a task does once its
+            # sleep ends: a thread whose caller left on a deadline, attack50)
             return True
         timer = self.run._next_timer()
         if timer is None:
@@ -3062,7 +3077,7 @@ class _Queue:
         if clock is None or self.free or self.held() or not self.thread_stalled():
             return False
         deadline = clock.next_deadline()
-        if deadline is None:
+        if deadline is None or not self._no_thread_at_work():
             return False
         timer = self.run._next_timer()
         if timer is not None and timer <= deadline:
@@ -3086,6 +3101,28 @@ class _Queue:
             and time.monotonic() - self.thread_since >= _THREAD_STALL
             and self._threads_wait_on_threads()
         )
+
+    def _no_thread_at_work(self) -> bool:
+        """Whether every thread that may end a thread's wait waits itself: each thread serving
+        a call of the run, and each begun since the run began (a pool of the program's own,
+        a thread it started), waits in a ``threading`` or ``queue`` primitive or idles in a
+        pool. A thread that sleeps or computes may yet give what a wait waits for (attack50:
+        another call's thread, or a private pool's, at work for a second and a half), so no
+        timed wait expires meanwhile. Threads older than the run (a test runner's, a
+        cluster's) and other runs' event loops are none of the run's."""
+        named = {
+            thread.ident for thread in self.waited_threads() if isinstance(thread, threading.Thread)
+        }
+        threads = {thread.ident: thread for thread in threading.enumerate()}
+        others = _thread_clock.loop_threads()
+        for ident, frame in _current_frames().items():
+            thread = threads.get(ident)
+            if ident == self.thread or ident in others or thread is None:
+                continue
+            ours = ident in named or thread not in self.threads_before or _serves_a_call(frame)
+            if ours and not (_waits_in_threading(frame) or _idles(frame)):
+                return False
+        return True
 
     def _threads_wait_on_threads(self) -> bool:
         named = {

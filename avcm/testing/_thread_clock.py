@@ -26,10 +26,11 @@ import itertools
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ThreadClock", "install"]
+__all__ = ["ThreadClock", "install", "loop_threads"]
 
 # (its waiting function is named ``wait``, as the one it stands in for: a thread stopped in it
 # is seen waiting in a ``threading`` primitive, see _scheduler._waits_in_threading)
@@ -58,6 +59,7 @@ class ThreadClock:
         self._now = now
         self.loop_thread = loop_thread
         self.live = True
+        _live.add(self)
         self._lock = threading.Lock()
         self._waits: list[_TimedWait] = []
         self._order = itertools.count()
@@ -99,6 +101,16 @@ class ThreadClock:
     def release(self) -> None:
         """The run ended: threads still waiting count what is left in real time."""
         self.live = False
+        _live.discard(self)
+
+
+_live: weakref.WeakSet[ThreadClock] = weakref.WeakSet()
+
+
+def loop_threads() -> set[int]:
+    """The threads whose event loops runs on a clock of this module's run now (several runs
+    may run at once in one process, each in a thread of its own: a Dask worker's)."""
+    return {clock.loop_thread for clock in list(_live) if clock.live}
 
 
 _clock: contextvars.ContextVar[ThreadClock | None] = contextvars.ContextVar(
@@ -130,7 +142,9 @@ def wait(self: threading.Condition, timeout: float | None = None) -> bool:
     """:meth:`threading.Condition.wait`, with a timeout on the run's clock in a worker thread
     that serves a controlled task (CPython's own code otherwise, and this one's shape)."""
     clock = current()
-    if clock is None or timeout is None or timeout <= 0:
+    # (no timeout, none left, or one the machine's own wait refuses or ends at once: nan,
+    # infinity, more than threading.TIMEOUT_MAX: as it does)
+    if clock is None or timeout is None or not 0 < timeout <= threading.TIMEOUT_MAX:
         return _real_wait(self, timeout)
     if not self._is_owned():  # type: ignore[attr-defined]
         raise RuntimeError("cannot wait on un-acquired lock")
