@@ -13,7 +13,6 @@ the ``driver.*`` sync point that announces each call.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import inspect
@@ -386,15 +385,20 @@ def _expect_state(*vcms: Vcm) -> None:
 
 
 def _pattern(res: Res, salt: int) -> bytes:
-    """A pattern for every byte bound at *res*: each 8-byte word its own device address, with
+    """A pattern for every byte bound at *res*: each page's words its device address with
     *salt* above bit 48 (device addresses are below 2**48), so that a page mapped to the wrong
-    memory shows another page's bytes, and an access that reaches the wrong place within its
-    page (an offset bit dropped in a large page: attack46) another word's."""
-    base = res.start | (salt << 48)
-    words = array.array("Q", range(base, base + res.bound_size, 8))
-    if sys.byteorder == "big":
-        words.byteswap()
-    return words.tobytes()
+    memory shows another page's bytes, but its last word, which has bit 63 set too: a read
+    from there (:func:`_check_reads_inside_pages`) that lands elsewhere in its page (an offset
+    bit dropped in a large page: attack46) finds another word."""
+    words = []
+    for offset in range(0, res.bound_size, PAGE_SIZE):
+        word = (res.start + offset) ^ (salt << 48)
+        words.append(word.to_bytes(8, "little") * (PAGE_SIZE // 8 - 1))
+        words.append((word | _LAST_WORD).to_bytes(8, "little"))
+    return b"".join(words)
+
+
+_LAST_WORD = 1 << 63
 
 
 def _write_through(vcm: Vcm, res: Res, salt: int) -> bytes | None:
@@ -443,7 +447,7 @@ def _check_memory(vcm: Vcm, res: Res, pattern: bytes) -> None:
     _check_reads_inside_pages(vcm, res, pattern)
 
 
-_PAGES_READ_INSIDE = 64  # per check: the pages read from their last word on (evenly spread)
+_PAGES_READ_INSIDE = 16  # per check: the pages read from their last word on (evenly spread)
 
 
 def _check_reads_inside_pages(vcm: Vcm, res: Res, pattern: bytes) -> None:
