@@ -300,3 +300,35 @@ def test_a_timeout_the_machines_wait_refuses_is_refused_as_there(backend: str) -
     result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
     assert result.failure is None, result.failure.report()
     assert got == [False, OverflowError, OverflowError]
+
+
+@pytest.mark.parametrize("timeout", [2.0, None])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_slow_thread_may_wait_for_the_timer_it_outlasts(
+    backend: str, timeout: float | None
+) -> None:
+    # with the chance that the thread outlasts the sleep taken, time stood still till the
+    # thread handed in its report, and the thread waited for what the sleeper sets: a
+    # ThreadWaitError on trio (attack51)
+    async def scenario(run: testing.Run) -> None:
+        signal = threading.Event()
+
+        async def waiter() -> None:
+            assert await anyio.to_thread.run_sync(signal.wait, timeout)
+
+        async def sleeper() -> None:
+            await anyio.sleep(1)
+            signal.set()
+
+        for outcome in await run.concurrently(waiter, sleeper):
+            outcome.unwrap()
+
+    result = testing.explore(
+        scenario,
+        strategy=testing.Exhaustive(1, slow_threads=1),
+        schedules=4,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=10),
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 4

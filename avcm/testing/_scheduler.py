@@ -3054,7 +3054,11 @@ class _Queue:
         if self.slow():
             # (till they handed in what they have, whether or not a task is runnable: what a
             # thread reads of the loop's state before then, a cancellation its caller got when
-            # the timer fell due, is read before it, however fast the machine is)
+            # the timer fell due, is read before it, however fast the machine is; but not
+            # once they stalled in a wait, which may be for what a task does when the timer
+            # they outlast falls due: attack51, a ThreadWaitError on trio)
+            if self.thread_stalled() and not self.fast_threads_busy():
+                return False
             return not self.handed_in() or self.fast_threads_busy()
         if not self.thread_stalled():
             # (late: they took longer than the timer; no later one falls due before them
