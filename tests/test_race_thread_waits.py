@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +22,15 @@ from avcm import testing
 from tests.races import replay_as_printed
 
 BACKENDS = ["asyncio", "trio"]
+
+
+def passes(scenario: testing.Scenario, backend: str, **options: Any) -> testing.Exploration:
+    """``testing.explore`` (one schedule of PCT(0) unless *options* say otherwise), which must
+    report no failure."""
+    options = {"strategy": testing.PCT(0), "schedules": 1, **options}
+    result = testing.explore(scenario, backend=backend, **options)
+    assert result.failure is None, result.failure.report()
+    return result
 
 
 class Signal:
@@ -110,13 +120,7 @@ def waits_for_a_task(kind: str, timeout: float, steps: int) -> testing.Scenario:
 def test_a_threads_timed_wait_for_what_a_task_gives_is_no_failure(
     backend: str, kind: str, timeout: float, steps: int
 ) -> None:
-    result = testing.explore(
-        waits_for_a_task(kind, timeout, steps=steps),
-        strategy=testing.PCT(0),
-        schedules=1,
-        backend=backend,
-    )
-    assert result.failure is None, result.failure.report()
+    passes(waits_for_a_task(kind, timeout, steps=steps), backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -140,8 +144,7 @@ def test_a_threads_timed_wait_ends_in_order_with_the_tasks_timers(backend: str) 
         for outcome in await run.concurrently(waiter, sleeper):
             outcome.unwrap()
 
-    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
-    assert result.failure is None, result.failure.report()
+    passes(scenario, backend)
     assert seen == [
         ("sleep ended", pytest.approx(0.2), None),
         ("thread timed out", pytest.approx(0.5), False),
@@ -191,8 +194,7 @@ def test_a_thread_the_program_starts_waits_on_the_machines_clock(backend: str) -
         for outcome in await run.concurrently(starter):
             outcome.unwrap()
 
-    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
-    assert result.failure is None, result.failure.report()
+    passes(scenario, backend)
     assert ended == [False]
 
 
@@ -236,8 +238,7 @@ def test_a_timed_wait_does_not_end_while_a_thread_that_may_end_it_works(
         for outcome in await run.concurrently(*tasks):
             outcome.unwrap()
 
-    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
-    assert result.failure is None, result.failure.report()
+    passes(scenario, backend)
     assert got == [True]
 
 
@@ -267,14 +268,7 @@ def test_a_thread_whose_caller_left_may_wait_for_a_tasks_timer(backend: str) -> 
         for outcome in await run.concurrently(leaver, setter):
             outcome.unwrap()
 
-    result = testing.explore(
-        scenario,
-        strategy=testing.PCT(0),
-        schedules=1,
-        backend=backend,
-        limits=testing.Limits(thread_timeout=10),
-    )
-    assert result.failure is None, result.failure.report()
+    passes(scenario, backend, limits=testing.Limits(thread_timeout=10))
     assert sorted(got) == [(True, 0.0), (True, pytest.approx(1.0))]
 
 
@@ -297,8 +291,7 @@ def test_a_timeout_the_machines_wait_refuses_is_refused_as_there(backend: str) -
         for outcome in await run.concurrently(waiter):
             outcome.unwrap()
 
-    result = testing.explore(scenario, strategy=testing.PCT(0), schedules=1, backend=backend)
-    assert result.failure is None, result.failure.report()
+    passes(scenario, backend)
     assert got == [False, OverflowError, OverflowError]
 
 
@@ -323,12 +316,11 @@ def test_a_slow_thread_may_wait_for_the_timer_it_outlasts(
         for outcome in await run.concurrently(waiter, sleeper):
             outcome.unwrap()
 
-    result = testing.explore(
+    result = passes(
         scenario,
+        backend,
         strategy=testing.Exhaustive(1, slow_threads=1),
         schedules=4,
-        backend=backend,
         limits=testing.Limits(thread_timeout=10),
     )
-    assert result.failure is None, result.failure.report()
     assert result.schedules == 4
