@@ -324,3 +324,25 @@ def test_a_slow_thread_may_wait_for_the_timer_it_outlasts(
         limits=testing.Limits(thread_timeout=10),
     )
     assert result.schedules == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timed_wait_that_ends_with_a_tasks_sleep_ends_first(backend: str) -> None:
+    # as in plain runs (attack51: 6 of 6 timed the wait out first), not never
+    got: list[bool] = []
+
+    async def scenario(run: testing.Run) -> None:
+        signal = threading.Event()
+
+        async def waiter() -> None:
+            got.append(await anyio.to_thread.run_sync(signal.wait, 1.0))
+
+        async def sleeper() -> None:
+            await anyio.sleep(1.0)
+            signal.set()
+
+        for outcome in await run.concurrently(waiter, sleeper):
+            outcome.unwrap()
+
+    passes(scenario, backend)
+    assert got == [False]
