@@ -3116,9 +3116,7 @@ class _Queue:
         another call's thread, or a private pool's, at work for a second and a half), so no
         timed wait expires meanwhile. Threads older than the run (a test runner's, a
         cluster's) and other runs' event loops are none of the run's."""
-        named = {
-            thread.ident for thread in self.waited_threads() if isinstance(thread, threading.Thread)
-        }
+        named = self._waited_idents()
         threads = {thread.ident: thread for thread in threading.enumerate()}
         others = _thread_clock.loop_threads()
         for ident, frame in _current_frames().items():
@@ -3130,10 +3128,14 @@ class _Queue:
                 return False
         return True
 
-    def _threads_wait_on_threads(self) -> bool:
-        named = {
+    def _waited_idents(self) -> set[int | None]:
+        """The idents of the named threads the tasks wait for (:meth:`waited_threads`)."""
+        return {
             thread.ident for thread in self.waited_threads() if isinstance(thread, threading.Thread)
         }
+
+    def _threads_wait_on_threads(self) -> bool:
+        named = self._waited_idents()
         return any(
             _waits_in_threading(frame) and (ident in named or _serves_a_call(frame))
             for ident, frame in _current_frames().items()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
 import queue
 import threading
 import time
@@ -41,11 +40,10 @@ _LOOK = 0.02  # seconds of real time between a waiting thread's looks at whether
 class _TimedWait:
     """One thread's timed wait: ``expired`` once the run's clock passed ``deadline``."""
 
-    __slots__ = ("deadline", "expired", "order", "waiter")
+    __slots__ = ("deadline", "expired", "waiter")
 
-    def __init__(self, deadline: float, order: int, waiter: Any) -> None:
+    def __init__(self, deadline: float, waiter: Any) -> None:
         self.deadline = deadline
-        self.order = order
         self.waiter = waiter  # the condition's waiter lock: released when notified
         self.expired = False
 
@@ -62,7 +60,6 @@ class ThreadClock:
         _live.add(self)
         self._lock = threading.Lock()
         self._waits: list[_TimedWait] = []
-        self._order = itertools.count()
 
     def serves(self) -> bool:
         """Whether the calling thread's timed waits are on this clock."""
@@ -72,7 +69,7 @@ class ThreadClock:
         return self._now()
 
     def begin(self, timeout: float, waiter: Any) -> _TimedWait:
-        wait = _TimedWait(self._now() + timeout, next(self._order), waiter)
+        wait = _TimedWait(self._now() + timeout, waiter)
         with self._lock:
             self._waits.append(wait)
         return wait
@@ -92,10 +89,11 @@ class ThreadClock:
         """End every wait not notified whose deadline *now* reached: each returns as timed
         out. How many."""
         with self._lock:
-            due = [w for w in self._waits if not w.expired and w.deadline <= now]
-            for wait in sorted(due, key=lambda w: (w.deadline, w.order)):
-                if wait.waiter.locked():
-                    wait.expired = True
+            due = [
+                w for w in self._waits if not w.expired and w.deadline <= now and w.waiter.locked()
+            ]
+            for wait in due:
+                wait.expired = True
         return len(due)
 
     def release(self) -> None:
@@ -110,7 +108,7 @@ _live: weakref.WeakSet[ThreadClock] = weakref.WeakSet()
 def loop_threads() -> set[int]:
     """The threads whose event loops runs on a clock of this module's run now (several runs
     may run at once in one process, each in a thread of its own: a Dask worker's)."""
-    return {clock.loop_thread for clock in list(_live) if clock.live}
+    return {clock.loop_thread for clock in list(_live)}  # (release takes a clock out)
 
 
 _clock: contextvars.ContextVar[ThreadClock | None] = contextvars.ContextVar(
