@@ -448,6 +448,13 @@ def _idles(frame: FrameType) -> bool:
     return (frame.f_globals.get("__name__"), frame.f_code.co_name) in _IDLE
 
 
+def _thread_wait_first(deadline: float, timer: float | None) -> bool:
+    """Whether a thread's timed wait ending at *deadline* ends before the loop's next *timer*
+    (None: none), or with it: a thread's timed wait is more punctual than an event loop's
+    timer (see :meth:`_Queue.expire_thread_wait`)."""
+    return timer is None or deadline <= timer
+
+
 def _serves_a_call(frame: FrameType | None) -> bool:
     while frame is not None:
         if (frame.f_globals.get("__name__"), frame.f_code.co_name) in _SERVING:
@@ -3070,7 +3077,7 @@ class _Queue:
             return True
         # (a stalled thread's timed wait that ends first: see expire_thread_wait)
         deadline = None if self.thread_clock is None else self.thread_clock.next_deadline()
-        return deadline is not None and deadline <= timer
+        return deadline is not None and _thread_wait_first(deadline, timer)
 
     def expire_thread_wait(self) -> bool:
         """Asked where the loop would wait for threads that stalled (no task can run): if a
@@ -3085,8 +3092,7 @@ class _Queue:
         deadline = clock.next_deadline()
         if deadline is None or not self._no_thread_at_work():
             return False
-        timer = self.run._next_timer()
-        if timer is not None and timer < deadline:
+        if not _thread_wait_first(deadline, self.run._next_timer()):
             return False
         self.advance(deadline)
         if not clock.expire(self.now()):
