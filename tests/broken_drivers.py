@@ -115,6 +115,34 @@ class StaleIotlbPageTable(drivers.PageTableMmu):
             self.pending = 0
 
 
+class WrappingTlbPageTable(drivers.PageTableMmu):
+    """An IOTLB whose entries are tagged with an 8-bit generation that each page removal moves
+    on, rather than being emptied (invalidation by generation, not by entry): an entry hits
+    only while its tag is the current one, until the count wraps. 256 removals after a page
+    was cached, a device reaches it again though it was unmapped long before. Its page tables
+    are right, and a device access right after an unbind faults."""
+
+    GENERATIONS = 256
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="wrapping-tlb")
+        self.iotlb: dict[int, tuple[int, int]] = {}  # device page -> (generation, page)
+        self.generation = 0
+
+    def translate(self, addr: int) -> int:
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.iotlb.get(page)
+        if cached is not None and cached[0] == self.generation and self.enabled:
+            return cached[1] + (addr - page)
+        physical = super().translate(addr)
+        self.iotlb[page] = (self.generation, physical - (addr - page))
+        return physical
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        self.generation = (self.generation + 1) % self.GENERATIONS
+
+
 class LateEdgePageTable(drivers.PageTableMmu):
     """Its page removal leaves a 4 KiB page just below a MiB boundary, other than the first
     page of its reservation (the last page of a range that ends there, or the page where a
@@ -1145,6 +1173,10 @@ def read_only_again(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, StaleIotlbPageTable(memory), memory=memory)
+
+
+def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, WrappingTlbPageTable(memory), memory=memory)
 
 
 def correct_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:

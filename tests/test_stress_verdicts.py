@@ -305,6 +305,7 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_racy_take", {"rule 4", "rule 9", "errors"}),
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
+        ("wrapping_tlb", {"rule 4"}),  # ... 256 page removals after it was cached
         ("late_edge", {"rule 4"}),  # ... through a page of the range other than its first
         ("late_writeback", {"rule 4"}),  # a write to memory after it was freed
         # a scrub of a freed block after the driver's own allocator handed it out again: the

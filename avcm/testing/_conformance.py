@@ -1020,6 +1020,44 @@ async def _far_apart(run: Run, vcm: Vcm) -> None:
     _raise_unexpected(await run.concurrently(spread), set())
 
 
+# More unmaps than a 9-bit count of the driver's counts: a TLB generation, an address space
+# id or a ring index that wraps meets an entry it left behind a whole turn before. (Each turn
+# costs the race finder a few steps: a 16-bit count's 65,536 would take minutes.)
+_TURNS = 600
+_QUIESCENT_EVERY = 100  # turns between model checks: a leak of a table page a turn shows
+
+
+async def _long_lived(run: Run, vcm: Vcm) -> None:
+    """One context kept active through more binds and unmaps than a 9-bit counter counts:
+    a page the device reached, unbound at the start and kept reserved, faults at every turn
+    (a TLB entry invalidated by a generation that wraps would hit again), and each new binding
+    reaches its own memory. Nothing races (one task): the suite runs it until its schedules
+    repeat."""
+
+    async def turn_over() -> None:
+        try:
+            kept = await vcm.reserve(4 * KiB)
+        except NotSupportedError:
+            return  # a one-to-one context: device addresses are the memory's own
+        await kept.bind(await vcm.alloc(4 * KiB))
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8); the bindings go with destroy
+        _probe((vcm, kept))  # now in any TLB the device has
+        phys = await kept.unbind()
+        if phys is not None:
+            await phys.free()
+        for turn in range(_TURNS):
+            _expect_fault(vcm, kept.start, f"{turn} binds and unmaps after an unbind returned")
+            res = await vcm.make_binding(4 * KiB)
+            _expect_reach(vcm, res, turn.to_bytes(8, "little"))
+            await res.unmap()
+            if turn % _QUIESCENT_EVERY == 0:
+                check_quiescent([vcm])
+        await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(turn_over), set())
+
+
 async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     """One phys mapped twice in one context and once in another, while active or not: a
     device write through any mapping reads back through every other one and is in the memory
@@ -1259,6 +1297,12 @@ _SPECS: dict[str, _Spec] = {
         "bindings from the top of the address space to its bottom: each reaches its memory",
         _far_apart,
         until_covered=2,
+    ),
+    "long_lived": _Spec(
+        "rule 4",
+        f"{_TURNS:,} binds and unmaps in one active context: what was unbound stays gone",
+        _long_lived,
+        until_covered=1,  # its turns make it long: one schedule again says nothing new
     ),
     "one_phys_many_views": _Spec(
         "rule 4",
