@@ -2153,7 +2153,11 @@ class Run:
                 moved = True  # on a real clock: something moved within the last idle_timeout
             else:
                 moved = False
-            if _next_deadline() is not None or self._queue.threads_busy():
+            if (
+                _next_deadline() is not None
+                or self._queue.threads_busy()
+                or self._queue.program_threads_at_work()
+            ):
                 continue  # time passes for another timer, or a worker thread is at work
             if self._queue.io_waits():
                 # A virtual clock reached this timer only after the loop had waited
@@ -2970,6 +2974,15 @@ class _Queue:
         ]
         orphans = [thread for thread, _ in self.orphans() if not self.waits_for_loop(thread)]
         if not stuck and not orphans:
+            if self.program_threads_at_work():
+                self._fail_run(
+                    ThreadWaitError(
+                        f"a thread the program started worked for "
+                        f"{self.run.thread_timeout:g} s of real time (Limits.thread_timeout) "
+                        f"while every task waited, no timer was pending and virtual time "
+                        f"stood still: a thread that never gives what the tasks wait for"
+                    )
+                )
             return
         lines = [
             f"a worker thread did not report back in {self.run.thread_timeout:g} s of real "
@@ -2991,6 +3004,10 @@ class _Queue:
         error = ThreadWaitError("\n".join(lines))
         for native in stuck:
             self.abandon(native, error)
+        self._fail_run(error)
+
+    def _fail_run(self, error: BaseException) -> None:
+        """End the run with *error* (the first such error wins)."""
         if self.run._error is None:
             self.run._error = error
         self.call_soon(self.run._notify)
@@ -3057,7 +3074,7 @@ class _Queue:
         what they have, if a task is runnable (held back till then); once it fell due, while
         they are late (:meth:`late`)."""
         if not self.threads_busy():
-            return False
+            return self.program_threads_hold_time()
         if self.slow():
             # (till they handed in what they have, whether or not a task is runnable: what a
             # thread reads of the loop's state before then, a cancellation its caller got when
@@ -3133,6 +3150,51 @@ class _Queue:
             if ours and not (_waits_in_threading(frame) or _idles(frame)):
                 return False
         return True
+
+    def program_threads_at_work(self) -> bool:
+        """Whether a thread begun since the run began that serves neither a call a task waits
+        for nor one abandoned on cancel (a thread the program started itself, a job of a pool
+        of its own) is at work: not waiting in a ``threading`` or ``queue`` primitive (a call back
+        into the loop waits in one for the answer), not idle. What it does may wake a task (a
+        call back through ``from_thread``, ``call_soon_threadsafe``, an event it sets): never
+        a deadlock, and virtual time waits for it for a while (see
+        :meth:`program_threads_hold_time`). A thread older than the run, or another run's
+        event loop, is none of the run's."""
+        if threading.active_count() == 1:
+            return False
+        begun = [thread for thread in threading.enumerate() if thread not in self.threads_before]
+        if not begun:
+            return False
+        known = self._waited_idents()
+        known.update(thread.ident for thread, _ in self.orphans())
+        known.update(_thread_clock.loop_threads())
+        known.add(self.thread)
+        frames = _current_frames()
+        for thread in begun:
+            frame = frames.get(thread.ident)  # type: ignore[arg-type]
+            if frame is None or thread.ident in known:
+                continue
+            if not (_waits_in_threading(frame) or _idles(frame)):
+                return True
+        return False
+
+    def program_threads_hold_time(self) -> bool:
+        """Whether virtual time stands still for threads the program started that are at work
+        (:meth:`program_threads_at_work`), no task waiting for a thread: until they wait or
+        end, for up to ``_THREAD_STALL`` of real time with nothing moving if a timer is
+        pending (a thread that polls for ever, sleeping between its looks, while a task's
+        sleep ends what it polls for: each timer waits that long for it), and with none, up
+        to ``thread_timeout`` (:class:`ThreadWaitError`). Before, a thread that slept 20 ms
+        and then set an event a task waited for within a deadline of 5 s was reported as a
+        timeout, and without the deadline as a deadlock: virtual time jumped while the
+        thread worked."""
+        if not self.program_threads_at_work():
+            return False
+        stalled = (
+            self.thread_progress == self.run._loop_steps
+            and time.monotonic() - self.thread_since >= _THREAD_STALL
+        )
+        return not stalled or self.run._next_timer() is None
 
     def _waited_idents(self) -> set[int | None]:
         """The idents of the named threads the tasks wait for (:meth:`waited_threads`)."""

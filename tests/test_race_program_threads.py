@@ -1,0 +1,232 @@
+"""A thread the program starts itself (``threading.Thread``, a job of a pool of its own) and
+that wakes a task (through ``from_thread``, an event it sets for the loop) is outside the
+tasks' calls, but it is at work outside the loop: the race finder never calls the tasks'
+wait for it a deadlock, and virtual time waits for it while it works. Before, a thread that
+slept 20 ms and then set an event was reported as a deadlock, and with a deadline of 5 s
+around the wait as a timeout: virtual time jumped while the thread worked."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import pytest
+
+from avcm import testing
+from tests.races import replay_as_printed
+
+BACKENDS = ["asyncio", "trio"]
+
+
+def start_thread(target: Callable[[], object]) -> None:
+    threading.Thread(target=target, daemon=True).start()
+
+
+def start_pool_job(target: Callable[[], object]) -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.submit(target)
+    pool.shutdown(wait=False)
+
+
+STARTERS = {"thread": start_thread, "pool job": start_pool_job}
+
+
+def reporting(start: Callable[[Callable[[], object]], None], deadline: float | None) -> object:
+    """A task starts work outside the loop that takes 20 ms of real time and then sets the
+    event the task waits for (within *deadline* seconds, if any); another task steps
+    meanwhile."""
+
+    async def scenario(run: testing.Run) -> None:
+        token = anyio.lowlevel.current_token()
+        reported = anyio.Event()
+
+        async def waiter() -> None:
+            def work() -> None:
+                time.sleep(0.02)
+                anyio.from_thread.run_sync(reported.set, token=token)
+
+            start(work)
+            with anyio.fail_after(deadline) if deadline is not None else anyio.CancelScope():
+                await reported.wait()
+
+        async def bystander() -> None:
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+
+        for outcome in await run.concurrently(waiter, bystander):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("starter", STARTERS)
+@pytest.mark.parametrize("deadline", [None, 5.0])
+def test_a_thread_the_program_starts_is_waited_for(
+    backend: str, starter: str, deadline: float | None
+) -> None:
+    scenario = reporting(STARTERS[starter], deadline)
+    for strategy in (testing.PCT(0), testing.RandomWalk(1)):
+        result = testing.explore(
+            scenario,  # type: ignore[arg-type]
+            strategy=strategy,
+            schedules=4,
+            backend=backend,
+        )
+        assert result.failure is None, result.failure.report()
+        assert result.schedules == 4
+
+
+def polled_until_a_sleep_ends(stop_after: float) -> object:
+    """A thread the program starts polls a flag for ever, sleeping between its looks, and
+    reports once a task sets it when its sleep of *stop_after* seconds ends."""
+
+    async def scenario(run: testing.Run) -> None:
+        token = anyio.lowlevel.current_token()
+        stop = threading.Event()
+        done = anyio.Event()
+        looks: list[int] = []
+
+        def poller() -> None:
+            while not stop.is_set():
+                time.sleep(0.002)
+                looks.append(1)
+            anyio.from_thread.run_sync(done.set, token=token)
+
+        async def starter() -> None:
+            start_thread(poller)
+            with anyio.fail_after(10):
+                await done.wait()
+
+        async def stopper() -> None:
+            await anyio.sleep(stop_after)
+            stop.set()
+
+        for outcome in await run.concurrently(starter, stopper):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_polls_for_ever_lets_a_tasks_timer_fall_due(backend: str) -> None:
+    # virtual time waits for the poller, which never waits in a primitive the run knows of,
+    # a second of real time before the stopper's timer falls due
+    started = time.monotonic()
+    result = testing.explore(
+        polled_until_a_sleep_ends(0.05),  # type: ignore[arg-type]
+        strategy=testing.PCT(0),
+        schedules=2,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 2
+    assert time.monotonic() - started >= 1.0  # (it waited for the thread)
+
+
+async def waits_for_nothing_beside_a_poller(run: testing.Run) -> None:
+    """A task waits for an event no one sets while a thread it started polls for ever: no
+    timer is pending."""
+    stop = threading.Event()
+    never = anyio.Event()
+
+    def poller() -> None:
+        while not stop.is_set():
+            time.sleep(0.002)
+
+    async def waiter() -> None:
+        start_thread(poller)
+        try:
+            await never.wait()
+        finally:
+            stop.set()
+
+    for outcome in await run.concurrently(waiter):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tasks_waiting_beside_a_thread_that_works_for_ever_end_in_a_thread_wait_error(
+    backend: str,
+) -> None:
+    # not a deadlock: the thread might set what the task waits for; after thread_timeout of
+    # real time with nothing moving, the run ends and says why
+    result = testing.explore(
+        waits_for_nothing_beside_a_poller,
+        strategy=testing.PCT(0),
+        schedules=3,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=2.0),
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.ThreadWaitError)
+    assert "a thread the program started worked for 2 s" in str(result.failure.error)
+
+
+async def waits_for_a_thread_that_ended(run: testing.Run) -> None:
+    """A thread the program started ends without setting the event a task waits for."""
+    never = anyio.Event()
+
+    async def waiter() -> None:
+        thread = threading.Thread(target=time.sleep, args=(0.01,))
+        thread.start()
+        await never.wait()
+
+    for outcome in await run.concurrently(waiter):
+        outcome.unwrap()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deadlock_once_the_thread_ended_is_still_a_deadlock(backend: str) -> None:
+    result = testing.explore(
+        waits_for_a_thread_that_ended, strategy=testing.PCT(0), schedules=3, backend=backend
+    )
+    assert result.failure is not None
+    assert isinstance(result.failure.error, testing.DeadlockError)
+
+
+async def lost_update_beside_a_thread(run: testing.Run) -> None:
+    """Two tasks read, yield and write a counter (a lost update), one of them after a thread
+    it started reported back."""
+    token = anyio.lowlevel.current_token()
+    counter = [0]
+    reported = anyio.Event()
+
+    async def increment() -> None:
+        value = counter[0]
+        await anyio.lowlevel.checkpoint()
+        counter[0] = value + 1
+
+    async def with_a_thread() -> None:
+        def work() -> None:
+            time.sleep(0.01)
+            anyio.from_thread.run_sync(reported.set, token=token)
+
+        start_thread(work)
+        await reported.wait()
+        await increment()
+
+    async def plain() -> None:
+        await reported.wait()
+        await increment()
+
+    await run.concurrently(with_a_thread, plain)
+    assert counter[0] == 2, f"an update was lost: {counter[0]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_race_beside_a_thread_the_program_starts_is_found_and_replays(backend: str) -> None:
+    result = testing.explore(
+        lost_update_beside_a_thread, strategy=testing.RandomWalk(0), schedules=50, backend=backend
+    )
+    assert result.failure is not None, "the lost update was not found"
+    assert "an update was lost" in str(result.failure.error)
+    replayed = replay_as_printed(result.failure.replay_command, hash_seed=11)
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "an update was lost" in replayed.stdout
+    assert "diverged" not in replayed.stdout
