@@ -1301,3 +1301,64 @@ def test_shrinking_keeps_the_bug_inside_an_exception_group(backend: str) -> None
         if shrunk == 3:
             return
     pytest.fail(f"random walk found the two-preemption bug with {shrunk} seeds of 30")
+
+
+# -- the default strategy: PCT and a random walk in turns --------------------------------------
+
+
+async def three_past_a_bound_of_two(run: testing.Run) -> None:
+    """Three tasks pass a lock, then each checks a count below 2, yields, raises it and yields
+    again: all three inside at once is one preemption from the loop's own order, but PCT
+    depth 4 (attack53: depths 1 to 3 missed it in thousands of schedules)."""
+    lock = anyio.Lock()
+    count = [0]
+    peak = [0]
+
+    async def task() -> None:
+        async with lock:
+            pass
+        if count[0] < 2:
+            await anyio.lowlevel.checkpoint()
+            count[0] += 1
+            peak[0] = max(peak[0], count[0])
+            await anyio.lowlevel.checkpoint()
+            count[0] -= 1
+
+    await run.concurrently(task, task, task)
+    assert peak[0] <= 2, f"{peak[0]} inside a bound of 2"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_default_strategy_finds_a_race_pct_needs_depth_four_for(backend: str) -> None:
+    assert not testing.explore(
+        three_past_a_bound_of_two, strategy=testing.Exhaustive(0), backend=backend
+    ).found
+    result = testing.explore(three_past_a_bound_of_two, schedules=400, backend=backend)
+    assert result.strategy == "portfolio"
+    assert result.failure is not None, "missed"
+    assert "3 inside a bound of 2" in str(result.failure.error)
+    assert result.failure.timeline.preemptions == 1 and result.failure.fewest
+    assert result.failure.token.strategy == "portfolio"
+    replayed = testing.replay(three_past_a_bound_of_two, result.failure.token, backend=backend)
+    assert replayed is not None
+    assert "3 inside a bound of 2" in str(replayed.error)
+
+
+def test_a_portfolio_takes_turns_after_the_loops_own_order() -> None:
+    portfolio = testing.Portfolio(5, cancel=1)
+    assert [part.name for part in portfolio.parts] == [
+        "pct-d1-c1",
+        "pct-d2-c1",
+        "pct-d3-c1",
+        "random-c1",
+    ]
+    assert all(part.seed == 5 for part in portfolio.parts)
+    assert portfolio.name == "portfolio-c1"
+    assert portfolio.part(0) == (portfolio.parts[0], 0)  # the loop's own order, once
+    assert [portfolio.part(schedule) for schedule in range(1, 10)] == [
+        (portfolio.parts[index % 4], index // 4 + 1) for index in range(9)
+    ]
+    again = portfolio.with_seed(6)
+    assert isinstance(again, testing.Portfolio) and again.seed == 6 and again.cancel == 1
+    with pytest.raises(avcm.InvalidError):
+        testing.Portfolio(-1)

@@ -92,7 +92,6 @@ from ._parallel import (
     CONNECT_TIMEOUT,
     MAX_CONNECT_TIMEOUT,
     MAX_LOCAL_WORKERS,
-    PORTFOLIO,
     Cluster,
     exhaustive_prefixes,
 )
@@ -100,10 +99,12 @@ from ._progress import ProgressCallback, progress_bar
 from ._scheduler import Run
 from ._strategies import (
     PCT,
+    PORTFOLIO,
     Chooser,
     Exhaustive,
     FixedChances,
     FromIndices,
+    Portfolio,
     RandomWalk,
     Replay,
     Strategy,
@@ -128,6 +129,7 @@ __all__ = [
     "MAX_CONNECT_TIMEOUT",
     "MAX_LOCAL_WORKERS",
     "PORTFOLIO",
+    "Portfolio",
     "ProgressCallback",
     "SCENARIOS",
     "Chooser",

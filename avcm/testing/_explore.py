@@ -30,10 +30,10 @@ from ._leftovers import Leftovers
 from ._scheduler import Run
 from ._strategies import (
     MAX_PREEMPTION_BOUND,
-    PCT,
     Chooser,
     Exhaustive,
     FromIndices,
+    Portfolio,
     Replay,
     Strategy,
 )
@@ -1136,8 +1136,8 @@ async def explore_async(
     on_progress: Callable[[int], object] | None = None,
     until_covered: int | None = None,
 ) -> Exploration:
-    """Run *scenario* under up to *schedules* schedules of *strategy* (``PCT()`` by default)
-    in the running event loop; stop at the first failure, shrink it and return it.
+    """Run *scenario* under up to *schedules* schedules of *strategy* (:class:`Portfolio` by
+    default) in the running event loop; stop at the first failure, shrink it and return it.
     *on_progress* is called with the number of schedules run after each one (a progress
     bar's ``update``, for instance). With *until_covered*, also stop once that many schedules
     in a row ran no schedule not seen before (``covered`` in the result).
@@ -1149,7 +1149,7 @@ async def explore_async(
     check_int(shrink_budget, "shrink_budget", 0)
     if until_covered is not None:
         check_int(until_covered, "until_covered", 1)
-    strategy = PCT() if strategy is None else strategy
+    strategy = Portfolio() if strategy is None else strategy
     if not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
     limits = checked_limits(limits)

@@ -45,7 +45,7 @@ from ._explore import (
     described,
     explore,
 )
-from ._strategies import PCT, Exhaustive, RandomWalk, Strategy
+from ._strategies import PCT, PORTFOLIO, Exhaustive, Strategy
 from ._timeline import TaskOutcome
 
 __all__ = [
@@ -58,15 +58,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-PORTFOLIO: tuple[Callable[[int], Strategy], ...] = (
-    partial(PCT, depth=1),
-    partial(PCT, depth=2),
-    partial(PCT, depth=3),
-    RandomWalk,
-)
-"""What a parallel exploration without a strategy runs, part *i* with ``PORTFOLIO[i % 4]``
-and seed ``seed + i // 4``: different strategies find different bugs first."""
 
 MAX_LOCAL_WORKERS = 256
 """The most worker processes an embedded local cluster is made with (each is a Python process

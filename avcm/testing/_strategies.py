@@ -9,14 +9,16 @@ ahead of the others, until it blocks, as when their wakeups come late: it comes 
 it does. Position 0 is therefore "no preemption": the plain run's schedule, or the one
 running ahead going on; any other position is one preemption, which is what shrinking and
 :class:`Exhaustive`'s bound count. A :class:`Strategy` makes one chooser per schedule:
-:class:`RandomWalk`, :class:`PCT`, :class:`Exhaustive`, and the replays.
+:class:`RandomWalk`, :class:`PCT`, :class:`Portfolio` (both, in turns), :class:`Exhaustive`,
+and the replays.
 """
 
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from .. import InvalidError
@@ -26,10 +28,12 @@ from ._token import CALLED_BACK, TIMER_FIRST
 
 __all__ = [
     "PCT",
+    "PORTFOLIO",
     "Chooser",
     "Exhaustive",
     "FixedChances",
     "FromIndices",
+    "Portfolio",
     "RandomWalk",
     "Replay",
     "Strategy",
@@ -298,6 +302,64 @@ class PCT(Strategy):
 
     def finished(self, steps: int) -> None:
         self.steps = max(self.steps, steps)
+
+
+PORTFOLIO: tuple[Callable[[int], Strategy], ...] = (
+    partial(PCT, depth=1),
+    partial(PCT, depth=2),
+    partial(PCT, depth=3),
+    RandomWalk,
+)
+"""The strategies :class:`Portfolio` takes turns with, and a parallel exploration without a
+strategy runs, part *i* with ``PORTFOLIO[i % 4]`` and seed ``seed + i // 4``: different
+strategies find different bugs first."""
+
+
+class Portfolio(Strategy):
+    """The strategies of :data:`PORTFOLIO` in turns, a schedule each: PCT at depths 1, 2 and
+    3 and a random walk, all with *seed* (and *cancel*, *slow_threads*). What
+    :func:`~avcm.testing.explore` runs without a strategy.
+
+    PCT's depth counts the priority changes a schedule needs from running the task of
+    highest priority until it blocks, not preemptions from the event loop's own order: a bug
+    one preemption away from that order may need several. Three tasks that each check a
+    count below 2, yield, then raise it and yield again overflow it at one preemption
+    (``Exhaustive(1)`` finds it at its third schedule, a random walk in 4 to 49), but only
+    at PCT depth 4: depths 1 to 3 missed it in thousands of schedules (attack53). A bug
+    that only priorities reach, the random walk may miss for long. Schedule 0 is the loop's
+    own order (every part's first is that order: it runs once); then each part in turn runs
+    its next schedule, so schedule *s* is part ``(s - 1) % 4``'s schedule ``(s - 1) // 4 +
+    1``, and a token names the portfolio's schedule.
+    """
+
+    def __init__(self, seed: int = 0, *, cancel: int = 0, slow_threads: int = 0) -> None:
+        self.seed = check_int(seed, "Portfolio seed", 0)
+        self.cancel = check_int(cancel, "Portfolio cancel", 0, 64)
+        self.slow_threads = check_int(slow_threads, "Portfolio slow_threads", 0, 64)
+        self.parts: tuple[Strategy, ...] = tuple(
+            make(self.seed, cancel=self.cancel, slow_threads=self.slow_threads)  # type: ignore[call-arg]
+            for make in PORTFOLIO
+        )
+        self.name = _named("portfolio", self.cancel, self.slow_threads)
+        self._part = self.parts[0]
+
+    def with_seed(self, seed: int) -> Portfolio:
+        return Portfolio(seed, cancel=self.cancel, slow_threads=self.slow_threads)
+
+    def part(self, schedule: int) -> tuple[Strategy, int]:
+        """Which part runs schedule *schedule*, and as its schedule number what."""
+        if schedule == 0:
+            return self.parts[0], 0
+        count = len(self.parts)
+        return self.parts[(schedule - 1) % count], (schedule - 1) // count + 1
+
+    def chooser(self, schedule: int) -> Chooser | None:
+        self._part, number = self.part(schedule)
+        return self._part.chooser(number)
+
+    def finished(self, steps: int) -> None:
+        for part in self.parts:  # (each learns the longest run seen: PCT's k)
+            part.finished(steps)
 
 
 _TASK, _CANCEL, _SLOW = 0, 1, 2  # what an exhaustive search's decision decides

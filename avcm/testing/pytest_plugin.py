@@ -34,7 +34,7 @@ import sniffio
 from ._errors import RaceFound
 from ._explore import PYTHON, Exploration, Limits, Scenario, explore_async, replay_async
 from ._parallel import Cluster, explore_parallel
-from ._strategies import PCT, Strategy
+from ._strategies import Portfolio, Strategy
 
 __all__ = ["RaceFixture", "race"]
 
@@ -155,7 +155,7 @@ class RaceFixture:
         else:
             result = await explore_async(
                 scenario,
-                strategy=strategy or PCT(self._seed),
+                strategy=strategy or Portfolio(self._seed),
                 schedules=self._schedules or schedules,
                 limits=limits,
                 command=command,
