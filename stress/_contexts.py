@@ -219,16 +219,22 @@ class Context:
             raise DeviceFault(self, address, error) from error
 
     def device_faults(self, address: int, length: int) -> bool:
-        """Whether a device read at *address* fails (whatever it raises), and does not reach
-        memory: :meth:`device_read` without making a :class:`DeviceFault` of the error, for
-        the probes that expect one."""
+        """Whether a device read at *address* fails (whatever it raises), and so does a write
+        of zeros there: neither reaches memory. For the probes that expect a fault, without
+        making a :class:`DeviceFault` of the error. Both kinds of access: a device's read and
+        write engines may each keep their own walk of the table, and one an unmap forgot is
+        seen by its own kind of access only (attack52). (A write that goes through lands in
+        memory the model does not bind there: the probe reports it.)"""
         device = self._device
         if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
         try:
             device.read(address, length)
         except Exception:
-            return True
+            try:
+                device.write(address, bytes(length))
+            except Exception:
+                return True
         return False
 
     def device_write(self, address: int, data: bytes) -> None:

@@ -178,12 +178,15 @@ def _check_active(ctx: Context, after: str) -> None:
 
 
 def after_binding(world: World, res: avcm.Res, after: str) -> None:
-    """*res* was just bound (or mapped): its range reaches its memory, if the context is on."""
+    """*res* was just bound (or mapped): its range reaches its memory, if the context is on,
+    at its pages worth probing and at its last word (the end of its phys: at the end of
+    physical memory, a DMA window off by one faults there)."""
     ctx = world.by_vcm[res.vcm]
     if ctx.translated:
         where = f"after {after} of {world.name(res)} returned"
         for address in world.device.within(ctx, res.start, res.bound_size):
             _probe(world, ctx, res, address, where)
+        _probe(world, ctx, res, res.start + res.bound_size - PROBE_LENGTH, where)
 
 
 def probe_bound(world: World, ctx: Context, when: str) -> None:

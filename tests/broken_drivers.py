@@ -143,6 +143,51 @@ class WrappingTlbPageTable(drivers.PageTableMmu):
         self.generation = (self.generation + 1) % self.GENERATIONS
 
 
+class ShortWindowPageTable(drivers.PageTableMmu):
+    """A device whose DMA window check is off by one at the end of physical memory (``<``
+    where ``<=`` is meant): an access that ends on the memory's last byte faults. Memory is
+    handed out lowest first, so only a phys at the very top meets it."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="short-window")
+
+    def _chunks(self, addr: int, length: int) -> list[tuple[int, int]]:
+        chunks = super()._chunks(addr, length)
+        end = self.memory.base + self.memory.size
+        if any(physical + size >= end for physical, size in chunks):
+            raise drivers.IommuFault(f"{self.name}: device access at {addr:#x} outside DMA window")
+        return chunks
+
+    def read(self, addr: int, length: int) -> bytes:
+        return b"".join(self.memory.read(p, n) for p, n in self._chunks(addr, length))
+
+
+class StaleWriteWalkPageTable(drivers.PageTableMmu):
+    """A device whose write engine keeps its own walk of each page it wrote, which a new
+    entry there replaces but a page removal never invalidates (only the read engine's is kept
+    right): after an unbind returns, a device write still lands in the old page, while a read
+    faults as it should, and memory bound there again is reached as it should."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="stale-write-walk")
+        self.written: dict[int, int] = {}  # device page -> physical page
+
+    def write(self, addr: int, data: bytes) -> None:
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.written.get(page)
+        if cached is not None and self.enabled and len(data) <= avcm.PAGE_SIZE - (addr - page):
+            self.memory.write(cached + (addr - page), data)
+            return
+        super().write(addr, data)
+        if len(data) <= avcm.PAGE_SIZE - (addr - page):
+            self.written[page] = self.translate(addr) - (addr - page)
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().activate_page(vaddr, paddr, order, vcm)
+        for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
+            self.written.pop(page, None)
+
+
 class LateEdgePageTable(drivers.PageTableMmu):
     """Its page removal leaves a 4 KiB page just below a MiB boundary, other than the first
     page of its reservation (the last page of a range that ends there, or the page where a
@@ -1177,6 +1222,14 @@ def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, WrappingTlbPageTable(memory), memory=memory)
+
+
+def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, ShortWindowPageTable(memory), memory=memory)
+
+
+def stale_write_walk(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, StaleWriteWalkPageTable(memory), memory=memory)
 
 
 def correct_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:

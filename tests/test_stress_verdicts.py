@@ -306,6 +306,11 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
         ("wrapping_tlb", {"rule 4"}),  # ... 256 page removals after it was cached
+        # a device write engine's walk an unmap forgot: probes that expect a fault write too
+        ("stale_write_walk", {"rule 4"}),
+        # a DMA window off by one at the end of memory: now and then a scattered phys ends
+        # there, and a binding's last word is probed (attack52's such driver: never found)
+        ("short_window", {"rule 4"}),
         ("late_edge", {"rule 4"}),  # ... through a page of the range other than its first
         ("late_writeback", {"rule 4"}),  # a write to memory after it was freed
         # a scrub of a freed block after the driver's own allocator handed it out again: the
@@ -747,10 +752,9 @@ def test_a_run_shorter_than_drain_every_ends_with_a_drain(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_driver_runs_map_memory_not_aligned_to_large_pages_by_default(backend: str) -> None:
     # The framework's allocator aligns a phys to its size: with the driver's contexts alone,
-    # a page walk that picks 64 KiB pages by the device address never meets a part it misplaces.
+    # a page walk that picks 64 KiB pages by the device address meets a part it misplaces
+    # only in the odd phys at the end of memory; the carve-out's memory is misaligned often.
     driver = "tests.broken_drivers:self_walking_vaddr_alignment"
-    alone = StressConfig(backend=backend, ops=3000, driver=driver, contexts=(("custom", 2),))
-    assert stress.run(alone).violation is None
     default = StressConfig(backend=backend, driver=driver, contexts=stress.DRIVER_DEFAULT_CONTEXTS)
     violation = stress.run(default).violation
     assert violation is not None and violation.rule == "rule 4" and violation.seq is not None

@@ -54,6 +54,7 @@ from ._conformance import (
     ScenarioResult,
     check_conformance,
     check_conformance_async,
+    take_top_block,
 )
 from ._errors import (
     ClusterError,
@@ -168,6 +169,7 @@ __all__ = [
     "check",
     "check_conformance",
     "check_conformance_async",
+    "take_top_block",
     "explore",
     "exhaustive_prefixes",
     "explore_async",

@@ -139,14 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_count(1, MAX_SCHEDULES),
         default=200,
         metavar="N",
-        help=f"PCT schedules per scenario (default: %(default)s; at most {MAX_SCHEDULES:_})",
+        help="schedules per scenario, PCT and random walk in turns "
+        f"(default: %(default)s; at most {MAX_SCHEDULES:_})",
     )
     conformance.add_argument(
         "--seed",
         type=_count(0, (1 << 64) - 1),
         default=0,
         metavar="N",
-        help="the PCT seed of every scenario: the same seed runs the same schedules "
+        help="the seed of every scenario: the same seed runs the same schedules "
         "(default: %(default)s)",
     )
     conformance.add_argument("--replay", metavar="TOKEN", help="replay one scenario's token")
