@@ -230,3 +230,95 @@ def test_a_race_beside_a_thread_the_program_starts_is_found_and_replays(backend:
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert "an update was lost" in replayed.stdout
     assert "diverged" not in replayed.stdout
+
+
+def start_nested(target: Callable[[], object]) -> None:
+    """A thread that starts another, joins it, then does the work (attack54: while it waited
+    in ``Thread.start`` or the join, no thread looked at work)."""
+
+    def outer() -> None:
+        inner = threading.Thread(target=time.sleep, args=(0.003,))
+        inner.start()
+        inner.join()
+        target()
+
+    start_thread(outer)
+
+
+def start_polling(target: Callable[[], object]) -> None:
+    """A thread that waits 2 ms on an event, ten times, on the machine's clock, then does
+    the work (attack54: its timed wait looked like a block on something a task gives)."""
+
+    def poller() -> None:
+        pause = threading.Event()
+        for _ in range(10):
+            pause.wait(0.002)
+        target()
+
+    start_thread(poller)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("start", [start_nested, start_polling])
+def test_a_thread_that_starts_another_or_polls_is_waited_for(
+    backend: str, start: Callable[[Callable[[], object]], None]
+) -> None:
+    result = testing.explore(
+        reporting(start, 5.0),  # type: ignore[arg-type]
+        schedules=12,
+        backend=backend,
+    )
+    assert result.failure is None, result.failure.report()
+
+
+async def started_before_the_race(run: testing.Run) -> None:
+    """The scenario starts the thread before ``concurrently``; a task waits for its report
+    (attack54: threads alive when the queue was made were taken for older than the run)."""
+    token = anyio.lowlevel.current_token()
+    reported = anyio.Event()
+
+    def work() -> None:
+        time.sleep(0.01)
+        anyio.from_thread.run_sync(reported.set, token=token)
+
+    start_thread(work)
+
+    async def waiter() -> None:
+        with anyio.fail_after(5):
+            await reported.wait()
+
+    for outcome in await run.concurrently(waiter):
+        outcome.unwrap()
+
+
+async def more_jobs_than_workers(run: testing.Run) -> None:
+    """Three tasks each hand a pool of two a job that sleeps 5 ms and reports (attack54: both
+    workers answered by the loop, the third job queued, looked like no thread at work)."""
+    token = anyio.lowlevel.current_token()
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    async def task() -> None:
+        reported = anyio.Event()
+
+        def job() -> None:
+            time.sleep(0.005)
+            anyio.from_thread.run_sync(reported.set, token=token)
+
+        pool.submit(job)
+        with anyio.fail_after(5):
+            await reported.wait()
+
+    try:
+        for outcome in await run.concurrently(task, task, task):
+            outcome.unwrap()
+    finally:
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scenario", [started_before_the_race, more_jobs_than_workers])
+def test_threads_the_scenario_starts_in_its_setup_or_a_pool_are_waited_for(
+    backend: str, scenario: testing.Scenario
+) -> None:
+    result = testing.explore(scenario, schedules=12, backend=backend)
+    assert result.failure is None, result.failure.report()

@@ -439,13 +439,50 @@ def _waits_in_threading(frame: FrameType) -> bool:
     )
 
 
-# Where a thread waits with nothing to do: trio's idle worker, one ending a join
-_IDLE = frozenset({("trio._core._thread_cache", "_work"), ("threading", "_wait_for_tstate_lock")})
+# Where a thread waits with nothing to do: trio's idle worker, one ending a join, and a
+# concurrent.futures pool's idle worker (its innermost frame: it blocks in a SimpleQueue's
+# get, which is C; a job it runs has frames of its own below)
+_IDLE = frozenset(
+    {
+        ("trio._core._thread_cache", "_work"),
+        ("threading", "_wait_for_tstate_lock"),
+        ("concurrent.futures.thread", "_worker"),
+    }
+)
 
 
 def _idles(frame: FrameType) -> bool:
     """Whether a thread stopped at *frame* idles (see ``_IDLE``)."""
     return (frame.f_globals.get("__name__"), frame.f_code.co_name) in _IDLE
+
+
+# A threading wait's frame, and its local that is the lock it blocks on
+_BLOCKS_ON = {"wait": "waiter", "_wait_for_tstate_lock": "lock"}
+
+
+def _about_to_run(frame: FrameType) -> bool:
+    """Whether a thread stopped in a ``threading`` wait at *frame* is at work all the same:
+    its condition's waiter lock was released (it was notified, and has yet to be scheduled
+    by the machine: attack54, a pool's worker answered by the loop, with a job still queued
+    for it, looked blocked; or, joining a thread, that one ended), or it waits in
+    ``Thread.start`` for the thread it starts, which has no frame to look at yet (attack54: a
+    thread starting another and joining it), or its wait has a timeout, on the machine's clock
+    for a thread the program started: it ends by itself (a poller waiting 2 ms on an event)."""
+    if frame.f_code.co_name == "wait" and frame.f_locals.get("timeout") is not None:
+        return True  # a timed wait on the machine's clock: it ends by itself (attack54)
+    # the lock it blocks on: a condition's waiter, or in a join the ended thread's own
+    held = _BLOCKS_ON.get(frame.f_code.co_name)
+    lock = frame.f_locals.get(held) if held is not None else None
+    if lock is not None and hasattr(lock, "locked") and not lock.locked():
+        return True
+    caller = frame
+    for _ in range(3):  # Condition.wait <- Event.wait <- Thread.start
+        caller = caller.f_back  # type: ignore[assignment]
+        if caller is None:
+            return False
+        if caller.f_code.co_name == "start" and caller.f_globals.get("__name__") == "threading":
+            return True
+    return False
 
 
 def _thread_wait_first(deadline: float, timer: float | None) -> bool:
@@ -929,6 +966,9 @@ class Run:
         thread_timeout: float = 60.0,
     ) -> None:
         self._chooser = chooser
+        # threads alive before the scenario began: none of the run's (a thread its setup
+        # starts before concurrently() is: see _Queue.program_threads_at_work)
+        self.threads_before = frozenset(threading.enumerate())
         self.max_steps = max_steps
         self.idle_timeout = idle_timeout
         self.runaway_steps = runaway_steps
@@ -2282,6 +2322,7 @@ _IDLE_CALLBACKS = 1000  # callbacks in a row waking no task, after which a virtu
 _FREE_IO_STEPS = 1000  # steps in a row of tasks outside control, after which I/O is looked at
 _THREAD_POLL = 1.0  # seconds of real time between looks at a thread that does not report
 _THREAD_STALL = 1.0  # seconds of real time threads may keep the run still before it goes on
+_PROGRAM_THREAD_POLL = 0.005  # seconds of real time between looks at a thread the program started
 _HANDOVER = 1.0  # seconds of real time a thread is given to hand a call over to the loop
 _HANDOVER_POLL = 1e-4  # seconds between looks at it
 _CYCLE_STEPS = 12  # the most steps a livelock's cycle is shown with
@@ -2320,7 +2361,7 @@ class _Queue:
         self.free = False  # released: hold nothing any more
         self.virtual = _virtual_clock()
         self.thread_clock: ThreadClock | None = None  # worker threads' timed waits: install
-        self.threads_before = frozenset(threading.enumerate())  # (see _no_thread_at_work)
+        self.threads_before = run.threads_before  # (see _no_thread_at_work)
         # task -> (the wait, the thread it waits for: True if unnamed, False if none, and
         # where the wait stands in the order of waits: see waited_threads)
         self.thread_waits: dict[
@@ -2962,7 +3003,14 @@ class _Queue:
             self.abandon_threads()
             return 0.0
         stall = self.thread_since + _THREAD_STALL - now
-        return min(timeout, _THREAD_POLL, left, stall if stall > 0 else _THREAD_POLL)
+        # (a thread the program started may end, or put what a task polls for in a queue,
+        # without waking the loop, as a worker thread's report does: look again soon)
+        look = (
+            _PROGRAM_THREAD_POLL
+            if not self.threads_busy() and self.program_threads_at_work()
+            else _THREAD_POLL
+        )
+        return min(timeout, look, left, stall if stall > 0 else look)
 
     def abandon_threads(self) -> None:
         stuck = [
@@ -3174,7 +3222,7 @@ class _Queue:
             frame = frames.get(thread.ident)  # type: ignore[arg-type]
             if frame is None or thread.ident in known:
                 continue
-            if not (_waits_in_threading(frame) or _idles(frame)):
+            if not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame):
                 return True
         return False
 
