@@ -522,3 +522,20 @@ def test_what_a_correct_driver_may_do_with_a_failure_is_no_violation(
         schedules=20,
     )
     assert report.passed, report.format()
+
+
+def test_the_top_block_of_memory_is_taken_and_given_back_whole() -> None:
+    memory = avcm.PhysicalMemory()
+    top = testing.take_top_block(memory)
+    block = avcm.PAGE_SIZE << memory.max_order
+    assert top == memory.base + memory.size - block
+    assert memory.free_bytes == memory.size - block  # the others given back
+    assert testing.take_top_block(memory) is None  # taken already
+    memory.free_pages(top, memory.max_order)
+    assert memory.is_pristine()
+    # memory that does not end on a block of the largest order, or too large to go through:
+    # nothing, and nothing taken
+    for size in (memory.size + 2 * avcm.PAGE_SIZE, 1 << 50):
+        other = avcm.PhysicalMemory(size=size)
+        assert testing.take_top_block(other) is None
+        assert other.is_pristine()

@@ -865,12 +865,19 @@ async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
             await _until_done(vcm.deactivate)
 
 
+TOP_BLOCK_LIMIT = 65_536  # blocks of the largest order take_top_block goes through, at most
+
+
 def take_top_block(memory: PhysicalMemory) -> int | None:
     """Take the block of the largest order (``memory.max_order``) at the very top of *memory*
     and return its start, or ``None`` if it is not free (nothing is taken then); give it back
     with ``memory.free_pages(start, memory.max_order)``. Memory is handed out lowest first,
     so its last page is met only once all below it is in use, which no test comes near: a
-    DMA window or address mask off by one at the end of memory is found only so."""
+    DMA window or address mask off by one at the end of memory is found only so. (It takes
+    every free block of that order, then gives back all but the top one: ``None`` too for a
+    memory of more than :data:`TOP_BLOCK_LIMIT` of them, 256 GiB at the default order.)"""
+    if memory.size // (PAGE_SIZE << memory.max_order) > TOP_BLOCK_LIMIT:
+        return None
     taken = []
     while (block := memory.alloc_pages(memory.max_order)) is not None:
         taken.append(block)
