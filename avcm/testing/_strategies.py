@@ -341,7 +341,6 @@ class Portfolio(Strategy):
             for make in PORTFOLIO
         )
         self.name = _named("portfolio", self.cancel, self.slow_threads)
-        self._part = self.parts[0]
 
     def with_seed(self, seed: int) -> Portfolio:
         return Portfolio(seed, cancel=self.cancel, slow_threads=self.slow_threads)
@@ -354,8 +353,8 @@ class Portfolio(Strategy):
         return self.parts[(schedule - 1) % count], (schedule - 1) // count + 1
 
     def chooser(self, schedule: int) -> Chooser | None:
-        self._part, number = self.part(schedule)
-        return self._part.chooser(number)
+        part, number = self.part(schedule)
+        return part.chooser(number)
 
     def finished(self, steps: int) -> None:
         for part in self.parts:  # (each learns the longest run seen: PCT's k)
