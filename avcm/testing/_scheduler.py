@@ -3213,18 +3213,21 @@ class _Queue:
         begun = [thread for thread in threading.enumerate() if thread not in self.threads_before]
         if not begun:
             return False
+        frames = _current_frames()
+        at_work = [
+            thread.ident
+            for thread in begun
+            if (frame := frames.get(thread.ident)) is not None  # type: ignore[arg-type]
+            and (not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame))
+        ]
+        if not at_work:
+            return False
+        # (only then the threads that are none of the program's: a look at every task's wait)
         known = self._waited_idents()
         known.update(thread.ident for thread, _ in self.orphans())
         known.update(_thread_clock.loop_threads())
         known.add(self.thread)
-        frames = _current_frames()
-        for thread in begun:
-            frame = frames.get(thread.ident)  # type: ignore[arg-type]
-            if frame is None or thread.ident in known:
-                continue
-            if not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame):
-                return True
-        return False
+        return any(ident not in known for ident in at_work)
 
     def program_threads_hold_time(self) -> bool:
         """Whether virtual time stands still for threads the program started that are at work
