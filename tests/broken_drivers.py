@@ -313,6 +313,7 @@ class GroupedTimeoutPageTable(drivers.PageTableMmu):
         raise TimeoutError(errno.ETIMEDOUT, "page acknowledgement timed out")
 
 
+FLAKY_WRITES = 40  # a flaky self-walking driver's hardware fails one page write in this many
 LAZY_POWER_DOWN = 100e-6  # seconds after its last user left that a lazy unit powers down
 LAZY_POWER_DOWN_SEQUENCE = 5e-6  # seconds its power-down sequence takes then
 LATE_ARMING_STEPS = 6  # steps a late_armed_power_down's task takes before it arms its timer
@@ -401,6 +402,17 @@ class SharedUnit:
       one taken again), and a disable "makes sure" the last entry its context cleared is
       invalid, through a pointer kept since: once another context took that entry for a
       mapping of its own, which it may while the disable waits for the flush, that mapping dies.
+
+    And two that only hardware shared over time or by three contexts shows:
+
+    * ``stale_walk``: each port's device keeps a walk cache (which page-table page a 2 MiB
+      region's walk went through last), flushed when the port is disabled but not when the
+      port gives a region's table back to the unit: once a context (another, or the same) takes
+      that page for the same region, the first context's device walks into its entries;
+    * ``narrow_stream_ids``: each context gets the lowest free stream id, and the unit lets a
+      stream translate while its bit in a stream register is set; the register has a bit for
+      ids 0 and 1 only (the id's low bit picks it), so stream 2 shares stream 0's bit: with
+      three contexts, one switching off switches another one's translation off too.
     """
 
     def __init__(
@@ -423,6 +435,8 @@ class SharedUnit:
         leaky_zeroing: bool = False,
         early_root_free: bool = False,
         stale_clear: bool = False,
+        stale_walk: bool = False,
+        narrow_stream_ids: bool = False,
     ) -> None:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
@@ -440,6 +454,9 @@ class SharedUnit:
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
         self.early_root_free, self.stale_clear = early_root_free, stale_clear
+        self.stale_walk, self.narrow_stream_ids = stale_walk, narrow_stream_ids
+        self.streams: set[int] = set()  # the stream ids the contexts hold
+        self.stream_bits = 0  # the stream register: which streams translate
         self.root_page: int | None = None  # early_root_free's root table
         self.root_freed = False
         self.tables: dict[int, dict[int, list[int]]] = {}  # page -> {index: [pa, order, valid]}
@@ -556,9 +573,12 @@ class SharedUnit:
 
     ROOT_MAGIC = b"rootpage"
 
-    def join(self) -> None:
-        """A context of the unit was made; with ``early_root_free`` the first one makes the
-        unit's root table, in the memory, where each walk reads it."""
+    def join(self) -> int:
+        """A context of the unit was made: its stream id, the lowest free. With
+        ``early_root_free`` the first one makes the unit's root table, in the memory, where each
+        walk reads it."""
+        stream = min(set(range(len(self.streams) + 1)) - self.streams)
+        self.streams.add(stream)
         self.ports += 1
         if self.early_root_free and self.ports == 1:  # (again after every context left)
             self.root_page = self.memory.alloc_pages(0)
@@ -566,6 +586,11 @@ class SharedUnit:
                 raise avcm.NoMemoryError("shared unit: no page for the root table")
             self.memory.write(self.root_page, self.ROOT_MAGIC)
             self.root_freed = False
+        return stream
+
+    def stream_bit(self, stream: int) -> int:
+        """*stream*'s bit in the stream register (``narrow_stream_ids``: ids 0 and 1 only)."""
+        return 1 << (stream % 2 if self.narrow_stream_ids else stream)
 
     def walk_root(self, addr: int) -> None:
         """Read the root table on the way to *addr*'s entry (``early_root_free`` only)."""
@@ -573,8 +598,10 @@ class SharedUnit:
         if root is not None and self.memory.read(root, len(self.ROOT_MAGIC)) != self.ROOT_MAGIC:
             raise drivers.IommuFault(f"unit port: root table gone on the way to {addr:#x}")
 
-    def release(self) -> None:
-        """A context of the unit was destroyed; the last one gives the spare back."""
+    def release(self, stream: int) -> None:
+        """A context of the unit, holding *stream*, was destroyed; the last one gives the
+        spare back."""
+        self.streams.discard(stream)
         self.ports -= 1
         if self.early_root_free and not self.root_freed and self.root_page is not None:
             # the bug: the first context destroyed frees the root, which the last one should
@@ -598,9 +625,10 @@ class UnitPort:
 
     def __init__(self, unit: SharedUnit) -> None:
         self.unit = unit
-        unit.join()
+        self.stream = unit.join()
         self.enabled = False
         self.directory: dict[int, int] = {}  # region -> page-table page
+        self.walks: dict[int, int] = {}  # stale_walk: region -> the table its walk went through
         self.used: dict[int, int] = {}  # region -> entries this context wrote there
         self.last_cleared: list[int] | None = None  # the entry it cleared last (stale_clear)
 
@@ -608,11 +636,14 @@ class UnitPort:
         await self.unit.latency.sleep("enable", self)
         await self.unit.power(+1)
         self.enabled = True
+        self.unit.stream_bits |= self.unit.stream_bit(self.stream)
 
     async def disable(self, vcm: avcm.Vcm) -> None:
         await self.unit.latency.sleep("flush", self)
         await self.unit.power(-1)
         self.enabled = False
+        self.unit.stream_bits &= ~self.unit.stream_bit(self.stream)
+        self.walks.clear()
         if self.unit.stale_clear and self.last_cleared is not None:
             self.last_cleared[2] = 0  # invalid
 
@@ -646,7 +677,7 @@ class UnitPort:
             await self.unit.use_root(-1)
 
     async def cleanup(self, vcm: avcm.Vcm) -> None:
-        self.unit.release()
+        self.unit.release(self.stream)
 
     def _entries(self) -> list[tuple[int, int, int]]:
         return [
@@ -656,10 +687,16 @@ class UnitPort:
             if valid
         ]
 
+    def _translating(self) -> bool:
+        unit = self.unit
+        return (
+            self.enabled and unit.powered and bool(unit.stream_bits & unit.stream_bit(self.stream))
+        )
+
     def hardware_active(self) -> bool:
         if self.unit.power_as_active:
             return self.unit.powered
-        return self.enabled and self.unit.powered
+        return self._translating()
 
     def hardware_mappings(self) -> list[tuple[int, int, int]]:
         return [(vaddr, paddr, avcm.PAGE_SIZE << order) for vaddr, paddr, order in self._entries()]
@@ -668,10 +705,14 @@ class UnitPort:
         if self.unit.racy_root and self.unit.root is None:
             raise drivers.IommuFault(f"unit port: no root table for {addr:#x}")
         self.unit.walk_root(addr)
-        if self.enabled and self.unit.powered:
-            for vaddr, paddr, order in self._entries():
-                if vaddr <= addr < vaddr + (avcm.PAGE_SIZE << order):
-                    return paddr + addr - vaddr
+        if self._translating():
+            region, offset = divmod(addr, self.REGION)
+            table = self.walks.get(region, self.directory.get(region))
+            if table is not None and self.unit.stale_walk:
+                self.walks[region] = table
+            for index, (paddr, order, valid) in self.unit.tables.get(table, {}).items():
+                if valid and index <= offset < index + (avcm.PAGE_SIZE << order):
+                    return paddr + offset - index
         raise drivers.IommuFault(f"unit port: device access at {addr:#x} faulted")
 
     def _pieces(self, addr: int, length: int) -> list[tuple[int, int]]:
@@ -777,6 +818,14 @@ def shared_unit_early_root_free(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_stale_clear(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "stale_clear")
+
+
+def shared_unit_stale_walk(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "stale_walk")
+
+
+def shared_unit_narrow_stream_ids(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "narrow_stream_ids")
 
 
 class AliasingPageTable(drivers.PageTableMmu):
@@ -944,7 +993,12 @@ class SelfWalkingMmu:
       not when it is cancelled, so a cancellation after its first page leaves pages mapped.
       It waits for the hardware itself before each page write (``anyio.sleep``: no sync point
       of avcm's inside its call, as in a driver written outside the project), so only a
-      cancellation that comes some time into the call lands after its first page.
+      cancellation that comes some time into the call lands after its first page;
+    * ``no_undo_on_failure``: its hardware now and then does not acknowledge a page write (one
+      in :data:`FLAKY_WRITES`: the driver's own EIO, not one avcm or a test injects), and its
+      activate then returns the error without undoing the pages it mapped before it.
+
+    With ``flaky`` alone it is not broken: the same hardware, every failure undone.
     """
 
     orders = (8, 4, 0)
@@ -959,13 +1013,17 @@ class SelfWalkingMmu:
         forgets_under_pressure: bool = False,
         by_whats_left: bool = False,
         cancel_unsafe: bool = False,
+        flaky: bool = False,
+        no_undo_on_failure: bool = False,
     ) -> None:
         own_wait = drivers.Latency.profile("zero") if cancel_unsafe else None
         self.tables = drivers.PageTableMmu(
             memory, orders=self.orders, latency=own_wait, name="self-walking"
         )
+        # its hardware's own failures: drawn by the driver, raised as its own error
+        self.unacknowledged = random.Random(3) if flaky or no_undo_on_failure else None
         self.page_write_wait = 2e-6 if cancel_unsafe else 0.0
-        self.undone_on: type[BaseException] = Exception if cancel_unsafe else BaseException
+        self.undo_on_cancel, self.undo_on_failure = not cancel_unsafe, not no_undo_on_failure
         self.contiguous, self.vaddr_alignment = contiguous, vaddr_alignment
         self.short_tail, self.by_whats_left = short_tail, by_whats_left
         # reservation start -> its pages, the most recently mapped last (forgets_under_pressure)
@@ -1018,12 +1076,18 @@ class SelfWalkingMmu:
                 paddr &= ~((avcm.PAGE_SIZE << order) - 1)  # the bits the hardware keeps
                 if self.page_write_wait:
                     await anyio.sleep(self.page_write_wait)
+                if self.unacknowledged and self.unacknowledged.random() < 1 / FLAKY_WRITES:
+                    raise avcm.VcmError(
+                        errno.EIO, f"self-walking: page write at {vaddr:#x} not acknowledged"
+                    )
                 await self.tables.activate_page(vaddr, paddr, order, res.vcm)
                 done.append((vaddr, paddr, order))
-        except self.undone_on:
-            with anyio.CancelScope(shield=True):
-                for page in reversed(done):
-                    await self.tables.deactivate_page(*page, res.vcm)
+        except BaseException as error:
+            cancelled = isinstance(error, anyio.get_cancelled_exc_class())
+            if self.undo_on_cancel if cancelled else self.undo_on_failure:
+                with anyio.CancelScope(shield=True):
+                    for page in reversed(done):
+                        await self.tables.deactivate_page(*page, res.vcm)
             raise
 
     async def deactivate(self, res: avcm.Res, phys: avcm.Phys) -> None:
@@ -1083,6 +1147,16 @@ def self_walking_by_whats_left(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def self_walking_cancel_unsafe(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _self_walking(memory, cancel_unsafe=True)
+
+
+def self_walking_flaky(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: page writes the hardware now and then does not acknowledge, each failed
+    activate undone."""
+    return _self_walking(memory, flaky=True)
+
+
+def self_walking_no_undo_on_failure(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _self_walking(memory, no_undo_on_failure=True)
 
 
 # memory -> [region start, contexts using it]

@@ -1125,6 +1125,88 @@ async def _long_lived(run: Run, vcm: Vcm) -> None:
     _raise_unexpected(await run.concurrently(turn_over), set())
 
 
+# Reservations of several pages each, 4 KiB pages among large ones: a bind makes many page
+# writes, and one the hardware does not acknowledge comes after others of the same bind.
+_OWN_SIZES = (20 * KiB, 68 * KiB, 36 * KiB, MiB + 12 * KiB, 132 * KiB)
+_OWN_TURNS = 200
+
+
+async def _own_failures(run: Run, vcm: Vcm) -> None:
+    """One context kept active through binds and unbinds of reservations of several pages,
+    switched off and on again now and then: an operation the driver fails on its own (rule 8:
+    hardware that did not acknowledge a write, not a fault the suite injects, which comes
+    before the driver runs) leaves the hardware as the model says, nothing of a reservation
+    whose bind failed reachable, and what was bound before whole. The undo is the driver's:
+    avcm cannot know which of its writes went through. Nothing races (one task): the suite
+    runs it until its schedules repeat."""
+
+    async def turn_over() -> None:
+        try:
+            kept = await vcm.reserve(8 * KiB)
+        except NotSupportedError:
+            return  # a one-to-one context: binding is allocating, with nothing to write
+        await kept.bind(await vcm.alloc(8 * KiB))
+        if not await _unless_driver_fails(vcm.activate):
+            check_quiescent([vcm])
+            return  # (activated by none of this scenario's calls: nothing more to look at)
+        for turn in range(_OWN_TURNS):
+            size = _OWN_SIZES[turn % len(_OWN_SIZES)]
+            res = await vcm.reserve(size)
+            phys = await vcm.alloc(size)
+            if await _unless_driver_fails(partial(res.bind, phys)):
+                _probe((vcm, res), (vcm, kept))
+                await res.destroy_binding()
+            else:
+                check_quiescent([vcm])
+                _expect_gone(vcm, res.start, size, "after a bind the driver failed returned")
+                _probe((vcm, kept))
+                await phys.free()
+                await res.unreserve()
+            if turn % 10 == 9:  # the activate that maps every bound reservation again
+                await vcm.deactivate()
+                await _until_done(vcm.activate)
+                check_quiescent([vcm])
+                _probe((vcm, kept))
+        await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(turn_over), set())
+
+
+async def _tables_reused(run: Run, first: Vcm, second: Vcm) -> None:
+    """Two contexts of one driver on one memory, both active, with the same device addresses:
+    what the first gives back when its last mapping of a range goes (a page-table page, a
+    TLB entry, a walk its device cached), the second may take for the same addresses. The
+    first's device walked there before; once the second mapped them, it must fault there,
+    reaching nothing of the second's memory, while the second reaches its own. Nothing races
+    (one task): the suite runs it until its schedules repeat."""
+
+    async def hand_over() -> None:
+        for vcm in (first, second):
+            if not await _unless_driver_fails(vcm.activate):
+                return  # a driver's own failure (rule 8); what is active goes with destroy
+        for size in (4 * KiB, 68 * KiB, MiB + 4 * KiB):
+            given = await first.make_binding(size)
+            _probe((first, given))  # walked: in whatever the device caches
+            start = given.start
+            await given.destroy_binding()
+            taken = await second.make_binding(size)
+            _probe((second, taken))
+            _expect_gone(
+                first,
+                start,
+                size,
+                "after destroy_binding returned, another context mapping "
+                "the same device addresses since",
+            )
+            _probe((second, taken))
+            await taken.destroy_binding()
+        check_quiescent([first, second])
+        for vcm in (first, second):
+            await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(hand_over), set())
+
+
 async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
     """One phys mapped twice in one context and once in another, while active or not: a
     device write through any mapping reads back through every other one and is in the memory
@@ -1377,6 +1459,19 @@ _SPECS: dict[str, _Spec] = {
         f"{_TURNS:,} binds and unmaps in one active context: what was unbound stays gone",
         _long_lived,
         until_covered=1,  # its turns make it long: one schedule again says nothing new
+    ),
+    "own_failures": _Spec(
+        "rule 8",
+        "binds the driver fails on its own leave nothing mapped, the rest whole",
+        _own_failures,
+        until_covered=1,  # its turns make it long: one schedule again says nothing new
+    ),
+    "tables_reused": _Spec(
+        "rule 4",
+        "what one context gives back, another takes: the first's device reaches none of it",
+        _tables_reused,
+        contexts=2,
+        until_covered=2,
     ),
     "one_phys_many_views": _Spec(
         "rule 4",
