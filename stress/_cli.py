@@ -147,10 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_contexts,
         default=None,
         help="which contexts and how many, e.g. iommu=2,carveout=1,cpu=1 "
-        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=2,carveout=1: two "
+        "(default: iommu=1,carveout=1,cpu=1; with --driver, custom=3,carveout=1: three "
         "contexts from the factory on one physical memory, so that hardware they share is "
-        "raced too, and a carve-out whose memory (half of it aligned to 4 KiB only, half "
-        "to large pages) the tasks map into them)",
+        "raced too, a field that tells only two apart included, and a carve-out whose "
+        "memory (half of it aligned to 4 KiB only, half to large pages) the tasks map into "
+        "them)",
     )
     parser.add_argument(
         "--latency",

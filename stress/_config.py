@@ -27,8 +27,10 @@ CONTEXT_KINDS = ("iommu", "carveout", "cpu", "custom")
 
 # How many contexts --driver makes from its factory unless --contexts says otherwise: one
 # context's driver calls are serialised by its mutex, so a race in hardware that contexts share
-# (one IOMMU unit serving several devices, a shared usage count) needs two contexts to show.
-DRIVER_CONTEXTS = 2
+# (one IOMMU unit serving several devices, a shared usage count) needs two contexts to show;
+# and hardware that tells contexts apart by a one-bit field (a stream id, a domain id cut
+# short) has room for two, so it takes a third to show that.
+DRIVER_CONTEXTS = 3
 # ... and with them, unless --contexts says otherwise, a carve-out context of the harness's own:
 # half its physes have parts at addresses aligned to 4 KiB but not to 64 KiB, and the tasks map
 # them into the driver's contexts, so a page walk that picks 64 KiB or 1 MiB pages from the

@@ -129,7 +129,7 @@ def driver_contexts(config: StressConfig) -> str:
     if count == 1:
         said = (
             f"one context from {config.driver} (hardware that contexts share is not raced: "
-            "the default makes two)"
+            "the default makes three)"
         )
     else:
         said = (

@@ -277,15 +277,15 @@ def test_printed_replay_reproduces_in_another_process(tmp_path: Path) -> None:
 # -- shared hardware by default ----------------------------------------------------------------
 
 
-def test_driver_gets_two_contexts_on_one_memory_by_default(
+def test_driver_gets_three_contexts_on_one_memory_by_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = ["--driver", "tests.broken_drivers:correct_iommu", "--ops", "300"]
     status = stress.main(args)
     out = capsys.readouterr().out
     assert status == 0, out
-    assert "contexts=custom=2,carveout=1 " in out
-    assert "2 contexts from tests.broken_drivers:correct_iommu on one physical memory" in out
+    assert "contexts=custom=3,carveout=1 " in out
+    assert "3 contexts from tests.broken_drivers:correct_iommu on one physical memory" in out
     assert "with a carve-out context of the harness's own" in out
     status = stress.main([*args, "--contexts", "custom=1"])
     out = capsys.readouterr().out
@@ -379,6 +379,15 @@ def test_driver_gets_two_contexts_on_one_memory_by_default(
         # the lazy power-down's task takes six steps before it arms its timer: the harness
         # looks for the timers once no other task is ready (attack22's was missed, 8 of 12)
         ("shared_unit_late_armed_power_down", {"rule 1", "rule 4"}),
+        # stream ids told apart by their low bit only: a third context's switch-off turns the
+        # first one's translation off (attack52's such driver: never found with two contexts)
+        ("shared_unit_narrow_stream_ids", {"rule 4"}),
+        # a device's walk cache not flushed when its context gives a table page back, which
+        # the unit hands to the next context mapping there
+        ("shared_unit_stale_walk", {"rule 4"}),
+        # a page write the hardware did not acknowledge fails the activate, which leaves the
+        # pages written before it mapped
+        ("self_walking_no_undo_on_failure", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
@@ -455,8 +464,10 @@ def test_a_page_left_in_the_middle_of_a_range_is_caught_after_its_unmapping(back
     # unmapping, shows it. The first and last pages, the MiB edges and the pages used lately
     # found it at operations 900-7,100 (median 2,300) over these seeds (attack38's such driver:
     # 6 of 9 runs); the first page of each page of the walk of the phys that was bound there,
-    # probed too now, finds it in every run, at a median within 1,000 (a run now and then
-    # takes a few thousand: seeds 0-7 on both backends, 103 to 3,152).
+    # probed too now, finds it in every run, at a median within 1,000 with two contexts from
+    # the factory (a run now and then took a few thousand: seeds 0-7 on both backends, 103 to
+    # 3,152). The third context of the default spreads the operations wider: medians 1,155
+    # (asyncio) and 600 (trio), 101 to 1,442.
     found_at = []
     for seed in range(8):
         config = StressConfig(
@@ -471,7 +482,7 @@ def test_a_page_left_in_the_middle_of_a_range_is_caught_after_its_unmapping(back
         assert violation.rule == "rule 4", violation
         assert re.search(r"after \w+ of res#\d+ returned: a device access", str(violation))
         found_at.append(violation.seq)
-    assert statistics.median(found_at) <= 1000, found_at
+    assert statistics.median(found_at) <= 1500, found_at
 
 
 def test_a_racing_restart_learns_when_the_drivers_timers_change_their_rhythm() -> None:
@@ -548,6 +559,29 @@ def test_correct_shared_unit_passes(backend: str, driver: str) -> None:
     assert result.checks["drain"] == 2 and result.checks["device probes"] > 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
+@pytest.mark.parametrize("driver", ["shared_unit", "self_walking_flaky"])
+def test_correct_drivers_pass_with_the_default_contexts(
+    backend: str, tasks: int, driver: str
+) -> None:
+    # three contexts on one unit, each with a stream id of its own; hardware that fails page
+    # writes on its own, every failed activate undone by the driver
+    config = StressConfig(
+        backend=backend,
+        tasks=tasks,
+        ops=3000,
+        driver=f"tests.broken_drivers:{driver}",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.checks["device probes"] > 0
+    if driver == "self_walking_flaky":
+        outcomes = [o for per_op in result.outcomes.values() for o in per_op.elements()]
+        assert "driver EIO" in outcomes
+
+
 # -- one context changing while the others go on ----------------------------------------------
 
 
@@ -601,12 +635,12 @@ def test_a_factory_failing_to_build_a_context_anew_is_no_verdict(
 ) -> None:
     report = tmp_path / "report.json"
     args = ["--backend", backend, "--ops", "4000", "--json", str(report), "--quiet"]
-    args += ["--trace-dir", str(tmp_path), "--driver", "tests.tricky_drivers:fails_third_time"]
+    args += ["--trace-dir", str(tmp_path), "--driver", "tests.tricky_drivers:fails_fourth_time"]
     assert stress.main(args) == 4
     record = json.loads(report.read_text())
     assert record["violation"] is None
     said = record["no_verdict"]
-    assert re.search(r"building custom\d anew after its destroy: .*no third unit", said), said
+    assert re.search(r"building custom\d anew after its destroy: .*no fourth unit", said), said
 
 
 def test_drain_every_is_an_option(capsys: pytest.CaptureFixture[str]) -> None:

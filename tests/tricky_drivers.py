@@ -412,12 +412,13 @@ def no_scatter_gather(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 _MADE: weakref.WeakKeyDictionary[avcm.PhysicalMemory, int] = weakref.WeakKeyDictionary()
 
 
-def fails_third_time(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    """A factory that makes two contexts on a memory and fails to make a third (not a verdict
-    on the driver: a run that needs a third cannot go on)."""
+def fails_fourth_time(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A factory that makes three contexts on a memory (as many as a run with ``--driver``
+    starts with) and fails to make a fourth (not a verdict on the driver: a run that needs a
+    fourth cannot go on)."""
     _MADE[memory] = made = _MADE.get(memory, 0) + 1
-    if made > 2:
-        raise OSError(errno.ENODEV, "no third unit on this board")
+    if made > 3:
+        raise OSError(errno.ENODEV, "no fourth unit on this board")
     return avcm.mmu_init(0x1000_0000, 1 << 30, _Honest(memory), memory=memory, name="twice")
 
 
