@@ -10,6 +10,7 @@ abandoned in its thread).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -73,7 +74,11 @@ def test_a_stall_is_found_with_few_tasks(backend: str, tasks: int, driver: str) 
     result = stress.run(_stalling(driver, backend, tasks), stall_timeout=STALL)
     assert result.violation is not None and result.violation.rule == "progress"
     description = result.violation.description
-    assert description.startswith(DEADLOCK) and "under way: task " in description, description
+    assert description.startswith(DEADLOCK), description
+    # in a task's operation, or in the harness's own calls of the driver at a quiescent point
+    # (a drain switching the contexts off and on: with three contexts of the driver, a few
+    # tasks meet the lost interrupt there first, now and then)
+    assert re.search(r"under way: (task |a quiescent check after operation \d+)", description)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
