@@ -403,16 +403,29 @@ class SharedUnit:
       invalid, through a pointer kept since: once another context took that entry for a
       mapping of its own, which it may while the disable waits for the flush, that mapping dies.
 
-    And two that only hardware shared over time or by three contexts shows:
+    And those that only hardware shared over time, or by more contexts than two, shows. Each
+    context holds a stream id (the lowest free one, given back at its destroy): the unit lets a
+    stream translate while its bit in a stream register is set, and with the flags below keeps
+    a walk cache tagged by it (which page-table page a stream's walk of a 2 MiB region went
+    through last), which survives a switch-off (its tag says whose it is) and is flushed for a
+    region whose table its context gives back, and for a stream that is given back:
 
-    * ``stale_walk``: each port's device keeps a walk cache (which page-table page a 2 MiB
-      region's walk went through last), flushed when the port is disabled but not when the
-      port gives a region's table back to the unit: once a context (another, or the same) takes
-      that page for the same region, the first context's device walks into its entries;
-    * ``narrow_stream_ids``: each context gets the lowest free stream id, and the unit lets a
-      stream translate while its bit in a stream register is set; the register has a bit for
-      ids 0 and 1 only (the id's low bit picks it), so stream 2 shares stream 0's bit: with
-      three contexts, one switching off switches another one's translation off too.
+    * ``stale_walk``: not flushed when a context gives a region's table back to the unit: once
+      a context (another, or the same) takes that page for the same region, the first
+      context's device walks into its entries;
+    * ``private_stale_walk``: the same, but each context keeps the tables it gave back for
+      itself, and takes them again for any region: only the same context meets a table its
+      device walked for another region;
+    * ``wrapping_stream_ids``: a context gets the next stream id of a count that wraps at four
+      (no id is looked at for being in use): a fifth context shares the first one's id, its
+      bit and its walks;
+    * ``stale_stream_reuse``: a context keeps the tables it used till its destroy (as Linux's
+      io-pgtable does), which gives them back with its stream but does not flush the stream's
+      walks: the next context made gets the id, and walks into tables the unit has handed
+      to others since;
+    * ``narrow_stream_ids``: the stream register has a bit for ids 0 and 1 only (the id's low
+      bit picks it), so stream 2 shares stream 0's bit: with three contexts, one switching off
+      switches another one's translation off too.
     """
 
     def __init__(
@@ -436,7 +449,11 @@ class SharedUnit:
         early_root_free: bool = False,
         stale_clear: bool = False,
         stale_walk: bool = False,
+        private_stale_walk: bool = False,
+        wrapping_stream_ids: bool = False,
+        stale_stream_reuse: bool = False,
         narrow_stream_ids: bool = False,
+        walk_cache: bool = False,
     ) -> None:
         self.memory = memory
         self.latency = drivers.Latency.profile("default", seed=7)
@@ -454,9 +471,17 @@ class SharedUnit:
         self.racy_root, self.power_as_active = racy_root, power_as_active
         self.leaky_zeroing = leaky_zeroing
         self.early_root_free, self.stale_clear = early_root_free, stale_clear
-        self.stale_walk, self.narrow_stream_ids = stale_walk, narrow_stream_ids
+        self.stale_walk = stale_walk or private_stale_walk
+        self.private_spares = private_stale_walk
+        self.wrapping_stream_ids, self.stale_stream_reuse = wrapping_stream_ids, stale_stream_reuse
+        self.narrow_stream_ids = narrow_stream_ids
+        self.caches_walks = stale_walk or private_stale_walk or wrapping_stream_ids
+        self.caches_walks |= stale_stream_reuse or walk_cache
+        self.keeps_tables = stale_stream_reuse or walk_cache  # till the context's destroy
         self.streams: set[int] = set()  # the stream ids the contexts hold
+        self.streams_given = 0  # wrapping_stream_ids: how many were given
         self.stream_bits = 0  # the stream register: which streams translate
+        self.walks: dict[tuple[int, int], int] = {}  # (stream, region) -> table walked last
         self.root_page: int | None = None  # early_root_free's root table
         self.root_freed = False
         self.tables: dict[int, dict[int, list[int]]] = {}  # page -> {index: [pa, order, valid]}
@@ -577,7 +602,11 @@ class SharedUnit:
         """A context of the unit was made: its stream id, the lowest free. With
         ``early_root_free`` the first one makes the unit's root table, in the memory, where each
         walk reads it."""
-        stream = min(set(range(len(self.streams) + 1)) - self.streams)
+        if self.wrapping_stream_ids:
+            stream = self.streams_given % 4
+            self.streams_given += 1
+        else:
+            stream = min(set(range(len(self.streams) + 1)) - self.streams)
         self.streams.add(stream)
         self.ports += 1
         if self.early_root_free and self.ports == 1:  # (again after every context left)
@@ -602,6 +631,9 @@ class SharedUnit:
         """A context of the unit, holding *stream*, was destroyed; the last one gives the
         spare back."""
         self.streams.discard(stream)
+        if not self.stale_stream_reuse:
+            for key in [key for key in self.walks if key[0] == stream]:
+                del self.walks[key]
         self.ports -= 1
         if self.early_root_free and not self.root_freed and self.root_page is not None:
             # the bug: the first context destroyed frees the root, which the last one should
@@ -628,7 +660,7 @@ class UnitPort:
         self.stream = unit.join()
         self.enabled = False
         self.directory: dict[int, int] = {}  # region -> page-table page
-        self.walks: dict[int, int] = {}  # stale_walk: region -> the table its walk went through
+        self.spares: list[int] = []  # private_stale_walk: the tables it gave back
         self.used: dict[int, int] = {}  # region -> entries this context wrote there
         self.last_cleared: list[int] | None = None  # the entry it cleared last (stale_clear)
 
@@ -643,7 +675,6 @@ class UnitPort:
         await self.unit.power(-1)
         self.enabled = False
         self.unit.stream_bits &= ~self.unit.stream_bit(self.stream)
-        self.walks.clear()
         if self.unit.stale_clear and self.last_cleared is not None:
             self.last_cleared[2] = 0  # invalid
 
@@ -652,7 +683,7 @@ class UnitPort:
         region = vaddr // self.REGION
         table = self.directory.get(region)
         if table is None:
-            table = await self.unit.take_table()
+            table = self.spares.pop() if self.spares else await self.unit.take_table()
             self.directory[region] = table
         entry = self.unit.free_entries.pop() if self.unit.free_entries else [0, 0, 0]
         entry[:] = paddr, order, 1
@@ -670,13 +701,27 @@ class UnitPort:
             self.unit.free_entries.append(entry)
             self.last_cleared = entry
         self.used[region] -= 1
-        if not self.used[region]:
+        if not self.used[region] and not self.unit.keeps_tables:
             del self.used[region], self.directory[region]
-            await self.unit.give_table(table)
+            if not self.unit.stale_walk:
+                self.unit.walks.pop((self.stream, region), None)
+            if self.unit.private_spares:
+                self.unit.tables[table] = {}
+                self.spares.append(table)
+            else:
+                await self.unit.give_table(table)
         if self.unit.racy_root:
             await self.unit.use_root(-1)
 
     async def cleanup(self, vcm: avcm.Vcm) -> None:
+        if self.unit.keeps_tables:  # every table it used, given back only now
+            for table in self.directory.values():
+                await self.unit.give_table(table)
+            self.directory.clear()
+        for table in self.spares:
+            del self.unit.tables[table]
+            self.unit.memory.free_pages(table, 0)
+        self.spares.clear()
         self.unit.release(self.stream)
 
     def _entries(self) -> list[tuple[int, int, int]]:
@@ -707,9 +752,10 @@ class UnitPort:
         self.unit.walk_root(addr)
         if self._translating():
             region, offset = divmod(addr, self.REGION)
-            table = self.walks.get(region, self.directory.get(region))
-            if table is not None and self.unit.stale_walk:
-                self.walks[region] = table
+            walks, key = self.unit.walks, (self.stream, region)
+            table = walks.get(key, self.directory.get(region))
+            if table is not None and self.unit.caches_walks:
+                walks[key] = table
             for index, (paddr, order, valid) in self.unit.tables.get(table, {}).items():
                 if valid and index <= offset < index + (avcm.PAGE_SIZE << order):
                     return paddr + offset - index
@@ -826,6 +872,24 @@ def shared_unit_stale_walk(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_narrow_stream_ids(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "narrow_stream_ids")
+
+
+def shared_unit_private_stale_walk(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "private_stale_walk")
+
+
+def shared_unit_wrapping_stream_ids(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "wrapping_stream_ids")
+
+
+def shared_unit_stale_stream_reuse(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return _unit_context(memory, "stale_stream_reuse")
+
+
+def shared_unit_walk_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: a walk cache tagged by stream id; each context keeps its tables till its
+    destroy, which gives them back with its stream, flushing the stream's walks."""
+    return _unit_context(memory, "walk_cache")
 
 
 class AliasingPageTable(drivers.PageTableMmu):

@@ -44,6 +44,7 @@ def test_the_sample_drivers_conform(factory: testing.Scenario, backend: str) -> 
                 "memory_ends",
                 "own_failures",
                 "tables_reused",
+                "generations",
             )
             and result.schedules < schedules
         )
@@ -153,6 +154,24 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.self_walking_no_undo_on_failure, "own_failures", "hardware differs"),
         # stream ids told apart by their low bit: three contexts show it
         (broken_drivers.shared_unit_narrow_stream_ids, "contexts_apart", "active=False but"),
+        # a walk cache kept past its table's return to the context's own spares, which it takes
+        # again for another range (attack55's such driver passed every scenario)
+        (
+            broken_drivers.shared_unit_private_stale_walk,
+            "tables_reused",
+            "the context mapping other ranges since",
+        ),
+        # a stream id from a count that wraps at four: a fifth context walks the first's tables
+        # (attack55's such driver passed every scenario: none made more than three contexts)
+        (broken_drivers.shared_unit_wrapping_stream_ids, "generations", "the device reaches other"),
+        # a stream id given back at a destroy without flushing its walks, given to the next
+        # context made (attack55's such driver passed every scenario: none made a context after
+        # another was destroyed)
+        (
+            broken_drivers.shared_unit_stale_stream_reuse,
+            "generations",
+            "in a context made after one that mapped there was destroyed",
+        ),
         # the last user's power-down, outside the unit's lock, undoing a switch-on from cold
         (broken_drivers.shared_unit_late_power_down, "restart_racing", "active=False but"),
         # a lazy power-down in a background task, acting a while after its timer
@@ -189,6 +208,7 @@ def test_broken_shared_or_scattered_hardware_fails(
 HARDWARE_SCENARIOS = [
     "own_failures",
     "tables_reused",
+    "generations",
     "one_phys_many_views",
     "multipart",
     "large_pages",
@@ -324,6 +344,7 @@ def test_a_deactivate_the_driver_failed_leaves_its_pair_holding_one(backend: str
         broken_drivers.self_walking,  # a per-reservation driver walking the phys itself
         tricky_drivers.flaky,  # page writes failing with a plain OSError (rule 8)
         broken_drivers.self_walking_flaky,  # ... in its own walk, each failure undone by it
+        broken_drivers.shared_unit_walk_cache,  # walks cached by stream id, flushed at its end
     ],
 )
 def test_correct_drivers_pass_the_hardware_scenarios(

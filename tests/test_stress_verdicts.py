@@ -561,7 +561,7 @@ def test_correct_shared_unit_passes(backend: str, driver: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
-@pytest.mark.parametrize("driver", ["shared_unit", "self_walking_flaky"])
+@pytest.mark.parametrize("driver", ["shared_unit", "shared_unit_walk_cache", "self_walking_flaky"])
 def test_correct_drivers_pass_with_the_default_contexts(
     backend: str, tasks: int, driver: str
 ) -> None:

@@ -1177,8 +1177,11 @@ async def _tables_reused(run: Run, first: Vcm, second: Vcm) -> None:
     what the first gives back when its last mapping of a range goes (a page-table page, a
     TLB entry, a walk its device cached), the second may take for the same addresses. The
     first's device walked there before; once the second mapped them, it must fault there,
-    reaching nothing of the second's memory, while the second reaches its own. Nothing races
-    (one task): the suite runs it until its schedules repeat."""
+    reaching nothing of the second's memory, while the second reaches its own. Then the first
+    alone: a page its device reached, unbound and kept reserved, faults while the context maps
+    pages at 2 MiB, 4 MiB, 8 MiB... from it (what it gave back, it may take again for another
+    range, at the same offset in that range). Nothing races (one task): the suite runs it
+    until its schedules repeat."""
 
     async def hand_over() -> None:
         for vcm in (first, second):
@@ -1201,10 +1204,110 @@ async def _tables_reused(run: Run, first: Vcm, second: Vcm) -> None:
             _probe((second, taken))
             await taken.destroy_binding()
         check_quiescent([first, second])
+        await _taken_back(first)
+        check_quiescent([first, second])
         for vcm in (first, second):
             await vcm.deactivate()
 
     _raise_unexpected(await run.concurrently(hand_over), set())
+
+
+# Pages bound at the start of this many reservations of 1 MiB, one after another: for any
+# range of up to 8 MiB that the hardware keeps a table or a walk for, one of them is in another
+# such range at the same offset as a 1 MiB boundary of the first (what a table indexed by the
+# offset alone, handed from one range to another, maps there).
+_RANGES = 8
+
+
+async def _map_ranges(vcm: Vcm, check: Callable[[], None]) -> None:
+    """Reserve :data:`_RANGES` reservations of 1 MiB in active *vcm*, then bind a page at the
+    start of each, the last reserved first (the farthest from what was there before: a range
+    nearer may be the same as the one a table was given back for, and take it back), reaching
+    each through the device, and call *check* after each; then unmap them. Nothing in a
+    one-to-one context (it does not reserve alone)."""
+    try:
+        ranges = [await vcm.reserve(MiB) for _ in range(_RANGES)]
+    except NotSupportedError:
+        return  # a one-to-one context: device addresses are the memory's own
+    for res in reversed(ranges):
+        await res.bind(await vcm.alloc(4 * KiB))
+        _probe((vcm, res))
+        check()
+    for res in ranges:
+        await res.destroy_binding()
+
+
+async def _bind_range(vcm: Vcm) -> Res:
+    """A binding of 8 KiB at the start of a reservation of 1 MiB (on a 1 MiB boundary: see
+    :data:`_RANGES`), or, in a one-to-one context, wherever its allocator puts it."""
+    try:
+        res = await vcm.reserve(MiB)
+    except NotSupportedError:
+        return await vcm.make_binding(8 * KiB)
+    await res.bind(await vcm.alloc(8 * KiB))
+    return res
+
+
+async def _taken_back(vcm: Vcm) -> None:
+    """The second part of :func:`_tables_reused`, in active *vcm* with nothing bound."""
+    kept = await _bind_range(vcm)
+    _probe((vcm, kept))  # walked: in whatever the device caches
+    start = kept.start
+    phys = await kept.unbind()
+    if phys is not None:
+        await phys.free()
+    await _map_ranges(
+        vcm,
+        partial(
+            _expect_fault,
+            vcm,
+            start,
+            "after unbind returned, the context mapping other ranges since",
+        ),
+    )
+    await kept.unreserve()
+
+
+_GENERATIONS = 9  # contexts live at once: more than a 3-bit id tells apart
+
+
+async def _generations(run: Run, make: Callable[[], Awaitable[Vcm]]) -> None:
+    """Contexts of one driver made one after another on one memory, up to more at once than a
+    3-bit id tells apart, each active with a binding at the same device addresses to memory of
+    its own; then each but the first destroyed and a new one made in its place, which maps
+    nothing where the destroyed one did while the first context maps pages in other ranges
+    (taking what the destroyed one gave back): each device reaches only its own context's
+    memory, and a context made after another was destroyed reaches nothing of what that one
+    mapped (an id that wraps, or one given back and given again with what the destroyed
+    context left tagged with it: a TLB entry, a cached walk). Nothing races (one task): the
+    suite runs it until its schedules repeat."""
+
+    async def come_and_go() -> None:
+        live: list[tuple[Vcm, Res]] = []
+        for _ in range(_GENERATIONS):
+            vcm = await make()
+            res = await _bind_range(vcm)
+            if not await _unless_driver_fails(vcm.activate):
+                return  # a driver's own failure (rule 8); the contexts go with destroy
+            live.append((vcm, res))
+            _probe(*live)
+        first = live[0][0]
+        for index in range(1, len(live)):
+            old, res = live.pop(index)
+            gone = res.start
+            await _until_done(old.destroy)
+            _expect_state(*(vcm for vcm, _ in live))
+            _probe(*live)
+            vcm = await make()
+            if not await _unless_driver_fails(vcm.activate):
+                return
+            after = "in a context made after one that mapped there was destroyed"
+            _expect_fault(vcm, gone, after)
+            await _map_ranges(first, partial(_expect_fault, vcm, gone, after))
+            live.insert(index, (vcm, await _bind_range(vcm)))
+            _probe(*live)
+
+    _raise_unexpected(await run.concurrently(come_and_go), set())
 
 
 async def _one_phys_many_views(run: Run, first: Vcm, second: Vcm) -> None:
@@ -1351,7 +1454,8 @@ async def _cancel_anywhere(run: Run, first: Vcm, second: Vcm) -> None:
 @dataclass(frozen=True, slots=True)
 class _Spec:
     """A scenario: its rules, what it checks, its body (given the run, then *memory* if
-    ``needs_memory``, then *contexts* contexts made by the factory on that memory), the
+    ``needs_memory``, then a call that makes one more context if ``makes_contexts``, then
+    *contexts* contexts made by the factory on that memory), the
     cancellations the race finder injects into each schedule (at random checkpoints), and,
     for one without a race, how many schedules adding nothing new end it early."""
 
@@ -1360,6 +1464,7 @@ class _Spec:
     body: Callable[..., Awaitable[None]]
     contexts: int = 1
     needs_memory: bool = False
+    makes_contexts: bool = False  # given a call that makes one more (after memory, if given)
     cancel: int = 0
     until_covered: int | None = None  # stop after this many schedules in a row added nothing
 
@@ -1473,6 +1578,14 @@ _SPECS: dict[str, _Spec] = {
         contexts=2,
         until_covered=2,
     ),
+    "generations": _Spec(
+        "rules 4, 9",
+        f"{_GENERATIONS} contexts live on one memory, then each made anew: none reaches another",
+        _generations,
+        contexts=0,
+        makes_contexts=True,
+        until_covered=2,
+    ),
     "one_phys_many_views": _Spec(
         "rule 4",
         "one phys mapped in two contexts, twice in one: every view reaches the same bytes",
@@ -1544,10 +1657,20 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
         vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
         raced = True
 
+        async def make() -> Vcm:
+            vcm = await _make(factory, memory)
+            vcms.append(vcm)  # held to every rule below, and destroyed, as the others
+            return vcm
+
         async def body() -> None:
             nonlocal raced
             try:
-                await spec.body(run, *([memory] if spec.needs_memory else []), *vcms)
+                await spec.body(
+                    run,
+                    *([memory] if spec.needs_memory else []),
+                    *([make] if spec.makes_contexts else []),
+                    *vcms,
+                )
             except OSError as error:
                 # A driver call outside the race failed, as rule 8 lets it: it reached the
                 # caller, which is right, and the scenario's steps after it cannot follow.
