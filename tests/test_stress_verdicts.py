@@ -388,6 +388,15 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         # a page write the hardware did not acknowledge fails the activate, which leaves the
         # pages written before it mapped
         ("self_walking_no_undo_on_failure", {"rule 4"}),
+        # a walk cache kept past its table's return to the context's own spares, met when the
+        # context takes that table again for another range
+        ("shared_unit_private_stale_walk", {"rule 4"}),
+        # walks of a destroyed context's stream left for the next context given the id: a drain
+        # destroys the contexts and makes them anew (seeds 0-1: operations 1,879 to 2,020)
+        ("shared_unit_stale_stream_reuse", {"rule 4"}),
+        # stream ids from a count that wraps at four: the contexts the drains make anew get
+        # the ids of live ones in the end (seeds 0-1: operations 7,212 to 7,976)
+        ("shared_unit_wrapping_stream_ids", {"rule 4"}),
     ],
 )
 def test_broken_shared_hardware_is_caught_within_10000_operations(
