@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import itertools
 import math
 import random
 import time
@@ -829,8 +828,6 @@ async def op_alloc(world: World, task: TaskState) -> tuple[str, str]:
         pieces = task.rng.choices(PIECES, k=task.rng.randint(2, SCATTERED_PIECES))
         if pieces[-1] == PIECES[-1] and (phys := top_phys(world.memory, pieces)) is not None:
             where = "at the end of memory"  # (one in five: drawn as the pieces are)
-        elif pieces[0] == PIECES[3] and (phys := cut_phys(world.memory, pieces)) is not None:
-            where = "cut from one block"  # (one in five too)
         else:
             phys, where = scattered_phys(world.memory, pieces), "scattered"
         world.adopt_phys(phys)
@@ -879,29 +876,6 @@ def top_phys(memory: avcm.PhysicalMemory, pieces: list[tuple[int, int]]) -> avcm
     size = sum(used for _, used in pieces)
     end = memory.base + memory.size
     return avcm.lowlevel.create_phys([(end - size, size)], free=free, memory=memory)
-
-
-def cut_phys(memory: avcm.PhysicalMemory, pieces: list[tuple[int, int]]) -> avcm.Phys | None:
-    """A phys of one 64 KiB block of *memory*, whole, cut into parts where the *pieces* would
-    end one after another (the first piece is shorter than the block): parts that follow one
-    another in memory, each mapped with 4 KiB pages, sixteen in a row from a 64 KiB boundary.
-    Hardware that folds such a row into one translation (a contiguous hint, a TLB that
-    coalesces neighbours) must unfold it when one of them goes; a driver that merges parts
-    that touch meets them too. The other physes never make such a row: the buddy allocator's
-    parts are each aligned to their size, and the scattered ones come from blocks apart
-    (attack52's contiguous-hint driver: found in 5 of 24 runs). ``None`` if no block is free."""
-    block_size = avcm.PAGE_SIZE << PIECES[-1][0]
-    start = memory.alloc_pages(PIECES[-1][0])
-    if start is None:
-        return None
-
-    async def free(phys: avcm.Phys) -> None:
-        memory.free_pages(start, PIECES[-1][0])
-
-    ends = {*itertools.accumulate(used for _, used in pieces), block_size}
-    cuts = sorted(end for end in ends if end <= block_size)
-    parts = [(start + begin, end - begin) for begin, end in itertools.pairwise([0, *cuts])]
-    return avcm.lowlevel.create_phys(parts, free=free, memory=memory)
 
 
 async def op_make_binding(world: World, task: TaskState) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from stress._config import DRIVER_DEFAULT_CONTEXTS, StressConfig
 from stress._contexts import Context
 from stress._device import after_binding, after_unmapping
 from stress._invariants import Rhythm, Violation, check_data
-from stress._workload import World, cut_phys, scattered_phys
+from stress._workload import World, scattered_phys
 from tests import tricky_drivers
 from tests.broken_drivers import LateEdgePageTable, StaleIotlbPageTable
 
@@ -825,35 +825,6 @@ async def test_a_scattered_phys_is_made_of_block_starts_given_back_with_it() -> 
     with pytest.raises(avcm.NoMemoryError) as refused:
         scattered_phys(small, [(8, 1 << 20), (4, 4 << 10)])
     assert refused.value.errno == errno.ENOMEM and small.is_pristine()
-
-
-@pytest.mark.anyio
-async def test_a_cut_phys_is_one_block_in_parts_that_follow_one_another() -> None:
-    memory = avcm.PhysicalMemory()
-    phys = cut_phys(memory, [(4, 32 << 10), (0, 4 << 10), (4, 64 << 10), (4, 8 << 10)])
-    assert phys is not None
-    # cut where the pieces would end one after another, the last part up to the block's end
-    assert [part.size for part in phys.parts] == [32 << 10, 4 << 10, 28 << 10]
-    assert phys.parts[0].start % (64 << 10) == 0
-    assert all(a.start + a.size == b.start for a, b in itertools.pairwise(phys.parts))
-    # every page a 4 KiB one: sixteen in a row from the block's start
-    pages = avcm.lowlevel.walk_pages(0x1000_0000, phys, (8, 4, 0))
-    assert [order for _, _, order in pages] == [0] * 16
-    assert [paddr for _, paddr, _ in pages] == [phys.parts[0].start + i * 4096 for i in range(16)]
-    await phys.free()
-    assert memory.is_pristine()
-    # no 64 KiB block free: none made, nothing taken
-    small = avcm.PhysicalMemory(size=1 << 20, max_order=8)
-    assert small.alloc_pages(8) is not None
-    assert cut_phys(small, [(4, 32 << 10), (4, 32 << 10)]) is None
-    assert small.statistics().free_bytes == 0
-
-
-def test_a_run_cuts_blocks_into_physes_now_and_then() -> None:
-    result = stress.run(StressConfig(ops=3000, seed=1))
-    assert result.violation is None, result.violation
-    cut = [o for o in result.trace if o.op == "alloc" and o.target.startswith("cut from one")]
-    assert cut, "no phys cut from one block in 3,000 operations"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
