@@ -2393,6 +2393,14 @@ class _Queue:
         # the wait stood in the order of waits, kept after the wait ended (see orphans)
         self.calls: dict[Any, tuple[threading.Thread, tuple[int, int, str]]] = {}
         self.reports: set[Any] = set()  # the calls whose thread handed in its report
+        # threads begun since the run began, numbered in the order the run first saw them:
+        # what they hand the loop comes in in that order (see arrivals), not the machine's
+        self.first_seen: dict[threading.Thread, int] = {}
+        # program threads that kept a choice waiting for _THREAD_STALL: taken to wait for what
+        # a task does, and held for no more in this run (see program_threads_hold)
+        self.program_stalled: set[threading.Thread] = set()
+        # (real time, steps) when choices or arrivals began to wait for program threads
+        self.program_hold: tuple[float, int] | None = None
 
     @property
     def io_timeout(self) -> float:
@@ -2551,8 +2559,16 @@ class _Queue:
         if order is None:
             return None
         reports = self.take_arrivals()
-        reports.sort(key=lambda item: order.get(item[0], len(order)))
+        reports.sort(key=lambda item: (order.get(item[0], len(order)), self.seen_rank(item[0])))
         return reports
+
+    def seen_rank(self, thread: threading.Thread) -> int:
+        """Where *thread* stands in the order the run first saw the threads begun since it
+        began (:meth:`program_threads_at_work` looks at them before every choice): the order
+        what threads no task waits for hand the loop comes in in. A thread never seen (it
+        began and ended between two looks) is ranked when what it handed the loop first
+        comes in."""
+        return self.first_seen.setdefault(thread, len(self.first_seen))
 
     def hold_call_back(self, thread: threading.Thread, item: Any, native: Any = None) -> bool:
         """Hold a call back into the loop from *thread* (*item*, what it handed the loop) till
@@ -2624,12 +2640,18 @@ class _Queue:
 
     def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
-        work and has not reported (nor waits for the loop), so that what came in already
-        waits for it and all come in together, in an order the machine does not decide;
-        else each waited thread's place in that order. Released: at once. Threads that
-        outlast a timer (:meth:`slow`) are not waited for, unless *every*."""
+        work and has not reported (nor waits for the loop), or a program thread is
+        (:meth:`program_threads_hold`), so that what came in already waits for it and all
+        come in together, in an order the machine does not decide; else each waited thread's
+        place in that order (the others' come after, by :meth:`seen_rank`). Released: at
+        once. Threads that outlast a timer (:meth:`slow`) are not waited for, unless
+        *every*."""
         order: dict[threading.Thread, int] = {}
-        if self.free or self.thread_stalled():
+        if self.free:
+            return order
+        if self.program_threads_hold():
+            return None
+        if self.thread_stalled():
             return order
         reporters = {thread for thread, _ in self.arrived_now()}
         unnamed = 0
@@ -3104,6 +3126,8 @@ class _Queue:
             # last step: one may have handed in its call back or report meanwhile, but whether
             # it outlasts the next timer is asked first (see look_at_orphans)
             return False
+        if self.program_threads_hold():
+            return False
         if self.thread_stalled() or not self.threads_busy():
             return True
         # threads that outlast a timer: tasks run on once the threads handed in what they
@@ -3205,47 +3229,91 @@ class _Queue:
         of its own) is at work: not waiting in a ``threading`` or ``queue`` primitive (a call back
         into the loop waits in one for the answer), not idle. What it does may wake a task (a
         call back through ``from_thread``, ``call_soon_threadsafe``, an event it sets): never
-        a deadlock, and virtual time waits for it for a while (see
-        :meth:`program_threads_hold_time`). A thread older than the run, or another run's
-        event loop, is none of the run's."""
+        a deadlock, no choice is made meanwhile (:meth:`program_threads_hold`), and virtual
+        time waits for it for a while (see :meth:`program_threads_hold_time`). A thread older
+        than the run, or another run's event loop, is none of the run's."""
+        return bool(self._program_threads_working())
+
+    def _program_threads_working(self) -> list[threading.Thread]:
+        """The program threads at work (:meth:`program_threads_at_work`); every thread begun
+        since the run began is ranked on the way (:meth:`seen_rank`), in the order the
+        interpreter lists them: the order they started in, for threads one thread starts."""
         if threading.active_count() == 1:
-            return False
+            return []
         begun = [thread for thread in threading.enumerate() if thread not in self.threads_before]
         if not begun:
-            return False
+            return []
+        for thread in begun:
+            self.seen_rank(thread)
         frames = _current_frames()
         at_work = [
-            thread.ident
+            thread
             for thread in begun
             if (frame := frames.get(thread.ident)) is not None  # type: ignore[arg-type]
             and (not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame))
+            # (a call back into trio waits for the answer in C code: no frame of its own)
+            and not _waits_for_answer(thread, frames)
         ]
         if not at_work:
-            return False
+            return []
         # (only then the threads that are none of the program's: a look at every task's wait)
         known = self._waited_idents()
         known.update(thread.ident for thread, _ in self.orphans())
         known.update(_thread_clock.loop_threads())
         known.add(self.thread)
-        return any(ident not in known for ident in at_work)
+        return [thread for thread in at_work if thread.ident not in known]
+
+    def program_threads_hold(self) -> bool:
+        """Whether choices, and what threads hand the loop, wait for program threads at work
+        (:meth:`program_threads_at_work`), as they wait for the threads the tasks' calls run
+        in: where a program thread's call back lands among the tasks' steps, and the order
+        of several threads' calls back, then do not depend on the machine's speed (they come
+        in once none is at work, by :meth:`seen_rank`). For up to ``_THREAD_STALL`` of real
+        time with no step: a thread at work that long may poll for what a task must do first
+        (a flag a task sets, a timed wait in a loop); it is held for no more in this run, and
+        where what it hands the loop lands depends on its speed from then on."""
+        if self.free:
+            return False
+        working = [
+            thread
+            for thread in self._program_threads_working()
+            if thread not in self.program_stalled
+        ]
+        if not working:
+            self.program_hold = None
+            return False
+        now, steps = time.monotonic(), len(self.run._steps)
+        if self.program_hold is None or self.program_hold[1] != steps:
+            self.program_hold = (now, steps)
+        elif now - self.program_hold[0] >= _THREAD_STALL:
+            self.program_stalled.update(working)
+            self.program_hold = None
+            return False
+        return True
 
     def program_threads_hold_time(self) -> bool:
         """Whether virtual time stands still for threads the program started that are at work
-        (:meth:`program_threads_at_work`), no task waiting for a thread: until they wait or
-        end, for up to ``_THREAD_STALL`` of real time with nothing moving if a timer is
-        pending (a thread that polls for ever, sleeping between its looks, while a task's
-        sleep ends what it polls for: each timer waits that long for it), and with none, up
-        to ``thread_timeout`` (:class:`ThreadWaitError`). Before, a thread that slept 20 ms
-        and then set an event a task waited for within a deadline of 5 s was reported as a
-        timeout, and without the deadline as a deadlock: virtual time jumped while the
-        thread worked."""
-        if not self.program_threads_at_work():
+        (:meth:`program_threads_at_work`), no task waiting for a thread: while a choice waits
+        for them (:meth:`program_threads_hold`); else until they wait or end, for up to
+        ``_THREAD_STALL`` of real time with nothing moving if a timer is pending (a thread
+        that polls for ever, sleeping between its looks, while a task's sleep ends what it
+        polls for: each timer waits that long for it), and with none, up to
+        ``thread_timeout`` (:class:`ThreadWaitError`). Before, a thread that slept 20 ms and
+        then set an event a task waited for within a deadline of 5 s was reported as a
+        timeout, and without the deadline as a deadlock: virtual time jumped while the thread
+        worked."""
+        working = self._program_threads_working()
+        if not working:
             return False
+        if self.run._next_timer() is None:
+            return True
+        if self.held() and any(thread not in self.program_stalled for thread in working):
+            return True  # (a choice waits for them: program_threads_hold)
         stalled = (
             self.thread_progress == self.run._loop_steps
             and time.monotonic() - self.thread_since >= _THREAD_STALL
         )
-        return not stalled or self.run._next_timer() is None
+        return not stalled
 
     def _waited_idents(self) -> set[int | None]:
         """The idents of the named threads the tasks wait for (:meth:`waited_threads`)."""
@@ -3758,7 +3826,7 @@ class _TrioQueue(_Queue):
         # job wakes (the call's task register), not by its thread: what came waits till every
         # task waiting for a thread has its report, then all come in by the order the calls
         # began, as on asyncio.
-        if not self.reported():
+        if not self.reported() or self.program_threads_hold():
             return False
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
@@ -3775,6 +3843,7 @@ class _TrioQueue(_Queue):
             key=lambda arrival: (
                 order.get(_job_task(arrival[1]), last),
                 self._call_rank(*arrival),
+                self.seen_rank(arrival[0]),
             )
         )
         jobs: list[Any] = []
