@@ -47,6 +47,19 @@ waits for the thread. On asyncio, what threads hand the loop (``call_soon_thread
 comes in once no thread the tasks wait for is at work any more, all together, in the order
 their calls began: not in the order the machine finishes them.
 
+A program thread (begun since the scenario began, serving no task's call: one the program
+starts itself, a job of a pool of its own) is waited for the same way while it is at work
+(:meth:`_Queue.program_threads_hold`): no choice is made, the clock stands still, and what
+it hands the loop (``from_thread``, ``call_soon_threadsafe``, trio's ``run_sync_soon``)
+comes in once neither it nor a thread the tasks wait for is at work, after what those hand
+in, by the order the run first saw each program thread (:meth:`_Queue.seen_rank`): where
+its call back lands among the tasks' steps does not depend on the machine. A program thread
+that keeps a choice waiting for ``_THREAD_STALL`` seconds of real time with no step may
+poll for what a task must do first (a flag a task sets): choices go on, and no choice waits
+for it again in that run. There determinism ends: where what it hands the loop from then on
+lands among the tasks' steps depends on its speed (and so for a thread that works longer
+than that for real while a task can run).
+
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
 only when no task can run (or the tasks only spin, or ran ``_SLOW_STEPS`` steps in a row with
 time standing still: a poll that counts its rounds never only spins), so that the step at
