@@ -395,3 +395,55 @@ def test_a_race_beside_program_threads_replays_in_a_fresh_process(backend: str) 
         assert replayed.returncode == 1, replayed.stdout + replayed.stderr
         assert "an update was lost" in replayed.stdout
         assert "diverged" not in replayed.stdout
+
+
+def polls_for_what_a_task_sets(look: Callable[[threading.Event], object]) -> testing.Scenario:
+    """A thread the program starts polls (with *look*) for a flag that a task which can run
+    sets, then reports back; no timer is pending."""
+
+    async def scenario(run: testing.Run) -> None:
+        token = anyio.lowlevel.current_token()
+        flag = threading.Event()
+        reported = anyio.Event()
+
+        def poller() -> None:
+            while not flag.is_set():
+                look(flag)
+            anyio.from_thread.run_sync(reported.set, token=token)
+
+        async def starter() -> None:
+            start_thread(poller)
+            await reported.wait()
+
+        async def setter() -> None:
+            await anyio.lowlevel.checkpoint()
+            flag.set()
+
+        for outcome in await run.concurrently(starter, setter):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "look",
+    [lambda _: time.sleep(0.001), lambda flag: flag.wait(0.002)],
+    ids=["sleep", "timed wait"],
+)
+def test_a_thread_that_polls_for_what_a_task_that_can_run_sets_does_not_hold_the_run(
+    backend: str, look: Callable[[threading.Event], object]
+) -> None:
+    # no choice is made while the poller works: after a second of real time with no step,
+    # choices go on without it (the setter runs), not a ThreadWaitError after thread_timeout
+    started = time.monotonic()
+    result = testing.explore(
+        polls_for_what_a_task_sets(look),  # type: ignore[arg-type]
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=5.0),
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 1
+    assert time.monotonic() - started < 5.0
