@@ -533,6 +533,9 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self._threads_lock = threading.Lock()
         self._threads_at_work = 0
         self._threads_waiters: list[asyncio.Future[None]] = []
+        # the jobs run_in_executor handed a pool: a thread running one serves a task's call,
+        # not the program's own work (see the race finder's program threads)
+        self.executor_calls: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
         self._spin = _Spin()
@@ -673,6 +676,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             self._thread_done(None)
             raise
         self.executor_jobs += 1
+        self.executor_calls.add(submitted.job)
         future.add_done_callback(self._executor_job_done)
         # after asyncio's own callback, which hands the result to the loop: once this one
         # ran, the thread has nothing more to hand in

@@ -505,6 +505,15 @@ def _thread_wait_first(deadline: float, timer: float | None) -> bool:
     return timer is None or deadline <= timer
 
 
+def _caller_in(frame: FrameType | None, module: str, function: str) -> FrameType | None:
+    """The frame of *function* of *module* that is *frame* or one of its callers, if any."""
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_globals.get("__name__") == module:
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def _serves_a_call(frame: FrameType | None) -> bool:
     while frame is not None:
         if (frame.f_globals.get("__name__"), frame.f_code.co_name) in _SERVING:
@@ -3039,12 +3048,9 @@ class _Queue:
             return 0.0
         stall = self.thread_since + _THREAD_STALL - now
         # (a thread the program started may end, or put what a task polls for in a queue,
-        # without waking the loop, as a worker thread's report does: look again soon)
-        look = (
-            _PROGRAM_THREAD_POLL
-            if not self.threads_busy() and self.program_threads_at_work()
-            else _THREAD_POLL
-        )
+        # without waking the loop, as a worker thread's report does: look again soon, whether
+        # or not a worker thread works too, as choices and reports wait for it)
+        look = _PROGRAM_THREAD_POLL if self.program_threads_at_work() else _THREAD_POLL
         return min(timeout, look, left, stall if stall > 0 else look)
 
     def abandon_threads(self) -> None:
@@ -3266,6 +3272,7 @@ class _Queue:
             and (not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame))
             # (a call back into trio waits for the answer in C code: no frame of its own)
             and not _waits_for_answer(thread, frames)
+            and not self.serves_the_loop(thread, frame)
         ]
         if not at_work:
             return []
@@ -3275,6 +3282,12 @@ class _Queue:
         known.update(_thread_clock.loop_threads())
         known.add(self.thread)
         return [thread for thread in at_work if thread.ident not in known]
+
+    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
+        """Whether *thread*, stopped at *frame*, is one of the loop's own worker threads or
+        runs a call a task handed a thread (one whose task no longer waits for it included):
+        no program thread, though it began since the run began and no wait names it."""
+        return False
 
     def program_threads_hold(self) -> bool:
         """Whether choices, and what threads hand the loop, wait for program threads at work
@@ -4120,6 +4133,10 @@ class _TrioQueue(_Queue):
             task = _thread_task(thread)
         return task
 
+    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
+        # trio's thread cache runs to_thread calls only (and delivers their results)
+        return _caller_in(frame, "trio._core._thread_cache", "_work") is not None
+
     def clock_reads(self) -> int:
         if self.reads < 0:
             # Counted from the first question on (a spin rule's check), so that a run that
@@ -4781,6 +4798,19 @@ class _AsyncioQueue(_Queue):
             for thread in threading.enumerate()
             if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread)
         )
+
+    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
+        # anyio's worker threads run to_thread calls only; a pool's thread runs a task's call
+        # while its job is one run_in_executor handed it (avcm's virtual-time loop knows them)
+        if getattr(thread, "loop", None) is self.loop and type(thread).__module__ == (
+            "anyio._backends._asyncio"
+        ):
+            return True
+        calls: weakref.WeakSet[Any] | None = getattr(self.loop, "executor_calls", None)
+        if not calls:
+            return False
+        job = _caller_in(frame, "concurrent.futures.thread", "run")
+        return job is not None and getattr(job.f_locals.get("self"), "future", None) in calls
 
     def _serves_loop(self, thread: threading.Thread) -> bool:
         # the watcher's thread reports to the loop it was started for (its first argument):
