@@ -533,9 +533,9 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self._threads_lock = threading.Lock()
         self._threads_at_work = 0
         self._threads_waiters: list[asyncio.Future[None]] = []
-        # the jobs run_in_executor handed a pool: a thread running one serves a task's call,
+        # the threads running a job run_in_executor handed a pool: they serve a task's call,
         # not the program's own work (see the race finder's program threads)
-        self.executor_calls: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
+        self.serving: set[threading.Thread] = set()
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
         self._spin = _Spin()
@@ -667,7 +667,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             if executor is None:
                 executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
                 self._default_executor = executor
-        submitted = _Submitted(executor)
+        submitted = _Submitted(executor, self.serving)
         with self._threads_lock:
             self._threads_at_work += 1
         try:
@@ -676,7 +676,6 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             self._thread_done(None)
             raise
         self.executor_jobs += 1
-        self.executor_calls.add(submitted.job)
         future.add_done_callback(self._executor_job_done)
         # after asyncio's own callback, which hands the result to the loop: once this one
         # ran, the thread has nothing more to hand in
@@ -775,16 +774,31 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
 
 class _Submitted(concurrent.futures.Executor):
-    """An executor as ``run_in_executor`` sees it, keeping the job it submits."""
+    """An executor as ``run_in_executor`` sees it, keeping the job it submits; the thread
+    that runs the job is in *serving* meanwhile (known without a look at its frames, which
+    another thread's walk through may crash CPython 3.11 while they change)."""
 
-    def __init__(self, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self, executor: concurrent.futures.Executor, serving: set[threading.Thread]
+    ) -> None:
         self.executor = executor
+        self.serving = serving
         self.job: concurrent.futures.Future[Any]
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
-        self.job = self.executor.submit(fn, *args, **kwargs)
+        serving = self.serving
+
+        def serve() -> T:
+            thread = threading.current_thread()
+            serving.add(thread)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                serving.discard(thread)
+
+        self.job = self.executor.submit(serve)
         return self.job
 
 

@@ -505,13 +505,11 @@ def _thread_wait_first(deadline: float, timer: float | None) -> bool:
     return timer is None or deadline <= timer
 
 
-def _caller_in(frame: FrameType | None, module: str, function: str) -> FrameType | None:
-    """The frame of *function* of *module* that is *frame* or one of its callers, if any."""
-    while frame is not None:
-        if frame.f_code.co_name == function and frame.f_globals.get("__name__") == module:
-            return frame
-        frame = frame.f_back
-    return None
+def _runs(thread: threading.Thread, module: str) -> bool:
+    """Whether *thread* was started to run a method of an object of *module*'s (``Thread``
+    drops its target once it returned)."""
+    owner = getattr(getattr(thread, "_target", None), "__self__", None)
+    return owner is not None and type(owner).__module__ == module
 
 
 def _serves_a_call(frame: FrameType | None) -> bool:
@@ -3049,8 +3047,13 @@ class _Queue:
         stall = self.thread_since + _THREAD_STALL - now
         # (a thread the program started may end, or put what a task polls for in a queue,
         # without waking the loop, as a worker thread's report does: look again soon, whether
-        # or not a worker thread works too, as choices and reports wait for it)
-        look = _PROGRAM_THREAD_POLL if self.program_threads_at_work() else _THREAD_POLL
+        # or not a worker thread works too, as choices and reports wait for it; and soon if
+        # none is at work any more: one ended since the loop asked)
+        look = (
+            _THREAD_POLL
+            if self.threads_busy() and not self.program_threads_at_work()
+            else _PROGRAM_THREAD_POLL
+        )
         return min(timeout, look, left, stall if stall > 0 else look)
 
     def abandon_threads(self) -> None:
@@ -3272,7 +3275,7 @@ class _Queue:
             and (not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame))
             # (a call back into trio waits for the answer in C code: no frame of its own)
             and not _waits_for_answer(thread, frames)
-            and not self.serves_the_loop(thread, frame)
+            and not self.serves_the_loop(thread)
         ]
         if not at_work:
             return []
@@ -3283,10 +3286,12 @@ class _Queue:
         known.add(self.thread)
         return [thread for thread in at_work if thread.ident not in known]
 
-    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
-        """Whether *thread*, stopped at *frame*, is one of the loop's own worker threads or
-        runs a call a task handed a thread (one whose task no longer waits for it included):
-        no program thread, though it began since the run began and no wait names it."""
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
+        """Whether *thread* is one of the loop's own worker threads or runs a call a task
+        handed a thread (one whose task no longer waits for it included): no program thread,
+        though it began since the run began and no wait names it. (Known without a walk
+        through its frames: asked before every choice, such walks through a thread's frames
+        as it runs crashed CPython 3.11.)"""
         return False
 
     def program_threads_hold(self) -> bool:
@@ -3530,8 +3535,14 @@ class _TrioIO:
                 wait = queue.put_off_poll(wait)
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
-            elif busy or queue.threads_busy():
+            elif busy or queue.threads_busy() or queue.program_threads_at_work():
+                # (a program thread may end, or stall, or do what a task polls for, waking
+                # nobody: trio set its clock's autojump and asked the run queue before)
                 wait = queue.thread_poll(wait)
+            elif queue.ready() or queue.autojump_stale():
+                # (a program thread ended since trio asked the run queue and set its clock's
+                # autojump: a held task runs, or time jumps, in trio's next pass)
+                wait = 0
         events = self.manager.get_events(wait)
         if asked:
             queue.io_polled(bool(events))
@@ -4133,9 +4144,9 @@ class _TrioQueue(_Queue):
             task = _thread_task(thread)
         return task
 
-    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
         # trio's thread cache runs to_thread calls only (and delivers their results)
-        return _caller_in(frame, "trio._core._thread_cache", "_work") is not None
+        return _runs(thread, "trio._core._thread_cache")
 
     def clock_reads(self) -> int:
         if self.reads < 0:
@@ -4221,19 +4232,37 @@ class _TrioQueue(_Queue):
             # follows lets in: see _outlive)
             if self.run._outliving:
                 self.settle()
-            if (
-                self.time_waits_for_threads()
-                or self.reported()
-                or self.entry_pending()
-                or self.orphans_unlooked()
-                or (bool(self.arrived) and not self.slow())
-            ):
-                # (what threads late past a timer handed in, held while a task could run,
-                # comes in at the poll that follows, which settles: no time passes before)
+            if self._keeps_time_still():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
         self.runner.clock_autojump_threshold = threshold
+
+    def _keeps_time_still(self) -> bool:
+        """Whether trio's clock may not jump though no task can run: threads at work, or
+        what they handed in yet to come in."""
+        # (what threads late past a timer handed in, held while a task could run, comes in
+        # at the poll that follows, which settles: no time passes before)
+        return (
+            self.time_waits_for_threads()
+            or self.reported()
+            or self.entry_pending()
+            or self.orphans_unlooked()
+            or (bool(self.arrived) and not self.slow())
+        )
+
+    def autojump_stale(self) -> bool:
+        """Whether trio's clock was kept from jumping (:meth:`sync_autojump`) for what keeps
+        it still no more: a thread at work then ended or stalled since, waking nobody (a
+        program thread that put what a task polls for in a queue). trio then asks the run
+        queue again at once, instead of sleeping its day."""
+        threshold = getattr(self.clock, "autojump_threshold", None)
+        return (
+            threshold is not None
+            and threshold != math.inf
+            and self.runner.clock_autojump_threshold == math.inf
+            and not self._keeps_time_still()
+        )
 
     def io_waits(self) -> int:
         manager = self.runner.io_manager
@@ -4799,18 +4828,14 @@ class _AsyncioQueue(_Queue):
             if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread)
         )
 
-    def serves_the_loop(self, thread: threading.Thread, frame: FrameType) -> bool:
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
         # anyio's worker threads run to_thread calls only; a pool's thread runs a task's call
         # while its job is one run_in_executor handed it (avcm's virtual-time loop knows them)
         if getattr(thread, "loop", None) is self.loop and type(thread).__module__ == (
             "anyio._backends._asyncio"
         ):
             return True
-        calls: weakref.WeakSet[Any] | None = getattr(self.loop, "executor_calls", None)
-        if not calls:
-            return False
-        job = _caller_in(frame, "concurrent.futures.thread", "run")
-        return job is not None and getattr(job.f_locals.get("self"), "future", None) in calls
+        return thread in getattr(self.loop, "serving", ())
 
     def _serves_loop(self, thread: threading.Thread) -> bool:
         # the watcher's thread reports to the loop it was started for (its first argument):
