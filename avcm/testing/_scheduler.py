@@ -480,7 +480,14 @@ def _about_to_run(frame: FrameType) -> bool:
     for it, looked blocked; or, joining a thread, that one ended), or it waits in
     ``Thread.start`` for the thread it starts, which has no frame to look at yet (attack54: a
     thread starting another and joining it), or its wait has a timeout, on the machine's clock
-    for a thread the program started: it ends by itself (a poller waiting 2 ms on an event)."""
+    for a thread the program started: it ends by itself (a poller waiting 2 ms on an event).
+    Or it idles in a pool whose queue holds a job: it takes it once the machine schedules it
+    (a job a task handed a pool's idle worker looked not begun for as long as the loop kept
+    the interpreter lock, and a task polling for its result took a virtual second or more of
+    steps meanwhile, as many as the machine's speed gave it)."""
+    if _idles(frame) and frame.f_code.co_name == "_worker":
+        empty = getattr(frame.f_locals.get("work_queue"), "empty", None)
+        return callable(empty) and not empty()
     if frame.f_code.co_name == "wait" and frame.f_locals.get("timeout") is not None:
         return True  # a timed wait on the machine's clock: it ends by itself (attack54)
     # the lock it blocks on: a condition's waiter, or in a join the ended thread's own
