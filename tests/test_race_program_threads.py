@@ -8,6 +8,8 @@ around the wait as a timeout: virtual time jumped while the thread worked."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -322,3 +324,126 @@ def test_threads_the_scenario_starts_in_its_setup_or_a_pool_are_waited_for(
 ) -> None:
     result = testing.explore(scenario, schedules=12, backend=backend)
     assert result.failure is None, result.failure.report()
+
+
+def reporting_threads(*, lose_updates: bool, works: tuple[float, ...]) -> testing.Scenario:
+    """Tasks each start a thread that works for one of *works* (seconds of real time) and
+    reports back through ``from_thread``, step on while it works, then wait for its report
+    and add one to a counter: read, yield, write if *lose_updates* (a lost update), else
+    under a lock."""
+
+    async def scenario(run: testing.Run) -> None:
+        token = anyio.lowlevel.current_token()
+        counter = [0]
+        lock = anyio.Lock()
+
+        async def task(index: int) -> None:
+            reported = anyio.Event()
+
+            def work() -> None:
+                time.sleep(works[index])
+                anyio.from_thread.run_sync(reported.set, token=token)
+
+            start_thread(work)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            await reported.wait()
+            async with contextlib.nullcontext() if lose_updates else lock:
+                value = counter[0]
+                await anyio.lowlevel.checkpoint()
+                counter[0] = value + 1
+
+        await run.concurrently(*[functools.partial(task, index) for index in range(len(works))])
+        assert counter[0] == len(works), f"an update was lost: {counter[0]}"
+
+    return scenario
+
+
+# (as fast as each other: the machine decided which reported first; one after the other: the
+# machine decided where each report landed among the tasks' steps)
+three_reporters = reporting_threads(lose_updates=False, works=(0.001, 0.001, 0.001))
+three_reporters_losing_updates = reporting_threads(lose_updates=True, works=(0.001, 0.002, 0.003))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_where_program_threads_report_back_is_the_same_in_every_run(backend: str) -> None:
+    # (before, where a report landed among the tasks' steps, and the order of the three,
+    # depended on the machine's speed: Exhaustive said "not deterministic", 1 to 2 in 3)
+    explored = set()
+    for _ in range(5):
+        result = testing.explore(
+            three_reporters, strategy=testing.Exhaustive(1), schedules=500, backend=backend
+        )
+        assert result.failure is None, result.failure.report()
+        assert result.exhausted
+        explored.add(result.schedules)
+    assert len(explored) == 1, explored
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_race_beside_program_threads_replays_in_a_fresh_process(backend: str) -> None:
+    result = testing.explore(
+        three_reporters_losing_updates,
+        strategy=testing.Exhaustive(1),
+        schedules=500,
+        backend=backend,
+    )
+    assert result.failure is not None, "the lost update was not found"
+    assert "an update was lost" in str(result.failure.error)
+    for hash_seed in (5, 23, 101):
+        replayed = replay_as_printed(result.failure.replay_command, hash_seed=hash_seed)
+        assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+        assert "an update was lost" in replayed.stdout
+        assert "diverged" not in replayed.stdout
+
+
+def polls_for_what_a_task_sets(look: Callable[[threading.Event], object]) -> testing.Scenario:
+    """A thread the program starts polls (with *look*) for a flag that a task which can run
+    sets, then reports back; no timer is pending."""
+
+    async def scenario(run: testing.Run) -> None:
+        token = anyio.lowlevel.current_token()
+        flag = threading.Event()
+        reported = anyio.Event()
+
+        def poller() -> None:
+            while not flag.is_set():
+                look(flag)
+            anyio.from_thread.run_sync(reported.set, token=token)
+
+        async def starter() -> None:
+            start_thread(poller)
+            await reported.wait()
+
+        async def setter() -> None:
+            await anyio.lowlevel.checkpoint()
+            flag.set()
+
+        for outcome in await run.concurrently(starter, setter):
+            outcome.unwrap()
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "look",
+    [lambda _: time.sleep(0.001), lambda flag: flag.wait(0.002)],
+    ids=["sleep", "timed wait"],
+)
+def test_a_thread_that_polls_for_what_a_task_that_can_run_sets_does_not_hold_the_run(
+    backend: str, look: Callable[[threading.Event], object]
+) -> None:
+    # no choice is made while the poller works: after a second of real time with no step,
+    # choices go on without it (the setter runs), not a ThreadWaitError after thread_timeout
+    started = time.monotonic()
+    result = testing.explore(
+        polls_for_what_a_task_sets(look),  # type: ignore[arg-type]
+        strategy=testing.PCT(0),
+        schedules=1,
+        backend=backend,
+        limits=testing.Limits(thread_timeout=5.0),
+    )
+    assert result.failure is None, result.failure.report()
+    assert result.schedules == 1
+    assert time.monotonic() - started < 5.0

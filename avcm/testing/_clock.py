@@ -533,6 +533,9 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         self._threads_lock = threading.Lock()
         self._threads_at_work = 0
         self._threads_waiters: list[asyncio.Future[None]] = []
+        # the threads running a job run_in_executor handed a pool: they serve a task's call,
+        # not the program's own work (see the race finder's program threads)
+        self.serving: set[threading.Thread] = set()
         self.count_reads = False  # whether to count them (the race finder asks for it)
         self.task_reads = 0  # reads of time() made in a task (the loop reads it too)
         self._spin = _Spin()
@@ -664,7 +667,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
             if executor is None:
                 executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
                 self._default_executor = executor
-        submitted = _Submitted(executor)
+        submitted = _Submitted(executor, self.serving)
         with self._threads_lock:
             self._threads_at_work += 1
         try:
@@ -771,16 +774,31 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
 
 class _Submitted(concurrent.futures.Executor):
-    """An executor as ``run_in_executor`` sees it, keeping the job it submits."""
+    """An executor as ``run_in_executor`` sees it, keeping the job it submits; the thread
+    that runs the job is in *serving* meanwhile (known without a look at its frames, which
+    another thread's walk through may crash CPython 3.11 while they change)."""
 
-    def __init__(self, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self, executor: concurrent.futures.Executor, serving: set[threading.Thread]
+    ) -> None:
         self.executor = executor
+        self.serving = serving
         self.job: concurrent.futures.Future[Any]
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
-        self.job = self.executor.submit(fn, *args, **kwargs)
+        serving = self.serving
+
+        def serve() -> T:
+            thread = threading.current_thread()
+            serving.add(thread)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                serving.discard(thread)
+
+        self.job = self.executor.submit(serve)
         return self.job
 
 

@@ -47,6 +47,19 @@ waits for the thread. On asyncio, what threads hand the loop (``call_soon_thread
 comes in once no thread the tasks wait for is at work any more, all together, in the order
 their calls began: not in the order the machine finishes them.
 
+A program thread (begun since the scenario began, serving no task's call: one the program
+starts itself, a job of a pool of its own) is waited for the same way while it is at work
+(:meth:`_Queue.program_threads_hold`): no choice is made, the clock stands still, and what
+it hands the loop (``from_thread``, ``call_soon_threadsafe``, trio's ``run_sync_soon``)
+comes in once neither it nor a thread the tasks wait for is at work, after what those hand
+in, by the order the run first saw each program thread (:meth:`_Queue.seen_rank`): where
+its call back lands among the tasks' steps does not depend on the machine. A program thread
+that keeps a choice waiting for ``_THREAD_STALL`` seconds of real time with no step may
+poll for what a task must do first (a flag a task sets): choices go on, and no choice waits
+for it again in that run. There determinism ends: where what it hands the loop from then on
+lands among the tasks' steps depends on its speed (and so for a thread that works longer
+than that for real while a task can run).
+
 I/O waited for (another process's pipes or exit, a socket) is outside too: it is looked at
 only when no task can run (or the tasks only spin, or ran ``_SLOW_STEPS`` steps in a row with
 time standing still: a poll that counts its rounds never only spins), so that the step at
@@ -467,7 +480,14 @@ def _about_to_run(frame: FrameType) -> bool:
     for it, looked blocked; or, joining a thread, that one ended), or it waits in
     ``Thread.start`` for the thread it starts, which has no frame to look at yet (attack54: a
     thread starting another and joining it), or its wait has a timeout, on the machine's clock
-    for a thread the program started: it ends by itself (a poller waiting 2 ms on an event)."""
+    for a thread the program started: it ends by itself (a poller waiting 2 ms on an event).
+    Or it idles in a pool whose queue holds a job: it takes it once the machine schedules it
+    (a job a task handed a pool's idle worker looked not begun for as long as the loop kept
+    the interpreter lock, and a task polling for its result took a virtual second or more of
+    steps meanwhile, as many as the machine's speed gave it)."""
+    if _idles(frame) and frame.f_code.co_name == "_worker":
+        empty = getattr(frame.f_locals.get("work_queue"), "empty", None)
+        return callable(empty) and not empty()
     if frame.f_code.co_name == "wait" and frame.f_locals.get("timeout") is not None:
         return True  # a timed wait on the machine's clock: it ends by itself (attack54)
     # the lock it blocks on: a condition's waiter, or in a join the ended thread's own
@@ -490,6 +510,13 @@ def _thread_wait_first(deadline: float, timer: float | None) -> bool:
     (None: none), or with it: a thread's timed wait is more punctual than an event loop's
     timer (see :meth:`_Queue.expire_thread_wait`)."""
     return timer is None or deadline <= timer
+
+
+def _runs(thread: threading.Thread, module: str) -> bool:
+    """Whether *thread* was started to run a method of an object of *module*'s (``Thread``
+    drops its target once it returned)."""
+    owner = getattr(getattr(thread, "_target", None), "__self__", None)
+    return owner is not None and type(owner).__module__ == module
 
 
 def _serves_a_call(frame: FrameType | None) -> bool:
@@ -2393,6 +2420,14 @@ class _Queue:
         # the wait stood in the order of waits, kept after the wait ended (see orphans)
         self.calls: dict[Any, tuple[threading.Thread, tuple[int, int, str]]] = {}
         self.reports: set[Any] = set()  # the calls whose thread handed in its report
+        # threads begun since the run began, numbered in the order the run first saw them:
+        # what they hand the loop comes in in that order (see arrivals), not the machine's
+        self.first_seen: dict[threading.Thread, int] = {}
+        # program threads that kept a choice waiting for _THREAD_STALL: taken to wait for what
+        # a task does, and held for no more in this run (see program_threads_hold)
+        self.program_stalled: set[threading.Thread] = set()
+        # (real time, steps) when choices or arrivals began to wait for program threads
+        self.program_hold: tuple[float, int] | None = None
 
     @property
     def io_timeout(self) -> float:
@@ -2551,8 +2586,16 @@ class _Queue:
         if order is None:
             return None
         reports = self.take_arrivals()
-        reports.sort(key=lambda item: order.get(item[0], len(order)))
+        reports.sort(key=lambda item: (order.get(item[0], len(order)), self.seen_rank(item[0])))
         return reports
+
+    def seen_rank(self, thread: threading.Thread) -> int:
+        """Where *thread* stands in the order the run first saw the threads begun since it
+        began (:meth:`program_threads_at_work` looks at them before every choice): the order
+        what threads no task waits for hand the loop comes in in. A thread never seen (it
+        began and ended between two looks) is ranked when what it handed the loop first
+        comes in."""
+        return self.first_seen.setdefault(thread, len(self.first_seen))
 
     def hold_call_back(self, thread: threading.Thread, item: Any, native: Any = None) -> bool:
         """Hold a call back into the loop from *thread* (*item*, what it handed the loop) till
@@ -2624,12 +2667,18 @@ class _Queue:
 
     def report_order(self, *, every: bool = False) -> dict[threading.Thread, int] | None:
         """When threads' reports may come in: None while a thread the tasks wait for is at
-        work and has not reported (nor waits for the loop), so that what came in already
-        waits for it and all come in together, in an order the machine does not decide;
-        else each waited thread's place in that order. Released: at once. Threads that
-        outlast a timer (:meth:`slow`) are not waited for, unless *every*."""
+        work and has not reported (nor waits for the loop), or a program thread is
+        (:meth:`program_threads_hold`), so that what came in already waits for it and all
+        come in together, in an order the machine does not decide; else each waited thread's
+        place in that order (the others' come after, by :meth:`seen_rank`). Released: at
+        once. Threads that outlast a timer (:meth:`slow`) are not waited for, unless
+        *every*."""
         order: dict[threading.Thread, int] = {}
-        if self.free or self.thread_stalled():
+        if self.free:
+            return order
+        if self.program_threads_hold():
+            return None
+        if self.thread_stalled():
             return order
         reporters = {thread for thread, _ in self.arrived_now()}
         unnamed = 0
@@ -3004,11 +3053,13 @@ class _Queue:
             return 0.0
         stall = self.thread_since + _THREAD_STALL - now
         # (a thread the program started may end, or put what a task polls for in a queue,
-        # without waking the loop, as a worker thread's report does: look again soon)
+        # without waking the loop, as a worker thread's report does: look again soon, whether
+        # or not a worker thread works too, as choices and reports wait for it; and soon if
+        # none is at work any more: one ended since the loop asked)
         look = (
-            _PROGRAM_THREAD_POLL
-            if not self.threads_busy() and self.program_threads_at_work()
-            else _THREAD_POLL
+            _THREAD_POLL
+            if self.threads_busy() and not self.program_threads_at_work()
+            else _PROGRAM_THREAD_POLL
         )
         return min(timeout, look, left, stall if stall > 0 else look)
 
@@ -3103,6 +3154,8 @@ class _Queue:
             # no poll found the threads whose caller left handed in (or waiting) since the
             # last step: one may have handed in its call back or report meanwhile, but whether
             # it outlasts the next timer is asked first (see look_at_orphans)
+            return False
+        if self.program_threads_hold():
             return False
         if self.thread_stalled() or not self.threads_busy():
             return True
@@ -3205,47 +3258,100 @@ class _Queue:
         of its own) is at work: not waiting in a ``threading`` or ``queue`` primitive (a call back
         into the loop waits in one for the answer), not idle. What it does may wake a task (a
         call back through ``from_thread``, ``call_soon_threadsafe``, an event it sets): never
-        a deadlock, and virtual time waits for it for a while (see
-        :meth:`program_threads_hold_time`). A thread older than the run, or another run's
-        event loop, is none of the run's."""
+        a deadlock, no choice is made meanwhile (:meth:`program_threads_hold`), and virtual
+        time waits for it for a while (see :meth:`program_threads_hold_time`). A thread older
+        than the run, or another run's event loop, is none of the run's."""
+        return bool(self._program_threads_working())
+
+    def _program_threads_working(self) -> list[threading.Thread]:
+        """The program threads at work (:meth:`program_threads_at_work`); every thread begun
+        since the run began is ranked on the way (:meth:`seen_rank`), in the order the
+        interpreter lists them: the order they started in, for threads one thread starts."""
         if threading.active_count() == 1:
-            return False
+            return []
         begun = [thread for thread in threading.enumerate() if thread not in self.threads_before]
         if not begun:
-            return False
+            return []
+        for thread in begun:
+            self.seen_rank(thread)
         frames = _current_frames()
         at_work = [
-            thread.ident
+            thread
             for thread in begun
             if (frame := frames.get(thread.ident)) is not None  # type: ignore[arg-type]
             and (not (_waits_in_threading(frame) or _idles(frame)) or _about_to_run(frame))
+            # (a call back into trio waits for the answer in C code: no frame of its own)
+            and not _waits_for_answer(thread, frames)
+            and not self.serves_the_loop(thread)
         ]
         if not at_work:
-            return False
+            return []
         # (only then the threads that are none of the program's: a look at every task's wait)
         known = self._waited_idents()
         known.update(thread.ident for thread, _ in self.orphans())
         known.update(_thread_clock.loop_threads())
         known.add(self.thread)
-        return any(ident not in known for ident in at_work)
+        return [thread for thread in at_work if thread.ident not in known]
+
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
+        """Whether *thread* is one of the loop's own worker threads or runs a call a task
+        handed a thread (one whose task no longer waits for it included): no program thread,
+        though it began since the run began and no wait names it. (Known without a walk
+        through its frames: asked before every choice, such walks through a thread's frames
+        as it runs crashed CPython 3.11.)"""
+        return False
+
+    def program_threads_hold(self) -> bool:
+        """Whether choices, and what threads hand the loop, wait for program threads at work
+        (:meth:`program_threads_at_work`), as they wait for the threads the tasks' calls run
+        in: where a program thread's call back lands among the tasks' steps, and the order
+        of several threads' calls back, then do not depend on the machine's speed (they come
+        in once none is at work, by :meth:`seen_rank`). For up to ``_THREAD_STALL`` of real
+        time with no step: a thread at work that long may poll for what a task must do first
+        (a flag a task sets, a timed wait in a loop); it is held for no more in this run, and
+        where what it hands the loop lands depends on its speed from then on."""
+        if self.free:
+            return False
+        working = [
+            thread
+            for thread in self._program_threads_working()
+            if thread not in self.program_stalled
+        ]
+        if not working:
+            self.program_hold = None
+            return False
+        now, steps = time.monotonic(), len(self.run._steps)
+        if self.program_hold is None or self.program_hold[1] != steps:
+            self.program_hold = (now, steps)
+        elif now - self.program_hold[0] >= _THREAD_STALL:
+            self.program_stalled.update(working)
+            self.program_hold = None
+            return False
+        return True
 
     def program_threads_hold_time(self) -> bool:
         """Whether virtual time stands still for threads the program started that are at work
-        (:meth:`program_threads_at_work`), no task waiting for a thread: until they wait or
-        end, for up to ``_THREAD_STALL`` of real time with nothing moving if a timer is
-        pending (a thread that polls for ever, sleeping between its looks, while a task's
-        sleep ends what it polls for: each timer waits that long for it), and with none, up
-        to ``thread_timeout`` (:class:`ThreadWaitError`). Before, a thread that slept 20 ms
-        and then set an event a task waited for within a deadline of 5 s was reported as a
-        timeout, and without the deadline as a deadlock: virtual time jumped while the
-        thread worked."""
-        if not self.program_threads_at_work():
+        (:meth:`program_threads_at_work`), no task waiting for a thread: while a choice waits
+        for them (:meth:`program_threads_hold`); else until they wait or end, for up to
+        ``_THREAD_STALL`` of real time with nothing moving if a timer is pending (a thread
+        that polls for ever, sleeping between its looks, while a task's sleep ends what it
+        polls for: each timer waits that long for it), and with none, up to
+        ``thread_timeout`` (:class:`ThreadWaitError`). Before, a thread that slept 20 ms and
+        then set an event a task waited for within a deadline of 5 s was reported as a
+        timeout, and without the deadline as a deadlock: virtual time jumped while the thread
+        worked."""
+        working = self._program_threads_working()
+        if not working:
             return False
+        if self.run._next_timer() is None:
+            return True
+        if self.held() and any(thread not in self.program_stalled for thread in working):
+            return True  # (a choice waits for them: program_threads_hold)
         stalled = (
             self.thread_progress == self.run._loop_steps
             and time.monotonic() - self.thread_since >= _THREAD_STALL
         )
-        return not stalled or self.run._next_timer() is None
+        return not stalled
 
     def _waited_idents(self) -> set[int | None]:
         """The idents of the named threads the tasks wait for (:meth:`waited_threads`)."""
@@ -3436,8 +3542,14 @@ class _TrioIO:
                 wait = queue.put_off_poll(wait)
             elif queue.let_in():
                 wait = 0  # trio's own task takes them in now
-            elif busy or queue.threads_busy():
+            elif busy or queue.threads_busy() or queue.program_threads_at_work():
+                # (a program thread may end, or stall, or do what a task polls for, waking
+                # nobody: trio set its clock's autojump and asked the run queue before)
                 wait = queue.thread_poll(wait)
+            elif queue.ready() or queue.autojump_stale():
+                # (a program thread ended since trio asked the run queue and set its clock's
+                # autojump: a held task runs, or time jumps, in trio's next pass)
+                wait = 0
         events = self.manager.get_events(wait)
         if asked:
             queue.io_polled(bool(events))
@@ -3758,7 +3870,7 @@ class _TrioQueue(_Queue):
         # job wakes (the call's task register), not by its thread: what came waits till every
         # task waiting for a thread has its report, then all come in by the order the calls
         # began, as on asyncio.
-        if not self.reported():
+        if not self.reported() or self.program_threads_hold():
             return False
         order: dict[Any, tuple[int, int, str]] = {}
         if not (self.free or self.thread_stalled()):
@@ -3775,6 +3887,7 @@ class _TrioQueue(_Queue):
             key=lambda arrival: (
                 order.get(_job_task(arrival[1]), last),
                 self._call_rank(*arrival),
+                self.seen_rank(arrival[0]),
             )
         )
         jobs: list[Any] = []
@@ -4038,6 +4151,10 @@ class _TrioQueue(_Queue):
             task = _thread_task(thread)
         return task
 
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
+        # trio's thread cache runs to_thread calls only (and delivers their results)
+        return _runs(thread, "trio._core._thread_cache")
+
     def clock_reads(self) -> int:
         if self.reads < 0:
             # Counted from the first question on (a spin rule's check), so that a run that
@@ -4122,19 +4239,37 @@ class _TrioQueue(_Queue):
             # follows lets in: see _outlive)
             if self.run._outliving:
                 self.settle()
-            if (
-                self.time_waits_for_threads()
-                or self.reported()
-                or self.entry_pending()
-                or self.orphans_unlooked()
-                or (bool(self.arrived) and not self.slow())
-            ):
-                # (what threads late past a timer handed in, held while a task could run,
-                # comes in at the poll that follows, which settles: no time passes before)
+            if self._keeps_time_still():
                 threshold = math.inf
             elif self.io_waits():
                 threshold = max(threshold, self.run.io_timeout)
         self.runner.clock_autojump_threshold = threshold
+
+    def _keeps_time_still(self) -> bool:
+        """Whether trio's clock may not jump though no task can run: threads at work, or
+        what they handed in yet to come in."""
+        # (what threads late past a timer handed in, held while a task could run, comes in
+        # at the poll that follows, which settles: no time passes before)
+        return (
+            self.time_waits_for_threads()
+            or self.reported()
+            or self.entry_pending()
+            or self.orphans_unlooked()
+            or (bool(self.arrived) and not self.slow())
+        )
+
+    def autojump_stale(self) -> bool:
+        """Whether trio's clock was kept from jumping (:meth:`sync_autojump`) for what keeps
+        it still no more: a thread at work then ended or stalled since, waking nobody (a
+        program thread that put what a task polls for in a queue). trio then asks the run
+        queue again at once, instead of sleeping its day."""
+        threshold = getattr(self.clock, "autojump_threshold", None)
+        return (
+            threshold is not None
+            and threshold != math.inf
+            and self.runner.clock_autojump_threshold == math.inf
+            and not self._keeps_time_still()
+        )
 
     def io_waits(self) -> int:
         manager = self.runner.io_manager
@@ -4699,6 +4834,15 @@ class _AsyncioQueue(_Queue):
             for thread in threading.enumerate()
             if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread)
         )
+
+    def serves_the_loop(self, thread: threading.Thread) -> bool:
+        # anyio's worker threads run to_thread calls only; a pool's thread runs a task's call
+        # while its job is one run_in_executor handed it (avcm's virtual-time loop knows them)
+        if getattr(thread, "loop", None) is self.loop and type(thread).__module__ == (
+            "anyio._backends._asyncio"
+        ):
+            return True
+        return thread in getattr(self.loop, "serving", ())
 
     def _serves_loop(self, thread: threading.Thread) -> bool:
         # the watcher's thread reports to the loop it was started for (its first argument):
