@@ -304,7 +304,10 @@ async def _call_factory(spec: str, memory: avcm.PhysicalMemory) -> avcm.Vcm:
         if inspect.isawaitable(made):
             made = await made
     except Exception as error:
-        raise UsageError(f"--driver {spec!r}: the factory failed: {error!r}") from None
+        raise UsageError(
+            f"--driver {spec!r}: the factory failed: {error!r} (with --driver the harness makes "
+            "several contexts on one memory: --contexts custom=N for as many as it can make)"
+        ) from None
     if not isinstance(made, avcm.Vcm):
         raise UsageError(f"--driver {spec!r} returned {made!r}, not an avcm.Vcm")
     return made

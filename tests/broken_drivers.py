@@ -454,8 +454,10 @@ class SharedUnit:
         stale_stream_reuse: bool = False,
         narrow_stream_ids: bool = False,
         walk_cache: bool = False,
+        banks: int | None = None,
     ) -> None:
         self.memory = memory
+        self.banks = banks  # how many contexts it can serve at once (None: any number)
         self.latency = drivers.Latency.profile("default", seed=7)
         self.racy_take, self.racy_give, self.racy_power = racy_take, racy_give, racy_power
         self.early_enable, self.late_power_down = early_enable, late_power_down
@@ -602,6 +604,8 @@ class SharedUnit:
         """A context of the unit was made: its stream id, the lowest free. With
         ``early_root_free`` the first one makes the unit's root table, in the memory, where each
         walk reads it."""
+        if self.banks is not None and self.ports >= self.banks:
+            raise OSError(errno.ENODEV, f"shared unit: all {self.banks} context banks in use")
         if self.wrapping_stream_ids:
             stream = self.streams_given % 4
             self.streams_given += 1
@@ -786,12 +790,15 @@ _UNITS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, dict[str, SharedUnit]] = 
 )
 
 
-def _unit_context(memory: avcm.PhysicalMemory, flag: str | None) -> avcm.Vcm:
-    """A context on the one unit of *memory* (per flag: each variant is a unit of its own)."""
+def _unit_context(
+    memory: avcm.PhysicalMemory, flag: str | None, banks: int | None = None
+) -> avcm.Vcm:
+    """A context on the one unit of *memory* (per flag and number of context banks: each
+    variant is a unit of its own)."""
     units = _UNITS.setdefault(memory, {})
-    key = flag or "correct"
+    key = f"{flag or 'correct'}{'' if banks is None else f'-{banks}-banks'}"
     if key not in units:
-        units[key] = SharedUnit(memory, **({flag: True} if flag else {}))
+        units[key] = SharedUnit(memory, banks=banks, **({flag: True} if flag else {}))
     return avcm.mmu_init(0x1000_0000, 1 << 30, UnitPort(units[key]), memory=memory, name=key)
 
 
@@ -884,6 +891,22 @@ def shared_unit_wrapping_stream_ids(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def shared_unit_stale_stream_reuse(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _unit_context(memory, "stale_stream_reuse")
+
+
+def shared_unit_four_banks(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: a unit that serves four contexts at once, and refuses a fifth."""
+    return _unit_context(memory, None, banks=4)
+
+
+def shared_unit_one_bank(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: a unit that serves one context at a time."""
+    return _unit_context(memory, None, banks=1)
+
+
+def shared_unit_wrapping_stream_ids_four_banks(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Stream ids from a count that wraps at four, on a unit with four context banks: no five
+    contexts live at once, but one made after a destroy gets a live one's id."""
+    return _unit_context(memory, "wrapping_stream_ids", banks=4)
 
 
 def shared_unit_walk_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -495,3 +495,10 @@ def polling_status(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def polling_status_two_places(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     driver = _PollingStatus(memory, "two_places")
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status-2")
+
+
+def small_space(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: the sample page tables behind an address space of 8 MiB, less than some
+    scenarios would reserve."""
+    tables = PageTableMmu(memory, orders=(8, 4, 0), name="small")
+    return avcm.mmu_init(0x1000_0000, 8 << 20, tables, memory=memory, name="small")

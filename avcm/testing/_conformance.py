@@ -33,6 +33,7 @@ import anyio.lowlevel
 from .. import (
     PAGE_SIZE,
     InvalidError,
+    NoSpaceError,
     NotSupportedError,
     Phys,
     PhysicalMemory,
@@ -82,6 +83,8 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
         error = outcome.error
         if error is None:
             continue
+        if isinstance(error, (_NoVerdict, _CannotRun)):
+            raise error  # no verdict on this attempt, or on the scenario: not a failure
         if isinstance(error, VcmError) and error.errno in allowed:
             continue
         if isinstance(error, AssertionError):  # a check inside the task: it names its rule
@@ -1179,9 +1182,10 @@ async def _tables_reused(run: Run, first: Vcm, second: Vcm) -> None:
     first's device walked there before; once the second mapped them, it must fault there,
     reaching nothing of the second's memory, while the second reaches its own. Then the first
     alone: a page its device reached, unbound and kept reserved, faults while the context maps
-    pages at 2 MiB, 4 MiB, 8 MiB... from it (what it gave back, it may take again for another
-    range, at the same offset in that range). Nothing races (one task): the suite runs it
-    until its schedules repeat."""
+    pages 8 MiB, 7 MiB... 1 MiB from it (what it gave back, it may take again for another
+    range, at the same offset in that range; with the MMU wrapper's allocator, which places
+    reservations one after another in an empty space). Nothing races (one task): the suite
+    runs it until its schedules repeat."""
 
     async def hand_over() -> None:
         for vcm in (first, second):
@@ -1225,10 +1229,14 @@ async def _map_ranges(vcm: Vcm, check: Callable[[], None]) -> None:
     nearer may be the same as the one a table was given back for, and take it back), reaching
     each through the device, and call *check* after each; then unmap them. Nothing in a
     one-to-one context (it does not reserve alone)."""
-    try:
-        ranges = [await vcm.reserve(MiB) for _ in range(_RANGES)]
-    except NotSupportedError:
-        return  # a one-to-one context: device addresses are the memory's own
+    ranges: list[Res] = []
+    for _ in range(_RANGES):
+        try:
+            ranges.append(await vcm.reserve(MiB))
+        except NotSupportedError:
+            return  # a one-to-one context: device addresses are the memory's own
+        except NoSpaceError:
+            break  # a small address space: as many as it holds
     for res in reversed(ranges):
         await res.bind(await vcm.alloc(4 * KiB))
         _probe((vcm, res))
@@ -1238,11 +1246,12 @@ async def _map_ranges(vcm: Vcm, check: Callable[[], None]) -> None:
 
 
 async def _bind_range(vcm: Vcm) -> Res:
-    """A binding of 8 KiB at the start of a reservation of 1 MiB (on a 1 MiB boundary: see
-    :data:`_RANGES`), or, in a one-to-one context, wherever its allocator puts it."""
+    """A binding of 8 KiB at the start of a reservation of 1 MiB (on a 1 MiB boundary, with the
+    MMU wrapper's allocator and 1 MiB pages: see :data:`_RANGES`), or, in a one-to-one context
+    or an address space too small for it, wherever its allocator puts 8 KiB."""
     try:
         res = await vcm.reserve(MiB)
-    except NotSupportedError:
+    except (NotSupportedError, NoSpaceError):  # a one-to-one context, a small address space
         return await vcm.make_binding(8 * KiB)
     await res.bind(await vcm.alloc(8 * KiB))
     return res
@@ -1285,7 +1294,12 @@ async def _generations(run: Run, make: Callable[[], Awaitable[Vcm]]) -> None:
     async def come_and_go() -> None:
         live: list[tuple[Vcm, Res]] = []
         for _ in range(_GENERATIONS):
-            vcm = await make()
+            try:
+                vcm = await make()
+            except _CannotRun:
+                if len(live) < 2:
+                    raise
+                break  # hardware for fewer contexts: as many as it has, made anew below
             res = await _bind_range(vcm)
             if not await _unless_driver_fails(vcm.activate):
                 return  # a driver's own failure (rule 8); the contexts go with destroy
@@ -1623,11 +1637,16 @@ async def _make(factory: Factory, memory: PhysicalMemory) -> Vcm:
 SETUP_ATTEMPTS = 100
 
 
-def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[None]], list[int]]:
-    """The scenario *name* on contexts *factory* makes, and a count of its runs (schedules)
-    that ended with no verdict: every attempt left the hardware half done, or stuck."""
+def _scenario(
+    factory: Factory, name: str
+) -> tuple[Callable[[Run], Awaitable[None]], list[int], list[str]]:
+    """The scenario *name* on contexts *factory* makes, a count of its runs (schedules) that
+    ended with no verdict (every attempt left the hardware half done, or stuck, or the
+    factory made fewer contexts than the scenario needs once it had begun), and why the
+    last of those it could not run for the factory could not run."""
     spec = _SPECS[name]
     unjudged = [0]
+    cannot_run: list[str] = []
 
     async def attempt(run: Run) -> bool:
         """Run the scenario on new contexts and check what it left; False if the driver failed
@@ -1654,13 +1673,24 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
                     raise
             return not half_done()
 
-        vcms = [await _make(factory, memory) for _ in range(spec.contexts)]
-        raced = True
+        vcms: list[Vcm] = []
 
         async def make() -> Vcm:
-            vcm = await _make(factory, memory)
+            try:
+                vcm = await _make(factory, memory)
+            except InvalidError:
+                raise  # not a context at all: bad input, not hardware that ran out
+            except Exception as error:
+                raise _CannotRun(
+                    f"the factory made {len(vcms)} context(s) on one memory, then failed: "
+                    f"{error!r} (a scenario that needs more cannot run)"
+                ) from error
             vcms.append(vcm)  # held to every rule below, and destroyed, as the others
             return vcm
+
+        for _ in range(spec.contexts):
+            await make()
+        raced = True
 
         async def body() -> None:
             nonlocal raced
@@ -1706,6 +1736,13 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
             try:
                 if await attempt(run):
                     return
+            except _CannotRun as error:
+                if not run.decisions:
+                    raise
+                # (a scenario that makes contexts as it goes: no verdict on this schedule)
+                unjudged[0] += 1
+                cannot_run[:] = [str(error)]
+                return
             except AssertionError as error:
                 if run.decisions:
                     raise  # a schedule's failure: the race finder reports and replays it
@@ -1724,7 +1761,7 @@ def _scenario(factory: Factory, name: str) -> tuple[Callable[[Run], Awaitable[No
     # module that builds it; replays go through the suite, which rebuilds it by name.
     scenario.__name__ = scenario.__qualname__ = name
     scenario.__module__ = "conformance"
-    return scenario, unjudged
+    return scenario, unjudged, cannot_run
 
 
 class _CannotRun(Exception):
@@ -1856,7 +1893,7 @@ async def check_conformance_async(
     results = []
     for name in [only] if only is not None else list(SCENARIOS):
         rule = SCENARIOS[name][0]
-        scenario, unjudged = _scenario(factory, name)
+        scenario, unjudged, cannot_run = _scenario(factory, name)
         if factory_spec is not None:
             command = (
                 f"{PYTHON} -m avcm.testing conformance {factory_spec} --scenario {name} "
@@ -1884,7 +1921,9 @@ async def check_conformance_async(
                 on_progress=None if on_progress is None else partial(_offset, on_progress, done),
             )
             not_run = None
-            if explored.failure is None and unjudged[0] == explored.schedules:
+            if explored.failure is None and unjudged[0] == explored.schedules and cannot_run:
+                not_run = cannot_run[0]
+            elif explored.failure is None and unjudged[0] == explored.schedules:
                 not_run = (
                     f"every schedule's {SETUP_ATTEMPTS} attempts left the hardware half done "
                     "(an undo of a failure whose teardown call the driver failed too) or a "
