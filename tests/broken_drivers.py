@@ -477,9 +477,8 @@ class SharedUnit:
         self.private_spares = private_stale_walk
         self.wrapping_stream_ids, self.stale_stream_reuse = wrapping_stream_ids, stale_stream_reuse
         self.narrow_stream_ids = narrow_stream_ids
-        self.caches_walks = stale_walk or private_stale_walk or wrapping_stream_ids
-        self.caches_walks |= stale_stream_reuse or walk_cache
         self.keeps_tables = stale_stream_reuse or walk_cache  # till the context's destroy
+        self.caches_walks = self.keeps_tables or self.stale_walk or wrapping_stream_ids
         self.streams: set[int] = set()  # the stream ids the contexts hold
         self.streams_given = 0  # wrapping_stream_ids: how many were given
         self.stream_bits = 0  # the stream register: which streams translate

@@ -1205,7 +1205,6 @@ async def _tables_reused(run: Run, first: Vcm, second: Vcm) -> None:
                 "after destroy_binding returned, another context mapping "
                 "the same device addresses since",
             )
-            _probe((second, taken))
             await taken.destroy_binding()
         check_quiescent([first, second])
         await _taken_back(first)
@@ -1921,14 +1920,16 @@ async def check_conformance_async(
                 on_progress=None if on_progress is None else partial(_offset, on_progress, done),
             )
             not_run = None
-            if explored.failure is None and unjudged[0] == explored.schedules and cannot_run:
-                not_run = cannot_run[0]
-            elif explored.failure is None and unjudged[0] == explored.schedules:
+            if explored.failure is None and unjudged[0] == explored.schedules:
                 not_run = (
-                    f"every schedule's {SETUP_ATTEMPTS} attempts left the hardware half done "
-                    "(an undo of a failure whose teardown call the driver failed too) or a "
-                    f"teardown the driver failed {TEARDOWN_ATTEMPTS} times in a row (rule 8 "
-                    "lets it fail, but then nothing can be judged)"
+                    cannot_run[0]
+                    if cannot_run
+                    else (
+                        f"every schedule's {SETUP_ATTEMPTS} attempts left the hardware half done "
+                        "(an undo of a failure whose teardown call the driver failed too) or a "
+                        f"teardown the driver failed {TEARDOWN_ATTEMPTS} times in a row (rule 8 "
+                        "lets it fail, but then nothing can be judged)"
+                    )
                 )
             results.append(
                 ScenarioResult(
