@@ -4837,10 +4837,14 @@ class _AsyncioQueue(_Queue):
 
     def serves_the_loop(self, thread: threading.Thread) -> bool:
         # anyio's worker threads run to_thread calls only; a pool's thread runs a task's call
-        # while its job is one run_in_executor handed it (avcm's virtual-time loop knows them)
+        # while its job is one run_in_executor handed it (avcm's virtual-time loop knows them);
+        # the threaded child watcher's thread waits for a process to exit, which is outside
+        # (io_waits): held as a program thread, each schedule waited _THREAD_STALL for it
         if getattr(thread, "loop", None) is self.loop and type(thread).__module__ == (
             "anyio._backends._asyncio"
         ):
+            return True
+        if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread):
             return True
         return thread in getattr(self.loop, "serving", ())
 
