@@ -143,6 +143,51 @@ class WrappingTlbPageTable(drivers.PageTableMmu):
         self.generation = (self.generation + 1) % self.GENERATIONS
 
 
+class CoalescingTlbPageTable(drivers.PageTableMmu):
+    """A TLB that coalesces neighbours: when a device access walks an entry and the sixteen
+    entries of its size from a boundary of sixteen times that size map memory that follows
+    on without a gap, it keeps one translation for the whole run. With *unfolds*, unmapping
+    a page drops the run that covers it (correct); without, a run outlives its entries till
+    translation is switched off: a device reaches memory through a neighbour unbound since,
+    or the old memory of one bound anew. Its page tables are right."""
+
+    RUN = 16
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, unfolds: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="coalescing-tlb")
+        self.unfolds = unfolds
+        self.runs: dict[tuple[int, int], int] = {}  # (device base, entry size) -> physical base
+
+    def translate(self, addr: int) -> int:
+        if self.enabled:
+            for (base, size), physical in self.runs.items():
+                if base <= addr < base + self.RUN * size:
+                    return physical + (addr - base)
+        physical = super().translate(addr)
+        entry = self._covering(addr)
+        assert entry is not None  # (translated)
+        size = entry[2]
+        base = entry[0] & -(self.RUN * size)
+        first = self._entries.get(base)
+        if first is not None and all(
+            self._entries.get(base + index * size)
+            == (base + index * size, first[1] + index * size, size)
+            for index in range(self.RUN)
+        ):
+            self.runs[(base, size)] = first[1]
+        return physical
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        size = avcm.PAGE_SIZE << order
+        if self.unfolds:
+            self.runs.pop((vaddr & -(self.RUN * size), size), None)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        self.runs.clear()
+
+
 class ShortWindowPageTable(drivers.PageTableMmu):
     """A device whose DMA window check is off by one at the end of physical memory (``<``
     where ``<=`` is meant): an access that ends on the memory's last byte faults. Memory is
@@ -1382,6 +1427,19 @@ def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, WrappingTlbPageTable(memory), memory=memory)
+
+
+def coalescing_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(
+        0x1000_0000, 1 << 30, CoalescingTlbPageTable(memory, unfolds=False), memory=memory
+    )
+
+
+def coalescing_tlb_unfolded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: a run is dropped with any entry of it."""
+    return avcm.mmu_init(
+        0x1000_0000, 1 << 30, CoalescingTlbPageTable(memory, unfolds=True), memory=memory
+    )
 
 
 def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:

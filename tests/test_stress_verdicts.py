@@ -306,6 +306,8 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         ("shared_unit_early_enable", {"rule 1", "rule 4"}),  # on only after its enable returned
         ("stale_iotlb", {"rule 4"}),  # a device reaching the old page after unbind
         ("wrapping_tlb", {"rule 4"}),  # ... 256 page removals after it was cached
+        # a TLB keeping sixteen entries that follow one another as one, after one of them went
+        ("coalescing_tlb", {"rule 4"}),
         # a device write engine's walk an unmap forgot: probes that expect a fault write too
         ("stale_write_walk", {"rule 4"}),
         # a DMA window off by one at the end of memory: now and then a scattered phys ends
@@ -570,7 +572,10 @@ def test_correct_shared_unit_passes(backend: str, driver: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
-@pytest.mark.parametrize("driver", ["shared_unit", "shared_unit_walk_cache", "self_walking_flaky"])
+@pytest.mark.parametrize(
+    "driver",
+    ["shared_unit", "shared_unit_walk_cache", "self_walking_flaky", "coalescing_tlb_unfolded"],
+)
 def test_correct_drivers_pass_with_the_default_contexts(
     backend: str, tasks: int, driver: str
 ) -> None:

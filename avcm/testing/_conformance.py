@@ -868,6 +868,105 @@ async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
             await _until_done(vcm.deactivate)
 
 
+# The blocks _neighbours binds in sixteen pieces: 64 KiB (4 KiB entries) and 1 MiB (64 KiB
+# entries, or 4 KiB ones where a driver has none); and the pieces it unbinds: the first (a
+# contiguous hint's walk reads it), one in the middle, the last.
+_NEIGHBOUR_ORDERS = (4, 8)
+_NEIGHBOURS = 16
+_NEIGHBOURS_GONE = (0, 7, 15)
+
+
+async def _neighbours(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
+    """Sixteen reservations next to each other in device addresses from a boundary of a
+    block's size, bound in order to the sixteen pieces of one block of memory: entries that
+    follow one another in device addresses and in memory, as one large page would map the
+    block (4 KiB entries over 64 KiB, 64 KiB entries over 1 MiB), which hardware may fold
+    into one translation (a contiguous hint, a TLB that coalesces neighbours) and must unfold
+    when one of its entries goes. The first piece, one in the middle and the last are each
+    unbound while the rest stays bound, bound to other memory and bound back, while active and
+    after a switch-on from cold: what is bound reaches its memory, the unbound piece faults
+    (attack52's contiguous hint, never unfolded, passed every other scenario). Nothing races:
+    the suite runs it until its schedules repeat."""
+
+    async def unfold() -> None:
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8); what is active goes with destroy
+        for order in _NEIGHBOUR_ORDERS:
+            if not await _fold_and_unfold(memory, vcm, order):
+                break  # a one-to-one context (it reserves nothing alone), or switched off
+        if vcm.activations:
+            await _until_done(vcm.deactivate)
+
+    _raise_unexpected(await run.concurrently(unfold), _REFUSED)
+
+
+async def _fold_and_unfold(memory: PhysicalMemory, vcm: Vcm, order: int) -> bool:
+    """:func:`_neighbours` with a block of *order*; False if the context reserves nothing
+    alone, or the driver failed to switch it on again (rule 8). Torn down only if nothing
+    was raised: an attempt with no verdict, or failed, ends with its memory."""
+    piece = (PAGE_SIZE << order) // _NEIGHBOURS
+    try:
+        # (an allocator that places each at the top of the space left, as the MMU wrapper's,
+        # puts them next to each other, the lowest on a boundary of the block's size)
+        reserved = [await vcm.reserve(piece) for _ in range(_NEIGHBOURS)]
+    except NotSupportedError:
+        return False
+    block = memory.alloc_pages(order)
+    moved = memory.alloc_pages(order - 4)  # (other memory, for a piece bound again)
+    if block is None or moved is None:
+        for start, taken in ((block, order), (moved, order - 4)):
+            if start is not None:
+                memory.free_pages(start, taken)
+        raise _CannotRun(f"no free {piece * _NEIGHBOURS // KiB} KiB block left in its memory")
+    reservations = sorted(reserved, key=lambda res: res.start)
+    physes = [
+        create_phys([(block + index * piece, piece)], memory=memory) for index in range(_NEIGHBOURS)
+    ]
+    elsewhere = create_phys([(moved, piece)], memory=memory)
+    on = await _unfolded(vcm, reservations, physes, elsewhere)
+    for res in reservations:
+        await _until_done(res.unreserve if res.phys is None else res.unmap)
+    for phys in (*physes, elsewhere):
+        await _until_done(phys.free)
+    memory.free_pages(block, order)
+    memory.free_pages(moved, order - 4)
+    return on
+
+
+async def _unfolded(vcm: Vcm, reservations: list[Res], physes: list[Phys], elsewhere: Phys) -> bool:
+    """The binds, unbinds and checks of :func:`_fold_and_unfold`; False if the context was
+    left switched off."""
+    every = [*physes, elsewhere]
+    bound = [(vcm, res) for res in reservations]
+    for res, phys in zip(reservations, physes, strict=True):
+        if not await _unless_driver_fails(partial(res.bind, phys)):
+            return True  # (rule 8: nothing to unfold)
+    check_quiescent([vcm], physes=every)
+    _probe(*bound)
+    for cold in (False, True):
+        if cold:  # (the run mapped by a switch-on, as a fold made then)
+            if not await _unless_driver_fails(vcm.deactivate):
+                return True  # (rule 8: still on as it was)
+            if not await _unless_driver_fails(vcm.activate):
+                return False
+            check_quiescent([vcm], physes=every)
+            _probe(*bound)
+        for index in _NEIGHBOURS_GONE:
+            gone = reservations[index]
+            await _until_done(gone.unbind)
+            check_quiescent([vcm], physes=every)
+            _expect_gone(vcm, gone.start, gone.res_size, "after an unbind of a neighbour returned")
+            _probe(*(pair for pair in bound if pair[1] is not gone))
+            for again in (elsewhere, physes[index]):
+                if gone.phys is not None:
+                    await _until_done(gone.unbind)
+                if not await _unless_driver_fails(partial(gone.bind, again)):
+                    return True
+                check_quiescent([vcm], physes=every)
+                _probe(*bound)
+    return True
+
+
 TOP_BLOCK_LIMIT = 65_536  # blocks of the largest order take_top_block goes through, at most
 
 
@@ -1533,6 +1632,13 @@ _SPECS: dict[str, _Spec] = {
         "rule 4",
         "physes at the very end of physical memory: every byte, the last too, reached",
         _memory_ends,
+        needs_memory=True,
+        until_covered=2,
+    ),
+    "neighbours": _Spec(
+        "rule 4",
+        "a block bound in pieces next to each other, one unbound or bound anew: unfolded",
+        _neighbours,
         needs_memory=True,
         until_covered=2,
     ),
