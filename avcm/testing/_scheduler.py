@@ -105,7 +105,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -3447,12 +3447,22 @@ class _TrioRunq(collections.deque):  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         free = super().__len__()
+        if sys._getframe(1).f_code is _trio_codes().run_loop:
+            # trio's ``list(runq)`` asking for a size hint, right before it iterates: the
+            # batch (and the question whether a held task may run) is __iter__'s, and the
+            # clock's autojump was set at the loop's question above
+            return free
         queue = self.queue
         ready = queue.ready()
         queue.sync_autojump(runnable=ready or free > 0)
         return free + ready
 
     def __bool__(self) -> bool:
+        if sys._getframe(1).f_code is _trio_codes().reschedule and not self.queue.runner.is_guest:
+            # (trio's reschedule asks only to wake a guest run's host loop: its answer is
+            # used for nothing else, and the loop asks again before it waits; asked at every
+            # wake-up, the full question was a tenth of a schedule's time)
+            return True
         return len(self) > 0
 
     def __iter__(self) -> Iterator[Any]:
@@ -4514,6 +4524,27 @@ def _handle_task(handle: Any) -> Any:
     if "step" in name.lower() or "wakeup" in name.lower():
         return task
     return None
+
+
+class _TrioCodes(NamedTuple):
+    run_loop: types.CodeType | None  # trio's event loop (unrolled_run)
+    reschedule: types.CodeType | None  # Runner.reschedule
+
+
+@functools.cache
+def _trio_codes() -> _TrioCodes:
+    """The code of trio's functions that ask its run queue questions whose answers matter
+    for nothing the race finder does (None: a trio without them; each is then asked in
+    full)."""
+    from trio._core import _run
+
+    def code(function: object) -> types.CodeType | None:
+        return getattr(function, "__code__", None)
+
+    return _TrioCodes(
+        code(getattr(_run, "unrolled_run", None)),
+        code(getattr(getattr(_run, "Runner", None), "reschedule", None)),
+    )
 
 
 def _trio_task_running() -> Any:
