@@ -3150,6 +3150,10 @@ class _Queue:
         choices back: what it waits for may come only after other tasks acted."""
         if not any(task.held for task in self.tasks.values()) or self.entry_pending():
             return False
+        if threading.active_count() == 1 and not self.orphans():
+            # (no thread to ask the questions below about: each would say go on)
+            self.program_hold = None
+            return True
         if self.orphans_unlooked():
             # no poll found the threads whose caller left handed in (or waiting) since the
             # last step: one may have handed in its call back or report meanwhile, but whether
