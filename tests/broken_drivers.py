@@ -144,35 +144,36 @@ class WrappingTlbPageTable(drivers.PageTableMmu):
 
 
 class CoalescingTlbPageTable(drivers.PageTableMmu):
-    """A TLB that coalesces neighbours: when a device access walks an entry and the sixteen
-    entries of its size from a boundary of sixteen times that size map memory that follows
-    on without a gap, it keeps one translation for the whole run. With *unfolds*, unmapping
-    a page drops the run that covers it (correct); without, a run outlives its entries till
-    translation is switched off: a device reaches memory through a neighbour unbound since,
-    or the old memory of one bound anew. Its page tables are right."""
+    """A TLB that coalesces neighbours: when a device access walks an entry and the *run*
+    entries of its size from a boundary of *run* times that size map memory that follows on
+    without a gap, it keeps one translation for the whole run. Unmapping a page drops the run
+    that covers it if *unfolds* is ``"covering"`` (correct); ``"ends"`` drops it only when
+    the page is the run's first or last; ``"never"`` keeps it till translation is switched
+    off. Then a device reaches memory through a neighbour unbound since, or the old memory of
+    one bound anew. Its page tables are right."""
 
-    RUN = 16
-
-    def __init__(self, memory: avcm.PhysicalMemory, *, unfolds: bool) -> None:
+    def __init__(
+        self, memory: avcm.PhysicalMemory, *, run: int = 16, unfolds: str = "covering"
+    ) -> None:
         super().__init__(memory, orders=(8, 4, 0), name="coalescing-tlb")
-        self.unfolds = unfolds
+        self.run, self.unfolds = run, unfolds
         self.runs: dict[tuple[int, int], int] = {}  # (device base, entry size) -> physical base
 
     def translate(self, addr: int) -> int:
         if self.enabled:
             for (base, size), physical in self.runs.items():
-                if base <= addr < base + self.RUN * size:
+                if base <= addr < base + self.run * size:
                     return physical + (addr - base)
         physical = super().translate(addr)
         entry = self._covering(addr)
         assert entry is not None  # (translated)
         size = entry[2]
-        base = entry[0] & -(self.RUN * size)
+        base = entry[0] & -(self.run * size)
         first = self._entries.get(base)
         if first is not None and all(
             self._entries.get(base + index * size)
             == (base + index * size, first[1] + index * size, size)
-            for index in range(self.RUN)
+            for index in range(self.run)
         ):
             self.runs[(base, size)] = first[1]
         return physical
@@ -180,8 +181,10 @@ class CoalescingTlbPageTable(drivers.PageTableMmu):
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         await super().deactivate_page(vaddr, paddr, order, vcm)
         size = avcm.PAGE_SIZE << order
-        if self.unfolds:
-            self.runs.pop((vaddr & -(self.RUN * size), size), None)
+        base = vaddr & -(self.run * size)
+        ends = vaddr in (base, base + (self.run - 1) * size)
+        if self.unfolds == "covering" or (self.unfolds == "ends" and ends):
+            self.runs.pop((base, size), None)
 
     async def disable(self, vcm: avcm.Vcm) -> None:
         await super().disable(vcm)
@@ -1429,17 +1432,23 @@ def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, WrappingTlbPageTable(memory), memory=memory)
 
 
+def _coalescing_tlb(memory: avcm.PhysicalMemory, **options: Any) -> avcm.Vcm:
+    hardware = CoalescingTlbPageTable(memory, **options)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
 def coalescing_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    return avcm.mmu_init(
-        0x1000_0000, 1 << 30, CoalescingTlbPageTable(memory, unfolds=False), memory=memory
-    )
+    return _coalescing_tlb(memory, unfolds="never")
+
+
+def coalescing_tlb_ends(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Runs of four, each dropped only when its first or last page goes."""
+    return _coalescing_tlb(memory, run=4, unfolds="ends")
 
 
 def coalescing_tlb_unfolded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: a run is dropped with any entry of it."""
-    return avcm.mmu_init(
-        0x1000_0000, 1 << 30, CoalescingTlbPageTable(memory, unfolds=True), memory=memory
-    )
+    return _coalescing_tlb(memory)
 
 
 def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -153,6 +153,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # when one of them goes (attack52's contiguous hint, never unfolded, passed every
         # scenario: only neighbours binds halves of one block next to each other)
         (broken_drivers.coalescing_tlb, "neighbours", "after an unbind of a neighbour"),
+        # ... of four entries, dropped only when its first or last goes
+        (broken_drivers.coalescing_tlb_ends, "neighbours", "after an unbind of a neighbour"),
         # a page write the hardware did not acknowledge, the pages before it left mapped
         # (attack52's such driver passed every scenario: only injected faults were tried,
         # and those come before the driver runs)
