@@ -370,47 +370,50 @@ def test_correct_drivers_pass_the_hardware_scenarios(
     assert report.passed, report.format()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("scenario", ["neighbours", "large_pages", "multipart", "long_lived"])
-def test_a_tlb_that_coalesces_neighbours_and_unfolds_them_passes(
-    scenario: str, backend: str
-) -> None:
-    # the scenarios whose bindings make runs of entries that follow one another
-    report = testing.check_conformance(
-        broken_drivers.coalescing_tlb_unfolded, backend=backend, only=scenario, schedules=10
-    )
-    assert report.passed, report.format()
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("scenario", ["restart_racing", "detached", "one_phys_many_views"])
-def test_a_driver_polling_its_unit_for_a_status_bit_passes(scenario: str, backend: str) -> None:
+# Correct drivers with a trait that drew false alarms (or may), each on the scenarios that
+# meet it, with as many schedules as it takes.
+_CORRECT_WITH_A_TRAIT = [
+    # a TLB that coalesces runs of entries that follow one another, and unfolds them right:
+    # the scenarios whose bindings make such runs
+    *(
+        pytest.param(broken_drivers.coalescing_tlb_unfolded, scenario, 10, id=f"folds-{scenario}")
+        for scenario in ("neighbours", "large_pages", "multipart", "long_lived")
+    ),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
     # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
     # setup's poll: the loop busy at one instant for ever), then reported a false
-    # StepBudgetError (the loop's own count of clock reads taken for the poller's progress)
+    # StepBudgetError (the loop's own count of clock reads taken for the poller's progress).
     # (restart_racing's schedule polls for about 10 s of CPU: one is enough for its setup)
-    schedules = 1 if scenario == "restart_racing" else 2
-    report = testing.check_conformance(
-        tricky_drivers.polling_status_two_places,
-        backend=backend,
-        only=scenario,
-        schedules=schedules,
-    )
-    assert report.passed, report.format()
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("scenario", ["cancellation", "cancel_anywhere"])
-def test_a_driver_working_in_threads_passes_the_cancellation_scenarios(
-    scenario: str, backend: str
-) -> None:
+    *(
+        pytest.param(
+            tricky_drivers.polling_status_two_places,
+            scenario,
+            1 if scenario == "restart_racing" else 2,
+            id=f"polls-{scenario}",
+        )
+        for scenario in ("restart_racing", "detached", "one_phys_many_views")
+    ),
     # A cancellation while a thread's call works waits for the thread: on asyncio anyio's
     # retries of the cancellation kept the thread's result out (a false RunawayError at the
     # first schedule); on trio the task went unseen (a false DeadlockError, about one
     # schedule in 100: the slow tier runs it at full length)
+    *(
+        pytest.param(tricky_drivers.threaded, scenario, 40, id=f"threads-{scenario}")
+        for scenario in ("cancellation", "cancel_anywhere")
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(("factory", "scenario", "schedules"), _CORRECT_WITH_A_TRAIT)
+def test_correct_drivers_pass_the_scenarios_that_meet_their_trait(
+    factory: object, scenario: str, schedules: int, backend: str
+) -> None:
     report = testing.check_conformance(
-        tricky_drivers.threaded, backend=backend, only=scenario, schedules=40
+        factory,  # type: ignore[arg-type]
+        backend=backend,
+        only=scenario,
+        schedules=schedules,
     )
     assert report.passed, report.format()
 
