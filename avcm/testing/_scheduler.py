@@ -4864,11 +4864,7 @@ class _AsyncioQueue(_Queue):
             own = getattr(self.loop, "_ssock", None)
             own_fd = own.fileno() if own is not None else -1
             count = sum(1 for key in selector.get_map().values() if key.fd != own_fd)
-        return count + sum(
-            1
-            for thread in threading.enumerate()
-            if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread)
-        )
+        return count + sum(1 for thread in threading.enumerate() if self._waits_for_a_child(thread))
 
     def serves_the_loop(self, thread: threading.Thread) -> bool:
         # anyio's worker threads run to_thread calls only; a pool's thread runs a task's call
@@ -4879,13 +4875,17 @@ class _AsyncioQueue(_Queue):
             "anyio._backends._asyncio"
         ):
             return True
-        if thread.name.startswith("asyncio-waitpid-") and self._serves_loop(thread):
+        if self._waits_for_a_child(thread):
             return True
         return thread in getattr(self.loop, "serving", ())
 
-    def _serves_loop(self, thread: threading.Thread) -> bool:
-        # the watcher's thread reports to the loop it was started for (its first argument):
-        # one still ending after an earlier run reports to a closed loop, and is no wait here
+    def _waits_for_a_child(self, thread: threading.Thread) -> bool:
+        """Whether *thread* is asyncio's threaded child watcher's, waiting for a process of
+        this loop's to exit. The watcher's thread reports to the loop it was started for (its
+        first argument): one still ending after an earlier run reports to a closed loop, and
+        is no wait here."""
+        if not thread.name.startswith("asyncio-waitpid-"):
+            return False
         arguments = getattr(thread, "_args", None)
         return not isinstance(arguments, tuple) or not arguments or arguments[0] is self.loop
 
