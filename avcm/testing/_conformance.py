@@ -883,11 +883,10 @@ async def _large_pages(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
 # 16 and 32; attack57's fold of 32 entries was dropped only with its first or last, which a
 # run of 16 never showed) and 1 MiB (64 KiB entries, or 256 of 4 KiB where a driver has none;
 # 2 MiB in 4 KiB entries took more steps than a run's budget); and the pieces it unbinds, in
-# turn: one
-# inside each run of four and of eight (a fold of fewer entries dropped only when its first
-# or last goes), the first (a contiguous hint's walk reads it) and the last. One inside goes
-# first: a fold made by the access across every piece right after the switch-on from cold
-# starts at the first piece, and would go with it.
+# turn: one inside each run of four and of eight (a fold of fewer entries dropped only when
+# its first or last goes), the first (a contiguous hint's walk reads it) and the last. One
+# inside goes first: a fold made by the accesses across the pieces right after the switch-on
+# from cold starts at the first piece, and would go with it.
 _NEIGHBOUR_ORDERS = (4, 5, 8)
 _NEIGHBOURS = 16
 _NEIGHBOURS_GONE = (5, 0, 10, 15)
