@@ -111,10 +111,8 @@ async def _until_done(call: Callable[[], Awaitable[object]]) -> None:
     """``await call()``, again while the driver fails it, as a careful user would: the
     scenario's own teardown, after its race. A teardown the driver fails every time is no
     verdict on the attempt (:class:`_NoVerdict`), not a failure of the rule."""
-    for _ in range(TEARDOWN_ATTEMPTS):
-        if await _unless_driver_fails(call):
-            return
-    raise _NoVerdict(f"the driver failed {call!r} {TEARDOWN_ATTEMPTS} times in a row")
+    if not await _unless_driver_fails(call, TEARDOWN_ATTEMPTS):
+        raise _NoVerdict(f"the driver failed {call!r} {TEARDOWN_ATTEMPTS} times in a row")
 
 
 async def _unless_driver_fails(call: Callable[[], Awaitable[object]], tries: int = 1) -> bool:
