@@ -9,6 +9,7 @@ whatever primitive it belongs to."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import socket
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar
 
@@ -190,6 +191,38 @@ async def worker_threads(run: testing.Run) -> None:
             await anyio.to_thread.run_sync(time.sleep, 0.002)
 
     for outcome in await run.concurrently(worker, with_deadline):
+        outcome.unwrap()
+
+
+async def threads_inside_async_generators(run: testing.Run) -> None:
+    """A wait for a worker thread in the body of an async generator, a step of which a task
+    awaits (an ``asynccontextmanager``'s entry and exit, ``anext``, ``async for``), is the
+    task's: never a deadlock, and virtual time stands still meanwhile. (The step awaited has no
+    frame: a conformance scenario's run set up in a context manager of its own was a false
+    DeadlockError on drivers that write their page tables from worker threads.)"""
+
+    @contextlib.asynccontextmanager
+    async def in_a_thread_around() -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(time.sleep, 0.001)
+        yield
+        await anyio.to_thread.run_sync(time.sleep, 0.001)
+
+    async def from_threads() -> AsyncIterator[int]:
+        for value in range(2):
+            yield await anyio.to_thread.run_sync(lambda value=value: value)
+
+    async def entered() -> None:
+        with anyio.fail_after(0.0001):  # far less than the thread takes in real time
+            async with in_a_thread_around():
+                await anyio.lowlevel.checkpoint()
+
+    async def iterated() -> None:
+        with anyio.fail_after(0.0001):
+            async with contextlib.aclosing(from_threads()) as values:
+                assert await anext(values) == 0
+            assert [value async for value in from_threads()] == [0, 1]
+
+    for outcome in await run.concurrently(entered, iterated):
         outcome.unwrap()
 
 
@@ -1172,6 +1205,7 @@ CONTROLS = {
         deadline_around_a_spin,
         deadline_while_a_child_spins,
         worker_threads,
+        threads_inside_async_generators,
         threads_through_a_limiter,
         a_spawned_task_in_a_thread,
         threads_calling_back_under_a_lock,

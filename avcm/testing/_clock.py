@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import heapq
 import inspect
 import itertools
@@ -31,6 +32,7 @@ import selectors
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
@@ -302,8 +304,16 @@ def _read_site() -> tuple[object, ...]:
     return tuple(site)
 
 
+# What awaits a step of an async generator (``anext``, ``asend``, ``athrow``, ``aclose``: an
+# async context manager's ``__aenter__`` and ``__aexit__``): an object of no frame, which
+# names its generator to the garbage collector only.
+_ASYNC_GENERATOR_STEPS = frozenset({"async_generator_asend", "async_generator_athrow"})
+
+
 def _await_frames(coro: Any) -> list[FrameType]:
-    """The frames of a suspended coroutine and of everything it awaits, outermost first."""
+    """The frames of a suspended coroutine and of everything it awaits, outermost first,
+    through the async generators it awaits a step of (an ``asynccontextmanager``'s body: a
+    wait for a thread or a sleep there is the task's)."""
     frames: list[FrameType] = []
     while coro is not None:
         frame = (
@@ -319,6 +329,15 @@ def _await_frames(coro: Any) -> list[FrameType]:
             or getattr(coro, "gi_yieldfrom", None)
             or getattr(coro, "ag_await", None)
         )
+        if type(coro).__name__ in _ASYNC_GENERATOR_STEPS:
+            coro = next(
+                (
+                    generator
+                    for generator in gc.get_referents(coro)
+                    if isinstance(generator, types.AsyncGeneratorType)
+                ),
+                None,
+            )
     return frames
 
 
