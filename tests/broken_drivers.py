@@ -150,19 +150,33 @@ class CoalescingTlbPageTable(drivers.PageTableMmu):
     that covers it if *unfolds* is ``"covering"`` (correct); ``"ends"`` drops it only when
     the page is the run's first or last; ``"never"`` keeps it till translation is switched
     off. Then a device reaches memory through a neighbour unbound since, or the old memory of
-    one bound anew. Its page tables are right."""
+    one bound anew. Its page tables are right.
+
+    With *shared*, the TLB is one for all contexts made on the memory (a unit serving several
+    devices), its runs tagged with the context that folded them, or, if *shared* is
+    ``"untagged"``, not: a device then reaches another context's memory through a run that
+    context folded at the same device addresses."""
 
     def __init__(
-        self, memory: avcm.PhysicalMemory, *, run: int = 16, unfolds: str = "covering"
+        self,
+        memory: avcm.PhysicalMemory,
+        *,
+        run: int = 16,
+        unfolds: str = "covering",
+        shared: str | None = None,
     ) -> None:
         super().__init__(memory, orders=(8, 4, 0), name="coalescing-tlb")
         self.run, self.unfolds = run, unfolds
-        self.runs: dict[tuple[int, int], int] = {}  # (device base, entry size) -> physical base
+        # (tag, device base, entry size) -> physical base; the tag is None when untagged
+        self.runs: dict[tuple[object, int, int], int] = (
+            _SHARED_TLBS.setdefault(memory, {}) if shared else {}
+        )
+        self.tag: object = None if shared == "untagged" else self
 
     def translate(self, addr: int) -> int:
         if self.enabled:
-            for (base, size), physical in self.runs.items():
-                if base <= addr < base + self.run * size:
+            for (tag, base, size), physical in self.runs.items():
+                if tag is self.tag and base <= addr < base + self.run * size:
                     return physical + (addr - base)
         physical = super().translate(addr)
         entry = self._covering(addr)
@@ -175,7 +189,7 @@ class CoalescingTlbPageTable(drivers.PageTableMmu):
             == (base + index * size, first[1] + index * size, size)
             for index in range(self.run)
         ):
-            self.runs[(base, size)] = first[1]
+            self.runs[(self.tag, base, size)] = first[1]
         return physical
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
@@ -184,11 +198,17 @@ class CoalescingTlbPageTable(drivers.PageTableMmu):
         base = vaddr & -(self.run * size)
         ends = vaddr in (base, base + (self.run - 1) * size)
         if self.unfolds == "covering" or (self.unfolds == "ends" and ends):
-            self.runs.pop((base, size), None)
+            self.runs.pop((self.tag, base, size), None)
 
     async def disable(self, vcm: avcm.Vcm) -> None:
         await super().disable(vcm)
-        self.runs.clear()
+        for key in [key for key in self.runs if key[0] is self.tag]:
+            del self.runs[key]
+
+
+_SHARED_TLBS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, dict[tuple[object, int, int], int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ShortWindowPageTable(drivers.PageTableMmu):
@@ -1446,9 +1466,15 @@ def coalescing_tlb_ends(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _coalescing_tlb(memory, run=4, unfolds="ends")
 
 
-def coalescing_tlb_unfolded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    """Correct: a run is dropped with any entry of it."""
-    return _coalescing_tlb(memory)
+def coalescing_tlb_untagged(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """One TLB for every context on the memory, its runs not tagged with a context."""
+    return _coalescing_tlb(memory, shared="untagged")
+
+
+def coalescing_tlb_tagged(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: one TLB for every context on the memory, each run tagged with its context and
+    dropped with any entry of it."""
+    return _coalescing_tlb(memory, shared="tagged")
 
 
 def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:

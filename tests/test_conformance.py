@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 import avcm
@@ -15,6 +18,7 @@ import drivers
 from avcm import testing
 from examples import one_to_one_driver, page_table_driver
 from tests import broken_drivers, tricky_drivers
+from tests._recording import PageHardware
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.anyio
@@ -155,6 +159,9 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         (broken_drivers.coalescing_tlb, "neighbours", "after an unbind of a neighbour"),
         # ... of four entries, dropped only when its first or last goes
         (broken_drivers.coalescing_tlb_ends, "neighbours", "after an unbind of a neighbour"),
+        # ... one TLB for every context, its runs not tagged with the context that folded them
+        # (attack57's such driver passed neighbours while it used one context)
+        (broken_drivers.coalescing_tlb_untagged, "neighbours", "across reservations next to"),
         # a page write the hardware did not acknowledge, the pages before it left mapped
         # (attack52's such driver passed every scenario: only injected faults were tried,
         # and those come before the driver runs)
@@ -373,10 +380,11 @@ def test_correct_drivers_pass_the_hardware_scenarios(
 # Correct drivers with a trait that drew false alarms (or may), each on the scenarios that
 # meet it, with as many schedules as it takes.
 _CORRECT_WITH_A_TRAIT = [
-    # a TLB that coalesces runs of entries that follow one another, and unfolds them right:
-    # the scenarios whose bindings make such runs
+    # a TLB that coalesces runs of entries that follow one another, and unfolds them right,
+    # one for every context, each run tagged with its context: the scenarios whose bindings
+    # make such runs
     *(
-        pytest.param(broken_drivers.coalescing_tlb_unfolded, scenario, 10, id=f"folds-{scenario}")
+        pytest.param(broken_drivers.coalescing_tlb_tagged, scenario, 10, id=f"folds-{scenario}")
         for scenario in ("neighbours", "large_pages", "multipart", "long_lived")
     ),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
@@ -610,6 +618,63 @@ def test_the_top_block_of_memory_is_taken_and_given_back_whole() -> None:
         other = avcm.PhysicalMemory(size=size)
         assert testing.take_top_block(other) is None
         assert other.is_pristine()
+
+
+async def test_a_run_of_reservations_lies_next_to_each_other_from_a_boundary_of_its_size() -> None:
+    memory = avcm.PhysicalMemory(size=16 << 20)
+    # a space that does not end on a boundary of the run's size, one reservation in it
+    size = (64 << 20) - 12 * avcm.PAGE_SIZE
+    vcm = avcm.mmu_init(0x1000_0000, size, PageHardware(), memory=memory)
+    other = await vcm.reserve(3 * avcm.PAGE_SIZE)
+    run = await testing.reserve_run(vcm, 8 * 1024, 16)
+    assert [res.res_size for res in run] == [8 * 1024] * 16
+    assert run[0].start % (16 * 8 * 1024) == 0
+    for lower, upper in itertools.pairwise(run):
+        assert lower.start + lower.res_size == upper.start
+    # nothing else left reserved: the probe and the reservation in the way are given back
+    assert set(vcm.reservations()) == {other, *run}
+
+
+async def test_a_run_that_cannot_be_reserved_leaves_nothing_reserved() -> None:
+    memory = avcm.PhysicalMemory(size=16 << 20)
+    vcm = avcm.mmu_init(0x1000_0000, 1 << 20, PageHardware(), memory=memory)
+    with pytest.raises(avcm.NoSpaceError):
+        await testing.reserve_run(vcm, 64 * 1024, 17)  # a MiB holds 16
+    for count in (0, -1, 2.0, True):
+        with pytest.raises(avcm.InvalidError) as raised:
+            await testing.reserve_run(vcm, 4096, count)  # type: ignore[arg-type]
+        assert raised.value.errno == errno.EINVAL
+    assert not list(vcm.reservations())
+    carveout = drivers.create_carveout(memory)
+    with pytest.raises(avcm.NotSupportedError):
+        await testing.reserve_run(carveout, 4096, 4)
+    assert not list(carveout.reservations())
+
+
+async def test_a_run_of_reservations_cancelled_anywhere_leaves_nothing_reserved() -> None:
+    vcm = avcm.mmu_init(0x1000_0000, 1 << 30, PageHardware(), memory=avcm.PhysicalMemory())
+    completed = 0
+    for checkpoints in range(12):
+        run: list[avcm.Res] | None = None
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tasks:
+
+                async def cancel_later(checkpoints: int = checkpoints) -> None:
+                    for _ in range(checkpoints):
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+
+                tasks.start_soon(cancel_later)
+                run = await testing.reserve_run(vcm, 4096, 4)
+                tasks.cancel_scope.cancel()
+        if run is None:
+            assert not list(vcm.reservations()), checkpoints
+        else:
+            completed += 1
+            assert len(run) == 4 and set(vcm.reservations()) == set(run)
+            for res in run:
+                await res.unreserve()
+    assert 0 < completed < 12  # cancelled at some checkpoints, returned before others
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

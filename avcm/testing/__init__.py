@@ -54,7 +54,6 @@ from ._conformance import (
     ScenarioResult,
     check_conformance,
     check_conformance_async,
-    take_top_block,
 )
 from ._errors import (
     ClusterError,
@@ -89,6 +88,7 @@ from ._invariants import (
     check_quiescent,
     expected_mappings,
 )
+from ._layout import reserve_run, take_top_block
 from ._parallel import (
     CONNECT_TIMEOUT,
     MAX_CONNECT_TIMEOUT,
@@ -170,6 +170,7 @@ __all__ = [
     "check_conformance",
     "check_conformance_async",
     "take_top_block",
+    "reserve_run",
     "explore",
     "exhaustive_prefixes",
     "explore_async",

@@ -47,6 +47,7 @@ from ._clock import run_on_virtual_time, sleep_past, timers_left
 from ._errors import ConformanceFailure
 from ._explore import PYTHON, Failure, explore_async, replay_async
 from ._invariants import check_model, check_no_write_after_free, check_quiescent
+from ._layout import reserve_run, take_top_block
 from ._scheduler import Run
 from ._strategies import Portfolio
 from ._timeline import TaskOutcome
@@ -891,7 +892,7 @@ _NEIGHBOURS_GONE = (5, 0, 10, 15)
 _BIND_TRIES = 3
 
 
-async def _neighbours(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
+async def _neighbours(run: Run, memory: PhysicalMemory, vcm: Vcm, beside: Vcm) -> None:
     """Sixteen reservations next to each other in device addresses from a boundary of a
     block's size, bound in order to the sixteen pieces of one block of memory (64 KiB, 128 KiB,
     1 MiB): entries that follow one another in device addresses and in memory, as one large
@@ -905,102 +906,137 @@ async def _neighbours(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
     burst, also once its neighbours were reached again (attack52's contiguous hint, never
     unfolded, passed every other scenario). Then the same pieces of memory one piece further
     on, which follow one another but not from a boundary of the block's size: a fold must not
-    take them for an aligned block. Nothing races: the suite runs it until its schedules
-    repeat."""
+    take them for an aligned block. All along, a second context of the driver on the same
+    memory, active, holds a run of its own bound in the same way to another block, at the same
+    device addresses where the two spaces are alike, and reaches it across each boundary
+    whenever the first was reached: hardware the contexts share (a TLB folding runs with no
+    tag of the context, attack57) keeps each context's folds its own. Nothing races: the suite
+    runs it until its schedules repeat."""
 
     async def unfold() -> None:
         if not await _unless_driver_fails(vcm.activate):
             return  # a driver's own failure (rule 8); what is active goes with destroy
+        alongside = beside if await _unless_driver_fails(beside.activate) else None
         for order in _NEIGHBOUR_ORDERS:
-            if not await _fold_and_unfold(memory, vcm, order):
+            if not await _fold_and_unfold(memory, vcm, order, alongside):
                 break  # a one-to-one context, a space too small, or switched off
-        if vcm.activations:
-            await _until_done(vcm.deactivate)
+        for switched_on in (vcm, beside):
+            if switched_on.activations:
+                await _until_done(switched_on.deactivate)
 
     _raise_unexpected(await run.concurrently(unfold), _REFUSED)
 
 
-async def _fold_and_unfold(memory: PhysicalMemory, vcm: Vcm, order: int) -> bool:
-    """:func:`_neighbours` with a block of *order*; False if the context reserves nothing
-    alone, its space is too small, or the driver failed to switch it on again (rule 8). Torn
-    down only if nothing was raised: an attempt with no verdict, or failed, ends with its
-    memory."""
+async def _fold_and_unfold(
+    memory: PhysicalMemory, vcm: Vcm, order: int, beside: Vcm | None
+) -> bool:
+    """:func:`_neighbours` with a block of *order*, the run of *beside* (if active) alongside;
+    False if the context reserves nothing alone, its space is too small, or the driver failed
+    to switch it on again (rule 8). Torn down only if nothing was raised: an attempt with no
+    verdict, or failed, ends with its memory."""
     piece = (PAGE_SIZE << order) // _NEIGHBOURS
     try:
-        reservations = await _reserve_run(vcm, piece)
+        reservations = await reserve_run(vcm, piece, _NEIGHBOURS)
     except (NotSupportedError, NoSpaceError):  # a one-to-one context, a small address space
         return False
-    block = memory.alloc_pages(order + 1)  # (room for the run one piece further on)
-    moved = memory.alloc_pages(order - 4)  # (other memory, for a piece bound again)
-    if block is None or moved is None:
-        for start, taken in ((block, order + 1), (moved, order - 4)):
-            if start is not None:
-                memory.free_pages(start, taken)
-        raise _CannotRun(f"no free {(PAGE_SIZE << order) // KiB} KiB block left in its memory")
-    elsewhere = create_phys([(moved, piece)], memory=memory)
+    block = _blocks(memory, order + 1, order - 4)  # (room for the run one piece further on;
+    elsewhere = create_phys([(block[1], piece)], memory=memory)  # memory to bind a piece anew)
     on = True
-    # (one piece further on, the last unbound: it alone lies in the next block)
-    for offset, gone in ((0, _NEIGHBOURS_GONE), (piece, _NEIGHBOURS_GONE[-1:])):
-        physes = [
-            create_phys([(block + offset + index * piece, piece)], memory=memory)
-            for index in range(_NEIGHBOURS)
-        ]
-        on = await _unfolded(vcm, reservations, physes, elsewhere, gone)
-        for res in reservations:
-            if res.phys is not None:
-                await _until_done(res.unbind)
-        for phys in physes:
-            await _until_done(phys.free)
-        if not on:
-            break
+    async with _run_beside(memory, beside, order) as alongside:
+        # (one piece further on, the last unbound: it alone lies in the next block)
+        for offset, gone in ((0, _NEIGHBOURS_GONE), (piece, _NEIGHBOURS_GONE[-1:])):
+            physes = _pieces(memory, block[0] + offset, piece)
+            on = await _unfolded(vcm, reservations, physes, elsewhere, gone, alongside)
+            for res in reservations:
+                if res.phys is not None:
+                    await _until_done(res.unbind)
+            for phys in physes:
+                await _until_done(phys.free)
+            if not on:
+                break
     for res in reservations:
         await _until_done(res.unreserve)
     await _until_done(elsewhere.free)
-    memory.free_pages(block, order + 1)
-    memory.free_pages(moved, order - 4)
+    memory.free_pages(block[0], order + 1)
+    memory.free_pages(block[1], order - 4)
     return on
 
 
-async def _reserve_run(vcm: Vcm, piece: int) -> list[Res]:
-    """:data:`_NEIGHBOURS` reservations of *piece* bytes, by address. With an allocator that
-    places each at the top of the space left, as the MMU wrapper's, they are next to each
-    other, the lowest on a boundary of their whole size: a reservation in the way first brings
-    that top to such a boundary (a space that does not end on one put none of them on it).
-    With another allocator, wherever it puts them: the checks hold, on no run perhaps."""
-    size = piece * _NEIGHBOURS
-    probe = await vcm.reserve(piece)
-    top = probe.start + piece
-    await probe.unreserve()
-    in_the_way = await vcm.reserve(top % size) if top % size else None
-    reserved: list[Res] = []
+def _blocks(memory: PhysicalMemory, *orders: int) -> list[int]:
+    """A free block of memory of each of *orders*; :class:`_CannotRun` (and none taken) if one
+    is not there."""
+    taken: list[int] = []
+    for order in orders:
+        start = memory.alloc_pages(order)
+        if start is None:
+            for given_back, was in zip(taken, orders, strict=False):
+                memory.free_pages(given_back, was)
+            raise _CannotRun(f"no free {(PAGE_SIZE << order) // KiB} KiB block left in its memory")
+        taken.append(start)
+    return taken
+
+
+def _pieces(memory: PhysicalMemory, start: int, piece: int) -> list[Phys]:
+    """:data:`_NEIGHBOURS` physes of *piece* bytes each, one after another from *start*."""
+    return [
+        create_phys([(start + index * piece, piece)], memory=memory) for index in range(_NEIGHBOURS)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _run_beside(
+    memory: PhysicalMemory, beside: Vcm | None, order: int
+) -> AsyncIterator[tuple[Vcm, list[Res], list[Phys]] | None]:
+    """The second context's run of :func:`_neighbours`: as the first's, bound in order to the
+    pieces of a block of *order* of its own and left so; None if there is no such context (its
+    driver failed to switch it on), it reserves nothing alone, its space is too small, or the
+    driver failed a bind (rule 8). Given back only if nothing was raised."""
+    piece = (PAGE_SIZE << order) // _NEIGHBOURS
+    if beside is None:
+        yield None
+        return
     try:
-        for _ in range(_NEIGHBOURS):
-            reserved.append(await vcm.reserve(piece))
-    except NoSpaceError:
-        for res in reserved:
-            await res.unreserve()
-        raise
-    finally:
-        if in_the_way is not None:
-            await in_the_way.unreserve()
-    return sorted(reserved, key=lambda res: res.start)
+        reservations = await reserve_run(beside, piece, _NEIGHBOURS)
+    except (NotSupportedError, NoSpaceError):
+        yield None
+        return
+    (block,) = _blocks(memory, order)
+    physes = _pieces(memory, block, piece)
+    bound = True
+    for res, phys in zip(reservations, physes, strict=True):
+        bound = bound and await _unless_driver_fails(partial(res.bind, phys), _BIND_TRIES)
+    yield (beside, reservations, physes) if bound else None
+    for res in reservations:
+        await _until_done(res.unreserve if res.phys is None else res.unmap)
+    for phys in physes:
+        await _until_done(phys.free)
+    memory.free_pages(block, order)
 
 
 async def _unfolded(
-    vcm: Vcm, reservations: list[Res], physes: list[Phys], elsewhere: Phys, gone: tuple[int, ...]
+    vcm: Vcm,
+    reservations: list[Res],
+    physes: list[Phys],
+    elsewhere: Phys,
+    gone: tuple[int, ...],
+    beside: tuple[Vcm, list[Res], list[Phys]] | None,
 ) -> bool:
     """The binds, unbinds and checks of :func:`_fold_and_unfold`, the pieces *gone* unbound in
-    turn; False if the context was left switched off. A bind the driver fails is tried again
-    a few times (rule 8: it had no effect; a driver that fails one page write in so many gets
-    its run), then the checks end."""
-    every = [*physes, elsewhere]
+    turn, the run *beside* reached across whenever this one was; False if the context was left
+    switched off. A bind the driver fails is tried again a few times (rule 8: it had no
+    effect; a driver that fails one page write in so many gets its run), then the checks
+    end."""
+    every = [*physes, elsewhere, *(beside[2] if beside else ())]
+    vcms = [vcm, *(beside[:1] if beside else ())]
 
     def reached(*probed: Res) -> None:
         # an access across every piece first (on what the device has not cached since),
-        # then accesses within the pieces *probed*
-        check_quiescent([vcm], physes=every)
+        # then accesses within the pieces *probed*, then across the other context's run
+        check_quiescent(vcms, physes=every)
         _across(vcm, reservations)
         _probe(*((vcm, res) for res in probed))
+        if beside is not None:
+            _across(beside[0], beside[1])
 
     for res, phys in zip(reservations, physes, strict=True):
         if not await _unless_driver_fails(partial(res.bind, phys), _BIND_TRIES):
@@ -1017,11 +1053,13 @@ async def _unfolded(
             res = reservations[index]
             await _until_done(res.unbind)
             after = "after an unbind of a neighbour returned"
-            check_quiescent([vcm], physes=every)
+            check_quiescent(vcms, physes=every)
             _expect_gone(vcm, res.start, res.res_size, after)
             _probe(*((vcm, other) for other in reservations[max(index - 1, 0) : index + 2]))
             for side in (reservations[:index], reservations[index + 1 :]):
                 _across(vcm, side)
+            if beside is not None:
+                _across(beside[0], beside[1])
             _expect_gone(vcm, res.start, res.res_size, after + " and its neighbours were reached")
             for again in (elsewhere, physes[index]):
                 if res.phys is not None:
@@ -1090,32 +1128,6 @@ def _memory_at(res: Res, offset: int) -> bytes | None:
             return phys.memory.read(part.start + offset, _BURST)
         offset -= part.size
     return None
-
-
-TOP_BLOCK_LIMIT = 65_536  # blocks of the largest order take_top_block goes through, at most
-
-
-def take_top_block(memory: PhysicalMemory) -> int | None:
-    """Take the block of the largest order (``memory.max_order``) at the very top of *memory*
-    and return its start, or ``None`` if it is not free (nothing is taken then); give it back
-    with ``memory.free_pages(start, memory.max_order)``. Memory is handed out lowest first,
-    so its last page is met only once all below it is in use, which no test comes near: a
-    DMA window or address mask off by one at the end of memory is found only so. (It takes
-    every free block of that order, then gives back all but the top one: ``None`` too for a
-    memory of more than :data:`TOP_BLOCK_LIMIT` of them, 256 GiB at the default order.)"""
-    if memory.size // (PAGE_SIZE << memory.max_order) > TOP_BLOCK_LIMIT:
-        return None
-    taken = []
-    while (block := memory.alloc_pages(memory.max_order)) is not None:
-        taken.append(block)
-    top = max(taken, default=None)
-    for block in taken:
-        if block != top:
-            memory.free_pages(block, memory.max_order)
-    if top is not None and top + (PAGE_SIZE << memory.max_order) != memory.base + memory.size:
-        memory.free_pages(top, memory.max_order)
-        return None
-    return top
 
 
 async def _memory_ends(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
@@ -1764,6 +1776,7 @@ _SPECS: dict[str, _Spec] = {
         "rule 4",
         "a block bound in pieces next to each other, one unbound or bound anew: unfolded",
         _neighbours,
+        contexts=2,
         needs_memory=True,
         until_covered=2,
     ),
