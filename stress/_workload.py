@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import functools
+import itertools
 import math
 import random
 import time
@@ -28,7 +30,7 @@ import anyio
 
 import avcm
 from avcm.lowlevel import errno_name, sync_hook, undo_failed
-from avcm.testing import harness_clock, take_top_block
+from avcm.testing import harness_clock, reserve_run, take_top_block
 
 from ._config import MAX_OPS, StressConfig, UsageError
 from ._contexts import (
@@ -179,6 +181,19 @@ CUT_EVERY = 4
 # many times in a row, racing (World.restart_again_and_again).
 DRAIN_RESTARTS = 64
 
+# At the start and after each drain, with every address space as built (nothing reserved), the
+# harness lays out in each translated context a run of RUN_PIECES reservations next to each
+# other (avcm.testing.reserve_run), bound in order to the pieces of one block of memory of an
+# order drawn from RUN_ORDERS (64 KiB, 128 KiB, 1 MiB), and hands them to the tasks with the
+# rest: entries that follow one another in device addresses and in memory, which hardware
+# may fold into one translation (a contiguous hint, a TLB coalescing neighbours) and must
+# unfold when a task unbinds one of them. The tasks' own reservations land next to each other
+# by chance, and their physes are never pieces of one block: a TLB that unfolds a run only
+# when its first or last entry goes passed 4 runs of 4 without these (the conformance
+# scenario neighbours found it at once).
+RUN_PIECES = 16
+RUN_ORDERS = (4, 5, 8)
+
 # One reserve in WIDE_EVERY reserves a wide range, up to half of the context's address space,
 # which a bind later fills with far less memory at its start: the allocator places the small
 # reservations best fit at the top of the space, and the pools are bounded, so without these a
@@ -328,6 +343,8 @@ class World:
         # how far in a drain's switches on are cancelled (check_cold_start): a stream of its
         # own, so that the restarts drawn from the one above are those they were without it
         self.cuts_random = random.Random(f"{config.seed}:cuts")
+        # which block each run the harness lays out takes (lay_runs), and a stream of its own
+        self.runs_random = random.Random(f"{config.seed}:runs")
         self.next_detach = self.contexts_random.randint(DETACH_EVERY // 2, DETACH_EVERY)
         self.generations: Counter[str] = Counter()  # per context name: built in its place
         # per context ebbing in this window, the ticket of the operation switching it off
@@ -530,6 +547,9 @@ class World:
         if drain:
             self.end_ebb()
             await self.drain()
+            if not self.done():  # (the drain at the end: nothing more to lay out for)
+                await self.lay_runs()
+                self.check_everything()
             return
         changed = await self.change_one_context()
         if changed is not None:
@@ -579,6 +599,45 @@ class World:
             if ebb and self.held_in[ctx.vcm]:  # (one off already has nothing to switch off)
                 await self.start_ebb(ctx, ticket)
         return None
+
+    async def lay_runs(self) -> None:
+        """In each translated context, :data:`RUN_PIECES` reservations next to each other,
+        bound in order to the pieces of a block of an order drawn from :data:`RUN_ORDERS`, all
+        given to the tasks (the pools' limit allowing): a context whose space has no room for
+        them, or memory no such block, gets none; a bind the driver keeps failing is left for
+        the tasks to make. Each bound piece is reached once all are bound, if its context is
+        on: where hardware folds the run."""
+        with self.faults_paused():
+            for ctx in self.contexts:
+                order = self.runs_random.choice(RUN_ORDERS)
+                if not ctx.translated or len(self.reservations) + RUN_PIECES > POOL_LIMIT:
+                    continue
+                physes = block_in_pieces(self.memory, order, RUN_PIECES)
+                if physes is None:
+                    continue
+                try:
+                    run = await reserve_run(ctx.vcm, physes[0].size, RUN_PIECES)
+                except (avcm.NoSpaceError, avcm.NotSupportedError):
+                    for phys in physes:
+                        await phys.free()
+                    continue
+                for res, phys in zip(run, physes, strict=True):
+                    self.adopt_res(res)
+                    self.adopt_phys(phys)
+                    await retried(functools.partial(res.bind, phys))
+                for res in run:
+                    if res.phys is not None:
+                        after_binding(self, res, "the harness's bind of a run next to each other")
+                whole = RUN_PIECES * run[0].res_size
+                apart = run[0].start % whole or any(
+                    lower.start + lower.res_size != upper.start
+                    for lower, upper in itertools.pairwise(run)
+                )
+                self.result.checks[
+                    "runs of reservations laid apart"
+                    if apart
+                    else "runs of reservations next to each other laid"
+                ] += 1
 
     def draw_restart(
         self,
@@ -858,6 +917,26 @@ def scattered_phys(memory: avcm.PhysicalMemory, pieces: list[tuple[int, int]]) -
         blocks.append((start, order))
     parts = [(start, used) for (start, _), (_, used) in zip(blocks, pieces, strict=True)]
     return avcm.lowlevel.create_phys(parts, free=free, memory=memory)
+
+
+def block_in_pieces(memory: avcm.PhysicalMemory, order: int, count: int) -> list[avcm.Phys] | None:
+    """*count* physes, the pieces of one block of *memory* of *order* one after another; the
+    block is freed with the last of them. ``None`` if no such block is free."""
+    block = memory.alloc_pages(order)
+    if block is None:
+        return None
+    left = [count]
+
+    async def free(phys: avcm.Phys) -> None:
+        left[0] -= 1
+        if not left[0]:
+            memory.free_pages(block, order)
+
+    piece = (avcm.PAGE_SIZE << order) // count
+    return [
+        avcm.lowlevel.create_phys([(block + index * piece, piece)], free=free, memory=memory)
+        for index in range(count)
+    ]
 
 
 def top_phys(memory: avcm.PhysicalMemory, pieces: list[tuple[int, int]]) -> avcm.Phys | None:
@@ -1399,6 +1478,12 @@ async def _run_tasks(world: World) -> None:
             (ctx.faults for ctx in world.contexts if isinstance(ctx.faults, DriverFaults)), None
         )
         with sync_hook(driver_faults) if driver_faults else contextlib.nullcontext():
+            world.phase = "the runs the harness lays out at the start"
+            try:
+                await world.lay_runs()
+            except Exception as error:
+                _record(world, error, world.phase, 0)
+            world.phase = None
             async with anyio.create_task_group() as workers:
                 for index in range(config.tasks):
                     workers.start_soon(_task_loop, world, index, ops, weights)

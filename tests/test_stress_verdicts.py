@@ -308,6 +308,9 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         ("wrapping_tlb", {"rule 4"}),  # ... 256 page removals after it was cached
         # a TLB keeping sixteen entries that follow one another as one, after one of them went
         ("coalescing_tlb", {"rule 4"}),
+        # ... dropped only when its first or last entry goes: the harness lays out runs of
+        # reservations next to each other, bound to the pieces of one block (0 of 4 before)
+        ("coalescing_tlb_ends", {"rule 4"}),
         # a device write engine's walk an unmap forgot: probes that expect a fault write too
         ("stale_write_walk", {"rule 4"}),
         # a DMA window off by one at the end of memory: now and then a scattered phys ends
@@ -574,7 +577,7 @@ def test_correct_shared_unit_passes(backend: str, driver: str) -> None:
 @pytest.mark.parametrize("tasks", [1, 3, 64])
 @pytest.mark.parametrize(
     "driver",
-    ["shared_unit", "shared_unit_walk_cache", "self_walking_flaky", "coalescing_tlb_unfolded"],
+    ["shared_unit", "shared_unit_walk_cache", "self_walking_flaky", "coalescing_tlb_tagged"],
 )
 def test_correct_drivers_pass_with_the_default_contexts(
     backend: str, tasks: int, driver: str
@@ -591,6 +594,9 @@ def test_correct_drivers_pass_with_the_default_contexts(
     result = stress.run(config)
     assert result.violation is None, result.violation
     assert result.checks["device probes"] > 0
+    # at the first quiescent point and after the drain at operation 2,000, in each context
+    assert result.checks["runs of reservations next to each other laid"] == 6
+    assert not result.checks["runs of reservations laid apart"]
     if driver == "self_walking_flaky":
         outcomes = [o for per_op in result.outcomes.values() for o in per_op.elements()]
         assert "driver EIO" in outcomes
