@@ -311,6 +311,9 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         # ... dropped only when its first or last entry goes: the harness lays out runs of
         # reservations next to each other, bound to the pieces of one block (0 of 4 before)
         ("coalescing_tlb_ends", {"rule 4"}),
+        # ... one TLB for every context, its runs not tagged with a context: the runs laid out
+        # in each context lie at the same device addresses
+        ("coalescing_tlb_untagged", {"rule 4"}),
         # a device write engine's walk an unmap forgot: probes that expect a fault write too
         ("stale_write_walk", {"rule 4"}),
         # a DMA window off by one at the end of memory: now and then a scattered phys ends
