@@ -1536,6 +1536,9 @@ def self_interrupting_iommu(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     )
 
 
+STALLING_WRITE = 300  # the page write (or removal) of _Stalling that never ends
+
+
 class _Stalling(drivers.PageTableMmu):
     """Its 300th page write (*teardown*: page removal) never ends, in one of these ways:
 
@@ -1561,7 +1564,7 @@ class _Stalling(drivers.PageTableMmu):
 
     async def _write(self) -> None:
         self.writes += 1
-        if self.writes != 300:
+        if self.writes != STALLING_WRITE:
             return
         if self.how == "lost":
             await anyio.Event().wait()

@@ -59,9 +59,15 @@ def test_a_stalled_run_is_stopped_with_what_was_under_way(
     violation = result.violation
     assert violation is not None and violation.rule == "progress", violation
     assert violation.description.startswith(cause), violation.description
-    # the tasks in operations are named with the operation each is in
-    assert "; under way: task " in violation.description, violation.description
-    assert " (" in violation.description and "tasks waiting to start one" in violation.description
+    # the tasks in operations are named with the operation each is in, or the harness's own
+    # calls of the driver at a quiescent point (a racing restart switching every context off
+    # and on writes every page bound: the stalling write may be one of those)
+    under_way = re.search(
+        r"; under way: (task \d+: operation \d+ \(\w+\)|a quiescent check after operation \d+)",
+        violation.description,
+    )
+    assert under_way, violation.description
+    assert "tasks waiting to start one" in violation.description
     assert violation.seq is not None and result.ops < violation.seq < 5_000
     # the record is the run's as the stall found it: every operation ended is in its trace
     assert len(result.trace) == result.ops and result.wall_seconds > 0
