@@ -678,6 +678,27 @@ async def test_a_run_of_reservations_cancelled_anywhere_leaves_nothing_reserved(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("scenario", ["multipart", "many_bindings", "neighbours"])
+def test_a_scenario_an_address_space_is_too_small_for_is_not_run_not_failed(
+    backend: str, scenario: str
+) -> None:
+    # 256 KiB of device addresses: multipart reserves more than a MiB before its race, and
+    # many_bindings 48 bindings in its race; neighbours ends once its runs no longer fit
+    if scenario == "neighbours":
+        report = testing.check_conformance(
+            tricky_drivers.tiny_space, backend=backend, only=scenario, schedules=3
+        )
+        assert report.passed, report.format()
+        return
+    report = _not_passed(tricky_drivers.tiny_space, backend, schedules=3, only=scenario)
+    (result,) = report.results
+    assert result.failure is None and result.failed_before_race is None, report.format()
+    assert result.not_run is not None, report.format()
+    assert result.not_run.startswith("an address space too small for the scenario: [ENOSPC]")
+    assert "could not run: an address space too small" in report.format()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_scenarios_that_make_many_contexts_hold_hardware_to_what_it_has(backend: str) -> None:
     # (attack55's review) an address space of 8 MiB, less than the ranges the scenarios would
     # reserve, and a unit of four context banks, fewer than generations makes: correct, passed

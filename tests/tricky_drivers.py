@@ -497,6 +497,14 @@ def polling_status_two_places(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status-2")
 
 
+def tiny_space(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: the sample page tables behind an address space of 256 KiB that starts off a
+    1 MiB boundary, less than some scenarios need at all (attack58's such driver crashed the
+    suite with avcm's ENOSPC, or failed four scenarios with it)."""
+    tables = PageTableMmu(memory, orders=(8, 4, 0), name="tiny")
+    return avcm.mmu_init(0x1004_0000, 256 << 10, tables, memory=memory, name="tiny")
+
+
 def small_space(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Not broken: the sample page tables behind an address space of 8 MiB, less than some
     scenarios would reserve."""

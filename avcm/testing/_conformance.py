@@ -92,9 +92,17 @@ def _raise_unexpected(outcomes: list[TaskOutcome], allowed: set[int]) -> None:
             raise error
         if _raised_by_driver(error):
             continue
+        if isinstance(error, NoSpaceError):
+            raise _too_small(error) from error
         raise AssertionError(
             f"errors: {outcome.name} failed unexpectedly: {outcome.describe()}"
         ) from error
+
+
+def _too_small(error: NoSpaceError) -> _CannotRun:
+    """A scenario's reservation that avcm's allocator had no room for: the context's address
+    space is smaller than the scenario needs (a driver's own ``ENOSPC`` is rule 8's)."""
+    return _CannotRun(f"an address space too small for the scenario: {error}")
 
 
 # How often the suite's own teardown calls an operation again while the driver fails it before
@@ -1948,6 +1956,8 @@ def _scenario(
                 # A driver call outside the race failed, as rule 8 lets it: it reached the
                 # caller, which is right, and the scenario's steps after it cannot follow.
                 # What the contexts are left in is still held to every rule below.
+                if isinstance(error, NoSpaceError) and not _raised_by_driver(error):
+                    raise _too_small(error) from error
                 if not _raised_by_driver(error):
                     raise
                 raced = bool(run.decisions)
