@@ -604,8 +604,8 @@ class World:
         bound in order to the pieces of a block of an order drawn from :data:`RUN_ORDERS`, all
         given to the tasks (the pools' limit allowing): a context whose space has no room for
         them, or memory no such block, gets none; a bind the driver keeps failing is left for
-        the tasks to make. Each bound piece is reached once all are bound, if its context is
-        on: where hardware folds the run."""
+        the tasks to make. A context that is off is switched on (unless the driver refuses),
+        and each bound piece reached: where hardware folds the run."""
         with self.faults_paused():
             at_the_top = True  # the first run laid: a DMA window off by one shows there too
             for ctx in self.contexts:
@@ -626,6 +626,19 @@ class World:
                     self.adopt_res(res)
                     self.adopt_phys(phys)
                     await retried(functools.partial(res.bind, phys))
+                if not ctx.vcm.activations:
+                    # on, so that the run is in the hardware (and folded) before a task unbinds
+                    # a piece of it: task 0 keeps the activation and releases it as its own
+                    # (attack58: every run laid while its context was off, one 1 MiB run of
+                    # eight ever whole in the hardware; a fold dropped only with its first
+                    # entry went unseen)
+                    try:
+                        await ctx.vcm.activate()
+                    except OSError as failed:  # (rule 8: off, as it was)
+                        if undo_failed(failed):
+                            raise NoVerdict("the harness's switch-on of a run", failed) from failed
+                    else:
+                        self.hold(0, ctx.vcm, 1)
                 for res in run:
                     if res.phys is not None:
                         after_binding(self, res, "the harness's bind of a run next to each other")

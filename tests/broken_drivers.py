@@ -211,6 +211,48 @@ _SHARED_TLBS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, dict[tuple[object, 
 )
 
 
+class PrefetchingTlbPageTable(drivers.PageTableMmu):
+    """A TLB whose walker, on a miss, also fetches the translation of the page after, ahead
+    of use; the fetch lands at the device's next access. An unmap drops the TLB's
+    translations of its pages and, if *cancels* (correct), a fetch in flight for them too;
+    else that fetch lands after the unmap, and the device reaches the old memory through it.
+    Its page tables are right."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, cancels: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="prefetching-tlb")
+        self.cancels = cancels
+        self.tlb: dict[int, int] = {}  # device page -> physical page
+        self.in_flight: dict[int, int] = {}
+
+    def translate(self, addr: int) -> int:
+        if not self.enabled:
+            return super().translate(addr)
+        self.tlb.update(self.in_flight)
+        self.in_flight.clear()
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.tlb.get(page)
+        if cached is not None:
+            return cached + (addr - page)
+        physical = super().translate(addr)
+        self.tlb[page] = physical - (addr - page)
+        after = page + avcm.PAGE_SIZE
+        if self._covering(after) is not None:
+            self.in_flight[after] = super().translate(after)
+        return physical
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
+            self.tlb.pop(page, None)
+            if self.cancels:
+                self.in_flight.pop(page, None)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        self.tlb.clear()
+        self.in_flight.clear()
+
+
 class ShortWindowPageTable(drivers.PageTableMmu):
     """A device whose DMA window check is off by one at the end of physical memory (``<``
     where ``<=`` is meant): an access that ends on the memory's last byte faults. Memory is
@@ -1475,6 +1517,18 @@ def coalescing_tlb_tagged(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: one TLB for every context on the memory, each run tagged with its context and
     dropped with any entry of it."""
     return _coalescing_tlb(memory, shared="tagged")
+
+
+def prefetching_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A fetch ahead in flight lands after the unmap of its page."""
+    hardware = PrefetchingTlbPageTable(memory, cancels=False)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
+def prefetching_tlb_cancelled(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: an unmap cancels a fetch ahead in flight for its pages."""
+    hardware = PrefetchingTlbPageTable(memory, cancels=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
 
 
 def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:

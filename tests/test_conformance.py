@@ -162,6 +162,9 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # ... one TLB for every context, its runs not tagged with the context that folded them
         # (attack57's such driver passed neighbours while it used one context)
         (broken_drivers.coalescing_tlb_untagged, "neighbours", "across reservations next to"),
+        # a walker's fetch of the next page ahead of use, in flight when that page is unmapped,
+        # landing after (attack58's such driver passed every scenario)
+        (broken_drivers.prefetching_tlb, "neighbours", "right after its neighbour was reached"),
         # a page write the hardware did not acknowledge, the pages before it left mapped
         # (attack52's such driver passed every scenario: only injected faults were tried,
         # and those come before the driver runs)
@@ -387,6 +390,8 @@ _CORRECT_WITH_A_TRAIT = [
         pytest.param(broken_drivers.coalescing_tlb_tagged, scenario, 10, id=f"folds-{scenario}")
         for scenario in ("neighbours", "large_pages", "multipart", "long_lived")
     ),
+    # a walker that fetches the next page's translation ahead of use, cancelled by an unmap
+    pytest.param(broken_drivers.prefetching_tlb_cancelled, "neighbours", 3, id="prefetches"),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
     # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
     # setup's poll: the loop busy at one instant for ever), then reported a false

@@ -1075,6 +1075,32 @@ async def _unfolded(
                 if not await _unless_driver_fails(partial(res.bind, again), _BIND_TRIES):
                     return True
                 reached(res)
+    # Walks in flight: from cold, the device reads a word of the piece next to one, nearest to
+    # it, and the piece is unbound right after: a walker that fetches the next entry (or the
+    # one before) on a miss, ahead of use, must not have it land after the unbind's
+    # invalidation (attack58's prefetch did; every access above came after others had
+    # filled the TLB).
+    for index in gone:
+        if not await _unless_driver_fails(vcm.deactivate):
+            return True
+        if not await _unless_driver_fails(vcm.activate):
+            return False
+        res = reservations[index]
+        if index:
+            below = reservations[index - 1]
+            _read_word(vcm, below, below.res_size - 8)
+        else:
+            _read_word(vcm, reservations[1], 0)
+        await _until_done(res.unbind)
+        check_quiescent(vcms, physes=every)
+        _expect_gone(
+            vcm,
+            res.start,
+            res.res_size,
+            "after an unbind right after its neighbour was reached from cold",
+        )
+        if not await _unless_driver_fails(partial(res.bind, physes[index]), _BIND_TRIES):
+            return True
     return True
 
 
@@ -1123,19 +1149,41 @@ def _across(vcm: Vcm, pieces: Sequence[Res]) -> None:
             )
 
 
-def _memory_at(res: Res, offset: int) -> bytes | None:
-    """The :data:`_BURST` bytes of memory bound at *offset* into *res* (None if the suite
-    cannot read its memory)."""
+def _memory_at(res: Res, offset: int, length: int = _BURST) -> bytes | None:
+    """The *length* bytes of memory bound at *offset* into *res* (None if the suite cannot
+    read its memory)."""
     phys = res.phys
     if phys is None or phys.memory is None:
         return None
     for part in phys.parts:
         if offset < part.size:
-            if offset + _BURST > part.size:
+            if offset + length > part.size:
                 return None  # (across two parts: not read here)
-            return phys.memory.read(part.start + offset, _BURST)
+            return phys.memory.read(part.start + offset, length)
         offset -= part.size
     return None
+
+
+def _read_word(vcm: Vcm, res: Res, offset: int) -> None:
+    """A device read of the word at *offset* into bound *res* returns the memory bound there
+    (rule 4)."""
+    device = _device(vcm)
+    if device is None or not vcm.activations:
+        return
+    address = res.start + offset
+    try:
+        seen = device.read(address, 8)
+    except Exception as error:
+        raise AssertionError(
+            f"rule 4: a device read at {address:#x} through {vcm.name}, active and bound there, "
+            f"failed: {type(error).__name__}: {error}"
+        ) from error
+    bound = _memory_at(res, offset, 8)
+    if bound is not None and seen != bound:
+        raise AssertionError(
+            f"rule 4: a device read at {address:#x} through {vcm.name} does not return the "
+            "memory bound there"
+        )
 
 
 async def _memory_ends(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
