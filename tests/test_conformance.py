@@ -704,6 +704,25 @@ def test_a_scenario_an_address_space_is_too_small_for_is_not_run_not_failed(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_long_steady_work_is_no_verdict_not_a_failure(backend: str) -> None:
+    # A scenario with no race allows long work (10x the steps in a row): a turn of binds of
+    # 4 KiB pages, a step each, no time passing, ran out of the default (attack58: FAILED)
+    report = testing.check_conformance(
+        tricky_drivers.small_pages_at_once, backend=backend, only="own_failures", schedules=1
+    )
+    assert report.passed, report.format()
+    # A racing one that still runs out of steps while its tasks make steady progress (no
+    # livelock seen) has no verdict, with why and how to see it
+    report = _not_passed(tricky_drivers.long_switch_on, backend, 1, only="activation_is_real")
+    (result,) = report.results
+    assert result.failure is None and result.not_run is not None, report.format()
+    assert result.not_run.startswith(
+        "a schedule ran out of its step budget while its tasks kept making progress"
+    )
+    assert "--replay" in result.not_run or "replay_token=" in result.not_run
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_scenarios_that_make_many_contexts_hold_hardware_to_what_it_has(backend: str) -> None:
     # (attack55's review) an address space of 8 MiB, less than the ranges the scenarios would
     # reserve, and a unit of four context banks, fewer than generations makes: correct, passed

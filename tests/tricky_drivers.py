@@ -497,6 +497,48 @@ def polling_status_two_places(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status-2")
 
 
+class _YieldingSmallPages(PageTableMmu):
+    """4 KiB pages only, no latency; each page write and removal lets the loop run once."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(0,), latency=ZERO, name="small-pages")
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.lowlevel.checkpoint()
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await anyio.lowlevel.checkpoint()
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+
+class _LongSwitchOn(PageTableMmu):
+    """A switch-on that sets up each of many registers in turn, a step each, no time passing."""
+
+    REGISTERS = tuple(f"register {index:#x}" for index in range(12_000))
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="long-switch-on")
+
+    async def enable(self, vcm: avcm.Vcm) -> None:
+        for _register in self.REGISTERS:
+            await anyio.lowlevel.checkpoint()
+        await super().enable(vcm)
+
+
+def long_switch_on(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: a switch-on of 12,000 steps, more than a racing scenario's step budget, each
+    a register of its own (steady progress, no livelock)."""
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _LongSwitchOn(memory), memory=memory)
+
+
+def small_pages_at_once(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Not broken: 4 KiB pages only, each write a step and no time passing, so that a turn of
+    binds and unbinds takes hundreds of steps with the clock standing still (attack58's such
+    driver ran out of the step budget in own_failures: said to fail)."""
+    return avcm.mmu_init(0x1000_0000, 1 << 30, _YieldingSmallPages(memory), memory=memory)
+
+
 def tiny_space(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Not broken: the sample page tables behind an address space of 256 KiB that starts off a
     1 MiB boundary, less than some scenarios need at all (attack58's such driver crashed the

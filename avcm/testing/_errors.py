@@ -74,7 +74,10 @@ class StepBudgetError(ScheduleFailure):
     row with no task waiting for time to pass (virtual time standing still, or moved only by
     the spin rule: a livelock, and the message names the cycle of steps that repeats), or 20
     times as many in all, time passing (a run that does not end), or a bigger scenario than
-    the budget."""
+    the budget. ``steady_progress`` is true when the tasks kept changing state all along (no
+    livelock seen: a longer run than the budget, whose verdict is none either way)."""
+
+    steady_progress: bool = False
 
 
 class RunawayError(ScheduleFailure):

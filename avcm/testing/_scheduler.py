@@ -2047,7 +2047,9 @@ class Run:
         every repetition waits for time to pass is no livelock: its steps do not count
         towards the first."""
         if self._still(time) and self._budget_steps() >= self.max_steps:
-            raise StepBudgetError(self._describe_budget())
+            error = StepBudgetError(self._describe_budget())
+            error.steady_progress = self._progress_run == len(self._steps) - self._still_steps
+            raise error
         if len(self._steps) >= self.max_steps * _ALL_STEPS:
             raise StepBudgetError(
                 f"the run took more than {self.max_steps * _ALL_STEPS} steps "
@@ -2141,7 +2143,7 @@ class Run:
             f"the run took more than {self.max_steps} steps in a row with no task waiting for "
             f"time to pass"
         )
-        if self._progress_run == len(self._steps) - self._still_steps:
+        if self._progress_run == len(self._steps) - self._still_steps:  # (steady_progress)
             return (
                 f"step budget: {still}, while the tasks kept changing state (their frames, "
                 f"variables or what those name): steady progress, no livelock seen; a longer "
