@@ -637,6 +637,8 @@ class World:
                     except OSError as failed:  # (rule 8: off, as it was)
                         if undo_failed(failed):
                             raise NoVerdict("the harness's switch-on of a run", failed) from failed
+                    except ExceptionGroup as group:
+                        raise group_not_an_oserror(f"activate of {ctx.name}", group) from None
                     else:
                         self.hold(0, ctx.vcm, 1)
                 for res in run:
@@ -1258,6 +1260,15 @@ def _record(world: World, error: BaseException, what: str, seq: int) -> None:
         world.result.violation = error
 
 
+def group_not_an_oserror(what: str, group: ExceptionGroup[Exception]) -> Violation:
+    """An exception group a driver's call raised (from a task group of its own), where avcm
+    lets through only an ``OSError``: a violation that names the group, not its one leaf."""
+    tail = "".join(traceback.format_exception(group)[-6:])
+    return Violation(
+        "errors", f"{what} raised an exception group, not an OSError: {group!r}\n{tail}"
+    )
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
@@ -1396,10 +1407,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         if isinstance(error, ExceptionGroup):
             # the operations start no task group: a driver's group, whatever it holds, is not
             # an OSError (_record would show its one leaf, which reads as an errno refused)
-            tail = "".join(traceback.format_exception(error)[-6:])
-            error = Violation(
-                "errors", f"{op} raised an exception group, not an OSError: {error!r}\n{tail}"
-            )
+            error = group_not_an_oserror(op, error)
         _record(world, error, op, seq)
     finally:
         del world.doing[task.index]

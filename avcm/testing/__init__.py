@@ -23,6 +23,8 @@ the conformance suite and the tests. They belong with the race finder, not in ``
 :func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run, and
 :func:`pending_timers` and :func:`timers_left` the timers its loop has pending and those some
 code left behind (to aim at them), :func:`sleep_past` a sleep till the task one wakes has run;
+:func:`take_top_block` and :func:`reserve_run` put memory at the very end of physical memory
+and reservations next to each other, where bugs at an edge live;
 :func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
 project's command lines (``python -m stress``, ``python -m bench``, ``python -m avcm.testing``)
 share: Ctrl-C as one line and exit status 130, output paths checked before the work.
