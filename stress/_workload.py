@@ -640,6 +640,7 @@ class World:
                     except ExceptionGroup as group:
                         raise group_not_an_oserror(f"activate of {ctx.name}", group) from None
                     else:
+                        self.switched_on(ctx)
                         self.hold(0, ctx.vcm, 1)
                 for res in run:
                     if res.phys is not None:
