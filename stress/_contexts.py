@@ -218,19 +218,22 @@ class Context:
         except Exception as error:
             raise DeviceFault(self, address, error) from error
 
-    def device_faults(self, address: int, length: int) -> bool:
+    def device_faults(self, address: int, length: int, *, write: bool = True) -> bool:
         """Whether a device read at *address* fails (whatever it raises), and so does a write
         of zeros there: neither reaches memory. For the probes that expect a fault, without
         making a :class:`DeviceFault` of the error. Both kinds of access: a device's read and
         write engines may each keep their own walk of the table, and one an unmap forgot is
         seen by its own kind of access only (attack52). (A write that goes through lands in
-        memory the model does not bind there: the probe reports it.)"""
+        memory the model does not bind there: the probe reports it.) Not *write*: the read
+        alone (an access that starts in memory still bound, where a write may land)."""
         device = self._device
         if device is None:  # pragma: no cover - has_device checks
             raise TypeError(f"{self.name} has no device view")
         try:
             device.read(address, length)
         except Exception:
+            if not write:
+                return True
             try:
                 device.write(address, bytes(length))
             except Exception:

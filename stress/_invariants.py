@@ -242,6 +242,11 @@ CANARY_LENGTH = 16
 # boundary: at random offsets, about 1 in 130 did (attack46: a device translating a burst's first
 # byte only went unseen in 27 of 50 runs)
 ACROSS_A_PAGE_EVERY = 2
+# One data check in this many is of LONG_ACCESS bytes to a page, not of a word or a burst: a
+# device may translate long accesses through a cache of its own (as a PCIe device's ATC),
+# which an unmap must invalidate too (attack59's such driver passed every run)
+LONG_EVERY = 8
+LONG_ACCESS = 256
 CANARIES = 8  # per new phys, spread over it: as many as the writes a phys keeps checked
 
 
@@ -284,6 +289,8 @@ def check_data(world: World, phys: avcm.Phys, rng: random.Random) -> str:
     physical memory. Synchronous: nothing else runs meanwhile. Returns the outcome."""
     views = _views(world, phys)
     length = rng.randrange(1, 65)
+    if rng.randrange(LONG_EVERY) == 0:
+        length = rng.randrange(LONG_ACCESS, avcm.PAGE_SIZE + 1)
     if length > 1 and phys.size > avcm.PAGE_SIZE and rng.randrange(ACROSS_A_PAGE_EVERY) == 0:
         # across a page boundary: a device that translates only an access's first byte and
         # goes on in physical memory (a burst) reaches past the page into other memory

@@ -46,6 +46,7 @@ from ._contexts import (
 )
 from ._device import (
     DevicePages,
+    across,
     after_binding,
     after_deactivate,
     after_unmapping,
@@ -642,9 +643,13 @@ class World:
                     else:
                         self.switched_on(ctx)
                         self.hold(0, ctx.vcm, 1)
+                laid = "the harness's bind of a run next to each other"
                 for res in run:
                     if res.phys is not None:
-                        after_binding(self, res, "the harness's bind of a run next to each other")
+                        after_binding(self, res, laid)
+                if ctx.translated and ctx.vcm.activations:
+                    for lower, upper in itertools.pairwise(run):
+                        across(self, ctx, lower, upper, f"after {laid}")
                 whole = RUN_PIECES * run[0].res_size
                 apart = run[0].start % whole or any(
                     lower.start + lower.res_size != upper.start

@@ -253,6 +253,86 @@ class PrefetchingTlbPageTable(drivers.PageTableMmu):
         self.in_flight.clear()
 
 
+class BurstNextTlbPageTable(drivers.PageTableMmu):
+    """A TLB whose entry for a page keeps the translation of the page after it too, which an
+    access that goes on from the page into the next one uses. An unmap drops the entries of
+    its pages and, if *drops_next* (correct), the translation of its first page that the
+    entry of the page below keeps; else a burst from the page below still reaches the old
+    memory of the unmapped page, where an access at the page itself faults. Its page tables
+    are right."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, drops_next: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="burst-next-tlb")
+        self.drops_next = drops_next
+        self.next_of: dict[int, int] = {}  # device page -> physical page of the next one
+
+    def _chunks(self, addr: int, length: int) -> list[tuple[int, int]]:
+        first = avcm.PAGE_SIZE - (addr & (avcm.PAGE_SIZE - 1)) if type(addr) is int else 0
+        if type(length) is not int or length <= first or not self.enabled:
+            return super()._chunks(addr, length)
+        chunks = super()._chunks(addr, first)
+        page, left = addr - addr % avcm.PAGE_SIZE, length - first
+        while left:
+            physical = self.next_of.get(page)
+            if physical is None:
+                physical = self.next_of[page] = self.translate(page + avcm.PAGE_SIZE)
+            chunks.append((physical, min(left, avcm.PAGE_SIZE)))
+            page, left = page + avcm.PAGE_SIZE, left - min(left, avcm.PAGE_SIZE)
+        return chunks
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
+            self.next_of.pop(page, None)
+            if self.drops_next:
+                self.next_of.pop(page - avcm.PAGE_SIZE, None)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        self.next_of.clear()
+
+
+class LongAccessCachePageTable(drivers.PageTableMmu):
+    """A device that translates accesses of 256 bytes or more through a cache of its own (as
+    a PCIe device's ATC), filled page by page as they miss. An unmap invalidates the pages'
+    translations there if *invalidates* (correct); else a long access still reaches the old
+    memory of an unmapped page, where a word or a 64-byte burst faults. Its page tables are
+    right."""
+
+    LONG = 256
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, invalidates: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="long-access-cache")
+        self.invalidates = invalidates
+        self.atc: dict[int, int] = {}  # device page -> physical page
+
+    def _chunks(self, addr: int, length: int) -> list[tuple[int, int]]:
+        if type(addr) is not int or type(length) is not int or length < self.LONG:
+            return super()._chunks(addr, length)
+        if not self.enabled:
+            return super()._chunks(addr, length)
+        chunks = []
+        while length:
+            page = addr - addr % avcm.PAGE_SIZE
+            physical = self.atc.get(page)
+            if physical is None:
+                physical = self.atc[page] = self.translate(page)
+            chunk = min(length, page + avcm.PAGE_SIZE - addr)
+            chunks.append((physical + addr - page, chunk))
+            addr, length = addr + chunk, length - chunk
+        return chunks
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+        if self.invalidates:
+            for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
+                self.atc.pop(page, None)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        self.atc.clear()
+
+
 class ShortWindowPageTable(drivers.PageTableMmu):
     """A device whose DMA window check is off by one at the end of physical memory (``<``
     where ``<=`` is meant): an access that ends on the memory's last byte faults. Memory is
@@ -1528,6 +1608,30 @@ def prefetching_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def prefetching_tlb_cancelled(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: an unmap cancels a fetch ahead in flight for its pages."""
     hardware = PrefetchingTlbPageTable(memory, cancels=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
+def burst_next_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A burst from the page below an unmapped one reaches its old memory."""
+    hardware = BurstNextTlbPageTable(memory, drops_next=False)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
+def burst_next_tlb_dropped(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: an unmap drops the page below's copy of its first page's translation."""
+    hardware = BurstNextTlbPageTable(memory, drops_next=True)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
+def long_access_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A long access reaches an unmapped page's old memory through the device's own cache."""
+    hardware = LongAccessCachePageTable(memory, invalidates=False)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+
+
+def long_access_cache_invalidated(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: an unmap invalidates the device's cache for long accesses."""
+    hardware = LongAccessCachePageTable(memory, invalidates=True)
     return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
 
 

@@ -165,6 +165,12 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # a walker's fetch of the next page ahead of use, in flight when that page is unmapped,
         # landing after (attack58's such driver passed every scenario)
         (broken_drivers.prefetching_tlb, "neighbours", "right after its neighbour was reached"),
+        # a TLB entry's copy of the next page's translation, which a burst from the page below
+        # uses after that page was unmapped (attack59's such driver passed every scenario)
+        (broken_drivers.burst_next_tlb, "neighbours", "on into"),
+        # a device's own cache for accesses of 256 bytes or more, which an unmap never reaches
+        # (attack59's such driver passed every scenario: fault checks were 8 and 64 bytes)
+        (broken_drivers.long_access_cache, "far_apart", "where the model maps nothing"),
         # a page write the hardware did not acknowledge, the pages before it left mapped
         # (attack52's such driver passed every scenario: only injected faults were tried,
         # and those come before the driver runs)
@@ -390,8 +396,12 @@ _CORRECT_WITH_A_TRAIT = [
         pytest.param(broken_drivers.coalescing_tlb_tagged, scenario, 10, id=f"folds-{scenario}")
         for scenario in ("neighbours", "large_pages", "multipart", "long_lived")
     ),
-    # a walker that fetches the next page's translation ahead of use, cancelled by an unmap
+    # a walker that fetches the next page's translation ahead of use, cancelled by an unmap;
+    # a TLB entry keeping the next page's too, dropped with it; a device's own cache for long
+    # accesses, invalidated by an unmap
     pytest.param(broken_drivers.prefetching_tlb_cancelled, "neighbours", 3, id="prefetches"),
+    pytest.param(broken_drivers.burst_next_tlb_dropped, "neighbours", 3, id="bursts"),
+    pytest.param(broken_drivers.long_access_cache_invalidated, "neighbours", 3, id="long"),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
     # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
     # setup's poll: the loop busy at one instant for ever), then reported a false
@@ -683,24 +693,27 @@ async def test_a_run_of_reservations_cancelled_anywhere_leaves_nothing_reserved(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("scenario", ["multipart", "many_bindings", "neighbours"])
-def test_a_scenario_an_address_space_is_too_small_for_is_not_run_not_failed(
-    backend: str, scenario: str
-) -> None:
+def test_a_scenario_an_address_space_is_too_small_for_does_not_apply(backend: str) -> None:
     # 256 KiB of device addresses: multipart reserves more than a MiB before its race, and
-    # many_bindings 48 bindings in its race; neighbours ends once its runs no longer fit
-    if scenario == "neighbours":
+    # many_bindings 48 bindings in its race, which do not fit (attack58: exit 2 with avcm's
+    # ENOSPC, or FAILED); neighbours ends once its runs no longer fit. Not a failure of the
+    # driver: the suite passes, and says what did not apply and why
+    for scenario in ("multipart", "many_bindings", "neighbours"):
         report = testing.check_conformance(
             tricky_drivers.tiny_space, backend=backend, only=scenario, schedules=3
         )
-        assert report.passed, report.format()
-        return
-    report = _not_passed(tricky_drivers.tiny_space, backend, schedules=3, only=scenario)
-    (result,) = report.results
-    assert result.failure is None and result.failed_before_race is None, report.format()
-    assert result.not_run is not None, report.format()
-    assert result.not_run.startswith("an address space too small for the scenario: [ENOSPC]")
-    assert "could not run: an address space too small" in report.format()
+        (result,) = report.results
+        assert report.passed and result.not_run is None, report.format()
+        text = report.format()
+        if scenario == "neighbours":
+            assert result.does_not_apply is None and "does not apply" not in text
+            continue
+        assert result.does_not_apply is not None, text
+        assert result.does_not_apply.startswith(
+            "an address space too small for the scenario: [ENOSPC]"
+        )
+        assert f"{scenario} does not apply: an address space too small" in text
+        assert "covered: 0 scenario(s) (1 did not apply to the driver)" in text
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -314,6 +314,13 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         # ... one TLB for every context, its runs not tagged with a context: the runs laid out
         # in each context lie at the same device addresses
         ("coalescing_tlb_untagged", {"rule 4"}),
+        # a TLB entry's copy of the next page's translation, used by a burst from the page
+        # below after that page was unmapped: reads across the runs' boundaries fill it, and a
+        # read from below crosses into each range unmapped (attack59's: never found before)
+        ("burst_next_tlb", {"rule 4"}),
+        # a device's own cache for long accesses, never invalidated: one data check in 8 is
+        # long, and a page-long access is made at each range unmapped (attack59's: never)
+        ("long_access_cache", {"rule 4"}),
         # a device write engine's walk an unmap forgot: probes that expect a fault write too
         ("stale_write_walk", {"rule 4"}),
         # a DMA window off by one at the end of memory: now and then a scattered phys ends
@@ -417,9 +424,11 @@ def test_broken_shared_hardware_is_caught_within_10000_operations(
     violation = json.loads(report.read_text())["violation"]
     assert violation["rule"] in rules and violation["seq"] <= 10_000, violation
     if driver == "burst_device":
-        # where the access left its memory: the first byte that is not there, by device address
+        # where the access left its memory: the first byte that is not there, by device
+        # address, or the range unmapped that a read from below crossed into
         assert re.search(
-            r"not in its physical memory from byte [1-9]\d* on \(device address 0x[0-9a-f]+\)",
+            r"not in its physical memory from byte [1-9]\d* on \(device address 0x[0-9a-f]+\)"
+            r"|a device access from 0x[0-9a-f]+ on into 0x[0-9a-f]+ through \w+ reached memory",
             violation["description"],
         ), violation
 
@@ -605,6 +614,28 @@ def test_correct_drivers_pass_with_the_default_contexts(
         assert "driver EIO" in outcomes
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "driver",
+    ["prefetching_tlb_cancelled", "burst_next_tlb_dropped", "long_access_cache_invalidated"],
+)
+def test_correct_translation_caches_pass_with_the_default_contexts(
+    backend: str, driver: str
+) -> None:
+    # caches that the harness's reads across runs, long data checks and probes from below an
+    # unmapped range fill and look into: each kept right by its unmaps
+    config = StressConfig(
+        backend=backend,
+        tasks=2,
+        ops=3000,
+        driver=f"tests.broken_drivers:{driver}",
+        contexts=DRIVER_DEFAULT_CONTEXTS,
+    )
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    assert result.checks["runs of reservations next to each other laid"] == 6
+
+
 # -- one context changing while the others go on ----------------------------------------------
 
 
@@ -784,8 +815,9 @@ def test_an_enable_returning_before_the_shared_unit_is_on_is_caught_with_one_tas
     backend: str,
 ) -> None:
     # A second enabler of the shared unit returns before the first one's power-up finished:
-    # one task never starts two contexts at once, the drain does (here the one at the end of
-    # a run shorter than --drain-every), and each is probed as soon as its activate returns.
+    # one task never starts two contexts at once, the drain does (the one at the end of a run
+    # shorter than --drain-every, at the latest), and each is probed as soon as its activate
+    # returns.
     config = StressConfig(
         backend=backend,
         tasks=1,
@@ -795,7 +827,7 @@ def test_an_enable_returning_before_the_shared_unit_is_on_is_caught_with_one_tas
     )
     violation = stress.run(config).violation
     # activation that was not real: rule 1, not the model's rule 4
-    assert violation is not None and violation.rule == "rule 1" and violation.seq == 1500
+    assert violation is not None and violation.rule == "rule 1" and violation.seq <= 1500
     assert "activate returned" in violation.description and "inactive" in violation.description
 
 
