@@ -1575,8 +1575,7 @@ def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 
 def _coalescing_tlb(memory: avcm.PhysicalMemory, **options: Any) -> avcm.Vcm:
-    hardware = CoalescingTlbPageTable(memory, **options)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(CoalescingTlbPageTable(memory, **options))
 
 
 def coalescing_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
@@ -1599,40 +1598,39 @@ def coalescing_tlb_tagged(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _coalescing_tlb(memory, shared="tagged")
 
 
+def _in_a_gib(hardware: drivers.PageTableMmu) -> avcm.Vcm:
+    """A context of *hardware* over a GiB of device addresses, on its memory."""
+    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=hardware.memory)
+
+
 def prefetching_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A fetch ahead in flight lands after the unmap of its page."""
-    hardware = PrefetchingTlbPageTable(memory, cancels=False)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(PrefetchingTlbPageTable(memory, cancels=False))
 
 
 def prefetching_tlb_cancelled(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: an unmap cancels a fetch ahead in flight for its pages."""
-    hardware = PrefetchingTlbPageTable(memory, cancels=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(PrefetchingTlbPageTable(memory, cancels=True))
 
 
 def burst_next_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A burst from the page below an unmapped one reaches its old memory."""
-    hardware = BurstNextTlbPageTable(memory, drops_next=False)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(BurstNextTlbPageTable(memory, drops_next=False))
 
 
 def burst_next_tlb_dropped(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: an unmap drops the page below's copy of its first page's translation."""
-    hardware = BurstNextTlbPageTable(memory, drops_next=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(BurstNextTlbPageTable(memory, drops_next=True))
 
 
 def long_access_cache(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A long access reaches an unmapped page's old memory through the device's own cache."""
-    hardware = LongAccessCachePageTable(memory, invalidates=False)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(LongAccessCachePageTable(memory, invalidates=False))
 
 
 def long_access_cache_invalidated(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: an unmap invalidates the device's cache for long accesses."""
-    hardware = LongAccessCachePageTable(memory, invalidates=True)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, hardware, memory=memory)
+    return _in_a_gib(LongAccessCachePageTable(memory, invalidates=True))
 
 
 def short_window(memory: avcm.PhysicalMemory) -> avcm.Vcm:
