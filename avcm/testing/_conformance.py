@@ -2207,7 +2207,7 @@ class ConformanceReport:
                 width=100,
             )
         if self.passed:
-            verdict = "passed"
+            verdict = f"passed ({len(apart)} scenario(s) did not apply)" if apart else "passed"
         elif self.failures or early:
             verdict = "FAILED"
         else:
