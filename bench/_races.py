@@ -140,7 +140,7 @@ def race_rows(seeds: int, cap: int, plain_cap: int) -> list[Row]:
     seeds each finder finds it within :data:`BUDGET` schedules (plain runs), and the median
     schedules when found; PCT's target is every race in at least 9 of 10 seeds. *cap* and
     *plain_cap* bound the search beyond the budget (reported as found within the cap)."""
-    rows = [_schedules_per_second(2_000 if seeds > 3 else 300)]
+    rows = [_schedules_per_second(2_000 if seeds > 3 else 300), _spawning(4_000)]
     need = math.ceil(0.9 * seeds)
     met_all = 0
     races = [
@@ -222,4 +222,37 @@ def _schedules_per_second(schedules: int, rounds: int = 5) -> Row:
         f"median of {rounds} rounds of {schedules} schedules each, timed in turns "
         f"(spread {min(speeds):.2f}-{max(speeds):.2f}); {schedules / took:,.0f} schedules/s "
         f"controlled in the last round",
+    )
+
+
+def _spawning(spawned: int) -> Row:
+    """What the race finder's step costs as a run spawns more tasks: two tasks that each
+    spawn a child per request (a driver that hands each page write to a task of its own),
+    *spawned* children in all against a tenth as many, the cost per child as a ratio. The
+    finder once kept every child after it ended and scanned them all at each step: 600 s
+    against 0.9 s plain for attack59's driver."""
+
+    def cost(count: int) -> float:
+        async def scenario(run: testing.Run) -> None:
+            async def spawner() -> None:
+                async with anyio.create_task_group() as group:
+                    for _ in range(count // 2):
+                        group.start_soon(anyio.lowlevel.checkpoint)
+                        await anyio.lowlevel.checkpoint()
+
+            await run.concurrently(spawner, spawner)
+
+        start = time.process_time()
+        testing.explore(scenario, strategy=testing.RandomWalk(0), schedules=1, shrink=False)
+        return (time.process_time() - start) / count
+
+    cost(spawned // 10)  # (warm up)
+    ratio = statistics.median(cost(spawned) / cost(spawned // 10) for _ in range(3))
+    return Row(
+        f"race finder: cost per spawned task, {spawned:,} spawned in a run vs {spawned // 10:,}",
+        f"{spawned // 10:,} spawned",
+        ratio,
+        "<= 1.5x",
+        ratio <= 1.5,
+        "median of 3, CPU time; a ratio near 1 is a cost linear in the tasks spawned",
     )

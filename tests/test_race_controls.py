@@ -2381,6 +2381,46 @@ def test_exhaustive_counts_the_interleavings_of_spawned_children(backend: str) -
         assert result.schedules == math.comb(2 * k + 2, k + 1)
 
 
+def after_many_children(scenario: testing.Scenario, children: int = 40) -> testing.Scenario:
+    """*scenario*, after one task spawned *children* children one at a time and waited for
+    each: tasks that ended long before the ones that race, as a driver that spawns a task
+    per request has."""
+
+    async def spawned_before(run: testing.Run) -> None:
+        async def parent() -> None:
+            for _ in range(children):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(anyio.sleep, 0)
+
+        for outcome in await run.concurrently(parent):
+            outcome.unwrap()
+        await scenario(run)
+
+    return spawned_before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_children_that_ended_long_ago_change_no_count_and_no_race(backend: str) -> None:
+    """The finder forgets children once they ended (a run's cost stays linear in the tasks
+    it spawns): that changes neither the interleavings Exhaustive counts nor a race found,
+    shrunk and replayed after them."""
+    result = testing.explore(
+        after_many_children(parent_of_two(2)),
+        strategy=testing.Exhaustive(32),
+        schedules=10_000,
+        backend=backend,
+    )
+    assert result.exhausted and not result.found
+    assert result.schedules == math.comb(6, 3)
+    late = after_many_children(lost_update_between_children)
+    result = testing.explore(late, schedules=500, backend=backend)
+    failure = result.failure
+    assert failure is not None and "an update lost: 1" in str(failure.error)
+    assert failure.timeline.preemptions == 1
+    replayed = testing.replay(late, failure.token, backend=backend)
+    assert replayed is not None and str(replayed.error) == str(failure.error)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
