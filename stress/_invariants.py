@@ -73,19 +73,22 @@ class Violation(Exception):
 class NoVerdict(Exception):
     """What followed cannot be judged: avcm's undo of a failed or cancelled operation failed
     too (:func:`avcm.lowlevel.undo_failed`), and the contract's partial effects say that no
-    framework can contain that; the hardware may be left half done. The run stops there."""
+    framework can contain that; the hardware may be left half done. Nothing is judged then
+    till the next quiescent point, where the harness starts over on new memory
+    (``World.start_over``). Or the run cannot go on (the harness's own release failed time
+    after time, the factory failed to build a context anew): it stops there."""
 
     def __init__(self, what: str, error: BaseException) -> None:
         # what the error says, not its repr: a cancellation's names its scope by address
         said = f"{error}" if isinstance(error, Exception) else type(error).__name__
-        if not undo_failed(error):
+        self.undo = undo_failed(error)  # (else the run cannot go on: see World.start_over)
+        if not self.undo:
             super().__init__(f"{what}: {said}: nothing after it can be judged")
             return
         notes = "; ".join(getattr(error, "__notes__", ()))
         super().__init__(
             f"{what}: avcm's undo of {said} failed too ({notes}): the hardware may be left "
-            "half done, which the contract cannot contain (partial effects), so nothing after "
-            "it can be judged"
+            "half done, which the contract cannot contain (partial effects)"
         )
 
 

@@ -28,6 +28,8 @@ class Recording:
     violation: dict[str, Any] | None
     no_verdict: str | None = None
     code: str | None = None  # harness_code() of the run recorded (None: not recorded)
+    # the operations not judged after undos that failed: (first, last) of each window
+    unjudged: tuple[tuple[int, int], ...] = ()
 
 
 def _problem(document: Any) -> str | None:
@@ -53,6 +55,12 @@ def _problem(document: Any) -> str | None:
         return "'violation' is neither null nor an object with a rule and a description"
     if not isinstance(document.get("no_verdict"), (str, type(None))):
         return "'no_verdict' is neither null nor a string"
+    unjudged = document.get("unjudged", [])
+    if not isinstance(unjudged, list) or not all(
+        isinstance(window, dict) and all(type(window.get(key)) is int for key in ("first", "last"))
+        for window in unjudged
+    ):
+        return "'unjudged' is not a list of windows with a first and a last operation"
     if not isinstance(document.get("code"), (str, type(None))):
         return "'code' is neither null nor a string"
     started = document.get("started", 0)
@@ -91,7 +99,12 @@ def load_recording(path: Path, driver: str | None = None) -> Recording:
             raise UsageError(f"--replay {path}: the recorded --duration run has no operation")
         config = replace(config, duration=None, ops=max(len(trace), document.get("started", 0)))
     return Recording(
-        config, trace, document.get("violation"), document.get("no_verdict"), document.get("code")
+        config,
+        trace,
+        document.get("violation"),
+        document.get("no_verdict"),
+        document.get("code"),
+        tuple((window["first"], window["last"]) for window in document.get("unjudged", [])),
     )
 
 
@@ -147,6 +160,12 @@ def verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
 def _verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     lines = []
     divergence = _compare(recording.trace, result.trace)
+    unjudged = tuple((first, last) for first, last, _ in result.unjudged)
+    if divergence is None and unjudged != recording.unjudged:
+        divergence = (
+            f"the operations not judged after undos that failed: recorded "
+            f"{_windows(recording.unjudged)}, replayed {_windows(unjudged)}"
+        )
     if divergence is not None:
         lines.append(f"REPLAY DIVERGED: {divergence}")
     if recording.no_verdict is not None or result.no_verdict is not None:
@@ -177,3 +196,7 @@ def _verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
         ending = ("a different violation" if found else "no violation") + f"; {wanted}"
     lines.append(f"NOT REPRODUCED: {ending}")
     return False, lines
+
+
+def _windows(windows: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(f"{first}-{last}" for first, last in windows) or "none"

@@ -119,6 +119,8 @@ def render_summary(config: StressConfig, result: RunResult, out: TextIO) -> None
             "warnings (expected when tasks race): "
             + ", ".join(f"{k} {v}" for k, v in sorted(result.warnings.items()))
         )
+    for line in unjudged_lines(result):
+        console.print(line)
     violations = 0 if result.violation is None else 1
     console.print(f"violations: {violations}")
 
@@ -150,8 +152,22 @@ def summary_line(config: StressConfig, result: RunResult) -> str:
     no_verdict = "" if result.no_verdict is None else ", NO VERDICT"
     return (
         f"avcm stress: backend={config.backend} seed={config.seed}: {result.ops:,} ops, "
-        f"{violations} violation{'' if violations == 1 else 's'}{no_verdict}"
+        f"{violations} violation{'' if violations == 1 else 's'}{no_verdict}{_unjudged(result)}"
     )
+
+
+def _unjudged(result: RunResult) -> str:
+    """How many operations went unjudged after undos that failed, for the summary line."""
+    if not result.unjudged:
+        return ""
+    count = sum(last - first + 1 for first, last, _ in result.unjudged)
+    return f" ({count:,} not judged after {len(result.unjudged)} undo(s) that failed)"
+
+
+def unjudged_lines(result: RunResult) -> list[str]:
+    """A line for each window of operations not judged, from an undo that failed to where the
+    harness started over on new memory."""
+    return [f"not judged: operations {first}-{last}: {why}" for first, last, why in result.unjudged]
 
 
 def replay_command(
@@ -227,6 +243,7 @@ def trace_document(config: StressConfig, result: RunResult) -> dict[str, Any]:
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
         "no_verdict": result.no_verdict,
+        "unjudged": _unjudged_json(result),
         "started": result.started,
         "trace": [asdict(outcome) for outcome in result.trace],
     }
@@ -270,5 +287,10 @@ def report_json(config: StressConfig, result: RunResult) -> dict[str, Any]:
         if violation is None
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
         "no_verdict": result.no_verdict,
+        "unjudged": _unjudged_json(result),
         "abandoned": result.abandoned,
     }
+
+
+def _unjudged_json(result: RunResult) -> list[dict[str, Any]]:
+    return [{"first": first, "last": last, "why": why} for first, last, why in result.unjudged]

@@ -248,8 +248,13 @@ class RunResult:
     checks: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
     violation: Violation | None = None
-    # why the run stopped with no verdict (an undo that failed: partial effects), if it did
+    # why the run stopped with no verdict (the harness's own release failed, the factory
+    # failed to build a context anew: it cannot go on), if it did
     no_verdict: str | None = None
+    # the windows of operations not judged: from an operation whose undo failed (partial
+    # effects: what the hardware holds is unknown) to the next quiescent point, where the
+    # harness started over on new memory; each (first operation, last, why)
+    unjudged: list[tuple[int, int, str]] = field(default_factory=list)
     # a stalled run that could not be stopped (a task stuck where no cancellation reaches)
     abandoned: bool = False
     # operations started (some may not have ended: a stalled run's, or one a violation stopped)
@@ -372,6 +377,8 @@ class World:
         # (the virtual clock's spin rule is for a driver's polls, not the harness's reads)
         self.clock = harness_clock()
         self.deadline = None if config.duration is None else time.monotonic() + config.duration
+        # since when (and why) nothing is judged: an operation's undo failed (start_over)
+        self.unjudged_from: tuple[int, str] | None = None
 
     def _use(self, contexts: list[Context]) -> None:
         self.contexts = contexts
@@ -535,6 +542,12 @@ class World:
                     await self.check(drain=drain)
                 except Exception as error:
                     _record(self, error, what, self.seq)
+            if self.unjudged_from is not None and not self.done():
+                self.phase = f"starting over after operation {self.seq}"
+                try:
+                    await self.start_over()
+                except Exception as error:
+                    _record(self, error, "starting over", self.seq)
         finally:
             self.phase = None
             self.gate.open()
@@ -861,12 +874,56 @@ class World:
         self.baseline = self.in_use()
         self.result.checks["rule 9 destroyed and rebuilt"] += 1
 
+    async def start_over(self) -> None:
+        """At the quiescent point after an operation whose undo failed (partial effects: the
+        hardware may be left half done, which no check can judge, in any context that shares
+        it): leave the contexts as they are, build them anew from the factory on new memory,
+        and judge from there. The operations from the failure to here are not judged."""
+        assert self.unjudged_from is not None
+        first, why = self.unjudged_from
+        self.end_ebb()
+        memory = WatchedMemory()
+        try:
+            with self.faults_paused():
+                contexts = await build_contexts(self.config, memory)
+        except UsageError as error:  # not a verdict on the driver: the run cannot go on
+            raise NoVerdict("building the contexts anew after an undo failed", error) from None
+        self.memory = memory
+        self._replace(contexts)
+        self.physes.clear()
+        self.reservations.clear()
+        self.layouts.clear()
+        self.written.clear()
+        self.held.clear()
+        self.held_in.clear()
+        self.in_flux.clear()
+        self.enable_seconds.clear()
+        self.switch_on_seconds.clear()
+        self.switch_on_allocations.clear()
+        self.ebbing.clear()
+        if self.switched_on_with is not None:
+            self.switched_on_with = {}
+        self.device = DevicePages()
+        self.largest_phys = 0
+        self.baseline = self.in_use()
+        self.drained_at = self.seq
+        self.next_drain = self.result.ops + self.config.drain_every
+        self.result.unjudged.append((first, self.seq, why))
+        self.unjudged_from = None
+        self.result.checks["started over on new memory after an undo failed"] += 1
+        await self.lay_runs()
+
     def judging(self) -> bool:
-        """Whether the run can still be judged: no violation, and no undo that failed."""
-        return self.result.violation is None and self.result.no_verdict is None
+        """Whether what happens now is judged: no violation, nothing that ended the run with
+        no verdict, and no operation's undo failed since the last quiescent point."""
+        return (
+            self.result.violation is None
+            and self.result.no_verdict is None
+            and self.unjudged_from is None
+        )
 
     def done(self) -> bool:
-        if self.stop or not self.judging():
+        if self.stop or self.result.violation is not None or self.result.no_verdict is not None:
             return True
         if self.deadline is not None:
             # a --duration run keeps what an --ops run may keep, at most
@@ -1246,7 +1303,9 @@ def _classify(op: str, error: OSError) -> str:
 
 def _record(world: World, error: BaseException, what: str, seq: int) -> None:
     """Keep the run's first violation: *error* is one, or a crash in avcm or a driver, which
-    is one too (with its traceback), wherever the harness met it."""
+    is one too (with its traceback), wherever the harness met it. A :class:`NoVerdict` of an
+    undo that failed stops judging till the harness starts over (:meth:`World.start_over`);
+    any other ends the run with no verdict."""
     if isinstance(error, ExceptionGroup):  # from a task group of the harness's own
         # a context nothing can judge makes what the others found unjudgeable too (hardware
         # they share may be half done): its NoVerdict first
@@ -1255,7 +1314,11 @@ def _record(world: World, error: BaseException, what: str, seq: int) -> None:
         if no_verdict is not None or len(leaves) == 1:
             error = leaves[0]
     if isinstance(error, NoVerdict):
-        if world.judging():
+        if not world.judging():
+            return
+        if error.undo:
+            world.unjudged_from = (seq, str(error))
+        else:
             world.result.no_verdict = f"operation {seq}: {error}"
         return
     if not isinstance(error, Violation):
@@ -1409,7 +1472,10 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
         if canceller is not None and canceller.cancelled_on_allocation:
             result.checks["cancelled right after the driver took memory"] += 1
     except Exception as error:
-        outcome = "no verdict" if isinstance(error, NoVerdict) else "VIOLATION"
+        if isinstance(error, NoVerdict):
+            outcome = "no verdict"
+        else:  # (what follows an undo that failed is not judged: see World.start_over)
+            outcome = "VIOLATION" if world.judging() else "not judged"
         if isinstance(error, ExceptionGroup):
             # the operations start no task group: a driver's group, whatever it holds, is not
             # an OSError (_record would show its one leaf, which reads as an errno refused)
@@ -1481,7 +1547,15 @@ async def run_workload(
     def stop(blocked: bool) -> RunResult:
         # (blocked: called from the watching thread, the loop's being stuck)
         if result.violation is None and result.no_verdict is None:
-            result.violation = stall_violation(world, blocked)
+            stalled = stall_violation(world, blocked)
+            if world is not None and world.unjudged_from is not None:
+                # (hardware an undo left half done may hang a driver: no verdict either)
+                first, why = world.unjudged_from
+                result.no_verdict = (
+                    f"operation {first}: {why}; then it stalled: {stalled.description}"
+                )
+            else:
+                result.violation = stalled
         if world is not None:
             world.stop = True
         record = _copied(result)
@@ -1554,6 +1628,9 @@ async def _run_tasks(world: World) -> None:
                 world.result.checks["final"] += 1
             except Exception as error:
                 _record(world, error, "the final teardown", world.seq)
+        if world.unjudged_from is not None:  # (the run ended before it could start over)
+            first, why = world.unjudged_from
+            world.result.unjudged.append((first, world.seq, why))
         world.phase = None
 
 

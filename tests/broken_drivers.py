@@ -1570,6 +1570,38 @@ def stale_iotlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, StaleIotlbPageTable(memory), memory=memory)
 
 
+class FlakyForgetfulPageTable(drivers.PageTableMmu):
+    """Its page clears and switch-offs fail, one in 20, having done nothing (rule 8: a
+    correct driver may do so); and one page removal in 31 forgets its entry, a stale
+    translation left in the hardware (the bug). Under ``--faults``, undos whose clears fail
+    come long before the bug shows: nothing is judged after each till the harness starts over,
+    and the bug must still be found in what is judged."""
+
+    def __init__(self, memory: avcm.PhysicalMemory) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="flaky-forgetful")
+        self.failures = random.Random(7)
+        self.removals = 0
+
+    def _nack(self, what: str) -> None:
+        if self.failures.random() < 0.05:
+            raise OSError(errno.EIO, f"{what}: bus error")
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._nack("deactivate_page")
+        self.removals += 1
+        if self.removals % 31 == 0:
+            return
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        self._nack("disable")
+        await super().disable(vcm)
+
+
+def flaky_forgetful(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    return avcm.mmu_init(0x1000_0000, 1 << 30, FlakyForgetfulPageTable(memory), memory=memory)
+
+
 def wrapping_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, WrappingTlbPageTable(memory), memory=memory)
 

@@ -590,61 +590,88 @@ def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
     assert result.checks["cold start skipped (activate kept failing)"] == 0
 
 
+UNDO_FAILED = r"avcm's undo of .* failed too .*partial effects"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
-def test_an_undo_the_driver_failed_ends_the_run_with_no_verdict(tasks: int, backend: str) -> None:
+def test_what_follows_an_undo_the_driver_failed_is_not_judged_till_the_run_starts_over(
+    tasks: int, backend: str
+) -> None:
     # Reported (attack11 F2b): a driver whose teardown calls may fail (rule 8) was reported a
     # rule-4 violation under --faults: an injected fault made avcm undo, the undo's teardown
     # call failed, and the hardware was left half done, which the contract says no framework
-    # can contain. The run stops there, with no verdict: neither clean nor a violation.
+    # can contain. Then the run stopped there with no verdict (attacks 55-57: such drivers
+    # never got one). Now nothing is judged from there to the next quiescent point, where the
+    # harness starts over on new memory, and the run goes on to its end.
     config = stress.StressConfig(
         backend=backend, driver="tests.tricky_drivers:flaky_teardown", contexts=(("custom", 2),),
         tasks=tasks, ops=5000, faults=0.05,
     )  # fmt: skip
     result = stress.run(config)
     assert result.violation is None, result.violation
-    assert result.no_verdict is not None and result.ops < 5000
-    assert re.match(r"operation \d+: \w+: avcm's undo of ", result.no_verdict), result.no_verdict
-    assert "failed too" in result.no_verdict and "partial effects" in result.no_verdict
-
-
-def test_a_run_with_no_verdict_exits_4_and_replays(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    driver = ["--driver", "tests.tricky_drivers:flaky_teardown"]
-    report = tmp_path / "report.json"
-    args = ["--faults", "0.05", "--tasks", "3", "--json", str(report), "--trace-dir", str(tmp_path)]
-    status, out, err = run_stress(capsys, *driver, *args)
-    assert status == 4 and err == "", err
-    assert out.splitlines()[0].endswith(" 0 violations, NO VERDICT"), out
-    assert out.splitlines()[1].startswith("NO VERDICT from operation "), out
-    assert json.loads(report.read_text())["no_verdict"].startswith("operation ")
-    (trace,) = tmp_path.glob("*.trace.json")
-    status, out, err = run_stress(capsys, "--replay", str(trace), *driver)
-    assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
+    assert result.no_verdict is None, result.no_verdict
+    assert result.ops == 5000 and len(result.unjudged) > 1
+    last = 0
+    for first, end, why in result.unjudged:
+        assert last < first <= end, result.unjudged  # in order, apart
+        assert re.search(UNDO_FAILED, why), why
+        last = end
+    started_over = result.checks["started over on new memory after an undo failed"]
+    assert started_over in (len(result.unjudged), len(result.unjudged) - 1)  # (the last: the end)
+    judged = [outcome for outcome in result.trace if outcome.result == "not judged"]
+    assert all(
+        any(first <= outcome.seq <= end for first, end, _ in result.unjudged) for outcome in judged
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_cancellation_whose_undo_failed_ends_with_no_verdict_that_replays(
+def test_a_bug_after_undos_that_failed_is_still_found_and_replays(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
 ) -> None:
-    # Reported (attack13): on asyncio the text of such a no verdict held the cancellation's
+    # the driver forgets one page removal in 31 (a stale translation), and its page clears
+    # fail too: with --faults, the first undo whose clear failed comes long before the bug
+    # shows on seed 0, and the run used to end there, with no verdict
+    driver = ["--driver", "tests.broken_drivers:flaky_forgetful"]
+    report = tmp_path / "report.json"
+    args = ["--backend", backend, "--faults", "0.05", "--tasks", "3", "--ops", "10000"]
+    status, out, _ = run_stress(
+        capsys, *driver, *args, "--json", str(report), "--trace-dir", str(tmp_path)
+    )
+    assert status == 1, out
+    assert "not judged after" in out.splitlines()[0], out
+    document = json.loads(report.read_text())
+    assert document["violation"]["rule"] == "rule 4" and document["no_verdict"] is None
+    assert document["unjudged"][0]["last"] < document["violation"]["seq"]
+    assert re.search(UNDO_FAILED, document["unjudged"][0]["why"])
+    (trace,) = tmp_path.glob("*.trace.json")
+    status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
+    assert status == 1 and out.rstrip().endswith("reproduced the recorded violation"), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancellation_whose_undo_failed_is_not_judged_and_the_same_in_a_replay(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    # Reported (attack13): on asyncio the text of an undo that failed held the cancellation's
     # repr (its cancel scope's address), so its replay said "not reproduced". (On some seeds a
-    # drain's deactivate fails 100 times in a row first, another no verdict: the first seed
-    # whose run meets a failed undo is taken.)
+    # drain's deactivate fails 100 times in a row, and the run ends with no verdict.)
     driver = ["--driver", "tests.tricky_drivers:yielding_flaky_teardown"]
     args = ["--backend", backend, "--cancel", "0.3", "--tasks", "3", "--ops", "2000"]
-    undo = r"NO VERDICT from operation \d+: \w+: avcm's undo of (CancelledError|Cancelled) "
+    undo = r"avcm's undo of (CancelledError|Cancelled) "
     for seed in range(48):
         trace_dir = tmp_path / str(seed)
+        report = tmp_path / f"{seed}.json"
         status, out, _ = run_stress(
-            capsys, *driver, *args, "--seed", str(seed), "--trace-dir", str(trace_dir)
-        )
-        assert status == 4, out
-        if re.search(undo, out):
+            capsys, *driver, *args, "--seed", str(seed), "--json", str(report),
+            "--trace-dir", str(trace_dir),
+        )  # fmt: skip
+        windows = json.loads(report.read_text())["unjudged"]
+        # (a trace is written for a run with no verdict, not for a clean one)
+        if status == 4 and any(re.search(undo, window["why"]) for window in windows):
             break
     else:
-        raise AssertionError(f"no seed of 48 met a failed undo: {out}")
+        raise AssertionError(f"no seed of 48 met a failed undo of a cancellation: {out}")
     (trace,) = trace_dir.glob("*.trace.json")
     status, out, _ = run_stress(capsys, "--replay", str(trace), *driver)
     assert status == 4 and out.rstrip().endswith("reproduced the recorded end with no verdict")
