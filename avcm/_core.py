@@ -59,6 +59,7 @@ from ._errors import (
     NoSpaceError,
     NotSupportedError,
     VcmWarning,
+    carry_undo_failed,
 )
 from ._memory import PhysicalMemory
 from ._sync import AtomicCounter, Mutex, MutexStatistics, installed_hooks, sync_point
@@ -1062,6 +1063,7 @@ class Vcm:
         if errors:
             for later in errors[1:]:
                 errors[0].add_note(f"destroy: then {later!r}")
+                carry_undo_failed(errors[0], later, "destroy")
             raise errors[0]
         self._state = _DESTROYED
 

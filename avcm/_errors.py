@@ -127,6 +127,18 @@ def note_undo_failed(error: BaseException, note: str) -> None:
         setattr(error, _UNDO_FAILED, True)
 
 
+def carry_undo_failed(error: BaseException, later: BaseException, what: str) -> None:
+    """Mark *error*, raised for a teardown of several steps, as :func:`undo_failed` when the
+    failure of a later step of it (*later*, noted on *error* only) is: the caller must learn
+    that the hardware may be left half done from the error it gets. Counted once, at *later*."""
+    if not undo_failed(later) or undo_failed(error):
+        return
+    notes = "; ".join(getattr(later, "__notes__", ()))
+    error.add_note(f"{what}: undoing {later!r} failed too ({notes})")
+    with contextlib.suppress(AttributeError):
+        setattr(error, _UNDO_FAILED, True)
+
+
 def undo_failed(error: BaseException) -> bool:
     """Whether avcm's undo of the failed (or cancelled) operation that raised *error* failed
     too: a teardown call the MMU wrapper made to undo what it had done (the reservations or

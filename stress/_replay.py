@@ -28,8 +28,8 @@ class Recording:
     violation: dict[str, Any] | None
     no_verdict: str | None = None
     code: str | None = None  # harness_code() of the run recorded (None: not recorded)
-    # the operations not judged after undos that failed: (first, last) of each window
-    unjudged: tuple[tuple[int, int], ...] = ()
+    # the operations not judged after undos that failed: (first, last, why) of each window
+    unjudged: tuple[tuple[int, int, str], ...] = ()
 
 
 def _problem(document: Any) -> str | None:
@@ -57,10 +57,12 @@ def _problem(document: Any) -> str | None:
         return "'no_verdict' is neither null nor a string"
     unjudged = document.get("unjudged", [])
     if not isinstance(unjudged, list) or not all(
-        isinstance(window, dict) and all(type(window.get(key)) is int for key in ("first", "last"))
+        isinstance(window, dict)
+        and all(type(window.get(key)) is int for key in ("first", "last"))
+        and isinstance(window.get("why"), str)
         for window in unjudged
     ):
-        return "'unjudged' is not a list of windows with a first and a last operation"
+        return "'unjudged' is not a list of windows, each with its first and last operation and why"
     if not isinstance(document.get("code"), (str, type(None))):
         return "'code' is neither null nor a string"
     started = document.get("started", 0)
@@ -104,7 +106,10 @@ def load_recording(path: Path, driver: str | None = None) -> Recording:
         document.get("violation"),
         document.get("no_verdict"),
         document.get("code"),
-        tuple((window["first"], window["last"]) for window in document.get("unjudged", [])),
+        tuple(
+            (window["first"], window["last"], window["why"])
+            for window in document.get("unjudged", [])
+        ),
     )
 
 
@@ -160,7 +165,7 @@ def verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
 def _verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     lines = []
     divergence = _compare(recording.trace, result.trace)
-    unjudged = tuple((first, last) for first, last, _ in result.unjudged)
+    unjudged = tuple(result.unjudged)
     if divergence is None and unjudged != recording.unjudged:
         divergence = (
             f"the operations not judged after undos that failed: recorded "
@@ -198,5 +203,5 @@ def _verdict(recording: Recording, result: RunResult) -> tuple[bool, list[str]]:
     return False, lines
 
 
-def _windows(windows: tuple[tuple[int, int], ...]) -> str:
-    return ", ".join(f"{first}-{last}" for first, last in windows) or "none"
+def _windows(windows: tuple[tuple[int, int, str], ...]) -> str:
+    return "; ".join(f"{first}-{last} ({why})" for first, last, why in windows) or "none"

@@ -71,6 +71,7 @@ from ._invariants import (
     check_released,
     check_restart_racing,
     deactivate_everything,
+    deactivate_until_done,
     destroy_every_context,
     harness_operations,
     mark_new,
@@ -488,7 +489,7 @@ class World:
         with a view, and a quarter of the drains' cold starts skipped)."""
         if self.switched_on_with is None:
             self.switched_on_with = {}
-        bound = self._bound_in(ctx)
+        bound = self.bound_in(ctx)
         taken = self.switched_on_with.get(ctx.vcm, {})
         going = [res for res, phys in bound.items() if taken.get(res) is not phys]
         if not going and bound:
@@ -507,9 +508,9 @@ class World:
     def switched_on(self, ctx: Context) -> None:
         """An activate of *ctx* returned: what is bound now, the driver took."""
         if self.switched_on_with is not None:
-            self.switched_on_with[ctx.vcm] = self._bound_in(ctx)
+            self.switched_on_with[ctx.vcm] = self.bound_in(ctx)
 
-    def _bound_in(self, ctx: Context) -> dict[avcm.Res, avcm.Phys]:
+    def bound_in(self, ctx: Context) -> dict[avcm.Res, avcm.Phys]:
         """The reservations of *ctx* the tasks made that are bound, in the pool's order, and
         their physes."""
         return {
@@ -760,7 +761,7 @@ class World:
         for ctx in held:
             # (a context judged off meanwhile holds nothing any more)
             while self.held[(HARNESS, ctx.vcm)]:
-                await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+                await deactivate_until_done(self, ctx)
                 self.hold(HARNESS, ctx.vcm, -1)
 
     async def start_ebb(self, ctx: Context, ticket: int) -> None:
@@ -773,7 +774,7 @@ class World:
                 self.hold(task, vcm, -count)
                 self.hold(HARNESS, vcm, count)
         for _ in range(self.held[(HARNESS, vcm)] - 1):  # counts only: nothing switches
-            await until_done(vcm.deactivate, f"deactivate of {ctx.name}")
+            await deactivate_until_done(self, ctx)
             self.hold(HARNESS, vcm, -1)
         self.ebbing[vcm] = ticket
         self.result.checks["ebbs (one context switched off mid-window)"] += 1
@@ -1514,7 +1515,7 @@ async def _task_loop(world: World, index: int, ops: list[str], weights: list[int
         for ctx in world.contexts:
             while world.held[(index, ctx.vcm)] > 0:
                 with world.switching(ctx.vcm):
-                    await until_done(ctx.vcm.deactivate, f"deactivate of {ctx.name}")
+                    await deactivate_until_done(world, ctx)
                 world.hold(index, ctx.vcm, -1)
     except Exception as error:
         _record(world, error, f"deactivating what task {index} held at the end", world.seq)

@@ -125,6 +125,46 @@ async def test_activate_failure_undoes_exactly_what_it_did_in_reverse(
     testing.check_model(vcm)
 
 
+class ScriptedClears(PageHardware):
+    """Fails the page clears numbered in *failing_clears* (from 1), and each page write made
+    after the first of them fails, having done nothing."""
+
+    def __init__(self, failing_clears: set[int]) -> None:
+        super().__init__()
+        self.failing_clears = failing_clears
+        self.clears = 0
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self.clears += 1
+        if self.clears in self.failing_clears:
+            raise DriverFault(errno.EIO, f"clear of {vaddr:#x} failed")
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+    async def activate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if self.clears >= min(self.failing_clears):
+            raise DriverFault(errno.EIO, f"write of {vaddr:#x} failed")
+        await super().activate_page(vaddr, paddr, order, vcm)
+
+
+async def test_a_destroy_whose_later_step_left_an_undo_failed_says_so(
+    memory: avcm.PhysicalMemory,
+) -> None:
+    """Destroy raises its first error, whatever the others: where one of those is an undo that
+    failed (hardware left half done), the error raised says so too, or a caller retries the
+    destroy on hardware that no longer matches the context (good_eio_both, attack57: its
+    retries then failed with EINVAL, "no entry to remove", for ever)."""
+    hw = ScriptedClears({1, 3})
+    vcm = avcm.mmu_init(START, 64 * MiB, hw, memory=memory)
+    await vcm.make_binding(8 * KiB)  # 2 pages: unbound by destroy, its 2nd clear failing
+    await vcm.make_binding(8 * KiB)  # 2 pages: its first clear fails the deactivate, undone
+    await vcm.activate()
+    with pytest.warns(avcm.VcmWarning), pytest.raises(DriverFault, match="clear") as info:
+        await vcm.destroy()
+    # the first error: the deactivate's, undone whole; then the unbind's, whose undo failed
+    assert any("destroy: undoing" in note for note in info.value.__notes__)
+    assert avcm.lowlevel.undo_failed(info.value)
+
+
 @pytest.mark.parametrize("fail_on", [1, 2, 3])
 async def test_per_res_activate_rollback(memory: avcm.PhysicalMemory, fail_on: int) -> None:
     # The patch's rollback loop was inverted: it went on after a failure.
