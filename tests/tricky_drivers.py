@@ -185,6 +185,28 @@ def flaky_teardown(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="flaky-teardown")
 
 
+class _EveryNthClearFails(PageTableMmu):
+    """Fails every *nth* page clear (counted over the unit's life) with a plain
+    ``OSError(EIO)``, having done nothing (rule 8): a switch-off of more pages than that never
+    gets through, each failure undone, but one of fewer does."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, nth: int) -> None:
+        super().__init__(memory, orders=(8, 4, 0), latency=ZERO, name="every-nth-clear")
+        self._nth = nth
+        self._clears = 0
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        self._clears += 1
+        if self._clears % self._nth == 0:
+            raise OSError(errno.EIO, "deactivate_page: bus error")
+        await super().deactivate_page(vaddr, paddr, order, vcm)
+
+
+def every_40th_clear_fails(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    driver = _EveryNthClearFails(memory, 40)
+    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="every-40th")
+
+
 def flaky_teardown_often(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """One teardown call in three fails: a scenario's deactivates fail in most schedules."""
     driver = _FlakyTeardown(memory, rate=1 / 3)
