@@ -2422,6 +2422,76 @@ def test_children_that_ended_long_ago_change_no_count_and_no_race(backend: str) 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_pct_finds_a_race_behind_a_long_prefix_of_ended_children(backend: str) -> None:
+    """PCT's change points fall among choice points only: a prefix of 400 steps with one
+    task runnable at each (a driver spawning a task per request and waiting for it) took
+    them all before, and the race after it went unfound in 100 schedules (attack61 F4)."""
+    late = after_many_children(lost_update_between_children, children=200)
+    result = testing.explore(
+        late, strategy=testing.PCT(0), schedules=100, backend=backend, shrink=False
+    )
+    assert result.failure is not None and "an update lost" in str(result.failure.error)
+
+
+def a_burst_of_requests(requests: int) -> testing.Scenario:
+    """Two tasks each spawn *requests* tasks at once (a task per request), each of which
+    takes one checkpoint: with virtual time standing still all along."""
+
+    async def scenario(run: testing.Run) -> None:
+        handled = [0]
+
+        async def handle() -> None:
+            await anyio.lowlevel.checkpoint()
+            handled[0] += 1
+
+        async def spawner() -> None:
+            async with anyio.create_task_group() as group:
+                for _ in range(requests):
+                    group.start_soon(handle)
+
+        for outcome in await run.concurrently(spawner, spawner):
+            outcome.unwrap()
+        assert handled[0] == 2 * requests
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tasks_that_end_are_progress_no_livelock(backend: str) -> None:
+    """Each of 300 spawned tasks takes two steps and ends, time standing still: 600 steps in
+    a row, past a budget of 400, and no livelock (attack61 F2: a StepBudgetError). A task
+    that ends starts the budget again; a livelock after such tasks is still one, named so,
+    not "steady progress" (attack61 F3)."""
+    limits = testing.Limits(max_steps=400)
+    result = testing.explore(
+        a_burst_of_requests(150), strategy=testing.RandomWalk(0), schedules=3,
+        backend=backend, limits=limits,
+    )  # fmt: skip
+    assert result.failure is None, result.failure.report()
+
+    async def livelock_after_children(run: testing.Run) -> None:
+        flags = [False, False]
+
+        async def poll(me: int) -> None:
+            while not flags[1 - me]:  # each waits for the other: neither ever sets its own
+                await anyio.sleep(0)
+            flags[me] = True
+
+        for outcome in await run.concurrently(partial(poll, 0), partial(poll, 1)):
+            outcome.unwrap()
+
+    result = testing.explore(
+        after_many_children(livelock_after_children, children=40),
+        strategy=testing.RandomWalk(0), schedules=1, backend=backend, limits=limits,
+        shrink=False,
+    )  # fmt: skip
+    failure = result.failure
+    assert failure is not None and isinstance(failure.error, testing.StepBudgetError)
+    assert str(failure.error).startswith("livelock"), failure.error
+    assert not failure.error.steady_progress
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_exhaustive_counts_with_a_blocked_task(backend: str) -> None:
     """Two tasks of k checkpoints each and a third blocked on an event the last step sets:
     the blocked task is never a choice, so the count is that of the two."""

@@ -215,9 +215,13 @@ class RandomWalk(Strategy):
 
 
 class _PctChooser(_Injecting):
-    """Highest priority runs; at each change point the task about to run drops below all."""
+    """Highest priority runs; at each change point the task about to run drops below all.
+    Change points are counted in choice points, the steps at which more than one task can
+    run: at a step with one, a change point would change nothing of that step (a driver
+    that spawns a task per request and waits for each had a thousand such steps before its
+    race, and PCT no longer found a one-preemption bug there, attack61 F4)."""
 
-    __slots__ = ("_changes", "_depth", "_priority", "_random")
+    __slots__ = ("_changes", "_depth", "_priority", "_random", "choices")
 
     def __init__(
         self,
@@ -234,6 +238,7 @@ class _PctChooser(_Injecting):
         # d-1 change points among the first *steps* steps; the i-th sets priority d-1-i
         points = rng.sample(range(1, max(steps, depth) + 1), depth - 1)
         self._changes = {step: float(depth - 1 - i) for i, step in enumerate(points)}
+        self.choices = 0  # choice points so far (what PCT learns its k from)
 
     def _priority_of(self, task: int) -> float:
         priority = self._priority.get(task)
@@ -243,7 +248,10 @@ class _PctChooser(_Injecting):
 
     def choose(self, step: int, enabled: Sequence[int], continuing: bool) -> int:
         position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
-        lowered = self._changes.get(step)
+        if not continuing:
+            return position
+        self.choices += 1
+        lowered = self._changes.get(self.choices)
         if lowered is not None:
             self._priority[enabled[position]] = lowered
             position = max(range(len(enabled)), key=lambda i: self._priority_of(enabled[i]))
@@ -256,7 +264,8 @@ class PCT(Strategy):
     Each task gets a random priority and the highest-priority task that can run always runs;
     at *depth* - 1 random steps the running task drops to the lowest priority. A bug of depth
     *d* among *n* tasks and *k* steps is found with probability at least 1/(n k^(d-1)) per
-    schedule. *k* is learnt: the longest run seen so far (``steps`` to start with). The
+    schedule. Here *k* counts the choice points only (the steps at which more than one task
+    can run), and is learnt: the most a schedule had so far (``steps`` to start with). The
     first schedule is the event loop's own order, the one a plain run takes: priorities are
     not that order, and a bug every plain run shows (a lost update after a poll for a flag)
     was missed in 50 schedules.
@@ -279,6 +288,8 @@ class PCT(Strategy):
         self.seed = check_int(seed, "PCT seed", 0)
         self.depth = check_int(depth, "PCT depth", 1, 64)
         self.steps = self._first_steps = check_int(steps, "PCT steps", 1)
+        self.choice_points = self.steps  # PCT's k: the most choice points a schedule had
+        self._last: _PctChooser | None = None
         self.cancel = check_int(cancel, "PCT cancel", 0, 64)
         self.slow_threads = check_int(slow_threads, "PCT slow_threads", 0, 64)
         self.name = _named(f"pct-d{self.depth}", self.cancel, self.slow_threads)
@@ -297,11 +308,15 @@ class PCT(Strategy):
         cancels = _cancels("pct", self.seed, schedule, self.cancel, self.steps)
         slow = _slow_threads("pct", self.seed, schedule, self.slow_threads)
         if schedule == 0:
+            self._last = None
             return _LoopOrderChooser(cancels, slow)
-        return _PctChooser(rng, self.depth, self.steps, cancels, slow)
+        self._last = _PctChooser(rng, self.depth, self.choice_points, cancels, slow)
+        return self._last
 
     def finished(self, steps: int) -> None:
-        self.steps = max(self.steps, steps)
+        self.steps = max(self.steps, steps)  # (where cancellations are injected: any step)
+        if self._last is not None:
+            self.choice_points = max(self.choice_points, self._last.choices)
 
 
 PORTFOLIO: tuple[Callable[[int], Strategy], ...] = (
