@@ -4,10 +4,11 @@
 its timeline; ``python -m avcm.testing conformance MODULE:FACTORY`` runs the conformance suite
 against a driver factory (``--workers N``: its scenarios on a local Dask cluster of N
 processes; ``--scheduler ADDRESS``: on an existing one; the same report). Exit status:
-0 passed, 1 failed (the failure reproduced; or a conformance scenario could not run: the
-driver failed every attempt before its race), 2 usage error (bad token, scenario that does not
-import or is not a scenario, a scheduler that does not answer; one line on stderr), 3 the
-replay diverged from its recording, 130 interrupted (Ctrl-C).
+0 passed, 1 failed (the failure reproduced; a conformance scenario found a rule broken), 2
+usage error (bad token, scenario that does not import or is not a scenario, a scheduler that
+does not answer; one line on stderr), 3 the replay diverged from its recording, 4 no verdict
+(conformance scenarios could not run, none failed: the driver failed every attempt), 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -204,6 +205,9 @@ def _replay(args: argparse.Namespace) -> int:
     return 1
 
 
+EXIT_NO_VERDICT = 4  # conformance: scenarios could not run, and none failed
+
+
 def _conformance(args: argparse.Namespace) -> int:
     from ._conformance import SCENARIOS, check_conformance
     from ._errors import ConformanceFailure
@@ -236,7 +240,8 @@ def _conformance(args: argparse.Namespace) -> int:
         except ConformanceFailure as failure:
             report = failure.report
     print(report.format())
-    return 0 if report.passed else 1
+    # (as stress: 1 a rule broken, 4 no verdict; a script must tell the two apart)
+    return 0 if report.passed else 1 if report.failed else EXIT_NO_VERDICT
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2157,6 +2157,13 @@ class ConformanceReport:
         return all(result.passed for result in self.results)
 
     @property
+    def failed(self) -> bool:
+        """Whether a scenario found the driver breaking a rule (or failing before its race):
+        not the same as not :attr:`passed`, which also holds when scenarios could not run
+        (no verdict, either way)."""
+        return bool(self.failures) or any(result.failed_before_race for result in self.results)
+
+    @property
     def failures(self) -> tuple[Failure, ...]:
         return tuple(result.failure for result in self.results if result.failure is not None)
 
@@ -2208,7 +2215,7 @@ class ConformanceReport:
             )
         if self.passed:
             verdict = f"passed ({len(apart)} scenario(s) did not apply)" if apart else "passed"
-        elif self.failures or early:
+        elif self.failed:
             verdict = "FAILED"
         else:
             verdict = f"NOT PASSED: {len(not_run)} scenario(s) could not run"
