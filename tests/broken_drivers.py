@@ -253,6 +253,55 @@ class PrefetchingTlbPageTable(drivers.PageTableMmu):
         self.in_flight.clear()
 
 
+class AroundMissTlbPageTable(drivers.PageTableMmu):
+    """A TLB whose walker, on a miss, also caches the translations of the pages on either side
+    of the one missed. Its page clear waits for the unit between the table write and the TLB
+    invalidation: if *clear_first* (correct) it clears the entry, waits, then invalidates;
+    else it invalidates, waits, then clears, and a device access beside the page in between
+    caches the translation again from the entry still there: the device reaches the old
+    memory once the unbind returned. Its page tables are right."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, clear_first: bool) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name="around-miss-tlb")
+        self.clear_first = clear_first
+        self.tlb: dict[int, int] = {}  # device page -> physical page
+
+    def translate(self, addr: int) -> int:
+        if not self.enabled:
+            return super().translate(addr)
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.tlb.get(page)
+        if cached is not None:
+            return cached + (addr - page)
+        physical = super().translate(addr)
+        self.tlb[page] = physical - (addr - page)
+        for beside in (page - avcm.PAGE_SIZE, page + avcm.PAGE_SIZE):
+            if self._covering(beside) is not None:
+                self.tlb[beside] = super().translate(beside)
+        return physical
+
+    def _invalidate(self, vaddr: int, order: int) -> None:
+        for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
+            self.tlb.pop(page, None)
+
+    async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
+        if self.clear_first:
+            await super().deactivate_page(vaddr, paddr, order, vcm)
+            await anyio.sleep(UNIT_WAIT)
+            self._invalidate(vaddr, order)
+        else:
+            self._invalidate(vaddr, order)
+            await anyio.sleep(UNIT_WAIT)
+            await super().deactivate_page(vaddr, paddr, order, vcm)
+
+    async def disable(self, vcm: avcm.Vcm) -> None:
+        await super().disable(vcm)
+        self.tlb.clear()
+
+
+UNIT_WAIT = 50e-6  # seconds AroundMissTlbPageTable's page clear waits for its unit
+
+
 class BurstNextTlbPageTable(drivers.PageTableMmu):
     """A TLB whose entry for a page keeps the translation of the page after it too, which an
     access that goes on from the page into the next one uses. An unmap drops the entries of
@@ -1643,6 +1692,16 @@ def prefetching_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def prefetching_tlb_cancelled(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """Correct: an unmap cancels a fetch ahead in flight for its pages."""
     return _in_a_gib(PrefetchingTlbPageTable(memory, cancels=True))
+
+
+def invalidate_before_clear(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """A read beside a page being unmapped caches it again between invalidation and clear."""
+    return _in_a_gib(AroundMissTlbPageTable(memory, clear_first=False))
+
+
+def clear_before_invalidate(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: the page's entry is cleared before its translations are invalidated."""
+    return _in_a_gib(AroundMissTlbPageTable(memory, clear_first=True))
 
 
 def burst_next_tlb(memory: avcm.PhysicalMemory) -> avcm.Vcm:

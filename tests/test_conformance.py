@@ -165,6 +165,9 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # a walker's fetch of the next page ahead of use, in flight when that page is unmapped,
         # landing after (attack58's such driver passed every scenario)
         (broken_drivers.prefetching_tlb, "neighbours", "right after its neighbour was reached"),
+        # a TLB invalidated before the entry is cleared, a wait between: a read beside the
+        # page caches it again (attack62's such driver passed every scenario and stress)
+        (broken_drivers.invalidate_before_clear, "walks_in_flight", "beside it were reached"),
         # a TLB entry's copy of the next page's translation, which a burst from the page below
         # uses after that page was unmapped (attack59's such driver passed every scenario)
         (broken_drivers.burst_next_tlb, "neighbours", "on into"),
@@ -404,6 +407,9 @@ _CORRECT_WITH_A_TRAIT = [
     pytest.param(broken_drivers.prefetching_tlb_cancelled, "neighbours", 3, id="prefetches"),
     pytest.param(broken_drivers.burst_next_tlb_dropped, "neighbours", 3, id="bursts"),
     pytest.param(broken_drivers.long_access_cache_invalidated, "neighbours", 3, id="long"),
+    # a TLB caching the pages beside a miss, whose page clear waits for its unit between
+    # clearing the entry and invalidating
+    pytest.param(broken_drivers.clear_before_invalidate, "walks_in_flight", 40, id="around"),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
     # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
     # setup's poll: the loop busy at one instant for ever), then reported a false

@@ -1185,6 +1185,37 @@ def _memory_at(res: Res, offset: int, length: int = _BURST) -> bytes | None:
     return None
 
 
+_READS_IN_FLIGHT = 3  # the reads _while_reading makes, one after each of as many checkpoints
+
+
+async def _while_reading(
+    call: Callable[[], Awaitable[object]], before: Callable[[], None], during: Callable[[], None]
+) -> None:
+    """``await call()`` (:func:`_until_done`), *before* first, and *during* once after each
+    of :data:`_READS_IN_FLIGHT` checkpoints of another task of the scenario: where those land
+    among the steps of *call*'s driver calls is the schedule's. The first error either
+    raised, not a group of them."""
+    before()
+    errors: list[Exception] = []
+
+    async def reads() -> None:
+        try:
+            for _ in range(_READS_IN_FLIGHT):
+                await anyio.lowlevel.checkpoint()
+                during()
+        except Exception as error:
+            errors.append(error)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(reads)
+        try:
+            await _until_done(call)
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
 def _read_word(vcm: Vcm, res: Res, offset: int) -> None:
     """A device read of the word at *offset* into bound *res* returns the memory bound there
     (rule 4)."""
@@ -1241,6 +1272,60 @@ async def _memory_ends(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
         await _until_done(vcm.deactivate)
     finally:
         memory.free_pages(top, memory.max_order)
+
+
+async def _walks_in_flight(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
+    """Three reservations next to each other, bound in order to three pieces of memory next to
+    each other (4 KiB, then 64 KiB entries); from cold, the device reads the first piece's
+    last word, and then, from another task, the third's first word at checkpoints while the
+    middle piece is unbound: the reads reach their memory, and once the unbind returned the
+    middle piece faults. A walker that fetches the entries around a miss must not take the
+    middle one from an entry the unbind had not cleared yet, after it invalidated (attack62's
+    driver invalidated, waited for its unit, then cleared: a read of the neighbour in between
+    left the old translation in its TLB, and it passed every other scenario and stress)."""
+
+    async def unbind_the_middle() -> None:
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8)
+        for order in _IN_FLIGHT_ORDERS:
+            piece = PAGE_SIZE << order
+            try:
+                reservations = await reserve_run(vcm, piece, 3)
+            except (NotSupportedError, NoSpaceError):  # one-to-one, or a small space
+                break
+            (block,) = _blocks(memory, order + 2)
+            physes = [create_phys([(block + i * piece, piece)], memory=memory) for i in range(3)]
+            first, middle, last = reservations
+            for res, phys in zip(reservations, physes, strict=True):
+                if not await _unless_driver_fails(partial(res.bind, phys), _BIND_TRIES):
+                    break
+            else:
+                if await _unless_driver_fails(vcm.deactivate):  # (then on again from cold)
+                    if not await _unless_driver_fails(vcm.activate):
+                        return
+                    await _while_reading(
+                        middle.unbind,
+                        partial(_read_word, vcm, first, piece - 8),
+                        partial(_read_word, vcm, last, 0),
+                    )
+                    check_quiescent([vcm], physes=physes)
+                    _expect_gone(
+                        vcm,
+                        middle.start,
+                        piece,
+                        "after an unbind while the pieces beside it were reached from cold",
+                    )
+            for res in reservations:
+                await _until_done(res.unreserve if res.phys is None else res.unmap)
+            for phys in physes:
+                await _until_done(phys.free)
+            memory.free_pages(block, order + 2)
+        await _until_done(vcm.deactivate)
+
+    _raise_unexpected(await run.concurrently(unbind_the_middle), _REFUSED)
+
+
+_IN_FLIGHT_ORDERS = (0, 4)  # _walks_in_flight's pieces: 4 KiB and 64 KiB
 
 
 _MANY_BINDINGS = 48  # more than a driver's cache of walks or entries may hold (32 is common)
@@ -1876,6 +1961,12 @@ _SPECS: dict[str, _Spec] = {
         contexts=2,
         needs_memory=True,
         until_covered=2,
+    ),
+    "walks_in_flight": _Spec(
+        "rule 4",
+        "a piece unbound while the device reaches those beside it from cold: unreachable after",
+        _walks_in_flight,
+        needs_memory=True,
     ),
     "many_bindings": _Spec(
         "rule 4",
