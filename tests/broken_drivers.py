@@ -261,9 +261,12 @@ class AroundMissTlbPageTable(drivers.PageTableMmu):
     caches the translation again from the entry still there: the device reaches the old
     memory once the unbind returned. Its page tables are right."""
 
-    def __init__(self, memory: avcm.PhysicalMemory, *, clear_first: bool) -> None:
+    def __init__(
+        self, memory: avcm.PhysicalMemory, *, clear_first: bool, sides: tuple[int, ...] = (-1, 1)
+    ) -> None:
         super().__init__(memory, orders=(8, 4, 0), name="around-miss-tlb")
         self.clear_first = clear_first
+        self.sides = sides  # the pages cached with a miss, in pages from it
         self.tlb: dict[int, int] = {}  # device page -> physical page
 
     def translate(self, addr: int) -> int:
@@ -275,7 +278,8 @@ class AroundMissTlbPageTable(drivers.PageTableMmu):
             return cached + (addr - page)
         physical = super().translate(addr)
         self.tlb[page] = physical - (addr - page)
-        for beside in (page - avcm.PAGE_SIZE, page + avcm.PAGE_SIZE):
+        for side in self.sides:
+            beside = page + side * avcm.PAGE_SIZE
             if self._covering(beside) is not None:
                 self.tlb[beside] = super().translate(beside)
         return physical
@@ -1697,6 +1701,11 @@ def prefetching_tlb_cancelled(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def invalidate_before_clear(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """A read beside a page being unmapped caches it again between invalidation and clear."""
     return _in_a_gib(AroundMissTlbPageTable(memory, clear_first=False))
+
+
+def invalidate_before_clear_ahead(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """As :func:`invalidate_before_clear`, a miss caching the page after it only."""
+    return _in_a_gib(AroundMissTlbPageTable(memory, clear_first=False, sides=(1,)))
 
 
 def clear_before_invalidate(memory: avcm.PhysicalMemory) -> avcm.Vcm:

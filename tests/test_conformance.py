@@ -168,6 +168,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, backend: str) -> Non
         # a TLB invalidated before the entry is cleared, a wait between: a read beside the
         # page caches it again (attack62's such driver passed every scenario and stress)
         (broken_drivers.invalidate_before_clear, "walks_in_flight", "beside it were reached"),
+        # ... caching only the page after a miss: met from the piece before (attack63)
+        (broken_drivers.invalidate_before_clear_ahead, "walks_in_flight", "beside it were"),
         # a TLB entry's copy of the next page's translation, which a burst from the page below
         # uses after that page was unmapped (attack59's such driver passed every scenario)
         (broken_drivers.burst_next_tlb, "neighbours", "on into"),

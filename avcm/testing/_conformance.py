@@ -1278,11 +1278,12 @@ async def _walks_in_flight(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
     """Three reservations next to each other, bound in order to three pieces of memory next to
     each other (4 KiB, then 64 KiB entries); from cold, the device reads the first piece's
     last word, and then, from another task, the third's first word at checkpoints while the
-    middle piece is unbound: the reads reach their memory, and once the unbind returned the
-    middle piece faults. A walker that fetches the entries around a miss must not take the
-    middle one from an entry the unbind had not cleared yet, after it invalidated (attack62's
-    driver invalidated, waited for its unit, then cleared: a read of the neighbour in between
-    left the old translation in its TLB, and it passed every other scenario and stress)."""
+    middle piece is unbound, then the other way round: the reads reach their memory, and
+    once the unbind returned the middle piece faults. A walker that fetches the entries
+    around a miss must not take the middle one from an entry the unbind had not cleared yet,
+    after it invalidated (attack62's driver invalidated, waited for its unit, then cleared: a
+    read of the neighbour in between left the old translation in its TLB, and it passed
+    every other scenario and stress)."""
 
     async def unbind_the_middle() -> None:
         if not await _unless_driver_fails(vcm.activate):
@@ -1295,37 +1296,51 @@ async def _walks_in_flight(run: Run, memory: PhysicalMemory, vcm: Vcm) -> None:
                 break
             (block,) = _blocks(memory, order + 2)
             physes = [create_phys([(block + i * piece, piece)], memory=memory) for i in range(3)]
-            first, middle, last = reservations
-            for res, phys in zip(reservations, physes, strict=True):
-                if not await _unless_driver_fails(partial(res.bind, phys), _BIND_TRIES):
-                    break
-            else:
-                if await _unless_driver_fails(vcm.deactivate):  # (then on again from cold)
-                    if not await _unless_driver_fails(vcm.activate):
-                        return
-                    await _while_reading(
-                        middle.unbind,
-                        partial(_read_word, vcm, first, piece - 8),
-                        partial(_read_word, vcm, last, 0),
-                    )
-                    check_quiescent([vcm], physes=physes)
-                    _expect_gone(
-                        vcm,
-                        middle.start,
-                        piece,
-                        "after an unbind while the pieces beside it were reached from cold",
-                    )
+            on = await _reads_beside_an_unbind(vcm, reservations, physes)
             for res in reservations:
                 await _until_done(res.unreserve if res.phys is None else res.unmap)
             for phys in physes:
                 await _until_done(phys.free)
             memory.free_pages(block, order + 2)
+            if not on:
+                return  # (the driver failed to switch it on again: rule 8)
         await _until_done(vcm.deactivate)
 
     _raise_unexpected(await run.concurrently(unbind_the_middle), _REFUSED)
 
 
 _IN_FLIGHT_ORDERS = (0, 4)  # _walks_in_flight's pieces: 4 KiB and 64 KiB
+
+
+async def _reads_beside_an_unbind(vcm: Vcm, reservations: list[Res], physes: list[Phys]) -> bool:
+    """:func:`_walks_in_flight` with one run of three: the pieces bound, then twice from cold
+    the middle one unbound while the device reads beside it, the piece before it first and
+    then the one after, then the other way round (a walker that fetches the entries after a
+    miss meets the middle one only from the piece before it, attack63, and one that fetches
+    those before it only from the piece after it); False if the driver failed to switch the
+    context on again (rule 8), which leaves it off."""
+    first, middle, last = reservations
+    size = middle.res_size
+    below = partial(_read_word, vcm, first, size - 8)
+    above = partial(_read_word, vcm, last, 0)
+    for before, during in ((below, above), (above, below)):
+        if middle.phys is not None:
+            await _until_done(middle.unbind)
+        for res, phys in zip(reservations, physes, strict=True):
+            if res.phys is None and not await _unless_driver_fails(
+                partial(res.bind, phys), _BIND_TRIES
+            ):
+                return True  # (rule 8: nothing to unbind in flight)
+        if not await _unless_driver_fails(vcm.deactivate):  # (then on again from cold)
+            return True
+        if not await _unless_driver_fails(vcm.activate):
+            return False
+        await _while_reading(middle.unbind, before, during)
+        check_quiescent([vcm], physes=physes)
+        _expect_gone(
+            vcm, middle.start, size, "after an unbind while the pieces beside it were reached"
+        )
+    return True
 
 
 _MANY_BINDINGS = 48  # more than a driver's cache of walks or entries may hold (32 is common)
