@@ -160,8 +160,7 @@ def _unjudged(result: RunResult) -> str:
     """How many operations went unjudged after undos that failed, for the summary line."""
     if not result.unjudged:
         return ""
-    count = sum(last - first + 1 for first, last, _ in result.unjudged)
-    return f" ({count:,} not judged after {len(result.unjudged)} undo(s) that failed)"
+    return f" ({result.not_judged:,} not judged after {len(result.unjudged)} undo(s) that failed)"
 
 
 def unjudged_lines(result: RunResult) -> list[str]:
@@ -288,6 +287,7 @@ def report_json(config: StressConfig, result: RunResult) -> dict[str, Any]:
         else {"rule": violation.rule, "description": violation.description, "seq": violation.seq},
         "no_verdict": result.no_verdict,
         "unjudged": _unjudged_json(result),
+        "not_judged": result.not_judged,
         "abandoned": result.abandoned,
     }
 

@@ -55,6 +55,7 @@ from ._device import (
 )
 from ._gate import Gate
 from ._invariants import (
+    DRIVER_RETRIES,
     HARNESS,
     LEFT_TIMER,
     RESTART_ANCHORS,
@@ -256,6 +257,7 @@ class RunResult:
     # effects: what the hardware holds is unknown) to the next quiescent point, where the
     # harness started over on new memory; each (first operation, last, why)
     unjudged: list[tuple[int, int, str]] = field(default_factory=list)
+    not_judged: int = 0  # the operations that ended while nothing was judged
     # a stalled run that could not be stopped (a task stuck where no cancellation reaches)
     abandoned: bool = False
     # operations started (some may not have ended: a stalled run's, or one a violation stopped)
@@ -380,6 +382,9 @@ class World:
         self.deadline = None if config.duration is None else time.monotonic() + config.duration
         # since when (and why) nothing is judged: an operation's undo failed (start_over)
         self.unjudged_from: tuple[int, str] | None = None
+        # the highest numbered operation the gate let in so far (those numbered since wait for
+        # the next window)
+        self.admitted = 0
 
     def _use(self, contexts: list[Context]) -> None:
         self.contexts = contexts
@@ -547,8 +552,13 @@ class World:
                 self.phase = f"starting over after operation {self.seq}"
                 try:
                     await self.start_over()
+                except Exception as error:  # (not judging: _record would drop it)
+                    self.result.no_verdict = f"operation {self.seq}: {error}"
+                    return
+                try:
+                    await self.lay_runs()
                 except Exception as error:
-                    _record(self, error, "starting over", self.seq)
+                    _record(self, error, "laying out runs after starting over", self.seq)
         finally:
             self.phase = None
             self.gate.open()
@@ -878,17 +888,30 @@ class World:
     async def start_over(self) -> None:
         """At the quiescent point after an operation whose undo failed (partial effects: the
         hardware may be left half done, which no check can judge, in any context that shares
-        it): leave the contexts as they are, build them anew from the factory on new memory,
-        and judge from there. The operations from the failure to here are not judged."""
+        it): build the contexts anew from the factory on new memory, and judge from there.
+        The operations from the failure to here are not judged. The contexts left behind are
+        destroyed first as far as the driver lets them (its failures
+        are not judged either): what contexts on other memory share with them (a unit of the
+        driver's module, a pool of ids, a power count) is given back, else it stayed taken and
+        hid a bug of it (attack63: a power count shared by every context never came back to
+        zero, and its lost update went unfound). If the factory fails, the run cannot go on
+        (:class:`NoVerdict`)."""
         assert self.unjudged_from is not None
         first, why = self.unjudged_from
         self.end_ebb()
         memory = WatchedMemory()
-        try:
-            with self.faults_paused():
+        with self.faults_paused():
+            for ctx in self.contexts:
+                for _ in range(DRIVER_RETRIES):  # (each try releases what it can)
+                    try:
+                        await ctx.vcm.destroy()
+                    except Exception:
+                        continue
+                    break
+            try:
                 contexts = await build_contexts(self.config, memory)
-        except UsageError as error:  # not a verdict on the driver: the run cannot go on
-            raise NoVerdict("building the contexts anew after an undo failed", error) from None
+            except UsageError as error:
+                raise NoVerdict("building the contexts anew after an undo failed", error) from None
         self.memory = memory
         self._replace(contexts)
         self.physes.clear()
@@ -909,10 +932,9 @@ class World:
         self.baseline = self.in_use()
         self.drained_at = self.seq
         self.next_drain = self.result.ops + self.config.drain_every
-        self.result.unjudged.append((first, self.seq, why))
+        self.result.unjudged.append((first, self.admitted, why))
         self.unjudged_from = None
         self.result.checks["started over on new memory after an undo failed"] += 1
-        await self.lay_runs()
 
     def judging(self) -> bool:
         """Whether what happens now is judged: no violation, nothing that ended the run with
@@ -1424,6 +1446,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     cancel_at = task.rng.randrange(1, 2 * CANCEL_POINTS + 1)
     cancel_part = task.rng.random()
     ticket = await world.gate.enter()
+    world.admitted = max(world.admitted, seq)
     if world.ebbing:
         # (by its ticket, not its number: with more tasks than a window has places, operations
         # numbered in one window start in the next)
@@ -1490,6 +1513,8 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     if outcome == "ok" and canceller is not None and canceller.driver_started is not None:
         world.driver_seconds[op].append(ended - canceller.driver_started)
     result.counts[op] += 1
+    if world.unjudged_from is not None:
+        result.not_judged += 1
     result.outcomes[op][outcome] += 1
     result.latencies[op].append(elapsed)
     result.trace.append(Outcome(seq, task.index, op, target, outcome, round(started, 9)))
@@ -1631,7 +1656,7 @@ async def _run_tasks(world: World) -> None:
                 _record(world, error, "the final teardown", world.seq)
         if world.unjudged_from is not None:  # (the run ended before it could start over)
             first, why = world.unjudged_from
-            world.result.unjudged.append((first, world.seq, why))
+            world.result.unjudged.append((first, world.admitted, why))
         world.phase = None
 
 

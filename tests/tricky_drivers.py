@@ -207,6 +207,16 @@ def every_40th_clear_fails(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="every-40th")
 
 
+MADE: list[avcm.Vcm] = []  # every context flaky_teardown_kept made, in order
+
+
+def flaky_teardown_kept(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """:func:`flaky_teardown`, each context it makes kept in :data:`MADE`."""
+    vcm = flaky_teardown(memory)
+    MADE.append(vcm)
+    return vcm
+
+
 def flaky_teardown_often(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """One teardown call in three fails: a scenario's deactivates fail in most schedules."""
     driver = _FlakyTeardown(memory, rate=1 / 3)
