@@ -211,7 +211,41 @@ _SHARED_TLBS: weakref.WeakKeyDictionary[avcm.PhysicalMemory, dict[tuple[object, 
 )
 
 
-class PrefetchingTlbPageTable(drivers.PageTableMmu):
+class _TlbPageTable(drivers.PageTableMmu):
+    """A page table with a TLB of page translations in front of it while enabled: a miss
+    walks the table, caches the page, and tells :meth:`_missed`."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, name: str) -> None:
+        super().__init__(memory, orders=(8, 4, 0), name=name)
+        self.tlb: dict[int, int] = {}  # device page -> physical page
+
+    def _missed(self, page: int) -> None:
+        """A walk for *page* ended (what a walker fetches besides)."""
+
+    def _looking_up(self) -> None:
+        """A lookup begins (what lands in the TLB first)."""
+
+    def translate(self, addr: int) -> int:
+        if not self.enabled:
+            return super().translate(addr)
+        self._looking_up()
+        page = addr & ~(avcm.PAGE_SIZE - 1)
+        cached = self.tlb.get(page)
+        if cached is not None:
+            return cached + (addr - page)
+        physical = super().translate(addr)
+        self.tlb[page] = physical - (addr - page)
+        self._missed(page)
+        return physical
+
+    def walk(self, page: int) -> int | None:
+        """The table's translation of *page*, or None if nothing maps it."""
+        if self._covering(page) is None:
+            return None
+        return drivers.PageTableMmu.translate(self, page)
+
+
+class PrefetchingTlbPageTable(_TlbPageTable):
     """A TLB whose walker, on a miss, also fetches the translation of the page after, ahead
     of use; the fetch lands at the device's next access. An unmap drops the TLB's
     translations of its pages and, if *cancels* (correct), a fetch in flight for them too;
@@ -219,26 +253,18 @@ class PrefetchingTlbPageTable(drivers.PageTableMmu):
     Its page tables are right."""
 
     def __init__(self, memory: avcm.PhysicalMemory, *, cancels: bool) -> None:
-        super().__init__(memory, orders=(8, 4, 0), name="prefetching-tlb")
+        super().__init__(memory, name="prefetching-tlb")
         self.cancels = cancels
-        self.tlb: dict[int, int] = {}  # device page -> physical page
         self.in_flight: dict[int, int] = {}
 
-    def translate(self, addr: int) -> int:
-        if not self.enabled:
-            return super().translate(addr)
+    def _looking_up(self) -> None:
         self.tlb.update(self.in_flight)
         self.in_flight.clear()
-        page = addr & ~(avcm.PAGE_SIZE - 1)
-        cached = self.tlb.get(page)
-        if cached is not None:
-            return cached + (addr - page)
-        physical = super().translate(addr)
-        self.tlb[page] = physical - (addr - page)
-        after = page + avcm.PAGE_SIZE
-        if self._covering(after) is not None:
-            self.in_flight[after] = super().translate(after)
-        return physical
+
+    def _missed(self, page: int) -> None:
+        after = self.walk(page + avcm.PAGE_SIZE)
+        if after is not None:
+            self.in_flight[page + avcm.PAGE_SIZE] = after
 
     async def deactivate_page(self, vaddr: int, paddr: int, order: int, vcm: avcm.Vcm) -> None:
         await super().deactivate_page(vaddr, paddr, order, vcm)
@@ -253,7 +279,7 @@ class PrefetchingTlbPageTable(drivers.PageTableMmu):
         self.in_flight.clear()
 
 
-class AroundMissTlbPageTable(drivers.PageTableMmu):
+class AroundMissTlbPageTable(_TlbPageTable):
     """A TLB whose walker, on a miss, also caches the translations of the pages on either side
     of the one missed. Its page clear waits for the unit between the table write and the TLB
     invalidation: if *clear_first* (correct) it clears the entry, waits, then invalidates;
@@ -264,25 +290,16 @@ class AroundMissTlbPageTable(drivers.PageTableMmu):
     def __init__(
         self, memory: avcm.PhysicalMemory, *, clear_first: bool, sides: tuple[int, ...] = (-1, 1)
     ) -> None:
-        super().__init__(memory, orders=(8, 4, 0), name="around-miss-tlb")
+        super().__init__(memory, name="around-miss-tlb")
         self.clear_first = clear_first
         self.sides = sides  # the pages cached with a miss, in pages from it
-        self.tlb: dict[int, int] = {}  # device page -> physical page
 
-    def translate(self, addr: int) -> int:
-        if not self.enabled:
-            return super().translate(addr)
-        page = addr & ~(avcm.PAGE_SIZE - 1)
-        cached = self.tlb.get(page)
-        if cached is not None:
-            return cached + (addr - page)
-        physical = super().translate(addr)
-        self.tlb[page] = physical - (addr - page)
+    def _missed(self, page: int) -> None:
         for side in self.sides:
             beside = page + side * avcm.PAGE_SIZE
-            if self._covering(beside) is not None:
-                self.tlb[beside] = super().translate(beside)
-        return physical
+            physical = self.walk(beside)
+            if physical is not None:
+                self.tlb[beside] = physical
 
     def _invalidate(self, vaddr: int, order: int) -> None:
         for page in range(vaddr, vaddr + (avcm.PAGE_SIZE << order), avcm.PAGE_SIZE):
