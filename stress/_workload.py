@@ -312,31 +312,13 @@ class World:
         self.config = config
         self.memory = memory
         self._use(contexts)
-        self.physes: list[avcm.Phys] = []
-        self.reservations: list[avcm.Res] = []
+        self._fresh_pools()
         self.names: dict[object, str] = {}
-        # Per phys, where its parts are (computed once), and the bytes the harness
-        # wrote last at a few offsets (data checks and probes): nothing else may change them
-        # while the phys lives. Plain dicts, a probe reads both (a weak one makes a reference
-        # at each look up): a phys's entries go once it is freed, at the next quiescent point
-        # (_prune).
-        self.layouts: dict[avcm.Phys, tuple[list[int], list[int]]] = {}
-        self.written: dict[avcm.Phys, dict[int, bytes]] = {}
-        self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
-        # per context, how long its activate took from cold with nothing bound, at the last
-        # drain: how long a switch-on takes to reach the hardware's power-up, at most
-        self.enable_seconds: dict[avcm.Vcm, float] = {}
-        # per context, how long its last switch-on in a racing restart took, reservations bound
-        self.switch_on_seconds: dict[avcm.Vcm, float] = {}
-        # and how many blocks of memory its driver took in it (alloc_pages)
-        self.switch_on_allocations: dict[avcm.Vcm, int] = {}
         # how many of the driver's timers to let fall due before a racing restart aims at the
         # next: learned from the restart that saw their rhythm change after keeping it
         # longest (the latest of those), see check_restart_racing; None while none did
         self.decisive_wakes: int | None = None
         self.decisive_kept = 0  # for how many waits the rhythm it was learned from was kept
-        # per context, the sum of its counts in held: what its activation count must be
-        self.held_in: Counter[avcm.Vcm] = Counter()
         self.result = RunResult() if result is None else result
         self.seq = 0
         # what is under way, for a stall's report: per task in an operation, the operation
@@ -345,7 +327,6 @@ class World:
         self.phase: str | None = None
         self.tasks_ended = 0
         self.canaries = 0  # written into new physes (mark_new)
-        self.device = DevicePages()
         self.checks_random = random.Random(f"{config.seed}:checks")
         # which context changes alone, and when (change_one_context)
         self.contexts_random = random.Random(f"{config.seed}:contexts")
@@ -356,8 +337,6 @@ class World:
         self.runs_random = random.Random(f"{config.seed}:runs")
         self.next_detach = self.contexts_random.randint(DETACH_EVERY // 2, DETACH_EVERY)
         self.generations: Counter[str] = Counter()  # per context name: built in its place
-        # per context ebbing in this window, the ticket of the operation switching it off
-        self.ebbing: dict[avcm.Vcm, int] = {}
         # once the driver refused to switch a context on (shed_bindings): per context, what
         # was bound when an activate of it last returned (the driver took those)
         self.switched_on_with: dict[avcm.Vcm, dict[avcm.Res, avcm.Phys]] | None = None
@@ -366,10 +345,6 @@ class World:
         self.driver_seconds: defaultdict[str, deque[float]] = defaultdict(
             lambda: deque(maxlen=DRIVER_TIMES_KEPT)
         )
-        self.largest_phys = 0  # no binding reaches further into a reservation than this
-        # per context, what operations in flight may be changing in it: a reservation being
-        # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
-        self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
         self.gate = Gate(config.check_every)
         self.stop = False
         self.next_drain = config.drain_every
@@ -385,6 +360,36 @@ class World:
         # the highest numbered operation the gate let in so far (those numbered since wait for
         # the next window)
         self.admitted = 0
+
+    def _fresh_pools(self) -> None:
+        """What the tasks made and the harness knows of the contexts, empty: at the start, and
+        when the harness starts over on new memory (:meth:`start_over`)."""
+        self.physes: list[avcm.Phys] = []
+        self.reservations: list[avcm.Res] = []
+        # Per phys, where its parts are (computed once), and the bytes the harness
+        # wrote last at a few offsets (data checks and probes): nothing else may change them
+        # while the phys lives. Plain dicts, a probe reads both (a weak one makes a reference
+        # at each look up): a phys's entries go once it is freed, at the next quiescent point
+        # (_prune).
+        self.layouts: dict[avcm.Phys, tuple[list[int], list[int]]] = {}
+        self.written: dict[avcm.Phys, dict[int, bytes]] = {}
+        self.held: dict[tuple[int, avcm.Vcm], int] = defaultdict(int)  # (task, vcm) -> count
+        # per context, how long its activate took from cold with nothing bound, at the last
+        # drain: how long a switch-on takes to reach the hardware's power-up, at most
+        self.enable_seconds: dict[avcm.Vcm, float] = {}
+        # per context, how long its last switch-on in a racing restart took, reservations bound
+        self.switch_on_seconds: dict[avcm.Vcm, float] = {}
+        # and how many blocks of memory its driver took in it (alloc_pages)
+        self.switch_on_allocations: dict[avcm.Vcm, int] = {}
+        # per context, the sum of its counts in held: what its activation count must be
+        self.held_in: Counter[avcm.Vcm] = Counter()
+        self.device = DevicePages()
+        # per context ebbing in this window, the ticket of the operation switching it off
+        self.ebbing: dict[avcm.Vcm, int] = {}
+        self.largest_phys = 0  # no binding reaches further into a reservation than this
+        # per context, what operations in flight may be changing in it: a reservation being
+        # unbound or unreserved, or WHOLE (activate, deactivate); mid-run checks leave them be
+        self.in_flux: dict[avcm.Vcm, Counter[object]] = defaultdict(Counter)
 
     def _use(self, contexts: list[Context]) -> None:
         self.contexts = contexts
@@ -914,21 +919,9 @@ class World:
                 raise NoVerdict("building the contexts anew after an undo failed", error) from None
         self.memory = memory
         self._replace(contexts)
-        self.physes.clear()
-        self.reservations.clear()
-        self.layouts.clear()
-        self.written.clear()
-        self.held.clear()
-        self.held_in.clear()
-        self.in_flux.clear()
-        self.enable_seconds.clear()
-        self.switch_on_seconds.clear()
-        self.switch_on_allocations.clear()
-        self.ebbing.clear()
-        if self.switched_on_with is not None:
+        self._fresh_pools()
+        if self.switched_on_with is not None:  # (the driver's refusals go on: shed_bindings)
             self.switched_on_with = {}
-        self.device = DevicePages()
-        self.largest_phys = 0
         self.baseline = self.in_use()
         self.drained_at = self.seq
         self.next_drain = self.result.ops + self.config.drain_every
