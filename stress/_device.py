@@ -19,14 +19,24 @@ context: a cache such as an IOTLB can only hold translations a device used. Afte
 also the first page of each page a walk of the phys that was bound there takes (1 MiB, 64 KiB
 and 4 KiB pages): where a driver's entries most likely start, so that an entry left behind in
 the middle of the range most likely covers one.
+
+A cache can also be refilled while an unmapping runs: a walk that a device access beside a
+page causes may fetch that page's entry before it is cleared, after its translations were
+dropped (a driver that invalidates first, then clears). So now and then
+(:data:`BESIDE_CHANCE`) an unmapping, and a switch-off, runs with device reads beside it
+(:class:`ReadsBeside`), whose pages and the pages on either side are probed once it returned.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
+import random
 from collections.abc import Iterable
 from operator import itemgetter
 from typing import TYPE_CHECKING
+
+import anyio
 
 import avcm
 
@@ -39,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DevicePages",
+    "ReadsBeside",
     "after_binding",
     "after_deactivate",
     "after_unmapping",
@@ -57,6 +68,12 @@ MiB = 1 << 20
 # sizes), so many at most, evenly spaced: a phys not aligned to 64 KiB walks in 4 KiB pages.
 WALK_ORDERS = (8, 4, 0)
 WALK_PROBES = 32
+# With this chance an unmapping or a switch-off runs with device reads beside it
+# (ReadsBeside): so many, the first a microsecond of virtual time in, each gap after about
+# twice the one before (a unit's waits take from microseconds to milliseconds).
+BESIDE_CHANCE = 1 / 8
+BESIDE_READS = 6
+BESIDE_FIRST_GAP = 1e-6
 
 
 def _page(address: int) -> int:
@@ -83,6 +100,11 @@ class DevicePages:
         """*vcm* was destroyed: its pages are no one's to probe."""
         self._pages.pop(vcm, None)
 
+    def touch_around(self, ctx: Context, page: int) -> None:
+        """The device accessed *page*: it, and the pages on either side, which a walk it
+        caused may have fetched too, are worth probing."""
+        self.touch(ctx, max(page - avcm.PAGE_SIZE, 0), 3 * avcm.PAGE_SIZE)
+
     def recent(self, ctx: Context) -> list[int]:
         return list(self._pages.get(ctx.vcm, ()))
 
@@ -105,6 +127,62 @@ class DevicePages:
     def pattern(self) -> bytes:
         self._probes += 1
         return (0x5A17_C0DE_0000_0000 | self._probes).to_bytes(PROBE_LENGTH, "little")
+
+
+class ReadsBeside:
+    """Device reads at pages drawn from *edges* or *inside* (as often, when both) while an
+    operation that changes them runs, by a task of their own started at once, at virtual
+    times spread from a microsecond to some milliseconds in (:data:`BESIDE_READS` of them at
+    most). What they reach is not judged: the pages are changing. Their point is what they
+    leave in the hardware: each read page and the pages on either side are touched
+    (:meth:`DevicePages.touch_around`), so the probes once the operation returned
+    (:func:`after_unmapping`, :func:`after_deactivate`) and at quiescent points look at them.
+
+    :meth:`stop` must be called when the operation returned, before anything else runs (no
+    await in between): the task then reads no more, and leaves no timer pending (a restart
+    takes every pending timer for the driver's)."""
+
+    __slots__ = ("_ctx", "_edges", "_inside", "_random", "_scope", "_sleep", "_world")
+
+    def __init__(
+        self,
+        world: World,
+        ctx: Context,
+        rng: random.Random,
+        edges: list[int],
+        inside: range = range(0),
+    ) -> None:
+        self._world = world
+        self._ctx = ctx
+        self._random = rng
+        self._edges = edges
+        self._inside = inside
+        self._scope = anyio.CancelScope()
+        self._sleep: anyio.CancelScope | None = None
+
+    async def run(self) -> None:
+        world, ctx, rng = self._world, self._ctx, self._random
+        gap = BESIDE_FIRST_GAP
+        with self._scope:
+            for _ in range(BESIDE_READS):
+                if self._scope.cancel_called:  # (stopped before it ran, or as it woke)
+                    return
+                self._sleep = anyio.CancelScope(deadline=anyio.current_time() + gap)
+                with self._sleep:
+                    await anyio.sleep_forever()
+                if self._scope.cancel_called:
+                    return
+                inside, edges = self._inside, self._edges
+                page = rng.choice(inside if not edges or (inside and rng.random() < 0.5) else edges)
+                ctx.device_faults(page, PROBE_LENGTH, write=False)
+                world.device.touch_around(ctx, page)
+                world.result.checks["device reads beside a change in flight"] += 1
+                gap *= rng.uniform(2.0, 4.0)
+
+    def stop(self) -> None:
+        if self._sleep is not None:
+            self._sleep.deadline = math.inf
+        self._scope.cancel()
 
 
 def _expect_fault(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 
 import avcm
 from avcm.lowlevel import errno_name, sync_hook, undo_failed
@@ -45,7 +46,9 @@ from ._contexts import (
     watching_allocations,
 )
 from ._device import (
+    BESIDE_CHANCE,
     DevicePages,
+    ReadsBeside,
     across,
     after_binding,
     after_deactivate,
@@ -295,6 +298,22 @@ class _Changing:
             del in_flux[what]
 
 
+class _Beside:
+    """:meth:`World.reads_beside`'s block, when it reads."""
+
+    __slots__ = ("_reads", "_workers")
+
+    def __init__(self, workers: anyio.abc.TaskGroup, reads: ReadsBeside) -> None:
+        self._workers = workers
+        self._reads = reads
+
+    def __enter__(self) -> None:
+        self._workers.start_soon(self._reads.run)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._reads.stop()
+
+
 class _Skip(Exception):
     """No object to operate on: the operation is counted as skipped."""
 
@@ -360,6 +379,9 @@ class World:
         # the highest numbered operation the gate let in so far (those numbered since wait for
         # the next window)
         self.admitted = 0
+        # the tasks' group while they run, which device reads beside an operation start in
+        self.workers: anyio.abc.TaskGroup | None = None
+        self.beside_random = random.Random(f"{config.seed}:beside")
 
     def _fresh_pools(self) -> None:
         """What the tasks made and the harness knows of the contexts, empty: at the start, and
@@ -443,6 +465,32 @@ class World:
         self.name(res)
         self.reservations.append(res)
 
+    def reads_beside(
+        self, ctx: Context, edges: list[int], inside: range = range(0)
+    ) -> contextlib.AbstractContextManager[None]:
+        """Now and then (:data:`BESIDE_CHANCE`, drawn for each block of an active *ctx* the
+        tasks run), the block runs with device reads at *edges* and *inside* beside it
+        (:class:`ReadsBeside`), started as it is entered and stopped as it is left."""
+        if (
+            self.workers is None
+            or not ctx.translated
+            or not ctx.vcm.activations
+            or not (edges or inside)
+            or self.beside_random.random() >= BESIDE_CHANCE
+        ):
+            return _NO_SCOPE
+        return _Beside(self.workers, ReadsBeside(self, ctx, self.beside_random, edges, inside))
+
+    def unmapping(self, res: avcm.Res) -> contextlib.AbstractContextManager[None]:
+        """The block unmaps *res* (if bound): device reads beside it now and then
+        (:meth:`reads_beside`), at its bound pages and the page on either side."""
+        size = res.bound_size
+        if res.phys is None or not size:
+            return _NO_SCOPE
+        end = res.start + size
+        edges = [page for page in (res.start - avcm.PAGE_SIZE, end) if page >= 0]
+        return self.reads_beside(self.by_vcm[res.vcm], edges, range(res.start, end, avcm.PAGE_SIZE))
+
     def changing(self, vcm: avcm.Vcm, what: object) -> _Changing:
         """Say that an operation in flight may change *what* (a reservation, or ``WHOLE``) in
         the context of *vcm*, until the block is left."""
@@ -477,10 +525,11 @@ class World:
         self.held[(task, vcm)] += change
         self.held_in[vcm] += change
 
-    async def unbind(self, res: avcm.Res) -> avcm.Phys | None:
+    async def unbind(self, res: avcm.Res, *, beside: bool = False) -> avcm.Phys | None:
         """Unbind *res* as an operation does, the model and the device pages told; the phys
-        it had, or None if it had none."""
-        with self.changing(res.vcm, res):
+        it had, or None if it had none. If *beside*, with device reads beside it now and then
+        (:meth:`unmapping`)."""
+        with self.changing(res.vcm, res), self.unmapping(res) if beside else _NO_SCOPE:
             phys = await res.unbind()
         if res.phys is not None and res.phys is phys:
             raise Violation("rule 5", f"unbind of {self.name(res)} left it bound")
@@ -1140,13 +1189,13 @@ async def op_bind(world: World, task: TaskState) -> tuple[str, str]:
 
 async def op_unbind(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    phys = await world.unbind(res)
+    phys = await world.unbind(res, beside=True)
     return world.name(res), "ok" if phys is not None else "unbound"
 
 
 async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
-    with world.changing(res.vcm, res):
+    with world.changing(res.vcm, res), world.unmapping(res):
         await res.unreserve()
     world.forget(world.reservations, res)
     after_unmapping(world, world.by_vcm[res.vcm], res, "unreserve")
@@ -1156,7 +1205,7 @@ async def op_unreserve(world: World, task: TaskState) -> tuple[str, str]:
 async def op_unmap(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     entries = entry_pages(res, res.phys)  # (before the unmap frees it)
-    with world.changing(res.vcm, res):
+    with world.changing(res.vcm, res), world.unmapping(res):
         await res.unmap()
     world.forget(world.reservations, res)
     after_unmapping(world, world.by_vcm[res.vcm], res, "unmap", entries)
@@ -1167,7 +1216,7 @@ async def op_destroy_binding(world: World, task: TaskState) -> tuple[str, str]:
     res = _pick(task, world.reservations)
     phys = res.phys
     entries = entry_pages(res, phys)
-    with world.changing(res.vcm, res):
+    with world.changing(res.vcm, res), world.unmapping(res):
         await res.destroy_binding()
     world.forget(world.reservations, res)
     if phys is not None and phys.freed:
@@ -1229,7 +1278,7 @@ async def op_deactivate(world: World, task: TaskState) -> tuple[str, str]:
 
 
 async def op_deactivate_ctx(world: World, task: TaskState, ctx: Context) -> tuple[str, str]:
-    with world.switching(ctx.vcm):
+    with world.switching(ctx.vcm), world.reads_beside(ctx, world.device.recent(ctx)):
         await ctx.vcm.deactivate()
     world.hold(task.index, ctx.vcm, -1)
     if ctx.vcm.activations < 0:
@@ -1245,7 +1294,7 @@ async def op_switch_off(world: World, task: TaskState) -> tuple[str, str]:
     ctx = world.by_vcm.get(vcm) if vcm is not None else None
     if ctx is None or not world.held[(HARNESS, ctx.vcm)]:
         raise _Skip  # (destroyed, or switched off at the quiescent point before it)
-    with world.switching(ctx.vcm):
+    with world.switching(ctx.vcm), world.reads_beside(ctx, world.device.recent(ctx)):
         await ctx.vcm.deactivate()
     world.hold(HARNESS, ctx.vcm, -1)
     if ctx.vcm.activations < 0:
@@ -1618,8 +1667,10 @@ async def _run_tasks(world: World) -> None:
                 _record(world, error, world.phase, 0)
             world.phase = None
             async with anyio.create_task_group() as workers:
+                world.workers = workers
                 for index in range(config.tasks):
                     workers.start_soon(_task_loop, world, index, ops, weights)
+            world.workers = None
         _count_warnings(world, caught)
         world.end_ebb()
         if world.judging() and world.held_in.total():
