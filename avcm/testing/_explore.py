@@ -240,9 +240,11 @@ class Exploration:
     failure: Failure | None
     max_steps_seen: int
     # Coverage. Schedules that differ in the order of their steps (which task passed which
-    # point when) count apart; the scheduler does not know which steps conflict, so two that
-    # differ only in the order of independent steps count twice.
+    # point when) count apart in distinct_schedules, even if they differ only in the order of
+    # independent steps; in distinct_orders only if they differ in the order of conflicting
+    # steps (on one sync object, or both at plain checkpoints: Run.conflict_order)
     distinct_schedules: int = 0
+    distinct_orders: int = 0
     points: tuple[tuple[str, int], ...] = ()  # each point (sync point or checkpoint), how often
     covered: bool = False  # stopped by until_covered: new schedules stopped adding coverage
     # run on workers: each part's own exploration, in the order of the parts: every part up to
@@ -1140,7 +1142,8 @@ async def explore_async(
     default) in the running event loop; stop at the first failure, shrink it and return it.
     *on_progress* is called with the number of schedules run after each one (a progress
     bar's ``update``, for instance). With *until_covered*, also stop once that many schedules
-    in a row ran no schedule not seen before (``covered`` in the result).
+    in a row ran no order of conflicting steps not seen before (``covered`` in the result;
+    ``distinct_orders`` counts those orders).
 
     Under a real clock, simulated latency takes real time: prefer :func:`explore`, or a
     virtual clock (pytest-trio's ``autojump_clock``).
@@ -1157,8 +1160,9 @@ async def explore_async(
     exhausted = covered = False
     max_steps_seen = 0
     seen: set[str] = set()
+    orders: set[int] = set()  # (hashes: a hash seed changes none of their count)
     points: collections.Counter[str] = collections.Counter()
-    stale = 0  # schedules in a row that added nothing new
+    stale = 0  # schedules in a row that ran no order of conflicting steps not seen before
     for schedule in range(schedules):
         chooser = strategy.chooser(schedule)
         if chooser is None:
@@ -1170,9 +1174,10 @@ async def explore_async(
             on_progress(ran)
         strategy.finished(run.steps)
         max_steps_seen = max(max_steps_seen, run.steps)
-        digest = digest_of(run.trail())
-        stale = 0 if digest not in seen else stale + 1
-        seen.add(digest)
+        seen.add(digest_of(run.trail()))
+        order = hash(run.conflict_order())
+        stale = 0 if order not in orders else stale + 1
+        orders.add(order)
         points.update(step.point for step in run.timeline().steps if not step.injected)
         if error is None:
             if until_covered is not None and stale >= until_covered:
@@ -1203,6 +1208,7 @@ async def explore_async(
             failure=failure,
             max_steps_seen=max_steps_seen,
             distinct_schedules=len(seen),
+            distinct_orders=len(orders),
             points=tuple(sorted(points.items())),
         )
     return Exploration(
@@ -1215,6 +1221,7 @@ async def explore_async(
         failure=None,
         max_steps_seen=max_steps_seen,
         distinct_schedules=len(seen),
+        distinct_orders=len(orders),
         points=tuple(sorted(points.items())),
         covered=covered,
     )

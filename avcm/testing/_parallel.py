@@ -512,6 +512,7 @@ def _merge(parts: dict[int, Exploration], total: int, name: str | None = None) -
         failure=None if failing is None else failing.failure,
         max_steps_seen=max(part.max_steps_seen for part in ran),
         distinct_schedules=sum(part.distinct_schedules for part in ran),
+        distinct_orders=sum(part.distinct_orders for part in ran),
         points=tuple(sorted(points.items())),
         covered=len(ran) == total and all(part.covered for part in ran),
         parts=tuple(ran),

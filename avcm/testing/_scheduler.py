@@ -610,11 +610,12 @@ def _qualname(frame: FrameType) -> str:
     return frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1]
 
 
-def _where(coro: Any) -> tuple[str, str]:
-    """``(operation, checkpoint)`` of a suspended task: the outermost function on its stack
-    from another module than the task's own code (``Res.bind``, a port's ``SeedRes.bind``),
-    else the innermost of its own code; and the machinery function its code awaits in
-    (``sleep``, ``Event.wait``, ``Lock.acquire``)."""
+def _where(coro: Any) -> tuple[str, str, object]:
+    """``(operation, checkpoint, waits_on)`` of a suspended task: the outermost function on
+    its stack from another module than the task's own code (``Res.bind``, a port's
+    ``SeedRes.bind``), else the innermost of its own code; the machinery function its code
+    awaits in (``sleep``, ``Event.wait``, ``Lock.acquire``); and the object that function is
+    a method of (the lock, the event: :func:`_synchronizes`), or None (``sleep``)."""
     frames = _await_frames(coro)
     for index, frame in enumerate(frames):
         if frame.f_code is _run_task_code:
@@ -622,21 +623,36 @@ def _where(coro: Any) -> tuple[str, str]:
             break
     own: list[tuple[str, FrameType]] = []
     checkpoint = "await"
+    waits_on: object = None
     for frame in frames:
         module = frame.f_globals.get("__name__", "")
         if module.startswith(_MACHINERY) or frame.f_code.co_name == "<lambda>":
             if own and checkpoint == "await":
                 checkpoint = _qualname(frame)
+                waits_on = _synchronizes(frame)
             continue
         own.append((module, frame))
-        checkpoint = "await"
+        checkpoint, waits_on = "await", None
     if not own:
-        return "", checkpoint
+        return "", checkpoint, waits_on
     first = own[0][0]
     for module, frame in own:
         if module != first:
-            return _qualname(frame), checkpoint
-    return _qualname(own[-1][1]), checkpoint
+            return _qualname(frame), checkpoint, waits_on
+    return _qualname(own[-1][1]), checkpoint, waits_on
+
+
+def _synchronizes(frame: FrameType) -> object:
+    """What the machinery method running in *frame* synchronizes on: its ``self`` (a lock, an
+    event, a queue), or for one end of a memory stream (anyio's, trio's) the state both ends
+    share; None for a plain function (``sleep``, ``checkpoint``)."""
+    code = frame.f_code
+    if not code.co_argcount or code.co_varnames[0] != "self":
+        return None
+    owner = frame.f_locals.get("self")
+    if "Memory" in type(owner).__name__:  # (anyio's MemoryObject*Stream, trio's Memory*Channel)
+        return getattr(owner, "_state", owner)
+    return owner
 
 
 def _frames_state(coro: Any, keep: dict[int, object], *, deep: bool = False) -> tuple[object, ...]:
@@ -1005,6 +1021,8 @@ class Run:
         self._loop_steps = 0  # steps of any task so far: the loop moved
         self._tasks: list[_Task] = []
         self._steps: list[Step] = []
+        # per step that synchronized on an object, that object (kept alive: named by id)
+        self._objects: dict[int, object] = {}
         self._outcomes: list[TaskOutcome] = []
         self._positions: list[int] = []  # position chosen at each step with a choice
         self._choice_steps: list[int] = []  # the step of each of those choices
@@ -1111,6 +1129,43 @@ class Run:
     def trail(self) -> list[str]:
         """``task:point`` of every step, for the replay digest."""
         return [f"{step.task}:{step.point}" for step in self._steps]
+
+    def conflict_order(self) -> tuple[object, ...]:
+        """The order of the run's conflicting steps, for coverage: two runs give equal
+        tuples iff each task took the same steps (at the same points) and every two steps that
+        conflict came in the same order. Steps conflict when they synchronize on one object
+        (a lock, an event, a queue, a memory stream, what an avcm sync point names), or
+        neither names one (a plain checkpoint, a step of the run's own): those may touch
+        anything. Steps on two different objects, or on one and at a plain checkpoint, are
+        independent: for a program whose shared state is guarded by its sync objects that
+        does not change what it does. An object is named by the first step that touched it
+        (by its task and the task's own count of steps), the same whatever the order."""
+        per_task: dict[int, list[str]] = {}
+        touches: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
+        plain: list[int] = []
+        objects = self._objects
+        for step in self._steps:
+            task = step.task
+            own = per_task.get(task)
+            if own is None:
+                own = per_task[task] = []
+            obj = objects.get(step.index)
+            if obj is None:
+                plain.append(task)
+            else:
+                touched = touches.get(id(obj))
+                if touched is None:
+                    touches[id(obj)] = ([(task, len(own))], [task])
+                else:
+                    touched[1].append(task)  # (first seen first: the least of its task's)
+                    if task < touched[0][0][0]:
+                        touched[0][0] = (task, len(own))
+            own.append(step.point)
+        return (
+            tuple((task, tuple(points)) for task, points in sorted(per_task.items())),
+            tuple(plain),
+            tuple(sorted((first[0], tuple(order)) for first, order in touches.values())),
+        )
 
     def timeline(self) -> Timeline:
         return Timeline(
@@ -1530,10 +1585,14 @@ class Run:
             point, operation = "thread", "calls back"
         else:
             if chosen.point is not None:
-                point, operation = chosen.point, _where(chosen.native_coro())[0]
+                point, obj = chosen.point, chosen.obj
+                operation, _, waits_on = _where(chosen.native_coro())
             else:
-                operation, point = _where(chosen.native_coro())
+                operation, point, waits_on = _where(chosen.native_coro())
+                obj = None
             chosen.point = None
+            if obj is not None or waits_on is not None:
+                self._objects[len(self._steps)] = waits_on if obj is None else obj
         self._append(
             Step(
                 index=len(self._steps),
@@ -2287,7 +2346,7 @@ class Run:
                     f"  task {task.index} ({task.name}) waits at {task.point} {task.obj!r}"
                 )
             else:
-                operation, checkpoint = _where(task.native_coro())
+                operation, checkpoint, _ = _where(task.native_coro())
                 where = f"{operation} {checkpoint}" if operation else checkpoint
                 lines.append(f"  task {task.index} ({task.name}) waits in {where}")
         assert self._queue is not None
@@ -3144,7 +3203,7 @@ class _Queue:
                 if controlled is not None
                 else f"task {getattr(native, 'name', '?')} (outside control)"
             )
-            operation, checkpoint = _where(_coro_of(native))
+            operation, checkpoint, _ = _where(_coro_of(native))
             lines.append(f"  {name} waits in {operation} {checkpoint}".rstrip())
         error = ThreadWaitError("\n".join(lines))
         for native in stuck:
