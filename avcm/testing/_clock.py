@@ -310,26 +310,41 @@ def _read_site() -> tuple[object, ...]:
 _ASYNC_GENERATOR_STEPS = frozenset({"async_generator_asend", "async_generator_athrow"})
 
 
+# Where each kind of awaitable keeps its frame and what it awaits: looked up by type, since a
+# step takes these walks (the race finder's labels), and a chain of getattr costs twenty calls.
+_AWAIT_ATTRIBUTES: dict[type, tuple[str, str]] = {
+    types.CoroutineType: ("cr_frame", "cr_await"),
+    types.GeneratorType: ("gi_frame", "gi_yieldfrom"),
+    types.AsyncGeneratorType: ("ag_frame", "ag_await"),
+}
+
+
+def _await_attributes(coro: Any) -> tuple[str, str] | None:
+    """Which of its attributes hold an awaitable's frame and what it awaits (a coroutine-like
+    object of another type: the first of each kind it has), or None if it has no frame."""
+    for frame_name, awaits_name in _AWAIT_ATTRIBUTES.values():
+        if getattr(coro, frame_name, None) is not None:
+            return frame_name, awaits_name
+    return None
+
+
 def _await_frames(coro: Any) -> list[FrameType]:
     """The frames of a suspended coroutine and of everything it awaits, outermost first,
     through the async generators it awaits a step of (an ``asynccontextmanager``'s body: a
     wait for a thread or a sleep there is the task's)."""
     frames: list[FrameType] = []
+    attributes = _AWAIT_ATTRIBUTES
     while coro is not None:
-        frame = (
-            getattr(coro, "cr_frame", None)
-            or getattr(coro, "gi_frame", None)
-            or getattr(coro, "ag_frame", None)
-        )
+        kind = type(coro)
+        names = attributes.get(kind) or _await_attributes(coro)
+        if names is None:
+            break
+        frame = getattr(coro, names[0], None)
         if frame is None:
             break
         frames.append(frame)
-        coro = (
-            getattr(coro, "cr_await", None)
-            or getattr(coro, "gi_yieldfrom", None)
-            or getattr(coro, "ag_await", None)
-        )
-        if type(coro).__name__ in _ASYNC_GENERATOR_STEPS:
+        coro = getattr(coro, names[1], None)
+        if coro is not None and type(coro).__name__ in _ASYNC_GENERATOR_STEPS:
             coro = next(
                 (
                     generator
