@@ -30,6 +30,7 @@ dropped (a driver that invalidates first, then clears). So now and then
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import random
 from collections.abc import Iterable
@@ -74,6 +75,8 @@ WALK_PROBES = 32
 BESIDE_CHANCE = 1 / 8
 BESIDE_READS = 6
 BESIDE_FIRST_GAP = 1e-6
+_LAST_WORD = avcm.PAGE_SIZE - PROBE_LENGTH
+_BESIDE_OFFSETS = (0, _LAST_WORD, None)  # (None: a word drawn from between)
 
 
 def _page(address: int) -> int:
@@ -174,10 +177,27 @@ class ReadsBeside:
                     return
                 inside, edges = self._inside, self._edges
                 page = rng.choice(inside if not edges or (inside and rng.random() < 0.5) else edges)
-                ctx.device_faults(page, PROBE_LENGTH, write=False)
+                # at the page's start, its last word (a prefetcher a page's end sets off,
+                # attack64) or a word between
+                offset = rng.choice(_BESIDE_OFFSETS) or rng.randrange(0, _LAST_WORD, PROBE_LENGTH)
+                self._access(page + offset, write_back=rng.random() < 0.5)
                 world.device.touch_around(ctx, page)
-                world.result.checks["device reads beside a change in flight"] += 1
                 gap *= rng.uniform(2.0, 4.0)
+
+    def _access(self, address: int, *, write_back: bool) -> None:
+        """A device read at *address*, and if *write_back* and it reached memory, a write of
+        what it read back there (a cache that only writes fill, attack64): it changes no
+        byte, since no other task runs in between."""
+        ctx, checks = self._ctx, self._world.result.checks
+        checks["device reads beside a change in flight"] += 1
+        try:
+            seen = ctx.device_read(address, PROBE_LENGTH)
+        except DeviceFault:
+            return
+        if write_back:
+            checks["device writes beside a change in flight"] += 1
+            with contextlib.suppress(DeviceFault):
+                ctx.device_write(address, seen)
 
     def stop(self) -> None:
         if self._sleep is not None:
