@@ -323,6 +323,23 @@ class AroundMissTlbPageTable(_TlbPageTable):
 UNIT_WAIT = 50e-6  # seconds AroundMissTlbPageTable's page clear waits for its unit
 
 
+class BlockFillTlbPageTable(AroundMissTlbPageTable):
+    """As :class:`AroundMissTlbPageTable`, a miss caching every page of its 64 KiB block: once
+    a read cached a block, reads beside a page of it hit and cache nothing again; only a
+    miss of the page being unmapped itself, between its invalidation and its clear, takes
+    the entry still there (attack64's such driver passed walks_in_flight before it read the
+    page itself)."""
+
+    BLOCK = 64 * 1024
+
+    def _missed(self, page: int) -> None:
+        block = page & ~(self.BLOCK - 1)
+        for beside in range(block, block + self.BLOCK, avcm.PAGE_SIZE):
+            physical = self.walk(beside)
+            if physical is not None:
+                self.tlb[beside] = physical
+
+
 class BurstNextTlbPageTable(drivers.PageTableMmu):
     """A TLB whose entry for a page keeps the translation of the page after it too, which an
     access that goes on from the page into the next one uses. An unmap drops the entries of
@@ -1590,6 +1607,60 @@ class LateScrubCarveout(drivers.CarveoutAllocator):
         self.memory.write(part.start, bytes(min(part.size, 64)))  # ...and writes
 
 
+class FirstFitCarveout(drivers.CarveoutAllocator):
+    """A carve-out allocated first fit from a list of holes, lowest first; every fourth
+    allocation is aligned to 64 KiB (a device with an alignment constraint). If *pads*
+    (correct), a hole fits when the block fits after the padding its alignment takes; else
+    when the block fits from the hole's start, and an aligned block found so overruns the
+    hole into the allocation after it, once frees left holes that start off a 64 KiB
+    boundary."""
+
+    def __init__(self, memory: avcm.PhysicalMemory, *, pads: bool) -> None:
+        super().__init__(memory, 16 << 20, name="first-fit")
+        self.pads = pads
+        self.holes = [(self.start, self.start + self.size)]  # (start, end), by start
+        self.live: dict[int, int] = {}  # start -> size
+        self.allocations = 0
+        self.cleaned = False
+
+    async def alloc(self, vcm: avcm.Vcm, part: avcm.lowlevel.O2oPart, flags: int) -> object:
+        await self.latency.sleep("alloc", self)
+        self.allocations += 1
+        alignment = 64 * 1024 if self.allocations % 4 == 0 else avcm.PAGE_SIZE
+        for index, (start, end) in enumerate(self.holes):
+            aligned = -(-start // alignment) * alignment
+            if (aligned if self.pads else start) + part.size > end:
+                continue
+            block_end = aligned + part.size
+            rest = [(start, aligned)] if aligned > start else []
+            if block_end < end:
+                rest.append((block_end, end))
+            self.holes[index : index + 1] = rest
+            self.live[aligned] = part.size
+            part.start = aligned
+            return aligned
+        raise avcm.NoMemoryError(f"first-fit: no hole of {part.size:#x} bytes")
+
+    async def free(self, part: avcm.PhysPart, token: object) -> None:
+        await self.latency.sleep("free", self)
+        size = self.live.pop(part.start)
+        holes = sorted([*self.holes, (part.start, part.start + size)])
+        merged: list[tuple[int, int]] = []
+        for start, end in holes:
+            if merged and merged[-1][1] >= start:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self.holes = merged
+        if self.cleaned and not self.live:
+            self._release_region()
+
+    async def cleanup(self, vcm: avcm.Vcm) -> None:
+        self.cleaned = True
+        if not self.live:
+            self._release_region()
+
+
 def _o2o(allocator: drivers.CarveoutAllocator, memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.o2o_init(
         allocator.start, allocator.size, allocator, memory=memory, name=allocator.name
@@ -1602,6 +1673,16 @@ def check_then_act(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 
 def overlapping(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return _o2o(OverlappingCarveout(memory), memory)
+
+
+def first_fit_unpadded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """An aligned block placed in a hole that fits it only unaligned overruns the hole."""
+    return _o2o(FirstFitCarveout(memory, pads=False), memory)
+
+
+def first_fit_padded(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: a hole fits an aligned block only with its padding counted."""
+    return _o2o(FirstFitCarveout(memory, pads=True), memory)
 
 
 def late_scrub(memory: avcm.PhysicalMemory) -> avcm.Vcm:
@@ -1723,6 +1804,16 @@ def invalidate_before_clear(memory: avcm.PhysicalMemory) -> avcm.Vcm:
 def invalidate_before_clear_ahead(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     """As :func:`invalidate_before_clear`, a miss caching the page after it only."""
     return _in_a_gib(AroundMissTlbPageTable(memory, clear_first=False, sides=(1,)))
+
+
+def invalidate_before_clear_block(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """As :func:`invalidate_before_clear`, a miss caching its whole 64 KiB block."""
+    return _in_a_gib(BlockFillTlbPageTable(memory, clear_first=False))
+
+
+def clear_before_invalidate_block(memory: avcm.PhysicalMemory) -> avcm.Vcm:
+    """Correct: :func:`invalidate_before_clear_block` clearing before it invalidates."""
+    return _in_a_gib(BlockFillTlbPageTable(memory, clear_first=True))
 
 
 def clear_before_invalidate(memory: avcm.PhysicalMemory) -> avcm.Vcm:

@@ -33,6 +33,7 @@ import anyio.lowlevel
 from .. import (
     PAGE_SIZE,
     InvalidError,
+    NoMemoryError,
     NoSpaceError,
     NotSupportedError,
     Phys,
@@ -1216,6 +1217,15 @@ async def _while_reading(
         raise errors[0]
 
 
+def _read_anything(vcm: Vcm, address: int) -> None:
+    """A device read of the word at *address*, which may reach anything or fault (a range
+    changing): not judged."""
+    device = _device(vcm)
+    if device is not None:
+        with contextlib.suppress(Exception):
+            device.read(address, 8)
+
+
 def _read_word(vcm: Vcm, res: Res, offset: int) -> None:
     """A device read of the word at *offset* into bound *res* returns the memory bound there
     (rule 4)."""
@@ -1313,17 +1323,20 @@ _IN_FLIGHT_ORDERS = (0, 4)  # _walks_in_flight's pieces: 4 KiB and 64 KiB
 
 
 async def _reads_beside_an_unbind(vcm: Vcm, reservations: list[Res], physes: list[Phys]) -> bool:
-    """:func:`_walks_in_flight` with one run of three: the pieces bound, then twice from cold
-    the middle one unbound while the device reads beside it, the piece before it first and
-    then the one after, then the other way round (a walker that fetches the entries after a
-    miss meets the middle one only from the piece before it, attack63, and one that fetches
-    those before it only from the piece after it); False if the driver failed to switch the
-    context on again (rule 8), which leaves it off."""
+    """:func:`_walks_in_flight` with one run of three: the pieces bound, then three times
+    from cold the middle one unbound while the device reads beside it, the piece before it
+    first and then the one after, then the other way round (a walker that fetches the entries
+    after a miss meets the middle one only from the piece before it, attack63, and one that
+    fetches those before it only from the piece after it), then the piece before it first
+    and then the middle one itself, whatever that reaches while it goes (a cache filled a
+    block at a time, or flushed whole, whose neighbours' entries stayed: attack64); False
+    if the driver failed to switch the context on again (rule 8), which leaves it off."""
     first, middle, last = reservations
     size = middle.res_size
     below = partial(_read_word, vcm, first, size - 8)
     above = partial(_read_word, vcm, last, 0)
-    for before, during in ((below, above), (above, below)):
+    inside = partial(_read_anything, vcm, middle.start)
+    for before, during in ((below, above), (above, below), (below, inside)):
         if middle.phys is not None:
             await _until_done(middle.unbind)
         for res, phys in zip(reservations, physes, strict=True):
@@ -1383,6 +1396,62 @@ async def _many_bindings(run: Run, vcm: Vcm) -> None:
             await vcm.deactivate()
 
     _raise_unexpected(await run.concurrently(bind_and_unmap), set())
+
+
+# Sizes of the bindings fragments makes: pages and runs of pages that leave holes of every
+# shape, large pages and a page more than one (alignment padding a first fit must count).
+_FRAGMENT_SIZES = tuple(
+    size * KiB for size in (4, 8, 12, 20, 28, 36, 60, 64, 68, 124, 132, 1024, 1028)
+)
+_FRAGMENT_ROUNDS = 4
+_FRAGMENT_BINDINGS = 24  # made in each round
+_FRAGMENT_REFUSALS = 4  # in a row that end a round: full
+
+
+async def _fragments(run: Run, vcm: Vcm) -> None:
+    """Bindings of many sizes made and unmapped in rounds, in one active context: each round
+    makes some and unmaps every other live one, then every third, and so on, so that the
+    allocators of memory and of address space (a carve-out's first fit, aligned now and then)
+    serve from holes of every shape between live ones. After each round no two live
+    allocations overlap (the model check) and each binding reaches its own memory; at the end
+    none is left in the hardware. Nothing races (one task): the suite runs it until its
+    schedules repeat."""
+
+    async def churn() -> None:
+        sizes = itertools.cycle(_FRAGMENT_SIZES[index] for index in _FRAGMENT_ORDER)
+        if not await _unless_driver_fails(vcm.activate):
+            return  # a driver's own failure (rule 8)
+        live: list[Res] = []
+        for turn in range(_FRAGMENT_ROUNDS):
+            refused = 0
+            for _ in range(_FRAGMENT_BINDINGS):
+                try:
+                    live.append(await vcm.make_binding(next(sizes)))
+                    refused = 0
+                except (NoSpaceError, NoMemoryError):
+                    # a size the driver refuses now and then (rule 8), or full: the next
+                    # size, till it refuses several in a row (attack65: a driver refusing
+                    # one in four ended every round at three bindings)
+                    refused += 1
+                    if refused == _FRAGMENT_REFUSALS:
+                        break
+            check_quiescent([vcm])
+            _probe(*_bound(vcm))
+            going = live[turn % 2 :: 2 + turn % 2]
+            for res in going:
+                await res.destroy_binding()
+            live = [res for res in live if res not in going]
+            check_quiescent([vcm])
+        for res in live:
+            await res.destroy_binding()
+        check_quiescent([vcm])
+        await vcm.deactivate()
+
+    _raise_unexpected(await run.concurrently(churn), set())
+
+
+# the order fragments draws _FRAGMENT_SIZES in: spread, so that neighbours differ in size
+_FRAGMENT_ORDER = (0, 7, 2, 11, 4, 1, 9, 3, 12, 5, 8, 0, 6, 10, 2, 1)
 
 
 async def _contexts_apart(run: Run, *vcms: Vcm) -> None:
@@ -1987,6 +2056,12 @@ _SPECS: dict[str, _Spec] = {
         "rule 4",
         f"{_MANY_BINDINGS} bindings live in one context: all mapped, none left after unmap",
         _many_bindings,
+        until_covered=2,
+    ),
+    "fragments": _Spec(
+        "rules 4, 9",
+        "bindings of many sizes made and unmapped in rounds: apart from the holes they leave",
+        _fragments,
         until_covered=2,
     ),
     "power_sharing": _Spec(
