@@ -26,6 +26,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import sniffio
+from anyio.streams.stapled import StapledObjectStream
 
 import avcm
 from avcm import testing
@@ -2757,6 +2758,78 @@ def test_coverage_counts_orders_of_conflicting_steps_apart_only(backend: str) ->
         backend=backend, until_covered=50,
     )  # fmt: skip
     assert walk.covered and walk.distinct_orders == 2 and walk.schedules < 10_000
+
+
+def _orders(scenario: testing.Scenario, backend: str) -> int:
+    result = testing.explore(scenario, strategy=testing.Exhaustive(32), backend=backend)
+    assert result.exhausted
+    return result.distinct_orders
+
+
+def _lock_and_condition(shared: bool) -> testing.Scenario:
+    """One task takes a lock twice, another waits twice in ``async with`` of a condition: of
+    that lock if *shared*, else of a lock of its own."""
+
+    async def scenario(run: testing.Run) -> None:
+        lock = anyio.Lock()
+        condition = anyio.Condition(lock if shared else anyio.Lock())
+
+        async def on_the_lock() -> None:
+            for _ in range(2):
+                async with lock:
+                    pass
+
+        async def on_the_condition() -> None:
+            for _ in range(2):
+                async with condition:
+                    pass
+
+        await run.concurrently(on_the_lock, on_the_condition)
+
+    return scenario
+
+
+def _stapled(send_stapled: bool) -> testing.Scenario:
+    """A task sends two items on a memory stream, through a stapled pair if *send_stapled*,
+    while another receives them from its other end."""
+
+    async def scenario(run: testing.Run) -> None:
+        send, receive = anyio.create_memory_object_stream[int](2)
+        stapled = StapledObjectStream(send, receive)
+
+        async def sender() -> None:
+            for item in range(2):
+                await (stapled if send_stapled else send).send(item)
+
+        async def receiver() -> None:
+            for _ in range(2):
+                await receive.receive()
+
+        with send, receive:
+            await run.concurrently(sender, receiver)
+
+    return scenario
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steps_through_a_condition_or_a_stapled_stream_conflict_with_those_beneath(
+    backend: str,
+) -> None:
+    # a condition synchronizes on its lock; a stapled stream on the memory stream it sends
+    # on (attack65: counted as independent of them)
+    assert _orders(_lock_and_condition(True), backend) > _orders(
+        _lock_and_condition(False), backend
+    )
+    assert _orders(_stapled(True), backend) == _orders(_stapled(False), backend) > 2
+
+
+def test_until_covered_is_for_strategies_that_draw_their_schedules() -> None:
+    # depth first, an exhaustive search runs many schedules with no new order before the
+    # next one (attack65: covered after 3 schedules with 1 of 2 orders)
+    with pytest.raises(avcm.InvalidError, match="until_covered"):
+        testing.explore(
+            _waiting_twice(_two_events), strategy=testing.Exhaustive(32), until_covered=2
+        )
 
 
 @pytest.mark.parametrize(

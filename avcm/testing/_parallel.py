@@ -41,6 +41,7 @@ from ._explore import (
     Limits,
     Scenario,
     _run_once,
+    check_until_covered,
     checked_limits,
     described,
     explore,
@@ -541,10 +542,9 @@ def explore_parallel(
     on that one (left open), not on one made and closed here."""
     check_int(schedules, "schedules", 1)
     check_int(seed, "seed", 0)
-    if until_covered is not None:
-        check_int(until_covered, "until_covered", 1)
     if strategy is not None and not isinstance(strategy, Strategy):
         raise InvalidError(f"strategy must be an avcm.testing.Strategy, not {strategy!r}")
+    check_until_covered(until_covered, strategy)
     if strategy is not None and not isinstance(strategy, Exhaustive):
         strategy.with_seed(strategy.seed)  # refused here, before a cluster is made
     part = _ExplorePart(

@@ -644,14 +644,23 @@ def _where(coro: Any) -> tuple[str, str, object]:
 
 def _synchronizes(frame: FrameType) -> object:
     """What the machinery method running in *frame* synchronizes on: its ``self`` (a lock, an
-    event, a queue), or for one end of a memory stream (anyio's, trio's) the state both ends
-    share; None for a plain function (``sleep``, ``checkpoint``)."""
+    event, a queue), for one end of a memory stream (anyio's, trio's, also through a stapled
+    pair) the state both ends share, for a condition its lock (attack65: a task on the
+    condition and one on its lock conflict); None for a plain function (``sleep``,
+    ``checkpoint``)."""
     code = frame.f_code
     if not code.co_argcount or code.co_varnames[0] != "self":
         return None
     owner = frame.f_locals.get("self")
-    if "Memory" in type(owner).__name__:  # (anyio's MemoryObject*Stream, trio's Memory*Channel)
+    kind = type(owner).__name__
+    if kind.startswith("Stapled"):  # (anyio's: the end of the pair the method goes through)
+        end = "send_stream" if code.co_name.startswith("send") else "receive_stream"
+        owner = getattr(owner, end, owner)
+        kind = type(owner).__name__
+    if "Memory" in kind:  # (anyio's MemoryObject*Stream, trio's Memory*Channel)
         return getattr(owner, "_state", owner)
+    if "Condition" in kind:  # (anyio's, trio's, asyncio's: waits that take its lock)
+        return getattr(owner, "_lock", owner)
     return owner
 
 
