@@ -23,7 +23,7 @@ the middle of the range most likely covers one.
 A cache can also be refilled while an unmapping runs: a walk that a device access beside a
 page causes may fetch that page's entry before it is cleared, after its translations were
 dropped (a driver that invalidates first, then clears). So now and then
-(:data:`BESIDE_CHANCE`) an unmapping, and a switch-off, runs with device reads beside it
+(:data:`BESIDE_CHANCE`) an unmapping, and a switch-off, runs with device accesses beside it
 (:class:`ReadsBeside`), whose pages and the pages on either side are probed once it returned.
 """
 
@@ -133,10 +133,11 @@ class DevicePages:
 
 
 class ReadsBeside:
-    """Device reads at pages drawn from *edges* or *inside* (as often, when both) while an
+    """Device accesses at pages drawn from *edges* or *inside* (as often, when both) while an
     operation that changes them runs, by a task of their own started at once, at virtual
     times spread from a microsecond to some milliseconds in (:data:`BESIDE_READS` of them at
-    most). What they reach is not judged: the pages are changing. Their point is what they
+    most): each a read, and half the time a write back of what it read (:meth:`_access`).
+    What they reach is not judged: the pages are changing. Their point is what they
     leave in the hardware: each read page and the pages on either side are touched
     (:meth:`DevicePages.touch_around`), so the probes once the operation returned
     (:func:`after_unmapping`, :func:`after_deactivate`) and at quiescent points look at them.
