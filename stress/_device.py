@@ -169,12 +169,10 @@ class ReadsBeside:
         gap = BESIDE_FIRST_GAP
         with self._scope:
             for _ in range(BESIDE_READS):
-                if self._scope.cancel_called:  # (stopped before it ran, or as it woke)
-                    return
                 self._sleep = anyio.CancelScope(deadline=anyio.current_time() + gap)
                 with self._sleep:
                     await anyio.sleep_forever()
-                if self._scope.cancel_called:
+                if self._scope.cancel_called:  # (stopped as its deadline fell due)
                     return
                 inside, edges = self._inside, self._edges
                 page = rng.choice(inside if not edges or (inside and rng.random() < 0.5) else edges)

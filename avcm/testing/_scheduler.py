@@ -1150,30 +1150,28 @@ class Run:
         does not change what it does. An object is named by the first step that touched it
         (by its task and the task's own count of steps), the same whatever the order."""
         per_task: dict[int, list[str]] = {}
-        touches: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
+        named: dict[int, tuple[int, int]] = {}  # per object (by id): its name
+        orders: dict[int, list[int]] = {}  # per object (by id): the tasks, in order
         plain: list[int] = []
         objects = self._objects
         for step in self._steps:
             task = step.task
-            own = per_task.get(task)
-            if own is None:
-                own = per_task[task] = []
+            own = per_task.setdefault(task, [])
             obj = objects.get(step.index)
             if obj is None:
                 plain.append(task)
             else:
-                touched = touches.get(id(obj))
-                if touched is None:
-                    touches[id(obj)] = ([(task, len(own))], [task])
-                else:
-                    touched[1].append(task)  # (first seen first: the least of its task's)
-                    if task < touched[0][0][0]:
-                        touched[0][0] = (task, len(own))
+                key = id(obj)
+                # (a task's first touch comes first: the least of its own counts)
+                name = named.get(key)
+                if name is None or task < name[0]:
+                    named[key] = (task, len(own))
+                orders.setdefault(key, []).append(task)
             own.append(step.point)
         return (
             tuple((task, tuple(points)) for task, points in sorted(per_task.items())),
             tuple(plain),
-            tuple(sorted((first[0], tuple(order)) for first, order in touches.values())),
+            tuple(sorted((named[key], tuple(order)) for key, order in orders.items())),
         )
 
     def timeline(self) -> Timeline:
