@@ -3949,9 +3949,9 @@ class _TrioQueue(_Queue):
         self.clock = trio.lowlevel.current_clock()
         self.runq: _TrioRunq | None = None
         self.reads = -1  # not counted yet
-        # the clock's own read the count wraps, if its instance has one (avcm's MockClock
-        # counts the tasks' reads for its own spin rule): put back when control ends
-        self.own_read: Any = None
+        # the clock's own read, if its instance has one (avcm's MockClock counts the tasks'
+        # reads for its own spin rule): put back when control ends
+        self.own_read: Any = getattr(self.clock, "__dict__", {}).get("current_time")
         # the task registers of the thread calls seen (trio clears one when the call is
         # abandoned on cancel): while none is cleared, no thread is an orphan to look for
         self.registers: list[list[Any]] = []
@@ -3974,6 +3974,12 @@ class _TrioQueue(_Queue):
         queue.runq = _TrioRunq(queue, runq)
         queue.runner.runq = queue.runq
         queue.runner.io_manager = _TrioIO(queue, queue.runner.io_manager)  # type: ignore[assignment]
+        uncounted = getattr(queue.clock, "uncounted_time", None)
+        if uncounted is not None:
+            # avcm's clock: its own rules for reads (the spin and busy-loop rules of a plain
+            # run) give way to the queue's while it runs, so it is read as the mock clock
+            # itself, unwrapped (trio reads it at every loop iteration)
+            queue.clock.current_time = uncounted
         entry_queue = queue.runner.entry_queue
         with entry_queue.lock:
             entry_queue.queue = _TrioEntries(queue, entry_queue.queue)
@@ -4287,7 +4293,6 @@ class _TrioQueue(_Queue):
             # never spins pays nothing. MockClock is no slotted class: the instance's own
             # current_time counts the reads made in a task (trio's loop reads it too).
             self.reads = 0
-            self.own_read = getattr(self.clock, "__dict__", {}).get("current_time")
             read = self.clock.current_time
             context = self.context
 
@@ -4430,10 +4435,9 @@ class _TrioQueue(_Queue):
                 entry_queue.queue = collections.deque(collections.deque.__iter__(entry_queue.queue))
         if isinstance(self.runner.io_manager, _TrioIO):
             self.runner.io_manager = self.runner.io_manager.manager
-        if self.reads >= 0:
-            getattr(self.clock, "__dict__", {}).pop("current_time", None)
-            if self.own_read is not None:
-                self.clock.current_time = self.own_read  # type: ignore[method-assign]
+        getattr(self.clock, "__dict__", {}).pop("current_time", None)
+        if self.own_read is not None:
+            self.clock.current_time = self.own_read  # type: ignore[method-assign]
         threshold = getattr(self.clock, "autojump_threshold", None)
         if threshold is not None:
             self.runner.clock_autojump_threshold = threshold
