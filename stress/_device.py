@@ -75,6 +75,11 @@ WALK_PROBES = 32
 BESIDE_CHANCE = 1 / 8
 BESIDE_READS = 6
 BESIDE_FIRST_GAP = 1e-6
+# the share of accesses beside that are the last of a sweep (a DMA engine streaming through
+# pages in a row, up or down) over the pages before it: a stride prefetcher that two misses
+# on consecutive pages set off fills only then (attack64's, caught in 2 of 4 runs before)
+BESIDE_SWEEP_CHANCE = 1 / 3
+BESIDE_SWEEP_PAGES = 3
 _LAST_WORD = avcm.PAGE_SIZE - PROBE_LENGTH
 _BESIDE_OFFSETS = (0, _LAST_WORD, None)  # (None: a word drawn from between)
 
@@ -179,8 +184,16 @@ class ReadsBeside:
                 # at the page's start, its last word (a prefetcher a page's end sets off,
                 # attack64) or a word between
                 offset = rng.choice(_BESIDE_OFFSETS) or rng.randrange(0, _LAST_WORD, PROBE_LENGTH)
-                self._access(page + offset, write_back=rng.random() < 0.5)
-                world.device.touch_around(ctx, page)
+                write_back = rng.random() < 0.5
+                pages = [page]
+                sweeps = world.sweep_random
+                if sweeps.random() < BESIDE_SWEEP_CHANCE:
+                    stride = avcm.PAGE_SIZE if sweeps.random() < 0.5 else -avcm.PAGE_SIZE
+                    pages = [page - stride * n for n in range(BESIDE_SWEEP_PAGES - 1, -1, -1)]
+                for swept in pages:
+                    if swept >= 0:
+                        self._access(swept + offset, write_back=write_back)
+                        world.device.touch_around(ctx, swept)
                 gap *= rng.uniform(2.0, 4.0)
 
     def _access(self, address: int, *, write_back: bool) -> None:

@@ -382,6 +382,10 @@ class World:
         # the tasks' group while they run, which device reads beside an operation start in
         self.workers: anyio.abc.TaskGroup | None = None
         self.beside_random = random.Random(f"{config.seed}:beside")
+        # whether a read beside sweeps, and which way: a stream of its own, so that the reads
+        # beside (their pages and times, and which operations have them) are those of a run
+        # without sweeps, and a run's tasks interleave as they did then
+        self.sweep_random = random.Random(f"{config.seed}:sweep")
 
     def _fresh_pools(self) -> None:
         """What the tasks made and the harness knows of the contexts, empty: at the start, and

@@ -184,6 +184,8 @@ def test_broken_drivers_fail(factory: object, symptom: str, only: str | None, ba
         (broken_drivers.invalidate_before_clear_block, "walks_in_flight", "beside it were"),
         # ... caching only the page after a miss: met from the piece before (attack63)
         (broken_drivers.invalidate_before_clear_ahead, "walks_in_flight", "beside it were"),
+        # ... filled only by a stride prefetcher, two misses in a row going up
+        (broken_drivers.invalidate_before_clear_stride, "walks_in_flight", "beside it were"),
         # a TLB entry's copy of the next page's translation, which a burst from the page below
         # uses after that page was unmapped (attack59's such driver passed every scenario)
         (broken_drivers.burst_next_tlb, "neighbours", "on into"),
@@ -430,6 +432,7 @@ _CORRECT_WITH_A_TRAIT = [
     # clearing the entry and invalidating
     pytest.param(broken_drivers.clear_before_invalidate, "walks_in_flight", 40, id="around"),
     pytest.param(broken_drivers.clear_before_invalidate_block, "walks_in_flight", 20, id="block"),
+    pytest.param(broken_drivers.clear_before_invalidate_stride, "walks_in_flight", 20, id="stride"),
     # Its switch-on and switch-off poll with sleep(0) for what the unit does after its
     # latency, reading the clock in two places in turn. On asyncio these scenarios hung (the
     # setup's poll: the loop busy at one instant for ever), then reported a false

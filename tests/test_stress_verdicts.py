@@ -320,9 +320,12 @@ def test_driver_gets_three_contexts_on_one_memory_by_default(
         ("burst_next_tlb", {"rule 4"}),
         # a page's translations invalidated before its entry is cleared, a wait between: a
         # walk that a read beside the page causes meanwhile caches it again. One unmapping in
-        # four runs with device reads beside it (0 of 6 runs of up to 50,000 before: attack62)
+        # eight runs with device reads beside it (0 of 6 runs of up to 50,000 before: attack62)
         ("invalidate_before_clear", {"rule 4"}),
         ("invalidate_before_clear_block", {"rule 4"}),  # (a miss caching its 64 KiB block)
+        # ... a stride prefetcher the only filler: a third of the reads beside end a sweep of
+        # three pages in a row, up or down
+        ("invalidate_before_clear_stride", {"rule 4"}),
         # a one-to-one first fit that forgets an aligned block's padding (attack62's such
         # driver: caught 4 of 4 runs; conformance only since its scenario fragments)
         ("first_fit_unpadded", {"rule 4", "rule 9"}),
@@ -631,6 +634,7 @@ def test_correct_drivers_pass_with_the_default_contexts(
         "long_access_cache_invalidated",
         "clear_before_invalidate",
         "clear_before_invalidate_block",
+        "clear_before_invalidate_stride",
     ],
 )
 def test_correct_translation_caches_pass_with_the_default_contexts(

@@ -3979,7 +3979,7 @@ class _TrioQueue(_Queue):
             # avcm's clock: its own rules for reads (the spin and busy-loop rules of a plain
             # run) give way to the queue's while it runs, so it is read as the mock clock
             # itself, unwrapped (trio reads it at every loop iteration)
-            queue.clock.current_time = uncounted
+            queue.clock.current_time = uncounted  # type: ignore[method-assign]
         entry_queue = queue.runner.entry_queue
         with entry_queue.lock:
             entry_queue.queue = _TrioEntries(queue, entry_queue.queue)
