@@ -4097,6 +4097,8 @@ class _TrioQueue(_Queue):
                 return
 
     def orphans(self) -> list[tuple[threading.Thread, tuple[int, int, str]]]:
+        if not self.registers:  # (no thread call seen: asked at every step)
+            return []
         last = (sys.maxsize, sys.maxsize, "")
         return [(thread, last) for thread, _ in self._orphan_calls()]
 
