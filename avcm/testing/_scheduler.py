@@ -105,7 +105,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, overload
 
 import anyio
 import anyio.lowlevel
@@ -1456,13 +1456,17 @@ class Run:
         inject = getattr(self._chooser, "inject", None)
         if inject is None:
             return
-        assert self._queue is not None
-        running = sorted(
-            task.index
-            for task in self._queue.tasks.values()
-            if task.scope is not None and not task.scope.cancel_called
-        )
-        victim = inject(len(self._steps), running)
+        queue = self._queue
+        assert queue is not None
+
+        def running() -> list[int]:
+            return sorted(
+                task.index
+                for task in queue.tasks.values()
+                if task.scope is not None and not task.scope.cancel_called
+            )
+
+        victim = inject(len(self._steps), _Lazily(running))
         if victim is None:
             return
         task = self._tasks[victim]
@@ -1477,7 +1481,7 @@ class Run:
             )
         )
         assert task.scope is not None
-        self._queue.calls_taken()  # (what the task's thread does next must not be a race)
+        queue.calls_taken()  # (what the task's thread does next must not be a race)
         task.scope.cancel()
 
     def _outlast(self, timer: float) -> bool:
@@ -2459,6 +2463,36 @@ _PACE_MOVES = 1024
 _REFILL_MOVES = 128  # moves of the spin rule that bring progress, at least, before a deadline
 _SPIN_GRAIN = 1e-6  # seconds: closer than this to a timer, the spin rule moves onto it
 _controlled: ContextVar[bool] = ContextVar("avcm_testing_controlled", default=False)
+
+
+class _Lazily(Sequence[int]):
+    """The ids *compute()* gives, computed at the first look: a chooser asked before every
+    step whether to cancel a task mostly answers without looking at the tasks running, and
+    that list goes over every task (each scope's ``cancel_called`` reads the clock): with
+    thousands of tasks, most of a step's time."""
+
+    __slots__ = ("_compute", "_ids")
+
+    def __init__(self, compute: Callable[[], list[int]]) -> None:
+        self._compute = compute
+        self._ids: list[int] | None = None
+
+    def _get(self) -> list[int]:
+        if self._ids is None:
+            self._ids = self._compute()
+        return self._ids
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _within_handover(done: Callable[[], bool]) -> None:

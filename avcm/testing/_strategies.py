@@ -468,7 +468,7 @@ class _ExhaustiveChooser:
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         if self._cancels_at is not None:
             task = self._cancels_at.get(step)
-            return task if task in running else None
+            return task if task is not None and task in running else None
         if not self._cancel:
             return None
         options = 1 + len(running) if self._used(_CANCEL) < self._cancel else 1
@@ -665,7 +665,7 @@ class FromIndices:
 
     def inject(self, step: int, running: Sequence[int]) -> int | None:
         task = self._cancels.get(step)
-        return task if task in running else None
+        return task if task is not None and task in running else None
 
     def outlast(self, step: int) -> bool:
         return self._outlasts.outlast(step)
