@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,6 +15,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+from ._task_clock import machine_monotonic
 
 __all__ = ["ProgressCallback", "progress_bar"]
 
@@ -47,11 +48,11 @@ def progress_bar(
         columns.append(MofNCompleteColumn())
     columns += [TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
     progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
-    next_update = time.monotonic()
+    next_update = machine_monotonic()
 
     def update(completed: float, detail: str = "") -> None:
         nonlocal next_update
-        now = time.monotonic()
+        now = machine_monotonic()
         if now < next_update and completed < total:
             return
         next_update = now + _INTERVAL
