@@ -572,6 +572,27 @@ def test_correct_drivers_that_fail_or_fault_their_own_way_pass(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
+def test_a_driver_reading_the_machine_clock_sees_the_runs_time_pass(
+    tasks: int, backend: str
+) -> None:
+    """A driver that lets its unit settle by ``time.monotonic()`` beside 1 us sleeps takes as
+    many looks in every run (on the virtual clock its tasks read the run's time): before, as
+    many as the machine's speed gave, so the interleaving and a replay depended on it. The
+    harness's own wall-clock bookkeeping stays the machine's."""
+    tricky_drivers.SETTLERS.clear()
+    config = stress.StressConfig(
+        backend=backend, driver="tests.tricky_drivers:settling_by_the_machine_clock",
+        contexts=(("custom", 2),), tasks=tasks, ops=1500, drain_every=1000,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
+    looks = [count for driver in tricky_drivers.SETTLERS for count in driver.looks]
+    assert looks and set(looks) <= {20, 21}  # (a float sum of 20 steps lands either side)
+    assert result.wall_seconds > 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks", [1, 3, 64])
 def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
     tasks: int, backend: str
 ) -> None:

@@ -23,7 +23,13 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["install", "machine_monotonic", "set_task_clock"]
+__all__ = [
+    "install",
+    "machine_monotonic",
+    "machine_time",
+    "set_task_clock",
+    "use_loop_clock_in_tasks",
+]
 
 machine_monotonic = time.monotonic  # the machine's, for the scheduler's own waits in real time
 _machine_perf_counter = time.perf_counter
@@ -35,6 +41,24 @@ _machine_perf_counter_ns = time.perf_counter_ns
 _task_clock: contextvars.ContextVar[tuple[int, Callable[[], float]] | None] = (
     contextvars.ContextVar("avcm_testing_task_clock", default=None)
 )
+
+
+def machine_time() -> float:
+    """The machine's monotonic clock, in seconds, whatever a task reads through ``time``: for
+    a harness's own wall-clock bookkeeping (a ``--duration``, how long a run took)."""
+    return machine_monotonic()
+
+
+def use_loop_clock_in_tasks() -> None:
+    """From now on, the calling task and the tasks it spawns, on the event loop's thread, read
+    the loop's clock (:func:`anyio.current_time`) through ``time.monotonic()`` and
+    ``time.perf_counter()``, as a controlled task of the race finder does: a run on a virtual
+    clock where code that mixes the two sees time pass, and the same in every run. Worker
+    threads and code outside the tasks read the machine's (:func:`machine_time`)."""
+    import anyio
+
+    install()
+    set_task_clock(threading.get_ident(), anyio.current_time)
 
 
 def set_task_clock(loop_thread: int, now: Callable[[], float]) -> None:
