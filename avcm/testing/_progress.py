@@ -16,7 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ._task_clock import machine_monotonic
+from ._task_clock import machine_time
 
 __all__ = ["ProgressCallback", "progress_bar"]
 
@@ -48,11 +48,11 @@ def progress_bar(
         columns.append(MofNCompleteColumn())
     columns += [TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
     progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
-    next_update = machine_monotonic()
+    next_update = machine_time()
 
     def update(completed: float, detail: str = "") -> None:
         nonlocal next_update
-        now = machine_monotonic()
+        now = machine_time()
         if now < next_update and completed < total:
             return
         next_update = now + _INTERVAL

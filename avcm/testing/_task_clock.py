@@ -23,15 +23,11 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = [
-    "install",
-    "machine_monotonic",
-    "machine_time",
-    "set_task_clock",
-    "use_loop_clock_in_tasks",
-]
+import anyio
 
-machine_monotonic = time.monotonic  # the machine's, for the scheduler's own waits in real time
+__all__ = ["machine_time", "use_loop_clock_in_tasks"]
+
+_machine_monotonic = time.monotonic
 _machine_perf_counter = time.perf_counter
 _machine_monotonic_ns = time.monotonic_ns
 _machine_perf_counter_ns = time.perf_counter_ns
@@ -46,7 +42,7 @@ _task_clock: contextvars.ContextVar[tuple[int, Callable[[], float]] | None] = (
 def machine_time() -> float:
     """The machine's monotonic clock, in seconds, whatever a task reads through ``time``: for
     a harness's own wall-clock bookkeeping (a ``--duration``, how long a run took)."""
-    return machine_monotonic()
+    return _machine_monotonic()
 
 
 def use_loop_clock_in_tasks() -> None:
@@ -55,16 +51,8 @@ def use_loop_clock_in_tasks() -> None:
     ``time.perf_counter()``, as a controlled task of the race finder does: a run on a virtual
     clock where code that mixes the two sees time pass, and the same in every run. Worker
     threads and code outside the tasks read the machine's (:func:`machine_time`)."""
-    import anyio
-
-    install()
-    set_task_clock(threading.get_ident(), anyio.current_time)
-
-
-def set_task_clock(loop_thread: int, now: Callable[[], float]) -> None:
-    """The calling task, and the tasks it spawns, read *now* for the machine's clock on
-    *loop_thread*."""
-    _task_clock.set((loop_thread, now))
+    _install()
+    _task_clock.set((threading.get_ident(), anyio.current_time))
 
 
 _reading = threading.local()  # .now: a read of the run's clock under way in this thread
@@ -85,7 +73,7 @@ def _virtual_now() -> float | None:
 
 def _monotonic() -> float:
     now = _virtual_now()
-    return machine_monotonic() if now is None else now
+    return _machine_monotonic() if now is None else now
 
 
 def _perf_counter() -> float:
@@ -106,7 +94,7 @@ def _perf_counter_ns() -> int:
 _installed = False
 
 
-def install() -> None:
+def _install() -> None:
     """Let controlled tasks read the run's clock through ``time`` (once per process; nothing
     changes for any other caller)."""
     global _installed
