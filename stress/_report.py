@@ -8,6 +8,7 @@ import json
 import shlex
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -63,8 +64,8 @@ def progress_bar(config: StressConfig, enabled: bool) -> Iterator[Callable[[int]
         if not by_time:
             yield update
             return
-        started = testing.machine_time()
-        yield lambda done: update(testing.machine_time() - started, f"{done:,} ops")
+        started = time.monotonic()
+        yield lambda done: update(time.monotonic() - started, f"{done:,} ops")
 
 
 def _percentile(values: list[float], fraction: float) -> float:

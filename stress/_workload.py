@@ -18,6 +18,7 @@ import functools
 import itertools
 import math
 import random
+import time
 import traceback
 import warnings
 from collections import Counter, defaultdict, deque
@@ -30,13 +31,7 @@ import anyio.abc
 
 import avcm
 from avcm.lowlevel import errno_name, sync_hook, undo_failed
-from avcm.testing import (
-    harness_clock,
-    machine_time,
-    reserve_run,
-    take_top_block,
-    use_loop_clock_in_tasks,
-)
+from avcm.testing import harness_clock, reserve_run, take_top_block
 
 from ._config import MAX_OPS, StressConfig, UsageError
 from ._contexts import (
@@ -378,7 +373,7 @@ class World:
         self.on_progress: Callable[[int], None] | None = None
         # (the virtual clock's spin rule is for a driver's polls, not the harness's reads)
         self.clock = harness_clock()
-        self.deadline = None if config.duration is None else machine_time() + config.duration
+        self.deadline = None if config.duration is None else time.monotonic() + config.duration
         # since when (and why) nothing is judged: an operation's undo failed (start_over)
         self.unjudged_from: tuple[int, str] | None = None
         # the highest numbered operation the gate let in so far (those numbered since wait for
@@ -1001,7 +996,7 @@ class World:
             return True
         if self.deadline is not None:
             # a --duration run keeps what an --ops run may keep, at most
-            return machine_time() >= self.deadline or self.seq >= MAX_OPS
+            return time.monotonic() >= self.deadline or self.seq >= MAX_OPS
         return self.seq >= self.config.ops
 
 
@@ -1512,7 +1507,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
     try:
         # a scope only for an operation to cancel: entering one costs as much as a small check
         with anyio.CancelScope() if cancel else _NO_SCOPE as scope:
-            op_started = machine_time()
+            op_started = time.perf_counter()
             if scope is not None:
                 # by time, with no time to go by yet: the operation runs to its end to tell it
                 times = world.driver_seconds[op]
@@ -1541,7 +1536,7 @@ async def _run_one(world: World, task: TaskState, op: str) -> None:
                     _record(world, NoVerdict(op, error), op, seq)
                 raise
             finally:
-                result.op_seconds += machine_time() - op_started
+                result.op_seconds += time.perf_counter() - op_started
         if scope is not None and scope.cancelled_caught:
             outcome = "cancelled"
         if canceller is not None and canceller.cancelled_on_allocation:
@@ -1615,11 +1610,7 @@ async def run_workload(
     a run it stops or interrupts ends early, cancelled."""
     result = RunResult()
     world: World | None = None
-    started = machine_time()
-    if config.clock == "virtual":
-        # a driver that reads time.monotonic() beside its latency sleeps sees them pass, and
-        # the same in every run: no count of polls that the machine's speed decides
-        use_loop_clock_in_tasks()
+    started = time.perf_counter()
 
     def progress() -> int:
         checks = result.checks
@@ -1640,7 +1631,7 @@ async def run_workload(
         if world is not None:
             world.stop = True
         record = _copied(result)
-        record.wall_seconds = machine_time() - started
+        record.wall_seconds = time.perf_counter() - started
         record.started = 0 if world is None else world.seq
         if not blocked:
             scope.cancel()
@@ -1653,9 +1644,9 @@ async def run_workload(
         contexts = await build_contexts(config, memory)
         world = World(config, memory, contexts, result)
         world.on_progress = on_progress
-        started = machine_time()  # the run's time is its operations' and checks'
+        started = time.perf_counter()  # the run's time is its operations' and checks'
         await _run_tasks(world)
-    result.wall_seconds = machine_time() - started
+    result.wall_seconds = time.perf_counter() - started
     result.started = 0 if world is None else world.seq
     return result
 

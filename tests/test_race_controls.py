@@ -150,25 +150,27 @@ async def poll_with_backoff(run: testing.Run) -> None:
 
 
 class _RateLimiter:
-    """At most one pass every *interval* seconds of *clock*: a caller that comes early sleeps
-    the rest of the interval, and looks again."""
+    """At most one pass every *interval* seconds of the loop's clock: a caller that comes early
+    sleeps the rest of the interval, and looks again."""
 
-    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.clock = clock
         self.last: float | None = None
 
     async def wait(self) -> float:
         while True:
-            now = self.clock()
+            now = anyio.current_time()
             if self.last is None or now - self.last >= self.interval:
                 self.last = now
                 return now
             await anyio.sleep(self.interval - (now - self.last))
 
 
-async def _two_through_a_rate_limiter(run: testing.Run, clock: Callable[[], float]) -> None:
-    limiter = _RateLimiter(0.02, clock)
+async def rate_limiter_by_the_loop_clock(run: testing.Run) -> None:
+    """Two tasks pass a rate limiter twice each. The rest of an interval it sleeps can be a
+    float's residue (0.02 - (0.06 - 0.04) is 3.5e-18): on asyncio that sleep took no virtual
+    time, and the limiter slept it for ever (attack66)."""
+    limiter = _RateLimiter(0.02)
     passes: list[float] = []
 
     async def caller() -> None:
@@ -179,40 +181,6 @@ async def _two_through_a_rate_limiter(run: testing.Run, clock: Callable[[], floa
     for outcome in await run.concurrently(caller, caller):
         outcome.unwrap()
     assert all(b - a >= 0.02 for a, b in itertools.pairwise(passes)), passes
-
-
-async def rate_limiter_by_the_loop_clock(run: testing.Run) -> None:
-    """Two tasks pass a rate limiter twice each, by the loop's clock. The rest of an interval
-    it sleeps can be a float's residue (0.02 - (0.06 - 0.04) is 3.5e-18): on asyncio that
-    sleep took no virtual time, and the limiter slept it for ever (attack66)."""
-    await _two_through_a_rate_limiter(run, anyio.current_time)
-
-
-async def rate_limiter_by_the_machine_clock(run: testing.Run) -> None:
-    """The same by ``time.monotonic()``, which is asyncio's loop clock in a plain run: under
-    the finder it saw no time pass while the loop's slept (attack66 F4)."""
-    await _two_through_a_rate_limiter(run, time.monotonic)
-
-
-async def machine_clock_across_a_sleep(run: testing.Run) -> None:
-    """``time.monotonic()`` and ``time.perf_counter()`` move on across a sleep by as much as
-    it took, and a poll that yields until half a second of ``time.monotonic()`` passed ends
-    long before its deadline (a settle loop), in every task."""
-
-    async def sleeper() -> None:
-        monotonic, perf = time.monotonic(), time.perf_counter()
-        await anyio.sleep(0.05)
-        assert time.monotonic() - monotonic >= 0.05
-        assert time.perf_counter() - perf >= 0.05
-
-    async def settler() -> None:
-        with anyio.fail_after(5):
-            start = time.monotonic()
-            while time.monotonic() - start < 0.5:
-                await anyio.sleep(0)
-
-    for outcome in await run.concurrently(sleeper, settler):
-        outcome.unwrap()
 
 
 async def deadline_around_a_spin(run: testing.Run) -> None:
@@ -1271,8 +1239,6 @@ CONTROLS = {
         poll_naming_the_loop,
         poll_with_backoff,
         rate_limiter_by_the_loop_clock,
-        rate_limiter_by_the_machine_clock,
-        machine_clock_across_a_sleep,
         deadline_around_a_spin,
         deadline_while_a_child_spins,
         worker_threads,
@@ -1359,36 +1325,6 @@ def test_a_correct_program_passes_every_strategy(control: str, strategy: str, ba
     )
     assert result.failure is None, result.failure.report()
     assert result.schedules == schedules or result.exhausted
-
-
-async def deadline_from_the_machine_clock(run: testing.Run) -> None:
-    """asyncio: ``loop.time()`` is ``time.monotonic()`` in a plain run, so a deadline taken
-    from the one falls due on the other (attack66 F4: it never fell due under the finder)."""
-
-    async def sleeper() -> float:
-        start = asyncio.get_running_loop().time()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(time.monotonic() + 0.1):
-                await asyncio.sleep(1)
-        return asyncio.get_running_loop().time() - start
-
-    async def other() -> None:
-        await asyncio.sleep(0.05)
-
-    slept, done = await run.concurrently(sleeper, other)
-    done.unwrap()
-    assert 0.1 <= slept.unwrap() < 1
-
-
-@pytest.mark.parametrize("strategy", ["pct", "random", "exhaustive1"])
-def test_a_deadline_from_the_machine_clock_falls_due(strategy: str) -> None:
-    result = testing.explore(
-        deadline_from_the_machine_clock,
-        strategy=strategies()[strategy](),
-        schedules=5,
-        backend="asyncio",
-    )
-    assert result.failure is None, result.failure.report()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -548,20 +548,6 @@ def test_output_into_a_closed_pipe_is_exit_141_without_a_traceback() -> None:
     assert done.stderr == ""
 
 
-def _passes_two_contexts_of(
-    driver: str, tasks: int, backend: str, *, ops: int = 2500
-) -> stress.RunResult:
-    """A run of two contexts from ``tests.tricky_drivers``' factory *driver*, drained every
-    1,000 operations, that must find no violation: what it did."""
-    config = stress.StressConfig(
-        backend=backend, driver=f"tests.tricky_drivers:{driver}", contexts=(("custom", 2),),
-        tasks=tasks, ops=ops, drain_every=1000,
-    )  # fmt: skip
-    result = stress.run(config)
-    assert result.violation is None, result.violation
-    return result
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tasks", [1, 3, 64])
 @pytest.mark.parametrize("driver", ["flaky", "flaky_teardown", "honest"])
@@ -572,27 +558,16 @@ def test_correct_drivers_that_fail_or_fault_their_own_way_pass(
     its release at the end of each task, which retry it; a teardown call too), a status that
     shows a driver call's state while it runs, a device fault that is no VcmError: all
     allowed, no violation."""
-    result = _passes_two_contexts_of(driver, tasks, backend)
+    config = stress.StressConfig(
+        backend=backend, driver=f"tests.tricky_drivers:{driver}", contexts=(("custom", 2),),
+        tasks=tasks, ops=2500, drain_every=1000,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
     if driver.startswith("flaky"):
         outcomes = [o for per_op in result.outcomes.values() for o in per_op.elements()]
         assert "driver EIO" in outcomes
         assert result.checks["drain"] >= 2
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("tasks", [1, 3, 64])
-def test_a_driver_reading_the_machine_clock_sees_the_runs_time_pass(
-    tasks: int, backend: str
-) -> None:
-    """A driver that lets its unit settle by ``time.monotonic()`` beside 1 us sleeps takes as
-    many looks in every run (on the virtual clock its tasks read the run's time): before, as
-    many as the machine's speed gave, so the interleaving and a replay depended on it. The
-    harness's own wall-clock bookkeeping stays the machine's."""
-    tricky_drivers.SETTLERS.clear()
-    result = _passes_two_contexts_of("settling_by_the_machine_clock", tasks, backend, ops=1500)
-    looks = [count for driver in tricky_drivers.SETTLERS for count in driver.looks]
-    assert looks and set(looks) <= {20, 21}  # (a float sum of 20 steps lands either side)
-    assert result.wall_seconds > 0.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -605,7 +580,12 @@ def test_a_driver_refusing_what_is_bound_is_still_switched_on_and_checked(
     binding if nothing was), and a drain's cold start switches it on again till it gets
     through: else a context stays off for most of the run, and a quarter of the drains'
     cold starts were skipped."""
-    result = _passes_two_contexts_of("no_scatter_gather", tasks, backend)
+    config = stress.StressConfig(
+        backend=backend, driver="tests.tricky_drivers:no_scatter_gather",
+        contexts=(("custom", 2),), tasks=tasks, ops=2500, drain_every=1000,
+    )  # fmt: skip
+    result = stress.run(config)
+    assert result.violation is None, result.violation
     assert result.checks["bindings shed: the driver refused to switch on with them"] > 0
     assert result.checks["cold start"] > 0
     assert result.checks["cold start skipped (activate kept failing)"] == 0

@@ -529,38 +529,6 @@ def polling_status_two_places(memory: avcm.PhysicalMemory) -> avcm.Vcm:
     return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="polling-status-2")
 
 
-class _SettlingByTheMachineClock(PageTableMmu):
-    """Lets its unit settle 20 us before a switch-on by the machine's clock, sleeping 1 us
-    between looks at ``time.monotonic()``, as drivers write it (a plain asyncio loop's clock
-    is that one). Each switch-on's looks are counted in :attr:`looks`: on the run's clock a
-    settle takes 20 looks, in every run; on the machine's, as many as its speed gives."""
-
-    SETTLE = 20e-6
-    LOOK = 1e-6
-
-    def __init__(self, memory: avcm.PhysicalMemory) -> None:
-        super().__init__(memory, orders=(8, 4, 0), name="settling-by-the-machine-clock")
-        self.looks: list[int] = []
-
-    async def enable(self, vcm: avcm.Vcm) -> None:
-        settled = time.monotonic() + self.SETTLE  # (powered up, not translating yet)
-        looks = 0
-        while time.monotonic() < settled:
-            looks += 1
-            await anyio.sleep(self.LOOK)
-        self.looks.append(looks)
-        await super().enable(vcm)
-
-
-SETTLERS: list[_SettlingByTheMachineClock] = []  # every one made, for the test to look at
-
-
-def settling_by_the_machine_clock(memory: avcm.PhysicalMemory) -> avcm.Vcm:
-    driver = _SettlingByTheMachineClock(memory)
-    SETTLERS.append(driver)
-    return avcm.mmu_init(0x1000_0000, 1 << 30, driver, memory=memory, name="settling")
-
-
 class _YieldingSmallPages(PageTableMmu):
     """4 KiB pages only, no latency; each page write and removal lets the loop run once."""
 

@@ -23,8 +23,6 @@ the conformance suite and the tests. They belong with the race finder, not in ``
 :func:`backend_options` gives the ``anyio.run`` options of a seeded, virtual-time run, and
 :func:`pending_timers` and :func:`timers_left` the timers its loop has pending and those some
 code left behind (to aim at them), :func:`sleep_past` a sleep till the task one wakes has run;
-:func:`use_loop_clock_in_tasks` lets a harness's tasks read the virtual clock through
-``time.monotonic()`` as the race finder's do, and :func:`machine_time` is the machine's then;
 :func:`take_top_block` and :func:`reserve_run` put memory at the very end of physical memory
 and reservations next to each other, where bugs at an edge live;
 :func:`run_main`, :func:`output_file_problem` and :func:`output_dir_problem` are what the
@@ -114,7 +112,6 @@ from ._strategies import (
     Replay,
     Strategy,
 )
-from ._task_clock import machine_time, use_loop_clock_in_tasks
 from ._timeline import Step, TaskOutcome, Timeline
 from ._token import CALLED_BACK, TIMER_FIRST, ReplayToken
 
@@ -180,7 +177,6 @@ __all__ = [
     "exhaustive_prefixes",
     "explore_async",
     "harness_clock",
-    "machine_time",
     "pending_timers",
     "progress_bar",
     "replay",
@@ -189,5 +185,4 @@ __all__ = [
     "scenario_name",
     "sleep_past",
     "timers_left",
-    "use_loop_clock_in_tasks",
 ]

@@ -31,6 +31,7 @@ import math
 import selectors
 import sys
 import threading
+import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,7 +43,6 @@ import anyio.lowlevel
 import sniffio
 
 from .. import InvalidError
-from ._task_clock import machine_time
 
 if TYPE_CHECKING:
     import trio.testing
@@ -599,8 +599,8 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         fails in the thread, which ends, as it does after a plain asyncio run."""
         from ._scheduler import _call_into
 
-        deadline = machine_time() + _CALLS_INTO_TIMEOUT
-        while machine_time() < deadline:
+        deadline = time.monotonic() + _CALLS_INTO_TIMEOUT
+        while time.monotonic() < deadline:
             if not any(_call_into(thread, self) for thread in threading.enumerate()):
                 break
             await asyncio.sleep(0)  # runs what the threads handed in meanwhile

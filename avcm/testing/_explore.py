@@ -13,7 +13,6 @@ import dataclasses
 import inspect
 import itertools
 import math
-import random
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -276,25 +275,6 @@ class Exploration:
 
 
 async def _run_once(
-    scenario: Scenario, chooser: Chooser, limits: Limits
-) -> tuple[Run, BaseException | None]:
-    """One run of *scenario* under *chooser*: the run, and the error it failed with if any.
-    The module ``random`` draws the same numbers in every run (seeded the same at its start,
-    its state put back after): a program that draws a jitter from it runs the same in a run,
-    in its shrinking and in its replay in another process (attack66: a replay diverged in 4
-    processes of 7); the stream it drew from outside the run goes on untouched."""
-    state = random.getstate()
-    random.seed(_RUN_RANDOM_SEED)
-    try:
-        return await _run_seeded(scenario, chooser, limits)
-    finally:
-        random.setstate(state)
-
-
-_RUN_RANDOM_SEED = 0  # what the module ``random`` is seeded with at the start of each run
-
-
-async def _run_seeded(
     scenario: Scenario, chooser: Chooser, limits: Limits
 ) -> tuple[Run, BaseException | None]:
     if sniffio.current_async_library() == "trio":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -15,8 +16,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-
-from ._task_clock import machine_time
 
 __all__ = ["ProgressCallback", "progress_bar"]
 
@@ -48,11 +47,11 @@ def progress_bar(
         columns.append(MofNCompleteColumn())
     columns += [TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
     progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
-    next_update = machine_time()
+    next_update = time.monotonic()
 
     def update(completed: float, detail: str = "") -> None:
         nonlocal next_update
-        now = machine_time()
+        now = time.monotonic()
         if now < next_update and completed < total:
             return
         next_update = now + _INTERVAL

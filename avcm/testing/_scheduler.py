@@ -123,7 +123,6 @@ from ._errors import (
     ThreadWaitError,
 )
 from ._strategies import Chooser
-from ._task_clock import machine_time, use_loop_clock_in_tasks
 from ._thread_clock import ThreadClock, set_clock
 from ._timeline import Step, TaskOutcome, Timeline
 from ._token import CALLED_BACK, TIMER_FIRST
@@ -1287,7 +1286,6 @@ class Run:
             _controlled.set(True)
             if queue.thread_clock is not None:
                 set_clock(queue.thread_clock)
-                use_loop_clock_in_tasks()
             queue.control(task)
             try:
                 # held from here on: the first choice is who starts
@@ -2299,7 +2297,7 @@ class Run:
             self.idle_timeout = 3600.0 if virtual else 1.0
         assert self._queue is not None
         seen = -1
-        since = machine_time()  # real time: when steps last moved
+        since = time.monotonic()  # real time: when steps last moved
         while True:
             if self._error is not None:
                 error, self._error = self._error, None
@@ -2315,7 +2313,7 @@ class Run:
             if self._error is not None or self._queue.held():
                 continue
             if seen != len(self._steps):
-                seen, since = len(self._steps), machine_time()
+                seen, since = len(self._steps), time.monotonic()
                 moved = True  # on a real clock: something moved within the last idle_timeout
             else:
                 moved = False
@@ -2328,7 +2326,7 @@ class Run:
             if self._queue.io_waits():
                 # A virtual clock reached this timer only after the loop had waited
                 # io_timeout for I/O with nothing arriving; a real clock runs on meanwhile.
-                if virtual or machine_time() - since >= self.io_timeout:
+                if virtual or time.monotonic() - since >= self.io_timeout:
                     raise IOWaitError(self._describe_stuck(tasks, io=True))
                 continue
             if moved:
@@ -2500,8 +2498,8 @@ class _Lazily(Sequence[int]):
 def _within_handover(done: Callable[[], bool]) -> None:
     """Wait until *done()*, for at most ``_HANDOVER`` of real time: what a thread does in a
     hand-over takes microseconds, and one that takes longer is not waited for."""
-    deadline = machine_time() + _HANDOVER
-    while not done() and machine_time() <= deadline:
+    deadline = time.monotonic() + _HANDOVER
+    while not done() and time.monotonic() <= deadline:
         time.sleep(_HANDOVER_POLL)
 
 
@@ -3190,7 +3188,7 @@ class _Queue:
         :class:`ThreadWaitError` (0: poll without waiting)."""
         if self.expire_thread_wait():
             return 0.0
-        now = machine_time()
+        now = time.monotonic()
         progress = self.run._loop_steps
         if progress != self.thread_progress:
             self.thread_progress, self.thread_since = progress, now
@@ -3367,7 +3365,7 @@ class _Queue:
         self.advance(deadline)
         if not clock.expire(self.now()):
             return False
-        self.thread_since = machine_time()
+        self.thread_since = time.monotonic()
         return True
 
     def thread_stalled(self) -> bool:
@@ -3380,7 +3378,7 @@ class _Queue:
         sleeps, however long, is waited for (up to ``thread_timeout``)."""
         return (
             self.thread_progress == self.run._loop_steps
-            and machine_time() - self.thread_since >= _THREAD_STALL
+            and time.monotonic() - self.thread_since >= _THREAD_STALL
             and self._threads_wait_on_threads()
         )
 
@@ -3472,7 +3470,7 @@ class _Queue:
         if not working:
             self.program_hold = None
             return False
-        now, steps = machine_time(), len(self.run._steps)
+        now, steps = time.monotonic(), len(self.run._steps)
         if self.program_hold is None or self.program_hold[1] != steps:
             self.program_hold = (now, steps)
         elif now - self.program_hold[0] >= _THREAD_STALL:
@@ -3501,7 +3499,7 @@ class _Queue:
             return True  # (a choice waits for them: program_threads_hold)
         stalled = (
             self.thread_progress == self.run._loop_steps
-            and machine_time() - self.thread_since >= _THREAD_STALL
+            and time.monotonic() - self.thread_since >= _THREAD_STALL
         )
         return not stalled
 

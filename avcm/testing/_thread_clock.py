@@ -24,11 +24,10 @@ import contextlib
 import contextvars
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
-
-from ._task_clock import machine_time
 
 __all__ = ["ThreadClock", "install", "loop_threads"]
 
@@ -129,11 +128,12 @@ def set_clock(clock: ThreadClock) -> None:
 
 
 _real_wait = threading.Condition.wait
+_real_monotonic = time.monotonic
 
 
 def _monotonic() -> float:
     clock = current()
-    return machine_time() if clock is None else clock.time()
+    return _real_monotonic() if clock is None else clock.time()
 
 
 def wait(self: threading.Condition, timeout: float | None = None) -> bool:
@@ -146,7 +146,7 @@ def wait(self: threading.Condition, timeout: float | None = None) -> bool:
         return _real_wait(self, timeout)
     if not self._is_owned():  # type: ignore[attr-defined]
         raise RuntimeError("cannot wait on un-acquired lock")
-    started = machine_time()
+    started = _real_monotonic()
     waiter = threading.Lock()
     waiter.acquire()
     self._waiters.append(waiter)  # type: ignore[attr-defined]
@@ -160,7 +160,7 @@ def wait(self: threading.Condition, timeout: float | None = None) -> bool:
             elif wait.expired:
                 break
             elif not clock.live:
-                left = started + timeout - machine_time()
+                left = started + timeout - _real_monotonic()
                 gotit = waiter.acquire(True, left) if left > 0 else waiter.acquire(False)
                 break
         return gotit
