@@ -45,6 +45,7 @@ from ._explore import (
     Scenario,
     _failure,
     _run_once,
+    _schedule_random,
     checked_limits,
     shrunk,
     unproven_note,
@@ -71,13 +72,16 @@ class Schedule:
     *cancel* cancellations in all (cancellation injection; each is a step of the timeline
     and the token, as with the strategies' ``cancel=``). With *outlasts*, at each chance
     for worker threads at work to outlast the next timer, one more number: 0 no, else yes,
-    up to *slow_threads* times in all (as with the strategies' ``slow_threads=``)."""
+    up to *slow_threads* times in all (as with the strategies' ``slow_threads=``). The module
+    ``random`` starts each run from a state *random_seed* gives (drawn too, shrinking towards
+    0; the token's seed): a failure whose program draws from it replays."""
 
     positions: tuple[int, ...]
     cancels: tuple[int, ...] = ()
     cancel: int = 0
     outlasts: tuple[int, ...] = ()
     slow_threads: int = 0
+    random_seed: int = 0
 
     def chooser(self) -> Any:
         from ._strategies import FromIndices
@@ -167,12 +171,13 @@ def schedules(
     cancels = st.lists(st.integers(0, max_tasks), max_size=max_choices) if cancel else st.just([])
     outlasts = st.lists(st.integers(0, 1), max_size=max_choices) if slow_threads else st.just([])
     return st.builds(
-        lambda drawn, injected, outlasted: Schedule(
-            tuple(drawn), tuple(injected), cancel, tuple(outlasted), slow_threads
+        lambda drawn, injected, outlasted, seed: Schedule(
+            tuple(drawn), tuple(injected), cancel, tuple(outlasted), slow_threads, seed
         ),
         positions,
         cancels,
         outlasts,
+        st.integers(0, 2**32 - 1),
     )
 
 
@@ -190,21 +195,25 @@ def _final_example() -> bool:
 
 
 async def _run_schedule_async(scenario: Scenario, schedule: Schedule, limits: Limits) -> None:
-    run, error = await _run_once(scenario, schedule.chooser(), limits)
-    if error is None:
-        return
-    found, fewest = None, None
-    if _final_example():
-        # Hypothesis lowers the drawn numbers, which among three or more tasks is not always
-        # fewer preemptions (it can stop at 3 or 4 where 2 fail): the example it reports is
-        # shrunk the finder's way too, to the fewest preemptions, then the fewest steps
-        run, error, found, fewest = await shrunk(scenario, run, error, limits, SHRINK_BUDGET)
+    # the module random as the token's replay starts it (attack68: a failure whose program
+    # drew from it, left as Hypothesis seeded it, passed in its printed replay), from a seed
+    # of the example's own (one for every example never drew a race behind a draw)
+    with _schedule_random("hypothesis", schedule.random_seed, 0):
+        run, error = await _run_once(scenario, schedule.chooser(), limits)
+        if error is None:
+            return
+        found, fewest = None, None
+        if _final_example():
+            # Hypothesis lowers the drawn numbers, which among three or more tasks is not
+            # always fewer preemptions (it can stop at 3 or 4 where 2 fail): the example it
+            # reports is shrunk the finder's way too, to the fewest preemptions, then steps
+            run, error, found, fewest = await shrunk(scenario, run, error, limits, SHRINK_BUDGET)
     failure = _failure(
         scenario,
         run,
         error,
         strategy="hypothesis",
-        seed=0,
+        seed=schedule.random_seed,
         schedule=0,
         found=found,
         command=None,
