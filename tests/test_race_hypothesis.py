@@ -27,6 +27,19 @@ SETTINGS = settings(
 )
 
 
+def _found_by_hypothesis(scenario: testing.Scenario, backend: str) -> testing.Failure:
+    """What Hypothesis, drawing schedules of *scenario* (:data:`SETTINGS`), reports found."""
+
+    @SETTINGS
+    @given(schedule=race_hypothesis.schedules())
+    def drawn(schedule: race_hypothesis.Schedule) -> None:
+        race_hypothesis.run_schedule(scenario, schedule, backend=backend)
+
+    with pytest.raises(testing.RaceFound) as info:
+        drawn()
+    return info.value.failure
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_seed_race_shrinks_to_no_preemption(backend: str) -> None:
     """The driver's latency sleep blocks the first bind: the second runs in its window with no
@@ -58,14 +71,7 @@ def test_an_example_draws_from_random_as_its_replay_does(backend: str) -> None:
     such a race was never found in 300; left as Hypothesis seeded it, a failure passed in its
     replay."""
 
-    @SETTINGS
-    @given(schedule=race_hypothesis.schedules())
-    def slow_path(schedule: race_hypothesis.Schedule) -> None:
-        race_hypothesis.run_schedule(lost_update_on_a_slow_path, schedule, backend=backend)
-
-    with pytest.raises(testing.RaceFound) as info:
-        slow_path()
-    failure = info.value.failure
+    failure = _found_by_hypothesis(lost_update_on_a_slow_path, backend)
     again = testing.replay(lost_update_on_a_slow_path, failure.token, backend=backend)
     assert again is not None and again.timeline.format() == failure.timeline.format()
 
@@ -80,14 +86,7 @@ def test_the_reported_example_has_the_fewest_preemptions_among_three_tasks(backe
     assert one.exhausted and not one.found
     assert testing.explore(scenario, strategy=testing.Exhaustive(2), backend=backend).found
 
-    @SETTINGS
-    @given(schedule=race_hypothesis.schedules())
-    def overflow(schedule: race_hypothesis.Schedule) -> None:
-        race_hypothesis.run_schedule(scenario, schedule, backend=backend)
-
-    with pytest.raises(testing.RaceFound) as info:
-        overflow()
-    failure = info.value.failure
+    failure = _found_by_hypothesis(scenario, backend)
     assert failure.timeline.preemptions == 2
     assert failure.shrunk_from is not None and failure.shrunk_from[1] > 2
     assert "overflow" in str(failure.error)
