@@ -39,6 +39,7 @@ from ._strategies import (
     Portfolio,
     Replay,
     Strategy,
+    is_search,
 )
 from ._timeline import Timeline, wrap
 from ._token import ReplayToken, digest_of, is_cancel
@@ -294,7 +295,7 @@ def _schedule_random(strategy: str, seed: int, schedule: int) -> Iterator[None]:
     one draw in five was never found). Not for a search (``Exhaustive``), whose schedules run
     the same prefix again: there the program draws as it does, and a search that sees it run
     otherwise says it is not deterministic."""
-    name = None if strategy.startswith("exhaustive") else f"{strategy}:{seed}:{schedule}"
+    name = None if is_search(strategy) else f"{strategy}:{seed}:{schedule}"
     reset = _run_random.set(name)
     try:
         yield

@@ -139,6 +139,16 @@ def _slow_threads(strategy: str, seed: int, schedule: int, count: int) -> _SlowT
     return _SlowThreads(random.Random(f"slow:{strategy}:{seed}:{schedule}"), count)
 
 
+_EXHAUSTIVE = "exhaustive"  # the start of every name Exhaustive gives itself
+
+
+def is_search(strategy: str) -> bool:
+    """Whether the strategy named *strategy* (its ``name``, as a replay token records it) is a
+    search (:class:`Exhaustive`), whose schedules run a shared prefix again, not one that draws
+    each schedule."""
+    return strategy.startswith(_EXHAUSTIVE)
+
+
 def _named(base: str, cancel: int, slow_threads: int) -> str:
     name = f"{base}-c{cancel}" if cancel else base
     return f"{name}-s{slow_threads}" if slow_threads else name
@@ -536,7 +546,9 @@ class Exhaustive(Strategy):
         self.cancel = check_int(cancel, "Exhaustive cancel", 0, 64)
         self.slow_threads = check_int(slow_threads, "Exhaustive slow_threads", 0, 64)
         self.seed = 0
-        self.name = _named(f"exhaustive-p{self.preemption_bound}", self.cancel, self.slow_threads)
+        self.name = _named(
+            f"{_EXHAUSTIVE}-p{self.preemption_bound}", self.cancel, self.slow_threads
+        )
         self._cancels_at: dict[int, int] | None = None
         self._outlasts_at: tuple[int, ...] | None = None
         self._last: _ExhaustiveChooser | None = None
